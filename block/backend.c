@@ -1,0 +1,539 @@
+/*
+ * BlockBackend: a user's handle on a node.
+ *
+ * The backend is the parent of its root edge: it takes and shares the
+ * permissions its user needs, checks request ranges against the node's
+ * length, holds back new requests while the node is drained (they wait in
+ * a queue and start when the drain ends), and counts its requests in
+ * flight so that drain can wait for them.
+ */
+#include <errno.h>
+#include "block-int.h"
+
+struct BlockBackend {
+    BlockChild *root;
+    char *name;
+    uint64_t perm, shared;
+    bool wce;
+    bool allow_write_beyond_eof;
+    int quiesce_counter;
+    int in_flight;
+    CoQueue queued;
+};
+
+/* ---- Parent class ---- */
+
+static char *blk_root_desc(BlockChild *c)
+{
+    BlockBackend *blk = c->opaque;
+    if (blk->name) {
+        return g_strdup_printf("block device '%s'", blk->name);
+    }
+    return g_strdup("a block device");
+}
+
+static void blk_root_drained_begin(BlockChild *c)
+{
+    BlockBackend *blk = c->opaque;
+    blk->quiesce_counter++;
+}
+
+static void blk_root_drained_end(BlockChild *c)
+{
+    BlockBackend *blk = c->opaque;
+    g_assert(blk->quiesce_counter > 0);
+    if (--blk->quiesce_counter == 0) {
+        co_queue_restart_all(&blk->queued);
+    }
+}
+
+static bool blk_root_drained_poll(BlockChild *c)
+{
+    BlockBackend *blk = c->opaque;
+    return blk->in_flight > 0;
+}
+
+static const BlockChildClass child_root = {
+    .kind = "backend",
+    .get_parent_desc = blk_root_desc,
+    .drained_begin = blk_root_drained_begin,
+    .drained_end = blk_root_drained_end,
+    .drained_poll = blk_root_drained_poll,
+};
+
+/* ---- Life cycle ---- */
+
+BlockBackend *blk_new(uint64_t perm, uint64_t shared)
+{
+    BlockBackend *blk = g_new0(BlockBackend, 1);
+    blk->perm = perm;
+    blk->shared = shared;
+    blk->wce = true;
+    co_queue_init(&blk->queued);
+    return blk;
+}
+
+BlockBackend *blk_new_open(const char *filename, json_t *options, int flags,
+                           GError **errp)
+{
+    uint64_t perm = BLK_PERM_CONSISTENT_READ;
+    if (flags & NODE_O_RDWR) {
+        perm |= BLK_PERM_WRITE;
+    }
+    if (flags & NODE_O_RESIZE) {
+        perm |= BLK_PERM_RESIZE;
+    }
+    /*
+     * Like QEMU: users share writes unless they ask not to (qemu-img does),
+     * and never share resizing.
+     */
+    uint64_t shared = BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE_UNCHANGED;
+    if (!(flags & NODE_O_NO_SHARE)) {
+        shared |= BLK_PERM_WRITE;
+    }
+    BlockNode *bs = node_open(filename, options,
+                              flags & ~(NODE_O_RESIZE | NODE_O_NO_SHARE), errp);
+    if (!bs) {
+        return NULL;
+    }
+    if (bs->force_share) {
+        shared = BLK_PERM_ALL;
+    }
+    BlockBackend *blk = blk_new(perm, shared);
+    if (!blk_insert_node(blk, bs, errp)) {
+        node_unref(bs);
+        blk_unref(blk);
+        return NULL;
+    }
+    node_unref(bs);
+    return blk;
+}
+
+void blk_unref(BlockBackend *blk)
+{
+    if (!blk) {
+        return;
+    }
+    blk_drain(blk);
+    blk_remove_node(blk);
+    g_free(blk->name);
+    g_free(blk);
+}
+
+bool blk_insert_node(BlockBackend *blk, BlockNode *bs, GError **errp)
+{
+    g_return_val_if_fail(blk->root == NULL, false);
+    blk->root = child_attach(bs, "root", &child_root,
+                             CHILD_ROLE_DATA | CHILD_ROLE_FILTERED |
+                                 CHILD_ROLE_PRIMARY,
+                             blk->perm, blk->shared, blk, errp);
+    return blk->root != NULL;
+}
+
+void blk_remove_node(BlockBackend *blk)
+{
+    if (!blk->root) {
+        return;
+    }
+    BlockChild *root = blk->root;
+    blk->root = NULL;
+    if (root->freezers) {
+        g_ptr_array_set_size(root->freezers, 0);
+    }
+    child_detach(root, NULL);
+}
+
+BlockNode *blk_node(BlockBackend *blk)
+{
+    return blk->root ? blk->root->bs : NULL;
+}
+
+BlockChild *blk_root(BlockBackend *blk)
+{
+    return blk->root;
+}
+
+bool blk_set_perm(BlockBackend *blk, uint64_t perm, uint64_t shared,
+                  GError **errp)
+{
+    if (blk->root && !child_set_perm(blk->root, perm, shared, errp)) {
+        return false;
+    }
+    blk->perm = perm;
+    blk->shared = shared;
+    return true;
+}
+
+void blk_get_perm(BlockBackend *blk, uint64_t *perm, uint64_t *shared)
+{
+    *perm = blk->perm;
+    *shared = blk->shared;
+}
+
+void blk_set_name(BlockBackend *blk, const char *name)
+{
+    g_free(blk->name);
+    blk->name = g_strdup(name);
+}
+
+const char *blk_name(const BlockBackend *blk)
+{
+    return blk->name;
+}
+
+void blk_set_enable_write_cache(BlockBackend *blk, bool wce)
+{
+    blk->wce = wce;
+}
+
+bool blk_enable_write_cache(BlockBackend *blk)
+{
+    return blk->wce;
+}
+
+void blk_set_allow_write_beyond_eof(BlockBackend *blk, bool allow)
+{
+    blk->allow_write_beyond_eof = allow;
+}
+
+int64_t blk_getlength(BlockBackend *blk)
+{
+    BlockNode *bs = blk_node(blk);
+    return bs ? node_getlength(bs) : -ENOMEDIUM;
+}
+
+bool blk_is_read_only(BlockBackend *blk)
+{
+    BlockNode *bs = blk_node(blk);
+    return bs ? bs->read_only : true;
+}
+
+int blk_in_flight(BlockBackend *blk)
+{
+    return blk->in_flight;
+}
+
+void blk_drain(BlockBackend *blk)
+{
+    BlockNode *bs = blk_node(blk);
+    if (bs) {
+        node_drain_begin(bs);
+        node_drain_end(bs);
+    } else {
+        LOOP_WAIT_WHILE(blk->in_flight > 0);
+    }
+}
+
+/* ---- Requests ---- */
+
+static int coroutine_fn blk_request_begin(BlockBackend *blk)
+{
+    /* Hold back while drained: the drain waits only for what is in flight. */
+    while (blk->quiesce_counter > 0) {
+        co_queue_wait(&blk->queued);
+    }
+    if (!blk->root) {
+        return -ENOMEDIUM;
+    }
+    blk->in_flight++;
+    return 0;
+}
+
+static void blk_request_end(BlockBackend *blk)
+{
+    if (--blk->in_flight == 0) {
+        drain_kick();
+    }
+}
+
+static int blk_check_range(BlockBackend *blk, int64_t offset, int64_t bytes,
+                           bool write)
+{
+    if (offset < 0 || bytes < 0) {
+        return -EIO;
+    }
+    if (write && blk->allow_write_beyond_eof) {
+        return 0;
+    }
+    int64_t len = node_getlength(blk->root->bs);
+    if (len < 0) {
+        return (int)len;
+    }
+    if (offset > len || len - offset < bytes) {
+        return -EIO;
+    }
+    return 0;
+}
+
+int coroutine_fn blk_co_preadv(BlockBackend *blk, int64_t offset,
+                               int64_t bytes, IOVec *qiov, int flags)
+{
+    int ret = blk_request_begin(blk);
+    if (ret < 0) {
+        return ret;
+    }
+    ret = blk_check_range(blk, offset, bytes, false);
+    if (ret >= 0) {
+        ret = child_co_preadv(blk->root, offset, bytes, qiov, 0, flags);
+    }
+    blk_request_end(blk);
+    return ret;
+}
+
+int coroutine_fn blk_co_pwritev(BlockBackend *blk, int64_t offset,
+                                int64_t bytes, IOVec *qiov, int flags)
+{
+    int ret = blk_request_begin(blk);
+    if (ret < 0) {
+        return ret;
+    }
+    if (!blk->wce) {
+        flags |= REQ_FUA;
+    }
+    ret = blk_check_range(blk, offset, bytes, true);
+    if (ret >= 0) {
+        ret = child_co_pwritev(blk->root, offset, bytes, qiov, 0, flags);
+    }
+    blk_request_end(blk);
+    return ret;
+}
+
+int coroutine_fn blk_co_pwrite_zeroes(BlockBackend *blk, int64_t offset,
+                                      int64_t bytes, int flags)
+{
+    int ret = blk_request_begin(blk);
+    if (ret < 0) {
+        return ret;
+    }
+    if (!blk->wce) {
+        flags |= REQ_FUA;
+    }
+    ret = blk_check_range(blk, offset, bytes, true);
+    if (ret >= 0) {
+        ret = child_co_pwrite_zeroes(blk->root, offset, bytes, flags);
+    }
+    blk_request_end(blk);
+    return ret;
+}
+
+int coroutine_fn blk_co_pdiscard(BlockBackend *blk, int64_t offset,
+                                 int64_t bytes)
+{
+    int ret = blk_request_begin(blk);
+    if (ret < 0) {
+        return ret;
+    }
+    ret = blk_check_range(blk, offset, bytes, true);
+    if (ret >= 0) {
+        ret = child_co_pdiscard(blk->root, offset, bytes);
+    }
+    blk_request_end(blk);
+    return ret;
+}
+
+int coroutine_fn blk_co_flush(BlockBackend *blk)
+{
+    int ret = blk_request_begin(blk);
+    if (ret < 0) {
+        return ret;
+    }
+    ret = node_co_flush(blk->root->bs);
+    blk_request_end(blk);
+    return ret;
+}
+
+int coroutine_fn blk_co_truncate(BlockBackend *blk, int64_t offset, bool exact,
+                                 PreallocMode prealloc, GError **errp)
+{
+    int ret = blk_request_begin(blk);
+    if (ret < 0) {
+        error_setg(errp, "No medium inserted");
+        return ret;
+    }
+    ret = child_co_truncate(blk->root, offset, exact, prealloc, errp);
+    blk_request_end(blk);
+    return ret;
+}
+
+/* ---- Synchronous wrappers ---- */
+
+typedef enum { OP_READ, OP_WRITE, OP_ZEROES, OP_DISCARD, OP_FLUSH, OP_TRUNCATE } BlkOp;
+
+typedef struct {
+    BlockBackend *blk;
+    BlkOp op;
+    int64_t offset, bytes;
+    IOVec *qiov;
+    int flags;
+    bool exact;
+    PreallocMode prealloc;
+    GError **errp;
+    int ret;
+    BlkCompletionFunc *cb;
+    void *opaque;
+} BlkReq;
+
+static int coroutine_fn blk_req_run(BlkReq *r)
+{
+    switch (r->op) {
+    case OP_READ:
+        return blk_co_preadv(r->blk, r->offset, r->bytes, r->qiov, r->flags);
+    case OP_WRITE:
+        return blk_co_pwritev(r->blk, r->offset, r->bytes, r->qiov, r->flags);
+    case OP_ZEROES:
+        return blk_co_pwrite_zeroes(r->blk, r->offset, r->bytes, r->flags);
+    case OP_DISCARD:
+        return blk_co_pdiscard(r->blk, r->offset, r->bytes);
+    case OP_FLUSH:
+        return blk_co_flush(r->blk);
+    case OP_TRUNCATE:
+        return blk_co_truncate(r->blk, r->offset, r->exact, r->prealloc, r->errp);
+    }
+    return -EINVAL;
+}
+
+static void blk_req_co(void *opaque)
+{
+    BlkReq *r = opaque;
+    r->ret = blk_req_run(r);
+}
+
+static int blk_req_sync(BlkReq *r)
+{
+    if (in_coroutine()) {
+        return blk_req_run(r);
+    }
+    co_run_sync(blk_req_co, r);
+    return r->ret;
+}
+
+int blk_preadv(BlockBackend *blk, int64_t offset, int64_t bytes, IOVec *qiov,
+               int flags)
+{
+    BlkReq r = { blk, OP_READ, offset, bytes, qiov, flags };
+    return blk_req_sync(&r);
+}
+
+int blk_pwritev(BlockBackend *blk, int64_t offset, int64_t bytes, IOVec *qiov,
+                int flags)
+{
+    BlkReq r = { blk, OP_WRITE, offset, bytes, qiov, flags };
+    return blk_req_sync(&r);
+}
+
+int blk_pread(BlockBackend *blk, int64_t offset, int64_t bytes, void *buf,
+              int flags)
+{
+    IOVec qiov;
+    iovec_init_buf(&qiov, buf, (size_t)bytes);
+    int ret = blk_preadv(blk, offset, bytes, &qiov, flags);
+    iovec_destroy(&qiov);
+    return ret;
+}
+
+int blk_pwrite(BlockBackend *blk, int64_t offset, int64_t bytes,
+               const void *buf, int flags)
+{
+    IOVec qiov;
+    iovec_init_buf(&qiov, (void *)buf, (size_t)bytes);
+    int ret = blk_pwritev(blk, offset, bytes, &qiov, flags);
+    iovec_destroy(&qiov);
+    return ret;
+}
+
+int blk_pwrite_zeroes(BlockBackend *blk, int64_t offset, int64_t bytes,
+                      int flags)
+{
+    BlkReq r = { blk, OP_ZEROES, offset, bytes, NULL, flags };
+    return blk_req_sync(&r);
+}
+
+int blk_pdiscard(BlockBackend *blk, int64_t offset, int64_t bytes)
+{
+    BlkReq r = { blk, OP_DISCARD, offset, bytes };
+    return blk_req_sync(&r);
+}
+
+int blk_flush(BlockBackend *blk)
+{
+    BlkReq r = { blk, OP_FLUSH };
+    return blk_req_sync(&r);
+}
+
+int blk_truncate(BlockBackend *blk, int64_t offset, bool exact,
+                 PreallocMode prealloc, GError **errp)
+{
+    BlkReq r = { blk, OP_TRUNCATE, offset, 0, NULL, 0, exact, prealloc, errp };
+    return blk_req_sync(&r);
+}
+
+/* ---- Asynchronous requests ---- */
+
+static void blk_aio_complete_bh(void *opaque)
+{
+    BlkReq *r = opaque;
+    BlockBackend *blk = r->blk;
+    r->cb(r->opaque, r->ret);
+    g_free(r);
+    blk_request_end(blk);
+}
+
+static void blk_aio_co(void *opaque)
+{
+    BlkReq *r = opaque;
+    r->ret = blk_req_run(r);
+    /*
+     * Never complete from inside the request: the callback may start the
+     * next request or tear the backend down.  Until the callback has run
+     * the request still counts as in flight, so drain waits for it.
+     */
+    r->blk->in_flight++;
+    loop_bh(blk_aio_complete_bh, r);
+}
+
+static void blk_aio_start(BlockBackend *blk, BlkOp op, int64_t offset,
+                          int64_t bytes, IOVec *qiov, int flags,
+                          BlkCompletionFunc *cb, void *opaque)
+{
+    BlkReq *r = g_new0(BlkReq, 1);
+    r->blk = blk;
+    r->op = op;
+    r->offset = offset;
+    r->bytes = bytes;
+    r->qiov = qiov;
+    r->flags = flags;
+    r->cb = cb;
+    r->opaque = opaque;
+    co_enter(co_create(blk_aio_co, r));
+}
+
+void blk_aio_preadv(BlockBackend *blk, int64_t offset, IOVec *qiov, int flags,
+                    BlkCompletionFunc *cb, void *opaque)
+{
+    blk_aio_start(blk, OP_READ, offset, (int64_t)qiov->size, qiov, flags, cb,
+                  opaque);
+}
+
+void blk_aio_pwritev(BlockBackend *blk, int64_t offset, IOVec *qiov, int flags,
+                     BlkCompletionFunc *cb, void *opaque)
+{
+    blk_aio_start(blk, OP_WRITE, offset, (int64_t)qiov->size, qiov, flags, cb,
+                  opaque);
+}
+
+void blk_aio_flush(BlockBackend *blk, BlkCompletionFunc *cb, void *opaque)
+{
+    blk_aio_start(blk, OP_FLUSH, 0, 0, NULL, 0, cb, opaque);
+}
+
+void blk_aio_pdiscard(BlockBackend *blk, int64_t offset, int64_t bytes,
+                      BlkCompletionFunc *cb, void *opaque)
+{
+    blk_aio_start(blk, OP_DISCARD, offset, bytes, NULL, 0, cb, opaque);
+}
+
+void blk_aio_pwrite_zeroes(BlockBackend *blk, int64_t offset, int64_t bytes,
+                           int flags, BlkCompletionFunc *cb, void *opaque)
+{
+    blk_aio_start(blk, OP_ZEROES, offset, bytes, NULL, flags, cb, opaque);
+}

@@ -1,0 +1,121 @@
+/*
+ * null-co: a node of a given size that discards writes and, with
+ * read-zeroes=on, reads zeroes (otherwise reads leave the buffer alone,
+ * which is what makes it useful for measuring the block layer itself).
+ */
+#include <errno.h>
+#include <string.h>
+#include "strata/block-driver.h"
+
+typedef struct {
+    uint64_t size;
+    bool read_zeroes;
+    int64_t latency_ns;
+} NullState;
+
+static bool null_parse_filename(const char *filename, json_t *options,
+                                GError **errp)
+{
+    /* "null-co://" carries no options; anything after it is an error. */
+    if (strcmp(filename, "null-co://") != 0) {
+        error_setg(errp, "The only allowed filename for this driver is 'null-co://'");
+        return false;
+    }
+    return true;
+}
+
+static int null_open(BlockNode *bs, json_t *options, int flags, GError **errp)
+{
+    NullState *s = bs->opaque;
+    s->size = 1ULL << 30;
+    char *fname = NULL;
+    if (!opts_take_size(options, "size", &s->size, errp) ||
+        !opts_take_bool(options, "read-zeroes", &s->read_zeroes, errp) ||
+        !opts_take_int(options, "latency-ns", &s->latency_ns, errp) ||
+        !opts_take_str(options, "filename", &fname, errp)) {
+        g_free(fname);
+        return -EINVAL;
+    }
+    if (fname && strcmp(fname, "null-co://")) {
+        error_setg(errp, "The only allowed filename for this driver is 'null-co://'");
+        g_free(fname);
+        return -EINVAL;
+    }
+    g_free(fname);
+    if (s->latency_ns < 0) {
+        error_setg(errp, "latency-ns is invalid");
+        return -EINVAL;
+    }
+    g_strlcpy(bs->filename, "null-co://", sizeof(bs->filename));
+    return 0;
+}
+
+static int coroutine_fn null_delay(NullState *s)
+{
+    if (s->latency_ns) {
+        co_sleep_ns(s->latency_ns);
+    }
+    return 0;
+}
+
+static int coroutine_fn null_co_preadv(BlockNode *bs, int64_t offset,
+                                       int64_t bytes, IOVec *qiov, size_t qoff,
+                                       int flags)
+{
+    NullState *s = bs->opaque;
+    if (s->read_zeroes) {
+        iov_memset(qiov->iov, qiov->niov, qoff, 0, (size_t)bytes);
+    }
+    return null_delay(s);
+}
+
+static int coroutine_fn null_co_pwritev(BlockNode *bs, int64_t offset,
+                                        int64_t bytes, IOVec *qiov,
+                                        size_t qoff, int flags)
+{
+    return null_delay(bs->opaque);
+}
+
+static int coroutine_fn null_co_pwrite_zeroes(BlockNode *bs, int64_t offset,
+                                              int64_t bytes, int flags)
+{
+    return null_delay(bs->opaque);
+}
+
+static int coroutine_fn null_co_flush(BlockNode *bs)
+{
+    return null_delay(bs->opaque);
+}
+
+static int coroutine_fn null_co_block_status(BlockNode *bs, bool want_zero,
+                                             int64_t offset, int64_t bytes,
+                                             int64_t *pnum, int64_t *map,
+                                             BlockNode **file)
+{
+    NullState *s = bs->opaque;
+    *pnum = bytes;
+    *map = offset;
+    *file = bs;
+    return BLOCK_OFFSET_VALID | (s->read_zeroes ? BLOCK_ZERO : 0);
+}
+
+static int64_t null_getlength(BlockNode *bs)
+{
+    return (int64_t)((NullState *)bs->opaque)->size;
+}
+
+const BlockDriver bdrv_null_co = {
+    .format_name = "null-co",
+    .protocol_name = "null-co",
+    .instance_size = sizeof(NullState),
+    .parse_filename = null_parse_filename,
+    .open = null_open,
+    .co_preadv = null_co_preadv,
+    .co_pwritev = null_co_pwritev,
+    .co_pwrite_zeroes = null_co_pwrite_zeroes,
+    .co_flush_to_disk = null_co_flush,
+    .co_block_status = null_co_block_status,
+    .getlength = null_getlength,
+    .supported_write_flags = REQ_FUA,
+    .supported_zero_flags = REQ_FUA | REQ_MAY_UNMAP,
+};

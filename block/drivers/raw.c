@@ -1,0 +1,249 @@
+/*
+ * raw: the image is the bytes of its file, optionally a window of them
+ * (offset, size).  Without a window it behaves as a filter of its file.
+ *
+ * When the format was probed rather than given, writes to the first sector
+ * that would make the image look like another format are refused: otherwise
+ * a guest could write a qcow2 header into a raw disk and, on the next probe,
+ * read any host file as its backing file.
+ */
+#include <errno.h>
+#include <string.h>
+#include "strata/block-driver.h"
+#include "strata/debug-event.h"
+
+typedef struct {
+    uint64_t offset;
+    uint64_t size;
+    bool has_size;
+} RawState;
+
+static int raw_probe(const uint8_t *buf, int buf_size, const char *filename)
+{
+    return 1; /* the format of last resort */
+}
+
+static int raw_open(BlockNode *bs, json_t *options, int flags, GError **errp)
+{
+    RawState *s = bs->opaque;
+    s->has_size = json_object_get(options, "size") != NULL;
+    if (!opts_take_size(options, "offset", &s->offset, errp) ||
+        !opts_take_size(options, "size", &s->size, errp)) {
+        return -EINVAL;
+    }
+    bool window = s->offset || s->has_size;
+    unsigned role = window ? CHILD_ROLE_DATA | CHILD_ROLE_PRIMARY
+                           : CHILD_ROLE_FILTERED | CHILD_ROLE_PRIMARY;
+    if (!node_open_child(bs, options, "file", role, false, errp)) {
+        return -EINVAL;
+    }
+    int64_t real = node_getlength(bs->file->bs);
+    if (real < 0) {
+        error_setg_errno(errp, (int)-real, "Could not get image size");
+        return (int)real;
+    }
+    if ((int64_t)s->offset > real) {
+        error_setg(errp, "Offset (%" G_GUINT64_FORMAT ") cannot be greater "
+                   "than size of the containing file (%" G_GINT64_FORMAT ")",
+                   s->offset, real);
+        return -EINVAL;
+    }
+    if (s->has_size && s->offset + s->size > (uint64_t)real) {
+        error_setg(errp, "The sum of offset (%" G_GUINT64_FORMAT ") and size "
+                   "(%" G_GUINT64_FORMAT ") has to be smaller or equal to the "
+                   " actual size of the containing file (%" G_GINT64_FORMAT ")",
+                   s->offset, s->size, real);
+        return -EINVAL;
+    }
+    if (s->has_size && s->size % 512) {
+        error_setg(errp, "Specified size is not multiple of 512");
+        return -EINVAL;
+    }
+    return 0;
+}
+
+static int64_t raw_getlength(BlockNode *bs)
+{
+    RawState *s = bs->opaque;
+    if (s->has_size) {
+        return (int64_t)s->size;
+    }
+    int64_t len = node_getlength(bs->file->bs);
+    if (len < 0) {
+        return len;
+    }
+    return MAX(0, len - (int64_t)s->offset);
+}
+
+/* Keep requests inside the window; writes past a fixed size fail. */
+static int raw_adjust(BlockNode *bs, int64_t *offset, int64_t bytes,
+                      bool is_write)
+{
+    RawState *s = bs->opaque;
+    if (s->has_size && (*offset > (int64_t)s->size ||
+                        bytes > (int64_t)s->size - *offset)) {
+        return -ENOSPC;
+    }
+    *offset += (int64_t)s->offset;
+    return 0;
+}
+
+static int coroutine_fn raw_co_preadv(BlockNode *bs, int64_t offset,
+                                      int64_t bytes, IOVec *qiov,
+                                      size_t qoff, int flags)
+{
+    int ret = raw_adjust(bs, &offset, bytes, false);
+    if (ret < 0) {
+        return ret;
+    }
+    child_debug_event(bs->file, BLKDBG_READ_AIO);
+    return child_co_preadv(bs->file, offset, bytes, qiov, qoff, flags);
+}
+
+/* A probed raw image may not turn itself into another format. */
+static int coroutine_fn raw_check_first_sector(BlockNode *bs, int64_t offset,
+                                               IOVec *qiov, size_t qoff,
+                                               int64_t bytes)
+{
+    if (!bs->probed || offset >= 512) {
+        return 0;
+    }
+    uint8_t buf[512];
+    memset(buf, 0, sizeof(buf));
+    /* Whatever the write leaves of the old sector is irrelevant to probing
+     * headers, which all start at byte 0. */
+    size_t n = MIN((size_t)bytes, sizeof(buf) - (size_t)offset);
+    iov_to_buf(qiov->iov, qiov->niov, qoff, buf + offset, n);
+    const char **names = driver_list();
+    int ret = 0;
+    for (const char **p = names; *p; p++) {
+        const BlockDriver *drv = driver_find(*p);
+        if (drv->probe && strcmp(drv->format_name, "raw") &&
+            drv->probe(buf, sizeof(buf), NULL) > 0) {
+            ret = -EPERM;
+        }
+    }
+    g_free(names);
+    return ret;
+}
+
+static int coroutine_fn raw_co_pwritev(BlockNode *bs, int64_t offset,
+                                       int64_t bytes, IOVec *qiov,
+                                       size_t qoff, int flags)
+{
+    int ret = raw_check_first_sector(bs, offset, qiov, qoff, bytes);
+    if (ret < 0) {
+        return ret;
+    }
+    ret = raw_adjust(bs, &offset, bytes, true);
+    if (ret < 0) {
+        return ret;
+    }
+    child_debug_event(bs->file, BLKDBG_WRITE_AIO);
+    return child_co_pwritev(bs->file, offset, bytes, qiov, qoff, flags);
+}
+
+static int coroutine_fn raw_co_pwrite_zeroes(BlockNode *bs, int64_t offset,
+                                             int64_t bytes, int flags)
+{
+    int ret = raw_adjust(bs, &offset, bytes, true);
+    if (ret < 0) {
+        return ret;
+    }
+    return child_co_pwrite_zeroes(bs->file, offset, bytes, flags);
+}
+
+static int coroutine_fn raw_co_pdiscard(BlockNode *bs, int64_t offset,
+                                        int64_t bytes)
+{
+    int ret = raw_adjust(bs, &offset, bytes, true);
+    if (ret < 0) {
+        return ret;
+    }
+    return child_co_pdiscard(bs->file, offset, bytes);
+}
+
+static int coroutine_fn raw_co_block_status(BlockNode *bs, bool want_zero,
+                                            int64_t offset, int64_t bytes,
+                                            int64_t *pnum, int64_t *map,
+                                            BlockNode **file)
+{
+    RawState *s = bs->opaque;
+    *pnum = bytes;
+    *file = bs->file->bs;
+    *map = offset + (int64_t)s->offset;
+    return BLOCK_RAW | BLOCK_OFFSET_VALID;
+}
+
+static int coroutine_fn raw_co_truncate(BlockNode *bs, int64_t offset,
+                                        bool exact, PreallocMode prealloc,
+                                        GError **errp)
+{
+    RawState *s = bs->opaque;
+    if (s->has_size) {
+        error_setg(errp, "Cannot resize fixed-size raw disks");
+        return -ENOTSUP;
+    }
+    return child_co_truncate(bs->file, offset + (int64_t)s->offset, exact,
+                             prealloc, errp);
+}
+
+static int raw_get_info(BlockNode *bs, BlockDriverInfo *bdi)
+{
+    memset(bdi, 0, sizeof(*bdi));
+    return 0;
+}
+
+static void raw_child_perm(BlockNode *bs, BlockChild *c, unsigned role,
+                           const ReopenState *rs, uint64_t perm,
+                           uint64_t shared, uint64_t *nperm, uint64_t *nshared)
+{
+    /* Raw has no metadata of its own: it needs exactly what its users need. */
+    node_filter_perms(bs, c, role, rs, perm, shared, nperm, nshared);
+}
+
+static int raw_reopen_prepare(ReopenState *rs, GError **errp)
+{
+    RawState *s = rs->bs->opaque;
+    uint64_t offset = s->offset, size = s->size;
+    if (!opts_take_size(rs->options, "offset", &offset, errp) ||
+        !opts_take_size(rs->options, "size", &size, errp)) {
+        return -EINVAL;
+    }
+    if (offset != s->offset || (s->has_size && size != s->size)) {
+        error_setg(errp, "Cannot change the offset or size of a raw node");
+        return -EINVAL;
+    }
+    return 0;
+}
+
+static int raw_create(const char *filename, json_t *options, GError **errp)
+{
+    /* The file holds the image: creating raw is creating the file. */
+    json_incref(options);
+    return image_create("file", filename, options, errp) ? 0 : -EIO;
+}
+
+static const char *const raw_create_opts[] = { "size", "preallocation", NULL };
+
+const BlockDriver bdrv_raw = {
+    .format_name = "raw",
+    .instance_size = sizeof(RawState),
+    .is_format = true,
+    .probe = raw_probe,
+    .open = raw_open,
+    .create = raw_create,
+    .create_opts = raw_create_opts,
+    .child_perm = raw_child_perm,
+    .reopen_prepare = raw_reopen_prepare,
+    .co_preadv = raw_co_preadv,
+    .co_pwritev = raw_co_pwritev,
+    .co_pwrite_zeroes = raw_co_pwrite_zeroes,
+    .co_pdiscard = raw_co_pdiscard,
+    .co_block_status = raw_co_block_status,
+    .co_truncate = raw_co_truncate,
+    .getlength = raw_getlength,
+    .get_info = raw_get_info,
+    .supported_write_flags = REQ_FUA,
+    .supported_zero_flags = REQ_FUA | REQ_MAY_UNMAP | REQ_NO_FALLBACK,
+};

@@ -1,0 +1,49 @@
+/* The built-in drivers, registered by name. */
+#include <string.h>
+#include "strata/block-driver.h"
+
+extern const BlockDriver bdrv_raw;
+extern const BlockDriver bdrv_null_co;
+extern const BlockDriver bdrv_file;
+extern const BlockDriver bdrv_blkdebug;
+
+static GPtrArray *drivers;
+
+void driver_register(const BlockDriver *drv)
+{
+    g_ptr_array_add(drivers, (gpointer)drv);
+}
+
+static void drivers_init(void)
+{
+    if (drivers) {
+        return;
+    }
+    drivers = g_ptr_array_new();
+    driver_register(&bdrv_raw);
+    driver_register(&bdrv_null_co);
+    driver_register(&bdrv_file);
+    driver_register(&bdrv_blkdebug);
+}
+
+const BlockDriver *driver_find(const char *name)
+{
+    drivers_init();
+    for (guint i = 0; i < drivers->len; i++) {
+        const BlockDriver *drv = drivers->pdata[i];
+        if (!strcmp(drv->format_name, name)) {
+            return drv;
+        }
+    }
+    return NULL;
+}
+
+const char **driver_list(void)
+{
+    drivers_init();
+    const char **names = g_new0(const char *, drivers->len + 1);
+    for (guint i = 0; i < drivers->len; i++) {
+        names[i] = ((const BlockDriver *)drivers->pdata[i])->format_name;
+    }
+    return names;
+}

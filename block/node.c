@@ -1,0 +1,670 @@
+/*
+ * Nodes: opening (option resolution, probing, child inheritance), naming,
+ * reference counting and closing.
+ *
+ * Opening a node resolves, in order: a "json:{...}" filename, the generic
+ * options every node has (node-name, read-only, cache.*, force-share,
+ * detect-zeroes, discard), the driver (given, from a "proto:" prefix, or
+ * probed), then the driver's own open, and finally refuses any option
+ * nobody took, naming it.
+ */
+#include <errno.h>
+#include <string.h>
+#include "block-int.h"
+
+static GList *all_nodes;       /* every open node, in creation order */
+static unsigned next_auto_name;
+
+/* ---- Registry and names ---- */
+
+bool node_name_valid(const char *name)
+{
+    size_t n = strlen(name);
+    if (n == 0 || n > 31 || !g_ascii_isalpha(name[0])) {
+        return false;
+    }
+    for (size_t i = 0; i < n; i++) {
+        char ch = name[i];
+        if (!g_ascii_isalnum(ch) && ch != '-' && ch != '.' && ch != '_') {
+            return false;
+        }
+    }
+    return true;
+}
+
+BlockNode *node_find(const char *node_name)
+{
+    for (GList *l = all_nodes; l; l = l->next) {
+        BlockNode *bs = l->data;
+        if (!strcmp(bs->node_name, node_name)) {
+            return bs;
+        }
+    }
+    return NULL;
+}
+
+BlockNode *node_next(BlockNode *bs)
+{
+    GList *l = bs ? g_list_find(all_nodes, bs) : NULL;
+    l = bs ? (l ? l->next : NULL) : all_nodes;
+    return l ? l->data : NULL;
+}
+
+BlockNode *node_new(const BlockDriver *drv)
+{
+    BlockNode *bs = g_new0(BlockNode, 1);
+    bs->drv = drv;
+    bs->opaque = drv->instance_size ? g_malloc0(drv->instance_size) : NULL;
+    bs->refcnt = 1;
+    bs->total_bytes = -1;
+    bs->cum_shared = BLK_PERM_ALL;
+    bs->bl.request_alignment = 1;
+    co_queue_init(&bs->serialise_wait);
+    return bs;
+}
+
+void node_register(BlockNode *bs)
+{
+    all_nodes = g_list_append(all_nodes, bs);
+}
+
+void node_ref(BlockNode *bs)
+{
+    bs->refcnt++;
+}
+
+static void node_close(BlockNode *bs)
+{
+    node_drain_begin(bs);
+    if (bs->drv->close) {
+        bs->drv->close(bs);
+    }
+    /* Closing drops the children however frozen: nobody can use them now. */
+    while (bs->children) {
+        BlockChild *c = bs->children->data;
+        if (c->freezers) {
+            g_ptr_array_set_size(c->freezers, 0);
+        }
+        child_detach(c, NULL);
+    }
+    node_drain_end(bs);
+}
+
+void node_unref(BlockNode *bs)
+{
+    if (!bs) {
+        return;
+    }
+    g_assert(bs->refcnt > 0);
+    if (--bs->refcnt > 0) {
+        return;
+    }
+    g_assert(bs->parents == NULL);
+    /* Closing drains, which takes references: hold one meanwhile. */
+    bs->refcnt = 1;
+    node_close(bs);
+    g_assert(bs->refcnt == 1);
+    all_nodes = g_list_remove(all_nodes, bs);
+    json_decref(bs->options);
+    g_free(bs->opaque);
+    g_free(bs);
+}
+
+/* ---- Accessors ---- */
+
+const char *node_get_name(const BlockNode *bs) { return bs->node_name; }
+const char *node_get_filename(const BlockNode *bs) { return bs->filename; }
+const char *node_get_format_name(const BlockNode *bs) { return bs->drv->format_name; }
+const BlockDriver *node_get_driver(const BlockNode *bs) { return bs->drv; }
+bool node_is_read_only(const BlockNode *bs) { return bs->read_only; }
+int node_get_flags(const BlockNode *bs) { return bs->open_flags; }
+
+int64_t node_getlength(BlockNode *bs)
+{
+    /* Cached: the request path checks ranges on every request. */
+    if (bs->total_bytes >= 0 && !bs->drv->has_variable_length) {
+        return bs->total_bytes;
+    }
+    int64_t len;
+    if (bs->drv->getlength) {
+        len = bs->drv->getlength(bs);
+    } else {
+        BlockNode *child = node_primary_child(bs);
+        len = child ? node_getlength(child) : -ENOMEDIUM;
+    }
+    if (len >= 0) {
+        bs->total_bytes = len;
+    }
+    return len;
+}
+
+void node_invalidate_length(BlockNode *bs)
+{
+    bs->total_bytes = -1;
+    for (GList *l = bs->parents; l; l = l->next) {
+        BlockChild *c = l->data;
+        if (c->klass->parent_is_node) {
+            node_invalidate_length(c->opaque);
+        }
+    }
+}
+
+int64_t node_get_allocated_file_size(BlockNode *bs)
+{
+    if (bs->drv->get_allocated_file_size) {
+        return bs->drv->get_allocated_file_size(bs);
+    }
+    /* Formats and filters occupy what their storage occupies. */
+    BlockNode *child = node_primary_child(bs);
+    return child ? node_get_allocated_file_size(child) : -ENOTSUP;
+}
+
+BlockNode *node_primary_child(BlockNode *bs)
+{
+    for (GList *l = bs->children; l; l = l->next) {
+        BlockChild *c = l->data;
+        if (c->role & CHILD_ROLE_PRIMARY) {
+            return c->bs;
+        }
+    }
+    return bs->file ? bs->file->bs : NULL;
+}
+
+BlockNode *node_filtered_child(BlockNode *bs)
+{
+    if (!bs->drv->is_filter) {
+        return NULL;
+    }
+    for (GList *l = bs->children; l; l = l->next) {
+        BlockChild *c = l->data;
+        if (c->role & CHILD_ROLE_FILTERED) {
+            return c->bs;
+        }
+    }
+    return NULL;
+}
+
+BlockNode *node_skip_filters(BlockNode *bs)
+{
+    while (bs && node_filtered_child(bs)) {
+        bs = node_filtered_child(bs);
+    }
+    return bs;
+}
+
+ReopenState *node_reopen_state(const BlockNode *bs)
+{
+    return bs->reopen_state;
+}
+
+void node_set_reopen_state(BlockNode *bs, ReopenState *rs)
+{
+    bs->reopen_state = rs;
+}
+
+bool node_writable_after_reopen(const BlockNode *bs)
+{
+    return bs->reopen_state ? !bs->reopen_state->read_only : !bs->read_only;
+}
+
+/* ---- Limits ---- */
+
+void node_refresh_limits(BlockNode *bs)
+{
+    BlockLimits bl = { .request_alignment = 1 };
+    /* Inherit from the primary child: a format reads through its file. */
+    BlockNode *child = node_primary_child(bs);
+    if (child) {
+        bl.min_mem_alignment = child->bl.min_mem_alignment;
+        bl.opt_mem_alignment = child->bl.opt_mem_alignment;
+        bl.max_transfer = child->bl.max_transfer;
+        bl.opt_transfer = child->bl.opt_transfer;
+        if (bs->drv->is_filter) {
+            bl = child->bl;
+        }
+    }
+    bs->bl = bl;
+    if (bs->drv->refresh_limits) {
+        bs->drv->refresh_limits(bs);
+    }
+    if (bs->bl.request_alignment == 0) {
+        bs->bl.request_alignment = 1;
+    }
+    if (bs->bl.min_mem_alignment == 0) {
+        bs->bl.min_mem_alignment = 1;
+    }
+    if (bs->bl.opt_mem_alignment < bs->bl.min_mem_alignment) {
+        bs->bl.opt_mem_alignment = bs->bl.min_mem_alignment;
+    }
+}
+
+/* ---- Opening ---- */
+
+static const char *const detect_zeroes_names[] = { "off", "on", "unmap", NULL };
+static const char *const discard_names[] = { "ignore", "unmap", "off", "on", NULL };
+
+/* Find a protocol driver from a "proto:rest" filename, NULL if none. */
+static const BlockDriver *protocol_from_filename(const char *filename)
+{
+    const char *colon = strchr(filename, ':');
+    if (!colon) {
+        return NULL;
+    }
+    /* A slash before the colon means a path, e.g. "./a:b". */
+    const char *slash = strchr(filename, '/');
+    if (slash && slash < colon) {
+        return NULL;
+    }
+    char *proto = g_strndup(filename, colon - filename);
+    const BlockDriver *found = NULL;
+    const char **names = driver_list();
+    for (const char **n = names; *n && !found; n++) {
+        const BlockDriver *drv = driver_find(*n);
+        if (drv->protocol_name && drv->parse_filename &&
+            !strcmp(drv->protocol_name, proto)) {
+            found = drv;
+        }
+    }
+    g_free(names);
+    g_free(proto);
+    return found;
+}
+
+typedef struct {
+    BlockNode *bs;
+    uint8_t *buf;
+    int len;
+    int ret;
+} ProbeRead;
+
+static void probe_read_co(void *opaque)
+{
+    ProbeRead *p = opaque;
+    IOVec qiov;
+    iovec_init_buf(&qiov, p->buf, p->len);
+    p->ret = node_co_preadv_node(p->bs, 0, p->len, &qiov, 0, 0);
+    iovec_destroy(&qiov);
+}
+
+/* Guess the format of the image in protocol node file. */
+static const BlockDriver *probe_format(BlockNode *file, GError **errp)
+{
+    int64_t len = node_getlength(file);
+    if (len < 0) {
+        error_setg_errno(errp, -len, "Could not determine image size");
+        return NULL;
+    }
+    enum { PROBE_BUF = 2048 };
+    uint32_t align = MAX(file->bl.request_alignment, 512);
+    int want = (int)MIN((int64_t)PROBE_BUF, len);
+    int rlen = want ? (int)ROUND_UP(want, align) : 0;
+    uint8_t *buf = aligned_alloc_buf(MAX(file->bl.min_mem_alignment, 512),
+                                     MAX(rlen, 512));
+    memset(buf, 0, MAX(rlen, 512));
+    if (rlen) {
+        ProbeRead p = { file, buf, rlen, 0 };
+        co_run_sync(probe_read_co, &p);
+        if (p.ret < 0) {
+            error_setg_errno(errp, -p.ret, "Could not read image for determining its format");
+            aligned_free(buf);
+            return NULL;
+        }
+    }
+    const BlockDriver *best = NULL;
+    int best_score = 0;
+    const char **names = driver_list();
+    for (const char **n = names; *n; n++) {
+        const BlockDriver *drv = driver_find(*n);
+        if (drv->probe) {
+            int score = drv->probe(buf, want, file->filename);
+            if (score > best_score) {
+                best_score = score;
+                best = drv;
+            }
+        }
+    }
+    g_free(names);
+    aligned_free(buf);
+    if (!best) {
+        error_setg(errp, "Could not determine image format: No compatible driver found");
+    }
+    return best;
+}
+
+static bool take_generic_options(BlockNode *bs, json_t *options, int *flags,
+                                 GError **errp)
+{
+    char *name = NULL;
+    bool read_only = !(*flags & NODE_O_RDWR);
+    bool auto_ro = false;
+    bool direct = *flags & NODE_O_NOCACHE, no_flush = *flags & NODE_O_NO_FLUSH;
+    int dz = DETECT_ZEROES_OFF, discard = 0;
+
+    if (!opts_take_str(options, "node-name", &name, errp) ||
+        !opts_take_bool(options, "read-only", &read_only, errp) ||
+        !opts_take_bool(options, "auto-read-only", &auto_ro, errp) ||
+        !opts_take_bool(options, "force-share", &bs->force_share, errp) ||
+        !opts_take_bool(options, "cache.direct", &direct, errp) ||
+        !opts_take_bool(options, "cache.no-flush", &no_flush, errp) ||
+        !opts_take_enum(options, "detect-zeroes", detect_zeroes_names, &dz, errp) ||
+        !opts_take_enum(options, "discard", discard_names, &discard, errp)) {
+        g_free(name);
+        return false;
+    }
+    /* cache.* may also come as a nested object. */
+    json_t *cache = json_object_get(options, "cache");
+    if (cache && json_is_object(cache)) {
+        if (!opts_take_bool(cache, "direct", &direct, errp) ||
+            !opts_take_bool(cache, "no-flush", &no_flush, errp)) {
+            g_free(name);
+            return false;
+        }
+        if (json_object_size(cache) == 0) {
+            json_object_del(options, "cache");
+        }
+    }
+    if (name) {
+        if (!node_name_valid(name)) {
+            error_setg(errp, "Invalid node-name: '%s'", name);
+            g_free(name);
+            return false;
+        }
+        if (node_find(name)) {
+            error_setg(errp, "Duplicate nodes with node-name='%s'", name);
+            g_free(name);
+            return false;
+        }
+        g_strlcpy(bs->node_name, name, sizeof(bs->node_name));
+        g_free(name);
+    } else {
+        g_snprintf(bs->node_name, sizeof(bs->node_name), "#block%03u",
+                   next_auto_name++);
+        bs->auto_named = true;
+    }
+    if (bs->force_share && !read_only) {
+        error_setg(errp, "force-share=on can only be used with read-only images");
+        return false;
+    }
+    if (dz == DETECT_ZEROES_UNMAP && !(discard == 1 || discard == 3)) {
+        error_setg(errp, "setting detect-zeroes to unmap is not allowed "
+                         "without setting discard operation to unmap");
+        return false;
+    }
+    bs->detect_zeroes = dz;
+    bs->discard_unmap = (discard == 1 || discard == 3);
+    *flags &= ~(NODE_O_RDWR | NODE_O_NOCACHE | NODE_O_NO_FLUSH);
+    *flags |= (read_only ? 0 : NODE_O_RDWR) | (direct ? NODE_O_NOCACHE : 0) |
+              (no_flush ? NODE_O_NO_FLUSH : 0);
+    bs->read_only = read_only;
+    return true;
+}
+
+static BlockNode *node_open_common(const char *filename, json_t *options,
+                                   int flags, GError **errp);
+
+/* Merge src's (flattened) keys into dst where dst has none. */
+static void opts_merge_missing(json_t *dst, json_t *src)
+{
+    json_t *flat_src = opts_flatten(src);
+    json_t *flat_dst = opts_flatten(dst);
+    const char *k;
+    json_t *v;
+    json_object_foreach(flat_src, k, v) {
+        if (!json_object_get(flat_dst, k)) {
+            opts_set_dotted(dst, k, json_incref(v), NULL);
+        }
+    }
+    json_decref(flat_src);
+    json_decref(flat_dst);
+}
+
+BlockNode *node_open(const char *filename, json_t *options, int flags,
+                     GError **errp)
+{
+    if (!options) {
+        options = json_object();
+    }
+    if (filename && g_str_has_prefix(filename, "json:")) {
+        json_error_t jerr;
+        json_t *j = json_loads(filename + 5, 0, &jerr);
+        if (!j || !json_is_object(j)) {
+            error_setg(errp, "Could not parse the JSON options: %s",
+                       j ? "expected a JSON object" : jerr.text);
+            json_decref(j);
+            json_decref(options);
+            return NULL;
+        }
+        opts_merge_missing(options, j);
+        json_decref(j);
+        filename = NULL;
+    }
+    return node_open_common(filename, options, flags, errp);
+}
+
+static BlockNode *node_open_common(const char *filename, json_t *options,
+                                   int flags, GError **errp)
+{
+    BlockNode *bs = NULL;
+    BlockNode *probed_file = NULL;
+    char *drvname = NULL;
+    const BlockDriver *drv = NULL;
+
+    if (!opts_take_str(options, "driver", &drvname, errp)) {
+        goto fail;
+    }
+    if (drvname) {
+        drv = driver_find(drvname);
+        if (!drv) {
+            error_setg(errp, "Unknown driver '%s'", drvname);
+            goto fail;
+        }
+    } else if (flags & NODE_O_PROTOCOL) {
+        if (filename) {
+            drv = protocol_from_filename(filename);
+        }
+        if (!drv) {
+            drv = driver_find("file");
+        }
+    } else {
+        if (!filename && !json_object_get(options, "file")) {
+            error_setg(errp, "Must specify either driver or file");
+            goto fail;
+        }
+        /* Open the storage first, then ask every format whether it is theirs. */
+        json_t *file_opts = opts_take_subtree(options, "file");
+        if (!file_opts) {
+            file_opts = json_object();
+        }
+        if (filename && !json_object_get(file_opts, "filename")) {
+            json_object_set_new(file_opts, "filename", json_string(filename));
+        }
+        int fflags = (flags | NODE_O_PROTOCOL) & ~NODE_O_RESIZE;
+        char *fname = opts_get_str(file_opts, "filename");
+        json_object_del(file_opts, "filename");
+        probed_file = node_open_common(fname, file_opts, fflags, errp);
+        g_free(fname);
+        if (!probed_file) {
+            goto fail;
+        }
+        drv = probe_format(probed_file, errp);
+        if (!drv) {
+            goto fail;
+        }
+        filename = NULL;
+    }
+
+    bs = node_new(drv);
+    bs->probed = probed_file != NULL;
+    if (!take_generic_options(bs, options, &flags, errp)) {
+        goto fail;
+    }
+    bs->open_flags = flags & ~(NODE_O_PROTOCOL | NODE_O_RESIZE);
+
+    if (probed_file) {
+        json_object_set_new(options, "file",
+                            json_string(probed_file->node_name));
+        g_strlcpy(bs->filename, probed_file->filename, sizeof(bs->filename));
+    } else if (filename) {
+        if (drv->is_format) {
+            /* The filename names the format's storage. */
+            json_t *file_opts = json_object_get(options, "file");
+            if (!file_opts) {
+                file_opts = json_object();
+                json_object_set_new(options, "file", file_opts);
+            }
+            if (json_is_object(file_opts) &&
+                !json_object_get(file_opts, "filename")) {
+                json_object_set_new(file_opts, "filename", json_string(filename));
+            }
+        } else if (drv->parse_filename) {
+            if (!drv->parse_filename(filename, options, errp)) {
+                goto fail;
+            }
+        } else {
+            json_object_set_new(options, "filename", json_string(filename));
+        }
+        g_strlcpy(bs->filename, filename, sizeof(bs->filename));
+    }
+    bs->options = json_deep_copy(options);
+    node_register(bs);
+
+    if (drv->open && drv->open(bs, options, bs->open_flags, errp) < 0) {
+        goto fail_registered;
+    }
+    const char *left = opts_first_key(options);
+    if (left) {
+        if (drv->is_format || drv->is_filter || !drv->protocol_name) {
+            error_setg(errp, "Block format '%s' does not support the option '%s'",
+                       drv->format_name, left);
+        } else {
+            error_setg(errp, "Block protocol '%s' doesn't support the option '%s'",
+                       drv->format_name, left);
+        }
+        goto fail_registered;
+    }
+    node_refresh_limits(bs);
+    if (!bs->filename[0]) {
+        BlockNode *child = node_primary_child(bs);
+        if (child) {
+            g_strlcpy(bs->filename, child->filename, sizeof(bs->filename));
+        }
+    }
+    if (drv->refresh_filename) {
+        drv->refresh_filename(bs);
+    }
+    if (probed_file) {
+        node_unref(probed_file);
+        if (bs->open_flags & NODE_O_RDWR && !strcmp(drv->format_name, "raw")) {
+            warn_print("WARNING: Image format was not specified for '%s' and "
+                       "probing guessed raw.\n"
+                       "         Automatically detecting the format is "
+                       "dangerous for raw images, write operations on block 0 "
+                       "will be restricted.\n"
+                       "         Specify the 'raw' format explicitly to remove "
+                       "the restrictions.", bs->filename);
+        }
+    }
+    json_decref(options);
+    g_free(drvname);
+    return bs;
+
+fail_registered:
+    /*
+     * A failing open releases what it acquired itself; the children it had
+     * attached already are detached here.
+     */
+    while (bs->children) {
+        child_detach(bs->children->data, NULL);
+    }
+    all_nodes = g_list_remove(all_nodes, bs);
+    json_decref(bs->options);
+    g_free(bs->opaque);
+    g_free(bs);
+    bs = NULL;
+fail:
+    if (bs) {
+        json_decref(bs->options);
+        g_free(bs->opaque);
+        g_free(bs);
+    }
+    node_unref(probed_file);
+    json_decref(options);
+    g_free(drvname);
+    return NULL;
+}
+
+BlockChild *node_open_child(BlockNode *bs, json_t *options, const char *name,
+                            unsigned role, bool allow_none, GError **errp)
+{
+    json_t *ref = json_object_get(options, name);
+    BlockNode *child_bs;
+
+    if (ref && json_is_string(ref)) {
+        /* A reference to an existing node by name. */
+        child_bs = node_find(json_string_value(ref));
+        if (!child_bs) {
+            error_setg(errp, "Cannot find device='' nor node-name='%s'",
+                       json_string_value(ref));
+            return NULL;
+        }
+        json_object_del(options, name);
+        node_ref(child_bs);
+    } else {
+        json_t *sub = opts_take_subtree(options, name);
+        if (!sub) {
+            if (allow_none) {
+                return NULL;
+            }
+            error_setg(errp, "A block device must be specified for \"%s\"", name);
+            return NULL;
+        }
+        /*
+         * Children inherit the parent's cache mode and read-only state unless
+         * their options say otherwise; a backing file is always read-only,
+         * and a format's storage is opened as a protocol (never probed).
+         */
+        int flags = bs->open_flags & (NODE_O_RDWR | NODE_O_NOCACHE | NODE_O_NO_FLUSH);
+        if (role & CHILD_ROLE_COW) {
+            flags &= ~NODE_O_RDWR;
+        } else if (bs->drv->is_format) {
+            flags |= NODE_O_PROTOCOL;
+        }
+        if (bs->discard_unmap && !json_object_get(sub, "discard")) {
+            json_object_set_new(sub, "discard", json_string("unmap"));
+        }
+        if (bs->force_share && !json_object_get(sub, "force-share")) {
+            json_object_set_new(sub, "force-share", json_true());
+        }
+        char *fname = opts_get_str(sub, "filename");
+        if (fname && !json_object_get(sub, "driver")) {
+            /* Let the driver be found from the filename. */
+            json_object_del(sub, "filename");
+        } else {
+            g_free(fname);
+            fname = NULL;
+        }
+        child_bs = node_open_common(fname, sub, flags, errp);
+        g_free(fname);
+        if (!child_bs) {
+            return NULL;
+        }
+    }
+    BlockChild *c = node_attach_child(bs, child_bs, name, role, errp);
+    node_unref(child_bs);
+    return c;
+}
+
+/* ---- In-flight accounting ---- */
+
+void node_inc_in_flight(BlockNode *bs)
+{
+    bs->in_flight++;
+}
+
+void node_dec_in_flight(BlockNode *bs)
+{
+    g_assert(bs->in_flight > 0);
+    if (--bs->in_flight == 0) {
+        drain_kick();
+    }
+}

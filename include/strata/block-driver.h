@@ -1,0 +1,239 @@
+/*
+ * The driver interface and the node/edge structures drivers see.
+ *
+ * A driver is one const BlockDriver table in its own file under
+ * block/drivers/.  Every callback is optional unless stated; block/io.c and
+ * block/node.c fill in the defaults, check ranges, alignment and permissions
+ * before calling a driver, and count requests in flight.  A driver never
+ * calls another driver: it reaches its children through child_co_*().
+ */
+#ifndef STRATA_BLOCK_DRIVER_H
+#define STRATA_BLOCK_DRIVER_H
+
+#include "strata/block.h"
+#include "strata/error.h"
+#include "strata/opts.h"
+#include "strata/units.h"
+
+/* Request limits a node advertises to io.c (all in bytes; 0 = no limit). */
+typedef struct BlockLimits {
+    uint32_t request_alignment; /* offsets/lengths handed to the driver */
+    uint32_t min_mem_alignment; /* buffers must be aligned to this */
+    uint32_t opt_mem_alignment;
+    uint64_t max_transfer;
+    uint64_t opt_transfer;
+    uint32_t pwrite_zeroes_alignment;
+    uint64_t max_pwrite_zeroes;
+    uint32_t pdiscard_alignment;
+    uint64_t max_pdiscard;
+} BlockLimits;
+
+/* What a parent class tells the graph about itself. */
+struct BlockChildClass {
+    const char *kind;                       /* "node", "backend", "job" */
+    bool parent_is_node;
+    char *(*get_parent_desc)(BlockChild *c); /* for error messages */
+    /* Drain notifications: stop issuing new requests / resume. */
+    void (*drained_begin)(BlockChild *c);
+    void (*drained_end)(BlockChild *c);
+    /* True while the parent still has requests in flight. */
+    bool (*drained_poll)(BlockChild *c);
+};
+
+struct BlockChild {
+    char *name;               /* role name: "file", "backing", "root" ... */
+    unsigned role;            /* CHILD_ROLE_* */
+    const BlockChildClass *klass;
+    void *opaque;             /* the parent: BlockNode*, BlockBackend*, Job* */
+    BlockNode *bs;            /* the child node */
+    uint64_t perm, shared;
+    GPtrArray *freezers;      /* owner strings, one per freeze */
+    bool parent_quiesced;     /* drained_begin was sent to the parent */
+};
+
+/* Read-only snapshot of what a driver says about the image for `info`. */
+typedef struct BlockDriverInfo {
+    int64_t cluster_size;
+    int64_t vm_state_offset;
+    bool is_dirty;
+} BlockDriverInfo;
+
+/* State of one node during a reopen transaction. */
+typedef struct ReopenState {
+    BlockNode *bs;
+    json_t *options;     /* the full new option set (driver takes from it) */
+    int flags;           /* new open flags */
+    bool read_only;
+    void *opaque;        /* driver's prepared state */
+    uint64_t perm_old, shared_old; /* scratch for the permission switch */
+} ReopenState;
+
+struct BlockDriver {
+    const char *format_name;
+    const char *protocol_name;   /* "file", "null-co", "blkdebug" ... */
+    size_t instance_size;
+    bool is_format;              /* may be probed / has a "file" child */
+    bool is_filter;              /* data is the filtered child's data */
+    bool supports_backing;
+
+    /* 0..100: how sure the driver is that buf (the first 512+ bytes) is its format. */
+    int (*probe)(const uint8_t *buf, int buf_size, const char *filename);
+    /* Turn "proto:rest" into options (e.g. filename=rest). */
+    bool (*parse_filename)(const char *filename, json_t *options,
+                           GError **errp);
+    /*
+     * Open: take the options the driver knows from `options` (the node
+     * checks for leftovers afterwards), open children with
+     * node_open_child(), fill bs->bl where needed.
+     */
+    int (*open)(BlockNode *bs, json_t *options, int flags, GError **errp);
+    void (*close)(BlockNode *bs);
+    /* Fill bs->bl from the children's limits and the driver's needs. */
+    void (*refresh_limits)(BlockNode *bs);
+    /* Options that describe this node, for "json:{...}" filenames. */
+    void (*refresh_filename)(BlockNode *bs);
+
+    /* Creation. options: size, preallocation, ... (consumed). */
+    int (*create)(const char *filename, json_t *options, GError **errp);
+    /* Create options this driver accepts (for -o help), NULL-terminated. */
+    const char *const *create_opts;
+
+    /*
+     * Permissions.  child_perm: given what the node's parents take (perm)
+     * and share (shared), what must the node take/share on child c?  Called
+     * with c->role; during open and reopen the node's flags may be the
+     * reopen-state's (rs != NULL).
+     */
+    void (*child_perm)(BlockNode *bs, BlockChild *c, unsigned role,
+                       const ReopenState *rs, uint64_t perm, uint64_t shared,
+                       uint64_t *nperm, uint64_t *nshared);
+    /* Protocol-level permission check (file locks); commit or abort follows. */
+    int (*check_perm)(BlockNode *bs, uint64_t perm, uint64_t shared,
+                      GError **errp);
+    void (*set_perm)(BlockNode *bs, uint64_t perm, uint64_t shared);
+    void (*abort_perm_update)(BlockNode *bs);
+
+    /* Reopen: prepare may fail; commit and abort may not. */
+    int (*reopen_prepare)(ReopenState *rs, GError **errp);
+    void (*reopen_commit)(ReopenState *rs);
+    void (*reopen_abort)(ReopenState *rs);
+
+    /*
+     * Data path.  offset/bytes are multiples of bl.request_alignment (io.c
+     * bounces otherwise), bytes <= bl.max_transfer, and for writes the edge
+     * holds BLK_PERM_WRITE or WRITE_UNCHANGED.  Return 0 or -errno.
+     */
+    int (*co_preadv)(BlockNode *bs, int64_t offset, int64_t bytes,
+                     IOVec *qiov, size_t qiov_offset, int flags);
+    int (*co_pwritev)(BlockNode *bs, int64_t offset, int64_t bytes,
+                      IOVec *qiov, size_t qiov_offset, int flags);
+    /* -ENOTSUP makes io.c write a buffer of zeroes instead (unless NO_FALLBACK). */
+    int (*co_pwrite_zeroes)(BlockNode *bs, int64_t offset, int64_t bytes,
+                            int flags);
+    int (*co_pdiscard)(BlockNode *bs, int64_t offset, int64_t bytes);
+    int (*co_flush_to_os)(BlockNode *bs);
+    int (*co_flush_to_disk)(BlockNode *bs);
+    int (*co_truncate)(BlockNode *bs, int64_t offset, bool exact,
+                       PreallocMode prealloc, GError **errp);
+    /* See node_co_block_status.  Without it: all data, allocated. */
+    int (*co_block_status)(BlockNode *bs, bool want_zero, int64_t offset,
+                           int64_t bytes, int64_t *pnum, int64_t *map,
+                           BlockNode **file);
+    int64_t (*getlength)(BlockNode *bs);
+    /* The length may change behind our back (host devices): never cache. */
+    bool has_variable_length;
+    int64_t (*get_allocated_file_size)(BlockNode *bs);
+    int (*get_info)(BlockNode *bs, BlockDriverInfo *bdi);
+    /* Driver-specific lines for qemu-io "info" / img info; may be NULL. */
+    json_t *(*get_specific_info)(BlockNode *bs, GError **errp);
+
+    /* blkdebug: an event signalled by a parent driver (debug-event.h). */
+    void (*debug_event)(BlockNode *bs, int event);
+    /* qemu-io break/resume/remove_break/wait_break: blkdebug only. */
+    int (*debug_breakpoint)(BlockNode *bs, const char *event, const char *tag);
+    int (*debug_remove_breakpoint)(BlockNode *bs, const char *tag);
+    int (*debug_resume)(BlockNode *bs, const char *tag);
+    bool (*debug_is_suspended)(BlockNode *bs, const char *tag);
+
+    /* Drain hooks: stop/restart driver-internal activity. */
+    void (*drained_begin)(BlockNode *bs);
+    void (*drained_end)(BlockNode *bs);
+
+    /* Flags (REQ_*) the driver honours on writes and zero writes. */
+    int supported_write_flags;
+    int supported_zero_flags;
+    /* Driver-specific runtime options that reopen may change (NULL: none). */
+    const char *const *mutable_opts;
+};
+
+struct BlockNode {
+    const BlockDriver *drv;
+    void *opaque;                /* instance_size bytes of driver state */
+    char node_name[64];
+    bool auto_named;
+    char filename[4096];         /* what `info` and error messages show */
+    json_t *options;             /* options as opened (for reopen, info) */
+    int open_flags;
+    bool read_only;
+    bool force_share;
+    int detect_zeroes;           /* DETECT_ZEROES_* */
+    bool discard_unmap;          /* discard=unmap */
+    int refcnt;
+
+    GList *children;             /* BlockChild*, in attach order */
+    GList *parents;              /* BlockChild* whose bs is this node */
+    BlockChild *file;            /* shortcuts set by drivers */
+    BlockChild *backing;
+
+    BlockLimits bl;
+    int supported_write_flags;
+    int supported_zero_flags;
+
+    /* Permissions as committed (from parents). */
+    uint64_t cum_perm, cum_shared;
+
+    /* Drain and requests. */
+    int quiesce_counter;
+    GSList *drain_sets;          /* per node_drain_begin: the nodes it quiesced */
+    int in_flight;
+    GList *tracked_requests;     /* BdrvTrackedRequest*, for serialising */
+    CoQueue serialise_wait;
+
+    int64_t total_bytes;         /* cached length, -1 when unknown */
+    ReopenState *reopen_state;   /* while a reopen is being prepared */
+    bool probed;                 /* format guessed, not given */
+
+    /* Statistics (query-blockstats later). */
+    uint64_t rd_bytes, wr_bytes, rd_ops, wr_ops, flush_ops;
+};
+
+enum { DETECT_ZEROES_OFF = 0, DETECT_ZEROES_ON, DETECT_ZEROES_UNMAP };
+
+/* Register a driver (done for the built-in ones at start-up). */
+void driver_register(const BlockDriver *drv);
+
+/*
+ * Open a child node for bs from options[name] (a nested object, a flattened
+ * "name.*" set, or a string naming an existing node) and attach it.  The
+ * sub-options are removed from options.  allow_none: return NULL without
+ * error when nothing is given.
+ */
+BlockChild *node_open_child(BlockNode *bs, json_t *options, const char *name,
+                            unsigned role, bool allow_none, GError **errp);
+
+/* Standard permission policies for drivers. */
+void node_default_perms(BlockNode *bs, BlockChild *c, unsigned role,
+                        const ReopenState *rs, uint64_t perm, uint64_t shared,
+                        uint64_t *nperm, uint64_t *nshared);
+void node_filter_perms(BlockNode *bs, BlockChild *c, unsigned role,
+                       const ReopenState *rs, uint64_t perm, uint64_t shared,
+                       uint64_t *nperm, uint64_t *nshared);
+
+/* Set by io.c wrappers when a driver callback returns: in-flight counting. */
+void node_inc_in_flight(BlockNode *bs);
+void node_dec_in_flight(BlockNode *bs);
+
+/* Refresh bl from the driver and children (after open, reopen, attach). */
+void node_refresh_limits(BlockNode *bs);
+
+#endif

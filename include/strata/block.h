@@ -1,0 +1,250 @@
+/*
+ * The node graph: public API for tools, jobs, exports and QMP.
+ *
+ * Threading: every function here runs in the main thread.  Graph changes
+ * (attach, detach, replace, reopen) are transactions: they either complete or
+ * leave the graph exactly as it was, and they report why in *errp.
+ */
+#ifndef STRATA_BLOCK_H
+#define STRATA_BLOCK_H
+
+#include <glib.h>
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include "strata/coroutine.h"
+#include "strata/iov.h"
+
+typedef struct BlockNode BlockNode;
+typedef struct BlockChild BlockChild;
+typedef struct BlockChildClass BlockChildClass;
+typedef struct BlockDriver BlockDriver;
+typedef struct BlockBackend BlockBackend;
+
+/* ---- Permissions (bit values and lock bytes as in QEMU 7.2) ---- */
+enum {
+    BLK_PERM_CONSISTENT_READ = 0x01,
+    BLK_PERM_WRITE = 0x02,
+    BLK_PERM_WRITE_UNCHANGED = 0x04,
+    BLK_PERM_RESIZE = 0x08,
+    BLK_PERM_ALL = 0x0f,
+};
+#define BLK_PERM_COUNT 4
+
+/* "consistent read, write" (caller frees); "" for 0. */
+char *perm_names(uint64_t perm);
+/* One permission's QEMU name: "consistent read", "write", ... */
+const char *perm_name(uint64_t single_perm);
+
+/* ---- Open flags ---- */
+enum {
+    NODE_O_RDWR = 0x0002,
+    NODE_O_NOCACHE = 0x0020,  /* cache.direct=on: O_DIRECT */
+    NODE_O_NO_FLUSH = 0x0200, /* cache.no-flush=on */
+    NODE_O_PROTOCOL = 0x8000, /* the filename names a protocol node */
+    NODE_O_RESIZE = 0x20000,   /* backend: take the resize permission too */
+    NODE_O_NO_SHARE = 0x40000, /* backend: do not share write/resize (qemu-img) */
+};
+
+/* ---- Child roles (flags, as in QEMU's BdrvChildRole) ---- */
+enum {
+    CHILD_ROLE_DATA = 1 << 0,
+    CHILD_ROLE_METADATA = 1 << 1,
+    CHILD_ROLE_FILTERED = 1 << 2,
+    CHILD_ROLE_COW = 1 << 3,
+    CHILD_ROLE_PRIMARY = 1 << 4,
+    CHILD_ROLE_IMAGE = CHILD_ROLE_DATA | CHILD_ROLE_METADATA,
+};
+
+/* ---- Opening nodes ---- */
+
+/*
+ * Open a node graph from a filename and/or options (either may be NULL;
+ * options is consumed).  Filenames may be plain paths, "json:{...}" or
+ * "protocol:..." forms.  Without a "driver" option the format is probed.
+ * The node gets an automatic "#blockNNN" name unless "node-name" is given.
+ * Returns a node with one reference owned by the caller.
+ */
+BlockNode *node_open(const char *filename, json_t *options, int flags,
+                     GError **errp);
+void node_ref(BlockNode *bs);
+void node_unref(BlockNode *bs);
+
+BlockNode *node_find(const char *node_name);
+/* Iterate all nodes: pass NULL first. */
+BlockNode *node_next(BlockNode *bs);
+
+const char *node_get_name(const BlockNode *bs);
+const char *node_get_filename(const BlockNode *bs);
+const char *node_get_format_name(const BlockNode *bs);
+const BlockDriver *node_get_driver(const BlockNode *bs);
+bool node_is_read_only(const BlockNode *bs);
+int node_get_flags(const BlockNode *bs);
+int64_t node_getlength(BlockNode *bs); /* -errno on error */
+/* Bytes the image occupies on disk (st_blocks), or -errno / -ENOTSUP. */
+int64_t node_get_allocated_file_size(BlockNode *bs);
+/* The first child carrying the node's data (file or filtered child). */
+BlockNode *node_primary_child(BlockNode *bs);
+/* The child the node's data comes from when it is a filter, else NULL. */
+BlockNode *node_filtered_child(BlockNode *bs);
+/* Walk past filters to the first non-filter node. */
+BlockNode *node_skip_filters(BlockNode *bs);
+
+/* Cumulative permissions other users hold on bs. */
+void node_get_cumulative_perm(const BlockNode *bs, uint64_t *perm,
+                              uint64_t *shared);
+
+/* ---- Graph edits (transactions) ---- */
+
+/* Attach child_bs under parent as child `name`; permissions from parent's driver. */
+BlockChild *node_attach_child(BlockNode *parent, BlockNode *child_bs,
+                              const char *name, unsigned role, GError **errp);
+/* Attach with an explicit parent class (backends, jobs, tests). */
+BlockChild *child_attach(BlockNode *child_bs, const char *name,
+                         const BlockChildClass *klass, unsigned role,
+                         uint64_t perm, uint64_t shared, void *opaque,
+                         GError **errp);
+/* Detach (fails only when the edge is frozen). Drops the edge's reference. */
+bool child_detach(BlockChild *c, GError **errp);
+/* Change the permissions an edge takes and shares. */
+bool child_set_perm(BlockChild *c, uint64_t perm, uint64_t shared,
+                    GError **errp);
+/* Point c at new_bs instead of its current node. */
+bool child_replace_node(BlockChild *c, BlockNode *new_bs, GError **errp);
+/* Move every parent of `from` (except those in `from`'s own subtree) to `to`. */
+bool node_replace(BlockNode *from, BlockNode *to, GError **errp);
+/* Re-run the permission calculation below bs (after a driver-state change). */
+bool node_refresh_perms(BlockNode *bs, GError **errp);
+
+BlockNode *child_node(const BlockChild *c);
+const char *child_name(const BlockChild *c);
+/* Children of bs: iterate with prev == NULL first. */
+BlockChild *node_next_child(BlockNode *bs, BlockChild *prev);
+BlockChild *node_next_parent(BlockNode *bs, BlockChild *prev);
+BlockChild *node_find_child(BlockNode *bs, const char *name);
+void child_get_perm(const BlockChild *c, uint64_t *perm, uint64_t *shared);
+/* "node 'x'", "block device 'drive0'", "commit job 'c0'" */
+char *child_parent_desc(const BlockChild *c);
+
+/* ---- Freeze counters (seed 002: the GRAPH_MOD replacement) ---- */
+
+/*
+ * Anyone may freeze an edge; `owner` says who, for error messages.  A frozen
+ * edge cannot be detached or retargeted.  Freezes nest: each unfreeze drops
+ * one freeze by the same owner.
+ */
+void child_freeze(BlockChild *c, const char *owner);
+void child_unfreeze(BlockChild *c, const char *owner);
+int child_frozen_count(const BlockChild *c);
+/* False + error naming the owner when c is frozen. */
+bool child_check_not_frozen(const BlockChild *c, const char *action,
+                            GError **errp);
+/* Freeze every edge on the filtered/backing path from top down to base. */
+bool chain_freeze(BlockNode *top, BlockNode *base, const char *owner,
+                  GError **errp);
+void chain_unfreeze(BlockNode *top, BlockNode *base, const char *owner);
+
+/* ---- Reopen (transaction over several nodes) ---- */
+
+typedef struct ReopenQueue ReopenQueue;
+
+/*
+ * Queue bs for reopen with new options (merged over its current options;
+ * NULL keeps them) and read-only state.  Consumes options.  Children whose
+ * options are given inline ("file.cache.direct") are queued too.
+ */
+ReopenQueue *reopen_queue_add(ReopenQueue *q, BlockNode *bs, json_t *options,
+                              bool read_only);
+/* Prepare all, switch permissions, commit all; or abort all. Frees q. */
+bool reopen_multiple(ReopenQueue *q, GError **errp);
+void reopen_queue_free(ReopenQueue *q);
+/* Convenience: one node, new read-only state, options (may be NULL). */
+bool node_reopen(BlockNode *bs, json_t *options, bool read_only,
+                 GError **errp);
+
+/* ---- Drain ---- */
+
+void node_drain_begin(BlockNode *bs);
+void node_drain_end(BlockNode *bs);
+void drain_all_begin(void);
+void drain_all_end(void);
+bool node_is_quiesced(const BlockNode *bs);
+
+/* ---- I/O through an edge (coroutine context; -errno results) ---- */
+
+enum {
+    REQ_FUA = 0x1,           /* write through to stable storage */
+    REQ_MAY_UNMAP = 0x2,     /* zeroes may be written as a hole */
+    REQ_NO_FALLBACK = 0x4,   /* fail with -ENOTSUP rather than write data */
+    REQ_WRITE_UNCHANGED = 0x8, /* the data written is what is there already */
+};
+
+int coroutine_fn child_co_preadv(BlockChild *c, int64_t offset, int64_t bytes,
+                                 IOVec *qiov, size_t qiov_offset, int flags);
+int coroutine_fn child_co_pwritev(BlockChild *c, int64_t offset, int64_t bytes,
+                                  IOVec *qiov, size_t qiov_offset, int flags);
+int coroutine_fn child_co_pread(BlockChild *c, int64_t offset, int64_t bytes,
+                                void *buf, int flags);
+int coroutine_fn child_co_pwrite(BlockChild *c, int64_t offset, int64_t bytes,
+                                 const void *buf, int flags);
+int coroutine_fn child_co_pwrite_zeroes(BlockChild *c, int64_t offset,
+                                        int64_t bytes, int flags);
+int coroutine_fn child_co_pdiscard(BlockChild *c, int64_t offset,
+                                   int64_t bytes);
+int coroutine_fn node_co_flush(BlockNode *bs);
+int coroutine_fn child_co_truncate(BlockChild *c, int64_t offset, bool exact,
+                                   int prealloc, GError **errp);
+
+/* Block status flags (QEMU's BDRV_BLOCK_*). */
+enum {
+    BLOCK_DATA = 0x01,
+    BLOCK_ZERO = 0x02,
+    BLOCK_OFFSET_VALID = 0x04,
+    BLOCK_RAW = 0x08,       /* driver: ask the returned file node */
+    BLOCK_ALLOCATED = 0x10,
+    BLOCK_EOF = 0x20,
+    BLOCK_RECURSE = 0x40,   /* driver: also ask the file node for zeroes */
+};
+
+/*
+ * Status of [offset, offset+bytes) in bs: returns flags for the first
+ * *pnum bytes (>0 unless at EOF), or -errno.  map and file say where the data
+ * lives when BLOCK_OFFSET_VALID is set.
+ */
+int coroutine_fn node_co_block_status(BlockNode *bs, bool want_zero,
+                                      int64_t offset, int64_t bytes,
+                                      int64_t *pnum, int64_t *map,
+                                      BlockNode **file);
+/*
+ * 1 if the first *pnum bytes are allocated in bs itself (or anywhere in the
+ * chain down to but excluding base when above is true), 0 if not, -errno.
+ */
+int coroutine_fn node_co_is_allocated(BlockNode *bs, int64_t offset,
+                                      int64_t bytes, int64_t *pnum);
+int coroutine_fn node_co_is_allocated_above(BlockNode *top, BlockNode *base,
+                                            bool include_base, int64_t offset,
+                                            int64_t bytes, int64_t *pnum);
+
+/* Preallocation modes (QEMU's PreallocMode). */
+typedef enum {
+    PREALLOC_OFF = 0,
+    PREALLOC_METADATA,
+    PREALLOC_FALLOC,
+    PREALLOC_FULL,
+    PREALLOC__MAX,
+} PreallocMode;
+extern const char *const prealloc_mode_names[PREALLOC__MAX + 1];
+
+/* ---- Image creation ---- */
+
+/*
+ * Create an image: fmt names a format or protocol driver, options holds the
+ * creation options (size, preallocation, ...; consumed).  Errors are QEMU's.
+ */
+bool image_create(const char *fmt, const char *filename, json_t *options,
+                  GError **errp);
+const BlockDriver *driver_find(const char *name);
+/* NULL-terminated list of driver names (caller frees the array only). */
+const char **driver_list(void);
+
+#endif

@@ -1,0 +1,57 @@
+/*
+ * The event loop.
+ *
+ * One StrataLoop per thread.  It lives inside a glib GMainContext (the
+ * thread-default one), so GIO sockets, timers and signals attach to the same
+ * context.  Block-layer code schedules work with bottom halves and waits with
+ * LOOP_WAIT_WHILE(); it never blocks in a system call on the main thread.
+ */
+#ifndef STRATA_LOOP_H
+#define STRATA_LOOP_H
+
+#include <glib.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+typedef struct StrataLoop StrataLoop;
+typedef void LoopFunc(void *opaque);
+
+/* The calling thread's loop, created on first use. */
+StrataLoop *loop_get(void);
+GMainContext *loop_context(StrataLoop *loop);
+
+/* Run fn(opaque) once, soon, from the loop of the calling thread. */
+void loop_bh(LoopFunc *fn, void *opaque);
+/* Same, for another thread's loop (thread-safe). */
+void loop_bh_remote(StrataLoop *loop, LoopFunc *fn, void *opaque);
+
+/* Watch fd for readability; returns a source id for loop_remove_fd(). */
+guint loop_add_fd(int fd, LoopFunc *on_readable, void *opaque);
+void loop_remove_fd(guint id);
+
+/* One iteration of the loop; blocking says whether to wait for an event. */
+bool loop_iterate(bool blocking);
+
+/* Run the loop until cond becomes false (QEMU's AIO_WAIT_WHILE). */
+#define LOOP_WAIT_WHILE(cond)                                                 \
+    do {                                                                      \
+        while (cond) {                                                        \
+            loop_iterate(true);                                               \
+        }                                                                     \
+    } while (0)
+
+int64_t clock_ns(void); /* CLOCK_MONOTONIC */
+
+/* ---- Thread pool for blocking work (the "threads" I/O back end, create). ---- */
+
+typedef int ThreadPoolFunc(void *opaque);
+
+/*
+ * Run fn(opaque) in a worker thread and yield until it returns; the result of
+ * fn is returned.  Must be called from coroutine context.
+ */
+int thread_pool_co_run(ThreadPoolFunc *fn, void *opaque);
+/* Worker count (default 64, like QEMU's pool). */
+void thread_pool_set_max(int n);
+
+#endif

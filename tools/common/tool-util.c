@@ -1,0 +1,279 @@
+/* Program name, reports, QEMU's size parser and mode names for the tools. */
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "strata/block.h"
+#include "tool-common.h"
+
+static char *prog_name;
+
+void tool_set_name(const char *argv0)
+{
+    g_free(prog_name);
+    prog_name = g_path_get_basename(argv0 && *argv0 ? argv0 : "strata");
+    g_set_prgname(prog_name);
+}
+
+const char *tool_name(void)
+{
+    return prog_name ? prog_name : "strata";
+}
+
+static void vreport(const char *kind, const char *fmt, va_list ap)
+{
+    fprintf(stderr, "%s: %s", tool_name(), kind);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+}
+
+void tool_error(const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    vreport("", fmt, ap);
+    va_end(ap);
+}
+
+void tool_warn(const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    vreport("warning: ", fmt, ap);
+    va_end(ap);
+}
+
+void tool_error_gerror(GError *err, const char *prefix_fmt, ...)
+{
+    va_list ap;
+    char *prefix;
+
+    va_start(ap, prefix_fmt);
+    prefix = g_strdup_vprintf(prefix_fmt, ap);
+    va_end(ap);
+    /*
+     * A message may carry QEMU's "hint" lines after the first newline; they
+     * are printed without the program prefix, as error_report_err() does.
+     */
+    fprintf(stderr, "%s: %s%s\n", tool_name(), prefix,
+            err ? err->message : "Unknown error");
+    g_free(prefix);
+    if (err) {
+        g_error_free(err);
+    }
+}
+
+/* ---- qemu_strtosz ---- */
+
+static int suffix_shift(unsigned char c)
+{
+    switch (c) {
+    case 'b': case 'B': return 0;
+    case 'k': case 'K': return 10;
+    case 'm': case 'M': return 20;
+    case 'g': case 'G': return 30;
+    case 't': case 'T': return 40;
+    case 'p': case 'P': return 50;
+    case 'e': case 'E': return 60;
+    default: return -1;
+    }
+}
+
+/* strtoull with QEMU's error rules: no digits -> EINVAL, overflow -> ERANGE. */
+static int strtou64_checked(const char *s, const char **end, int base,
+                            uint64_t *out)
+{
+    char *ep;
+
+    errno = 0;
+    unsigned long long v = strtoull(s, &ep, base);
+    *end = ep;
+    if (ep == s) {
+        return -EINVAL;
+    }
+    if (errno == ERANGE) {
+        return -ERANGE;
+    }
+    *out = v;
+    return 0;
+}
+
+int tool_strtosz(const char *nptr, const char **end, uint64_t *result)
+{
+    const char *endptr = nptr;
+    uint64_t val = 0, valf = 0;
+    bool hex = false;
+    int shift;
+    int ret;
+
+    ret = strtou64_checked(nptr, &endptr, 10, &val);
+    if (ret) {
+        goto out;
+    }
+    if (memchr(nptr, '-', endptr - nptr)) {
+        endptr = nptr;
+        ret = -EINVAL;
+        goto out;
+    }
+    if (val == 0 && (*endptr == 'x' || *endptr == 'X')) {
+        /* Looks like hex: reparse, a fraction is not allowed. */
+        ret = strtou64_checked(nptr, &endptr, 16, &val);
+        if (ret) {
+            goto out;
+        }
+        if (*endptr == '.') {
+            endptr = nptr;
+            ret = -EINVAL;
+            goto out;
+        }
+        hex = true;
+    } else if (*endptr == '.') {
+        const char *f = endptr;
+        char *fend;
+        double fraction;
+
+        errno = 0;
+        fraction = strtod(f, &fend);
+        if (fend == f || errno == ERANGE || !isfinite(fraction)) {
+            /* "1." or "1.k": skip the lone dot. */
+            endptr = f + 1;
+        } else if (memchr(f, 'e', fend - f) || memchr(f, 'E', fend - f)) {
+            endptr = nptr;
+            ret = -EINVAL;
+            goto out;
+        } else {
+            endptr = fend;
+            /*
+             * A 64-bit fixed-point fraction.  ".999..." rounds to 1.0 in a
+             * double, which QEMU's conversion turns into 0: keep that.
+             */
+            valf = fraction >= 1.0 ? 0 : (uint64_t)(fraction * 0x1p64);
+        }
+    }
+
+    shift = suffix_shift((unsigned char)*endptr);
+    if (shift >= 0) {
+        if (hex) {
+            tool_warn("Using a multiplier suffix on hex numbers is "
+                      "deprecated: %s", nptr);
+        }
+        endptr++;
+    } else {
+        shift = 0;
+    }
+    if (shift == 0) {
+        /* A fraction needs a unit to scale it. */
+        if (valf != 0) {
+            endptr = nptr;
+            ret = -EINVAL;
+            goto out;
+        }
+    } else {
+        unsigned __int128 mul = (unsigned __int128)1 << shift;
+        unsigned __int128 whole = (unsigned __int128)val * mul;
+        unsigned __int128 part = (unsigned __int128)valf * mul;
+        /* part is 64.64 fixed point: add its integer part, round 0.5 up. */
+        whole += part >> 64;
+        whole += ((uint64_t)part) >> 63;
+        if (whole >> 64) {
+            ret = -ERANGE;
+            goto out;
+        }
+        val = (uint64_t)whole;
+    }
+    ret = 0;
+out:
+    if (end) {
+        *end = endptr;
+    } else if (*endptr) {
+        ret = -EINVAL;
+    }
+    if (ret == 0) {
+        *result = val;
+    }
+    return ret;
+}
+
+int64_t tool_cvtnum(const char *s)
+{
+    uint64_t value;
+    int err = tool_strtosz(s, NULL, &value);
+
+    if (err < 0) {
+        return err;
+    }
+    if (value > INT64_MAX) {
+        return -ERANGE;
+    }
+    return (int64_t)value;
+}
+
+bool tool_id_wellformed(const char *id)
+{
+    if (!g_ascii_isalpha(id[0])) {
+        return false;
+    }
+    for (int i = 1; id[i]; i++) {
+        if (!g_ascii_isalnum(id[i]) && !strchr("-._", id[i])) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/* ---- Modes ---- */
+
+int tool_parse_cache_mode(const char *mode, int *flags, bool *writethrough)
+{
+    int f = *flags & ~(NODE_O_NOCACHE | NODE_O_NO_FLUSH);
+    bool wt;
+
+    if (!strcmp(mode, "off") || !strcmp(mode, "none")) {
+        f |= NODE_O_NOCACHE;
+        wt = false;
+    } else if (!strcmp(mode, "directsync")) {
+        f |= NODE_O_NOCACHE;
+        wt = true;
+    } else if (!strcmp(mode, "writeback")) {
+        wt = false;
+    } else if (!strcmp(mode, "unsafe")) {
+        f |= NODE_O_NO_FLUSH;
+        wt = false;
+    } else if (!strcmp(mode, "writethrough")) {
+        wt = true;
+    } else {
+        return -1;
+    }
+    *flags = f;
+    *writethrough = wt;
+    return 0;
+}
+
+int tool_parse_discard(const char *mode, bool *unmap)
+{
+    if (!strcmp(mode, "off") || !strcmp(mode, "ignore")) {
+        *unmap = false;
+    } else if (!strcmp(mode, "on") || !strcmp(mode, "unmap")) {
+        *unmap = true;
+    } else {
+        return -1;
+    }
+    return 0;
+}
+
+int tool_parse_aio(const char *mode, const char **canonical)
+{
+    static const char *const modes[] = { "threads", "native", "io_uring" };
+
+    for (size_t i = 0; i < G_N_ELEMENTS(modes); i++) {
+        if (!strcmp(mode, modes[i])) {
+            *canonical = modes[i];
+            return 0;
+        }
+    }
+    return -1;
+}
