@@ -320,6 +320,7 @@ static void test_filename_syntax(void **state)
     }
     assert_string_equal(node_get_format_name(node_primary_child(f.bs)),
                         "file");
+    assert_string_equal(node_get_filename(f.bs), fn);
     f.blk = blk_new(BLK_PERM_CONSISTENT_READ, BLK_PERM_ALL);
     assert_true(blk_insert_node(f.blk, f.bs, NULL));
     f.root = blk_root(f.blk);
@@ -327,6 +328,7 @@ static void test_filename_syntax(void **state)
     fix_close(&f);
     g_free(fn);
     g_free(conf);
+
 }
 
 /* ---- Rule semantics ---- */

@@ -59,6 +59,22 @@ static __thread const void *leader_stack_bottom;
 static __thread size_t leader_stack_size;
 #endif
 
+static void co_pool_free(gpointer unused);
+/* Frees a thread's pooled coroutines and stacks when the thread exits. */
+static GPrivate pool_key = G_PRIVATE_INIT(co_pool_free);
+
+static void co_pool_free(gpointer unused)
+{
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    while (pool) {
+        Coroutine *co = pool;
+        pool = co->pool_next;
+        munmap((char *)co->stack - page, co->stack_size + page);
+        g_free(co);
+    }
+    pool_size = 0;
+}
+
 static Coroutine *self_or_leader(void)
 {
     return current ? current : &leader;
@@ -191,6 +207,9 @@ Coroutine *co_create(CoroutineEntry *entry, void *opaque)
 static void co_release(Coroutine *co)
 {
     if (pool_size < CO_POOL_MAX) {
+        if (!pool) {
+            g_private_set(&pool_key, GINT_TO_POINTER(1));
+        }
         co->pool_next = pool;
         pool = co;
         pool_size++;

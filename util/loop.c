@@ -23,7 +23,12 @@ struct StrataLoop {
     GMutex remote_lock;
     GArray *remote;          /* BH, from other threads */
     volatile gint remote_count;
+    int fast_rounds;         /* BH-only iterations since the last poll */
 };
+
+static void loop_free(gpointer data);
+/* Frees a thread's loop when the thread exits. */
+static GPrivate loop_key = G_PRIVATE_INIT(loop_free);
 
 static __thread StrataLoop *thread_loop;
 
@@ -94,7 +99,22 @@ StrataLoop *loop_get(void)
     g_source_set_priority(&loop->source, G_PRIORITY_HIGH);
     g_source_attach(&loop->source, ctx);
     thread_loop = loop;
+    g_private_set(&loop_key, loop);
     return loop;
+}
+
+static void loop_free(gpointer data)
+{
+    StrataLoop *loop = data;
+    GMainContext *ctx = loop->ctx;
+    thread_loop = NULL;
+    g_array_free(loop->pending, TRUE);
+    g_array_free(loop->running, TRUE);
+    g_array_free(loop->remote, TRUE);
+    g_mutex_clear(&loop->remote_lock);
+    g_source_destroy(&loop->source);
+    g_source_unref(&loop->source);
+    g_main_context_unref(ctx);
 }
 
 GMainContext *loop_context(StrataLoop *loop)
@@ -138,6 +158,12 @@ guint loop_add_fd(int fd, LoopFunc *on_readable, void *opaque)
     w->fn = on_readable;
     w->opaque = opaque;
     GSource *src = g_unix_fd_source_new(fd, G_IO_IN | G_IO_ERR | G_IO_HUP);
+    /*
+     * Without can_recurse glib blocks and unblocks the source around every
+     * dispatch, which costs two eventfd writes and a read per completion.
+     * Our handlers are safe to re-enter.
+     */
+    g_source_set_can_recurse(src, TRUE);
     g_source_set_callback(src, (GSourceFunc)(void (*)(void))loop_fd_cb, w, g_free);
     guint id = g_source_attach(src, loop->ctx);
     g_source_unref(src);
@@ -155,11 +181,17 @@ void loop_remove_fd(guint id)
 bool loop_iterate(bool blocking)
 {
     StrataLoop *loop = loop_get();
-    /* Fast path: pending BHs run without a trip through poll(). */
-    if (loop->pending->len > 0) {
+    /*
+     * Fast path: pending BHs run without a trip through poll().  Every few
+     * rounds poll anyway, so that a BH that keeps rescheduling itself
+     * cannot starve fd watches and timers.
+     */
+    if (loop->pending->len > 0 && loop->fast_rounds < 16) {
+        loop->fast_rounds++;
         loop_run_bhs(loop);
         return true;
     }
+    loop->fast_rounds = 0;
     return g_main_context_iteration(loop->ctx, blocking);
 }
 

@@ -189,6 +189,17 @@ static const char *spec_get(const RuleSpec *sp, const char *key)
     return NULL;
 }
 
+/* Index of name in names[0..n), or -1. */
+static int lookup(const char *const *names, int n, const char *name)
+{
+    for (int i = 0; i < n; i++) {
+        if (strcmp(names[i], name) == 0) {
+            return i;
+        }
+    }
+    return -1;
+}
+
 static const KeyDesc *find_key(RuleGroup g, const char *key)
 {
     for (const KeyDesc *d = group_keys[g]; d->name; d++) {
@@ -222,14 +233,11 @@ static int parse_number(const char *str, uint64_t *out)
 
 static int parse_bool(const char *str, bool *out)
 {
-    if (!strcmp(str, "on") || !strcmp(str, "yes") || !strcmp(str, "true") ||
-        !strcmp(str, "y")) {
-        *out = true;
-        return 0;
-    }
-    if (!strcmp(str, "off") || !strcmp(str, "no") || !strcmp(str, "false") ||
-        !strcmp(str, "n")) {
-        *out = false;
+    static const char *const yes[] = { "on", "yes", "true", "y" };
+    static const char *const no[] = { "off", "no", "false", "n" };
+
+    if (lookup(yes, 4, str) >= 0 || lookup(no, 4, str) >= 0) {
+        *out = lookup(yes, 4, str) >= 0;
         return 0;
     }
     return -EINVAL;
@@ -370,16 +378,6 @@ out:
     return ok;
 }
 
-static int find_group(const char *name)
-{
-    for (int g = 0; g < GROUP__MAX; g++) {
-        if (strcmp(group_names[g], name) == 0) {
-            return g;
-        }
-    }
-    return -1;
-}
-
 /*
  * QEMU's config file syntax, line by line (lines are read in chunks of at
  * most 1023 bytes, as QEMU does):
@@ -429,7 +427,7 @@ static bool parse_config_file(const char *path, GPtrArray *specs,
         if (!file_section_finish(&fs, specs, errp)) {
             goto out;
         }
-        fs.group = find_group(group);
+        fs.group = lookup(group_names, GROUP__MAX, group);
         if (fs.group < 0) {
             error_setg(errp, "There is no option group '%s'", group);
             goto out;
@@ -543,6 +541,21 @@ static int index_kind(GPtrArray *flat, unsigned i)
         }
     }
     return kind;
+}
+
+/* The pair whose key is exactly index i. */
+static const KV *flat_get(GPtrArray *flat, unsigned i)
+{
+    char idx[16];
+
+    snprintf(idx, sizeof(idx), "%u", i);
+    for (guint j = 0; j < flat->len; j++) {
+        KV *kv = g_ptr_array_index(flat, j);
+        if (strcmp(kv->key, idx) == 0) {
+            return kv;
+        }
+    }
+    return NULL;
 }
 
 /* Does key belong to one of the list elements 0..n-1? */
@@ -738,12 +751,7 @@ static bool add_rule(BlkdebugState *s, const RuleSpec *sp, GError **errp)
                                  : (uint64_t)sector * SECTOR_SIZE;
         iotype = spec_get(sp, "iotype");
         if (iotype) {
-            int t = -1;
-            for (int i = 0; i < IOTYPE__MAX; i++) {
-                if (strcmp(iotype_names[i], iotype) == 0) {
-                    t = i;
-                }
-            }
+            int t = lookup(iotype_names, IOTYPE__MAX, iotype);
             if (t < 0) {
                 error_setg(errp, "invalid parameter value: %s", iotype);
                 rule_free(r);
@@ -856,35 +864,21 @@ static bool parse_perm_list(json_t *options, const char *name, uint64_t *dest,
                    "but %" PRId64 " largest index", nums, max);
         goto out;
     }
-    for (size_t i = 0; i < nums; i++) {
-        char *idx = g_strdup_printf("%zu", i);
-        KV *val = NULL;
-        bool nested = false;
-        int p = -1;
+    for (unsigned i = 0; i < nums; i++) {
+        int kind = index_kind(flat, i);
+        const KV *val = kind == 1 ? flat_get(flat, i) : NULL;
+        int p;
 
-        for (guint j = 0; j < flat->len; j++) {
-            KV *kv = g_ptr_array_index(flat, j);
-            if (strcmp(kv->key, idx) == 0) {
-                val = kv;
-            } else if (has_prefix_dot(kv->key, idx, strlen(idx))) {
-                nested = true;
-            }
-        }
-        g_free(idx);
-        if (!val && !nested) {
-            error_setg(errp, "Missing list index %zu", i);
+        if (kind == 0) {
+            error_setg(errp, "Missing list index %u", i);
             goto out;
         }
-        if (nested || !val->is_string) {
-            error_setg(errp, "Invalid parameter type for '[%zu]', expected: "
+        if (!val || !val->is_string) {
+            error_setg(errp, "Invalid parameter type for '[%u]', expected: "
                        "string", i);
             goto out;
         }
-        for (int k = 0; k < BLK_PERM_COUNT; k++) {
-            if (strcmp(perm_list_names[k], val->val) == 0) {
-                p = k;
-            }
-        }
+        p = lookup(perm_list_names, BLK_PERM_COUNT, val->val);
         if (p < 0) {
             error_setg(errp, "Parameter 'null' does not accept value '%s'",
                        val->val);
@@ -976,10 +970,6 @@ static json_t *image_options_from_filename(const char *fn, GError **errp)
             opts = NULL;
         }
     } else {
-        /* What the file driver's filename parsing would do. */
-        if (strcmp(proto, "file") == 0 && g_str_has_prefix(fn, "file:")) {
-            fn += strlen("file:");
-        }
         json_object_set_new(opts, "filename", json_string(fn));
     }
     g_free(name);
@@ -1426,20 +1416,25 @@ static int coroutine_fn rule_check(BlockNode *bs, uint64_t offset,
     return error > 0 ? -error : 1;
 }
 
-static int coroutine_fn blkdebug_co_preadv(BlockNode *bs, int64_t offset,
-                                           int64_t bytes, IOVec *qiov,
-                                           size_t qiov_offset, int flags)
+/* rule_check() for a read or write, after checking io.c kept its word. */
+static int coroutine_fn rw_check(BlockNode *bs, int64_t offset, int64_t bytes,
+                                 int iotype)
 {
-    int ret;
-
     /* blkdebug exists to test the request path: hold io.c to its word. */
     g_assert(offset % bs->bl.request_alignment == 0);
     g_assert(bytes % bs->bl.request_alignment == 0);
     g_assert(!bs->bl.max_transfer || (uint64_t)bytes <= bs->bl.max_transfer);
+    return rule_check(bs, offset, bytes, iotype);
+}
 
-    ret = rule_check(bs, offset, bytes, IOTYPE_READ);
+static int coroutine_fn blkdebug_co_preadv(BlockNode *bs, int64_t offset,
+                                           int64_t bytes, IOVec *qiov,
+                                           size_t qiov_offset, int flags)
+{
+    int ret = rw_check(bs, offset, bytes, IOTYPE_READ);
+
     if (ret) {
-        return ret < 0 ? ret : 0;
+        return MIN(ret, 0);
     }
     return child_co_preadv(bs->file, offset, bytes, qiov, qiov_offset, flags);
 }
@@ -1448,15 +1443,10 @@ static int coroutine_fn blkdebug_co_pwritev(BlockNode *bs, int64_t offset,
                                             int64_t bytes, IOVec *qiov,
                                             size_t qiov_offset, int flags)
 {
-    int ret;
+    int ret = rw_check(bs, offset, bytes, IOTYPE_WRITE);
 
-    g_assert(offset % bs->bl.request_alignment == 0);
-    g_assert(bytes % bs->bl.request_alignment == 0);
-    g_assert(!bs->bl.max_transfer || (uint64_t)bytes <= bs->bl.max_transfer);
-
-    ret = rule_check(bs, offset, bytes, IOTYPE_WRITE);
     if (ret) {
-        return ret < 0 ? ret : 0;
+        return MIN(ret, 0);
     }
     return child_co_pwritev(bs->file, offset, bytes, qiov, qiov_offset, flags);
 }
@@ -1466,7 +1456,7 @@ static int coroutine_fn blkdebug_co_flush(BlockNode *bs)
     int ret = rule_check(bs, 0, 0, IOTYPE_FLUSH);
 
     if (ret) {
-        return ret < 0 ? ret : 0;
+        return MIN(ret, 0);
     }
     return node_co_flush(bs->file->bs);
 }
@@ -1488,7 +1478,7 @@ static int coroutine_fn blkdebug_co_pwrite_zeroes(BlockNode *bs,
     }
     ret = rule_check(bs, offset, bytes, IOTYPE_WRITE_ZEROES);
     if (ret) {
-        return ret < 0 ? ret : 0;
+        return MIN(ret, 0);
     }
     return child_co_pwrite_zeroes(bs->file, offset, bytes, flags);
 }
@@ -1504,7 +1494,7 @@ static int coroutine_fn blkdebug_co_pdiscard(BlockNode *bs, int64_t offset,
     }
     ret = rule_check(bs, offset, bytes, IOTYPE_DISCARD);
     if (ret) {
-        return ret < 0 ? ret : 0;
+        return MIN(ret, 0);
     }
     return child_co_pdiscard(bs->file, offset, bytes);
 }

@@ -8,9 +8,11 @@ extern const BlockDriver bdrv_file;
 extern const BlockDriver bdrv_blkdebug;
 
 static GPtrArray *drivers;
+static void drivers_init(void);
 
 void driver_register(const BlockDriver *drv)
 {
+    drivers_init();
     g_ptr_array_add(drivers, (gpointer)drv);
 }
 
@@ -20,10 +22,10 @@ static void drivers_init(void)
         return;
     }
     drivers = g_ptr_array_new();
-    driver_register(&bdrv_raw);
-    driver_register(&bdrv_null_co);
-    driver_register(&bdrv_file);
-    driver_register(&bdrv_blkdebug);
+    g_ptr_array_add(drivers, (gpointer)&bdrv_raw);
+    g_ptr_array_add(drivers, (gpointer)&bdrv_null_co);
+    g_ptr_array_add(drivers, (gpointer)&bdrv_file);
+    g_ptr_array_add(drivers, (gpointer)&bdrv_blkdebug);
 }
 
 const BlockDriver *driver_find(const char *name)
