@@ -493,12 +493,19 @@ int coroutine_fn child_co_pdiscard(BlockChild *c, int64_t offset,
 static int coroutine_fn driver_flush(BlockNode *bs)
 {
     int ret = 0;
+    if (bs->file) {
+        child_debug_event(bs->file, BLKDBG_FLUSH_TO_OS);
+    }
     if (bs->drv->co_flush_to_os) {
         ret = bs->drv->co_flush_to_os(bs);
     }
-    if (ret >= 0 && !(bs->open_flags & NODE_O_NO_FLUSH) &&
-        bs->drv->co_flush_to_disk) {
-        ret = bs->drv->co_flush_to_disk(bs);
+    if (ret >= 0 && !(bs->open_flags & NODE_O_NO_FLUSH)) {
+        if (bs->file) {
+            child_debug_event(bs->file, BLKDBG_FLUSH_TO_DISK);
+        }
+        if (bs->drv->co_flush_to_disk) {
+            ret = bs->drv->co_flush_to_disk(bs);
+        }
     }
     return ret;
 }

@@ -525,6 +525,14 @@ static BlockNode *node_open_common(const char *filename, json_t *options,
         }
         g_strlcpy(bs->filename, filename, sizeof(bs->filename));
     }
+    if (!bs->filename[0] && drv->protocol_name) {
+        /* Opened from options alone: show the path like QEMU does. */
+        char *f = opts_get_str(options, "filename");
+        if (f) {
+            g_strlcpy(bs->filename, f, sizeof(bs->filename));
+            g_free(f);
+        }
+    }
     bs->options = json_deep_copy(options);
     node_register(bs);
 
@@ -533,7 +541,7 @@ static BlockNode *node_open_common(const char *filename, json_t *options,
     }
     const char *left = opts_first_key(options);
     if (left) {
-        if (drv->is_format || drv->is_filter || !drv->protocol_name) {
+        if (!drv->protocol_name) {
             error_setg(errp, "Block format '%s' does not support the option '%s'",
                        drv->format_name, left);
         } else {
@@ -603,8 +611,8 @@ BlockChild *node_open_child(BlockNode *bs, json_t *options, const char *name,
         /* A reference to an existing node by name. */
         child_bs = node_find(json_string_value(ref));
         if (!child_bs) {
-            error_setg(errp, "Cannot find device='' nor node-name='%s'",
-                       json_string_value(ref));
+            error_setg(errp, "Cannot find device='%s' nor node-name='%s'",
+                       json_string_value(ref), json_string_value(ref));
             return NULL;
         }
         json_object_del(options, name);

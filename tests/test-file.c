@@ -297,6 +297,7 @@ static void test_read_past_eof(void **state)
         iovec_init_buf(&v, buf, sizeof(buf));
         ReadReq req = { bs, &v, 4096, -1 };
         co_run_sync(read_entry, &req);
+        iovec_destroy(&v);
         assert_int_equal(req.ret, 0);
         assert_memory_equal(buf, data, sizeof(data));
         for (size_t j = sizeof(data); j < sizeof(buf); j++) {
@@ -310,8 +311,16 @@ static void test_read_past_eof(void **state)
 
 static void test_direct_alignment(void **state)
 {
-    g_autofree char *path = make_file("align.img", MiB);
+    g_autofree char *path = tmp_path("align.img");
     GError *err = NULL;
+
+    /*
+     * Created like qemu-img does, with the first block written: reads from
+     * a hole succeed at any length on some file systems, and the probe
+     * would fall back to the safe 4096.
+     */
+    assert_true(image_create("file", path, json_pack("{s:s}", "size", "1M"),
+                             &err));
 
     BlockBackend *blk = open_blk(path, NULL, NODE_O_RDWR, &err);
     assert_non_null(blk);
@@ -345,6 +354,14 @@ static void test_direct_alignment(void **state)
     assert_int_equal(blk_pread(blk, 4097, sizeof(w), buf + 1, 0), 0);
     assert_memory_equal(buf + 1, w, sizeof(w));
     aligned_free(buf);
+    blk_unref(blk);
+
+    /* A file that is one big hole gets the safe fallback. */
+    g_autofree char *sparse = make_file("hole.img", MiB);
+    blk = open_blk(sparse, "{\"cache.direct\": \"on\"}", 0, &err);
+    assert_non_null(blk);
+    ra = blk_node(blk)->bl.request_alignment;
+    assert_true(ra >= 512 && ra <= 4096 && !(ra & (ra - 1)));
     blk_unref(blk);
 }
 
@@ -647,10 +664,12 @@ static void test_open_errors(void **state)
     g_free(msg);
     assert_open_fails("/dev/null", NULL, 0,
                       "'file' driver requires '/dev/null' to be a regular file");
-    msg = g_strdup_printf("'host_device' driver requires '%s' to be either a "
-                          "character or block device", img);
-    assert_open_fails(img, "{\"driver\": \"host_device\"}", 0, msg);
-    g_free(msg);
+    if (driver_find("host_device")) {
+        msg = g_strdup_printf("'host_device' driver requires '%s' to be either "
+                              "a character or block device", img);
+        assert_open_fails(img, "{\"driver\": \"host_device\"}", 0, msg);
+        g_free(msg);
+    }
 
     assert_open_fails(img, "{\"aio\": \"native\"}", 0,
                       "aio=native was specified, but it requires "

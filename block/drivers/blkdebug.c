@@ -74,7 +74,11 @@ static const char *const perm_list_names[BLK_PERM_COUNT] = {
     "consistent-read", "write", "write-unchanged", "resize",
 };
 
-typedef enum { ACTION_INJECT_ERROR, ACTION_SET_STATE, ACTION_SUSPEND } RuleAction;
+typedef enum {
+    ACTION_INJECT_ERROR,
+    ACTION_SET_STATE,
+    ACTION_SUSPEND,
+} RuleAction;
 
 typedef struct Rule {
     int event;
@@ -142,7 +146,7 @@ static const KeyDesc *const group_keys[GROUP__MAX] = {
 typedef struct KV {
     char *key;
     char *val;
-    bool is_string;            /* the value was a string (not a number, bool) */
+    bool is_string;            /* a string, not a number or a bool */
 } KV;
 
 static void kv_free(gpointer p)
@@ -1247,7 +1251,7 @@ static void blkdebug_debug_event(BlockNode *bs, int event)
                 g_list_free(s->armed);
                 s->armed = NULL;
             }
-            /* Rules are newest first, so prepending keeps `armed` oldest first. */
+            /* Rules are newest first: prepending keeps `armed` oldest first. */
             s->armed = g_list_prepend(s->armed, r);
             break;
         case ACTION_SET_STATE:
@@ -1299,7 +1303,6 @@ static int blkdebug_debug_breakpoint(BlockNode *bs, const char *event,
 static void resume_one(BlkdebugState *s, GList *l)
 {
     Suspended *r = l->data;
-
     Coroutine *co = r->co;
 
     blkdbg_notice("blkdebug: Resuming request '%s'", r->tag);

@@ -420,7 +420,7 @@ fail:
         close(s->fd);
         s->fd = -1;
     }
-    g_free(s->filename);
+    g_free(filename); /* s->filename is this string or NULL */
     s->filename = NULL;
     return ret;
 }
@@ -653,12 +653,15 @@ static int64_t coroutine_fn do_rw(BlockNode *bs, AioEngine *e, AioOp op,
     FileState *s = bs->opaque;
     uint64_t done = 0;
     int64_t ret = 0;
-    IOVec rest;
+    IOVec rest = { 0 };
 
-    iovec_init(&rest, v->niov);
     while (done < v->size) {
         const IOVec *cur = v;
+        /* Only a short transfer needs the remainder as its own vector. */
         if (done) {
+            if (!rest.iov) {
+                iovec_init(&rest, v->niov);
+            }
             iovec_reset(&rest);
             iovec_concat(&rest, v, done, v->size - done);
             cur = &rest;
@@ -693,7 +696,9 @@ static int64_t coroutine_fn do_rw(BlockNode *bs, AioEngine *e, AioOp op,
             done = aligned;
         }
     }
-    iovec_destroy(&rest);
+    if (rest.iov) {
+        iovec_destroy(&rest);
+    }
     return ret < 0 ? ret : (int64_t)done;
 }
 
@@ -703,26 +708,29 @@ static int coroutine_fn file_co_rw(BlockNode *bs, int64_t offset,
 {
     FileState *s = bs->opaque;
     AioEngine *e = file_engine(s);
-    IOVec v;
+    IOVec part, *vp = qiov;
     void *bounce = NULL;
     int64_t r;
 
     if (s->fd < 0) {
         return -EIO;
     }
-    iovec_init(&v, qiov->niov);
-    iovec_concat(&v, qiov, qiov_offset, bytes);
+    if (qiov_offset != 0 || qiov->size != (size_t)bytes) {
+        iovec_init(&part, qiov->niov);
+        iovec_concat(&part, qiov, qiov_offset, bytes);
+        vp = &part;
+    }
 
     /*
      * O_DIRECT wants aligned buffers and the kernel takes at most IOV_MAX
      * segments: either way, go through one aligned buffer.
      */
-    bool must_bounce = v.niov > IOV_MAX ||
-                       (s->needs_alignment && !iov_is_aligned(&v, s->buf_align));
+    bool must_bounce = vp->niov > IOV_MAX ||
+                       (s->needs_alignment && !iov_is_aligned(vp, s->buf_align));
     if (!must_bounce) {
-        r = do_rw(bs, e, op, offset, &v);
+        r = do_rw(bs, e, op, offset, vp);
         /* Some kernels want every segment block-sized: retry linearised. */
-        if (r == -EINVAL && s->needs_alignment && v.niov > 1) {
+        if (r == -EINVAL && s->needs_alignment && vp->niov > 1) {
             must_bounce = true;
         }
     }
@@ -731,20 +739,22 @@ static int coroutine_fn file_co_rw(BlockNode *bs, int64_t offset,
         bounce = aligned_alloc_buf(MAX(s->buf_align, BOUNCE_ALIGN), bytes);
         iovec_init_buf(&b, bounce, bytes);
         if (op == AIO_OP_WRITE) {
-            iov_to_buf(v.iov, v.niov, 0, bounce, bytes);
+            iov_to_buf(vp->iov, vp->niov, 0, bounce, bytes);
         }
         r = do_rw(bs, e, op, offset, &b);
         if (op == AIO_OP_READ && r > 0) {
-            iov_from_buf(v.iov, v.niov, 0, bounce, r);
+            iov_from_buf(vp->iov, vp->niov, 0, bounce, r);
         }
         iovec_destroy(&b);
     }
     if (op == AIO_OP_READ && r >= 0 && r < bytes) {
         /* Past EOF a file reads as zeroes. */
-        iov_memset(v.iov, v.niov, r, 0, bytes - r);
+        iov_memset(vp->iov, vp->niov, r, 0, bytes - r);
     }
     aligned_free(bounce);
-    iovec_destroy(&v);
+    if (vp == &part) {
+        iovec_destroy(&part);
+    }
     return r < 0 ? (int)r : 0;
 }
 

@@ -71,8 +71,10 @@ int blkdbg_event_from_name(const char *name);
 
 /*
  * Signal event at the node below c (drivers call this with their file child
- * just before the corresponding I/O).  Passes down through nodes whose driver
- * has no debug_event callback.  Coroutine context: blkdebug may suspend here.
+ * just before the corresponding I/O).  Only the node directly below sees it,
+ * as in QEMU 7.2: a raw node between a format and blkdebug hides the
+ * format's events, and rule files depend on that.  Coroutine context:
+ * blkdebug may suspend here.
  */
 void coroutine_fn child_debug_event(BlockChild *c, BlkdebugEvent event);
 

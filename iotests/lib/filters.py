@@ -80,8 +80,19 @@ def filter_disk_size(text):
     return _ACTUAL_SIZE.sub('"actual-size": ACTUAL_SIZE', text)
 
 
+# AddressSanitizer's one-time notice that it sees our coroutine stacks being
+# created with makecontext(): an artefact of the sanitizer build, not output.
+_ASAN_NOTICE = re.compile(r'^==[0-9]+==WARNING: ASan doesn.t fully support '
+                          r'makecontext/swapcontext.*\n?', re.M)
+
+
+def filter_sanitizer_notices(text):
+    return _ASAN_NOTICE.sub('', text)
+
+
 def filter_all(text, test_dir=None):
     """The default chain, applied to every output line by log()."""
+    text = filter_sanitizer_notices(text)
     text = filter_test_dir(text, test_dir)
     text = filter_qemu_io(text)
     text = filter_img_bench(text)

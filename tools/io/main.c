@@ -17,6 +17,7 @@
 #include "strata/block-driver.h"
 #include "strata/debug-event.h"
 #include "strata/loop.h"
+#include "strata/opts.h"
 #include "../common/tool-common.h"
 #include "io.h"
 
@@ -63,6 +64,33 @@ static int parse_aio_into(const char *mode, OpenSpec *s)
         s->io_uring = true;
     }
     return 0;
+}
+
+/*
+ * QemuOpts strings give flat "a.b" keys; the core reads one nested tree.
+ * Keys that do not nest ("", "a..b", or a clash like "file=x,file.y=z") are
+ * kept as they are, so that the node refuses them by name as QEMU does.
+ */
+static json_t *nest_options(json_t *flat)
+{
+    json_t *out = json_object();
+    const char *key;
+    json_t *v;
+
+    json_object_foreach(flat, key, v) {
+        char **parts = g_strsplit(key, ".", -1);
+        bool nestable = g_strv_length(parts) > 1;
+
+        for (int i = 0; parts[i]; i++) {
+            nestable = nestable && *parts[i];
+        }
+        g_strfreev(parts);
+        if (!nestable || !opts_set_dotted(out, key, json_incref(v), NULL)) {
+            json_object_set_nocheck(out, key, v);
+        }
+    }
+    json_decref(flat);
+    return out;
 }
 
 /*
@@ -172,6 +200,7 @@ static int openfile(const char *name, const OpenSpec *spec, json_t *opts)
     if (spec->native_aio || spec->io_uring) {
         put_aio_option(opts, spec->native_aio ? "native" : "io_uring");
     }
+    opts = nest_options(opts);
 
     if (spec->copy_on_read) {
         error_setg(&err, "Copy-on-read (-C) is not supported");
@@ -575,6 +604,34 @@ static void print_blkdebug_notice(const char *line)
     printf("%s\n", line);
 }
 
+/*
+ * -T [enable=]PATTERN[,events=FILE][,file=FILE]: strata has no trace
+ * events, so a pattern naming one event gets QEMU's warning for an unknown
+ * event and everything else is accepted and ignored.
+ */
+static void trace_option(const char *arg)
+{
+    char **elems = g_strsplit(arg, ",", -1);
+
+    for (int i = 0; elems[i]; i++) {
+        const char *pattern = NULL;
+
+        if (g_str_has_prefix(elems[i], "enable=")) {
+            pattern = elems[i] + strlen("enable=");
+        } else if (i == 0 && !strchr(elems[i], '=')) {
+            pattern = elems[i];
+        }
+        if (pattern && *pattern == '-') {
+            pattern++;
+        }
+        if (pattern && *pattern && !strpbrk(pattern, "*?") &&
+            strcmp(pattern, "help")) {
+            tool_warn("trace event '%s' does not exist", pattern);
+        }
+    }
+    g_strfreev(elems);
+}
+
 enum {
     OPTION_OBJECT = 256,
     OPTION_IMAGE_OPTS = 257,
@@ -660,7 +717,7 @@ int main(int argc, char **argv)
             }
             break;
         case 'T':
-            /* No trace events exist; the option is accepted and ignored. */
+            trace_option(optarg);
             break;
         case 'V':
             printf("%s version %s\n", tool_name(), STRATA_VERSION);
