@@ -84,12 +84,12 @@ BlockBackend *blk_new_open(const char *filename, json_t *options, int flags,
         perm |= BLK_PERM_RESIZE;
     }
     /*
-     * Like QEMU: users share writes unless they ask not to (qemu-img does),
-     * and never share resizing.
+     * Like QEMU: users share everything unless they ask not to (qemu-img
+     * does for most commands), and then only reading.
      */
-    uint64_t shared = BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE_UNCHANGED;
-    if (!(flags & NODE_O_NO_SHARE)) {
-        shared |= BLK_PERM_WRITE;
+    uint64_t shared = BLK_PERM_ALL;
+    if (flags & NODE_O_NO_SHARE) {
+        shared = BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE_UNCHANGED;
     }
     BlockNode *bs = node_open(filename, options,
                               flags & ~(NODE_O_RESIZE | NODE_O_NO_SHARE), errp);

@@ -10,6 +10,7 @@
  */
 #include <errno.h>
 #include <string.h>
+#include <sys/stat.h>
 #include "block-int.h"
 
 static GList *all_nodes;       /* every open node, in creation order */
@@ -447,6 +448,7 @@ static BlockNode *node_open_common(const char *filename, json_t *options,
     BlockNode *bs = NULL;
     BlockNode *probed_file = NULL;
     char *drvname = NULL;
+    bool opened = false;
     const BlockDriver *drv = NULL;
 
     if (!opts_take_str(options, "driver", &drvname, errp)) {
@@ -463,7 +465,16 @@ static BlockNode *node_open_common(const char *filename, json_t *options,
             drv = protocol_from_filename(filename);
         }
         if (!drv) {
-            drv = driver_find("file");
+            /* Like QEMU: a path naming a device opens as host_device. */
+            struct stat st;
+            const char *path = filename;
+            if (!path) {
+                json_t *f = json_object_get(options, "filename");
+                path = f && json_is_string(f) ? json_string_value(f) : NULL;
+            }
+            bool dev = path && stat(path, &st) == 0 &&
+                       (S_ISBLK(st.st_mode) || S_ISCHR(st.st_mode));
+            drv = driver_find(dev ? "host_device" : "file");
         }
     } else {
         if (!filename && !json_object_get(options, "file")) {
@@ -539,6 +550,7 @@ static BlockNode *node_open_common(const char *filename, json_t *options,
     if (drv->open && drv->open(bs, options, bs->open_flags, errp) < 0) {
         goto fail_registered;
     }
+    opened = true;
     const char *left = opts_first_key(options);
     if (left) {
         if (!drv->protocol_name) {
@@ -579,8 +591,12 @@ static BlockNode *node_open_common(const char *filename, json_t *options,
 fail_registered:
     /*
      * A failing open releases what it acquired itself; the children it had
-     * attached already are detached here.
+     * attached already are detached here.  An open that succeeded but left
+     * options unused is closed like any node.
      */
+    if (opened && drv->close) {
+        drv->close(bs);
+    }
     while (bs->children) {
         child_detach(bs->children->data, NULL);
     }

@@ -832,11 +832,24 @@ static void test_node_locks(void **state)
 
 /* ---- Reopen ---- */
 
+static int count_fds(void)
+{
+    GDir *d = g_dir_open("/proc/self/fd", 0, NULL);
+    int n = 0;
+    assert_non_null(d);
+    while (g_dir_read_name(d)) {
+        n++;
+    }
+    g_dir_close(d);
+    return n;
+}
+
 static void test_reopen(void **state)
 {
     g_autofree char *path = make_file("reopen.img", MiB);
     GError *err = NULL;
     uint8_t w[4096], r[4096];
+    int fds = count_fds();
 
     BlockBackend *blk = open_with_perms(path, NULL, R, R | WU, &err);
     assert_non_null(blk);
@@ -885,6 +898,8 @@ static void test_reopen(void **state)
     assert_memory_equal(r, w, sizeof(w));
     blk_unref(blk);
     assert_held(path, 0, 0);
+    /* Every fd a reopen opened was closed again. */
+    assert_int_equal(count_fds(), fds);
 }
 
 static int setup(void **state)

@@ -46,7 +46,9 @@ typedef struct FileState {
     char *filename;
     bool is_device;          /* host_device driver */
     AioType aio;
-    uint64_t aio_max_batch;  /* accepted for QEMU compatibility */
+    /* Accepted as QEMU does; the engines batch per loop iteration anyway. */
+    uint64_t aio_max_batch;
+    /* Only matters to cache invalidation on incoming migration. */
     bool drop_cache;
     bool use_lock;
     ImageLock lock;
@@ -477,17 +479,10 @@ static void file_refresh_limits(BlockNode *bs)
 {
     FileState *s = bs->opaque;
     size_t page = (size_t)sysconf(_SC_PAGESIZE);
-    struct stat st;
 
     bs->bl.request_alignment = s->request_alignment;
     bs->bl.min_mem_alignment = s->buf_align;
     bs->bl.opt_mem_alignment = MAX(s->buf_align, (uint32_t)page);
-    if (fstat(s->fd, &st) == 0 && S_ISBLK(st.st_mode)) {
-        unsigned short max_sectors = 0;
-        if (ioctl(s->fd, BLKSECTGET, &max_sectors) == 0 && max_sectors) {
-            bs->bl.opt_transfer = (uint64_t)max_sectors * 512;
-        }
-    }
 }
 
 /* ---- Permissions and locks ---- */

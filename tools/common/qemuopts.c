@@ -5,6 +5,7 @@
  */
 #include <string.h>
 #include "strata/error.h"
+#include "strata/opts.h"
 #include "tool-common.h"
 
 /* Copy a value up to an unescaped ','; ",," stands for one comma. */
@@ -130,4 +131,26 @@ bool tool_qemuopts_parse(json_t **dict, const char *params, bool merge_list,
         g_free(value);
     }
     return true;
+}
+
+json_t *tool_qemuopts_nest(json_t *flat)
+{
+    json_t *out = json_object();
+    const char *key;
+    json_t *v;
+
+    json_object_foreach(flat, key, v) {
+        char **parts = g_strsplit(key, ".", -1);
+        bool nestable = g_strv_length(parts) > 1;
+
+        for (int i = 0; parts[i]; i++) {
+            nestable = nestable && *parts[i];
+        }
+        g_strfreev(parts);
+        if (!nestable || !opts_set_dotted(out, key, json_incref(v), NULL)) {
+            json_object_set_nocheck(out, key, v);
+        }
+    }
+    json_decref(flat);
+    return out;
 }

@@ -71,6 +71,14 @@ int tool_parse_aio(const char *mode, const char **canonical);
 bool tool_qemuopts_parse(json_t **dict, const char *params, bool merge_list,
                          GError **errp);
 
+/*
+ * The parsed flat keys as one nested tree, the form node_open() and
+ * node_reopen() read ("file.filename" -> {"file": {"filename": ...}}).
+ * Keys that cannot nest ("", "a..b", "x=1" next to "x.y=2") stay flat so
+ * that the node refuses them by name, as QEMU does.  Consumes flat.
+ */
+json_t *tool_qemuopts_nest(json_t *flat);
+
 /* ---- --object ---- */
 
 /*

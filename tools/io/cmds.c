@@ -600,7 +600,7 @@ static int reopen_f(BlockBackend *blk, int argc, char **argv)
                             json_boolean(flags & NODE_O_NO_FLUSH));
     }
 
-    if (!node_reopen(bs, opts, read_only, &err)) {
+    if (!node_reopen(bs, tool_qemuopts_nest(opts), read_only, &err)) {
         tool_error_gerror(err, "%s", "");
         return -EINVAL;
     }

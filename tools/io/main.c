@@ -17,7 +17,6 @@
 #include "strata/block-driver.h"
 #include "strata/debug-event.h"
 #include "strata/loop.h"
-#include "strata/opts.h"
 #include "../common/tool-common.h"
 #include "io.h"
 
@@ -64,33 +63,6 @@ static int parse_aio_into(const char *mode, OpenSpec *s)
         s->io_uring = true;
     }
     return 0;
-}
-
-/*
- * QemuOpts strings give flat "a.b" keys; the core reads one nested tree.
- * Keys that do not nest ("", "a..b", or a clash like "file=x,file.y=z") are
- * kept as they are, so that the node refuses them by name as QEMU does.
- */
-static json_t *nest_options(json_t *flat)
-{
-    json_t *out = json_object();
-    const char *key;
-    json_t *v;
-
-    json_object_foreach(flat, key, v) {
-        char **parts = g_strsplit(key, ".", -1);
-        bool nestable = g_strv_length(parts) > 1;
-
-        for (int i = 0; parts[i]; i++) {
-            nestable = nestable && *parts[i];
-        }
-        g_strfreev(parts);
-        if (!nestable || !opts_set_dotted(out, key, json_incref(v), NULL)) {
-            json_object_set_nocheck(out, key, v);
-        }
-    }
-    json_decref(flat);
-    return out;
 }
 
 /*
@@ -200,7 +172,7 @@ static int openfile(const char *name, const OpenSpec *spec, json_t *opts)
     if (spec->native_aio || spec->io_uring) {
         put_aio_option(opts, spec->native_aio ? "native" : "io_uring");
     }
-    opts = nest_options(opts);
+    opts = tool_qemuopts_nest(opts);
 
     if (spec->copy_on_read) {
         error_setg(&err, "Copy-on-read (-C) is not supported");
