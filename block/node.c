@@ -134,6 +134,11 @@ int64_t node_getlength(BlockNode *bs)
         len = child ? node_getlength(child) : -ENOMEDIUM;
     }
     if (len >= 0) {
+        /*
+         * Lengths are whole 512-byte sectors, as in QEMU: a 1000-byte raw
+         * image is 1 KiB long and reads zeroes past the end of its file.
+         */
+        len = ROUND_UP(len, 512);
         bs->total_bytes = len;
     }
     return len;

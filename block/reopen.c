@@ -165,11 +165,7 @@ static bool reopen_check_leftovers(ReopenState *rs, GError **errp)
         json_t *old = json_object_get(old_flat, k);
         char *a = old ? opts_get_str(old_flat, k) : NULL;
         char *b = opts_get_str(rs->options, k);
-        if (!old) {
-            error_setg(errp, "Block format '%s' does not support the option '%s'",
-                       rs->bs->drv->format_name, k);
-            ok = false;
-        } else if (g_strcmp0(a, b)) {
+        if (!old || g_strcmp0(a, b)) {
             error_setg(errp, "Cannot change the option '%s'", k);
             ok = false;
         }

@@ -240,7 +240,11 @@ bool opts_take_size(json_t *obj, const char *key, uint64_t *out, GError **errp)
     } else if (json_is_string(v)) {
         uint64_t val;
         if (parse_size(json_string_value(v), 'B', &val) < 0) {
-            error_setg(errp, "Parameter '%s' expects a non-negative number below 2^64", key);
+            /* The hint after the newline is printed by tools, not sent by QMP. */
+            error_setg(errp, "Parameter '%s' expects a non-negative number "
+                       "below 2^64\nOptional suffix k, M, G, T, P or E means "
+                       "kilo-, mega-, giga-, tera-, peta-\nand exabytes, "
+                       "respectively.", key);
             return false;
         }
         *out = val;

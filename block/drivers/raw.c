@@ -200,6 +200,11 @@ static void raw_child_perm(BlockNode *bs, BlockChild *c, unsigned role,
 {
     /* Raw has no metadata of its own: it needs exactly what its users need. */
     node_filter_perms(bs, c, role, rs, perm, shared, nperm, nshared);
+    RawState *s = bs->opaque;
+    if (s->offset || s->has_size) {
+        /* Resizing the file under a fixed window would move or cut it. */
+        *nshared &= ~BLK_PERM_RESIZE;
+    }
 }
 
 static int raw_reopen_prepare(ReopenState *rs, GError **errp)

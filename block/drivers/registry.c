@@ -4,6 +4,7 @@
 
 extern const BlockDriver bdrv_raw;
 extern const BlockDriver bdrv_null_co;
+extern const BlockDriver bdrv_null_aio;
 extern const BlockDriver bdrv_file;
 extern const BlockDriver bdrv_host_device;
 extern const BlockDriver bdrv_blkdebug;
@@ -25,6 +26,7 @@ static void drivers_init(void)
     drivers = g_ptr_array_new();
     g_ptr_array_add(drivers, (gpointer)&bdrv_raw);
     g_ptr_array_add(drivers, (gpointer)&bdrv_null_co);
+    g_ptr_array_add(drivers, (gpointer)&bdrv_null_aio);
     g_ptr_array_add(drivers, (gpointer)&bdrv_file);
     g_ptr_array_add(drivers, (gpointer)&bdrv_host_device);
     g_ptr_array_add(drivers, (gpointer)&bdrv_blkdebug);

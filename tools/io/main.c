@@ -8,6 +8,7 @@
  * The exit status is 1 if any command failed, else 0.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
@@ -638,6 +639,15 @@ int main(int argc, char **argv)
     OpenSpec spec;
     int c, ret;
 
+    /*
+     * A closed standard descriptor would be reused by the image file, and
+     * then image data would be read as commands or overwritten by output.
+     */
+    for (int fd = 0; fd <= 2; fd++) {
+        if (fcntl(fd, F_GETFD) == -1 && open("/dev/null", O_RDWR) != fd) {
+            return 1;
+        }
+    }
     signal(SIGPIPE, SIG_IGN);
     tool_set_name(argv[0]);
     open_spec_init(&spec);
