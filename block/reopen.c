@@ -106,6 +106,7 @@ void reopen_queue_free(ReopenQueue *q)
     for (GList *l = q->states; l; l = l->next) {
         ReopenState *rs = l->data;
         json_decref(rs->options);
+        json_decref(rs->requested);
         node_unref(rs->bs);
         g_free(rs);
     }
@@ -194,6 +195,7 @@ bool reopen_multiple(ReopenQueue *q, GError **errp)
         BlockNode *bs = rs->bs;
         node_set_reopen_state(bs, rs);
         nodes = g_slist_prepend(nodes, bs);
+        rs->requested = json_deep_copy(rs->options);
         if (!reopen_generic(rs, errp)) {
             ok = false;
             break;
@@ -249,6 +251,11 @@ bool reopen_multiple(ReopenQueue *q, GError **errp)
             bs->open_flags = rs->flags;
             /* Remember the options now in force for the next reopen. */
             json_t *flat = opts_flatten(bs->options);
+            const char *rk;
+            json_t *rv;
+            json_object_foreach(rs->requested, rk, rv) {
+                json_object_set(flat, rk, rv);
+            }
             json_object_set_new(flat, "read-only", json_boolean(rs->read_only));
             json_object_set_new(flat, "cache.direct",
                                 json_boolean(rs->flags & NODE_O_NOCACHE));

@@ -62,6 +62,7 @@ typedef struct BlockDriverInfo {
 typedef struct ReopenState {
     BlockNode *bs;
     json_t *options;     /* the full new option set (driver takes from it) */
+    json_t *requested;   /* the same, untouched: what the node keeps on commit */
     int flags;           /* new open flags */
     bool read_only;
     void *opaque;        /* driver's prepared state */
