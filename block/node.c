@@ -517,6 +517,16 @@ static BlockNode *node_open_common(const char *filename, json_t *options,
     bs->open_flags = flags & ~(NODE_O_PROTOCOL | NODE_O_RESIZE);
 
     if (probed_file) {
+        /* QEMU warns as soon as it has guessed, before the open proper. */
+        if ((flags & NODE_O_RDWR) && !strcmp(drv->format_name, "raw")) {
+            warn_print("WARNING: Image format was not specified for '%s' and "
+                       "probing guessed raw.\n"
+                       "         Automatically detecting the format is "
+                       "dangerous for raw images, write operations on block 0 "
+                       "will be restricted.\n"
+                       "         Specify the 'raw' format explicitly to remove "
+                       "the restrictions.", probed_file->filename);
+        }
         json_object_set_new(options, "file",
                             json_string(probed_file->node_name));
         g_strlcpy(bs->filename, probed_file->filename, sizeof(bs->filename));
@@ -577,18 +587,7 @@ static BlockNode *node_open_common(const char *filename, json_t *options,
     if (drv->refresh_filename) {
         drv->refresh_filename(bs);
     }
-    if (probed_file) {
-        node_unref(probed_file);
-        if (bs->open_flags & NODE_O_RDWR && !strcmp(drv->format_name, "raw")) {
-            warn_print("WARNING: Image format was not specified for '%s' and "
-                       "probing guessed raw.\n"
-                       "         Automatically detecting the format is "
-                       "dangerous for raw images, write operations on block 0 "
-                       "will be restricted.\n"
-                       "         Specify the 'raw' format explicitly to remove "
-                       "the restrictions.", bs->filename);
-        }
-    }
+    node_unref(probed_file);
     json_decref(options);
     g_free(drvname);
     return bs;
