@@ -36,7 +36,11 @@ bool image_create(const char *fmt, const char *filename, json_t *options,
     }
     /* Creation may do I/O through the graph: run it as a coroutine. */
     CreateCo c = { .drv = drv, .filename = filename, .options = options };
-    co_run_sync(create_co, &c);
+    if (in_coroutine()) {
+        create_co(&c);          /* a format creating its file, say */
+    } else {
+        co_run_sync(create_co, &c);
+    }
     json_decref(options);
     if (c.ret < 0) {
         if (!c.err) {

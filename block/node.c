@@ -346,6 +346,18 @@ static bool take_generic_options(BlockNode *bs, json_t *options, int *flags,
     bool direct = *flags & NODE_O_NOCACHE, no_flush = *flags & NODE_O_NO_FLUSH;
     int dz = DETECT_ZEROES_OFF, discard = 0;
 
+    /* cache.* may come nested; flatten it so errors name "cache.direct". */
+    json_t *cache = json_object_get(options, "cache");
+    if (cache && json_is_object(cache)) {
+        const char *k;
+        json_t *v;
+        json_object_foreach(cache, k, v) {
+            char *full = g_strconcat("cache.", k, NULL);
+            json_object_set(options, full, v);
+            g_free(full);
+        }
+        json_object_del(options, "cache");
+    }
     if (!opts_take_str(options, "node-name", &name, errp) ||
         !opts_take_bool(options, "read-only", &read_only, errp) ||
         !opts_take_bool(options, "auto-read-only", &auto_ro, errp) ||
@@ -356,18 +368,6 @@ static bool take_generic_options(BlockNode *bs, json_t *options, int *flags,
         !opts_take_enum(options, "discard", discard_names, &discard, errp)) {
         g_free(name);
         return false;
-    }
-    /* cache.* may also come as a nested object. */
-    json_t *cache = json_object_get(options, "cache");
-    if (cache && json_is_object(cache)) {
-        if (!opts_take_bool(cache, "direct", &direct, errp) ||
-            !opts_take_bool(cache, "no-flush", &no_flush, errp)) {
-            g_free(name);
-            return false;
-        }
-        if (json_object_size(cache) == 0) {
-            json_object_del(options, "cache");
-        }
     }
     if (name) {
         if (!node_name_valid(name)) {

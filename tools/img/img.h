@@ -1,0 +1,155 @@
+/*
+ * strata-img: shared declarations of the subcommands.
+ *
+ * Each subcommand lives in its own file (create.c, info.c, bench.c, ...)
+ * and exports one `int img_<name>(int argc, char **argv)` that main.c puts
+ * in its dispatch table.  argv[0] is the subcommand name, options start at
+ * argv[1]; the function returns the process exit code, or exits itself for
+ * usage errors exactly where qemu-img 7.2 does.
+ *
+ * The helpers below reproduce qemu-img's command-line conventions: its
+ * getopt error messages, its size parser messages, how it opens an image
+ * from -f / -t / -i / -U / --image-opts, and its JSON layout.
+ */
+#ifndef STRATA_IMG_H
+#define STRATA_IMG_H
+
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <glib.h>
+#include <jansson.h>
+#include "strata/backend.h"
+#include "../common/tool-common.h"
+
+/* ---- Subcommands (one file each) ---- */
+
+int img_bench(int argc, char **argv);
+int img_create(int argc, char **argv);
+int img_info(int argc, char **argv);
+
+/* ---- main.c ---- */
+
+/* Full help text (what `strata-img --help` prints); exits 0. */
+G_NORETURN void img_help(void);
+
+/* ---- img-common.c: command line ---- */
+
+/* "NAME: msg" then "Try 'NAME --help' for more information"; exit 1. */
+G_NORETURN void img_error_exit(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
+
+/*
+ * getopt_long() with qemu-img's error handling: `shortopts` must start with
+ * ':' (missing arguments are reported by us).  Unknown options and missing
+ * arguments end the program with qemu-img's messages; 'h' prints the help.
+ * Returns the option character, or -1 at the end.
+ */
+int img_getopt(int argc, char **argv, const char *shortopts,
+               const struct option *longopts);
+
+/*
+ * qemu-img's cvtnum_full(): a size with suffixes, between min and max.
+ * Prints qemu-img's two messages (invalid / out of range) naming `name`
+ * and returns a negative errno on error.
+ */
+int64_t img_cvtnum_full(const char *name, const char *value, int64_t min,
+                        int64_t max);
+int64_t img_cvtnum(const char *name, const char *value);
+
+/* qemu_strtoi(value, NULL, 0, &out): the whole string, an int. */
+bool img_strtoi(const char *value, int *out);
+
+/* -T / --trace: accepted like qemu-img; strata has no trace events yet. */
+void img_trace_option(const char *arg);
+
+/* ---- img-common.c: opening images ---- */
+
+typedef struct ImgOpenSpec {
+    bool image_opts;      /* filename is an option string */
+    const char *fmt;      /* -f, may be NULL (probe) */
+    int flags;            /* NODE_O_* (RDWR, NOCACHE, NO_FLUSH) */
+    bool writethrough;    /* from -t */
+    bool force_share;     /* -U */
+    const char *aio;      /* -i / -n: "threads", "native", "io_uring", NULL */
+} ImgOpenSpec;
+
+/*
+ * Open filename as qemu-img's img_open() does; on error print
+ * "Could not open 'X': reason" and return NULL.
+ */
+BlockBackend *img_open(const char *filename, const ImgOpenSpec *spec);
+
+/* ---- img-json.c: QEMU's JSON text ---- */
+
+/*
+ * Pretty JSON exactly as QEMU prints a QObject: 4 spaces per level, object
+ * keys in QDict iteration order (insert keys in QAPI schema order: it
+ * decides the order inside a hash bucket), non-ASCII escaped as \uXXXX.
+ * Caller frees.
+ */
+char *img_json_pretty(json_t *v);
+
+/* ---- create-opts.c: creation options ---- */
+
+typedef enum {
+    IMG_OPT_STRING,
+    IMG_OPT_BOOL,
+    IMG_OPT_NUMBER,
+    IMG_OPT_SIZE,
+} ImgOptType;
+
+typedef struct ImgOptDesc {
+    const char *name;
+    ImgOptType type;
+    const char *help;      /* NULL: listed without a description */
+    const char *def_value; /* printed in "Formatting ..." when not set */
+} ImgOptDesc;
+
+/*
+ * The creation options of driver `drv` in qemu-img's order (the order of
+ * the "Formatting" line).  Returns a NULL-name-terminated array that the
+ * caller frees with g_free (the strings are static).
+ */
+ImgOptDesc *img_create_opts_for(const BlockDriver *drv);
+/* Append src's options that dst lacks (qemu_opts_append); frees dst. */
+ImgOptDesc *img_create_opts_append(ImgOptDesc *dst, const ImgOptDesc *src);
+/* Print the descriptions sorted by name, qemu's "-o help" layout. */
+void img_create_opts_print_help(const ImgOptDesc *list);
+
+/*
+ * A parsed -o option list: values per option in `list`, parsed and
+ * checked against its type the way QemuOpts does.
+ */
+typedef struct ImgOptValue {
+    const ImgOptDesc *desc;
+    char *str;          /* as given (bools, strings) */
+    uint64_t num;       /* sizes and numbers */
+    bool hex_suffix;    /* a size like 0x10M (QEMU warns twice) */
+} ImgOptValue;
+
+typedef struct ImgOpts {
+    const ImgOptDesc *list;
+    GPtrArray *values;  /* ImgOptValue*, in the order first set */
+} ImgOpts;
+
+ImgOpts *img_opts_new(const ImgOptDesc *list);
+void img_opts_free(ImgOpts *opts);
+/* QemuOpts' "a=b,flag,nofoo" syntax; unknown names and bad values fail. */
+bool img_opts_parse(ImgOpts *opts, const char *params, GError **errp);
+ImgOptValue *img_opts_find(ImgOpts *opts, const char *name);
+/* Set one option from a string (type-checked); false + errp if unknown. */
+bool img_opts_set(ImgOpts *opts, const char *name, const char *value,
+                  GError **errp);
+bool img_opts_set_number(ImgOpts *opts, const char *name, uint64_t value);
+/* " name=value" for each set (or defaulted) option, in list order. */
+char *img_opts_to_string(ImgOpts *opts);
+/* The values as driver options (sizes/numbers as integers). */
+json_t *img_opts_to_json(ImgOpts *opts);
+
+/* True if the list holds a bare "help" or "?" element. */
+bool img_has_help_option(const char *params);
+/* qemu-img's check on one -o argument (no empty list, no lone comma). */
+bool img_is_valid_option_list(const char *params);
+
+#endif

@@ -1,0 +1,227 @@
+/*
+ * strata-img info [--object objectdef] [--image-opts] [-f fmt]
+ *                 [--output=ofmt] [--backing-chain] [-U] filename
+ *
+ * The information about one image is collected into a JSON object built
+ * in QAPI ImageInfo member order (filename, format, dirty-flag,
+ * actual-size, virtual-size, cluster-size, encrypted, backing-filename,
+ * full-backing-filename, backing-filename-format, format-specific): the
+ * JSON output sorts it the way QEMU's QDict does, and the human output
+ * reads the same object, so both show the same facts.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "strata/block-driver.h"
+#include "strata/units.h"
+#include "img.h"
+
+enum {
+    OPTION_OUTPUT = 256,
+    OPTION_BACKING_CHAIN,
+    OPTION_OBJECT,
+    OPTION_IMAGE_OPTS,
+};
+
+/* bdrv_query_image_info(): NULL with *errp on failure. */
+static json_t *query_image_info(BlockNode *bs, GError **errp)
+{
+    const BlockDriver *drv = node_get_driver(bs);
+    int64_t size = node_getlength(bs);
+    int64_t allocated;
+    BlockDriverInfo bdi;
+    json_t *info;
+
+    if (size < 0) {
+        error_setg_errno(errp, (int)-size, "Can't get image size '%s'",
+                         node_get_filename(bs));
+        return NULL;
+    }
+    info = json_object();
+    json_object_set_new(info, "filename",
+                        json_string_nocheck(node_get_filename(bs)));
+    json_object_set_new(info, "format",
+                        json_string(node_get_format_name(bs)));
+
+    memset(&bdi, 0, sizeof(bdi));
+    /* As QEMU: a driver that can answer get_info has a dirty flag. */
+    bool have_bdi = drv->get_info && drv->get_info(bs, &bdi) == 0;
+    if (have_bdi) {
+        json_object_set_new(info, "dirty-flag", json_boolean(bdi.is_dirty));
+    }
+    allocated = node_get_allocated_file_size(bs);
+    if (allocated >= 0) {
+        json_object_set_new(info, "actual-size", json_integer(allocated));
+    }
+    json_object_set_new(info, "virtual-size", json_integer(size));
+    if (have_bdi && bdi.cluster_size != 0) {
+        json_object_set_new(info, "cluster-size",
+                            json_integer(bdi.cluster_size));
+    }
+    if (drv->get_specific_info) {
+        GError *err = NULL;
+        json_t *data = drv->get_specific_info(bs, &err);
+
+        if (err) {
+            g_propagate_error(errp, err);
+            json_decref(data);
+            json_decref(info);
+            return NULL;
+        }
+        if (data) {
+            json_t *spec = json_object();
+            /* QAPI's union: {"type": format, "data": {...}}. */
+            json_object_set_new(spec, "type",
+                                json_string(node_get_format_name(bs)));
+            json_object_set_new(spec, "data", data);
+            json_object_set_new(info, "format-specific", spec);
+        }
+    }
+    return info;
+}
+
+/* bdrv_image_info_dump(): the human layout of one image. */
+static void dump_human(json_t *info)
+{
+    json_t *actual = json_object_get(info, "actual-size");
+    json_t *v;
+    int64_t vsize = json_integer_value(json_object_get(info, "virtual-size"));
+    char *size_str = size_to_str((uint64_t)vsize);
+    char *dsize_str = actual ? size_to_str(json_integer_value(actual))
+                             : g_strdup("unavailable");
+
+    printf("image: %s\n"
+           "file format: %s\n"
+           "virtual size: %s (%" PRId64 " bytes)\n"
+           "disk size: %s\n",
+           json_string_value(json_object_get(info, "filename")),
+           json_string_value(json_object_get(info, "format")),
+           size_str, vsize, dsize_str);
+    g_free(size_str);
+    g_free(dsize_str);
+
+    if (json_is_true(json_object_get(info, "encrypted"))) {
+        printf("encrypted: yes\n");
+    }
+    if ((v = json_object_get(info, "cluster-size"))) {
+        printf("cluster_size: %" JSON_INTEGER_FORMAT "\n",
+               json_integer_value(v));
+    }
+    if (json_is_true(json_object_get(info, "dirty-flag"))) {
+        printf("cleanly shut down: no\n");
+    }
+    if ((v = json_object_get(info, "backing-filename"))) {
+        json_t *full = json_object_get(info, "full-backing-filename");
+
+        printf("backing file: %s", json_string_value(v));
+        if (!full) {
+            printf(" (cannot determine actual path)");
+        } else if (strcmp(json_string_value(v), json_string_value(full))) {
+            printf(" (actual path: %s)", json_string_value(full));
+        }
+        printf("\n");
+    }
+    if ((v = json_object_get(info, "backing-filename-format"))) {
+        printf("backing file format: %s\n", json_string_value(v));
+    }
+    if ((v = json_object_get(info, "format-specific"))) {
+        printf("Format specific information:\n");
+        tool_dump_specific_info(v, 1);
+    }
+}
+
+int img_info(int argc, char **argv)
+{
+    static const struct option long_options[] = {
+        { "help", no_argument, NULL, 'h' },
+        { "format", required_argument, NULL, 'f' },
+        { "output", required_argument, NULL, OPTION_OUTPUT },
+        { "backing-chain", no_argument, NULL, OPTION_BACKING_CHAIN },
+        { "object", required_argument, NULL, OPTION_OBJECT },
+        { "image-opts", no_argument, NULL, OPTION_IMAGE_OPTS },
+        { "force-share", no_argument, NULL, 'U' },
+        { NULL, 0, NULL, 0 },
+    };
+    ImgOpenSpec spec = { 0 };
+    const char *output = NULL, *filename;
+    bool chain = false, json;
+    BlockBackend *blk;
+    json_t *list;
+    int c, ret = EXIT_SUCCESS;
+
+    while ((c = img_getopt(argc, argv, ":f:hU", long_options)) != -1) {
+        switch (c) {
+        case 'f':
+            spec.fmt = optarg;
+            break;
+        case 'U':
+            spec.force_share = true;
+            break;
+        case OPTION_OUTPUT:
+            output = optarg;
+            break;
+        case OPTION_BACKING_CHAIN:
+            chain = true;
+            break;
+        case OPTION_OBJECT:
+            tool_object_process_cmdline(optarg);
+            break;
+        case OPTION_IMAGE_OPTS:
+            spec.image_opts = true;
+            break;
+        }
+    }
+    if (optind != argc - 1) {
+        img_error_exit("Expecting one image file name");
+    }
+    filename = argv[optind];
+    if (output && strcmp(output, "json") && strcmp(output, "human")) {
+        tool_error("--output must be used with human or json as argument.");
+        return EXIT_FAILURE;
+    }
+    json = output && !strcmp(output, "json");
+
+    blk = img_open(filename, &spec);
+    if (!blk) {
+        return EXIT_FAILURE;
+    }
+    /*
+     * The chain is the graph below the opened image: each backing node in
+     * turn (only the top one without --backing-chain).
+     */
+    list = json_array();
+    for (BlockNode *bs = blk_node(blk); bs;
+         bs = chain && bs->backing ? child_node(bs->backing) : NULL) {
+        GError *err = NULL;
+        json_t *info = query_image_info(bs, &err);
+
+        if (!info) {
+            tool_error_gerror(err, "%s", "");
+            ret = EXIT_FAILURE;
+            break;
+        }
+        json_array_append_new(list, info);
+    }
+    if (ret == EXIT_SUCCESS) {
+        if (json) {
+            char *text = img_json_pretty(chain ? list
+                                               : json_array_get(list, 0));
+            printf("%s\n", text);
+            g_free(text);
+        } else {
+            size_t i;
+            json_t *info;
+
+            json_array_foreach(list, i, info) {
+                if (i) {
+                    printf("\n");
+                }
+                dump_human(info);
+            }
+        }
+    }
+    json_decref(list);
+    blk_unref(blk);
+    return ret;
+}
