@@ -371,6 +371,7 @@ typedef struct {
     int ret;
     BlkCompletionFunc *cb;
     void *opaque;
+    bool starting;      /* still inside blk_aio_start's co_enter */
 } BlkReq;
 
 static int coroutine_fn blk_req_run(BlkReq *r)
@@ -482,13 +483,22 @@ static void blk_aio_co(void *opaque)
 {
     BlkReq *r = opaque;
     r->ret = blk_req_run(r);
-    /*
-     * Never complete from inside the request: the callback may start the
-     * next request or tear the backend down.  Until the callback has run
-     * the request still counts as in flight, so drain waits for it.
-     */
+    /* Until the callback has run the request counts as in flight. */
     r->blk->in_flight++;
-    loop_bh(blk_aio_complete_bh, r);
+    if (r->starting) {
+        /*
+         * Finished without waiting, still inside blk_aio_*(): the caller
+         * must see its call return before the callback runs.
+         */
+        loop_bh(blk_aio_complete_bh, r);
+    } else {
+        /*
+         * Resumed by a completion: call back at once, so that a callback
+         * that starts the next request gets it queued in the same loop
+         * iteration (and the same submission system call).
+         */
+        blk_aio_complete_bh(r);
+    }
 }
 
 static void blk_aio_start(BlockBackend *blk, BlkOp op, int64_t offset,
@@ -504,7 +514,10 @@ static void blk_aio_start(BlockBackend *blk, BlkOp op, int64_t offset,
     r->flags = flags;
     r->cb = cb;
     r->opaque = opaque;
+    r->starting = true;
     co_enter(co_create(blk_aio_co, r));
+    /* Still alive here: either waiting for I/O or its completion is queued. */
+    r->starting = false;
 }
 
 void blk_aio_preadv(BlockBackend *blk, int64_t offset, IOVec *qiov, int flags,

@@ -492,7 +492,7 @@ static BlockNode *node_open_common(const char *filename, json_t *options,
             file_opts = json_object();
         }
         if (filename && !json_object_get(file_opts, "filename")) {
-            json_object_set_new(file_opts, "filename", json_string(filename));
+            json_object_set_new(file_opts, "filename", json_string_nocheck(filename));
         }
         int fflags = (flags | NODE_O_PROTOCOL) & ~NODE_O_RESIZE;
         char *fname = opts_get_str(file_opts, "filename");
@@ -540,14 +540,19 @@ static BlockNode *node_open_common(const char *filename, json_t *options,
             }
             if (json_is_object(file_opts) &&
                 !json_object_get(file_opts, "filename")) {
-                json_object_set_new(file_opts, "filename", json_string(filename));
+                json_object_set_new(file_opts, "filename", json_string_nocheck(filename));
             }
         } else if (drv->parse_filename) {
             if (!drv->parse_filename(filename, options, errp)) {
                 goto fail;
             }
+            /* "file:x.img" is shown as x.img, as QEMU does. */
+            json_t *f = json_object_get(options, "filename");
+            if (f && json_is_string(f) && !drv->is_filter) {
+                filename = json_string_value(f);
+            }
         } else {
-            json_object_set_new(options, "filename", json_string(filename));
+            json_object_set_new(options, "filename", json_string_nocheck(filename));
         }
         g_strlcpy(bs->filename, filename, sizeof(bs->filename));
     }

