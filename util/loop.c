@@ -134,9 +134,16 @@ void loop_bh_remote(StrataLoop *loop, LoopFunc *fn, void *opaque)
     BH bh = { fn, opaque };
     g_mutex_lock(&loop->remote_lock);
     g_array_append_val(loop->remote, bh);
-    g_atomic_int_inc(&loop->remote_count);
+    /*
+     * Only the first BH of a batch wakes the loop: it takes every queued one
+     * when it runs (the count goes back to 0 under the same lock), so later
+     * ones ride along and spare an eventfd write each.
+     */
+    bool wake = g_atomic_int_add(&loop->remote_count, 1) == 0;
     g_mutex_unlock(&loop->remote_lock);
-    g_main_context_wakeup(loop->ctx);
+    if (wake) {
+        g_main_context_wakeup(loop->ctx);
+    }
 }
 
 typedef struct {
