@@ -18,6 +18,7 @@ struct BlockBackend {
     bool allow_write_beyond_eof;
     int quiesce_counter;
     int in_flight;
+    int queued_count;   /* requests waiting in `queued` (not in flight) */
     CoQueue queued;
 };
 
@@ -116,6 +117,9 @@ void blk_unref(BlockBackend *blk)
     }
     blk_drain(blk);
     blk_remove_node(blk);
+    /* Requests queued by a drain that is still going on fail now. */
+    co_queue_restart_all(&blk->queued);
+    LOOP_WAIT_WHILE(blk->queued_count > 0 || blk->in_flight > 0);
     g_free(blk->name);
     g_free(blk);
 }
@@ -228,9 +232,14 @@ void blk_drain(BlockBackend *blk)
 
 static int coroutine_fn blk_request_begin(BlockBackend *blk)
 {
-    /* Hold back while drained: the drain waits only for what is in flight. */
-    while (blk->quiesce_counter > 0) {
+    /*
+     * Hold back while drained: the drain waits only for what is in flight.
+     * Once the node is gone (blk_unref) waiting requests fail instead.
+     */
+    while (blk->quiesce_counter > 0 && blk->root) {
+        blk->queued_count++;
         co_queue_wait(&blk->queued);
+        blk->queued_count--;
     }
     if (!blk->root) {
         return -ENOMEDIUM;

@@ -36,6 +36,9 @@ void child_remove_noperm(BlockChild *c, Txn *txn);
 void child_set_node_noperm(BlockChild *c, BlockNode *new_bs, Txn *txn);
 void child_set_perm_noperm(BlockChild *c, uint64_t perm, uint64_t shared,
                            Txn *txn);
+/* Record an edge's permissions for after a reopen (cleared on commit/abort). */
+void child_set_final_noperm(BlockChild *c, uint64_t perm, uint64_t shared,
+                            Txn *txn);
 
 /*
  * Recompute cumulative permissions of `nodes` and everything below them,

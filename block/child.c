@@ -34,6 +34,7 @@ char *child_parent_desc(const BlockChild *c)
 typedef struct {
     BlockChild *c;
     int child_index, parent_index;
+    bool was_file, was_backing;   /* the parent's shortcut pointed at c */
 } ChildLinkUndo;
 
 static void child_link(BlockChild *c, int parent_index, int child_index)
@@ -85,6 +86,12 @@ static void child_add_abort_free(void *opaque)
     ChildLinkUndo *u = opaque;
     child_unlink(u->c, NULL, NULL);
     BlockNode *bs = u->c->bs;
+    /* Undo the drain the new parent was put into on attach. */
+    if (u->c->parent_quiesced && u->c->klass->drained_end) {
+        for (int i = 0; i < bs->quiesce_counter; i++) {
+            u->c->klass->drained_end(u->c);
+        }
+    }
     child_free(u->c);
     u->c = NULL;
     node_unref(bs);
@@ -128,6 +135,12 @@ static void child_remove_abort(void *opaque)
 {
     ChildLinkUndo *u = opaque;
     child_link(u->c, u->parent_index, u->child_index);
+    if (u->was_file) {
+        ((BlockNode *)u->c->opaque)->file = u->c;
+    }
+    if (u->was_backing) {
+        ((BlockNode *)u->c->opaque)->backing = u->c;
+    }
 }
 
 static void child_remove_commit(void *opaque)
@@ -154,6 +167,10 @@ void child_remove_noperm(BlockChild *c, Txn *txn)
 {
     ChildLinkUndo *u = g_new0(ChildLinkUndo, 1);
     u->c = c;
+    if (c->klass->parent_is_node) {
+        u->was_file = ((BlockNode *)c->opaque)->file == c;
+        u->was_backing = ((BlockNode *)c->opaque)->backing == c;
+    }
     child_unlink(c, &u->parent_index, &u->child_index);
     txn_add(txn, &child_remove_drv, u);
 }
@@ -164,10 +181,34 @@ typedef struct {
     int old_index;
 } ChildRetargetUndo;
 
+/*
+ * A non-node parent moved from one node to another must be as drained as
+ * its new node is: begin or end the difference.
+ */
+static void child_move_drain(BlockChild *c, BlockNode *from, BlockNode *to)
+{
+    if (c->klass->parent_is_node) {
+        return;
+    }
+    int delta = to->quiesce_counter - from->quiesce_counter;
+    for (; delta > 0; delta--) {
+        if (c->klass->drained_begin) {
+            c->klass->drained_begin(c);
+        }
+        c->parent_quiesced = true;
+    }
+    for (; delta < 0; delta++) {
+        if (c->klass->drained_end) {
+            c->klass->drained_end(c);
+        }
+    }
+}
+
 static void child_retarget_abort(void *opaque)
 {
     ChildRetargetUndo *u = opaque;
     BlockNode *new_bs = u->c->bs;
+    child_move_drain(u->c, new_bs, u->old_bs);
     new_bs->parents = g_list_remove(new_bs->parents, u->c);
     u->c->bs = u->old_bs;
     u->old_bs->parents = g_list_insert(u->old_bs->parents, u->c, u->old_index);
@@ -196,6 +237,7 @@ void child_set_node_noperm(BlockChild *c, BlockNode *new_bs, Txn *txn)
     node_ref(new_bs);
     c->bs = new_bs;
     new_bs->parents = g_list_append(new_bs->parents, c);
+    child_move_drain(c, u->old_bs, new_bs);
     txn_add(txn, &child_retarget_drv, u);
 }
 
@@ -226,6 +268,27 @@ void child_set_perm_noperm(BlockChild *c, uint64_t perm, uint64_t shared,
     c->perm = perm;
     c->shared = shared;
     txn_add(txn, &child_perm_drv, u);
+}
+
+static void child_final_clear(void *opaque)
+{
+    BlockChild *c = opaque;
+    c->has_final = false;
+}
+
+static const TxnActionDrv child_final_drv = {
+    .clean = child_final_clear,
+};
+
+void child_set_final_noperm(BlockChild *c, uint64_t perm, uint64_t shared,
+                            Txn *txn)
+{
+    if (!c->has_final) {
+        txn_add(txn, &child_final_drv, c);
+    }
+    c->final_perm = perm;
+    c->final_shared = shared;
+    c->has_final = true;
 }
 
 /* ---- Public edits ---- */

@@ -104,7 +104,7 @@ static int64_t max_chunk(BlockNode *bs)
         mt = 1ULL << 30;
     }
     uint32_t a = bs->bl.request_alignment;
-    return (int64_t)(mt / a * a);
+    return (int64_t)MAX(mt / a * a, a);
 }
 
 /* ---- Reads ---- */
@@ -199,7 +199,6 @@ int coroutine_fn child_co_pread(BlockChild *c, int64_t offset, int64_t bytes,
 
 /* ---- Writes ---- */
 
-static int coroutine_fn driver_flush(BlockNode *bs);
 
 static int coroutine_fn driver_pwritev(BlockNode *bs, int64_t offset,
                                        int64_t bytes, IOVec *qiov, size_t qoff,
@@ -208,7 +207,9 @@ static int coroutine_fn driver_pwritev(BlockNode *bs, int64_t offset,
     if (!bs->drv->co_pwritev) {
         return -ENOTSUP;
     }
-    int drv_flags = flags & bs->drv->supported_write_flags;
+    /* WRITE_UNCHANGED describes the request, not a driver feature: keep it. */
+    int drv_flags = (flags & bs->drv->supported_write_flags) |
+                    (flags & REQ_WRITE_UNCHANGED);
     int64_t chunk = max_chunk(bs);
     while (bytes > 0) {
         int64_t n = MIN(bytes, chunk);
@@ -221,7 +222,7 @@ static int coroutine_fn driver_pwritev(BlockNode *bs, int64_t offset,
         bytes -= n;
     }
     if ((flags & REQ_FUA) && !(bs->drv->supported_write_flags & REQ_FUA)) {
-        return driver_flush(bs);
+        return node_co_flush(bs); /* all the way down, not just this driver */
     }
     return 0;
 }
@@ -303,22 +304,21 @@ int coroutine_fn node_co_pwritev_node(BlockNode *bs, int64_t offset,
     node_inc_in_flight(bs);
     uint32_t align = bs->bl.request_alignment;
     bool rmw = (offset % align) || (bytes % align);
+    /*
+     * Every write is tracked, so that a later read-modify-write waits for it
+     * instead of reading stale data.  An RMW owns its whole aligned range
+     * until it has written it back.
+     */
     TrackedReq tr;
-    bool tracked = rmw || have_serialising(bs);
-    if (tracked) {
-        /* An RMW owns its whole aligned range until it has written it back. */
-        int64_t start = ROUND_DOWN(offset, align);
-        track_begin(bs, &tr, start, ROUND_UP(offset + bytes, align) - start, rmw);
-        wait_serialising(bs, &tr);
-    }
+    int64_t start = ROUND_DOWN(offset, align);
+    track_begin(bs, &tr, start, ROUND_UP(offset + bytes, align) - start, rmw);
+    wait_serialising(bs, &tr);
     int ret = pwritev_aligned_or_rmw(bs, offset, bytes, qiov, qiov_offset, flags);
     if (ret >= 0) {
         bs->wr_bytes += bytes;
         bs->wr_ops++;
     }
-    if (tracked) {
-        track_end(bs, &tr);
-    }
+    track_end(bs, &tr);
     node_dec_in_flight(bs);
     return ret < 0 ? ret : 0;
 }
@@ -425,6 +425,10 @@ static int coroutine_fn node_co_pwrite_zeroes_node(BlockNode *bs,
     }
     if (ret >= 0 && tail) {
         ret = write_zero_buffers(bs, offset + head + mid, tail, flags);
+    }
+    if (ret >= 0 && mid && (flags & REQ_FUA) &&
+        !(bs->drv->supported_zero_flags & REQ_FUA)) {
+        ret = node_co_flush(bs);
     }
     track_end(bs, &tr);
     if (ret >= 0) {

@@ -21,7 +21,7 @@ static unsigned next_auto_name;
 bool node_name_valid(const char *name)
 {
     size_t n = strlen(name);
-    if (n == 0 || n > 31 || !g_ascii_isalpha(name[0])) {
+    if (n == 0 || !g_ascii_isalpha(name[0])) {
         return false;
     }
     for (size_t i = 0; i < n; i++) {
@@ -276,6 +276,25 @@ static const BlockDriver *protocol_from_filename(const char *filename)
     return found;
 }
 
+/* A "proto:" prefix naming no driver (with no path separator before it). */
+static bool unknown_protocol(const char *filename, GError **errp)
+{
+    const char *colon = strchr(filename, ':');
+    const char *slash = strchr(filename, '/');
+    if (!colon || (slash && slash < colon) || colon == filename) {
+        return false;
+    }
+    for (const char *p = filename; p < colon; p++) {
+        if (!g_ascii_isalnum(*p) && *p != '-' && *p != '_' && *p != '+') {
+            return false;
+        }
+    }
+    char *proto = g_strndup(filename, colon - filename);
+    error_setg(errp, "Unknown protocol '%s'", proto);
+    g_free(proto);
+    return true;
+}
+
 typedef struct {
     BlockNode *bs;
     uint8_t *buf;
@@ -309,7 +328,11 @@ static const BlockDriver *probe_format(BlockNode *file, GError **errp)
     memset(buf, 0, MAX(rlen, 512));
     if (rlen) {
         ProbeRead p = { file, buf, rlen, 0 };
-        co_run_sync(probe_read_co, &p);
+        if (in_coroutine()) {
+            probe_read_co(&p);
+        } else {
+            co_run_sync(probe_read_co, &p);
+        }
         if (p.ret < 0) {
             error_setg_errno(errp, -p.ret, "Could not read image for determining its format");
             aligned_free(buf);
@@ -370,6 +393,11 @@ static bool take_generic_options(BlockNode *bs, json_t *options, int *flags,
         return false;
     }
     if (name) {
+        if (strlen(name) > 31) {
+            error_setg(errp, "Node name too long");
+            g_free(name);
+            return false;
+        }
         if (!node_name_valid(name)) {
             error_setg(errp, "Invalid node-name: '%s'", name);
             g_free(name);
@@ -468,6 +496,9 @@ static BlockNode *node_open_common(const char *filename, json_t *options,
     } else if (flags & NODE_O_PROTOCOL) {
         if (filename) {
             drv = protocol_from_filename(filename);
+            if (!drv && unknown_protocol(filename, errp)) {
+                goto fail;
+            }
         }
         if (!drv) {
             /* Like QEMU: a path naming a device opens as host_device. */
@@ -494,6 +525,24 @@ static BlockNode *node_open_common(const char *filename, json_t *options,
         if (filename && !json_object_get(file_opts, "filename")) {
             json_object_set_new(file_opts, "filename", json_string_nocheck(filename));
         }
+        /*
+         * The storage is opened before this node's generic options are
+         * taken: hand it the ones it inherits (cache mode, read-only,
+         * force-share) unless it has its own.
+         */
+        static const char *const inherited[] = {
+            "read-only", "cache.direct", "cache.no-flush", "force-share",
+        };
+        json_t *flat = opts_flatten(options);
+        json_t *flat_file = opts_flatten(file_opts);
+        for (size_t i = 0; i < G_N_ELEMENTS(inherited); i++) {
+            json_t *v = json_object_get(flat, inherited[i]);
+            if (v && !json_object_get(flat_file, inherited[i])) {
+                opts_set_dotted(file_opts, inherited[i], json_incref(v), NULL);
+            }
+        }
+        json_decref(flat);
+        json_decref(flat_file);
         int fflags = (flags | NODE_O_PROTOCOL) & ~NODE_O_RESIZE;
         char *fname = opts_get_str(file_opts, "filename");
         json_object_del(file_opts, "filename");
@@ -607,7 +656,11 @@ fail_registered:
         drv->close(bs);
     }
     while (bs->children) {
-        child_detach(bs->children->data, NULL);
+        BlockChild *c = bs->children->data;
+        if (c->freezers) {
+            g_ptr_array_set_size(c->freezers, 0);
+        }
+        child_detach(c, NULL);
     }
     all_nodes = g_list_remove(all_nodes, bs);
     json_decref(bs->options);
@@ -631,6 +684,7 @@ BlockChild *node_open_child(BlockNode *bs, json_t *options, const char *name,
 {
     json_t *ref = json_object_get(options, name);
     BlockNode *child_bs;
+    bool by_reference = ref && json_is_string(ref);
 
     if (ref && json_is_string(ref)) {
         /* A reference to an existing node by name. */
@@ -662,7 +716,14 @@ BlockChild *node_open_child(BlockNode *bs, json_t *options, const char *name,
         } else if (bs->drv->is_format) {
             flags |= NODE_O_PROTOCOL;
         }
-        if (bs->discard_unmap && !json_object_get(sub, "discard")) {
+        /*
+         * A format sends discards only when its own policy allows, so its
+         * storage may always pass them on (QEMU does the same); other
+         * children follow the parent's policy.
+         */
+        bool unmap = bs->discard_unmap ||
+                     (bs->drv->is_format && !(role & CHILD_ROLE_COW));
+        if (unmap && !json_object_get(sub, "discard")) {
             json_object_set_new(sub, "discard", json_string("unmap"));
         }
         if (bs->force_share && !json_object_get(sub, "force-share")) {
@@ -683,6 +744,9 @@ BlockChild *node_open_child(BlockNode *bs, json_t *options, const char *name,
         }
     }
     BlockChild *c = node_attach_child(bs, child_bs, name, role, errp);
+    if (c) {
+        c->inherits = !by_reference;
+    }
     node_unref(child_bs);
     return c;
 }

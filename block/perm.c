@@ -131,7 +131,10 @@ static bool parents_compatible(BlockNode *bs, GError **errp)
             if (ca == cb) {
                 continue;
             }
-            uint64_t conflict = ca->perm & ~cb->shared;
+            /* During a reopen the final permissions decide (has_final). */
+            uint64_t pa = ca->has_final ? ca->final_perm : ca->perm;
+            uint64_t sb = cb->has_final ? cb->final_shared : cb->shared;
+            uint64_t conflict = pa & ~sb;
             if (!conflict) {
                 continue;
             }
@@ -171,18 +174,24 @@ static void node_child_perm(BlockNode *bs, BlockChild *c, uint64_t perm,
 static bool node_refresh_one(BlockNode *bs, Txn *txn, bool ignore_errors,
                              GError **errp)
 {
-    uint64_t perm = 0, shared = BLK_PERM_ALL;
+    uint64_t perm = 0, shared = BLK_PERM_ALL, final_perm = 0;
     for (GList *l = bs->parents; l; l = l->next) {
         BlockChild *c = l->data;
         perm |= c->perm;
         shared &= c->shared;
+        final_perm |= c->has_final ? c->final_perm : c->perm;
     }
 
     if (!ignore_errors) {
         if (!parents_compatible(bs, errp)) {
             return false;
         }
-        if ((perm & (BLK_PERM_WRITE | BLK_PERM_WRITE_UNCHANGED)) &&
+        /*
+         * The read-only check looks at what will be used after a reopen:
+         * a format going read-only together with its file still holds the
+         * old write on the file edge during the transition.
+         */
+        if ((final_perm & (BLK_PERM_WRITE | BLK_PERM_WRITE_UNCHANGED)) &&
             !node_writable_after_reopen(bs)) {
             if (bs->read_only) {
                 error_setg(errp, "Block node is read-only");
@@ -228,7 +237,9 @@ static bool node_refresh_one(BlockNode *bs, Txn *txn, bool ignore_errors,
             /*
              * While a reopen is prepared the node may still be used the old
              * way: take what either state needs and share what both allow.
+             * Locks follow this union; the checks follow the final value.
              */
+            child_set_final_noperm(c, np, ns, txn);
             np |= c->perm;
             ns &= c->shared;
         }
@@ -292,16 +303,13 @@ void node_default_perms(BlockNode *bs, BlockChild *c, unsigned role,
 {
     if (role & CHILD_ROLE_COW) {
         /*
-         * A backing file is only read.  Others may write it unchanged or
-         * resize it; real writes would change what the overlay shows.
+         * A backing file is only read.  If the parents cope with changing
+         * data, others may write and resize it; rewriting the same data is
+         * always fine.  (QEMU 7.2's rules, so image locks match.)
          */
         *nperm = perm & BLK_PERM_CONSISTENT_READ;
-        *nshared = (shared & BLK_PERM_ALL) | BLK_PERM_WRITE_UNCHANGED |
-                   BLK_PERM_RESIZE;
-        *nshared &= ~BLK_PERM_WRITE;
-        if (bs->force_share) {
-            *nshared = BLK_PERM_ALL;
-        }
+        *nshared = (shared & BLK_PERM_WRITE) ? BLK_PERM_WRITE | BLK_PERM_RESIZE : 0;
+        *nshared |= BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE_UNCHANGED;
         return;
     }
 
@@ -318,5 +326,19 @@ void node_default_perms(BlockNode *bs, BlockChild *c, unsigned role,
         }
         *nperm |= BLK_PERM_CONSISTENT_READ;
         *nshared &= ~(BLK_PERM_WRITE | BLK_PERM_RESIZE);
+    }
+    if (role & CHILD_ROLE_DATA) {
+        /*
+         * Guest data lives at fixed offsets: nobody may resize it under us;
+         * rewriting "unchanged" data may change it here (a format maps it
+         * elsewhere), and writing may grow the file.
+         */
+        *nshared &= ~BLK_PERM_RESIZE;
+        if (*nperm & BLK_PERM_WRITE_UNCHANGED) {
+            *nperm |= BLK_PERM_WRITE;
+        }
+        if (*nperm & BLK_PERM_WRITE) {
+            *nperm |= BLK_PERM_RESIZE;
+        }
     }
 }

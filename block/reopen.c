@@ -94,8 +94,12 @@ ReopenQueue *reopen_queue_add(ReopenQueue *q, BlockNode *bs, json_t *options,
         if (sub && json_object_get(sub, "read-only")) {
             opts_take_bool(sub, "read-only", &child_ro, NULL);
         }
-        if (c->role & CHILD_ROLE_COW && !sub) {
-            continue; /* a backing file stays as it is */
+        if (!sub && ((c->role & CHILD_ROLE_COW) || !c->inherits)) {
+            /*
+             * A backing file stays as it is, and so does a node the parent
+             * was given by reference: it has other users and its own state.
+             */
+            continue;
         }
         q = reopen_queue_add(q, c->bs, sub, child_ro);
     }
@@ -166,9 +170,22 @@ static bool reopen_generic(ReopenState *rs, GError **errp)
     }
     g_free(name);
     g_free(driver);
+    static const char *const dz_names[] = { "off", "on", "unmap", NULL };
+    static const char *const discard_names[] = { "ignore", "unmap", "off", "on", NULL };
+    int dz = bs->detect_zeroes, discard = bs->discard_unmap ? 1 : 0;
+    if (ok && (!opts_take_enum(rs->options, "detect-zeroes", dz_names, &dz, errp) ||
+               !opts_take_enum(rs->options, "discard", discard_names, &discard, errp))) {
+        ok = false;
+    }
+    bool unmap = discard == 1 || discard == 3;
+    if (ok && dz == DETECT_ZEROES_UNMAP && !unmap) {
+        error_setg(errp, "setting detect-zeroes to unmap is not allowed "
+                         "without setting discard operation to unmap");
+        ok = false;
+    }
+    rs->detect_zeroes = dz;
+    rs->discard_unmap = unmap;
     json_object_del(rs->options, "auto-read-only");
-    json_object_del(rs->options, "detect-zeroes");
-    json_object_del(rs->options, "discard");
     rs->flags = (bs->open_flags & ~(NODE_O_RDWR | NODE_O_NOCACHE | NODE_O_NO_FLUSH)) |
                 (rs->read_only ? 0 : NODE_O_RDWR) |
                 (direct ? NODE_O_NOCACHE : 0) | (no_flush ? NODE_O_NO_FLUSH : 0);
@@ -269,6 +286,8 @@ bool reopen_multiple(ReopenQueue *q, GError **errp)
             }
             bs->read_only = rs->read_only;
             bs->open_flags = rs->flags;
+            bs->detect_zeroes = rs->detect_zeroes;
+            bs->discard_unmap = rs->discard_unmap;
             /* Remember the options now in force for the next reopen. */
             json_t *flat = opts_flatten(bs->options);
             const char *rk;

@@ -18,8 +18,9 @@ typedef struct {
 struct StrataLoop {
     GSource source;          /* must be first: the loop is a GSource */
     GMainContext *ctx;
-    GArray *pending;         /* BH, this thread only */
-    GArray *running;
+    GArray *pending;         /* BH, this thread only; run from bh_head on */
+    guint bh_head;           /* next BH to run */
+    int bh_depth;            /* nesting of loop_run_bhs */
     GMutex remote_lock;
     GArray *remote;          /* BH, from other threads */
     volatile gint remote_count;
@@ -32,20 +33,31 @@ static GPrivate loop_key = G_PRIVATE_INIT(loop_free);
 
 static __thread StrataLoop *thread_loop;
 
+static bool loop_bh_ready(StrataLoop *loop)
+{
+    return loop->bh_head < loop->pending->len ||
+           g_atomic_int_get(&loop->remote_count) > 0;
+}
+
 static gboolean loop_prepare(GSource *source, gint *timeout)
 {
-    StrataLoop *loop = (StrataLoop *)source;
-    bool ready = loop->pending->len > 0 || g_atomic_int_get(&loop->remote_count) > 0;
+    bool ready = loop_bh_ready((StrataLoop *)source);
     *timeout = ready ? 0 : -1;
     return ready;
 }
 
 static gboolean loop_check(GSource *source)
 {
-    StrataLoop *loop = (StrataLoop *)source;
-    return loop->pending->len > 0 || g_atomic_int_get(&loop->remote_count) > 0;
+    return loop_bh_ready((StrataLoop *)source);
 }
 
+/*
+ * Run the BHs queued so far.  One queue with a moving head: a BH that runs
+ * the loop itself (a nested wait) continues from the head and never runs a
+ * BH twice, and a BH queued meanwhile is seen by prepare().  BHs queued while
+ * this batch runs wait for the next batch, so a BH that reschedules itself
+ * cannot keep the loop from polling.
+ */
 static void loop_run_bhs(StrataLoop *loop)
 {
     if (g_atomic_int_get(&loop->remote_count) > 0) {
@@ -55,15 +67,19 @@ static void loop_run_bhs(StrataLoop *loop)
         g_atomic_int_set(&loop->remote_count, 0);
         g_mutex_unlock(&loop->remote_lock);
     }
-    /* BHs scheduled while these run go to the next dispatch. */
-    GArray *run = loop->pending;
-    loop->pending = loop->running;
-    loop->running = run;
-    for (guint i = 0; i < run->len; i++) {
-        BH *bh = &g_array_index(run, BH, i);
-        bh->fn(bh->opaque);
+    guint end = loop->pending->len;
+    loop->bh_depth++;
+    while (loop->bh_head < end && loop->bh_head < loop->pending->len) {
+        BH bh = g_array_index(loop->pending, BH, loop->bh_head);
+        loop->bh_head++;
+        bh.fn(bh.opaque);
     }
-    g_array_set_size(run, 0);
+    loop->bh_depth--;
+    if (loop->bh_depth == 0 && loop->bh_head > 0) {
+        /* Drop what has run; keep what was queued meanwhile. */
+        g_array_remove_range(loop->pending, 0, loop->bh_head);
+        loop->bh_head = 0;
+    }
 }
 
 static gboolean loop_dispatch(GSource *source, GSourceFunc cb, gpointer data)
@@ -92,11 +108,14 @@ StrataLoop *loop_get(void)
                                                   sizeof(StrataLoop));
     loop->ctx = ctx;
     loop->pending = g_array_sized_new(FALSE, FALSE, sizeof(BH), 64);
-    loop->running = g_array_sized_new(FALSE, FALSE, sizeof(BH), 64);
     loop->remote = g_array_new(FALSE, FALSE, sizeof(BH));
     g_mutex_init(&loop->remote_lock);
-    /* BHs run before fd and timer callbacks of the same iteration. */
-    g_source_set_priority(&loop->source, G_PRIORITY_HIGH);
+    /*
+     * Same priority as fd watches and timers, so that both are dispatched
+     * in one iteration; recursive, so that a BH may run a nested wait.
+     */
+    g_source_set_priority(&loop->source, G_PRIORITY_DEFAULT);
+    g_source_set_can_recurse(&loop->source, TRUE);
     g_source_attach(&loop->source, ctx);
     thread_loop = loop;
     g_private_set(&loop_key, loop);
@@ -109,7 +128,6 @@ static void loop_free(gpointer data)
     GMainContext *ctx = loop->ctx;
     thread_loop = NULL;
     g_array_free(loop->pending, TRUE);
-    g_array_free(loop->running, TRUE);
     g_array_free(loop->remote, TRUE);
     g_mutex_clear(&loop->remote_lock);
     g_source_destroy(&loop->source);
@@ -193,7 +211,7 @@ bool loop_iterate(bool blocking)
      * rounds poll anyway, so that a BH that keeps rescheduling itself
      * cannot starve fd watches and timers.
      */
-    if (loop->pending->len > 0 && loop->fast_rounds < 16) {
+    if (loop->bh_head < loop->pending->len && loop->fast_rounds < 16) {
         loop->fast_rounds++;
         loop_run_bhs(loop);
         return true;

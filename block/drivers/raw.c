@@ -48,7 +48,7 @@ static int raw_open(BlockNode *bs, json_t *options, int flags, GError **errp)
                    s->offset, real);
         return -EINVAL;
     }
-    if (s->has_size && s->offset + s->size > (uint64_t)real) {
+    if (s->has_size && s->size > (uint64_t)real - s->offset) {
         error_setg(errp, "The sum of offset (%" G_GUINT64_FORMAT ") and size "
                    "(%" G_GUINT64_FORMAT ") has to be smaller or equal to the "
                    " actual size of the containing file (%" G_GINT64_FORMAT ")",
@@ -60,6 +60,17 @@ static int raw_open(BlockNode *bs, json_t *options, int flags, GError **errp)
         return -EINVAL;
     }
     return 0;
+}
+
+static void raw_refresh_limits(BlockNode *bs)
+{
+    /*
+     * A probed image is checked for format headers in sector 0 on every
+     * write: the check must see the whole sector, not a few bytes of it.
+     */
+    if (bs->probed) {
+        bs->bl.request_alignment = MAX(bs->bl.request_alignment, 512);
+    }
 }
 
 static int64_t raw_getlength(BlockNode *bs)
@@ -237,6 +248,7 @@ const BlockDriver bdrv_raw = {
     .is_format = true,
     .probe = raw_probe,
     .open = raw_open,
+    .refresh_limits = raw_refresh_limits,
     .create = raw_create,
     .create_opts = raw_create_opts,
     .child_perm = raw_child_perm,

@@ -47,6 +47,14 @@ struct BlockChild {
     void *opaque;             /* the parent: BlockNode*, BlockBackend*, Job* */
     BlockNode *bs;            /* the child node */
     uint64_t perm, shared;
+    /*
+     * During a reopen the edge holds the union/intersection of its old and
+     * new permissions; these are the new ones, which the read-only and
+     * conflict checks use (has_final says they are set).
+     */
+    uint64_t final_perm, final_shared;
+    bool has_final;
+    bool inherits;            /* opened by its parent: follows its reopen */
     GPtrArray *freezers;      /* owner strings, one per freeze */
     bool parent_quiesced;     /* drained_begin was sent to the parent */
 };
@@ -65,6 +73,8 @@ typedef struct ReopenState {
     json_t *requested;   /* the same, untouched: what the node keeps on commit */
     int flags;           /* new open flags */
     bool read_only;
+    int detect_zeroes;   /* DETECT_ZEROES_* after the reopen */
+    bool discard_unmap;
     void *opaque;        /* driver's prepared state */
     uint64_t perm_old, shared_old; /* scratch for the permission switch */
 } ReopenState;

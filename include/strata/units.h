@@ -21,6 +21,15 @@
  * -ERANGE (too large).
  */
 int parse_size(const char *str, char default_suffix, uint64_t *out);
+/*
+ * QEMU's size syntax exactly (qemu_strtosz): decimal with an optional
+ * fraction, or 0x hex; one suffix letter; rounding half up.  *end (if end is
+ * non-NULL) is where parsing stopped, otherwise trailing text is -EINVAL.
+ * *hex_suffix (optional) is set when a hex number carried a suffix, which
+ * QEMU accepts with a deprecation warning.
+ */
+int strtosz(const char *nptr, const char **end, uint64_t *result,
+            bool *hex_suffix);
 /* Strict integer parse (decimal, 0x hex, 0 octal): 0, -EINVAL or -ERANGE. */
 int parse_int64(const char *str, int64_t *out);
 int parse_uint64(const char *str, uint64_t *out);

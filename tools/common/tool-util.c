@@ -7,6 +7,7 @@
 #include <string.h>
 #include "strata/block.h"
 #include "tool-common.h"
+#include "strata/units.h"
 
 static char *prog_name;
 
@@ -69,131 +70,13 @@ void tool_error_gerror(GError *err, const char *prefix_fmt, ...)
 
 /* ---- qemu_strtosz ---- */
 
-static int suffix_shift(unsigned char c)
-{
-    switch (c) {
-    case 'b': case 'B': return 0;
-    case 'k': case 'K': return 10;
-    case 'm': case 'M': return 20;
-    case 'g': case 'G': return 30;
-    case 't': case 'T': return 40;
-    case 'p': case 'P': return 50;
-    case 'e': case 'E': return 60;
-    default: return -1;
-    }
-}
-
-/* strtoull with QEMU's error rules: no digits -> EINVAL, overflow -> ERANGE. */
-static int strtou64_checked(const char *s, const char **end, int base,
-                            uint64_t *out)
-{
-    char *ep;
-
-    errno = 0;
-    unsigned long long v = strtoull(s, &ep, base);
-    *end = ep;
-    if (ep == s) {
-        return -EINVAL;
-    }
-    if (errno == ERANGE) {
-        return -ERANGE;
-    }
-    *out = v;
-    return 0;
-}
-
 int tool_strtosz(const char *nptr, const char **end, uint64_t *result)
 {
-    const char *endptr = nptr;
-    uint64_t val = 0, valf = 0;
-    bool hex = false;
-    int shift;
-    int ret;
-
-    ret = strtou64_checked(nptr, &endptr, 10, &val);
-    if (ret) {
-        goto out;
-    }
-    if (memchr(nptr, '-', endptr - nptr)) {
-        endptr = nptr;
-        ret = -EINVAL;
-        goto out;
-    }
-    if (val == 0 && (*endptr == 'x' || *endptr == 'X')) {
-        /* Looks like hex: reparse, a fraction is not allowed. */
-        ret = strtou64_checked(nptr, &endptr, 16, &val);
-        if (ret) {
-            goto out;
-        }
-        if (*endptr == '.') {
-            endptr = nptr;
-            ret = -EINVAL;
-            goto out;
-        }
-        hex = true;
-    } else if (*endptr == '.') {
-        const char *f = endptr;
-        char *fend;
-        double fraction;
-
-        errno = 0;
-        fraction = strtod(f, &fend);
-        if (fend == f || errno == ERANGE || !isfinite(fraction)) {
-            /* "1." or "1.k": skip the lone dot. */
-            endptr = f + 1;
-        } else if (memchr(f, 'e', fend - f) || memchr(f, 'E', fend - f)) {
-            endptr = nptr;
-            ret = -EINVAL;
-            goto out;
-        } else {
-            endptr = fend;
-            /*
-             * A 64-bit fixed-point fraction.  ".999..." rounds to 1.0 in a
-             * double, which QEMU's conversion turns into 0: keep that.
-             */
-            valf = fraction >= 1.0 ? 0 : (uint64_t)(fraction * 0x1p64);
-        }
-    }
-
-    shift = suffix_shift((unsigned char)*endptr);
-    if (shift >= 0) {
-        if (hex) {
-            tool_warn("Using a multiplier suffix on hex numbers is "
-                      "deprecated: %s", nptr);
-        }
-        endptr++;
-    } else {
-        shift = 0;
-    }
-    if (shift == 0) {
-        /* A fraction needs a unit to scale it. */
-        if (valf != 0) {
-            endptr = nptr;
-            ret = -EINVAL;
-            goto out;
-        }
-    } else {
-        unsigned __int128 mul = (unsigned __int128)1 << shift;
-        unsigned __int128 whole = (unsigned __int128)val * mul;
-        unsigned __int128 part = (unsigned __int128)valf * mul;
-        /* part is 64.64 fixed point: add its integer part, round 0.5 up. */
-        whole += part >> 64;
-        whole += ((uint64_t)part) >> 63;
-        if (whole >> 64) {
-            ret = -ERANGE;
-            goto out;
-        }
-        val = (uint64_t)whole;
-    }
-    ret = 0;
-out:
-    if (end) {
-        *end = endptr;
-    } else if (*endptr) {
-        ret = -EINVAL;
-    }
-    if (ret == 0) {
-        *result = val;
+    bool hex_suffix = false;
+    int ret = strtosz(nptr, end, result, &hex_suffix);
+    if (hex_suffix) {
+        tool_warn("Using a multiplier suffix on hex numbers is deprecated: %s",
+                  nptr);
     }
     return ret;
 }
