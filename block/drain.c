@@ -92,6 +92,20 @@ static bool set_busy(GPtrArray *set)
     return false;
 }
 
+typedef struct {
+    GPtrArray *set;
+    Coroutine *co;
+} DrainWait;
+
+static void drain_wait_bh(void *opaque)
+{
+    DrainWait *w = opaque;
+    drain_waiters++;
+    LOOP_WAIT_WHILE(set_busy(w->set));
+    drain_waiters--;
+    co_enter(w->co);
+}
+
 void node_drain_begin(BlockNode *bs)
 {
     GPtrArray *set = g_ptr_array_new();
@@ -109,15 +123,20 @@ void node_drain_begin(BlockNode *bs)
         node_parents_drained_begin(n, NULL);
     }
     bs->drain_sets = g_slist_prepend(bs->drain_sets, set);
-    /*
-     * Inside a coroutine the caller's own request may be among those in
-     * flight: waiting would deadlock, so only the quiesce applies there.
-     */
-    if (!in_coroutine()) {
-        drain_waiters++;
-        LOOP_WAIT_WHILE(set_busy(set));
-        drain_waiters--;
+    if (in_coroutine()) {
+        /*
+         * A coroutine (a job) cannot run the loop itself: wait from a BH and
+         * come back when the nodes are quiet.  The caller must not have a
+         * request of its own in flight on them, or this never ends.
+         */
+        DrainWait w = { set, co_self() };
+        loop_bh(drain_wait_bh, &w);
+        co_yield();
+        return;
     }
+    drain_waiters++;
+    LOOP_WAIT_WHILE(set_busy(set));
+    drain_waiters--;
 }
 
 void node_drain_end(BlockNode *bs)

@@ -421,14 +421,14 @@ static int coroutine_fn node_co_pwrite_zeroes_node(BlockNode *bs,
         }
         if (ret == -ENOTSUP && !(flags & REQ_NO_FALLBACK)) {
             ret = write_zero_buffers(bs, offset + head, mid, flags);
+        } else if (ret >= 0 && (flags & REQ_FUA) &&
+                   !(bs->drv->supported_zero_flags & REQ_FUA)) {
+            /* The driver wrote zeroes but cannot make them durable itself. */
+            ret = node_co_flush(bs);
         }
     }
     if (ret >= 0 && tail) {
         ret = write_zero_buffers(bs, offset + head + mid, tail, flags);
-    }
-    if (ret >= 0 && mid && (flags & REQ_FUA) &&
-        !(bs->drv->supported_zero_flags & REQ_FUA)) {
-        ret = node_co_flush(bs);
     }
     track_end(bs, &tr);
     if (ret >= 0) {

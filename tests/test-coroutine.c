@@ -198,6 +198,40 @@ static void test_rwlock(void **state)
     assert_int_equal(t.max_readers, 2);
 }
 
+static void bh_count(void *opaque)
+{
+    (*(int *)opaque)++;
+}
+
+typedef struct {
+    int outer_runs, inner_runs, sibling_runs;
+} NestedBh;
+
+static void bh_waits(void *opaque)
+{
+    NestedBh *n = opaque;
+    n->outer_runs++;
+    /* A wait from inside a BH: must run the new BH exactly once and
+     * must not run this BH (or its already-run siblings) again. */
+    loop_bh(bh_count, &n->inner_runs);
+    LOOP_WAIT_WHILE(n->inner_runs == 0);
+}
+
+static void test_nested_bh_wait(void **state)
+{
+    NestedBh n = { 0 };
+    loop_bh(bh_count, &n.sibling_runs);
+    loop_bh(bh_waits, &n);
+    loop_bh(bh_count, &n.sibling_runs);
+    LOOP_WAIT_WHILE(n.sibling_runs < 2 || n.inner_runs < 1);
+    for (int i = 0; i < 5; i++) {
+        loop_iterate(false);
+    }
+    assert_int_equal(n.outer_runs, 1);
+    assert_int_equal(n.inner_runs, 1);
+    assert_int_equal(n.sibling_runs, 2);
+}
+
 static void sleeper(void *opaque)
 {
     int64_t *elapsed = opaque;
@@ -240,6 +274,7 @@ int main(void)
         cmocka_unit_test(test_mutex),
         cmocka_unit_test(test_queue),
         cmocka_unit_test(test_rwlock),
+        cmocka_unit_test(test_nested_bh_wait),
         cmocka_unit_test(test_sleep),
         cmocka_unit_test(test_thread_pool),
     };

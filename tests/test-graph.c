@@ -12,6 +12,29 @@
 #include "strata/block-driver.h"
 #include "strata/loop.h"
 
+/*
+ * A minimal format: metadata and data in its "file" child, like qcow2, so
+ * that the file edge takes write whenever the format is writable.
+ */
+static int fmt_open(BlockNode *bs, json_t *options, int flags, GError **errp)
+{
+    return node_open_child(bs, options, "file",
+                           CHILD_ROLE_IMAGE | CHILD_ROLE_PRIMARY, false,
+                           errp) ? 0 : -1;
+}
+
+static int fmt_reopen_prepare(ReopenState *rs, GError **errp)
+{
+    return 0;
+}
+
+static const BlockDriver bdrv_test_fmt = {
+    .format_name = "test-fmt",
+    .is_format = true,
+    .open = fmt_open,
+    .reopen_prepare = fmt_reopen_prepare,
+};
+
 static BlockNode *open_raw_null(const char *name, bool rw)
 {
     GError *err = NULL;
@@ -271,6 +294,115 @@ static void test_reopen_transition_union(void **state)
     node_unref(top);
 }
 
+typedef struct {
+    BlockBackend *blk;
+    int done;
+    int ret;
+} DrainIo;
+
+static void drain_io_cb(void *opaque, int ret)
+{
+    DrainIo *d = opaque;
+    d->done++;
+    d->ret = ret;
+}
+
+static void test_reopen_format_read_only(void **state)
+{
+    GError *err = NULL;
+    json_t *o = json_pack("{s:s, s:s, s:{s:s}}", "driver", "test-fmt",
+                          "node-name", "fmt", "file", "driver", "null-co");
+    BlockNode *fmt = node_open(NULL, o, NODE_O_RDWR, &err);
+    assert_non_null(fmt);
+    BlockNode *file = child_node(node_find_child(fmt, "file"));
+    uint64_t perm, shared;
+    node_get_cumulative_perm(file, &perm, &shared);
+    assert_true(perm & BLK_PERM_WRITE); /* metadata writes */
+    /* Both go read-only together: the old write on the file edge must not
+     * stop the file from becoming read-only. */
+    if (!node_reopen(fmt, NULL, true, &err)) {
+        fail_msg("%s", err->message);
+    }
+    assert_true(node_is_read_only(file));
+    node_get_cumulative_perm(file, &perm, &shared);
+    assert_false(perm & BLK_PERM_WRITE);
+    /* And back. */
+    assert_true(node_reopen(fmt, NULL, false, &err));
+    node_get_cumulative_perm(file, &perm, &shared);
+    assert_true(perm & BLK_PERM_WRITE);
+    node_unref(fmt);
+}
+
+static void test_replace_while_drained(void **state)
+{
+    GError *err = NULL;
+    BlockNode *a = open_raw_null("repa", true);
+    BlockNode *b = open_raw_null("repb", true);
+    BlockBackend *blk = blk_new(BLK_PERM_CONSISTENT_READ, BLK_PERM_ALL);
+    assert_true(blk_insert_node(blk, a, &err));
+    node_drain_begin(a);
+    assert_true(node_replace(a, b, &err));
+    node_drain_end(a);
+    /* The backend is not left quiesced: a read completes. */
+    char buf[512];
+    assert_int_equal(blk_pread(blk, 0, sizeof(buf), buf, 0), 0);
+    blk_unref(blk);
+    node_unref(a);
+    node_unref(b);
+}
+
+static void test_failed_attach_while_drained(void **state)
+{
+    GError *err = NULL;
+    BlockNode *ro = open_raw_null("fad", false);
+    node_drain_begin(ro);
+    BlockBackend *blk = blk_new(BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE,
+                                BLK_PERM_ALL);
+    assert_false(blk_insert_node(blk, ro, &err));
+    g_clear_error(&err);
+    node_drain_end(ro);
+    /* Attach again without a drain: requests must not hang. */
+    blk_set_perm(blk, BLK_PERM_CONSISTENT_READ, BLK_PERM_ALL, NULL);
+    assert_true(blk_insert_node(blk, ro, &err));
+    char buf[512];
+    assert_int_equal(blk_pread(blk, 0, sizeof(buf), buf, 0), 0);
+    blk_unref(blk);
+    node_unref(ro);
+}
+
+typedef struct {
+    BlockNode *bs;
+    bool done;
+} CoDrain;
+
+static void co_drain_entry(void *opaque)
+{
+    CoDrain *d = opaque;
+    node_drain_begin(d->bs);
+    d->done = true;
+    node_drain_end(d->bs);
+}
+
+static void test_drain_from_coroutine(void **state)
+{
+    GError *err = NULL;
+    json_t *o = json_pack("{s:s, s:s, s:i}", "driver", "null-co", "size", "1M",
+                          "latency-ns", 5000000);
+    BlockBackend *blk = blk_new_open(NULL, o, NODE_O_RDWR, &err);
+    DrainIo io = { blk, 0, 0 };
+    char buf[512];
+    IOVec qiov;
+    iovec_init_buf(&qiov, buf, sizeof(buf));
+    blk_aio_preadv(blk, 0, &qiov, 0, drain_io_cb, &io);
+    CoDrain d = { blk_node(blk), false };
+    co_enter(co_create(co_drain_entry, &d));
+    /* The coroutine waits for the request before it goes on. */
+    LOOP_WAIT_WHILE(!d.done);
+    assert_int_equal(io.done, 1);
+    iovec_destroy(&qiov);
+    blk_unref(blk);
+}
+
 static void test_drain(void **state)
 {
     GError *err = NULL;
@@ -299,19 +431,6 @@ static void test_drain(void **state)
     node_drain_end(bottom);
     assert_true(child_detach(job, &err));
     node_unref(top);
-}
-
-typedef struct {
-    BlockBackend *blk;
-    int done;
-    int ret;
-} DrainIo;
-
-static void drain_io_cb(void *opaque, int ret)
-{
-    DrainIo *d = opaque;
-    d->done++;
-    d->ret = ret;
 }
 
 static void test_drain_waits_for_requests(void **state)
@@ -398,10 +517,15 @@ int main(void)
         cmocka_unit_test(test_reopen_multiple_commit),
         cmocka_unit_test(test_reopen_multiple_abort),
         cmocka_unit_test(test_reopen_transition_union),
+        cmocka_unit_test(test_reopen_format_read_only),
+        cmocka_unit_test(test_replace_while_drained),
+        cmocka_unit_test(test_failed_attach_while_drained),
         cmocka_unit_test(test_drain),
         cmocka_unit_test(test_drain_waits_for_requests),
+        cmocka_unit_test(test_drain_from_coroutine),
         cmocka_unit_test(test_open_errors),
         cmocka_unit_test(test_auto_names),
     };
+    driver_register(&bdrv_test_fmt);
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -250,6 +250,35 @@ static void test_rmw_serialised(void **state)
     blk_unref(blk);
 }
 
+static void test_rmw_waits_for_aligned_write(void **state)
+{
+    /* An aligned write in flight, then a sub-block write into the same
+     * block: the RMW must wait, or it writes back stale bytes over it. */
+    BlockBackend *blk = open_mem("delay", "2000000");
+    MemState *s = last_mem;
+    int done = 0;
+    uint8_t *a = aligned_alloc_buf(ALIGN, ALIGN);
+    uint8_t b[10];
+    memset(a, 0xaa, ALIGN);
+    memset(b, 0xbb, sizeof(b));
+    IOVec qa, qb;
+    iovec_init_buf(&qa, a, ALIGN);
+    iovec_init_buf(&qb, b, sizeof(b));
+    WriteArg wa = { blk, 0, ALIGN, 0xaa, -1, &done };
+    WriteArg wb = { blk, 100, 10, 0xbb, -1, &done };
+    blk_aio_pwritev(blk, 0, &qa, 0, overlap_cb, &wa);
+    blk_aio_pwritev(blk, 100, &qb, 0, overlap_cb, &wb);
+    LOOP_WAIT_WHILE(done < 2);
+    assert_int_equal(s->data[0], 0xaa);
+    assert_int_equal(s->data[99], 0xaa);
+    assert_int_equal(s->data[100], 0xbb);
+    assert_int_equal(s->data[110], 0xaa);
+    iovec_destroy(&qa);
+    iovec_destroy(&qb);
+    aligned_free(a);
+    blk_unref(blk);
+}
+
 static void test_zeroes(void **state)
 {
     /* Without driver support: zero buffers are written instead. */
@@ -338,6 +367,9 @@ static void test_writethrough(void **state)
     assert_int_equal(s->flushes, 1);
     assert_int_equal(blk_flush(blk), 0);
     assert_int_equal(s->flushes, 2);
+    /* Zero writes in writethrough mode reach the disk too. */
+    assert_int_equal(blk_pwrite_zeroes(blk, 0, 2 * ALIGN, 0), 0);
+    assert_int_equal(s->flushes, 3);
     aligned_free(buf);
     blk_unref(blk);
 }
@@ -354,6 +386,7 @@ int main(void)
         cmocka_unit_test(test_unaligned_roundtrip),
         cmocka_unit_test(test_split_max_transfer),
         cmocka_unit_test(test_rmw_serialised),
+        cmocka_unit_test(test_rmw_waits_for_aligned_write),
         cmocka_unit_test(test_zeroes),
         cmocka_unit_test(test_detect_zeroes),
         cmocka_unit_test(test_range_and_readonly),

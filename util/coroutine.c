@@ -54,6 +54,7 @@ static __thread Coroutine *current;
 static __thread Coroutine *pool;
 static __thread int pool_size;
 static __thread jmp_buf *create_env;
+static __thread Coroutine *creator; /* who is running co_new_stack() */
 #ifdef CO_ASAN
 static __thread const void *leader_stack_bottom;
 static __thread size_t leader_stack_size;
@@ -131,8 +132,9 @@ static void co_trampoline(int lo, int hi)
     /* Park here; the first co_enter() jumps back in. */
     if (!_setjmp(co->env)) {
 #ifdef CO_ASAN
+        /* Back onto the creator's stack, which may be another coroutine's. */
         void *fake = NULL;
-        asan_start(&fake, &leader);
+        asan_start(&fake, creator);
 #endif
         _longjmp(*create_env, 1);
     }
@@ -170,6 +172,7 @@ static Coroutine *co_new_stack(void)
     makecontext(&uc, (void (*)(void))co_trampoline, 2, (int)(p & 0xffffffffu),
                 (int)(p >> 32));
     create_env = &env;
+    creator = self_or_leader();
     if (!_setjmp(env)) {
 #ifdef CO_ASAN
         void *fake = NULL;
