@@ -70,8 +70,6 @@ void node_parents_drained_end(BlockNode *bs, BlockChild *ignore);
 /* Wake drain waiters (called when in_flight drops to zero). */
 void drain_kick(void);
 
-/* Forget the cached length of bs and of every node above it. */
-void node_invalidate_length(BlockNode *bs);
 
 /* Requests: used by io.c and status.c. */
 int coroutine_fn node_co_preadv_node(BlockNode *bs, int64_t offset,

@@ -385,9 +385,6 @@ static int coroutine_fn node_co_pwrite_zeroes_node(BlockNode *bs,
     if (bytes == 0) {
         return 0;
     }
-    if (!bs->discard_unmap) {
-        flags &= ~REQ_MAY_UNMAP;
-    }
     node_inc_in_flight(bs);
     uint32_t align = MAX(bs->bl.request_alignment, bs->bl.pwrite_zeroes_alignment);
     int64_t head = MIN(bytes, (int64_t)(ROUND_UP(offset, align) - offset));
@@ -445,6 +442,14 @@ int coroutine_fn child_co_pwrite_zeroes(BlockChild *c, int64_t offset,
     if (!child_may_write(c, flags)) {
         return -EPERM;
     }
+    /*
+     * A node's discard policy governs what it passes down, as in QEMU: a
+     * request from a user keeps may-unmap; a node without discard=unmap
+     * asks its children for real zeroes.
+     */
+    if (c->klass->parent_is_node && !c->bs->discard_unmap) {
+        flags &= ~REQ_MAY_UNMAP;
+    }
     return node_co_pwrite_zeroes_node(c->bs, offset, bytes, flags);
 }
 
@@ -467,13 +472,14 @@ int coroutine_fn child_co_pdiscard(BlockChild *c, int64_t offset,
     if (!bs->discard_unmap || !bs->drv->co_pdiscard || bytes == 0) {
         return 0;
     }
-    /* Discard is advisory: drop the unaligned edges. */
+    /*
+     * Unaligned edges go to the driver too, as QEMU sends them: the file
+     * driver punches them (zeroing partial blocks), a format may ignore
+     * what it cannot free.
+     */
     uint32_t align = MAX(bs->bl.request_alignment, bs->bl.pdiscard_alignment);
-    int64_t start = ROUND_UP(offset, align);
-    int64_t end = ROUND_DOWN(offset + bytes, align);
-    if (end <= start) {
-        return 0;
-    }
+    int64_t start = offset;
+    int64_t end = offset + bytes;
     node_inc_in_flight(bs);
     TrackedReq tr;
     track_begin(bs, &tr, start, end - start, false);

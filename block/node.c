@@ -360,6 +360,30 @@ static const BlockDriver *probe_format(BlockNode *file, GError **errp)
     return best;
 }
 
+/* An enumerated generic option, with QEMU's block-layer message. */
+static bool take_mode(json_t *options, const char *key,
+                      const char *const *names, int *out, const char *msg,
+                      GError **errp)
+{
+    char *v = NULL;
+    if (!opts_take_str(options, key, &v, errp)) {
+        return false;
+    }
+    if (!v) {
+        return true;
+    }
+    for (int i = 0; names[i]; i++) {
+        if (!strcmp(names[i], v)) {
+            *out = i;
+            g_free(v);
+            return true;
+        }
+    }
+    error_setg(errp, msg, v);
+    g_free(v);
+    return false;
+}
+
 static bool take_generic_options(BlockNode *bs, json_t *options, int *flags,
                                  GError **errp)
 {
@@ -387,8 +411,10 @@ static bool take_generic_options(BlockNode *bs, json_t *options, int *flags,
         !opts_take_bool(options, "force-share", &bs->force_share, errp) ||
         !opts_take_bool(options, "cache.direct", &direct, errp) ||
         !opts_take_bool(options, "cache.no-flush", &no_flush, errp) ||
-        !opts_take_enum(options, "detect-zeroes", detect_zeroes_names, &dz, errp) ||
-        !opts_take_enum(options, "discard", discard_names, &discard, errp)) {
+        !take_mode(options, "detect-zeroes", detect_zeroes_names, &dz,
+                   "invalid parameter value: %s", errp) ||
+        !take_mode(options, "discard", discard_names, &discard,
+                   "Invalid discard option", errp)) {
         g_free(name);
         return false;
     }
@@ -452,6 +478,51 @@ static void opts_merge_missing(json_t *dst, json_t *src)
     json_decref(flat_dst);
 }
 
+/* "json:{...}" with QEMU's messages for what is wrong with it. */
+static json_t *parse_json_filename(const char *text, GError **errp)
+{
+    json_error_t jerr;
+    json_t *j = json_loads(text, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES,
+                           &jerr);
+    if (!j) {
+        const char *why;
+        const char *p = text;
+        while (g_ascii_isspace(*p)) {
+            p++;
+        }
+        if (!*p) {
+            why = "Expecting a JSON value";
+        } else {
+            switch (json_error_code(&jerr)) {
+            case json_error_premature_end_of_input:
+                why = "JSON parse error, premature EOI";
+                break;
+            case json_error_end_of_input_expected:
+                why = "Expecting at most one JSON value";
+                break;
+            case json_error_duplicate_key:
+                why = "JSON parse error, duplicate key";
+                break;
+            default:
+                why = NULL;
+            }
+        }
+        if (why) {
+            error_setg(errp, "Could not parse the JSON options: %s", why);
+        } else {
+            error_setg(errp, "Could not parse the JSON options: JSON parse "
+                       "error, %s", jerr.text);
+        }
+        return NULL;
+    }
+    if (!json_is_object(j)) {
+        error_setg(errp, "Invalid JSON object given");
+        json_decref(j);
+        return NULL;
+    }
+    return j;
+}
+
 BlockNode *node_open(const char *filename, json_t *options, int flags,
                      GError **errp)
 {
@@ -459,12 +530,8 @@ BlockNode *node_open(const char *filename, json_t *options, int flags,
         options = json_object();
     }
     if (filename && g_str_has_prefix(filename, "json:")) {
-        json_error_t jerr;
-        json_t *j = json_loads(filename + 5, 0, &jerr);
-        if (!j || !json_is_object(j)) {
-            error_setg(errp, "Could not parse the JSON options: %s",
-                       j ? "expected a JSON object" : jerr.text);
-            json_decref(j);
+        json_t *j = parse_json_filename(filename + 5, errp);
+        if (!j) {
             json_decref(options);
             return NULL;
         }
@@ -560,6 +627,11 @@ static BlockNode *node_open_common(const char *filename, json_t *options,
 
     bs = node_new(drv);
     bs->probed = probed_file != NULL;
+    /* A filename that is not text is no filename (QEMU ignores it too). */
+    json_t *fv = json_object_get(options, "filename");
+    if (fv && !json_is_string(fv)) {
+        json_object_del(options, "filename");
+    }
     if (!take_generic_options(bs, options, &flags, errp)) {
         goto fail;
     }
@@ -620,7 +692,7 @@ static BlockNode *node_open_common(const char *filename, json_t *options,
         goto fail_registered;
     }
     opened = true;
-    const char *left = opts_first_key(options);
+    char *left = opts_first_key(options);
     if (left) {
         if (!drv->protocol_name) {
             error_setg(errp, "Block format '%s' does not support the option '%s'",
@@ -629,6 +701,7 @@ static BlockNode *node_open_common(const char *filename, json_t *options,
             error_setg(errp, "Block protocol '%s' doesn't support the option '%s'",
                        drv->format_name, left);
         }
+        g_free(left);
         goto fail_registered;
     }
     node_refresh_limits(bs);
@@ -686,8 +759,21 @@ BlockChild *node_open_child(BlockNode *bs, json_t *options, const char *name,
     BlockNode *child_bs;
     bool by_reference = ref && json_is_string(ref);
 
-    if (ref && json_is_string(ref)) {
-        /* A reference to an existing node by name. */
+    if (by_reference) {
+        /* A reference to an existing node by name, and nothing more. */
+        char *prefix = g_strconcat(name, ".", NULL);
+        const char *k;
+        json_t *v;
+        bool extra = false;
+        json_object_foreach(options, k, v) {
+            extra |= g_str_has_prefix(k, prefix);
+        }
+        g_free(prefix);
+        if (extra) {
+            error_setg(errp, "Cannot reference an existing block device with "
+                       "additional options or a new filename");
+            return NULL;
+        }
         child_bs = node_find(json_string_value(ref));
         if (!child_bs) {
             error_setg(errp, "Cannot find device='%s' nor node-name='%s'",

@@ -111,18 +111,34 @@ json_t *opts_parse_keyval(const char *str, const char *implied_key,
     return obj;
 }
 
+static void flatten_value(json_t *dst, json_t *v, const char *key);
+
 static void flatten_into(json_t *dst, json_t *src, const char *prefix)
 {
     const char *k;
     json_t *v;
     json_object_foreach(src, k, v) {
         char *full = prefix ? g_strconcat(prefix, ".", k, NULL) : g_strdup(k);
-        if (json_is_object(v)) {
-            flatten_into(dst, v, full);
-        } else {
-            json_object_set(dst, full, v);
-        }
+        flatten_value(dst, v, full);
         g_free(full);
+    }
+}
+
+/* Objects become "a.b" keys and arrays "a.0", "a.1" (QEMU's qdict_flatten). */
+static void flatten_value(json_t *dst, json_t *v, const char *key)
+{
+    if (json_is_object(v)) {
+        flatten_into(dst, v, key);
+    } else if (json_is_array(v)) {
+        size_t i;
+        json_t *e;
+        json_array_foreach(v, i, e) {
+            char *full = g_strdup_printf("%s.%zu", key, i);
+            flatten_value(dst, e, full);
+            g_free(full);
+        }
+    } else {
+        json_object_set(dst, key, v);
     }
 }
 
@@ -197,113 +213,145 @@ bool opts_take_str(json_t *obj, const char *key, char **out, GError **errp)
     return true;
 }
 
+/*
+ * Values from the command line and from "json:" filenames are all treated
+ * as text, as QEMU does, so {"read-only": 1} gets the same message as
+ * read-only=1.  Real JSON booleans and integers are taken as they are.
+ */
+static const char size_hint[] =
+    "\nOptional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, "
+    "peta-\nand exabytes, respectively.";
+
+static bool opts_scalar(json_t *obj, const char *key, json_t **v, char **text,
+                        GError **errp)
+{
+    *v = json_object_get(obj, key);
+    *text = NULL;
+    if (!*v) {
+        return true;
+    }
+    if (json_is_object(*v) || json_is_array(*v)) {
+        /* Not a value for this key: left for the unknown-option check,
+         * which names it flattened ("size.0"), as QEMU does. */
+        *v = NULL;
+        return true;
+    }
+    *text = opts_get_str(obj, key);
+    return true;
+}
+
 bool opts_take_bool(json_t *obj, const char *key, bool *out, GError **errp)
 {
-    json_t *v = json_object_get(obj, key);
+    json_t *v;
+    char *t;
+    if (!opts_scalar(obj, key, &v, &t, errp)) {
+        return false;
+    }
     if (!v) {
         return true;
     }
+    bool ok = true;
     if (json_is_boolean(v)) {
         *out = json_is_true(v);
-    } else if (json_is_string(v)) {
-        const char *s = json_string_value(v);
-        if (!strcmp(s, "on") || !strcmp(s, "yes") || !strcmp(s, "true") ||
-            !strcmp(s, "y")) {
-            *out = true;
-        } else if (!strcmp(s, "off") || !strcmp(s, "no") ||
-                   !strcmp(s, "false") || !strcmp(s, "n")) {
-            *out = false;
-        } else {
-            error_setg(errp, "Parameter '%s' expects 'on' or 'off'", key);
-            return false;
-        }
+    } else if (!strcmp(t, "on") || !strcmp(t, "yes") || !strcmp(t, "true") ||
+               !strcmp(t, "y")) {
+        *out = true;
+    } else if (!strcmp(t, "off") || !strcmp(t, "no") || !strcmp(t, "false") ||
+               !strcmp(t, "n")) {
+        *out = false;
     } else {
-        error_setg(errp, "Invalid parameter type for '%s', expected: boolean", key);
-        return false;
+        error_setg(errp, "Parameter '%s' expects 'on' or 'off'", key);
+        ok = false;
     }
-    json_object_del(obj, key);
-    return true;
+    g_free(t);
+    if (ok) {
+        json_object_del(obj, key);
+    }
+    return ok;
 }
 
 bool opts_take_size(json_t *obj, const char *key, uint64_t *out, GError **errp)
 {
-    json_t *v = json_object_get(obj, key);
+    json_t *v;
+    char *t;
+    if (!opts_scalar(obj, key, &v, &t, errp)) {
+        return false;
+    }
     if (!v) {
         return true;
     }
-    if (json_is_integer(v)) {
-        if (json_integer_value(v) < 0) {
-            error_setg(errp, "Parameter '%s' expects a non-negative number below 2^64", key);
-            return false;
-        }
-        *out = (uint64_t)json_integer_value(v);
-    } else if (json_is_string(v)) {
-        uint64_t val;
-        if (parse_size(json_string_value(v), 'B', &val) < 0) {
-            /* The hint after the newline is printed by tools, not sent by QMP. */
-            error_setg(errp, "Parameter '%s' expects a non-negative number "
-                       "below 2^64\nOptional suffix k, M, G, T, P or E means "
-                       "kilo-, mega-, giga-, tera-, peta-\nand exabytes, "
-                       "respectively.", key);
-            return false;
-        }
-        *out = val;
-    } else {
-        error_setg(errp, "Invalid parameter type for '%s', expected: integer", key);
-        return false;
+    uint64_t val;
+    bool ok = true;
+    if (json_is_integer(v) && json_integer_value(v) >= 0) {
+        val = (uint64_t)json_integer_value(v);
+    } else if (parse_size(t, 'B', &val) < 0) {
+        error_setg(errp, "Parameter '%s' expects a non-negative number below "
+                   "2^64%s", key, size_hint);
+        ok = false;
     }
-    json_object_del(obj, key);
-    return true;
+    g_free(t);
+    if (ok) {
+        *out = val;
+        json_object_del(obj, key);
+    }
+    return ok;
 }
 
 bool opts_take_int(json_t *obj, const char *key, int64_t *out, GError **errp)
 {
-    json_t *v = json_object_get(obj, key);
+    json_t *v;
+    char *t;
+    if (!opts_scalar(obj, key, &v, &t, errp)) {
+        return false;
+    }
     if (!v) {
         return true;
     }
+    int64_t val;
+    bool ok = true;
     if (json_is_integer(v)) {
-        *out = json_integer_value(v);
-    } else if (json_is_string(v)) {
-        int64_t val;
-        if (parse_int64(json_string_value(v), &val) < 0) {
-            error_setg(errp, "Parameter '%s' expects integer", key);
-            return false;
-        }
-        *out = val;
-    } else {
-        error_setg(errp, "Invalid parameter type for '%s', expected: integer", key);
-        return false;
+        val = json_integer_value(v);
+    } else if (parse_int64(t, &val) < 0) {
+        error_setg(errp, "Parameter '%s' expects a number", key);
+        ok = false;
     }
-    json_object_del(obj, key);
-    return true;
+    g_free(t);
+    if (ok) {
+        *out = val;
+        json_object_del(obj, key);
+    }
+    return ok;
 }
 
 bool opts_take_enum(json_t *obj, const char *key, const char *const *names,
                     int *out, GError **errp)
 {
-    json_t *v = json_object_get(obj, key);
+    json_t *v;
+    char *t;
+    if (!opts_scalar(obj, key, &v, &t, errp)) {
+        return false;
+    }
     if (!v) {
         return true;
     }
-    if (!json_is_string(v)) {
-        error_setg(errp, "Invalid parameter type for '%s', expected: string", key);
-        return false;
-    }
-    const char *s = json_string_value(v);
     for (int i = 0; names[i]; i++) {
-        if (!strcmp(names[i], s)) {
+        if (!strcmp(names[i], t)) {
             *out = i;
             json_object_del(obj, key);
+            g_free(t);
             return true;
         }
     }
-    error_setg(errp, "Parameter '%s' does not accept value '%s'", key, s);
+    error_setg(errp, "Parameter '%s' does not accept value '%s'", key, t);
+    g_free(t);
     return false;
 }
 
-const char *opts_first_key(json_t *obj)
+char *opts_first_key(json_t *obj)
 {
-    void *it = json_object_iter(obj);
-    return it ? json_object_iter_key(it) : NULL;
+    json_t *flat = opts_flatten(obj);
+    void *it = json_object_iter(flat);
+    char *key = it ? g_strdup(json_object_iter_key(it)) : NULL;
+    json_decref(flat);
+    return key;
 }

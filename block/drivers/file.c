@@ -545,11 +545,11 @@ static int file_reopen_prepare(ReopenState *rs, GError **errp)
     if (!opts_take_bool(rs->options, "drop-cache", &drop_cache, errp)) {
         return -EINVAL;
     }
-    if (s->aio == AIO_NATIVE && !(new_flags & O_DIRECT)) {
-        error_setg(errp, "aio=native was specified, but it requires "
-                         "cache.direct=on, which was not specified.");
-        return -EINVAL;
-    }
+    /*
+     * aio=native with a buffered fd is refused at open only, as in QEMU: a
+     * reopen to writeback keeps native AIO (the kernel then completes it
+     * synchronously, which is correct, just slower).
+     */
     s->reopen_drop_cache = drop_cache;
     s->reopen_open_flags = new_flags;
     s->reopen_held = (LockBytes) { 0 };

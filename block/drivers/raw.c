@@ -221,16 +221,41 @@ static void raw_child_perm(BlockNode *bs, BlockChild *c, unsigned role,
 static int raw_reopen_prepare(ReopenState *rs, GError **errp)
 {
     RawState *s = rs->bs->opaque;
-    uint64_t offset = s->offset, size = s->size;
-    if (!opts_take_size(rs->options, "offset", &offset, errp) ||
-        !opts_take_size(rs->options, "size", &size, errp)) {
+    RawState *n = g_new(RawState, 1);
+    *n = *s;
+    n->has_size = s->has_size || json_object_get(rs->options, "size");
+    if (!opts_take_size(rs->options, "offset", &n->offset, errp) ||
+        !opts_take_size(rs->options, "size", &n->size, errp)) {
+        g_free(n);
         return -EINVAL;
     }
-    if (offset != s->offset || (s->has_size && size != s->size)) {
-        error_setg(errp, "Cannot change the offset or size of a raw node");
+    int64_t real = node_getlength(rs->bs->file->bs);
+    if (real >= 0 && (n->offset > (uint64_t)real ||
+                      (n->has_size && n->size > (uint64_t)real - n->offset))) {
+        error_setg(errp, "The sum of offset (%" G_GUINT64_FORMAT ") and size "
+                   "(%" G_GUINT64_FORMAT ") has to be smaller or equal to the "
+                   " actual size of the containing file (%" G_GINT64_FORMAT ")",
+                   n->offset, n->size, real);
+        g_free(n);
         return -EINVAL;
     }
+    rs->opaque = n;
     return 0;
+}
+
+static void raw_reopen_commit(ReopenState *rs)
+{
+    RawState *s = rs->bs->opaque;
+    *s = *(RawState *)rs->opaque;
+    g_free(rs->opaque);
+    rs->opaque = NULL;
+    node_invalidate_length(rs->bs);
+}
+
+static void raw_reopen_abort(ReopenState *rs)
+{
+    g_free(rs->opaque);
+    rs->opaque = NULL;
 }
 
 static int raw_create(const char *filename, json_t *options, GError **errp)
@@ -253,6 +278,8 @@ const BlockDriver bdrv_raw = {
     .create_opts = raw_create_opts,
     .child_perm = raw_child_perm,
     .reopen_prepare = raw_reopen_prepare,
+    .reopen_commit = raw_reopen_commit,
+    .reopen_abort = raw_reopen_abort,
     .co_preadv = raw_co_preadv,
     .co_pwritev = raw_co_pwritev,
     .co_pwrite_zeroes = raw_co_pwrite_zeroes,

@@ -244,6 +244,10 @@ void node_filter_perms(BlockNode *bs, BlockChild *c, unsigned role,
 void node_inc_in_flight(BlockNode *bs);
 void node_dec_in_flight(BlockNode *bs);
 
+/* Forget the cached length of bs and of every node above it (a driver
+ * whose length changed other than by truncate calls this). */
+void node_invalidate_length(BlockNode *bs);
+
 /* Refresh bl from the driver and children (after open, reopen, attach). */
 void node_refresh_limits(BlockNode *bs);
 

@@ -47,7 +47,7 @@ bool opts_take_enum(json_t *obj, const char *key, const char *const *names,
 /* Peek without removing (string form); NULL if absent.  Caller frees. */
 char *opts_get_str(json_t *obj, const char *key);
 
-/* First key left in obj, or NULL. */
-const char *opts_first_key(json_t *obj);
+/* First key left in obj, flattened ("file.x"), or NULL.  Caller frees. */
+char *opts_first_key(json_t *obj);
 
 #endif

@@ -210,7 +210,9 @@ static void secret_add(json_t *args, bool from_json, const char *id)
                    p.format);
         fail(err);
     }
-    key = opts_first_key(args);
+    /* The top-level key: a nested one is reported as 'key.*'. */
+    key = json_object_iter(args) ? json_object_iter_key(json_object_iter(args))
+                                 : NULL;
     if (key) {
         json_t *v = json_object_get(args, key);
         if (!from_json && json_is_object(v)) {

@@ -147,6 +147,23 @@ json_t *tool_qemuopts_nest(json_t *flat)
             nestable = nestable && *parts[i];
         }
         g_strfreev(parts);
+        json_t *old = json_object_get(out, key);
+        if (!nestable && old && json_is_object(old)) {
+            /*
+             * "file=foo" after "file.driver=...": keep both, the nested
+             * keys flattened again, so that the block layer can say that a
+             * reference cannot come with options (QEMU's message).
+             */
+            json_t *flat_old = opts_flatten(old);
+            const char *k2;
+            json_t *v2;
+            json_object_foreach(flat_old, k2, v2) {
+                char *full = g_strconcat(key, ".", k2, NULL);
+                json_object_set_nocheck(out, full, v2);
+                g_free(full);
+            }
+            json_decref(flat_old);
+        }
         if (!nestable || !opts_set_dotted(out, key, json_incref(v), NULL)) {
             json_object_set_nocheck(out, key, v);
         }
