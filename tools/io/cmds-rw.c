@@ -38,10 +38,9 @@ static void *create_iovec(BlockBackend *blk, IOVec *qiov, char **argv,
     uint8_t *buf = NULL, *p;
 
     for (int i = 0; i < nr_iov; i++) {
-        int64_t len = tool_cvtnum(argv[i]);
+        int64_t len = io_cvtnum(argv[i]);
 
         if (len < 0) {
-            io_print_cvtnum_err(len, argv[i]);
             goto out;
         }
         if (len > REQUEST_MAX_BYTES) {
@@ -74,13 +73,61 @@ out:
     return buf;
 }
 
-/* First `len` bytes of buf all equal to pattern? */
-static bool buffer_matches(const uint8_t *buf, int pattern, int64_t len)
+/*
+ * -P on the read commands: are the `len` bytes at buf, read from `offset`,
+ * all equal to pattern?  A mismatch is printed but still reported, as in
+ * qemu-io, so the caller only adjusts its return value.
+ */
+static bool verify_pattern(const uint8_t *buf, int pattern, int64_t offset,
+                           int64_t len)
 {
     for (int64_t i = 0; i < len; i++) {
         if (buf[i] != pattern) {
+            printf("Pattern verification failed at offset %" PRId64 ", %"
+                   PRId64 " bytes\n", offset, len);
             return false;
         }
+    }
+    return true;
+}
+
+/*
+ * The "off len" that ends read, write and discard.  A length is refused
+ * above QEMU's request limit unless limit_hint is NULL (write -n: the
+ * request may be split); the hint completes qemu-io's message.  Prints
+ * qemu-io's message and returns a negative errno on error.
+ */
+static int parse_offset_length(char **argv, const char *limit_hint,
+                               int64_t *offset, int64_t *count)
+{
+    *offset = io_cvtnum(argv[0]);
+    if (*offset < 0) {
+        return (int)*offset;
+    }
+    *count = io_cvtnum(argv[1]);
+    if (*count < 0) {
+        return (int)*count;
+    }
+    if (limit_hint && *count > REQUEST_MAX_BYTES) {
+        printf("length cannot exceed %" PRIu64 "%s, given %s\n",
+               (uint64_t)REQUEST_MAX_BYTES, limit_hint, argv[1]);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+/* VM state (-b) and compressed (-c) requests work in whole sectors. */
+static bool sector_aligned(int64_t offset, int64_t count)
+{
+    if (offset & 511) {
+        printf("%" PRId64 " is not a sector-aligned value for 'offset'\n",
+               offset);
+        return false;
+    }
+    if (count & 511) {
+        printf("%" PRId64 " is not a sector-aligned value for 'count'\n",
+               count);
+        return false;
     }
     return true;
 }
