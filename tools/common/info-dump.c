@@ -1,45 +1,11 @@
 /*
- * "Format specific information" in QEMU's text layout.
- *
- * QEMU converts the driver's info struct to a QDict and walks it in hash
- * bucket order, so the keys come out in an order that is neither the
- * struct's nor alphabetical.  To print the same lines we sort the keys the
- * way QDict iterates: by bucket (QEMU's tdb-style hash of the key modulo
- * 512), and within a bucket the key inserted last comes first.
+ * "Format specific information" in QEMU's text layout.  QEMU prints the
+ * driver's info struct from a QDict, so the keys come in QDict order
+ * (see qdict-order.c).
  */
 #include <stdio.h>
 #include <string.h>
 #include "tool-common.h"
-
-#define QDICT_BUCKETS 512
-
-static unsigned qdict_bucket(const char *key)
-{
-    uint32_t value = 0x238F13AFu * (uint32_t)strlen(key);
-
-    for (unsigned i = 0; key[i]; i++) {
-        value += (uint32_t)(unsigned char)key[i] << (i * 5 % 24);
-    }
-    return (1103515243u * value + 12345u) % QDICT_BUCKETS;
-}
-
-typedef struct KeyOrder {
-    const char *key;
-    json_t *value;
-    unsigned bucket;
-    size_t index; /* insertion order */
-} KeyOrder;
-
-static int key_order_cmp(const void *a, const void *b)
-{
-    const KeyOrder *x = a, *y = b;
-
-    if (x->bucket != y->bucket) {
-        return x->bucket < y->bucket ? -1 : 1;
-    }
-    /* Same bucket: QEMU inserts at the head, so newer first. */
-    return x->index > y->index ? -1 : (x->index < y->index ? 1 : 0);
-}
 
 static void dump_value(json_t *v, int indent);
 
@@ -66,17 +32,10 @@ static void dump_scalar(json_t *v)
 
 static void dump_object(json_t *obj, int indent)
 {
-    size_t n = json_object_size(obj), i = 0;
-    KeyOrder *keys = g_new(KeyOrder, n ? n : 1);
-    const char *key;
-    json_t *value;
+    size_t n;
+    ToolDictMember *keys = tool_qdict_members(obj, &n);
 
-    json_object_foreach(obj, key, value) {
-        keys[i] = (KeyOrder){ key, value, qdict_bucket(key), i };
-        i++;
-    }
-    qsort(keys, n, sizeof(*keys), key_order_cmp);
-    for (i = 0; i < n; i++) {
+    for (size_t i = 0; i < n; i++) {
         char *shown = g_strdup(keys[i].key);
         bool composite = is_composite(keys[i].value);
 

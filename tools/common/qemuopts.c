@@ -8,8 +8,7 @@
 #include "strata/opts.h"
 #include "tool-common.h"
 
-/* Copy a value up to an unescaped ','; ",," stands for one comma. */
-static const char *get_value(const char *p, char **value)
+const char *tool_qemuopts_value(const char *p, char **value)
 {
     GString *s = g_string_new(NULL);
 
@@ -32,9 +31,8 @@ static bool is_help_option(const char *name)
     return !strcmp(name, "help") || !strcmp(name, "?");
 }
 
-/* One "name=value" or "flag" element; returns the position after it. */
-static const char *get_name_value(const char *params, bool warn_on_flag,
-                                  char **name, char **value)
+const char *tool_qemuopts_next(const char *params, bool warn_on_flag,
+                               char **name, char **value)
 {
     size_t len = strcspn(params, "=,");
     const char *p;
@@ -65,7 +63,7 @@ static const char *get_name_value(const char *params, bool warn_on_flag,
         }
     } else {
         *name = g_strndup(params, len);
-        p = get_value(params + len + 1, value);
+        p = tool_qemuopts_value(params + len + 1, value);
     }
     if (*p == ',') {
         p++;
@@ -81,7 +79,7 @@ static char *find_id(const char *params)
     while (*p) {
         char *name, *value;
 
-        p = get_name_value(p, false, &name, &value);
+        p = tool_qemuopts_next(p, false, &name, &value);
         bool is_id = !strcmp(name, "id");
         g_free(name);
         if (is_id) {
@@ -122,7 +120,7 @@ bool tool_qemuopts_parse(json_t **dict, const char *params, bool merge_list,
     while (*p) {
         char *name, *value;
 
-        p = get_name_value(p, true, &name, &value);
+        p = tool_qemuopts_next(p, true, &name, &value);
         if (strcmp(name, "id")) {
             json_object_set_new_nocheck(*dict, name,
                                         json_string_nocheck(value));

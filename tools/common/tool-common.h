@@ -28,6 +28,13 @@ void tool_warn(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
 void tool_error_gerror(GError *err, const char *prefix_fmt, ...)
     G_GNUC_PRINTF(2, 3);
 
+/*
+ * -T / --trace [enable=]PATTERN[,events=FILE][,file=FILE]: strata has no
+ * trace events, so a pattern naming one event gets QEMU's warning for an
+ * unknown event and everything else is accepted and ignored.
+ */
+void tool_trace_option(const char *arg);
+
 /* ---- Numbers ---- */
 
 /*
@@ -72,6 +79,19 @@ bool tool_qemuopts_parse(json_t **dict, const char *params, bool merge_list,
                          GError **errp);
 
 /*
+ * The pieces of that syntax, for parsers with rules of their own (the
+ * creation options of strata-img).  tool_qemuopts_next() reads one element
+ * at params, "name=value" or a bare flag ("name" is name=on, "noname" is
+ * name=off, with QEMU's deprecation warning if warn_on_flag), and returns
+ * the position after it and its comma.  tool_qemuopts_value() reads a
+ * value up to an unescaped ',' (",," is a comma) and returns the position
+ * of that ','.  The caller frees the strings.
+ */
+const char *tool_qemuopts_next(const char *params, bool warn_on_flag,
+                               char **name, char **value);
+const char *tool_qemuopts_value(const char *p, char **value);
+
+/*
  * The parsed flat keys as one nested tree, the form node_open() and
  * node_reopen() read ("file.filename" -> {"file": {"filename": ...}}).
  * Keys that cannot nest ("", "a..b", "x=1" next to "x.y=2") stay flat so
@@ -90,6 +110,22 @@ void tool_object_process_cmdline(const char *arg);
 /* A secret defined with --object (NULL if none); *len gets its size. */
 const uint8_t *tool_secret_lookup(const char *id, size_t *len);
 void tool_objects_cleanup(void);
+
+/* ---- QEMU's QDict order (qdict-order.c) ---- */
+
+typedef struct ToolDictMember {
+    const char *key;
+    json_t *value;
+    unsigned bucket;    /* sort keys: hash bucket, then insertion order */
+    size_t index;
+} ToolDictMember;
+
+/*
+ * The n members of obj in the order QEMU's QDict iterates them (what its
+ * tools print), given that obj's keys were inserted in QEMU's order.
+ * Caller g_free()s.
+ */
+ToolDictMember *tool_qdict_members(json_t *obj, size_t *n);
 
 /* ---- "Format specific information" ---- */
 

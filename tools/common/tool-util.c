@@ -68,6 +68,29 @@ void tool_error_gerror(GError *err, const char *prefix_fmt, ...)
     }
 }
 
+void tool_trace_option(const char *arg)
+{
+    char **elems = g_strsplit(arg, ",", -1);
+
+    for (int i = 0; elems[i]; i++) {
+        const char *pattern = NULL;
+
+        if (g_str_has_prefix(elems[i], "enable=")) {
+            pattern = elems[i] + strlen("enable=");
+        } else if (i == 0 && !strchr(elems[i], '=')) {
+            pattern = elems[i];
+        }
+        if (pattern && *pattern == '-') {
+            pattern++;
+        }
+        if (pattern && *pattern && !strpbrk(pattern, "*?") &&
+            strcmp(pattern, "help")) {
+            tool_warn("trace event '%s' does not exist", pattern);
+        }
+    }
+    g_strfreev(elems);
+}
+
 /* ---- qemu_strtosz ---- */
 
 int tool_strtosz(const char *nptr, const char **end, uint64_t *result)

@@ -27,10 +27,9 @@
 #include "img.h"
 
 enum {
-    OPTION_PATTERN = 256,
+    OPTION_PATTERN = IMG_OPTION_FIRST_PRIVATE,
     OPTION_FLUSH_INTERVAL,
     OPTION_NO_DRAIN,
-    OPTION_IMAGE_OPTS,
 };
 
 typedef struct BenchData {
@@ -116,7 +115,7 @@ int img_bench(int argc, char **argv)
     static const struct option long_options[] = {
         { "help", no_argument, NULL, 'h' },
         { "flush-interval", required_argument, NULL, OPTION_FLUSH_INTERVAL },
-        { "image-opts", no_argument, NULL, OPTION_IMAGE_OPTS },
+        { "image-opts", no_argument, NULL, IMG_OPTION_IMAGE_OPTS },
         { "pattern", required_argument, NULL, OPTION_PATTERN },
         { "no-drain", no_argument, NULL, OPTION_NO_DRAIN },
         { "force-share", no_argument, NULL, 'U' },
@@ -149,9 +148,6 @@ int img_bench(int argc, char **argv)
                 tool_error("Invalid queue depth specified");
                 return EXIT_FAILURE;
             }
-            break;
-        case 'f':
-            spec.fmt = optarg;
             break;
         case 'n':
             native = true;
@@ -200,9 +196,6 @@ int img_bench(int argc, char **argv)
             spec.flags |= NODE_O_RDWR;
             is_write = true;
             break;
-        case 'U':
-            spec.force_share = true;
-            break;
         case OPTION_PATTERN:
             if (!img_strtoi(optarg, &pattern) || pattern < 0 ||
                 pattern > 0xff) {
@@ -219,9 +212,8 @@ int img_bench(int argc, char **argv)
         case OPTION_NO_DRAIN:
             drain_on_flush = false;
             break;
-        case OPTION_IMAGE_OPTS:
-            spec.image_opts = true;
-            break;
+        default:
+            img_open_option(c, optarg, &spec);
         }
     }
     if (optind != argc - 1) {

@@ -10,7 +10,7 @@
 # in shell syntax, run from inside the scratch directory, which holds
 # r.img (1 MiB raw, 4 KiB allocated), odd.img (1000 bytes), big.img
 # (64 MiB raw), sub/base.raw (3 MiB), dir/ (a directory) and three
-# 512-byte files with awkward names (see make_files).  Lines
+# 512-byte files with awkward names (see prepare).  Lines
 # starting with '#' are comments.  Timings, the program name and the
 # version/format lines of --help are filtered away.  Exits 1 if any case
 # differs.  Nothing here measures speed.
@@ -22,8 +22,10 @@ cases=${2:-$here/compare-cases.txt}
 qemu=$(command -v "${QEMU_IMG:-qemu-img}")
 D=$(mktemp -d "${TMPDIR:-/tmp}/strata-img-cmp.XXXXXX")
 trap 'rm -rf "$D"' EXIT
+# shellcheck source-path=SCRIPTDIR source=../common/compare-lib.sh
+. "$here/../common/compare-lib.sh"
 
-make_files() {
+prepare() {
     rm -rf "${D:?}"/*
     mkdir -p "$D/sub" "$D/dir"
     truncate -s 1M "$D/r.img"
@@ -59,33 +61,13 @@ filter_help() {
         /^  [a-z]+ [[(]/ && index(impl, " " $1 " ") == 0 { next }
         { print }'
 }
+filter_want() { filter_help | filter; }
 
-run_one() { # prog case
-    local prog c=$2
-    # Run by name through PATH, so that messages using argv[0] agree.
-    PATH=$(cd "$(dirname "$1")" && pwd):$PATH
-    prog=$(basename "$1")
-    make_files
-    cd "$D" || exit 1
-    eval "\"$prog\" $c" </dev/null 2>&1
+run_case() { # prog case
+    eval "\"$1\" $2" </dev/null 2>&1
     echo "exit=$?"
     find . -type f -newer "$D/sub/base.raw" -o -type f -name '*.img' |
         sort | while read -r f; do stat -c '%n %s %b' "$f"; done
-    cd - >/dev/null || exit 1
 }
 
-total=0
-failed=0
-while IFS= read -r c; do
-    [[ -z $c || $c == \#* ]] && continue
-    total=$((total + 1))
-    want=$(run_one "$qemu" "$c" | filter_help | filter)
-    got=$(run_one "$strata" "$c" | filter)
-    if [[ $want != "$got" ]]; then
-        failed=$((failed + 1))
-        echo "=== DIFF: $c"
-        diff <(echo "$want") <(echo "$got") | head -40
-    fi
-done < "$cases"
-echo "$((total - failed)) passed, $failed failed"
-[[ $failed -eq 0 ]]
+compare_cases "$qemu" "$strata" "$cases"

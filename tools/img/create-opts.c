@@ -309,47 +309,16 @@ bool img_opts_set_number(ImgOpts *opts, const char *name, uint64_t value)
     return true;
 }
 
-/* Value up to an unescaped ','; ",," is a comma. */
-static const char *get_value(const char *p, char **value)
-{
-    GString *s = g_string_new(NULL);
-
-    while (*p) {
-        if (*p == ',') {
-            if (p[1] != ',') {
-                break;
-            }
-            p++;
-        }
-        g_string_append_c(s, *p++);
-    }
-    *value = g_string_free(s, false);
-    return p;
-}
-
 bool img_opts_parse(ImgOpts *opts, const char *params, GError **errp)
 {
     const char *p = params;
 
     while (*p) {
-        size_t len = strcspn(p, "=,");
         char *name, *value;
         bool ok;
 
-        name = g_strndup(p, len);
-        p += len;
-        if (*p == '=') {
-            p = get_value(p + 1, &value);
-        } else if (g_str_has_prefix(name, "no")) {
-            /* QemuOpts' old flag syntax: "nofoo" is foo=off. */
-            memmove(name, name + 2, strlen(name + 2) + 1);
-            value = g_strdup("off");
-        } else {
-            value = g_strdup("on");
-        }
-        if (*p == ',') {
-            p++;
-        }
+        /* qemu-img create does not warn about flags such as "nofoo". */
+        p = tool_qemuopts_next(p, false, &name, &value);
         /* An "id" element names the option group; creation ignores it. */
         ok = !strcmp(name, "id") || img_opts_set(opts, name, value, errp);
         g_free(name);
@@ -441,7 +410,7 @@ bool img_has_help_option(const char *params)
         }
         p += len;
         if (*p == '=') {
-            p = get_value(p + 1, &value);
+            p = tool_qemuopts_value(p + 1, &value);
             g_free(value);
         }
         if (*p == ',') {

@@ -89,30 +89,6 @@ bool img_strtoi(const char *value, int *out)
     return true;
 }
 
-void img_trace_option(const char *arg)
-{
-    char **elems = g_strsplit(arg, ",", -1);
-
-    /* No trace events exist: name the ones asked for, as QEMU would. */
-    for (int i = 0; elems[i]; i++) {
-        const char *pattern = NULL;
-
-        if (g_str_has_prefix(elems[i], "enable=")) {
-            pattern = elems[i] + strlen("enable=");
-        } else if (i == 0 && !strchr(elems[i], '=')) {
-            pattern = elems[i];
-        }
-        if (pattern && *pattern == '-') {
-            pattern++;
-        }
-        if (pattern && *pattern && !strpbrk(pattern, "*?") &&
-            strcmp(pattern, "help")) {
-            tool_warn("trace event '%s' does not exist", pattern);
-        }
-    }
-    g_strfreev(elems);
-}
-
 /* ---- Opening images ---- */
 
 /*
@@ -176,6 +152,24 @@ static char *image_opts_with_implied_file(const char *optstr)
         return g_strdup(optstr);
     }
     return g_strdup_printf("file=%s", optstr);
+}
+
+void img_open_option(int c, const char *arg, ImgOpenSpec *spec)
+{
+    switch (c) {
+    case 'f':
+        spec->fmt = arg;
+        break;
+    case 'U':
+        spec->force_share = true;
+        break;
+    case IMG_OPTION_IMAGE_OPTS:
+        spec->image_opts = true;
+        break;
+    case IMG_OPTION_OBJECT:
+        tool_object_process_cmdline(arg);
+        break;
+    }
 }
 
 BlockBackend *img_open(const char *filename, const ImgOpenSpec *spec)

@@ -4,11 +4,7 @@
  *
  * Two things differ from jansson's own dump and matter for byte-for-byte
  * output:
- *  - Key order.  QEMU builds a QDict and prints it in hash-table order:
- *    bucket by bucket (a tdb-style string hash modulo 512), and inside one
- *    bucket the key inserted last comes first.  jansson keeps insertion
- *    order, so callers insert keys in QAPI schema order (QEMU's insertion
- *    order) and we sort here.
+ *  - Key order.  QEMU prints objects in QDict order (tool_qdict_members()).
  *  - Layout and escapes.  Four spaces per level, "key": value, an empty
  *    container still gets its closing bracket on a line of its own, and
  *    every code point outside printable ASCII is written as \uXXXX
@@ -18,35 +14,6 @@
 #include <stdio.h>
 #include <string.h>
 #include "img.h"
-
-#define QDICT_BUCKETS 512
-
-static unsigned qdict_bucket(const char *key)
-{
-    uint32_t value = 0x238F13AFu * (uint32_t)strlen(key);
-
-    for (unsigned i = 0; key[i]; i++) {
-        value += (uint32_t)(unsigned char)key[i] << (i * 5 % 24);
-    }
-    return (1103515243u * value + 12345u) % QDICT_BUCKETS;
-}
-
-typedef struct Member {
-    const char *key;
-    json_t *value;
-    unsigned bucket;
-    size_t index;
-} Member;
-
-static int member_cmp(const void *a, const void *b)
-{
-    const Member *x = a, *y = b;
-
-    if (x->bucket != y->bucket) {
-        return x->bucket < y->bucket ? -1 : 1;
-    }
-    return x->index > y->index ? -1 : (x->index < y->index ? 1 : 0);
-}
 
 /*
  * Decode one code point of (modified) UTF-8 as QEMU's JSON writer does:
@@ -160,18 +127,11 @@ static void append_value(GString *out, json_t *v, int depth);
 
 static void append_object(GString *out, json_t *obj, int depth)
 {
-    size_t n = json_object_size(obj), i = 0;
-    Member *m = g_new(Member, n ? n : 1);
-    const char *key;
-    json_t *value;
+    size_t n;
+    ToolDictMember *m = tool_qdict_members(obj, &n);
 
-    json_object_foreach(obj, key, value) {
-        m[i] = (Member){ key, value, qdict_bucket(key), i };
-        i++;
-    }
-    qsort(m, n, sizeof(*m), member_cmp);
     g_string_append_c(out, '{');
-    for (i = 0; i < n; i++) {
+    for (size_t i = 0; i < n; i++) {
         if (i) {
             g_string_append_c(out, ',');
         }

@@ -60,9 +60,6 @@ int64_t img_cvtnum(const char *name, const char *value);
 /* qemu_strtoi(value, NULL, 0, &out): the whole string, an int. */
 bool img_strtoi(const char *value, int *out);
 
-/* -T / --trace: accepted like qemu-img; strata has no trace events yet. */
-void img_trace_option(const char *arg);
-
 /* ---- img-common.c: opening images ---- */
 
 typedef struct ImgOpenSpec {
@@ -73,6 +70,24 @@ typedef struct ImgOpenSpec {
     bool force_share;     /* -U */
     const char *aio;      /* -i / -n: "threads", "native", "io_uring", NULL */
 } ImgOpenSpec;
+
+/*
+ * Long-option codes of the options that open an image, shared so that
+ * img_open_option() can handle them; a subcommand numbers its own options
+ * from IMG_OPTION_FIRST_PRIVATE.
+ */
+enum {
+    IMG_OPTION_OBJECT = 256,
+    IMG_OPTION_IMAGE_OPTS,
+    IMG_OPTION_FIRST_PRIVATE,
+};
+
+/*
+ * For the default branch of a subcommand's option switch: -f, -U,
+ * --image-opts and --object mean the same wherever an image is opened.
+ * Other codes are ignored: img_getopt() has already refused unknown ones.
+ */
+void img_open_option(int c, const char *arg, ImgOpenSpec *spec);
 
 /*
  * Open filename as qemu-img's img_open() does; on error print

@@ -18,10 +18,8 @@
 #include "img.h"
 
 enum {
-    OPTION_OUTPUT = 256,
+    OPTION_OUTPUT = IMG_OPTION_FIRST_PRIVATE,
     OPTION_BACKING_CHAIN,
-    OPTION_OBJECT,
-    OPTION_IMAGE_OPTS,
 };
 
 /* bdrv_query_image_info(): NULL with *errp on failure. */
@@ -138,8 +136,8 @@ int img_info(int argc, char **argv)
         { "format", required_argument, NULL, 'f' },
         { "output", required_argument, NULL, OPTION_OUTPUT },
         { "backing-chain", no_argument, NULL, OPTION_BACKING_CHAIN },
-        { "object", required_argument, NULL, OPTION_OBJECT },
-        { "image-opts", no_argument, NULL, OPTION_IMAGE_OPTS },
+        { "object", required_argument, NULL, IMG_OPTION_OBJECT },
+        { "image-opts", no_argument, NULL, IMG_OPTION_IMAGE_OPTS },
         { "force-share", no_argument, NULL, 'U' },
         { NULL, 0, NULL, 0 },
     };
@@ -152,24 +150,14 @@ int img_info(int argc, char **argv)
 
     while ((c = img_getopt(argc, argv, ":f:hU", long_options)) != -1) {
         switch (c) {
-        case 'f':
-            spec.fmt = optarg;
-            break;
-        case 'U':
-            spec.force_share = true;
-            break;
         case OPTION_OUTPUT:
             output = optarg;
             break;
         case OPTION_BACKING_CHAIN:
             chain = true;
             break;
-        case OPTION_OBJECT:
-            tool_object_process_cmdline(optarg);
-            break;
-        case OPTION_IMAGE_OPTS:
-            spec.image_opts = true;
-            break;
+        default:
+            img_open_option(c, optarg, &spec);
         }
     }
     if (optind != argc - 1) {

@@ -183,7 +183,7 @@ int main(int argc, char **argv)
             print_version();
             return EXIT_SUCCESS;
         case 'T':
-            img_trace_option(optarg);
+            tool_trace_option(optarg);
             break;
         }
     }

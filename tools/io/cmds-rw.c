@@ -3,6 +3,10 @@
  * aio_flush, discard.  Asynchronous requests print their result from the
  * completion callback, whenever the loop runs next (a later command, a
  * sleep, aio_flush or the final drain), as qemu-io does.
+ *
+ * Every command fills a Request from its command line with the shared
+ * parsers below, so that options, limits and messages that qemu-io spells
+ * alike in all of them are written once.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -18,12 +22,62 @@
 /* QEMU's BDRV_REQUEST_MAX_BYTES: INT_MAX rounded down to 512 bytes. */
 #define REQUEST_MAX_BYTES ((int64_t)(INT_MAX >> 9) << 9)
 
+/*
+ * One data command's request.  The aio commands allocate it and keep it
+ * until their completion callback has reported.
+ */
+typedef struct Request {
+    /* The options that mean the same in every data command. */
+    bool Cflag;         /* -C: statistics as CSV */
+    bool qflag;         /* -q: no statistics */
+    bool vflag;         /* -v: dump the data read */
+    bool Pflag;         /* -P given: fill or verify with pattern */
+    int pattern;
+    int64_t offset, count;
+    uint8_t *buf;       /* NULL for zero writes and discard */
+    IOVec qiov;         /* the vectored commands' pieces of buf */
+    struct timespec t1; /* when the request was started */
+} Request;
+
 static struct timespec now(void)
 {
     struct timespec t;
 
     clock_gettime(CLOCK_MONOTONIC, &t);
     return t;
+}
+
+static void request_cleanup(Request *r)
+{
+    io_free(r->buf);
+    iovec_destroy(&r->qiov);
+}
+
+/*
+ * For the default branch of a command's getopt switch: -C, -q, -v and
+ * -P pattern (getopt only passes those the command's string lists); any
+ * other character is an option the command does not know, so its usage is
+ * printed.  Returns 0 or a negative errno.
+ */
+static int parse_request_option(int c, Request *r, const IoCmd *cmd)
+{
+    switch (c) {
+    case 'C':
+        r->Cflag = true;
+        return 0;
+    case 'q':
+        r->qflag = true;
+        return 0;
+    case 'v':
+        r->vflag = true;
+        return 0;
+    case 'P':
+        r->Pflag = true;
+        r->pattern = io_parse_pattern(optarg);
+        return r->pattern < 0 ? -EINVAL : 0;
+    default:
+        return io_usage_error(cmd);
+    }
 }
 
 /*
@@ -74,41 +128,44 @@ out:
 }
 
 /*
- * -P on the read commands: are the `len` bytes at buf, read from `offset`,
- * all equal to pattern?  A mismatch is printed but still reported, as in
- * qemu-io, so the caller only adjusts its return value.
+ * The "off len [len..]" of the vectored commands: r->offset, and r->buf
+ * cut into one piece of r->qiov per length, filled with fill.  Prints
+ * qemu-io's message and returns a negative errno on error.
  */
-static bool verify_pattern(const uint8_t *buf, int pattern, int64_t offset,
-                           int64_t len)
+static int parse_vectored(BlockBackend *blk, char **argv, int nargs, int fill,
+                          Request *r)
 {
-    for (int64_t i = 0; i < len; i++) {
-        if (buf[i] != pattern) {
-            printf("Pattern verification failed at offset %" PRId64 ", %"
-                   PRId64 " bytes\n", offset, len);
-            return false;
-        }
+    r->offset = io_cvtnum(argv[0]);
+    if (r->offset < 0) {
+        return (int)r->offset;
     }
-    return true;
+    r->buf = create_iovec(blk, &r->qiov, &argv[1], nargs - 1, fill);
+    if (!r->buf) {
+        return -EINVAL;
+    }
+    r->count = r->qiov.size;
+    return 0;
 }
 
 /*
  * The "off len" that ends read, write and discard.  A length is refused
- * above QEMU's request limit unless limit_hint is NULL (write -n: the
- * request may be split); the hint completes qemu-io's message.  Prints
- * qemu-io's message and returns a negative errno on error.
+ * above QEMU's request limit unless limit_hint is NULL (zero writes with
+ * -n or from aio_write: nothing is allocated and the request may be split);
+ * the hint completes qemu-io's message.  Prints qemu-io's message and
+ * returns a negative errno on error.
  */
 static int parse_offset_length(char **argv, const char *limit_hint,
-                               int64_t *offset, int64_t *count)
+                               Request *r)
 {
-    *offset = io_cvtnum(argv[0]);
-    if (*offset < 0) {
-        return (int)*offset;
+    r->offset = io_cvtnum(argv[0]);
+    if (r->offset < 0) {
+        return (int)r->offset;
     }
-    *count = io_cvtnum(argv[1]);
-    if (*count < 0) {
-        return (int)*count;
+    r->count = io_cvtnum(argv[1]);
+    if (r->count < 0) {
+        return (int)r->count;
     }
-    if (limit_hint && *count > REQUEST_MAX_BYTES) {
+    if (limit_hint && r->count > REQUEST_MAX_BYTES) {
         printf("length cannot exceed %" PRIu64 "%s, given %s\n",
                (uint64_t)REQUEST_MAX_BYTES, limit_hint, argv[1]);
         return -EINVAL;
@@ -117,19 +174,51 @@ static int parse_offset_length(char **argv, const char *limit_hint,
 }
 
 /* VM state (-b) and compressed (-c) requests work in whole sectors. */
-static bool sector_aligned(int64_t offset, int64_t count)
+static bool sector_aligned(const Request *r)
 {
-    if (offset & 511) {
+    if (r->offset & 511) {
         printf("%" PRId64 " is not a sector-aligned value for 'offset'\n",
-               offset);
+               r->offset);
         return false;
     }
-    if (count & 511) {
+    if (r->count & 511) {
         printf("%" PRId64 " is not a sector-aligned value for 'count'\n",
-               count);
+               r->count);
         return false;
     }
     return true;
+}
+
+/*
+ * -P on the read commands: are the len bytes that start skip bytes into
+ * the data read all equal to the pattern?  A mismatch is printed, and the
+ * statistics still follow, as in qemu-io.  True without -P.
+ */
+static bool verify_pattern(const Request *r, int64_t skip, int64_t len)
+{
+    if (!r->Pflag) {
+        return true;
+    }
+    for (int64_t i = 0; i < len; i++) {
+        if (r->buf[skip + i] != r->pattern) {
+            printf("Pattern verification failed at offset %" PRId64 ", %"
+                   PRId64 " bytes\n", r->offset + skip, len);
+            return false;
+        }
+    }
+    return true;
+}
+
+/* A request that succeeded, done at t2: -v data, then the statistics. */
+static void report_done(const Request *r, const char *op, struct timespec t2)
+{
+    if (r->qflag) {
+        return;
+    }
+    if (r->vflag) {
+        io_dump_buffer(r->buf, r->offset, r->count);
+    }
+    io_print_report(op, r->t1, t2, r->offset, r->count, r->Cflag);
 }
 
 /* ---- read ---- */
@@ -158,13 +247,10 @@ static void read_help(void)
 
 static int read_f(BlockBackend *blk, int argc, char **argv)
 {
-    struct timespec t1, t2;
-    bool Cflag = false, qflag = false, vflag = false;
-    bool Pflag = false, sflag = false, lflag = false, bflag = false;
-    int64_t offset, count, total = 0;
-    int64_t pattern_offset = 0, pattern_count = 0;
-    int pattern = 0;
-    uint8_t *buf;
+    Request r = { 0 };
+    struct timespec t2;
+    bool sflag = false, lflag = false, bflag = false;
+    int64_t pattern_offset = 0, pattern_count = 0, pattern_end;
     int c, ret;
 
     while ((c = getopt(argc, argv, "bCl:pP:qs:v")) != -1) {
@@ -172,130 +258,69 @@ static int read_f(BlockBackend *blk, int argc, char **argv)
         case 'b':
             bflag = true;
             break;
-        case 'C':
-            Cflag = true;
-            break;
         case 'l':
             lflag = true;
-            pattern_count = tool_cvtnum(optarg);
+            pattern_count = io_cvtnum(optarg);
             if (pattern_count < 0) {
-                io_print_cvtnum_err(pattern_count, optarg);
                 return (int)pattern_count;
             }
             break;
         case 'p':
             break; /* accepted for compatibility */
-        case 'P':
-            Pflag = true;
-            pattern = io_parse_pattern(optarg);
-            if (pattern < 0) {
-                return -EINVAL;
-            }
-            break;
-        case 'q':
-            qflag = true;
-            break;
         case 's':
             sflag = true;
-            pattern_offset = tool_cvtnum(optarg);
+            pattern_offset = io_cvtnum(optarg);
             if (pattern_offset < 0) {
-                io_print_cvtnum_err(pattern_offset, optarg);
                 return (int)pattern_offset;
             }
             break;
-        case 'v':
-            vflag = true;
-            break;
         default:
-            io_command_usage(&io_cmd_read);
-            return -EINVAL;
+            ret = parse_request_option(c, &r, &io_cmd_read);
+            if (ret < 0) {
+                return ret;
+            }
         }
     }
     if (optind != argc - 2) {
-        io_command_usage(&io_cmd_read);
-        return -EINVAL;
+        return io_usage_error(&io_cmd_read);
     }
-
-    offset = tool_cvtnum(argv[optind]);
-    if (offset < 0) {
-        io_print_cvtnum_err(offset, argv[optind]);
-        return (int)offset;
+    ret = parse_offset_length(&argv[optind], "", &r);
+    if (ret < 0) {
+        return ret;
     }
-    optind++;
-    count = tool_cvtnum(argv[optind]);
-    if (count < 0) {
-        io_print_cvtnum_err(count, argv[optind]);
-        return (int)count;
-    } else if (count > REQUEST_MAX_BYTES) {
-        printf("length cannot exceed %" PRIu64 ", given %s\n",
-               (uint64_t)REQUEST_MAX_BYTES, argv[optind]);
-        return -EINVAL;
-    }
-
-    if (!Pflag && (lflag || sflag)) {
-        io_command_usage(&io_cmd_read);
-        return -EINVAL;
+    if (!r.Pflag && (lflag || sflag)) {
+        return io_usage_error(&io_cmd_read);
     }
     if (!lflag) {
-        pattern_count = count - pattern_offset;
+        pattern_count = r.count - pattern_offset;
     }
-    int64_t pattern_end;
     if (pattern_count < 0 ||
         __builtin_add_overflow(pattern_count, pattern_offset, &pattern_end) ||
-        pattern_end > count) {
+        pattern_end > r.count) {
         printf("pattern verification range exceeds end of read data\n");
         return -EINVAL;
     }
-
-    if (bflag) {
-        if (offset & 511) {
-            printf("%" PRId64 " is not a sector-aligned value for 'offset'\n",
-                   offset);
-            return -EINVAL;
-        }
-        if (count & 511) {
-            printf("%" PRId64 " is not a sector-aligned value for 'count'\n",
-                   count);
-            return -EINVAL;
-        }
+    if (bflag && !sector_aligned(&r)) {
+        return -EINVAL;
     }
 
-    buf = io_alloc(blk, count, 0xab);
-    if (!buf) {
+    r.buf = io_alloc(blk, r.count, 0xab);
+    if (!r.buf) {
         printf("read failed: %s\n", strerror(ENOMEM));
         return -ENOMEM;
     }
-    t1 = now();
-    if (bflag) {
-        /* No driver offers VM state access. */
-        ret = -ENOTSUP;
-    } else {
-        ret = blk_pread(blk, offset, count, buf, 0);
-        total = count;
-    }
+    r.t1 = now();
+    /* No driver offers VM state access. */
+    ret = bflag ? -ENOTSUP : blk_pread(blk, r.offset, r.count, r.buf, 0);
     t2 = now();
     if (ret < 0) {
         printf("read failed: %s\n", strerror(-ret));
         goto out;
     }
-    ret = 0;
-
-    if (Pflag && !buffer_matches(buf + pattern_offset, pattern,
-                                 pattern_count)) {
-        printf("Pattern verification failed at offset %" PRId64 ", %" PRId64
-               " bytes\n", offset + pattern_offset, pattern_count);
-        ret = -EINVAL;
-    }
-    if (qflag) {
-        goto out;
-    }
-    if (vflag) {
-        io_dump_buffer(buf, offset, count);
-    }
-    t2 = io_tsub(t2, t1);
-    io_print_report("read", &t2, offset, count, total, 1, Cflag);
+    ret = verify_pattern(&r, pattern_offset, pattern_count) ? 0 : -EINVAL;
+    report_done(&r, "read", t2);
 out:
-    io_free(buf);
+    request_cleanup(&r);
     return ret;
 }
 
@@ -330,78 +355,34 @@ static void readv_help(void)
 
 static int readv_f(BlockBackend *blk, int argc, char **argv)
 {
-    struct timespec t1, t2;
-    bool Cflag = false, qflag = false, vflag = false, Pflag = false;
-    int pattern = 0;
-    int64_t offset;
-    IOVec qiov;
-    uint8_t *buf;
+    Request r = { 0 };
+    struct timespec t2;
     int c, ret;
 
     while ((c = getopt(argc, argv, "CP:qv")) != -1) {
-        switch (c) {
-        case 'C':
-            Cflag = true;
-            break;
-        case 'P':
-            Pflag = true;
-            pattern = io_parse_pattern(optarg);
-            if (pattern < 0) {
-                return -EINVAL;
-            }
-            break;
-        case 'q':
-            qflag = true;
-            break;
-        case 'v':
-            vflag = true;
-            break;
-        default:
-            io_command_usage(&io_cmd_readv);
-            return -EINVAL;
+        ret = parse_request_option(c, &r, &io_cmd_readv);
+        if (ret < 0) {
+            return ret;
         }
     }
     if (optind > argc - 2) {
-        io_command_usage(&io_cmd_readv);
-        return -EINVAL;
+        return io_usage_error(&io_cmd_readv);
     }
-
-    offset = tool_cvtnum(argv[optind]);
-    if (offset < 0) {
-        io_print_cvtnum_err(offset, argv[optind]);
-        return (int)offset;
+    ret = parse_vectored(blk, &argv[optind], argc - optind, 0xab, &r);
+    if (ret < 0) {
+        return ret;
     }
-    optind++;
-
-    buf = create_iovec(blk, &qiov, &argv[optind], argc - optind, 0xab);
-    if (!buf) {
-        return -EINVAL;
-    }
-    t1 = now();
-    ret = blk_preadv(blk, offset, qiov.size, &qiov, 0);
+    r.t1 = now();
+    ret = blk_preadv(blk, r.offset, r.count, &r.qiov, 0);
     t2 = now();
     if (ret < 0) {
         printf("readv failed: %s\n", strerror(-ret));
         goto out;
     }
-    ret = 0;
-
-    if (Pflag && !buffer_matches(buf, pattern, qiov.size)) {
-        printf("Pattern verification failed at offset %" PRId64 ", %zu bytes\n",
-               offset, qiov.size);
-        ret = -EINVAL;
-    }
-    if (qflag) {
-        goto out;
-    }
-    if (vflag) {
-        io_dump_buffer(buf, offset, qiov.size);
-    }
-    t2 = io_tsub(t2, t1);
-    io_print_report("read", &t2, offset, qiov.size, qiov.size, 1, Cflag);
+    ret = verify_pattern(&r, 0, r.count) ? 0 : -EINVAL;
+    report_done(&r, "read", t2);
 out:
-    io_free(buf);
-    iovec_destroy(&qiov);
+    request_cleanup(&r);
     return ret;
 }
 
@@ -484,14 +465,11 @@ error:
 
 static int write_f(BlockBackend *blk, int argc, char **argv)
 {
-    struct timespec t1, t2;
-    bool Cflag = false, qflag = false, bflag = false;
-    bool Pflag = false, zflag = false, cflag = false, sflag = false;
+    Request r = { .pattern = 0xcd };
+    struct timespec t2;
+    bool bflag = false, zflag = false, cflag = false, sflag = false;
     int flags = 0;
-    int pattern = 0xcd;
     const char *file_name = NULL;
-    int64_t offset, count, total = 0;
-    uint8_t *buf = NULL;
     int c, ret;
 
     while ((c = getopt(argc, argv, "bcCfnpP:qs:uz")) != -1) {
@@ -502,9 +480,6 @@ static int write_f(BlockBackend *blk, int argc, char **argv)
         case 'c':
             cflag = true;
             break;
-        case 'C':
-            Cflag = true;
-            break;
         case 'f':
             flags |= REQ_FUA;
             break;
@@ -513,16 +488,6 @@ static int write_f(BlockBackend *blk, int argc, char **argv)
             break;
         case 'p':
             break; /* accepted for compatibility */
-        case 'P':
-            Pflag = true;
-            pattern = io_parse_pattern(optarg);
-            if (pattern < 0) {
-                return -EINVAL;
-            }
-            break;
-        case 'q':
-            qflag = true;
-            break;
         case 's':
             sflag = true;
             file_name = optarg;
@@ -534,13 +499,14 @@ static int write_f(BlockBackend *blk, int argc, char **argv)
             zflag = true;
             break;
         default:
-            io_command_usage(&io_cmd_write);
-            return -EINVAL;
+            ret = parse_request_option(c, &r, &io_cmd_write);
+            if (ret < 0) {
+                return ret;
+            }
         }
     }
     if (optind != argc - 2) {
-        io_command_usage(&io_cmd_write);
-        return -EINVAL;
+        return io_usage_error(&io_cmd_write);
     }
     if (bflag && zflag) {
         printf("-b and -z cannot be specified at the same time\n");
@@ -558,43 +524,24 @@ static int write_f(BlockBackend *blk, int argc, char **argv)
         printf("-u requires -z to be specified\n");
         return -EINVAL;
     }
-    if (zflag + Pflag + sflag > 1) {
+    if (zflag + r.Pflag + sflag > 1) {
         printf("Only one of -z, -P, and -s can be specified at the same time\n");
         return -EINVAL;
     }
-
-    offset = tool_cvtnum(argv[optind]);
-    if (offset < 0) {
-        io_print_cvtnum_err(offset, argv[optind]);
-        return (int)offset;
+    ret = parse_offset_length(&argv[optind],
+                              flags & REQ_NO_FALLBACK ? NULL : " without -n",
+                              &r);
+    if (ret < 0) {
+        return ret;
     }
-    optind++;
-    count = tool_cvtnum(argv[optind]);
-    if (count < 0) {
-        io_print_cvtnum_err(count, argv[optind]);
-        return (int)count;
-    } else if (count > REQUEST_MAX_BYTES && !(flags & REQ_NO_FALLBACK)) {
-        printf("length cannot exceed %" PRIu64 " without -n, given %s\n",
-               (uint64_t)REQUEST_MAX_BYTES, argv[optind]);
+    if ((bflag || cflag) && !sector_aligned(&r)) {
         return -EINVAL;
-    }
-    if (bflag || cflag) {
-        if (offset & 511) {
-            printf("%" PRId64 " is not a sector-aligned value for 'offset'\n",
-                   offset);
-            return -EINVAL;
-        }
-        if (count & 511) {
-            printf("%" PRId64 " is not a sector-aligned value for 'count'\n",
-                   count);
-            return -EINVAL;
-        }
     }
 
     if (!zflag) {
-        buf = sflag ? alloc_from_file(blk, count, file_name)
-                    : io_alloc(blk, count, pattern);
-        if (!buf) {
+        r.buf = sflag ? alloc_from_file(blk, r.count, file_name)
+                      : io_alloc(blk, r.count, r.pattern);
+        if (!r.buf) {
             if (!sflag) {
                 printf("write failed: %s\n", strerror(ENOMEM));
             }
@@ -602,29 +549,24 @@ static int write_f(BlockBackend *blk, int argc, char **argv)
         }
     }
 
-    t1 = now();
+    r.t1 = now();
     if (bflag || cflag) {
         /* Neither VM state nor compressed writes are offered by a driver. */
         ret = -ENOTSUP;
     } else if (zflag) {
-        ret = blk_pwrite_zeroes(blk, offset, count, flags);
+        ret = blk_pwrite_zeroes(blk, r.offset, r.count, flags);
     } else {
-        ret = blk_pwrite(blk, offset, count, buf, flags);
+        ret = blk_pwrite(blk, r.offset, r.count, r.buf, flags);
     }
-    total = count;
     t2 = now();
     if (ret < 0) {
         printf("write failed: %s\n", strerror(-ret));
         goto out;
     }
     ret = 0;
-    if (qflag) {
-        goto out;
-    }
-    t2 = io_tsub(t2, t1);
-    io_print_report("wrote", &t2, offset, count, total, 1, Cflag);
+    report_done(&r, "wrote", t2);
 out:
-    io_free(buf);
+    request_cleanup(&r);
     return ret;
 }
 
@@ -659,68 +601,39 @@ static void writev_help(void)
 
 static int writev_f(BlockBackend *blk, int argc, char **argv)
 {
-    struct timespec t1, t2;
-    bool Cflag = false, qflag = false;
-    int flags = 0, pattern = 0xcd;
-    int64_t offset;
-    IOVec qiov;
-    uint8_t *buf;
+    Request r = { .pattern = 0xcd };
+    struct timespec t2;
+    int flags = 0;
     int c, ret;
 
     while ((c = getopt(argc, argv, "CfqP:")) != -1) {
-        switch (c) {
-        case 'C':
-            Cflag = true;
-            break;
-        case 'f':
+        if (c == 'f') {
             flags |= REQ_FUA;
-            break;
-        case 'q':
-            qflag = true;
-            break;
-        case 'P':
-            pattern = io_parse_pattern(optarg);
-            if (pattern < 0) {
-                return -EINVAL;
-            }
-            break;
-        default:
-            io_command_usage(&io_cmd_writev);
-            return -EINVAL;
+            continue;
+        }
+        ret = parse_request_option(c, &r, &io_cmd_writev);
+        if (ret < 0) {
+            return ret;
         }
     }
     if (optind > argc - 2) {
-        io_command_usage(&io_cmd_writev);
-        return -EINVAL;
+        return io_usage_error(&io_cmd_writev);
     }
-
-    offset = tool_cvtnum(argv[optind]);
-    if (offset < 0) {
-        io_print_cvtnum_err(offset, argv[optind]);
-        return (int)offset;
+    ret = parse_vectored(blk, &argv[optind], argc - optind, r.pattern, &r);
+    if (ret < 0) {
+        return ret;
     }
-    optind++;
-
-    buf = create_iovec(blk, &qiov, &argv[optind], argc - optind, pattern);
-    if (!buf) {
-        return -EINVAL;
-    }
-    t1 = now();
-    ret = blk_pwritev(blk, offset, qiov.size, &qiov, flags);
+    r.t1 = now();
+    ret = blk_pwritev(blk, r.offset, r.count, &r.qiov, flags);
     t2 = now();
     if (ret < 0) {
         printf("writev failed: %s\n", strerror(-ret));
         goto out;
     }
     ret = 0;
-    if (qflag) {
-        goto out;
-    }
-    t2 = io_tsub(t2, t1);
-    io_print_report("wrote", &t2, offset, qiov.size, qiov.size, 1, Cflag);
+    report_done(&r, "wrote", t2);
 out:
-    io_free(buf);
-    iovec_destroy(&qiov);
+    request_cleanup(&r);
     return ret;
 }
 
@@ -735,64 +648,34 @@ const IoCmd io_cmd_writev = {
 
 /* ---- aio_read / aio_write ---- */
 
-typedef struct AioCtx {
-    IOVec qiov;
-    int64_t offset;
-    int64_t size;
-    uint8_t *buf;
-    bool qflag, vflag, Cflag, Pflag, zflag;
-    int pattern;
-    struct timespec t1;
-} AioCtx;
-
-static void aio_ctx_free(AioCtx *ctx)
-{
-    if (!ctx->zflag) {
-        io_free(ctx->buf);
-        iovec_destroy(&ctx->qiov);
-    }
-    g_free(ctx);
-}
-
 static void aio_write_done(void *opaque, int ret)
 {
-    AioCtx *ctx = opaque;
+    Request *r = opaque;
     struct timespec t2 = now();
 
     if (ret < 0) {
         printf("aio_write failed: %s\n", strerror(-ret));
-    } else if (!ctx->qflag) {
-        t2 = io_tsub(t2, ctx->t1);
-        io_print_report("wrote", &t2, ctx->offset, ctx->size, ctx->size, 1,
-                        ctx->Cflag);
+    } else {
+        report_done(r, "wrote", t2);
     }
-    aio_ctx_free(ctx);
+    request_cleanup(r);
+    g_free(r);
 }
 
 static void aio_read_done(void *opaque, int ret)
 {
-    AioCtx *ctx = opaque;
+    Request *r = opaque;
     struct timespec t2 = now();
 
     if (ret < 0) {
         printf("readv failed: %s\n", strerror(-ret));
-        goto out;
+    } else {
+        /* The command has long returned: a mismatch is only printed. */
+        verify_pattern(r, 0, r->count);
+        report_done(r, "read", t2);
     }
-    if (ctx->Pflag && !buffer_matches(ctx->buf, ctx->pattern, ctx->size)) {
-        printf("Pattern verification failed at offset %" PRId64 ", %" PRId64
-               " bytes\n", ctx->offset, ctx->size);
-    }
-    if (ctx->qflag) {
-        goto out;
-    }
-    if (ctx->vflag) {
-        io_dump_buffer(ctx->buf, ctx->offset, ctx->size);
-    }
-    t2 = io_tsub(t2, ctx->t1);
-    io_print_report("read", &t2, ctx->offset, ctx->size, ctx->size, 1,
-                    ctx->Cflag);
-out:
-    aio_ctx_free(ctx);
+    request_cleanup(r);
+    g_free(r);
 }
 
 static void aio_read_help(void)
@@ -821,64 +704,37 @@ static void aio_read_help(void)
 
 static int aio_read_f(BlockBackend *blk, int argc, char **argv)
 {
-    AioCtx *ctx = g_new0(AioCtx, 1);
-    int c;
+    Request *r = g_new0(Request, 1);
+    int c, ret;
 
     while ((c = getopt(argc, argv, "CP:iqv")) != -1) {
-        switch (c) {
-        case 'C':
-            ctx->Cflag = true;
-            break;
-        case 'P':
-            ctx->Pflag = true;
-            ctx->pattern = io_parse_pattern(optarg);
-            if (ctx->pattern < 0) {
-                g_free(ctx);
-                return -EINVAL;
-            }
-            break;
-        case 'i':
+        if (c == 'i') {
             /* Only accounting would notice; there is no accounting yet. */
             printf("injecting invalid read request\n");
-            g_free(ctx);
-            return 0;
-        case 'q':
-            ctx->qflag = true;
-            break;
-        case 'v':
-            ctx->vflag = true;
-            break;
-        default:
-            g_free(ctx);
-            io_command_usage(&io_cmd_aio_read);
-            return -EINVAL;
+            ret = 0;
+            goto not_submitted;
+        }
+        ret = parse_request_option(c, r, &io_cmd_aio_read);
+        if (ret < 0) {
+            goto not_submitted;
         }
     }
     if (optind > argc - 2) {
-        g_free(ctx);
-        io_command_usage(&io_cmd_aio_read);
-        return -EINVAL;
+        ret = io_usage_error(&io_cmd_aio_read);
+        goto not_submitted;
     }
-
-    ctx->offset = tool_cvtnum(argv[optind]);
-    if (ctx->offset < 0) {
-        int ret = (int)ctx->offset;
-        io_print_cvtnum_err(ctx->offset, argv[optind]);
-        g_free(ctx);
-        return ret;
+    ret = parse_vectored(blk, &argv[optind], argc - optind, 0xab, r);
+    if (ret < 0) {
+        goto not_submitted;
     }
-    optind++;
-
-    ctx->buf = create_iovec(blk, &ctx->qiov, &argv[optind], argc - optind,
-                            0xab);
-    if (!ctx->buf) {
-        g_free(ctx);
-        return -EINVAL;
-    }
-    ctx->size = ctx->qiov.size;
-    ctx->t1 = now();
-    blk_aio_preadv(blk, ctx->offset, &ctx->qiov, 0, aio_read_done, ctx);
+    r->t1 = now();
+    blk_aio_preadv(blk, r->offset, &r->qiov, 0, aio_read_done, r);
     return 0;
+
+not_submitted:
+    /* The parsers leave nothing allocated when they fail. */
+    g_free(r);
+    return ret;
 }
 
 const IoCmd io_cmd_aio_read = {
@@ -918,95 +774,71 @@ static void aio_write_help(void)
 
 static int aio_write_f(BlockBackend *blk, int argc, char **argv)
 {
-    AioCtx *ctx = g_new0(AioCtx, 1);
-    int pattern = 0xcd;
+    Request *r = g_new0(Request, 1);
+    bool zflag = false;
     int flags = 0;
-    int c;
+    int c, ret;
 
+    r->pattern = 0xcd;
     while ((c = getopt(argc, argv, "CfiP:quz")) != -1) {
         switch (c) {
-        case 'C':
-            ctx->Cflag = true;
-            break;
         case 'f':
             flags |= REQ_FUA;
-            break;
-        case 'q':
-            ctx->qflag = true;
             break;
         case 'u':
             flags |= REQ_MAY_UNMAP;
             break;
-        case 'P':
-            /* qemu-io 7.2 accepts -P together with -z: the pattern is unused. */
-            pattern = io_parse_pattern(optarg);
-            if (pattern < 0) {
-                g_free(ctx);
-                return -EINVAL;
-            }
-            break;
         case 'i':
             printf("injecting invalid write request\n");
-            g_free(ctx);
-            return 0;
+            ret = 0;
+            goto not_submitted;
         case 'z':
-            ctx->zflag = true;
+            zflag = true;
             break;
         default:
-            g_free(ctx);
-            io_command_usage(&io_cmd_aio_write);
-            return -EINVAL;
+            /* qemu-io 7.2 accepts -P with -z: the pattern is unused. */
+            ret = parse_request_option(c, r, &io_cmd_aio_write);
+            if (ret < 0) {
+                goto not_submitted;
+            }
         }
     }
     if (optind > argc - 2) {
-        g_free(ctx);
-        io_command_usage(&io_cmd_aio_write);
-        return -EINVAL;
+        ret = io_usage_error(&io_cmd_aio_write);
+        goto not_submitted;
     }
-    if (ctx->zflag && optind != argc - 2) {
+    ret = -EINVAL;
+    if (zflag && optind != argc - 2) {
         printf("-z supports only a single length parameter\n");
-        g_free(ctx);
-        return -EINVAL;
+        goto not_submitted;
     }
-    if ((flags & REQ_MAY_UNMAP) && !ctx->zflag) {
+    if ((flags & REQ_MAY_UNMAP) && !zflag) {
         printf("-u requires -z to be specified\n");
-        g_free(ctx);
-        return -EINVAL;
+        goto not_submitted;
     }
 
-    ctx->offset = tool_cvtnum(argv[optind]);
-    if (ctx->offset < 0) {
-        int ret = (int)ctx->offset;
-        io_print_cvtnum_err(ctx->offset, argv[optind]);
-        g_free(ctx);
-        return ret;
-    }
-    optind++;
-
-    if (ctx->zflag) {
-        int64_t count = tool_cvtnum(argv[optind]);
-        if (count < 0) {
-            io_print_cvtnum_err(count, argv[optind]);
-            g_free(ctx);
-            return (int)count;
+    if (zflag) {
+        ret = parse_offset_length(&argv[optind], NULL, r);
+        if (ret < 0) {
+            goto not_submitted;
         }
-        ctx->size = count;
-        ctx->t1 = now();
-        blk_aio_pwrite_zeroes(blk, ctx->offset, count, flags, aio_write_done,
-                              ctx);
-    } else {
-        ctx->buf = create_iovec(blk, &ctx->qiov, &argv[optind], argc - optind,
-                                pattern);
-        if (!ctx->buf) {
-            g_free(ctx);
-            return -EINVAL;
-        }
-        ctx->size = ctx->qiov.size;
-        ctx->t1 = now();
-        blk_aio_pwritev(blk, ctx->offset, &ctx->qiov, flags, aio_write_done,
-                        ctx);
+        r->t1 = now();
+        blk_aio_pwrite_zeroes(blk, r->offset, r->count, flags, aio_write_done,
+                              r);
+        return 0;
     }
+    ret = parse_vectored(blk, &argv[optind], argc - optind, r->pattern, r);
+    if (ret < 0) {
+        goto not_submitted;
+    }
+    r->t1 = now();
+    blk_aio_pwritev(blk, r->offset, &r->qiov, flags, aio_write_done, r);
     return 0;
+
+not_submitted:
+    /* The parsers leave nothing allocated when they fail. */
+    g_free(r);
+    return ret;
 }
 
 const IoCmd io_cmd_aio_write = {
@@ -1048,56 +880,32 @@ static void discard_help(void)
 
 static int discard_f(BlockBackend *blk, int argc, char **argv)
 {
-    struct timespec t1, t2;
-    bool Cflag = false, qflag = false;
-    int64_t offset, bytes;
+    Request r = { 0 };
+    struct timespec t2;
     int c, ret;
 
     while ((c = getopt(argc, argv, "Cq")) != -1) {
-        switch (c) {
-        case 'C':
-            Cflag = true;
-            break;
-        case 'q':
-            qflag = true;
-            break;
-        default:
-            io_command_usage(&io_cmd_discard);
-            return -EINVAL;
+        ret = parse_request_option(c, &r, &io_cmd_discard);
+        if (ret < 0) {
+            return ret;
         }
     }
     if (optind != argc - 2) {
-        io_command_usage(&io_cmd_discard);
-        return -EINVAL;
+        return io_usage_error(&io_cmd_discard);
+    }
+    ret = parse_offset_length(&argv[optind], "", &r);
+    if (ret < 0) {
+        return ret;
     }
 
-    offset = tool_cvtnum(argv[optind]);
-    if (offset < 0) {
-        io_print_cvtnum_err(offset, argv[optind]);
-        return (int)offset;
-    }
-    optind++;
-    bytes = tool_cvtnum(argv[optind]);
-    if (bytes < 0) {
-        io_print_cvtnum_err(bytes, argv[optind]);
-        return (int)bytes;
-    } else if (bytes > REQUEST_MAX_BYTES) {
-        printf("length cannot exceed %" PRIu64 ", given %s\n",
-               (uint64_t)REQUEST_MAX_BYTES, argv[optind]);
-        return -EINVAL;
-    }
-
-    t1 = now();
-    ret = blk_pdiscard(blk, offset, bytes);
+    r.t1 = now();
+    ret = blk_pdiscard(blk, r.offset, r.count);
     t2 = now();
     if (ret < 0) {
         printf("discard failed: %s\n", strerror(-ret));
         return ret;
     }
-    if (!qflag) {
-        t2 = io_tsub(t2, t1);
-        io_print_report("discard", &t2, offset, bytes, bytes, 1, Cflag);
-    }
+    report_done(&r, "discard", t2);
     return 0;
 }
 

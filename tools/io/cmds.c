@@ -1,9 +1,8 @@
 /*
- * strata-io command table, dispatch, shared output helpers and the commands
- * that move no data (help, flush, truncate, length, info, alloc, map,
- * reopen, breakpoints, sleep, sigraise, abort).
+ * strata-io command table, dispatch and the commands that move no data
+ * (help, flush, truncate, length, info, alloc, map, reopen, breakpoints,
+ * sleep, sigraise, abort).
  */
-#include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
@@ -13,170 +12,9 @@
 #include <string.h>
 #include <unistd.h>
 #include "strata/block-driver.h"
-#include "strata/iov.h"
 #include "strata/loop.h"
 #include "../common/tool-common.h"
 #include "io.h"
-
-bool io_misalign;
-
-/* ---- Output helpers shared by every command ---- */
-
-void io_print_cvtnum_err(int64_t rc, const char *arg)
-{
-    switch (rc) {
-    case -EINVAL:
-        printf("Parsing error: non-numeric argument,"
-               " or extraneous/unrecognized suffix -- %s\n", arg);
-        break;
-    case -ERANGE:
-        printf("Parsing error: argument too large -- %s\n", arg);
-        break;
-    default:
-        printf("Parsing error: %s\n", arg);
-    }
-}
-
-/*
- * Human sizes as qemu-io prints them: three decimals, with a ".000" cut
- * off wherever it first appears (so "1 KiB" but "1.500 KiB"), bytes with
- * %f.  Kept literally, odd corners included, for identical output.
- */
-void io_cvtstr(double value, char *str, size_t size)
-{
-    static const struct {
-        double unit;
-        const char *suffix;
-    } units[] = {
-        { 0x1p60, " EiB" }, { 0x1p50, " PiB" }, { 0x1p40, " TiB" },
-        { 0x1p30, " GiB" }, { 0x1p20, " MiB" }, { 0x1p10, " KiB" },
-    };
-    const char *suffix = " bytes";
-    char *trim;
-    size_t i;
-
-    for (i = 0; i < G_N_ELEMENTS(units); i++) {
-        if (value >= units[i].unit) {
-            suffix = units[i].suffix;
-            snprintf(str, size - 4, "%.3f", value / units[i].unit);
-            break;
-        }
-    }
-    if (i == G_N_ELEMENTS(units)) {
-        snprintf(str, size - 6, "%f", value);
-    }
-    trim = strstr(str, ".000");
-    if (trim) {
-        strcpy(trim, suffix);
-    } else {
-        strcat(str, suffix);
-    }
-}
-
-struct timespec io_tsub(struct timespec t1, struct timespec t2)
-{
-    t1.tv_nsec -= t2.tv_nsec;
-    if (t1.tv_nsec < 0) {
-        t1.tv_nsec += 1000000000;
-        t1.tv_sec--;
-    }
-    t1.tv_sec -= t2.tv_sec;
-    return t1;
-}
-
-static double tdiv(double value, struct timespec tv)
-{
-    return value / (tv.tv_sec + tv.tv_nsec / 1e9);
-}
-
-static void timestr(const struct timespec *tv, char *ts, size_t size,
-                    bool verbose)
-{
-    double frac = tv->tv_nsec / 1e9;
-    unsigned sec = (unsigned)tv->tv_sec;
-
-    if (verbose || tv->tv_sec) {
-        snprintf(ts, size, "%u:%02u:%05.2f", sec / 3600, (sec % 3600) / 60,
-                 (sec % 60) + frac);
-    } else {
-        snprintf(ts, size, "%05.2f sec", frac);
-    }
-}
-
-void io_print_report(const char *op, const struct timespec *t, int64_t offset,
-                     int64_t count, int64_t total, int cnt, bool Cflag)
-{
-    char s1[64], s2[64], ts[64];
-
-    timestr(t, ts, sizeof(ts), Cflag);
-    if (!Cflag) {
-        io_cvtstr((double)total, s1, sizeof(s1));
-        io_cvtstr(tdiv((double)total, *t), s2, sizeof(s2));
-        printf("%s %" PRId64 "/%" PRId64 " bytes at offset %" PRId64 "\n",
-               op, total, count, offset);
-        printf("%s, %d ops; %s (%s/sec and %.4f ops/sec)\n",
-               s1, cnt, ts, s2, tdiv((double)cnt, *t));
-    } else {
-        /* bytes,ops,time,bytes/sec,ops/sec */
-        printf("%" PRId64 ",%d,%s,%.3f,%.3f\n", total, cnt, ts,
-               tdiv((double)total, *t), tdiv((double)cnt, *t));
-    }
-}
-
-#define MISALIGN_OFFSET 16
-
-/* Buffers are aligned for O_DIRECT, or deliberately not with -m. */
-void *io_alloc(BlockBackend *blk, size_t len, int pattern)
-{
-    size_t extra = io_misalign ? MISALIGN_OFFSET : 0;
-    uint8_t *buf = aligned_alloc_buf(4096, len + extra + 1);
-
-    if (!buf) {
-        return NULL;
-    }
-    memset(buf, pattern, len + extra);
-    return buf + extra;
-}
-
-void io_free(void *p)
-{
-    if (p) {
-        aligned_free((uint8_t *)p - (io_misalign ? MISALIGN_OFFSET : 0));
-    }
-}
-
-void io_dump_buffer(const void *buffer, int64_t offset, int64_t len)
-{
-    const uint8_t *p = buffer;
-
-    for (int64_t i = 0; i < len; i += 16) {
-        const uint8_t *s = p;
-        int j;
-
-        printf("%08" PRIx64 ":  ", (uint64_t)(offset + i));
-        for (j = 0; j < 16 && i + j < len; j++, p++) {
-            printf("%02x ", *p);
-        }
-        printf(" ");
-        for (j = 0; j < 16 && i + j < len; j++, s++) {
-            putchar(isalnum(*s) ? *s : '.');
-        }
-        printf("\n");
-    }
-}
-
-/* A byte for memset: 0..255 in any strtol base, nothing trailing. */
-int io_parse_pattern(const char *arg)
-{
-    char *end = NULL;
-    long pattern = strtol(arg, &end, 0);
-
-    if (pattern < 0 || pattern > 255 || *end != '\0') {
-        printf("%s is not a valid pattern byte\n", arg);
-        return -1;
-    }
-    return (int)pattern;
-}
 
 /* ---- Commands without data transfer ---- */
 
@@ -213,14 +51,12 @@ static int truncate_f(BlockBackend *blk, int argc, char **argv)
             }
             break;
         default:
-            io_command_usage(&truncate_cmd);
-            return -EINVAL;
+            return io_usage_error(&truncate_cmd);
         }
     }
     if (optind >= argc) {
         /* qemu-io dereferences a missing offset; say how to call instead. */
-        io_command_usage(&truncate_cmd);
-        return -EINVAL;
+        return io_usage_error(&truncate_cmd);
     }
 
     offset = tool_cvtnum(argv[optind]);
@@ -362,15 +198,13 @@ static int alloc_f(BlockBackend *blk, int argc, char **argv)
     char s1[64];
     int ret;
 
-    start = offset = tool_cvtnum(argv[1]);
+    start = offset = io_cvtnum(argv[1]);
     if (offset < 0) {
-        io_print_cvtnum_err(offset, argv[1]);
         return (int)offset;
     }
     if (argc == 3) {
-        count = tool_cvtnum(argv[2]);
+        count = io_cvtnum(argv[2]);
         if (count < 0) {
-            io_print_cvtnum_err(count, argv[2]);
             return (int)count;
         }
     } else {
@@ -548,14 +382,12 @@ static int reopen_f(BlockBackend *blk, int argc, char **argv)
             break;
         default:
             json_decref(opts);
-            io_command_usage(&reopen_cmd);
-            return -EINVAL;
+            return io_usage_error(&reopen_cmd);
         }
     }
     if (optind != argc) {
         json_decref(opts);
-        io_command_usage(&reopen_cmd);
-        return -EINVAL;
+        return io_usage_error(&reopen_cmd);
     }
 
     if (!(flags & NODE_O_RDWR)) {
@@ -750,10 +582,9 @@ static void sigraise_help(void)
 
 static int sigraise_f(BlockBackend *blk, int argc, char **argv)
 {
-    int64_t sig = tool_cvtnum(argv[1]);
+    int64_t sig = io_cvtnum(argv[1]);
 
     if (sig < 0) {
-        io_print_cvtnum_err(sig, argv[1]);
         return (int)sig;
     } else if (sig > NSIG) {
         printf("signal argument '%s' is too large to be a valid signal\n",
@@ -875,6 +706,12 @@ void io_command_usage(const IoCmd *ct)
 {
     printf("%s %s -- %s\n", ct->name, ct->args ? ct->args : "(null)",
            ct->oneline);
+}
+
+int io_usage_error(const IoCmd *ct)
+{
+    io_command_usage(ct);
+    return -EINVAL;
 }
 
 static void help_oneline(const char *name, const IoCmd *ct)

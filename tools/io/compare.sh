@@ -20,8 +20,10 @@ cases=${2:-$here/compare-cases.txt}
 qemu=$(command -v "${QEMU_IO:-qemu-io}")
 D=$(mktemp -d /tmp/strata-io-cmp.XXXXXX)
 trap 'rm -rf "$D"' EXIT
+# shellcheck source-path=SCRIPTDIR source=../common/compare-lib.sh
+. "$here/../common/compare-lib.sh"
 
-make_images() {
+prepare() {
     rm -f "$D"/*.img "$D"/*.raw
     head -c 65536 /dev/zero | tr '\0' '\021' > "$D/raw.img"
     truncate -s 1M "$D/raw.img"
@@ -39,14 +41,10 @@ filter() {
            -e 's/line [0-9]+: +[0-9]+ /line N: PID /' \
            -e "s|$D|D|g"
 }
+filter_want() { filter; }
 
-run_one() { # prog case
-    local prog c=$2 input args
-    # Run by name through PATH, so that messages using argv[0] agree.
-    PATH=$(cd "$(dirname "$1")" && pwd):$PATH
-    prog=$(basename "$1")
-    make_images
-    cd "$D" || exit 1
+run_case() { # prog case
+    local prog=$1 c=$2 input args
     if [[ $c == stdin:* ]]; then
         input=${c#stdin: }
         args=${input#* :: }
@@ -58,21 +56,6 @@ run_one() { # prog case
         eval "\"$prog\" $c" </dev/null 2>&1
     fi
     echo "exit=$?"
-    cd - >/dev/null || exit 1
 }
 
-total=0
-failed=0
-while IFS= read -r c; do
-    [[ -z $c || $c == \#* ]] && continue
-    total=$((total + 1))
-    want=$(run_one "$qemu" "$c" | filter)
-    got=$(run_one "$strata" "$c" | filter)
-    if [[ $want != "$got" ]]; then
-        failed=$((failed + 1))
-        echo "=== DIFF: $c"
-        diff <(echo "$want") <(echo "$got") | head -40
-    fi
-done < "$cases"
-echo "$((total - failed)) passed, $failed failed"
-[[ $failed -eq 0 ]]
+compare_cases "$qemu" "$strata" "$cases"

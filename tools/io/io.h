@@ -3,7 +3,8 @@
  *
  * main.c owns the program: options, the open image, the input loop and the
  * open/close/quit commands.  cmds.c holds the command table, dispatch,
- * help and the non-data commands; cmds-rw.c the read/write family.
+ * help and the non-data commands; cmds-rw.c the read/write family;
+ * io-util.c the number, report and buffer helpers they share.
  *
  * Output rules (they are what makes the text match qemu-io's): results and
  * most per-command errors go to stdout with printf, framework errors to
@@ -43,20 +44,25 @@ extern bool io_image_opts;
 extern const IoCmd io_cmd_open, io_cmd_close, io_cmd_quit;
 
 /* ---- cmds.c ---- */
-extern bool io_misalign;
 /* Run one command line; <0 when it failed. */
 int io_run_command(const char *line);
 /* "name args -- oneline" on stdout. */
 void io_command_usage(const IoCmd *ct);
+/* The same, for a command called wrongly: returns -EINVAL to pass on. */
+int io_usage_error(const IoCmd *ct);
 /* Names of commands starting with prefix, for completion (NULL-ended). */
 char **io_complete_commands(const char *prefix);
 
-/* Shared helpers (cmds.c). */
+/* ---- io-util.c: helpers shared by the commands ---- */
+extern bool io_misalign;   /* -m: buffers deliberately misaligned */
 void io_print_cvtnum_err(int64_t rc, const char *arg);
+/* tool_cvtnum() that prints qemu-io's parse error; negative on error. */
+int64_t io_cvtnum(const char *arg);
 void io_cvtstr(double value, char *str, size_t size);
-void io_print_report(const char *op, const struct timespec *t, int64_t offset,
-                     int64_t count, int64_t total, int cnt, bool Cflag);
-struct timespec io_tsub(struct timespec t1, struct timespec t2);
+/* The statistics of one request that ran from start to end (-C: CSV). */
+void io_print_report(const char *op, struct timespec start,
+                     struct timespec end, int64_t offset, int64_t count,
+                     bool Cflag);
 void *io_alloc(BlockBackend *blk, size_t len, int pattern);
 void io_free(void *p);
 void io_dump_buffer(const void *buffer, int64_t offset, int64_t len);

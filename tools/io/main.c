@@ -35,7 +35,8 @@ bool io_image_opts;
 
 /* How to open an image: qemu-io's open flags, spelled for our core. */
 typedef struct OpenSpec {
-    int flags;          /* NODE_O_RDWR, NODE_O_NOCACHE, NODE_O_NO_FLUSH */
+    int flags;          /* NODE_O_NOCACHE, NODE_O_NO_FLUSH */
+    bool read_only;     /* -r; otherwise openfile() adds NODE_O_RDWR */
     bool writethrough;  /* qemu-io's default: flush after every write */
     bool force_share;
     bool unmap;         /* discard=unmap, qemu-io's default */
@@ -64,6 +65,57 @@ static int parse_aio_into(const char *mode, OpenSpec *s)
         s->io_uring = true;
     }
     return 0;
+}
+
+/*
+ * The options that the command line and the open command share (-s -n -C
+ * -r -k -t -d -i -U), with the same messages.  Returns 1 when c was one of
+ * them, 0 when it was not, -1 after reporting a bad mode.
+ */
+static int parse_open_option(int c, const char *arg, OpenSpec *s)
+{
+    switch (c) {
+    case 's':
+        s->snapshot = true;
+        break;
+    case 'n':
+        s->flags |= NODE_O_NOCACHE;
+        s->writethrough = false;
+        break;
+    case 'C':
+        s->copy_on_read = true;
+        break;
+    case 'r':
+        s->read_only = true;
+        break;
+    case 'k':
+        s->native_aio = true;
+        break;
+    case 't':
+        if (tool_parse_cache_mode(arg, &s->flags, &s->writethrough) < 0) {
+            tool_error("Invalid cache option: %s", arg);
+            return -1;
+        }
+        break;
+    case 'd':
+        if (tool_parse_discard(arg, &s->unmap) < 0) {
+            tool_error("Invalid discard option: %s", arg);
+            return -1;
+        }
+        break;
+    case 'i':
+        if (parse_aio_into(arg, s) < 0) {
+            tool_error("Invalid aio option: %s", arg);
+            return -1;
+        }
+        break;
+    case 'U':
+        s->force_share = true;
+        break;
+    default:
+        return 0;
+    }
+    return 1;
 }
 
 /*
@@ -146,6 +198,7 @@ out:
 /* Open name (or options only) as the current image; 0 or 1 on error. */
 static int openfile(const char *name, const OpenSpec *spec, json_t *opts)
 {
+    int flags = spec->flags | (spec->read_only ? 0 : NODE_O_RDWR);
     GError *err = NULL;
 
     if (io_blk) {
@@ -180,9 +233,9 @@ static int openfile(const char *name, const OpenSpec *spec, json_t *opts)
         json_decref(opts);
         io_blk = NULL;
     } else if (spec->snapshot) {
-        io_blk = open_with_snapshot(name, opts, spec->flags, &err);
+        io_blk = open_with_snapshot(name, opts, flags, &err);
     } else {
-        io_blk = blk_new_open(name, opts, spec->flags, &err);
+        io_blk = blk_new_open(name, opts, flags, &err);
     }
     if (!io_blk) {
         tool_error_gerror(err, "can't open%s%s: ", name ? " device " : "",
@@ -241,7 +294,6 @@ static void open_help(void)
 static int open_f(BlockBackend *blk, int argc, char **argv)
 {
     OpenSpec spec;
-    bool readonly = false;
     json_t *opts = NULL;
     GError *err = NULL;
     int c, ret;
@@ -249,44 +301,6 @@ static int open_f(BlockBackend *blk, int argc, char **argv)
     open_spec_init(&spec);
     while ((c = getopt(argc, argv, "snCro:ki:t:d:U")) != -1) {
         switch (c) {
-        case 's':
-            spec.snapshot = true;
-            break;
-        case 'n':
-            spec.flags |= NODE_O_NOCACHE;
-            spec.writethrough = false;
-            break;
-        case 'C':
-            spec.copy_on_read = true;
-            break;
-        case 'r':
-            readonly = true;
-            break;
-        case 'k':
-            spec.native_aio = true;
-            break;
-        case 't':
-            if (tool_parse_cache_mode(optarg, &spec.flags,
-                                      &spec.writethrough) < 0) {
-                tool_error("Invalid cache option: %s", optarg);
-                json_decref(opts);
-                return -EINVAL;
-            }
-            break;
-        case 'd':
-            if (tool_parse_discard(optarg, &spec.unmap) < 0) {
-                tool_error("Invalid discard option: %s", optarg);
-                json_decref(opts);
-                return -EINVAL;
-            }
-            break;
-        case 'i':
-            if (parse_aio_into(optarg, &spec) < 0) {
-                tool_error("Invalid aio option: %s", optarg);
-                json_decref(opts);
-                return -EINVAL;
-            }
-            break;
         case 'o':
             if (io_image_opts) {
                 printf("--image-opts and 'open -o' are mutually exclusive\n");
@@ -299,17 +313,13 @@ static int open_f(BlockBackend *blk, int argc, char **argv)
                 return -EINVAL;
             }
             break;
-        case 'U':
-            spec.force_share = true;
-            break;
         default:
-            json_decref(opts);
-            io_command_usage(&io_cmd_open);
-            return -EINVAL;
+            ret = parse_open_option(c, optarg, &spec);
+            if (ret <= 0) {
+                json_decref(opts);
+                return ret < 0 ? -EINVAL : io_usage_error(&io_cmd_open);
+            }
         }
-    }
-    if (!readonly) {
-        spec.flags |= NODE_O_RDWR;
     }
     if (io_image_opts && optind == argc - 1) {
         if (!tool_qemuopts_parse(&opts, argv[optind], true, &err)) {
@@ -326,8 +336,7 @@ static int open_f(BlockBackend *blk, int argc, char **argv)
         ret = openfile(NULL, &spec, opts);
     } else {
         json_decref(opts);
-        io_command_usage(&io_cmd_open);
-        return -EINVAL;
+        return io_usage_error(&io_cmd_open);
     }
     return ret ? -EINVAL : 0;
 }
@@ -577,34 +586,6 @@ static void print_blkdebug_notice(const char *line)
     printf("%s\n", line);
 }
 
-/*
- * -T [enable=]PATTERN[,events=FILE][,file=FILE]: strata has no trace
- * events, so a pattern naming one event gets QEMU's warning for an unknown
- * event and everything else is accepted and ignored.
- */
-static void trace_option(const char *arg)
-{
-    char **elems = g_strsplit(arg, ",", -1);
-
-    for (int i = 0; elems[i]; i++) {
-        const char *pattern = NULL;
-
-        if (g_str_has_prefix(elems[i], "enable=")) {
-            pattern = elems[i] + strlen("enable=");
-        } else if (i == 0 && !strchr(elems[i], '=')) {
-            pattern = elems[i];
-        }
-        if (pattern && *pattern == '-') {
-            pattern++;
-        }
-        if (pattern && *pattern && !strpbrk(pattern, "*?") &&
-            strcmp(pattern, "help")) {
-            tool_warn("trace event '%s' does not exist", pattern);
-        }
-    }
-    g_strfreev(elems);
-}
-
 enum {
     OPTION_OBJECT = 256,
     OPTION_IMAGE_OPTS = 257,
@@ -635,7 +616,6 @@ int main(int argc, char **argv)
     const char *sopt = "hVc:d:f:rsnCmki:t:T:U";
     GPtrArray *cmds = g_ptr_array_new();
     const char *format = NULL;
-    bool readonly = false;
     OpenSpec spec;
     int c, ret;
 
@@ -654,52 +634,17 @@ int main(int argc, char **argv)
 
     while ((c = getopt_long(argc, argv, sopt, lopt, NULL)) != -1) {
         switch (c) {
-        case 's':
-            spec.snapshot = true;
-            break;
-        case 'n':
-            spec.flags |= NODE_O_NOCACHE;
-            spec.writethrough = false;
-            break;
-        case 'C':
-            spec.copy_on_read = true;
-            break;
-        case 'd':
-            if (tool_parse_discard(optarg, &spec.unmap) < 0) {
-                tool_error("Invalid discard option: %s", optarg);
-                exit(1);
-            }
-            break;
         case 'f':
             format = optarg;
             break;
         case 'c':
             g_ptr_array_add(cmds, optarg);
             break;
-        case 'r':
-            readonly = true;
-            break;
         case 'm':
             io_misalign = true;
             break;
-        case 'k':
-            spec.native_aio = true;
-            break;
-        case 'i':
-            if (parse_aio_into(optarg, &spec) < 0) {
-                tool_error("Invalid aio option: %s", optarg);
-                exit(1);
-            }
-            break;
-        case 't':
-            if (tool_parse_cache_mode(optarg, &spec.flags,
-                                      &spec.writethrough) < 0) {
-                tool_error("Invalid cache option: %s", optarg);
-                exit(1);
-            }
-            break;
         case 'T':
-            trace_option(optarg);
+            tool_trace_option(optarg);
             break;
         case 'V':
             printf("%s version %s\n", tool_name(), STRATA_VERSION);
@@ -709,9 +654,6 @@ int main(int argc, char **argv)
         case 'h':
             usage(tool_name());
             exit(0);
-        case 'U':
-            spec.force_share = true;
-            break;
         case OPTION_OBJECT:
             tool_object_process_cmdline(optarg);
             break;
@@ -719,8 +661,13 @@ int main(int argc, char **argv)
             io_image_opts = true;
             break;
         default:
-            usage(tool_name());
-            exit(1);
+            ret = parse_open_option(c, optarg, &spec);
+            if (ret < 0) {
+                exit(1);
+            } else if (ret == 0) {
+                usage(tool_name());
+                exit(1);
+            }
         }
     }
 
@@ -743,9 +690,6 @@ int main(int argc, char **argv)
     }
 #endif
 
-    if (!readonly) {
-        spec.flags |= NODE_O_RDWR;
-    }
     if (argc - optind == 1) {
         json_t *opts = NULL;
 
