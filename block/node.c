@@ -461,6 +461,8 @@ static bool take_generic_options(BlockNode *bs, json_t *options, int *flags,
 
 static BlockNode *node_open_common(const char *filename, json_t *options,
                                    int flags, GError **errp);
+static bool open_backing(BlockNode *bs, json_t *options, int flags,
+                         GError **errp);
 
 /* Merge src's (flattened) keys into dst where dst has none. */
 static void opts_merge_missing(json_t *dst, json_t *src)
@@ -635,7 +637,7 @@ static BlockNode *node_open_common(const char *filename, json_t *options,
     if (!take_generic_options(bs, options, &flags, errp)) {
         goto fail;
     }
-    bs->open_flags = flags & ~(NODE_O_PROTOCOL | NODE_O_RESIZE);
+    bs->open_flags = flags & ~(NODE_O_PROTOCOL | NODE_O_RESIZE | NODE_O_NO_BACKING);
 
     if (probed_file) {
         /* QEMU warns as soon as it has guessed, before the open proper. */
@@ -692,6 +694,15 @@ static BlockNode *node_open_common(const char *filename, json_t *options,
         goto fail_registered;
     }
     opened = true;
+    /* As QEMU: a node whose length cannot be read does not open. */
+    int64_t len = node_getlength(bs);
+    if (len < 0) {
+        error_setg_errno(errp, -len, "Could not refresh total sector count");
+        goto fail_registered;
+    }
+    if (drv->supports_backing && !open_backing(bs, options, flags, errp)) {
+        goto fail_registered;
+    }
     char *left = opts_first_key(options);
     if (left) {
         if (!drv->protocol_name) {
@@ -752,8 +763,13 @@ fail:
     return NULL;
 }
 
-BlockChild *node_open_child(BlockNode *bs, json_t *options, const char *name,
-                            unsigned role, bool allow_none, GError **errp)
+/*
+ * default_filename: what to open when the sub-options name no storage (a
+ * backing file named in the image header).
+ */
+static BlockChild *open_child(BlockNode *bs, json_t *options, const char *name,
+                              const char *default_filename, unsigned role,
+                              bool allow_none, GError **errp)
 {
     json_t *ref = json_object_get(options, name);
     BlockNode *child_bs;
@@ -784,6 +800,9 @@ BlockChild *node_open_child(BlockNode *bs, json_t *options, const char *name,
         node_ref(child_bs);
     } else {
         json_t *sub = opts_take_subtree(options, name);
+        if (!sub && default_filename) {
+            sub = json_object();
+        }
         if (!sub) {
             if (allow_none) {
                 return NULL;
@@ -822,6 +841,10 @@ BlockChild *node_open_child(BlockNode *bs, json_t *options, const char *name,
         } else {
             g_free(fname);
             fname = NULL;
+            if (default_filename && !json_object_get(sub, "filename") &&
+                !json_object_get(sub, "file")) {
+                fname = g_strdup(default_filename);
+            }
         }
         child_bs = node_open_common(fname, sub, flags, errp);
         g_free(fname);
@@ -835,6 +858,78 @@ BlockChild *node_open_child(BlockNode *bs, json_t *options, const char *name,
     }
     node_unref(child_bs);
     return c;
+}
+
+BlockChild *node_open_child(BlockNode *bs, json_t *options, const char *name,
+                            unsigned role, bool allow_none, GError **errp)
+{
+    return open_child(bs, options, name, NULL, role, allow_none, errp);
+}
+
+/* The backing file's name as a path: relative names are relative to bs. */
+static char *backing_path(BlockNode *bs, const char *name)
+{
+    size_t n = strcspn(name, ":/");
+
+    if (name[0] == '/' || g_str_has_prefix(name, "json:") || name[n] == ':') {
+        return g_strdup(name);
+    }
+    char *dir = g_path_get_dirname(bs->filename);
+    char *path = strcmp(dir, ".") ? g_build_filename(dir, name, NULL)
+                                  : g_strdup(name);
+    g_free(dir);
+    return path;
+}
+
+/*
+ * A format's backing file: from the "backing" option (null: none, a node
+ * name, or options), else from the name and format the image records.
+ */
+static bool open_backing(BlockNode *bs, json_t *options, int flags,
+                         GError **errp)
+{
+    json_t *ref = json_object_get(options, "backing");
+    GError *err = NULL;
+    char *path = NULL;
+
+    if (ref && json_is_null(ref)) {
+        json_object_del(options, "backing");
+        return true;
+    }
+    if (flags & NODE_O_NO_BACKING) {
+        json_decref(opts_take_subtree(options, "backing"));
+        return true;
+    }
+    if (!ref || !json_is_string(ref)) {
+        json_t *sub = opts_take_subtree(options, "backing");
+        bool named = sub && (json_object_get(sub, "file") ||
+                             json_object_get(sub, "filename") ||
+                             json_object_get(sub, "driver"));
+        if (!named && !bs->backing_file[0]) {
+            json_decref(sub);
+            return true;
+        }
+        if (!sub) {
+            sub = json_object();
+        }
+        if (!named) {
+            path = backing_path(bs, bs->backing_file);
+        }
+        if (bs->backing_format[0] && !json_object_get(sub, "driver")) {
+            json_object_set_new(sub, "driver",
+                                json_string(bs->backing_format));
+        }
+        json_object_set_new(options, "backing", sub);
+    }
+    BlockChild *c = open_child(bs, options, "backing", path,
+                               CHILD_ROLE_COW, false, &err);
+    g_free(path);
+    if (!c) {
+        error_propagate(errp, err);
+        error_prefix(errp, "Could not open backing file: ");
+        return false;
+    }
+    return true;
 }
 
 /* ---- In-flight accounting ---- */

@@ -8,6 +8,7 @@ extern const BlockDriver bdrv_null_aio;
 extern const BlockDriver bdrv_file;
 extern const BlockDriver bdrv_host_device;
 extern const BlockDriver bdrv_blkdebug;
+extern const BlockDriver bdrv_qcow2;
 
 static GPtrArray *drivers;
 static void drivers_init(void);
@@ -30,6 +31,7 @@ static void drivers_init(void)
     g_ptr_array_add(drivers, (gpointer)&bdrv_file);
     g_ptr_array_add(drivers, (gpointer)&bdrv_host_device);
     g_ptr_array_add(drivers, (gpointer)&bdrv_blkdebug);
+    g_ptr_array_add(drivers, (gpointer)&bdrv_qcow2);
 }
 
 const BlockDriver *driver_find(const char *name)

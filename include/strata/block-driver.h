@@ -195,6 +195,9 @@ struct BlockNode {
     GList *parents;              /* BlockChild* whose bs is this node */
     BlockChild *file;            /* shortcuts set by drivers */
     BlockChild *backing;
+    /* What the image header names as backing file and its format. */
+    char backing_file[4096];
+    char backing_format[16];
 
     BlockLimits bl;
     int supported_write_flags;

@@ -13,6 +13,7 @@
 /* Round n to a multiple of m (m need not be a power of two). */
 #define ROUND_DOWN(n, m) ((n) / (m) * (m))
 #define ROUND_UP(n, m) ROUND_DOWN((n) + (m) - 1, (m))
+#define DIV_ROUND_UP(n, d) (((n) + (d) - 1) / (d))
 
 /*
  * Parse a size with an optional suffix (b, k/K, M, G, T, P, E; default unit

@@ -1,0 +1,632 @@
+/*
+ * The qcow2 header: reading and checking it on open, and writing it back.
+ *
+ * Checks follow QEMU 7.2's order and messages, so that a damaged image is
+ * refused with the same words by both programs.  Values that decide where
+ * we read or write (table offsets and sizes) are all checked here, before
+ * anything uses them: later code trusts s.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <string.h>
+
+#include "qcow2.h"
+
+/* The names QEMU 7.2 writes in its feature name table, in this order. */
+static const Qcow2FeatureName builtin_features[] = {
+    { 0, 0, "dirty bit" },
+    { 0, 1, "corrupt bit" },
+    { 0, 2, "external data file" },
+    { 0, 3, "compression type" },
+    { 0, 4, "extended L2 entries" },
+    { 1, 0, "lazy refcounts" },
+    { 2, 0, "bitmaps" },
+    { 2, 1, "raw external data" },
+};
+
+static int coroutine_fn pread_file(BlockNode *bs, uint64_t offset,
+                                   uint64_t bytes, void *buf)
+{
+    return child_co_pread(bs->file, (int64_t)offset, (int64_t)bytes, buf, 0);
+}
+
+/*
+ * A table at `offset` of `entries` entries of `entry_len` bytes, at most
+ * `max_bytes`: aligned to a cluster and not wrapping around.
+ */
+static bool validate_table(Qcow2State *s, uint64_t offset, uint64_t entries,
+                           size_t entry_len, uint64_t max_bytes,
+                           const char *what, GError **errp)
+{
+    if (entries > max_bytes / entry_len) {
+        error_setg(errp, "%s too large", what);
+        return false;
+    }
+    uint64_t size = entries * entry_len;
+    /* The end must fit in 63 bits, as QEMU's int64_t offsets do. */
+    if (INT64_MAX - size < offset || qcow2_offset_into_cluster(s, offset)) {
+        error_setg(errp, "%s offset invalid", what);
+        return false;
+    }
+    return true;
+}
+
+static void report_unsupported(Qcow2State *s, uint64_t mask, GError **errp)
+{
+    GString *msg = g_string_new("Unsupported qcow2 feature(s): ");
+    bool first = true;
+
+    for (int bit = 0; bit < 64; bit++) {
+        if (!(mask & (1ull << bit))) {
+            continue;
+        }
+        const char *name = NULL;
+        for (unsigned i = 0; i < s->n_features; i++) {
+            if (s->feature_table[i].type == 0 &&
+                s->feature_table[i].bit == bit) {
+                name = s->feature_table[i].name;
+                break;
+            }
+        }
+        g_string_append(msg, first ? "" : ", ");
+        if (name) {
+            g_string_append_len(msg, name, strnlen(name, 46));
+        } else {
+            g_string_append_printf(msg, "Unknown incompatible feature: %" PRIx64,
+                                   (uint64_t)1 << bit);
+        }
+        first = false;
+    }
+    error_setg(errp, "%s", msg->str);
+    g_string_free(msg, true);
+}
+
+/*
+ * Header extensions between `start` and `end`.  only_features: the first
+ * pass, which wants only the feature name table (for the message about
+ * unknown features) and must not fail on anything else.
+ */
+static int coroutine_fn read_extensions(BlockNode *bs, uint64_t start,
+                                        uint64_t end, bool only_features,
+                                        GError **errp)
+{
+    Qcow2State *s = bs->opaque;
+    uint64_t offset = start;
+    int ret;
+
+    while (offset < end) {
+        Qcow2ExtHeader ext;
+
+        ret = pread_file(bs, offset, sizeof(ext), &ext);
+        if (ret < 0) {
+            error_setg_errno(errp, -ret, "qcow2_read_extension: ERROR: pread "
+                             "fail from offset %" PRIu64, offset);
+            return ret;
+        }
+        ext.magic = be32toh(ext.magic);
+        ext.len = be32toh(ext.len);
+        offset += sizeof(ext);
+        if (offset > end || ext.len > end - offset) {
+            error_setg(errp, "Header extension too large");
+            return -EINVAL;
+        }
+
+        switch (ext.magic) {
+        case QCOW2_EXT_END:
+            return 0;
+
+        case QCOW2_EXT_FEATURE_TABLE:
+            if (only_features) {
+                unsigned n = ext.len / sizeof(Qcow2FeatureName);
+                g_free(s->feature_table);
+                s->feature_table = g_new0(Qcow2FeatureName, MAX(n, 1));
+                ret = pread_file(bs, offset, n * sizeof(Qcow2FeatureName),
+                                 s->feature_table);
+                if (ret < 0) {
+                    error_setg_errno(errp, -ret, "ERROR: ext_feature_table: "
+                                     "Could not read table");
+                    return ret;
+                }
+                s->n_features = n;
+            }
+            break;
+
+        case QCOW2_EXT_BACKING_FORMAT:
+            if (only_features) {
+                break;
+            }
+            if (ext.len >= 16) {
+                error_setg(errp, "ERROR: ext_backing_format: len=%" PRIu32
+                           " too large (>=16)", ext.len);
+                return -EINVAL;
+            }
+            g_free(s->backing_format);
+            s->backing_format = g_malloc0(ext.len + 1);
+            ret = pread_file(bs, offset, ext.len, s->backing_format);
+            if (ret < 0) {
+                error_setg_errno(errp, -ret, "ERROR: ext_backing_format: "
+                                 "Could not read format name");
+                return ret;
+            }
+            break;
+
+        case QCOW2_EXT_DATA_FILE:
+            if (only_features) {
+                break;
+            }
+            g_free(s->data_file_name);
+            s->data_file_name = g_malloc0(ext.len + 1);
+            ret = pread_file(bs, offset, ext.len, s->data_file_name);
+            if (ret < 0) {
+                error_setg_errno(errp, -ret, "ERROR: Could not read data "
+                                 "file name");
+                return ret;
+            }
+            break;
+
+        case QCOW2_EXT_BITMAPS:
+            if (only_features) {
+                break;
+            }
+            if (ext.len != sizeof(Qcow2BitmapsExt)) {
+                error_setg(errp, "bitmaps_ext: Invalid extension length");
+                return -EINVAL;
+            }
+            if (!(s->autoclear_features & QCOW2_AUTOCLEAR_BITMAPS)) {
+                /* Another program changed the image: bitmaps are stale. */
+                if (s->version < 3) {
+                    warn_print("qemu-img: warning: This qcow2 v2 image "
+                               "contains bitmaps, but they may have been "
+                               "modified by a program without persistent "
+                               "bitmap support; so now they must all be "
+                               "considered inconsistent\n");
+                } else {
+                    warn_print("qemu-img: warning: a program lacking bitmap "
+                               "support modified this file, so all bitmaps "
+                               "are now considered inconsistent\n");
+                }
+                warn_print("Some clusters may be leaked, run 'qemu-img "
+                           "check -r' on the image file to fix.");
+                break;
+            }
+            ret = pread_file(bs, offset, ext.len, &s->bitmaps_ext);
+            if (ret < 0) {
+                error_setg_errno(errp, -ret, "bitmaps_ext: Could not read "
+                                 "ext header");
+                return ret;
+            }
+            s->bitmaps_ext.nb_bitmaps = be32toh(s->bitmaps_ext.nb_bitmaps);
+            s->bitmaps_ext.reserved32 = be32toh(s->bitmaps_ext.reserved32);
+            s->bitmaps_ext.bitmap_directory_size =
+                be64toh(s->bitmaps_ext.bitmap_directory_size);
+            s->bitmaps_ext.bitmap_directory_offset =
+                be64toh(s->bitmaps_ext.bitmap_directory_offset);
+            if (s->bitmaps_ext.reserved32 != 0) {
+                error_setg(errp, "bitmaps_ext: Reserved field is not zero");
+                return -EINVAL;
+            }
+            if (s->bitmaps_ext.nb_bitmaps > 65535) {
+                error_setg(errp, "bitmaps_ext: Image has %" PRIu32 " bitmaps, "
+                           "exceeding the QEMU supported maximum of 65535",
+                           s->bitmaps_ext.nb_bitmaps);
+                return -EINVAL;
+            }
+            if (s->bitmaps_ext.nb_bitmaps == 0) {
+                error_setg(errp, "found bitmaps extension with zero bitmaps");
+                return -EINVAL;
+            }
+            if (qcow2_offset_into_cluster(s,
+                    s->bitmaps_ext.bitmap_directory_offset)) {
+                error_setg(errp, "bitmaps_ext: invalid bitmap directory "
+                           "offset");
+                return -EINVAL;
+            }
+            if (s->bitmaps_ext.bitmap_directory_size > 64 * 1024 * 1024) {
+                error_setg(errp, "bitmaps_ext: bitmap directory size (%" PRIu64
+                           ") exceeds the maximum supported size (67108864)",
+                           s->bitmaps_ext.bitmap_directory_size);
+                return -EINVAL;
+            }
+            s->has_bitmaps_ext = true;
+            break;
+
+        case QCOW2_EXT_CRYPTO:
+            if (only_features) {
+                break;
+            }
+            if (s->crypt_method != QCOW2_CRYPT_LUKS) {
+                error_setg(errp, "CRYPTO header extension only expected with "
+                           "LUKS encryption method");
+                return -EINVAL;
+            }
+            if (ext.len != 16) {
+                error_setg(errp, "CRYPTO header extension size %u, but "
+                           "expected size %zu", ext.len, (size_t)16);
+                return -EINVAL;
+            }
+            break;
+
+        default:
+            if (!only_features) {
+                Qcow2UnknownExt *u = g_malloc0(sizeof(*u) + ext.len);
+                u->magic = ext.magic;
+                u->len = ext.len;
+                ret = pread_file(bs, offset, ext.len, u->data);
+                if (ret < 0) {
+                    g_free(u);
+                    error_setg_errno(errp, -ret, "ERROR: unknown extension: "
+                                     "Could not read data");
+                    return ret;
+                }
+                g_ptr_array_add(s->unknown_exts, u);
+            }
+            break;
+        }
+        offset += (ext.len + 7) & ~7u;
+    }
+    return 0;
+}
+
+int coroutine_fn qcow2_read_header(BlockNode *bs, json_t *options, int flags,
+                                   GError **errp)
+{
+    Qcow2State *s = bs->opaque;
+    Qcow2DiskHeader h;
+    bool writable = flags & NODE_O_RDWR;
+    uint64_t ext_end;
+    int ret;
+
+    memset(&h, 0, sizeof(h));
+    ret = pread_file(bs, 0, sizeof(h), &h);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "Could not read qcow2 header");
+        return ret;
+    }
+    if (be32toh(h.magic) != QCOW2_MAGIC) {
+        error_setg(errp, "Image is not in qcow2 format");
+        return -EINVAL;
+    }
+    s->version = (int)be32toh(h.version);
+    if (s->version < 2 || s->version > 3) {
+        error_setg(errp, "Unsupported qcow2 version %d", s->version);
+        return -ENOTSUP;
+    }
+    s->cluster_bits = be32toh(h.cluster_bits);
+    if (s->cluster_bits < QCOW2_MIN_CLUSTER_BITS ||
+        s->cluster_bits > QCOW2_MAX_CLUSTER_BITS) {
+        error_setg(errp, "Unsupported cluster size: 2^%u", s->cluster_bits);
+        return -EINVAL;
+    }
+    s->cluster_size = 1ull << s->cluster_bits;
+
+    if (s->version == 2) {
+        s->incompatible_features = 0;
+        s->compatible_features = 0;
+        s->autoclear_features = 0;
+        s->refcount_order = 4;
+        s->header_length = QCOW2_V2_HEADER_LEN;
+        s->compression_type = QCOW2_COMPRESSION_ZLIB;
+    } else {
+        s->incompatible_features = be64toh(h.incompatible_features);
+        s->compatible_features = be64toh(h.compatible_features);
+        s->autoclear_features = be64toh(h.autoclear_features);
+        s->refcount_order = be32toh(h.refcount_order);
+        s->header_length = be32toh(h.header_length);
+        if (s->header_length < QCOW2_V3_MIN_HEADER_LEN) {
+            error_setg(errp, "qcow2 header too short");
+            return -EINVAL;
+        }
+        if (s->header_length > s->cluster_size) {
+            error_setg(errp, "qcow2 header exceeds cluster size");
+            return -EINVAL;
+        }
+        /* A field the header does not reach reads as zero. */
+        s->compression_type = s->header_length > 104 ? h.compression_type : 0;
+    }
+
+    uint64_t backing_offset = be64toh(h.backing_file_offset);
+    uint32_t backing_size = be32toh(h.backing_file_size);
+    if (backing_offset > s->cluster_size) {
+        error_setg(errp, "Invalid backing file offset");
+        return -EINVAL;
+    }
+    ext_end = backing_offset ? backing_offset : s->cluster_size;
+
+    if (s->incompatible_features & ~(uint64_t)QCOW2_INCOMPAT_MASK) {
+        read_extensions(bs, s->header_length, ext_end, true, NULL);
+        report_unsupported(s, s->incompatible_features &
+                              ~(uint64_t)QCOW2_INCOMPAT_MASK, errp);
+        return -ENOTSUP;
+    }
+    if ((s->incompatible_features & QCOW2_INCOMPAT_CORRUPT) && writable) {
+        error_setg(errp, "qcow2: Image is corrupt; cannot be opened "
+                   "read/write");
+        return -EACCES;
+    }
+
+    /* Compression type: the bit and the field must agree. */
+    if (s->compression_type > QCOW2_COMPRESSION_ZSTD) {
+        error_setg(errp, "qcow2: unknown compression type: %u",
+                   s->compression_type);
+        return -ENOTSUP;
+    }
+    if ((s->compression_type != QCOW2_COMPRESSION_ZLIB) !=
+        !!(s->incompatible_features & QCOW2_INCOMPAT_COMPRESSION)) {
+        error_setg(errp, s->compression_type == QCOW2_COMPRESSION_ZLIB
+                   ? "qcow2: Compression type incompatible feature bit must "
+                     "not be set when compression type is zlib"
+                   : "qcow2: Compression type incompatible feature bit must "
+                     "be set when compression type is not zlib");
+        return -EINVAL;
+    }
+
+    s->extended_l2 = s->incompatible_features & QCOW2_INCOMPAT_EXTL2;
+    if (s->extended_l2 && s->cluster_bits < 14) {
+        error_setg(errp, "Extended L2 entries are only supported with "
+                   "cluster sizes of at least 16384 bytes");
+        return -EINVAL;
+    }
+
+    if (s->refcount_order > 6) {
+        error_setg(errp, "Reference count entry width too large; may not "
+                   "exceed 64 bits");
+        return -EINVAL;
+    }
+    s->refcount_bits = 1u << s->refcount_order;
+    s->refcount_max = s->refcount_bits == 64 ? UINT64_MAX
+                                             : (1ull << s->refcount_bits) - 1;
+    s->refcount_block_bits = s->cluster_bits - (s->refcount_order - 3);
+    s->refcount_block_size = 1ull << s->refcount_block_bits;
+
+    s->crypt_method = be32toh(h.crypt_method);
+    if (s->crypt_method > QCOW2_CRYPT_LUKS) {
+        error_setg(errp, "Unsupported encryption method %" PRIu32,
+                   s->crypt_method);
+        return -EINVAL;
+    }
+    if (s->crypt_method != QCOW2_CRYPT_NONE) {
+        error_setg(errp, "Encrypted qcow2 images are not supported by "
+                   "strata yet");
+        return -ENOTSUP;
+    }
+
+    s->l2_entry_size = s->extended_l2 ? 16 : 8;
+    s->l2_bits = s->cluster_bits - (s->extended_l2 ? 4 : 3);
+    s->l2_size = 1ull << s->l2_bits;
+    s->subclusters_per_cluster = s->extended_l2 ? QCOW2_SUBCLUSTERS : 1;
+    s->subcluster_bits = s->cluster_bits - (s->extended_l2 ? 5 : 0);
+    s->subcluster_size = 1ull << s->subcluster_bits;
+    s->csize_shift = 62 - (s->cluster_bits - 8);
+    s->csize_mask = (1u << (s->cluster_bits - 8)) - 1;
+    s->cluster_offset_mask = (1ull << s->csize_shift) - 1;
+
+    s->size = be64toh(h.size);
+
+    s->refcount_table_offset = be64toh(h.refcount_table_offset);
+    uint32_t rt_clusters = be32toh(h.refcount_table_clusters);
+    if (rt_clusters == 0) {
+        error_setg(errp, "Image does not contain a reference count table");
+        return -EINVAL;
+    }
+    if (!validate_table(s, s->refcount_table_offset,
+                        (uint64_t)rt_clusters << (s->cluster_bits - 3), 8,
+                        QCOW2_MAX_REFTABLE_BYTES, "Reference count table",
+                        errp)) {
+        return -EINVAL;
+    }
+    s->refcount_table_size = rt_clusters << (s->cluster_bits - 3);
+
+    s->nb_snapshots = be32toh(h.nb_snapshots);
+    s->snapshots_offset = be64toh(h.snapshots_offset);
+    if (!validate_table(s, s->snapshots_offset, s->nb_snapshots,
+                        sizeof(Qcow2DiskSnapshot),
+                        sizeof(Qcow2DiskSnapshot) * QCOW2_MAX_SNAPSHOTS,
+                        "Snapshot table", errp)) {
+        return -EINVAL;
+    }
+
+    s->l1_size = be32toh(h.l1_size);
+    s->l1_table_offset = be64toh(h.l1_table_offset);
+    if (!validate_table(s, s->l1_table_offset, s->l1_size, 8,
+                        QCOW2_MAX_L1_BYTES, "Active L1 table", errp)) {
+        return -EINVAL;
+    }
+    /* Every guest cluster must have an L1 entry. */
+    uint64_t l2_span = 1ull << (s->l2_bits + s->cluster_bits);
+    if (s->size > UINT64_MAX - l2_span ||
+        (s->size + l2_span - 1) / l2_span > s->l1_size) {
+        error_setg(errp, "L1 table is too small");
+        return -EINVAL;
+    }
+
+    ret = read_extensions(bs, s->version == 2 ? QCOW2_V2_HEADER_LEN
+                                              : s->header_length,
+                          ext_end, false, errp);
+    if (ret < 0) {
+        return ret;
+    }
+
+    if (backing_offset) {
+        if (backing_size > MIN((uint64_t)QCOW2_MAX_BACKING_NAME,
+                               s->cluster_size - backing_offset)) {
+            error_setg(errp, "Backing file name too long");
+            return -EINVAL;
+        }
+        s->backing_file = g_malloc0(backing_size + 1);
+        ret = pread_file(bs, backing_offset, backing_size, s->backing_file);
+        if (ret < 0) {
+            error_setg_errno(errp, -ret, "Could not read backing file name");
+            return ret;
+        }
+    }
+    (void)options;
+    return 0;
+}
+
+/* ---- Writing the header ---- */
+
+static void put_ext(GByteArray *b, uint32_t magic, const void *data,
+                    uint32_t len)
+{
+    Qcow2ExtHeader e = { htobe32(magic), htobe32(len) };
+    static const uint8_t zero[8];
+
+    g_byte_array_append(b, (const uint8_t *)&e, sizeof(e));
+    g_byte_array_append(b, data, len);
+    g_byte_array_append(b, zero, ((len + 7) & ~7u) - len);
+}
+
+int coroutine_fn qcow2_update_header(BlockNode *bs)
+{
+    Qcow2State *s = bs->opaque;
+    GByteArray *b = g_byte_array_new();
+    Qcow2DiskHeader h;
+    size_t hlen = s->version == 2 ? QCOW2_V2_HEADER_LEN : QCOW2_V3_HEADER_LEN;
+    int ret;
+
+    memset(&h, 0, sizeof(h));
+    h.magic = htobe32(QCOW2_MAGIC);
+    h.version = htobe32((uint32_t)s->version);
+    h.cluster_bits = htobe32(s->cluster_bits);
+    h.size = htobe64(s->size);
+    h.crypt_method = htobe32(s->crypt_method);
+    h.l1_size = htobe32(s->l1_size);
+    h.l1_table_offset = htobe64(s->l1_table_offset);
+    h.refcount_table_offset = htobe64(s->refcount_table_offset);
+    h.refcount_table_clusters =
+        htobe32(s->refcount_table_size >> (s->cluster_bits - 3));
+    h.nb_snapshots = htobe32(s->nb_snapshots);
+    h.snapshots_offset = htobe64(s->snapshots_offset);
+    if (s->version >= 3) {
+        h.incompatible_features = htobe64(s->incompatible_features);
+        h.compatible_features = htobe64(s->compatible_features);
+        h.autoclear_features = htobe64(s->autoclear_features);
+        h.refcount_order = htobe32(s->refcount_order);
+        h.header_length = htobe32((uint32_t)hlen);
+        h.compression_type = (uint8_t)s->compression_type;
+    }
+    g_byte_array_append(b, (const uint8_t *)&h, hlen);
+
+    if (s->backing_format) {
+        put_ext(b, QCOW2_EXT_BACKING_FORMAT, s->backing_format,
+                strlen(s->backing_format));
+    }
+    if (s->data_file_name) {
+        put_ext(b, QCOW2_EXT_DATA_FILE, s->data_file_name,
+                strlen(s->data_file_name));
+    }
+    if (s->version >= 3) {
+        Qcow2FeatureName t[G_N_ELEMENTS(builtin_features)];
+        memcpy(t, builtin_features, sizeof(t));
+        put_ext(b, QCOW2_EXT_FEATURE_TABLE, t, sizeof(t));
+    }
+    if (s->has_bitmaps_ext) {
+        Qcow2BitmapsExt e = {
+            htobe32(s->bitmaps_ext.nb_bitmaps), 0,
+            htobe64(s->bitmaps_ext.bitmap_directory_size),
+            htobe64(s->bitmaps_ext.bitmap_directory_offset),
+        };
+        put_ext(b, QCOW2_EXT_BITMAPS, &e, sizeof(e));
+    }
+    for (guint i = 0; s->unknown_exts && i < s->unknown_exts->len; i++) {
+        Qcow2UnknownExt *u = g_ptr_array_index(s->unknown_exts, i);
+        put_ext(b, u->magic, u->data, u->len);
+    }
+    put_ext(b, QCOW2_EXT_END, NULL, 0);
+
+    if (s->backing_file) {
+        size_t n = strlen(s->backing_file);
+        Qcow2DiskHeader *hp = (Qcow2DiskHeader *)b->data;
+        hp->backing_file_offset = htobe64(b->len);
+        hp->backing_file_size = htobe32((uint32_t)n);
+        g_byte_array_append(b, (const uint8_t *)s->backing_file, n);
+    }
+    if (b->len > s->cluster_size) {
+        g_byte_array_free(b, true);
+        return -ENOSPC;
+    }
+    /* The rest of the first cluster is zeroes. */
+    size_t used = b->len;
+    g_byte_array_set_size(b, (guint)s->cluster_size);
+    memset(b->data + used, 0, s->cluster_size - used);
+    ret = child_co_pwrite(bs->file, 0, (int64_t)s->cluster_size, b->data, 0);
+    g_byte_array_free(b, true);
+    return ret;
+}
+
+static int coroutine_fn write_incompat(BlockNode *bs, uint64_t value)
+{
+    Qcow2State *s = bs->opaque;
+    uint64_t be = htobe64(value);
+    int ret;
+
+    g_assert(s->version >= 3);
+    ret = child_co_pwrite(bs->file, offsetof(Qcow2DiskHeader,
+                                             incompatible_features),
+                          sizeof(be), &be, 0);
+    if (ret < 0) {
+        return ret;
+    }
+    ret = node_co_flush(bs->file->bs);
+    if (ret < 0) {
+        return ret;
+    }
+    s->incompatible_features = value;
+    return 0;
+}
+
+int coroutine_fn qcow2_set_incompat_bit(BlockNode *bs, uint64_t bit)
+{
+    Qcow2State *s = bs->opaque;
+
+    if (s->incompatible_features & bit) {
+        return 0;
+    }
+    return write_incompat(bs, s->incompatible_features | bit);
+}
+
+int coroutine_fn qcow2_clear_incompat_bit(BlockNode *bs, uint64_t bit)
+{
+    Qcow2State *s = bs->opaque;
+
+    if (!(s->incompatible_features & bit)) {
+        return 0;
+    }
+    return write_incompat(bs, s->incompatible_features & ~bit);
+}
+
+void coroutine_fn qcow2_signal_corruption(BlockNode *bs, bool fatal,
+                                          int64_t offset, int64_t size,
+                                          const char *fmt, ...)
+{
+    Qcow2State *s = bs->opaque;
+    va_list ap;
+    char *msg;
+
+    va_start(ap, fmt);
+    msg = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+
+    /* Read-only users only learn about it: the image stays untouched. */
+    fatal = fatal && !bs->read_only;
+    if (s->corrupt && fatal) {
+        g_free(msg);
+        return;
+    }
+    if (fatal) {
+        warn_print("qcow2: Marking image as corrupt: %s; further corruption "
+                   "events will be suppressed\n", msg);
+    } else {
+        warn_print("qcow2: Image is corrupt: %s; further non-fatal corruption "
+                   "events will be suppressed\n", msg);
+    }
+    (void)offset;
+    (void)size;
+    g_free(msg);
+    if (fatal) {
+        s->corrupt = true;
+        if (s->version >= 3) {
+            qcow2_set_incompat_bit(bs, QCOW2_INCOMPAT_CORRUPT);
+        }
+    }
+}

@@ -1,0 +1,570 @@
+/*
+ * Refcounts: reading and changing them, and allocating and freeing
+ * clusters.
+ *
+ * Ordering rules that keep the image consistent after a crash at any point
+ * (each "before" is a write that reaches the disk before the next one):
+ *   - a new refcount block is written before the refcount table points at
+ *     it, and the table entry is written before anything relies on it;
+ *   - a cluster's refcount is raised before any L2 or L1 entry points at it
+ *     (the L2 cache depends on the refcount cache);
+ *   - a refcount is lowered only after the pointer to the cluster is gone
+ *     (callers update L2 first).
+ * A crash can then leak clusters (refcount too high), which `check -r
+ * leaks` repairs, but never leave a cluster in use with a low refcount.
+ *
+ * The caller holds s->lock for everything here.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <string.h>
+
+#include "qcow2.h"
+
+/* ---- Entries of a refcount block (big endian, 1 to 64 bits wide) ---- */
+
+static uint64_t rb_get(const Qcow2State *s, const void *rb, uint64_t i)
+{
+    const uint8_t *p = rb;
+
+    switch (s->refcount_order) {
+    case 0: return (p[i / 8] >> (i % 8)) & 1;
+    case 1: return (p[i / 4] >> (2 * (i % 4))) & 3;
+    case 2: return (p[i / 2] >> (4 * (i % 2))) & 15;
+    case 3: return p[i];
+    case 4: return be16toh(((const uint16_t *)rb)[i]);
+    case 5: return be32toh(((const uint32_t *)rb)[i]);
+    default: return be64toh(((const uint64_t *)rb)[i]);
+    }
+}
+
+static void rb_set(const Qcow2State *s, void *rb, uint64_t i, uint64_t v)
+{
+    uint8_t *p = rb;
+    unsigned shift, mask;
+
+    switch (s->refcount_order) {
+    case 0: case 1: case 2:
+        /* Sub-byte entries: the lowest bits hold the first entry. */
+        shift = (unsigned)((i % (8u >> s->refcount_order)) <<
+                           s->refcount_order);
+        mask = ((1u << (1u << s->refcount_order)) - 1) << shift;
+        p[i >> (3 - s->refcount_order)] =
+            (uint8_t)((p[i >> (3 - s->refcount_order)] & ~mask) |
+                      ((v << shift) & mask));
+        break;
+    case 3: p[i] = (uint8_t)v; break;
+    case 4: ((uint16_t *)rb)[i] = htobe16((uint16_t)v); break;
+    case 5: ((uint32_t *)rb)[i] = htobe32((uint32_t)v); break;
+    default: ((uint64_t *)rb)[i] = htobe64(v); break;
+    }
+}
+
+int coroutine_fn qcow2_get_refcount(BlockNode *bs, uint64_t cluster,
+                                    uint64_t *refcount)
+{
+    Qcow2State *s = bs->opaque;
+    uint64_t rt_index = cluster >> s->refcount_block_bits;
+    uint64_t rb_offset;
+    void *rb;
+    int ret;
+
+    *refcount = 0;
+    if (rt_index >= s->refcount_table_size) {
+        return 0;
+    }
+    rb_offset = s->refcount_table[rt_index] & REFT_OFFSET_MASK;
+    if (!rb_offset) {
+        return 0;
+    }
+    if (qcow2_offset_into_cluster(s, rb_offset)) {
+        qcow2_signal_corruption(bs, true, -1, -1, "Refblock offset %#" PRIx64
+                                " unaligned (reftable index: %#" PRIx64 ")",
+                                rb_offset, rt_index);
+        return -EIO;
+    }
+    ret = qcow2_cache_get(s->refcount_cache, rb_offset, &rb);
+    if (ret < 0) {
+        return ret;
+    }
+    *refcount = rb_get(s, rb, cluster & (s->refcount_block_size - 1));
+    qcow2_cache_put(s->refcount_cache, &rb);
+    return 0;
+}
+
+/*
+ * The first cluster past everything in use: past the end of the file and
+ * past every cluster with a refcount (allocated clusters may not be
+ * written yet).
+ */
+int coroutine_fn qcow2_end_of_used(BlockNode *bs, bool with_file,
+                                   uint64_t *end)
+{
+    Qcow2State *s = bs->opaque;
+    int64_t len = node_getlength(bs->file->bs);
+
+    if (len < 0) {
+        return (int)len;
+    }
+    *end = with_file ? qcow2_size_to_clusters(s, (uint64_t)len) : 0;
+    for (uint64_t r = s->refcount_table_size; r > 0; r--) {
+        if (!(s->refcount_table[r - 1] & REFT_OFFSET_MASK)) {
+            continue;
+        }
+        uint64_t base = (r - 1) << s->refcount_block_bits;
+        for (uint64_t i = s->refcount_block_size; i > 0; i--) {
+            uint64_t rc;
+            int ret = qcow2_get_refcount(bs, base + i - 1, &rc);
+            if (ret < 0) {
+                return ret;
+            }
+            if (rc) {
+                *end = MAX(*end, base + i);
+                return 0;
+            }
+        }
+    }
+    return 0;
+}
+
+/*
+ * Find n free clusters in a row without taking them.  Clusters with no
+ * refcount block are free (refcount 0).
+ */
+static int coroutine_fn find_free(BlockNode *bs, uint64_t n, uint64_t *first)
+{
+    Qcow2State *s = bs->opaque;
+    uint64_t start = s->free_cluster_index, run = 0;
+
+    /*
+     * Past the end of the file too: clusters just allocated there are not
+     * written yet, and only their refcount says they are taken.
+     */
+    for (uint64_t c = start; run < n; c++) {
+        uint64_t rc = 0;
+        int ret = qcow2_get_refcount(bs, c, &rc);
+        if (ret < 0) {
+            return ret;
+        }
+        if (rc == 0) {
+            if (run == 0) {
+                start = c;
+            }
+            run++;
+        } else {
+            run = 0;
+        }
+        /* Offsets must stay within the 56 bits L2 entries can hold. */
+        if (c >= (1ull << (56 - s->cluster_bits))) {
+            return -EFBIG;
+        }
+    }
+    *first = start;
+    return 0;
+}
+
+static int coroutine_fn write_reftable_entry(BlockNode *bs, uint64_t index)
+{
+    Qcow2State *s = bs->opaque;
+    uint64_t be = htobe64(s->refcount_table[index]);
+
+    child_debug_event(bs->file, BLKDBG_REFBLOCK_ALLOC_HOOKUP);
+    return child_co_pwrite(bs->file,
+                           (int64_t)(s->refcount_table_offset + index * 8),
+                           8, &be, 0);
+}
+
+static int coroutine_fn update_refcount(BlockNode *bs, uint64_t offset,
+                                        uint64_t length, uint64_t addend,
+                                        bool decrease, Qcow2DiscardType dt);
+static int coroutine_fn grow_reftable(BlockNode *bs, uint64_t need_index);
+
+/*
+ * Make sure a refcount block exists for rt_index.  A new block is put in
+ * the first free cluster; if that cluster is one the new block describes,
+ * the block carries its own refcount, else the cluster's refcount is raised
+ * through its own block (which may need a block in turn: this recursion
+ * ends because every step describes clusters further out).
+ */
+static int coroutine_fn ensure_refblock(BlockNode *bs, uint64_t rt_index)
+{
+    Qcow2State *s = bs->opaque;
+    uint64_t c;
+    void *rb;
+    int ret;
+
+    if (rt_index >= s->refcount_table_size) {
+        ret = grow_reftable(bs, rt_index);
+        if (ret < 0 || (s->refcount_table[rt_index] & REFT_OFFSET_MASK)) {
+            return ret;
+        }
+    }
+    if (s->refcount_table[rt_index] & REFT_OFFSET_MASK) {
+        return 0;
+    }
+
+    child_debug_event(bs->file, BLKDBG_REFBLOCK_ALLOC);
+    ret = find_free(bs, 1, &c);
+    if (ret < 0) {
+        return ret;
+    }
+    uint64_t rb_offset = c << s->cluster_bits;
+    bool self = (c >> s->refcount_block_bits) == rt_index;
+
+    if (!self) {
+        /* Account for the block's cluster before it is used. */
+        ret = update_refcount(bs, rb_offset, s->cluster_size, 1, false,
+                              QCOW2_DISCARD_NEVER);
+        if (ret < 0) {
+            return ret;
+        }
+        /* That may have created our block already (same region). */
+        if (s->refcount_table[rt_index] & REFT_OFFSET_MASK) {
+            return update_refcount(bs, rb_offset, s->cluster_size, 1, true,
+                                   QCOW2_DISCARD_NEVER);
+        }
+    }
+    ret = qcow2_cache_get_empty(s->refcount_cache, rb_offset, &rb);
+    if (ret < 0) {
+        return ret;
+    }
+    memset(rb, 0, s->cluster_size);
+    if (self) {
+        rb_set(s, rb, c & (s->refcount_block_size - 1), 1);
+    }
+    qcow2_cache_mark_dirty(s->refcount_cache, rb);
+    qcow2_cache_put(s->refcount_cache, &rb);
+
+    /* The block must be on disk before the table points at it. */
+    child_debug_event(bs->file, BLKDBG_REFBLOCK_ALLOC_WRITE);
+    ret = qcow2_cache_flush(s->refcount_cache);
+    if (ret < 0) {
+        return ret;
+    }
+    s->refcount_table[rt_index] = rb_offset;
+    ret = write_reftable_entry(bs, rt_index);
+    if (ret < 0) {
+        s->refcount_table[rt_index] = 0;
+        return ret;
+    }
+    if (c + 1 > s->free_cluster_index && self) {
+        /* Nothing to do: find_free will skip it by its refcount. */
+    }
+    return 0;
+}
+
+/*
+ * A bigger refcount table.  The new table and the refcount blocks that
+ * describe it go into fresh clusters past the end of the image; they are
+ * written completely before the header switches to the new table, so a
+ * crash leaves either the old or the new table in force.
+ */
+static int coroutine_fn grow_reftable(BlockNode *bs, uint64_t need_index)
+{
+    Qcow2State *s = bs->opaque;
+    uint64_t old_size = s->refcount_table_size;
+    uint64_t entries_per_cluster = s->cluster_size / 8;
+    uint64_t end = 0;
+    int ret;
+
+    ret = qcow2_end_of_used(bs, true, &end);
+    if (ret < 0) {
+        return ret;
+    }
+    child_debug_event(bs->file, BLKDBG_REFTABLE_GROW);
+
+    /*
+     * Place the table at `start` (past everything in use).  The table must
+     * cover need_index and the blocks for the table's own clusters and for
+     * the new blocks; grow by half again to avoid growing on every block.
+     */
+    uint64_t start = end;
+    uint64_t new_entries = MAX(need_index + 1, old_size + old_size / 2);
+    uint64_t table_clusters, n_blocks, covered_end;
+
+    for (;;) {
+        table_clusters = DIV_ROUND_UP(new_entries, entries_per_cluster);
+        /* New blocks for the area [start, start + blocks + table). */
+        n_blocks = 0;
+        for (;;) {
+            covered_end = start + n_blocks + table_clusters;
+            uint64_t first_rt = start >> s->refcount_block_bits;
+            uint64_t last_rt = (covered_end - 1) >> s->refcount_block_bits;
+            uint64_t need = 0;
+            for (uint64_t r = first_rt; r <= last_rt; r++) {
+                if (r >= old_size || !(s->refcount_table[r] &
+                                       REFT_OFFSET_MASK)) {
+                    need++;
+                }
+            }
+            if (need <= n_blocks) {
+                break;
+            }
+            n_blocks = need;
+        }
+        uint64_t last_rt = (covered_end - 1) >> s->refcount_block_bits;
+        if (last_rt < new_entries) {
+            break;
+        }
+        new_entries = last_rt + 1;
+    }
+    if (table_clusters * s->cluster_size > QCOW2_MAX_REFTABLE_BYTES) {
+        return -EFBIG;
+    }
+
+    /* Blocks first (at start..), then the table. */
+    uint64_t table_offset = (start + n_blocks) << s->cluster_bits;
+    uint64_t *table = g_try_new0(uint64_t, table_clusters *
+                                           entries_per_cluster);
+    uint8_t *blocks = g_try_malloc0(MAX(n_blocks, 1) * s->cluster_size);
+    if (!table || !blocks) {
+        g_free(table);
+        g_free(blocks);
+        return -ENOMEM;
+    }
+    memcpy(table, s->refcount_table, old_size * 8);
+    uint64_t next_block = start;
+    uint64_t first_rt = start >> s->refcount_block_bits;
+    uint64_t last_rt = (covered_end - 1) >> s->refcount_block_bits;
+    for (uint64_t r = first_rt; r <= last_rt; r++) {
+        if (r < old_size && (s->refcount_table[r] & REFT_OFFSET_MASK)) {
+            continue;
+        }
+        table[r] = next_block << s->cluster_bits;
+        next_block++;
+    }
+    g_assert(next_block - start <= n_blocks);
+
+    /*
+     * Refcount 1 for every new cluster (blocks and table) that a new block
+     * describes; clusters under existing blocks are counted there below.
+     */
+    for (uint64_t c = start; c < covered_end; c++) {
+        uint64_t r = c >> s->refcount_block_bits;
+        if (r < old_size && (s->refcount_table[r] & REFT_OFFSET_MASK)) {
+            continue;
+        }
+        uint64_t bi = ((table[r] >> s->cluster_bits) - start);
+        rb_set(s, blocks + bi * s->cluster_size,
+               c & (s->refcount_block_size - 1), 1);
+    }
+
+    for (uint64_t i = 0; i < table_clusters * entries_per_cluster; i++) {
+        table[i] = htobe64(table[i]);
+    }
+    child_debug_event(bs->file, BLKDBG_REFBLOCK_ALLOC_WRITE_BLOCKS);
+    ret = child_co_pwrite(bs->file, (int64_t)(start << s->cluster_bits),
+                          (int64_t)(n_blocks * s->cluster_size), blocks, 0);
+    if (ret >= 0) {
+        child_debug_event(bs->file, BLKDBG_REFBLOCK_ALLOC_WRITE_TABLE);
+        ret = child_co_pwrite(bs->file, (int64_t)table_offset,
+                              (int64_t)(table_clusters * s->cluster_size),
+                              table, 0);
+    }
+    g_free(blocks);
+    if (ret >= 0) {
+        ret = qcow2_cache_flush(s->refcount_cache);
+    }
+    if (ret < 0) {
+        g_free(table);
+        return ret;
+    }
+    for (uint64_t i = 0; i < table_clusters * entries_per_cluster; i++) {
+        table[i] = be64toh(table[i]);
+    }
+
+    /* Switch: table offset and size in one header write. */
+    struct __attribute__((packed)) {
+        uint64_t offset;
+        uint32_t clusters;
+    } hdr = { htobe64(table_offset), htobe32((uint32_t)table_clusters) };
+    child_debug_event(bs->file, BLKDBG_REFBLOCK_ALLOC_SWITCH_TABLE);
+    ret = child_co_pwrite(bs->file,
+                          offsetof(Qcow2DiskHeader, refcount_table_offset),
+                          sizeof(hdr), &hdr, 0);
+    if (ret >= 0) {
+        ret = node_co_flush(bs->file->bs);
+    }
+    if (ret < 0) {
+        g_free(table);
+        return ret;
+    }
+
+    uint64_t old_offset = s->refcount_table_offset;
+    uint64_t old_clusters = DIV_ROUND_UP(old_size * 8, s->cluster_size);
+    g_free(s->refcount_table);
+    s->refcount_table = table;
+    s->refcount_table_size = (uint32_t)(table_clusters * entries_per_cluster);
+    s->refcount_table_offset = table_offset;
+
+    /* New clusters under existing blocks, then the old table goes. */
+    for (uint64_t c = start; c < covered_end; c++) {
+        uint64_t r = c >> s->refcount_block_bits;
+        if (r < old_size && (table[r] & REFT_OFFSET_MASK) &&
+            (table[r] >> s->cluster_bits) < start) {
+            ret = update_refcount(bs, c << s->cluster_bits, s->cluster_size,
+                                  1, false, QCOW2_DISCARD_NEVER);
+            if (ret < 0) {
+                return ret;
+            }
+        }
+    }
+    return qcow2_free_clusters(bs, old_offset, old_clusters * s->cluster_size,
+                               QCOW2_DISCARD_OTHER);
+}
+
+/*
+ * Add (or subtract) addend to the refcount of every cluster that
+ * [offset, offset + length) touches.  On failure part of the range may be
+ * updated: callers treat that as leaked or mark the image corrupt.
+ */
+static bool discard_wanted(const Qcow2State *s, Qcow2DiscardType dt)
+{
+    switch (dt) {
+    case QCOW2_DISCARD_ALWAYS: return true;
+    case QCOW2_DISCARD_REQUEST: return s->discard_passthrough_request;
+    case QCOW2_DISCARD_SNAPSHOT: return s->discard_passthrough_snapshot;
+    case QCOW2_DISCARD_OTHER: return s->discard_passthrough_other;
+    default: return false;
+    }
+}
+
+static int coroutine_fn update_refcount(BlockNode *bs, uint64_t offset,
+                                        uint64_t length, uint64_t addend,
+                                        bool decrease, Qcow2DiscardType dt)
+{
+    Qcow2State *s = bs->opaque;
+    uint64_t first, last;
+    void *rb = NULL;
+    uint64_t rb_index = UINT64_MAX;
+    int ret = 0;
+
+    if (length == 0) {
+        return 0;
+    }
+    first = offset >> s->cluster_bits;
+    last = (offset + length - 1) >> s->cluster_bits;
+    if (decrease) {
+        child_debug_event(bs->file, BLKDBG_REFBLOCK_UPDATE_PART);
+    }
+
+    for (uint64_t c = first; c <= last; c++) {
+        uint64_t rt_index = c >> s->refcount_block_bits;
+
+        if (rt_index != rb_index) {
+            if (rb) {
+                qcow2_cache_put(s->refcount_cache, &rb);
+            }
+            ret = ensure_refblock(bs, rt_index);
+            if (ret < 0) {
+                return ret;
+            }
+            uint64_t rb_offset = s->refcount_table[rt_index] &
+                                 REFT_OFFSET_MASK;
+            ret = qcow2_cache_get(s->refcount_cache, rb_offset, &rb);
+            if (ret < 0) {
+                return ret;
+            }
+            rb_index = rt_index;
+        }
+
+        uint64_t i = c & (s->refcount_block_size - 1);
+        uint64_t rc = rb_get(s, rb, i);
+        if (decrease ? rc < addend : s->refcount_max - rc < addend) {
+            qcow2_cache_put(s->refcount_cache, &rb);
+            if (decrease) {
+                qcow2_signal_corruption(bs, true, -1, -1, "Cannot decrease "
+                                        "refcount of cluster %#" PRIx64
+                                        " below 0", c << s->cluster_bits);
+                return -EIO;
+            }
+            return -ERANGE;
+        }
+        rc = decrease ? rc - addend : rc + addend;
+        rb_set(s, rb, i, rc);
+        qcow2_cache_mark_dirty(s->refcount_cache, rb);
+        if (rc == 0 && c < s->free_cluster_index) {
+            s->free_cluster_index = c;
+        }
+        if (rc == 0) {
+            /* A freed metadata cluster must not linger in a cache. */
+            qcow2_cache_discard(s->l2_cache, c << s->cluster_bits);
+            if (discard_wanted(s, dt)) {
+                /* Best effort: the space is free either way. */
+                child_co_pdiscard(bs->file, (int64_t)(c << s->cluster_bits),
+                                  (int64_t)s->cluster_size);
+            }
+        }
+    }
+    if (rb) {
+        qcow2_cache_put(s->refcount_cache, &rb);
+    }
+    return 0;
+}
+
+int coroutine_fn qcow2_alloc_clusters(BlockNode *bs, uint64_t n,
+                                      uint64_t *offset)
+{
+    Qcow2State *s = bs->opaque;
+    uint64_t first;
+    int ret;
+
+    child_debug_event(bs->file, BLKDBG_CLUSTER_ALLOC);
+    for (;;) {
+        ret = find_free(bs, n, &first);
+        if (ret < 0) {
+            return ret;
+        }
+        /*
+         * Creating refcount blocks may take clusters of the run we found;
+         * then look again.
+         */
+        ret = update_refcount(bs, first << s->cluster_bits,
+                              n << s->cluster_bits, 1, false,
+                              QCOW2_DISCARD_NEVER);
+        if (ret < 0) {
+            return ret;
+        }
+        uint64_t rc;
+        bool ok = true;
+        for (uint64_t c = first; c < first + n && ok; c++) {
+            ret = qcow2_get_refcount(bs, c, &rc);
+            if (ret < 0) {
+                return ret;
+            }
+            ok = rc == 1;
+        }
+        if (ok) {
+            break;
+        }
+        /* Give back what we took and try past it. */
+        ret = update_refcount(bs, first << s->cluster_bits,
+                              n << s->cluster_bits, 1, true,
+                              QCOW2_DISCARD_NEVER);
+        if (ret < 0) {
+            return ret;
+        }
+        s->free_cluster_index = first + 1;
+    }
+    s->free_cluster_index = first + n;
+    *offset = first << s->cluster_bits;
+    return 0;
+}
+
+int coroutine_fn qcow2_free_clusters(BlockNode *bs, uint64_t offset,
+                                     uint64_t length, Qcow2DiscardType dt)
+{
+    child_debug_event(bs->file, BLKDBG_CLUSTER_FREE);
+    return update_refcount(bs, offset, length, 1, true, dt);
+}
+
+int coroutine_fn qcow2_update_cluster_refcount(BlockNode *bs, uint64_t cluster,
+                                               int addend,
+                                               Qcow2DiscardType dt)
+{
+    Qcow2State *s = bs->opaque;
+
+    return update_refcount(bs, cluster << s->cluster_bits, s->cluster_size,
+                           (uint64_t)(addend < 0 ? -addend : addend),
+                           addend < 0, dt);
+}

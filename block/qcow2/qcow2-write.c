@@ -1,0 +1,676 @@
+/*
+ * qcow2 guest writes: in place, allocating (with copy-on-write of the parts
+ * of a cluster the request does not cover), zero writes and discards.
+ *
+ * An in-place write needs the lock only to look up where the data goes.
+ * Everything that changes metadata holds s->lock from the lookup until the
+ * L2 entry is updated, so no reader or writer sees an entry pointing at
+ * data that is not yet written.  Allocating writes are therefore
+ * serialised; letting them run in parallel is future work (see
+ * docs/status.md).
+ *
+ * Order of writes in an allocating write: the data and its copied-on-write
+ * neighbours go to the new cluster; then the L2 entry (in the cache, which
+ * writes the new refcounts before it); only after the L2 table is on disk
+ * is an old cluster's refcount lowered, so a crash can leak a cluster but
+ * never leave an L2 entry pointing at a cluster that was reused.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <string.h>
+
+#include "qcow2.h"
+
+static int coroutine_fn write_l1_entry(BlockNode *bs, unsigned l1i)
+{
+    Qcow2State *s = bs->opaque;
+    uint64_t be = htobe64(s->l1_table[l1i]);
+
+    child_debug_event(bs->file, BLKDBG_L1_UPDATE);
+    return child_co_pwrite(bs->file,
+                           (int64_t)(s->l1_table_offset + (uint64_t)l1i * 8),
+                           8, &be, 0);
+}
+
+/*
+ * The L2 table for offset, ready to be changed: a table shared with a
+ * snapshot (no copied flag) or missing is replaced by a new one first.
+ */
+static int coroutine_fn get_l2_for_write(BlockNode *bs, uint64_t offset,
+                                         void **l2, unsigned *l2i)
+{
+    Qcow2State *s = bs->opaque;
+    unsigned l1i = qcow2_l1_index(s, offset);
+    uint64_t l1e, old, new_offset;
+    void *t;
+    int ret;
+
+    if (l1i >= s->l1_size) {
+        qcow2_signal_corruption(bs, true, -1, -1, "L1 index %u beyond the L1 "
+                                "table (%" PRIu32 " entries)", l1i,
+                                s->l1_size);
+        return -EIO;
+    }
+    l1e = s->l1_table[l1i];
+    old = l1e & L1E_OFFSET_MASK;
+    *l2i = qcow2_l2_index(s, offset);
+    if (old && qcow2_offset_into_cluster(s, old)) {
+        qcow2_signal_corruption(bs, true, -1, -1, "L2 table offset %#" PRIx64
+                                " unaligned (L1 index: %#x)", old, l1i);
+        return -EIO;
+    }
+    if (old && (l1e & QCOW_OFLAG_COPIED)) {
+        return qcow2_cache_get(s->l2_cache, old, l2);
+    }
+
+    ret = qcow2_alloc_clusters(bs, 1, &new_offset);
+    if (ret < 0) {
+        return ret;
+    }
+    ret = qcow2_cache_get_empty(s->l2_cache, new_offset, &t);
+    if (ret < 0) {
+        qcow2_free_clusters(bs, new_offset, s->cluster_size,
+                            QCOW2_DISCARD_NEVER);
+        return ret;
+    }
+    if (old) {
+        void *o;
+        child_debug_event(bs->file, BLKDBG_L2_ALLOC_COW_READ);
+        ret = qcow2_cache_get(s->l2_cache, old, &o);
+        if (ret < 0) {
+            qcow2_cache_put(s->l2_cache, &t);
+            qcow2_cache_discard(s->l2_cache, new_offset);
+            qcow2_free_clusters(bs, new_offset, s->cluster_size,
+                                QCOW2_DISCARD_NEVER);
+            return ret;
+        }
+        memcpy(t, o, s->cluster_size);
+        qcow2_cache_put(s->l2_cache, &o);
+    } else {
+        memset(t, 0, s->cluster_size);
+    }
+    qcow2_cache_mark_dirty(s->l2_cache, t);
+
+    /* The new table is on disk before L1 points at it. */
+    child_debug_event(bs->file, BLKDBG_L2_ALLOC_WRITE);
+    ret = qcow2_cache_flush(s->l2_cache);
+    if (ret < 0) {
+        goto fail;
+    }
+    s->l1_table[l1i] = new_offset | QCOW_OFLAG_COPIED;
+    ret = write_l1_entry(bs, l1i);
+    if (ret < 0) {
+        s->l1_table[l1i] = l1e;
+        goto fail;
+    }
+    if (old) {
+        /* Only this snapshot-shared table loses a user. */
+        qcow2_free_clusters(bs, old, s->cluster_size, QCOW2_DISCARD_OTHER);
+    }
+    *l2 = t;
+    return 0;
+
+fail:
+    qcow2_cache_put(s->l2_cache, &t);
+    return ret;
+}
+
+/* Lower the refcount of whatever host space an old L2 entry used. */
+static int coroutine_fn free_old_entry(BlockNode *bs, uint64_t entry,
+                                       Qcow2DiscardType dt)
+{
+    Qcow2State *s = bs->opaque;
+
+    if (entry & QCOW_OFLAG_COMPRESSED) {
+        uint64_t coffset = entry & s->cluster_offset_mask;
+        uint64_t nb = ((entry >> s->csize_shift) & s->csize_mask) + 1;
+        uint64_t csize = nb * QCOW2_COMPRESSED_SECTOR_SIZE -
+                         (coffset & (QCOW2_COMPRESSED_SECTOR_SIZE - 1));
+        return qcow2_free_clusters(bs, coffset, csize, dt);
+    }
+    uint64_t host = entry & L2E_OFFSET_MASK;
+    if (!host || qcow2_has_data_file(s)) {
+        /* Data file clusters are not refcounted. */
+        return 0;
+    }
+    return qcow2_free_clusters(bs, host, s->cluster_size, dt);
+}
+
+/*
+ * Clusters whose old entries need freeing: write the L2 table that no
+ * longer points at them first (see the ordering rule at the top).
+ */
+static int coroutine_fn free_old_entries(BlockNode *bs, const uint64_t *old,
+                                         unsigned n, Qcow2DiscardType dt)
+{
+    Qcow2State *s = bs->opaque;
+    bool any = false;
+    int ret;
+
+    for (unsigned i = 0; i < n; i++) {
+        any |= (old[i] & (L2E_OFFSET_MASK | QCOW_OFLAG_COMPRESSED)) != 0;
+    }
+    if (!any) {
+        return 0;
+    }
+    ret = qcow2_cache_flush(s->l2_cache);
+    if (ret < 0) {
+        return ret;
+    }
+    for (unsigned i = 0; i < n; i++) {
+        free_old_entry(bs, old[i], dt);
+    }
+    return 0;
+}
+
+/*
+ * How many bytes from offset can be written in place: clusters allocated,
+ * not shared (copied flag), contiguous on the host and, with subclusters,
+ * every touched subcluster already allocated.
+ */
+static int coroutine_fn in_place_run(BlockNode *bs, uint64_t offset,
+                                     uint64_t bytes, uint64_t *n,
+                                     uint64_t *host)
+{
+    Qcow2State *s = bs->opaque;
+    unsigned l2i;
+    void *l2;
+    int ret;
+
+    *n = 0;
+    ret = qcow2_get_l2_table(bs, offset, &l2, &l2i);
+    if (ret < 0 || !l2) {
+        return ret;
+    }
+    uint64_t pos = offset, end = offset + bytes, expect = 0;
+    while (pos < end && l2i < s->l2_size) {
+        uint64_t e = qcow2_l2_entry(s, l2, l2i);
+        uint64_t bm = qcow2_l2_bitmap(s, l2, l2i);
+        uint64_t h = e & L2E_OFFSET_MASK;
+        uint64_t cend = MIN(end, qcow2_start_of_cluster(s, pos) +
+                                 s->cluster_size);
+
+        if (!(e & QCOW_OFLAG_COPIED) || (e & QCOW_OFLAG_COMPRESSED) ||
+            (!h && !qcow2_has_data_file(s)) ||
+            qcow2_offset_into_cluster(s, h) || (*n && h != expect)) {
+            break;
+        }
+        if (s->extended_l2) {
+            unsigned a = (unsigned)(qcow2_offset_into_cluster(s, pos) >>
+                                    s->subcluster_bits);
+            unsigned b = (unsigned)((qcow2_offset_into_cluster(s, cend - 1))
+                                    >> s->subcluster_bits);
+            bool ok = true;
+            for (unsigned sc = a; sc <= b && ok; sc++) {
+                ok = qcow2_subcluster_type(s, e, bm, sc) == QCOW2_SC_NORMAL;
+            }
+            if (!ok) {
+                break;
+            }
+        } else if (e & QCOW_OFLAG_ZERO) {
+            break;
+        }
+        if (*n == 0) {
+            *host = h + qcow2_offset_into_cluster(s, pos);
+        }
+        expect = h + s->cluster_size;
+        *n += cend - pos;
+        pos = cend;
+        l2i++;
+    }
+    qcow2_cache_put(s->l2_cache, &l2);
+    return 0;
+}
+
+/*
+ * One allocating write of up to one L2 table's worth, lock held.  *done is
+ * how much of bytes it wrote.
+ */
+static int coroutine_fn write_allocating(BlockNode *bs, uint64_t offset,
+                                         uint64_t bytes, IOVec *qiov,
+                                         size_t qoff, uint64_t *done)
+{
+    Qcow2State *s = bs->opaque;
+    unsigned l2i;
+    void *l2;
+    uint8_t *head = NULL, *tail = NULL;
+    uint64_t old[QCOW2_MAX_RUN];
+    int ret;
+
+    ret = get_l2_for_write(bs, offset, &l2, &l2i);
+    if (ret < 0) {
+        return ret;
+    }
+
+    /* The run: clusters from offset that cannot be written in place. */
+    uint64_t cstart = qcow2_start_of_cluster(s, offset);
+    uint64_t end = offset + bytes;
+    unsigned nb = 0;
+    while (nb < QCOW2_MAX_RUN && l2i + nb < s->l2_size &&
+           cstart + (uint64_t)nb * s->cluster_size < end) {
+        uint64_t e = qcow2_l2_entry(s, l2, l2i + nb);
+        bool inplace = (e & QCOW_OFLAG_COPIED) &&
+                       !(e & (QCOW_OFLAG_COMPRESSED | QCOW_OFLAG_ZERO)) &&
+                       (e & L2E_OFFSET_MASK);
+        if (nb > 0 && (inplace || s->extended_l2)) {
+            break;
+        }
+        old[nb] = e;
+        nb++;
+    }
+    end = MIN(end, cstart + (uint64_t)nb * s->cluster_size);
+
+    /*
+     * What must be copied around the request.  Without subclusters: the
+     * rest of the first and last cluster.  With subclusters and a cluster
+     * that had no host space: only the rest of the touched subclusters;
+     * the other subclusters keep their state in the bitmap.
+     */
+    uint64_t old_bm = qcow2_l2_bitmap(s, l2, l2i);
+    uint64_t old_host = old[0] & L2E_OFFSET_MASK;
+    bool sub = s->extended_l2 && !(old[0] & QCOW_OFLAG_COMPRESSED) &&
+               (!old_host || (old[0] & QCOW_OFLAG_COPIED));
+    uint64_t unit = sub ? s->subcluster_size : s->cluster_size;
+    uint64_t cow_start = ROUND_DOWN(offset, unit);
+    uint64_t cow_end = ROUND_UP(end, unit);
+    uint64_t new_host;
+    bool reuse = sub && old_host;   /* our cluster, missing subclusters */
+
+    if (reuse) {
+        new_host = old_host;
+    } else if (qcow2_has_data_file(s)) {
+        new_host = cstart;          /* guest offset = host offset */
+    } else {
+        ret = qcow2_alloc_clusters(bs, nb, &new_host);
+        if (ret < 0) {
+            goto out;
+        }
+    }
+
+    uint64_t head_len = offset - cow_start, tail_len = cow_end - end;
+    IOVec v;
+    iovec_init(&v, qiov->niov + 2);
+    if (head_len || tail_len) {
+        child_debug_event(bs->file, BLKDBG_COW_READ);
+    }
+    if (head_len) {
+        head = g_malloc(head_len);
+        ret = qcow2_co_read_locked(bs, cow_start, head_len, head);
+        if (ret < 0) {
+            goto out_v;
+        }
+        iovec_add(&v, head, head_len);
+    }
+    iovec_concat(&v, qiov, qoff, end - offset);
+    if (tail_len) {
+        tail = g_malloc(tail_len);
+        ret = qcow2_co_read_locked(bs, end, tail_len, tail);
+        if (ret < 0) {
+            goto out_v;
+        }
+        iovec_add(&v, tail, tail_len);
+    }
+    child_debug_event(bs->file, BLKDBG_WRITE_AIO);
+    ret = child_co_pwritev(s->data_file,
+                           (int64_t)(new_host + (cow_start - cstart)),
+                           (int64_t)(cow_end - cow_start), &v, 0, 0);
+    if (ret < 0) {
+        goto out_v;
+    }
+
+    for (unsigned i = 0; i < nb; i++) {
+        qcow2_set_l2_entry(s, l2, l2i + i,
+                           (new_host + (uint64_t)i * s->cluster_size) |
+                           QCOW_OFLAG_COPIED);
+    }
+    if (s->extended_l2) {
+        uint64_t bm;
+        if (sub) {
+            unsigned a = (unsigned)((cow_start - cstart) >> s->subcluster_bits);
+            unsigned b = (unsigned)((cow_end - cstart) >> s->subcluster_bits);
+            uint64_t touched = ((1ull << b) - 1) & ~((1ull << a) - 1);
+            bm = (old_bm | touched) & ~(touched << 32);
+        } else {
+            bm = QCOW_L2_BITMAP_ALL_ALLOC;
+        }
+        qcow2_set_l2_bitmap(s, l2, l2i, bm);
+    }
+    qcow2_cache_mark_dirty(s->l2_cache, l2);
+    *done = end - offset;
+    if (!reuse) {
+        ret = free_old_entries(bs, old, nb, QCOW2_DISCARD_OTHER);
+    }
+
+out_v:
+    iovec_destroy(&v);
+out:
+    g_free(head);
+    g_free(tail);
+    qcow2_cache_put(s->l2_cache, &l2);
+    return ret;
+}
+
+int coroutine_fn qcow2_co_pwritev(BlockNode *bs, int64_t offset,
+                                  int64_t bytes, IOVec *qiov,
+                                  size_t qiov_offset, int flags)
+{
+    Qcow2State *s = bs->opaque;
+    (void)flags;
+
+    if (s->corrupt) {
+        return -EIO;
+    }
+    while (bytes > 0) {
+        uint64_t n = 0, host = 0;
+        int ret;
+
+        co_mutex_lock(&s->lock);
+        ret = in_place_run(bs, (uint64_t)offset, (uint64_t)bytes, &n, &host);
+        if (ret >= 0 && n > 0) {
+            co_mutex_unlock(&s->lock);
+            child_debug_event(bs->file, BLKDBG_WRITE_AIO);
+            ret = child_co_pwritev(s->data_file, (int64_t)host, (int64_t)n,
+                                   qiov, qiov_offset, 0);
+        } else if (ret >= 0) {
+            ret = write_allocating(bs, (uint64_t)offset, (uint64_t)bytes,
+                                   qiov, qiov_offset, &n);
+            co_mutex_unlock(&s->lock);
+        } else {
+            co_mutex_unlock(&s->lock);
+        }
+        if (ret < 0) {
+            return ret;
+        }
+        offset += (int64_t)n;
+        qiov_offset += n;
+        bytes -= (int64_t)n;
+    }
+    return 0;
+}
+
+/* ---- Zero writes and discards ---- */
+
+/* New entry and bitmap for a cluster whose subclusters [a, b) read zero. */
+static void zero_entry(const Qcow2State *s, bool backing, uint64_t e,
+                       uint64_t bm, unsigned a, unsigned b, bool unmap,
+                       uint64_t *ne, uint64_t *nbm)
+{
+    bool whole = a == 0 && b == s->subclusters_per_cluster;
+
+    if (e & QCOW_OFLAG_COMPRESSED) {
+        unmap = true;    /* a compressed cluster cannot keep its space */
+    }
+    (void)backing;
+    if (!s->extended_l2) {
+        *ne = (unmap ? 0 : (e & ~QCOW_OFLAG_COMPRESSED)) | QCOW_OFLAG_ZERO;
+        *nbm = 0;
+        return;
+    }
+    if (whole && (unmap || !(e & L2E_OFFSET_MASK))) {
+        *ne = 0;
+        *nbm = QCOW_L2_BITMAP_ALL_ZEROES;
+        return;
+    }
+    uint64_t range = ((1ull << b) - 1) & ~((1ull << a) - 1);
+    *ne = e;
+    *nbm = (bm | (range << 32)) & ~range;
+}
+
+/*
+ * zero: make the range read as zeroes; else discard it.  full: the range
+ * goes away entirely (shrinking): entries become 0 whatever lies below.
+ */
+static int coroutine_fn zero_or_discard(BlockNode *bs, uint64_t offset,
+                                        uint64_t bytes, bool zero, bool unmap,
+                                        bool full, Qcow2DiscardType dt)
+{
+    Qcow2State *s = bs->opaque;
+    int ret = 0;
+
+    while (bytes > 0 && ret >= 0) {
+        unsigned l2i;
+        void *l2;
+        uint64_t old[QCOW2_MAX_RUN];
+        unsigned nfree = 0;
+
+        ret = get_l2_for_write(bs, offset, &l2, &l2i);
+        if (ret < 0) {
+            break;
+        }
+        while (bytes > 0 && l2i < s->l2_size && nfree < QCOW2_MAX_RUN) {
+            uint64_t in = qcow2_offset_into_cluster(s, offset);
+            uint64_t n = MIN(bytes, s->cluster_size - in);
+            unsigned a = (unsigned)(in >> s->subcluster_bits);
+            unsigned b = (unsigned)((in + n + s->subcluster_size - 1) >>
+                                    s->subcluster_bits);
+            uint64_t e = qcow2_l2_entry(s, l2, l2i);
+            uint64_t bm = qcow2_l2_bitmap(s, l2, l2i);
+            uint64_t ne, nbm;
+
+            if (zero) {
+                zero_entry(s, bs->backing != NULL, e, bm, a, b, unmap, &ne,
+                           &nbm);
+            } else {
+                /*
+                 * Discard: read back as zeroes where there was host space
+                 * or a backing file; an unallocated cluster without one
+                 * already reads as zeroes and stays as it is (QEMU 7.2).
+                 */
+                bool allocated = (e & (L2E_OFFSET_MASK |
+                                       QCOW_OFLAG_COMPRESSED)) ||
+                                 (qcow2_has_data_file(s) &&
+                                  (e & QCOW_OFLAG_COPIED));
+                if (!full && !bs->backing && !allocated) {
+                    ne = e;
+                    nbm = bm;
+                } else if (!full) {
+                    if (s->extended_l2) {
+                        ne = 0;
+                        nbm = QCOW_L2_BITMAP_ALL_ZEROES;
+                    } else {
+                        ne = s->version >= 3 ? QCOW_OFLAG_ZERO : 0;
+                        nbm = 0;
+                    }
+                } else {
+                    ne = nbm = 0;
+                }
+            }
+            if (ne != e || nbm != bm) {
+                qcow2_set_l2_entry(s, l2, l2i, ne);
+                if (s->extended_l2) {
+                    qcow2_set_l2_bitmap(s, l2, l2i, nbm);
+                }
+                qcow2_cache_mark_dirty(s->l2_cache, l2);
+                /* The host space goes when the entry no longer holds it. */
+                uint64_t keep = ne & L2E_OFFSET_MASK;
+                if ((e & QCOW_OFLAG_COMPRESSED) ||
+                    ((e & L2E_OFFSET_MASK) && !keep)) {
+                    old[nfree++] = e;
+                }
+            }
+            offset += n;
+            bytes -= n;
+            l2i++;
+        }
+        qcow2_cache_put(s->l2_cache, &l2);
+        ret = free_old_entries(bs, old, nfree, dt);
+    }
+    return ret;
+}
+
+/*
+ * Does [offset, offset + bytes) read as zeroes, as far as the metadata
+ * tells without reading data?  Lock held.  (QEMU's is_zero(): unallocated
+ * without a backing file, zero clusters, or a backing file that says so.)
+ */
+static int coroutine_fn is_zero(BlockNode *bs, uint64_t offset,
+                                uint64_t bytes)
+{
+    while (bytes > 0) {
+        uint64_t n = bytes, host;
+        Qcow2SubclusterType t;
+        int ret = qcow2_get_host_offset(bs, offset, &n, &host, &t);
+
+        if (ret < 0) {
+            return ret;
+        }
+        if (t == QCOW2_SC_UNALLOC_PLAIN || t == QCOW2_SC_UNALLOC_ALLOC) {
+            if (bs->backing) {
+                int64_t blen = node_getlength(bs->backing->bs), pnum;
+                if (blen < 0) {
+                    return (int)blen;
+                }
+                if ((int64_t)offset < blen) {
+                    n = MIN(n, (uint64_t)blen - offset);
+                    ret = node_co_block_status(bs->backing->bs, false,
+                                               (int64_t)offset, (int64_t)n,
+                                               &pnum, NULL, NULL);
+                    if (ret < 0) {
+                        return ret;
+                    }
+                    if (!(ret & BLOCK_ZERO)) {
+                        return 0;
+                    }
+                    n = (uint64_t)pnum;
+                }
+            }
+        } else if (t != QCOW2_SC_ZERO_PLAIN && t != QCOW2_SC_ZERO_ALLOC) {
+            return 0;
+        }
+        offset += n;
+        bytes -= n;
+    }
+    return 1;
+}
+
+static int coroutine_fn write_zero_data(BlockNode *bs, uint64_t offset,
+                                        uint64_t bytes)
+{
+    void *buf = g_malloc0(bytes);
+    IOVec q;
+    int ret;
+
+    iovec_init_buf(&q, buf, bytes);
+    ret = qcow2_co_pwritev(bs, (int64_t)offset, (int64_t)bytes, &q, 0, 0);
+    iovec_destroy(&q);
+    g_free(buf);
+    return ret;
+}
+
+/*
+ * A partial subcluster at the edge of a zero write: if the rest of the
+ * subcluster reads as zeroes already, the whole subcluster becomes a zero
+ * subcluster (as QEMU does); otherwise the zeroes are written as data.
+ */
+static int coroutine_fn zero_edge(BlockNode *bs, uint64_t offset,
+                                  uint64_t bytes, int flags)
+{
+    Qcow2State *s = bs->opaque;
+    uint64_t start = ROUND_DOWN(offset, s->subcluster_size);
+    uint64_t end = MIN(start + s->subcluster_size, s->size);
+    int ret;
+
+    co_mutex_lock(&s->lock);
+    ret = is_zero(bs, start, offset - start);
+    if (ret > 0) {
+        ret = is_zero(bs, offset + bytes, end - (offset + bytes));
+    }
+    if (ret > 0) {
+        uint64_t n = end - start, host;
+        Qcow2SubclusterType t;
+        ret = qcow2_get_host_offset(bs, start, &n, &host, &t);
+        if (ret >= 0 && t != QCOW2_SC_NORMAL && t != QCOW2_SC_COMPRESSED) {
+            ret = zero_or_discard(bs, start, end - start, s->version >= 3,
+                                  flags & REQ_MAY_UNMAP, false,
+                                  QCOW2_DISCARD_REQUEST);
+            co_mutex_unlock(&s->lock);
+            return ret;
+        }
+    }
+    co_mutex_unlock(&s->lock);
+    if (ret < 0) {
+        return ret;
+    }
+    return write_zero_data(bs, offset, bytes);
+}
+
+int coroutine_fn qcow2_co_pwrite_zeroes(BlockNode *bs, int64_t offset,
+                                        int64_t bytes, int flags)
+{
+    Qcow2State *s = bs->opaque;
+    uint64_t off = (uint64_t)offset, end = (uint64_t)(offset + bytes);
+    int ret = 0;
+
+    /*
+     * A raw data file must hold the zeroes itself.  v2 has no zero flag:
+     * without a backing file a discard reads back as zeroes (QEMU does the
+     * same); with one, zeroes must be written as data.
+     */
+    if (qcow2_data_file_is_raw(s) || (s->version < 3 && bs->backing)) {
+        return -ENOTSUP;
+    }
+    if (s->corrupt) {
+        return -EIO;
+    }
+
+    /* The head and tail pieces that do not fill a subcluster. */
+    uint64_t head_end = MIN(end, ROUND_UP(off, s->subcluster_size));
+    if (off < head_end && (qcow2_offset_into_subcluster(s, off) ||
+                           (head_end < s->size &&
+                            qcow2_offset_into_subcluster(s, head_end)))) {
+        ret = zero_edge(bs, off, head_end - off, flags);
+        off = head_end;
+    }
+    uint64_t tail_start = MAX(off, ROUND_DOWN(end, s->subcluster_size));
+    if (ret >= 0 && tail_start < end && end != s->size) {
+        ret = zero_edge(bs, tail_start, end - tail_start, flags);
+        end = tail_start;
+    }
+    if (ret >= 0 && off < end) {
+        co_mutex_lock(&s->lock);
+        ret = zero_or_discard(bs, off, end - off, s->version >= 3,
+                              flags & REQ_MAY_UNMAP, false,
+                              QCOW2_DISCARD_REQUEST);
+        co_mutex_unlock(&s->lock);
+    }
+    return ret;
+}
+
+int coroutine_fn qcow2_co_pdiscard(BlockNode *bs, int64_t offset,
+                                   int64_t bytes)
+{
+    Qcow2State *s = bs->opaque;
+    uint64_t start = ROUND_UP((uint64_t)offset, s->cluster_size);
+    uint64_t end = (uint64_t)(offset + bytes);
+    int ret;
+
+    if (s->corrupt) {
+        return -EIO;
+    }
+    /*
+     * A v2 image cannot make a cluster read as zeroes over a backing file;
+     * QEMU 7.2 then keeps the data, and so do we (discard is advisory).
+     */
+    if (s->version < 3 && bs->backing) {
+        return 0;
+    }
+    /* Whole clusters only; the image's last cluster may be partial. */
+    if (end != s->size) {
+        end = ROUND_DOWN(end, s->cluster_size);
+    }
+    if (end <= start) {
+        return 0;
+    }
+    co_mutex_lock(&s->lock);
+    ret = zero_or_discard(bs, start, end - start, false, true, false,
+                          QCOW2_DISCARD_REQUEST);
+    co_mutex_unlock(&s->lock);
+    return ret;
+}
+
+int coroutine_fn qcow2_discard_tail(BlockNode *bs, uint64_t offset,
+                                    uint64_t bytes)
+{
+    return zero_or_discard(bs, offset, bytes, false, true, true,
+                           QCOW2_DISCARD_ALWAYS);
+}

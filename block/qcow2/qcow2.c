@@ -1,0 +1,842 @@
+/*
+ * The qcow2 format driver: opening, the data path and image information.
+ * See qcow2.h for how the files of block/qcow2/ divide the work.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <string.h>
+
+#include "strata/units.h"
+
+#include "qcow2.h"
+#include "qcow2-compress.h"
+
+#define DEFAULT_L2_CACHE_MAX (32ull * 1024 * 1024)
+#define MIN_L2_CACHE_TABLES 2
+#define DEFAULT_REFCOUNT_CACHE_TABLES 4
+
+static int qcow2_probe(const uint8_t *buf, int buf_size, const char *filename)
+{
+    (void)filename;
+    if (buf_size >= 8 && be32toh(*(const uint32_t *)buf) == QCOW2_MAGIC &&
+        be32toh(*(const uint32_t *)(buf + 4)) >= 2) {
+        return 100;
+    }
+    return 0;
+}
+
+/* ---- Options ---- */
+
+/*
+ * Cache sizes as QEMU 7.2 chooses them: by default enough L2 cache to map
+ * the whole disk, up to 32 MiB; cache-size splits between the two caches.
+ */
+static bool read_cache_sizes(BlockNode *bs, json_t *options, GError **errp)
+{
+    Qcow2State *s = bs->opaque;
+    uint64_t combined = 0, l2 = 0, refcount = 0;
+    json_t *v;
+    bool has_combined = (v = json_object_get(options, "cache-size")) != NULL;
+    bool has_l2 = json_object_get(options, "l2-cache-size") != NULL;
+    bool has_rc = json_object_get(options, "refcount-cache-size") != NULL;
+    uint64_t max_l2_entries = DIV_ROUND_UP(s->size, s->cluster_size);
+    uint64_t max_l2 = ROUND_UP(max_l2_entries * s->l2_entry_size,
+                               s->cluster_size);
+    uint64_t min_rc = DEFAULT_REFCOUNT_CACHE_TABLES * s->cluster_size;
+    uint64_t entry_size = s->cluster_size;
+
+    if (!opts_take_size(options, "cache-size", &combined, errp) ||
+        !opts_take_size(options, "l2-cache-size", &l2, errp) ||
+        !opts_take_size(options, "refcount-cache-size", &refcount, errp) ||
+        !opts_take_size(options, "l2-cache-entry-size", &entry_size, errp)) {
+        return false;
+    }
+    if (has_combined) {
+        if (has_l2 && has_rc) {
+            error_setg(errp, "cache-size, l2-cache-size and "
+                       "refcount-cache-size may not be set at the same time");
+            return false;
+        } else if (has_l2 && l2 > combined) {
+            error_setg(errp, "l2-cache-size may not exceed cache-size");
+            return false;
+        } else if (has_rc && refcount > combined) {
+            error_setg(errp, "refcount-cache-size may not exceed cache-size");
+            return false;
+        }
+        if (has_l2) {
+            refcount = combined - l2;
+        } else if (has_rc) {
+            l2 = combined - refcount;
+        } else {
+            /* Enough L2 for the whole disk first, the rest for refcounts. */
+            l2 = MIN(max_l2, combined);
+            refcount = combined - l2;
+            if (refcount < min_rc) {
+                refcount = min_rc;
+                l2 = combined > min_rc ? combined - min_rc : 0;
+            }
+        }
+    } else {
+        if (!has_l2) {
+            l2 = MIN(max_l2, DEFAULT_L2_CACHE_MAX);
+        }
+        if (!has_rc) {
+            refcount = min_rc;
+        }
+    }
+    if (entry_size < 512 || entry_size > s->cluster_size ||
+        (entry_size & (entry_size - 1))) {
+        error_setg(errp, "L2 cache entry size must be a power of two between "
+                   "512 and the cluster size (%" PRIu64 ")", s->cluster_size);
+        return false;
+    }
+    s->l2_cache_bytes = MAX(l2, MIN_L2_CACHE_TABLES * s->cluster_size);
+    s->refcount_cache_bytes = MAX(refcount, min_rc);
+    return true;
+}
+
+static const char *const overlap_modes[] = { "none", "constant", "cached",
+                                             "all", NULL };
+
+static bool read_runtime_options(BlockNode *bs, json_t *options, int flags,
+                                 GError **errp)
+{
+    Qcow2State *s = bs->opaque;
+    bool lazy = s->compatible_features & QCOW2_COMPAT_LAZY_REFCOUNTS;
+    uint64_t clean_interval = 600;
+    int overlap = 2;  /* cached */
+    char *tmpl = NULL;
+
+    s->discard_passthrough_request = true;
+    s->discard_passthrough_snapshot = true;
+    s->discard_passthrough_other = false;
+
+    if (!read_cache_sizes(bs, options, errp) ||
+        !opts_take_bool(options, "lazy-refcounts", &lazy, errp) ||
+        !opts_take_bool(options, "pass-discard-request",
+                        &s->discard_passthrough_request, errp) ||
+        !opts_take_bool(options, "pass-discard-snapshot",
+                        &s->discard_passthrough_snapshot, errp) ||
+        !opts_take_bool(options, "pass-discard-other",
+                        &s->discard_passthrough_other, errp) ||
+        !opts_take_size(options, "cache-clean-interval", &clean_interval,
+                        errp)) {
+        return false;
+    }
+    if (clean_interval > UINT32_MAX) {
+        error_setg(errp, "Cache clean interval too big");
+        return false;
+    }
+    if (lazy && s->version < 3) {
+        error_setg(errp, "Lazy refcounts require a qcow2 image with at least "
+                   "qemu 1.1 compatibility level");
+        return false;
+    }
+    s->lazy_refcounts = lazy;
+
+    /* overlap-check is either a mode or a set of per-structure switches. */
+    json_t *ov = json_object_get(options, "overlap-check");
+    if (ov && !json_is_object(ov)) {
+        if (!opts_take_enum(options, "overlap-check", overlap_modes, &overlap,
+                            errp)) {
+            return false;
+        }
+    } else {
+        json_t *sub = opts_take_subtree(options, "overlap-check");
+        if (sub) {
+            static const char *const keys[] = {
+                "main-header", "active-l1", "active-l2", "refcount-table",
+                "refcount-block", "snapshot-table", "inactive-l1",
+                "inactive-l2", "bitmap-directory",
+            };
+            if (!opts_take_enum(sub, "template", overlap_modes, &overlap,
+                                errp)) {
+                json_decref(sub);
+                return false;
+            }
+            for (size_t i = 0; i < G_N_ELEMENTS(keys); i++) {
+                bool b;
+                if (!opts_take_bool(sub, keys[i], &b, errp)) {
+                    json_decref(sub);
+                    return false;
+                }
+            }
+            char *left = opts_first_key(sub);
+            json_decref(sub);
+            if (left) {
+                error_setg(errp, "Block format 'qcow2' does not support the "
+                           "option 'overlap-check.%s'", left);
+                g_free(left);
+                return false;
+            }
+        }
+    }
+    s->overlap_check = overlap;
+    g_free(tmpl);
+    (void)flags;
+    return true;
+}
+
+/* ---- Open and close ---- */
+
+static int coroutine_fn load_tables(BlockNode *bs, GError **errp)
+{
+    Qcow2State *s = bs->opaque;
+    int ret;
+
+    s->l1_alloc = MAX(s->l1_size, 1);
+    s->l1_table = g_try_new0(uint64_t, s->l1_alloc);
+    if (!s->l1_table) {
+        error_setg(errp, "Could not allocate L1 table");
+        return -ENOMEM;
+    }
+    if (s->l1_size) {
+        ret = child_co_pread(bs->file, (int64_t)s->l1_table_offset,
+                             (int64_t)s->l1_size * 8, s->l1_table, 0);
+        if (ret < 0) {
+            error_setg_errno(errp, -ret, "Could not read L1 table");
+            return ret;
+        }
+        for (uint32_t i = 0; i < s->l1_size; i++) {
+            s->l1_table[i] = be64toh(s->l1_table[i]);
+        }
+    }
+
+    s->refcount_table = g_try_new0(uint64_t, s->refcount_table_size);
+    if (!s->refcount_table) {
+        error_setg(errp, "Could not initialize refcount handling");
+        return -ENOMEM;
+    }
+    child_debug_event(bs->file, BLKDBG_REFTABLE_LOAD);
+    ret = child_co_pread(bs->file, (int64_t)s->refcount_table_offset,
+                         (int64_t)s->refcount_table_size * 8,
+                         s->refcount_table, 0);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "Could not initialize refcount handling");
+        return ret;
+    }
+    for (uint32_t i = 0; i < s->refcount_table_size; i++) {
+        s->refcount_table[i] = be64toh(s->refcount_table[i]);
+    }
+
+    s->l2_cache = qcow2_cache_new(bs, true,
+                                  (int)(s->l2_cache_bytes / s->cluster_size),
+                                  (unsigned)s->cluster_size);
+    s->refcount_cache = qcow2_cache_new(
+        bs, false, (int)(s->refcount_cache_bytes / s->cluster_size),
+        (unsigned)s->cluster_size);
+    if (!s->l2_cache || !s->refcount_cache) {
+        error_setg(errp, "Could not allocate metadata caches");
+        return -ENOMEM;
+    }
+    qcow2_cache_set_dependency(s->l2_cache, s->refcount_cache);
+    return 0;
+}
+
+/* The external data file, from the option or the name the image records. */
+static int open_data_file(BlockNode *bs, json_t *options, int flags,
+                          GError **errp)
+{
+    Qcow2State *s = bs->opaque;
+    bool given = json_object_get(options, "data-file") != NULL;
+    char *prefix = NULL;
+
+    if (!given) {
+        const char *k;
+        json_t *v;
+        json_object_foreach(options, k, v) {
+            if (g_str_has_prefix(k, "data-file.")) {
+                given = true;
+            }
+        }
+    }
+    if (!qcow2_has_data_file(s)) {
+        if (given) {
+            error_setg(errp, "'data-file' can only be set for images with an "
+                       "external data file");
+            return -EINVAL;
+        }
+        s->data_file = bs->file;
+        return 0;
+    }
+    if (!given) {
+        if (!s->data_file_name) {
+            error_setg(errp, "'data-file' is required for this image");
+            return -EINVAL;
+        }
+        /*
+         * QEMU 7.2 opens the recorded name as it is: a relative name is
+         * relative to the working directory, not to the image.
+         */
+        json_t *sub = json_object();
+        json_object_set_new(sub, "driver", json_string("file"));
+        json_object_set_new(sub, "filename", json_string(s->data_file_name));
+        json_object_set_new(options, "data-file", sub);
+    }
+    s->data_file = node_open_child(bs, options, "data-file",
+                                   CHILD_ROLE_DATA, false, errp);
+    g_free(prefix);
+    (void)flags;
+    return s->data_file ? 0 : -EINVAL;
+}
+
+static void qcow2_free_state(Qcow2State *s)
+{
+    qcow2_cache_free(s->l2_cache);
+    qcow2_cache_free(s->refcount_cache);
+    s->l2_cache = s->refcount_cache = NULL;
+    g_free(s->l1_table);
+    g_free(s->refcount_table);
+    g_free(s->backing_file);
+    g_free(s->backing_format);
+    g_free(s->data_file_name);
+    g_free(s->feature_table);
+    if (s->unknown_exts) {
+        g_ptr_array_unref(s->unknown_exts);
+    }
+    memset(s, 0, sizeof(*s));
+}
+
+typedef struct OpenCo {
+    BlockNode *bs;
+    json_t *options;
+    int flags;
+    GError *err;
+    int ret;
+} OpenCo;
+
+static void coroutine_fn open_co(void *opaque)
+{
+    OpenCo *o = opaque;
+    BlockNode *bs = o->bs;
+    Qcow2State *s = bs->opaque;
+    int ret;
+
+    ret = qcow2_read_header(bs, o->options, o->flags, &o->err);
+    if (ret < 0) {
+        goto out;
+    }
+    if (!read_runtime_options(bs, o->options, o->flags, &o->err)) {
+        ret = -EINVAL;
+        goto out;
+    }
+    ret = load_tables(bs, &o->err);
+    if (ret < 0) {
+        goto out;
+    }
+    ret = open_data_file(bs, o->options, o->flags, &o->err);
+    if (ret < 0) {
+        goto out;
+    }
+    if (s->backing_file) {
+        g_strlcpy(bs->backing_file, s->backing_file, sizeof(bs->backing_file));
+    }
+    if (s->backing_format) {
+        g_strlcpy(bs->backing_format, s->backing_format,
+                  sizeof(bs->backing_format));
+    }
+    if ((o->flags & NODE_O_RDWR) &&
+        (s->incompatible_features & QCOW2_INCOMPAT_DIRTY)) {
+        /*
+         * Refcounts may be stale (lazy refcounts and a crash): only a
+         * rebuild of the refcounts, which `check -r` will do, makes writing
+         * safe.  Until it exists the image opens read-only or not at all.
+         */
+        error_setg(&o->err, "Could not repair dirty image: repairing "
+                   "refcounts is not implemented yet; open it read-only");
+        ret = -ENOTSUP;
+        goto out;
+    }
+    ret = 0;
+out:
+    o->ret = ret;
+}
+
+static int qcow2_open(BlockNode *bs, json_t *options, int flags, GError **errp)
+{
+    Qcow2State *s = bs->opaque;
+    OpenCo o = { .bs = bs, .options = options, .flags = flags };
+
+    s->unknown_exts = g_ptr_array_new_with_free_func(g_free);
+    co_mutex_init(&s->lock);
+
+    bs->file = node_open_child(bs, options, "file",
+                               CHILD_ROLE_IMAGE | CHILD_ROLE_PRIMARY, false,
+                               errp);
+    if (!bs->file) {
+        qcow2_free_state(s);
+        return -EINVAL;
+    }
+    if (in_coroutine()) {
+        open_co(&o);
+    } else {
+        co_run_sync(open_co, &o);
+    }
+    if (o.ret < 0) {
+        g_propagate_error(errp, o.err);
+        qcow2_free_state(s);
+        return o.ret;
+    }
+    bs->supported_zero_flags = REQ_MAY_UNMAP | REQ_NO_FALLBACK;
+    return 0;
+}
+
+typedef struct FlushCo {
+    BlockNode *bs;
+    int ret;
+} FlushCo;
+
+static void coroutine_fn close_co(void *opaque)
+{
+    FlushCo *f = opaque;
+    BlockNode *bs = f->bs;
+    Qcow2State *s = bs->opaque;
+
+    if (!bs->read_only) {
+        f->ret = qcow2_cache_flush(s->l2_cache);
+        if (f->ret >= 0) {
+            f->ret = qcow2_cache_flush(s->refcount_cache);
+        }
+        if (f->ret >= 0 && s->dirty_set_by_us) {
+            qcow2_clear_incompat_bit(bs, QCOW2_INCOMPAT_DIRTY);
+        }
+    }
+}
+
+static void qcow2_close(BlockNode *bs)
+{
+    Qcow2State *s = bs->opaque;
+    FlushCo f = { .bs = bs };
+
+    if (s->l2_cache) {
+        if (in_coroutine()) {
+            close_co(&f);
+        } else {
+            co_run_sync(close_co, &f);
+        }
+    }
+    qcow2_free_state(s);
+}
+
+static void qcow2_refresh_limits(BlockNode *bs)
+{
+    Qcow2State *s = bs->opaque;
+
+    bs->bl.request_alignment = 1;
+    /* Unaligned zero writes come to us whole: see qcow2_co_pwrite_zeroes. */
+    bs->bl.pdiscard_alignment = (uint32_t)s->cluster_size;
+}
+
+/* ---- Reads ---- */
+
+static int coroutine_fn read_backing(BlockNode *bs, uint64_t offset,
+                                     uint64_t bytes, IOVec *qiov, size_t qoff)
+{
+    int64_t blen;
+    uint64_t n = 0;
+
+    if (!bs->backing) {
+        iov_memset(qiov->iov, qiov->niov, qoff, 0, bytes);
+        return 0;
+    }
+    /* A shorter backing file reads as zeroes past its end. */
+    blen = node_getlength(bs->backing->bs);
+    if (blen < 0) {
+        return (int)blen;
+    }
+    if ((int64_t)offset < blen) {
+        n = MIN(bytes, (uint64_t)blen - offset);
+        child_debug_event(bs->file, BLKDBG_READ_BACKING_AIO);
+        int ret = child_co_preadv(bs->backing, (int64_t)offset, (int64_t)n,
+                                  qiov, qoff, 0);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    if (n < bytes) {
+        iov_memset(qiov->iov, qiov->niov, qoff + n, 0, bytes - n);
+    }
+    return 0;
+}
+
+static int coroutine_fn read_compressed(BlockNode *bs, uint64_t offset,
+                                        uint64_t bytes, uint64_t descriptor,
+                                        IOVec *qiov, size_t qoff)
+{
+    Qcow2State *s = bs->opaque;
+    uint64_t coffset = descriptor & s->cluster_offset_mask;
+    uint64_t nb_sectors = ((descriptor >> s->csize_shift) & s->csize_mask) + 1;
+    uint64_t csize = nb_sectors * QCOW2_COMPRESSED_SECTOR_SIZE -
+                     (coffset & (QCOW2_COMPRESSED_SECTOR_SIZE - 1));
+    uint8_t *in = g_try_malloc(csize);
+    uint8_t *out = g_try_malloc(s->cluster_size);
+    int ret;
+
+    if (!in || !out) {
+        ret = -ENOMEM;
+        goto out;
+    }
+    child_debug_event(bs->file, BLKDBG_READ_COMPRESSED);
+    ret = child_co_pread(bs->file, (int64_t)coffset, (int64_t)csize, in, 0);
+    if (ret < 0) {
+        goto out;
+    }
+    ret = qcow2_co_decompress(s->compression_type, out, s->cluster_size, in,
+                              csize);
+    if (ret < 0) {
+        goto out;
+    }
+    iov_from_buf(qiov->iov, qiov->niov, qoff,
+                 out + qcow2_offset_into_cluster(s, offset), bytes);
+    ret = 0;
+out:
+    g_free(in);
+    g_free(out);
+    return ret;
+}
+
+/*
+ * have_lock: the caller holds s->lock (an allocating write reading what it
+ * must copy); otherwise the lock is taken for each lookup only, so data
+ * reads run in parallel.
+ */
+static int coroutine_fn do_read(BlockNode *bs, int64_t offset, int64_t bytes,
+                                IOVec *qiov, size_t qiov_offset,
+                                bool have_lock)
+{
+    Qcow2State *s = bs->opaque;
+
+    while (bytes > 0) {
+        uint64_t n = (uint64_t)bytes, host;
+        Qcow2SubclusterType type;
+        int ret;
+
+        if (!have_lock) {
+            co_mutex_lock(&s->lock);
+        }
+        ret = qcow2_get_host_offset(bs, (uint64_t)offset, &n, &host, &type);
+        if (!have_lock) {
+            co_mutex_unlock(&s->lock);
+        }
+        if (ret < 0) {
+            return ret;
+        }
+
+        switch (type) {
+        case QCOW2_SC_UNALLOC_PLAIN:
+        case QCOW2_SC_UNALLOC_ALLOC:
+            ret = read_backing(bs, (uint64_t)offset, n, qiov, qiov_offset);
+            break;
+        case QCOW2_SC_ZERO_PLAIN:
+        case QCOW2_SC_ZERO_ALLOC:
+            iov_memset(qiov->iov, qiov->niov, qiov_offset, 0, n);
+            break;
+        case QCOW2_SC_COMPRESSED:
+            ret = read_compressed(bs, (uint64_t)offset, n, host, qiov,
+                                  qiov_offset);
+            break;
+        case QCOW2_SC_NORMAL:
+            child_debug_event(bs->file, BLKDBG_READ_AIO);
+            ret = child_co_preadv(s->data_file, (int64_t)host, (int64_t)n,
+                                  qiov, qiov_offset, 0);
+            break;
+        default:
+            ret = -EIO;
+        }
+        if (ret < 0) {
+            return ret;
+        }
+        offset += (int64_t)n;
+        qiov_offset += n;
+        bytes -= (int64_t)n;
+    }
+    return 0;
+}
+
+int coroutine_fn qcow2_co_read_locked(BlockNode *bs, uint64_t offset,
+                                      uint64_t bytes, void *buf)
+{
+    IOVec q;
+    int ret;
+
+    iovec_init_buf(&q, buf, bytes);
+    ret = do_read(bs, (int64_t)offset, (int64_t)bytes, &q, 0, true);
+    iovec_destroy(&q);
+    return ret;
+}
+
+static int coroutine_fn qcow2_co_preadv(BlockNode *bs, int64_t offset,
+                                        int64_t bytes, IOVec *qiov,
+                                        size_t qiov_offset, int flags)
+{
+    (void)flags;
+    return do_read(bs, offset, bytes, qiov, qiov_offset, false);
+}
+
+/* ---- Block status ---- */
+
+static int coroutine_fn qcow2_co_block_status(BlockNode *bs, bool want_zero,
+                                              int64_t offset, int64_t bytes,
+                                              int64_t *pnum, int64_t *map,
+                                              BlockNode **file)
+{
+    Qcow2State *s = bs->opaque;
+    uint64_t n = (uint64_t)bytes, host;
+    Qcow2SubclusterType type;
+    int ret, status = 0;
+    (void)want_zero;
+
+    co_mutex_lock(&s->lock);
+    ret = qcow2_get_host_offset(bs, (uint64_t)offset, &n, &host, &type);
+    co_mutex_unlock(&s->lock);
+    if (ret < 0) {
+        return ret;
+    }
+    *pnum = (int64_t)n;
+
+    if ((type == QCOW2_SC_NORMAL || type == QCOW2_SC_ZERO_ALLOC ||
+         type == QCOW2_SC_UNALLOC_ALLOC) && host) {
+        /* Where the data is (ZERO_ALLOC keeps its cluster). */
+        *map = (int64_t)host;
+        *file = s->data_file->bs;
+        status |= BLOCK_OFFSET_VALID;
+    } else if (type == QCOW2_SC_NORMAL && qcow2_has_data_file(s)) {
+        *map = (int64_t)host;
+        *file = s->data_file->bs;
+        status |= BLOCK_OFFSET_VALID;
+    }
+    if (type == QCOW2_SC_ZERO_PLAIN || type == QCOW2_SC_ZERO_ALLOC) {
+        status |= BLOCK_ZERO;
+    } else if (type == QCOW2_SC_NORMAL || type == QCOW2_SC_COMPRESSED) {
+        status |= BLOCK_DATA;
+    }
+    if (type == QCOW2_SC_NORMAL && !s->crypt_method) {
+        status |= BLOCK_RECURSE;
+    }
+    if (type == QCOW2_SC_UNALLOC_ALLOC) {
+        /* Reserved but not allocated: not ours to report as data. */
+        status &= ~BLOCK_OFFSET_VALID;
+    }
+    return status;
+}
+
+/* ---- Flush ---- */
+
+static int coroutine_fn qcow2_co_flush_to_os(BlockNode *bs)
+{
+    Qcow2State *s = bs->opaque;
+    int ret;
+
+    if (bs->read_only) {
+        return 0;
+    }
+    co_mutex_lock(&s->lock);
+    ret = qcow2_cache_write(s->l2_cache);
+    if (ret >= 0) {
+        ret = qcow2_cache_write(s->refcount_cache);
+    }
+    co_mutex_unlock(&s->lock);
+    return ret;
+}
+
+/* ---- Resize ---- */
+
+static int coroutine_fn qcow2_co_truncate(BlockNode *bs, int64_t offset,
+                                          bool exact, PreallocMode prealloc,
+                                          GError **errp)
+{
+    Qcow2State *s = bs->opaque;
+    uint64_t new_size = (uint64_t)offset;
+    uint64_t l2_span = 1ull << (s->l2_bits + s->cluster_bits);
+    int ret;
+    (void)exact;
+
+    if (new_size & 511) {
+        error_setg(errp, "The new size must be a multiple of 512");
+        return -EINVAL;
+    }
+    if (s->nb_snapshots && new_size != s->size) {
+        error_setg(errp, "Can't resize an image which has snapshots");
+        return -ENOTSUP;
+    }
+    if (new_size < s->size && prealloc != PREALLOC_OFF) {
+        error_setg(errp, "Preallocation can't be used for shrinking an image");
+        return -EINVAL;
+    }
+    if (prealloc != PREALLOC_OFF) {
+        error_setg(errp, "Preallocated resize of qcow2 images is not "
+                   "supported yet");
+        return -ENOTSUP;
+    }
+    if (s->corrupt) {
+        error_setg(errp, "Image is corrupt; cannot be resized");
+        return -EIO;
+    }
+
+    co_mutex_lock(&s->lock);
+    if (new_size < s->size) {
+        /* Whole clusters past the new end go; the last one stays. */
+        uint64_t from = ROUND_UP(new_size, s->cluster_size);
+        if (from < s->size) {
+            ret = qcow2_discard_tail(bs, from, s->size - from);
+            if (ret < 0) {
+                error_setg_errno(errp, -ret, "Failed to discard cropped "
+                                 "clusters");
+                goto out;
+            }
+        }
+    } else {
+        uint64_t need = DIV_ROUND_UP(new_size, l2_span);
+        if (need > UINT32_MAX) {
+            error_setg(errp, "The new size is too large for qcow2");
+            ret = -EFBIG;
+            goto out;
+        }
+        ret = qcow2_grow_l1(bs, (uint32_t)need);
+        if (ret < 0) {
+            error_setg_errno(errp, -ret, "Failed to grow the L1 table");
+            goto out;
+        }
+    }
+    /* Metadata first, then the size that makes it reachable. */
+    ret = qcow2_cache_flush(s->l2_cache);
+    if (ret >= 0) {
+        uint64_t be = htobe64(new_size);
+        ret = child_co_pwrite(bs->file, offsetof(Qcow2DiskHeader, size), 8,
+                              &be, 0);
+    }
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "Failed to update the image size");
+        goto out;
+    }
+    if (new_size < s->size && s->data_file == bs->file) {
+        /* Give the freed tail of the file back, as QEMU does. */
+        uint64_t end;
+        ret = qcow2_cache_flush(s->refcount_cache);
+        if (ret >= 0) {
+            ret = qcow2_end_of_used(bs, false, &end);
+        }
+        if (ret >= 0) {
+            GError *err = NULL;
+            if (child_co_truncate(bs->file, (int64_t)(end << s->cluster_bits),
+                                  false, PREALLOC_OFF, &err) < 0) {
+                warn_print("Failed to truncate the tail of the image: %s",
+                           err->message);
+                g_error_free(err);
+            }
+        }
+    }
+    s->size = new_size;
+    ret = 0;
+out:
+    co_mutex_unlock(&s->lock);
+    return ret;
+}
+
+/* ---- Information ---- */
+
+static int64_t qcow2_getlength(BlockNode *bs)
+{
+    Qcow2State *s = bs->opaque;
+    return (int64_t)s->size;
+}
+
+static int64_t qcow2_get_allocated_file_size(BlockNode *bs)
+{
+    Qcow2State *s = bs->opaque;
+    int64_t a = node_get_allocated_file_size(bs->file->bs);
+
+    if (a >= 0 && s->data_file != bs->file) {
+        int64_t d = node_get_allocated_file_size(s->data_file->bs);
+        if (d >= 0) {
+            a += d;
+        }
+    }
+    return a;
+}
+
+static int qcow2_get_info(BlockNode *bs, BlockDriverInfo *bdi)
+{
+    Qcow2State *s = bs->opaque;
+    uint64_t l2_span = 1ull << (s->l2_bits + s->cluster_bits);
+
+    bdi->cluster_size = (int64_t)s->cluster_size;
+    bdi->vm_state_offset = (int64_t)(DIV_ROUND_UP(s->size, l2_span) * l2_span);
+    bdi->is_dirty = s->incompatible_features & QCOW2_INCOMPAT_DIRTY;
+    return 0;
+}
+
+static json_t *qcow2_get_specific_info(BlockNode *bs, GError **errp)
+{
+    Qcow2State *s = bs->opaque;
+    json_t *o = json_object();
+    static const char *const ctype[] = { "zlib", "zstd" };
+    (void)errp;
+
+    if (s->version == 2) {
+        json_object_set_new(o, "compat", json_string("0.10"));
+        json_object_set_new(o, "compression-type",
+                            json_string(ctype[s->compression_type]));
+        json_object_set_new(o, "refcount-bits",
+                            json_integer(s->refcount_bits));
+        return o;
+    }
+    json_object_set_new(o, "compat", json_string("1.1"));
+    json_object_set_new(o, "compression-type",
+                        json_string(ctype[s->compression_type]));
+    json_object_set_new(o, "lazy-refcounts",
+                        json_boolean(s->compatible_features &
+                                     QCOW2_COMPAT_LAZY_REFCOUNTS));
+    json_object_set_new(o, "refcount-bits", json_integer(s->refcount_bits));
+    if (qcow2_has_data_file(s) && s->data_file_name) {
+        json_object_set_new(o, "data-file", json_string(s->data_file_name));
+    }
+    if (qcow2_has_data_file(s)) {
+        json_object_set_new(o, "data-file-raw",
+                            json_boolean(qcow2_data_file_is_raw(s)));
+    }
+    json_object_set_new(o, "corrupt",
+                        json_boolean(s->incompatible_features &
+                                     QCOW2_INCOMPAT_CORRUPT));
+    json_object_set_new(o, "extended-l2", json_boolean(s->extended_l2));
+    return o;
+}
+
+static void qcow2_child_perm(BlockNode *bs, BlockChild *c, unsigned role,
+                             const ReopenState *rs, uint64_t perm,
+                             uint64_t shared, uint64_t *nperm,
+                             uint64_t *nshared)
+{
+    node_default_perms(bs, c, role, rs, perm, shared, nperm, nshared);
+}
+
+static const char *const qcow2_mutable_opts[] = {
+    "lazy-refcounts", "pass-discard-request", "pass-discard-snapshot",
+    "pass-discard-other", "overlap-check", "cache-size", "l2-cache-size",
+    "l2-cache-entry-size", "refcount-cache-size", "cache-clean-interval",
+    NULL,
+};
+
+const BlockDriver bdrv_qcow2 = {
+    .format_name = "qcow2",
+    .instance_size = sizeof(Qcow2State),
+    .is_format = true,
+    .supports_backing = true,
+    .probe = qcow2_probe,
+    .open = qcow2_open,
+    .close = qcow2_close,
+    .refresh_limits = qcow2_refresh_limits,
+    .child_perm = qcow2_child_perm,
+    .co_preadv = qcow2_co_preadv,
+    .co_pwritev = qcow2_co_pwritev,
+    .co_pwrite_zeroes = qcow2_co_pwrite_zeroes,
+    .co_pdiscard = qcow2_co_pdiscard,
+    .co_truncate = qcow2_co_truncate,
+    .co_block_status = qcow2_co_block_status,
+    .co_flush_to_os = qcow2_co_flush_to_os,
+    .getlength = qcow2_getlength,
+    .get_allocated_file_size = qcow2_get_allocated_file_size,
+    .get_info = qcow2_get_info,
+    .get_specific_info = qcow2_get_specific_info,
+    .mutable_opts = qcow2_mutable_opts,
+};

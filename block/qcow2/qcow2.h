@@ -1,0 +1,304 @@
+/*
+ * qcow2: the driver's in-memory state and the interfaces between its files.
+ *
+ *   qcow2.c          the BlockDriver table: open, close, the data path
+ *   qcow2-header.c   reading, checking and rewriting the header
+ *   qcow2-cache.c    the L2 and refcount-block caches
+ *   qcow2-cluster.c  guest offset -> host offset (L1/L2), L2 updates
+ *   qcow2-refcount.c refcounts, cluster allocation and freeing
+ *   qcow2-compress.c compressed clusters (zlib, zstd)
+ *   qcow2-create.c   image creation
+ *
+ * Locking: everything runs in one thread; coroutines interleave at I/O.
+ * s->lock (a CoMutex) protects the metadata (L1, caches, refcounts, the
+ * header fields); it is held across metadata I/O but not across guest data
+ * reads.  Allocating writes keep it until their L2 entry is updated, so a
+ * reader never sees an L2 entry pointing at data not yet written.
+ */
+#ifndef STRATA_QCOW2_H
+#define STRATA_QCOW2_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "strata/block-driver.h"
+#include "strata/coroutine.h"
+#include "strata/debug-event.h"
+
+#include "qcow2-format.h"
+
+typedef struct Qcow2Cache Qcow2Cache;
+
+/* What an L2 entry (or one subcluster of it) says about guest data. */
+typedef enum {
+    QCOW2_SC_NORMAL,         /* data at a host offset */
+    QCOW2_SC_COMPRESSED,     /* a compressed cluster */
+    QCOW2_SC_ZERO_PLAIN,     /* reads as zeroes, no host cluster */
+    QCOW2_SC_ZERO_ALLOC,     /* reads as zeroes, host cluster kept */
+    QCOW2_SC_UNALLOC_PLAIN,  /* not here: backing file or zeroes */
+    QCOW2_SC_UNALLOC_ALLOC,  /* not here, but a host cluster is reserved */
+    QCOW2_SC_INVALID,        /* the entry breaks the format's rules */
+} Qcow2SubclusterType;
+
+/* A header extension we do not know, kept to write it back unchanged. */
+typedef struct Qcow2UnknownExt {
+    uint32_t magic;
+    uint32_t len;
+    uint8_t data[];
+} Qcow2UnknownExt;
+
+typedef struct Qcow2State {
+    /* Geometry. */
+    int version;
+    unsigned cluster_bits;
+    uint64_t cluster_size;
+    uint64_t cluster_offset_mask;    /* compressed descriptor: host offset */
+    unsigned csize_shift, csize_mask; /* compressed descriptor: sectors */
+    unsigned l2_bits;                /* log2(entries per L2 table) */
+    uint64_t l2_size;                /* entries per L2 table */
+    unsigned l2_entry_size;          /* 8, or 16 with extended L2 */
+    bool extended_l2;
+    unsigned subcluster_bits;
+    uint64_t subcluster_size;
+    unsigned subclusters_per_cluster;
+
+    /* The active L1 table, in host byte order. */
+    uint64_t l1_table_offset;
+    uint32_t l1_size;                /* entries in use */
+    uint32_t l1_alloc;               /* entries allocated in l1_table */
+    uint64_t *l1_table;
+
+    /* Refcounts. */
+    unsigned refcount_order;
+    unsigned refcount_bits;
+    uint64_t refcount_max;
+    unsigned refcount_block_bits;    /* log2(entries per refcount block) */
+    uint64_t refcount_block_size;    /* entries per refcount block */
+    uint64_t refcount_table_offset;
+    uint32_t refcount_table_size;    /* entries */
+    uint64_t *refcount_table;        /* host byte order */
+    uint64_t free_cluster_index;     /* where to start looking for space */
+    uint64_t free_byte_offset;       /* compressed writes: partial cluster */
+
+    /* Header fields kept for rewriting the header. */
+    uint64_t size;                   /* guest size in bytes */
+    uint32_t header_length;
+    uint32_t crypt_method;
+    uint64_t incompatible_features;
+    uint64_t compatible_features;
+    uint64_t autoclear_features;
+    int compression_type;
+    uint32_t nb_snapshots;
+    uint64_t snapshots_offset;
+    char *backing_file;              /* as in the header, NULL if none */
+    char *backing_format;            /* from the extension, NULL if none */
+    char *data_file_name;            /* external data file extension */
+    Qcow2FeatureName *feature_table; /* from the image, for messages */
+    unsigned n_features;
+    GPtrArray *unknown_exts;         /* Qcow2UnknownExt* */
+    bool has_bitmaps_ext;
+    Qcow2BitmapsExt bitmaps_ext;
+
+    /* Runtime. */
+    BlockChild *data_file;           /* == bs->file without a data file */
+    Qcow2Cache *l2_cache;
+    Qcow2Cache *refcount_cache;
+    CoMutex lock;
+    bool lazy_refcounts;             /* option, default from the header */
+    bool dirty_set_by_us;            /* we set the dirty bit on open */
+    bool corrupt;                    /* marked corrupt: read-only from now */
+    uint64_t l2_cache_bytes;
+    uint64_t refcount_cache_bytes;
+    int overlap_check;               /* QCOW2_OL_* mask */
+    bool discard_passthrough_request;
+    bool discard_passthrough_snapshot;
+    bool discard_passthrough_other;
+    bool discard_no_unref;
+} Qcow2State;
+
+/* ---- qcow2-header.c ---- */
+
+/* Read, check and load the header and its extensions into s. */
+int coroutine_fn qcow2_read_header(BlockNode *bs, json_t *options, int flags,
+                                   GError **errp);
+/* Write the header and extensions from s (first cluster). */
+int coroutine_fn qcow2_update_header(BlockNode *bs);
+/* Set or clear an incompatible feature bit in the header on disk. */
+int coroutine_fn qcow2_set_incompat_bit(BlockNode *bs, uint64_t bit);
+int coroutine_fn qcow2_clear_incompat_bit(BlockNode *bs, uint64_t bit);
+/* "Marking image as corrupt: ..." and the corrupt bit, like QEMU. */
+void coroutine_fn qcow2_signal_corruption(BlockNode *bs, bool fatal,
+                                          int64_t offset, int64_t size,
+                                          const char *fmt, ...)
+    G_GNUC_PRINTF(5, 6);
+
+/* ---- qcow2.c ---- */
+
+/* Read guest data into buf while holding s->lock (for copy-on-write). */
+int coroutine_fn qcow2_co_read_locked(BlockNode *bs, uint64_t offset,
+                                      uint64_t bytes, void *buf);
+
+/* ---- qcow2-write.c ---- */
+
+int coroutine_fn qcow2_co_pwritev(BlockNode *bs, int64_t offset,
+                                  int64_t bytes, IOVec *qiov,
+                                  size_t qiov_offset, int flags);
+int coroutine_fn qcow2_co_pwrite_zeroes(BlockNode *bs, int64_t offset,
+                                        int64_t bytes, int flags);
+int coroutine_fn qcow2_co_pdiscard(BlockNode *bs, int64_t offset,
+                                   int64_t bytes);
+/* Drop every cluster of the range (shrinking the image); lock held. */
+int coroutine_fn qcow2_discard_tail(BlockNode *bs, uint64_t offset,
+                                    uint64_t bytes);
+
+/* Clusters one allocating write handles at most (per L2 table). */
+#define QCOW2_MAX_RUN 256
+
+/* ---- qcow2-cache.c ---- */
+
+Qcow2Cache *qcow2_cache_new(BlockNode *bs, bool is_l2, int num_tables,
+                            unsigned table_size);
+void qcow2_cache_free(Qcow2Cache *c);
+/* The refcount cache must be on disk before the L2 cache is written. */
+void qcow2_cache_set_dependency(Qcow2Cache *c, Qcow2Cache *dependency);
+/* Get the table at offset (read from the image if not cached). */
+int coroutine_fn qcow2_cache_get(Qcow2Cache *c, uint64_t offset,
+                                 void **table);
+/* Same, for a new table: not read, contents undefined. */
+int coroutine_fn qcow2_cache_get_empty(Qcow2Cache *c, uint64_t offset,
+                                       void **table);
+void qcow2_cache_put(Qcow2Cache *c, void **table);
+void qcow2_cache_mark_dirty(Qcow2Cache *c, void *table);
+/* Write dirty tables (dependencies first); flush also syncs the file. */
+int coroutine_fn qcow2_cache_write(Qcow2Cache *c);
+int coroutine_fn qcow2_cache_flush(Qcow2Cache *c);
+/* Forget the table at offset (its cluster was freed). */
+void qcow2_cache_discard(Qcow2Cache *c, uint64_t offset);
+/* Drop every clean, unused table (after write). */
+void qcow2_cache_empty(Qcow2Cache *c);
+
+/* ---- qcow2-cluster.c ---- */
+
+Qcow2SubclusterType qcow2_subcluster_type(const Qcow2State *s, uint64_t entry,
+                                          uint64_t bitmap, unsigned sc);
+/* The L2 table covering offset (NULL if none), from the cache: put it. */
+int coroutine_fn qcow2_get_l2_table(BlockNode *bs, uint64_t offset,
+                                    void **l2, unsigned *l2_index);
+
+/*
+ * What is at guest `offset`: *bytes (in: wanted, out: how many bytes from
+ * offset share the answer, within one L2 table), the type, and the host
+ * offset (data offset for NORMAL/ZERO_ALLOC, the raw descriptor for
+ * COMPRESSED).  The caller holds s->lock.
+ */
+int coroutine_fn qcow2_get_host_offset(BlockNode *bs, uint64_t offset,
+                                       uint64_t *bytes, uint64_t *host_offset,
+                                       Qcow2SubclusterType *type);
+
+/* Grow the active L1 table to at least min_size entries; lock held. */
+int coroutine_fn qcow2_grow_l1(BlockNode *bs, uint32_t min_size);
+
+/* ---- qcow2-refcount.c ---- */
+
+/* Why a cluster is freed: decides whether the file gets a discard. */
+typedef enum {
+    QCOW2_DISCARD_NEVER,
+    QCOW2_DISCARD_ALWAYS,
+    QCOW2_DISCARD_REQUEST,   /* the guest discarded */
+    QCOW2_DISCARD_SNAPSHOT,  /* a snapshot was deleted */
+    QCOW2_DISCARD_OTHER,     /* metadata moved, COW replaced it, ... */
+} Qcow2DiscardType;
+
+int coroutine_fn qcow2_get_refcount(BlockNode *bs, uint64_t cluster,
+                                    uint64_t *refcount);
+/* n contiguous new clusters with refcount 1; *offset is the first. */
+int coroutine_fn qcow2_alloc_clusters(BlockNode *bs, uint64_t n,
+                                      uint64_t *offset);
+/* Lower by one the refcount of every cluster in the range. */
+int coroutine_fn qcow2_free_clusters(BlockNode *bs, uint64_t offset,
+                                     uint64_t length, Qcow2DiscardType dt);
+/* First cluster past every cluster with a refcount (and past the file's
+ * end if with_file). */
+int coroutine_fn qcow2_end_of_used(BlockNode *bs, bool with_file,
+                                   uint64_t *end);
+int coroutine_fn qcow2_update_cluster_refcount(BlockNode *bs, uint64_t cluster,
+                                               int addend,
+                                               Qcow2DiscardType dt);
+
+/* ---- helpers ---- */
+
+static inline uint64_t qcow2_offset_into_cluster(const Qcow2State *s,
+                                                 uint64_t offset)
+{
+    return offset & (s->cluster_size - 1);
+}
+
+static inline uint64_t qcow2_offset_into_subcluster(const Qcow2State *s,
+                                                    uint64_t offset)
+{
+    return offset & (s->subcluster_size - 1);
+}
+
+static inline uint64_t qcow2_start_of_cluster(const Qcow2State *s,
+                                              uint64_t offset)
+{
+    return offset & ~(s->cluster_size - 1);
+}
+
+static inline uint64_t qcow2_size_to_clusters(const Qcow2State *s,
+                                              uint64_t size)
+{
+    return (size + s->cluster_size - 1) >> s->cluster_bits;
+}
+
+static inline unsigned qcow2_l1_index(const Qcow2State *s, uint64_t offset)
+{
+    return (unsigned)(offset >> (s->l2_bits + s->cluster_bits));
+}
+
+static inline unsigned qcow2_l2_index(const Qcow2State *s, uint64_t offset)
+{
+    return (unsigned)((offset >> s->cluster_bits) & (s->l2_size - 1));
+}
+
+static inline bool qcow2_has_data_file(const Qcow2State *s)
+{
+    return s->incompatible_features & QCOW2_INCOMPAT_DATA_FILE;
+}
+
+static inline bool qcow2_data_file_is_raw(const Qcow2State *s)
+{
+    return s->autoclear_features & QCOW2_AUTOCLEAR_DATA_FILE_RAW;
+}
+
+/* L2 tables in the cache are big endian; entry i and its bitmap. */
+static inline uint64_t qcow2_l2_entry(const Qcow2State *s, const void *l2,
+                                      unsigned i)
+{
+    const uint64_t *t = l2;
+    return be64toh(t[i * (s->l2_entry_size / 8)]);
+}
+
+static inline uint64_t qcow2_l2_bitmap(const Qcow2State *s, const void *l2,
+                                       unsigned i)
+{
+    const uint64_t *t = l2;
+    return s->extended_l2 ? be64toh(t[i * 2 + 1]) : 0;
+}
+
+static inline void qcow2_set_l2_entry(const Qcow2State *s, void *l2,
+                                      unsigned i, uint64_t entry)
+{
+    uint64_t *t = l2;
+    t[i * (s->l2_entry_size / 8)] = htobe64(entry);
+}
+
+static inline void qcow2_set_l2_bitmap(const Qcow2State *s, void *l2,
+                                       unsigned i, uint64_t bitmap)
+{
+    uint64_t *t = l2;
+    g_assert(s->extended_l2);
+    t[i * 2 + 1] = htobe64(bitmap);
+}
+
+#endif
