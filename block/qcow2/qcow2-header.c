@@ -354,9 +354,9 @@ int coroutine_fn qcow2_read_header(BlockNode *bs, json_t *options, int flags,
         !!(s->incompatible_features & QCOW2_INCOMPAT_COMPRESSION)) {
         error_setg(errp, s->compression_type == QCOW2_COMPRESSION_ZLIB
                    ? "qcow2: Compression type incompatible feature bit must "
-                     "not be set when compression type is zlib"
+                     "not be set"
                    : "qcow2: Compression type incompatible feature bit must "
-                     "be set when compression type is not zlib");
+                     "be set");
         return -EINVAL;
     }
 

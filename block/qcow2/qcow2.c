@@ -338,14 +338,21 @@ static void coroutine_fn open_co(void *opaque)
     if ((o->flags & NODE_O_RDWR) &&
         (s->incompatible_features & QCOW2_INCOMPAT_DIRTY)) {
         /*
-         * Refcounts may be stale (lazy refcounts and a crash): only a
-         * rebuild of the refcounts, which `check -r` will do, makes writing
-         * safe.  Until it exists the image opens read-only or not at all.
+         * Refcounts may be stale (lazy refcounts and a crash): rebuild
+         * them from the metadata before anything is allocated, then mark
+         * the image clean, as QEMU does.
          */
-        error_setg(&o->err, "Could not repair dirty image: repairing "
-                   "refcounts is not implemented yet; open it read-only");
-        ret = -ENOTSUP;
-        goto out;
+        Qcow2CheckResult res;
+        co_mutex_lock(&s->lock);
+        ret = qcow2_co_check(bs, &res, true, true);
+        co_mutex_unlock(&s->lock);
+        if (ret >= 0) {
+            ret = qcow2_clear_incompat_bit(bs, QCOW2_INCOMPAT_DIRTY);
+        }
+        if (ret < 0) {
+            error_setg_errno(&o->err, -ret, "Could not repair dirty image");
+            goto out;
+        }
     }
     ret = 0;
 out:

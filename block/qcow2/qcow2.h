@@ -225,6 +225,20 @@ int coroutine_fn qcow2_update_cluster_refcount(BlockNode *bs, uint64_t cluster,
                                                int addend,
                                                Qcow2DiscardType dt);
 
+/* ---- qcow2-check.c ---- */
+
+typedef struct Qcow2CheckResult {
+    uint64_t corruptions, leaks;
+    uint64_t corruptions_fixed, leaks_fixed;
+    uint64_t check_errors;
+    uint64_t image_end_offset;
+    uint64_t total_clusters, allocated_clusters, compressed_clusters;
+} Qcow2CheckResult;
+
+/* Count references and compare with the refcounts; lock held. */
+int coroutine_fn qcow2_co_check(BlockNode *bs, Qcow2CheckResult *res,
+                                bool fix_errors, bool fix_leaks);
+
 /* ---- helpers ---- */
 
 static inline uint64_t qcow2_offset_into_cluster(const Qcow2State *s,
