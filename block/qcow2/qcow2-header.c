@@ -338,7 +338,9 @@ int coroutine_fn qcow2_read_header(BlockNode *bs, json_t *options, int flags,
                               ~(uint64_t)QCOW2_INCOMPAT_MASK, errp);
         return -ENOTSUP;
     }
-    if ((s->incompatible_features & QCOW2_INCOMPAT_CORRUPT) && writable) {
+    /* A check may open a corrupt image read-write: to repair it. */
+    if ((s->incompatible_features & QCOW2_INCOMPAT_CORRUPT) && writable &&
+        !(flags & NODE_O_CHECK)) {
         error_setg(errp, "qcow2: Image is corrupt; cannot be opened "
                    "read/write");
         return -EACCES;

@@ -335,16 +335,17 @@ static void coroutine_fn open_co(void *opaque)
         g_strlcpy(bs->backing_format, s->backing_format,
                   sizeof(bs->backing_format));
     }
-    if ((o->flags & NODE_O_RDWR) &&
+    if ((o->flags & NODE_O_RDWR) && !(o->flags & NODE_O_CHECK) &&
         (s->incompatible_features & QCOW2_INCOMPAT_DIRTY)) {
         /*
          * Refcounts may be stale (lazy refcounts and a crash): rebuild
          * them from the metadata before anything is allocated, then mark
          * the image clean, as QEMU does.
          */
-        Qcow2CheckResult res;
+        BlockCheckResult res;
         co_mutex_lock(&s->lock);
-        ret = qcow2_co_check(bs, &res, true, true);
+        ret = qcow2_co_check_locked(bs, &res,
+                                    CHECK_FIX_LEAKS | CHECK_FIX_ERRORS);
         co_mutex_unlock(&s->lock);
         if (ret >= 0) {
             ret = qcow2_clear_incompat_bit(bs, QCOW2_INCOMPAT_DIRTY);
@@ -817,6 +818,29 @@ static void qcow2_child_perm(BlockNode *bs, BlockChild *c, unsigned role,
     node_default_perms(bs, c, role, rs, perm, shared, nperm, nshared);
 }
 
+static int coroutine_fn qcow2_co_check(BlockNode *bs, BlockCheckResult *res,
+                                       int fix)
+{
+    Qcow2State *s = bs->opaque;
+    int ret;
+
+    co_mutex_lock(&s->lock);
+    ret = qcow2_co_check_locked(bs, res, fix);
+    /* A fully repaired image is clean and consistent again. */
+    if (ret >= 0 && fix && !res->corruptions && !res->check_errors &&
+        s->version >= 3) {
+        ret = qcow2_clear_incompat_bit(bs, QCOW2_INCOMPAT_DIRTY);
+        if (ret >= 0) {
+            ret = qcow2_clear_incompat_bit(bs, QCOW2_INCOMPAT_CORRUPT);
+        }
+        if (ret >= 0) {
+            s->corrupt = false;
+        }
+    }
+    co_mutex_unlock(&s->lock);
+    return ret;
+}
+
 static const char *const qcow2_mutable_opts[] = {
     "lazy-refcounts", "pass-discard-request", "pass-discard-snapshot",
     "pass-discard-other", "overlap-check", "cache-size", "l2-cache-size",
@@ -845,5 +869,6 @@ const BlockDriver bdrv_qcow2 = {
     .get_allocated_file_size = qcow2_get_allocated_file_size,
     .get_info = qcow2_get_info,
     .get_specific_info = qcow2_get_specific_info,
+    .co_check = qcow2_co_check,
     .mutable_opts = qcow2_mutable_opts,
 };

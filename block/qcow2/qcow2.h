@@ -227,17 +227,12 @@ int coroutine_fn qcow2_update_cluster_refcount(BlockNode *bs, uint64_t cluster,
 
 /* ---- qcow2-check.c ---- */
 
-typedef struct Qcow2CheckResult {
-    uint64_t corruptions, leaks;
-    uint64_t corruptions_fixed, leaks_fixed;
-    uint64_t check_errors;
-    uint64_t image_end_offset;
-    uint64_t total_clusters, allocated_clusters, compressed_clusters;
-} Qcow2CheckResult;
-
-/* Count references and compare with the refcounts; lock held. */
-int coroutine_fn qcow2_co_check(BlockNode *bs, Qcow2CheckResult *res,
-                                bool fix_errors, bool fix_leaks);
+/*
+ * Count references and compare with the refcounts, printing each problem
+ * to stderr in QEMU's words; fix is CHECK_FIX_*.  Lock held.
+ */
+int coroutine_fn qcow2_co_check_locked(BlockNode *bs, BlockCheckResult *res,
+                                       int fix);
 
 /* ---- helpers ---- */
 

@@ -66,6 +66,18 @@ typedef struct BlockDriverInfo {
     bool is_dirty;
 } BlockDriverInfo;
 
+/* What a consistency check found (QEMU's BdrvCheckResult). */
+typedef struct BlockCheckResult {
+    int64_t corruptions, leaks, check_errors;
+    int64_t corruptions_fixed, leaks_fixed;
+    int64_t image_end_offset;
+    int64_t total_clusters, allocated_clusters;
+    int64_t fragmented_clusters, compressed_clusters;
+} BlockCheckResult;
+
+/* What a check may repair. */
+enum { CHECK_FIX_LEAKS = 1, CHECK_FIX_ERRORS = 2 };
+
 /* State of one node during a reopen transaction. */
 typedef struct ReopenState {
     BlockNode *bs;
@@ -157,6 +169,11 @@ struct BlockDriver {
     int (*get_info)(BlockNode *bs, BlockDriverInfo *bdi);
     /* Driver-specific lines for qemu-io "info" / img info; may be NULL. */
     json_t *(*get_specific_info)(BlockNode *bs, GError **errp);
+    /*
+     * Consistency check (qemu-img check); fix is CHECK_FIX_*.  Problems
+     * found are printed to stderr as they are found, as QEMU does.
+     */
+    int (*co_check)(BlockNode *bs, BlockCheckResult *res, int fix);
 
     /* blkdebug: an event signalled by a parent driver (debug-event.h). */
     void (*debug_event)(BlockNode *bs, int event);

@@ -41,6 +41,8 @@ enum {
     NODE_O_RDWR = 0x0002,
     NODE_O_NOCACHE = 0x0020,  /* cache.direct=on: O_DIRECT */
     NODE_O_NO_BACKING = 0x0100, /* do not open the backing file */
+    NODE_O_CHECK = 0x1000,      /* opened for a check: no repair on open,
+                                   corrupt images open read-write */
     NODE_O_NO_FLUSH = 0x0200, /* cache.no-flush=on */
     NODE_O_PROTOCOL = 0x8000, /* the filename names a protocol node */
     NODE_O_RESIZE = 0x20000,   /* backend: take the resize permission too */

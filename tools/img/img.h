@@ -26,6 +26,7 @@
 /* ---- Subcommands (one file each) ---- */
 
 int img_bench(int argc, char **argv);
+int img_check(int argc, char **argv);
 int img_create(int argc, char **argv);
 int img_info(int argc, char **argv);
 

@@ -33,6 +33,16 @@ static const ImgCommand commands[] = {
       "[-i aio] [-n] [--no-drain] [-o offset] [--pattern=pattern] [-q] "
       "[-s buffer_size] [-S step_size] [-t cache] [-w] [-U] filename",
       NULL },
+    { "check", img_check,
+      "[--object objectdef] [--image-opts] [-q] [-f fmt] [--output=ofmt] "
+      "[-r [leaks | all]] [-T src_cache] [-U] filename",
+      "  '-r' tries to repair any inconsistencies that are found during the "
+      "check.\n"
+      "       '-r leaks' repairs only cluster leaks, whereas '-r all' fixes "
+      "all\n"
+      "       kinds of errors, with a higher risk of choosing the wrong fix "
+      "or\n"
+      "       hiding corruption that has already occurred.\n" },
     { "create", img_create,
       "[--object objectdef] [-q] [-f fmt] [-b backing_file [-F backing_fmt]] "
       "[-u] [-o options] filename [size]",
