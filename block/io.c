@@ -16,6 +16,7 @@
  * hot path and it allocates nothing.
  */
 #include <errno.h>
+#include <inttypes.h>
 #include <string.h>
 #include "block-int.h"
 #include "strata/debug-event.h"
@@ -105,6 +106,60 @@ static int64_t max_chunk(BlockNode *bs)
     }
     uint32_t a = bs->bl.request_alignment;
     return (int64_t)MAX(mt / a * a, a);
+}
+
+/*
+ * The request flags a node honours: what its driver always supports, plus
+ * what it found out at open (a filter or raw supports FUA only if its
+ * child does, as in QEMU).
+ */
+static int write_flags(const BlockNode *bs)
+{
+    return bs->drv->supported_write_flags | bs->supported_write_flags;
+}
+
+static int zero_flags(const BlockNode *bs)
+{
+    return bs->drv->supported_zero_flags | bs->supported_zero_flags;
+}
+
+/*
+ * Write generations, QEMU's write_gen/flushed_gen: every finished write,
+ * zero write, discard or truncate of a node counts one; a flush that
+ * succeeds records the count it started at.  A node whose count has not
+ * moved since then is clean: its own flush to disk (and blkdebug's
+ * flush_to_disk event) is skipped, which is what keeps writethrough mode at
+ * one fdatasync per write however many nodes the flush passes through.
+ *
+ * BlockNode has no fields for them yet, so they are kept here, by node.
+ * An entry outlives its node; a node later allocated at the same address
+ * inherits a pair that is either equal (clean, as a new node is) or not
+ * (one flush too many): never a flush too few.
+ */
+typedef struct {
+    uint64_t write_gen, flushed_gen;
+} WriteGen;
+
+static GHashTable *write_gens;
+
+static WriteGen *node_write_gen(const BlockNode *bs)
+{
+    WriteGen *g;
+
+    if (!write_gens) {
+        write_gens = g_hash_table_new_full(NULL, NULL, NULL, g_free);
+    }
+    g = g_hash_table_lookup(write_gens, bs);
+    if (!g) {
+        g = g_new0(WriteGen, 1);
+        g_hash_table_insert(write_gens, (gpointer)bs, g);
+    }
+    return g;
+}
+
+static void write_finished(BlockNode *bs)
+{
+    node_write_gen(bs)->write_gen++;
 }
 
 /* ---- Reads ---- */
@@ -200,6 +255,8 @@ int coroutine_fn child_co_pread(BlockChild *c, int64_t offset, int64_t bytes,
 /* ---- Writes ---- */
 
 
+static int coroutine_fn fua_flush(BlockNode *bs);
+
 static int coroutine_fn driver_pwritev(BlockNode *bs, int64_t offset,
                                        int64_t bytes, IOVec *qiov, size_t qoff,
                                        int flags)
@@ -208,8 +265,7 @@ static int coroutine_fn driver_pwritev(BlockNode *bs, int64_t offset,
         return -ENOTSUP;
     }
     /* WRITE_UNCHANGED describes the request, not a driver feature: keep it. */
-    int drv_flags = (flags & bs->drv->supported_write_flags) |
-                    (flags & REQ_WRITE_UNCHANGED);
+    int drv_flags = (flags & write_flags(bs)) | (flags & REQ_WRITE_UNCHANGED);
     int64_t chunk = max_chunk(bs);
     while (bytes > 0) {
         int64_t n = MIN(bytes, chunk);
@@ -221,8 +277,8 @@ static int coroutine_fn driver_pwritev(BlockNode *bs, int64_t offset,
         qoff += n;
         bytes -= n;
     }
-    if ((flags & REQ_FUA) && !(bs->drv->supported_write_flags & REQ_FUA)) {
-        return node_co_flush(bs); /* all the way down, not just this driver */
+    if ((flags & REQ_FUA) && !(write_flags(bs) & REQ_FUA)) {
+        return fua_flush(bs);
     }
     return 0;
 }
@@ -318,6 +374,7 @@ int coroutine_fn node_co_pwritev_node(BlockNode *bs, int64_t offset,
         bs->wr_bytes += bytes;
         bs->wr_ops++;
     }
+    write_finished(bs);
     track_end(bs, &tr);
     node_dec_in_flight(bs);
     return ret < 0 ? ret : 0;
@@ -412,21 +469,22 @@ static int coroutine_fn node_co_pwrite_zeroes_node(BlockNode *bs,
             do {
                 int64_t n = MIN(mid - done, (int64_t)mz);
                 ret = bs->drv->co_pwrite_zeroes(bs, offset + head + done, n,
-                                                flags & bs->drv->supported_zero_flags);
+                                                flags & zero_flags(bs));
                 done += n;
             } while (ret >= 0 && done < mid);
         }
         if (ret == -ENOTSUP && !(flags & REQ_NO_FALLBACK)) {
             ret = write_zero_buffers(bs, offset + head, mid, flags);
         } else if (ret >= 0 && (flags & REQ_FUA) &&
-                   !(bs->drv->supported_zero_flags & REQ_FUA)) {
+                   !(zero_flags(bs) & REQ_FUA)) {
             /* The driver wrote zeroes but cannot make them durable itself. */
-            ret = node_co_flush(bs);
+            ret = fua_flush(bs);
         }
     }
     if (ret >= 0 && tail) {
         ret = write_zero_buffers(bs, offset + head + mid, tail, flags);
     }
+    write_finished(bs);
     track_end(bs, &tr);
     if (ret >= 0) {
         bs->wr_bytes += bytes;
@@ -492,6 +550,7 @@ int coroutine_fn child_co_pdiscard(BlockChild *c, int64_t offset,
         ret = bs->drv->co_pdiscard(bs, o, n);
         o += n;
     }
+    write_finished(bs);
     track_end(bs, &tr);
     node_dec_in_flight(bs);
     /* Like QEMU: a driver that cannot discard this range is not an error. */
@@ -500,43 +559,95 @@ int coroutine_fn child_co_pdiscard(BlockChild *c, int64_t offset,
 
 /* ---- Flush ---- */
 
-static int coroutine_fn driver_flush(BlockNode *bs)
+/*
+ * FUA where the driver lacks it, emulated as QEMU does: a flush of this
+ * node, all the way down.  It runs before this write is counted, so the
+ * node itself still looks clean and only the nodes below, which counted
+ * their part, flush to disk: one fdatasync, and a blkdebug child sees the
+ * flush_to_os event of its parent (and no flush_to_disk, as in QEMU).
+ * A node with no children has nobody below to count the write; QEMU skips
+ * its flush then and relies on the one at close; we flush it directly.
+ */
+static int coroutine_fn fua_flush(BlockNode *bs)
 {
     int ret = 0;
+
+    if (bs->children) {
+        return node_co_flush(bs);
+    }
+    if (bs->drv->co_flush_to_os) {
+        ret = bs->drv->co_flush_to_os(bs);
+    }
+    if (ret >= 0 && !(bs->open_flags & NODE_O_NO_FLUSH) &&
+        bs->drv->co_flush_to_disk) {
+        ret = bs->drv->co_flush_to_disk(bs);
+    }
+    return ret;
+}
+
+/*
+ * QEMU's order: write back to the OS (even with cache.no-flush), then to
+ * the disk unless cache.no-flush or nothing was written since the last
+ * flush, each announced to the primary child (a blkdebug node arms its
+ * flush rules on these events), then every child this node may write to.
+ * A failing step of the node itself skips its children; among children
+ * every one is flushed and the first error returned.
+ */
+int coroutine_fn node_co_flush(BlockNode *bs)
+{
+    WriteGen *g;
+    uint64_t gen;
+    int ret = 0;
+
+    node_inc_in_flight(bs);
+    /* Nothing can have been written through a read-only node. */
+    if (bs->read_only) {
+        goto out;
+    }
+    g = node_write_gen(bs);
+    gen = g->write_gen;
+    bs->flush_ops++;
     if (bs->file) {
         child_debug_event(bs->file, BLKDBG_FLUSH_TO_OS);
     }
     if (bs->drv->co_flush_to_os) {
         ret = bs->drv->co_flush_to_os(bs);
+        if (ret < 0) {
+            goto out;
+        }
     }
-    if (ret >= 0 && !(bs->open_flags & NODE_O_NO_FLUSH)) {
+    if (!(bs->open_flags & NODE_O_NO_FLUSH) && g->flushed_gen != gen) {
         if (bs->file) {
             child_debug_event(bs->file, BLKDBG_FLUSH_TO_DISK);
         }
         if (bs->drv->co_flush_to_disk) {
             ret = bs->drv->co_flush_to_disk(bs);
+            if (ret < 0) {
+                goto out;
+            }
         }
     }
-    return ret;
-}
-
-int coroutine_fn node_co_flush(BlockNode *bs)
-{
-    node_inc_in_flight(bs);
-    bs->flush_ops++;
-    int ret = driver_flush(bs);
-    /* Then everything this node's data lives on. */
-    for (GList *l = bs->children; l && ret >= 0; l = l->next) {
+    for (GList *l = bs->children; l; l = l->next) {
         BlockChild *c = l->data;
-        if (!(c->role & CHILD_ROLE_COW)) {
-            ret = node_co_flush(c->bs);
+        if (c->perm & (BLK_PERM_WRITE | BLK_PERM_WRITE_UNCHANGED)) {
+            int r = node_co_flush(c->bs);
+            if (ret == 0) {
+                ret = r;
+            }
         }
     }
+    if (ret == 0 && gen > g->flushed_gen) {
+        g->flushed_gen = gen;
+    }
+out:
     node_dec_in_flight(bs);
     return ret;
 }
 
 /* ---- Truncate ---- */
+
+/* QEMU's BDRV_MAX_LENGTH: the largest length, in whole GiB-aligned units. */
+#define NODE_MAX_LENGTH ((int64_t)(INT64_MAX / GiB * GiB))
 
 int coroutine_fn child_co_truncate(BlockChild *c, int64_t offset, bool exact,
                                    int prealloc, GError **errp)
@@ -545,6 +656,11 @@ int coroutine_fn child_co_truncate(BlockChild *c, int64_t offset, bool exact,
     if (offset < 0) {
         error_setg(errp, "Image size cannot be negative");
         return -EINVAL;
+    }
+    if (offset > NODE_MAX_LENGTH) {
+        error_setg(errp, "offset(%" PRId64 ") exceeds maximum(%" PRId64 ")",
+                   offset, NODE_MAX_LENGTH);
+        return -EIO;
     }
     if (!(c->perm & BLK_PERM_RESIZE)) {
         error_setg(errp, "Resizing node '%s' needs the resize permission, "
@@ -562,6 +678,7 @@ int coroutine_fn child_co_truncate(BlockChild *c, int64_t offset, bool exact,
     }
     node_inc_in_flight(bs);
     int ret = bs->drv->co_truncate(bs, offset, exact, (PreallocMode)prealloc, errp);
+    write_finished(bs);
     node_invalidate_length(bs);
     node_dec_in_flight(bs);
     return ret;

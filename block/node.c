@@ -160,9 +160,31 @@ int64_t node_get_allocated_file_size(BlockNode *bs)
     if (bs->drv->get_allocated_file_size) {
         return bs->drv->get_allocated_file_size(bs);
     }
-    /* Formats and filters occupy what their storage occupies. */
-    BlockNode *child = node_primary_child(bs);
-    return child ? node_get_allocated_file_size(child) : -ENOTSUP;
+    /*
+     * QEMU's defaults: a protocol driver's data need not live in its
+     * children, so it cannot tell (blkdebug); a filter occupies what its
+     * child does; a format what its data and metadata children do.
+     */
+    if (bs->drv->protocol_name) {
+        return -ENOTSUP;
+    }
+    if (bs->drv->is_filter) {
+        BlockNode *child = node_filtered_child(bs);
+        return child ? node_get_allocated_file_size(child) : -ENOMEDIUM;
+    }
+    int64_t total = 0;
+    for (GList *l = bs->children; l; l = l->next) {
+        BlockChild *c = l->data;
+        if (c->role & (CHILD_ROLE_DATA | CHILD_ROLE_METADATA |
+                       CHILD_ROLE_FILTERED)) {
+            int64_t n = node_get_allocated_file_size(c->bs);
+            if (n < 0) {
+                return n;
+            }
+            total += n;
+        }
+    }
+    return total;
 }
 
 BlockNode *node_primary_child(BlockNode *bs)
@@ -242,6 +264,330 @@ void node_refresh_limits(BlockNode *bs)
     if (bs->bl.opt_mem_alignment < bs->bl.min_mem_alignment) {
         bs->bl.opt_mem_alignment = bs->bl.min_mem_alignment;
     }
+}
+
+/* ---- Filenames (QEMU's bdrv_refresh_filename) ---- */
+
+/*
+ * A node's filename is a plain name ("img", "blkdebug:c:img",
+ * "null-co://") when opening that name would rebuild the node as it is;
+ * otherwise it is "json:" and the node's full open options: its "driver",
+ * its "filename" if it has one, the options that change what the image
+ * reads as (QEMU's strong runtime options) and, under the edge names,
+ * those of its children (the backing child only when it is not the one the
+ * image header names).  QEMU prints that dictionary in its QDict hash
+ * order, which we reproduce.
+ */
+
+/* QEMU's strong runtime options, "x." meaning every key under x. */
+static const char *const *strong_options(const BlockDriver *drv)
+{
+    static const char *const raw[] = { "offset", "size", NULL };
+    static const char *const null[] = { "size", "read-zeroes", NULL };
+    static const char *const blkdebug[] = {
+        "config", "inject-error.", "set-state.", "align", "max-transfer",
+        "opt-write-zero", "max-write-zero", "opt-discard", "max-discard",
+        NULL,
+    };
+    static const char *const none[] = { NULL };
+    const char *name = drv->format_name;
+
+    if (!strcmp(name, "raw")) {
+        return raw;
+    }
+    if (!strcmp(name, "null-co") || !strcmp(name, "null-aio")) {
+        return null;
+    }
+    return !strcmp(name, "blkdebug") ? blkdebug : none;
+}
+
+/* The bucket of QEMU's QDict hash table a key falls into. */
+static unsigned qdict_bucket(const char *key)
+{
+    uint32_t value = 0x238F13AFu * (uint32_t)strlen(key);
+
+    for (unsigned i = 0; key[i]; i++) {
+        value += (uint32_t)(unsigned char)key[i] << (i * 5 % 24);
+    }
+    return (1103515243u * value + 12345u) % 512;
+}
+
+typedef struct {
+    const char *key;
+    json_t *value;
+    unsigned bucket;
+    size_t index;
+} DictMember;
+
+static int dict_member_cmp(const void *a, const void *b)
+{
+    const DictMember *x = a, *y = b;
+
+    if (x->bucket != y->bucket) {
+        return x->bucket < y->bucket ? -1 : 1;
+    }
+    /* One bucket is a list with the newest entry first. */
+    return x->index < y->index ? 1 : (x->index > y->index ? -1 : 0);
+}
+
+/* A JSON string as QEMU writes it: \uXXXX for anything beyond ASCII. */
+static void append_qemu_string(GString *out, const char *p)
+{
+    g_string_append_c(out, '"');
+    while (*p) {
+        gunichar c = g_utf8_get_char_validated(p, -1);
+        const char *next = g_utf8_next_char(p);
+        if (c == (gunichar)-1 || c == (gunichar)-2) {
+            c = 0xFFFD;     /* invalid UTF-8: the replacement character */
+            next = p + 1;
+        }
+        switch (c) {
+        case '"':
+            g_string_append(out, "\\\"");
+            break;
+        case '\\':
+            g_string_append(out, "\\\\");
+            break;
+        case '\b':
+            g_string_append(out, "\\b");
+            break;
+        case '\f':
+            g_string_append(out, "\\f");
+            break;
+        case '\n':
+            g_string_append(out, "\\n");
+            break;
+        case '\r':
+            g_string_append(out, "\\r");
+            break;
+        case '\t':
+            g_string_append(out, "\\t");
+            break;
+        default:
+            if (c > 0xFFFF) {
+                g_string_append_printf(out, "\\u%04X\\u%04X",
+                                       0xD800 + ((c - 0x10000) >> 10),
+                                       0xDC00 + ((c - 0x10000) & 0x3FF));
+            } else if (c < 0x20 || c >= 0x7F) {
+                g_string_append_printf(out, "\\u%04X", c);
+            } else {
+                g_string_append_c(out, (char)c);
+            }
+        }
+        p = next;
+    }
+    g_string_append_c(out, '"');
+}
+
+/* QEMU's compact JSON: ", " and ": " separators. */
+static void append_qemu_json(GString *out, json_t *v)
+{
+    switch (json_typeof(v)) {
+    case JSON_OBJECT: {
+        size_t n = json_object_size(v), i = 0;
+        DictMember *m = g_new(DictMember, n ? n : 1);
+        const char *k;
+        json_t *e;
+        json_object_foreach(v, k, e) {
+            m[i] = (DictMember){ k, e, qdict_bucket(k), i };
+            i++;
+        }
+        qsort(m, n, sizeof(*m), dict_member_cmp);
+        g_string_append_c(out, '{');
+        for (i = 0; i < n; i++) {
+            g_string_append(out, i ? ", " : "");
+            append_qemu_string(out, m[i].key);
+            g_string_append(out, ": ");
+            append_qemu_json(out, m[i].value);
+        }
+        g_string_append_c(out, '}');
+        g_free(m);
+        break;
+    }
+    case JSON_ARRAY: {
+        size_t i;
+        json_t *e;
+        g_string_append_c(out, '[');
+        json_array_foreach(v, i, e) {
+            g_string_append(out, i ? ", " : "");
+            append_qemu_json(out, e);
+        }
+        g_string_append_c(out, ']');
+        break;
+    }
+    case JSON_STRING:
+        append_qemu_string(out, json_string_value(v));
+        break;
+    case JSON_INTEGER:
+        g_string_append_printf(out, "%" JSON_INTEGER_FORMAT,
+                               json_integer_value(v));
+        break;
+    case JSON_REAL:
+        g_string_append_printf(out, "%.17g", json_real_value(v));
+        break;
+    case JSON_TRUE:
+        g_string_append(out, "true");
+        break;
+    case JSON_FALSE:
+        g_string_append(out, "false");
+        break;
+    default:
+        g_string_append(out, "null");
+    }
+}
+
+static char *backing_path(BlockNode *bs, const char *name);
+
+/*
+ * The backing child is not the one the image header names (or the header
+ * names one and there is none).  A tool that opened without backing files
+ * on purpose (qemu-img's info) does not count as overriding it.
+ */
+static bool backing_overridden(BlockNode *bs, int flags)
+{
+    if (bs->backing) {
+        char *path = backing_path(bs, bs->backing_file);
+        bool differs = strcmp(path, child_node(bs->backing)->filename);
+        g_free(path);
+        return differs;
+    }
+    return bs->backing_file[0] && !(flags & NODE_O_NO_BACKING);
+}
+
+/*
+ * The order QEMU's list-like options (blkdebug's inject-error.N.*) come out
+ * in, where several share a hash bucket: as measured against QEMU 7.2, the
+ * order of their full dotted names from the top of the options (path) in
+ * QEMU's hash table, and among equal hashes the order they were given in.
+ */
+typedef struct {
+    const char *key;
+    json_t *value;
+    unsigned full_bucket;
+    size_t index;
+} PrefixedOpt;
+
+static int prefixed_opt_cmp(const void *a, const void *b)
+{
+    const PrefixedOpt *x = a, *y = b;
+
+    if (x->full_bucket != y->full_bucket) {
+        return x->full_bucket < y->full_bucket ? -1 : 1;
+    }
+    return x->index < y->index ? -1 : (x->index > y->index ? 1 : 0);
+}
+
+/*
+ * bs's full open options (path: where bs's options sit in the options the
+ * graph was opened with, "file." for the storage of a format); *strong
+ * says whether options other than driver and filename were among them.
+ */
+static json_t *full_open_options(BlockNode *bs, const char *path, int flags,
+                                 bool *strong)
+{
+    json_t *opts = json_object();
+    json_t *flat = opts_flatten(bs->options);
+    const char *const *strong_opts = strong_options(bs->drv);
+    bool overridden = backing_overridden(bs, flags);
+    json_t *drv_v = json_object_get(flat, "driver");
+    size_t nflat = json_object_size(flat), n = 0, index = 0;
+    PrefixedOpt *prefixed = g_new(PrefixedOpt, nflat ? nflat : 1);
+    const char *k;
+    json_t *v;
+
+    *strong = false;
+    json_object_set_new(opts, "driver", drv_v ? json_incref(drv_v)
+                        : json_string(bs->drv->format_name));
+    if ((v = json_object_get(flat, "filename"))) {
+        json_object_set(opts, "filename", v);
+    }
+    for (const char *const *o = strong_opts; *o; o++) {
+        if ((*o)[strlen(*o) - 1] != '.' && (v = json_object_get(flat, *o))) {
+            json_object_set(opts, *o, v);
+            *strong = true;
+        }
+    }
+    json_object_foreach(flat, k, v) {
+        for (const char *const *o = strong_opts; *o; o++) {
+            size_t len = strlen(*o);
+            if ((*o)[len - 1] == '.' && !strncmp(k, *o, len)) {
+                char *full = g_strconcat(path, k, NULL);
+                prefixed[n++] = (PrefixedOpt){ k, v, qdict_bucket(full),
+                                               index };
+                g_free(full);
+                break;
+            }
+        }
+        index++;
+    }
+    qsort(prefixed, n, sizeof(*prefixed), prefixed_opt_cmp);
+    /* Inserted last first: one bucket lists its newest entry first. */
+    for (size_t i = n; i-- > 0;) {
+        json_object_set(opts, prefixed[i].key, prefixed[i].value);
+        *strong = true;
+    }
+    g_free(prefixed);
+    json_decref(flat);
+    /* QEMU lists children newest first. */
+    for (GList *l = g_list_last(bs->children); l; l = l->prev) {
+        BlockChild *c = l->data;
+        bool child_strong;
+        char *child_path;
+        if (c == bs->backing && !overridden) {
+            continue;
+        }
+        child_path = g_strconcat(path, c->name, ".", NULL);
+        json_object_set_new(opts, c->name,
+                            full_open_options(c->bs, child_path, 0,
+                                              &child_strong));
+        g_free(child_path);
+    }
+    if (overridden && !bs->backing) {
+        json_object_set_new(opts, "backing", json_null());
+    }
+    *strong |= overridden;
+    return opts;
+}
+
+static bool filename_is_plain(const char *name)
+{
+    return name[0] && !g_str_has_prefix(name, "json:");
+}
+
+/* Set bs->filename once bs and its children are open. */
+static void refresh_filename(BlockNode *bs, int flags)
+{
+    BlockNode *child = node_primary_child(bs);
+    bool strong;
+    json_t *opts = full_open_options(bs, "", flags, &strong);
+
+    if (bs->drv->refresh_filename) {
+        /* The driver writes its plain form, or leaves it empty. */
+        bs->filename[0] = '\0';
+        bs->drv->refresh_filename(bs);
+    } else if (child) {
+        /* A format over a protocol node that opening its name recreates. */
+        bs->filename[0] = '\0';
+        if (filename_is_plain(child->filename) && child->drv->protocol_name &&
+            !bs->drv->is_filter && !strong) {
+            g_strlcpy(bs->filename, child->filename, sizeof(bs->filename));
+        }
+    } else if (strong) {
+        /* Storage whose options change what it reads as (null-co's size). */
+        bs->filename[0] = '\0';
+    }
+    if (!bs->filename[0]) {
+        GString *json = g_string_new("json:");
+        append_qemu_json(json, opts);
+        if (json->len >= sizeof(bs->filename)) {
+            /* Truncated, with a hint that it is, as QEMU does. */
+            g_string_truncate(json, sizeof(bs->filename) - 4);
+            g_string_append(json, "...");
+        }
+        g_strlcpy(bs->filename, json->str, sizeof(bs->filename));
+        g_string_free(json, TRUE);
+    }
+    json_decref(opts);
 }
 
 /* ---- Opening ---- */
@@ -716,15 +1062,7 @@ static BlockNode *node_open_common(const char *filename, json_t *options,
         goto fail_registered;
     }
     node_refresh_limits(bs);
-    if (!bs->filename[0]) {
-        BlockNode *child = node_primary_child(bs);
-        if (child) {
-            g_strlcpy(bs->filename, child->filename, sizeof(bs->filename));
-        }
-    }
-    if (drv->refresh_filename) {
-        drv->refresh_filename(bs);
-    }
+    refresh_filename(bs, flags);
     node_unref(probed_file);
     json_decref(options);
     g_free(drvname);
@@ -818,7 +1156,24 @@ static BlockChild *open_child(BlockNode *bs, json_t *options, const char *name,
         int flags = bs->open_flags & (NODE_O_RDWR | NODE_O_NOCACHE | NODE_O_NO_FLUSH);
         if (role & CHILD_ROLE_COW) {
             flags &= ~NODE_O_RDWR;
-        } else if (bs->drv->is_format) {
+        }
+        /*
+         * Whether the child is probed follows QEMU's inheritance: a child
+         * starts with the parent's protocol flag (a protocol driver such as
+         * blkdebug passes it on to its image); pure data children of
+         * non-formats are probed; children of formats other than backing
+         * files, and metadata children, never are.
+         */
+        bool parent_is_format = bs->drv->is_format;
+        if (bs->drv->protocol_name) {
+            flags |= NODE_O_PROTOCOL;
+        }
+        if (!parent_is_format && (role & CHILD_ROLE_DATA) &&
+            !(role & (CHILD_ROLE_METADATA | CHILD_ROLE_FILTERED))) {
+            flags &= ~NODE_O_PROTOCOL;
+        }
+        if ((parent_is_format && !(role & CHILD_ROLE_COW)) ||
+            (role & CHILD_ROLE_METADATA)) {
             flags |= NODE_O_PROTOCOL;
         }
         /*

@@ -214,18 +214,21 @@ static int blkdebug_open(BlockNode *bs, json_t *options, int flags,
         !opts_take_str(options, "x-image", &x_image, errp)) {
         goto fail;
     }
+    /*
+     * As QEMU: any rule or limit given, even a zero one, makes the node
+     * inexpressible as blkdebug:CONFIG:IMAGE; the child permission lists
+     * do not count (they are not among QEMU's strong options).
+     */
+    s->plain = !blkdebug_options_have(options, "inject-error") &&
+               !blkdebug_options_have(options, "set-state");
     for (size_t i = 0; i < G_N_ELEMENTS(limit_opts); i++) {
         uint64_t *field = (uint64_t *)((char *)s + limit_opts[i].off);
+        s->plain = s->plain &&
+                   !blkdebug_options_have(options, limit_opts[i].name);
         if (!opts_take_size(options, limit_opts[i].name, field, errp)) {
             goto fail;
         }
     }
-    s->plain = !s->align && !s->max_transfer && !s->opt_write_zero &&
-               !s->max_write_zero && !s->opt_discard && !s->max_discard &&
-               !blkdebug_options_have(options, "inject-error") &&
-               !blkdebug_options_have(options, "set-state") &&
-               !blkdebug_options_have(options, "take-child-perms") &&
-               !blkdebug_options_have(options, "unshare-child-perms");
 
     if (!blkdebug_rules_read(s->config_file, options, s->rules, errp)) {
         goto fail;
@@ -263,12 +266,15 @@ static int blkdebug_open(BlockNode *bs, json_t *options, int flags,
     }
     file = bs->file->bs;
 
-    bs->supported_write_flags = REQ_WRITE_UNCHANGED |
-                                (REQ_FUA & file->supported_write_flags);
+    /* A node's flags are its driver's plus those it found at open. */
+    bs->supported_write_flags =
+        REQ_WRITE_UNCHANGED |
+        (REQ_FUA & (file->supported_write_flags |
+                    file->drv->supported_write_flags));
     bs->supported_zero_flags =
         REQ_WRITE_UNCHANGED |
         ((REQ_FUA | REQ_MAY_UNMAP | REQ_NO_FALLBACK) &
-         file->supported_zero_flags);
+         (file->supported_zero_flags | file->drv->supported_zero_flags));
 
     if (s->align && (s->align >= INT_MAX || (s->align & (s->align - 1)))) {
         error_setg(errp, "Cannot meet constraints with align %" PRIu64,

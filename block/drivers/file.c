@@ -324,7 +324,8 @@ static int file_open_common(BlockNode *bs, json_t *options, int flags,
         ret = -EINVAL;
         goto fail;
     }
-    if (!filename) {
+    if (!filename || !filename[0]) {
+        /* An empty name names nothing, as in QEMU. */
         error_setg(errp, "The '%s' block driver requires a file name",
                    drv_name);
         ret = -EINVAL;

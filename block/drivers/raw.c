@@ -23,6 +23,30 @@ static int raw_probe(const uint8_t *buf, int buf_size, const char *filename)
     return 1; /* the format of last resort */
 }
 
+/* The window must lie in the file and be whole sectors (QEMU's checks). */
+static int raw_check_window(const RawState *s, int64_t real, GError **errp)
+{
+    if ((int64_t)s->offset > real) {
+        error_setg(errp, "Offset (%" G_GUINT64_FORMAT ") cannot be greater "
+                   "than size of the containing file (%" G_GINT64_FORMAT ")",
+                   s->offset, real);
+        return -EINVAL;
+    }
+    if (s->has_size && s->size > (uint64_t)real - s->offset) {
+        error_setg(errp, "The sum of offset (%" G_GUINT64_FORMAT ") and size "
+                   "(%" G_GUINT64_FORMAT ") has to be smaller or equal to the "
+                   " actual size of the containing file (%" G_GINT64_FORMAT ")",
+                   s->offset, s->size, real);
+        return -EINVAL;
+    }
+    /* A partial sector would be rounded up, past the end of the window. */
+    if (s->has_size && s->size % 512) {
+        error_setg(errp, "Specified size is not multiple of 512");
+        return -EINVAL;
+    }
+    return 0;
+}
+
 static int raw_open(BlockNode *bs, json_t *options, int flags, GError **errp)
 {
     RawState *s = bs->opaque;
@@ -37,29 +61,26 @@ static int raw_open(BlockNode *bs, json_t *options, int flags, GError **errp)
     if (!node_open_child(bs, options, "file", role, false, errp)) {
         return -EINVAL;
     }
+    /*
+     * FUA only where the storage has it, as in QEMU: otherwise io.c
+     * emulates it with a flush of this node, whose flush events reach a
+     * blkdebug child.
+     */
+    BlockNode *file = bs->file->bs;
+    bs->supported_write_flags =
+        REQ_WRITE_UNCHANGED |
+        (REQ_FUA & (file->supported_write_flags |
+                    file->drv->supported_write_flags));
+    bs->supported_zero_flags =
+        REQ_WRITE_UNCHANGED |
+        ((REQ_FUA | REQ_MAY_UNMAP | REQ_NO_FALLBACK) &
+         (file->supported_zero_flags | file->drv->supported_zero_flags));
     int64_t real = node_getlength(bs->file->bs);
     if (real < 0) {
         error_setg_errno(errp, (int)-real, "Could not get image size");
         return (int)real;
     }
-    if ((int64_t)s->offset > real) {
-        error_setg(errp, "Offset (%" G_GUINT64_FORMAT ") cannot be greater "
-                   "than size of the containing file (%" G_GINT64_FORMAT ")",
-                   s->offset, real);
-        return -EINVAL;
-    }
-    if (s->has_size && s->size > (uint64_t)real - s->offset) {
-        error_setg(errp, "The sum of offset (%" G_GUINT64_FORMAT ") and size "
-                   "(%" G_GUINT64_FORMAT ") has to be smaller or equal to the "
-                   " actual size of the containing file (%" G_GINT64_FORMAT ")",
-                   s->offset, s->size, real);
-        return -EINVAL;
-    }
-    if (s->has_size && s->size % 512) {
-        error_setg(errp, "Specified size is not multiple of 512");
-        return -EINVAL;
-    }
-    return 0;
+    return raw_check_window(s, real, errp);
 }
 
 static void raw_refresh_limits(BlockNode *bs)
@@ -230,14 +251,15 @@ static int raw_reopen_prepare(ReopenState *rs, GError **errp)
         return -EINVAL;
     }
     int64_t real = node_getlength(rs->bs->file->bs);
-    if (real >= 0 && (n->offset > (uint64_t)real ||
-                      (n->has_size && n->size > (uint64_t)real - n->offset))) {
-        error_setg(errp, "The sum of offset (%" G_GUINT64_FORMAT ") and size "
-                   "(%" G_GUINT64_FORMAT ") has to be smaller or equal to the "
-                   " actual size of the containing file (%" G_GINT64_FORMAT ")",
-                   n->offset, n->size, real);
+    if (real < 0) {
+        error_setg_errno(errp, (int)-real, "Could not get image size");
         g_free(n);
-        return -EINVAL;
+        return (int)real;
+    }
+    int ret = raw_check_window(n, real, errp);
+    if (ret < 0) {
+        g_free(n);
+        return ret;
     }
     rs->opaque = n;
     return 0;
@@ -288,6 +310,4 @@ const BlockDriver bdrv_raw = {
     .co_truncate = raw_co_truncate,
     .getlength = raw_getlength,
     .get_info = raw_get_info,
-    .supported_write_flags = REQ_FUA,
-    .supported_zero_flags = REQ_FUA | REQ_MAY_UNMAP | REQ_NO_FALLBACK,
 };

@@ -156,18 +156,27 @@ class Result:
         return self
 
 
-def run(argv, input=None, timeout=TIMEOUT, cwd=None):
+def run(argv, input=None, timeout=TIMEOUT, cwd=None, env=None):
     """Run argv with stdout and stderr merged, as QEMU's iotests do."""
     try:
         p = subprocess.run(argv, input=input, stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, timeout=timeout,
-                           cwd=cwd or TEST_DIR,
+                           cwd=cwd or TEST_DIR, env=env,
                            stdin=None if input is not None
                            else subprocess.DEVNULL)
     except subprocess.TimeoutExpired as e:
         out = (e.output or b'').decode('utf-8', 'replace')
         return Result(out + '[timed out after %ss]\n' % timeout, -1)
     return Result(p.stdout.decode('utf-8', 'replace'), p.returncode)
+
+
+def traced_env():
+    """The environment for a program run under strace: LeakSanitizer
+    cannot work under ptrace, so an ASan build must not look for leaks."""
+    env = dict(os.environ)
+    env['ASAN_OPTIONS'] = ':'.join(
+        o for o in (env.get('ASAN_OPTIONS'), 'detect_leaks=0') if o)
+    return env
 
 
 def io_prog(prog='strata'):

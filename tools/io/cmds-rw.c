@@ -550,11 +550,15 @@ static int write_f(BlockBackend *blk, int argc, char **argv)
     }
 
     r.t1 = now();
-    if (bflag || cflag) {
-        /* Neither VM state nor compressed writes are offered by a driver. */
+    /* QEMU's precedence: -b, then -z (so -c -z writes zeroes), then -c. */
+    if (bflag) {
+        /* No driver offers VM state yet. */
         ret = -ENOTSUP;
     } else if (zflag) {
         ret = blk_pwrite_zeroes(blk, r.offset, r.count, flags);
+    } else if (cflag) {
+        /* Nor compressed writes. */
+        ret = -ENOTSUP;
     } else {
         ret = blk_pwrite(blk, r.offset, r.count, r.buf, flags);
     }

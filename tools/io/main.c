@@ -42,6 +42,7 @@ typedef struct OpenSpec {
     bool unmap;         /* discard=unmap, qemu-io's default */
     bool native_aio;    /* -k or -i native */
     bool io_uring;      /* -i io_uring */
+    bool threads_aio;   /* -i threads: named because our default is io_uring */
     bool snapshot;      /* -s */
     bool copy_on_read;  /* -C */
 } OpenSpec;
@@ -63,6 +64,8 @@ static int parse_aio_into(const char *mode, OpenSpec *s)
         s->native_aio = true;
     } else if (!strcmp(canonical, "io_uring")) {
         s->io_uring = true;
+    } else {
+        s->threads_aio = true;
     }
     return 0;
 }
@@ -118,21 +121,105 @@ static int parse_open_option(int c, const char *arg, OpenSpec *s)
     return 1;
 }
 
-/*
- * The aio mode belongs to the protocol node.  qemu-io passes it as an open
- * flag every node inherits; we name the node: the top one when the driver
- * given is a protocol, else its "file" child.
- */
-static void put_aio_option(json_t *opts, const char *mode)
+/* The driver a "proto:rest" filename names, or NULL. */
+static const BlockDriver *filename_protocol(const char *filename)
 {
-    const char *drv_name = json_string_value(json_object_get(opts, "driver"));
-    const BlockDriver *drv = drv_name ? driver_find(drv_name) : NULL;
-    const char *key = drv && !drv->is_format && !drv->is_filter
-                          ? "aio" : "file.aio";
+    const char *colon = filename ? strchr(filename, ':') : NULL;
+    const char *slash = filename ? strchr(filename, '/') : NULL;
+    const BlockDriver *drv;
+    char *proto;
 
-    if (!json_object_get(opts, key)) {
+    if (!colon || (slash && slash < colon)) {
+        return NULL;
+    }
+    proto = g_strndup(filename, colon - filename);
+    drv = driver_find(proto);
+    g_free(proto);
+    return drv && drv->protocol_name ? drv : NULL;
+}
+
+/*
+ * The aio mode belongs to the file node.  qemu-io passes it as an open
+ * flag that every node inherits and only file nodes read; we have to name
+ * the node, so follow the graph the options describe (formats and
+ * blkdebug down to their storage) to the key of the file node's "aio".
+ * NULL when the storage is no file, or when it comes from a filename that
+ * a filter parses itself ("blkdebug:conf:img"), where no option can reach
+ * it: the mode is then left at our default, as QEMU's non-file drivers
+ * ignore it too.
+ */
+static char *aio_option_key(json_t *opts, const char *filename)
+{
+    json_t *view = json_deep_copy(opts);
+    GString *prefix = g_string_new("");
+    const char *fname = filename;
+    char *key = NULL;
+    bool top = true;
+
+    if (filename && g_str_has_prefix(filename, "json:")) {
+        json_t *j = json_loads(filename + 5, JSON_DECODE_ANY, NULL);
+        json_t *flat = j && json_is_object(j) ? opts_flatten(j) : NULL;
+        const char *k;
+        json_t *v;
+        json_object_foreach(flat, k, v) {
+            if (!json_object_get(view, k)) {
+                json_object_set(view, k, v);
+            }
+        }
+        json_decref(flat);
+        json_decref(j);
+        fname = NULL;
+    }
+    for (int depth = 0; depth < 8; depth++) {
+        char *k = g_strconcat(prefix->str, "driver", NULL);
+        const char *name = json_string_value(json_object_get(view, k));
+        const BlockDriver *drv = name ? driver_find(name) : NULL;
+        const BlockDriver *by_name = filename_protocol(fname);
+        const char *child;
+        g_free(k);
+
+        k = g_strconcat(prefix->str, "filename", NULL);
+        if (json_string_value(json_object_get(view, k))) {
+            fname = json_string_value(json_object_get(view, k));
+            by_name = filename_protocol(fname);
+        }
+        g_free(k);
+        if (!drv && !name && !top) {
+            drv = by_name ? by_name : driver_find("file");
+        }
+        if (!drv && !name) {
+            child = "file";             /* probed: a format over storage */
+        } else if (!drv) {
+            break;
+        } else if (drv->is_format) {
+            child = "file";
+        } else if (!strcmp(drv->format_name, "file") ||
+                   !strcmp(drv->format_name, "host_device")) {
+            key = g_strconcat(prefix->str, "aio", NULL);
+            break;
+        } else if (!strcmp(drv->format_name, "blkdebug") &&
+                   drv != by_name) {
+            child = "image";
+        } else {
+            break;
+        }
+        g_string_append_printf(prefix, "%s.", child);
+        top = false;
+    }
+    g_string_free(prefix, TRUE);
+    json_decref(view);
+    return key;
+}
+
+static void put_aio_option(json_t *opts, const char *filename,
+                           const char *mode)
+{
+    char *key = aio_option_key(opts, filename);
+
+    if (key && !json_object_get(opts, key)) {
         json_object_set_new(opts, key, json_string(mode));
     }
+    g_free(key);
 }
 
 /* -s: open the image read-only under a temporary qcow2 overlay. */
@@ -224,7 +311,10 @@ static int openfile(const char *name, const OpenSpec *spec, json_t *opts)
                             json_string(spec->unmap ? "unmap" : "ignore"));
     }
     if (spec->native_aio || spec->io_uring) {
-        put_aio_option(opts, spec->native_aio ? "native" : "io_uring");
+        put_aio_option(opts, name, spec->native_aio ? "native" : "io_uring");
+    } else if (spec->threads_aio) {
+        /* QEMU's default back end, but not ours: say it explicitly. */
+        put_aio_option(opts, name, "threads");
     }
     opts = tool_qemuopts_nest(opts);
 
