@@ -357,6 +357,26 @@ int coroutine_fn node_co_pwritev_node(BlockNode *bs, int64_t offset,
         }
     }
 
+    if (flags & REQ_WRITE_COMPRESSED) {
+        /* Whole clusters, no read-modify-write: the driver checks. */
+        int ret = -ENOTSUP;
+        if (bs->drv->co_pwritev_compressed) {
+            TrackedReq tr;
+            node_inc_in_flight(bs);
+            track_begin(bs, &tr, offset, bytes, false);
+            wait_serialising(bs, &tr);
+            ret = bs->drv->co_pwritev_compressed(bs, offset, bytes, qiov,
+                                                 qiov_offset);
+            track_end(bs, &tr);
+            if (ret >= 0) {
+                bs->wr_bytes += bytes;
+                bs->wr_ops++;
+            }
+            node_dec_in_flight(bs);
+        }
+        return ret < 0 ? ret : 0;
+    }
+
     node_inc_in_flight(bs);
     uint32_t align = bs->bl.request_alignment;
     bool rmw = (offset % align) || (bytes % align);

@@ -74,9 +74,24 @@ void node_ref(BlockNode *bs)
     bs->refcnt++;
 }
 
+static void close_flush_co(void *opaque)
+{
+    node_co_flush(opaque);
+}
+
 static void node_close(BlockNode *bs)
 {
     node_drain_begin(bs);
+    /*
+     * As QEMU: what was written reaches the disk before the node goes,
+     * errors ignored (nobody is left to tell).  The flush skips read-only
+     * and clean nodes.
+     */
+    if (in_coroutine()) {
+        node_co_flush(bs);
+    } else {
+        co_run_sync(close_flush_co, bs);
+    }
     if (bs->drv->close) {
         bs->drv->close(bs);
     }

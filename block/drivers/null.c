@@ -113,6 +113,13 @@ static int64_t null_getlength(BlockNode *bs)
     return (int64_t)((NullState *)bs->opaque)->size;
 }
 
+/* Nothing is stored anywhere: QEMU reports a disk size of 0 B. */
+static int64_t null_get_allocated_file_size(BlockNode *bs)
+{
+    (void)bs;
+    return 0;
+}
+
 #define NULL_DRIVER_CALLBACKS                                                 \
     .instance_size = sizeof(NullState),                                       \
     .parse_filename = null_parse_filename,                                    \
@@ -123,6 +130,7 @@ static int64_t null_getlength(BlockNode *bs)
     .co_flush_to_disk = null_co_flush,                                        \
     .co_block_status = null_co_block_status,                                  \
     .getlength = null_getlength,                                              \
+    .get_allocated_file_size = null_get_allocated_file_size,                  \
     .supported_write_flags = REQ_FUA,                                         \
     .supported_zero_flags = REQ_FUA | REQ_MAY_UNMAP
 

@@ -568,3 +568,48 @@ int coroutine_fn qcow2_update_cluster_refcount(BlockNode *bs, uint64_t cluster,
                            (uint64_t)(addend < 0 ? -addend : addend),
                            addend < 0, dt);
 }
+
+int coroutine_fn qcow2_alloc_bytes(BlockNode *bs, uint64_t size,
+                                   uint64_t *offset)
+{
+    Qcow2State *s = bs->opaque;
+    uint64_t off = s->free_byte_offset, rc;
+    int ret;
+
+    g_assert(size > 0 && size <= s->cluster_size);
+    child_debug_event(bs->file, BLKDBG_CLUSTER_ALLOC_BYTES);
+    if (off) {
+        /* The partly used cluster can take no more users. */
+        ret = qcow2_get_refcount(bs, off >> s->cluster_bits, &rc);
+        if (ret < 0) {
+            return ret;
+        }
+        if (rc == s->refcount_max) {
+            off = 0;
+        }
+    }
+    uint64_t free_in_cluster = off ? s->cluster_size -
+                                     qcow2_offset_into_cluster(s, off) : 0;
+    if (!off || free_in_cluster < size) {
+        uint64_t c;
+        ret = find_free(bs, 1, &c);
+        if (ret < 0) {
+            return ret;
+        }
+        /* Continue into the next cluster only if it is the adjacent one. */
+        if (!off || ROUND_UP(off, s->cluster_size) != c << s->cluster_bits) {
+            off = c << s->cluster_bits;
+        }
+    }
+    /* Every cluster the bytes touch gets one more user. */
+    ret = update_refcount(bs, off, size, 1, false, QCOW2_DISCARD_NEVER);
+    if (ret < 0) {
+        return ret;
+    }
+    s->free_byte_offset = off + size;
+    if (!qcow2_offset_into_cluster(s, s->free_byte_offset)) {
+        s->free_byte_offset = 0;
+    }
+    *offset = off;
+    return 0;
+}

@@ -860,6 +860,7 @@ const BlockDriver bdrv_qcow2 = {
     .child_perm = qcow2_child_perm,
     .co_preadv = qcow2_co_preadv,
     .co_pwritev = qcow2_co_pwritev,
+    .co_pwritev_compressed = qcow2_co_pwritev_compressed,
     .co_pwrite_zeroes = qcow2_co_pwrite_zeroes,
     .co_pdiscard = qcow2_co_pdiscard,
     .co_truncate = qcow2_co_truncate,

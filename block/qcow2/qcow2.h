@@ -147,6 +147,10 @@ int coroutine_fn qcow2_co_pwrite_zeroes(BlockNode *bs, int64_t offset,
                                         int64_t bytes, int flags);
 int coroutine_fn qcow2_co_pdiscard(BlockNode *bs, int64_t offset,
                                    int64_t bytes);
+/* One whole cluster (or the image's last, partial one), compressed. */
+int coroutine_fn qcow2_co_pwritev_compressed(BlockNode *bs, int64_t offset,
+                                             int64_t bytes, IOVec *qiov,
+                                             size_t qiov_offset);
 /* Drop every cluster of the range (shrinking the image); lock held. */
 int coroutine_fn qcow2_discard_tail(BlockNode *bs, uint64_t offset,
                                     uint64_t bytes);
@@ -214,6 +218,12 @@ int coroutine_fn qcow2_get_refcount(BlockNode *bs, uint64_t cluster,
 /* n contiguous new clusters with refcount 1; *offset is the first. */
 int coroutine_fn qcow2_alloc_clusters(BlockNode *bs, uint64_t n,
                                       uint64_t *offset);
+/*
+ * size bytes (at most a cluster) for a compressed cluster, packed after
+ * the previous ones; each cluster the bytes touch gains a reference.
+ */
+int coroutine_fn qcow2_alloc_bytes(BlockNode *bs, uint64_t size,
+                                   uint64_t *offset);
 /* Lower by one the refcount of every cluster in the range. */
 int coroutine_fn qcow2_free_clusters(BlockNode *bs, uint64_t offset,
                                      uint64_t length, Qcow2DiscardType dt);

@@ -150,6 +150,12 @@ struct BlockDriver {
                      IOVec *qiov, size_t qiov_offset, int flags);
     int (*co_pwritev)(BlockNode *bs, int64_t offset, int64_t bytes,
                       IOVec *qiov, size_t qiov_offset, int flags);
+    /*
+     * REQ_WRITE_COMPRESSED writes: the driver checks the alignment it
+     * needs; without this callback they fail with -ENOTSUP.
+     */
+    int (*co_pwritev_compressed)(BlockNode *bs, int64_t offset, int64_t bytes,
+                                 IOVec *qiov, size_t qiov_offset);
     /* -ENOTSUP makes io.c write a buffer of zeroes instead (unless NO_FALLBACK). */
     int (*co_pwrite_zeroes)(BlockNode *bs, int64_t offset, int64_t bytes,
                             int flags);

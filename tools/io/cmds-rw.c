@@ -557,8 +557,8 @@ static int write_f(BlockBackend *blk, int argc, char **argv)
     } else if (zflag) {
         ret = blk_pwrite_zeroes(blk, r.offset, r.count, flags);
     } else if (cflag) {
-        /* Nor compressed writes. */
-        ret = -ENOTSUP;
+        ret = blk_pwrite(blk, r.offset, r.count, r.buf,
+                         flags | REQ_WRITE_COMPRESSED);
     } else {
         ret = blk_pwrite(blk, r.offset, r.count, r.buf, flags);
     }
