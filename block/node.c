@@ -1251,6 +1251,11 @@ static char *backing_path(BlockNode *bs, const char *name)
     return path;
 }
 
+char *node_get_full_backing_filename(BlockNode *bs)
+{
+    return bs->backing_file[0] ? backing_path(bs, bs->backing_file) : NULL;
+}
+
 /*
  * A format's backing file: from the "backing" option (null: none, a node
  * name, or options), else from the name and format the image records.

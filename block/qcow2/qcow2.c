@@ -10,6 +10,7 @@
 
 #include "qcow2.h"
 #include "qcow2-compress.h"
+#include "qcow2-create.h"
 
 #define DEFAULT_L2_CACHE_MAX (32ull * 1024 * 1024)
 #define MIN_L2_CACHE_TABLES 2
@@ -857,6 +858,8 @@ const BlockDriver bdrv_qcow2 = {
     .open = qcow2_open,
     .close = qcow2_close,
     .refresh_limits = qcow2_refresh_limits,
+    .create = qcow2_co_create,
+    .create_opts = qcow2_create_opts,
     .child_perm = qcow2_child_perm,
     .co_preadv = qcow2_co_preadv,
     .co_pwritev = qcow2_co_pwritev,

@@ -40,9 +40,51 @@ static const ImgOptDesc file_opts[] = {
     { NULL },
 };
 
+/* qcow2_create_opts in QEMU 7.2's order: encryption first, size later. */
+static const ImgOptDesc qcow2_opts[] = {
+    { "encryption", IMG_OPT_BOOL, "Encrypt the image with format 'aes'. "
+      "(Deprecated in favor of encrypt.format=aes)", NULL },
+    { "encrypt.format", IMG_OPT_STRING,
+      "Encrypt the image, format choices: 'aes', 'luks'", NULL },
+    { "encrypt.key-secret", IMG_OPT_STRING,
+      "ID of secret providing qcow AES key or LUKS passphrase", NULL },
+    { "encrypt.cipher-alg", IMG_OPT_STRING,
+      "Name of encryption cipher algorithm", NULL },
+    { "encrypt.cipher-mode", IMG_OPT_STRING,
+      "Name of encryption cipher mode", NULL },
+    { "encrypt.ivgen-alg", IMG_OPT_STRING, "Name of IV generator algorithm",
+      NULL },
+    { "encrypt.ivgen-hash-alg", IMG_OPT_STRING,
+      "Name of IV generator hash algorithm", NULL },
+    { "encrypt.hash-alg", IMG_OPT_STRING, "Name of encryption hash algorithm",
+      NULL },
+    { "encrypt.iter-time", IMG_OPT_NUMBER,
+      "Time to spend in PBKDF in milliseconds", NULL },
+    { "cluster_size", IMG_OPT_SIZE, "qcow2 cluster size", "65536" },
+    { "extended_l2", IMG_OPT_BOOL, "Extended L2 tables", "off" },
+    { "preallocation", IMG_OPT_STRING, "Preallocation mode (allowed values: "
+      "off, metadata, falloc, full)", NULL },
+    { "compression_type", IMG_OPT_STRING,
+      "Compression method used for image cluster compression", "zlib" },
+    { "size", IMG_OPT_SIZE, "Virtual disk size", NULL },
+    { "compat", IMG_OPT_STRING, "Compatibility level (v2 [0.10] or v3 [1.1])",
+      NULL },
+    { "backing_file", IMG_OPT_STRING, "File name of a base image", NULL },
+    { "backing_fmt", IMG_OPT_STRING, "Image format of the base image", NULL },
+    { "data_file", IMG_OPT_STRING, "File name of an external data file",
+      NULL },
+    { "data_file_raw", IMG_OPT_BOOL,
+      "The external data file must stay valid as a raw image", NULL },
+    { "lazy_refcounts", IMG_OPT_BOOL, "Postpone refcount updates", "off" },
+    { "refcount_bits", IMG_OPT_NUMBER, "Width of a reference count entry in "
+      "bits", "16" },
+    { NULL },
+};
+
 static const DriverOpts driver_opts[] = {
     { "raw", raw_opts },
     { "file", file_opts },
+    { "qcow2", qcow2_opts },
 };
 
 /* Types for names of drivers that have no row above. */
@@ -379,6 +421,9 @@ json_t *img_opts_to_json(ImgOpts *opts)
             /* jansson integers are signed: spell larger ones as text. */
             if (v->num <= INT64_MAX) {
                 j = json_integer((json_int_t)v->num);
+            } else if (v->desc->type == IMG_OPT_NUMBER) {
+                /* As given: QEMU reads "-1" as a signed number later. */
+                j = json_string(v->str);
             } else {
                 char *t = g_strdup_printf("%" PRIu64, v->num);
                 j = json_string(t);

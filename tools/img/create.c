@@ -10,6 +10,7 @@
  * "Formatting ..." line is printed, and only then does the driver run (its
  * errors come after that line).
  */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -260,6 +261,25 @@ static bool create_image(const char *filename, const char *fmt,
         }
     }
     ok = image_create(fmt, filename, img_opts_to_json(opts), errp);
+    if (!ok && errp && *errp &&
+        g_str_has_suffix((*errp)->message, g_strerror(EFBIG))) {
+        /*
+         * qemu-img replaces whatever a driver said about -EFBIG, which only
+         * the message still carries here; the hint when the format has a
+         * cluster size (qcow2's default counts).
+         */
+        ImgOptValue *cs = img_opts_find(opts, "cluster_size");
+        const ImgOptDesc *d;
+        bool hint = cs ? cs->num != 0 : false;
+
+        for (d = list; !cs && d->name; d++) {
+            hint = hint || (!strcmp(d->name, "cluster_size") && d->def_value &&
+                            strcmp(d->def_value, "0"));
+        }
+        g_clear_error(errp);
+        error_setg(errp, "The image size is too large for file format '%s'%s",
+                   fmt, hint ? " (try using a larger cluster size)" : "");
+    }
 out:
     img_opts_free(opts);
     g_free(list);

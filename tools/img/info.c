@@ -57,6 +57,21 @@ static json_t *query_image_info(BlockNode *bs, GError **errp)
         json_object_set_new(info, "cluster-size",
                             json_integer(bdi.cluster_size));
     }
+    if (bs->backing_file[0]) {
+        /* The full name is always given, even when it is the same. */
+        char *full = node_get_full_backing_filename(bs);
+        json_object_set_new(info, "backing-filename",
+                            json_string_nocheck(bs->backing_file));
+        if (full) {
+            json_object_set_new(info, "full-backing-filename",
+                                json_string_nocheck(full));
+        }
+        g_free(full);
+        if (bs->backing_format[0]) {
+            json_object_set_new(info, "backing-filename-format",
+                                json_string(bs->backing_format));
+        }
+    }
     if (drv->get_specific_info) {
         GError *err = NULL;
         json_t *data = drv->get_specific_info(bs, &err);
@@ -170,6 +185,10 @@ int img_info(int argc, char **argv)
     }
     json = output && !strcmp(output, "json");
 
+    /* As qemu-img: a missing backing file does not hide the image. */
+    if (!chain) {
+        spec.flags |= NODE_O_NO_BACKING;
+    }
     blk = img_open(filename, &spec);
     if (!blk) {
         return EXIT_FAILURE;
