@@ -82,8 +82,9 @@ def filter_disk_size(text):
 
 # AddressSanitizer's one-time notice that it sees our coroutine stacks being
 # created with makecontext(): an artefact of the sanitizer build, not output.
-_ASAN_NOTICE = re.compile(r'^==[0-9]+==WARNING: ASan doesn.t fully support '
-                          r'makecontext/swapcontext.*\n?', re.M)
+# It may follow an interactive prompt on the same line.
+_ASAN_NOTICE = re.compile(r'==[0-9]+==WARNING: ASan doesn.t fully support '
+                          r'makecontext/swapcontext[^\n]*\n?')
 
 
 def filter_sanitizer_notices(text):
