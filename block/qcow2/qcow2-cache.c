@@ -112,6 +112,13 @@ static int coroutine_fn write_slot(Qcow2Cache *c, int i)
             return ret;
         }
     }
+    /* A table may never land on other metadata (damaged images). */
+    ret = qcow2_check_overlap(c->bs, c->is_l2 ? QCOW2_OL_ACTIVE_L2
+                                              : QCOW2_OL_REFCOUNT_BLOCK,
+                              sl->offset, c->table_size);
+    if (ret < 0) {
+        return ret;
+    }
     child_debug_event(c->bs->file, c->is_l2 ? BLKDBG_L2_UPDATE
                                             : BLKDBG_REFBLOCK_UPDATE_PART);
     ret = child_co_pwrite(c->bs->file, (int64_t)sl->offset, c->table_size,

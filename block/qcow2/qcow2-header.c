@@ -617,10 +617,10 @@ void coroutine_fn qcow2_signal_corruption(BlockNode *bs, bool fatal,
     }
     if (fatal) {
         warn_print("qcow2: Marking image as corrupt: %s; further corruption "
-                   "events will be suppressed\n", msg);
+                   "events will be suppressed", msg);
     } else {
         warn_print("qcow2: Image is corrupt: %s; further non-fatal corruption "
-                   "events will be suppressed\n", msg);
+                   "events will be suppressed", msg);
     }
     (void)offset;
     (void)size;

@@ -191,9 +191,17 @@ static int coroutine_fn in_place_run(BlockNode *bs, uint64_t offset,
         uint64_t cend = MIN(end, qcow2_start_of_cluster(s, pos) +
                                  s->cluster_size);
 
+        if ((e & QCOW_OFLAG_COPIED) && !(e & QCOW_OFLAG_COMPRESSED) &&
+            qcow2_offset_into_cluster(s, h)) {
+            qcow2_cache_put(s->l2_cache, &l2);
+            qcow2_signal_corruption(bs, true, -1, -1, "Data cluster offset "
+                                    "%#" PRIx64 " unaligned (guest offset: "
+                                    "%#" PRIx64 ")", h,
+                                    qcow2_start_of_cluster(s, pos));
+            return -EIO;
+        }
         if (!(e & QCOW_OFLAG_COPIED) || (e & QCOW_OFLAG_COMPRESSED) ||
-            (!h && !qcow2_has_data_file(s)) ||
-            qcow2_offset_into_cluster(s, h) || (*n && h != expect)) {
+            (!h && !qcow2_has_data_file(s)) || (*n && h != expect)) {
             break;
         }
         if (s->extended_l2) {
@@ -311,6 +319,13 @@ static int coroutine_fn write_allocating(BlockNode *bs, uint64_t offset,
         }
         iovec_add(&v, tail, tail_len);
     }
+    if (s->data_file == bs->file) {
+        ret = qcow2_check_overlap(bs, 0, new_host + (cow_start - cstart),
+                                  cow_end - cow_start);
+        if (ret < 0) {
+            goto out_v;
+        }
+    }
     child_debug_event(bs->file, BLKDBG_WRITE_AIO);
     ret = child_co_pwritev(s->data_file,
                            (int64_t)(new_host + (cow_start - cstart)),
@@ -359,7 +374,7 @@ int coroutine_fn qcow2_co_pwritev(BlockNode *bs, int64_t offset,
     (void)flags;
 
     if (s->corrupt) {
-        return -EIO;
+        return -ENOMEDIUM;
     }
     while (bytes > 0) {
         uint64_t n = 0, host = 0;
@@ -367,6 +382,9 @@ int coroutine_fn qcow2_co_pwritev(BlockNode *bs, int64_t offset,
 
         co_mutex_lock(&s->lock);
         ret = in_place_run(bs, (uint64_t)offset, (uint64_t)bytes, &n, &host);
+        if (ret >= 0 && n > 0 && s->data_file == bs->file) {
+            ret = qcow2_check_overlap(bs, 0, host, n);
+        }
         if (ret >= 0 && n > 0) {
             co_mutex_unlock(&s->lock);
             child_debug_event(bs->file, BLKDBG_WRITE_AIO);
@@ -611,7 +629,7 @@ int coroutine_fn qcow2_co_pwrite_zeroes(BlockNode *bs, int64_t offset,
         return -ENOTSUP;
     }
     if (s->corrupt) {
-        return -EIO;
+        return -ENOMEDIUM;
     }
 
     /* The head and tail pieces that do not fill a subcluster. */
@@ -646,7 +664,7 @@ int coroutine_fn qcow2_co_pdiscard(BlockNode *bs, int64_t offset,
     int ret;
 
     if (s->corrupt) {
-        return -EIO;
+        return -ENOMEDIUM;
     }
     /*
      * A v2 image cannot make a cluster read as zeroes over a backing file;
@@ -701,7 +719,7 @@ static int coroutine_fn write_compressed_cluster(BlockNode *bs,
         return -EINVAL;
     }
     if (s->corrupt) {
-        return -EIO;
+        return -ENOMEDIUM;
     }
 
     /* The last cluster of an unaligned image is padded with zeroes. */
@@ -746,8 +764,11 @@ static int coroutine_fn write_compressed_cluster(BlockNode *bs,
         co_mutex_unlock(&s->lock);
         goto out;
     }
-    child_debug_event(bs->file, BLKDBG_WRITE_COMPRESSED);
-    ret = child_co_pwrite(bs->file, (int64_t)host, len, out, 0);
+    ret = qcow2_check_overlap(bs, 0, host, (uint64_t)len);
+    if (ret >= 0) {
+        child_debug_event(bs->file, BLKDBG_WRITE_COMPRESSED);
+        ret = child_co_pwrite(bs->file, (int64_t)host, len, out, 0);
+    }
     if (ret >= 0) {
         uint64_t nb = ((host + (uint64_t)len - 1) >> 9) - (host >> 9);
         child_debug_event(bs->file, BLKDBG_L2_UPDATE_COMPRESSED);

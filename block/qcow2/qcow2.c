@@ -136,31 +136,33 @@ static bool read_runtime_options(BlockNode *bs, json_t *options, int flags,
     s->lazy_refcounts = lazy;
 
     /* overlap-check is either a mode or a set of per-structure switches. */
+    static const int templates[] = {
+        0, QCOW2_OL_CONSTANT, QCOW2_OL_CACHED, QCOW2_OL_ALL,
+    };
     json_t *ov = json_object_get(options, "overlap-check");
     if (ov && !json_is_object(ov)) {
         if (!opts_take_enum(options, "overlap-check", overlap_modes, &overlap,
                             errp)) {
             return false;
         }
+        overlap = templates[overlap];
     } else {
         json_t *sub = opts_take_subtree(options, "overlap-check");
+        overlap = templates[overlap];
         if (sub) {
-            static const char *const keys[] = {
-                "main-header", "active-l1", "active-l2", "refcount-table",
-                "refcount-block", "snapshot-table", "inactive-l1",
-                "inactive-l2", "bitmap-directory",
-            };
-            if (!opts_take_enum(sub, "template", overlap_modes, &overlap,
-                                errp)) {
+            int t = 2;
+            if (!opts_take_enum(sub, "template", overlap_modes, &t, errp)) {
                 json_decref(sub);
                 return false;
             }
-            for (size_t i = 0; i < G_N_ELEMENTS(keys); i++) {
-                bool b;
-                if (!opts_take_bool(sub, keys[i], &b, errp)) {
+            overlap = templates[t];
+            for (int i = 0; i < QCOW2_OL_COUNT; i++) {
+                bool b = overlap & (1 << i);
+                if (!opts_take_bool(sub, qcow2_overlap_option[i], &b, errp)) {
                     json_decref(sub);
                     return false;
                 }
+                overlap = b ? overlap | (1 << i) : overlap & ~(1 << i);
             }
             char *left = opts_first_key(sub);
             json_decref(sub);
@@ -292,6 +294,8 @@ static void qcow2_free_state(Qcow2State *s)
     g_free(s->backing_format);
     g_free(s->data_file_name);
     g_free(s->feature_table);
+    g_free(s->snapshot_l1_offset);
+    g_free(s->snapshot_l1_size);
     if (s->unknown_exts) {
         g_ptr_array_unref(s->unknown_exts);
     }
@@ -322,6 +326,10 @@ static void coroutine_fn open_co(void *opaque)
         goto out;
     }
     ret = load_tables(bs, &o->err);
+    if (ret < 0) {
+        goto out;
+    }
+    ret = qcow2_read_snapshot_table(bs, &o->err);
     if (ret < 0) {
         goto out;
     }
@@ -401,7 +409,8 @@ static void coroutine_fn close_co(void *opaque)
     BlockNode *bs = f->bs;
     Qcow2State *s = bs->opaque;
 
-    if (!bs->read_only) {
+    /* A corrupt image gets no more metadata writes. */
+    if (!bs->read_only && !s->corrupt) {
         f->ret = qcow2_cache_flush(s->l2_cache);
         if (f->ret >= 0) {
             f->ret = qcow2_cache_flush(s->refcount_cache);
@@ -578,6 +587,12 @@ static int coroutine_fn qcow2_co_preadv(BlockNode *bs, int64_t offset,
                                         int64_t bytes, IOVec *qiov,
                                         size_t qiov_offset, int flags)
 {
+    Qcow2State *s = bs->opaque;
+
+    /* After a fatal corruption the node is unusable, as in QEMU. */
+    if (s->corrupt) {
+        return -ENOMEDIUM;
+    }
     (void)flags;
     return do_read(bs, offset, bytes, qiov, qiov_offset, false);
 }
@@ -594,6 +609,10 @@ static int coroutine_fn qcow2_co_block_status(BlockNode *bs, bool want_zero,
     Qcow2SubclusterType type;
     int ret, status = 0;
     (void)want_zero;
+
+    if (s->corrupt) {
+        return -ENOMEDIUM;
+    }
 
     co_mutex_lock(&s->lock);
     ret = qcow2_get_host_offset(bs, (uint64_t)offset, &n, &host, &type);
@@ -639,6 +658,9 @@ static int coroutine_fn qcow2_co_flush_to_os(BlockNode *bs)
     if (bs->read_only) {
         return 0;
     }
+    if (s->corrupt) {
+        return -ENOMEDIUM;
+    }
     co_mutex_lock(&s->lock);
     ret = qcow2_cache_write(s->l2_cache);
     if (ret >= 0) {
@@ -679,7 +701,7 @@ static int coroutine_fn qcow2_co_truncate(BlockNode *bs, int64_t offset,
     }
     if (s->corrupt) {
         error_setg(errp, "Image is corrupt; cannot be resized");
-        return -EIO;
+        return -ENOMEDIUM;
     }
 
     co_mutex_lock(&s->lock);

@@ -110,11 +110,50 @@ typedef struct Qcow2State {
     uint64_t l2_cache_bytes;
     uint64_t refcount_cache_bytes;
     int overlap_check;               /* QCOW2_OL_* mask */
+    /* Internal snapshots as far as the checks need them. */
+    uint64_t snapshots_size;         /* bytes of the snapshot table */
+    uint64_t *snapshot_l1_offset;    /* per snapshot */
+    uint32_t *snapshot_l1_size;
     bool discard_passthrough_request;
     bool discard_passthrough_snapshot;
     bool discard_passthrough_other;
     bool discard_no_unref;
 } Qcow2State;
+
+/* Metadata structures a write must never hit (QEMU's QCOW2_OL_*). */
+enum {
+    QCOW2_OL_MAIN_HEADER = 1 << 0,
+    QCOW2_OL_ACTIVE_L1 = 1 << 1,
+    QCOW2_OL_ACTIVE_L2 = 1 << 2,
+    QCOW2_OL_REFCOUNT_TABLE = 1 << 3,
+    QCOW2_OL_REFCOUNT_BLOCK = 1 << 4,
+    QCOW2_OL_SNAPSHOT_TABLE = 1 << 5,
+    QCOW2_OL_INACTIVE_L1 = 1 << 6,
+    QCOW2_OL_INACTIVE_L2 = 1 << 7,
+    QCOW2_OL_BITMAP_DIRECTORY = 1 << 8,
+    QCOW2_OL_COUNT = 9,
+    QCOW2_OL_CONSTANT = QCOW2_OL_MAIN_HEADER | QCOW2_OL_ACTIVE_L1 |
+                        QCOW2_OL_REFCOUNT_TABLE | QCOW2_OL_SNAPSHOT_TABLE |
+                        QCOW2_OL_BITMAP_DIRECTORY,
+    QCOW2_OL_CACHED = QCOW2_OL_CONSTANT | QCOW2_OL_ACTIVE_L2 |
+                      QCOW2_OL_REFCOUNT_BLOCK | QCOW2_OL_INACTIVE_L1,
+    QCOW2_OL_ALL = QCOW2_OL_CACHED | QCOW2_OL_INACTIVE_L2,
+};
+/* The option names (overlap-check.<name>), in QCOW2_OL_* bit order. */
+extern const char *const qcow2_overlap_option[QCOW2_OL_COUNT];
+
+/* ---- qcow2-overlap.c ---- */
+
+/*
+ * Before writing [offset, offset + size) of the image file: if it hits
+ * metadata (other than the kinds in ign), mark the image corrupt and
+ * return -EIO.  Lock held or not: reads only in-memory tables, except for
+ * inactive L2 tables (mode "all"), which it reads from the image.
+ */
+int coroutine_fn qcow2_check_overlap(BlockNode *bs, int ign, uint64_t offset,
+                                     uint64_t size);
+/* Load the snapshot table's shape (sizes, L1 tables); at open. */
+int coroutine_fn qcow2_read_snapshot_table(BlockNode *bs, GError **errp);
 
 /* ---- qcow2-header.c ---- */
 

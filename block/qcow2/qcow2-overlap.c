@@ -1,0 +1,170 @@
+/*
+ * Metadata overlap checks: the last line of defence against a damaged
+ * image.  If an L2 entry or a refcount points into the header, an L1 or
+ * L2 table, the refcount structures or the snapshot table, a guest write
+ * there would destroy the image; QEMU then refuses the write and marks the
+ * image corrupt, and so do we, with the same message.
+ *
+ * The checks read the tables kept in memory (L1, refcount table, snapshot
+ * L1 offsets); in the "all" mode, the snapshots' L2 tables are read from
+ * the image.  Which structures are checked is the overlap-check option.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <string.h>
+
+#include "qcow2.h"
+
+const char *const qcow2_overlap_option[QCOW2_OL_COUNT] = {
+    "main-header", "active-l1", "active-l2", "refcount-table",
+    "refcount-block", "snapshot-table", "inactive-l1", "inactive-l2",
+    "bitmap-directory",
+};
+
+/* The words QEMU uses in its corruption message. */
+static const char *const overlap_name[QCOW2_OL_COUNT] = {
+    "qcow2_header", "active L1 table", "active L2 table", "refcount table",
+    "refcount block", "snapshot table", "inactive L1 table",
+    "inactive L2 table", "bitmap directory",
+};
+
+static bool overlaps(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen)
+{
+    return alen && blen && a < b + blen && b < a + alen;
+}
+
+/* Which structure the range hits (a QCOW2_OL_* bit), or 0. */
+static int coroutine_fn find_overlap(BlockNode *bs, int checks,
+                                     uint64_t offset, uint64_t size)
+{
+    Qcow2State *s = bs->opaque;
+    uint64_t cs = s->cluster_size;
+
+    /* Whole clusters: metadata is allocated in clusters. */
+    uint64_t start = qcow2_start_of_cluster(s, offset);
+    size = ROUND_UP(offset + size, cs) - start;
+    offset = start;
+
+    if ((checks & QCOW2_OL_MAIN_HEADER) && offset < cs) {
+        return QCOW2_OL_MAIN_HEADER;
+    }
+    if ((checks & QCOW2_OL_ACTIVE_L1) &&
+        overlaps(offset, size, s->l1_table_offset,
+                 (uint64_t)s->l1_size * 8)) {
+        return QCOW2_OL_ACTIVE_L1;
+    }
+    if ((checks & QCOW2_OL_REFCOUNT_TABLE) &&
+        overlaps(offset, size, s->refcount_table_offset,
+                 (uint64_t)s->refcount_table_size * 8)) {
+        return QCOW2_OL_REFCOUNT_TABLE;
+    }
+    if ((checks & QCOW2_OL_SNAPSHOT_TABLE) &&
+        overlaps(offset, size, s->snapshots_offset, s->snapshots_size)) {
+        return QCOW2_OL_SNAPSHOT_TABLE;
+    }
+    if ((checks & QCOW2_OL_BITMAP_DIRECTORY) && s->has_bitmaps_ext &&
+        overlaps(offset, size, s->bitmaps_ext.bitmap_directory_offset,
+                 s->bitmaps_ext.bitmap_directory_size)) {
+        return QCOW2_OL_BITMAP_DIRECTORY;
+    }
+    if (checks & QCOW2_OL_ACTIVE_L2) {
+        for (uint32_t i = 0; i < s->l1_size; i++) {
+            uint64_t l2 = s->l1_table[i] & L1E_OFFSET_MASK;
+            if (l2 && overlaps(offset, size, l2, cs)) {
+                return QCOW2_OL_ACTIVE_L2;
+            }
+        }
+    }
+    if (checks & QCOW2_OL_REFCOUNT_BLOCK) {
+        for (uint32_t i = 0; i < s->refcount_table_size; i++) {
+            uint64_t rb = s->refcount_table[i] & REFT_OFFSET_MASK;
+            if (rb && overlaps(offset, size, rb, cs)) {
+                return QCOW2_OL_REFCOUNT_BLOCK;
+            }
+        }
+    }
+    if (checks & (QCOW2_OL_INACTIVE_L1 | QCOW2_OL_INACTIVE_L2)) {
+        for (uint32_t i = 0; i < s->nb_snapshots; i++) {
+            uint64_t l1 = s->snapshot_l1_offset[i];
+            uint64_t l1_bytes = (uint64_t)s->snapshot_l1_size[i] * 8;
+
+            if ((checks & QCOW2_OL_INACTIVE_L1) &&
+                overlaps(offset, size, l1, l1_bytes)) {
+                return QCOW2_OL_INACTIVE_L1;
+            }
+            if (!(checks & QCOW2_OL_INACTIVE_L2) || !l1_bytes) {
+                continue;
+            }
+            uint64_t *t = g_try_malloc(l1_bytes);
+            if (!t || child_co_pread(bs->file, (int64_t)l1, (int64_t)l1_bytes,
+                                     t, 0) < 0) {
+                g_free(t);
+                continue;
+            }
+            for (uint32_t j = 0; j < s->snapshot_l1_size[i]; j++) {
+                uint64_t l2 = be64toh(t[j]) & L1E_OFFSET_MASK;
+                if (l2 && overlaps(offset, size, l2, cs)) {
+                    g_free(t);
+                    return QCOW2_OL_INACTIVE_L2;
+                }
+            }
+            g_free(t);
+        }
+    }
+    return 0;
+}
+
+int coroutine_fn qcow2_check_overlap(BlockNode *bs, int ign, uint64_t offset,
+                                     uint64_t size)
+{
+    Qcow2State *s = bs->opaque;
+    int checks = s->overlap_check & ~ign;
+    int hit;
+
+    if (!checks || !size) {
+        return 0;
+    }
+    hit = find_overlap(bs, checks, offset, size);
+    if (!hit) {
+        return 0;
+    }
+    qcow2_signal_corruption(bs, true, (int64_t)offset, (int64_t)size,
+                            "Preventing invalid write on metadata (overlaps "
+                            "with %s)",
+                            overlap_name[__builtin_ctz((unsigned)hit)]);
+    return -EIO;
+}
+
+int coroutine_fn qcow2_read_snapshot_table(BlockNode *bs, GError **errp)
+{
+    Qcow2State *s = bs->opaque;
+    uint64_t offset = s->snapshots_offset;
+
+    s->snapshots_size = 0;
+    if (!s->nb_snapshots) {
+        return 0;
+    }
+    s->snapshot_l1_offset = g_new0(uint64_t, s->nb_snapshots);
+    s->snapshot_l1_size = g_new0(uint32_t, s->nb_snapshots);
+    for (uint32_t i = 0; i < s->nb_snapshots; i++) {
+        Qcow2DiskSnapshot sn;
+        int ret = child_co_pread(bs->file, (int64_t)offset, sizeof(sn), &sn,
+                                 0);
+        if (ret < 0) {
+            error_setg_errno(errp, -ret, "Could not read snapshots");
+            return ret;
+        }
+        uint64_t len = sizeof(sn) + be32toh(sn.extra_data_size) +
+                       be16toh(sn.id_str_size) + be16toh(sn.name_size);
+        s->snapshot_l1_offset[i] = be64toh(sn.l1_table_offset);
+        s->snapshot_l1_size[i] = be32toh(sn.l1_size);
+        offset += ROUND_UP(len, 8);
+        /* QEMU's limit for the whole table. */
+        if (offset - s->snapshots_offset > QCOW2_MAX_SNAPSHOTS * 1024ull) {
+            error_setg(errp, "Snapshot table too large");
+            return -EFBIG;
+        }
+    }
+    s->snapshots_size = offset - s->snapshots_offset;
+    return 0;
+}
