@@ -85,8 +85,8 @@ static int coroutine_fn find_overlap(BlockNode *bs, int checks,
     }
     if (checks & (QCOW2_OL_INACTIVE_L1 | QCOW2_OL_INACTIVE_L2)) {
         for (uint32_t i = 0; i < s->nb_snapshots; i++) {
-            uint64_t l1 = s->snapshot_l1_offset[i];
-            uint64_t l1_bytes = (uint64_t)s->snapshot_l1_size[i] * 8;
+            uint64_t l1 = s->snapshots[i].l1_table_offset;
+            uint64_t l1_bytes = (uint64_t)s->snapshots[i].l1_size * 8;
 
             if ((checks & QCOW2_OL_INACTIVE_L1) &&
                 overlaps(offset, size, l1, l1_bytes)) {
@@ -101,7 +101,7 @@ static int coroutine_fn find_overlap(BlockNode *bs, int checks,
                 g_free(t);
                 continue;
             }
-            for (uint32_t j = 0; j < s->snapshot_l1_size[i]; j++) {
+            for (uint32_t j = 0; j < s->snapshots[i].l1_size; j++) {
                 uint64_t l2 = be64toh(t[j]) & L1E_OFFSET_MASK;
                 if (l2 && overlaps(offset, size, l2, cs)) {
                     g_free(t);
@@ -133,38 +133,4 @@ int coroutine_fn qcow2_check_overlap(BlockNode *bs, int ign, uint64_t offset,
                             "with %s)",
                             overlap_name[__builtin_ctz((unsigned)hit)]);
     return -EIO;
-}
-
-int coroutine_fn qcow2_read_snapshot_table(BlockNode *bs, GError **errp)
-{
-    Qcow2State *s = bs->opaque;
-    uint64_t offset = s->snapshots_offset;
-
-    s->snapshots_size = 0;
-    if (!s->nb_snapshots) {
-        return 0;
-    }
-    s->snapshot_l1_offset = g_new0(uint64_t, s->nb_snapshots);
-    s->snapshot_l1_size = g_new0(uint32_t, s->nb_snapshots);
-    for (uint32_t i = 0; i < s->nb_snapshots; i++) {
-        Qcow2DiskSnapshot sn;
-        int ret = child_co_pread(bs->file, (int64_t)offset, sizeof(sn), &sn,
-                                 0);
-        if (ret < 0) {
-            error_setg_errno(errp, -ret, "Could not read snapshots");
-            return ret;
-        }
-        uint64_t len = sizeof(sn) + be32toh(sn.extra_data_size) +
-                       be16toh(sn.id_str_size) + be16toh(sn.name_size);
-        s->snapshot_l1_offset[i] = be64toh(sn.l1_table_offset);
-        s->snapshot_l1_size[i] = be32toh(sn.l1_size);
-        offset += ROUND_UP(len, 8);
-        /* QEMU's limit for the whole table. */
-        if (offset - s->snapshots_offset > QCOW2_MAX_SNAPSHOTS * 1024ull) {
-            error_setg(errp, "Snapshot table too large");
-            return -EFBIG;
-        }
-    }
-    s->snapshots_size = offset - s->snapshots_offset;
-    return 0;
 }

@@ -294,8 +294,7 @@ static void qcow2_free_state(Qcow2State *s)
     g_free(s->backing_format);
     g_free(s->data_file_name);
     g_free(s->feature_table);
-    g_free(s->snapshot_l1_offset);
-    g_free(s->snapshot_l1_size);
+    qcow2_free_snapshots(s);
     if (s->unknown_exts) {
         g_ptr_array_unref(s->unknown_exts);
     }
@@ -896,5 +895,9 @@ const BlockDriver bdrv_qcow2 = {
     .get_info = qcow2_get_info,
     .get_specific_info = qcow2_get_specific_info,
     .co_check = qcow2_co_check,
+    .snapshot_create = qcow2_snapshot_create,
+    .snapshot_goto = qcow2_snapshot_goto,
+    .snapshot_delete = qcow2_snapshot_delete,
+    .snapshot_list = qcow2_snapshot_list,
     .mutable_opts = qcow2_mutable_opts,
 };

@@ -29,6 +29,21 @@
 
 typedef struct Qcow2Cache Qcow2Cache;
 
+/* One snapshot table entry, in host byte order. */
+typedef struct Qcow2Snapshot {
+    uint64_t l1_table_offset;
+    uint32_t l1_size;
+    char *id_str, *name;
+    uint32_t date_sec, date_nsec;
+    uint64_t vm_clock_nsec;
+    uint64_t vm_state_size;
+    uint64_t disk_size;
+    uint64_t icount;
+    uint32_t extra_size;             /* as on disk */
+    uint8_t *extra;                  /* kept to write unknown fields back */
+    bool bad_l1;                     /* L1 offset or size invalid */
+} Qcow2Snapshot;
+
 /* What an L2 entry (or one subcluster of it) says about guest data. */
 typedef enum {
     QCOW2_SC_NORMAL,         /* data at a host offset */
@@ -110,10 +125,9 @@ typedef struct Qcow2State {
     uint64_t l2_cache_bytes;
     uint64_t refcount_cache_bytes;
     int overlap_check;               /* QCOW2_OL_* mask */
-    /* Internal snapshots as far as the checks need them. */
+    /* Internal snapshots. */
     uint64_t snapshots_size;         /* bytes of the snapshot table */
-    uint64_t *snapshot_l1_offset;    /* per snapshot */
-    uint32_t *snapshot_l1_size;
+    struct Qcow2Snapshot *snapshots; /* nb_snapshots entries */
     bool discard_passthrough_request;
     bool discard_passthrough_snapshot;
     bool discard_passthrough_other;
@@ -152,8 +166,18 @@ extern const char *const qcow2_overlap_option[QCOW2_OL_COUNT];
  */
 int coroutine_fn qcow2_check_overlap(BlockNode *bs, int ign, uint64_t offset,
                                      uint64_t size);
-/* Load the snapshot table's shape (sizes, L1 tables); at open. */
+/* ---- qcow2-snapshot.c ---- */
+
+/* Load the snapshot table; at open. */
 int coroutine_fn qcow2_read_snapshot_table(BlockNode *bs, GError **errp);
+void qcow2_free_snapshots(Qcow2State *s);
+int coroutine_fn qcow2_snapshot_create(BlockNode *bs, SnapshotInfo *info,
+                                       GError **errp);
+int coroutine_fn qcow2_snapshot_goto(BlockNode *bs, const char *id_or_name,
+                                     GError **errp);
+int coroutine_fn qcow2_snapshot_delete(BlockNode *bs, const char *id,
+                                       const char *name, GError **errp);
+int qcow2_snapshot_list(BlockNode *bs, SnapshotInfo **list);
 
 /* ---- qcow2-header.c ---- */
 

@@ -75,6 +75,16 @@ typedef struct BlockCheckResult {
     int64_t fragmented_clusters, compressed_clusters;
 } BlockCheckResult;
 
+/* One internal snapshot, as qemu-img snapshot -l shows it. */
+typedef struct SnapshotInfo {
+    char id_str[128];
+    char name[256];
+    uint64_t vm_state_size;
+    uint32_t date_sec, date_nsec;
+    uint64_t vm_clock_nsec;
+    uint64_t icount;               /* UINT64_MAX: not recorded */
+} SnapshotInfo;
+
 /* What a check may repair. */
 enum { CHECK_FIX_LEAKS = 1, CHECK_FIX_ERRORS = 2 };
 
@@ -180,6 +190,18 @@ struct BlockDriver {
      * found are printed to stderr as they are found, as QEMU does.
      */
     int (*co_check)(BlockNode *bs, BlockCheckResult *res, int fix);
+    /*
+     * Internal snapshots (coroutine context).  create: an empty id_str
+     * lets the driver choose one.  goto: by ID, else by name.  delete: the
+     * first snapshot matching both (NULL matches anything).  list: the
+     * number of snapshots, *list allocated (g_free).
+     */
+    int (*snapshot_create)(BlockNode *bs, SnapshotInfo *sn, GError **errp);
+    int (*snapshot_goto)(BlockNode *bs, const char *id_or_name,
+                         GError **errp);
+    int (*snapshot_delete)(BlockNode *bs, const char *id, const char *name,
+                           GError **errp);
+    int (*snapshot_list)(BlockNode *bs, SnapshotInfo **list);
 
     /* blkdebug: an event signalled by a parent driver (debug-event.h). */
     void (*debug_event)(BlockNode *bs, int event);

@@ -72,6 +72,42 @@ static json_t *query_image_info(BlockNode *bs, GError **errp)
                                 json_string(bs->backing_format));
         }
     }
+    if (drv->snapshot_list) {
+        /* QAPI's SnapshotInfo, members in schema order. */
+        SnapshotInfo *list = NULL;
+        int n = drv->snapshot_list(bs, &list);
+        if (n > 0) {
+            json_t *arr = json_array();
+            for (int i = 0; i < n; i++) {
+                json_t *e = json_object();
+                json_object_set_new(e, "id", json_string(list[i].id_str));
+                json_object_set_new(e, "name", json_string(list[i].name));
+                json_object_set_new(e, "vm-state-size",
+                                    json_integer((json_int_t)
+                                                 list[i].vm_state_size));
+                json_object_set_new(e, "date-sec",
+                                    json_integer(list[i].date_sec));
+                json_object_set_new(e, "date-nsec",
+                                    json_integer(list[i].date_nsec));
+                json_object_set_new(e, "vm-clock-sec",
+                                    json_integer((json_int_t)
+                                                 (list[i].vm_clock_nsec /
+                                                  1000000000ull)));
+                json_object_set_new(e, "vm-clock-nsec",
+                                    json_integer((json_int_t)
+                                                 (list[i].vm_clock_nsec %
+                                                  1000000000ull)));
+                if (list[i].icount != UINT64_MAX) {
+                    json_object_set_new(e, "icount",
+                                        json_integer((json_int_t)
+                                                     list[i].icount));
+                }
+                json_array_append_new(arr, e);
+            }
+            json_object_set_new(info, "snapshots", arr);
+        }
+        g_free(list);
+    }
     if (drv->get_specific_info) {
         GError *err = NULL;
         json_t *data = drv->get_specific_info(bs, &err);
@@ -137,6 +173,37 @@ static void dump_human(json_t *info)
     }
     if ((v = json_object_get(info, "backing-filename-format"))) {
         printf("backing file format: %s\n", json_string_value(v));
+    }
+    if ((v = json_object_get(info, "snapshots"))) {
+        size_t i;
+        json_t *e;
+
+        printf("Snapshot list:\n");
+        img_snapshot_dump_header();
+        printf("\n");
+        json_array_foreach(v, i, e) {
+            SnapshotInfo sn = { 0 };
+            json_t *ic = json_object_get(e, "icount");
+            g_strlcpy(sn.id_str, json_string_value(json_object_get(e, "id")),
+                      sizeof(sn.id_str));
+            g_strlcpy(sn.name, json_string_value(json_object_get(e, "name")),
+                      sizeof(sn.name));
+            sn.vm_state_size = (uint64_t)json_integer_value(
+                json_object_get(e, "vm-state-size"));
+            sn.date_sec = (uint32_t)json_integer_value(
+                json_object_get(e, "date-sec"));
+            sn.date_nsec = (uint32_t)json_integer_value(
+                json_object_get(e, "date-nsec"));
+            sn.vm_clock_nsec =
+                (uint64_t)json_integer_value(json_object_get(e,
+                                                             "vm-clock-sec")) *
+                1000000000ull +
+                (uint64_t)json_integer_value(json_object_get(e,
+                                                             "vm-clock-nsec"));
+            sn.icount = ic ? (uint64_t)json_integer_value(ic) : UINT64_MAX;
+            img_snapshot_dump(&sn);
+            printf("\n");
+        }
     }
     if ((v = json_object_get(info, "format-specific"))) {
         printf("Format specific information:\n");

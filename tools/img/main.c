@@ -51,6 +51,14 @@ static const ImgCommand commands[] = {
       "[--object objectdef] [--image-opts] [-f fmt] [--output=ofmt] "
       "[--backing-chain] [-U] filename",
       NULL },
+    { "snapshot", img_snapshot,
+      "[--object objectdef] [--image-opts] [-U] [-q] [-l | -a snapshot | "
+      "-c snapshot | -d snapshot] filename",
+      "  'snapshot' is the name of the snapshot to create, apply or delete\n"
+      "  '-a' applies a snapshot (revert disk to saved state)\n"
+      "  '-c' creates a snapshot\n"
+      "  '-d' deletes a snapshot\n"
+      "  '-l' lists all snapshots in the given image\n" },
 };
 
 /* qemu-img prints the per-subcommand parameter blocks in this order. */
