@@ -332,6 +332,30 @@ static void coroutine_fn open_co(void *opaque)
     if (ret < 0) {
         goto out;
     }
+    /*
+     * Autoclear bits tell readers that a feature's data is still valid.
+     * Persistent bitmaps are not maintained by strata yet, so a writer
+     * clears that bit (as the spec asks of a program that does not know a
+     * feature): QEMU then treats the bitmaps as inconsistent instead of
+     * trusting bitmaps that miss our writes.
+     */
+    if ((o->flags & NODE_O_RDWR) && s->version >= 3 &&
+        (s->autoclear_features & ~(uint64_t)QCOW2_AUTOCLEAR_DATA_FILE_RAW)) {
+        uint64_t be;
+        s->autoclear_features &= QCOW2_AUTOCLEAR_DATA_FILE_RAW;
+        s->has_bitmaps_ext = false;     /* their clusters count as leaked */
+        be = htobe64(s->autoclear_features);
+        ret = child_co_pwrite(bs->file,
+                              offsetof(Qcow2DiskHeader, autoclear_features),
+                              8, &be, 0);
+        if (ret >= 0) {
+            ret = node_co_flush(bs->file->bs);
+        }
+        if (ret < 0) {
+            error_setg_errno(&o->err, -ret, "Could not update qcow2 header");
+            goto out;
+        }
+    }
     ret = open_data_file(bs, o->options, o->flags, &o->err);
     if (ret < 0) {
         goto out;
