@@ -13,12 +13,25 @@
  *            the protocol layer while relaxing (unlocking) are ignored;
  *   abort    drivers drop their prepared state and every edge gets its old
  *            permissions back.
+ *
+ * The options "backing" and "file" may name another node (or, for backing,
+ * be null): the edge is pointed at that node inside the same transaction,
+ * after the driver's prepare, as QEMU 7.2 does.  The edge is retargeted
+ * rather than replaced, so drivers holding a pointer to it (qcow2's data
+ * file, blkdebug's image) follow.  The node it left is kept alive until the
+ * reopen is over, so that abort can put it back and commit can close it.
  */
 #include <string.h>
 #include "block-int.h"
 
 struct ReopenQueue {
     GList *states; /* ReopenState* in queue order */
+    /*
+     * ReopenState* -> GPtrArray of "name." prefixes: a child named by
+     * reference ("backing=node") cannot also take inline options
+     * ("backing.x=y"); those are refused whatever their value.
+     */
+    GHashTable *ref_prefixes;
 };
 
 static ReopenState *queue_find(ReopenQueue *q, BlockNode *bs)
@@ -37,11 +50,44 @@ static bool is_child_name(BlockNode *bs, const char *key)
     return node_find_child(bs, key) != NULL;
 }
 
+static void queue_note_ref_prefixes(ReopenQueue *q, ReopenState *rs,
+                                    json_t *options)
+{
+    const char *k;
+    json_t *v;
+    json_object_foreach(options, k, v) {
+        if (json_is_object(v)) {
+            continue;
+        }
+        char *prefix = g_strconcat(k, ".", NULL);
+        const char *k2;
+        json_t *v2;
+        bool found = false;
+        json_object_foreach(options, k2, v2) {
+            if (g_str_has_prefix(k2, prefix)) {
+                found = true;
+            }
+        }
+        if (!found) {
+            g_free(prefix);
+            continue;
+        }
+        GPtrArray *a = g_hash_table_lookup(q->ref_prefixes, rs);
+        if (!a) {
+            a = g_ptr_array_new_with_free_func(g_free);
+            g_hash_table_insert(q->ref_prefixes, rs, a);
+        }
+        g_ptr_array_add(a, prefix);
+    }
+}
+
 ReopenQueue *reopen_queue_add(ReopenQueue *q, BlockNode *bs, json_t *options,
                               bool read_only)
 {
     if (!q) {
         q = g_new0(ReopenQueue, 1);
+        q->ref_prefixes = g_hash_table_new_full(
+            NULL, NULL, NULL, (GDestroyNotify)g_ptr_array_unref);
     }
     if (!options) {
         options = json_object();
@@ -63,6 +109,7 @@ ReopenQueue *reopen_queue_add(ReopenQueue *q, BlockNode *bs, json_t *options,
         }
     }
     rs->read_only = read_only;
+    queue_note_ref_prefixes(q, rs, options);
 
     /*
      * Children: inline options go to them; they follow our read-only state
@@ -71,7 +118,21 @@ ReopenQueue *reopen_queue_add(ReopenQueue *q, BlockNode *bs, json_t *options,
     json_t *inherit = opts_flatten(options);
     for (GList *l = bs->children; l; l = l->next) {
         BlockChild *c = l->data;
-        json_t *sub = opts_take_subtree(options, c->name);
+        json_t *ref = json_object_get(options, c->name);
+        json_t *sub = NULL;
+        if (ref && !json_is_object(ref)) {
+            /*
+             * The child named by reference: a different node (or null)
+             * replaces it, so it is not reopened; the same node is reopened
+             * as if it had not been named.
+             */
+            if (!json_is_string(ref) ||
+                strcmp(json_string_value(ref), c->bs->node_name)) {
+                continue;
+            }
+        } else {
+            sub = opts_take_subtree(options, c->name);
+        }
         static const char *const inherited[] = { "cache.direct", "cache.no-flush" };
         for (size_t i = 0; i < G_N_ELEMENTS(inherited); i++) {
             json_t *v = json_object_get(inherit, inherited[i]);
@@ -135,10 +196,16 @@ void reopen_queue_free(ReopenQueue *q)
         g_free(rs);
     }
     g_list_free(q->states);
+    g_hash_table_destroy(q->ref_prefixes);
     g_free(q);
 }
 
-/* Generic options: what changes is checked here, the driver sees the rest. */
+/*
+ * Generic options: what changes is checked here, the driver sees the rest.
+ * node-name, driver and force-share cannot change; they are only checked
+ * for their type here and compared with the leftovers at the end, as QEMU
+ * does (so a bad backing reference is reported before them).
+ */
 static bool reopen_generic(ReopenState *rs, GError **errp)
 {
     BlockNode *bs = rs->bs;
@@ -146,44 +213,66 @@ static bool reopen_generic(ReopenState *rs, GError **errp)
     bool no_flush = bs->open_flags & NODE_O_NO_FLUSH;
     char *name = NULL, *driver = NULL;
     bool force_share = bs->force_share;
+    bool has_force_share = json_object_get(rs->options, "force-share") != NULL;
 
     if (!opts_take_bool(rs->options, "cache.direct", &direct, errp) ||
         !opts_take_bool(rs->options, "cache.no-flush", &no_flush, errp) ||
         !opts_take_bool(rs->options, "force-share", &force_share, errp) ||
         !opts_take_str(rs->options, "node-name", &name, errp) ||
         !opts_take_str(rs->options, "driver", &driver, errp)) {
+        g_free(name);
         return false;
     }
-    bool ok = true;
-    if (name && strcmp(name, bs->node_name)) {
-        error_setg(errp, "Cannot change the option 'node-name'");
-        ok = false;
-    } else if (driver && strcmp(driver, bs->drv->format_name)) {
-        error_setg(errp, "Cannot change the option 'driver'");
-        ok = false;
-    } else if (force_share != bs->force_share) {
-        error_setg(errp, "Cannot change the option 'force-share'");
-        ok = false;
-    } else if (force_share && !rs->read_only) {
-        error_setg(errp, "force-share=on can only be used with read-only images");
-        ok = false;
+    if (has_force_share) {
+        json_object_set_new(rs->options, "force-share",
+                            json_boolean(force_share));
+    }
+    if (name) {
+        json_object_set_new(rs->options, "node-name", json_string(name));
+    }
+    if (driver) {
+        json_object_set_new(rs->options, "driver", json_string(driver));
     }
     g_free(name);
     g_free(driver);
-    static const char *const dz_names[] = { "off", "on", "unmap", NULL };
-    static const char *const discard_names[] = { "ignore", "unmap", "off", "on", NULL };
-    int dz = bs->detect_zeroes, discard = bs->discard_unmap ? 1 : 0;
-    if (ok && (!opts_take_enum(rs->options, "detect-zeroes", dz_names, &dz, errp) ||
-               !opts_take_enum(rs->options, "discard", discard_names, &discard, errp))) {
-        ok = false;
+
+    /* QEMU's reopen words these two differently from its open. */
+    char *discard = NULL, *dz = NULL;
+    bool unmap = bs->discard_unmap;
+    int detect_zeroes = bs->detect_zeroes;
+    bool ok = opts_take_str(rs->options, "discard", &discard, errp) &&
+              opts_take_str(rs->options, "detect-zeroes", &dz, errp);
+    if (ok && discard) {
+        if (!strcmp(discard, "on") || !strcmp(discard, "unmap")) {
+            unmap = true;
+        } else if (!strcmp(discard, "off") || !strcmp(discard, "ignore")) {
+            unmap = false;
+        } else {
+            error_setg(errp, "Invalid discard option");
+            ok = false;
+        }
     }
-    bool unmap = discard == 1 || discard == 3;
-    if (ok && dz == DETECT_ZEROES_UNMAP && !unmap) {
+    if (ok && dz) {
+        static const char *const dz_names[] = { "off", "on", "unmap" };
+        detect_zeroes = -1;
+        for (int i = 0; i < (int)G_N_ELEMENTS(dz_names); i++) {
+            if (!strcmp(dz, dz_names[i])) {
+                detect_zeroes = i;
+            }
+        }
+        if (detect_zeroes < 0) {
+            error_setg(errp, "invalid parameter value: %s", dz);
+            ok = false;
+        }
+    }
+    g_free(discard);
+    g_free(dz);
+    if (ok && detect_zeroes == DETECT_ZEROES_UNMAP && !unmap) {
         error_setg(errp, "setting detect-zeroes to unmap is not allowed "
                          "without setting discard operation to unmap");
         ok = false;
     }
-    rs->detect_zeroes = dz;
+    rs->detect_zeroes = detect_zeroes;
     rs->discard_unmap = unmap;
     json_object_del(rs->options, "auto-read-only");
     rs->flags = (bs->open_flags & ~(NODE_O_RDWR | NODE_O_NOCACHE | NODE_O_NO_FLUSH)) |
@@ -192,29 +281,283 @@ static bool reopen_generic(ReopenState *rs, GError **errp)
     return ok;
 }
 
-/* Any option left that differs from the node's current value cannot change. */
-static bool reopen_check_leftovers(ReopenState *rs, GError **errp)
+/* The bucket of QEMU's QDict hash table a key falls into (its iteration
+ * order, which decides which of several bad options QEMU names). */
+static unsigned qdict_bucket(const char *key)
+{
+    uint32_t value = 0x238F13AFu * (uint32_t)strlen(key);
+
+    for (unsigned i = 0; key[i]; i++) {
+        value += (uint32_t)(unsigned char)key[i] << (i * 5 % 24);
+    }
+    return (1103515243u * value + 12345u) % 512;
+}
+
+/* Does leftover option k (value v) keep the node as it is? */
+static bool leftover_unchanged(ReopenState *rs, GPtrArray *refused,
+                               json_t *old_flat, const char *k, json_t *v)
+{
+    BlockNode *bs = rs->bs;
+    for (guint i = 0; refused && i < refused->len; i++) {
+        if (g_str_has_prefix(k, g_ptr_array_index(refused, i))) {
+            return false;
+        }
+    }
+    if (!strcmp(k, "node-name")) {
+        return !strcmp(json_string_value(v), bs->node_name);
+    }
+    if (!strcmp(k, "driver")) {
+        return !strcmp(json_string_value(v), bs->drv->format_name);
+    }
+    if (!strcmp(k, "force-share")) {
+        return json_is_true(v) == bs->force_share;
+    }
+    BlockChild *c = node_find_child(bs, k);
+    if (c && json_is_string(v)) {
+        return !strcmp(json_string_value(v), c->bs->node_name);
+    }
+    json_t *old = json_object_get(old_flat, k);
+    char *a = old ? opts_get_str(old_flat, k) : NULL;
+    char *b = opts_get_str(rs->options, k);
+    bool same = old && !g_strcmp0(a, b);
+    g_free(a);
+    g_free(b);
+    return same;
+}
+
+/*
+ * Any option left that differs from the node's current value cannot change.
+ * A child named by its current node ("image=x" for blkdebug) is unchanged;
+ * inline options of a child named by reference are refused outright.  Of
+ * several, the one QEMU would find first is named.
+ */
+static bool reopen_check_leftovers(ReopenQueue *q, ReopenState *rs,
+                                   GError **errp)
 {
     const char *k;
     json_t *v;
     json_t *old_flat = opts_flatten(rs->bs->options);
-    bool ok = true;
+    GPtrArray *refused = g_hash_table_lookup(q->ref_prefixes, rs);
+    const char *bad = NULL;
     json_object_foreach(rs->options, k, v) {
-        json_t *old = json_object_get(old_flat, k);
-        char *a = old ? opts_get_str(old_flat, k) : NULL;
-        char *b = opts_get_str(rs->options, k);
-        if (!old || g_strcmp0(a, b)) {
-            error_setg(errp, "Cannot change the option '%s'", k);
-            ok = false;
-        }
-        g_free(a);
-        g_free(b);
-        if (!ok) {
-            break;
+        if (!leftover_unchanged(rs, refused, old_flat, k, v) &&
+            (!bad || qdict_bucket(k) < qdict_bucket(bad))) {
+            bad = k;
         }
     }
+    if (bad) {
+        error_setg(errp, "Cannot change the option '%s'", bad);
+    }
     json_decref(old_flat);
-    return ok;
+    return !bad;
+}
+
+/* ---- file and backing given by reference ---- */
+
+enum { CHANGED_BACKING = 1, CHANGED_FILE = 2 };
+
+/* What the child edges changed by one reopen_multiple() call. */
+typedef struct {
+    Txn *txn;
+    /*
+     * New edges are attached in a transaction of their own, finished after
+     * the main one: aborting an attach frees the edge, and the main
+     * transaction's clean-up still touches the edges the permission walk
+     * gave final permissions.
+     */
+    Txn *attach_txn;
+    GSList *dropped;     /* nodes an edge left: refreshed, one ref held */
+    GHashTable *changed; /* node -> CHANGED_* of the edges that moved */
+} ChildChanges;
+
+/* Is bs the node root or below it? */
+static bool node_is_below(BlockNode *root, BlockNode *bs)
+{
+    if (root == bs) {
+        return true;
+    }
+    for (GList *l = root->children; l; l = l->next) {
+        if (node_is_below(((BlockChild *)l->data)->bs, bs)) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/*
+ * Was child opened, directly or through nodes that were, by parent?  Such a
+ * node follows parent's reopens once it is parent's child (QEMU moves its
+ * inherits_from to the new parent).
+ */
+static bool inherits_from(BlockNode *child, BlockNode *parent)
+{
+    BlockNode *cur = child;
+    while (cur && cur != parent) {
+        BlockNode *up = NULL;
+        for (GList *l = cur->parents; l; l = l->next) {
+            BlockChild *p = l->data;
+            if (p->inherits && p->klass->parent_is_node) {
+                up = p->opaque;
+                break;
+            }
+        }
+        cur = up;
+    }
+    return cur != NULL;
+}
+
+typedef struct {
+    BlockChild *c;
+    bool inherits;
+} InheritsUndo;
+
+static void inherits_abort(void *opaque)
+{
+    InheritsUndo *u = opaque;
+    u->c->inherits = u->inherits;
+}
+
+static const TxnActionDrv inherits_drv = {
+    .abort = inherits_abort,
+    .clean = g_free,
+};
+
+static void child_set_inherits(BlockChild *c, bool inherits, Txn *txn)
+{
+    InheritsUndo *u = g_new(InheritsUndo, 1);
+    u->c = c;
+    u->inherits = c->inherits;
+    c->inherits = inherits;
+    txn_add(txn, &inherits_drv, u);
+}
+
+/*
+ * Apply the "backing" or "file" option of rs: a node name moves the edge
+ * to that node, null (backing only) removes it; the same node as now
+ * changes nothing.  The checks and messages are QEMU 7.2's, in its order.
+ */
+static bool reopen_parse_child(ReopenState *rs, bool is_backing,
+                               ChildChanges *cc, GError **errp)
+{
+    BlockNode *bs = rs->bs;
+    const char *name = is_backing ? "backing" : "file";
+    json_t *v = json_object_get(rs->options, name);
+    BlockChild *c = is_backing ? bs->backing : bs->file;
+    BlockNode *old_bs = c ? c->bs : NULL;
+    BlockNode *new_bs = NULL;
+
+    if (!v) {
+        return true;
+    }
+    if (json_is_string(v)) {
+        const char *ref = json_string_value(v);
+        new_bs = node_find(ref);
+        if (!new_bs) {
+            error_setg(errp, "Cannot find device='' nor node-name='%s'", ref);
+            return false;
+        }
+        if (node_is_below(new_bs, bs)) {
+            error_setg(errp, "Making '%s' a %s child of '%s' would create a "
+                       "cycle", ref, name, bs->node_name);
+            return false;
+        }
+    } else if (!json_is_null(v) || !is_backing) {
+        error_setg(errp, "Invalid parameter type for '%s', expected: %s",
+                   name, is_backing ? "BlockdevRefOrNull" : "BlockdevRef");
+        return false;
+    }
+    /* Handled here: neither compared as a leftover nor kept as an option. */
+    json_object_del(rs->options, name);
+    json_object_del(rs->requested, name);
+    if (old_bs == new_bs) {
+        return true;
+    }
+    if (bs->drv->is_filter && !old_bs) {
+        /* A filter has its one child already: this one is the wrong kind. */
+        error_setg(errp, "'%s' is a %s filter node that does not support a "
+                   "%s child", bs->node_name, bs->drv->format_name, name);
+        return false;
+    }
+    if (c && !child_check_not_frozen(c, "change", errp)) {
+        return false;
+    }
+    if (is_backing && !bs->drv->is_filter && !bs->drv->supports_backing) {
+        error_setg(errp, "Driver '%s' of node '%s' does not support backing "
+                   "files", bs->drv->format_name, bs->node_name);
+        return false;
+    }
+    if (!is_backing && !c) {
+        /* A new file child's role could not be known: only retargeting. */
+        error_setg(errp, "Cannot set file child to format node without file "
+                   "child");
+        return false;
+    }
+
+    bool inherits = new_bs && inherits_from(new_bs, bs);
+    if (!c) {
+        c = child_new_noperm(new_bs, "backing", &child_of_node, CHILD_ROLE_COW,
+                             0, BLK_PERM_ALL, bs, cc->attach_txn);
+        c->inherits = inherits;
+        bs->backing = c; /* the abort of the attach clears it again */
+    } else if (new_bs) {
+        child_set_inherits(c, inherits, cc->txn);
+        child_set_node_noperm(c, new_bs, cc->txn);
+        /*
+         * The old node's permissions mean nothing for the new one: the
+         * transition takes only what the parent needs from the new node.
+         */
+        child_set_perm_noperm(c, 0, BLK_PERM_ALL, cc->txn);
+    } else {
+        child_remove_noperm(c, cc->txn);
+    }
+    if (old_bs) {
+        node_ref(old_bs);
+        cc->dropped = g_slist_prepend(cc->dropped, old_bs);
+    }
+    int mask = GPOINTER_TO_INT(g_hash_table_lookup(cc->changed, bs));
+    mask |= is_backing ? CHANGED_BACKING : CHANGED_FILE;
+    g_hash_table_insert(cc->changed, bs, GINT_TO_POINTER(mask));
+    return true;
+}
+
+/* After commit: what the node stored about its old child no longer holds. */
+static void reopen_commit_children(ReopenState *rs, ChildChanges *cc)
+{
+    BlockNode *bs = rs->bs;
+    int mask = GPOINTER_TO_INT(g_hash_table_lookup(cc->changed, bs));
+    if (!mask) {
+        return;
+    }
+    /* The old child's open options describe a node that is not there. */
+    if (mask & CHANGED_BACKING) {
+        json_object_del(bs->options, "backing");
+    }
+    if (mask & CHANGED_FILE) {
+        json_object_del(bs->options, "file");
+    }
+    node_invalidate_length(bs);
+}
+
+static void remember_options(ReopenState *rs)
+{
+    BlockNode *bs = rs->bs;
+    json_t *flat = opts_flatten(bs->options);
+    const char *k;
+    json_t *v;
+    json_object_foreach(rs->requested, k, v) {
+        json_object_set(flat, k, v);
+    }
+    json_object_set_new(flat, "read-only", json_boolean(rs->read_only));
+    json_object_set_new(flat, "cache.direct",
+                        json_boolean(rs->flags & NODE_O_NOCACHE));
+    json_object_set_new(flat, "cache.no-flush",
+                        json_boolean(rs->flags & NODE_O_NO_FLUSH));
+    json_decref(bs->options);
+    bs->options = json_object();
+    json_object_foreach(flat, k, v) {
+        opts_set_dotted(bs->options, k, json_incref(v), NULL);
+    }
+    json_decref(flat);
 }
 
 bool reopen_multiple(ReopenQueue *q, GError **errp)
@@ -225,6 +568,11 @@ bool reopen_multiple(ReopenQueue *q, GError **errp)
     bool ok = true;
     GList *prepared = NULL;
     GSList *nodes = NULL;
+    ChildChanges cc = {
+        .txn = txn_new(),
+        .attach_txn = txn_new(),
+        .changed = g_hash_table_new(NULL, NULL),
+    };
 
     drain_all_begin();
     for (GList *l = q->states; l && ok; l = l->next) {
@@ -250,22 +598,27 @@ bool reopen_multiple(ReopenQueue *q, GError **errp)
             ok = false;
             break;
         }
-        if (!reopen_check_leftovers(rs, errp)) {
+        if (!reopen_parse_child(rs, true, &cc, errp) ||
+            !reopen_parse_child(rs, false, &cc, errp) ||
+            !reopen_check_leftovers(q, rs, errp)) {
             ok = false;
             break;
         }
     }
 
-    Txn *txn = NULL;
     if (ok) {
-        txn = txn_new();
-        ok = perm_refresh_nodes(nodes, txn, false, errp);
-        if (!ok) {
-            txn_abort(txn);
+        /* The nodes edges left lose a user: their permissions shrink. */
+        GSList *refresh = g_slist_copy(nodes);
+        for (GSList *l = cc.dropped; l; l = l->next) {
+            refresh = g_slist_prepend(refresh, l->data);
         }
+        ok = perm_refresh_nodes(refresh, cc.txn, false, errp);
+        g_slist_free(refresh);
     }
 
     if (!ok) {
+        txn_abort(cc.txn);
+        txn_abort(cc.attach_txn);
         for (GList *l = prepared; l; l = l->next) {
             ReopenState *rs = l->data;
             if (rs->bs->drv->reopen_abort) {
@@ -276,7 +629,8 @@ bool reopen_multiple(ReopenQueue *q, GError **errp)
             node_set_reopen_state(((ReopenState *)l->data)->bs, NULL);
         }
     } else {
-        txn_commit(txn);
+        txn_commit(cc.txn);
+        txn_commit(cc.attach_txn);
         for (GList *l = q->states; l; l = l->next) {
             ReopenState *rs = l->data;
             BlockNode *bs = rs->bs;
@@ -288,26 +642,9 @@ bool reopen_multiple(ReopenQueue *q, GError **errp)
             bs->open_flags = rs->flags;
             bs->detect_zeroes = rs->detect_zeroes;
             bs->discard_unmap = rs->discard_unmap;
+            reopen_commit_children(rs, &cc);
             /* Remember the options now in force for the next reopen. */
-            json_t *flat = opts_flatten(bs->options);
-            const char *rk;
-            json_t *rv;
-            json_object_foreach(rs->requested, rk, rv) {
-                json_object_set(flat, rk, rv);
-            }
-            json_object_set_new(flat, "read-only", json_boolean(rs->read_only));
-            json_object_set_new(flat, "cache.direct",
-                                json_boolean(rs->flags & NODE_O_NOCACHE));
-            json_object_set_new(flat, "cache.no-flush",
-                                json_boolean(rs->flags & NODE_O_NO_FLUSH));
-            json_decref(bs->options);
-            bs->options = json_object();
-            const char *k;
-            json_t *v;
-            json_object_foreach(flat, k, v) {
-                opts_set_dotted(bs->options, k, json_incref(v), NULL);
-            }
-            json_decref(flat);
+            remember_options(rs);
             node_set_reopen_state(bs, NULL);
         }
         /* Final permissions: only relaxing, so protocol errors are ignored. */
@@ -319,6 +656,9 @@ bool reopen_multiple(ReopenQueue *q, GError **errp)
         }
     }
     drain_all_end();
+    /* A node no edge uses any more closes here, outside the drain. */
+    g_slist_free_full(cc.dropped, (GDestroyNotify)node_unref);
+    g_hash_table_destroy(cc.changed);
     g_list_free(prepared);
     g_slist_free(nodes);
     reopen_queue_free(q);

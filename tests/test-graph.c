@@ -1,6 +1,7 @@
 /*
  * The node graph: permission conflicts and complete rollback, freeze
- * counters, multi-node reopen (commit and abort), drain.
+ * counters, multi-node reopen (commit and abort), file/backing replaced
+ * by reopen, drain.
  * Graphs are built from raw over null-co, which needs no files.
  */
 #include <stdarg.h>
@@ -31,6 +32,15 @@ static int fmt_reopen_prepare(ReopenState *rs, GError **errp)
 static const BlockDriver bdrv_test_fmt = {
     .format_name = "test-fmt",
     .is_format = true,
+    .open = fmt_open,
+    .reopen_prepare = fmt_reopen_prepare,
+};
+
+/* The same with backing files, for reopen's backing=NODE / backing=null. */
+static const BlockDriver bdrv_test_cow = {
+    .format_name = "test-cow",
+    .is_format = true,
+    .supports_backing = true,
     .open = fmt_open,
     .reopen_prepare = fmt_reopen_prepare,
 };
@@ -507,6 +517,419 @@ static void test_auto_names(void **state)
     node_unref(bs);
 }
 
+/* ---- reopen with file=NODE / backing=NODE / backing=null ---- */
+
+/* test-cow node `name` over null-co, with `backing` (a node name) or none. */
+static BlockNode *open_cow(const char *name, const char *backing, bool rw)
+{
+    GError *err = NULL;
+    json_t *o = json_pack("{s:s, s:s, s:{s:s}}", "driver", "test-cow",
+                          "node-name", name, "file", "driver", "null-co");
+    if (backing) {
+        json_object_set_new(o, "backing", json_string(backing));
+    }
+    BlockNode *bs = node_open(NULL, o, rw ? NODE_O_RDWR : 0, &err);
+    if (!bs) {
+        fail_msg("open failed: %s", err->message);
+    }
+    return bs;
+}
+
+static bool has_parent(BlockNode *bs, BlockChild *c)
+{
+    for (BlockChild *p = node_next_parent(bs, NULL); p;
+         p = node_next_parent(bs, p)) {
+        if (p == c) {
+            return true;
+        }
+    }
+    return false;
+}
+
+static bool reopen_with(BlockNode *bs, const char *key, json_t *value,
+                        GError **errp)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, key, value);
+    return node_reopen(bs, o, node_is_read_only(bs), errp);
+}
+
+static void expect_reopen_error(BlockNode *bs, const char *key, json_t *value,
+                                const char *msg)
+{
+    GError *err = NULL;
+    assert_false(reopen_with(bs, key, value, &err));
+    assert_non_null(err);
+    assert_string_equal(err->message, msg);
+    g_clear_error(&err);
+}
+
+static void test_reopen_backing_replace(void **state)
+{
+    GError *err = NULL;
+    BlockNode *b1 = open_raw_null("b1", false);
+    BlockNode *b2 = open_raw_null("b2", false);
+    BlockNode *top = open_cow("ctop", "b1", true);
+    BlockBackend *blk = blk_new(BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE,
+                                BLK_PERM_ALL);
+    assert_true(blk_insert_node(blk, top, &err));
+    BlockChild *backing = node_find_child(top, "backing");
+    assert_ptr_equal(child_node(backing), b1);
+    uint64_t perm, shared;
+    node_get_cumulative_perm(b1, &perm, &shared);
+    assert_int_equal(perm, BLK_PERM_CONSISTENT_READ);
+
+    /* Naming the node it has changes nothing. */
+    assert_true(reopen_with(top, "backing", json_string("b1"), &err));
+    assert_ptr_equal(node_find_child(top, "backing"), backing);
+
+    /* Another node: the same edge moves, with the permissions of a backing. */
+    assert_true(reopen_with(top, "backing", json_string("b2"), &err));
+    assert_ptr_equal(node_find_child(top, "backing"), backing);
+    assert_ptr_equal(child_node(backing), b2);
+    assert_false(has_parent(b1, backing));
+    node_get_cumulative_perm(b1, &perm, &shared);
+    assert_int_equal(perm, 0);
+    node_get_cumulative_perm(b2, &perm, &shared);
+    assert_int_equal(perm, BLK_PERM_CONSISTENT_READ);
+    /* The reference is not kept as an option of top. */
+    assert_true(node_reopen(top, NULL, false, &err));
+
+    /* null detaches; a name attaches a new backing edge. */
+    assert_true(reopen_with(top, "backing", json_null(), &err));
+    assert_null(node_find_child(top, "backing"));
+    node_get_cumulative_perm(b2, &perm, &shared);
+    assert_int_equal(perm, 0);
+    assert_true(reopen_with(top, "backing", json_null(), &err));
+    assert_true(reopen_with(top, "backing", json_string("b1"), &err));
+    backing = node_find_child(top, "backing");
+    assert_non_null(backing);
+    assert_ptr_equal(child_node(backing), b1);
+    assert_true(backing->role & CHILD_ROLE_COW);
+    assert_false(backing->inherits);
+    node_get_cumulative_perm(b1, &perm, &shared);
+    assert_int_equal(perm, BLK_PERM_CONSISTENT_READ);
+
+    blk_unref(blk);
+    node_unref(top);
+    node_unref(b1);
+    node_unref(b2);
+}
+
+/* A job on `bs` that does not let anyone else read it consistently. */
+static BlockChild *attach_exclusive_job(BlockNode *bs, const char *name)
+{
+    GError *err = NULL;
+    BlockChild *c = child_attach(bs, "target", &job_class, CHILD_ROLE_DATA,
+                                 BLK_PERM_CONSISTENT_READ,
+                                 BLK_PERM_ALL & ~BLK_PERM_CONSISTENT_READ,
+                                 (void *)name, &err);
+    assert_non_null(c);
+    return c;
+}
+
+static void test_reopen_backing_replace_abort(void **state)
+{
+    GError *err = NULL;
+    BlockNode *b1 = open_raw_null("ab1", false);
+    BlockNode *b2 = open_raw_null("ab2", false);
+    BlockNode *top = open_cow("abtop", "ab1", true);
+    BlockNode *other = open_raw_null("abother", true);
+    BlockBackend *blk = blk_new(BLK_PERM_CONSISTENT_READ, BLK_PERM_ALL);
+    assert_true(blk_insert_node(blk, top, &err));
+    BlockChild *backing = node_find_child(top, "backing");
+    uint64_t perm, shared;
+
+    /* A later node of the queue fails: the new backing edge goes back. */
+    ReopenQueue *q = reopen_queue_add(NULL, top,
+                                      json_pack("{s:s}", "backing", "ab2"),
+                                      false);
+    q = reopen_queue_add(q, other, json_pack("{s:s}", "node-name", "x"),
+                         false);
+    assert_false(reopen_multiple(q, &err));
+    assert_string_equal(err->message, "Cannot change the option 'node-name'");
+    g_clear_error(&err);
+    assert_ptr_equal(node_find_child(top, "backing"), backing);
+    assert_ptr_equal(child_node(backing), b1);
+    assert_true(has_parent(b1, backing));
+    assert_null(node_next_parent(b2, NULL));
+    node_get_cumulative_perm(b1, &perm, &shared);
+    assert_int_equal(perm, BLK_PERM_CONSISTENT_READ);
+
+    /* A permission conflict on the new node is refused and rolled back. */
+    BlockChild *job = attach_exclusive_job(b2, "j2");
+    expect_reopen_error(top, "backing", json_string("ab2"),
+        "Permission conflict on node 'ab2': permissions 'consistent read' are "
+        "both required by node 'abtop' (uses node 'ab2' as 'backing' child) "
+        "and unshared by commit job 'j2' (uses node 'ab2' as 'target' "
+        "child).");
+    assert_ptr_equal(child_node(backing), b1);
+    node_get_cumulative_perm(b1, &perm, &shared);
+    assert_int_equal(perm, BLK_PERM_CONSISTENT_READ);
+    node_get_cumulative_perm(b2, &perm, &shared);
+    assert_int_equal(perm, BLK_PERM_CONSISTENT_READ); /* the job's own */
+
+    /* Detaching, then a failing attach: the node stays without backing. */
+    assert_true(reopen_with(top, "backing", json_null(), &err));
+    expect_reopen_error(top, "backing", json_string("ab2"),
+        "Permission conflict on node 'ab2': permissions 'consistent read' are "
+        "both required by node 'abtop' (uses node 'ab2' as 'backing' child) "
+        "and unshared by commit job 'j2' (uses node 'ab2' as 'target' "
+        "child).");
+    assert_null(node_find_child(top, "backing"));
+    assert_true(child_detach(job, &err));
+
+    /* A detach undone by a failure later in the same node's prepare. */
+    assert_true(reopen_with(top, "backing", json_string("ab1"), &err));
+    backing = node_find_child(top, "backing");
+    json_t *o = json_pack("{s:n, s:s}", "backing", "bogus", "1");
+    assert_false(node_reopen(top, o, false, &err));
+    assert_string_equal(err->message, "Cannot change the option 'bogus'");
+    g_clear_error(&err);
+    assert_ptr_equal(node_find_child(top, "backing"), backing);
+    assert_ptr_equal(child_node(backing), b1);
+
+    blk_unref(blk);
+    node_unref(top);
+    node_unref(other);
+    node_unref(b1);
+    node_unref(b2);
+}
+
+static void test_reopen_child_errors(void **state)
+{
+    GError *err = NULL;
+    BlockNode *top = open_cow("etop", NULL, true);
+    BlockNode *raw = open_raw_null("eraw", true);
+    const char *file_name = node_get_name(child_node(node_find_child(top, "file")));
+
+    expect_reopen_error(top, "backing", json_string("nosuch"),
+                        "Cannot find device='' nor node-name='nosuch'");
+    expect_reopen_error(top, "backing", json_string(""),
+                        "Cannot find device='' nor node-name=''");
+    expect_reopen_error(top, "file", json_string("nosuch"),
+                        "Cannot find device='' nor node-name='nosuch'");
+    expect_reopen_error(top, "backing", json_string("etop"),
+                        "Making 'etop' a backing child of 'etop' would create "
+                        "a cycle");
+    expect_reopen_error(top, "file", json_string("etop"),
+                        "Making 'etop' a file child of 'etop' would create "
+                        "a cycle");
+    expect_reopen_error(raw, "backing", json_string("etop"),
+                        "Driver 'raw' of node 'eraw' does not support backing "
+                        "files");
+    expect_reopen_error(top, "backing", json_integer(3),
+                        "Invalid parameter type for 'backing', expected: "
+                        "BlockdevRefOrNull");
+    expect_reopen_error(top, "file", json_null(),
+                        "Invalid parameter type for 'file', expected: "
+                        "BlockdevRef");
+    /* The backing option is looked at first. */
+    json_t *o = json_pack("{s:s, s:s}", "file", "nof", "backing", "nob");
+    assert_false(node_reopen(top, o, false, &err));
+    assert_string_equal(err->message,
+                        "Cannot find device='' nor node-name='nob'");
+    g_clear_error(&err);
+    /* A node named with inline options too: the options are refused. */
+    o = json_pack("{s:s, s:s}", "file", file_name, "file.size", "1M");
+    assert_false(node_reopen(top, o, false, &err));
+    assert_string_equal(err->message, "Cannot change the option 'file.size'");
+    g_clear_error(&err);
+
+    /* Through the child's options: a protocol node has no file to replace. */
+    o = json_pack("{s:{s:s}}", "file", "file", "eraw");
+    assert_false(node_reopen(top, o, false, &err));
+    assert_string_equal(err->message,
+                        "Cannot set file child to format node without file "
+                        "child");
+    g_clear_error(&err);
+    o = json_pack("{s:{s:s}}", "file", "backing", "eraw");
+    assert_false(node_reopen(top, o, false, &err));
+    char *expect = g_strdup_printf("Driver 'null-co' of node '%s' does not "
+                                   "support backing files", file_name);
+    assert_string_equal(err->message, expect);
+    g_free(expect);
+    g_clear_error(&err);
+
+    /* A filter has one child: blkdebug takes no backing. */
+    json_t *d = json_pack("{s:s, s:s, s:{s:s}}", "driver", "blkdebug",
+                          "node-name", "edbg", "image", "driver", "null-co");
+    BlockNode *dbg = node_open(NULL, d, NODE_O_RDWR, &err);
+    assert_non_null(dbg);
+    expect_reopen_error(dbg, "backing", json_string("eraw"),
+                        "'edbg' is a blkdebug filter node that does not "
+                        "support a backing child");
+    node_unref(dbg);
+    node_unref(raw);
+    node_unref(top);
+}
+
+static void test_reopen_child_frozen(void **state)
+{
+    GError *err = NULL;
+    BlockNode *b1 = open_raw_null("fb1", false);
+    BlockNode *b2 = open_raw_null("fb2", false);
+    BlockNode *top = open_cow("fztop", "fb1", true);
+    BlockChild *backing = node_find_child(top, "backing");
+    child_freeze(backing, "stream job 's0'");
+    expect_reopen_error(top, "backing", json_string("fb2"),
+                        "Cannot change the 'backing' link from node 'fztop' to "
+                        "node 'fb1': it is frozen by stream job 's0'");
+    expect_reopen_error(top, "backing", json_null(),
+                        "Cannot change the 'backing' link from node 'fztop' to "
+                        "node 'fb1': it is frozen by stream job 's0'");
+    /* The node it has already is no change, frozen or not. */
+    assert_true(reopen_with(top, "backing", json_string("fb1"), &err));
+    assert_ptr_equal(child_node(backing), b1);
+    child_unfreeze(backing, "stream job 's0'");
+    assert_true(reopen_with(top, "backing", json_string("fb2"), &err));
+    assert_ptr_equal(child_node(backing), b2);
+    node_unref(top);
+    node_unref(b1);
+    node_unref(b2);
+}
+
+static void test_reopen_file_replace(void **state)
+{
+    GError *err = NULL;
+    BlockNode *top = open_raw_null("frtop", true);
+    BlockChild *file = node_find_child(top, "file");
+    char *old_name = g_strdup(node_get_name(child_node(file)));
+    json_t *o = json_pack("{s:s, s:s, s:s}", "driver", "null-co",
+                          "node-name", "fr2", "size", "2M");
+    BlockNode *n2 = node_open(NULL, o, NODE_O_RDWR, &err);
+    assert_non_null(n2);
+    BlockBackend *blk = blk_new(BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE,
+                                BLK_PERM_ALL);
+    assert_true(blk_insert_node(blk, top, &err));
+    assert_int_equal(blk_getlength(blk), 1 << 30); /* null-co default */
+
+    /* A writer elsewhere on the new node that does not share: refused. */
+    BlockChild *job = child_attach(n2, "target", &job_class, CHILD_ROLE_DATA,
+                                   BLK_PERM_CONSISTENT_READ,
+                                   BLK_PERM_CONSISTENT_READ, "j3", &err);
+    assert_non_null(job);
+    assert_false(reopen_with(top, "file", json_string("fr2"), &err));
+    assert_non_null(strstr(err->message, "Permission conflict on node 'fr2'"));
+    g_clear_error(&err);
+    assert_ptr_equal(node_find_child(top, "file"), file);
+    assert_string_equal(node_get_name(child_node(file)), old_name);
+    assert_non_null(node_find(old_name));
+    assert_true(child_detach(job, &err));
+
+    /* Retargeted: the length is the new node's, the old node is closed. */
+    assert_true(reopen_with(top, "file", json_string("fr2"), &err));
+    assert_ptr_equal(node_find_child(top, "file"), file);
+    assert_ptr_equal(child_node(file), n2);
+    assert_false(file->inherits);
+    assert_null(node_find(old_name));
+    assert_int_equal(blk_getlength(blk), 2 << 20);
+    uint64_t perm, shared;
+    node_get_cumulative_perm(n2, &perm, &shared);
+    assert_true(perm & BLK_PERM_WRITE);
+    char buf[512];
+    assert_int_equal(blk_pwrite(blk, 0, sizeof(buf), buf, 0), 0);
+
+    blk_unref(blk);
+    node_unref(top);
+    assert_non_null(node_find("fr2"));
+    node_unref(n2);
+    g_free(old_name);
+}
+
+/*
+ * raw over blkdebug over null-co: file= the grandchild skips blkdebug (the
+ * grandchild was opened by raw's subtree, so it follows raw's reopens), and
+ * blkdebug's image edge (its bs->file) can itself be retargeted.
+ */
+static void test_reopen_file_skip_filter(void **state)
+{
+    GError *err = NULL;
+    json_t *o = json_pack("{s:s, s:s, s:{s:s, s:s, s:{s:s, s:s}}}",
+                          "driver", "raw", "node-name", "sr",
+                          "file", "driver", "blkdebug", "node-name", "sd",
+                          "image", "driver", "null-co", "node-name", "sn");
+    BlockNode *r = node_open(NULL, o, NODE_O_RDWR, &err);
+    assert_non_null(r);
+    BlockNode *spare = open_raw_null("sspare", true);
+    BlockNode *sn = node_find("sn");
+    BlockNode *sd = node_find("sd");
+
+    /* blkdebug's image moves to another node and back. */
+    assert_true(reopen_with(sd, "file", json_string("sspare"), &err));
+    assert_ptr_equal(child_node(node_find_child(sd, "image")), spare);
+    assert_null(node_find("sn"));
+    o = json_pack("{s:s, s:s, s:s}", "driver", "null-co", "node-name", "sn",
+                  "read-zeroes", "on");
+    sn = node_open(NULL, o, NODE_O_RDWR, &err);
+    assert_non_null(sn);
+    assert_true(reopen_with(sd, "file", json_string("sn"), &err));
+    assert_ptr_equal(child_node(node_find_child(sd, "image")), sn);
+    node_unref(sn);
+
+    BlockBackend *blk = blk_new(BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE,
+                                BLK_PERM_ALL);
+    assert_true(blk_insert_node(blk, r, &err));
+    char buf[512];
+    assert_int_equal(blk_pread(blk, 0, sizeof(buf), buf, 0), 0);
+    /* The blkdebug node is skipped and closed; requests still work. */
+    assert_true(reopen_with(r, "file", json_string("sn"), &err));
+    assert_null(node_find("sd"));
+    assert_ptr_equal(child_node(node_find_child(r, "file")), sn);
+    assert_int_equal(blk_pread(blk, 0, sizeof(buf), buf, 0), 0);
+    assert_int_equal(blk_pwrite(blk, 0, sizeof(buf), buf, 0), 0);
+    expect_reopen_error(r, "file", json_string("sd"),
+                        "Cannot find device='' nor node-name='sd'");
+
+    blk_unref(blk);
+    node_unref(r);
+    node_unref(spare);
+}
+
+/* Several nodes: a parent and, through its options, its backing file. */
+static void test_reopen_backing_multi(void **state)
+{
+    GError *err = NULL;
+    BlockNode *b1 = open_raw_null("mb1", false);
+    BlockNode *b2 = open_raw_null("mb2", false);
+    /* mid is opened with top, so it follows top's reopens. */
+    json_t *opts = json_pack("{s:s, s:s, s:{s:s}, s:{s:s, s:s, s:{s:s}, s:s}}",
+                             "driver", "test-cow", "node-name", "mtop",
+                             "file", "driver", "null-co",
+                             "backing", "driver", "test-cow",
+                             "node-name", "mmid", "file", "driver", "null-co",
+                             "backing", "mb1");
+    BlockNode *top = node_open(NULL, opts, NODE_O_RDWR, &err);
+    assert_non_null(top);
+    BlockNode *mid = node_find("mmid");
+    assert_true(node_find_child(top, "backing")->inherits);
+
+    json_t *o = json_pack("{s:{s:s}}", "backing", "backing", "mb2");
+    assert_true(node_reopen(top, o, false, &err));
+    assert_ptr_equal(child_node(node_find_child(mid, "backing")), b2);
+    assert_null(node_next_parent(b1, NULL));
+
+    /* backing=top's backing is a cycle one level down. */
+    o = json_pack("{s:{s:s}}", "backing", "backing", "mtop");
+    assert_false(node_reopen(top, o, false, &err));
+    assert_string_equal(err->message,
+                        "Making 'mtop' a backing child of 'mmid' would create "
+                        "a cycle");
+    g_clear_error(&err);
+
+    /* Replacing top's backing and a failure below it: all restored. */
+    o = json_pack("{s:s, s:{s:s}}", "backing", "mb1", "file", "bogus", "1");
+    assert_false(node_reopen(top, o, false, &err));
+    g_clear_error(&err);
+    assert_ptr_equal(child_node(node_find_child(top, "backing")), mid);
+    assert_non_null(node_find("mmid"));
+
+    node_unref(top);
+    assert_null(node_find("mmid"));
+    node_unref(b1);
+    node_unref(b2);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -525,7 +948,15 @@ int main(void)
         cmocka_unit_test(test_drain_from_coroutine),
         cmocka_unit_test(test_open_errors),
         cmocka_unit_test(test_auto_names),
+        cmocka_unit_test(test_reopen_backing_replace),
+        cmocka_unit_test(test_reopen_backing_replace_abort),
+        cmocka_unit_test(test_reopen_child_errors),
+        cmocka_unit_test(test_reopen_child_frozen),
+        cmocka_unit_test(test_reopen_file_replace),
+        cmocka_unit_test(test_reopen_file_skip_filter),
+        cmocka_unit_test(test_reopen_backing_multi),
     };
     driver_register(&bdrv_test_fmt);
+    driver_register(&bdrv_test_cow);
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
