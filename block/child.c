@@ -35,6 +35,7 @@ typedef struct {
     BlockChild *c;
     int child_index, parent_index;
     bool was_file, was_backing;   /* the parent's shortcut pointed at c */
+    bool aborted;          /* added, then taken back: free when cleaned */
 } ChildLinkUndo;
 
 static void child_link(BlockChild *c, int parent_index, int child_index)
