@@ -32,9 +32,8 @@ static int qcow2_probe(const uint8_t *buf, int buf_size, const char *filename)
  * Cache sizes as QEMU 7.2 chooses them: by default enough L2 cache to map
  * the whole disk, up to 32 MiB; cache-size splits between the two caches.
  */
-static bool read_cache_sizes(BlockNode *bs, json_t *options, GError **errp)
+static bool read_cache_sizes(Qcow2State *s, json_t *options, GError **errp)
 {
-    Qcow2State *s = bs->opaque;
     uint64_t combined = 0, l2 = 0, refcount = 0;
     json_t *v;
     bool has_combined = (v = json_object_get(options, "cache-size")) != NULL;
@@ -99,10 +98,9 @@ static bool read_cache_sizes(BlockNode *bs, json_t *options, GError **errp)
 static const char *const overlap_modes[] = { "none", "constant", "cached",
                                              "all", NULL };
 
-static bool read_runtime_options(BlockNode *bs, json_t *options, int flags,
+static bool read_runtime_options(Qcow2State *s, json_t *options, int flags,
                                  GError **errp)
 {
-    Qcow2State *s = bs->opaque;
     bool lazy = s->compatible_features & QCOW2_COMPAT_LAZY_REFCOUNTS;
     uint64_t clean_interval = 600;
     int overlap = 2;  /* cached */
@@ -112,7 +110,7 @@ static bool read_runtime_options(BlockNode *bs, json_t *options, int flags,
     s->discard_passthrough_snapshot = true;
     s->discard_passthrough_other = false;
 
-    if (!read_cache_sizes(bs, options, errp) ||
+    if (!read_cache_sizes(s, options, errp) ||
         !opts_take_bool(options, "lazy-refcounts", &lazy, errp) ||
         !opts_take_bool(options, "pass-discard-request",
                         &s->discard_passthrough_request, errp) ||
@@ -320,7 +318,7 @@ static void coroutine_fn open_co(void *opaque)
     if (ret < 0) {
         goto out;
     }
-    if (!read_runtime_options(bs, o->options, o->flags, &o->err)) {
+    if (!read_runtime_options(s, o->options, o->flags, &o->err)) {
         ret = -EINVAL;
         goto out;
     }
@@ -457,6 +455,112 @@ static void qcow2_close(BlockNode *bs)
         }
     }
     qcow2_free_state(s);
+}
+
+/* ---- Reopen ---- */
+
+typedef struct ReopenCo {
+    BlockNode *bs;
+    int ret;
+} ReopenCo;
+
+static void coroutine_fn reopen_flush_co(void *opaque)
+{
+    ReopenCo *r = opaque;
+    Qcow2State *s = r->bs->opaque;
+
+    co_mutex_lock(&s->lock);
+    r->ret = qcow2_cache_flush(s->l2_cache);
+    if (r->ret >= 0) {
+        r->ret = qcow2_cache_flush(s->refcount_cache);
+    }
+    co_mutex_unlock(&s->lock);
+}
+
+/*
+ * The runtime options may change (the same ones and checks as at open);
+ * going read-only first writes every dirty table, since nothing may be
+ * written afterwards.
+ */
+static int qcow2_reopen_prepare(ReopenState *rs, GError **errp)
+{
+    Qcow2State *s = rs->bs->opaque;
+    Qcow2State *n = g_new(Qcow2State, 1);
+
+    *n = *s;
+    n->compatible_features = s->compatible_features;
+    if (!read_runtime_options(n, rs->options, rs->flags, errp)) {
+        g_free(n);
+        return -EINVAL;
+    }
+    if (rs->read_only && !rs->bs->read_only && !s->corrupt) {
+        ReopenCo r = { .bs = rs->bs };
+        if (in_coroutine()) {
+            reopen_flush_co(&r);
+        } else {
+            co_run_sync(reopen_flush_co, &r);
+        }
+        if (r.ret < 0) {
+            error_setg_errno(errp, -r.ret, "Could not flush the metadata "
+                             "caches");
+            g_free(n);
+            return r.ret;
+        }
+    }
+    rs->opaque = n;
+    return 0;
+}
+
+static void qcow2_reopen_commit(ReopenState *rs)
+{
+    Qcow2State *s = rs->bs->opaque;
+    Qcow2State *n = rs->opaque;
+
+    s->lazy_refcounts = n->lazy_refcounts;
+    s->discard_passthrough_request = n->discard_passthrough_request;
+    s->discard_passthrough_snapshot = n->discard_passthrough_snapshot;
+    s->discard_passthrough_other = n->discard_passthrough_other;
+    s->overlap_check = n->overlap_check;
+    if (n->l2_cache_bytes != s->l2_cache_bytes ||
+        n->refcount_cache_bytes != s->refcount_cache_bytes) {
+        /* New caches: the old ones were written at prepare or hold
+         * nothing dirty unless the image stays writable. */
+        ReopenCo r = { .bs = rs->bs };
+        if (in_coroutine()) {
+            reopen_flush_co(&r);
+        } else {
+            co_run_sync(reopen_flush_co, &r);
+        }
+        Qcow2Cache *l2 = qcow2_cache_new(rs->bs, true,
+                                         (int)(n->l2_cache_bytes /
+                                               s->cluster_size),
+                                         (unsigned)s->cluster_size);
+        Qcow2Cache *rc = qcow2_cache_new(rs->bs, false,
+                                         (int)(n->refcount_cache_bytes /
+                                               s->cluster_size),
+                                         (unsigned)s->cluster_size);
+        if (r.ret >= 0 && l2 && rc) {
+            qcow2_cache_free(s->l2_cache);
+            qcow2_cache_free(s->refcount_cache);
+            s->l2_cache = l2;
+            s->refcount_cache = rc;
+            qcow2_cache_set_dependency(l2, rc);
+            s->l2_cache_bytes = n->l2_cache_bytes;
+            s->refcount_cache_bytes = n->refcount_cache_bytes;
+        } else {
+            /* Keep the caches we have: sizes are a hint, not a promise. */
+            qcow2_cache_free(l2);
+            qcow2_cache_free(rc);
+        }
+    }
+    g_free(n);
+    rs->opaque = NULL;
+}
+
+static void qcow2_reopen_abort(ReopenState *rs)
+{
+    g_free(rs->opaque);
+    rs->opaque = NULL;
 }
 
 static void qcow2_refresh_limits(BlockNode *bs)
@@ -906,6 +1010,9 @@ const BlockDriver bdrv_qcow2 = {
     .create = qcow2_co_create,
     .create_opts = qcow2_create_opts,
     .child_perm = qcow2_child_perm,
+    .reopen_prepare = qcow2_reopen_prepare,
+    .reopen_commit = qcow2_reopen_commit,
+    .reopen_abort = qcow2_reopen_abort,
     .co_preadv = qcow2_co_preadv,
     .co_pwritev = qcow2_co_pwritev,
     .co_pwritev_compressed = qcow2_co_pwritev_compressed,
