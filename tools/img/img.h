@@ -27,8 +27,11 @@
 
 int img_bench(int argc, char **argv);
 int img_check(int argc, char **argv);
+int img_compare(int argc, char **argv);
 int img_create(int argc, char **argv);
+int img_dd(int argc, char **argv);
 int img_info(int argc, char **argv);
+int img_resize(int argc, char **argv);
 int img_snapshot(int argc, char **argv);
 /* qemu's bdrv_snapshot_dump(): the table header, or one row (no newline). */
 struct SnapshotInfo;

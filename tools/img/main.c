@@ -43,10 +43,26 @@ static const ImgCommand commands[] = {
       "       kinds of errors, with a higher risk of choosing the wrong fix "
       "or\n"
       "       hiding corruption that has already occurred.\n" },
+    { "compare", img_compare,
+      "[--object objectdef] [--image-opts] [-f fmt] [-F fmt] [-T src_cache] "
+      "[-p] [-q] [-s] [-U] filename1 filename2",
+      "  '-f' first image format\n"
+      "  '-F' second image format\n"
+      "  '-s' run in Strict mode - fail on different image size or sector "
+      "allocation\n" },
     { "create", img_create,
       "[--object objectdef] [-q] [-f fmt] [-b backing_file [-F backing_fmt]] "
       "[-u] [-o options] filename [size]",
       NULL },
+    { "dd", img_dd,
+      "[--image-opts] [-U] [-f fmt] [-O output_fmt] [bs=block_size] "
+      "[count=blocks] [skip=blocks] if=input of=output",
+      "  'bs=BYTES' read and write up to BYTES bytes at a time (default: "
+      "512)\n"
+      "  'count=N' copy only N input blocks\n"
+      "  'if=FILE' read from FILE\n"
+      "  'of=FILE' write to FILE\n"
+      "  'skip=N' skip N bs-sized blocks at the start of input\n" },
     { "info", img_info,
       "[--object objectdef] [--image-opts] [-f fmt] [--output=ofmt] "
       "[--backing-chain] [-U] filename",
@@ -59,6 +75,10 @@ static const ImgCommand commands[] = {
       "  '-c' creates a snapshot\n"
       "  '-d' deletes a snapshot\n"
       "  '-l' lists all snapshots in the given image\n" },
+    { "resize", img_resize,
+      "[--object objectdef] [--image-opts] [-f fmt] "
+      "[--preallocation=prealloc] [-q] [--shrink] filename [+ | -]size",
+      NULL },
 };
 
 /* qemu-img prints the per-subcommand parameter blocks in this order. */
