@@ -810,3 +810,23 @@ int coroutine_fn qcow2_co_pwritev_compressed(BlockNode *bs, int64_t offset,
     }
     return 0;
 }
+
+int coroutine_fn qcow2_zero_new_area(BlockNode *bs, uint64_t from, uint64_t to)
+{
+    Qcow2State *s = bs->opaque;
+    uint64_t aligned = MIN(ROUND_UP(from, s->subcluster_size), to);
+    int ret = 0;
+
+    /* Zero subclusters where the format has them, data elsewhere. */
+    if (s->version >= 3 && !qcow2_data_file_is_raw(s) && aligned < to) {
+        ret = zero_or_discard(bs, aligned, to - aligned, true, false, false,
+                              QCOW2_DISCARD_NEVER);
+        to = aligned;
+    }
+    if (ret >= 0 && from < to) {
+        co_mutex_unlock(&s->lock);
+        ret = write_zero_data(bs, from, to - from);
+        co_mutex_lock(&s->lock);
+    }
+    return ret;
+}

@@ -813,8 +813,9 @@ static int coroutine_fn qcow2_co_truncate(BlockNode *bs, int64_t offset,
         error_setg(errp, "The new size must be a multiple of 512");
         return -EINVAL;
     }
-    if (s->nb_snapshots && new_size != s->size) {
-        error_setg(errp, "Can't resize an image which has snapshots");
+    /* v3 snapshots record their own size; v2 ones do not. */
+    if (s->nb_snapshots && s->version < 3) {
+        error_setg(errp, "Can't resize a v2 image which has snapshots");
         return -ENOTSUP;
     }
     if (new_size < s->size && prealloc != PREALLOC_OFF) {
@@ -884,8 +885,23 @@ static int coroutine_fn qcow2_co_truncate(BlockNode *bs, int64_t offset,
             }
         }
     }
+    uint64_t old_size = s->size;
     s->size = new_size;
     ret = 0;
+    /*
+     * A backing file longer than the old size would show through the new
+     * area: it must read as zeroes instead (QEMU zero-fills it too).
+     */
+    if (new_size > old_size && bs->backing) {
+        int64_t blen = node_getlength(bs->backing->bs);
+        if (blen > (int64_t)old_size) {
+            ret = qcow2_zero_new_area(bs, old_size, new_size);
+            if (ret < 0) {
+                error_setg_errno(errp, -ret, "Failed to zero out the new "
+                                 "area");
+            }
+        }
+    }
 out:
     co_mutex_unlock(&s->lock);
     return ret;

@@ -214,6 +214,9 @@ int coroutine_fn qcow2_co_pdiscard(BlockNode *bs, int64_t offset,
 int coroutine_fn qcow2_co_pwritev_compressed(BlockNode *bs, int64_t offset,
                                              int64_t bytes, IOVec *qiov,
                                              size_t qiov_offset);
+/* Make [from, to) read as zeroes whatever lies below; lock held. */
+int coroutine_fn qcow2_zero_new_area(BlockNode *bs, uint64_t from,
+                                     uint64_t to);
 /* Drop every cluster of the range (shrinking the image); lock held. */
 int coroutine_fn qcow2_discard_tail(BlockNode *bs, uint64_t offset,
                                     uint64_t bytes);
