@@ -200,7 +200,8 @@ int coroutine_fn qcow2_get_host_offset(BlockNode *bs, uint64_t offset,
             e = qcow2_l2_entry(s, l2, i);
             bm = qcow2_l2_bitmap(s, l2, i);
             expect_host += s->cluster_size;
-            if ((t == QCOW2_SC_NORMAL || t == QCOW2_SC_ZERO_ALLOC) &&
+            if ((t == QCOW2_SC_NORMAL || t == QCOW2_SC_ZERO_ALLOC ||
+                 t == QCOW2_SC_UNALLOC_ALLOC) &&
                 (e & L2E_OFFSET_MASK) != expect_host) {
                 break;
             }
@@ -213,7 +214,8 @@ int coroutine_fn qcow2_get_host_offset(BlockNode *bs, uint64_t offset,
     }
     *bytes = MIN(n, want);
     *type = t;
-    if (t == QCOW2_SC_NORMAL || t == QCOW2_SC_ZERO_ALLOC) {
+    if (t == QCOW2_SC_NORMAL || t == QCOW2_SC_ZERO_ALLOC ||
+        t == QCOW2_SC_UNALLOC_ALLOC) {
         *host_offset = host_cluster + in_cluster;
     }
 out:

@@ -502,49 +502,59 @@ static int coroutine_fn update_refcount(BlockNode *bs, uint64_t offset,
     return 0;
 }
 
+/*
+ * Refcount blocks for every cluster of [first, first + n): true in *created
+ * if one had to be made (it may have landed inside the range).
+ */
+static int coroutine_fn ensure_refblocks(BlockNode *bs, uint64_t first,
+                                         uint64_t n, bool *created)
+{
+    Qcow2State *s = bs->opaque;
+    uint64_t a = first >> s->refcount_block_bits;
+    uint64_t b = (first + n - 1) >> s->refcount_block_bits;
+
+    *created = false;
+    for (uint64_t r = a; r <= b; r++) {
+        if (r < s->refcount_table_size &&
+            (s->refcount_table[r] & REFT_OFFSET_MASK)) {
+            continue;
+        }
+        int ret = ensure_refblock(bs, r);
+        if (ret < 0) {
+            return ret;
+        }
+        *created = true;
+    }
+    return 0;
+}
+
 int coroutine_fn qcow2_alloc_clusters(BlockNode *bs, uint64_t n,
                                       uint64_t *offset)
 {
     Qcow2State *s = bs->opaque;
     uint64_t first;
+    bool created;
     int ret;
 
     child_debug_event(bs->file, BLKDBG_CLUSTER_ALLOC);
-    for (;;) {
+    /*
+     * The refcount blocks describing the run come first; a new block may
+     * take a cluster of the run, so then look again.
+     */
+    do {
         ret = find_free(bs, n, &first);
         if (ret < 0) {
             return ret;
         }
-        /*
-         * Creating refcount blocks may take clusters of the run we found;
-         * then look again.
-         */
-        ret = update_refcount(bs, first << s->cluster_bits,
-                              n << s->cluster_bits, 1, false,
-                              QCOW2_DISCARD_NEVER);
+        ret = ensure_refblocks(bs, first, n, &created);
         if (ret < 0) {
             return ret;
         }
-        uint64_t rc;
-        bool ok = true;
-        for (uint64_t c = first; c < first + n && ok; c++) {
-            ret = qcow2_get_refcount(bs, c, &rc);
-            if (ret < 0) {
-                return ret;
-            }
-            ok = rc == 1;
-        }
-        if (ok) {
-            break;
-        }
-        /* Give back what we took and try past it. */
-        ret = update_refcount(bs, first << s->cluster_bits,
-                              n << s->cluster_bits, 1, true,
-                              QCOW2_DISCARD_NEVER);
-        if (ret < 0) {
-            return ret;
-        }
-        s->free_cluster_index = first + 1;
+    } while (created);
+    ret = update_refcount(bs, first << s->cluster_bits, n << s->cluster_bits,
+                          1, false, QCOW2_DISCARD_NEVER);
+    if (ret < 0) {
+        return ret;
     }
     s->free_cluster_index = first + n;
     *offset = first << s->cluster_bits;
@@ -592,10 +602,17 @@ int coroutine_fn qcow2_alloc_bytes(BlockNode *bs, uint64_t size,
                                      qcow2_offset_into_cluster(s, off) : 0;
     if (!off || free_in_cluster < size) {
         uint64_t c;
-        ret = find_free(bs, 1, &c);
-        if (ret < 0) {
-            return ret;
-        }
+        bool created;
+        do {
+            ret = find_free(bs, 1, &c);
+            if (ret < 0) {
+                return ret;
+            }
+            ret = ensure_refblocks(bs, c, 1, &created);
+            if (ret < 0) {
+                return ret;
+            }
+        } while (created);
         /* Continue into the next cluster only if it is the adjacent one. */
         if (!off || ROUND_UP(off, s->cluster_size) != c << s->cluster_bits) {
             off = c << s->cluster_bits;

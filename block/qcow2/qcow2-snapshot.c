@@ -480,7 +480,9 @@ static int coroutine_fn do_create(BlockNode *bs, const SnapshotInfo *info,
     }
 
     Qcow2Snapshot *sns = g_new0(Qcow2Snapshot, s->nb_snapshots + 1);
-    memcpy(sns, s->snapshots, s->nb_snapshots * sizeof(*sns));
+    if (s->nb_snapshots) {
+        memcpy(sns, s->snapshots, s->nb_snapshots * sizeof(*sns));
+    }
     Qcow2Snapshot *sn = &sns[s->nb_snapshots];
     sn->id_str = g_strdup(id);
     sn->name = g_strdup(info->name);
@@ -677,6 +679,7 @@ int coroutine_fn qcow2_snapshot_create(BlockNode *bs, SnapshotInfo *info,
     int ret;
 
     co_mutex_lock(&s->lock);
+    qcow2_wait_inflight(bs, 0, UINT64_MAX);
     ret = do_create(bs, info, errp);
     co_mutex_unlock(&s->lock);
     return ret;
@@ -689,6 +692,7 @@ int coroutine_fn qcow2_snapshot_goto(BlockNode *bs, const char *id_or_name,
     int ret;
 
     co_mutex_lock(&s->lock);
+    qcow2_wait_inflight(bs, 0, UINT64_MAX);
     ret = do_goto(bs, id_or_name, errp);
     co_mutex_unlock(&s->lock);
     return ret;
@@ -701,6 +705,7 @@ int coroutine_fn qcow2_snapshot_delete(BlockNode *bs, const char *id,
     int ret;
 
     co_mutex_lock(&s->lock);
+    qcow2_wait_inflight(bs, 0, UINT64_MAX);
     ret = do_delete(bs, id, name, errp);
     co_mutex_unlock(&s->lock);
     return ret;

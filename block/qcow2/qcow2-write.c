@@ -232,6 +232,48 @@ static int coroutine_fn in_place_run(BlockNode *bs, uint64_t offset,
 }
 
 /*
+ * Allocations in flight: guest cluster ranges whose new clusters are being
+ * written with the lock released.  Anything else that would change or
+ * depend on the metadata of such a range waits until it is done.
+ */
+typedef struct Inflight {
+    uint64_t start, end;       /* guest bytes, whole clusters */
+    CoQueue waiters;
+} Inflight;
+
+static Inflight *find_inflight(Qcow2State *s, uint64_t start, uint64_t end)
+{
+    for (GList *l = s->inflight; l; l = l->next) {
+        Inflight *f = l->data;
+        if (f->start < end && start < f->end) {
+            return f;
+        }
+    }
+    return NULL;
+}
+
+/* Lock held on entry and on return; true if it had to wait. */
+bool coroutine_fn qcow2_wait_inflight(BlockNode *bs, uint64_t start,
+                                      uint64_t end)
+{
+    Qcow2State *s = bs->opaque;
+    bool waited = false;
+    Inflight *f;
+
+    start = qcow2_start_of_cluster(s, start);
+    end = end > UINT64_MAX - s->cluster_size ? UINT64_MAX
+                                             : ROUND_UP(end, s->cluster_size);
+    while ((f = find_inflight(s, start, end))) {
+        /* Unlock and queue without yielding in between: no lost wake-up. */
+        co_mutex_unlock(&s->lock);
+        co_queue_wait(&f->waiters);
+        co_mutex_lock(&s->lock);
+        waited = true;
+    }
+    return waited;
+}
+
+/*
  * One allocating write of up to one L2 table's worth, lock held.  *done is
  * how much of bytes it wrote.
  */
@@ -297,28 +339,9 @@ static int coroutine_fn write_allocating(BlockNode *bs, uint64_t offset,
     }
 
     uint64_t head_len = offset - cow_start, tail_len = cow_end - end;
+    bool fresh = !reuse && !qcow2_has_data_file(s);
     IOVec v;
     iovec_init(&v, qiov->niov + 2);
-    if (head_len || tail_len) {
-        child_debug_event(bs->file, BLKDBG_COW_READ);
-    }
-    if (head_len) {
-        head = g_malloc(head_len);
-        ret = qcow2_co_read_locked(bs, cow_start, head_len, head);
-        if (ret < 0) {
-            goto out_v;
-        }
-        iovec_add(&v, head, head_len);
-    }
-    iovec_concat(&v, qiov, qoff, end - offset);
-    if (tail_len) {
-        tail = g_malloc(tail_len);
-        ret = qcow2_co_read_locked(bs, end, tail_len, tail);
-        if (ret < 0) {
-            goto out_v;
-        }
-        iovec_add(&v, tail, tail_len);
-    }
     if (s->data_file == bs->file) {
         ret = qcow2_check_overlap(bs, 0, new_host + (cow_start - cstart),
                                   cow_end - cow_start);
@@ -326,12 +349,65 @@ static int coroutine_fn write_allocating(BlockNode *bs, uint64_t offset,
             goto out_v;
         }
     }
-    child_debug_event(bs->file, BLKDBG_WRITE_AIO);
-    ret = child_co_pwritev(s->data_file,
-                           (int64_t)(new_host + (cow_start - cstart)),
-                           (int64_t)(cow_end - cow_start), &v, 0, 0);
+
+    /*
+     * The slow part (copy-on-write reads, the data write) runs without the
+     * lock, so that allocating writes to other clusters proceed in
+     * parallel.  The clusters stay claimed meanwhile: no other request
+     * changes their L2 entries, and the L2 table is fetched again after.
+     */
+    Inflight *f = g_new0(Inflight, 1);
+    f->start = cstart;
+    f->end = cstart + (uint64_t)nb * s->cluster_size;
+    co_queue_init(&f->waiters);
+    s->inflight = g_list_prepend(s->inflight, f);
+    qcow2_cache_put(s->l2_cache, &l2);
+    co_mutex_unlock(&s->lock);
+
+    if (head_len || tail_len) {
+        child_debug_event(bs->file, BLKDBG_COW_READ);
+    }
+    if (head_len) {
+        head = g_malloc(head_len);
+        ret = qcow2_co_read_buf(bs, cow_start, head_len, head, false);
+        if (ret >= 0) {
+            iovec_add(&v, head, head_len);
+        }
+    }
+    if (ret >= 0) {
+        iovec_concat(&v, qiov, qoff, end - offset);
+    }
+    if (ret >= 0 && tail_len) {
+        tail = g_malloc(tail_len);
+        ret = qcow2_co_read_buf(bs, end, tail_len, tail, false);
+        if (ret >= 0) {
+            iovec_add(&v, tail, tail_len);
+        }
+    }
+    if (ret >= 0) {
+        child_debug_event(bs->file, BLKDBG_WRITE_AIO);
+        ret = child_co_pwritev(s->data_file,
+                               (int64_t)(new_host + (cow_start - cstart)),
+                               (int64_t)(cow_end - cow_start), &v, 0, 0);
+    }
+
+    co_mutex_lock(&s->lock);
+    if (ret >= 0) {
+        ret = get_l2_for_write(bs, offset, &l2, &l2i);
+    }
+    s->inflight = g_list_remove(s->inflight, f);
+    co_queue_restart_all(&f->waiters);
+    g_free(f);
     if (ret < 0) {
-        goto out_v;
+        /* Nothing points at the new clusters yet: give them back. */
+        if (fresh) {
+            qcow2_free_clusters(bs, new_host, (uint64_t)nb * s->cluster_size,
+                                QCOW2_DISCARD_NEVER);
+        }
+        iovec_destroy(&v);
+        g_free(head);
+        g_free(tail);
+        return ret;
     }
 
     for (unsigned i = 0; i < nb; i++) {
@@ -381,6 +457,7 @@ int coroutine_fn qcow2_co_pwritev(BlockNode *bs, int64_t offset,
         int ret;
 
         co_mutex_lock(&s->lock);
+        qcow2_wait_inflight(bs, (uint64_t)offset, (uint64_t)(offset + bytes));
         ret = in_place_run(bs, (uint64_t)offset, (uint64_t)bytes, &n, &host);
         if (ret >= 0 && n > 0 && s->data_file == bs->file) {
             ret = qcow2_check_overlap(bs, 0, host, n);
@@ -391,6 +468,7 @@ int coroutine_fn qcow2_co_pwritev(BlockNode *bs, int64_t offset,
             ret = child_co_pwritev(s->data_file, (int64_t)host, (int64_t)n,
                                    qiov, qiov_offset, 0);
         } else if (ret >= 0) {
+            /* Returns with the lock held. */
             ret = write_allocating(bs, (uint64_t)offset, (uint64_t)bytes,
                                    qiov, qiov_offset, &n);
             co_mutex_unlock(&s->lock);
@@ -590,6 +668,7 @@ static int coroutine_fn zero_edge(BlockNode *bs, uint64_t offset,
     int ret;
 
     co_mutex_lock(&s->lock);
+    qcow2_wait_inflight(bs, start, end);
     ret = is_zero(bs, start, offset - start);
     if (ret > 0) {
         ret = is_zero(bs, offset + bytes, end - (offset + bytes));
@@ -647,6 +726,7 @@ int coroutine_fn qcow2_co_pwrite_zeroes(BlockNode *bs, int64_t offset,
     }
     if (ret >= 0 && off < end) {
         co_mutex_lock(&s->lock);
+        qcow2_wait_inflight(bs, off, end);
         ret = zero_or_discard(bs, off, end - off, s->version >= 3,
                               flags & REQ_MAY_UNMAP, false,
                               QCOW2_DISCARD_REQUEST);
@@ -681,6 +761,7 @@ int coroutine_fn qcow2_co_pdiscard(BlockNode *bs, int64_t offset,
         return 0;
     }
     co_mutex_lock(&s->lock);
+    qcow2_wait_inflight(bs, start, end);
     ret = zero_or_discard(bs, start, end - start, false, true, false,
                           QCOW2_DISCARD_REQUEST);
     co_mutex_unlock(&s->lock);
@@ -742,6 +823,7 @@ static int coroutine_fn write_compressed_cluster(BlockNode *bs,
     }
 
     co_mutex_lock(&s->lock);
+    qcow2_wait_inflight(bs, (uint64_t)offset, (uint64_t)(offset + bytes));
     unsigned l2i;
     void *l2;
     ret = get_l2_for_write(bs, (uint64_t)offset, &l2, &l2i);

@@ -698,14 +698,14 @@ static int coroutine_fn do_read(BlockNode *bs, int64_t offset, int64_t bytes,
     return 0;
 }
 
-int coroutine_fn qcow2_co_read_locked(BlockNode *bs, uint64_t offset,
-                                      uint64_t bytes, void *buf)
+int coroutine_fn qcow2_co_read_buf(BlockNode *bs, uint64_t offset,
+                                   uint64_t bytes, void *buf, bool have_lock)
 {
     IOVec q;
     int ret;
 
     iovec_init_buf(&q, buf, bytes);
-    ret = do_read(bs, (int64_t)offset, (int64_t)bytes, &q, 0, true);
+    ret = do_read(bs, (int64_t)offset, (int64_t)bytes, &q, 0, have_lock);
     iovec_destroy(&q);
     return ret;
 }
@@ -726,6 +726,39 @@ static int coroutine_fn qcow2_co_preadv(BlockNode *bs, int64_t offset,
 
 /* ---- Block status ---- */
 
+/*
+ * Whether the image looks preallocated with preallocation=metadata: many
+ * more clusters are referenced than the file really occupies (QEMU's
+ * heuristic).  Only then is it worth asking the file where the holes are.
+ * Called with s->lock held.
+ */
+static int coroutine_fn detect_metadata_prealloc(BlockNode *bs)
+{
+    Qcow2State *s = bs->opaque;
+    int64_t file_len = node_getlength(bs->file->bs);
+    int64_t real = node_get_allocated_file_size(bs->file->bs);
+    int64_t real_clusters, threshold, end, count = 0;
+
+    if (file_len < 0) {
+        return (int)file_len;
+    }
+    if (real < 0) {
+        return (int)real;
+    }
+    real_clusters = real / (int64_t)s->cluster_size;
+    threshold = MAX(real_clusters * 10 / 9, real_clusters + 2);
+    end = DIV_ROUND_UP(file_len, (int64_t)s->cluster_size);
+    for (int64_t i = 0; i < end && count < threshold; i++) {
+        uint64_t refcount;
+        int ret = qcow2_get_refcount(bs, (uint64_t)i, &refcount);
+        if (ret < 0) {
+            return ret;
+        }
+        count += refcount != 0;
+    }
+    return count >= threshold;
+}
+
 static int coroutine_fn qcow2_co_block_status(BlockNode *bs, bool want_zero,
                                               int64_t offset, int64_t bytes,
                                               int64_t *pnum, int64_t *map,
@@ -737,11 +770,11 @@ static int coroutine_fn qcow2_co_block_status(BlockNode *bs, bool want_zero,
     int ret, status = 0;
     (void)want_zero;
 
-    if (s->corrupt) {
-        return -ENOMEDIUM;
-    }
-
     co_mutex_lock(&s->lock);
+    if (!s->metadata_prealloc_checked) {
+        s->metadata_prealloc = detect_metadata_prealloc(bs) == 1;
+        s->metadata_prealloc_checked = true;
+    }
     ret = qcow2_get_host_offset(bs, (uint64_t)offset, &n, &host, &type);
     co_mutex_unlock(&s->lock);
     if (ret < 0) {
@@ -750,12 +783,8 @@ static int coroutine_fn qcow2_co_block_status(BlockNode *bs, bool want_zero,
     *pnum = (int64_t)n;
 
     if ((type == QCOW2_SC_NORMAL || type == QCOW2_SC_ZERO_ALLOC ||
-         type == QCOW2_SC_UNALLOC_ALLOC) && host) {
-        /* Where the data is (ZERO_ALLOC keeps its cluster). */
-        *map = (int64_t)host;
-        *file = s->data_file->bs;
-        status |= BLOCK_OFFSET_VALID;
-    } else if (type == QCOW2_SC_NORMAL && qcow2_has_data_file(s)) {
+         type == QCOW2_SC_UNALLOC_ALLOC) && !s->crypt_method) {
+        /* Where the data is, or would be (ALLOC types keep the cluster). */
         *map = (int64_t)host;
         *file = s->data_file->bs;
         status |= BLOCK_OFFSET_VALID;
@@ -765,12 +794,9 @@ static int coroutine_fn qcow2_co_block_status(BlockNode *bs, bool want_zero,
     } else if (type == QCOW2_SC_NORMAL || type == QCOW2_SC_COMPRESSED) {
         status |= BLOCK_DATA;
     }
-    if (type == QCOW2_SC_NORMAL && !s->crypt_method) {
+    if (s->metadata_prealloc && (status & BLOCK_DATA) &&
+        (status & BLOCK_OFFSET_VALID)) {
         status |= BLOCK_RECURSE;
-    }
-    if (type == QCOW2_SC_UNALLOC_ALLOC) {
-        /* Reserved but not allocated: not ours to report as data. */
-        status &= ~BLOCK_OFFSET_VALID;
     }
     return status;
 }
@@ -833,6 +859,7 @@ static int coroutine_fn qcow2_co_truncate(BlockNode *bs, int64_t offset,
     }
 
     co_mutex_lock(&s->lock);
+    qcow2_wait_inflight(bs, 0, UINT64_MAX);
     if (new_size < s->size) {
         /* Whole clusters past the new end go; the last one stays. */
         uint64_t from = ROUND_UP(new_size, s->cluster_size);
@@ -991,6 +1018,7 @@ static int coroutine_fn qcow2_co_check(BlockNode *bs, BlockCheckResult *res,
     int ret;
 
     co_mutex_lock(&s->lock);
+    qcow2_wait_inflight(bs, 0, UINT64_MAX);
     ret = qcow2_co_check_locked(bs, res, fix);
     /* A fully repaired image is clean and consistent again. */
     if (ret >= 0 && fix && !res->corruptions && !res->check_errors &&

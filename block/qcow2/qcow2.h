@@ -119,6 +119,7 @@ typedef struct Qcow2State {
     Qcow2Cache *l2_cache;
     Qcow2Cache *refcount_cache;
     CoMutex lock;
+    GList *inflight;                 /* allocating writes (qcow2-write.c) */
     bool lazy_refcounts;             /* option, default from the header */
     bool dirty_set_by_us;            /* we set the dirty bit on open */
     bool corrupt;                    /* marked corrupt: read-only from now */
@@ -132,6 +133,9 @@ typedef struct Qcow2State {
     bool discard_passthrough_snapshot;
     bool discard_passthrough_other;
     bool discard_no_unref;
+    /* Block status: is the image preallocated=metadata (asked once)? */
+    bool metadata_prealloc_checked;
+    bool metadata_prealloc;
 } Qcow2State;
 
 /* Metadata structures a write must never hit (QEMU's QCOW2_OL_*). */
@@ -197,15 +201,21 @@ void coroutine_fn qcow2_signal_corruption(BlockNode *bs, bool fatal,
 
 /* ---- qcow2.c ---- */
 
-/* Read guest data into buf while holding s->lock (for copy-on-write). */
-int coroutine_fn qcow2_co_read_locked(BlockNode *bs, uint64_t offset,
-                                      uint64_t bytes, void *buf);
+/* Read guest data into buf (have_lock: the caller holds s->lock). */
+int coroutine_fn qcow2_co_read_buf(BlockNode *bs, uint64_t offset,
+                                   uint64_t bytes, void *buf, bool have_lock);
 
 /* ---- qcow2-write.c ---- */
 
 int coroutine_fn qcow2_co_pwritev(BlockNode *bs, int64_t offset,
                                   int64_t bytes, IOVec *qiov,
                                   size_t qiov_offset, int flags);
+/*
+ * Wait (lock held, released while waiting) until no allocating write is in
+ * flight on the guest clusters of [start, end).
+ */
+bool coroutine_fn qcow2_wait_inflight(BlockNode *bs, uint64_t start,
+                                      uint64_t end);
 int coroutine_fn qcow2_co_pwrite_zeroes(BlockNode *bs, int64_t offset,
                                         int64_t bytes, int flags);
 int coroutine_fn qcow2_co_pdiscard(BlockNode *bs, int64_t offset,

@@ -231,6 +231,16 @@ int coroutine_fn node_co_is_allocated(BlockNode *bs, int64_t offset,
 int coroutine_fn node_co_is_allocated_above(BlockNode *top, BlockNode *base,
                                             bool include_base, int64_t offset,
                                             int64_t bytes, int64_t *pnum);
+/*
+ * Block status of the chain from bs down to base (included if
+ * include_base), with QEMU's rules: *depth is the layer that answered
+ * (1 = bs), 0 when no layer allocates the range.
+ */
+int coroutine_fn node_co_block_status_above(BlockNode *bs, BlockNode *base,
+                                            bool include_base, bool want_zero,
+                                            int64_t offset, int64_t bytes,
+                                            int64_t *pnum, int64_t *map,
+                                            BlockNode **file, int *depth);
 
 /* Preallocation modes (QEMU's PreallocMode). */
 typedef enum {

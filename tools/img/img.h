@@ -31,6 +31,7 @@ int img_compare(int argc, char **argv);
 int img_create(int argc, char **argv);
 int img_dd(int argc, char **argv);
 int img_info(int argc, char **argv);
+int img_map(int argc, char **argv);
 int img_resize(int argc, char **argv);
 int img_snapshot(int argc, char **argv);
 /* qemu's bdrv_snapshot_dump(): the table header, or one row (no newline). */

@@ -67,6 +67,10 @@ static const ImgCommand commands[] = {
       "[--object objectdef] [--image-opts] [-f fmt] [--output=ofmt] "
       "[--backing-chain] [-U] filename",
       NULL },
+    { "map", img_map,
+      "[--object objectdef] [--image-opts] [-f fmt] [--start-offset=offset] "
+      "[--max-length=len] [--output=ofmt] [-U] filename",
+      NULL },
     { "snapshot", img_snapshot,
       "[--object objectdef] [--image-opts] [-U] [-q] [-l | -a snapshot | "
       "-c snapshot | -d snapshot] filename",
