@@ -785,16 +785,6 @@ static int coroutine_fn prealloc_data(Q2Create *s, uint64_t size,
 
 /* ---- Header ---- */
 
-static const Qcow2FeatureName feature_table[] = {
-    { 0, 0, "dirty bit" },
-    { 0, 1, "corrupt bit" },
-    { 0, 2, "external data file" },
-    { 0, 3, "compression type" },
-    { 0, 4, "extended L2 entries" },
-    { 1, 0, "lazy refcounts" },
-    { 2, 0, "bitmaps" },
-    { 2, 1, "raw external data" },
-};
 
 static bool add_ext(uint8_t *buf, size_t size, size_t *pos, uint32_t magic,
                     const void *data, size_t len)
@@ -859,8 +849,8 @@ static bool build_header(const Q2Create *s, const Qcow2CreateParams *o,
         return false;
     }
     if (o->version >= 3 && s->cs > 4096 &&
-        !add_ext(buf, s->cs, &pos, QCOW2_EXT_FEATURE_TABLE, feature_table,
-                 sizeof(feature_table))) {
+        !add_ext(buf, s->cs, &pos, QCOW2_EXT_FEATURE_TABLE, qcow2_feature_table,
+                 sizeof(qcow2_feature_table))) {
         return false;
     }
     if (!add_ext(buf, s->cs, &pos, QCOW2_EXT_END, NULL, 0)) {

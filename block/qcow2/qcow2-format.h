@@ -102,6 +102,10 @@ typedef struct __attribute__((packed)) Qcow2FeatureName {
     char name[46];
 } Qcow2FeatureName;
 
+/* The feature name table QEMU 7.2 writes into v3 headers (qcow2-header.c). */
+#define QCOW2_FEATURE_TABLE_LEN 8
+extern const Qcow2FeatureName qcow2_feature_table[QCOW2_FEATURE_TABLE_LEN];
+
 /*
  * L1 entries: bits 9-55 the L2 table offset, bit 63 "copied" (refcount is
  * exactly 1, so the table may be written in place).

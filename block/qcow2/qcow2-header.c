@@ -13,7 +13,7 @@
 #include "qcow2.h"
 
 /* The names QEMU 7.2 writes in its feature name table, in this order. */
-static const Qcow2FeatureName builtin_features[] = {
+const Qcow2FeatureName qcow2_feature_table[QCOW2_FEATURE_TABLE_LEN] = {
     { 0, 0, "dirty bit" },
     { 0, 1, "corrupt bit" },
     { 0, 2, "external data file" },
@@ -518,9 +518,8 @@ int coroutine_fn qcow2_update_header(BlockNode *bs)
                 strlen(s->data_file_name));
     }
     if (s->version >= 3) {
-        Qcow2FeatureName t[G_N_ELEMENTS(builtin_features)];
-        memcpy(t, builtin_features, sizeof(t));
-        put_ext(b, QCOW2_EXT_FEATURE_TABLE, t, sizeof(t));
+        put_ext(b, QCOW2_EXT_FEATURE_TABLE, qcow2_feature_table,
+                sizeof(qcow2_feature_table));
     }
     if (s->has_bitmaps_ext) {
         Qcow2BitmapsExt e = {
