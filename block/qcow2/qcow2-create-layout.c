@@ -804,7 +804,7 @@ static bool add_ext(uint8_t *buf, size_t size, size_t *pos, uint32_t magic,
 }
 
 /*
- * The header cluster as qcow2_update_header() writes it: the fixed part
+ * The header cluster as QEMU's qcow2_update_header() writes it: the fixed part
  * (72 bytes for version 2), the extensions (backing format, data file
  * name, feature names for clusters above 4k), the end marker, then the
  * backing file name.  false: it does not fit in one cluster (-ENOSPC).

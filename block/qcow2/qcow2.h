@@ -188,8 +188,6 @@ int qcow2_snapshot_list(BlockNode *bs, SnapshotInfo **list);
 /* Read, check and load the header and its extensions into s. */
 int coroutine_fn qcow2_read_header(BlockNode *bs, json_t *options, int flags,
                                    GError **errp);
-/* Write the header and extensions from s (first cluster). */
-int coroutine_fn qcow2_update_header(BlockNode *bs);
 /* Set or clear an incompatible feature bit in the header on disk. */
 int coroutine_fn qcow2_set_incompat_bit(BlockNode *bs, uint64_t bit);
 int coroutine_fn qcow2_clear_incompat_bit(BlockNode *bs, uint64_t bit);
