@@ -50,6 +50,20 @@ static const ImgCommand commands[] = {
       "  '-F' second image format\n"
       "  '-s' run in Strict mode - fail on different image size or sector "
       "allocation\n" },
+    { "convert", img_convert,
+      "[--object objectdef] [--image-opts] [--target-image-opts] "
+      "[--target-is-zero] [--bitmaps] [-U] [-C] [-c] [-p] [-q] [-n] "
+      "[-f fmt] [-t cache] [-T src_cache] [-O output_fmt] "
+      "[-B backing_file [-F backing_fmt]] [-o options] [-l snapshot_param] "
+      "[-S sparse_size] [-r rate_limit] [-m num_coroutines] [-W] "
+      "[--salvage] filename [filename2 [...]] output_filename",
+      "  '--bitmaps' copies all top-level persistent bitmaps to "
+      "destination\n"
+      "  '-m' specifies how many coroutines work in parallel during the "
+      "convert\n"
+      "       process (defaults to 8)\n"
+      "  '-W' allow to write to the target out of order rather than "
+      "sequential\n" },
     { "create", img_create,
       "[--object objectdef] [-q] [-f fmt] [-b backing_file [-F backing_fmt]] "
       "[-u] [-o options] filename [size]",

@@ -1,0 +1,668 @@
+/*
+ * The copy engine of strata-img convert.
+ *
+ * The sources are one long disk.  Each step asks the source's block status
+ * for the run starting at the current sector and classifies it: data to
+ * copy, zeroes, or (when the target has a backing file) a range to leave
+ * unallocated.  num_coroutines workers take steps in turn under a lock,
+ * read their data in parallel, and by default write in order (-W lifts
+ * that).  Data buffers are scanned for zero runs of at least min_sparse
+ * sectors, which become zero writes or nothing at all on a target that
+ * starts out zeroed.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <pthread.h>
+#include "strata/block-driver.h"
+#include "strata/loop.h"
+#include "convert.h"
+
+/* ---- Progress ---- */
+
+static volatile sig_atomic_t progress_signalled;
+
+static void progress_sigusr1(int sig)
+{
+    (void)sig;
+    progress_signalled = 1;
+}
+
+void convert_progress_init(ConvertProgress *p, bool enabled, float min_skip)
+{
+    *p = (ConvertProgress) { .enabled = enabled, .min_skip = min_skip };
+    if (!enabled) {
+        /* Without -p, a SIGUSR1 asks for one report on stderr. */
+        struct sigaction sa = { .sa_handler = progress_sigusr1 };
+        sigset_t set;
+
+        sigfillset(&sa.sa_mask);
+        sigaction(SIGUSR1, &sa, NULL);
+        sigemptyset(&set);
+        sigaddset(&set, SIGUSR1);
+        pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+    }
+}
+
+static void progress_show(ConvertProgress *p)
+{
+    if (p->enabled) {
+        printf("    (%3.2f/100%%)\r", p->current);
+        fflush(stdout);
+    } else if (progress_signalled) {
+        fprintf(stderr, "    (%3.2f/100%%)\n", p->current);
+        progress_signalled = 0;
+    }
+}
+
+void convert_progress_print(ConvertProgress *p, float delta, int max)
+{
+    float current = max ? p->current + delta / 100 * max : delta;
+
+    p->current = current;
+    if (current > p->last_print + p->min_skip ||
+        current < p->last_print - p->min_skip ||
+        current == 0 || current == 100) {
+        p->last_print = current;
+        progress_show(p);
+    }
+}
+
+void convert_progress_end(ConvertProgress *p)
+{
+    if (p->enabled) {
+        printf("\n");
+    }
+}
+
+/* ---- Block status of the source, down to (excluding) base ---- */
+
+static BlockNode *chain_next(BlockNode *bs)
+{
+    BlockNode *filtered = node_filtered_child(bs);
+
+    if (filtered) {
+        return filtered;
+    }
+    return bs->backing ? child_node(bs->backing) : NULL;
+}
+
+/*
+ * A range that a backing-capable node leaves unallocated reads as zeroes
+ * when there is no backing file or the backing file ends before it.
+ */
+static int unbacked_zero(BlockNode *bs, int64_t offset, int ret)
+{
+    int64_t len;
+
+    if (ret < 0 || (ret & (BLOCK_DATA | BLOCK_ZERO)) ||
+        !bs->drv->supports_backing) {
+        return ret;
+    }
+    if (!bs->backing) {
+        return ret | BLOCK_ZERO;
+    }
+    len = node_getlength(child_node(bs->backing));
+    return len >= 0 && offset >= len ? ret | BLOCK_ZERO : ret;
+}
+
+/*
+ * The status of the first layer between bs and base that allocates the
+ * range; a layer that ends before the range reads as allocated zeroes.
+ * When no layer allocates it, the answer of the last layer above base.
+ */
+static int coroutine_fn status_above(BlockNode *bs, BlockNode *base,
+                                     int64_t offset, int64_t bytes,
+                                     int64_t *pnum)
+{
+    int ret;
+
+    for (BlockNode *p = bs; p && p != base; p = chain_next(p)) {
+        ret = node_co_block_status(p, true, offset, bytes, pnum, NULL, NULL);
+        ret = unbacked_zero(p, offset, ret);
+        if (ret < 0) {
+            return ret;
+        }
+        if (*pnum == 0) {
+            *pnum = bytes;
+            return BLOCK_ZERO | BLOCK_ALLOCATED;
+        }
+        if ((ret & BLOCK_ALLOCATED) || !chain_next(p) ||
+            chain_next(p) == base) {
+            return ret;
+        }
+        bytes = *pnum;
+    }
+    *pnum = bytes;
+    return BLOCK_DATA;
+}
+
+/* ---- Stepping through the sources ---- */
+
+static void select_part(ConvertState *s, int64_t sector_num, int *src_cur,
+                        int64_t *src_cur_offset)
+{
+    int64_t off = 0;
+    int i;
+
+    for (i = 0; i < s->src_num - 1; i++) {
+        if (sector_num < off + s->src_sectors[i]) {
+            break;
+        }
+        off += s->src_sectors[i];
+    }
+    *src_cur = i;
+    *src_cur_offset = off;
+}
+
+#define REQUEST_MAX_SECTORS (INT32_MAX >> 9)
+
+/*
+ * Classify the run starting at sector_num and return its length in
+ * sectors (or -errno after reporting the error).  Called under s->lock.
+ */
+static int64_t coroutine_fn iteration_sectors(ConvertState *s,
+                                              int64_t sector_num)
+{
+    int64_t src_cur_offset, n;
+    bool post_backing_zero = false;
+    int src_cur;
+
+    select_part(s, sector_num, &src_cur, &src_cur_offset);
+    n = MIN(s->total_sectors - sector_num, REQUEST_MAX_SECTORS);
+
+    if (s->target_backing_sectors >= 0) {
+        if (sector_num >= s->target_backing_sectors) {
+            post_backing_zero = true;
+        } else if (sector_num + n > s->target_backing_sectors) {
+            /* Zeroes past the backing file's end need no writing. */
+            n = s->target_backing_sectors - sector_num;
+        }
+    }
+
+    if (s->sector_next_status <= sector_num) {
+        BlockNode *src_bs = blk_node(s->src[src_cur]);
+        int64_t offset = (sector_num - src_cur_offset) * CONVERT_SECTOR;
+        int64_t src_len = s->src_sectors[src_cur] * CONVERT_SECTOR;
+        BlockNode *base = NULL;
+        int64_t count, tail;
+        int ret;
+
+        if (s->target_has_backing) {
+            BlockNode *top = node_skip_filters(src_bs);
+            base = top->backing ? child_node(top->backing) : NULL;
+        }
+        for (;;) {
+            int64_t len = node_getlength(src_bs);
+
+            count = MIN(n * CONVERT_SECTOR, src_len - offset);
+            if (len >= 0) {
+                count = MIN(count, len - offset);
+            }
+            ret = status_above(src_bs, base, offset, count, &count);
+            if (ret >= 0 && count <= 0) {
+                ret = -EIO;
+            }
+            if (ret >= 0) {
+                break;
+            }
+            if (!s->salvage) {
+                tool_error("error while reading block status at offset %"
+                           PRId64 ": %s", offset, g_strerror(-ret));
+                return ret;
+            }
+            if (n == 1) {
+                if (!s->quiet) {
+                    tool_warn("error while reading block status at offset %"
+                              PRId64 ": %s", offset, g_strerror(-ret));
+                }
+                /* Try to read the data then. */
+                ret = BLOCK_DATA;
+                count = CONVERT_SECTOR;
+                break;
+            }
+            n = DIV_ROUND_UP(n, 4);
+        }
+        n = DIV_ROUND_UP(count, CONVERT_SECTOR);
+
+        /* Keep the next status query aligned for the source. */
+        tail = (sector_num - src_cur_offset + n) % s->src_alignment[src_cur];
+        if (n > tail) {
+            n -= tail;
+        }
+
+        if (ret & BLOCK_ZERO) {
+            s->status = post_backing_zero ? CONVERT_BACKING : CONVERT_ZERO;
+        } else if (ret & BLOCK_DATA) {
+            s->status = CONVERT_DATA;
+        } else {
+            s->status = s->target_has_backing ? CONVERT_BACKING
+                                              : CONVERT_DATA;
+        }
+        s->sector_next_status = sector_num + n;
+    }
+
+    n = MIN(n, s->sector_next_status - sector_num);
+    if (s->status == CONVERT_DATA) {
+        n = MIN(n, s->buf_sectors);
+    }
+
+    /* Compressed clusters are written whole. */
+    if (s->compressed) {
+        if (n < s->cluster_sectors) {
+            n = MIN(s->cluster_sectors, s->total_sectors - sector_num);
+            s->status = CONVERT_DATA;
+        } else {
+            n = n / s->cluster_sectors * s->cluster_sectors;
+        }
+    }
+    return n;
+}
+
+/* ---- Zero detection in data buffers ---- */
+
+/*
+ * Whether the first sector of buf holds data; *pnum gets the number of
+ * sectors from there on in the same state, with the end of the run moved
+ * to an alignment boundary where that saves a read-modify-write.
+ */
+static bool sectors_allocated(const uint8_t *buf, int64_t n, int64_t *pnum,
+                              int64_t sector_num, int alignment)
+{
+    bool zero;
+    int64_t i, tail;
+
+    if (n <= 0) {
+        *pnum = 0;
+        return false;
+    }
+    zero = buffer_is_zero(buf, CONVERT_SECTOR);
+    for (i = 1; i < n; i++) {
+        if (zero != (bool)buffer_is_zero(buf + i * CONVERT_SECTOR,
+                                         CONVERT_SECTOR)) {
+            break;
+        }
+    }
+    if (i == n) {
+        *pnum = i;
+        return !zero;
+    }
+    tail = (sector_num + i) & (alignment - 1);
+    if (tail) {
+        if (zero && i <= tail) {
+            /* The data that follows rewrites this short zero run anyway. */
+            zero = false;
+        }
+        if (!zero) {
+            i = MIN(i + alignment - tail, n);
+        } else {
+            i -= tail;
+        }
+    }
+    *pnum = i;
+    return !zero;
+}
+
+/*
+ * Like sectors_allocated(), but a data run swallows zero runs shorter than
+ * min sectors, so that small holes do not split the write.
+ */
+static bool sectors_allocated_min(const uint8_t *buf, int64_t n,
+                                  int64_t *pnum, int64_t min,
+                                  int64_t sector_num, int alignment)
+{
+    int64_t used, checked;
+
+    min = MIN(min, n);
+    if (!sectors_allocated(buf, n, pnum, sector_num, alignment)) {
+        return false;
+    }
+    used = checked = *pnum;
+    buf += *pnum * CONVERT_SECTOR;
+    n -= *pnum;
+    sector_num += *pnum;
+    while (n > 0) {
+        bool data = sectors_allocated(buf, n, pnum, sector_num, alignment);
+
+        buf += *pnum * CONVERT_SECTOR;
+        n -= *pnum;
+        sector_num += *pnum;
+        checked += *pnum;
+        if (data) {
+            used = checked;
+        } else if (*pnum >= min) {
+            break;
+        }
+    }
+    *pnum = used;
+    return true;
+}
+
+/* ---- Reading and writing ---- */
+
+static int coroutine_fn read_at(BlockBackend *blk, int64_t offset,
+                                int64_t bytes, uint8_t *buf)
+{
+    int64_t len = blk_getlength(blk);
+    IOVec qiov;
+    int ret;
+
+    if (len < 0) {
+        return (int)len;
+    }
+    /* A source whose size is not a sector multiple reads as zero-padded. */
+    if (offset + bytes > len) {
+        int64_t valid = MAX(0, len - offset);
+        memset(buf + valid, 0, bytes - valid);
+        bytes = valid;
+    }
+    if (bytes == 0) {
+        return 0;
+    }
+    iovec_init_buf(&qiov, buf, bytes);
+    ret = blk_co_preadv(blk, offset, bytes, &qiov, 0);
+    iovec_destroy(&qiov);
+    return ret < 0 ? ret : 0;
+}
+
+static int coroutine_fn convert_read(ConvertState *s, int64_t sector_num,
+                                     int64_t nb_sectors, uint8_t *buf)
+{
+    int64_t single_read_until = 0;
+
+    while (nb_sectors > 0) {
+        int64_t src_cur_offset, n, offset;
+        int src_cur, ret;
+
+        /* A compressed cluster may straddle two sources. */
+        select_part(s, sector_num, &src_cur, &src_cur_offset);
+        offset = (sector_num - src_cur_offset) * CONVERT_SECTOR;
+        n = MIN(nb_sectors,
+                s->src_sectors[src_cur] - (sector_num - src_cur_offset));
+        if (single_read_until > offset) {
+            n = 1;
+        }
+        ret = read_at(s->src[src_cur], offset, n * CONVERT_SECTOR, buf);
+        if (ret < 0) {
+            if (!s->salvage) {
+                return ret;
+            }
+            if (n > 1) {
+                /* Retry this range one sector at a time. */
+                single_read_until = offset + n * CONVERT_SECTOR;
+                continue;
+            }
+            if (!s->quiet) {
+                tool_warn("error while reading offset %" PRId64 ": %s",
+                          offset, g_strerror(-ret));
+            }
+            memset(buf, 0, CONVERT_SECTOR);
+        }
+        sector_num += n;
+        nb_sectors -= n;
+        buf += n * CONVERT_SECTOR;
+    }
+    return 0;
+}
+
+/* -r: hold each write back until the average stays under the limit. */
+static void coroutine_fn rate_limit_wait(ConvertState *s, int64_t bytes)
+{
+    int64_t due;
+
+    if (!s->rate_limit) {
+        return;
+    }
+    if (!s->rate_start_ns) {
+        s->rate_start_ns = clock_ns();
+    }
+    due = s->rate_start_ns +
+          (int64_t)((double)s->rate_bytes * 1e9 / (double)s->rate_limit);
+    s->rate_bytes += bytes;
+    if (due > clock_ns()) {
+        co_sleep_ns(due - clock_ns());
+    }
+}
+
+static int coroutine_fn write_data(ConvertState *s, int64_t sector_num,
+                                   int64_t n, uint8_t *buf)
+{
+    IOVec qiov;
+    int ret;
+
+    rate_limit_wait(s, n * CONVERT_SECTOR);
+    iovec_init_buf(&qiov, buf, n * CONVERT_SECTOR);
+    ret = blk_co_pwritev(s->target, sector_num * CONVERT_SECTOR,
+                         n * CONVERT_SECTOR, &qiov,
+                         s->compressed ? REQ_WRITE_COMPRESSED : 0);
+    iovec_destroy(&qiov);
+    return ret < 0 ? ret : 0;
+}
+
+static int coroutine_fn convert_write(ConvertState *s, int64_t sector_num,
+                                      int64_t nb_sectors, uint8_t *buf,
+                                      ConvertStatus status)
+{
+    while (nb_sectors > 0) {
+        int64_t n = nb_sectors;
+        int ret;
+
+        switch (status) {
+        case CONVERT_BACKING:
+            /* Unallocated in the source: let the target's backing show. */
+            break;
+        case CONVERT_DATA:
+            /*
+             * Write what is data (all of it with -S 0, and with -C, where
+             * qemu-img offloads the copy without looking at the data).  A
+             * compressed cluster goes out whole unless it is entirely zero.
+             */
+            if (!s->min_sparse || s->copy_range ||
+                (!s->compressed &&
+                 sectors_allocated_min(buf, n, &n, s->min_sparse, sector_num,
+                                       s->alignment)) ||
+                (s->compressed &&
+                 !buffer_is_zero(buf, n * CONVERT_SECTOR))) {
+                ret = write_data(s, sector_num, n, buf);
+                if (ret < 0) {
+                    return ret;
+                }
+                break;
+            }
+            /* Zero data: treated as a zero range. */
+            __attribute__((fallthrough));
+        case CONVERT_ZERO:
+            if (s->has_zero_init) {
+                break;
+            }
+            ret = blk_co_pwrite_zeroes(s->target, sector_num * CONVERT_SECTOR,
+                                       n * CONVERT_SECTOR, REQ_MAY_UNMAP);
+            if (ret < 0) {
+                return ret;
+            }
+            break;
+        }
+        sector_num += n;
+        nb_sectors -= n;
+        buf += n * CONVERT_SECTOR;
+    }
+    return 0;
+}
+
+static void coroutine_fn copy_worker(void *opaque)
+{
+    ConvertState *s = opaque;
+    size_t buf_size = (size_t)s->buf_sectors * CONVERT_SECTOR;
+    uint8_t *buf = aligned_alloc_buf(4096, buf_size);
+
+    for (;;) {
+        int64_t n, sector_num;
+        ConvertStatus status;
+        int ret;
+
+        co_mutex_lock(&s->lock);
+        if (s->ret != -EINPROGRESS || s->sector_num >= s->total_sectors) {
+            co_mutex_unlock(&s->lock);
+            break;
+        }
+        n = iteration_sectors(s, s->sector_num);
+        if (n < 0) {
+            co_mutex_unlock(&s->lock);
+            s->ret = (int)n;
+            break;
+        }
+        sector_num = s->sector_num;
+        status = s->status;
+        if (!s->min_sparse && status == CONVERT_ZERO) {
+            n = MIN(n, s->buf_sectors);
+        }
+        /* Let the other workers go on past this request. */
+        s->sector_num += n;
+        co_mutex_unlock(&s->lock);
+
+        if (status == CONVERT_DATA ||
+            (!s->min_sparse && status == CONVERT_ZERO)) {
+            s->allocated_done += n;
+            convert_progress_print(s->progress,
+                                   100.0 * s->allocated_done /
+                                   s->allocated_sectors, 0);
+        }
+
+        if (status == CONVERT_DATA) {
+            ret = convert_read(s, sector_num, n, buf);
+            if (ret < 0) {
+                tool_error("error while reading at byte %" PRId64 ": %s",
+                           sector_num * CONVERT_SECTOR, g_strerror(-ret));
+                s->ret = ret;
+            }
+        } else if (!s->min_sparse && status == CONVERT_ZERO) {
+            /* -S 0: zeroes are written as data, fully allocating. */
+            status = CONVERT_DATA;
+            memset(buf, 0, n * CONVERT_SECTOR);
+        }
+
+        if (s->wr_in_order) {
+            while (s->wr_offs != sector_num && s->ret == -EINPROGRESS) {
+                co_queue_wait(&s->wr_queue);
+            }
+        }
+        if (s->ret == -EINPROGRESS) {
+            ret = convert_write(s, sector_num, n, buf, status);
+            if (ret < 0) {
+                tool_error("error while writing at byte %" PRId64 ": %s",
+                           sector_num * CONVERT_SECTOR, g_strerror(-ret));
+                s->ret = ret;
+            }
+        }
+        if (s->wr_in_order) {
+            s->wr_offs = sector_num + n;
+            co_queue_restart_all(&s->wr_queue);
+        }
+    }
+
+    aligned_free(buf);
+    /* The last worker out declares success; the others may still write. */
+    if (--s->running == 0 && s->ret == -EINPROGRESS) {
+        s->ret = 0;
+    }
+}
+
+/* Compressed images end on a sector boundary (QEMU pads the file too). */
+typedef struct PadCo {
+    BlockNode *bs;
+    int ret;
+} PadCo;
+
+static void coroutine_fn pad_file_co(void *opaque)
+{
+    PadCo *p = opaque;
+    BlockNode *file = p->bs->file ? child_node(p->bs->file) : NULL;
+    int64_t len;
+
+    p->ret = 0;
+    if (!file) {
+        return;
+    }
+    /* Lengths come rounded up to whole sectors: that is the size to pad to. */
+    node_invalidate_length(file);
+    len = node_getlength(file);
+    if (len < 0) {
+        p->ret = (int)len;
+    } else {
+        p->ret = child_co_truncate(p->bs->file, len, false, PREALLOC_OFF,
+                                   NULL);
+    }
+}
+
+typedef struct CountCo {
+    ConvertState *s;
+    int ret;
+} CountCo;
+
+/* Total of the sectors that will be written, for the progress meter. */
+static void coroutine_fn count_allocated_co(void *opaque)
+{
+    CountCo *c = opaque;
+    ConvertState *s = c->s;
+    int64_t sector_num = 0;
+
+    c->ret = 0;
+    while (sector_num < s->total_sectors) {
+        int64_t n = iteration_sectors(s, sector_num);
+
+        if (n < 0) {
+            c->ret = (int)n;
+            return;
+        }
+        if (s->status == CONVERT_DATA ||
+            (!s->min_sparse && s->status == CONVERT_ZERO)) {
+            s->allocated_sectors += n;
+        }
+        sector_num += n;
+    }
+}
+
+int convert_do_copy(ConvertState *s)
+{
+    CountCo count = { .s = s };
+
+    if (s->compressed) {
+        /* One cluster per request. */
+        if (s->cluster_sectors <= 0 || s->cluster_sectors > s->buf_sectors) {
+            tool_error("invalid cluster size");
+            return -EINVAL;
+        }
+        s->buf_sectors = s->cluster_sectors;
+    }
+
+    co_run_sync(count_allocated_co, &count);
+    if (count.ret < 0) {
+        return count.ret;
+    }
+
+    s->sector_next_status = 0;
+    s->sector_num = 0;
+    s->wr_offs = 0;
+    s->ret = -EINPROGRESS;
+    co_mutex_init(&s->lock);
+    co_queue_init(&s->wr_queue);
+    for (int i = 0; i < s->num_coroutines; i++) {
+        s->running++;
+        co_enter(co_create(copy_worker, s));
+    }
+    LOOP_WAIT_WHILE(s->running > 0);
+
+    if (s->ret == 0 && s->compressed) {
+        PadCo pad = { .bs = node_skip_filters(blk_node(s->target)) };
+
+        co_run_sync(pad_file_co, &pad);
+        if (pad.ret < 0) {
+            tool_error("error while writing at byte %" PRId64 ": %s",
+                       s->total_sectors * CONVERT_SECTOR,
+                       g_strerror(-pad.ret));
+            return pad.ret;
+        }
+    }
+    return s->ret;
+}
