@@ -729,3 +729,46 @@ int qcow2_snapshot_list(BlockNode *bs, SnapshotInfo **list)
     *list = l;
     return (int)s->nb_snapshots;
 }
+
+int coroutine_fn qcow2_snapshot_load_tmp(BlockNode *bs, const char *id,
+                                         const char *name, GError **errp)
+{
+    Qcow2State *s = bs->opaque;
+    uint64_t *l1;
+    int i = -1, ret;
+
+    if (!bs->read_only) {
+        error_setg(errp, "Device is not readonly");
+        return -EINVAL;
+    }
+    for (uint32_t k = 0; k < s->nb_snapshots && i < 0; k++) {
+        if ((!id || !strcmp(s->snapshots[k].id_str, id)) &&
+            (!name || !strcmp(s->snapshots[k].name, name))) {
+            i = (int)k;
+        }
+    }
+    if (i < 0) {
+        error_setg(errp, "Can't find snapshot");
+        return -ENOENT;
+    }
+    Qcow2Snapshot *sn = &s->snapshots[i];
+    if (sn->bad_l1) {
+        error_setg(errp, "Snapshot L1 table offset invalid");
+        return -EFBIG;
+    }
+    co_mutex_lock(&s->lock);
+    ret = load_l1(bs, sn->l1_table_offset, sn->l1_size, &l1);
+    if (ret >= 0) {
+        g_free(s->l1_table);
+        s->l1_table = l1;
+        s->l1_size = sn->l1_size;
+        s->l1_alloc = MAX(sn->l1_size, 1);
+        s->l1_table_offset = sn->l1_table_offset;
+    }
+    co_mutex_unlock(&s->lock);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "Could not read the snapshot's L1 "
+                         "table");
+    }
+    return ret;
+}

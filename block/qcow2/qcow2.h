@@ -182,6 +182,8 @@ int coroutine_fn qcow2_snapshot_goto(BlockNode *bs, const char *id_or_name,
 int coroutine_fn qcow2_snapshot_delete(BlockNode *bs, const char *id,
                                        const char *name, GError **errp);
 int qcow2_snapshot_list(BlockNode *bs, SnapshotInfo **list);
+int coroutine_fn qcow2_snapshot_load_tmp(BlockNode *bs, const char *id,
+                                         const char *name, GError **errp);
 
 /* ---- qcow2-header.c ---- */
 

@@ -202,6 +202,13 @@ struct BlockDriver {
     int (*snapshot_delete)(BlockNode *bs, const char *id, const char *name,
                            GError **errp);
     int (*snapshot_list)(BlockNode *bs, SnapshotInfo **list);
+    /*
+     * Make a read-only node show a snapshot's data instead of its own
+     * (qemu-img convert -l): the first snapshot matching id and name (NULL
+     * matches anything).  Not undone: the node is closed afterwards.
+     */
+    int (*snapshot_load_tmp)(BlockNode *bs, const char *id, const char *name,
+                             GError **errp);
 
     /* blkdebug: an event signalled by a parent driver (debug-event.h). */
     void (*debug_event)(BlockNode *bs, int event);

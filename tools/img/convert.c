@@ -154,39 +154,56 @@ static const char *sn_opt(const ConvertArgs *a, const char *key)
  * the same way, so that the errors for a missing snapshot or a format
  * without snapshots are QEMU's, but cannot read it yet.
  */
+typedef struct LoadSnapCo {
+    BlockNode *bs;
+    const char *id, *name;
+    GError *err;
+    int ret;
+} LoadSnapCo;
+
+static void coroutine_fn load_snapshot_co(void *opaque)
+{
+    LoadSnapCo *c = opaque;
+    c->ret = c->bs->drv->snapshot_load_tmp(c->bs, c->id, c->name, &c->err);
+}
+
+/*
+ * -l: the source shows an internal snapshot instead of its current data.
+ * A bare name is tried as an ID first, then as a name (QEMU's
+ * bdrv_snapshot_load_tmp_by_id_or_name).
+ */
 static bool load_snapshot(const ConvertArgs *a, BlockBackend *blk)
 {
     BlockNode *bs = node_skip_filters(blk_node(blk));
-    const char *id = sn_opt(a, "snapshot.id");
-    const char *name = sn_opt(a, "snapshot.name");
-    SnapshotInfo *list = NULL;
-    bool found = false;
-    int n;
+    LoadSnapCo c = { .bs = bs };
 
-    if (!bs->drv->snapshot_list) {
+    if (!bs->drv->snapshot_load_tmp) {
         tool_error("Failed to load snapshot: Block format '%s' used by "
                    "device '' does not support temporarily loading internal "
                    "snapshots", bs->drv->format_name);
         return false;
     }
-    n = bs->drv->snapshot_list(bs, &list);
-    for (int i = 0; i < n && !found; i++) {
-        if (a->snapshot_name) {
-            found = !strcmp(list[i].id_str, a->snapshot_name) ||
-                    !strcmp(list[i].name, a->snapshot_name);
-        } else if (id || name) {
-            found = (!id || !strcmp(list[i].id_str, id)) &&
-                    (!name || !strcmp(list[i].name, name));
+    if (a->snapshot_name) {
+        c.id = a->snapshot_name;
+        co_run_sync(load_snapshot_co, &c);
+        if (c.ret == -ENOENT) {
+            g_clear_error(&c.err);
+            c.id = NULL;
+            c.name = a->snapshot_name;
+            co_run_sync(load_snapshot_co, &c);
         }
-    }
-    g_free(list);
-    if (!found) {
-        tool_error("Failed to load snapshot: Can't find snapshot");
     } else {
-        tool_error("Failed to load snapshot: reading an internal snapshot "
-                   "is not supported by %s yet", tool_name());
+        c.id = sn_opt(a, "snapshot.id");
+        c.name = sn_opt(a, "snapshot.name");
+        co_run_sync(load_snapshot_co, &c);
     }
-    return false;
+    if (c.ret < 0) {
+        tool_error("Failed to load snapshot: %s",
+                   c.err ? c.err->message : g_strerror(-c.ret));
+        g_clear_error(&c.err);
+        return false;
+    }
+    return true;
 }
 
 /* Read the start of a qcow2 file through the format node's file edge. */
