@@ -16,7 +16,6 @@
  * status_above()).
  */
 #include <errno.h>
-#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -27,71 +26,6 @@
 
 #define IO_BUF_SIZE (2 * 1024 * 1024)
 #define SECTOR 512
-
-/* ---- Progress (qemu-img's -p, and SIGUSR1 without it) ---- */
-
-typedef struct Progress {
-    bool enabled;
-    float current;
-    float last_print;
-    float min_skip;
-} Progress;
-
-static volatile sig_atomic_t progress_signalled;
-
-static void progress_sigusr1(int sig)
-{
-    (void)sig;
-    progress_signalled = 1;
-}
-
-static void progress_init(Progress *p, bool enabled, float min_skip)
-{
-    *p = (Progress) { .enabled = enabled, .min_skip = min_skip };
-    if (!enabled) {
-        /* Without -p, a SIGUSR1 asks for one report on stderr. */
-        struct sigaction sa = { .sa_handler = progress_sigusr1 };
-        sigset_t set;
-
-        sigfillset(&sa.sa_mask);
-        sigaction(SIGUSR1, &sa, NULL);
-        sigemptyset(&set);
-        sigaddset(&set, SIGUSR1);
-        pthread_sigmask(SIG_UNBLOCK, &set, NULL);
-    }
-}
-
-static void progress_show(Progress *p)
-{
-    if (p->enabled) {
-        printf("    (%3.2f/100%%)\r", p->current);
-        fflush(stdout);
-    } else if (progress_signalled) {
-        fprintf(stderr, "    (%3.2f/100%%)\n", p->current);
-        progress_signalled = 0;
-    }
-}
-
-/* delta: percent of `max` percent of the job (floats, as qemu-img has). */
-static void progress_print(Progress *p, float delta, int max)
-{
-    float current = max ? p->current + delta / 100 * max : delta;
-
-    p->current = current;
-    if (current > p->last_print + p->min_skip ||
-        current < p->last_print - p->min_skip ||
-        current == 0 || current == 100) {
-        p->last_print = current;
-        progress_show(p);
-    }
-}
-
-static void progress_end(Progress *p)
-{
-    if (p->enabled) {
-        printf("\n");
-    }
-}
 
 /* ---- Block status of a chain, with QEMU's flags ---- */
 
@@ -203,7 +137,7 @@ typedef struct Compare {
     const char *filename[2];
     uint8_t *buf[2];
     bool quiet;
-    Progress progress;
+    ImgProgress progress;
 } Compare;
 
 static void qprintf(const Compare *c, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
@@ -301,7 +235,7 @@ static int compare_images(Compare *c, bool strict)
     }
     total = MIN(size[0], size[1]);
     base = MAX(size[0], size[1]);
-    progress_print(&c->progress, 0, 100);
+    img_progress_print(&c->progress, 0, 100);
 
     if (strict && size[0] != size[1]) {
         qprintf(c, "Strict mode: Image size mismatch!\n");
@@ -359,7 +293,7 @@ static int compare_images(Compare *c, bool strict)
             }
         }
         offset += chunk;
-        progress_print(&c->progress, ((float)chunk / base) * 100, 100);
+        img_progress_print(&c->progress, ((float)chunk / base) * 100, 100);
     }
 
     if (size[0] != size[1]) {
@@ -380,7 +314,7 @@ static int compare_images(Compare *c, bool strict)
                 }
             }
             offset += chunk;
-            progress_print(&c->progress, ((float)chunk / base) * 100, 100);
+            img_progress_print(&c->progress, ((float)chunk / base) * 100, 100);
         }
     }
 
@@ -452,10 +386,10 @@ int img_compare(int argc, char **argv)
     c.filename[0] = argv[optind];
     c.filename[1] = argv[optind + 1];
 
-    progress_init(&c.progress, progress, 2.0f);
+    img_progress_init(&c.progress, progress, 2.0f);
     if (tool_parse_cache_mode(cache, &flags, &writethrough) < 0) {
         tool_error("Invalid source cache option: %s", cache);
-        progress_end(&c.progress);
+        img_progress_end(&c.progress);
         return 2;
     }
     for (int i = 0; i < 2; i++) {
@@ -466,7 +400,7 @@ int img_compare(int argc, char **argv)
             if (i) {
                 blk_unref(c.blk[0]);
             }
-            progress_end(&c.progress);
+            img_progress_end(&c.progress);
             return 2;
         }
     }
@@ -482,6 +416,6 @@ int img_compare(int argc, char **argv)
     free(c.buf[1]);
     blk_unref(c.blk[1]);
     blk_unref(c.blk[0]);
-    progress_end(&c.progress);
+    img_progress_end(&c.progress);
     return ret;
 }

@@ -14,67 +14,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <pthread.h>
 #include "strata/block-driver.h"
 #include "strata/loop.h"
 #include "convert.h"
-
-/* ---- Progress ---- */
-
-static volatile sig_atomic_t progress_signalled;
-
-static void progress_sigusr1(int sig)
-{
-    (void)sig;
-    progress_signalled = 1;
-}
-
-void convert_progress_init(ConvertProgress *p, bool enabled, float min_skip)
-{
-    *p = (ConvertProgress) { .enabled = enabled, .min_skip = min_skip };
-    if (!enabled) {
-        /* Without -p, a SIGUSR1 asks for one report on stderr. */
-        struct sigaction sa = { .sa_handler = progress_sigusr1 };
-        sigset_t set;
-
-        sigfillset(&sa.sa_mask);
-        sigaction(SIGUSR1, &sa, NULL);
-        sigemptyset(&set);
-        sigaddset(&set, SIGUSR1);
-        pthread_sigmask(SIG_UNBLOCK, &set, NULL);
-    }
-}
-
-static void progress_show(ConvertProgress *p)
-{
-    if (p->enabled) {
-        printf("    (%3.2f/100%%)\r", p->current);
-        fflush(stdout);
-    } else if (progress_signalled) {
-        fprintf(stderr, "    (%3.2f/100%%)\n", p->current);
-        progress_signalled = 0;
-    }
-}
-
-void convert_progress_print(ConvertProgress *p, float delta, int max)
-{
-    float current = max ? p->current + delta / 100 * max : delta;
-
-    p->current = current;
-    if (current > p->last_print + p->min_skip ||
-        current < p->last_print - p->min_skip ||
-        current == 0 || current == 100) {
-        p->last_print = current;
-        progress_show(p);
-    }
-}
-
-void convert_progress_end(ConvertProgress *p)
-{
-    if (p->enabled) {
-        printf("\n");
-    }
-}
 
 /* ---- Block status of the source, down to (excluding) base ---- */
 
@@ -524,7 +466,7 @@ static void coroutine_fn copy_worker(void *opaque)
         if (status == CONVERT_DATA ||
             (!s->min_sparse && status == CONVERT_ZERO)) {
             s->allocated_done += n;
-            convert_progress_print(s->progress,
+            img_progress_print(s->progress,
                                    100.0 * s->allocated_done /
                                    s->allocated_sectors, 0);
         }

@@ -46,33 +46,6 @@ typedef struct ConvertArgs {
     bool skip_broken, explicit_min_sparse;
 } ConvertArgs;
 
-/* The protocol driver named by a "proto:..." prefix, else "file". */
-static const BlockDriver *find_protocol(const char *filename)
-{
-    size_t len = strcspn(filename, ":/");
-    const BlockDriver *found = NULL;
-    const char **names;
-    char *proto;
-
-    if (filename[len] != ':') {
-        return driver_find("file");
-    }
-    proto = g_strndup(filename, len);
-    names = driver_list();
-    for (const char **n = names; *n && !found; n++) {
-        const BlockDriver *drv = driver_find(*n);
-        if (drv && drv->protocol_name && !strcmp(drv->protocol_name, proto)) {
-            found = drv;
-        }
-    }
-    g_free(names);
-    if (!found) {
-        tool_error("Unknown protocol '%s'", proto);
-    }
-    g_free(proto);
-    return found;
-}
-
 /* -o help: the format's options, with the protocol's when a target is named. */
 static int print_option_help(const char *filename, const char *fmt)
 {
@@ -89,7 +62,7 @@ static int print_option_help(const char *filename, const char *fmt)
     }
     list = img_create_opts_for(drv);
     if (filename) {
-        const BlockDriver *proto = find_protocol(filename);
+        const BlockDriver *proto = img_find_protocol_or_report(filename);
         ImgOptDesc *plist;
 
         if (!proto) {
@@ -289,7 +262,7 @@ static ImgOpts *target_opts(const ConvertArgs *a, const char *out_filename,
         tool_error("Unknown file format '%s'", a->out_fmt);
         return NULL;
     }
-    proto = find_protocol(out_filename);
+    proto = img_find_protocol_or_report(out_filename);
     if (!proto) {
         return NULL;
     }
@@ -388,7 +361,7 @@ static int64_t pow2floor(int64_t v)
 
 /* The part of img_convert() after the options: 0 or -1. */
 static int convert_run(ConvertArgs *a, ConvertState *s, char **files,
-                       const char *out_filename, ConvertProgress *progress)
+                       const char *out_filename, ImgProgress *progress)
 {
     const BlockDriver *drv = NULL;
     ImgOptDesc *create_list = NULL;
@@ -620,7 +593,7 @@ int img_convert(int argc, char **argv)
         .min_sparse = 8, .num_coroutines = 8, .wr_in_order = true,
         .buf_sectors = CONVERT_BUF_SECTORS,
     };
-    ConvertProgress progress;
+    ImgProgress progress;
     const char *out_filename;
     int64_t val;
     int c, ret = -1;
@@ -796,14 +769,14 @@ int img_convert(int argc, char **argv)
     }
 
     s.quiet = quiet;
-    convert_progress_init(&progress, a.progress && !quiet, 1.0);
-    convert_progress_print(&progress, 0, 100);
+    img_progress_init(&progress, a.progress && !quiet, 1.0);
+    img_progress_print(&progress, 0, 100);
 
     ret = convert_run(&a, &s, argv + optind, out_filename, &progress);
     if (ret == 0) {
-        convert_progress_print(&progress, 100, 0);
+        img_progress_print(&progress, 100, 0);
     }
-    convert_progress_end(&progress);
+    img_progress_end(&progress);
 
     if (s.target) {
         blk_unref(s.target);

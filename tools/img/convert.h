@@ -19,17 +19,6 @@
 #define CONVERT_MAX_COROUTINES 16
 
 /* qemu-img's -p progress meter (and SIGUSR1 reports without -p). */
-typedef struct ConvertProgress {
-    bool enabled;
-    float current;
-    float last_print;
-    float min_skip;
-} ConvertProgress;
-
-void convert_progress_init(ConvertProgress *p, bool enabled, float min_skip);
-/* delta: percent of `max` percent of the job; max == 0: absolute. */
-void convert_progress_print(ConvertProgress *p, float delta, int max);
-void convert_progress_end(ConvertProgress *p);
 
 typedef enum {
     CONVERT_DATA,
@@ -80,7 +69,7 @@ typedef struct ConvertState {
 
     int running;
     int ret;                    /* -EINPROGRESS while copying */
-    ConvertProgress *progress;
+    ImgProgress *progress;
 } ConvertState;
 
 /* The copy itself; returns 0 or -errno (after reporting the error). */

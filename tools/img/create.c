@@ -22,33 +22,6 @@ enum {
     OPTION_OBJECT = 256,
 };
 
-/* The protocol driver named by a "proto:..." prefix, else "file". */
-static const BlockDriver *find_protocol(const char *filename, GError **errp)
-{
-    size_t len = strcspn(filename, ":/");
-    const BlockDriver *found = NULL;
-    const char **names;
-    char *proto;
-
-    if (filename[len] != ':') {
-        return driver_find("file");
-    }
-    proto = g_strndup(filename, len);
-    names = driver_list();
-    for (const char **n = names; *n && !found; n++) {
-        const BlockDriver *drv = driver_find(*n);
-        if (drv && drv->protocol_name && !strcmp(drv->protocol_name, proto)) {
-            found = drv;
-        }
-    }
-    g_free(names);
-    if (!found) {
-        error_setg(errp, "Unknown protocol '%s'", proto);
-    }
-    g_free(proto);
-    return found;
-}
-
 static int print_option_help(const char *filename, const char *fmt)
 {
     const BlockDriver *drv = driver_find(fmt);
@@ -65,7 +38,7 @@ static int print_option_help(const char *filename, const char *fmt)
     list = img_create_opts_for(drv);
     if (filename) {
         GError *err = NULL;
-        const BlockDriver *proto = find_protocol(filename, &err);
+        const BlockDriver *proto = img_find_protocol(filename, &err);
         ImgOptDesc *plist;
 
         if (!proto) {
@@ -197,7 +170,7 @@ static bool create_image(const char *filename, const char *fmt,
         error_setg(errp, "Unknown file format '%s'", fmt);
         return false;
     }
-    proto = find_protocol(filename, errp);
+    proto = img_find_protocol(filename, errp);
     if (!proto) {
         return false;
     }

@@ -75,33 +75,6 @@ static bool dd_operand(DdState *dd, const char *arg)
     return ok;
 }
 
-/* The protocol driver named by a "proto:..." prefix, else "file". */
-static const BlockDriver *find_protocol(const char *filename)
-{
-    size_t len = strcspn(filename, ":/");
-    const BlockDriver *found = NULL;
-    const char **names;
-    char *proto;
-
-    if (filename[len] != ':') {
-        return driver_find("file");
-    }
-    proto = g_strndup(filename, len);
-    names = driver_list();
-    for (const char **n = names; *n && !found; n++) {
-        const BlockDriver *drv = driver_find(*n);
-        if (drv && drv->protocol_name && !strcmp(drv->protocol_name, proto)) {
-            found = drv;
-        }
-    }
-    g_free(names);
-    if (!found) {
-        tool_error("Unknown protocol '%s'", proto);
-    }
-    g_free(proto);
-    return found;
-}
-
 /* True when skip blocks of bsz bytes lie beyond size (or overflow). */
 static bool skip_past_end(const DdState *dd, int64_t size)
 {
@@ -118,7 +91,7 @@ static bool check_output(const char *out_fmt, const char *filename)
         tool_error("Unknown file format");
         return false;
     }
-    proto = find_protocol(filename);
+    proto = img_find_protocol_or_report(filename);
     if (!proto) {
         return false;
     }

@@ -236,3 +236,44 @@ BlockBackend *img_open(const char *filename, const ImgOpenSpec *spec)
     blk_set_enable_write_cache(blk, !spec->writethrough);
     return blk;
 }
+
+/* ---- Protocols ---- */
+
+/* The protocol driver named by a "proto:..." prefix, else "file". */
+const BlockDriver *img_find_protocol(const char *filename, GError **errp)
+{
+    size_t len = strcspn(filename, ":/");
+    const BlockDriver *found = NULL;
+    const char **names;
+    char *proto;
+
+    if (filename[len] != ':') {
+        return driver_find("file");
+    }
+    proto = g_strndup(filename, len);
+    names = driver_list();
+    for (const char **n = names; *n && !found; n++) {
+        const BlockDriver *drv = driver_find(*n);
+        if (drv && drv->protocol_name && !strcmp(drv->protocol_name, proto)) {
+            found = drv;
+        }
+    }
+    g_free(names);
+    if (!found) {
+        error_setg(errp, "Unknown protocol '%s'", proto);
+    }
+    g_free(proto);
+    return found;
+}
+
+const BlockDriver *img_find_protocol_or_report(const char *filename)
+{
+    GError *err = NULL;
+    const BlockDriver *drv = img_find_protocol(filename, &err);
+
+    if (!drv) {
+        tool_error("%s", err->message);
+        g_error_free(err);
+    }
+    return drv;
+}

@@ -106,6 +106,25 @@ void img_open_option(int c, const char *arg, ImgOpenSpec *spec);
  */
 BlockBackend *img_open(const char *filename, const ImgOpenSpec *spec);
 
+/* The protocol driver a "proto:..." prefix names, else "file". */
+const BlockDriver *img_find_protocol(const char *filename, GError **errp);
+/* Same, printing "Unknown protocol 'x'" itself. */
+const BlockDriver *img_find_protocol_or_report(const char *filename);
+
+/* ---- progress.c: qemu-img's progress meter ---- */
+
+typedef struct ImgProgress {
+    bool enabled;
+    float current;
+    float last_print;
+    float min_skip;
+} ImgProgress;
+
+void img_progress_init(ImgProgress *p, bool enabled, float min_skip);
+/* delta: percent of `max` percent of the job (floats, as qemu-img has). */
+void img_progress_print(ImgProgress *p, float delta, int max);
+void img_progress_end(ImgProgress *p);
+
 /* ---- img-json.c: QEMU's JSON text ---- */
 
 /*
