@@ -27,82 +27,7 @@
 #define IO_BUF_SIZE (2 * 1024 * 1024)
 #define SECTOR 512
 
-/* ---- Block status of a chain, with QEMU's flags ---- */
-
-static BlockNode *chain_next(BlockNode *bs)
-{
-    BlockNode *filtered = node_filtered_child(bs);
-
-    if (filtered) {
-        return filtered;
-    }
-    return bs->backing ? child_node(bs->backing) : NULL;
-}
-
-/*
- * A range a backing-capable node does not allocate reads as zeroes when
- * there is no backing file or when it starts past the backing file's end.
- * (Applied here in case the core leaves it out; it is idempotent.)
- */
-static int unbacked_zero(BlockNode *bs, int64_t offset, int ret)
-{
-    if (ret < 0 || (ret & (BLOCK_DATA | BLOCK_ZERO)) ||
-        !bs->drv->supports_backing) {
-        return ret;
-    }
-    if (!bs->backing) {
-        return ret | BLOCK_ZERO;
-    }
-    int64_t len = node_getlength(child_node(bs->backing));
-    return len >= 0 && offset >= len ? ret | BLOCK_ZERO : ret;
-}
-
-static int coroutine_fn node_status(BlockNode *bs, int64_t offset,
-                                    int64_t bytes, int64_t *pnum)
-{
-    int ret = node_co_block_status(bs, true, offset, bytes, pnum, NULL, NULL);
-    return unbacked_zero(bs, offset, ret);
-}
-
-/*
- * bdrv_block_status_above(bs, NULL, ...): the answer of the first layer
- * that allocates the range; a layer ending before the range reads as
- * allocated zeroes; BLOCK_EOF only for the top node's end.
- */
-static int coroutine_fn status_above(BlockNode *bs, int64_t offset,
-                                     int64_t bytes, int64_t *pnum)
-{
-    int64_t eof = 0;
-    int ret = node_status(bs, offset, bytes, pnum);
-
-    if (ret < 0 || *pnum == 0 || (ret & BLOCK_ALLOCATED)) {
-        return ret;
-    }
-    if (ret & BLOCK_EOF) {
-        eof = offset + *pnum;
-    }
-    bytes = *pnum;
-    for (BlockNode *p = chain_next(bs); p; p = chain_next(p)) {
-        ret = node_status(p, offset, bytes, pnum);
-        if (ret < 0) {
-            return ret;
-        }
-        if (*pnum == 0) {
-            *pnum = bytes;
-            ret = BLOCK_ZERO | BLOCK_ALLOCATED;
-            break;
-        }
-        if (ret & BLOCK_ALLOCATED) {
-            ret &= ~BLOCK_EOF;
-            break;
-        }
-        bytes = *pnum;
-    }
-    if (offset + *pnum == eof) {
-        ret |= BLOCK_EOF;
-    }
-    return ret;
-}
+/* ---- Block status of the whole chain ---- */
 
 typedef struct StatusCo {
     BlockNode *bs;
@@ -113,7 +38,9 @@ typedef struct StatusCo {
 static void coroutine_fn status_co(void *opaque)
 {
     StatusCo *s = opaque;
-    s->ret = status_above(s->bs, s->offset, s->bytes, &s->pnum);
+    /* bdrv_block_status_above(bs, NULL, ...), with want_zero. */
+    s->ret = node_co_block_status_above(s->bs, NULL, false, true, s->offset,
+                                        s->bytes, &s->pnum, NULL, NULL, NULL);
 }
 
 static int block_status(BlockBackend *blk, int64_t offset, int64_t bytes,
