@@ -20,64 +20,12 @@
 
 /* ---- Block status of the source, down to (excluding) base ---- */
 
-static BlockNode *chain_next(BlockNode *bs)
-{
-    BlockNode *filtered = node_filtered_child(bs);
-
-    if (filtered) {
-        return filtered;
-    }
-    return bs->backing ? child_node(bs->backing) : NULL;
-}
-
-/*
- * A range that a backing-capable node leaves unallocated reads as zeroes
- * when there is no backing file or the backing file ends before it.
- */
-static int unbacked_zero(BlockNode *bs, int64_t offset, int ret)
-{
-    int64_t len;
-
-    if (ret < 0 || (ret & (BLOCK_DATA | BLOCK_ZERO)) ||
-        !bs->drv->supports_backing) {
-        return ret;
-    }
-    if (!bs->backing) {
-        return ret | BLOCK_ZERO;
-    }
-    len = node_getlength(child_node(bs->backing));
-    return len >= 0 && offset >= len ? ret | BLOCK_ZERO : ret;
-}
-
-/*
- * The status of the first layer between bs and base that allocates the
- * range; a layer that ends before the range reads as allocated zeroes.
- * When no layer allocates it, the answer of the last layer above base.
- */
 static int coroutine_fn status_above(BlockNode *bs, BlockNode *base,
                                      int64_t offset, int64_t bytes,
                                      int64_t *pnum)
 {
-    int ret;
-
-    for (BlockNode *p = bs; p && p != base; p = chain_next(p)) {
-        ret = node_co_block_status(p, true, offset, bytes, pnum, NULL, NULL);
-        ret = unbacked_zero(p, offset, ret);
-        if (ret < 0) {
-            return ret;
-        }
-        if (*pnum == 0) {
-            *pnum = bytes;
-            return BLOCK_ZERO | BLOCK_ALLOCATED;
-        }
-        if ((ret & BLOCK_ALLOCATED) || !chain_next(p) ||
-            chain_next(p) == base) {
-            return ret;
-        }
-        bytes = *pnum;
-    }
-    *pnum = bytes;
-    return BLOCK_DATA;
+    return node_co_block_status_above(bs, base, false, true, offset, bytes,
+                                      pnum, NULL, NULL, NULL);
 }
 
 /* ---- Stepping through the sources ---- */
