@@ -76,7 +76,8 @@ static int coroutine_fn find_overlap(BlockNode *bs, int checks,
         }
     }
     if (checks & QCOW2_OL_REFCOUNT_BLOCK) {
-        for (uint32_t i = 0; i < s->refcount_table_size; i++) {
+        for (uint32_t i = 0; i <= s->max_refcount_index &&
+                             i < s->refcount_table_size; i++) {
             uint64_t rb = s->refcount_table[i] & REFT_OFFSET_MASK;
             if (rb && overlaps(offset, size, rb, cs)) {
                 return QCOW2_OL_REFCOUNT_BLOCK;

@@ -242,6 +242,7 @@ static int coroutine_fn ensure_refblock(BlockNode *bs, uint64_t rt_index)
         return ret;
     }
     s->refcount_table[rt_index] = rb_offset;
+    s->max_refcount_index = MAX(s->max_refcount_index, (uint32_t)rt_index);
     ret = write_reftable_entry(bs, rt_index);
     if (ret < 0) {
         s->refcount_table[rt_index] = 0;
@@ -394,6 +395,11 @@ static int coroutine_fn grow_reftable(BlockNode *bs, uint64_t need_index)
     uint64_t old_clusters = DIV_ROUND_UP(old_size * 8, s->cluster_size);
     g_free(s->refcount_table);
     s->refcount_table = table;
+    for (uint32_t i = 0; i < table_clusters * entries_per_cluster; i++) {
+        if (table[i]) {
+            s->max_refcount_index = i;
+        }
+    }
     s->refcount_table_size = (uint32_t)(table_clusters * entries_per_cluster);
     s->refcount_table_offset = table_offset;
 

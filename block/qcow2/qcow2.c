@@ -218,6 +218,9 @@ static int coroutine_fn load_tables(BlockNode *bs, GError **errp)
     }
     for (uint32_t i = 0; i < s->refcount_table_size; i++) {
         s->refcount_table[i] = be64toh(s->refcount_table[i]);
+        if (s->refcount_table[i]) {
+            s->max_refcount_index = i;
+        }
     }
 
     s->l2_cache = qcow2_cache_new(bs, true,

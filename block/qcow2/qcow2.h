@@ -92,6 +92,7 @@ typedef struct Qcow2State {
     uint64_t refcount_table_offset;
     uint32_t refcount_table_size;    /* entries */
     uint64_t *refcount_table;        /* host byte order */
+    uint32_t max_refcount_index;     /* last entry in use (a hot loop's end) */
     uint64_t free_cluster_index;     /* where to start looking for space */
     uint64_t free_byte_offset;       /* compressed writes: partial cluster */
 
