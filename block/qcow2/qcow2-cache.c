@@ -177,7 +177,10 @@ static int coroutine_fn do_get(Qcow2Cache *c, uint64_t offset, void **table,
     gpointer v;
     int i, ret;
 
-    g_assert(offset != 0);
+    if (offset == 0) {
+        /* Never a table: the header lives there (a damaged image). */
+        return -EIO;
+    }
     v = g_hash_table_lookup(c->index, &offset);
     if (v) {
         i = GPOINTER_TO_INT(v) - 1;

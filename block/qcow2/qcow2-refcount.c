@@ -557,6 +557,12 @@ int coroutine_fn qcow2_alloc_clusters(BlockNode *bs, uint64_t n,
             return ret;
         }
     } while (created);
+    if (first == 0) {
+        /* The header's refcount says it is free: the refcounts are broken. */
+        qcow2_signal_corruption(bs, true, -1, -1, "Preventing invalid "
+                                "allocation of the header cluster");
+        return -EIO;
+    }
     ret = update_refcount(bs, first << s->cluster_bits, n << s->cluster_bits,
                           1, false, QCOW2_DISCARD_NEVER);
     if (ret < 0) {
@@ -619,6 +625,12 @@ int coroutine_fn qcow2_alloc_bytes(BlockNode *bs, uint64_t size,
                 return ret;
             }
         } while (created);
+        if (c == 0) {
+            qcow2_signal_corruption(bs, true, -1, -1, "Preventing invalid "
+                                    "allocation of compressed cluster at "
+                                    "offset 0");
+            return -EIO;
+        }
         /* Continue into the next cluster only if it is the adjacent one. */
         if (!off || ROUND_UP(off, s->cluster_size) != c << s->cluster_bits) {
             off = c << s->cluster_bits;

@@ -1,0 +1,77 @@
+/*
+ * libFuzzer target: any bytes, opened as a qcow2 image.  Whatever the
+ * header, tables and entries say, opening, reading, mapping and writing
+ * must end in an error code, never a crash, a hang or a sanitizer report.
+ *
+ * The input is written to a file in /dev/shm (the driver reads through the
+ * file protocol as it would in use), opened read-write, read and mapped
+ * over its whole length in a few requests, written in a few places
+ * (allocating, zeroing, discarding), checked, and closed.
+ */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "strata/backend.h"
+#include "strata/block-driver.h"
+#include "strata/loop.h"
+
+static char path[64];
+
+static void quiet(const char *msg)
+{
+    (void)msg;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    static bool init;
+    GError *err = NULL;
+
+    if (!init) {
+        snprintf(path, sizeof(path), "/dev/shm/fuzz-qcow2-%d", getpid());
+        warn_set_handler(quiet);
+        init = true;
+    }
+    FILE *f = fopen(path, "wb");
+    if (!f) {
+        return 0;
+    }
+    fwrite(data, 1, size, f);
+    fclose(f);
+
+    json_t *opts = json_pack("{s:s, s:{s:s, s:s}, s:s}", "driver", "qcow2",
+                             "file", "driver", "file", "filename", path,
+                             "l2-cache-size", "128k");
+    BlockBackend *blk = blk_new_open(NULL, opts, NODE_O_RDWR, &err);
+    if (!blk) {
+        g_clear_error(&err);
+        unlink(path);
+        return 0;
+    }
+    int64_t len = blk_getlength(blk);
+    uint8_t *buf = g_malloc(65536);
+    if (len > 0) {
+        /* A few spots spread over the image, and its very end. */
+        int64_t step = MAX(len / 8, 512);
+        for (int64_t off = 0; off < len; off += step) {
+            blk_pread(blk, off, MIN(65536, len - off), buf, 0);
+        }
+        memset(buf, 0x5a, 65536);
+        blk_pwrite(blk, 0, MIN(4096, len), buf, 0);
+        blk_pwrite(blk, len / 2 / 512 * 512, MIN(65536, len - len / 2 / 512 * 512),
+                   buf, 0);
+        blk_pwrite_zeroes(blk, 0, MIN(131072, len), REQ_MAY_UNMAP);
+        blk_pdiscard(blk, len / 4 / 512 * 512, MIN(65536, len / 4));
+        blk_pread(blk, 0, MIN(65536, len), buf, 0);
+        blk_flush(blk);
+    }
+    g_free(buf);
+    blk_unref(blk);
+    unlink(path);
+    return 0;
+}
