@@ -85,6 +85,11 @@ static const ImgCommand commands[] = {
       "[--object objectdef] [--image-opts] [-f fmt] [--start-offset=offset] "
       "[--max-length=len] [--output=ofmt] [-U] filename",
       NULL },
+    { "measure", img_measure,
+      "[--output=ofmt] [-O output_fmt] [-o options] [--size N | "
+      "[--object objectdef] [--image-opts] [-f fmt] [-l snapshot_param] "
+      "filename]",
+      NULL },
     { "snapshot", img_snapshot,
       "[--object objectdef] [--image-opts] [-U] [-q] [-l | -a snapshot | "
       "-c snapshot | -d snapshot] filename",
@@ -93,6 +98,10 @@ static const ImgCommand commands[] = {
       "  '-c' creates a snapshot\n"
       "  '-d' deletes a snapshot\n"
       "  '-l' lists all snapshots in the given image\n" },
+    { "rebase", img_rebase,
+      "[--object objectdef] [--image-opts] [-U] [-q] [-f fmt] [-t cache] "
+      "[-T src_cache] [-p] [-u] -b backing_file [-F backing_fmt] filename",
+      NULL },
     { "resize", img_resize,
       "[--object objectdef] [--image-opts] [-f fmt] "
       "[--preallocation=prealloc] [-q] [--shrink] filename [+ | -]size",

@@ -1,0 +1,637 @@
+/*
+ * strata-img measure [--output=ofmt] [-O output_fmt] [-o options]
+ *     [--size N | [--object objectdef] [--image-opts] [-f fmt]
+ *     [-l snapshot_param] filename]
+ *
+ * qemu-img measure: how large a new image of the output format would be,
+ * either empty with a given virtual size or holding a copy of an existing
+ * image.  "required" counts what the copy needs (data the source really
+ * has, plus all metadata of a fully allocated image: the estimate errs on
+ * the large side as QEMU's does), "fully allocated" what the image would
+ * take with every cluster allocated.
+ *
+ * The arithmetic is the output driver's business in QEMU (bdrv_measure);
+ * strata's drivers have no such callback, so the two formats we can create,
+ * raw and qcow2, are measured here with QEMU 7.2's formulas.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "strata/block-driver.h"
+#include "strata/error.h"
+#include "../../block/qcow2/qcow2-format.h"
+#include "img.h"
+
+enum {
+    OPTION_OUTPUT = IMG_OPTION_FIRST_PRIVATE,
+    OPTION_SIZE,
+};
+
+#define ROUND_UP_U64(n, d) (((n) + (d) - 1) / (d) * (d))
+#define DIV_ROUND_UP_U64(n, d) (((n) + (d) - 1) / (d))
+
+typedef struct MeasureInfo {
+    uint64_t required;
+    uint64_t fully_allocated;
+    bool has_bitmaps;
+    uint64_t bitmaps;
+} MeasureInfo;
+
+static bool opt_bool(ImgOpts *opts, const char *name, bool def)
+{
+    ImgOptValue *v = img_opts_find(opts, name);
+
+    if (!v || !v->str) {
+        return def;
+    }
+    return !strcmp(v->str, "on") || !strcmp(v->str, "yes") ||
+           !strcmp(v->str, "true");
+}
+
+static uint64_t opt_num(ImgOpts *opts, const char *name, uint64_t def)
+{
+    ImgOptValue *v = img_opts_find(opts, name);
+    return v ? v->num : def;
+}
+
+static const char *opt_str(ImgOpts *opts, const char *name)
+{
+    ImgOptValue *v = img_opts_find(opts, name);
+    return v ? v->str : NULL;
+}
+
+/*
+ * Refcount table and blocks needed to count `clusters` clusters plus
+ * themselves: iterate to the fixed point where adding the refcount
+ * structures no longer needs more of them.
+ */
+static uint64_t refcount_metadata_size(uint64_t clusters,
+                                       uint64_t cluster_size,
+                                       int refcount_order)
+{
+    uint64_t per_table_cluster = cluster_size / 8;
+    uint64_t per_block = cluster_size * 8 / (1u << refcount_order);
+    uint64_t table = 0, blocks = 0, n = 0, last;
+
+    do {
+        last = n;
+        blocks = DIV_ROUND_UP_U64(clusters + table + blocks, per_block);
+        table = DIV_ROUND_UP_U64(blocks, per_table_cluster);
+        n = clusters + blocks + table;
+    } while (n != last);
+    return (blocks + table) * cluster_size;
+}
+
+/* Size of a qcow2 image with every cluster of virtual_size allocated. */
+static uint64_t qcow2_prealloc_size(uint64_t virtual_size,
+                                    uint64_t cluster_size, int refcount_order,
+                                    bool extended_l2)
+{
+    uint64_t aligned = ROUND_UP_U64(virtual_size, cluster_size);
+    uint64_t l2e_size = extended_l2 ? 16 : 8;
+    uint64_t meta = cluster_size; /* the header cluster */
+    uint64_t nl2e, nl1e;
+
+    nl2e = ROUND_UP_U64(aligned / cluster_size, cluster_size / l2e_size);
+    meta += nl2e * l2e_size;
+    nl1e = ROUND_UP_U64(nl2e * l2e_size / cluster_size, cluster_size / 8);
+    meta += nl1e * 8;
+    meta += refcount_metadata_size((meta + aligned) / cluster_size,
+                                   cluster_size, refcount_order);
+    return meta + aligned;
+}
+
+typedef struct StatusCo {
+    BlockNode *bs;
+    int64_t offset, bytes, pnum;
+    int ret;
+} StatusCo;
+
+static void coroutine_fn status_co(void *opaque)
+{
+    StatusCo *s = opaque;
+    s->ret = node_co_block_status_above(s->bs, NULL, false, true, s->offset,
+                                        s->bytes, &s->pnum, NULL, NULL, NULL);
+}
+
+typedef struct ReadCo {
+    BlockChild *child;
+    int64_t offset, bytes;
+    void *buf;
+    int ret;
+} ReadCo;
+
+static void coroutine_fn read_co(void *opaque)
+{
+    ReadCo *r = opaque;
+    r->ret = child_co_pread(r->child, r->offset, r->bytes, r->buf, 0);
+}
+
+static int read_file(BlockNode *bs, int64_t offset, int64_t bytes, void *buf)
+{
+    ReadCo r = { bs->file, offset, bytes, buf, 0 };
+
+    if (!bs->file) {
+        return -ENOTSUP;
+    }
+    co_run_sync(read_co, &r);
+    return r.ret;
+}
+
+/*
+ * qcow2 sources of version 3 can hold persistent bitmaps; a qcow2 target
+ * would need room for each one (all of its clusters, its table) and for
+ * the bitmap directory.  The bitmaps are read from the source's header
+ * extension, as QEMU loads them at open.
+ */
+static bool source_bitmaps(BlockNode *in_bs, uint64_t cluster_size,
+                           uint64_t *size, GError **errp)
+{
+    BlockNode *bs = node_skip_filters(in_bs);
+    uint8_t *hdr = NULL, *dir = NULL;
+    Qcow2DiskHeader h;
+    uint64_t total = 0, dir_size = 0, hdr_len, cs, ext = 0;
+    int64_t disk_size = node_getlength(in_bs);
+    bool found = false, supported = false;
+    int ret;
+
+    *size = 0;
+    if (!bs || strcmp(node_get_format_name(bs), "qcow2") || disk_size < 0) {
+        return false;
+    }
+    ret = read_file(bs, 0, sizeof(h), &h);
+    if (ret < 0 || be32toh(h.version) < 3) {
+        return false;
+    }
+    supported = true;
+    cs = UINT64_C(1) << be32toh(h.cluster_bits);
+    hdr_len = be32toh(h.header_length);
+    hdr = g_malloc(cs);
+    if (read_file(bs, 0, cs, hdr) < 0) {
+        goto out;
+    }
+    /* Walk the header extensions for the bitmaps one. */
+    for (ext = hdr_len; ext + 8 <= cs;) {
+        Qcow2ExtHeader e;
+        memcpy(&e, hdr + ext, sizeof(e));
+        if (be32toh(e.magic) == QCOW2_EXT_END) {
+            break;
+        }
+        if (be32toh(e.magic) == QCOW2_EXT_BITMAPS &&
+            ext + 8 + sizeof(Qcow2BitmapsExt) <= cs) {
+            found = true;
+            ext += 8;
+            break;
+        }
+        ext += 8 + ROUND_UP_U64((uint64_t)be32toh(e.len), 8);
+    }
+    if (found &&
+        (be64toh(h.autoclear_features) & QCOW2_AUTOCLEAR_BITMAPS)) {
+        Qcow2BitmapsExt b;
+        uint64_t dsize, pos = 0;
+
+        memcpy(&b, hdr + ext, sizeof(b));
+        dsize = be64toh(b.bitmap_directory_size);
+        if (dsize > 64 * 1024 * 1024) {
+            goto out;
+        }
+        dir = g_malloc(dsize ? dsize : 1);
+        if (read_file(bs, be64toh(b.bitmap_directory_offset), dsize,
+                      dir) < 0) {
+            goto out;
+        }
+        for (uint32_t i = 0; i < be32toh(b.nb_bitmaps) && pos + 24 <= dsize;
+             i++) {
+            uint8_t gbits = dir[pos + 17];
+            uint16_t name_size = (uint16_t)(dir[pos + 18] << 8 | dir[pos + 19]);
+            uint32_t extra = (uint32_t)dir[pos + 20] << 24 |
+                             (uint32_t)dir[pos + 21] << 16 |
+                             (uint32_t)dir[pos + 22] << 8 | dir[pos + 23];
+            uint64_t gran = UINT64_C(1) << (gbits < 63 ? gbits : 63);
+            uint64_t bits = DIV_ROUND_UP_U64((uint64_t)disk_size, gran);
+            uint64_t bytes = DIV_ROUND_UP_U64(bits, 8);
+            uint64_t clusters = DIV_ROUND_UP_U64(bytes, cluster_size);
+
+            total += clusters * cluster_size;
+            total += ROUND_UP_U64(clusters * 8, cluster_size);
+            dir_size += ROUND_UP_U64(24 + (uint64_t)name_size, 8);
+            pos += ROUND_UP_U64(24 + (uint64_t)extra + name_size, 8);
+        }
+    }
+    *size = total + ROUND_UP_U64(dir_size, cluster_size);
+out:
+    (void)errp;
+    g_free(hdr);
+    g_free(dir);
+    return supported;
+}
+
+static bool measure_qcow2(ImgOpts *opts, BlockNode *in_bs, MeasureInfo *info,
+                          GError **errp)
+{
+    bool extended_l2 = opt_bool(opts, "extended_l2", false);
+    uint64_t cluster_size = opt_num(opts, "cluster_size", 65536);
+    const char *compat = opt_str(opts, "compat");
+    const char *prealloc = opt_str(opts, "preallocation");
+    const char *enc = opt_str(opts, "encrypt.format");
+    uint64_t refcount_bits, virtual_size, l2_tables, required = 0;
+    int version = 3, refcount_order;
+    bool full;
+
+    if (cluster_size < 512 || cluster_size > 2 * 1024 * 1024 ||
+        (cluster_size & (cluster_size - 1))) {
+        error_setg(errp, "Cluster size must be a power of two between %d "
+                   "and %dk", 512, 2048);
+        return false;
+    }
+    if (extended_l2 && cluster_size < 16384) {
+        error_setg(errp, "Extended L2 entries are only supported with "
+                   "cluster sizes of at least %d bytes", 16384);
+        return false;
+    }
+    if (compat && !strcmp(compat, "0.10")) {
+        version = 2;
+    } else if (compat && strcmp(compat, "1.1")) {
+        error_setg(errp, "Invalid compatibility level: '%s'", compat);
+        return false;
+    }
+    refcount_bits = opt_num(opts, "refcount_bits", 16);
+    if (refcount_bits > 64 || !refcount_bits ||
+        (refcount_bits & (refcount_bits - 1))) {
+        error_setg(errp, "Refcount width must be a power of two and may not "
+                   "exceed 64 bits");
+        return false;
+    }
+    if (version < 3 && refcount_bits != 16) {
+        error_setg(errp, "Different refcount widths than 16 bits require "
+                   "compatibility level 1.1 or above (use compat=1.1 or "
+                   "greater)");
+        return false;
+    }
+    refcount_order = __builtin_ctzll(refcount_bits);
+    if (prealloc && strcmp(prealloc, "off") && strcmp(prealloc, "metadata") &&
+        strcmp(prealloc, "falloc") && strcmp(prealloc, "full")) {
+        error_setg(errp, "invalid parameter value: %s", prealloc);
+        return false;
+    }
+    full = prealloc && (!strcmp(prealloc, "falloc") ||
+                        !strcmp(prealloc, "full"));
+    if (enc && !strcmp(enc, "luks")) {
+        /* The LUKS payload size needs the crypto layer we do not have. */
+        error_setg(errp, "Measuring encrypted images is not supported");
+        return false;
+    }
+
+    virtual_size = ROUND_UP_U64(opt_num(opts, "size", 0), cluster_size);
+    l2_tables = DIV_ROUND_UP_U64(virtual_size / cluster_size,
+                                 cluster_size / (extended_l2 ? 16 : 8));
+    if (l2_tables * 8 > QCOW2_MAX_L1_BYTES) {
+        error_setg(errp, "The image size is too large (try using a larger "
+                   "cluster size)");
+        return false;
+    }
+
+    if (in_bs) {
+        int64_t ssize = node_getlength(in_bs);
+
+        if (ssize < 0) {
+            error_setg_errno(errp, (int)-ssize,
+                             "Unable to get image virtual_size");
+            return false;
+        }
+        virtual_size = ROUND_UP_U64((uint64_t)ssize, cluster_size);
+        if (opt_str(opts, "backing_file")) {
+            /* The new backing file may share nothing with the source. */
+            required = virtual_size;
+        } else {
+            for (int64_t offset = 0, pnum = 0; offset < ssize;
+                 offset += pnum) {
+                StatusCo s = { in_bs, offset, ssize - offset, 0, 0 };
+
+                co_run_sync(status_co, &s);
+                if (s.ret < 0) {
+                    error_setg_errno(errp, -s.ret,
+                                     "Unable to get block status");
+                    return false;
+                }
+                pnum = s.pnum;
+                if (s.ret & BLOCK_ZERO) {
+                    continue;
+                }
+                if ((s.ret & (BLOCK_DATA | BLOCK_ALLOCATED)) ==
+                    (BLOCK_DATA | BLOCK_ALLOCATED)) {
+                    /* Whole clusters: round the run up to the next one. */
+                    pnum = (int64_t)ROUND_UP_U64((uint64_t)(offset + pnum),
+                                                 cluster_size) - offset;
+                    required += (uint64_t)offset % cluster_size +
+                                (uint64_t)pnum;
+                }
+            }
+        }
+    }
+    if (full) {
+        required = virtual_size;
+    }
+    info->fully_allocated = qcow2_prealloc_size(virtual_size, cluster_size,
+                                                refcount_order, extended_l2);
+    info->required = info->fully_allocated - virtual_size + required;
+    if (version >= 3 && in_bs) {
+        info->has_bitmaps = source_bitmaps(in_bs, cluster_size,
+                                           &info->bitmaps, errp);
+    }
+    return true;
+}
+
+static bool measure_raw(ImgOpts *opts, BlockNode *in_bs, MeasureInfo *info,
+                        GError **errp)
+{
+    uint64_t required;
+
+    if (in_bs) {
+        int64_t len = node_getlength(in_bs);
+        if (len < 0) {
+            error_setg_errno(errp, (int)-len, "Unable to get image size");
+            return false;
+        }
+        required = (uint64_t)len;
+    } else {
+        required = ROUND_UP_U64(opt_num(opts, "size", 0), 512);
+    }
+    /* Unallocated sectors still take room in a raw file. */
+    info->required = info->fully_allocated = required;
+    return true;
+}
+
+/* -l as in convert.c: the snapshot replaces the source's current data. */
+typedef struct LoadSnapCo {
+    BlockNode *bs;
+    const char *id, *name;
+    GError *err;
+    int ret;
+} LoadSnapCo;
+
+static void coroutine_fn load_snapshot_co(void *opaque)
+{
+    LoadSnapCo *c = opaque;
+    c->ret = c->bs->drv->snapshot_load_tmp(c->bs, c->id, c->name, &c->err);
+}
+
+static const char *json_str(json_t *o, const char *key)
+{
+    json_t *v = o ? json_object_get(o, key) : NULL;
+    return json_is_string(v) ? json_string_value(v) : NULL;
+}
+
+static bool load_snapshot(BlockBackend *blk, const char *name,
+                          json_t *sn_opts)
+{
+    BlockNode *bs = node_skip_filters(blk_node(blk));
+    LoadSnapCo c = { .bs = bs };
+
+    if (!bs->drv->snapshot_load_tmp) {
+        tool_error("Failed to load snapshot: Block format '%s' used by "
+                   "device '' does not support temporarily loading internal "
+                   "snapshots", bs->drv->format_name);
+        return false;
+    }
+    if (name) {
+        c.id = name;
+        co_run_sync(load_snapshot_co, &c);
+        if (c.ret == -ENOENT) {
+            g_clear_error(&c.err);
+            c.id = NULL;
+            c.name = name;
+            co_run_sync(load_snapshot_co, &c);
+        }
+    } else {
+        c.id = json_str(sn_opts, "snapshot.id");
+        c.name = json_str(sn_opts, "snapshot.name");
+        co_run_sync(load_snapshot_co, &c);
+    }
+    if (c.ret < 0) {
+        tool_error("Failed to load snapshot: %s",
+                   c.err ? c.err->message : g_strerror(-c.ret));
+        g_clear_error(&c.err);
+        return false;
+    }
+    return true;
+}
+
+static bool parse_snapshot_opts(json_t **sn_opts, const char *arg)
+{
+    GError *err = NULL;
+    const char *key;
+    json_t *value;
+
+    json_decref(*sn_opts);
+    *sn_opts = NULL;
+    if (!tool_qemuopts_parse(sn_opts, arg, false, &err)) {
+        tool_error_gerror(err, "%s", "");
+        goto fail;
+    }
+    json_object_foreach(*sn_opts, key, value) {
+        if (strcmp(key, "snapshot.id") && strcmp(key, "snapshot.name")) {
+            tool_error("Invalid parameter '%s'", key);
+            goto fail;
+        }
+    }
+    return true;
+fail:
+    tool_error("Failed in parsing snapshot param '%s'", arg);
+    return false;
+}
+
+static void print_info(const MeasureInfo *info, bool json)
+{
+    if (!json) {
+        printf("required size: %" PRIu64 "\n", info->required);
+        printf("fully allocated size: %" PRIu64 "\n", info->fully_allocated);
+        if (info->has_bitmaps) {
+            printf("bitmaps size: %" PRIu64 "\n", info->bitmaps);
+        }
+    } else {
+        json_t *o = json_object();
+        char *text;
+
+        json_object_set_new(o, "required", json_integer(
+                            (json_int_t)info->required));
+        json_object_set_new(o, "fully-allocated", json_integer(
+                            (json_int_t)info->fully_allocated));
+        if (info->has_bitmaps) {
+            json_object_set_new(o, "bitmaps", json_integer(
+                                (json_int_t)info->bitmaps));
+        }
+        text = img_json_pretty(o);
+        printf("%s\n", text);
+        g_free(text);
+        json_decref(o);
+    }
+}
+
+int img_measure(int argc, char **argv)
+{
+    static const struct option long_options[] = {
+        { "help", no_argument, NULL, 'h' },
+        { "image-opts", no_argument, NULL, IMG_OPTION_IMAGE_OPTS },
+        { "object", required_argument, NULL, IMG_OPTION_OBJECT },
+        { "output", required_argument, NULL, OPTION_OUTPUT },
+        { "size", required_argument, NULL, OPTION_SIZE },
+        { "force-share", no_argument, NULL, 'U' },
+        { NULL, 0, NULL, 0 },
+    };
+    ImgOpenSpec spec = { 0 };
+    const char *filename = NULL, *out_fmt = "raw", *snapshot_name = NULL;
+    char *options = NULL;
+    json_t *sn_opts = NULL;
+    uint64_t img_size = UINT64_MAX;
+    bool json = false;
+    BlockBackend *in_blk = NULL;
+    const BlockDriver *drv, *proto;
+    ImgOptDesc *list = NULL, *plist;
+    ImgOpts *opts = NULL;
+    MeasureInfo info = { 0 };
+    GError *err = NULL;
+    int ret = EXIT_FAILURE, c;
+
+    /* Unlike most subcommands, getopt reports bad options itself here. */
+    while ((c = getopt_long(argc, argv, "hf:O:o:l:U", long_options,
+                            NULL)) != -1) {
+        switch (c) {
+        case '?':
+        case 'h':
+            img_help();
+        case 'O':
+            out_fmt = optarg;
+            break;
+        case 'o':
+            if (!img_is_valid_option_list(optarg)) {
+                tool_error("Invalid option list: %s", optarg);
+                goto out;
+            }
+            if (options) {
+                char *joined = g_strdup_printf("%s,%s", options, optarg);
+                g_free(options);
+                options = joined;
+            } else {
+                options = g_strdup(optarg);
+            }
+            break;
+        case 'l':
+            if (g_str_has_prefix(optarg, "snapshot.")) {
+                if (!parse_snapshot_opts(&sn_opts, optarg)) {
+                    goto out;
+                }
+            } else {
+                snapshot_name = optarg;
+            }
+            break;
+        case OPTION_OUTPUT:
+            if (!strcmp(optarg, "json")) {
+                json = true;
+            } else if (!strcmp(optarg, "human")) {
+                json = false;
+            } else {
+                tool_error("--output must be used with human or json as "
+                           "argument.");
+                exit(EXIT_FAILURE);
+            }
+            break;
+        case OPTION_SIZE: {
+            int64_t v = img_cvtnum("image size", optarg);
+            if (v < 0) {
+                goto out;
+            }
+            img_size = (uint64_t)v;
+            break;
+        }
+        default:
+            img_open_option(c, optarg, &spec);
+        }
+    }
+
+    if (argc - optind > 1) {
+        tool_error("At most one filename argument is allowed.");
+        goto out;
+    } else if (argc - optind == 1) {
+        filename = argv[optind];
+    }
+    if (!filename && (spec.image_opts || spec.fmt || snapshot_name ||
+                      sn_opts)) {
+        tool_error("--image-opts, -f, and -l require a filename argument.");
+        goto out;
+    }
+    if (filename && img_size != UINT64_MAX) {
+        tool_error("--size N cannot be used together with a filename.");
+        goto out;
+    }
+    if (!filename && img_size == UINT64_MAX) {
+        tool_error("Either --size N or one filename must be specified.");
+        goto out;
+    }
+
+    if (filename) {
+        in_blk = img_open(filename, &spec);
+        if (!in_blk) {
+            goto out;
+        }
+        if ((snapshot_name || sn_opts) &&
+            !load_snapshot(in_blk, snapshot_name, sn_opts)) {
+            goto out;
+        }
+    }
+
+    drv = driver_find(out_fmt);
+    if (!drv) {
+        tool_error("Unknown file format '%s'", out_fmt);
+        goto out;
+    }
+    if (!drv->create) {
+        tool_error("Format driver '%s' does not support image creation",
+                   drv->format_name);
+        goto out;
+    }
+    proto = driver_find("file");
+    list = img_create_opts_for(drv);
+    plist = img_create_opts_for(proto);
+    list = img_create_opts_append(list, plist);
+    g_free(plist);
+    opts = img_opts_new(list);
+    if (options && !img_opts_parse(opts, options, &err)) {
+        tool_error_gerror(err, "%s", "");
+        tool_error("Invalid options for file format '%s'", out_fmt);
+        goto out;
+    }
+    if (img_size != UINT64_MAX) {
+        img_opts_set_number(opts, "size", img_size);
+    }
+
+    if (!strcmp(drv->format_name, "qcow2")) {
+        if (!measure_qcow2(opts, in_blk ? blk_node(in_blk) : NULL, &info,
+                           &err)) {
+            tool_error_gerror(err, "%s", "");
+            goto out;
+        }
+    } else if (!strcmp(drv->format_name, "raw")) {
+        if (!measure_raw(opts, in_blk ? blk_node(in_blk) : NULL, &info,
+                         &err)) {
+            tool_error_gerror(err, "%s", "");
+            goto out;
+        }
+    } else {
+        tool_error("Block driver '%s' does not support size measurement",
+                   drv->format_name);
+        goto out;
+    }
+    print_info(&info, json);
+    ret = EXIT_SUCCESS;
+out:
+    img_opts_free(opts);
+    g_free(list);
+    g_free(options);
+    json_decref(sn_opts);
+    if (in_blk) {
+        blk_unref(in_blk);
+    }
+    return ret;
+}
