@@ -273,6 +273,9 @@ static int coroutine_fn grow_reftable(BlockNode *bs, uint64_t need_index)
         return ret;
     }
     child_debug_event(bs->file, BLKDBG_REFTABLE_GROW);
+    if (need_index >= QCOW2_MAX_REFTABLE_BYTES / 8) {
+        return -EFBIG;
+    }
 
     /*
      * Place the table at `start` (past everything in use).  The table must
@@ -460,6 +463,15 @@ static int coroutine_fn update_refcount(BlockNode *bs, uint64_t offset,
         if (rt_index != rb_index) {
             if (rb) {
                 qcow2_cache_put(s->refcount_cache, &rb);
+            }
+            if (decrease && (rt_index >= s->refcount_table_size ||
+                             !(s->refcount_table[rt_index] &
+                               REFT_OFFSET_MASK))) {
+                /* No refcount block: the refcount is 0 already. */
+                qcow2_signal_corruption(bs, true, -1, -1, "Cannot decrease "
+                                        "refcount of cluster %#" PRIx64
+                                        " below 0", c << s->cluster_bits);
+                return -EIO;
             }
             ret = ensure_refblock(bs, rt_index);
             if (ret < 0) {
