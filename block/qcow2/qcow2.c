@@ -1038,6 +1038,36 @@ static int coroutine_fn qcow2_co_check(BlockNode *bs, BlockCheckResult *res,
     return ret;
 }
 
+/*
+ * Every cluster mapping goes (not zero clusters: the data must come from
+ * the backing file again).  QEMU rebuilds a minimal image when it can;
+ * dropping the mappings reads the same.
+ */
+static int coroutine_fn qcow2_make_empty(BlockNode *bs, GError **errp)
+{
+    Qcow2State *s = bs->opaque;
+    int ret;
+
+    if (s->corrupt) {
+        error_setg(errp, "Image is corrupt");
+        return -ENOMEDIUM;
+    }
+    co_mutex_lock(&s->lock);
+    qcow2_wait_inflight(bs, 0, UINT64_MAX);
+    ret = qcow2_discard_tail(bs, 0, s->size);
+    if (ret >= 0) {
+        ret = qcow2_cache_flush(s->l2_cache);
+    }
+    if (ret >= 0) {
+        ret = qcow2_cache_flush(s->refcount_cache);
+    }
+    co_mutex_unlock(&s->lock);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "Could not empty the image");
+    }
+    return ret;
+}
+
 static const char *const qcow2_mutable_opts[] = {
     "lazy-refcounts", "pass-discard-request", "pass-discard-snapshot",
     "pass-discard-other", "overlap-check", "cache-size", "l2-cache-size",
@@ -1078,5 +1108,6 @@ const BlockDriver bdrv_qcow2 = {
     .snapshot_delete = qcow2_snapshot_delete,
     .snapshot_list = qcow2_snapshot_list,
     .snapshot_load_tmp = qcow2_snapshot_load_tmp,
+    .make_empty = qcow2_make_empty,
     .mutable_opts = qcow2_mutable_opts,
 };

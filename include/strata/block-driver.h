@@ -209,6 +209,11 @@ struct BlockDriver {
      */
     int (*snapshot_load_tmp)(BlockNode *bs, const char *id, const char *name,
                              GError **errp);
+    /*
+     * Forget all data, so that the image reads through to its backing file
+     * again (qemu-img commit).  Coroutine context; without it, -ENOTSUP.
+     */
+    int (*make_empty)(BlockNode *bs, GError **errp);
 
     /* blkdebug: an event signalled by a parent driver (debug-event.h). */
     void (*debug_event)(BlockNode *bs, int event);

@@ -27,6 +27,7 @@
 
 int img_bench(int argc, char **argv);
 int img_check(int argc, char **argv);
+int img_commit(int argc, char **argv);
 int img_compare(int argc, char **argv);
 int img_convert(int argc, char **argv);
 int img_create(int argc, char **argv);

@@ -43,6 +43,10 @@ static const ImgCommand commands[] = {
       "       kinds of errors, with a higher risk of choosing the wrong fix "
       "or\n"
       "       hiding corruption that has already occurred.\n" },
+    { "commit", img_commit,
+      "[--object objectdef] [--image-opts] [-q] [-f fmt] [-t cache] "
+      "[-b base] [-r rate_limit] [-d] [-p] filename",
+      NULL },
     { "compare", img_compare,
       "[--object objectdef] [--image-opts] [-f fmt] [-F fmt] [-T src_cache] "
       "[-p] [-q] [-s] [-U] filename1 filename2",
