@@ -257,19 +257,23 @@ void qcow2_cache_mark_dirty(Qcow2Cache *c, void *table)
     c->slots[i].dirty = true;
 }
 
-void qcow2_cache_discard(Qcow2Cache *c, uint64_t offset)
+bool qcow2_cache_discard(Qcow2Cache *c, uint64_t offset)
 {
     gpointer v = g_hash_table_lookup(c->index, &offset);
     int i;
 
     if (!v) {
-        return;
+        return true;
     }
     i = GPOINTER_TO_INT(v) - 1;
-    g_assert(c->slots[i].ref == 0);
+    if (c->slots[i].ref) {
+        /* Freed while in use: only a damaged image gets here. */
+        return false;
+    }
     index_remove(c, i);
     c->slots[i].offset = 0;
     c->slots[i].dirty = false;
+    return true;
 }
 
 void qcow2_cache_empty(Qcow2Cache *c)

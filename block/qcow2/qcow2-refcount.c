@@ -506,7 +506,15 @@ static int coroutine_fn update_refcount(BlockNode *bs, uint64_t offset,
         }
         if (rc == 0) {
             /* A freed metadata cluster must not linger in a cache. */
-            qcow2_cache_discard(s->l2_cache, c << s->cluster_bits);
+            if (!qcow2_cache_discard(s->l2_cache, c << s->cluster_bits) ||
+                !qcow2_cache_discard(s->refcount_cache,
+                                     c << s->cluster_bits)) {
+                qcow2_cache_put(s->refcount_cache, &rb);
+                qcow2_signal_corruption(bs, true, -1, -1, "Freeing cluster "
+                                        "%#" PRIx64 ", a metadata table "
+                                        "in use", c << s->cluster_bits);
+                return -EIO;
+            }
             if (discard_wanted(s, dt)) {
                 /* Best effort: the space is free either way. */
                 child_co_pdiscard(bs->file, (int64_t)(c << s->cluster_bits),

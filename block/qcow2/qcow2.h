@@ -253,8 +253,8 @@ void qcow2_cache_mark_dirty(Qcow2Cache *c, void *table);
 /* Write dirty tables (dependencies first); flush also syncs the file. */
 int coroutine_fn qcow2_cache_write(Qcow2Cache *c);
 int coroutine_fn qcow2_cache_flush(Qcow2Cache *c);
-/* Forget the table at offset (its cluster was freed). */
-void qcow2_cache_discard(Qcow2Cache *c, uint64_t offset);
+/* Forget the table at offset (its cluster was freed); false if in use. */
+bool qcow2_cache_discard(Qcow2Cache *c, uint64_t offset);
 /* Drop every clean, unused table (after write). */
 void qcow2_cache_empty(Qcow2Cache *c);
 
