@@ -426,6 +426,8 @@ int coroutine_fn qcow2_co_check_locked(BlockNode *bs, BlockCheckResult *res,
         /* New refcount blocks must go past every cluster in use. */
         s->free_cluster_index = MAX(s->free_cluster_index, c.n);
         for (int pass = 0; pass < 2; pass++) {
+            /* Lowering leaks moved the allocation point down again. */
+            s->free_cluster_index = MAX(s->free_cluster_index, c.n);
             for (guint k = 0; k < diff->len; k++) {
                 uint64_t i = g_array_index(diff, uint64_t, k), have;
                 if (qcow2_get_refcount(bs, i, &have) < 0 ||

@@ -269,6 +269,10 @@ int coroutine_fn qcow2_grow_l1(BlockNode *bs, uint32_t min_size)
         ret = child_co_pwrite(bs->file, offsetof(Qcow2DiskHeader, l1_size),
                               sizeof(h), &h, 0);
     }
+    if (ret >= 0) {
+        /* The header points at the new table before the old one is freed. */
+        ret = node_co_flush(bs->file->bs);
+    }
     if (ret < 0) {
         g_free(t);
         qcow2_free_clusters(bs, new_offset, bytes, QCOW2_DISCARD_NEVER);

@@ -377,6 +377,28 @@ static int coroutine_fn grow_reftable(BlockNode *bs, uint64_t need_index)
         table[i] = be64toh(table[i]);
     }
 
+    /*
+     * New clusters that existing blocks describe (usually the table
+     * itself) get their refcounts before the header switches to the new
+     * table, through the old table, which shares those blocks.
+     */
+    for (uint64_t c = start; c < covered_end; c++) {
+        uint64_t r = c >> s->refcount_block_bits;
+        if (r < old_size && (s->refcount_table[r] & REFT_OFFSET_MASK)) {
+            ret = update_refcount(bs, c << s->cluster_bits, s->cluster_size,
+                                  1, false, QCOW2_DISCARD_NEVER);
+            if (ret < 0) {
+                g_free(table);
+                return ret;
+            }
+        }
+    }
+    ret = qcow2_cache_flush(s->refcount_cache);
+    if (ret < 0) {
+        g_free(table);
+        return ret;
+    }
+
     /* Switch: table offset and size in one header write. */
     struct __attribute__((packed)) {
         uint64_t offset;
@@ -406,18 +428,6 @@ static int coroutine_fn grow_reftable(BlockNode *bs, uint64_t need_index)
     s->refcount_table_size = (uint32_t)(table_clusters * entries_per_cluster);
     s->refcount_table_offset = table_offset;
 
-    /* New clusters under existing blocks, then the old table goes. */
-    for (uint64_t c = start; c < covered_end; c++) {
-        uint64_t r = c >> s->refcount_block_bits;
-        if (r < old_size && (table[r] & REFT_OFFSET_MASK) &&
-            (table[r] >> s->cluster_bits) < start) {
-            ret = update_refcount(bs, c << s->cluster_bits, s->cluster_size,
-                                  1, false, QCOW2_DISCARD_NEVER);
-            if (ret < 0) {
-                return ret;
-            }
-        }
-    }
     return qcow2_free_clusters(bs, old_offset, old_clusters * s->cluster_size,
                                QCOW2_DISCARD_OTHER);
 }
@@ -503,6 +513,11 @@ static int coroutine_fn update_refcount(BlockNode *bs, uint64_t offset,
         qcow2_cache_mark_dirty(s->refcount_cache, rb);
         if (rc == 0 && c < s->free_cluster_index) {
             s->free_cluster_index = c;
+        }
+        if (rc == 0 && s->free_byte_offset &&
+            (s->free_byte_offset >> s->cluster_bits) == c) {
+            /* Compressed data must not be packed into a freed cluster. */
+            s->free_byte_offset = 0;
         }
         if (rc == 0) {
             /* A freed metadata cluster must not linger in a cache. */

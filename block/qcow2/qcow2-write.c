@@ -105,14 +105,23 @@ static int coroutine_fn get_l2_for_write(BlockNode *bs, uint64_t offset,
         goto fail;
     }
     if (old) {
-        /* Only this snapshot-shared table loses a user. */
-        qcow2_free_clusters(bs, old, s->cluster_size, QCOW2_DISCARD_OTHER);
+        /*
+         * Only this snapshot-shared table loses a user; the new L1 entry
+         * is on disk first, in case the old table's cluster gets reused.
+         */
+        if (node_co_flush(bs->file->bs) >= 0) {
+            qcow2_free_clusters(bs, old, s->cluster_size,
+                                QCOW2_DISCARD_OTHER);
+        }
     }
     *l2 = t;
     return 0;
 
 fail:
     qcow2_cache_put(s->l2_cache, &t);
+    /* Nothing points at the new table: give its cluster back. */
+    qcow2_cache_discard(s->l2_cache, new_offset);
+    qcow2_free_clusters(bs, new_offset, s->cluster_size, QCOW2_DISCARD_NEVER);
     return ret;
 }
 
@@ -238,23 +247,45 @@ static int coroutine_fn in_place_run(BlockNode *bs, uint64_t offset,
  */
 typedef struct Inflight {
     uint64_t start, end;       /* guest bytes, whole clusters */
+    bool shared;               /* an in-place write: other writes may run */
     CoQueue waiters;
 } Inflight;
 
-static Inflight *find_inflight(Qcow2State *s, uint64_t start, uint64_t end)
+static Inflight *find_inflight(Qcow2State *s, uint64_t start, uint64_t end,
+                               bool include_shared)
 {
     for (GList *l = s->inflight; l; l = l->next) {
         Inflight *f = l->data;
-        if (f->start < end && start < f->end) {
+        if (f->start < end && start < f->end &&
+            (include_shared || !f->shared)) {
             return f;
         }
     }
     return NULL;
 }
 
-/* Lock held on entry and on return; true if it had to wait. */
-bool coroutine_fn qcow2_wait_inflight(BlockNode *bs, uint64_t start,
-                                      uint64_t end)
+static Inflight *claim(Qcow2State *s, uint64_t start, uint64_t end,
+                       bool shared)
+{
+    Inflight *f = g_new0(Inflight, 1);
+
+    f->start = qcow2_start_of_cluster(s, start);
+    f->end = ROUND_UP(end, s->cluster_size);
+    f->shared = shared;
+    co_queue_init(&f->waiters);
+    s->inflight = g_list_prepend(s->inflight, f);
+    return f;
+}
+
+static void release(Qcow2State *s, Inflight *f)
+{
+    s->inflight = g_list_remove(s->inflight, f);
+    co_queue_restart_all(&f->waiters);
+    g_free(f);
+}
+
+static bool coroutine_fn wait_claims(BlockNode *bs, uint64_t start,
+                                     uint64_t end, bool include_shared)
 {
     Qcow2State *s = bs->opaque;
     bool waited = false;
@@ -263,7 +294,7 @@ bool coroutine_fn qcow2_wait_inflight(BlockNode *bs, uint64_t start,
     start = qcow2_start_of_cluster(s, start);
     end = end > UINT64_MAX - s->cluster_size ? UINT64_MAX
                                              : ROUND_UP(end, s->cluster_size);
-    while ((f = find_inflight(s, start, end))) {
+    while ((f = find_inflight(s, start, end, include_shared))) {
         /* Unlock and queue without yielding in between: no lost wake-up. */
         co_mutex_unlock(&s->lock);
         co_queue_wait(&f->waiters);
@@ -271,6 +302,17 @@ bool coroutine_fn qcow2_wait_inflight(BlockNode *bs, uint64_t start,
         waited = true;
     }
     return waited;
+}
+
+/*
+ * Lock held on entry and on return; true if it had to wait.  Waits for
+ * every claim, in-place writes included: what frees or shares clusters
+ * (discards, zero writes, snapshots, resize) must not race their data.
+ */
+bool coroutine_fn qcow2_wait_inflight(BlockNode *bs, uint64_t start,
+                                      uint64_t end)
+{
+    return wait_claims(bs, start, end, true);
 }
 
 /*
@@ -356,11 +398,8 @@ static int coroutine_fn write_allocating(BlockNode *bs, uint64_t offset,
      * parallel.  The clusters stay claimed meanwhile: no other request
      * changes their L2 entries, and the L2 table is fetched again after.
      */
-    Inflight *f = g_new0(Inflight, 1);
-    f->start = cstart;
-    f->end = cstart + (uint64_t)nb * s->cluster_size;
-    co_queue_init(&f->waiters);
-    s->inflight = g_list_prepend(s->inflight, f);
+    Inflight *f = claim(s, cstart, cstart + (uint64_t)nb * s->cluster_size,
+                        false);
     qcow2_cache_put(s->l2_cache, &l2);
     co_mutex_unlock(&s->lock);
 
@@ -395,9 +434,7 @@ static int coroutine_fn write_allocating(BlockNode *bs, uint64_t offset,
     if (ret >= 0) {
         ret = get_l2_for_write(bs, offset, &l2, &l2i);
     }
-    s->inflight = g_list_remove(s->inflight, f);
-    co_queue_restart_all(&f->waiters);
-    g_free(f);
+    release(s, f);
     if (ret < 0) {
         /* Nothing points at the new clusters yet: give them back. */
         if (fresh) {
@@ -457,16 +494,21 @@ int coroutine_fn qcow2_co_pwritev(BlockNode *bs, int64_t offset,
         int ret;
 
         co_mutex_lock(&s->lock);
-        qcow2_wait_inflight(bs, (uint64_t)offset, (uint64_t)(offset + bytes));
+        /* In-place writes to the same clusters may run side by side. */
+        wait_claims(bs, (uint64_t)offset, (uint64_t)(offset + bytes), false);
         ret = in_place_run(bs, (uint64_t)offset, (uint64_t)bytes, &n, &host);
         if (ret >= 0 && n > 0 && s->data_file == bs->file) {
             ret = qcow2_check_overlap(bs, 0, host, n);
         }
         if (ret >= 0 && n > 0) {
+            /* Shared claim: discards and snapshots wait for the data. */
+            Inflight *f = claim(s, (uint64_t)offset, (uint64_t)offset + n,
+                                true);
             co_mutex_unlock(&s->lock);
             child_debug_event(bs->file, BLKDBG_WRITE_AIO);
             ret = child_co_pwritev(s->data_file, (int64_t)host, (int64_t)n,
                                    qiov, qiov_offset, 0);
+            release(s, f);
         } else if (ret >= 0) {
             /* Returns with the lock held. */
             ret = write_allocating(bs, (uint64_t)offset, (uint64_t)bytes,
@@ -530,6 +572,16 @@ static int coroutine_fn zero_or_discard(BlockNode *bs, uint64_t offset,
         uint64_t old[QCOW2_MAX_RUN];
         unsigned nfree = 0;
 
+        /* Dropping what has no L2 table needs no table (shrink, empty). */
+        unsigned l1i = qcow2_l1_index(s, offset);
+        if (full && (l1i >= s->l1_size ||
+                     !(s->l1_table[l1i] & L1E_OFFSET_MASK))) {
+            uint64_t span = 1ull << (s->l2_bits + s->cluster_bits);
+            uint64_t n = MIN(bytes, span - (offset & (span - 1)));
+            offset += n;
+            bytes -= n;
+            continue;
+        }
         ret = get_l2_for_write(bs, offset, &l2, &l2i);
         if (ret < 0) {
             break;
@@ -723,6 +775,27 @@ int coroutine_fn qcow2_co_pwrite_zeroes(BlockNode *bs, int64_t offset,
     if (ret >= 0 && tail_start < end && end != s->size) {
         ret = zero_edge(bs, tail_start, end - tail_start, flags);
         end = tail_start;
+    }
+    if (ret >= 0 && off < end && s->extended_l2) {
+        /*
+         * A compressed cluster cannot hold zero subclusters: if the range
+         * covers one only partly, zeroes are written as data (QEMU too).
+         */
+        uint64_t edges[2] = { off, end - 1 };
+        co_mutex_lock(&s->lock);
+        for (int k = 0; k < 2 && ret >= 0; k++) {
+            uint64_t cs = qcow2_start_of_cluster(s, edges[k]);
+            uint64_t n = s->cluster_size, host;
+            Qcow2SubclusterType t;
+            if (cs >= off && cs + s->cluster_size <= end) {
+                continue;
+            }
+            ret = qcow2_get_host_offset(bs, cs, &n, &host, &t);
+            if (ret >= 0 && t == QCOW2_SC_COMPRESSED) {
+                ret = -ENOTSUP;
+            }
+        }
+        co_mutex_unlock(&s->lock);
     }
     if (ret >= 0 && off < end) {
         co_mutex_lock(&s->lock);
