@@ -1109,5 +1109,6 @@ const BlockDriver bdrv_qcow2 = {
     .snapshot_list = qcow2_snapshot_list,
     .snapshot_load_tmp = qcow2_snapshot_load_tmp,
     .make_empty = qcow2_make_empty,
+    .amend = qcow2_amend,
     .mutable_opts = qcow2_mutable_opts,
 };

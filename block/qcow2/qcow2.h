@@ -321,6 +321,18 @@ int coroutine_fn qcow2_update_cluster_refcount(BlockNode *bs, uint64_t cluster,
 int coroutine_fn qcow2_co_check_locked(BlockNode *bs, BlockCheckResult *res,
                                        int fix);
 
+/* ---- qcow2-amend.c ---- */
+
+/* Progress of a long amend step: done out of total units. */
+typedef void Qcow2AmendStatus(void *opaque, int64_t done, int64_t total);
+
+/* Rewrite the whole header cluster from s, QEMU's layout; flushed. */
+int coroutine_fn qcow2_update_header(BlockNode *bs);
+/* BlockDriver.amend: qemu-img amend's options, in QEMU 7.2's order. */
+int coroutine_fn qcow2_amend(BlockNode *bs, json_t *options, bool force,
+                             Qcow2AmendStatus *status, void *opaque,
+                             GError **errp);
+
 /* ---- helpers ---- */
 
 static inline uint64_t qcow2_offset_into_cluster(const Qcow2State *s,

@@ -214,6 +214,17 @@ struct BlockDriver {
      * again (qemu-img commit).  Coroutine context; without it, -ENOTSUP.
      */
     int (*make_empty)(BlockNode *bs, GError **errp);
+    /*
+     * Change options of an existing image (qemu-img amend).  options: the
+     * amend options given, by their creation names (bools as booleans,
+     * sizes and numbers as integers or, past INT64_MAX, as text, strings
+     * as strings); force: --force.  status (may be NULL) reports progress
+     * as done out of total.  Coroutine context; without it, the format
+     * "does not support option amendment".
+     */
+    int (*amend)(BlockNode *bs, json_t *options, bool force,
+                 void (*status)(void *opaque, int64_t done, int64_t total),
+                 void *opaque, GError **errp);
 
     /* blkdebug: an event signalled by a parent driver (debug-event.h). */
     void (*debug_event)(BlockNode *bs, int event);

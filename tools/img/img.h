@@ -25,6 +25,7 @@
 
 /* ---- Subcommands (one file each) ---- */
 
+int img_amend(int argc, char **argv);
 int img_bench(int argc, char **argv);
 int img_check(int argc, char **argv);
 int img_commit(int argc, char **argv);

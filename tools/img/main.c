@@ -28,6 +28,10 @@ typedef struct ImgCommand {
 
 /* In qemu-img's order (it is the order of its help, not alphabetical). */
 static const ImgCommand commands[] = {
+    { "amend", img_amend,
+      "[--object objectdef] [--image-opts] [-p] [-q] [-f fmt] [-t cache] "
+      "[--force] -o options filename",
+      NULL },
     { "bench", img_bench,
       "[-c count] [-d depth] [-f fmt] [--flush-interval=flush_interval] "
       "[-i aio] [-n] [--no-drain] [-o offset] [--pattern=pattern] [-q] "
