@@ -91,94 +91,11 @@ static int print_option_help(const char *filename, const char *fmt)
     return EXIT_SUCCESS;
 }
 
-/* -l snapshot.id=ID,snapshot.name=NAME: only those two keys. */
-static bool parse_snapshot_opts(ConvertArgs *a, const char *arg)
-{
-    GError *err = NULL;
-    const char *key;
-    json_t *value;
-
-    json_decref(a->sn_opts);
-    a->sn_opts = NULL;
-    if (!tool_qemuopts_parse(&a->sn_opts, arg, false, &err)) {
-        tool_error_gerror(err, "%s", "");
-        goto fail;
-    }
-    json_object_foreach(a->sn_opts, key, value) {
-        if (strcmp(key, "snapshot.id") && strcmp(key, "snapshot.name")) {
-            tool_error("Invalid parameter '%s'", key);
-            goto fail;
-        }
-    }
-    return true;
-fail:
-    tool_error("Failed in parsing snapshot param '%s'", arg);
-    return false;
-}
-
-static const char *sn_opt(const ConvertArgs *a, const char *key)
-{
-    json_t *v = a->sn_opts ? json_object_get(a->sn_opts, key) : NULL;
-    return json_is_string(v) ? json_string_value(v) : NULL;
-}
-
 /*
  * qemu-img loads the snapshot as a temporary read-only view.  We find it
  * the same way, so that the errors for a missing snapshot or a format
  * without snapshots are QEMU's, but cannot read it yet.
  */
-typedef struct LoadSnapCo {
-    BlockNode *bs;
-    const char *id, *name;
-    GError *err;
-    int ret;
-} LoadSnapCo;
-
-static void coroutine_fn load_snapshot_co(void *opaque)
-{
-    LoadSnapCo *c = opaque;
-    c->ret = c->bs->drv->snapshot_load_tmp(c->bs, c->id, c->name, &c->err);
-}
-
-/*
- * -l: the source shows an internal snapshot instead of its current data.
- * A bare name is tried as an ID first, then as a name (QEMU's
- * bdrv_snapshot_load_tmp_by_id_or_name).
- */
-static bool load_snapshot(const ConvertArgs *a, BlockBackend *blk)
-{
-    BlockNode *bs = node_skip_filters(blk_node(blk));
-    LoadSnapCo c = { .bs = bs };
-
-    if (!bs->drv->snapshot_load_tmp) {
-        tool_error("Failed to load snapshot: Block format '%s' used by "
-                   "device '' does not support temporarily loading internal "
-                   "snapshots", bs->drv->format_name);
-        return false;
-    }
-    if (a->snapshot_name) {
-        c.id = a->snapshot_name;
-        co_run_sync(load_snapshot_co, &c);
-        if (c.ret == -ENOENT) {
-            g_clear_error(&c.err);
-            c.id = NULL;
-            c.name = a->snapshot_name;
-            co_run_sync(load_snapshot_co, &c);
-        }
-    } else {
-        c.id = sn_opt(a, "snapshot.id");
-        c.name = sn_opt(a, "snapshot.name");
-        co_run_sync(load_snapshot_co, &c);
-    }
-    if (c.ret < 0) {
-        tool_error("Failed to load snapshot: %s",
-                   c.err ? c.err->message : g_strerror(-c.ret));
-        g_clear_error(&c.err);
-        return false;
-    }
-    return true;
-}
-
 /* Read the start of a qcow2 file through the format node's file edge. */
 typedef struct HeaderCo {
     BlockChild *file;
@@ -405,7 +322,7 @@ static int convert_run(ConvertArgs *a, ConvertState *s, char **files,
         tool_error("No support for concatenating multiple snapshot");
         goto out;
     }
-    if ((a->sn_opts || a->snapshot_name) && !load_snapshot(a, s->src[0])) {
+    if ((a->sn_opts || a->snapshot_name) && !img_load_snapshot(s->src[0], a->snapshot_name, a->sn_opts)) {
         goto out;
     }
 
@@ -632,7 +549,7 @@ int img_convert(int argc, char **argv)
             break;
         case 'l':
             if (g_str_has_prefix(optarg, "snapshot.")) {
-                if (!parse_snapshot_opts(&a, optarg)) {
+                if (!img_parse_snapshot_opts(&a.sn_opts, optarg)) {
                     goto fail_getopt;
                 }
             } else {

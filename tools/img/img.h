@@ -115,6 +115,13 @@ const BlockDriver *img_find_protocol(const char *filename, GError **errp);
 /* Same, printing "Unknown protocol 'x'" itself. */
 const BlockDriver *img_find_protocol_or_report(const char *filename);
 
+/* ---- snapshot-param.c: -l of convert and measure ---- */
+
+/* Parse "snapshot.id=..,snapshot.name=.." into *sn_opts (printing errors). */
+bool img_parse_snapshot_opts(json_t **sn_opts, const char *arg);
+/* Load the snapshot named by name (ID, else name) or sn_opts; prints. */
+bool img_load_snapshot(BlockBackend *blk, const char *name, json_t *sn_opts);
+
 /* ---- progress.c: qemu-img's progress meter ---- */
 
 typedef struct ImgProgress {
