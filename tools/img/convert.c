@@ -46,51 +46,6 @@ typedef struct ConvertArgs {
     bool skip_broken, explicit_min_sparse;
 } ConvertArgs;
 
-/* -o help: the format's options, with the protocol's when a target is named. */
-static int print_option_help(const char *filename, const char *fmt)
-{
-    const BlockDriver *drv = driver_find(fmt);
-    ImgOptDesc *list;
-
-    if (!drv) {
-        tool_error("Unknown file format '%s'", fmt);
-        return EXIT_FAILURE;
-    }
-    if (!drv->create) {
-        tool_error("Format driver '%s' does not support image creation", fmt);
-        return EXIT_FAILURE;
-    }
-    list = img_create_opts_for(drv);
-    if (filename) {
-        const BlockDriver *proto = img_find_protocol_or_report(filename);
-        ImgOptDesc *plist;
-
-        if (!proto) {
-            g_free(list);
-            return EXIT_FAILURE;
-        }
-        if (!proto->create) {
-            tool_error("Protocol driver '%s' does not support image creation",
-                       proto->format_name);
-            g_free(list);
-            return EXIT_FAILURE;
-        }
-        plist = img_create_opts_for(proto);
-        list = img_create_opts_append(list, plist);
-        g_free(plist);
-        printf("Supported options:\n");
-    } else {
-        printf("Supported %s options:\n", fmt);
-    }
-    img_create_opts_print_help(list);
-    if (!filename) {
-        printf("\nThe protocol level may support further options.\n"
-               "Specify the target filename to include those options.\n");
-    }
-    g_free(list);
-    return EXIT_SUCCESS;
-}
-
 /*
  * qemu-img loads the snapshot as a temporary read-only view.  We find it
  * the same way, so that the errors for a missing snapshot or a format
@@ -666,7 +621,7 @@ int img_convert(int argc, char **argv)
     out_filename = s.src_num >= 1 ? argv[argc - 1] : NULL;
     if (a.options && img_has_help_option(a.options)) {
         if (a.out_fmt) {
-            ret = print_option_help(out_filename, a.out_fmt) ? -1 : 0;
+            ret = img_print_create_help(out_filename, a.out_fmt) ? -1 : 0;
         } else {
             tool_error("Option help requires a format be specified");
         }

@@ -477,3 +477,50 @@ bool img_is_valid_option_list(const char *params)
     }
     return (len - i) % 2 == 0;
 }
+
+/* -o help: the format's options, with the protocol's when a target is named. */
+int img_print_create_help(const char *filename, const char *fmt)
+{
+    const BlockDriver *drv = driver_find(fmt);
+    ImgOptDesc *list;
+
+    if (!drv) {
+        tool_error("Unknown file format '%s'", fmt);
+        return EXIT_FAILURE;
+    }
+    if (!drv->create) {
+        tool_error("Format driver '%s' does not support image creation", fmt);
+        return EXIT_FAILURE;
+    }
+    list = img_create_opts_for(drv);
+    if (filename) {
+        GError *err = NULL;
+        const BlockDriver *proto = img_find_protocol(filename, &err);
+        ImgOptDesc *plist;
+
+        if (!proto) {
+            tool_error_gerror(err, "%s", "");
+            g_free(list);
+            return EXIT_FAILURE;
+        }
+        if (!proto->create) {
+            tool_error("Protocol driver '%s' does not support image creation",
+                       proto->format_name);
+            g_free(list);
+            return EXIT_FAILURE;
+        }
+        plist = img_create_opts_for(proto);
+        list = img_create_opts_append(list, plist);
+        g_free(plist);
+        printf("Supported options:\n");
+    } else {
+        printf("Supported %s options:\n", fmt);
+    }
+    img_create_opts_print_help(list);
+    if (!filename) {
+        printf("\nThe protocol level may support further options.\n"
+               "Specify the target filename to include those options.\n");
+    }
+    g_free(list);
+    return EXIT_SUCCESS;
+}

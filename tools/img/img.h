@@ -170,6 +170,9 @@ typedef struct ImgOptDesc {
 ImgOptDesc *img_create_opts_for(const BlockDriver *drv);
 /* Append src's options that dst lacks (qemu_opts_append); frees dst. */
 ImgOptDesc *img_create_opts_append(ImgOptDesc *dst, const ImgOptDesc *src);
+/* qemu-img's "-o help" of create and convert: the format's options, with
+ * the protocol's when a file name is given; exit status. */
+int img_print_create_help(const char *filename, const char *fmt);
 /* Print the descriptions sorted by name, qemu's "-o help" layout. */
 void img_create_opts_print_help(const ImgOptDesc *list);
 
