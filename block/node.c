@@ -1244,7 +1244,14 @@ static char *backing_path(BlockNode *bs, const char *name)
     if (name[0] == '/' || g_str_has_prefix(name, "json:") || name[n] == ':') {
         return g_strdup(name);
     }
-    char *dir = g_path_get_dirname(bs->filename);
+    /*
+     * The directory of the file holding the image, as QEMU's
+     * bdrv_dirname(): a format node opened from options alone has no
+     * filename of its own yet when its backing file is opened.
+     */
+    const char *where = bs->file ? child_node(bs->file)->filename
+                                 : bs->filename;
+    char *dir = g_path_get_dirname(where);
     char *path = strcmp(dir, ".") ? g_build_filename(dir, name, NULL)
                                   : g_strdup(name);
     g_free(dir);
