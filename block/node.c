@@ -1116,6 +1116,15 @@ fail:
     return NULL;
 }
 
+/* Whether obj has the dotted key (nested objects or flattened keys). */
+static bool opts_has_key(json_t *obj, const char *key)
+{
+    json_t *flat = opts_flatten(obj);
+    bool has = json_object_get(flat, key) != NULL;
+    json_decref(flat);
+    return has;
+}
+
 /*
  * default_filename: what to open when the sub-options name no storage (a
  * backing file named in the image header).
@@ -1212,7 +1221,7 @@ static BlockChild *open_child(BlockNode *bs, json_t *options, const char *name,
             g_free(fname);
             fname = NULL;
             if (default_filename && !json_object_get(sub, "filename") &&
-                !json_object_get(sub, "file")) {
+                !opts_has_key(sub, "file.filename")) {
                 fname = g_strdup(default_filename);
             }
         }
@@ -1284,17 +1293,22 @@ static bool open_backing(BlockNode *bs, json_t *options, int flags,
     }
     if (!ref || !json_is_string(ref)) {
         json_t *sub = opts_take_subtree(options, "backing");
-        bool named = sub && (json_object_get(sub, "file") ||
-                             json_object_get(sub, "filename") ||
-                             json_object_get(sub, "driver"));
-        if (!named && !bs->backing_file[0]) {
+        /*
+         * As QEMU: the name in the header is used unless the options name
+         * the storage (file.filename); other options (driver, node names,
+         * cache modes) only shape how that file is opened.
+         */
+        bool named = sub && (opts_has_key(sub, "file.filename") ||
+                             json_object_get(sub, "filename"));
+        if (!named && !bs->backing_file[0] &&
+            (!sub || json_object_size(sub) == 0)) {
             json_decref(sub);
             return true;
         }
         if (!sub) {
             sub = json_object();
         }
-        if (!named) {
+        if (!named && bs->backing_file[0]) {
             path = backing_path(bs, bs->backing_file);
         }
         if (bs->backing_format[0] && !json_object_get(sub, "driver")) {
