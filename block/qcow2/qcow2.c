@@ -828,6 +828,61 @@ static int coroutine_fn qcow2_co_flush_to_os(BlockNode *bs)
 
 /* ---- Resize ---- */
 
+/*
+ * L2 tables wholly past the new end go, as in QEMU's shrink: their L1
+ * entries are cleared on disk (and synced) before their clusters are
+ * freed.  The L1 table keeps its size.
+ */
+static int coroutine_fn shrink_l1(BlockNode *bs, uint64_t keep)
+{
+    Qcow2State *s = bs->opaque;
+    uint64_t *old;
+    uint32_t first = (uint32_t)MIN(keep, (uint64_t)s->l1_size);
+    bool any = false;
+    int ret;
+
+    if (first >= s->l1_size) {
+        return 0;
+    }
+    ret = qcow2_cache_flush(s->l2_cache);
+    if (ret < 0) {
+        return ret;
+    }
+    old = g_new(uint64_t, s->l1_size - first);
+    for (uint32_t i = first; i < s->l1_size; i++) {
+        old[i - first] = s->l1_table[i] & L1E_OFFSET_MASK;
+        any |= old[i - first] != 0;
+    }
+    if (!any) {
+        g_free(old);
+        return 0;
+    }
+    uint64_t *zero = g_new0(uint64_t, s->l1_size - first);
+    child_debug_event(bs->file, BLKDBG_L1_SHRINK_WRITE_TABLE);
+    ret = child_co_pwrite(bs->file,
+                          (int64_t)(s->l1_table_offset + first * 8ull),
+                          (int64_t)(s->l1_size - first) * 8, zero, 0);
+    g_free(zero);
+    if (ret >= 0) {
+        ret = node_co_flush(bs->file->bs);
+    }
+    if (ret < 0) {
+        g_free(old);
+        return ret;
+    }
+    child_debug_event(bs->file, BLKDBG_L1_SHRINK_FREE_L2_CLUSTERS);
+    for (uint32_t i = first; i < s->l1_size; i++) {
+        s->l1_table[i] = 0;
+        if (old[i - first]) {
+            qcow2_cache_discard(s->l2_cache, old[i - first]);
+            qcow2_free_clusters(bs, old[i - first], s->cluster_size,
+                                QCOW2_DISCARD_ALWAYS);
+        }
+    }
+    g_free(old);
+    return 0;
+}
+
 static int coroutine_fn qcow2_co_truncate(BlockNode *bs, int64_t offset,
                                           bool exact, PreallocMode prealloc,
                                           GError **errp)
@@ -873,6 +928,12 @@ static int coroutine_fn qcow2_co_truncate(BlockNode *bs, int64_t offset,
                                  "clusters");
                 goto out;
             }
+        }
+        ret = shrink_l1(bs, DIV_ROUND_UP(new_size, l2_span));
+        if (ret < 0) {
+            error_setg_errno(errp, -ret, "Failed to reduce the number of L2 "
+                             "tables");
+            goto out;
         }
     } else {
         uint64_t need = DIV_ROUND_UP(new_size, l2_span);
