@@ -34,12 +34,14 @@ static void track_begin(BlockNode *bs, TrackedReq *r, int64_t offset,
     r->bytes = bytes;
     r->serialising = serialising;
     co_queue_init(&r->waiters);
-    bs->tracked_requests = g_list_append(bs->tracked_requests, r);
+    g_queue_push_tail(&bs->tracked_requests, r);
+    bs->serialising_requests += serialising;
 }
 
 static void track_end(BlockNode *bs, TrackedReq *r)
 {
-    bs->tracked_requests = g_list_remove(bs->tracked_requests, r);
+    g_queue_remove(&bs->tracked_requests, r);
+    bs->serialising_requests -= r->serialising;
     co_queue_restart_all(&r->waiters);
 }
 
@@ -51,7 +53,12 @@ static void track_end(BlockNode *bs, TrackedReq *r)
 static void coroutine_fn wait_serialising(BlockNode *bs, TrackedReq *self)
 {
 retry:
-    for (GList *l = bs->tracked_requests; l && l->data != self; l = l->next) {
+    /* The common case, nothing serialising anywhere: nothing to wait for. */
+    if (!self->serialising && bs->serialising_requests == 0) {
+        return;
+    }
+    for (GList *l = bs->tracked_requests.head; l && l->data != self;
+         l = l->next) {
         TrackedReq *r = l->data;
         if ((r->serialising || self->serialising) &&
             r->offset < self->offset + self->bytes &&
@@ -64,12 +71,7 @@ retry:
 
 static bool have_serialising(BlockNode *bs)
 {
-    for (GList *l = bs->tracked_requests; l; l = l->next) {
-        if (((TrackedReq *)l->data)->serialising) {
-            return true;
-        }
-    }
-    return false;
+    return bs->serialising_requests > 0;
 }
 
 static bool qiov_mem_aligned(BlockNode *bs, IOVec *qiov, size_t qoff,

@@ -278,7 +278,8 @@ struct BlockNode {
     int quiesce_counter;
     GSList *drain_sets;          /* per node_drain_begin: the nodes it quiesced */
     int in_flight;
-    GList *tracked_requests;     /* BdrvTrackedRequest*, for serialising */
+    GQueue tracked_requests;     /* TrackedReq*, oldest first */
+    int serialising_requests;    /* how many of them serialise */
     CoQueue serialise_wait;
 
     int64_t total_bytes;         /* cached length, -1 when unknown */
