@@ -490,16 +490,8 @@ int img_convert(int argc, char **argv)
             a.backing_fmt = optarg;
             break;
         case 'o':
-            if (!img_is_valid_option_list(optarg)) {
-                tool_error("Invalid option list: %s", optarg);
+            if (!img_append_option_list(&a.options, optarg)) {
                 goto fail_getopt;
-            }
-            if (a.options) {
-                char *joined = g_strdup_printf("%s,%s", a.options, optarg);
-                g_free(a.options);
-                a.options = joined;
-            } else {
-                a.options = g_strdup(optarg);
             }
             break;
         case 'l':

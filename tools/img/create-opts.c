@@ -524,3 +524,19 @@ int img_print_create_help(const char *filename, const char *fmt)
     g_free(list);
     return EXIT_SUCCESS;
 }
+
+bool img_append_option_list(char **options, const char *arg)
+{
+    if (!img_is_valid_option_list(arg)) {
+        tool_error("Invalid option list: %s", arg);
+        return false;
+    }
+    if (*options) {
+        char *joined = g_strdup_printf("%s,%s", *options, arg);
+        g_free(*options);
+        *options = joined;
+    } else {
+        *options = g_strdup(arg);
+    }
+    return true;
+}

@@ -240,17 +240,9 @@ int img_create(int argc, char **argv)
             fmt = optarg;
             break;
         case 'o':
-            if (!img_is_valid_option_list(optarg)) {
-                tool_error("Invalid option list: %s", optarg);
+            if (!img_append_option_list(&options, optarg)) {
                 g_free(options);
                 return EXIT_FAILURE;
-            }
-            if (options) {
-                char *joined = g_strdup_printf("%s,%s", options, optarg);
-                g_free(options);
-                options = joined;
-            } else {
-                options = g_strdup(optarg);
             }
             break;
         case 'q':

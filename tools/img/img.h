@@ -208,6 +208,11 @@ json_t *img_opts_to_json(ImgOpts *opts);
 
 /* True if the list holds a bare "help" or "?" element. */
 bool img_has_help_option(const char *params);
+/*
+ * One more -o argument: checked as qemu-img checks it ("Invalid option
+ * list: ..." printed on failure), then appended to *options with a comma.
+ */
+bool img_append_option_list(char **options, const char *arg);
 /* qemu-img's check on one -o argument (no empty list, no lone comma). */
 bool img_is_valid_option_list(const char *params);
 

@@ -427,16 +427,8 @@ int img_measure(int argc, char **argv)
             out_fmt = optarg;
             break;
         case 'o':
-            if (!img_is_valid_option_list(optarg)) {
-                tool_error("Invalid option list: %s", optarg);
+            if (!img_append_option_list(&options, optarg)) {
                 goto out;
-            }
-            if (options) {
-                char *joined = g_strdup_printf("%s,%s", options, optarg);
-                g_free(options);
-                options = joined;
-            } else {
-                options = g_strdup(optarg);
             }
             break;
         case 'l':
