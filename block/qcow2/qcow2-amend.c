@@ -81,7 +81,11 @@ int coroutine_fn qcow2_update_header(BlockNode *bs)
         pos = add_ext(buf, pos, cs, QCOW2_EXT_DATA_FILE, s->data_file_name,
                       (uint32_t)strlen(s->data_file_name));
     }
-    if (s->version >= 3) {
+    /*
+     * The feature names would leave almost no room for a backing file name
+     * in a small header cluster: QEMU writes them only above 4 KiB.
+     */
+    if (s->version >= 3 && cs > 4096) {
         pos = add_ext(buf, pos, cs, QCOW2_EXT_FEATURE_TABLE,
                       qcow2_feature_table, sizeof(qcow2_feature_table));
     }
@@ -447,6 +451,43 @@ static int coroutine_fn upgrade(BlockNode *bs, Qcow2AmendStatus *status,
 
 /* ---- The amend callback ---- */
 
+/*
+ * One progress figure for several long steps (version change, refcount
+ * width): each step reports its own done/total; the steps finished so far
+ * add their totals, and the total of the steps still to come is projected
+ * from the average so far, as QEMU does, so the percentage a user sees
+ * may go back when a step turns out longer than projected.
+ */
+typedef struct {
+    Qcow2AmendStatus *status;
+    void *opaque;
+    int steps;            /* how many steps this amend runs */
+    int finished;         /* how many are done */
+    int current, last;    /* step ids; 0 = none */
+    int64_t finished_work;
+    int64_t last_total;
+} AmendProgress;
+
+static void amend_progress(void *opaque, int64_t done, int64_t total)
+{
+    AmendProgress *p = opaque;
+
+    if (p->current != p->last) {
+        if (p->last) {
+            p->finished_work += p->last_total;
+            p->finished++;
+        }
+        p->last = p->current;
+    }
+    p->last_total = total;
+    int64_t known = p->finished_work + total;
+    int64_t projected = known * (p->steps - p->finished - 1) /
+                        (p->finished + 1);
+    if (p->status) {
+        p->status(p->opaque, p->finished_work + done, known + projected);
+    }
+}
+
 static const char *opt_str(json_t *v)
 {
     return json_is_string(v) ? json_string_value(v) : NULL;
@@ -591,8 +632,15 @@ int coroutine_fn qcow2_amend(BlockNode *bs, json_t *options, bool force,
         }
     }
 
+    AmendProgress progress = {
+        .status = status,
+        .opaque = opaque,
+        .steps = (new_version != old_version) +
+                 ((unsigned)refcount_bits != s->refcount_bits),
+    };
     if (new_version > old_version) {
-        ret = upgrade(bs, status, opaque, errp);
+        progress.current = 1;
+        ret = upgrade(bs, amend_progress, &progress, errp);
         if (ret < 0) {
             return ret;
         }
@@ -604,9 +652,14 @@ int coroutine_fn qcow2_amend(BlockNode *bs, json_t *options, bool force,
                        "greater)");
             return -EINVAL;
         }
-        error_setg(errp, "Changing the refcount width is not supported by "
-                   "strata");
-        return -ENOTSUP;
+        progress.current = 2;
+        ret = qcow2_change_refcount_order(bs,
+                                          (unsigned)__builtin_ctz(
+                                              (unsigned)refcount_bits),
+                                          amend_progress, &progress, errp);
+        if (ret < 0) {
+            return ret;
+        }
     }
 
     if (data_file_raw) {
@@ -681,7 +734,8 @@ int coroutine_fn qcow2_amend(BlockNode *bs, json_t *options, bool force,
     }
 
     if (new_version < old_version) {
-        ret = downgrade(bs, status, opaque, errp);
+        progress.current = 3;
+        ret = downgrade(bs, amend_progress, &progress, errp);
         if (ret < 0) {
             return ret;
         }

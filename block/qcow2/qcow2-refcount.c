@@ -23,11 +23,11 @@
 
 /* ---- Entries of a refcount block (big endian, 1 to 64 bits wide) ---- */
 
-static uint64_t rb_get(const Qcow2State *s, const void *rb, uint64_t i)
+uint64_t qcow2_refblock_get(unsigned order, const void *rb, uint64_t i)
 {
     const uint8_t *p = rb;
 
-    switch (s->refcount_order) {
+    switch (order) {
     case 0: return (p[i / 8] >> (i % 8)) & 1;
     case 1: return (p[i / 4] >> (2 * (i % 4))) & 3;
     case 2: return (p[i / 2] >> (4 * (i % 2))) & 15;
@@ -38,26 +38,34 @@ static uint64_t rb_get(const Qcow2State *s, const void *rb, uint64_t i)
     }
 }
 
-static void rb_set(const Qcow2State *s, void *rb, uint64_t i, uint64_t v)
+void qcow2_refblock_set(unsigned order, void *rb, uint64_t i, uint64_t v)
 {
     uint8_t *p = rb;
     unsigned shift, mask;
 
-    switch (s->refcount_order) {
+    switch (order) {
     case 0: case 1: case 2:
         /* Sub-byte entries: the lowest bits hold the first entry. */
-        shift = (unsigned)((i % (8u >> s->refcount_order)) <<
-                           s->refcount_order);
-        mask = ((1u << (1u << s->refcount_order)) - 1) << shift;
-        p[i >> (3 - s->refcount_order)] =
-            (uint8_t)((p[i >> (3 - s->refcount_order)] & ~mask) |
-                      ((v << shift) & mask));
+        shift = (unsigned)((i % (8u >> order)) << order);
+        mask = ((1u << (1u << order)) - 1) << shift;
+        p[i >> (3 - order)] =
+            (uint8_t)((p[i >> (3 - order)] & ~mask) | ((v << shift) & mask));
         break;
     case 3: p[i] = (uint8_t)v; break;
     case 4: ((uint16_t *)rb)[i] = htobe16((uint16_t)v); break;
     case 5: ((uint32_t *)rb)[i] = htobe32((uint32_t)v); break;
     default: ((uint64_t *)rb)[i] = htobe64(v); break;
     }
+}
+
+static uint64_t rb_get(const Qcow2State *s, const void *rb, uint64_t i)
+{
+    return qcow2_refblock_get(s->refcount_order, rb, i);
+}
+
+static void rb_set(const Qcow2State *s, void *rb, uint64_t i, uint64_t v)
+{
+    qcow2_refblock_set(s->refcount_order, rb, i, v);
 }
 
 int coroutine_fn qcow2_get_refcount(BlockNode *bs, uint64_t cluster,

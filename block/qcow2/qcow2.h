@@ -292,6 +292,9 @@ typedef enum {
 
 int coroutine_fn qcow2_get_refcount(BlockNode *bs, uint64_t cluster,
                                     uint64_t *refcount);
+/* Entry i of a refcount block whose entries are 2^order bits wide. */
+uint64_t qcow2_refblock_get(unsigned order, const void *rb, uint64_t i);
+void qcow2_refblock_set(unsigned order, void *rb, uint64_t i, uint64_t v);
 /* n contiguous new clusters with refcount 1; *offset is the first. */
 int coroutine_fn qcow2_alloc_clusters(BlockNode *bs, uint64_t n,
                                       uint64_t *offset);
@@ -325,6 +328,14 @@ int coroutine_fn qcow2_co_check_locked(BlockNode *bs, BlockCheckResult *res,
 
 /* Progress of a long amend step: done out of total units. */
 typedef void Qcow2AmendStatus(void *opaque, int64_t done, int64_t total);
+
+/*
+ * Rebuild the refcount structure with entries 2^order bits wide (v3 only);
+ * fails with QEMU's message if a refcount does not fit.  Lock held.
+ */
+int coroutine_fn qcow2_change_refcount_order(BlockNode *bs, unsigned order,
+                                             Qcow2AmendStatus *status,
+                                             void *opaque, GError **errp);
 
 /* Rewrite the whole header cluster from s, QEMU's layout; flushed. */
 int coroutine_fn qcow2_update_header(BlockNode *bs);
