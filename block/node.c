@@ -844,38 +844,11 @@ static void opts_merge_missing(json_t *dst, json_t *src)
 /* "json:{...}" with QEMU's messages for what is wrong with it. */
 static json_t *parse_json_filename(const char *text, GError **errp)
 {
-    json_error_t jerr;
-    json_t *j = json_loads(text, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES,
-                           &jerr);
+    GError *err = NULL;
+    json_t *j = opts_parse_json(text, &err);
     if (!j) {
-        const char *why;
-        const char *p = text;
-        while (g_ascii_isspace(*p)) {
-            p++;
-        }
-        if (!*p) {
-            why = "Expecting a JSON value";
-        } else {
-            switch (json_error_code(&jerr)) {
-            case json_error_premature_end_of_input:
-                why = "JSON parse error, premature EOI";
-                break;
-            case json_error_end_of_input_expected:
-                why = "Expecting at most one JSON value";
-                break;
-            case json_error_duplicate_key:
-                why = "JSON parse error, duplicate key";
-                break;
-            default:
-                why = NULL;
-            }
-        }
-        if (why) {
-            error_setg(errp, "Could not parse the JSON options: %s", why);
-        } else {
-            error_setg(errp, "Could not parse the JSON options: JSON parse "
-                       "error, %s", jerr.text);
-        }
+        error_setg(errp, "Could not parse the JSON options: %s", err->message);
+        g_error_free(err);
         return NULL;
     }
     if (!json_is_object(j)) {

@@ -119,9 +119,12 @@ static json_t *image_options_from_filename(const char *fn, GError **errp)
     size_t n;
 
     if (g_str_has_prefix(fn, "json:")) {
-        opts = json_loads(fn + strlen("json:"), JSON_DECODE_ANY, NULL);
+        GError *err = NULL;
+        opts = opts_parse_json(fn + strlen("json:"), &err);
         if (!opts) {
-            error_setg(errp, "Could not parse the JSON options");
+            error_setg(errp, "Could not parse the JSON options: %s",
+                       err->message);
+            g_error_free(err);
             return NULL;
         }
         if (!json_is_object(opts)) {

@@ -24,6 +24,13 @@
  */
 json_t *opts_parse_keyval(const char *str, const char *implied_key,
                           GError **errp);
+/*
+ * Parse JSON text as QEMU does (single-quoted strings, "\'" escapes,
+ * integers up to 2^64-1, duplicate keys refused), with QEMU's messages
+ * ("JSON parse error, stray '@'", "Expecting a JSON value").  Any JSON
+ * value; integers above INT64_MAX become their digits as a string.
+ */
+json_t *opts_parse_json(const char *text, GError **errp);
 /* Merge dotted-key pairs into obj (later keys win). */
 bool opts_set_dotted(json_t *obj, const char *key, json_t *val, GError **errp);
 /* Flatten nested objects into "a.b" keys (new reference). */
