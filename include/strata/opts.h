@@ -48,6 +48,9 @@ bool opts_take_str(json_t *obj, const char *key, char **out, GError **errp);
 bool opts_take_bool(json_t *obj, const char *key, bool *out, GError **errp);
 bool opts_take_size(json_t *obj, const char *key, uint64_t *out, GError **errp);
 bool opts_take_int(json_t *obj, const char *key, int64_t *out, GError **errp);
+/* QEMU's "number" type: any base, a leading minus wraps around. */
+bool opts_take_number(json_t *obj, const char *key, uint64_t *out,
+                      GError **errp);
 /* Enumerations: *out is the index in names[] (NULL-terminated). */
 bool opts_take_enum(json_t *obj, const char *key, const char *const *names,
                     int *out, GError **errp);
