@@ -567,9 +567,38 @@ int coroutine_fn child_co_pdiscard(BlockChild *c, int64_t offset,
     int ret = 0;
     uint64_t md = bs->bl.max_pdiscard ? bs->bl.max_pdiscard : (uint64_t)1 << 62;
     md = MAX(md / align * align, align);
-    for (int64_t o = start; o < end && ret >= 0;) {
-        int64_t n = MIN(end - o, (int64_t)md);
+    /*
+     * Pieces as QEMU cuts them: an unaligned head in steps that reach the
+     * request alignment and then the discard alignment, whole aligned runs
+     * (at most md, which is a multiple of the alignment, so boundaries stay
+     * aligned whatever the alignment is), and the unaligned tail alone.
+     * A driver below then sees whole clusters wherever QEMU's would.
+     */
+    uint32_t ralign = MAX(bs->bl.request_alignment, 1);
+    int64_t head = start % align;
+    int64_t tail = end % align;
+    for (int64_t o = start; o < end;) {
+        int64_t n = end - o;
+        if (head) {
+            n = MIN(n, (int64_t)align - head);
+            if (n % ralign) {
+                n %= ralign;
+            }
+            head = (head + n) % align;
+        } else if (tail) {
+            if (n > (int64_t)align) {
+                n -= tail;
+            } else if (tail % ralign && tail > (int64_t)ralign) {
+                tail %= ralign;
+                n -= tail;
+            }
+        }
+        n = MIN(n, (int64_t)md);
         ret = bs->drv->co_pdiscard(bs, o, n);
+        if (ret < 0 && ret != -ENOTSUP) {
+            break;
+        }
+        ret = 0;
         o += n;
     }
     write_finished(bs);

@@ -844,38 +844,11 @@ static void opts_merge_missing(json_t *dst, json_t *src)
 /* "json:{...}" with QEMU's messages for what is wrong with it. */
 static json_t *parse_json_filename(const char *text, GError **errp)
 {
-    json_error_t jerr;
-    json_t *j = json_loads(text, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES,
-                           &jerr);
+    GError *err = NULL;
+    json_t *j = opts_parse_json(text, &err);
     if (!j) {
-        const char *why;
-        const char *p = text;
-        while (g_ascii_isspace(*p)) {
-            p++;
-        }
-        if (!*p) {
-            why = "Expecting a JSON value";
-        } else {
-            switch (json_error_code(&jerr)) {
-            case json_error_premature_end_of_input:
-                why = "JSON parse error, premature EOI";
-                break;
-            case json_error_end_of_input_expected:
-                why = "Expecting at most one JSON value";
-                break;
-            case json_error_duplicate_key:
-                why = "JSON parse error, duplicate key";
-                break;
-            default:
-                why = NULL;
-            }
-        }
-        if (why) {
-            error_setg(errp, "Could not parse the JSON options: %s", why);
-        } else {
-            error_setg(errp, "Could not parse the JSON options: JSON parse "
-                       "error, %s", jerr.text);
-        }
+        error_setg(errp, "Could not parse the JSON options: %s", err->message);
+        g_error_free(err);
         return NULL;
     }
     if (!json_is_object(j)) {
@@ -1214,6 +1187,7 @@ static BlockChild *open_child(BlockNode *bs, json_t *options, const char *name,
             json_object_set_new(sub, "force-share", json_true());
         }
         char *fname = opts_get_str(sub, "filename");
+        bool from_header = false;
         if (fname && !json_object_get(sub, "driver")) {
             /* Let the driver be found from the filename. */
             json_object_del(sub, "filename");
@@ -1223,9 +1197,15 @@ static BlockChild *open_child(BlockNode *bs, json_t *options, const char *name,
             if (default_filename && !json_object_get(sub, "filename") &&
                 !opts_has_key(sub, "file.filename")) {
                 fname = g_strdup(default_filename);
+                from_header = true;
             }
         }
-        child_bs = node_open_common(fname, sub, flags, errp);
+        /*
+         * A name from the image header may be "json:{...}" (QEMU opens it
+         * like a command-line filename); one from the options may not.
+         */
+        child_bs = from_header ? node_open(fname, sub, flags, errp)
+                               : node_open_common(fname, sub, flags, errp);
         g_free(fname);
         if (!child_bs) {
             return NULL;
@@ -1255,11 +1235,15 @@ static char *backing_path(BlockNode *bs, const char *name)
     }
     /*
      * The directory of the file holding the image, as QEMU's
-     * bdrv_dirname(): a format node opened from options alone has no
+     * bdrv_dirname(): down the chain of storage children (a format over
+     * blkdebug over a file), as a node opened from options alone has no
      * filename of its own yet when its backing file is opened.
      */
-    const char *where = bs->file ? child_node(bs->file)->filename
-                                 : bs->filename;
+    const BlockNode *holder = bs;
+    while (holder->file) {
+        holder = child_node(holder->file);
+    }
+    const char *where = holder->filename;
     char *dir = g_path_get_dirname(where);
     char *path = strcmp(dir, ".") ? g_build_filename(dir, name, NULL)
                                   : g_strdup(name);

@@ -175,6 +175,9 @@ ReopenQueue *reopen_queue_add(ReopenQueue *q, BlockNode *bs, json_t *options,
     }
     json_object_del(options, "read-only");
     json_t *flat = opts_flatten(options);
+    if (bs->drv->reopen_join_options) {
+        bs->drv->reopen_join_options(flat, rs->options);
+    }
     json_object_foreach(flat, k, v) {
         json_object_set(rs->options, k, v);
     }
@@ -274,6 +277,15 @@ static bool reopen_generic(ReopenState *rs, GError **errp)
     }
     rs->detect_zeroes = detect_zeroes;
     rs->discard_unmap = unmap;
+    /*
+     * The value is checked as QEMU does; it only matters when a node is
+     * opened (a read-write open falling back to read-only), not here.
+     */
+    bool auto_ro = false;
+    if (ok && !opts_take_bool(rs->options, "auto-read-only", &auto_ro,
+                              errp)) {
+        ok = false;
+    }
     json_object_del(rs->options, "auto-read-only");
     rs->flags = (bs->open_flags & ~(NODE_O_RDWR | NODE_O_NOCACHE | NODE_O_NO_FLUSH)) |
                 (rs->read_only ? 0 : NODE_O_RDWR) |

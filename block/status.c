@@ -24,6 +24,7 @@
  *   top node's end.
  */
 #include <errno.h>
+#include <string.h>
 #include "block-int.h"
 
 /* The node below bs in its chain: a filter's child, or the backing file. */
@@ -283,4 +284,20 @@ int coroutine_fn node_co_is_allocated_above(BlockNode *top, BlockNode *base,
         return ret;
     }
     return !!(ret & BLOCK_ALLOCATED);
+}
+
+/*
+ * bdrv_get_info(): the driver's answer (cleared first), or, for a filter
+ * without one, its filtered child's; -ENOTSUP when nobody answers.
+ */
+int node_get_info(BlockNode *bs, BlockDriverInfo *bdi)
+{
+    while (bs) {
+        if (bs->drv->get_info) {
+            memset(bdi, 0, sizeof(*bdi));
+            return bs->drv->get_info(bs, bdi);
+        }
+        bs = node_filtered_child(bs);
+    }
+    return -ENOTSUP;
 }

@@ -1,5 +1,6 @@
 /* Option trees: dotted keys to nested jansson objects, and typed takers. */
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 #include "strata/error.h"
 #include "strata/opts.h"
@@ -320,6 +321,43 @@ bool opts_take_int(json_t *obj, const char *key, int64_t *out, GError **errp)
         *out = val;
         json_object_del(obj, key);
     }
+    return ok;
+}
+
+/*
+ * QEMU's "number" options go through strtoull() in any base: "0x10" is 16
+ * and a minus sign wraps around ("-1" is 2^64-1), so range checks on the
+ * result are what refuse negative values.
+ */
+bool opts_take_number(json_t *obj, const char *key, uint64_t *out,
+                      GError **errp)
+{
+    json_t *v;
+    char *t;
+    if (!opts_scalar(obj, key, &v, &t, errp)) {
+        return false;
+    }
+    if (!v) {
+        return true;
+    }
+    if (!t) {
+        error_setg(errp, "Parameter '%s' expects a number", key);
+        return false;
+    }
+    char *end;
+    errno = 0;
+    unsigned long long val = strtoull(t, &end, 0);
+    bool ok = false;
+    if (end == t || *end) {
+        error_setg(errp, "Parameter '%s' expects a number", key);
+    } else if (errno == ERANGE) {
+        error_setg(errp, "Value '%s' is too large for parameter '%s'", t, key);
+    } else {
+        ok = true;
+        *out = val;
+        json_object_del(obj, key);
+    }
+    g_free(t);
     return ok;
 }
 

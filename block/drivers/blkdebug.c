@@ -119,9 +119,12 @@ static json_t *image_options_from_filename(const char *fn, GError **errp)
     size_t n;
 
     if (g_str_has_prefix(fn, "json:")) {
-        opts = json_loads(fn + strlen("json:"), JSON_DECODE_ANY, NULL);
+        GError *err = NULL;
+        opts = opts_parse_json(fn + strlen("json:"), &err);
         if (!opts) {
-            error_setg(errp, "Could not parse the JSON options");
+            error_setg(errp, "Could not parse the JSON options: %s",
+                       err->message);
+            g_error_free(err);
             return NULL;
         }
         if (!json_is_object(opts)) {
@@ -158,6 +161,44 @@ static json_t *image_options_from_filename(const char *fn, GError **errp)
     }
     g_free(name);
     return opts;
+}
+
+/*
+ * "blkdebug:conf:path" together with image.* options: as in QEMU, the image
+ * is opened from both, the filename naming the storage (of the format, when
+ * image.driver is one) and the options saying how.  Options given
+ * explicitly win, but naming the storage twice is refused with QEMU's
+ * words.  A json: filename only adds the options it has that are missing.
+ */
+static bool merge_image_filename(json_t *sub, json_t *from_name, bool is_json,
+                                 GError **errp)
+{
+    const char *drvname = json_string_value(json_object_get(sub, "driver"));
+    const BlockDriver *drv = drvname ? driver_find(drvname) : NULL;
+    const char *prefix = !is_json && drv && drv->is_format ? "file." : "";
+    json_t *have = opts_flatten(sub);
+    json_t *add = opts_flatten(from_name);
+    const char *k;
+    json_t *v;
+    bool ok = true;
+
+    json_object_foreach(add, k, v) {
+        char *key = g_strconcat(prefix, k, NULL);
+        if (!json_object_get(have, key)) {
+            opts_set_dotted(sub, key, json_incref(v), NULL);
+        } else if (!is_json && !strcmp(k, "filename")) {
+            error_setg(errp, "Can't specify 'file' and 'filename' options at "
+                       "the same time");
+            ok = false;
+        }
+        g_free(key);
+        if (!ok) {
+            break;
+        }
+    }
+    json_decref(have);
+    json_decref(add);
+    return ok;
 }
 
 static void free_rules(BlkdebugState *s)
@@ -243,14 +284,16 @@ static int blkdebug_open(BlockNode *bs, json_t *options, int flags,
     }
 
     if (x_image) {
-        json_t *img;
-        if (blkdebug_options_have(options, "image")) {
-            error_setg(errp, "Can't specify 'file' and 'filename' options at "
-                       "the same time");
-            goto fail;
+        json_t *img = image_options_from_filename(x_image, errp);
+        json_t *sub = opts_take_subtree(options, "image");
+        bool ok = img && (!sub || merge_image_filename(sub, img,
+                              g_str_has_prefix(x_image, "json:"), errp));
+        if (sub) {
+            json_decref(img);
+            img = sub;
         }
-        img = image_options_from_filename(x_image, errp);
-        if (!img) {
+        if (!ok) {
+            json_decref(img);
             goto fail;
         }
         json_object_set_new(options, "image", img);

@@ -1157,11 +1157,12 @@ static int file_create(const char *filename, json_t *options, GError **errp)
                    errp)) {
         return -EINVAL;
     }
-    /* qemu-img create rounds the size up to whole sectors. */
-    if (size > INT64_MAX - 511) {
-        error_setg(errp, "Image size must be less than 8 EiB!");
-        return -EINVAL;
-    }
+    /*
+     * qemu-img create rounds the size up to whole sectors.  As in QEMU, a
+     * size within 511 bytes of 8 EiB wraps to a negative length: the file
+     * is still created, and sizing it fails ("Could not resize file:
+     * Invalid argument"), leaving it empty.
+     */
     size = (size + 511) & ~(uint64_t)511;
     if (hint > UINT32_MAX) {
         error_setg(errp, "Extent size hint is too large");

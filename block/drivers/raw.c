@@ -220,10 +220,10 @@ static int coroutine_fn raw_co_truncate(BlockNode *bs, int64_t offset,
                              prealloc, errp);
 }
 
+/* As QEMU: what the storage says (a cluster size, when it is an image). */
 static int raw_get_info(BlockNode *bs, BlockDriverInfo *bdi)
 {
-    memset(bdi, 0, sizeof(*bdi));
-    return 0;
+    return node_get_info(bs->file->bs, bdi);
 }
 
 static void raw_child_perm(BlockNode *bs, BlockChild *c, unsigned role,

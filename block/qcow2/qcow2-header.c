@@ -6,6 +6,7 @@
  * we read or write (table offsets and sizes) are all checked here, before
  * anything uses them: later code trusts s.
  */
+#include <limits.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <string.h>
@@ -51,31 +52,29 @@ static bool validate_table(Qcow2State *s, uint64_t offset, uint64_t entries,
     return true;
 }
 
+/*
+ * As QEMU: the names the image's table gives, in table order (the table
+ * ends at the first entry without a name), then whatever bits are left as
+ * one hexadecimal mask.
+ */
 static void report_unsupported(Qcow2State *s, uint64_t mask, GError **errp)
 {
     GString *msg = g_string_new("Unsupported qcow2 feature(s): ");
-    bool first = true;
+    size_t prefix_len = msg->len;
 
-    for (int bit = 0; bit < 64; bit++) {
-        if (!(mask & (1ull << bit))) {
+    for (unsigned i = 0; i < s->n_features && s->feature_table[i].name[0];
+         i++) {
+        const Qcow2FeatureName *f = &s->feature_table[i];
+        if (f->type != 0 || f->bit >= 64 || !(mask & (1ull << f->bit))) {
             continue;
         }
-        const char *name = NULL;
-        for (unsigned i = 0; i < s->n_features; i++) {
-            if (s->feature_table[i].type == 0 &&
-                s->feature_table[i].bit == bit) {
-                name = s->feature_table[i].name;
-                break;
-            }
-        }
-        g_string_append(msg, first ? "" : ", ");
-        if (name) {
-            g_string_append_len(msg, name, strnlen(name, 46));
-        } else {
-            g_string_append_printf(msg, "Unknown incompatible feature: %" PRIx64,
-                                   (uint64_t)1 << bit);
-        }
-        first = false;
+        g_string_append(msg, msg->len > prefix_len ? ", " : "");
+        g_string_append_len(msg, f->name, strnlen(f->name, sizeof(f->name)));
+        mask &= ~(1ull << f->bit);
+    }
+    if (mask) {
+        g_string_append_printf(msg, "%sUnknown incompatible feature: %" PRIx64,
+                               msg->len > prefix_len ? ", " : "", mask);
     }
     error_setg(errp, "%s", msg->str);
     g_string_free(msg, true);
@@ -117,11 +116,11 @@ static int coroutine_fn read_extensions(BlockNode *bs, uint64_t start,
 
         case QCOW2_EXT_FEATURE_TABLE:
             if (only_features) {
-                unsigned n = ext.len / sizeof(Qcow2FeatureName);
+                /* a last entry cut short still counts, zero-padded */
+                unsigned n = DIV_ROUND_UP(ext.len, sizeof(Qcow2FeatureName));
                 g_free(s->feature_table);
                 s->feature_table = g_new0(Qcow2FeatureName, MAX(n, 1));
-                ret = pread_file(bs, offset, n * sizeof(Qcow2FeatureName),
-                                 s->feature_table);
+                ret = pread_file(bs, offset, ext.len, s->feature_table);
                 if (ret < 0) {
                     error_setg_errno(errp, -ret, "ERROR: ext_feature_table: "
                                      "Could not read table");
@@ -433,10 +432,17 @@ int coroutine_fn qcow2_read_header(BlockNode *bs, json_t *options, int flags,
                         QCOW2_MAX_L1_BYTES, "Active L1 table", errp)) {
         return -EINVAL;
     }
-    /* Every guest cluster must have an L1 entry. */
+    /*
+     * Every guest cluster must have an L1 entry; a size needing more
+     * entries than QEMU can index is refused first, as QEMU does.
+     */
     uint64_t l2_span = 1ull << (s->l2_bits + s->cluster_bits);
     if (s->size > UINT64_MAX - l2_span ||
-        (s->size + l2_span - 1) / l2_span > s->l1_size) {
+        (s->size + l2_span - 1) / l2_span > INT_MAX) {
+        error_setg(errp, "Image is too big");
+        return -EFBIG;
+    }
+    if ((s->size + l2_span - 1) / l2_span > s->l1_size) {
         error_setg(errp, "L1 table is too small");
         return -EINVAL;
     }

@@ -4,6 +4,7 @@
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <string.h>
 
 #include "strata/units.h"
@@ -28,154 +29,252 @@ static int qcow2_probe(const uint8_t *buf, int buf_size, const char *filename)
 
 /* ---- Options ---- */
 
+/* The runtime options as given, checked for their type only. */
+typedef struct {
+    bool has_combined, has_l2, has_rc, has_entry;
+    uint64_t combined, l2, rc, entry;
+    uint64_t clean_interval;
+    bool lazy;
+    char *overlap, *overlap_template;
+    int overlap_bool[QCOW2_OL_COUNT];   /* -1: not given */
+} RuntimeOpts;
+
 /*
- * Cache sizes as QEMU 7.2 chooses them: by default enough L2 cache to map
- * the whole disk, up to 32 MiB; cache-size splits between the two caches.
+ * Take every runtime option, refusing values of the wrong type, before any
+ * of them is interpreted (QEMU absorbs its option list first too).
  */
-static bool read_cache_sizes(Qcow2State *s, json_t *options, GError **errp)
+static bool take_runtime_options(Qcow2State *s, json_t *options,
+                                 RuntimeOpts *o, GError **errp)
 {
-    uint64_t combined = 0, l2 = 0, refcount = 0;
-    json_t *v;
-    bool has_combined = (v = json_object_get(options, "cache-size")) != NULL;
-    bool has_l2 = json_object_get(options, "l2-cache-size") != NULL;
-    bool has_rc = json_object_get(options, "refcount-cache-size") != NULL;
-    uint64_t max_l2_entries = DIV_ROUND_UP(s->size, s->cluster_size);
-    uint64_t max_l2 = ROUND_UP(max_l2_entries * s->l2_entry_size,
-                               s->cluster_size);
-    uint64_t min_rc = DEFAULT_REFCOUNT_CACHE_TABLES * s->cluster_size;
-    uint64_t entry_size = s->cluster_size;
+    o->has_combined = json_object_get(options, "cache-size") != NULL;
+    o->has_l2 = json_object_get(options, "l2-cache-size") != NULL;
+    o->has_rc = json_object_get(options, "refcount-cache-size") != NULL;
+    o->has_entry = json_object_get(options, "l2-cache-entry-size") != NULL;
+    o->combined = 0;
+    o->l2 = DEFAULT_L2_CACHE_MAX;
+    o->rc = 0;
+    o->entry = s->cluster_size;
+    o->clean_interval = 600;
+    o->lazy = s->compatible_features & QCOW2_COMPAT_LAZY_REFCOUNTS;
 
-    if (!opts_take_size(options, "cache-size", &combined, errp) ||
-        !opts_take_size(options, "l2-cache-size", &l2, errp) ||
-        !opts_take_size(options, "refcount-cache-size", &refcount, errp) ||
-        !opts_take_size(options, "l2-cache-entry-size", &entry_size, errp)) {
-        return false;
-    }
-    if (has_combined) {
-        if (has_l2 && has_rc) {
-            error_setg(errp, "cache-size, l2-cache-size and "
-                       "refcount-cache-size may not be set at the same time");
-            return false;
-        } else if (has_l2 && l2 > combined) {
-            error_setg(errp, "l2-cache-size may not exceed cache-size");
-            return false;
-        } else if (has_rc && refcount > combined) {
-            error_setg(errp, "refcount-cache-size may not exceed cache-size");
-            return false;
-        }
-        if (has_l2) {
-            refcount = combined - l2;
-        } else if (has_rc) {
-            l2 = combined - refcount;
-        } else {
-            /* Enough L2 for the whole disk first, the rest for refcounts. */
-            l2 = MIN(max_l2, combined);
-            refcount = combined - l2;
-            if (refcount < min_rc) {
-                refcount = min_rc;
-                l2 = combined > min_rc ? combined - min_rc : 0;
-            }
-        }
-    } else {
-        if (!has_l2) {
-            l2 = MIN(max_l2, DEFAULT_L2_CACHE_MAX);
-        }
-        if (!has_rc) {
-            refcount = min_rc;
-        }
-    }
-    if (entry_size < 512 || entry_size > s->cluster_size ||
-        (entry_size & (entry_size - 1))) {
-        error_setg(errp, "L2 cache entry size must be a power of two between "
-                   "512 and the cluster size (%" PRIu64 ")", s->cluster_size);
-        return false;
-    }
-    s->l2_cache_bytes = MAX(l2, MIN_L2_CACHE_TABLES * s->cluster_size);
-    s->refcount_cache_bytes = MAX(refcount, min_rc);
-    return true;
-}
-
-static const char *const overlap_modes[] = { "none", "constant", "cached",
-                                             "all", NULL };
-
-static bool read_runtime_options(Qcow2State *s, json_t *options, int flags,
-                                 GError **errp)
-{
-    bool lazy = s->compatible_features & QCOW2_COMPAT_LAZY_REFCOUNTS;
-    uint64_t clean_interval = 600;
-    int overlap = 2;  /* cached */
-    char *tmpl = NULL;
-
-    s->discard_passthrough_request = true;
-    s->discard_passthrough_snapshot = true;
-    s->discard_passthrough_other = false;
-
-    if (!read_cache_sizes(s, options, errp) ||
-        !opts_take_bool(options, "lazy-refcounts", &lazy, errp) ||
+    if (!opts_take_size(options, "cache-size", &o->combined, errp) ||
+        !opts_take_size(options, "l2-cache-size", &o->l2, errp) ||
+        !opts_take_size(options, "refcount-cache-size", &o->rc, errp) ||
+        !opts_take_size(options, "l2-cache-entry-size", &o->entry, errp) ||
+        !opts_take_bool(options, "lazy-refcounts", &o->lazy, errp) ||
         !opts_take_bool(options, "pass-discard-request",
                         &s->discard_passthrough_request, errp) ||
         !opts_take_bool(options, "pass-discard-snapshot",
                         &s->discard_passthrough_snapshot, errp) ||
         !opts_take_bool(options, "pass-discard-other",
                         &s->discard_passthrough_other, errp) ||
-        !opts_take_size(options, "cache-clean-interval", &clean_interval,
-                        errp)) {
+        !opts_take_number(options, "cache-clean-interval", &o->clean_interval,
+                          errp)) {
         return false;
     }
-    if (clean_interval > UINT32_MAX) {
+
+    /*
+     * "overlap-check" is a mode, "overlap-check.*" a template and switches;
+     * either may come nested: flatten them so that messages name the full
+     * key, and leave unknown switches for the caller's leftover check.
+     */
+    json_t *ov = json_object_get(options, "overlap-check");
+    if (ov && !json_is_object(ov) &&
+        !opts_take_str(options, "overlap-check", &o->overlap, errp)) {
+        return false;
+    }
+    json_t *sub = opts_take_subtree(options, "overlap-check");
+    if (sub) {
+        json_t *flat = opts_flatten(sub);
+        const char *k;
+        json_t *v;
+        json_object_foreach(flat, k, v) {
+            char *full = g_strconcat("overlap-check.", k, NULL);
+            json_object_set(options, full, v);
+            g_free(full);
+        }
+        json_decref(flat);
+        json_decref(sub);
+    }
+    if (!opts_take_str(options, "overlap-check.template",
+                       &o->overlap_template, errp)) {
+        return false;
+    }
+    for (int i = 0; i < QCOW2_OL_COUNT; i++) {
+        char *key = g_strconcat("overlap-check.", qcow2_overlap_option[i],
+                                NULL);
+        bool b = false;
+        bool given = json_object_get(options, key) != NULL;
+        bool ok = opts_take_bool(options, key, &b, errp);
+        g_free(key);
+        if (!ok) {
+            return false;
+        }
+        o->overlap_bool[i] = given ? b : -1;
+    }
+    return true;
+}
+
+/*
+ * Cache sizes as QEMU 7.2 chooses them: enough L2 cache to map the whole
+ * disk, up to 32 MiB (never more than the disk needs); cache-size splits
+ * between the two caches; a cache that does not map the whole disk
+ * defaults to 4 KiB entries.  The table counts QEMU would allocate must fit
+ * an int.
+ */
+static bool choose_cache_sizes(Qcow2State *s, RuntimeOpts *o, GError **errp)
+{
+    uint64_t max_l2_entries = DIV_ROUND_UP(s->size, s->cluster_size);
+    uint64_t max_l2 = ROUND_UP(max_l2_entries * s->l2_entry_size,
+                               s->cluster_size);
+    uint64_t min_rc = DEFAULT_REFCOUNT_CACHE_TABLES * s->cluster_size;
+    uint64_t l2 = MIN(max_l2, o->l2);
+    uint64_t rc = o->rc;
+    uint64_t entry = o->entry;
+
+    if (o->has_combined) {
+        if (o->has_l2 && o->has_rc) {
+            error_setg(errp, "cache-size, l2-cache-size and "
+                       "refcount-cache-size may not be set at the same time");
+            return false;
+        } else if (o->has_l2 && o->l2 > o->combined) {
+            error_setg(errp, "l2-cache-size may not exceed cache-size");
+            return false;
+        } else if (rc > o->combined) {
+            error_setg(errp, "refcount-cache-size may not exceed cache-size");
+            return false;
+        }
+        if (o->has_l2) {
+            rc = o->combined - l2;
+        } else if (o->has_rc) {
+            l2 = o->combined - rc;
+        } else if (o->combined >= max_l2 + min_rc) {
+            l2 = max_l2;
+            rc = o->combined - l2;
+        } else {
+            rc = MIN(o->combined, min_rc);
+            l2 = o->combined - rc;
+        }
+    }
+    if (l2 < max_l2 && !o->has_entry) {
+        entry = MIN(s->cluster_size, 4096);
+    }
+    if (entry < 512 || entry > s->cluster_size || (entry & (entry - 1))) {
+        error_setg(errp, "L2 cache entry size must be a power of two between "
+                   "512 and the cluster size (%" PRIu64 ")", s->cluster_size);
+        return false;
+    }
+    uint64_t l2_tables = MAX(l2 / entry, MIN_L2_CACHE_TABLES);
+    if (l2_tables > INT_MAX) {
+        error_setg(errp, "L2 cache size too big");
+        return false;
+    }
+    uint64_t rc_tables = MAX(rc / s->cluster_size,
+                             DEFAULT_REFCOUNT_CACHE_TABLES);
+    if (rc_tables > INT_MAX) {
+        error_setg(errp, "Refcount cache size too big");
+        return false;
+    }
+    /* Our tables are whole clusters: keep the memory QEMU would use. */
+    s->l2_cache_bytes = MAX(l2_tables * entry,
+                            MIN_L2_CACHE_TABLES * s->cluster_size);
+    s->refcount_cache_bytes = rc_tables * s->cluster_size;
+    return true;
+}
+
+static const char *const overlap_modes[] = { "none", "constant", "cached",
+                                             "all", NULL };
+
+/* The runtime options, with QEMU's checks in QEMU's order. */
+static bool read_runtime_options(Qcow2State *s, json_t *options, int flags,
+                                 GError **errp)
+{
+    RuntimeOpts o = { 0 };
+    bool ok = false;
+
+    s->discard_passthrough_request = true;
+    s->discard_passthrough_snapshot = true;
+    s->discard_passthrough_other = false;
+    (void)flags;
+
+    if (!take_runtime_options(s, options, &o, errp) ||
+        !choose_cache_sizes(s, &o, errp)) {
+        goto out;
+    }
+    if (o.clean_interval > UINT_MAX) {
         error_setg(errp, "Cache clean interval too big");
-        return false;
+        goto out;
     }
-    if (lazy && s->version < 3) {
+    if (o.lazy && s->version < 3) {
         error_setg(errp, "Lazy refcounts require a qcow2 image with at least "
                    "qemu 1.1 compatibility level");
-        return false;
+        goto out;
     }
-    s->lazy_refcounts = lazy;
+    s->lazy_refcounts = o.lazy;
 
-    /* overlap-check is either a mode or a set of per-structure switches. */
+    if (o.overlap && o.overlap_template &&
+        strcmp(o.overlap, o.overlap_template)) {
+        error_setg(errp, "Conflicting values for qcow2 options "
+                   "'overlap-check' ('%s') and 'overlap-check.template' "
+                   "('%s')", o.overlap, o.overlap_template);
+        goto out;
+    }
+    const char *mode = o.overlap ? o.overlap
+                                 : o.overlap_template ? o.overlap_template
+                                                      : "cached";
     static const int templates[] = {
         0, QCOW2_OL_CONSTANT, QCOW2_OL_CACHED, QCOW2_OL_ALL,
     };
-    json_t *ov = json_object_get(options, "overlap-check");
-    if (ov && !json_is_object(ov)) {
-        if (!opts_take_enum(options, "overlap-check", overlap_modes, &overlap,
-                            errp)) {
-            return false;
+    int overlap = -1;
+    for (int i = 0; overlap_modes[i]; i++) {
+        if (!strcmp(mode, overlap_modes[i])) {
+            overlap = templates[i];
         }
-        overlap = templates[overlap];
-    } else {
-        json_t *sub = opts_take_subtree(options, "overlap-check");
-        overlap = templates[overlap];
-        if (sub) {
-            int t = 2;
-            if (!opts_take_enum(sub, "template", overlap_modes, &t, errp)) {
-                json_decref(sub);
-                return false;
-            }
-            overlap = templates[t];
-            for (int i = 0; i < QCOW2_OL_COUNT; i++) {
-                bool b = overlap & (1 << i);
-                if (!opts_take_bool(sub, qcow2_overlap_option[i], &b, errp)) {
-                    json_decref(sub);
-                    return false;
-                }
-                overlap = b ? overlap | (1 << i) : overlap & ~(1 << i);
-            }
-            char *left = opts_first_key(sub);
-            json_decref(sub);
-            if (left) {
-                error_setg(errp, "Block format 'qcow2' does not support the "
-                           "option 'overlap-check.%s'", left);
-                g_free(left);
-                return false;
-            }
+    }
+    if (overlap < 0) {
+        error_setg(errp, "Unsupported value '%s' for qcow2 option "
+                   "'overlap-check'. Allowed are any of the following: "
+                   "none, constant, cached, all", mode);
+        goto out;
+    }
+    for (int i = 0; i < QCOW2_OL_COUNT; i++) {
+        if (o.overlap_bool[i] >= 0) {
+            overlap = o.overlap_bool[i] ? overlap | (1 << i)
+                                        : overlap & ~(1 << i);
         }
     }
     s->overlap_check = overlap;
-    g_free(tmpl);
-    (void)flags;
-    return true;
+    ok = true;
+out:
+    g_free(o.overlap);
+    g_free(o.overlap_template);
+    return ok;
+}
+
+/*
+ * Options a reopen keeps from before, as QEMU's qcow2_join_options: a new
+ * overlap mode or template replaces every old overlap option; a new
+ * cache-size replaces the old split, and an old cache-size is dropped
+ * whenever no new one is given.
+ */
+static void qcow2_reopen_join_options(json_t *new_opts, json_t *old_opts)
+{
+    const char *k;
+    json_t *v;
+    void *tmp;
+    bool new_overlap = json_object_get(new_opts, "overlap-check") ||
+                       json_object_get(new_opts, "overlap-check.template");
+    bool new_total = json_object_get(new_opts, "cache-size") != NULL;
+
+    json_object_foreach_safe(old_opts, tmp, k, v) {
+        if ((new_overlap && (!strcmp(k, "overlap-check") ||
+                             g_str_has_prefix(k, "overlap-check."))) ||
+            (new_total && (!strcmp(k, "l2-cache-size") ||
+                           !strcmp(k, "refcount-cache-size"))) ||
+            (!new_total && !strcmp(k, "cache-size"))) {
+            json_object_del(old_opts, k);
+        }
+    }
 }
 
 /* ---- Open and close ---- */
@@ -496,6 +595,27 @@ static int qcow2_reopen_prepare(ReopenState *rs, GError **errp)
         g_free(n);
         return -EINVAL;
     }
+    /* New caches are made here, so that a size that cannot be had fails
+     * the reopen as in QEMU; commit swaps them in. */
+    n->l2_cache = n->refcount_cache = NULL;
+    if (n->l2_cache_bytes != s->l2_cache_bytes ||
+        n->refcount_cache_bytes != s->refcount_cache_bytes) {
+        n->l2_cache = qcow2_cache_new(rs->bs, true,
+                                      (int)(n->l2_cache_bytes /
+                                            s->cluster_size),
+                                      (unsigned)s->cluster_size);
+        n->refcount_cache = qcow2_cache_new(rs->bs, false,
+                                            (int)(n->refcount_cache_bytes /
+                                                  s->cluster_size),
+                                            (unsigned)s->cluster_size);
+        if (!n->l2_cache || !n->refcount_cache) {
+            qcow2_cache_free(n->l2_cache);
+            qcow2_cache_free(n->refcount_cache);
+            g_free(n);
+            error_setg(errp, "Could not allocate metadata caches");
+            return -ENOMEM;
+        }
+    }
     if (rs->read_only && !rs->bs->read_only && !s->corrupt) {
         ReopenCo r = { .bs = rs->bs };
         if (in_coroutine()) {
@@ -506,6 +626,8 @@ static int qcow2_reopen_prepare(ReopenState *rs, GError **errp)
         if (r.ret < 0) {
             error_setg_errno(errp, -r.ret, "Could not flush the metadata "
                              "caches");
+            qcow2_cache_free(n->l2_cache);
+            qcow2_cache_free(n->refcount_cache);
             g_free(n);
             return r.ret;
         }
@@ -524,8 +646,7 @@ static void qcow2_reopen_commit(ReopenState *rs)
     s->discard_passthrough_snapshot = n->discard_passthrough_snapshot;
     s->discard_passthrough_other = n->discard_passthrough_other;
     s->overlap_check = n->overlap_check;
-    if (n->l2_cache_bytes != s->l2_cache_bytes ||
-        n->refcount_cache_bytes != s->refcount_cache_bytes) {
+    if (n->l2_cache) {
         /* New caches: the old ones were written at prepare or hold
          * nothing dirty unless the image stays writable. */
         ReopenCo r = { .bs = rs->bs };
@@ -534,26 +655,18 @@ static void qcow2_reopen_commit(ReopenState *rs)
         } else {
             co_run_sync(reopen_flush_co, &r);
         }
-        Qcow2Cache *l2 = qcow2_cache_new(rs->bs, true,
-                                         (int)(n->l2_cache_bytes /
-                                               s->cluster_size),
-                                         (unsigned)s->cluster_size);
-        Qcow2Cache *rc = qcow2_cache_new(rs->bs, false,
-                                         (int)(n->refcount_cache_bytes /
-                                               s->cluster_size),
-                                         (unsigned)s->cluster_size);
-        if (r.ret >= 0 && l2 && rc) {
+        if (r.ret >= 0) {
             qcow2_cache_free(s->l2_cache);
             qcow2_cache_free(s->refcount_cache);
-            s->l2_cache = l2;
-            s->refcount_cache = rc;
-            qcow2_cache_set_dependency(l2, rc);
+            s->l2_cache = n->l2_cache;
+            s->refcount_cache = n->refcount_cache;
+            qcow2_cache_set_dependency(s->l2_cache, s->refcount_cache);
             s->l2_cache_bytes = n->l2_cache_bytes;
             s->refcount_cache_bytes = n->refcount_cache_bytes;
         } else {
-            /* Keep the caches we have: sizes are a hint, not a promise. */
-            qcow2_cache_free(l2);
-            qcow2_cache_free(rc);
+            /* Keep the caches that still hold what could not be written. */
+            qcow2_cache_free(n->l2_cache);
+            qcow2_cache_free(n->refcount_cache);
         }
     }
     g_free(n);
@@ -562,6 +675,11 @@ static void qcow2_reopen_commit(ReopenState *rs)
 
 static void qcow2_reopen_abort(ReopenState *rs)
 {
+    Qcow2State *n = rs->opaque;
+    if (n) {
+        qcow2_cache_free(n->l2_cache);
+        qcow2_cache_free(n->refcount_cache);
+    }
     g_free(rs->opaque);
     rs->opaque = NULL;
 }
@@ -1172,4 +1290,5 @@ const BlockDriver bdrv_qcow2 = {
     .make_empty = qcow2_make_empty,
     .amend = qcow2_amend,
     .mutable_opts = qcow2_mutable_opts,
+    .reopen_join_options = qcow2_reopen_join_options,
 };

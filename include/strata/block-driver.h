@@ -147,6 +147,12 @@ struct BlockDriver {
     void (*abort_perm_update)(BlockNode *bs);
 
     /* Reopen: prepare may fail; commit and abort may not. */
+    /*
+     * A reopen keeps the node's options unless new ones replace them; the
+     * driver may drop from old_opts (flat keys) what new_opts (flat)
+     * supersedes beyond the same key, as QEMU's bdrv_join_options.
+     */
+    void (*reopen_join_options)(json_t *new_opts, json_t *old_opts);
     int (*reopen_prepare)(ReopenState *rs, GError **errp);
     void (*reopen_commit)(ReopenState *rs);
     void (*reopen_abort)(ReopenState *rs);

@@ -24,6 +24,13 @@
  */
 json_t *opts_parse_keyval(const char *str, const char *implied_key,
                           GError **errp);
+/*
+ * Parse JSON text as QEMU does (single-quoted strings, "\'" escapes,
+ * integers up to 2^64-1, duplicate keys refused), with QEMU's messages
+ * ("JSON parse error, stray '@'", "Expecting a JSON value").  Any JSON
+ * value; integers above INT64_MAX become their digits as a string.
+ */
+json_t *opts_parse_json(const char *text, GError **errp);
 /* Merge dotted-key pairs into obj (later keys win). */
 bool opts_set_dotted(json_t *obj, const char *key, json_t *val, GError **errp);
 /* Flatten nested objects into "a.b" keys (new reference). */
@@ -41,6 +48,9 @@ bool opts_take_str(json_t *obj, const char *key, char **out, GError **errp);
 bool opts_take_bool(json_t *obj, const char *key, bool *out, GError **errp);
 bool opts_take_size(json_t *obj, const char *key, uint64_t *out, GError **errp);
 bool opts_take_int(json_t *obj, const char *key, int64_t *out, GError **errp);
+/* QEMU's "number" type: any base, a leading minus wraps around. */
+bool opts_take_number(json_t *obj, const char *key, uint64_t *out,
+                      GError **errp);
 /* Enumerations: *out is the index in names[] (NULL-terminated). */
 bool opts_take_enum(json_t *obj, const char *key, const char *const *names,
                     int *out, GError **errp);

@@ -252,10 +252,8 @@ void tool_object_process_cmdline(const char *arg)
     char *id = NULL;
 
     if (from_json) {
-        json_error_t jerr;
-        args = json_loads(arg, JSON_REJECT_DUPLICATES, &jerr);
+        args = opts_parse_json(arg, &err);
         if (!args) {
-            error_setg(&err, "JSON parse error, %s", jerr.text);
             fail(err);
         }
         if (!json_is_object(args)) {

@@ -44,7 +44,7 @@ static json_t *query_image_info(BlockNode *bs, GError **errp)
 
     memset(&bdi, 0, sizeof(bdi));
     /* As QEMU: a driver that can answer get_info has a dirty flag. */
-    bool have_bdi = drv->get_info && drv->get_info(bs, &bdi) == 0;
+    bool have_bdi = node_get_info(bs, &bdi) == 0;
     if (have_bdi) {
         json_object_set_new(info, "dirty-flag", json_boolean(bdi.is_dirty));
     }
@@ -72,10 +72,10 @@ static json_t *query_image_info(BlockNode *bs, GError **errp)
                                 json_string(bs->backing_format));
         }
     }
-    if (drv->snapshot_list) {
+    {
         /* QAPI's SnapshotInfo, members in schema order. */
         SnapshotInfo *list = NULL;
-        int n = drv->snapshot_list(bs, &list);
+        int n = img_snapshot_list(bs, &list);
         if (n > 0) {
             json_t *arr = json_array();
             for (int i = 0; i < n; i++) {

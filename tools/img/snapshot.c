@@ -53,30 +53,92 @@ typedef struct SnapCo {
     int ret;
 } SnapCo;
 
+/*
+ * QEMU's snapshot fallback: a node whose driver cannot do snapshots hands
+ * the request to its primary child (raw or blkdebug over a qcow2 image),
+ * unless another child also holds data of the image, which would then be
+ * left out of the snapshot.  NULL: nowhere to go.
+ */
+BlockNode *img_snapshot_fallback(BlockNode *bs)
+{
+    BlockChild *primary = NULL;
+    for (GList *l = bs->children; l; l = l->next) {
+        BlockChild *c = l->data;
+        if (c->role & CHILD_ROLE_PRIMARY) {
+            primary = c;
+        }
+    }
+    if (!primary) {
+        return NULL;
+    }
+    for (GList *l = bs->children; l; l = l->next) {
+        BlockChild *c = l->data;
+        if (c != primary && (c->role & (CHILD_ROLE_DATA | CHILD_ROLE_METADATA |
+                                        CHILD_ROLE_FILTERED))) {
+            return NULL;
+        }
+    }
+    return primary->bs;
+}
+
+static bool can_do(const BlockDriver *drv, int action)
+{
+    switch (action) {
+    case ACT_LIST:
+        return drv->snapshot_list;
+    case ACT_CREATE:
+        return drv->snapshot_create;
+    case ACT_APPLY:
+        return drv->snapshot_goto;
+    default:
+        return drv->snapshot_delete;
+    }
+}
+
+/* The node that does the work for action, or NULL if none can. */
+static BlockNode *snapshot_node(BlockNode *bs, int action)
+{
+    while (bs && !can_do(bs->drv, action)) {
+        bs = img_snapshot_fallback(bs);
+    }
+    return bs;
+}
+
+int img_snapshot_list(BlockNode *bs, SnapshotInfo **list)
+{
+    *list = NULL;
+    bs = snapshot_node(bs, ACT_LIST);
+    return bs ? bs->drv->snapshot_list(bs, list) : -ENOTSUP;
+}
+
 static void coroutine_fn snap_co(void *opaque)
 {
     SnapCo *c = opaque;
-    const BlockDriver *drv = c->bs->drv;
+    BlockNode *bs = snapshot_node(c->bs, c->action);
 
+    if (!bs) {
+        /* qemu-img's words for each; create reports the errno only */
+        c->ret = -ENOTSUP;
+        if (c->action == ACT_APPLY) {
+            error_setg(&c->err, "Block driver does not support snapshots");
+        } else if (c->action == ACT_DELETE) {
+            error_setg(&c->err, "Block format '%s' used by device '' does "
+                       "not support internal snapshots",
+                       c->bs->drv->format_name);
+        }
+        return;
+    }
     switch (c->action) {
     case ACT_CREATE:
-        c->ret = drv->snapshot_create
-                 ? drv->snapshot_create(c->bs, &c->sn, &c->err) : -ENOTSUP;
+        c->ret = bs->drv->snapshot_create(bs, &c->sn, &c->err);
         break;
     case ACT_APPLY:
-        c->ret = drv->snapshot_goto
-                 ? drv->snapshot_goto(c->bs, c->name, &c->err) : -ENOTSUP;
+        c->ret = bs->drv->snapshot_goto(bs, c->name, &c->err);
         break;
     case ACT_DELETE:
-        c->ret = drv->snapshot_delete
-                 ? drv->snapshot_delete(c->bs, c->sn.id_str, c->sn.name,
-                                        &c->err)
-                 : -ENOTSUP;
+        c->ret = bs->drv->snapshot_delete(bs, c->sn.id_str, c->sn.name,
+                                          &c->err);
         break;
-    }
-    if (c->ret == -ENOTSUP && !c->err) {
-        error_setg(&c->err, "Block format '%s' used by device '' does not "
-                   "support internal snapshots", drv->format_name);
     }
 }
 
@@ -131,8 +193,7 @@ int img_snapshot(int argc, char **argv)
     switch (action) {
     case ACT_LIST: {
         SnapshotInfo *list = NULL;
-        int n = bs->drv->snapshot_list ? bs->drv->snapshot_list(bs, &list)
-                                       : -ENOTSUP;
+        int n = img_snapshot_list(bs, &list);
         if (n > 0) {
             printf("Snapshot list:\n");
             img_snapshot_dump_header();
@@ -153,8 +214,9 @@ int img_snapshot(int argc, char **argv)
         co.sn.icount = 0;
         co_run_sync(snap_co, &co);
         if (co.ret < 0) {
-            tool_error("Could not create snapshot '%s': %s", name,
-                       co.err ? co.err->message : g_strerror(-co.ret));
+            /* QEMU's snapshot creation reports an errno and nothing more */
+            tool_error("Could not create snapshot '%s': %d (%s)", name,
+                       co.ret, g_strerror(-co.ret));
             ret = 1;
         }
         break;
@@ -170,8 +232,7 @@ int img_snapshot(int argc, char **argv)
     case ACT_DELETE: {
         /* As qemu-img: the snapshot is looked up by name only. */
         SnapshotInfo *list = NULL;
-        int n = bs->drv->snapshot_list ? bs->drv->snapshot_list(bs, &list)
-                                       : 0;
+        int n = img_snapshot_list(bs, &list);
         int found = -1;
         for (int i = 0; i < n && found < 0; i++) {
             if (!strcmp(list[i].name, name)) {

@@ -104,24 +104,6 @@ static const IoCmd length_cmd = {
     .oneline = "gets the length of the current file",
 };
 
-/* bdrv_get_info(): filters without their own answer defer to their child. */
-static int get_node_info(BlockNode *bs, BlockDriverInfo *bdi)
-{
-    while (bs) {
-        const BlockDriver *drv = node_get_driver(bs);
-
-        if (!drv) {
-            return -ENOMEDIUM;
-        }
-        if (drv->get_info) {
-            memset(bdi, 0, sizeof(*bdi));
-            return drv->get_info(bs, bdi);
-        }
-        bs = node_filtered_child(bs);
-    }
-    return -ENOTSUP;
-}
-
 static int info_f(BlockBackend *blk, int argc, char **argv)
 {
     BlockNode *bs = blk_node(blk);
@@ -138,7 +120,7 @@ static int info_f(BlockBackend *blk, int argc, char **argv)
     if (drv && drv->protocol_name) {
         printf("format name: %s\n", drv->protocol_name);
     }
-    ret = get_node_info(bs, &bdi);
+    ret = node_get_info(bs, &bdi);
     if (ret) {
         return ret;
     }

@@ -157,7 +157,7 @@ static char *aio_option_key(json_t *opts, const char *filename)
     bool top = true;
 
     if (filename && g_str_has_prefix(filename, "json:")) {
-        json_t *j = json_loads(filename + 5, JSON_DECODE_ANY, NULL);
+        json_t *j = opts_parse_json(filename + 5, NULL);
         json_t *flat = j && json_is_object(j) ? opts_flatten(j) : NULL;
         const char *k;
         json_t *v;
