@@ -326,12 +326,6 @@ void node_dec_in_flight(BlockNode *bs);
  * whose length changed other than by truncate calls this). */
 void node_invalidate_length(BlockNode *bs);
 
-/*
- * The driver's BlockDriverInfo for bs (zeroed first); a filter without its
- * own answers for its child.  -ENOTSUP when the driver cannot tell.
- */
-int node_get_info(BlockNode *bs, BlockDriverInfo *bdi);
-
 /* Refresh bl from the driver and children (after open, reopen, attach). */
 void node_refresh_limits(BlockNode *bs);
 
