@@ -203,7 +203,7 @@ void blk_set_allow_write_beyond_eof(BlockBackend *blk, bool allow)
 int64_t blk_getlength(BlockBackend *blk)
 {
     BlockNode *bs = blk_node(blk);
-    return bs ? node_getlength(bs) : -ENOMEDIUM;
+    return node_is_inserted(bs) ? node_getlength(bs) : -ENOMEDIUM;
 }
 
 bool blk_is_read_only(BlockBackend *blk)
@@ -258,6 +258,10 @@ static void blk_request_end(BlockBackend *blk)
 static int blk_check_range(BlockBackend *blk, int64_t offset, int64_t bytes,
                            bool write)
 {
+    /* A drive without a medium fails every request, as in QEMU. */
+    if (!node_is_inserted(blk->root->bs)) {
+        return -ENOMEDIUM;
+    }
     if (offset < 0 || bytes < 0) {
         return -EIO;
     }
@@ -358,6 +362,11 @@ int coroutine_fn blk_co_truncate(BlockBackend *blk, int64_t offset, bool exact,
     if (ret < 0) {
         error_setg(errp, "No medium inserted");
         return ret;
+    }
+    if (!node_is_inserted(blk->root->bs)) {
+        blk_request_end(blk);
+        error_setg(errp, "No medium inserted");
+        return -ENOMEDIUM;
     }
     ret = child_co_truncate(blk->root, offset, exact, prealloc, errp);
     blk_request_end(blk);

@@ -301,3 +301,19 @@ int node_get_info(BlockNode *bs, BlockDriverInfo *bdi)
     }
     return -ENOTSUP;
 }
+
+bool node_is_inserted(BlockNode *bs)
+{
+    if (!bs || !bs->drv) {
+        return false;
+    }
+    if (bs->drv->is_inserted && !bs->drv->is_inserted(bs)) {
+        return false;
+    }
+    for (GList *l = bs->children; l; l = l->next) {
+        if (!node_is_inserted(((BlockChild *)l->data)->bs)) {
+            return false;
+        }
+    }
+    return true;
+}

@@ -23,6 +23,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <linux/falloc.h>
+#include <linux/cdrom.h>
 #include <linux/fs.h>
 #include <linux/magic.h>
 #include <string.h>
@@ -44,7 +45,12 @@ typedef struct FileState {
     int fd;
     int open_flags;          /* O_* flags of fd */
     char *filename;
-    bool is_device;          /* host_device driver */
+    bool is_device;          /* host_device or host_cdrom driver */
+    /*
+     * host_cdrom: opened with O_NONBLOCK, since opening a drive without a
+     * disc must still succeed (the medium comes and goes).
+     */
+    int extra_open_flags;
     AioType aio;
     /* Accepted as QEMU does; the engines batch per loop iteration anyway. */
     uint64_t aio_max_batch;
@@ -344,7 +350,7 @@ static int file_open_common(BlockNode *bs, json_t *options, int flags,
                   "unexpectedly.");
     }
 
-    s->open_flags = open_flags_for(flags);
+    s->open_flags = open_flags_for(flags) | s->extra_open_flags;
     ret = open_image(filename, s->open_flags, 0, errp);
     if (ret < 0) {
         ret = ret == -EROFS ? -EACCES : ret;
@@ -438,6 +444,15 @@ static int hdev_open(BlockNode *bs, json_t *options, int flags, GError **errp)
     return file_open_common(bs, options, flags, true, errp);
 }
 
+static int cdrom_open(BlockNode *bs, json_t *options, int flags,
+                      GError **errp)
+{
+    FileState *s = bs->opaque;
+
+    s->extra_open_flags = O_NONBLOCK;
+    return file_open_common(bs, options, flags, true, errp);
+}
+
 static void file_close(BlockNode *bs)
 {
     FileState *s = bs->opaque;
@@ -474,6 +489,12 @@ static bool hdev_parse_filename(const char *filename, json_t *options,
                                 GError **errp)
 {
     return strip_prefix(filename, "host_device:", options);
+}
+
+static bool cdrom_parse_filename(const char *filename, json_t *options,
+                                 GError **errp)
+{
+    return strip_prefix(filename, "host_cdrom:", options);
 }
 
 static void file_refresh_limits(BlockNode *bs)
@@ -540,7 +561,7 @@ static int file_reopen_prepare(ReopenState *rs, GError **errp)
     BlockNode *bs = rs->bs;
     FileState *s = bs->opaque;
     bool drop_cache = true;
-    int new_flags = open_flags_for(rs->flags);
+    int new_flags = open_flags_for(rs->flags) | s->extra_open_flags;
 
     /* Only drop-cache may change; the node compares the other options. */
     if (!opts_take_bool(rs->options, "drop-cache", &drop_cache, errp)) {
@@ -1366,5 +1387,42 @@ const BlockDriver bdrv_host_device = {
     .get_allocated_file_size = file_get_allocated_file_size,
     .get_info = file_get_info,
     .supported_zero_flags = REQ_MAY_UNMAP | REQ_NO_FALLBACK,
+    .mutable_opts = (const char *const[]) { "drop-cache", NULL },
+};
+
+static bool cdrom_is_inserted(BlockNode *bs)
+{
+    FileState *s = bs->opaque;
+
+    return ioctl(s->fd, CDROM_DRIVE_STATUS, CDSL_CURRENT) == CDS_DISC_OK;
+}
+
+/*
+ * A CD-ROM drive: a host device whose medium may be absent, so no zero
+ * writes, discards or block status (as QEMU's host_cdrom), and a length
+ * asked of the drive every time.
+ */
+const BlockDriver bdrv_host_cdrom = {
+    .format_name = "host_cdrom",
+    .protocol_name = "host_cdrom",
+    .instance_size = sizeof(FileState),
+    .parse_filename = cdrom_parse_filename,
+    .open = cdrom_open,
+    .close = file_close,
+    .refresh_limits = file_refresh_limits,
+    .check_perm = file_check_perm,
+    .set_perm = file_set_perm,
+    .abort_perm_update = file_abort_perm_update,
+    .reopen_prepare = file_reopen_prepare,
+    .reopen_commit = file_reopen_commit,
+    .reopen_abort = file_reopen_abort,
+    .co_preadv = file_co_preadv,
+    .co_pwritev = file_co_pwritev,
+    .co_flush_to_disk = file_co_flush_to_disk,
+    .co_truncate = file_co_truncate,
+    .getlength = file_getlength,
+    .has_variable_length = true,
+    .is_inserted = cdrom_is_inserted,
+    .get_allocated_file_size = file_get_allocated_file_size,
     .mutable_opts = (const char *const[]) { "drop-cache", NULL },
 };

@@ -7,6 +7,7 @@ extern const BlockDriver bdrv_null_co;
 extern const BlockDriver bdrv_null_aio;
 extern const BlockDriver bdrv_file;
 extern const BlockDriver bdrv_host_device;
+extern const BlockDriver bdrv_host_cdrom;
 extern const BlockDriver bdrv_blkdebug;
 extern const BlockDriver bdrv_qcow2;
 extern const BlockDriver bdrv_compress;
@@ -31,6 +32,7 @@ static void drivers_init(void)
     g_ptr_array_add(drivers, (gpointer)&bdrv_null_aio);
     g_ptr_array_add(drivers, (gpointer)&bdrv_file);
     g_ptr_array_add(drivers, (gpointer)&bdrv_host_device);
+    g_ptr_array_add(drivers, (gpointer)&bdrv_host_cdrom);
     g_ptr_array_add(drivers, (gpointer)&bdrv_blkdebug);
     g_ptr_array_add(drivers, (gpointer)&bdrv_qcow2);
     g_ptr_array_add(drivers, (gpointer)&bdrv_compress);

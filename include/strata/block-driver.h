@@ -185,6 +185,8 @@ struct BlockDriver {
                            int64_t bytes, int64_t *pnum, int64_t *map,
                            BlockNode **file);
     int64_t (*getlength)(BlockNode *bs);
+    /* Removable media: false while there is no medium (NULL: always). */
+    bool (*is_inserted)(BlockNode *bs);
     /* The length may change behind our back (host devices): never cache. */
     bool has_variable_length;
     int64_t (*get_allocated_file_size)(BlockNode *bs);

@@ -760,8 +760,11 @@ static int run_cmd(const IoCmd *ct, int argc, char **argv)
         }
         return -EINVAL;
     }
-    /* Take the permissions the command needs before it runs. */
-    if (ct->perm && blk && blk_node(blk)) {
+    /*
+     * Take the permissions the command needs before it runs; without a
+     * medium the command runs and fails with "No medium found", as QEMU's.
+     */
+    if (ct->perm && blk && blk_node(blk) && node_is_inserted(blk_node(blk))) {
         uint64_t perm, shared;
 
         blk_get_perm(blk, &perm, &shared);
