@@ -1244,16 +1244,93 @@ static char *backing_path(BlockNode *bs, const char *name)
         holder = child_node(holder->file);
     }
     const char *where = holder->filename;
-    char *dir = g_path_get_dirname(where);
-    char *path = strcmp(dir, ".") ? g_build_filename(dir, name, NULL)
-                                  : g_strdup(name);
-    g_free(dir);
-    return path;
+    /*
+     * The name is appended to everything up to the last slash, as written
+     * (QEMU's path_combine): "./top" gives "./base", which info shows as the
+     * actual path of "base".  A protocol prefix ("proto:x") counts as
+     * part of the directory.
+     */
+    const char *dir_end = where;
+    size_t p = strcspn(where, ":/");
+    if (where[p] == ':') {
+        dir_end = where + p + 1;
+    }
+    const char *slash = strrchr(where, '/');
+    if (slash && slash + 1 > dir_end) {
+        dir_end = slash + 1;
+    }
+    return g_strdup_printf("%.*s%s", (int)(dir_end - where), where, name);
 }
 
 char *node_get_full_backing_filename(BlockNode *bs)
 {
     return bs->backing_file[0] ? backing_path(bs, bs->backing_file) : NULL;
+}
+
+G_DEFINE_QUARK(strata-backing-loop, backing_loop_error)
+
+bool node_error_is_backing_loop(const GError *err)
+{
+    return err && err->domain == backing_loop_error_quark();
+}
+
+bool node_get_file_id(BlockNode *bs, uint64_t *dev, uint64_t *ino)
+{
+    while (bs && !bs->drv->get_file_id) {
+        bs = bs->file ? child_node(bs->file) : NULL;
+    }
+    return bs && bs->drv->get_file_id(bs, dev, ino);
+}
+
+/*
+ * The nodes whose backing files are being opened, innermost first.  Each
+ * opens its backing file from inside its own open, so a chain that comes
+ * back to the file of one of them (an image naming itself, a -> b -> a)
+ * would recurse until memory runs out.  Files are compared by identity, not
+ * by name: "a", "./a" and a symbolic link to it are the same image.
+ */
+static GSList *backing_opens;
+
+static bool seen_in_chain(BlockNode *bs, uint64_t dev, uint64_t ino)
+{
+    uint64_t odev, oino;
+
+    for (GSList *l = backing_opens; l; l = l->next) {
+        if (node_get_file_id(l->data, &odev, &oino) &&
+            odev == dev && oino == ino) {
+            return true;
+        }
+    }
+    return bs && node_get_file_id(bs, &odev, &oino) &&
+           odev == dev && oino == ino;
+}
+
+/*
+ * Whether bs, about to open its backing file `path` (NULL: named by
+ * options), closes a loop.  The file is looked at before it is opened when
+ * it is a local path: opening it again could fail first on the image locks
+ * the chain itself holds, with a message that hides the cause.  Otherwise
+ * bs itself is compared with the images below which it is being opened.
+ */
+static bool backing_loops(BlockNode *bs, const char *path, GError **errp)
+{
+    const char *name = NULL;
+    uint64_t dev, ino;
+    struct stat st;
+
+    if (path && stat(path, &st) == 0 && seen_in_chain(bs, st.st_dev, st.st_ino)) {
+        name = path;
+    } else if (node_get_file_id(bs, &dev, &ino) &&
+               seen_in_chain(NULL, dev, ino)) {
+        name = bs->filename;
+    }
+    if (name) {
+        /* QEMU's words (qemu-img info --backing-chain). */
+        g_set_error(errp, backing_loop_error_quark(), STRATA_ERROR_GENERIC,
+                    "Backing file '%s' creates an infinite loop.", name);
+        return true;
+    }
+    return false;
 }
 
 /*
@@ -1300,13 +1377,21 @@ static bool open_backing(BlockNode *bs, json_t *options, int flags,
                                 json_string(bs->backing_format));
         }
         json_object_set_new(options, "backing", sub);
+        if (backing_loops(bs, path, errp)) {
+            g_free(path);
+            return false;
+        }
     }
+    backing_opens = g_slist_prepend(backing_opens, bs);
     BlockChild *c = open_child(bs, options, "backing", path,
                                CHILD_ROLE_COW, false, &err);
+    backing_opens = g_slist_remove(backing_opens, bs);
     g_free(path);
     if (!c) {
+        if (!node_error_is_backing_loop(err)) {
+            error_prefix(&err, "Could not open backing file: ");
+        }
         error_propagate(errp, err);
-        error_prefix(errp, "Could not open backing file: ");
         return false;
     }
     return true;

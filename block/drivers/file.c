@@ -474,6 +474,17 @@ static bool strip_prefix(const char *filename, const char *prefix,
 {
     if (g_str_has_prefix(filename, prefix)) {
         filename += strlen(prefix);
+        /*
+         * "file:a:b" names the relative path "a:b"; as QEMU does, it is
+         * kept as "./a:b" so that it is not read as protocol "a" later
+         * (backing file names are resolved against it).
+         */
+        if (filename[strcspn(filename, ":/")] == ':') {
+            char *dotted = g_strconcat("./", filename, NULL);
+            json_object_set_new(options, "filename", json_string(dotted));
+            g_free(dotted);
+            return true;
+        }
     }
     json_object_set_new(options, "filename", json_string(filename));
     return true;
@@ -1332,6 +1343,19 @@ static int coroutine_fn file_co_block_status(BlockNode *bs, bool want_zero,
     return ret | BLOCK_OFFSET_VALID;
 }
 
+static bool file_get_file_id(BlockNode *bs, uint64_t *dev, uint64_t *ino)
+{
+    FileState *s = bs->opaque;
+    struct stat st;
+
+    if (s->fd < 0 || fstat(s->fd, &st) < 0) {
+        return false;
+    }
+    *dev = st.st_dev;
+    *ino = st.st_ino;
+    return true;
+}
+
 const BlockDriver bdrv_file = {
     .format_name = "file",
     .protocol_name = "file",
@@ -1357,6 +1381,7 @@ const BlockDriver bdrv_file = {
     .co_block_status = file_co_block_status,
     .getlength = file_getlength,
     .get_allocated_file_size = file_get_allocated_file_size,
+    .get_file_id = file_get_file_id,
     .get_info = file_get_info,
     .supported_zero_flags = REQ_MAY_UNMAP | REQ_NO_FALLBACK,
     .mutable_opts = (const char *const[]) { "drop-cache", NULL },
@@ -1385,6 +1410,7 @@ const BlockDriver bdrv_host_device = {
     .co_block_status = file_co_block_status,
     .getlength = file_getlength,
     .get_allocated_file_size = file_get_allocated_file_size,
+    .get_file_id = file_get_file_id,
     .get_info = file_get_info,
     .supported_zero_flags = REQ_MAY_UNMAP | REQ_NO_FALLBACK,
     .mutable_opts = (const char *const[]) { "drop-cache", NULL },

@@ -190,6 +190,12 @@ struct BlockDriver {
     /* The length may change behind our back (host devices): never cache. */
     bool has_variable_length;
     int64_t (*get_allocated_file_size)(BlockNode *bs);
+    /*
+     * The identity of the file a protocol node opened (st_dev, st_ino), so
+     * that a backing chain that comes back to an image it has already
+     * opened is caught however the names differ.  false: none known.
+     */
+    bool (*get_file_id)(BlockNode *bs, uint64_t *dev, uint64_t *ino);
     int (*get_info)(BlockNode *bs, BlockDriverInfo *bdi);
     /* Driver-specific lines for qemu-io "info" / img info; may be NULL. */
     json_t *(*get_specific_info)(BlockNode *bs, GError **errp);

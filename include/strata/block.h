@@ -72,6 +72,15 @@ BlockNode *node_open(const char *filename, json_t *options, int flags,
                      GError **errp);
 void node_ref(BlockNode *bs);
 void node_unref(BlockNode *bs);
+/*
+ * Whether an open failed because the backing chain comes back to an image
+ * it already holds ("Backing file 'x' creates an infinite loop.").  That
+ * message names the culprit itself, so callers show it as it is, without
+ * the "Could not open ...: " context they give other open errors.
+ */
+bool node_error_is_backing_loop(const GError *err);
+/* The identity (st_dev, st_ino) of the file holding bs's data, if any. */
+bool node_get_file_id(BlockNode *bs, uint64_t *dev, uint64_t *ino);
 
 BlockNode *node_find(const char *node_name);
 /* Iterate all nodes: pass NULL first. */

@@ -211,7 +211,11 @@ static BlockBackend *open_new_target(const char *filename, const char *fmt,
     }
     blk = blk_new_open(filename, options, flags, &err);
     if (!blk) {
-        tool_error_gerror(err, "Could not open '%s': ", filename);
+        if (node_error_is_backing_loop(err)) {
+            tool_error_gerror(err, "%s", "");
+        } else {
+            tool_error_gerror(err, "Could not open '%s': ", filename);
+        }
         return NULL;
     }
     blk_set_enable_write_cache(blk, !writethrough);

@@ -230,7 +230,11 @@ BlockBackend *img_open(const char *filename, const ImgOpenSpec *spec)
         blk = blk_new_open(filename, options, spec->flags, &err);
     }
     if (!blk) {
-        tool_error_gerror(err, "Could not open '%s': ", filename);
+        if (node_error_is_backing_loop(err)) {
+            tool_error_gerror(err, "%s", "");
+        } else {
+            tool_error_gerror(err, "Could not open '%s': ", filename);
+        }
         return NULL;
     }
     blk_set_enable_write_cache(blk, !spec->writethrough);

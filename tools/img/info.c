@@ -211,6 +211,97 @@ static void dump_human(json_t *info)
     }
 }
 
+typedef struct FileId {
+    uint64_t dev, ino;
+} FileId;
+
+static void report_loop(const char *filename)
+{
+    tool_error("Backing file '%s' creates an infinite loop.", filename);
+}
+
+/*
+ * The information about filename and, with chain, each image below it, as
+ * qemu-img collects it: every image is opened by itself without its
+ * backing file (so that a broken backing file is reported by its own name),
+ * and the next one is the full backing name the image records, in the
+ * format it records; the options given apply to the top image only.  All
+ * of it is gathered before anything is printed.  A name seen before is
+ * a loop (QEMU's test); so is a file seen before under another name
+ * ("a", "./a"), which QEMU would only notice once the names repeat, or
+ * never when they keep growing ("../d/a" from d/a).
+ */
+static json_t *collect_info(const char *filename, ImgOpenSpec *spec,
+                            bool chain)
+{
+    GHashTable *names = g_hash_table_new_full(g_str_hash, g_str_equal,
+                                              g_free, NULL);
+    GArray *ids = g_array_new(false, false, sizeof(FileId));
+    json_t *list = json_array();
+    char *name = g_strdup(filename);
+    char *fmt = NULL;
+
+    spec->flags |= NODE_O_NO_BACKING;
+    while (name) {
+        GError *err = NULL;
+        BlockBackend *blk;
+        json_t *info;
+        FileId id;
+
+        if (g_hash_table_contains(names, name)) {
+            report_loop(name);
+            goto fail;
+        }
+        blk = img_open(name, spec);
+        if (!blk) {
+            goto fail;
+        }
+        if (node_get_file_id(blk_node(blk), &id.dev, &id.ino)) {
+            for (guint i = 0; i < ids->len; i++) {
+                FileId *o = &g_array_index(ids, FileId, i);
+                if (o->dev == id.dev && o->ino == id.ino) {
+                    report_loop(name);
+                    blk_unref(blk);
+                    goto fail;
+                }
+            }
+            g_array_append_val(ids, id);
+        }
+        info = query_image_info(blk_node(blk), &err);
+        blk_unref(blk);
+        if (!info) {
+            tool_error_gerror(err, "%s", "");
+            goto fail;
+        }
+        json_array_append_new(list, info);
+        g_hash_table_add(names, name);
+        name = NULL;
+        g_free(fmt);
+        fmt = NULL;
+        spec->image_opts = false;
+        if (chain) {
+            json_t *full = json_object_get(info, "full-backing-filename");
+            json_t *bfmt = json_object_get(info, "backing-filename-format");
+
+            name = full ? g_strdup(json_string_value(full)) : NULL;
+            fmt = bfmt ? g_strdup(json_string_value(bfmt)) : NULL;
+        }
+        spec->fmt = fmt;
+    }
+    g_free(fmt);
+    g_hash_table_destroy(names);
+    g_array_free(ids, true);
+    return list;
+
+fail:
+    g_free(name);
+    g_free(fmt);
+    g_hash_table_destroy(names);
+    g_array_free(ids, true);
+    json_decref(list);
+    return NULL;
+}
+
 int img_info(int argc, char **argv)
 {
     static const struct option long_options[] = {
@@ -226,9 +317,8 @@ int img_info(int argc, char **argv)
     ImgOpenSpec spec = { 0 };
     const char *output = NULL, *filename;
     bool chain = false, json;
-    BlockBackend *blk;
     json_t *list;
-    int c, ret = EXIT_SUCCESS;
+    int c;
 
     while ((c = img_getopt(argc, argv, ":f:hU", long_options)) != -1) {
         switch (c) {
@@ -252,50 +342,25 @@ int img_info(int argc, char **argv)
     }
     json = output && !strcmp(output, "json");
 
-    /* As qemu-img: a missing backing file does not hide the image. */
-    if (!chain) {
-        spec.flags |= NODE_O_NO_BACKING;
-    }
-    blk = img_open(filename, &spec);
-    if (!blk) {
+    list = collect_info(filename, &spec, chain);
+    if (!list) {
         return EXIT_FAILURE;
     }
-    /*
-     * The chain is the graph below the opened image: each backing node in
-     * turn (only the top one without --backing-chain).
-     */
-    list = json_array();
-    for (BlockNode *bs = blk_node(blk); bs;
-         bs = chain && bs->backing ? child_node(bs->backing) : NULL) {
-        GError *err = NULL;
-        json_t *info = query_image_info(bs, &err);
+    if (json) {
+        char *text = img_json_pretty(chain ? list : json_array_get(list, 0));
+        printf("%s\n", text);
+        g_free(text);
+    } else {
+        size_t i;
+        json_t *info;
 
-        if (!info) {
-            tool_error_gerror(err, "%s", "");
-            ret = EXIT_FAILURE;
-            break;
-        }
-        json_array_append_new(list, info);
-    }
-    if (ret == EXIT_SUCCESS) {
-        if (json) {
-            char *text = img_json_pretty(chain ? list
-                                               : json_array_get(list, 0));
-            printf("%s\n", text);
-            g_free(text);
-        } else {
-            size_t i;
-            json_t *info;
-
-            json_array_foreach(list, i, info) {
-                if (i) {
-                    printf("\n");
-                }
-                dump_human(info);
+        json_array_foreach(list, i, info) {
+            if (i) {
+                printf("\n");
             }
+            dump_human(info);
         }
     }
     json_decref(list);
-    blk_unref(blk);
-    return ret;
+    return EXIT_SUCCESS;
 }

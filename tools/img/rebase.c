@@ -529,8 +529,12 @@ int img_rebase(int argc, char **argv)
                 }
                 r.new_backing = blk_new_open(path, options, src_flags, &err);
                 if (!r.new_backing) {
-                    tool_error_gerror(err, "Could not open new backing file "
-                                      "'%s': ", out_baseimg);
+                    if (node_error_is_backing_loop(err)) {
+                        tool_error_gerror(err, "%s", "");
+                    } else {
+                        tool_error_gerror(err, "Could not open new backing "
+                                          "file '%s': ", out_baseimg);
+                    }
                     g_free(path);
                     goto out;
                 }
