@@ -709,7 +709,14 @@ int coroutine_fn qcow2_alloc_clusters(BlockNode *bs, uint64_t n,
         if (ret < 0) {
             return ret;
         }
+        /*
+         * New refcount blocks go after the run, where QEMU puts them, and
+         * the run is looked for again from where the search began.
+         */
+        uint64_t search = s->free_cluster_index;
+        s->free_cluster_index = first + n;
         ret = ensure_refblocks(bs, first, n, &created);
+        s->free_cluster_index = search;
         if (ret < 0) {
             return ret;
         }
@@ -777,7 +784,10 @@ int coroutine_fn qcow2_alloc_bytes(BlockNode *bs, uint64_t size,
             if (ret < 0) {
                 return ret;
             }
+            uint64_t search = s->free_cluster_index;
+            s->free_cluster_index = c + 1;
             ret = ensure_refblocks(bs, c, 1, &created);
+            s->free_cluster_index = search;
             if (ret < 0) {
                 return ret;
             }
