@@ -329,6 +329,13 @@ static int coroutine_fn ensure_refblock(BlockNode *bs, uint64_t rt_index)
     uint64_t rb_offset = c << s->cluster_bits;
     bool self = (c >> s->refcount_block_bits) == rt_index;
 
+    /*
+     * A block that the recursion below needs must not land on c too (c has
+     * no refcount yet): look further on, as QEMU does.  Nothing before c
+     * is free, so moving the start skips nothing.
+     */
+    s->free_cluster_index = MAX(s->free_cluster_index, c + 1);
+
     if (!self) {
         /* Account for the block's cluster before it is used. */
         ret = update_refcount(bs, rb_offset, s->cluster_size, 1, false,
