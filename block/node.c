@@ -944,6 +944,14 @@ static BlockNode *node_open_common(const char *filename, json_t *options,
                 opts_set_dotted(file_opts, inherited[i], json_incref(v), NULL);
             }
         }
+        /*
+         * Whatever format it turns out to be, the format decides which
+         * discards it sends, so its storage passes them on (QEMU gives
+         * every child discard=unmap by default, probed or not).
+         */
+        if (!json_object_get(flat_file, "discard")) {
+            json_object_set_new(file_opts, "discard", json_string("unmap"));
+        }
         json_decref(flat);
         json_decref(flat_file);
         int fflags = (flags | NODE_O_PROTOCOL) & ~NODE_O_RESIZE;

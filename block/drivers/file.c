@@ -69,6 +69,21 @@ typedef struct FileState {
     /* errno of a failed fdatasync without O_DIRECT: flushes fail from then on */
     int page_cache_inconsistent;
 
+    /*
+     * Growing ahead.  An O_DIRECT write past the end of a file on ext4 or
+     * XFS waits for every other request in flight and extends the file
+     * alone, so a format appending clusters runs at depth 1.  Where nobody
+     * else may write or resize the file, its real length (phys_len) is
+     * therefore kept ahead of the writes, preallocated in big steps, while
+     * len is the length the writes gave it, which is what the node
+     * reports; the file is cut back to len when growing ahead ends (close,
+     * reopen, truncate).  After a crash the tail stays: it reads as
+     * zeroes, and formats ignore what lies past their last cluster.
+     * len < 0: not growing ahead.
+     */
+    int64_t len, phys_len;
+    CoMutex grow_lock;
+
     /* Pending reopen. */
     int reopen_fd;
     int reopen_open_flags;
@@ -320,6 +335,8 @@ static int file_open_common(BlockNode *bs, json_t *options, int flags,
 
     s->fd = -1;
     s->reopen_fd = -1;
+    s->len = -1;
+    co_mutex_init(&s->grow_lock);
     s->is_device = device;
 
     if (!opts_take_str(options, "filename", &filename, errp) ||
@@ -453,9 +470,21 @@ static int cdrom_open(BlockNode *bs, json_t *options, int flags,
     return file_open_common(bs, options, flags, true, errp);
 }
 
+/* Stop growing ahead: the file gets the length its writes gave it. */
+static void grow_ahead_end(FileState *s)
+{
+    if (s->len >= 0 && s->phys_len > s->len && s->fd >= 0) {
+        if (ftruncate(s->fd, s->len) < 0) {
+            /* Only a longer file, which reads as zeroes past len. */
+        }
+    }
+    s->len = -1;
+}
+
 static void file_close(BlockNode *bs)
 {
     FileState *s = bs->opaque;
+    grow_ahead_end(s);
     if (s->reopen_fd >= 0) {
         close(s->reopen_fd);
         s->reopen_fd = -1;
@@ -583,6 +612,8 @@ static int file_reopen_prepare(ReopenState *rs, GError **errp)
      * reopen to writeback keeps native AIO (the kernel then completes it
      * synchronously, which is correct, just slower).
      */
+    /* The new mode may not allow it, and the fd may change. */
+    grow_ahead_end(s);
     s->reopen_drop_cache = drop_cache;
     s->reopen_open_flags = new_flags;
     s->reopen_held = (LockBytes) { 0 };
@@ -793,11 +824,91 @@ static int coroutine_fn file_co_preadv(BlockNode *bs, int64_t offset,
     return file_co_rw(bs, offset, bytes, qiov, qiov_offset, AIO_OP_READ);
 }
 
+typedef struct GrowJob {
+    int fd;
+    int64_t from, to;
+} GrowJob;
+
+static int job_grow(void *opaque)
+{
+    GrowJob *j = opaque;
+    int ret = do_fallocate(j->fd, 0, j->from, j->to - j->from);
+
+    if (ret < 0 && ftruncate(j->fd, j->to) < 0) {
+        return -errno;
+    }
+    return 0;
+}
+
+static bool grow_ahead_allowed(BlockNode *bs)
+{
+    FileState *s = bs->opaque;
+
+    return (s->open_flags & O_DIRECT) && !s->is_device &&
+           (bs->cum_perm & BLK_PERM_RESIZE) &&
+           !(bs->cum_shared & (BLK_PERM_WRITE | BLK_PERM_RESIZE));
+}
+
+/*
+ * Before a write that ends at end: make the file long enough if it would
+ * be extended.  Failing to grow ahead is not an error: the write then
+ * extends the file itself.
+ */
+static void coroutine_fn grow_ahead(BlockNode *bs, int64_t end)
+{
+    FileState *s = bs->opaque;
+
+    if (s->len < 0) {
+        if (!grow_ahead_allowed(bs)) {
+            return;
+        }
+        off_t cur = lseek(s->fd, 0, SEEK_END);
+        struct stat st;
+        if (cur < 0 || fstat(s->fd, &st) < 0 || !S_ISREG(st.st_mode) ||
+            end <= cur) {
+            return;
+        }
+        s->len = s->phys_len = cur;
+    }
+    if (end <= s->phys_len) {
+        return;
+    }
+    co_mutex_lock(&s->grow_lock);
+    if (end > s->phys_len && s->len >= 0) {
+        /* Steps of half the file, 1 to 128 MiB, whole MiB. */
+        int64_t step = MIN(MAX(s->phys_len / 2, (int64_t)MiB),
+                           (int64_t)(128 * MiB));
+        GrowJob j = { s->fd, s->phys_len,
+                      ROUND_UP(end + step, (int64_t)MiB) };
+        if (thread_pool_co_run(job_grow, &j) == 0) {
+            s->phys_len = j.to;
+        }
+    }
+    co_mutex_unlock(&s->grow_lock);
+}
+
+/* After a write or zero write that ended at end. */
+static void grew(FileState *s, int64_t end)
+{
+    if (s->len >= 0 && end > s->len) {
+        s->len = end;
+        s->phys_len = MAX(s->phys_len, end);
+    }
+}
+
 static int coroutine_fn file_co_pwritev(BlockNode *bs, int64_t offset,
                                         int64_t bytes, IOVec *qiov,
                                         size_t qiov_offset, int flags)
 {
-    return file_co_rw(bs, offset, bytes, qiov, qiov_offset, AIO_OP_WRITE);
+    FileState *s = bs->opaque;
+    int ret;
+
+    grow_ahead(bs, offset + bytes);
+    ret = file_co_rw(bs, offset, bytes, qiov, qiov_offset, AIO_OP_WRITE);
+    if (ret >= 0) {
+        grew(s, offset + bytes);
+    }
+    return ret;
 }
 
 static int coroutine_fn file_co_flush_to_disk(BlockNode *bs)
@@ -931,9 +1042,13 @@ static int coroutine_fn file_co_pwrite_zeroes(BlockNode *bs, int64_t offset,
                   S_ISBLK(st.st_mode),
         .cur_length = file_getlength(bs),
     };
-    return thread_pool_co_run((flags & REQ_MAY_UNMAP) ? job_write_zeroes_unmap
-                                                      : job_write_zeroes,
-                              &j);
+    int ret = thread_pool_co_run((flags & REQ_MAY_UNMAP)
+                                 ? job_write_zeroes_unmap : job_write_zeroes,
+                                 &j);
+    if (ret >= 0) {
+        grew(s, offset + bytes);
+    }
+    return ret;
 }
 
 static int job_discard(void *opaque)
@@ -1116,6 +1231,7 @@ static int coroutine_fn file_co_truncate(BlockNode *bs, int64_t offset,
     }
     if (S_ISREG(st.st_mode)) {
         /* A regular file always gets exactly the size asked for. */
+        grow_ahead_end(s);
         return regular_truncate(s->fd, offset, prealloc, errp);
     }
     if (prealloc != PREALLOC_OFF) {
@@ -1145,6 +1261,9 @@ static int64_t file_getlength(BlockNode *bs)
     FileState *s = bs->opaque;
     if (s->fd < 0) {
         return -EIO;
+    }
+    if (s->len >= 0) {
+        return s->len;
     }
     /* lseek covers block devices too, where st_size is 0. */
     off_t size = lseek(s->fd, 0, SEEK_END);

@@ -253,9 +253,13 @@ int coroutine_fn qcow2_grow_l1(BlockNode *bs, uint32_t min_size)
     /* Refcounts of the new table first, then the table, then the header. */
     ret = qcow2_cache_flush(s->refcount_cache);
     if (ret >= 0) {
+        /*
+         * Only the entries: the rest of the last cluster stays unwritten
+         * (a hole, or past the end of the file), as QEMU leaves it.
+         */
         child_debug_event(bs->file, BLKDBG_L1_GROW_WRITE_TABLE);
-        ret = child_co_pwrite(bs->file, (int64_t)new_offset, (int64_t)bytes,
-                              t, 0);
+        ret = child_co_pwrite(bs->file, (int64_t)new_offset,
+                              (int64_t)min_size * 8, t, 0);
     }
     if (ret >= 0) {
         ret = node_co_flush(bs->file->bs);

@@ -135,6 +135,124 @@ int coroutine_fn qcow2_end_of_used(BlockNode *bs, bool with_file,
     return 0;
 }
 
+/* ---- The discard queue ---- */
+
+typedef struct Qcow2Discard {
+    uint64_t offset, bytes;
+} Qcow2Discard;
+
+static void queue_discard(Qcow2State *s, uint64_t offset, uint64_t bytes)
+{
+    if (!s->discards) {
+        s->discards = g_array_new(FALSE, FALSE, sizeof(Qcow2Discard));
+    }
+    /*
+     * Clusters are mostly freed in ascending order: extend the last run
+     * when it can; the rest is sorted and merged when the queue is sent.
+     */
+    if (s->discards->len) {
+        Qcow2Discard *d = &g_array_index(s->discards, Qcow2Discard,
+                                         s->discards->len - 1);
+        if (d->offset + d->bytes == offset) {
+            d->bytes += bytes;
+            return;
+        }
+    }
+    Qcow2Discard d = { offset, bytes };
+    g_array_append_val(s->discards, d);
+}
+
+/*
+ * A queued cluster that is allocated again must not be discarded later,
+ * when it may hold new data or metadata: cut it out of its run.
+ */
+static void unqueue_discard(Qcow2State *s, uint64_t offset, uint64_t bytes)
+{
+    if (!s->discards) {
+        return;
+    }
+    for (guint i = 0; i < s->discards->len; i++) {
+        Qcow2Discard *d = &g_array_index(s->discards, Qcow2Discard, i);
+        uint64_t end = d->offset + d->bytes;
+        if (offset >= end || offset + bytes <= d->offset) {
+            continue;
+        }
+        Qcow2Discard tail = { offset + bytes, 0 };
+        if (end > offset + bytes) {
+            tail.bytes = end - (offset + bytes);
+        }
+        d->bytes = offset > d->offset ? offset - d->offset : 0;
+        if (!d->bytes) {
+            g_array_remove_index(s->discards, i);
+            i--;
+        }
+        if (tail.bytes) {
+            g_array_insert_val(s->discards, i + 1, tail);
+            i++;
+        }
+    }
+}
+
+static gint discard_cmp(gconstpointer a, gconstpointer b)
+{
+    const Qcow2Discard *x = a, *y = b;
+
+    return x->offset < y->offset ? -1 : x->offset > y->offset;
+}
+
+static void coroutine_fn process_discards(BlockNode *bs, int ret)
+{
+    Qcow2State *s = bs->opaque;
+    GArray *q = s->discards;
+
+    if (!q || !q->len) {
+        return;
+    }
+    s->discards = NULL;
+    if (ret >= 0) {
+        g_array_sort(q, discard_cmp);
+        for (guint i = 0; i < q->len;) {
+            Qcow2Discard run = g_array_index(q, Qcow2Discard, i);
+            for (i++; i < q->len; i++) {
+                Qcow2Discard *d = &g_array_index(q, Qcow2Discard, i);
+                if (d->offset > run.offset + run.bytes) {
+                    break;
+                }
+                run.bytes = MAX(run.bytes, d->offset + d->bytes - run.offset);
+            }
+            /* Best effort: the space is free whether or not this works. */
+            child_co_pdiscard(bs->file, (int64_t)run.offset,
+                              (int64_t)run.bytes);
+        }
+    }
+    g_array_free(q, TRUE);
+}
+
+void qcow2_discard_batch_begin(BlockNode *bs)
+{
+    Qcow2State *s = bs->opaque;
+
+    s->discard_batch++;
+}
+
+void coroutine_fn qcow2_discard_batch_end(BlockNode *bs, int ret)
+{
+    Qcow2State *s = bs->opaque;
+
+    g_assert(s->discard_batch > 0);
+    if (--s->discard_batch == 0) {
+        process_discards(bs, ret);
+    }
+}
+
+void qcow2_discard_queue_free(Qcow2State *s)
+{
+    if (s->discards) {
+        g_array_free(s->discards, TRUE);
+        s->discards = NULL;
+    }
+}
+
 /*
  * Find n free clusters in a row without taking them.  Clusters with no
  * refcount block are free (refcount 0).
@@ -219,6 +337,13 @@ static int coroutine_fn ensure_refblock(BlockNode *bs, uint64_t rt_index)
     uint64_t rb_offset = c << s->cluster_bits;
     bool self = (c >> s->refcount_block_bits) == rt_index;
 
+    /*
+     * A block that the recursion below needs must not land on c too (c has
+     * no refcount yet): look further on, as QEMU does.  Nothing before c
+     * is free, so moving the start skips nothing.
+     */
+    s->free_cluster_index = MAX(s->free_cluster_index, c + 1);
+
     if (!self) {
         /* Account for the block's cluster before it is used. */
         ret = update_refcount(bs, rb_offset, s->cluster_size, 1, false,
@@ -239,6 +364,7 @@ static int coroutine_fn ensure_refblock(BlockNode *bs, uint64_t rt_index)
     memset(rb, 0, s->cluster_size);
     if (self) {
         rb_set(s, rb, c & (s->refcount_block_size - 1), 1);
+        unqueue_discard(s, rb_offset, s->cluster_size);
     }
     qcow2_cache_mark_dirty(s->refcount_cache, rb);
     qcow2_cache_put(s->refcount_cache, &rb);
@@ -539,14 +665,17 @@ static int coroutine_fn update_refcount(BlockNode *bs, uint64_t offset,
                 return -EIO;
             }
             if (discard_wanted(s, dt)) {
-                /* Best effort: the space is free either way. */
-                child_co_pdiscard(bs->file, (int64_t)(c << s->cluster_bits),
-                                  (int64_t)s->cluster_size);
+                queue_discard(s, c << s->cluster_bits, s->cluster_size);
             }
+        } else if (!decrease && rc == addend) {
+            unqueue_discard(s, c << s->cluster_bits, s->cluster_size);
         }
     }
     if (rb) {
         qcow2_cache_put(s->refcount_cache, &rb);
+    }
+    if (!s->discard_batch) {
+        process_discards(bs, 0);
     }
     return 0;
 }
@@ -595,7 +724,14 @@ int coroutine_fn qcow2_alloc_clusters(BlockNode *bs, uint64_t n,
         if (ret < 0) {
             return ret;
         }
+        /*
+         * New refcount blocks go after the run, where QEMU puts them, and
+         * the run is looked for again from where the search began.
+         */
+        uint64_t search = s->free_cluster_index;
+        s->free_cluster_index = first + n;
         ret = ensure_refblocks(bs, first, n, &created);
+        s->free_cluster_index = search;
         if (ret < 0) {
             return ret;
         }
@@ -663,7 +799,10 @@ int coroutine_fn qcow2_alloc_bytes(BlockNode *bs, uint64_t size,
             if (ret < 0) {
                 return ret;
             }
+            uint64_t search = s->free_cluster_index;
+            s->free_cluster_index = c + 1;
             ret = ensure_refblocks(bs, c, 1, &created);
+            s->free_cluster_index = search;
             if (ret < 0) {
                 return ret;
             }

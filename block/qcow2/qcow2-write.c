@@ -566,6 +566,8 @@ static int coroutine_fn zero_or_discard(BlockNode *bs, uint64_t offset,
     Qcow2State *s = bs->opaque;
     int ret = 0;
 
+    /* The freed clusters of the whole range go to the file in runs. */
+    qcow2_discard_batch_begin(bs);
     while (bytes > 0 && ret >= 0) {
         unsigned l2i;
         void *l2;
@@ -644,6 +646,7 @@ static int coroutine_fn zero_or_discard(BlockNode *bs, uint64_t offset,
         qcow2_cache_put(s->l2_cache, &l2);
         ret = free_old_entries(bs, old, nfree, dt);
     }
+    qcow2_discard_batch_end(bs, ret);
     return ret;
 }
 
@@ -841,11 +844,10 @@ int coroutine_fn qcow2_co_pdiscard(BlockNode *bs, int64_t offset,
     return ret;
 }
 
-int coroutine_fn qcow2_discard_tail(BlockNode *bs, uint64_t offset,
-                                    uint64_t bytes)
+int coroutine_fn qcow2_discard_range(BlockNode *bs, uint64_t offset,
+                                     uint64_t bytes, Qcow2DiscardType dt)
 {
-    return zero_or_discard(bs, offset, bytes, false, true, true,
-                           QCOW2_DISCARD_ALWAYS);
+    return zero_or_discard(bs, offset, bytes, false, true, true, dt);
 }
 
 static int coroutine_fn write_compressed_cluster(BlockNode *bs,

@@ -390,6 +390,7 @@ static void qcow2_free_state(Qcow2State *s)
     s->l2_cache = s->refcount_cache = NULL;
     g_free(s->l1_table);
     g_free(s->refcount_table);
+    qcow2_discard_queue_free(s);
     g_free(s->backing_file);
     g_free(s->backing_format);
     g_free(s->data_file_name);
@@ -1040,7 +1041,8 @@ static int coroutine_fn qcow2_co_truncate(BlockNode *bs, int64_t offset,
         /* Whole clusters past the new end go; the last one stays. */
         uint64_t from = ROUND_UP(new_size, s->cluster_size);
         if (from < s->size) {
-            ret = qcow2_discard_tail(bs, from, s->size - from);
+            ret = qcow2_discard_range(bs, from, s->size - from,
+                                      QCOW2_DISCARD_ALWAYS);
             if (ret < 0) {
                 error_setg_errno(errp, -ret, "Failed to discard cropped "
                                  "clusters");
@@ -1214,36 +1216,6 @@ static int coroutine_fn qcow2_co_check(BlockNode *bs, BlockCheckResult *res,
         }
     }
     co_mutex_unlock(&s->lock);
-    return ret;
-}
-
-/*
- * Every cluster mapping goes (not zero clusters: the data must come from
- * the backing file again).  QEMU rebuilds a minimal image when it can;
- * dropping the mappings reads the same.
- */
-static int coroutine_fn qcow2_make_empty(BlockNode *bs, GError **errp)
-{
-    Qcow2State *s = bs->opaque;
-    int ret;
-
-    if (s->corrupt) {
-        error_setg(errp, "Image is corrupt");
-        return -ENOMEDIUM;
-    }
-    co_mutex_lock(&s->lock);
-    qcow2_wait_inflight(bs, 0, UINT64_MAX);
-    ret = qcow2_discard_tail(bs, 0, s->size);
-    if (ret >= 0) {
-        ret = qcow2_cache_flush(s->l2_cache);
-    }
-    if (ret >= 0) {
-        ret = qcow2_cache_flush(s->refcount_cache);
-    }
-    co_mutex_unlock(&s->lock);
-    if (ret < 0) {
-        error_setg_errno(errp, -ret, "Could not empty the image");
-    }
     return ret;
 }
 

@@ -55,6 +55,15 @@ typedef enum {
     QCOW2_SC_INVALID,        /* the entry breaks the format's rules */
 } Qcow2SubclusterType;
 
+/* Why a cluster is freed: decides whether the file gets a discard. */
+typedef enum {
+    QCOW2_DISCARD_NEVER,
+    QCOW2_DISCARD_ALWAYS,
+    QCOW2_DISCARD_REQUEST,   /* the guest discarded */
+    QCOW2_DISCARD_SNAPSHOT,  /* a snapshot was deleted */
+    QCOW2_DISCARD_OTHER,     /* metadata moved, COW replaced it, ... */
+} Qcow2DiscardType;
+
 /* A header extension we do not know, kept to write it back unchanged. */
 typedef struct Qcow2UnknownExt {
     uint32_t magic;
@@ -134,6 +143,13 @@ typedef struct Qcow2State {
     bool discard_passthrough_snapshot;
     bool discard_passthrough_other;
     bool discard_no_unref;
+    /*
+     * Freed host clusters waiting to be discarded in the file, merged
+     * into runs (Qcow2Discard), and how many batches are open: the queue
+     * is sent when the last batch ends (qcow2-refcount.c).
+     */
+    GArray *discards;
+    unsigned discard_batch;
     /* Block status: is the image preallocated=metadata (asked once)? */
     bool metadata_prealloc_checked;
     bool metadata_prealloc;
@@ -228,9 +244,17 @@ int coroutine_fn qcow2_co_pwritev_compressed(BlockNode *bs, int64_t offset,
 /* Make [from, to) read as zeroes whatever lies below; lock held. */
 int coroutine_fn qcow2_zero_new_area(BlockNode *bs, uint64_t from,
                                      uint64_t to);
-/* Drop every cluster of the range (shrinking the image); lock held. */
-int coroutine_fn qcow2_discard_tail(BlockNode *bs, uint64_t offset,
-                                    uint64_t bytes);
+/*
+ * Drop every cluster mapping of the range (shrinking or emptying the
+ * image): entries become 0 whatever lies below; lock held.
+ */
+int coroutine_fn qcow2_discard_range(BlockNode *bs, uint64_t offset,
+                                     uint64_t bytes, Qcow2DiscardType dt);
+
+/* ---- qcow2-empty.c ---- */
+
+/* BlockDriver.make_empty: drop every mapping, QEMU's layout after. */
+int coroutine_fn qcow2_make_empty(BlockNode *bs, GError **errp);
 
 /* Clusters one allocating write handles at most (per L2 table). */
 #define QCOW2_MAX_RUN 256
@@ -281,15 +305,6 @@ int coroutine_fn qcow2_grow_l1(BlockNode *bs, uint32_t min_size);
 
 /* ---- qcow2-refcount.c ---- */
 
-/* Why a cluster is freed: decides whether the file gets a discard. */
-typedef enum {
-    QCOW2_DISCARD_NEVER,
-    QCOW2_DISCARD_ALWAYS,
-    QCOW2_DISCARD_REQUEST,   /* the guest discarded */
-    QCOW2_DISCARD_SNAPSHOT,  /* a snapshot was deleted */
-    QCOW2_DISCARD_OTHER,     /* metadata moved, COW replaced it, ... */
-} Qcow2DiscardType;
-
 int coroutine_fn qcow2_get_refcount(BlockNode *bs, uint64_t cluster,
                                     uint64_t *refcount);
 /* Entry i of a refcount block whose entries are 2^order bits wide. */
@@ -314,6 +329,19 @@ int coroutine_fn qcow2_end_of_used(BlockNode *bs, bool with_file,
 int coroutine_fn qcow2_update_cluster_refcount(BlockNode *bs, uint64_t cluster,
                                                int addend,
                                                Qcow2DiscardType dt);
+
+/*
+ * Batch the file discards of clusters freed until the matching end: runs
+ * of freed clusters are sent as one request each, after the caller has
+ * written what stopped pointing at them.  Batches nest; outside any batch
+ * each change of refcounts sends its own discards when it is done.  end
+ * with ret < 0 drops the queue (the clusters stay free, only their old
+ * contents stay too).  Lock held.
+ */
+void qcow2_discard_batch_begin(BlockNode *bs);
+void coroutine_fn qcow2_discard_batch_end(BlockNode *bs, int ret);
+/* Forget queued discards (closing). */
+void qcow2_discard_queue_free(Qcow2State *s);
 
 /* ---- qcow2-check.c ---- */
 
