@@ -312,6 +312,50 @@ int coroutine_fn qcow2_update_cluster_refcount(BlockNode *bs, uint64_t cluster,
                                                int addend,
                                                Qcow2DiscardType dt);
 
+/* Entry i of a refcount block buffer (any width). */
+uint64_t qcow2_rb_get(const Qcow2State *s, const void *rb, uint64_t i);
+void qcow2_rb_set(const Qcow2State *s, void *rb, uint64_t i, uint64_t v);
+
+/* ---- qcow2-meta-txn.c ---- */
+
+/*
+ * A second view of the metadata, built in free clusters and switched to
+ * with one header write (see the file for why).  Lock held throughout.
+ */
+typedef struct Qcow2MetaTxn Qcow2MetaTxn;
+/* The header fields of the new view (the refcount table's are added). */
+typedef struct Qcow2TxnHeader {
+    uint64_t size;
+    uint32_t l1_size;
+    uint64_t l1_table_offset;
+    uint32_t nb_snapshots;
+    uint64_t snapshots_offset;
+} Qcow2TxnHeader;
+Qcow2MetaTxn *qcow2_txn_new(BlockNode *bs);
+void qcow2_txn_free(Qcow2MetaTxn *t);
+/* The cluster's refcount in the new view. */
+int coroutine_fn qcow2_txn_get_refcount(Qcow2MetaTxn *t, uint64_t cluster,
+                                        uint64_t *rc);
+int coroutine_fn qcow2_txn_add(Qcow2MetaTxn *t, uint64_t cluster, int delta);
+/* Lower by one the refcount of every cluster of the range. */
+int coroutine_fn qcow2_txn_free_range(Qcow2MetaTxn *t, uint64_t offset,
+                                      uint64_t bytes);
+/* n contiguous clusters free in both views, refcount 1 in the new one. */
+int coroutine_fn qcow2_txn_alloc(Qcow2MetaTxn *t, uint64_t n,
+                                 uint64_t *offset);
+/* Write buf (taken over, g_free'd) at offset before the switch. */
+void qcow2_txn_queue_write(Qcow2MetaTxn *t, uint64_t offset, void *buf,
+                           uint64_t len);
+/*
+ * Write the new view, flush, switch the header, flush.  On success the
+ * in-memory refcount table and caches describe the new view; the caller
+ * updates the rest (L1, snapshots, size) whenever *switched, even if the
+ * final flush failed.  Without *switched the old view is unchanged on disk
+ * and in memory.
+ */
+int coroutine_fn qcow2_txn_commit(Qcow2MetaTxn *t, const Qcow2TxnHeader *h,
+                                  bool *switched);
+
 /* ---- qcow2-check.c ---- */
 
 /*
