@@ -23,7 +23,7 @@
 
 /* ---- Entries of a refcount block (big endian, 1 to 64 bits wide) ---- */
 
-uint64_t qcow2_rb_get(const Qcow2State *s, const void *rb, uint64_t i)
+static uint64_t rb_get(const Qcow2State *s, const void *rb, uint64_t i)
 {
     const uint8_t *p = rb;
 
@@ -38,7 +38,7 @@ uint64_t qcow2_rb_get(const Qcow2State *s, const void *rb, uint64_t i)
     }
 }
 
-void qcow2_rb_set(const Qcow2State *s, void *rb, uint64_t i, uint64_t v)
+static void rb_set(const Qcow2State *s, void *rb, uint64_t i, uint64_t v)
 {
     uint8_t *p = rb;
     unsigned shift, mask;
@@ -87,7 +87,7 @@ int coroutine_fn qcow2_get_refcount(BlockNode *bs, uint64_t cluster,
     if (ret < 0) {
         return ret;
     }
-    *refcount = qcow2_rb_get(s, rb, cluster & (s->refcount_block_size - 1));
+    *refcount = rb_get(s, rb, cluster & (s->refcount_block_size - 1));
     qcow2_cache_put(s->refcount_cache, &rb);
     return 0;
 }
@@ -230,7 +230,7 @@ static int coroutine_fn ensure_refblock(BlockNode *bs, uint64_t rt_index)
     }
     memset(rb, 0, s->cluster_size);
     if (self) {
-        qcow2_rb_set(s, rb, c & (s->refcount_block_size - 1), 1);
+        rb_set(s, rb, c & (s->refcount_block_size - 1), 1);
     }
     qcow2_cache_mark_dirty(s->refcount_cache, rb);
     qcow2_cache_put(s->refcount_cache, &rb);
@@ -349,7 +349,7 @@ static int coroutine_fn grow_reftable(BlockNode *bs, uint64_t need_index)
             continue;
         }
         uint64_t bi = ((table[r] >> s->cluster_bits) - start);
-        qcow2_rb_set(s, blocks + bi * s->cluster_size,
+        rb_set(s, blocks + bi * s->cluster_size,
                c & (s->refcount_block_size - 1), 1);
     }
 
@@ -497,7 +497,7 @@ static int coroutine_fn update_refcount(BlockNode *bs, uint64_t offset,
         }
 
         uint64_t i = c & (s->refcount_block_size - 1);
-        uint64_t rc = qcow2_rb_get(s, rb, i);
+        uint64_t rc = rb_get(s, rb, i);
         if (decrease ? rc < addend : s->refcount_max - rc < addend) {
             qcow2_cache_put(s->refcount_cache, &rb);
             if (decrease) {
@@ -509,7 +509,7 @@ static int coroutine_fn update_refcount(BlockNode *bs, uint64_t offset,
             return -ERANGE;
         }
         rc = decrease ? rc - addend : rc + addend;
-        qcow2_rb_set(s, rb, i, rc);
+        rb_set(s, rb, i, rc);
         qcow2_cache_mark_dirty(s->refcount_cache, rb);
         if (rc == 0 && c < s->free_cluster_index) {
             s->free_cluster_index = c;
@@ -682,4 +682,15 @@ int coroutine_fn qcow2_alloc_bytes(BlockNode *bs, uint64_t size,
     }
     *offset = off;
     return 0;
+}
+
+/* For code that builds refcount blocks outside the cache (qcow2-meta-txn.c). */
+uint64_t qcow2_rb_get(const Qcow2State *s, const void *rb, uint64_t i)
+{
+    return rb_get(s, rb, i);
+}
+
+void qcow2_rb_set(const Qcow2State *s, void *rb, uint64_t i, uint64_t v)
+{
+    rb_set(s, rb, i, v);
 }

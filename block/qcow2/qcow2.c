@@ -435,12 +435,10 @@ static void coroutine_fn close_co(void *opaque)
 
     /* A corrupt image gets no more metadata writes. */
     if (!bs->read_only && !s->corrupt) {
-        f->ret = qcow2_cache_flush(s->l2_cache);
+        f->ret = s->dirty_set_by_us ? qcow2_mark_clean(bs)
+                                    : qcow2_cache_flush(s->l2_cache);
         if (f->ret >= 0) {
             f->ret = qcow2_cache_flush(s->refcount_cache);
-        }
-        if (f->ret >= 0 && s->dirty_set_by_us) {
-            qcow2_clear_incompat_bit(bs, QCOW2_INCOMPAT_DIRTY);
         }
     }
 }
@@ -473,10 +471,23 @@ static void coroutine_fn reopen_flush_co(void *opaque)
     Qcow2State *s = r->bs->opaque;
 
     co_mutex_lock(&s->lock);
-    r->ret = qcow2_cache_flush(s->l2_cache);
+    /* Going read-only: a dirty bit we set goes too (QEMU inactivates). */
+    r->ret = s->dirty_set_by_us ? qcow2_mark_clean(r->bs)
+                                : qcow2_cache_flush(s->l2_cache);
     if (r->ret >= 0) {
         r->ret = qcow2_cache_flush(s->refcount_cache);
     }
+    co_mutex_unlock(&s->lock);
+}
+
+/* Lazy refcounts turned off: the image must not stay dirty (as QEMU). */
+static void coroutine_fn reopen_clean_co(void *opaque)
+{
+    ReopenCo *r = opaque;
+    Qcow2State *s = r->bs->opaque;
+
+    co_mutex_lock(&s->lock);
+    r->ret = qcow2_mark_clean(r->bs);
     co_mutex_unlock(&s->lock);
 }
 
@@ -506,6 +517,19 @@ static int qcow2_reopen_prepare(ReopenState *rs, GError **errp)
         if (r.ret < 0) {
             error_setg_errno(errp, -r.ret, "Could not flush the metadata "
                              "caches");
+            g_free(n);
+            return r.ret;
+        }
+    }
+    if (!n->lazy_refcounts && s->dirty_set_by_us && !s->corrupt) {
+        ReopenCo r = { .bs = rs->bs };
+        if (in_coroutine()) {
+            reopen_clean_co(&r);
+        } else {
+            co_run_sync(reopen_clean_co, &r);
+        }
+        if (r.ret < 0) {
+            error_setg_errno(errp, -r.ret, "Could not mark the image clean");
             g_free(n);
             return r.ret;
         }
@@ -819,7 +843,8 @@ static int coroutine_fn qcow2_co_flush_to_os(BlockNode *bs)
     }
     co_mutex_lock(&s->lock);
     ret = qcow2_cache_write(s->l2_cache);
-    if (ret >= 0) {
+    /* A dirty image keeps its refcounts for close (lazy refcounts). */
+    if (ret >= 0 && !(s->incompatible_features & QCOW2_INCOMPAT_DIRTY)) {
         ret = qcow2_cache_write(s->refcount_cache);
     }
     co_mutex_unlock(&s->lock);
@@ -1089,6 +1114,8 @@ static int coroutine_fn qcow2_co_check(BlockNode *bs, BlockCheckResult *res,
         s->version >= 3) {
         ret = qcow2_clear_incompat_bit(bs, QCOW2_INCOMPAT_DIRTY);
         if (ret >= 0) {
+            s->dirty_set_by_us = false;
+            qcow2_cache_set_dependency(s->l2_cache, s->refcount_cache);
             ret = qcow2_clear_incompat_bit(bs, QCOW2_INCOMPAT_CORRUPT);
         }
         if (ret >= 0) {

@@ -122,7 +122,7 @@ typedef struct Qcow2State {
     CoMutex lock;
     GList *inflight;                 /* allocating writes (qcow2-write.c) */
     bool lazy_refcounts;             /* option, default from the header */
-    bool dirty_set_by_us;            /* we set the dirty bit on open */
+    bool dirty_set_by_us;            /* we set the dirty bit (lazy) */
     bool corrupt;                    /* marked corrupt: read-only from now */
     uint64_t l2_cache_bytes;
     uint64_t refcount_cache_bytes;
@@ -194,6 +194,13 @@ int coroutine_fn qcow2_read_header(BlockNode *bs, json_t *options, int flags,
 /* Set or clear an incompatible feature bit in the header on disk. */
 int coroutine_fn qcow2_set_incompat_bit(BlockNode *bs, uint64_t bit);
 int coroutine_fn qcow2_clear_incompat_bit(BlockNode *bs, uint64_t bit);
+/*
+ * Lazy refcounts: set the dirty bit (and drop the L2-after-refcount
+ * ordering) before the first allocation; mark_clean writes both caches
+ * and clears it.  Lock held.
+ */
+int coroutine_fn qcow2_mark_dirty(BlockNode *bs);
+int coroutine_fn qcow2_mark_clean(BlockNode *bs);
 /* "Marking image as corrupt: ..." and the corrupt bit, like QEMU. */
 void coroutine_fn qcow2_signal_corruption(BlockNode *bs, bool fatal,
                                           int64_t offset, int64_t size,
