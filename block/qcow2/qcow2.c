@@ -1048,10 +1048,9 @@ static int64_t qcow2_get_allocated_file_size(BlockNode *bs)
 static int qcow2_get_info(BlockNode *bs, BlockDriverInfo *bdi)
 {
     Qcow2State *s = bs->opaque;
-    uint64_t l2_span = 1ull << (s->l2_bits + s->cluster_bits);
 
     bdi->cluster_size = (int64_t)s->cluster_size;
-    bdi->vm_state_offset = (int64_t)(DIV_ROUND_UP(s->size, l2_span) * l2_span);
+    bdi->vm_state_offset = qcow2_vm_state_offset(s);
     bdi->is_dirty = s->incompatible_features & QCOW2_INCOMPAT_DIRTY;
     return 0;
 }
@@ -1179,6 +1178,8 @@ const BlockDriver bdrv_qcow2 = {
     .reopen_commit = qcow2_reopen_commit,
     .reopen_abort = qcow2_reopen_abort,
     .co_preadv = qcow2_co_preadv,
+    .co_load_vmstate = qcow2_co_load_vmstate,
+    .co_save_vmstate = qcow2_co_save_vmstate,
     .co_pwritev = qcow2_co_pwritev,
     .co_pwritev_compressed = qcow2_co_pwritev_compressed,
     .co_pwrite_zeroes = qcow2_co_pwrite_zeroes,

@@ -186,6 +186,15 @@ int qcow2_snapshot_list(BlockNode *bs, SnapshotInfo **list);
 int coroutine_fn qcow2_snapshot_load_tmp(BlockNode *bs, const char *id,
                                          const char *name, GError **errp);
 
+/* ---- qcow2-vmstate.c ---- */
+
+/* Where the VM state area starts in the guest address space. */
+int64_t qcow2_vm_state_offset(const Qcow2State *s);
+int coroutine_fn qcow2_co_save_vmstate(BlockNode *bs, IOVec *qiov,
+                                       int64_t pos);
+int coroutine_fn qcow2_co_load_vmstate(BlockNode *bs, IOVec *qiov,
+                                       int64_t pos);
+
 /* ---- qcow2-header.c ---- */
 
 /* Read, check and load the header and its extensions into s. */
