@@ -451,6 +451,28 @@ static int find_by_name(Qcow2State *s, const char *name)
 }
 
 /*
+ * A snapshot's L1 table must be usable before anything relies on it
+ * (QEMU's qcow2_validate_table, iotest 080): not too large (-EFBIG), and
+ * at a cluster-aligned offset whose end fits in an int64_t (-EINVAL).
+ */
+static int validate_sn_l1(const Qcow2State *s, const Qcow2Snapshot *sn,
+                          GError **errp)
+{
+    uint64_t bytes = (uint64_t)sn->l1_size * 8;
+
+    if (bytes > QCOW2_MAX_L1_BYTES) {
+        error_setg(errp, "Snapshot L1 table too large");
+        return -EFBIG;
+    }
+    if ((uint64_t)INT64_MAX - bytes < sn->l1_table_offset ||
+        qcow2_offset_into_cluster(s, sn->l1_table_offset)) {
+        error_setg(errp, "Snapshot L1 table offset invalid");
+        return -EINVAL;
+    }
+    return 0;
+}
+
+/*
  * Create: the snapshot's L1 table is a copy of the active one; everything
  * the active table reaches gains a reference (the snapshot's), so its
  * COPIED flags all go.  Active L2 tables with COPIED entries are replaced
@@ -501,6 +523,40 @@ static int coroutine_fn do_create(BlockNode *bs, const SnapshotInfo *info,
         goto fail;
     }
     t = qcow2_txn_new(bs);
+    /*
+     * The snapshot's L1 table and the new snapshot table take the first
+     * free clusters, where QEMU puts them (tests poke them there); the
+     * copies only this design needs come after.
+     */
+    if (n) {
+        ret = qcow2_txn_alloc(t, qcow2_size_to_clusters(s, (uint64_t)n * 8),
+                              &sn_l1_offset);
+        if (ret < 0) {
+            goto fail;
+        }
+    }
+    sns = g_new0(Qcow2Snapshot, s->nb_snapshots + 1);
+    if (s->nb_snapshots) {
+        memcpy(sns, s->snapshots, s->nb_snapshots * sizeof(*sns));
+    }
+    Qcow2Snapshot *sn = &sns[s->nb_snapshots];
+    sn->id_str = g_strdup(id);
+    sn->name = g_strdup(info->name);
+    sn->l1_table_offset = sn_l1_offset;
+    sn->l1_size = n;
+    sn->date_sec = info->date_sec;
+    sn->date_nsec = info->date_nsec;
+    sn->vm_clock_nsec = info->vm_clock_nsec;
+    sn->vm_state_size = info->vm_state_size;
+    sn->disk_size = s->size;
+    sn->icount = info->icount;
+    sn->extra_size = SN_EXTRA_SIZE;
+    ret = txn_write_table(bs, t, s->nb_snapshots + 1, sns, &table_offset,
+                          &table_size);
+    if (ret < 0) {
+        goto fail;
+    }
+
     l1 = g_new0(uint64_t, MAX(n, 1));
     for (uint32_t i = 0; i < n; i++) {
         l1[i] = s->l1_table[i] & L1E_OFFSET_MASK;
@@ -528,33 +584,15 @@ static int coroutine_fn do_create(BlockNode *bs, const SnapshotInfo *info,
         for (uint32_t i = 0; i < n; i++) {
             sn_l1[i] = l1[i] & ~QCOW_OFLAG_COPIED;
         }
-        ret = txn_write_l1(bs, t, sn_l1, n, &sn_l1_offset);
+        uint64_t *be = g_new(uint64_t, MAX(n, 1));
+        for (uint32_t i = 0; i < n; i++) {
+            be[i] = htobe64(sn_l1[i]);
+        }
+        qcow2_txn_queue_write(t, sn_l1_offset, be, (uint64_t)n * 8);
     }
     if (ret >= 0) {
         ret = txn_active_l1(bs, t, l1, n, &l1_offset);
     }
-    if (ret < 0) {
-        goto fail;
-    }
-
-    sns = g_new0(Qcow2Snapshot, s->nb_snapshots + 1);
-    if (s->nb_snapshots) {
-        memcpy(sns, s->snapshots, s->nb_snapshots * sizeof(*sns));
-    }
-    Qcow2Snapshot *sn = &sns[s->nb_snapshots];
-    sn->id_str = g_strdup(id);
-    sn->name = g_strdup(info->name);
-    sn->l1_table_offset = sn_l1_offset;
-    sn->l1_size = n;
-    sn->date_sec = info->date_sec;
-    sn->date_nsec = info->date_nsec;
-    sn->vm_clock_nsec = info->vm_clock_nsec;
-    sn->vm_state_size = info->vm_state_size;
-    sn->disk_size = s->size;
-    sn->icount = info->icount;
-    sn->extra_size = SN_EXTRA_SIZE;
-    ret = txn_write_table(bs, t, s->nb_snapshots + 1, sns, &table_offset,
-                          &table_size);
     if (ret >= 0) {
         Qcow2TxnHeader h = {
             .size = s->size, .l1_size = n, .l1_table_offset = l1_offset,
@@ -564,9 +602,6 @@ static int coroutine_fn do_create(BlockNode *bs, const SnapshotInfo *info,
         ret = qcow2_txn_commit(t, &h, &switched);
     }
     if (!switched) {
-        g_free(sn->id_str);
-        g_free(sn->name);
-        g_free(sns);
         goto fail;
     }
     set_active_l1(s, l1, n, l1_offset);
@@ -583,6 +618,11 @@ static int coroutine_fn do_create(BlockNode *bs, const SnapshotInfo *info,
     return ret;
 
 fail:
+    if (sns) {
+        g_free(sns[s->nb_snapshots].id_str);
+        g_free(sns[s->nb_snapshots].name);
+        g_free(sns);
+    }
     g_free(l1);
     g_free(sn_l1);
     qcow2_txn_free(t);
@@ -615,9 +655,15 @@ static int coroutine_fn do_goto(BlockNode *bs, const char *id_or_name,
         return -ENOENT;
     }
     Qcow2Snapshot *sn = &s->snapshots[i];
-    if (sn->bad_l1) {
-        error_setg(errp, "Snapshot L1 table offset invalid");
-        return -EFBIG;
+    GError *invalid = NULL;
+    ret = validate_sn_l1(s, sn, &invalid);
+    if (ret < 0) {
+        /* QEMU reports the reason on its own line, then the errno. */
+        warn_print("%s: %s", g_get_prgname() ? g_get_prgname() : "strata",
+                   invalid->message);
+        g_error_free(invalid);
+        error_setg_errno(errp, -ret, "Failed to load snapshot");
+        return ret;
     }
     /* The L1 size the snapshot's disk size needs, at least. */
     uint64_t need = DIV_ROUND_UP(sn->disk_size, l2_span);
@@ -705,9 +751,9 @@ static int coroutine_fn do_delete(BlockNode *bs, const char *id,
         return -ENOENT;
     }
     Qcow2Snapshot sn = s->snapshots[i];
-    if (sn.bad_l1) {
-        error_setg(errp, "Snapshot L1 table offset invalid");
-        return -EFBIG;
+    ret = validate_sn_l1(s, &sn, errp);
+    if (ret < 0) {
+        return ret;
     }
 
     ret = flush_caches(s);
@@ -857,9 +903,9 @@ int coroutine_fn qcow2_snapshot_load_tmp(BlockNode *bs, const char *id,
         return -ENOENT;
     }
     Qcow2Snapshot *sn = &s->snapshots[i];
-    if (sn->bad_l1) {
-        error_setg(errp, "Snapshot L1 table offset invalid");
-        return -EFBIG;
+    ret = validate_sn_l1(s, sn, errp);
+    if (ret < 0) {
+        return ret;
     }
     co_mutex_lock(&s->lock);
     ret = load_l1(bs, sn->l1_table_offset, sn->l1_size, &l1);

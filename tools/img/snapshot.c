@@ -153,8 +153,9 @@ int img_snapshot(int argc, char **argv)
         co.sn.icount = 0;
         co_run_sync(snap_co, &co);
         if (co.ret < 0) {
-            tool_error("Could not create snapshot '%s': %s", name,
-                       co.err ? co.err->message : g_strerror(-co.ret));
+            /* qemu-img has only the errno here. */
+            tool_error("Could not create snapshot '%s': %d (%s)", name,
+                       co.ret, g_strerror(-co.ret));
             ret = 1;
         }
         break;
