@@ -326,17 +326,8 @@ static int coroutine_fn mark_clean(BlockNode *bs)
     int ret;
 
     co_mutex_lock(&s->lock);
-    ret = qcow2_cache_flush(s->l2_cache);
-    if (ret >= 0) {
-        ret = qcow2_cache_flush(s->refcount_cache);
-    }
+    ret = qcow2_mark_clean(bs);
     co_mutex_unlock(&s->lock);
-    if (ret >= 0 && s->version >= 3) {
-        ret = qcow2_clear_incompat_bit(bs, QCOW2_INCOMPAT_DIRTY);
-    }
-    if (ret >= 0) {
-        s->dirty_set_by_us = false;
-    }
     return ret;
 }
 

@@ -911,8 +911,25 @@ static int coroutine_fn build_image(Q2Create *s, const Qcow2CreateParams *o,
     s->sc_size = o->extl2 ? s->cs / QCOW2_SUBCLUSTERS : s->cs;
     s->l2 = g_hash_table_new_full(g_direct_hash, g_direct_equal, NULL, g_free);
 
-    /* The bare header, then a refcount table whose block covers nothing. */
+    /*
+     * The bare header first, as QEMU writes it (an empty image: size 0, no
+     * L1 table), with a refcount table and a block that already count
+     * these three clusters.  Whatever interrupts the creation from here on
+     * leaves a file that is recognisably qcow2 and at worst leaks: the
+     * header is rewritten last, and the clusters written until then are
+     * not referenced by it.  The final bytes are the same either way.
+     */
+    s->rt_size = s->cs / 8;
+    s->rt_offset = s->cs;
     buf = g_malloc0(s->cs * 3);
+    if (build_header(s, o, false, buf)) {
+        memset(buf + offsetof(Qcow2DiskHeader, size), 0, 8);
+        for (uint64_t j = 0; j < 3; j++) {
+            rc_write(s, buf + 2 * s->cs, j, 1);
+        }
+    } else {
+        memset(buf, 0, s->cs);     /* reported when the header is built */
+    }
     be = htobe64(2 * s->cs);
     memcpy(buf + s->cs, &be, 8);
     ret = write_at(s->blk, &s->len, 0, buf, s->cs * 3);
@@ -920,8 +937,6 @@ static int coroutine_fn build_image(Q2Create *s, const Qcow2CreateParams *o,
         error_setg_errno(errp, -ret, "Could not write qcow2 header");
         return ret;
     }
-    s->rt_size = s->cs / 8;
-    s->rt_offset = s->cs;
     s->reftable = g_new0(uint64_t, s->rt_size);
     s->refblocks = g_new0(uint8_t *, s->rt_size);
     s->reftable[0] = 2 * s->cs;

@@ -514,6 +514,52 @@ int coroutine_fn qcow2_clear_incompat_bit(BlockNode *bs, uint64_t bit)
     return write_incompat(bs, s->incompatible_features & ~bit);
 }
 
+/*
+ * Lazy refcounts: from the first allocation on, L2 tables may reach the
+ * disk before the refcounts of the clusters they point at, so the image
+ * is marked dirty first (on disk, after everything before it), and a
+ * crash leaves an image that says it needs a repair.
+ */
+int coroutine_fn qcow2_mark_dirty(BlockNode *bs)
+{
+    Qcow2State *s = bs->opaque;
+    int ret;
+
+    if (!s->lazy_refcounts || s->version < 3 ||
+        (s->incompatible_features & QCOW2_INCOMPAT_DIRTY)) {
+        return 0;
+    }
+    ret = node_co_flush(bs->file->bs);
+    if (ret >= 0) {
+        ret = qcow2_set_incompat_bit(bs, QCOW2_INCOMPAT_DIRTY);
+    }
+    if (ret < 0) {
+        return ret;
+    }
+    s->dirty_set_by_us = true;
+    qcow2_cache_set_dependency(s->l2_cache, NULL);
+    return 0;
+}
+
+/* Refcounts on disk again: the ordering returns and the bit goes. */
+int coroutine_fn qcow2_mark_clean(BlockNode *bs)
+{
+    Qcow2State *s = bs->opaque;
+    int ret = qcow2_cache_flush(s->l2_cache);
+
+    if (ret >= 0) {
+        ret = qcow2_cache_flush(s->refcount_cache);
+    }
+    if (ret >= 0 && s->version >= 3) {
+        ret = qcow2_clear_incompat_bit(bs, QCOW2_INCOMPAT_DIRTY);
+    }
+    if (ret >= 0) {
+        s->dirty_set_by_us = false;
+        qcow2_cache_set_dependency(s->l2_cache, s->refcount_cache);
+    }
+    return ret;
+}
+
 void coroutine_fn qcow2_signal_corruption(BlockNode *bs, bool fatal,
                                           int64_t offset, int64_t size,
                                           const char *fmt, ...)

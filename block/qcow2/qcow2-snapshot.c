@@ -44,6 +44,8 @@ int coroutine_fn qcow2_read_snapshot_table(BlockNode *bs, GError **errp)
         Qcow2Snapshot *sn = &s->snapshots[i];
         Qcow2DiskSnapshot h;
 
+        /* Entries start 8-aligned; the last one is not padded. */
+        offset = ROUND_UP(offset, 8);
         ret = child_co_pread(bs->file, (int64_t)offset, sizeof(h), &h, 0);
         if (ret < 0) {
             goto fail;
@@ -92,7 +94,7 @@ int coroutine_fn qcow2_read_snapshot_table(BlockNode *bs, GError **errp)
         if (ret < 0) {
             goto fail;
         }
-        offset = ROUND_UP(offset + id_len + name_len, 8);
+        offset += id_len + name_len;
         if (offset - s->snapshots_offset > QCOW2_MAX_SNAPSHOTS * 1024ull) {
             error_setg(errp, "Snapshot table too large");
             ret = -EFBIG;
@@ -114,9 +116,11 @@ out:
     return ret;
 }
 
-/* Serialise the table (entries in order, each padded to 8 bytes). */
-static GByteArray *build_table(Qcow2State *s, uint32_t n,
-                               const Qcow2Snapshot *sns)
+/*
+ * Serialise the table as QEMU lays it out: each entry starts on an 8-byte
+ * boundary, and the table ends where its last entry ends (no padding).
+ */
+static GByteArray *build_table(uint32_t n, const Qcow2Snapshot *sns)
 {
     GByteArray *b = g_byte_array_new();
     static const uint8_t zero[8];
@@ -145,79 +149,41 @@ static GByteArray *build_table(Qcow2State *s, uint32_t n,
         x->disk_size = htobe64(sn->disk_size);
         x->icount = htobe64(sn->icount);
 
+        g_byte_array_append(b, zero, (8 - b->len % 8) % 8);
         g_byte_array_append(b, (const uint8_t *)&h, sizeof(h));
         g_byte_array_append(b, extra, extra_size);
         g_byte_array_append(b, (const uint8_t *)sn->id_str,
                             (guint)strlen(sn->id_str));
         g_byte_array_append(b, (const uint8_t *)sn->name,
                             (guint)strlen(sn->name));
-        g_byte_array_append(b, zero, (8 - b->len % 8) % 8);
         g_free(extra);
     }
-    (void)s;
     return b;
 }
 
 /*
- * Write a new snapshot table of n entries into fresh clusters, switch the
- * header to it (count and offset in one write), then free the old one.
+ * The new snapshot table (n entries) in fresh clusters of the
+ * transaction; the old one is freed in the new view.
  */
-static int coroutine_fn write_table(BlockNode *bs, uint32_t n,
-                                    const Qcow2Snapshot *sns)
+static int coroutine_fn txn_write_table(BlockNode *bs, Qcow2MetaTxn *t,
+                                        uint32_t n, const Qcow2Snapshot *sns,
+                                        uint64_t *offset, uint64_t *size)
 {
     Qcow2State *s = bs->opaque;
-    GByteArray *b = build_table(s, n, sns);
-    uint64_t new_offset = 0, clusters = 0;
-    int ret = 0;
+    GByteArray *b = build_table(n, sns);
+    int ret = qcow2_txn_free_range(t, s->snapshots_offset, s->snapshots_size);
 
-    if (b->len) {
-        clusters = qcow2_size_to_clusters(s, b->len);
-        ret = qcow2_alloc_clusters(bs, clusters, &new_offset);
+    *offset = 0;
+    *size = b->len;
+    if (ret >= 0 && b->len) {
+        ret = qcow2_txn_alloc(t, qcow2_size_to_clusters(s, b->len), offset);
         if (ret >= 0) {
-            ret = qcow2_cache_flush(s->refcount_cache);
-        }
-        if (ret >= 0) {
-            ret = qcow2_check_overlap(bs, 0, new_offset, b->len);
-        }
-        if (ret >= 0) {
-            ret = child_co_pwrite(bs->file, (int64_t)new_offset, b->len,
-                                  b->data, 0);
-        }
-        if (ret >= 0) {
-            ret = node_co_flush(bs->file->bs);
+            qcow2_txn_queue_write(t, *offset, g_byte_array_steal(b, NULL),
+                                  *size);
         }
     }
-    if (ret >= 0) {
-        struct __attribute__((packed)) {
-            uint32_t nb;
-            uint64_t offset;
-        } h = { htobe32(n), htobe64(new_offset) };
-        ret = child_co_pwrite(bs->file,
-                              offsetof(Qcow2DiskHeader, nb_snapshots),
-                              sizeof(h), &h, 0);
-    }
-    if (ret >= 0) {
-        ret = node_co_flush(bs->file->bs);
-    }
-    if (ret < 0) {
-        if (clusters) {
-            qcow2_free_clusters(bs, new_offset,
-                                clusters << s->cluster_bits,
-                                QCOW2_DISCARD_NEVER);
-        }
-        g_byte_array_free(b, true);
-        return ret;
-    }
-    uint64_t old_offset = s->snapshots_offset, old_size = s->snapshots_size;
-    s->snapshots_offset = new_offset;
-    s->snapshots_size = b->len;
-    s->nb_snapshots = n;
     g_byte_array_free(b, true);
-    if (old_size) {
-        qcow2_free_clusters(bs, old_offset, old_size,
-                            QCOW2_DISCARD_SNAPSHOT);
-    }
-    return 0;
+    return ret;
 }
 
 /* The L1 table at offset (the active one comes from memory). */
@@ -247,11 +213,35 @@ static int coroutine_fn load_l1(BlockNode *bs, uint64_t offset,
     return 0;
 }
 
-static int coroutine_fn change_entry_refcount(BlockNode *bs, uint64_t e,
-                                              int addend)
+/* An L1 table written to fresh clusters of the transaction. */
+static int coroutine_fn txn_write_l1(BlockNode *bs, Qcow2MetaTxn *t,
+                                     const uint64_t *l1, uint32_t n,
+                                     uint64_t *offset)
 {
     Qcow2State *s = bs->opaque;
+    int ret;
 
+    *offset = 0;
+    if (!n) {
+        return 0;
+    }
+    ret = qcow2_txn_alloc(t, qcow2_size_to_clusters(s, (uint64_t)n * 8),
+                          offset);
+    if (ret < 0) {
+        return ret;
+    }
+    uint64_t *be = g_new(uint64_t, n);
+    for (uint32_t i = 0; i < n; i++) {
+        be[i] = htobe64(l1[i]);
+    }
+    qcow2_txn_queue_write(t, *offset, be, (uint64_t)n * 8);
+    return 0;
+}
+
+/* The clusters an L2 entry references gain addend references. */
+static int coroutine_fn entry_refs(Qcow2MetaTxn *t, Qcow2State *s,
+                                   uint64_t e, int addend)
+{
     if (e & QCOW_OFLAG_COMPRESSED) {
         uint64_t coffset = e & s->cluster_offset_mask;
         uint64_t nb = ((e >> s->csize_shift) & s->csize_mask) + 1;
@@ -259,8 +249,7 @@ static int coroutine_fn change_entry_refcount(BlockNode *bs, uint64_t e,
                          (coffset & (QCOW2_COMPRESSED_SECTOR_SIZE - 1));
         for (uint64_t c = coffset >> s->cluster_bits;
              c <= (coffset + csize - 1) >> s->cluster_bits; c++) {
-            int ret = qcow2_update_cluster_refcount(bs, c, addend,
-                                                    QCOW2_DISCARD_SNAPSHOT);
+            int ret = qcow2_txn_add(t, c, addend);
             if (ret < 0) {
                 return ret;
             }
@@ -271,32 +260,32 @@ static int coroutine_fn change_entry_refcount(BlockNode *bs, uint64_t e,
     if (!host || qcow2_has_data_file(s)) {
         return 0;
     }
-    return qcow2_update_cluster_refcount(bs, host >> s->cluster_bits, addend,
-                                         QCOW2_DISCARD_SNAPSHOT);
+    return qcow2_txn_add(t, host >> s->cluster_bits, addend);
 }
 
 /*
- * Add addend (+1, -1 or 0) to the references of everything the L1 table l1
- * reaches, and set the copied flags of its L2 entries and (in l1) of its
- * L1 entries from the resulting refcounts.  QEMU's
- * qcow2_update_snapshot_refcount, on a table in memory.
+ * One L1 table more (+1) or less (-1) uses everything it reaches: each of
+ * its L2 tables and everything each of them references (a refcount counts
+ * the L1 tables through which a cluster is reached, as QEMU counts).
  */
-static int coroutine_fn update_table(BlockNode *bs, uint64_t *l1,
-                                     uint32_t l1_size, int addend,
-                                     bool *l1_changed)
+static int coroutine_fn l1_refs(BlockNode *bs, Qcow2MetaTxn *t,
+                                const uint64_t *l1, uint32_t n, int addend)
 {
     Qcow2State *s = bs->opaque;
     int ret = 0;
 
-    for (uint32_t i = 0; i < l1_size && ret >= 0; i++) {
-        uint64_t l2_offset = l1[i] & L1E_OFFSET_MASK, rc;
+    for (uint32_t i = 0; i < n && ret >= 0; i++) {
+        uint64_t l2_offset = l1[i] & L1E_OFFSET_MASK;
         void *l2;
 
         if (!l2_offset) {
             continue;
         }
         if (qcow2_offset_into_cluster(s, l2_offset)) {
-            ret = -EIO;
+            return -EIO;
+        }
+        ret = qcow2_txn_add(t, l2_offset >> s->cluster_bits, addend);
+        if (ret < 0) {
             break;
         }
         ret = qcow2_cache_get(s->l2_cache, l2_offset, &l2);
@@ -304,95 +293,141 @@ static int coroutine_fn update_table(BlockNode *bs, uint64_t *l1,
             break;
         }
         for (uint64_t j = 0; j < s->l2_size && ret >= 0; j++) {
-            uint64_t e = qcow2_l2_entry(s, l2, (unsigned)j), ne;
-
-            if (addend) {
-                ret = change_entry_refcount(bs, e, addend);
-                if (ret < 0) {
-                    break;
-                }
-            }
-            uint64_t host = e & L2E_OFFSET_MASK;
-            if ((e & QCOW_OFLAG_COMPRESSED) || !host ||
-                qcow2_has_data_file(s)) {
-                continue;
-            }
-            ret = qcow2_get_refcount(bs, host >> s->cluster_bits, &rc);
-            if (ret < 0) {
-                break;
-            }
-            ne = rc == 1 ? e | QCOW_OFLAG_COPIED : e & ~QCOW_OFLAG_COPIED;
-            if (ne != e) {
-                qcow2_set_l2_entry(s, l2, (unsigned)j, ne);
-                qcow2_cache_mark_dirty(s->l2_cache, l2);
-            }
+            ret = entry_refs(t, s, qcow2_l2_entry(s, l2, (unsigned)j),
+                             addend);
         }
         qcow2_cache_put(s->l2_cache, &l2);
-        if (ret < 0) {
-            break;
-        }
-        if (addend) {
-            /* A table that loses its last user must leave the cache. */
-            if (addend < 0) {
-                ret = qcow2_cache_flush(s->l2_cache);
-                if (ret < 0) {
-                    break;
-                }
-            }
-            ret = qcow2_update_cluster_refcount(bs,
-                                                l2_offset >> s->cluster_bits,
-                                                addend,
-                                                QCOW2_DISCARD_SNAPSHOT);
-            if (ret < 0) {
-                break;
-            }
-        }
-        ret = qcow2_get_refcount(bs, l2_offset >> s->cluster_bits, &rc);
-        if (ret < 0) {
-            break;
-        }
-        uint64_t nl1 = rc == 1 ? l1[i] | QCOW_OFLAG_COPIED
-                               : l1[i] & ~QCOW_OFLAG_COPIED;
-        if (nl1 != l1[i]) {
-            l1[i] = nl1;
-            *l1_changed = true;
-        }
-    }
-    /* The tables' new flags reach the disk before we go on. */
-    if (ret >= 0) {
-        ret = qcow2_cache_flush(s->l2_cache);
     }
     return ret;
 }
 
-/* The same for the L1 table at l1_offset, which is written back. */
-static int coroutine_fn update_refcounts(BlockNode *bs, uint64_t l1_offset,
-                                         uint32_t l1_size, int addend)
+/*
+ * Give each L2 table of the new active L1 table l1 whose COPIED flags are
+ * wrong under the new refcounts a corrected copy in a fresh cluster, and
+ * point l1 at it (the active table's reference moves from the old table to
+ * the copy).  The tables themselves are never changed in place: the old
+ * view, or a snapshot, still uses them.
+ */
+static int coroutine_fn copy_stale_tables(BlockNode *bs, Qcow2MetaTxn *t,
+                                          uint64_t *l1, uint32_t n)
 {
     Qcow2State *s = bs->opaque;
-    bool active = l1_offset == s->l1_table_offset;
-    bool changed = false;
-    uint64_t *l1;
-    int ret = load_l1(bs, l1_offset, l1_size, &l1);
+    int ret = 0;
 
-    if (ret < 0) {
-        return ret;
-    }
-    ret = update_table(bs, l1, l1_size, addend, &changed);
-    if (ret >= 0 && changed) {
-        uint64_t *be = g_new(uint64_t, MAX(l1_size, 1));
-        for (uint32_t i = 0; i < l1_size; i++) {
-            be[i] = htobe64(l1[i]);
+    for (uint32_t i = 0; i < n && ret >= 0; i++) {
+        uint64_t l2_offset = l1[i] & L1E_OFFSET_MASK, copy;
+        uint8_t *buf = NULL;
+        void *l2;
+
+        if (!l2_offset) {
+            continue;
         }
-        ret = child_co_pwrite(bs->file, (int64_t)l1_offset,
-                              (int64_t)l1_size * 8, be, 0);
-        g_free(be);
-        if (ret >= 0 && active) {
-            memcpy(s->l1_table, l1, (size_t)l1_size * 8);
+        ret = qcow2_cache_get(s->l2_cache, l2_offset, &l2);
+        if (ret < 0) {
+            break;
         }
+        for (uint64_t j = 0; j < s->l2_size && ret >= 0; j++) {
+            uint64_t e = qcow2_l2_entry(s, l2, (unsigned)j), rc, ne;
+            uint64_t host = e & L2E_OFFSET_MASK;
+
+            if ((e & QCOW_OFLAG_COMPRESSED) || !host) {
+                continue;
+            }
+            rc = 1;
+            if (!qcow2_has_data_file(s)) {
+                ret = qcow2_txn_get_refcount(t, host >> s->cluster_bits,
+                                             &rc);
+            }
+            ne = rc == 1 ? e | QCOW_OFLAG_COPIED : e & ~QCOW_OFLAG_COPIED;
+            if (ret >= 0 && ne != e) {
+                if (!buf) {
+                    buf = g_memdup2(l2, s->cluster_size);
+                }
+                qcow2_set_l2_entry(s, buf, (unsigned)j, ne);
+            }
+        }
+        qcow2_cache_put(s->l2_cache, &l2);
+        if (ret >= 0 && buf) {
+            ret = qcow2_txn_alloc(t, 1, &copy);
+            if (ret >= 0) {
+                ret = qcow2_txn_add(t, l2_offset >> s->cluster_bits, -1);
+            }
+            if (ret >= 0) {
+                qcow2_txn_queue_write(t, copy, buf, s->cluster_size);
+                buf = NULL;
+                l1[i] = copy;
+            }
+        }
+        g_free(buf);
     }
-    g_free(l1);
     return ret;
+}
+
+/* The COPIED flags of l1's own entries, from the new refcounts. */
+static int coroutine_fn set_l1_flags(BlockNode *bs, Qcow2MetaTxn *t,
+                                     uint64_t *l1, uint32_t n)
+{
+    Qcow2State *s = bs->opaque;
+
+    for (uint32_t i = 0; i < n; i++) {
+        uint64_t l2_offset = l1[i] & L1E_OFFSET_MASK, rc;
+
+        if (!l2_offset) {
+            l1[i] = 0;
+            continue;
+        }
+        int ret = qcow2_txn_get_refcount(t, l2_offset >> s->cluster_bits,
+                                         &rc);
+        if (ret < 0) {
+            return ret;
+        }
+        l1[i] = l2_offset | (rc == 1 ? QCOW_OFLAG_COPIED : 0);
+    }
+    return 0;
+}
+
+/*
+ * The new active L1 table: in place of the old one if it differs (the
+ * old one is freed in the new view), else the old one stays.
+ */
+static int coroutine_fn txn_active_l1(BlockNode *bs, Qcow2MetaTxn *t,
+                                      const uint64_t *l1, uint32_t n,
+                                      uint64_t *offset)
+{
+    Qcow2State *s = bs->opaque;
+
+    if (n == s->l1_size && n &&
+        !memcmp(l1, s->l1_table, (size_t)n * 8)) {
+        *offset = s->l1_table_offset;
+        return 0;
+    }
+    int ret = qcow2_txn_free_range(t, s->l1_table_offset,
+                                   (uint64_t)s->l1_size * 8);
+    if (ret >= 0) {
+        ret = txn_write_l1(bs, t, l1, n, offset);
+    }
+    if (ret >= 0 && !*offset) {
+        *offset = s->l1_table_offset;
+    }
+    return ret;
+}
+
+/* Metadata caches on disk: the old view is what the file says. */
+static int coroutine_fn flush_caches(Qcow2State *s)
+{
+    int ret = qcow2_cache_flush(s->l2_cache);
+    return ret < 0 ? ret : qcow2_cache_flush(s->refcount_cache);
+}
+
+/* After a commit: the active L1 table of the new view, in memory. */
+static void set_active_l1(Qcow2State *s, uint64_t *l1, uint32_t n,
+                          uint64_t offset)
+{
+    g_free(s->l1_table);
+    s->l1_table = l1;
+    s->l1_size = n;
+    s->l1_alloc = MAX(n, 1);
+    s->l1_table_offset = offset;
 }
 
 static int find_by_id(Qcow2State *s, const char *id)
@@ -415,12 +450,46 @@ static int find_by_name(Qcow2State *s, const char *name)
     return -1;
 }
 
+/*
+ * A snapshot's L1 table must be usable before anything relies on it
+ * (QEMU's qcow2_validate_table, iotest 080): not too large (-EFBIG), and
+ * at a cluster-aligned offset whose end fits in an int64_t (-EINVAL).
+ */
+static int validate_sn_l1(const Qcow2State *s, const Qcow2Snapshot *sn,
+                          GError **errp)
+{
+    uint64_t bytes = (uint64_t)sn->l1_size * 8;
+
+    if (bytes > QCOW2_MAX_L1_BYTES) {
+        error_setg(errp, "Snapshot L1 table too large");
+        return -EFBIG;
+    }
+    if ((uint64_t)INT64_MAX - bytes < sn->l1_table_offset ||
+        qcow2_offset_into_cluster(s, sn->l1_table_offset)) {
+        error_setg(errp, "Snapshot L1 table offset invalid");
+        return -EINVAL;
+    }
+    return 0;
+}
+
+/*
+ * Create: the snapshot's L1 table is a copy of the active one; everything
+ * the active table reaches gains a reference (the snapshot's), so its
+ * COPIED flags all go.  Active L2 tables with COPIED entries are replaced
+ * by corrected copies, which the snapshot shares; the old tables are
+ * freed in the new view.
+ */
 static int coroutine_fn do_create(BlockNode *bs, const SnapshotInfo *info,
                                   GError **errp)
 {
     Qcow2State *s = bs->opaque;
+    uint32_t n = s->l1_size;
+    Qcow2MetaTxn *t = NULL;
+    uint64_t *l1 = NULL, *sn_l1 = NULL;
+    uint64_t sn_l1_offset = 0, l1_offset, table_offset, table_size;
+    Qcow2Snapshot *sns = NULL;
+    bool switched = false;
     char id[16];
-    uint64_t l1_offset = 0, l1_bytes = (uint64_t)s->l1_size * 8;
     int ret;
 
     if (s->nb_snapshots >= QCOW2_MAX_SNAPSHOTS) {
@@ -449,45 +518,32 @@ static int coroutine_fn do_create(BlockNode *bs, const SnapshotInfo *info,
         g_snprintf(id, sizeof(id), "%lu", max + 1);
     }
 
-    /* The copy of the active L1 table. */
-    if (l1_bytes) {
-        ret = qcow2_alloc_clusters(bs, qcow2_size_to_clusters(s, l1_bytes),
-                                   &l1_offset);
-        if (ret < 0) {
-            goto fail;
-        }
-        uint64_t *be = g_new(uint64_t, s->l1_size);
-        for (uint32_t i = 0; i < s->l1_size; i++) {
-            be[i] = htobe64(s->l1_table[i]);
-        }
-        ret = qcow2_cache_flush(s->refcount_cache);
-        if (ret >= 0) {
-            ret = qcow2_check_overlap(bs, 0, l1_offset, l1_bytes);
-        }
-        if (ret >= 0) {
-            ret = child_co_pwrite(bs->file, (int64_t)l1_offset,
-                                  (int64_t)l1_bytes, be, 0);
-        }
-        g_free(be);
-        if (ret < 0) {
-            goto fail;
-        }
-    }
-    /* One more reference on everything the active image reaches. */
-    ret = update_refcounts(bs, s->l1_table_offset, s->l1_size, 1);
+    ret = flush_caches(s);
     if (ret < 0) {
         goto fail;
     }
-
-    Qcow2Snapshot *sns = g_new0(Qcow2Snapshot, s->nb_snapshots + 1);
+    t = qcow2_txn_new(bs);
+    /*
+     * The snapshot's L1 table and the new snapshot table take the first
+     * free clusters, where QEMU puts them (tests poke them there); the
+     * copies only this design needs come after.
+     */
+    if (n) {
+        ret = qcow2_txn_alloc(t, qcow2_size_to_clusters(s, (uint64_t)n * 8),
+                              &sn_l1_offset);
+        if (ret < 0) {
+            goto fail;
+        }
+    }
+    sns = g_new0(Qcow2Snapshot, s->nb_snapshots + 1);
     if (s->nb_snapshots) {
         memcpy(sns, s->snapshots, s->nb_snapshots * sizeof(*sns));
     }
     Qcow2Snapshot *sn = &sns[s->nb_snapshots];
     sn->id_str = g_strdup(id);
     sn->name = g_strdup(info->name);
-    sn->l1_table_offset = l1_offset;
-    sn->l1_size = s->l1_size;
+    sn->l1_table_offset = sn_l1_offset;
+    sn->l1_size = n;
     sn->date_sec = info->date_sec;
     sn->date_nsec = info->date_nsec;
     sn->vm_clock_nsec = info->vm_clock_nsec;
@@ -495,33 +551,100 @@ static int coroutine_fn do_create(BlockNode *bs, const SnapshotInfo *info,
     sn->disk_size = s->size;
     sn->icount = info->icount;
     sn->extra_size = SN_EXTRA_SIZE;
-    ret = write_table(bs, s->nb_snapshots + 1, sns);
+    ret = txn_write_table(bs, t, s->nb_snapshots + 1, sns, &table_offset,
+                          &table_size);
     if (ret < 0) {
-        g_free(sn->id_str);
-        g_free(sn->name);
-        g_free(sns);
-        /* The references stay: leaked clusters, which check -r repairs. */
-        error_setg_errno(errp, -ret, "Could not write the snapshot table");
-        return ret;
+        goto fail;
     }
+
+    l1 = g_new0(uint64_t, MAX(n, 1));
+    for (uint32_t i = 0; i < n; i++) {
+        l1[i] = s->l1_table[i] & L1E_OFFSET_MASK;
+    }
+    /* The snapshot's reference on everything... */
+    ret = l1_refs(bs, t, l1, n, 1);
+    if (ret >= 0) {
+        ret = copy_stale_tables(bs, t, l1, n);
+    }
+    /* ...moves, like the active one, to the corrected copies. */
+    for (uint32_t i = 0; i < n && ret >= 0; i++) {
+        uint64_t old = s->l1_table[i] & L1E_OFFSET_MASK;
+        if (l1[i] != old) {
+            ret = qcow2_txn_add(t, old >> s->cluster_bits, -1);
+            if (ret >= 0) {
+                ret = qcow2_txn_add(t, l1[i] >> s->cluster_bits, 1);
+            }
+        }
+    }
+    if (ret >= 0) {
+        ret = set_l1_flags(bs, t, l1, n);
+    }
+    if (ret >= 0) {
+        sn_l1 = g_new0(uint64_t, MAX(n, 1));
+        for (uint32_t i = 0; i < n; i++) {
+            sn_l1[i] = l1[i] & ~QCOW_OFLAG_COPIED;
+        }
+        uint64_t *be = g_new(uint64_t, MAX(n, 1));
+        for (uint32_t i = 0; i < n; i++) {
+            be[i] = htobe64(sn_l1[i]);
+        }
+        qcow2_txn_queue_write(t, sn_l1_offset, be, (uint64_t)n * 8);
+    }
+    if (ret >= 0) {
+        ret = txn_active_l1(bs, t, l1, n, &l1_offset);
+    }
+    if (ret >= 0) {
+        Qcow2TxnHeader h = {
+            .size = s->size, .l1_size = n, .l1_table_offset = l1_offset,
+            .nb_snapshots = s->nb_snapshots + 1,
+            .snapshots_offset = table_offset,
+        };
+        ret = qcow2_txn_commit(t, &h, &switched);
+    }
+    if (!switched) {
+        goto fail;
+    }
+    set_active_l1(s, l1, n, l1_offset);
     g_free(s->snapshots);
     s->snapshots = sns;
-    return qcow2_cache_flush(s->refcount_cache);
+    s->nb_snapshots++;
+    s->snapshots_offset = table_offset;
+    s->snapshots_size = table_size;
+    g_free(sn_l1);
+    qcow2_txn_free(t);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "Could not create the snapshot");
+    }
+    return ret;
 
 fail:
-    if (l1_offset) {
-        qcow2_free_clusters(bs, l1_offset, l1_bytes, QCOW2_DISCARD_NEVER);
+    if (sns) {
+        g_free(sns[s->nb_snapshots].id_str);
+        g_free(sns[s->nb_snapshots].name);
+        g_free(sns);
     }
+    g_free(l1);
+    g_free(sn_l1);
+    qcow2_txn_free(t);
     error_setg_errno(errp, -ret, "Could not create the snapshot");
     return ret;
 }
 
+/*
+ * Apply: the active L1 table becomes a copy of the snapshot's (and the
+ * disk size the snapshot's).  Everything the snapshot reaches gains a
+ * reference, everything the old active table reached loses one; active
+ * L2 tables whose flags are then wrong get corrected copies.
+ */
 static int coroutine_fn do_goto(BlockNode *bs, const char *id_or_name,
                                 GError **errp)
 {
     Qcow2State *s = bs->opaque;
+    uint64_t l2_span = s->cluster_size << s->l2_bits;
+    Qcow2MetaTxn *t = NULL;
+    uint64_t *sn_l1 = NULL, *l1 = NULL, l1_offset;
+    bool switched = false;
     int i = find_by_id(s, id_or_name);
-    uint64_t *sn_l1;
     int ret;
 
     if (i < 0) {
@@ -532,85 +655,88 @@ static int coroutine_fn do_goto(BlockNode *bs, const char *id_or_name,
         return -ENOENT;
     }
     Qcow2Snapshot *sn = &s->snapshots[i];
-    if (sn->bad_l1) {
-        error_setg(errp, "Snapshot L1 table offset invalid");
-        return -EFBIG;
-    }
-    if (sn->disk_size != s->size) {
-        error_setg(errp, "qcow2: Loading snapshots with a different disk "
-                   "size is not supported by strata yet");
-        return -ENOTSUP;
-    }
-    if (sn->l1_size > s->l1_size) {
-        ret = qcow2_grow_l1(bs, sn->l1_size);
-        if (ret < 0) {
-            error_setg_errno(errp, -ret, "Failed to grow the L1 table");
-            return ret;
-        }
-    }
-    ret = load_l1(bs, sn->l1_table_offset, sn->l1_size, &sn_l1);
+    GError *invalid = NULL;
+    ret = validate_sn_l1(s, sn, &invalid);
     if (ret < 0) {
+        /* QEMU reports the reason on its own line, then the errno. */
+        warn_print("%s: %s", g_get_prgname() ? g_get_prgname() : "strata",
+                   invalid->message);
+        g_error_free(invalid);
         error_setg_errno(errp, -ret, "Failed to load snapshot");
         return ret;
     }
-    /* The snapshot's clusters gain the active image as a user... */
-    ret = update_refcounts(bs, sn->l1_table_offset, sn->l1_size, 1);
+    /* The L1 size the snapshot's disk size needs, at least. */
+    uint64_t need = DIV_ROUND_UP(sn->disk_size, l2_span);
+    uint32_t n = MAX(sn->l1_size,
+                     sn->disk_size == s->size ? s->l1_size : 0);
+    if (need * 8 > QCOW2_MAX_L1_BYTES) {
+        error_setg(errp, "Snapshot L1 table offset invalid");
+        return -EFBIG;
+    }
+    n = MAX(n, (uint32_t)need);
+
+    ret = flush_caches(s);
+    if (ret >= 0) {
+        ret = load_l1(bs, sn->l1_table_offset, sn->l1_size, &sn_l1);
+    }
     if (ret < 0) {
         goto out;
     }
-    ret = qcow2_cache_flush(s->refcount_cache);
-    if (ret < 0) {
-        goto out;
-    }
-    /* ...then the active L1 table becomes the snapshot's... */
-    uint64_t *be = g_new0(uint64_t, s->l1_size);
+    t = qcow2_txn_new(bs);
+    l1 = g_new0(uint64_t, MAX(n, 1));
     for (uint32_t k = 0; k < sn->l1_size; k++) {
-        be[k] = htobe64(sn_l1[k]);
+        l1[k] = sn_l1[k] & L1E_OFFSET_MASK;
     }
-    child_debug_event(bs->file, BLKDBG_L1_UPDATE);
-    ret = qcow2_check_overlap(bs, QCOW2_OL_ACTIVE_L1, s->l1_table_offset,
-                              (uint64_t)s->l1_size * 8);
+    ret = l1_refs(bs, t, l1, n, 1);
     if (ret >= 0) {
-        ret = child_co_pwrite(bs->file, (int64_t)s->l1_table_offset,
-                              (int64_t)s->l1_size * 8, be, 0);
+        ret = l1_refs(bs, t, s->l1_table, s->l1_size, -1);
     }
     if (ret >= 0) {
-        ret = node_co_flush(bs->file->bs);
+        ret = copy_stale_tables(bs, t, l1, n);
     }
-    g_free(be);
-    if (ret < 0) {
-        goto out;
-    }
-    /*
-     * ...and what the old active table reached loses a user.  The old
-     * table is still in memory (s->l1_table); the new one is on disk.
-     */
-    uint64_t *old = g_memdup2(s->l1_table, (size_t)s->l1_size * 8);
-    uint32_t old_size = s->l1_size;
-    for (uint32_t k = 0; k < s->l1_size; k++) {
-        s->l1_table[k] = k < sn->l1_size ? sn_l1[k] : 0;
-    }
-    {
-        /* The old table is gone from disk: only its references change. */
-        bool changed = false;
-        ret = update_table(bs, old, old_size, -1, &changed);
-    }
-    g_free(old);
     if (ret >= 0) {
-        ret = update_refcounts(bs, s->l1_table_offset, s->l1_size, 0);
+        ret = set_l1_flags(bs, t, l1, n);
+    }
+    if (ret >= 0) {
+        ret = txn_active_l1(bs, t, l1, n, &l1_offset);
+    }
+    if (ret >= 0) {
+        Qcow2TxnHeader h = {
+            .size = sn->disk_size, .l1_size = n, .l1_table_offset = l1_offset,
+            .nb_snapshots = s->nb_snapshots,
+            .snapshots_offset = s->snapshots_offset,
+        };
+        ret = qcow2_txn_commit(t, &h, &switched);
+    }
+    if (switched) {
+        set_active_l1(s, l1, n, l1_offset);
+        l1 = NULL;
+        s->size = sn->disk_size;
     }
 out:
+    g_free(l1);
     g_free(sn_l1);
-    if (ret < 0 && errp && !*errp) {
+    qcow2_txn_free(t);
+    if (ret < 0) {
         error_setg_errno(errp, -ret, "Failed to load snapshot");
     }
     return ret;
 }
 
+/*
+ * Delete: the snapshot's L1 table and its references go, and with them
+ * the snapshot table entry; active L2 tables whose clusters are now used
+ * once get corrected copies (COPIED set again).
+ */
 static int coroutine_fn do_delete(BlockNode *bs, const char *id,
                                   const char *name, GError **errp)
 {
     Qcow2State *s = bs->opaque;
+    Qcow2MetaTxn *t = NULL;
+    uint64_t *sn_l1 = NULL, *l1 = NULL, l1_offset, table_offset, table_size;
+    Qcow2Snapshot *sns = NULL;
+    bool switched = false;
+    uint32_t n = s->l1_size, nsn = 0;
     int i = -1;
     int ret;
 
@@ -625,47 +751,72 @@ static int coroutine_fn do_delete(BlockNode *bs, const char *id,
         return -ENOENT;
     }
     Qcow2Snapshot sn = s->snapshots[i];
-    if (sn.bad_l1) {
-        error_setg(errp, "Snapshot L1 table offset invalid");
-        return -EFBIG;
-    }
-    /* First the table without it, so nothing points at what goes. */
-    Qcow2Snapshot *sns = g_new0(Qcow2Snapshot, MAX(s->nb_snapshots, 1));
-    uint32_t n = 0;
-    for (uint32_t k = 0; k < s->nb_snapshots; k++) {
-        if ((int)k != i) {
-            sns[n++] = s->snapshots[k];
-        }
-    }
-    ret = write_table(bs, n, sns);
+    ret = validate_sn_l1(s, &sn, errp);
     if (ret < 0) {
-        g_free(sns);
-        error_setg_errno(errp, -ret, "Failed to remove snapshot from "
-                         "snapshot list");
         return ret;
     }
-    g_free(s->snapshots);
-    s->snapshots = sns;
 
-    /* Then its references (leaks on failure, which check -r repairs). */
-    ret = update_refcounts(bs, sn.l1_table_offset, sn.l1_size, -1);
-    if (ret >= 0 && sn.l1_size) {
-        ret = qcow2_free_clusters(bs, sn.l1_table_offset,
-                                  (uint64_t)sn.l1_size * 8,
-                                  QCOW2_DISCARD_SNAPSHOT);
-    }
+    ret = flush_caches(s);
     if (ret >= 0) {
-        ret = update_refcounts(bs, s->l1_table_offset, s->l1_size, 0);
+        ret = load_l1(bs, sn.l1_table_offset, sn.l1_size, &sn_l1);
     }
-    if (ret >= 0) {
-        ret = qcow2_cache_flush(s->refcount_cache);
-    }
-    g_free(sn.id_str);
-    g_free(sn.name);
-    g_free(sn.extra);
     if (ret < 0) {
-        error_setg_errno(errp, -ret, "Failed to free the cluster and L1 "
-                         "table");
+        goto out;
+    }
+    t = qcow2_txn_new(bs);
+    ret = l1_refs(bs, t, sn_l1, sn.l1_size, -1);
+    if (ret >= 0) {
+        ret = qcow2_txn_free_range(t, sn.l1_table_offset,
+                                   (uint64_t)sn.l1_size * 8);
+    }
+    l1 = g_memdup2(s->l1_table, (size_t)MAX(n, 1) * 8);
+    if (ret >= 0) {
+        ret = copy_stale_tables(bs, t, l1, n);
+    }
+    if (ret >= 0) {
+        ret = set_l1_flags(bs, t, l1, n);
+    }
+    if (ret >= 0) {
+        ret = txn_active_l1(bs, t, l1, n, &l1_offset);
+    }
+    sns = g_new0(Qcow2Snapshot, MAX(s->nb_snapshots, 1));
+    for (uint32_t k = 0; k < s->nb_snapshots; k++) {
+        if ((int)k != i) {
+            sns[nsn++] = s->snapshots[k];
+        }
+    }
+    if (ret >= 0) {
+        ret = txn_write_table(bs, t, nsn, sns, &table_offset, &table_size);
+    }
+    if (ret >= 0) {
+        Qcow2TxnHeader h = {
+            .size = s->size, .l1_size = n, .l1_table_offset = l1_offset,
+            .nb_snapshots = nsn, .snapshots_offset = table_offset,
+        };
+        ret = qcow2_txn_commit(t, &h, &switched);
+    }
+    if (switched) {
+        set_active_l1(s, l1, n, l1_offset);
+        l1 = NULL;
+        g_free(s->snapshots);
+        s->snapshots = sns;
+        sns = NULL;
+        s->nb_snapshots = nsn;
+        s->snapshots_offset = table_offset;
+        s->snapshots_size = table_size;
+        g_free(sn.id_str);
+        g_free(sn.name);
+        g_free(sn.extra);
+    }
+out:
+    g_free(sns);
+    g_free(l1);
+    g_free(sn_l1);
+    qcow2_txn_free(t);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, switched
+                         ? "Failed to free the cluster and L1 table"
+                         : "Failed to remove snapshot from snapshot list");
     }
     return ret;
 }
@@ -752,9 +903,9 @@ int coroutine_fn qcow2_snapshot_load_tmp(BlockNode *bs, const char *id,
         return -ENOENT;
     }
     Qcow2Snapshot *sn = &s->snapshots[i];
-    if (sn->bad_l1) {
-        error_setg(errp, "Snapshot L1 table offset invalid");
-        return -EFBIG;
+    ret = validate_sn_l1(s, sn, errp);
+    if (ret < 0) {
+        return ret;
     }
     co_mutex_lock(&s->lock);
     ret = load_l1(bs, sn->l1_table_offset, sn->l1_size, &l1);

@@ -447,6 +447,10 @@ static int coroutine_fn write_allocating(BlockNode *bs, uint64_t offset,
         return ret;
     }
 
+    ret = qcow2_mark_dirty(bs);
+    if (ret < 0) {
+        goto out_v;
+    }
     for (unsigned i = 0; i < nb; i++) {
         qcow2_set_l2_entry(s, l2, l2i + i,
                            (new_host + (uint64_t)i * s->cluster_size) |
@@ -925,6 +929,9 @@ static int coroutine_fn write_compressed_cluster(BlockNode *bs,
     if (ret >= 0) {
         child_debug_event(bs->file, BLKDBG_WRITE_COMPRESSED);
         ret = child_co_pwrite(bs->file, (int64_t)host, len, out, 0);
+    }
+    if (ret >= 0) {
+        ret = qcow2_mark_dirty(bs);
     }
     if (ret >= 0) {
         uint64_t nb = ((host + (uint64_t)len - 1) >> 9) - (host >> 9);

@@ -535,12 +535,10 @@ static void coroutine_fn close_co(void *opaque)
 
     /* A corrupt image gets no more metadata writes. */
     if (!bs->read_only && !s->corrupt) {
-        f->ret = qcow2_cache_flush(s->l2_cache);
+        f->ret = s->dirty_set_by_us ? qcow2_mark_clean(bs)
+                                    : qcow2_cache_flush(s->l2_cache);
         if (f->ret >= 0) {
             f->ret = qcow2_cache_flush(s->refcount_cache);
-        }
-        if (f->ret >= 0 && s->dirty_set_by_us) {
-            qcow2_clear_incompat_bit(bs, QCOW2_INCOMPAT_DIRTY);
         }
     }
 }
@@ -573,10 +571,23 @@ static void coroutine_fn reopen_flush_co(void *opaque)
     Qcow2State *s = r->bs->opaque;
 
     co_mutex_lock(&s->lock);
-    r->ret = qcow2_cache_flush(s->l2_cache);
+    /* Going read-only: a dirty bit we set goes too (QEMU inactivates). */
+    r->ret = s->dirty_set_by_us ? qcow2_mark_clean(r->bs)
+                                : qcow2_cache_flush(s->l2_cache);
     if (r->ret >= 0) {
         r->ret = qcow2_cache_flush(s->refcount_cache);
     }
+    co_mutex_unlock(&s->lock);
+}
+
+/* Lazy refcounts turned off: the image must not stay dirty (as QEMU). */
+static void coroutine_fn reopen_clean_co(void *opaque)
+{
+    ReopenCo *r = opaque;
+    Qcow2State *s = r->bs->opaque;
+
+    co_mutex_lock(&s->lock);
+    r->ret = qcow2_mark_clean(r->bs);
     co_mutex_unlock(&s->lock);
 }
 
@@ -629,6 +640,19 @@ static int qcow2_reopen_prepare(ReopenState *rs, GError **errp)
                              "caches");
             qcow2_cache_free(n->l2_cache);
             qcow2_cache_free(n->refcount_cache);
+            g_free(n);
+            return r.ret;
+        }
+    }
+    if (!n->lazy_refcounts && s->dirty_set_by_us && !s->corrupt) {
+        ReopenCo r = { .bs = rs->bs };
+        if (in_coroutine()) {
+            reopen_clean_co(&r);
+        } else {
+            co_run_sync(reopen_clean_co, &r);
+        }
+        if (r.ret < 0) {
+            error_setg_errno(errp, -r.ret, "Could not mark the image clean");
             g_free(n);
             return r.ret;
         }
@@ -938,7 +962,8 @@ static int coroutine_fn qcow2_co_flush_to_os(BlockNode *bs)
     }
     co_mutex_lock(&s->lock);
     ret = qcow2_cache_write(s->l2_cache);
-    if (ret >= 0) {
+    /* A dirty image keeps its refcounts for close (lazy refcounts). */
+    if (ret >= 0 && !(s->incompatible_features & QCOW2_INCOMPAT_DIRTY)) {
         ret = qcow2_cache_write(s->refcount_cache);
     }
     co_mutex_unlock(&s->lock);
@@ -1143,10 +1168,9 @@ static int64_t qcow2_get_allocated_file_size(BlockNode *bs)
 static int qcow2_get_info(BlockNode *bs, BlockDriverInfo *bdi)
 {
     Qcow2State *s = bs->opaque;
-    uint64_t l2_span = 1ull << (s->l2_bits + s->cluster_bits);
 
     bdi->cluster_size = (int64_t)s->cluster_size;
-    bdi->vm_state_offset = (int64_t)(DIV_ROUND_UP(s->size, l2_span) * l2_span);
+    bdi->vm_state_offset = qcow2_vm_state_offset(s);
     bdi->is_dirty = s->incompatible_features & QCOW2_INCOMPAT_DIRTY;
     return 0;
 }
@@ -1209,6 +1233,8 @@ static int coroutine_fn qcow2_co_check(BlockNode *bs, BlockCheckResult *res,
         s->version >= 3) {
         ret = qcow2_clear_incompat_bit(bs, QCOW2_INCOMPAT_DIRTY);
         if (ret >= 0) {
+            s->dirty_set_by_us = false;
+            qcow2_cache_set_dependency(s->l2_cache, s->refcount_cache);
             ret = qcow2_clear_incompat_bit(bs, QCOW2_INCOMPAT_CORRUPT);
         }
         if (ret >= 0) {
@@ -1242,6 +1268,8 @@ const BlockDriver bdrv_qcow2 = {
     .reopen_commit = qcow2_reopen_commit,
     .reopen_abort = qcow2_reopen_abort,
     .co_preadv = qcow2_co_preadv,
+    .co_load_vmstate = qcow2_co_load_vmstate,
+    .co_save_vmstate = qcow2_co_save_vmstate,
     .co_pwritev = qcow2_co_pwritev,
     .co_pwritev_compressed = qcow2_co_pwritev_compressed,
     .co_pwrite_zeroes = qcow2_co_pwrite_zeroes,

@@ -131,7 +131,7 @@ typedef struct Qcow2State {
     CoMutex lock;
     GList *inflight;                 /* allocating writes (qcow2-write.c) */
     bool lazy_refcounts;             /* option, default from the header */
-    bool dirty_set_by_us;            /* we set the dirty bit on open */
+    bool dirty_set_by_us;            /* we set the dirty bit (lazy) */
     bool corrupt;                    /* marked corrupt: read-only from now */
     uint64_t l2_cache_bytes;
     uint64_t refcount_cache_bytes;
@@ -202,6 +202,15 @@ int qcow2_snapshot_list(BlockNode *bs, SnapshotInfo **list);
 int coroutine_fn qcow2_snapshot_load_tmp(BlockNode *bs, const char *id,
                                          const char *name, GError **errp);
 
+/* ---- qcow2-vmstate.c ---- */
+
+/* Where the VM state area starts in the guest address space. */
+int64_t qcow2_vm_state_offset(const Qcow2State *s);
+int coroutine_fn qcow2_co_save_vmstate(BlockNode *bs, IOVec *qiov,
+                                       int64_t pos);
+int coroutine_fn qcow2_co_load_vmstate(BlockNode *bs, IOVec *qiov,
+                                       int64_t pos);
+
 /* ---- qcow2-header.c ---- */
 
 /* Read, check and load the header and its extensions into s. */
@@ -210,6 +219,13 @@ int coroutine_fn qcow2_read_header(BlockNode *bs, json_t *options, int flags,
 /* Set or clear an incompatible feature bit in the header on disk. */
 int coroutine_fn qcow2_set_incompat_bit(BlockNode *bs, uint64_t bit);
 int coroutine_fn qcow2_clear_incompat_bit(BlockNode *bs, uint64_t bit);
+/*
+ * Lazy refcounts: set the dirty bit (and drop the L2-after-refcount
+ * ordering) before the first allocation; mark_clean writes both caches
+ * and clears it.  Lock held.
+ */
+int coroutine_fn qcow2_mark_dirty(BlockNode *bs);
+int coroutine_fn qcow2_mark_clean(BlockNode *bs);
 /* "Marking image as corrupt: ..." and the corrupt bit, like QEMU. */
 void coroutine_fn qcow2_signal_corruption(BlockNode *bs, bool fatal,
                                           int64_t offset, int64_t size,
@@ -342,6 +358,50 @@ void qcow2_discard_batch_begin(BlockNode *bs);
 void coroutine_fn qcow2_discard_batch_end(BlockNode *bs, int ret);
 /* Forget queued discards (closing). */
 void qcow2_discard_queue_free(Qcow2State *s);
+
+/* Entry i of a refcount block buffer (any width). */
+uint64_t qcow2_rb_get(const Qcow2State *s, const void *rb, uint64_t i);
+void qcow2_rb_set(const Qcow2State *s, void *rb, uint64_t i, uint64_t v);
+
+/* ---- qcow2-meta-txn.c ---- */
+
+/*
+ * A second view of the metadata, built in free clusters and switched to
+ * with one header write (see the file for why).  Lock held throughout.
+ */
+typedef struct Qcow2MetaTxn Qcow2MetaTxn;
+/* The header fields of the new view (the refcount table's are added). */
+typedef struct Qcow2TxnHeader {
+    uint64_t size;
+    uint32_t l1_size;
+    uint64_t l1_table_offset;
+    uint32_t nb_snapshots;
+    uint64_t snapshots_offset;
+} Qcow2TxnHeader;
+Qcow2MetaTxn *qcow2_txn_new(BlockNode *bs);
+void qcow2_txn_free(Qcow2MetaTxn *t);
+/* The cluster's refcount in the new view. */
+int coroutine_fn qcow2_txn_get_refcount(Qcow2MetaTxn *t, uint64_t cluster,
+                                        uint64_t *rc);
+int coroutine_fn qcow2_txn_add(Qcow2MetaTxn *t, uint64_t cluster, int delta);
+/* Lower by one the refcount of every cluster of the range. */
+int coroutine_fn qcow2_txn_free_range(Qcow2MetaTxn *t, uint64_t offset,
+                                      uint64_t bytes);
+/* n contiguous clusters free in both views, refcount 1 in the new one. */
+int coroutine_fn qcow2_txn_alloc(Qcow2MetaTxn *t, uint64_t n,
+                                 uint64_t *offset);
+/* Write buf (taken over, g_free'd) at offset before the switch. */
+void qcow2_txn_queue_write(Qcow2MetaTxn *t, uint64_t offset, void *buf,
+                           uint64_t len);
+/*
+ * Write the new view, flush, switch the header, flush.  On success the
+ * in-memory refcount table and caches describe the new view; the caller
+ * updates the rest (L1, snapshots, size) whenever *switched, even if the
+ * final flush failed.  Without *switched the old view is unchanged on disk
+ * and in memory.
+ */
+int coroutine_fn qcow2_txn_commit(Qcow2MetaTxn *t, const Qcow2TxnHeader *h,
+                                  bool *switched);
 
 /* ---- qcow2-check.c ---- */
 

@@ -60,6 +60,10 @@ int blk_pwrite_zeroes(BlockBackend *blk, int64_t offset, int64_t bytes,
                       int flags);
 int blk_pdiscard(BlockBackend *blk, int64_t offset, int64_t bytes);
 int blk_flush(BlockBackend *blk);
+/* VM state area of the root node; saving flushes without a write cache. */
+int blk_load_vmstate(BlockBackend *blk, void *buf, int64_t pos, int64_t size);
+int blk_save_vmstate(BlockBackend *blk, const void *buf, int64_t pos,
+                     int64_t size);
 int blk_truncate(BlockBackend *blk, int64_t offset, bool exact,
                  PreallocMode prealloc, GError **errp);
 

@@ -205,6 +205,13 @@ struct BlockDriver {
      */
     int (*co_check)(BlockNode *bs, BlockCheckResult *res, int fix);
     /*
+     * The VM state area (savevm; qemu-io read/write -b), pos bytes into
+     * it; coroutine context.  Without them, requests go to the primary
+     * child (vmstate.c).
+     */
+    int (*co_load_vmstate)(BlockNode *bs, IOVec *qiov, int64_t pos);
+    int (*co_save_vmstate)(BlockNode *bs, IOVec *qiov, int64_t pos);
+    /*
      * Internal snapshots (coroutine context).  create: an empty id_str
      * lets the driver choose one.  goto: by ID, else by name.  delete: the
      * first snapshot matching both (NULL matches anything).  list: the

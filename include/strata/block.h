@@ -213,6 +213,14 @@ int coroutine_fn child_co_pwrite_zeroes(BlockChild *c, int64_t offset,
 int coroutine_fn child_co_pdiscard(BlockChild *c, int64_t offset,
                                    int64_t bytes);
 int coroutine_fn node_co_flush(BlockNode *bs);
+/*
+ * The node's VM state area (see block/vmstate.c): qiov->size bytes at pos.
+ * 0 or -errno (-ENOTSUP: no node on the primary-child path has one).
+ */
+int coroutine_fn node_co_load_vmstate(BlockNode *bs, IOVec *qiov,
+                                      int64_t pos);
+int coroutine_fn node_co_save_vmstate(BlockNode *bs, IOVec *qiov,
+                                      int64_t pos);
 int coroutine_fn child_co_truncate(BlockChild *c, int64_t offset, bool exact,
                                    int prealloc, GError **errp);
 

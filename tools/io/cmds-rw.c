@@ -310,8 +310,8 @@ static int read_f(BlockBackend *blk, int argc, char **argv)
         return -ENOMEM;
     }
     r.t1 = now();
-    /* No driver offers VM state access. */
-    ret = bflag ? -ENOTSUP : blk_pread(blk, r.offset, r.count, r.buf, 0);
+    ret = bflag ? blk_load_vmstate(blk, r.buf, r.offset, r.count)
+                : blk_pread(blk, r.offset, r.count, r.buf, 0);
     t2 = now();
     if (ret < 0) {
         printf("read failed: %s\n", strerror(-ret));
@@ -552,8 +552,7 @@ static int write_f(BlockBackend *blk, int argc, char **argv)
     r.t1 = now();
     /* QEMU's precedence: -b, then -z (so -c -z writes zeroes), then -c. */
     if (bflag) {
-        /* No driver offers VM state yet. */
-        ret = -ENOTSUP;
+        ret = blk_save_vmstate(blk, r.buf, r.offset, r.count);
     } else if (zflag) {
         ret = blk_pwrite_zeroes(blk, r.offset, r.count, flags);
     } else if (cflag) {
