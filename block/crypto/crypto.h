@@ -15,6 +15,7 @@
 #include <stdint.h>
 #include <glib.h>
 #include <jansson.h>
+#include "strata/secret.h"
 
 /* QEMU's QCryptoCipherAlgorithm, in its order (the values are ours). */
 typedef enum {
@@ -121,12 +122,6 @@ int crypto_sectors_encdec(CryptoCipher *c, CryptoIVGen *g, size_t niv,
                           GError **errp);
 
 /* ---- secret.c: the secrets that --object secret defined ---- */
-/*
- * The tools own the secrets; the library asks them through this function
- * (NULL: no such secret; *len excludes nothing, data may hold NULs).
- */
-typedef const uint8_t *(*CryptoSecretLookup)(const char *id, size_t *len);
-void crypto_secret_set_lookup(CryptoSecretLookup fn);
 /* The secret as a UTF-8 string, QEMU's errors when missing or invalid. */
 char *crypto_secret_lookup_utf8(const char *id, GError **errp);
 

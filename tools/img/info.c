@@ -57,6 +57,9 @@ static json_t *query_image_info(BlockNode *bs, GError **errp)
         json_object_set_new(info, "cluster-size",
                             json_integer(bdi.cluster_size));
     }
+    if (bs->encrypted) {
+        json_object_set_new(info, "encrypted", json_true());
+    }
     if (bs->backing_file[0]) {
         /* The full name is always given, even when it is the same. */
         char *full = node_get_full_backing_filename(bs);
@@ -256,6 +259,8 @@ int img_info(int argc, char **argv)
     if (!chain) {
         spec.flags |= NODE_O_NO_BACKING;
     }
+    /* Metadata only: encrypted images open without their secret. */
+    spec.flags |= NODE_O_NO_IO;
     blk = img_open(filename, &spec);
     if (!blk) {
         return EXIT_FAILURE;
