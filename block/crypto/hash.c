@@ -123,7 +123,12 @@ uint64_t crypto_pbkdf2_count_iters(CryptoHashAlg hash, const uint8_t *key,
             return 0;
         }
         delta = thread_cpu_ms() - start;
-        if (delta > 500) {
+        if (delta == 0) {
+            /* As QEMU (Debian's 7.2): a clock too coarse to scale by. */
+            error_setg(errp, "Unable to get accurate CPU usage");
+            g_free(out);
+            return 0;
+        } else if (delta > 500) {
             break;
         } else if (delta < 100) {
             iterations *= 10;
