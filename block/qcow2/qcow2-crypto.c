@@ -295,7 +295,8 @@ int coroutine_fn qcow2_crypto_create(const char *path, json_t *options,
     int ret;
 
     /* The image is whole and unencrypted now: open it as QEMU does. */
-    blk = blk_new_open(path, open_opts, NODE_O_RDWR | NODE_O_RESIZE, errp);
+    blk = blk_new_open(path, open_opts,
+                       NODE_O_RDWR | NODE_O_RESIZE | NODE_O_NO_BACKING, errp);
     if (!blk) {
         return -EIO;
     }
