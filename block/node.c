@@ -1162,6 +1162,10 @@ static BlockChild *open_child(BlockNode *bs, json_t *options, const char *name,
         if (role & CHILD_ROLE_COW) {
             flags &= ~NODE_O_RDWR;
         }
+        /* Without I/O (qemu-img info), metadata is still read: as QEMU. */
+        if (!(role & CHILD_ROLE_METADATA)) {
+            flags |= bs->open_flags & NODE_O_NO_IO;
+        }
         /*
          * Whether the child is probed follows QEMU's inheritance: a child
          * starts with the parent's protocol flag (a protocol driver such as

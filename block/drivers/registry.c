@@ -11,6 +11,7 @@ extern const BlockDriver bdrv_host_cdrom;
 extern const BlockDriver bdrv_blkdebug;
 extern const BlockDriver bdrv_qcow2;
 extern const BlockDriver bdrv_compress;
+extern const BlockDriver bdrv_luks;
 
 static GPtrArray *drivers;
 static void drivers_init(void);
@@ -36,6 +37,7 @@ static void drivers_init(void)
     g_ptr_array_add(drivers, (gpointer)&bdrv_blkdebug);
     g_ptr_array_add(drivers, (gpointer)&bdrv_qcow2);
     g_ptr_array_add(drivers, (gpointer)&bdrv_compress);
+    g_ptr_array_add(drivers, (gpointer)&bdrv_luks);
 }
 
 const BlockDriver *driver_find(const char *name)

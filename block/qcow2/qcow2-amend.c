@@ -81,6 +81,11 @@ int coroutine_fn qcow2_update_header(BlockNode *bs)
         pos = add_ext(buf, pos, cs, QCOW2_EXT_DATA_FILE, s->data_file_name,
                       (uint32_t)strlen(s->data_file_name));
     }
+    if (s->crypto_header_offset) {
+        uint64_t ce[2] = { htobe64(s->crypto_header_offset),
+                           htobe64(s->crypto_header_length) };
+        pos = add_ext(buf, pos, cs, QCOW2_EXT_CRYPTO, ce, sizeof(ce));
+    }
     /*
      * The feature names would leave almost no room for a backing file name
      * in a small header cluster: QEMU writes them only above 4 KiB.

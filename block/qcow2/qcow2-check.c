@@ -366,6 +366,9 @@ int coroutine_fn qcow2_co_check_locked(BlockNode *bs, BlockCheckResult *res,
     res->total_clusters = (int64_t)DIV_ROUND_UP(s->size, s->cluster_size);
 
     count_range(bs, &c, 0, s->cluster_size);
+    if (s->crypto_header_length) {
+        count_range(bs, &c, s->crypto_header_offset, s->crypto_header_length);
+    }
     ret = count_l1(bs, &c, s->l1_table_offset, s->l1_size, s->l1_table, true);
     if (ret >= 0) {
         ret = count_snapshots(bs, &c);

@@ -536,20 +536,14 @@ int coroutine_fn qcow2_co_create(const char *filename, json_t *options,
         goto fail;
     }
     if (o.enc_format) {
-        /* Encryption is not implemented: fail where QEMU sets it up. */
-        if (!o.enc_has_secret) {
-            error_setg(errp, "Parameter 'encrypt.key-secret' is required for "
-                       "cipher");
-            ret = -EINVAL;
-        } else if (!strcmp(o.enc_format, "luks")) {
-            ret = -ENOSYS;
-            error_setg_errno(errp, -ret, "No crypto library supporting PBKDF "
-                             "in this build");
-        } else {
-            ret = -EINVAL;
-            error_setg(errp, "Unsupported cipher algorithm aes-128");
+        /* Last, as QEMU: the image is complete, then gets its key. */
+        blk_unref(blk);
+        blk_unref(data_blk);
+        blk = data_blk = NULL;
+        ret = qcow2_crypto_create(path, options, o.enc_format, errp);
+        if (ret < 0) {
+            goto fail;
         }
-        goto fail;
     }
     ret = 0;
     goto out;

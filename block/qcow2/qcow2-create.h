@@ -62,4 +62,9 @@ int coroutine_fn qcow2_create_layout(BlockBackend *blk, BlockBackend *data_blk,
                                      const Qcow2CreateParams *p,
                                      GError **errp);
 
+/* qcow2-crypto.c: encrypt the freshly created image at path
+ * (enc_format "luks" or "qcow"), as QEMU's last creation step. */
+int coroutine_fn qcow2_crypto_create(const char *path, json_t *options,
+                                     const char *enc_format, GError **errp);
+
 #endif

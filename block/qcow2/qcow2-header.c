@@ -85,6 +85,29 @@ static void report_unsupported(Qcow2State *s, uint64_t mask, GError **errp)
  * pass, which wants only the feature name table (for the message about
  * unknown features) and must not fail on anything else.
  */
+/* Where the LUKS header lies (it must start on a cluster). */
+static int coroutine_fn read_crypto_ext(BlockNode *bs, uint64_t offset,
+                                        GError **errp)
+{
+    Qcow2State *s = bs->opaque;
+    uint64_t be[2];
+    int ret = pread_file(bs, offset, sizeof(be), be);
+
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "Unable to read CRYPTO header extension");
+        return ret;
+    }
+    s->crypto_header_offset = be64toh(be[0]);
+    s->crypto_header_length = be64toh(be[1]);
+    if (s->crypto_header_offset % s->cluster_size) {
+        error_setg(errp, "Encryption header offset '%" PRIu64 "' is not a "
+                   "multiple of cluster size '%" PRIu64 "'",
+                   s->crypto_header_offset, s->cluster_size);
+        return -EINVAL;
+    }
+    return 0;
+}
+
 static int coroutine_fn read_extensions(BlockNode *bs, uint64_t start,
                                         uint64_t end, bool only_features,
                                         GError **errp)
@@ -243,6 +266,10 @@ static int coroutine_fn read_extensions(BlockNode *bs, uint64_t start,
                            "expected size %zu", ext.len, (size_t)16);
                 return -EINVAL;
             }
+            ret = read_crypto_ext(bs, offset, errp);
+            if (ret < 0) {
+                return ret;
+            }
             break;
 
         default:
@@ -384,11 +411,6 @@ int coroutine_fn qcow2_read_header(BlockNode *bs, json_t *options, int flags,
         error_setg(errp, "Unsupported encryption method %" PRIu32,
                    s->crypt_method);
         return -EINVAL;
-    }
-    if (s->crypt_method != QCOW2_CRYPT_NONE) {
-        error_setg(errp, "Encrypted qcow2 images are not supported by "
-                   "strata yet");
-        return -ENOTSUP;
     }
 
     s->l2_entry_size = s->extended_l2 ? 16 : 8;

@@ -425,9 +425,8 @@ static int coroutine_fn write_allocating(BlockNode *bs, uint64_t offset,
     }
     if (ret >= 0) {
         child_debug_event(bs->file, BLKDBG_WRITE_AIO);
-        ret = child_co_pwritev(s->data_file,
-                               (int64_t)(new_host + (cow_start - cstart)),
-                               (int64_t)(cow_end - cow_start), &v, 0, 0);
+        ret = qcow2_data_pwritev(bs, new_host + (cow_start - cstart),
+                                 cow_start, cow_end - cow_start, &v, 0);
     }
 
     co_mutex_lock(&s->lock);
@@ -510,8 +509,8 @@ int coroutine_fn qcow2_co_pwritev(BlockNode *bs, int64_t offset,
                                 true);
             co_mutex_unlock(&s->lock);
             child_debug_event(bs->file, BLKDBG_WRITE_AIO);
-            ret = child_co_pwritev(s->data_file, (int64_t)host, (int64_t)n,
-                                   qiov, qiov_offset, 0);
+            ret = qcow2_data_pwritev(bs, host, (uint64_t)offset, n, qiov,
+                                     qiov_offset);
             release(s, f);
         } else if (ret >= 0) {
             /* Returns with the lock held. */

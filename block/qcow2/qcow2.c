@@ -396,6 +396,7 @@ static void qcow2_free_state(Qcow2State *s)
     g_free(s->data_file_name);
     g_free(s->feature_table);
     qcow2_free_snapshots(s);
+    qcow2_crypto_close(s);
     if (s->unknown_exts) {
         g_ptr_array_unref(s->unknown_exts);
     }
@@ -423,6 +424,10 @@ static void coroutine_fn open_co(void *opaque)
     }
     if (!read_runtime_options(s, o->options, o->flags, &o->err)) {
         ret = -EINVAL;
+        goto out;
+    }
+    ret = qcow2_crypto_open(bs, o->options, o->flags, &o->err);
+    if (ret < 0) {
         goto out;
     }
     ret = load_tables(bs, &o->err);
@@ -603,7 +608,8 @@ static int qcow2_reopen_prepare(ReopenState *rs, GError **errp)
 
     *n = *s;
     n->compatible_features = s->compatible_features;
-    if (!read_runtime_options(n, rs->options, rs->flags, errp)) {
+    if (!read_runtime_options(n, rs->options, rs->flags, errp) ||
+        qcow2_crypto_reopen_options(rs->bs, rs->options, errp) < 0) {
         g_free(n);
         return -EINVAL;
     }
@@ -713,7 +719,8 @@ static void qcow2_refresh_limits(BlockNode *bs)
 {
     Qcow2State *s = bs->opaque;
 
-    bs->bl.request_alignment = 1;
+    /* Encrypted data is read and written in whole sectors. */
+    bs->bl.request_alignment = qcow2_crypto_sector_size(s);
     /* Unaligned zero writes come to us whole: see qcow2_co_pwrite_zeroes. */
     bs->bl.pdiscard_alignment = (uint32_t)s->cluster_size;
 }
@@ -828,8 +835,8 @@ static int coroutine_fn do_read(BlockNode *bs, int64_t offset, int64_t bytes,
             break;
         case QCOW2_SC_NORMAL:
             child_debug_event(bs->file, BLKDBG_READ_AIO);
-            ret = child_co_preadv(s->data_file, (int64_t)host, (int64_t)n,
-                                  qiov, qiov_offset, 0);
+            ret = qcow2_data_preadv(bs, host, (uint64_t)offset, n, qiov,
+                                    qiov_offset);
             break;
         default:
             ret = -EIO;
@@ -1197,6 +1204,9 @@ static json_t *qcow2_get_specific_info(BlockNode *bs, GError **errp)
                         json_boolean(s->compatible_features &
                                      QCOW2_COMPAT_LAZY_REFCOUNTS));
     json_object_set_new(o, "refcount-bits", json_integer(s->refcount_bits));
+    if (s->crypto) {
+        json_object_set_new(o, "encrypt", qcow2_crypto_info(s));
+    }
     if (qcow2_has_data_file(s) && s->data_file_name) {
         json_object_set_new(o, "data-file", json_string(s->data_file_name));
     }

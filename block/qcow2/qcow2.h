@@ -153,6 +153,10 @@ typedef struct Qcow2State {
     /* Block status: is the image preallocated=metadata (asked once)? */
     bool metadata_prealloc_checked;
     bool metadata_prealloc;
+    /* Encryption (qcow2-crypto.c): NULL when not encrypted. */
+    struct CryptoBlock *crypto;
+    uint64_t crypto_header_offset;   /* LUKS header clusters (extension) */
+    uint64_t crypto_header_length;
 } Qcow2State;
 
 /* Metadata structures a write must never hit (QEMU's QCOW2_OL_*). */
@@ -210,6 +214,27 @@ int coroutine_fn qcow2_co_save_vmstate(BlockNode *bs, IOVec *qiov,
                                        int64_t pos);
 int coroutine_fn qcow2_co_load_vmstate(BlockNode *bs, IOVec *qiov,
                                        int64_t pos);
+
+/* ---- qcow2-crypto.c ---- */
+
+/* Take the encrypt.* options and unlock the key (after the header). */
+int coroutine_fn qcow2_crypto_open(BlockNode *bs, json_t *options, int flags,
+                                   GError **errp);
+int qcow2_crypto_reopen_options(BlockNode *bs, json_t *options,
+                                GError **errp);
+void qcow2_crypto_close(Qcow2State *s);
+/* The unit of I/O: 512 for encrypted images, else 1. */
+unsigned qcow2_crypto_sector_size(const Qcow2State *s);
+/* Guest data at host offset `host` of the data file (guest offset `guest`),
+ * decrypted or encrypted on the way when the image is encrypted. */
+int coroutine_fn qcow2_data_preadv(BlockNode *bs, uint64_t host,
+                                   uint64_t guest, uint64_t bytes,
+                                   IOVec *qiov, size_t qoff);
+int coroutine_fn qcow2_data_pwritev(BlockNode *bs, uint64_t host,
+                                    uint64_t guest, uint64_t bytes,
+                                    IOVec *qiov, size_t qoff);
+/* The "encrypt" member of the format-specific information (NULL: none). */
+json_t *qcow2_crypto_info(const Qcow2State *s);
 
 /* ---- qcow2-header.c ---- */
 

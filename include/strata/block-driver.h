@@ -306,6 +306,7 @@ struct BlockNode {
     int64_t total_bytes;         /* cached length, -1 when unknown */
     ReopenState *reopen_state;   /* while a reopen is being prepared */
     bool probed;                 /* format guessed, not given */
+    bool encrypted;              /* guest data is encrypted (info) */
 
     /* Statistics (query-blockstats later). */
     uint64_t rd_bytes, wr_bytes, rd_ops, wr_ops, flush_ops;

@@ -45,6 +45,7 @@ enum {
                                    corrupt images open read-write */
     NODE_O_NO_FLUSH = 0x0200, /* cache.no-flush=on */
     NODE_O_PROTOCOL = 0x8000, /* the filename names a protocol node */
+    NODE_O_NO_IO = 0x10000,    /* metadata only (qemu-img info): no keys */
     NODE_O_RESIZE = 0x20000,   /* backend: take the resize permission too */
     NODE_O_NO_SHARE = 0x40000, /* backend: do not share write/resize (qemu-img) */
 };

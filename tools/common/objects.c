@@ -8,6 +8,7 @@
 #include <string.h>
 #include "strata/error.h"
 #include "strata/opts.h"
+#include "strata/secret.h"
 #include "tool-common.h"
 
 static GHashTable *secrets; /* id -> GBytes */
@@ -239,6 +240,8 @@ static void secret_add(json_t *args, bool from_json, const char *id)
     if (!secrets) {
         secrets = g_hash_table_new_full(g_str_hash, g_str_equal, g_free,
                                         (GDestroyNotify)g_bytes_unref);
+        /* Encrypted images ask for their passphrase by id. */
+        crypto_secret_set_lookup(tool_secret_lookup);
     }
     g_hash_table_insert(secrets, g_strdup(id), bytes);
 }

@@ -81,10 +81,28 @@ static const ImgOptDesc qcow2_opts[] = {
     { NULL },
 };
 
+/* block_crypto_create_opts_luks, in QEMU's order. */
+static const ImgOptDesc luks_opts[] = {
+    { "size", IMG_OPT_SIZE, "Virtual disk size", NULL },
+    { "key-secret", IMG_OPT_STRING,
+      "ID of the secret that provides the keyslot passphrase", NULL },
+    { "cipher-alg", IMG_OPT_STRING, "Name of encryption cipher algorithm",
+      NULL },
+    { "cipher-mode", IMG_OPT_STRING, "Name of encryption cipher mode", NULL },
+    { "ivgen-alg", IMG_OPT_STRING, "Name of IV generator algorithm", NULL },
+    { "ivgen-hash-alg", IMG_OPT_STRING, "Name of IV generator hash algorithm",
+      NULL },
+    { "hash-alg", IMG_OPT_STRING, "Name of encryption hash algorithm", NULL },
+    { "iter-time", IMG_OPT_NUMBER, "Time to spend in PBKDF in milliseconds",
+      NULL },
+    { NULL },
+};
+
 static const DriverOpts driver_opts[] = {
     { "raw", raw_opts },
     { "file", file_opts },
     { "qcow2", qcow2_opts },
+    { "luks", luks_opts },
 };
 
 /* Types for names of drivers that have no row above. */

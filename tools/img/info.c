@@ -57,6 +57,9 @@ static json_t *query_image_info(BlockNode *bs, GError **errp)
         json_object_set_new(info, "cluster-size",
                             json_integer(bdi.cluster_size));
     }
+    if (bs->encrypted) {
+        json_object_set_new(info, "encrypted", json_true());
+    }
     if (bs->backing_file[0]) {
         /* The full name is always given, even when it is the same. */
         char *full = node_get_full_backing_filename(bs);
@@ -342,6 +345,8 @@ int img_info(int argc, char **argv)
     }
     json = output && !strcmp(output, "json");
 
+    /* Metadata only: encrypted images open without their secret. */
+    spec.flags |= NODE_O_NO_IO;
     list = collect_info(filename, &spec, chain);
     if (!list) {
         return EXIT_FAILURE;

@@ -1,0 +1,31 @@
+/*
+ * Secrets as the library sees them.  The tools define secrets with
+ * --object secret,... and hand the library a lookup function, so that the
+ * library never parses command lines.
+ */
+#include <string.h>
+#include "strata/error.h"
+#include "crypto.h"
+
+static CryptoSecretLookup secret_lookup;
+
+void crypto_secret_set_lookup(CryptoSecretLookup fn)
+{
+    secret_lookup = fn;
+}
+
+char *crypto_secret_lookup_utf8(const char *id, GError **errp)
+{
+    size_t len = 0;
+    const uint8_t *data = secret_lookup ? secret_lookup(id, &len) : NULL;
+
+    if (!data) {
+        error_setg(errp, "No secret with id '%s'", id);
+        return NULL;
+    }
+    if (!g_utf8_validate((const char *)data, (gssize)len, NULL)) {
+        error_setg(errp, "Data from secret %s is not valid UTF-8", id);
+        return NULL;
+    }
+    return g_strndup((const char *)data, len);
+}
