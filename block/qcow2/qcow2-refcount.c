@@ -60,6 +60,18 @@ static void rb_set(const Qcow2State *s, void *rb, uint64_t i, uint64_t v)
     }
 }
 
+uint64_t qcow2_refcount_array_get(const Qcow2State *s, const void *rb,
+                                  uint64_t i)
+{
+    return rb_get(s, rb, i);
+}
+
+void qcow2_refcount_array_set(const Qcow2State *s, void *rb, uint64_t i,
+                              uint64_t v)
+{
+    rb_set(s, rb, i, v);
+}
+
 int coroutine_fn qcow2_get_refcount(BlockNode *bs, uint64_t cluster,
                                     uint64_t *refcount)
 {
@@ -613,6 +625,14 @@ int coroutine_fn qcow2_free_clusters(BlockNode *bs, uint64_t offset,
 {
     child_debug_event(bs->file, BLKDBG_CLUSTER_FREE);
     return update_refcount(bs, offset, length, 1, true, dt);
+}
+
+int coroutine_fn qcow2_update_refcount_range(BlockNode *bs, uint64_t offset,
+                                             uint64_t length, uint64_t addend,
+                                             bool decrease,
+                                             Qcow2DiscardType dt)
+{
+    return update_refcount(bs, offset, length, addend, decrease, dt);
 }
 
 int coroutine_fn qcow2_update_cluster_refcount(BlockNode *bs, uint64_t cluster,
