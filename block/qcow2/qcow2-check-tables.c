@@ -9,6 +9,7 @@
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -380,13 +381,23 @@ int coroutine_fn qcow2_check_count_refblocks(Qcow2Check *c)
             }
             /* Grow the file to hold the block (it reads as zeroes). */
             GError *err = NULL;
-            ret = -EINVAL;
-            if (offset <= INT64_MAX - s->cluster_size) {
+            /*
+             * A block just past the end (the file was cut short) is what
+             * this repairs.  Unlike QEMU, a garbage entry far away does
+             * not grow the file (and the counts in memory) to match: not
+             * past twice the file plus 1 GiB, nor INT_MAX clusters (what
+             * a check accepts).
+             */
+            ret = -EFBIG;
+            if (cluster < INT_MAX &&
+                offset < (uint64_t)c->file_len * 2 + (UINT64_C(1) << 30)) {
                 ret = child_co_truncate(c->bs->file,
                                         (int64_t)(offset + s->cluster_size),
                                         false, PREALLOC_OFF, &err);
                 if (ret < 0) {
-                    fprintf(stderr, "%s\n", err->message);
+                    const char *prog = g_get_prgname();
+                    warn_print("%s: %s", prog ? prog : "qemu-img",
+                               err->message);
                     g_clear_error(&err);
                 }
             }

@@ -42,8 +42,12 @@ int qcow2_check_resize_counts(Qcow2Check *c, int64_t n)
     uint64_t new_bytes;
     uint8_t *p;
 
-    /* No offset in the file can address more clusters than this. */
-    if (n < 0 || (uint64_t)n >= (UINT64_C(1) << (63 - c->s->cluster_bits))) {
+    /*
+     * The check refuses files of more than INT_MAX clusters (as QEMU's);
+     * the counts only grow a little past the file (a partly written last
+     * cluster, a rebuild's new structure).
+     */
+    if (n < 0 || n > (int64_t)INT_MAX * 2) {
         return -EFBIG;
     }
     new_bytes = counts_bytes(c->s, n);
