@@ -17,6 +17,7 @@
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "qcow2.h"
@@ -624,7 +625,13 @@ int coroutine_fn qcow2_free_clusters(BlockNode *bs, uint64_t offset,
                                      uint64_t length, Qcow2DiscardType dt)
 {
     child_debug_event(bs->file, BLKDBG_CLUSTER_FREE);
-    return update_refcount(bs, offset, length, 1, true, dt);
+    int ret = update_refcount(bs, offset, length, 1, true, dt);
+    if (ret < 0) {
+        /* QEMU says so here, whoever the caller (iotest 217 shows it). */
+        fprintf(stderr, "qcow2_free_clusters failed: %s\n",
+                g_strerror(-ret));
+    }
+    return ret;
 }
 
 int coroutine_fn qcow2_update_refcount_range(BlockNode *bs, uint64_t offset,
