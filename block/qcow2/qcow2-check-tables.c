@@ -23,10 +23,10 @@ int coroutine_fn qcow2_check_table_get(Qcow2Check *c, Qcow2TableBatch *b,
                                        size_t n, uint8_t **table)
 {
     uint64_t cs = c->s->cluster_size, want = offsets[i];
-    uint64_t cap = MAX((uint64_t)QCOW2_CHECK_BATCH, cs);
+    uint64_t cap = MAX(b->cap ? b->cap : QCOW2_CHECK_BATCH, cs);
     int ret;
 
-    if (b->len && want >= b->first && want - b->first <= b->len - cs) {
+    if (qcow2_check_table_cached(b, want, cs)) {
         *table = b->buf + (want - b->first);
         return 0;
     }

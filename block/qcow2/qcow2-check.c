@@ -135,9 +135,19 @@ int64_t qcow2_check_file_length(BlockNode *bs)
 
 /* ---- The stored refcounts, read a batch of refcount blocks at a time ---- */
 
+/*
+ * A few windows of contiguous refcount blocks, the least recently loaded
+ * replaced first: lookups in order (the comparison) stream through them,
+ * lookups that jump between a few regions (copied flags: L2 tables here,
+ * data clusters there) keep a window each.
+ */
+#define STORED_WINDOWS 8
+#define STORED_WINDOW_BYTES (64u * 1024)
+
 typedef struct StoredRefs {
     Qcow2Check *c;
-    Qcow2TableBatch batch;
+    Qcow2TableBatch win[STORED_WINDOWS];
+    unsigned next;             /* the window to replace next */
     uint64_t *offsets;         /* refcount block offsets by table index */
 } StoredRefs;
 
@@ -153,6 +163,9 @@ static int coroutine_fn stored_refs_init(StoredRefs *r, Qcow2Check *c)
 
     memset(r, 0, sizeof(*r));
     r->c = c;
+    for (unsigned i = 0; i < STORED_WINDOWS; i++) {
+        r->win[i].cap = STORED_WINDOW_BYTES;
+    }
     if (ret < 0) {
         return ret;
     }
@@ -168,7 +181,9 @@ static int coroutine_fn stored_refs_init(StoredRefs *r, Qcow2Check *c)
 
 static void stored_refs_free(StoredRefs *r)
 {
-    qcow2_check_table_batch_free(&r->batch);
+    for (unsigned i = 0; i < STORED_WINDOWS; i++) {
+        qcow2_check_table_batch_free(&r->win[i]);
+    }
     g_free(r->offsets);
     r->offsets = NULL;
 }
@@ -189,7 +204,19 @@ static int coroutine_fn stored_refcount(StoredRefs *r, int64_t cluster,
         /* The driver's own lookup reports this (and marks the image). */
         return qcow2_get_refcount(r->c->bs, (uint64_t)cluster, rc);
     }
-    ret = qcow2_check_table_get(r->c, &r->batch, r->offsets, rt,
+    Qcow2TableBatch *w = NULL;
+    for (unsigned i = 0; i < STORED_WINDOWS && !w; i++) {
+        if (qcow2_check_table_cached(&r->win[i], r->offsets[rt],
+                                     s->cluster_size)) {
+            w = &r->win[i];
+        }
+    }
+    if (!w) {
+        w = &r->win[r->next];
+        r->next = (r->next + 1) % STORED_WINDOWS;
+        w->len = 0;
+    }
+    ret = qcow2_check_table_get(r->c, w, r->offsets, rt,
                                 s->refcount_table_size, &rb);
     if (ret < 0) {
         return ret;

@@ -62,9 +62,19 @@ int coroutine_fn qcow2_check_count_bitmaps(Qcow2Check *c);
  */
 typedef struct Qcow2TableBatch {
     uint8_t *buf;
-    uint64_t first;            /* file offset of buf, 0: nothing loaded */
-    uint64_t len;
+    uint64_t first;            /* file offset of buf */
+    uint64_t len;              /* bytes loaded, 0: none */
+    uint64_t cap;              /* at most this much (0: QCOW2_CHECK_BATCH) */
 } Qcow2TableBatch;
+
+/* Is the table at offset in the batch already? */
+static inline bool qcow2_check_table_cached(const Qcow2TableBatch *b,
+                                            uint64_t offset,
+                                            uint64_t cluster_size)
+{
+    return b->len && offset >= b->first &&
+           offset - b->first <= b->len - cluster_size;
+}
 
 /*
  * Make the table at offsets[i] available; offsets[i..n) are the tables

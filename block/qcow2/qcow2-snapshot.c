@@ -32,8 +32,18 @@ void qcow2_free_snapshots(Qcow2State *s)
 
 int coroutine_fn qcow2_read_snapshot_table(BlockNode *bs, GError **errp)
 {
-    return qcow2_read_snapshot_table_repair(bs, false, NULL, NULL, NULL,
-                                            errp);
+    char *hint = NULL;
+    int ret = qcow2_read_snapshot_table_repair(bs, false, NULL, NULL, &hint,
+                                               errp);
+
+    /* QEMU prints the hint on the line after the error. */
+    if (hint && errp && *errp) {
+        char *msg = g_strdup_printf("%s\n%s", (*errp)->message, hint);
+        g_free((*errp)->message);
+        (*errp)->message = msg;
+    }
+    g_free(hint);
+    return ret;
 }
 
 int coroutine_fn qcow2_read_snapshot_table_repair(BlockNode *bs, bool repair,
