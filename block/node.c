@@ -954,6 +954,14 @@ static BlockNode *node_open_common(const char *filename, json_t *options,
         }
         json_decref(flat);
         json_decref(flat_file);
+        /*
+         * It becomes the storage of a format, which passes discards down
+         * only when its own policy says so: the storage defaults to unmap,
+         * as when the format is named (QEMU's inheritance does the same).
+         */
+        if (!json_object_get(file_opts, "discard")) {
+            json_object_set_new(file_opts, "discard", json_string("unmap"));
+        }
         int fflags = (flags | NODE_O_PROTOCOL) & ~NODE_O_RESIZE;
         char *fname = opts_get_str(file_opts, "filename");
         json_object_del(file_opts, "filename");

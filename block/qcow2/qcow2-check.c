@@ -1,473 +1,701 @@
 /*
- * qcow2 consistency check: count every reference to every cluster from
- * the metadata (header, L1 and L2 tables of the image and its snapshots,
- * the refcount structures, the snapshot table, persistent bitmaps) and
- * compare with the stored refcounts; check that the "copied" flags agree
- * with the refcounts.  Problems are printed to stderr as they are found,
- * in QEMU 7.2's words.  With fixing enabled, the stored refcounts and
- * flags are corrected; that is also how an image left dirty by lazy
- * refcounts is repaired on open.
+ * qcow2 consistency check: count every reference to every cluster of the
+ * file from the metadata (header, L1 and L2 tables of the image and its
+ * snapshots, the snapshot table, the refcount structures, persistent
+ * bitmaps), compare with the stored refcounts, and check that the
+ * "copied" flags agree with the refcounts.  Problems are printed to stderr
+ * as they are found, in QEMU 7.2's words, and counted as QEMU counts them,
+ * so that the report and the exit status of `check` are qemu-img's.
  *
- * Fixing order matters: raising too-low refcounts may need new refcount
- * blocks, and those must not land on a cluster that is in use but counted
- * too low.  So leaks are lowered first (that never allocates), allocation
- * is moved past every used cluster, and then low counts are raised.
- * (QEMU rebuilds the whole refcount structure when counts are too low;
- * the result is as consistent, the layout differs.)
+ * Repairs follow QEMU's choices so that a repaired image is the one QEMU
+ * would leave: leaks and too-low counts of clusters that have a refcount
+ * are corrected in place; anything worse (a cluster in use with refcount
+ * 0, a broken refcount table entry) rebuilds the whole refcount structure
+ * from the counts (qcow2-check-rebuild.c), and a second pass frees what
+ * the old structure leaves behind.  The same repair, with everything
+ * enabled, is how an image left dirty by lazy refcounts is opened.
+ *
+ * Memory: one refcount entry per cluster of the file (as QEMU), plus
+ * batches of at most QCOW2_CHECK_BATCH bytes of metadata.
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
-#include "qcow2.h"
+#include "qcow2-check.h"
 
-typedef struct Counts {
-    uint64_t *ref;
-    uint64_t n;
-    BlockCheckResult *res;
-} Counts;
+/* ---- The in-memory counts ---- */
 
-static void count_range(BlockNode *bs, Counts *c, uint64_t offset,
-                        uint64_t length)
+/* Bytes for n entries, rounded up to whole clusters (rebuild writes them). */
+static uint64_t counts_bytes(const Qcow2State *s, int64_t n)
 {
-    Qcow2State *s = bs->opaque;
-
-    if (length == 0) {
-        return;
-    }
-    uint64_t first = offset >> s->cluster_bits;
-    uint64_t last = (offset + length - 1) >> s->cluster_bits;
-    if (last >= (1ull << (56 - s->cluster_bits))) {
-        fprintf(stderr, "ERROR: reference to cluster %#" PRIx64 " beyond "
-                "the maximum image size\n", offset);
-        c->res->corruptions++;
-        return;
-    }
-    if (last >= c->n) {
-        uint64_t n = MAX(last + 1, c->n * 2);
-        c->ref = g_realloc(c->ref, n * sizeof(uint64_t));
-        memset(c->ref + c->n, 0, (n - c->n) * sizeof(uint64_t));
-        c->n = n;
-    }
-    for (uint64_t i = first; i <= last; i++) {
-        c->ref[i]++;
-    }
+    uint64_t bytes = DIV_ROUND_UP(((uint64_t)n << s->refcount_order), 8);
+    return ROUND_UP(bytes, s->cluster_size);
 }
 
-/* One L2 table's data clusters; frag: collect allocation statistics. */
-static int coroutine_fn count_l2(BlockNode *bs, Counts *c, uint64_t l2_offset,
-                                 bool frag)
+int qcow2_check_resize_counts(Qcow2Check *c, int64_t n)
 {
-    Qcow2State *s = bs->opaque;
-    uint64_t next_contiguous = 0;
-    void *l2;
-    int ret = qcow2_cache_get(s->l2_cache, l2_offset, &l2);
+    uint64_t old_bytes = c->counts ? counts_bytes(c->s, c->nb_clusters) : 0;
+    uint64_t new_bytes;
+    uint8_t *p;
 
-    if (ret < 0) {
-        fprintf(stderr, "ERROR: I/O error in check_refcounts_l2\n");
-        c->res->check_errors++;
-        return ret;
+    /*
+     * The check refuses files of more than INT_MAX clusters (as QEMU's);
+     * the counts only grow a little past the file (a partly written last
+     * cluster, a rebuild's new structure).
+     */
+    if (n < 0 || n > (int64_t)INT_MAX * 2) {
+        return -EFBIG;
     }
-    for (uint64_t i = 0; i < s->l2_size; i++) {
-        uint64_t e = qcow2_l2_entry(s, l2, (unsigned)i);
-
-        if (e & QCOW_OFLAG_COMPRESSED) {
-            uint64_t coffset = e & s->cluster_offset_mask;
-            uint64_t nb = ((e >> s->csize_shift) & s->csize_mask) + 1;
-            uint64_t csize = nb * QCOW2_COMPRESSED_SECTOR_SIZE -
-                             (coffset & (QCOW2_COMPRESSED_SECTOR_SIZE - 1));
-            count_range(bs, c, coffset, csize);
-            if (frag) {
-                /* Compressed clusters are fragmented by nature. */
-                c->res->allocated_clusters++;
-                c->res->compressed_clusters++;
-                c->res->fragmented_clusters++;
-            }
-            continue;
-        }
-        uint64_t host = e & L2E_OFFSET_MASK;
-        bool allocated = host || (qcow2_has_data_file(s) &&
-                                  (e & QCOW_OFLAG_COPIED));
-        if (!allocated) {
-            continue;
-        }
-        if (frag) {
-            c->res->allocated_clusters++;
-            if (next_contiguous && host != next_contiguous) {
-                c->res->fragmented_clusters++;
-            }
-            next_contiguous = host + s->cluster_size;
-        }
-        if (qcow2_has_data_file(s)) {
-            continue;              /* data file clusters have no refcount */
-        }
-        if (qcow2_offset_into_cluster(s, host)) {
-            fprintf(stderr, "ERROR offset=%" PRIx64 ": Cluster is not "
-                    "properly aligned; L2 entry corrupted.\n", host);
-            c->res->corruptions++;
-            continue;
-        }
-        count_range(bs, c, host, s->cluster_size);
+    new_bytes = counts_bytes(c->s, n);
+    if (new_bytes == old_bytes && c->counts) {
+        c->nb_clusters = n;
+        return 0;
     }
-    qcow2_cache_put(s->l2_cache, &l2);
+    if (new_bytes > SIZE_MAX) {
+        return -ENOMEM;
+    }
+    p = g_try_realloc(c->counts, MAX(new_bytes, 1));
+    if (!p) {
+        return -ENOMEM;
+    }
+    if (new_bytes > old_bytes) {
+        memset(p + old_bytes, 0, new_bytes - old_bytes);
+    }
+    c->counts = p;
+    c->nb_clusters = n;
     return 0;
 }
 
-static int coroutine_fn count_l1(BlockNode *bs, Counts *c, uint64_t l1_offset,
-                                 uint32_t l1_size, const uint64_t *table,
-                                 bool active)
+uint64_t qcow2_check_count_get(const Qcow2Check *c, int64_t cluster)
 {
-    Qcow2State *s = bs->opaque;
-    uint64_t *l1 = NULL;
-    int ret = 0;
-
-    count_range(bs, c, l1_offset, (uint64_t)l1_size * 8);
-    if (!table && l1_size) {
-        l1 = g_try_new(uint64_t, l1_size);
-        if (!l1) {
-            return -ENOMEM;
-        }
-        ret = child_co_pread(bs->file, (int64_t)l1_offset,
-                             (int64_t)l1_size * 8, l1, 0);
-        if (ret < 0) {
-            fprintf(stderr, "ERROR: I/O error in check_refcounts_l1\n");
-            c->res->check_errors++;
-            g_free(l1);
-            return ret;
-        }
-        for (uint32_t i = 0; i < l1_size; i++) {
-            l1[i] = be64toh(l1[i]);
-        }
-        table = l1;
-    }
-    for (uint32_t i = 0; i < l1_size && ret >= 0; i++) {
-        uint64_t l2 = table[i] & L1E_OFFSET_MASK;
-        if (!l2) {
-            continue;
-        }
-        if (qcow2_offset_into_cluster(s, l2)) {
-            fprintf(stderr, "ERROR l2_offset=%" PRIx64 ": Table is not "
-                    "cluster aligned; L1 entry corrupted\n", l2);
-            c->res->corruptions++;
-            continue;
-        }
-        count_range(bs, c, l2, s->cluster_size);
-        ret = count_l2(bs, c, l2, active);
-    }
-    g_free(l1);
-    return ret;
+    return qcow2_refcount_array_get(c->s, c->counts, (uint64_t)cluster);
 }
 
-/* Internal snapshots: the table and each snapshot's L1 and L2 tables. */
-static int coroutine_fn count_snapshots(BlockNode *bs, Counts *c)
+void qcow2_check_count_set(Qcow2Check *c, int64_t cluster, uint64_t v)
 {
-    Qcow2State *s = bs->opaque;
-    uint64_t offset = s->snapshots_offset;
+    qcow2_refcount_array_set(c->s, c->counts, (uint64_t)cluster, v);
+}
+
+int qcow2_check_count_range(Qcow2Check *c, uint64_t offset, uint64_t size)
+{
+    Qcow2State *s = c->s;
     int ret;
 
-    for (uint32_t i = 0; i < s->nb_snapshots; i++) {
-        Qcow2DiskSnapshot sn;
-
-        ret = child_co_pread(bs->file, (int64_t)offset, sizeof(sn), &sn, 0);
-        if (ret < 0) {
-            c->res->check_errors++;
-            return ret;
-        }
-        uint64_t len = sizeof(sn) + be32toh(sn.extra_data_size) +
-                       be16toh(sn.id_str_size) + be16toh(sn.name_size);
-        uint64_t l1_offset = be64toh(sn.l1_table_offset);
-        uint32_t l1_size = be32toh(sn.l1_size);
-        if (qcow2_offset_into_cluster(s, l1_offset) ||
-            (uint64_t)l1_size * 8 > QCOW2_MAX_L1_BYTES) {
-            fprintf(stderr, "ERROR snapshot %" PRIu32 " has an invalid L1 "
-                    "table\n", i);
-            c->res->corruptions++;
-        } else {
-            ret = count_l1(bs, c, l1_offset, l1_size, NULL, false);
+    if (size == 0) {
+        return 0;
+    }
+    /*
+     * The last cluster may be only partly in the file, so a reference up
+     * to one cluster past the end is fine; anything further is not.
+     */
+    if (offset > (uint64_t)INT64_MAX - size ||
+        (offset + size > (uint64_t)c->file_len &&
+         offset + size - (uint64_t)c->file_len >= s->cluster_size)) {
+        fprintf(stderr, "ERROR: counting reference for region exceeding the "
+                "end of the file by one cluster or more: offset 0x%" PRIx64
+                " size 0x%" PRIx64 "\n", offset, size);
+        c->res->corruptions++;
+        return 0;
+    }
+    int64_t first = (int64_t)(offset >> s->cluster_bits);
+    int64_t last = (int64_t)((offset + size - 1) >> s->cluster_bits);
+    for (int64_t k = first; k <= last; k++) {
+        if (k >= c->nb_clusters) {
+            ret = qcow2_check_resize_counts(c, k + 1);
             if (ret < 0) {
+                c->res->check_errors++;
                 return ret;
             }
         }
-        offset += ROUND_UP(len, 8);
-    }
-    if (s->nb_snapshots) {
-        count_range(bs, c, s->snapshots_offset, offset - s->snapshots_offset);
+        uint64_t n = qcow2_check_count_get(c, k);
+        if (n == s->refcount_max) {
+            fprintf(stderr, "ERROR: overflow cluster offset=0x%" PRIx64 "\n",
+                    (uint64_t)k << s->cluster_bits);
+            fprintf(stderr, "Use qemu-img amend to increase the refcount "
+                    "entry width or qemu-img convert to create a clean copy "
+                    "if the image cannot be opened for writing\n");
+            c->res->corruptions++;
+            continue;
+        }
+        qcow2_check_count_set(c, k, n + 1);
     }
     return 0;
 }
 
-/* Persistent bitmaps: the directory, each bitmap table and its data. */
-static int coroutine_fn count_bitmaps(BlockNode *bs, Counts *c)
+int64_t qcow2_check_file_length(BlockNode *bs)
 {
-    Qcow2State *s = bs->opaque;
-    uint64_t dir_size = s->bitmaps_ext.bitmap_directory_size;
-    uint8_t *dir;
-    int ret;
+    /* Writes past the end (a rebuild's) may have grown the file. */
+    node_invalidate_length(bs->file->bs);
+    return node_getlength(bs->file->bs);
+}
 
-    if (!s->has_bitmaps_ext || dir_size == 0) {
-        return 0;
+/* ---- The stored refcounts, read a batch of refcount blocks at a time ---- */
+
+/*
+ * A few windows of contiguous refcount blocks, the least recently loaded
+ * replaced first: lookups in order (the comparison) stream through them,
+ * lookups that jump between a few regions (copied flags: L2 tables here,
+ * data clusters there) keep a window each.
+ */
+#define STORED_WINDOWS 8
+#define STORED_WINDOW_BYTES (64u * 1024)
+
+typedef struct StoredRefs {
+    Qcow2Check *c;
+    Qcow2TableBatch win[STORED_WINDOWS];
+    unsigned next;             /* the window to replace next */
+    uint64_t *offsets;         /* refcount block offsets by table index */
+} StoredRefs;
+
+/*
+ * The refcount blocks are read directly from the file, so the refcount
+ * cache must have been written back; repairs made while reading only
+ * touch clusters already read.
+ */
+static int coroutine_fn stored_refs_init(StoredRefs *r, Qcow2Check *c)
+{
+    Qcow2State *s = c->s;
+    int ret = qcow2_cache_flush(s->refcount_cache);
+
+    memset(r, 0, sizeof(*r));
+    r->c = c;
+    for (unsigned i = 0; i < STORED_WINDOWS; i++) {
+        r->win[i].cap = STORED_WINDOW_BYTES;
     }
-    dir = g_try_malloc(dir_size);
-    if (!dir) {
+    if (ret < 0) {
+        return ret;
+    }
+    r->offsets = g_try_new(uint64_t, MAX(s->refcount_table_size, 1));
+    if (!r->offsets) {
         return -ENOMEM;
     }
-    ret = child_co_pread(bs->file,
-                         (int64_t)s->bitmaps_ext.bitmap_directory_offset,
-                         (int64_t)dir_size, dir, 0);
-    if (ret < 0) {
-        c->res->check_errors++;
-        goto out;
+    for (uint32_t i = 0; i < s->refcount_table_size; i++) {
+        r->offsets[i] = s->refcount_table[i] & REFT_OFFSET_MASK;
     }
-    count_range(bs, c, s->bitmaps_ext.bitmap_directory_offset, dir_size);
-    for (uint64_t pos = 0, i = 0;
-         i < s->bitmaps_ext.nb_bitmaps && pos + 24 <= dir_size; i++) {
-        uint64_t table_offset;
-        uint32_t table_size, extra;
-        uint16_t name_size;
+    return 0;
+}
 
-        memcpy(&table_offset, dir + pos, 8);
-        memcpy(&table_size, dir + pos + 8, 4);
-        memcpy(&name_size, dir + pos + 18, 2);
-        memcpy(&extra, dir + pos + 20, 4);
-        table_offset = be64toh(table_offset);
-        table_size = be32toh(table_size);
-        name_size = be16toh(name_size);
-        extra = be32toh(extra);
-        pos += ROUND_UP(24 + (uint64_t)extra + name_size, 8);
+static void stored_refs_free(StoredRefs *r)
+{
+    for (unsigned i = 0; i < STORED_WINDOWS; i++) {
+        qcow2_check_table_batch_free(&r->win[i]);
+    }
+    g_free(r->offsets);
+    r->offsets = NULL;
+}
 
-        if (!table_offset) {
+static int coroutine_fn stored_refcount(StoredRefs *r, int64_t cluster,
+                                        uint64_t *rc)
+{
+    Qcow2State *s = r->c->s;
+    uint64_t rt = (uint64_t)cluster >> s->refcount_block_bits;
+    uint8_t *rb;
+    int ret;
+
+    *rc = 0;
+    if (rt >= s->refcount_table_size || !r->offsets[rt]) {
+        return 0;
+    }
+    if (qcow2_offset_into_cluster(s, r->offsets[rt])) {
+        /* The driver's own lookup reports this (and marks the image). */
+        return qcow2_get_refcount(r->c->bs, (uint64_t)cluster, rc);
+    }
+    Qcow2TableBatch *w = NULL;
+    for (unsigned i = 0; i < STORED_WINDOWS && !w; i++) {
+        if (qcow2_check_table_cached(&r->win[i], r->offsets[rt],
+                                     s->cluster_size)) {
+            w = &r->win[i];
+        }
+    }
+    if (!w) {
+        w = &r->win[r->next];
+        r->next = (r->next + 1) % STORED_WINDOWS;
+        w->len = 0;
+    }
+    ret = qcow2_check_table_get(r->c, w, r->offsets, rt,
+                                s->refcount_table_size, &rb);
+    if (ret < 0) {
+        return ret;
+    }
+    *rc = qcow2_refcount_array_get(s, rb, (uint64_t)cluster &
+                                          (s->refcount_block_size - 1));
+    return 0;
+}
+
+/* ---- Counting ---- */
+
+static int coroutine_fn calculate_refcounts(Qcow2Check *c)
+{
+    Qcow2State *s = c->s;
+    BlockCheckResult *res = c->res;
+    int ret;
+
+    if (!c->counts) {
+        int64_t n = c->nb_clusters;
+        c->nb_clusters = 0;
+        ret = qcow2_check_resize_counts(c, n);
+        if (ret < 0) {
+            c->nb_clusters = n;
+            res->check_errors++;
+            return ret;
+        }
+    }
+    ret = qcow2_check_count_range(c, 0, s->cluster_size);
+    if (ret >= 0 && s->crypto_header_length) {
+        /* The LUKS header of an encrypted image lives in clusters of its own. */
+        ret = qcow2_check_count_range(c, s->crypto_header_offset,
+                                      s->crypto_header_length);
+    }
+    if (ret >= 0) {
+        ret = qcow2_check_count_l1(c, s->l1_table_offset, s->l1_size, true);
+    }
+    if (ret < 0) {
+        return ret;
+    }
+    if (qcow2_has_data_file(s) && s->nb_snapshots) {
+        fprintf(stderr, "ERROR %" PRIu32 " snapshots in image with data "
+                "file\n", s->nb_snapshots);
+        res->corruptions++;
+    }
+    for (uint32_t i = 0; i < s->nb_snapshots; i++) {
+        Qcow2Snapshot *sn = &s->snapshots[i];
+
+        if (qcow2_offset_into_cluster(s, sn->l1_table_offset)) {
+            fprintf(stderr, "ERROR snapshot %s (%s) l1_offset=%#" PRIx64 ": "
+                    "L1 table is not cluster aligned; snapshot table entry "
+                    "corrupted\n", sn->id_str, sn->name, sn->l1_table_offset);
+            res->corruptions++;
             continue;
         }
-        uint64_t *t = g_try_new(uint64_t, MAX(table_size, 1));
-        if (!t) {
-            ret = -ENOMEM;
-            goto out;
+        if (sn->l1_size > QCOW2_MAX_L1_BYTES / 8) {
+            fprintf(stderr, "ERROR snapshot %s (%s) l1_size=%#" PRIx32 ": "
+                    "L1 table is too large; snapshot table entry "
+                    "corrupted\n", sn->id_str, sn->name, sn->l1_size);
+            res->corruptions++;
+            continue;
         }
-        ret = child_co_pread(bs->file, (int64_t)table_offset,
-                             (int64_t)table_size * 8, t, 0);
+        ret = qcow2_check_count_l1(c, sn->l1_table_offset, sn->l1_size,
+                                   false);
         if (ret < 0) {
-            c->res->check_errors++;
-            g_free(t);
-            goto out;
+            return ret;
         }
-        count_range(bs, c, table_offset, (uint64_t)table_size * 8);
-        for (uint32_t j = 0; j < table_size; j++) {
-            uint64_t d = be64toh(t[j]) & L2E_OFFSET_MASK;
-            if (d) {
-                count_range(bs, c, d, s->cluster_size);
-            }
-        }
-        g_free(t);
     }
-    ret = 0;
-out:
-    g_free(dir);
+    ret = qcow2_check_count_range(c, s->snapshots_offset, s->snapshots_size);
+    if (ret >= 0) {
+        ret = qcow2_check_count_range(c, s->refcount_table_offset,
+                                      (uint64_t)s->refcount_table_size * 8);
+    }
+    if (ret >= 0) {
+        ret = qcow2_check_count_bitmaps(c);
+    }
+    if (ret >= 0) {
+        ret = qcow2_check_count_refblocks(c);
+    }
     return ret;
 }
 
 /*
- * The copied flag must be set exactly where the refcount is 1: on the
- * active L1 entries and on the data clusters of the active L2 tables.
+ * Stored against counted refcount, cluster by cluster.  fix: what may be
+ * corrected in place (a cluster in use with no refcount at all needs a
+ * rebuild instead).
  */
-static int coroutine_fn check_copied(BlockNode *bs, BlockCheckResult *res,
-                                     int fix)
+static int coroutine_fn compare_refcounts(Qcow2Check *c, int fix,
+                                          int64_t *highest)
 {
-    Qcow2State *s = bs->opaque;
-    bool fix_all = fix & CHECK_FIX_ERRORS;
-    int ret;
+    Qcow2State *s = c->s;
+    BlockCheckResult *res = c->res;
+    StoredRefs r;
+    int ret = stored_refs_init(&r, c);
 
-    for (uint32_t i = 0; i < s->l1_size; i++) {
-        uint64_t l1e = s->l1_table[i], l2_offset = l1e & L1E_OFFSET_MASK, rc;
-        void *l2;
+    *highest = 0;
+    if (ret < 0) {
+        res->check_errors++;
+        stored_refs_free(&r);
+        return ret;
+    }
+    for (int64_t i = 0; i < c->nb_clusters; i++) {
+        uint64_t have, want = qcow2_check_count_get(c, i);
 
-        if (!l2_offset || qcow2_offset_into_cluster(s, l2_offset)) {
-            continue;
-        }
-        ret = qcow2_get_refcount(bs, l2_offset >> s->cluster_bits, &rc);
+        ret = stored_refcount(&r, i, &have);
         if (ret < 0) {
+            fprintf(stderr, "Can't get refcount for cluster %" PRId64 ": %s\n",
+                    i, g_strerror(-ret));
             res->check_errors++;
             continue;
         }
-        if ((rc == 1) != !!(l1e & QCOW_OFLAG_COPIED)) {
-            res->corruptions += !fix_all;
+        if (have || want) {
+            *highest = i;
+        }
+        if (have == want) {
+            continue;
+        }
+        int64_t *fixed = NULL;
+        if (have == 0) {
+            c->rebuild = true;
+        } else if (have > want && (fix & CHECK_FIX_LEAKS)) {
+            fixed = &res->leaks_fixed;
+        } else if (have < want && (fix & CHECK_FIX_ERRORS)) {
+            fixed = &res->corruptions_fixed;
+        }
+        fprintf(stderr, "%s cluster %" PRId64 " refcount=%" PRIu64
+                " reference=%" PRIu64 "\n",
+                fixed ? "Repairing" : have < want ? "ERROR" : "Leaked",
+                i, have, want);
+        if (fixed) {
+            ret = qcow2_update_refcount_range(
+                c->bs, (uint64_t)i << s->cluster_bits, s->cluster_size,
+                have > want ? have - want : want - have, have > want,
+                QCOW2_DISCARD_ALWAYS);
+            if (ret >= 0) {
+                (*fixed)++;
+                continue;
+            }
+        }
+        if (have < want) {
+            res->corruptions++;
+        } else {
+            res->leaks++;
+        }
+    }
+    stored_refs_free(&r);
+    if (fix) {
+        ret = qcow2_cache_flush(s->refcount_cache);
+        if (ret < 0) {
+            res->check_errors++;
+            return ret;
+        }
+    }
+    return 0;
+}
+
+/* ---- Copied flags ---- */
+
+/*
+ * The copied flag must be set exactly where the refcount is 1: on the
+ * active L1 entries and on the data clusters of the active L2 tables.
+ * A refcount that cannot be read was reported already: skipped quietly.
+ */
+static int coroutine_fn check_copied(Qcow2Check *c)
+{
+    Qcow2State *s = c->s;
+    BlockCheckResult *res = c->res;
+    Qcow2TableBatch batch = { 0 };
+    StoredRefs r;
+    uint64_t *l2_offsets = NULL;
+    size_t n = 0, k = 0;
+    bool repair;
+    int ret;
+
+    if (c->fix & CHECK_FIX_ERRORS) {
+        repair = true;
+    } else if (c->fix & CHECK_FIX_LEAKS) {
+        /* Only when the refcounts are known to be right now. */
+        repair = !res->check_errors && !res->corruptions && !res->leaks;
+    } else {
+        repair = false;
+    }
+    ret = stored_refs_init(&r, c);
+    if (ret < 0) {
+        res->check_errors++;
+        goto out;
+    }
+    l2_offsets = g_try_new(uint64_t, MAX(s->l1_size, 1));
+    if (!l2_offsets) {
+        res->check_errors++;
+        ret = -ENOMEM;
+        goto out;
+    }
+    for (uint32_t i = 0; i < s->l1_size; i++) {
+        if (s->l1_table[i] & L1E_OFFSET_MASK) {
+            l2_offsets[n++] = s->l1_table[i] & L1E_OFFSET_MASK;
+        }
+    }
+
+    for (uint32_t i = 0; i < s->l1_size; i++) {
+        uint64_t l1e = s->l1_table[i], l2_offset = l1e & L1E_OFFSET_MASK, rc;
+        unsigned dirty = 0;
+        uint8_t *l2;
+
+        if (!l2_offset) {
+            continue;
+        }
+        size_t batch_index = k++;
+        ret = stored_refcount(&r, (int64_t)(l2_offset >> s->cluster_bits),
+                              &rc);
+        if (ret >= 0 && (rc == 1) != !!(l1e & QCOW_OFLAG_COPIED)) {
+            res->corruptions++;
             fprintf(stderr, "%s OFLAG_COPIED L2 cluster: l1_index=%" PRIu32
                     " l1_entry=%" PRIx64 " refcount=%" PRIu64 "\n",
-                    fix_all ? "Repairing" : "ERROR", i, l1e, rc);
-            if (fix_all) {
+                    repair ? "Repairing" : "ERROR", i, l1e, rc);
+            if (repair) {
                 uint64_t be;
                 s->l1_table[i] = rc == 1 ? l1e | QCOW_OFLAG_COPIED
                                          : l1e & ~QCOW_OFLAG_COPIED;
                 be = htobe64(s->l1_table[i]);
-                ret = child_co_pwrite(bs->file,
-                                      (int64_t)(s->l1_table_offset + i * 8ull),
-                                      8, &be, 0);
+                ret = qcow2_check_overlap(c->bs, QCOW2_OL_ACTIVE_L1,
+                                          s->l1_table_offset + i * 8ull, 8);
+                if (ret >= 0) {
+                    ret = child_co_pwrite(c->bs->file,
+                                          (int64_t)(s->l1_table_offset +
+                                                    i * 8ull), 8, &be, 0);
+                }
                 if (ret < 0) {
                     res->check_errors++;
-                    res->corruptions++;
-                } else {
-                    res->corruptions_fixed++;
+                    goto out;
                 }
+                res->corruptions--;
+                res->corruptions_fixed++;
             }
         }
-        ret = qcow2_cache_get(s->l2_cache, l2_offset, &l2);
         if (ret < 0) {
-            res->check_errors++;
             continue;
         }
-        for (uint64_t j = 0; j < s->l2_size; j++) {
-            uint64_t e = qcow2_l2_entry(s, l2, (unsigned)j);
-            uint64_t host = e & L2E_OFFSET_MASK;
 
-            if ((e & QCOW_OFLAG_COMPRESSED) || !host ||
-                qcow2_has_data_file(s) ||
-                qcow2_offset_into_cluster(s, host)) {
+        ret = qcow2_check_table_get(c, &batch, l2_offsets, batch_index, n,
+                                    &l2);
+        if (ret < 0) {
+            fprintf(stderr, "ERROR: Could not read L2 table: %s\n",
+                    g_strerror(-ret));
+            res->check_errors++;
+            goto out;
+        }
+        for (unsigned j = 0; j < s->l2_size; j++) {
+            uint64_t e = qcow2_l2_entry(s, l2, j);
+            uint64_t host = e & L2E_OFFSET_MASK;
+            bool normal;
+
+            if (e & QCOW_OFLAG_COMPRESSED) {
                 continue;
             }
-            ret = qcow2_get_refcount(bs, host >> s->cluster_bits, &rc);
-            if (ret < 0) {
-                res->check_errors++;
+            if ((e & QCOW_OFLAG_ZERO) && !s->extended_l2) {
+                normal = host != 0;                 /* preallocated zero */
+            } else {
+                normal = host || (qcow2_has_data_file(s) &&
+                                  (e & QCOW_OFLAG_COPIED));
+            }
+            if (!normal) {
+                continue;
+            }
+            if (qcow2_has_data_file(s)) {
+                rc = 1;
+            } else if (stored_refcount(&r, (int64_t)(host >> s->cluster_bits),
+                                       &rc) < 0) {
                 continue;
             }
             if ((rc == 1) != !!(e & QCOW_OFLAG_COPIED)) {
-                res->corruptions += !fix_all;
+                res->corruptions++;
                 fprintf(stderr, "%s OFLAG_COPIED data cluster: l2_entry=%"
                         PRIx64 " refcount=%" PRIu64 "\n",
-                        fix_all ? "Repairing" : "ERROR", e, rc);
-                if (fix_all) {
-                    qcow2_set_l2_entry(s, l2, (unsigned)j,
-                                       rc == 1 ? e | QCOW_OFLAG_COPIED
-                                               : e & ~QCOW_OFLAG_COPIED);
-                    qcow2_cache_mark_dirty(s->l2_cache, l2);
-                    res->corruptions_fixed++;
+                        repair ? "Repairing" : "ERROR", e, rc);
+                if (repair) {
+                    qcow2_set_l2_entry(s, l2, j, rc == 1
+                                       ? e | QCOW_OFLAG_COPIED
+                                       : e & ~QCOW_OFLAG_COPIED);
+                    dirty++;
                 }
             }
         }
-        qcow2_cache_put(s->l2_cache, &l2);
+        if (dirty) {
+            ret = qcow2_check_overlap(c->bs, QCOW2_OL_ACTIVE_L2, l2_offset,
+                                      s->cluster_size);
+            if (ret < 0) {
+                fprintf(stderr, "ERROR: Could not write L2 table; metadata "
+                        "overlap check failed: %s\n", g_strerror(-ret));
+                res->check_errors++;
+                goto out;
+            }
+            ret = child_co_pwrite(c->bs->file, (int64_t)l2_offset,
+                                  (int64_t)s->cluster_size, l2, 0);
+            if (ret < 0) {
+                fprintf(stderr, "ERROR: Could not write L2 table: %s\n",
+                        g_strerror(-ret));
+                res->check_errors++;
+                goto out;
+            }
+            qcow2_cache_discard(s->l2_cache, l2_offset);
+            res->corruptions -= dirty;
+            res->corruptions_fixed += dirty;
+        }
     }
-    return fix_all ? qcow2_cache_flush(s->l2_cache) : 0;
+    ret = 0;
+out:
+    qcow2_check_table_batch_free(&batch);
+    stored_refs_free(&r);
+    g_free(l2_offsets);
+    return ret;
+}
+
+/* ---- The refcount check ---- */
+
+static void report_error(GError *err)
+{
+    const char *prog = g_get_prgname();
+    warn_print("%s: %s", prog ? prog : "qemu-img", err->message);
+    g_error_free(err);
+}
+
+static int coroutine_fn check_refcounts(BlockNode *bs, BlockCheckResult *res,
+                                        int fix)
+{
+    Qcow2State *s = bs->opaque;
+    Qcow2Check c = { .bs = bs, .s = s, .res = res, .fix = fix };
+    BlockCheckResult pre_compare;
+    int64_t highest = 0;
+    int ret;
+
+    c.file_len = qcow2_check_file_length(bs);
+    if (c.file_len < 0) {
+        res->check_errors++;
+        return (int)c.file_len;
+    }
+    c.nb_clusters = (int64_t)qcow2_size_to_clusters(s, (uint64_t)c.file_len);
+    if (c.nb_clusters > INT_MAX) {
+        res->check_errors++;
+        return -EFBIG;
+    }
+    res->total_clusters = (int64_t)DIV_ROUND_UP(s->size, s->cluster_size);
+
+    /* Metadata is read from the file: the caches must be written back. */
+    ret = qcow2_cache_flush(s->l2_cache);
+    if (ret >= 0) {
+        ret = qcow2_cache_flush(s->refcount_cache);
+    }
+    if (ret < 0) {
+        res->check_errors++;
+        return ret;
+    }
+    qcow2_cache_empty(s->l2_cache);
+
+    ret = calculate_refcounts(&c);
+    if (ret < 0) {
+        goto out;
+    }
+    /* When only in-place fixes are needed, the comparison runs again. */
+    pre_compare = *res;
+    ret = compare_refcounts(&c, 0, &highest);
+    if (ret < 0) {
+        goto out;
+    }
+
+    if (c.rebuild && (fix & CHECK_FIX_ERRORS)) {
+        BlockCheckResult old = *res;
+        int64_t fresh_leaks = 0;
+        GError *err = NULL;
+
+        fprintf(stderr, "Rebuilding refcount structure\n");
+        ret = qcow2_check_rebuild_refcounts(&c, &err);
+        if (ret < 0) {
+            report_error(err);
+            goto out;
+        }
+        res->corruptions = 0;
+        res->leaks = 0;
+        /* The new structure may have extended the file. */
+        c.file_len = qcow2_check_file_length(bs);
+        if (c.file_len < 0) {
+            ret = (int)c.file_len;
+            res->check_errors++;
+            goto out;
+        }
+        /* The new structure is counted now, the old one is not. */
+        c.rebuild = false;
+        memset(c.counts, 0, counts_bytes(s, c.nb_clusters));
+        c.fix = 0;
+        ret = calculate_refcounts(&c);
+        c.fix = fix;
+        if (ret < 0) {
+            goto out;
+        }
+        if (fix & CHECK_FIX_LEAKS) {
+            /* Free the old structure; only leaks the rebuild made count. */
+            BlockCheckResult saved = *res;
+            memset(res, 0, sizeof(*res));
+            ret = compare_refcounts(&c, CHECK_FIX_LEAKS, &highest);
+            if (c.rebuild) {
+                fprintf(stderr, "ERROR rebuilt refcount structure is still "
+                        "broken\n");
+            }
+            fresh_leaks = res->leaks;
+            *res = saved;
+            if (ret < 0) {
+                res->check_errors++;
+                goto out;
+            }
+        }
+        if (res->corruptions < old.corruptions) {
+            res->corruptions_fixed += old.corruptions - res->corruptions;
+        }
+        if (res->leaks < old.leaks) {
+            res->leaks_fixed += old.leaks - res->leaks;
+        }
+        res->leaks += fresh_leaks;
+    } else if (fix) {
+        if (c.rebuild) {
+            fprintf(stderr, "ERROR need to rebuild refcount structures\n");
+            res->check_errors++;
+            ret = -EIO;
+            goto out;
+        }
+        if (res->leaks || res->corruptions) {
+            *res = pre_compare;
+            ret = compare_refcounts(&c, fix, &highest);
+            if (ret < 0) {
+                goto out;
+            }
+        }
+    }
+
+    ret = check_copied(&c);
+    if (ret < 0) {
+        goto out;
+    }
+    res->image_end_offset = (highest + 1) << s->cluster_bits;
+    ret = 0;
+out:
+    g_free(c.counts);
+    return ret;
+}
+
+static void add_result(BlockCheckResult *out, const BlockCheckResult *in,
+                       bool allocation_info)
+{
+    out->corruptions += in->corruptions;
+    out->leaks += in->leaks;
+    out->check_errors += in->check_errors;
+    out->corruptions_fixed += in->corruptions_fixed;
+    out->leaks_fixed += in->leaks_fixed;
+    if (allocation_info) {
+        out->image_end_offset = in->image_end_offset;
+        out->total_clusters = in->total_clusters;
+        out->allocated_clusters = in->allocated_clusters;
+        out->fragmented_clusters = in->fragmented_clusters;
+        out->compressed_clusters = in->compressed_clusters;
+    }
 }
 
 int coroutine_fn qcow2_co_check_locked(BlockNode *bs, BlockCheckResult *res,
                                        int fix)
 {
-    Qcow2State *s = bs->opaque;
-    Counts c = { .res = res };
-    int64_t file_len = node_getlength(bs->file->bs);
+    BlockCheckResult sn_res = { 0 }, rc_res = { 0 };
     int ret;
 
     memset(res, 0, sizeof(*res));
-    if (file_len < 0) {
-        res->check_errors++;
-        return (int)file_len;
-    }
-    c.n = MAX(qcow2_size_to_clusters(s, (uint64_t)file_len), 1);
-    c.ref = g_new0(uint64_t, c.n);
-    res->total_clusters = (int64_t)DIV_ROUND_UP(s->size, s->cluster_size);
-
-    count_range(bs, &c, 0, s->cluster_size);
-    if (s->crypto_header_length) {
-        count_range(bs, &c, s->crypto_header_offset, s->crypto_header_length);
-    }
-    ret = count_l1(bs, &c, s->l1_table_offset, s->l1_size, s->l1_table, true);
-    if (ret >= 0) {
-        ret = count_snapshots(bs, &c);
-    }
-    if (ret >= 0) {
-        ret = count_bitmaps(bs, &c);
-    }
+    ret = qcow2_check_read_snapshots(bs, &sn_res, fix);
     if (ret < 0) {
-        goto out;
+        add_result(res, &sn_res, false);
+        return ret;
     }
-    count_range(bs, &c, s->refcount_table_offset,
-                (uint64_t)s->refcount_table_size * 8);
-    for (uint32_t i = 0; i < s->refcount_table_size; i++) {
-        uint64_t rb = s->refcount_table[i] & REFT_OFFSET_MASK;
-        if (rb) {
-            count_range(bs, &c, rb, s->cluster_size);
-        }
-    }
-
-    /*
-     * Compare cluster by cluster and report, as QEMU does; then, when
-     * fixing, go over the differences again: leaks first (lowering never
-     * allocates), then the counts that are too low.
-     */
-    uint64_t highest = 0;
-    GArray *diff = g_array_new(false, false, sizeof(uint64_t));
-    for (uint64_t i = 0; i < c.n; i++) {
-        uint64_t have;
-        ret = qcow2_get_refcount(bs, i, &have);
-        if (ret < 0) {
-            fprintf(stderr, "Can't get refcount for cluster %" PRIu64 ": %s\n",
-                    i, g_strerror(-ret));
-            res->check_errors++;
-            continue;
-        }
-        if (have || c.ref[i]) {
-            highest = i + 1;
-        }
-        if (have != c.ref[i]) {
-            fprintf(stderr, "%s cluster %" PRIu64 " refcount=%" PRIu64
-                    " reference=%" PRIu64 "\n",
-                    have < c.ref[i] ? "ERROR" : "Leaked", i, have, c.ref[i]);
-            if (have < c.ref[i]) {
-                res->corruptions++;
-            } else {
-                res->leaks++;
-            }
-            g_array_append_val(diff, i);
-        }
-    }
-    res->image_end_offset = (int64_t)(highest << s->cluster_bits);
-    ret = 0;
-    if (fix && res->corruptions && !(fix & CHECK_FIX_ERRORS)) {
-        fprintf(stderr, "ERROR need to rebuild refcount structures\n");
-        res->check_errors++;
-        ret = -EIO;
-    } else if (fix && diff->len) {
-        /* New refcount blocks must go past every cluster in use. */
-        s->free_cluster_index = MAX(s->free_cluster_index, c.n);
-        for (int pass = 0; pass < 2; pass++) {
-            /* Lowering leaks moved the allocation point down again. */
-            s->free_cluster_index = MAX(s->free_cluster_index, c.n);
-            for (guint k = 0; k < diff->len; k++) {
-                uint64_t i = g_array_index(diff, uint64_t, k), have;
-                if (qcow2_get_refcount(bs, i, &have) < 0 ||
-                    have == c.ref[i] || (pass == 0) != (have > c.ref[i]) ||
-                    !(fix & (have > c.ref[i] ? CHECK_FIX_LEAKS
-                                             : CHECK_FIX_ERRORS))) {
-                    continue;
-                }
-                fprintf(stderr, "Repairing cluster %" PRIu64 " refcount=%"
-                        PRIu64 " reference=%" PRIu64 "\n", i, have, c.ref[i]);
-                int r = qcow2_update_cluster_refcount(
-                    bs, i, (int)((int64_t)c.ref[i] - (int64_t)have),
-                    QCOW2_DISCARD_NEVER);
-                if (r < 0) {
-                    res->check_errors++;
-                } else if (have > c.ref[i]) {
-                    res->leaks_fixed++;
-                } else {
-                    res->corruptions_fixed++;
-                }
-            }
-        }
-        ret = qcow2_cache_flush(s->refcount_cache);
-        s->free_cluster_index = 0;
-        if (ret < 0) {
-            res->check_errors++;
-        }
-        /* What is left: the problems that could not be fixed. */
-        res->leaks -= res->leaks_fixed;
-        res->corruptions -= res->corruptions_fixed;
-    }
-    g_array_free(diff, true);
+    ret = check_refcounts(bs, &rc_res, fix);
+    add_result(res, &rc_res, true);
     if (ret < 0) {
-        goto out;
+        add_result(res, &sn_res, false);
+        return ret;
     }
-    ret = check_copied(bs, res, fix);
-out:
-    g_free(c.ref);
+    ret = qcow2_check_fix_snapshots(bs, &sn_res, fix);
+    add_result(res, &sn_res, false);
     return ret;
 }

@@ -441,7 +441,9 @@ int coroutine_fn qcow2_read_header(BlockNode *bs, json_t *options, int flags,
 
     s->nb_snapshots = be32toh(h.nb_snapshots);
     s->snapshots_offset = be64toh(h.snapshots_offset);
-    if (!validate_table(s, s->snapshots_offset, s->nb_snapshots,
+    /* A check reads (and may repair) the snapshot table itself. */
+    if (!(flags & NODE_O_CHECK) &&
+        !validate_table(s, s->snapshots_offset, s->nb_snapshots,
                         sizeof(Qcow2DiskSnapshot),
                         sizeof(Qcow2DiskSnapshot) * QCOW2_MAX_SNAPSHOTS,
                         "Snapshot table", errp)) {
@@ -596,10 +598,12 @@ void coroutine_fn qcow2_signal_corruption(BlockNode *bs, bool fatal,
 
     /* Read-only users only learn about it: the image stays untouched. */
     fatal = fatal && !bs->read_only;
-    if (s->corrupt && fatal) {
+    /* One message per image, except a first fatal one after others. */
+    if ((s->corrupt && fatal) || (s->signaled_corruption && !fatal)) {
         g_free(msg);
         return;
     }
+    s->signaled_corruption = true;
     if (fatal) {
         warn_print("qcow2: Marking image as corrupt: %s; further corruption "
                    "events will be suppressed", msg);

@@ -12,6 +12,7 @@
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "qcow2.h"
@@ -31,8 +32,28 @@ void qcow2_free_snapshots(Qcow2State *s)
 
 int coroutine_fn qcow2_read_snapshot_table(BlockNode *bs, GError **errp)
 {
+    char *hint = NULL;
+    int ret = qcow2_read_snapshot_table_repair(bs, false, NULL, NULL, &hint,
+                                               errp);
+
+    /* QEMU prints the hint on the line after the error. */
+    if (hint && errp && *errp) {
+        char *msg = g_strdup_printf("%s\n%s", (*errp)->message, hint);
+        g_free((*errp)->message);
+        (*errp)->message = msg;
+    }
+    g_free(hint);
+    return ret;
+}
+
+int coroutine_fn qcow2_read_snapshot_table_repair(BlockNode *bs, bool repair,
+                                                  uint32_t *nb_dropped,
+                                                  uint32_t *extra_dropped,
+                                                  char **hint, GError **errp)
+{
     Qcow2State *s = bs->opaque;
-    uint64_t offset = s->snapshots_offset;
+    uint64_t offset = s->snapshots_offset, table_length = 0;
+    uint64_t end = offset;          /* of the last entry, without padding */
     int ret;
 
     s->snapshots_size = 0;
@@ -43,6 +64,7 @@ int coroutine_fn qcow2_read_snapshot_table(BlockNode *bs, GError **errp)
     for (uint32_t i = 0; i < s->nb_snapshots; i++) {
         Qcow2Snapshot *sn = &s->snapshots[i];
         Qcow2DiskSnapshot h;
+        uint64_t end_before = end;
 
         /* Entries start 8-aligned; the last one is not padded. */
         offset = ROUND_UP(offset, 8);
@@ -59,11 +81,24 @@ int coroutine_fn qcow2_read_snapshot_table(BlockNode *bs, GError **errp)
         sn->vm_state_size = be32toh(h.vm_state_size);
         sn->extra_size = be32toh(h.extra_data_size);
         sn->icount = UINT64_MAX;
+        uint64_t extra_on_disk = sn->extra_size;
         if (sn->extra_size > 1024) {
-            error_setg(errp, "Too much extra metadata in snapshot table "
-                       "entry %" PRIu32, i);
-            ret = -EFBIG;
-            goto out;
+            if (!repair) {
+                error_setg(errp, "Too much extra metadata in snapshot table "
+                           "entry %" PRIu32, i);
+                if (hint) {
+                    *hint = g_strdup("You can force-remove this extra "
+                                     "metadata with qemu-img check -r all");
+                }
+                ret = -EFBIG;
+                goto out;
+            }
+            /* check -r all: keep the first 1024 bytes only. */
+            fprintf(stderr, "Discarding too much extra metadata in snapshot "
+                    "table entry %" PRIu32 " (%" PRIu32 " > 1024)\n", i,
+                    sn->extra_size);
+            (*extra_dropped)++;
+            sn->extra_size = 1024;
         }
         sn->extra = g_malloc0(MAX(sn->extra_size, SN_EXTRA_SIZE));
         ret = child_co_pread(bs->file, (int64_t)offset, sn->extra_size,
@@ -71,7 +106,7 @@ int coroutine_fn qcow2_read_snapshot_table(BlockNode *bs, GError **errp)
         if (ret < 0) {
             goto fail;
         }
-        offset += sn->extra_size;
+        offset += extra_on_disk;
         Qcow2DiskSnapshotExtra *x = (Qcow2DiskSnapshotExtra *)sn->extra;
         if (sn->extra_size >= 8) {
             sn->vm_state_size = be64toh(x->vm_state_size_large);
@@ -94,11 +129,38 @@ int coroutine_fn qcow2_read_snapshot_table(BlockNode *bs, GError **errp)
         if (ret < 0) {
             goto fail;
         }
-        offset += id_len + name_len;
-        if (offset - s->snapshots_offset > QCOW2_MAX_SNAPSHOTS * 1024ull) {
-            error_setg(errp, "Snapshot table too large");
-            ret = -EFBIG;
-            goto out;
+        /*
+         * QEMU's limits: the table as it will be written (extra data cut
+         * to 1024 bytes) and the bytes read.
+         */
+        table_length = ROUND_UP(table_length, 8) + sizeof(h) +
+                       sn->extra_size + id_len + name_len;
+        end = offset + id_len + name_len;
+        offset = ROUND_UP(end, 8);
+        if (table_length > QCOW2_MAX_SNAPSHOTS * 1024ull ||
+            offset - s->snapshots_offset > INT32_MAX) {
+            if (!repair) {
+                error_setg(errp, "Snapshot table is too big");
+                if (hint) {
+                    *hint = g_strdup_printf("You can force-remove all %" PRIu32
+                                            " overhanging snapshots with "
+                                            "qemu-img check -r all",
+                                            s->nb_snapshots - i);
+                }
+                ret = -EFBIG;
+                goto out;
+            }
+            fprintf(stderr, "Discarding %" PRIu32 " overhanging snapshots "
+                    "(snapshot table is too big)\n", s->nb_snapshots - i);
+            *nb_dropped += s->nb_snapshots - i;
+            for (uint32_t k = i; k < s->nb_snapshots; k++) {
+                g_free(s->snapshots[k].id_str);
+                g_free(s->snapshots[k].name);
+                g_free(s->snapshots[k].extra);
+            }
+            s->nb_snapshots = i;
+            end = end_before;
+            break;
         }
         if (qcow2_offset_into_cluster(s, sn->l1_table_offset) ||
             (uint64_t)sn->l1_size * 8 > QCOW2_MAX_L1_BYTES) {
@@ -106,7 +168,8 @@ int coroutine_fn qcow2_read_snapshot_table(BlockNode *bs, GError **errp)
             sn->bad_l1 = true;
         }
     }
-    s->snapshots_size = offset - s->snapshots_offset;
+    /* As QEMU counts it: the last entry's padding is not part of it. */
+    s->snapshots_size = end - s->snapshots_offset;
     return 0;
 
 fail:
@@ -183,6 +246,44 @@ static int coroutine_fn txn_write_table(BlockNode *bs, Qcow2MetaTxn *t,
         }
     }
     g_byte_array_free(b, true);
+    return ret;
+}
+
+static int coroutine_fn flush_caches(Qcow2State *s);
+
+/*
+ * Rewrite the snapshot table from memory (check's repair drops entries):
+ * a new table in fresh clusters and one header switch, as for the
+ * snapshot operations, so a crash leaves the old or the new table.
+ */
+int coroutine_fn qcow2_write_snapshot_table(BlockNode *bs)
+{
+    Qcow2State *s = bs->opaque;
+    uint64_t table_offset = 0, table_size = 0;
+    bool switched = false;
+    Qcow2MetaTxn *t;
+    int ret = flush_caches(s);
+
+    if (ret < 0) {
+        return ret;
+    }
+    t = qcow2_txn_new(bs);
+    ret = txn_write_table(bs, t, s->nb_snapshots, s->snapshots,
+                          &table_offset, &table_size);
+    if (ret >= 0) {
+        Qcow2TxnHeader h = {
+            .size = s->size, .l1_size = s->l1_size,
+            .l1_table_offset = s->l1_table_offset,
+            .nb_snapshots = s->nb_snapshots,
+            .snapshots_offset = table_offset,
+        };
+        ret = qcow2_txn_commit(t, &h, &switched);
+    }
+    if (switched) {
+        s->snapshots_offset = table_offset;
+        s->snapshots_size = table_size;
+    }
+    qcow2_txn_free(t);
     return ret;
 }
 

@@ -434,9 +434,15 @@ static void coroutine_fn open_co(void *opaque)
     if (ret < 0) {
         goto out;
     }
-    ret = qcow2_read_snapshot_table(bs, &o->err);
-    if (ret < 0) {
-        goto out;
+    if (o->flags & NODE_O_CHECK) {
+        /* Left to the check, which copes with a damaged table. */
+        s->nb_snapshots = 0;
+        s->snapshots_offset = 0;
+    } else {
+        ret = qcow2_read_snapshot_table(bs, &o->err);
+        if (ret < 0) {
+            goto out;
+        }
     }
     /*
      * Autoclear bits tell readers that a feature's data is still valid.

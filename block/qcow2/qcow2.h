@@ -133,6 +133,7 @@ typedef struct Qcow2State {
     bool lazy_refcounts;             /* option, default from the header */
     bool dirty_set_by_us;            /* we set the dirty bit (lazy) */
     bool corrupt;                    /* marked corrupt: read-only from now */
+    bool signaled_corruption;        /* a corruption message was printed */
     uint64_t l2_cache_bytes;
     uint64_t refcount_cache_bytes;
     int overlap_check;               /* QCOW2_OL_* mask */
@@ -195,6 +196,18 @@ int coroutine_fn qcow2_check_overlap(BlockNode *bs, int ign, uint64_t offset,
 
 /* Load the snapshot table; at open. */
 int coroutine_fn qcow2_read_snapshot_table(BlockNode *bs, GError **errp);
+/*
+ * The same for check: with repair, extra data past QEMU's 1024 bytes is
+ * dropped (counted in *extra_dropped) and snapshots past the table size
+ * limit are dropped from s (counted in *nb_dropped) instead of failing;
+ * without, *hint (if hint) may say how check -r all would repair it.
+ */
+int coroutine_fn qcow2_read_snapshot_table_repair(BlockNode *bs, bool repair,
+                                                  uint32_t *nb_dropped,
+                                                  uint32_t *extra_dropped,
+                                                  char **hint, GError **errp);
+/* Write s's snapshot list as a new table (check's repair). */
+int coroutine_fn qcow2_write_snapshot_table(BlockNode *bs);
 void qcow2_free_snapshots(Qcow2State *s);
 int coroutine_fn qcow2_snapshot_create(BlockNode *bs, SnapshotInfo *info,
                                        GError **errp);
@@ -351,6 +364,16 @@ int coroutine_fn qcow2_get_refcount(BlockNode *bs, uint64_t cluster,
 /* Entry i of a refcount block whose entries are 2^order bits wide. */
 uint64_t qcow2_refblock_get(unsigned order, const void *rb, uint64_t i);
 void qcow2_refblock_set(unsigned order, void *rb, uint64_t i, uint64_t v);
+/* Entry i of a refcount block (big endian, the image's width). */
+uint64_t qcow2_refcount_array_get(const Qcow2State *s, const void *rb,
+                                  uint64_t i);
+void qcow2_refcount_array_set(const Qcow2State *s, void *rb, uint64_t i,
+                              uint64_t v);
+/* Raise or lower by addend the refcount of every cluster of the range. */
+int coroutine_fn qcow2_update_refcount_range(BlockNode *bs, uint64_t offset,
+                                             uint64_t length, uint64_t addend,
+                                             bool decrease,
+                                             Qcow2DiscardType dt);
 /* n contiguous new clusters with refcount 1; *offset is the first. */
 int coroutine_fn qcow2_alloc_clusters(BlockNode *bs, uint64_t n,
                                       uint64_t *offset);

@@ -4,9 +4,13 @@
  * must end in an error code, never a crash, a hang or a sanitizer report.
  *
  * The input is written to a file in /dev/shm (the driver reads through the
- * file protocol as it would in use), opened read-write, read and mapped
- * over its whole length in a few requests, written in a few places
- * (allocating, zeroing, discarding), checked, and closed.
+ * file protocol as it would in use).  It is checked as `strata-img check`
+ * does (opened for a check, read-only), then repaired as `check -r all`
+ * does (read-write, fix everything, check again), then, from the original
+ * bytes once more, opened read-write, read and mapped over its whole
+ * length in a few requests, written in a few places (allocating, zeroing,
+ * discarding), and closed.  (Run with -close_fd_mask=2: the check reports
+ * every problem on stderr.)
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -16,6 +20,7 @@
 
 #include "strata/backend.h"
 #include "strata/block-driver.h"
+#include "strata/coroutine.h"
 #include "strata/loop.h"
 
 static char path[64];
@@ -27,6 +32,55 @@ static void quiet(const char *msg)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
+static bool write_input(const uint8_t *data, size_t size)
+{
+    FILE *f = fopen(path, "wb");
+    if (!f) {
+        return false;
+    }
+    fwrite(data, 1, size, f);
+    fclose(f);
+    return true;
+}
+
+typedef struct CheckRun {
+    BlockNode *bs;
+    int fix;
+    BlockCheckResult res;
+    int ret;
+} CheckRun;
+
+static void coroutine_fn check_co(void *opaque)
+{
+    CheckRun *c = opaque;
+
+    memset(&c->res, 0, sizeof(c->res));
+    c->ret = c->bs->drv->co_check(c->bs, &c->res, c->fix);
+}
+
+/* What strata-img check [-r all] does with the image. */
+static void run_check(int fix)
+{
+    GError *err = NULL;
+    json_t *opts = json_pack("{s:s, s:{s:s, s:s}}", "driver", "qcow2",
+                             "file", "driver", "file", "filename", path);
+    BlockBackend *blk = blk_new_open(NULL, opts, NODE_O_CHECK |
+                                     (fix ? NODE_O_RDWR : 0), &err);
+    if (!blk) {
+        g_clear_error(&err);
+        return;
+    }
+    CheckRun c = { .bs = blk_node(blk), .fix = fix };
+    if (c.bs->drv->co_check) {
+        co_run_sync(check_co, &c);
+        if (c.ret >= 0 && (c.res.corruptions_fixed || c.res.leaks_fixed)) {
+            c.fix = 0;
+            co_run_sync(check_co, &c);
+        }
+    }
+    blk_unref(blk);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     static bool init;
@@ -37,12 +91,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         warn_set_handler(quiet);
         init = true;
     }
-    FILE *f = fopen(path, "wb");
-    if (!f) {
+    if (!write_input(data, size)) {
         return 0;
     }
-    fwrite(data, 1, size, f);
-    fclose(f);
+    run_check(0);
+    run_check(CHECK_FIX_LEAKS | CHECK_FIX_ERRORS);
+    if (!write_input(data, size)) {
+        return 0;
+    }
 
     json_t *opts = json_pack("{s:s, s:{s:s, s:s}, s:s}", "driver", "qcow2",
                              "file", "driver", "file", "filename", path,
