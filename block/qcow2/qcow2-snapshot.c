@@ -249,42 +249,65 @@ static int coroutine_fn txn_write_table(BlockNode *bs, Qcow2MetaTxn *t,
     return ret;
 }
 
-static int coroutine_fn flush_caches(Qcow2State *s);
-
 /*
- * Rewrite the snapshot table from memory (check's repair drops entries):
- * a new table in fresh clusters and one header switch, as for the
- * snapshot operations, so a crash leaves the old or the new table.
+ * Rewrite the snapshot table from memory (check's repair drops entries), as
+ * QEMU does it so that the repaired file is laid out as QEMU's: a new table
+ * in fresh clusters, the header's count and offset switched in one write,
+ * then the old table freed.  A crash leaves the old or the new table and at
+ * worst leaked clusters; no refcount or L2 entry changes meaning here.
  */
 int coroutine_fn qcow2_write_snapshot_table(BlockNode *bs)
 {
     Qcow2State *s = bs->opaque;
-    uint64_t table_offset = 0, table_size = 0;
-    bool switched = false;
-    Qcow2MetaTxn *t;
-    int ret = flush_caches(s);
+    GByteArray *b = build_table(s->nb_snapshots, s->snapshots);
+    uint64_t new_offset = 0, clusters = 0;
+    int ret = 0;
 
+    if (b->len) {
+        clusters = qcow2_size_to_clusters(s, b->len);
+        ret = qcow2_alloc_clusters(bs, clusters, &new_offset);
+        if (ret >= 0) {
+            ret = qcow2_cache_flush(s->refcount_cache);
+        }
+        if (ret >= 0) {
+            ret = qcow2_check_overlap(bs, 0, new_offset, b->len);
+        }
+        if (ret >= 0) {
+            ret = child_co_pwrite(bs->file, (int64_t)new_offset, b->len,
+                                  b->data, 0);
+        }
+        if (ret >= 0) {
+            ret = node_co_flush(bs->file->bs);
+        }
+    }
+    if (ret >= 0) {
+        struct __attribute__((packed)) {
+            uint32_t nb;
+            uint64_t offset;
+        } h = { htobe32(s->nb_snapshots), htobe64(new_offset) };
+        ret = child_co_pwrite(bs->file,
+                              offsetof(Qcow2DiskHeader, nb_snapshots),
+                              sizeof(h), &h, 0);
+    }
+    if (ret >= 0) {
+        ret = node_co_flush(bs->file->bs);
+    }
     if (ret < 0) {
+        if (clusters) {
+            qcow2_free_clusters(bs, new_offset, clusters << s->cluster_bits,
+                                QCOW2_DISCARD_NEVER);
+        }
+        g_byte_array_free(b, true);
         return ret;
     }
-    t = qcow2_txn_new(bs);
-    ret = txn_write_table(bs, t, s->nb_snapshots, s->snapshots,
-                          &table_offset, &table_size);
-    if (ret >= 0) {
-        Qcow2TxnHeader h = {
-            .size = s->size, .l1_size = s->l1_size,
-            .l1_table_offset = s->l1_table_offset,
-            .nb_snapshots = s->nb_snapshots,
-            .snapshots_offset = table_offset,
-        };
-        ret = qcow2_txn_commit(t, &h, &switched);
+    uint64_t old_offset = s->snapshots_offset, old_size = s->snapshots_size;
+    s->snapshots_offset = new_offset;
+    s->snapshots_size = b->len;
+    g_byte_array_free(b, true);
+    if (old_size) {
+        qcow2_free_clusters(bs, old_offset, old_size, QCOW2_DISCARD_SNAPSHOT);
     }
-    if (switched) {
-        s->snapshots_offset = table_offset;
-        s->snapshots_size = table_size;
-    }
-    qcow2_txn_free(t);
-    return ret;
+    return 0;
 }
 
 /* The L1 table at offset (the active one comes from memory). */
