@@ -467,8 +467,8 @@ static int find_by_name(Qcow2State *s, const char *name)
  * (QEMU's qcow2_validate_table, iotest 080): not too large (-EFBIG), and
  * at a cluster-aligned offset whose end fits in an int64_t (-EINVAL).
  */
-static int validate_sn_l1(const Qcow2State *s, const Qcow2Snapshot *sn,
-                          GError **errp)
+int qcow2_validate_snapshot_l1(const Qcow2State *s, const Qcow2Snapshot *sn,
+                               GError **errp)
 {
     uint64_t bytes = (uint64_t)sn->l1_size * 8;
 
@@ -668,7 +668,7 @@ static int coroutine_fn do_goto(BlockNode *bs, const char *id_or_name,
     }
     Qcow2Snapshot *sn = &s->snapshots[i];
     GError *invalid = NULL;
-    ret = validate_sn_l1(s, sn, &invalid);
+    ret = qcow2_validate_snapshot_l1(s, sn, &invalid);
     if (ret < 0) {
         /* QEMU reports the reason on its own line, then the errno. */
         warn_print("%s: %s", g_get_prgname() ? g_get_prgname() : "strata",
@@ -763,7 +763,7 @@ static int coroutine_fn do_delete(BlockNode *bs, const char *id,
         return -ENOENT;
     }
     Qcow2Snapshot sn = s->snapshots[i];
-    ret = validate_sn_l1(s, &sn, errp);
+    ret = qcow2_validate_snapshot_l1(s, &sn, errp);
     if (ret < 0) {
         return ret;
     }
@@ -915,7 +915,7 @@ int coroutine_fn qcow2_snapshot_load_tmp(BlockNode *bs, const char *id,
         return -ENOENT;
     }
     Qcow2Snapshot *sn = &s->snapshots[i];
-    ret = validate_sn_l1(s, sn, errp);
+    ret = qcow2_validate_snapshot_l1(s, sn, errp);
     if (ret < 0) {
         return ret;
     }
