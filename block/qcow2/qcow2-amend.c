@@ -270,7 +270,18 @@ static int coroutine_fn expand_zero_clusters(BlockNode *bs)
         Qcow2Snapshot *sn = &s->snapshots[i];
         uint64_t *l1;
 
-        if (sn->bad_l1 || !sn->l1_size) {
+        GError *invalid = NULL;
+
+        /* QEMU reports the reason on its own line (iotest 080). */
+        ret = qcow2_validate_snapshot_l1(s, sn, &invalid);
+        if (ret < 0) {
+            warn_print("%s: %s", g_get_prgname() ? g_get_prgname()
+                                                 : "strata",
+                       invalid->message);
+            g_error_free(invalid);
+            break;
+        }
+        if (!sn->l1_size) {
             continue;
         }
         l1 = g_new(uint64_t, sn->l1_size);

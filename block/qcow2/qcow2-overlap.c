@@ -33,7 +33,11 @@ static bool overlaps(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen)
     return alen && blen && a < b + blen && b < a + alen;
 }
 
-/* Which structure the range hits (a QCOW2_OL_* bit), or 0. */
+/*
+ * Which structure the range hits (a QCOW2_OL_* bit), 0, or -errno when a
+ * snapshot's L1 table is itself invalid (QEMU then refuses the write with
+ * that error, without calling the image corrupt: iotest 080).
+ */
 static int coroutine_fn find_overlap(BlockNode *bs, int checks,
                                      uint64_t offset, uint64_t size)
 {
@@ -88,6 +92,12 @@ static int coroutine_fn find_overlap(BlockNode *bs, int checks,
         for (uint32_t i = 0; i < s->nb_snapshots; i++) {
             uint64_t l1 = s->snapshots[i].l1_table_offset;
             uint64_t l1_bytes = (uint64_t)s->snapshots[i].l1_size * 8;
+            int invalid = qcow2_validate_snapshot_l1(s, &s->snapshots[i],
+                                                     NULL);
+
+            if (invalid < 0) {
+                return invalid;
+            }
 
             if ((checks & QCOW2_OL_INACTIVE_L1) &&
                 overlaps(offset, size, l1, l1_bytes)) {
@@ -126,8 +136,8 @@ int coroutine_fn qcow2_check_overlap(BlockNode *bs, int ign, uint64_t offset,
         return 0;
     }
     hit = find_overlap(bs, checks, offset, size);
-    if (!hit) {
-        return 0;
+    if (hit <= 0) {
+        return hit;
     }
     qcow2_signal_corruption(bs, true, (int64_t)offset, (int64_t)size,
                             "Preventing invalid write on metadata (overlaps "

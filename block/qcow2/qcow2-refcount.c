@@ -621,6 +621,8 @@ static int coroutine_fn update_refcount(BlockNode *bs, uint64_t offset,
             if (rb) {
                 qcow2_cache_put(s->refcount_cache, &rb);
             }
+            /* QEMU announces every switch to a block, new or not (026). */
+            child_debug_event(bs->file, BLKDBG_REFBLOCK_ALLOC);
             if (decrease && (rt_index >= s->refcount_table_size ||
                              !(s->refcount_table[rt_index] &
                                REFT_OFFSET_MASK))) {

@@ -546,10 +546,22 @@ static void coroutine_fn close_co(void *opaque)
 
     /* A corrupt image gets no more metadata writes. */
     if (!bs->read_only && !s->corrupt) {
-        f->ret = s->dirty_set_by_us ? qcow2_mark_clean(bs)
-                                    : qcow2_cache_flush(s->l2_cache);
-        if (f->ret >= 0) {
-            f->ret = qcow2_cache_flush(s->refcount_cache);
+        /* Both caches are tried and each failure named, as QEMU does. */
+        const char *prog = g_get_prgname() ? g_get_prgname() : "strata";
+        int l2 = qcow2_cache_flush(s->l2_cache);
+        int rc = qcow2_cache_flush(s->refcount_cache);
+
+        if (l2 < 0) {
+            warn_print("%s: Failed to flush the L2 table cache: %s", prog,
+                       g_strerror(-l2));
+        }
+        if (rc < 0) {
+            warn_print("%s: Failed to flush the refcount block cache: %s",
+                       prog, g_strerror(-rc));
+        }
+        f->ret = l2 < 0 ? l2 : rc;
+        if (f->ret >= 0 && s->dirty_set_by_us) {
+            f->ret = qcow2_mark_clean(bs);
         }
     }
 }

@@ -216,6 +216,9 @@ int coroutine_fn qcow2_snapshot_goto(BlockNode *bs, const char *id_or_name,
 int coroutine_fn qcow2_snapshot_delete(BlockNode *bs, const char *id,
                                        const char *name, GError **errp);
 int qcow2_snapshot_list(BlockNode *bs, SnapshotInfo **list);
+/* A snapshot's L1 table offset and size as QEMU validates them. */
+int qcow2_validate_snapshot_l1(const Qcow2State *s, const Qcow2Snapshot *sn,
+                               GError **errp);
 int coroutine_fn qcow2_snapshot_load_tmp(BlockNode *bs, const char *id,
                                          const char *name, GError **errp);
 
