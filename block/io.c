@@ -24,6 +24,7 @@
 typedef struct TrackedReq {
     int64_t offset, bytes;
     bool serialising;
+    bool waiting;        /* in wait_serialising, behind another request */
     CoQueue waiters;
 } TrackedReq;
 
@@ -33,6 +34,7 @@ static void track_begin(BlockNode *bs, TrackedReq *r, int64_t offset,
     r->offset = offset;
     r->bytes = bytes;
     r->serialising = serialising;
+    r->waiting = false;
     co_queue_init(&r->waiters);
     g_queue_push_tail(&bs->tracked_requests, r);
     bs->serialising_requests += serialising;
@@ -46,9 +48,11 @@ static void track_end(BlockNode *bs, TrackedReq *r)
 }
 
 /*
- * Wait for earlier overlapping requests when either side is serialising.
- * Only earlier requests are waited for, so two requests never wait for each
- * other.
+ * Wait for overlapping requests when either side is serialising, as QEMU
+ * does: a request that is itself waiting is passed over (it will wait for
+ * this one in turn when it wakes up, if it must), so two requests never
+ * wait for each other, and a request stopped behind another does not hold
+ * up the ones that come after it (QEMU iotest 077 depends on that order).
  */
 static void coroutine_fn wait_serialising(BlockNode *bs, TrackedReq *self)
 {
@@ -57,13 +61,15 @@ retry:
     if (!self->serialising && bs->serialising_requests == 0) {
         return;
     }
-    for (GList *l = bs->tracked_requests.head; l && l->data != self;
-         l = l->next) {
+    for (GList *l = bs->tracked_requests.head; l; l = l->next) {
         TrackedReq *r = l->data;
-        if ((r->serialising || self->serialising) &&
+        if (r != self && !r->waiting &&
+            (r->serialising || self->serialising) &&
             r->offset < self->offset + self->bytes &&
             self->offset < r->offset + r->bytes) {
+            self->waiting = true;
             co_queue_wait(&r->waiters);
+            self->waiting = false;
             goto retry;
         }
     }
@@ -289,14 +295,47 @@ static int coroutine_fn node_co_pwrite_zeroes_node(BlockNode *bs,
                                                    int64_t offset,
                                                    int64_t bytes, int flags);
 
+/*
+ * An event of the request path itself: it goes to the node handling the
+ * request (QEMU's bdrv_debug_event(bs)), not to a child.
+ */
+static void coroutine_fn node_debug_event(BlockNode *bs, BlkdebugEvent event)
+{
+    if (bs->drv->debug_event) {
+        bs->drv->debug_event(bs, event);
+    }
+}
+
+/*
+ * The driver write of an aligned request, between QEMU's pwritev and
+ * pwritev_done events (the latter also after a failure), unless the write
+ * stands in for a zero write the driver could not do itself.
+ */
+static int coroutine_fn driver_pwritev_signalled(BlockNode *bs, int64_t offset,
+                                                 int64_t bytes, IOVec *qiov,
+                                                 size_t qoff, int flags,
+                                                 bool events)
+{
+    if (events) {
+        node_debug_event(bs, BLKDBG_PWRITEV);
+    }
+    int ret = driver_pwritev(bs, offset, bytes, qiov, qoff, flags);
+    if (events) {
+        node_debug_event(bs, BLKDBG_PWRITEV_DONE);
+    }
+    return ret;
+}
+
 static int coroutine_fn pwritev_aligned_or_rmw(BlockNode *bs, int64_t offset,
                                                int64_t bytes, IOVec *qiov,
-                                               size_t qoff, int flags)
+                                               size_t qoff, int flags,
+                                               bool events)
 {
     uint32_t align = bs->bl.request_alignment;
     if (offset % align == 0 && bytes % align == 0 &&
         qiov_mem_aligned(bs, qiov, qoff, bytes)) {
-        return driver_pwritev(bs, offset, bytes, qiov, qoff, flags);
+        return driver_pwritev_signalled(bs, offset, bytes, qiov, qoff, flags,
+                                        events);
     }
 
     int64_t start = ROUND_DOWN(offset, align);
@@ -306,25 +345,51 @@ static int coroutine_fn pwritev_aligned_or_rmw(BlockNode *bs, int64_t offset,
     IOVec bq;
     iovec_init_buf(&bq, buf, len);
     int ret = 0;
-
-    /* Partial head and tail blocks: read what is there first. */
-    if (offset != start) {
+    bool head = offset != start;
+    bool tail = offset + bytes != end;
+    /*
+     * Partial head and tail blocks are read first.  When the padded
+     * request is one block, or two with both ends partial, both are read
+     * at once, as QEMU does; the blkdebug events around the reads are
+     * QEMU's (bdrv_padding_rmw_read), signalled on this node, so that
+     * breakpoints on them stop the request where QEMU's would stop.
+     */
+    bool merged = (head || tail) &&
+                  (len == align || (len == 2 * (size_t)align && head && tail));
+    if (head || merged) {
+        size_t n = merged ? len : align;
         IOVec hq;
-        iovec_init_buf(&hq, buf, align);
-        ret = driver_preadv(bs, start, align, &hq, 0, 0);
+        if (head) {
+            node_debug_event(bs, BLKDBG_PWRITEV_RMW_HEAD);
+        }
+        if (merged && tail) {
+            node_debug_event(bs, BLKDBG_PWRITEV_RMW_TAIL);
+        }
+        iovec_init_buf(&hq, buf, n);
+        ret = driver_preadv(bs, start, (int64_t)n, &hq, 0, 0);
         iovec_destroy(&hq);
+        if (ret >= 0 && head) {
+            node_debug_event(bs, BLKDBG_PWRITEV_RMW_AFTER_HEAD);
+        }
+        if (ret >= 0 && merged && tail) {
+            node_debug_event(bs, BLKDBG_PWRITEV_RMW_AFTER_TAIL);
+        }
     }
-    if (ret >= 0 && (offset + bytes) != end &&
-        (end - align > start || offset == start)) {
+    if (ret >= 0 && tail && !merged) {
         IOVec tq;
+        node_debug_event(bs, BLKDBG_PWRITEV_RMW_TAIL);
         iovec_init_buf(&tq, (char *)buf + len - align, align);
         ret = driver_preadv(bs, end - align, align, &tq, 0, 0);
         iovec_destroy(&tq);
+        if (ret >= 0) {
+            node_debug_event(bs, BLKDBG_PWRITEV_RMW_AFTER_TAIL);
+        }
     }
     if (ret >= 0) {
         iov_to_buf(qiov->iov, qiov->niov, qoff, (char *)buf + (offset - start),
                    (size_t)bytes);
-        ret = driver_pwritev(bs, start, (int64_t)len, &bq, 0, flags);
+        ret = driver_pwritev_signalled(bs, start, (int64_t)len, &bq, 0, flags,
+                                       events);
     }
     iovec_destroy(&bq);
     aligned_free(buf);
@@ -391,7 +456,8 @@ int coroutine_fn node_co_pwritev_node(BlockNode *bs, int64_t offset,
     int64_t start = ROUND_DOWN(offset, align);
     track_begin(bs, &tr, start, ROUND_UP(offset + bytes, align) - start, rmw);
     wait_serialising(bs, &tr);
-    int ret = pwritev_aligned_or_rmw(bs, offset, bytes, qiov, qiov_offset, flags);
+    int ret = pwritev_aligned_or_rmw(bs, offset, bytes, qiov, qiov_offset,
+                                     flags, true);
     if (ret >= 0) {
         bs->wr_bytes += bytes;
         bs->wr_ops++;
@@ -432,7 +498,8 @@ int coroutine_fn child_co_pwrite(BlockChild *c, int64_t offset, int64_t bytes,
 /* ---- Zeroes ---- */
 
 static int coroutine_fn write_zero_buffers(BlockNode *bs, int64_t offset,
-                                           int64_t bytes, int flags)
+                                           int64_t bytes, int flags,
+                                           bool events)
 {
     int64_t chunk = MIN(bytes, (int64_t)MiB);
     void *buf = aligned_alloc_buf(MAX(bs->bl.opt_mem_alignment, 1), (size_t)chunk);
@@ -442,7 +509,8 @@ static int coroutine_fn write_zero_buffers(BlockNode *bs, int64_t offset,
         int64_t n = MIN(bytes, chunk);
         IOVec q;
         iovec_init_buf(&q, buf, (size_t)n);
-        ret = pwritev_aligned_or_rmw(bs, offset, n, &q, 0, flags & REQ_FUA);
+        ret = pwritev_aligned_or_rmw(bs, offset, n, &q, 0, flags & REQ_FUA,
+                                     events);
         iovec_destroy(&q);
         offset += n;
         bytes -= n;
@@ -479,10 +547,11 @@ static int coroutine_fn node_co_pwrite_zeroes_node(BlockNode *bs,
 
     /* Unaligned pieces are written as data; the middle as zeroes. */
     if (head) {
-        ret = write_zero_buffers(bs, offset, head, flags);
+        ret = write_zero_buffers(bs, offset, head, flags, true);
     }
     if (ret >= 0 && mid) {
         ret = -ENOTSUP;
+        node_debug_event(bs, BLKDBG_PWRITEV_ZERO);
         if (bs->drv->co_pwrite_zeroes) {
             int64_t done = 0;
             uint64_t mz = bs->bl.max_pwrite_zeroes ? bs->bl.max_pwrite_zeroes
@@ -496,15 +565,16 @@ static int coroutine_fn node_co_pwrite_zeroes_node(BlockNode *bs,
             } while (ret >= 0 && done < mid);
         }
         if (ret == -ENOTSUP && !(flags & REQ_NO_FALLBACK)) {
-            ret = write_zero_buffers(bs, offset + head, mid, flags);
+            ret = write_zero_buffers(bs, offset + head, mid, flags, false);
         } else if (ret >= 0 && (flags & REQ_FUA) &&
                    !(zero_flags(bs) & REQ_FUA)) {
             /* The driver wrote zeroes but cannot make them durable itself. */
             ret = fua_flush(bs);
         }
+        node_debug_event(bs, BLKDBG_PWRITEV_DONE);
     }
     if (ret >= 0 && tail) {
-        ret = write_zero_buffers(bs, offset + head + mid, tail, flags);
+        ret = write_zero_buffers(bs, offset + head + mid, tail, flags, true);
     }
     write_finished(bs);
     track_end(bs, &tr);

@@ -251,7 +251,8 @@ static int convert_run(ConvertArgs *a, ConvertState *s, char **files,
     bool src_writethrough = false;
 
     tool_parse_cache_mode(a->src_cache, &src_flags, &src_writethrough);
-    a->src_spec.flags = src_flags;
+    /* As qemu-img: nobody may write the sources while they are copied. */
+    a->src_spec.flags = src_flags | NODE_O_NO_SHARE;
     a->src_spec.writethrough = src_writethrough;
 
     s->src = g_new0(BlockBackend *, s->src_num);

@@ -182,7 +182,10 @@ int img_snapshot(int argc, char **argv)
     if (action != ACT_LIST) {
         spec.flags |= NODE_O_RDWR;
     }
-    spec.flags |= NODE_O_NO_BACKING;
+    /*
+     * As qemu-img, the backing chain is opened too (and locked): a missing
+     * or busy backing file fails the command.
+     */
     BlockBackend *blk = img_open(argv[optind], &spec);
     if (!blk) {
         return 1;
