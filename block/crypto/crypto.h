@@ -171,7 +171,8 @@ CryptoBlock *crypto_qcow_create(const char *key_secret, const char *optprefix,
                                 GError **errp);
 /* Check options and compute the header size LUKS creation would use. */
 bool crypto_luks_payload_size(const CryptoLuksCreateOpts *o,
-                              uint64_t *size, GError **errp);
+                              const char *optprefix, uint64_t *size,
+                              GError **errp);
 void crypto_block_free(CryptoBlock *b);
 
 uint64_t crypto_block_payload_offset(const CryptoBlock *b);

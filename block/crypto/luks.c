@@ -758,10 +758,11 @@ static int size_write(void *opaque, uint64_t offset, const uint8_t *buf,
 
 /* As QEMU: a creation without storage, for its errors and its size. */
 bool crypto_luks_payload_size(const CryptoLuksCreateOpts *o,
-                              uint64_t *size, GError **errp)
+                              const char *optprefix, uint64_t *size,
+                              GError **errp)
 {
-    CryptoBlock *b = crypto_luks_create(o, NULL, size_init, size_write, size,
-                                        errp);
+    CryptoBlock *b = crypto_luks_create(o, optprefix, size_init, size_write,
+                                        size, errp);
     crypto_block_free(b);
     return b != NULL;
 }
