@@ -85,6 +85,7 @@ void crypto_block_free(CryptoBlock *b)
         crypto_cipher_free(b->cipher);
         crypto_ivgen_free(b->ivgen);
         memset(&b->hdr, 0, sizeof(b->hdr));
+        g_free(b->secret_id);
         g_free(b);
     }
 }

@@ -226,6 +226,23 @@ json_t *qcow2_crypto_info(const Qcow2State *s)
     return o;
 }
 
+/* ---- Key slots (qemu-img amend) ---- */
+
+static int coroutine_fn hdr_write(void *opaque, uint64_t offset,
+                                  const uint8_t *buf, size_t len,
+                                  GError **errp);
+
+int coroutine_fn qcow2_crypto_amend(BlockNode *bs, json_t *options,
+                                    bool force, GError **errp)
+{
+    Qcow2State *s = bs->opaque;
+    CryptoLuksAmendOpts o;
+
+    crypto_luks_amend_opts_parse(options, "encrypt.", &o);
+    return crypto_luks_amend(s->crypto, &o, force, hdr_read, hdr_write, bs,
+                             errp) < 0 ? -EINVAL : 0;
+}
+
 /* ---- Creation ---- */
 
 static int coroutine_fn hdr_init(void *opaque, uint64_t headerlen,
