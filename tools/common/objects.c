@@ -9,6 +9,7 @@
 #include "strata/error.h"
 #include "strata/opts.h"
 #include "strata/secret.h"
+#include "../../block/crypto/crypto.h"
 #include "tool-common.h"
 
 static GHashTable *secrets; /* id -> GBytes */
@@ -109,6 +110,72 @@ static void secret_props_free(SecretProps *p)
     g_free(p->iv);
 }
 
+/*
+ * keyid=: the data is AES-256-CBC cipher text (base64 with format=base64)
+ * under the 32-byte secret keyid and the base64 iv, padded PKCS#7-style.
+ * Takes raw.
+ */
+static GBytes *secret_decrypt(const SecretProps *p, uint8_t *raw, size_t len,
+                              GError **errp)
+{
+    size_t keylen, ivlen;
+    const uint8_t *key = tool_secret_lookup(p->keyid, &keylen);
+    uint8_t *iv = NULL, *text = raw;
+    CryptoCipher *aes = NULL;
+    GBytes *out = NULL;
+    uint8_t pad;
+
+    if (!key) {
+        error_setg(errp, "No secret with id '%s'", p->keyid);
+        goto out;
+    }
+    if (keylen != 32) {
+        error_setg(errp, "Key should be 32 bytes in length");
+        goto out;
+    }
+    if (!p->iv) {
+        error_setg(errp, "IV is required to decrypt secret");
+        goto out;
+    }
+    iv = base64_decode(p->iv, &ivlen, errp);
+    if (!iv) {
+        goto out;
+    }
+    if (ivlen != 16) {
+        error_setg(errp, "IV should be 16 bytes in length not %zu", ivlen);
+        goto out;
+    }
+    aes = crypto_cipher_new(CRYPTO_CIPHER_AES_256, CRYPTO_MODE_CBC, key, 32,
+                            errp);
+    if (!aes || crypto_cipher_setiv(aes, iv, 16, errp) < 0) {
+        goto out;
+    }
+    if (p->format && !strcmp(p->format, "base64")) {
+        text = base64_decode((const char *)raw, &len, errp);
+        if (!text) {
+            goto out;
+        }
+    }
+    if (crypto_cipher_decrypt(aes, text, len, errp) < 0) {
+        goto out;
+    }
+    pad = len ? text[len - 1] : 0;
+    if (!len || pad > 16 || pad > len) {
+        error_setg(errp, "Incorrect number of padding bytes (%d) found on "
+                   "decrypted data", (int)pad);
+        goto out;
+    }
+    out = g_bytes_new(text, len - pad);
+out:
+    crypto_cipher_free(aes);
+    if (text != raw) {
+        g_free(text);
+    }
+    g_free(raw);
+    g_free(iv);
+    return out;
+}
+
 static GBytes *secret_load(const SecretProps *p, GError **errp)
 {
     uint8_t *raw;
@@ -139,34 +206,7 @@ static GBytes *secret_load(const SecretProps *p, GError **errp)
     }
 
     if (p->keyid) {
-        size_t keylen, ivlen;
-        const uint8_t *key = tool_secret_lookup(p->keyid, &keylen);
-        uint8_t *iv;
-
-        g_free(raw);
-        if (!key) {
-            error_setg(errp, "No secret with id '%s'", p->keyid);
-            return NULL;
-        }
-        if (keylen != 32) {
-            error_setg(errp, "Key should be 32 bytes in length");
-            return NULL;
-        }
-        if (!p->iv) {
-            error_setg(errp, "IV is required to decrypt secret");
-            return NULL;
-        }
-        iv = base64_decode(p->iv, &ivlen, errp);
-        if (!iv) {
-            return NULL;
-        }
-        g_free(iv);
-        if (ivlen != 16) {
-            error_setg(errp, "IV should be 16 bytes in length not %zu", ivlen);
-            return NULL;
-        }
-        error_setg(errp, "Decrypting secrets with 'keyid' is not supported");
-        return NULL;
+        return secret_decrypt(p, raw, len, errp);
     }
     if (p->format && !strcmp(p->format, "base64")) {
         uint8_t *dec = base64_decode((const char *)raw, &len, errp);
