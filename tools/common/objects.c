@@ -108,6 +108,7 @@ static void secret_props_free(SecretProps *p)
     g_free(p->format);
     g_free(p->keyid);
     g_free(p->iv);
+    memset(p, 0, sizeof(*p));
 }
 
 /*
@@ -219,7 +220,9 @@ static GBytes *secret_load(const SecretProps *p, GError **errp)
     return g_bytes_new_take(raw, len);
 }
 
-static void secret_add(json_t *args, bool from_json, const char *id)
+/* false with *errp set: the caller frees what it holds, then exits. */
+static bool secret_add(json_t *args, bool from_json, const char *id,
+                       GError **errp)
 {
     SecretProps p = { 0 };
     GError *err = NULL;
@@ -235,7 +238,7 @@ static void secret_add(json_t *args, bool from_json, const char *id)
             error_setg(&err, from_json ?
                        "Invalid parameter type for 'loaded', expected: boolean"
                        : "Parameter 'loaded' expects 'on' or 'off'");
-            fail(err);
+            goto fail;
         }
         json_object_del(args, "loaded");
     }
@@ -244,12 +247,12 @@ static void secret_add(json_t *args, bool from_json, const char *id)
         !take_str(args, "iv", from_json, &p.iv, &err) ||
         !take_str(args, "data", from_json, &p.data, &err) ||
         !take_str(args, "file", from_json, &p.file, &err)) {
-        fail(err);
+        goto fail;
     }
     if (p.format && strcmp(p.format, "raw") && strcmp(p.format, "base64")) {
         error_setg(&err, "Parameter 'format' does not accept value '%s'",
                    p.format);
-        fail(err);
+        goto fail;
     }
     /* The top-level key: a nested one is reported as 'key.*'. */
     key = json_object_iter(args) ? json_object_iter_key(json_object_iter(args))
@@ -261,21 +264,21 @@ static void secret_add(json_t *args, bool from_json, const char *id)
         } else {
             error_setg(&err, "Parameter '%s' is unexpected", key);
         }
-        fail(err);
+        goto fail;
     }
     if (secrets && g_hash_table_contains(secrets, id)) {
         error_setg(&err, "attempt to add duplicate property '%s' to object "
                    "(type 'container')", id);
-        fail(err);
+        goto fail;
     }
     if (loaded) {
         error_setg(&err, "Property 'secret.loaded' is not writable");
-        fail(err);
+        goto fail;
     }
     bytes = secret_load(&p, &err);
     secret_props_free(&p);
     if (!bytes) {
-        fail(err);
+        goto fail;
     }
     if (!secrets) {
         secrets = g_hash_table_new_full(g_str_hash, g_str_equal, g_free,
@@ -284,6 +287,12 @@ static void secret_add(json_t *args, bool from_json, const char *id)
         crypto_secret_set_lookup(tool_secret_lookup);
     }
     g_hash_table_insert(secrets, g_strdup(id), bytes);
+    return true;
+
+fail:
+    secret_props_free(&p);
+    g_propagate_error(errp, err);
+    return false;
 }
 
 void tool_object_process_cmdline(const char *arg)
@@ -346,7 +355,12 @@ void tool_object_process_cmdline(const char *arg)
                    "starting with a letter.");
         fail(err);
     }
-    secret_add(args, from_json, id);
+    if (!secret_add(args, from_json, id, &err)) {
+        json_decref(args);
+        g_free(type);
+        g_free(id);
+        fail(err);
+    }
     json_decref(args);
     g_free(type);
     g_free(id);
