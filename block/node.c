@@ -304,9 +304,17 @@ static const char *const *strong_options(const BlockDriver *drv)
         "opt-write-zero", "max-write-zero", "opt-discard", "max-discard",
         NULL,
     };
+    static const char *const luks[] = { "key-secret", NULL };
+    static const char *const qcow2[] = { "encrypt.key-secret", NULL };
     static const char *const none[] = { NULL };
     const char *name = drv->format_name;
 
+    if (!strcmp(name, "luks")) {
+        return luks;
+    }
+    if (!strcmp(name, "qcow2")) {
+        return qcow2;
+    }
     if (!strcmp(name, "raw")) {
         return raw;
     }

@@ -85,6 +85,7 @@ void crypto_block_free(CryptoBlock *b)
         crypto_cipher_free(b->cipher);
         crypto_ivgen_free(b->ivgen);
         memset(&b->hdr, 0, sizeof(b->hdr));
+        g_free(b->secret_id);
         g_free(b);
     }
 }
@@ -115,8 +116,8 @@ static int encdec(CryptoBlock *b, uint64_t offset, uint8_t *buf, size_t len,
     if (crypto_sectors_encdec(b->cipher, b->ivgen, b->niv, b->sector_size,
                               offset / b->sector_size, buf, len, encrypt,
                               &err) < 0) {
-        /* Only a broken library fails here: say so once, as an EIO. */
-        g_warning("%s", err->message);
+        /* Only a broken library fails here: say why, as an EIO. */
+        warn_print("%s", err->message);
         g_error_free(err);
         return -EIO;
     }

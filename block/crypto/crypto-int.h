@@ -55,7 +55,25 @@ struct CryptoBlock {
     CryptoIVGenAlg ivgen_alg;
     int ivgen_hash_alg;          /* -1: none given */
     CryptoHashAlg hash_alg;
+    char *secret_id;             /* the key-secret that unlocked it */
 };
+
+enum {
+    SLOT_DISABLED = 0x0000DEAD,
+    SLOT_ENABLED = 0x00AC71F3,
+    DEFAULT_ITER_TIME_MS = 2000,
+};
+
+/* luks.c, for luks-amend.c: one slot unlocked (1), not (0), error (-1);
+ * a slot filled; the header written. */
+int luks_load_key(CryptoBlock *b, int idx, const char *password,
+                  uint8_t *masterkey, CryptoReadFunc readfn, void *opaque,
+                  GError **errp);
+int luks_store_key(CryptoBlock *b, int idx, const char *password,
+                   const uint8_t *masterkey, int64_t iter_time,
+                   CryptoWriteFunc writefn, void *opaque, GError **errp);
+int luks_write_header(CryptoBlock *b, CryptoWriteFunc writefn, void *opaque,
+                      GError **errp);
 
 int luks_open(CryptoBlock *b, const char *key_secret, const char *optprefix,
               unsigned flags, CryptoReadFunc readfn, void *opaque,

@@ -171,7 +171,8 @@ CryptoBlock *crypto_qcow_create(const char *key_secret, const char *optprefix,
                                 GError **errp);
 /* Check options and compute the header size LUKS creation would use. */
 bool crypto_luks_payload_size(const CryptoLuksCreateOpts *o,
-                              uint64_t *size, GError **errp);
+                              const char *optprefix, uint64_t *size,
+                              GError **errp);
 void crypto_block_free(CryptoBlock *b);
 
 uint64_t crypto_block_payload_offset(const CryptoBlock *b);
@@ -187,6 +188,30 @@ int crypto_block_encrypt(CryptoBlock *b, uint64_t offset, uint8_t *buf,
                          size_t len);
 int crypto_block_decrypt(CryptoBlock *b, uint64_t offset, uint8_t *buf,
                          size_t len);
+/*
+ * qemu-img amend for LUKS: state=active adds new_secret to a key slot
+ * (keyslot, or the first free one), unlocking the master key with the
+ * secret the block was opened with; state=inactive erases the slot given
+ * or every slot old_secret opens.  Strings NULL and numbers negative when
+ * not given; state must be "active" or "inactive".
+ */
+typedef struct CryptoLuksAmendOpts {
+    const char *state;
+    const char *new_secret;
+    const char *old_secret;
+    int64_t keyslot;
+    bool has_keyslot;
+    int64_t iter_time;
+} CryptoLuksAmendOpts;
+
+/* The amend options from qemu-img's (prefix "encrypt." for qcow2); the
+ * strings point into options. */
+void crypto_luks_amend_opts_parse(json_t *options, const char *prefix,
+                                  CryptoLuksAmendOpts *o);
+int crypto_luks_amend(CryptoBlock *b, const CryptoLuksAmendOpts *o,
+                      bool force, CryptoReadFunc readfn,
+                      CryptoWriteFunc writefn, void *opaque, GError **errp);
+
 /* QAPI QCryptoBlockInfoLUKS members (NULL for qcow). */
 json_t *crypto_block_luks_info(const CryptoBlock *b);
 

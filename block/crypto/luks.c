@@ -14,11 +14,8 @@
 #include "crypto-int.h"
 
 enum {
-    SLOT_DISABLED = 0x0000DEAD,
-    SLOT_ENABLED = 0x00AC71F3,
     MIN_SLOT_KEY_ITERS = 1000,
     MIN_MASTER_KEY_ITERS = 1000,
-    DEFAULT_ITER_TIME_MS = 2000,
 };
 
 static const uint8_t luks_magic[LUKS_MAGIC_LEN] = {
@@ -376,9 +373,9 @@ static int setup_cipher(const CryptoBlock *b, const uint8_t *key,
  * Try one slot: 1 if password unlocks it (masterkey filled), 0 if not or
  * the slot is unused, -1 on errors.
  */
-static int load_key(CryptoBlock *b, int idx, const char *password,
-                    uint8_t *masterkey, CryptoReadFunc readfn, void *opaque,
-                    GError **errp)
+int luks_load_key(CryptoBlock *b, int idx, const char *password,
+                  uint8_t *masterkey, CryptoReadFunc readfn, void *opaque,
+                  GError **errp)
 {
     const LuksSlot *slot = &b->hdr.slots[idx];
     size_t klen = b->hdr.master_key_len;
@@ -456,7 +453,8 @@ int luks_open(CryptoBlock *b, const char *key_secret, const char *optprefix,
 
         masterkey = g_malloc0(b->hdr.master_key_len);
         for (i = 0; i < LUKS_NUM_SLOTS && !found; i++) {
-            found = load_key(b, i, password, masterkey, readfn, opaque, errp);
+            found = luks_load_key(b, i, password, masterkey, readfn, opaque,
+                                  errp);
             if (found < 0) {
                 goto out;
             }
@@ -472,6 +470,7 @@ int luks_open(CryptoBlock *b, const char *key_secret, const char *optprefix,
     b->sector_size = LUKS_SECTOR_SIZE;
     b->payload_offset = (uint64_t)b->hdr.payload_offset_sector *
                         LUKS_SECTOR_SIZE;
+    b->secret_id = g_strdup(key_secret);
     ret = 0;
 
 out:
@@ -509,16 +508,23 @@ static int scale_iters(uint64_t per_sec, int64_t iter_time, unsigned div,
     return 0;
 }
 
-/* Write masterkey into slot idx under password, then the header. */
-static int store_key(CryptoBlock *b, int idx, const char *password,
-                     const uint8_t *masterkey, int64_t iter_time,
-                     CryptoWriteFunc writefn, void *opaque, GError **errp)
+int luks_write_header(CryptoBlock *b, CryptoWriteFunc writefn, void *opaque,
+                      GError **errp)
+{
+    uint8_t raw[LUKS_HEADER_SIZE];
+
+    header_to_disk(&b->hdr, raw);
+    return writefn(opaque, 0, raw, sizeof(raw), errp) < 0 ? -1 : 0;
+}
+
+int luks_store_key(CryptoBlock *b, int idx, const char *password,
+                   const uint8_t *masterkey, int64_t iter_time,
+                   CryptoWriteFunc writefn, void *opaque, GError **errp)
 {
     LuksSlot *slot = &b->hdr.slots[idx];
     size_t klen = b->hdr.master_key_len;
     size_t splitlen = klen * slot->stripes;
     uint8_t *split = g_malloc0(splitlen), *slotkey = g_malloc0(klen);
-    uint8_t raw[LUKS_HEADER_SIZE];
     CryptoCipher *cipher = NULL;
     CryptoIVGen *ivgen = NULL;
     uint64_t per_sec;
@@ -545,8 +551,7 @@ static int store_key(CryptoBlock *b, int idx, const char *password,
         goto out;
     }
     slot->active = SLOT_ENABLED;
-    header_to_disk(&b->hdr, raw);
-    if (writefn(opaque, 0, raw, sizeof(raw), errp) < 0) {
+    if (luks_write_header(b, writefn, opaque, errp) < 0) {
         goto out;
     }
     ret = 0;
@@ -719,8 +724,8 @@ CryptoBlock *crypto_luks_create(const CryptoLuksCreateOpts *o,
     b->sector_size = LUKS_SECTOR_SIZE;
     b->payload_offset = (uint64_t)h->payload_offset_sector * LUKS_SECTOR_SIZE;
     if (initfn(opaque, b->payload_offset, errp) < 0 ||
-        store_key(b, 0, password, masterkey, iter_time, writefn, opaque,
-                  errp) < 0) {
+        luks_store_key(b, 0, password, masterkey, iter_time, writefn, opaque,
+                       errp) < 0) {
         goto fail;
     }
     memset(masterkey, 0, h->master_key_len);
@@ -728,6 +733,7 @@ CryptoBlock *crypto_luks_create(const CryptoLuksCreateOpts *o,
     memset(password, 0, strlen(password));
     g_free(password);
     g_free(mode_spec);
+    b->secret_id = g_strdup(o->key_secret);
     return b;
 
 fail:
@@ -758,10 +764,11 @@ static int size_write(void *opaque, uint64_t offset, const uint8_t *buf,
 
 /* As QEMU: a creation without storage, for its errors and its size. */
 bool crypto_luks_payload_size(const CryptoLuksCreateOpts *o,
-                              uint64_t *size, GError **errp)
+                              const char *optprefix, uint64_t *size,
+                              GError **errp)
 {
-    CryptoBlock *b = crypto_luks_create(o, NULL, size_init, size_write, size,
-                                        errp);
+    CryptoBlock *b = crypto_luks_create(o, optprefix, size_init, size_write,
+                                        size, errp);
     crypto_block_free(b);
     return b != NULL;
 }

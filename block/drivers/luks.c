@@ -38,6 +38,21 @@ static int coroutine_fn header_read(void *opaque, uint64_t offset,
     return 0;
 }
 
+static int coroutine_fn header_write(void *opaque, uint64_t offset,
+                                     const uint8_t *buf, size_t len,
+                                     GError **errp)
+{
+    BlockNode *bs = opaque;
+    int ret = child_co_pwrite(bs->file, (int64_t)offset, (int64_t)len, buf,
+                              0);
+
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "Could not write encryption header");
+        return ret;
+    }
+    return 0;
+}
+
 typedef struct OpenCo {
     BlockNode *bs;
     char *secret;
@@ -253,6 +268,19 @@ static int luks_reopen_prepare(ReopenState *rs, GError **errp)
     return ok ? 0 : -EINVAL;
 }
 
+/* qemu-img amend: key slots (coroutine context). */
+static int coroutine_fn luks_amend(BlockNode *bs, json_t *options, bool force,
+                                   void (*status)(void *, int64_t, int64_t),
+                                   void *opaque, GError **errp)
+{
+    LuksState *s = bs->opaque;
+    CryptoLuksAmendOpts o;
+
+    crypto_luks_amend_opts_parse(options, "", &o);
+    return crypto_luks_amend(s->crypto, &o, force, header_read, header_write,
+                             bs, errp) < 0 ? -EINVAL : 0;
+}
+
 /* ---- creation ---- */
 
 typedef struct CreateData {
@@ -394,4 +422,5 @@ const BlockDriver bdrv_luks = {
     .getlength = luks_getlength,
     .get_info = luks_get_info,
     .get_specific_info = luks_get_specific_info,
+    .amend = luks_amend,
 };

@@ -581,9 +581,11 @@ int coroutine_fn qcow2_amend(BlockNode *bs, json_t *options, bool force,
                            "amended");
                 return -ENOTSUP;
             }
-            error_setg(errp, "Amending LUKS encryption options is not "
-                       "supported by strata");
-            return -ENOTSUP;
+            ret = qcow2_crypto_amend(bs, options, force, errp);
+            if (ret < 0) {
+                return ret;
+            }
+            break;
         }
     }
     if ((v = json_object_get(options, "size"))) {

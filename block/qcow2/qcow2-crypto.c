@@ -149,6 +149,9 @@ static uint64_t iv_offset(const Qcow2State *s, uint64_t host, uint64_t guest)
 
 /* ---- Data ---- */
 
+/* Bounce buffers are at most this large (as QEMU's 32 clusters or 1 MiB). */
+#define QCOW2_CRYPT_CHUNK (1024 * 1024)
+
 int coroutine_fn qcow2_data_preadv(BlockNode *bs, uint64_t host,
                                    uint64_t guest, uint64_t bytes,
                                    IOVec *qiov, size_t qoff)
@@ -163,17 +166,25 @@ int coroutine_fn qcow2_data_preadv(BlockNode *bs, uint64_t host,
     }
     /* Decrypt in a buffer of our own: the caller's must not see
      * cipher text. */
-    buf = g_try_malloc(bytes);
+    buf = g_try_malloc(MIN(bytes, QCOW2_CRYPT_CHUNK));
     if (!buf) {
         return -ENOMEM;
     }
-    ret = child_co_pread(s->data_file, (int64_t)host, (int64_t)bytes, buf, 0);
-    if (ret >= 0) {
-        ret = crypto_block_decrypt(s->crypto, iv_offset(s, host, guest), buf,
-                                   bytes);
-    }
-    if (ret >= 0) {
-        iov_from_buf(qiov->iov, qiov->niov, qoff, buf, bytes);
+    ret = 0;
+    for (uint64_t done = 0; done < bytes && ret >= 0;) {
+        uint64_t n = MIN(bytes - done, QCOW2_CRYPT_CHUNK);
+
+        ret = child_co_pread(s->data_file, (int64_t)(host + done),
+                             (int64_t)n, buf, 0);
+        if (ret >= 0) {
+            ret = crypto_block_decrypt(s->crypto,
+                                       iv_offset(s, host, guest) + done,
+                                       buf, n);
+        }
+        if (ret >= 0) {
+            iov_from_buf(qiov->iov, qiov->niov, qoff + done, buf, n);
+        }
+        done += n;
     }
     g_free(buf);
     return ret < 0 ? ret : 0;
@@ -191,16 +202,22 @@ int coroutine_fn qcow2_data_pwritev(BlockNode *bs, uint64_t host,
         return child_co_pwritev(s->data_file, (int64_t)host, (int64_t)bytes,
                                 qiov, qoff, 0);
     }
-    buf = g_try_malloc(bytes);
+    buf = g_try_malloc(MIN(bytes, QCOW2_CRYPT_CHUNK));
     if (!buf) {
         return -ENOMEM;
     }
-    iov_to_buf(qiov->iov, qiov->niov, qoff, buf, bytes);
-    ret = crypto_block_encrypt(s->crypto, iv_offset(s, host, guest), buf,
-                               bytes);
-    if (ret >= 0) {
-        ret = child_co_pwrite(s->data_file, (int64_t)host, (int64_t)bytes,
-                              buf, 0);
+    ret = 0;
+    for (uint64_t done = 0; done < bytes && ret >= 0;) {
+        uint64_t n = MIN(bytes - done, QCOW2_CRYPT_CHUNK);
+
+        iov_to_buf(qiov->iov, qiov->niov, qoff + done, buf, n);
+        ret = crypto_block_encrypt(s->crypto,
+                                   iv_offset(s, host, guest) + done, buf, n);
+        if (ret >= 0) {
+            ret = child_co_pwrite(s->data_file, (int64_t)(host + done),
+                                  (int64_t)n, buf, 0);
+        }
+        done += n;
     }
     g_free(buf);
     return ret < 0 ? ret : 0;
@@ -224,6 +241,23 @@ json_t *qcow2_crypto_info(const Qcow2State *s)
                         json_string(s->crypt_method == QCOW2_CRYPT_AES ? "aes"
                                                                        : "luks"));
     return o;
+}
+
+/* ---- Key slots (qemu-img amend) ---- */
+
+static int coroutine_fn hdr_write(void *opaque, uint64_t offset,
+                                  const uint8_t *buf, size_t len,
+                                  GError **errp);
+
+int coroutine_fn qcow2_crypto_amend(BlockNode *bs, json_t *options,
+                                    bool force, GError **errp)
+{
+    Qcow2State *s = bs->opaque;
+    CryptoLuksAmendOpts o;
+
+    crypto_luks_amend_opts_parse(options, "encrypt.", &o);
+    return crypto_luks_amend(s->crypto, &o, force, hdr_read, hdr_write, bs,
+                             errp) < 0 ? -EINVAL : 0;
 }
 
 /* ---- Creation ---- */

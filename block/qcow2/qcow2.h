@@ -249,6 +249,9 @@ int coroutine_fn qcow2_data_preadv(BlockNode *bs, uint64_t host,
 int coroutine_fn qcow2_data_pwritev(BlockNode *bs, uint64_t host,
                                     uint64_t guest, uint64_t bytes,
                                     IOVec *qiov, size_t qoff);
+/* qemu-img amend's encrypt.* options: LUKS key slots. */
+int coroutine_fn qcow2_crypto_amend(BlockNode *bs, json_t *options,
+                                    bool force, GError **errp);
 /* The "encrypt" member of the format-specific information (NULL: none). */
 json_t *qcow2_crypto_info(const Qcow2State *s);
 

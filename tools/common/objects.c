@@ -9,6 +9,7 @@
 #include "strata/error.h"
 #include "strata/opts.h"
 #include "strata/secret.h"
+#include "../../block/crypto/crypto.h"
 #include "tool-common.h"
 
 static GHashTable *secrets; /* id -> GBytes */
@@ -107,6 +108,73 @@ static void secret_props_free(SecretProps *p)
     g_free(p->format);
     g_free(p->keyid);
     g_free(p->iv);
+    memset(p, 0, sizeof(*p));
+}
+
+/*
+ * keyid=: the data is AES-256-CBC cipher text (base64 with format=base64)
+ * under the 32-byte secret keyid and the base64 iv, padded PKCS#7-style.
+ * Takes raw.
+ */
+static GBytes *secret_decrypt(const SecretProps *p, uint8_t *raw, size_t len,
+                              GError **errp)
+{
+    size_t keylen, ivlen;
+    const uint8_t *key = tool_secret_lookup(p->keyid, &keylen);
+    uint8_t *iv = NULL, *text = raw;
+    CryptoCipher *aes = NULL;
+    GBytes *out = NULL;
+    uint8_t pad;
+
+    if (!key) {
+        error_setg(errp, "No secret with id '%s'", p->keyid);
+        goto out;
+    }
+    if (keylen != 32) {
+        error_setg(errp, "Key should be 32 bytes in length");
+        goto out;
+    }
+    if (!p->iv) {
+        error_setg(errp, "IV is required to decrypt secret");
+        goto out;
+    }
+    iv = base64_decode(p->iv, &ivlen, errp);
+    if (!iv) {
+        goto out;
+    }
+    if (ivlen != 16) {
+        error_setg(errp, "IV should be 16 bytes in length not %zu", ivlen);
+        goto out;
+    }
+    aes = crypto_cipher_new(CRYPTO_CIPHER_AES_256, CRYPTO_MODE_CBC, key, 32,
+                            errp);
+    if (!aes || crypto_cipher_setiv(aes, iv, 16, errp) < 0) {
+        goto out;
+    }
+    if (p->format && !strcmp(p->format, "base64")) {
+        text = base64_decode((const char *)raw, &len, errp);
+        if (!text) {
+            goto out;
+        }
+    }
+    if (crypto_cipher_decrypt(aes, text, len, errp) < 0) {
+        goto out;
+    }
+    pad = len ? text[len - 1] : 0;
+    if (!len || pad > 16 || pad > len) {
+        error_setg(errp, "Incorrect number of padding bytes (%d) found on "
+                   "decrypted data", (int)pad);
+        goto out;
+    }
+    out = g_bytes_new(text, len - pad);
+out:
+    crypto_cipher_free(aes);
+    if (text != raw) {
+        g_free(text);
+    }
+    g_free(raw);
+    g_free(iv);
+    return out;
 }
 
 static GBytes *secret_load(const SecretProps *p, GError **errp)
@@ -139,34 +207,7 @@ static GBytes *secret_load(const SecretProps *p, GError **errp)
     }
 
     if (p->keyid) {
-        size_t keylen, ivlen;
-        const uint8_t *key = tool_secret_lookup(p->keyid, &keylen);
-        uint8_t *iv;
-
-        g_free(raw);
-        if (!key) {
-            error_setg(errp, "No secret with id '%s'", p->keyid);
-            return NULL;
-        }
-        if (keylen != 32) {
-            error_setg(errp, "Key should be 32 bytes in length");
-            return NULL;
-        }
-        if (!p->iv) {
-            error_setg(errp, "IV is required to decrypt secret");
-            return NULL;
-        }
-        iv = base64_decode(p->iv, &ivlen, errp);
-        if (!iv) {
-            return NULL;
-        }
-        g_free(iv);
-        if (ivlen != 16) {
-            error_setg(errp, "IV should be 16 bytes in length not %zu", ivlen);
-            return NULL;
-        }
-        error_setg(errp, "Decrypting secrets with 'keyid' is not supported");
-        return NULL;
+        return secret_decrypt(p, raw, len, errp);
     }
     if (p->format && !strcmp(p->format, "base64")) {
         uint8_t *dec = base64_decode((const char *)raw, &len, errp);
@@ -179,7 +220,9 @@ static GBytes *secret_load(const SecretProps *p, GError **errp)
     return g_bytes_new_take(raw, len);
 }
 
-static void secret_add(json_t *args, bool from_json, const char *id)
+/* false with *errp set: the caller frees what it holds, then exits. */
+static bool secret_add(json_t *args, bool from_json, const char *id,
+                       GError **errp)
 {
     SecretProps p = { 0 };
     GError *err = NULL;
@@ -195,7 +238,7 @@ static void secret_add(json_t *args, bool from_json, const char *id)
             error_setg(&err, from_json ?
                        "Invalid parameter type for 'loaded', expected: boolean"
                        : "Parameter 'loaded' expects 'on' or 'off'");
-            fail(err);
+            goto fail;
         }
         json_object_del(args, "loaded");
     }
@@ -204,12 +247,12 @@ static void secret_add(json_t *args, bool from_json, const char *id)
         !take_str(args, "iv", from_json, &p.iv, &err) ||
         !take_str(args, "data", from_json, &p.data, &err) ||
         !take_str(args, "file", from_json, &p.file, &err)) {
-        fail(err);
+        goto fail;
     }
     if (p.format && strcmp(p.format, "raw") && strcmp(p.format, "base64")) {
         error_setg(&err, "Parameter 'format' does not accept value '%s'",
                    p.format);
-        fail(err);
+        goto fail;
     }
     /* The top-level key: a nested one is reported as 'key.*'. */
     key = json_object_iter(args) ? json_object_iter_key(json_object_iter(args))
@@ -221,21 +264,21 @@ static void secret_add(json_t *args, bool from_json, const char *id)
         } else {
             error_setg(&err, "Parameter '%s' is unexpected", key);
         }
-        fail(err);
+        goto fail;
     }
     if (secrets && g_hash_table_contains(secrets, id)) {
         error_setg(&err, "attempt to add duplicate property '%s' to object "
                    "(type 'container')", id);
-        fail(err);
+        goto fail;
     }
     if (loaded) {
         error_setg(&err, "Property 'secret.loaded' is not writable");
-        fail(err);
+        goto fail;
     }
     bytes = secret_load(&p, &err);
     secret_props_free(&p);
     if (!bytes) {
-        fail(err);
+        goto fail;
     }
     if (!secrets) {
         secrets = g_hash_table_new_full(g_str_hash, g_str_equal, g_free,
@@ -244,6 +287,12 @@ static void secret_add(json_t *args, bool from_json, const char *id)
         crypto_secret_set_lookup(tool_secret_lookup);
     }
     g_hash_table_insert(secrets, g_strdup(id), bytes);
+    return true;
+
+fail:
+    secret_props_free(&p);
+    g_propagate_error(errp, err);
+    return false;
 }
 
 void tool_object_process_cmdline(const char *arg)
@@ -304,7 +353,12 @@ void tool_object_process_cmdline(const char *arg)
                    "starting with a letter.");
         fail(err);
     }
-    secret_add(args, from_json, id);
+    if (!secret_add(args, from_json, id, &err)) {
+        json_decref(args);
+        g_free(type);
+        g_free(id);
+        fail(err);
+    }
     json_decref(args);
     g_free(type);
     g_free(id);

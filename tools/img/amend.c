@@ -49,10 +49,29 @@ static const ImgOptDesc qcow2_amend_opts[] = {
     { NULL },
 };
 
+/* block_crypto_amend_opts_luks, in QEMU's order. */
+static const ImgOptDesc luks_amend_opts[] = {
+    { "state", IMG_OPT_STRING,
+      "Select new state of affected keyslots (active/inactive)", NULL },
+    { "keyslot", IMG_OPT_NUMBER,
+      "Select a single keyslot to modify explicitly", NULL },
+    { "old-secret", IMG_OPT_STRING,
+      "Select all keyslots that match this password", NULL },
+    { "new-secret", IMG_OPT_STRING,
+      "New secret to set in the matching keyslots. Empty string to erase",
+      NULL },
+    { "iter-time", IMG_OPT_NUMBER, "Time to spend in PBKDF in milliseconds",
+      NULL },
+    { NULL },
+};
+
 static const ImgOptDesc *amend_opts_for(const BlockDriver *drv)
 {
     if (drv->amend && !strcmp(drv->format_name, "qcow2")) {
         return qcow2_amend_opts;
+    }
+    if (drv->amend && !strcmp(drv->format_name, "luks")) {
+        return luks_amend_opts;
     }
     return NULL;
 }

@@ -196,16 +196,26 @@ static bool can_compress(const BlockDriver *drv)
     return drv->co_pwritev_compressed != NULL;
 }
 
-/* Open the new target by filename with its format, as qemu-img does. */
+/*
+ * Open the new target by filename with its format, as qemu-img does: with
+ * the secrets its creation options named (key-secret, encrypt.key-secret),
+ * so that an encrypted target can be written.
+ */
 static BlockBackend *open_new_target(const char *filename, const char *fmt,
-                                     int flags, bool writethrough,
-                                     bool unmap)
+                                     ImgOpts *opts, int flags,
+                                     bool writethrough, bool unmap)
 {
     json_t *options = json_object();
     GError *err = NULL;
     BlockBackend *blk;
 
     json_object_set_new(options, "driver", json_string(fmt));
+    for (guint i = 0; opts && i < opts->values->len; i++) {
+        ImgOptValue *v = opts->values->pdata[i];
+        if (g_str_has_suffix(v->desc->name, "key-secret")) {
+            json_object_set_new(options, v->desc->name, json_string(v->str));
+        }
+    }
     if (unmap) {
         json_object_set_new(options, "discard", json_string("unmap"));
     }
@@ -375,7 +385,7 @@ static int convert_run(ConvertArgs *a, ConvertState *s, char **files,
         };
         s->target = img_open(out_filename, &spec);
     } else {
-        s->target = open_new_target(out_filename, a->out_fmt, flags,
+        s->target = open_new_target(out_filename, a->out_fmt, opts, flags,
                                     writethrough, s->min_sparse != 0);
     }
     if (!s->target) {
@@ -438,7 +448,17 @@ static int convert_run(ConvertArgs *a, ConvertState *s, char **files,
         !s->target_has_backing && !a->tgt_image_opts) {
         /* A freshly created image on a regular file reads as zeroes. */
         struct stat st;
+        const char *prealloc = opt_str(opts, "preallocation");
         s->has_zero_init = stat(out_filename, &st) == 0 && S_ISREG(st.st_mode);
+        /*
+         * Encrypted data reads as zeroes only where a qcow2 image has no
+         * clusters yet (QEMU's has_zero_init for luks and qcow2).
+         */
+        if (out_bs->encrypted &&
+            (strcmp(out_bs->drv->format_name, "qcow2") ||
+             (prealloc && strcmp(prealloc, "off")))) {
+            s->has_zero_init = false;
+        }
     }
 
     s->copy_range = a->copy_range;

@@ -11,8 +11,8 @@
  * take with every cluster allocated.
  *
  * The arithmetic is the output driver's business in QEMU (bdrv_measure);
- * strata's drivers have no such callback, so the two formats we can create,
- * raw and qcow2, are measured here with QEMU 7.2's formulas.
+ * strata's drivers have no such callback, so the formats we can create,
+ * raw, qcow2 and luks, are measured here with QEMU 7.2's formulas.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -20,6 +20,7 @@
 #include <string.h>
 #include "strata/block-driver.h"
 #include "strata/error.h"
+#include "../../block/crypto/crypto.h"
 #include "../../block/qcow2/qcow2-format.h"
 #include "img.h"
 
@@ -227,9 +228,65 @@ out:
     return supported;
 }
 
+/*
+ * The size of the LUKS header creation would write, found as QEMU finds
+ * it: by a creation without storage (so the secret must exist and the
+ * PBKDF2 benchmark runs).  prefix: "encrypt." for qcow2, "" for luks.
+ */
+static bool luks_header_size(ImgOpts *opts, const char *prefix,
+                             uint64_t *len, GError **errp)
+{
+    char *names[7];
+    static const char *const keys[7] = {
+        "key-secret", "cipher-alg", "cipher-mode", "ivgen-alg",
+        "ivgen-hash-alg", "hash-alg", "iter-time",
+    };
+    const char *vals[7];
+    CryptoLuksCreateOpts o;
+    bool ok;
+
+    for (int i = 0; i < 7; i++) {
+        names[i] = g_strconcat(prefix, keys[i], NULL);
+        vals[i] = opt_str(opts, names[i]);
+    }
+    o = (CryptoLuksCreateOpts){
+        .key_secret = vals[0], .cipher_alg = vals[1], .cipher_mode = vals[2],
+        .ivgen_alg = vals[3], .ivgen_hash_alg = vals[4], .hash_alg = vals[5],
+        .iter_time = vals[6] ? (int64_t)opt_num(opts, names[6], 0) : -1,
+    };
+    ok = crypto_luks_payload_size(&o, *prefix ? prefix : NULL, len, errp);
+    for (int i = 0; i < 7; i++) {
+        g_free(names[i]);
+    }
+    return ok;
+}
+
+/* Unallocated sectors are encrypted all the same: everything counts. */
+static bool measure_luks(ImgOpts *opts, BlockNode *in_bs, MeasureInfo *info,
+                         GError **errp)
+{
+    uint64_t size = opt_num(opts, "size", 0), header;
+
+    if (in_bs) {
+        int64_t len = node_getlength(in_bs);
+        if (len < 0) {
+            error_setg_errno(errp, (int)-len,
+                             "Unable to get image virtual_size");
+            return false;
+        }
+        size = (uint64_t)len;
+    }
+    if (!luks_header_size(opts, "", &header, errp)) {
+        return false;
+    }
+    info->required = info->fully_allocated = header + size;
+    return true;
+}
+
 static bool measure_qcow2(ImgOpts *opts, BlockNode *in_bs, MeasureInfo *info,
                           GError **errp)
 {
+    uint64_t luks_size = 0;
     bool extended_l2 = opt_bool(opts, "extended_l2", false);
     uint64_t cluster_size = opt_num(opts, "cluster_size", 65536);
     const char *compat = opt_str(opts, "compat");
@@ -278,9 +335,10 @@ static bool measure_qcow2(ImgOpts *opts, BlockNode *in_bs, MeasureInfo *info,
     full = prealloc && (!strcmp(prealloc, "falloc") ||
                         !strcmp(prealloc, "full"));
     if (enc && !strcmp(enc, "luks")) {
-        /* The LUKS payload size needs the crypto layer we do not have. */
-        error_setg(errp, "Measuring encrypted images is not supported");
-        return false;
+        if (!luks_header_size(opts, "encrypt.", &luks_size, errp)) {
+            return false;
+        }
+        luks_size = ROUND_UP_U64(luks_size, cluster_size);
     }
 
     virtual_size = ROUND_UP_U64(opt_num(opts, "size", 0), cluster_size);
@@ -333,7 +391,8 @@ static bool measure_qcow2(ImgOpts *opts, BlockNode *in_bs, MeasureInfo *info,
     if (full) {
         required = virtual_size;
     }
-    info->fully_allocated = qcow2_prealloc_size(virtual_size, cluster_size,
+    info->fully_allocated = luks_size +
+                            qcow2_prealloc_size(virtual_size, cluster_size,
                                                 refcount_order, extended_l2);
     info->required = info->fully_allocated - virtual_size + required;
     if (version >= 3 && in_bs) {
@@ -523,6 +582,12 @@ int img_measure(int argc, char **argv)
     if (!strcmp(drv->format_name, "qcow2")) {
         if (!measure_qcow2(opts, in_blk ? blk_node(in_blk) : NULL, &info,
                            &err)) {
+            tool_error_gerror(err, "%s", "");
+            goto out;
+        }
+    } else if (!strcmp(drv->format_name, "luks")) {
+        if (!measure_luks(opts, in_blk ? blk_node(in_blk) : NULL, &info,
+                          &err)) {
             tool_error_gerror(err, "%s", "");
             goto out;
         }
