@@ -830,10 +830,10 @@ static void coroutine_fn grow_ahead(BlockNode *bs, int64_t end)
         if (!grow_ahead_allowed(bs)) {
             return;
         }
+        /* From now on writes are compared with phys_len: no system call. */
         off_t cur = lseek(s->fd, 0, SEEK_END);
         struct stat st;
-        if (cur < 0 || fstat(s->fd, &st) < 0 || !S_ISREG(st.st_mode) ||
-            end <= cur) {
+        if (cur < 0 || fstat(s->fd, &st) < 0 || !S_ISREG(st.st_mode)) {
             return;
         }
         s->len = s->phys_len = cur;
@@ -1003,6 +1003,14 @@ static int coroutine_fn file_co_pwrite_zeroes(BlockNode *bs, int64_t offset,
     struct stat st;
     if (s->fd < 0) {
         return -EIO;
+    }
+    /*
+     * The tail grown ahead has never been written (a write there moves len
+     * past it): it reads as zeroes already.
+     */
+    if (s->len >= 0 && offset >= s->len && offset + bytes <= s->phys_len) {
+        grew(s, offset + bytes);
+        return 0;
     }
     FileJob j = {
         .s = s, .fd = s->fd, .offset = offset, .bytes = bytes, .flags = flags,

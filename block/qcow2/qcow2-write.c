@@ -315,6 +315,9 @@ bool coroutine_fn qcow2_wait_inflight(BlockNode *bs, uint64_t start,
     return wait_claims(bs, start, end, true);
 }
 
+static int coroutine_fn is_zero(BlockNode *bs, uint64_t offset,
+                                uint64_t bytes);
+
 /*
  * One allocating write of up to one L2 table's worth, lock held.  *done is
  * how much of bytes it wrote.
@@ -393,6 +396,29 @@ static int coroutine_fn write_allocating(BlockNode *bs, uint64_t offset,
     }
 
     /*
+     * Copy-on-write of parts that read as zeroes (nothing below, or zero
+     * clusters) need not move zero buffers: the new clusters are zeroed
+     * in the file, which costs no data transfer, and only the request is
+     * written (QEMU does the same).  Not for encrypted images, where
+     * zeroes in the file are not zeroes in the guest.
+     */
+    bool zero_cow = fresh && (head_len || tail_len) && !s->crypt_method &&
+                    ((s->data_file->bs->drv->supported_zero_flags |
+                      s->data_file->bs->supported_zero_flags) &
+                     REQ_NO_FALLBACK);
+    if (zero_cow && head_len) {
+        ret = is_zero(bs, cow_start, head_len);
+        zero_cow = ret > 0;
+    }
+    if (zero_cow && tail_len) {
+        ret = is_zero(bs, end, tail_len);
+        zero_cow = ret > 0;
+    }
+    if (ret < 0) {
+        goto out_v;
+    }
+
+    /*
      * The slow part (copy-on-write reads, the data write) runs without the
      * lock, so that allocating writes to other clusters proceed in
      * parallel.  The clusters stay claimed meanwhile: no other request
@@ -403,6 +429,19 @@ static int coroutine_fn write_allocating(BlockNode *bs, uint64_t offset,
     qcow2_cache_put(s->l2_cache, &l2);
     co_mutex_unlock(&s->lock);
 
+    /* What the data write covers: the request and its copy-on-write. */
+    uint64_t wstart = cow_start, wend = cow_end;
+    if (zero_cow) {
+        child_debug_event(bs->file, BLKDBG_CLUSTER_ALLOC_SPACE);
+        if (child_co_pwrite_zeroes(s->data_file,
+                                   (int64_t)(new_host + (cow_start - cstart)),
+                                   (int64_t)(cow_end - cow_start),
+                                   REQ_NO_FALLBACK) >= 0) {
+            wstart = offset;
+            wend = end;
+            head_len = tail_len = 0;
+        }
+    }
     if (head_len || tail_len) {
         child_debug_event(bs->file, BLKDBG_COW_READ);
     }
@@ -426,8 +465,8 @@ static int coroutine_fn write_allocating(BlockNode *bs, uint64_t offset,
     if (ret >= 0) {
         child_debug_event(bs->file, BLKDBG_WRITE_AIO);
         ret = child_co_pwritev(s->data_file,
-                               (int64_t)(new_host + (cow_start - cstart)),
-                               (int64_t)(cow_end - cow_start), &v, 0, 0);
+                               (int64_t)(new_host + (wstart - cstart)),
+                               (int64_t)(wend - wstart), &v, 0, 0);
     }
 
     co_mutex_lock(&s->lock);
