@@ -348,11 +348,19 @@ static int coroutine_fn write_allocating(BlockNode *bs, uint64_t offset,
         bool inplace = (e & QCOW_OFLAG_COPIED) &&
                        !(e & (QCOW_OFLAG_COMPRESSED | QCOW_OFLAG_ZERO)) &&
                        (e & L2E_OFFSET_MASK);
-        if (nb > 0 && (inplace || s->extended_l2)) {
+        /* A preallocated zero cluster of ours is written where it is. */
+        bool zero_alloc = !s->extended_l2 && (e & QCOW_OFLAG_COPIED) &&
+                          (e & QCOW_OFLAG_ZERO) &&
+                          !(e & QCOW_OFLAG_COMPRESSED) &&
+                          (e & L2E_OFFSET_MASK);
+        if (nb > 0 && (inplace || zero_alloc || s->extended_l2)) {
             break;
         }
         old[nb] = e;
         nb++;
+        if (zero_alloc) {
+            break;
+        }
     }
     end = MIN(end, cstart + (uint64_t)nb * s->cluster_size);
 
@@ -370,7 +378,12 @@ static int coroutine_fn write_allocating(BlockNode *bs, uint64_t offset,
     uint64_t cow_start = ROUND_DOWN(offset, unit);
     uint64_t cow_end = ROUND_UP(end, unit);
     uint64_t new_host;
-    bool reuse = sub && old_host;   /* our cluster, missing subclusters */
+    /* Our cluster: missing subclusters, or preallocated zeroes. */
+    bool reuse = (sub && old_host) ||
+                 (!s->extended_l2 && (old[0] & QCOW_OFLAG_COPIED) &&
+                  (old[0] & QCOW_OFLAG_ZERO) && old_host &&
+                  !(old[0] & QCOW_OFLAG_COMPRESSED) &&
+                  !qcow2_has_data_file(s));
 
     if (reuse) {
         new_host = old_host;
@@ -402,7 +415,8 @@ static int coroutine_fn write_allocating(BlockNode *bs, uint64_t offset,
      * written (QEMU does the same).  Not for encrypted images, where
      * zeroes in the file are not zeroes in the guest.
      */
-    bool zero_cow = fresh && (head_len || tail_len) && !s->crypt_method &&
+    bool zero_cow = (fresh || reuse) && (head_len || tail_len) &&
+                    !s->crypt_method &&
                     ((s->data_file->bs->drv->supported_zero_flags |
                       s->data_file->bs->supported_zero_flags) &
                      REQ_NO_FALLBACK);
