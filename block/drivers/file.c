@@ -83,6 +83,15 @@ typedef struct FileState {
      */
     int64_t len, phys_len;
     CoMutex grow_lock;
+    /*
+     * Past zero_base (the length when growing ahead began), the ranges
+     * that writes have covered, started or finished: sorted, disjoint
+     * [start, end) pairs.  Anything else below phys_len was never written
+     * and reads as zeroes, so a zero write there has nothing to do.  NULL
+     * when there were too many to keep: then no zero write is skipped.
+     */
+    int64_t zero_base;
+    GArray *written;
 
     /* Pending reopen. */
     int reopen_fd;
@@ -479,6 +488,59 @@ static void grow_ahead_end(FileState *s)
         }
     }
     s->len = -1;
+    if (s->written) {
+        g_array_free(s->written, TRUE);
+        s->written = NULL;
+    }
+}
+
+typedef struct Range {
+    int64_t start, end;
+} Range;
+
+/* Appending writes keep this short; random ones give up the skipping. */
+#define MAX_WRITTEN_RANGES 256
+
+static void mark_written(FileState *s, int64_t start, int64_t end)
+{
+    GArray *w = s->written;
+    guint i = 0;
+
+    if (!w || end <= s->zero_base) {
+        return;
+    }
+    start = MAX(start, s->zero_base);
+    /* Skip the ranges wholly before; merge every one that touches. */
+    while (i < w->len && g_array_index(w, Range, i).end < start) {
+        i++;
+    }
+    while (i < w->len && g_array_index(w, Range, i).start <= end) {
+        Range *r = &g_array_index(w, Range, i);
+        start = MIN(start, r->start);
+        end = MAX(end, r->end);
+        g_array_remove_index(w, i);
+    }
+    Range n = { start, end };
+    g_array_insert_val(w, i, n);
+    if (w->len > MAX_WRITTEN_RANGES) {
+        g_array_free(w, TRUE);
+        s->written = NULL;
+    }
+}
+
+static bool never_written(FileState *s, int64_t start, int64_t end)
+{
+    if (s->len < 0 || !s->written || start < s->zero_base ||
+        end > s->phys_len) {
+        return false;
+    }
+    for (guint i = 0; i < s->written->len; i++) {
+        Range *r = &g_array_index(s->written, Range, i);
+        if (r->start < end && start < r->end) {
+            return false;
+        }
+    }
+    return true;
 }
 
 static void file_close(BlockNode *bs)
@@ -862,13 +924,14 @@ static void coroutine_fn grow_ahead(BlockNode *bs, int64_t end)
         if (!grow_ahead_allowed(bs)) {
             return;
         }
+        /* From now on writes are compared with phys_len: no system call. */
         off_t cur = lseek(s->fd, 0, SEEK_END);
         struct stat st;
-        if (cur < 0 || fstat(s->fd, &st) < 0 || !S_ISREG(st.st_mode) ||
-            end <= cur) {
+        if (cur < 0 || fstat(s->fd, &st) < 0 || !S_ISREG(st.st_mode)) {
             return;
         }
-        s->len = s->phys_len = cur;
+        s->len = s->phys_len = s->zero_base = cur;
+        s->written = g_array_new(FALSE, FALSE, sizeof(Range));
     }
     if (end <= s->phys_len) {
         return;
@@ -904,6 +967,8 @@ static int coroutine_fn file_co_pwritev(BlockNode *bs, int64_t offset,
     int ret;
 
     grow_ahead(bs, offset + bytes);
+    /* Before it is issued: a zero write meanwhile must not be skipped. */
+    mark_written(s, offset, offset + bytes);
     ret = file_co_rw(bs, offset, bytes, qiov, qiov_offset, AIO_OP_WRITE);
     if (ret >= 0) {
         grew(s, offset + bytes);
@@ -1035,6 +1100,18 @@ static int coroutine_fn file_co_pwrite_zeroes(BlockNode *bs, int64_t offset,
     struct stat st;
     if (s->fd < 0) {
         return -EIO;
+    }
+    /* A never-written part of the tail grown ahead reads as zeroes. */
+    grow_ahead(bs, offset + bytes);
+    bool skip = never_written(s, offset, offset + bytes);
+    /*
+     * Counted as written either way (zeroes stay zeroes, but this keeps
+     * the ranges of an appending format merged into one).
+     */
+    mark_written(s, offset, offset + bytes);
+    if (skip) {
+        grew(s, offset + bytes);
+        return 0;
     }
     FileJob j = {
         .s = s, .fd = s->fd, .offset = offset, .bytes = bytes, .flags = flags,

@@ -870,3 +870,110 @@ void qcow2_rb_set(const Qcow2State *s, void *rb, uint64_t i, uint64_t v)
 {
     rb_set(s, rb, i, v);
 }
+
+/*
+ * After a shrink: refcount blocks that count nothing (but maybe their own
+ * cluster) leave the table, which is written and synced first, and their
+ * clusters are freed and discarded in the file, as QEMU does.  Lock held.
+ */
+int coroutine_fn qcow2_shrink_reftable(BlockNode *bs)
+{
+    Qcow2State *s = bs->opaque;
+    uint64_t *t = g_try_new(uint64_t, s->refcount_table_size);
+    int ret = 0;
+
+    if (!t) {
+        return -ENOMEM;
+    }
+    for (uint32_t i = 0; i < s->refcount_table_size; i++) {
+        uint64_t rb_offset = s->refcount_table[i] & REFT_OFFSET_MASK;
+        void *rb;
+        bool unused = true;
+
+        t[i] = 0;
+        if (!rb_offset) {
+            continue;
+        }
+        ret = qcow2_cache_get(s->refcount_cache, rb_offset, &rb);
+        if (ret < 0) {
+            goto out;
+        }
+        uint64_t own = (rb_offset >> s->cluster_bits) >> s->refcount_block_bits
+                       == i ? (rb_offset >> s->cluster_bits) &
+                              (s->refcount_block_size - 1)
+                            : UINT64_MAX;
+        for (uint64_t e = 0; e < s->refcount_block_size && unused; e++) {
+            unused = e == own || rb_get(s, rb, e) == 0;
+        }
+        qcow2_cache_put(s->refcount_cache, &rb);
+        t[i] = unused ? 0 : htobe64(s->refcount_table[i]);
+    }
+
+    ret = child_co_pwrite(bs->file, (int64_t)s->refcount_table_offset,
+                          (int64_t)s->refcount_table_size * 8, t, 0);
+    if (ret >= 0) {
+        ret = node_co_flush(bs->file->bs);
+    }
+    /*
+     * After a failed write the table on disk may be partly new: forget
+     * the dropped blocks in memory either way, so that nothing is counted
+     * in a block the file may no longer point at.
+     */
+    for (uint32_t i = 0; i < s->refcount_table_size; i++) {
+        uint64_t rb_offset = s->refcount_table[i] & REFT_OFFSET_MASK;
+        if (!rb_offset || t[i]) {
+            continue;
+        }
+        if (ret >= 0) {
+            /* The block's own refcount lives in the block covering it. */
+            uint64_t c = rb_offset >> s->cluster_bits;
+            uint64_t r = c >> s->refcount_block_bits;
+            uint64_t cover = r < s->refcount_table_size
+                             ? s->refcount_table[r] & REFT_OFFSET_MASK : 0;
+            void *rb;
+            if (!cover) {
+                qcow2_signal_corruption(bs, true, -1, -1, "Refblock at %#"
+                                        PRIx64 " is not covered by the "
+                                        "refcount structures", rb_offset);
+                ret = -EIO;
+            } else {
+                ret = qcow2_cache_get(s->refcount_cache, cover, &rb);
+            }
+            if (ret >= 0) {
+                uint64_t e = c & (s->refcount_block_size - 1);
+                if (rb_get(s, rb, e) != 1) {
+                    qcow2_signal_corruption(bs, true, -1, -1, "Invalid "
+                                            "refcount: refblock offset %#"
+                                            PRIx64 ", reftable index %u"
+                                            ", block offset %#" PRIx64
+                                            ", refcount %#" PRIx64, cover,
+                                            (unsigned)r, rb_offset,
+                                            rb_get(s, rb, e));
+                    ret = -EINVAL;
+                } else {
+                    rb_set(s, rb, e, 0);
+                    qcow2_cache_mark_dirty(s->refcount_cache, rb);
+                }
+                qcow2_cache_put(s->refcount_cache, &rb);
+            }
+            if (ret >= 0) {
+                s->free_cluster_index = MIN(s->free_cluster_index, c);
+                qcow2_cache_discard(s->refcount_cache, rb_offset);
+                queue_discard(s, rb_offset, s->cluster_size);
+            }
+        }
+        s->refcount_table[i] = 0;
+    }
+    s->max_refcount_index = 0;
+    for (uint32_t i = 0; i < s->refcount_table_size; i++) {
+        if (s->refcount_table[i]) {
+            s->max_refcount_index = i;
+        }
+    }
+    if (!s->discard_batch) {
+        process_discards(bs, ret);
+    }
+out:
+    g_free(t);
+    return ret;
+}

@@ -315,6 +315,9 @@ bool coroutine_fn qcow2_wait_inflight(BlockNode *bs, uint64_t start,
     return wait_claims(bs, start, end, true);
 }
 
+static int coroutine_fn is_zero(BlockNode *bs, uint64_t offset,
+                                uint64_t bytes);
+
 /*
  * One allocating write of up to one L2 table's worth, lock held.  *done is
  * how much of bytes it wrote.
@@ -345,11 +348,19 @@ static int coroutine_fn write_allocating(BlockNode *bs, uint64_t offset,
         bool inplace = (e & QCOW_OFLAG_COPIED) &&
                        !(e & (QCOW_OFLAG_COMPRESSED | QCOW_OFLAG_ZERO)) &&
                        (e & L2E_OFFSET_MASK);
-        if (nb > 0 && (inplace || s->extended_l2)) {
+        /* A preallocated zero cluster of ours is written where it is. */
+        bool zero_alloc = !s->extended_l2 && (e & QCOW_OFLAG_COPIED) &&
+                          (e & QCOW_OFLAG_ZERO) &&
+                          !(e & QCOW_OFLAG_COMPRESSED) &&
+                          (e & L2E_OFFSET_MASK);
+        if (nb > 0 && (inplace || zero_alloc || s->extended_l2)) {
             break;
         }
         old[nb] = e;
         nb++;
+        if (zero_alloc) {
+            break;
+        }
     }
     end = MIN(end, cstart + (uint64_t)nb * s->cluster_size);
 
@@ -367,7 +378,12 @@ static int coroutine_fn write_allocating(BlockNode *bs, uint64_t offset,
     uint64_t cow_start = ROUND_DOWN(offset, unit);
     uint64_t cow_end = ROUND_UP(end, unit);
     uint64_t new_host;
-    bool reuse = sub && old_host;   /* our cluster, missing subclusters */
+    /* Our cluster: missing subclusters, or preallocated zeroes. */
+    bool reuse = (sub && old_host) ||
+                 (!s->extended_l2 && (old[0] & QCOW_OFLAG_COPIED) &&
+                  (old[0] & QCOW_OFLAG_ZERO) && old_host &&
+                  !(old[0] & QCOW_OFLAG_COMPRESSED) &&
+                  !qcow2_has_data_file(s));
 
     if (reuse) {
         new_host = old_host;
@@ -393,6 +409,30 @@ static int coroutine_fn write_allocating(BlockNode *bs, uint64_t offset,
     }
 
     /*
+     * Copy-on-write of parts that read as zeroes (nothing below, or zero
+     * clusters) need not move zero buffers: the new clusters are zeroed
+     * in the file, which costs no data transfer, and only the request is
+     * written (QEMU does the same).  Not for encrypted images, where
+     * zeroes in the file are not zeroes in the guest.
+     */
+    bool zero_cow = (fresh || reuse) && (head_len || tail_len) &&
+                    !s->crypt_method &&
+                    ((s->data_file->bs->drv->supported_zero_flags |
+                      s->data_file->bs->supported_zero_flags) &
+                     REQ_NO_FALLBACK);
+    if (zero_cow && head_len) {
+        ret = is_zero(bs, cow_start, head_len);
+        zero_cow = ret > 0;
+    }
+    if (zero_cow && tail_len) {
+        ret = is_zero(bs, end, tail_len);
+        zero_cow = ret > 0;
+    }
+    if (ret < 0) {
+        goto out_v;
+    }
+
+    /*
      * The slow part (copy-on-write reads, the data write) runs without the
      * lock, so that allocating writes to other clusters proceed in
      * parallel.  The clusters stay claimed meanwhile: no other request
@@ -403,6 +443,19 @@ static int coroutine_fn write_allocating(BlockNode *bs, uint64_t offset,
     qcow2_cache_put(s->l2_cache, &l2);
     co_mutex_unlock(&s->lock);
 
+    /* What the data write covers: the request and its copy-on-write. */
+    uint64_t wstart = cow_start, wend = cow_end;
+    if (zero_cow) {
+        child_debug_event(bs->file, BLKDBG_CLUSTER_ALLOC_SPACE);
+        if (child_co_pwrite_zeroes(s->data_file,
+                                   (int64_t)(new_host + (cow_start - cstart)),
+                                   (int64_t)(cow_end - cow_start),
+                                   REQ_NO_FALLBACK) >= 0) {
+            wstart = offset;
+            wend = end;
+            head_len = tail_len = 0;
+        }
+    }
     if (head_len || tail_len) {
         child_debug_event(bs->file, BLKDBG_COW_READ);
     }
@@ -425,8 +478,8 @@ static int coroutine_fn write_allocating(BlockNode *bs, uint64_t offset,
     }
     if (ret >= 0) {
         child_debug_event(bs->file, BLKDBG_WRITE_AIO);
-        ret = qcow2_data_pwritev(bs, new_host + (cow_start - cstart),
-                                 cow_start, cow_end - cow_start, &v, 0);
+        ret = qcow2_data_pwritev(bs, new_host + (wstart - cstart), wstart,
+                                 wend - wstart, &v, 0);
     }
 
     co_mutex_lock(&s->lock);

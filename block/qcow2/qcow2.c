@@ -1105,6 +1105,11 @@ static int coroutine_fn qcow2_co_truncate(BlockNode *bs, int64_t offset,
                              "tables");
             goto out;
         }
+        ret = qcow2_shrink_reftable(bs);
+        if (ret < 0) {
+            error_setg_errno(errp, -ret, "Failed to discard unused refblocks");
+            goto out;
+        }
     } else {
         uint64_t need = DIV_ROUND_UP(new_size, l2_span);
         if (need > UINT32_MAX) {
@@ -1136,7 +1141,9 @@ static int coroutine_fn qcow2_co_truncate(BlockNode *bs, int64_t offset,
         if (ret >= 0) {
             ret = qcow2_end_of_used(bs, false, &end);
         }
-        if (ret >= 0) {
+        int64_t file_len = node_getlength(bs->file->bs);
+        if (ret >= 0 && file_len >= 0 &&
+            (end << s->cluster_bits) < (uint64_t)file_len) {
             GError *err = NULL;
             if (child_co_truncate(bs->file, (int64_t)(end << s->cluster_bits),
                                   false, PREALLOC_OFF, &err) < 0) {

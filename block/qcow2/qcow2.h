@@ -410,6 +410,8 @@ int coroutine_fn qcow2_update_cluster_refcount(BlockNode *bs, uint64_t cluster,
  */
 void qcow2_discard_batch_begin(BlockNode *bs);
 void coroutine_fn qcow2_discard_batch_end(BlockNode *bs, int ret);
+/* Drop refcount blocks that count nothing (shrinking); lock held. */
+int coroutine_fn qcow2_shrink_reftable(BlockNode *bs);
 /* Forget queued discards (closing). */
 void qcow2_discard_queue_free(Qcow2State *s);
 
