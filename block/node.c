@@ -12,6 +12,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include "block-int.h"
+#include "strata/trace.h"
 
 static GList *all_nodes;       /* every open node, in creation order */
 static unsigned next_auto_name;
@@ -1024,6 +1025,9 @@ static BlockNode *node_open_common(const char *filename, json_t *options,
     bs->options = json_deep_copy(options);
     node_register(bs);
 
+    TRACE(bdrv_open_common, "bs %p filename \"%s\" flags 0x%x format_name "
+          "\"%s\"", (void *)bs, filename ? filename : "", bs->open_flags,
+          drv->format_name);
     if (drv->open && drv->open(bs, options, bs->open_flags, errp) < 0) {
         goto fail_registered;
     }
