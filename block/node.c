@@ -1159,6 +1159,14 @@ static BlockChild *open_child(BlockNode *bs, json_t *options, const char *name,
             flags &= ~NODE_O_RDWR;
         }
         /*
+         * "No I/O" passes to backing files and through filters; a format's
+         * storage (raw's too: QEMU opens it as an image child) does I/O.
+         */
+        if ((bs->open_flags & NODE_O_NO_IO) && !(role & CHILD_ROLE_METADATA) &&
+            !(bs->drv->is_format && !(role & CHILD_ROLE_COW))) {
+            flags |= NODE_O_NO_IO;
+        }
+        /*
          * Whether the child is probed follows QEMU's inheritance: a child
          * starts with the parent's protocol flag (a protocol driver such as
          * blkdebug passes it on to its image); pure data children of

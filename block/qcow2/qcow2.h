@@ -226,6 +226,13 @@ int coroutine_fn qcow2_co_pwritev_compressed(BlockNode *bs, int64_t offset,
                                              int64_t bytes, IOVec *qiov,
                                              size_t qiov_offset);
 /* Make [from, to) read as zeroes whatever lies below; lock held. */
+/*
+ * Growing an image whose data file is raw: the clusters of [from, to) that
+ * map nothing yet are mapped onto the same offsets of the data file, as
+ * QEMU's metadata preallocation does then.  Lock held.
+ */
+int coroutine_fn qcow2_map_raw_data(BlockNode *bs, uint64_t from,
+                                    uint64_t to);
 int coroutine_fn qcow2_zero_new_area(BlockNode *bs, uint64_t from,
                                      uint64_t to);
 /* Drop every cluster of the range (shrinking the image); lock held. */

@@ -79,7 +79,8 @@ static bool check_backing(ImgOpts *opts, const char *filename, bool unsafe,
     /* Another user (a running VM) may have the backing file open. */
     json_object_set_new(options, "force-share", json_true());
     path = backing_path(filename, bf->str);
-    bs = node_open(path, options, 0, &local);
+    /* Only its size and format are needed, as in qemu-img. */
+    bs = node_open(path, options, NODE_O_NO_IO, &local);
     g_free(path);
     if (!bs) {
         error_setg(errp, "%s\nCould not open backing image.", local->message);

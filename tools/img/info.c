@@ -256,6 +256,7 @@ int img_info(int argc, char **argv)
     if (!chain) {
         spec.flags |= NODE_O_NO_BACKING;
     }
+    spec.flags |= NODE_O_NO_IO;
     blk = img_open(filename, &spec);
     if (!blk) {
         return EXIT_FAILURE;
