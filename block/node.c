@@ -921,6 +921,27 @@ static BlockNode *node_open_common(const char *filename, json_t *options,
             error_setg(errp, "Must specify either driver or file");
             goto fail;
         }
+        json_t *file_ref = json_object_get(options, "file");
+        if (file_ref && json_is_string(file_ref)) {
+            /*
+             * The storage is an existing node, named (as "--image-opts
+             * x.img" names one: "file" is the implied key); QEMU probes it.
+             */
+            const char *ref = json_string_value(file_ref);
+            probed_file = node_find(ref);
+            if (!probed_file) {
+                error_setg(errp, "Cannot find device='%s' nor node-name='%s'",
+                           ref, ref);
+                goto fail;
+            }
+            node_ref(probed_file);
+            drv = probe_format(probed_file, errp);
+            if (!drv) {
+                goto fail;
+            }
+            filename = NULL;
+            goto probed;
+        }
         /* Open the storage first, then ask every format whether it is theirs. */
         json_t *file_opts = opts_take_subtree(options, "file");
         if (!file_opts) {
@@ -962,6 +983,7 @@ static BlockNode *node_open_common(const char *filename, json_t *options,
         filename = NULL;
     }
 
+probed:
     bs = node_new(drv);
     bs->probed = probed_file != NULL;
     /* A filename that is not text is no filename (QEMU ignores it too). */
