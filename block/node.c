@@ -818,6 +818,7 @@ static bool take_generic_options(BlockNode *bs, json_t *options, int *flags,
     *flags |= (read_only ? 0 : NODE_O_RDWR) | (direct ? NODE_O_NOCACHE : 0) |
               (no_flush ? NODE_O_NO_FLUSH : 0);
     bs->read_only = read_only;
+    bs->auto_read_only = auto_ro;
     return true;
 }
 

@@ -9,6 +9,7 @@ extern const BlockDriver bdrv_file;
 extern const BlockDriver bdrv_host_device;
 extern const BlockDriver bdrv_blkdebug;
 extern const BlockDriver bdrv_qcow2;
+extern const BlockDriver bdrv_bochs;
 
 static GPtrArray *drivers;
 static void drivers_init(void);
@@ -32,6 +33,7 @@ static void drivers_init(void)
     g_ptr_array_add(drivers, (gpointer)&bdrv_host_device);
     g_ptr_array_add(drivers, (gpointer)&bdrv_blkdebug);
     g_ptr_array_add(drivers, (gpointer)&bdrv_qcow2);
+    g_ptr_array_add(drivers, (gpointer)&bdrv_bochs);
 }
 
 const BlockDriver *driver_find(const char *name)
