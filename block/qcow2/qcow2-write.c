@@ -64,7 +64,7 @@ static int coroutine_fn get_l2_for_write(BlockNode *bs, uint64_t offset,
         return qcow2_cache_get(s->l2_cache, old, l2);
     }
 
-    ret = qcow2_alloc_clusters(bs, 1, &new_offset);
+    ret = qcow2_alloc_clusters_for(bs, 1, &new_offset, "L2 table");
     if (ret < 0) {
         return ret;
     }

@@ -303,6 +303,13 @@ int coroutine_fn qcow2_get_refcount(BlockNode *bs, uint64_t cluster,
 int coroutine_fn qcow2_alloc_clusters(BlockNode *bs, uint64_t n,
                                       uint64_t *offset);
 /*
+ * The same, for a structure QEMU names when the refcounts are so broken
+ * that the header cluster looks free ("L2 table": "Preventing invalid
+ * allocation of L2 table at offset 0").
+ */
+int coroutine_fn qcow2_alloc_clusters_for(BlockNode *bs, uint64_t n,
+                                          uint64_t *offset, const char *what);
+/*
  * size bytes (at most a cluster) for a compressed cluster, packed after
  * the previous ones; each cluster the bytes touch gains a reference.
  */
