@@ -82,6 +82,13 @@ static int bochs_probe(const uint8_t *buf, int buf_size, const char *filename)
     return buf_size >= BOCHS_HEADER_SIZE && bochs_header_ok(buf) ? 100 : 0;
 }
 
+static void bochs_close(BlockNode *bs)
+{
+    BochsState *s = bs->opaque;
+    g_free(s->catalog);
+    s->catalog = NULL;
+}
+
 /* Reading the header and catalog needs a coroutine. */
 typedef struct {
     BlockNode *bs;
@@ -187,14 +194,10 @@ static int bochs_open(BlockNode *bs, json_t *options, int flags, GError **errp)
     } else {
         co_run_sync(bochs_open_co, &o);
     }
+    if (o.ret < 0) {
+        bochs_close(bs);        /* a failed open is not closed */
+    }
     return o.ret;
-}
-
-static void bochs_close(BlockNode *bs)
-{
-    BochsState *s = bs->opaque;
-    g_free(s->catalog);
-    s->catalog = NULL;
 }
 
 static void bochs_refresh_limits(BlockNode *bs)
