@@ -1197,7 +1197,8 @@ static BlockChild *open_child(BlockNode *bs, json_t *options, const char *name,
          * files, and metadata children, never are.
          */
         bool parent_is_format = bs->drv->is_format;
-        if (bs->drv->protocol_name) {
+        /* Filters, like protocols, hand over storage, never probe it. */
+        if (bs->drv->protocol_name || bs->drv->is_filter) {
             flags |= NODE_O_PROTOCOL;
         }
         if (!parent_is_format && (role & CHILD_ROLE_DATA) &&

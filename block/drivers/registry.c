@@ -10,6 +10,7 @@ extern const BlockDriver bdrv_host_device;
 extern const BlockDriver bdrv_blkdebug;
 extern const BlockDriver bdrv_qcow2;
 extern const BlockDriver bdrv_bochs;
+extern const BlockDriver bdrv_compress;
 
 static GPtrArray *drivers;
 static void drivers_init(void);
@@ -34,6 +35,7 @@ static void drivers_init(void)
     g_ptr_array_add(drivers, (gpointer)&bdrv_blkdebug);
     g_ptr_array_add(drivers, (gpointer)&bdrv_qcow2);
     g_ptr_array_add(drivers, (gpointer)&bdrv_bochs);
+    g_ptr_array_add(drivers, (gpointer)&bdrv_compress);
 }
 
 const BlockDriver *driver_find(const char *name)
