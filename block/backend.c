@@ -9,6 +9,7 @@
  */
 #include <errno.h>
 #include "block-int.h"
+#include "strata/trace.h"
 
 struct BlockBackend {
     BlockChild *root;
@@ -278,9 +279,21 @@ static int blk_check_range(BlockBackend *blk, int64_t offset, int64_t bytes,
     return 0;
 }
 
+/* Request flags in QEMU's encoding (BDRV_REQ_*), for trace lines. */
+static int qemu_req_flags(int flags)
+{
+    return (flags & REQ_MAY_UNMAP ? 0x4 : 0) | (flags & REQ_FUA ? 0x10 : 0) |
+           (flags & REQ_WRITE_COMPRESSED ? 0x20 : 0) |
+           (flags & REQ_WRITE_UNCHANGED ? 0x40 : 0) |
+           (flags & REQ_NO_FALLBACK ? 0x100 : 0);
+}
+
 int coroutine_fn blk_co_preadv(BlockBackend *blk, int64_t offset,
                                int64_t bytes, IOVec *qiov, int flags)
 {
+    TRACE(blk_co_preadv, "blk %p bs %p offset %" PRId64 " bytes %" PRId64
+          " flags 0x%x", (void *)blk, (void *)blk_node(blk), offset, bytes,
+          qemu_req_flags(flags));
     int ret = blk_request_begin(blk);
     if (ret < 0) {
         return ret;
@@ -296,6 +309,9 @@ int coroutine_fn blk_co_preadv(BlockBackend *blk, int64_t offset,
 int coroutine_fn blk_co_pwritev(BlockBackend *blk, int64_t offset,
                                 int64_t bytes, IOVec *qiov, int flags)
 {
+    TRACE(blk_co_pwritev, "blk %p bs %p offset %" PRId64 " bytes %" PRId64
+          " flags 0x%x", (void *)blk, (void *)blk_node(blk), offset, bytes,
+          qemu_req_flags(flags));
     int ret = blk_request_begin(blk);
     if (ret < 0) {
         return ret;
@@ -314,6 +330,10 @@ int coroutine_fn blk_co_pwritev(BlockBackend *blk, int64_t offset,
 int coroutine_fn blk_co_pwrite_zeroes(BlockBackend *blk, int64_t offset,
                                       int64_t bytes, int flags)
 {
+    /* QEMU's zero writes are vectored writes with a flag. */
+    TRACE(blk_co_pwritev, "blk %p bs %p offset %" PRId64 " bytes %" PRId64
+          " flags 0x%x", (void *)blk, (void *)blk_node(blk), offset, bytes,
+          qemu_req_flags(flags) | 0x2);
     int ret = blk_request_begin(blk);
     if (ret < 0) {
         return ret;

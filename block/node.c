@@ -12,6 +12,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include "block-int.h"
+#include "strata/trace.h"
 
 static GList *all_nodes;       /* every open node, in creation order */
 static unsigned next_auto_name;
@@ -825,6 +826,7 @@ static bool take_generic_options(BlockNode *bs, json_t *options, int *flags,
     *flags |= (read_only ? 0 : NODE_O_RDWR) | (direct ? NODE_O_NOCACHE : 0) |
               (no_flush ? NODE_O_NO_FLUSH : 0);
     bs->read_only = read_only;
+    bs->auto_read_only = auto_ro;
     return true;
 }
 
@@ -928,6 +930,27 @@ static BlockNode *node_open_common(const char *filename, json_t *options,
             error_setg(errp, "Must specify either driver or file");
             goto fail;
         }
+        json_t *file_ref = json_object_get(options, "file");
+        if (file_ref && json_is_string(file_ref)) {
+            /*
+             * The storage is an existing node, named (as "--image-opts
+             * x.img" names one: "file" is the implied key); QEMU probes it.
+             */
+            const char *ref = json_string_value(file_ref);
+            probed_file = node_find(ref);
+            if (!probed_file) {
+                error_setg(errp, "Cannot find device='%s' nor node-name='%s'",
+                           ref, ref);
+                goto fail;
+            }
+            node_ref(probed_file);
+            drv = probe_format(probed_file, errp);
+            if (!drv) {
+                goto fail;
+            }
+            filename = NULL;
+            goto probed;
+        }
         /* Open the storage first, then ask every format whether it is theirs. */
         json_t *file_opts = opts_take_subtree(options, "file");
         if (!file_opts) {
@@ -985,6 +1008,7 @@ static BlockNode *node_open_common(const char *filename, json_t *options,
         filename = NULL;
     }
 
+probed:
     bs = node_new(drv);
     bs->probed = probed_file != NULL;
     /* A filename that is not text is no filename (QEMU ignores it too). */
@@ -1048,6 +1072,9 @@ static BlockNode *node_open_common(const char *filename, json_t *options,
     bs->options = json_deep_copy(options);
     node_register(bs);
 
+    TRACE(bdrv_open_common, "bs %p filename \"%s\" flags 0x%x format_name "
+          "\"%s\"", (void *)bs, filename ? filename : "", bs->open_flags,
+          drv->format_name);
     if (drv->open && drv->open(bs, options, bs->open_flags, errp) < 0) {
         goto fail_registered;
     }
@@ -1183,6 +1210,14 @@ static BlockChild *open_child(BlockNode *bs, json_t *options, const char *name,
             flags |= bs->open_flags & NODE_O_NO_IO;
         }
         /*
+         * "No I/O" passes to backing files and through filters; a format's
+         * storage (raw's too: QEMU opens it as an image child) does I/O.
+         */
+        if ((bs->open_flags & NODE_O_NO_IO) && !(role & CHILD_ROLE_METADATA) &&
+            !(bs->drv->is_format && !(role & CHILD_ROLE_COW))) {
+            flags |= NODE_O_NO_IO;
+        }
+        /*
          * Whether the child is probed follows QEMU's inheritance: a child
          * starts with the parent's protocol flag (a protocol driver such as
          * blkdebug passes it on to its image); pure data children of
@@ -1190,7 +1225,8 @@ static BlockChild *open_child(BlockNode *bs, json_t *options, const char *name,
          * files, and metadata children, never are.
          */
         bool parent_is_format = bs->drv->is_format;
-        if (bs->drv->protocol_name) {
+        /* Filters, like protocols, hand over storage, never probe it. */
+        if (bs->drv->protocol_name || bs->drv->is_filter) {
             flags |= NODE_O_PROTOCOL;
         }
         if (!parent_is_format && (role & CHILD_ROLE_DATA) &&

@@ -192,7 +192,8 @@ char *opts_get_str(json_t *obj, const char *key)
         return g_strdup(json_is_true(v) ? "on" : "off");
     }
     if (json_is_real(v)) {
-        return g_strdup_printf("%g", json_real_value(v));
+        /* QEMU prints a number it reads as text with 17 digits */
+        return g_strdup_printf("%.17g", json_real_value(v));
     }
     return NULL;
 }

@@ -1,26 +1,31 @@
 /*
- * compress: a filter that turns every write into a compressed write of its
- * child (QEMU's "compress" driver).  The child must be a format that can
- * store compressed clusters; the filter's alignment is the child's cluster
- * size, so the core pads partial writes with read-modify-write and the
- * child only ever sees whole clusters (or the image's last, short one).
+ * compress: a filter that stores everything written through it compressed.
+ *
+ * Writes go to the child with REQ_WRITE_COMPRESSED, so the child must be a
+ * format that can store compressed clusters (qcow2).  Its request alignment
+ * is the child's cluster size: the request path turns smaller or unaligned
+ * writes into whole clusters (read, merge, write), since a compressed
+ * cluster can only be written whole.  Everything else passes through.
+ * QEMU's "compress" driver, with its checks and messages.
  */
 #include <errno.h>
+
 #include "strata/block-driver.h"
 
 static int compress_open(BlockNode *bs, json_t *options, int flags,
                          GError **errp)
 {
-    if (!node_open_child(bs, options, "file",
-                         CHILD_ROLE_FILTERED | CHILD_ROLE_PRIMARY, false,
-                         errp)) {
+    (void)flags;
+    bs->file = node_open_child(bs, options, "file",
+                               CHILD_ROLE_FILTERED | CHILD_ROLE_PRIMARY,
+                               false, errp);
+    if (!bs->file) {
         return -EINVAL;
     }
     BlockNode *file = bs->file->bs;
-    if (!file->drv || !file->drv->co_pwritev_compressed) {
-        error_setg(errp,
-                   "Compression is not supported for underlying format: %s",
-                   file->drv ? file->drv->format_name : "(no format)");
+    if (!file->drv->co_pwritev_compressed) {
+        error_setg(errp, "Compression is not supported for underlying "
+                   "format: %s", node_get_format_name(file));
         return -ENOTSUP;
     }
     bs->supported_write_flags =
@@ -37,10 +42,11 @@ static int compress_open(BlockNode *bs, json_t *options, int flags,
 static void compress_refresh_limits(BlockNode *bs)
 {
     BlockDriverInfo bdi;
-    if (node_get_info(bs->file->bs, &bdi) < 0 || bdi.cluster_size <= 0) {
-        return;
+
+    if (bs->file && node_get_info(bs->file->bs, &bdi) == 0 &&
+        bdi.cluster_size > 0) {
+        bs->bl.request_alignment = (uint32_t)bdi.cluster_size;
     }
-    bs->bl.request_alignment = (uint32_t)bdi.cluster_size;
 }
 
 static int64_t compress_getlength(BlockNode *bs)
@@ -50,16 +56,16 @@ static int64_t compress_getlength(BlockNode *bs)
 
 static int coroutine_fn compress_co_preadv(BlockNode *bs, int64_t offset,
                                            int64_t bytes, IOVec *qiov,
-                                           size_t qoff, int flags)
+                                           size_t qiov_offset, int flags)
 {
-    return child_co_preadv(bs->file, offset, bytes, qiov, qoff, flags);
+    return child_co_preadv(bs->file, offset, bytes, qiov, qiov_offset, flags);
 }
 
 static int coroutine_fn compress_co_pwritev(BlockNode *bs, int64_t offset,
                                             int64_t bytes, IOVec *qiov,
-                                            size_t qoff, int flags)
+                                            size_t qiov_offset, int flags)
 {
-    return child_co_pwritev(bs->file, offset, bytes, qiov, qoff,
+    return child_co_pwritev(bs->file, offset, bytes, qiov, qiov_offset,
                             flags | REQ_WRITE_COMPRESSED);
 }
 
@@ -82,9 +88,10 @@ const BlockDriver bdrv_compress = {
     .open = compress_open,
     .refresh_limits = compress_refresh_limits,
     .child_perm = node_default_perms,
-    .getlength = compress_getlength,
     .co_preadv = compress_co_preadv,
     .co_pwritev = compress_co_pwritev,
     .co_pwrite_zeroes = compress_co_pwrite_zeroes,
     .co_pdiscard = compress_co_pdiscard,
+    .getlength = compress_getlength,
+    .has_variable_length = true,
 };

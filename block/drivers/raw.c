@@ -26,7 +26,7 @@ static int raw_probe(const uint8_t *buf, int buf_size, const char *filename)
 /* The window must lie in the file and be whole sectors (QEMU's checks). */
 static int raw_check_window(const RawState *s, int64_t real, GError **errp)
 {
-    if ((int64_t)s->offset > real) {
+    if (s->offset > (uint64_t)real) {
         error_setg(errp, "Offset (%" G_GUINT64_FORMAT ") cannot be greater "
                    "than size of the containing file (%" G_GINT64_FORMAT ")",
                    s->offset, real);

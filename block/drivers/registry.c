@@ -12,6 +12,7 @@ extern const BlockDriver bdrv_blkdebug;
 extern const BlockDriver bdrv_qcow2;
 extern const BlockDriver bdrv_compress;
 extern const BlockDriver bdrv_luks;
+extern const BlockDriver bdrv_bochs;
 
 static GPtrArray *drivers;
 static void drivers_init(void);
@@ -38,6 +39,7 @@ static void drivers_init(void)
     g_ptr_array_add(drivers, (gpointer)&bdrv_qcow2);
     g_ptr_array_add(drivers, (gpointer)&bdrv_compress);
     g_ptr_array_add(drivers, (gpointer)&bdrv_luks);
+    g_ptr_array_add(drivers, (gpointer)&bdrv_bochs);
 }
 
 const BlockDriver *driver_find(const char *name)

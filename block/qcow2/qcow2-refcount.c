@@ -724,6 +724,12 @@ static int coroutine_fn ensure_refblocks(BlockNode *bs, uint64_t first,
 int coroutine_fn qcow2_alloc_clusters(BlockNode *bs, uint64_t n,
                                       uint64_t *offset)
 {
+    return qcow2_alloc_clusters_for(bs, n, offset, NULL);
+}
+
+int coroutine_fn qcow2_alloc_clusters_for(BlockNode *bs, uint64_t n,
+                                          uint64_t *offset, const char *what)
+{
     Qcow2State *s = bs->opaque;
     uint64_t first;
     bool created;
@@ -753,8 +759,13 @@ int coroutine_fn qcow2_alloc_clusters(BlockNode *bs, uint64_t n,
     } while (created);
     if (first == 0) {
         /* The header's refcount says it is free: the refcounts are broken. */
-        qcow2_signal_corruption(bs, true, -1, -1, "Preventing invalid "
-                                "allocation of the header cluster");
+        if (what) {
+            qcow2_signal_corruption(bs, true, -1, -1, "Preventing invalid "
+                                    "allocation of %s at offset 0", what);
+        } else {
+            qcow2_signal_corruption(bs, true, -1, -1, "Preventing invalid "
+                                    "allocation of the header cluster");
+        }
         return -EIO;
     }
     ret = update_refcount(bs, first << s->cluster_bits, n << s->cluster_bits,

@@ -64,7 +64,7 @@ static int coroutine_fn get_l2_for_write(BlockNode *bs, uint64_t offset,
         return qcow2_cache_get(s->l2_cache, old, l2);
     }
 
-    ret = qcow2_alloc_clusters(bs, 1, &new_offset);
+    ret = qcow2_alloc_clusters_for(bs, 1, &new_offset, "L2 table");
     if (ret < 0) {
         return ret;
     }
@@ -1045,4 +1045,35 @@ int coroutine_fn qcow2_zero_new_area(BlockNode *bs, uint64_t from, uint64_t to)
         co_mutex_lock(&s->lock);
     }
     return ret;
+}
+
+int coroutine_fn qcow2_map_raw_data(BlockNode *bs, uint64_t from, uint64_t to)
+{
+    Qcow2State *s = bs->opaque;
+    uint64_t off = qcow2_start_of_cluster(s, from);
+
+    while (off < to) {
+        void *l2;
+        unsigned l2i;
+        int ret = get_l2_for_write(bs, off, &l2, &l2i);
+        if (ret < 0) {
+            return ret;
+        }
+        uint64_t n = MIN(s->l2_size - l2i,
+                         DIV_ROUND_UP(to - off, s->cluster_size));
+        for (uint64_t i = 0; i < n; i++) {
+            uint64_t e = qcow2_l2_entry(s, l2, l2i + (unsigned)i);
+            /* only clusters with no data yet; a raw data file is mapped
+             * onto itself, and its clusters have no refcounts here */
+            if (!(e & L2E_OFFSET_MASK) && !(e & QCOW_OFLAG_COMPRESSED)) {
+                qcow2_set_l2_entry(s, l2, l2i + (unsigned)i,
+                                   (off + i * s->cluster_size) |
+                                   QCOW_OFLAG_COPIED);
+                qcow2_cache_mark_dirty(s->l2_cache, l2);
+            }
+        }
+        qcow2_cache_put(s->l2_cache, &l2);
+        off += n * s->cluster_size;
+    }
+    return 0;
 }

@@ -353,6 +353,17 @@ static int open_data_file(BlockNode *bs, json_t *options, int flags,
             }
         }
     }
+    if (flags & NODE_O_NO_IO) {
+        /*
+         * As QEMU (since its fix for CVE-2024-4467): an image opened only
+         * to be described does not open its data file, so that describing
+         * an untrusted image touches no file it names.
+         */
+        json_object_del(options, "data-file");
+        json_decref(opts_take_subtree(options, "data-file"));
+        s->data_file = qcow2_has_data_file(s) ? NULL : bs->file;
+        return 0;
+    }
     if (!qcow2_has_data_file(s)) {
         if (given) {
             error_setg(errp, "'data-file' can only be set for images with an "
@@ -379,7 +390,6 @@ static int open_data_file(BlockNode *bs, json_t *options, int flags,
     s->data_file = node_open_child(bs, options, "data-file",
                                    CHILD_ROLE_DATA, false, errp);
     g_free(prefix);
-    (void)flags;
     return s->data_file ? 0 : -EINVAL;
 }
 
@@ -1060,7 +1070,6 @@ static int coroutine_fn qcow2_co_truncate(BlockNode *bs, int64_t offset,
     uint64_t new_size = (uint64_t)offset;
     uint64_t l2_span = 1ull << (s->l2_bits + s->cluster_bits);
     int ret;
-    (void)exact;
 
     if (new_size & 511) {
         error_setg(errp, "The new size must be a multiple of 512");
@@ -1121,6 +1130,30 @@ static int coroutine_fn qcow2_co_truncate(BlockNode *bs, int64_t offset,
         if (ret < 0) {
             error_setg_errno(errp, -ret, "Failed to grow the L1 table");
             goto out;
+        }
+    }
+    /*
+     * As QEMU: an external data file follows the image's size, both ways
+     * (exactly when the caller asks for an exact size).  A raw one that
+     * grows gets the new area mapped first and then only has to be long
+     * enough, as after QEMU's metadata preallocation.
+     */
+    if (s->data_file && s->data_file != bs->file) {
+        bool map = qcow2_data_file_is_raw(s) && new_size > s->size;
+        if (map) {
+            ret = qcow2_map_raw_data(bs, s->size, new_size);
+            if (ret < 0) {
+                error_setg_errno(errp, -ret, "Could not map the new area");
+                goto out;
+            }
+        }
+        int64_t len = map ? node_getlength(s->data_file->bs) : -1;
+        if (!map || len < (int64_t)new_size) {
+            ret = child_co_truncate(s->data_file, offset, map ? false : exact,
+                                    PREALLOC_OFF, errp);
+            if (ret < 0) {
+                goto out;
+            }
         }
     }
     /* Metadata first, then the size that makes it reachable. */
@@ -1188,7 +1221,7 @@ static int64_t qcow2_get_allocated_file_size(BlockNode *bs)
     Qcow2State *s = bs->opaque;
     int64_t a = node_get_allocated_file_size(bs->file->bs);
 
-    if (a >= 0 && s->data_file != bs->file) {
+    if (a >= 0 && s->data_file && s->data_file != bs->file) {
         int64_t d = node_get_allocated_file_size(s->data_file->bs);
         if (d >= 0) {
             a += d;

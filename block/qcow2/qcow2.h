@@ -302,6 +302,13 @@ int coroutine_fn qcow2_co_pwritev_compressed(BlockNode *bs, int64_t offset,
                                              int64_t bytes, IOVec *qiov,
                                              size_t qiov_offset);
 /* Make [from, to) read as zeroes whatever lies below; lock held. */
+/*
+ * Growing an image whose data file is raw: the clusters of [from, to) that
+ * map nothing yet are mapped onto the same offsets of the data file, as
+ * QEMU's metadata preallocation does then.  Lock held.
+ */
+int coroutine_fn qcow2_map_raw_data(BlockNode *bs, uint64_t from,
+                                    uint64_t to);
 int coroutine_fn qcow2_zero_new_area(BlockNode *bs, uint64_t from,
                                      uint64_t to);
 /*
@@ -383,6 +390,13 @@ int coroutine_fn qcow2_update_refcount_range(BlockNode *bs, uint64_t offset,
 /* n contiguous new clusters with refcount 1; *offset is the first. */
 int coroutine_fn qcow2_alloc_clusters(BlockNode *bs, uint64_t n,
                                       uint64_t *offset);
+/*
+ * The same, for a structure QEMU names when the refcounts are so broken
+ * that the header cluster looks free ("L2 table": "Preventing invalid
+ * allocation of L2 table at offset 0").
+ */
+int coroutine_fn qcow2_alloc_clusters_for(BlockNode *bs, uint64_t n,
+                                          uint64_t *offset, const char *what);
 /*
  * size bytes (at most a cluster) for a compressed cluster, packed after
  * the previous ones; each cluster the bytes touch gains a reference.

@@ -275,6 +275,8 @@ struct BlockNode {
     json_t *options;             /* options as opened (for reopen, info) */
     int open_flags;
     bool read_only;
+    /* auto-read-only=on: a driver that cannot write may open read-only. */
+    bool auto_read_only;
     bool force_share;
     int detect_zeroes;           /* DETECT_ZEROES_* */
     bool discard_unmap;          /* discard=unmap */

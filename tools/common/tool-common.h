@@ -29,11 +29,14 @@ void tool_error_gerror(GError *err, const char *prefix_fmt, ...)
     G_GNUC_PRINTF(2, 3);
 
 /*
- * -T / --trace [enable=]PATTERN[,events=FILE][,file=FILE]: strata has no
- * trace events, so a pattern naming one event gets QEMU's warning for an
- * unknown event and everything else is accepted and ignored.
+ * -T / --trace [enable=]PATTERN[,events=FILE][,file=FILE], as QEMU's:
+ * enables strata's trace events (strata/trace.h) matching PATTERN or the
+ * patterns in FILE; "help" lists them and exits.  tool_trace_init_file()
+ * then sends the trace lines to the file named last, once a command is
+ * sure to run.
  */
 void tool_trace_option(const char *arg);
+void tool_trace_init_file(void);
 
 /* ---- Numbers ---- */
 

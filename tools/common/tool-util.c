@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "strata/block.h"
+#include "strata/trace.h"
 #include "tool-common.h"
 #include "strata/units.h"
 
@@ -68,27 +69,132 @@ void tool_error_gerror(GError *err, const char *prefix_fmt, ...)
     }
 }
 
-void tool_trace_option(const char *arg)
+/* ---- -T / --trace ---- */
+
+static char *trace_file;
+
+static bool is_help(const char *s)
 {
-    char **elems = g_strsplit(arg, ",", -1);
+    return !strcmp(s, "help") || !strcmp(s, "?");
+}
 
-    for (int i = 0; elems[i]; i++) {
-        const char *pattern = NULL;
-
-        if (g_str_has_prefix(elems[i], "enable=")) {
-            pattern = elems[i] + strlen("enable=");
-        } else if (i == 0 && !strchr(elems[i], '=')) {
-            pattern = elems[i];
+/*
+ * One pattern, as QEMU's trace_enable_events(): "help" lists the events
+ * and exits; a name that is no pattern and no event gets a warning (where
+ * names the events file line it came from, or is NULL).
+ */
+static void trace_enable(const char *pattern, const char *where)
+{
+    if (is_help(pattern)) {
+        for (int i = 0; i < TRACE_EVENT_COUNT; i++) {
+            printf("%s\n", trace_event_name(i));
         }
-        if (pattern && *pattern == '-') {
-            pattern++;
-        }
-        if (pattern && *pattern && !strpbrk(pattern, "*?") &&
-            strcmp(pattern, "help")) {
-            tool_warn("trace event '%s' does not exist", pattern);
+        exit(EXIT_SUCCESS);
+    }
+    const char *name = pattern[0] == '-' ? pattern + 1 : pattern;
+    /* QEMU matches '?' too, but only '*' spares a name the warning. */
+    if (!trace_enable_pattern(pattern) && !strchr(name, '*')) {
+        if (where) {
+            fprintf(stderr, "%s:%s: warning: trace event '%s' does not exist\n",
+                    tool_name(), where, name);
+        } else {
+            tool_warn("trace event '%s' does not exist", name);
         }
     }
-    g_strfreev(elems);
+}
+
+/* A file of patterns, one a line; "#" starts a comment line. */
+static void trace_enable_from_file(const char *fname)
+{
+    FILE *f = fopen(fname, "r");
+    char line[1024];
+    unsigned n = 0;
+
+    if (!f) {
+        fprintf(stderr, "%s:%s: %s\n", tool_name(), fname, g_strerror(errno));
+        exit(EXIT_FAILURE);
+    }
+    while (fgets(line, sizeof(line), f)) {
+        size_t len = strlen(line);
+        n++;
+        if (len > 1) {
+            line[len - 1] = '\0';
+            if (line[0] != '#') {
+                char *where = g_strdup_printf("%s:%u", fname, n);
+                trace_enable(line, where);
+                g_free(where);
+            }
+        }
+    }
+    fclose(f);
+}
+
+void tool_trace_option(const char *arg)
+{
+    char *enable = NULL, *events = NULL, *file = NULL;
+    GString *elem = g_string_new(NULL);
+    const char *p = arg;
+    bool first = true;
+
+    /* QemuOpts syntax: "a=b,c=d", ",," for a comma, "enable=" implied. */
+    while (*p || elem->len || first) {
+        if (*p == ',' && p[1] == ',') {
+            g_string_append_c(elem, ',');
+            p += 2;
+            continue;
+        }
+        if (*p && *p != ',') {
+            g_string_append_c(elem, *p++);
+            continue;
+        }
+        char *eq = strchr(elem->str, '=');
+        const char *key = elem->str, *val = "on";
+        if (eq) {
+            *eq = '\0';
+            val = eq + 1;
+        } else if (first) {
+            key = "enable";
+            val = elem->str;
+        }
+        char **slot = !strcmp(key, "enable") ? &enable
+                      : !strcmp(key, "events") ? &events
+                      : !strcmp(key, "file") ? &file : NULL;
+        if (!slot) {
+            tool_error("Invalid parameter '%s'", key);
+            exit(EXIT_FAILURE);
+        }
+        g_free(*slot);
+        *slot = g_strdup(val);
+        g_string_truncate(elem, 0);
+        first = false;
+        if (!*p) {
+            break;
+        }
+        p++;
+    }
+    g_string_free(elem, TRUE);
+
+    if (enable) {
+        trace_enable(enable, NULL);
+    }
+    if (events) {
+        trace_enable_from_file(events);
+    }
+    /* Each -T names the output anew, as in QEMU. */
+    g_free(trace_file);
+    trace_file = file;
+    g_free(enable);
+    g_free(events);
+}
+
+void tool_trace_init_file(void)
+{
+    int ret = trace_file ? trace_set_output(trace_file) : 0;
+    if (ret < 0) {
+        tool_error("Error opening logfile %s: %s", trace_file,
+                   g_strerror(-ret));
+        exit(EXIT_FAILURE);
+    }
 }
 
 /* ---- qemu_strtosz ---- */

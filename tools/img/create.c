@@ -79,7 +79,8 @@ static bool check_backing(ImgOpts *opts, const char *filename, bool unsafe,
     /* Another user (a running VM) may have the backing file open. */
     json_object_set_new(options, "force-share", json_true());
     path = backing_path(filename, bf->str);
-    /* As QEMU: only its size is needed, so an encrypted one needs no key. */
+    /* Only its size and format are needed, as in qemu-img (an encrypted
+     * one needs no key). */
     bs = node_open(path, options, NODE_O_NO_IO, &local);
     g_free(path);
     if (!bs) {

@@ -266,6 +266,7 @@ int main(int argc, char **argv)
         /* Only standard options ("-T foo"): nothing to do, as qemu-img. */
         return EXIT_SUCCESS;
     }
+    tool_trace_init_file();
     /* The subcommand sees its own name as argv[0]; getopt starts afresh. */
     argc -= optind;
     argv += optind;

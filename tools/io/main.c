@@ -769,6 +769,7 @@ int main(int argc, char **argv)
         tool_error("--image-opts and -f are mutually exclusive");
         exit(1);
     }
+    tool_trace_init_file();
 
     blkdbg_set_notice_func(print_blkdebug_notice);
     prompt = g_strdup_printf("%s> ", tool_name());
