@@ -1205,10 +1205,6 @@ static BlockChild *open_child(BlockNode *bs, json_t *options, const char *name,
         if (role & CHILD_ROLE_COW) {
             flags &= ~NODE_O_RDWR;
         }
-        /* Without I/O (qemu-img info), metadata is still read: as QEMU. */
-        if (!(role & CHILD_ROLE_METADATA)) {
-            flags |= bs->open_flags & NODE_O_NO_IO;
-        }
         /*
          * "No I/O" passes to backing files and through filters; a format's
          * storage (raw's too: QEMU opens it as an image child) does I/O.

@@ -45,16 +45,16 @@ enum {
                                    corrupt images open read-write */
     NODE_O_NO_FLUSH = 0x0200, /* cache.no-flush=on */
     NODE_O_PROTOCOL = 0x8000, /* the filename names a protocol node */
-    NODE_O_NO_IO = 0x10000,    /* metadata only (qemu-img info): no keys */
     NODE_O_RESIZE = 0x20000,   /* backend: take the resize permission too */
     NODE_O_NO_SHARE = 0x40000, /* backend: do not share write/resize (qemu-img) */
     /*
      * Opened to be described, not read or written (qemu-img info, a new
      * image's backing file): drivers may leave out children that only
-     * data I/O needs (qcow2's external data file), as QEMU's BDRV_O_NO_IO.
-     * Children keep it, except those holding metadata.
+     * data I/O needs (qcow2's external data file) and need no keys
+     * (encrypted images), as QEMU's BDRV_O_NO_IO.  Children keep it,
+     * except those holding metadata.
      */
-    NODE_O_NO_IO = 0x80000,
+    NODE_O_NO_IO = 0x10000,
 };
 
 /* ---- Child roles (flags, as in QEMU's BdrvChildRole) ---- */
