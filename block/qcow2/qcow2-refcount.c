@@ -625,6 +625,50 @@ int coroutine_fn qcow2_alloc_clusters(BlockNode *bs, uint64_t n,
     return 0;
 }
 
+int coroutine_fn qcow2_alloc_clusters_at(BlockNode *bs, uint64_t offset,
+                                         uint64_t n, uint64_t *got)
+{
+    Qcow2State *s = bs->opaque;
+    uint64_t first = offset >> s->cluster_bits, i;
+    bool created;
+    int ret;
+
+    *got = 0;
+    if (first == 0) {
+        return 0;
+    }
+    do {
+        for (i = 0; i < n; i++) {
+            uint64_t rc;
+            ret = qcow2_get_refcount(bs, first + i, &rc);
+            if (ret < 0) {
+                return ret;
+            }
+            if (rc) {
+                break;
+            }
+        }
+        if (i == 0) {
+            return 0;
+        }
+        /* A new refcount block may take one of them: count again. */
+        ret = ensure_refblocks(bs, first, i, &created);
+        if (ret < 0) {
+            return ret;
+        }
+        if (created) {
+            s->free_cluster_index = MIN(s->free_cluster_index, first);
+        }
+    } while (created);
+    ret = update_refcount(bs, offset, i << s->cluster_bits, 1, false,
+                          QCOW2_DISCARD_NEVER);
+    if (ret < 0) {
+        return ret;
+    }
+    *got = i;
+    return 0;
+}
+
 int coroutine_fn qcow2_free_clusters(BlockNode *bs, uint64_t offset,
                                      uint64_t length, Qcow2DiscardType dt)
 {
