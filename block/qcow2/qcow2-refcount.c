@@ -316,7 +316,8 @@ static int coroutine_fn write_reftable_entry(BlockNode *bs, uint64_t index)
 static int coroutine_fn update_refcount(BlockNode *bs, uint64_t offset,
                                         uint64_t length, uint64_t addend,
                                         bool decrease, Qcow2DiscardType dt);
-static int coroutine_fn grow_reftable(BlockNode *bs, uint64_t need_index);
+static int coroutine_fn grow_reftable(BlockNode *bs, uint64_t start,
+                                     uint64_t new_index, uint64_t new_block);
 
 /*
  * Make sure a refcount block exists for rt_index.  A new block is put in
@@ -332,13 +333,8 @@ static int coroutine_fn ensure_refblock(BlockNode *bs, uint64_t rt_index)
     void *rb;
     int ret;
 
-    if (rt_index >= s->refcount_table_size) {
-        ret = grow_reftable(bs, rt_index);
-        if (ret < 0 || (s->refcount_table[rt_index] & REFT_OFFSET_MASK)) {
-            return ret;
-        }
-    }
-    if (s->refcount_table[rt_index] & REFT_OFFSET_MASK) {
+    if (rt_index < s->refcount_table_size &&
+        (s->refcount_table[rt_index] & REFT_OFFSET_MASK)) {
         return 0;
     }
 
@@ -365,7 +361,8 @@ static int coroutine_fn ensure_refblock(BlockNode *bs, uint64_t rt_index)
             return ret;
         }
         /* That may have created our block already (same region). */
-        if (s->refcount_table[rt_index] & REFT_OFFSET_MASK) {
+        if (rt_index < s->refcount_table_size &&
+            (s->refcount_table[rt_index] & REFT_OFFSET_MASK)) {
             return update_refcount(bs, rb_offset, s->cluster_size, 1, true,
                                    QCOW2_DISCARD_NEVER);
         }
@@ -388,6 +385,17 @@ static int coroutine_fn ensure_refblock(BlockNode *bs, uint64_t rt_index)
     if (ret < 0) {
         return ret;
     }
+    if (rt_index >= s->refcount_table_size) {
+        /*
+         * The table is full: a new one, with refcount blocks for itself,
+         * goes past every block in use (counting this one), as QEMU
+         * places it, and takes this block's entry with it.
+         */
+        uint64_t blocks_used = MAX(rt_index + 1,
+                                   DIV_ROUND_UP(c + 1, s->refcount_block_size));
+        return grow_reftable(bs, blocks_used << s->refcount_block_bits,
+                             rt_index, rb_offset);
+    }
     s->refcount_table[rt_index] = rb_offset;
     s->max_refcount_index = MAX(s->max_refcount_index, (uint32_t)rt_index);
     ret = write_reftable_entry(bs, rt_index);
@@ -395,152 +403,131 @@ static int coroutine_fn ensure_refblock(BlockNode *bs, uint64_t rt_index)
         s->refcount_table[rt_index] = 0;
         return ret;
     }
-    if (c + 1 > s->free_cluster_index && self) {
-        /* Nothing to do: find_free will skip it by its refcount. */
-    }
     return 0;
 }
 
 /*
- * A bigger refcount table.  The new table and the refcount blocks that
- * describe it go into fresh clusters past the end of the image; they are
- * written completely before the header switches to the new table, so a
- * crash leaves either the old or the new table in force.
+ * Refcount blocks and table entries QEMU's sizing gives an image of n
+ * clusters, with room to grow (qcow2_refcount_metadata_size's fixed
+ * point, generous): the number of refcount blocks.
  */
-static int coroutine_fn grow_reftable(BlockNode *bs, uint64_t need_index)
+static uint64_t refblocks_for(const Qcow2State *s, uint64_t clusters)
+{
+    uint64_t per_table_cluster = s->cluster_size / 8;
+    uint64_t table = 0, blocks = 0, n = 0, last;
+    bool generous = true;
+
+    do {
+        last = n;
+        blocks = DIV_ROUND_UP(clusters + table + blocks,
+                              s->refcount_block_size);
+        table = DIV_ROUND_UP(blocks, per_table_cluster);
+        n = clusters + blocks + table;
+        if (n == last && generous) {
+            clusters += DIV_ROUND_UP(table, 2);
+            n = 0;
+            generous = false;
+        }
+    } while (n != last);
+    return blocks;
+}
+
+/*
+ * A bigger refcount table, laid out as QEMU lays it out: from cluster
+ * `start` (past every refcount block in use), first the refcount blocks
+ * missing for the area, then the table, with half again as many entries
+ * as the blocks it needs.  The new blocks count the area's clusters; the
+ * table gets new_block at new_index.  Everything is written before the
+ * header switches to the new table, so a crash leaves either table in
+ * force; the old table's clusters are freed last.
+ */
+static int coroutine_fn grow_reftable(BlockNode *bs, uint64_t start,
+                                     uint64_t new_index, uint64_t new_block)
 {
     Qcow2State *s = bs->opaque;
-    uint64_t old_size = s->refcount_table_size;
-    uint64_t entries_per_cluster = s->cluster_size / 8;
-    uint64_t end = 0;
+    uint64_t per_cluster = s->cluster_size / 8;
+    uint64_t total = refblocks_for(s, start);
+    uint64_t area_index = start >> s->refcount_block_bits;
     int ret;
 
-    ret = qcow2_end_of_used(bs, true, &end);
-    if (ret < 0) {
-        return ret;
-    }
     child_debug_event(bs->file, BLKDBG_REFTABLE_GROW);
-    if (need_index >= QCOW2_MAX_REFTABLE_BYTES / 8) {
+    if (total > QCOW2_MAX_REFTABLE_BYTES / 8 || new_index >= total) {
         return -EFBIG;
     }
-
-    /*
-     * Place the table at `start` (past everything in use).  The table must
-     * cover need_index and the blocks for the table's own clusters and for
-     * the new blocks; grow by half again to avoid growing on every block.
-     */
-    uint64_t start = end;
-    uint64_t new_entries = MAX(need_index + 1, old_size + old_size / 2);
-    uint64_t table_clusters, n_blocks, covered_end;
-
-    for (;;) {
-        table_clusters = DIV_ROUND_UP(new_entries, entries_per_cluster);
-        /* New blocks for the area [start, start + blocks + table). */
-        n_blocks = 0;
-        for (;;) {
-            covered_end = start + n_blocks + table_clusters;
-            uint64_t first_rt = start >> s->refcount_block_bits;
-            uint64_t last_rt = (covered_end - 1) >> s->refcount_block_bits;
-            uint64_t need = 0;
-            for (uint64_t r = first_rt; r <= last_rt; r++) {
-                if (r >= old_size || !(s->refcount_table[r] &
-                                       REFT_OFFSET_MASK)) {
-                    need++;
-                }
-            }
-            if (need <= n_blocks) {
-                break;
-            }
-            n_blocks = need;
-        }
-        uint64_t last_rt = (covered_end - 1) >> s->refcount_block_bits;
-        if (last_rt < new_entries) {
-            break;
-        }
-        new_entries = last_rt + 1;
-    }
-    if (table_clusters * s->cluster_size > QCOW2_MAX_REFTABLE_BYTES) {
+    uint64_t table_size = ROUND_UP(total + DIV_ROUND_UP(total, 2),
+                                   per_cluster);
+    uint64_t table_clusters = table_size / per_cluster;
+    if (table_size > QCOW2_MAX_REFTABLE_BYTES / 8) {
         return -EFBIG;
     }
-
-    /* Blocks first (at start..), then the table. */
-    uint64_t table_offset = (start + n_blocks) << s->cluster_bits;
-    uint64_t *table = g_try_new0(uint64_t, table_clusters *
-                                           entries_per_cluster);
-    uint8_t *blocks = g_try_malloc0(MAX(n_blocks, 1) * s->cluster_size);
-    if (!table || !blocks) {
-        g_free(table);
-        g_free(blocks);
+    uint64_t *table = g_try_new0(uint64_t, table_size);
+    if (!table) {
         return -ENOMEM;
     }
-    memcpy(table, s->refcount_table, old_size * 8);
-    uint64_t next_block = start;
-    uint64_t first_rt = start >> s->refcount_block_bits;
-    uint64_t last_rt = (covered_end - 1) >> s->refcount_block_bits;
-    for (uint64_t r = first_rt; r <= last_rt; r++) {
-        if (r < old_size && (s->refcount_table[r] & REFT_OFFSET_MASK)) {
-            continue;
-        }
-        table[r] = next_block << s->cluster_bits;
-        next_block++;
-    }
-    g_assert(next_block - start <= n_blocks);
+    uint64_t keep = MIN(table_size, (uint64_t)s->max_refcount_index + 1);
+    memcpy(table, s->refcount_table,
+           MIN(keep, s->refcount_table_size) * 8);
+    table[new_index] = new_block;
 
-    /*
-     * Refcount 1 for every new cluster (blocks and table) that a new block
-     * describes; clusters under existing blocks are counted there below.
-     */
-    for (uint64_t c = start; c < covered_end; c++) {
-        uint64_t r = c >> s->refcount_block_bits;
-        if (r < old_size && (s->refcount_table[r] & REFT_OFFSET_MASK)) {
-            continue;
-        }
-        uint64_t bi = ((table[r] >> s->cluster_bits) - start);
-        rb_set(s, blocks + bi * s->cluster_size,
-               c & (s->refcount_block_size - 1), 1);
+    uint64_t missing = 0;
+    for (uint64_t i = area_index; i < total; i++) {
+        missing += !table[i];
     }
+    uint64_t table_offset = (start + missing) << s->cluster_bits;
+    uint64_t end = table_offset + table_clusters * s->cluster_size;
+    uint64_t block = start << s->cluster_bits;
 
-    for (uint64_t i = 0; i < table_clusters * entries_per_cluster; i++) {
+    for (uint64_t i = area_index; i < total; i++) {
+        void *rb;
+
+        if (table[i]) {
+            ret = qcow2_cache_get(s->refcount_cache, table[i], &rb);
+        } else {
+            ret = qcow2_cache_get_empty(s->refcount_cache, block, &rb);
+            if (ret >= 0) {
+                memset(rb, 0, s->cluster_size);
+                table[i] = block;
+                block += s->cluster_size;
+            }
+        }
+        if (ret < 0) {
+            g_free(table);
+            return ret;
+        }
+        /* Refcount 1 for the new blocks and table this block covers. */
+        uint64_t first = (i << s->refcount_block_bits) << s->cluster_bits;
+        if (first < end) {
+            uint64_t j = first < (start << s->cluster_bits)
+                         ? ((start << s->cluster_bits) - first) >>
+                           s->cluster_bits
+                         : 0;
+            uint64_t stop = MIN((end - first) >> s->cluster_bits,
+                                s->refcount_block_size);
+            for (; j < stop; j++) {
+                rb_set(s, rb, j, 1);
+            }
+        }
+        qcow2_cache_mark_dirty(s->refcount_cache, rb);
+        qcow2_cache_put(s->refcount_cache, &rb);
+    }
+    g_assert(block == table_offset);
+
+    child_debug_event(bs->file, BLKDBG_REFBLOCK_ALLOC_WRITE_BLOCKS);
+    ret = qcow2_cache_flush(s->refcount_cache);
+    for (uint64_t i = 0; i < table_size; i++) {
         table[i] = htobe64(table[i]);
     }
-    child_debug_event(bs->file, BLKDBG_REFBLOCK_ALLOC_WRITE_BLOCKS);
-    ret = child_co_pwrite(bs->file, (int64_t)(start << s->cluster_bits),
-                          (int64_t)(n_blocks * s->cluster_size), blocks, 0);
     if (ret >= 0) {
         child_debug_event(bs->file, BLKDBG_REFBLOCK_ALLOC_WRITE_TABLE);
         ret = child_co_pwrite(bs->file, (int64_t)table_offset,
-                              (int64_t)(table_clusters * s->cluster_size),
-                              table, 0);
+                              (int64_t)(table_size * 8), table, 0);
     }
-    g_free(blocks);
     if (ret >= 0) {
-        ret = qcow2_cache_flush(s->refcount_cache);
+        ret = node_co_flush(bs->file->bs);
     }
-    if (ret < 0) {
-        g_free(table);
-        return ret;
-    }
-    for (uint64_t i = 0; i < table_clusters * entries_per_cluster; i++) {
+    for (uint64_t i = 0; i < table_size; i++) {
         table[i] = be64toh(table[i]);
     }
-
-    /*
-     * New clusters that existing blocks describe (usually the table
-     * itself) get their refcounts before the header switches to the new
-     * table, through the old table, which shares those blocks.
-     */
-    for (uint64_t c = start; c < covered_end; c++) {
-        uint64_t r = c >> s->refcount_block_bits;
-        if (r < old_size && (s->refcount_table[r] & REFT_OFFSET_MASK)) {
-            ret = update_refcount(bs, c << s->cluster_bits, s->cluster_size,
-                                  1, false, QCOW2_DISCARD_NEVER);
-            if (ret < 0) {
-                g_free(table);
-                return ret;
-            }
-        }
-    }
-    ret = qcow2_cache_flush(s->refcount_cache);
     if (ret < 0) {
         g_free(table);
         return ret;
@@ -564,19 +551,20 @@ static int coroutine_fn grow_reftable(BlockNode *bs, uint64_t need_index)
     }
 
     uint64_t old_offset = s->refcount_table_offset;
-    uint64_t old_clusters = DIV_ROUND_UP(old_size * 8, s->cluster_size);
+    uint64_t old_size = s->refcount_table_size;
     g_free(s->refcount_table);
     s->refcount_table = table;
-    for (uint32_t i = 0; i < table_clusters * entries_per_cluster; i++) {
+    s->refcount_table_size = (uint32_t)table_size;
+    s->refcount_table_offset = table_offset;
+    s->max_refcount_index = 0;
+    for (uint64_t i = 0; i < table_size; i++) {
         if (table[i]) {
-            s->max_refcount_index = i;
+            s->max_refcount_index = (uint32_t)i;
         }
     }
-    s->refcount_table_size = (uint32_t)(table_clusters * entries_per_cluster);
-    s->refcount_table_offset = table_offset;
-
-    return qcow2_free_clusters(bs, old_offset, old_clusters * s->cluster_size,
-                               QCOW2_DISCARD_OTHER);
+    /* As QEMU: a failure to free the old table only leaks it. */
+    qcow2_free_clusters(bs, old_offset, old_size * 8, QCOW2_DISCARD_OTHER);
+    return 0;
 }
 
 /*
@@ -697,7 +685,8 @@ static int coroutine_fn update_refcount(BlockNode *bs, uint64_t offset,
 
 /*
  * Refcount blocks for every cluster of [first, first + n): true in *created
- * if one had to be made (it may have landed inside the range).
+ * if one had to be made (it may have landed inside the range, so the caller
+ * looks again and comes back for the next one).
  */
 static int coroutine_fn ensure_refblocks(BlockNode *bs, uint64_t first,
                                          uint64_t n, bool *created)
@@ -716,7 +705,9 @@ static int coroutine_fn ensure_refblocks(BlockNode *bs, uint64_t first,
         if (ret < 0) {
             return ret;
         }
+        /* As QEMU: one new block, then the caller looks for space again. */
         *created = true;
+        return 0;
     }
     return 0;
 }
@@ -756,6 +747,9 @@ int coroutine_fn qcow2_alloc_clusters_for(BlockNode *bs, uint64_t n,
         if (ret < 0) {
             return ret;
         }
+        if (created) {
+            s->free_cluster_index = MIN(s->free_cluster_index, first);
+        }
     } while (created);
     if (first == 0) {
         /* The header's refcount says it is free: the refcounts are broken. */
@@ -775,6 +769,50 @@ int coroutine_fn qcow2_alloc_clusters_for(BlockNode *bs, uint64_t n,
     }
     s->free_cluster_index = first + n;
     *offset = first << s->cluster_bits;
+    return 0;
+}
+
+int coroutine_fn qcow2_alloc_clusters_at(BlockNode *bs, uint64_t offset,
+                                         uint64_t n, uint64_t *got)
+{
+    Qcow2State *s = bs->opaque;
+    uint64_t first = offset >> s->cluster_bits, i;
+    bool created;
+    int ret;
+
+    *got = 0;
+    if (first == 0) {
+        return 0;
+    }
+    do {
+        for (i = 0; i < n; i++) {
+            uint64_t rc;
+            ret = qcow2_get_refcount(bs, first + i, &rc);
+            if (ret < 0) {
+                return ret;
+            }
+            if (rc) {
+                break;
+            }
+        }
+        if (i == 0) {
+            return 0;
+        }
+        /* A new refcount block may take one of them: count again. */
+        ret = ensure_refblocks(bs, first, i, &created);
+        if (ret < 0) {
+            return ret;
+        }
+        if (created) {
+            s->free_cluster_index = MIN(s->free_cluster_index, first);
+        }
+    } while (created);
+    ret = update_refcount(bs, offset, i << s->cluster_bits, 1, false,
+                          QCOW2_DISCARD_NEVER);
+    if (ret < 0) {
+        return ret;
+    }
+    *got = i;
     return 0;
 }
 

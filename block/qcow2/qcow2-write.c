@@ -324,7 +324,8 @@ static int coroutine_fn is_zero(BlockNode *bs, uint64_t offset,
  */
 static int coroutine_fn write_allocating(BlockNode *bs, uint64_t offset,
                                          uint64_t bytes, IOVec *qiov,
-                                         size_t qoff, uint64_t *done)
+                                         size_t qoff, uint64_t *done,
+                                         uint64_t *next_host)
 {
     Qcow2State *s = bs->opaque;
     unsigned l2i;
@@ -390,10 +391,30 @@ static int coroutine_fn write_allocating(BlockNode *bs, uint64_t offset,
     } else if (qcow2_has_data_file(s)) {
         new_host = cstart;          /* guest offset = host offset */
     } else {
-        ret = qcow2_alloc_clusters(bs, nb, &new_host);
-        if (ret < 0) {
-            goto out;
+        /*
+         * As QEMU: within one request, continue where the previous run's
+         * clusters ended, with as many clusters as are free there (the
+         * run gets shorter); else anywhere.
+         */
+        uint64_t got = 0;
+        if (*next_host) {
+            ret = qcow2_alloc_clusters_at(bs, *next_host, nb, &got);
+            if (ret < 0) {
+                goto out;
+            }
         }
+        if (got) {
+            new_host = *next_host;
+            nb = (unsigned)got;
+            end = MIN(end, cstart + (uint64_t)nb * s->cluster_size);
+            cow_end = ROUND_UP(end, unit);
+        } else {
+            ret = qcow2_alloc_clusters(bs, nb, &new_host);
+            if (ret < 0) {
+                goto out;
+            }
+        }
+        *next_host = new_host + (uint64_t)nb * s->cluster_size;
     }
 
     uint64_t head_len = offset - cow_start, tail_len = cow_end - end;
@@ -545,6 +566,7 @@ int coroutine_fn qcow2_co_pwritev(BlockNode *bs, int64_t offset,
     if (s->corrupt) {
         return -ENOMEDIUM;
     }
+    uint64_t next_host = 0;     /* where the last allocation ended */
     while (bytes > 0) {
         uint64_t n = 0, host = 0;
         int ret;
@@ -557,6 +579,7 @@ int coroutine_fn qcow2_co_pwritev(BlockNode *bs, int64_t offset,
             ret = qcow2_check_overlap(bs, 0, host, n);
         }
         if (ret >= 0 && n > 0) {
+            next_host = 0;      /* QEMU's contiguous run ends here too */
             /* Shared claim: discards and snapshots wait for the data. */
             Inflight *f = claim(s, (uint64_t)offset, (uint64_t)offset + n,
                                 true);
@@ -568,7 +591,7 @@ int coroutine_fn qcow2_co_pwritev(BlockNode *bs, int64_t offset,
         } else if (ret >= 0) {
             /* Returns with the lock held. */
             ret = write_allocating(bs, (uint64_t)offset, (uint64_t)bytes,
-                                   qiov, qiov_offset, &n);
+                                   qiov, qiov_offset, &n, &next_host);
             co_mutex_unlock(&s->lock);
         } else {
             co_mutex_unlock(&s->lock);

@@ -461,11 +461,21 @@ static void coroutine_fn open_co(void *opaque)
      * feature): QEMU then treats the bitmaps as inconsistent instead of
      * trusting bitmaps that miss our writes.
      */
+    /*
+     * A check writes no guest data, so the bitmaps stay valid and keep
+     * their clusters; only bits nobody knows are cleared, as QEMU does.
+     */
+    uint64_t keep = QCOW2_AUTOCLEAR_DATA_FILE_RAW;
+    if (o->flags & NODE_O_CHECK) {
+        keep |= QCOW2_AUTOCLEAR_BITMAPS;
+    }
     if ((o->flags & NODE_O_RDWR) && s->version >= 3 &&
-        (s->autoclear_features & ~(uint64_t)QCOW2_AUTOCLEAR_DATA_FILE_RAW)) {
+        (s->autoclear_features & ~keep)) {
         uint64_t be;
-        s->autoclear_features &= QCOW2_AUTOCLEAR_DATA_FILE_RAW;
-        s->has_bitmaps_ext = false;     /* their clusters count as leaked */
+        s->autoclear_features &= keep;
+        if (!(keep & QCOW2_AUTOCLEAR_BITMAPS)) {
+            s->has_bitmaps_ext = false; /* their clusters count as leaked */
+        }
         be = htobe64(s->autoclear_features);
         ret = child_co_pwrite(bs->file,
                               offsetof(Qcow2DiskHeader, autoclear_features),

@@ -398,6 +398,12 @@ int coroutine_fn qcow2_alloc_clusters(BlockNode *bs, uint64_t n,
 int coroutine_fn qcow2_alloc_clusters_for(BlockNode *bs, uint64_t n,
                                           uint64_t *offset, const char *what);
 /*
+ * As many of the n clusters from offset on as are free (*got, maybe 0),
+ * taken: QEMU continues an allocation there to keep data contiguous.
+ */
+int coroutine_fn qcow2_alloc_clusters_at(BlockNode *bs, uint64_t offset,
+                                         uint64_t n, uint64_t *got);
+/*
  * size bytes (at most a cluster) for a compressed cluster, packed after
  * the previous ones; each cluster the bytes touch gains a reference.
  */
