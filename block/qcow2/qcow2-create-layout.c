@@ -286,7 +286,29 @@ static int64_t coroutine_fn refcount_area(Q2Create *s, uint64_t start,
         }
     }
     note_write(&s->len, start, block_offset - start);
+    /*
+     * As QEMU: the blocks, then the table, then the header's pointer to
+     * it, so that the file on disk stays a consistent image throughout
+     * (the header was written first; the final contents follow at the end).
+     */
+    for (uint64_t i = 0; i < table_size; i++) {
+        if (table[i] && blocks[i]) {
+            ret = write_at(s->blk, &s->len, table[i], blocks[i], s->cs);
+            if (ret < 0) {
+                goto fail;
+            }
+        }
+    }
     ret = write_table(s, table_offset, table, table_size);
+    if (ret >= 0) {
+        struct __attribute__((packed)) {
+            uint64_t offset;
+            uint32_t clusters;
+        } h = { htobe64(table_offset), htobe32((uint32_t)table_clusters) };
+        ret = write_at(s->blk, &s->len,
+                       offsetof(Qcow2DiskHeader, refcount_table_offset), &h,
+                       sizeof(h));
+    }
     if (ret < 0) {
         goto fail;
     }
@@ -365,7 +387,11 @@ static int coroutine_fn refblock_get(Q2Create *s, uint64_t cluster,
 
     if (ti < s->rt_size) {
         uint64_t be = htobe64((uint64_t)nb);
-        ret = write_at(s->blk, &s->len, s->rt_offset + ti * 8, &be, 8);
+        /* The block is on disk before the table points at it (QEMU too). */
+        ret = write_at(s->blk, &s->len, (uint64_t)nb, buf, s->cs);
+        if (ret >= 0) {
+            ret = write_at(s->blk, &s->len, s->rt_offset + ti * 8, &be, 8);
+        }
         if (ret < 0) {
             g_free(buf);
             return ret;
