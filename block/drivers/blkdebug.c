@@ -88,7 +88,7 @@ static bool blkdebug_parse_filename(const char *filename, json_t *options,
 
     if (!g_str_has_prefix(filename, "blkdebug:")) {
         /* Everything else must already be in the options. */
-        json_object_set_new(options, "x-image", json_string(filename));
+        json_object_set_new(options, "x-image", json_string_nocheck(filename));
         return true;
     }
     rest = filename + strlen("blkdebug:");
@@ -101,7 +101,7 @@ static bool blkdebug_parse_filename(const char *filename, json_t *options,
         json_object_set_new(options, "config",
                             json_stringn(rest, colon - rest));
     }
-    json_object_set_new(options, "x-image", json_string(colon + 1));
+    json_object_set_new(options, "x-image", json_string_nocheck(colon + 1));
     return true;
 }
 
@@ -157,7 +157,7 @@ static json_t *image_options_from_filename(const char *fn, GError **errp)
             opts = NULL;
         }
     } else {
-        json_object_set_new(opts, "filename", json_string(fn));
+        json_object_set_new(opts, "filename", json_string_nocheck(fn));
     }
     g_free(name);
     return opts;

@@ -577,7 +577,8 @@ static bool strip_prefix(const char *filename, const char *prefix,
             return true;
         }
     }
-    json_object_set_new(options, "filename", json_string(filename));
+    /* a file name is bytes, not necessarily UTF-8 */
+    json_object_set_new(options, "filename", json_string_nocheck(filename));
     return true;
 }
 
@@ -1396,13 +1397,10 @@ static int file_create(const char *filename, json_t *options, GError **errp)
         error_setg(errp, "Extent size hint is too large");
         return -EINVAL;
     }
-    if (prealloc != PREALLOC_OFF && prealloc != PREALLOC_FALLOC &&
-        prealloc != PREALLOC_FULL) {
-        error_setg(errp, "Unsupported preallocation mode: %s",
-                   prealloc_mode_names[prealloc]);
-        return -ENOTSUP;
-    }
-
+    /*
+     * A mode the file cannot do (metadata) is refused by the final
+     * truncate, as in QEMU: the file exists by then, empty.
+     */
     fd = open_image(filename, O_RDWR | O_CREAT, 0644, errp);
     if (fd < 0) {
         return fd;
