@@ -888,6 +888,18 @@ BlockNode *node_open(const char *filename, json_t *options, int flags,
     return node_open_common(filename, options, flags, errp);
 }
 
+/*
+ * The nodes whose backing files are being opened, innermost first.  Each
+ * opens its backing file from inside its own open, so a chain that comes
+ * back to the file of one of them (an image naming itself, a -> b -> a)
+ * would recurse until memory runs out.  Files are compared by identity, not
+ * by name: "a", "./a" and a symbolic link to it are the same image.
+ */
+static GSList *backing_opens;
+
+static bool seen_in_chain(BlockNode *bs, uint64_t dev, uint64_t ino);
+static void set_loop_error(GError **errp, const char *name);
+
 static BlockNode *node_open_common(const char *filename, json_t *options,
                                    int flags, GError **errp)
 {
@@ -1079,6 +1091,16 @@ probed:
         goto fail_registered;
     }
     opened = true;
+    /*
+     * Storage opened below a backing file that is being opened: the chain
+     * loops if it is the file of an image the chain already holds.
+     */
+    uint64_t dev, ino;
+    if (backing_opens && drv->get_file_id &&
+        drv->get_file_id(bs, &dev, &ino) && seen_in_chain(NULL, dev, ino)) {
+        set_loop_error(errp, bs->filename);
+        goto fail_registered;
+    }
     /* As QEMU: a node whose length cannot be read does not open. */
     int64_t len = node_getlength(bs);
     if (len < 0) {
@@ -1342,15 +1364,6 @@ bool node_get_file_id(BlockNode *bs, uint64_t *dev, uint64_t *ino)
     return bs && bs->drv->get_file_id(bs, dev, ino);
 }
 
-/*
- * The nodes whose backing files are being opened, innermost first.  Each
- * opens its backing file from inside its own open, so a chain that comes
- * back to the file of one of them (an image naming itself, a -> b -> a)
- * would recurse until memory runs out.  Files are compared by identity, not
- * by name: "a", "./a" and a symbolic link to it are the same image.
- */
-static GSList *backing_opens;
-
 static bool seen_in_chain(BlockNode *bs, uint64_t dev, uint64_t ino)
 {
     uint64_t odev, oino;
@@ -1365,29 +1378,28 @@ static bool seen_in_chain(BlockNode *bs, uint64_t dev, uint64_t ino)
            odev == dev && oino == ino;
 }
 
+static void set_loop_error(GError **errp, const char *name)
+{
+    /* QEMU's words (qemu-img info --backing-chain). */
+    g_set_error(errp, backing_loop_error_quark(), STRATA_ERROR_GENERIC,
+                "Backing file '%s' creates an infinite loop.", name);
+}
+
 /*
- * Whether bs, about to open its backing file `path` (NULL: named by
- * options), closes a loop.  The file is looked at before it is opened when
- * it is a local path: opening it again could fail first on the image locks
- * the chain itself holds, with a message that hides the cause.  Otherwise
- * bs itself is compared with the images below which it is being opened.
+ * Whether bs's backing file `path` (from its header; NULL when options
+ * name it) is a file the chain has open already.  It is looked at before
+ * it is opened, so that the loop is reported by the name the image gives
+ * it.  A backing file named otherwise (options, json: or protocol names)
+ * is caught when its storage opens (node_open_common), still before it
+ * takes image locks, which would fail against the chain's own first.
  */
 static bool backing_loops(BlockNode *bs, const char *path, GError **errp)
 {
-    const char *name = NULL;
-    uint64_t dev, ino;
     struct stat st;
 
-    if (path && stat(path, &st) == 0 && seen_in_chain(bs, st.st_dev, st.st_ino)) {
-        name = path;
-    } else if (node_get_file_id(bs, &dev, &ino) &&
-               seen_in_chain(NULL, dev, ino)) {
-        name = bs->filename;
-    }
-    if (name) {
-        /* QEMU's words (qemu-img info --backing-chain). */
-        g_set_error(errp, backing_loop_error_quark(), STRATA_ERROR_GENERIC,
-                    "Backing file '%s' creates an infinite loop.", name);
+    if (path && stat(path, &st) == 0 &&
+        seen_in_chain(bs, st.st_dev, st.st_ino)) {
+        set_loop_error(errp, path);
         return true;
     }
     return false;
@@ -1404,12 +1416,24 @@ static bool open_backing(BlockNode *bs, json_t *options, int flags,
     GError *err = NULL;
     char *path = NULL;
 
+    if (ref && json_is_string(ref) && !json_string_value(ref)[0]) {
+        /* QEMU still takes "" for null, with its warn_report(). */
+        const char *prog = g_get_prgname();
+        warn_print("%s%swarning: Use of \"backing\": \"\" is deprecated; "
+                   "use \"backing\": null instead",
+                   prog ? prog : "", prog ? ": " : "");
+        json_object_del(options, "backing");
+        return true;
+    }
     if (ref && json_is_null(ref)) {
         json_object_del(options, "backing");
         return true;
     }
     if (flags & NODE_O_NO_BACKING) {
-        json_decref(opts_take_subtree(options, "backing"));
+        /*
+         * As QEMU: options for a backing file that is not opened are left
+         * over, and refused as unknown options of the format.
+         */
         return true;
     }
     if (!ref || !json_is_string(ref)) {

@@ -1,7 +1,8 @@
-"""The image-lock audit shared by the img-locks-* tests.
+"""The image-lock audit shared by the img-locks-* and io-locks tests.
 
-Each case is a strata-img/qemu-img command line and the image an io
-program holds in another process while it runs, read-write or read-only.
+Each case is a strata-img/qemu-img (or io program) command line and the
+image an io program holds in another process while it runs, read-write or
+read-only.
 run_cases() runs qemu-img with a qemu-io holder (the reference, whose
 lock and open errors and exit status are logged), then strata-img with a
 qemu-io holder, qemu-img with a strata-io holder and strata-img with a
@@ -54,13 +55,17 @@ def run(cmd, held, hold_args, holder, tool):
     h = t.Interactive(hold_args + ['-f', fmt, 'w/' + held], holder)
     h.send('length')
     h.expect('\n')
-    r = t.run_img(cmd, tool, cwd=W)
+    if cmd[0] == 'io':
+        r = t.run_io(cmd[1:], tool, cwd=W)
+    else:
+        r = t.run_img(cmd, tool, cwd=W)
     h.close()
     return (filter_disk_size(r.out), r.rc)
 
 
 def run_cases(cases):
-    """cases: (command line, [images to hold in turn])."""
+    """cases: (command line, [images to hold in turn]); a command line
+    starting with 'io' runs the io programs instead of the img ones."""
     make_template()
     for cmd, held_list in cases:
         for held in held_list:
