@@ -566,9 +566,12 @@ out:
     return ret;
 }
 
-/* An enum option by its QAPI name, or def when not given. */
+/*
+ * An enum option by its QAPI name, or def when not given.  QEMU's visitor
+ * sees the options without their prefix: so does the message.
+ */
 static int enum_opt(const char *given, int def, int (*lookup)(const char *),
-                    const char *optprefix, const char *opt, GError **errp)
+                    const char *opt, GError **errp)
 {
     int v;
 
@@ -577,31 +580,31 @@ static int enum_opt(const char *given, int def, int (*lookup)(const char *),
     }
     v = lookup(given);
     if (v < 0) {
-        error_setg(errp, "Parameter '%s%s' does not accept value '%s'",
-                   optprefix ? optprefix : "", opt, given);
+        error_setg(errp, "Parameter '%s' does not accept value '%s'", opt,
+                   given);
     }
     return v;
 }
 
 static int create_setup(CryptoBlock *b, const CryptoLuksCreateOpts *o,
-                        const char *optprefix, GError **errp)
+                        GError **errp)
 {
     int v;
 
     if ((v = enum_opt(o->cipher_alg, CRYPTO_CIPHER_AES_256,
-                      crypto_cipher_alg_lookup, optprefix, "cipher-alg",
+                      crypto_cipher_alg_lookup, "cipher-alg",
                       errp)) < 0) {
         return -1;
     }
     b->cipher_alg = v;
     if ((v = enum_opt(o->cipher_mode, CRYPTO_MODE_XTS,
-                      crypto_cipher_mode_lookup, optprefix, "cipher-mode",
+                      crypto_cipher_mode_lookup, "cipher-mode",
                       errp)) < 0) {
         return -1;
     }
     b->cipher_mode = v;
     if ((v = enum_opt(o->ivgen_alg, CRYPTO_IVGEN_PLAIN64,
-                      crypto_ivgen_alg_lookup, optprefix, "ivgen-alg",
+                      crypto_ivgen_alg_lookup, "ivgen-alg",
                       errp)) < 0) {
         return -1;
     }
@@ -609,14 +612,14 @@ static int create_setup(CryptoBlock *b, const CryptoLuksCreateOpts *o,
     b->ivgen_hash_alg = -1;
     if (o->ivgen_hash_alg || b->ivgen_alg == CRYPTO_IVGEN_ESSIV) {
         if ((v = enum_opt(o->ivgen_hash_alg, CRYPTO_HASH_SHA256,
-                          crypto_hash_alg_lookup, optprefix,
-                          "ivgen-hash-alg", errp)) < 0) {
+                          crypto_hash_alg_lookup, "ivgen-hash-alg",
+                          errp)) < 0) {
             return -1;
         }
         b->ivgen_hash_alg = v;
     }
     if ((v = enum_opt(o->hash_alg, CRYPTO_HASH_SHA256, crypto_hash_alg_lookup,
-                      optprefix, "hash-alg", errp)) < 0) {
+                      "hash-alg", errp)) < 0) {
         return -1;
     }
     b->hash_alg = v;
@@ -641,7 +644,7 @@ CryptoBlock *crypto_luks_create(const CryptoLuksCreateOpts *o,
 
     crypto_init();
     b->format = CRYPTO_FORMAT_LUKS;
-    if (create_setup(b, o, optprefix, errp) < 0) {
+    if (create_setup(b, o, errp) < 0) {
         goto fail;
     }
     if (!o->key_secret) {
