@@ -36,6 +36,7 @@ struct Qcow2Cache {
     GHashTable *index;   /* offset -> slot + 1 */
     Qcow2Cache *depends;
     uint64_t lru_clock;
+    bool unsynced;       /* tables written since this cache last synced */
 };
 
 static void *slot_table(Qcow2Cache *c, int i)
@@ -98,6 +99,16 @@ static void index_add(Qcow2Cache *c, int i)
     g_hash_table_insert(c->index, &c->slots[i].offset, GINT_TO_POINTER(i + 1));
 }
 
+static bool any_dirty(const Qcow2Cache *c)
+{
+    for (int i = 0; i < c->n; i++) {
+        if (c->slots[i].dirty) {
+            return true;
+        }
+    }
+    return false;
+}
+
 static int coroutine_fn write_slot(Qcow2Cache *c, int i)
 {
     CacheSlot *sl = &c->slots[i];
@@ -106,7 +117,12 @@ static int coroutine_fn write_slot(Qcow2Cache *c, int i)
     if (!sl->dirty) {
         return 0;
     }
-    if (c->depends) {
+    /*
+     * What this table relies on must be on disk first; a dependency with
+     * nothing dirty and nothing written since its last sync already is
+     * (one sync per flush, not one per table).
+     */
+    if (c->depends && (c->depends->unsynced || any_dirty(c->depends))) {
         ret = qcow2_cache_flush(c->depends);
         if (ret < 0) {
             return ret;
@@ -127,6 +143,7 @@ static int coroutine_fn write_slot(Qcow2Cache *c, int i)
         return ret;
     }
     sl->dirty = false;
+    c->unsynced = true;
     return 0;
 }
 
@@ -149,6 +166,13 @@ int coroutine_fn qcow2_cache_flush(Qcow2Cache *c)
     int ret = qcow2_cache_write(c);
     int fret = node_co_flush(c->bs->file->bs);
 
+    if (ret >= 0 && fret >= 0) {
+        /* The sync covered every write before it, the dependency's too. */
+        c->unsynced = false;
+        if (c->depends) {
+            c->depends->unsynced = false;
+        }
+    }
     return ret < 0 ? ret : fret;
 }
 

@@ -1,13 +1,18 @@
 /*
  * Emptying an image (after a commit): every guest mapping goes.
  *
- * Where nothing but the active layer uses clusters (v3, no snapshots, no
- * bitmaps, no LUKS header, no external data file), the image is rebuilt as
- * QEMU does: header, one refcount table cluster, one refcount block, the L1
- * table, and the file cut after them.  Refcounts are wrong in between, so
- * the dirty bit is set for the duration: a crash leaves an image that is
- * repaired on open.  Otherwise every cluster mapping is dropped and the
- * freed clusters are discarded in the file.
+ * QEMU rebuilds the image as header, one refcount table cluster, one
+ * refcount block and the L1 table, and cuts the file after them, with the
+ * dirty bit set while the refcounts are wrong.  Where the image already
+ * has that layout (as created: table at cluster 1, block 0 at cluster 2,
+ * L1 table at cluster 3), the same file is reached here without ever
+ * being inconsistent, so without the dirty bit: the L1 entries go first
+ * (everything else is then only leaked), then the table entries of the
+ * other refcount blocks, then block 0 gets its final contents; a crash
+ * between any two steps (or inside one) leaves leaks at most.  Other
+ * images (and those with snapshots, bitmaps, LUKS or a data file, which
+ * QEMU does not rebuild either) drop every cluster mapping instead and
+ * discard the freed clusters.
  */
 #include <errno.h>
 #include <string.h>
@@ -16,22 +21,25 @@
 
 static bool can_rebuild(const Qcow2State *s, uint64_t l1_clusters)
 {
+    uint64_t cs = s->cluster_size;
+
     return s->version >= 3 && s->nb_snapshots == 0 &&
            !(s->has_bitmaps_ext && s->bitmaps_ext.nb_bitmaps) &&
            3 + l1_clusters <= s->refcount_block_size &&
-           s->crypt_method != QCOW2_CRYPT_LUKS && !qcow2_has_data_file(s);
+           s->crypt_method != QCOW2_CRYPT_LUKS && !qcow2_has_data_file(s) &&
+           s->refcount_table_offset == cs &&
+           s->refcount_table_size == cs / 8 &&
+           (s->refcount_table[0] & REFT_OFFSET_MASK) == 2 * cs &&
+           s->l1_table_offset == 3 * cs;
 }
 
-/* Lock held.  On failure after the first write the image is unusable. */
-static int coroutine_fn rebuild_empty(BlockNode *bs, uint64_t l1_clusters,
-                                      bool *broken)
+/* Lock held. */
+static int coroutine_fn rebuild_empty(BlockNode *bs, uint64_t l1_clusters)
 {
     Qcow2State *s = bs->opaque;
     uint64_t cs = s->cluster_size;
-    uint64_t *reftable;
     int ret;
 
-    *broken = false;
     /* Nothing cached may be written over the new layout later. */
     ret = qcow2_cache_flush(s->l2_cache);
     if (ret >= 0) {
@@ -42,87 +50,66 @@ static int coroutine_fn rebuild_empty(BlockNode *bs, uint64_t l1_clusters,
     }
     qcow2_cache_empty(s->l2_cache);
     qcow2_cache_empty(s->refcount_cache);
-    ret = qcow2_set_incompat_bit(bs, QCOW2_INCOMPAT_DIRTY);
-    if (ret < 0) {
-        return ret;
-    }
 
-    *broken = true;
+    /* No guest mapping: every L2 table and data cluster is only leaked. */
     child_debug_event(bs->file, BLKDBG_L1_UPDATE);
     ret = child_co_pwrite_zeroes(bs->file, (int64_t)s->l1_table_offset,
                                  (int64_t)(l1_clusters * cs), 0);
+    if (ret >= 0) {
+        ret = node_co_flush(bs->file->bs);
+    }
     if (ret < 0) {
         return ret;
     }
     memset(s->l1_table, 0, (size_t)s->l1_size * 8);
 
-    /* Room for the refcount table, one refcount block and the L1 table. */
+    /*
+     * Only refcount block 0 stays in the table (the others are leaked
+     * now); its entry is written again as QEMU writes it, so the file
+     * holds what QEMU's does.
+     */
     child_debug_event(bs->file, BLKDBG_EMPTY_IMAGE_PREPARE);
-    ret = child_co_pwrite_zeroes(bs->file, (int64_t)cs,
-                                 (int64_t)((2 + l1_clusters) * cs), 0);
-    if (ret < 0) {
-        return ret;
+    ret = child_co_pwrite_zeroes(bs->file, (int64_t)cs + 8,
+                                 (int64_t)cs - 8, 0);
+    if (ret >= 0) {
+        uint64_t be = htobe64(2 * cs);
+        child_debug_event(bs->file, BLKDBG_REFTABLE_UPDATE);
+        ret = child_co_pwrite(bs->file, (int64_t)cs, 8, &be, 0);
     }
-
-    child_debug_event(bs->file, BLKDBG_L1_UPDATE);
-    child_debug_event(bs->file, BLKDBG_REFTABLE_UPDATE);
-    struct __attribute__((packed)) {
-        uint64_t l1_offset;
-        uint64_t reftable_offset;
-        uint32_t reftable_clusters;
-    } hdr = { htobe64(3 * cs), htobe64(cs), htobe32(1) };
-    ret = child_co_pwrite(bs->file, offsetof(Qcow2DiskHeader,
-                                             l1_table_offset),
-                          sizeof(hdr), &hdr, 0);
     if (ret >= 0) {
         ret = node_co_flush(bs->file->bs);
     }
     if (ret < 0) {
         return ret;
     }
-    s->l1_table_offset = 3 * cs;
-
-    reftable = g_try_new0(uint64_t, cs / 8);
-    if (!reftable) {
-        return -ENOMEM;
-    }
-    g_free(s->refcount_table);
-    s->refcount_table = reftable;
-    s->refcount_table_offset = cs;
-    s->refcount_table_size = (uint32_t)(cs / 8);
+    memset(s->refcount_table + 1, 0, (s->refcount_table_size - 1) * 8);
     s->max_refcount_index = 0;
 
-    child_debug_event(bs->file, BLKDBG_REFBLOCK_ALLOC);
-    uint64_t be = htobe64(2 * cs);
-    ret = child_co_pwrite(bs->file, (int64_t)cs, 8, &be, 0);
-    if (ret >= 0) {
-        ret = node_co_flush(bs->file->bs);
-    }
+    /*
+     * Block 0's final contents: the clusters kept (header, table, block,
+     * L1 table) already count 1, everything else goes to 0, so any part
+     * of this write is consistent.
+     */
+    uint64_t used = 3 + DIV_ROUND_UP((uint64_t)s->l1_size * 8, cs);
+    void *rb;
+    ret = qcow2_cache_get_empty(s->refcount_cache, 2 * cs, &rb);
     if (ret < 0) {
         return ret;
     }
-    s->refcount_table[0] = 2 * cs;
-
-    /* Header, table, block and L1 (none if the L1 table is empty). */
-    uint64_t used = 3 + DIV_ROUND_UP((uint64_t)s->l1_size * 8, cs);
-    for (uint64_t c = 0; c < used; c++) {
+    memset(rb, 0, cs);
+    qcow2_cache_put(s->refcount_cache, &rb);
+    for (uint64_t c = 0; c < used && ret >= 0; c++) {
         ret = qcow2_update_cluster_refcount(bs, c, 1, QCOW2_DISCARD_NEVER);
-        if (ret < 0) {
-            return ret;
-        }
+    }
+    if (ret >= 0) {
+        ret = qcow2_cache_flush(s->refcount_cache);
+    }
+    if (ret < 0) {
+        return ret;
     }
     s->free_cluster_index = used;
     s->free_byte_offset = 0;
     s->metadata_prealloc_checked = false;
-    ret = qcow2_cache_flush(s->refcount_cache);
-    if (ret < 0) {
-        return ret;
-    }
-    *broken = false;
-    ret = qcow2_clear_incompat_bit(bs, QCOW2_INCOMPAT_DIRTY);
-    if (ret < 0) {
-        return ret;
-    }
 
     GError *err = NULL;
     ret = child_co_truncate(bs->file, (int64_t)((3 + l1_clusters) * cs),
@@ -138,7 +125,6 @@ int coroutine_fn qcow2_make_empty(BlockNode *bs, GError **errp)
 {
     Qcow2State *s = bs->opaque;
     uint64_t l1_clusters;
-    bool broken = false;
     int ret;
 
     if (s->corrupt) {
@@ -149,11 +135,7 @@ int coroutine_fn qcow2_make_empty(BlockNode *bs, GError **errp)
     qcow2_wait_inflight(bs, 0, UINT64_MAX);
     l1_clusters = DIV_ROUND_UP((uint64_t)s->l1_size, s->cluster_size / 8);
     if (can_rebuild(s, l1_clusters)) {
-        ret = rebuild_empty(bs, l1_clusters, &broken);
-        if (broken) {
-            /* The tables in memory no longer describe the file. */
-            s->corrupt = true;
-        }
+        ret = rebuild_empty(bs, l1_clusters);
     } else {
         /*
          * Not zero clusters: the data must come from the backing file
