@@ -798,8 +798,14 @@ int coroutine_fn qcow2_alloc_clusters_at(BlockNode *bs, uint64_t offset,
         if (i == 0) {
             return 0;
         }
-        /* A new refcount block may take one of them: count again. */
+        /*
+         * A new refcount block goes after the run, as for any allocation
+         * (QEMU's placement); it may still take one of them: count again.
+         */
+        uint64_t search = s->free_cluster_index;
+        s->free_cluster_index = first + i;
         ret = ensure_refblocks(bs, first, i, &created);
+        s->free_cluster_index = search;
         if (ret < 0) {
             return ret;
         }
