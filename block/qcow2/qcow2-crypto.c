@@ -98,7 +98,7 @@ int coroutine_fn qcow2_crypto_open(BlockNode *bs, json_t *options, int flags,
         return ret;
     }
     if (s->crypt_method == QCOW2_CRYPT_LUKS) {
-        if (!s->crypto_header_offset) {
+        if (!s->has_crypto_ext) {
             error_setg(errp, "Missing CRYPTO header for crypt method %u",
                        s->crypt_method);
             g_free(secret);

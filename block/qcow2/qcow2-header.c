@@ -97,6 +97,7 @@ static int coroutine_fn read_crypto_ext(BlockNode *bs, uint64_t offset,
         error_setg_errno(errp, -ret, "Unable to read CRYPTO header extension");
         return ret;
     }
+    s->has_crypto_ext = true;
     s->crypto_header_offset = be64toh(be[0]);
     s->crypto_header_length = be64toh(be[1]);
     if (s->crypto_header_offset % s->cluster_size) {

@@ -158,6 +158,7 @@ typedef struct Qcow2State {
     struct CryptoBlock *crypto;
     uint64_t crypto_header_offset;   /* LUKS header clusters (extension) */
     uint64_t crypto_header_length;
+    bool has_crypto_ext;             /* even one naming offset 0 */
 } Qcow2State;
 
 /* Metadata structures a write must never hit (QEMU's QCOW2_OL_*). */
