@@ -137,7 +137,7 @@ int coroutine_fn qcow2_txn_get_refcount(Qcow2MetaTxn *t, uint64_t cluster,
     TxnBlock *b = g_hash_table_lookup(t->blocks, &index);
 
     if (b) {
-        *rc = qcow2_rb_get(s, b->buf, cluster & (s->refcount_block_size - 1));
+        *rc = qcow2_refcount_array_get(s, b->buf, cluster & (s->refcount_block_size - 1));
         return 0;
     }
     return qcow2_get_refcount(t->bs, cluster, rc);
@@ -159,7 +159,7 @@ int coroutine_fn qcow2_txn_add(Qcow2MetaTxn *t, uint64_t cluster, int delta)
         return ret;
     }
     uint64_t i = cluster & (s->refcount_block_size - 1);
-    rc = qcow2_rb_get(s, b->buf, i);
+    rc = qcow2_refcount_array_get(s, b->buf, i);
     if (delta < 0 && rc < (uint64_t)-delta) {
         qcow2_signal_corruption(bs, true, -1, -1, "Cannot decrease refcount "
                                 "of cluster %#" PRIx64 " below 0",
@@ -170,7 +170,7 @@ int coroutine_fn qcow2_txn_add(Qcow2MetaTxn *t, uint64_t cluster, int delta)
         return -ERANGE;
     }
     rc += (uint64_t)(int64_t)delta;
-    qcow2_rb_set(s, b->buf, i, rc);
+    qcow2_refcount_array_set(s, b->buf, i, rc);
     if (rc == 0) {
         g_array_append_val(t->freed, cluster);
     }

@@ -915,17 +915,6 @@ int coroutine_fn qcow2_alloc_bytes(BlockNode *bs, uint64_t size,
     return 0;
 }
 
-/* For code that builds refcount blocks outside the cache (qcow2-meta-txn.c). */
-uint64_t qcow2_rb_get(const Qcow2State *s, const void *rb, uint64_t i)
-{
-    return rb_get(s, rb, i);
-}
-
-void qcow2_rb_set(const Qcow2State *s, void *rb, uint64_t i, uint64_t v)
-{
-    rb_set(s, rb, i, v);
-}
-
 /*
  * After a shrink: refcount blocks that count nothing (but maybe their own
  * cluster) leave the table, which is written and synced first, and their

@@ -436,9 +436,6 @@ int coroutine_fn qcow2_shrink_reftable(BlockNode *bs);
 /* Forget queued discards (closing). */
 void qcow2_discard_queue_free(Qcow2State *s);
 
-/* Entry i of a refcount block buffer (any width). */
-uint64_t qcow2_rb_get(const Qcow2State *s, const void *rb, uint64_t i);
-void qcow2_rb_set(const Qcow2State *s, void *rb, uint64_t i, uint64_t v);
 
 /* ---- qcow2-meta-txn.c ---- */
 
