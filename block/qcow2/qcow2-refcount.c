@@ -718,6 +718,28 @@ int coroutine_fn qcow2_alloc_clusters(BlockNode *bs, uint64_t n,
     return qcow2_alloc_clusters_for(bs, n, offset, NULL);
 }
 
+/*
+ * The refcount blocks for the run of n clusters at first: new ones go
+ * after the run, where QEMU puts them, and the next search for free
+ * clusters starts where this one began (or at the run, if a block was
+ * created, since the run must be looked for again).
+ */
+static int coroutine_fn refblocks_after_run(BlockNode *bs, uint64_t first,
+                                            uint64_t n, bool *created)
+{
+    Qcow2State *s = bs->opaque;
+    uint64_t search = s->free_cluster_index;
+    int ret;
+
+    s->free_cluster_index = first + n;
+    ret = ensure_refblocks(bs, first, n, created);
+    s->free_cluster_index = search;
+    if (ret >= 0 && *created) {
+        s->free_cluster_index = MIN(s->free_cluster_index, first);
+    }
+    return ret;
+}
+
 int coroutine_fn qcow2_alloc_clusters_for(BlockNode *bs, uint64_t n,
                                           uint64_t *offset, const char *what)
 {
@@ -736,19 +758,9 @@ int coroutine_fn qcow2_alloc_clusters_for(BlockNode *bs, uint64_t n,
         if (ret < 0) {
             return ret;
         }
-        /*
-         * New refcount blocks go after the run, where QEMU puts them, and
-         * the run is looked for again from where the search began.
-         */
-        uint64_t search = s->free_cluster_index;
-        s->free_cluster_index = first + n;
-        ret = ensure_refblocks(bs, first, n, &created);
-        s->free_cluster_index = search;
+        ret = refblocks_after_run(bs, first, n, &created);
         if (ret < 0) {
             return ret;
-        }
-        if (created) {
-            s->free_cluster_index = MIN(s->free_cluster_index, first);
         }
     } while (created);
     if (first == 0) {
@@ -798,19 +810,10 @@ int coroutine_fn qcow2_alloc_clusters_at(BlockNode *bs, uint64_t offset,
         if (i == 0) {
             return 0;
         }
-        /*
-         * A new refcount block goes after the run, as for any allocation
-         * (QEMU's placement); it may still take one of them: count again.
-         */
-        uint64_t search = s->free_cluster_index;
-        s->free_cluster_index = first + i;
-        ret = ensure_refblocks(bs, first, i, &created);
-        s->free_cluster_index = search;
+        /* A new refcount block may still take one of them: count again. */
+        ret = refblocks_after_run(bs, first, i, &created);
         if (ret < 0) {
             return ret;
-        }
-        if (created) {
-            s->free_cluster_index = MIN(s->free_cluster_index, first);
         }
     } while (created);
     ret = update_refcount(bs, offset, i << s->cluster_bits, 1, false,
