@@ -152,7 +152,7 @@ int coroutine_fn qcow2_make_empty(BlockNode *bs, GError **errp)
     }
     co_mutex_unlock(&s->lock);
     if (ret < 0) {
-        error_setg_errno(errp, -ret, "Could not empty the image");
+        error_setg_errno(errp, -ret, "Failed to empty %s", bs->filename);
     }
     return ret;
 }
