@@ -430,14 +430,19 @@ static int coroutine_fn upgrade(BlockNode *bs, Qcow2AmendStatus *status,
     }
     /*
      * v3 wants every snapshot entry to carry its 64-bit VM state size and
-     * disk size.  QEMU (and strata) always write those; only images from
-     * very old programs lack them, and strata cannot rewrite the table.
+     * disk size; v2 entries may lack them.  The table is then rewritten,
+     * which always writes the v3 fields (in memory the disk size of such
+     * an entry is the image's, as v2 readers assume).
      */
     for (uint32_t i = 0; i < s->nb_snapshots; i++) {
         if (s->snapshots[i].extra_size < 16) {
-            error_setg(errp, "Upgrading an image whose snapshot table lacks "
-                       "the v3 fields is not supported by strata");
-            return -ENOTSUP;
+            ret = qcow2_write_snapshot_table(bs);
+            if (ret < 0) {
+                error_setg_errno(errp, -ret,
+                                 "Failed to update the snapshot table");
+                return ret;
+            }
+            break;
         }
     }
     if (status) {
