@@ -189,6 +189,20 @@ int crypto_block_encrypt(CryptoBlock *b, uint64_t offset, uint8_t *buf,
 int crypto_block_decrypt(CryptoBlock *b, uint64_t offset, uint8_t *buf,
                          size_t len);
 /*
+ * bytes of encrypted data at offset of child (IVs counted from iv_offset),
+ * read into or written from qiov at qoff through a bounce buffer; flags
+ * go to the child's write.  Coroutine context; 0 or -errno.
+ */
+struct BlockChild;
+struct IOVec;
+int crypto_block_co_preadv(CryptoBlock *b, struct BlockChild *child,
+                           uint64_t offset, uint64_t iv_offset,
+                           uint64_t bytes, struct IOVec *qiov, size_t qoff);
+int crypto_block_co_pwritev(CryptoBlock *b, struct BlockChild *child,
+                            uint64_t offset, uint64_t iv_offset,
+                            uint64_t bytes, struct IOVec *qiov, size_t qoff,
+                            int flags);
+/*
  * qemu-img amend for LUKS: state=active adds new_secret to a key slot
  * (keyslot, or the first free one), unlocking the master key with the
  * secret the block was opened with; state=inactive erases the slot given

@@ -13,9 +13,6 @@
 #include "strata/coroutine.h"
 #include "../crypto/crypto.h"
 
-/* A megabyte of bounce buffer per request piece, as QEMU. */
-#define LUKS_MAX_IO (1024 * 1024)
-
 typedef struct LuksState {
     CryptoBlock *crypto;
 } LuksState;
@@ -138,32 +135,12 @@ static int coroutine_fn luks_co_preadv(BlockNode *bs, int64_t offset,
 {
     LuksState *s = bs->opaque;
     uint64_t payload = crypto_block_payload_offset(s->crypto);
-    size_t buflen = (size_t)MIN(bytes, LUKS_MAX_IO);
-    uint8_t *buf = g_try_malloc(buflen);
-    int64_t done = 0;
-    int ret = 0;
 
-    if (!buf) {
-        return -ENOMEM;
-    }
-    while (done < bytes) {
-        size_t n = (size_t)MIN(bytes - done, (int64_t)buflen);
-
-        ret = child_co_pread(bs->file, (int64_t)payload + offset + done,
-                             (int64_t)n, buf, 0);
-        if (ret < 0) {
-            break;
-        }
-        ret = crypto_block_decrypt(s->crypto, (uint64_t)(offset + done), buf,
-                                   n);
-        if (ret < 0) {
-            break;
-        }
-        iov_from_buf(qiov->iov, qiov->niov, qoff + (size_t)done, buf, n);
-        done += (int64_t)n;
-    }
-    g_free(buf);
-    return ret < 0 ? ret : 0;
+    /* IVs count from the start of the payload. */
+    return crypto_block_co_preadv(s->crypto, bs->file,
+                                  payload + (uint64_t)offset,
+                                  (uint64_t)offset, (uint64_t)bytes, qiov,
+                                  qoff);
 }
 
 static int coroutine_fn luks_co_pwritev(BlockNode *bs, int64_t offset,
@@ -172,32 +149,11 @@ static int coroutine_fn luks_co_pwritev(BlockNode *bs, int64_t offset,
 {
     LuksState *s = bs->opaque;
     uint64_t payload = crypto_block_payload_offset(s->crypto);
-    size_t buflen = (size_t)MIN(bytes, LUKS_MAX_IO);
-    uint8_t *buf = g_try_malloc(buflen);
-    int64_t done = 0;
-    int ret = 0;
 
-    if (!buf) {
-        return -ENOMEM;
-    }
-    while (done < bytes) {
-        size_t n = (size_t)MIN(bytes - done, (int64_t)buflen);
-
-        iov_to_buf(qiov->iov, qiov->niov, qoff + (size_t)done, buf, n);
-        ret = crypto_block_encrypt(s->crypto, (uint64_t)(offset + done), buf,
-                                   n);
-        if (ret < 0) {
-            break;
-        }
-        ret = child_co_pwrite(bs->file, (int64_t)payload + offset + done,
-                              (int64_t)n, buf, flags & REQ_FUA);
-        if (ret < 0) {
-            break;
-        }
-        done += (int64_t)n;
-    }
-    g_free(buf);
-    return ret < 0 ? ret : 0;
+    return crypto_block_co_pwritev(s->crypto, bs->file,
+                                   payload + (uint64_t)offset,
+                                   (uint64_t)offset, (uint64_t)bytes, qiov,
+                                   qoff, flags & REQ_FUA);
 }
 
 static int coroutine_fn luks_co_truncate(BlockNode *bs, int64_t offset,

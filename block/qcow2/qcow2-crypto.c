@@ -149,45 +149,19 @@ static uint64_t iv_offset(const Qcow2State *s, uint64_t host, uint64_t guest)
 
 /* ---- Data ---- */
 
-/* Bounce buffers are at most this large (as QEMU's 32 clusters or 1 MiB). */
-#define QCOW2_CRYPT_CHUNK (1024 * 1024)
-
 int coroutine_fn qcow2_data_preadv(BlockNode *bs, uint64_t host,
                                    uint64_t guest, uint64_t bytes,
                                    IOVec *qiov, size_t qoff)
 {
     Qcow2State *s = bs->opaque;
-    uint8_t *buf;
-    int ret;
 
     if (!s->crypto) {
         return child_co_preadv(s->data_file, (int64_t)host, (int64_t)bytes,
                                qiov, qoff, 0);
     }
-    /* Decrypt in a buffer of our own: the caller's must not see
-     * cipher text. */
-    buf = g_try_malloc(MIN(bytes, QCOW2_CRYPT_CHUNK));
-    if (!buf) {
-        return -ENOMEM;
-    }
-    ret = 0;
-    for (uint64_t done = 0; done < bytes && ret >= 0;) {
-        uint64_t n = MIN(bytes - done, QCOW2_CRYPT_CHUNK);
-
-        ret = child_co_pread(s->data_file, (int64_t)(host + done),
-                             (int64_t)n, buf, 0);
-        if (ret >= 0) {
-            ret = crypto_block_decrypt(s->crypto,
-                                       iv_offset(s, host, guest) + done,
-                                       buf, n);
-        }
-        if (ret >= 0) {
-            iov_from_buf(qiov->iov, qiov->niov, qoff + done, buf, n);
-        }
-        done += n;
-    }
-    g_free(buf);
-    return ret < 0 ? ret : 0;
+    return crypto_block_co_preadv(s->crypto, s->data_file, host,
+                                  iv_offset(s, host, guest), bytes, qiov,
+                                  qoff);
 }
 
 int coroutine_fn qcow2_data_pwritev(BlockNode *bs, uint64_t host,
@@ -195,32 +169,14 @@ int coroutine_fn qcow2_data_pwritev(BlockNode *bs, uint64_t host,
                                     IOVec *qiov, size_t qoff)
 {
     Qcow2State *s = bs->opaque;
-    uint8_t *buf;
-    int ret;
 
     if (!s->crypto) {
         return child_co_pwritev(s->data_file, (int64_t)host, (int64_t)bytes,
                                 qiov, qoff, 0);
     }
-    buf = g_try_malloc(MIN(bytes, QCOW2_CRYPT_CHUNK));
-    if (!buf) {
-        return -ENOMEM;
-    }
-    ret = 0;
-    for (uint64_t done = 0; done < bytes && ret >= 0;) {
-        uint64_t n = MIN(bytes - done, QCOW2_CRYPT_CHUNK);
-
-        iov_to_buf(qiov->iov, qiov->niov, qoff + done, buf, n);
-        ret = crypto_block_encrypt(s->crypto,
-                                   iv_offset(s, host, guest) + done, buf, n);
-        if (ret >= 0) {
-            ret = child_co_pwrite(s->data_file, (int64_t)(host + done),
-                                  (int64_t)n, buf, 0);
-        }
-        done += n;
-    }
-    g_free(buf);
-    return ret < 0 ? ret : 0;
+    return crypto_block_co_pwritev(s->crypto, s->data_file, host,
+                                   iv_offset(s, host, guest), bytes, qiov,
+                                   qoff, 0);
 }
 
 /* ---- Information ---- */
