@@ -728,6 +728,10 @@ int coroutine_fn node_co_flush(BlockNode *bs)
     g = node_write_gen(bs);
     gen = g->write_gen;
     bs->flush_ops++;
+    if (bs->drv->co_flush) {
+        ret = bs->drv->co_flush(bs);
+        goto done;
+    }
     if (bs->file) {
         child_debug_event(bs->file, BLKDBG_FLUSH_TO_OS);
     }
@@ -757,6 +761,7 @@ int coroutine_fn node_co_flush(BlockNode *bs)
             }
         }
     }
+done:
     if (ret == 0 && gen > g->flushed_gen) {
         g->flushed_gen = gen;
     }

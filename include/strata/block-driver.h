@@ -178,6 +178,12 @@ struct BlockDriver {
     int (*co_pdiscard)(BlockNode *bs, int64_t offset, int64_t bytes);
     int (*co_flush_to_os)(BlockNode *bs);
     int (*co_flush_to_disk)(BlockNode *bs);
+    /*
+     * Flush the node and everything below it in one call, instead of the
+     * steps above and the flush of each writable child (QEMU's
+     * bdrv_co_flush hook: quorum votes on its children's results).
+     */
+    int (*co_flush)(BlockNode *bs);
     int (*co_truncate)(BlockNode *bs, int64_t offset, bool exact,
                        PreallocMode prealloc, GError **errp);
     /* See node_co_block_status.  Without it: all data, allocated. */
