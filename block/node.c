@@ -307,6 +307,10 @@ static const char *const *strong_options(const BlockDriver *drv)
     };
     static const char *const luks[] = { "key-secret", NULL };
     static const char *const qcow2[] = { "encrypt.key-secret", NULL };
+    static const char *const quorum[] = {
+        "vote-threshold", "blkverify", "rewrite-corrupted", "read-pattern",
+        NULL,
+    };
     static const char *const none[] = { NULL };
     const char *name = drv->format_name;
 
@@ -318,6 +322,9 @@ static const char *const *strong_options(const BlockDriver *drv)
     }
     if (!strcmp(name, "raw")) {
         return raw;
+    }
+    if (!strcmp(name, "quorum")) {
+        return quorum;
     }
     if (!strcmp(name, "null-co") || !strcmp(name, "null-aio")) {
         return null;
@@ -460,7 +467,7 @@ static void append_qemu_json(GString *out, json_t *v)
     }
 }
 
-static char *backing_path(BlockNode *bs, const char *name);
+static char *backing_path(BlockNode *bs, const char *name, GError **errp);
 
 /*
  * The backing child is not the one the image header names (or the header
@@ -470,8 +477,8 @@ static char *backing_path(BlockNode *bs, const char *name);
 static bool backing_overridden(BlockNode *bs, int flags)
 {
     if (bs->backing) {
-        char *path = backing_path(bs, bs->backing_file);
-        bool differs = strcmp(path, child_node(bs->backing)->filename);
+        char *path = backing_path(bs, bs->backing_file, NULL);
+        bool differs = !path || strcmp(path, child_node(bs->backing)->filename);
         g_free(path);
         return differs;
     }
@@ -561,10 +568,26 @@ static json_t *full_open_options(BlockNode *bs, const char *path, int flags,
             continue;
         }
         child_path = g_strconcat(path, c->name, ".", NULL);
-        json_object_set_new(opts, c->name,
-                            full_open_options(c->bs, child_path, 0,
-                                              &child_strong));
+        json_t *copts = full_open_options(c->bs, child_path, 0,
+                                          &child_strong);
         g_free(child_path);
+        /*
+         * Edges named "list.N" (quorum's children) are given as a list,
+         * in their order, as QEMU's quorum gathers them.
+         */
+        const char *dot = strrchr(c->name, '.');
+        if (dot && dot[1] && !dot[1 + strspn(dot + 1, "0123456789")]) {
+            char *list = g_strndup(c->name, (gsize)(dot - c->name));
+            json_t *arr = json_object_get(opts, list);
+            if (!arr) {
+                arr = json_array();
+                json_object_set_new(opts, list, arr);
+            }
+            json_array_insert_new(arr, 0, copts);
+            g_free(list);
+        } else {
+            json_object_set_new(opts, c->name, copts);
+        }
     }
     if (overridden && !bs->backing) {
         json_object_set_new(opts, "backing", json_null());
@@ -1270,8 +1293,13 @@ static BlockChild *open_child(BlockNode *bs, json_t *options, const char *name,
         }
         char *fname = opts_get_str(sub, "filename");
         bool from_header = false;
-        if (fname && !json_object_get(sub, "driver")) {
-            /* Let the driver be found from the filename. */
+        if (fname && !json_object_get(sub, "driver") &&
+            (flags & NODE_O_PROTOCOL)) {
+            /*
+             * Let the driver be found from the filename.  A child that
+             * would be probed (backing files, quorum's children) needs a
+             * driver or a file instead, as in QEMU.
+             */
             json_object_del(sub, "filename");
         } else {
             g_free(fname);
@@ -1307,8 +1335,11 @@ BlockChild *node_open_child(BlockNode *bs, json_t *options, const char *name,
     return open_child(bs, options, name, NULL, role, allow_none, errp);
 }
 
-/* The backing file's name as a path: relative names are relative to bs. */
-static char *backing_path(BlockNode *bs, const char *name)
+/*
+ * The backing file's name as a path: relative names are relative to bs.
+ * NULL and an error when bs's storage has no directory.
+ */
+static char *backing_path(BlockNode *bs, const char *name, GError **errp)
 {
     size_t n = strcspn(name, ":/");
 
@@ -1326,6 +1357,15 @@ static char *backing_path(BlockNode *bs, const char *name)
         holder = child_node(holder->file);
     }
     const char *where = holder->filename;
+    /*
+     * Storage known only by its options (quorum's children, null-co with
+     * a size) has no one directory: QEMU's bdrv_dirname() refuses then.
+     */
+    if (!filename_is_plain(where)) {
+        error_setg(errp, "Cannot generate a base directory for %s nodes",
+                   holder->drv->format_name);
+        return NULL;
+    }
     /*
      * The name is appended to everything up to the last slash, as written
      * (QEMU's path_combine): "./top" gives "./base", which info shows as the
@@ -1346,7 +1386,8 @@ static char *backing_path(BlockNode *bs, const char *name)
 
 char *node_get_full_backing_filename(BlockNode *bs)
 {
-    return bs->backing_file[0] ? backing_path(bs, bs->backing_file) : NULL;
+    return bs->backing_file[0] ? backing_path(bs, bs->backing_file, NULL)
+                               : NULL;
 }
 
 G_DEFINE_QUARK(strata-backing-loop, backing_loop_error)
@@ -1454,7 +1495,11 @@ static bool open_backing(BlockNode *bs, json_t *options, int flags,
             sub = json_object();
         }
         if (!named && bs->backing_file[0]) {
-            path = backing_path(bs, bs->backing_file);
+            path = backing_path(bs, bs->backing_file, errp);
+            if (!path) {
+                json_decref(sub);
+                return false;
+            }
         }
         if (bs->backing_format[0] && !json_object_get(sub, "driver")) {
             json_object_set_new(sub, "driver",

@@ -99,7 +99,8 @@ const char *node_get_filename(const BlockNode *bs);
 const char *node_get_format_name(const BlockNode *bs);
 const BlockDriver *node_get_driver(const BlockNode *bs);
 /* The backing file the image names, as a path (relative names resolved
- * against the image's directory); NULL if none.  Caller frees. */
+ * against the image's directory); NULL if none, or if the image's storage
+ * has no directory (a quorum).  Caller frees. */
 char *node_get_full_backing_filename(BlockNode *bs);
 bool node_is_read_only(const BlockNode *bs);
 int node_get_flags(const BlockNode *bs);
