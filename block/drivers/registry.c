@@ -13,6 +13,7 @@ extern const BlockDriver bdrv_qcow2;
 extern const BlockDriver bdrv_compress;
 extern const BlockDriver bdrv_luks;
 extern const BlockDriver bdrv_bochs;
+extern const BlockDriver bdrv_quorum;
 
 static GPtrArray *drivers;
 static void drivers_init(void);
@@ -40,6 +41,7 @@ static void drivers_init(void)
     g_ptr_array_add(drivers, (gpointer)&bdrv_compress);
     g_ptr_array_add(drivers, (gpointer)&bdrv_luks);
     g_ptr_array_add(drivers, (gpointer)&bdrv_bochs);
+    g_ptr_array_add(drivers, (gpointer)&bdrv_quorum);
 }
 
 const BlockDriver *driver_find(const char *name)
