@@ -285,7 +285,15 @@ static json_t *collect_info(const char *filename, ImgOpenSpec *spec,
         if (chain) {
             json_t *full = json_object_get(info, "full-backing-filename");
             json_t *bfmt = json_object_get(info, "backing-filename-format");
+            json_t *bname = json_object_get(info, "backing-filename");
 
+            if (!full && bname) {
+                /* Its storage has no directory (a quorum): QEMU stops. */
+                tool_error("Could not determine absolute backing filename, "
+                           "but backing filename '%s' present",
+                           json_string_value(bname));
+                goto fail;
+            }
             name = full ? g_strdup(json_string_value(full)) : NULL;
             fmt = bfmt ? g_strdup(json_string_value(bfmt)) : NULL;
         }
