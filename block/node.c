@@ -1358,7 +1358,7 @@ static char *backing_path(BlockNode *bs, const char *name, GError **errp)
     }
     const char *where = holder->filename;
     /*
-     * Storage known only by its options (quorum's children, null-co with
+     * Storage known only by its options (a quorum, null-co with
      * a size) has no one directory: QEMU's bdrv_dirname() refuses then.
      */
     if (!filename_is_plain(where)) {
