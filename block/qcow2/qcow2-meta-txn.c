@@ -167,7 +167,8 @@ int coroutine_fn qcow2_txn_add(Qcow2MetaTxn *t, uint64_t cluster, int delta)
         return -EIO;
     }
     if (delta > 0 && s->refcount_max - rc < (uint64_t)delta) {
-        return -ERANGE;
+        /* QEMU reports a refcount overflow as EINVAL; scripts see the errno. */
+        return -EINVAL;
     }
     rc += (uint64_t)(int64_t)delta;
     qcow2_refcount_array_set(s, b->buf, i, rc);

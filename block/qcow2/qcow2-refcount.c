@@ -643,7 +643,8 @@ static int coroutine_fn update_refcount(BlockNode *bs, uint64_t offset,
                                         " below 0", c << s->cluster_bits);
                 return -EIO;
             }
-            return -ERANGE;
+            /* An overflow is EINVAL in QEMU, and users see the errno. */
+            return -EINVAL;
         }
         rc = decrease ? rc - addend : rc + addend;
         rb_set(s, rb, i, rc);
