@@ -115,7 +115,11 @@ static int coroutine_fn get_block(Qcow2MetaTxn *t, uint64_t index,
         }
         if (b->old_offset) {
             void *rb;
-            int ret = qcow2_cache_get(s->refcount_cache, b->old_offset, &rb);
+            int ret;
+
+            /* A block copied to change its refcounts: QEMU's update. */
+            child_debug_event(bs->file, BLKDBG_REFBLOCK_LOAD);
+            ret = qcow2_cache_get(s->refcount_cache, b->old_offset, &rb);
             if (ret < 0) {
                 free_block(b);
                 return ret;
