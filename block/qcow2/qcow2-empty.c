@@ -57,6 +57,8 @@ static int coroutine_fn rebuild_empty(BlockNode *bs, uint64_t l1_clusters)
     if (ret < 0) {
         return ret;
     }
+    /* Ours to clear: at the end, or at close if the last flush fails. */
+    s->dirty_set_by_us = true;
 
     /* No guest mapping: every L2 table and data cluster is only leaked. */
     child_debug_event(bs->file, BLKDBG_L1_UPDATE);
@@ -81,6 +83,8 @@ static int coroutine_fn rebuild_empty(BlockNode *bs, uint64_t l1_clusters)
     if (ret >= 0) {
         uint64_t be = htobe64(2 * cs);
         child_debug_event(bs->file, BLKDBG_REFTABLE_UPDATE);
+        /* QEMU announces the block as it enters it in the table. */
+        child_debug_event(bs->file, BLKDBG_REFBLOCK_ALLOC);
         ret = child_co_pwrite(bs->file, (int64_t)cs, 8, &be, 0);
     }
     if (ret >= 0) {
@@ -108,9 +112,6 @@ static int coroutine_fn rebuild_empty(BlockNode *bs, uint64_t l1_clusters)
     for (uint64_t c = 0; c < used && ret >= 0; c++) {
         ret = qcow2_update_cluster_refcount(bs, c, 1, QCOW2_DISCARD_NEVER);
     }
-    if (ret >= 0) {
-        ret = qcow2_cache_flush(s->refcount_cache);
-    }
     if (ret < 0) {
         goto unusable;
     }
@@ -118,7 +119,11 @@ static int coroutine_fn rebuild_empty(BlockNode *bs, uint64_t l1_clusters)
     s->free_byte_offset = 0;
     s->metadata_prealloc_checked = false;
 
-    /* The refcounts are right again (a failure here leaves a usable node). */
+    /*
+     * The node is right in memory now; writing block 0 and clearing the
+     * dirty bit may fail and be tried again at close, as in QEMU (until
+     * then the file only leaks).
+     */
     ret = qcow2_mark_clean(bs);
     if (ret < 0) {
         return ret;
