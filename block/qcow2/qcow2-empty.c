@@ -11,8 +11,9 @@
  * block 0 gets its final contents; a crash between any two steps (or
  * inside one) leaves leaks at most.  The dirty bit is still set meanwhile,
  * as QEMU sets it, so that the next read-write open repairs those leaks;
- * and an I/O error part-way leaves the node unusable, as QEMU's does (no
- * metadata written at close, the dirty bit left for the repair).  Other
+ * and an I/O error before block 0 is complete in memory leaves the node
+ * unusable, as QEMU's does (no metadata written at close, the dirty bit
+ * left for the repair), one after it is retried at close.  Other
  * images (and those with snapshots, bitmaps, LUKS or a data file, which
  * QEMU does not rebuild either) drop every cluster mapping instead and
  * discard the freed clusters.
