@@ -225,8 +225,13 @@ static int coroutine_fn do_get(Qcow2Cache *c, uint64_t offset, void **table,
         c->slots[i].offset = 0;
     }
     if (read) {
-        child_debug_event(c->bs->file, c->is_l2 ? BLKDBG_L2_LOAD
-                                                : BLKDBG_REFBLOCK_LOAD);
+        /*
+         * refblock_load is not a disk read: QEMU announces it where a
+         * refcount is about to change (qcow2-refcount.c), cached or not.
+         */
+        if (c->is_l2) {
+            child_debug_event(c->bs->file, BLKDBG_L2_LOAD);
+        }
         /* Hold the slot while the read yields. */
         c->slots[i].ref++;
         ret = child_co_pread(c->bs->file, (int64_t)offset, c->table_size,

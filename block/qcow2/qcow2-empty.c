@@ -6,10 +6,14 @@
  * dirty bit set while the refcounts are wrong.  Where the image already
  * has that layout (as created: table at cluster 1, block 0 at cluster 2,
  * L1 table at cluster 3), the same file is reached here without ever
- * being inconsistent, so without the dirty bit: the L1 entries go first
- * (everything else is then only leaked), then the table entries of the
- * other refcount blocks, then block 0 gets its final contents; a crash
- * between any two steps (or inside one) leaves leaks at most.  Other
+ * being inconsistent: the L1 entries go first (everything else is then
+ * only leaked), then the table entries of the other refcount blocks, then
+ * block 0 gets its final contents; a crash between any two steps (or
+ * inside one) leaves leaks at most.  The dirty bit is still set meanwhile,
+ * as QEMU sets it, so that the next read-write open repairs those leaks;
+ * and an I/O error before block 0 is complete in memory leaves the node
+ * unusable, as QEMU's does (no metadata written at close, the dirty bit
+ * left for the repair), one after it is retried at close.  Other
  * images (and those with snapshots, bitmaps, LUKS or a data file, which
  * QEMU does not rebuild either) drop every cluster mapping instead and
  * discard the freed clusters.
@@ -50,6 +54,12 @@ static int coroutine_fn rebuild_empty(BlockNode *bs, uint64_t l1_clusters)
     }
     qcow2_cache_empty(s->l2_cache);
     qcow2_cache_empty(s->refcount_cache);
+    ret = qcow2_set_incompat_bit(bs, QCOW2_INCOMPAT_DIRTY);
+    if (ret < 0) {
+        return ret;
+    }
+    /* Ours to clear: at the end, or at close if the last flush fails. */
+    s->dirty_set_by_us = true;
 
     /* No guest mapping: every L2 table and data cluster is only leaked. */
     child_debug_event(bs->file, BLKDBG_L1_UPDATE);
@@ -59,7 +69,7 @@ static int coroutine_fn rebuild_empty(BlockNode *bs, uint64_t l1_clusters)
         ret = node_co_flush(bs->file->bs);
     }
     if (ret < 0) {
-        return ret;
+        goto unusable;
     }
     memset(s->l1_table, 0, (size_t)s->l1_size * 8);
 
@@ -74,13 +84,15 @@ static int coroutine_fn rebuild_empty(BlockNode *bs, uint64_t l1_clusters)
     if (ret >= 0) {
         uint64_t be = htobe64(2 * cs);
         child_debug_event(bs->file, BLKDBG_REFTABLE_UPDATE);
+        /* QEMU announces the block as it enters it in the table. */
+        child_debug_event(bs->file, BLKDBG_REFBLOCK_ALLOC);
         ret = child_co_pwrite(bs->file, (int64_t)cs, 8, &be, 0);
     }
     if (ret >= 0) {
         ret = node_co_flush(bs->file->bs);
     }
     if (ret < 0) {
-        return ret;
+        goto unusable;
     }
     memset(s->refcount_table + 1, 0, (s->refcount_table_size - 1) * 8);
     s->max_refcount_index = 0;
@@ -94,22 +106,29 @@ static int coroutine_fn rebuild_empty(BlockNode *bs, uint64_t l1_clusters)
     void *rb;
     ret = qcow2_cache_get_empty(s->refcount_cache, 2 * cs, &rb);
     if (ret < 0) {
-        return ret;
+        goto unusable;
     }
     memset(rb, 0, cs);
     qcow2_cache_put(s->refcount_cache, &rb);
     for (uint64_t c = 0; c < used && ret >= 0; c++) {
         ret = qcow2_update_cluster_refcount(bs, c, 1, QCOW2_DISCARD_NEVER);
     }
-    if (ret >= 0) {
-        ret = qcow2_cache_flush(s->refcount_cache);
-    }
     if (ret < 0) {
-        return ret;
+        goto unusable;
     }
     s->free_cluster_index = used;
     s->free_byte_offset = 0;
     s->metadata_prealloc_checked = false;
+
+    /*
+     * The node is right in memory now; writing block 0 and clearing the
+     * dirty bit may fail and be tried again at close, as in QEMU (until
+     * then the file only leaks).
+     */
+    ret = qcow2_mark_clean(bs);
+    if (ret < 0) {
+        return ret;
+    }
 
     GError *err = NULL;
     ret = child_co_truncate(bs->file, (int64_t)((3 + l1_clusters) * cs),
@@ -118,6 +137,15 @@ static int coroutine_fn rebuild_empty(BlockNode *bs, uint64_t l1_clusters)
         warn_print("%s", err->message);
         g_error_free(err);
     }
+    return ret;
+
+unusable:
+    /*
+     * The tables in memory may no longer be what the file holds; like
+     * QEMU, which drops the driver here, refuse all further I/O and write
+     * nothing at close, leaving the image dirty for its repair.
+     */
+    s->corrupt = true;
     return ret;
 }
 

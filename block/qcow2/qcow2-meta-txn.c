@@ -115,7 +115,11 @@ static int coroutine_fn get_block(Qcow2MetaTxn *t, uint64_t index,
         }
         if (b->old_offset) {
             void *rb;
-            int ret = qcow2_cache_get(s->refcount_cache, b->old_offset, &rb);
+            int ret;
+
+            /* A block copied to change its refcounts: QEMU's update. */
+            child_debug_event(bs->file, BLKDBG_REFBLOCK_LOAD);
+            ret = qcow2_cache_get(s->refcount_cache, b->old_offset, &rb);
             if (ret < 0) {
                 free_block(b);
                 return ret;
@@ -167,7 +171,8 @@ int coroutine_fn qcow2_txn_add(Qcow2MetaTxn *t, uint64_t cluster, int delta)
         return -EIO;
     }
     if (delta > 0 && s->refcount_max - rc < (uint64_t)delta) {
-        return -ERANGE;
+        /* QEMU reports a refcount overflow as EINVAL; scripts see the errno. */
+        return -EINVAL;
     }
     rc += (uint64_t)(int64_t)delta;
     qcow2_refcount_array_set(s, b->buf, i, rc);

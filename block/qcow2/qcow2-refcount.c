@@ -626,6 +626,13 @@ static int coroutine_fn update_refcount(BlockNode *bs, uint64_t offset,
             }
             uint64_t rb_offset = s->refcount_table[rt_index] &
                                  REFT_OFFSET_MASK;
+            /*
+             * As QEMU: announced for each block whose refcounts change,
+             * even when it is cached (the free-cluster search before has
+             * usually read it), so a persistent error injected here fails
+             * the writes that follow, not the search (026).
+             */
+            child_debug_event(bs->file, BLKDBG_REFBLOCK_LOAD);
             ret = qcow2_cache_get(s->refcount_cache, rb_offset, &rb);
             if (ret < 0) {
                 return ret;
@@ -643,7 +650,8 @@ static int coroutine_fn update_refcount(BlockNode *bs, uint64_t offset,
                                         " below 0", c << s->cluster_bits);
                 return -EIO;
             }
-            return -ERANGE;
+            /* An overflow is EINVAL in QEMU, and users see the errno. */
+            return -EINVAL;
         }
         rc = decrease ? rc - addend : rc + addend;
         rb_set(s, rb, i, rc);
