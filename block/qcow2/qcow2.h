@@ -294,6 +294,15 @@ int coroutine_fn qcow2_co_pwritev(BlockNode *bs, int64_t offset,
  */
 bool coroutine_fn qcow2_wait_inflight(BlockNode *bs, uint64_t start,
                                       uint64_t end);
+/*
+ * Give [offset, offset + bytes) host clusters without writing it (QEMU's
+ * preallocation: clusters the image owns stay, others get new ones,
+ * contiguous where possible; data around the range is copied, subcluster
+ * bitmaps are left alone).  Lock held; *host_end is the host offset just
+ * past the range's last byte.
+ */
+int coroutine_fn qcow2_prealloc_range(BlockNode *bs, uint64_t offset,
+                                      uint64_t bytes, uint64_t *host_end);
 int coroutine_fn qcow2_co_pwrite_zeroes(BlockNode *bs, int64_t offset,
                                         int64_t bytes, int flags);
 int coroutine_fn qcow2_co_pdiscard(BlockNode *bs, int64_t offset,
