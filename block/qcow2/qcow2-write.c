@@ -1269,3 +1269,59 @@ int coroutine_fn qcow2_map_raw_data(BlockNode *bs, uint64_t from, uint64_t to)
     }
     return 0;
 }
+
+int coroutine_fn qcow2_link_clusters(BlockNode *bs, uint64_t offset,
+                                     uint64_t host, uint64_t nb,
+                                     bool all_alloc)
+{
+    Qcow2State *s = bs->opaque;
+    uint64_t guest = qcow2_start_of_cluster(s, offset);
+    uint64_t head = offset - guest;
+    int ret = 0;
+
+    /* The data before offset in the first cluster moves with it. */
+    if (head) {
+        uint8_t *buf = g_malloc(head);
+        IOVec v;
+        child_debug_event(bs->file, BLKDBG_COW_READ);
+        ret = qcow2_co_read_buf(bs, guest, head, buf, true);
+        if (ret >= 0) {
+            iovec_init_buf(&v, buf, head);
+            child_debug_event(bs->file, BLKDBG_COW_WRITE);
+            ret = qcow2_data_pwritev(bs, host, guest, head, &v, 0);
+            iovec_destroy(&v);
+        }
+        g_free(buf);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    ret = qcow2_mark_dirty(bs);
+    while (ret >= 0 && nb > 0) {
+        uint64_t old[QCOW2_MAX_RUN];
+        unsigned l2i, n;
+        void *l2;
+
+        ret = get_l2_for_write(bs, guest, &l2, &l2i);
+        if (ret < 0) {
+            break;
+        }
+        n = (unsigned)MIN(nb, MIN((uint64_t)QCOW2_MAX_RUN, s->l2_size - l2i));
+        for (unsigned i = 0; i < n; i++) {
+            old[i] = qcow2_l2_entry(s, l2, l2i + i);
+            qcow2_set_l2_entry(s, l2, l2i + i,
+                               (host + (uint64_t)i * s->cluster_size) |
+                               QCOW_OFLAG_COPIED);
+            if (s->extended_l2 && all_alloc) {
+                qcow2_set_l2_bitmap(s, l2, l2i + i, QCOW_L2_BITMAP_ALL_ALLOC);
+            }
+        }
+        qcow2_cache_mark_dirty(s->l2_cache, l2);
+        qcow2_cache_put(s->l2_cache, &l2);
+        ret = free_old_entries(bs, old, n, QCOW2_DISCARD_NEVER);
+        guest += (uint64_t)n * s->cluster_size;
+        host += (uint64_t)n * s->cluster_size;
+        nb -= n;
+    }
+    return ret;
+}
