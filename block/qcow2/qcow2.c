@@ -1165,6 +1165,8 @@ static int coroutine_fn qcow2_co_truncate(BlockNode *bs, int64_t offset,
     if (prealloc != PREALLOC_OFF) {
         ret = qcow2_grow_prealloc(bs, s->size, new_size, prealloc, &zero_new,
                                   errp);
+        /* Block status asks again whether the image looks preallocated. */
+        s->metadata_prealloc_checked = false;
         if (ret < 0) {
             goto out;
         }
