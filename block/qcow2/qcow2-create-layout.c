@@ -780,8 +780,20 @@ static int coroutine_fn prealloc_data(Q2Create *s, uint64_t size,
         error_setg_errno(errp, -ret, "Failed to allocate data clusters");
         return ret;
     }
-    ret = grow_file(s->blk, &s->len,
-                    (uint64_t)start + (n_data << s->cluster_bits), mode, errp);
+    /*
+     * QEMU writes the new refcount structures synchronously, so they are
+     * on disk, placed by the file system, before the data area is
+     * allocated; the file's extents (and the space a later write over the
+     * area takes, iotest 125) then come out as QEMU's.
+     */
+    ret = blk_co_flush(s->blk);
+    if (ret >= 0) {
+        ret = grow_file(s->blk, &s->len,
+                        (uint64_t)start + (n_data << s->cluster_bits), mode,
+                        errp);
+    } else {
+        error_setg_errno(errp, -ret, "Could not flush the image");
+    }
     if (ret < 0) {
         error_prefix(errp, "Failed to resize underlying file: ");
         return ret;

@@ -317,7 +317,9 @@ static int coroutine_fn update_refcount(BlockNode *bs, uint64_t offset,
                                         uint64_t length, uint64_t addend,
                                         bool decrease, Qcow2DiscardType dt);
 static int coroutine_fn grow_reftable(BlockNode *bs, uint64_t start,
-                                     uint64_t new_index, uint64_t new_block);
+                                     uint64_t additional, bool exact,
+                                     uint64_t new_index, uint64_t new_block,
+                                     uint64_t *end_offset);
 
 /*
  * Make sure a refcount block exists for rt_index.  A new block is put in
@@ -394,7 +396,7 @@ static int coroutine_fn ensure_refblock(BlockNode *bs, uint64_t rt_index)
         uint64_t blocks_used = MAX(rt_index + 1,
                                    DIV_ROUND_UP(c + 1, s->refcount_block_size));
         return grow_reftable(bs, blocks_used << s->refcount_block_bits,
-                             rt_index, rb_offset);
+                             0, false, rt_index, rb_offset, NULL);
     }
     s->refcount_table[rt_index] = rb_offset;
     s->max_refcount_index = MAX(s->max_refcount_index, (uint32_t)rt_index);
@@ -408,14 +410,14 @@ static int coroutine_fn ensure_refblock(BlockNode *bs, uint64_t rt_index)
 
 /*
  * Refcount blocks and table entries QEMU's sizing gives an image of n
- * clusters, with room to grow (qcow2_refcount_metadata_size's fixed
- * point, generous): the number of refcount blocks.
+ * clusters, with room to grow if generous (qcow2_refcount_metadata_size's
+ * fixed point): the number of refcount blocks.
  */
-static uint64_t refblocks_for(const Qcow2State *s, uint64_t clusters)
+static uint64_t refblocks_for(const Qcow2State *s, uint64_t clusters,
+                              bool generous)
 {
     uint64_t per_table_cluster = s->cluster_size / 8;
     uint64_t table = 0, blocks = 0, n = 0, last;
-    bool generous = true;
 
     do {
         last = n;
@@ -433,28 +435,34 @@ static uint64_t refblocks_for(const Qcow2State *s, uint64_t clusters)
 }
 
 /*
- * A bigger refcount table, laid out as QEMU lays it out: from cluster
- * `start` (past every refcount block in use), first the refcount blocks
- * missing for the area, then the table, with half again as many entries
- * as the blocks it needs.  The new blocks count the area's clusters; the
- * table gets new_block at new_index.  Everything is written before the
- * header switches to the new table, so a crash leaves either table in
- * force; the old table's clusters are freed last.
+ * A new refcount table, laid out as QEMU lays it out (its
+ * qcow2_refcount_area): from cluster `start` (past every refcount block in
+ * use), first the refcount blocks missing for the area, then the table.
+ * The table covers start + additional clusters, exactly or (!exact) with
+ * half again as many entries as the blocks it needs.  The new blocks count
+ * the area's clusters; the table gets new_block (if not 0) at new_index.
+ * Everything is written before the header switches to the new table, so a
+ * crash leaves either table in force; the old table's clusters are freed
+ * last.  *end_offset (if wanted): the byte just past the area.
  */
 static int coroutine_fn grow_reftable(BlockNode *bs, uint64_t start,
-                                     uint64_t new_index, uint64_t new_block)
+                                     uint64_t additional, bool exact,
+                                     uint64_t new_index, uint64_t new_block,
+                                     uint64_t *end_offset)
 {
     Qcow2State *s = bs->opaque;
     uint64_t per_cluster = s->cluster_size / 8;
-    uint64_t total = refblocks_for(s, start);
+    uint64_t total = refblocks_for(s, start + additional, !exact);
     uint64_t area_index = start >> s->refcount_block_bits;
     int ret;
 
     child_debug_event(bs->file, BLKDBG_REFTABLE_GROW);
-    if (total > QCOW2_MAX_REFTABLE_BYTES / 8 || new_index >= total) {
+    if (total > QCOW2_MAX_REFTABLE_BYTES / 8 ||
+        (new_block && new_index >= total)) {
         return -EFBIG;
     }
-    uint64_t table_size = ROUND_UP(total + DIV_ROUND_UP(total, 2),
+    uint64_t table_size = ROUND_UP(exact ? total
+                                         : total + DIV_ROUND_UP(total, 2),
                                    per_cluster);
     uint64_t table_clusters = table_size / per_cluster;
     if (table_size > QCOW2_MAX_REFTABLE_BYTES / 8) {
@@ -467,7 +475,9 @@ static int coroutine_fn grow_reftable(BlockNode *bs, uint64_t start,
     uint64_t keep = MIN(table_size, (uint64_t)s->max_refcount_index + 1);
     memcpy(table, s->refcount_table,
            MIN(keep, s->refcount_table_size) * 8);
-    table[new_index] = new_block;
+    if (new_block) {
+        table[new_index] = new_block;
+    }
 
     uint64_t missing = 0;
     for (uint64_t i = area_index; i < total; i++) {
@@ -564,7 +574,19 @@ static int coroutine_fn grow_reftable(BlockNode *bs, uint64_t start,
     }
     /* As QEMU: a failure to free the old table only leaks it. */
     qcow2_free_clusters(bs, old_offset, old_size * 8, QCOW2_DISCARD_OTHER);
+    if (end_offset) {
+        *end_offset = end;
+    }
     return 0;
+}
+
+int coroutine_fn qcow2_refcount_area(BlockNode *bs, uint64_t start,
+                                     uint64_t additional, uint64_t *end)
+{
+    Qcow2State *s = bs->opaque;
+
+    return grow_reftable(bs, start >> s->cluster_bits, additional, true, 0, 0,
+                         end);
 }
 
 /*

@@ -174,13 +174,49 @@ static int coroutine_fn free_old_entries(BlockNode *bs, const uint64_t *old,
 }
 
 /*
- * How many bytes from offset can be written in place: clusters allocated,
- * not shared (copied flag), contiguous on the host and, with subclusters,
- * every touched subcluster already allocated.
+ * What QEMU's write path says about an L2 entry that breaks the format
+ * (one space before the parenthesis; its read path prints two).
  */
-static int coroutine_fn in_place_run(BlockNode *bs, uint64_t offset,
-                                     uint64_t bytes, uint64_t *n,
-                                     uint64_t *host)
+static int coroutine_fn invalid_entry(BlockNode *bs, uint64_t offset,
+                                      unsigned l2i)
+{
+    Qcow2State *s = bs->opaque;
+
+    qcow2_signal_corruption(bs, true, -1, -1, "Invalid cluster entry found "
+                            "(L2 offset: %#" PRIx64 ", L2 index: %#x)",
+                            s->l1_table[qcow2_l1_index(s, offset)] &
+                            L1E_OFFSET_MASK, l2i);
+    return -EIO;
+}
+
+/*
+ * Does the entry own a host cluster that may be written where it is (not
+ * shared, not compressed)?  Offset 0 is a real cluster in an external data
+ * file, except in a plain zero cluster.
+ */
+static bool entry_is_ours(const Qcow2State *s, uint64_t e)
+{
+    if (!(e & QCOW_OFLAG_COPIED) || (e & QCOW_OFLAG_COMPRESSED)) {
+        return false;
+    }
+    if (e & L2E_OFFSET_MASK) {
+        return true;
+    }
+    return qcow2_has_data_file(s) &&
+           (s->extended_l2 || !(e & QCOW_OFLAG_ZERO));
+}
+
+/*
+ * How many bytes from offset go to host clusters the image already owns,
+ * contiguous on the host (QEMU's handle_copied): *host is where.  *meta is
+ * true if some touched part is not plain data yet (a preallocated zero
+ * cluster, zero or unallocated subclusters of an owned cluster): then the
+ * L2 entries change after the write, and parts of those (sub)clusters the
+ * request does not cover are copied; else the write is simply in place.
+ */
+static int coroutine_fn copied_run(BlockNode *bs, uint64_t offset,
+                                   uint64_t bytes, uint64_t *n,
+                                   uint64_t *host, bool *meta)
 {
     Qcow2State *s = bs->opaque;
     unsigned l2i;
@@ -188,6 +224,7 @@ static int coroutine_fn in_place_run(BlockNode *bs, uint64_t offset,
     int ret;
 
     *n = 0;
+    *meta = false;
     ret = qcow2_get_l2_table(bs, offset, &l2, &l2i);
     if (ret < 0 || !l2) {
         return ret;
@@ -200,8 +237,7 @@ static int coroutine_fn in_place_run(BlockNode *bs, uint64_t offset,
         uint64_t cend = MIN(end, qcow2_start_of_cluster(s, pos) +
                                  s->cluster_size);
 
-        if ((e & QCOW_OFLAG_COPIED) && !(e & QCOW_OFLAG_COMPRESSED) &&
-            qcow2_offset_into_cluster(s, h)) {
+        if (entry_is_ours(s, e) && qcow2_offset_into_cluster(s, h)) {
             qcow2_cache_put(s->l2_cache, &l2);
             qcow2_signal_corruption(bs, true, -1, -1, "Data cluster offset "
                                     "%#" PRIx64 " unaligned (guest offset: "
@@ -209,8 +245,7 @@ static int coroutine_fn in_place_run(BlockNode *bs, uint64_t offset,
                                     qcow2_start_of_cluster(s, pos));
             return -EIO;
         }
-        if (!(e & QCOW_OFLAG_COPIED) || (e & QCOW_OFLAG_COMPRESSED) ||
-            (!h && !qcow2_has_data_file(s)) || (*n && h != expect)) {
+        if (!entry_is_ours(s, e) || (*n && h != expect)) {
             break;
         }
         if (s->extended_l2) {
@@ -218,15 +253,16 @@ static int coroutine_fn in_place_run(BlockNode *bs, uint64_t offset,
                                     s->subcluster_bits);
             unsigned b = (unsigned)((qcow2_offset_into_cluster(s, cend - 1))
                                     >> s->subcluster_bits);
-            bool ok = true;
-            for (unsigned sc = a; sc <= b && ok; sc++) {
-                ok = qcow2_subcluster_type(s, e, bm, sc) == QCOW2_SC_NORMAL;
+            if (qcow2_subcluster_type(s, e, bm, a) == QCOW2_SC_INVALID) {
+                qcow2_cache_put(s->l2_cache, &l2);
+                return invalid_entry(bs, pos, l2i);
             }
-            if (!ok) {
-                break;
+            for (unsigned sc = a; sc <= b; sc++) {
+                *meta |= qcow2_subcluster_type(s, e, bm, sc) !=
+                         QCOW2_SC_NORMAL;
             }
         } else if (e & QCOW_OFLAG_ZERO) {
-            break;
+            *meta = true;
         }
         if (*n == 0) {
             *host = h + qcow2_offset_into_cluster(s, pos);
@@ -318,20 +354,100 @@ bool coroutine_fn qcow2_wait_inflight(BlockNode *bs, uint64_t start,
 static int coroutine_fn is_zero(BlockNode *bs, uint64_t offset,
                                 uint64_t bytes);
 
+static unsigned ctz32_or_32(uint32_t v)
+{
+    return v ? (unsigned)__builtin_ctz(v) : 32;
+}
+
+static unsigned clz32_or_32(uint32_t v)
+{
+    return v ? (unsigned)__builtin_clz(v) : 32;
+}
+
 /*
- * One allocating write of up to one L2 table's worth, lock held.  *done is
- * how much of bytes it wrote.
+ * Where copy-on-write starts in the first cluster of a run (offset into
+ * the cluster; `in` is where the request starts), as QEMU's
+ * calculate_l2_meta: a compressed cluster is copied whole, a cluster being
+ * replaced from its first allocated subcluster, a kept one (keep: the run
+ * writes to the clusters it already owns) only from the touched
+ * subcluster, and nothing at all before data that is already there.
  */
-static int coroutine_fn write_allocating(BlockNode *bs, uint64_t offset,
-                                         uint64_t bytes, IOVec *qiov,
-                                         size_t qoff, uint64_t *done,
-                                         uint64_t *next_host)
+static uint64_t cow_head(const Qcow2State *s, uint64_t e, uint64_t bm,
+                         uint64_t in, bool keep)
+{
+    unsigned sc = (unsigned)(in >> s->subcluster_bits);
+    uint64_t sc_start = (uint64_t)sc << s->subcluster_bits;
+
+    switch (qcow2_subcluster_type(s, e, bm, sc)) {
+    case QCOW2_SC_COMPRESSED:
+        return 0;
+    case QCOW2_SC_NORMAL:
+    case QCOW2_SC_ZERO_ALLOC:
+    case QCOW2_SC_UNALLOC_ALLOC:
+        if (keep) {
+            return qcow2_subcluster_type(s, e, bm, sc) == QCOW2_SC_NORMAL
+                   ? in : sc_start;
+        }
+        if (s->extended_l2) {
+            unsigned first = ctz32_or_32((uint32_t)bm);
+            return (uint64_t)MIN(sc, first) << s->subcluster_bits;
+        }
+        return 0;
+    default:
+        return sc_start;
+    }
+}
+
+/* The same for where it ends in the last cluster (`in_end`: the request's
+ * end, offset into that cluster, 1 to cluster_size). */
+static uint64_t cow_tail(const Qcow2State *s, uint64_t e, uint64_t bm,
+                         uint64_t in_end, bool keep)
+{
+    unsigned sc = (unsigned)((in_end - 1) >> s->subcluster_bits);
+    uint64_t sc_end = ROUND_UP(in_end, s->subcluster_size);
+    Qcow2SubclusterType t = qcow2_subcluster_type(s, e, bm, sc);
+
+    switch (t) {
+    case QCOW2_SC_COMPRESSED:
+        return s->cluster_size;
+    case QCOW2_SC_NORMAL:
+    case QCOW2_SC_ZERO_ALLOC:
+    case QCOW2_SC_UNALLOC_ALLOC:
+        if (keep) {
+            return t == QCOW2_SC_NORMAL ? in_end : sc_end;
+        }
+        if (s->extended_l2) {
+            unsigned last = clz32_or_32((uint32_t)bm);
+            unsigned skip = MIN(s->subclusters_per_cluster - sc - 1, last);
+            return s->cluster_size - ((uint64_t)skip << s->subcluster_bits);
+        }
+        return s->cluster_size;
+    default:
+        return sc_end;
+    }
+}
+
+/*
+ * One write that changes L2 entries, of up to one L2 table's worth, lock
+ * held: either a run of clusters the image owns whose entries change
+ * (keep: preallocated zeroes, zero or unallocated subclusters), or a run
+ * of clusters that get new host clusters.  The request and whatever must
+ * be copied around it go to the host in one write.  prealloc (qiov NULL):
+ * only the clusters are set up, as QEMU's preallocation does: the parts
+ * around the range are copied, the range itself is not written, and
+ * subcluster bitmaps are left as they are.  *done is how much of bytes
+ * was handled; *next_host where the run's host clusters end.
+ */
+static int coroutine_fn write_run(BlockNode *bs, uint64_t offset,
+                                  uint64_t bytes, IOVec *qiov, size_t qoff,
+                                  bool keep, bool prealloc, uint64_t *done,
+                                  uint64_t *next_host)
 {
     Qcow2State *s = bs->opaque;
     unsigned l2i;
     void *l2;
     uint8_t *head = NULL, *tail = NULL;
-    uint64_t old[QCOW2_MAX_RUN];
+    uint64_t old[QCOW2_MAX_RUN], old_bm[QCOW2_MAX_RUN];
     int ret;
 
     ret = get_l2_for_write(bs, offset, &l2, &l2i);
@@ -339,55 +455,43 @@ static int coroutine_fn write_allocating(BlockNode *bs, uint64_t offset,
         return ret;
     }
 
-    /* The run: clusters from offset that cannot be written in place. */
+    /* The run: clusters from offset that are all kept or all replaced. */
     uint64_t cstart = qcow2_start_of_cluster(s, offset);
     uint64_t end = offset + bytes;
+    uint64_t host0 = 0;
     unsigned nb = 0;
     while (nb < QCOW2_MAX_RUN && l2i + nb < s->l2_size &&
            cstart + (uint64_t)nb * s->cluster_size < end) {
         uint64_t e = qcow2_l2_entry(s, l2, l2i + nb);
-        bool inplace = (e & QCOW_OFLAG_COPIED) &&
-                       !(e & (QCOW_OFLAG_COMPRESSED | QCOW_OFLAG_ZERO)) &&
-                       (e & L2E_OFFSET_MASK);
-        /* A preallocated zero cluster of ours is written where it is. */
-        bool zero_alloc = !s->extended_l2 && (e & QCOW_OFLAG_COPIED) &&
-                          (e & QCOW_OFLAG_ZERO) &&
-                          !(e & QCOW_OFLAG_COMPRESSED) &&
-                          (e & L2E_OFFSET_MASK);
-        if (nb > 0 && (inplace || zero_alloc || s->extended_l2)) {
+        uint64_t bm = qcow2_l2_bitmap(s, l2, l2i + nb);
+        if (entry_is_ours(s, e) != keep ||
+            (keep && nb > 0 &&
+             (e & L2E_OFFSET_MASK) != host0 + (uint64_t)nb * s->cluster_size)) {
             break;
+        }
+        if (qcow2_subcluster_type(s, e, bm, 0) == QCOW2_SC_INVALID) {
+            qcow2_cache_put(s->l2_cache, &l2);
+            return invalid_entry(bs, cstart + (uint64_t)nb * s->cluster_size,
+                                 l2i + nb);
+        }
+        if (nb == 0) {
+            host0 = e & L2E_OFFSET_MASK;
         }
         old[nb] = e;
+        old_bm[nb] = bm;
         nb++;
-        if (zero_alloc) {
-            break;
-        }
+    }
+    if (nb == 0) {
+        /* The caller looked at the same entries under the same lock. */
+        qcow2_cache_put(s->l2_cache, &l2);
+        return -EIO;
     }
     end = MIN(end, cstart + (uint64_t)nb * s->cluster_size);
 
-    /*
-     * What must be copied around the request.  Without subclusters: the
-     * rest of the first and last cluster.  With subclusters and a cluster
-     * that had no host space: only the rest of the touched subclusters;
-     * the other subclusters keep their state in the bitmap.
-     */
-    uint64_t old_bm = qcow2_l2_bitmap(s, l2, l2i);
-    uint64_t old_host = old[0] & L2E_OFFSET_MASK;
-    bool sub = s->extended_l2 && !(old[0] & QCOW_OFLAG_COMPRESSED) &&
-               (!old_host || (old[0] & QCOW_OFLAG_COPIED));
-    uint64_t unit = sub ? s->subcluster_size : s->cluster_size;
-    uint64_t cow_start = ROUND_DOWN(offset, unit);
-    uint64_t cow_end = ROUND_UP(end, unit);
     uint64_t new_host;
-    /* Our cluster: missing subclusters, or preallocated zeroes. */
-    bool reuse = (sub && old_host) ||
-                 (!s->extended_l2 && (old[0] & QCOW_OFLAG_COPIED) &&
-                  (old[0] & QCOW_OFLAG_ZERO) && old_host &&
-                  !(old[0] & QCOW_OFLAG_COMPRESSED) &&
-                  !qcow2_has_data_file(s));
-
-    if (reuse) {
-        new_host = old_host;
+    bool fresh = !keep && !qcow2_has_data_file(s);
+    if (keep) {
+        new_host = host0;
     } else if (qcow2_has_data_file(s)) {
         new_host = cstart;          /* guest offset = host offset */
     } else {
@@ -407,20 +511,24 @@ static int coroutine_fn write_allocating(BlockNode *bs, uint64_t offset,
             new_host = *next_host;
             nb = (unsigned)got;
             end = MIN(end, cstart + (uint64_t)nb * s->cluster_size);
-            cow_end = ROUND_UP(end, unit);
         } else {
             ret = qcow2_alloc_clusters(bs, nb, &new_host);
             if (ret < 0) {
                 goto out;
             }
         }
-        *next_host = new_host + (uint64_t)nb * s->cluster_size;
     }
+    *next_host = new_host + (uint64_t)nb * s->cluster_size;
 
+    /* What must be copied around the request. */
+    uint64_t last = cstart + (uint64_t)(nb - 1) * s->cluster_size;
+    uint64_t cow_start = cstart + cow_head(s, old[0], old_bm[0],
+                                           offset - cstart, keep);
+    uint64_t cow_end = last + cow_tail(s, old[nb - 1], old_bm[nb - 1],
+                                       end - last, keep);
     uint64_t head_len = offset - cow_start, tail_len = cow_end - end;
-    bool fresh = !reuse && !qcow2_has_data_file(s);
     IOVec v;
-    iovec_init(&v, qiov->niov + 2);
+    iovec_init(&v, (qiov ? qiov->niov : 0) + 2);
     if (s->data_file == bs->file) {
         ret = qcow2_check_overlap(bs, 0, new_host + (cow_start - cstart),
                                   cow_end - cow_start);
@@ -431,12 +539,13 @@ static int coroutine_fn write_allocating(BlockNode *bs, uint64_t offset,
 
     /*
      * Copy-on-write of parts that read as zeroes (nothing below, or zero
-     * clusters) need not move zero buffers: the new clusters are zeroed
-     * in the file, which costs no data transfer, and only the request is
-     * written (QEMU does the same).  Not for encrypted images, where
-     * zeroes in the file are not zeroes in the guest.
+     * clusters) need not move zero buffers: the clusters are zeroed in
+     * the file, which costs no data transfer, and only the request is
+     * written (QEMU's handle_alloc_space, which its preallocation does not
+     * use).  Not for encrypted images, where zeroes in the file are not
+     * zeroes in the guest.
      */
-    bool zero_cow = (fresh || reuse) && (head_len || tail_len) &&
+    bool zero_cow = (fresh || keep) && !prealloc && (head_len || tail_len) &&
                     !s->crypt_method &&
                     ((s->data_file->bs->drv->supported_zero_flags |
                       s->data_file->bs->supported_zero_flags) &
@@ -483,21 +592,34 @@ static int coroutine_fn write_allocating(BlockNode *bs, uint64_t offset,
     if (head_len) {
         head = g_malloc(head_len);
         ret = qcow2_co_read_buf(bs, cow_start, head_len, head, false);
-        if (ret >= 0) {
-            iovec_add(&v, head, head_len);
-        }
-    }
-    if (ret >= 0) {
-        iovec_concat(&v, qiov, qoff, end - offset);
     }
     if (ret >= 0 && tail_len) {
         tail = g_malloc(tail_len);
         ret = qcow2_co_read_buf(bs, end, tail_len, tail, false);
-        if (ret >= 0) {
+    }
+    if (ret >= 0 && prealloc) {
+        /* Only what lies around the range: two writes, as QEMU's. */
+        if (head_len) {
+            child_debug_event(bs->file, BLKDBG_COW_WRITE);
+            iovec_add(&v, head, head_len);
+            ret = qcow2_data_pwritev(bs, new_host + (cow_start - cstart),
+                                     cow_start, head_len, &v, 0);
+            iovec_reset(&v);
+        }
+        if (ret >= 0 && tail_len) {
+            child_debug_event(bs->file, BLKDBG_COW_WRITE);
+            iovec_add(&v, tail, tail_len);
+            ret = qcow2_data_pwritev(bs, new_host + (end - cstart), end,
+                                     tail_len, &v, 0);
+        }
+    } else if (ret >= 0) {
+        if (head_len) {
+            iovec_add(&v, head, head_len);
+        }
+        iovec_concat(&v, qiov, qoff, end - offset);
+        if (tail_len) {
             iovec_add(&v, tail, tail_len);
         }
-    }
-    if (ret >= 0) {
         child_debug_event(bs->file, BLKDBG_WRITE_AIO);
         ret = qcow2_data_pwritev(bs, new_host + (wstart - cstart), wstart,
                                  wend - wstart, &v, 0);
@@ -525,25 +647,25 @@ static int coroutine_fn write_allocating(BlockNode *bs, uint64_t offset,
         goto out_v;
     }
     for (unsigned i = 0; i < nb; i++) {
+        uint64_t c = cstart + (uint64_t)i * s->cluster_size;
         qcow2_set_l2_entry(s, l2, l2i + i,
                            (new_host + (uint64_t)i * s->cluster_size) |
                            QCOW_OFLAG_COPIED);
-    }
-    if (s->extended_l2) {
-        uint64_t bm;
-        if (sub) {
-            unsigned a = (unsigned)((cow_start - cstart) >> s->subcluster_bits);
-            unsigned b = (unsigned)((cow_end - cstart) >> s->subcluster_bits);
-            uint64_t touched = ((1ull << b) - 1) & ~((1ull << a) - 1);
-            bm = (old_bm | touched) & ~(touched << 32);
-        } else {
-            bm = QCOW_L2_BITMAP_ALL_ALLOC;
+        if (s->extended_l2 && !prealloc) {
+            /* The subclusters written (request and copy) hold data now. */
+            uint64_t lo = MAX(cow_start, c) - c;
+            uint64_t hi = MIN(cow_end, c + s->cluster_size) - c;
+            unsigned a = (unsigned)(lo >> s->subcluster_bits);
+            unsigned b = (unsigned)((hi - 1) >> s->subcluster_bits) + 1;
+            uint64_t range = (b == 32 ? 0xffffffffull : (1ull << b) - 1) &
+                             ~((1ull << a) - 1);
+            qcow2_set_l2_bitmap(s, l2, l2i + i,
+                                (old_bm[i] | range) & ~(range << 32));
         }
-        qcow2_set_l2_bitmap(s, l2, l2i, bm);
     }
     qcow2_cache_mark_dirty(s->l2_cache, l2);
     *done = end - offset;
-    if (!reuse) {
+    if (!keep) {
         ret = free_old_entries(bs, old, nb, QCOW2_DISCARD_OTHER);
     }
 
@@ -566,20 +688,23 @@ int coroutine_fn qcow2_co_pwritev(BlockNode *bs, int64_t offset,
     if (s->corrupt) {
         return -ENOMEDIUM;
     }
-    uint64_t next_host = 0;     /* where the last allocation ended */
+    uint64_t next_host = 0;     /* where the last run's clusters ended */
     while (bytes > 0) {
         uint64_t n = 0, host = 0;
+        bool meta = false;
         int ret;
 
         co_mutex_lock(&s->lock);
         /* In-place writes to the same clusters may run side by side. */
         wait_claims(bs, (uint64_t)offset, (uint64_t)(offset + bytes), false);
-        ret = in_place_run(bs, (uint64_t)offset, (uint64_t)bytes, &n, &host);
-        if (ret >= 0 && n > 0 && s->data_file == bs->file) {
+        ret = copied_run(bs, (uint64_t)offset, (uint64_t)bytes, &n, &host,
+                         &meta);
+        if (ret >= 0 && n > 0 && !meta && s->data_file == bs->file) {
             ret = qcow2_check_overlap(bs, 0, host, n);
         }
-        if (ret >= 0 && n > 0) {
-            next_host = 0;      /* QEMU's contiguous run ends here too */
+        if (ret >= 0 && n > 0 && !meta) {
+            /* As QEMU, an allocation that follows continues on the host. */
+            next_host = host + n;
             /* Shared claim: discards and snapshots wait for the data. */
             Inflight *f = claim(s, (uint64_t)offset, (uint64_t)offset + n,
                                 true);
@@ -590,8 +715,8 @@ int coroutine_fn qcow2_co_pwritev(BlockNode *bs, int64_t offset,
             release(s, f);
         } else if (ret >= 0) {
             /* Returns with the lock held. */
-            ret = write_allocating(bs, (uint64_t)offset, (uint64_t)bytes,
-                                   qiov, qiov_offset, &n, &next_host);
+            ret = write_run(bs, (uint64_t)offset, n ? n : (uint64_t)bytes,
+                            qiov, qiov_offset, n > 0, false, &n, &next_host);
             co_mutex_unlock(&s->lock);
         } else {
             co_mutex_unlock(&s->lock);
@@ -602,6 +727,50 @@ int coroutine_fn qcow2_co_pwritev(BlockNode *bs, int64_t offset,
         offset += (int64_t)n;
         qiov_offset += n;
         bytes -= (int64_t)n;
+    }
+    return 0;
+}
+
+/*
+ * Give the clusters of [offset, offset + bytes) host space without writing
+ * the range (QEMU's preallocate_co for a resize): clusters the image owns
+ * stay, the others get new clusters, contiguous where possible.  Lock
+ * held; *host_end is where the last host cluster ends.
+ */
+int coroutine_fn qcow2_prealloc_range(BlockNode *bs, uint64_t offset,
+                                      uint64_t bytes, uint64_t *host_end)
+{
+    uint64_t next_host = 0;
+
+    *host_end = 0;
+    while (bytes > 0) {
+        uint64_t n = 0, host = 0;
+        bool meta = false;
+        int ret;
+
+        qcow2_wait_inflight(bs, offset, offset + bytes);
+        ret = copied_run(bs, offset, bytes, &n, &host, &meta);
+        if (ret >= 0 && n > 0 && !meta) {
+            next_host = host + n;
+        } else if (ret >= 0) {
+            ret = write_run(bs, offset, n ? n : bytes, NULL, 0, n > 0, true,
+                            &n, &next_host);
+        }
+        if (ret < 0) {
+            return ret;
+        }
+        offset += n;
+        bytes -= n;
+        if (bytes == 0) {
+            /* The host offset just past the range's last byte. */
+            uint64_t one = 1, h;
+            Qcow2SubclusterType t;
+            ret = qcow2_get_host_offset(bs, offset - 1, &one, &h, &t);
+            if (ret < 0) {
+                return ret;
+            }
+            *host_end = h + 1;
+        }
     }
     return 0;
 }
@@ -1099,4 +1268,60 @@ int coroutine_fn qcow2_map_raw_data(BlockNode *bs, uint64_t from, uint64_t to)
         off += n * s->cluster_size;
     }
     return 0;
+}
+
+int coroutine_fn qcow2_link_clusters(BlockNode *bs, uint64_t offset,
+                                     uint64_t host, uint64_t nb,
+                                     bool all_alloc)
+{
+    Qcow2State *s = bs->opaque;
+    uint64_t guest = qcow2_start_of_cluster(s, offset);
+    uint64_t head = offset - guest;
+    int ret = 0;
+
+    /* The data before offset in the first cluster moves with it. */
+    if (head) {
+        uint8_t *buf = g_malloc(head);
+        IOVec v;
+        child_debug_event(bs->file, BLKDBG_COW_READ);
+        ret = qcow2_co_read_buf(bs, guest, head, buf, true);
+        if (ret >= 0) {
+            iovec_init_buf(&v, buf, head);
+            child_debug_event(bs->file, BLKDBG_COW_WRITE);
+            ret = qcow2_data_pwritev(bs, host, guest, head, &v, 0);
+            iovec_destroy(&v);
+        }
+        g_free(buf);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    ret = qcow2_mark_dirty(bs);
+    while (ret >= 0 && nb > 0) {
+        uint64_t old[QCOW2_MAX_RUN];
+        unsigned l2i, n;
+        void *l2;
+
+        ret = get_l2_for_write(bs, guest, &l2, &l2i);
+        if (ret < 0) {
+            break;
+        }
+        n = (unsigned)MIN(nb, MIN((uint64_t)QCOW2_MAX_RUN, s->l2_size - l2i));
+        for (unsigned i = 0; i < n; i++) {
+            old[i] = qcow2_l2_entry(s, l2, l2i + i);
+            qcow2_set_l2_entry(s, l2, l2i + i,
+                               (host + (uint64_t)i * s->cluster_size) |
+                               QCOW_OFLAG_COPIED);
+            if (s->extended_l2 && all_alloc) {
+                qcow2_set_l2_bitmap(s, l2, l2i + i, QCOW_L2_BITMAP_ALL_ALLOC);
+            }
+        }
+        qcow2_cache_mark_dirty(s->l2_cache, l2);
+        qcow2_cache_put(s->l2_cache, &l2);
+        ret = free_old_entries(bs, old, n, QCOW2_DISCARD_NEVER);
+        guest += (uint64_t)n * s->cluster_size;
+        host += (uint64_t)n * s->cluster_size;
+        nb -= n;
+    }
+    return ret;
 }

@@ -1081,6 +1081,10 @@ static int coroutine_fn qcow2_co_truncate(BlockNode *bs, int64_t offset,
     uint64_t l2_span = 1ull << (s->l2_bits + s->cluster_bits);
     int ret;
 
+    if ((unsigned)prealloc >= PREALLOC__MAX) {
+        error_setg(errp, "Unsupported preallocation mode");
+        return -ENOTSUP;
+    }
     if (new_size & 511) {
         error_setg(errp, "The new size must be a multiple of 512");
         return -EINVAL;
@@ -1094,11 +1098,6 @@ static int coroutine_fn qcow2_co_truncate(BlockNode *bs, int64_t offset,
         error_setg(errp, "Preallocation can't be used for shrinking an image");
         return -EINVAL;
     }
-    if (prealloc != PREALLOC_OFF) {
-        error_setg(errp, "Preallocated resize of qcow2 images is not "
-                   "supported yet");
-        return -ENOTSUP;
-    }
     if (s->corrupt) {
         error_setg(errp, "Image is corrupt; cannot be resized");
         return -ENOMEDIUM;
@@ -1106,6 +1105,21 @@ static int coroutine_fn qcow2_co_truncate(BlockNode *bs, int64_t offset,
 
     co_mutex_lock(&s->lock);
     qcow2_wait_inflight(bs, 0, UINT64_MAX);
+    /*
+     * A backing file longer than the old size would show through the new
+     * area: it must read as zeroes instead (QEMU zero-fills it too).
+     */
+    bool zero_new = false;
+    if (new_size > s->size && bs->backing) {
+        int64_t blen = node_getlength(bs->backing->bs);
+        if (blen < 0) {
+            error_setg_errno(errp, (int)-blen, "Could not get backing file "
+                             "size");
+            ret = (int)blen;
+            goto out;
+        }
+        zero_new = blen > (int64_t)s->size;
+    }
     if (new_size < s->size) {
         /* Whole clusters past the new end go; the last one stays. */
         uint64_t from = ROUND_UP(new_size, s->cluster_size);
@@ -1148,7 +1162,25 @@ static int coroutine_fn qcow2_co_truncate(BlockNode *bs, int64_t offset,
      * grows gets the new area mapped first and then only has to be long
      * enough, as after QEMU's metadata preallocation.
      */
-    if (s->data_file && s->data_file != bs->file) {
+    if (prealloc != PREALLOC_OFF) {
+        ret = qcow2_grow_prealloc(bs, s->size, new_size, prealloc, &zero_new,
+                                  errp);
+        /* Block status asks again whether the image looks preallocated. */
+        s->metadata_prealloc_checked = false;
+        if (ret < 0) {
+            goto out;
+        }
+        /* The new metadata is written before the size makes it used. */
+        ret = qcow2_cache_write(s->l2_cache);
+        if (ret >= 0) {
+            ret = qcow2_cache_write(s->refcount_cache);
+        }
+        if (ret < 0) {
+            error_setg_errno(errp, -ret, "Failed to flush the preallocated "
+                             "area to disk");
+            goto out;
+        }
+    } else if (s->data_file && s->data_file != bs->file) {
         bool map = qcow2_data_file_is_raw(s) && new_size > s->size;
         if (map) {
             ret = qcow2_map_raw_data(bs, s->size, new_size);
@@ -1199,18 +1231,10 @@ static int coroutine_fn qcow2_co_truncate(BlockNode *bs, int64_t offset,
     uint64_t old_size = s->size;
     s->size = new_size;
     ret = 0;
-    /*
-     * A backing file longer than the old size would show through the new
-     * area: it must read as zeroes instead (QEMU zero-fills it too).
-     */
-    if (new_size > old_size && bs->backing) {
-        int64_t blen = node_getlength(bs->backing->bs);
-        if (blen > (int64_t)old_size) {
-            ret = qcow2_zero_new_area(bs, old_size, new_size);
-            if (ret < 0) {
-                error_setg_errno(errp, -ret, "Failed to zero out the new "
-                                 "area");
-            }
+    if (zero_new) {
+        ret = qcow2_zero_new_area(bs, old_size, new_size);
+        if (ret < 0) {
+            error_setg_errno(errp, -ret, "Failed to zero out the new area");
         }
     }
 out:

@@ -294,6 +294,25 @@ int coroutine_fn qcow2_co_pwritev(BlockNode *bs, int64_t offset,
  */
 bool coroutine_fn qcow2_wait_inflight(BlockNode *bs, uint64_t start,
                                       uint64_t end);
+/*
+ * Give [offset, offset + bytes) host clusters without writing it (QEMU's
+ * preallocation: clusters the image owns stay, others get new ones,
+ * contiguous where possible; data around the range is copied, subcluster
+ * bitmaps are left alone).  Lock held; *host_end is the host offset just
+ * past the range's last byte.
+ */
+int coroutine_fn qcow2_prealloc_range(BlockNode *bs, uint64_t offset,
+                                      uint64_t bytes, uint64_t *host_end);
+/*
+ * Point the guest clusters from start_of_cluster(offset) on at nb host
+ * clusters from host (allocated by the caller), copying the first
+ * cluster's data before offset there; the old clusters are freed.
+ * all_alloc: with subclusters, every subcluster becomes allocated (the
+ * new clusters read as zeroes); else bitmaps stay.  Lock held.
+ */
+int coroutine_fn qcow2_link_clusters(BlockNode *bs, uint64_t offset,
+                                     uint64_t host, uint64_t nb,
+                                     bool all_alloc);
 int coroutine_fn qcow2_co_pwrite_zeroes(BlockNode *bs, int64_t offset,
                                         int64_t bytes, int flags);
 int coroutine_fn qcow2_co_pdiscard(BlockNode *bs, int64_t offset,
@@ -318,6 +337,18 @@ int coroutine_fn qcow2_zero_new_area(BlockNode *bs, uint64_t from,
  */
 int coroutine_fn qcow2_discard_range(BlockNode *bs, uint64_t offset,
                                      uint64_t bytes, Qcow2DiscardType dt);
+
+/* ---- qcow2-prealloc.c ---- */
+
+/*
+ * Grow the image's clusters from `from` (the old size) to `to` with
+ * preallocation (not off); the size itself is the caller's.  *zero in:
+ * the new area must read as zeroes over a backing file; out: whether the
+ * caller still has to make it so.  Lock held.
+ */
+int coroutine_fn qcow2_grow_prealloc(BlockNode *bs, uint64_t from, uint64_t to,
+                                     PreallocMode mode, bool *zero,
+                                     GError **errp);
 
 /* ---- qcow2-empty.c ---- */
 
@@ -410,6 +441,15 @@ int coroutine_fn qcow2_alloc_clusters_at(BlockNode *bs, uint64_t offset,
  */
 int coroutine_fn qcow2_alloc_bytes(BlockNode *bs, uint64_t size,
                                    uint64_t *offset);
+/*
+ * New refcount structures at byte `start` (cluster aligned, past every
+ * cluster in use) that cover the image's clusters up to there plus
+ * `additional` more, exactly (QEMU's qcow2_refcount_area for a
+ * preallocated resize): the missing refcount blocks, then a new refcount
+ * table the header switches to.  *end: the byte just past them.  Lock held.
+ */
+int coroutine_fn qcow2_refcount_area(BlockNode *bs, uint64_t start,
+                                     uint64_t additional, uint64_t *end);
 /* Lower by one the refcount of every cluster in the range. */
 int coroutine_fn qcow2_free_clusters(BlockNode *bs, uint64_t offset,
                                      uint64_t length, Qcow2DiscardType dt);
