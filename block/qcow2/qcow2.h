@@ -122,7 +122,8 @@ typedef struct Qcow2State {
     unsigned n_features;
     GPtrArray *unknown_exts;         /* Qcow2UnknownExt* */
     bool has_bitmaps_ext;
-    Qcow2BitmapsExt bitmaps_ext;
+    Qcow2BitmapsExt bitmaps_ext;     /* host order (qcow2-bitmap.c) */
+    bool bitmaps_ext_stale;          /* dropped: autoclear bit was off */
 
     /* Runtime. */
     BlockChild *data_file;           /* == bs->file without a data file */
