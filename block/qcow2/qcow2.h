@@ -320,6 +320,12 @@ int coroutine_fn qcow2_zero_new_area(BlockNode *bs, uint64_t from,
 int coroutine_fn qcow2_discard_range(BlockNode *bs, uint64_t offset,
                                      uint64_t bytes, Qcow2DiscardType dt);
 
+/* ---- qcow2-backing.c ---- */
+
+/* BlockDriver.co_change_backing_file: the header names file and fmt. */
+int coroutine_fn qcow2_co_change_backing_file(BlockNode *bs, const char *file,
+                                              const char *fmt);
+
 /* ---- qcow2-empty.c ---- */
 
 /* BlockDriver.make_empty: drop every mapping, QEMU's layout after. */

@@ -248,6 +248,12 @@ struct BlockDriver {
                  void *opaque, GError **errp);
 
     /*
+     * Make the image name another backing file (NULL: none) and format
+     * (qemu-img rebase); coroutine context.  Without it, -ENOTSUP.
+     */
+    int (*co_change_backing_file)(BlockNode *bs, const char *file,
+                                  const char *fmt);
+    /*
      * Persistent dirty bitmaps (strata/dirty-bitmap.h).  The driver loads
      * them at open and stores them at close.  can_store: may one more
      * persistent bitmap be added (QEMU's message prefixes are the
