@@ -20,6 +20,33 @@ def _header(f):
     return version, 1 << cluster_bits, size, autoclear, hdr_len
 
 
+def locate(path):
+    """Where things are: (offset of the extension's data in the file,
+    directory offset, directory size, [offset in the file of each
+    directory entry])."""
+    with open(path, 'rb') as f:
+        _, _, _, _, off = _header(f)
+        while True:
+            f.seek(off)
+            magic, length = struct.unpack('>II', f.read(8))
+            if magic == 0:
+                return None
+            if magic == BITMAPS_EXT:
+                break
+            off += 8 + ((length + 7) & ~7)
+        ext = off + 8
+        f.seek(ext)
+        nb, _, dsize, doff = struct.unpack('>IIQQ', f.read(24))
+        f.seek(doff)
+        d = f.read(dsize)
+        pos, entries = 0, []
+        for _ in range(nb):
+            entries.append(doff + pos)
+            nsize, extra = struct.unpack('>HI', d[pos + 18:pos + 24])
+            pos += (24 + extra + nsize + 7) & ~7
+        return ext, doff, dsize, entries
+
+
 def decode(path):
     """{'autoclear': bit, 'bitmaps': [dict(name, flags, granularity,
     table (list of entries), dirty (list of (start, end) byte ranges),
