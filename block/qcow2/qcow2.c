@@ -737,23 +737,6 @@ static void qcow2_reopen_commit(ReopenState *rs)
     Qcow2State *s = rs->bs->opaque;
     Qcow2State *n = rs->opaque;
 
-    if (!rs->read_only && rs->bs->read_only) {
-        /*
-         * Not fatal, as in QEMU: the bitmaps stay read-only and writes
-         * fail until they are removed.
-         */
-        ReopenCo r = { .bs = rs->bs };
-        if (in_coroutine()) {
-            reopen_bitmaps_rw_co(&r);
-        } else {
-            co_run_sync(reopen_bitmaps_rw_co, &r);
-        }
-        if (r.ret < 0) {
-            warn_print("%s: Failed to make dirty bitmaps writable: %s",
-                       node_get_name(rs->bs), r.err->message);
-            g_error_free(r.err);
-        }
-    }
 
     s->lazy_refcounts = n->lazy_refcounts;
     s->discard_passthrough_request = n->discard_passthrough_request;
@@ -785,6 +768,31 @@ static void qcow2_reopen_commit(ReopenState *rs)
     }
     g_free(n);
     rs->opaque = NULL;
+}
+
+/*
+ * Writable again: the bitmaps are marked in use in the image and may
+ * record.  Not fatal, as in QEMU: on failure they stay read-only and
+ * writes fail until they are removed.
+ */
+static void qcow2_reopen_commit_post(ReopenState *rs)
+{
+    ReopenCo r = { .bs = rs->bs };
+
+    if (rs->read_only) {
+        return;
+    }
+    if (in_coroutine()) {
+        reopen_bitmaps_rw_co(&r);
+    } else {
+        co_run_sync(reopen_bitmaps_rw_co, &r);
+    }
+    if (r.ret < 0) {
+        warn_print("%s: %s: Failed to make dirty bitmaps writable: %s",
+                   g_get_prgname() ? g_get_prgname() : "strata",
+                   node_get_name(rs->bs), r.err->message);
+        g_error_free(r.err);
+    }
 }
 
 static void qcow2_reopen_abort(ReopenState *rs)
@@ -1398,6 +1406,7 @@ const BlockDriver bdrv_qcow2 = {
     .reopen_prepare = qcow2_reopen_prepare,
     .reopen_commit = qcow2_reopen_commit,
     .reopen_abort = qcow2_reopen_abort,
+    .reopen_commit_post = qcow2_reopen_commit_post,
     .co_preadv = qcow2_co_preadv,
     .co_load_vmstate = qcow2_co_load_vmstate,
     .co_save_vmstate = qcow2_co_save_vmstate,

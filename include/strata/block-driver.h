@@ -156,6 +156,12 @@ struct BlockDriver {
     int (*reopen_prepare)(ReopenState *rs, GError **errp);
     void (*reopen_commit)(ReopenState *rs);
     void (*reopen_abort)(ReopenState *rs);
+    /*
+     * After a committed reopen, once the node's new read-only state and
+     * every edge's new permissions are in force (qcow2 marks its bitmaps
+     * in use again when it became writable).  Cannot fail the reopen.
+     */
+    void (*reopen_commit_post)(ReopenState *rs);
 
     /*
      * Data path.  offset/bytes are multiples of bl.request_alignment (io.c
