@@ -660,6 +660,9 @@ fail:
                    g_get_prgname() ? g_get_prgname() : "strata",
                    node_get_filename(bs), err->message);
     }
+    /* Writes would go unrecorded: no reopen read-write (qcow2.c). */
+    g_free(s->bitmaps_damaged);
+    s->bitmaps_damaged = g_strdup(err->message);
     g_error_free(err);
     return 0;
 }

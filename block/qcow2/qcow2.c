@@ -405,6 +405,7 @@ static void qcow2_free_state(Qcow2State *s)
     g_free(s->backing_file);
     g_free(s->backing_format);
     g_free(s->data_file_name);
+    g_free(s->bitmaps_damaged);
     g_free(s->feature_table);
     qcow2_free_snapshots(s);
     qcow2_crypto_close(s);
@@ -686,6 +687,15 @@ static int qcow2_reopen_prepare(ReopenState *rs, GError **errp)
             error_setg(errp, "Could not allocate metadata caches");
             return -ENOMEM;
         }
+    }
+    if (!rs->read_only && rs->bs->read_only && s->bitmaps_damaged) {
+        /* The bitmaps on disk would miss the writes and still look valid. */
+        error_setg(errp, "Cannot make the image writable: its bitmaps "
+                   "could not be loaded: %s", s->bitmaps_damaged);
+        qcow2_cache_free(n->l2_cache);
+        qcow2_cache_free(n->refcount_cache);
+        g_free(n);
+        return -EINVAL;
     }
     if (rs->read_only && !rs->bs->read_only && !s->corrupt) {
         ReopenCo r = { .bs = rs->bs };

@@ -124,6 +124,7 @@ typedef struct Qcow2State {
     bool has_bitmaps_ext;
     Qcow2BitmapsExt bitmaps_ext;     /* host order (qcow2-bitmap.c) */
     bool bitmaps_ext_stale;          /* dropped: autoclear bit was off */
+    char *bitmaps_damaged;           /* why they could not be loaded */
 
     /* Runtime. */
     BlockChild *data_file;           /* == bs->file without a data file */
