@@ -73,6 +73,24 @@ static void random_ops(uint64_t size, guint32 seed)
     for (uint64_t i = 0; i < size; i++) {
         assert_int_equal((buf[i / 8] >> (i % 8)) & 1, ref[i]);
     }
+    /* Parts at random byte-aligned places, read back into a copy. */
+    HBitmap *parts = hbitmap_new(size);
+    for (int k = 0; k < 20; k++) {
+        uint64_t s0 = (uint64_t)g_rand_int_range(r, 0, (gint32)size) & ~7ull;
+        uint64_t c = (uint64_t)g_rand_int_range(r, 1, (gint32)(size - s0) + 1);
+        uint8_t *part = g_malloc0(hbitmap_serialized_bytes(c));
+        hbitmap_serialize(hb, part, s0, c);
+        for (uint64_t i = 0; i < c; i++) {
+            assert_int_equal((part[i / 8] >> (i % 8)) & 1, ref[s0 + i]);
+        }
+        hbitmap_deserialize(parts, part, s0, c);
+        for (uint64_t i = 0; i < c; i++) {
+            assert_int_equal(hbitmap_get(parts, s0 + i), ref[s0 + i]);
+        }
+        g_free(part);
+    }
+    hbitmap_free(parts);
+
     HBitmap *back = hbitmap_new(size);
     hbitmap_set(back, 0, size); /* overwritten by the data */
     hbitmap_deserialize(back, buf, 0, size);

@@ -7,6 +7,7 @@
  * non-zero or back walks up only as far as the summary changes, so setting
  * or clearing a run costs one pass over its words.
  */
+#include <endian.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -317,6 +318,15 @@ void hbitmap_serialize(const HBitmap *hb, uint8_t *buf, uint64_t start,
         uint64_t bit = start + i * 8;
         uint8_t b = 0;
 
+        if (bit % 64 == 0 && i + 8 <= nbytes - (count % 8 != 0) &&
+            bit / 64 < hb->nwords[0]) {
+            /* A whole word at once (bits past the size are clear). */
+            uint64_t v = htole64(hb->lv[0][bit / 64]);
+            memcpy(buf + i, &v, 8);
+            i += 7;
+            continue;
+        }
+
         if (bit / 64 < hb->nwords[0]) {
             b = (uint8_t)(hb->lv[0][bit / 64] >> (bit % 64));
         }
@@ -341,6 +351,12 @@ void hbitmap_deserialize(HBitmap *hb, const uint8_t *buf, uint64_t start,
         uint64_t m = range_mask(w, start, end);
         uint64_t v = 0;
 
+        if (m == ~0ull && start % 64 == 0) {
+            /* A whole word, and the buffer is word-aligned to the bits. */
+            memcpy(&v, buf + (w * 64 - start) / 8, 8);
+            store_word(hb, w, le64toh(v));
+            continue;
+        }
         for (unsigned j = 0; j < 8; j++) {
             uint64_t bit = w * 64 + j * 8;
             if (bit >= start && bit < end) {
