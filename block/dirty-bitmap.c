@@ -248,6 +248,11 @@ int64_t dirty_bitmap_count(const DirtyBitmap *bm)
     return (int64_t)(hbitmap_count(bm->hb) << bm->gran_bits);
 }
 
+char *dirty_bitmap_sha256(const DirtyBitmap *bm)
+{
+    return hbitmap_sha256(bm->hb);
+}
+
 bool dirty_bitmap_merge(DirtyBitmap *dst, const DirtyBitmap *src,
                         GError **errp)
 {

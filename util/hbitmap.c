@@ -366,3 +366,17 @@ void hbitmap_deserialize(HBitmap *hb, const uint8_t *buf, uint64_t start,
         store_word(hb, w, (hb->lv[0][w] & ~m) | (v & m));
     }
 }
+
+char *hbitmap_sha256(const HBitmap *hb)
+{
+    GChecksum *c = g_checksum_new(G_CHECKSUM_SHA256);
+    char *hex;
+
+    for (uint64_t w = 0; w < hb->nwords[0]; w++) {
+        uint64_t v = htole64(hb->lv[0][w]);
+        g_checksum_update(c, (const guchar *)&v, 8);
+    }
+    hex = g_strdup(g_checksum_get_string(c));
+    g_checksum_free(c);
+    return hex;
+}

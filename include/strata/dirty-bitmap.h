@@ -91,6 +91,8 @@ int64_t dirty_bitmap_next_clean(const DirtyBitmap *bm, int64_t offset,
                                 int64_t bytes);
 /* Dirty bytes: whole chunks, the last one even past the end (QEMU's). */
 int64_t dirty_bitmap_count(const DirtyBitmap *bm);
+/* x-debug-block-dirty-bitmap-sha256's answer (hbitmap_sha256); g_free. */
+char *dirty_bitmap_sha256(const DirtyBitmap *bm);
 /* dst |= src (any granularities, same size); QEMU's checks and message. */
 bool dirty_bitmap_merge(DirtyBitmap *dst, const DirtyBitmap *src,
                         GError **errp);

@@ -62,4 +62,11 @@ void hbitmap_serialize(const HBitmap *hb, uint8_t *buf, uint64_t start,
 void hbitmap_deserialize(HBitmap *hb, const uint8_t *buf, uint64_t start,
                          uint64_t count);
 
+/*
+ * SHA-256 of the bits as 64-bit little-endian words, the whole last word
+ * included (what QEMU's x-debug-block-dirty-bitmap-sha256 hashes on
+ * x86-64), as 64 hex digits; g_free() it.
+ */
+char *hbitmap_sha256(const HBitmap *hb);
+
 #endif
