@@ -557,18 +557,23 @@ static void coroutine_fn close_co(void *opaque)
     BlockNode *bs = f->bs;
     Qcow2State *s = bs->opaque;
 
+    const char *prog = g_get_prgname() ? g_get_prgname() : "strata";
+    GError *err = NULL;
+
+    /*
+     * Changed persistent bitmaps go back to the image.  Tried on a
+     * read-only node too, as QEMU does: a persistent bitmap added there is
+     * lost, and said so.  Not when they could not be loaded.
+     */
+    if (!s->corrupt && !s->bitmaps_damaged &&
+        !qcow2_store_persistent_dirty_bitmaps(bs, true, &err)) {
+        warn_print("%s: Lost persistent bitmaps during inactivation of node "
+                   "'%s': %s", prog, node_get_name(bs), err->message);
+        g_error_free(err);
+    }
     /* A corrupt image gets no more metadata writes. */
     if (!bs->read_only && !s->corrupt) {
         /* Both caches are tried and each failure named, as QEMU does. */
-        const char *prog = g_get_prgname() ? g_get_prgname() : "strata";
-        GError *err = NULL;
-
-        if (!qcow2_store_persistent_dirty_bitmaps(bs, true, &err)) {
-            warn_print("%s: Lost persistent bitmaps during inactivation of "
-                       "node '%s': %s", prog, node_get_name(bs),
-                       err->message);
-            g_error_free(err);
-        }
         int l2 = qcow2_cache_flush(s->l2_cache);
         int rc = qcow2_cache_flush(s->refcount_cache);
 
