@@ -2,7 +2,8 @@
  * Named dirty bitmaps on a node: marked by writes, zero writes and
  * discards through the generic request path (a raw node, which has no idea
  * bitmaps exist), the flags and their checks, byte <-> chunk mapping,
- * merges across granularities, resize, and the management calls' messages.
+ * merges across granularities, resize, the management calls' messages,
+ * and the hash QEMU's debug command gives.
  */
 #include <stdarg.h>
 #include <stddef.h>
