@@ -20,6 +20,7 @@
 #include <string.h>
 #include "block-int.h"
 #include "strata/debug-event.h"
+#include "strata/dirty-bitmap.h"
 
 typedef struct TrackedReq {
     int64_t offset, bytes;
@@ -409,6 +410,10 @@ int coroutine_fn node_co_pwritev_node(BlockNode *bs, int64_t offset,
     if (bytes == 0) {
         return 0;
     }
+    /* A bitmap that cannot record would miss the write (QEMU: EPERM). */
+    if (bs->dirty_bitmaps && node_has_readonly_bitmaps(bs)) {
+        return -EPERM;
+    }
     if (bs->detect_zeroes != DETECT_ZEROES_OFF && qiov) {
         IOVec part;
         iovec_init(&part, qiov->niov);
@@ -434,6 +439,7 @@ int coroutine_fn node_co_pwritev_node(BlockNode *bs, int64_t offset,
             wait_serialising(bs, &tr);
             ret = bs->drv->co_pwritev_compressed(bs, offset, bytes, qiov,
                                                  qiov_offset);
+            node_set_dirty(bs, offset, bytes);
             track_end(bs, &tr);
             if (ret >= 0) {
                 bs->wr_bytes += bytes;
@@ -462,6 +468,8 @@ int coroutine_fn node_co_pwritev_node(BlockNode *bs, int64_t offset,
         bs->wr_bytes += bytes;
         bs->wr_ops++;
     }
+    /* Marked even on failure, as QEMU: part of it may have been written. */
+    node_set_dirty(bs, offset, bytes);
     write_finished(bs);
     track_end(bs, &tr);
     node_dec_in_flight(bs);
@@ -532,6 +540,9 @@ static int coroutine_fn node_co_pwrite_zeroes_node(BlockNode *bs,
     if (bytes == 0) {
         return 0;
     }
+    if (bs->dirty_bitmaps && node_has_readonly_bitmaps(bs)) {
+        return -EPERM;
+    }
     node_inc_in_flight(bs);
     uint32_t align = MAX(bs->bl.request_alignment, bs->bl.pwrite_zeroes_alignment);
     int64_t head = MIN(bytes, (int64_t)(ROUND_UP(offset, align) - offset));
@@ -576,6 +587,7 @@ static int coroutine_fn node_co_pwrite_zeroes_node(BlockNode *bs,
     if (ret >= 0 && tail) {
         ret = write_zero_buffers(bs, offset + head + mid, tail, flags, true);
     }
+    node_set_dirty(bs, offset, bytes);
     write_finished(bs);
     track_end(bs, &tr);
     if (ret >= 0) {
@@ -619,6 +631,9 @@ int coroutine_fn child_co_pdiscard(BlockChild *c, int64_t offset,
         return -EPERM;
     }
     /* discard=ignore (the default) makes discard a successful no-op. */
+    if (bs->dirty_bitmaps && node_has_readonly_bitmaps(bs)) {
+        return -EPERM;
+    }
     if (!bs->discard_unmap || !bs->drv->co_pdiscard || bytes == 0) {
         return 0;
     }
@@ -671,6 +686,7 @@ int coroutine_fn child_co_pdiscard(BlockChild *c, int64_t offset,
         ret = 0;
         o += n;
     }
+    node_set_dirty(bs, offset, bytes);
     write_finished(bs);
     track_end(bs, &tr);
     node_dec_in_flight(bs);
@@ -806,6 +822,10 @@ int coroutine_fn child_co_truncate(BlockChild *c, int64_t offset, bool exact,
     int ret = bs->drv->co_truncate(bs, offset, exact, (PreallocMode)prealloc, errp);
     write_finished(bs);
     node_invalidate_length(bs);
+    if (ret >= 0 && bs->dirty_bitmaps) {
+        int64_t len = node_getlength(bs);
+        node_dirty_bitmaps_truncate(bs, len >= 0 ? len : offset);
+    }
     node_dec_in_flight(bs);
     return ret;
 }

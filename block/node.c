@@ -12,6 +12,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include "block-int.h"
+#include "strata/dirty-bitmap.h"
 #include "strata/trace.h"
 
 static GList *all_nodes;       /* every open node, in creation order */
@@ -96,6 +97,8 @@ static void node_close(BlockNode *bs)
     if (bs->drv->close) {
         bs->drv->close(bs);
     }
+    /* The driver stored the persistent ones; nothing else outlives it. */
+    node_release_dirty_bitmaps(bs);
     /* Closing drops the children however frozen: nobody can use them now. */
     while (bs->children) {
         BlockChild *c = bs->children->data;
@@ -1161,6 +1164,7 @@ fail_registered:
     if (opened && drv->close) {
         drv->close(bs);
     }
+    node_release_dirty_bitmaps(bs);
     while (bs->children) {
         BlockChild *c = bs->children->data;
         if (c->freezers) {
@@ -1539,4 +1543,13 @@ void node_dec_in_flight(BlockNode *bs)
     if (--bs->in_flight == 0) {
         drain_kick();
     }
+}
+
+int coroutine_fn node_co_change_backing_file(BlockNode *bs, const char *file,
+                                             const char *fmt)
+{
+    if (!bs->drv->co_change_backing_file) {
+        return -ENOTSUP;
+    }
+    return bs->drv->co_change_backing_file(bs, file, fmt);
 }

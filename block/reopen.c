@@ -666,6 +666,14 @@ bool reopen_multiple(ReopenQueue *q, GError **errp)
         for (GList *l = q->states; l; l = l->next) {
             node_refresh_limits(((ReopenState *)l->data)->bs);
         }
+        /* Drivers that write once the new permissions are in force. */
+        for (GList *l = q->states; l; l = l->next) {
+            ReopenState *rs = l->data;
+            if (rs->bs->drv->reopen_commit_post &&
+                g_list_find(prepared, rs)) {
+                rs->bs->drv->reopen_commit_post(rs);
+            }
+        }
     }
     drain_all_end();
     /* A node no edge uses any more closes here, outside the drain. */

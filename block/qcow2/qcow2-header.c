@@ -210,6 +210,7 @@ static int coroutine_fn read_extensions(BlockNode *bs, uint64_t start,
                 }
                 warn_print("Some clusters may be leaked, run 'qemu-img "
                            "check -r' on the image file to fix.");
+                s->bitmaps_ext_stale = true;
                 break;
             }
             ret = pread_file(bs, offset, ext.len, &s->bitmaps_ext);

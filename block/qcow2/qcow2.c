@@ -10,6 +10,7 @@
 #include "strata/units.h"
 
 #include "qcow2.h"
+#include "qcow2-bitmap.h"
 #include "qcow2-compress.h"
 #include "qcow2-create.h"
 
@@ -404,6 +405,7 @@ static void qcow2_free_state(Qcow2State *s)
     g_free(s->backing_file);
     g_free(s->backing_format);
     g_free(s->data_file_name);
+    g_free(s->bitmaps_damaged);
     g_free(s->feature_table);
     qcow2_free_snapshots(s);
     qcow2_crypto_close(s);
@@ -455,34 +457,25 @@ static void coroutine_fn open_co(void *opaque)
         }
     }
     /*
-     * Autoclear bits tell readers that a feature's data is still valid.
-     * Persistent bitmaps are not maintained by strata yet, so a writer
-     * clears that bit (as the spec asks of a program that does not know a
-     * feature): QEMU then treats the bitmaps as inconsistent instead of
-     * trusting bitmaps that miss our writes.
+     * Autoclear bits tell readers that a feature's data is still valid: a
+     * writer drops the ones it does not know, and a bitmaps extension
+     * whose bit another program dropped goes with the header rewrite
+     * (its clusters leak), as QEMU does.  The bitmaps bit is ours: the
+     * bitmaps are loaded and, when writable, marked in use.
      */
-    /*
-     * A check writes no guest data, so the bitmaps stay valid and keep
-     * their clusters; only bits nobody knows are cleared, as QEMU does.
-     */
-    uint64_t keep = QCOW2_AUTOCLEAR_DATA_FILE_RAW;
-    if (o->flags & NODE_O_CHECK) {
-        keep |= QCOW2_AUTOCLEAR_BITMAPS;
+    bool update = s->bitmaps_ext_stale ||
+                  (s->autoclear_features & ~(uint64_t)QCOW2_AUTOCLEAR_MASK);
+    bool header_updated = false;
+    update = update && (o->flags & NODE_O_RDWR);
+    if (update) {
+        s->autoclear_features &= QCOW2_AUTOCLEAR_MASK;
     }
-    if ((o->flags & NODE_O_RDWR) && s->version >= 3 &&
-        (s->autoclear_features & ~keep)) {
-        uint64_t be;
-        s->autoclear_features &= keep;
-        if (!(keep & QCOW2_AUTOCLEAR_BITMAPS)) {
-            s->has_bitmaps_ext = false; /* their clusters count as leaked */
-        }
-        be = htobe64(s->autoclear_features);
-        ret = child_co_pwrite(bs->file,
-                              offsetof(Qcow2DiskHeader, autoclear_features),
-                              8, &be, 0);
-        if (ret >= 0) {
-            ret = node_co_flush(bs->file->bs);
-        }
+    ret = qcow2_load_dirty_bitmaps(bs, o->flags, &header_updated, &o->err);
+    if (ret < 0) {
+        goto out;
+    }
+    if (update && !header_updated) {
+        ret = qcow2_update_header(bs);
         if (ret < 0) {
             error_setg_errno(&o->err, -ret, "Could not update qcow2 header");
             goto out;
@@ -564,10 +557,23 @@ static void coroutine_fn close_co(void *opaque)
     BlockNode *bs = f->bs;
     Qcow2State *s = bs->opaque;
 
+    const char *prog = g_get_prgname() ? g_get_prgname() : "strata";
+    GError *err = NULL;
+
+    /*
+     * Changed persistent bitmaps go back to the image.  Tried on a
+     * read-only node too, as QEMU does: a persistent bitmap added there is
+     * lost, and said so.  Not when they could not be loaded.
+     */
+    if (!s->corrupt && !s->bitmaps_damaged &&
+        !qcow2_store_persistent_dirty_bitmaps(bs, true, &err)) {
+        warn_print("%s: Lost persistent bitmaps during inactivation of node "
+                   "'%s': %s", prog, node_get_name(bs), err->message);
+        g_error_free(err);
+    }
     /* A corrupt image gets no more metadata writes. */
     if (!bs->read_only && !s->corrupt) {
         /* Both caches are tried and each failure named, as QEMU does. */
-        const char *prog = g_get_prgname() ? g_get_prgname() : "strata";
         int l2 = qcow2_cache_flush(s->l2_cache);
         int rc = qcow2_cache_flush(s->refcount_cache);
 
@@ -606,6 +612,7 @@ static void qcow2_close(BlockNode *bs)
 typedef struct ReopenCo {
     BlockNode *bs;
     int ret;
+    GError *err;
 } ReopenCo;
 
 static void coroutine_fn reopen_flush_co(void *opaque)
@@ -621,6 +628,20 @@ static void coroutine_fn reopen_flush_co(void *opaque)
         r->ret = qcow2_cache_flush(s->refcount_cache);
     }
     co_mutex_unlock(&s->lock);
+}
+
+/* Going read-only: the bitmaps are stored first and become read-only. */
+static void coroutine_fn reopen_bitmaps_ro_co(void *opaque)
+{
+    ReopenCo *r = opaque;
+    r->ret = qcow2_reopen_bitmaps_ro(r->bs, &r->err);
+}
+
+/* Going read-write: the bitmaps are marked in use and can record again. */
+static void coroutine_fn reopen_bitmaps_rw_co(void *opaque)
+{
+    ReopenCo *r = opaque;
+    r->ret = qcow2_reopen_bitmaps_rw(r->bs, &r->err);
 }
 
 /* Lazy refcounts turned off: the image must not stay dirty (as QEMU). */
@@ -672,8 +693,29 @@ static int qcow2_reopen_prepare(ReopenState *rs, GError **errp)
             return -ENOMEM;
         }
     }
+    if (!rs->read_only && rs->bs->read_only && s->bitmaps_damaged) {
+        /* The bitmaps on disk would miss the writes and still look valid. */
+        error_setg(errp, "Cannot make the image writable: its bitmaps "
+                   "could not be loaded: %s", s->bitmaps_damaged);
+        qcow2_cache_free(n->l2_cache);
+        qcow2_cache_free(n->refcount_cache);
+        g_free(n);
+        return -EINVAL;
+    }
     if (rs->read_only && !rs->bs->read_only && !s->corrupt) {
         ReopenCo r = { .bs = rs->bs };
+        if (in_coroutine()) {
+            reopen_bitmaps_ro_co(&r);
+        } else {
+            co_run_sync(reopen_bitmaps_ro_co, &r);
+        }
+        if (r.ret < 0) {
+            g_propagate_error(errp, r.err);
+            qcow2_cache_free(n->l2_cache);
+            qcow2_cache_free(n->refcount_cache);
+            g_free(n);
+            return r.ret;
+        }
         if (in_coroutine()) {
             reopen_flush_co(&r);
         } else {
@@ -710,6 +752,7 @@ static void qcow2_reopen_commit(ReopenState *rs)
     Qcow2State *s = rs->bs->opaque;
     Qcow2State *n = rs->opaque;
 
+
     s->lazy_refcounts = n->lazy_refcounts;
     s->discard_passthrough_request = n->discard_passthrough_request;
     s->discard_passthrough_snapshot = n->discard_passthrough_snapshot;
@@ -740,6 +783,31 @@ static void qcow2_reopen_commit(ReopenState *rs)
     }
     g_free(n);
     rs->opaque = NULL;
+}
+
+/*
+ * Writable again: the bitmaps are marked in use in the image and may
+ * record.  Not fatal, as in QEMU: on failure they stay read-only and
+ * writes fail until they are removed.
+ */
+static void qcow2_reopen_commit_post(ReopenState *rs)
+{
+    ReopenCo r = { .bs = rs->bs };
+
+    if (rs->read_only) {
+        return;
+    }
+    if (in_coroutine()) {
+        reopen_bitmaps_rw_co(&r);
+    } else {
+        co_run_sync(reopen_bitmaps_rw_co, &r);
+    }
+    if (r.ret < 0) {
+        warn_print("%s: %s: Failed to make dirty bitmaps writable: %s",
+                   g_get_prgname() ? g_get_prgname() : "strata",
+                   node_get_name(rs->bs), r.err->message);
+        g_error_free(r.err);
+    }
 }
 
 static void qcow2_reopen_abort(ReopenState *rs)
@@ -1094,6 +1162,10 @@ static int coroutine_fn qcow2_co_truncate(BlockNode *bs, int64_t offset,
         error_setg(errp, "Can't resize a v2 image which has snapshots");
         return -ENOTSUP;
     }
+    ret = qcow2_truncate_bitmaps_check(bs, errp);
+    if (ret < 0) {
+        return ret;
+    }
     if (new_size < s->size && prealloc != PREALLOC_OFF) {
         error_setg(errp, "Preallocation can't be used for shrinking an image");
         return -EINVAL;
@@ -1296,6 +1368,10 @@ static json_t *qcow2_get_specific_info(BlockNode *bs, GError **errp)
                         json_boolean(s->compatible_features &
                                      QCOW2_COMPAT_LAZY_REFCOUNTS));
     json_object_set_new(o, "refcount-bits", json_integer(s->refcount_bits));
+    json_t *bitmaps = qcow2_bitmap_info(bs);
+    if (bitmaps) {
+        json_object_set_new(o, "bitmaps", bitmaps);
+    }
     if (s->crypto) {
         json_object_set_new(o, "encrypt", qcow2_crypto_info(s));
     }
@@ -1369,6 +1445,7 @@ const BlockDriver bdrv_qcow2 = {
     .reopen_prepare = qcow2_reopen_prepare,
     .reopen_commit = qcow2_reopen_commit,
     .reopen_abort = qcow2_reopen_abort,
+    .reopen_commit_post = qcow2_reopen_commit_post,
     .co_preadv = qcow2_co_preadv,
     .co_load_vmstate = qcow2_co_load_vmstate,
     .co_save_vmstate = qcow2_co_save_vmstate,
@@ -1390,6 +1467,11 @@ const BlockDriver bdrv_qcow2 = {
     .snapshot_list = qcow2_snapshot_list,
     .snapshot_load_tmp = qcow2_snapshot_load_tmp,
     .make_empty = qcow2_make_empty,
+    .co_change_backing_file = qcow2_co_change_backing_file,
+    .supports_persistent_dirty_bitmap = qcow2_supports_persistent_dirty_bitmap,
+    .co_can_store_new_dirty_bitmap = qcow2_co_can_store_new_dirty_bitmap,
+    .co_remove_persistent_dirty_bitmap =
+        qcow2_co_remove_persistent_dirty_bitmap,
     .amend = qcow2_amend,
     .mutable_opts = qcow2_mutable_opts,
     .reopen_join_options = qcow2_reopen_join_options,

@@ -122,7 +122,9 @@ typedef struct Qcow2State {
     unsigned n_features;
     GPtrArray *unknown_exts;         /* Qcow2UnknownExt* */
     bool has_bitmaps_ext;
-    Qcow2BitmapsExt bitmaps_ext;
+    Qcow2BitmapsExt bitmaps_ext;     /* host order (qcow2-bitmap.c) */
+    bool bitmaps_ext_stale;          /* dropped: autoclear bit was off */
+    char *bitmaps_damaged;           /* why they could not be loaded */
 
     /* Runtime. */
     BlockChild *data_file;           /* == bs->file without a data file */
@@ -349,6 +351,12 @@ int coroutine_fn qcow2_discard_range(BlockNode *bs, uint64_t offset,
 int coroutine_fn qcow2_grow_prealloc(BlockNode *bs, uint64_t from, uint64_t to,
                                      PreallocMode mode, bool *zero,
                                      GError **errp);
+
+/* ---- qcow2-backing.c ---- */
+
+/* BlockDriver.co_change_backing_file: the header names file and fmt. */
+int coroutine_fn qcow2_co_change_backing_file(BlockNode *bs, const char *file,
+                                              const char *fmt);
 
 /* ---- qcow2-empty.c ---- */
 

@@ -156,6 +156,12 @@ struct BlockDriver {
     int (*reopen_prepare)(ReopenState *rs, GError **errp);
     void (*reopen_commit)(ReopenState *rs);
     void (*reopen_abort)(ReopenState *rs);
+    /*
+     * After a committed reopen, once the node's new read-only state and
+     * every edge's new permissions are in force (qcow2 marks its bitmaps
+     * in use again when it became writable).  Cannot fail the reopen.
+     */
+    void (*reopen_commit_post)(ReopenState *rs);
 
     /*
      * Data path.  offset/bytes are multiples of bl.request_alignment (io.c
@@ -253,6 +259,26 @@ struct BlockDriver {
                  void (*status)(void *opaque, int64_t done, int64_t total),
                  void *opaque, GError **errp);
 
+    /*
+     * Make the image name another backing file (NULL: none) and format
+     * (qemu-img rebase); coroutine context.  Without it, -ENOTSUP.
+     */
+    int (*co_change_backing_file)(BlockNode *bs, const char *file,
+                                  const char *fmt);
+    /*
+     * Persistent dirty bitmaps (strata/dirty-bitmap.h).  The driver loads
+     * them at open and stores them at close.  can_store: may one more
+     * persistent bitmap be added (QEMU's message prefixes are the
+     * caller's); remove: delete it from the image now (absent is no
+     * error).  Coroutine context.
+     */
+    bool (*supports_persistent_dirty_bitmap)(BlockNode *bs);
+    bool (*co_can_store_new_dirty_bitmap)(BlockNode *bs, const char *name,
+                                          uint32_t granularity,
+                                          GError **errp);
+    int (*co_remove_persistent_dirty_bitmap)(BlockNode *bs, const char *name,
+                                             GError **errp);
+
     /* blkdebug: an event signalled by a parent driver (debug-event.h). */
     void (*debug_event)(BlockNode *bs, int event);
     /* qemu-io break/resume/remove_break/wait_break: blkdebug only. */
@@ -318,6 +344,9 @@ struct BlockNode {
 
     /* Statistics (query-blockstats later). */
     uint64_t rd_bytes, wr_bytes, rd_ops, wr_ops, flush_ops;
+
+    /* Named dirty bitmaps (strata/dirty-bitmap.h), newest first. */
+    GList *dirty_bitmaps;
 };
 
 enum { DETECT_ZEROES_OFF = 0, DETECT_ZEROES_ON, DETECT_ZEROES_UNMAP };

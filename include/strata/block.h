@@ -254,6 +254,13 @@ int coroutine_fn node_co_block_status(BlockNode *bs, bool want_zero,
                                       int64_t *pnum, int64_t *map,
                                       BlockNode **file);
 /*
+ * Make the image of bs name another backing file and format (NULL: no
+ * backing file), as QEMU's bdrv_change_backing_file: the format driver
+ * rewrites its header.  -ENOTSUP for formats without backing files.
+ */
+int coroutine_fn node_co_change_backing_file(BlockNode *bs, const char *file,
+                                             const char *fmt);
+/*
  * 1 if the first *pnum bytes are allocated in bs itself (or anywhere in the
  * chain down to but excluding base when above is true), 0 if not, -errno.
  */

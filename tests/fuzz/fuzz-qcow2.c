@@ -7,9 +7,11 @@
  * file protocol as it would in use).  It is checked as `strata-img check`
  * does (opened for a check, read-only), then repaired as `check -r all`
  * does (read-write, fix everything, check again), then, from the original
- * bytes once more, opened read-write, read and mapped over its whole
- * length in a few requests, written in a few places (allocating, zeroing,
- * discarding), and closed.  (Run with -close_fd_mask=2: the check reports
+ * bytes once more, opened read-only and described as `info` does (the
+ * persistent bitmaps are loaded and listed), then opened read-write, read
+ * and mapped over its whole length in a few requests, written in a few
+ * places (allocating, zeroing, discarding; enabled bitmaps record it, and
+ * are stored at close), and closed.  (Run with -close_fd_mask=2: the check reports
  * every problem on stderr.)
  */
 #include <stdint.h>
@@ -81,6 +83,34 @@ static void run_check(int fix)
     blk_unref(blk);
 }
 
+/*
+ * Read-only, as strata-img info does: the format-specific information
+ * (the bitmap directory is read again there) and a read.  A damaged
+ * bitmap directory or table never fails this open (only the header can).
+ */
+static void run_read_only(void)
+{
+    GError *err = NULL;
+    json_t *opts = json_pack("{s:s, s:{s:s, s:s}}", "driver", "qcow2",
+                             "file", "driver", "file", "filename", path);
+    BlockBackend *blk = blk_new_open(NULL, opts, 0, &err);
+    uint8_t buf[4096];
+
+    if (!blk) {
+        g_clear_error(&err);
+        return;
+    }
+    BlockNode *bs = blk_node(blk);
+    if (bs->drv->get_specific_info) {
+        json_decref(bs->drv->get_specific_info(bs, &err));
+        g_clear_error(&err);
+    }
+    if (blk_getlength(blk) >= (int64_t)sizeof(buf)) {
+        blk_pread(blk, 0, sizeof(buf), buf, 0);
+    }
+    blk_unref(blk);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     static bool init;
@@ -100,6 +130,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     }
 
+    run_read_only();
     json_t *opts = json_pack("{s:s, s:{s:s, s:s}, s:s}", "driver", "qcow2",
                              "file", "driver", "file", "filename", path,
                              "l2-cache-size", "128k");

@@ -12,9 +12,8 @@
  * creates quietly), opened and checked, then the copy engine in
  * convert-copy.c runs.
  *
- * Not supported yet, refused with an error: -l (reading an internal
- * snapshot needs a read-only snapshot view from the qcow2 driver) and
- * --bitmaps when the source holds persistent bitmaps.  -C (copy
+ * --bitmaps copies the source's persistent bitmaps after the data, through
+ * the dirty bitmap API (strata/dirty-bitmap.h).  -C (copy
  * offloading) reads and writes, but like an offloaded copy it writes data
  * ranges whole, without looking for zeroes, so the layout is qemu-img's.
  */
@@ -24,6 +23,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include "strata/block-driver.h"
+#include "strata/dirty-bitmap.h"
 #include "strata/error.h"
 #include "convert.h"
 
@@ -51,72 +51,58 @@ typedef struct ConvertArgs {
  * the same way, so that the errors for a missing snapshot or a format
  * without snapshots are QEMU's, but cannot read it yet.
  */
-/* Read the start of a qcow2 file through the format node's file edge. */
-typedef struct HeaderCo {
-    BlockChild *file;
-    uint8_t *buf;
-    int64_t bytes;
-    int ret;
-} HeaderCo;
-
-static void coroutine_fn read_header_co(void *opaque)
+/* --bitmaps: every persistent bitmap of the source can be copied. */
+static bool check_bitmaps(BlockNode *src, bool skip_broken)
 {
-    HeaderCo *h = opaque;
-    h->ret = child_co_pread(h->file, 0, h->bytes, h->buf, 0);
-}
-
-static uint32_t be32(const uint8_t *p)
-{
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 |
-           (uint32_t)p[2] << 8 | p[3];
+    if (!node_supports_persistent_dirty_bitmap(src)) {
+        tool_error("Source lacks bitmap support");
+        return false;
+    }
+    for (GList *l = node_dirty_bitmaps(src); l; l = l->next) {
+        DirtyBitmap *bm = l->data;
+        if (dirty_bitmap_persistent(bm) && !skip_broken &&
+            dirty_bitmap_inconsistent(bm)) {
+            tool_error("Cannot copy inconsistent bitmap '%s'",
+                       dirty_bitmap_name(bm));
+            fprintf(stderr, "Try --skip-broken-bitmaps, or use '%s bitmap "
+                    "--remove' to delete it\n", tool_name());
+            return false;
+        }
+    }
+    return true;
 }
 
 /*
- * --bitmaps: copying persistent bitmaps is not supported yet.  A source
- * without any (no qcow2 bitmaps extension in use) converts as qemu-img
- * does; otherwise refuse before anything is created.
+ * After the data: each persistent bitmap is added to the target with the
+ * same granularity and state and filled by a merge, as qemu-img does; the
+ * target's driver stores them when it is closed.
  */
-static bool source_has_bitmaps(BlockBackend *blk)
+static bool copy_bitmaps(BlockNode *src, BlockNode *dst, bool skip_broken)
 {
-    enum { HEADER_BYTES = 65536, BITMAPS_EXT = 0x23852875 };
-    BlockNode *bs = node_skip_filters(blk_node(blk));
-    HeaderCo h = { .file = bs->file };
-    uint32_t off, end;
-    int64_t len;
-    bool found = false;
+    for (GList *l = node_dirty_bitmaps(src); l; l = l->next) {
+        DirtyBitmap *bm = l->data;
+        const char *name = dirty_bitmap_name(bm);
+        GError *err = NULL;
 
-    if (strcmp(bs->drv->format_name, "qcow2") || !bs->file) {
-        return false;
-    }
-    len = node_getlength(child_node(bs->file));
-    if (len < 104) {
-        return true;  /* cannot tell: be safe */
-    }
-    /* The header and its extensions live in the first cluster. */
-    h.bytes = MIN(len, HEADER_BYTES);
-    h.buf = g_malloc0(HEADER_BYTES);
-    co_run_sync(read_header_co, &h);
-    if (h.ret < 0) {
-        g_free(h.buf);
-        return true;
-    }
-    off = be32(h.buf + 4) >= 3 ? be32(h.buf + 100) : 72;
-    end = (uint32_t)h.bytes;
-    while (off + 8 <= end) {
-        uint32_t type = be32(h.buf + off), elen = be32(h.buf + off + 4);
-
-        if (type == 0) {
-            break;
+        if (!dirty_bitmap_persistent(bm)) {
+            continue;
         }
-        /* The extension counts only while its autoclear bit is set. */
-        if (type == BITMAPS_EXT && (h.buf[95] & 1)) {
-            found = true;
-            break;
+        if (skip_broken && dirty_bitmap_inconsistent(bm)) {
+            tool_warn("Skipping inconsistent bitmap '%s'", name);
+            continue;
         }
-        off += 8 + ((elen + 7) & ~7u);
+        if (!node_dirty_bitmap_add(dst, name, dirty_bitmap_granularity(bm),
+                                   true, !dirty_bitmap_enabled(bm), &err)) {
+            tool_error_gerror(err, "Failed to create bitmap %s: ", name);
+            return false;
+        }
+        if (!node_dirty_bitmap_merge(dst, name, src, name, &err)) {
+            tool_error_gerror(err, "Failed to populate bitmap %s: ", name);
+            node_dirty_bitmap_remove(dst, name, NULL);
+            return false;
+        }
     }
-    g_free(h.buf);
-    return found;
+    return true;
 }
 
 /* Creation options of the target, checked and filled as qemu-img does. */
@@ -350,9 +336,7 @@ static int convert_run(ConvertArgs *a, ConvertState *s, char **files,
             tool_error("Copying bitmaps only possible with single source");
             goto out;
         }
-        if (source_has_bitmaps(s->src[0])) {
-            tool_error("Copying persistent bitmaps is not supported by %s "
-                       "yet", tool_name());
+        if (!check_bitmaps(blk_node(s->src[0]), a->skip_broken)) {
             goto out;
         }
     }
@@ -393,7 +377,7 @@ static int convert_run(ConvertArgs *a, ConvertState *s, char **files,
     }
     out_bs = node_skip_filters(blk_node(s->target));
 
-    if (a->bitmaps && strcmp(out_bs->drv->format_name, "qcow2")) {
+    if (a->bitmaps && !node_supports_persistent_dirty_bitmap(out_bs)) {
         tool_error("Format driver '%s' does not support bitmaps",
                    out_bs->drv->format_name);
         goto out;
@@ -464,6 +448,10 @@ static int convert_run(ConvertArgs *a, ConvertState *s, char **files,
     s->copy_range = a->copy_range;
     s->progress = progress;
     ret = convert_do_copy(s) < 0 ? -1 : 0;
+    if (a->bitmaps && ret == 0 &&
+        !copy_bitmaps(blk_node(s->src[0]), out_bs, a->skip_broken)) {
+        ret = -1;
+    }
 
 out:
     img_opts_free(opts);

@@ -27,6 +27,7 @@
 
 int img_amend(int argc, char **argv);
 int img_bench(int argc, char **argv);
+int img_bitmap(int argc, char **argv);
 int img_check(int argc, char **argv);
 int img_commit(int argc, char **argv);
 int img_compare(int argc, char **argv);

@@ -37,6 +37,19 @@ static const ImgCommand commands[] = {
       "[-i aio] [-n] [--no-drain] [-o offset] [--pattern=pattern] [-q] "
       "[-s buffer_size] [-S step_size] [-t cache] [-w] [-U] filename",
       NULL },
+    { "bitmap", img_bitmap,
+      "(--merge SOURCE | --add | --remove | --clear | --enable | "
+      "--disable)... [-b source_file [-F source_fmt]] [-g granularity] "
+      "[--object objectdef] [--image-opts | -f fmt] filename bitmap",
+      "  'bitmap' is the name of the bitmap to manipulate, through one or "
+      "more\n"
+      "       actions from '--add', '--remove', '--clear', '--enable', "
+      "'--disable',\n"
+      "       or '--merge source'\n"
+      "  '-g granularity' sets the granularity for '--add' actions\n"
+      "  '-b source' and '-F src_fmt' tell '--merge' actions to find the "
+      "source\n"
+      "       bitmaps from an alternative file\n" },
     { "check", img_check,
       "[--object objectdef] [--image-opts] [-q] [-f fmt] [--output=ofmt] "
       "[-r [leaks | all]] [-T src_cache] [-U] filename",

@@ -22,6 +22,7 @@
 #include "strata/error.h"
 #include "../../block/crypto/crypto.h"
 #include "../../block/qcow2/qcow2-format.h"
+#include "strata/dirty-bitmap.h"
 #include "img.h"
 
 enum {
@@ -116,117 +117,6 @@ static void coroutine_fn status_co(void *opaque)
                                         s->bytes, &s->pnum, NULL, NULL, NULL);
 }
 
-typedef struct ReadCo {
-    BlockChild *child;
-    int64_t offset, bytes;
-    void *buf;
-    int ret;
-} ReadCo;
-
-static void coroutine_fn read_co(void *opaque)
-{
-    ReadCo *r = opaque;
-    r->ret = child_co_pread(r->child, r->offset, r->bytes, r->buf, 0);
-}
-
-static int read_file(BlockNode *bs, int64_t offset, int64_t bytes, void *buf)
-{
-    ReadCo r = { bs->file, offset, bytes, buf, 0 };
-
-    if (!bs->file) {
-        return -ENOTSUP;
-    }
-    co_run_sync(read_co, &r);
-    return r.ret;
-}
-
-/*
- * qcow2 sources of version 3 can hold persistent bitmaps; a qcow2 target
- * would need room for each one (all of its clusters, its table) and for
- * the bitmap directory.  The bitmaps are read from the source's header
- * extension, as QEMU loads them at open.
- */
-static bool source_bitmaps(BlockNode *in_bs, uint64_t cluster_size,
-                           uint64_t *size, GError **errp)
-{
-    BlockNode *bs = node_skip_filters(in_bs);
-    uint8_t *hdr = NULL, *dir = NULL;
-    Qcow2DiskHeader h;
-    uint64_t total = 0, dir_size = 0, hdr_len, cs, ext = 0;
-    int64_t disk_size = node_getlength(in_bs);
-    bool found = false, supported = false;
-    int ret;
-
-    *size = 0;
-    if (!bs || strcmp(node_get_format_name(bs), "qcow2") || disk_size < 0) {
-        return false;
-    }
-    ret = read_file(bs, 0, sizeof(h), &h);
-    if (ret < 0 || be32toh(h.version) < 3) {
-        return false;
-    }
-    supported = true;
-    cs = UINT64_C(1) << be32toh(h.cluster_bits);
-    hdr_len = be32toh(h.header_length);
-    hdr = g_malloc(cs);
-    if (read_file(bs, 0, cs, hdr) < 0) {
-        goto out;
-    }
-    /* Walk the header extensions for the bitmaps one. */
-    for (ext = hdr_len; ext + 8 <= cs;) {
-        Qcow2ExtHeader e;
-        memcpy(&e, hdr + ext, sizeof(e));
-        if (be32toh(e.magic) == QCOW2_EXT_END) {
-            break;
-        }
-        if (be32toh(e.magic) == QCOW2_EXT_BITMAPS &&
-            ext + 8 + sizeof(Qcow2BitmapsExt) <= cs) {
-            found = true;
-            ext += 8;
-            break;
-        }
-        ext += 8 + ROUND_UP_U64((uint64_t)be32toh(e.len), 8);
-    }
-    if (found &&
-        (be64toh(h.autoclear_features) & QCOW2_AUTOCLEAR_BITMAPS)) {
-        Qcow2BitmapsExt b;
-        uint64_t dsize, pos = 0;
-
-        memcpy(&b, hdr + ext, sizeof(b));
-        dsize = be64toh(b.bitmap_directory_size);
-        if (dsize > 64 * 1024 * 1024) {
-            goto out;
-        }
-        dir = g_malloc(dsize ? dsize : 1);
-        if (read_file(bs, be64toh(b.bitmap_directory_offset), dsize,
-                      dir) < 0) {
-            goto out;
-        }
-        for (uint32_t i = 0; i < be32toh(b.nb_bitmaps) && pos + 24 <= dsize;
-             i++) {
-            uint8_t gbits = dir[pos + 17];
-            uint16_t name_size = (uint16_t)(dir[pos + 18] << 8 | dir[pos + 19]);
-            uint32_t extra = (uint32_t)dir[pos + 20] << 24 |
-                             (uint32_t)dir[pos + 21] << 16 |
-                             (uint32_t)dir[pos + 22] << 8 | dir[pos + 23];
-            uint64_t gran = UINT64_C(1) << (gbits < 63 ? gbits : 63);
-            uint64_t bits = DIV_ROUND_UP_U64((uint64_t)disk_size, gran);
-            uint64_t bytes = DIV_ROUND_UP_U64(bits, 8);
-            uint64_t clusters = DIV_ROUND_UP_U64(bytes, cluster_size);
-
-            total += clusters * cluster_size;
-            total += ROUND_UP_U64(clusters * 8, cluster_size);
-            dir_size += ROUND_UP_U64(24 + (uint64_t)name_size, 8);
-            pos += ROUND_UP_U64(24 + (uint64_t)extra + name_size, 8);
-        }
-    }
-    *size = total + ROUND_UP_U64(dir_size, cluster_size);
-out:
-    (void)errp;
-    g_free(hdr);
-    g_free(dir);
-    return supported;
-}
 
 /*
  * The size of the LUKS header creation would write, found as QEMU finds
@@ -395,9 +285,10 @@ static bool measure_qcow2(ImgOpts *opts, BlockNode *in_bs, MeasureInfo *info,
                             qcow2_prealloc_size(virtual_size, cluster_size,
                                                 refcount_order, extended_l2);
     info->required = info->fully_allocated - virtual_size + required;
-    if (version >= 3 && in_bs) {
-        info->has_bitmaps = source_bitmaps(in_bs, cluster_size,
-                                           &info->bitmaps, errp);
+    /* The source's persistent bitmaps, as loaded when it was opened. */
+    if (version >= 3 && in_bs && node_supports_persistent_dirty_bitmap(in_bs)) {
+        info->has_bitmaps = true;
+        info->bitmaps = dirty_bitmaps_qcow2_size(in_bs, cluster_size);
     }
     return true;
 }

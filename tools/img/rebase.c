@@ -20,183 +20,10 @@
 #include <string.h>
 #include "strata/block-driver.h"
 #include "strata/error.h"
-#include "../../block/qcow2/qcow2-format.h"
 #include "img.h"
 
 #define REBASE_BUF_SIZE (2 * 1024 * 1024)
 #define REBASE_SECTOR 512
-
-/* ---- Rewriting the qcow2 header ---- */
-
-/*
- * strata's qcow2 driver changes header fields in place and has no call to
- * rewrite the extension area, so the header cluster is rebuilt here the way
- * QEMU's qcow2_update_header() lays it out: the fixed header, then the
- * backing format, external data file, crypto, feature table (v3), bitmaps
- * and unknown extensions, the end marker, and the backing file name right
- * after it.  Extensions other than the backing format are kept as found.
- */
-typedef struct HeaderExt {
-    uint32_t magic;
-    uint32_t len;
-    const uint8_t *data;
-} HeaderExt;
-
-static size_t add_ext(uint8_t *buf, size_t pos, size_t size, uint32_t magic,
-                      const void *data, uint32_t len)
-{
-    size_t total = 8 + (((size_t)len + 7) & ~(size_t)7);
-    uint32_t be;
-
-    if (pos + total > size) {
-        return SIZE_MAX;
-    }
-    be = htobe32(magic);
-    memcpy(buf + pos, &be, 4);
-    be = htobe32(len);
-    memcpy(buf + pos + 4, &be, 4);
-    memcpy(buf + pos + 8, data, len);
-    return pos + total;
-}
-
-static int qcow2_write_backing(BlockNode *bs, const char *file,
-                               const char *fmt)
-{
-    Qcow2DiskHeader h;
-    uint8_t *old = NULL, *buf = NULL;
-    HeaderExt *exts = NULL;
-    size_t n_exts = 0, pos, hdr_len, cs;
-    uint32_t version;
-    int ret;
-
-    if (!bs->file) {
-        return -ENOTSUP;
-    }
-    if (file && strlen(file) > QCOW2_MAX_BACKING_NAME) {
-        return -EINVAL;
-    }
-    ret = child_co_pread(bs->file, 0, sizeof(h), &h, 0);
-    if (ret < 0) {
-        return ret;
-    }
-    version = be32toh(h.version);
-    cs = (size_t)1 << be32toh(h.cluster_bits);
-    hdr_len = version >= 3 ? be32toh(h.header_length) : QCOW2_V2_HEADER_LEN;
-    if (hdr_len > cs) {
-        return -EINVAL;
-    }
-    old = g_malloc0(cs);
-    buf = g_malloc0(cs);
-    exts = g_new0(HeaderExt, cs / 8);
-    ret = child_co_pread(bs->file, 0, (int64_t)cs, old, 0);
-    if (ret < 0) {
-        goto out;
-    }
-    if (version >= 3 && be64toh(h.incompatible_features) &
-        QCOW2_INCOMPAT_DATA_FILE &&
-        be64toh(h.autoclear_features) & QCOW2_AUTOCLEAR_DATA_FILE_RAW &&
-        file) {
-        /* A raw external data file is the whole image: no backing. */
-        ret = -EINVAL;
-        goto out;
-    }
-    for (pos = hdr_len; pos + 8 <= cs;) {
-        Qcow2ExtHeader e;
-
-        memcpy(&e, old + pos, sizeof(e));
-        e.magic = be32toh(e.magic);
-        e.len = be32toh(e.len);
-        if (e.magic == QCOW2_EXT_END || pos + 8 + e.len > cs) {
-            break;
-        }
-        if (e.magic != QCOW2_EXT_BACKING_FORMAT &&
-            e.magic != QCOW2_EXT_FEATURE_TABLE) {
-            exts[n_exts++] = (HeaderExt) { e.magic, e.len, old + pos + 8 };
-        }
-        pos += 8 + (((size_t)e.len + 7) & ~(size_t)7);
-    }
-
-    /* The fixed part, as the version has it. */
-    memcpy(buf, old, sizeof(h));
-    if (version >= 3) {
-        Qcow2DiskHeader *nh = (Qcow2DiskHeader *)buf;
-        nh->header_length = htobe32(QCOW2_V3_HEADER_LEN);
-        if (hdr_len <= offsetof(Qcow2DiskHeader, compression_type)) {
-            nh->compression_type = 0;
-        }
-        memset(nh->padding, 0, sizeof(nh->padding));
-        pos = QCOW2_V3_HEADER_LEN;
-    } else {
-        memset(buf + QCOW2_V2_HEADER_LEN, 0,
-               sizeof(h) - QCOW2_V2_HEADER_LEN);
-        pos = QCOW2_V2_HEADER_LEN;
-    }
-
-    if (fmt) {
-        pos = add_ext(buf, pos, cs, QCOW2_EXT_BACKING_FORMAT, fmt,
-                      (uint32_t)strlen(fmt));
-    }
-    static const uint32_t before_table[] = {
-        QCOW2_EXT_DATA_FILE, QCOW2_EXT_CRYPTO,
-    };
-    for (size_t k = 0; k < G_N_ELEMENTS(before_table); k++) {
-        for (size_t i = 0; i < n_exts && pos != SIZE_MAX; i++) {
-            if (exts[i].magic == before_table[k]) {
-                pos = add_ext(buf, pos, cs, exts[i].magic, exts[i].data,
-                              exts[i].len);
-            }
-        }
-    }
-    if (version >= 3 && pos != SIZE_MAX) {
-        pos = add_ext(buf, pos, cs, QCOW2_EXT_FEATURE_TABLE,
-                      qcow2_feature_table, sizeof(qcow2_feature_table));
-    }
-    for (size_t i = 0; i < n_exts && pos != SIZE_MAX; i++) {
-        if (exts[i].magic == QCOW2_EXT_BITMAPS) {
-            pos = add_ext(buf, pos, cs, exts[i].magic, exts[i].data,
-                          exts[i].len);
-        }
-    }
-    for (size_t i = 0; i < n_exts && pos != SIZE_MAX; i++) {
-        uint32_t m = exts[i].magic;
-        if (m != QCOW2_EXT_BITMAPS && m != QCOW2_EXT_DATA_FILE &&
-            m != QCOW2_EXT_CRYPTO) {
-            pos = add_ext(buf, pos, cs, m, exts[i].data, exts[i].len);
-        }
-    }
-    if (pos == SIZE_MAX || pos + 8 > cs) {
-        ret = -ENOSPC;
-        goto out;
-    }
-    pos += 8; /* end of extensions: zeroes */
-    {
-        Qcow2DiskHeader *nh = (Qcow2DiskHeader *)buf;
-        size_t len = file ? strlen(file) : 0;
-
-        if (pos + len > cs) {
-            ret = -ENOSPC;
-            goto out;
-        }
-        nh->backing_file_offset = htobe64(file ? pos : 0);
-        nh->backing_file_size = htobe32((uint32_t)len);
-        memcpy(buf + pos, file ? file : "", len);
-    }
-    ret = child_co_pwrite(bs->file, 0, (int64_t)cs, buf, 0);
-    if (ret >= 0) {
-        ret = node_co_flush(bs->file->bs);
-    }
-    if (ret >= 0) {
-        g_strlcpy(bs->backing_file, file ? file : "",
-                  sizeof(bs->backing_file));
-        g_strlcpy(bs->backing_format, fmt ? fmt : "",
-                  sizeof(bs->backing_format));
-    }
-out:
-    g_free(exts);
-    g_free(old);
-    g_free(buf);
-    return ret < 0 ? ret : 0;
-}
 
 typedef struct ChangeCo {
     BlockNode *bs;
@@ -207,7 +34,7 @@ typedef struct ChangeCo {
 static void coroutine_fn change_backing_co(void *opaque)
 {
     ChangeCo *c = opaque;
-    c->ret = qcow2_write_backing(c->bs, c->file, c->fmt);
+    c->ret = node_co_change_backing_file(c->bs, c->file, c->fmt);
 }
 
 /* bdrv_change_backing_file(): -EINVAL for a name without a format. */
@@ -221,9 +48,6 @@ static int change_backing_file(BlockNode *bs, const char *file,
     }
     if (require && file && !fmt) {
         return -EINVAL;
-    }
-    if (strcmp(node_get_format_name(bs), "qcow2")) {
-        return -ENOTSUP;
     }
     co_run_sync(change_backing_co, &c);
     return c.ret;

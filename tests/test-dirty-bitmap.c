@@ -1,0 +1,241 @@
+/*
+ * Named dirty bitmaps on a node: marked by writes, zero writes and
+ * discards through the generic request path (a raw node, which has no idea
+ * bitmaps exist), the flags and their checks, byte <-> chunk mapping,
+ * merges across granularities, resize, the management calls' messages,
+ * and the hash QEMU's debug command gives.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <string.h>
+#include <cmocka.h>
+#include <unistd.h>
+#include "strata/backend.h"
+#include "strata/block-driver.h"
+#include "strata/dirty-bitmap.h"
+
+#define SIZE (4 * 1024 * 1024)
+
+/* A raw image in a temporary file: discard and resize reach a driver. */
+static char *path;
+
+static BlockBackend *open_raw(bool discard)
+{
+    GError *err = NULL;
+    int fd;
+
+    if (!path) {
+        fd = g_file_open_tmp("test-dirty-bitmap-XXXXXX", &path, NULL);
+        assert_true(fd >= 0);
+        assert_int_equal(ftruncate(fd, SIZE), 0);
+        close(fd);
+    }
+    json_t *o = json_pack("{s:s, s:s, s:{s:s, s:s}}", "driver", "raw",
+                          "discard", discard ? "unmap" : "ignore",
+                          "file", "driver", "file", "filename", path);
+    BlockBackend *blk = blk_new_open(NULL, o, NODE_O_RDWR | NODE_O_RESIZE,
+                                     &err);
+    if (!blk) {
+        fail_msg("open: %s", err->message);
+    }
+    return blk;
+}
+
+static char *err_msg(GError *err)
+{
+    assert_non_null(err);
+    char *m = g_strdup(err->message);
+    g_error_free(err);
+    return m;
+}
+
+static void test_marking(void **state)
+{
+    (void)state;
+    BlockBackend *blk = open_raw(true);
+    BlockNode *bs = blk_node(blk);
+    GError *err = NULL;
+    uint8_t buf[4096] = { 0 };
+
+    assert_true(node_dirty_bitmap_add(bs, "a", 65536, false, false, &err));
+    assert_true(node_dirty_bitmap_add(bs, "off", 4096, false, true, &err));
+    DirtyBitmap *a = node_find_dirty_bitmap(bs, "a");
+    DirtyBitmap *off = node_find_dirty_bitmap(bs, "off");
+    assert_non_null(a);
+    assert_int_equal(dirty_bitmap_granularity(a), 65536);
+    assert_int_equal(dirty_bitmap_size(a), SIZE);
+
+    /* One byte dirties its whole chunk; a run crossing chunks both. */
+    assert_int_equal(blk_pwrite(blk, 70000, 1, buf, 0), 0);
+    assert_int_equal(dirty_bitmap_count(a), 65536);
+    assert_int_equal(dirty_bitmap_next_dirty(a, 0, SIZE), 65536);
+    assert_int_equal(dirty_bitmap_next_dirty(a, 70000, SIZE), 70000);
+    assert_int_equal(dirty_bitmap_next_clean(a, 65536, SIZE), 131072);
+    assert_int_equal(blk_pwrite_zeroes(blk, 1048576 - 512, 1024, 0), 0);
+    assert_int_equal(dirty_bitmap_count(a), 3 * 65536);
+    assert_int_equal(blk_pdiscard(blk, 2 * 1048576, 65536), 0);
+    assert_int_equal(dirty_bitmap_count(a), 4 * 65536);
+    assert_true(dirty_bitmap_get(a, 2 * 1048576));
+    assert_false(dirty_bitmap_get(a, 3 * 1048576));
+    /* Disabled: nothing recorded. */
+    assert_int_equal(dirty_bitmap_count(off), 0);
+
+    /* Merge into a finer bitmap: the chunks of the coarse one. */
+    assert_true(node_dirty_bitmap_merge(bs, "off", bs, "a", &err));
+    assert_int_equal(dirty_bitmap_count(off), 4 * 65536);
+    assert_int_equal(dirty_bitmap_next_dirty(off, 0, SIZE), 65536);
+
+    /* Clear, then a discard the node ignores marks nothing. */
+    assert_true(node_dirty_bitmap_clear(bs, "a", &err));
+    assert_int_equal(dirty_bitmap_count(a), 0);
+    assert_int_equal(dirty_bitmap_next_dirty(a, 0, SIZE), -1);
+    blk_unref(blk);
+
+    blk = open_raw(false);
+    bs = blk_node(blk);
+    assert_true(node_dirty_bitmap_add(bs, "a", 0, false, false, &err));
+    a = node_find_dirty_bitmap(bs, "a");
+    assert_int_equal(dirty_bitmap_granularity(a), 65536);
+    assert_int_equal(blk_pdiscard(blk, 0, 65536), 0);
+    assert_int_equal(dirty_bitmap_count(a), 0);
+    blk_unref(blk);
+}
+
+static void test_flags_and_errors(void **state)
+{
+    (void)state;
+    BlockBackend *blk = open_raw(true);
+    BlockNode *bs = blk_node(blk);
+    GError *err = NULL;
+    uint8_t buf[512] = { 0 };
+    char *m;
+
+    assert_false(node_dirty_bitmap_add(bs, "", 0, false, false, &err));
+    m = err_msg(err);
+    err = NULL;
+    assert_string_equal(m, "Bitmap name cannot be empty");
+    g_free(m);
+    assert_false(node_dirty_bitmap_add(bs, "x", 1000, false, false, &err));
+    m = err_msg(err);
+    err = NULL;
+    assert_string_equal(m, "Granularity must be power of 2 and at least 512");
+    g_free(m);
+    assert_true(node_dirty_bitmap_add(bs, "x", 512, false, false, &err));
+    assert_false(node_dirty_bitmap_add(bs, "x", 512, false, false, &err));
+    m = err_msg(err);
+    err = NULL;
+    assert_string_equal(m, "Bitmap already exists: x");
+    g_free(m);
+    /* raw cannot store bitmaps. */
+    assert_false(node_supports_persistent_dirty_bitmap(bs));
+    assert_false(node_dirty_bitmap_add(bs, "p", 0, true, false, &err));
+    m = err_msg(err);
+    err = NULL;
+    assert_non_null(strstr(m, "Can't store persistent bitmaps to "));
+    g_free(m);
+    assert_false(node_dirty_bitmap_remove(bs, "nope", &err));
+    m = err_msg(err);
+    err = NULL;
+    assert_string_equal(m, "Dirty bitmap 'nope' not found");
+    g_free(m);
+
+    DirtyBitmap *x = node_find_dirty_bitmap(bs, "x");
+    dirty_bitmap_set_busy(x, true);
+    assert_false(node_dirty_bitmap_clear(bs, "x", &err));
+    m = err_msg(err);
+    err = NULL;
+    assert_string_equal(m, "Bitmap 'x' is currently in use by another "
+                        "operation and cannot be used");
+    g_free(m);
+    assert_false(node_dirty_bitmap_remove(bs, "x", &err));
+    g_clear_error(&err);
+    dirty_bitmap_set_busy(x, false);
+
+    /* A read-only bitmap stops every write to the node. */
+    dirty_bitmap_set_readonly(x, true);
+    assert_int_equal(blk_pwrite(blk, 0, 512, buf, 0), -EPERM);
+    assert_int_equal(blk_pwrite_zeroes(blk, 0, 512, 0), -EPERM);
+    assert_int_equal(blk_pdiscard(blk, 0, 512), -EPERM);
+    assert_true(node_dirty_bitmap_disable(bs, "x", &err));
+    assert_false(node_dirty_bitmap_clear(bs, "x", &err));
+    g_clear_error(&err);
+    dirty_bitmap_set_readonly(x, false);
+    assert_int_equal(blk_pwrite(blk, 0, 512, buf, 0), 0);
+    /* Disabled: still nothing. */
+    assert_int_equal(dirty_bitmap_count(x), 0);
+    assert_true(node_dirty_bitmap_enable(bs, "x", &err));
+    assert_int_equal(blk_pwrite(blk, 0, 512, buf, 0), 0);
+    assert_int_equal(dirty_bitmap_count(x), 512);
+
+    /* Resize: the bitmap follows; a merge needs equal sizes. */
+    assert_true(node_dirty_bitmap_add(bs, "y", 65536, false, false, &err));
+    assert_int_equal(blk_truncate(blk, SIZE * 2, false, PREALLOC_OFF, &err),
+                     0);
+    assert_int_equal(dirty_bitmap_size(x), SIZE * 2);
+    assert_int_equal(blk_pwrite(blk, SIZE * 2 - 512, 512, buf, 0), 0);
+    assert_int_equal(dirty_bitmap_count(x), 1024);
+    assert_true(dirty_bitmap_get(x, SIZE * 2 - 1));
+    assert_int_equal(blk_truncate(blk, SIZE, false, PREALLOC_OFF, &err), 0);
+    assert_int_equal(dirty_bitmap_count(x), 512);
+
+    dirty_bitmap_set_inconsistent(x);
+    assert_false(dirty_bitmap_enabled(x));
+    assert_false(node_dirty_bitmap_merge(bs, "y", bs, "x", &err));
+    m = err_msg(err);
+    err = NULL;
+    assert_non_null(strstr(m, "Bitmap 'x' is inconsistent and cannot be "
+                           "used"));
+    g_free(m);
+    assert_true(node_dirty_bitmap_remove(bs, "x", &err));
+    assert_null(node_find_dirty_bitmap(bs, "x"));
+    blk_unref(blk);
+}
+
+/*
+ * The hash QEMU's debug command gives: qemu-storage-daemon 7.2 answered
+ * x-debug-block-dirty-bitmap-sha256 with this value for a 10 MiB qcow2
+ * image whose 4 KiB bitmap saw exactly these four writes (qemu-io).
+ */
+static void test_sha256(void **state)
+{
+    (void)state;
+    BlockBackend *blk = open_raw(false);
+    BlockNode *bs = blk_node(blk);
+    GError *err = NULL;
+
+    assert_int_equal(blk_truncate(blk, 10 * 1024 * 1024, false,
+                                  PREALLOC_OFF, &err), 0);
+    assert_true(node_dirty_bitmap_add(bs, "b", 4096, false, false, &err));
+    DirtyBitmap *b = node_find_dirty_bitmap(bs, "b");
+    dirty_bitmap_set(b, 0, 4096);
+    dirty_bitmap_set(b, 1024 * 1024, 65536);
+    dirty_bitmap_set(b, 9 * 1024 * 1024, 1024 * 1024);
+    dirty_bitmap_set(b, 10236 * 1024, 4096);
+    char *h = dirty_bitmap_sha256(b);
+    assert_string_equal(h, "350726f5190d28d22fba75771185ff077f97a94f4e2f0a3e"
+                           "d4c6b5097b8183ed");
+    g_free(h);
+    dirty_bitmap_clear(b);
+    h = dirty_bitmap_sha256(b);
+    assert_string_not_equal(h, "350726f5190d28d22fba75771185ff077f97a94f4e2f"
+                               "0a3ed4c6b5097b8183ed");
+    g_free(h);
+    assert_int_equal(blk_truncate(blk, SIZE, false, PREALLOC_OFF, &err), 0);
+    blk_unref(blk);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_marking),
+        cmocka_unit_test(test_flags_and_errors),
+        cmocka_unit_test(test_sha256),
+    };
+    int ret = cmocka_run_group_tests(tests, NULL, NULL);
+    if (path) {
+        unlink(path);
+        g_free(path);
+    }
+    return ret;
+}
