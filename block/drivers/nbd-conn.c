@@ -11,7 +11,6 @@
  */
 #include <errno.h>
 #include <string.h>
-#include <unistd.h>
 #include "nbd-int.h"
 
 /* ---- Waiting with a timeout ---- */
@@ -159,6 +158,11 @@ static void set_connect_error(NbdConn *c, const NbdConnectParams *p,
         error_setg(errp, "Requested export not available\n"
                    "server reported: export '%s' not present",
                    p->export ? p->export : "");
+    } else if (strstr(step, "disconnected") || err == ECONNRESET ||
+               err == EPIPE) {
+        /* The server went away in the middle: QEMU's "Failed to read ...". */
+        error_setg(errp, "Failed to read from the server during negotiation: "
+                   "Unexpected end-of-file before all data were read");
     } else {
         error_setg(errp, "%s", step[0] ? step : g_strerror(err));
     }
@@ -234,30 +238,31 @@ static int coroutine_fn conn_handshake(NbdConn *c, const NbdConnectParams *p,
 int coroutine_fn nbd_conn_connect(NbdConn *c, const NbdConnectParams *p,
                                   int64_t deadline_ns, GError **errp)
 {
-    int server_fd = -1, peer_fd = -1, ret = -ENOMEM;
+    NbdRelay *relay = NULL;
+    int ret = -ENOMEM;
 
     if (!conn_init(c, p, errp)) {
         goto fail;
     }
     ret = -ECONNREFUSED;
-    int fd = nbd_socket_open(p->addr, deadline_ns, &server_fd, &peer_fd, errp);
+    int fd = nbd_socket_open(p->addr, deadline_ns, &relay, errp);
     if (fd < 0) {
         goto fail;
     }
     if (nbd_aio_connect_socket(c->h, fd) < 0) {
         conn_record_error(c);
-        error_setg(errp, "%s", c->err);
+        set_connect_error(c, p, errp);
         goto fail;
     }
     ret = conn_handshake(c, p, deadline_ns, errp);
     if (ret < 0) {
         goto fail;
     }
-    if (server_fd >= 0) {
-        ret = nbd_socket_switch(nbd_aio_get_fd(c->h), server_fd, peer_fd, errp)
-            ? 0 : -EIO;
-        server_fd = peer_fd = -1;
-        if (ret < 0) {
+    if (relay) {
+        bool ok = nbd_relay_switch(relay, nbd_aio_get_fd(c->h), errp);
+        relay = NULL;
+        if (!ok) {
+            ret = -EIO;
             goto fail;
         }
     }
@@ -265,9 +270,8 @@ int coroutine_fn nbd_conn_connect(NbdConn *c, const NbdConnectParams *p,
     return 0;
 
 fail:
-    if (server_fd >= 0) {
-        close(server_fd);
-        close(peer_fd);
+    if (relay) {
+        nbd_relay_free(relay);
     }
     nbd_conn_close(c, false);
     return ret;

@@ -79,13 +79,15 @@ void nbd_conn_close(NbdConn *c, bool graceful);
 
 /*
  * Connect to the server (nbd-socket.c).  Returns the socket to give libnbd
- * (nbd_aio_connect_socket), or -1 with errp set.  For an old-style server
- * *server_fd and *peer_fd are set (else -1): once libnbd is ready,
- * nbd_socket_switch() puts the server's socket in place of libnbd's.
+ * (nbd_aio_connect_socket), or -1 with errp set.  For servers libnbd cannot
+ * negotiate with alone, *relay is set (else NULL): once libnbd is ready,
+ * nbd_relay_switch() puts the server's socket in place of libnbd's; if
+ * the handshake fails, nbd_relay_free().
  */
+typedef struct NbdRelay NbdRelay;
 int coroutine_fn nbd_socket_open(const NbdAddress *addr, int64_t deadline,
-                                 int *server_fd, int *peer_fd, GError **errp);
-bool nbd_socket_switch(int libnbd_fd, int server_fd, int peer_fd,
-                       GError **errp);
+                                 NbdRelay **relay, GError **errp);
+bool nbd_relay_switch(NbdRelay *r, int libnbd_fd, GError **errp);
+void nbd_relay_free(NbdRelay *r);
 
 #endif

@@ -1,22 +1,29 @@
 /*
  * The socket libnbd talks through, connected by us.
  *
- * libnbd could connect by itself, but it refuses one kind of server QEMU
- * accepts: an old-style ("classic") server too old to know about flags,
- * whose one greeting (magic, size, flags, padding: 152 bytes) has 0 where
- * the flags go ("invalid eflags == 0 from server").  Such servers often
- * serve one client at a time, so a second attempt is no answer.  We connect,
- * peek at the greeting, and hand newstyle servers' sockets to libnbd as they
- * are.  For an old-style server we read the greeting, set the one flag that
- * says "no optional features" (HAS_FLAGS: no flush, no FUA, as QEMU then
- * assumes), and let libnbd read the corrected greeting from one end of a
- * socket pair.  Once libnbd is ready, dup2() puts the server's socket in
- * place of that end: from then on libnbd talks to the server on the same
- * descriptor number with nothing in between.
+ * libnbd could connect by itself, but it refuses servers QEMU accepts:
+ * those too old to know about transmission flags, which send 0 where the
+ * flags go ("invalid eflags == 0 from server").  Only two kinds of server
+ * can do that: old-style ("classic") ones, whose one greeting is magic,
+ * size, flags and padding, and newstyle ones without the "fixed newstyle"
+ * bit, with which the only possible option is EXPORT_NAME, answered with
+ * size, flags and padding.  In both, the flags are bytes 26-27 of what the
+ * server sends.  Such servers often serve one client at a time, so a second
+ * attempt is no answer.
+ *
+ * So we connect, peek at the greeting, and hand any other server's socket
+ * to libnbd as it is.  For these two, libnbd gets one end of a socket pair
+ * and the handshake is relayed both ways, with bytes 26-27 set to
+ * HAS_FLAGS ("no optional features": no flush, no FUA, as QEMU then
+ * assumes) if they are 0.  Once libnbd is ready, neither side has anything
+ * more to say until the first request, and dup2() puts the server's socket
+ * in place of libnbd's end: from then on libnbd talks to the server on the
+ * same descriptor number with nothing in between.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
+#include <poll.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -24,10 +31,10 @@
 #include <glib-unix.h>
 #include "nbd-int.h"
 
-#define OLDSTYLE_LEN 152
 static const uint8_t nbd_magic[8] = { 'N', 'B', 'D', 'M', 'A', 'G', 'I', 'C' };
 static const uint8_t cliserv_magic[8] = { 0x00, 0x00, 0x42, 0x02,
                                           0x81, 0x86, 0x12, 0x53 };
+static const uint8_t opts_magic[8] = { 'I', 'H', 'A', 'V', 'E', 'O', 'P', 'T' };
 
 static gboolean fd_ready_cb(gint fd, GIOCondition cond, gpointer opaque)
 {
@@ -123,95 +130,179 @@ static int coroutine_fn connect_fd(const NbdAddress *addr, int64_t deadline,
     return fd;
 }
 
-/* Read (or with MSG_PEEK, look at) exactly len bytes of the greeting. */
-static bool coroutine_fn recv_greeting(int fd, uint8_t *buf, size_t len,
-                                       int flags, int64_t deadline,
-                                       GError **errp)
+/*
+ * Look at the first len bytes of the greeting without taking them: 1 when
+ * they are there, 0 when the server closed before sending them all (libnbd
+ * reads what there is and reports it), -1 with errp set on an error.
+ */
+static int coroutine_fn peek_greeting(int fd, uint8_t *buf, size_t len,
+                                      int64_t deadline, GError **errp)
 {
-    size_t got = 0;
-    while (got < len) {
-        ssize_t n = recv(fd, buf + (flags ? 0 : got), flags ? len : len - got,
-                         flags);
+    for (;;) {
+        ssize_t n = recv(fd, buf, len, MSG_PEEK);
+        if (n >= (ssize_t)len) {
+            return 1;
+        }
+        if (n == 0) {
+            return 0;
+        }
+        if (n < 0 && errno != EAGAIN && errno != EINTR) {
+            return 0;
+        }
         if (n > 0) {
-            got = flags ? (size_t)n : got + n;
-            if (got >= len) {
-                break;
-            }
-            if (!flags) {
-                continue;
-            }
             /*
              * Part of it is there: the socket stays readable, so wait a
-             * little for the rest rather than spin on it.
+             * little for the rest rather than spin on it, unless the
+             * server has closed its side.
              */
-            co_sleep_ns(10 * 1000000);
-            if (deadline >= 0 && clock_ns() >= deadline) {
-                error_setg(errp, "Connection attempt cancelled by timeout");
-                return false;
+            struct pollfd pfd = { .fd = fd, .events = POLLRDHUP };
+            if (poll(&pfd, 1, 0) > 0 &&
+                (pfd.revents & (POLLRDHUP | POLLHUP | POLLERR))) {
+                return 0;
             }
-            continue;
-        } else if (n == 0) {
-            error_setg(errp, "Failed to read initial magic: Unexpected "
-                       "end-of-file before all data were read");
-            return false;
-        } else if (errno != EAGAIN && errno != EINTR) {
-            error_setg_errno(errp, errno, "Failed to read initial magic");
-            return false;
-        }
-        if (!wait_fd(fd, G_IO_IN, deadline)) {
+            co_sleep_ns(10 * 1000000);
+        } else if (!wait_fd(fd, G_IO_IN, deadline)) {
             error_setg(errp, "Connection attempt cancelled by timeout");
-            return false;
+            return -1;
+        }
+        if (deadline >= 0 && clock_ns() >= deadline) {
+            error_setg(errp, "Connection attempt cancelled by timeout");
+            return -1;
         }
     }
-    return true;
+}
+
+struct NbdRelay {
+    int server_fd, peer_fd;
+    GSource *down, *up;
+    uint64_t down_bytes;      /* server to libnbd, so far */
+    uint8_t byte26;
+};
+
+static void relay_stop(NbdRelay *r)
+{
+    if (r->down) {
+        g_source_destroy(r->down);
+        g_source_unref(r->down);
+        r->down = NULL;
+    }
+    if (r->up) {
+        g_source_destroy(r->up);
+        g_source_unref(r->up);
+        r->up = NULL;
+    }
+}
+
+/* The end of either direction ends the handshake for libnbd to report. */
+static gboolean relay_fail(NbdRelay *r)
+{
+    shutdown(r->peer_fd, SHUT_RDWR);
+    shutdown(r->server_fd, SHUT_RDWR);
+    return G_SOURCE_CONTINUE;   /* sockets shut down stay readable: EOF */
+}
+
+static gboolean relay_down_cb(gint fd, GIOCondition cond, gpointer opaque)
+{
+    NbdRelay *r = opaque;
+    uint8_t buf[4096];
+    ssize_t n = recv(r->server_fd, buf, sizeof(buf), MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+        return G_SOURCE_CONTINUE;
+    }
+    if (n <= 0) {
+        g_source_unref(r->down);
+        r->down = NULL;
+        shutdown(r->peer_fd, SHUT_WR);
+        return G_SOURCE_REMOVE;
+    }
+    for (ssize_t i = 0; i < n; i++) {
+        uint64_t pos = r->down_bytes + i;
+        if (pos == 26) {
+            r->byte26 = buf[i];
+        } else if (pos == 27 && !r->byte26 && !buf[i]) {
+            buf[i] = 1;         /* NBD_FLAG_HAS_FLAGS */
+        }
+    }
+    r->down_bytes += n;
+    /* Handshake messages are small and the pair's buffer empty. */
+    if (send(r->peer_fd, buf, n, MSG_NOSIGNAL | MSG_DONTWAIT) != n) {
+        return relay_fail(r);
+    }
+    return G_SOURCE_CONTINUE;
+}
+
+static gboolean relay_up_cb(gint fd, GIOCondition cond, gpointer opaque)
+{
+    NbdRelay *r = opaque;
+    uint8_t buf[4096];
+    ssize_t n = recv(r->peer_fd, buf, sizeof(buf), MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+        return G_SOURCE_CONTINUE;
+    }
+    if (n <= 0) {
+        g_source_unref(r->up);
+        r->up = NULL;
+        shutdown(r->server_fd, SHUT_WR);
+        return G_SOURCE_REMOVE;
+    }
+    if (send(r->server_fd, buf, n, MSG_NOSIGNAL | MSG_DONTWAIT) != n) {
+        return relay_fail(r);
+    }
+    return G_SOURCE_CONTINUE;
+}
+
+static GSource *relay_watch(int fd, GSourceFunc cb, NbdRelay *r)
+{
+    GSource *src = g_unix_fd_source_new(fd, G_IO_IN | G_IO_HUP | G_IO_ERR);
+    g_source_set_callback(src, cb, r, NULL);
+    g_source_attach(src, loop_context(loop_get()));
+    return src;
 }
 
 int coroutine_fn nbd_socket_open(const NbdAddress *addr, int64_t deadline,
-                                 int *server_fd, int *peer_fd, GError **errp)
+                                 NbdRelay **relay, GError **errp)
 {
-    uint8_t msg[OLDSTYLE_LEN];
+    uint8_t msg[18];
     int pair[2];
     int fd = connect_fd(addr, deadline, errp);
 
-    *server_fd = *peer_fd = -1;
+    *relay = NULL;
     if (fd < 0) {
         return -1;
     }
     /*
-     * A newstyle server's greeting is 18 bytes: waiting for 16 is safe, and
-     * tells the two apart.  Anything else is libnbd's to judge.
+     * Both greetings start with 16 bytes of magic; a newstyle one has two
+     * bytes of flags after them.  Anything else is libnbd's to judge.
      */
-    if (!recv_greeting(fd, msg, 16, MSG_PEEK, deadline, errp)) {
+    int got = peek_greeting(fd, msg, 16, deadline, errp);
+    if (got < 0) {
         goto fail;
     }
-    if (memcmp(msg, nbd_magic, 8) || memcmp(msg + 8, cliserv_magic, 8)) {
+    if (!got || memcmp(msg, nbd_magic, 8)) {
         return fd;
     }
-    if (!recv_greeting(fd, msg, sizeof(msg), 0, deadline, errp)) {
-        goto fail;
-    }
-    /* Bytes 26-27: the transmission flags; bit 0 is HAS_FLAGS. */
-    if (!msg[26] && !msg[27]) {
-        msg[27] = 1;
+    if (memcmp(msg + 8, cliserv_magic, 8)) {
+        if (memcmp(msg + 8, opts_magic, 8)) {
+            return fd;
+        }
+        got = peek_greeting(fd, msg, 18, deadline, errp);
+        if (got < 0) {
+            goto fail;
+        }
+        if (!got || (msg[17] & 1)) {      /* fixed newstyle: libnbd can cope */
+            return fd;
+        }
     }
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) < 0) {
         error_setg_errno(errp, errno, "socketpair");
         goto fail;
     }
-    /* 152 bytes always fit in an empty socket buffer. */
-    if (write(pair[1], msg, sizeof(msg)) != (ssize_t)sizeof(msg)) {
-        error_setg_errno(errp, errno, "socketpair");
-        close(pair[0]);
-        close(pair[1]);
-        goto fail;
-    }
-    /*
-     * The writing end stays open until the switch: closed, it would make
-     * libnbd's end readable (end of file) and the connection die before
-     * the server's socket is put in its place.
-     */
-    *peer_fd = pair[1];
-    *server_fd = fd;
+    NbdRelay *r = g_new0(NbdRelay, 1);
+    r->server_fd = fd;
+    r->peer_fd = pair[1];
+    r->down = relay_watch(fd, (GSourceFunc)(void (*)(void))relay_down_cb, r);
+    r->up = relay_watch(pair[1], (GSourceFunc)(void (*)(void))relay_up_cb, r);
+    *relay = r;
     return pair[0];
 
 fail:
@@ -219,17 +310,25 @@ fail:
     return -1;
 }
 
-bool nbd_socket_switch(int libnbd_fd, int server_fd, int peer_fd,
-                       GError **errp)
+void nbd_relay_free(NbdRelay *r)
 {
-    close(peer_fd);
+    relay_stop(r);
+    close(r->server_fd);
+    close(r->peer_fd);
+    g_free(r);
+}
+
+bool nbd_relay_switch(NbdRelay *r, int libnbd_fd, GError **errp)
+{
+    bool ok = true;
+    relay_stop(r);
     /* dup2 drops close-on-exec; the server's socket is already non-blocking. */
-    if (dup2(server_fd, libnbd_fd) < 0) {
+    if (dup2(r->server_fd, libnbd_fd) < 0) {
         error_setg_errno(errp, errno, "dup2");
-        close(server_fd);
-        return false;
+        ok = false;
+    } else {
+        fcntl(libnbd_fd, F_SETFD, FD_CLOEXEC);
     }
-    fcntl(libnbd_fd, F_SETFD, FD_CLOEXEC);
-    close(server_fd);
-    return true;
+    nbd_relay_free(r);
+    return ok;
 }

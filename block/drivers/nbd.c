@@ -361,7 +361,8 @@ static void nbd_link_lost(NbdState *s, unsigned generation)
     }
     s->state = s->reconnect_delay ? LINK_WAIT : LINK_NOWAIT;
     if (s->reconnect_delay) {
-        s->delay_timer = g_timeout_source_new_seconds(s->reconnect_delay);
+        s->delay_timer = g_timeout_source_new(
+            (guint)MIN((uint64_t)s->reconnect_delay * 1000, G_MAXUINT));
         g_source_set_callback(s->delay_timer, delay_timer_cb, s, NULL);
         g_source_attach(s->delay_timer, loop_context(loop_get()));
     }
