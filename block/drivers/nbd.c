@@ -866,9 +866,9 @@ static int nbd_img_create(const char *filename, json_t *options, GError **errp)
     int64_t len = blk_getlength(blk);
     int ret = 0;
     if (len >= 0 && (uint64_t)len < size) {
-        error_setg(errp, "Could not resize image: Image size cannot be "
-                   "increased");
-        ret = -ENOTSUP;
+        /* What truncating to the size says (QEMU's fallback does that). */
+        error_setg(errp, "Cannot grow NBD nodes");
+        ret = -EINVAL;
     } else if (len > 0) {
         ZeroCo z = { blk, 0 };
         if (in_coroutine()) {
