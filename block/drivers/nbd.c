@@ -728,7 +728,8 @@ static int nbd_open(BlockNode *bs, json_t *options, int flags, GError **errp)
     }
     if (s->read_only && (flags & NODE_O_RDWR)) {
         if (!bs->auto_read_only) {
-            error_setg(errp, "NBD export is read-only");
+            /* QEMU loses its "NBD export is read-only" on the way. */
+            error_setg_errno(errp, EACCES, "Could not open image");
             goto fail;
         }
         bs->read_only = true;
