@@ -126,14 +126,13 @@ static bool create_image(const char *filename, const char *fmt,
         error_setg(errp, "Unknown file format '%s'", fmt);
         return false;
     }
-    /* QEMU asks the format before it looks at the protocol. */
+    proto = img_find_protocol(filename, errp);
+    if (!proto) {
+        return false;
+    }
     if (!drv->create) {
         error_setg(errp, "Format driver '%s' does not support image creation",
                    drv->format_name);
-        return false;
-    }
-    proto = img_find_protocol(filename, errp);
-    if (!proto) {
         return false;
     }
     if (!proto->create) {
