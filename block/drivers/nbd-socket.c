@@ -132,12 +132,14 @@ static int coroutine_fn connect_fd(const NbdAddress *addr, int64_t deadline,
 
 /*
  * Look at the first len bytes of the greeting without taking them: 1 when
- * they are there, 0 when the server closed before sending them all (libnbd
- * reads what there is and reports it), -1 with errp set on an error.
+ * they are there, 0 when the server closed before sending them all (with
+ * *avail the bytes it did send), -1 with errp set on an error.
  */
 static int coroutine_fn peek_greeting(int fd, uint8_t *buf, size_t len,
-                                      int64_t deadline, GError **errp)
+                                      size_t *avail, int64_t deadline,
+                                      GError **errp)
 {
+    *avail = 0;
     for (;;) {
         ssize_t n = recv(fd, buf, len, MSG_PEEK);
         if (n >= (ssize_t)len) {
@@ -147,7 +149,8 @@ static int coroutine_fn peek_greeting(int fd, uint8_t *buf, size_t len,
             return 0;
         }
         if (n < 0 && errno != EAGAIN && errno != EINTR) {
-            return 0;
+            error_setg_errno(errp, errno, "Failed to read initial magic");
+            return -1;
         }
         if (n > 0) {
             /*
@@ -156,6 +159,7 @@ static int coroutine_fn peek_greeting(int fd, uint8_t *buf, size_t len,
              * server has closed its side.
              */
             struct pollfd pfd = { .fd = fd, .events = POLLRDHUP };
+            *avail = n;
             if (poll(&pfd, 1, 0) > 0 &&
                 (pfd.revents & (POLLRDHUP | POLLHUP | POLLERR))) {
                 return 0;
@@ -170,6 +174,15 @@ static int coroutine_fn peek_greeting(int fd, uint8_t *buf, size_t len,
             return -1;
         }
     }
+}
+
+/* A greeting cut short: QEMU's words for the field it was reading. */
+static void set_eof_error(size_t avail, GError **errp)
+{
+    const char *field = avail < 8 ? "initial magic"
+                      : avail < 16 ? "server magic" : "server flags";
+    error_setg(errp, "Failed to read %s: Unexpected end-of-file before all "
+               "data were read", field);
 }
 
 struct NbdRelay {
@@ -274,22 +287,31 @@ int coroutine_fn nbd_socket_open(const NbdAddress *addr, int64_t deadline,
      * Both greetings start with 16 bytes of magic; a newstyle one has two
      * bytes of flags after them.  Anything else is libnbd's to judge.
      */
-    int got = peek_greeting(fd, msg, 16, deadline, errp);
+    size_t avail;
+    int got = peek_greeting(fd, msg, 16, &avail, deadline, errp);
     if (got < 0) {
         goto fail;
     }
-    if (!got || memcmp(msg, nbd_magic, 8)) {
+    if (!got) {
+        set_eof_error(avail, errp);
+        goto fail;
+    }
+    if (memcmp(msg, nbd_magic, 8)) {
         return fd;
     }
     if (memcmp(msg + 8, cliserv_magic, 8)) {
         if (memcmp(msg + 8, opts_magic, 8)) {
             return fd;
         }
-        got = peek_greeting(fd, msg, 18, deadline, errp);
+        got = peek_greeting(fd, msg, 18, &avail, deadline, errp);
         if (got < 0) {
             goto fail;
         }
-        if (!got || (msg[17] & 1)) {      /* fixed newstyle: libnbd can cope */
+        if (!got) {
+            set_eof_error(avail, errp);
+            goto fail;
+        }
+        if (msg[17] & 1) {      /* fixed newstyle: libnbd can cope */
             return fd;
         }
     }

@@ -15,18 +15,21 @@
 
 #define NBD_DEFAULT_PORT "10809"
 
-/* %XX decoding; a malformed escape stays as it is. */
+/* %XX decoding; NULL for a '%' without two hex digits (RFC 3986). */
 static char *uri_unescape(const char *s, size_t len)
 {
     GString *out = g_string_sized_new(len);
     for (size_t i = 0; i < len; i++) {
-        if (s[i] == '%' && i + 2 < len && g_ascii_isxdigit(s[i + 1]) &&
-            g_ascii_isxdigit(s[i + 2])) {
+        if (s[i] != '%') {
+            g_string_append_c(out, s[i]);
+        } else if (i + 2 < len && g_ascii_isxdigit(s[i + 1]) &&
+                   g_ascii_isxdigit(s[i + 2])) {
             g_string_append_c(out, (char)(g_ascii_xdigit_value(s[i + 1]) * 16 +
                                           g_ascii_xdigit_value(s[i + 2])));
             i += 2;
         } else {
-            g_string_append_c(out, s[i]);
+            g_string_free(out, TRUE);
+            return NULL;
         }
     }
     return g_string_free(out, FALSE);
@@ -82,6 +85,9 @@ static bool parse_uri(const char *filename, json_t *options)
             qname = uri_unescape(query, qlen);
             qvalue = g_strdup("");
         }
+        if (!qname || !qvalue) {
+            goto out;
+        }
     }
     if ((is_unix && nparams != 1) || (!is_unix && nparams)) {
         goto out;
@@ -93,6 +99,9 @@ static bool parse_uri(const char *filename, json_t *options)
     }
     if (plen) {
         char *exp = uri_unescape(path, plen);
+        if (!exp) {
+            goto out;
+        }
         put(options, "export", exp);
         g_free(exp);
     }
@@ -129,6 +138,9 @@ static bool parse_uri(const char *filename, json_t *options)
             const char *colon = memchr(h, ':', hlen);
             size_t n = colon ? (size_t)(colon - h) : hlen;
             host = uri_unescape(h, n);
+            if (!host) {
+                goto out;
+            }
             if (colon) {
                 port = colon + 1;
                 portlen = h + hlen - port;

@@ -170,17 +170,14 @@ out:
 
 static bool take_options(NbdState *s, json_t *options, GError **errp)
 {
-    char *tls = NULL, *tls_host = NULL, *filename = NULL;
+    char *tls = NULL, *tls_host = NULL;
     uint64_t delay = 0, timeout = 0;
     bool ok = false;
 
-    /* A filename given as an option (json:{"filename": ...}). */
-    if (!opts_take_str(options, "filename", &filename, errp)) {
-        goto out;
-    }
-    if (filename && !nbd_parse_filename(filename, options, errp)) {
-        goto out;
-    }
+    /*
+     * A "filename" option is not parsed (as in QEMU, only a filename given
+     * as such is): it is left over, and refused, after the address.
+     */
     if (!opts_take_str(options, "export", &s->export, errp) ||
         !opts_take_str(options, "x-dirty-bitmap", &s->bitmap, errp) ||
         !opts_take_str(options, "tls-creds", &tls, errp) ||
@@ -210,7 +207,6 @@ static bool take_options(NbdState *s, json_t *options, GError **errp)
 out:
     g_free(tls);
     g_free(tls_host);
-    g_free(filename);
     return ok;
 }
 
@@ -723,7 +719,8 @@ static int nbd_open(BlockNode *bs, json_t *options, int flags, GError **errp)
         goto fail;
     }
     if (s->bitmap && !s->has_status) {
-        error_setg(errp, "requested x-dirty-bitmap %s not found", s->bitmap);
+        /* QEMU's "requested x-dirty-bitmap %s not found" is lost on the way. */
+        error_setg_errno(errp, EINVAL, "Could not open image");
         goto fail;
     }
     if (s->read_only && (flags & NODE_O_RDWR)) {

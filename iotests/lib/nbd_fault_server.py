@@ -9,7 +9,8 @@ unix SOCKET, with the handshake of the oldest servers: old-style
 at all (0), which QEMU accepts and libnbd alone does not.  Only READ, WRITE
 and DISC exist, with simple replies.
 
---drop EVENT closes the connection at the first EVENT: "request" (before
+--drop EVENT closes the connection at the first EVENT: "accept" (before
+sending anything), "greeting" (after the first 8 bytes), "request" (before
 reading a request), "data" (after reading a write's data, before
 replying), "reply" (after sending a reply).  --once exits after the first
 connection ends, like a server that goes away for good.  "Listening" on
@@ -60,6 +61,11 @@ def handshake(conn, size, classic):
 
 
 def serve(conn, disk, classic, drop):
+    if drop == 'accept':
+        raise Dropped
+    if drop == 'greeting':
+        conn.sendall(NBD_MAGIC)
+        raise Dropped
     handshake(conn, len(disk), classic)
     while True:
         if drop == 'request':
