@@ -614,6 +614,15 @@ static int coroutine_fn nbd_co_block_status(BlockNode *bs, bool want_zero,
     }
     uint64_t len = MIN((uint64_t)c.ext_len, c.bytes);
     uint32_t fl = c.ext_flags;
+    /*
+     * qemu:allocation-depth read as block status: QEMU keeps depths 0, 1
+     * and 2 as they are and reads any deeper one as 2, so that qemu-img
+     * map shows unallocated, here and below apart (iotest
+     * nbd-qemu-allocation).
+     */
+    if (s->bitmap && !strcmp(s->bitmap, "qemu:allocation-depth") && fl > 2) {
+        fl = 2;
+    }
     /* A server breaking its own minimum block size: round as QEMU does. */
     if (s->min_block && len % s->min_block) {
         if (len > s->min_block) {
