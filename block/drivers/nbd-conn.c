@@ -245,7 +245,8 @@ int coroutine_fn nbd_conn_connect(NbdConn *c, const NbdConnectParams *p,
         goto fail;
     }
     ret = -ECONNREFUSED;
-    int fd = nbd_socket_open(p->addr, deadline_ns, &relay, errp);
+    int fd = nbd_socket_open(p->addr, deadline_ns, &c->waiter, p->cancel,
+                             &relay, errp);
     if (fd < 0) {
         goto fail;
     }

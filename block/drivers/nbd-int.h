@@ -79,13 +79,15 @@ void nbd_conn_close(NbdConn *c, bool graceful);
 
 /*
  * Connect to the server (nbd-socket.c).  Returns the socket to give libnbd
- * (nbd_aio_connect_socket), or -1 with errp set.  For servers libnbd cannot
+ * (nbd_aio_connect_socket), or -1 with errp set.  While it waits, *slot
+ * points at the wait (to be woken once *cancel is set).  For servers libnbd cannot
  * negotiate with alone, *relay is set (else NULL): once libnbd is ready,
  * nbd_relay_switch() puts the server's socket in place of libnbd's; if
  * the handshake fails, nbd_relay_free().
  */
 typedef struct NbdRelay NbdRelay;
 int coroutine_fn nbd_socket_open(const NbdAddress *addr, int64_t deadline,
+                                 NbdWait **slot, const bool *cancel,
                                  NbdRelay **relay, GError **errp);
 bool nbd_relay_switch(NbdRelay *r, int libnbd_fd, GError **errp);
 void nbd_relay_free(NbdRelay *r);

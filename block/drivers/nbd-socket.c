@@ -42,23 +42,50 @@ static gboolean fd_ready_cb(gint fd, GIOCondition cond, gpointer opaque)
     return G_SOURCE_REMOVE;
 }
 
-/* Wait until fd is ready for cond; false when the deadline passed first. */
-static bool coroutine_fn wait_fd(int fd, GIOCondition cond, int64_t deadline)
+/*
+ * How long a connection attempt may wait, and how closing the node stops
+ * it: while waiting, *slot points at the wait, so that whoever sets
+ * *cancel can wake it (the node's connection waiter).
+ */
+typedef struct {
+    int64_t deadline;        /* clock_ns(); < 0: none */
+    NbdWait **slot;
+    const bool *cancel;
+} SockWait;
+
+/* Wait until fd is ready for cond: 0, ETIMEDOUT or ECANCELED. */
+static int coroutine_fn wait_fd(int fd, GIOCondition cond, const SockWait *sw)
 {
     NbdWait w;
     GSource *src = g_unix_fd_source_new(fd, cond | G_IO_HUP | G_IO_ERR);
     g_source_set_callback(src, (GSourceFunc)(void (*)(void))fd_ready_cb, &w,
                           NULL);
     g_source_attach(src, loop_context(loop_get()));
-    nbd_wait(&w, deadline < 0 ? -1 : MAX(deadline - clock_ns(), 0));
+    if (sw->slot) {
+        *sw->slot = &w;
+    }
+    nbd_wait(&w, sw->deadline < 0 ? -1 : MAX(sw->deadline - clock_ns(), 0));
+    if (sw->slot) {
+        *sw->slot = NULL;
+    }
     g_source_destroy(src);
     g_source_unref(src);
-    return !w.timed_out;
+    if (sw->cancel && *sw->cancel) {
+        return ECANCELED;
+    }
+    return w.timed_out ? ETIMEDOUT : 0;
+}
+
+static void set_wait_error(int err, GError **errp)
+{
+    error_setg(errp, err == ECANCELED ? "Connection attempt cancelled"
+                                      : "Connection attempt cancelled by "
+                                        "timeout");
 }
 
 /* One non-blocking connect; 0 or an errno. */
 static int coroutine_fn try_connect(int fd, const struct sockaddr *sa,
-                                    socklen_t salen, int64_t deadline)
+                                    socklen_t salen, const SockWait *sw)
 {
     if (connect(fd, sa, salen) == 0) {
         return 0;
@@ -66,7 +93,7 @@ static int coroutine_fn try_connect(int fd, const struct sockaddr *sa,
     int err = errno;
     if (err == EINPROGRESS) {
         socklen_t len = sizeof(err);
-        err = wait_fd(fd, G_IO_OUT, deadline) ? 0 : ETIMEDOUT;
+        err = wait_fd(fd, G_IO_OUT, sw);
         if (!err && getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0) {
             err = errno;
         }
@@ -75,7 +102,7 @@ static int coroutine_fn try_connect(int fd, const struct sockaddr *sa,
 }
 
 /* Connect to the server as QEMU does: each address in turn; the last error. */
-static int coroutine_fn connect_fd(const NbdAddress *addr, int64_t deadline,
+static int coroutine_fn connect_fd(const NbdAddress *addr, const SockWait *sw,
                                    GError **errp)
 {
     struct addrinfo hints = { .ai_socktype = SOCK_STREAM }, *res = NULL;
@@ -90,8 +117,7 @@ static int coroutine_fn connect_fd(const NbdAddress *addr, int64_t deadline,
         strcpy(un.sun_path, addr->path);
         fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
         err = fd < 0 ? errno
-                     : try_connect(fd, (struct sockaddr *)&un, sizeof(un),
-                                   deadline);
+                     : try_connect(fd, (struct sockaddr *)&un, sizeof(un), sw);
     } else {
         int r = getaddrinfo(addr->host, addr->port, &hints, &res);
         if (r) {
@@ -106,13 +132,17 @@ static int coroutine_fn connect_fd(const NbdAddress *addr, int64_t deadline,
             fd = socket(ai->ai_family,
                         SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
             err = fd < 0 ? errno
-                         : try_connect(fd, ai->ai_addr, ai->ai_addrlen,
-                                       deadline);
-            if (!err) {
+                         : try_connect(fd, ai->ai_addr, ai->ai_addrlen, sw);
+            if (!err || err == ECANCELED) {
                 break;
             }
         }
         freeaddrinfo(res);
+    }
+    if (err == ECANCELED || err == ETIMEDOUT) {
+        set_wait_error(err, errp);
+        close(fd);
+        return -1;
     }
     if (err) {
         if (addr->is_unix) {
@@ -136,7 +166,7 @@ static int coroutine_fn connect_fd(const NbdAddress *addr, int64_t deadline,
  * *avail the bytes it did send), -1 with errp set on an error.
  */
 static int coroutine_fn peek_greeting(int fd, uint8_t *buf, size_t len,
-                                      size_t *avail, int64_t deadline,
+                                      size_t *avail, const SockWait *sw,
                                       GError **errp)
 {
     *avail = 0;
@@ -165,12 +195,19 @@ static int coroutine_fn peek_greeting(int fd, uint8_t *buf, size_t len,
                 return 0;
             }
             co_sleep_ns(10 * 1000000);
-        } else if (!wait_fd(fd, G_IO_IN, deadline)) {
-            error_setg(errp, "Connection attempt cancelled by timeout");
+        } else {
+            int err = wait_fd(fd, G_IO_IN, sw);
+            if (err) {
+                set_wait_error(err, errp);
+                return -1;
+            }
+        }
+        if (sw->cancel && *sw->cancel) {
+            set_wait_error(ECANCELED, errp);
             return -1;
         }
-        if (deadline >= 0 && clock_ns() >= deadline) {
-            error_setg(errp, "Connection attempt cancelled by timeout");
+        if (sw->deadline >= 0 && clock_ns() >= sw->deadline) {
+            set_wait_error(ETIMEDOUT, errp);
             return -1;
         }
     }
@@ -273,11 +310,13 @@ static GSource *relay_watch(int fd, GSourceFunc cb, NbdRelay *r)
 }
 
 int coroutine_fn nbd_socket_open(const NbdAddress *addr, int64_t deadline,
+                                 NbdWait **slot, const bool *cancel,
                                  NbdRelay **relay, GError **errp)
 {
+    SockWait sw = { deadline, slot, cancel };
     uint8_t msg[18];
     int pair[2];
-    int fd = connect_fd(addr, deadline, errp);
+    int fd = connect_fd(addr, &sw, errp);
 
     *relay = NULL;
     if (fd < 0) {
@@ -288,7 +327,7 @@ int coroutine_fn nbd_socket_open(const NbdAddress *addr, int64_t deadline,
      * bytes of flags after them.  Anything else is libnbd's to judge.
      */
     size_t avail;
-    int got = peek_greeting(fd, msg, 16, &avail, deadline, errp);
+    int got = peek_greeting(fd, msg, 16, &avail, &sw, errp);
     if (got < 0) {
         goto fail;
     }
@@ -303,7 +342,7 @@ int coroutine_fn nbd_socket_open(const NbdAddress *addr, int64_t deadline,
         if (memcmp(msg + 8, opts_magic, 8)) {
             return fd;
         }
-        got = peek_greeting(fd, msg, 18, &avail, deadline, errp);
+        got = peek_greeting(fd, msg, 18, &avail, &sw, errp);
         if (got < 0) {
             goto fail;
         }
