@@ -1,5 +1,6 @@
 /* Image creation through a driver's create callback. */
 #include <errno.h>
+#include <string.h>
 #include "block-int.h"
 
 typedef struct {
@@ -20,6 +21,19 @@ bool image_create(const char *fmt, const char *filename, json_t *options,
                   GError **errp)
 {
     const BlockDriver *drv = driver_find(fmt);
+    /*
+     * A format creates its storage as "file"; QEMU's bdrv_create_file()
+     * means the protocol the name gives ("nbd://..."), if any.
+     */
+    size_t plen = strcspn(filename, ":/");
+    if (drv && !strcmp(fmt, "file") && filename[plen] == ':') {
+        char *proto = g_strndup(filename, plen);
+        const BlockDriver *p = driver_find_protocol(proto);
+        g_free(proto);
+        if (p) {
+            drv = p;
+        }
+    }
     if (!options) {
         options = json_object();
     }

@@ -658,18 +658,9 @@ static const BlockDriver *protocol_from_filename(const char *filename)
         return NULL;
     }
     char *proto = g_strndup(filename, colon - filename);
-    const BlockDriver *found = NULL;
-    const char **names = driver_list();
-    for (const char **n = names; *n && !found; n++) {
-        const BlockDriver *drv = driver_find(*n);
-        if (drv->protocol_name && drv->parse_filename &&
-            !strcmp(drv->protocol_name, proto)) {
-            found = drv;
-        }
-    }
-    g_free(names);
+    const BlockDriver *found = driver_find_protocol(proto);
     g_free(proto);
-    return found;
+    return found && found->parse_filename ? found : NULL;
 }
 
 /* A "proto:" prefix naming no driver (with no path separator before it). */

@@ -14,6 +14,9 @@ extern const BlockDriver bdrv_compress;
 extern const BlockDriver bdrv_luks;
 extern const BlockDriver bdrv_bochs;
 extern const BlockDriver bdrv_quorum;
+extern const BlockDriver bdrv_nbd;
+extern const BlockDriver bdrv_nbd_tcp;
+extern const BlockDriver bdrv_nbd_unix;
 
 static GPtrArray *drivers;
 static void drivers_init(void);
@@ -42,6 +45,10 @@ static void drivers_init(void)
     g_ptr_array_add(drivers, (gpointer)&bdrv_luks);
     g_ptr_array_add(drivers, (gpointer)&bdrv_bochs);
     g_ptr_array_add(drivers, (gpointer)&bdrv_quorum);
+    /* nbd+unix first: driver=nbd means it, as in QEMU (see nbd.c). */
+    g_ptr_array_add(drivers, (gpointer)&bdrv_nbd_unix);
+    g_ptr_array_add(drivers, (gpointer)&bdrv_nbd_tcp);
+    g_ptr_array_add(drivers, (gpointer)&bdrv_nbd);
 }
 
 const BlockDriver *driver_find(const char *name)
@@ -50,6 +57,18 @@ const BlockDriver *driver_find(const char *name)
     for (guint i = 0; i < drivers->len; i++) {
         const BlockDriver *drv = drivers->pdata[i];
         if (!strcmp(drv->format_name, name)) {
+            return drv;
+        }
+    }
+    return NULL;
+}
+
+const BlockDriver *driver_find_protocol(const char *proto)
+{
+    drivers_init();
+    for (guint i = 0; i < drivers->len; i++) {
+        const BlockDriver *drv = drivers->pdata[i];
+        if (drv->protocol_name && !strcmp(drv->protocol_name, proto)) {
             return drv;
         }
     }

@@ -299,6 +299,11 @@ extern const char *const prealloc_mode_names[PREALLOC__MAX + 1];
 bool image_create(const char *fmt, const char *filename, json_t *options,
                   GError **errp);
 const BlockDriver *driver_find(const char *name);
+/*
+ * The driver for a protocol name ("file", "nbd+unix"): several drivers
+ * may share a format name, so this is not driver_find().
+ */
+const BlockDriver *driver_find_protocol(const char *proto);
 /* NULL-terminated list of driver names (caller frees the array only). */
 const char **driver_list(void);
 

@@ -532,3 +532,61 @@ def hold_image(args, prog='strata', probe='length', answer='\n'):
     h.send(probe)
     h.expect(answer)
     return h
+
+# ------------------------------------------------------------ NBD servers
+
+QEMU_NBD_PROG = os.environ.get('QEMU_NBD_PROG') or 'qemu-nbd'
+
+
+class Server:
+    """A long-lived server child (qemu-nbd, the fault server); see
+    start_qemu_nbd() and start_fault_server().  Killed at exit."""
+
+    def __init__(self, argv, ready, timeout=10):
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, cwd=TEST_DIR)
+        _children.append(self.proc)
+        if not _wait_for(ready, timeout, argv[0], self.proc):
+            raise RuntimeError('%s exited: %s' % (
+                argv[0], self.proc.stdout.read().decode('utf-8', 'replace')))
+
+    def wait(self, timeout=TIMEOUT):
+        """Wait for the server to exit; returns its output."""
+        out, _ = self.proc.communicate(timeout=timeout)
+        return out.decode('utf-8', 'replace')
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        return self.wait(10)
+
+
+def requires_qemu_nbd():
+    if not _find(QEMU_NBD_PROG):
+        skip('%s not found' % os.path.basename(QEMU_NBD_PROG))
+
+
+def start_qemu_nbd(sock, image, args=()):
+    """qemu-nbd serving IMAGE on the unix socket SOCK (in TEST_DIR) to any
+    number of clients one after the other (-t); waits for the socket."""
+    path = test_path(sock)
+    if os.path.exists(path):
+        os.unlink(path)
+    return Server([QEMU_NBD_PROG, '-t', '-k', path] + list(args) + [image],
+                  lambda: os.path.exists(path))
+
+
+def start_fault_server(sock, size, args=()):
+    """iotests/lib/nbd_fault_server.py on SOCK (see its usage); waits for
+    its "Listening"."""
+    path = test_path(sock)
+    if os.path.exists(path):
+        os.unlink(path)
+    srv = Server([sys.executable, os.path.join(LIB_DIR, 'nbd_fault_server.py'),
+                  path, str(size)] + list(args),
+                 lambda: os.path.exists(path))
+    line = srv.proc.stdout.readline().decode()
+    if not line.startswith('Listening'):
+        raise RuntimeError('fault server: %r' % line)
+    return srv

@@ -248,21 +248,13 @@ const BlockDriver *img_find_protocol(const char *filename, GError **errp)
 {
     size_t len = strcspn(filename, ":/");
     const BlockDriver *found = NULL;
-    const char **names;
     char *proto;
 
     if (filename[len] != ':') {
         return driver_find("file");
     }
     proto = g_strndup(filename, len);
-    names = driver_list();
-    for (const char **n = names; *n && !found; n++) {
-        const BlockDriver *drv = driver_find(*n);
-        if (drv && drv->protocol_name && !strcmp(drv->protocol_name, proto)) {
-            found = drv;
-        }
-    }
-    g_free(names);
+    found = driver_find_protocol(proto);
     if (!found) {
         error_setg(errp, "Unknown protocol '%s'", proto);
     }

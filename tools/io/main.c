@@ -133,7 +133,7 @@ static const BlockDriver *filename_protocol(const char *filename)
         return NULL;
     }
     proto = g_strndup(filename, colon - filename);
-    drv = driver_find(proto);
+    drv = driver_find_protocol(proto);
     g_free(proto);
     return drv && drv->protocol_name ? drv : NULL;
 }
