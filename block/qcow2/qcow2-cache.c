@@ -36,6 +36,7 @@ struct Qcow2Cache {
     GHashTable *index;   /* offset -> slot + 1 */
     Qcow2Cache *depends;
     uint64_t lru_clock;
+    int last;            /* slot of the last lookup: most hit it again */
     bool unsynced;       /* tables written since this cache last synced */
 };
 
@@ -176,6 +177,14 @@ int coroutine_fn qcow2_cache_flush(Qcow2Cache *c)
     return ret < 0 ? ret : fret;
 }
 
+int coroutine_fn qcow2_cache_flush_dependency(Qcow2Cache *c)
+{
+    if (c->depends) {
+        return qcow2_cache_flush(c->depends);
+    }
+    return node_co_flush(c->bs->file->bs);
+}
+
 /* A slot for a new table: the least recently used one not in use. */
 static int coroutine_fn find_victim(Qcow2Cache *c)
 {
@@ -204,6 +213,14 @@ static int coroutine_fn do_get(Qcow2Cache *c, uint64_t offset, void **table,
     if (offset == 0) {
         /* Never a table: the header lives there (a damaged image). */
         return -EIO;
+    }
+    /*
+     * A slot's offset is the truth the index only mirrors, so the last
+     * slot can be tried without invalidating anything when slots change.
+     */
+    if (c->slots[c->last].offset == offset) {
+        i = c->last;
+        goto found;
     }
     v = g_hash_table_lookup(c->index, &offset);
     if (v) {
@@ -252,6 +269,7 @@ static int coroutine_fn do_get(Qcow2Cache *c, uint64_t offset, void **table,
     index_add(c, i);
 
 found:
+    c->last = i;
     c->slots[i].ref++;
     c->slots[i].lru = ++c->lru_clock;
     *table = slot_table(c, i);

@@ -87,14 +87,35 @@ static int coroutine_fn get_l2_for_write(BlockNode *bs, uint64_t offset,
         }
         memcpy(t, o, s->cluster_size);
         qcow2_cache_put(s->l2_cache, &o);
-    } else {
-        memset(t, 0, s->cluster_size);
-    }
-    qcow2_cache_mark_dirty(s->l2_cache, t);
+        qcow2_cache_mark_dirty(s->l2_cache, t);
 
-    /* The new table is on disk before L1 points at it. */
-    child_debug_event(bs->file, BLKDBG_L2_ALLOC_WRITE);
-    ret = qcow2_cache_flush(s->l2_cache);
+        /* The new table is on disk before L1 points at it. */
+        child_debug_event(bs->file, BLKDBG_L2_ALLOC_WRITE);
+        ret = qcow2_cache_flush(s->l2_cache);
+    } else {
+        /*
+         * An empty table is all zeroes, so zeroing its cluster in the file
+         * puts it on disk as well as writing it would, and in the tail the
+         * file grows ahead of its writes (fresh images) that costs no I/O
+         * at all.  Then one sync makes both the zeroes and the refcount of
+         * the cluster durable before L1 points at it; the table stays
+         * clean in the cache until entries are set, and is written like
+         * any other L2 table later (after the refcounts it relies on).
+         * Writing the table and syncing twice (refcounts, then the table)
+         * cost two syncs per new table and wrote it twice.
+         */
+        memset(t, 0, s->cluster_size);
+        child_debug_event(bs->file, BLKDBG_L2_ALLOC_WRITE);
+        ret = qcow2_check_overlap(bs, QCOW2_OL_ACTIVE_L2, new_offset,
+                                  s->cluster_size);
+        if (ret >= 0) {
+            ret = child_co_pwrite_zeroes(bs->file, (int64_t)new_offset,
+                                         s->cluster_size, 0);
+        }
+        if (ret >= 0) {
+            ret = qcow2_cache_flush_dependency(s->l2_cache);
+        }
+    }
     if (ret < 0) {
         goto fail;
     }

@@ -384,6 +384,12 @@ void qcow2_cache_mark_dirty(Qcow2Cache *c, void *table);
 /* Write dirty tables (dependencies first); flush also syncs the file. */
 int coroutine_fn qcow2_cache_write(Qcow2Cache *c);
 int coroutine_fn qcow2_cache_flush(Qcow2Cache *c);
+/*
+ * Make durable what c's tables rely on (the dependency's dirty tables)
+ * and everything written to the file before: a sync of the file even
+ * without a dependency (lazy refcounts).
+ */
+int coroutine_fn qcow2_cache_flush_dependency(Qcow2Cache *c);
 /* Forget the table at offset (its cluster was freed); false if in use. */
 bool qcow2_cache_discard(Qcow2Cache *c, uint64_t offset);
 /* Drop every clean, unused table (after write). */
