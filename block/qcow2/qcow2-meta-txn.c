@@ -30,6 +30,13 @@
  * changes refcounts again, possibly in blocks not copied yet, so placement
  * repeats until nothing new needs a place.
  *
+ * A second transaction can put the refcount structures back where an
+ * earlier view had them (qcow2_txn_restore_refcounts): snapshot operations
+ * use it to end with QEMU's layout (see relayout() in qcow2-snapshot.c).
+ * Those places must be free in the current view; every check that they
+ * are is made before the first write, so a transaction that cannot do it
+ * fails with -ENOTSUP having changed nothing.
+ *
  * The caller holds s->lock, has waited for allocating writes and has
  * written both caches back (the old view is on disk as in memory).
  */
