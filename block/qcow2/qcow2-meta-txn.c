@@ -30,6 +30,13 @@
  * changes refcounts again, possibly in blocks not copied yet, so placement
  * repeats until nothing new needs a place.
  *
+ * A second transaction can put the refcount structures back where an
+ * earlier view had them (qcow2_txn_restore_refcounts): snapshot operations
+ * use it to end with QEMU's layout (see relayout() in qcow2-snapshot.c).
+ * Those places must be free in the current view; every check that they
+ * are is made before the first write, so a transaction that cannot do it
+ * fails with -ENOTSUP having changed nothing.
+ *
  * The caller holds s->lock, has waited for allocating writes and has
  * written both caches back (the old view is on disk as in memory).
  */
@@ -44,12 +51,14 @@ typedef struct TxnBlock {
     uint8_t *buf;            /* the new contents, one cluster */
     uint64_t old_offset;     /* 0 if the block did not exist */
     uint64_t new_offset;     /* 0 until placed */
+    bool dropped;            /* restoring: a block the earlier view lacked */
 } TxnBlock;
 
 typedef struct TxnWrite {
     uint64_t offset;
     void *buf;
     uint64_t len;
+    int ign;                 /* overlap checks this write may skip */
 } TxnWrite;
 
 struct Qcow2MetaTxn {
@@ -58,6 +67,16 @@ struct Qcow2MetaTxn {
     GArray *writes;          /* TxnWrite */
     GArray *freed;           /* clusters whose refcount fell to 0 */
     uint64_t cursor;         /* where the search for free clusters goes on */
+    bool hold_discards;      /* freed clusters are discarded by a later txn */
+    /*
+     * Set for a transaction that puts the refcount structures back where
+     * an earlier view had them: block i goes to fixed_rt[i], the table to
+     * fixed_rt_offset (fixed_rt_clusters long).
+     */
+    uint64_t *fixed_rt;
+    uint64_t fixed_rt_size;
+    uint64_t fixed_rt_offset;
+    uint64_t fixed_rt_clusters;
 };
 
 static void free_block(gpointer p)
@@ -92,6 +111,7 @@ void qcow2_txn_free(Qcow2MetaTxn *t)
     g_array_free(t->writes, true);
     g_array_free(t->freed, true);
     g_hash_table_destroy(t->blocks);
+    g_free(t->fixed_rt);
     g_free(t);
 }
 
@@ -213,6 +233,51 @@ static int coroutine_fn cluster_free(Qcow2MetaTxn *t, uint64_t c, bool *free)
     return ret;
 }
 
+int coroutine_fn qcow2_txn_take(Qcow2MetaTxn *t, uint64_t cluster, int rc)
+{
+    bool free;
+    int ret = cluster_free(t, cluster, &free);
+
+    if (ret < 0) {
+        return ret;
+    }
+    return free ? qcow2_txn_add(t, cluster, rc) : -ENOTSUP;
+}
+
+int coroutine_fn qcow2_txn_touch(Qcow2MetaTxn *t, uint64_t cluster)
+{
+    Qcow2State *s = t->bs->opaque;
+    TxnBlock *b;
+
+    return get_block(t, cluster >> s->refcount_block_bits, &b);
+}
+
+void qcow2_txn_set_floor(Qcow2MetaTxn *t, uint64_t cluster)
+{
+    t->cursor = MAX(t->cursor, cluster);
+}
+
+void qcow2_txn_hold_discards(Qcow2MetaTxn *t)
+{
+    t->hold_discards = true;
+}
+
+void qcow2_txn_inherit_freed(Qcow2MetaTxn *t, Qcow2MetaTxn *from)
+{
+    g_array_append_vals(t->freed, from->freed->data, from->freed->len);
+}
+
+void qcow2_txn_restore_refcounts(Qcow2MetaTxn *t, const uint64_t *rt,
+                                 uint64_t rt_size, uint64_t rt_offset)
+{
+    Qcow2State *s = t->bs->opaque;
+
+    t->fixed_rt = g_memdup2(rt, (size_t)MAX(rt_size, 1) * 8);
+    t->fixed_rt_size = rt_size;
+    t->fixed_rt_offset = rt_offset;
+    t->fixed_rt_clusters = qcow2_size_to_clusters(s, rt_size * 8);
+}
+
 int coroutine_fn qcow2_txn_alloc(Qcow2MetaTxn *t, uint64_t n,
                                  uint64_t *offset)
 {
@@ -255,7 +320,13 @@ int coroutine_fn qcow2_txn_alloc(Qcow2MetaTxn *t, uint64_t n,
 void qcow2_txn_queue_write(Qcow2MetaTxn *t, uint64_t offset, void *buf,
                            uint64_t len)
 {
-    TxnWrite w = { offset, buf, len };
+    qcow2_txn_queue_write_ign(t, offset, buf, len, 0);
+}
+
+void qcow2_txn_queue_write_ign(Qcow2MetaTxn *t, uint64_t offset, void *buf,
+                               uint64_t len, int ign)
+{
+    TxnWrite w = { offset, buf, len, ign };
     g_array_append_val(t->writes, w);
 }
 
@@ -286,6 +357,17 @@ static int coroutine_fn place_refcounts(Qcow2MetaTxn *t, uint64_t *rt_offset,
     }
     *rt_offset = 0;
     *rt_clusters = 0;
+    for (uint64_t i = 0; t->fixed_rt && i < s->refcount_table_size; i++) {
+        /* Every block not at its earlier place goes back there. */
+        uint64_t want = i < t->fixed_rt_size ? t->fixed_rt[i] : 0;
+        if ((s->refcount_table[i] ^ want) & REFT_OFFSET_MASK) {
+            TxnBlock *b;
+            ret = get_block(t, i, &b);
+            if (ret < 0) {
+                return ret;
+            }
+        }
+    }
     for (;;) {
         bool placed = false;
         guint n;
@@ -304,11 +386,36 @@ static int coroutine_fn place_refcounts(Qcow2MetaTxn *t, uint64_t *rt_offset,
         qsort(keys, n, sizeof(*keys), cmp_u64);
         for (guint i = 0; i < n; i++) {
             TxnBlock *b = g_hash_table_lookup(t->blocks, &keys[i]);
+            if (b->dropped) {
+                continue;
+            }
             max_index = MAX(max_index, b->index);
             if (b->new_offset) {
                 continue;
             }
-            ret = qcow2_txn_alloc(t, 1, &b->new_offset);
+            if (t->fixed_rt) {
+                /*
+                 * Back to the block's cluster of the earlier view, which
+                 * must be free now: one that still sits there (it would be
+                 * written in place) cannot.  A block the earlier view did
+                 * not have goes, if it counts nothing in the end (checked
+                 * once all placements are done).
+                 */
+                uint64_t target = b->index < t->fixed_rt_size
+                    ? t->fixed_rt[b->index] & REFT_OFFSET_MASK : 0;
+                ret = -ENOTSUP;
+                if (!target) {
+                    b->dropped = true;
+                    ret = 0;
+                } else if (target != b->old_offset) {
+                    ret = qcow2_txn_take(t, target >> s->cluster_bits, 1);
+                }
+                if (ret >= 0) {
+                    b->new_offset = target;
+                }
+            } else {
+                ret = qcow2_txn_alloc(t, 1, &b->new_offset);
+            }
             if (ret >= 0 && b->old_offset) {
                 ret = qcow2_txn_add(t, b->old_offset >> s->cluster_bits, -1);
             }
@@ -327,7 +434,23 @@ static int coroutine_fn place_refcounts(Qcow2MetaTxn *t, uint64_t *rt_offset,
         if (need * s->cluster_size > QCOW2_MAX_REFTABLE_BYTES) {
             return -EFBIG;
         }
-        if (need > *rt_clusters) {
+        if (t->fixed_rt) {
+            if (need > t->fixed_rt_clusters) {
+                return -ENOTSUP;
+            }
+            if (!*rt_clusters) {
+                for (uint64_t c = 0; c < t->fixed_rt_clusters; c++) {
+                    ret = qcow2_txn_take(
+                        t, (t->fixed_rt_offset >> s->cluster_bits) + c, 1);
+                    if (ret < 0) {
+                        return ret;
+                    }
+                }
+                *rt_offset = t->fixed_rt_offset;
+                *rt_clusters = t->fixed_rt_clusters;
+                placed = true;
+            }
+        } else if (need > *rt_clusters) {
             if (*rt_clusters) {
                 ret = qcow2_txn_free_range(t, *rt_offset,
                                            *rt_clusters << s->cluster_bits);
@@ -343,15 +466,29 @@ static int coroutine_fn place_refcounts(Qcow2MetaTxn *t, uint64_t *rt_offset,
             placed = true;
         }
         if (!placed) {
-            return 0;
+            break;
         }
     }
+    GHashTableIter it;
+    gpointer v;
+
+    g_hash_table_iter_init(&it, t->blocks);
+    while (g_hash_table_iter_next(&it, NULL, &v)) {
+        TxnBlock *b = v;
+        for (uint64_t i = 0; b->dropped && i < s->refcount_block_size; i++) {
+            if (qcow2_refcount_array_get(s, b->buf, i)) {
+                return -ENOTSUP;
+            }
+        }
+    }
+    return 0;
 }
 
-static int coroutine_fn write_checked(BlockNode *bs, uint64_t offset,
-                                      const void *buf, uint64_t len)
+static int coroutine_fn write_checked(BlockNode *bs, int ign,
+                                      uint64_t offset, const void *buf,
+                                      uint64_t len)
 {
-    int ret = qcow2_check_overlap(bs, 0, offset, len);
+    int ret = qcow2_check_overlap(bs, ign, offset, len);
 
     if (ret >= 0) {
         ret = child_co_pwrite(bs->file, (int64_t)offset, (int64_t)len, buf,
@@ -383,19 +520,32 @@ int coroutine_fn qcow2_txn_commit(Qcow2MetaTxn *t, const Qcow2TxnHeader *h,
     g_hash_table_iter_init(&it, t->blocks);
     while (g_hash_table_iter_next(&it, NULL, &v)) {
         TxnBlock *b = v;
-        rt[b->index] = b->new_offset;
+        if (b->index < rt_entries) {
+            rt[b->index] = b->new_offset;
+        }
+    }
+    for (uint64_t i = 0; t->fixed_rt && i < rt_entries; i++) {
+        /* Only the earlier view's blocks, each at its own place. */
+        uint64_t want = i < t->fixed_rt_size ? t->fixed_rt[i] : 0;
+        if ((rt[i] & REFT_OFFSET_MASK) != (want & REFT_OFFSET_MASK)) {
+            g_free(rt);
+            return -ENOTSUP;
+        }
     }
 
     /* Everything of the new view that is not in the old one... */
     for (guint i = 0; i < t->writes->len && ret >= 0; i++) {
         TxnWrite *w = &g_array_index(t->writes, TxnWrite, i);
-        ret = write_checked(bs, w->offset, w->buf, w->len);
+        ret = write_checked(bs, w->ign, w->offset, w->buf, w->len);
     }
     g_hash_table_iter_init(&it, t->blocks);
     while (ret >= 0 && g_hash_table_iter_next(&it, NULL, &v)) {
         TxnBlock *b = v;
+        if (b->dropped) {
+            continue;
+        }
         child_debug_event(bs->file, BLKDBG_REFBLOCK_UPDATE);
-        ret = write_checked(bs, b->new_offset, b->buf, s->cluster_size);
+        ret = write_checked(bs, 0, b->new_offset, b->buf, s->cluster_size);
     }
     if (ret >= 0) {
         rt_be = g_new(uint64_t, rt_entries);
@@ -403,7 +553,7 @@ int coroutine_fn qcow2_txn_commit(Qcow2MetaTxn *t, const Qcow2TxnHeader *h,
             rt_be[i] = htobe64(rt[i]);
         }
         child_debug_event(bs->file, BLKDBG_REFTABLE_UPDATE);
-        ret = write_checked(bs, rt_offset, rt_be, rt_entries * 8);
+        ret = write_checked(bs, 0, rt_offset, rt_be, rt_entries * 8);
         g_free(rt_be);
     }
     /* ...is on disk before the header points at it. */
@@ -459,15 +609,26 @@ int coroutine_fn qcow2_txn_commit(Qcow2MetaTxn *t, const Qcow2TxnHeader *h,
     s->free_byte_offset = 0;
 
     ret = node_co_flush(bs->file->bs);
-    if (ret >= 0 && s->discard_passthrough_snapshot) {
-        /* Best effort: the space is free either way. */
-        for (guint i = 0; i < t->freed->len; i++) {
-            uint64_t c = g_array_index(t->freed, uint64_t, i), rc;
-            if (qcow2_get_refcount(bs, c, &rc) >= 0 && rc == 0) {
-                child_co_pdiscard(bs->file, (int64_t)(c << s->cluster_bits),
-                                  (int64_t)s->cluster_size);
-            }
-        }
+    if (ret >= 0 && !t->hold_discards) {
+        qcow2_txn_discard_freed(t);
     }
     return ret;
+}
+
+void coroutine_fn qcow2_txn_discard_freed(Qcow2MetaTxn *t)
+{
+    BlockNode *bs = t->bs;
+    Qcow2State *s = bs->opaque;
+
+    if (!s->discard_passthrough_snapshot) {
+        return;
+    }
+    /* Best effort: the space is free either way. */
+    for (guint i = 0; i < t->freed->len; i++) {
+        uint64_t c = g_array_index(t->freed, uint64_t, i), rc;
+        if (qcow2_get_refcount(bs, c, &rc) >= 0 && rc == 0) {
+            child_co_pdiscard(bs->file, (int64_t)(c << s->cluster_bits),
+                              (int64_t)s->cluster_size);
+        }
+    }
 }

@@ -521,6 +521,28 @@ int coroutine_fn qcow2_txn_alloc(Qcow2MetaTxn *t, uint64_t n,
 /* Write buf (taken over, g_free'd) at offset before the switch. */
 void qcow2_txn_queue_write(Qcow2MetaTxn *t, uint64_t offset, void *buf,
                            uint64_t len);
+void qcow2_txn_queue_write_ign(Qcow2MetaTxn *t, uint64_t offset, void *buf,
+                               uint64_t len, int ign);
+/* Refcount rc for a cluster free in both views (-ENOTSUP if it is not). */
+int coroutine_fn qcow2_txn_take(Qcow2MetaTxn *t, uint64_t cluster, int rc);
+/* Copy the refcount block covering cluster even if no count changes. */
+int coroutine_fn qcow2_txn_touch(Qcow2MetaTxn *t, uint64_t cluster);
+/* New clusters from this one on. */
+void qcow2_txn_set_floor(Qcow2MetaTxn *t, uint64_t cluster);
+/* Leave the discards of freed clusters to a later transaction... */
+void qcow2_txn_hold_discards(Qcow2MetaTxn *t);
+/* Discard (if passthrough says so) the clusters freed and still free. */
+void coroutine_fn qcow2_txn_discard_freed(Qcow2MetaTxn *t);
+/* ...which takes them over with this. */
+void qcow2_txn_inherit_freed(Qcow2MetaTxn *t, Qcow2MetaTxn *from);
+/*
+ * Put every refcount block back at rt[index] and the table at rt_offset
+ * (rt_size entries): the layout of an earlier view, whose clusters must be
+ * free now.  The commit fails with -ENOTSUP, before writing anything, if
+ * that cannot be done.
+ */
+void qcow2_txn_restore_refcounts(Qcow2MetaTxn *t, const uint64_t *rt,
+                                 uint64_t rt_size, uint64_t rt_offset);
 /*
  * Write the new view, flush, switch the header, flush.  On success the
  * in-memory refcount table and caches describe the new view; the caller
