@@ -16,6 +16,8 @@
  */
 #include <errno.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "qcow2.h"
 
@@ -38,6 +40,7 @@ struct Qcow2Cache {
     uint64_t lru_clock;
     int last;            /* slot of the last lookup: most hit it again */
     bool unsynced;       /* tables written since this cache last synced */
+    uint64_t clean_clock; /* lru_clock at the last clean_unused() */
 };
 
 static void *slot_table(Qcow2Cache *c, int i)
@@ -331,4 +334,45 @@ void qcow2_cache_empty(Qcow2Cache *c)
             c->slots[i].offset = 0;
         }
     }
+}
+
+/*
+ * cache-clean-interval: drop the clean tables nobody has used since the
+ * previous call and give their memory back to the kernel, so an idle
+ * image costs little memory however large its caches may grow.  Tables
+ * in use or dirty stay; the slots are refilled on demand.
+ */
+void qcow2_cache_clean_unused(Qcow2Cache *c)
+{
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+
+    for (int i = 0; i < c->n; i++) {
+        CacheSlot *sl = &c->slots[i];
+        uintptr_t start, end;
+
+        if (!sl->offset || sl->ref || sl->dirty || sl->lru > c->clean_clock) {
+            continue;
+        }
+        index_remove(c, i);
+        sl->offset = 0;
+        /* Only whole pages inside the table can be released. */
+        start = ((uintptr_t)slot_table(c, i) + page - 1) & ~(uintptr_t)(page - 1);
+        end = ((uintptr_t)slot_table(c, i) + c->table_size) &
+              ~(uintptr_t)(page - 1);
+        if (end > start) {
+            madvise((void *)start, end - start, MADV_DONTNEED);
+        }
+    }
+    c->clean_clock = c->lru_clock;
+}
+
+/* How many tables the cache holds now (for tests and statistics). */
+int qcow2_cache_count(const Qcow2Cache *c)
+{
+    int n = 0;
+
+    for (int i = 0; i < c->n; i++) {
+        n += c->slots[i].offset != 0;
+    }
+    return n;
 }

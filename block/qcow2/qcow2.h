@@ -130,6 +130,8 @@ typedef struct Qcow2State {
     BlockChild *data_file;           /* == bs->file without a data file */
     Qcow2Cache *l2_cache;
     Qcow2Cache *refcount_cache;
+    unsigned cache_clean_interval;   /* seconds; 0: never */
+    GSource *cache_clean_timer;
     CoMutex lock;
     GList *inflight;                 /* allocating writes (qcow2-write.c) */
     bool lazy_refcounts;             /* option, default from the header */
@@ -394,6 +396,9 @@ int coroutine_fn qcow2_cache_flush_dependency(Qcow2Cache *c);
 bool qcow2_cache_discard(Qcow2Cache *c, uint64_t offset);
 /* Drop every clean, unused table (after write). */
 void qcow2_cache_empty(Qcow2Cache *c);
+/* Drop clean tables unused since the last call (cache-clean-interval). */
+void qcow2_cache_clean_unused(Qcow2Cache *c);
+int qcow2_cache_count(const Qcow2Cache *c);
 
 /* ---- qcow2-cluster.c ---- */
 
