@@ -427,7 +427,17 @@ static void cache_clean_timer_init(Qcow2State *s)
     if (s->cache_clean_interval == 0 || !s->l2_cache) {
         return;
     }
-    s->cache_clean_timer = g_timeout_source_new_seconds(s->cache_clean_interval);
+    /*
+     * g_timeout_source_new_seconds() aligns its ticks to a per-process
+     * second boundary, so the first one can come almost a second late:
+     * with a one-second interval that is a whole interval.  Milliseconds
+     * where they fit; intervals past ~49 days do not care.
+     */
+    if (s->cache_clean_interval <= G_MAXUINT / 1000) {
+        s->cache_clean_timer = g_timeout_source_new(s->cache_clean_interval * 1000u);
+    } else {
+        s->cache_clean_timer = g_timeout_source_new_seconds(s->cache_clean_interval);
+    }
     g_source_set_callback(s->cache_clean_timer, cache_clean_cb, s, NULL);
     g_source_attach(s->cache_clean_timer, loop_context(loop_get()));
 }
