@@ -196,6 +196,8 @@ KEYS = {
 }
 
 NAME_RE = re.compile(r'^[A-Za-z][A-Za-z0-9_.-]*$')
+# Enum values may start with a digit ('3des'): the constant has a prefix.
+VALUE_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]*$')
 
 
 class Schema:
@@ -220,7 +222,8 @@ class Schema:
         return t
 
     def _check_name(self, where, what, name):
-        if not isinstance(name, str) or not NAME_RE.match(name):
+        regex = VALUE_RE if what == 'enum value' else NAME_RE
+        if not isinstance(name, str) or not regex.match(name):
             self._err(where, "%s name '%s' is not a valid name" % (what, name))
 
     def _features(self, where, raw):
