@@ -66,7 +66,12 @@ class _Lexer:
                 return val
         if c == '':
             self.error('unexpected end of file')
+        self.no_double_quotes()
         self.error("stray '%s'" % c)
+
+    def no_double_quotes(self):
+        if self.peek() == '"':
+            self.error("strings take single quotes in a QAPI schema, not '\"'")
 
     def expect(self, ch):
         if self.peek() != ch:
@@ -97,6 +102,7 @@ class _Lexer:
             self.pos += 1
             return out
         while True:
+            self.no_double_quotes()
             if self.peek() != "'":
                 self.error('expected string as object key')
             key = self.string()

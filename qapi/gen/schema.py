@@ -389,10 +389,14 @@ class Schema:
                 ret = d.get('returns')
                 if ret is not None:
                     ret = self._typeref(where, ret)
+                if name in [c.name for c in self.commands]:
+                    self._err(where, "command '%s' is defined twice" % name)
                 self.commands.append(Command(name, where, data, boxed, ret, flags, feats))
             else:
                 if not name.isupper():
                     self._err(where, "event name '%s' must be upper case" % name)
+                if name in [ev.name for ev in self.events]:
+                    self._err(where, "event '%s' is defined twice" % name)
                 self.events.append(Event(name, where, data, boxed, feats))
 
     # -- resolution -------------------------------------------------------
@@ -442,10 +446,6 @@ class Schema:
                 if r.kind not in ('object', 'alternate') and r.name != 'any':
                     self._err(c.where, "command '%s' must return an object type "
                               "or an array of them" % c.name)
-        names = [c.name for c in self.commands]
-        for n in names:
-            if names.count(n) > 1:
-                self._err(self.commands[0].where, "command '%s' is defined twice" % n)
         for ev in self.events:
             if ev.arg_type is not None:
                 ev.arg_type = self.lookup(ev.where, ev.arg_type, ['object'])
