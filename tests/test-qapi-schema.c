@@ -99,6 +99,11 @@ Base *qmp_test_named(const char *id, bool has_tag_count, int64_t tag_count,
     return b;
 }
 
+char *qmp_test_text(int64_t n, GError **errp)
+{
+    return g_strdup_printf("%" G_GINT64_FORMAT " times", n);
+}
+
 static json_t *events;
 
 void qmp_event_send(const char *event, json_t *data)
@@ -561,6 +566,10 @@ static void test_commands(void **state)
     assert_string_equal(err->message, "no node");
     g_clear_error(&err);
 
+    r = call("test-text", "{'n': 3}", &err);
+    assert_string_equal(json_string_value(r), "3 times");
+    json_decref(r);
+
     r = call("test-named", "{'id': 'n', 'tag-count': 4}", &err);
     want = parse("{'id': 'n!', 'tag-count': 8}");
     assert_true(json_equal(r, want));
@@ -583,7 +592,7 @@ static void test_commands(void **state)
 
 static void test_command_table(void **state)
 {
-    assert_int_equal(qmp_commands_count, 8);
+    assert_int_equal(qmp_commands_count, 9);
     for (size_t i = 1; i < qmp_commands_count; i++) {
         assert_true(strcmp(qmp_commands[i - 1].name, qmp_commands[i].name) < 0);
     }
