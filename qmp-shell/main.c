@@ -207,6 +207,9 @@ static void line_handler(char *line)
     free(line);
 }
 
+/* Where libedit's word starts, relative to ours (see complete()). */
+static size_t complete_skip;
+
 static char *complete_generator(const char *text, int state)
 {
     static GPtrArray *matches;
@@ -222,11 +225,24 @@ static char *complete_generator(const char *text, int state)
                             : g_ptr_array_new_with_free_func(g_free);
         idx = 0;
     }
-    return idx < matches->len ? strdup(matches->pdata[idx++]) : NULL;
+    while (idx < matches->len) {
+        const char *m = matches->pdata[idx++];
+        if (strlen(m) >= complete_skip) {
+            return strdup(m + complete_skip);
+        }
+    }
+    return NULL;
 }
 
 static char **complete(const char *text, int start, int end)
 {
+    /* Our words are blank-separated; should libedit have started its word
+     * later (after an '='), hand it only the tail of each candidate. */
+    size_t ws = start;
+    while (ws > 0 && !g_ascii_isspace(rl_line_buffer[ws - 1])) {
+        ws--;
+    }
+    complete_skip = start - ws;
     rl_attempted_completion_over = 1;
     /* candidates carry their own trailing space when they want one */
     rl_completion_append_character = '\0';
@@ -341,6 +357,7 @@ static int repl(void)
         }
         rl_readline_name = "strata-shell";
         rl_completer_word_break_characters = (char *)" \t";
+        rl_basic_word_break_characters = " \t";
         rl_attempted_completion_function = complete;
     }
     plain_in = g_string_new("");
