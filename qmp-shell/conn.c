@@ -214,11 +214,8 @@ json_t *qmp_conn_query(QmpConn *c, const char *command)
     return ret;
 }
 
-bool qmp_conn_pump(QmpConn *c)
+void qmp_conn_dispatch(QmpConn *c)
 {
-    if (!fill(c)) {
-        return false;
-    }
     json_t *msg;
     while ((msg = take_message(c))) {
         if (!json_object_get(msg, "QMP") && c->on_event) {
@@ -226,6 +223,14 @@ bool qmp_conn_pump(QmpConn *c)
         }
         json_decref(msg);
     }
+}
+
+bool qmp_conn_pump(QmpConn *c)
+{
+    if (!fill(c)) {
+        return false;
+    }
+    qmp_conn_dispatch(c);
     return true;
 }
 

@@ -51,6 +51,10 @@ json_t *qmp_conn_execute(QmpConn *c, json_t *cmd, GError **errp);
  * member of a success, NULL for an error reply or a lost connection. */
 json_t *qmp_conn_query(QmpConn *c, const char *command);
 
+/* Hand out the events already received with an earlier reply (they are
+ * in the buffer, so polling the socket would not see them). */
+void qmp_conn_dispatch(QmpConn *c);
+
 /* Read what is waiting (the socket polled readable) and hand out events.
  * false when the connection has ended. */
 bool qmp_conn_pump(QmpConn *c);

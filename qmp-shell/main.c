@@ -274,6 +274,7 @@ static char *read_line(bool *gone)
     *gone = false;
     line_done = false;
     line_text = NULL;
+    qmp_conn_dispatch(sh.conn);
     if (sh.editing) {
         rl_callback_handler_install(prompt(), line_handler);
     } else {
