@@ -128,7 +128,9 @@ static bool add_one(json_t *root, const char *arg, GError **errp)
         return false;
     }
     g_autofree char *key = g_strndup(arg, eq - arg);
-    g_auto(GStrv) path = g_strsplit(key, ".", -1);
+    /* g_strsplit gives no component for "", Python's split one empty one */
+    g_auto(GStrv) path = *key ? g_strsplit(key, ".", -1)
+                              : g_strdupv((char *[]){ "", NULL });
     guint depth = g_strv_length(path);
     json_t *parent = root;
 

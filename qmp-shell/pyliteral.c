@@ -274,13 +274,25 @@ static char *key_text(json_t *k)
     }
 }
 
+/* At the closing character CLOSE ('\0': the end of the text)? Consumes it. */
+static bool at_close(Reader *r, char close)
+{
+    if (!close) {
+        return r->pos >= r->len;
+    }
+    if (r->pos < r->len && r->s[r->pos] == close) {
+        r->pos++;
+        return true;
+    }
+    return false;
+}
+
 static bool read_items(Reader *r, char close, json_t *list, bool *saw_comma)
 {
     *saw_comma = false;
     for (;;) {
         skip_space(r);
-        if (r->pos < r->len && r->s[r->pos] == close) {
-            r->pos++;
+        if (at_close(r, close)) {
             return true;
         }
         json_t *v;
@@ -292,8 +304,7 @@ static bool read_items(Reader *r, char close, json_t *list, bool *saw_comma)
         if (r->pos < r->len && r->s[r->pos] == ',') {
             r->pos++;
             *saw_comma = true;
-        } else if (r->pos < r->len && r->s[r->pos] == close) {
-            r->pos++;
+        } else if (at_close(r, close)) {
             return true;
         } else {
             return fail(r, PYLIT_SYNTAX);
@@ -438,6 +449,19 @@ PyLiteralStatus py_literal_parse(const char *text, json_t **out)
         return r.status == PYLIT_OK ? PYLIT_SYNTAX : r.status;
     }
     skip_space(&r);
+    if (r.pos < r.len && r.s[r.pos] == ',') {
+        /* "{},[1]": a tuple without parentheses, sent as a list */
+        json_t *tuple = json_array();
+        bool comma;
+        json_array_append_new(tuple, v);
+        r.pos++;
+        /* read_items wants a closing character: the string's end is one */
+        if (!read_items(&r, '\0', tuple, &comma)) {
+            json_decref(tuple);
+            return r.status == PYLIT_OK ? PYLIT_SYNTAX : r.status;
+        }
+        v = tuple;
+    }
     if (r.pos != r.len) {
         json_decref(v);
         return PYLIT_SYNTAX;

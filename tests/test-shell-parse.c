@@ -85,6 +85,8 @@ static void test_values(void **state)
     check_value("[0x10, 1e3, -2, (1,2)]", "[16, 1000.0, -2, [1, 2]]");
     check_value("[a]", "\"[a]\"");
     check_value("[1,2,]", "[1, 2]");
+    check_value("{},", "[{}]");             /* a tuple without ( ) */
+    check_value("[1], [2],", "[[1], [2]]");
     check_value("[01]", "\"[01]\"");
     check_value("[-0x1_0]", "[-16]");
     check_value("['a' \"b\"]", "[\"ab\"]");
@@ -169,15 +171,23 @@ static void test_lines(void **state)
                "error: Expected a key=value pair, got 'bar'");
     check_line(&p, "foo a=1 a.b=2",
                "error: Cannot use \"a\" as both leaf and non-leaf key");
+    /* these two follow from keys starting at the top (qmp-shell 7.2
+     * nests the second key inside the first and reports nothing) */
     check_line(&p, "foo a.b.c=1 a.b=2",
                "error: Cannot use \"a.b\" as both leaf and non-leaf key");
     check_line(&p, "foo x.a=1 x.a.b=2",
                "error: Cannot use \"x.a\" as both leaf and non-leaf key");
+    /* a key set to an object and then to a value: qmp-shell names the
+     * key's parent ("", here), strata the key */
+    check_line(&p, "foo a={} a=2",
+               "error: Cannot use \"a\" as both leaf and non-leaf key");
     check_line(&p, "foo a=1 a=2",
                "error: Cannot set \"a\" multiple times");
     check_line(&p, "foo a=", "{\"execute\": \"foo\", \"arguments\": "
                "{\"a\": \"\"}}");
     check_line(&p, ")", "{\"execute\": \")\", \"arguments\": {}}");
+    check_line(&p, "foo =1 a.=2", "{\"execute\": \"foo\", \"arguments\": "
+               "{\"\": 1, \"a\": {\"\": 2}}}");
 
     /* a block over several lines */
     check_line(&p, "transaction(", "-");
