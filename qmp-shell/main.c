@@ -249,6 +249,28 @@ static char **complete(const char *text, int start, int end)
     return rl_completion_matches(text, complete_generator);
 }
 
+/* ^C at the prompt drops the line being typed, as in a shell; at any
+ * other time it ends strata-shell, as it ends qmp-shell. */
+static volatile sig_atomic_t interrupted;
+
+static void on_sigint(int sig)
+{
+    if (!sh.at_prompt) {
+        signal(SIGINT, SIG_DFL);
+        raise(SIGINT);
+    }
+    interrupted = 1;
+}
+
+static void drop_line(void)
+{
+    interrupted = 0;
+    rl_callback_handler_remove();
+    fputs("\n", stdout);
+    rl_replace_line("", 0);
+    rl_callback_handler_install(prompt(), line_handler);
+}
+
 static GString *plain_in;       /* bytes read from a non-terminal stdin */
 static bool plain_eof;
 
@@ -293,6 +315,9 @@ static char *read_line(bool *gone)
         };
         if (poll(fds, 2, -1) < 0) {
             if (errno == EINTR) {
+                if (interrupted && sh.editing) {
+                    drop_line();
+                }
                 continue;
             }
             break;
@@ -360,6 +385,8 @@ static int repl(void)
         rl_completer_word_break_characters = (char *)" \t";
         rl_basic_word_break_characters = " \t";
         rl_attempted_completion_function = complete;
+        struct sigaction sa = { .sa_handler = on_sigint };
+        sigaction(SIGINT, &sa, NULL);   /* no SA_RESTART: poll returns */
     }
     plain_in = g_string_new("");
 
