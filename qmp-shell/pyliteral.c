@@ -312,9 +312,30 @@ static bool read_items(Reader *r, char close, json_t *list, bool *saw_comma)
     }
 }
 
+/* Python's identity of a dict key: True is 1 and False is 0, so {1: a,
+ * True: b} has one key, spelled as it first came, with the last value. */
+static char *key_identity(json_t *k)
+{
+    switch (json_typeof(k)) {
+    case JSON_INTEGER:
+        return g_strdup_printf("i%" JSON_INTEGER_FORMAT, json_integer_value(k));
+    case JSON_TRUE:
+        return g_strdup("i1");
+    case JSON_FALSE:
+        return g_strdup("i0");
+    case JSON_NULL:
+        return g_strdup("n");
+    default:
+        return g_strdup_printf("s%s", json_string_value(k));
+    }
+}
+
 static bool read_dict(Reader *r, json_t **out)
 {
     json_t *obj = json_object();
+    g_autoptr(GHashTable) spelled = g_hash_table_new_full(g_str_hash,
+                                                          g_str_equal,
+                                                          g_free, g_free);
     for (;;) {
         skip_space(r);
         if (r->pos < r->len && r->s[r->pos] == '}') {
@@ -327,6 +348,17 @@ static bool read_dict(Reader *r, json_t **out)
             goto err;
         }
         char *key = key_text(k);
+        if (key) {
+            char *id = key_identity(k);
+            const char *first = g_hash_table_lookup(spelled, id);
+            if (first) {
+                g_free(key);
+                key = g_strdup(first);
+                g_free(id);
+            } else {
+                g_hash_table_insert(spelled, id, g_strdup(key));
+            }
+        }
         json_decref(k);
         skip_space(r);
         if (!key || r->pos >= r->len || r->s[r->pos] != ':') {

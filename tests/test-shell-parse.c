@@ -93,6 +93,8 @@ static void test_values(void **state)
     check_value("[(1)]", "[1]");
     check_value("{\"a\":1,\"a\":2}", "{\"a\": 2}");
     check_value("[true, null]", "[true, null]");
+    check_value("{1: 2, True: None, 'a': 0, False: 1, 0: 3}",
+                "{\"1\": null, \"a\": 0, \"false\": 3}");
     check_value("[1, '\\d']", "[1, \"\\\\d\"]");
     check_value("[\"\\u00e9\", '\\x41']", "[\"\\u00e9\", \"A\"]");
     check_value("[1.0, 0.1, 1e16, 1e-5, 123456789012345678.0, 1e-4, 2.5e300]",
