@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <fcntl.h>
 #include <editline/readline.h>
 #include "complete.h"
 #include "conn.h"
@@ -32,7 +33,8 @@ typedef struct Shell {
     ShellSchema *schema;
     bool pretty, verbose;
     bool editing;           /* libedit owns the terminal line */
-    bool at_prompt;         /* waiting for input: events must redraw */
+    volatile sig_atomic_t at_prompt;   /* waiting for input (also read by
+                                       * the SIGINT handler) */
     char *histfile;
     FILE *logfile;
 } Shell;
@@ -250,8 +252,10 @@ static char **complete(const char *text, int start, int end)
 }
 
 /* ^C at the prompt drops the line being typed, as in a shell; at any
- * other time it ends strata-shell, as it ends qmp-shell. */
-static volatile sig_atomic_t interrupted;
+ * other time it ends strata-shell, as it ends qmp-shell.  The handler
+ * writes to a pipe the prompt's poll() watches, so a ^C that comes just
+ * before poll() starts is not lost. */
+static int sigint_pipe[2] = { -1, -1 };
 
 static void on_sigint(int sig)
 {
@@ -259,12 +263,18 @@ static void on_sigint(int sig)
         signal(SIGINT, SIG_DFL);
         raise(SIGINT);
     }
-    interrupted = 1;
+    int saved = errno;
+    if (write(sigint_pipe[1], "", 1) < 0) {
+        /* the pipe is full: a ^C is already waiting */
+    }
+    errno = saved;
 }
 
 static void drop_line(void)
 {
-    interrupted = 0;
+    char buf[64];
+    while (read(sigint_pipe[0], buf, sizeof(buf)) > 0) {
+    }
     rl_callback_handler_remove();
     fputs("\n", stdout);
     rl_replace_line("", 0);
@@ -297,6 +307,8 @@ static char *read_line(bool *gone)
     line_done = false;
     line_text = NULL;
     qmp_conn_dispatch(sh.conn);
+    /* before the prompt shows: a ^C typed at it must find at_prompt set */
+    sh.at_prompt = true;
     if (sh.editing) {
         rl_callback_handler_install(prompt(), line_handler);
     } else {
@@ -304,23 +316,25 @@ static char *read_line(bool *gone)
         fflush(stdout);
         char *l = plain_take_line();
         if (l) {
+            sh.at_prompt = false;
             return l;
         }
     }
-    sh.at_prompt = true;
     while (!line_done) {
-        struct pollfd fds[2] = {
+        struct pollfd fds[3] = {
             { .fd = STDIN_FILENO, .events = POLLIN },
             { .fd = sh.conn->fd, .events = POLLIN },
+            { .fd = sigint_pipe[0], .events = POLLIN },
         };
-        if (poll(fds, 2, -1) < 0) {
+        if (poll(fds, 3, -1) < 0) {
             if (errno == EINTR) {
-                if (interrupted && sh.editing) {
-                    drop_line();
-                }
                 continue;
             }
             break;
+        }
+        if (fds[2].revents) {
+            drop_line();
+            continue;
         }
         if (fds[1].revents) {
             if (!qmp_conn_pump(sh.conn)) {
@@ -385,8 +399,10 @@ static int repl(void)
         rl_completer_word_break_characters = (char *)" \t";
         rl_basic_word_break_characters = " \t";
         rl_attempted_completion_function = complete;
-        struct sigaction sa = { .sa_handler = on_sigint };
-        sigaction(SIGINT, &sa, NULL);   /* no SA_RESTART: poll returns */
+        if (pipe2(sigint_pipe, O_CLOEXEC | O_NONBLOCK) == 0) {
+            struct sigaction sa = { .sa_handler = on_sigint };
+            sigaction(SIGINT, &sa, NULL);
+        }
     }
     plain_in = g_string_new("");
 
