@@ -8,6 +8,11 @@ struct ShellSchema {
     json_t *schema;             /* owns the entities */
 };
 
+static int cmp_names(gconstpointer a, gconstpointer b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
 ShellSchema *shell_schema_new(json_t *schema, json_t *commands)
 {
     ShellSchema *s = g_new0(ShellSchema, 1);
@@ -36,13 +41,14 @@ ShellSchema *shell_schema_new(json_t *schema, json_t *commands)
             }
         }
     }
-    g_ptr_array_sort(s->commands, (GCompareFunc)g_strcmp0);
+    g_ptr_array_sort(s->commands, cmp_names);
     return s;
 }
 
 void shell_schema_add_local(ShellSchema *s, const char *name)
 {
     g_ptr_array_add(s->commands, g_strdup(name));
+    g_ptr_array_sort(s->commands, cmp_names);
 }
 
 void shell_schema_free(ShellSchema *s)

@@ -2,13 +2,16 @@
  * strata-shell's line language (qmp-shell/parse.c, pyliteral.c,
  * pyjson.c): every expected string here is what QEMU 7.2's qmp-shell
  * (python/qemu/qmp/qmp_shell.py under Python 3.11) gives for the same
- * input, except where a comment says strata differs on purpose.
+ * input, except where a comment says strata differs on purpose.  And its
+ * completion over a query-qmp-schema reply (complete.c), which qmp-shell
+ * does not have.
  */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
 #include <string.h>
 #include <cmocka.h>
+#include "complete.h"
 #include "parse.h"
 #include "pyjson.h"
 
@@ -230,6 +233,121 @@ static void test_lines(void **state)
     json_decref(p.actions);
 }
 
+/*
+ * A schema in query-qmp-schema's shape, type names masked as numbers:
+ * add-node takes a flat union on "driver" (its branch "file" adds
+ * "filename", "qcow2" adds "file", an alternate of a reference string and
+ * the union itself) and a boolean; transaction's actions wrap each
+ * action's arguments in "data".
+ */
+static const char schema_text[] =
+    "["
+    "{'name': 'add-node', 'meta-type': 'command', 'arg-type': '1'},"
+    "{'name': 'add-nothing', 'meta-type': 'command', 'arg-type': '0'},"
+    "{'name': 'transaction', 'meta-type': 'command', 'arg-type': '6'},"
+    "{'name': '0', 'meta-type': 'object', 'members': []},"
+    "{'name': '1', 'meta-type': 'object', 'tag': 'driver',"
+    " 'members': [{'name': 'driver', 'type': '2'},"
+    "             {'name': 'node-name', 'type': 'str'},"
+    "             {'name': 'read-only', 'type': 'bool'}],"
+    " 'variants': [{'case': 'file', 'type': '3'},"
+    "              {'case': 'qcow2', 'type': '4'}]},"
+    "{'name': '2', 'meta-type': 'enum', 'values': ['file', 'qcow2', 'raw']},"
+    "{'name': '3', 'meta-type': 'object',"
+    " 'members': [{'name': 'filename', 'type': 'str'}]},"
+    "{'name': '4', 'meta-type': 'object',"
+    " 'members': [{'name': 'file', 'type': '5'}]},"
+    "{'name': '5', 'meta-type': 'alternate',"
+    " 'members': [{'type': '1'}, {'type': 'str'}]},"
+    "{'name': '6', 'meta-type': 'object',"
+    " 'members': [{'name': 'actions', 'type': '[7]'}]},"
+    "{'name': '[7]', 'meta-type': 'array', 'element-type': '7'},"
+    "{'name': '7', 'meta-type': 'object', 'tag': 'type',"
+    " 'members': [{'name': 'type', 'type': '8'}],"
+    " 'variants': [{'case': 'snap', 'type': '9'}]},"
+    "{'name': '8', 'meta-type': 'enum', 'values': ['snap']},"
+    "{'name': '9', 'meta-type': 'object',"
+    " 'members': [{'name': 'data', 'type': '10'}]},"
+    "{'name': '10', 'meta-type': 'object',"
+    " 'members': [{'name': 'device', 'type': 'str'},"
+    "             {'name': 'name', 'type': 'str'}]},"
+    "{'name': 'str', 'meta-type': 'builtin', 'json-type': 'string'},"
+    "{'name': 'bool', 'meta-type': 'builtin', 'json-type': 'boolean'}"
+    "]";
+
+/* The candidates for LINE joined with '|'. */
+static char *cands(ShellSchema *s, const char *line, bool trans)
+{
+    GPtrArray *c = shell_complete(s, line, trans);
+    g_ptr_array_add(c, NULL);
+    char *r = g_strjoinv("|", (char **)c->pdata);
+    g_ptr_array_free(c, TRUE);
+    return r;
+}
+
+static void check_cands(ShellSchema *s, const char *line, bool trans,
+                        const char *want)
+{
+    g_autofree char *got = cands(s, line, trans);
+    assert_string_equal(got, want);
+}
+
+static void test_complete(void **state)
+{
+    g_autofree char *text = g_strdup(schema_text);
+    for (char *p = text; *p; p++) {
+        *p = *p == '\'' ? '"' : *p;
+    }
+    json_error_t jerr;
+    json_t *schema = json_loads(text, 0, &jerr);
+    assert_non_null(schema);
+    ShellSchema *s = shell_schema_new(schema, NULL);
+    shell_schema_add_local(s, "graph");
+
+    check_cands(s, "add", false, "add-node |add-nothing ");
+    check_cands(s, "", false, "add-node |add-nothing |graph |transaction ");
+    check_cands(s, "  gr", false, "graph ");
+    check_cands(s, "add-node ", false, "driver=|node-name=|read-only=");
+    check_cands(s, "add-node dr", false, "driver=");
+    check_cands(s, "add-node driver=", false,
+                "driver=file |driver=qcow2 |driver=raw ");
+    check_cands(s, "add-node driver=q", false, "driver=qcow2 ");
+    check_cands(s, "add-node read-only=", false,
+                "read-only=false |read-only=true ");
+    /* the branch the tag chose; keys given are not offered again */
+    check_cands(s, "add-node driver=file ", false, "node-name=|read-only=|"
+                "filename=");
+    check_cands(s, "add-node driver=file node-name=x ", false,
+                "read-only=|filename=");
+    /* an alternate with an object branch: a name, or the object's keys */
+    check_cands(s, "add-node driver=qcow2 fi", false, "file=|file.");
+    check_cands(s, "add-node driver=qcow2 file.", false,
+                "file.driver=|file.node-name=|file.read-only=");
+    check_cands(s, "add-node driver=qcow2 file.driver=file file.f", false,
+                "file.filename=");
+    check_cands(s, "add-node driver=qcow2 file.nope.", false, "");
+    check_cands(s, "no-such ", false, "");
+    check_cands(s, "add-nothing ", false, "");
+    /* transaction blocks: action names, then their data members */
+    check_cands(s, "", true, "snap ");
+    check_cands(s, "sn", true, "snap ");
+    check_cands(s, "snap ", true, "device=|name=");
+    check_cands(s, "snap device=d n", true, "name=");
+    check_cands(s, "transaction( snap d", false, "device=");
+
+    shell_schema_free(s);
+    json_decref(schema);
+
+    /* query-commands instead: names only */
+    json_t *cmds = json_loads("[{\"name\": \"b\"}, {\"name\": \"a\"}]", 0,
+                              NULL);
+    s = shell_schema_new(NULL, cmds);
+    check_cands(s, "", false, "a |b ");
+    check_cands(s, "a x", false, "");
+    shell_schema_free(s);
+    json_decref(cmds);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -237,6 +355,7 @@ int main(void)
         cmocka_unit_test(test_values),
         cmocka_unit_test(test_dumps),
         cmocka_unit_test(test_lines),
+        cmocka_unit_test(test_complete),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
