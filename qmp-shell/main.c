@@ -490,7 +490,7 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     opterr = 0;
     /* '+': the command lines after the address are not options */
-    while ((c = getopt_long(argc, argv, "+hNvpl:", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "+:hNvpl:", longopts, NULL)) != -1) {
         switch (c) {
         case 'h':
             usage(stdout);
@@ -507,6 +507,9 @@ int main(int argc, char **argv)
         case 'l':
             logfile = optarg;
             break;
+        case ':':
+            usage_error("argument %s: expected one argument",
+                        argv[optind - 1]);
         default:
             usage_error("unrecognized arguments: %s", argv[optind - 1]);
         }
