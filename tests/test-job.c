@@ -17,6 +17,11 @@
 
 /* ---- The test driver ---- */
 
+/* What the hooks saw. */
+typedef struct Counts {
+    int prepared, committed, aborted, cleaned, paused_hook, resumed_hook;
+} Counts;
+
 typedef struct TestJob {
     Job common;
     int iterations;          /* pause points to pass; -1: until cancelled */
@@ -30,7 +35,7 @@ typedef struct TestJob {
     bool should_complete;
     int64_t sleep_ns;        /* per iteration */
     BlockChild *io_child;    /* read through it every iteration */
-    int prepared, committed, aborted, cleaned, paused_hook, resumed_hook;
+    Counts own, *c;          /* c: own, or the test's if it outlives us */
     int *freed;
 } TestJob;
 
@@ -71,33 +76,33 @@ static int coroutine_fn test_run(Job *job, GError **errp)
 static int test_prepare(Job *job)
 {
     TestJob *t = (TestJob *)job;
-    t->prepared++;
+    t->c->prepared++;
     return t->prepare_ret;
 }
 
 static void test_commit(Job *job)
 {
-    ((TestJob *)job)->committed++;
+    ((TestJob *)job)->c->committed++;
 }
 
 static void test_abort(Job *job)
 {
-    ((TestJob *)job)->aborted++;
+    ((TestJob *)job)->c->aborted++;
 }
 
 static void test_clean(Job *job)
 {
-    ((TestJob *)job)->cleaned++;
+    ((TestJob *)job)->c->cleaned++;
 }
 
 static void coroutine_fn test_pause(Job *job)
 {
-    ((TestJob *)job)->paused_hook++;
+    ((TestJob *)job)->c->paused_hook++;
 }
 
 static void coroutine_fn test_resume(Job *job)
 {
-    ((TestJob *)job)->resumed_hook++;
+    ((TestJob *)job)->c->resumed_hook++;
 }
 
 static void test_complete(Job *job, GError **errp)
@@ -193,6 +198,7 @@ static TestJob *new_job(const char *id, int iterations, int flags,
         fail_msg("job_create: %s", err->message);
     }
     t->iterations = iterations;
+    t->c = &t->own;
     return t;
 }
 
@@ -354,7 +360,7 @@ static void test_manual_finalize_dismiss(void **state)
                         "accept command verb 'finalize'");
     g_clear_error(&err);
     wait_status(job, JOB_STATUS_PENDING);
-    assert_int_equal(t->prepared, 0);
+    assert_int_equal(t->c->prepared, 0);
     assert_string_equal(ev(), "j:created j:running j:waiting j:pending "
                         "j:PENDING-EV ");
     assert_false(job_dismiss(job, &err));
@@ -371,10 +377,10 @@ static void test_manual_finalize_dismiss(void **state)
 
     ev_clear();
     assert_true(job_finalize(job, &err));
-    assert_int_equal(t->prepared, 1);
-    assert_int_equal(t->committed, 1);
-    assert_int_equal(t->aborted, 0);
-    assert_int_equal(t->cleaned, 1);
+    assert_int_equal(t->c->prepared, 1);
+    assert_int_equal(t->c->committed, 1);
+    assert_int_equal(t->c->aborted, 0);
+    assert_int_equal(t->c->cleaned, 1);
     assert_string_equal(ev(), "j:COMPLETED-EV j:concluded ");
     assert_int_equal(job->status, JOB_STATUS_CONCLUDED);
     ev_clear();
@@ -391,8 +397,8 @@ static void test_failure_recorded(void **state)
     wait_status(&t->common, JOB_STATUS_CONCLUDED);
     assert_string_equal(ev(), "f:created f:running f:aborting "
                         "f:COMPLETED-EV f:concluded ");
-    assert_int_equal(t->aborted, 1);
-    assert_int_equal(t->committed, 0);
+    assert_int_equal(t->c->aborted, 1);
+    assert_int_equal(t->c->committed, 0);
     GPtrArray *list = job_query_all();
     assert_int_equal(list->len, 1);
     JobInfo *info = list->pdata[0];
@@ -433,7 +439,7 @@ static void test_user_pause_resume(void **state)
     wait_status(job, JOB_STATUS_PAUSED);
     wait_idle(job);
     assert_true(job->paused);
-    assert_int_equal(t->paused_hook, 1);
+    assert_int_equal(t->c->paused_hook, 1);
     int done = t->done;
     /* Nothing runs while paused, however long the loop spins. */
     for (int i = 0; i < 20; i++) {
@@ -455,7 +461,7 @@ static void test_user_pause_resume(void **state)
     g_clear_error(&err);
     LOOP_WAIT_WHILE(t->done < done + 3);
     assert_int_equal(job->status, JOB_STATUS_RUNNING);
-    assert_int_equal(t->resumed_hook, 1);
+    assert_int_equal(t->c->resumed_hook, 1);
     assert_int_equal(job_cancel_sync(job, true), -ECANCELED);
     assert_string_equal(ev(), "p:created p:running p:paused p:running "
                         "p:aborting p:CANCELLED-EV p:concluded p:null ");
@@ -505,6 +511,8 @@ static void test_internal_pause_counting(void **state)
 static void test_cancel_at_pause_point(void **state)
 {
     TestJob *t = new_job("c", -1, 0, NULL);
+    Counts kt = { 0 };
+    t->c = &kt;
     Job *job = &t->common;
     job_start(job);
     assert_true(job_user_pause(job, NULL));
@@ -515,8 +523,8 @@ static void test_cancel_at_pause_point(void **state)
     /* The cancel drops the user pause and wakes the job. */
     assert_false(job_user_paused(job));
     LOOP_WAIT_WHILE(job_find("c"));
-    assert_int_equal(t->aborted, 1);
-    assert_int_equal(t->committed, 0);
+    assert_int_equal(kt.aborted, 1);
+    assert_int_equal(kt.committed, 0);
     assert_string_equal(ev(), "c:running c:aborting c:CANCELLED-EV "
                         "c:concluded c:null ");
 }
@@ -562,8 +570,8 @@ static void test_cancel_pending_and_concluded(void **state)
     wait_status(&t->common, JOB_STATUS_PENDING);
     ev_clear();
     assert_true(job_user_cancel(&t->common, false, NULL));
-    assert_int_equal(t->prepared, 0);
-    assert_int_equal(t->aborted, 1);
+    assert_int_equal(t->c->prepared, 0);
+    assert_int_equal(t->c->aborted, 1);
     assert_string_equal(ev(), "c:aborting c:CANCELLED-EV c:concluded ");
     /* job_cancel() of a concluded job dismisses it (shutdown). */
     job_cancel_sync_all();
@@ -620,7 +628,11 @@ static void test_txn_success(void **state)
 {
     JobTxn *txn = job_txn_new();
     TestJob *a = new_job("a", 1, 0, txn);
+    Counts ka = { 0 };
+    a->c = &ka;
     TestJob *b = new_job("b", 1, 0, txn);
+    Counts kb = { 0 };
+    b->c = &kb;
     job_txn_unref(txn);
     b->use_gate = true;
     job_start(&a->common);
@@ -629,13 +641,13 @@ static void test_txn_success(void **state)
     wait_idle(&b->common);
     /* a waits for b. */
     assert_int_equal(a->common.status, JOB_STATUS_WAITING);
-    assert_int_equal(a->prepared, 0);
+    assert_int_equal(ka.prepared, 0);
     ev_clear();
     b->gate = true;
     job_enter(&b->common);
     LOOP_WAIT_WHILE(job_next(NULL));
-    assert_int_equal(a->committed + b->committed, 2);
-    assert_int_equal(a->aborted + b->aborted, 0);
+    assert_int_equal(ka.committed + kb.committed, 2);
+    assert_int_equal(ka.aborted + kb.aborted, 0);
     /* Both pending, then both prepared, then both finalized. */
     assert_string_equal(ev(), "b:waiting a:pending b:pending "
                         "a:COMPLETED-EV a:concluded a:null "
@@ -646,8 +658,14 @@ static void test_txn_one_fails(void **state)
 {
     JobTxn *txn = job_txn_new();
     TestJob *a = new_job("a", 1, 0, txn);
+    Counts ka = { 0 };
+    a->c = &ka;
     TestJob *b = new_job("b", -1, 0, txn);
+    Counts kb = { 0 };
+    b->c = &kb;
     TestJob *c = new_job("c", 1, 0, txn);
+    Counts kc = { 0 };
+    c->c = &kc;
     job_txn_unref(txn);
     c->use_gate = true;
     c->run_ret = -EIO;
@@ -659,41 +677,49 @@ static void test_txn_one_fails(void **state)
     c->gate = true;
     job_enter(&c->common);
     LOOP_WAIT_WHILE(job_next(NULL));
-    assert_int_equal(a->committed + b->committed + c->committed, 0);
-    assert_int_equal(a->aborted, 1);
-    assert_int_equal(b->aborted, 1);
-    assert_int_equal(c->aborted, 1);
-    assert_int_equal(a->prepared + b->prepared + c->prepared, 0);
+    assert_int_equal(ka.committed + kb.committed + kc.committed, 0);
+    assert_int_equal(ka.aborted, 1);
+    assert_int_equal(kb.aborted, 1);
+    assert_int_equal(kc.aborted, 1);
+    assert_int_equal(ka.prepared + kb.prepared + kc.prepared, 0);
 }
 
 static void test_txn_prepare_fails(void **state)
 {
     JobTxn *txn = job_txn_new();
     TestJob *a = new_job("a", 1, 0, txn);
+    Counts ka = { 0 };
+    a->c = &ka;
     TestJob *b = new_job("b", 1, 0, txn);
+    Counts kb = { 0 };
+    b->c = &kb;
     job_txn_unref(txn);
     b->prepare_ret = -EPERM;
     job_start(&a->common);
     job_start(&b->common);
     LOOP_WAIT_WHILE(job_next(NULL));
-    assert_int_equal(a->prepared, 1);
-    assert_int_equal(b->prepared, 1);
-    assert_int_equal(a->committed + b->committed, 0);
-    assert_int_equal(a->aborted + b->aborted, 2);
+    assert_int_equal(ka.prepared, 1);
+    assert_int_equal(kb.prepared, 1);
+    assert_int_equal(ka.committed + kb.committed, 0);
+    assert_int_equal(ka.aborted + kb.aborted, 2);
 }
 
 static void test_txn_cancel_one(void **state)
 {
     JobTxn *txn = job_txn_new();
     TestJob *a = new_job("a", -1, 0, txn);
+    Counts ka = { 0 };
+    a->c = &ka;
     TestJob *b = new_job("b", -1, 0, txn);
+    Counts kb = { 0 };
+    b->c = &kb;
     job_txn_unref(txn);
     job_start(&a->common);
     job_start(&b->common);
     LOOP_WAIT_WHILE(a->done < 2 || b->done < 2);
     assert_true(job_user_cancel(&a->common, true, NULL));
     LOOP_WAIT_WHILE(job_next(NULL));
-    assert_int_equal(a->aborted + b->aborted, 2);
+    assert_int_equal(ka.aborted + kb.aborted, 2);
 }
 
 /* ---- Drain ---- */
