@@ -27,6 +27,7 @@
 #define STRATA_JOB_H
 
 #include <glib.h>
+#include <jansson.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include "strata/block.h"
@@ -326,6 +327,18 @@ void job_txn_add_job(JobTxn *txn, Job *job);
 BlockChild *job_add_node(Job *job, const char *name, BlockNode *bs,
                          uint64_t perm, uint64_t shared, GError **errp);
 void job_remove_all_nodes(Job *job);
+
+/* ---- Jobs of this layer ---- */
+
+/*
+ * blockdev-create: a "create" job named job_id making the image options
+ * describe (QMP's BlockdevCreateOptions as JSON, see strata/create.h;
+ * copied).  The job is started; it ends concluded (auto-dismiss off, as
+ * QEMU's) with the creation's error, if any, for query-jobs.  Fails at
+ * once for a bad job id or a driver that cannot create.
+ */
+bool blockdev_create_job(const char *job_id, json_t *options,
+                         GError **errp);
 
 /* ---- Listeners ---- */
 
