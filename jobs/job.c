@@ -953,6 +953,18 @@ bool job_dismiss(Job *job, GError **errp)
     return true;
 }
 
+/*
+ * Wake a job that waits in job_yield() or a sleep, so that it sees what
+ * changed; one parked at a pause point stays parked (waking it would only
+ * make it park again, and the loop would spin).
+ */
+static void kick(Job *job)
+{
+    if (!job->paused) {
+        job_enter(job);
+    }
+}
+
 typedef struct {
     Job *job;
     Coroutine *co;
@@ -961,7 +973,7 @@ typedef struct {
 static void wait_done_bh(void *opaque)
 {
     WaitDone *w = opaque;
-    LOOP_WAIT_WHILE((job_enter(w->job), !job_is_completed(w->job)));
+    LOOP_WAIT_WHILE((kick(w->job), !job_is_completed(w->job)));
     co_enter(w->co);
 }
 
@@ -984,7 +996,7 @@ static int finish_sync(Job *job, bool (*finish)(Job *, GError **),
         loop_bh(wait_done_bh, &w);
         co_yield();
     } else {
-        LOOP_WAIT_WHILE((job_enter(job), !job_is_completed(job)));
+        LOOP_WAIT_WHILE((kick(job), !job_is_completed(job)));
     }
     int ret = (job_is_cancelled(job) && job->ret == 0) ? -ECANCELED
                                                        : job->ret;

@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <string.h>
 #include <cmocka.h>
+#include "strata/backend.h"
 #include "strata/block-driver.h"
 #include "strata/job.h"
 #include "strata/loop.h"
@@ -578,6 +579,31 @@ static void test_cancel_pending_and_concluded(void **state)
     assert_null(job_find("c"));
 }
 
+/* A QMP handler runs in a coroutine: the synchronous cancel must wait
+ * from the loop, not on the handler's stack. */
+typedef struct {
+    Job *job;
+    int ret;
+} CoCancel;
+
+static void co_cancel_entry(void *opaque)
+{
+    CoCancel *c = opaque;
+    c->ret = job_cancel_sync(c->job, true);
+}
+
+static void test_cancel_sync_from_coroutine(void **state)
+{
+    TestJob *t = new_job("c", -1, JOB_MANUAL_DISMISS, NULL);
+    job_start(&t->common);
+    LOOP_WAIT_WHILE(t->done < 2);
+    CoCancel c = { &t->common, 0 };
+    co_run_sync(co_cancel_entry, &c);
+    assert_int_equal(c.ret, -ECANCELED);
+    assert_int_equal(t->common.status, JOB_STATUS_CONCLUDED);
+    assert_true(job_dismiss(&t->common, NULL));
+}
+
 /* ---- Ready and complete ---- */
 
 static void test_ready_complete(void **state)
@@ -800,6 +826,27 @@ static void test_drain_cancel_while_drained(void **state)
     node_unref(bs);
 }
 
+/* The job's edge takes and shares permissions like any parent's. */
+static void test_job_edge_permissions(void **state)
+{
+    GError *err = NULL;
+    BlockNode *bs = open_null();
+    TestJob *t = new_job("d", 1, 0, NULL);
+    assert_non_null(job_add_node(&t->common, "source", bs,
+                                 BLK_PERM_CONSISTENT_READ,
+                                 BLK_PERM_ALL & ~BLK_PERM_WRITE, &err));
+    BlockBackend *blk = blk_new(BLK_PERM_WRITE, BLK_PERM_ALL);
+    assert_false(blk_insert_node(blk, bs, &err));
+    assert_non_null(strstr(err->message, "unshared by backup job 'd' (uses "
+                           "node 'top' as 'source' child)"));
+    g_clear_error(&err);
+    job_early_fail(&t->common);
+    /* The job's edge went with it: now the write is possible. */
+    assert_true(blk_insert_node(blk, bs, &err));
+    blk_unref(blk);
+    node_unref(bs);
+}
+
 /* ---- Speed and rate limit ---- */
 
 static void test_ratelimit(void **state)
@@ -929,6 +976,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_cancel_created, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cancel_pending_and_concluded,
                                         setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cancel_sync_from_coroutine,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(test_ready_complete, setup, teardown),
         cmocka_unit_test_setup_teardown(test_complete_unsupported, setup,
                                         teardown),
@@ -941,6 +990,8 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_drain_cancel_while_drained,
                                         setup, teardown),
+        cmocka_unit_test_setup_teardown(test_job_edge_permissions, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_ratelimit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_set_speed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ratelimit_sleep_woken, setup,
