@@ -460,6 +460,11 @@ static void test_errors(void **state)
           "Parameter 'options.bogus' is unexpected" },
         { "{\"driver\": \"qcow2\", \"file\": \"f\"}",
           "Parameter 'options.size' is missing" },
+        { "{\"driver\": \"luks\", \"file\": \"f\", \"size\": 1048576}",
+          "Parameter 'key-secret' is required for cipher" },
+        { "{\"driver\": \"qcow2\", \"file\": \"f\", \"size\": 1048576, "
+          "\"encrypt\": {\"format\": \"luks\"}}",
+          "Parameter 'encrypt.key-secret' is required for cipher" },
         { "{\"driver\": \"file\", \"filename\": \"/nonexistent-dir/x\", "
           "\"size\": 0}",
           "Could not create '/nonexistent-dir/x': No such file or "
@@ -476,6 +481,26 @@ static void test_errors(void **state)
                             "concluded null ");
     }
     node_unref(f);
+
+    /* A read-only node cannot take the image. */
+    g_autofree char *ro_path = path("err.qcow2");
+    BlockNode *ro = node_open(NULL, json_pack("{ss ss ss sb}", "driver",
+                                              "file", "filename", ro_path,
+                                              "node-name", "ro", "read-only",
+                                              1), 0, &err);
+    assert_non_null(ro);
+    static const char *const ro_cases[] = {
+        "{\"driver\": \"qcow2\", \"file\": \"ro\", \"size\": 1048576}",
+        "{\"driver\": \"luks\", \"file\": \"ro\", \"size\": 1048576, "
+        "\"key-secret\": \"sec0\", \"iter-time\": 10}",
+    };
+    for (size_t i = 0; i < G_N_ELEMENTS(ro_cases); i++) {
+        g_autofree char *error = create("c", json_loads(ro_cases[i], 0,
+                                                        NULL));
+        assert_non_null(error);
+        assert_string_equal(error, "Block node is read-only");
+    }
+    node_unref(ro);
 
     /* The id is taken while the job exists. */
     o = json_pack("{ss ss sI}", "driver", "file", "filename", "/dev/null",
