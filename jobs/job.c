@@ -1016,8 +1016,15 @@ int job_complete_sync(Job *job, GError **errp)
 
 void job_cancel_sync_all(void)
 {
-    Job *job;
-    while ((job = job_next(NULL))) {
+    for (;;) {
+        /* A dismissed job someone still holds is gone already: skip it. */
+        Job *job = job_next(NULL);
+        while (job && job->status == JOB_STATUS_NULL) {
+            job = job_next(job);
+        }
+        if (!job) {
+            return;
+        }
         job_cancel_sync(job, true);
     }
 }
