@@ -604,6 +604,26 @@ static void test_cancel_sync_from_coroutine(void **state)
     assert_true(job_dismiss(&t->common, NULL));
 }
 
+/* Shutdown: every job, whatever its state, cancelled and gone. */
+static void test_cancel_sync_all(void **state)
+{
+    TestJob *run = new_job("run", -1, 0, NULL);
+    TestJob *paused = new_job("paused", -1, 0, NULL);
+    TestJob *pend = new_job("pend", 1, JOB_MANUAL_FINALIZE, NULL);
+    TestJob *conc = new_job("conc", 1, JOB_MANUAL_DISMISS, NULL);
+    new_job("created", 1, 0, NULL);
+    job_start(&run->common);
+    job_start(&paused->common);
+    job_start(&pend->common);
+    job_start(&conc->common);
+    assert_true(job_user_pause(&paused->common, NULL));
+    wait_status(&paused->common, JOB_STATUS_PAUSED);
+    wait_status(&pend->common, JOB_STATUS_PENDING);
+    wait_status(&conc->common, JOB_STATUS_CONCLUDED);
+    job_cancel_sync_all();
+    assert_null(job_next(NULL));
+}
+
 /* ---- Ready and complete ---- */
 
 static void test_ready_complete(void **state)
@@ -978,6 +998,8 @@ int main(void)
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_cancel_sync_from_coroutine,
                                         setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cancel_sync_all, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_ready_complete, setup, teardown),
         cmocka_unit_test_setup_teardown(test_complete_unsupported, setup,
                                         teardown),
