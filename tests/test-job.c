@@ -36,6 +36,8 @@ typedef struct TestJob {
     bool should_complete;
     int64_t sleep_ns;        /* per iteration */
     BlockChild *io_child;    /* read through it every iteration */
+    bool slow_io;            /* each iteration waits 1 ms while busy */
+    int io_started, io_done;
     Counts own, *c;          /* c: own, or the test's if it outlives us */
     int *freed;
 } TestJob;
@@ -57,6 +59,12 @@ static int coroutine_fn test_run(Job *job, GError **errp)
             if (ret < 0) {
                 return ret;
             }
+        }
+        if (t->slow_io) {
+            /* Like a request in flight: busy, but not at a pause point. */
+            t->io_started++;
+            co_sleep_ns(1000000);
+            t->io_done++;
         }
         job_progress_update(job, 1);
         /* Sleep 0 still goes through the loop, and is a pause point. */
@@ -830,6 +838,35 @@ static void test_drain_pauses_job(void **state)
     node_unref(bs);
 }
 
+/* A drain waits for the job's request in flight, then finds it parked. */
+static void test_drain_waits_for_inflight(void **state)
+{
+    BlockNode *bs = open_null();
+    TestJob *t = new_job("d", -1, 0, NULL);
+    Job *job = &t->common;
+    t->slow_io = true;
+    assert_non_null(job_add_node(job, "main node", bs,
+                                 BLK_PERM_CONSISTENT_READ, BLK_PERM_ALL,
+                                 NULL));
+    job_start(job);
+    /* job_start ran the job up to its first wait: inside the "request". */
+    assert_int_equal(t->io_started, 1);
+    assert_int_equal(t->io_done, 0);
+    node_drain_begin(bs);
+    assert_int_equal(t->io_done, t->io_started);
+    assert_false(job->busy);
+    assert_int_equal(job->status, JOB_STATUS_PAUSED);
+    int started = t->io_started;
+    for (int i = 0; i < 20; i++) {
+        loop_iterate(false);
+    }
+    assert_int_equal(t->io_started, started);
+    node_drain_end(bs);
+    LOOP_WAIT_WHILE(t->io_done < started + 2);
+    assert_int_equal(job_cancel_sync(job, true), -ECANCELED);
+    node_unref(bs);
+}
+
 static void test_drain_cancel_while_drained(void **state)
 {
     BlockNode *bs = open_null();
@@ -1009,6 +1046,8 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_txn_cancel_one, setup, teardown),
         cmocka_unit_test_setup_teardown(test_drain_pauses_job, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_drain_waits_for_inflight, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_drain_cancel_while_drained,
                                         setup, teardown),
