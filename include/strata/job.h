@@ -301,8 +301,8 @@ void job_ratelimit_processed(Job *job, uint64_t bytes);
 /* Wake the coroutine if it waits in job_yield()/job_sleep_ns(). */
 void job_enter(Job *job);
 
-bool job_is_cancelled(const Job *job);       /* force or soft: stop now */
-bool job_cancel_requested(const Job *job);   /* any cancel, even soft */
+bool job_is_cancelled(const Job *job);       /* a forced cancel: stop now */
+bool job_cancel_requested(const Job *job);   /* any cancel, soft ones too */
 /* running -> ready (mirror in sync). */
 void job_transition_to_ready(Job *job);
 
