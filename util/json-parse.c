@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "strata/error.h"
+#include "strata/json-reader.h"
 #include "strata/opts.h"
 
 /* Resource limits of QEMU's reader, so that huge input fails alike. */
@@ -55,6 +56,9 @@ typedef struct {
     /* parser */
     guint pos;
     GError *parse_err;
+    /* stream mode: every value or error goes to emit, none is kept */
+    JsonReaderEmit *emit;
+    void *opaque;
 } Reader;
 
 static void token_free(gpointer p)
@@ -420,6 +424,10 @@ static void deliver(Reader *r, json_t *value, GError *err)
     r->token_bytes = 0;
     r->braces = r->brackets = 0;
 
+    if (r->emit) {
+        r->emit(r->opaque, value, err);
+        return;
+    }
     if (r->value) {
         json_decref(r->value);
         r->value = NULL;
@@ -716,4 +724,41 @@ json_t *opts_parse_json(const char *text, GError **errp)
         g_propagate_error(errp, r.err);
     }
     return r.value;
+}
+
+/* ---- stream mode: QMP input, one value per message ---- */
+
+struct JsonReader {
+    Reader r;
+};
+
+JsonReader *json_reader_new(JsonReaderEmit *emit, void *opaque)
+{
+    JsonReader *jr = g_new0(JsonReader, 1);
+
+    jr->r.state = L_START;
+    jr->r.text = g_string_new(NULL);
+    jr->r.tokens = g_ptr_array_new_with_free_func(token_free);
+    jr->r.emit = emit;
+    jr->r.opaque = opaque;
+    return jr;
+}
+
+void json_reader_feed(JsonReader *jr, const void *buf, size_t len)
+{
+    const unsigned char *p = buf;
+
+    for (size_t i = 0; i < len; i++) {
+        lex_byte(&jr->r, p[i], false);
+    }
+}
+
+void json_reader_free(JsonReader *jr)
+{
+    if (!jr) {
+        return;
+    }
+    g_string_free(jr->r.text, TRUE);
+    g_ptr_array_free(jr->r.tokens, TRUE);
+    g_free(jr);
 }
