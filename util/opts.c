@@ -394,3 +394,89 @@ char *opts_first_key(json_t *obj)
     json_decref(flat);
     return key;
 }
+
+/* "0", "12": a list index in dotted keys (as QEMU's keyval reads them). */
+static bool key_is_index(const char *k, size_t *idx)
+{
+    char *end;
+    if (!g_ascii_isdigit(*k)) {
+        return false;
+    }
+    errno = 0;
+    unsigned long long v = strtoull(k, &end, 10);
+    if (*end || errno || v > INT32_MAX) {
+        return false;
+    }
+    *idx = v;
+    return true;
+}
+
+static json_t *listify(json_t *obj, GString *prefix, GError **errp)
+{
+    const char *k;
+    json_t *v;
+    bool has_index = false, has_member = false;
+    size_t idx, n = 0;
+
+    json_object_foreach(obj, k, v) {
+        if (key_is_index(k, &idx)) {
+            has_index = true;
+        } else {
+            has_member = true;
+        }
+        n++;
+        if (json_is_object(v)) {
+            size_t len = prefix->len;
+            g_string_append_printf(prefix, "%s.", k);
+            json_t *nv = listify(v, prefix, errp);
+            g_string_truncate(prefix, len);
+            if (!nv) {
+                return NULL;
+            }
+            if (nv != v) {
+                json_object_set_new(obj, k, nv);
+            }
+        }
+    }
+    if (has_index && has_member) {
+        error_setg(errp, "Parameters '%s*' used inconsistently", prefix->str);
+        return NULL;
+    }
+    if (!has_index) {
+        return obj;
+    }
+    /* Indexes 0..n-1 each once, or the first gap is reported. */
+    json_t **elt = g_new0(json_t *, n);
+    json_object_foreach(obj, k, v) {
+        key_is_index(k, &idx);
+        if (idx < n) {
+            elt[idx] = v;
+        }
+    }
+    json_t *list = json_array();
+    for (size_t i = 0; i < n; i++) {
+        if (!elt[i]) {
+            error_setg(errp, "Parameter '%s%zu' missing", prefix->str, i);
+            json_decref(list);
+            g_free(elt);
+            return NULL;
+        }
+        json_array_append(list, elt[i]);
+    }
+    g_free(elt);
+    return list;
+}
+
+bool opts_keyval_listify(json_t *obj, GError **errp)
+{
+    GString *prefix = g_string_new(NULL);
+    json_t *r = listify(obj, prefix, errp);
+    g_string_free(prefix, TRUE);
+    if (r && r != obj) {
+        /* The top level is always an object: "0=x" names no list. */
+        json_decref(r);
+        error_setg(errp, "Parameters '*' used inconsistently");
+        return false;
+    }
+    return r != NULL;
+}

@@ -25,6 +25,14 @@
 json_t *opts_parse_keyval(const char *str, const char *implied_key,
                           GError **errp);
 /*
+ * Turn objects whose keys are all list indexes ("a.0=x,a.1=y") into arrays,
+ * as QEMU's keyval parser does before the schema reads the tree; mixing
+ * indexes and names, or a gap, is an error in QEMU's words.  Trees for
+ * the generated QAPI readers go through it; drivers' own option trees do
+ * not (they take "children.0" style keys themselves).
+ */
+bool opts_keyval_listify(json_t *obj, GError **errp);
+/*
  * Parse JSON text as QEMU does (single-quoted strings, "\'" escapes,
  * integers up to 2^64-1, duplicate keys refused), with QEMU's messages
  * ("JSON parse error, stray '@'", "Expecting a JSON value").  Any JSON

@@ -33,12 +33,15 @@
  *     Foo *value; } FooList;` (the value is by value for scalars:
  *     `int64_t value`); `strList`, `intList` for built-ins.
  *   - an enum Foo is `typedef enum Foo { FOO_BAR_BAZ, ..., FOO__MAX } Foo;`
- *     (prefix from the enum name in upper case with '_' before each
- *     capital that follows a lower-case letter, or the schema's 'prefix');
+ *     (prefix from the enum name in upper case with '_' between words,
+ *     as QEMU splits them: QMPCapability -> QMP_CAPABILITY, or the
+ *     schema's 'prefix');
  *     `const char *Foo_str(Foo)` and `int Foo_parse(const char *)` (-1 if
  *     unknown).
- *   - a union has `Foo.type` (the discriminator enum) and the variant
- *     members in `Foo.u.variant` (a struct by value).
+ *   - a union has its base's members, the discriminator among them
+ *     (`BlockdevOptions.driver`), and the variant members in
+ *     `Foo.u.variant` (a struct by value).  An alternate has `QType type`
+ *     (QTYPE_QDICT, QTYPE_QSTRING, ...) and its branch in `Foo.u.branch`.
  *   - a command 'foo-bar' with arguments 'a': 'str', '*b': 'int' and
  *     returns 'Baz' is handled by
  *         Baz *qmp_foo_bar(const char *a, bool has_b, int64_t b,

@@ -1,0 +1,113 @@
+"""The value query-qmp-schema returns (SchemaInfo list, QEMU's layout).
+
+Commands and events come first, then every type they reach, each once.
+Type names other than the built-ins are replaced by numbers in order of
+first use, as QEMU does, so clients cannot come to depend on them.
+"""
+
+import json
+
+from schema import Object
+
+
+class IntrospectGen:
+    def __init__(self, schema, unmask=False):
+        self.s = schema
+        self.unmask = unmask
+        self.names = {}
+        self.queue = []
+        self.empty = Object('q_empty', None, None, [])
+
+    def ref(self, t):
+        if t is None:
+            t = self.empty
+        if t.builtin:
+            return t.intro_name()
+        if t.kind == 'array':
+            name = '[%s]' % self.ref(t.element)
+            if name not in self.names:
+                self.names[name] = name
+                self.queue.append((name, t))
+            return name
+        key = t.name
+        if key not in self.names:
+            self.names[key] = key if self.unmask else str(
+                len([1 for k in self.names if not k.startswith('[')]))
+            self.queue.append((self.names[key], t))
+        return self.names[key]
+
+    @staticmethod
+    def features(d, feats):
+        if feats:
+            d['features'] = list(feats)
+        return d
+
+    def tree(self):
+        out = []
+        for c in self.s.commands:
+            d = {'name': c.name, 'meta-type': 'command',
+                 'arg-type': self.ref(c.arg_type), 'ret-type': self.ref(c.ret)}
+            if 'QMP_CMD_ALLOW_OOB' in c.flags:
+                d['allow-oob'] = True
+            out.append(self.features(d, c.features))
+        for ev in self.s.events:
+            d = {'name': ev.name, 'meta-type': 'event', 'arg-type': self.ref(ev.arg_type)}
+            out.append(self.features(d, ev.features))
+        builtins = set()
+        i = 0
+        while i < len(self.queue):
+            name, t = self.queue[i]
+            i += 1
+            out.append(self.type_info(name, t))
+        # The built-ins, under their JSON-type names (str, int, ...).
+        for t in self.s.types.values():
+            if t.builtin and t.intro_name() not in builtins:
+                builtins.add(t.intro_name())
+                if t.intro_name() == t.name:
+                    out.append({'name': t.name, 'meta-type': 'builtin',
+                                'json-type': t.json_type})
+        return out
+
+    def type_info(self, name, t):
+        if t.kind == 'array':
+            return {'name': name, 'meta-type': 'array',
+                    'element-type': self.ref(t.element)}
+        if t.kind == 'enum':
+            return self.features({'name': name, 'meta-type': 'enum',
+                                  'members': [self.features({'name': v}, f)
+                                              for v, f in t.values],
+                                  'values': [v for v, _ in t.values]}, t.features)
+        if t.kind == 'alternate':
+            return self.features({'name': name, 'meta-type': 'alternate',
+                                  'members': [{'type': self.ref(bt)}
+                                              for _, bt in t.branches]}, t.features)
+        members = []
+        for m in t.all_members():
+            md = {'name': m.name, 'type': self.ref(m.type)}
+            if m.optional:
+                md['default'] = None
+            members.append(self.features(md, m.features))
+        d = {'name': name, 'meta-type': 'object', 'members': members}
+        if t.variants is not None:
+            d['tag'] = t.tag
+            declared = dict(t.variants)
+            d['variants'] = [{'case': v, 'type': self.ref(declared.get(v))}
+                             for v, _ in t.tag_member.type.values]
+        return self.features(d, t.features)
+
+    def gen(self):
+        text = json.dumps(self.tree(), separators=(',', ':'))
+        lines = []
+        for i in range(0, len(text), 100):
+            chunk = text[i:i + 100].replace('\\', '\\\\').replace('"', '\\"')
+            lines.append('    "%s"\n' % chunk)
+        return ('/* query-qmp-schema, generated from the schema: do not edit. */\n'
+                '#include <jansson.h>\n#include "strata/qmp.h"\n\n'
+                'static const char schema_json[] =\n%s;\n\n'
+                'json_t *qmp_introspection(void)\n{\n'
+                '    static json_t *cached;\n'
+                '    if (!cached) {\n'
+                '        cached = json_loads(schema_json, 0, NULL);\n'
+                '    }\n'
+                '    /* A copy: the caller owns it and may change it. */\n'
+                '    return json_deep_copy(cached);\n}\n' % ''.join(lines))
