@@ -18,6 +18,7 @@
 #include <glib-unix.h>
 
 #include "strata/coroutine.h"
+#include "strata/fdset.h"
 #include "strata/loop.h"
 #include "strata/qmp-server.h"
 #include "json-stream.h"
@@ -61,6 +62,7 @@ typedef struct {
 static GList *monitors;
 static GHashTable *current;     /* Coroutine * -> QmpSession * */
 static unsigned running;
+static unsigned sessions_open;  /* QEMU's mon_refcount */
 static size_t output_limit = 16 << 20;
 static void (*quit_handler)(void);
 
@@ -500,6 +502,9 @@ static void session_close(QmpSession *s)
         qmp_message_free(msg);
     }
     s->mon->sessions = g_list_remove(s->mon->sessions, s);
+    sessions_open--;
+    /* as QEMU when a connection closes: sets nobody holds may go */
+    fdset_cleanup(sessions_open > 0);
     session_unref(s);
 }
 
@@ -540,6 +545,7 @@ static void session_new(QmpMonitor *mon, int fd)
     g_queue_init(&s->queue);
     s->stream = qmp_stream_new(on_message, s);
     mon->sessions = g_list_append(mon->sessions, s);
+    sessions_open++;
     session_watch_input(s);
     session_send(s, greeting());
 }
@@ -554,6 +560,12 @@ static gboolean on_accept(gint fd, GIOCondition cond, gpointer opaque)
     }
     /* EAGAIN, ECONNABORTED, EMFILE: try again on the next wake-up */
     return G_SOURCE_CONTINUE;
+}
+
+void qmp_monitor_add_client(QmpMonitor *mon, int fd)
+{
+    g_unix_set_fd_nonblocking(fd, TRUE, NULL);
+    session_new(mon, fd);
 }
 
 QmpMonitor *qmp_monitor_new(int listen_fd, bool pretty)

@@ -27,6 +27,8 @@ typedef struct QmpMonitor QmpMonitor;
  * owns it from now on).  pretty: QEMU's pretty=on output.
  */
 QmpMonitor *qmp_monitor_new(int listen_fd, bool pretty);
+/* Serve a client already connected (chardev wait=on waited for it). */
+void qmp_monitor_add_client(QmpMonitor *mon, int fd);
 /* Disconnect its clients, close its socket, close its getfd descriptors. */
 void qmp_monitor_free(QmpMonitor *mon);
 
