@@ -70,6 +70,20 @@ static void session_close(QmpSession *s);
 static void session_kick(QmpSession *s);
 static void session_watch_input(QmpSession *s);
 
+static GSList *shutdown_fns[QMP_SHUTDOWN__MAX];
+
+void qmp_server_at_shutdown(QmpShutdownPhase phase, void (*fn)(void))
+{
+    shutdown_fns[phase] = g_slist_append(shutdown_fns[phase], (gpointer)fn);
+}
+
+void qmp_server_run_shutdown(QmpShutdownPhase phase)
+{
+    for (GSList *l = shutdown_fns[phase]; l; l = l->next) {
+        ((void (*)(void))l->data)();
+    }
+}
+
 void qmp_server_set_output_limit(size_t bytes)
 {
     output_limit = bytes;

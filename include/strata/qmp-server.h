@@ -51,6 +51,22 @@ void qmp_server_set_output_limit(size_t bytes);
 void qmp_server_set_quit_handler(void (*fn)(void));
 void qmp_server_request_quit(void);
 
+/*
+ * What the daemon undoes when it stops (SIGTERM, SIGINT, quit), in QEMU's
+ * order: exports closed, then (everything drained) jobs cancelled, then the
+ * nodes the monitor owns closed, which flushes them and leaves qcow2 images
+ * clean.  The parts that own exports, jobs and monitor-owned nodes register
+ * here; the daemon runs the phases once its loop has stopped.
+ */
+typedef enum {
+    QMP_SHUTDOWN_EXPORTS,
+    QMP_SHUTDOWN_JOBS,
+    QMP_SHUTDOWN_NODES,
+    QMP_SHUTDOWN__MAX,
+} QmpShutdownPhase;
+void qmp_server_at_shutdown(QmpShutdownPhase phase, void (*fn)(void));
+void qmp_server_run_shutdown(QmpShutdownPhase phase);
+
 /* ---- for the connection handlers (caller from qmp_session_current()) ---- */
 
 /*
