@@ -193,8 +193,15 @@ static gboolean on_writable(gint fd, GIOCondition cond, gpointer opaque)
 static void session_send(QmpSession *s, json_t *msg)
 {
     if (!s->closed) {
+        /* QEMU's monitor ends every line, pretty ones too, with CR LF */
+        size_t start = s->out->len;
         qmp_out_json(s->out, msg, s->mon->pretty);
-        g_string_append_c(s->out, '\n');
+        for (size_t i = start; i < s->out->len; i++) {
+            if (s->out->str[i] == '\n') {
+                g_string_insert_c(s->out, i++, '\r');
+            }
+        }
+        g_string_append(s->out, "\r\n");
         session_flush(s);
     }
     json_decref(msg);
@@ -237,7 +244,8 @@ static json_t *error_reply(GError *err)
     json_t *e = json_object();
 
     json_object_set_new(e, "class", json_string(cls ? cls : "GenericError"));
-    json_object_set_new(e, "desc", json_string(err->message));
+    /* a stray byte quoted in the message need not be UTF-8 */
+    json_object_set_new(e, "desc", json_string_nocheck(err->message));
     json_t *rsp = json_object();
     json_object_set_new(rsp, "error", e);
     return rsp;

@@ -206,20 +206,29 @@ static void client_send(Client *c, const char *text)
 
 /*
  * The next message: one line, or with pretty output everything up to a
- * closing brace at the start of a line.  The loop runs while we wait.
+ * closing brace at the start of a line, with QEMU's CR LF line ends made
+ * plain LF.  The loop runs while we wait.
  */
 static char *client_recv(Client *c, bool pretty)
 {
     gint64 deadline = g_get_monotonic_time() + 20 * G_USEC_PER_SEC;
 
     for (;;) {
-        const char *end = pretty ? strstr(c->in->str, "\n}\n")
-                                 : strchr(c->in->str, '\n');
+        const char *end = pretty ? strstr(c->in->str, "\r\n}\r\n")
+                                 : strstr(c->in->str, "\r\n");
         if (end) {
-            size_t len = end - c->in->str + (pretty ? 2 : 0);
+            /* lines end with CR LF as QEMU's; compare without the CRs */
+            size_t len = end - c->in->str + (pretty ? 3 : 0);
             char *msg = g_strndup(c->in->str, len);
-            g_string_erase(c->in, 0, len + 1);
-            return msg;
+            g_string_erase(c->in, 0, len + 2);
+            GString *lf = g_string_new(NULL);
+            for (char *p = msg; *p; p++) {
+                if (!(p[0] == '\r' && p[1] == '\n')) {
+                    g_string_append_c(lf, *p);
+                }
+            }
+            g_free(msg);
+            return g_string_free(lf, FALSE);
         }
         char buf[4096];
         ssize_t n = recv(c->fd, buf, sizeof(buf), MSG_DONTWAIT);

@@ -242,7 +242,7 @@ fail:
     return NULL;
 }
 
-static json_t *parse_number(Token *t)
+static json_t *parse_number(Reader *r, Token *t)
 {
     if (t->type == TOK_INTEGER) {
         char *end;
@@ -254,10 +254,12 @@ static json_t *parse_number(Token *t)
         if (t->text[0] != '-') {
             errno = 0;
             (void)strtoull(t->text, &end, 10);
-            if (errno != ERANGE) {
+            if (errno != ERANGE && !r->emit) {
                 /*
                  * Above INT64_MAX jansson has no integer; options read
-                 * numbers as their text, so keep the digits.
+                 * numbers as their text, so keep the digits.  (A QMP
+                 * stream gets a number instead: QEMU's uint64 is lost
+                 * here, beyond it QEMU has a double too.)
                  */
                 return json_string(t->text);
             }
@@ -394,7 +396,7 @@ static json_t *parse_value(Reader *r)
     case TOK_INTEGER:
     case TOK_FLOAT:
         next(r);
-        return parse_number(t);
+        return parse_number(r, t);
     case TOK_KEYWORD:
         next(r);
         if (!strcmp(t->text, "true")) {
