@@ -146,8 +146,8 @@ bool chardev_socket_add(const char *id, const ChardevSocketSpec *spec,
                         const char *prog, GError **errp)
 {
     if (find(id)) {
-        error_setg(errp, "attempt to add duplicate property '%s' to object "
-                   "(type 'container')", id);
+        /* QEMU's first check to trip over a second chardev of that id */
+        error_setg(errp, "duplicate yank instance");
         return false;
     }
     int fd;

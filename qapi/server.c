@@ -71,6 +71,7 @@ static void session_kick(QmpSession *s);
 static void session_watch_input(QmpSession *s);
 
 static GSList *shutdown_fns[QMP_SHUTDOWN__MAX];
+static void session_kick(QmpSession *s);
 
 void qmp_server_at_shutdown(QmpShutdownPhase phase, void (*fn)(void))
 {
@@ -94,8 +95,12 @@ void qmp_server_set_quit_handler(void (*fn)(void))
     quit_handler = fn;
 }
 
+static bool quitting;
+
 void qmp_server_request_quit(void)
 {
+    /* like QEMU, nothing queued behind quit runs */
+    quitting = true;
     if (quit_handler) {
         quit_handler();
     }
@@ -414,7 +419,7 @@ static void start_request(QmpSession *s, QmpMessage *msg)
 /* Start the next in-band request if none is running. */
 static void session_kick(QmpSession *s)
 {
-    if (s->busy || s->closed || g_queue_is_empty(&s->queue)) {
+    if (s->busy || s->closed || quitting || g_queue_is_empty(&s->queue)) {
         return;
     }
     s->busy = true;

@@ -208,26 +208,52 @@ static void pid_file_cleanup(void)
     }
 }
 
+/*
+ * The pid file, locked for as long as the daemon lives; a file replaced
+ * under us between open and lock is opened again, as QEMU does.
+ */
 static void pid_file_init(void)
 {
+    int fd;
+
     if (!pid_file) {
         return;
     }
-    int fd = open(pid_file, O_CREAT | O_WRONLY | O_CLOEXEC, 0600);
-    if (fd < 0) {
-        tool_error("cannot create PID file: Cannot open pid file: %s",
-                   g_strerror(errno));
-        exit(EXIT_FAILURE);
+    for (;;) {
+        struct stat a, b;
+        struct flock lock = { .l_type = F_WRLCK, .l_whence = SEEK_SET };
+
+        fd = open(pid_file, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+        if (fd < 0) {
+            tool_error("cannot create PID file: Could not create '%s': %s",
+                       pid_file, g_strerror(errno));
+            exit(EXIT_FAILURE);
+        }
+        if (fstat(fd, &b) < 0) {
+            tool_error("cannot create PID file: Cannot stat file: %s",
+                       g_strerror(errno));
+            exit(EXIT_FAILURE);
+        }
+        if (fcntl(fd, F_SETLK, &lock)) {
+            tool_error("cannot create PID file: Cannot lock pid file: %s",
+                       g_strerror(errno));
+            exit(EXIT_FAILURE);
+        }
+        if (stat(pid_file, &a) == 0 && a.st_ino == b.st_ino) {
+            break;
+        }
+        close(fd);
     }
-    if (lockf(fd, F_TLOCK, 0) < 0) {
-        tool_error("cannot create PID file: Cannot lock pid file: %s",
+    if (ftruncate(fd, 0) < 0) {
+        tool_error("cannot create PID file: Failed to truncate pid file: %s",
                    g_strerror(errno));
+        unlink(pid_file);
         exit(EXIT_FAILURE);
     }
     char *pid = g_strdup_printf("%d\n", (int)getpid());
-    if (ftruncate(fd, 0) < 0 || write(fd, pid, strlen(pid)) !=
-        (ssize_t)strlen(pid)) {
+    if (write(fd, pid, strlen(pid)) != (ssize_t)strlen(pid)) {
         tool_error("cannot create PID file: Failed to write pid file");
+        unlink(pid_file);
         exit(EXIT_FAILURE);
     }
     g_free(pid);
@@ -360,7 +386,7 @@ static void process_options(int argc, char *argv[], bool pre_init_pass)
             pid_file = optarg;
             break;
         case 1:
-            tool_error("Unexpected argument");
+            tool_error("%s: Unexpected argument", optarg);
             exit(EXIT_FAILURE);
         default:
             g_assert_not_reached();
