@@ -71,7 +71,6 @@ static void session_kick(QmpSession *s);
 static void session_watch_input(QmpSession *s);
 
 static GSList *shutdown_fns[QMP_SHUTDOWN__MAX];
-static void session_kick(QmpSession *s);
 
 void qmp_server_at_shutdown(QmpShutdownPhase phase, void (*fn)(void))
 {

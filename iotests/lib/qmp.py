@@ -196,8 +196,9 @@ class Daemon:
                                      stderr=subprocess.STDOUT,
                                      cwd=t.TEST_DIR)
         t._children.append(self.proc)
-        ready = ((lambda: os.path.exists(self.pidfile)) if self.pidfile else
-                 (lambda: all(os.path.exists(s) for s in self.sockets)))
+        # QEMU's system emulator writes its pid file before its sockets
+        ready = (lambda: (not self.pidfile or os.path.exists(self.pidfile))
+                 and all(os.path.exists(s) for s in self.sockets))
         if not t._wait_for(ready, timeout, 'the daemon', self.proc):
             raise RuntimeError('daemon exited (%s):\n%s'
                                % (self.proc.returncode, self.output()))
