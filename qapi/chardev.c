@@ -143,7 +143,7 @@ static char *describe(int fd, const ChardevSocketSpec *spec)
 }
 
 bool chardev_socket_add(const char *id, const ChardevSocketSpec *spec,
-                        const char *prog, GError **errp)
+                        const char *who, GError **errp)
 {
     if (find(id)) {
         /* QEMU's first check to trip over a second chardev of that id */
@@ -171,7 +171,7 @@ bool chardev_socket_add(const char *id, const ChardevSocketSpec *spec,
     if (spec->wait) {
         char *d = describe(fd, spec);
         fprintf(stderr, "%s: info: QEMU waiting for connection on: %s\n",
-                prog, d);
+                who, d);
         g_free(d);
         do {
             c->first_client = accept4(fd, NULL, NULL, SOCK_CLOEXEC);

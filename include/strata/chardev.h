@@ -17,9 +17,12 @@ typedef struct ChardevSocketSpec {
     bool wait;              /* server=on,wait=on: wait for the first client */
 } ChardevSocketSpec;
 
-/* Create the listening socket with QEMU's messages and register it. */
+/*
+ * Create the listening socket with QEMU's messages and register it.  who
+ * begins the line that says it waits (wait=on), e.g. "prog: --chardev ARG".
+ */
 bool chardev_socket_add(const char *id, const ChardevSocketSpec *spec,
-                        const char *prog, GError **errp);
+                        const char *who, GError **errp);
 
 /*
  * Hand id's listening socket to its one user (a monitor).  *first_client:

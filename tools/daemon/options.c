@@ -114,7 +114,9 @@ bool daemon_chardev_option(const char *arg, GError **errp)
                    "fd= is needed");
         goto out;
     }
-    ok = chardev_socket_add(id, &spec, tool_name(), errp);
+    char *who = g_strdup_printf("%s: --chardev %s", tool_name(), arg);
+    ok = chardev_socket_add(id, &spec, who, errp);
+    g_free(who);
 out:
     json_decref(opts);
     g_free(backend);
