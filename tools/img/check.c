@@ -111,7 +111,7 @@ static void dump_json(const BlockCheckResult *r, const char *filename,
             json_object_set_new(o, f[i].name, json_integer(f[i].v));
         }
     }
-    char *text = img_json_pretty(o);
+    char *text = json_out_pretty_str(o);
     printf("%s\n", text);
     g_free(text);
     json_decref(o);

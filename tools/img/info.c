@@ -360,7 +360,7 @@ int img_info(int argc, char **argv)
         return EXIT_FAILURE;
     }
     if (json) {
-        char *text = img_json_pretty(chain ? list : json_array_get(list, 0));
+        char *text = json_out_pretty_str(chain ? list : json_array_get(list, 0));
         printf("%s\n", text);
         g_free(text);
     } else {

@@ -334,7 +334,7 @@ static void print_info(const MeasureInfo *info, bool json)
             json_object_set_new(o, "bitmaps", json_integer(
                                 (json_int_t)info->bitmaps));
         }
-        text = img_json_pretty(o);
+        text = json_out_pretty_str(o);
         printf("%s\n", text);
         g_free(text);
         json_decref(o);
