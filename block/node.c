@@ -1401,12 +1401,3 @@ void node_dec_in_flight(BlockNode *bs)
         drain_kick();
     }
 }
-
-int coroutine_fn node_co_change_backing_file(BlockNode *bs, const char *file,
-                                             const char *fmt)
-{
-    if (!bs->drv->co_change_backing_file) {
-        return -ENOTSUP;
-    }
-    return bs->drv->co_change_backing_file(bs, file, fmt);
-}
