@@ -45,13 +45,6 @@ int img_snapshot(int argc, char **argv);
 struct SnapshotInfo;
 void img_snapshot_dump_header(void);
 void img_snapshot_dump(const struct SnapshotInfo *sn);
-/*
- * Snapshots as QEMU finds them: through nodes that have none of their own
- * down to their primary child (see snapshot.c).  The list's length, or
- * -errno; the caller frees *list.
- */
-int img_snapshot_list(BlockNode *bs, struct SnapshotInfo **list);
-BlockNode *img_snapshot_fallback(BlockNode *bs);
 
 /* ---- main.c ---- */
 

@@ -18,7 +18,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include "strata/block-driver.h"
+#include "strata/block-ops.h"
+#include "strata/opts.h"
+#include "strata/units.h"
 #include "strata/error.h"
 #include "../../block/crypto/crypto.h"
 #include "../../block/qcow2/qcow2-format.h"
@@ -103,20 +105,6 @@ static uint64_t qcow2_prealloc_size(uint64_t virtual_size,
                                    cluster_size, refcount_order);
     return meta + aligned;
 }
-
-typedef struct StatusCo {
-    BlockNode *bs;
-    int64_t offset, bytes, pnum;
-    int ret;
-} StatusCo;
-
-static void coroutine_fn status_co(void *opaque)
-{
-    StatusCo *s = opaque;
-    s->ret = node_co_block_status_above(s->bs, NULL, false, true, s->offset,
-                                        s->bytes, &s->pnum, NULL, NULL, NULL);
-}
-
 
 /*
  * The size of the LUKS header creation would write, found as QEMU finds
@@ -255,19 +243,17 @@ static bool measure_qcow2(ImgOpts *opts, BlockNode *in_bs, MeasureInfo *info,
         } else {
             for (int64_t offset = 0, pnum = 0; offset < ssize;
                  offset += pnum) {
-                StatusCo s = { in_bs, offset, ssize - offset, 0, 0 };
-
-                co_run_sync(status_co, &s);
-                if (s.ret < 0) {
-                    error_setg_errno(errp, -s.ret,
-                                     "Unable to get block status");
+                int st = node_block_status_above(in_bs, NULL, false, true,
+                                                 offset, ssize - offset,
+                                                 &pnum, NULL, NULL, NULL);
+                if (st < 0) {
+                    error_setg_errno(errp, -st, "Unable to get block status");
                     return false;
                 }
-                pnum = s.pnum;
-                if (s.ret & BLOCK_ZERO) {
+                if (st & BLOCK_ZERO) {
                     continue;
                 }
-                if ((s.ret & (BLOCK_DATA | BLOCK_ALLOCATED)) ==
+                if ((st & (BLOCK_DATA | BLOCK_ALLOCATED)) ==
                     (BLOCK_DATA | BLOCK_ALLOCATED)) {
                     /* Whole clusters: round the run up to the next one. */
                     pnum = (int64_t)ROUND_UP_U64((uint64_t)(offset + pnum),
@@ -450,9 +436,9 @@ int img_measure(int argc, char **argv)
         tool_error("Unknown file format '%s'", out_fmt);
         goto out;
     }
-    if (!drv->create) {
+    if (!driver_has(drv, DRIVER_CAN_CREATE)) {
         tool_error("Format driver '%s' does not support image creation",
-                   drv->format_name);
+                   driver_format_name(drv));
         goto out;
     }
     proto = driver_find("file");
@@ -470,19 +456,19 @@ int img_measure(int argc, char **argv)
         img_opts_set_number(opts, "size", img_size);
     }
 
-    if (!strcmp(drv->format_name, "qcow2")) {
+    if (!strcmp(driver_format_name(drv), "qcow2")) {
         if (!measure_qcow2(opts, in_blk ? blk_node(in_blk) : NULL, &info,
                            &err)) {
             tool_error_gerror(err, "%s", "");
             goto out;
         }
-    } else if (!strcmp(drv->format_name, "luks")) {
+    } else if (!strcmp(driver_format_name(drv), "luks")) {
         if (!measure_luks(opts, in_blk ? blk_node(in_blk) : NULL, &info,
                           &err)) {
             tool_error_gerror(err, "%s", "");
             goto out;
         }
-    } else if (!strcmp(drv->format_name, "raw")) {
+    } else if (!strcmp(driver_format_name(drv), "raw")) {
         if (!measure_raw(opts, in_blk ? blk_node(in_blk) : NULL, &info,
                          &err)) {
             tool_error_gerror(err, "%s", "");
@@ -490,7 +476,7 @@ int img_measure(int argc, char **argv)
         }
     } else {
         tool_error("Block driver '%s' does not support size measurement",
-                   drv->format_name);
+                   driver_format_name(drv));
         goto out;
     }
     print_info(&info, json);
