@@ -360,6 +360,12 @@ int coroutine_fn qcow2_grow_prealloc(BlockNode *bs, uint64_t from, uint64_t to,
 int coroutine_fn qcow2_co_change_backing_file(BlockNode *bs, const char *file,
                                               const char *fmt);
 
+/* ---- qcow2-measure.c ---- */
+
+/* BlockDriver.measure: the size a new image with these options takes. */
+bool coroutine_fn qcow2_measure(json_t *opts, BlockNode *in_bs,
+                                BlockMeasureInfo *info, GError **errp);
+
 /* ---- qcow2-empty.c ---- */
 
 /* BlockDriver.make_empty: drop every mapping, QEMU's layout after. */
