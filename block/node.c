@@ -506,6 +506,18 @@ static void refresh_filename(BlockNode *bs, int flags)
     json_decref(opts);
 }
 
+void node_refresh_filename(BlockNode *bs)
+{
+    refresh_filename(bs, bs->open_flags);
+    /* A parent's json: name holds its children's options. */
+    for (GList *l = bs->parents; l; l = l->next) {
+        BlockChild *c = l->data;
+        if (c->klass->parent_is_node) {
+            node_refresh_filename(c->opaque);
+        }
+    }
+}
+
 /* ---- Opening ---- */
 
 static const char *const detect_zeroes_names[] = { "off", "on", "unmap", NULL };

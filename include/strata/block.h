@@ -137,6 +137,11 @@ bool child_set_perm(BlockChild *c, uint64_t perm, uint64_t shared,
 bool child_replace_node(BlockChild *c, BlockNode *new_bs, GError **errp);
 /* Move every parent of `from` (except those in `from`'s own subtree) to `to`. */
 bool node_replace(BlockNode *from, BlockNode *to, GError **errp);
+/*
+ * Recompute the filename of bs and of the nodes above it after a graph
+ * change (a new backing node makes a json: name out of date).
+ */
+void node_refresh_filename(BlockNode *bs);
 /* Re-run the permission calculation below bs (after a driver-state change). */
 bool node_refresh_perms(BlockNode *bs, GError **errp);
 
