@@ -13,7 +13,7 @@
 #include "transaction.h"
 /* QAPI has a SnapshotInfo of its own: the library's is renamed here. */
 #define SnapshotInfo LibSnapshotInfo
-#include "strata/block-ops.h"
+#include "strata/block-driver.h"
 #undef SnapshotInfo
 #include "strata/error.h"
 #include "qapi-commands.h"
@@ -44,6 +44,25 @@ static bool append_overlay(ExternalSnapshot *st, GError **errp)
         return false;
     }
     st->backing = c;
+    node_refresh_filename(st->new_bs);
+    return true;
+}
+
+/*
+ * QEMU blocks snapshots of a node that is another node's backing image
+ * (its op blockers): only the top of a chain takes an overlay.
+ */
+static bool check_not_backing(BlockNode *bs, GError **errp)
+{
+    for (BlockChild *c = node_next_parent(bs, NULL); c;
+         c = node_next_parent(bs, c)) {
+        if (c->klass->parent_is_node && (child_role(c) & CHILD_ROLE_COW)) {
+            error_setg(errp, "Node '%s' is busy: node is used as backing hd "
+                       "of '%s'", node_get_name(bs),
+                       node_get_name(c->opaque));
+            return false;
+        }
+    }
     return true;
 }
 
@@ -122,6 +141,9 @@ static bool external_snapshot_prepare(TxnState *s, GError **errp)
         error_setg(errp, "Device '%s' has no medium", device);
         return false;
     }
+    if (!check_not_backing(st->old_bs, errp)) {
+        return false;
+    }
     if (!node_is_read_only(st->old_bs) && node_co_flush(st->old_bs) < 0) {
         error_setg(errp, "An IO error has occurred");
         return false;
@@ -188,6 +210,7 @@ static void external_snapshot_abort(TxnState *s)
     if (!node_replace(st->new_bs, st->old_bs, NULL)) {
         g_assert_not_reached();
     }
+    node_refresh_filename(st->new_bs);
 }
 
 static void external_snapshot_clean(TxnState *s)
