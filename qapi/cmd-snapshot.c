@@ -66,6 +66,31 @@ static bool check_not_backing(BlockNode *bs, GError **errp)
     return true;
 }
 
+/* QEMU's bdrv_img_create() refuses a backing file for such a format. */
+static bool check_backing_support(const char *format, GError **errp)
+{
+    const BlockDriver *drv = driver_find(format);
+    const char *const *opt = drv ? driver_create_opts(drv) : NULL;
+
+    if (!drv) {
+        error_setg(errp, "Unknown file format '%s'", format);
+        return false;
+    }
+    if (!driver_has(drv, DRIVER_CAN_CREATE)) {
+        error_setg(errp, "Format driver '%s' does not support image "
+                   "creation", format);
+        return false;
+    }
+    for (; opt && *opt; opt++) {
+        if (!strcmp(*opt, "backing_file")) {
+            return true;
+        }
+    }
+    error_setg(errp, "Backing file not supported for file format '%s'",
+               format);
+    return false;
+}
+
 /* blockdev-snapshot-sync: create the image unless mode=existing, open it. */
 static BlockNode *open_new_overlay(BlockdevSnapshotSync *s, BlockNode *old_bs,
                                    GError **errp)
@@ -92,6 +117,9 @@ static BlockNode *open_new_overlay(BlockdevSnapshotSync *s, BlockNode *old_bs,
         if (size < 0) {
             error_setg(errp, "bdrv_getlength failed: %s",
                        g_strerror((int)-size));
+            return NULL;
+        }
+        if (!check_backing_support(format, errp)) {
             return NULL;
         }
         options = json_object();
