@@ -238,7 +238,9 @@ static void external_snapshot_abort(TxnState *s)
     if (!node_replace(st->new_bs, st->old_bs, NULL)) {
         g_assert_not_reached();
     }
+    /* The parents' json: names hold their children's options. */
     node_refresh_filename(st->new_bs);
+    node_refresh_filename(st->old_bs);
 }
 
 static void external_snapshot_clean(TxnState *s)
