@@ -108,9 +108,12 @@ static BlockNode *open_new_overlay(BlockdevSnapshotSync *s, BlockNode *old_bs,
         error_setg(errp, "New overlay node-name already in use");
         return NULL;
     }
-    /* The overlay is opened as the node was; its backing node is old_bs,
-     * attached by hand, not the file its header names. */
-    flags = node_get_flags(old_bs) | NODE_O_NO_BACKING;
+    /* The overlay is opened as the node was (access and cache mode); its
+     * backing node is old_bs, attached by hand, not the file its header
+     * names. */
+    flags = (node_get_flags(old_bs) &
+             (NODE_O_RDWR | NODE_O_NOCACHE | NODE_O_NO_FLUSH)) |
+            NODE_O_NO_BACKING;
 
     if (mode != NEW_IMAGE_MODE_EXISTING) {
         int64_t size = node_getlength(old_bs);
