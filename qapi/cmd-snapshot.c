@@ -125,6 +125,11 @@ static BlockNode *open_new_overlay(BlockdevSnapshotSync *s, BlockNode *old_bs,
         if (!check_backing_support(format, errp)) {
             return NULL;
         }
+        if (!strcmp(s->snapshot_file, node_get_filename(old_bs))) {
+            error_setg(errp, "Error: Trying to create an image with the "
+                       "same filename as the backing file");
+            return NULL;
+        }
         options = json_object();
         json_object_set_new(options, "size", json_integer(size));
         json_object_set_new(options, "backing_file",
