@@ -113,11 +113,6 @@ BlockNode *node_primary_child(BlockNode *bs);
 BlockNode *node_filtered_child(BlockNode *bs);
 /* Walk past filters to the first non-filter node. */
 BlockNode *node_skip_filters(BlockNode *bs);
-/* A medium is present in bs and in every node below it (bdrv_is_inserted). */
-bool node_is_inserted(BlockNode *bs);
-/* QEMU's bdrv_get_info(): filters without an answer ask their child. */
-struct BlockDriverInfo;
-int node_get_info(BlockNode *bs, struct BlockDriverInfo *bdi);
 
 /* Cumulative permissions other users hold on bs. */
 void node_get_cumulative_perm(const BlockNode *bs, uint64_t *perm,
@@ -142,6 +137,11 @@ bool child_set_perm(BlockChild *c, uint64_t perm, uint64_t shared,
 bool child_replace_node(BlockChild *c, BlockNode *new_bs, GError **errp);
 /* Move every parent of `from` (except those in `from`'s own subtree) to `to`. */
 bool node_replace(BlockNode *from, BlockNode *to, GError **errp);
+/*
+ * Recompute the filename of bs and of the nodes above it after a graph
+ * change (a new backing node makes a json: name out of date).
+ */
+void node_refresh_filename(BlockNode *bs);
 /* Re-run the permission calculation below bs (after a driver-state change). */
 bool node_refresh_perms(BlockNode *bs, GError **errp);
 

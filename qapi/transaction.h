@@ -1,0 +1,80 @@
+/*
+ * The actions of QMP's `transaction` (qapi/cmd-transaction.c), as QEMU 7.2
+ * runs them: every action is prepared in the order given; if all prepare,
+ * all commit in that order, otherwise every action prepared so far (the
+ * failing one included) is aborted in reverse order; then all are cleaned
+ * in order.  Only prepare may fail.  A command that is one action
+ * (blockdev-snapshot, ...) runs as a transaction of that one action, so
+ * both paths share the same checks and messages.
+ *
+ * Adding an action (a later issue's block-dirty-bitmap-add, backup, ...):
+ * its kind in TransactionActionKind and TransactionAction
+ * (qapi/schema/transaction.json), a const TxnActionOps with its callbacks
+ * in the qapi/cmd-*.c file of its area (declared at the end of this file),
+ * and one entry in the table of qapi/cmd-transaction.c.  Nothing else
+ * changes.
+ */
+#ifndef QAPI_TRANSACTION_H
+#define QAPI_TRANSACTION_H
+
+/* The schema has a PreallocMode of its own: the library's is renamed. */
+#define PreallocMode LibPreallocMode
+#include "strata/block.h"
+#undef PreallocMode
+#include "qapi-types.h"
+
+/* strata/job.h cannot meet qapi-types.h (both define JobStatus): the
+ * runner reaches the job transaction through qapi/transaction-jobs.c. */
+typedef struct JobTxn JobTxn;
+JobTxn *txn_job_txn_new(void);
+void txn_job_txn_unref(JobTxn *txn);
+
+typedef struct TxnState TxnState;
+
+typedef struct TxnActionOps {
+    size_t state_size;        /* bytes of the action's own state (>= 0) */
+    /* Do the work, so that abort can undo it; false with *errp set. */
+    bool (*prepare)(TxnState *s, GError **errp);
+    void (*commit)(TxnState *s);        /* may be NULL */
+    void (*abort)(TxnState *s);         /* may be NULL */
+    /* After commit or abort, always, even when prepare failed early. */
+    void (*clean)(TxnState *s);         /* may be NULL */
+} TxnActionOps;
+
+struct TxnState {
+    const TxnActionOps *ops;
+    TransactionAction *action;
+    /* The transaction's properties, completion-mode always set. */
+    const TransactionProperties *props;
+    /* Jobs an action starts join it (NULL unless completion-mode=grouped). */
+    JobTxn *job_txn;
+    void *opaque;             /* state_size zeroed bytes, or NULL */
+};
+
+/* Run a list of actions as one transaction. */
+bool txn_run(TransactionActionList *actions,
+             const TransactionProperties *props, GError **errp);
+/* Run one action on its own (completion-mode individual). */
+bool txn_run_one(TransactionAction *action, GError **errp);
+
+/* "Action 'x' does not support Transaction property completion-mode = y" */
+bool txn_check_completion_mode(TxnState *s, GError **errp);
+
+/*
+ * QEMU's bdrv_lookup_bs(): the node named by device (there are no named
+ * devices in the daemon) or node_name; either may be NULL.  "Cannot find
+ * device='x' nor node-name='y'".
+ */
+BlockNode *txn_lookup_node(const char *device, const char *node_name,
+                           GError **errp);
+/* QEMU's qmp_get_root_bs(): a node that no other node or job uses. */
+BlockNode *txn_root_node(const char *name, GError **errp);
+
+/* ---- The actions (each in its area's file) ---- */
+
+/* qapi/cmd-snapshot.c: blockdev-snapshot and blockdev-snapshot-sync */
+extern const TxnActionOps txn_external_snapshot;
+/* qapi/cmd-snapshot.c: blockdev-snapshot-internal-sync */
+extern const TxnActionOps txn_internal_snapshot;
+
+#endif
