@@ -1,0 +1,61 @@
+"""Helpers for the nbd-export-* tests: strata's NBD server against QEMU's.
+
+The server under test is tests/nbd-serve from the build (strata's NBD
+server library behind qemu-nbd's command line); in oracle mode (./check
+--regen) it is qemu-nbd itself, started with the same arguments, so the
+goldens are QEMU's.  The clients (qemu-io, qemu-img, nbdinfo, nbdcopy,
+libnbd) are the same in both modes: only the server changes.
+"""
+
+import os
+import sys
+
+import iotests as t
+
+NBD_SERVE_PROG = os.environ.get('STRATA_NBD_SERVE_PROG') or os.path.join(
+    t.BUILD_DIR, 'tests', 'nbd-serve')
+
+
+def server_prog():
+    return t.QEMU_NBD_PROG if t.oracle_mode() else NBD_SERVE_PROG
+
+
+def requires_server(*clients):
+    """Skip unless the server under test and the client programs
+    ('qemu-io', 'qemu-img', 'nbdinfo', 'nbdcopy') are there."""
+    t.requires_qemu_nbd()
+    if not t._find(server_prog()):
+        t.skip('%s not built' % os.path.basename(server_prog()))
+    for c in clients:
+        prog = {'qemu-io': t.QEMU_IO_PROG,
+                'qemu-img': t.QEMU_IMG_PROG}.get(c, c)
+        if not t._find(prog):
+            t.skip('%s not found' % c)
+
+
+def import_libnbd():
+    """The libnbd Python bindings (Debian's python3-libnbd); the system
+    package directory is added when another Python runs the tests."""
+    try:
+        import nbd
+    except ImportError:
+        sys.path.append('/usr/lib/python3/dist-packages')
+        try:
+            import nbd
+        except ImportError:
+            t.skip('python3-libnbd not installed')
+    return nbd
+
+
+def serve(sock, image, args=()):
+    """The server under test on the unix socket SOCK (in TEST_DIR),
+    persistent (-t); waits for the socket.  Killed at exit."""
+    path = t.test_path(sock)
+    if os.path.exists(path):
+        os.unlink(path)
+    return t.Server([server_prog(), '-t', '-k', path] + list(args) + [image],
+                    lambda: os.path.exists(path))
+
+
+def uri(sock, name=''):
+    return 'nbd+unix:///%s?socket=%s' % (name, t.test_path(sock))
