@@ -471,9 +471,6 @@ static NbdRequest *coroutine_fn receive_request(NbdClient *client,
     if (nbd_channel_read(client->ch, hdr, sizeof(hdr)) != 1) {
         return NULL;
     }
-    if (nbd_get32(hdr) != NBD_REQUEST_MAGIC) {
-        return NULL;
-    }
     NbdRequest *req = g_new0(NbdRequest, 1);
     req->client = client;
     req->flags = nbd_get16(hdr + 4);
@@ -482,6 +479,14 @@ static NbdRequest *coroutine_fn receive_request(NbdClient *client,
     req->from = nbd_get64(hdr + 16);
     req->len = nbd_get32(hdr + 24);
 
+    uint32_t magic = nbd_get32(hdr);
+    if (magic != NBD_REQUEST_MAGIC) {
+        /* The stream is lost: an error reply (as QEMU), then hang up. */
+        req->error = g_strdup_printf("invalid magic (got 0x%" PRIx32 ")",
+                                     magic);
+        req->incomplete = true;
+        return req;
+    }
     if (req->type == NBD_CMD_DISC) {
         *polite = true;
         g_free(req);
