@@ -50,6 +50,7 @@ static GList *clients;          /* every connected client */
 static GArray *deleted_listeners;
 static unsigned next_listener_handle = 1;
 static CoQueue exports_gone;    /* nbd_server_stop waiting in a coroutine */
+                                /* for exports and clients to go */
 static bool exports_gone_init;
 
 /* ---- Exports ---- */
@@ -363,6 +364,9 @@ void nbd_client_unref(NbdClient *client)
     clients = g_list_remove(clients, client);
     nbd_channel_free(client->ch);
     g_free(client);
+    if (exports_gone_init) {
+        co_queue_restart_all(&exports_gone);
+    }
     if (server) {
         server->connections--;
         server_update_accept();
@@ -624,11 +628,11 @@ bool nbd_server_stop(GError **errp)
             co_queue_init(&exports_gone);
             exports_gone_init = true;
         }
-        while (exports) {
+        while (exports || clients) {
             co_queue_wait(&exports_gone);
         }
     } else {
-        LOOP_WAIT_WHILE(exports != NULL);
+        LOOP_WAIT_WHILE(exports != NULL || clients != NULL);
     }
     server_free();
     return true;

@@ -130,7 +130,9 @@ static int coroutine_fn export_read(NbdExport *exp, uint64_t offset,
 {
     IOVec qiov;
     iovec_init_buf(&qiov, buf, len);
-    return blk_co_preadv(exp->blk, offset, len, &qiov, 0);
+    int ret = blk_co_preadv(exp->blk, offset, len, &qiov, 0);
+    iovec_destroy(&qiov);
+    return ret;
 }
 
 /*
@@ -365,6 +367,7 @@ static int coroutine_fn handle_request(NbdClient *client, NbdRequest *req)
         iovec_init_buf(&qiov, req->data, req->len);
         ret = req->len ? blk_co_pwritev(exp->blk, req->from, req->len, &qiov,
                                         flags) : 0;
+        iovec_destroy(&qiov);
         return send_generic(client, req->handle, ret,
                             "writing to file failed");
     case NBD_CMD_WRITE_ZEROES:

@@ -8,6 +8,7 @@ libnbd) are the same in both modes: only the server changes.
 """
 
 import os
+import re
 import sys
 
 import iotests as t
@@ -47,14 +48,33 @@ def import_libnbd():
     return nbd
 
 
+class Served(t.Server):
+    """The server under test.  stop() logs sanitizer reports and an
+    abnormal exit, so that they show up in the diff; the reasons qemu-nbd
+    gives for dropping clients are not part of the comparison."""
+
+    def stop(self):
+        out = super().stop()
+        if os.environ.get('NBD_SERVE_LOG'):     # for debugging the server
+            with open(os.environ['NBD_SERVE_LOG'], 'a') as f:
+                f.write(out)
+        for line in out.splitlines():
+            if re.search(r'Sanitizer|runtime error|Assertion|assertion',
+                         line):
+                t.log(line)
+        if self.proc.returncode not in (0, -15):
+            t.log('[server exit status %d]' % self.proc.returncode)
+        return out
+
+
 def serve(sock, image, args=()):
     """The server under test on the unix socket SOCK (in TEST_DIR),
     persistent (-t); waits for the socket.  Killed at exit."""
     path = t.test_path(sock)
     if os.path.exists(path):
         os.unlink(path)
-    return t.Server([server_prog(), '-t', '-k', path] + list(args) + [image],
-                    lambda: os.path.exists(path))
+    return Served([server_prog(), '-t', '-k', path] + list(args) + [image],
+                  lambda: os.path.exists(path))
 
 
 def uri(sock, name=''):
