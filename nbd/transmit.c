@@ -16,6 +16,7 @@
 #include <string.h>
 #include "strata/block.h"
 #include "strata/iov.h"
+#include "bufpool.h"
 #include "nbd-int.h"
 #include "proto.h"
 
@@ -186,7 +187,7 @@ static int coroutine_fn sparse_read(NbdClient *client, NbdRequest *req,
 static int coroutine_fn do_read(NbdClient *client, NbdRequest *req)
 {
     NbdExport *exp = client->exp;
-    uint8_t *buf = req->len ? aligned_alloc_buf(4096, req->len) : NULL;
+    uint8_t *buf = nbd_buf_get(req->len);
     int ret;
 
     if (client->structured_reply && !(req->flags & NBD_CMD_FLAG_DF) &&
@@ -205,7 +206,7 @@ static int coroutine_fn do_read(NbdClient *client, NbdRequest *req)
             ret = send_simple(client, req->handle, 0, buf, req->len);
         }
     }
-    aligned_free(buf);
+    nbd_buf_put(buf, req->len);
     return ret;
 }
 
@@ -214,14 +215,14 @@ static int coroutine_fn do_cache(NbdClient *client, NbdRequest *req)
 {
     const uint32_t step = 1024 * 1024;
     uint32_t bufsize = MIN(req->len, step);
-    uint8_t *buf = bufsize ? aligned_alloc_buf(4096, bufsize) : NULL;
+    uint8_t *buf = nbd_buf_get(bufsize);
     int ret = 0;
 
     for (uint32_t done = 0; done < req->len && ret >= 0; done += step) {
         ret = export_read(client->exp, req->from + done,
                           MIN(step, req->len - done), buf);
     }
-    aligned_free(buf);
+    nbd_buf_put(buf, bufsize);
     return send_generic(client, req->handle, ret, "caching data failed");
 }
 
@@ -405,7 +406,7 @@ static int coroutine_fn handle_request(NbdClient *client, NbdRequest *req)
 
 static void request_free(NbdRequest *req)
 {
-    aligned_free(req->data);
+    nbd_buf_put(req->data, req->len);
     g_free(req->error);
     g_free(req);
 }
@@ -505,7 +506,7 @@ static NbdRequest *coroutine_fn receive_request(NbdClient *client,
         return req;
     }
     if (req->type == NBD_CMD_WRITE && req->len) {
-        req->data = aligned_alloc_buf(4096, req->len);
+        req->data = nbd_buf_get(req->len);
         if (nbd_channel_read(client->ch, req->data, req->len) != 1) {
             request_free(req);
             return NULL;
