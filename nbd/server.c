@@ -36,6 +36,7 @@ typedef struct NbdServer {
     uint32_t max_connections;
     unsigned connections;
     bool accepting;
+    bool stopping;              /* no new clients while exports go away */
 } NbdServer;
 
 typedef struct DeletedListener {
@@ -104,6 +105,13 @@ static void export_delete_bh(void *opaque)
     g_autofree char *id = g_strdup(exp->id);
 
     exports = g_list_remove(exports, exp);
+    /* Contexts a negotiating client chose for it are gone with it. */
+    for (GList *l = clients; l; l = l->next) {
+        NbdClient *c = l->data;
+        if (c->meta.exp == exp) {
+            memset(&c->meta, 0, sizeof(c->meta));
+        }
+    }
     blk_unref(exp->blk);
     g_free(exp->id);
     g_free(exp->name);
@@ -419,8 +427,9 @@ static void on_accept(void *opaque)
 /* With max-connections reached, leave further clients in the backlog. */
 static void server_update_accept(void)
 {
-    bool want = !server->max_connections ||
-                server->connections < server->max_connections;
+    bool want = !server->stopping &&
+                (!server->max_connections ||
+                 server->connections < server->max_connections);
 
     if (want == server->accepting) {
         return;
@@ -605,11 +614,8 @@ bool nbd_server_stop(GError **errp)
         error_setg(errp, "NBD server not running");
         return false;
     }
-    /* No new clients while the exports go away. */
-    server->max_connections = 1;
-    server->connections++;
+    server->stopping = true;
     server_update_accept();
-    server->connections--;
 
     GList *copy = g_list_copy(exports);
     for (GList *l = copy; l; l = l->next) {
