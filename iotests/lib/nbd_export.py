@@ -77,5 +77,55 @@ def serve(sock, image, args=()):
                   lambda: os.path.exists(path))
 
 
+class QsdServed:
+    """qemu-storage-daemon exporting one image, as serve_qsd() starts it."""
+
+    def __init__(self, qsd):
+        self.qsd = qsd
+
+    def stop(self):
+        self.qsd.stop()
+        out = self.qsd.output()
+        for line in out.splitlines():
+            if re.search(r'Sanitizer|runtime error|Assertion', line):
+                t.log(line)
+
+
+def serve_qsd(sock, image, fmt, name, writable=False, max_conn=None,
+              description=None, depth=False):
+    """One image exported the way qemu-storage-daemon's command line does
+    it (--blockdev file + format, --nbd-server, --export type=nbd).  In
+    oracle mode it is qemu-storage-daemon; otherwise tests/nbd-serve with
+    the same meaning (no connection limit unless max_conn, as qsd)."""
+    path = t.test_path(sock)
+    if os.path.exists(path):
+        os.unlink(path)
+    if not t.oracle_mode():
+        args = ['-f', fmt, '-x', name,
+                '-e', str(max_conn if max_conn is not None else 0)]
+        args += [] if writable else ['-r']
+        args += ['-D', description] if description is not None else []
+        args += ['-A'] if depth else []
+        return serve(sock, image, args)
+    t.requires_qemu('qsd')
+    srv = 'addr.type=unix,addr.path=%s' % path
+    if max_conn is not None:
+        srv += ',max-connections=%d' % max_conn
+    exp = 'type=nbd,id=exp0,node-name=disk,name=%s,writable=%s' % (
+        name, 'on' if writable else 'off')
+    if description is not None:
+        exp += ',description=%s' % description
+    if depth:
+        exp += ',allocation-depth=on'
+    ro = '' if writable else ',read-only=on'
+    q = t.start_qsd(['--blockdev', 'driver=file,node-name=file0,filename=%s%s'
+                     % (image, ro),
+                     '--blockdev', 'driver=%s,node-name=disk,file=file0%s'
+                     % (fmt, ro),
+                     '--nbd-server', srv, '--export', exp])
+    t._wait_for(lambda: os.path.exists(path), 10, 'the NBD socket')
+    return QsdServed(q)
+
+
 def uri(sock, name=''):
     return 'nbd+unix:///%s?socket=%s' % (name, t.test_path(sock))
