@@ -72,7 +72,8 @@ typedef struct NbdExportOptions {
     /*
      * nbd-server-add's rules instead of block-export-add's: a read-only node
      * is exported read-only even when writable is asked, rather than being
-     * refused.  The caller sets id (and name) to the export name.
+     * refused; name defaults to node_name (nbd-server-add's 'device') and
+     * id to name, so a name that is no valid id is refused as in QEMU.
      */
     bool legacy_add;
 } NbdExportOptions;
@@ -80,8 +81,8 @@ typedef struct NbdExportOptions {
 /*
  * Add an export.  Errors (QEMU 7.2's, in the order it checks them):
  * "Invalid block export id", "Block export id 'x' is already in use",
- * "Cannot find device=... nor node-name=x" (DeviceNotFound class is
- * QEMU's GenericError here), "Cannot export read-only node as writable",
+ * "Cannot find device='' nor node-name='x'" (a GenericError in QEMU too),
+ * "Cannot export read-only node as writable",
  * a permission conflict, "NBD server not running", "export name 'x' too
  * long", "description 'x' too long", "NBD server already has export named
  * 'x'".
@@ -109,11 +110,18 @@ typedef struct NbdExportInfo {
     bool shutting_down;
 } NbdExportInfo;
 
-/* Every export in creation order, as query-block-exports lists them. */
+/*
+ * Every export, the newest first, as query-block-exports lists them
+ * (exports being removed included, with shutting_down set).
+ */
 NbdExportInfo *nbd_export_query(size_t *count);
 void nbd_export_info_free(NbdExportInfo *info, size_t count);
 
-/* Whether an export with this id exists (for nbd-server-remove's check). */
+/*
+ * Whether an export with this id exists.  Every export here is an NBD
+ * export, so nbd-server-remove's "Block export 'x' is not an NBD export"
+ * can only come from other export types the QMP layer may add.
+ */
 bool nbd_export_exists(const char *id);
 
 /*
