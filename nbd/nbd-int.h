@@ -50,7 +50,8 @@ struct NbdClient {
     bool no_zeroes;
     NbdMeta meta;
     /* Transmission state. */
-    CoMutex send_lock;
+    GQueue outq;            /* replies waiting to be written (transmit.c) */
+    bool writing;           /* a coroutine is writing the queue */
     unsigned inflight;
     CoQueue inflight_slots;
 };

@@ -398,7 +398,7 @@ static void client_start(int fd)
 
     client->ch = nbd_channel_new(fd);
     client->refcount = 1;
-    co_mutex_init(&client->send_lock);
+    g_queue_init(&client->outq);
     co_queue_init(&client->inflight_slots);
     clients = g_list_prepend(clients, client);
     server->connections++;
