@@ -473,7 +473,15 @@ static bool listen_unix(const char *path, GError **errp)
         close(fd);
         return false;
     }
-    memcpy(un.sun_path, path, len);
+    /*
+     * Bound and listening under a temporary name, then renamed: whoever
+     * sees the path can connect (waiting for the file is how scripts
+     * wait for a server; between bind and listen they would be refused).
+     */
+    g_autofree char *tmp = g_strdup_printf("%s.%d.tmp", path, (int)getpid());
+    const char *bind_path = strlen(tmp) < sizeof(un.sun_path) ? tmp : path;
+    unlink(tmp);
+    memcpy(un.sun_path, bind_path, strlen(bind_path));
     if (bind(fd, (struct sockaddr *)&un, sizeof(un)) < 0) {
         error_setg_errno(errp, errno, "Failed to bind socket to %s", path);
         close(fd);
@@ -481,6 +489,13 @@ static bool listen_unix(const char *path, GError **errp)
     }
     if (listen(fd, SOMAXCONN) < 0) {
         error_setg_errno(errp, errno, "Failed to listen on socket");
+        unlink(bind_path);
+        close(fd);
+        return false;
+    }
+    if (bind_path != path && rename(bind_path, path) < 0) {
+        error_setg_errno(errp, errno, "Failed to bind socket to %s", path);
+        unlink(bind_path);
         close(fd);
         return false;
     }
