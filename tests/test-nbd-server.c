@@ -301,6 +301,78 @@ static void test_export_del_modes(void **state)
     node_unref(bs);
 }
 
+/* n read requests of 4 KiB (simple replies: the client did not ask for
+ * structured ones), handles 1..n. */
+static void send_reads(int fd, int n)
+{
+    for (int i = 1; i <= n; i++) {
+        uint8_t r[28] = { 0x25, 0x60, 0x95, 0x13 };    /* request magic */
+        r[15] = i;                                      /* handle */
+        r[26] = 0x10;                                   /* length 4096 */
+        assert_int_equal(write(fd, r, sizeof(r)), sizeof(r));
+    }
+}
+
+static bool in_flight_started(void *opaque)
+{
+    /* The requests sit in null-co's latency: nothing answered yet. */
+    return nbd_server_client_count() == 1 && --*(int *)opaque <= 0;
+}
+
+/* Hard removal while requests are in the block layer: they finish, their
+ * replies go nowhere, the export goes once they are done. */
+static void test_del_hard_in_flight(void **state)
+{
+    GError *err = NULL;
+    json_t *o = json_pack("{s:s, s:s, s:s, s:i}", "driver", "null-co",
+                          "node-name", "slow", "size", "1M",
+                          "latency-ns", 200000000);
+    BlockNode *bs = node_open(NULL, o, NODE_O_RDWR, &err);
+    assert_non_null(bs);
+
+    start_unix(0);
+    assert_true(add("s", "slow", "", false, NULL));
+    int fd = client_go("");
+    send_reads(fd, 16);
+    int spins = 20;
+    assert_true(spin_until(in_flight_started, &spins));
+    assert_true(nbd_export_del("s", NBD_REMOVE_HARD, NULL));
+    assert_true(spin_until(deleted_count_is, GUINT_TO_POINTER(1)));
+    assert_true(spin_until(no_clients, NULL));
+    close(fd);
+    stop();
+    g_ptr_array_set_size(deleted, 0);
+    node_unref(bs);
+}
+
+/* A drained node holds the export's requests back; they complete after. */
+static void test_drain(void **state)
+{
+    BlockNode *bs = open_null("d0", true);
+
+    start_unix(0);
+    assert_true(add("d", "d0", "", true, NULL));
+    int fd = client_go("");
+    node_drain_begin(bs);
+    send_reads(fd, 4);
+    Client c = { fd, g_byte_array_new(), 4 * (16 + 4096) };
+    for (int i = 0; i < 50; i++) {
+        loop_iterate(false);
+        g_usleep(1000);
+    }
+    client_has(&c);
+    assert_int_equal(c.in->len, 0);
+    node_drain_end(bs);
+    assert_true(spin_until(client_has, &c));
+    assert_int_equal(c.in->len, 4 * (16 + 4096));
+    g_byte_array_free(c.in, true);
+    close(fd);
+    assert_true(spin_until(no_clients, NULL));
+    stop();
+    g_ptr_array_set_size(deleted, 0);
+    node_unref(bs);
+}
+
 static void test_max_connections(void **state)
 {
     BlockNode *bs = open_null("m0", false);
@@ -337,6 +409,8 @@ int main(void)
         cmocka_unit_test(test_export_add_errors),
         cmocka_unit_test(test_export_del_modes),
         cmocka_unit_test(test_max_connections),
+        cmocka_unit_test(test_del_hard_in_flight),
+        cmocka_unit_test(test_drain),
     };
     char *dir = g_dir_make_tmp("test-nbd-server-XXXXXX", NULL);
     sock_path = g_build_filename(dir, "nbd.sock", NULL);
