@@ -4,9 +4,10 @@
  * requests, payloads) written into a unix socket, followed by a hang-up.
  * Whatever it says, the server must answer or disconnect and let the
  * client go within a bounded time: never a crash, a hang or a sanitizer
- * report.  The export is a 1 MiB writable null-co node with
- * qemu:allocation-depth, so every command reaches the block layer.
- * Seeds: tests/fuzz/corpus/nbd (valid sessions).
+ * report.  The export is a 64 KiB writable null-co node with
+ * qemu:allocation-depth, so every command reaches the block layer (small,
+ * so that no input can ask for gigabytes of replies).
+ * Seeds: tests/fuzz/corpus/nbd-server (valid sessions).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -26,15 +27,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static char sock_path[108];
 
+static void remove_socket(void)
+{
+    unlink(sock_path);
+}
+
 static void setup(void)
 {
     GError *err = NULL;
     json_t *o = json_pack("{s:s, s:s, s:s, s:b}", "driver", "null-co",
-                          "node-name", "fuzz0", "size", "1M",
+                          "node-name", "fuzz0", "size", "64k",
                           "read-zeroes", 1);
     BlockNode *bs = node_open(NULL, o, NODE_O_RDWR, &err);
     snprintf(sock_path, sizeof(sock_path), "/tmp/fuzz-nbd-%d.sock",
              (int)getpid());
+    atexit(remove_socket);
     NbdServerAddr addr = { .type = NBD_ADDR_UNIX, .path = sock_path };
     NbdExportOptions eo = {
         .id = "e", .node_name = "fuzz0", .name = "", .writable = true,
