@@ -353,7 +353,8 @@ static bool iothread_set(UserObject *o, const char *property, json_t *value,
     *iothread_field(&p, property) = v;
     if (g_str_has_prefix(property, "poll-")) {
         /* QEMU's poll setters take the value without more checks */
-        return iothread_set_params(o->iothread, &p, errp);
+        iothread_force_params(o->iothread, &p);
+        return true;
     }
     /*
      * The event-loop properties are stored, then the loop's parameters
