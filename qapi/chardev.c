@@ -12,8 +12,11 @@
 #include <sys/socket.h>
 #include <sys/un.h>
 
+#include <glib-unix.h>
+
 #include "strata/chardev.h"
 #include "strata/error.h"
+#include "strata/loop.h"
 
 typedef struct {
     char *id;
@@ -24,6 +27,11 @@ typedef struct {
     bool taken;
     bool (*connected)(void *);  /* the user's: a client is connected */
     void *opaque;
+    /*
+     * A socket nobody uses still takes one client at a time, as QEMU's
+     * does without a frontend: held (never read) until it hangs up.
+     */
+    GSource *accept_src, *hup_src;
 } Chardev;
 
 static GList *chardevs;
@@ -159,6 +167,70 @@ static char *describe(int fd, const ChardevSocketSpec *spec)
     return g_strdup("socket,server=on");
 }
 
+static void watch_listener(Chardev *c);
+
+static void unwatch(Chardev *c)
+{
+    if (c->accept_src) {
+        g_source_destroy(c->accept_src);
+        g_source_unref(c->accept_src);
+        c->accept_src = NULL;
+    }
+    if (c->hup_src) {
+        g_source_destroy(c->hup_src);
+        g_source_unref(c->hup_src);
+        c->hup_src = NULL;
+    }
+}
+
+static gboolean on_client_hup(gint fd, GIOCondition cond, gpointer opaque)
+{
+    Chardev *c = opaque;
+
+    close(c->first_client);
+    c->first_client = -1;
+    g_source_unref(c->hup_src);
+    c->hup_src = NULL;
+    watch_listener(c);
+    return G_SOURCE_REMOVE;
+}
+
+static void watch_client(Chardev *c)
+{
+    c->hup_src = g_unix_fd_source_new(c->first_client, G_IO_HUP | G_IO_ERR);
+    g_source_set_callback(c->hup_src, (GSourceFunc)(void (*)(void))
+                          on_client_hup, c, NULL);
+    g_source_attach(c->hup_src, loop_context(loop_get()));
+}
+
+static gboolean on_accept(gint fd, GIOCondition cond, gpointer opaque)
+{
+    Chardev *c = opaque;
+    int client = accept4(fd, NULL, NULL, SOCK_CLOEXEC);
+
+    if (client < 0) {
+        return G_SOURCE_CONTINUE;
+    }
+    c->first_client = client;
+    g_source_unref(c->accept_src);
+    c->accept_src = NULL;
+    watch_client(c);
+    return G_SOURCE_REMOVE;
+}
+
+static void watch_listener(Chardev *c)
+{
+    c->accept_src = g_unix_fd_source_new(c->listen_fd, G_IO_IN);
+    g_source_set_callback(c->accept_src, (GSourceFunc)(void (*)(void))
+                          on_accept, c, NULL);
+    g_source_attach(c->accept_src, loop_context(loop_get()));
+}
+
+static bool unused_connected(const Chardev *c)
+{
+    return c->hup_src != NULL;
+}
+
 bool chardev_socket_add(const char *id, const ChardevSocketSpec *spec,
                         const char *who, GError **errp)
 {
@@ -194,6 +266,11 @@ bool chardev_socket_add(const char *id, const ChardevSocketSpec *spec,
             c->first_client = accept4(fd, NULL, NULL, SOCK_CLOEXEC);
         } while (c->first_client < 0 && errno == EINTR);
     }
+    if (c->first_client >= 0) {
+        watch_client(c);
+    } else {
+        watch_listener(c);
+    }
     return true;
 }
 
@@ -209,6 +286,7 @@ int chardev_take_listener(const char *id, int *first_client, GError **errp)
         error_setg(errp, "Device '%s' is in use", id);
         return -1;
     }
+    unwatch(c);
     c->taken = true;
     *first_client = c->first_client;
     c->first_client = -1;
@@ -217,6 +295,7 @@ int chardev_take_listener(const char *id, int *first_client, GError **errp)
 
 static void chardev_free(Chardev *c)
 {
+    unwatch(c);
     if (!c->taken && c->listen_fd >= 0) {
         close(c->listen_fd);
     }
@@ -310,7 +389,8 @@ GPtrArray *chardev_list(void)
         st->id = g_strdup(c->id);
         st->is_socket = c->listen_fd >= 0;
         st->frontend_open = c->taken;
-        st->connected = c->connected && c->connected(c->opaque);
+        st->connected = c->connected ? c->connected(c->opaque)
+                                     : unused_connected(c);
         st->unix_path = g_strdup(c->unix_path);
         if (st->is_socket && g_str_has_prefix(c->desc, "tcp:")) {
             /* "tcp:HOST:PORT,server=on", HOST perhaps an IPv6 address */
