@@ -70,7 +70,7 @@ static void user_object_free(UserObject *o)
 }
 
 /* QEMU's id_wellformed(): a letter, then letters, digits, '-', '.', '_'. */
-static bool id_wellformed(const char *id)
+bool user_object_id_wellformed(const char *id)
 {
     if (!g_ascii_isalpha(id[0])) {
         return false;
@@ -131,7 +131,7 @@ static bool iothread_setters_check(const IothreadProperties *p,
 
 void qmp_object_add(ObjectOptions *arg, GError **errp)
 {
-    if (!id_wellformed(arg->id)) {
+    if (!user_object_id_wellformed(arg->id)) {
         error_setg(errp, "Parameter 'id' expects an identifier");
         return;
     }

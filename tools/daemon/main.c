@@ -218,6 +218,12 @@ static bool add_object(const char *arg, GError **errp)
     }
     GError *err = NULL;
     qmp_object_add(opts, &err);
+    if (err && !user_object_id_wellformed(opts->id)) {
+        char *msg = g_strdup_printf("%s\n%s", err->message,
+                                    USER_OBJECT_ID_HINT);
+        g_free(err->message);
+        err->message = msg;
+    }
     qapi_free_ObjectOptions(opts);
     if (err) {
         g_propagate_error(errp, err);
