@@ -242,6 +242,37 @@ IOThreadInfoList *qmp_query_iothreads(GError **errp)
 }
 
 /*
+ * QEMU finds the iothread by QOM path, partial or absolute, of type
+ * iothread: "io0", "objects/io0" and "/objects/io0" all name /objects/io0
+ * (empty components are skipped).
+ */
+static UserObject *iothread_by_path(const char *path)
+{
+    char **parts = g_strsplit(path, "/", 0);
+    const char *comp[3];
+    int n = 0;
+    UserObject *o = NULL;
+
+    for (int i = 0; parts[i]; i++) {
+        if (*parts[i]) {
+            if (n == 2) {
+                goto out;
+            }
+            comp[n++] = parts[i];
+        }
+    }
+    if (n == 2 ? !strcmp(comp[0], "objects") : n == 1 && path[0] != '/') {
+        o = user_object_find(comp[n - 1]);
+    }
+    if (o && o->type != OBJECT_TYPE_IOTHREAD) {
+        o = NULL;
+    }
+out:
+    g_strfreev(parts);
+    return o;
+}
+
+/*
  * Every node runs in the main loop: the block layer has no per-node loop
  * yet (a node's requests, timers and completions all run in the thread
  * that waits for them, the main one), so moving a node to an iothread
@@ -259,8 +290,8 @@ void qmp_x_blockdev_set_iothread(const char *node_name, StrOrNull *iothread,
         return;
     }
     user_objects_root_touch();
-    UserObject *o = user_object_find(iothread->u.s);
-    if (!o || o->type != OBJECT_TYPE_IOTHREAD) {
+    UserObject *o = iothread_by_path(iothread->u.s);
+    if (!o) {
         error_setg(errp, "Cannot find iothread %s", iothread->u.s);
         return;
     }

@@ -105,6 +105,28 @@ static void test_set_iothread(void **state)
               "\"iothread\": \"nosuch\"}");
     assert_string_equal(msg, "Cannot find iothread nosuch");
     g_free(msg);
+    /* found by QOM path as QEMU finds it, then refused all the same */
+    static const char *const found[] = {
+        "objects/io0", "/objects/io0", "//objects//io0/",
+    };
+    for (size_t i = 0; i < G_N_ELEMENTS(found); i++) {
+        char *args = g_strdup_printf("{\"node-name\": \"n0\", "
+                                     "\"iothread\": \"%s\"}", found[i]);
+        msg = run("x-blockdev-set-iothread", args);
+        assert_true(g_str_has_prefix(msg, "Cannot move node 'n0'"));
+        g_free(msg);
+        g_free(args);
+    }
+    static const char *const not_found[] = { "/io0", "x/io0", "objects" };
+    for (size_t i = 0; i < G_N_ELEMENTS(not_found); i++) {
+        char *args = g_strdup_printf("{\"node-name\": \"n0\", "
+                                     "\"iothread\": \"%s\"}",
+                                     not_found[i]);
+        msg = run("x-blockdev-set-iothread", args);
+        assert_true(g_str_has_prefix(msg, "Cannot find iothread"));
+        g_free(msg);
+        g_free(args);
+    }
 
     /* under a block backend only with force */
     BlockBackend *blk = blk_new(0, BLK_PERM_ALL);
