@@ -244,10 +244,26 @@ IOThreadInfoList *qmp_query_iothreads(GError **errp)
 /*
  * QEMU finds the iothread by QOM path, partial or absolute, of type
  * iothread: "io0", "objects/io0" and "/objects/io0" all name /objects/io0
- * (empty components are skipped).
+ * (empty components are skipped); "" is a partial path that every object
+ * ends with, so it names the iothread when there is exactly one.
  */
 static UserObject *iothread_by_path(const char *path)
 {
+    if (!*path) {
+        GPtrArray *all = user_objects_in_qom_order();
+        UserObject *found = NULL;
+        int count = 0;
+        for (guint i = 0; i < all->len; i++) {
+            UserObject *o = all->pdata[i];
+            if (o->type == OBJECT_TYPE_IOTHREAD) {
+                found = o;
+                count++;
+            }
+        }
+        g_ptr_array_free(all, TRUE);
+        return count == 1 ? found : NULL;
+    }
+
     char **parts = g_strsplit(path, "/", 0);
     const char *comp[3];
     int n = 0;

@@ -107,7 +107,7 @@ static void test_set_iothread(void **state)
     g_free(msg);
     /* found by QOM path as QEMU finds it, then refused all the same */
     static const char *const found[] = {
-        "objects/io0", "/objects/io0", "//objects//io0/",
+        "objects/io0", "/objects/io0", "//objects//io0/", "",
     };
     for (size_t i = 0; i < G_N_ELEMENTS(found); i++) {
         char *args = g_strdup_printf("{\"node-name\": \"n0\", "
@@ -117,7 +117,9 @@ static void test_set_iothread(void **state)
         g_free(msg);
         g_free(args);
     }
-    static const char *const not_found[] = { "/io0", "x/io0", "objects" };
+    static const char *const not_found[] = {
+        "/io0", "x/io0", "objects", "/",
+    };
     for (size_t i = 0; i < G_N_ELEMENTS(not_found); i++) {
         char *args = g_strdup_printf("{\"node-name\": \"n0\", "
                                      "\"iothread\": \"%s\"}",
@@ -127,6 +129,14 @@ static void test_set_iothread(void **state)
         g_free(msg);
         g_free(args);
     }
+    /* "" is a partial path of every object: two iothreads make it ambiguous */
+    assert_null(run("object-add", "{\"qom-type\": \"iothread\", "
+                    "\"id\": \"io1\"}"));
+    msg = run("x-blockdev-set-iothread", "{\"node-name\": \"n0\", "
+              "\"iothread\": \"\"}");
+    assert_string_equal(msg, "Cannot find iothread ");
+    g_free(msg);
+    assert_null(run("object-del", "{\"id\": \"io1\"}"));
 
     /* under a block backend only with force */
     BlockBackend *blk = blk_new(0, BLK_PERM_ALL);
