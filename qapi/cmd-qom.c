@@ -286,8 +286,10 @@ static json_t *chardev_addr(const ChardevStatus *st)
         return json_pack("{s:s, s:s}", "path", st->unix_path, "type", "unix");
     }
     if (st->host) {
-        return json_pack("{s:s, s:s, s:s}", "host", st->host,
-                         "port", st->port, "type", "inet");
+        /* the address family QEMU's listener ended up with */
+        return json_pack("{s:s, s:b, s:s, s:s}", "port", st->port,
+                         strchr(st->host, ':') ? "ipv6" : "ipv4", 1,
+                         "host", st->host, "type", "inet");
     }
     return json_pack("{s:s}", "type", "fd");
 }
