@@ -63,6 +63,18 @@ static const BlockChildClass child_root = {
     .drained_poll = blk_root_drained_poll,
 };
 
+/* QEMU's bdrv_has_blk(): a block backend is one of bs's parents. */
+bool node_has_backend(BlockNode *bs)
+{
+    for (BlockChild *c = node_next_parent(bs, NULL); c;
+         c = node_next_parent(bs, c)) {
+        if (c->klass == &child_root) {
+            return true;
+        }
+    }
+    return false;
+}
+
 /* ---- Life cycle ---- */
 
 BlockBackend *blk_new(uint64_t perm, uint64_t shared)

@@ -12,18 +12,43 @@
 #include <sys/socket.h>
 #include <sys/un.h>
 
+#include <glib-unix.h>
+
 #include "strata/chardev.h"
 #include "strata/error.h"
+#include "strata/loop.h"
 
 typedef struct {
     char *id;
-    int listen_fd;
+    int listen_fd;              /* -1: the null backend */
     int first_client;
     char *unix_path;
+    char *desc;                 /* "unix:PATH,server=on", "tcp:H:P,server=on" */
     bool taken;
+    bool (*connected)(void *);  /* the user's: a client is connected */
+    void *opaque;
+    /*
+     * A socket nobody uses still takes one client at a time, as QEMU's
+     * does without a frontend: held (never read) until it hangs up.
+     */
+    GSource *accept_src, *hup_src;
 } Chardev;
 
 static GList *chardevs;
+/*
+ * The same ids in a glib hash table fed the same inserts and removes as
+ * QEMU's /chardevs container, whose iteration order query-chardev and
+ * qom-list follow.
+ */
+static GHashTable *qom_order;
+
+static void order_add(Chardev *c)
+{
+    if (!qom_order) {
+        qom_order = g_hash_table_new(g_str_hash, g_str_equal);
+    }
+    g_hash_table_insert(qom_order, c->id, c);
+}
 
 static Chardev *find(const char *id)
 {
@@ -125,11 +150,11 @@ static int listen_tcp(const char *host, const char *port, GError **errp)
     return -1;
 }
 
-/* QEMU's description of the socket in its "waiting" message. */
+/* QEMU's name for the listening socket (query-chardev, "waiting" line). */
 static char *describe(int fd, const ChardevSocketSpec *spec)
 {
     if (spec->path) {
-        return g_strdup_printf("disconnected:unix:%s,server=on", spec->path);
+        return g_strdup_printf("unix:%s,server=on", spec->path);
     }
     struct sockaddr_storage ss;
     socklen_t len = sizeof(ss);
@@ -137,9 +162,73 @@ static char *describe(int fd, const ChardevSocketSpec *spec)
     if (getsockname(fd, (struct sockaddr *)&ss, &len) == 0 &&
         getnameinfo((struct sockaddr *)&ss, len, host, sizeof(host), port,
                     sizeof(port), NI_NUMERICHOST | NI_NUMERICSERV) == 0) {
-        return g_strdup_printf("disconnected:tcp:%s:%s,server=on", host, port);
+        return g_strdup_printf("tcp:%s:%s,server=on", host, port);
     }
-    return g_strdup("disconnected:socket,server=on");
+    return g_strdup("socket,server=on");
+}
+
+static void watch_listener(Chardev *c);
+
+static void unwatch(Chardev *c)
+{
+    if (c->accept_src) {
+        g_source_destroy(c->accept_src);
+        g_source_unref(c->accept_src);
+        c->accept_src = NULL;
+    }
+    if (c->hup_src) {
+        g_source_destroy(c->hup_src);
+        g_source_unref(c->hup_src);
+        c->hup_src = NULL;
+    }
+}
+
+static gboolean on_client_hup(gint fd, GIOCondition cond, gpointer opaque)
+{
+    Chardev *c = opaque;
+
+    close(c->first_client);
+    c->first_client = -1;
+    g_source_unref(c->hup_src);
+    c->hup_src = NULL;
+    watch_listener(c);
+    return G_SOURCE_REMOVE;
+}
+
+static void watch_client(Chardev *c)
+{
+    c->hup_src = g_unix_fd_source_new(c->first_client, G_IO_HUP | G_IO_ERR);
+    g_source_set_callback(c->hup_src, (GSourceFunc)(void (*)(void))
+                          on_client_hup, c, NULL);
+    g_source_attach(c->hup_src, loop_context(loop_get()));
+}
+
+static gboolean on_accept(gint fd, GIOCondition cond, gpointer opaque)
+{
+    Chardev *c = opaque;
+    int client = accept4(fd, NULL, NULL, SOCK_CLOEXEC);
+
+    if (client < 0) {
+        return G_SOURCE_CONTINUE;
+    }
+    c->first_client = client;
+    g_source_unref(c->accept_src);
+    c->accept_src = NULL;
+    watch_client(c);
+    return G_SOURCE_REMOVE;
+}
+
+static void watch_listener(Chardev *c)
+{
+    c->accept_src = g_unix_fd_source_new(c->listen_fd, G_IO_IN);
+    g_source_set_callback(c->accept_src, (GSourceFunc)(void (*)(void))
+                          on_accept, c, NULL);
+    g_source_attach(c->accept_src, loop_context(loop_get()));
+}
+
+static bool unused_connected(const Chardev *c)
+{
+    return c->hup_src != NULL;
 }
 
 bool chardev_socket_add(const char *id, const ChardevSocketSpec *spec,
@@ -166,16 +255,21 @@ bool chardev_socket_add(const char *id, const ChardevSocketSpec *spec,
     c->listen_fd = fd;
     c->first_client = -1;
     c->unix_path = spec->path && spec->fd < 0 ? g_strdup(spec->path) : NULL;
+    c->desc = describe(fd, spec);
     chardevs = g_list_append(chardevs, c);
+    order_add(c);
 
     if (spec->wait) {
-        char *d = describe(fd, spec);
-        fprintf(stderr, "%s: info: QEMU waiting for connection on: %s\n",
-                who, d);
-        g_free(d);
+        fprintf(stderr, "%s: info: QEMU waiting for connection on: "
+                "disconnected:%s\n", who, c->desc);
         do {
             c->first_client = accept4(fd, NULL, NULL, SOCK_CLOEXEC);
         } while (c->first_client < 0 && errno == EINTR);
+    }
+    if (c->first_client >= 0) {
+        watch_client(c);
+    } else {
+        watch_listener(c);
     }
     return true;
 }
@@ -192,28 +286,136 @@ int chardev_take_listener(const char *id, int *first_client, GError **errp)
         error_setg(errp, "Device '%s' is in use", id);
         return -1;
     }
+    unwatch(c);
     c->taken = true;
     *first_client = c->first_client;
     c->first_client = -1;
     return c->listen_fd;
 }
 
+static void chardev_free(Chardev *c)
+{
+    unwatch(c);
+    if (!c->taken && c->listen_fd >= 0) {
+        close(c->listen_fd);
+    }
+    if (c->first_client >= 0) {
+        close(c->first_client);
+    }
+    if (c->unix_path) {
+        unlink(c->unix_path);
+    }
+    g_free(c->unix_path);
+    g_free(c->desc);
+    g_free(c->id);
+    g_free(c);
+}
+
 void chardev_cleanup(void)
 {
     while (chardevs) {
-        Chardev *c = chardevs->data;
-        if (!c->taken) {
-            close(c->listen_fd);
-        }
-        if (c->first_client >= 0) {
-            close(c->first_client);
-        }
-        if (c->unix_path) {
-            unlink(c->unix_path);
-        }
-        g_free(c->unix_path);
-        g_free(c->id);
-        g_free(c);
+        chardev_free(chardevs->data);
         chardevs = g_list_delete_link(chardevs, chardevs);
     }
+    if (qom_order) {
+        g_hash_table_destroy(qom_order);
+        qom_order = NULL;
+    }
+}
+
+bool chardev_exists(const char *id)
+{
+    return find(id) != NULL;
+}
+
+bool chardev_null_add(const char *id, GError **errp)
+{
+    if (find(id)) {
+        error_setg(errp, "duplicate yank instance");
+        return false;
+    }
+    Chardev *c = g_new0(Chardev, 1);
+    c->id = g_strdup(id);
+    c->listen_fd = -1;
+    c->first_client = -1;
+    chardevs = g_list_append(chardevs, c);
+    order_add(c);
+    return true;
+}
+
+void chardev_set_user(const char *id, bool (*connected)(void *),
+                      void *opaque)
+{
+    Chardev *c = find(id);
+
+    if (c) {
+        c->connected = connected;
+        c->opaque = opaque;
+    }
+}
+
+bool chardev_remove(const char *id, GError **errp)
+{
+    Chardev *c = find(id);
+
+    if (!c) {
+        error_setg(errp, "Chardev '%s' not found", id);
+        return false;
+    }
+    if (c->taken) {
+        error_setg(errp, "Chardev '%s' is busy", id);
+        return false;
+    }
+    chardevs = g_list_remove(chardevs, c);
+    g_hash_table_remove(qom_order, c->id);
+    chardev_free(c);
+    return true;
+}
+
+GPtrArray *chardev_list(void)
+{
+    GPtrArray *a = g_ptr_array_new_with_free_func(
+        (GDestroyNotify)chardev_status_free);
+    GHashTableIter it;
+    gpointer k, v;
+
+    if (!qom_order) {
+        return a;
+    }
+    g_hash_table_iter_init(&it, qom_order);
+    while (g_hash_table_iter_next(&it, &k, &v)) {
+        Chardev *c = v;
+        ChardevStatus *st = g_new0(ChardevStatus, 1);
+        st->id = g_strdup(c->id);
+        st->is_socket = c->listen_fd >= 0;
+        st->frontend_open = c->taken;
+        st->connected = c->connected ? c->connected(c->opaque)
+                                     : unused_connected(c);
+        st->unix_path = g_strdup(c->unix_path);
+        if (st->is_socket && g_str_has_prefix(c->desc, "tcp:")) {
+            /* "tcp:HOST:PORT,server=on", HOST perhaps an IPv6 address */
+            const char *h = c->desc + 4, *end = strrchr(h, ',');
+            const char *colon = g_strrstr_len(h, end - h, ":");
+            st->host = g_strndup(h, colon - h);
+            st->port = g_strndup(colon + 1, end - colon - 1);
+        }
+        if (!st->is_socket) {
+            st->filename = g_strdup("null");
+        } else {
+            st->filename = g_strdup_printf("%s%s", st->connected ? "" :
+                                           "disconnected:", c->desc);
+        }
+        g_ptr_array_add(a, st);
+    }
+    return a;
+}
+
+void chardev_status_free(ChardevStatus *st)
+{
+    g_free(st->id);
+    g_free(st->filename);
+    g_free(st->unix_path);
+    g_free(st->host);
+    g_free(st->port);
+    g_free(st);
 }

@@ -611,6 +611,19 @@ QmpMonitor *qmp_monitor_new(int listen_fd, bool pretty)
     return mon;
 }
 
+bool qmp_monitor_has_clients(void *opaque)
+{
+    QmpMonitor *mon = opaque;
+
+    for (GList *l = mon->sessions; l; l = l->next) {
+        QmpSession *s = l->data;
+        if (!s->closed) {
+            return true;
+        }
+    }
+    return false;
+}
+
 void qmp_monitor_free(QmpMonitor *mon)
 {
     if (!mon) {

@@ -18,6 +18,8 @@ void blk_unref(BlockBackend *blk);
 bool blk_insert_node(BlockBackend *blk, BlockNode *bs, GError **errp);
 void blk_remove_node(BlockBackend *blk);
 BlockNode *blk_node(BlockBackend *blk);
+/* A block backend sits directly on bs (QEMU's bdrv_has_blk()). */
+bool node_has_backend(BlockNode *bs);
 BlockChild *blk_root(BlockBackend *blk);
 bool blk_set_perm(BlockBackend *blk, uint64_t perm, uint64_t shared,
                   GError **errp);

@@ -33,4 +33,29 @@ int chardev_take_listener(const char *id, int *first_client, GError **errp);
 /* Forget every chardev, removing the unix socket files they created. */
 void chardev_cleanup(void);
 
+bool chardev_exists(const char *id);
+/* The null backend (chardev-add type null): it has no socket. */
+bool chardev_null_add(const char *id, GError **errp);
+/*
+ * The user that took id's socket tells whether a client is connected
+ * (query-chardev's "disconnected:" prefix, qom's "connected").
+ */
+void chardev_set_user(const char *id, bool (*connected)(void *),
+                      void *opaque);
+/* Remove an unused chardev (QEMU's "not found" and "is busy" errors). */
+bool chardev_remove(const char *id, GError **errp);
+
+typedef struct ChardevStatus {
+    char *id;
+    char *filename;           /* as QEMU's query-chardev shows it */
+    char *unix_path;          /* a unix socket's path, else NULL */
+    char *host, *port;        /* a TCP socket's address, numeric */
+    bool is_socket;           /* else the null backend */
+    bool frontend_open;       /* a monitor uses it */
+    bool connected;
+} ChardevStatus;
+void chardev_status_free(ChardevStatus *st);
+/* Every chardev, in the order of QEMU's /chardevs container. */
+GPtrArray *chardev_list(void);
+
 #endif

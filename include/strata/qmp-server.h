@@ -29,6 +29,8 @@ typedef struct QmpMonitor QmpMonitor;
 QmpMonitor *qmp_monitor_new(int listen_fd, bool pretty);
 /* Serve a client already connected (chardev wait=on waited for it). */
 void qmp_monitor_add_client(QmpMonitor *mon, int fd);
+/* A client is connected (a QmpMonitor *; chardev_set_user()'s callback). */
+bool qmp_monitor_has_clients(void *mon);
 /* Disconnect its clients, close its socket, close its getfd descriptors. */
 void qmp_monitor_free(QmpMonitor *mon);
 

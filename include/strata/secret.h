@@ -24,4 +24,23 @@ void crypto_secret_set_lookup(CryptoSecretLookup fn);
 bool secret_aes256_cbc_decrypt(const uint8_t *key, const uint8_t *iv,
                                uint8_t *buf, size_t len, GError **errp);
 
+/*
+ * The program's secret objects (--object secret and object-add share
+ * them).  The properties as QEMU's secret object takes them; base64 is
+ * format=base64.  secret_object_add() loads the data (decoding, reading the
+ * file, decrypting under keyid with iv) with QEMU's messages and registers
+ * it under id, which the caller has checked is free; the store is then the
+ * library's secret lookup.
+ */
+typedef struct SecretSpec {
+    const char *data, *file, *keyid, *iv;
+    bool base64;
+} SecretSpec;
+bool secret_object_add(const char *id, const SecretSpec *spec, GError **errp);
+bool secret_object_del(const char *id);
+bool secret_object_exists(const char *id);
+/* The bytes and length; NULL: no such id (an empty secret is not NULL). */
+const uint8_t *secret_object_lookup(const char *id, size_t *len);
+void secret_objects_clear(void);
+
 #endif

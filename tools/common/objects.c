@@ -1,6 +1,7 @@
 /*
- * --object for the tools.  Only "secret" objects exist so far: they hold
- * passwords and keys that drivers look up by id.  Errors use QEMU's words
+ * --object for strata-img and strata-io.  Only "secret" objects exist
+ * there: they hold passwords and keys that drivers look up by id; loading
+ * them is the library's (secret_object_add), shared with strata-daemon.  Errors use QEMU's words
  * so that scripts see the same messages.
  */
 #include <stdio.h>
@@ -10,8 +11,6 @@
 #include "strata/opts.h"
 #include "strata/secret.h"
 #include "tool-common.h"
-
-static GHashTable *secrets; /* id -> GBytes */
 
 static G_NORETURN void print_types_and_exit(void)
 {
@@ -84,18 +83,6 @@ static bool take_str(json_t *args, const char *key, bool from_json,
     return false;
 }
 
-static uint8_t *base64_decode(const char *in, size_t *len, GError **errp)
-{
-    static const char valid[] =
-        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=\n";
-
-    if (strspn(in, valid) != strlen(in)) {
-        error_setg(errp, "Base64 data contains invalid characters");
-        return NULL;
-    }
-    return g_base64_decode(in, len);
-}
-
 typedef struct SecretProps {
     char *data, *file, *format, *keyid, *iv;
 } SecretProps;
@@ -110,108 +97,6 @@ static void secret_props_free(SecretProps *p)
     memset(p, 0, sizeof(*p));
 }
 
-/*
- * keyid=: the data is AES-256-CBC cipher text (base64 with format=base64)
- * under the 32-byte secret keyid and the base64 iv, padded PKCS#7-style.
- * Takes raw.
- */
-static GBytes *secret_decrypt(const SecretProps *p, uint8_t *raw, size_t len,
-                              GError **errp)
-{
-    size_t keylen, ivlen;
-    const uint8_t *key = tool_secret_lookup(p->keyid, &keylen);
-    uint8_t *iv = NULL, *text = raw;
-    GBytes *out = NULL;
-    uint8_t pad;
-
-    if (!key) {
-        error_setg(errp, "No secret with id '%s'", p->keyid);
-        goto out;
-    }
-    if (keylen != 32) {
-        error_setg(errp, "Key should be 32 bytes in length");
-        goto out;
-    }
-    if (!p->iv) {
-        error_setg(errp, "IV is required to decrypt secret");
-        goto out;
-    }
-    iv = base64_decode(p->iv, &ivlen, errp);
-    if (!iv) {
-        goto out;
-    }
-    if (ivlen != 16) {
-        error_setg(errp, "IV should be 16 bytes in length not %zu", ivlen);
-        goto out;
-    }
-    if (p->format && !strcmp(p->format, "base64")) {
-        text = base64_decode((const char *)raw, &len, errp);
-        if (!text) {
-            goto out;
-        }
-    }
-    if (!secret_aes256_cbc_decrypt(key, iv, text, len, errp)) {
-        goto out;
-    }
-    pad = len ? text[len - 1] : 0;
-    if (!len || pad > 16 || pad > len) {
-        error_setg(errp, "Incorrect number of padding bytes (%d) found on "
-                   "decrypted data", (int)pad);
-        goto out;
-    }
-    out = g_bytes_new(text, len - pad);
-out:
-    if (text != raw) {
-        g_free(text);
-    }
-    g_free(raw);
-    g_free(iv);
-    return out;
-}
-
-static GBytes *secret_load(const SecretProps *p, GError **errp)
-{
-    uint8_t *raw;
-    size_t len;
-
-    if (p->data && p->file) {
-        error_setg(errp, "'file' and 'data' are mutually exclusive");
-        return NULL;
-    }
-    if (p->data) {
-        len = strlen(p->data);
-        raw = (uint8_t *)g_strdup(p->data);
-    } else if (p->file) {
-        GError *gerr = NULL;
-        gchar *contents;
-        gsize n;
-
-        if (!g_file_get_contents(p->file, &contents, &n, &gerr)) {
-            error_setg(errp, "Unable to read %s: %s", p->file, gerr->message);
-            g_error_free(gerr);
-            return NULL;
-        }
-        raw = (uint8_t *)contents;
-        len = n;
-    } else {
-        error_setg(errp, "Either 'file' or 'data' must be provided");
-        return NULL;
-    }
-
-    if (p->keyid) {
-        return secret_decrypt(p, raw, len, errp);
-    }
-    if (p->format && !strcmp(p->format, "base64")) {
-        uint8_t *dec = base64_decode((const char *)raw, &len, errp);
-        g_free(raw);
-        if (!dec) {
-            return NULL;
-        }
-        raw = dec;
-    }
-    return g_bytes_new_take(raw, len);
-}
-
 /* false with *errp set: the caller frees what it holds, then exits. */
 static bool secret_add(json_t *args, bool from_json, const char *id,
                        GError **errp)
@@ -220,7 +105,6 @@ static bool secret_add(json_t *args, bool from_json, const char *id,
     GError *err = NULL;
     json_t *loaded = json_object_get(args, "loaded");
     const char *key;
-    GBytes *bytes;
 
     if (loaded) {
         if (from_json ? !json_is_boolean(loaded)
@@ -258,7 +142,7 @@ static bool secret_add(json_t *args, bool from_json, const char *id,
         }
         goto fail;
     }
-    if (secrets && g_hash_table_contains(secrets, id)) {
+    if (secret_object_exists(id)) {
         error_setg(&err, "attempt to add duplicate property '%s' to object "
                    "(type 'container')", id);
         goto fail;
@@ -267,18 +151,14 @@ static bool secret_add(json_t *args, bool from_json, const char *id,
         error_setg(&err, "Property 'secret.loaded' is not writable");
         goto fail;
     }
-    bytes = secret_load(&p, &err);
-    secret_props_free(&p);
-    if (!bytes) {
+    SecretSpec spec = {
+        .data = p.data, .file = p.file, .keyid = p.keyid, .iv = p.iv,
+        .base64 = p.format && !strcmp(p.format, "base64"),
+    };
+    if (!secret_object_add(id, &spec, &err)) {
         goto fail;
     }
-    if (!secrets) {
-        secrets = g_hash_table_new_full(g_str_hash, g_str_equal, g_free,
-                                        (GDestroyNotify)g_bytes_unref);
-        /* Encrypted images ask for their passphrase by id. */
-        crypto_secret_set_lookup(tool_secret_lookup);
-    }
-    g_hash_table_insert(secrets, g_strdup(id), bytes);
+    secret_props_free(&p);
     return true;
 
 fail:
@@ -358,23 +238,10 @@ void tool_object_process_cmdline(const char *arg)
 
 const uint8_t *tool_secret_lookup(const char *id, size_t *len)
 {
-    GBytes *b = secrets ? g_hash_table_lookup(secrets, id) : NULL;
-    gsize n = 0;
-    const uint8_t *data;
-
-    if (!b) {
-        return NULL;
-    }
-    data = g_bytes_get_data(b, &n);
-    *len = n;
-    /* An empty secret has no data pointer but exists all the same. */
-    return data ? data : (const uint8_t *)"";
+    return secret_object_lookup(id, len);
 }
 
 void tool_objects_cleanup(void)
 {
-    if (secrets) {
-        g_hash_table_destroy(secrets);
-        secrets = NULL;
-    }
+    secret_objects_clear();
 }

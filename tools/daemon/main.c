@@ -26,6 +26,8 @@
 #include "strata/loop.h"
 #include "strata/qmp-server.h"
 #include "cmdline.h"
+#include "objects.h"
+#include "qapi-commands.h"
 #include "qapi-visit.h"
 #include "../common/tool-common.h"
 #include "daemon.h"
@@ -152,10 +154,82 @@ static void add_monitor(const char *arg)
         option_failed("monitor", arg, err);
     }
     QmpMonitor *mon = qmp_monitor_new(fd, mo->has_pretty && mo->pretty);
+    chardev_set_user(mo->chardev, qmp_monitor_has_clients, mon);
     if (first >= 0) {
         qmp_monitor_add_client(mon, first);
     }
     qapi_free_MonitorOptions(mo);
+}
+
+/* ---- --object ---- */
+
+/* --object help, --object TYPE,help: QEMU's lists for strata's types. */
+static bool object_help(const char *arg)
+{
+    char **elems = g_strsplit(arg, ",", -1);
+    bool help = false;
+    const char *type = NULL;
+
+    for (int i = 0; elems[i]; i++) {
+        if (!strcmp(elems[i], "help") || !strcmp(elems[i], "?")) {
+            help = true;
+        } else if (i == 0 && !strchr(elems[i], '=')) {
+            type = elems[i];
+        } else if (g_str_has_prefix(elems[i], "qom-type=") && !type) {
+            type = elems[i] + strlen("qom-type=");
+        }
+    }
+    if (help && type && !strcmp(type, "iothread")) {
+        printf("iothread options:\n  aio-max-batch=<int>\n  poll-grow=<int>\n"
+               "  poll-max-ns=<int>\n  poll-shrink=<int>\n"
+               "  thread-pool-max=<int>\n  thread-pool-min=<int>\n");
+    } else if (help && type && !strcmp(type, "secret")) {
+        printf("secret options:\n  data=<string>\n  file=<string>\n"
+               "  format=<QCryptoSecretFormat>\n  iv=<string>\n"
+               "  keyid=<string>\n");
+    } else if (help) {
+        printf("List of user creatable objects:\n  iothread\n  secret\n");
+    }
+    g_strfreev(elems);
+    return help;
+}
+
+/*
+ * As qemu-storage-daemon: the schema's ObjectOptions reads dotted keys or
+ * JSON, then object-add's handler creates the object.
+ */
+static bool add_object(const char *arg, GError **errp)
+{
+    bool keyval;
+    json_t *tree;
+    ObjectOptions *opts = NULL;
+
+    if (arg[0] != '{' && object_help(arg)) {
+        exit(EXIT_SUCCESS);
+    }
+    tree = qapi_parse_cmdline(arg, "qom-type", &keyval, errp);
+    if (tree) {
+        opts = keyval ? qapi_ObjectOptions_from_keyval(tree, errp)
+                      : qapi_ObjectOptions_from_json(tree, errp);
+        json_decref(tree);
+    }
+    if (!opts) {
+        return false;
+    }
+    GError *err = NULL;
+    qmp_object_add(opts, &err);
+    if (err && !user_object_id_wellformed(opts->id)) {
+        char *msg = g_strdup_printf("%s\n%s", err->message,
+                                    USER_OBJECT_ID_HINT);
+        g_free(err->message);
+        err->message = msg;
+    }
+    qapi_free_ObjectOptions(opts);
+    if (err) {
+        g_propagate_error(errp, err);
+        return false;
+    }
+    return true;
 }
 
 /* ---- --blockdev ---- */
@@ -380,7 +454,9 @@ static void process_options(int argc, char *argv[], bool pre_init_pass)
             add_monitor(optarg);
             break;
         case OPTION_OBJECT:
-            daemon_object_option(optarg);
+            if (!add_object(optarg, &err)) {
+                option_failed("object", optarg, err);
+            }
             break;
         case OPTION_PIDFILE:
             pid_file = optarg;
@@ -425,6 +501,6 @@ int main(int argc, char *argv[])
     daemon_shutdown();
     qmp_server_shutdown();
     chardev_cleanup();
-    tool_objects_cleanup();
+    user_objects_cleanup();
     return EXIT_SUCCESS;
 }

@@ -1,5 +1,5 @@
 /*
- * --chardev and --object for strata-daemon, and the shutdown sequence.
+ * --chardev for strata-daemon, and the shutdown sequence.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -121,17 +121,6 @@ out:
     json_decref(opts);
     g_free(backend);
     return ok;
-}
-
-void daemon_object_option(const char *arg)
-{
-    if (g_str_has_prefix(arg, "iothread") &&
-        (arg[8] == ',' || arg[8] == '\0')) {
-        tool_error("--object %s: iothread objects are not supported by %s "
-                   "yet", arg, tool_name());
-        exit(EXIT_FAILURE);
-    }
-    tool_object_process_cmdline(arg);
 }
 
 void daemon_shutdown(void)

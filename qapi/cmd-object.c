@@ -1,0 +1,317 @@
+/*
+ * object-add, object-del, query-iothreads and x-blockdev-set-iothread.
+ *
+ * Objects live in one table, which is also the child table QEMU's
+ * /objects container has: qom-list and query-iothreads walk children in
+ * that table's order, so it is a glib hash table that sees the same
+ * inserts and removes as QEMU's (an object whose creation fails after it
+ * was named is inserted and removed again, as QEMU adds the child before
+ * completing the object).
+ */
+#include <string.h>
+
+#include "strata/error.h"
+#include "strata/secret.h"
+#include "qapi-commands.h"
+#include "node-loop.h"
+#include "objects.h"
+
+static GHashTable *objects; /* id -> UserObject, in QEMU's iteration order */
+
+static bool root_exists;
+
+void user_objects_root_touch(void)
+{
+    root_exists = true;
+}
+
+bool user_objects_root_exists(void)
+{
+    return root_exists;
+}
+
+static GHashTable *table(void)
+{
+    if (!objects) {
+        objects = g_hash_table_new(g_str_hash, g_str_equal);
+    }
+    return objects;
+}
+
+UserObject *user_object_find(const char *id)
+{
+    return objects ? g_hash_table_lookup(objects, id) : NULL;
+}
+
+GPtrArray *user_objects_in_qom_order(void)
+{
+    GPtrArray *a = g_ptr_array_new();
+    GHashTableIter it;
+    gpointer k, v;
+
+    if (objects) {
+        g_hash_table_iter_init(&it, objects);
+        while (g_hash_table_iter_next(&it, &k, &v)) {
+            g_ptr_array_add(a, v);
+        }
+    }
+    return a;
+}
+
+static void user_object_free(UserObject *o)
+{
+    if (o->type == OBJECT_TYPE_SECRET) {
+        secret_object_del(o->id);
+        qapi_free_SecretProperties_members(&o->secret);
+    }
+    iothread_free(o->iothread);
+    g_free(o->id);
+    g_free(o);
+}
+
+/* QEMU's id_wellformed(): a letter, then letters, digits, '-', '.', '_'. */
+bool user_object_id_wellformed(const char *id)
+{
+    if (!g_ascii_isalpha(id[0])) {
+        return false;
+    }
+    for (const char *p = id + 1; *p; p++) {
+        if (!g_ascii_isalnum(*p) && !strchr("-._", *p)) {
+            return false;
+        }
+    }
+    return true;
+}
+
+static void iothread_params_from(const IothreadProperties *p,
+                                 IOThreadParams *out)
+{
+    iothread_params_default(out);
+    if (p->has_poll_max_ns) {
+        out->poll_max_ns = p->poll_max_ns;
+    }
+    if (p->has_poll_grow) {
+        out->poll_grow = p->poll_grow;
+    }
+    if (p->has_poll_shrink) {
+        out->poll_shrink = p->poll_shrink;
+    }
+    if (p->has_aio_max_batch) {
+        out->aio_max_batch = p->aio_max_batch;
+    }
+    if (p->has_thread_pool_min) {
+        out->thread_pool_min = p->thread_pool_min;
+    }
+    if (p->has_thread_pool_max) {
+        out->thread_pool_max = p->thread_pool_max;
+    }
+}
+
+/* The checks QEMU's property setters make, before the object is named. */
+static bool iothread_setters_check(const IothreadProperties *p,
+                                   GError **errp)
+{
+    const struct { bool has; int64_t v; const char *name; } props[] = {
+        { p->has_aio_max_batch, p->aio_max_batch, "aio-max-batch" },
+        { p->has_thread_pool_min, p->thread_pool_min, "thread-pool-min" },
+        { p->has_thread_pool_max, p->thread_pool_max, "thread-pool-max" },
+        { p->has_poll_max_ns, p->poll_max_ns, "poll-max-ns" },
+        { p->has_poll_grow, p->poll_grow, "poll-grow" },
+        { p->has_poll_shrink, p->poll_shrink, "poll-shrink" },
+    };
+    for (size_t i = 0; i < G_N_ELEMENTS(props); i++) {
+        if (props[i].has && props[i].v < 0) {
+            error_setg(errp, "%s value must be in range [0, %" G_GINT64_FORMAT
+                       "]", props[i].name, (gint64)INT64_MAX);
+            return false;
+        }
+    }
+    return true;
+}
+
+void qmp_object_add(ObjectOptions *arg, GError **errp)
+{
+    if (!user_object_id_wellformed(arg->id)) {
+        error_setg(errp, "Parameter 'id' expects an identifier");
+        return;
+    }
+    /* property setters first, as QEMU sets them on the new object */
+    if (arg->qom_type == OBJECT_TYPE_IOTHREAD &&
+        !iothread_setters_check(&arg->u.iothread, errp)) {
+        return;
+    }
+    if (arg->qom_type == OBJECT_TYPE_SECRET && arg->u.secret.has_loaded) {
+        error_setg(errp, "Property 'secret.loaded' is not writable");
+        return;
+    }
+    user_objects_root_touch();
+    if (user_object_find(arg->id)) {
+        error_setg(errp, "attempt to add duplicate property '%s' to object "
+                   "(type 'container')", arg->id);
+        return;
+    }
+
+    UserObject *o = g_new0(UserObject, 1);
+    o->id = g_strdup(arg->id);
+    o->type = arg->qom_type;
+    g_hash_table_insert(table(), o->id, o);
+
+    bool ok;
+    if (o->type == OBJECT_TYPE_IOTHREAD) {
+        IOThreadParams p;
+        iothread_params_from(&arg->u.iothread, &p);
+        o->iothread = iothread_new(o->id, &p, errp);
+        ok = o->iothread != NULL;
+    } else {
+        SecretProperties *s = &arg->u.secret;
+        SecretSpec spec = {
+            .data = s->data, .file = s->file, .keyid = s->keyid, .iv = s->iv,
+            .base64 = s->has_format && s->format == QCRYPTO_SECRET_FORMAT_BASE64,
+        };
+        ok = secret_object_add(o->id, &spec, errp);
+        if (ok) {
+            /* the properties stay readable (qom-get), as QEMU keeps them */
+            o->secret = *s;
+            memset(s, 0, sizeof(*s));
+        }
+    }
+    if (!ok) {
+        g_hash_table_remove(objects, o->id);
+        o->type = OBJECT_TYPE__MAX;  /* nothing of a secret registered */
+        user_object_free(o);
+    }
+}
+
+void qmp_object_del(const char *id, GError **errp)
+{
+    UserObject *o = user_object_find(id);
+
+    user_objects_root_touch();
+    if (!o) {
+        error_setg(errp, "object '%s' not found", id);
+        return;
+    }
+    /*
+     * QEMU 7.2 lets an iothread in use go (and then fails an assertion);
+     * nodes never run in an iothread here (x-blockdev-set-iothread), so an
+     * iothread has no users to keep it.  A secret is read when an image is
+     * opened and may go afterwards, as in QEMU.
+     */
+    g_hash_table_remove(objects, id);
+    user_object_free(o);
+}
+
+void user_objects_cleanup(void)
+{
+    if (!objects) {
+        return;
+    }
+    GPtrArray *all = user_objects_in_qom_order();
+    g_hash_table_destroy(objects);
+    objects = NULL;
+    for (guint i = 0; i < all->len; i++) {
+        user_object_free(all->pdata[i]);
+    }
+    g_ptr_array_free(all, TRUE);
+}
+
+IOThreadInfoList *qmp_query_iothreads(GError **errp)
+{
+    GPtrArray *all = user_objects_in_qom_order();
+    IOThreadInfoList *head = NULL, **tail = &head;
+
+    for (guint i = 0; i < all->len; i++) {
+        UserObject *o = all->pdata[i];
+        if (o->type != OBJECT_TYPE_IOTHREAD) {
+            continue;
+        }
+        const IOThreadParams *p = iothread_params(o->iothread);
+        IOThreadInfo *info = g_new0(IOThreadInfo, 1);
+        info->id = g_strdup(o->id);
+        info->thread_id = iothread_thread_id(o->iothread);
+        info->poll_max_ns = p->poll_max_ns;
+        info->poll_grow = p->poll_grow;
+        info->poll_shrink = p->poll_shrink;
+        info->aio_max_batch = p->aio_max_batch;
+        *tail = g_new0(IOThreadInfoList, 1);
+        (*tail)->value = info;
+        tail = &(*tail)->next;
+    }
+    g_ptr_array_free(all, TRUE);
+    return head;
+}
+
+/*
+ * QEMU finds the iothread by QOM path, partial or absolute, of type
+ * iothread: "io0", "objects/io0" and "/objects/io0" all name /objects/io0
+ * (empty components are skipped); "" is a partial path that every object
+ * ends with, so it names the iothread when there is exactly one.
+ */
+static UserObject *iothread_by_path(const char *path)
+{
+    if (!*path) {
+        GPtrArray *all = user_objects_in_qom_order();
+        UserObject *found = NULL;
+        int count = 0;
+        for (guint i = 0; i < all->len; i++) {
+            UserObject *o = all->pdata[i];
+            if (o->type == OBJECT_TYPE_IOTHREAD) {
+                found = o;
+                count++;
+            }
+        }
+        g_ptr_array_free(all, TRUE);
+        return count == 1 ? found : NULL;
+    }
+
+    char **parts = g_strsplit(path, "/", 0);
+    const char *comp[3];
+    int n = 0;
+    UserObject *o = NULL;
+
+    for (int i = 0; parts[i]; i++) {
+        if (*parts[i]) {
+            if (n == 2) {
+                goto out;
+            }
+            comp[n++] = parts[i];
+        }
+    }
+    if (n == 2 ? !strcmp(comp[0], "objects") : n == 1 && path[0] != '/') {
+        o = user_object_find(comp[n - 1]);
+    }
+    if (o && o->type != OBJECT_TYPE_IOTHREAD) {
+        o = NULL;
+    }
+out:
+    g_strfreev(parts);
+    return o;
+}
+
+/*
+ * Every node runs in the main loop: the block layer has no per-node loop
+ * yet (a node's requests, timers and completions all run in the thread
+ * that waits for them, the main one), so moving a node to an iothread
+ * would run it from two threads at once.  The checks and errors are
+ * QEMU's; moving to the main loop, where the node already is, succeeds,
+ * and moving to an iothread is refused.
+ */
+void qmp_x_blockdev_set_iothread(const char *node_name, StrOrNull *iothread,
+                                 bool has_force, bool force, GError **errp)
+{
+    if (!node_loop_check(node_name, has_force && force, errp)) {
+        return;
+    }
+    if (iothread->type != QTYPE_QSTRING) {
+        return;
+    }
+    user_objects_root_touch();
+    UserObject *o = iothread_by_path(iothread->u.s);
+    if (!o) {
+        error_setg(errp, "Cannot find iothread %s", iothread->u.s);
+        return;
+    }
+    error_setg(errp, "Cannot move node '%s' to iothread '%s': strata runs "
+               "every block node in the main loop (nodes cannot change "
+               "threads yet)", node_name, iothread->u.s);
+}

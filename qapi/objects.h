@@ -1,0 +1,41 @@
+/*
+ * The user-creatable objects of the daemon (object-add, --object): their
+ * registry, shared by the object, qom and block commands of qapi/.
+ * Private to the QMP layer.
+ */
+#ifndef QAPI_OBJECTS_H
+#define QAPI_OBJECTS_H
+
+#include <glib.h>
+#include "strata/iothread.h"
+#include "qapi-types.h"
+
+typedef struct UserObject {
+    char *id;
+    ObjectType type;
+    IOThread *iothread;        /* type iothread */
+    SecretProperties secret;   /* type secret: the properties as set */
+    bool secret_base64;
+} UserObject;
+
+UserObject *user_object_find(const char *id);
+/*
+ * QEMU's id_wellformed(); a command line adds the hint to object-add's
+ * "Parameter 'id' expects an identifier" (QMP replies carry no hints).
+ */
+bool user_object_id_wellformed(const char *id);
+#define USER_OBJECT_ID_HINT "Identifiers consist of letters, digits, " \
+    "'-', '.', '_', starting with a letter."
+/* The objects in the order QEMU's /objects container iterates its children. */
+GPtrArray *user_objects_in_qom_order(void);
+/*
+ * QEMU creates its /objects container the first time something looks
+ * there (object-add past its property checks, object-del, an iothread
+ * looked up by x-blockdev-set-iothread); qom paths see it only from then on.
+ */
+void user_objects_root_touch(void);
+bool user_objects_root_exists(void);
+/* Delete every object (at exit). */
+void user_objects_cleanup(void);
+
+#endif

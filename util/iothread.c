@@ -1,0 +1,188 @@
+/*
+ * An IOThread is a thread whose thread-default GMainContext carries its own
+ * StrataLoop; bottom halves reach it through loop_bh_remote().  Stopping
+ * is a remote BH that clears `running`, so the thread leaves its loop after
+ * the work queued before it.
+ */
+#include <limits.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+
+#include "strata/error.h"
+#include "strata/iothread.h"
+
+struct IOThread {
+    GThread *thread;
+    GMutex lock;
+    GCond cond;
+    StrataLoop *loop;        /* set by the thread once its loop exists */
+    int64_t tid;
+    bool running;            /* read and written by the thread only */
+    IOThreadParams params;
+};
+
+void iothread_params_default(IOThreadParams *p)
+{
+    *p = (IOThreadParams){
+        .poll_max_ns = 32768, .poll_grow = 0, .poll_shrink = 0,
+        .aio_max_batch = 0, .thread_pool_min = 0, .thread_pool_max = 64,
+    };
+}
+
+bool iothread_params_check(const IOThreadParams *p, GError **errp)
+{
+    static const struct { const char *name; size_t off; } ranged[] = {
+        { "poll-max-ns", offsetof(IOThreadParams, poll_max_ns) },
+        { "poll-grow", offsetof(IOThreadParams, poll_grow) },
+        { "poll-shrink", offsetof(IOThreadParams, poll_shrink) },
+        { "aio-max-batch", offsetof(IOThreadParams, aio_max_batch) },
+        { "thread-pool-min", offsetof(IOThreadParams, thread_pool_min) },
+        { "thread-pool-max", offsetof(IOThreadParams, thread_pool_max) },
+    };
+    for (size_t i = 0; i < G_N_ELEMENTS(ranged); i++) {
+        int64_t v = *(const int64_t *)((const char *)p + ranged[i].off);
+        if (v < 0) {
+            error_setg(errp, "%s value must be in range [0, %" G_GINT64_FORMAT
+                       "]", ranged[i].name, (gint64)INT64_MAX);
+            return false;
+        }
+    }
+    if (p->thread_pool_min > p->thread_pool_max || !p->thread_pool_max ||
+        p->thread_pool_min > INT_MAX || p->thread_pool_max > INT_MAX) {
+        error_setg(errp, "bad thread-pool-min/thread-pool-max values");
+        return false;
+    }
+    return true;
+}
+
+static void stop_bh(void *opaque)
+{
+    IOThread *t = opaque;
+    t->running = false;
+}
+
+static gpointer iothread_run(gpointer opaque)
+{
+    IOThread *t = opaque;
+    GMainContext *ctx = g_main_context_new();
+
+    /* loop_get() takes the thread-default context as the loop's */
+    g_main_context_push_thread_default(ctx);
+    StrataLoop *loop = loop_get();
+    t->running = true;
+    g_mutex_lock(&t->lock);
+    t->tid = syscall(SYS_gettid);
+    t->loop = loop;
+    g_cond_signal(&t->cond);
+    g_mutex_unlock(&t->lock);
+
+    while (t->running) {
+        loop_iterate(true);
+    }
+    g_main_context_pop_thread_default(ctx);
+    g_main_context_unref(ctx);
+    /* the loop itself is freed with the thread's private data */
+    return NULL;
+}
+
+IOThread *iothread_new(const char *name, const IOThreadParams *p,
+                       GError **errp)
+{
+    if (!iothread_params_check(p, errp)) {
+        return NULL;
+    }
+    IOThread *t = g_new0(IOThread, 1);
+    t->params = *p;
+    g_mutex_init(&t->lock);
+    g_cond_init(&t->cond);
+    char *tname = g_strdup_printf("IO %s", name);
+    t->thread = g_thread_try_new(tname, iothread_run, t, NULL);
+    g_free(tname);
+    if (!t->thread) {
+        error_setg(errp, "failed to create thread for iothread '%s'", name);
+        g_mutex_clear(&t->lock);
+        g_cond_clear(&t->cond);
+        g_free(t);
+        return NULL;
+    }
+    g_mutex_lock(&t->lock);
+    while (!t->loop) {
+        g_cond_wait(&t->cond, &t->lock);
+    }
+    g_mutex_unlock(&t->lock);
+    return t;
+}
+
+void iothread_free(IOThread *t)
+{
+    if (!t) {
+        return;
+    }
+    loop_bh_remote(t->loop, stop_bh, t);
+    g_thread_join(t->thread);
+    g_mutex_clear(&t->lock);
+    g_cond_clear(&t->cond);
+    g_free(t);
+}
+
+StrataLoop *iothread_loop(IOThread *t)
+{
+    return t->loop;
+}
+
+int64_t iothread_thread_id(const IOThread *t)
+{
+    return t->tid;
+}
+
+const IOThreadParams *iothread_params(const IOThread *t)
+{
+    return &t->params;
+}
+
+bool iothread_set_params(IOThread *t, const IOThreadParams *p, GError **errp)
+{
+    if (!iothread_params_check(p, errp)) {
+        return false;
+    }
+    t->params = *p;
+    return true;
+}
+
+void iothread_force_params(IOThread *t, const IOThreadParams *p)
+{
+    t->params = *p;
+}
+
+typedef struct {
+    LoopFunc *fn;
+    void *opaque;
+    GMutex lock;
+    GCond cond;
+    bool done;
+} SyncCall;
+
+static void sync_call_bh(void *opaque)
+{
+    SyncCall *s = opaque;
+    s->fn(s->opaque);
+    g_mutex_lock(&s->lock);
+    s->done = true;
+    g_cond_signal(&s->cond);
+    g_mutex_unlock(&s->lock);
+}
+
+void iothread_run_sync(IOThread *t, LoopFunc *fn, void *opaque)
+{
+    SyncCall s = { .fn = fn, .opaque = opaque };
+    g_mutex_init(&s.lock);
+    g_cond_init(&s.cond);
+    loop_bh_remote(t->loop, sync_call_bh, &s);
+    g_mutex_lock(&s.lock);
+    while (!s.done) {
+        g_cond_wait(&s.cond, &s.lock);
+    }
+    g_mutex_unlock(&s.lock);
+    g_mutex_clear(&s.lock);
+    g_cond_clear(&s.cond);
+}
