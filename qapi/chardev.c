@@ -15,6 +15,12 @@
 #include "strata/chardev.h"
 #include "strata/error.h"
 
+/*
+ * QEMU listens with a backlog of one since it serves one client at a
+ * time; a monitor here serves them all, so many may connect at once.
+ */
+#define LISTEN_BACKLOG 128
+
 typedef struct {
     char *id;
     int listen_fd;
@@ -58,7 +64,7 @@ static int listen_unix(const char *path, GError **errp)
         error_setg_errno(errp, errno, "Failed to bind socket to %s", path);
         goto fail;
     }
-    if (listen(sock, 1) < 0) {
+    if (listen(sock, LISTEN_BACKLOG) < 0) {
         error_setg_errno(errp, errno, "Failed to listen on socket");
         goto fail;
     }
@@ -111,7 +117,7 @@ static int listen_tcp(const char *host, const char *port, GError **errp)
             }
             continue;
         }
-        if (listen(s, 1) < 0) {
+        if (listen(s, LISTEN_BACKLOG) < 0) {
             err = errno;
             close(s);
             continue;
