@@ -9,8 +9,9 @@
 
 /*
  * The interface level: clients pick features by QEMU version, and strata
- * implements qemu-storage-daemon 7.2's interface.  The server's greeting
- * uses qmp_query_version() too, so these numbers live here only.
+ * implements qemu-storage-daemon 7.2's interface.  These numbers live
+ * here only: the server's greeting is meant to be built from
+ * qmp_query_version() as well.
  */
 enum { QEMU_LEVEL_MAJOR = 7, QEMU_LEVEL_MINOR = 2, QEMU_LEVEL_MICRO = 0 };
 

@@ -41,7 +41,7 @@ typedef struct QapiIn {
     size_t index;           /* arrays: the element being read */
     const char **used;      /* objects: keys read so far */
     size_t n_used, cap_used;
-    const char *used_inline[16];
+    const char *used_inline[8];   /* small: frames nest with the input */
 } QapiIn;
 
 /* A root frame for reading `root` (which the generated code then checks). */

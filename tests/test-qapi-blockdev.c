@@ -4,6 +4,7 @@
  * expected message was produced by qemu-storage-daemon 7.2 (blockdev-add
  * for JSON, --blockdev for dotted keys).
  */
+#include <pthread.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -248,6 +249,47 @@ static void test_create_options(void **state)
     json_decref(tree);
 }
 
+/*
+ * The deepest tree the JSON parser lets through (1024 levels) is read,
+ * written and freed recursively: it must fit in a coroutine's 1 MiB stack
+ * (marshallers run in coroutines), with room to spare, also under ASan.
+ */
+static int deep_ok;
+
+static void *read_deep(void *arg)
+{
+    GString *s = g_string_new(NULL);
+    for (int i = 0; i < 1000; i++) {
+        g_string_append(s, "{\"driver\": \"raw\", \"file\": ");
+    }
+    g_string_append(s, "\"proto\"");
+    for (int i = 0; i < 1000; i++) {
+        g_string_append_c(s, '}');
+    }
+    json_t *tree = opts_parse_json(s->str, NULL);
+    g_string_free(s, TRUE);
+    BlockdevOptions *o = qapi_BlockdevOptions_from_json(tree, NULL);
+    json_t *back = o ? qapi_BlockdevOptions_to_json(o) : NULL;
+    bool same = back && json_equal(back, tree);
+    json_decref(back);
+    json_decref(tree);
+    qapi_free_BlockdevOptions(o);
+    deep_ok = same;
+    return NULL;
+}
+
+static void test_deep_nesting(void **state)
+{
+    pthread_attr_t attr;
+    pthread_t th;
+    pthread_attr_init(&attr);
+    pthread_attr_setstacksize(&attr, 1024 * 1024);
+    assert_int_equal(pthread_create(&th, &attr, read_deep, NULL), 0);
+    pthread_join(th, NULL);
+    pthread_attr_destroy(&attr);
+    assert_true(deep_ok);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -257,6 +299,7 @@ int main(void)
         cmocka_unit_test(test_quorum_lists),
         cmocka_unit_test(test_backing_null),
         cmocka_unit_test(test_create_options),
+        cmocka_unit_test(test_deep_nesting),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -89,6 +89,21 @@ void qmp_test_drawing(Drawing *arg, GError **errp)
     json_decref(j);
 }
 
+Base *qmp_test_named(const char *id, bool has_tag_count, int64_t tag_count,
+                     GError **errp)
+{
+    Base *b = g_new0(Base, 1);
+    b->id = g_strconcat(id, "!", NULL);
+    b->has_tag_count = true;
+    b->tag_count = has_tag_count ? tag_count * 2 : -1;
+    return b;
+}
+
+char *qmp_test_text(int64_t n, GError **errp)
+{
+    return g_strdup_printf("%" G_GINT64_FORMAT " times", n);
+}
+
 static json_t *events;
 
 void qmp_event_send(const char *event, json_t *data)
@@ -551,6 +566,22 @@ static void test_commands(void **state)
     assert_string_equal(err->message, "no node");
     g_clear_error(&err);
 
+    r = call("test-text", "{'n': 3}", &err);
+    assert_string_equal(json_string_value(r), "3 times");
+    json_decref(r);
+
+    r = call("test-named", "{'id': 'n', 'tag-count': 4}", &err);
+    want = parse("{'id': 'n!', 'tag-count': 8}");
+    assert_true(json_equal(r, want));
+    json_decref(want);
+    json_decref(r);
+    r = call("test-named", "{'id': 'n'}", &err);
+    assert_int_equal(json_integer_value(json_object_get(r, "tag-count")), -1);
+    json_decref(r);
+    assert_null(call("test-named", "{'tag-count': 1}", &err));
+    assert_string_equal(err->message, "Parameter 'id' is missing");
+    g_clear_error(&err);
+
     r = call("test-drawing", "{'shapes': ['a'], 'choice': 3}", &err);
     assert_null(err);
     json_decref(r);
@@ -561,7 +592,7 @@ static void test_commands(void **state)
 
 static void test_command_table(void **state)
 {
-    assert_int_equal(qmp_commands_count, 7);
+    assert_int_equal(qmp_commands_count, 9);
     for (size_t i = 1; i < qmp_commands_count; i++) {
         assert_true(strcmp(qmp_commands[i - 1].name, qmp_commands[i].name) < 0);
     }
@@ -579,12 +610,14 @@ static void test_events(void **state)
     qapi_event_send_test_event("e1", true, 5, COLOUR_RED);
     qapi_event_send_test_event("e2", false, 0, COLOUR_GREEN);
     qapi_event_send_test_plain();
+    qapi_event_send_test_named("b", false, 0);
     Shape box = { .kind = SHAPE_KIND_BOX, .u.box = { .w = 1, .h = 2 } };
     qapi_event_send_test_boxed(&box);
     json_t *want = parse("["
         "{'event': 'TEST_EVENT', 'data': {'id': 'e1', 'count': 5, 'colour': 'red'}},"
         "{'event': 'TEST_EVENT', 'data': {'id': 'e2', 'colour': 'green'}},"
         "{'event': 'TEST_PLAIN'},"
+        "{'event': 'TEST_NAMED', 'data': {'id': 'b'}},"
         "{'event': 'TEST_BOXED', 'data': {'kind': 'box', 'w': 1, 'h': 2}}]");
     if (!json_equal(events, want)) {
         char *got = json_dumps(events, JSON_SORT_KEYS);

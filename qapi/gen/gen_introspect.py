@@ -1,13 +1,14 @@
 """The value query-qmp-schema returns (SchemaInfo list, QEMU's layout).
 
-Commands and events come first, then every type they reach, each once.
+Commands and events come first (in schema order), then every type they
+reach, each once.
 Type names other than the built-ins are replaced by numbers in order of
 first use, as QEMU does, so clients cannot come to depend on them.
 """
 
 import json
 
-from schema import Object
+from schema import Object, Command
 
 
 class IntrospectGen:
@@ -16,25 +17,37 @@ class IntrospectGen:
         self.unmask = unmask
         self.names = {}
         self.queue = []
+        self.count = 0
         self.empty = Object('q_empty', None, None, [])
 
     def ref(self, t):
+        """The name type t goes by; queues t for output on first use.
+
+        As in QEMU, a type is queued before the types it names (an array
+        before its element), built-ins included, so the numbers and the
+        order of the output follow the first use."""
         if t is None:
             t = self.empty
         if t.builtin:
-            return t.intro_name()
+            key = t.intro_name()
+            if key not in self.names:
+                self.names[key] = key
+                self.queue.append([key, self.s.types[key]])
+            return key
         if t.kind == 'array':
-            name = '[%s]' % self.ref(t.element)
-            if name not in self.names:
-                self.names[name] = name
-                self.queue.append((name, t))
-            return name
-        key = t.name
-        if key not in self.names:
-            self.names[key] = key if self.unmask else str(
-                len([1 for k in self.names if not k.startswith('[')]))
-            self.queue.append((self.names[key], t))
-        return self.names[key]
+            e = t.element
+            key = '[%s' % (e.intro_name() if e.builtin else e.name)
+            if key not in self.names:
+                entry = [None, t]
+                self.queue.append(entry)
+                self.names[key] = entry
+                entry[0] = '[%s]' % self.ref(e)
+            return self.names[key][0]
+        if t.name not in self.names:
+            self.names[t.name] = t.name if self.unmask else str(self.count)
+            self.count += 1
+            self.queue.append([self.names[t.name], t])
+        return self.names[t.name]
 
     @staticmethod
     def features(d, feats):
@@ -44,31 +57,26 @@ class IntrospectGen:
 
     def tree(self):
         out = []
-        for c in self.s.commands:
-            d = {'name': c.name, 'meta-type': 'command',
-                 'arg-type': self.ref(c.arg_type), 'ret-type': self.ref(c.ret)}
-            if 'QMP_CMD_ALLOW_OOB' in c.flags:
-                d['allow-oob'] = True
-            out.append(self.features(d, c.features))
-        for ev in self.s.events:
-            d = {'name': ev.name, 'meta-type': 'event', 'arg-type': self.ref(ev.arg_type)}
-            out.append(self.features(d, ev.features))
-        builtins = set()
+        for ent in self.s.entities:
+            if isinstance(ent, Command):
+                d = {'name': ent.name, 'meta-type': 'command',
+                     'arg-type': self.ref(ent.arg_type), 'ret-type': self.ref(ent.ret)}
+                if 'QMP_CMD_ALLOW_OOB' in ent.flags:
+                    d['allow-oob'] = True
+            else:
+                d = {'name': ent.name, 'meta-type': 'event',
+                     'arg-type': self.ref(ent.arg_type)}
+            out.append(self.features(d, ent.features))
         i = 0
         while i < len(self.queue):
             name, t = self.queue[i]
             i += 1
             out.append(self.type_info(name, t))
-        # The built-ins, under their JSON-type names (str, int, ...).
-        for t in self.s.types.values():
-            if t.builtin and t.intro_name() not in builtins:
-                builtins.add(t.intro_name())
-                if t.intro_name() == t.name:
-                    out.append({'name': t.name, 'meta-type': 'builtin',
-                                'json-type': t.json_type})
         return out
 
     def type_info(self, name, t):
+        if t.builtin:
+            return {'name': name, 'meta-type': 'builtin', 'json-type': t.json_type}
         if t.kind == 'array':
             return {'name': name, 'meta-type': 'array',
                     'element-type': self.ref(t.element)}

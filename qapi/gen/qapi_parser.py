@@ -14,10 +14,13 @@ class SchemaError(Exception):
 class Expr:
     """One top-level definition with where it came from."""
 
-    def __init__(self, data, fname, line):
+    def __init__(self, data, fname, line, module):
         self.data = data
         self.fname = fname
         self.line = line
+        # Files in the order their include was met (the top file is 0):
+        # QEMU lists commands and events by file in this order.
+        self.module = module
 
     def where(self):
         return '%s:%d' % (self.fname, self.line)
@@ -137,10 +140,11 @@ def parse_file(path, seen=None, exprs=None):
     """All definitions of path and the files it includes, in order."""
     path = os.path.normpath(path)
     if seen is None:
-        seen, exprs = set(), []
+        seen, exprs = [], []
     if path in seen:
         return exprs
-    seen.add(path)
+    seen.append(path)
+    module = len(seen) - 1
     try:
         with open(path, encoding='utf-8') as f:
             text = f.read()
@@ -162,7 +166,5 @@ def parse_file(path, seen=None, exprs=None):
                                   % (path, line, data['include']))
             parse_file(inc, seen, exprs)
             continue
-        if 'pragma' in data:
-            continue
-        exprs.append(Expr(data, path, line))
+        exprs.append(Expr(data, path, line, module))
     return exprs

@@ -205,11 +205,16 @@ class Schema:
         self.types = {}                 # name -> Type, in definition order
         self.commands = []
         self.events = []
+        # pragma 'command-returns-exceptions': commands allowed a scalar.
+        self.returns_exceptions = set()
+        self.entities = []              # commands and events, in order
         for b in Builtin.TABLE:
             self._add_type(Builtin(b), None)
         for e in exprs:
+            self._module = e.module
             self._define(e)
         self._resolve()
+        self.entities.sort(key=lambda ent: ent.module)
 
     # -- definition -------------------------------------------------------
     def _err(self, where, msg):
@@ -269,6 +274,16 @@ class Schema:
                 self._err(where, "'%s' has member '%s' twice" % (owner, n))
         return out
 
+    def _pragma(self, where, d):
+        if len(d) != 1 or not isinstance(d['pragma'], dict):
+            self._err(where, "'pragma' takes an object and nothing else")
+        for key, val in d['pragma'].items():
+            if key == 'command-returns-exceptions':
+                if not isinstance(val, list) or not all(isinstance(v, str) for v in val):
+                    self._err(where, "pragma '%s' must be a list of names" % key)
+                self.returns_exceptions.update(val)
+            # Other pragmas govern QEMU's documentation and naming checks.
+
     def _typeref(self, where, val):
         if isinstance(val, list):
             if len(val) != 1 or not isinstance(val[0], str):
@@ -286,6 +301,9 @@ class Schema:
     def _define(self, e):
         d = e.data
         where = e.where()
+        if 'pragma' in d:
+            self._pragma(where, d)
+            return
         meta = [k for k in KEYS if k in d]
         if len(meta) != 1:
             self._err(where, 'a definition must have exactly one of %s'
@@ -392,12 +410,16 @@ class Schema:
                 if name in [c.name for c in self.commands]:
                     self._err(where, "command '%s' is defined twice" % name)
                 self.commands.append(Command(name, where, data, boxed, ret, flags, feats))
+                self.commands[-1].module = self._module
+                self.entities.append(self.commands[-1])
             else:
                 if not name.isupper():
                     self._err(where, "event name '%s' must be upper case" % name)
                 if name in [ev.name for ev in self.events]:
                     self._err(where, "event '%s' is defined twice" % name)
                 self.events.append(Event(name, where, data, boxed, feats))
+                self.events[-1].module = self._module
+                self.entities.append(self.events[-1])
 
     # -- resolution -------------------------------------------------------
     def lookup(self, where, ref, allow=None):
@@ -443,7 +465,8 @@ class Schema:
             if c.ret is not None:
                 c.ret = self.lookup(c.where, c.ret)
                 r = c.ret.element if c.ret.kind == 'array' else c.ret
-                if r.kind not in ('object', 'alternate') and r.name != 'any':
+                if (r.kind not in ('object', 'alternate') and r.name != 'any'
+                        and c.name not in self.returns_exceptions):
                     self._err(c.where, "command '%s' must return an object type "
                               "or an array of them" % c.name)
         for ev in self.events:
