@@ -18,12 +18,19 @@
 #include "strata/error.h"
 #include "strata/loop.h"
 
+/*
+ * QEMU listens with a backlog of one since it serves one client at a
+ * time; a monitor here serves them all, so many may connect at once.
+ */
+#define LISTEN_BACKLOG 128
+
 typedef struct {
     char *id;
     int listen_fd;              /* -1: the null backend */
     int first_client;
     char *unix_path;
     char *desc;                 /* "unix:PATH,server=on", "tcp:H:P,server=on" */
+    bool stdio;                 /* the daemon's stdin/stdout (listen_fd -1) */
     bool taken;
     bool (*connected)(void *);  /* the user's: a client is connected */
     void *opaque;
@@ -83,7 +90,7 @@ static int listen_unix(const char *path, GError **errp)
         error_setg_errno(errp, errno, "Failed to bind socket to %s", path);
         goto fail;
     }
-    if (listen(sock, 1) < 0) {
+    if (listen(sock, LISTEN_BACKLOG) < 0) {
         error_setg_errno(errp, errno, "Failed to listen on socket");
         goto fail;
     }
@@ -136,7 +143,7 @@ static int listen_tcp(const char *host, const char *port, GError **errp)
             }
             continue;
         }
-        if (listen(s, 1) < 0) {
+        if (listen(s, LISTEN_BACKLOG) < 0) {
             err = errno;
             close(s);
             continue;
@@ -274,7 +281,31 @@ bool chardev_socket_add(const char *id, const ChardevSocketSpec *spec,
     return true;
 }
 
-int chardev_take_listener(const char *id, int *first_client, GError **errp)
+bool chardev_stdio_add(const char *id, GError **errp)
+{
+    if (find(id)) {
+        error_setg(errp, "duplicate yank instance");
+        return false;
+    }
+    for (GList *l = chardevs; l; l = l->next) {
+        if (((Chardev *)l->data)->stdio) {
+            error_setg(errp, "cannot use stdio by multiple character "
+                       "devices");
+            return false;
+        }
+    }
+    Chardev *c = g_new0(Chardev, 1);
+    c->id = g_strdup(id);
+    c->listen_fd = -1;
+    c->first_client = -1;
+    c->stdio = true;
+    chardevs = g_list_append(chardevs, c);
+    order_add(c);
+    return true;
+}
+
+int chardev_take_listener(const char *id, int *first_client, bool *stdio,
+                          GError **errp)
 {
     Chardev *c = find(id);
 
@@ -288,9 +319,10 @@ int chardev_take_listener(const char *id, int *first_client, GError **errp)
     }
     unwatch(c);
     c->taken = true;
+    *stdio = c->stdio;
     *first_client = c->first_client;
     c->first_client = -1;
-    return c->listen_fd;
+    return c->stdio ? 0 : c->listen_fd;
 }
 
 static void chardev_free(Chardev *c)
@@ -399,7 +431,9 @@ GPtrArray *chardev_list(void)
             st->host = g_strndup(h, colon - h);
             st->port = g_strndup(colon + 1, end - colon - 1);
         }
-        if (!st->is_socket) {
+        if (c->stdio) {
+            st->filename = g_strdup("stdio");
+        } else if (!st->is_socket) {
             st->filename = g_strdup("null");
         } else {
             st->filename = g_strdup_printf("%s%s", st->connected ? "" :

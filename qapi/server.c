@@ -40,7 +40,9 @@ struct QmpMonitor {
 struct QmpSession {
     int refcnt;
     QmpMonitor *mon;
-    int fd;
+    int fd;                     /* a socket; or, for stdio, */
+    int out_fd;                 /* where output goes (fd is the input) */
+    bool stdio;
     bool closed;
     GSource *in_src, *out_src;
     QmpStream *stream;
@@ -50,7 +52,13 @@ struct QmpSession {
     bool busy;                  /* an in-band request is running */
     GString *out;
     size_t out_off;
-    int msgfds[MAX_MSGFDS];     /* the latest descriptors received */
+    /*
+     * Descriptors received and not yet claimed: they go to the next request
+     * read, and come back here if that request did not take them (so a
+     * later getfd still finds them, as in QEMU, which reads no further
+     * while an in-band request waits).
+     */
+    int msgfds[MAX_MSGFDS];
     int n_msgfds;
 };
 
@@ -60,7 +68,7 @@ typedef struct {
 } Request;
 
 static GList *monitors;
-static GHashTable *current;     /* Coroutine * -> QmpSession * */
+static GHashTable *current;     /* Coroutine * -> Request * */
 static unsigned running;
 static unsigned sessions_open;  /* QEMU's mon_refcount */
 static size_t output_limit = 16 << 20;
@@ -115,7 +123,8 @@ QmpSession *qmp_session_current(void)
     if (!current || !in_coroutine()) {
         return NULL;
     }
-    return g_hash_table_lookup(current, co_self());
+    Request *r = g_hash_table_lookup(current, co_self());
+    return r ? r->s : NULL;
 }
 
 static void session_unref(QmpSession *s)
@@ -147,8 +156,11 @@ static gboolean on_writable(gint fd, GIOCondition cond, gpointer opaque);
 static void session_flush(QmpSession *s)
 {
     while (s->out_off < s->out->len) {
-        ssize_t n = send(s->fd, s->out->str + s->out_off,
-                         s->out->len - s->out_off, MSG_NOSIGNAL);
+        ssize_t n = s->stdio ?
+            write(s->out_fd, s->out->str + s->out_off,
+                  s->out->len - s->out_off) :
+            send(s->fd, s->out->str + s->out_off,
+                 s->out->len - s->out_off, MSG_NOSIGNAL);
         if (n < 0 && errno == EINTR) {
             continue;
         }
@@ -176,7 +188,7 @@ static void session_flush(QmpSession *s)
         return;
     }
     if (!s->out_src) {
-        s->out_src = g_unix_fd_source_new(s->fd, G_IO_OUT);
+        s->out_src = g_unix_fd_source_new(s->out_fd, G_IO_OUT);
         g_source_set_callback(s->out_src, (GSourceFunc)(void (*)(void))
                               on_writable, s, NULL);
         g_source_attach(s->out_src, ctx());
@@ -301,7 +313,7 @@ fail:
     return NULL;
 }
 
-static bool run_command(QmpSession *s, const QmpCommand *cmd, json_t *args,
+static bool run_command(Request *r, const QmpCommand *cmd, json_t *args,
                         json_t **ret, GError **errp)
 {
     Coroutine *self = co_self();
@@ -309,15 +321,17 @@ static bool run_command(QmpSession *s, const QmpCommand *cmd, json_t *args,
     if (!current) {
         current = g_hash_table_new(NULL, NULL);
     }
-    g_hash_table_insert(current, self, s);
+    g_hash_table_insert(current, self, r);
     bool ok = cmd->fn(args, ret, errp);
     g_hash_table_remove(current, self);
     return ok;
 }
 
 /* The reply to one message (NULL: none is due). */
-static json_t *dispatch(QmpSession *s, QmpMessage *msg)
+static json_t *dispatch(Request *r)
 {
+    QmpSession *s = r->s;
+    QmpMessage *msg = r->msg;
     GError *err = NULL;
     json_t *req = msg->req;
     json_t *id = NULL;
@@ -352,7 +366,7 @@ static json_t *dispatch(QmpSession *s, QmpMessage *msg)
     json_t *args = json_object_get(req, "arguments");
     args = args ? json_incref(args) : json_object();
     json_t *ret = NULL;
-    bool ok = run_command(s, cmd, args, &ret, &err);
+    bool ok = run_command(r, cmd, args, &ret, &err);
     json_decref(args);
     if (ok) {
         if (cmd->flags & QMP_CMD_NO_SUCCESS_REPLY) {
@@ -389,9 +403,16 @@ static void request_co(void *opaque)
     QmpSession *s = r->s;
     bool in_band = !r->msg->oob;
 
-    json_t *rsp = dispatch(s, r->msg);
+    json_t *rsp = dispatch(r);
     if (rsp) {
         session_send(s, rsp);
+    }
+    if (r->msg->n_fds && !s->closed) {
+        /* untaken: back to the session, replacing older ones as QEMU */
+        drop_msgfds(s);
+        memcpy(s->msgfds, r->msg->fds, r->msg->n_fds * sizeof(int));
+        s->n_msgfds = r->msg->n_fds;
+        r->msg->n_fds = 0;
     }
     qmp_message_free(r->msg);
     g_free(r);
@@ -436,6 +457,13 @@ static void on_message(void *opaque, QmpMessage *msg)
         qmp_message_free(msg);
         return;
     }
+    if (s->n_msgfds) {
+        /* the descriptors came with (or before) this request's bytes */
+        msg->fds = g_new(int, s->n_msgfds);
+        memcpy(msg->fds, s->msgfds, s->n_msgfds * sizeof(int));
+        msg->n_fds = s->n_msgfds;
+        s->n_msgfds = 0;
+    }
     if (msg->oob) {
         start_request(s, msg);
         return;
@@ -460,7 +488,8 @@ static gboolean on_readable(gint fd, GIOCondition cond, gpointer opaque)
         .msg_control = control.buf, .msg_controllen = sizeof(control.buf),
     };
 
-    ssize_t n = recvmsg(s->fd, &mh, MSG_CMSG_CLOEXEC);
+    ssize_t n = s->stdio ? read(s->fd, buf, sizeof(buf))
+                         : recvmsg(s->fd, &mh, MSG_CMSG_CLOEXEC);
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
         return G_SOURCE_CONTINUE;
     }
@@ -468,7 +497,8 @@ static gboolean on_readable(gint fd, GIOCondition cond, gpointer opaque)
         session_close(s);
         return G_SOURCE_REMOVE;
     }
-    for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
+    for (struct cmsghdr *c = s->stdio ? NULL : CMSG_FIRSTHDR(&mh); c;
+         c = CMSG_NXTHDR(&mh, c)) {
         if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) {
             continue;
         }
@@ -518,7 +548,13 @@ static void session_close(QmpSession *s)
         g_source_unref(s->out_src);
         s->out_src = NULL;
     }
-    close(s->fd);
+    if (s->stdio) {
+        /* stdin and stdout stay: only the monitor ends */
+        g_unix_set_fd_nonblocking(s->fd, FALSE, NULL);
+        g_unix_set_fd_nonblocking(s->out_fd, FALSE, NULL);
+    } else {
+        close(s->fd);
+    }
     s->fd = -1;
     drop_msgfds(s);
     qmp_stream_free(s->stream);
@@ -560,13 +596,15 @@ static json_t *greeting(void)
     return g;
 }
 
-static void session_new(QmpMonitor *mon, int fd)
+static void session_new(QmpMonitor *mon, int fd, int out_fd)
 {
     QmpSession *s = g_new0(QmpSession, 1);
 
     s->refcnt = 1;
     s->mon = mon;
     s->fd = fd;
+    s->out_fd = out_fd;
+    s->stdio = fd != out_fd;
     s->out = g_string_new(NULL);
     g_queue_init(&s->queue);
     s->stream = qmp_stream_new(on_message, s);
@@ -582,7 +620,7 @@ static gboolean on_accept(gint fd, GIOCondition cond, gpointer opaque)
     int cfd = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
 
     if (cfd >= 0) {
-        session_new(mon, cfd);
+        session_new(mon, cfd, cfd);
     }
     /* EAGAIN, ECONNABORTED, EMFILE: try again on the next wake-up */
     return G_SOURCE_CONTINUE;
@@ -591,23 +629,40 @@ static gboolean on_accept(gint fd, GIOCondition cond, gpointer opaque)
 void qmp_monitor_add_client(QmpMonitor *mon, int fd)
 {
     g_unix_set_fd_nonblocking(fd, TRUE, NULL);
-    session_new(mon, fd);
+    session_new(mon, fd, fd);
 }
 
-QmpMonitor *qmp_monitor_new(int listen_fd, bool pretty)
+static QmpMonitor *monitor_new(int listen_fd, bool pretty)
 {
     QmpMonitor *mon = g_new0(QmpMonitor, 1);
 
-    g_unix_set_fd_nonblocking(listen_fd, TRUE, NULL);
     mon->listen_fd = listen_fd;
     mon->pretty = pretty;
     mon->named_fds = g_hash_table_new_full(g_str_hash, g_str_equal, g_free,
                                            NULL);
+    monitors = g_list_append(monitors, mon);
+    return mon;
+}
+
+QmpMonitor *qmp_monitor_new(int listen_fd, bool pretty)
+{
+    QmpMonitor *mon = monitor_new(listen_fd, pretty);
+
+    g_unix_set_fd_nonblocking(listen_fd, TRUE, NULL);
     mon->listen_src = g_unix_fd_source_new(listen_fd, G_IO_IN);
     g_source_set_callback(mon->listen_src,
                           (GSourceFunc)(void (*)(void))on_accept, mon, NULL);
     g_source_attach(mon->listen_src, ctx());
-    monitors = g_list_append(monitors, mon);
+    return mon;
+}
+
+QmpMonitor *qmp_monitor_new_stdio(bool pretty)
+{
+    QmpMonitor *mon = monitor_new(-1, pretty);
+
+    g_unix_set_fd_nonblocking(STDIN_FILENO, TRUE, NULL);
+    g_unix_set_fd_nonblocking(STDOUT_FILENO, TRUE, NULL);
+    session_new(mon, STDIN_FILENO, STDOUT_FILENO);
     return mon;
 }
 
@@ -632,7 +687,13 @@ void qmp_monitor_free(QmpMonitor *mon)
     monitors = g_list_remove(monitors, mon);
     while (mon->sessions) {
         QmpSession *s = mon->sessions->data;
-        /* a last try at what is queued, without waiting for the client */
+        /*
+         * A last try at what is queued, without waiting for a socket
+         * client; stdout takes it all (as QEMU's does at exit).
+         */
+        if (s->stdio) {
+            g_unix_set_fd_nonblocking(s->out_fd, FALSE, NULL);
+        }
         if (s->out->len > s->out_off) {
             session_flush(s);
         }
@@ -640,9 +701,11 @@ void qmp_monitor_free(QmpMonitor *mon)
             session_close(s);
         }
     }
-    g_source_destroy(mon->listen_src);
-    g_source_unref(mon->listen_src);
-    close(mon->listen_fd);
+    if (mon->listen_src) {
+        g_source_destroy(mon->listen_src);
+        g_source_unref(mon->listen_src);
+        close(mon->listen_fd);
+    }
     GHashTableIter it;
     gpointer fd;
     g_hash_table_iter_init(&it, mon->named_fds);
@@ -677,15 +740,24 @@ bool qmp_session_negotiate(QmpSession *s, bool oob, GError **errp)
 
 int qmp_session_take_fd(QmpSession *s)
 {
-    if (!s->n_msgfds) {
+    Request *r = current && in_coroutine() ?
+                 g_hash_table_lookup(current, co_self()) : NULL;
+    int *fds = s->msgfds;
+    int *n = &s->n_msgfds;
+
+    if (r && r->s == s && r->msg->n_fds) {
+        fds = r->msg->fds;
+        n = &r->msg->n_fds;
+    }
+    if (!*n) {
         return -1;
     }
     /* QEMU hands out the first and closes the others */
-    int fd = s->msgfds[0];
-    for (int i = 1; i < s->n_msgfds; i++) {
-        close(s->msgfds[i]);
+    int fd = fds[0];
+    for (int i = 1; i < *n; i++) {
+        close(fds[i]);
     }
-    s->n_msgfds = 0;
+    *n = 0;
     return fd;
 }
 

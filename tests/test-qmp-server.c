@@ -15,6 +15,8 @@
 #include <sys/un.h>
 #include <cmocka.h>
 
+#include <netinet/in.h>
+#include "strata/chardev.h"
 #include "strata/coroutine.h"
 #include "strata/loop.h"
 #include "strata/qmp-server.h"
@@ -421,19 +423,51 @@ static void test_clients_and_events(void **state)
 static void test_fd_passing(void **state)
 {
     Client *c = negotiated_client();
+    char *want;
     client_send(c, "{'execute': 'take-fd'}");
     expect(c, "{\"error\": {\"class\": \"GenericError\", \"desc\": "
               "\"No file descriptor supplied via SCM_RIGHTS\"}}");
     int fd = open("/dev/null", O_WRONLY | O_CLOEXEC);
     client_send_fd(c, "{'execute': 'take-fd'}", fd);
     close(fd);
-    char *want = g_strdup_printf("{\"return\": {\"accmode\": %d}}", O_WRONLY);
+    want = g_strdup_printf("{\"return\": {\"accmode\": %d}}", O_WRONLY);
     expect(c, want);
     g_free(want);
     /* taken once: the next request has none */
     client_send(c, "{'execute': 'take-fd'}");
     expect(c, "{\"error\": {\"class\": \"GenericError\", \"desc\": "
               "\"No file descriptor supplied via SCM_RIGHTS\"}}");
+
+    /* pipelined: each request gets the descriptor sent with it */
+    int rd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    int wr = open("/dev/null", O_WRONLY | O_CLOEXEC);
+    client_send_fd(c, "{'execute': 'block', 'id': 'wait'}", -1);
+    client_send_fd(c, "{'execute': 'take-fd', 'id': 'r'}", rd);
+    client_send_fd(c, "{'execute': 'take-fd', 'id': 'w'}", wr);
+    client_send(c, "{'exec-oob': 'release'}");
+    close(rd);
+    close(wr);
+    expect(c, "{\"return\": {}}");
+    expect(c, "{\"return\": {}, \"id\": \"wait\"}");
+    want = g_strdup_printf("{\"return\": {\"accmode\": %d}, \"id\": \"r\"}",
+                           O_RDONLY);
+    expect(c, want);
+    g_free(want);
+    want = g_strdup_printf("{\"return\": {\"accmode\": %d}, \"id\": \"w\"}",
+                           O_WRONLY);
+    expect(c, want);
+    g_free(want);
+
+    /* one a request did not take stays for a later one, as in QEMU */
+    wr = open("/dev/null", O_WRONLY | O_CLOEXEC);
+    client_send_fd(c, "{'execute': 'query-version', 'id': 1}", wr);
+    close(wr);
+    char *v = client_recv(c, false);
+    g_free(v);
+    client_send(c, "{'execute': 'take-fd'}");
+    want = g_strdup_printf("{\"return\": {\"accmode\": %d}}", O_WRONLY);
+    expect(c, want);
+    g_free(want);
     client_free(c);
 }
 
@@ -491,6 +525,45 @@ static void test_pretty(void **state)
     client_free(c);
 }
 
+/* A TCP chardev (port 0: the kernel picks one) serving a monitor. */
+static void test_tcp_chardev(void **state)
+{
+    ChardevSocketSpec spec = { .host = "127.0.0.1", .port = "0", .fd = -1 };
+    GError *err = NULL;
+    int first;
+    bool stdio;
+
+    assert_true(chardev_socket_add("tcp0", &spec, "test", &err));
+    assert_false(chardev_socket_add("tcp0", &spec, "test", &err));
+    assert_string_equal(err->message, "duplicate yank instance");
+    g_clear_error(&err);
+    int lfd = chardev_take_listener("tcp0", &first, &stdio, &err);
+    assert_true(lfd >= 0);
+    assert_false(stdio);
+    assert_int_equal(first, -1);
+    assert_int_equal(chardev_take_listener("tcp0", &first, &stdio, &err), -1);
+    assert_string_equal(err->message, "Device 'tcp0' is in use");
+    g_clear_error(&err);
+    assert_int_equal(chardev_take_listener("nosuch", &first, &stdio, &err),
+                     -1);
+    assert_string_equal(err->message, "chardev \"nosuch\" not found");
+    g_clear_error(&err);
+
+    struct sockaddr_in sa;
+    socklen_t len = sizeof(sa);
+    assert_int_equal(getsockname(lfd, (struct sockaddr *)&sa, &len), 0);
+    qmp_monitor_new(lfd, false);
+    Client *c = g_new0(Client, 1);
+    c->in = g_string_new(NULL);
+    c->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_int_equal(connect(c->fd, (struct sockaddr *)&sa, len), 0);
+    expect(c, greeting_text);
+    client_send(c, "{'execute': 'qmp_capabilities', 'id': 'tcp'}");
+    expect(c, "{\"return\": {}, \"id\": \"tcp\"}");
+    client_free(c);
+    chardev_cleanup();
+}
+
 int main(void)
 {
     co_queue_init(&gate);
@@ -502,6 +575,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_fd_passing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_output_bound, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pretty, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tcp_chardev, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL) ? 1 : 0;
 }
