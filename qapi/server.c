@@ -52,6 +52,12 @@ struct QmpSession {
     size_t out_off;
     int msgfds[MAX_MSGFDS];     /* the latest descriptors received */
     int n_msgfds;
+    /*
+     * quit's reply, held until the server shuts down: qsd 7.2 sends it
+     * after what its shutdown emits (JOB_STATUS_CHANGE of the jobs it
+     * cancels and dismisses).
+     */
+    json_t *quit_reply;
 };
 
 typedef struct {
@@ -123,6 +129,7 @@ static void session_unref(QmpSession *s)
     if (--s->refcnt) {
         return;
     }
+    json_decref(s->quit_reply);
     g_string_free(s->out, TRUE);
     g_free(s);
 }
@@ -389,8 +396,11 @@ static void request_co(void *opaque)
     QmpSession *s = r->s;
     bool in_band = !r->msg->oob;
 
+    bool was_quitting = quitting;
     json_t *rsp = dispatch(s, r->msg);
-    if (rsp) {
+    if (rsp && quitting && !was_quitting && !s->quit_reply) {
+        s->quit_reply = rsp;
+    } else if (rsp) {
         session_send(s, rsp);
     }
     qmp_message_free(r->msg);
@@ -619,6 +629,9 @@ void qmp_monitor_free(QmpMonitor *mon)
     monitors = g_list_remove(monitors, mon);
     while (mon->sessions) {
         QmpSession *s = mon->sessions->data;
+        if (s->quit_reply) {
+            session_send(s, g_steal_pointer(&s->quit_reply));
+        }
         /* a last try at what is queued, without waiting for the client */
         if (s->out->len > s->out_off) {
             session_flush(s);
