@@ -2,7 +2,8 @@
  * x-blockdev-amend as a job (QEMU 7.2's "amend" job): the options of an
  * open image change in the job's coroutine.  QMP's amend options are not
  * qemu-img amend's: for qcow2 only the LUKS key slots of an encrypted
- * image can change, with messages of their own.
+ * image can change, with messages of their own.  As QEMU's, the job
+ * does not drain the node: a key slot change is the header's business.
  */
 #include <errno.h>
 #include <string.h>
@@ -33,7 +34,7 @@ static bool qcow2_crypt_is_luks(BlockNode *bs)
 
 /*
  * QEMU's qcow2 amend through QMP: only "encrypt", and only on a LUKS
- * image; the key slot change itself is the driver's (node_amend), which
+ * image; the key slot change itself is the driver's (node_co_amend), which
  * takes the LUKS options by their prefixed creation names.
  */
 static int coroutine_fn amend_qcow2(AmendJob *s, GError **errp)
@@ -67,7 +68,7 @@ static int coroutine_fn amend_qcow2(AmendJob *s, GError **errp)
             g_free(name);
         }
     }
-    int ret = node_amend(s->bs, flat, s->force, NULL, NULL, errp);
+    int ret = node_co_amend(s->bs, flat, s->force, errp);
     json_decref(flat);
     return ret;
 }
@@ -77,8 +78,7 @@ static int coroutine_fn amend_run(Job *job, GError **errp)
     AmendJob *s = (AmendJob *)job;
     job_progress_set_remaining(job, 1);
     int ret = s->qcow2 ? amend_qcow2(s, errp)
-                       : node_amend(s->bs, s->options, s->force, NULL, NULL,
-                                    errp);
+                       : node_co_amend(s->bs, s->options, s->force, errp);
     job_progress_update(job, 1);
     return ret;
 }
