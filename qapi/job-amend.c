@@ -7,6 +7,7 @@
  */
 #include <errno.h>
 #include <string.h>
+#include "strata/backend.h"
 #include "strata/block-ops.h"
 #include "strata/block.h"
 #include "strata/error.h"
@@ -16,6 +17,7 @@
 typedef struct AmendJob {
     Job common;
     BlockNode *bs;
+    BlockBackend *writer;        /* luks: write access to the header */
     json_t *options;             /* BlockdevAmendOptions, driver removed */
     bool qcow2;
     bool force;
@@ -87,6 +89,9 @@ static void amend_free(Job *job)
 {
     AmendJob *s = (AmendJob *)job;
     json_decref(s->options);
+    if (s->writer) {
+        blk_unref(s->writer);
+    }
     node_unref(s->bs);
 }
 
@@ -134,6 +139,20 @@ bool qmp_job_amend(const char *job_id, const char *node_name,
     json_object_del(s->options, "driver");
     s->qcow2 = qcow2;
     s->force = force;
+    if (!qcow2) {
+        /*
+         * A luks node writes to its file only what its users write, so the
+         * header needs a user that writes for as long as the job lives
+         * (QEMU's luks takes the permission in its amend pre-run).
+         */
+        s->writer = blk_new(BLK_PERM_WRITE, BLK_PERM_ALL);
+        if (!blk_insert_node(s->writer, bs, errp)) {
+            blk_unref(s->writer);
+            s->writer = NULL;
+            job_early_fail(&s->common);
+            return false;
+        }
+    }
     job_start(&s->common);
     qmp_job_settle(job_id);
     return true;
