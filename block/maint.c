@@ -81,6 +81,17 @@ int node_amend(BlockNode *bs, json_t *options, bool force,
     return a.ret;
 }
 
+int coroutine_fn node_co_amend(BlockNode *bs, json_t *options, bool force,
+                               GError **errp)
+{
+    if (!bs->drv->amend) {
+        error_setg(errp, "Block driver '%s' does not support option "
+                   "amendment", bs->drv->format_name);
+        return -ENOTSUP;
+    }
+    return bs->drv->amend(bs, options, force, NULL, NULL, errp);
+}
+
 /* ---- make empty ---- */
 
 typedef struct MakeEmptyCall {

@@ -60,6 +60,12 @@ struct QmpSession {
      */
     int msgfds[MAX_MSGFDS];
     int n_msgfds;
+    /*
+     * quit's reply, held until the server shuts down: qsd 7.2 sends it
+     * after what its shutdown emits (JOB_STATUS_CHANGE of the jobs it
+     * cancels and dismisses).
+     */
+    json_t *quit_reply;
 };
 
 typedef struct {
@@ -132,6 +138,7 @@ static void session_unref(QmpSession *s)
     if (--s->refcnt) {
         return;
     }
+    json_decref(s->quit_reply);
     g_string_free(s->out, TRUE);
     g_free(s);
 }
@@ -403,8 +410,11 @@ static void request_co(void *opaque)
     QmpSession *s = r->s;
     bool in_band = !r->msg->oob;
 
+    bool was_quitting = quitting;
     json_t *rsp = dispatch(r);
-    if (rsp) {
+    if (rsp && quitting && !was_quitting && !s->quit_reply) {
+        s->quit_reply = rsp;
+    } else if (rsp) {
         session_send(s, rsp);
     }
     if (r->msg->n_fds && !s->closed) {
@@ -687,6 +697,9 @@ void qmp_monitor_free(QmpMonitor *mon)
     monitors = g_list_remove(monitors, mon);
     while (mon->sessions) {
         QmpSession *s = mon->sessions->data;
+        if (s->quit_reply) {
+            session_send(s, g_steal_pointer(&s->quit_reply));
+        }
         /*
          * A last try at what is queued, without waiting for a socket
          * client; stdout takes it all (as QEMU's does at exit).

@@ -161,6 +161,13 @@ int node_check(BlockNode *bs, BlockCheckResult *res, int fix);
 int node_amend(BlockNode *bs, json_t *options, bool force,
                void (*status)(void *opaque, int64_t done, int64_t total),
                void *opaque, GError **errp);
+/*
+ * The same from a coroutine (a job), without draining: for changes that
+ * the node's other requests cannot race with, as QMP's x-blockdev-amend,
+ * which on qcow2 changes only LUKS key slots, as QEMU's.
+ */
+int coroutine_fn node_co_amend(BlockNode *bs, json_t *options, bool force,
+                               GError **errp);
 /* Forget all data so that the image reads through to its backing file. */
 int node_make_empty(BlockNode *bs, GError **errp);
 /*

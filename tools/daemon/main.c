@@ -24,6 +24,7 @@
 #include "strata/chardev.h"
 #include "strata/coroutine.h"
 #include "strata/loop.h"
+#include "strata/qmp-jobs.h"
 #include "strata/qmp-server.h"
 #include "cmdline.h"
 #include "objects.h"
@@ -488,6 +489,7 @@ int main(int argc, char *argv[])
         daemonize_start();
     }
     qmp_server_set_quit_handler(on_quit);
+    qmp_jobs_init();
     GMainContext *ctx = loop_context(loop_get());
     int sigs[] = { SIGINT, SIGHUP, SIGTERM };
     for (size_t i = 0; i < G_N_ELEMENTS(sigs); i++) {
