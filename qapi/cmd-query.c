@@ -232,10 +232,16 @@ XDbgBlockGraph *qmp_x_debug_query_block_graph(GError **errp)
     for (BlockNode *bs = node_next(NULL); bs; bs = node_next(bs)) {
         graph_add_node(&g, bs, X_DBG_BLOCK_GRAPH_NODE_TYPE_BLOCK_DRIVER,
                        node_get_name(bs));
+        /* QEMU keeps a node's children newest first. */
+        GPtrArray *children = g_ptr_array_new();
         for (BlockChild *c = node_next_child(bs, NULL); c;
              c = node_next_child(bs, c)) {
-            graph_add_edge(&g, bs, c);
+            g_ptr_array_add(children, c);
         }
+        for (guint i = children->len; i-- > 0;) {
+            graph_add_edge(&g, bs, children->pdata[i]);
+        }
+        g_ptr_array_free(children, true);
     }
     g_ptr_array_free(backends, true);
     g_ptr_array_free(jobs, true);
