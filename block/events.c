@@ -33,12 +33,13 @@ int node_get_detect_zeroes(const BlockNode *bs)
     return bs->detect_zeroes;
 }
 
-void node_note_write(BlockNode *bs, int64_t offset, int64_t bytes)
+void node_note_write(BlockNode *bs, int64_t offset, int64_t bytes,
+                     bool discard)
 {
     uint64_t end = (uint64_t)offset + (uint64_t)bytes;
     uint64_t wtr = bs->write_threshold;
 
-    if (end > bs->wr_highest_offset) {
+    if (!discard && end > bs->wr_highest_offset) {
         bs->wr_highest_offset = end;
     }
     if (wtr > 0 && end > wtr) {

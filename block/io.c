@@ -449,7 +449,7 @@ int coroutine_fn node_co_pwritev_node(BlockNode *bs, int64_t offset,
             wait_serialising(bs, &tr);
             ret = bs->drv->co_pwritev_compressed(bs, offset, bytes, qiov,
                                                  qiov_offset);
-            node_note_write(bs, offset, bytes);
+            node_note_write(bs, offset, bytes, false);
             node_set_dirty(bs, offset, bytes);
             track_end(bs, &tr);
             if (ret >= 0) {
@@ -480,7 +480,7 @@ int coroutine_fn node_co_pwritev_node(BlockNode *bs, int64_t offset,
         bs->wr_ops++;
     }
     /* Marked even on failure, as QEMU: part of it may have been written. */
-    node_note_write(bs, offset, bytes);
+    node_note_write(bs, offset, bytes, false);
     node_set_dirty(bs, offset, bytes);
     write_finished(bs);
     track_end(bs, &tr);
@@ -599,7 +599,7 @@ static int coroutine_fn node_co_pwrite_zeroes_node(BlockNode *bs,
     if (ret >= 0 && tail) {
         ret = write_zero_buffers(bs, offset + head + mid, tail, flags, true);
     }
-    node_note_write(bs, offset, bytes);
+    node_note_write(bs, offset, bytes, false);
     node_set_dirty(bs, offset, bytes);
     write_finished(bs);
     track_end(bs, &tr);
@@ -700,7 +700,7 @@ int coroutine_fn child_co_pdiscard(BlockChild *c, int64_t offset,
         ret = 0;
         o += n;
     }
-    node_note_write(bs, offset, bytes);
+    node_note_write(bs, offset, bytes, true);
     node_set_dirty(bs, offset, bytes);
     write_finished(bs);
     track_end(bs, &tr);

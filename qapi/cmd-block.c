@@ -80,7 +80,7 @@ static BlockNode *block_lookup(const char *device, const char *node_name,
 {
     BlockNode *bs = node_name ? node_find(node_name) : NULL;
     if (!bs) {
-        error_setg(errp, "Cannot find device='%s' nor node_name='%s'",
+        error_setg(errp, "Cannot find device='%s' nor node-name='%s'",
                    device ? device : "", node_name ? node_name : "");
     }
     return bs;
@@ -214,8 +214,12 @@ void qmp_block_resize(const char *device, const char *node_name,
         blk_unref(blk);
         return;
     }
+    /*
+     * Other users wait while the node is drained; this one goes through
+     * its edge directly, as QEMU's truncate does not wait for a drain.
+     */
     node_drain_begin(bs);
-    blk_co_truncate(blk, size, false, PREALLOC_OFF, errp);
+    child_co_truncate(blk_root(blk), size, false, PREALLOC_OFF, errp);
     node_drain_end(bs);
     blk_unref(blk);
 }

@@ -39,8 +39,13 @@ uint64_t node_wr_highest_offset(const BlockNode *bs);
 /* detect-zeroes: 0 off, 1 on, 2 unmap (QAPI's order). */
 int node_get_detect_zeroes(const BlockNode *bs);
 
-/* Called by block/io.c as a write, zero write or discard starts. */
-void node_note_write(BlockNode *bs, int64_t offset, int64_t bytes);
+/*
+ * Called by block/io.c for every write, zero write and discard: either
+ * may cross the threshold, only writes move the highest offset (QEMU's
+ * rules).
+ */
+void node_note_write(BlockNode *bs, int64_t offset, int64_t bytes,
+                     bool discard);
 /*
  * Called by block/io.c with each discard a driver carried out (ret: its
  * result); the file drivers' statistics in query-blockstats.
