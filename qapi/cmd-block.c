@@ -89,11 +89,11 @@ static BlockNode *block_lookup(const char *device, const char *node_name,
 /*
  * The library appends hints for people on lines of their own ("Is another
  * process using the image [x]?"); QEMU prints its hints on the terminal
- * only, never in a QMP error, so they are cut here.
+ * (--blockdev) but never in a QMP error, so a client's request loses them.
  */
 static void drop_hints(GError **errp)
 {
-    if (errp && *errp) {
+    if (errp && *errp && qmp_session_current()) {
         char *nl = strchr((*errp)->message, '\n');
         if (nl) {
             *nl = '\0';

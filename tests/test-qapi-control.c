@@ -68,6 +68,12 @@ void qmp_event_send(const char *event, json_t *data)
     json_decref(data);
 }
 
+/* Handlers run here outside any client session. */
+QmpSession *qmp_session_current(void)
+{
+    return NULL;
+}
+
 /* The node commands register their shutdown step; no daemon stops here. */
 void qmp_server_at_shutdown(QmpShutdownPhase phase, void (*fn)(void))
 {
