@@ -53,20 +53,14 @@ static const NodeEventListener listener = {
     .image_corrupted = on_image_corrupted,
 };
 
-static void setup(void)
-{
-    static bool done;
-    if (!done) {
-        done = true;
-        qmp_server_at_shutdown(QMP_SHUTDOWN_NODES, close_monitor_nodes);
-        node_events_set_listener(&listener);
-    }
-}
-
-/* Registered before main() so that events reach clients from the start. */
+/*
+ * Registered before main(), so that --blockdev's nodes are closed at
+ * shutdown and events reach clients from the start.
+ */
 __attribute__((constructor)) static void cmd_block_init(void)
 {
-    setup();
+    qmp_server_at_shutdown(QMP_SHUTDOWN_NODES, close_monitor_nodes);
+    node_events_set_listener(&listener);
 }
 
 static bool node_is_monitor_owned(BlockNode *bs)
@@ -132,8 +126,10 @@ void qmp_blockdev_del(const char *node_name, GError **errp)
         if (child_parent_kind(c) == PARENT_BACKEND) {
             has_backend = true;
         }
-        /* QEMU's op blockers: the newest reason is the one reported. */
-        /* QEMU's block jobs and backing edges block the deletion. */
+        /*
+         * QEMU's op blockers: block jobs and backing edges forbid the
+         * deletion; the newest reason is the one reported.
+         */
         if (node_info_block_job(c, NULL) ||
             (child_parent_kind(c) == PARENT_NODE &&
              (child_role(c) & CHILD_ROLE_COW))) {
