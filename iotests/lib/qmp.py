@@ -30,6 +30,7 @@ import socket
 import subprocess
 
 import iotests as t
+from filters import filter_sanitizer_notices
 
 STRATA_DAEMON_PROG = os.environ.get('STRATA_DAEMON_PROG') or os.path.join(
     t.BUILD_DIR, 'strata-daemon')
@@ -229,7 +230,7 @@ class Daemon:
             rc = self.proc.wait(timeout)
             log('[daemon killed: did not exit]')
         self._log.close()
-        out = self.output().rstrip('\n')
+        out = filter_sanitizer_notices(self.output()).strip('\n')
         if out:
             log(out)
         log('[exit status %d]' % rc)
