@@ -230,7 +230,11 @@ void qmp_block_resize(const char *device, const char *node_name,
      * its edge directly, as QEMU's truncate does not wait for a drain.
      */
     node_drain_begin(bs);
-    child_co_truncate(blk_root(blk), size, false, PREALLOC_OFF, errp);
+    if (!node_is_inserted(bs)) {
+        error_setg(errp, "No medium inserted");
+    } else {
+        child_co_truncate(blk_root(blk), size, false, PREALLOC_OFF, errp);
+    }
     node_drain_end(bs);
     blk_unref(blk);
 }

@@ -12,6 +12,24 @@
 #include "qapi-visit.h"
 #include "node-info.h"
 
+/*
+ * QEMU drops the driver of a node whose image turned out corrupt; such a
+ * node has no medium while its children still have theirs.
+ */
+static bool node_is_ejected(BlockNode *bs)
+{
+    if (node_is_inserted(bs)) {
+        return false;
+    }
+    for (BlockChild *c = node_next_child(bs, NULL); c;
+         c = node_next_child(bs, c)) {
+        if (!node_is_inserted(child_node(c))) {
+            return false;
+        }
+    }
+    return true;
+}
+
 BlockDeviceInfoList *qmp_query_named_block_nodes(bool has_flat, bool flat,
                                                  GError **errp)
 {
@@ -19,6 +37,11 @@ BlockDeviceInfoList *qmp_query_named_block_nodes(bool has_flat, bool flat,
 
     /* QEMU prepends each node: the newest comes first. */
     for (BlockNode *bs = node_next(NULL); bs; bs = node_next(bs)) {
+        if (node_is_ejected(bs)) {
+            error_setg(errp, "Block device %s is ejected", node_get_name(bs));
+            qapi_free_BlockDeviceInfoList(list);
+            return NULL;
+        }
         json_t *j = node_info_device_json(bs, has_flat && flat, errp);
         BlockDeviceInfo *info = j ? qapi_BlockDeviceInfo_from_json(j, errp)
                                   : NULL;
