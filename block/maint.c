@@ -3,8 +3,10 @@
  * (strata/block-ops.h): check, amend, make-empty, backing-file change and
  * size measurement.  Each checks that the driver can do it, with QEMU
  * 7.2's message when it cannot, and runs the driver in a coroutine.
- * Operations that rewrite metadata under a live image drain it first, so
- * that no parent's write crosses the change.
+ * None of them drains, as in QEMU: the drivers serialise against their
+ * own requests (qcow2's lock), and a job calling them (commit's final
+ * make-empty, x-blockdev-amend) is a parent of the node, so a drain here
+ * would wait for the very job that asked.
  */
 #include <errno.h>
 #include <string.h>
@@ -34,13 +36,7 @@ int node_check(BlockNode *bs, BlockCheckResult *res, int fix)
     if (!bs->drv->co_check) {
         return -ENOTSUP;
     }
-    if (fix) {
-        node_drain_begin(bs);
-    }
     block_co_call(check_co, &c);
-    if (fix) {
-        node_drain_end(bs);
-    }
     return c.ret;
 }
 
@@ -75,9 +71,7 @@ int node_amend(BlockNode *bs, json_t *options, bool force,
                    "amendment", bs->drv->format_name);
         return -ENOTSUP;
     }
-    node_drain_begin(bs);
     block_co_call(amend_co, &a);
-    node_drain_end(bs);
     return a.ret;
 }
 
@@ -117,9 +111,7 @@ int node_make_empty(BlockNode *bs, GError **errp)
                    bs->drv->format_name);
         return -ENOTSUP;
     }
-    node_drain_begin(bs);
     block_co_call(make_empty_co, &m);
-    node_drain_end(bs);
     if (local) {
         g_propagate_error(errp, local);
     } else if (m.ret < 0) {

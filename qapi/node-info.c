@@ -1,6 +1,6 @@
 /*
  * BlockDeviceInfo and ImageInfo as JSON (see node-info.h), members in
- * QAPI order so that the generated reader takes them as they are.
+ * QAPI order.
  */
 #include <string.h>
 #include "node-info.h"
@@ -8,6 +8,7 @@
 #include "strata/block-ops.h"
 #include "strata/dirty-bitmap.h"
 #include "strata/error.h"
+#include "strata/job.h"
 
 static const char *const detect_zeroes_names[] = { "off", "on", "unmap" };
 
@@ -65,6 +66,7 @@ static json_t *image_info_json(BlockNode *bs, GError **errp)
         json_object_set_new(info, "encrypted", json_true());
     }
     if (node_backing_file(bs)[0]) {
+        /* The full name is given even when it is the same. */
         char *full = node_get_full_backing_filename(bs);
         json_object_set_new(info, "backing-filename",
                             json_string_nocheck(node_backing_file(bs)));
@@ -98,6 +100,7 @@ static json_t *image_info_json(BlockNode *bs, GError **errp)
         return NULL;
     }
     if (data) {
+        /* QAPI's union: {"type": format, "data": {...}}. */
         json_t *spec = json_object();
         json_object_set_new(spec, "type", json_string(node_get_format_name(bs)));
         json_object_set_new(spec, "data", data);
@@ -106,7 +109,7 @@ static json_t *image_info_json(BlockNode *bs, GError **errp)
     return info;
 }
 
-/* The child a chain description follows: filtered or backing. */
+/* The next image of a chain description: filtered child or backing. */
 static BlockNode *filter_or_cow(BlockNode *bs)
 {
     BlockNode *f = node_filtered_child(bs);
@@ -207,4 +210,29 @@ json_t *node_info_device_json(BlockNode *bs, bool flat, GError **errp)
         json_object_set_new(info, "dirty-bitmaps", bitmaps);
     }
     return info;
+}
+
+const char *node_info_block_job(BlockChild *c, void **job)
+{
+    if (child_parent_kind(c) != PARENT_JOB) {
+        return NULL;
+    }
+    Job *j = child_parent(c);
+    if (job_type(j) > JOB_TYPE_BACKUP) {
+        return NULL;
+    }
+    if (job) {
+        *job = j;
+    }
+    return j->id ? j->id : "";
+}
+
+GSList *node_info_job_edges(void *job)
+{
+    return ((Job *)job)->nodes;
+}
+
+const char *node_info_job_type(void *job)
+{
+    return job_type_name(job_type(job));
 }

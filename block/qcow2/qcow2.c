@@ -1483,6 +1483,16 @@ static const char *const qcow2_mutable_opts[] = {
     NULL,
 };
 
+/*
+ * QEMU drops the driver of an image it has marked corrupt (or whose
+ * tables it could no longer trust): from then on the node has no medium.
+ */
+static bool qcow2_is_inserted(BlockNode *bs)
+{
+    Qcow2State *s = bs->opaque;
+    return !s->corrupt;
+}
+
 const BlockDriver bdrv_qcow2 = {
     .format_name = "qcow2",
     .instance_size = sizeof(Qcow2State),
@@ -1491,6 +1501,7 @@ const BlockDriver bdrv_qcow2 = {
     .probe = qcow2_probe,
     .open = qcow2_open,
     .close = qcow2_close,
+    .is_inserted = qcow2_is_inserted,
     .refresh_limits = qcow2_refresh_limits,
     .create = qcow2_co_create,
     .create_opts = qcow2_create_opts,

@@ -6,8 +6,9 @@
  *
  * Callers never touch a BlockDriver or a BlockNode's fields: these
  * functions check that the driver can do the operation (QEMU 7.2's
- * message when it cannot), drain where the operation needs the node
- * quiet, and run the driver in a coroutine.  Every function may be called
+ * message when it cannot), drain where QEMU's callers do (the snapshot
+ * operations; not check, amend or make-empty, which jobs call on nodes
+ * they are parents of), and run the driver in a coroutine.  Every function may be called
  * from coroutine context or from outside one: outside, it runs the work in
  * a new coroutine and drives the loop until it is done.  Nothing here
  * prints or exits; errors come back as -errno and, where a person reads
