@@ -33,6 +33,35 @@ void qmp_quit(GError **errp)
     quit_calls++;
 }
 
+/* Descriptor passing needs a connection: see test-qmp-server, iotests. */
+void qmp_getfd(const char *fdname, GError **errp)
+{
+    error_setg(errp, "not in this test");
+}
+
+void qmp_closefd(const char *fdname, GError **errp)
+{
+    error_setg(errp, "not in this test");
+}
+
+AddfdInfo *qmp_add_fd(bool has_fdset_id, int64_t fdset_id,
+                      const char *opaque, GError **errp)
+{
+    error_setg(errp, "not in this test");
+    return NULL;
+}
+
+void qmp_remove_fd(int64_t fdset_id, bool has_fd, int64_t fd, GError **errp)
+{
+    error_setg(errp, "not in this test");
+}
+
+FdsetInfoList *qmp_query_fdsets(GError **errp)
+{
+    error_setg(errp, "not in this test");
+    return NULL;
+}
+
 void qmp_event_send(const char *event, json_t *data)
 {
     json_decref(data);

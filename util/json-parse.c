@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "strata/error.h"
+#include "strata/json-reader.h"
 #include "strata/opts.h"
 
 /* Resource limits of QEMU's reader, so that huge input fails alike. */
@@ -55,6 +56,9 @@ typedef struct {
     /* parser */
     guint pos;
     GError *parse_err;
+    /* stream mode: every value or error goes to emit, none is kept */
+    JsonReaderEmit *emit;
+    void *opaque;
 } Reader;
 
 static void token_free(gpointer p)
@@ -238,7 +242,7 @@ fail:
     return NULL;
 }
 
-static json_t *parse_number(Token *t)
+static json_t *parse_number(Reader *r, Token *t)
 {
     if (t->type == TOK_INTEGER) {
         char *end;
@@ -250,10 +254,12 @@ static json_t *parse_number(Token *t)
         if (t->text[0] != '-') {
             errno = 0;
             (void)strtoull(t->text, &end, 10);
-            if (errno != ERANGE) {
+            if (errno != ERANGE && !r->emit) {
                 /*
                  * Above INT64_MAX jansson has no integer; options read
-                 * numbers as their text, so keep the digits.
+                 * numbers as their text, so keep the digits.  (A QMP
+                 * stream gets a number instead: QEMU's uint64 is lost
+                 * here, beyond it QEMU has a double too.)
                  */
                 return json_string(t->text);
             }
@@ -390,7 +396,7 @@ static json_t *parse_value(Reader *r)
     case TOK_INTEGER:
     case TOK_FLOAT:
         next(r);
-        return parse_number(t);
+        return parse_number(r, t);
     case TOK_KEYWORD:
         next(r);
         if (!strcmp(t->text, "true")) {
@@ -420,6 +426,10 @@ static void deliver(Reader *r, json_t *value, GError *err)
     r->token_bytes = 0;
     r->braces = r->brackets = 0;
 
+    if (r->emit) {
+        r->emit(r->opaque, value, err);
+        return;
+    }
     if (r->value) {
         json_decref(r->value);
         r->value = NULL;
@@ -716,4 +726,41 @@ json_t *opts_parse_json(const char *text, GError **errp)
         g_propagate_error(errp, r.err);
     }
     return r.value;
+}
+
+/* ---- stream mode: QMP input, one value per message ---- */
+
+struct JsonReader {
+    Reader r;
+};
+
+JsonReader *json_reader_new(JsonReaderEmit *emit, void *opaque)
+{
+    JsonReader *jr = g_new0(JsonReader, 1);
+
+    jr->r.state = L_START;
+    jr->r.text = g_string_new(NULL);
+    jr->r.tokens = g_ptr_array_new_with_free_func(token_free);
+    jr->r.emit = emit;
+    jr->r.opaque = opaque;
+    return jr;
+}
+
+void json_reader_feed(JsonReader *jr, const void *buf, size_t len)
+{
+    const unsigned char *p = buf;
+
+    for (size_t i = 0; i < len; i++) {
+        lex_byte(&jr->r, p[i], false);
+    }
+}
+
+void json_reader_free(JsonReader *jr)
+{
+    if (!jr) {
+        return;
+    }
+    g_string_free(jr->r.text, TRUE);
+    g_ptr_array_free(jr->r.tokens, TRUE);
+    g_free(jr);
 }

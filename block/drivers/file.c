@@ -34,6 +34,7 @@
 #include "strata/aio.h"
 #include "strata/block-driver.h"
 #include "strata/loop.h"
+#include "strata/fdset.h"
 #include "strata/opts.h"
 #include "strata/units.h"
 #include "../locks.h"
@@ -106,10 +107,17 @@ enum { LOCKING_ON, LOCKING_OFF, LOCKING_AUTO };
 
 /* ---- Helpers ---- */
 
-/* QEMU's qemu_open(): a clear message for O_DIRECT refusals. */
+/*
+ * QEMU's qemu_open(): "/dev/fdset/N" names a descriptor passed over QMP; a
+ * clear message for O_DIRECT refusals.
+ */
 static int open_image(const char *name, int flags, mode_t mode, GError **errp)
 {
     const char *action = (flags & O_CREAT) ? "create" : "open";
+    if (fdset_is_fdset_name(name)) {
+        int fd = fdset_open(name, flags, errp);
+        return fd < 0 ? -errno : fd;
+    }
     int fd = open(name, flags | O_CLOEXEC, mode);
     if (fd >= 0) {
         return fd;
@@ -452,7 +460,7 @@ static int file_open_common(BlockNode *bs, json_t *options, int flags,
 
 fail:
     if (s->fd >= 0) {
-        close(s->fd);
+        fdset_close(s->fd);
         s->fd = -1;
     }
     g_free(filename); /* s->filename is this string or NULL */
@@ -548,12 +556,12 @@ static void file_close(BlockNode *bs)
     FileState *s = bs->opaque;
     grow_ahead_end(s);
     if (s->reopen_fd >= 0) {
-        close(s->reopen_fd);
+        fdset_close(s->reopen_fd);
         s->reopen_fd = -1;
     }
     /* Closing the open file description drops its OFD locks with it. */
     if (s->fd >= 0) {
-        close(s->fd);
+        fdset_close(s->fd);
         s->fd = -1;
     }
     g_free(s->filename);
@@ -691,7 +699,7 @@ static int file_reopen_prepare(ReopenState *rs, GError **errp)
     if (new_flags & O_RDWR) {
         int ret = check_hdev_writable(fd);
         if (ret < 0) {
-            close(fd);
+            fdset_close(fd);
             error_setg_errno(errp, -ret, "The device is not writable");
             return ret;
         }
@@ -700,7 +708,7 @@ static int file_reopen_prepare(ReopenState *rs, GError **errp)
     if (!probe_alignment(fd, fd_needs_alignment(fd, new_flags),
                          &s->reopen_request_alignment, &s->reopen_buf_align,
                          errp)) {
-        close(fd);
+        fdset_close(fd);
         return -EINVAL;
     }
     s->reopen_fd = fd;
@@ -724,7 +732,7 @@ static void file_reopen_commit(ReopenState *rs)
         lock_apply(s->reopen_fd, &s->reopen_held, s->lock.held.perm,
                    s->lock.held.unshared, true, NULL);
     }
-    close(s->fd);
+    fdset_close(s->fd);
     s->fd = s->reopen_fd;
     s->reopen_fd = -1;
     s->open_flags = s->reopen_open_flags;
@@ -739,7 +747,7 @@ static void file_reopen_abort(ReopenState *rs)
 {
     FileState *s = rs->bs->opaque;
     if (s->reopen_fd >= 0) {
-        close(s->reopen_fd);
+        fdset_close(s->reopen_fd);
         s->reopen_fd = -1;
     }
 }
@@ -1413,7 +1421,7 @@ static int file_create(const char *filename, json_t *options, GError **errp)
                                   BLK_PERM_ALL & ~BLK_PERM_RESIZE, filename,
                                   errp);
     if (ret < 0) {
-        close(fd);
+        fdset_close(fd);
         return ret;
     }
 
@@ -1451,7 +1459,7 @@ static int file_create(const char *filename, json_t *options, GError **errp)
 
 out:
     image_lock_release_all(fd);
-    if (close(fd) != 0 && ret == 0) {
+    if (fdset_close(fd) != 0 && ret == 0) {
         ret = -errno;
         error_setg_errno(errp, -ret, "Could not close the new file");
     }

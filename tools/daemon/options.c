@@ -1,0 +1,144 @@
+/*
+ * --chardev and --object for strata-daemon, and the shutdown sequence.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "strata/block.h"
+#include "strata/chardev.h"
+#include "strata/error.h"
+#include "strata/qmp-server.h"
+#include "../common/tool-common.h"
+#include "daemon.h"
+
+/* QemuOpts' booleans. */
+static bool parse_bool(json_t *opts, const char *key, bool def, bool *out,
+                       GError **errp)
+{
+    const char *v = json_string_value(json_object_get(opts, key));
+
+    if (!v) {
+        *out = def;
+        return true;
+    }
+    if (!strcmp(v, "on") || !strcmp(v, "yes") || !strcmp(v, "true") ||
+        !strcmp(v, "y")) {
+        *out = true;
+    } else if (!strcmp(v, "off") || !strcmp(v, "no") ||
+               !strcmp(v, "false") || !strcmp(v, "n")) {
+        *out = false;
+    } else {
+        error_setg(errp, "Parameter '%s' expects 'on' or 'off'", key);
+        return false;
+    }
+    json_object_del(opts, key);
+    return true;
+}
+
+static const char *take(json_t *opts, const char *key)
+{
+    json_t *v = json_object_get(opts, key);
+    return v ? json_string_value(v) : NULL;
+}
+
+bool daemon_chardev_option(const char *arg, GError **errp)
+{
+    /* the first element, when it is a bare word, is the backend */
+    const char *comma = strchr(arg, ',');
+    size_t first = comma ? (size_t)(comma - arg) : strlen(arg);
+    char *backend = NULL;
+    const char *rest = arg;
+    if (!memchr(arg, '=', first)) {
+        backend = g_strndup(arg, first);
+        rest = comma ? comma + 1 : "";
+    }
+    json_t *opts = NULL;
+    bool ok = false;
+    if (!tool_qemuopts_parse(&opts, rest, false, errp)) {
+        goto out;
+    }
+    if (!backend && take(opts, "backend")) {
+        backend = g_strdup(take(opts, "backend"));
+        json_object_del(opts, "backend");
+    }
+    const char *id = take(opts, "id");
+    if (!id) {
+        error_setg(errp, "Parameter 'id' is missing");
+        goto out;
+    }
+    if (!backend) {
+        error_setg(errp, "chardev: \"%s\" missing backend", id);
+        goto out;
+    }
+    if (strcmp(backend, "socket")) {
+        error_setg(errp, "chardev backend '%s' is not supported by %s "
+                   "(only 'socket')", backend, tool_name());
+        goto out;
+    }
+    bool server, wait;
+    if (!parse_bool(opts, "server", false, &server, errp) ||
+        !parse_bool(opts, "wait", true, &wait, errp)) {
+        goto out;
+    }
+    if (!server) {
+        error_setg(errp, "%s serves monitors on listening sockets only "
+                   "(server=on)", tool_name());
+        goto out;
+    }
+    ChardevSocketSpec spec = {
+        .path = take(opts, "path"), .host = take(opts, "host"),
+        .port = take(opts, "port"), .fd = -1, .wait = wait,
+    };
+    const char *fd = take(opts, "fd");
+    if (fd) {
+        char *end;
+        long n = strtol(fd, &end, 10);
+        if (!*fd || *end || n < 0 || n > INT32_MAX) {
+            error_setg(errp, "Invalid file descriptor number '%s'", fd);
+            goto out;
+        }
+        spec.fd = (int)n;
+    }
+    const char *key;
+    json_t *v;
+    json_object_foreach(opts, key, v) {
+        if (strcmp(key, "id") && strcmp(key, "path") && strcmp(key, "host") &&
+            strcmp(key, "port") && strcmp(key, "fd")) {
+            error_setg(errp, "Invalid parameter '%s'", key);
+            goto out;
+        }
+    }
+    if (!!spec.path + !!spec.host + (spec.fd >= 0) != 1) {
+        error_setg(errp, "chardev: socket: exactly one of path=, host= and "
+                   "fd= is needed");
+        goto out;
+    }
+    char *who = g_strdup_printf("%s: --chardev %s", tool_name(), arg);
+    ok = chardev_socket_add(id, &spec, who, errp);
+    g_free(who);
+out:
+    json_decref(opts);
+    g_free(backend);
+    return ok;
+}
+
+void daemon_object_option(const char *arg)
+{
+    if (g_str_has_prefix(arg, "iothread") &&
+        (arg[8] == ',' || arg[8] == '\0')) {
+        tool_error("--object %s: iothread objects are not supported by %s "
+                   "yet", arg, tool_name());
+        exit(EXIT_FAILURE);
+    }
+    tool_object_process_cmdline(arg);
+}
+
+void daemon_shutdown(void)
+{
+    qmp_server_run_shutdown(QMP_SHUTDOWN_EXPORTS);
+    drain_all_begin();
+    qmp_server_run_shutdown(QMP_SHUTDOWN_JOBS);
+    qmp_server_run_shutdown(QMP_SHUTDOWN_NODES);
+    drain_all_end();
+}
