@@ -56,6 +56,20 @@ void node_set_reopen_state(BlockNode *bs, ReopenState *rs);
 /* Will bs be writable once the pending reopen (if any) commits? */
 bool node_writable_after_reopen(const BlockNode *bs);
 
+/*
+ * Run fn(opaque) to completion: directly in coroutine context, else in a
+ * new coroutine while the loop runs.  The synchronous entry points of
+ * strata/block-ops.h are built on it.
+ */
+static inline void block_co_call(CoroutineEntry *fn, void *opaque)
+{
+    if (in_coroutine()) {
+        fn(opaque);
+    } else {
+        co_run_sync(fn, opaque);
+    }
+}
+
 /* The BlockChildClass used for node parents. */
 extern const BlockChildClass child_of_node;
 

@@ -9,7 +9,7 @@
 
 #include <glib.h>
 
-#include "strata/block-driver.h"
+#include "block-int.h"
 #include "strata/coroutine.h"
 #include "strata/dirty-bitmap.h"
 
@@ -53,15 +53,6 @@ static void coroutine_fn remove_co(void *opaque)
                                                            d->errp);
 }
 
-static void run_co(CoroutineEntry *fn, DriverCo *d)
-{
-    if (in_coroutine()) {
-        fn(d);
-    } else {
-        co_run_sync(fn, d);
-    }
-}
-
 static bool can_store_new(BlockNode *bs, const char *name,
                           uint32_t granularity, GError **errp)
 {
@@ -72,7 +63,7 @@ static bool can_store_new(BlockNode *bs, const char *name,
                          node_get_name(bs));
         return false;
     }
-    run_co(can_store_co, &d);
+    block_co_call(can_store_co, &d);
     return d.ret == 0;
 }
 
@@ -133,7 +124,7 @@ bool node_dirty_bitmap_remove(BlockNode *bs, const char *name, GError **errp)
     if (dirty_bitmap_persistent(bm) &&
         bs->drv->co_remove_persistent_dirty_bitmap) {
         DriverCo d = { bs, name, 0, errp, 0 };
-        run_co(remove_co, &d);
+        block_co_call(remove_co, &d);
         if (d.ret < 0) {
             return false;
         }

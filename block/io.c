@@ -407,6 +407,15 @@ int coroutine_fn node_co_pwritev_node(BlockNode *bs, int64_t offset,
     if (bs->read_only) {
         return -EPERM;
     }
+    if (bytes == 0 && (flags & REQ_WRITE_COMPRESSED)) {
+        /*
+         * An empty compressed write tells the driver that the compressed
+         * image is complete (QEMU's convention: qcow2 pads its file).
+         */
+        return bs->drv->co_pwritev_compressed ?
+               bs->drv->co_pwritev_compressed(bs, offset, 0, qiov,
+                                              qiov_offset) : -ENOTSUP;
+    }
     if (bytes == 0) {
         return 0;
     }

@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include "block-int.h"
 #include "strata/dirty-bitmap.h"
+#include "strata/json-out.h"
 #include "strata/trace.h"
 
 static GList *all_nodes;       /* every open node, in creation order */
@@ -335,141 +336,6 @@ static const char *const *strong_options(const BlockDriver *drv)
     return !strcmp(name, "blkdebug") ? blkdebug : none;
 }
 
-/* The bucket of QEMU's QDict hash table a key falls into. */
-static unsigned qdict_bucket(const char *key)
-{
-    uint32_t value = 0x238F13AFu * (uint32_t)strlen(key);
-
-    for (unsigned i = 0; key[i]; i++) {
-        value += (uint32_t)(unsigned char)key[i] << (i * 5 % 24);
-    }
-    return (1103515243u * value + 12345u) % 512;
-}
-
-typedef struct {
-    const char *key;
-    json_t *value;
-    unsigned bucket;
-    size_t index;
-} DictMember;
-
-static int dict_member_cmp(const void *a, const void *b)
-{
-    const DictMember *x = a, *y = b;
-
-    if (x->bucket != y->bucket) {
-        return x->bucket < y->bucket ? -1 : 1;
-    }
-    /* One bucket is a list with the newest entry first. */
-    return x->index < y->index ? 1 : (x->index > y->index ? -1 : 0);
-}
-
-/* A JSON string as QEMU writes it: \uXXXX for anything beyond ASCII. */
-static void append_qemu_string(GString *out, const char *p)
-{
-    g_string_append_c(out, '"');
-    while (*p) {
-        gunichar c = g_utf8_get_char_validated(p, -1);
-        const char *next = g_utf8_next_char(p);
-        if (c == (gunichar)-1 || c == (gunichar)-2) {
-            c = 0xFFFD;     /* invalid UTF-8: the replacement character */
-            next = p + 1;
-        }
-        switch (c) {
-        case '"':
-            g_string_append(out, "\\\"");
-            break;
-        case '\\':
-            g_string_append(out, "\\\\");
-            break;
-        case '\b':
-            g_string_append(out, "\\b");
-            break;
-        case '\f':
-            g_string_append(out, "\\f");
-            break;
-        case '\n':
-            g_string_append(out, "\\n");
-            break;
-        case '\r':
-            g_string_append(out, "\\r");
-            break;
-        case '\t':
-            g_string_append(out, "\\t");
-            break;
-        default:
-            if (c > 0xFFFF) {
-                g_string_append_printf(out, "\\u%04X\\u%04X",
-                                       0xD800 + ((c - 0x10000) >> 10),
-                                       0xDC00 + ((c - 0x10000) & 0x3FF));
-            } else if (c < 0x20 || c >= 0x7F) {
-                g_string_append_printf(out, "\\u%04X", c);
-            } else {
-                g_string_append_c(out, (char)c);
-            }
-        }
-        p = next;
-    }
-    g_string_append_c(out, '"');
-}
-
-/* QEMU's compact JSON: ", " and ": " separators. */
-static void append_qemu_json(GString *out, json_t *v)
-{
-    switch (json_typeof(v)) {
-    case JSON_OBJECT: {
-        size_t n = json_object_size(v), i = 0;
-        DictMember *m = g_new(DictMember, n ? n : 1);
-        const char *k;
-        json_t *e;
-        json_object_foreach(v, k, e) {
-            m[i] = (DictMember){ k, e, qdict_bucket(k), i };
-            i++;
-        }
-        qsort(m, n, sizeof(*m), dict_member_cmp);
-        g_string_append_c(out, '{');
-        for (i = 0; i < n; i++) {
-            g_string_append(out, i ? ", " : "");
-            append_qemu_string(out, m[i].key);
-            g_string_append(out, ": ");
-            append_qemu_json(out, m[i].value);
-        }
-        g_string_append_c(out, '}');
-        g_free(m);
-        break;
-    }
-    case JSON_ARRAY: {
-        size_t i;
-        json_t *e;
-        g_string_append_c(out, '[');
-        json_array_foreach(v, i, e) {
-            g_string_append(out, i ? ", " : "");
-            append_qemu_json(out, e);
-        }
-        g_string_append_c(out, ']');
-        break;
-    }
-    case JSON_STRING:
-        append_qemu_string(out, json_string_value(v));
-        break;
-    case JSON_INTEGER:
-        g_string_append_printf(out, "%" JSON_INTEGER_FORMAT,
-                               json_integer_value(v));
-        break;
-    case JSON_REAL:
-        g_string_append_printf(out, "%.17g", json_real_value(v));
-        break;
-    case JSON_TRUE:
-        g_string_append(out, "true");
-        break;
-    case JSON_FALSE:
-        g_string_append(out, "false");
-        break;
-    default:
-        g_string_append(out, "null");
-    }
-}
-
 static char *backing_path(BlockNode *bs, const char *name, GError **errp);
 
 /*
@@ -546,7 +412,7 @@ static json_t *full_open_options(BlockNode *bs, const char *path, int flags,
             size_t len = strlen(*o);
             if ((*o)[len - 1] == '.' && !strncmp(k, *o, len)) {
                 char *full = g_strconcat(path, k, NULL);
-                prefixed[n++] = (PrefixedOpt){ k, v, qdict_bucket(full),
+                prefixed[n++] = (PrefixedOpt){ k, v, json_qdict_bucket(full),
                                                index };
                 g_free(full);
                 break;
@@ -628,7 +494,7 @@ static void refresh_filename(BlockNode *bs, int flags)
     }
     if (!bs->filename[0]) {
         GString *json = g_string_new("json:");
-        append_qemu_json(json, opts);
+        json_out_compact(json, opts);
         if (json->len >= sizeof(bs->filename)) {
             /* Truncated, with a hint that it is, as QEMU does. */
             g_string_truncate(json, sizeof(bs->filename) - 4);
@@ -1534,13 +1400,4 @@ void node_dec_in_flight(BlockNode *bs)
     if (--bs->in_flight == 0) {
         drain_kick();
     }
-}
-
-int coroutine_fn node_co_change_backing_file(BlockNode *bs, const char *file,
-                                             const char *fmt)
-{
-    if (!bs->drv->co_change_backing_file) {
-        return -ENOTSUP;
-    }
-    return bs->drv->co_change_backing_file(bs, file, fmt);
 }

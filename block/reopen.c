@@ -23,6 +23,7 @@
  */
 #include <string.h>
 #include "block-int.h"
+#include "strata/json-out.h"
 
 struct ReopenQueue {
     GList *states; /* ReopenState* in queue order */
@@ -293,18 +294,6 @@ static bool reopen_generic(ReopenState *rs, GError **errp)
     return ok;
 }
 
-/* The bucket of QEMU's QDict hash table a key falls into (its iteration
- * order, which decides which of several bad options QEMU names). */
-static unsigned qdict_bucket(const char *key)
-{
-    uint32_t value = 0x238F13AFu * (uint32_t)strlen(key);
-
-    for (unsigned i = 0; key[i]; i++) {
-        value += (uint32_t)(unsigned char)key[i] << (i * 5 % 24);
-    }
-    return (1103515243u * value + 12345u) % 512;
-}
-
 /* Does leftover option k (value v) keep the node as it is? */
 static bool leftover_unchanged(ReopenState *rs, GPtrArray *refused,
                                json_t *old_flat, const char *k, json_t *v)
@@ -353,7 +342,7 @@ static bool reopen_check_leftovers(ReopenQueue *q, ReopenState *rs,
     const char *bad = NULL;
     json_object_foreach(rs->options, k, v) {
         if (!leftover_unchanged(rs, refused, old_flat, k, v) &&
-            (!bad || qdict_bucket(k) < qdict_bucket(bad))) {
+            (!bad || json_qdict_bucket(k) < json_qdict_bucket(bad))) {
             bad = k;
         }
     }

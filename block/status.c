@@ -286,34 +286,87 @@ int coroutine_fn node_co_is_allocated_above(BlockNode *top, BlockNode *base,
     return !!(ret & BLOCK_ALLOCATED);
 }
 
-/*
- * bdrv_get_info(): the driver's answer (cleared first), or, for a filter
- * without one, its filtered child's; -ENOTSUP when nobody answers.
- */
-int node_get_info(BlockNode *bs, BlockDriverInfo *bdi)
+/* ---- Synchronous forms (strata/block-ops.h) ---- */
+
+typedef struct StatusCall {
+    enum { STATUS_ONE, STATUS_ABOVE, ALLOC_ONE, ALLOC_ABOVE } kind;
+    BlockNode *bs, *base;
+    bool include_base, want_zero;
+    int64_t offset, bytes, *pnum, *map;
+    BlockNode **file;
+    int *depth;
+    int ret;
+} StatusCall;
+
+static void coroutine_fn status_call_co(void *opaque)
 {
-    while (bs) {
-        if (bs->drv->get_info) {
-            memset(bdi, 0, sizeof(*bdi));
-            return bs->drv->get_info(bs, bdi);
-        }
-        bs = node_filtered_child(bs);
+    StatusCall *c = opaque;
+
+    switch (c->kind) {
+    case STATUS_ONE:
+        c->ret = node_co_block_status(c->bs, c->want_zero, c->offset,
+                                      c->bytes, c->pnum, c->map, c->file);
+        break;
+    case STATUS_ABOVE:
+        c->ret = node_co_block_status_above(c->bs, c->base, c->include_base,
+                                            c->want_zero, c->offset, c->bytes,
+                                            c->pnum, c->map, c->file,
+                                            c->depth);
+        break;
+    case ALLOC_ONE:
+        c->ret = node_co_is_allocated(c->bs, c->offset, c->bytes, c->pnum);
+        break;
+    case ALLOC_ABOVE:
+        c->ret = node_co_is_allocated_above(c->bs, c->base, c->include_base,
+                                            c->offset, c->bytes, c->pnum);
+        break;
     }
-    return -ENOTSUP;
 }
 
-bool node_is_inserted(BlockNode *bs)
+int node_block_status(BlockNode *bs, bool want_zero, int64_t offset,
+                      int64_t bytes, int64_t *pnum, int64_t *map,
+                      BlockNode **file)
 {
-    if (!bs || !bs->drv) {
-        return false;
-    }
-    if (bs->drv->is_inserted && !bs->drv->is_inserted(bs)) {
-        return false;
-    }
-    for (GList *l = bs->children; l; l = l->next) {
-        if (!node_is_inserted(((BlockChild *)l->data)->bs)) {
-            return false;
-        }
-    }
-    return true;
+    StatusCall c = { .kind = STATUS_ONE, .bs = bs, .want_zero = want_zero,
+                     .offset = offset, .bytes = bytes, .pnum = pnum,
+                     .map = map, .file = file };
+
+    block_co_call(status_call_co, &c);
+    return c.ret;
+}
+
+int node_block_status_above(BlockNode *bs, BlockNode *base,
+                            bool include_base, bool want_zero,
+                            int64_t offset, int64_t bytes, int64_t *pnum,
+                            int64_t *map, BlockNode **file, int *depth)
+{
+    StatusCall c = { .kind = STATUS_ABOVE, .bs = bs, .base = base,
+                     .include_base = include_base, .want_zero = want_zero,
+                     .offset = offset, .bytes = bytes, .pnum = pnum,
+                     .map = map, .file = file, .depth = depth };
+
+    block_co_call(status_call_co, &c);
+    return c.ret;
+}
+
+int node_is_allocated(BlockNode *bs, int64_t offset, int64_t bytes,
+                      int64_t *pnum)
+{
+    StatusCall c = { .kind = ALLOC_ONE, .bs = bs, .offset = offset,
+                     .bytes = bytes, .pnum = pnum };
+
+    block_co_call(status_call_co, &c);
+    return c.ret;
+}
+
+int node_is_allocated_above(BlockNode *top, BlockNode *base,
+                            bool include_base, int64_t offset, int64_t bytes,
+                            int64_t *pnum)
+{
+    StatusCall c = { .kind = ALLOC_ABOVE, .bs = top, .base = base,
+                     .include_base = include_base, .offset = offset,
+                     .bytes = bytes, .pnum = pnum };
+
+    block_co_call(status_call_co, &c);
+    return c.ret;
 }

@@ -173,6 +173,12 @@ CryptoBlock *crypto_qcow_create(const char *key_secret, const char *optprefix,
 bool crypto_luks_payload_size(const CryptoLuksCreateOpts *o,
                               const char *optprefix, uint64_t *size,
                               GError **errp);
+/*
+ * The same from creation options in JSON (size measurement): the keys
+ * are "key-secret", "cipher-alg", ... after prefix ("encrypt." for qcow2).
+ */
+bool crypto_luks_measure_header(json_t *options, const char *prefix,
+                                uint64_t *size, GError **errp);
 void crypto_block_free(CryptoBlock *b);
 
 uint64_t crypto_block_payload_offset(const CryptoBlock *b);

@@ -776,6 +776,37 @@ bool crypto_luks_payload_size(const CryptoLuksCreateOpts *o,
     return b != NULL;
 }
 
+bool crypto_luks_measure_header(json_t *options, const char *prefix,
+                                uint64_t *size, GError **errp)
+{
+    static const char *const keys[7] = {
+        "key-secret", "cipher-alg", "cipher-mode", "ivgen-alg",
+        "ivgen-hash-alg", "hash-alg", "iter-time",
+    };
+    const char *vals[6];
+    json_t *it;
+    CryptoLuksCreateOpts o;
+    char *name;
+
+    for (int i = 0; i < 6; i++) {
+        name = g_strconcat(prefix, keys[i], NULL);
+        vals[i] = json_string_value(json_object_get(options, name));
+        g_free(name);
+    }
+    name = g_strconcat(prefix, keys[6], NULL);
+    it = json_object_get(options, name);
+    g_free(name);
+    o = (CryptoLuksCreateOpts){
+        .key_secret = vals[0], .cipher_alg = vals[1], .cipher_mode = vals[2],
+        .ivgen_alg = vals[3], .ivgen_hash_alg = vals[4], .hash_alg = vals[5],
+        .iter_time = json_is_integer(it) ? json_integer_value(it) :
+                     json_is_string(it) ?
+                     (int64_t)g_ascii_strtoull(json_string_value(it), NULL, 10)
+                     : -1,
+    };
+    return crypto_luks_payload_size(&o, *prefix ? prefix : NULL, size, errp);
+}
+
 json_t *crypto_block_luks_info(const CryptoBlock *b)
 {
     json_t *info, *slots;

@@ -29,3 +29,15 @@ char *crypto_secret_lookup_utf8(const char *id, GError **errp)
     }
     return g_strndup((const char *)data, len);
 }
+
+bool secret_aes256_cbc_decrypt(const uint8_t *key, const uint8_t *iv,
+                               uint8_t *buf, size_t len, GError **errp)
+{
+    CryptoCipher *aes = crypto_cipher_new(CRYPTO_CIPHER_AES_256,
+                                          CRYPTO_MODE_CBC, key, 32, errp);
+    bool ok = aes && crypto_cipher_setiv(aes, iv, 16, errp) >= 0 &&
+              crypto_cipher_decrypt(aes, buf, len, errp) >= 0;
+
+    crypto_cipher_free(aes);
+    return ok;
+}

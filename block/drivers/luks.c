@@ -355,6 +355,32 @@ out:
     return ret;
 }
 
+/* Unallocated sectors are encrypted all the same: everything counts. */
+static bool luks_measure(json_t *opts, BlockNode *in_bs,
+                         BlockMeasureInfo *info, GError **errp)
+{
+    json_t *v = json_object_get(opts, "size");
+    uint64_t size = json_is_integer(v) ? (uint64_t)json_integer_value(v) :
+                    json_is_string(v) ?
+                    g_ascii_strtoull(json_string_value(v), NULL, 10) : 0;
+    uint64_t header;
+
+    if (in_bs) {
+        int64_t len = node_getlength(in_bs);
+        if (len < 0) {
+            error_setg_errno(errp, (int)-len,
+                             "Unable to get image virtual_size");
+            return false;
+        }
+        size = (uint64_t)len;
+    }
+    if (!crypto_luks_measure_header(opts, "", &header, errp)) {
+        return false;
+    }
+    info->required = info->fully_allocated = header + size;
+    return true;
+}
+
 static const char *const luks_create_opts[] = {
     "size", "key-secret", "cipher-alg", "cipher-mode", "ivgen-alg",
     "ivgen-hash-alg", "hash-alg", "iter-time", NULL,
@@ -370,6 +396,7 @@ const BlockDriver bdrv_luks = {
     .refresh_limits = luks_refresh_limits,
     .create = luks_create,
     .create_opts = luks_create_opts,
+    .measure = luks_measure,
     .child_perm = luks_child_perm,
     .reopen_prepare = luks_reopen_prepare,
     .co_preadv = luks_co_preadv,

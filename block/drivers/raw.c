@@ -289,6 +289,38 @@ static int raw_create(const char *filename, json_t *options, GError **errp)
 
 static const char *const raw_create_opts[] = { "size", NULL };
 
+/* The "size" creation option (as text past INT64_MAX: see node_amend). */
+static uint64_t size_option(json_t *opts)
+{
+    json_t *v = json_object_get(opts, "size");
+
+    if (json_is_integer(v)) {
+        return (uint64_t)json_integer_value(v);
+    }
+    return json_is_string(v) ? g_ascii_strtoull(json_string_value(v), NULL, 10)
+                             : 0;
+}
+
+/* Unallocated sectors still take room in a raw file: everything counts. */
+static bool raw_measure(json_t *opts, BlockNode *in_bs, BlockMeasureInfo *info,
+                        GError **errp)
+{
+    uint64_t required;
+
+    if (in_bs) {
+        int64_t len = node_getlength(in_bs);
+        if (len < 0) {
+            error_setg_errno(errp, (int)-len, "Unable to get image size");
+            return false;
+        }
+        required = (uint64_t)len;
+    } else {
+        required = (size_option(opts) + 511) / 512 * 512;
+    }
+    info->required = info->fully_allocated = required;
+    return true;
+}
+
 const BlockDriver bdrv_raw = {
     .format_name = "raw",
     .instance_size = sizeof(RawState),
@@ -298,6 +330,7 @@ const BlockDriver bdrv_raw = {
     .refresh_limits = raw_refresh_limits,
     .create = raw_create,
     .create_opts = raw_create_opts,
+    .measure = raw_measure,
     .child_perm = raw_child_perm,
     .reopen_prepare = raw_reopen_prepare,
     .reopen_commit = raw_reopen_commit,

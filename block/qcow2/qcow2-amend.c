@@ -1,6 +1,5 @@
 /*
- * qcow2: changing the options of an existing image (qemu-img amend) and
- * rewriting the whole header cluster from the in-memory state.
+ * qcow2: changing the options of an existing image (qemu-img amend).
  *
  * The steps run in QEMU 7.2's order, because a failing step leaves the
  * earlier ones done and the messages must match: options are checked in
@@ -8,7 +7,8 @@
  * data-file settings and the header are written, the backing file is
  * compared (it cannot be changed here: that is rebase's job), lazy
  * refcounts are switched, the image is resized, and the version is
- * lowered last so that features can be dropped before.
+ * lowered last so that features can be dropped before.  The header is
+ * written by qcow2_update_header() (qcow2-header.c).
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -16,122 +16,6 @@
 #include <string.h>
 
 #include "qcow2.h"
-
-/* ---- The header cluster ---- */
-
-static size_t add_ext(uint8_t *buf, size_t pos, size_t size, uint32_t magic,
-                      const void *data, uint32_t len)
-{
-    size_t total = 8 + (((size_t)len + 7) & ~(size_t)7);
-    uint32_t be;
-
-    if (pos == SIZE_MAX || pos + total > size) {
-        return SIZE_MAX;
-    }
-    be = htobe32(magic);
-    memcpy(buf + pos, &be, 4);
-    be = htobe32(len);
-    memcpy(buf + pos + 4, &be, 4);
-    memcpy(buf + pos + 8, data, len);
-    return pos + total;
-}
-
-int coroutine_fn qcow2_update_header(BlockNode *bs)
-{
-    Qcow2State *s = bs->opaque;
-    size_t cs = s->cluster_size, pos;
-    uint8_t *buf = g_malloc0(cs);
-    Qcow2DiskHeader *h = (Qcow2DiskHeader *)buf;
-    uint64_t rt_bytes = (uint64_t)s->refcount_table_size * 8;
-    int ret;
-
-    h->magic = htobe32(QCOW2_MAGIC);
-    h->version = htobe32((uint32_t)s->version);
-    h->cluster_bits = htobe32(s->cluster_bits);
-    h->size = htobe64(s->size);
-    h->crypt_method = htobe32(s->crypt_method);
-    h->l1_size = htobe32(s->l1_size);
-    h->l1_table_offset = htobe64(s->l1_table_offset);
-    h->refcount_table_offset = htobe64(s->refcount_table_offset);
-    h->refcount_table_clusters =
-        htobe32((uint32_t)((rt_bytes + cs - 1) / cs));
-    h->nb_snapshots = htobe32(s->nb_snapshots);
-    h->snapshots_offset = htobe64(s->snapshots_offset);
-    if (s->version >= 3) {
-        h->incompatible_features = htobe64(s->incompatible_features);
-        h->compatible_features = htobe64(s->compatible_features);
-        h->autoclear_features = htobe64(s->autoclear_features);
-        h->refcount_order = htobe32(s->refcount_order);
-        h->header_length = htobe32(QCOW2_V3_HEADER_LEN);
-        h->compression_type = (uint8_t)s->compression_type;
-        pos = QCOW2_V3_HEADER_LEN;
-    } else {
-        /* A v2 header ends before the feature fields: leave them zero. */
-        memset(buf + QCOW2_V2_HEADER_LEN, 0,
-               sizeof(*h) - QCOW2_V2_HEADER_LEN);
-        pos = QCOW2_V2_HEADER_LEN;
-    }
-
-    /* QEMU's extension order: it decides the bytes other tools compare. */
-    if (s->backing_format) {
-        pos = add_ext(buf, pos, cs, QCOW2_EXT_BACKING_FORMAT,
-                      s->backing_format, (uint32_t)strlen(s->backing_format));
-    }
-    if (s->data_file_name) {
-        pos = add_ext(buf, pos, cs, QCOW2_EXT_DATA_FILE, s->data_file_name,
-                      (uint32_t)strlen(s->data_file_name));
-    }
-    if (s->crypto_header_offset) {
-        uint64_t ce[2] = { htobe64(s->crypto_header_offset),
-                           htobe64(s->crypto_header_length) };
-        pos = add_ext(buf, pos, cs, QCOW2_EXT_CRYPTO, ce, sizeof(ce));
-    }
-    /*
-     * The feature names would leave almost no room for a backing file name
-     * in a small header cluster: QEMU writes them only above 4 KiB.
-     */
-    if (s->version >= 3 && cs > 4096) {
-        pos = add_ext(buf, pos, cs, QCOW2_EXT_FEATURE_TABLE,
-                      qcow2_feature_table, sizeof(qcow2_feature_table));
-    }
-    if (s->has_bitmaps_ext) {
-        Qcow2BitmapsExt be = {
-            .nb_bitmaps = htobe32(s->bitmaps_ext.nb_bitmaps),
-            .bitmap_directory_size =
-                htobe64(s->bitmaps_ext.bitmap_directory_size),
-            .bitmap_directory_offset =
-                htobe64(s->bitmaps_ext.bitmap_directory_offset),
-        };
-        pos = add_ext(buf, pos, cs, QCOW2_EXT_BITMAPS, &be, sizeof(be));
-    }
-    for (guint i = 0; s->unknown_exts && i < s->unknown_exts->len; i++) {
-        Qcow2UnknownExt *u = s->unknown_exts->pdata[i];
-        pos = add_ext(buf, pos, cs, u->magic, u->data, u->len);
-    }
-    if (pos == SIZE_MAX || pos + 8 > cs) {
-        ret = -ENOSPC;
-        goto out;
-    }
-    pos += 8; /* the end marker: zeroes */
-    if (s->backing_file) {
-        size_t len = strlen(s->backing_file);
-
-        if (pos + len > cs) {
-            ret = -ENOSPC;
-            goto out;
-        }
-        h->backing_file_offset = htobe64(pos);
-        h->backing_file_size = htobe32((uint32_t)len);
-        memcpy(buf + pos, s->backing_file, len);
-    }
-    ret = child_co_pwrite(bs->file, 0, (int64_t)cs, buf, 0);
-    if (ret >= 0) {
-        ret = node_co_flush(bs->file->bs);
-    }
-out:
-    g_free(buf);
-    return ret < 0 ? ret : 0;
-}
 
 /* ---- Downgrade: zero clusters do not exist in v2 ---- */
 

@@ -823,89 +823,36 @@ static int coroutine_fn prealloc_data(Q2Create *s, uint64_t size,
 
 /* ---- Header ---- */
 
-
-static bool add_ext(uint8_t *buf, size_t size, size_t *pos, uint32_t magic,
-                    const void *data, size_t len)
-{
-    size_t need = 8 + ROUND_UP(len, 8);
-    Qcow2ExtHeader h = { htobe32(magic), htobe32((uint32_t)len) };
-
-    if (size - *pos < need) {
-        return false;
-    }
-    memcpy(buf + *pos, &h, sizeof(h));
-    if (len) {
-        memcpy(buf + *pos + 8, data, len);
-    }
-    *pos += need;
-    return true;
-}
-
 /*
- * The header cluster as QEMU's qcow2_update_header() writes it: the fixed part
- * (72 bytes for version 2), the extensions (backing format, data file
- * name, feature names for clusters above 4k), the end marker, then the
- * backing file name.  false: it does not fit in one cluster (-ENOSPC).
+ * The header cluster as the driver writes it once the image is open
+ * (qcow2_header_layout()): false when it does not fit in one cluster.
  */
 static bool build_header(const Q2Create *s, const Qcow2CreateParams *o,
                          bool with_backing, uint8_t *buf)
 {
-    const char *data_name = o->data_name;
-    size_t pos = o->version == 2 ? QCOW2_V2_HEADER_LEN : QCOW2_V3_HEADER_LEN;
-    Qcow2DiskHeader h = {
-        .magic = htobe32(QCOW2_MAGIC),
-        .version = htobe32((uint32_t)o->version),
-        .cluster_bits = htobe32(s->cluster_bits),
-        .size = htobe64(o->size),
-        .l1_size = htobe32((uint32_t)s->l1_size),
-        .l1_table_offset = htobe64(s->l1_offset),
-        .refcount_table_offset = htobe64(s->rt_offset),
+    Qcow2HeaderFields f = {
+        .version = o->version,
+        .cluster_bits = s->cluster_bits,
+        .size = o->size,
+        .l1_size = (uint32_t)s->l1_size,
+        .l1_table_offset = s->l1_offset,
+        .refcount_table_offset = s->rt_offset,
         .refcount_table_clusters =
-            htobe32((uint32_t)(s->rt_size >> (s->cluster_bits - 3))),
+            (uint32_t)(s->rt_size >> (s->cluster_bits - 3)),
         .incompatible_features =
-            htobe64((data_name ? QCOW2_INCOMPAT_DATA_FILE : 0) |
-                    (o->ctype ? QCOW2_INCOMPAT_COMPRESSION : 0) |
-                    (o->extl2 ? QCOW2_INCOMPAT_EXTL2 : 0)),
-        .compatible_features =
-            htobe64(o->lazy ? QCOW2_COMPAT_LAZY_REFCOUNTS : 0),
-        .autoclear_features =
-            htobe64(o->data_raw ? QCOW2_AUTOCLEAR_DATA_FILE_RAW : 0),
-        .refcount_order = htobe32(s->refcount_order),
-        .header_length = htobe32(QCOW2_V3_HEADER_LEN),
+            (o->data_name ? QCOW2_INCOMPAT_DATA_FILE : 0) |
+            (o->ctype ? QCOW2_INCOMPAT_COMPRESSION : 0) |
+            (o->extl2 ? QCOW2_INCOMPAT_EXTL2 : 0),
+        .compatible_features = o->lazy ? QCOW2_COMPAT_LAZY_REFCOUNTS : 0,
+        .autoclear_features = o->data_raw ? QCOW2_AUTOCLEAR_DATA_FILE_RAW : 0,
+        .refcount_order = s->refcount_order,
         .compression_type = (uint8_t)o->ctype,
+        .backing_file = with_backing ? o->backing_file : NULL,
+        .backing_format = with_backing ? o->backing_fmt : NULL,
+        .data_file = o->data_name,
     };
 
-    memset(buf, 0, s->cs);
-    memcpy(buf, &h, pos);
-    if (with_backing && o->backing_fmt &&
-        !add_ext(buf, s->cs, &pos, QCOW2_EXT_BACKING_FORMAT, o->backing_fmt,
-                 strlen(o->backing_fmt))) {
-        return false;
-    }
-    if (data_name && !add_ext(buf, s->cs, &pos, QCOW2_EXT_DATA_FILE,
-                              data_name, strlen(data_name))) {
-        return false;
-    }
-    if (o->version >= 3 && s->cs > 4096 &&
-        !add_ext(buf, s->cs, &pos, QCOW2_EXT_FEATURE_TABLE, qcow2_feature_table,
-                 sizeof(qcow2_feature_table))) {
-        return false;
-    }
-    if (!add_ext(buf, s->cs, &pos, QCOW2_EXT_END, NULL, 0)) {
-        return false;
-    }
-    if (with_backing) {
-        uint32_t len = (uint32_t)strlen(o->backing_file);
-        if (s->cs - pos < len) {
-            return false;
-        }
-        memcpy(buf + pos, o->backing_file, len);
-        h.backing_file_offset = htobe64(pos);
-        h.backing_file_size = htobe32(len);
-        memcpy(buf + offsetof(Qcow2DiskHeader, backing_file_offset),
-               &h.backing_file_offset, 12);
-    }
-    return true;
+    return qcow2_header_layout(&f, buf, s->cs) == 0;
 }
 
 /* ---- The image ---- */

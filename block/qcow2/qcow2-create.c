@@ -15,6 +15,7 @@
 #include <unistd.h>
 #include "strata/backend.h"
 #include "strata/block-driver.h"
+#include "strata/json-out.h"
 #include "qcow2-format.h"
 #include "qcow2-create.h"
 
@@ -214,21 +215,10 @@ static bool parse_encryption_alias(json_t *options, Q2Opts *o, GError **errp)
     return true;
 }
 
-/* The bucket of a key in QEMU's QDict (its tdb-style hash, 512 buckets). */
-static unsigned qdict_bucket(const char *key)
-{
-    uint32_t h = 0x238F13AFu * (uint32_t)strlen(key);
-
-    for (unsigned i = 0; key[i]; i++) {
-        h += (uint32_t)(unsigned char)key[i] << (i * 5 % 24);
-    }
-    return (1103515243u * h + 12345u) % 512;
-}
-
 static int bucket_cmp(const void *a, const void *b)
 {
-    unsigned x = qdict_bucket(*(const char *const *)a);
-    unsigned y = qdict_bucket(*(const char *const *)b);
+    unsigned x = json_qdict_bucket(*(const char *const *)a);
+    unsigned y = json_qdict_bucket(*(const char *const *)b);
 
     return x < y ? -1 : x > y;
 }

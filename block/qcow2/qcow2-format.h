@@ -10,6 +10,8 @@
 #define STRATA_QCOW2_FORMAT_H
 
 #include <endian.h>
+#include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #define QCOW2_MAGIC 0x514649fbu          /* "QFI\xfb" */
@@ -171,5 +173,46 @@ static inline uint64_t qcow2_cluster_size(unsigned cluster_bits)
 {
     return 1ull << cluster_bits;
 }
+
+/* A header extension we do not know, kept to write it back unchanged. */
+typedef struct Qcow2UnknownExt {
+    uint32_t magic;
+    uint32_t len;
+    uint8_t data[];
+} Qcow2UnknownExt;
+
+/* Everything the header cluster says, in host order. */
+typedef struct Qcow2HeaderFields {
+    int version;
+    uint32_t cluster_bits;
+    uint64_t size;
+    uint32_t crypt_method;
+    uint32_t l1_size;
+    uint64_t l1_table_offset;
+    uint64_t refcount_table_offset;
+    uint32_t refcount_table_clusters;
+    uint32_t nb_snapshots;
+    uint64_t snapshots_offset;
+    /* Version 3 only: */
+    uint64_t incompatible_features, compatible_features, autoclear_features;
+    uint32_t refcount_order;
+    uint8_t compression_type;
+    /* Extensions and the backing file name; NULL / 0: absent. */
+    const char *backing_file, *backing_format, *data_file;
+    uint64_t crypto_header_offset, crypto_header_length;
+    const Qcow2BitmapsExt *bitmaps_ext;
+    const Qcow2UnknownExt *const *unknown_exts;
+    size_t n_unknown_exts;
+} Qcow2HeaderFields;
+
+/*
+ * The header cluster (cs bytes) as QEMU lays it out: the fixed part (72
+ * bytes for version 2), the extensions in QEMU's order (backing format,
+ * data file, crypto, feature names above 4 KiB clusters, bitmaps, unknown
+ * ones), the end marker, then the backing file name.  The one place a
+ * qcow2 header is composed (qcow2-header.c): creation and every rewrite
+ * use it.  -ENOSPC when it does not fit in the cluster.
+ */
+int qcow2_header_layout(const Qcow2HeaderFields *f, uint8_t *buf, size_t cs);
 
 #endif

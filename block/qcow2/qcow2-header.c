@@ -497,6 +497,154 @@ int coroutine_fn qcow2_read_header(BlockNode *bs, json_t *options, int flags,
     return 0;
 }
 
+/* ---- The header cluster ---- */
+
+static size_t add_ext(uint8_t *buf, size_t pos, size_t size, uint32_t magic,
+                      const void *data, uint32_t len)
+{
+    size_t total = 8 + (((size_t)len + 7) & ~(size_t)7);
+    uint32_t be;
+
+    if (pos == SIZE_MAX || pos + total > size) {
+        return SIZE_MAX;
+    }
+    be = htobe32(magic);
+    memcpy(buf + pos, &be, 4);
+    be = htobe32(len);
+    memcpy(buf + pos + 4, &be, 4);
+    if (len) {
+        memcpy(buf + pos + 8, data, len);
+    }
+    return pos + total;
+}
+
+int qcow2_header_layout(const Qcow2HeaderFields *f, uint8_t *buf, size_t cs)
+{
+    Qcow2DiskHeader *h = (Qcow2DiskHeader *)buf;
+    size_t pos;
+
+    memset(buf, 0, cs);
+    h->magic = htobe32(QCOW2_MAGIC);
+    h->version = htobe32((uint32_t)f->version);
+    h->cluster_bits = htobe32(f->cluster_bits);
+    h->size = htobe64(f->size);
+    h->crypt_method = htobe32(f->crypt_method);
+    h->l1_size = htobe32(f->l1_size);
+    h->l1_table_offset = htobe64(f->l1_table_offset);
+    h->refcount_table_offset = htobe64(f->refcount_table_offset);
+    h->refcount_table_clusters = htobe32(f->refcount_table_clusters);
+    h->nb_snapshots = htobe32(f->nb_snapshots);
+    h->snapshots_offset = htobe64(f->snapshots_offset);
+    if (f->version >= 3) {
+        h->incompatible_features = htobe64(f->incompatible_features);
+        h->compatible_features = htobe64(f->compatible_features);
+        h->autoclear_features = htobe64(f->autoclear_features);
+        h->refcount_order = htobe32(f->refcount_order);
+        h->header_length = htobe32(QCOW2_V3_HEADER_LEN);
+        h->compression_type = f->compression_type;
+        pos = QCOW2_V3_HEADER_LEN;
+    } else {
+        /* A v2 header ends before the feature fields: they stay zero. */
+        pos = QCOW2_V2_HEADER_LEN;
+    }
+
+    /* QEMU's extension order: it decides the bytes other tools compare. */
+    if (f->backing_format) {
+        pos = add_ext(buf, pos, cs, QCOW2_EXT_BACKING_FORMAT,
+                      f->backing_format, (uint32_t)strlen(f->backing_format));
+    }
+    if (f->data_file) {
+        pos = add_ext(buf, pos, cs, QCOW2_EXT_DATA_FILE, f->data_file,
+                      (uint32_t)strlen(f->data_file));
+    }
+    if (f->crypto_header_offset) {
+        uint64_t ce[2] = { htobe64(f->crypto_header_offset),
+                           htobe64(f->crypto_header_length) };
+        pos = add_ext(buf, pos, cs, QCOW2_EXT_CRYPTO, ce, sizeof(ce));
+    }
+    /*
+     * The feature names would leave almost no room for a backing file name
+     * in a small header cluster: QEMU writes them only above 4 KiB.
+     */
+    if (f->version >= 3 && cs > 4096) {
+        pos = add_ext(buf, pos, cs, QCOW2_EXT_FEATURE_TABLE,
+                      qcow2_feature_table, sizeof(qcow2_feature_table));
+    }
+    if (f->bitmaps_ext) {
+        Qcow2BitmapsExt be = {
+            .nb_bitmaps = htobe32(f->bitmaps_ext->nb_bitmaps),
+            .bitmap_directory_size =
+                htobe64(f->bitmaps_ext->bitmap_directory_size),
+            .bitmap_directory_offset =
+                htobe64(f->bitmaps_ext->bitmap_directory_offset),
+        };
+        pos = add_ext(buf, pos, cs, QCOW2_EXT_BITMAPS, &be, sizeof(be));
+    }
+    for (size_t i = 0; i < f->n_unknown_exts; i++) {
+        const Qcow2UnknownExt *u = f->unknown_exts[i];
+        pos = add_ext(buf, pos, cs, u->magic, u->data, u->len);
+    }
+    pos = add_ext(buf, pos, cs, QCOW2_EXT_END, NULL, 0);
+    if (pos == SIZE_MAX) {
+        return -ENOSPC;
+    }
+    if (f->backing_file) {
+        size_t len = strlen(f->backing_file);
+
+        if (len > cs - pos) {
+            return -ENOSPC;
+        }
+        h->backing_file_offset = htobe64(pos);
+        h->backing_file_size = htobe32((uint32_t)len);
+        memcpy(buf + pos, f->backing_file, len);
+    }
+    return 0;
+}
+
+int coroutine_fn qcow2_update_header(BlockNode *bs)
+{
+    Qcow2State *s = bs->opaque;
+    size_t cs = s->cluster_size;
+    uint64_t rt_bytes = (uint64_t)s->refcount_table_size * 8;
+    uint8_t *buf = g_malloc(cs);
+    Qcow2HeaderFields f = {
+        .version = s->version,
+        .cluster_bits = s->cluster_bits,
+        .size = s->size,
+        .crypt_method = s->crypt_method,
+        .l1_size = s->l1_size,
+        .l1_table_offset = s->l1_table_offset,
+        .refcount_table_offset = s->refcount_table_offset,
+        .refcount_table_clusters = (uint32_t)((rt_bytes + cs - 1) / cs),
+        .nb_snapshots = s->nb_snapshots,
+        .snapshots_offset = s->snapshots_offset,
+        .incompatible_features = s->incompatible_features,
+        .compatible_features = s->compatible_features,
+        .autoclear_features = s->autoclear_features,
+        .refcount_order = s->refcount_order,
+        .compression_type = (uint8_t)s->compression_type,
+        .backing_file = s->backing_file,
+        .backing_format = s->backing_format,
+        .data_file = s->data_file_name,
+        .crypto_header_offset = s->crypto_header_offset,
+        .crypto_header_length = s->crypto_header_length,
+        .bitmaps_ext = s->has_bitmaps_ext ? &s->bitmaps_ext : NULL,
+        .unknown_exts = s->unknown_exts ?
+            (const Qcow2UnknownExt *const *)s->unknown_exts->pdata : NULL,
+        .n_unknown_exts = s->unknown_exts ? s->unknown_exts->len : 0,
+    };
+    int ret = qcow2_header_layout(&f, buf, cs);
+
+    if (ret >= 0) {
+        ret = child_co_pwrite(bs->file, 0, (int64_t)cs, buf, 0);
+    }
+    if (ret >= 0) {
+        ret = node_co_flush(bs->file->bs);
+    }
+    g_free(buf);
+    return ret < 0 ? ret : 0;
+}
+
 /* ---- Header fields written in place ---- */
 
 static int coroutine_fn write_incompat(BlockNode *bs, uint64_t value)

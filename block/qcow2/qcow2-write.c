@@ -1224,6 +1224,20 @@ int coroutine_fn qcow2_co_pwritev_compressed(BlockNode *bs, int64_t offset,
 {
     Qcow2State *s = bs->opaque;
 
+    if (bytes == 0) {
+        /*
+         * The writer is done: end the file on a sector boundary, as QEMU
+         * does, so that sector-based readers see whole compressed clusters
+         * (lengths come rounded up to whole sectors: that is the size).
+         */
+        int64_t len;
+
+        node_invalidate_length(bs->file->bs);
+        len = node_getlength(bs->file->bs);
+        return len < 0 ? (int)len
+                       : child_co_truncate(bs->file, len, false, PREALLOC_OFF,
+                                           NULL);
+    }
     if (qcow2_offset_into_cluster(s, (uint64_t)offset)) {
         return -EINVAL;
     }

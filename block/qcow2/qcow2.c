@@ -1521,6 +1521,7 @@ const BlockDriver bdrv_qcow2 = {
     .snapshot_load_tmp = qcow2_snapshot_load_tmp,
     .make_empty = qcow2_make_empty,
     .co_change_backing_file = qcow2_co_change_backing_file,
+    .measure = qcow2_measure,
     .supports_persistent_dirty_bitmap = qcow2_supports_persistent_dirty_bitmap,
     .co_can_store_new_dirty_bitmap = qcow2_co_can_store_new_dirty_bitmap,
     .co_remove_persistent_dirty_bitmap =

@@ -64,13 +64,6 @@ typedef enum {
     QCOW2_DISCARD_OTHER,     /* metadata moved, COW replaced it, ... */
 } Qcow2DiscardType;
 
-/* A header extension we do not know, kept to write it back unchanged. */
-typedef struct Qcow2UnknownExt {
-    uint32_t magic;
-    uint32_t len;
-    uint8_t data[];
-} Qcow2UnknownExt;
-
 typedef struct Qcow2State {
     /* Geometry. */
     int version;
@@ -262,6 +255,11 @@ json_t *qcow2_crypto_info(const Qcow2State *s);
 
 /* ---- qcow2-header.c ---- */
 
+/*
+ * Rewrite the whole header cluster from s (qcow2_header_layout()) and
+ * flush: the only way the open driver writes a whole header.
+ */
+int coroutine_fn qcow2_update_header(BlockNode *bs);
 /* Read, check and load the header and its extensions into s. */
 int coroutine_fn qcow2_read_header(BlockNode *bs, json_t *options, int flags,
                                    GError **errp);
@@ -359,6 +357,12 @@ int coroutine_fn qcow2_grow_prealloc(BlockNode *bs, uint64_t from, uint64_t to,
 /* BlockDriver.co_change_backing_file: the header names file and fmt. */
 int coroutine_fn qcow2_co_change_backing_file(BlockNode *bs, const char *file,
                                               const char *fmt);
+
+/* ---- qcow2-measure.c ---- */
+
+/* BlockDriver.measure: the size a new image with these options takes. */
+bool coroutine_fn qcow2_measure(json_t *opts, BlockNode *in_bs,
+                                BlockMeasureInfo *info, GError **errp);
 
 /* ---- qcow2-empty.c ---- */
 
@@ -580,8 +584,6 @@ int coroutine_fn qcow2_change_refcount_order(BlockNode *bs, unsigned order,
                                              Qcow2AmendStatus *status,
                                              void *opaque, GError **errp);
 
-/* Rewrite the whole header cluster from s, QEMU's layout; flushed. */
-int coroutine_fn qcow2_update_header(BlockNode *bs);
 /* BlockDriver.amend: qemu-img amend's options, in QEMU 7.2's order. */
 int coroutine_fn qcow2_amend(BlockNode *bs, json_t *options, bool force,
                              Qcow2AmendStatus *status, void *opaque,

@@ -11,22 +11,10 @@
 #define STRATA_BLOCK_DRIVER_H
 
 #include "strata/block.h"
+#include "strata/block-ops.h"
 #include "strata/error.h"
 #include "strata/opts.h"
 #include "strata/units.h"
-
-/* Request limits a node advertises to io.c (all in bytes; 0 = no limit). */
-typedef struct BlockLimits {
-    uint32_t request_alignment; /* offsets/lengths handed to the driver */
-    uint32_t min_mem_alignment; /* buffers must be aligned to this */
-    uint32_t opt_mem_alignment;
-    uint64_t max_transfer;
-    uint64_t opt_transfer;
-    uint32_t pwrite_zeroes_alignment;
-    uint64_t max_pwrite_zeroes;
-    uint32_t pdiscard_alignment;
-    uint64_t max_pdiscard;
-} BlockLimits;
 
 /* What a parent class tells the graph about itself. */
 struct BlockChildClass {
@@ -58,35 +46,6 @@ struct BlockChild {
     GPtrArray *freezers;      /* owner strings, one per freeze */
     bool parent_quiesced;     /* drained_begin was sent to the parent */
 };
-
-/* Read-only snapshot of what a driver says about the image for `info`. */
-typedef struct BlockDriverInfo {
-    int64_t cluster_size;
-    int64_t vm_state_offset;
-    bool is_dirty;
-} BlockDriverInfo;
-
-/* What a consistency check found (QEMU's BdrvCheckResult). */
-typedef struct BlockCheckResult {
-    int64_t corruptions, leaks, check_errors;
-    int64_t corruptions_fixed, leaks_fixed;
-    int64_t image_end_offset;
-    int64_t total_clusters, allocated_clusters;
-    int64_t fragmented_clusters, compressed_clusters;
-} BlockCheckResult;
-
-/* One internal snapshot, as qemu-img snapshot -l shows it. */
-typedef struct SnapshotInfo {
-    char id_str[128];
-    char name[256];
-    uint64_t vm_state_size;
-    uint32_t date_sec, date_nsec;
-    uint64_t vm_clock_nsec;
-    uint64_t icount;               /* UINT64_MAX: not recorded */
-} SnapshotInfo;
-
-/* What a check may repair. */
-enum { CHECK_FIX_LEAKS = 1, CHECK_FIX_ERRORS = 2 };
 
 /* State of one node during a reopen transaction. */
 typedef struct ReopenState {
@@ -130,6 +89,12 @@ struct BlockDriver {
     int (*create)(const char *filename, json_t *options, GError **errp);
     /* Create options this driver accepts (for -o help), NULL-terminated. */
     const char *const *create_opts;
+    /*
+     * Size measurement (see node_measure): options are the creation
+     * options, in_bs the image to be copied or NULL.  Coroutine context.
+     */
+    bool (*measure)(json_t *options, BlockNode *in_bs, BlockMeasureInfo *info,
+                    GError **errp);
 
     /*
      * Permissions.  child_perm: given what the node's parents take (perm)

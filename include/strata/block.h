@@ -113,11 +113,6 @@ BlockNode *node_primary_child(BlockNode *bs);
 BlockNode *node_filtered_child(BlockNode *bs);
 /* Walk past filters to the first non-filter node. */
 BlockNode *node_skip_filters(BlockNode *bs);
-/* A medium is present in bs and in every node below it (bdrv_is_inserted). */
-bool node_is_inserted(BlockNode *bs);
-/* QEMU's bdrv_get_info(): filters without an answer ask their child. */
-struct BlockDriverInfo;
-int node_get_info(BlockNode *bs, struct BlockDriverInfo *bdi);
 
 /* Cumulative permissions other users hold on bs. */
 void node_get_cumulative_perm(const BlockNode *bs, uint64_t *perm,

@@ -9,7 +9,6 @@
 #include "strata/error.h"
 #include "strata/opts.h"
 #include "strata/secret.h"
-#include "../../block/crypto/crypto.h"
 #include "tool-common.h"
 
 static GHashTable *secrets; /* id -> GBytes */
@@ -122,7 +121,6 @@ static GBytes *secret_decrypt(const SecretProps *p, uint8_t *raw, size_t len,
     size_t keylen, ivlen;
     const uint8_t *key = tool_secret_lookup(p->keyid, &keylen);
     uint8_t *iv = NULL, *text = raw;
-    CryptoCipher *aes = NULL;
     GBytes *out = NULL;
     uint8_t pad;
 
@@ -146,18 +144,13 @@ static GBytes *secret_decrypt(const SecretProps *p, uint8_t *raw, size_t len,
         error_setg(errp, "IV should be 16 bytes in length not %zu", ivlen);
         goto out;
     }
-    aes = crypto_cipher_new(CRYPTO_CIPHER_AES_256, CRYPTO_MODE_CBC, key, 32,
-                            errp);
-    if (!aes || crypto_cipher_setiv(aes, iv, 16, errp) < 0) {
-        goto out;
-    }
     if (p->format && !strcmp(p->format, "base64")) {
         text = base64_decode((const char *)raw, &len, errp);
         if (!text) {
             goto out;
         }
     }
-    if (crypto_cipher_decrypt(aes, text, len, errp) < 0) {
+    if (!secret_aes256_cbc_decrypt(key, iv, text, len, errp)) {
         goto out;
     }
     pad = len ? text[len - 1] : 0;
@@ -168,7 +161,6 @@ static GBytes *secret_decrypt(const SecretProps *p, uint8_t *raw, size_t len,
     }
     out = g_bytes_new(text, len - pad);
 out:
-    crypto_cipher_free(aes);
     if (text != raw) {
         g_free(text);
     }

@@ -114,22 +114,6 @@ void tool_object_process_cmdline(const char *arg);
 const uint8_t *tool_secret_lookup(const char *id, size_t *len);
 void tool_objects_cleanup(void);
 
-/* ---- QEMU's QDict order (qdict-order.c) ---- */
-
-typedef struct ToolDictMember {
-    const char *key;
-    json_t *value;
-    unsigned bucket;    /* sort keys: hash bucket, then insertion order */
-    size_t index;
-} ToolDictMember;
-
-/*
- * The n members of obj in the order QEMU's QDict iterates them (what its
- * tools print), given that obj's keys were inserted in QEMU's order.
- * Caller g_free()s.
- */
-ToolDictMember *tool_qdict_members(json_t *obj, size_t *n);
-
 /* ---- "Format specific information" ---- */
 
 /*

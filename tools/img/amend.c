@@ -12,8 +12,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include "strata/block-driver.h"
-#include "strata/coroutine.h"
+#include "strata/block-ops.h"
+#include "strata/opts.h"
+#include "strata/units.h"
 #include "strata/error.h"
 #include "img.h"
 
@@ -67,10 +68,12 @@ static const ImgOptDesc luks_amend_opts[] = {
 
 static const ImgOptDesc *amend_opts_for(const BlockDriver *drv)
 {
-    if (drv->amend && !strcmp(drv->format_name, "qcow2")) {
+    const char *name = driver_format_name(drv);
+
+    if (driver_has(drv, DRIVER_CAN_AMEND) && !strcmp(name, "qcow2")) {
         return qcow2_amend_opts;
     }
-    if (drv->amend && !strcmp(drv->format_name, "luks")) {
+    if (driver_has(drv, DRIVER_CAN_AMEND) && !strcmp(name, "luks")) {
         return luks_amend_opts;
     }
     return NULL;
@@ -96,28 +99,9 @@ static int print_amend_option_help(const char *fmt)
     return EXIT_SUCCESS;
 }
 
-typedef struct AmendCo {
-    BlockNode *bs;
-    json_t *options;
-    bool force;
-    ImgProgress *prog;
-    GError *err;
-    int ret;
-} AmendCo;
-
 static void amend_status(void *opaque, int64_t done, int64_t total)
 {
-    AmendCo *a = opaque;
-
-    img_progress_print(a->prog, total ? 100.f * done / total : 0.f, 0);
-}
-
-static void coroutine_fn amend_co(void *opaque)
-{
-    AmendCo *a = opaque;
-
-    a->ret = a->bs->drv->amend(a->bs, a->options, a->force, amend_status, a,
-                               &a->err);
+    img_progress_print(opaque, total ? 100.f * done / total : 0.f, 0);
 }
 
 /*
@@ -173,7 +157,9 @@ int img_amend(int argc, char **argv)
     ImgOpts *opts = NULL;
     const ImgOptDesc *list;
     ImgProgress prog;
-    AmendCo a = { 0 };
+    BlockNode *bs;
+    json_t *amend_opts;
+    GError *err = NULL;
     int c, ret = EXIT_FAILURE;
 
     while ((c = img_getopt(argc, argv, ":ho:f:t:pq", long_options)) != -1) {
@@ -227,43 +213,39 @@ int img_amend(int argc, char **argv)
     if (!blk) {
         goto out;
     }
-    a.bs = blk_node(blk);
-    fmt = node_get_format_name(a.bs);
+    bs = blk_node(blk);
+    fmt = node_get_format_name(bs);
     if (img_has_help_option(options)) {
         ret = print_amend_option_help(fmt);
         goto out;
     }
-    list = amend_opts_for(a.bs->drv);
+    list = amend_opts_for(node_get_driver(bs));
     if (!list) {
         tool_error("Format driver '%s' does not support option amendment",
                    fmt);
         goto out;
     }
-    opts = parse_amend_options(a.bs->drv, list, options);
+    opts = parse_amend_options(node_get_driver(bs), list, options);
     if (!opts) {
         goto out;
     }
 
     /* Reported here in case the driver never reports. */
     img_progress_print(&prog, 0.f, 0);
-    a.options = img_opts_to_json(opts);
-    a.force = force;
-    a.prog = &prog;
-    co_run_sync(amend_co, &a);
-    json_decref(a.options);
+    amend_opts = img_opts_to_json(opts);
+    c = node_amend(bs, amend_opts, force, amend_status, &prog, &err);
+    json_decref(amend_opts);
     img_progress_print(&prog, 100.f, 0);
-    if (a.ret < 0) {
-        if (a.err && !strcmp(a.err->message, "Cannot amend the backing "
-                             "file")) {
+    if (c < 0) {
+        if (err && !strcmp(err->message, "Cannot amend the backing file")) {
             tool_error("%s\nYou can use '%s rebase' instead.",
-                       a.err->message, tool_name());
-        } else if (a.err) {
-            tool_error("%s", a.err->message);
+                       err->message, tool_name());
+        } else if (err) {
+            tool_error("%s", err->message);
         } else {
-            tool_error("Error while amending options: %s",
-                       g_strerror(-a.ret));
+            tool_error("Error while amending options: %s", g_strerror(-c));
         }
-        g_clear_error(&a.err);
+        g_clear_error(&err);
         goto out;
     }
     ret = EXIT_SUCCESS;

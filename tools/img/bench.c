@@ -22,7 +22,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include "strata/block-driver.h"
+#include "strata/block-ops.h"
+#include "strata/error.h"
+#include "strata/opts.h"
+#include "strata/units.h"
 #include "strata/loop.h"
 #include "img.h"
 
@@ -130,6 +133,7 @@ int img_bench(int argc, char **argv)
     int64_t offset = 0, image_size, sval;
     BenchData data = { 0 };
     size_t align;
+    BlockLimits bl;
     void *buf;
     int64_t t1, t2;
     int c;
@@ -245,7 +249,8 @@ int img_bench(int argc, char **argv)
         return EXIT_FAILURE;
     }
 
-    align = blk_node(data.blk)->bl.opt_mem_alignment;
+    node_get_limits(blk_node(data.blk), &bl);
+    align = bl.opt_mem_alignment;
     if (align < 4096) {
         align = 4096;
     }

@@ -14,37 +14,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "strata/block-driver.h"
+#include "strata/block-ops.h"
+#include "strata/error.h"
+#include "strata/opts.h"
+#include "strata/units.h"
 #include "img.h"
 
 enum { OPTION_OUTPUT = IMG_OPTION_FIRST_PRIVATE };
-
-typedef struct CheckCo {
-    BlockNode *bs;
-    BlockCheckResult res;
-    int fix;
-    int ret;
-} CheckCo;
-
-static void coroutine_fn check_co(void *opaque)
-{
-    CheckCo *c = opaque;
-
-    memset(&c->res, 0, sizeof(c->res));
-    c->ret = c->bs->drv->co_check(c->bs, &c->res, c->fix);
-}
-
-static int run_check(BlockNode *bs, BlockCheckResult *res, int fix)
-{
-    CheckCo c = { .bs = bs, .fix = fix };
-
-    if (!bs->drv->co_check) {
-        return -ENOTSUP;
-    }
-    co_run_sync(check_co, &c);
-    *res = c.res;
-    return c.ret;
-}
 
 static void dump_human(const BlockCheckResult *r, bool quiet)
 {
@@ -111,7 +87,7 @@ static void dump_json(const BlockCheckResult *r, const char *filename,
             json_object_set_new(o, f[i].name, json_integer(f[i].v));
         }
     }
-    char *text = img_json_pretty(o);
+    char *text = json_out_pretty_str(o);
     printf("%s\n", text);
     g_free(text);
     json_decref(o);
@@ -181,7 +157,7 @@ int img_check(int argc, char **argv)
         return 1;
     }
     BlockNode *bs = blk_node(blk);
-    ret = run_check(bs, &res, fix);
+    ret = node_check(bs, &res, fix);
     if (ret == -ENOTSUP) {
         tool_error("This image format does not support checks");
         blk_unref(blk);
@@ -195,7 +171,7 @@ int img_check(int argc, char **argv)
                    " corruptions\n\nDouble checking the fixed image now...\n",
                    lf, cf);
         }
-        ret = run_check(bs, &res, 0);
+        ret = node_check(bs, &res, 0);
         res.corruptions_fixed = cf;
         res.leaks_fixed = lf;
     }

@@ -25,7 +25,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include "strata/block-driver.h"
+#include "strata/block-ops.h"
+#include "strata/opts.h"
+#include "strata/units.h"
 #include "strata/error.h"
 #include "strata/loop.h"
 #include "img.h"
@@ -61,16 +63,15 @@ typedef struct CommitState {
 } CommitState;
 
 /* Mark the chunks that hold anything the chain above base allocates. */
-static void coroutine_fn commit_scan_co(void *opaque)
+static void commit_scan(CommitState *s)
 {
-    CommitState *s = opaque;
     int64_t offset = 0;
 
     s->ret = 0;
     while (offset < s->length) {
         int64_t pnum;
-        int ret = node_co_is_allocated_above(s->top, s->base, false, offset,
-                                             s->length - offset, &pnum);
+        int ret = node_is_allocated_above(s->top, s->base, false, offset,
+                                          s->length - offset, &pnum);
         if (ret < 0) {
             s->ret = ret;
             return;
@@ -223,21 +224,6 @@ static void coroutine_fn commit_worker(void *opaque)
     s->running--;
 }
 
-typedef struct CommitTruncate {
-    BlockBackend *target;
-    int64_t length;
-    GError *err;
-    int ret;
-} CommitTruncate;
-
-static void coroutine_fn commit_truncate_co(void *opaque)
-{
-    CommitTruncate *t = opaque;
-
-    t->ret = blk_co_truncate(t->target, t->length, false, PREALLOC_OFF,
-                             &t->err);
-}
-
 /*
  * Copy the chain above base into base through `target`.  Returns -errno;
  * the error message for the user is in *errp.
@@ -252,21 +238,22 @@ static int commit_copy(CommitState *s, GError **errp)
         return (int)base_len;
     }
     if (base_len < s->length) {
-        CommitTruncate t = { .target = s->target, .length = s->length };
+        GError *local = NULL;
+        int ret = blk_truncate(s->target, s->length, false, PREALLOC_OFF,
+                               &local);
 
-        co_run_sync(commit_truncate_co, &t);
-        if (t.ret < 0) {
-            if (t.err) {
-                g_propagate_error(errp, t.err);
+        if (ret < 0) {
+            if (local) {
+                g_propagate_error(errp, local);
             } else {
-                error_setg_errno(errp, -t.ret, "Could not resize base");
+                error_setg_errno(errp, -ret, "Could not resize base");
             }
-            return t.ret;
+            return ret;
         }
     }
 
     s->ranges = g_array_new(false, false, sizeof(CommitRange));
-    co_run_sync(commit_scan_co, s);
+    commit_scan(s);
     if (s->ret == 0) {
         s->start_ns = clock_ns();
         for (int i = 0; i < COMMIT_WORKERS; i++) {
@@ -319,12 +306,12 @@ static BlockNode *find_backing_image(BlockNode *top, const char *name)
 {
     bool protocol = has_protocol(name);
 
-    for (BlockNode *cur = top; cur->backing;
-         cur = node_skip_filters(child_node(cur->backing))) {
-        BlockNode *below = node_skip_filters(child_node(cur->backing));
+    for (BlockNode *cur = top; node_backing(cur);
+         cur = node_skip_filters(node_backing(cur))) {
+        BlockNode *below = node_skip_filters(node_backing(cur));
 
-        if (protocol || has_protocol(cur->backing_file)) {
-            if (!strcmp(name, cur->backing_file) ||
+        if (protocol || has_protocol(node_backing_file(cur))) {
+            if (!strcmp(name, node_backing_file(cur)) ||
                 !strcmp(name, node_get_filename(below))) {
                 return below;
             }
@@ -346,18 +333,6 @@ static BlockNode *find_backing_image(BlockNode *top, const char *name)
         }
     }
     return NULL;
-}
-
-typedef struct MakeEmptyCo {
-    BlockNode *bs;
-    GError *err;
-    int ret;
-} MakeEmptyCo;
-
-static void coroutine_fn make_empty_co(void *opaque)
-{
-    MakeEmptyCo *m = opaque;
-    m->ret = m->bs->drv->make_empty(m->bs, &m->err);
 }
 
 int img_commit(int argc, char **argv)
@@ -442,8 +417,7 @@ int img_commit(int argc, char **argv)
             goto done;
         }
     } else {
-        base = top->backing ? node_skip_filters(child_node(top->backing))
-                            : NULL;
+        base = node_backing(top) ? node_skip_filters(node_backing(top)) : NULL;
         if (!base) {
             error_setg(&err, "Image does not have a backing file");
             goto done;
@@ -480,11 +454,9 @@ int img_commit(int argc, char **argv)
         goto done;
     }
     {
-        const BlockDriver *drv = node_get_driver(base);
         BlockDriverInfo bdi = { 0 };
 
-        if (drv->get_info && drv->get_info(base, &bdi) == 0 &&
-            bdi.cluster_size > 0) {
+        if (node_get_info(base, &bdi) == 0 && bdi.cluster_size > 0) {
             s.base_cluster = bdi.cluster_size;
             s.granularity = MAX(4096, bdi.cluster_size);
         } else {
@@ -501,14 +473,13 @@ int img_commit(int argc, char **argv)
      * through to base again; a driver that cannot is left as it is,
      * silently, as qemu-img does.
      */
-    if (!keep_top && top->drv->make_empty) {
-        MakeEmptyCo me = { .bs = top };
-        co_run_sync(make_empty_co, &me);
-        if (me.ret < 0 && me.ret != -ENOTSUP) {
-            err = me.err;
-            me.err = NULL;
+    if (!keep_top) {
+        GError *empty_err = NULL;
+
+        if (node_make_empty(top, &empty_err) == -ENOTSUP) {
+            g_clear_error(&empty_err);
         }
-        g_clear_error(&me.err);
+        err = empty_err;
     }
 
 done:

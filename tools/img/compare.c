@@ -21,7 +21,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include "strata/block-driver.h"
+#include "strata/block-ops.h"
+#include "strata/error.h"
+#include "strata/opts.h"
+#include "strata/units.h"
 #include "img.h"
 
 #define IO_BUF_SIZE (2 * 1024 * 1024)
@@ -29,32 +32,18 @@
 
 /* ---- Block status of the whole chain ---- */
 
-typedef struct StatusCo {
-    BlockNode *bs;
-    int64_t offset, bytes, pnum;
-    int ret;
-} StatusCo;
-
-static void coroutine_fn status_co(void *opaque)
-{
-    StatusCo *s = opaque;
-    /* bdrv_block_status_above(bs, NULL, ...), with want_zero. */
-    s->ret = node_co_block_status_above(s->bs, NULL, false, true, s->offset,
-                                        s->bytes, &s->pnum, NULL, NULL, NULL);
-}
-
 static int block_status(BlockBackend *blk, int64_t offset, int64_t bytes,
                         int64_t *pnum)
 {
-    StatusCo s = { .bs = blk_node(blk), .offset = offset, .bytes = bytes };
+    /* bdrv_block_status_above(bs, NULL, ...), with want_zero. */
+    int ret = node_block_status_above(blk_node(blk), NULL, false, true, offset,
+                                      bytes, pnum, NULL, NULL, NULL);
 
-    co_run_sync(status_co, &s);
-    *pnum = s.pnum;
-    if (s.ret >= 0 && s.pnum <= 0) {
+    if (ret >= 0 && *pnum <= 0) {
         /* A status that covers nothing would never advance. */
         return -EIO;
     }
-    return s.ret;
+    return ret;
 }
 
 /* ---- Comparing ---- */

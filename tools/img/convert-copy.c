@@ -14,18 +14,21 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include "strata/block-driver.h"
+#include "strata/block-ops.h"
+#include "strata/error.h"
+#include "strata/opts.h"
+#include "strata/units.h"
 #include "strata/loop.h"
 #include "convert.h"
 
 /* ---- Block status of the source, down to (excluding) base ---- */
 
-static int coroutine_fn status_above(BlockNode *bs, BlockNode *base,
-                                     int64_t offset, int64_t bytes,
-                                     int64_t *pnum)
+/* Also called outside coroutines (counting for the progress meter). */
+static int status_above(BlockNode *bs, BlockNode *base, int64_t offset,
+                        int64_t bytes, int64_t *pnum)
 {
-    return node_co_block_status_above(bs, base, false, true, offset, bytes,
-                                      pnum, NULL, NULL, NULL);
+    return node_block_status_above(bs, base, false, true, offset, bytes,
+                                   pnum, NULL, NULL, NULL);
 }
 
 /* ---- Stepping through the sources ---- */
@@ -52,8 +55,7 @@ static void select_part(ConvertState *s, int64_t sector_num, int *src_cur,
  * Classify the run starting at sector_num and return its length in
  * sectors (or -errno after reporting the error).  Called under s->lock.
  */
-static int64_t coroutine_fn iteration_sectors(ConvertState *s,
-                                              int64_t sector_num)
+static int64_t iteration_sectors(ConvertState *s, int64_t sector_num)
 {
     int64_t src_cur_offset, n;
     bool post_backing_zero = false;
@@ -80,8 +82,7 @@ static int64_t coroutine_fn iteration_sectors(ConvertState *s,
         int ret;
 
         if (s->target_has_backing) {
-            BlockNode *top = node_skip_filters(src_bs);
-            base = top->backing ? child_node(top->backing) : NULL;
+            base = node_backing(node_skip_filters(src_bs));
         }
         for (;;) {
             int64_t len = node_getlength(src_bs);
@@ -458,52 +459,16 @@ static void coroutine_fn copy_worker(void *opaque)
     }
 }
 
-/* Compressed images end on a sector boundary (QEMU pads the file too). */
-typedef struct PadCo {
-    BlockNode *bs;
-    int ret;
-} PadCo;
-
-static void coroutine_fn pad_file_co(void *opaque)
-{
-    PadCo *p = opaque;
-    BlockNode *file = p->bs->file ? child_node(p->bs->file) : NULL;
-    int64_t len;
-
-    p->ret = 0;
-    if (!file) {
-        return;
-    }
-    /* Lengths come rounded up to whole sectors: that is the size to pad to. */
-    node_invalidate_length(file);
-    len = node_getlength(file);
-    if (len < 0) {
-        p->ret = (int)len;
-    } else {
-        p->ret = child_co_truncate(p->bs->file, len, false, PREALLOC_OFF,
-                                   NULL);
-    }
-}
-
-typedef struct CountCo {
-    ConvertState *s;
-    int ret;
-} CountCo;
-
 /* Total of the sectors that will be written, for the progress meter. */
-static void coroutine_fn count_allocated_co(void *opaque)
+static int count_allocated(ConvertState *s)
 {
-    CountCo *c = opaque;
-    ConvertState *s = c->s;
     int64_t sector_num = 0;
 
-    c->ret = 0;
     while (sector_num < s->total_sectors) {
         int64_t n = iteration_sectors(s, sector_num);
 
         if (n < 0) {
-            c->ret = (int)n;
-            return;
+            return (int)n;
         }
         if (s->status == CONVERT_DATA ||
             (!s->min_sparse && s->status == CONVERT_ZERO)) {
@@ -511,11 +476,12 @@ static void coroutine_fn count_allocated_co(void *opaque)
         }
         sector_num += n;
     }
+    return 0;
 }
 
 int convert_do_copy(ConvertState *s)
 {
-    CountCo count = { .s = s };
+    int ret;
 
     if (s->compressed) {
         /* One cluster per request. */
@@ -526,9 +492,9 @@ int convert_do_copy(ConvertState *s)
         s->buf_sectors = s->cluster_sectors;
     }
 
-    co_run_sync(count_allocated_co, &count);
-    if (count.ret < 0) {
-        return count.ret;
+    ret = count_allocated(s);
+    if (ret < 0) {
+        return ret;
     }
 
     s->sector_next_status = 0;
@@ -544,14 +510,12 @@ int convert_do_copy(ConvertState *s)
     LOOP_WAIT_WHILE(s->running > 0);
 
     if (s->ret == 0 && s->compressed) {
-        PadCo pad = { .bs = node_skip_filters(blk_node(s->target)) };
-
-        co_run_sync(pad_file_co, &pad);
-        if (pad.ret < 0) {
+        /* The end of a compressed image: the driver pads its file. */
+        ret = blk_pwrite(s->target, 0, 0, NULL, REQ_WRITE_COMPRESSED);
+        if (ret < 0) {
             tool_error("error while writing at byte %" PRId64 ": %s",
-                       s->total_sectors * CONVERT_SECTOR,
-                       g_strerror(-pad.ret));
-            return pad.ret;
+                       s->total_sectors * CONVERT_SECTOR, g_strerror(-ret));
+            return ret;
         }
     }
     return s->ret;

@@ -22,7 +22,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include "strata/block-driver.h"
+#include "strata/block-ops.h"
+#include "strata/opts.h"
+#include "strata/units.h"
 #include "strata/dirty-bitmap.h"
 #include "strata/error.h"
 #include "convert.h"
@@ -124,14 +126,14 @@ static ImgOpts *target_opts(const ConvertArgs *a, const char *out_filename,
     if (!proto) {
         return NULL;
     }
-    if (!drv->create) {
+    if (!driver_has(drv, DRIVER_CAN_CREATE)) {
         tool_error("Format driver '%s' does not support image creation",
-                   drv->format_name);
+                   driver_format_name(drv));
         return NULL;
     }
-    if (!proto->create) {
+    if (!driver_has(proto, DRIVER_CAN_CREATE)) {
         tool_error("Protocol driver '%s' does not support image creation",
-                   proto->format_name);
+                   driver_format_name(proto));
         return NULL;
     }
     list = img_create_opts_for(drv);
@@ -179,7 +181,7 @@ static bool opt_bool(ImgOpts *opts, const char *name)
 
 static bool can_compress(const BlockDriver *drv)
 {
-    return drv->co_pwritev_compressed != NULL;
+    return driver_has(drv, DRIVER_CAN_COMPRESS);
 }
 
 /*
@@ -241,6 +243,7 @@ static int convert_run(ConvertArgs *a, ConvertState *s, char **files,
     BlockNode *out_bs;
     const char *out_baseimg = a->out_baseimg;
     BlockDriverInfo bdi;
+    BlockLimits out_bl;
     bool writethrough, have_bdi;
     int flags, ret = -1;
     int src_flags = 0;
@@ -269,7 +272,9 @@ static int convert_run(ConvertArgs *a, ConvertState *s, char **files,
             goto out;
         }
         s->src_sectors[i] = DIV_ROUND_UP(len, CONVERT_SECTOR);
-        align = blk_node(s->src[i])->bl.request_alignment;
+        BlockLimits bl;
+        node_get_limits(blk_node(s->src[i]), &bl);
+        align = bl.request_alignment;
         s->src_alignment[i] = MAX(1, DIV_ROUND_UP(align, CONVERT_SECTOR));
         s->total_sectors += s->src_sectors[i];
     }
@@ -379,21 +384,22 @@ static int convert_run(ConvertArgs *a, ConvertState *s, char **files,
 
     if (a->bitmaps && !node_supports_persistent_dirty_bitmap(out_bs)) {
         tool_error("Format driver '%s' does not support bitmaps",
-                   out_bs->drv->format_name);
+                   node_get_format_name(out_bs));
         goto out;
     }
-    if (s->compressed && !can_compress(out_bs->drv)) {
+    if (s->compressed && !can_compress(node_get_driver(out_bs))) {
         tool_error("Compression not supported for this file format");
         goto out;
     }
 
+    node_get_limits(out_bs, &out_bl);
     s->buf_sectors = MIN(CONVERT_MAX_BUF_SECTORS,
                          MAX(CONVERT_BUF_SECTORS,
-                             (int64_t)MAX(out_bs->bl.opt_transfer,
-                                          out_bs->bl.pdiscard_alignment) /
+                             (int64_t)MAX(out_bl.opt_transfer,
+                                          out_bl.pdiscard_alignment) /
                              CONVERT_SECTOR));
     s->alignment = (int)MAX(pow2floor(s->min_sparse),
-                            MAX(1, DIV_ROUND_UP(out_bs->bl.request_alignment,
+                            MAX(1, DIV_ROUND_UP(out_bl.request_alignment,
                                                 CONVERT_SECTOR)));
 
     if (a->skip_create) {
@@ -411,14 +417,14 @@ static int convert_run(ConvertArgs *a, ConvertState *s, char **files,
     }
 
     s->target_backing_sectors = -1;
-    if (s->target_has_backing && s->target_is_new && out_bs->backing) {
-        int64_t blen = node_getlength(child_node(out_bs->backing));
+    if (s->target_has_backing && s->target_is_new && node_backing(out_bs)) {
+        int64_t blen = node_getlength(node_backing(out_bs));
         if (blen >= 0) {
             s->target_backing_sectors = DIV_ROUND_UP(blen, CONVERT_SECTOR);
         }
     }
 
-    have_bdi = out_bs->drv->get_info && out_bs->drv->get_info(out_bs, &bdi) == 0;
+    have_bdi = node_get_info(out_bs, &bdi) == 0;
     if (!have_bdi) {
         if (s->compressed) {
             tool_error("could not get block driver info");
@@ -438,8 +444,8 @@ static int convert_run(ConvertArgs *a, ConvertState *s, char **files,
          * Encrypted data reads as zeroes only where a qcow2 image has no
          * clusters yet (QEMU's has_zero_init for luks and qcow2).
          */
-        if (out_bs->encrypted &&
-            (strcmp(out_bs->drv->format_name, "qcow2") ||
+        if (node_is_encrypted(out_bs) &&
+            (strcmp(node_get_format_name(out_bs), "qcow2") ||
              (prealloc && strcmp(prealloc, "off")))) {
             s->has_zero_init = false;
         }

@@ -15,7 +15,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include "strata/block-driver.h"
+#include "strata/block-ops.h"
+#include "strata/opts.h"
+#include "strata/units.h"
 #include "strata/error.h"
 #include "img.h"
 
@@ -139,12 +141,12 @@ static const ImgOptDesc *find_desc(const ImgOptDesc *list, const char *name)
 
 ImgOptDesc *img_create_opts_for(const BlockDriver *drv)
 {
-    const char *const *names = drv->create_opts;
+    const char *const *names = driver_create_opts(drv);
     ImgOptDesc *list;
     size_t n = 0;
 
     for (size_t i = 0; i < G_N_ELEMENTS(driver_opts); i++) {
-        if (!strcmp(driver_opts[i].driver, drv->format_name)) {
+        if (!strcmp(driver_opts[i].driver, driver_format_name(drv))) {
             return img_create_opts_append(NULL, driver_opts[i].opts);
         }
     }
@@ -506,7 +508,7 @@ int img_print_create_help(const char *filename, const char *fmt)
         tool_error("Unknown file format '%s'", fmt);
         return EXIT_FAILURE;
     }
-    if (!drv->create) {
+    if (!driver_has(drv, DRIVER_CAN_CREATE)) {
         tool_error("Format driver '%s' does not support image creation", fmt);
         return EXIT_FAILURE;
     }
@@ -521,9 +523,9 @@ int img_print_create_help(const char *filename, const char *fmt)
             g_free(list);
             return EXIT_FAILURE;
         }
-        if (!proto->create) {
+        if (!driver_has(proto, DRIVER_CAN_CREATE)) {
             tool_error("Protocol driver '%s' does not support image creation",
-                       proto->format_name);
+                       driver_format_name(proto));
             g_free(list);
             return EXIT_FAILURE;
         }

@@ -14,7 +14,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include "strata/block-driver.h"
+#include "strata/block-ops.h"
+#include "strata/opts.h"
+#include "strata/units.h"
 #include "strata/error.h"
 #include "img.h"
 
@@ -130,14 +132,14 @@ static bool create_image(const char *filename, const char *fmt,
     if (!proto) {
         return false;
     }
-    if (!drv->create) {
+    if (!driver_has(drv, DRIVER_CAN_CREATE)) {
         error_setg(errp, "Format driver '%s' does not support image creation",
-                   drv->format_name);
+                   driver_format_name(drv));
         return false;
     }
-    if (!proto->create) {
+    if (!driver_has(proto, DRIVER_CAN_CREATE)) {
         error_setg(errp, "Protocol driver '%s' does not support image "
-                   "creation", proto->format_name);
+                   "creation", driver_format_name(proto));
         return false;
     }
     list = img_create_opts_for(drv);

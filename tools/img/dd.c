@@ -14,7 +14,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include "strata/block-driver.h"
+#include "strata/block-ops.h"
+#include "strata/opts.h"
+#include "strata/units.h"
 #include "strata/error.h"
 #include "img.h"
 
@@ -95,14 +97,14 @@ static bool check_output(const char *out_fmt, const char *filename)
     if (!proto) {
         return false;
     }
-    if (!drv->create) {
+    if (!driver_has(drv, DRIVER_CAN_CREATE)) {
         tool_error("Format driver '%s' does not support image creation",
-                   drv->format_name);
+                   driver_format_name(drv));
         return false;
     }
-    if (!proto->create) {
+    if (!driver_has(proto, DRIVER_CAN_CREATE)) {
         tool_error("Protocol driver '%s' does not support image creation",
-                   proto->format_name);
+                   driver_format_name(proto));
         return false;
     }
     return true;

@@ -12,7 +12,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include "strata/block-driver.h"
+#include "strata/block-ops.h"
+#include "strata/error.h"
+#include "strata/units.h"
 #include "strata/opts.h"
 #include "img.h"
 
@@ -102,7 +104,7 @@ static void set_aio_option(json_t *options, const char *aio)
                              driver_find(json_string_value(drvname)) : NULL;
     json_t *file;
 
-    if (drv && !drv->is_format) {
+    if (drv && !driver_has(drv, DRIVER_IS_FORMAT)) {
         if (!json_object_get(options, "aio")) {
             json_object_set_new(options, "aio", json_string(aio));
         }

@@ -21,6 +21,7 @@
 #include <glib.h>
 #include <jansson.h>
 #include "strata/backend.h"
+#include "strata/json-out.h"
 #include "../common/tool-common.h"
 
 /* ---- Subcommands (one file each) ---- */
@@ -44,13 +45,6 @@ int img_snapshot(int argc, char **argv);
 struct SnapshotInfo;
 void img_snapshot_dump_header(void);
 void img_snapshot_dump(const struct SnapshotInfo *sn);
-/*
- * Snapshots as QEMU finds them: through nodes that have none of their own
- * down to their primary child (see snapshot.c).  The list's length, or
- * -errno; the caller frees *list.
- */
-int img_snapshot_list(BlockNode *bs, struct SnapshotInfo **list);
-BlockNode *img_snapshot_fallback(BlockNode *bs);
 
 /* ---- main.c ---- */
 
@@ -143,16 +137,6 @@ void img_progress_init(ImgProgress *p, bool enabled, float min_skip);
 /* delta: percent of `max` percent of the job (floats, as qemu-img has). */
 void img_progress_print(ImgProgress *p, float delta, int max);
 void img_progress_end(ImgProgress *p);
-
-/* ---- img-json.c: QEMU's JSON text ---- */
-
-/*
- * Pretty JSON exactly as QEMU prints a QObject: 4 spaces per level, object
- * keys in QDict iteration order (insert keys in QAPI schema order: it
- * decides the order inside a hash bucket), non-ASCII escaped as \uXXXX.
- * Caller frees.
- */
-char *img_json_pretty(json_t *v);
 
 /* ---- create-opts.c: creation options ---- */
 

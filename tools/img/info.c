@@ -13,7 +13,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include "strata/block-driver.h"
+#include "strata/block-ops.h"
+#include "strata/error.h"
+#include "strata/opts.h"
 #include "strata/units.h"
 #include "img.h"
 
@@ -25,7 +27,6 @@ enum {
 /* bdrv_query_image_info(): NULL with *errp on failure. */
 static json_t *query_image_info(BlockNode *bs, GError **errp)
 {
-    const BlockDriver *drv = node_get_driver(bs);
     int64_t size = node_getlength(bs);
     int64_t allocated;
     BlockDriverInfo bdi;
@@ -57,28 +58,28 @@ static json_t *query_image_info(BlockNode *bs, GError **errp)
         json_object_set_new(info, "cluster-size",
                             json_integer(bdi.cluster_size));
     }
-    if (bs->encrypted) {
+    if (node_is_encrypted(bs)) {
         json_object_set_new(info, "encrypted", json_true());
     }
-    if (bs->backing_file[0]) {
+    if (node_backing_file(bs)[0]) {
         /* The full name is always given, even when it is the same. */
         char *full = node_get_full_backing_filename(bs);
         json_object_set_new(info, "backing-filename",
-                            json_string_nocheck(bs->backing_file));
+                            json_string_nocheck(node_backing_file(bs)));
         if (full) {
             json_object_set_new(info, "full-backing-filename",
                                 json_string_nocheck(full));
         }
         g_free(full);
-        if (bs->backing_format[0]) {
+        if (node_backing_format(bs)[0]) {
             json_object_set_new(info, "backing-filename-format",
-                                json_string(bs->backing_format));
+                                json_string(node_backing_format(bs)));
         }
     }
     {
         /* QAPI's SnapshotInfo, members in schema order. */
         SnapshotInfo *list = NULL;
-        int n = img_snapshot_list(bs, &list);
+        int n = node_snapshot_list(bs, &list);
         if (n > 0) {
             json_t *arr = json_array();
             for (int i = 0; i < n; i++) {
@@ -111,9 +112,9 @@ static json_t *query_image_info(BlockNode *bs, GError **errp)
         }
         g_free(list);
     }
-    if (drv->get_specific_info) {
+    {
         GError *err = NULL;
-        json_t *data = drv->get_specific_info(bs, &err);
+        json_t *data = node_get_specific_info(bs, &err);
 
         if (err) {
             g_propagate_error(errp, err);
@@ -360,7 +361,7 @@ int img_info(int argc, char **argv)
         return EXIT_FAILURE;
     }
     if (json) {
-        char *text = img_json_pretty(chain ? list : json_array_get(list, 0));
+        char *text = json_out_pretty_str(chain ? list : json_array_get(list, 0));
         printf("%s\n", text);
         g_free(text);
     } else {

@@ -18,7 +18,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "strata/block-driver.h"
+#include "strata/block-ops.h"
+#include "strata/error.h"
+#include "strata/opts.h"
+#include "strata/units.h"
 #include "img.h"
 
 enum {
@@ -31,42 +34,32 @@ typedef struct MapEntry {
     const char *filename;   /* node holding the data; NULL if unknown */
 } MapEntry;
 
-typedef struct MapStatusCo {
-    BlockNode *bs;
-    int64_t offset, bytes;
-    MapEntry *e;
-    int ret;
-} MapStatusCo;
-
 /*
  * The entry starting at offset: ask the top node and, while a node
  * neither holds data nor reads as zeroes there, its backing file.
  */
-static void coroutine_fn map_status_co(void *opaque)
+static int get_block_status(BlockNode *bs, int64_t offset, int64_t bytes,
+                            MapEntry *e)
 {
-    MapStatusCo *m = opaque;
-    BlockNode *bs = m->bs, *file = NULL;
-    int64_t bytes = m->bytes, map = 0;
+    BlockNode *file = NULL;
+    int64_t map = 0;
     int depth = 0;
     int ret;
 
     for (;;) {
         bs = node_skip_filters(bs);
-        ret = node_co_block_status(bs, true, m->offset, bytes, &bytes, &map,
-                                   &file);
+        ret = node_block_status(bs, true, offset, bytes, &bytes, &map, &file);
         if (ret < 0) {
-            m->ret = ret;
-            return;
+            return ret;
         }
         if (bytes == 0) {
             /* Only a broken chain answers nothing before its end. */
-            m->ret = -EIO;
-            return;
+            return -EIO;
         }
         if (ret & (BLOCK_ZERO | BLOCK_DATA)) {
             break;
         }
-        bs = bs->backing ? child_node(bs->backing) : NULL;
+        bs = node_backing(bs);
         if (!bs) {
             /* Nobody in the chain says anything about it. */
             ret = 0;
@@ -75,8 +68,8 @@ static void coroutine_fn map_status_co(void *opaque)
         depth++;
     }
 
-    *m->e = (MapEntry) {
-        .start = m->offset,
+    *e = (MapEntry) {
+        .start = offset,
         .length = bytes,
         .data = !!(ret & BLOCK_DATA),
         .zero = !!(ret & BLOCK_ZERO),
@@ -87,16 +80,7 @@ static void coroutine_fn map_status_co(void *opaque)
         .filename = (file && (ret & BLOCK_OFFSET_VALID))
                     ? node_get_filename(file) : NULL,
     };
-    m->ret = 0;
-}
-
-static int get_block_status(BlockNode *bs, int64_t offset, int64_t bytes,
-                            MapEntry *e)
-{
-    MapStatusCo m = { .bs = bs, .offset = offset, .bytes = bytes, .e = e };
-
-    co_run_sync(map_status_co, &m);
-    return m.ret;
+    return 0;
 }
 
 static bool entry_mergeable(const MapEntry *curr, const MapEntry *next)

@@ -18,60 +18,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include "strata/block-driver.h"
+#include "strata/block-ops.h"
+#include "strata/opts.h"
+#include "strata/units.h"
 #include "strata/error.h"
 #include "img.h"
 
 #define REBASE_BUF_SIZE (2 * 1024 * 1024)
 #define REBASE_SECTOR 512
-
-typedef struct ChangeCo {
-    BlockNode *bs;
-    const char *file, *fmt;
-    int ret;
-} ChangeCo;
-
-static void coroutine_fn change_backing_co(void *opaque)
-{
-    ChangeCo *c = opaque;
-    c->ret = node_co_change_backing_file(c->bs, c->file, c->fmt);
-}
-
-/* bdrv_change_backing_file(): -EINVAL for a name without a format. */
-static int change_backing_file(BlockNode *bs, const char *file,
-                               const char *fmt, bool require)
-{
-    ChangeCo c = { bs, file, fmt, 0 };
-
-    if (fmt && !file) {
-        return -EINVAL;
-    }
-    if (require && file && !fmt) {
-        return -EINVAL;
-    }
-    co_run_sync(change_backing_co, &c);
-    return c.ret;
-}
-
-/* ---- Safe mode: copy what the backing change would alter ---- */
-
-typedef struct AllocCo {
-    BlockNode *top, *base;
-    int64_t offset, bytes, pnum;
-    int ret;
-} AllocCo;
-
-static void coroutine_fn is_allocated_co(void *opaque)
-{
-    AllocCo *a = opaque;
-
-    if (a->base) {
-        a->ret = node_co_is_allocated_above(a->top, a->base, false, a->offset,
-                                            a->bytes, &a->pnum);
-    } else {
-        a->ret = node_co_is_allocated(a->top, a->offset, a->bytes, &a->pnum);
-    }
-}
 
 /* Whether the first 512-byte run differs, and how long the run is. */
 static bool compare_buffers(const uint8_t *a, const uint8_t *b, int64_t bytes,
@@ -112,8 +66,7 @@ static BlockNode *find_backing_image(BlockNode *bs, const char *path)
     if (!want) {
         return NULL;
     }
-    for (BlockNode *n = bs->backing ? bs->backing->bs : NULL; n && !found;
-         n = n->backing ? n->backing->bs : NULL) {
+    for (BlockNode *n = node_backing(bs); n && !found; n = node_backing(n)) {
         char *have = realpath(node_get_filename(n), NULL);
         if (have && !strcmp(have, want)) {
             found = n;
@@ -143,35 +96,35 @@ static int copy_differences(RebaseCopy *r, int64_t size, ImgProgress *prog)
                          (float)(size / MIN(size, REBASE_BUF_SIZE));
     }
     for (int64_t offset = 0; offset < size; offset += n) {
-        AllocCo a = { r->unfiltered, NULL, offset, 0, 0, 0 };
         bool old_is_zero = false;
+        int64_t pnum;
+        int alloc;
 
         n = MIN(REBASE_BUF_SIZE, size - offset);
-        a.bytes = n;
-        co_run_sync(is_allocated_co, &a);
-        if (a.ret < 0) {
+        alloc = node_is_allocated(r->unfiltered, offset, n, &pnum);
+        if (alloc < 0) {
             tool_error("error while reading image metadata: %s",
-                       g_strerror(-a.ret));
-            ret = a.ret;
+                       g_strerror(-alloc));
+            ret = alloc;
             goto out;
         }
-        n = a.pnum;
-        if (a.ret) {
+        n = pnum;
+        if (alloc) {
             continue;
         }
         if (r->prefix_chain) {
             /* Unchanged since the new backing file: nothing to do. */
-            a = (AllocCo) { r->unfiltered->backing->bs, r->prefix_chain,
-                            offset, n, 0, 0 };
-            co_run_sync(is_allocated_co, &a);
-            if (a.ret < 0) {
+            alloc = node_is_allocated_above(node_backing(r->unfiltered),
+                                            r->prefix_chain, false, offset, n,
+                                            &pnum);
+            if (alloc < 0) {
                 tool_error("error while reading image metadata: %s",
-                           g_strerror(-a.ret));
-                ret = a.ret;
+                           g_strerror(-alloc));
+                ret = alloc;
                 goto out;
             }
-            n = a.pnum;
-            if (!a.ret) {
+            n = pnum;
+            if (!alloc) {
                 continue;
             }
         }
@@ -316,8 +269,7 @@ int img_rebase(int argc, char **argv)
     }
 
     if (!unsafe) {
-        BlockNode *base_bs = r.unfiltered->backing ?
-                             r.unfiltered->backing->bs : NULL;
+        BlockNode *base_bs = node_backing(r.unfiltered);
 
         if (base_bs) {
             r.old_backing = blk_new(BLK_PERM_CONSISTENT_READ, BLK_PERM_ALL);
@@ -379,7 +331,7 @@ int img_rebase(int argc, char **argv)
             r.old_size = blk_getlength(r.old_backing);
             if (r.old_size < 0) {
                 tool_error("Could not get size of '%s': %s",
-                           r.unfiltered->backing_file,
+                           node_backing_file(r.unfiltered),
                            g_strerror((int)-r.old_size));
                 goto out;
             }
@@ -398,10 +350,10 @@ int img_rebase(int argc, char **argv)
     }
 
     if (out_baseimg && *out_baseimg) {
-        ret = change_backing_file(r.unfiltered, out_baseimg, out_basefmt,
-                                  true);
+        ret = node_change_backing_file(r.unfiltered, out_baseimg,
+                                       out_basefmt, true, NULL);
     } else {
-        ret = change_backing_file(r.unfiltered, NULL, NULL, false);
+        ret = node_change_backing_file(r.unfiltered, NULL, NULL, false, NULL);
     }
     if (ret == -ENOSPC) {
         tool_error("Could not change the backing file to '%s': No space "

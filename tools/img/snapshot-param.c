@@ -6,21 +6,11 @@
 #include <errno.h>
 #include <string.h>
 
-#include "strata/block-driver.h"
+#include "strata/block-ops.h"
+#include "strata/error.h"
+#include "strata/opts.h"
+#include "strata/units.h"
 #include "img.h"
-
-typedef struct LoadSnapCo {
-    BlockNode *bs;
-    const char *id, *name;
-    GError *err;
-    int ret;
-} LoadSnapCo;
-
-static void coroutine_fn load_snapshot_co(void *opaque)
-{
-    LoadSnapCo *c = opaque;
-    c->ret = c->bs->drv->snapshot_load_tmp(c->bs, c->id, c->name, &c->err);
-}
 
 static const char *json_str(json_t *o, const char *key)
 {
@@ -31,32 +21,24 @@ static const char *json_str(json_t *o, const char *key)
 bool img_load_snapshot(BlockBackend *blk, const char *name, json_t *sn_opts)
 {
     BlockNode *bs = node_skip_filters(blk_node(blk));
-    LoadSnapCo c = { .bs = bs };
+    GError *err = NULL;
+    int ret;
 
-    if (!bs->drv->snapshot_load_tmp) {
-        tool_error("Failed to load snapshot: Block format '%s' used by "
-                   "device '' does not support temporarily loading internal "
-                   "snapshots", bs->drv->format_name);
-        return false;
-    }
     if (name) {
-        c.id = name;
-        co_run_sync(load_snapshot_co, &c);
-        if (c.ret == -ENOENT) {
-            g_clear_error(&c.err);
-            c.id = NULL;
-            c.name = name;
-            co_run_sync(load_snapshot_co, &c);
+        /* A bare name is an ID first, then a name, as in qemu-img. */
+        ret = node_snapshot_load_tmp(bs, name, NULL, &err);
+        if (ret == -ENOENT) {
+            g_clear_error(&err);
+            ret = node_snapshot_load_tmp(bs, NULL, name, &err);
         }
     } else {
-        c.id = json_str(sn_opts, "snapshot.id");
-        c.name = json_str(sn_opts, "snapshot.name");
-        co_run_sync(load_snapshot_co, &c);
+        ret = node_snapshot_load_tmp(bs, json_str(sn_opts, "snapshot.id"),
+                                     json_str(sn_opts, "snapshot.name"),
+                                     &err);
     }
-    if (c.ret < 0) {
-        tool_error("Failed to load snapshot: %s",
-                   c.err ? c.err->message : g_strerror(-c.ret));
-        g_clear_error(&c.err);
+    if (ret < 0) {
+        tool_error("Failed to load snapshot: %s", err->message);
+        g_clear_error(&err);
         return false;
     }
     return true;

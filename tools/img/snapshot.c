@@ -11,7 +11,9 @@
 #include <string.h>
 #include <time.h>
 
-#include "strata/block-driver.h"
+#include "strata/block-ops.h"
+#include "strata/error.h"
+#include "strata/opts.h"
 #include "strata/units.h"
 #include "img.h"
 
@@ -42,104 +44,6 @@ void img_snapshot_dump(const SnapshotInfo *sn)
     printf("%-9s %-16s %8s%20s%13s%11s", sn->id_str, sn->name, size, date,
            clock, icount);
     g_free(size);
-}
-
-typedef struct SnapCo {
-    BlockNode *bs;
-    int action;
-    const char *name;
-    SnapshotInfo sn;
-    GError *err;
-    int ret;
-} SnapCo;
-
-/*
- * QEMU's snapshot fallback: a node whose driver cannot do snapshots hands
- * the request to its primary child (raw or blkdebug over a qcow2 image),
- * unless another child also holds data of the image, which would then be
- * left out of the snapshot.  NULL: nowhere to go.
- */
-BlockNode *img_snapshot_fallback(BlockNode *bs)
-{
-    BlockChild *primary = NULL;
-    for (GList *l = bs->children; l; l = l->next) {
-        BlockChild *c = l->data;
-        if (c->role & CHILD_ROLE_PRIMARY) {
-            primary = c;
-        }
-    }
-    if (!primary) {
-        return NULL;
-    }
-    for (GList *l = bs->children; l; l = l->next) {
-        BlockChild *c = l->data;
-        if (c != primary && (c->role & (CHILD_ROLE_DATA | CHILD_ROLE_METADATA |
-                                        CHILD_ROLE_FILTERED))) {
-            return NULL;
-        }
-    }
-    return primary->bs;
-}
-
-static bool can_do(const BlockDriver *drv, int action)
-{
-    switch (action) {
-    case ACT_LIST:
-        return drv->snapshot_list;
-    case ACT_CREATE:
-        return drv->snapshot_create;
-    case ACT_APPLY:
-        return drv->snapshot_goto;
-    default:
-        return drv->snapshot_delete;
-    }
-}
-
-/* The node that does the work for action, or NULL if none can. */
-static BlockNode *snapshot_node(BlockNode *bs, int action)
-{
-    while (bs && !can_do(bs->drv, action)) {
-        bs = img_snapshot_fallback(bs);
-    }
-    return bs;
-}
-
-int img_snapshot_list(BlockNode *bs, SnapshotInfo **list)
-{
-    *list = NULL;
-    bs = snapshot_node(bs, ACT_LIST);
-    return bs ? bs->drv->snapshot_list(bs, list) : -ENOTSUP;
-}
-
-static void coroutine_fn snap_co(void *opaque)
-{
-    SnapCo *c = opaque;
-    BlockNode *bs = snapshot_node(c->bs, c->action);
-
-    if (!bs) {
-        /* qemu-img's words for each; create reports the errno only */
-        c->ret = -ENOTSUP;
-        if (c->action == ACT_APPLY) {
-            error_setg(&c->err, "Block driver does not support snapshots");
-        } else if (c->action == ACT_DELETE) {
-            error_setg(&c->err, "Block format '%s' used by device '' does "
-                       "not support internal snapshots",
-                       c->bs->drv->format_name);
-        }
-        return;
-    }
-    switch (c->action) {
-    case ACT_CREATE:
-        c->ret = bs->drv->snapshot_create(bs, &c->sn, &c->err);
-        break;
-    case ACT_APPLY:
-        c->ret = bs->drv->snapshot_goto(bs, c->name, &c->err);
-        break;
-    case ACT_DELETE:
-        c->ret = bs->drv->snapshot_delete(bs, c->sn.id_str, c->sn.name,
-                                          &c->err);
-        break;
-    }
 }
 
 int img_snapshot(int argc, char **argv)
@@ -191,12 +95,12 @@ int img_snapshot(int argc, char **argv)
         return 1;
     }
     BlockNode *bs = blk_node(blk);
-    SnapCo co = { .bs = bs, .action = action, .name = name };
+    GError *err = NULL;
 
     switch (action) {
     case ACT_LIST: {
         SnapshotInfo *list = NULL;
-        int n = img_snapshot_list(bs, &list);
+        int n = node_snapshot_list(bs, &list);
         if (n > 0) {
             printf("Snapshot list:\n");
             img_snapshot_dump_header();
@@ -211,31 +115,32 @@ int img_snapshot(int argc, char **argv)
     }
     case ACT_CREATE: {
         gint64 now = g_get_real_time();
-        g_strlcpy(co.sn.name, name, sizeof(co.sn.name));
-        co.sn.date_sec = (uint32_t)(now / G_USEC_PER_SEC);
-        co.sn.date_nsec = (uint32_t)((now % G_USEC_PER_SEC) * 1000);
-        co.sn.icount = 0;
-        co_run_sync(snap_co, &co);
-        if (co.ret < 0) {
+        SnapshotInfo sn = { .icount = 0 };
+        int r;
+
+        g_strlcpy(sn.name, name, sizeof(sn.name));
+        sn.date_sec = (uint32_t)(now / G_USEC_PER_SEC);
+        sn.date_nsec = (uint32_t)((now % G_USEC_PER_SEC) * 1000);
+        r = node_snapshot_create(bs, &sn, &err);
+        if (r < 0) {
             /* QEMU's snapshot creation reports an errno and nothing more */
             tool_error("Could not create snapshot '%s': %d (%s)", name,
-                       co.ret, g_strerror(-co.ret));
+                       r, g_strerror(-r));
             ret = 1;
         }
         break;
     }
     case ACT_APPLY:
-        co_run_sync(snap_co, &co);
-        if (co.ret < 0) {
+        if (node_snapshot_goto(bs, name, &err) < 0) {
             tool_error("Could not apply snapshot '%s': %s", name,
-                       co.err ? co.err->message : g_strerror(-co.ret));
+                       err->message);
             ret = 1;
         }
         break;
     case ACT_DELETE: {
         /* As qemu-img: the snapshot is looked up by name only. */
         SnapshotInfo *list = NULL;
-        int n = img_snapshot_list(bs, &list);
+        int n = node_snapshot_list(bs, &list);
         int found = -1;
         for (int i = 0; i < n && found < 0; i++) {
             if (!strcmp(list[i].name, name)) {
@@ -247,11 +152,10 @@ int img_snapshot(int argc, char **argv)
                        name);
             ret = 1;
         } else {
-            co.sn = list[found];
-            co_run_sync(snap_co, &co);
-            if (co.ret < 0) {
+            if (node_snapshot_delete(bs, list[found].id_str, list[found].name,
+                                     &err) < 0) {
                 tool_error("Could not delete snapshot '%s': %s", name,
-                           co.err ? co.err->message : g_strerror(-co.ret));
+                           err->message);
                 ret = 1;
             }
         }
@@ -259,9 +163,7 @@ int img_snapshot(int argc, char **argv)
         break;
     }
     }
-    if (co.err) {
-        g_error_free(co.err);
-    }
+    g_clear_error(&err);
     blk_unref(blk);
     return ret;
 }

@@ -11,7 +11,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-#include "strata/block-driver.h"
+#include "strata/block-ops.h"
+#include "strata/error.h"
+#include "strata/opts.h"
+#include "strata/units.h"
 #include "strata/loop.h"
 #include "../common/tool-common.h"
 #include "io.h"
@@ -114,11 +117,11 @@ static int info_f(BlockBackend *blk, int argc, char **argv)
     char s1[64], s2[64];
     int ret;
 
-    if (drv && drv->format_name) {
-        printf("format name: %s\n", drv->format_name);
+    if (drv && driver_format_name(drv)) {
+        printf("format name: %s\n", driver_format_name(drv));
     }
-    if (drv && drv->protocol_name) {
-        printf("format name: %s\n", drv->protocol_name);
+    if (drv && driver_protocol_name(drv)) {
+        printf("format name: %s\n", driver_protocol_name(drv));
     }
     ret = node_get_info(bs, &bdi);
     if (ret) {
@@ -129,8 +132,8 @@ static int info_f(BlockBackend *blk, int argc, char **argv)
     printf("cluster size: %s\n", s1);
     printf("vm state offset: %s\n", s2);
 
-    if (drv && drv->get_specific_info) {
-        spec = drv->get_specific_info(bs, &err);
+    if (drv) {
+        spec = node_get_specific_info(bs, &err);
         if (err) {
             tool_error_gerror(err, "%s", "");
             json_decref(spec);
@@ -150,28 +153,6 @@ static const IoCmd info_cmd = {
     .oneline = "prints information about the current file",
 };
 
-typedef struct IsAllocated {
-    BlockNode *bs;
-    int64_t offset, bytes, pnum;
-    int ret;
-} IsAllocated;
-
-static void coroutine_fn is_allocated_entry(void *opaque)
-{
-    IsAllocated *a = opaque;
-
-    a->ret = node_co_is_allocated(a->bs, a->offset, a->bytes, &a->pnum);
-}
-
-static int is_allocated(BlockNode *bs, int64_t offset, int64_t bytes,
-                        int64_t *pnum)
-{
-    IsAllocated a = { bs, offset, bytes, 0, 0 };
-
-    co_run_sync(is_allocated_entry, &a);
-    *pnum = a.pnum;
-    return a.ret;
-}
 
 static int alloc_f(BlockBackend *blk, int argc, char **argv)
 {
@@ -196,7 +177,7 @@ static int alloc_f(BlockBackend *blk, int argc, char **argv)
     remaining = count;
     sum_alloc = 0;
     while (remaining) {
-        ret = is_allocated(bs, offset, remaining, &num);
+        ret = node_is_allocated(bs, offset, remaining, &num);
         if (ret < 0) {
             printf("is_allocated failed: %s\n", strerror(-ret));
             return ret;
@@ -233,7 +214,7 @@ static int map_is_allocated(BlockNode *bs, int64_t offset, int64_t bytes,
     int64_t num;
     int ret, firstret;
 
-    ret = is_allocated(bs, offset, bytes, &num);
+    ret = node_is_allocated(bs, offset, bytes, &num);
     if (ret < 0) {
         return ret;
     }
@@ -242,7 +223,7 @@ static int map_is_allocated(BlockNode *bs, int64_t offset, int64_t bytes,
     while (bytes > 0 && ret == firstret) {
         offset += num;
         bytes -= num;
-        ret = is_allocated(bs, offset, bytes, &num);
+        ret = node_is_allocated(bs, offset, bytes, &num);
         if (ret == firstret && num) {
             *pnum += num;
         } else {
@@ -432,32 +413,9 @@ static const IoCmd reopen_cmd = {
 
 /* ---- blkdebug breakpoints: the first node down the tree that has them ---- */
 
-enum { DBG_BREAK, DBG_REMOVE, DBG_RESUME, DBG_SUSPENDED };
-
-static BlockNode *debug_node(BlockNode *bs, int what)
-{
-    while (bs) {
-        const BlockDriver *drv = node_get_driver(bs);
-
-        if (!drv) {
-            return NULL;
-        }
-        if ((what == DBG_BREAK && drv->debug_breakpoint) ||
-            (what == DBG_REMOVE && drv->debug_remove_breakpoint) ||
-            (what == DBG_RESUME && drv->debug_resume) ||
-            (what == DBG_SUSPENDED && drv->debug_is_suspended)) {
-            return bs;
-        }
-        bs = node_primary_child(bs);
-    }
-    return NULL;
-}
-
 static int break_f(BlockBackend *blk, int argc, char **argv)
 {
-    BlockNode *bs = debug_node(blk_node(blk), DBG_BREAK);
-    int ret = bs ? node_get_driver(bs)->debug_breakpoint(bs, argv[1], argv[2])
-                 : -ENOTSUP;
+    int ret = node_debug_breakpoint(blk_node(blk), argv[1], argv[2]);
 
     if (ret < 0) {
         printf("Could not set breakpoint: %s\n", strerror(-ret));
@@ -475,9 +433,7 @@ static const IoCmd break_cmd = {
 
 static int remove_break_f(BlockBackend *blk, int argc, char **argv)
 {
-    BlockNode *bs = debug_node(blk_node(blk), DBG_REMOVE);
-    int ret = bs ? node_get_driver(bs)->debug_remove_breakpoint(bs, argv[1])
-                 : -ENOTSUP;
+    int ret = node_debug_remove_breakpoint(blk_node(blk), argv[1]);
 
     if (ret < 0) {
         printf("Could not remove breakpoint %s: %s\n", argv[1],
@@ -496,8 +452,7 @@ static const IoCmd remove_break_cmd = {
 
 static int resume_f(BlockBackend *blk, int argc, char **argv)
 {
-    BlockNode *bs = debug_node(blk_node(blk), DBG_RESUME);
-    int ret = bs ? node_get_driver(bs)->debug_resume(bs, argv[1]) : -ENOTSUP;
+    int ret = node_debug_resume(blk_node(blk), argv[1]);
 
     if (ret < 0) {
         printf("Could not resume request: %s\n", strerror(-ret));
@@ -515,15 +470,15 @@ static const IoCmd resume_cmd = {
 
 static int wait_break_f(BlockBackend *blk, int argc, char **argv)
 {
-    BlockNode *bs = debug_node(blk_node(blk), DBG_SUSPENDED);
+    int ret;
 
-    if (!bs) {
-        /* qemu-io would wait forever here; nothing can ever stop. */
-        printf("Could not wait for breakpoint: %s\n", strerror(ENOTSUP));
-        return -ENOTSUP;
-    }
-    while (!node_get_driver(bs)->debug_is_suspended(bs, argv[1])) {
+    while ((ret = node_debug_is_suspended(blk_node(blk), argv[1])) == 0) {
         loop_iterate(true);
+    }
+    if (ret < 0) {
+        /* qemu-io would wait forever here; nothing can ever stop. */
+        printf("Could not wait for breakpoint: %s\n", strerror(-ret));
+        return ret;
     }
     return 0;
 }

@@ -15,7 +15,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-#include "strata/block-driver.h"
+#include "strata/block-ops.h"
+#include "strata/error.h"
+#include "strata/opts.h"
+#include "strata/units.h"
 #include "strata/debug-event.h"
 #include "strata/loop.h"
 #include "../common/tool-common.h"
@@ -135,7 +138,7 @@ static const BlockDriver *filename_protocol(const char *filename)
     proto = g_strndup(filename, colon - filename);
     drv = driver_find_protocol(proto);
     g_free(proto);
-    return drv && drv->protocol_name ? drv : NULL;
+    return drv && driver_protocol_name(drv) ? drv : NULL;
 }
 
 /*
@@ -191,13 +194,13 @@ static char *aio_option_key(json_t *opts, const char *filename)
             child = "file";             /* probed: a format over storage */
         } else if (!drv) {
             break;
-        } else if (drv->is_format) {
+        } else if (driver_has(drv, DRIVER_IS_FORMAT)) {
             child = "file";
-        } else if (!strcmp(drv->format_name, "file") ||
-                   !strcmp(drv->format_name, "host_device")) {
+        } else if (!strcmp(driver_format_name(drv), "file") ||
+                   !strcmp(driver_format_name(drv), "host_device")) {
             key = g_strconcat(prefix->str, "aio", NULL);
             break;
-        } else if (!strcmp(drv->format_name, "blkdebug") &&
+        } else if (!strcmp(driver_format_name(drv), "blkdebug") &&
                    drv != by_name) {
             child = "image";
         } else {
