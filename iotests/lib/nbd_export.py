@@ -1,0 +1,131 @@
+"""Helpers for the nbd-export-* tests: strata's NBD server against QEMU's.
+
+The server under test is tests/nbd-serve from the build (strata's NBD
+server library behind qemu-nbd's command line); in oracle mode (./check
+--regen) it is qemu-nbd itself, started with the same arguments, so the
+goldens are QEMU's.  The clients (qemu-io, qemu-img, nbdinfo, nbdcopy,
+libnbd) are the same in both modes: only the server changes.
+"""
+
+import os
+import re
+import sys
+
+import iotests as t
+
+NBD_SERVE_PROG = os.environ.get('STRATA_NBD_SERVE_PROG') or os.path.join(
+    t.BUILD_DIR, 'tests', 'nbd-serve')
+
+
+def server_prog():
+    return t.QEMU_NBD_PROG if t.oracle_mode() else NBD_SERVE_PROG
+
+
+def requires_server(*clients):
+    """Skip unless the server under test and the client programs
+    ('qemu-io', 'qemu-img', 'nbdinfo', 'nbdcopy') are there."""
+    t.requires_qemu_nbd()
+    if not t._find(server_prog()):
+        t.skip('%s not built' % os.path.basename(server_prog()))
+    for c in clients:
+        prog = {'qemu-io': t.QEMU_IO_PROG,
+                'qemu-img': t.QEMU_IMG_PROG}.get(c, c)
+        if not t._find(prog):
+            t.skip('%s not found' % c)
+
+
+def import_libnbd():
+    """The libnbd Python bindings (Debian's python3-libnbd); the system
+    package directory is added when another Python runs the tests."""
+    try:
+        import nbd
+    except ImportError:
+        sys.path.append('/usr/lib/python3/dist-packages')
+        try:
+            import nbd
+        except ImportError:
+            t.skip('python3-libnbd not installed')
+    return nbd
+
+
+class Served(t.Server):
+    """The server under test.  stop() logs sanitizer reports and an
+    abnormal exit, so that they show up in the diff; the reasons qemu-nbd
+    gives for dropping clients are not part of the comparison."""
+
+    def stop(self):
+        out = super().stop()
+        if os.environ.get('NBD_SERVE_LOG'):     # for debugging the server
+            with open(os.environ['NBD_SERVE_LOG'], 'a') as f:
+                f.write(out)
+        for line in out.splitlines():
+            if re.search(r'Sanitizer|runtime error|Assertion|assertion',
+                         line):
+                t.log(line)
+        if self.proc.returncode not in (0, -15):
+            t.log('[server exit status %d]' % self.proc.returncode)
+        return out
+
+
+def serve(sock, image, args=()):
+    """The server under test on the unix socket SOCK (in TEST_DIR),
+    persistent (-t); waits for the socket.  Killed at exit."""
+    path = t.test_path(sock)
+    if os.path.exists(path):
+        os.unlink(path)
+    return Served([server_prog(), '-t', '-k', path] + list(args) + [image],
+                  lambda: os.path.exists(path))
+
+
+class QsdServed:
+    """qemu-storage-daemon exporting one image, as serve_qsd() starts it."""
+
+    def __init__(self, qsd):
+        self.qsd = qsd
+
+    def stop(self):
+        self.qsd.stop()
+        out = self.qsd.output()
+        for line in out.splitlines():
+            if re.search(r'Sanitizer|runtime error|Assertion', line):
+                t.log(line)
+
+
+def serve_qsd(sock, image, fmt, name, writable=False, max_conn=None,
+              description=None, depth=False):
+    """One image exported the way qemu-storage-daemon's command line does
+    it (--blockdev file + format, --nbd-server, --export type=nbd).  In
+    oracle mode it is qemu-storage-daemon; otherwise tests/nbd-serve with
+    the same meaning (no connection limit unless max_conn, as qsd)."""
+    path = t.test_path(sock)
+    if os.path.exists(path):
+        os.unlink(path)
+    if not t.oracle_mode():
+        args = ['-f', fmt, '-x', name,
+                '-e', str(max_conn if max_conn is not None else 0)]
+        args += [] if writable else ['-r']
+        args += ['-D', description] if description is not None else []
+        args += ['-A'] if depth else []
+        return serve(sock, image, args)
+    t.requires_qemu('qsd')
+    srv = 'addr.type=unix,addr.path=%s' % path
+    if max_conn is not None:
+        srv += ',max-connections=%d' % max_conn
+    exp = 'type=nbd,id=exp0,node-name=disk,name=%s,writable=%s' % (
+        name, 'on' if writable else 'off')
+    if description is not None:
+        exp += ',description=%s' % description
+    if depth:
+        exp += ',allocation-depth=on'
+    ro = '' if writable else ',read-only=on'
+    q = t.start_qsd(['--blockdev', 'driver=file,node-name=file0,filename=%s%s'
+                     % (image, ro),
+                     '--blockdev', 'driver=%s,node-name=disk,file=file0%s'
+                     % (fmt, ro),
+                     '--nbd-server', srv, '--export', exp])
+    t._wait_for(lambda: os.path.exists(path), 10, 'the NBD socket')
+    return QsdServed(q)
+
+
+def uri(sock, name=''):
+    return 'nbd+unix:///%s?socket=%s' % (name, t.test_path(sock))

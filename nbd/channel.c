@@ -1,0 +1,274 @@
+/* Coroutine I/O on a non-blocking socket (see channel.h). */
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <glib.h>
+#include <glib-unix.h>
+#include "strata/loop.h"
+#include "channel.h"
+
+#define RBUF_SIZE (64 * 1024)
+
+typedef struct {
+    GSource base;
+    NbdChannel *ch;
+} ChannelSource;
+
+struct NbdChannel {
+    int fd;
+    bool shut;
+    ChannelSource *src;
+    gpointer tag;
+    Coroutine *reader, *writer;
+    uint8_t *rbuf;
+    size_t rpos, rlen;
+};
+
+/* Ask the loop only for the directions a coroutine is waiting on. */
+static void channel_update_watch(NbdChannel *ch)
+{
+    GIOCondition cond = 0;
+
+    if (ch->reader) {
+        cond |= G_IO_IN;
+    }
+    if (ch->writer) {
+        cond |= G_IO_OUT;
+    }
+    g_source_modify_unix_fd(&ch->src->base, ch->tag, cond);
+}
+
+static gboolean channel_dispatch(GSource *src, GSourceFunc cb, gpointer d)
+{
+    NbdChannel *ch = ((ChannelSource *)src)->ch;
+    GIOCondition rev = g_source_query_unix_fd(src, ch->tag);
+    Coroutine *r = NULL, *w = NULL;
+
+    /* A hang-up or error wakes both sides: each sees it in its own call. */
+    if (ch->reader && (rev & (G_IO_IN | G_IO_HUP | G_IO_ERR))) {
+        r = ch->reader;
+        ch->reader = NULL;
+    }
+    if (ch->writer && (rev & (G_IO_OUT | G_IO_HUP | G_IO_ERR))) {
+        w = ch->writer;
+        ch->writer = NULL;
+    }
+    channel_update_watch(ch);
+    if (r) {
+        co_wake(r);
+    }
+    if (w) {
+        co_wake(w);
+    }
+    return G_SOURCE_CONTINUE;
+}
+
+static GSourceFuncs channel_source_funcs = {
+    .dispatch = channel_dispatch,
+};
+
+NbdChannel *nbd_channel_new(int fd)
+{
+    NbdChannel *ch = g_new0(NbdChannel, 1);
+    int fl = fcntl(fd, F_GETFL);
+
+    if (fl >= 0) {
+        fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+    }
+    ch->fd = fd;
+    ch->rbuf = g_malloc(RBUF_SIZE);
+    ch->src = (ChannelSource *)g_source_new(&channel_source_funcs,
+                                            sizeof(ChannelSource));
+    ch->src->ch = ch;
+    ch->tag = g_source_add_unix_fd(&ch->src->base, fd, 0);
+    g_source_set_can_recurse(&ch->src->base, TRUE);
+    g_source_attach(&ch->src->base, loop_context(loop_get()));
+    return ch;
+}
+
+void nbd_channel_free(NbdChannel *ch)
+{
+    if (!ch) {
+        return;
+    }
+    g_assert(!ch->reader && !ch->writer);
+    g_source_destroy(&ch->src->base);
+    g_source_unref(&ch->src->base);
+    close(ch->fd);
+    g_free(ch->rbuf);
+    g_free(ch);
+}
+
+/* Yield until the socket is ready in one direction (or shut down). */
+static void coroutine_fn channel_wait(NbdChannel *ch, bool for_write)
+{
+    if (for_write) {
+        g_assert(!ch->writer);
+        ch->writer = co_self();
+    } else {
+        g_assert(!ch->reader);
+        ch->reader = co_self();
+    }
+    channel_update_watch(ch);
+    co_yield();
+}
+
+void nbd_channel_shutdown(NbdChannel *ch)
+{
+    Coroutine *r = ch->reader, *w = ch->writer;
+
+    if (ch->shut) {
+        return;
+    }
+    ch->shut = true;
+    shutdown(ch->fd, SHUT_RDWR);
+    ch->reader = ch->writer = NULL;
+    channel_update_watch(ch);
+    if (r) {
+        co_wake(r);
+    }
+    if (w) {
+        co_wake(w);
+    }
+}
+
+bool nbd_channel_is_shut_down(const NbdChannel *ch)
+{
+    return ch->shut;
+}
+
+/* Some bytes into buf: >0, 0 at end of file, -EIO; yields while none. */
+static ssize_t coroutine_fn channel_recv_some(NbdChannel *ch, void *buf,
+                                              size_t len)
+{
+    for (;;) {
+        if (ch->shut) {
+            return -EIO;
+        }
+        ssize_t n = recv(ch->fd, buf, len, 0);
+        if (n >= 0) {
+            return n;
+        }
+        if (errno == EINTR) {
+            continue;
+        }
+        if (errno != EAGAIN && errno != EWOULDBLOCK) {
+            return -EIO;
+        }
+        channel_wait(ch, false);
+    }
+}
+
+int coroutine_fn nbd_channel_read(NbdChannel *ch, void *buf, size_t len)
+{
+    uint8_t *p = buf;
+    bool partial = false;
+
+    while (len) {
+        if (ch->rpos < ch->rlen) {
+            size_t n = MIN(len, ch->rlen - ch->rpos);
+            memcpy(p, ch->rbuf + ch->rpos, n);
+            ch->rpos += n;
+            p += n;
+            len -= n;
+            partial = true;
+            continue;
+        }
+        ssize_t n;
+        if (len >= RBUF_SIZE) {
+            /* A payload: no point in copying it through the buffer. */
+            n = channel_recv_some(ch, p, len);
+            if (n > 0) {
+                p += n;
+                len -= n;
+            }
+        } else {
+            n = channel_recv_some(ch, ch->rbuf, RBUF_SIZE);
+            if (n > 0) {
+                ch->rpos = 0;
+                ch->rlen = n;
+            }
+        }
+        if (n < 0) {
+            return -EIO;
+        }
+        if (n == 0) {
+            return partial ? -EIO : 0;
+        }
+        partial = true;
+    }
+    return 1;
+}
+
+int coroutine_fn nbd_channel_skip(NbdChannel *ch, size_t len)
+{
+    uint8_t scratch[4096];
+
+    while (len) {
+        size_t n = MIN(len, sizeof(scratch));
+        if (nbd_channel_read(ch, scratch, n) != 1) {
+            return -EIO;
+        }
+        len -= n;
+    }
+    return 0;
+}
+
+int coroutine_fn nbd_channel_writev(NbdChannel *ch, const struct iovec *iov,
+                                    int niov)
+{
+    struct iovec local[8];
+    struct iovec *v = niov <= 8 ? local : g_new(struct iovec, niov);
+    int ret = 0;
+
+    memcpy(v, iov, niov * sizeof(*v));
+    struct iovec *cur = v;
+    int left = niov;
+    while (left > 0) {
+        if (cur->iov_len == 0) {
+            cur++;
+            left--;
+            continue;
+        }
+        if (ch->shut) {
+            ret = -EIO;
+            break;
+        }
+        struct msghdr msg = { .msg_iov = cur, .msg_iovlen = left };
+        ssize_t n = sendmsg(ch->fd, &msg, MSG_NOSIGNAL);
+        if (n < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                channel_wait(ch, true);
+                continue;
+            }
+            ret = -EIO;
+            break;
+        }
+        while (n > 0) {
+            size_t k = MIN((size_t)n, cur->iov_len);
+            cur->iov_base = (uint8_t *)cur->iov_base + k;
+            cur->iov_len -= k;
+            n -= k;
+            if (cur->iov_len == 0) {
+                cur++;
+                left--;
+            }
+        }
+    }
+    if (v != local) {
+        g_free(v);
+    }
+    return ret;
+}
+
+int coroutine_fn nbd_channel_write(NbdChannel *ch, const void *buf,
+                                   size_t len)
+{
+    struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };
+    return nbd_channel_writev(ch, &iov, 1);
+}

@@ -1,0 +1,45 @@
+/*
+ * A non-blocking stream socket read and written from coroutines: a call
+ * that would block yields until the loop sees the socket ready, so one
+ * client never holds up the loop.  Reads are buffered (small requests
+ * arrive many to a packet); large payloads go straight to the caller's
+ * buffer.  Private to nbd/.
+ */
+#ifndef NBD_CHANNEL_H
+#define NBD_CHANNEL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/uio.h>
+#include "strata/coroutine.h"
+
+typedef struct NbdChannel NbdChannel;
+
+/* Takes ownership of fd (made non-blocking here). */
+NbdChannel *nbd_channel_new(int fd);
+/* Closes the socket; no coroutine may be waiting on it. */
+void nbd_channel_free(NbdChannel *ch);
+
+/*
+ * Read exactly len bytes: 1 on success, 0 on end of file before the first
+ * byte, -EIO on error, end of file part way, or shutdown.
+ */
+int coroutine_fn nbd_channel_read(NbdChannel *ch, void *buf, size_t len);
+/* Read and throw away len bytes: 0 or -EIO. */
+int coroutine_fn nbd_channel_skip(NbdChannel *ch, size_t len);
+/*
+ * Write every byte of iov: 0 or -EIO.  Callers that may write at the
+ * same time serialise themselves (the transmission phase has a lock).
+ */
+int coroutine_fn nbd_channel_writev(NbdChannel *ch, const struct iovec *iov,
+                                    int niov);
+int coroutine_fn nbd_channel_write(NbdChannel *ch, const void *buf,
+                                   size_t len);
+/*
+ * Stop all traffic: waiting and later reads and writes fail with -EIO.
+ * Safe from any code in the loop's thread.
+ */
+void nbd_channel_shutdown(NbdChannel *ch);
+bool nbd_channel_is_shut_down(const NbdChannel *ch);
+
+#endif
