@@ -31,7 +31,7 @@ static char *blk_root_desc(BlockChild *c)
     if (blk->name) {
         return g_strdup_printf("block device '%s'", blk->name);
     }
-    return g_strdup("a block device");
+    return g_strdup("an unnamed block device");  /* QEMU's words */
 }
 
 static void blk_root_drained_begin(BlockChild *c)

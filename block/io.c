@@ -21,6 +21,7 @@
 #include "block-int.h"
 #include "strata/debug-event.h"
 #include "strata/dirty-bitmap.h"
+#include "strata/block-events.h"
 
 typedef struct TrackedReq {
     int64_t offset, bytes;
@@ -448,6 +449,7 @@ int coroutine_fn node_co_pwritev_node(BlockNode *bs, int64_t offset,
             wait_serialising(bs, &tr);
             ret = bs->drv->co_pwritev_compressed(bs, offset, bytes, qiov,
                                                  qiov_offset);
+            node_note_write(bs, offset, bytes, false);
             node_set_dirty(bs, offset, bytes);
             track_end(bs, &tr);
             if (ret >= 0) {
@@ -478,6 +480,7 @@ int coroutine_fn node_co_pwritev_node(BlockNode *bs, int64_t offset,
         bs->wr_ops++;
     }
     /* Marked even on failure, as QEMU: part of it may have been written. */
+    node_note_write(bs, offset, bytes, false);
     node_set_dirty(bs, offset, bytes);
     write_finished(bs);
     track_end(bs, &tr);
@@ -596,6 +599,7 @@ static int coroutine_fn node_co_pwrite_zeroes_node(BlockNode *bs,
     if (ret >= 0 && tail) {
         ret = write_zero_buffers(bs, offset + head + mid, tail, flags, true);
     }
+    node_note_write(bs, offset, bytes, false);
     node_set_dirty(bs, offset, bytes);
     write_finished(bs);
     track_end(bs, &tr);
@@ -689,12 +693,14 @@ int coroutine_fn child_co_pdiscard(BlockChild *c, int64_t offset,
         }
         n = MIN(n, (int64_t)md);
         ret = bs->drv->co_pdiscard(bs, o, n);
+        node_note_discard(bs, n, ret);
         if (ret < 0 && ret != -ENOTSUP) {
             break;
         }
         ret = 0;
         o += n;
     }
+    node_note_write(bs, offset, bytes, true);
     node_set_dirty(bs, offset, bytes);
     write_finished(bs);
     track_end(bs, &tr);

@@ -975,6 +975,14 @@ probed:
     }
     opened = true;
     /*
+     * QEMU names a format's storage before the format node itself and its
+     * backing file after it; node listings (query-named-block-nodes,
+     * x-debug-query-block-graph) follow that order, so the node moves
+     * behind the children its driver just opened.
+     */
+    all_nodes = g_list_remove(all_nodes, bs);
+    all_nodes = g_list_append(all_nodes, bs);
+    /*
      * Storage opened below a backing file that is being opened: the chain
      * loops if it is the file of an image the chain already holds.
      */

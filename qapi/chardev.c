@@ -26,6 +26,7 @@ typedef struct {
     int listen_fd;
     int first_client;
     char *unix_path;
+    bool stdio;
     bool taken;
 } Chardev;
 
@@ -186,7 +187,30 @@ bool chardev_socket_add(const char *id, const ChardevSocketSpec *spec,
     return true;
 }
 
-int chardev_take_listener(const char *id, int *first_client, GError **errp)
+bool chardev_stdio_add(const char *id, GError **errp)
+{
+    if (find(id)) {
+        error_setg(errp, "duplicate yank instance");
+        return false;
+    }
+    for (GList *l = chardevs; l; l = l->next) {
+        if (((Chardev *)l->data)->stdio) {
+            error_setg(errp, "cannot use stdio by multiple character "
+                       "devices");
+            return false;
+        }
+    }
+    Chardev *c = g_new0(Chardev, 1);
+    c->id = g_strdup(id);
+    c->listen_fd = -1;
+    c->first_client = -1;
+    c->stdio = true;
+    chardevs = g_list_append(chardevs, c);
+    return true;
+}
+
+int chardev_take_listener(const char *id, int *first_client, bool *stdio,
+                          GError **errp)
 {
     Chardev *c = find(id);
 
@@ -199,16 +223,17 @@ int chardev_take_listener(const char *id, int *first_client, GError **errp)
         return -1;
     }
     c->taken = true;
+    *stdio = c->stdio;
     *first_client = c->first_client;
     c->first_client = -1;
-    return c->listen_fd;
+    return c->stdio ? 0 : c->listen_fd;
 }
 
 void chardev_cleanup(void)
 {
     while (chardevs) {
         Chardev *c = chardevs->data;
-        if (!c->taken) {
+        if (!c->taken && c->listen_fd >= 0) {
             close(c->listen_fd);
         }
         if (c->first_client >= 0) {

@@ -40,7 +40,9 @@ struct QmpMonitor {
 struct QmpSession {
     int refcnt;
     QmpMonitor *mon;
-    int fd;
+    int fd;                     /* a socket; or, for stdio, */
+    int out_fd;                 /* where output goes (fd is the input) */
+    bool stdio;
     bool closed;
     GSource *in_src, *out_src;
     QmpStream *stream;
@@ -147,8 +149,11 @@ static gboolean on_writable(gint fd, GIOCondition cond, gpointer opaque);
 static void session_flush(QmpSession *s)
 {
     while (s->out_off < s->out->len) {
-        ssize_t n = send(s->fd, s->out->str + s->out_off,
-                         s->out->len - s->out_off, MSG_NOSIGNAL);
+        ssize_t n = s->stdio ?
+            write(s->out_fd, s->out->str + s->out_off,
+                  s->out->len - s->out_off) :
+            send(s->fd, s->out->str + s->out_off,
+                 s->out->len - s->out_off, MSG_NOSIGNAL);
         if (n < 0 && errno == EINTR) {
             continue;
         }
@@ -176,7 +181,7 @@ static void session_flush(QmpSession *s)
         return;
     }
     if (!s->out_src) {
-        s->out_src = g_unix_fd_source_new(s->fd, G_IO_OUT);
+        s->out_src = g_unix_fd_source_new(s->out_fd, G_IO_OUT);
         g_source_set_callback(s->out_src, (GSourceFunc)(void (*)(void))
                               on_writable, s, NULL);
         g_source_attach(s->out_src, ctx());
@@ -460,7 +465,8 @@ static gboolean on_readable(gint fd, GIOCondition cond, gpointer opaque)
         .msg_control = control.buf, .msg_controllen = sizeof(control.buf),
     };
 
-    ssize_t n = recvmsg(s->fd, &mh, MSG_CMSG_CLOEXEC);
+    ssize_t n = s->stdio ? read(s->fd, buf, sizeof(buf))
+                         : recvmsg(s->fd, &mh, MSG_CMSG_CLOEXEC);
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
         return G_SOURCE_CONTINUE;
     }
@@ -468,7 +474,8 @@ static gboolean on_readable(gint fd, GIOCondition cond, gpointer opaque)
         session_close(s);
         return G_SOURCE_REMOVE;
     }
-    for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
+    for (struct cmsghdr *c = s->stdio ? NULL : CMSG_FIRSTHDR(&mh); c;
+         c = CMSG_NXTHDR(&mh, c)) {
         if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) {
             continue;
         }
@@ -518,7 +525,13 @@ static void session_close(QmpSession *s)
         g_source_unref(s->out_src);
         s->out_src = NULL;
     }
-    close(s->fd);
+    if (s->stdio) {
+        /* stdin and stdout stay: only the monitor ends */
+        g_unix_set_fd_nonblocking(s->fd, FALSE, NULL);
+        g_unix_set_fd_nonblocking(s->out_fd, FALSE, NULL);
+    } else {
+        close(s->fd);
+    }
     s->fd = -1;
     drop_msgfds(s);
     qmp_stream_free(s->stream);
@@ -560,13 +573,15 @@ static json_t *greeting(void)
     return g;
 }
 
-static void session_new(QmpMonitor *mon, int fd)
+static void session_new(QmpMonitor *mon, int fd, int out_fd)
 {
     QmpSession *s = g_new0(QmpSession, 1);
 
     s->refcnt = 1;
     s->mon = mon;
     s->fd = fd;
+    s->out_fd = out_fd;
+    s->stdio = fd != out_fd;
     s->out = g_string_new(NULL);
     g_queue_init(&s->queue);
     s->stream = qmp_stream_new(on_message, s);
@@ -582,7 +597,7 @@ static gboolean on_accept(gint fd, GIOCondition cond, gpointer opaque)
     int cfd = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
 
     if (cfd >= 0) {
-        session_new(mon, cfd);
+        session_new(mon, cfd, cfd);
     }
     /* EAGAIN, ECONNABORTED, EMFILE: try again on the next wake-up */
     return G_SOURCE_CONTINUE;
@@ -591,23 +606,40 @@ static gboolean on_accept(gint fd, GIOCondition cond, gpointer opaque)
 void qmp_monitor_add_client(QmpMonitor *mon, int fd)
 {
     g_unix_set_fd_nonblocking(fd, TRUE, NULL);
-    session_new(mon, fd);
+    session_new(mon, fd, fd);
 }
 
-QmpMonitor *qmp_monitor_new(int listen_fd, bool pretty)
+static QmpMonitor *monitor_new(int listen_fd, bool pretty)
 {
     QmpMonitor *mon = g_new0(QmpMonitor, 1);
 
-    g_unix_set_fd_nonblocking(listen_fd, TRUE, NULL);
     mon->listen_fd = listen_fd;
     mon->pretty = pretty;
     mon->named_fds = g_hash_table_new_full(g_str_hash, g_str_equal, g_free,
                                            NULL);
+    monitors = g_list_append(monitors, mon);
+    return mon;
+}
+
+QmpMonitor *qmp_monitor_new(int listen_fd, bool pretty)
+{
+    QmpMonitor *mon = monitor_new(listen_fd, pretty);
+
+    g_unix_set_fd_nonblocking(listen_fd, TRUE, NULL);
     mon->listen_src = g_unix_fd_source_new(listen_fd, G_IO_IN);
     g_source_set_callback(mon->listen_src,
                           (GSourceFunc)(void (*)(void))on_accept, mon, NULL);
     g_source_attach(mon->listen_src, ctx());
-    monitors = g_list_append(monitors, mon);
+    return mon;
+}
+
+QmpMonitor *qmp_monitor_new_stdio(bool pretty)
+{
+    QmpMonitor *mon = monitor_new(-1, pretty);
+
+    g_unix_set_fd_nonblocking(STDIN_FILENO, TRUE, NULL);
+    g_unix_set_fd_nonblocking(STDOUT_FILENO, TRUE, NULL);
+    session_new(mon, STDIN_FILENO, STDOUT_FILENO);
     return mon;
 }
 
@@ -619,7 +651,13 @@ void qmp_monitor_free(QmpMonitor *mon)
     monitors = g_list_remove(monitors, mon);
     while (mon->sessions) {
         QmpSession *s = mon->sessions->data;
-        /* a last try at what is queued, without waiting for the client */
+        /*
+         * A last try at what is queued, without waiting for a socket
+         * client; stdout takes it all (as QEMU's does at exit).
+         */
+        if (s->stdio) {
+            g_unix_set_fd_nonblocking(s->out_fd, FALSE, NULL);
+        }
         if (s->out->len > s->out_off) {
             session_flush(s);
         }
@@ -627,9 +665,11 @@ void qmp_monitor_free(QmpMonitor *mon)
             session_close(s);
         }
     }
-    g_source_destroy(mon->listen_src);
-    g_source_unref(mon->listen_src);
-    close(mon->listen_fd);
+    if (mon->listen_src) {
+        g_source_destroy(mon->listen_src);
+        g_source_unref(mon->listen_src);
+        close(mon->listen_fd);
+    }
     GHashTableIter it;
     gpointer fd;
     g_hash_table_iter_init(&it, mon->named_fds);

@@ -127,7 +127,7 @@ static void test_conflict_message_and_rollback(void **state)
                                   BLK_PERM_CONSISTENT_READ);
     assert_false(blk_insert_node(other, top, &err));
     assert_non_null(strstr(err->message, "required by block device 'drive0'"));
-    assert_non_null(strstr(err->message, "unshared by a block device"));
+    assert_non_null(strstr(err->message, "unshared by an unnamed block device"));
     g_clear_error(&err);
 
     /* Sharing everything makes it compatible. */

@@ -12,6 +12,7 @@
 #include <string.h>
 #include <cmocka.h>
 #include "strata/qmp.h"
+#include "strata/qmp-server.h"
 #include "qapi-commands.h"
 #include "qapi-visit.h"
 
@@ -65,6 +66,19 @@ FdsetInfoList *qmp_query_fdsets(GError **errp)
 void qmp_event_send(const char *event, json_t *data)
 {
     json_decref(data);
+}
+
+/* Handlers run here outside any client session. */
+QmpSession *qmp_session_current(void)
+{
+    return NULL;
+}
+
+/* The node commands register their shutdown step; no daemon stops here. */
+void qmp_server_at_shutdown(QmpShutdownPhase phase, void (*fn)(void))
+{
+    (void)phase;
+    (void)fn;
 }
 
 /* Run a command as the server would; returns the reply or NULL + *msg. */

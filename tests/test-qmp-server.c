@@ -15,6 +15,8 @@
 #include <sys/un.h>
 #include <cmocka.h>
 
+#include <netinet/in.h>
+#include "strata/chardev.h"
 #include "strata/coroutine.h"
 #include "strata/loop.h"
 #include "strata/qmp-server.h"
@@ -491,6 +493,45 @@ static void test_pretty(void **state)
     client_free(c);
 }
 
+/* A TCP chardev (port 0: the kernel picks one) serving a monitor. */
+static void test_tcp_chardev(void **state)
+{
+    ChardevSocketSpec spec = { .host = "127.0.0.1", .port = "0", .fd = -1 };
+    GError *err = NULL;
+    int first;
+    bool stdio;
+
+    assert_true(chardev_socket_add("tcp0", &spec, "test", &err));
+    assert_false(chardev_socket_add("tcp0", &spec, "test", &err));
+    assert_string_equal(err->message, "duplicate yank instance");
+    g_clear_error(&err);
+    int lfd = chardev_take_listener("tcp0", &first, &stdio, &err);
+    assert_true(lfd >= 0);
+    assert_false(stdio);
+    assert_int_equal(first, -1);
+    assert_int_equal(chardev_take_listener("tcp0", &first, &stdio, &err), -1);
+    assert_string_equal(err->message, "Device 'tcp0' is in use");
+    g_clear_error(&err);
+    assert_int_equal(chardev_take_listener("nosuch", &first, &stdio, &err),
+                     -1);
+    assert_string_equal(err->message, "chardev \"nosuch\" not found");
+    g_clear_error(&err);
+
+    struct sockaddr_in sa;
+    socklen_t len = sizeof(sa);
+    assert_int_equal(getsockname(lfd, (struct sockaddr *)&sa, &len), 0);
+    qmp_monitor_new(lfd, false);
+    Client *c = g_new0(Client, 1);
+    c->in = g_string_new(NULL);
+    c->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_int_equal(connect(c->fd, (struct sockaddr *)&sa, len), 0);
+    expect(c, greeting_text);
+    client_send(c, "{'execute': 'qmp_capabilities', 'id': 'tcp'}");
+    expect(c, "{\"return\": {}, \"id\": \"tcp\"}");
+    client_free(c);
+    chardev_cleanup();
+}
+
 int main(void)
 {
     co_queue_init(&gate);
@@ -502,6 +543,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_fd_passing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_output_bound, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pretty, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tcp_chardev, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL) ? 1 : 0;
 }

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "qcow2.h"
+#include "strata/block-events.h"
 
 /* The names QEMU 7.2 writes in its feature name table, in this order. */
 const Qcow2FeatureName qcow2_feature_table[QCOW2_FEATURE_TABLE_LEN] = {
@@ -761,8 +762,7 @@ void coroutine_fn qcow2_signal_corruption(BlockNode *bs, bool fatal,
         warn_print("qcow2: Image is corrupt: %s; further non-fatal corruption "
                    "events will be suppressed", msg);
     }
-    (void)offset;
-    (void)size;
+    node_report_corruption(bs, msg, offset, size, fatal);
     g_free(msg);
     if (fatal) {
         s->corrupt = true;

@@ -309,6 +309,9 @@ struct BlockNode {
 
     /* Statistics (query-blockstats later). */
     uint64_t rd_bytes, wr_bytes, rd_ops, wr_ops, flush_ops;
+    /* block/events.c: the write threshold (0: off), the furthest write. */
+    uint64_t write_threshold, wr_highest_offset;
+    uint64_t discard_nb_ok, discard_nb_failed, discard_bytes_ok;
 
     /* Named dirty bitmaps (strata/dirty-bitmap.h), newest first. */
     GList *dirty_bitmaps;

@@ -1,7 +1,7 @@
 /*
  * Character devices as qemu-storage-daemon has them for its monitors:
  * listening sockets (unix path, TCP host and port, or a descriptor already
- * listening) registered by id.  A monitor takes its chardev's socket.
+ * listening) and stdio, registered by id.  A monitor takes its chardev.
  */
 #ifndef STRATA_CHARDEV_H
 #define STRATA_CHARDEV_H
@@ -24,11 +24,16 @@ typedef struct ChardevSocketSpec {
 bool chardev_socket_add(const char *id, const ChardevSocketSpec *spec,
                         const char *who, GError **errp);
 
+/* QEMU's stdio chardev (one per process). */
+bool chardev_stdio_add(const char *id, GError **errp);
+
 /*
  * Hand id's listening socket to its one user (a monitor).  *first_client:
- * the client wait=on waited for, or -1.
+ * the client wait=on waited for, or -1.  For a stdio chardev *stdio is set
+ * and the result is 0.
  */
-int chardev_take_listener(const char *id, int *first_client, GError **errp);
+int chardev_take_listener(const char *id, int *first_client, bool *stdio,
+                          GError **errp);
 
 /* Forget every chardev, removing the unix socket files they created. */
 void chardev_cleanup(void);

@@ -27,6 +27,11 @@ typedef struct QmpMonitor QmpMonitor;
  * owns it from now on).  pretty: QEMU's pretty=on output.
  */
 QmpMonitor *qmp_monitor_new(int listen_fd, bool pretty);
+/*
+ * QEMU's stdio chardev: one session reading stdin and writing stdout (both
+ * made non-blocking while it lasts); it ends at end of input.
+ */
+QmpMonitor *qmp_monitor_new_stdio(bool pretty);
 /* Serve a client already connected (chardev wait=on waited for it). */
 void qmp_monitor_add_client(QmpMonitor *mon, int fd);
 /* Disconnect its clients, close its socket, close its getfd descriptors. */

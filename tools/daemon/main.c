@@ -84,6 +84,7 @@ static void help(void)
 "  --chardev socket,id=<id>,path=<path>[,server=on][,wait=on|off]\n"
 "  --chardev socket,id=<id>,host=<host>,port=<port>[,server=on][,wait=on|off]\n"
 "  --chardev socket,id=<id>,fd=<fd>[,server=on][,wait=on|off]\n"
+"  --chardev stdio,id=<id>\n"
 "                         configure a listening socket for a monitor\n"
 "\n"
 "  --export [type=]nbd,id=<id>,node-name=<node-name>[,name=<export-name>]\n"
@@ -159,13 +160,19 @@ static void add_monitor(const char *arg)
         option_failed("monitor", arg, err);
     }
     int first;
-    int fd = chardev_take_listener(mo->chardev, &first, &err);
+    bool stdio;
+    int fd = chardev_take_listener(mo->chardev, &first, &stdio, &err);
     if (fd < 0) {
         option_failed("monitor", arg, err);
     }
-    QmpMonitor *mon = qmp_monitor_new(fd, mo->has_pretty && mo->pretty);
-    if (first >= 0) {
-        qmp_monitor_add_client(mon, first);
+    bool pretty = mo->has_pretty && mo->pretty;
+    if (stdio) {
+        qmp_monitor_new_stdio(pretty);
+    } else {
+        QmpMonitor *mon = qmp_monitor_new(fd, pretty);
+        if (first >= 0) {
+            qmp_monitor_add_client(mon, first);
+        }
     }
     qapi_free_MonitorOptions(mo);
 }

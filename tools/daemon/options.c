@@ -12,6 +12,16 @@
 #include "../common/tool-common.h"
 #include "daemon.h"
 
+/* The keys of QEMU's chardev option list (any backend). */
+static const char *const chardev_keys[] = {
+    "id", "backend", "path", "host", "port", "fd", "localaddr", "localport",
+    "to", "ipv4", "ipv6", "wait", "server", "delay", "nodelay", "reconnect",
+    "telnet", "tn3270", "websocket", "width", "height", "cols", "rows",
+    "mux", "signal", "name", "debug", "size", "chardev", "append",
+    "logfile", "logappend", "tls-creds", "tls-authz", "abstract", "tight",
+    NULL,
+};
+
 /* QemuOpts' booleans. */
 static bool parse_bool(json_t *opts, const char *key, bool def, bool *out,
                        GError **errp)
@@ -71,9 +81,22 @@ bool daemon_chardev_option(const char *arg, GError **errp)
         error_setg(errp, "chardev: \"%s\" missing backend", id);
         goto out;
     }
+    const char *key;
+    json_t *v;
+    json_object_foreach(opts, key, v) {
+        if (!g_strv_contains(chardev_keys, key)) {
+            error_setg(errp, "Invalid parameter '%s'", key);
+            goto out;
+        }
+    }
+    if (!strcmp(backend, "stdio")) {
+        /* as QEMU: the other backends' keys are accepted and unused */
+        ok = chardev_stdio_add(id, errp);
+        goto out;
+    }
     if (strcmp(backend, "socket")) {
         error_setg(errp, "chardev backend '%s' is not supported by %s "
-                   "(only 'socket')", backend, tool_name());
+                   "(only 'socket' and 'stdio')", backend, tool_name());
         goto out;
     }
     bool server, wait;
@@ -100,12 +123,11 @@ bool daemon_chardev_option(const char *arg, GError **errp)
         }
         spec.fd = (int)n;
     }
-    const char *key;
-    json_t *v;
     json_object_foreach(opts, key, v) {
         if (strcmp(key, "id") && strcmp(key, "path") && strcmp(key, "host") &&
             strcmp(key, "port") && strcmp(key, "fd")) {
-            error_setg(errp, "Invalid parameter '%s'", key);
+            error_setg(errp, "Parameter '%s' is not supported by %s", key,
+                       tool_name());
             goto out;
         }
     }

@@ -1,0 +1,321 @@
+/*
+ * Node commands: blockdev-add, blockdev-del, blockdev-reopen, block_resize,
+ * block-set-write-threshold, change-backing-file, and the events nodes
+ * raise (BLOCK_WRITE_THRESHOLD, BLOCK_IMAGE_CORRUPTED).
+ *
+ * The monitor owns the roots that blockdev-add (and --blockdev, which runs
+ * it) opened: one reference each, dropped by blockdev-del or when the
+ * daemon stops.
+ */
+#include <errno.h>
+#include <string.h>
+#include "block-lib.h"
+#include "strata/error.h"
+#include "strata/opts.h"
+#include "strata/qmp-server.h"
+#include "qapi-commands.h"
+#include "qapi-events.h"
+#include "qapi-visit.h"
+#include "node-info.h"
+
+static GList *monitor_nodes;    /* BlockNode *, oldest first */
+
+static void close_monitor_nodes(void)
+{
+    /* Newest first: a later node may sit above an older one. */
+    while (monitor_nodes) {
+        GList *last = g_list_last(monitor_nodes);
+        BlockNode *bs = last->data;
+        monitor_nodes = g_list_delete_link(monitor_nodes, last);
+        node_unref(bs);
+    }
+}
+
+static void on_write_threshold(BlockNode *bs, uint64_t amount,
+                               uint64_t threshold)
+{
+    qapi_event_send_block_write_threshold(node_get_name(bs), amount,
+                                          threshold);
+}
+
+static void on_image_corrupted(BlockNode *bs, const char *msg,
+                               int64_t offset, int64_t size, bool fatal)
+{
+    /* A node without a device: QEMU names the device "". */
+    qapi_event_send_block_image_corrupted(node_device_name(bs),
+                                          node_get_name(bs), msg,
+                                          offset >= 0, offset,
+                                          size >= 0, size, fatal);
+}
+
+static const NodeEventListener listener = {
+    .write_threshold = on_write_threshold,
+    .image_corrupted = on_image_corrupted,
+};
+
+/*
+ * Registered before main(), so that --blockdev's nodes are closed at
+ * shutdown and events reach clients from the start.
+ */
+__attribute__((constructor)) static void cmd_block_init(void)
+{
+    qmp_server_at_shutdown(QMP_SHUTDOWN_NODES, close_monitor_nodes);
+    node_events_set_listener(&listener);
+}
+
+static bool node_is_monitor_owned(BlockNode *bs)
+{
+    return g_list_find(monitor_nodes, bs) != NULL;
+}
+
+/* QEMU's bdrv_lookup_bs(): a device (strata's monitor has none) or node. */
+static BlockNode *block_lookup(const char *device, const char *node_name,
+                               GError **errp)
+{
+    BlockNode *bs = node_name ? node_find(node_name) : NULL;
+    if (!bs) {
+        error_setg(errp, "Cannot find device='%s' nor node-name='%s'",
+                   device ? device : "", node_name ? node_name : "");
+    }
+    return bs;
+}
+
+/*
+ * The library appends hints for people on lines of their own ("Is another
+ * process using the image [x]?"); QEMU prints its hints on the terminal
+ * (--blockdev) but never in a QMP error, so a client's request loses them.
+ */
+static void drop_hints(GError **errp)
+{
+    if (errp && *errp && qmp_session_current()) {
+        char *nl = strchr((*errp)->message, '\n');
+        if (nl) {
+            *nl = '\0';
+        }
+    }
+}
+
+void qmp_blockdev_add(BlockdevOptions *arg, GError **errp)
+{
+    if (!arg->node_name) {
+        error_setg(errp, "'node-name' must be specified for the root node");
+        return;
+    }
+    json_t *tree = qapi_BlockdevOptions_to_json(arg);
+    json_t *flat = opts_flatten(tree);
+    json_decref(tree);
+    /* QEMU's defaults for blockdev-add: read-write unless told otherwise. */
+    BlockNode *bs = node_open(NULL, flat, NODE_O_RDWR, errp);
+    if (bs) {
+        monitor_nodes = g_list_append(monitor_nodes, bs);
+    }
+    drop_hints(errp);
+}
+
+void qmp_blockdev_del(const char *node_name, GError **errp)
+{
+    BlockNode *bs = node_find(node_name);
+    if (!bs) {
+        error_setg(errp, "Failed to find node with node-name='%s'", node_name);
+        return;
+    }
+    BlockChild *busy = NULL;
+    bool has_backend = false;
+    for (BlockChild *c = node_next_parent(bs, NULL); c;
+         c = node_next_parent(bs, c)) {
+        if (child_parent_kind(c) == PARENT_BACKEND) {
+            has_backend = true;
+        }
+        /*
+         * QEMU's op blockers: block jobs and backing edges forbid the
+         * deletion; the newest reason is the one reported.
+         */
+        if (node_info_block_job(c, NULL) ||
+            (child_parent_kind(c) == PARENT_NODE &&
+             (child_role(c) & CHILD_ROLE_COW))) {
+            busy = c;
+        }
+    }
+    if (has_backend) {
+        error_setg(errp, "Node %s is in use", node_name);
+        return;
+    }
+    if (busy) {
+        void *job = NULL;
+        if (node_info_block_job(busy, &job)) {
+            error_setg(errp, "Node '%s' is busy: block device is in use by "
+                       "block job: %s", node_name, node_info_job_type(job));
+        } else {
+            error_setg(errp, "Node '%s' is busy: node is used as backing hd "
+                       "of '%s'", node_name,
+                       node_get_name(child_parent(busy)));
+        }
+        return;
+    }
+    if (!node_is_monitor_owned(bs)) {
+        error_setg(errp, "Node %s is not owned by the monitor", node_name);
+        return;
+    }
+    if (node_next_parent(bs, NULL)) {
+        error_setg(errp, "Block device %s is in use", node_name);
+        return;
+    }
+    monitor_nodes = g_list_remove(monitor_nodes, bs);
+    node_unref(bs);
+}
+
+void qmp_blockdev_reopen(BlockdevOptionsList *options, GError **errp)
+{
+    ReopenQueue *q = NULL;
+
+    for (BlockdevOptionsList *l = options; l; l = l->next) {
+        BlockdevOptions *o = l->value;
+        if (!o->node_name) {
+            error_setg(errp, "node-name not specified");
+            goto fail;
+        }
+        BlockNode *bs = node_find(o->node_name);
+        if (!bs) {
+            error_setg(errp, "Failed to find node with node-name='%s'",
+                       o->node_name);
+            goto fail;
+        }
+        json_t *tree = qapi_BlockdevOptions_to_json(o);
+        json_t *flat = opts_flatten(tree);
+        json_decref(tree);
+        /*
+         * blockdev-reopen does not keep old options: what is left out goes
+         * back to its default (read-write among them).  The library's
+         * queue merges over the current options, so the node-wide ones
+         * that children do not inherit are spelt out here (the cache
+         * mode, which children inherit, keeps its value when left out).
+         */
+        static const struct { const char *key, *value; } defaults[] = {
+            { "detect-zeroes", "off" }, { "discard", "ignore" },
+        };
+        for (size_t i = 0; i < G_N_ELEMENTS(defaults); i++) {
+            if (!json_object_get(flat, defaults[i].key)) {
+                json_object_set_new(flat, defaults[i].key,
+                                    json_string(defaults[i].value));
+            }
+        }
+        q = reopen_queue_add(q, bs, flat, false);
+    }
+    reopen_multiple(q, errp);
+    drop_hints(errp);
+    return;
+fail:
+    reopen_queue_free(q);
+}
+
+void qmp_block_resize(const char *device, const char *node_name,
+                      int64_t size, GError **errp)
+{
+    BlockNode *bs = block_lookup(device, node_name, errp);
+    if (!bs) {
+        return;
+    }
+    if (size < 0) {
+        error_setg(errp, "Parameter 'size' expects a >0 size");
+        return;
+    }
+    BlockBackend *blk = blk_new(BLK_PERM_RESIZE, BLK_PERM_ALL);
+    if (!blk_insert_node(blk, bs, errp)) {
+        drop_hints(errp);
+        blk_unref(blk);
+        return;
+    }
+    /*
+     * Other users wait while the node is drained; this one goes through
+     * its edge directly, as QEMU's truncate does not wait for a drain.
+     */
+    node_drain_begin(bs);
+    child_co_truncate(blk_root(blk), size, false, PREALLOC_OFF, errp);
+    node_drain_end(bs);
+    blk_unref(blk);
+}
+
+void qmp_block_set_write_threshold(const char *node_name,
+                                   uint64_t write_threshold, GError **errp)
+{
+    BlockNode *bs = node_find(node_name);
+    if (!bs) {
+        error_setg(errp, "Device '%s' not found", node_name);
+        return;
+    }
+    node_set_write_threshold(bs, write_threshold);
+}
+
+/* QEMU's bdrv_is_root_node(): only devices above it, if anything. */
+static bool is_root_node(BlockNode *bs)
+{
+    for (BlockChild *c = node_next_parent(bs, NULL); c;
+         c = node_next_parent(bs, c)) {
+        if (child_parent_kind(c) != PARENT_BACKEND) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/* The next image down a chain, past filters (bdrv_filter_or_cow_bs). */
+static BlockNode *filter_or_cow(BlockNode *bs)
+{
+    BlockNode *f = node_filtered_child(bs);
+    return f ? f : node_backing(bs);
+}
+
+void qmp_change_backing_file(const char *device, const char *image_node_name,
+                             const char *backing_file, GError **errp)
+{
+    BlockNode *bs = block_lookup(device, device, errp);
+    if (!bs) {
+        return;
+    }
+    if (!is_root_node(bs)) {
+        error_setg(errp, "Need a root block node");
+        return;
+    }
+    if (!node_is_inserted(bs)) {
+        error_setg(errp, "Device has no medium");
+        return;
+    }
+    BlockNode *image = block_lookup(NULL, image_node_name, errp);
+    if (!image) {
+        return;
+    }
+    if (!node_backing(node_skip_filters(image))) {
+        error_setg(errp, "not allowing backing file change on an image "
+                   "without a backing file");
+        return;
+    }
+    BlockNode *b = bs;
+    while (b && b != image) {
+        b = filter_or_cow(b);
+    }
+    if (!b) {
+        error_setg(errp, "'%s' and image file are not in the same chain",
+                   device);
+        return;
+    }
+    bool ro = node_is_read_only(image);
+    if (ro && !node_reopen(image, NULL, false, errp)) {
+        return;
+    }
+    /*
+     * QEMU 7.2 records the image's own format as the backing format here,
+     * whatever the backing file is: kept, so that images come out the same.
+     */
+    GError *err = NULL;
+    int ret = node_change_backing_file(image, backing_file,
+                                       node_get_format_name(image), false,
+                                       &err);
+    if (ret < 0) {
+        g_clear_error(&err);
+        error_setg_errno(errp, -ret, "Could not change backing file to '%s'",
+                         backing_file);
+    }
+    if (ro) {
+        node_reopen(image, NULL, true, ret < 0 ? NULL : errp);
+    }
+}
