@@ -10,6 +10,7 @@
 #define PreallocMode LibPreallocMode
 #include "strata/block.h"
 #undef PreallocMode
+#include "strata/coroutine.h"
 #include "strata/error.h"
 #include "strata/nbd-server.h"
 #include "qapi-commands.h"
@@ -18,10 +19,14 @@
 #include "qapi-visit.h"
 #include "nbd-export.h"
 
+/* block-export-del requests waiting for their export to be deleted */
+static CoQueue deleted_waiters;
+
 static void export_deleted(const char *id, void *opaque)
 {
     (void)opaque;
     qapi_event_send_block_export_deleted(id);
+    co_queue_restart_all(&deleted_waiters);
 }
 
 void qapi_exports_close_all(void)
@@ -39,6 +44,7 @@ void qapi_exports_init(void)
         return;
     }
     done = true;
+    co_queue_init(&deleted_waiters);
     nbd_export_add_deleted_listener(export_deleted, NULL);
 }
 
@@ -93,7 +99,21 @@ void qmp_block_export_del(const char *id, bool has_mode,
     NbdRemoveMode m = has_mode && mode == BLOCK_EXPORT_REMOVE_MODE_HARD
                       ? NBD_REMOVE_HARD : NBD_REMOVE_SAFE;
 
-    nbd_export_del(id, m, errp);
+    if (!nbd_export_del(id, m, errp)) {
+        return;
+    }
+    /*
+     * An export nobody is connected to goes at once in QEMU, so its
+     * BLOCK_EXPORT_DELETED comes before the reply; here it goes in a
+     * bottom half (releasing its backend runs the loop): wait for it.  With
+     * clients connected QEMU replies first and the event follows once they
+     * have gone, and so does this.
+     */
+    if (nbd_server_client_count() == 0 && in_coroutine()) {
+        while (nbd_export_exists(id)) {
+            co_queue_wait(&deleted_waiters);
+        }
+    }
 }
 
 BlockExportInfoList *qmp_query_block_exports(GError **errp)
