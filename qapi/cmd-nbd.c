@@ -171,6 +171,19 @@ bool qapi_nbd_server_cmdline(const char *arg, GError **errp)
 
 void qmp_nbd_server_stop(GError **errp)
 {
+    size_t n;
+    NbdExportInfo *info = nbd_export_query(&n);
+
+    /*
+     * Oldest first, as QEMU's exports go (and their BLOCK_EXPORT_DELETED
+     * events come); the server then waits for every one to be gone.
+     */
+    for (size_t i = n; i-- > 0;) {
+        if (!info[i].shutting_down) {
+            nbd_export_del(info[i].id, NBD_REMOVE_HARD, NULL);
+        }
+    }
+    nbd_export_info_free(info, n);
     nbd_server_stop(errp);
 }
 

@@ -128,6 +128,15 @@ static G_NORETURN void option_failed(const char *opt, const char *arg,
 
 static void on_quit(void)
 {
+    /*
+     * From the quit command: close the exports before its reply goes out,
+     * so that clients see their BLOCK_EXPORT_DELETED events first, as
+     * qemu-storage-daemon 7.2 sends them.  After a signal the shutdown
+     * phase does it.
+     */
+    if (in_coroutine()) {
+        qapi_exports_close_all();
+    }
     exit_requested = true;
     g_main_context_wakeup(loop_context(loop_get()));
 }
