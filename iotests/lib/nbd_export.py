@@ -3,11 +3,14 @@
 serve() runs tests/nbd-serve from the build (strata's NBD server library
 behind qemu-nbd's command line) or, in oracle mode (./check --regen),
 qemu-nbd itself with the same arguments, so the goldens are QEMU's.
-serve_qsd() runs strata-daemon or, in oracle mode, qemu-storage-daemon 7.2
-with the same --blockdev/--nbd-server/--export arguments.  The clients (qemu-io, qemu-img, nbdinfo, nbdcopy,
+serve_qsd() and serve_daemon() run strata-daemon or, in oracle mode,
+qemu-storage-daemon 7.2 with the same --blockdev/--nbd-server/--export
+arguments; the nbd-export-* tests use those (serve() is left for ad-hoc
+comparisons with qemu-nbd).  The clients (qemu-io, qemu-img, nbdinfo, nbdcopy,
 libnbd) are the same in both modes: only the server changes.
 """
 
+import json
 import os
 import re
 import signal
@@ -124,6 +127,55 @@ def serve_qsd(sock, image, fmt, name, writable=False, max_conn=None,
                     '--blockdev', 'driver=%s,node-name=disk,file=file0%s'
                     % (fmt, ro),
                     '--nbd-server', srv, '--export', exp])
+    t._wait_for(lambda: os.path.exists(path), 10, 'the NBD socket')
+    return QsdServed(d)
+
+
+def serve_daemon(sock, image, args=()):
+    """serve()'s qemu-nbd arguments (-f FMT, -x NAME, -r, -e N, -D DESC, -A,
+    --discard=unmap) carried out by a daemon instead: qemu-storage-daemon
+    7.2 in oracle mode, strata-daemon otherwise, with --blockdev,
+    --nbd-server and --export.  The defaults are qemu-nbd's (writable, the
+    export named "", one connection), so a test keeps its meaning."""
+    import qmp
+    qmp.requires_daemon()
+    path = t.test_path(sock)
+    if os.path.exists(path):
+        os.unlink(path)
+    fmt, name, ro, conns, desc, depth, discard = 'raw', '', False, 1, None, \
+        False, None
+    args = list(args)
+    while args:
+        a = args.pop(0)
+        if a == '-f':
+            fmt = args.pop(0)
+        elif a == '-x':
+            name = args.pop(0)
+        elif a == '-r':
+            ro = True
+        elif a == '-e':
+            conns = int(args.pop(0))
+        elif a == '-D':
+            desc = args.pop(0)
+        elif a == '-A':
+            depth = True
+        elif a.startswith('--discard='):
+            discard = a.split('=', 1)[1]
+        else:
+            raise ValueError('serve_daemon: unsupported argument %s' % a)
+    opts = ',read-only=on' if ro else ''
+    opts += ',discard=%s' % discard if discard else ''
+    exp = {'type': 'nbd', 'id': 'exp0', 'node-name': 'disk', 'name': name,
+           'writable': not ro, 'allocation-depth': depth}
+    if desc is not None:
+        exp['description'] = desc
+    srv = 'addr.type=unix,addr.path=%s' % path
+    srv += ',max-connections=%d' % conns if conns else ''
+    d = qmp.Daemon(['--blockdev', 'driver=file,node-name=file0,filename=%s%s'
+                    % (image, opts),
+                    '--blockdev', 'driver=%s,node-name=disk,file=file0%s'
+                    % (fmt, opts),
+                    '--nbd-server', srv, '--export', json.dumps(exp)])
     t._wait_for(lambda: os.path.exists(path), 10, 'the NBD socket')
     return QsdServed(d)
 
