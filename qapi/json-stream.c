@@ -6,6 +6,8 @@
  * with the next bytes, so one bad request costs the client one error reply,
  * never the connection.
  */
+#include <unistd.h>
+
 #include "json-stream.h"
 #include "strata/error.h"
 #include "strata/json-reader.h"
@@ -66,6 +68,10 @@ void qmp_message_free(QmpMessage *msg)
     if (msg) {
         json_decref(msg->req);
         g_clear_error(&msg->err);
+        for (int i = 0; i < msg->n_fds; i++) {
+            close(msg->fds[i]);
+        }
+        g_free(msg->fds);
         g_free(msg);
     }
 }

@@ -15,6 +15,8 @@ typedef struct QmpMessage {
     json_t *req;        /* the request as sent, or NULL when err is set */
     GError *err;        /* what was wrong with the input */
     bool oob;           /* 'exec-oob' without 'execute': not queued */
+    int *fds;           /* descriptors that came with it (closed on free) */
+    int n_fds;
 } QmpMessage;
 
 typedef void QmpMessageFn(void *opaque, QmpMessage *msg);

@@ -52,7 +52,13 @@ struct QmpSession {
     bool busy;                  /* an in-band request is running */
     GString *out;
     size_t out_off;
-    int msgfds[MAX_MSGFDS];     /* the latest descriptors received */
+    /*
+     * Descriptors received and not yet claimed: they go to the next request
+     * read, and come back here if that request did not take them (so a
+     * later getfd still finds them, as in QEMU, which reads no further
+     * while an in-band request waits).
+     */
+    int msgfds[MAX_MSGFDS];
     int n_msgfds;
 };
 
@@ -62,7 +68,7 @@ typedef struct {
 } Request;
 
 static GList *monitors;
-static GHashTable *current;     /* Coroutine * -> QmpSession * */
+static GHashTable *current;     /* Coroutine * -> Request * */
 static unsigned running;
 static unsigned sessions_open;  /* QEMU's mon_refcount */
 static size_t output_limit = 16 << 20;
@@ -117,7 +123,8 @@ QmpSession *qmp_session_current(void)
     if (!current || !in_coroutine()) {
         return NULL;
     }
-    return g_hash_table_lookup(current, co_self());
+    Request *r = g_hash_table_lookup(current, co_self());
+    return r ? r->s : NULL;
 }
 
 static void session_unref(QmpSession *s)
@@ -306,7 +313,7 @@ fail:
     return NULL;
 }
 
-static bool run_command(QmpSession *s, const QmpCommand *cmd, json_t *args,
+static bool run_command(Request *r, const QmpCommand *cmd, json_t *args,
                         json_t **ret, GError **errp)
 {
     Coroutine *self = co_self();
@@ -314,15 +321,17 @@ static bool run_command(QmpSession *s, const QmpCommand *cmd, json_t *args,
     if (!current) {
         current = g_hash_table_new(NULL, NULL);
     }
-    g_hash_table_insert(current, self, s);
+    g_hash_table_insert(current, self, r);
     bool ok = cmd->fn(args, ret, errp);
     g_hash_table_remove(current, self);
     return ok;
 }
 
 /* The reply to one message (NULL: none is due). */
-static json_t *dispatch(QmpSession *s, QmpMessage *msg)
+static json_t *dispatch(Request *r)
 {
+    QmpSession *s = r->s;
+    QmpMessage *msg = r->msg;
     GError *err = NULL;
     json_t *req = msg->req;
     json_t *id = NULL;
@@ -357,7 +366,7 @@ static json_t *dispatch(QmpSession *s, QmpMessage *msg)
     json_t *args = json_object_get(req, "arguments");
     args = args ? json_incref(args) : json_object();
     json_t *ret = NULL;
-    bool ok = run_command(s, cmd, args, &ret, &err);
+    bool ok = run_command(r, cmd, args, &ret, &err);
     json_decref(args);
     if (ok) {
         if (cmd->flags & QMP_CMD_NO_SUCCESS_REPLY) {
@@ -394,9 +403,16 @@ static void request_co(void *opaque)
     QmpSession *s = r->s;
     bool in_band = !r->msg->oob;
 
-    json_t *rsp = dispatch(s, r->msg);
+    json_t *rsp = dispatch(r);
     if (rsp) {
         session_send(s, rsp);
+    }
+    if (r->msg->n_fds && !s->closed) {
+        /* untaken: back to the session, replacing older ones as QEMU */
+        drop_msgfds(s);
+        memcpy(s->msgfds, r->msg->fds, r->msg->n_fds * sizeof(int));
+        s->n_msgfds = r->msg->n_fds;
+        r->msg->n_fds = 0;
     }
     qmp_message_free(r->msg);
     g_free(r);
@@ -440,6 +456,13 @@ static void on_message(void *opaque, QmpMessage *msg)
     if (s->closed) {
         qmp_message_free(msg);
         return;
+    }
+    if (s->n_msgfds) {
+        /* the descriptors came with (or before) this request's bytes */
+        msg->fds = g_new(int, s->n_msgfds);
+        memcpy(msg->fds, s->msgfds, s->n_msgfds * sizeof(int));
+        msg->n_fds = s->n_msgfds;
+        s->n_msgfds = 0;
     }
     if (msg->oob) {
         start_request(s, msg);
@@ -704,15 +727,24 @@ bool qmp_session_negotiate(QmpSession *s, bool oob, GError **errp)
 
 int qmp_session_take_fd(QmpSession *s)
 {
-    if (!s->n_msgfds) {
+    Request *r = current && in_coroutine() ?
+                 g_hash_table_lookup(current, co_self()) : NULL;
+    int *fds = s->msgfds;
+    int *n = &s->n_msgfds;
+
+    if (r && r->s == s && r->msg->n_fds) {
+        fds = r->msg->fds;
+        n = &r->msg->n_fds;
+    }
+    if (!*n) {
         return -1;
     }
     /* QEMU hands out the first and closes the others */
-    int fd = s->msgfds[0];
-    for (int i = 1; i < s->n_msgfds; i++) {
-        close(s->msgfds[i]);
+    int fd = fds[0];
+    for (int i = 1; i < *n; i++) {
+        close(fds[i]);
     }
-    s->n_msgfds = 0;
+    *n = 0;
     return fd;
 }
 

@@ -423,19 +423,51 @@ static void test_clients_and_events(void **state)
 static void test_fd_passing(void **state)
 {
     Client *c = negotiated_client();
+    char *want;
     client_send(c, "{'execute': 'take-fd'}");
     expect(c, "{\"error\": {\"class\": \"GenericError\", \"desc\": "
               "\"No file descriptor supplied via SCM_RIGHTS\"}}");
     int fd = open("/dev/null", O_WRONLY | O_CLOEXEC);
     client_send_fd(c, "{'execute': 'take-fd'}", fd);
     close(fd);
-    char *want = g_strdup_printf("{\"return\": {\"accmode\": %d}}", O_WRONLY);
+    want = g_strdup_printf("{\"return\": {\"accmode\": %d}}", O_WRONLY);
     expect(c, want);
     g_free(want);
     /* taken once: the next request has none */
     client_send(c, "{'execute': 'take-fd'}");
     expect(c, "{\"error\": {\"class\": \"GenericError\", \"desc\": "
               "\"No file descriptor supplied via SCM_RIGHTS\"}}");
+
+    /* pipelined: each request gets the descriptor sent with it */
+    int rd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    int wr = open("/dev/null", O_WRONLY | O_CLOEXEC);
+    client_send_fd(c, "{'execute': 'block', 'id': 'wait'}", -1);
+    client_send_fd(c, "{'execute': 'take-fd', 'id': 'r'}", rd);
+    client_send_fd(c, "{'execute': 'take-fd', 'id': 'w'}", wr);
+    client_send(c, "{'exec-oob': 'release'}");
+    close(rd);
+    close(wr);
+    expect(c, "{\"return\": {}}");
+    expect(c, "{\"return\": {}, \"id\": \"wait\"}");
+    want = g_strdup_printf("{\"return\": {\"accmode\": %d}, \"id\": \"r\"}",
+                           O_RDONLY);
+    expect(c, want);
+    g_free(want);
+    want = g_strdup_printf("{\"return\": {\"accmode\": %d}, \"id\": \"w\"}",
+                           O_WRONLY);
+    expect(c, want);
+    g_free(want);
+
+    /* one a request did not take stays for a later one, as in QEMU */
+    wr = open("/dev/null", O_WRONLY | O_CLOEXEC);
+    client_send_fd(c, "{'execute': 'query-version', 'id': 1}", wr);
+    close(wr);
+    char *v = client_recv(c, false);
+    g_free(v);
+    client_send(c, "{'execute': 'take-fd'}");
+    want = g_strdup_printf("{\"return\": {\"accmode\": %d}}", O_WRONLY);
+    expect(c, want);
+    g_free(want);
     client_free(c);
 }
 
