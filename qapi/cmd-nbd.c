@@ -6,8 +6,11 @@
  * before the export layer sees a request.
  */
 #include <errno.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+#include <sys/stat.h>
 
 /* the library's PreallocMode is not QAPI's */
 #define PreallocMode LibPreallocMode
@@ -21,30 +24,42 @@
 #include "nbd-export.h"
 
 /*
- * A descriptor given as a number (QEMU's qemu_parse_fd).  Names given to
- * getfd live in the QMP server, which this library does not reach, so a
- * name is refused rather than looked up.
+ * A descriptor address.  qemu-storage-daemon 7.2 takes one from its command
+ * line only (a number, which must be a socket); from a monitor it refuses
+ * every one, by number or by name.  strata-daemon answers the same.
  */
-static int socket_fd(const char *str, GError **errp)
+static int socket_fd(const char *str, bool monitor, GError **errp)
 {
     char *end;
+    struct stat st;
 
-    if (!g_ascii_isdigit(str[0])) {
-        error_setg(errp, "File descriptor '%s': only descriptor numbers are "
-                   "supported for NBD server addresses", str);
+    if (monitor) {
+        error_setg(errp, "only QEMU supports file descriptor passing");
         return -1;
     }
     errno = 0;
     long n = strtol(str, &end, 10);
-    if (errno || *end || n > INT32_MAX) {
-        error_setg(errp, "Invalid file descriptor number '%s'", str);
+    if (errno || n < INT_MIN || n > INT_MAX) {
+        /* QEMU names only an overflow's errno; text it cannot read, not */
+        error_setg_errno(errp, ERANGE, "Unable to parse FD number %s", str);
+        return -1;
+    }
+    if (end == str || *end) {
+        error_setg(errp, "Unable to parse FD number %s", str);
+        return -1;
+    }
+    if (fstat((int)n, &st) < 0 || !S_ISSOCK(st.st_mode)) {
+        error_setg(errp, "File descriptor '%s' is not a socket", str);
+        if (n >= 0) {
+            close((int)n);
+        }
         return -1;
     }
     return (int)n;
 }
 
-static bool flat_to_addr(const SocketAddress *sa, NbdServerAddr *addr,
-                         GError **errp)
+static bool flat_to_addr(const SocketAddress *sa, bool monitor,
+                         NbdServerAddr *addr, GError **errp)
 {
     memset(addr, 0, sizeof(*addr));
     addr->fd = -1;
@@ -80,7 +95,7 @@ static bool flat_to_addr(const SocketAddress *sa, NbdServerAddr *addr,
     }
     case SOCKET_ADDRESS_TYPE_FD:
         addr->type = NBD_ADDR_FD;
-        addr->fd = socket_fd(sa->u.fd.str, errp);
+        addr->fd = socket_fd(sa->u.fd.str, monitor, errp);
         return addr->fd >= 0;
     case SOCKET_ADDRESS_TYPE_VSOCK:
     default:
@@ -90,7 +105,8 @@ static bool flat_to_addr(const SocketAddress *sa, NbdServerAddr *addr,
     }
 }
 
-bool qapi_nbd_server_start_flat(SocketAddress *sa, const char *tls_creds,
+bool qapi_nbd_server_start_flat(SocketAddress *sa, bool monitor,
+                                const char *tls_creds,
                                 const char *tls_authz,
                                 bool has_max_connections,
                                 uint32_t max_connections, GError **errp)
@@ -102,7 +118,7 @@ bool qapi_nbd_server_start_flat(SocketAddress *sa, const char *tls_creds,
         error_setg(errp, "NBD server already running");
         return false;
     }
-    if (!flat_to_addr(sa, &addr, errp) ||
+    if (!flat_to_addr(sa, monitor, &addr, errp) ||
         !nbd_server_start(&addr, has_max_connections ? max_connections : 0,
                           errp)) {
         return false;
@@ -144,7 +160,7 @@ void qmp_nbd_server_start(SocketAddressLegacy *addr, const char *tls_creds,
     default:
         g_assert_not_reached();
     }
-    qapi_nbd_server_start_flat(&flat, tls_creds, tls_authz,
+    qapi_nbd_server_start_flat(&flat, true, tls_creds, tls_authz,
                                has_max_connections, max_connections, errp);
 }
 
@@ -162,8 +178,8 @@ bool qapi_nbd_server_cmdline(const char *arg, GError **errp)
     if (!o) {
         return false;
     }
-    bool ok = qapi_nbd_server_start_flat(o->addr, o->tls_creds, o->tls_authz,
-                                         o->has_max_connections,
+    bool ok = qapi_nbd_server_start_flat(o->addr, false, o->tls_creds,
+                                         o->tls_authz, o->has_max_connections,
                                          o->max_connections, errp);
     qapi_free_NbdServerOptions(o);
     return ok;

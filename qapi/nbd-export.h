@@ -10,8 +10,12 @@
 #include <glib.h>
 #include "qapi-types.h"
 
-/* nbd-server-start with the flat address form --nbd-server uses. */
-bool qapi_nbd_server_start_flat(SocketAddress *addr, const char *tls_creds,
+/*
+ * nbd-server-start with the flat address form --nbd-server uses; monitor
+ * says whether a QMP command asks (descriptor addresses differ).
+ */
+bool qapi_nbd_server_start_flat(SocketAddress *addr, bool monitor,
+                                const char *tls_creds,
                                 const char *tls_authz,
                                 bool has_max_connections,
                                 uint32_t max_connections, GError **errp);
