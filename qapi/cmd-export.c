@@ -19,14 +19,22 @@
 #include "qapi-visit.h"
 #include "nbd-export.h"
 
-/* block-export-del requests waiting for their export to be deleted */
+/*
+ * block-export-del requests waiting for their export to be deleted: the id
+ * maps to whether BLOCK_EXPORT_DELETED has been sent for it.
+ */
 static CoQueue deleted_waiters;
+static GHashTable *deleted_pending;
 
 static void export_deleted(const char *id, void *opaque)
 {
     (void)opaque;
     qapi_event_send_block_export_deleted(id);
-    co_queue_restart_all(&deleted_waiters);
+    if (g_hash_table_contains(deleted_pending, id)) {
+        g_hash_table_replace(deleted_pending, g_strdup(id),
+                             GINT_TO_POINTER(1));
+        co_queue_restart_all(&deleted_waiters);
+    }
 }
 
 void qapi_exports_close_all(void)
@@ -45,6 +53,8 @@ void qapi_exports_init(void)
     }
     done = true;
     co_queue_init(&deleted_waiters);
+    deleted_pending = g_hash_table_new_full(g_str_hash, g_str_equal, g_free,
+                                            NULL);
     nbd_export_add_deleted_listener(export_deleted, NULL);
 }
 
@@ -96,23 +106,36 @@ void qmp_block_export_add(BlockExportOptions *arg, GError **errp)
 void qmp_block_export_del(const char *id, bool has_mode,
                           BlockExportRemoveMode mode, GError **errp)
 {
-    NbdRemoveMode m = has_mode && mode == BLOCK_EXPORT_REMOVE_MODE_HARD
-                      ? NBD_REMOVE_HARD : NBD_REMOVE_SAFE;
+    bool hard = has_mode && mode == BLOCK_EXPORT_REMOVE_MODE_HARD;
 
-    if (!nbd_export_del(id, m, errp)) {
+    /*
+     * An export nobody is connected to goes at once in QEMU, so its
+     * BLOCK_EXPORT_DELETED comes before the reply; with clients QEMU
+     * replies first and the event follows once they are gone.  Safe mode
+     * succeeds exactly when there are no clients, so try it first: a hard
+     * removal of an export without clients is the same thing.
+     */
+    if (hard && !nbd_export_del(id, NBD_REMOVE_SAFE, NULL)) {
+        nbd_export_del(id, NBD_REMOVE_HARD, errp);
+        return;
+    }
+    if (!hard && !nbd_export_del(id, NBD_REMOVE_SAFE, errp)) {
         return;
     }
     /*
-     * An export nobody is connected to goes at once in QEMU, so its
-     * BLOCK_EXPORT_DELETED comes before the reply; here it goes in a
-     * bottom half (releasing its backend runs the loop): wait for it.  With
-     * clients connected QEMU replies first and the event follows once they
-     * have gone, and so does this.
+     * Here the export goes in a bottom half queued by nbd_export_del()
+     * (releasing its backend runs the loop): wait for its event.
      */
-    if (nbd_server_client_count() == 0 && in_coroutine()) {
-        while (nbd_export_exists(id)) {
+    if (!in_coroutine()) {
+        return;
+    }
+    if (nbd_export_exists(id)) {
+        g_hash_table_replace(deleted_pending, g_strdup(id),
+                             GINT_TO_POINTER(0));
+        while (!g_hash_table_lookup(deleted_pending, id)) {
             co_queue_wait(&deleted_waiters);
         }
+        g_hash_table_remove(deleted_pending, id);
     }
 }
 
