@@ -94,6 +94,20 @@ typedef struct FileState {
     int64_t zero_base;
     GArray *written;
 
+    /*
+     * The last data extent block status found, [data_start, data_end)
+     * (empty when equal): a sequential reader asking for block status
+     * before each read (an NBD export's structured reads) then costs two
+     * lseek per extent instead of per request.  Writes only add data, so
+     * only what can make holes forgets it: zero writes, discards,
+     * truncation, a new fd.  hole_ops counts those in flight (they run in
+     * the thread pool); no extent is remembered while one is, since its
+     * lseek may have raced with the punch.  Another process making holes
+     * in the file goes unseen, as everywhere block status is cached.
+     */
+    int64_t data_start, data_end;
+    unsigned hole_ops;
+
     /* Pending reopen. */
     int reopen_fd;
     int reopen_open_flags;
@@ -487,9 +501,28 @@ static int cdrom_open(BlockNode *bs, json_t *options, int flags,
     return file_open_common(bs, options, flags, true, errp);
 }
 
+static void data_cache_forget(FileState *s)
+{
+    s->data_start = s->data_end = 0;
+}
+
+/* Brackets an operation that may make holes (see data_start). */
+static void hole_op_begin(FileState *s)
+{
+    s->hole_ops++;
+    data_cache_forget(s);
+}
+
+static void hole_op_end(FileState *s)
+{
+    s->hole_ops--;
+    data_cache_forget(s);
+}
+
 /* Stop growing ahead: the file gets the length its writes gave it. */
 static void grow_ahead_end(FileState *s)
 {
+    data_cache_forget(s);
     if (s->len >= 0 && s->phys_len > s->len && s->fd >= 0) {
         if (ftruncate(s->fd, s->len) < 0) {
             /* Only a longer file, which reads as zeroes past len. */
@@ -733,6 +766,7 @@ static void file_reopen_commit(ReopenState *rs)
                    s->lock.held.unshared, true, NULL);
     }
     fdset_close(s->fd);
+    data_cache_forget(s);
     s->fd = s->reopen_fd;
     s->reopen_fd = -1;
     s->open_flags = s->reopen_open_flags;
@@ -1128,9 +1162,11 @@ static int coroutine_fn file_co_pwrite_zeroes(BlockNode *bs, int64_t offset,
                   S_ISBLK(st.st_mode),
         .cur_length = file_getlength(bs),
     };
+    hole_op_begin(s);
     int ret = thread_pool_co_run((flags & REQ_MAY_UNMAP)
                                  ? job_write_zeroes_unmap : job_write_zeroes,
                                  &j);
+    hole_op_end(s);
     if (ret >= 0) {
         grew(s, offset + bytes);
     }
@@ -1182,7 +1218,10 @@ static int coroutine_fn file_co_pdiscard(BlockNode *bs, int64_t offset,
         .blkdev = s->is_device && fstat(s->fd, &st) == 0 &&
                   S_ISBLK(st.st_mode),
     };
-    return thread_pool_co_run(job_discard, &j);
+    hole_op_begin(s);
+    int ret = thread_pool_co_run(job_discard, &j);
+    hole_op_end(s);
+    return ret;
 }
 
 /* ---- Size, truncate, create ---- */
@@ -1318,7 +1357,10 @@ static int coroutine_fn file_co_truncate(BlockNode *bs, int64_t offset,
     if (S_ISREG(st.st_mode)) {
         /* A regular file always gets exactly the size asked for. */
         grow_ahead_end(s);
-        return regular_truncate(s->fd, offset, prealloc, errp);
+        hole_op_begin(s);
+        int ret = regular_truncate(s->fd, offset, prealloc, errp);
+        hole_op_end(s);
+        return ret;
     }
     if (prealloc != PREALLOC_OFF) {
         error_setg(errp, "Preallocation mode '%s' unsupported for this "
@@ -1522,6 +1564,10 @@ static int coroutine_fn file_co_block_status(BlockNode *bs, bool want_zero,
         return BLOCK_DATA | BLOCK_OFFSET_VALID;
     }
 
+    if (offset >= s->data_start && offset < s->data_end) {
+        *pnum = MIN(bytes, s->data_end - offset);
+        return BLOCK_DATA | BLOCK_OFFSET_VALID;
+    }
     ret = find_allocation(s->fd, offset, &data, &hole);
     if (ret == -ENXIO) {
         *pnum = bytes;
@@ -1536,6 +1582,10 @@ static int coroutine_fn file_co_block_status(BlockNode *bs, bool want_zero,
         uint32_t align = MAX(s->request_alignment, 1u);
         if (*pnum % align) {
             *pnum += align - *pnum % align;
+        }
+        if (!s->hole_ops) {
+            s->data_start = offset;
+            s->data_end = offset + *pnum;
         }
         ret = BLOCK_DATA;
     } else {
