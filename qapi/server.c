@@ -547,6 +547,18 @@ static void session_close(QmpSession *s)
     if (s->closed) {
         return;
     }
+    if (s->stdio && s->quit_reply) {
+        /*
+         * stdin's end is not stdout's: quit's reply, held for the end of
+         * the shutdown, still goes out when the input ends first (a script
+         * piping quit then EOF), as qsd 7.2 writes it.
+         */
+        g_unix_set_fd_nonblocking(s->out_fd, FALSE, NULL);
+        session_send(s, g_steal_pointer(&s->quit_reply));
+        if (s->closed) {
+            return;     /* stdout failed: session_flush closed the session */
+        }
+    }
     s->closed = true;
     if (s->in_src) {
         g_source_destroy(s->in_src);
