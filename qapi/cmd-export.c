@@ -18,6 +18,7 @@
 #include "qapi-runtime.h"
 #include "qapi-visit.h"
 #include "nbd-export.h"
+#include "objects.h"
 
 /*
  * block-export-del requests waiting for their export to be deleted: the id
@@ -74,14 +75,26 @@ void qmp_block_export_add(BlockExportOptions *arg, GError **errp)
 
     if (arg->iothread) {
         /*
-         * QEMU looks the iothread up after the node; strata's exports run in
-         * the main loop and know no iothread objects, so any id is unknown.
+         * QEMU looks the iothread up after the node, then tries to move the
+         * node into it.  Every node runs in the main loop here (see
+         * x-blockdev-set-iothread), so the move always fails: QEMU ignores
+         * that failure unless fixed-iothread is set, and so does strata.
          */
         BlockNode *bs = node_find(arg->node_name);
         if (id_wellformed(arg->id) && bs && !(node_is_read_only(bs) && arg->has_writable &&
                     arg->writable) && !nbd_export_exists(arg->id)) {
-            error_setg(errp, "iothread \"%s\" not found", arg->iothread);
-            return;
+            user_objects_root_touch();
+            if (!user_iothread_by_path(arg->iothread)) {
+                error_setg(errp, "iothread \"%s\" not found", arg->iothread);
+                return;
+            }
+            if (arg->has_fixed_iothread && arg->fixed_iothread) {
+                error_setg(errp, "Cannot move node '%s' to iothread '%s': "
+                           "strata runs every block node in the main loop "
+                           "(nodes cannot change threads yet)",
+                           arg->node_name, arg->iothread);
+                return;
+            }
         }
     }
     if (nbd->bitmaps) {

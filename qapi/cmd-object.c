@@ -247,7 +247,7 @@ IOThreadInfoList *qmp_query_iothreads(GError **errp)
  * (empty components are skipped); "" is a partial path that every object
  * ends with, so it names the iothread when there is exactly one.
  */
-static UserObject *iothread_by_path(const char *path)
+UserObject *user_iothread_by_path(const char *path)
 {
     if (!*path) {
         GPtrArray *all = user_objects_in_qom_order();
@@ -306,7 +306,7 @@ void qmp_x_blockdev_set_iothread(const char *node_name, StrOrNull *iothread,
         return;
     }
     user_objects_root_touch();
-    UserObject *o = iothread_by_path(iothread->u.s);
+    UserObject *o = user_iothread_by_path(iothread->u.s);
     if (!o) {
         error_setg(errp, "Cannot find iothread %s", iothread->u.s);
         return;

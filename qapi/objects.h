@@ -20,6 +20,11 @@ typedef struct UserObject {
 
 UserObject *user_object_find(const char *id);
 /*
+ * The iothread a QOM path names, partial or absolute, as QEMU's
+ * iothread_by_id() finds it (x-blockdev-set-iothread, exports).
+ */
+UserObject *user_iothread_by_path(const char *path);
+/*
  * QEMU's id_wellformed(); a command line adds the hint to object-add's
  * "Parameter 'id' expects an identifier" (QMP replies carry no hints).
  */

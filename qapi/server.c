@@ -44,6 +44,11 @@ struct QmpSession {
     int out_fd;                 /* where output goes (fd is the input) */
     bool stdio;
     bool closed;
+    /*
+     * stdin has ended: no more requests, but stdout still takes replies and
+     * events until the monitor goes (QEMU's CHR_EVENT_CLOSED on stdio)
+     */
+    bool input_ended;
     GSource *in_src, *out_src;
     QmpStream *stream;
     bool negotiated;
@@ -83,6 +88,7 @@ static void (*quit_handler)(void);
 static void session_close(QmpSession *s);
 static void session_kick(QmpSession *s);
 static void session_watch_input(QmpSession *s);
+static void session_end_input(QmpSession *s);
 
 static GSList *shutdown_fns[QMP_SHUTDOWN__MAX];
 
@@ -454,7 +460,7 @@ static void session_kick(QmpSession *s)
     }
     s->busy = true;
     start_request(s, g_queue_pop_head(&s->queue));
-    if (!s->in_src) {
+    if (!s->in_src && !s->input_ended) {
         session_watch_input(s);     /* room in the queue again */
     }
 }
@@ -504,7 +510,11 @@ static gboolean on_readable(gint fd, GIOCondition cond, gpointer opaque)
         return G_SOURCE_CONTINUE;
     }
     if (n <= 0) {
-        session_close(s);
+        if (s->stdio) {
+            session_end_input(s);
+        } else {
+            session_close(s);
+        }
         return G_SOURCE_REMOVE;
     }
     for (struct cmsghdr *c = s->stdio ? NULL : CMSG_FIRSTHDR(&mh); c;
@@ -542,6 +552,24 @@ static void session_watch_input(QmpSession *s)
     g_source_attach(s->in_src, ctx());
 }
 
+/*
+ * The end of a stdio monitor's input, as QEMU handles it: the session
+ * counts as closed for descriptor sets, but replies and events still go to
+ * stdout.  Requests read before the end still run: QEMU reads no further
+ * while an in-band request waits, so it sees the end only after them.
+ */
+static void session_end_input(QmpSession *s)
+{
+    s->input_ended = true;
+    if (s->in_src) {
+        /* on_readable returns G_SOURCE_REMOVE, which destroys it */
+        g_source_unref(s->in_src);
+        s->in_src = NULL;
+    }
+    sessions_open--;
+    fdset_cleanup(sessions_open > 0);
+}
+
 static void session_close(QmpSession *s)
 {
     if (s->closed) {
@@ -574,7 +602,9 @@ static void session_close(QmpSession *s)
         qmp_message_free(msg);
     }
     s->mon->sessions = g_list_remove(s->mon->sessions, s);
-    sessions_open--;
+    if (!s->input_ended) {
+        sessions_open--;
+    }
     /* as QEMU when a connection closes: sets nobody holds may go */
     fdset_cleanup(sessions_open > 0);
     session_unref(s);
@@ -682,7 +712,7 @@ bool qmp_monitor_has_clients(void *opaque)
 
     for (GList *l = mon->sessions; l; l = l->next) {
         QmpSession *s = l->data;
-        if (!s->closed) {
+        if (!s->closed && !s->input_ended) {
             return true;
         }
     }
