@@ -240,7 +240,7 @@ JobType job_type(const Job *job);
 bool job_is_completed(const Job *job);  /* waiting, pending, ... null */
 bool job_is_ready(const Job *job);      /* ready or standby */
 
-/* One line of query-jobs (QEMU's JobQueryInfo). */
+/* One line of query-jobs (what QMP's JobInfo reports). */
 typedef struct JobQueryInfo {
     char *id;
     JobType type;

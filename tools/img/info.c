@@ -77,7 +77,7 @@ static json_t *query_image_info(BlockNode *bs, GError **errp)
         }
     }
     {
-        /* QAPI's NodeSnapshot, members in schema order. */
+        /* QAPI's SnapshotInfo, members in schema order. */
         NodeSnapshot *list = NULL;
         int n = node_snapshot_list(bs, &list);
         if (n > 0) {
