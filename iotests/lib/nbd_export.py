@@ -1,14 +1,19 @@
 """Helpers for the nbd-export-* tests: strata's NBD server against QEMU's.
 
-The server under test is tests/nbd-serve from the build (strata's NBD
-server library behind qemu-nbd's command line); in oracle mode (./check
---regen) it is qemu-nbd itself, started with the same arguments, so the
-goldens are QEMU's.  The clients (qemu-io, qemu-img, nbdinfo, nbdcopy,
+serve() runs tests/nbd-serve from the build (strata's NBD server library
+behind qemu-nbd's command line) or, in oracle mode (./check --regen),
+qemu-nbd itself with the same arguments, so the goldens are QEMU's.
+serve_qsd() and serve_daemon() run strata-daemon or, in oracle mode,
+qemu-storage-daemon 7.2 with the same --blockdev/--nbd-server/--export
+arguments; the nbd-export-* tests use those (serve() is left for ad-hoc
+comparisons with qemu-nbd).  The clients (qemu-io, qemu-img, nbdinfo, nbdcopy,
 libnbd) are the same in both modes: only the server changes.
 """
 
+import json
 import os
 import re
+import signal
 import sys
 
 import iotests as t
@@ -78,36 +83,35 @@ def serve(sock, image, args=()):
 
 
 class QsdServed:
-    """qemu-storage-daemon exporting one image, as serve_qsd() starts it."""
+    """A daemon exporting one image, as serve_qsd() starts it."""
 
-    def __init__(self, qsd):
-        self.qsd = qsd
+    def __init__(self, daemon):
+        self.daemon = daemon
 
     def stop(self):
-        self.qsd.stop()
-        out = self.qsd.output()
+        proc = self.daemon.proc
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        proc.wait(t.TIMEOUT)
+        out = self.daemon.output()
         for line in out.splitlines():
             if re.search(r'Sanitizer|runtime error|Assertion', line):
                 t.log(line)
+        if proc.returncode != 0:
+            t.log('[daemon exit status %d]' % proc.returncode)
 
 
 def serve_qsd(sock, image, fmt, name, writable=False, max_conn=None,
               description=None, depth=False):
     """One image exported the way qemu-storage-daemon's command line does
-    it (--blockdev file + format, --nbd-server, --export type=nbd).  In
-    oracle mode it is qemu-storage-daemon; otherwise tests/nbd-serve with
-    the same meaning (no connection limit unless max_conn, as qsd)."""
+    it (--blockdev file + format, --nbd-server, --export type=nbd): by
+    qemu-storage-daemon 7.2 in oracle mode, by strata-daemon with the same
+    arguments otherwise (iotests/lib/qmp.py picks the program)."""
+    import qmp
+    qmp.requires_daemon()
     path = t.test_path(sock)
     if os.path.exists(path):
         os.unlink(path)
-    if not t.oracle_mode():
-        args = ['-f', fmt, '-x', name,
-                '-e', str(max_conn if max_conn is not None else 0)]
-        args += [] if writable else ['-r']
-        args += ['-D', description] if description is not None else []
-        args += ['-A'] if depth else []
-        return serve(sock, image, args)
-    t.requires_qemu('qsd')
     srv = 'addr.type=unix,addr.path=%s' % path
     if max_conn is not None:
         srv += ',max-connections=%d' % max_conn
@@ -118,13 +122,62 @@ def serve_qsd(sock, image, fmt, name, writable=False, max_conn=None,
     if depth:
         exp += ',allocation-depth=on'
     ro = '' if writable else ',read-only=on'
-    q = t.start_qsd(['--blockdev', 'driver=file,node-name=file0,filename=%s%s'
-                     % (image, ro),
-                     '--blockdev', 'driver=%s,node-name=disk,file=file0%s'
-                     % (fmt, ro),
-                     '--nbd-server', srv, '--export', exp])
+    d = qmp.Daemon(['--blockdev', 'driver=file,node-name=file0,filename=%s%s'
+                    % (image, ro),
+                    '--blockdev', 'driver=%s,node-name=disk,file=file0%s'
+                    % (fmt, ro),
+                    '--nbd-server', srv, '--export', exp])
     t._wait_for(lambda: os.path.exists(path), 10, 'the NBD socket')
-    return QsdServed(q)
+    return QsdServed(d)
+
+
+def serve_daemon(sock, image, args=()):
+    """serve()'s qemu-nbd arguments (-f FMT, -x NAME, -r, -e N, -D DESC, -A,
+    --discard=unmap) carried out by a daemon instead: qemu-storage-daemon
+    7.2 in oracle mode, strata-daemon otherwise, with --blockdev,
+    --nbd-server and --export.  The defaults are qemu-nbd's (writable, the
+    export named "", one connection), so a test keeps its meaning."""
+    import qmp
+    qmp.requires_daemon()
+    path = t.test_path(sock)
+    if os.path.exists(path):
+        os.unlink(path)
+    fmt, name, ro, conns, desc, depth, discard = 'raw', '', False, 1, None, \
+        False, None
+    args = list(args)
+    while args:
+        a = args.pop(0)
+        if a == '-f':
+            fmt = args.pop(0)
+        elif a == '-x':
+            name = args.pop(0)
+        elif a == '-r':
+            ro = True
+        elif a == '-e':
+            conns = int(args.pop(0))
+        elif a == '-D':
+            desc = args.pop(0)
+        elif a == '-A':
+            depth = True
+        elif a.startswith('--discard='):
+            discard = a.split('=', 1)[1]
+        else:
+            raise ValueError('serve_daemon: unsupported argument %s' % a)
+    opts = ',read-only=on' if ro else ''
+    opts += ',discard=%s' % discard if discard else ''
+    exp = {'type': 'nbd', 'id': 'exp0', 'node-name': 'disk', 'name': name,
+           'writable': not ro, 'allocation-depth': depth}
+    if desc is not None:
+        exp['description'] = desc
+    srv = 'addr.type=unix,addr.path=%s' % path
+    srv += ',max-connections=%d' % conns if conns else ''
+    d = qmp.Daemon(['--blockdev', 'driver=file,node-name=file0,filename=%s%s'
+                    % (image, opts),
+                    '--blockdev', 'driver=%s,node-name=disk,file=file0%s'
+                    % (fmt, opts),
+                    '--nbd-server', srv, '--export', json.dumps(exp)])
+    t._wait_for(lambda: os.path.exists(path), 10, 'the NBD socket')
+    return QsdServed(d)
 
 
 def uri(sock, name=''):

@@ -18,10 +18,15 @@ import sys
 import time
 
 import iotests as t
+import qmp
 
-# The daemon the shell talks to, chosen here only: qemu-storage-daemon 7.2
-# until strata-daemon exists (then its path under BUILD_DIR goes here).
-DAEMON_PROG = os.environ.get('SHELL_DAEMON_PROG') or t.QSD_PROG
+
+
+def daemon_prog():
+    """The daemon the shell talks to: strata-daemon, or qemu-storage-daemon
+    7.2 in oracle mode (chosen as iotests/lib/qmp.py chooses it);
+    SHELL_DAEMON_PROG overrides both."""
+    return os.environ.get('SHELL_DAEMON_PROG') or qmp.daemon_prog()
 
 STRATA_SHELL_PROG = os.environ.get('STRATA_SHELL_PROG') or os.path.join(
     t.BUILD_DIR, 'strata-shell')
@@ -35,8 +40,8 @@ def oracle():
 
 def requires_shell():
     """Skip unless the shell under test and the daemon can run."""
-    if not t._find(DAEMON_PROG):
-        t.skip('%s not found' % os.path.basename(DAEMON_PROG))
+    if not t._find(daemon_prog()):
+        t.skip('%s not found' % os.path.basename(daemon_prog()))
     if oracle():
         if not os.path.exists(os.path.join(QEMU_PYTHON, 'qemu', 'qmp',
                                            'qmp_shell.py')):
@@ -76,7 +81,7 @@ class Daemon:
         for p in (self.sock, self.sock2):
             if os.path.exists(p):
                 os.unlink(p)
-        argv = [DAEMON_PROG] + list(args) + [
+        argv = [daemon_prog()] + list(args) + [
             '--chardev', 'socket,id=m1,path=%s,server=on,wait=off' % self.sock,
             '--monitor', 'chardev=m1',
             '--chardev', 'socket,id=m2,path=%s,server=on,wait=off' % self.sock2,
@@ -88,9 +93,9 @@ class Daemon:
         t._children.append(self.proc)
         self._s = None
         t._wait_for(lambda: os.path.exists(self.sock) and self._connect(),
-                    10, DAEMON_PROG, self.proc)
+                    10, daemon_prog(), self.proc)
         if self._s is None:
-            raise RuntimeError('%s exited' % DAEMON_PROG)
+            raise RuntimeError('%s exited' % daemon_prog())
 
     def _connect(self):
         if not os.path.exists(self.sock2):

@@ -29,6 +29,7 @@
 #include "cmdline.h"
 #include "objects.h"
 #include "qapi-commands.h"
+#include "nbd-export.h"
 #include "qapi-visit.h"
 #include "../common/tool-common.h"
 #include "daemon.h"
@@ -89,11 +90,22 @@ static void help(void)
 "  --chardev stdio,id=<id>\n"
 "                         configure a listening socket for a monitor\n"
 "\n"
+"  --export [type=]nbd,id=<id>,node-name=<node-name>[,name=<export-name>]\n"
+"           [,writable=on|off][,description=<description>]\n"
+"           [,allocation-depth=on|off]\n"
+"                         export the specified block node over NBD\n"
+"                         (requires --nbd-server)\n"
+"\n"
 "  --daemonize            daemonize the process, and have the parent exit\n"
 "                         once startup is complete\n"
 "\n"
 "  --monitor [chardev=]name[,mode=control][,pretty[=on|off]]\n"
 "                         configure a QMP monitor\n"
+"\n"
+"  --nbd-server addr.type=inet,addr.host=<host>,addr.port=<port>\n"
+"               [,max-connections=<n>]\n"
+"  --nbd-server addr.type=unix,addr.path=<path>[,max-connections=<n>]\n"
+"                         start an NBD server for exporting block nodes\n"
 "\n"
 "  --object help          list object types that can be added\n"
 "  --object <type>,help   list properties for the given object type\n"
@@ -119,6 +131,15 @@ static G_NORETURN void option_failed(const char *opt, const char *arg,
 
 static void on_quit(void)
 {
+    /*
+     * From the quit command: close the exports before its reply goes out,
+     * so that clients see their BLOCK_EXPORT_DELETED events first, as
+     * qemu-storage-daemon 7.2 sends them.  After a signal the shutdown
+     * phase does it.
+     */
+    if (in_coroutine()) {
+        qapi_exports_close_all();
+    }
     exit_requested = true;
     g_main_context_wakeup(loop_context(loop_get()));
 }
@@ -454,11 +475,15 @@ static void process_options(int argc, char *argv[], bool pre_init_pass)
             daemonize = true;
             break;
         case OPTION_EXPORT:
+            if (!qapi_export_cmdline(optarg, &err)) {
+                option_failed("export", optarg, err);
+            }
+            break;
         case OPTION_NBD_SERVER:
-            g_set_error(&err, STRATA_ERROR, 0, "NBD exports are not "
-                        "available in this build of %s", tool_name());
-            option_failed(c == OPTION_EXPORT ? "export" : "nbd-server",
-                          optarg, err);
+            if (!qapi_nbd_server_cmdline(optarg, &err)) {
+                option_failed("nbd-server", optarg, err);
+            }
+            break;
         case OPTION_MONITOR:
             add_monitor(optarg);
             break;
@@ -490,6 +515,7 @@ int main(int argc, char *argv[])
     }
     qmp_server_set_quit_handler(on_quit);
     qmp_jobs_init();
+    qmp_server_at_shutdown(QMP_SHUTDOWN_EXPORTS, qapi_exports_close_all);
     GMainContext *ctx = loop_context(loop_get());
     int sigs[] = { SIGINT, SIGHUP, SIGTERM };
     for (size_t i = 0; i < G_N_ELEMENTS(sigs); i++) {
