@@ -76,12 +76,12 @@ bool image_create(const char *fmt, const char *filename, json_t *options,
     return true;
 }
 
-const char *const prealloc_mode_names[PREALLOC__MAX + 1] = {
-    [PREALLOC_OFF] = "off",
-    [PREALLOC_METADATA] = "metadata",
-    [PREALLOC_FALLOC] = "falloc",
-    [PREALLOC_FULL] = "full",
-    [PREALLOC__MAX] = NULL,
+const char *const prealloc_mode_names[PREALLOC_MODE__MAX + 1] = {
+    [PREALLOC_MODE_OFF] = "off",
+    [PREALLOC_MODE_METADATA] = "metadata",
+    [PREALLOC_MODE_FALLOC] = "falloc",
+    [PREALLOC_MODE_FULL] = "full",
+    [PREALLOC_MODE__MAX] = NULL,
 };
 
 /* ---- blockdev-create (QMP's BlockdevCreateOptions, on existing nodes) ---- */
@@ -256,7 +256,7 @@ static int coroutine_fn co_create_file(json_t *o, GError **errp)
 {
     const char *filename = NULL;
     uint64_t size = 0, hint = 0;
-    int prealloc = PREALLOC_OFF;
+    int prealloc = PREALLOC_MODE_OFF;
     bool nocow = false, has_nocow, has_prealloc, has_hint;
 
     if (!arg_check_known(o, file_create_members, errp) ||
@@ -335,9 +335,9 @@ static int luks_node_write(void *opaque, uint64_t offset, const uint8_t *buf,
 
 static int coroutine_fn co_create_luks(json_t *o, GError **errp)
 {
-    LuksNodeCreate d = { .prealloc = PREALLOC_OFF };
+    LuksNodeCreate d = { .prealloc = PREALLOC_MODE_OFF };
     CryptoLuksCreateOpts lo = { .iter_time = -1 };
-    int prealloc = PREALLOC_OFF;
+    int prealloc = PREALLOC_MODE_OFF;
     bool has_iter;
 
     if (!arg_check_known(o, luks_create_members, errp) ||
@@ -362,7 +362,7 @@ static int coroutine_fn co_create_luks(json_t *o, GError **errp)
         goto out;
     }
     /* Metadata preallocation means nothing without metadata. */
-    d.prealloc = prealloc == PREALLOC_METADATA ? PREALLOC_OFF : prealloc;
+    d.prealloc = prealloc == PREALLOC_MODE_METADATA ? PREALLOC_MODE_OFF : prealloc;
     d.blk = blk_new(BLK_PERM_WRITE | BLK_PERM_RESIZE, BLK_PERM_ALL);
     if (!blk_insert_node(d.blk, bs, errp)) {
         ret = -EPERM;

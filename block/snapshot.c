@@ -62,8 +62,8 @@ static BlockNode *snapshot_node(BlockNode *bs, SnapOp op)
 typedef struct SnapCall {
     SnapOp op;
     BlockNode *bs;
-    SnapshotInfo *sn;
-    SnapshotInfo **list;
+    NodeSnapshot *sn;
+    NodeSnapshot **list;
     const char *id, *name;
     GError **errp;
     int ret;
@@ -129,7 +129,7 @@ static int snap_call(BlockNode *top, SnapCall *c)
     return c->ret;
 }
 
-int node_snapshot_list(BlockNode *bs, SnapshotInfo **list)
+int node_snapshot_list(BlockNode *bs, NodeSnapshot **list)
 {
     SnapCall c = { .op = SNAP_LIST, .list = list };
 
@@ -144,7 +144,7 @@ static void not_supported(BlockNode *bs, GError **errp)
                node_device_name(bs));
 }
 
-int node_snapshot_create(BlockNode *bs, SnapshotInfo *sn, GError **errp)
+int node_snapshot_create(BlockNode *bs, NodeSnapshot *sn, GError **errp)
 {
     SnapCall c = { .op = SNAP_CREATE, .sn = sn, .errp = errp };
     int ret = snap_call(bs, &c);

@@ -1,9 +1,9 @@
 /* query-jobs: what a job looks like from outside. */
 #include "strata/job.h"
 
-JobInfo *job_query(const Job *job)
+JobQueryInfo *job_query(const Job *job)
 {
-    JobInfo *info = g_new0(JobInfo, 1);
+    JobQueryInfo *info = g_new0(JobQueryInfo, 1);
     info->id = g_strdup(job->id);
     info->type = job_type(job);
     info->status = job->status;
@@ -13,7 +13,7 @@ JobInfo *job_query(const Job *job)
     return info;
 }
 
-void job_info_free(JobInfo *info)
+void job_query_info_free(JobQueryInfo *info)
 {
     if (info) {
         g_free(info->id);
@@ -25,7 +25,7 @@ void job_info_free(JobInfo *info)
 GPtrArray *job_query_all(void)
 {
     GPtrArray *list = g_ptr_array_new_with_free_func(
-        (GDestroyNotify)job_info_free);
+        (GDestroyNotify)job_query_info_free);
     for (Job *job = job_next(NULL); job; job = job_next(job)) {
         if (!job_is_internal(job)) {
             g_ptr_array_add(list, job_query(job));

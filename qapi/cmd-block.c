@@ -9,7 +9,10 @@
  */
 #include <errno.h>
 #include <string.h>
-#include "block-lib.h"
+#include "strata/backend.h"
+#include "strata/block-events.h"
+#include "strata/block-ops.h"
+#include "strata/block.h"
 #include "strata/error.h"
 #include "strata/opts.h"
 #include "strata/qmp-server.h"
@@ -141,10 +144,10 @@ void qmp_blockdev_del(const char *node_name, GError **errp)
         return;
     }
     if (busy) {
-        void *job = NULL;
+        Job *job = NULL;
         if (node_info_block_job(busy, &job)) {
             error_setg(errp, "Node '%s' is busy: block device is in use by "
-                       "block job: %s", node_name, node_info_job_type(job));
+                       "block job: %s", node_name, job_type_name(job_type(job)));
         } else {
             error_setg(errp, "Node '%s' is busy: node is used as backing hd "
                        "of '%s'", node_name,
@@ -233,7 +236,7 @@ void qmp_block_resize(const char *device, const char *node_name,
     if (!node_is_inserted(bs)) {
         error_setg(errp, "No medium inserted");
     } else {
-        child_co_truncate(blk_root(blk), size, false, PREALLOC_OFF, errp);
+        child_co_truncate(blk_root(blk), size, false, PREALLOC_MODE_OFF, errp);
     }
     node_drain_end(bs);
     blk_unref(blk);

@@ -6,10 +6,7 @@
  */
 #include <string.h>
 
-/* the library's PreallocMode is not QAPI's */
-#define PreallocMode LibPreallocMode
 #include "strata/block.h"
-#undef PreallocMode
 #include "strata/coroutine.h"
 #include "strata/error.h"
 #include "strata/nbd-server.h"

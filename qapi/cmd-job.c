@@ -1,78 +1,117 @@
 /*
- * The job commands (query-jobs, job-*) and the commands that start jobs
- * (blockdev-create, x-blockdev-amend).  The work is the job layer's,
- * reached through job-link.h.
+ * The job commands (query-jobs, job-*) and blockdev-create, which starts
+ * a job (x-blockdev-amend is job-amend.c's).  The work is the job
+ * layer's (strata/job.h); the verbs' checks and messages are its own,
+ * QEMU 7.2's.
  */
+#include "strata/coroutine.h"
+#include "strata/job.h"
 #include "qapi-commands.h"
 #include "qapi-visit.h"
-#include "job-link.h"
+#include "job-settle.h"
 
 void qmp_job_pause(const char *id, GError **errp)
 {
-    qmp_job_act(id, QMP_JOB_PAUSE, errp);
+    Job *job = job_find_err(id, errp);
+    if (job) {
+        job_user_pause(job, errp);
+    }
 }
 
 void qmp_job_resume(const char *id, GError **errp)
 {
-    qmp_job_act(id, QMP_JOB_RESUME, errp);
+    Job *job = job_find_err(id, errp);
+    if (job) {
+        job_user_resume(job, errp);
+    }
 }
 
 void qmp_job_cancel(const char *id, GError **errp)
 {
-    qmp_job_act(id, QMP_JOB_CANCEL, errp);
+    Job *job = job_find_err(id, errp);
+    if (job) {
+        /* QEMU's job-cancel is always forced. */
+        job_user_cancel(job, true, errp);
+    }
 }
 
 void qmp_job_complete(const char *id, GError **errp)
 {
-    qmp_job_act(id, QMP_JOB_COMPLETE, errp);
+    Job *job = job_find_err(id, errp);
+    if (job) {
+        job_complete(job, errp);
+    }
 }
 
 void qmp_job_dismiss(const char *id, GError **errp)
 {
-    qmp_job_act(id, QMP_JOB_DISMISS, errp);
+    Job *job = job_find_err(id, errp);
+    if (job) {
+        job_dismiss(job, errp);
+    }
 }
 
 void qmp_job_finalize(const char *id, GError **errp)
 {
-    qmp_job_act(id, QMP_JOB_FINALIZE, errp);
+    Job *job = job_find_err(id, errp);
+    if (job) {
+        job_finalize(job, errp);
+    }
 }
 
 JobInfoList *qmp_query_jobs(GError **errp)
 {
     (void)errp;
-    size_t n;
-    QmpJobRow *rows = qmp_job_rows(&n);
+    GPtrArray *all = job_query_all();
     JobInfoList *head = NULL, **tail = &head;
-    for (size_t i = 0; i < n; i++) {
+    for (guint i = 0; i < all->len; i++) {
+        JobQueryInfo *q = g_ptr_array_index(all, i);
         JobInfo *info = g_new0(JobInfo, 1);
-        info->id = g_steal_pointer(&rows[i].id);
-        info->type = (JobType)rows[i].type;
-        info->status = (JobStatus)rows[i].status;
-        info->current_progress = rows[i].current;
-        info->total_progress = rows[i].total;
-        info->error = g_steal_pointer(&rows[i].error);
+        info->id = g_strdup(q->id);
+        info->type = q->type;
+        info->status = q->status;
+        info->current_progress = q->current_progress;
+        info->total_progress = q->total_progress;
+        info->error = g_strdup(q->error);
         JobInfoList *node = g_new0(JobInfoList, 1);
         node->value = info;
         *tail = node;
         tail = &node->next;
     }
-    qmp_job_rows_free(rows, n);
+    g_ptr_array_free(all, TRUE);
     return head;
+}
+
+/*
+ * QEMU's monitor sends a reply after the main loop's pending work: a job
+ * its command started has run up to its first wait by then, and if it
+ * ended without waiting (a creation refused before any I/O), its
+ * completion has run too, so the client sees the job's aborting and
+ * concluded events before the command's return.  A job that waits for
+ * I/O finishes after the return.  Here the request runs in a coroutine
+ * and job_start() only schedules the job's: step aside through the loop
+ * until the job waits, or its scheduled completion has run.
+ */
+void qmp_job_settle(const char *job_id)
+{
+    Job *job = job_find(job_id);
+    if (!job || !in_coroutine()) {
+        return;
+    }
+    job_ref(job);
+    do {
+        co_wake(co_self());
+        co_yield();
+    } while (job->deferred && !job_is_completed(job));
+    job_unref(job);
 }
 
 void qmp_blockdev_create(const char *job_id, BlockdevCreateOptions *options,
                          GError **errp)
 {
     json_t *opts = qapi_BlockdevCreateOptions_to_json(options);
-    qmp_job_create(job_id, opts, errp);
-    json_decref(opts);
-}
-
-void qmp_x_blockdev_amend(const char *job_id, const char *node_name,
-                          BlockdevAmendOptions *options, bool has_force,
-                          bool force, GError **errp)
-{
-    json_t *opts = qapi_BlockdevAmendOptions_to_json(options);
-    qmp_job_amend(job_id, node_name, opts, has_force && force, errp);
+    if (blockdev_create_job(job_id, opts, errp)) {
+        qmp_job_settle(job_id);
+    }
     json_decref(opts);
 }

@@ -12,10 +12,7 @@
 #include <unistd.h>
 #include <sys/stat.h>
 
-/* the library's PreallocMode is not QAPI's */
-#define PreallocMode LibPreallocMode
 #include "strata/block.h"
-#undef PreallocMode
 #include "strata/error.h"
 #include "strata/nbd-server.h"
 #include "qapi-commands.h"

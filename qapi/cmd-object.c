@@ -10,10 +10,11 @@
  */
 #include <string.h>
 
+#include "strata/backend.h"
+#include "strata/block.h"
 #include "strata/error.h"
 #include "strata/secret.h"
 #include "qapi-commands.h"
-#include "node-loop.h"
 #include "objects.h"
 
 static GHashTable *objects; /* id -> UserObject, in QEMU's iteration order */
@@ -299,7 +300,18 @@ out:
 void qmp_x_blockdev_set_iothread(const char *node_name, StrOrNull *iothread,
                                  bool has_force, bool force, GError **errp)
 {
-    if (!node_loop_check(node_name, has_force && force, errp)) {
+    BlockNode *bs = node_find(node_name);
+
+    /* QEMU's checks before a node changes loops. */
+    if (!bs) {
+        error_setg(errp, "Failed to find node with node-name='%s'",
+                   node_name);
+        return;
+    }
+    if (!(has_force && force) && node_has_backend(bs)) {
+        error_setg(errp, "Node %s is associated with a BlockBackend and "
+                   "could be in use (use force=true to override this check)",
+                   node_name);
         return;
     }
     if (iothread->type != QTYPE_QSTRING) {

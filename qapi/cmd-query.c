@@ -6,7 +6,10 @@
  * reports per device is empty here, as it is in qemu-storage-daemon.
  */
 #include <string.h>
-#include "block-lib.h"
+#include "strata/backend.h"
+#include "strata/block-events.h"
+#include "strata/block-ops.h"
+#include "strata/block.h"
 #include "strata/error.h"
 #include "qapi-commands.h"
 #include "qapi-visit.h"
@@ -229,7 +232,7 @@ XDbgBlockGraph *qmp_x_debug_query_block_graph(GError **errp)
             if (child_parent_kind(c) == PARENT_BACKEND) {
                 g_ptr_array_add(backends, c);
             } else if (node_info_block_job(c, NULL)) {
-                void *job = child_parent(c);
+                Job *job = child_parent(c);
                 if (!g_ptr_array_find(jobs, job, NULL)) {
                     g_ptr_array_add(jobs, job);
                 }
@@ -244,11 +247,11 @@ XDbgBlockGraph *qmp_x_debug_query_block_graph(GError **errp)
         graph_add_edge(&g, blk, c);
     }
     for (guint i = 0; i < jobs->len; i++) {
-        void *job = jobs->pdata[i];
-        BlockChild *any = node_info_job_edges(job)->data;
+        Job *job = jobs->pdata[i];
+        BlockChild *any = job->nodes->data;
         graph_add_node(&g, job, X_DBG_BLOCK_GRAPH_NODE_TYPE_BLOCK_JOB,
                        node_info_block_job(any, NULL));
-        for (GSList *l = node_info_job_edges(job); l; l = l->next) {
+        for (GSList *l = job->nodes; l; l = l->next) {
             graph_add_edge(&g, job, l->data);
         }
     }

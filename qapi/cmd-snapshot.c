@@ -11,13 +11,10 @@
 #include <string.h>
 
 #include "transaction.h"
-/* QAPI has a SnapshotInfo of its own: the library's is renamed here. */
-#define SnapshotInfo LibSnapshotInfo
-#include "strata/block-driver.h"
-#undef SnapshotInfo
+#include "strata/block-events.h"
+#include "strata/block-ops.h"
 #include "strata/error.h"
 #include "qapi-commands.h"
-#include "snapshot-node.h"
 
 /* ---- External snapshots ---- */
 
@@ -56,10 +53,11 @@ static bool check_not_backing(BlockNode *bs, GError **errp)
 {
     for (BlockChild *c = node_next_parent(bs, NULL); c;
          c = node_next_parent(bs, c)) {
-        if (c->klass->parent_is_node && (child_role(c) & CHILD_ROLE_COW)) {
+        if (child_parent_kind(c) == PARENT_NODE &&
+            (child_role(c) & CHILD_ROLE_COW)) {
             error_setg(errp, "Node '%s' is busy: node is used as backing hd "
                        "of '%s'", node_get_name(bs),
-                       node_get_name(c->opaque));
+                       node_get_name(child_parent(c)));
             return false;
         }
     }
@@ -313,10 +311,70 @@ void qmp_blockdev_snapshot(const char *node, const char *overlay,
 
 /* ---- Internal snapshots ---- */
 
+/* Whether bs (or the node it passes snapshots to) has internal snapshots. */
+static bool snap_supported(BlockNode *bs)
+{
+    NodeSnapshot *list = NULL;
+    int n = node_snapshot_list(bs, &list);
+
+    g_free(list);
+    return n != -ENOTSUP;
+}
+
+/*
+ * QEMU's bdrv_snapshot_find_by_id_and_name(): the first snapshot matching
+ * id and name (NULL: any; not both NULL).  1 with *out filled, 0 if none,
+ * -errno with "Failed to get a snapshot list: ..." in *errp.
+ */
+static int snap_find(BlockNode *bs, const char *id, const char *name,
+                     NodeSnapshot *out, GError **errp)
+{
+    NodeSnapshot *list = NULL;
+    int n = node_snapshot_list(bs, &list);
+    int found = 0;
+
+    if (n < 0) {
+        error_setg(errp, "Failed to get a snapshot list: %s", g_strerror(-n));
+        return n;
+    }
+    for (int i = 0; i < n && !found; i++) {
+        if ((!id || !strcmp(list[i].id_str, id)) &&
+            (!name || !strcmp(list[i].name, name))) {
+            *out = list[i];
+            found = 1;
+        }
+    }
+    g_free(list);
+    return found;
+}
+
+/* Take a snapshot named sn->name, dated now; sn->id_str is the ID it got. */
+static int snap_take(BlockNode *bs, NodeSnapshot *sn, GError **errp)
+{
+    NodeSnapshot si = { .icount = UINT64_MAX };
+    /* With no guest, QEMU's virtual clock in the daemon is wall time. */
+    int64_t now = g_get_real_time();
+    int ret;
+
+    g_strlcpy(si.name, sn->name, sizeof(si.name));
+    si.date_sec = (uint32_t)(now / G_USEC_PER_SEC);
+    si.date_nsec = (uint32_t)(now % G_USEC_PER_SEC) * 1000;
+    si.vm_clock_nsec = (uint64_t)now * 1000;
+    ret = node_snapshot_create(bs, &si, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    /* The driver chose the ID; the new snapshot is the one named so. */
+    if (snap_find(bs, NULL, sn->name, sn, NULL) != 1) {
+        *sn = si;
+    }
+    return 0;
+}
+
 typedef struct InternalSnapshot {
     BlockNode *bs;              /* referenced and drained until clean */
     const char *device;
-    NodeSnap sn;
+    NodeSnapshot sn;
     bool created;
 } InternalSnapshot;
 
@@ -327,7 +385,7 @@ static bool internal_snapshot_prepare(TxnState *s, GError **errp)
         s->action->u.blockdev_snapshot_internal_sync.data;
     const char *device = data->device, *name = data->name;
     GError *local = NULL;
-    NodeSnap old;
+    NodeSnapshot old;
     int ret;
 
     if (!txn_check_completion_mode(s, errp)) {
@@ -385,11 +443,11 @@ static void internal_snapshot_abort(TxnState *s)
     if (!st->created) {
         return;
     }
-    if (snap_delete(st->bs, st->sn.id, st->sn.name, &err) < 0) {
+    if (node_snapshot_delete(st->bs, st->sn.id_str, st->sn.name, &err) < 0) {
         /* An abort cannot fail the command twice: say it, as QEMU does. */
         fprintf(stderr, "%s: Failed to delete snapshot with id '%s' and "
                 "name '%s' on device '%s' in abort: %s\n", g_get_prgname(),
-                st->sn.id, st->sn.name, st->device, err->message);
+                st->sn.id_str, st->sn.name, st->device, err->message);
         g_error_free(err);
     }
 }
@@ -433,7 +491,7 @@ SnapshotInfo *qmp_blockdev_snapshot_delete_internal_sync(const char *device,
 {
     BlockNode *bs = txn_root_node(device, errp);
     SnapshotInfo *info;
-    NodeSnap sn;
+    NodeSnapshot sn;
     int ret;
 
     if (!bs) {
@@ -453,12 +511,12 @@ SnapshotInfo *qmp_blockdev_snapshot_delete_internal_sync(const char *device,
                    device);
         return NULL;
     }
-    if (snap_delete(bs, id, name, errp) < 0) {
+    if (node_snapshot_delete(bs, id, name, errp) < 0) {
         return NULL;
     }
 
     info = g_new0(SnapshotInfo, 1);
-    info->id = g_strdup(sn.id);
+    info->id = g_strdup(sn.id_str);
     info->name = g_strdup(sn.name);
     info->date_sec = sn.date_sec;
     info->date_nsec = sn.date_nsec;

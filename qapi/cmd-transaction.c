@@ -6,9 +6,8 @@
 #include <string.h>
 
 #include "transaction.h"
-#define SnapshotInfo LibSnapshotInfo
-#include "strata/block-driver.h"
-#undef SnapshotInfo
+#include "strata/block-events.h"
+#include "strata/block-ops.h"
 #include "strata/error.h"
 #include "qapi-commands.h"
 
@@ -68,7 +67,7 @@ BlockNode *txn_root_node(const char *name, GError **errp)
     /* As QEMU's bdrv_is_root_node(): only devices (backends) may use it. */
     for (BlockChild *c = node_next_parent(bs, NULL); c;
          c = node_next_parent(bs, c)) {
-        if (strcmp(c->klass->kind, "backend")) {
+        if (child_parent_kind(c) != PARENT_BACKEND) {
             error_setg(errp, "Need a root block node");
             return NULL;
         }
@@ -94,7 +93,7 @@ bool txn_run(TransactionActionList *actions,
     bool ok = true;
 
     if (effective.completion_mode != ACTION_COMPLETION_MODE_INDIVIDUAL) {
-        job_txn = txn_job_txn_new();
+        job_txn = job_txn_new();
     }
     /* Requests in flight finish before any action looks at a node; each
      * action then keeps its own nodes drained until it is cleaned. */
@@ -143,7 +142,7 @@ bool txn_run(TransactionActionList *actions,
     }
     g_ptr_array_free(states, true);
     if (job_txn) {
-        txn_job_txn_unref(job_txn);
+        job_txn_unref(job_txn);
     }
     return ok;
 }

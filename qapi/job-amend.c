@@ -12,7 +12,9 @@
 #include "strata/block.h"
 #include "strata/error.h"
 #include "strata/job.h"
-#include "job-link.h"
+#include "qapi-commands.h"
+#include "qapi-visit.h"
+#include "job-settle.h"
 
 typedef struct AmendJob {
     Job common;
@@ -102,8 +104,9 @@ static const JobDriver amend_job_driver = {
     .free = amend_free,
 };
 
-bool qmp_job_amend(const char *job_id, const char *node_name,
-                   json_t *options, bool force, GError **errp)
+/* options: BlockdevAmendOptions as JSON (borrowed). */
+static bool amend_start(const char *job_id, const char *node_name,
+                        json_t *options, bool force, GError **errp)
 {
     const char *fmt = json_string_value(json_object_get(options, "driver"));
     BlockNode *bs = node_find(node_name);
@@ -156,4 +159,13 @@ bool qmp_job_amend(const char *job_id, const char *node_name,
     job_start(&s->common);
     qmp_job_settle(job_id);
     return true;
+}
+
+void qmp_x_blockdev_amend(const char *job_id, const char *node_name,
+                          BlockdevAmendOptions *options, bool has_force,
+                          bool force, GError **errp)
+{
+    json_t *opts = qapi_BlockdevAmendOptions_to_json(options);
+    amend_start(job_id, node_name, opts, has_force && force, errp);
+    json_decref(opts);
 }

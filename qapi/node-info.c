@@ -12,7 +12,7 @@
 
 static const char *const detect_zeroes_names[] = { "off", "on", "unmap" };
 
-static json_t *snapshot_json(const SnapshotInfo *sn)
+static json_t *snapshot_json(const NodeSnapshot *sn)
 {
     json_t *e = json_object();
     json_object_set_new(e, "id", json_string(sn->id_str));
@@ -80,7 +80,7 @@ static json_t *image_info_json(BlockNode *bs, GError **errp)
                                 json_string(node_backing_format(bs)));
         }
     }
-    SnapshotInfo *list = NULL;
+    NodeSnapshot *list = NULL;
     int n = node_snapshot_list(bs, &list);
     if (n > 0) {
         json_t *arr = json_array();
@@ -212,7 +212,7 @@ json_t *node_info_device_json(BlockNode *bs, bool flat, GError **errp)
     return info;
 }
 
-const char *node_info_block_job(BlockChild *c, void **job)
+const char *node_info_block_job(BlockChild *c, Job **job)
 {
     if (child_parent_kind(c) != PARENT_JOB) {
         return NULL;
@@ -225,14 +225,4 @@ const char *node_info_block_job(BlockChild *c, void **job)
         *job = j;
     }
     return j->id ? j->id : "";
-}
-
-GSList *node_info_job_edges(void *job)
-{
-    return ((Job *)job)->nodes;
-}
-
-const char *node_info_job_type(void *job)
-{
-    return job_type_name(job_type(job));
 }

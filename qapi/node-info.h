@@ -1,8 +1,6 @@
 /*
- * The library's side of the node commands.  Apart from the handlers
- * because some library types share names with QAPI's (SnapshotInfo in
- * strata/block-ops.h, JobType and JobStatus in strata/job.h): this file
- * sees only the library's, the handlers only QAPI's.
+ * What the node commands (cmd-block.c, cmd-query.c) share: a node
+ * described as QEMU describes it, and the block jobs on its edges.
  */
 #ifndef QAPI_NODE_INFO_H
 #define QAPI_NODE_INFO_H
@@ -11,6 +9,7 @@
 #include <jansson.h>
 #include <stdbool.h>
 #include "strata/block.h"
+#include "strata/job.h"
 
 /*
  * bs described as QEMU 7.2's bdrv_block_device_info() does for a node
@@ -22,12 +21,8 @@ json_t *node_info_device_json(BlockNode *bs, bool flat, GError **errp);
 /*
  * A QEMU block job (not blockdev-create or amend, which QEMU runs without
  * edges) holds the edge c: its id, else NULL.  *job (may be NULL) is the
- * job, for node_info_job_edges.
+ * job.
  */
-const char *node_info_block_job(BlockChild *c, void **job);
-/* The job's edges (BlockChild *), in the order they were added. */
-GSList *node_info_job_edges(void *job);
-/* QEMU's "block device is in use by block job: TYPE" type name. */
-const char *node_info_job_type(void *job);
+const char *node_info_block_job(BlockChild *c, Job **job);
 
 #endif

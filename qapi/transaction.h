@@ -17,17 +17,9 @@
 #ifndef QAPI_TRANSACTION_H
 #define QAPI_TRANSACTION_H
 
-/* The schema has a PreallocMode of its own: the library's is renamed. */
-#define PreallocMode LibPreallocMode
 #include "strata/block.h"
-#undef PreallocMode
+#include "strata/job.h"
 #include "qapi-types.h"
-
-/* strata/job.h cannot meet qapi-types.h (both define JobStatus): the
- * runner reaches the job transaction through qapi/transaction-jobs.c. */
-typedef struct JobTxn JobTxn;
-JobTxn *txn_job_txn_new(void);
-void txn_job_txn_unref(JobTxn *txn);
 
 typedef struct TxnState TxnState;
 

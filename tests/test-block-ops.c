@@ -44,8 +44,8 @@ static void test_snapshots(void **state)
 {
     BlockBackend *blk = open_rw(qcow2_path, "qcow2");
     BlockNode *bs = blk_node(blk);
-    SnapshotInfo sn = { .name = "s1", .date_sec = 1, .icount = UINT64_MAX };
-    SnapshotInfo *list = NULL;
+    NodeSnapshot sn = { .name = "s1", .date_sec = 1, .icount = UINT64_MAX };
+    NodeSnapshot *list = NULL;
     uint8_t buf[512];
     GError *err = NULL;
 
@@ -83,8 +83,8 @@ static void test_snapshot_fallback(void **state)
                              "file", "driver", "qcow2", "file", "driver",
                              "file", "filename", qcow2_path);
     BlockBackend *blk = blk_new_open(NULL, opts, NODE_O_RDWR, &err);
-    SnapshotInfo sn = { .name = "via-raw", .icount = UINT64_MAX };
-    SnapshotInfo *list = NULL;
+    NodeSnapshot sn = { .name = "via-raw", .icount = UINT64_MAX };
+    NodeSnapshot *list = NULL;
     BlockNode *bs;
 
     assert_non_null(blk);
@@ -104,8 +104,8 @@ static void test_unsupported(void **state)
 {
     BlockBackend *blk = open_rw(raw_path, "raw");
     BlockNode *bs = blk_node(blk);
-    SnapshotInfo sn = { .name = "x" };
-    SnapshotInfo *list = NULL;
+    NodeSnapshot sn = { .name = "x" };
+    NodeSnapshot *list = NULL;
     BlockCheckResult res;
     BlockMeasureInfo mi;
     GError *err = NULL;
@@ -202,7 +202,7 @@ typedef struct InCo {
 static void coroutine_fn in_co(void *opaque)
 {
     InCo *c = opaque;
-    SnapshotInfo *list = NULL;
+    NodeSnapshot *list = NULL;
 
     c->snapshots = node_snapshot_list(c->bs, &list);
     g_free(list);

@@ -170,13 +170,13 @@ static void test_flags_and_errors(void **state)
 
     /* Resize: the bitmap follows; a merge needs equal sizes. */
     assert_true(node_dirty_bitmap_add(bs, "y", 65536, false, false, &err));
-    assert_int_equal(blk_truncate(blk, SIZE * 2, false, PREALLOC_OFF, &err),
+    assert_int_equal(blk_truncate(blk, SIZE * 2, false, PREALLOC_MODE_OFF, &err),
                      0);
     assert_int_equal(dirty_bitmap_size(x), SIZE * 2);
     assert_int_equal(blk_pwrite(blk, SIZE * 2 - 512, 512, buf, 0), 0);
     assert_int_equal(dirty_bitmap_count(x), 1024);
     assert_true(dirty_bitmap_get(x, SIZE * 2 - 1));
-    assert_int_equal(blk_truncate(blk, SIZE, false, PREALLOC_OFF, &err), 0);
+    assert_int_equal(blk_truncate(blk, SIZE, false, PREALLOC_MODE_OFF, &err), 0);
     assert_int_equal(dirty_bitmap_count(x), 512);
 
     dirty_bitmap_set_inconsistent(x);
@@ -205,7 +205,7 @@ static void test_sha256(void **state)
     GError *err = NULL;
 
     assert_int_equal(blk_truncate(blk, 10 * 1024 * 1024, false,
-                                  PREALLOC_OFF, &err), 0);
+                                  PREALLOC_MODE_OFF, &err), 0);
     assert_true(node_dirty_bitmap_add(bs, "b", 4096, false, false, &err));
     DirtyBitmap *b = node_find_dirty_bitmap(bs, "b");
     dirty_bitmap_set(b, 0, 4096);
@@ -221,7 +221,7 @@ static void test_sha256(void **state)
     assert_string_not_equal(h, "350726f5190d28d22fba75771185ff077f97a94f4e2f"
                                "0a3ed4c6b5097b8183ed");
     g_free(h);
-    assert_int_equal(blk_truncate(blk, SIZE, false, PREALLOC_OFF, &err), 0);
+    assert_int_equal(blk_truncate(blk, SIZE, false, PREALLOC_MODE_OFF, &err), 0);
     blk_unref(blk);
 }
 

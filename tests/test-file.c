@@ -460,25 +460,25 @@ static void test_truncate(void **state)
                                  &err);
     assert_non_null(blk);
 
-    assert_int_equal(blk_truncate(blk, 8 * MiB, true, PREALLOC_OFF, &err), 0);
+    assert_int_equal(blk_truncate(blk, 8 * MiB, true, PREALLOC_MODE_OFF, &err), 0);
     assert_int_equal(blk_getlength(blk), 8 * MiB);
-    assert_int_equal(blk_truncate(blk, MiB / 2, true, PREALLOC_OFF, &err), 0);
+    assert_int_equal(blk_truncate(blk, MiB / 2, true, PREALLOC_MODE_OFF, &err), 0);
     assert_int_equal(blk_getlength(blk), MiB / 2);
 
-    assert_true(blk_truncate(blk, 1000, true, PREALLOC_FALLOC, &err) < 0);
+    assert_true(blk_truncate(blk, 1000, true, PREALLOC_MODE_FALLOC, &err) < 0);
     assert_string_equal(err->message,
                         "Cannot use preallocation for shrinking files");
     g_clear_error(&err);
     assert_int_equal(blk_getlength(blk), MiB / 2);
 
-    assert_int_equal(blk_truncate(blk, 2 * MiB, true, PREALLOC_FALLOC, &err),
+    assert_int_equal(blk_truncate(blk, 2 * MiB, true, PREALLOC_MODE_FALLOC, &err),
                      0);
     assert_true(allocated(path) >= 3 * MiB / 2);
-    assert_int_equal(blk_truncate(blk, 4 * MiB, true, PREALLOC_FULL, &err), 0);
+    assert_int_equal(blk_truncate(blk, 4 * MiB, true, PREALLOC_MODE_FULL, &err), 0);
     assert_true(allocated(path) >= 7 * MiB / 2);
     assert_int_equal(blk_getlength(blk), 4 * MiB);
 
-    assert_true(blk_truncate(blk, 5 * MiB, true, PREALLOC_METADATA, &err) < 0);
+    assert_true(blk_truncate(blk, 5 * MiB, true, PREALLOC_MODE_METADATA, &err) < 0);
     assert_string_equal(err->message, "Unsupported preallocation mode: metadata");
     g_clear_error(&err);
 
@@ -501,7 +501,7 @@ static void test_zeroes_discard(void **state)
     BlockBackend *blk = open_blk(path, "{\"discard\": \"unmap\"}",
                                  NODE_O_RDWR | NODE_O_RESIZE, &err);
     assert_non_null(blk);
-    assert_int_equal(blk_truncate(blk, 4 * MiB, true, PREALLOC_FULL, &err), 0);
+    assert_int_equal(blk_truncate(blk, 4 * MiB, true, PREALLOC_MODE_FULL, &err), 0);
     assert_true(allocated(path) >= 4 * MiB);
 
     uint8_t buf[64 * 1024];

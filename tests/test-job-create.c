@@ -80,12 +80,12 @@ static char *create(const char *id, json_t *options)
     Job *job = job_find(id);
     assert_non_null(job);
     LOOP_WAIT_WHILE(job->status != JOB_STATUS_CONCLUDED);
-    JobInfo *info = job_query(job);
+    JobQueryInfo *info = job_query(job);
     assert_int_equal(info->type, JOB_TYPE_CREATE);
     assert_int_equal(info->current_progress, 1);
     assert_int_equal(info->total_progress, 1);
     char *error = g_strdup(info->error);
-    job_info_free(info);
+    job_query_info_free(info);
     /* Not auto-dismissed, as QEMU's create job. */
     assert_true(job_dismiss(job, NULL));
     assert_null(job_find(id));

@@ -375,14 +375,14 @@ static void test_manual_finalize_dismiss(void **state)
     assert_false(job_dismiss(job, &err));
     g_clear_error(&err);
 
-    JobInfo *info = job_query(job);
+    JobQueryInfo *info = job_query(job);
     assert_string_equal(info->id, "j");
     assert_int_equal(info->type, JOB_TYPE_BACKUP);
     assert_int_equal(info->status, JOB_STATUS_PENDING);
     assert_int_equal(info->current_progress, 2);
     assert_int_equal(info->total_progress, 2);
     assert_null(info->error);
-    job_info_free(info);
+    job_query_info_free(info);
 
     ev_clear();
     assert_true(job_finalize(job, &err));
@@ -410,7 +410,7 @@ static void test_failure_recorded(void **state)
     assert_int_equal(t->c->committed, 0);
     GPtrArray *list = job_query_all();
     assert_int_equal(list->len, 1);
-    JobInfo *info = list->pdata[0];
+    JobQueryInfo *info = list->pdata[0];
     assert_string_equal(info->error, "test job failed on purpose");
     assert_int_equal(info->status, JOB_STATUS_CONCLUDED);
     g_ptr_array_unref(list);
@@ -427,9 +427,9 @@ static void test_failure_without_message(void **state)
     job_start(&t->common);
     wait_status(&t->common, JOB_STATUS_CONCLUDED);
     /* Without a message of the driver's, strerror() as QEMU. */
-    JobInfo *info = job_query(&t->common);
+    JobQueryInfo *info = job_query(&t->common);
     assert_string_equal(info->error, "No space left on device");
-    job_info_free(info);
+    job_query_info_free(info);
     assert_true(job_dismiss(&t->common, NULL));
 }
 
@@ -549,9 +549,9 @@ static void test_cancel_in_sleep(void **state)
     assert_true(job_user_cancel(job, true, NULL));
     assert_null(job->sleep_timer);
     wait_status(job, JOB_STATUS_CONCLUDED);
-    JobInfo *info = job_query(job);
+    JobQueryInfo *info = job_query(job);
     assert_string_equal(info->error, "Operation canceled");
-    job_info_free(info);
+    job_query_info_free(info);
     GError *err = NULL;
     assert_false(job_user_cancel(job, true, &err));
     assert_string_equal(err->message, "Job 'c' in state 'concluded' cannot "

@@ -327,6 +327,40 @@ static void test_scalar_errors_keyval(void **state)
     scalars_keyval_error("zz=1", "Parameter 'zz' is unexpected");
 }
 
+/* An enum the library defines (pragma library-enums, lib-fruit.h): the
+ * generated readers, writers and helpers use the library's constants. */
+static void test_library_enum(void **state)
+{
+    (void)state;
+    GError *err = NULL;
+    json_t *j = parse("{'fruit': 'blood-orange', 'spare': ['apple']}");
+    Basket *b = qapi_Basket_from_json(j, &err);
+    json_decref(j);
+    assert_non_null(b);
+    assert_int_equal(b->fruit, TEST_FRUIT_BLOOD_ORANGE);
+    assert_int_equal(b->spare->value, TEST_FRUIT_APPLE);
+    assert_null(b->spare->next);
+    assert_string_equal(Fruit_str(TEST_FRUIT_APPLE), "apple");
+    assert_null(Fruit_str(TEST_FRUIT__MAX));
+    assert_int_equal(Fruit_parse("blood-orange"), TEST_FRUIT_BLOOD_ORANGE);
+    assert_int_equal(Fruit_parse("pear"), -1);
+
+    json_t *out = qapi_Basket_to_json(b);
+    char *text = json_dumps(out, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    assert_string_equal(text,
+                        "{\"fruit\":\"blood-orange\",\"spare\":[\"apple\"]}");
+    free(text);
+    json_decref(out);
+    qapi_free_Basket(b);
+
+    j = parse("{'fruit': 'pear'}");
+    assert_null(qapi_Basket_from_json(j, &err));
+    json_decref(j);
+    assert_string_equal(err->message,
+                        "Parameter 'fruit' does not accept value 'pear'");
+    g_error_free(err);
+}
+
 static void test_awkward_names(void **state)
 {
     GError *err = NULL;
@@ -712,6 +746,7 @@ int main(void)
         cmocka_unit_test(test_scalar_errors_json),
         cmocka_unit_test(test_scalars_keyval),
         cmocka_unit_test(test_scalar_errors_keyval),
+        cmocka_unit_test(test_library_enum),
         cmocka_unit_test(test_awkward_names),
         cmocka_unit_test(test_nested_names),
         cmocka_unit_test(test_unions),

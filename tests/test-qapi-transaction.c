@@ -16,9 +16,7 @@
 
 #include "transaction.h"
 #include "strata/backend.h"
-#define SnapshotInfo LibSnapshotInfo
 #include "strata/block-ops.h"
-#undef SnapshotInfo
 #include "strata/units.h"
 #include "qapi-commands.h"
 
@@ -97,7 +95,7 @@ static TransactionActionList *list_of(TransactionAction **actions, int n)
 
 static int snapshot_count(BlockNode *bs)
 {
-    LibSnapshotInfo *list = NULL;
+    NodeSnapshot *list = NULL;
     int n = node_snapshot_list(bs, &list);
 
     g_free(list);

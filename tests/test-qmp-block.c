@@ -11,7 +11,10 @@
 #include <string.h>
 #include <unistd.h>
 #include <cmocka.h>
-#include "block-lib.h"
+#include "strata/backend.h"
+#include "strata/block-events.h"
+#include "strata/block-ops.h"
+#include "strata/block.h"
 #include "strata/qmp.h"
 #include "strata/qmp-server.h"
 #include "qapi-commands.h"

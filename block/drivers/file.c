@@ -1259,13 +1259,13 @@ static int job_truncate(void *opaque)
         return ret;
     }
     int64_t cur = st.st_size;
-    if (cur > offset && j->prealloc != PREALLOC_OFF) {
+    if (cur > offset && j->prealloc != PREALLOC_MODE_OFF) {
         error_setg(j->errp, "Cannot use preallocation for shrinking files");
         return -ENOTSUP;
     }
 
     switch (j->prealloc) {
-    case PREALLOC_OFF:
+    case PREALLOC_MODE_OFF:
         if (ftruncate(fd, offset) != 0) {
             ret = -errno;
             error_setg_errno(j->errp, -ret, "Could not resize file");
@@ -1273,7 +1273,7 @@ static int job_truncate(void *opaque)
             allocate_first_block(fd, offset);
         }
         return ret;
-    case PREALLOC_FALLOC:
+    case PREALLOC_MODE_FALLOC:
         if (offset != cur) {
             ret = -posix_fallocate(fd, cur, offset - cur);
             if (ret < 0) {
@@ -1284,7 +1284,7 @@ static int job_truncate(void *opaque)
             }
         }
         break;
-    case PREALLOC_FULL: {
+    case PREALLOC_MODE_FULL: {
         /* Setting the final size first lets the file system plan extents. */
         if (ftruncate(fd, offset) != 0) {
             ret = -errno;
@@ -1332,7 +1332,7 @@ static int job_truncate(void *opaque)
 static int regular_truncate(int fd, int64_t offset, PreallocMode prealloc,
                             GError **errp)
 {
-    if ((unsigned)prealloc >= PREALLOC__MAX) {
+    if ((unsigned)prealloc >= PREALLOC_MODE__MAX) {
         error_setg(errp, "Unsupported preallocation mode: %d", (int)prealloc);
         return -ENOTSUP;
     }
@@ -1362,10 +1362,10 @@ static int coroutine_fn file_co_truncate(BlockNode *bs, int64_t offset,
         hole_op_end(s);
         return ret;
     }
-    if (prealloc != PREALLOC_OFF) {
+    if (prealloc != PREALLOC_MODE_OFF) {
         error_setg(errp, "Preallocation mode '%s' unsupported for this "
                    "non-regular file",
-                   (unsigned)prealloc < PREALLOC__MAX
+                   (unsigned)prealloc < PREALLOC_MODE__MAX
                    ? prealloc_mode_names[prealloc] : "?");
         return -ENOTSUP;
     }
@@ -1422,7 +1422,7 @@ static int file_create(const char *filename, json_t *options, GError **errp)
 {
     uint64_t size = 0, hint = 1 * MiB;
     bool nocow = false, has_hint;
-    int prealloc = PREALLOC_OFF;
+    int prealloc = PREALLOC_MODE_OFF;
     int fd, ret;
 
     if (g_str_has_prefix(filename, "file:")) {
@@ -1467,7 +1467,7 @@ static int file_create(const char *filename, json_t *options, GError **errp)
         return ret;
     }
 
-    ret = regular_truncate(fd, 0, PREALLOC_OFF, errp);
+    ret = regular_truncate(fd, 0, PREALLOC_MODE_OFF, errp);
     if (ret < 0) {
         goto out;
     }

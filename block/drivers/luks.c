@@ -285,7 +285,7 @@ static int coroutine_fn luks_create(const char *filename, json_t *options,
                                     GError **errp)
 {
     CryptoLuksCreateOpts o = { .iter_time = -1 };
-    CreateData d = { .prealloc = PREALLOC_OFF };
+    CreateData d = { .prealloc = PREALLOC_MODE_OFF };
     char *strs[6] = { NULL };
     CryptoBlock *crypto = NULL;
     json_t *proto, *v;
@@ -302,8 +302,8 @@ static int coroutine_fn luks_create(const char *filename, json_t *options,
         d.prealloc = p;
     }
     /* Metadata preallocation means nothing here: the header is written. */
-    if (d.prealloc == PREALLOC_METADATA) {
-        d.prealloc = PREALLOC_OFF;
+    if (d.prealloc == PREALLOC_MODE_METADATA) {
+        d.prealloc = PREALLOC_MODE_OFF;
     }
     o.key_secret = strs[0] = take_text(options, "key-secret");
     o.cipher_alg = strs[1] = take_text(options, "cipher-alg");

@@ -841,7 +841,7 @@ static void zero_first_sector_co(void *opaque)
 static int nbd_img_create(const char *filename, json_t *options, GError **errp)
 {
     uint64_t size = 0;
-    int prealloc = PREALLOC_OFF;
+    int prealloc = PREALLOC_MODE_OFF;
     GError *err = NULL;
 
     if (!opts_take_size(options, "size", &size, errp) ||
@@ -849,7 +849,7 @@ static int nbd_img_create(const char *filename, json_t *options, GError **errp)
                         &prealloc, errp)) {
         return -EINVAL;
     }
-    if (prealloc != PREALLOC_OFF) {
+    if (prealloc != PREALLOC_MODE_OFF) {
         error_setg(errp, "Unsupported preallocation mode '%s'",
                    prealloc_mode_names[prealloc]);
         return -ENOTSUP;

@@ -623,7 +623,7 @@ int coroutine_fn qcow2_amend(BlockNode *bs, json_t *options, bool force,
             return -EINVAL;
         }
         /* Exact: amend promises the image gets exactly this size. */
-        ret = bs->drv->co_truncate(bs, (int64_t)new_size, true, PREALLOC_OFF,
+        ret = bs->drv->co_truncate(bs, (int64_t)new_size, true, PREALLOC_MODE_OFF,
                                    errp);
         node_invalidate_length(bs);
         if (ret < 0) {

@@ -393,7 +393,7 @@ int coroutine_fn qcow2_check_count_refblocks(Qcow2Check *c)
                 offset < (uint64_t)c->file_len * 2 + (UINT64_C(1) << 30)) {
                 ret = child_co_truncate(c->bs->file,
                                         (int64_t)(offset + s->cluster_size),
-                                        false, PREALLOC_OFF, &err);
+                                        false, PREALLOC_MODE_OFF, &err);
                 if (ret < 0) {
                     const char *prog = g_get_prgname();
                     warn_print("%s: %s", prog ? prog : "qemu-img",

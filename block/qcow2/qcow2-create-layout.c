@@ -738,7 +738,7 @@ static int coroutine_fn prealloc_metadata(Q2Create *s, uint64_t size,
     /* The file must reach the last allocated byte. */
     if (size && host + cur > (uint64_t)*target_len) {
         ret = grow_file(target, target_len, host + cur,
-                        mode == PREALLOC_METADATA ? PREALLOC_OFF : mode, errp);
+                        mode == PREALLOC_MODE_METADATA ? PREALLOC_MODE_OFF : mode, errp);
     }
 out:
     g_free(zeroes);
@@ -960,12 +960,12 @@ static int coroutine_fn build_image(Q2Create *s, const Qcow2CreateParams *o,
         return ret;
     }
     switch (o->prealloc) {
-    case PREALLOC_OFF:
+    case PREALLOC_MODE_OFF:
         ret = s->data_blk ? grow_file(s->data_blk, &s->data_len, size,
-                                      PREALLOC_OFF, errp) : 0;
+                                      PREALLOC_MODE_OFF, errp) : 0;
         break;
-    case PREALLOC_METADATA:
-        ret = prealloc_metadata(s, size, PREALLOC_METADATA, errp);
+    case PREALLOC_MODE_METADATA:
+        ret = prealloc_metadata(s, size, PREALLOC_MODE_METADATA, errp);
         break;
     default:
         ret = s->data_blk ? prealloc_metadata(s, size, o->prealloc, errp)

@@ -385,7 +385,7 @@ static bool check_options(Q2Opts *o, GError **errp)
                    "sizes of at least %u bytes", 512 * QCOW2_SUBCLUSTERS);
         return false;
     }
-    if (o->backing_file && o->prealloc != PREALLOC_OFF && !o->extl2) {
+    if (o->backing_file && o->prealloc != PREALLOC_MODE_OFF && !o->extl2) {
         error_setg(errp, "Backing file and preallocation can only be used at "
                    "the same time if extended_l2 is on");
         return false;
@@ -420,9 +420,9 @@ static bool check_options(Q2Opts *o, GError **errp)
                    "the same time");
         return false;
     }
-    if (o->data_raw && o->prealloc == PREALLOC_OFF) {
+    if (o->data_raw && o->prealloc == PREALLOC_MODE_OFF) {
         /* A raw data file must be readable alone: map it all, 1:1. */
-        o->prealloc = PREALLOC_METADATA;
+        o->prealloc = PREALLOC_MODE_METADATA;
     }
     if (o->data_file && o->version < 3) {
         error_setg(errp, "External data files are only supported with "
@@ -469,7 +469,7 @@ int coroutine_fn qcow2_co_create(const char *filename, json_t *options,
     Q2Opts o = {
         .version = 3,
         .cluster_size = 64 * KiB,
-        .prealloc = PREALLOC_OFF,
+        .prealloc = PREALLOC_MODE_OFF,
         .refcount_bits = 16,
         .ctype = QCOW2_COMPRESSION_ZLIB,
     };

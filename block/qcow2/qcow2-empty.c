@@ -132,7 +132,7 @@ static int coroutine_fn rebuild_empty(BlockNode *bs, uint64_t l1_clusters)
 
     GError *err = NULL;
     ret = child_co_truncate(bs->file, (int64_t)((3 + l1_clusters) * cs),
-                            false, PREALLOC_OFF, &err);
+                            false, PREALLOC_MODE_OFF, &err);
     if (ret < 0) {
         warn_print("%s", err->message);
         g_error_free(err);

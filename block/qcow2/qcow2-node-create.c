@@ -174,7 +174,7 @@ int coroutine_fn qcow2_co_create_on_node(json_t *o, GError **errp)
     static const char *const ctypes[] = { "zlib", "zstd", NULL };
     BlockNode *bs = NULL, *data_bs = NULL;
     BlockBackend *blk = NULL, *data_blk = NULL;
-    int version = 1, prealloc = PREALLOC_OFF, ctype = QCOW2_COMPRESSION_ZLIB;
+    int version = 1, prealloc = PREALLOC_MODE_OFF, ctype = QCOW2_COMPRESSION_ZLIB;
     int ret = -EINVAL;
 
     if (!check_members(o, errp)) {
@@ -222,7 +222,7 @@ int coroutine_fn qcow2_co_create_on_node(json_t *o, GError **errp)
                    "sizes of at least %u bytes", 512 * QCOW2_SUBCLUSTERS);
         goto out;
     }
-    if (backing_file && prealloc != PREALLOC_OFF && !extl2) {
+    if (backing_file && prealloc != PREALLOC_MODE_OFF && !extl2) {
         error_setg(errp, "Backing file and preallocation can only be used at "
                    "the same time if extended_l2 is on");
         goto out;
@@ -257,9 +257,9 @@ int coroutine_fn qcow2_co_create_on_node(json_t *o, GError **errp)
                    "the same time");
         goto out;
     }
-    if (data_raw && prealloc == PREALLOC_OFF) {
+    if (data_raw && prealloc == PREALLOC_MODE_OFF) {
         /* A raw data file must read right alone: map it all, 1:1. */
-        prealloc = PREALLOC_METADATA;
+        prealloc = PREALLOC_MODE_METADATA;
     }
     if (data_ref) {
         if (version < 3) {
@@ -298,9 +298,9 @@ int coroutine_fn qcow2_co_create_on_node(json_t *o, GError **errp)
      * whatever is there and leaves the rest as unreferenced clusters, so
      * an emptied file gives the same image where it matters.
      */
-    ret = blk_co_truncate(blk, 0, false, PREALLOC_OFF, errp);
+    ret = blk_co_truncate(blk, 0, false, PREALLOC_MODE_OFF, errp);
     if (ret == 0 && data_blk) {
-        ret = blk_co_truncate(data_blk, 0, false, PREALLOC_OFF, errp);
+        ret = blk_co_truncate(data_blk, 0, false, PREALLOC_MODE_OFF, errp);
     }
     if (ret < 0) {
         goto out;

@@ -44,7 +44,7 @@ static int coroutine_fn prealloc_metadata(BlockNode *bs, uint64_t from,
     }
     if (host_end > (uint64_t)len) {
         ret = child_co_truncate(s->data_file, (int64_t)host_end, false,
-                                mode == PREALLOC_METADATA ? PREALLOC_OFF
+                                mode == PREALLOC_MODE_METADATA ? PREALLOC_MODE_OFF
                                                           : mode, errp);
     }
     return ret;
@@ -127,7 +127,7 @@ int coroutine_fn qcow2_grow_prealloc(BlockNode *bs, uint64_t from, uint64_t to,
 {
     Qcow2State *s = bs->opaque;
 
-    if (mode == PREALLOC_METADATA || qcow2_has_data_file(s)) {
+    if (mode == PREALLOC_MODE_METADATA || qcow2_has_data_file(s)) {
         return prealloc_metadata(bs, from, to, mode, errp);
     }
     /*

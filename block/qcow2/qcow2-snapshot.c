@@ -987,7 +987,7 @@ static int coroutine_fn relayout(BlockNode *bs, Qcow2MetaTxn *t1,
             if (file_length(bs) > (int64_t)end) {
                 /* Best effort: what it drops is free either way. */
                 child_co_truncate(bs->file, (int64_t)end, true,
-                                  PREALLOC_OFF, NULL);
+                                  PREALLOC_MODE_OFF, NULL);
                 node_invalidate_length(bs->file->bs);
             }
         }
@@ -1018,7 +1018,7 @@ static int coroutine_fn relayout(BlockNode *bs, Qcow2MetaTxn *t1,
  * by corrected copies, which the snapshot shares; the old tables are
  * freed in the new view.
  */
-static int coroutine_fn do_create(BlockNode *bs, const SnapshotInfo *info,
+static int coroutine_fn do_create(BlockNode *bs, const NodeSnapshot *info,
                                   GError **errp)
 {
     Qcow2State *s = bs->opaque;
@@ -1464,7 +1464,7 @@ out:
 
 /* ---- Driver entry points ---- */
 
-int coroutine_fn qcow2_snapshot_create(BlockNode *bs, SnapshotInfo *info,
+int coroutine_fn qcow2_snapshot_create(BlockNode *bs, NodeSnapshot *info,
                                        GError **errp)
 {
     Qcow2State *s = bs->opaque;
@@ -1503,10 +1503,10 @@ int coroutine_fn qcow2_snapshot_delete(BlockNode *bs, const char *id,
     return ret;
 }
 
-int qcow2_snapshot_list(BlockNode *bs, SnapshotInfo **list)
+int qcow2_snapshot_list(BlockNode *bs, NodeSnapshot **list)
 {
     Qcow2State *s = bs->opaque;
-    SnapshotInfo *l = g_new0(SnapshotInfo, MAX(s->nb_snapshots, 1));
+    NodeSnapshot *l = g_new0(NodeSnapshot, MAX(s->nb_snapshots, 1));
 
     for (uint32_t i = 0; i < s->nb_snapshots; i++) {
         const Qcow2Snapshot *sn = &s->snapshots[i];

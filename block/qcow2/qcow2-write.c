@@ -1235,7 +1235,7 @@ int coroutine_fn qcow2_co_pwritev_compressed(BlockNode *bs, int64_t offset,
         node_invalidate_length(bs->file->bs);
         len = node_getlength(bs->file->bs);
         return len < 0 ? (int)len
-                       : child_co_truncate(bs->file, len, false, PREALLOC_OFF,
+                       : child_co_truncate(bs->file, len, false, PREALLOC_MODE_OFF,
                                            NULL);
     }
     if (qcow2_offset_into_cluster(s, (uint64_t)offset)) {

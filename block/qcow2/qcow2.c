@@ -1202,7 +1202,7 @@ static int coroutine_fn qcow2_co_truncate(BlockNode *bs, int64_t offset,
     uint64_t l2_span = 1ull << (s->l2_bits + s->cluster_bits);
     int ret;
 
-    if ((unsigned)prealloc >= PREALLOC__MAX) {
+    if ((unsigned)prealloc >= PREALLOC_MODE__MAX) {
         error_setg(errp, "Unsupported preallocation mode");
         return -ENOTSUP;
     }
@@ -1219,7 +1219,7 @@ static int coroutine_fn qcow2_co_truncate(BlockNode *bs, int64_t offset,
     if (ret < 0) {
         return ret;
     }
-    if (new_size < s->size && prealloc != PREALLOC_OFF) {
+    if (new_size < s->size && prealloc != PREALLOC_MODE_OFF) {
         error_setg(errp, "Preallocation can't be used for shrinking an image");
         return -EINVAL;
     }
@@ -1287,7 +1287,7 @@ static int coroutine_fn qcow2_co_truncate(BlockNode *bs, int64_t offset,
      * grows gets the new area mapped first and then only has to be long
      * enough, as after QEMU's metadata preallocation.
      */
-    if (prealloc != PREALLOC_OFF) {
+    if (prealloc != PREALLOC_MODE_OFF) {
         ret = qcow2_grow_prealloc(bs, s->size, new_size, prealloc, &zero_new,
                                   errp);
         /* Block status asks again whether the image looks preallocated. */
@@ -1317,7 +1317,7 @@ static int coroutine_fn qcow2_co_truncate(BlockNode *bs, int64_t offset,
         int64_t len = map ? node_getlength(s->data_file->bs) : -1;
         if (!map || len < (int64_t)new_size) {
             ret = child_co_truncate(s->data_file, offset, map ? false : exact,
-                                    PREALLOC_OFF, errp);
+                                    PREALLOC_MODE_OFF, errp);
             if (ret < 0) {
                 goto out;
             }
@@ -1346,7 +1346,7 @@ static int coroutine_fn qcow2_co_truncate(BlockNode *bs, int64_t offset,
             (end << s->cluster_bits) < (uint64_t)file_len) {
             GError *err = NULL;
             if (child_co_truncate(bs->file, (int64_t)(end << s->cluster_bits),
-                                  false, PREALLOC_OFF, &err) < 0) {
+                                  false, PREALLOC_MODE_OFF, &err) < 0) {
                 warn_print("Failed to truncate the tail of the image: %s",
                            err->message);
                 g_error_free(err);

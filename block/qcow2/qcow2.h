@@ -207,13 +207,13 @@ int coroutine_fn qcow2_read_snapshot_table_repair(BlockNode *bs, bool repair,
 /* Write s's snapshot list as a new table (check's repair). */
 int coroutine_fn qcow2_write_snapshot_table(BlockNode *bs);
 void qcow2_free_snapshots(Qcow2State *s);
-int coroutine_fn qcow2_snapshot_create(BlockNode *bs, SnapshotInfo *info,
+int coroutine_fn qcow2_snapshot_create(BlockNode *bs, NodeSnapshot *info,
                                        GError **errp);
 int coroutine_fn qcow2_snapshot_goto(BlockNode *bs, const char *id_or_name,
                                      GError **errp);
 int coroutine_fn qcow2_snapshot_delete(BlockNode *bs, const char *id,
                                        const char *name, GError **errp);
-int qcow2_snapshot_list(BlockNode *bs, SnapshotInfo **list);
+int qcow2_snapshot_list(BlockNode *bs, NodeSnapshot **list);
 /* A snapshot's L1 table offset and size as QEMU validates them. */
 int qcow2_validate_snapshot_l1(const Qcow2State *s, const Qcow2Snapshot *sn,
                                GError **errp);

@@ -194,12 +194,12 @@ struct BlockDriver {
      * first snapshot matching both (NULL matches anything).  list: the
      * number of snapshots, *list allocated (g_free).
      */
-    int (*snapshot_create)(BlockNode *bs, SnapshotInfo *sn, GError **errp);
+    int (*snapshot_create)(BlockNode *bs, NodeSnapshot *sn, GError **errp);
     int (*snapshot_goto)(BlockNode *bs, const char *id_or_name,
                          GError **errp);
     int (*snapshot_delete)(BlockNode *bs, const char *id, const char *name,
                            GError **errp);
-    int (*snapshot_list)(BlockNode *bs, SnapshotInfo **list);
+    int (*snapshot_list)(BlockNode *bs, NodeSnapshot **list);
     /*
      * Make a read-only node show a snapshot's data instead of its own
      * (qemu-img convert -l): the first snapshot matching id and name (NULL

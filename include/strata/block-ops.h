@@ -52,14 +52,14 @@ typedef struct BlockCheckResult {
 enum { CHECK_FIX_LEAKS = 1, CHECK_FIX_ERRORS = 2 };
 
 /* One internal snapshot, as qemu-img snapshot -l shows it. */
-typedef struct SnapshotInfo {
+typedef struct NodeSnapshot {
     char id_str[128];
     char name[256];
     uint64_t vm_state_size;
     uint32_t date_sec, date_nsec;
     uint64_t vm_clock_nsec;
     uint64_t icount;               /* UINT64_MAX: not recorded */
-} SnapshotInfo;
+} NodeSnapshot;
 
 /* The size a new image would take (QEMU's BlockMeasureInfo). */
 typedef struct BlockMeasureInfo {
@@ -128,12 +128,12 @@ json_t *node_get_specific_info(BlockNode *bs, GError **errp);
  */
 BlockNode *node_snapshot_fallback(BlockNode *bs);
 /* The number of snapshots with *list (g_free) filled, or -ENOTSUP. */
-int node_snapshot_list(BlockNode *bs, SnapshotInfo **list);
+int node_snapshot_list(BlockNode *bs, NodeSnapshot **list);
 /*
  * Take a snapshot named by sn (an empty id_str lets the driver choose
  * one; date and VM clock as given).  -errno with *errp set.
  */
-int node_snapshot_create(BlockNode *bs, SnapshotInfo *sn, GError **errp);
+int node_snapshot_create(BlockNode *bs, NodeSnapshot *sn, GError **errp);
 /* Revert to a snapshot found by ID, else by name. */
 int node_snapshot_goto(BlockNode *bs, const char *id_or_name, GError **errp);
 /* Delete the first snapshot matching both id and name (NULL: any). */

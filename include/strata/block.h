@@ -282,13 +282,13 @@ int coroutine_fn node_co_block_status_above(BlockNode *bs, BlockNode *base,
 
 /* Preallocation modes (QEMU's PreallocMode). */
 typedef enum {
-    PREALLOC_OFF = 0,
-    PREALLOC_METADATA,
-    PREALLOC_FALLOC,
-    PREALLOC_FULL,
-    PREALLOC__MAX,
+    PREALLOC_MODE_OFF = 0,
+    PREALLOC_MODE_METADATA,
+    PREALLOC_MODE_FALLOC,
+    PREALLOC_MODE_FULL,
+    PREALLOC_MODE__MAX,
 } PreallocMode;
-extern const char *const prealloc_mode_names[PREALLOC__MAX + 1];
+extern const char *const prealloc_mode_names[PREALLOC_MODE__MAX + 1];
 
 /* ---- Image creation ---- */
 

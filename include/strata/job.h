@@ -240,17 +240,17 @@ JobType job_type(const Job *job);
 bool job_is_completed(const Job *job);  /* waiting, pending, ... null */
 bool job_is_ready(const Job *job);      /* ready or standby */
 
-/* One line of query-jobs (QEMU's JobInfo). */
-typedef struct JobInfo {
+/* One line of query-jobs (what QMP's JobInfo reports). */
+typedef struct JobQueryInfo {
     char *id;
     JobType type;
     JobStatus status;
     int64_t current_progress, total_progress;
     char *error;                 /* NULL: no error */
-} JobInfo;
+} JobQueryInfo;
 
-JobInfo *job_query(const Job *job);
-void job_info_free(JobInfo *info);
+JobQueryInfo *job_query(const Job *job);
+void job_query_info_free(JobQueryInfo *info);
 /* query-jobs: every job with an id, newest first (QEMU's order); the
  * array frees its JobInfos. */
 GPtrArray *job_query_all(void);

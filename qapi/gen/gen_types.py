@@ -45,6 +45,7 @@ class TypesGen:
         self.prefix = prefix
         self.h = []
         self.c = []
+        self.includes = []      # library headers of 'library-enums'
 
     def types_in_order(self):
         """Enums first, then objects so that a by-value member is complete."""
@@ -83,10 +84,13 @@ class TypesGen:
 
     def type_enum(self, t):
         cn = t.c_name()
-        self.h.append('typedef enum %s {\n' % cn)
-        for v, _ in t.values:
-            self.h.append('    %s,\n' % t.const(v))
-        self.h.append('    %s,\n} %s;\n' % (t.max_const(), cn))
+        if t.library:
+            self.library_enum(t)
+        else:
+            self.h.append('typedef enum %s {\n' % cn)
+            for v, _ in t.values:
+                self.h.append('    %s,\n' % t.const(v))
+            self.h.append('    %s,\n} %s;\n' % (t.max_const(), cn))
         self.h.append('extern const char *const %s_lookup[];\n' % cn)
         self.h.append('const char *%s_str(%s value);\n' % (cn, cn))
         self.h.append('int %s_parse(const char *s);\n\n' % cn)
@@ -100,6 +104,26 @@ class TypesGen:
         self.c.append('int %s_parse(const char *s)\n{\n'
                       '    return qapi_enum_parse(%s_lookup, %s, s);\n}\n\n'
                       % (cn, cn, t.max_const()))
+
+    def library_enum(self, t):
+        """The library defines the enum; check that it is the schema's.
+
+        A constant missing from the library fails to compile, one with
+        another value (or an extra one, which moves __MAX) fails the
+        assertion.
+        """
+        inc = '"%s"' % t.library
+        if inc not in self.includes:
+            self.includes.append(inc)
+        cn = t.c_name()
+        self.h.append('/* %s is %s\'s (pragma library-enums). */\n'
+                      % (cn, t.library))
+        consts = [t.const(v) for v, _ in t.values] + [t.max_const()]
+        for i, k in enumerate(consts):
+            self.c.append('_Static_assert((int)%s == %d && sizeof(%s) > 0,\n'
+                          '               "%s: %s must be %d as in the schema");\n'
+                          % (k, i, cn, t.library, k, i))
+        self.c.append('\n')
 
     def type_array(self, t):
         cn = t.c_name()

@@ -66,7 +66,7 @@ def main(argv):
     tg.gen()
     files['qapi-types.h'] = header(p + 'qapi-types.h', banner,
                                    ['<stdbool.h>', '<stdint.h>', '<jansson.h>',
-                                    '"qapi-runtime.h"'], tg.h)
+                                    '"qapi-runtime.h"'] + tg.includes, tg.h)
     files['qapi-types.c'] = (banner + '#include <glib.h>\n#include "%sqapi-types.h"\n\n'
                              % p + ''.join(tg.c))
 

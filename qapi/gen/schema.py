@@ -97,6 +97,9 @@ class Enum(Type):
         super().__init__(name, where)
         self.values = values            # list of (name, features)
         self.prefix = prefix
+        # pragma 'library-enums': the header of the library that defines
+        # the C enum (the generated code checks it instead of defining it).
+        self.library = None
 
     def const(self, value):
         pre = self.prefix if self.prefix is not None else camel_to_upper(self.name)
@@ -207,6 +210,9 @@ class Schema:
         self.events = []
         # pragma 'command-returns-exceptions': commands allowed a scalar.
         self.returns_exceptions = set()
+        # pragma 'library-enums': enum name -> library header.
+        self.library_enums = {}
+        self._library_where = {}
         self.entities = []              # commands and events, in order
         for b in Builtin.TABLE:
             self._add_type(Builtin(b), None)
@@ -282,6 +288,17 @@ class Schema:
                 if not isinstance(val, list) or not all(isinstance(v, str) for v in val):
                     self._err(where, "pragma '%s' must be a list of names" % key)
                 self.returns_exceptions.update(val)
+            elif key == 'library-enums':
+                if not isinstance(val, dict) or not all(
+                        isinstance(v, str) for v in val.values()):
+                    self._err(where, "pragma 'library-enums' must map enum "
+                              "names to header names")
+                for name, hdr in val.items():
+                    if name in self.library_enums:
+                        self._err(where, "pragma 'library-enums' names '%s' "
+                                  "twice" % name)
+                    self.library_enums[name] = hdr
+                    self._library_where[name] = where
             # Other pragmas govern QEMU's documentation and naming checks.
 
     def _typeref(self, where, val):
@@ -440,6 +457,12 @@ class Schema:
         return t
 
     def _resolve(self):
+        for name, hdr in self.library_enums.items():
+            t = self.types.get(name)
+            if not isinstance(t, Enum):
+                self._err(self._library_where[name], "pragma 'library-enums': "
+                          "'%s' is not an enum of the schema" % name)
+            t.library = hdr
         for t in list(self.types.values()):
             if isinstance(t, Object):
                 if isinstance(t.base, str):

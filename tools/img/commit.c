@@ -239,7 +239,7 @@ static int commit_copy(CommitState *s, GError **errp)
     }
     if (base_len < s->length) {
         GError *local = NULL;
-        int ret = blk_truncate(s->target, s->length, false, PREALLOC_OFF,
+        int ret = blk_truncate(s->target, s->length, false, PREALLOC_MODE_OFF,
                                &local);
 
         if (ret < 0) {

@@ -42,9 +42,9 @@ int img_rebase(int argc, char **argv);
 int img_resize(int argc, char **argv);
 int img_snapshot(int argc, char **argv);
 /* qemu's bdrv_snapshot_dump(): the table header, or one row (no newline). */
-struct SnapshotInfo;
+struct NodeSnapshot;
 void img_snapshot_dump_header(void);
-void img_snapshot_dump(const struct SnapshotInfo *sn);
+void img_snapshot_dump(const struct NodeSnapshot *sn);
 
 /* ---- main.c ---- */
 

@@ -78,7 +78,7 @@ static json_t *query_image_info(BlockNode *bs, GError **errp)
     }
     {
         /* QAPI's SnapshotInfo, members in schema order. */
-        SnapshotInfo *list = NULL;
+        NodeSnapshot *list = NULL;
         int n = node_snapshot_list(bs, &list);
         if (n > 0) {
             json_t *arr = json_array();
@@ -186,7 +186,7 @@ static void dump_human(json_t *info)
         img_snapshot_dump_header();
         printf("\n");
         json_array_foreach(v, i, e) {
-            SnapshotInfo sn = { 0 };
+            NodeSnapshot sn = { 0 };
             json_t *ic = json_object_get(e, "icount");
             g_strlcpy(sn.id_str, json_string_value(json_object_get(e, "id")),
                       sizeof(sn.id_str));

@@ -45,7 +45,7 @@ static bool parse_size(const char *str, uint64_t *size)
 
 static int parse_prealloc(const char *name)
 {
-    for (int i = 0; i < PREALLOC__MAX; i++) {
+    for (int i = 0; i < PREALLOC_MODE__MAX; i++) {
         if (!strcmp(prealloc_mode_names[i], name)) {
             return i;
         }
@@ -64,7 +64,7 @@ int img_resize(int argc, char **argv)
         { NULL, 0, NULL, 0 },
     };
     ImgOpenSpec spec = { 0 };
-    PreallocMode prealloc = PREALLOC_OFF;
+    PreallocMode prealloc = PREALLOC_MODE_OFF;
     bool quiet = false, shrink = false;
     const char *size_str, *filename;
     int64_t current, total;
@@ -150,7 +150,7 @@ int img_resize(int argc, char **argv)
         blk_unref(blk);
         return EXIT_FAILURE;
     }
-    if (total <= current && prealloc != PREALLOC_OFF) {
+    if (total <= current && prealloc != PREALLOC_MODE_OFF) {
         tool_error("Preallocation can only be used for growing images");
         blk_unref(blk);
         return EXIT_FAILURE;

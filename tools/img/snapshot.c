@@ -25,7 +25,7 @@ void img_snapshot_dump_header(void)
            "VM CLOCK", "ICOUNT");
 }
 
-void img_snapshot_dump(const SnapshotInfo *sn)
+void img_snapshot_dump(const NodeSnapshot *sn)
 {
     char date[128], clock[128], icount[32] = "";
     time_t t = sn->date_sec;
@@ -99,7 +99,7 @@ int img_snapshot(int argc, char **argv)
 
     switch (action) {
     case ACT_LIST: {
-        SnapshotInfo *list = NULL;
+        NodeSnapshot *list = NULL;
         int n = node_snapshot_list(bs, &list);
         if (n > 0) {
             printf("Snapshot list:\n");
@@ -115,7 +115,7 @@ int img_snapshot(int argc, char **argv)
     }
     case ACT_CREATE: {
         gint64 now = g_get_real_time();
-        SnapshotInfo sn = { .icount = 0 };
+        NodeSnapshot sn = { .icount = 0 };
         int r;
 
         g_strlcpy(sn.name, name, sizeof(sn.name));
@@ -139,7 +139,7 @@ int img_snapshot(int argc, char **argv)
         break;
     case ACT_DELETE: {
         /* As qemu-img: the snapshot is looked up by name only. */
-        SnapshotInfo *list = NULL;
+        NodeSnapshot *list = NULL;
         int n = node_snapshot_list(bs, &list);
         int found = -1;
         for (int i = 0; i < n && found < 0; i++) {

@@ -35,7 +35,7 @@ static const IoCmd truncate_cmd;
 
 static int truncate_f(BlockBackend *blk, int argc, char **argv)
 {
-    PreallocMode prealloc = PREALLOC_OFF;
+    PreallocMode prealloc = PREALLOC_MODE_OFF;
     GError *err = NULL;
     int64_t offset;
     int c;
@@ -43,12 +43,12 @@ static int truncate_f(BlockBackend *blk, int argc, char **argv)
     while ((c = getopt(argc, argv, "m:")) != -1) {
         switch (c) {
         case 'm':
-            for (prealloc = 0; prealloc < PREALLOC__MAX; prealloc++) {
+            for (prealloc = 0; prealloc < PREALLOC_MODE__MAX; prealloc++) {
                 if (!strcmp(optarg, prealloc_mode_names[prealloc])) {
                     break;
                 }
             }
-            if (prealloc == PREALLOC__MAX) {
+            if (prealloc == PREALLOC_MODE__MAX) {
                 tool_error("Invalid preallocation mode '%s'", optarg);
                 return -EINVAL;
             }
