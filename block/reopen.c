@@ -116,10 +116,8 @@ ReopenQueue *reopen_queue_add_opts(ReopenQueue *q, BlockNode *bs,
     }
     rs->read_only = read_only;
     /* The node's own read-only option is what its children inherit. */
-    if (json_object_get(options, "read-only") &&
-        opts_take_bool(options, "read-only", &rs->read_only, NULL)) {
-        json_object_del(options, "read-only");
-    }
+    opts_take_bool(options, "read-only", &rs->read_only, NULL);
+    json_object_del(options, "read-only");
     queue_note_ref_prefixes(q, rs, options);
     if (!keep_old_opts) {
         json_t *flat = opts_flatten(options);
