@@ -800,6 +800,7 @@ static BlockNode *node_open_common(const char *filename, json_t *options,
 {
     BlockNode *bs = NULL;
     BlockNode *probed_file = NULL;
+    bool probed_here = false; /* the probed storage was opened for this node */
     char *drvname = NULL;
     bool opened = false;
     const BlockDriver *drv = NULL;
@@ -908,6 +909,7 @@ static BlockNode *node_open_common(const char *filename, json_t *options,
         if (!probed_file) {
             goto fail;
         }
+        probed_here = true;
         drv = probe_format(probed_file, errp);
         if (!drv) {
             goto fail;
@@ -986,6 +988,13 @@ probed:
         goto fail_registered;
     }
     opened = true;
+    /*
+     * The probed storage reaches the driver by reference, but it was opened
+     * for this node, so it follows the node's reopens as in QEMU.
+     */
+    if (probed_here && bs->file && bs->file->bs == probed_file) {
+        bs->file->inherits = true;
+    }
     /*
      * QEMU names a format's storage before the format node itself and its
      * backing file after it; node listings (query-named-block-nodes,

@@ -82,8 +82,9 @@ static void queue_note_ref_prefixes(ReopenQueue *q, ReopenState *rs,
     }
 }
 
-ReopenQueue *reopen_queue_add(ReopenQueue *q, BlockNode *bs, json_t *options,
-                              bool read_only)
+ReopenQueue *reopen_queue_add_opts(ReopenQueue *q, BlockNode *bs,
+                                   json_t *options, bool read_only,
+                                   bool keep_old_opts)
 {
     if (!q) {
         q = g_new0(ReopenQueue, 1);
@@ -97,42 +98,68 @@ ReopenQueue *reopen_queue_add(ReopenQueue *q, BlockNode *bs, json_t *options,
     if (!rs) {
         rs = g_new0(ReopenState, 1);
         rs->bs = bs;
+        rs->keep_old = keep_old_opts;
         node_ref(bs);
         q->states = g_list_append(q->states, rs);
-        /* Start from the options the node has, then overlay the new ones. */
+        /*
+         * Start from the options the node has (or, when the new set
+         * replaces them, from nothing), then overlay the new ones.
+         */
         rs->options = json_object();
         const char *k;
         json_t *v;
         json_object_foreach(bs->options, k, v) {
-            if (!json_is_object(v) && !is_child_name(bs, k)) {
+            if (keep_old_opts && !json_is_object(v) && !is_child_name(bs, k)) {
                 json_object_set(rs->options, k, v);
             }
         }
     }
     rs->read_only = read_only;
+    /* The node's own read-only option is what its children inherit. */
+    opts_take_bool(options, "read-only", &rs->read_only, NULL);
+    json_object_del(options, "read-only");
     queue_note_ref_prefixes(q, rs, options);
+    if (!keep_old_opts) {
+        json_t *flat = opts_flatten(options);
+        rs->backing_missing = !json_object_get(flat, "backing") &&
+                              !json_object_get(flat, "backing.driver") &&
+                              !json_object_get(rs->options, "backing") &&
+                              !json_object_get(rs->options, "backing.driver");
+        json_decref(flat);
+    }
 
     /*
-     * Children: inline options go to them; they follow our read-only state
-     * and, unless told otherwise, our new cache mode.
+     * Children opened with this node follow it: inline options go to them;
+     * they take our read-only state and, unless told otherwise, our new
+     * cache mode.  A node the parent was given by reference has other users
+     * and its own state: it is not reopened, and options for it inline stay
+     * with the parent, which refuses them as options it cannot change.
      */
     json_t *inherit = opts_flatten(options);
     for (GList *l = bs->children; l; l = l->next) {
         BlockChild *c = l->data;
+        if (!c->inherits) {
+            continue;
+        }
         json_t *ref = json_object_get(options, c->name);
         json_t *sub = NULL;
+        bool child_keep = keep_old_opts;
         if (ref && !json_is_object(ref)) {
             /*
              * The child named by reference: a different node (or null)
              * replaces it, so it is not reopened; the same node is reopened
-             * as if it had not been named.
+             * with the options it has.
              */
             if (!json_is_string(ref) ||
                 strcmp(json_string_value(ref), c->bs->node_name)) {
                 continue;
             }
+            child_keep = true;
         } else {
             sub = opts_take_subtree(options, c->name);
+            if (!sub && !keep_old_opts) {
+                sub = json_object();
+            }
         }
         static const char *const inherited[] = { "cache.direct", "cache.no-flush" };
         for (size_t i = 0; i < G_N_ELEMENTS(inherited); i++) {
@@ -149,42 +176,38 @@ ReopenQueue *reopen_queue_add(ReopenQueue *q, BlockNode *bs, json_t *options,
             }
             json_decref(flat_sub);
         }
-        bool child_ro = read_only;
+        bool child_ro = rs->read_only;
         if (c->role & CHILD_ROLE_COW) {
             child_ro = true;
         }
         if (sub && json_object_get(sub, "read-only")) {
             opts_take_bool(sub, "read-only", &child_ro, NULL);
         }
-        if (!sub && ((c->role & CHILD_ROLE_COW) || !c->inherits)) {
-            /*
-             * A backing file stays as it is, and so does a node the parent
-             * was given by reference: it has other users and its own state.
-             */
+        if (!sub && (c->role & CHILD_ROLE_COW)) {
+            /* A backing file named as it is stays as it is. */
             continue;
         }
-        q = reopen_queue_add(q, c->bs, sub, child_ro);
+        q = reopen_queue_add_opts(q, c->bs, sub, child_ro, child_keep);
     }
     json_decref(inherit);
-    const char *k;
-    json_t *v;
-    json_object_foreach(options, k, v) {
-        if (!strcmp(k, "read-only")) {
-            opts_take_bool(options, "read-only", &rs->read_only, NULL);
-            break;
-        }
-    }
-    json_object_del(options, "read-only");
     json_t *flat = opts_flatten(options);
-    if (bs->drv->reopen_join_options) {
+    if (keep_old_opts && bs->drv->reopen_join_options) {
         bs->drv->reopen_join_options(flat, rs->options);
     }
+    const char *k;
+    json_t *v;
     json_object_foreach(flat, k, v) {
         json_object_set(rs->options, k, v);
     }
     json_decref(flat);
     json_decref(options);
     return q;
+}
+
+ReopenQueue *reopen_queue_add(ReopenQueue *q, BlockNode *bs, json_t *options,
+                              bool read_only)
+{
+    return reopen_queue_add_opts(q, bs, options, read_only, true);
 }
 
 void reopen_queue_free(ReopenQueue *q)
@@ -213,8 +236,9 @@ void reopen_queue_free(ReopenQueue *q)
 static bool reopen_generic(ReopenState *rs, GError **errp)
 {
     BlockNode *bs = rs->bs;
-    bool direct = bs->open_flags & NODE_O_NOCACHE;
-    bool no_flush = bs->open_flags & NODE_O_NO_FLUSH;
+    /* Left out of a whole new option set, the cache mode is writeback. */
+    bool direct = rs->keep_old && (bs->open_flags & NODE_O_NOCACHE);
+    bool no_flush = rs->keep_old && (bs->open_flags & NODE_O_NO_FLUSH);
     char *name = NULL, *driver = NULL;
     bool force_share = bs->force_share;
     bool has_force_share = json_object_get(rs->options, "force-share") != NULL;
@@ -242,8 +266,8 @@ static bool reopen_generic(ReopenState *rs, GError **errp)
 
     /* QEMU's reopen words these two differently from its open. */
     char *discard = NULL, *dz = NULL;
-    bool unmap = bs->discard_unmap;
-    int detect_zeroes = bs->detect_zeroes;
+    bool unmap = rs->keep_old && bs->discard_unmap;
+    int detect_zeroes = rs->keep_old ? bs->detect_zeroes : DETECT_ZEROES_OFF;
     bool ok = opts_take_str(rs->options, "discard", &discard, errp) &&
               opts_take_str(rs->options, "detect-zeroes", &dz, errp);
     if (ok && discard) {
@@ -292,6 +316,87 @@ static bool reopen_generic(ReopenState *rs, GError **errp)
                 (rs->read_only ? 0 : NODE_O_RDWR) |
                 (direct ? NODE_O_NOCACHE : 0) | (no_flush ? NODE_O_NO_FLUSH : 0);
     return ok;
+}
+
+/* Is key the child name or below it ("file", "file.filename")? */
+static bool key_is_child(BlockNode *bs, const char *key)
+{
+    static const char *const always[] = { "file", "backing" };
+    for (size_t i = 0; i < G_N_ELEMENTS(always); i++) {
+        size_t n = strlen(always[i]);
+        if (!strncmp(key, always[i], n) && (!key[n] || key[n] == '.')) {
+            return true;
+        }
+    }
+    for (GList *l = bs->children; l; l = l->next) {
+        const char *name = ((BlockChild *)l->data)->name;
+        size_t n = strlen(name);
+        if (!strncmp(key, name, n) && (!key[n] || key[n] == '.')) {
+            return true;
+        }
+    }
+    return false;
+}
+
+static bool str_in_list(const char *s, const char *const *list)
+{
+    for (; list && *list; list++) {
+        if (!strcmp(s, *list)) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Did the node get force-share from the parent that opened it? */
+static bool force_share_inherited(BlockNode *bs)
+{
+    for (GList *l = bs->parents; l; l = l->next) {
+        BlockChild *p = l->data;
+        if (p->inherits && p->klass->parent_is_node &&
+            ((BlockNode *)p->opaque)->force_share) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/*
+ * A whole new option set leaves an option out to reset it; the driver must
+ * be able to change it (its mutable_opts), except for the options every
+ * node has, which reopen handles itself.  Of several, the one QEMU would
+ * find first is named.
+ */
+static bool reopen_check_reset(ReopenState *rs, GError **errp)
+{
+    static const char *const common[] = {
+        "node-name", "discard", "cache.direct", "cache.no-flush",
+        "read-only", "auto-read-only", "detect-zeroes", NULL
+    };
+    BlockNode *bs = rs->bs;
+    if (rs->keep_old) {
+        return true;
+    }
+    json_t *old_flat = opts_flatten(bs->options);
+    const char *bad = NULL;
+    const char *k;
+    json_t *v;
+    json_object_foreach(old_flat, k, v) {
+        if (json_object_get(rs->requested, k) || key_is_child(bs, k) ||
+            str_in_list(k, common) || str_in_list(k, bs->drv->mutable_opts) ||
+            (!strcmp(k, "force-share") && force_share_inherited(bs))) {
+            continue;
+        }
+        if (!bad || json_qdict_bucket(k) < json_qdict_bucket(bad)) {
+            bad = k;
+        }
+    }
+    if (bad) {
+        error_setg(errp, "Option '%s' cannot be reset to its default value",
+                   bad);
+    }
+    json_decref(old_flat);
+    return !bad;
 }
 
 /* Does leftover option k (value v) keep the node as it is? */
@@ -545,6 +650,15 @@ static void remember_options(ReopenState *rs)
     json_t *flat = opts_flatten(bs->options);
     const char *k;
     json_t *v;
+    void *tmp;
+    if (!rs->keep_old) {
+        /* The new set replaced the node's own options, not its children's. */
+        json_object_foreach_safe(flat, tmp, k, v) {
+            if (!key_is_child(bs, k)) {
+                json_object_del(flat, k);
+            }
+        }
+    }
     json_object_foreach(rs->requested, k, v) {
         json_object_set(flat, k, v);
     }
@@ -586,16 +700,27 @@ bool reopen_multiple(ReopenQueue *q, GError **errp)
             ok = false;
             break;
         }
-        if (bs->drv->reopen_prepare) {
-            if (bs->drv->reopen_prepare(rs, errp) < 0) {
-                ok = false;
-                break;
-            }
-            prepared = g_list_prepend(prepared, rs);
-        } else if ((rs->flags ^ bs->open_flags) & (NODE_O_NOCACHE | NODE_O_NO_FLUSH)) {
+        if (!bs->drv->reopen_prepare) {
+            /* As in QEMU: such a driver cannot be reopened at all. */
             error_setg(errp, "Block format '%s' used by node '%s' does not "
                        "support reopening files", bs->drv->format_name,
                        bs->node_name);
+            ok = false;
+            break;
+        }
+        if (!reopen_check_reset(rs, errp)) {
+            ok = false;
+            break;
+        }
+        if (bs->drv->reopen_prepare(rs, errp) < 0) {
+            ok = false;
+            break;
+        }
+        prepared = g_list_prepend(prepared, rs);
+        /* A node with a backing file must say what becomes of it. */
+        if (bs->drv->supports_backing && rs->backing_missing &&
+            (bs->backing || bs->backing_file[0])) {
+            error_setg(errp, "backing is missing for '%s'", bs->node_name);
             ok = false;
             break;
         }

@@ -186,23 +186,9 @@ void qmp_blockdev_reopen(BlockdevOptionsList *options, GError **errp)
         json_t *tree = qapi_BlockdevOptions_to_json(o);
         json_t *flat = opts_flatten(tree);
         json_decref(tree);
-        /*
-         * blockdev-reopen does not keep old options: what is left out goes
-         * back to its default (read-write among them).  The library's
-         * queue merges over the current options, so the node-wide ones
-         * that children do not inherit are spelt out here (the cache
-         * mode, which children inherit, keeps its value when left out).
-         */
-        static const struct { const char *key, *value; } defaults[] = {
-            { "detect-zeroes", "off" }, { "discard", "ignore" },
-        };
-        for (size_t i = 0; i < G_N_ELEMENTS(defaults); i++) {
-            if (!json_object_get(flat, defaults[i].key)) {
-                json_object_set_new(flat, defaults[i].key,
-                                    json_string(defaults[i].value));
-            }
-        }
-        q = reopen_queue_add(q, bs, flat, false);
+        /* The new set replaces the node's options: what it leaves out
+         * goes back to its default. */
+        q = reopen_queue_add_opts(q, bs, flat, false, false);
     }
     reopen_multiple(q, errp);
     drop_hints(errp);

@@ -235,6 +235,51 @@ static void test_reopen_multiple_commit(void **state)
     node_unref(b);
 }
 
+/*
+ * keep_old_opts: true keeps what the new options leave out (qemu-io's
+ * reopen), false resets it to its default or refuses what the driver
+ * cannot change (blockdev-reopen).
+ */
+static void test_reopen_keep_old_opts(void **state)
+{
+    GError *err = NULL;
+    BlockNode *a = node_open(NULL, json_pack("{s:s, s:s, s:{s:s, s:s}}",
+                                             "driver", "raw", "node-name", "ka",
+                                             "file", "driver", "null-co",
+                                             "size", "1M"),
+                             NODE_O_RDWR, &err);
+    assert_non_null(a);
+    BlockNode *file = child_node(node_find_child(a, "file"));
+
+    assert_true(node_reopen(a, json_pack("{s:b}", "cache.no-flush", 1), false,
+                            &err));
+    assert_true(node_get_flags(a) & NODE_O_NO_FLUSH);
+    assert_true(node_get_flags(file) & NODE_O_NO_FLUSH);
+    assert_true(node_reopen(a, NULL, false, &err));
+    assert_true(node_get_flags(a) & NODE_O_NO_FLUSH);
+
+    /* The null child's size was given: left out, it cannot be reset. */
+    ReopenQueue *q = reopen_queue_add_opts(
+        NULL, a, json_pack("{s:s}", "driver", "raw"), false, false);
+    assert_false(reopen_multiple(q, &err));
+    assert_string_equal(err->message,
+                        "Option 'size' cannot be reset to its default value");
+    g_clear_error(&err);
+    assert_true(node_get_flags(a) & NODE_O_NO_FLUSH);
+
+    /* Given inline, the child is reopened with it: the cache mode resets. */
+    q = reopen_queue_add_opts(
+        NULL, a, json_pack("{s:s, s:s, s:s}", "driver", "raw",
+                           "file.driver", "null-co", "file.size", "1M"),
+        false, false);
+    if (!reopen_multiple(q, &err)) {
+        fail_msg("reopen: %s", err->message);
+    }
+    assert_false(node_get_flags(a) & NODE_O_NO_FLUSH);
+    assert_false(node_get_flags(file) & NODE_O_NO_FLUSH);
+    node_unref(a);
+}
+
 static void test_reopen_multiple_abort(void **state)
 {
     GError *err = NULL;
@@ -938,6 +983,7 @@ int main(void)
         cmocka_unit_test(test_freeze),
         cmocka_unit_test(test_chain_freeze),
         cmocka_unit_test(test_reopen_multiple_commit),
+        cmocka_unit_test(test_reopen_keep_old_opts),
         cmocka_unit_test(test_reopen_multiple_abort),
         cmocka_unit_test(test_reopen_transition_union),
         cmocka_unit_test(test_reopen_format_read_only),

@@ -1636,7 +1636,6 @@ const BlockDriver bdrv_file = {
     .get_file_id = file_get_file_id,
     .get_info = file_get_info,
     .supported_zero_flags = REQ_MAY_UNMAP | REQ_NO_FALLBACK,
-    .mutable_opts = (const char *const[]) { "drop-cache", NULL },
 };
 
 const BlockDriver bdrv_host_device = {
@@ -1665,7 +1664,6 @@ const BlockDriver bdrv_host_device = {
     .get_file_id = file_get_file_id,
     .get_info = file_get_info,
     .supported_zero_flags = REQ_MAY_UNMAP | REQ_NO_FALLBACK,
-    .mutable_opts = (const char *const[]) { "drop-cache", NULL },
 };
 
 static bool cdrom_is_inserted(BlockNode *bs)
@@ -1702,5 +1700,4 @@ const BlockDriver bdrv_host_cdrom = {
     .has_variable_length = true,
     .is_inserted = cdrom_is_inserted,
     .get_allocated_file_size = file_get_allocated_file_size,
-    .mutable_opts = (const char *const[]) { "drop-cache", NULL },
 };

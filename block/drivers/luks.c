@@ -216,12 +216,14 @@ static void luks_child_perm(BlockNode *bs, BlockChild *c, unsigned role,
 
 static int luks_reopen_prepare(ReopenState *rs, GError **errp)
 {
-    /* The key stays: a new key-secret takes effect on the next open. */
-    char *secret = NULL;
-    bool ok = opts_take_str(rs->options, "key-secret", &secret, errp);
-
-    g_free(secret);
-    return ok ? 0 : -EINVAL;
+    /*
+     * Nothing can change (the key is only read at open): the options stay
+     * in rs->options and the core refuses those that differ, key-secret
+     * included, as QEMU does.
+     */
+    (void)rs;
+    (void)errp;
+    return 0;
 }
 
 /* qemu-img amend: key slots (coroutine context). */

@@ -120,10 +120,22 @@ static int64_t null_get_allocated_file_size(BlockNode *bs)
     return 0;
 }
 
+/*
+ * Nothing of the node's own can change; the generic code refuses options
+ * that differ from the node's, so accepting is all there is to do.
+ */
+static int null_reopen_prepare(ReopenState *rs, GError **errp)
+{
+    (void)rs;
+    (void)errp;
+    return 0;
+}
+
 #define NULL_DRIVER_CALLBACKS                                                 \
     .instance_size = sizeof(NullState),                                       \
     .parse_filename = null_parse_filename,                                    \
     .open = null_open,                                                        \
+    .reopen_prepare = null_reopen_prepare,                                    \
     .co_preadv = null_co_preadv,                                              \
     .co_pwritev = null_co_pwritev,                                            \
     .co_pwrite_zeroes = null_co_pwrite_zeroes,                                \

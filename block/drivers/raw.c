@@ -245,6 +245,12 @@ static int raw_reopen_prepare(ReopenState *rs, GError **errp)
     RawState *n = g_new(RawState, 1);
     *n = *s;
     n->has_size = s->has_size || json_object_get(rs->options, "size");
+    if (!rs->keep_old) {
+        /* A whole new option set: the window is what it says. */
+        n->offset = 0;
+        n->size = 0;
+        n->has_size = json_object_get(rs->options, "size") != NULL;
+    }
     if (!opts_take_size(rs->options, "offset", &n->offset, errp) ||
         !opts_take_size(rs->options, "size", &n->size, errp)) {
         g_free(n);
@@ -333,6 +339,8 @@ const BlockDriver bdrv_raw = {
     .measure = raw_measure,
     .child_perm = raw_child_perm,
     .reopen_prepare = raw_reopen_prepare,
+    /* The window moves on reopen; a new option set may reset it. */
+    .mutable_opts = (const char *const[]) { "offset", "size", NULL },
     .reopen_commit = raw_reopen_commit,
     .reopen_abort = raw_reopen_abort,
     .co_preadv = raw_co_preadv,

@@ -1478,7 +1478,12 @@ static int coroutine_fn qcow2_co_check(BlockNode *bs, BlockCheckResult *res,
 
 static const char *const qcow2_mutable_opts[] = {
     "lazy-refcounts", "pass-discard-request", "pass-discard-snapshot",
-    "pass-discard-other", "overlap-check", "cache-size", "l2-cache-size",
+    "pass-discard-other", "overlap-check", "overlap-check.template",
+    "overlap-check.main-header", "overlap-check.active-l1",
+    "overlap-check.active-l2", "overlap-check.refcount-table",
+    "overlap-check.refcount-block", "overlap-check.snapshot-table",
+    "overlap-check.inactive-l1", "overlap-check.inactive-l2",
+    "overlap-check.bitmap-directory", "cache-size", "l2-cache-size",
     "l2-cache-entry-size", "refcount-cache-size", "cache-clean-interval",
     NULL,
 };

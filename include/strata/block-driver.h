@@ -56,6 +56,13 @@ typedef struct ReopenState {
     bool read_only;
     int detect_zeroes;   /* DETECT_ZEROES_* after the reopen */
     bool discard_unmap;
+    /*
+     * true: options left out keep their old values (qemu-io's reopen);
+     * false: they go back to their defaults (blockdev-reopen), and a driver
+     * refuses to reset what it cannot change.
+     */
+    bool keep_old;
+    bool backing_missing; /* !keep_old and neither "backing" nor "backing.driver" */
     void *opaque;        /* driver's prepared state */
     uint64_t perm_old, shared_old; /* scratch for the permission switch */
 } ReopenState;

@@ -184,6 +184,15 @@ typedef struct ReopenQueue ReopenQueue;
  */
 ReopenQueue *reopen_queue_add(ReopenQueue *q, BlockNode *bs, json_t *options,
                               bool read_only);
+/*
+ * The same with keep_old_opts false (blockdev-reopen): options is the whole
+ * new option set, what it leaves out goes back to its default, and "backing"
+ * must be given when the node has one.  Children opened with the node follow
+ * with the options given inline for them (none: their defaults).
+ */
+ReopenQueue *reopen_queue_add_opts(ReopenQueue *q, BlockNode *bs,
+                                   json_t *options, bool read_only,
+                                   bool keep_old_opts);
 /* Prepare all, switch permissions, commit all; or abort all. Frees q. */
 bool reopen_multiple(ReopenQueue *q, GError **errp);
 void reopen_queue_free(ReopenQueue *q);
