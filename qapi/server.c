@@ -22,7 +22,7 @@
 #include "strata/loop.h"
 #include "strata/qmp-server.h"
 #include "json-stream.h"
-#include "qmp-out.h"
+#include "strata/json-out.h"
 
 /* Requests queued per session before its input is left unread. */
 #define QUEUE_MAX       8
@@ -224,7 +224,11 @@ static void session_send(QmpSession *s, json_t *msg)
     if (!s->closed) {
         /* QEMU's monitor ends every line, pretty ones too, with CR LF */
         size_t start = s->out->len;
-        qmp_out_json(s->out, msg, s->mon->pretty);
+        if (s->mon->pretty) {
+            json_out_pretty(s->out, msg, 0);
+        } else {
+            json_out_compact(s->out, msg);
+        }
         for (size_t i = start; i < s->out->len; i++) {
             if (s->out->str[i] == '\n') {
                 g_string_insert_c(s->out, i++, '\r');
@@ -288,7 +292,7 @@ static const char *check_request(json_t *req, bool allow_oob, GError **errp)
 {
     const char *exec_key = NULL;
     size_t n;
-    QmpOutMember *m = qmp_out_members(req, &n);
+    JsonMember *m = json_qdict_members(req, &n);
 
     for (size_t i = 0; i < n; i++) {
         const char *key = m[i].key;
