@@ -63,15 +63,15 @@ typedef struct {
 static void conn_record_error(NbdConn *c)
 {
     g_free(c->err);
-    c->err = g_strdup(nbd_get_error() ? nbd_get_error() : "");
-    c->err_errno = nbd_get_errno() ? nbd_get_errno() : EIO;
+    c->err = g_strdup(nbd_lib.get_error() ? nbd_lib.get_error() : "");
+    c->err_errno = nbd_lib.get_errno() ? nbd_lib.get_errno() : EIO;
 }
 
 static gboolean nbd_source_dispatch(GSource *src, GSourceFunc cb, gpointer d)
 {
     NbdConn *c = ((NbdSource *)src)->conn;
     GIOCondition rev = c->tag ? g_source_query_unix_fd(src, c->tag) : 0;
-    unsigned dir = nbd_aio_get_direction(c->h);
+    unsigned dir = nbd_lib.aio_get_direction(c->h);
     int r = 0;
 
     /*
@@ -80,10 +80,10 @@ static gboolean nbd_source_dispatch(GSource *src, GSourceFunc cb, gpointer d)
      */
     if ((rev & (G_IO_IN | G_IO_HUP | G_IO_ERR)) &&
         (dir & LIBNBD_AIO_DIRECTION_READ)) {
-        r = nbd_aio_notify_read(c->h);
+        r = nbd_lib.aio_notify_read(c->h);
     } else if ((rev & (G_IO_OUT | G_IO_HUP | G_IO_ERR)) &&
                (dir & LIBNBD_AIO_DIRECTION_WRITE)) {
-        r = nbd_aio_notify_write(c->h);
+        r = nbd_lib.aio_notify_write(c->h);
     }
     if (r < 0) {
         conn_record_error(c);
@@ -106,7 +106,7 @@ static GSourceFuncs nbd_source_funcs = {
 
 bool nbd_conn_alive(NbdConn *c)
 {
-    return c->h && !nbd_aio_is_dead(c->h) && !nbd_aio_is_closed(c->h);
+    return c->h && !nbd_lib.aio_is_dead(c->h) && !nbd_lib.aio_is_closed(c->h);
 }
 
 void nbd_conn_kick(NbdConn *c)
@@ -114,8 +114,8 @@ void nbd_conn_kick(NbdConn *c)
     if (!c->h || !c->src) {
         return;
     }
-    int fd = nbd_aio_is_dead(c->h) || nbd_aio_is_closed(c->h)
-                 ? -1 : nbd_aio_get_fd(c->h);
+    int fd = nbd_lib.aio_is_dead(c->h) || nbd_lib.aio_is_closed(c->h)
+                 ? -1 : nbd_lib.aio_get_fd(c->h);
     if (fd != c->fd && c->tag) {
         g_source_remove_unix_fd(c->src, c->tag);
         c->tag = NULL;
@@ -124,7 +124,7 @@ void nbd_conn_kick(NbdConn *c)
     if (fd < 0) {
         return;
     }
-    unsigned dir = nbd_aio_get_direction(c->h);
+    unsigned dir = nbd_lib.aio_get_direction(c->h);
     GIOCondition cond = 0;
     if (dir & LIBNBD_AIO_DIRECTION_READ) {
         cond |= G_IO_IN;
@@ -170,10 +170,10 @@ static void set_connect_error(NbdConn *c, const NbdConnectParams *p,
 
 static bool configure(struct nbd_handle *h, const NbdConnectParams *p)
 {
-    return nbd_set_export_name(h, p->export ? p->export : "") == 0 &&
-           nbd_add_meta_context(h, p->meta_context) == 0 &&
+    return nbd_lib.set_export_name(h, p->export ? p->export : "") == 0 &&
+           nbd_lib.add_meta_context(h, p->meta_context) == 0 &&
            /* Every read is checked for errors: no need to clear buffers. */
-           nbd_set_pread_initialize(h, false) == 0;
+           nbd_lib.set_pread_initialize(h, false) == 0;
 }
 
 /* Fresh handle and watch; false with errp set if libnbd refuses. */
@@ -181,9 +181,9 @@ static bool conn_init(NbdConn *c, const NbdConnectParams *p, GError **errp)
 {
     memset(c, 0, sizeof(*c));
     c->fd = -1;
-    c->h = nbd_create();
+    c->h = nbd_lib.create();
     if (!c->h) {
-        error_setg(errp, "%s", nbd_get_error());
+        error_setg(errp, "%s", nbd_lib.get_error());
         return false;
     }
     NbdSource *ns = (NbdSource *)g_source_new(&nbd_source_funcs,
@@ -205,7 +205,7 @@ static int coroutine_fn conn_handshake(NbdConn *c, const NbdConnectParams *p,
 {
     for (;;) {
         nbd_conn_kick(c);
-        if (nbd_aio_is_ready(c->h)) {
+        if (nbd_lib.aio_is_ready(c->h)) {
             return 0;
         }
         if (!nbd_conn_alive(c)) {
@@ -250,7 +250,7 @@ int coroutine_fn nbd_conn_connect(NbdConn *c, const NbdConnectParams *p,
     if (fd < 0) {
         goto fail;
     }
-    if (nbd_aio_connect_socket(c->h, fd) < 0) {
+    if (nbd_lib.aio_connect_socket(c->h, fd) < 0) {
         conn_record_error(c);
         set_connect_error(c, p, errp);
         goto fail;
@@ -260,7 +260,7 @@ int coroutine_fn nbd_conn_connect(NbdConn *c, const NbdConnectParams *p,
         goto fail;
     }
     if (relay) {
-        bool ok = nbd_relay_switch(relay, nbd_aio_get_fd(c->h), errp);
+        bool ok = nbd_relay_switch(relay, nbd_lib.aio_get_fd(c->h), errp);
         relay = NULL;
         if (!ok) {
             ret = -EIO;
@@ -283,9 +283,9 @@ void nbd_conn_close(NbdConn *c, bool graceful)
     if (!c->h) {
         return;
     }
-    if (graceful && nbd_aio_is_ready(c->h)) {
+    if (graceful && nbd_lib.aio_is_ready(c->h)) {
         /* Queues NBD_CMD_DISC and writes it at once if the socket lets it. */
-        nbd_aio_disconnect(c->h, 0);
+        nbd_lib.aio_disconnect(c->h, 0);
     }
     if (c->src) {
         g_source_destroy(c->src);
@@ -293,7 +293,7 @@ void nbd_conn_close(NbdConn *c, bool graceful)
         c->src = NULL;
         c->tag = NULL;
     }
-    nbd_close(c->h);
+    nbd_lib.close(c->h);
     c->h = NULL;
     c->connected = false;
     g_free(c->err);

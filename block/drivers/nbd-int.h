@@ -6,7 +6,7 @@
 #ifndef STRATA_NBD_INT_H
 #define STRATA_NBD_INT_H
 
-#include <libnbd.h>
+#include "nbd-lib.h"
 #include "strata/block-driver.h"
 #include "strata/coroutine.h"
 #include "strata/loop.h"

@@ -224,11 +224,11 @@ static void conn_dead_cb(void *opaque)
 static bool take_server_info(NbdState *s, bool first, GError **errp)
 {
     struct nbd_handle *h = s->conn.h;
-    int64_t size = nbd_get_size(h);
-    bool ro = nbd_is_read_only(h) == 1;
+    int64_t size = nbd_lib.get_size(h);
+    bool ro = nbd_lib.is_read_only(h) == 1;
 
     if (size < 0) {
-        error_setg(errp, "%s", nbd_get_error());
+        error_setg(errp, "%s", nbd_lib.get_error());
         return false;
     }
     if (!first) {
@@ -240,18 +240,18 @@ static bool take_server_info(NbdState *s, bool first, GError **errp)
     }
     s->size = size;
     s->read_only = ro;
-    s->can_flush = nbd_can_flush(h) == 1;
-    s->can_fua = nbd_can_fua(h) == 1;
-    s->can_trim = nbd_can_trim(h) == 1;
-    s->can_zero = nbd_can_zero(h) == 1;
-    s->can_fast_zero = nbd_can_fast_zero(h) == 1;
-    s->has_status = nbd_can_meta_context(
+    s->can_flush = nbd_lib.can_flush(h) == 1;
+    s->can_fua = nbd_lib.can_fua(h) == 1;
+    s->can_trim = nbd_lib.can_trim(h) == 1;
+    s->can_zero = nbd_lib.can_zero(h) == 1;
+    s->can_fast_zero = nbd_lib.can_fast_zero(h) == 1;
+    s->has_status = nbd_lib.can_meta_context(
         h, s->bitmap ? s->bitmap : LIBNBD_CONTEXT_BASE_ALLOCATION) == 1;
-    int64_t v = nbd_get_block_size(h, LIBNBD_SIZE_MINIMUM);
+    int64_t v = nbd_lib.get_block_size(h, LIBNBD_SIZE_MINIMUM);
     s->min_block = v > 0 ? (uint32_t)v : 0;
-    v = nbd_get_block_size(h, LIBNBD_SIZE_PREFERRED);
+    v = nbd_lib.get_block_size(h, LIBNBD_SIZE_PREFERRED);
     s->opt_block = v > 0 ? (uint32_t)v : 0;
-    v = nbd_get_block_size(h, LIBNBD_SIZE_MAXIMUM);
+    v = nbd_lib.get_block_size(h, LIBNBD_SIZE_MAXIMUM);
     s->max_block = v > 0 ? (uint32_t)v : 0;
     return true;
 }
@@ -420,20 +420,20 @@ static int64_t cmd_submit(NbdState *s, NbdCmd *c)
                                    .user_data = c };
     switch (c->type) {
     case CMD_READ:
-        return nbd_aio_pread(h, c->buf, c->bytes, c->offset, cb, 0);
+        return nbd_lib.aio_pread(h, c->buf, c->bytes, c->offset, cb, 0);
     case CMD_WRITE:
-        return nbd_aio_pwrite(h, c->buf, c->bytes, c->offset, cb, c->flags);
+        return nbd_lib.aio_pwrite(h, c->buf, c->bytes, c->offset, cb, c->flags);
     case CMD_ZERO:
-        return nbd_aio_zero(h, c->bytes, c->offset, cb, c->flags);
+        return nbd_lib.aio_zero(h, c->bytes, c->offset, cb, c->flags);
     case CMD_TRIM:
-        return nbd_aio_trim(h, c->bytes, c->offset, cb, c->flags);
+        return nbd_lib.aio_trim(h, c->bytes, c->offset, cb, c->flags);
     case CMD_FLUSH:
-        return nbd_aio_flush(h, cb, 0);
+        return nbd_lib.aio_flush(h, cb, 0);
     case CMD_STATUS: {
         nbd_extent_callback ecb = { .callback = cmd_extent_cb,
                                     .user_data = c };
-        return nbd_aio_block_status(h, c->bytes, c->offset, ecb, cb,
-                                    LIBNBD_CMD_FLAG_REQ_ONE);
+        return nbd_lib.aio_block_status(h, c->bytes, c->offset, ecb, cb,
+                                        LIBNBD_CMD_FLAG_REQ_ONE);
     }
     }
     return -1;
@@ -458,7 +458,7 @@ static int coroutine_fn nbd_co_cmd(NbdState *s, NbdCmd *c)
         c->ret = 0;
         int64_t cookie = cmd_submit(s, c);
         if (cookie < 0 && !c->done) {
-            c->ret = -(nbd_get_errno() ? nbd_get_errno() : EIO);
+            c->ret = -(nbd_lib.get_errno() ? nbd_lib.get_errno() : EIO);
             c->done = true;
         }
         nbd_conn_kick(&s->conn);
@@ -711,6 +711,10 @@ static int nbd_open(BlockNode *bs, json_t *options, int flags, GError **errp)
     if (!take_options(s, options, errp)) {
         nbd_free_state(s);
         return -EINVAL;
+    }
+    if (!nbd_lib_load(errp)) {
+        nbd_free_state(s);
+        return -ENOTSUP;
     }
     OpenCo o = { .s = s, .errp = errp };
     if (in_coroutine()) {
