@@ -3,7 +3,7 @@
  */
 #include <errno.h>
 #include <string.h>
-#include <gcrypt.h>
+#include "gcrypt-lib.h"
 #include "strata/error.h"
 #include "crypto.h"
 
@@ -88,13 +88,21 @@ void crypto_init(void)
     static gsize done;
 
     if (g_once_init_enter(&done)) {
-        if (!gcry_check_version(GCRYPT_VERSION)) {
+        GError *err = NULL;
+        if (!gcrypt_lib_load(&err)) {
+            /*
+             * Callers have no error path: before libgcrypt was loaded on
+             * demand, a missing one stopped every strata program at start.
+             */
+            g_error("libgcrypt could not be loaded: %s", err->message);
+        }
+        if (!gcry.check_version(GCRYPT_VERSION)) {
             g_error("libgcrypt is older than the headers strata was built "
                     "with");
         }
         /* No secure memory pool: keys live in ordinary memory, as QEMU's. */
-        gcry_control(GCRYCTL_DISABLE_SECMEM, 0);
-        gcry_control(GCRYCTL_INITIALIZATION_FINISHED, 0);
+        gcry.control(GCRYCTL_DISABLE_SECMEM, 0);
+        gcry.control(GCRYCTL_INITIALIZATION_FINISHED, 0);
         g_once_init_leave(&done, 1);
     }
 }
@@ -102,7 +110,7 @@ void crypto_init(void)
 void crypto_random_bytes(uint8_t *buf, size_t len)
 {
     crypto_init();
-    gcry_randomize(buf, len, GCRY_STRONG_RANDOM);
+    gcry.randomize(buf, len, GCRY_STRONG_RANDOM);
 }
 
 /*
@@ -166,7 +174,7 @@ bool crypto_cipher_supports(CryptoCipherAlg alg, CryptoCipherMode mode)
     if (mode == CRYPTO_MODE_XTS && cipher_sizes[alg].block != 16) {
         return false;
     }
-    return gcry_cipher_algo_info(gcry_algo(alg), GCRYCTL_TEST_ALGO, NULL,
+    return gcry.cipher_algo_info(gcry_algo(alg), GCRYCTL_TEST_ALGO, NULL,
                                  NULL) == 0;
 }
 
@@ -189,15 +197,15 @@ CryptoCipher *crypto_cipher_new(CryptoCipherAlg alg, CryptoCipherMode mode,
         error_setg(errp, "Cipher key length %zu should be %zu", nkey, want);
         return NULL;
     }
-    err = gcry_cipher_open(&hd, gcry_algo(alg), gcry_mode(mode), 0);
+    err = gcry.cipher_open(&hd, gcry_algo(alg), gcry_mode(mode), 0);
     if (err) {
-        error_setg(errp, "Cannot initialize cipher: %s", gcry_strerror(err));
+        error_setg(errp, "Cannot initialize cipher: %s", gcry.strerror(err));
         return NULL;
     }
-    err = gcry_cipher_setkey(hd, key, nkey);
+    err = gcry.cipher_setkey(hd, key, nkey);
     if (err) {
-        error_setg(errp, "Cannot set key: %s", gcry_strerror(err));
-        gcry_cipher_close(hd);
+        error_setg(errp, "Cannot set key: %s", gcry.strerror(err));
+        gcry.cipher_close(hd);
         return NULL;
     }
     CryptoCipher *c = g_new0(CryptoCipher, 1);
@@ -211,7 +219,7 @@ CryptoCipher *crypto_cipher_new(CryptoCipherAlg alg, CryptoCipherMode mode,
 void crypto_cipher_free(CryptoCipher *c)
 {
     if (c) {
-        gcry_cipher_close(c->hd);
+        gcry.cipher_close(c->hd);
         g_free(c);
     }
 }
@@ -226,10 +234,10 @@ int crypto_cipher_setiv(CryptoCipher *c, const uint8_t *iv, size_t niv,
                    crypto_cipher_iv_len(c->alg, c->mode), niv);
         return -1;
     }
-    err = c->mode == CRYPTO_MODE_CTR ? gcry_cipher_setctr(c->hd, iv, niv)
-                                     : gcry_cipher_setiv(c->hd, iv, niv);
+    err = c->mode == CRYPTO_MODE_CTR ? gcry.cipher_setctr(c->hd, iv, niv)
+                                     : gcry.cipher_setiv(c->hd, iv, niv);
     if (err) {
-        error_setg(errp, "Cannot set IV: %s", gcry_strerror(err));
+        error_setg(errp, "Cannot set IV: %s", gcry.strerror(err));
         return -1;
     }
     return 0;
@@ -245,11 +253,11 @@ static int cipher_run(CryptoCipher *c, uint8_t *buf, size_t len, bool enc,
                    len, c->blocklen);
         return -1;
     }
-    err = enc ? gcry_cipher_encrypt(c->hd, buf, len, NULL, 0)
-              : gcry_cipher_decrypt(c->hd, buf, len, NULL, 0);
+    err = enc ? gcry.cipher_encrypt(c->hd, buf, len, NULL, 0)
+              : gcry.cipher_decrypt(c->hd, buf, len, NULL, 0);
     if (err) {
         error_setg(errp, "Cannot %s data: %s", enc ? "encrypt" : "decrypt",
-                   gcry_strerror(err));
+                   gcry.strerror(err));
         return -1;
     }
     return 0;

@@ -5,7 +5,7 @@
 #include <errno.h>
 #include <string.h>
 #include <time.h>
-#include <gcrypt.h>
+#include "gcrypt-lib.h"
 #include "strata/error.h"
 #include "crypto.h"
 
@@ -35,14 +35,16 @@ int crypto_hash_alg_lookup(const char *name)
 
 size_t crypto_hash_digest_len(CryptoHashAlg alg)
 {
-    return gcry_md_get_algo_dlen(gcry_md[alg]);
+    crypto_init();
+    return gcry.md_get_algo_dlen(gcry_md[alg]);
 }
 
 bool crypto_hash_supports(CryptoHashAlg alg)
 {
     crypto_init();
     return (unsigned)alg < CRYPTO_HASH__MAX &&
-           gcry_md_test_algo(gcry_md[alg]) == 0;
+           gcry.md_algo_info(gcry_md[alg], GCRYCTL_TEST_ALGO, NULL,
+                             NULL) == 0;
 }
 
 /* The digest of the concatenation of n buffers. */
@@ -53,14 +55,14 @@ void crypto_hash_bytes(CryptoHashAlg alg, const uint8_t *const *bufs,
 
     crypto_init();
     /* Cannot fail for an algorithm crypto_hash_supports() accepted. */
-    if (gcry_md_open(&md, gcry_md[alg], 0)) {
+    if (gcry.md_open(&md, gcry_md[alg], 0)) {
         g_error("cannot open hash %s", hash_names[alg]);
     }
     for (size_t i = 0; i < n; i++) {
-        gcry_md_write(md, bufs[i], lens[i]);
+        gcry.md_write(md, bufs[i], lens[i]);
     }
-    memcpy(digest, gcry_md_read(md, 0), crypto_hash_digest_len(alg));
-    gcry_md_close(md);
+    memcpy(digest, gcry.md_read(md, 0), crypto_hash_digest_len(alg));
+    gcry.md_close(md);
 }
 
 int crypto_pbkdf2(CryptoHashAlg hash, const uint8_t *key, size_t nkey,
@@ -83,11 +85,11 @@ int crypto_pbkdf2(CryptoHashAlg hash, const uint8_t *key, size_t nkey,
         return -1;
     }
     /* gcrypt wants a non-NULL passphrase even when it is empty. */
-    err = gcry_kdf_derive(nkey ? key : empty, nkey, GCRY_KDF_PBKDF2,
+    err = gcry.kdf_derive(nkey ? key : empty, nkey, GCRY_KDF_PBKDF2,
                           gcry_md[hash], salt, nsalt,
                           (unsigned long)iterations, nout, out);
     if (err) {
-        error_setg(errp, "Cannot derive password: %s", gcry_strerror(err));
+        error_setg(errp, "Cannot derive password: %s", gcry.strerror(err));
         return -1;
     }
     return 0;

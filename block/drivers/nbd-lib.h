@@ -10,6 +10,7 @@
 #ifndef STRATA_NBD_LIB_H
 #define STRATA_NBD_LIB_H
 
+#include <stdbool.h>
 #include <glib.h>
 #include <libnbd.h>
 
