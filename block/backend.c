@@ -9,6 +9,7 @@
  */
 #include <errno.h>
 #include "block-int.h"
+#include "strata/block-events.h"
 #include "strata/trace.h"
 
 struct BlockBackend {
@@ -17,6 +18,7 @@ struct BlockBackend {
     uint64_t perm, shared;
     bool wce;
     bool allow_write_beyond_eof;
+    bool report_io_errors;
     int quiesce_counter;
     int in_flight;
     int queued_count;   /* requests waiting in `queued` (not in flight) */
@@ -268,6 +270,23 @@ static void blk_request_end(BlockBackend *blk)
     }
 }
 
+void blk_set_report_io_errors(BlockBackend *blk, bool report)
+{
+    blk->report_io_errors = report;
+}
+
+/*
+ * What the node answered (not the backend's own range or medium checks,
+ * which an export makes before it asks).
+ */
+static int blk_node_result(BlockBackend *blk, int ret, bool is_read)
+{
+    if (ret < 0 && blk->report_io_errors) {
+        node_report_io_error(blk->root->bs, blk->name, is_read, -ret);
+    }
+    return ret;
+}
+
 static int blk_check_range(BlockBackend *blk, int64_t offset, int64_t bytes,
                            bool write)
 {
@@ -312,7 +331,8 @@ int coroutine_fn blk_co_preadv(BlockBackend *blk, int64_t offset,
     }
     ret = blk_check_range(blk, offset, bytes, false);
     if (ret >= 0) {
-        ret = child_co_preadv(blk->root, offset, bytes, qiov, 0, flags);
+        ret = blk_node_result(blk, child_co_preadv(blk->root, offset, bytes,
+                                                    qiov, 0, flags), true);
     }
     blk_request_end(blk);
     return ret;
@@ -333,7 +353,8 @@ int coroutine_fn blk_co_pwritev(BlockBackend *blk, int64_t offset,
     }
     ret = blk_check_range(blk, offset, bytes, true);
     if (ret >= 0) {
-        ret = child_co_pwritev(blk->root, offset, bytes, qiov, 0, flags);
+        ret = blk_node_result(blk, child_co_pwritev(blk->root, offset, bytes,
+                                                     qiov, 0, flags), false);
     }
     blk_request_end(blk);
     return ret;
@@ -355,7 +376,9 @@ int coroutine_fn blk_co_pwrite_zeroes(BlockBackend *blk, int64_t offset,
     }
     ret = blk_check_range(blk, offset, bytes, true);
     if (ret >= 0) {
-        ret = child_co_pwrite_zeroes(blk->root, offset, bytes, flags);
+        ret = blk_node_result(blk, child_co_pwrite_zeroes(blk->root, offset,
+                                                           bytes, flags),
+                              false);
     }
     blk_request_end(blk);
     return ret;
@@ -370,7 +393,8 @@ int coroutine_fn blk_co_pdiscard(BlockBackend *blk, int64_t offset,
     }
     ret = blk_check_range(blk, offset, bytes, true);
     if (ret >= 0) {
-        ret = child_co_pdiscard(blk->root, offset, bytes);
+        ret = blk_node_result(blk, child_co_pdiscard(blk->root, offset, bytes),
+                              false);
     }
     blk_request_end(blk);
     return ret;
@@ -382,7 +406,7 @@ int coroutine_fn blk_co_flush(BlockBackend *blk)
     if (ret < 0) {
         return ret;
     }
-    ret = node_co_flush(blk->root->bs);
+    ret = blk_node_result(blk, node_co_flush(blk->root->bs), false);
     blk_request_end(blk);
     return ret;
 }

@@ -77,6 +77,14 @@ void node_report_corruption(BlockNode *bs, const char *msg, int64_t offset,
     }
 }
 
+void node_report_io_error(BlockNode *bs, const char *device, bool is_read,
+                          int error)
+{
+    if (listener && listener->io_error) {
+        listener->io_error(bs, device, is_read, error);
+    }
+}
+
 ParentKind child_parent_kind(const BlockChild *c)
 {
     const char *kind = c->klass->kind;

@@ -209,6 +209,8 @@ bool nbd_export_add(const NbdExportOptions *opts, GError **errp)
         return false;
     }
     blk_set_enable_write_cache(blk, !opts->writethrough);
+    /* the client gets the error; the monitor hears of it (BLOCK_IO_ERROR) */
+    blk_set_report_io_errors(blk, true);
 
     if (!server) {
         error_setg(errp, "NBD server not running");

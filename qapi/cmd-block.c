@@ -1,7 +1,7 @@
 /*
  * Node commands: blockdev-add, blockdev-del, blockdev-reopen, block_resize,
  * block-set-write-threshold, change-backing-file, and the events nodes
- * raise (BLOCK_WRITE_THRESHOLD, BLOCK_IMAGE_CORRUPTED).
+ * raise (BLOCK_WRITE_THRESHOLD, BLOCK_IMAGE_CORRUPTED, BLOCK_IO_ERROR).
  *
  * The monitor owns the roots that blockdev-add (and --blockdev, which runs
  * it) opened: one reference each, dropped by blockdev-del or when the
@@ -14,6 +14,7 @@
 #include "strata/block-ops.h"
 #include "strata/block.h"
 #include "strata/error.h"
+#include "strata/loop.h"
 #include "strata/opts.h"
 #include "strata/qmp-server.h"
 #include "qapi-commands.h"
@@ -51,9 +52,55 @@ static void on_image_corrupted(BlockNode *bs, const char *msg,
                                           size >= 0, size, fatal);
 }
 
+typedef struct {
+    char *device;
+    char *node_name;
+    bool is_read;
+    int error;
+} IoError;
+
+static gboolean send_io_error(gpointer opaque)
+{
+    IoError *e = opaque;
+
+    /*
+     * QEMU's send_qmp_error_event() for a device with rerror/werror=report:
+     * the client got the error.  nospace is always there: QEMU's devices
+     * enable the I/O status, which adds it.
+     */
+    qapi_event_send_block_io_error(e->device, e->node_name,
+                                   e->is_read ? IO_OPERATION_TYPE_READ
+                                              : IO_OPERATION_TYPE_WRITE,
+                                   BLOCK_ERROR_ACTION_REPORT, true,
+                                   e->error == ENOSPC, g_strerror(e->error));
+    g_free(e->device);
+    g_free(e->node_name);
+    g_free(e);
+    return G_SOURCE_REMOVE;
+}
+
+static void on_io_error(BlockNode *bs, const char *device, bool is_read,
+                        int error)
+{
+    IoError *e = g_new(IoError, 1);
+
+    /* An export's backend has no name: QEMU's qsd would say "" too. */
+    e->device = g_strdup(device ? device : "");
+    e->node_name = g_strdup(node_get_name(bs));
+    e->is_read = is_read;
+    e->error = error;
+    if (loop_context(loop_get()) == g_main_context_default()) {
+        send_io_error(e);
+    } else {
+        /* the monitor lives in the main loop; bs runs in an iothread */
+        g_main_context_invoke(NULL, send_io_error, e);
+    }
+}
+
 static const NodeEventListener listener = {
     .write_threshold = on_write_threshold,
     .image_corrupted = on_image_corrupted,
+    .io_error = on_io_error,
 };
 
 /*
@@ -64,6 +111,12 @@ __attribute__((constructor)) static void cmd_block_init(void)
 {
     qmp_server_at_shutdown(QMP_SHUTDOWN_NODES, close_monitor_nodes);
     node_events_set_listener(&listener);
+    /*
+     * An export's clients can fail requests as fast as they send them:
+     * at most one event a second per node, operation and error, as QEMU
+     * limits the events a guest can trigger (docs/qmp.md).
+     */
+    qmp_server_throttle_event("BLOCK_IO_ERROR", 1000);
 }
 
 static bool node_is_monitor_owned(BlockNode *bs)

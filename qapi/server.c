@@ -240,6 +240,93 @@ static void session_send(QmpSession *s, json_t *msg)
     json_decref(msg);
 }
 
+static void event_emit(json_t *ev)
+{
+    for (GList *m = monitors; m; m = m->next) {
+        QmpMonitor *mon = m->data;
+        for (GList *l = mon->sessions; l;) {
+            QmpSession *s = l->data;
+            l = l->next;        /* sending may close s */
+            if (s->negotiated) {
+                session_send(s, json_incref(ev));
+            }
+        }
+    }
+}
+
+/* ---- throttled events (QEMU's monitor_qapi_event_queue) ---- */
+
+typedef struct {
+    json_t *held;               /* the latest event of the period, or NULL */
+    GSource *timer;
+} Throttle;
+
+static GHashTable *throttled;   /* event name -> period in ms */
+static GHashTable *throttles;   /* event name + data -> Throttle * */
+
+static void throttle_free(gpointer p)
+{
+    Throttle *th = p;
+
+    json_decref(th->held);
+    g_source_destroy(th->timer);
+    g_source_unref(th->timer);
+    g_free(th);
+}
+
+void qmp_server_throttle_event(const char *event, unsigned period_ms)
+{
+    if (!throttled) {
+        throttled = g_hash_table_new_full(g_str_hash, g_str_equal, g_free,
+                                          NULL);
+        throttles = g_hash_table_new_full(g_str_hash, g_str_equal, g_free,
+                                          throttle_free);
+    }
+    g_hash_table_insert(throttled, g_strdup(event),
+                        GUINT_TO_POINTER(period_ms));
+}
+
+static gboolean throttle_expired(gpointer key)
+{
+    Throttle *th = g_hash_table_lookup(throttles, key);
+
+    if (th->held) {
+        /* a new period starts now: glib re-arms the timer from here */
+        json_t *ev = g_steal_pointer(&th->held);
+        event_emit(ev);
+        json_decref(ev);
+        return G_SOURCE_CONTINUE;
+    }
+    g_hash_table_remove(throttles, key);    /* destroys this source */
+    return G_SOURCE_REMOVE;
+}
+
+/* Send ev now, or hold it if its kind was sent less than a period ago. */
+static void event_throttle(json_t *ev, const char *event, json_t *data,
+                           unsigned period_ms)
+{
+    GString *key = g_string_new(event);
+
+    g_string_append_c(key, '\n');
+    if (data) {
+        json_out_compact(key, data);
+    }
+    Throttle *th = g_hash_table_lookup(throttles, key->str);
+    if (th) {
+        json_decref(th->held);
+        th->held = json_incref(ev);
+        g_string_free(key, TRUE);
+        return;
+    }
+    event_emit(ev);
+    th = g_new0(Throttle, 1);
+    th->timer = g_timeout_source_new(period_ms);
+    char *k = g_string_free(key, FALSE);
+    g_source_set_callback(th->timer, throttle_expired, k, NULL);
+    g_source_attach(th->timer, ctx());
+    g_hash_table_insert(throttles, k, th);
+}
+
 void qmp_event_send(const char *event, json_t *data)
 {
     gint64 now = g_get_real_time();
@@ -255,15 +342,12 @@ void qmp_event_send(const char *event, json_t *data)
     if (data) {
         json_object_set_new(ev, "data", data);
     }
-    for (GList *m = monitors; m; m = m->next) {
-        QmpMonitor *mon = m->data;
-        for (GList *l = mon->sessions; l;) {
-            QmpSession *s = l->data;
-            l = l->next;        /* sending may close s */
-            if (s->negotiated) {
-                session_send(s, json_incref(ev));
-            }
-        }
+    unsigned period = throttled ?
+        GPOINTER_TO_UINT(g_hash_table_lookup(throttled, event)) : 0;
+    if (period) {
+        event_throttle(ev, event, data, period);
+    } else {
+        event_emit(ev);
     }
     json_decref(ev);
 }
@@ -767,6 +851,9 @@ void qmp_server_shutdown(void)
 {
     while (monitors) {
         qmp_monitor_free(monitors->data);
+    }
+    if (throttles) {
+        g_hash_table_remove_all(throttles);     /* held events: dropped */
     }
 }
 

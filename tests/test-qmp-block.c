@@ -36,6 +36,13 @@ void qmp_server_at_shutdown(QmpShutdownPhase phase, void (*fn)(void))
     (void)fn;
 }
 
+/* Events go nowhere here, throttled or not. */
+void qmp_server_throttle_event(const char *event, unsigned period_ms)
+{
+    (void)event;
+    (void)period_ms;
+}
+
 QmpSession *qmp_session_current(void)
 {
     return NULL;

@@ -98,6 +98,20 @@ static bool m_event(json_t *args, json_t **ret, GError **errp)
     return true;
 }
 
+/*
+ * THROTTLED (throttled by test_throttle) with data {"k": 1} three times,
+ * then {"k": 2} once.
+ */
+static bool m_throttled(json_t *args, json_t **ret, GError **errp)
+{
+    for (int i = 0; i < 3; i++) {
+        qmp_event_send("THROTTLED", json_pack("{s:i}", "k", 1));
+    }
+    qmp_event_send("THROTTLED", json_pack("{s:i}", "k", 2));
+    *ret = json_object();
+    return true;
+}
+
 /* Reports the access mode of the descriptor sent with the request. */
 static bool m_take_fd(json_t *args, json_t **ret, GError **errp)
 {
@@ -122,6 +136,7 @@ const QmpCommand qmp_commands[] = {
     { "release", m_release, QMP_CMD_ALLOW_OOB },
     { "sleep", m_sleep, QMP_CMD_ALLOW_OOB },
     { "take-fd", m_take_fd, 0 },
+    { "throttled", m_throttled, 0 },
 };
 const size_t qmp_commands_count = G_N_ELEMENTS(qmp_commands);
 
@@ -420,6 +435,50 @@ static void test_clients_and_events(void **state)
     client_free(b);
 }
 
+/* The data of a THROTTLED event, or NULL for another message. */
+static char *throttled_data(char *msg)
+{
+    char *data = NULL;
+
+    assert_non_null(msg);
+    if (strstr(msg, "\"event\": \"THROTTLED\"")) {
+        data = g_strdup(strstr(msg, "\"data\": "));
+    }
+    g_free(msg);
+    return data;
+}
+
+/*
+ * A throttled event: the first of each kind (its data) goes out at once,
+ * the rest of the period is held as one event sent when the period ends;
+ * kinds do not hold each other back.  Nothing here depends on how long
+ * anything takes: the held event is waited for, and the reply to a
+ * command sent after it shows that nothing else was queued.
+ */
+static void test_throttle(void **state)
+{
+    qmp_server_throttle_event("THROTTLED", 100);
+    Client *a = negotiated_client();
+
+    client_send(a, "{'execute': 'throttled'}");
+    char *d = throttled_data(client_recv(a, false));
+    assert_string_equal(d, "\"data\": {\"k\": 1}}");
+    g_free(d);
+    d = throttled_data(client_recv(a, false));
+    assert_string_equal(d, "\"data\": {\"k\": 2}}");
+    g_free(d);
+    expect(a, "{\"return\": {}}");
+    /* the two {"k": 1} after the first: one event, at the period's end */
+    d = throttled_data(client_recv(a, false));
+    assert_string_equal(d, "\"data\": {\"k\": 1}}");
+    g_free(d);
+    client_send(a, "{'execute': 'query-version'}");
+    char *reply = client_recv(a, false);
+    assert_non_null(strstr(reply, "\"return\""));
+    g_free(reply);
+    client_free(a);
+}
+
 static void test_fd_passing(void **state)
 {
     Client *c = negotiated_client();
@@ -572,6 +631,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_malformed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_order_and_oob, setup, teardown),
         cmocka_unit_test_setup_teardown(test_clients_and_events, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_throttle, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fd_passing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_output_bound, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pretty, setup, teardown),

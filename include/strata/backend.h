@@ -30,6 +30,13 @@ const char *blk_name(const BlockBackend *blk);
 /* Writethrough mode: every write is followed by a flush. */
 void blk_set_enable_write_cache(BlockBackend *blk, bool wce);
 bool blk_enable_write_cache(BlockBackend *blk);
+/*
+ * Report the node's I/O errors (node_report_io_error(), block-events.h),
+ * as a QEMU device with rerror/werror=report does: for backends whose
+ * requests come from outside (exports), not for tools or jobs, which
+ * handle their errors themselves.  Off by default.
+ */
+void blk_set_report_io_errors(BlockBackend *blk, bool report);
 /* Allow requests past the end (for format drivers growing their file). */
 void blk_set_allow_write_beyond_eof(BlockBackend *blk, bool allow);
 

@@ -25,6 +25,13 @@ typedef struct NodeEventListener {
      */
     void (*image_corrupted)(BlockNode *bs, const char *msg, int64_t offset,
                             int64_t size, bool fatal);
+    /*
+     * A request through a backend that reports errors failed on bs with
+     * the positive errno error; device: the backend's name (NULL: none).
+     * Called in the thread that runs bs.
+     */
+    void (*io_error)(BlockNode *bs, const char *device, bool is_read,
+                     int error);
 } NodeEventListener;
 
 /* Replace the listener (NULL: none).  The struct must outlive its use. */
@@ -57,6 +64,10 @@ void node_get_discard_stats(const BlockNode *bs, uint64_t *nb_ok,
 /* Called by format drivers when they find corruption. */
 void node_report_corruption(BlockNode *bs, const char *msg, int64_t offset,
                             int64_t size, bool fatal);
+
+/* Called by backends that report errors (blk_set_report_io_errors()). */
+void node_report_io_error(BlockNode *bs, const char *device, bool is_read,
+                          int error);
 
 /* Who holds an edge from above: a node, a backend or a job. */
 typedef enum {

@@ -54,6 +54,17 @@ unsigned qmp_server_busy(void);
  */
 void qmp_server_set_output_limit(size_t bytes);
 
+/*
+ * Send at most one `event` per period_ms for each distinct `data`, as
+ * QEMU's monitor does for the events a guest can trigger: the first goes
+ * out at once; later ones in the period replace each other and the last
+ * is sent when the period ends (with the time it happened), which starts
+ * a new period.  For events a client outside the daemon can cause in a
+ * flood (BLOCK_IO_ERROR from an export's clients).  Whatever is held when
+ * the server shuts down is dropped, as in QEMU.
+ */
+void qmp_server_throttle_event(const char *event, unsigned period_ms);
+
 /* Called by `quit` after its reply is queued; the program stops its loop. */
 void qmp_server_set_quit_handler(void (*fn)(void));
 void qmp_server_request_quit(void);

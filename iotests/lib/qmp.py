@@ -19,6 +19,15 @@ MICRO/PACKAGE, program names DAEMON, automatic node names NODE_NAME.
 Daemon(system=True) is for the commands qemu-storage-daemon 7.2 lacks but
 QEMU 7.2 has (getfd, add-fd, query-fdsets): in oracle mode it starts
 qemu-system-x86_64 with no machine, whose QMP monitor has them.
+
+SHUTDOWN: strata-daemon sends it at quit and on SIGTERM/SIGINT/SIGHUP, as
+QEMU 7.2's system emulator does; qemu-storage-daemon 7.2 never does.  So
+output compared with qsd's goldens drops SHUTDOWN events, and only those:
+a Client (unless system=True) skips them, and filter_qsd_shutdown() takes
+them out of a stdio monitor's output.  _SHUTDOWN below is the one pattern
+both use, the one place where strata's output is edited to match qsd's.
+A Client of a Daemon(system=True) keeps them: there the oracle is
+qemu-system-x86_64, which sends them (qmp-event-shutdown checks them).
 """
 
 import array
@@ -40,6 +49,9 @@ _TIMESTAMP = [(re.compile(r'"seconds": \d+'), '"seconds": SECS'),
               (re.compile(r'"microseconds": \d+'), '"microseconds": USECS')]
 _VERSION = [(re.compile(r'"micro": \d+'), '"micro": MICRO'),
             (re.compile(r'"package": "[^"]*"'), '"package": "PACKAGE"')]
+# a SHUTDOWN event, compact or pretty, with its line end
+_SHUTDOWN = re.compile(r'\{\s*"timestamp": \{[^{}]*\},\s*"event": "SHUTDOWN",'
+                       r'\s*"data": \{[^{}]*\}\s*\}(?:\r?\n)?')
 _DAEMON_NAME = re.compile(r'(?:\S*/)?\b(?:qemu-storage-daemon|strata-daemon|'
                           r'qemu-system-x86_64)\b')
 
@@ -68,11 +80,22 @@ def requires_daemon(system=False):
         t.skip('%s not found' % os.path.basename(prog))
 
 
+def filter_qsd_shutdown(text):
+    """A stdio monitor's output as qsd 7.2 writes it: without SHUTDOWN."""
+    return _SHUTDOWN.sub('', text)
+
+
+def _is_shutdown(text):
+    return _SHUTDOWN.fullmatch(text) is not None
+
+
 class Client:
     """One QMP connection.  Messages are read as QEMU wrote them (one line,
     or several with pretty=on) and kept as text for byte-exact goldens."""
 
-    def __init__(self, path, timeout=t.TIMEOUT):
+    def __init__(self, path, timeout=t.TIMEOUT, system=False):
+        # see the module's docstring: against qsd's goldens, no SHUTDOWN
+        self.drop_shutdown = not system
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
         self.sock.connect(path)
@@ -102,9 +125,17 @@ class Client:
         self.send_raw(json.dumps(req), fds)
 
     def recv_text(self):
-        """The next message's text, or None at end of stream.  QEMU writes
-        ASCII only (it escapes the rest), so decoding cannot split a
-        character."""
+        """The next message's text, or None at end of stream (SHUTDOWN
+        skipped when compared with qsd: see the module's docstring)."""
+        while True:
+            text = self._recv_text()
+            if not (self.drop_shutdown and text is not None
+                    and _is_shutdown(text)):
+                return text
+
+    def _recv_text(self):
+        """QEMU writes ASCII only (it escapes the rest), so decoding cannot
+        split a character."""
         while True:
             text = self.buf.decode('ascii', 'replace')
             start = len(text) - len(text.lstrip())
@@ -204,7 +235,7 @@ class Daemon:
                                % (self.proc.returncode, self.output()))
 
     def client(self, monitor=0):
-        return Client(self.sockets[monitor])
+        return Client(self.sockets[monitor], system=self.system)
 
     def negotiated(self, monitor=0, oob=False):
         """A client past negotiation, nothing logged."""

@@ -30,6 +30,7 @@
 #include "objects.h"
 #include "qapi-commands.h"
 #include "nbd-export.h"
+#include "shutdown.h"
 #include "qapi-visit.h"
 #include "../common/tool-common.h"
 #include "daemon.h"
@@ -146,6 +147,7 @@ static void on_quit(void)
 
 static gboolean on_signal(gpointer opaque)
 {
+    qapi_announce_shutdown(SHUTDOWN_CAUSE_HOST_SIGNAL);
     on_quit();
     return G_SOURCE_CONTINUE;
 }
