@@ -13,6 +13,7 @@
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <signal.h>
 #include <string.h>
 #include "strata/block.h"
 #include "strata/iov.h"
@@ -310,7 +311,7 @@ static int coroutine_fn sparse_read(NbdClient *client, NbdRequest *req,
         }
         int64_t nsplice = 0;
         if (!(st & BLOCK_ZERO) && pnum >= SPLICE_MIN &&
-            blk_may_splice(exp->blk)) {
+            client->may_sendfile && blk_may_splice(exp->blk)) {
             nsplice = blk_co_splice_read(exp->blk, off, pnum, -1);
             if (nsplice >= SPLICE_MIN) {
                 pnum = nsplice;
@@ -676,6 +677,10 @@ static NbdRequest *coroutine_fn receive_request(NbdClient *client,
 void coroutine_fn nbd_transmit(NbdClient *client)
 {
     bool drain = false;
+    struct sigaction sa;
+
+    client->may_sendfile = sigaction(SIGPIPE, NULL, &sa) == 0 &&
+                           sa.sa_handler == SIG_IGN;
 
     while (!client->closing) {
         while (client->inflight >= NBD_MAX_INFLIGHT && !client->closing) {
