@@ -266,6 +266,20 @@ int coroutine_fn nbd_channel_writev(NbdChannel *ch, const struct iovec *iov,
     return ret;
 }
 
+int nbd_channel_fd(const NbdChannel *ch)
+{
+    return ch->fd;
+}
+
+int coroutine_fn nbd_channel_wait_writable(NbdChannel *ch)
+{
+    if (ch->shut) {
+        return -EIO;
+    }
+    channel_wait(ch, true);
+    return ch->shut ? -EIO : 0;
+}
+
 int coroutine_fn nbd_channel_write(NbdChannel *ch, const void *buf,
                                    size_t len)
 {

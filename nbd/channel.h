@@ -36,6 +36,12 @@ int coroutine_fn nbd_channel_writev(NbdChannel *ch, const struct iovec *iov,
 int coroutine_fn nbd_channel_write(NbdChannel *ch, const void *buf,
                                    size_t len);
 /*
+ * For writers that bypass nbd_channel_writev (sendfile): the socket, and
+ * a wait until it takes more (0, or -EIO once shut down).
+ */
+int nbd_channel_fd(const NbdChannel *ch);
+int coroutine_fn nbd_channel_wait_writable(NbdChannel *ch);
+/*
  * Stop all traffic: waiting and later reads and writes fail with -EIO.
  * Safe from any code in the loop's thread.
  */

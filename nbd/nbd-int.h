@@ -54,6 +54,12 @@ struct NbdClient {
     bool writing;           /* a coroutine is writing the queue */
     unsigned inflight;
     CoQueue inflight_slots;
+    /*
+     * sendfile() cannot be told MSG_NOSIGNAL: zero-copy reads only where
+     * the program ignores SIGPIPE (strata-daemon does), else a client
+     * hanging up would kill it.
+     */
+    bool may_sendfile;
 };
 
 /* server.c */

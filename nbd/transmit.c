@@ -13,6 +13,7 @@
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <signal.h>
 #include <string.h>
 #include "strata/block.h"
 #include "strata/iov.h"
@@ -46,10 +47,53 @@ typedef struct OutReply {
     int niov;
     int ret;
     bool done;
+    bool takes_socket;      /* wants the socket to itself (send_lock) */
     Coroutine *co;
 } OutReply;
 
 #define BATCH_REPLIES 64    /* at most 3 iovecs each: far below IOV_MAX */
+
+/*
+ * Write the queue out, as the coroutine holding the socket (client->
+ * writing).  A coroutine waiting in send_lock is handed the socket when
+ * its turn comes, with everything queued before it written: it then
+ * carries on with the rest of the queue in send_unlock.
+ */
+static void coroutine_fn flush_queue(NbdClient *client)
+{
+    while (!g_queue_is_empty(&client->outq)) {
+        OutReply *batch[BATCH_REPLIES];
+        struct iovec vec[BATCH_REPLIES * 3];
+        int n = 0, nv = 0;
+        OutReply *head = g_queue_peek_head(&client->outq);
+        if (head->takes_socket) {
+            g_queue_pop_head(&client->outq);
+            head->done = true;
+            co_wake(head->co);
+            return;
+        }
+        while (n < BATCH_REPLIES && !g_queue_is_empty(&client->outq)) {
+            OutReply *r = g_queue_peek_head(&client->outq);
+            if (r->takes_socket) {
+                break;
+            }
+            g_queue_pop_head(&client->outq);
+            g_assert(r->niov <= 3);
+            memcpy(vec + nv, r->iov, r->niov * sizeof(*vec));
+            nv += r->niov;
+            batch[n++] = r;
+        }
+        int ret = nbd_channel_writev(client->ch, vec, nv);
+        for (int i = 0; i < n; i++) {
+            batch[i]->ret = ret;
+            batch[i]->done = true;
+            if (batch[i]->co != co_self()) {
+                co_wake(batch[i]->co);
+            }
+        }
+    }
+    client->writing = false;
+}
 
 static int coroutine_fn send_iov(NbdClient *client, struct iovec *iov,
                                  int niov)
@@ -67,28 +111,28 @@ static int coroutine_fn send_iov(NbdClient *client, struct iovec *iov,
     /* Let the replies completing in this loop iteration join the batch. */
     co_wake(co_self());
     co_yield();
-    while (!g_queue_is_empty(&client->outq)) {
-        OutReply *batch[BATCH_REPLIES];
-        struct iovec vec[BATCH_REPLIES * 3];
-        int n = 0, nv = 0;
-        while (n < BATCH_REPLIES && !g_queue_is_empty(&client->outq)) {
-            OutReply *r = g_queue_pop_head(&client->outq);
-            g_assert(r->niov <= 3);
-            memcpy(vec + nv, r->iov, r->niov * sizeof(*vec));
-            nv += r->niov;
-            batch[n++] = r;
-        }
-        int ret = nbd_channel_writev(client->ch, vec, nv);
-        for (int i = 0; i < n; i++) {
-            batch[i]->ret = ret;
-            batch[i]->done = true;
-            if (batch[i] != &me) {
-                co_wake(batch[i]->co);
-            }
-        }
-    }
-    client->writing = false;
+    flush_queue(client);
     return me.ret;
+}
+
+/* The socket to ourselves, after every reply queued before us. */
+static void coroutine_fn send_lock(NbdClient *client)
+{
+    OutReply me = { .takes_socket = true, .co = co_self() };
+
+    if (!client->writing) {
+        client->writing = true;
+        return;
+    }
+    g_queue_push_tail(&client->outq, &me);
+    while (!me.done) {
+        co_yield();
+    }
+}
+
+static void coroutine_fn send_unlock(NbdClient *client)
+{
+    flush_queue(client);
 }
 
 static int coroutine_fn send_simple(NbdClient *client, uint64_t handle,
@@ -174,8 +218,6 @@ static int coroutine_fn send_hole_chunk(NbdClient *client, uint64_t handle,
     return send_iov(client, &iov, 1);
 }
 
-/* ---- Commands ---- */
-
 static int coroutine_fn export_read(NbdExport *exp, uint64_t offset,
                                     uint32_t len, void *buf)
 {
@@ -185,6 +227,61 @@ static int coroutine_fn export_read(NbdExport *exp, uint64_t offset,
     iovec_destroy(&qiov);
     return ret;
 }
+
+/*
+ * Below this a data chunk is copied as usual: the socket is not worth
+ * holding for it, and the small random reads gain more from batching.
+ */
+#define SPLICE_MIN (64 * 1024)
+
+/*
+ * A data chunk whose payload goes from the page cache into the socket
+ * without a copy in our memory (block/splice.c), the socket held
+ * meanwhile so that nothing comes between header and payload.  A part
+ * that can no longer go that way when its turn comes (evicted from the
+ * page cache meanwhile) is read into buf and written as usual; the header
+ * is out by then, so a failed read ends the connection.
+ */
+static int coroutine_fn send_data_spliced(NbdClient *client, uint64_t handle,
+                                          uint64_t offset, uint8_t *buf,
+                                          uint32_t len, bool final)
+{
+    uint8_t hdr[28];
+    struct iovec iov = { hdr, 28 };
+    int fd = nbd_channel_fd(client->ch);
+    uint32_t done = 0;
+    int ret;
+
+    chunk_header(hdr, final ? NBD_REPLY_FLAG_DONE : 0,
+                 NBD_REPLY_TYPE_OFFSET_DATA, handle, 8 + len);
+    nbd_put64(hdr + 20, offset);
+    send_lock(client);
+    ret = nbd_channel_writev(client->ch, &iov, 1);
+    while (ret >= 0 && done < len) {
+        int n = blk_co_splice_read(client->exp->blk, offset + done,
+                                   len - done, fd);
+        if (n > 0) {
+            done += n;
+        } else if (n == -EAGAIN) {
+            ret = nbd_channel_wait_writable(client->ch);
+        } else if (n < 0) {
+            ret = -EIO;
+        } else {
+            ret = export_read(client->exp, offset + done, len - done,
+                              buf + done);
+            if (ret >= 0) {
+                iov = (struct iovec){ buf + done, len - done };
+                ret = nbd_channel_writev(client->ch, &iov, 1);
+                done = len;
+            }
+        }
+    }
+    send_unlock(client);
+    /* A short payload would leave the stream out of step: hang up. */
+    return ret < 0 ? -EIO : 0;
+}
+
+/* ---- Commands ---- */
 
 /*
  * A structured read sends holes as holes: the chain's block status splits
@@ -212,10 +309,21 @@ static int coroutine_fn sparse_read(NbdClient *client, NbdRequest *req,
             pnum = req->len - done;
             st = 0;
         }
+        int64_t nsplice = 0;
+        if (!(st & BLOCK_ZERO) && pnum >= SPLICE_MIN &&
+            client->may_sendfile && blk_may_splice(exp->blk)) {
+            nsplice = blk_co_splice_read(exp->blk, off, pnum, -1);
+            if (nsplice >= SPLICE_MIN) {
+                pnum = nsplice;
+            }
+        }
         bool final = done + pnum == req->len;
         int ret;
         if (st & BLOCK_ZERO) {
             ret = send_hole_chunk(client, req->handle, off, pnum, final);
+        } else if (nsplice >= SPLICE_MIN) {
+            ret = send_data_spliced(client, req->handle, off, buf + done,
+                                    pnum, final);
         } else {
             ret = export_read(exp, off, pnum, buf + done);
             if (ret < 0) {
@@ -569,6 +677,10 @@ static NbdRequest *coroutine_fn receive_request(NbdClient *client,
 void coroutine_fn nbd_transmit(NbdClient *client)
 {
     bool drain = false;
+    struct sigaction sa;
+
+    client->may_sendfile = sigaction(SIGPIPE, NULL, &sa) == 0 &&
+                           sa.sa_handler == SIG_IGN;
 
     while (!client->closing) {
         while (client->inflight >= NBD_MAX_INFLIGHT && !client->closing) {

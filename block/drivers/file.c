@@ -1701,3 +1701,13 @@ const BlockDriver bdrv_host_cdrom = {
     .is_inserted = cdrom_is_inserted,
     .get_allocated_file_size = file_get_allocated_file_size,
 };
+
+int file_node_page_cache_fd(BlockNode *bs)
+{
+    if (bs->drv != &bdrv_file && bs->drv != &bdrv_host_device) {
+        return -1;
+    }
+    FileState *s = bs->opaque;
+    /* O_DIRECT: the page cache is not where the data is. */
+    return s->fd >= 0 && !(s->open_flags & O_DIRECT) ? s->fd : -1;
+}

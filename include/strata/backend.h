@@ -94,4 +94,18 @@ void blk_aio_pwrite_zeroes(BlockBackend *blk, int64_t offset, int64_t bytes,
 void blk_drain(BlockBackend *blk);
 int blk_in_flight(BlockBackend *blk);
 
+/*
+ * Reads that go from the page cache into a socket without passing through
+ * our memory (block/splice.c).  blk_may_splice: whether blk's node is of a
+ * kind that can (a file, or raw or qcow2 straight over one, nobody
+ * writing).  blk_co_splice_read: send the first bytes of [offset,
+ * offset+bytes) to out_fd with sendfile(): how many (> 0); 0 when this
+ * part cannot go that way (a hole, zeroes, compressed or not cached data,
+ * a drain): read it normally; -EAGAIN when out_fd is full; -errno.
+ * out_fd < 0 only asks: how many bytes could go now.
+ */
+bool blk_may_splice(BlockBackend *blk);
+int coroutine_fn blk_co_splice_read(BlockBackend *blk, int64_t offset,
+                                    int64_t bytes, int out_fd);
+
 #endif

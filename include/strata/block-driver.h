@@ -357,4 +357,10 @@ void node_invalidate_length(BlockNode *bs);
 /* Refresh bl from the driver and children (after open, reopen, attach). */
 void node_refresh_limits(BlockNode *bs);
 
+/*
+ * The fd of a file or host_device node whose reads go through the page
+ * cache (not O_DIRECT), else -1: block/splice.c sends from it.
+ */
+int file_node_page_cache_fd(BlockNode *bs);
+
 #endif
