@@ -119,6 +119,33 @@ int node_get_info(BlockNode *bs, BlockDriverInfo *bdi);
  */
 json_t *node_get_specific_info(BlockNode *bs, GError **errp);
 
+/*
+ * QEMU's ImageInfo for one image without its backing image
+ * (bdrv_query_image_info()): what strata-img info prints and what QMP
+ * returns as a node's "image".  Optional members are absent as stated.
+ */
+typedef struct NodeImageInfo {
+    char *filename;
+    char *format;
+    bool has_dirty_flag;           /* the driver answers get_info */
+    bool dirty_flag;
+    bool has_actual_size;
+    int64_t actual_size;
+    int64_t virtual_size;
+    int64_t cluster_size;          /* 0: not known */
+    bool encrypted;
+    char *backing_filename;        /* NULL: no backing file */
+    char *full_backing_filename;   /* NULL: cannot be determined */
+    char *backing_filename_format; /* NULL: not recorded */
+    NodeSnapshot *snapshots;       /* nb_snapshots of them */
+    int nb_snapshots;
+    json_t *format_specific;       /* the driver's "data", NULL: none */
+} NodeImageInfo;
+
+/* NULL with *errp set when the image cannot be read. */
+NodeImageInfo *node_query_image_info(BlockNode *bs, GError **errp);
+void node_image_info_free(NodeImageInfo *info);
+
 /* ---- Internal snapshots (block/snapshot.c) ---- */
 
 /*
