@@ -430,12 +430,7 @@ int luks_open(CryptoBlock *b, const char *key_secret, const char *optprefix,
     int ret = -1;
 
     if (!(flags & CRYPTO_OPEN_NO_IO)) {
-        if (!key_secret) {
-            error_setg(errp, "Parameter '%skey-secret' is required for cipher",
-                       optprefix ? optprefix : "");
-            return -1;
-        }
-        password = crypto_secret_lookup_utf8(key_secret, errp);
+        password = crypto_key_secret_lookup(key_secret, optprefix, errp);
         if (!password) {
             return -1;
         }
@@ -647,12 +642,7 @@ CryptoBlock *crypto_luks_create(const CryptoLuksCreateOpts *o,
     if (create_setup(b, o, errp) < 0) {
         goto fail;
     }
-    if (!o->key_secret) {
-        error_setg(errp, "Parameter '%skey-secret' is required for cipher",
-                   optprefix ? optprefix : "");
-        goto fail;
-    }
-    password = crypto_secret_lookup_utf8(o->key_secret, errp);
+    password = crypto_key_secret_lookup(o->key_secret, optprefix, errp);
     if (!password) {
         goto fail;
     }
