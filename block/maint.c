@@ -38,6 +38,8 @@ typedef struct CheckCall {
     BlockNode *bs;
     BlockCheckResult *res;
     int fix;
+    NodeCheckReport *report;
+    void *opaque;
     int ret;
 } CheckCall;
 
@@ -45,12 +47,14 @@ static void coroutine_fn check_co(void *opaque)
 {
     CheckCall *c = opaque;
 
-    c->ret = c->bs->drv->co_check(c->bs, c->res, c->fix);
+    c->ret = c->bs->drv->co_check(c->bs, c->res, c->fix, c->report,
+                                  c->opaque);
 }
 
-int node_check(BlockNode *bs, BlockCheckResult *res, int fix)
+int node_check(BlockNode *bs, BlockCheckResult *res, int fix,
+               NodeCheckReport *report, void *opaque)
 {
-    CheckCall c = { bs, res, fix, 0 };
+    CheckCall c = { bs, res, fix, report, opaque, 0 };
 
     memset(res, 0, sizeof(*res));
     if (!bs->drv->co_check) {

@@ -87,9 +87,9 @@ int coroutine_fn qcow2_read_snapshot_table_repair(BlockNode *bs, bool repair,
                 goto out;
             }
             /* check -r all: keep the first 1024 bytes only. */
-            fprintf(stderr, "Discarding too much extra metadata in snapshot "
-                    "table entry %" PRIu32 " (%" PRIu32 " > 1024)\n", i,
-                    sn->extra_size);
+            qcow2_check_report(s, "Discarding too much extra metadata in "
+                               "snapshot table entry %" PRIu32 " (%" PRIu32 " "
+                               "> 1024)", i, sn->extra_size);
             (*extra_dropped)++;
             sn->extra_size = 1024;
         }
@@ -143,8 +143,9 @@ int coroutine_fn qcow2_read_snapshot_table_repair(BlockNode *bs, bool repair,
                 ret = -EFBIG;
                 goto out;
             }
-            fprintf(stderr, "Discarding %" PRIu32 " overhanging snapshots "
-                    "(snapshot table is too big)\n", s->nb_snapshots - i);
+            qcow2_check_report(s, "Discarding %" PRIu32 " overhanging "
+                               "snapshots (snapshot table is too big)",
+                               s->nb_snapshots - i);
             *nb_dropped += s->nb_snapshots - i;
             for (uint32_t k = i; k < s->nb_snapshots; k++) {
                 g_free(s->snapshots[k].id_str);

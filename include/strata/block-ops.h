@@ -177,10 +177,14 @@ int node_snapshot_load_tmp(BlockNode *bs, const char *id, const char *name,
 
 /*
  * Consistency check; fix is CHECK_FIX_*.  -ENOTSUP when the format has
- * no check.  qcow2 still prints each problem it finds to stderr as it
- * finds it, as qemu-img does (the one place the library prints).
+ * no check.  Each problem (or repair) is reported as it is found, one
+ * line in QEMU's words without the newline, to report(opaque, line);
+ * qemu-img prints them to stderr.  With report NULL they go to
+ * warn_print(), as do those of the repair of a dirty image on open.
  */
-int node_check(BlockNode *bs, BlockCheckResult *res, int fix);
+typedef void NodeCheckReport(void *opaque, const char *line);
+int node_check(BlockNode *bs, BlockCheckResult *res, int fix,
+               NodeCheckReport *report, void *opaque);
 /*
  * Change options of an existing image (qemu-img amend, x-blockdev-amend):
  * options by their creation names (bools as booleans, numbers as integers

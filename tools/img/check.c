@@ -93,6 +93,13 @@ static void dump_json(const BlockCheckResult *r, const char *filename,
     json_decref(o);
 }
 
+/* The check's findings, as qemu-img prints them while it checks. */
+static void print_problem(void *opaque, const char *line)
+{
+    (void)opaque;
+    fprintf(stderr, "%s\n", line);
+}
+
 int img_check(int argc, char **argv)
 {
     static const struct option long_options[] = {
@@ -157,7 +164,7 @@ int img_check(int argc, char **argv)
         return 1;
     }
     BlockNode *bs = blk_node(blk);
-    ret = node_check(bs, &res, fix);
+    ret = node_check(bs, &res, fix, print_problem, NULL);
     if (ret == -ENOTSUP) {
         tool_error("This image format does not support checks");
         blk_unref(blk);
@@ -171,7 +178,7 @@ int img_check(int argc, char **argv)
                    " corruptions\n\nDouble checking the fixed image now...\n",
                    lf, cf);
         }
-        ret = node_check(bs, &res, 0);
+        ret = node_check(bs, &res, 0, print_problem, NULL);
         res.corruptions_fixed = cf;
         res.leaks_fixed = lf;
     }
