@@ -148,11 +148,9 @@ int img_check(int argc, char **argv)
         img_error_exit("Expecting one image file name");
     }
     filename = argv[optind];
-    if (output && strcmp(output, "json") && strcmp(output, "human")) {
-        tool_error("--output must be used with human or json as argument.");
+    if (!img_output_format(output, &json)) {
         return 1;
     }
-    json = output && !strcmp(output, "json");
     if (tool_parse_cache_mode(cache, &spec.flags, &spec.writethrough) < 0) {
         tool_error("Invalid source cache option: %s", cache);
         return 1;

@@ -284,11 +284,9 @@ int img_info(int argc, char **argv)
         img_error_exit("Expecting one image file name");
     }
     filename = argv[optind];
-    if (output && strcmp(output, "json") && strcmp(output, "human")) {
-        tool_error("--output must be used with human or json as argument.");
+    if (!img_output_format(output, &json)) {
         return EXIT_FAILURE;
     }
-    json = output && !strcmp(output, "json");
 
     /* Metadata only: encrypted images open without their secret. */
     spec.flags |= NODE_O_NO_IO;
