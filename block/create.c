@@ -396,6 +396,22 @@ static const struct {
     { "luks", co_create_luks },
 };
 
+json_t *blockdev_encrypt_flat(json_t *encrypt)
+{
+    json_t *flat = json_object();
+    const char *k;
+    json_t *v;
+
+    json_object_foreach(encrypt, k, v) {
+        if (strcmp(k, "format")) {
+            char *key = g_strconcat("encrypt.", k, NULL);
+            json_object_set(flat, key, v);
+            g_free(key);
+        }
+    }
+    return flat;
+}
+
 bool blockdev_create_check_driver(const char *driver, GError **errp)
 {
     if (!driver_find(driver)) {

@@ -138,6 +138,68 @@ json_t *node_get_specific_info(BlockNode *bs, GError **errp)
                                       : NULL;
 }
 
+NodeImageInfo *node_query_image_info(BlockNode *bs, GError **errp)
+{
+    int64_t size = node_getlength(bs);
+    if (size < 0) {
+        error_setg_errno(errp, (int)-size, "Can't get image size '%s'",
+                         node_get_filename(bs));
+        return NULL;
+    }
+    NodeImageInfo *info = g_new0(NodeImageInfo, 1);
+    info->filename = g_strdup(node_get_filename(bs));
+    info->format = g_strdup(node_get_format_name(bs));
+    /* As QEMU: a driver that can answer get_info has a dirty flag. */
+    BlockDriverInfo bdi;
+    if (node_get_info(bs, &bdi) == 0) {
+        info->has_dirty_flag = true;
+        info->dirty_flag = bdi.is_dirty;
+        info->cluster_size = bdi.cluster_size;
+    }
+    info->actual_size = node_get_allocated_file_size(bs);
+    info->has_actual_size = info->actual_size >= 0;
+    info->virtual_size = size;
+    info->encrypted = node_is_encrypted(bs);
+    if (bs->backing_file[0]) {
+        info->backing_filename = g_strdup(bs->backing_file);
+        /* The full name is given even when it is the same. */
+        info->full_backing_filename = node_get_full_backing_filename(bs);
+        if (bs->backing_format[0]) {
+            info->backing_filename_format = g_strdup(bs->backing_format);
+        }
+    }
+    int n = node_snapshot_list(bs, &info->snapshots);
+    if (n > 0) {
+        info->nb_snapshots = n;
+    } else {
+        g_free(info->snapshots);
+        info->snapshots = NULL;
+    }
+    GError *err = NULL;
+    info->format_specific = node_get_specific_info(bs, &err);
+    if (err) {
+        g_propagate_error(errp, err);
+        node_image_info_free(info);
+        return NULL;
+    }
+    return info;
+}
+
+void node_image_info_free(NodeImageInfo *info)
+{
+    if (!info) {
+        return;
+    }
+    g_free(info->filename);
+    g_free(info->format);
+    g_free(info->backing_filename);
+    g_free(info->full_backing_filename);
+    g_free(info->backing_filename_format);
+    g_free(info->snapshots);
+    json_decref(info->format_specific);
+    g_free(info);
+}
+
 /* ---- blkdebug breakpoints: the first node down the tree that has them ---- */
 
 typedef enum { DBG_BREAK, DBG_REMOVE, DBG_RESUME, DBG_SUSPENDED } DebugOp;

@@ -12,12 +12,34 @@
 #include <string.h>
 #include "block-int.h"
 
+/*
+ * The driver can do what the feature names, or *errp says it cannot in
+ * QEMU's words: "Block driver 'qcow2' does not support <what>".
+ */
+static bool driver_require(const BlockDriver *drv, DriverFeature f,
+                           GError **errp)
+{
+    const char *what = f == DRIVER_CAN_AMEND ? "option amendment"
+                       : f == DRIVER_CAN_MEASURE ? "size measurement"
+                       : NULL;
+
+    g_assert(what);
+    if (driver_has(drv, f)) {
+        return true;
+    }
+    error_setg(errp, "Block driver '%s' does not support %s",
+               drv->format_name, what);
+    return false;
+}
+
 /* ---- check ---- */
 
 typedef struct CheckCall {
     BlockNode *bs;
     BlockCheckResult *res;
     int fix;
+    NodeCheckReport *report;
+    void *opaque;
     int ret;
 } CheckCall;
 
@@ -25,12 +47,14 @@ static void coroutine_fn check_co(void *opaque)
 {
     CheckCall *c = opaque;
 
-    c->ret = c->bs->drv->co_check(c->bs, c->res, c->fix);
+    c->ret = c->bs->drv->co_check(c->bs, c->res, c->fix, c->report,
+                                  c->opaque);
 }
 
-int node_check(BlockNode *bs, BlockCheckResult *res, int fix)
+int node_check(BlockNode *bs, BlockCheckResult *res, int fix,
+               NodeCheckReport *report, void *opaque)
 {
-    CheckCall c = { bs, res, fix, 0 };
+    CheckCall c = { bs, res, fix, report, opaque, 0 };
 
     memset(res, 0, sizeof(*res));
     if (!bs->drv->co_check) {
@@ -52,12 +76,20 @@ typedef struct AmendCall {
     int ret;
 } AmendCall;
 
+static int coroutine_fn co_amend(AmendCall *a)
+{
+    if (!driver_require(a->bs->drv, DRIVER_CAN_AMEND, a->errp)) {
+        return -ENOTSUP;
+    }
+    return a->bs->drv->amend(a->bs, a->options, a->force, a->status,
+                             a->opaque, a->errp);
+}
+
 static void coroutine_fn amend_co(void *opaque)
 {
     AmendCall *a = opaque;
 
-    a->ret = a->bs->drv->amend(a->bs, a->options, a->force, a->status,
-                               a->opaque, a->errp);
+    a->ret = co_amend(a);
 }
 
 int node_amend(BlockNode *bs, json_t *options, bool force,
@@ -66,11 +98,6 @@ int node_amend(BlockNode *bs, json_t *options, bool force,
 {
     AmendCall a = { bs, options, force, status, opaque, errp, 0 };
 
-    if (!bs->drv->amend) {
-        error_setg(errp, "Block driver '%s' does not support option "
-                   "amendment", bs->drv->format_name);
-        return -ENOTSUP;
-    }
     block_co_call(amend_co, &a);
     return a.ret;
 }
@@ -78,12 +105,9 @@ int node_amend(BlockNode *bs, json_t *options, bool force,
 int coroutine_fn node_co_amend(BlockNode *bs, json_t *options, bool force,
                                GError **errp)
 {
-    if (!bs->drv->amend) {
-        error_setg(errp, "Block driver '%s' does not support option "
-                   "amendment", bs->drv->format_name);
-        return -ENOTSUP;
-    }
-    return bs->drv->amend(bs, options, force, NULL, NULL, errp);
+    AmendCall a = { bs, options, force, NULL, NULL, errp, 0 };
+
+    return co_amend(&a);
 }
 
 /* ---- make empty ---- */
@@ -192,9 +216,7 @@ bool node_measure(const char *fmt, json_t *options, BlockNode *in_bs,
         error_setg(errp, "Unknown file format '%s'", fmt);
         return false;
     }
-    if (!drv->measure) {
-        error_setg(errp, "Block driver '%s' does not support size "
-                   "measurement", drv->format_name);
+    if (!driver_require(drv, DRIVER_CAN_MEASURE, errp)) {
         return false;
     }
     block_co_call(measure_co, &m);

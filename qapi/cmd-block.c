@@ -21,6 +21,7 @@
 #include "qapi-events.h"
 #include "qapi-visit.h"
 #include "node-info.h"
+#include "transaction.h"
 
 static GList *monitor_nodes;    /* BlockNode *, oldest first */
 
@@ -122,18 +123,6 @@ __attribute__((constructor)) static void cmd_block_init(void)
 static bool node_is_monitor_owned(BlockNode *bs)
 {
     return g_list_find(monitor_nodes, bs) != NULL;
-}
-
-/* QEMU's bdrv_lookup_bs(): a device (strata's monitor has none) or node. */
-static BlockNode *block_lookup(const char *device, const char *node_name,
-                               GError **errp)
-{
-    BlockNode *bs = node_name ? node_find(node_name) : NULL;
-    if (!bs) {
-        error_setg(errp, "Cannot find device='%s' nor node-name='%s'",
-                   device ? device : "", node_name ? node_name : "");
-    }
-    return bs;
 }
 
 /*
@@ -253,7 +242,7 @@ fail:
 void qmp_block_resize(const char *device, const char *node_name,
                       int64_t size, GError **errp)
 {
-    BlockNode *bs = block_lookup(device, node_name, errp);
+    BlockNode *bs = txn_lookup_node(device, node_name, errp);
     if (!bs) {
         return;
     }
@@ -314,7 +303,7 @@ static BlockNode *filter_or_cow(BlockNode *bs)
 void qmp_change_backing_file(const char *device, const char *image_node_name,
                              const char *backing_file, GError **errp)
 {
-    BlockNode *bs = block_lookup(device, device, errp);
+    BlockNode *bs = txn_lookup_node(device, device, errp);
     if (!bs) {
         return;
     }
@@ -326,7 +315,7 @@ void qmp_change_backing_file(const char *device, const char *image_node_name,
         error_setg(errp, "Device has no medium");
         return;
     }
-    BlockNode *image = block_lookup(NULL, image_node_name, errp);
+    BlockNode *image = txn_lookup_node(NULL, image_node_name, errp);
     if (!image) {
         return;
     }

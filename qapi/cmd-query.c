@@ -45,10 +45,7 @@ BlockDeviceInfoList *qmp_query_named_block_nodes(bool has_flat, bool flat,
             qapi_free_BlockDeviceInfoList(list);
             return NULL;
         }
-        json_t *j = node_info_device_json(bs, has_flat && flat, errp);
-        BlockDeviceInfo *info = j ? qapi_BlockDeviceInfo_from_json(j, errp)
-                                  : NULL;
-        json_decref(j);
+        BlockDeviceInfo *info = node_info_device(bs, has_flat && flat, errp);
         if (!info) {
             qapi_free_BlockDeviceInfoList(list);
             return NULL;

@@ -10,6 +10,7 @@
 #include "strata/backend.h"
 #include "strata/block-ops.h"
 #include "strata/block.h"
+#include "strata/create.h"
 #include "strata/error.h"
 #include "strata/job.h"
 #include "qapi-commands.h"
@@ -62,16 +63,7 @@ static int coroutine_fn amend_qcow2(AmendJob *s, GError **errp)
                    "qcow2 with blockdev-amend");
         return -EOPNOTSUPP;
     }
-    json_t *flat = json_object();
-    const char *key;
-    json_t *v;
-    json_object_foreach(enc, key, v) {
-        if (strcmp(key, "format")) {
-            char *name = g_strconcat("encrypt.", key, NULL);
-            json_object_set(flat, name, v);
-            g_free(name);
-        }
-    }
+    json_t *flat = blockdev_encrypt_flat(enc);
     int ret = node_co_amend(s->bs, flat, s->force, errp);
     json_decref(flat);
     return ret;

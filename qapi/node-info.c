@@ -1,111 +1,79 @@
 /*
- * BlockDeviceInfo and ImageInfo as JSON (see node-info.h), members in
- * QAPI order.
+ * BlockDeviceInfo and ImageInfo (see node-info.h) as the generated QAPI
+ * types, from the library's description of each image.
  */
 #include <string.h>
 #include "node-info.h"
+#include "qapi-visit.h"
 #include "strata/block-events.h"
 #include "strata/block-ops.h"
 #include "strata/dirty-bitmap.h"
 #include "strata/error.h"
 #include "strata/job.h"
 
-static const char *const detect_zeroes_names[] = { "off", "on", "unmap" };
-
-static json_t *snapshot_json(const NodeSnapshot *sn)
+static SnapshotInfo *snapshot_info(const NodeSnapshot *sn)
 {
-    json_t *e = json_object();
-    json_object_set_new(e, "id", json_string(sn->id_str));
-    json_object_set_new(e, "name", json_string(sn->name));
-    json_object_set_new(e, "vm-state-size",
-                        json_integer((json_int_t)sn->vm_state_size));
-    json_object_set_new(e, "date-sec", json_integer(sn->date_sec));
-    json_object_set_new(e, "date-nsec", json_integer(sn->date_nsec));
-    json_object_set_new(e, "vm-clock-sec",
-                        json_integer((json_int_t)(sn->vm_clock_nsec /
-                                                  1000000000ull)));
-    json_object_set_new(e, "vm-clock-nsec",
-                        json_integer((json_int_t)(sn->vm_clock_nsec %
-                                                  1000000000ull)));
-    if (sn->icount != UINT64_MAX) {
-        json_object_set_new(e, "icount", json_integer((json_int_t)sn->icount));
+    SnapshotInfo *e = g_new0(SnapshotInfo, 1);
+    e->id = g_strdup(sn->id_str);
+    e->name = g_strdup(sn->name);
+    e->vm_state_size = (int64_t)sn->vm_state_size;
+    e->date_sec = sn->date_sec;
+    e->date_nsec = sn->date_nsec;
+    e->vm_clock_sec = (int64_t)(sn->vm_clock_nsec / 1000000000ull);
+    e->vm_clock_nsec = (int64_t)(sn->vm_clock_nsec % 1000000000ull);
+    e->has_icount = sn->icount != UINT64_MAX;
+    if (e->has_icount) {
+        e->icount = (int64_t)sn->icount;
     }
     return e;
 }
 
-/* QEMU's bdrv_query_image_info(): one image, without its backing image. */
-static json_t *image_info_json(BlockNode *bs, GError **errp)
+/*
+ * QEMU's bdrv_query_image_info(): one image, without its backing image.
+ * The driver's format-specific data is JSON in the library; the schema's
+ * union takes it through its generated input visitor.
+ */
+static ImageInfo *image_info(BlockNode *bs, GError **errp)
 {
-    int64_t size = node_getlength(bs);
-    if (size < 0) {
-        error_setg_errno(errp, (int)-size, "Can't get image size '%s'",
-                         node_get_filename(bs));
+    NodeImageInfo *ni = node_query_image_info(bs, errp);
+    if (!ni) {
         return NULL;
     }
-    json_t *info = json_object();
-    json_object_set_new(info, "filename",
-                        json_string_nocheck(node_get_filename(bs)));
-    json_object_set_new(info, "format", json_string(node_get_format_name(bs)));
-
-    BlockDriverInfo bdi;
-    memset(&bdi, 0, sizeof(bdi));
-    bool have_bdi = node_get_info(bs, &bdi) == 0;
-    if (have_bdi) {
-        json_object_set_new(info, "dirty-flag", json_boolean(bdi.is_dirty));
-    }
-    int64_t allocated = node_get_allocated_file_size(bs);
-    if (allocated >= 0) {
-        json_object_set_new(info, "actual-size", json_integer(allocated));
-    }
-    json_object_set_new(info, "virtual-size", json_integer(size));
-    if (have_bdi && bdi.cluster_size != 0) {
-        json_object_set_new(info, "cluster-size",
-                            json_integer(bdi.cluster_size));
-    }
-    if (node_is_encrypted(bs)) {
-        json_object_set_new(info, "encrypted", json_true());
-    }
-    if (node_backing_file(bs)[0]) {
-        /* The full name is given even when it is the same. */
-        char *full = node_get_full_backing_filename(bs);
-        json_object_set_new(info, "backing-filename",
-                            json_string_nocheck(node_backing_file(bs)));
-        if (full) {
-            json_object_set_new(info, "full-backing-filename",
-                                json_string_nocheck(full));
-        }
-        g_free(full);
-        if (node_backing_format(bs)[0]) {
-            json_object_set_new(info, "backing-filename-format",
-                                json_string(node_backing_format(bs)));
-        }
-    }
-    NodeSnapshot *list = NULL;
-    int n = node_snapshot_list(bs, &list);
-    if (n > 0) {
-        json_t *arr = json_array();
-        for (int i = 0; i < n; i++) {
-            json_array_append_new(arr, snapshot_json(&list[i]));
-        }
-        json_object_set_new(info, "snapshots", arr);
-    }
-    g_free(list);
-
-    GError *err = NULL;
-    json_t *data = node_get_specific_info(bs, &err);
-    if (err) {
-        g_propagate_error(errp, err);
-        json_decref(data);
-        json_decref(info);
-        return NULL;
-    }
-    if (data) {
-        /* QAPI's union: {"type": format, "data": {...}}. */
+    ImageInfo *info = g_new0(ImageInfo, 1);
+    if (ni->format_specific) {
         json_t *spec = json_object();
-        json_object_set_new(spec, "type", json_string(node_get_format_name(bs)));
-        json_object_set_new(spec, "data", data);
-        json_object_set_new(info, "format-specific", spec);
+        json_object_set_new(spec, "type", json_string(ni->format));
+        json_object_set(spec, "data", ni->format_specific);
+        info->format_specific = qapi_ImageInfoSpecific_from_json(spec, errp);
+        json_decref(spec);
+        if (!info->format_specific) {
+            node_image_info_free(ni);
+            qapi_free_ImageInfo(info);
+            return NULL;
+        }
     }
+    info->filename = g_steal_pointer(&ni->filename);
+    info->format = g_steal_pointer(&ni->format);
+    info->has_dirty_flag = ni->has_dirty_flag;
+    info->dirty_flag = ni->dirty_flag;
+    info->has_actual_size = ni->has_actual_size;
+    info->actual_size = ni->actual_size;
+    info->virtual_size = ni->virtual_size;
+    info->has_cluster_size = ni->cluster_size != 0;
+    info->cluster_size = ni->cluster_size;
+    info->has_encrypted = ni->encrypted;
+    info->encrypted = ni->encrypted;
+    info->backing_filename = g_steal_pointer(&ni->backing_filename);
+    info->full_backing_filename = g_steal_pointer(&ni->full_backing_filename);
+    info->backing_filename_format =
+        g_steal_pointer(&ni->backing_filename_format);
+    SnapshotInfoList **tail = &info->snapshots;
+    for (int i = 0; i < ni->nb_snapshots; i++) {
+        *tail = g_new0(SnapshotInfoList, 1);
+        (*tail)->value = snapshot_info(&ni->snapshots[i]);
+        tail = &(*tail)->next;
+    }
+    node_image_info_free(ni);
     return info;
 }
 
@@ -116,98 +84,65 @@ static BlockNode *filter_or_cow(BlockNode *bs)
     return f ? f : node_backing(bs);
 }
 
-static json_t *dirty_bitmaps_json(BlockNode *bs)
+static BlockDirtyInfoList *dirty_bitmaps_info(BlockNode *bs)
 {
-    GList *bitmaps = node_dirty_bitmaps(bs);
-    if (!bitmaps) {
-        return NULL;
-    }
-    json_t *arr = json_array();
-    for (GList *l = bitmaps; l; l = l->next) {
+    BlockDirtyInfoList *head = NULL, **tail = &head;
+
+    for (GList *l = node_dirty_bitmaps(bs); l; l = l->next) {
         DirtyBitmap *bm = l->data;
-        json_t *e = json_object();
-        if (dirty_bitmap_name(bm)) {
-            json_object_set_new(e, "name", json_string(dirty_bitmap_name(bm)));
-        }
-        json_object_set_new(e, "count", json_integer(dirty_bitmap_count(bm)));
-        json_object_set_new(e, "granularity",
-                            json_integer(dirty_bitmap_granularity(bm)));
-        json_object_set_new(e, "recording",
-                            json_boolean(dirty_bitmap_enabled(bm)));
-        json_object_set_new(e, "busy", json_boolean(dirty_bitmap_busy(bm)));
-        json_object_set_new(e, "persistent",
-                            json_boolean(dirty_bitmap_persistent(bm)));
-        if (dirty_bitmap_inconsistent(bm)) {
-            json_object_set_new(e, "inconsistent", json_true());
-        }
-        json_array_append_new(arr, e);
+        BlockDirtyInfo *e = g_new0(BlockDirtyInfo, 1);
+        e->name = g_strdup(dirty_bitmap_name(bm));
+        e->count = dirty_bitmap_count(bm);
+        e->granularity = dirty_bitmap_granularity(bm);
+        e->recording = dirty_bitmap_enabled(bm);
+        e->busy = dirty_bitmap_busy(bm);
+        e->persistent = dirty_bitmap_persistent(bm);
+        e->has_inconsistent = dirty_bitmap_inconsistent(bm);
+        e->inconsistent = e->has_inconsistent;
+        *tail = g_new0(BlockDirtyInfoList, 1);
+        (*tail)->value = e;
+        tail = &(*tail)->next;
     }
-    return arr;
+    return head;
 }
 
-json_t *node_info_device_json(BlockNode *bs, bool flat, GError **errp)
+BlockDeviceInfo *node_info_device(BlockNode *bs, bool flat, GError **errp)
 {
-    static const char *const throttle[] = {
-        "bps", "bps_rd", "bps_wr", "iops", "iops_rd", "iops_wr",
-    };
-    json_t *info = json_object();
     int flags = node_get_flags(bs);
+    BlockNode *backing = node_backing(bs);
+    BlockDeviceInfo *info = g_new(BlockDeviceInfo, 1);
 
-    json_object_set_new(info, "file", json_string_nocheck(node_get_filename(bs)));
-    json_object_set_new(info, "node-name", json_string(node_get_name(bs)));
-    json_object_set_new(info, "ro", json_boolean(node_is_read_only(bs)));
-    json_object_set_new(info, "drv", json_string(node_get_format_name(bs)));
-    if (node_backing(bs)) {
-        json_object_set_new(info, "backing_file",
-                            json_string_nocheck(
-                                node_get_filename(node_backing(bs))));
-    }
-    json_object_set_new(info, "backing_file_depth", json_integer(0));
-    json_object_set_new(info, "encrypted", json_boolean(node_is_encrypted(bs)));
-    json_object_set_new(info, "detect_zeroes",
-                        json_string(detect_zeroes_names[
-                            node_get_detect_zeroes(bs)]));
     /* No throttling without a device: QEMU reports zeros. */
-    for (size_t i = 0; i < G_N_ELEMENTS(throttle); i++) {
-        json_object_set_new(info, throttle[i], json_integer(0));
-    }
+    *info = (BlockDeviceInfo) {
+        .file = g_strdup(node_get_filename(bs)),
+        .node_name = g_strdup(node_get_name(bs)),
+        .ro = node_is_read_only(bs),
+        .drv = g_strdup(node_get_format_name(bs)),
+        .backing_file = backing ? g_strdup(node_get_filename(backing)) : NULL,
+        .encrypted = node_is_encrypted(bs),
+        .detect_zeroes =
+            (BlockdevDetectZeroesOptions)node_get_detect_zeroes(bs),
+        .cache = g_new0(BlockdevCacheInfo, 1),
+        .write_threshold = (int64_t)node_get_write_threshold(bs),
+        .dirty_bitmaps = dirty_bitmaps_info(bs),
+    };
+    info->cache->writeback = true;
+    info->cache->direct = flags & NODE_O_NOCACHE;
+    info->cache->no_flush = flags & NODE_O_NO_FLUSH;
 
     /* The image, and unless flat its chain through filters and backings. */
-    json_t *image = NULL, *last = NULL;
-    int depth = 0;
-    for (BlockNode *b = bs; b; ) {
-        json_t *ii = image_info_json(b, errp);
-        if (!ii) {
-            json_decref(image);
-            json_decref(info);
+    ImageInfo **next = &info->image;
+    for (BlockNode *b = bs; b; b = filter_or_cow(b)) {
+        *next = image_info(b, errp);
+        if (!*next) {
+            qapi_free_BlockDeviceInfo(info);
             return NULL;
         }
-        if (last) {
-            json_object_set_new(last, "backing-image", ii);
-        } else {
-            image = ii;
-        }
-        last = ii;
+        next = &(*next)->backing_image;
         if (flat || !filter_or_cow(b)) {
             break;
         }
-        depth++;
-        b = filter_or_cow(b);
-    }
-    json_object_set_new(info, "backing_file_depth", json_integer(depth));
-    json_object_set_new(info, "image", image);
-
-    json_t *cache = json_object();
-    json_object_set_new(cache, "writeback", json_true());
-    json_object_set_new(cache, "direct", json_boolean(flags & NODE_O_NOCACHE));
-    json_object_set_new(cache, "no-flush",
-                        json_boolean(flags & NODE_O_NO_FLUSH));
-    json_object_set_new(info, "cache", cache);
-    json_object_set_new(info, "write_threshold",
-                        json_integer((json_int_t)node_get_write_threshold(bs)));
-    json_t *bitmaps = dirty_bitmaps_json(bs);
-    if (bitmaps) {
-        json_object_set_new(info, "dirty-bitmaps", bitmaps);
+        info->backing_file_depth++;
     }
     return info;
 }

@@ -8,6 +8,7 @@
 #include <glib.h>
 #include <jansson.h>
 #include <stdbool.h>
+#include "qapi-types.h"
 #include "strata/block.h"
 #include "strata/job.h"
 
@@ -16,7 +17,7 @@
  * without a device: flat leaves the backing images out of "image".
  * NULL with *errp set when the image cannot be read.
  */
-json_t *node_info_device_json(BlockNode *bs, bool flat, GError **errp);
+BlockDeviceInfo *node_info_device(BlockNode *bs, bool flat, GError **errp);
 
 /*
  * A QEMU block job (not blockdev-create or amend, which QEMU runs without

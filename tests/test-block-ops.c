@@ -12,6 +12,7 @@
 #include <cmocka.h>
 
 #include <errno.h>
+#include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -123,7 +124,7 @@ static void test_unsupported(void **state)
     assert_int_equal(node_snapshot_load_tmp(bs, "1", NULL, &err), -EINVAL);
     expect_error(&err, "Device is not readonly");
 
-    assert_int_equal(node_check(bs, &res, 0), -ENOTSUP);
+    assert_int_equal(node_check(bs, &res, 0, NULL, NULL), -ENOTSUP);
     assert_int_equal(node_make_empty(bs, &err), -ENOTSUP);
     expect_error(&err, "raw does not support emptying nodes");
     assert_int_equal(node_amend(bs, NULL, false, NULL, NULL, &err), -ENOTSUP);
@@ -161,12 +162,68 @@ static void test_backing_and_check(void **state)
     assert_int_equal(node_change_backing_file(bs, NULL, NULL, false, &err), 0);
     assert_string_equal(node_backing_file(bs), "");
 
-    assert_int_equal(node_check(bs, &res, CHECK_FIX_LEAKS), 0);
+    assert_int_equal(node_check(bs, &res, CHECK_FIX_LEAKS, NULL, NULL), 0);
     assert_int_equal(res.corruptions + res.leaks + res.check_errors, 0);
     assert_true(res.image_end_offset > 0);
     assert_int_equal(node_make_empty(bs, &err), 0);
     assert_null(err);
     blk_unref(blk);
+}
+
+static void collect_line(void *opaque, const char *line)
+{
+    g_ptr_array_add(opaque, g_strdup(line));
+}
+
+/*
+ * The check's findings come back to the caller, one line each: an image
+ * whose L1 entry is cleared leaks its L2 table and data cluster.
+ */
+static void test_check_report(void **state)
+{
+    char *path = g_build_filename(tmpdir, "leak.qcow2", NULL);
+    GPtrArray *lines = g_ptr_array_new_with_free_func(g_free);
+    BlockCheckResult res;
+    GError *err = NULL;
+    uint8_t buf[512], be[8];
+
+    if (!image_create("qcow2", path, json_pack("{s:i}", "size", MiB),
+                      &err)) {
+        fail_msg("%s", err->message);
+    }
+    BlockBackend *blk = open_rw(path, "qcow2");
+    memset(buf, 0xa5, sizeof(buf));
+    assert_int_equal(blk_pwrite(blk, 0, sizeof(buf), buf, 0), 0);
+    blk_unref(blk);
+
+    /* The header's l1_table_offset (big endian at byte 40); clear entry 0. */
+    FILE *f = fopen(path, "r+b");
+    assert_non_null(f);
+    assert_int_equal(fseek(f, 40, SEEK_SET), 0);
+    assert_int_equal(fread(be, 1, 8, f), 8);
+    uint64_t l1 = 0;
+    for (int i = 0; i < 8; i++) {
+        l1 = l1 << 8 | be[i];
+    }
+    memset(be, 0, sizeof(be));
+    assert_int_equal(fseek(f, (long)l1, SEEK_SET), 0);
+    assert_int_equal(fwrite(be, 1, 8, f), 8);
+    fclose(f);
+
+    blk = open_rw(path, "qcow2");
+    assert_int_equal(node_check(blk_node(blk), &res, 0, collect_line, lines),
+                     0);
+    assert_int_equal(res.leaks, 2);
+    assert_int_equal(lines->len, 2);
+    for (guint i = 0; i < lines->len; i++) {
+        const char *line = lines->pdata[i];
+        assert_true(g_str_has_prefix(line, "Leaked cluster "));
+        assert_true(g_str_has_suffix(line, " refcount=1 reference=0"));
+    }
+    blk_unref(blk);
+    g_ptr_array_free(lines, true);
+    unlink(path);
+    g_free(path);
 }
 
 static void test_measure(void **state)
@@ -256,6 +313,7 @@ int main(void)
         cmocka_unit_test(test_snapshot_fallback),
         cmocka_unit_test(test_unsupported),
         cmocka_unit_test(test_backing_and_check),
+        cmocka_unit_test(test_check_report),
         cmocka_unit_test(test_measure),
         cmocka_unit_test(test_in_coroutine),
     };

@@ -18,12 +18,7 @@ static int qcow_init(CryptoBlock *b, const char *key_secret,
     uint8_t key[16] = { 0 };
     char *password;
 
-    if (!key_secret) {
-        error_setg(errp, "Parameter '%skey-secret' is required for cipher",
-                   optprefix ? optprefix : "");
-        return -1;
-    }
-    password = crypto_secret_lookup_utf8(key_secret, errp);
+    password = crypto_key_secret_lookup(key_secret, optprefix, errp);
     if (!password) {
         return -1;
     }

@@ -124,6 +124,12 @@ int crypto_sectors_encdec(CryptoCipher *c, CryptoIVGen *g, size_t niv,
 /* ---- secret.c: the secrets that --object secret defined ---- */
 /* The secret as a UTF-8 string, QEMU's errors when missing or invalid. */
 char *crypto_secret_lookup_utf8(const char *id, GError **errp);
+/*
+ * The same for the key-secret option a cipher needs: QEMU's "Parameter
+ * '<optprefix>key-secret' is required for cipher" when id is NULL.
+ */
+char *crypto_key_secret_lookup(const char *id, const char *optprefix,
+                               GError **errp);
 
 /* ---- block.c: an encryption layer over a block format ---- */
 typedef enum { CRYPTO_FORMAT_QCOW, CRYPTO_FORMAT_LUKS } CryptoFormat;

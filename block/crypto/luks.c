@@ -369,6 +369,23 @@ static int setup_cipher(const CryptoBlock *b, const uint8_t *key,
     return 0;
 }
 
+/* A key slot's cipher and key material, the material wiped first. */
+static void slot_work_free(CryptoCipher *cipher, CryptoIVGen *ivgen,
+                           uint8_t *slotkey, size_t klen, uint8_t *split,
+                           size_t splitlen)
+{
+    crypto_cipher_free(cipher);
+    crypto_ivgen_free(ivgen);
+    if (slotkey) {
+        memset(slotkey, 0, klen);
+    }
+    if (split) {
+        memset(split, 0, splitlen);
+    }
+    g_free(slotkey);
+    g_free(split);
+}
+
 /*
  * Try one slot: 1 if password unlocks it (masterkey filled), 0 if not or
  * the slot is unused, -1 on errors.
@@ -411,12 +428,7 @@ int luks_load_key(CryptoBlock *b, int idx, const char *password,
     ret = !memcmp(digest, b->hdr.master_key_digest, LUKS_DIGEST_LEN);
 
 out:
-    crypto_cipher_free(cipher);
-    crypto_ivgen_free(ivgen);
-    memset(slotkey, 0, klen);
-    memset(split, 0, splitlen);
-    g_free(slotkey);
-    g_free(split);
+    slot_work_free(cipher, ivgen, slotkey, klen, split, splitlen);
     return ret;
 }
 
@@ -430,12 +442,7 @@ int luks_open(CryptoBlock *b, const char *key_secret, const char *optprefix,
     int ret = -1;
 
     if (!(flags & CRYPTO_OPEN_NO_IO)) {
-        if (!key_secret) {
-            error_setg(errp, "Parameter '%skey-secret' is required for cipher",
-                       optprefix ? optprefix : "");
-            return -1;
-        }
-        password = crypto_secret_lookup_utf8(key_secret, errp);
+        password = crypto_key_secret_lookup(key_secret, optprefix, errp);
         if (!password) {
             return -1;
         }
@@ -557,12 +564,7 @@ int luks_store_key(CryptoBlock *b, int idx, const char *password,
     ret = 0;
 
 out:
-    crypto_cipher_free(cipher);
-    crypto_ivgen_free(ivgen);
-    memset(slotkey, 0, klen);
-    memset(split, 0, splitlen);
-    g_free(slotkey);
-    g_free(split);
+    slot_work_free(cipher, ivgen, slotkey, klen, split, splitlen);
     return ret;
 }
 
@@ -647,12 +649,7 @@ CryptoBlock *crypto_luks_create(const CryptoLuksCreateOpts *o,
     if (create_setup(b, o, errp) < 0) {
         goto fail;
     }
-    if (!o->key_secret) {
-        error_setg(errp, "Parameter '%skey-secret' is required for cipher",
-                   optprefix ? optprefix : "");
-        goto fail;
-    }
-    password = crypto_secret_lookup_utf8(o->key_secret, errp);
+    password = crypto_key_secret_lookup(o->key_secret, optprefix, errp);
     if (!password) {
         goto fail;
     }

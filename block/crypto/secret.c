@@ -30,6 +30,17 @@ char *crypto_secret_lookup_utf8(const char *id, GError **errp)
     return g_strndup((const char *)data, len);
 }
 
+char *crypto_key_secret_lookup(const char *id, const char *optprefix,
+                               GError **errp)
+{
+    if (!id) {
+        error_setg(errp, "Parameter '%skey-secret' is required for cipher",
+                   optprefix ? optprefix : "");
+        return NULL;
+    }
+    return crypto_secret_lookup_utf8(id, errp);
+}
+
 bool secret_aes256_cbc_decrypt(const uint8_t *key, const uint8_t *iv,
                                uint8_t *buf, size_t len, GError **errp)
 {

@@ -15,13 +15,6 @@
 
 #include "qcow2-check.h"
 
-static void report(const char *prefix, GError *err)
-{
-    const char *prog = g_get_prgname();
-    warn_print("%s: %s%s", prog ? prog : "qemu-img", prefix, err->message);
-    g_error_free(err);
-}
-
 int coroutine_fn qcow2_check_read_snapshots(BlockNode *bs,
                                             BlockCheckResult *res, int fix)
 {
@@ -40,8 +33,9 @@ int coroutine_fn qcow2_check_read_snapshots(BlockNode *bs,
                          sizeof(ptr), &ptr, 0);
     if (ret < 0) {
         res->check_errors++;
-        fprintf(stderr, "ERROR failed to read the snapshot table pointer "
-                "from the image header: %s\n", g_strerror(-ret));
+        qcow2_check_report(s, "ERROR failed to read the snapshot table "
+                           "pointer from the image header: %s",
+                           g_strerror(-ret));
         s->nb_snapshots = 0;
         s->snapshots_offset = 0;
         return ret;
@@ -50,8 +44,8 @@ int coroutine_fn qcow2_check_read_snapshots(BlockNode *bs,
     s->snapshots_offset = be64toh(ptr.offset);
 
     if (s->nb_snapshots > QCOW2_MAX_SNAPSHOTS && (fix & CHECK_FIX_ERRORS)) {
-        fprintf(stderr, "Discarding %" PRIu32 " overhanging snapshots\n",
-                s->nb_snapshots - QCOW2_MAX_SNAPSHOTS);
+        qcow2_check_report(s, "Discarding %" PRIu32 " overhanging snapshots",
+                           s->nb_snapshots - QCOW2_MAX_SNAPSHOTS);
         dropped += s->nb_snapshots - QCOW2_MAX_SNAPSHOTS;
         s->nb_snapshots = QCOW2_MAX_SNAPSHOTS;
     }
@@ -68,13 +62,12 @@ int coroutine_fn qcow2_check_read_snapshots(BlockNode *bs,
         ret = -EINVAL;
     }
     if (bad) {
-        const char *prog = g_get_prgname();
         res->check_errors++;
-        warn_print("%s: %s", prog ? prog : "qemu-img", bad);
+        qcow2_check_report_error(s, "%s", bad);
         if (s->nb_snapshots > QCOW2_MAX_SNAPSHOTS) {
-            fprintf(stderr, "You can force-remove all %" PRIu32 " "
-                    "overhanging snapshots with qemu-img check -r all\n",
-                    s->nb_snapshots - QCOW2_MAX_SNAPSHOTS);
+            qcow2_check_report(s, "You can force-remove all %" PRIu32 " "
+                               "overhanging snapshots with qemu-img check -r "
+                               "all", s->nb_snapshots - QCOW2_MAX_SNAPSHOTS);
         }
         s->nb_snapshots = 0;
         s->snapshots_offset = 0;
@@ -87,9 +80,11 @@ int coroutine_fn qcow2_check_read_snapshots(BlockNode *bs,
                                            &err);
     if (ret < 0) {
         res->check_errors++;
-        report("ERROR failed to read the snapshot table: ", err);
+        qcow2_check_report_error(s, "ERROR failed to read the snapshot table: "
+                                 "%s", err->message);
+        g_error_free(err);
         if (hint) {
-            fprintf(stderr, "%s\n", hint);
+            qcow2_check_report(s, "%s", hint);
             g_free(hint);
         }
         s->nb_snapshots = 0;
@@ -112,8 +107,8 @@ int coroutine_fn qcow2_check_read_snapshots(BlockNode *bs,
         }
         if (ret < 0) {
             res->check_errors++;
-            fprintf(stderr, "ERROR failed to update the snapshot count in "
-                    "the image header: %s\n", g_strerror(-ret));
+            qcow2_check_report(s, "ERROR failed to update the snapshot count "
+                               "in the image header: %s", g_strerror(-ret));
             return ret;
         }
         res->corruptions_fixed += dropped;
@@ -125,9 +120,9 @@ int coroutine_fn qcow2_check_read_snapshots(BlockNode *bs,
         for (uint32_t i = 0; i < s->nb_snapshots; i++) {
             if (s->snapshots[i].extra_size < 16) {
                 res->corruptions++;
-                fprintf(stderr, "%s snapshot table entry %" PRIu32 " is "
-                        "incomplete\n", (fix & CHECK_FIX_ERRORS)
-                        ? "Repairing" : "ERROR", i);
+                qcow2_check_report(s, "%s snapshot table entry %" PRIu32 " is "
+                                   "incomplete", (fix & CHECK_FIX_ERRORS)
+                                   ? "Repairing" : "ERROR", i);
             }
         }
     }
@@ -148,8 +143,8 @@ int coroutine_fn qcow2_check_fix_snapshots(BlockNode *bs,
     }
     if (ret < 0) {
         res->check_errors++;
-        fprintf(stderr, "ERROR failed to update snapshot table: %s\n",
-                g_strerror(-ret));
+        qcow2_check_report(bs->opaque, "ERROR failed to update snapshot "
+                           "table: %s", g_strerror(-ret));
         return ret;
     }
     res->corruptions_fixed += res->corruptions;

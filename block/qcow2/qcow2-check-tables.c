@@ -89,7 +89,7 @@ static int coroutine_fn zero_l2_entry(Qcow2Check *c, uint64_t l2_offset,
                               entry_offset, s->l2_entry_size);
     *overlap = ret < 0;
     if (ret < 0) {
-        fprintf(stderr, "ERROR: Overlap check failed\n");
+        qcow2_check_report(s, "ERROR: Overlap check failed");
         goto fail;
     }
     ret = child_co_pwrite(c->bs->file, (int64_t)entry_offset,
@@ -99,8 +99,8 @@ static int coroutine_fn zero_l2_entry(Qcow2Check *c, uint64_t l2_offset,
         ret = node_co_flush(c->bs->file->bs);
     }
     if (ret < 0) {
-        fprintf(stderr, "ERROR: Failed to overwrite L2 table entry: %s\n",
-                g_strerror(-ret));
+        qcow2_check_report(s, "ERROR: Failed to overwrite L2 table entry: %s",
+                           g_strerror(-ret));
         goto fail;
     }
     c->res->corruptions--;
@@ -147,29 +147,29 @@ static int coroutine_fn count_l2(Qcow2Check *c, uint64_t l2_offset,
         ClusterType type = cluster_type(s, e);
 
         if (type != CT_COMPRESSED && (e & L2E_STD_RESERVED_MASK)) {
-            fprintf(stderr, "ERROR found l2 entry with reserved bits set: "
-                    "%" PRIx64 "\n", e);
+            qcow2_check_report(s, "ERROR found l2 entry with reserved bits "
+                               "set: %" PRIx64, e);
             res->corruptions++;
         }
         switch (type) {
         case CT_COMPRESSED: {
             if (e & QCOW_OFLAG_COPIED) {
-                fprintf(stderr, "ERROR: coffset=0x%" PRIx64 ": copied flag "
-                        "must never be set for compressed clusters\n",
-                        e & s->cluster_offset_mask);
+                qcow2_check_report(s, "ERROR: coffset=0x%" PRIx64 ": copied "
+                                   "flag must never be set for compressed "
+                                   "clusters", e & s->cluster_offset_mask);
                 e &= ~QCOW_OFLAG_COPIED;
                 res->corruptions++;
             }
             if (qcow2_has_data_file(s)) {
-                fprintf(stderr, "ERROR compressed cluster %u with data file, "
-                        "entry=0x%" PRIx64 "\n", i, e);
+                qcow2_check_report(s, "ERROR compressed cluster %u with data "
+                                   "file, entry=0x%" PRIx64, i, e);
                 res->corruptions++;
                 break;
             }
             if (bitmap) {
-                fprintf(stderr, "ERROR compressed cluster %u with non-zero "
-                        "subcluster allocation bitmap, entry=0x%" PRIx64 "\n",
-                        i, e);
+                qcow2_check_report(s, "ERROR compressed cluster %u with "
+                                   "non-zero subcluster allocation bitmap, "
+                                   "entry=0x%" PRIx64, i, e);
                 res->corruptions++;
                 break;
             }
@@ -195,9 +195,9 @@ static int coroutine_fn count_l2(Qcow2Check *c, uint64_t l2_offset,
 
             if ((bitmap >> 32) & bitmap) {
                 res->corruptions++;
-                fprintf(stderr, "ERROR offset=%" PRIx64 ": Allocated cluster "
-                        "has corrupted subcluster allocation bitmap\n",
-                        offset);
+                qcow2_check_report(s, "ERROR offset=%" PRIx64 ": Allocated "
+                                   "cluster has corrupted subcluster "
+                                   "allocation bitmap", offset);
             }
             if (qcow2_offset_into_cluster(s, offset)) {
                 bool has_data = s->extended_l2
@@ -205,15 +205,15 @@ static int coroutine_fn count_l2(Qcow2Check *c, uint64_t l2_offset,
                                 : !(e & QCOW_OFLAG_ZERO);
                 res->corruptions++;
                 if (has_data) {
-                    fprintf(stderr, "ERROR offset=%" PRIx64 ": Data cluster "
-                            "is not properly aligned; L2 entry corrupted.\n",
-                            offset);
+                    qcow2_check_report(s, "ERROR offset=%" PRIx64 ": Data "
+                                       "cluster is not properly aligned; L2 "
+                                       "entry corrupted.", offset);
                 } else {
                     bool fix = c->fix & CHECK_FIX_ERRORS;
-                    fprintf(stderr, "%s offset=%" PRIx64 ": Preallocated "
-                            "cluster is not properly aligned; L2 entry "
-                            "corrupted.\n", fix ? "Repairing" : "ERROR",
-                            offset);
+                    qcow2_check_report(s, "%s offset=%" PRIx64 ": "
+                                       "Preallocated cluster is not properly "
+                                       "aligned; L2 entry corrupted.",
+                                       fix ? "Repairing" : "ERROR", offset);
                     if (fix) {
                         bool overlap;
                         ret = zero_l2_entry(c, l2_offset, l2, i, active,
@@ -247,8 +247,8 @@ static int coroutine_fn count_l2(Qcow2Check *c, uint64_t l2_offset,
         case CT_UNALLOCATED:
             if (bitmap & QCOW_L2_BITMAP_ALL_ALLOC) {
                 res->corruptions++;
-                fprintf(stderr, "ERROR: Unallocated cluster has non-zero "
-                        "subcluster allocation map\n");
+                qcow2_check_report(s, "ERROR: Unallocated cluster has "
+                                   "non-zero subcluster allocation map");
             }
             break;
         }
@@ -281,7 +281,7 @@ int coroutine_fn qcow2_check_count_l1(Qcow2Check *c, uint64_t l1_offset,
     ret = child_co_pread(c->bs->file, (int64_t)l1_offset,
                          (int64_t)l1_size * 8, l1, 0);
     if (ret < 0) {
-        fprintf(stderr, "ERROR: I/O error in check_refcounts_l1\n");
+        qcow2_check_report(s, "ERROR: I/O error in check_refcounts_l1");
         res->check_errors++;
         goto out;
     }
@@ -312,8 +312,8 @@ int coroutine_fn qcow2_check_count_l1(Qcow2Check *c, uint64_t l1_offset,
             continue;
         }
         if (l1[i] & L1E_RESERVED_MASK) {
-            fprintf(stderr, "ERROR found L1 entry with reserved bits set: "
-                    "%" PRIx64 "\n", l1[i]);
+            qcow2_check_report(s, "ERROR found L1 entry with reserved bits "
+                               "set: %" PRIx64, l1[i]);
             res->corruptions++;
         }
         uint64_t l2_offset = l1[i] & L1E_OFFSET_MASK;
@@ -322,14 +322,15 @@ int coroutine_fn qcow2_check_count_l1(Qcow2Check *c, uint64_t l1_offset,
             break;
         }
         if (qcow2_offset_into_cluster(s, l2_offset)) {
-            fprintf(stderr, "ERROR l2_offset=%" PRIx64 ": Table is not "
-                    "cluster aligned; L1 entry corrupted\n", l2_offset);
+            qcow2_check_report(s, "ERROR l2_offset=%" PRIx64 ": Table is not "
+                               "cluster aligned; L1 entry corrupted",
+                               l2_offset);
             res->corruptions++;
         }
         uint8_t *l2;
         ret = qcow2_check_table_get(c, &batch, l2_offsets, k++, n, &l2);
         if (ret < 0) {
-            fprintf(stderr, "ERROR: I/O error in check_refcounts_l2\n");
+            qcow2_check_report(s, "ERROR: I/O error in check_refcounts_l2");
             res->check_errors++;
             break;
         }
@@ -358,15 +359,16 @@ int coroutine_fn qcow2_check_count_refblocks(Qcow2Check *c)
         uint64_t cluster = offset >> s->cluster_bits;
 
         if (s->refcount_table[i] & REFT_RESERVED_MASK) {
-            fprintf(stderr, "ERROR refcount table entry %" PRIu32 " has "
-                    "reserved bits set\n", i);
+            qcow2_check_report(s, "ERROR refcount table entry %" PRIu32 " has "
+                               "reserved bits set", i);
             res->corruptions++;
             c->rebuild = true;
             continue;
         }
         if (qcow2_offset_into_cluster(s, offset)) {
-            fprintf(stderr, "ERROR refcount block %" PRIu32 " is not "
-                    "cluster aligned; refcount table entry corrupted\n", i);
+            qcow2_check_report(s, "ERROR refcount block %" PRIu32 " is not "
+                               "cluster aligned; refcount table entry "
+                               "corrupted", i);
             res->corruptions++;
             c->rebuild = true;
             continue;
@@ -374,8 +376,8 @@ int coroutine_fn qcow2_check_count_refblocks(Qcow2Check *c)
         if (cluster >= (uint64_t)c->nb_clusters) {
             bool fix = c->fix & CHECK_FIX_ERRORS;
             res->corruptions++;
-            fprintf(stderr, "%s refcount block %" PRIu32 " is outside "
-                    "image\n", fix ? "Repairing" : "ERROR", i);
+            qcow2_check_report(s, "%s refcount block %" PRIu32 " is outside "
+                               "image", fix ? "Repairing" : "ERROR", i);
             if (!fix) {
                 continue;
             }
@@ -395,9 +397,7 @@ int coroutine_fn qcow2_check_count_refblocks(Qcow2Check *c)
                                         (int64_t)(offset + s->cluster_size),
                                         false, PREALLOC_MODE_OFF, &err);
                 if (ret < 0) {
-                    const char *prog = g_get_prgname();
-                    warn_print("%s: %s", prog ? prog : "qemu-img",
-                               err->message);
+                    qcow2_check_report_error(s, "%s", err->message);
                     g_clear_error(&err);
                 }
             }
@@ -419,8 +419,8 @@ int coroutine_fn qcow2_check_count_refblocks(Qcow2Check *c)
             }
             if (ret < 0) {
                 c->rebuild = true;
-                fprintf(stderr, "ERROR could not resize image: %s\n",
-                        g_strerror(-ret));
+                qcow2_check_report(s, "ERROR could not resize image: %s",
+                                   g_strerror(-ret));
                 continue;
             }
             res->corruptions--;
@@ -438,8 +438,8 @@ int coroutine_fn qcow2_check_count_refblocks(Qcow2Check *c)
             }
             uint64_t n = qcow2_check_count_get(c, (int64_t)cluster);
             if (n != 1) {
-                fprintf(stderr, "ERROR refcount block %" PRIu32
-                        " refcount=%" PRIu64 "\n", i, n);
+                qcow2_check_report(s, "ERROR refcount block %" PRIu32 " "
+                                   "refcount=%" PRIu64, i, n);
                 res->corruptions++;
                 c->rebuild = true;
             }

@@ -3,9 +3,10 @@
  * file from the metadata (header, L1 and L2 tables of the image and its
  * snapshots, the snapshot table, the refcount structures, persistent
  * bitmaps), compare with the stored refcounts, and check that the
- * "copied" flags agree with the refcounts.  Problems are printed to stderr
- * as they are found, in QEMU 7.2's words, and counted as QEMU counts them,
- * so that the report and the exit status of `check` are qemu-img's.
+ * "copied" flags agree with the refcounts.  Problems are reported to the
+ * caller's callback (node_check()) as they are found, one line each in
+ * QEMU 7.2's words, and counted as QEMU counts them, so that the report
+ * and the exit status of `check` are qemu-img's.
  *
  * Repairs follow QEMU's choices so that a repaired image is the one QEMU
  * would leave: leaks and too-low counts of clusters that have a refcount
@@ -21,6 +22,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -95,9 +97,9 @@ int qcow2_check_count_range(Qcow2Check *c, uint64_t offset, uint64_t size)
     if (offset > (uint64_t)INT64_MAX - size ||
         (offset + size > (uint64_t)c->file_len &&
          offset + size - (uint64_t)c->file_len >= s->cluster_size)) {
-        fprintf(stderr, "ERROR: counting reference for region exceeding the "
-                "end of the file by one cluster or more: offset 0x%" PRIx64
-                " size 0x%" PRIx64 "\n", offset, size);
+        qcow2_check_report(s, "ERROR: counting reference for region exceeding "
+                           "the end of the file by one cluster or more: offset "
+                           "0x%" PRIx64 " size 0x%" PRIx64, offset, size);
         c->res->corruptions++;
         return 0;
     }
@@ -113,11 +115,12 @@ int qcow2_check_count_range(Qcow2Check *c, uint64_t offset, uint64_t size)
         }
         uint64_t n = qcow2_check_count_get(c, k);
         if (n == s->refcount_max) {
-            fprintf(stderr, "ERROR: overflow cluster offset=0x%" PRIx64 "\n",
-                    (uint64_t)k << s->cluster_bits);
-            fprintf(stderr, "Use qemu-img amend to increase the refcount "
-                    "entry width or qemu-img convert to create a clean copy "
-                    "if the image cannot be opened for writing\n");
+            qcow2_check_report(s, "ERROR: overflow cluster offset=0x%" PRIx64,
+                               (uint64_t)k << s->cluster_bits);
+            qcow2_check_report(s, "Use qemu-img amend to increase the "
+                               "refcount entry width or qemu-img convert to "
+                               "create a clean copy if the image cannot be "
+                               "opened for writing");
             c->res->corruptions++;
             continue;
         }
@@ -257,24 +260,25 @@ static int coroutine_fn calculate_refcounts(Qcow2Check *c)
         return ret;
     }
     if (qcow2_has_data_file(s) && s->nb_snapshots) {
-        fprintf(stderr, "ERROR %" PRIu32 " snapshots in image with data "
-                "file\n", s->nb_snapshots);
+        qcow2_check_report(s, "ERROR %" PRIu32 " snapshots in image with data "
+                           "file", s->nb_snapshots);
         res->corruptions++;
     }
     for (uint32_t i = 0; i < s->nb_snapshots; i++) {
         Qcow2Snapshot *sn = &s->snapshots[i];
 
         if (qcow2_offset_into_cluster(s, sn->l1_table_offset)) {
-            fprintf(stderr, "ERROR snapshot %s (%s) l1_offset=%#" PRIx64 ": "
-                    "L1 table is not cluster aligned; snapshot table entry "
-                    "corrupted\n", sn->id_str, sn->name, sn->l1_table_offset);
+            qcow2_check_report(s, "ERROR snapshot %s (%s) l1_offset=%#" PRIx64
+                               ": L1 table is not cluster aligned; snapshot "
+                               "table entry corrupted", sn->id_str, sn->name,
+                               sn->l1_table_offset);
             res->corruptions++;
             continue;
         }
         if (sn->l1_size > QCOW2_MAX_L1_BYTES / 8) {
-            fprintf(stderr, "ERROR snapshot %s (%s) l1_size=%#" PRIx32 ": "
-                    "L1 table is too large; snapshot table entry "
-                    "corrupted\n", sn->id_str, sn->name, sn->l1_size);
+            qcow2_check_report(s, "ERROR snapshot %s (%s) l1_size=%#" PRIx32
+                               ": L1 table is too large; snapshot table entry "
+                               "corrupted", sn->id_str, sn->name, sn->l1_size);
             res->corruptions++;
             continue;
         }
@@ -322,8 +326,8 @@ static int coroutine_fn compare_refcounts(Qcow2Check *c, int fix,
 
         ret = stored_refcount(&r, i, &have);
         if (ret < 0) {
-            fprintf(stderr, "Can't get refcount for cluster %" PRId64 ": %s\n",
-                    i, g_strerror(-ret));
+            qcow2_check_report(s, "Can't get refcount for cluster %" PRId64
+                               ": %s", i, g_strerror(-ret));
             res->check_errors++;
             continue;
         }
@@ -341,10 +345,11 @@ static int coroutine_fn compare_refcounts(Qcow2Check *c, int fix,
         } else if (have < want && (fix & CHECK_FIX_ERRORS)) {
             fixed = &res->corruptions_fixed;
         }
-        fprintf(stderr, "%s cluster %" PRId64 " refcount=%" PRIu64
-                " reference=%" PRIu64 "\n",
-                fixed ? "Repairing" : have < want ? "ERROR" : "Leaked",
-                i, have, want);
+        qcow2_check_report(s, "%s cluster %" PRId64 " refcount=%" PRIu64 " "
+                           "reference=%" PRIu64,
+                           fixed ? "Repairing"
+                           : have < want ? "ERROR" : "Leaked",
+                           i, have, want);
         if (fixed) {
             ret = qcow2_update_refcount_range(
                 c->bs, (uint64_t)i << s->cluster_bits, s->cluster_size,
@@ -428,9 +433,9 @@ static int coroutine_fn check_copied(Qcow2Check *c)
                               &rc);
         if (ret >= 0 && (rc == 1) != !!(l1e & QCOW_OFLAG_COPIED)) {
             res->corruptions++;
-            fprintf(stderr, "%s OFLAG_COPIED L2 cluster: l1_index=%" PRIu32
-                    " l1_entry=%" PRIx64 " refcount=%" PRIu64 "\n",
-                    repair ? "Repairing" : "ERROR", i, l1e, rc);
+            qcow2_check_report(s, "%s OFLAG_COPIED L2 cluster: l1_index=%"
+                               PRIu32 " l1_entry=%" PRIx64 " refcount=%" PRIu64,
+                               repair ? "Repairing" : "ERROR", i, l1e, rc);
             if (repair) {
                 uint64_t be;
                 s->l1_table[i] = rc == 1 ? l1e | QCOW_OFLAG_COPIED
@@ -458,8 +463,8 @@ static int coroutine_fn check_copied(Qcow2Check *c)
         ret = qcow2_check_table_get(c, &batch, l2_offsets, batch_index, n,
                                     &l2);
         if (ret < 0) {
-            fprintf(stderr, "ERROR: Could not read L2 table: %s\n",
-                    g_strerror(-ret));
+            qcow2_check_report(s, "ERROR: Could not read L2 table: %s",
+                               g_strerror(-ret));
             res->check_errors++;
             goto out;
         }
@@ -488,9 +493,9 @@ static int coroutine_fn check_copied(Qcow2Check *c)
             }
             if ((rc == 1) != !!(e & QCOW_OFLAG_COPIED)) {
                 res->corruptions++;
-                fprintf(stderr, "%s OFLAG_COPIED data cluster: l2_entry=%"
-                        PRIx64 " refcount=%" PRIu64 "\n",
-                        repair ? "Repairing" : "ERROR", e, rc);
+                qcow2_check_report(s, "%s OFLAG_COPIED data cluster: l2_entry=%"
+                                   PRIx64 " refcount=%" PRIu64,
+                                   repair ? "Repairing" : "ERROR", e, rc);
                 if (repair) {
                     qcow2_set_l2_entry(s, l2, j, rc == 1
                                        ? e | QCOW_OFLAG_COPIED
@@ -503,16 +508,17 @@ static int coroutine_fn check_copied(Qcow2Check *c)
             ret = qcow2_check_overlap(c->bs, QCOW2_OL_ACTIVE_L2, l2_offset,
                                       s->cluster_size);
             if (ret < 0) {
-                fprintf(stderr, "ERROR: Could not write L2 table; metadata "
-                        "overlap check failed: %s\n", g_strerror(-ret));
+                qcow2_check_report(s, "ERROR: Could not write L2 table; "
+                                   "metadata overlap check failed: %s",
+                                   g_strerror(-ret));
                 res->check_errors++;
                 goto out;
             }
             ret = child_co_pwrite(c->bs->file, (int64_t)l2_offset,
                                   (int64_t)s->cluster_size, l2, 0);
             if (ret < 0) {
-                fprintf(stderr, "ERROR: Could not write L2 table: %s\n",
-                        g_strerror(-ret));
+                qcow2_check_report(s, "ERROR: Could not write L2 table: %s",
+                                   g_strerror(-ret));
                 res->check_errors++;
                 goto out;
             }
@@ -530,13 +536,6 @@ out:
 }
 
 /* ---- The refcount check ---- */
-
-static void report_error(GError *err)
-{
-    const char *prog = g_get_prgname();
-    warn_print("%s: %s", prog ? prog : "qemu-img", err->message);
-    g_error_free(err);
-}
 
 static int coroutine_fn check_refcounts(BlockNode *bs, BlockCheckResult *res,
                                         int fix)
@@ -586,10 +585,11 @@ static int coroutine_fn check_refcounts(BlockNode *bs, BlockCheckResult *res,
         int64_t fresh_leaks = 0;
         GError *err = NULL;
 
-        fprintf(stderr, "Rebuilding refcount structure\n");
+        qcow2_check_report(s, "Rebuilding refcount structure");
         ret = qcow2_check_rebuild_refcounts(&c, &err);
         if (ret < 0) {
-            report_error(err);
+            qcow2_check_report_error(s, "%s", err->message);
+            g_error_free(err);
             goto out;
         }
         res->corruptions = 0;
@@ -616,8 +616,8 @@ static int coroutine_fn check_refcounts(BlockNode *bs, BlockCheckResult *res,
             memset(res, 0, sizeof(*res));
             ret = compare_refcounts(&c, CHECK_FIX_LEAKS, &highest);
             if (c.rebuild) {
-                fprintf(stderr, "ERROR rebuilt refcount structure is still "
-                        "broken\n");
+                qcow2_check_report(s, "ERROR rebuilt refcount structure is "
+                                   "still broken");
             }
             fresh_leaks = res->leaks;
             *res = saved;
@@ -635,7 +635,7 @@ static int coroutine_fn check_refcounts(BlockNode *bs, BlockCheckResult *res,
         res->leaks += fresh_leaks;
     } else if (fix) {
         if (c.rebuild) {
-            fprintf(stderr, "ERROR need to rebuild refcount structures\n");
+            qcow2_check_report(s, "ERROR need to rebuild refcount structures");
             res->check_errors++;
             ret = -EIO;
             goto out;
@@ -677,8 +677,42 @@ static void add_result(BlockCheckResult *out, const BlockCheckResult *in,
     }
 }
 
-int coroutine_fn qcow2_co_check_locked(BlockNode *bs, BlockCheckResult *res,
-                                       int fix)
+static void vreport(Qcow2State *s, const char *prefix, const char *fmt,
+                    va_list ap)
+{
+    char *msg = g_strdup_vprintf(fmt, ap);
+    char *line = g_strconcat(prefix, msg, NULL);
+
+    if (s->check_report) {
+        s->check_report(s->check_report_opaque, line);
+    } else {
+        warn_print("%s", line);
+    }
+    g_free(line);
+    g_free(msg);
+}
+
+void qcow2_check_report(Qcow2State *s, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vreport(s, "", fmt, ap);
+    va_end(ap);
+}
+
+void qcow2_check_report_error(Qcow2State *s, const char *fmt, ...)
+{
+    const char *prog = g_get_prgname();
+    char *prefix = g_strconcat(prog ? prog : "qemu-img", ": ", NULL);
+    va_list ap;
+    va_start(ap, fmt);
+    vreport(s, prefix, fmt, ap);
+    va_end(ap);
+    g_free(prefix);
+}
+
+static int coroutine_fn check_locked(BlockNode *bs, BlockCheckResult *res,
+                                     int fix)
 {
     BlockCheckResult sn_res = { 0 }, rc_res = { 0 };
     int ret;
@@ -697,5 +731,19 @@ int coroutine_fn qcow2_co_check_locked(BlockNode *bs, BlockCheckResult *res,
     }
     ret = qcow2_check_fix_snapshots(bs, &sn_res, fix);
     add_result(res, &sn_res, false);
+    return ret;
+}
+
+int coroutine_fn qcow2_co_check_locked(BlockNode *bs, BlockCheckResult *res,
+                                       int fix, NodeCheckReport *report,
+                                       void *opaque)
+{
+    Qcow2State *s = bs->opaque;
+
+    s->check_report = report;
+    s->check_report_opaque = opaque;
+    int ret = check_locked(bs, res, fix);
+    s->check_report = NULL;
+    s->check_report_opaque = NULL;
     return ret;
 }

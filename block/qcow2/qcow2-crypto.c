@@ -20,24 +20,35 @@
 
 /* ---- Opening ---- */
 
-static int coroutine_fn hdr_read(void *opaque, uint64_t offset, uint8_t *buf,
-                                 size_t len, GError **errp)
+/*
+ * The crypto header's bytes [offset, offset + len) in its extension area,
+ * read into rbuf or written from wbuf.  QEMU says "read" for a failed
+ * write too.
+ */
+static int coroutine_fn hdr_io(BlockNode *bs, uint64_t offset, uint8_t *rbuf,
+                               const uint8_t *wbuf, size_t len, GError **errp)
 {
-    BlockNode *bs = opaque;
     Qcow2State *s = bs->opaque;
+    int64_t pos = (int64_t)(s->crypto_header_offset + offset);
     int ret;
 
     if (offset + len > s->crypto_header_length) {
         error_setg(errp, "Request for data outside of extension header");
         return -1;
     }
-    ret = child_co_pread(bs->file, (int64_t)(s->crypto_header_offset + offset),
-                         (int64_t)len, buf, 0);
+    ret = wbuf ? child_co_pwrite(bs->file, pos, (int64_t)len, wbuf, 0)
+               : child_co_pread(bs->file, pos, (int64_t)len, rbuf, 0);
     if (ret < 0) {
         error_setg_errno(errp, -ret, "Could not read encryption header");
         return -1;
     }
     return 0;
+}
+
+static int coroutine_fn hdr_read(void *opaque, uint64_t offset, uint8_t *buf,
+                                 size_t len, GError **errp)
+{
+    return hdr_io(opaque, offset, buf, NULL, len, errp);
 }
 
 /*
@@ -250,21 +261,7 @@ static int coroutine_fn hdr_write(void *opaque, uint64_t offset,
                                   const uint8_t *buf, size_t len,
                                   GError **errp)
 {
-    BlockNode *bs = opaque;
-    Qcow2State *s = bs->opaque;
-    int ret;
-
-    if (offset + len > s->crypto_header_length) {
-        error_setg(errp, "Request for data outside of extension header");
-        return -1;
-    }
-    ret = child_co_pwrite(bs->file, (int64_t)(s->crypto_header_offset + offset),
-                          (int64_t)len, buf, 0);
-    if (ret < 0) {
-        error_setg_errno(errp, -ret, "Could not read encryption header");
-        return -1;
-    }
-    return 0;
+    return hdr_io(opaque, offset, NULL, buf, len, errp);
 }
 
 static const char *opt_str(json_t *options, const char *key)

@@ -143,16 +143,7 @@ static int coroutine_fn set_up_encryption(BlockNode *bs, BlockNode *data_bs,
         return -EINVAL;
     }
     /* The crypto setup reads qemu-img's flat "encrypt.*" names. */
-    json_t *flat = json_object();
-    const char *k;
-    json_t *v;
-    json_object_foreach(encrypt, k, v) {
-        if (strcmp(k, "format")) {
-            char *key = g_strconcat("encrypt.", k, NULL);
-            json_object_set(flat, key, v);
-            g_free(key);
-        }
-    }
+    json_t *flat = blockdev_encrypt_flat(encrypt);
     json_t *ref = json_pack("{ss}", "file", node_get_name(bs));
     if (data_bs) {
         json_object_set_new(ref, "data-file",

@@ -551,7 +551,8 @@ static void coroutine_fn open_co(void *opaque)
         BlockCheckResult res;
         co_mutex_lock(&s->lock);
         ret = qcow2_co_check_locked(bs, &res,
-                                    CHECK_FIX_LEAKS | CHECK_FIX_ERRORS);
+                                    CHECK_FIX_LEAKS | CHECK_FIX_ERRORS,
+                                    NULL, NULL);
         co_mutex_unlock(&s->lock);
         if (ret >= 0) {
             ret = qcow2_clear_incompat_bit(bs, QCOW2_INCOMPAT_DIRTY);
@@ -1451,14 +1452,15 @@ static void qcow2_child_perm(BlockNode *bs, BlockChild *c, unsigned role,
 }
 
 static int coroutine_fn qcow2_co_check(BlockNode *bs, BlockCheckResult *res,
-                                       int fix)
+                                       int fix, NodeCheckReport *report,
+                                       void *opaque)
 {
     Qcow2State *s = bs->opaque;
     int ret;
 
     co_mutex_lock(&s->lock);
     qcow2_wait_inflight(bs, 0, UINT64_MAX);
-    ret = qcow2_co_check_locked(bs, res, fix);
+    ret = qcow2_co_check_locked(bs, res, fix, report, opaque);
     /* A fully repaired image is clean and consistent again. */
     if (ret >= 0 && fix && !res->corruptions && !res->check_errors &&
         s->version >= 3) {

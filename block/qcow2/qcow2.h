@@ -131,6 +131,9 @@ typedef struct Qcow2State {
     bool dirty_set_by_us;            /* we set the dirty bit (lazy) */
     bool corrupt;                    /* marked corrupt: read-only from now */
     bool signaled_corruption;        /* a corruption message was printed */
+    /* While a check runs: where its messages go (qcow2_check_report). */
+    NodeCheckReport *check_report;
+    void *check_report_opaque;
     uint64_t l2_cache_bytes;
     uint64_t refcount_cache_bytes;
     int overlap_check;               /* QCOW2_OL_* mask */
@@ -565,11 +568,19 @@ int coroutine_fn qcow2_txn_commit(Qcow2MetaTxn *t, const Qcow2TxnHeader *h,
 /* ---- qcow2-check.c ---- */
 
 /*
- * Count references and compare with the refcounts, printing each problem
- * to stderr in QEMU's words; fix is CHECK_FIX_*.  Lock held.
+ * Count references and compare with the refcounts, reporting each problem
+ * in QEMU's words to report (NULL: warn_print); fix is CHECK_FIX_*.
+ * Lock held.
  */
 int coroutine_fn qcow2_co_check_locked(BlockNode *bs, BlockCheckResult *res,
-                                       int fix);
+                                       int fix, NodeCheckReport *report,
+                                       void *opaque);
+/* One line of the running check's report (no newline). */
+void qcow2_check_report(Qcow2State *s, const char *fmt, ...)
+    G_GNUC_PRINTF(2, 3);
+/* The same for an error, as QEMU's error_report() shows it: "prog: ...". */
+void qcow2_check_report_error(Qcow2State *s, const char *fmt, ...)
+    G_GNUC_PRINTF(2, 3);
 
 /* ---- qcow2-amend.c ---- */
 

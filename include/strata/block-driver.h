@@ -185,9 +185,10 @@ struct BlockDriver {
     json_t *(*get_specific_info)(BlockNode *bs, GError **errp);
     /*
      * Consistency check (qemu-img check); fix is CHECK_FIX_*.  Problems
-     * found are printed to stderr as they are found, as QEMU does.
+     * found go to report as they are found (see node_check()).
      */
-    int (*co_check)(BlockNode *bs, BlockCheckResult *res, int fix);
+    int (*co_check)(BlockNode *bs, BlockCheckResult *res, int fix,
+                    NodeCheckReport *report, void *opaque);
     /*
      * The VM state area (savevm; qemu-io read/write -b), pos bytes into
      * it; coroutine context.  Without them, requests go to the primary

@@ -119,6 +119,33 @@ int node_get_info(BlockNode *bs, BlockDriverInfo *bdi);
  */
 json_t *node_get_specific_info(BlockNode *bs, GError **errp);
 
+/*
+ * QEMU's ImageInfo for one image without its backing image
+ * (bdrv_query_image_info()): what strata-img info prints and what QMP
+ * returns as a node's "image".  Optional members are absent as stated.
+ */
+typedef struct NodeImageInfo {
+    char *filename;
+    char *format;
+    bool has_dirty_flag;           /* the driver answers get_info */
+    bool dirty_flag;
+    bool has_actual_size;
+    int64_t actual_size;
+    int64_t virtual_size;
+    int64_t cluster_size;          /* 0: not known */
+    bool encrypted;
+    char *backing_filename;        /* NULL: no backing file */
+    char *full_backing_filename;   /* NULL: cannot be determined */
+    char *backing_filename_format; /* NULL: not recorded */
+    NodeSnapshot *snapshots;       /* nb_snapshots of them */
+    int nb_snapshots;
+    json_t *format_specific;       /* the driver's "data", NULL: none */
+} NodeImageInfo;
+
+/* NULL with *errp set when the image cannot be read. */
+NodeImageInfo *node_query_image_info(BlockNode *bs, GError **errp);
+void node_image_info_free(NodeImageInfo *info);
+
 /* ---- Internal snapshots (block/snapshot.c) ---- */
 
 /*
@@ -150,10 +177,14 @@ int node_snapshot_load_tmp(BlockNode *bs, const char *id, const char *name,
 
 /*
  * Consistency check; fix is CHECK_FIX_*.  -ENOTSUP when the format has
- * no check.  qcow2 still prints each problem it finds to stderr as it
- * finds it, as qemu-img does (the one place the library prints).
+ * no check.  Each problem (or repair) is reported as it is found, one
+ * line in QEMU's words without the newline, to report(opaque, line);
+ * qemu-img prints them to stderr.  With report NULL they go to
+ * warn_print(), as do those of the repair of a dirty image on open.
  */
-int node_check(BlockNode *bs, BlockCheckResult *res, int fix);
+typedef void NodeCheckReport(void *opaque, const char *line);
+int node_check(BlockNode *bs, BlockCheckResult *res, int fix,
+               NodeCheckReport *report, void *opaque);
 /*
  * Change options of an existing image (qemu-img amend, x-blockdev-amend):
  * options by their creation names (bools as booleans, numbers as integers

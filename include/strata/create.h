@@ -36,4 +36,12 @@ int coroutine_fn blockdev_co_create(json_t *options, GError **errp);
  */
 BlockNode *blockdev_ref_open(json_t *ref, GError **errp);
 
+/*
+ * QMP's qcow2 "encrypt" object (creation or amendment: "format" and the
+ * crypto members) as the flat "encrypt.key-secret", "encrypt.cipher-alg",
+ * ... options that qemu-img passes and the qcow2 driver reads; "format"
+ * is left out.  A new object; encrypt is borrowed.
+ */
+json_t *blockdev_encrypt_flat(json_t *encrypt);
+
 #endif

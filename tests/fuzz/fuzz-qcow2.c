@@ -57,7 +57,7 @@ static void coroutine_fn check_co(void *opaque)
     CheckRun *c = opaque;
 
     memset(&c->res, 0, sizeof(c->res));
-    c->ret = c->bs->drv->co_check(c->bs, &c->res, c->fix);
+    c->ret = c->bs->drv->co_check(c->bs, &c->res, c->fix, NULL, NULL);
 }
 
 /* What strata-img check [-r all] does with the image. */

@@ -93,6 +93,13 @@ static void dump_json(const BlockCheckResult *r, const char *filename,
     json_decref(o);
 }
 
+/* The check's findings, as qemu-img prints them while it checks. */
+static void print_problem(void *opaque, const char *line)
+{
+    (void)opaque;
+    fprintf(stderr, "%s\n", line);
+}
+
 int img_check(int argc, char **argv)
 {
     static const struct option long_options[] = {
@@ -141,11 +148,9 @@ int img_check(int argc, char **argv)
         img_error_exit("Expecting one image file name");
     }
     filename = argv[optind];
-    if (output && strcmp(output, "json") && strcmp(output, "human")) {
-        tool_error("--output must be used with human or json as argument.");
+    if (!img_output_format(output, &json)) {
         return 1;
     }
-    json = output && !strcmp(output, "json");
     if (tool_parse_cache_mode(cache, &spec.flags, &spec.writethrough) < 0) {
         tool_error("Invalid source cache option: %s", cache);
         return 1;
@@ -157,7 +162,7 @@ int img_check(int argc, char **argv)
         return 1;
     }
     BlockNode *bs = blk_node(blk);
-    ret = node_check(bs, &res, fix);
+    ret = node_check(bs, &res, fix, print_problem, NULL);
     if (ret == -ENOTSUP) {
         tool_error("This image format does not support checks");
         blk_unref(blk);
@@ -171,7 +176,7 @@ int img_check(int argc, char **argv)
                    " corruptions\n\nDouble checking the fixed image now...\n",
                    lf, cf);
         }
-        ret = node_check(bs, &res, 0);
+        ret = node_check(bs, &res, 0, print_problem, NULL);
         res.corruptions_fixed = cf;
         res.leaks_fixed = lf;
     }

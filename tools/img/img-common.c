@@ -73,6 +73,16 @@ int64_t img_cvtnum(const char *name, const char *value)
     return img_cvtnum_full(name, value, 0, INT64_MAX);
 }
 
+bool img_output_format(const char *output, bool *json)
+{
+    if (output && strcmp(output, "json") && strcmp(output, "human")) {
+        tool_error("--output must be used with human or json as argument.");
+        return false;
+    }
+    *json = output && !strcmp(output, "json");
+    return true;
+}
+
 bool img_strtoi(const char *value, int *out)
 {
     char *end;

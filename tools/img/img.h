@@ -77,6 +77,12 @@ int64_t img_cvtnum(const char *name, const char *value);
 /* qemu_strtoi(value, NULL, 0, &out): the whole string, an int. */
 bool img_strtoi(const char *value, int *out);
 
+/*
+ * --output=human|json (NULL: human) into *json; anything else gets
+ * qemu-img's message and false.
+ */
+bool img_output_format(const char *output, bool *json);
+
 /* ---- img-common.c: opening images ---- */
 
 typedef struct ImgOpenSpec {

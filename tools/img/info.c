@@ -2,12 +2,10 @@
  * strata-img info [--object objectdef] [--image-opts] [-f fmt]
  *                 [--output=ofmt] [--backing-chain] [-U] filename
  *
- * The information about one image is collected into a JSON object built
- * in QAPI ImageInfo member order (filename, format, dirty-flag,
- * actual-size, virtual-size, cluster-size, encrypted, backing-filename,
- * full-backing-filename, backing-filename-format, format-specific): the
- * JSON output sorts it the way QEMU's QDict does, and the human output
- * reads the same object, so both show the same facts.
+ * The information about one image is the library's NodeImageInfo (the
+ * same that QMP reports); the JSON output is built from it in QAPI
+ * ImageInfo member order and sorted the way QEMU's QDict does, and the
+ * human output reads the same value, so both show the same facts.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -24,194 +22,135 @@ enum {
     OPTION_BACKING_CHAIN,
 };
 
-/* bdrv_query_image_info(): NULL with *errp on failure. */
-static json_t *query_image_info(BlockNode *bs, GError **errp)
+/* The format-specific information as QAPI's union (new reference). */
+static json_t *specific_json(const NodeImageInfo *info)
 {
-    int64_t size = node_getlength(bs);
-    int64_t allocated;
-    BlockDriverInfo bdi;
-    json_t *info;
+    json_t *spec = json_object();
+    json_object_set_new(spec, "type", json_string(info->format));
+    json_object_set(spec, "data", info->format_specific);
+    return spec;
+}
 
-    if (size < 0) {
-        error_setg_errno(errp, (int)-size, "Can't get image size '%s'",
-                         node_get_filename(bs));
-        return NULL;
-    }
-    info = json_object();
-    json_object_set_new(info, "filename",
-                        json_string_nocheck(node_get_filename(bs)));
-    json_object_set_new(info, "format",
-                        json_string(node_get_format_name(bs)));
+/* info as QAPI's ImageInfo, members in schema order. */
+static json_t *image_info_json(const NodeImageInfo *info)
+{
+    json_t *j = json_object();
 
-    memset(&bdi, 0, sizeof(bdi));
-    /* As QEMU: a driver that can answer get_info has a dirty flag. */
-    bool have_bdi = node_get_info(bs, &bdi) == 0;
-    if (have_bdi) {
-        json_object_set_new(info, "dirty-flag", json_boolean(bdi.is_dirty));
+    json_object_set_new(j, "filename", json_string_nocheck(info->filename));
+    json_object_set_new(j, "format", json_string(info->format));
+    if (info->has_dirty_flag) {
+        json_object_set_new(j, "dirty-flag", json_boolean(info->dirty_flag));
     }
-    allocated = node_get_allocated_file_size(bs);
-    if (allocated >= 0) {
-        json_object_set_new(info, "actual-size", json_integer(allocated));
+    if (info->has_actual_size) {
+        json_object_set_new(j, "actual-size", json_integer(info->actual_size));
     }
-    json_object_set_new(info, "virtual-size", json_integer(size));
-    if (have_bdi && bdi.cluster_size != 0) {
-        json_object_set_new(info, "cluster-size",
-                            json_integer(bdi.cluster_size));
+    json_object_set_new(j, "virtual-size", json_integer(info->virtual_size));
+    if (info->cluster_size) {
+        json_object_set_new(j, "cluster-size",
+                            json_integer(info->cluster_size));
     }
-    if (node_is_encrypted(bs)) {
-        json_object_set_new(info, "encrypted", json_true());
+    if (info->encrypted) {
+        json_object_set_new(j, "encrypted", json_true());
     }
-    if (node_backing_file(bs)[0]) {
-        /* The full name is always given, even when it is the same. */
-        char *full = node_get_full_backing_filename(bs);
-        json_object_set_new(info, "backing-filename",
-                            json_string_nocheck(node_backing_file(bs)));
-        if (full) {
-            json_object_set_new(info, "full-backing-filename",
-                                json_string_nocheck(full));
-        }
-        g_free(full);
-        if (node_backing_format(bs)[0]) {
-            json_object_set_new(info, "backing-filename-format",
-                                json_string(node_backing_format(bs)));
-        }
+    if (info->backing_filename) {
+        json_object_set_new(j, "backing-filename",
+                            json_string_nocheck(info->backing_filename));
     }
-    {
-        /* QAPI's SnapshotInfo, members in schema order. */
-        NodeSnapshot *list = NULL;
-        int n = node_snapshot_list(bs, &list);
-        if (n > 0) {
-            json_t *arr = json_array();
-            for (int i = 0; i < n; i++) {
-                json_t *e = json_object();
-                json_object_set_new(e, "id", json_string(list[i].id_str));
-                json_object_set_new(e, "name", json_string(list[i].name));
-                json_object_set_new(e, "vm-state-size",
-                                    json_integer((json_int_t)
-                                                 list[i].vm_state_size));
-                json_object_set_new(e, "date-sec",
-                                    json_integer(list[i].date_sec));
-                json_object_set_new(e, "date-nsec",
-                                    json_integer(list[i].date_nsec));
-                json_object_set_new(e, "vm-clock-sec",
-                                    json_integer((json_int_t)
-                                                 (list[i].vm_clock_nsec /
-                                                  1000000000ull)));
-                json_object_set_new(e, "vm-clock-nsec",
-                                    json_integer((json_int_t)
-                                                 (list[i].vm_clock_nsec %
-                                                  1000000000ull)));
-                if (list[i].icount != UINT64_MAX) {
-                    json_object_set_new(e, "icount",
-                                        json_integer((json_int_t)
-                                                     list[i].icount));
-                }
-                json_array_append_new(arr, e);
+    if (info->full_backing_filename) {
+        json_object_set_new(j, "full-backing-filename",
+                            json_string_nocheck(info->full_backing_filename));
+    }
+    if (info->backing_filename_format) {
+        json_object_set_new(j, "backing-filename-format",
+                            json_string(info->backing_filename_format));
+    }
+    if (info->nb_snapshots) {
+        json_t *arr = json_array();
+        for (int i = 0; i < info->nb_snapshots; i++) {
+            const NodeSnapshot *sn = &info->snapshots[i];
+            json_t *e = json_object();
+            json_object_set_new(e, "id", json_string(sn->id_str));
+            json_object_set_new(e, "name", json_string(sn->name));
+            json_object_set_new(e, "vm-state-size",
+                                json_integer((json_int_t)sn->vm_state_size));
+            json_object_set_new(e, "date-sec", json_integer(sn->date_sec));
+            json_object_set_new(e, "date-nsec", json_integer(sn->date_nsec));
+            json_object_set_new(e, "vm-clock-sec",
+                                json_integer((json_int_t)
+                                             (sn->vm_clock_nsec /
+                                              1000000000ull)));
+            json_object_set_new(e, "vm-clock-nsec",
+                                json_integer((json_int_t)
+                                             (sn->vm_clock_nsec %
+                                              1000000000ull)));
+            if (sn->icount != UINT64_MAX) {
+                json_object_set_new(e, "icount",
+                                    json_integer((json_int_t)sn->icount));
             }
-            json_object_set_new(info, "snapshots", arr);
+            json_array_append_new(arr, e);
         }
-        g_free(list);
+        json_object_set_new(j, "snapshots", arr);
     }
-    {
-        GError *err = NULL;
-        json_t *data = node_get_specific_info(bs, &err);
-
-        if (err) {
-            g_propagate_error(errp, err);
-            json_decref(data);
-            json_decref(info);
-            return NULL;
-        }
-        if (data) {
-            json_t *spec = json_object();
-            /* QAPI's union: {"type": format, "data": {...}}. */
-            json_object_set_new(spec, "type",
-                                json_string(node_get_format_name(bs)));
-            json_object_set_new(spec, "data", data);
-            json_object_set_new(info, "format-specific", spec);
-        }
+    if (info->format_specific) {
+        json_object_set_new(j, "format-specific", specific_json(info));
     }
-    return info;
+    return j;
 }
 
 /* bdrv_image_info_dump(): the human layout of one image. */
-static void dump_human(json_t *info)
+static void dump_human(const NodeImageInfo *info)
 {
-    json_t *actual = json_object_get(info, "actual-size");
-    json_t *v;
-    int64_t vsize = json_integer_value(json_object_get(info, "virtual-size"));
-    char *size_str = size_to_str((uint64_t)vsize);
-    char *dsize_str = actual ? size_to_str(json_integer_value(actual))
-                             : g_strdup("unavailable");
+    char *size_str = size_to_str((uint64_t)info->virtual_size);
+    char *dsize_str = info->has_actual_size
+                      ? size_to_str((uint64_t)info->actual_size)
+                      : g_strdup("unavailable");
 
     printf("image: %s\n"
            "file format: %s\n"
            "virtual size: %s (%" PRId64 " bytes)\n"
            "disk size: %s\n",
-           json_string_value(json_object_get(info, "filename")),
-           json_string_value(json_object_get(info, "format")),
-           size_str, vsize, dsize_str);
+           info->filename, info->format, size_str, info->virtual_size,
+           dsize_str);
     g_free(size_str);
     g_free(dsize_str);
 
-    if (json_is_true(json_object_get(info, "encrypted"))) {
+    if (info->encrypted) {
         printf("encrypted: yes\n");
     }
-    if ((v = json_object_get(info, "cluster-size"))) {
-        printf("cluster_size: %" JSON_INTEGER_FORMAT "\n",
-               json_integer_value(v));
+    if (info->cluster_size) {
+        printf("cluster_size: %" PRId64 "\n", info->cluster_size);
     }
-    if (json_is_true(json_object_get(info, "dirty-flag"))) {
+    if (info->has_dirty_flag && info->dirty_flag) {
         printf("cleanly shut down: no\n");
     }
-    if ((v = json_object_get(info, "backing-filename"))) {
-        json_t *full = json_object_get(info, "full-backing-filename");
+    if (info->backing_filename) {
+        const char *full = info->full_backing_filename;
 
-        printf("backing file: %s", json_string_value(v));
+        printf("backing file: %s", info->backing_filename);
         if (!full) {
             printf(" (cannot determine actual path)");
-        } else if (strcmp(json_string_value(v), json_string_value(full))) {
-            printf(" (actual path: %s)", json_string_value(full));
+        } else if (strcmp(info->backing_filename, full)) {
+            printf(" (actual path: %s)", full);
         }
         printf("\n");
     }
-    if ((v = json_object_get(info, "backing-filename-format"))) {
-        printf("backing file format: %s\n", json_string_value(v));
+    if (info->backing_filename_format) {
+        printf("backing file format: %s\n", info->backing_filename_format);
     }
-    if ((v = json_object_get(info, "snapshots"))) {
-        size_t i;
-        json_t *e;
-
+    if (info->nb_snapshots) {
         printf("Snapshot list:\n");
         img_snapshot_dump_header();
         printf("\n");
-        json_array_foreach(v, i, e) {
-            NodeSnapshot sn = { 0 };
-            json_t *ic = json_object_get(e, "icount");
-            g_strlcpy(sn.id_str, json_string_value(json_object_get(e, "id")),
-                      sizeof(sn.id_str));
-            g_strlcpy(sn.name, json_string_value(json_object_get(e, "name")),
-                      sizeof(sn.name));
-            sn.vm_state_size = (uint64_t)json_integer_value(
-                json_object_get(e, "vm-state-size"));
-            sn.date_sec = (uint32_t)json_integer_value(
-                json_object_get(e, "date-sec"));
-            sn.date_nsec = (uint32_t)json_integer_value(
-                json_object_get(e, "date-nsec"));
-            sn.vm_clock_nsec =
-                (uint64_t)json_integer_value(json_object_get(e,
-                                                             "vm-clock-sec")) *
-                1000000000ull +
-                (uint64_t)json_integer_value(json_object_get(e,
-                                                             "vm-clock-nsec"));
-            sn.icount = ic ? (uint64_t)json_integer_value(ic) : UINT64_MAX;
-            img_snapshot_dump(&sn);
+        for (int i = 0; i < info->nb_snapshots; i++) {
+            img_snapshot_dump(&info->snapshots[i]);
             printf("\n");
         }
     }
-    if ((v = json_object_get(info, "format-specific"))) {
+    if (info->format_specific) {
+        json_t *spec = specific_json(info);
         printf("Format specific information:\n");
-        tool_dump_specific_info(v, 1);
+        tool_dump_specific_info(spec, 1);
+        json_decref(spec);
     }
 }
 
@@ -235,13 +174,14 @@ static void report_loop(const char *filename)
  * ("a", "./a"), which QEMU would only notice once the names repeat, or
  * never when they keep growing ("../d/a" from d/a).
  */
-static json_t *collect_info(const char *filename, ImgOpenSpec *spec,
-                            bool chain)
+static GPtrArray *collect_info(const char *filename, ImgOpenSpec *spec,
+                               bool chain)
 {
     GHashTable *names = g_hash_table_new_full(g_str_hash, g_str_equal,
                                               g_free, NULL);
     GArray *ids = g_array_new(false, false, sizeof(FileId));
-    json_t *list = json_array();
+    GPtrArray *list =
+        g_ptr_array_new_with_free_func((GDestroyNotify)node_image_info_free);
     char *name = g_strdup(filename);
     char *fmt = NULL;
 
@@ -249,7 +189,7 @@ static json_t *collect_info(const char *filename, ImgOpenSpec *spec,
     while (name) {
         GError *err = NULL;
         BlockBackend *blk;
-        json_t *info;
+        NodeImageInfo *info;
         FileId id;
 
         if (g_hash_table_contains(names, name)) {
@@ -271,32 +211,28 @@ static json_t *collect_info(const char *filename, ImgOpenSpec *spec,
             }
             g_array_append_val(ids, id);
         }
-        info = query_image_info(blk_node(blk), &err);
+        info = node_query_image_info(blk_node(blk), &err);
         blk_unref(blk);
         if (!info) {
             tool_error_gerror(err, "%s", "");
             goto fail;
         }
-        json_array_append_new(list, info);
+        g_ptr_array_add(list, info);
         g_hash_table_add(names, name);
         name = NULL;
         g_free(fmt);
         fmt = NULL;
         spec->image_opts = false;
         if (chain) {
-            json_t *full = json_object_get(info, "full-backing-filename");
-            json_t *bfmt = json_object_get(info, "backing-filename-format");
-            json_t *bname = json_object_get(info, "backing-filename");
-
-            if (!full && bname) {
+            if (!info->full_backing_filename && info->backing_filename) {
                 /* Its storage has no directory (a quorum): QEMU stops. */
                 tool_error("Could not determine absolute backing filename, "
                            "but backing filename '%s' present",
-                           json_string_value(bname));
+                           info->backing_filename);
                 goto fail;
             }
-            name = full ? g_strdup(json_string_value(full)) : NULL;
-            fmt = bfmt ? g_strdup(json_string_value(bfmt)) : NULL;
+            name = g_strdup(info->full_backing_filename);
+            fmt = g_strdup(info->backing_filename_format);
         }
         spec->fmt = fmt;
     }
@@ -310,7 +246,7 @@ fail:
     g_free(fmt);
     g_hash_table_destroy(names);
     g_array_free(ids, true);
-    json_decref(list);
+    g_ptr_array_free(list, true);
     return NULL;
 }
 
@@ -329,7 +265,7 @@ int img_info(int argc, char **argv)
     ImgOpenSpec spec = { 0 };
     const char *output = NULL, *filename;
     bool chain = false, json;
-    json_t *list;
+    GPtrArray *list;
     int c;
 
     while ((c = img_getopt(argc, argv, ":f:hU", long_options)) != -1) {
@@ -348,11 +284,9 @@ int img_info(int argc, char **argv)
         img_error_exit("Expecting one image file name");
     }
     filename = argv[optind];
-    if (output && strcmp(output, "json") && strcmp(output, "human")) {
-        tool_error("--output must be used with human or json as argument.");
+    if (!img_output_format(output, &json)) {
         return EXIT_FAILURE;
     }
-    json = output && !strcmp(output, "json");
 
     /* Metadata only: encrypted images open without their secret. */
     spec.flags |= NODE_O_NO_IO;
@@ -361,20 +295,22 @@ int img_info(int argc, char **argv)
         return EXIT_FAILURE;
     }
     if (json) {
-        char *text = json_out_pretty_str(chain ? list : json_array_get(list, 0));
+        json_t *j = json_array();
+        for (guint i = 0; i < list->len; i++) {
+            json_array_append_new(j, image_info_json(list->pdata[i]));
+        }
+        char *text = json_out_pretty_str(chain ? j : json_array_get(j, 0));
         printf("%s\n", text);
         g_free(text);
+        json_decref(j);
     } else {
-        size_t i;
-        json_t *info;
-
-        json_array_foreach(list, i, info) {
+        for (guint i = 0; i < list->len; i++) {
             if (i) {
                 printf("\n");
             }
-            dump_human(info);
+            dump_human(list->pdata[i]);
         }
     }
-    json_decref(list);
+    g_ptr_array_free(list, true);
     return EXIT_SUCCESS;
 }

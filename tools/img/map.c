@@ -188,10 +188,7 @@ int img_map(int argc, char **argv)
     }
     filename = argv[optind];
 
-    if (output && !strcmp(output, "json")) {
-        json = true;
-    } else if (output && strcmp(output, "human")) {
-        tool_error("--output must be used with human or json as argument.");
+    if (!img_output_format(output, &json)) {
         return 1;
     }
 

@@ -106,13 +106,7 @@ int img_measure(int argc, char **argv)
             }
             break;
         case OPTION_OUTPUT:
-            if (!strcmp(optarg, "json")) {
-                json = true;
-            } else if (!strcmp(optarg, "human")) {
-                json = false;
-            } else {
-                tool_error("--output must be used with human or json as "
-                           "argument.");
+            if (!img_output_format(optarg, &json)) {
                 exit(EXIT_FAILURE);
             }
             break;
