@@ -58,6 +58,13 @@ struct QmpSession {
     GString *out;
     size_t out_off;
     /*
+     * The longest message queued since the output was last empty: a reply
+     * may legitimately be large (it echoes an id of megabytes, the schema),
+     * so it does not count against the bound, which is for a client that
+     * lets messages pile up.
+     */
+    size_t out_biggest;
+    /*
      * Descriptors received and not yet claimed: they go to the next request
      * read, and come back here if that request did not take them (so a
      * later getfd still finds them, as in QEMU, which reads no further
@@ -189,6 +196,7 @@ static void session_flush(QmpSession *s)
     if (s->out_off == s->out->len) {
         g_string_truncate(s->out, 0);
         s->out_off = 0;
+        s->out_biggest = 0;
         if (s->out_src) {
             g_source_destroy(s->out_src);
             g_source_unref(s->out_src);
@@ -196,7 +204,7 @@ static void session_flush(QmpSession *s)
         }
         return;
     }
-    if (s->out->len - s->out_off > output_limit) {
+    if (s->out->len - s->out_off > output_limit + s->out_biggest) {
         session_close(s);       /* it does not read: do not hold its output */
         return;
     }
@@ -235,6 +243,7 @@ static void session_send(QmpSession *s, json_t *msg)
             }
         }
         g_string_append(s->out, "\r\n");
+        s->out_biggest = MAX(s->out_biggest, s->out->len - start);
         session_flush(s);
     }
     json_decref(msg);
