@@ -91,6 +91,7 @@ static unsigned running;
 static unsigned sessions_open;  /* QEMU's mon_refcount */
 static size_t output_limit = 16 << 20;
 static void (*quit_handler)(void);
+static QmpCommandFilter *command_filter;
 
 static void session_close(QmpSession *s);
 static void session_kick(QmpSession *s);
@@ -114,6 +115,11 @@ void qmp_server_run_shutdown(QmpShutdownPhase phase)
 void qmp_server_set_output_limit(size_t bytes)
 {
     output_limit = bytes;
+}
+
+void qmp_server_set_command_filter(QmpCommandFilter *fn)
+{
+    command_filter = fn;
 }
 
 void qmp_server_set_quit_handler(void (*fn)(void))
@@ -379,7 +385,9 @@ static json_t *dispatch(Request *r)
     const char *name = json_string_value(json_object_get(req, key));
     bool oob = !strcmp(key, "exec-oob");
     const QmpCommand *cmd = qmp_command_find(name);
-    if (!cmd || (!s->negotiated && strcmp(name, "qmp_capabilities"))) {
+    if (!cmd || (!s->negotiated && strcmp(name, "qmp_capabilities")) ||
+        (command_filter &&
+         !command_filter(name, json_object_get(req, "arguments")))) {
         error_set_class(&err, STRATA_ERROR_COMMAND_NOT_FOUND,
                         "The command %s has not been found", name);
         goto out;
