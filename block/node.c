@@ -925,6 +925,16 @@ probed:
     if (fv && !json_is_string(fv)) {
         json_object_del(options, "filename");
     }
+    /*
+     * force-share stays among the node's options as it was given (a bool
+     * from QMP, "on" from the tools): blockdev-reopen compares it as QEMU
+     * does, and children inherit it as given.  The driver never sees it.
+     */
+    bs->options = json_object();
+    json_t *force_share_opt = json_object_get(options, "force-share");
+    if (force_share_opt) {
+        json_object_set(bs->options, "force-share", force_share_opt);
+    }
     if (!take_generic_options(bs, options, &flags, errp)) {
         goto fail;
     }
@@ -978,7 +988,10 @@ probed:
             g_free(f);
         }
     }
+    json_t *generic = bs->options;
     bs->options = json_deep_copy(options);
+    json_object_update(bs->options, generic);
+    json_decref(generic);
     node_register(bs);
 
     TRACE(bdrv_open_common, "bs %p filename \"%s\" flags 0x%x format_name "
@@ -1178,8 +1191,10 @@ static BlockChild *open_child(BlockNode *bs, json_t *options, const char *name,
         if (unmap && !json_object_get(sub, "discard")) {
             json_object_set_new(sub, "discard", json_string("unmap"));
         }
+        json_t *fs = json_object_get(bs->options, "force-share");
         if (bs->force_share && !json_object_get(sub, "force-share")) {
-            json_object_set_new(sub, "force-share", json_true());
+            json_object_set_new(sub, "force-share",
+                                fs ? json_incref(fs) : json_true());
         }
         char *fname = opts_get_str(sub, "filename");
         bool from_header = false;

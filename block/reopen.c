@@ -114,8 +114,17 @@ ReopenQueue *reopen_queue_add_opts(ReopenQueue *q, BlockNode *bs,
             }
         }
     }
-    rs->read_only = read_only;
-    /* The node's own read-only option is what its children inherit. */
+    /*
+     * The node's own read-only option is what its children inherit.  A
+     * node queued again (twice in one blockdev-reopen list, or listed and
+     * reached as a child) keeps what it was explicitly given unless the
+     * new options name it too, as QEMU joins the two sets.
+     */
+    bool ro_given = json_object_get(options, "read-only") != NULL;
+    if (!rs->read_only_given || ro_given) {
+        rs->read_only = read_only;
+    }
+    rs->read_only_given |= ro_given;
     opts_take_bool(options, "read-only", &rs->read_only, NULL);
     json_object_del(options, "read-only");
     queue_note_ref_prefixes(q, rs, options);
@@ -161,7 +170,9 @@ ReopenQueue *reopen_queue_add_opts(ReopenQueue *q, BlockNode *bs,
                 sub = json_object();
             }
         }
-        static const char *const inherited[] = { "cache.direct", "cache.no-flush" };
+        static const char *const inherited[] = {
+            "cache.direct", "cache.no-flush", "force-share",
+        };
         for (size_t i = 0; i < G_N_ELEMENTS(inherited); i++) {
             json_t *v = json_object_get(inherit, inherited[i]);
             if (!v || (c->role & CHILD_ROLE_COW)) {
@@ -181,7 +192,10 @@ ReopenQueue *reopen_queue_add_opts(ReopenQueue *q, BlockNode *bs,
             child_ro = true;
         }
         if (sub && json_object_get(sub, "read-only")) {
+            /* read, not taken: the child's own option, seen as given */
+            json_t *ro = json_incref(json_object_get(sub, "read-only"));
             opts_take_bool(sub, "read-only", &child_ro, NULL);
+            json_object_set_new(sub, "read-only", ro);
         }
         if (!sub && (c->role & CHILD_ROLE_COW)) {
             /* A backing file named as it is stays as it is. */
@@ -240,8 +254,10 @@ static bool reopen_generic(ReopenState *rs, GError **errp)
     bool direct = rs->keep_old && (bs->open_flags & NODE_O_NOCACHE);
     bool no_flush = rs->keep_old && (bs->open_flags & NODE_O_NO_FLUSH);
     char *name = NULL, *driver = NULL;
-    bool force_share = bs->force_share;
-    bool has_force_share = json_object_get(rs->options, "force-share") != NULL;
+    bool force_share;
+    /* Checked for its type, then left as given for the comparison. */
+    json_t *force_share_opt = json_incref(json_object_get(rs->options,
+                                                          "force-share"));
 
     if (!opts_take_bool(rs->options, "cache.direct", &direct, errp) ||
         !opts_take_bool(rs->options, "cache.no-flush", &no_flush, errp) ||
@@ -249,11 +265,11 @@ static bool reopen_generic(ReopenState *rs, GError **errp)
         !opts_take_str(rs->options, "node-name", &name, errp) ||
         !opts_take_str(rs->options, "driver", &driver, errp)) {
         g_free(name);
+        json_decref(force_share_opt);
         return false;
     }
-    if (has_force_share) {
-        json_object_set_new(rs->options, "force-share",
-                            json_boolean(force_share));
+    if (force_share_opt) {
+        json_object_set_new(rs->options, "force-share", force_share_opt);
     }
     if (name) {
         json_object_set_new(rs->options, "node-name", json_string(name));
@@ -348,19 +364,6 @@ static bool str_in_list(const char *s, const char *const *list)
     return false;
 }
 
-/* Did the node get force-share from the parent that opened it? */
-static bool force_share_inherited(BlockNode *bs)
-{
-    for (GList *l = bs->parents; l; l = l->next) {
-        BlockChild *p = l->data;
-        if (p->inherits && p->klass->parent_is_node &&
-            ((BlockNode *)p->opaque)->force_share) {
-            return true;
-        }
-    }
-    return false;
-}
-
 /*
  * A whole new option set leaves an option out to reset it; the driver must
  * be able to change it (its mutable_opts), except for the options every
@@ -383,8 +386,7 @@ static bool reopen_check_reset(ReopenState *rs, GError **errp)
     json_t *v;
     json_object_foreach(old_flat, k, v) {
         if (json_object_get(rs->requested, k) || key_is_child(bs, k) ||
-            str_in_list(k, common) || str_in_list(k, bs->drv->mutable_opts) ||
-            (!strcmp(k, "force-share") && force_share_inherited(bs))) {
+            str_in_list(k, common) || str_in_list(k, bs->drv->mutable_opts)) {
             continue;
         }
         if (!bad || json_qdict_bucket(k) < json_qdict_bucket(bad)) {
@@ -416,7 +418,17 @@ static bool leftover_unchanged(ReopenState *rs, GPtrArray *refused,
         return !strcmp(json_string_value(v), bs->drv->format_name);
     }
     if (!strcmp(k, "force-share")) {
-        return json_is_true(v) == bs->force_share;
+        /*
+         * QEMU's reopen turns the new value into text ("on" for true) and
+         * compares it with the stored one, which is equal only when that
+         * was given as the same text (the tools' -U): a bool from QMP
+         * never is, so blockdev-reopen refuses any force-share.
+         */
+        json_t *old = json_object_get(old_flat, k);
+        const char *text = json_is_string(v) ? json_string_value(v)
+                           : json_is_true(v) ? "on" : "off";
+        return old && json_is_string(old) &&
+               !strcmp(json_string_value(old), text);
     }
     BlockChild *c = node_find_child(bs, k);
     if (c && json_is_string(v)) {

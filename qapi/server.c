@@ -58,6 +58,13 @@ struct QmpSession {
     GString *out;
     size_t out_off;
     /*
+     * The longest message queued since the output was last empty: a reply
+     * may legitimately be large (it echoes an id of megabytes, the schema),
+     * so it does not count against the bound, which is for a client that
+     * lets messages pile up.
+     */
+    size_t out_biggest;
+    /*
      * Descriptors received and not yet claimed: they go to the next request
      * read, and come back here if that request did not take them (so a
      * later getfd still finds them, as in QEMU, which reads no further
@@ -84,6 +91,7 @@ static unsigned running;
 static unsigned sessions_open;  /* QEMU's mon_refcount */
 static size_t output_limit = 16 << 20;
 static void (*quit_handler)(void);
+static QmpCommandFilter *command_filter;
 
 static void session_close(QmpSession *s);
 static void session_kick(QmpSession *s);
@@ -107,6 +115,11 @@ void qmp_server_run_shutdown(QmpShutdownPhase phase)
 void qmp_server_set_output_limit(size_t bytes)
 {
     output_limit = bytes;
+}
+
+void qmp_server_set_command_filter(QmpCommandFilter *fn)
+{
+    command_filter = fn;
 }
 
 void qmp_server_set_quit_handler(void (*fn)(void))
@@ -189,6 +202,7 @@ static void session_flush(QmpSession *s)
     if (s->out_off == s->out->len) {
         g_string_truncate(s->out, 0);
         s->out_off = 0;
+        s->out_biggest = 0;
         if (s->out_src) {
             g_source_destroy(s->out_src);
             g_source_unref(s->out_src);
@@ -196,7 +210,7 @@ static void session_flush(QmpSession *s)
         }
         return;
     }
-    if (s->out->len - s->out_off > output_limit) {
+    if (s->out->len - s->out_off > output_limit + s->out_biggest) {
         session_close(s);       /* it does not read: do not hold its output */
         return;
     }
@@ -235,6 +249,7 @@ static void session_send(QmpSession *s, json_t *msg)
             }
         }
         g_string_append(s->out, "\r\n");
+        s->out_biggest = MAX(s->out_biggest, s->out->len - start);
         session_flush(s);
     }
     json_decref(msg);
@@ -454,7 +469,9 @@ static json_t *dispatch(Request *r)
     const char *name = json_string_value(json_object_get(req, key));
     bool oob = !strcmp(key, "exec-oob");
     const QmpCommand *cmd = qmp_command_find(name);
-    if (!cmd || (!s->negotiated && strcmp(name, "qmp_capabilities"))) {
+    if (!cmd || (!s->negotiated && strcmp(name, "qmp_capabilities")) ||
+        (command_filter &&
+         !command_filter(name, json_object_get(req, "arguments")))) {
         error_set_class(&err, STRATA_ERROR_COMMAND_NOT_FOUND,
                         "The command %s has not been found", name);
         goto out;

@@ -562,6 +562,40 @@ static void test_output_bound(void **state)
     client_free(other);
 }
 
+/*
+ * One reply larger than the bound (it echoes an id of 300 KB) is not a
+ * client that fails to read: it gets it whole, and the next reply too.
+ */
+static void test_output_bound_big_reply(void **state)
+{
+    qmp_server_set_output_limit(1024);
+    Client *c = negotiated_client();
+    GString *req = g_string_new("{'execute': 'query-version', 'id': '");
+    for (int i = 0; i < 300000; i++) {
+        g_string_append_c(req, 'a' + i % 26);
+    }
+    g_string_append(req, "'}{'execute': 'query-version', 'id': 2}");
+    /* the server runs in this thread: feed it while it reads */
+    for (size_t off = 0; off < req->len;) {
+        ssize_t n = send(c->fd, req->str + off, req->len - off,
+                         MSG_DONTWAIT);
+        if (n > 0) {
+            off += n;
+        }
+        loop_iterate(false);
+    }
+    char *m = client_recv(c, false);
+    assert_non_null(m);
+    assert_true(strlen(m) > 300000);
+    assert_non_null(strstr(m, "\"return\""));
+    g_free(m);
+    expect(c, "{\"return\": {\"qemu\": {\"micro\": 0, \"minor\": 2, "
+              "\"major\": 7}, \"package\": \"fixture\"}, \"id\": 2}");
+    g_string_free(req, TRUE);
+    qmp_server_set_output_limit(16 << 20);
+    client_free(c);
+}
+
 static void test_pretty(void **state)
 {
     QmpMonitor *mon = *state;
@@ -634,6 +668,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_throttle, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fd_passing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_output_bound, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_output_bound_big_reply, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_pretty, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tcp_chardev, setup, teardown),
     };

@@ -54,6 +54,7 @@ typedef struct ReopenState {
     json_t *requested;   /* the same, untouched: what the node keeps on commit */
     int flags;           /* new open flags */
     bool read_only;
+    bool read_only_given; /* named in the node's own options, not inherited */
     int detect_zeroes;   /* DETECT_ZEROES_* after the reopen */
     bool discard_unmap;
     /*

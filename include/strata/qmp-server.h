@@ -65,6 +65,14 @@ void qmp_server_set_output_limit(size_t bytes);
  */
 void qmp_server_throttle_event(const char *event, unsigned period_ms);
 
+/*
+ * Commands fn refuses are answered as if they did not exist (args: the
+ * request's "arguments", possibly NULL).  For the fuzz target, which may
+ * run only what stays inside the process.
+ */
+typedef bool QmpCommandFilter(const char *name, json_t *args);
+void qmp_server_set_command_filter(QmpCommandFilter *fn);
+
 /* Called by `quit` after its reply is queued; the program stops its loop. */
 void qmp_server_set_quit_handler(void (*fn)(void));
 void qmp_server_request_quit(void);
