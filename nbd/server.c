@@ -22,6 +22,7 @@
 #include "strata/error.h"
 #include "strata/loop.h"
 #include "strata/nbd-server.h"
+#include "strata/socket-listen.h"
 #include "nbd-int.h"
 #include "proto.h"
 
@@ -457,48 +458,8 @@ static void server_add_listener(int fd)
 
 static bool listen_unix(const char *path, GError **errp)
 {
-    struct sockaddr_un un = { .sun_family = AF_UNIX };
-    size_t len = strlen(path);
-
-    if (len > sizeof(un.sun_path)) {
-        error_setg(errp, "UNIX socket path '%s' is too long", path);
-        return false;
-    }
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    int fd = unix_socket_listen(path, SOCK_NONBLOCK, SOMAXCONN, errp);
     if (fd < 0) {
-        error_setg_errno(errp, errno, "Failed to create Unix socket");
-        return false;
-    }
-    /* QEMU replaces a stale socket file (and any other file) at the path. */
-    if (unlink(path) < 0 && errno != ENOENT) {
-        error_setg_errno(errp, errno, "Failed to unlink socket %s", path);
-        close(fd);
-        return false;
-    }
-    /*
-     * Bound and listening under a temporary name, then renamed: whoever
-     * sees the path can connect (waiting for the file is how scripts
-     * wait for a server; between bind and listen they would be refused).
-     */
-    g_autofree char *tmp = g_strdup_printf("%s.%d.tmp", path, (int)getpid());
-    const char *bind_path = strlen(tmp) < sizeof(un.sun_path) ? tmp : path;
-    unlink(tmp);
-    memcpy(un.sun_path, bind_path, strlen(bind_path));
-    if (bind(fd, (struct sockaddr *)&un, sizeof(un)) < 0) {
-        error_setg_errno(errp, errno, "Failed to bind socket to %s", path);
-        close(fd);
-        return false;
-    }
-    if (listen(fd, SOMAXCONN) < 0) {
-        error_setg_errno(errp, errno, "Failed to listen on socket");
-        unlink(bind_path);
-        close(fd);
-        return false;
-    }
-    if (bind_path != path && rename(bind_path, path) < 0) {
-        error_setg_errno(errp, errno, "Failed to bind socket to %s", path);
-        unlink(bind_path);
-        close(fd);
         return false;
     }
     server_add_listener(fd);

@@ -17,6 +17,7 @@
 #include "strata/chardev.h"
 #include "strata/error.h"
 #include "strata/loop.h"
+#include "strata/socket-listen.h"
 
 /*
  * QEMU listens with a backlog of one since it serves one client at a
@@ -70,34 +71,7 @@ static Chardev *find(const char *id)
 
 static int listen_unix(const char *path, GError **errp)
 {
-    struct sockaddr_un un = { .sun_family = AF_UNIX };
-
-    if (strlen(path) > sizeof(un.sun_path)) {
-        error_setg(errp, "UNIX socket path '%s' is too long", path);
-        return -1;
-    }
-    int sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (sock < 0) {
-        error_setg_errno(errp, errno, "Failed to create Unix socket");
-        return -1;
-    }
-    if (unlink(path) < 0 && errno != ENOENT) {
-        error_setg_errno(errp, errno, "Failed to unlink socket %s", path);
-        goto fail;
-    }
-    memcpy(un.sun_path, path, strlen(path));
-    if (bind(sock, (struct sockaddr *)&un, sizeof(un)) < 0) {
-        error_setg_errno(errp, errno, "Failed to bind socket to %s", path);
-        goto fail;
-    }
-    if (listen(sock, LISTEN_BACKLOG) < 0) {
-        error_setg_errno(errp, errno, "Failed to listen on socket");
-        goto fail;
-    }
-    return sock;
-fail:
-    close(sock);
-    return -1;
+    return unix_socket_listen(path, 0, LISTEN_BACKLOG, errp);
 }
 
 static int listen_tcp(const char *host, const char *port, GError **errp)
