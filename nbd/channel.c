@@ -134,6 +134,28 @@ void nbd_channel_shutdown(NbdChannel *ch)
     }
 }
 
+void nbd_channel_move_here(NbdChannel *ch)
+{
+    g_assert(!ch->reader && !ch->writer);
+    GMainContext *ctx = loop_context(loop_get());
+    if (g_source_get_context(&ch->src->base) == ctx) {
+        return;
+    }
+    g_source_destroy(&ch->src->base);
+    g_source_unref(&ch->src->base);
+    ch->src = (ChannelSource *)g_source_new(&channel_source_funcs,
+                                            sizeof(ChannelSource));
+    ch->src->ch = ch;
+    ch->tag = g_source_add_unix_fd(&ch->src->base, ch->fd, 0);
+    g_source_set_can_recurse(&ch->src->base, TRUE);
+    g_source_attach(&ch->src->base, ctx);
+}
+
+void nbd_channel_shutdown_remote(NbdChannel *ch)
+{
+    shutdown(ch->fd, SHUT_RDWR);
+}
+
 bool nbd_channel_is_shut_down(const NbdChannel *ch)
 {
     return ch->shut;

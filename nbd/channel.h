@@ -40,6 +40,16 @@ int coroutine_fn nbd_channel_write(NbdChannel *ch, const void *buf,
  * Safe from any code in the loop's thread.
  */
 void nbd_channel_shutdown(NbdChannel *ch);
+/*
+ * From a thread other than the channel's: only the socket is shut down;
+ * the coroutines waiting on it see the hang-up in their own thread.
+ */
+void nbd_channel_shutdown_remote(NbdChannel *ch);
+/*
+ * Watch the socket from the calling thread's loop from now on (a client
+ * whose export runs in an iothread).  No coroutine may be waiting on it.
+ */
+void nbd_channel_move_here(NbdChannel *ch);
 bool nbd_channel_is_shut_down(const NbdChannel *ch);
 
 #endif
