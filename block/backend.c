@@ -195,8 +195,10 @@ void blk_unref(BlockBackend *blk)
     blk_remove_node(blk);
     /* Requests queued by a drain that is still going on fail now. */
     blk_restart_queued(blk);
+    drain_wait_begin();
     LOOP_WAIT_WHILE(g_atomic_int_get(&blk->queued_count) > 0 ||
                     g_atomic_int_get(&blk->in_flight) > 0);
+    drain_wait_end();
     g_free(blk->name);
     g_free(blk);
 }
@@ -301,7 +303,9 @@ void blk_drain(BlockBackend *blk)
         node_drain_begin(bs);
         node_drain_end(bs);
     } else {
+        drain_wait_begin();
         LOOP_WAIT_WHILE(g_atomic_int_get(&blk->in_flight) > 0);
+        drain_wait_end();
     }
 }
 
@@ -336,6 +340,7 @@ static int coroutine_fn blk_request_begin(BlockBackend *blk)
         blk_request_end(blk);
         co_queue_wait(&blk->queued);
         g_atomic_int_add(&blk->queued_count, -1);
+        drain_kick();     /* blk_unref may be waiting for it */
     }
 }
 

@@ -87,6 +87,12 @@ void node_parents_drained_begin(BlockNode *bs, BlockChild *ignore);
 void node_parents_drained_end(BlockNode *bs, BlockChild *ignore);
 /* Wake drain waiters (called when in_flight drops to zero). */
 void drain_kick(void);
+/*
+ * Around a main-loop wait for counters that other threads lower (they
+ * call drain_kick(), which wakes the main loop only while someone waits).
+ */
+void drain_wait_begin(void);
+void drain_wait_end(void);
 
 
 /* Requests: used by io.c and status.c. */

@@ -27,6 +27,16 @@ void drain_kick(void)
     }
 }
 
+void drain_wait_begin(void)
+{
+    g_atomic_int_inc(&drain_waiters);
+}
+
+void drain_wait_end(void)
+{
+    g_atomic_int_add(&drain_waiters, -1);
+}
+
 void node_parents_drained_begin(BlockNode *bs, BlockChild *ignore)
 {
     for (GList *l = bs->parents; l; l = l->next) {
