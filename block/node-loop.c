@@ -18,9 +18,34 @@ StrataLoop *node_loop(const BlockNode *bs)
     return bs->home ? bs->home : loop_main();
 }
 
+typedef struct {
+    BlockNode *bs;
+    CoroutineEntry *fn;
+    void *opaque;
+} NodeHop;
+
+static void coroutine_fn node_hop_co(void *opaque)
+{
+    NodeHop *h = opaque;
+    h->fn(h->opaque);
+    node_dec_in_flight(h->bs);
+}
+
 void node_co_call(BlockNode *bs, CoroutineEntry *fn, void *opaque)
 {
-    co_call_in(bs ? node_loop(bs) : NULL, fn, opaque);
+    StrataLoop *home = bs ? node_loop(bs) : NULL;
+    if (!home || home == loop_get()) {
+        co_call_in(NULL, fn, opaque);
+        return;
+    }
+    /*
+     * In flight from now, not from when it starts over there: a move
+     * (which drains first) must not slip in between and leave it running
+     * in the node's old thread.
+     */
+    node_inc_in_flight(bs);
+    NodeHop h = { bs, fn, opaque };
+    co_call_in(home, node_hop_co, &h);
 }
 
 /* bs and every node reachable through edges in either direction. */

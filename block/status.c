@@ -227,7 +227,7 @@ int coroutine_fn node_co_block_status_above(BlockNode *bs, BlockNode *base,
                          .want_zero = want_zero, .offset = offset,
                          .bytes = bytes, .pnum = pnum, .map = map,
                          .file = file, .depth = depth };
-        co_call_in(home, status_call_co, &c);
+        node_co_call(bs, status_call_co, &c);
         return c.ret;
     }
     return status_above_here(bs, base, include_base, want_zero, offset,
