@@ -46,10 +46,13 @@ void nbd_channel_shutdown(NbdChannel *ch);
  */
 void nbd_channel_shutdown_remote(NbdChannel *ch);
 /*
- * Watch the socket from the calling thread's loop from now on (a client
- * whose export runs in an iothread).  No coroutine may be waiting on it.
+ * Hand the socket to another thread (a client whose export runs in an
+ * iothread): the thread watching it detaches it, the new one attaches it
+ * to its own loop, so that no watch is ever dispatched in two threads.
+ * No coroutine may be waiting on it.
  */
-void nbd_channel_move_here(NbdChannel *ch);
+void nbd_channel_detach(NbdChannel *ch);
+void nbd_channel_attach_here(NbdChannel *ch);
 bool nbd_channel_is_shut_down(const NbdChannel *ch);
 
 #endif

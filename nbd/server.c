@@ -401,11 +401,12 @@ static void coroutine_fn transmit_elsewhere_co(void *opaque)
 {
     NbdClient *client = opaque;
 
-    nbd_channel_move_here(client->ch);
+    nbd_channel_attach_here(client->ch);
     nbd_transmit(client);
     while (client->inflight) {
         co_queue_wait(&client->inflight_slots);
     }
+    nbd_channel_detach(client->ch);
     g_atomic_pointer_set(&client->loop, loop_main());
 }
 
@@ -418,10 +419,11 @@ static void coroutine_fn client_co(void *opaque)
         if (home == loop_get()) {
             nbd_transmit(client);
         } else {
+            nbd_channel_detach(client->ch);
             g_atomic_pointer_set(&client->loop, home);
             co_call_in(home, transmit_elsewhere_co, client);
             g_atomic_pointer_set(&client->loop, NULL);
-            nbd_channel_move_here(client->ch);
+            nbd_channel_attach_here(client->ch);
         }
     }
     nbd_client_close(client);
