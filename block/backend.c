@@ -6,6 +6,15 @@
  * length, holds back new requests while the node is drained (they wait in
  * a queue and start when the drain ends), and counts its requests in
  * flight so that drain can wait for them.
+ *
+ * Threads.  A backend's user may run in any thread (an export in an
+ * iothread, a job in the main loop); the node may run in another.  The
+ * hold-off and the counting happen in the user's thread; the request
+ * itself runs in the node's loop (co_call_in), so a node is entered only
+ * from its own thread.  The main thread's drain reads the counters, so
+ * they are atomic, and the check of quiesce_counter after raising
+ * in_flight pairs with drain raising quiesce_counter before it looks at
+ * in_flight: one of the two always sees the other.
  */
 #include <errno.h>
 #include "block-int.h"
@@ -19,10 +28,15 @@ struct BlockBackend {
     bool wce;
     bool allow_write_beyond_eof;
     bool report_io_errors;
-    int quiesce_counter;
-    int in_flight;
+    int quiesce_counter;    /* atomic */
+    int in_flight;          /* atomic */
     int queued_count;   /* requests waiting in `queued` (not in flight) */
     CoQueue queued;
+    StrataLoop *queued_loop;    /* the thread whose coroutines wait there */
+    /* Moving with the node (node_set_loop): see blk_set_loop_policy(). */
+    bool loop_fixed;
+    BlkLoopCheckFunc *loop_check;
+    void *loop_check_opaque;
 };
 
 /* ---- Parent class ---- */
@@ -39,22 +53,61 @@ static char *blk_root_desc(BlockChild *c)
 static void blk_root_drained_begin(BlockChild *c)
 {
     BlockBackend *blk = c->opaque;
-    blk->quiesce_counter++;
+    g_atomic_int_inc(&blk->quiesce_counter);
+}
+
+static void blk_restart_bh(void *opaque)
+{
+    BlockBackend *blk = opaque;
+    co_queue_restart_all(&blk->queued);
+    /* Taken by blk_restart_queued: keeps blk alive until now. */
+    if (g_atomic_int_dec_and_test(&blk->in_flight)) {
+        drain_kick();
+    }
+}
+
+/* Wake the held-back requests in the thread they wait in. */
+static void blk_restart_queued(BlockBackend *blk)
+{
+    StrataLoop *loop = g_atomic_pointer_get(&blk->queued_loop);
+    if (!loop || loop == loop_get()) {
+        co_queue_restart_all(&blk->queued);
+        return;
+    }
+    g_atomic_int_inc(&blk->in_flight);
+    loop_bh_remote(loop, blk_restart_bh, blk);
 }
 
 static void blk_root_drained_end(BlockChild *c)
 {
     BlockBackend *blk = c->opaque;
-    g_assert(blk->quiesce_counter > 0);
-    if (--blk->quiesce_counter == 0) {
-        co_queue_restart_all(&blk->queued);
+    g_assert(g_atomic_int_get(&blk->quiesce_counter) > 0);
+    if (g_atomic_int_dec_and_test(&blk->quiesce_counter)) {
+        blk_restart_queued(blk);
     }
 }
 
 static bool blk_root_drained_poll(BlockChild *c)
 {
     BlockBackend *blk = c->opaque;
-    return blk->in_flight > 0;
+    return g_atomic_int_get(&blk->in_flight) > 0;
+}
+
+static bool blk_root_can_set_loop(BlockChild *c, StrataLoop *loop,
+                                  GError **errp)
+{
+    BlockBackend *blk = c->opaque;
+    if (blk->loop_fixed) {
+        error_setg(errp, "Cannot change iothread of active block backend");
+        return false;
+    }
+    return !blk->loop_check ||
+           blk->loop_check(blk->loop_check_opaque, loop, errp);
+}
+
+static void blk_root_set_loop(BlockChild *c, StrataLoop *loop)
+{
+    /* Requests hop to the node's loop wherever they come from. */
 }
 
 static const BlockChildClass child_root = {
@@ -63,7 +116,17 @@ static const BlockChildClass child_root = {
     .drained_begin = blk_root_drained_begin,
     .drained_end = blk_root_drained_end,
     .drained_poll = blk_root_drained_poll,
+    .can_set_loop = blk_root_can_set_loop,
+    .set_loop = blk_root_set_loop,
 };
+
+void blk_set_loop_policy(BlockBackend *blk, bool fixed,
+                         BlkLoopCheckFunc *check, void *opaque)
+{
+    blk->loop_fixed = fixed;
+    blk->loop_check = check;
+    blk->loop_check_opaque = opaque;
+}
 
 /* QEMU's bdrv_has_blk(): a block backend is one of bs's parents. */
 bool node_has_backend(BlockNode *bs)
@@ -133,8 +196,11 @@ void blk_unref(BlockBackend *blk)
     blk_drain(blk);
     blk_remove_node(blk);
     /* Requests queued by a drain that is still going on fail now. */
-    co_queue_restart_all(&blk->queued);
-    LOOP_WAIT_WHILE(blk->queued_count > 0 || blk->in_flight > 0);
+    blk_restart_queued(blk);
+    drain_wait_begin();
+    LOOP_WAIT_WHILE(g_atomic_int_get(&blk->queued_count) > 0 ||
+                    g_atomic_int_get(&blk->in_flight) > 0);
+    drain_wait_end();
     g_free(blk->name);
     g_free(blk);
 }
@@ -229,7 +295,7 @@ bool blk_is_read_only(BlockBackend *blk)
 
 int blk_in_flight(BlockBackend *blk)
 {
-    return blk->in_flight;
+    return g_atomic_int_get(&blk->in_flight);
 }
 
 void blk_drain(BlockBackend *blk)
@@ -239,11 +305,15 @@ void blk_drain(BlockBackend *blk)
         node_drain_begin(bs);
         node_drain_end(bs);
     } else {
-        LOOP_WAIT_WHILE(blk->in_flight > 0);
+        drain_wait_begin();
+        LOOP_WAIT_WHILE(g_atomic_int_get(&blk->in_flight) > 0);
+        drain_wait_end();
     }
 }
 
 /* ---- Requests ---- */
+
+static void blk_request_end(BlockBackend *blk);
 
 static int coroutine_fn blk_request_begin(BlockBackend *blk)
 {
@@ -251,21 +321,34 @@ static int coroutine_fn blk_request_begin(BlockBackend *blk)
      * Hold back while drained: the drain waits only for what is in flight.
      * Once the node is gone (blk_unref) waiting requests fail instead.
      */
-    while (blk->quiesce_counter > 0 && blk->root) {
-        blk->queued_count++;
+    StrataLoop *here = loop_get();
+    /*
+     * Published before in_flight is raised: a drain that ends after we saw
+     * it knows where to wake us.  One user thread per backend.
+     */
+    if (g_atomic_pointer_get(&blk->queued_loop) != here) {
+        g_atomic_pointer_set(&blk->queued_loop, here);
+    }
+    for (;;) {
+        if (!blk->root) {
+            return -ENOMEDIUM;
+        }
+        g_atomic_int_inc(&blk->in_flight);
+        if (!g_atomic_int_get(&blk->quiesce_counter)) {
+            return 0;
+        }
+        /* Drained (maybe from another thread): back off and wait. */
+        g_atomic_int_inc(&blk->queued_count);
+        blk_request_end(blk);
         co_queue_wait(&blk->queued);
-        blk->queued_count--;
+        g_atomic_int_add(&blk->queued_count, -1);
+        drain_kick();     /* blk_unref may be waiting for it */
     }
-    if (!blk->root) {
-        return -ENOMEDIUM;
-    }
-    blk->in_flight++;
-    return 0;
 }
 
 static void blk_request_end(BlockBackend *blk)
 {
-    if (--blk->in_flight == 0) {
+    if (g_atomic_int_dec_and_test(&blk->in_flight)) {
         drain_kick();
     }
 }
@@ -319,118 +402,6 @@ static int qemu_req_flags(int flags)
            (flags & REQ_NO_FALLBACK ? 0x100 : 0);
 }
 
-int coroutine_fn blk_co_preadv(BlockBackend *blk, int64_t offset,
-                               int64_t bytes, IOVec *qiov, int flags)
-{
-    TRACE(blk_co_preadv, "blk %p bs %p offset %" PRId64 " bytes %" PRId64
-          " flags 0x%x", (void *)blk, (void *)blk_node(blk), offset, bytes,
-          qemu_req_flags(flags));
-    int ret = blk_request_begin(blk);
-    if (ret < 0) {
-        return ret;
-    }
-    ret = blk_check_range(blk, offset, bytes, false);
-    if (ret >= 0) {
-        ret = blk_node_result(blk, child_co_preadv(blk->root, offset, bytes,
-                                                    qiov, 0, flags), true);
-    }
-    blk_request_end(blk);
-    return ret;
-}
-
-int coroutine_fn blk_co_pwritev(BlockBackend *blk, int64_t offset,
-                                int64_t bytes, IOVec *qiov, int flags)
-{
-    TRACE(blk_co_pwritev, "blk %p bs %p offset %" PRId64 " bytes %" PRId64
-          " flags 0x%x", (void *)blk, (void *)blk_node(blk), offset, bytes,
-          qemu_req_flags(flags));
-    int ret = blk_request_begin(blk);
-    if (ret < 0) {
-        return ret;
-    }
-    if (!blk->wce) {
-        flags |= REQ_FUA;
-    }
-    ret = blk_check_range(blk, offset, bytes, true);
-    if (ret >= 0) {
-        ret = blk_node_result(blk, child_co_pwritev(blk->root, offset, bytes,
-                                                     qiov, 0, flags), false);
-    }
-    blk_request_end(blk);
-    return ret;
-}
-
-int coroutine_fn blk_co_pwrite_zeroes(BlockBackend *blk, int64_t offset,
-                                      int64_t bytes, int flags)
-{
-    /* QEMU's zero writes are vectored writes with a flag. */
-    TRACE(blk_co_pwritev, "blk %p bs %p offset %" PRId64 " bytes %" PRId64
-          " flags 0x%x", (void *)blk, (void *)blk_node(blk), offset, bytes,
-          qemu_req_flags(flags) | 0x2);
-    int ret = blk_request_begin(blk);
-    if (ret < 0) {
-        return ret;
-    }
-    if (!blk->wce) {
-        flags |= REQ_FUA;
-    }
-    ret = blk_check_range(blk, offset, bytes, true);
-    if (ret >= 0) {
-        ret = blk_node_result(blk, child_co_pwrite_zeroes(blk->root, offset,
-                                                           bytes, flags),
-                              false);
-    }
-    blk_request_end(blk);
-    return ret;
-}
-
-int coroutine_fn blk_co_pdiscard(BlockBackend *blk, int64_t offset,
-                                 int64_t bytes)
-{
-    int ret = blk_request_begin(blk);
-    if (ret < 0) {
-        return ret;
-    }
-    ret = blk_check_range(blk, offset, bytes, true);
-    if (ret >= 0) {
-        ret = blk_node_result(blk, child_co_pdiscard(blk->root, offset, bytes),
-                              false);
-    }
-    blk_request_end(blk);
-    return ret;
-}
-
-int coroutine_fn blk_co_flush(BlockBackend *blk)
-{
-    int ret = blk_request_begin(blk);
-    if (ret < 0) {
-        return ret;
-    }
-    ret = blk_node_result(blk, node_co_flush(blk->root->bs), false);
-    blk_request_end(blk);
-    return ret;
-}
-
-int coroutine_fn blk_co_truncate(BlockBackend *blk, int64_t offset, bool exact,
-                                 PreallocMode prealloc, GError **errp)
-{
-    int ret = blk_request_begin(blk);
-    if (ret < 0) {
-        error_setg(errp, "No medium inserted");
-        return ret;
-    }
-    if (!node_is_inserted(blk->root->bs)) {
-        blk_request_end(blk);
-        error_setg(errp, "No medium inserted");
-        return -ENOMEDIUM;
-    }
-    ret = child_co_truncate(blk->root, offset, exact, prealloc, errp);
-    blk_request_end(blk);
-    return ret;
-}
-
-/* ---- Synchronous wrappers ---- */
-
 typedef enum { OP_READ, OP_WRITE, OP_ZEROES, OP_DISCARD, OP_FLUSH, OP_TRUNCATE } BlkOp;
 
 typedef struct {
@@ -447,6 +418,135 @@ typedef struct {
     void *opaque;
     bool starting;      /* still inside blk_aio_start's co_enter */
 } BlkReq;
+
+
+/* The node's part of a request: in the node's loop. */
+static int coroutine_fn blk_do(BlkReq *r)
+{
+    BlockBackend *blk = r->blk;
+    int ret;
+
+    switch (r->op) {
+    case OP_READ:
+        ret = blk_check_range(blk, r->offset, r->bytes, false);
+        return ret < 0 ? ret :
+            blk_node_result(blk, child_co_preadv(blk->root, r->offset,
+                                                 r->bytes, r->qiov, 0,
+                                                 r->flags), true);
+    case OP_WRITE:
+        ret = blk_check_range(blk, r->offset, r->bytes, true);
+        return ret < 0 ? ret :
+            blk_node_result(blk, child_co_pwritev(blk->root, r->offset,
+                                                  r->bytes, r->qiov, 0,
+                                                  r->flags), false);
+    case OP_ZEROES:
+        ret = blk_check_range(blk, r->offset, r->bytes, true);
+        return ret < 0 ? ret :
+            blk_node_result(blk, child_co_pwrite_zeroes(blk->root, r->offset,
+                                                        r->bytes, r->flags),
+                            false);
+    case OP_DISCARD:
+        ret = blk_check_range(blk, r->offset, r->bytes, true);
+        return ret < 0 ? ret :
+            blk_node_result(blk, child_co_pdiscard(blk->root, r->offset,
+                                                   r->bytes), false);
+    case OP_FLUSH:
+        return blk_node_result(blk, node_co_flush(blk->root->bs), false);
+    case OP_TRUNCATE:
+        if (!node_is_inserted(blk->root->bs)) {
+            error_setg(r->errp, "No medium inserted");
+            return -ENOMEDIUM;
+        }
+        return child_co_truncate(blk->root, r->offset, r->exact, r->prealloc,
+                                 r->errp);
+    }
+    return -EINVAL;
+}
+
+static void coroutine_fn blk_do_co(void *opaque)
+{
+    BlkReq *r = opaque;
+    r->ret = blk_do(r);
+}
+
+/*
+ * Held back and counted in the caller's thread; run in the node's, which
+ * is the caller's unless a main-thread user reaches a node in an iothread.
+ */
+static int coroutine_fn blk_co_request(BlkReq *r)
+{
+    int ret = blk_request_begin(r->blk);
+    if (ret < 0) {
+        if (r->op == OP_TRUNCATE) {
+            error_setg(r->errp, "No medium inserted");
+        }
+        return ret;
+    }
+    StrataLoop *home = node_loop(r->blk->root->bs);
+    if (home == loop_get()) {
+        ret = blk_do(r);
+    } else {
+        co_call_in(home, blk_do_co, r);
+        ret = r->ret;
+    }
+    blk_request_end(r->blk);
+    return ret;
+}
+
+int coroutine_fn blk_co_preadv(BlockBackend *blk, int64_t offset,
+                               int64_t bytes, IOVec *qiov, int flags)
+{
+    TRACE(blk_co_preadv, "blk %p bs %p offset %" PRId64 " bytes %" PRId64
+          " flags 0x%x", (void *)blk, (void *)blk_node(blk), offset, bytes,
+          qemu_req_flags(flags));
+    BlkReq r = { blk, OP_READ, offset, bytes, qiov, flags };
+    return blk_co_request(&r);
+}
+
+int coroutine_fn blk_co_pwritev(BlockBackend *blk, int64_t offset,
+                                int64_t bytes, IOVec *qiov, int flags)
+{
+    TRACE(blk_co_pwritev, "blk %p bs %p offset %" PRId64 " bytes %" PRId64
+          " flags 0x%x", (void *)blk, (void *)blk_node(blk), offset, bytes,
+          qemu_req_flags(flags));
+    BlkReq r = { blk, OP_WRITE, offset, bytes, qiov,
+                 flags | (blk->wce ? 0 : REQ_FUA) };
+    return blk_co_request(&r);
+}
+
+int coroutine_fn blk_co_pwrite_zeroes(BlockBackend *blk, int64_t offset,
+                                      int64_t bytes, int flags)
+{
+    /* QEMU's zero writes are vectored writes with a flag. */
+    TRACE(blk_co_pwritev, "blk %p bs %p offset %" PRId64 " bytes %" PRId64
+          " flags 0x%x", (void *)blk, (void *)blk_node(blk), offset, bytes,
+          qemu_req_flags(flags) | 0x2);
+    BlkReq r = { blk, OP_ZEROES, offset, bytes, NULL,
+                 flags | (blk->wce ? 0 : REQ_FUA) };
+    return blk_co_request(&r);
+}
+
+int coroutine_fn blk_co_pdiscard(BlockBackend *blk, int64_t offset,
+                                 int64_t bytes)
+{
+    BlkReq r = { blk, OP_DISCARD, offset, bytes };
+    return blk_co_request(&r);
+}
+
+int coroutine_fn blk_co_flush(BlockBackend *blk)
+{
+    BlkReq r = { blk, OP_FLUSH };
+    return blk_co_request(&r);
+}
+
+int coroutine_fn blk_co_truncate(BlockBackend *blk, int64_t offset, bool exact,
+                                 PreallocMode prealloc, GError **errp)
+{
+    BlkReq r = { blk, OP_TRUNCATE, offset, 0, NULL, 0, exact, prealloc, errp };
+    return blk_co_request(&r);
+}
+
+/* ---- Synchronous wrappers ---- */
 
 static int coroutine_fn blk_req_run(BlkReq *r)
 {
@@ -558,7 +658,7 @@ static void blk_aio_co(void *opaque)
     BlkReq *r = opaque;
     r->ret = blk_req_run(r);
     /* Until the callback has run the request counts as in flight. */
-    r->blk->in_flight++;
+    g_atomic_int_inc(&r->blk->in_flight);
     if (r->starting) {
         /*
          * Finished without waiting, still inside blk_aio_*(): the caller

@@ -57,18 +57,22 @@ void node_set_reopen_state(BlockNode *bs, ReopenState *rs);
 bool node_writable_after_reopen(const BlockNode *bs);
 
 /*
- * Run fn(opaque) to completion: directly in coroutine context, else in a
- * new coroutine while the loop runs.  The synchronous entry points of
- * strata/block-ops.h are built on it.
+ * Run fn(opaque) to completion in bs's loop (node_co_call): directly in
+ * coroutine context of that loop, else in a new coroutine while the
+ * caller's loop runs.  The synchronous entry points of strata/block-ops.h
+ * are built on it.  bs NULL: here.
  */
-static inline void block_co_call(CoroutineEntry *fn, void *opaque)
+static inline void block_co_call(BlockNode *bs, CoroutineEntry *fn,
+                                 void *opaque)
 {
-    if (in_coroutine()) {
-        fn(opaque);
-    } else {
-        co_run_sync(fn, opaque);
-    }
+    node_co_call(bs, fn, opaque);
 }
+
+/*
+ * Before parent gets child as a child: put both in one loop (the child's
+ * graph moves to the parent's loop, or else the parent's to the child's).
+ */
+bool node_join_loop(BlockNode *parent, BlockNode *child, GError **errp);
 
 /* The BlockChildClass used for node parents. */
 extern const BlockChildClass child_of_node;
@@ -83,6 +87,12 @@ void node_parents_drained_begin(BlockNode *bs, BlockChild *ignore);
 void node_parents_drained_end(BlockNode *bs, BlockChild *ignore);
 /* Wake drain waiters (called when in_flight drops to zero). */
 void drain_kick(void);
+/*
+ * Around a main-loop wait for counters that other threads lower (they
+ * call drain_kick(), which wakes the main loop only while someone waits).
+ */
+void drain_wait_begin(void);
+void drain_wait_end(void);
 
 
 /* Requests: used by io.c and status.c. */

@@ -341,6 +341,9 @@ BlockChild *node_attach_child(BlockNode *parent, BlockNode *child_bs,
             }
         }
     }
+    if (!node_join_loop(parent, child_bs, errp)) {
+        return NULL;
+    }
     Txn *txn = txn_new();
     BlockChild *c = child_new_noperm(child_bs, name, &child_of_node, role, 0,
                                      BLK_PERM_ALL, parent, txn);
@@ -393,6 +396,9 @@ bool child_replace_node(BlockChild *c, BlockNode *new_bs, GError **errp)
     if (!child_check_not_frozen(c, "replace", errp)) {
         return false;
     }
+    if (!node_set_loop(new_bs, node_loop(c->bs), errp)) {
+        return false;
+    }
     BlockNode *old_bs = c->bs;
     node_ref(old_bs);
     Txn *txn = txn_new();
@@ -419,6 +425,10 @@ static bool node_in_subtree(BlockNode *root, BlockNode *bs)
 
 bool node_replace(BlockNode *from, BlockNode *to, GError **errp)
 {
+    /* from's parents stay in their loop: to comes to it. */
+    if (!node_set_loop(to, node_loop(from), errp)) {
+        return false;
+    }
     node_ref(from);
     Txn *txn = txn_new();
     GList *parents = g_list_copy(from->parents);

@@ -63,7 +63,7 @@ static bool can_store_new(BlockNode *bs, const char *name,
                          node_get_name(bs));
         return false;
     }
-    block_co_call(can_store_co, &d);
+    block_co_call(bs, can_store_co, &d);
     return d.ret == 0;
 }
 
@@ -124,7 +124,7 @@ bool node_dirty_bitmap_remove(BlockNode *bs, const char *name, GError **errp)
     if (dirty_bitmap_persistent(bm) &&
         bs->drv->co_remove_persistent_dirty_bitmap) {
         DriverCo d = { bs, name, 0, errp, 0 };
-        block_co_call(remove_co, &d);
+        block_co_call(bs, remove_co, &d);
         if (d.ret < 0) {
             return false;
         }

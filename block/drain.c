@@ -13,13 +13,28 @@
  */
 #include "block-int.h"
 
+/*
+ * Drains run in the main thread; requests in flight may end in an
+ * iothread, which must then wake the main loop to have set_busy() looked at
+ * again.  Counters are atomic for that reason.
+ */
 static int drain_waiters;
 
 void drain_kick(void)
 {
-    if (drain_waiters) {
-        g_main_context_wakeup(loop_context(loop_get()));
+    if (g_atomic_int_get(&drain_waiters)) {
+        g_main_context_wakeup(loop_context(loop_main()));
     }
+}
+
+void drain_wait_begin(void)
+{
+    g_atomic_int_inc(&drain_waiters);
+}
+
+void drain_wait_end(void)
+{
+    g_atomic_int_add(&drain_waiters, -1);
 }
 
 void node_parents_drained_begin(BlockNode *bs, BlockChild *ignore)
@@ -78,7 +93,7 @@ static bool set_busy(GPtrArray *set)
 {
     for (guint i = 0; i < set->len; i++) {
         BlockNode *bs = set->pdata[i];
-        if (bs->in_flight > 0) {
+        if (g_atomic_int_get(&bs->in_flight) > 0) {
             return true;
         }
         for (GList *l = bs->parents; l; l = l->next) {
@@ -100,9 +115,9 @@ typedef struct {
 static void drain_wait_bh(void *opaque)
 {
     DrainWait *w = opaque;
-    drain_waiters++;
+    g_atomic_int_inc(&drain_waiters);
     LOOP_WAIT_WHILE(set_busy(w->set));
-    drain_waiters--;
+    g_atomic_int_add(&drain_waiters, -1);
     co_enter(w->co);
 }
 
@@ -117,7 +132,9 @@ void node_drain_begin(BlockNode *bs)
     for (guint i = 0; i < set->len; i++) {
         BlockNode *n = set->pdata[i];
         node_ref(n);
-        if (n->quiesce_counter++ == 0 && n->drv->drained_begin) {
+        /* Atomic: a timer in the node's thread looks at it (qcow2). */
+        if (g_atomic_int_add(&n->quiesce_counter, 1) == 0 &&
+            n->drv->drained_begin) {
             n->drv->drained_begin(n);
         }
         node_parents_drained_begin(n, NULL);
@@ -134,9 +151,9 @@ void node_drain_begin(BlockNode *bs)
         co_yield();
         return;
     }
-    drain_waiters++;
+    g_atomic_int_inc(&drain_waiters);
     LOOP_WAIT_WHILE(set_busy(set));
-    drain_waiters--;
+    g_atomic_int_add(&drain_waiters, -1);
 }
 
 void node_drain_end(BlockNode *bs)
@@ -148,7 +165,8 @@ void node_drain_end(BlockNode *bs)
         BlockNode *n = set->pdata[i];
         node_parents_drained_end(n, NULL);
         g_assert(n->quiesce_counter > 0);
-        if (--n->quiesce_counter == 0 && n->drv->drained_end) {
+        if (g_atomic_int_dec_and_test(&n->quiesce_counter) &&
+            n->drv->drained_end) {
             n->drv->drained_end(n);
         }
     }
@@ -160,7 +178,7 @@ void node_drain_end(BlockNode *bs)
 
 bool node_is_quiesced(const BlockNode *bs)
 {
-    return bs->quiesce_counter > 0;
+    return g_atomic_int_get((int *)&bs->quiesce_counter) > 0;
 }
 
 /* Roots drained by drain_all_begin, one list per nesting level. */

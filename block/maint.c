@@ -60,7 +60,7 @@ int node_check(BlockNode *bs, BlockCheckResult *res, int fix,
     if (!bs->drv->co_check) {
         return -ENOTSUP;
     }
-    block_co_call(check_co, &c);
+    block_co_call(bs, check_co, &c);
     return c.ret;
 }
 
@@ -98,16 +98,17 @@ int node_amend(BlockNode *bs, json_t *options, bool force,
 {
     AmendCall a = { bs, options, force, status, opaque, errp, 0 };
 
-    block_co_call(amend_co, &a);
+    block_co_call(bs, amend_co, &a);
     return a.ret;
 }
 
 int coroutine_fn node_co_amend(BlockNode *bs, json_t *options, bool force,
                                GError **errp)
 {
+    /* A job in the main loop amends a node that may run in an iothread. */
     AmendCall a = { bs, options, force, NULL, NULL, errp, 0 };
-
-    return co_amend(&a);
+    block_co_call(bs, amend_co, &a);
+    return a.ret;
 }
 
 /* ---- make empty ---- */
@@ -135,7 +136,7 @@ int node_make_empty(BlockNode *bs, GError **errp)
                    bs->drv->format_name);
         return -ENOTSUP;
     }
-    block_co_call(make_empty_co, &m);
+    block_co_call(bs, make_empty_co, &m);
     if (local) {
         g_propagate_error(errp, local);
     } else if (m.ret < 0) {
@@ -169,7 +170,7 @@ int node_change_backing_file(BlockNode *bs, const char *file,
     if ((fmt && !file) || (require_format && file && !fmt)) {
         c.ret = -EINVAL;
     } else {
-        block_co_call(backing_co, &c);
+        block_co_call(bs, backing_co, &c);
     }
     if (c.ret < 0) {
         error_setg_errno(errp, -c.ret, "Could not change backing file to "
@@ -219,6 +220,6 @@ bool node_measure(const char *fmt, json_t *options, BlockNode *in_bs,
     if (!driver_require(drv, DRIVER_CAN_MEASURE, errp)) {
         return false;
     }
-    block_co_call(measure_co, &m);
+    block_co_call(in_bs, measure_co, &m);
     return m.ok;
 }

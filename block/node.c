@@ -1435,13 +1435,13 @@ static bool open_backing(BlockNode *bs, json_t *options, int flags,
 
 void node_inc_in_flight(BlockNode *bs)
 {
-    bs->in_flight++;
+    g_atomic_int_inc(&bs->in_flight);
 }
 
 void node_dec_in_flight(BlockNode *bs)
 {
-    g_assert(bs->in_flight > 0);
-    if (--bs->in_flight == 0) {
+    g_assert(g_atomic_int_get(&bs->in_flight) > 0);
+    if (g_atomic_int_dec_and_test(&bs->in_flight)) {
         drain_kick();
     }
 }

@@ -611,6 +611,9 @@ static bool reopen_parse_child(ReopenState *rs, bool is_backing,
         return false;
     }
 
+    if (new_bs && !node_join_loop(bs, new_bs, errp)) {
+        return false;
+    }
     bool inherits = new_bs && inherits_from(new_bs, bs);
     if (!c) {
         c = child_new_noperm(new_bs, "backing", &child_of_node, CHILD_ROLE_COW,

@@ -117,7 +117,7 @@ static int snap_call(BlockNode *top, SnapCall *c)
     if (c->op != SNAP_LIST) {
         node_drain_begin(c->bs);
     }
-    block_co_call(snap_co, c);
+    block_co_call(c->bs, snap_co, c);
     if (c->op != SNAP_LIST) {
         node_drain_end(c->bs);
     }
@@ -212,7 +212,7 @@ int node_snapshot_load_tmp(BlockNode *bs, const char *id, const char *name,
                    bs->drv->format_name, node_device_name(bs));
         return -ENOTSUP;
     }
-    block_co_call(load_tmp_co, &c);
+    block_co_call(bs, load_tmp_co, &c);
     if (c.ret < 0) {
         return fail_errno(c.ret, errp, local);
     }

@@ -191,11 +191,54 @@ early_out:
     return ret;
 }
 
+typedef struct StatusCall {
+    enum { STATUS_ONE, STATUS_ABOVE, ALLOC_ONE, ALLOC_ABOVE } kind;
+    BlockNode *bs, *base;
+    bool include_base, want_zero;
+    int64_t offset, bytes, *pnum, *map;
+    BlockNode **file;
+    int *depth;
+    int ret;
+} StatusCall;
+
+static void coroutine_fn status_call_co(void *opaque);
+
+static int coroutine_fn status_above_here(BlockNode *bs, BlockNode *base,
+                                          bool include_base, bool want_zero,
+                                          int64_t offset, int64_t bytes,
+                                          int64_t *pnum, int64_t *map,
+                                          BlockNode **file, int *depth);
+
+/*
+ * The one coroutine entry that callers outside block/ use on a node
+ * without a backend (an NBD export's block status): it goes to the
+ * node's loop when the caller runs in another.
+ */
 int coroutine_fn node_co_block_status_above(BlockNode *bs, BlockNode *base,
                                             bool include_base, bool want_zero,
                                             int64_t offset, int64_t bytes,
                                             int64_t *pnum, int64_t *map,
                                             BlockNode **file, int *depth)
+{
+    StrataLoop *home = node_loop(bs);
+    if (home != loop_get()) {
+        StatusCall c = { .kind = STATUS_ABOVE, .bs = bs, .base = base,
+                         .include_base = include_base,
+                         .want_zero = want_zero, .offset = offset,
+                         .bytes = bytes, .pnum = pnum, .map = map,
+                         .file = file, .depth = depth };
+        node_co_call(bs, status_call_co, &c);
+        return c.ret;
+    }
+    return status_above_here(bs, base, include_base, want_zero, offset,
+                             bytes, pnum, map, file, depth);
+}
+
+static int coroutine_fn status_above_here(BlockNode *bs, BlockNode *base,
+                                          bool include_base, bool want_zero,
+                                          int64_t offset, int64_t bytes,
+                                          int64_t *pnum, int64_t *map,
+                                          BlockNode **file, int *depth)
 {
     int64_t eof = 0;
     int dummy, ret;
@@ -288,15 +331,6 @@ int coroutine_fn node_co_is_allocated_above(BlockNode *top, BlockNode *base,
 
 /* ---- Synchronous forms (strata/block-ops.h) ---- */
 
-typedef struct StatusCall {
-    enum { STATUS_ONE, STATUS_ABOVE, ALLOC_ONE, ALLOC_ABOVE } kind;
-    BlockNode *bs, *base;
-    bool include_base, want_zero;
-    int64_t offset, bytes, *pnum, *map;
-    BlockNode **file;
-    int *depth;
-    int ret;
-} StatusCall;
 
 static void coroutine_fn status_call_co(void *opaque)
 {
@@ -331,7 +365,7 @@ int node_block_status(BlockNode *bs, bool want_zero, int64_t offset,
                      .offset = offset, .bytes = bytes, .pnum = pnum,
                      .map = map, .file = file };
 
-    block_co_call(status_call_co, &c);
+    block_co_call(c.bs, status_call_co, &c);
     return c.ret;
 }
 
@@ -345,7 +379,7 @@ int node_block_status_above(BlockNode *bs, BlockNode *base,
                      .offset = offset, .bytes = bytes, .pnum = pnum,
                      .map = map, .file = file, .depth = depth };
 
-    block_co_call(status_call_co, &c);
+    block_co_call(c.bs, status_call_co, &c);
     return c.ret;
 }
 
@@ -355,7 +389,7 @@ int node_is_allocated(BlockNode *bs, int64_t offset, int64_t bytes,
     StatusCall c = { .kind = ALLOC_ONE, .bs = bs, .offset = offset,
                      .bytes = bytes, .pnum = pnum };
 
-    block_co_call(status_call_co, &c);
+    block_co_call(c.bs, status_call_co, &c);
     return c.ret;
 }
 
@@ -367,6 +401,6 @@ int node_is_allocated_above(BlockNode *top, BlockNode *base,
                      .include_base = include_base, .offset = offset,
                      .bytes = bytes, .pnum = pnum };
 
-    block_co_call(status_call_co, &c);
+    block_co_call(c.bs, status_call_co, &c);
     return c.ret;
 }

@@ -39,6 +39,20 @@ static bool job_child_drained_poll(BlockChild *c)
     return job->driver->drained_poll ? job->driver->drained_poll(job) : true;
 }
 
+/*
+ * A job follows its nodes to another thread: it runs in the main loop and
+ * its requests go to the node's loop (co_call_in).
+ */
+static bool job_child_can_set_loop(BlockChild *c, StrataLoop *loop,
+                                   GError **errp)
+{
+    return true;
+}
+
+static void job_child_set_loop(BlockChild *c, StrataLoop *loop)
+{
+}
+
 static const BlockChildClass job_child_class = {
     .kind = "job",
     .parent_is_node = false,
@@ -46,6 +60,8 @@ static const BlockChildClass job_child_class = {
     .drained_begin = job_child_drained_begin,
     .drained_end = job_child_drained_end,
     .drained_poll = job_child_drained_poll,
+    .can_set_loop = job_child_can_set_loop,
+    .set_loop = job_child_set_loop,
 };
 
 BlockChild *job_add_node(Job *job, const char *name, BlockNode *bs,

@@ -37,7 +37,9 @@ static void channel_update_watch(NbdChannel *ch)
     if (ch->writer) {
         cond |= G_IO_OUT;
     }
-    g_source_modify_unix_fd(&ch->src->base, ch->tag, cond);
+    if (ch->src) {
+        g_source_modify_unix_fd(&ch->src->base, ch->tag, cond);
+    }
 }
 
 static gboolean channel_dispatch(GSource *src, GSourceFunc cb, gpointer d)
@@ -94,8 +96,7 @@ void nbd_channel_free(NbdChannel *ch)
         return;
     }
     g_assert(!ch->reader && !ch->writer);
-    g_source_destroy(&ch->src->base);
-    g_source_unref(&ch->src->base);
+    nbd_channel_detach(ch);
     close(ch->fd);
     g_free(ch->rbuf);
     g_free(ch);
@@ -132,6 +133,32 @@ void nbd_channel_shutdown(NbdChannel *ch)
     if (w) {
         co_wake(w);
     }
+}
+
+void nbd_channel_detach(NbdChannel *ch)
+{
+    g_assert(!ch->reader && !ch->writer);
+    if (ch->src) {
+        g_source_destroy(&ch->src->base);
+        g_source_unref(&ch->src->base);
+        ch->src = NULL;
+    }
+}
+
+void nbd_channel_attach_here(NbdChannel *ch)
+{
+    g_assert(!ch->src);
+    ch->src = (ChannelSource *)g_source_new(&channel_source_funcs,
+                                            sizeof(ChannelSource));
+    ch->src->ch = ch;
+    ch->tag = g_source_add_unix_fd(&ch->src->base, ch->fd, 0);
+    g_source_set_can_recurse(&ch->src->base, TRUE);
+    g_source_attach(&ch->src->base, loop_context(loop_get()));
+}
+
+void nbd_channel_shutdown_remote(NbdChannel *ch)
+{
+    shutdown(ch->fd, SHUT_RDWR);
 }
 
 bool nbd_channel_is_shut_down(const NbdChannel *ch)

@@ -46,6 +46,19 @@ int coroutine_fn nbd_channel_wait_writable(NbdChannel *ch);
  * Safe from any code in the loop's thread.
  */
 void nbd_channel_shutdown(NbdChannel *ch);
+/*
+ * From a thread other than the channel's: only the socket is shut down;
+ * the coroutines waiting on it see the hang-up in their own thread.
+ */
+void nbd_channel_shutdown_remote(NbdChannel *ch);
+/*
+ * Hand the socket to another thread (a client whose export runs in an
+ * iothread): the thread watching it detaches it, the new one attaches it
+ * to its own loop, so that no watch is ever dispatched in two threads.
+ * No coroutine may be waiting on it.
+ */
+void nbd_channel_detach(NbdChannel *ch);
+void nbd_channel_attach_here(NbdChannel *ch);
 bool nbd_channel_is_shut_down(const NbdChannel *ch);
 
 #endif

@@ -11,6 +11,7 @@
 #include <stdint.h>
 #include "strata/backend.h"
 #include "strata/coroutine.h"
+#include "strata/loop.h"
 #include "channel.h"
 
 typedef struct NbdExport NbdExport;
@@ -41,7 +42,9 @@ typedef struct NbdMeta {
 struct NbdClient {
     NbdChannel *ch;
     int refcount;           /* receive loop + each request in flight */
-    bool closing;
+    int closing;            /* atomic: set from the main thread */
+    /* The iothread transmission runs in (NULL: the main loop's). */
+    StrataLoop *loop;
     NbdExport *exp;         /* after GO / EXPORT_NAME */
     /* Negotiation state. */
     uint32_t opt;           /* option being handled */
@@ -72,6 +75,10 @@ void nbd_client_ref(NbdClient *client);
 void nbd_client_unref(NbdClient *client);
 /* Stop talking to a client; it is freed when its last request ends. */
 void nbd_client_close(NbdClient *client);
+static inline bool nbd_client_closing(NbdClient *client)
+{
+    return g_atomic_int_get(&client->closing);
+}
 
 /*
  * negotiate.c: the handshake.  0: transmission may start (client->exp

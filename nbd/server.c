@@ -10,6 +10,15 @@
  * coroutine must not do) and the deleted listeners are told.  As in QEMU,
  * an export being removed is still listed (shutting-down) but no longer
  * found by clients.
+ *
+ * Threads.  Everything here runs in the main loop except a client's
+ * transmission phase, which runs in the loop of the export's node (an
+ * iothread's, block-export-add iothread=...): the client's main coroutine
+ * hands the socket over and waits until transmission and every request
+ * have ended there, so references, lists and frees stay in the main
+ * thread.  Closing such a client from the main thread only shuts its
+ * socket down; its thread sees the hang-up.  A node that moves later
+ * (x-blockdev-set-iothread) keeps serving: requests go to its new loop.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -212,6 +221,7 @@ bool nbd_export_add(const NbdExportOptions *opts, GError **errp)
     blk_set_enable_write_cache(blk, !opts->writethrough);
     /* the client gets the error; the monitor hears of it (BLOCK_IO_ERROR) */
     blk_set_report_io_errors(blk, true);
+    blk_set_loop_policy(blk, opts->fixed_loop, NULL, NULL);
 
     if (!server) {
         error_setg(errp, "NBD server not running");
@@ -355,10 +365,15 @@ void nbd_client_ref(NbdClient *client)
 
 void nbd_client_close(NbdClient *client)
 {
-    if (client->closing) {
+    if (nbd_client_closing(client)) {
         return;
     }
-    client->closing = true;
+    g_atomic_int_set(&client->closing, 1);
+    StrataLoop *loop = g_atomic_pointer_get(&client->loop);
+    if (loop && loop != loop_get()) {
+        nbd_channel_shutdown_remote(client->ch);
+        return;
+    }
     nbd_channel_shutdown(client->ch);
     co_queue_restart_all(&client->inflight_slots);
 }
@@ -384,12 +399,35 @@ void nbd_client_unref(NbdClient *client)
     }
 }
 
+/* Transmission in the export's thread, then the socket comes back. */
+static void coroutine_fn transmit_elsewhere_co(void *opaque)
+{
+    NbdClient *client = opaque;
+
+    nbd_channel_attach_here(client->ch);
+    nbd_transmit(client);
+    while (client->inflight) {
+        co_queue_wait(&client->inflight_slots);
+    }
+    nbd_channel_detach(client->ch);
+    g_atomic_pointer_set(&client->loop, loop_main());
+}
+
 static void coroutine_fn client_co(void *opaque)
 {
     NbdClient *client = opaque;
 
     if (nbd_negotiate(client) == 0) {
-        nbd_transmit(client);
+        StrataLoop *home = node_loop(blk_node(client->exp->blk));
+        if (home == loop_get()) {
+            nbd_transmit(client);
+        } else {
+            nbd_channel_detach(client->ch);
+            g_atomic_pointer_set(&client->loop, home);
+            co_call_in(home, transmit_elsewhere_co, client);
+            g_atomic_pointer_set(&client->loop, NULL);
+            nbd_channel_attach_here(client->ch);
+        }
     }
     nbd_client_close(client);
     nbd_client_unref(client);

@@ -682,11 +682,12 @@ void coroutine_fn nbd_transmit(NbdClient *client)
     client->may_sendfile = sigaction(SIGPIPE, NULL, &sa) == 0 &&
                            sa.sa_handler == SIG_IGN;
 
-    while (!client->closing) {
-        while (client->inflight >= NBD_MAX_INFLIGHT && !client->closing) {
+    while (!nbd_client_closing(client)) {
+        while (client->inflight >= NBD_MAX_INFLIGHT &&
+               !nbd_client_closing(client)) {
             co_queue_wait(&client->inflight_slots);
         }
-        if (client->closing) {
+        if (nbd_client_closing(client)) {
             break;
         }
         NbdRequest *req = receive_request(client, &drain);
@@ -705,7 +706,7 @@ void coroutine_fn nbd_transmit(NbdClient *client)
      * A client that said goodbye, or whose last request we could not read
      * whole, still gets the replies to what it sent before.
      */
-    while (drain && client->inflight && !client->closing) {
+    while (drain && client->inflight && !nbd_client_closing(client)) {
         co_queue_wait(&client->inflight_slots);
     }
 }

@@ -70,26 +70,24 @@ void qmp_block_export_add(BlockExportOptions *arg, GError **errp)
 {
     const BlockExportOptionsNbd *nbd = &arg->u.nbd;
 
+    bool fixed = arg->has_fixed_iothread && arg->fixed_iothread;
     if (arg->iothread) {
         /*
-         * QEMU looks the iothread up after the node, then tries to move the
-         * node into it.  Every node runs in the main loop here (see
-         * x-blockdev-set-iothread), so the move always fails: QEMU ignores
-         * that failure unless fixed-iothread is set, and so does strata.
+         * QEMU looks the iothread up after these checks, then moves the
+         * node (and its graph) into it before anything else can fail; a
+         * failed move counts only with fixed-iothread.
          */
         BlockNode *bs = node_find(arg->node_name);
         if (id_wellformed(arg->id) && bs && !(node_is_read_only(bs) && arg->has_writable &&
                     arg->writable) && !nbd_export_exists(arg->id)) {
             user_objects_root_touch();
-            if (!user_iothread_by_path(arg->iothread)) {
+            UserObject *o = user_iothread_by_path(arg->iothread);
+            if (!o) {
                 error_setg(errp, "iothread \"%s\" not found", arg->iothread);
                 return;
             }
-            if (arg->has_fixed_iothread && arg->fixed_iothread) {
-                error_setg(errp, "Cannot move node '%s' to iothread '%s': "
-                           "strata runs every block node in the main loop "
-                           "(nodes cannot change threads yet)",
-                           arg->node_name, arg->iothread);
+            if (!node_set_loop(bs, iothread_loop(o->iothread),
+                               fixed ? errp : NULL) && fixed) {
                 return;
             }
         }
@@ -107,6 +105,7 @@ void qmp_block_export_add(BlockExportOptions *arg, GError **errp)
         .description = nbd->description,
         .writable = arg->has_writable && arg->writable,
         .writethrough = arg->has_writethrough && arg->writethrough,
+        .fixed_loop = fixed,
         .allocation_depth = nbd->has_allocation_depth &&
                             nbd->allocation_depth,
     };

@@ -193,11 +193,21 @@ void qmp_object_del(const char *id, GError **errp)
         return;
     }
     /*
-     * QEMU 7.2 lets an iothread in use go (and then fails an assertion);
-     * nodes never run in an iothread here (x-blockdev-set-iothread), so an
-     * iothread has no users to keep it.  A secret is read when an image is
+     * QEMU 7.2 lets an iothread in use go (and then fails an assertion):
+     * refuse while a node runs in it.  A secret is read when an image is
      * opened and may go afterwards, as in QEMU.
      */
+    if (o->iothread) {
+        StrataLoop *loop = iothread_loop(o->iothread);
+        for (BlockNode *bs = node_next(NULL); bs; bs = node_next(bs)) {
+            if (node_loop(bs) == loop) {
+                error_setg(errp, "Cannot delete iothread '%s': node '%s' "
+                           "runs in it (move it with x-blockdev-set-iothread "
+                           "first)", id, node_get_name(bs));
+                return;
+            }
+        }
+    }
     g_hash_table_remove(objects, id);
     user_object_free(o);
 }
@@ -290,12 +300,8 @@ out:
 }
 
 /*
- * Every node runs in the main loop: the block layer has no per-node loop
- * yet (a node's requests, timers and completions all run in the thread
- * that waits for them, the main one), so moving a node to an iothread
- * would run it from two threads at once.  The checks and errors are
- * QEMU's; moving to the main loop, where the node already is, succeeds,
- * and moving to an iothread is refused.
+ * QEMU's checks, then node_set_loop(): the node moves with everything
+ * connected to it, or the parent that cannot follow says why.
  */
 void qmp_x_blockdev_set_iothread(const char *node_name, StrOrNull *iothread,
                                  bool has_force, bool force, GError **errp)
@@ -314,16 +320,15 @@ void qmp_x_blockdev_set_iothread(const char *node_name, StrOrNull *iothread,
                    node_name);
         return;
     }
-    if (iothread->type != QTYPE_QSTRING) {
-        return;
+    StrataLoop *loop = NULL;
+    if (iothread->type == QTYPE_QSTRING) {
+        user_objects_root_touch();
+        UserObject *o = user_iothread_by_path(iothread->u.s);
+        if (!o) {
+            error_setg(errp, "Cannot find iothread %s", iothread->u.s);
+            return;
+        }
+        loop = iothread_loop(o->iothread);
     }
-    user_objects_root_touch();
-    UserObject *o = user_iothread_by_path(iothread->u.s);
-    if (!o) {
-        error_setg(errp, "Cannot find iothread %s", iothread->u.s);
-        return;
-    }
-    error_setg(errp, "Cannot move node '%s' to iothread '%s': strata runs "
-               "every block node in the main loop (nodes cannot change "
-               "threads yet)", node_name, iothread->u.s);
+    node_set_loop(bs, loop, errp);
 }

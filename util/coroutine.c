@@ -288,3 +288,54 @@ void co_run_sync(CoroutineEntry *fn, void *opaque)
     co_enter(co_create(co_run_sync_entry, &s));
     LOOP_WAIT_WHILE(!s.done);
 }
+
+typedef struct {
+    CoroutineEntry *fn;
+    void *opaque;
+    StrataLoop *caller_loop;
+    Coroutine *caller;      /* NULL: the caller waits in its loop */
+    bool done;              /* set in the caller's thread */
+} CoHop;
+
+static void hop_back_bh(void *opaque)
+{
+    CoHop *h = opaque;
+    if (h->caller) {
+        co_enter(h->caller);
+    } else {
+        h->done = true;
+    }
+}
+
+static void hop_entry(void *opaque)
+{
+    CoHop *h = opaque;
+    h->fn(h->opaque);
+    /* The last touch of h: the caller may return as soon as this lands. */
+    loop_bh_remote(h->caller_loop, hop_back_bh, h);
+}
+
+static void hop_start_bh(void *opaque)
+{
+    co_enter(co_create(hop_entry, opaque));
+}
+
+void co_call_in(StrataLoop *loop, CoroutineEntry *fn, void *opaque)
+{
+    StrataLoop *here = loop_get();
+    if (!loop || loop == here) {
+        if (in_coroutine()) {
+            fn(opaque);
+        } else {
+            co_run_sync(fn, opaque);
+        }
+        return;
+    }
+    CoHop h = { fn, opaque, here, co_self(), false };
+    loop_bh_remote(loop, hop_start_bh, &h);
+    if (h.caller) {
+        co_yield();
+    } else {
+        LOOP_WAIT_WHILE(!h.done);
+    }
+}

@@ -42,6 +42,8 @@ static void loop_free(gpointer data);
 static GPrivate loop_key = G_PRIVATE_INIT(loop_free);
 
 static __thread StrataLoop *thread_loop;
+/* The loop of the thread that runs glib's default context (the main loop). */
+static StrataLoop *main_loop;
 
 static bool loop_bh_ready(StrataLoop *loop)
 {
@@ -138,6 +140,9 @@ StrataLoop *loop_get(void)
     g_source_attach(&loop->source, ctx);
     thread_loop = loop;
     g_private_set(&loop_key, loop);
+    if (ctx == g_main_context_default()) {
+        g_atomic_pointer_set(&main_loop, loop);
+    }
     return loop;
 }
 
@@ -156,6 +161,13 @@ static void loop_free(gpointer data)
     g_source_destroy(&loop->source);
     g_source_unref(&loop->source);
     g_main_context_unref(ctx);
+}
+
+StrataLoop *loop_main(void)
+{
+    StrataLoop *loop = g_atomic_pointer_get(&main_loop);
+    /* Before the main thread has used its loop, only it can be asking. */
+    return loop ? loop : loop_get();
 }
 
 GMainContext *loop_context(StrataLoop *loop)

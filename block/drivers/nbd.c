@@ -905,6 +905,7 @@ static int nbd_img_create(const char *filename, json_t *options, GError **errp)
  */
 #define NBD_DRIVER_COMMON                                                     \
     .format_name = "nbd",                                                     \
+    .main_loop_only = true,                                                   \
     .instance_size = sizeof(NbdState),                                        \
     .parse_filename = nbd_parse_filename,                                     \
     .open = nbd_open,                                                         \

@@ -402,13 +402,21 @@ static int open_data_file(BlockNode *bs, json_t *options, int flags,
  * qemu-storage-daemon the option is accepted and never fires; strata runs
  * it on the loop's real-time clock, as the option's documentation promises.
  * It needs no lock: it only drops tables nobody holds, and never yields.
+ * It runs in the node's loop and counts as a request there, so that a
+ * drain from the main thread (which may then use the caches itself) waits
+ * for it, and it skips a round while the node is drained.
  */
 static gboolean cache_clean_cb(gpointer opaque)
 {
-    Qcow2State *s = opaque;
+    BlockNode *bs = opaque;
+    Qcow2State *s = bs->opaque;
 
-    qcow2_cache_clean_unused(s->l2_cache);
-    qcow2_cache_clean_unused(s->refcount_cache);
+    node_inc_in_flight(bs);
+    if (!node_is_quiesced(bs)) {
+        qcow2_cache_clean_unused(s->l2_cache);
+        qcow2_cache_clean_unused(s->refcount_cache);
+    }
+    node_dec_in_flight(bs);
     return G_SOURCE_CONTINUE;
 }
 
@@ -421,8 +429,9 @@ static void cache_clean_timer_del(Qcow2State *s)
     }
 }
 
-static void cache_clean_timer_init(Qcow2State *s)
+static void cache_clean_timer_init(BlockNode *bs)
 {
+    Qcow2State *s = bs->opaque;
     cache_clean_timer_del(s);
     if (s->cache_clean_interval == 0 || !s->l2_cache) {
         return;
@@ -438,8 +447,8 @@ static void cache_clean_timer_init(Qcow2State *s)
     } else {
         s->cache_clean_timer = g_timeout_source_new_seconds(s->cache_clean_interval);
     }
-    g_source_set_callback(s->cache_clean_timer, cache_clean_cb, s, NULL);
-    g_source_attach(s->cache_clean_timer, loop_context(loop_get()));
+    g_source_set_callback(s->cache_clean_timer, cache_clean_cb, bs, NULL);
+    g_source_attach(s->cache_clean_timer, loop_context(node_loop(bs)));
 }
 
 static void qcow2_free_state(Qcow2State *s)
@@ -593,7 +602,7 @@ static int qcow2_open(BlockNode *bs, json_t *options, int flags, GError **errp)
         return o.ret;
     }
     bs->supported_zero_flags = REQ_MAY_UNMAP | REQ_NO_FALLBACK;
-    cache_clean_timer_init(s);
+    cache_clean_timer_init(bs);
     return 0;
 }
 
@@ -834,7 +843,7 @@ static void qcow2_reopen_commit(ReopenState *rs)
         }
     }
     /* The interval or the caches may have changed: start it again. */
-    cache_clean_timer_init(s);
+    cache_clean_timer_init(rs->bs);
     g_free(n);
     rs->opaque = NULL;
 }
@@ -1500,8 +1509,15 @@ static bool qcow2_is_inserted(BlockNode *bs)
     return !s->corrupt;
 }
 
+/* The node moved to another thread: its timer goes with it. */
+static void qcow2_set_loop(BlockNode *bs)
+{
+    cache_clean_timer_init(bs);
+}
+
 const BlockDriver bdrv_qcow2 = {
     .format_name = "qcow2",
+    .set_loop = qcow2_set_loop,
     .instance_size = sizeof(Qcow2State),
     .is_format = true,
     .supports_backing = true,

@@ -92,6 +92,16 @@ void blk_aio_pwrite_zeroes(BlockBackend *blk, int64_t offset, int64_t bytes,
                            int flags, BlkCompletionFunc *cb, void *opaque);
 /* Wait until no request of blk is in flight. */
 void blk_drain(BlockBackend *blk);
+
+/*
+ * Whether the backend follows its node to another thread (node_set_loop):
+ * fixed refuses with QEMU's "Cannot change iothread of active block
+ * backend"; else check (if given) may refuse with its own message.  By
+ * default a backend follows: its requests run in the node's loop.
+ */
+typedef bool BlkLoopCheckFunc(void *opaque, StrataLoop *loop, GError **errp);
+void blk_set_loop_policy(BlockBackend *blk, bool fixed,
+                         BlkLoopCheckFunc *check, void *opaque);
 int blk_in_flight(BlockBackend *blk);
 
 /*

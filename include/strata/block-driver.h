@@ -26,6 +26,14 @@ struct BlockChildClass {
     void (*drained_end)(BlockChild *c);
     /* True while the parent still has requests in flight. */
     bool (*drained_poll)(BlockChild *c);
+    /*
+     * The node is about to move to another thread's loop (node_set_loop),
+     * with everything connected to it: may the parent follow?  NULL: it
+     * cannot (QEMU's "Changing iothreads is not supported by ...").
+     * set_loop tells it afterwards, with the nodes still drained.
+     */
+    bool (*can_set_loop)(BlockChild *c, StrataLoop *loop, GError **errp);
+    void (*set_loop)(BlockChild *c, StrataLoop *loop);
 };
 
 struct BlockChild {
@@ -264,6 +272,14 @@ struct BlockDriver {
     /* Drain hooks: stop/restart driver-internal activity. */
     void (*drained_begin)(BlockNode *bs);
     void (*drained_end)(BlockNode *bs);
+    /*
+     * The node now runs in another thread's loop (node_loop(bs)); called
+     * from the main thread with the node drained: move timers and
+     * watches there.  main_loop_only: the driver cannot leave the main
+     * loop (its sockets and timers are not made to move).
+     */
+    void (*set_loop)(BlockNode *bs);
+    bool main_loop_only;
 
     /* Flags (REQ_*) the driver honours on writes and zero writes. */
     int supported_write_flags;
@@ -303,10 +319,16 @@ struct BlockNode {
     /* Permissions as committed (from parents). */
     uint64_t cum_perm, cum_shared;
 
+    /*
+     * The loop the node's requests run in (NULL: the main loop); the
+     * same for every node of a connected graph (node_set_loop).
+     */
+    StrataLoop *home;
+
     /* Drain and requests. */
     int quiesce_counter;
     GSList *drain_sets;          /* per node_drain_begin: the nodes it quiesced */
-    int in_flight;
+    int in_flight;               /* atomic: the main thread's drain reads it */
     GQueue tracked_requests;     /* TrackedReq*, oldest first */
     int serialising_requests;    /* how many of them serialise */
     CoQueue serialise_wait;

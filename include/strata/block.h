@@ -208,6 +208,23 @@ void drain_all_begin(void);
 void drain_all_end(void);
 bool node_is_quiesced(const BlockNode *bs);
 
+/* ---- Threads: the loop a node runs in (block/node-loop.c) ---- */
+
+/* The node's loop: an iothread's, or the main one. */
+StrataLoop *node_loop(const BlockNode *bs);
+/*
+ * Move bs and every node connected to it to loop (NULL: the main loop),
+ * as QEMU's bdrv_try_change_aio_context: each parent that is not a node
+ * is asked first (a backend in use, an export with fixed-iothread refuse),
+ * then the nodes are drained, moved, and released.  Main thread only.
+ */
+bool node_set_loop(BlockNode *bs, StrataLoop *loop, GError **errp);
+/*
+ * Run fn(opaque) in a coroutine in bs's loop and come back (see
+ * co_call_in): how main-thread code reaches a node in an iothread.
+ */
+void node_co_call(BlockNode *bs, CoroutineEntry *fn, void *opaque);
+
 /* ---- I/O through an edge (coroutine context; -errno results) ---- */
 
 enum {

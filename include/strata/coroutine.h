@@ -38,6 +38,16 @@ bool in_coroutine(void);
  */
 void co_run_sync(CoroutineEntry *fn, void *opaque);
 
+/*
+ * Run fn(opaque) to completion in a coroutine of the thread that runs
+ * `loop` (an iothread's, or the main one), and come back: a coroutine
+ * caller yields meanwhile, any other caller runs its own loop.  With loop
+ * NULL or the caller's own, it is block_co_call(): fn runs here, directly
+ * in coroutine context, else in a new coroutine.
+ */
+typedef struct StrataLoop StrataLoop;
+void co_call_in(StrataLoop *loop, CoroutineEntry *fn, void *opaque);
+
 /* ---- Synchronisation: the only ways for a coroutine to wait. ---- */
 
 typedef struct CoWaiter CoWaiter;

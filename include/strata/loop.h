@@ -19,6 +19,8 @@ typedef void LoopFunc(void *opaque);
 /* The calling thread's loop, created on first use. */
 StrataLoop *loop_get(void);
 GMainContext *loop_context(StrataLoop *loop);
+/* The main thread's loop (the one on glib's default context). */
+StrataLoop *loop_main(void);
 
 /* Run fn(opaque) once, soon, from the loop of the calling thread. */
 void loop_bh(LoopFunc *fn, void *opaque);

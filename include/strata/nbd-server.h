@@ -68,6 +68,11 @@ typedef struct NbdExportOptions {
     const char *description;  /* NULL: none */
     bool writable;
     bool writethrough;        /* flush after every write */
+    /*
+     * The node stays in the thread it runs in (block-export-add's
+     * fixed-iothread): moving it is refused while the export exists.
+     */
+    bool fixed_loop;
     bool allocation_depth;    /* also offer qemu:allocation-depth */
     /*
      * nbd-server-add's rules instead of block-export-add's: a read-only node
