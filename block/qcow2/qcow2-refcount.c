@@ -281,7 +281,12 @@ static int coroutine_fn find_free(BlockNode *bs, uint64_t n, uint64_t *first)
      */
     for (uint64_t c = start; run < n; c++) {
         uint64_t rc = 0;
-        int ret = qcow2_get_refcount(bs, c, &rc);
+        int ret = 0;
+        if (c >= s->refblock_skip_start && c < s->refblock_skip_end) {
+            rc = 1;
+        } else {
+            ret = qcow2_get_refcount(bs, c, &rc);
+        }
         if (ret < 0) {
             return ret;
         }
@@ -749,8 +754,9 @@ int coroutine_fn qcow2_alloc_clusters(BlockNode *bs, uint64_t n,
 }
 
 /*
- * The refcount blocks for the run of n clusters at first: new ones go
- * after the run, where QEMU puts them, and the next search for free
+ * The refcount blocks for a fresh run of n clusters at first (QEMU's
+ * qcow2_alloc_clusters, whose search has passed the run when it needs a
+ * block): new ones go after the run, where QEMU puts them, and the next search for free
  * clusters starts where this one began (or at the run, if a block was
  * created, since the run must be looked for again).
  */
@@ -768,6 +774,45 @@ static int coroutine_fn refblocks_after_run(BlockNode *bs, uint64_t first,
         s->free_cluster_index = MIN(s->free_cluster_index, first);
     }
     return ret;
+}
+
+/*
+ * The refcount blocks for a run continued at a given place (QEMU's
+ * qcow2_alloc_clusters_at, used where an allocating write goes on in the
+ * next L2 table or slice): QEMU raises the run's refcounts block by block
+ * and, at the first block that is missing, takes the first free cluster
+ * from the search's start, counting the part of the run it has already
+ * raised as taken.  Without holes that is the missing block's first
+ * cluster, inside the run, which then ends there.  Then the search starts
+ * at the run again (QEMU's -EAGAIN).
+ */
+static int coroutine_fn refblock_in_continued_run(BlockNode *bs,
+                                                  uint64_t first, uint64_t n,
+                                                  bool *created)
+{
+    Qcow2State *s = bs->opaque;
+    uint64_t a = first >> s->refcount_block_bits;
+    uint64_t b = (first + n - 1) >> s->refcount_block_bits;
+    int ret;
+
+    *created = false;
+    for (uint64_t r = a; r <= b; r++) {
+        if (r < s->refcount_table_size &&
+            (s->refcount_table[r] & REFT_OFFSET_MASK)) {
+            continue;
+        }
+        s->refblock_skip_start = first;
+        s->refblock_skip_end = MAX(first, r << s->refcount_block_bits);
+        ret = ensure_refblock(bs, r);
+        s->refblock_skip_start = s->refblock_skip_end = 0;
+        if (ret < 0) {
+            return ret;
+        }
+        *created = true;
+        s->free_cluster_index = MIN(s->free_cluster_index, first);
+        return 0;
+    }
+    return 0;
 }
 
 int coroutine_fn qcow2_alloc_clusters_for(BlockNode *bs, uint64_t n,
@@ -841,7 +886,7 @@ int coroutine_fn qcow2_alloc_clusters_at(BlockNode *bs, uint64_t offset,
             return 0;
         }
         /* A new refcount block may still take one of them: count again. */
-        ret = refblocks_after_run(bs, first, i, &created);
+        ret = refblock_in_continued_run(bs, first, i, &created);
         if (ret < 0) {
             return ret;
         }

@@ -468,7 +468,8 @@ static int coroutine_fn write_run(BlockNode *bs, uint64_t offset,
     unsigned l2i;
     void *l2;
     uint8_t *head = NULL, *tail = NULL;
-    uint64_t old[QCOW2_MAX_RUN], old_bm[QCOW2_MAX_RUN];
+    uint64_t old_stack[QCOW2_MAX_RUN], bm_stack[QCOW2_MAX_RUN];
+    uint64_t *old = old_stack, *old_bm = bm_stack;
     int ret;
 
     ret = get_l2_for_write(bs, offset, &l2, &l2i);
@@ -476,13 +477,26 @@ static int coroutine_fn write_run(BlockNode *bs, uint64_t offset,
         return ret;
     }
 
-    /* The run: clusters from offset that are all kept or all replaced. */
+    /*
+     * The run: clusters from offset that are all kept or all replaced, up
+     * to where QEMU's handle_alloc stops (the end of the L2 slice, at most
+     * a request's worth), so that runs, and the refcount blocks placed
+     * after them, fall where QEMU's do.
+     */
     uint64_t cstart = qcow2_start_of_cluster(s, offset);
     uint64_t end = offset + bytes;
     uint64_t host0 = 0;
+    uint64_t slice = s->l2_slice_size ? s->l2_slice_size : s->l2_size;
+    uint64_t max_nb = MIN(slice - l2i % slice, s->l2_size - l2i);
+    max_nb = MIN(max_nb, (uint64_t)QCOW2_REQUEST_MAX_BYTES >> s->cluster_bits);
+    max_nb = MIN(max_nb, (end - cstart + s->cluster_size - 1) >>
+                         s->cluster_bits);
+    if (max_nb > QCOW2_MAX_RUN) {
+        old = g_new(uint64_t, max_nb);
+        old_bm = g_new(uint64_t, max_nb);
+    }
     unsigned nb = 0;
-    while (nb < QCOW2_MAX_RUN && l2i + nb < s->l2_size &&
-           cstart + (uint64_t)nb * s->cluster_size < end) {
+    while (nb < max_nb && cstart + (uint64_t)nb * s->cluster_size < end) {
         uint64_t e = qcow2_l2_entry(s, l2, l2i + nb);
         uint64_t bm = qcow2_l2_bitmap(s, l2, l2i + nb);
         if (entry_is_ours(s, e) != keep ||
@@ -492,8 +506,9 @@ static int coroutine_fn write_run(BlockNode *bs, uint64_t offset,
         }
         if (qcow2_subcluster_type(s, e, bm, 0) == QCOW2_SC_INVALID) {
             qcow2_cache_put(s->l2_cache, &l2);
-            return invalid_entry(bs, cstart + (uint64_t)nb * s->cluster_size,
-                                 l2i + nb);
+            ret = invalid_entry(bs, cstart + (uint64_t)nb * s->cluster_size,
+                                l2i + nb);
+            goto out_arrays;
         }
         if (nb == 0) {
             host0 = e & L2E_OFFSET_MASK;
@@ -505,7 +520,8 @@ static int coroutine_fn write_run(BlockNode *bs, uint64_t offset,
     if (nb == 0) {
         /* The caller looked at the same entries under the same lock. */
         qcow2_cache_put(s->l2_cache, &l2);
-        return -EIO;
+        ret = -EIO;
+        goto out_arrays;
     }
     end = MIN(end, cstart + (uint64_t)nb * s->cluster_size);
 
@@ -660,7 +676,7 @@ static int coroutine_fn write_run(BlockNode *bs, uint64_t offset,
         iovec_destroy(&v);
         g_free(head);
         g_free(tail);
-        return ret;
+        goto out_arrays;
     }
 
     ret = qcow2_mark_dirty(bs);
@@ -696,6 +712,11 @@ out:
     g_free(head);
     g_free(tail);
     qcow2_cache_put(s->l2_cache, &l2);
+out_arrays:
+    if (old != old_stack) {
+        g_free(old);
+        g_free(old_bm);
+    }
     return ret;
 }
 

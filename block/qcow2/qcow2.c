@@ -166,6 +166,7 @@ static bool choose_cache_sizes(Qcow2State *s, RuntimeOpts *o, GError **errp)
                    "512 and the cluster size (%" PRIu64 ")", s->cluster_size);
         return false;
     }
+    s->l2_slice_size = entry / s->l2_entry_size;
     uint64_t l2_tables = MAX(l2 / entry, MIN_L2_CACHE_TABLES);
     if (l2_tables > INT_MAX) {
         error_setg(errp, "L2 cache size too big");
@@ -818,6 +819,7 @@ static void qcow2_reopen_commit(ReopenState *rs)
     s->discard_passthrough_snapshot = n->discard_passthrough_snapshot;
     s->discard_passthrough_other = n->discard_passthrough_other;
     s->overlap_check = n->overlap_check;
+    s->l2_slice_size = n->l2_slice_size;
     s->cache_clean_interval = n->cache_clean_interval;
     if (n->l2_cache) {
         /* New caches: the old ones were written at prepare or hold

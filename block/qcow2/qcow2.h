@@ -97,6 +97,12 @@ typedef struct Qcow2State {
     uint32_t max_refcount_index;     /* last entry in use (a hot loop's end) */
     uint64_t free_cluster_index;     /* where to start looking for space */
     uint64_t free_byte_offset;       /* compressed writes: partial cluster */
+    /*
+     * Clusters the search for a new refcount block treats as taken: the
+     * part of a continued run whose refcounts QEMU raises before it looks
+     * for the block (qcow2_alloc_clusters_at).  Empty when equal.
+     */
+    uint64_t refblock_skip_start, refblock_skip_end;
 
     /* Header fields kept for rewriting the header. */
     uint64_t size;                   /* guest size in bytes */
@@ -135,6 +141,12 @@ typedef struct Qcow2State {
     NodeCheckReport *check_report;
     void *check_report_opaque;
     uint64_t l2_cache_bytes;
+    /*
+     * L2 entries per entry of QEMU's L2 cache (a whole table, or 4 KiB
+     * when the cache does not map the whole disk): QEMU's allocating
+     * writes stop at these boundaries, and so do ours, for its layout.
+     */
+    uint64_t l2_slice_size;
     uint64_t refcount_cache_bytes;
     int overlap_check;               /* QCOW2_OL_* mask */
     /* Internal snapshots. */
@@ -372,8 +384,11 @@ bool coroutine_fn qcow2_measure(json_t *opts, BlockNode *in_bs,
 /* BlockDriver.make_empty: drop every mapping, QEMU's layout after. */
 int coroutine_fn qcow2_make_empty(BlockNode *bs, GError **errp);
 
-/* Clusters one allocating write handles at most (per L2 table). */
+/* Clusters one zeroing or discarding step handles at most (per L2 table);
+ * allocating writes use the stack up to this many. */
 #define QCOW2_MAX_RUN 256
+/* QEMU's largest request (BDRV_REQUEST_MAX_BYTES): an allocation's bound. */
+#define QCOW2_REQUEST_MAX_BYTES (INT_MAX & ~511u)
 
 /* ---- qcow2-cache.c ---- */
 
