@@ -1,6 +1,8 @@
 /*
- * The "file" and "host_device" protocol drivers: an image that is a regular
- * file or a block device on the host.
+ * The "file" protocol driver, and the code the "host_device" and
+ * "host_cdrom" drivers (file-host.c) share with it: an image that is a
+ * regular file or a block device on the host.  Growing ahead and the extent
+ * cache are in file-grow.c; FileState is in file-int.h.
  *
  * Data moves through the aio engine chosen with aio= (io_uring by default
  * where the kernel allows it, else threads; native needs O_DIRECT); the
@@ -23,7 +25,6 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <linux/falloc.h>
-#include <linux/cdrom.h>
 #include <linux/fs.h>
 #include <linux/magic.h>
 #include <string.h>
@@ -37,84 +38,10 @@
 #include "strata/fdset.h"
 #include "strata/opts.h"
 #include "strata/units.h"
-#include "../locks.h"
+#include "file-int.h"
 
 #define MAX_BLOCKSIZE 4096
 #define BOUNCE_ALIGN 4096
-
-typedef struct FileState {
-    int fd;
-    int open_flags;          /* O_* flags of fd */
-    char *filename;
-    bool is_device;          /* host_device or host_cdrom driver */
-    /*
-     * host_cdrom: opened with O_NONBLOCK, since opening a drive without a
-     * disc must still succeed (the medium comes and goes).
-     */
-    int extra_open_flags;
-    AioType aio;
-    /* Accepted as QEMU does; the engines batch per loop iteration anyway. */
-    uint64_t aio_max_batch;
-    /* Only matters to cache invalidation on incoming migration. */
-    bool drop_cache;
-    bool use_lock;
-    ImageLock lock;
-
-    bool needs_alignment;    /* O_DIRECT: requests must meet the two below */
-    uint32_t request_alignment;
-    uint32_t buf_align;
-
-    bool has_discard;
-    bool has_write_zeroes;
-    bool has_fallocate;
-    /* errno of a failed fdatasync without O_DIRECT: flushes fail from then on */
-    int page_cache_inconsistent;
-
-    /*
-     * Growing ahead.  An O_DIRECT write past the end of a file on ext4 or
-     * XFS waits for every other request in flight and extends the file
-     * alone, so a format appending clusters runs at depth 1.  Where nobody
-     * else may write or resize the file, its real length (phys_len) is
-     * therefore kept ahead of the writes, preallocated in big steps, while
-     * len is the length the writes gave it, which is what the node
-     * reports; the file is cut back to len when growing ahead ends (close,
-     * reopen, truncate).  After a crash the tail stays: it reads as
-     * zeroes, and formats ignore what lies past their last cluster.
-     * len < 0: not growing ahead.
-     */
-    int64_t len, phys_len;
-    CoMutex grow_lock;
-    /*
-     * Past zero_base (the length when growing ahead began), the ranges
-     * that writes have covered, started or finished: sorted, disjoint
-     * [start, end) pairs.  Anything else below phys_len was never written
-     * and reads as zeroes, so a zero write there has nothing to do.  NULL
-     * when there were too many to keep: then no zero write is skipped.
-     */
-    int64_t zero_base;
-    GArray *written;
-
-    /*
-     * The last data extent block status found, [data_start, data_end)
-     * (empty when equal): a sequential reader asking for block status
-     * before each read (an NBD export's structured reads) then costs two
-     * lseek per extent instead of per request.  Writes only add data, so
-     * only what can make holes forgets it: zero writes, discards,
-     * truncation, a new fd.  hole_ops counts those in flight (they run in
-     * the thread pool); no extent is remembered while one is, since its
-     * lseek may have raced with the punch.  Another process making holes
-     * in the file goes unseen, as everywhere block status is cached.
-     */
-    int64_t data_start, data_end;
-    unsigned hole_ops;
-
-    /* Pending reopen. */
-    int reopen_fd;
-    int reopen_open_flags;
-    LockBytes reopen_held;
-    uint32_t reopen_request_alignment, reopen_buf_align;
-    bool reopen_drop_cache;
-} FileState;
 
 static const char *const on_off_auto_names[] = { "on", "off", "auto", NULL };
 enum { LOCKING_ON, LOCKING_OFF, LOCKING_AUTO };
@@ -189,7 +116,7 @@ static int translate_err(int err)
     return err;
 }
 
-static int do_fallocate(int fd, int mode, off_t offset, off_t len)
+int do_fallocate(int fd, int mode, off_t offset, off_t len)
 {
     while (fallocate(fd, mode, offset, len) != 0) {
         if (errno != EINTR) {
@@ -351,8 +278,8 @@ static bool take_number(json_t *options, const char *key, uint64_t *out,
 
 /* ---- Open and close ---- */
 
-static int file_open_common(BlockNode *bs, json_t *options, int flags,
-                            bool device, GError **errp)
+int file_open_common(BlockNode *bs, json_t *options, int flags,
+                     bool device, GError **errp)
 {
     FileState *s = bs->opaque;
     const char *drv_name = bs->drv->protocol_name;
@@ -487,104 +414,7 @@ static int file_open(BlockNode *bs, json_t *options, int flags, GError **errp)
     return file_open_common(bs, options, flags, false, errp);
 }
 
-static int hdev_open(BlockNode *bs, json_t *options, int flags, GError **errp)
-{
-    return file_open_common(bs, options, flags, true, errp);
-}
-
-static int cdrom_open(BlockNode *bs, json_t *options, int flags,
-                      GError **errp)
-{
-    FileState *s = bs->opaque;
-
-    s->extra_open_flags = O_NONBLOCK;
-    return file_open_common(bs, options, flags, true, errp);
-}
-
-static void data_cache_forget(FileState *s)
-{
-    s->data_start = s->data_end = 0;
-}
-
-/* Brackets an operation that may make holes (see data_start). */
-static void hole_op_begin(FileState *s)
-{
-    s->hole_ops++;
-    data_cache_forget(s);
-}
-
-static void hole_op_end(FileState *s)
-{
-    s->hole_ops--;
-    data_cache_forget(s);
-}
-
-/* Stop growing ahead: the file gets the length its writes gave it. */
-static void grow_ahead_end(FileState *s)
-{
-    data_cache_forget(s);
-    if (s->len >= 0 && s->phys_len > s->len && s->fd >= 0) {
-        if (ftruncate(s->fd, s->len) < 0) {
-            /* Only a longer file, which reads as zeroes past len. */
-        }
-    }
-    s->len = -1;
-    if (s->written) {
-        g_array_free(s->written, TRUE);
-        s->written = NULL;
-    }
-}
-
-typedef struct Range {
-    int64_t start, end;
-} Range;
-
-/* Appending writes keep this short; random ones give up the skipping. */
-#define MAX_WRITTEN_RANGES 256
-
-static void mark_written(FileState *s, int64_t start, int64_t end)
-{
-    GArray *w = s->written;
-    guint i = 0;
-
-    if (!w || end <= s->zero_base) {
-        return;
-    }
-    start = MAX(start, s->zero_base);
-    /* Skip the ranges wholly before; merge every one that touches. */
-    while (i < w->len && g_array_index(w, Range, i).end < start) {
-        i++;
-    }
-    while (i < w->len && g_array_index(w, Range, i).start <= end) {
-        Range *r = &g_array_index(w, Range, i);
-        start = MIN(start, r->start);
-        end = MAX(end, r->end);
-        g_array_remove_index(w, i);
-    }
-    Range n = { start, end };
-    g_array_insert_val(w, i, n);
-    if (w->len > MAX_WRITTEN_RANGES) {
-        g_array_free(w, TRUE);
-        s->written = NULL;
-    }
-}
-
-static bool never_written(FileState *s, int64_t start, int64_t end)
-{
-    if (s->len < 0 || !s->written || start < s->zero_base ||
-        end > s->phys_len) {
-        return false;
-    }
-    for (guint i = 0; i < s->written->len; i++) {
-        Range *r = &g_array_index(s->written, Range, i);
-        if (r->start < end && start < r->end) {
-            return false;
-        }
-    }
-    return true;
-}
-
-static void file_close(BlockNode *bs)
+void file_close(BlockNode *bs)
 {
     FileState *s = bs->opaque;
     grow_ahead_end(s);
@@ -601,8 +431,8 @@ static void file_close(BlockNode *bs)
     s->filename = NULL;
 }
 
-static bool strip_prefix(const char *filename, const char *prefix,
-                         json_t *options)
+bool strip_prefix(const char *filename, const char *prefix,
+                  json_t *options)
 {
     if (g_str_has_prefix(filename, prefix)) {
         filename += strlen(prefix);
@@ -629,19 +459,7 @@ static bool file_parse_filename(const char *filename, json_t *options,
     return strip_prefix(filename, "file:", options);
 }
 
-static bool hdev_parse_filename(const char *filename, json_t *options,
-                                GError **errp)
-{
-    return strip_prefix(filename, "host_device:", options);
-}
-
-static bool cdrom_parse_filename(const char *filename, json_t *options,
-                                 GError **errp)
-{
-    return strip_prefix(filename, "host_cdrom:", options);
-}
-
-static void file_refresh_limits(BlockNode *bs)
+void file_refresh_limits(BlockNode *bs)
 {
     FileState *s = bs->opaque;
     size_t page = (size_t)sysconf(_SC_PAGESIZE);
@@ -653,8 +471,8 @@ static void file_refresh_limits(BlockNode *bs)
 
 /* ---- Permissions and locks ---- */
 
-static int file_check_perm(BlockNode *bs, uint64_t perm, uint64_t shared,
-                           GError **errp)
+int file_check_perm(BlockNode *bs, uint64_t perm, uint64_t shared,
+                    GError **errp)
 {
     FileState *s = bs->opaque;
     if (!s->use_lock) {
@@ -680,7 +498,7 @@ static int file_check_perm(BlockNode *bs, uint64_t perm, uint64_t shared,
     return 0;
 }
 
-static void file_set_perm(BlockNode *bs, uint64_t perm, uint64_t shared)
+void file_set_perm(BlockNode *bs, uint64_t perm, uint64_t shared)
 {
     FileState *s = bs->opaque;
     image_lock_commit(&s->lock, perm, shared);
@@ -689,7 +507,7 @@ static void file_set_perm(BlockNode *bs, uint64_t perm, uint64_t shared)
     }
 }
 
-static void file_abort_perm_update(BlockNode *bs)
+void file_abort_perm_update(BlockNode *bs)
 {
     FileState *s = bs->opaque;
     image_lock_abort(&s->lock);
@@ -700,7 +518,7 @@ static void file_abort_perm_update(BlockNode *bs)
 
 /* ---- Reopen ---- */
 
-static int file_reopen_prepare(ReopenState *rs, GError **errp)
+int file_reopen_prepare(ReopenState *rs, GError **errp)
 {
     BlockNode *bs = rs->bs;
     FileState *s = bs->opaque;
@@ -748,7 +566,7 @@ static int file_reopen_prepare(ReopenState *rs, GError **errp)
     return 0;
 }
 
-static void file_reopen_commit(ReopenState *rs)
+void file_reopen_commit(ReopenState *rs)
 {
     FileState *s = rs->bs->opaque;
 
@@ -777,7 +595,7 @@ static void file_reopen_commit(ReopenState *rs)
     s->buf_align = s->reopen_buf_align;
 }
 
-static void file_reopen_abort(ReopenState *rs)
+void file_reopen_abort(ReopenState *rs)
 {
     FileState *s = rs->bs->opaque;
     if (s->reopen_fd >= 0) {
@@ -922,89 +740,16 @@ static int coroutine_fn file_co_rw(BlockNode *bs, int64_t offset,
     return r < 0 ? (int)r : 0;
 }
 
-static int coroutine_fn file_co_preadv(BlockNode *bs, int64_t offset,
-                                       int64_t bytes, IOVec *qiov,
-                                       size_t qiov_offset, int flags)
+int coroutine_fn file_co_preadv(BlockNode *bs, int64_t offset,
+                                int64_t bytes, IOVec *qiov,
+                                size_t qiov_offset, int flags)
 {
     return file_co_rw(bs, offset, bytes, qiov, qiov_offset, AIO_OP_READ);
 }
 
-typedef struct GrowJob {
-    int fd;
-    int64_t from, to;
-} GrowJob;
-
-static int job_grow(void *opaque)
-{
-    GrowJob *j = opaque;
-    int ret = do_fallocate(j->fd, 0, j->from, j->to - j->from);
-
-    if (ret < 0 && ftruncate(j->fd, j->to) < 0) {
-        return -errno;
-    }
-    return 0;
-}
-
-static bool grow_ahead_allowed(BlockNode *bs)
-{
-    FileState *s = bs->opaque;
-
-    return (s->open_flags & O_DIRECT) && !s->is_device &&
-           (bs->cum_perm & BLK_PERM_RESIZE) &&
-           !(bs->cum_shared & (BLK_PERM_WRITE | BLK_PERM_RESIZE));
-}
-
-/*
- * Before a write that ends at end: make the file long enough if it would
- * be extended.  Failing to grow ahead is not an error: the write then
- * extends the file itself.
- */
-static void coroutine_fn grow_ahead(BlockNode *bs, int64_t end)
-{
-    FileState *s = bs->opaque;
-
-    if (s->len < 0) {
-        if (!grow_ahead_allowed(bs)) {
-            return;
-        }
-        /* From now on writes are compared with phys_len: no system call. */
-        off_t cur = lseek(s->fd, 0, SEEK_END);
-        struct stat st;
-        if (cur < 0 || fstat(s->fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-            return;
-        }
-        s->len = s->phys_len = s->zero_base = cur;
-        s->written = g_array_new(FALSE, FALSE, sizeof(Range));
-    }
-    if (end <= s->phys_len) {
-        return;
-    }
-    co_mutex_lock(&s->grow_lock);
-    if (end > s->phys_len && s->len >= 0) {
-        /* Steps of half the file, 1 to 128 MiB, whole MiB. */
-        int64_t step = MIN(MAX(s->phys_len / 2, (int64_t)MiB),
-                           (int64_t)(128 * MiB));
-        GrowJob j = { s->fd, s->phys_len,
-                      ROUND_UP(end + step, (int64_t)MiB) };
-        if (thread_pool_co_run(job_grow, &j) == 0) {
-            s->phys_len = j.to;
-        }
-    }
-    co_mutex_unlock(&s->grow_lock);
-}
-
-/* After a write or zero write that ended at end. */
-static void grew(FileState *s, int64_t end)
-{
-    if (s->len >= 0 && end > s->len) {
-        s->len = end;
-        s->phys_len = MAX(s->phys_len, end);
-    }
-}
-
-static int coroutine_fn file_co_pwritev(BlockNode *bs, int64_t offset,
-                                        int64_t bytes, IOVec *qiov,
-                                        size_t qiov_offset, int flags)
+int coroutine_fn file_co_pwritev(BlockNode *bs, int64_t offset,
+                                 int64_t bytes, IOVec *qiov,
+                                 size_t qiov_offset, int flags)
 {
     FileState *s = bs->opaque;
     int ret;
@@ -1019,7 +764,7 @@ static int coroutine_fn file_co_pwritev(BlockNode *bs, int64_t offset,
     return ret;
 }
 
-static int coroutine_fn file_co_flush_to_disk(BlockNode *bs)
+int coroutine_fn file_co_flush_to_disk(BlockNode *bs)
 {
     FileState *s = bs->opaque;
     if (s->fd < 0) {
@@ -1134,10 +879,8 @@ static int job_write_zeroes_unmap(void *opaque)
     return job_write_zeroes(j);
 }
 
-static int64_t file_getlength(BlockNode *bs);
-
-static int coroutine_fn file_co_pwrite_zeroes(BlockNode *bs, int64_t offset,
-                                              int64_t bytes, int flags)
+int coroutine_fn file_co_pwrite_zeroes(BlockNode *bs, int64_t offset,
+                                       int64_t bytes, int flags)
 {
     FileState *s = bs->opaque;
     struct stat st;
@@ -1201,8 +944,8 @@ static int job_discard(void *opaque)
     return ret;
 }
 
-static int coroutine_fn file_co_pdiscard(BlockNode *bs, int64_t offset,
-                                         int64_t bytes)
+int coroutine_fn file_co_pdiscard(BlockNode *bs, int64_t offset,
+                                  int64_t bytes)
 {
     FileState *s = bs->opaque;
     struct stat st;
@@ -1342,9 +1085,9 @@ static int regular_truncate(int fd, int64_t offset, PreallocMode prealloc,
     return run_blocking(job_truncate, &j);
 }
 
-static int coroutine_fn file_co_truncate(BlockNode *bs, int64_t offset,
-                                         bool exact, PreallocMode prealloc,
-                                         GError **errp)
+int coroutine_fn file_co_truncate(BlockNode *bs, int64_t offset,
+                                  bool exact, PreallocMode prealloc,
+                                  GError **errp)
 {
     FileState *s = bs->opaque;
     struct stat st;
@@ -1384,7 +1127,7 @@ static int coroutine_fn file_co_truncate(BlockNode *bs, int64_t offset,
     return -ENOTSUP;
 }
 
-static int64_t file_getlength(BlockNode *bs)
+int64_t file_getlength(BlockNode *bs)
 {
     FileState *s = bs->opaque;
     if (s->fd < 0) {
@@ -1398,7 +1141,7 @@ static int64_t file_getlength(BlockNode *bs)
     return size < 0 ? -errno : size;
 }
 
-static int64_t file_get_allocated_file_size(BlockNode *bs)
+int64_t file_get_allocated_file_size(BlockNode *bs)
 {
     FileState *s = bs->opaque;
     struct stat st;
@@ -1408,7 +1151,7 @@ static int64_t file_get_allocated_file_size(BlockNode *bs)
     return (int64_t)st.st_blocks * 512;
 }
 
-static int file_get_info(BlockNode *bs, BlockDriverInfo *bdi)
+int file_get_info(BlockNode *bs, BlockDriverInfo *bdi)
 {
     /* Nothing to say: cluster size and VM state offset stay 0, like QEMU. */
     return 0;
@@ -1545,10 +1288,10 @@ static int find_allocation(int fd, off_t start, off_t *data, off_t *hole)
     return -EBUSY;
 }
 
-static int coroutine_fn file_co_block_status(BlockNode *bs, bool want_zero,
-                                             int64_t offset, int64_t bytes,
-                                             int64_t *pnum, int64_t *map,
-                                             BlockNode **file)
+int coroutine_fn file_co_block_status(BlockNode *bs, bool want_zero,
+                                      int64_t offset, int64_t bytes,
+                                      int64_t *pnum, int64_t *map,
+                                      BlockNode **file)
 {
     FileState *s = bs->opaque;
     off_t data = 0, hole = 0;
@@ -1595,7 +1338,7 @@ static int coroutine_fn file_co_block_status(BlockNode *bs, bool want_zero,
     return ret | BLOCK_OFFSET_VALID;
 }
 
-static bool file_get_file_id(BlockNode *bs, uint64_t *dev, uint64_t *ino)
+bool file_get_file_id(BlockNode *bs, uint64_t *dev, uint64_t *ino)
 {
     FileState *s = bs->opaque;
     struct stat st;
@@ -1636,70 +1379,6 @@ const BlockDriver bdrv_file = {
     .get_file_id = file_get_file_id,
     .get_info = file_get_info,
     .supported_zero_flags = REQ_MAY_UNMAP | REQ_NO_FALLBACK,
-};
-
-const BlockDriver bdrv_host_device = {
-    .format_name = "host_device",
-    .protocol_name = "host_device",
-    .instance_size = sizeof(FileState),
-    .parse_filename = hdev_parse_filename,
-    .open = hdev_open,
-    .close = file_close,
-    .refresh_limits = file_refresh_limits,
-    .check_perm = file_check_perm,
-    .set_perm = file_set_perm,
-    .abort_perm_update = file_abort_perm_update,
-    .reopen_prepare = file_reopen_prepare,
-    .reopen_commit = file_reopen_commit,
-    .reopen_abort = file_reopen_abort,
-    .co_preadv = file_co_preadv,
-    .co_pwritev = file_co_pwritev,
-    .co_pwrite_zeroes = file_co_pwrite_zeroes,
-    .co_pdiscard = file_co_pdiscard,
-    .co_flush_to_disk = file_co_flush_to_disk,
-    .co_truncate = file_co_truncate,
-    .co_block_status = file_co_block_status,
-    .getlength = file_getlength,
-    .get_allocated_file_size = file_get_allocated_file_size,
-    .get_file_id = file_get_file_id,
-    .get_info = file_get_info,
-    .supported_zero_flags = REQ_MAY_UNMAP | REQ_NO_FALLBACK,
-};
-
-static bool cdrom_is_inserted(BlockNode *bs)
-{
-    FileState *s = bs->opaque;
-
-    return ioctl(s->fd, CDROM_DRIVE_STATUS, CDSL_CURRENT) == CDS_DISC_OK;
-}
-
-/*
- * A CD-ROM drive: a host device whose medium may be absent, so no zero
- * writes, discards or block status (as QEMU's host_cdrom), and a length
- * asked of the drive every time.
- */
-const BlockDriver bdrv_host_cdrom = {
-    .format_name = "host_cdrom",
-    .protocol_name = "host_cdrom",
-    .instance_size = sizeof(FileState),
-    .parse_filename = cdrom_parse_filename,
-    .open = cdrom_open,
-    .close = file_close,
-    .refresh_limits = file_refresh_limits,
-    .check_perm = file_check_perm,
-    .set_perm = file_set_perm,
-    .abort_perm_update = file_abort_perm_update,
-    .reopen_prepare = file_reopen_prepare,
-    .reopen_commit = file_reopen_commit,
-    .reopen_abort = file_reopen_abort,
-    .co_preadv = file_co_preadv,
-    .co_pwritev = file_co_pwritev,
-    .co_flush_to_disk = file_co_flush_to_disk,
-    .co_truncate = file_co_truncate,
-    .getlength = file_getlength,
-    .has_variable_length = true,
-    .is_inserted = cdrom_is_inserted,
-    .get_allocated_file_size = file_get_allocated_file_size,
 };
 
 int file_node_page_cache_fd(BlockNode *bs)
