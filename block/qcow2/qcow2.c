@@ -653,10 +653,27 @@ static void coroutine_fn close_co(void *opaque)
     }
 }
 
+static void coroutine_fn cache_clean_timer_del_co(void *opaque)
+{
+    cache_clean_timer_del(opaque);
+}
+
 static void qcow2_close(BlockNode *bs)
 {
     Qcow2State *s = bs->opaque;
     FlushCo f = { .bs = bs };
+
+    /*
+     * The timer goes first, and in the thread that dispatches it: a
+     * dispatch there that has begun but not yet counted itself in flight
+     * is invisible to the drain, and would go on using bs after close has
+     * freed it.  g_source_destroy() from here does not wait for it; in the
+     * owning thread no dispatch can be under way (the callback never
+     * yields) and none starts after it.
+     */
+    if (s->cache_clean_timer) {
+        co_call_in(node_loop(bs), cache_clean_timer_del_co, s);
+    }
 
     if (s->l2_cache) {
         if (in_coroutine()) {
