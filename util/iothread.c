@@ -22,6 +22,7 @@ struct IOThread {
     StrataLoop *loop;        /* set by the thread once its loop exists */
     int64_t tid;
     bool running;            /* read and written by the thread only */
+    bool released;           /* iothread_free() is done with the loop */
     IOThreadParams params;
 };
 
@@ -83,6 +84,15 @@ static gpointer iothread_run(gpointer opaque)
     while (t->running) {
         loop_iterate(true);
     }
+    /*
+     * The thread frees its loop as it exits; iothread_free() may still be
+     * inside the loop_bh_remote() that stopped it (found by TSan).
+     */
+    pthread_mutex_lock(&t->lock);
+    while (!t->released) {
+        pthread_cond_wait(&t->cond, &t->lock);
+    }
+    pthread_mutex_unlock(&t->lock);
     g_main_context_pop_thread_default(ctx);
     g_main_context_unref(ctx);
     /* the loop itself is freed with the thread's private data */
@@ -123,6 +133,10 @@ void iothread_free(IOThread *t)
         return;
     }
     loop_bh_remote(t->loop, stop_bh, t);
+    pthread_mutex_lock(&t->lock);
+    t->released = true;
+    pthread_cond_signal(&t->cond);
+    pthread_mutex_unlock(&t->lock);
     g_thread_join(t->thread);
     pthread_mutex_destroy(&t->lock);
     pthread_cond_destroy(&t->cond);
