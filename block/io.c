@@ -17,6 +17,7 @@
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <string.h>
 #include "block-int.h"
 #include "strata/debug-event.h"
@@ -151,11 +152,18 @@ typedef struct {
 } WriteGen;
 
 static GHashTable *write_gens;
+/*
+ * The table is shared by nodes in every thread (one node inserting while
+ * another looks up corrupted it, found by ThreadSanitizer); a pair itself
+ * is only touched in its node's home thread, outside the lock.
+ */
+static pthread_mutex_t write_gens_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static WriteGen *node_write_gen(const BlockNode *bs)
 {
     WriteGen *g;
 
+    pthread_mutex_lock(&write_gens_lock);
     if (!write_gens) {
         write_gens = g_hash_table_new_full(NULL, NULL, NULL, g_free);
     }
@@ -164,6 +172,7 @@ static WriteGen *node_write_gen(const BlockNode *bs)
         g = g_new0(WriteGen, 1);
         g_hash_table_insert(write_gens, (gpointer)bs, g);
     }
+    pthread_mutex_unlock(&write_gens_lock);
     return g;
 }
 

@@ -143,9 +143,14 @@ int node_get_flags(const BlockNode *bs) { return bs->open_flags; }
 
 int64_t node_getlength(BlockNode *bs)
 {
-    /* Cached: the request path checks ranges on every request. */
-    if (bs->total_bytes >= 0 && !bs->drv->has_variable_length) {
-        return bs->total_bytes;
+    /*
+     * Cached: the request path checks ranges on every request.  Queries
+     * read it from the main thread while the node's own thread writes it,
+     * hence atomics; relaxed, since the number publishes nothing else.
+     */
+    int64_t cached = __atomic_load_n(&bs->total_bytes, __ATOMIC_RELAXED);
+    if (cached >= 0 && !bs->drv->has_variable_length) {
+        return cached;
     }
     int64_t len;
     if (bs->drv->getlength) {
@@ -160,14 +165,20 @@ int64_t node_getlength(BlockNode *bs)
          * image is 1 KiB long and reads zeroes past the end of its file.
          */
         len = ROUND_UP(len, 512);
-        bs->total_bytes = len;
+        /*
+         * Only the home thread fills the cache: a length computed elsewhere
+         * may predate a truncate there, whose invalidation it would undo.
+         */
+        if (loop_get() == node_loop(bs)) {
+            __atomic_store_n(&bs->total_bytes, len, __ATOMIC_RELAXED);
+        }
     }
     return len;
 }
 
 void node_invalidate_length(BlockNode *bs)
 {
-    bs->total_bytes = -1;
+    __atomic_store_n(&bs->total_bytes, -1, __ATOMIC_RELAXED);
     for (GList *l = bs->parents; l; l = l->next) {
         BlockChild *c = l->data;
         if (c->klass->parent_is_node) {

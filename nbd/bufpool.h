@@ -4,7 +4,7 @@
  * every page per request, which costs more than the copy itself.  Freed
  * buffers are kept by power-of-two size class (4 KiB aligned, for
  * O_DIRECT) up to a bound, so a busy export reuses the same memory.
- * Main thread only.  Private to nbd/.
+ * Any thread (exports serve clients in iothreads).  Private to nbd/.
  */
 #ifndef NBD_BUFPOOL_H
 #define NBD_BUFPOOL_H

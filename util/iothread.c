@@ -3,8 +3,12 @@
  * StrataLoop; bottom halves reach it through loop_bh_remote().  Stopping
  * is a remote BH that clears `running`, so the thread leaves its loop after
  * the work queued before it.
+ *
+ * The hand-shakes use pthread's mutex and condition variable: glib's are
+ * futexes that ThreadSanitizer cannot see (see util/thread-pool.c).
  */
 #include <limits.h>
+#include <pthread.h>
 #include <unistd.h>
 #include <sys/syscall.h>
 
@@ -13,11 +17,12 @@
 
 struct IOThread {
     GThread *thread;
-    GMutex lock;
-    GCond cond;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
     StrataLoop *loop;        /* set by the thread once its loop exists */
     int64_t tid;
     bool running;            /* read and written by the thread only */
+    bool released;           /* iothread_free() is done with the loop */
     IOThreadParams params;
 };
 
@@ -70,15 +75,24 @@ static gpointer iothread_run(gpointer opaque)
     g_main_context_push_thread_default(ctx);
     StrataLoop *loop = loop_get();
     t->running = true;
-    g_mutex_lock(&t->lock);
+    pthread_mutex_lock(&t->lock);
     t->tid = syscall(SYS_gettid);
     t->loop = loop;
-    g_cond_signal(&t->cond);
-    g_mutex_unlock(&t->lock);
+    pthread_cond_signal(&t->cond);
+    pthread_mutex_unlock(&t->lock);
 
     while (t->running) {
         loop_iterate(true);
     }
+    /*
+     * The thread frees its loop as it exits; iothread_free() may still be
+     * inside the loop_bh_remote() that stopped it (found by TSan).
+     */
+    pthread_mutex_lock(&t->lock);
+    while (!t->released) {
+        pthread_cond_wait(&t->cond, &t->lock);
+    }
+    pthread_mutex_unlock(&t->lock);
     g_main_context_pop_thread_default(ctx);
     g_main_context_unref(ctx);
     /* the loop itself is freed with the thread's private data */
@@ -93,23 +107,23 @@ IOThread *iothread_new(const char *name, const IOThreadParams *p,
     }
     IOThread *t = g_new0(IOThread, 1);
     t->params = *p;
-    g_mutex_init(&t->lock);
-    g_cond_init(&t->cond);
+    pthread_mutex_init(&t->lock, NULL);
+    pthread_cond_init(&t->cond, NULL);
     char *tname = g_strdup_printf("IO %s", name);
     t->thread = g_thread_try_new(tname, iothread_run, t, NULL);
     g_free(tname);
     if (!t->thread) {
         error_setg(errp, "failed to create thread for iothread '%s'", name);
-        g_mutex_clear(&t->lock);
-        g_cond_clear(&t->cond);
+        pthread_mutex_destroy(&t->lock);
+        pthread_cond_destroy(&t->cond);
         g_free(t);
         return NULL;
     }
-    g_mutex_lock(&t->lock);
+    pthread_mutex_lock(&t->lock);
     while (!t->loop) {
-        g_cond_wait(&t->cond, &t->lock);
+        pthread_cond_wait(&t->cond, &t->lock);
     }
-    g_mutex_unlock(&t->lock);
+    pthread_mutex_unlock(&t->lock);
     return t;
 }
 
@@ -119,9 +133,13 @@ void iothread_free(IOThread *t)
         return;
     }
     loop_bh_remote(t->loop, stop_bh, t);
+    pthread_mutex_lock(&t->lock);
+    t->released = true;
+    pthread_cond_signal(&t->cond);
+    pthread_mutex_unlock(&t->lock);
     g_thread_join(t->thread);
-    g_mutex_clear(&t->lock);
-    g_cond_clear(&t->cond);
+    pthread_mutex_destroy(&t->lock);
+    pthread_cond_destroy(&t->cond);
     g_free(t);
 }
 
@@ -157,8 +175,8 @@ void iothread_force_params(IOThread *t, const IOThreadParams *p)
 typedef struct {
     LoopFunc *fn;
     void *opaque;
-    GMutex lock;
-    GCond cond;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
     bool done;
 } SyncCall;
 
@@ -166,23 +184,23 @@ static void sync_call_bh(void *opaque)
 {
     SyncCall *s = opaque;
     s->fn(s->opaque);
-    g_mutex_lock(&s->lock);
+    pthread_mutex_lock(&s->lock);
     s->done = true;
-    g_cond_signal(&s->cond);
-    g_mutex_unlock(&s->lock);
+    pthread_cond_signal(&s->cond);
+    pthread_mutex_unlock(&s->lock);
 }
 
 void iothread_run_sync(IOThread *t, LoopFunc *fn, void *opaque)
 {
     SyncCall s = { .fn = fn, .opaque = opaque };
-    g_mutex_init(&s.lock);
-    g_cond_init(&s.cond);
+    pthread_mutex_init(&s.lock, NULL);
+    pthread_cond_init(&s.cond, NULL);
     loop_bh_remote(t->loop, sync_call_bh, &s);
-    g_mutex_lock(&s.lock);
+    pthread_mutex_lock(&s.lock);
     while (!s.done) {
-        g_cond_wait(&s.cond, &s.lock);
+        pthread_cond_wait(&s.cond, &s.lock);
     }
-    g_mutex_unlock(&s.lock);
-    g_mutex_clear(&s.lock);
-    g_cond_clear(&s.cond);
+    pthread_mutex_unlock(&s.lock);
+    pthread_mutex_destroy(&s.lock);
+    pthread_cond_destroy(&s.cond);
 }

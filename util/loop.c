@@ -187,6 +187,13 @@ void loop_bh_remote(StrataLoop *loop, LoopFunc *fn, void *opaque)
     RemoteBH *r = g_new(RemoteBH, 1);
     r->fn = fn;
     r->opaque = opaque;
+    /*
+     * Once pushed, the BH may run and its loop's thread may exit and free
+     * the loop (an iothread's stop BH does that) before this thread
+     * wakes it: from the push on, only the context is used, held by
+     * a reference of our own.
+     */
+    GMainContext *ctx = g_main_context_ref(loop->ctx);
     gpointer old;
     do {
         old = g_atomic_pointer_get(&loop->remote_head);
@@ -197,8 +204,9 @@ void loop_bh_remote(StrataLoop *loop, LoopFunc *fn, void *opaque)
      * whole stack when it runs, and sees a non-empty one in prepare().
      */
     if (old == NULL) {
-        g_main_context_wakeup(loop->ctx);
+        g_main_context_wakeup(ctx);
     }
+    g_main_context_unref(ctx);
 }
 
 typedef struct {

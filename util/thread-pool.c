@@ -8,7 +8,15 @@
  * per request (measured with strace -c); here a request costs a signal only
  * when a worker is idle, and workers take whatever is queued before they
  * sleep again.
+ *
+ * pthread's mutex and condition variable rather than glib's: on Linux
+ * GMutex and GCond are futexes driven by atomics inside libglib, which
+ * ThreadSanitizer does not instrument, so under TSan every hand-over of a
+ * request through them looked like a data race (pthread's are intercepted).
  */
+#include <errno.h>
+#include <pthread.h>
+#include <time.h>
 #include <glib.h>
 #include "strata/coroutine.h"
 #include "strata/loop.h"
@@ -22,8 +30,9 @@ typedef struct PoolReq {
     struct PoolReq *next;
 } PoolReq;
 
-static GMutex pool_lock;
-static GCond pool_cond;
+static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t pool_cond;
+static pthread_once_t pool_cond_once = PTHREAD_ONCE_INIT;
 static PoolReq *queue_head, **queue_tail = &queue_head;
 static int pool_max = 64;
 static int pool_threads;   /* workers alive */
@@ -31,7 +40,17 @@ static int pool_idle;      /* workers waiting for work */
 static int pool_wakes;     /* signals sent that no worker has taken yet */
 
 /* An idle worker exits after this long, so an idle process keeps no threads. */
-#define POOL_IDLE_US (10 * G_USEC_PER_SEC)
+#define POOL_IDLE_SEC 10
+
+/* The idle timeout is measured on the monotonic clock, as g_cond_wait_until's. */
+static void pool_cond_init(void)
+{
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&pool_cond, &attr);
+    pthread_condattr_destroy(&attr);
+}
 
 static void pool_complete_bh(void *opaque)
 {
@@ -41,19 +60,22 @@ static void pool_complete_bh(void *opaque)
 
 static gpointer pool_worker(gpointer unused)
 {
-    g_mutex_lock(&pool_lock);
+    pthread_mutex_lock(&pool_lock);
     for (;;) {
         while (!queue_head) {
             pool_idle++;
-            gint64 deadline = g_get_monotonic_time() + POOL_IDLE_US;
-            bool woke = g_cond_wait_until(&pool_cond, &pool_lock, deadline);
+            struct timespec deadline;
+            clock_gettime(CLOCK_MONOTONIC, &deadline);
+            deadline.tv_sec += POOL_IDLE_SEC;
+            bool woke = pthread_cond_timedwait(&pool_cond, &pool_lock,
+                                               &deadline) != ETIMEDOUT;
             pool_idle--;
             if (pool_wakes > 0) {
                 pool_wakes--;
             }
             if (!woke && !queue_head) {
                 pool_threads--;
-                g_mutex_unlock(&pool_lock);
+                pthread_mutex_unlock(&pool_lock);
                 return NULL;
             }
         }
@@ -62,20 +84,20 @@ static gpointer pool_worker(gpointer unused)
         if (!queue_head) {
             queue_tail = &queue_head;
         }
-        g_mutex_unlock(&pool_lock);
+        pthread_mutex_unlock(&pool_lock);
 
         req->ret = req->fn(req->opaque);
         loop_bh_remote(req->loop, pool_complete_bh, req);
 
-        g_mutex_lock(&pool_lock);
+        pthread_mutex_lock(&pool_lock);
     }
 }
 
 void thread_pool_set_max(int n)
 {
-    g_mutex_lock(&pool_lock);
+    pthread_mutex_lock(&pool_lock);
     pool_max = n > 0 ? n : 1;
-    g_mutex_unlock(&pool_lock);
+    pthread_mutex_unlock(&pool_lock);
 }
 
 int thread_pool_co_run(ThreadPoolFunc *fn, void *opaque)
@@ -85,7 +107,8 @@ int thread_pool_co_run(ThreadPoolFunc *fn, void *opaque)
         .fn = fn, .opaque = opaque, .co = co_self(), .loop = loop_get(),
     };
     bool wake = false;
-    g_mutex_lock(&pool_lock);
+    pthread_once(&pool_cond_once, pool_cond_init);
+    pthread_mutex_lock(&pool_lock);
     *queue_tail = &req;
     queue_tail = &req.next;
     if (pool_idle > pool_wakes) {
@@ -98,10 +121,10 @@ int thread_pool_co_run(ThreadPoolFunc *fn, void *opaque)
         g_thread_unref(t);
     }
     /* Otherwise a busy worker takes it when it finishes its request. */
-    g_mutex_unlock(&pool_lock);
+    pthread_mutex_unlock(&pool_lock);
     /* Signalled outside the lock: the woken worker need not wait for it. */
     if (wake) {
-        g_cond_signal(&pool_cond);
+        pthread_cond_signal(&pool_cond);
     }
     co_yield();
     return req.ret;

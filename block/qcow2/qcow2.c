@@ -430,10 +430,29 @@ static void cache_clean_timer_del(Qcow2State *s)
     }
 }
 
+static void coroutine_fn cache_clean_timer_del_co(void *opaque)
+{
+    cache_clean_timer_del(opaque);
+}
+
+/*
+ * Destroy the timer in the thread that dispatches it, before its node is
+ * freed or moved: a dispatch there that has begun but not yet counted
+ * itself in flight is invisible to a drain, and g_source_destroy() from
+ * another thread does not wait for it.  In the owning thread no dispatch
+ * can be under way (the callback never yields) and none starts after it.
+ */
+static void cache_clean_timer_del_at_home(Qcow2State *s)
+{
+    if (s->cache_clean_timer) {
+        co_call_in(s->cache_clean_loop, cache_clean_timer_del_co, s);
+    }
+}
+
 static void cache_clean_timer_init(BlockNode *bs)
 {
     Qcow2State *s = bs->opaque;
-    cache_clean_timer_del(s);
+    cache_clean_timer_del_at_home(s);
     if (s->cache_clean_interval == 0 || !s->l2_cache) {
         return;
     }
@@ -449,7 +468,8 @@ static void cache_clean_timer_init(BlockNode *bs)
         s->cache_clean_timer = g_timeout_source_new_seconds(s->cache_clean_interval);
     }
     g_source_set_callback(s->cache_clean_timer, cache_clean_cb, bs, NULL);
-    g_source_attach(s->cache_clean_timer, loop_context(node_loop(bs)));
+    s->cache_clean_loop = node_loop(bs);
+    g_source_attach(s->cache_clean_timer, loop_context(s->cache_clean_loop));
 }
 
 static void qcow2_free_state(Qcow2State *s)
@@ -657,6 +677,8 @@ static void qcow2_close(BlockNode *bs)
 {
     Qcow2State *s = bs->opaque;
     FlushCo f = { .bs = bs };
+
+    cache_clean_timer_del_at_home(s);
 
     if (s->l2_cache) {
         if (in_coroutine()) {

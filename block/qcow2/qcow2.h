@@ -131,6 +131,7 @@ typedef struct Qcow2State {
     Qcow2Cache *refcount_cache;
     unsigned cache_clean_interval;   /* seconds; 0: never */
     GSource *cache_clean_timer;
+    StrataLoop *cache_clean_loop;   /* the loop that dispatches it */
     CoMutex lock;
     GList *inflight;                 /* allocating writes (qcow2-write.c) */
     bool lazy_refcounts;             /* option, default from the header */
