@@ -624,20 +624,20 @@ static void test_tcp_chardev(void **state)
     ChardevSocketSpec spec = { .host = "127.0.0.1", .port = "0", .fd = -1 };
     GError *err = NULL;
     int first;
-    bool stdio;
+    ChardevKind kind;
 
     assert_true(chardev_socket_add("tcp0", &spec, "test", &err));
     assert_false(chardev_socket_add("tcp0", &spec, "test", &err));
     assert_string_equal(err->message, "duplicate yank instance");
     g_clear_error(&err);
-    int lfd = chardev_take_listener("tcp0", &first, &stdio, &err);
+    int lfd = chardev_take_listener("tcp0", &first, &kind, &err);
     assert_true(lfd >= 0);
-    assert_false(stdio);
+    assert_int_equal(kind, CHARDEV_KIND_LISTENER);
     assert_int_equal(first, -1);
-    assert_int_equal(chardev_take_listener("tcp0", &first, &stdio, &err), -1);
+    assert_int_equal(chardev_take_listener("tcp0", &first, &kind, &err), -1);
     assert_string_equal(err->message, "Device 'tcp0' is in use");
     g_clear_error(&err);
-    assert_int_equal(chardev_take_listener("nosuch", &first, &stdio, &err),
+    assert_int_equal(chardev_take_listener("nosuch", &first, &kind, &err),
                      -1);
     assert_string_equal(err->message, "chardev \"nosuch\" not found");
     g_clear_error(&err);
