@@ -460,7 +460,7 @@ int chardev_take_listener(const char *id, int *first_client,
           : c->client ? CHARDEV_KIND_CLIENT : CHARDEV_KIND_LISTENER;
     *first_client = c->first_client;
     c->first_client = -1;
-    return c->listen_fd >= 0 ? c->listen_fd : 0;
+    return c->stdio || c->client ? 0 : c->listen_fd;
 }
 
 static void chardev_free(Chardev *c)
