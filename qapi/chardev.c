@@ -1,8 +1,10 @@
 /*
- * Listening sockets for monitors, with QEMU's rules: a unix path is
+ * Sockets for monitors, with QEMU's rules.  Listening: a unix path is
  * unlinked before bind (a second daemon on the same path takes it over, as
  * with QEMU), the socket file is removed on exit, TCP binds the first
- * address the host resolves to.
+ * address the host resolves to.  Client (server=off): connected once, when
+ * created, as QEMU does without reconnect; when the peer hangs up the
+ * chardev stays, disconnected, and so does the daemon.
  */
 #include <errno.h>
 #include <netdb.h>
@@ -10,6 +12,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 
 #include <glib-unix.h>
@@ -30,7 +33,17 @@ typedef struct {
     int listen_fd;              /* -1: the null backend */
     int first_client;
     char *unix_path;
+    bool owns_path;             /* a listener's socket file, removed at exit */
     char *desc;                 /* "unix:PATH,server=on", "tcp:H:P,server=on" */
+    /*
+     * A client socket: first_client is its connection until a user takes
+     * it; desc is the address it connects to ("unix:PATH", "tcp:H:P"),
+     * conn_desc what QEMU shows while connected.
+     */
+    bool client;
+    bool unix_flags;
+    char *host, *port;
+    char *conn_desc;
     bool stdio;                 /* the daemon's stdin/stdout (listen_fd -1) */
     bool taken;
     bool (*connected)(void *);  /* the user's: a client is connected */
@@ -172,7 +185,9 @@ static gboolean on_client_hup(gint fd, GIOCondition cond, gpointer opaque)
     c->first_client = -1;
     g_source_unref(c->hup_src);
     c->hup_src = NULL;
-    watch_listener(c);
+    if (!c->client) {
+        watch_listener(c);
+    }
     return G_SOURCE_REMOVE;
 }
 
@@ -212,6 +227,150 @@ static bool unused_connected(const Chardev *c)
     return c->hup_src != NULL;
 }
 
+/* QEMU's blocking connect, with its messages. */
+static int connect_unix(const char *path, GError **errp)
+{
+    struct sockaddr_un un = { .sun_family = AF_UNIX };
+
+    if (strlen(path) > sizeof(un.sun_path)) {
+        error_setg(errp, "UNIX socket path '%s' is too long", path);
+        return -1;
+    }
+    int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (s < 0) {
+        error_setg_errno(errp, errno, "Failed to create socket");
+        return -1;
+    }
+    /* sun_path need not end in NUL when the path fills it, as in QEMU */
+    memcpy(un.sun_path, path, strlen(path));
+    int rc;
+    do {
+        rc = connect(s, (struct sockaddr *)&un, sizeof(un));
+    } while (rc < 0 && errno == EINTR);
+    if (rc < 0) {
+        error_setg_errno(errp, errno, "Failed to connect to '%s'", path);
+        close(s);
+        return -1;
+    }
+    return s;
+}
+
+static int connect_tcp(const char *host, const char *port, GError **errp)
+{
+    struct addrinfo hints = {
+        .ai_flags = AI_CANONNAME | AI_ADDRCONFIG | AI_V4MAPPED,
+        .ai_socktype = SOCK_STREAM,
+    };
+    struct addrinfo *res;
+    int rc = getaddrinfo(host, port, &hints, &res);
+
+    if (rc) {
+        error_setg(errp, "address resolution failed for %s:%s: %s", host,
+                   port, gai_strerror(rc));
+        return -1;
+    }
+    int s = -1, err = 0;
+    /* each address in turn; the last one's error */
+    for (struct addrinfo *e = res; e && s < 0; e = e->ai_next) {
+        s = socket(e->ai_family, e->ai_socktype | SOCK_CLOEXEC,
+                   e->ai_protocol);
+        if (s < 0) {
+            err = errno;
+            continue;
+        }
+        do {
+            rc = connect(s, e->ai_addr, e->ai_addrlen);
+        } while (rc < 0 && errno == EINTR);
+        if (rc < 0) {
+            err = errno;
+            close(s);
+            s = -1;
+        }
+    }
+    freeaddrinfo(res);
+    if (s < 0) {
+        error_setg_errno(errp, err, "Failed to connect to '%s:%s'", host,
+                         port);
+    }
+    return s;
+}
+
+/* What QEMU's query-chardev shows for a connected client socket. */
+static char *describe_connection(int fd)
+{
+    struct sockaddr_storage ls, ps;
+    socklen_t llen = sizeof(ls), plen = sizeof(ps);
+    char lh[NI_MAXHOST], lp[NI_MAXSERV], ph[NI_MAXHOST], pp[NI_MAXSERV];
+
+    if (getsockname(fd, (struct sockaddr *)&ls, &llen) < 0) {
+        return g_strdup("unknown");
+    }
+    if (ls.ss_family == AF_UNIX) {
+        /* a client's own address is unnamed: QEMU shows "unix:" */
+        struct sockaddr_un *un = (struct sockaddr_un *)&ls;
+        size_t n = llen > offsetof(struct sockaddr_un, sun_path)
+                   ? llen - offsetof(struct sockaddr_un, sun_path) : 0;
+        return g_strdup_printf("unix:%.*s", (int)strnlen(un->sun_path, n),
+                               un->sun_path);
+    }
+    if ((ls.ss_family != AF_INET && ls.ss_family != AF_INET6) ||
+        getpeername(fd, (struct sockaddr *)&ps, &plen) < 0 ||
+        getnameinfo((struct sockaddr *)&ls, llen, lh, sizeof(lh), lp,
+                    sizeof(lp), NI_NUMERICHOST | NI_NUMERICSERV) ||
+        getnameinfo((struct sockaddr *)&ps, plen, ph, sizeof(ph), pp,
+                    sizeof(pp), NI_NUMERICHOST | NI_NUMERICSERV)) {
+        return g_strdup("unknown");
+    }
+    const char *l = ls.ss_family == AF_INET6 ? "[" : "";
+    const char *r = ls.ss_family == AF_INET6 ? "]" : "";
+    return g_strdup_printf("tcp:%s%s%s:%s <-> %s%s%s:%s", l, lh, r, lp,
+                           l, ph, r, pp);
+}
+
+static bool client_add(const char *id, const ChardevSocketSpec *spec,
+                       GError **errp)
+{
+    int fd;
+
+    if (spec->fd >= 0) {
+        struct stat st;
+        if (fstat(spec->fd, &st) < 0 || !S_ISSOCK(st.st_mode)) {
+            error_setg(errp, "File descriptor '%d' is not a socket",
+                       spec->fd);
+            return false;
+        }
+        fd = spec->fd;
+    } else if (spec->path) {
+        fd = connect_unix(spec->path, errp);
+    } else {
+        fd = connect_tcp(spec->host, spec->port, errp);
+    }
+    if (fd < 0) {
+        return false;
+    }
+    Chardev *c = g_new0(Chardev, 1);
+    c->id = g_strdup(id);
+    c->listen_fd = -1;
+    c->client = true;
+    c->first_client = fd;
+    if (spec->fd >= 0) {
+        c->desc = g_strdup_printf("fd:%d", spec->fd);
+    } else if (spec->path) {
+        c->unix_path = g_strdup(spec->path);
+        c->unix_flags = spec->unix_flags;
+        c->desc = g_strdup_printf("unix:%s", spec->path);
+    } else {
+        c->host = g_strdup(spec->host);
+        c->port = g_strdup(spec->port);
+        c->desc = g_strdup_printf("tcp:%s:%s", spec->host, spec->port);
+    }
+    c->conn_desc = describe_connection(fd);
+    chardevs = g_list_append(chardevs, c);
+    order_add(c);
+    watch_client(c);
+    return true;
+}
+
 bool chardev_socket_add(const char *id, const ChardevSocketSpec *spec,
                         const char *who, GError **errp)
 {
@@ -219,6 +378,9 @@ bool chardev_socket_add(const char *id, const ChardevSocketSpec *spec,
         /* QEMU's first check to trip over a second chardev of that id */
         error_setg(errp, "duplicate yank instance");
         return false;
+    }
+    if (spec->client) {
+        return client_add(id, spec, errp);
     }
     int fd;
     if (spec->fd >= 0) {
@@ -236,6 +398,7 @@ bool chardev_socket_add(const char *id, const ChardevSocketSpec *spec,
     c->listen_fd = fd;
     c->first_client = -1;
     c->unix_path = spec->path && spec->fd < 0 ? g_strdup(spec->path) : NULL;
+    c->owns_path = c->unix_path != NULL;
     c->desc = describe(fd, spec);
     chardevs = g_list_append(chardevs, c);
     order_add(c);
@@ -278,8 +441,8 @@ bool chardev_stdio_add(const char *id, GError **errp)
     return true;
 }
 
-int chardev_take_listener(const char *id, int *first_client, bool *stdio,
-                          GError **errp)
+int chardev_take_listener(const char *id, int *first_client,
+                          ChardevKind *kind, GError **errp)
 {
     Chardev *c = find(id);
 
@@ -293,10 +456,11 @@ int chardev_take_listener(const char *id, int *first_client, bool *stdio,
     }
     unwatch(c);
     c->taken = true;
-    *stdio = c->stdio;
+    *kind = c->stdio ? CHARDEV_KIND_STDIO
+          : c->client ? CHARDEV_KIND_CLIENT : CHARDEV_KIND_LISTENER;
     *first_client = c->first_client;
     c->first_client = -1;
-    return c->stdio ? 0 : c->listen_fd;
+    return c->stdio || c->client ? 0 : c->listen_fd;
 }
 
 static void chardev_free(Chardev *c)
@@ -308,10 +472,13 @@ static void chardev_free(Chardev *c)
     if (c->first_client >= 0) {
         close(c->first_client);
     }
-    if (c->unix_path) {
+    if (c->owns_path) {
         unlink(c->unix_path);
     }
     g_free(c->unix_path);
+    g_free(c->host);
+    g_free(c->port);
+    g_free(c->conn_desc);
     g_free(c->desc);
     g_free(c->id);
     g_free(c);
@@ -393,12 +560,17 @@ GPtrArray *chardev_list(void)
         Chardev *c = v;
         ChardevStatus *st = g_new0(ChardevStatus, 1);
         st->id = g_strdup(c->id);
-        st->is_socket = c->listen_fd >= 0;
+        st->is_socket = c->listen_fd >= 0 || c->client;
+        st->client = c->client;
+        st->unix_flags = c->unix_flags;
         st->frontend_open = c->taken;
         st->connected = c->connected ? c->connected(c->opaque)
                                      : unused_connected(c);
         st->unix_path = g_strdup(c->unix_path);
-        if (st->is_socket && g_str_has_prefix(c->desc, "tcp:")) {
+        if (c->client) {
+            st->host = g_strdup(c->host);
+            st->port = g_strdup(c->port);
+        } else if (st->is_socket && g_str_has_prefix(c->desc, "tcp:")) {
             /* "tcp:HOST:PORT,server=on", HOST perhaps an IPv6 address */
             const char *h = c->desc + 4, *end = strrchr(h, ',');
             const char *colon = g_strrstr_len(h, end - h, ":");
@@ -409,6 +581,8 @@ GPtrArray *chardev_list(void)
             st->filename = g_strdup("stdio");
         } else if (!st->is_socket) {
             st->filename = g_strdup("null");
+        } else if (c->client && st->connected) {
+            st->filename = g_strdup(c->conn_desc);
         } else {
             st->filename = g_strdup_printf("%s%s", st->connected ? "" :
                                            "disconnected:", c->desc);

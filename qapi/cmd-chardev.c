@@ -1,9 +1,9 @@
 /*
  * chardev-add, chardev-remove, query-chardev, query-chardev-backends over
  * the daemon's chardevs (qapi/chardev.c): listening sockets, as --chardev
- * makes them, and the null backend.  A chardev a monitor uses is busy.
- * Errors are QEMU 7.2's; what strata lacks (client sockets, TLS, telnet,
- * websockets, logfiles) is refused by name.
+ * makes them, client sockets (server: false) and the null backend.  A
+ * chardev a monitor uses is busy.  Errors are QEMU 7.2's; what strata lacks
+ * (reconnecting, TLS, telnet, websockets, logfiles) is refused by name.
  */
 #include <string.h>
 
@@ -50,7 +50,28 @@ ChardevBackendInfoList *qmp_query_chardev_backends(GError **errp)
 static bool socket_unsupported(const ChardevSocket *s, GError **errp)
 {
     const char *what = NULL;
+    bool server = !s->has_server || s->server;
 
+    /* QEMU's own checks first, in its order */
+    if (s->addr->type == SOCKET_ADDRESS_TYPE_FD && s->has_reconnect) {
+        error_setg(errp, "'reconnect' option is incompatible with 'fd' "
+                   "address type");
+        return true;
+    }
+    if (server && s->has_reconnect) {
+        error_setg(errp, "'reconnect' option is incompatible with socket in "
+                   "server listen mode");
+        return true;
+    }
+    if (!server && s->has_websocket && s->websocket) {
+        error_setg(errp, "Websocket client is not implemented");
+        return true;
+    }
+    if (!server && s->has_wait) {
+        error_setg(errp, "'wait' option is incompatible with socket in "
+                   "client connect mode");
+        return true;
+    }
     if (s->logfile) {
         what = "logfile";
     } else if (s->tls_creds || s->tls_authz) {
@@ -61,13 +82,10 @@ static bool socket_unsupported(const ChardevSocket *s, GError **errp)
         what = "tn3270";
     } else if (s->has_websocket && s->websocket) {
         what = "websocket";
-    } else if (s->has_reconnect && s->reconnect) {
+    } else if (s->has_reconnect && s->reconnect > 0) {
+        /* QEMU keeps trying in the background; strata connects once */
         what = "reconnect";
-    } else if (!(s->has_server && s->server)) {
-        error_setg(errp, "strata-daemon has listening socket chardevs only "
-                   "(server: true)");
-        return true;
-    } else if (s->has_wait && s->wait) {
+    } else if (server && s->has_wait && s->wait) {
         /* QEMU would stop every client until one connects */
         error_setg(errp, "strata-daemon does not wait for a client in "
                    "chardev-add (wait: false)");
@@ -83,7 +101,9 @@ static bool socket_unsupported(const ChardevSocket *s, GError **errp)
 static bool socket_add(const char *id, const ChardevSocket *s, GError **errp)
 {
     const SocketAddressLegacy *a = s->addr;
-    ChardevSocketSpec spec = { .fd = -1 };
+    ChardevSocketSpec spec = {
+        .fd = -1, .client = s->has_server && !s->server,
+    };
 
     if (socket_unsupported(s, errp)) {
         return false;

@@ -282,8 +282,17 @@ static char **secret_field(UserObject *o, const char *name)
 
 static json_t *chardev_addr(const ChardevStatus *st)
 {
+    if (st->unix_path && st->unix_flags) {
+        return json_pack("{s:b, s:s, s:s, s:b}", "abstract", 0, "path",
+                         st->unix_path, "type", "unix", "tight", 1);
+    }
     if (st->unix_path) {
         return json_pack("{s:s, s:s}", "path", st->unix_path, "type", "unix");
+    }
+    if (st->host && st->client) {
+        /* the address it was given */
+        return json_pack("{s:s, s:s, s:s}", "port", st->port,
+                         "host", st->host, "type", "inet");
     }
     if (st->host) {
         /* the address family QEMU's listener ended up with */

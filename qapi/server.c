@@ -801,6 +801,11 @@ QmpMonitor *qmp_monitor_new(int listen_fd, bool pretty)
     return mon;
 }
 
+QmpMonitor *qmp_monitor_new_connected(bool pretty)
+{
+    return monitor_new(-1, pretty);
+}
+
 QmpMonitor *qmp_monitor_new_stdio(bool pretty)
 {
     QmpMonitor *mon = monitor_new(-1, pretty);

@@ -624,20 +624,20 @@ static void test_tcp_chardev(void **state)
     ChardevSocketSpec spec = { .host = "127.0.0.1", .port = "0", .fd = -1 };
     GError *err = NULL;
     int first;
-    bool stdio;
+    ChardevKind kind;
 
     assert_true(chardev_socket_add("tcp0", &spec, "test", &err));
     assert_false(chardev_socket_add("tcp0", &spec, "test", &err));
     assert_string_equal(err->message, "duplicate yank instance");
     g_clear_error(&err);
-    int lfd = chardev_take_listener("tcp0", &first, &stdio, &err);
+    int lfd = chardev_take_listener("tcp0", &first, &kind, &err);
     assert_true(lfd >= 0);
-    assert_false(stdio);
+    assert_int_equal(kind, CHARDEV_KIND_LISTENER);
     assert_int_equal(first, -1);
-    assert_int_equal(chardev_take_listener("tcp0", &first, &stdio, &err), -1);
+    assert_int_equal(chardev_take_listener("tcp0", &first, &kind, &err), -1);
     assert_string_equal(err->message, "Device 'tcp0' is in use");
     g_clear_error(&err);
-    assert_int_equal(chardev_take_listener("nosuch", &first, &stdio, &err),
+    assert_int_equal(chardev_take_listener("nosuch", &first, &kind, &err),
                      -1);
     assert_string_equal(err->message, "chardev \"nosuch\" not found");
     g_clear_error(&err);
@@ -657,6 +657,58 @@ static void test_tcp_chardev(void **state)
     chardev_cleanup();
 }
 
+/*
+ * A client chardev (server=off) connects to a TCP listener when it is
+ * added; a monitor then serves QMP over that connection.
+ */
+static void test_client_chardev(void **state)
+{
+    int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in sa = { .sin_family = AF_INET,
+                              .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    socklen_t len = sizeof(sa);
+    assert_int_equal(bind(lfd, (struct sockaddr *)&sa, len), 0);
+    assert_int_equal(listen(lfd, 1), 0);
+    assert_int_equal(getsockname(lfd, (struct sockaddr *)&sa, &len), 0);
+    char *port = g_strdup_printf("%d", ntohs(sa.sin_port));
+    ChardevSocketSpec spec = {
+        .host = "127.0.0.1", .port = port, .fd = -1, .client = true,
+    };
+    GError *err = NULL;
+    int first;
+    ChardevKind kind;
+
+    assert_true(chardev_socket_add("cl0", &spec, "test", &err));
+    assert_int_equal(chardev_take_listener("cl0", &first, &kind, &err), 0);
+    assert_int_equal(kind, CHARDEV_KIND_CLIENT);
+    assert_true(first >= 0);
+    QmpMonitor *mon = qmp_monitor_new_connected(false);
+    chardev_set_user("cl0", qmp_monitor_has_clients, mon);
+    qmp_monitor_add_client(mon, first);
+
+    Client *c = g_new0(Client, 1);
+    c->in = g_string_new(NULL);
+    c->fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+    assert_true(c->fd >= 0);
+    expect(c, greeting_text);
+    client_send(c, "{'execute': 'qmp_capabilities', 'id': 'cl'}");
+    expect(c, "{\"return\": {}, \"id\": \"cl\"}");
+    client_free(c);
+    close(lfd);
+
+    /* nothing listens any more: QEMU's message */
+    spec.port = port;
+    assert_false(chardev_socket_add("cl1", &spec, "test", &err));
+    char *msg = g_strdup_printf("Failed to connect to '127.0.0.1:%s': "
+                                "Connection refused", port);
+    assert_string_equal(err->message, msg);
+    g_free(msg);
+    g_clear_error(&err);
+    assert_false(chardev_exists("cl1"));
+    g_free(port);
+    chardev_cleanup();
+}
+
 int main(void)
 {
     co_queue_init(&gate);
@@ -672,6 +724,7 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_pretty, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tcp_chardev, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_client_chardev, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL) ? 1 : 0;
 }

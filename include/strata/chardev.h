@@ -1,7 +1,8 @@
 /*
  * Character devices as qemu-storage-daemon has them for its monitors:
  * listening sockets (unix path, TCP host and port, or a descriptor already
- * listening) and stdio, registered by id.  A monitor takes its chardev.
+ * listening), client sockets that connect to a listening peer (server=off),
+ * and stdio, registered by id.  A monitor takes its chardev.
  */
 #ifndef STRATA_CHARDEV_H
 #define STRATA_CHARDEV_H
@@ -13,13 +14,26 @@ typedef struct ChardevSocketSpec {
     const char *path;       /* unix socket; or */
     const char *host;       /* TCP host and port; or */
     const char *port;
-    int fd;                 /* a listening socket (-1: none) */
+    int fd;                 /* a listening (client: connected) socket, or -1 */
     bool wait;              /* server=on,wait=on: wait for the first client */
+    bool client;            /* server=off: connect to path or host:port */
+    /*
+     * A client's unix address came from the command line, whose reader
+     * sets QEMU's abstract=off and tight=on (qom-get addr shows them).
+     */
+    bool unix_flags;
 } ChardevSocketSpec;
 
+typedef enum {
+    CHARDEV_KIND_LISTENER,  /* a listening socket */
+    CHARDEV_KIND_CLIENT,    /* a socket connected to its peer */
+    CHARDEV_KIND_STDIO,
+} ChardevKind;
+
 /*
- * Create the listening socket with QEMU's messages and register it.  who
- * begins the line that says it waits (wait=on), e.g. "prog: --chardev ARG".
+ * Create the listening socket, or connect the client socket, with QEMU's
+ * messages and register it.  who begins the line that says it waits
+ * (wait=on), e.g. "prog: --chardev ARG".
  */
 bool chardev_socket_add(const char *id, const ChardevSocketSpec *spec,
                         const char *who, GError **errp);
@@ -28,12 +42,15 @@ bool chardev_socket_add(const char *id, const ChardevSocketSpec *spec,
 bool chardev_stdio_add(const char *id, GError **errp);
 
 /*
- * Hand id's listening socket to its one user (a monitor).  *first_client:
- * the client wait=on waited for, or -1.  For a stdio chardev *stdio is set
- * and the result is 0.
+ * Hand id's socket to its one user (a monitor).  A listener: the result is
+ * the listening socket, *first_client the client wait=on waited for, or
+ * -1.  A client socket: the result is 0 and *first_client the connected
+ * socket (the user owns it and closes it when the peer has gone; the
+ * chardev then shows as disconnected, as QEMU's does, and is not connected
+ * again).  stdio: the result is 0.
  */
-int chardev_take_listener(const char *id, int *first_client, bool *stdio,
-                          GError **errp);
+int chardev_take_listener(const char *id, int *first_client,
+                          ChardevKind *kind, GError **errp);
 
 /* Forget every chardev, removing the unix socket files they created. */
 void chardev_cleanup(void);
@@ -56,6 +73,8 @@ typedef struct ChardevStatus {
     char *unix_path;          /* a unix socket's path, else NULL */
     char *host, *port;        /* a TCP socket's address, numeric */
     bool is_socket;           /* else the null backend */
+    bool client;              /* a client socket (server=off) */
+    bool unix_flags;          /* its address has abstract and tight */
     bool frontend_open;       /* a monitor uses it */
     bool connected;
 } ChardevStatus;

@@ -32,6 +32,11 @@ QmpMonitor *qmp_monitor_new(int listen_fd, bool pretty);
  * made non-blocking while it lasts); it ends at end of input.
  */
 QmpMonitor *qmp_monitor_new_stdio(bool pretty);
+/*
+ * A monitor with no socket of its own: it serves the connections given to
+ * qmp_monitor_add_client() (a client chardev's, server=off).
+ */
+QmpMonitor *qmp_monitor_new_connected(bool pretty);
 /* Serve a client already connected (chardev wait=on waited for it). */
 void qmp_monitor_add_client(QmpMonitor *mon, int fd);
 /* A client is connected (a QmpMonitor *; chardev_set_user()'s callback). */

@@ -102,6 +102,20 @@ class Client:
         self.buf = b''
         self.decoder = json.JSONDecoder()
 
+    @classmethod
+    def accept(cls, listener, timeout=t.TIMEOUT):
+        """The connection a daemon made to listener (a client chardev,
+        server=off): QMP runs over it as over one the client made."""
+        listener.settimeout(timeout)
+        conn, _ = listener.accept()
+        self = cls.__new__(cls)
+        self.drop_shutdown = True
+        self.sock = conn
+        self.sock.settimeout(timeout)
+        self.buf = b''
+        self.decoder = json.JSONDecoder()
+        return self
+
     def close(self):
         self.sock.close()
 

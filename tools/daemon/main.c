@@ -85,11 +85,14 @@ static void help(void)
 "             [,driver specific parameters...]\n"
 "                         configure a block backend\n"
 "\n"
-"  --chardev socket,id=<id>,path=<path>[,server=on][,wait=on|off]\n"
-"  --chardev socket,id=<id>,host=<host>,port=<port>[,server=on][,wait=on|off]\n"
-"  --chardev socket,id=<id>,fd=<fd>[,server=on][,wait=on|off]\n"
+"  --chardev socket,id=<id>,path=<path>[,server=on|off][,wait=on|off]\n"
+"  --chardev socket,id=<id>,host=<host>,port=<port>[,server=on|off]\n"
+"            [,wait=on|off]\n"
+"  --chardev socket,id=<id>,fd=<fd>[,server=on|off][,wait=on|off]\n"
 "  --chardev stdio,id=<id>\n"
-"                         configure a listening socket for a monitor\n"
+"                         configure a socket for a monitor: listening\n"
+"                         (server=on) or connected to a listening peer\n"
+"                         (server=off, the default)\n"
 "\n"
 "  --export [type=]nbd,id=<id>,node-name=<node-name>[,name=<export-name>]\n"
 "           [,writable=on|off][,description=<description>]\n"
@@ -174,15 +177,22 @@ static void add_monitor(const char *arg)
         option_failed("monitor", arg, err);
     }
     int first;
-    bool stdio;
-    int fd = chardev_take_listener(mo->chardev, &first, &stdio, &err);
+    ChardevKind kind;
+    int fd = chardev_take_listener(mo->chardev, &first, &kind, &err);
     if (fd < 0) {
         option_failed("monitor", arg, err);
     }
     bool pretty = mo->has_pretty && mo->pretty;
-    if (stdio) {
+    if (kind == CHARDEV_KIND_STDIO) {
         QmpMonitor *mon = qmp_monitor_new_stdio(pretty);
         chardev_set_user(mo->chardev, qmp_monitor_has_clients, mon);
+    } else if (kind == CHARDEV_KIND_CLIENT) {
+        /* one session over the connection; none once the peer has gone */
+        QmpMonitor *mon = qmp_monitor_new_connected(pretty);
+        chardev_set_user(mo->chardev, qmp_monitor_has_clients, mon);
+        if (first >= 0) {
+            qmp_monitor_add_client(mon, first);
+        }
     } else {
         QmpMonitor *mon = qmp_monitor_new(fd, pretty);
         chardev_set_user(mo->chardev, qmp_monitor_has_clients, mon);

@@ -1,6 +1,7 @@
 /*
  * --chardev for strata-daemon, and the shutdown sequence.
  */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -99,21 +100,44 @@ bool daemon_chardev_option(const char *arg, GError **errp)
                    "(only 'socket' and 'stdio')", backend, tool_name());
         goto out;
     }
+    /*
+     * As QEMU's reader: server defaults to off on the command line (a
+     * client), wait to on for a server; the address checks come first.
+     */
     bool server, wait;
+    bool has_wait = json_object_get(opts, "wait") != NULL;
+    bool has_reconnect = json_object_get(opts, "reconnect") != NULL;
     if (!parse_bool(opts, "server", false, &server, errp) ||
         !parse_bool(opts, "wait", true, &wait, errp)) {
-        goto out;
-    }
-    if (!server) {
-        error_setg(errp, "%s serves monitors on listening sockets only "
-                   "(server=on)", tool_name());
         goto out;
     }
     ChardevSocketSpec spec = {
         .path = take(opts, "path"), .host = take(opts, "host"),
         .port = take(opts, "port"), .fd = -1, .wait = wait,
+        .client = !server, .unix_flags = true,
     };
     const char *fd = take(opts, "fd");
+    if (!!spec.path + !!spec.host + !!fd > 1) {
+        error_setg(errp, "None or one of 'path', 'fd' or 'host' option "
+                   "required.");
+        goto out;
+    }
+    if (spec.host && !spec.port) {
+        error_setg(errp, "chardev: socket: no port given");
+        goto out;
+    }
+    long long reconnect = 0;
+    if (has_reconnect) {
+        const char *r = take(opts, "reconnect");
+        char *end;
+        errno = 0;
+        reconnect = strtoll(r, &end, 0);
+        if (!*r || *end || errno) {
+            error_setg(errp, "Parameter 'reconnect' expects a number");
+            goto out;
+        }
+        json_object_del(opts, "reconnect");
+    }
     if (fd) {
         char *end;
         long n = strtol(fd, &end, 10);
@@ -123,6 +147,33 @@ bool daemon_chardev_option(const char *arg, GError **errp)
         }
         spec.fd = (int)n;
     }
+    if (has_reconnect && fd) {
+        error_setg(errp, "'reconnect' option is incompatible with 'fd' "
+                   "address type");
+        goto out;
+    }
+    if (server && has_reconnect) {
+        error_setg(errp, "'reconnect' option is incompatible with socket in "
+                   "server listen mode");
+        goto out;
+    }
+    const char *ws = take(opts, "websocket");
+    if (!server && ws && (!strcmp(ws, "on") || !strcmp(ws, "yes") ||
+                          !strcmp(ws, "true") || !strcmp(ws, "y"))) {
+        error_setg(errp, "Websocket client is not implemented");
+        goto out;
+    }
+    if (!server && has_wait) {
+        error_setg(errp, "'wait' option is incompatible with socket in "
+                   "client connect mode");
+        goto out;
+    }
+    if (reconnect > 0) {
+        /* QEMU keeps trying in the background; strata connects once */
+        error_setg(errp, "Parameter 'reconnect' is not supported by %s "
+                   "(client sockets connect once)", tool_name());
+        goto out;
+    }
     json_object_foreach(opts, key, v) {
         if (strcmp(key, "id") && strcmp(key, "path") && strcmp(key, "host") &&
             strcmp(key, "port") && strcmp(key, "fd")) {
@@ -131,9 +182,14 @@ bool daemon_chardev_option(const char *arg, GError **errp)
             goto out;
         }
     }
-    if (!!spec.path + !!spec.host + (spec.fd >= 0) != 1) {
-        error_setg(errp, "chardev: socket: exactly one of path=, host= and "
-                   "fd= is needed");
+    if (!spec.path && !spec.host && spec.fd < 0) {
+        if (!server) {
+            /* QEMU reads a missing address as an empty fd= */
+            error_setg(errp, "Unable to parse FD number ");
+        } else {
+            error_setg(errp, "chardev: socket: exactly one of path=, host= "
+                       "and fd= is needed");
+        }
         goto out;
     }
     char *who = g_strdup_printf("%s: --chardev %s", tool_name(), arg);
