@@ -67,7 +67,7 @@ static const char *const *strong_options(const BlockDriver *drv)
 static bool backing_overridden(BlockNode *bs, int flags)
 {
     if (bs->backing) {
-        char *path = backing_path(bs, bs->backing_file, NULL);
+        char *path = filename_backing_path(bs, bs->backing_file, NULL);
         bool differs = !path || strcmp(path, child_node(bs->backing)->filename);
         g_free(path);
         return differs;
@@ -192,7 +192,7 @@ static bool filename_is_plain(const char *name)
 }
 
 /* Set bs->filename once bs and its children are open. */
-void refresh_filename(BlockNode *bs, int flags)
+void filename_refresh(BlockNode *bs, int flags)
 {
     BlockNode *child = node_primary_child(bs);
     bool strong;
@@ -229,7 +229,7 @@ void refresh_filename(BlockNode *bs, int flags)
 
 void node_refresh_filename(BlockNode *bs)
 {
-    refresh_filename(bs, bs->open_flags);
+    filename_refresh(bs, bs->open_flags);
     /* A parent's json: name holds its children's options. */
     for (GList *l = bs->parents; l; l = l->next) {
         BlockChild *c = l->data;
@@ -242,7 +242,7 @@ void node_refresh_filename(BlockNode *bs)
 /* ---- Names given to open ---- */
 
 /* Find a protocol driver from a "proto:rest" filename, NULL if none. */
-const BlockDriver *protocol_from_filename(const char *filename)
+const BlockDriver *filename_find_protocol(const char *filename)
 {
     const char *colon = strchr(filename, ':');
     if (!colon) {
@@ -260,7 +260,7 @@ const BlockDriver *protocol_from_filename(const char *filename)
 }
 
 /* A "proto:" prefix naming no driver (with no path separator before it). */
-bool unknown_protocol(const char *filename, GError **errp)
+bool filename_unknown_protocol(const char *filename, GError **errp)
 {
     const char *colon = strchr(filename, ':');
     const char *slash = strchr(filename, '/');
@@ -279,7 +279,7 @@ bool unknown_protocol(const char *filename, GError **errp)
 }
 
 /* "json:{...}" with QEMU's messages for what is wrong with it. */
-json_t *parse_json_filename(const char *text, GError **errp)
+json_t *filename_parse_json(const char *text, GError **errp)
 {
     GError *err = NULL;
     json_t *j = opts_parse_json(text, &err);
@@ -302,7 +302,7 @@ json_t *parse_json_filename(const char *text, GError **errp)
  * The backing file's name as a path: relative names are relative to bs.
  * NULL and an error when bs's storage has no directory.
  */
-char *backing_path(BlockNode *bs, const char *name, GError **errp)
+char *filename_backing_path(BlockNode *bs, const char *name, GError **errp)
 {
     size_t n = strcspn(name, ":/");
 
@@ -349,6 +349,6 @@ char *backing_path(BlockNode *bs, const char *name, GError **errp)
 
 char *node_get_full_backing_filename(BlockNode *bs)
 {
-    return bs->backing_file[0] ? backing_path(bs, bs->backing_file, NULL)
+    return bs->backing_file[0] ? filename_backing_path(bs, bs->backing_file, NULL)
                                : NULL;
 }

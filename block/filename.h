@@ -6,10 +6,10 @@
 
 #include "block-int.h"
 
-void refresh_filename(BlockNode *bs, int flags);
-const BlockDriver *protocol_from_filename(const char *filename);
-bool unknown_protocol(const char *filename, GError **errp);
-json_t *parse_json_filename(const char *text, GError **errp);
-char *backing_path(BlockNode *bs, const char *name, GError **errp);
+void filename_refresh(BlockNode *bs, int flags);
+const BlockDriver *filename_find_protocol(const char *filename);
+bool filename_unknown_protocol(const char *filename, GError **errp);
+json_t *filename_parse_json(const char *text, GError **errp);
+char *filename_backing_path(BlockNode *bs, const char *name, GError **errp);
 
 #endif

@@ -496,7 +496,7 @@ BlockNode *node_open(const char *filename, json_t *options, int flags,
         options = json_object();
     }
     if (filename && g_str_has_prefix(filename, "json:")) {
-        json_t *j = parse_json_filename(filename + 5, errp);
+        json_t *j = filename_parse_json(filename + 5, errp);
         if (!j) {
             json_decref(options);
             return NULL;
@@ -541,8 +541,8 @@ static BlockNode *node_open_common(const char *filename, json_t *options,
         }
     } else if (flags & NODE_O_PROTOCOL) {
         if (filename) {
-            drv = protocol_from_filename(filename);
-            if (!drv && unknown_protocol(filename, errp)) {
+            drv = filename_find_protocol(filename);
+            if (!drv && filename_unknown_protocol(filename, errp)) {
                 goto fail;
             }
         }
@@ -773,7 +773,7 @@ probed:
         goto fail_registered;
     }
     node_refresh_limits(bs);
-    refresh_filename(bs, flags);
+    filename_refresh(bs, flags);
     node_unref(probed_file);
     json_decref(options);
     g_free(drvname);
@@ -1070,7 +1070,7 @@ static bool open_backing(BlockNode *bs, json_t *options, int flags,
             sub = json_object();
         }
         if (!named && bs->backing_file[0]) {
-            path = backing_path(bs, bs->backing_file, errp);
+            path = filename_backing_path(bs, bs->backing_file, errp);
             if (!path) {
                 json_decref(sub);
                 return false;

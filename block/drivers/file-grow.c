@@ -11,28 +11,28 @@
 #include "strata/units.h"
 #include "file-int.h"
 
-void data_cache_forget(FileState *s)
+void file_data_cache_forget(FileState *s)
 {
     s->data_start = s->data_end = 0;
 }
 
 /* Brackets an operation that may make holes (see data_start). */
-void hole_op_begin(FileState *s)
+void file_hole_op_begin(FileState *s)
 {
     s->hole_ops++;
-    data_cache_forget(s);
+    file_data_cache_forget(s);
 }
 
-void hole_op_end(FileState *s)
+void file_hole_op_end(FileState *s)
 {
     s->hole_ops--;
-    data_cache_forget(s);
+    file_data_cache_forget(s);
 }
 
 /* Stop growing ahead: the file gets the length its writes gave it. */
-void grow_ahead_end(FileState *s)
+void file_grow_ahead_end(FileState *s)
 {
-    data_cache_forget(s);
+    file_data_cache_forget(s);
     if (s->len >= 0 && s->phys_len > s->len && s->fd >= 0) {
         if (ftruncate(s->fd, s->len) < 0) {
             /* Only a longer file, which reads as zeroes past len. */
@@ -52,7 +52,7 @@ typedef struct Range {
 /* Appending writes keep this short; random ones give up the skipping. */
 #define MAX_WRITTEN_RANGES 256
 
-void mark_written(FileState *s, int64_t start, int64_t end)
+void file_mark_written(FileState *s, int64_t start, int64_t end)
 {
     GArray *w = s->written;
     guint i = 0;
@@ -79,7 +79,7 @@ void mark_written(FileState *s, int64_t start, int64_t end)
     }
 }
 
-bool never_written(FileState *s, int64_t start, int64_t end)
+bool file_never_written(FileState *s, int64_t start, int64_t end)
 {
     if (s->len < 0 || !s->written || start < s->zero_base ||
         end > s->phys_len) {
@@ -102,7 +102,7 @@ typedef struct GrowJob {
 static int job_grow(void *opaque)
 {
     GrowJob *j = opaque;
-    int ret = do_fallocate(j->fd, 0, j->from, j->to - j->from);
+    int ret = file_fallocate(j->fd, 0, j->from, j->to - j->from);
 
     if (ret < 0 && ftruncate(j->fd, j->to) < 0) {
         return -errno;
@@ -124,7 +124,7 @@ static bool grow_ahead_allowed(BlockNode *bs)
  * be extended.  Failing to grow ahead is not an error: the write then
  * extends the file itself.
  */
-void coroutine_fn grow_ahead(BlockNode *bs, int64_t end)
+void coroutine_fn file_grow_ahead(BlockNode *bs, int64_t end)
 {
     FileState *s = bs->opaque;
 
@@ -159,7 +159,7 @@ void coroutine_fn grow_ahead(BlockNode *bs, int64_t end)
 }
 
 /* After a write or zero write that ended at end. */
-void grew(FileState *s, int64_t end)
+void file_grew(FileState *s, int64_t end)
 {
     if (s->len >= 0 && end > s->len) {
         s->len = end;

@@ -24,13 +24,13 @@ static int cdrom_open(BlockNode *bs, json_t *options, int flags,
 static bool hdev_parse_filename(const char *filename, json_t *options,
                                 GError **errp)
 {
-    return strip_prefix(filename, "host_device:", options);
+    return file_strip_prefix(filename, "host_device:", options);
 }
 
 static bool cdrom_parse_filename(const char *filename, json_t *options,
                                  GError **errp)
 {
-    return strip_prefix(filename, "host_cdrom:", options);
+    return file_strip_prefix(filename, "host_cdrom:", options);
 }
 
 const BlockDriver bdrv_host_device = {

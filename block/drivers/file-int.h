@@ -88,11 +88,11 @@ typedef struct FileState {
 extern const BlockDriver bdrv_host_device;
 
 /* file.c */
-int do_fallocate(int fd, int mode, off_t offset, off_t len);
+int file_fallocate(int fd, int mode, off_t offset, off_t len);
 int file_open_common(BlockNode *bs, json_t *options, int flags,
                      bool device, GError **errp);
 void file_close(BlockNode *bs);
-bool strip_prefix(const char *filename, const char *prefix,
+bool file_strip_prefix(const char *filename, const char *prefix,
                   json_t *options);
 void file_refresh_limits(BlockNode *bs);
 int file_check_perm(BlockNode *bs, uint64_t perm, uint64_t shared,
@@ -126,13 +126,13 @@ int coroutine_fn file_co_block_status(BlockNode *bs, bool want_zero,
 bool file_get_file_id(BlockNode *bs, uint64_t *dev, uint64_t *ino);
 
 /* file-grow.c */
-void data_cache_forget(FileState *s);
-void hole_op_begin(FileState *s);
-void hole_op_end(FileState *s);
-void grow_ahead_end(FileState *s);
-void mark_written(FileState *s, int64_t start, int64_t end);
-bool never_written(FileState *s, int64_t start, int64_t end);
-void coroutine_fn grow_ahead(BlockNode *bs, int64_t end);
-void grew(FileState *s, int64_t end);
+void file_data_cache_forget(FileState *s);
+void file_hole_op_begin(FileState *s);
+void file_hole_op_end(FileState *s);
+void file_grow_ahead_end(FileState *s);
+void file_mark_written(FileState *s, int64_t start, int64_t end);
+bool file_never_written(FileState *s, int64_t start, int64_t end);
+void coroutine_fn file_grow_ahead(BlockNode *bs, int64_t end);
+void file_grew(FileState *s, int64_t end);
 
 #endif

@@ -116,7 +116,7 @@ static int translate_err(int err)
     return err;
 }
 
-int do_fallocate(int fd, int mode, off_t offset, off_t len)
+int file_fallocate(int fd, int mode, off_t offset, off_t len)
 {
     while (fallocate(fd, mode, offset, len) != 0) {
         if (errno != EINTR) {
@@ -417,7 +417,7 @@ static int file_open(BlockNode *bs, json_t *options, int flags, GError **errp)
 void file_close(BlockNode *bs)
 {
     FileState *s = bs->opaque;
-    grow_ahead_end(s);
+    file_grow_ahead_end(s);
     if (s->reopen_fd >= 0) {
         fdset_close(s->reopen_fd);
         s->reopen_fd = -1;
@@ -431,7 +431,7 @@ void file_close(BlockNode *bs)
     s->filename = NULL;
 }
 
-bool strip_prefix(const char *filename, const char *prefix,
+bool file_strip_prefix(const char *filename, const char *prefix,
                   json_t *options)
 {
     if (g_str_has_prefix(filename, prefix)) {
@@ -456,7 +456,7 @@ bool strip_prefix(const char *filename, const char *prefix,
 static bool file_parse_filename(const char *filename, json_t *options,
                                 GError **errp)
 {
-    return strip_prefix(filename, "file:", options);
+    return file_strip_prefix(filename, "file:", options);
 }
 
 void file_refresh_limits(BlockNode *bs)
@@ -535,7 +535,7 @@ int file_reopen_prepare(ReopenState *rs, GError **errp)
      * synchronously, which is correct, just slower).
      */
     /* The new mode may not allow it, and the fd may change. */
-    grow_ahead_end(s);
+    file_grow_ahead_end(s);
     s->reopen_drop_cache = drop_cache;
     s->reopen_open_flags = new_flags;
     s->reopen_held = (LockBytes) { 0 };
@@ -584,7 +584,7 @@ void file_reopen_commit(ReopenState *rs)
                    s->lock.held.unshared, true, NULL);
     }
     fdset_close(s->fd);
-    data_cache_forget(s);
+    file_data_cache_forget(s);
     s->fd = s->reopen_fd;
     s->reopen_fd = -1;
     s->open_flags = s->reopen_open_flags;
@@ -754,12 +754,12 @@ int coroutine_fn file_co_pwritev(BlockNode *bs, int64_t offset,
     FileState *s = bs->opaque;
     int ret;
 
-    grow_ahead(bs, offset + bytes);
+    file_grow_ahead(bs, offset + bytes);
     /* Before it is issued: a zero write meanwhile must not be skipped. */
-    mark_written(s, offset, offset + bytes);
+    file_mark_written(s, offset, offset + bytes);
     ret = file_co_rw(bs, offset, bytes, qiov, qiov_offset, AIO_OP_WRITE);
     if (ret >= 0) {
-        grew(s, offset + bytes);
+        file_grew(s, offset + bytes);
     }
     return ret;
 }
@@ -833,7 +833,7 @@ static int job_write_zeroes(void *opaque)
         return zero_range_block(j);
     }
     if (s->has_write_zeroes) {
-        ret = do_fallocate(j->fd, FALLOC_FL_ZERO_RANGE, j->offset, j->bytes);
+        ret = file_fallocate(j->fd, FALLOC_FL_ZERO_RANGE, j->offset, j->bytes);
         if (ret == -ENOTSUP) {
             s->has_write_zeroes = false;
         } else if (ret != -EINVAL) {
@@ -842,11 +842,11 @@ static int job_write_zeroes(void *opaque)
         }
     }
     if (s->has_discard && s->has_fallocate) {
-        ret = do_fallocate(j->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+        ret = file_fallocate(j->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
                            j->offset, j->bytes);
         if (ret == 0) {
             /* Allocate again so that later writes cannot fail with ENOSPC. */
-            ret = do_fallocate(j->fd, 0, j->offset, j->bytes);
+            ret = file_fallocate(j->fd, 0, j->offset, j->bytes);
             if (ret != -ENOTSUP) {
                 return ret;
             }
@@ -859,7 +859,7 @@ static int job_write_zeroes(void *opaque)
     }
     /* Past EOF the file reads as zeroes anyway: just extend it. */
     if (s->has_fallocate && j->cur_length >= 0 && j->offset >= j->cur_length) {
-        ret = do_fallocate(j->fd, 0, j->offset, j->bytes);
+        ret = file_fallocate(j->fd, 0, j->offset, j->bytes);
         if (ret != -ENOTSUP) {
             return ret;
         }
@@ -871,7 +871,7 @@ static int job_write_zeroes(void *opaque)
 static int job_write_zeroes_unmap(void *opaque)
 {
     FileJob *j = opaque;
-    int ret = do_fallocate(j->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+    int ret = file_fallocate(j->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
                            j->offset, j->bytes);
     if (ret != -ENOTSUP && ret != -EINVAL && ret != -EBUSY) {
         return ret;
@@ -888,15 +888,15 @@ int coroutine_fn file_co_pwrite_zeroes(BlockNode *bs, int64_t offset,
         return -EIO;
     }
     /* A never-written part of the tail grown ahead reads as zeroes. */
-    grow_ahead(bs, offset + bytes);
-    bool skip = never_written(s, offset, offset + bytes);
+    file_grow_ahead(bs, offset + bytes);
+    bool skip = file_never_written(s, offset, offset + bytes);
     /*
      * Counted as written either way (zeroes stay zeroes, but this keeps
      * the ranges of an appending format merged into one).
      */
-    mark_written(s, offset, offset + bytes);
+    file_mark_written(s, offset, offset + bytes);
     if (skip) {
-        grew(s, offset + bytes);
+        file_grew(s, offset + bytes);
         return 0;
     }
     FileJob j = {
@@ -905,13 +905,13 @@ int coroutine_fn file_co_pwrite_zeroes(BlockNode *bs, int64_t offset,
                   S_ISBLK(st.st_mode),
         .cur_length = file_getlength(bs),
     };
-    hole_op_begin(s);
+    file_hole_op_begin(s);
     int ret = thread_pool_co_run((flags & REQ_MAY_UNMAP)
                                  ? job_write_zeroes_unmap : job_write_zeroes,
                                  &j);
-    hole_op_end(s);
+    file_hole_op_end(s);
     if (ret >= 0) {
-        grew(s, offset + bytes);
+        file_grew(s, offset + bytes);
     }
     return ret;
 }
@@ -935,7 +935,7 @@ static int job_discard(void *opaque)
             }
         }
     } else {
-        ret = do_fallocate(j->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+        ret = file_fallocate(j->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
                            j->offset, j->bytes);
     }
     if (ret == -ENOTSUP) {
@@ -961,9 +961,9 @@ int coroutine_fn file_co_pdiscard(BlockNode *bs, int64_t offset,
         .blkdev = s->is_device && fstat(s->fd, &st) == 0 &&
                   S_ISBLK(st.st_mode),
     };
-    hole_op_begin(s);
+    file_hole_op_begin(s);
     int ret = thread_pool_co_run(job_discard, &j);
-    hole_op_end(s);
+    file_hole_op_end(s);
     return ret;
 }
 
@@ -1099,10 +1099,10 @@ int coroutine_fn file_co_truncate(BlockNode *bs, int64_t offset,
     }
     if (S_ISREG(st.st_mode)) {
         /* A regular file always gets exactly the size asked for. */
-        grow_ahead_end(s);
-        hole_op_begin(s);
+        file_grow_ahead_end(s);
+        file_hole_op_begin(s);
         int ret = regular_truncate(s->fd, offset, prealloc, errp);
-        hole_op_end(s);
+        file_hole_op_end(s);
         return ret;
     }
     if (prealloc != PREALLOC_MODE_OFF) {
