@@ -316,7 +316,10 @@ NbdExportInfo *nbd_export_query(size_t *count)
     for (GList *l = exports; l; l = l->next, i++) {
         NbdExport *exp = l->data;
         info[i].id = g_strdup(exp->id);
-        info[i].node_name = g_strdup(exp->node_name);
+        /* The node the export uses now: a snapshot's overlay takes the
+         * backend's edge, and QEMU reports the overlay from then on. */
+        BlockNode *bs = blk_node(exp->blk);
+        info[i].node_name = g_strdup(bs ? node_get_name(bs) : exp->node_name);
         info[i].shutting_down = exp->shutting_down;
     }
     *count = n;
