@@ -855,6 +855,8 @@ void qmp_monitor_free(QmpMonitor *mon)
         return;
     }
     monitors = g_list_remove(monitors, mon);
+    /* sessions closed at exit are no hang-ups: nothing to reconnect */
+    mon->session_end = NULL;
     while (mon->sessions) {
         QmpSession *s = mon->sessions->data;
         if (s->quit_reply) {
