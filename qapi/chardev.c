@@ -4,7 +4,9 @@
  * with QEMU), the socket file is removed on exit, TCP binds the first
  * address the host resolves to.  Client (server=off): connected once, when
  * created, as QEMU does without reconnect; when the peer hangs up the
- * chardev stays, disconnected, and so does the daemon.
+ * chardev stays, disconnected, and so does the daemon.  With reconnect=N
+ * a failed connect or a hang-up arms a timer in the main loop that tries
+ * again N seconds later (QEMU's), reporting the first failure of each run.
  */
 #include <errno.h>
 #include <netdb.h>
@@ -47,7 +49,11 @@ typedef struct {
     bool stdio;                 /* the daemon's stdin/stdout (listen_fd -1) */
     bool taken;
     bool (*connected)(void *);  /* the user's: a client is connected */
+    void (*attach)(void *, int);    /* the user's: a new connection */
     void *opaque;
+    unsigned reconnect;         /* seconds; 0: no reconnecting */
+    GSource *timer;
+    bool err_reported;          /* this run of failures has been reported */
     /*
      * A socket nobody uses still takes one client at a time, as QEMU's
      * does without a frontend: held (never read) until it hangs up.
@@ -177,6 +183,8 @@ static void unwatch(Chardev *c)
     }
 }
 
+static void arm_reconnect(Chardev *c);
+
 static gboolean on_client_hup(gint fd, GIOCondition cond, gpointer opaque)
 {
     Chardev *c = opaque;
@@ -187,6 +195,8 @@ static gboolean on_client_hup(gint fd, GIOCondition cond, gpointer opaque)
     c->hup_src = NULL;
     if (!c->client) {
         watch_listener(c);
+    } else {
+        arm_reconnect(c);
     }
     return G_SOURCE_REMOVE;
 }
@@ -327,10 +337,70 @@ static char *describe_connection(int fd)
                            l, ph, r, pp);
 }
 
+static int client_connect(Chardev *c, GError **errp)
+{
+    return c->unix_path ? connect_unix(c->unix_path, errp)
+                        : connect_tcp(c->host, c->port, errp);
+}
+
+/* QEMU's line for a failed (re)connect, once per run of failures. */
+static void report_connect_error(Chardev *c, GError *err)
+{
+    if (!c->err_reported) {
+        fprintf(stderr, "%s: Unable to connect character device %s: %s\n",
+                g_get_prgname(), c->id, err->message);
+        c->err_reported = true;
+    }
+    g_error_free(err);
+}
+
+static void connected_to(Chardev *c, int fd)
+{
+    c->err_reported = false;
+    g_free(c->conn_desc);
+    c->conn_desc = describe_connection(fd);
+    if (c->taken && c->attach) {
+        c->attach(c->opaque, fd);
+    } else if (c->taken) {
+        close(fd);      /* a user that cannot take it (none in the daemon) */
+    } else {
+        c->first_client = fd;
+        watch_client(c);
+    }
+}
+
+static gboolean on_reconnect_timer(gpointer opaque)
+{
+    Chardev *c = opaque;
+    GError *err = NULL;
+
+    g_source_unref(c->timer);
+    c->timer = NULL;
+    int fd = client_connect(c, &err);
+    if (fd < 0) {
+        report_connect_error(c, err);
+        arm_reconnect(c);
+    } else {
+        connected_to(c, fd);
+    }
+    return G_SOURCE_REMOVE;
+}
+
+static void arm_reconnect(Chardev *c)
+{
+    if (!c->reconnect || c->timer) {
+        return;
+    }
+    c->timer = g_timeout_source_new_seconds(c->reconnect);
+    g_source_set_callback(c->timer, on_reconnect_timer, c, NULL);
+    g_source_attach(c->timer, loop_context(loop_get()));
+}
+
 static bool client_add(const char *id, const ChardevSocketSpec *spec,
                        GError **errp)
 {
     int fd;
+    GError *err = NULL;
 
     if (spec->fd >= 0) {
         struct stat st;
@@ -341,11 +411,12 @@ static bool client_add(const char *id, const ChardevSocketSpec *spec,
         }
         fd = spec->fd;
     } else if (spec->path) {
-        fd = connect_unix(spec->path, errp);
+        fd = connect_unix(spec->path, &err);
     } else {
-        fd = connect_tcp(spec->host, spec->port, errp);
+        fd = connect_tcp(spec->host, spec->port, &err);
     }
-    if (fd < 0) {
+    if (fd < 0 && !spec->reconnect) {
+        g_propagate_error(errp, err);
         return false;
     }
     Chardev *c = g_new0(Chardev, 1);
@@ -364,10 +435,17 @@ static bool client_add(const char *id, const ChardevSocketSpec *spec,
         c->port = g_strdup(spec->port);
         c->desc = g_strdup_printf("tcp:%s:%s", spec->host, spec->port);
     }
-    c->conn_desc = describe_connection(fd);
+    c->reconnect = spec->reconnect;
     chardevs = g_list_append(chardevs, c);
     order_add(c);
-    watch_client(c);
+    if (fd < 0) {
+        /* QEMU starts all the same and keeps trying */
+        report_connect_error(c, err);
+        arm_reconnect(c);
+    } else {
+        c->conn_desc = describe_connection(fd);
+        watch_client(c);
+    }
     return true;
 }
 
@@ -466,6 +544,10 @@ int chardev_take_listener(const char *id, int *first_client,
 static void chardev_free(Chardev *c)
 {
     unwatch(c);
+    if (c->timer) {
+        g_source_destroy(c->timer);
+        g_source_unref(c->timer);
+    }
     if (!c->taken && c->listen_fd >= 0) {
         close(c->listen_fd);
     }
@@ -524,6 +606,27 @@ void chardev_set_user(const char *id, bool (*connected)(void *),
     if (c) {
         c->connected = connected;
         c->opaque = opaque;
+    }
+}
+
+void chardev_set_attach(const char *id, void (*attach)(void *, int))
+{
+    Chardev *c = find(id);
+
+    if (c) {
+        c->attach = attach;
+    }
+}
+
+void *chardev_handle(const char *id)
+{
+    return find(id);
+}
+
+void chardev_peer_closed(void *handle)
+{
+    if (g_list_find(chardevs, handle)) {
+        arm_reconnect(handle);
     }
 }
 

@@ -3,8 +3,9 @@
  * the daemon's chardevs (qapi/chardev.c): listening sockets, as --chardev
  * makes them, client sockets (server: false) and the null backend.  A
  * chardev a monitor uses is busy.  Errors are QEMU 7.2's; what strata lacks
- * (reconnecting, TLS, telnet, websockets, logfiles) is refused by name.
+ * (TLS, telnet, websockets, logfiles) is refused by name.
  */
+#include <limits.h>
 #include <string.h>
 
 #include "strata/chardev.h"
@@ -82,9 +83,6 @@ static bool socket_unsupported(const ChardevSocket *s, GError **errp)
         what = "tn3270";
     } else if (s->has_websocket && s->websocket) {
         what = "websocket";
-    } else if (s->has_reconnect && s->reconnect > 0) {
-        /* QEMU keeps trying in the background; strata connects once */
-        what = "reconnect";
     } else if (server && s->has_wait && s->wait) {
         /* QEMU would stop every client until one connects */
         error_setg(errp, "strata-daemon does not wait for a client in "
@@ -104,6 +102,10 @@ static bool socket_add(const char *id, const ChardevSocket *s, GError **errp)
     ChardevSocketSpec spec = {
         .fd = -1, .client = s->has_server && !s->server,
     };
+
+    if (s->has_reconnect && s->reconnect > 0) {
+        spec.reconnect = s->reconnect > UINT_MAX ? UINT_MAX : s->reconnect;
+    }
 
     if (socket_unsupported(s, errp)) {
         return false;

@@ -35,6 +35,8 @@ struct QmpMonitor {
     bool pretty;
     GList *sessions;
     GHashTable *named_fds;      /* getfd: name -> fd, as QEMU per monitor */
+    void (*session_end)(void *);
+    void *session_end_opaque;
 };
 
 struct QmpSession {
@@ -663,8 +665,16 @@ static void session_watch_input(QmpSession *s)
  * stdout.  Requests read before the end still run: QEMU reads no further
  * while an in-band request waits, so it sees the end only after them.
  */
+static void session_ended(QmpSession *s)
+{
+    if (s->mon && s->mon->session_end) {
+        s->mon->session_end(s->mon->session_end_opaque);
+    }
+}
+
 static void session_end_input(QmpSession *s)
 {
+    session_ended(s);
     s->input_ended = true;
     if (s->in_src) {
         /* on_readable returns G_SOURCE_REMOVE, which destroys it */
@@ -679,6 +689,9 @@ static void session_close(QmpSession *s)
 {
     if (s->closed) {
         return;
+    }
+    if (!s->input_ended) {
+        session_ended(s);
     }
     s->closed = true;
     if (s->in_src) {
@@ -771,6 +784,13 @@ static gboolean on_accept(gint fd, GIOCondition cond, gpointer opaque)
     return G_SOURCE_CONTINUE;
 }
 
+void qmp_monitor_on_session_end(QmpMonitor *mon, void (*closed)(void *),
+                                void *opaque)
+{
+    mon->session_end = closed;
+    mon->session_end_opaque = opaque;
+}
+
 void qmp_monitor_add_client(QmpMonitor *mon, int fd)
 {
     g_unix_set_fd_nonblocking(fd, TRUE, NULL);
@@ -835,6 +855,8 @@ void qmp_monitor_free(QmpMonitor *mon)
         return;
     }
     monitors = g_list_remove(monitors, mon);
+    /* sessions closed at exit are no hang-ups: nothing to reconnect */
+    mon->session_end = NULL;
     while (mon->sessions) {
         QmpSession *s = mon->sessions->data;
         if (s->quit_reply) {

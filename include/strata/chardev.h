@@ -22,6 +22,11 @@ typedef struct ChardevSocketSpec {
      * sets QEMU's abstract=off and tight=on (qom-get addr shows them).
      */
     bool unix_flags;
+    /*
+     * A client's reconnect=N: when a connect fails or the peer hangs up,
+     * try again every N seconds (0: connect once, at creation).
+     */
+    unsigned reconnect;
 } ChardevSocketSpec;
 
 typedef enum {
@@ -64,6 +69,15 @@ bool chardev_null_add(const char *id, GError **errp);
  */
 void chardev_set_user(const char *id, bool (*connected)(void *),
                       void *opaque);
+/*
+ * A client chardev's user: attach(opaque, fd) gets each connection made
+ * after chardev_take_listener; the user calls chardev_peer_closed(handle)
+ * when its session over that connection ends.  handle is what
+ * chardev_handle returns; a stale one (the chardev gone) is ignored.
+ */
+void chardev_set_attach(const char *id, void (*attach)(void *, int));
+void *chardev_handle(const char *id);
+void chardev_peer_closed(void *handle);
 /* Remove an unused chardev (QEMU's "not found" and "is busy" errors). */
 bool chardev_remove(const char *id, GError **errp);
 

@@ -37,6 +37,12 @@ QmpMonitor *qmp_monitor_new_stdio(bool pretty);
  * qmp_monitor_add_client() (a client chardev's, server=off).
  */
 QmpMonitor *qmp_monitor_new_connected(bool pretty);
+/*
+ * closed(opaque) runs when one of the monitor's sessions ends (its peer
+ * hung up or it was dropped): a client chardev then reconnects.
+ */
+void qmp_monitor_on_session_end(QmpMonitor *mon, void (*closed)(void *),
+                                void *opaque);
 /* Serve a client already connected (chardev wait=on waited for it). */
 void qmp_monitor_add_client(QmpMonitor *mon, int fd);
 /* A client is connected (a QmpMonitor *; chardev_set_user()'s callback). */

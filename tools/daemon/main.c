@@ -157,6 +157,12 @@ static gboolean on_signal(gpointer opaque)
 
 /* ---- --monitor ---- */
 
+/* A reconnecting client chardev's new connection: a new session. */
+static void attach_connection(void *mon, int fd)
+{
+    qmp_monitor_add_client(mon, fd);
+}
+
 static void add_monitor(const char *arg)
 {
     GError *err = NULL;
@@ -190,6 +196,9 @@ static void add_monitor(const char *arg)
         /* one session over the connection; none once the peer has gone */
         QmpMonitor *mon = qmp_monitor_new_connected(pretty);
         chardev_set_user(mo->chardev, qmp_monitor_has_clients, mon);
+        chardev_set_attach(mo->chardev, attach_connection);
+        qmp_monitor_on_session_end(mon, chardev_peer_closed,
+                                   chardev_handle(mo->chardev));
         if (first >= 0) {
             qmp_monitor_add_client(mon, first);
         }

@@ -2,6 +2,7 @@
  * --chardev for strata-daemon, and the shutdown sequence.
  */
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -169,10 +170,7 @@ bool daemon_chardev_option(const char *arg, GError **errp)
         goto out;
     }
     if (reconnect > 0) {
-        /* QEMU keeps trying in the background; strata connects once */
-        error_setg(errp, "Parameter 'reconnect' is not supported by %s "
-                   "(client sockets connect once)", tool_name());
-        goto out;
+        spec.reconnect = reconnect > UINT_MAX ? UINT_MAX : reconnect;
     }
     json_object_foreach(opts, key, v) {
         if (strcmp(key, "id") && strcmp(key, "path") && strcmp(key, "host") &&
