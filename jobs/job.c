@@ -12,6 +12,7 @@
 #include "strata/error.h"
 #include "strata/job.h"
 #include "strata/loop.h"
+#include "strata/id.h"
 #include "job-int.h"
 
 /* ---- Tables (QEMU 7.2's facts) ---- */
@@ -250,19 +251,6 @@ static bool should_pause(const Job *job)
     return job->pause_count > 0;
 }
 
-bool job_id_wellformed(const char *id)
-{
-    if (!g_ascii_isalpha(id[0])) {
-        return false;
-    }
-    for (size_t i = 1; id[i]; i++) {
-        if (!g_ascii_isalnum(id[i]) && !strchr("-._", id[i])) {
-            return false;
-        }
-    }
-    return true;
-}
-
 /* ---- Transactions ---- */
 
 JobTxn *job_txn_new(void)
@@ -337,7 +325,7 @@ void *job_create(const char *id, const JobDriver *driver, JobTxn *txn,
             error_setg(errp, "Cannot specify job ID for internal job");
             return NULL;
         }
-        if (!job_id_wellformed(id)) {
+        if (!id_wellformed(id)) {
             error_setg(errp, "Invalid job ID '%s'", id);
             return NULL;
         }

@@ -32,6 +32,7 @@
 #include "strata/loop.h"
 #include "strata/nbd-server.h"
 #include "strata/socket-listen.h"
+#include "strata/id.h"
 #include "nbd-int.h"
 #include "proto.h"
 
@@ -162,20 +163,6 @@ static void export_shutdown(NbdExport *exp)
     }
     g_list_free(copy);
     nbd_export_unref(exp);
-}
-
-/* QEMU's id_wellformed: a letter, then letters, digits, '-', '.', '_'. */
-static bool id_wellformed(const char *id)
-{
-    if (!g_ascii_isalpha(id[0])) {
-        return false;
-    }
-    for (const char *p = id + 1; *p; p++) {
-        if (!g_ascii_isalnum(*p) && !strchr("-._", *p)) {
-            return false;
-        }
-    }
-    return true;
 }
 
 bool nbd_export_add(const NbdExportOptions *opts, GError **errp)

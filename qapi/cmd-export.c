@@ -10,6 +10,7 @@
 #include "strata/coroutine.h"
 #include "strata/error.h"
 #include "strata/nbd-server.h"
+#include "strata/id.h"
 #include "qapi-commands.h"
 #include "qapi-events.h"
 #include "qapi-runtime.h"
@@ -54,16 +55,6 @@ void qapi_exports_init(void)
     deleted_pending = g_hash_table_new_full(g_str_hash, g_str_equal, g_free,
                                             NULL);
     nbd_export_add_deleted_listener(export_deleted, NULL);
-}
-
-/* QEMU's id_wellformed(), checked before the iothread (below) */
-static bool id_wellformed(const char *id)
-{
-    if (!g_ascii_isalpha(id[0])) {
-        return false;
-    }
-    return strspn(id, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-                      "0123456789-._") == strlen(id);
 }
 
 void qmp_block_export_add(BlockExportOptions *arg, GError **errp)

@@ -14,6 +14,7 @@
 #include "strata/block.h"
 #include "strata/error.h"
 #include "strata/secret.h"
+#include "strata/id.h"
 #include "qapi-commands.h"
 #include "objects.h"
 
@@ -70,20 +71,6 @@ static void user_object_free(UserObject *o)
     g_free(o);
 }
 
-/* QEMU's id_wellformed(): a letter, then letters, digits, '-', '.', '_'. */
-bool user_object_id_wellformed(const char *id)
-{
-    if (!g_ascii_isalpha(id[0])) {
-        return false;
-    }
-    for (const char *p = id + 1; *p; p++) {
-        if (!g_ascii_isalnum(*p) && !strchr("-._", *p)) {
-            return false;
-        }
-    }
-    return true;
-}
-
 static void iothread_params_from(const IothreadProperties *p,
                                  IOThreadParams *out)
 {
@@ -132,7 +119,7 @@ static bool iothread_setters_check(const IothreadProperties *p,
 
 void qmp_object_add(ObjectOptions *arg, GError **errp)
 {
-    if (!user_object_id_wellformed(arg->id)) {
+    if (!id_wellformed(arg->id)) {
         error_setg(errp, "Parameter 'id' expects an identifier");
         return;
     }

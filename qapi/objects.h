@@ -25,10 +25,10 @@ UserObject *user_object_find(const char *id);
  */
 UserObject *user_iothread_by_path(const char *path);
 /*
- * QEMU's id_wellformed(); a command line adds the hint to object-add's
+ * For ids id_wellformed() refuses (strata/id.h), a command line adds the
+ * hint to object-add's
  * "Parameter 'id' expects an identifier" (QMP replies carry no hints).
  */
-bool user_object_id_wellformed(const char *id);
 #define USER_OBJECT_ID_HINT "Identifiers consist of letters, digits, " \
     "'-', '.', '_', starting with a letter."
 /* The objects in the order QEMU's /objects container iterates its children. */

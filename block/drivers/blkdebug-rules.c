@@ -15,6 +15,7 @@
 #include "strata/block-driver.h"
 #include "strata/error.h"
 #include "strata/opts.h"
+#include "strata/id.h"
 
 #include "blkdebug-rules.h"
 
@@ -185,19 +186,6 @@ static bool check_value(const KeyDesc *d, const char *val, GError **errp)
         return true;
     case KEY_STR:
         return true;
-    }
-    return true;
-}
-
-static bool id_wellformed(const char *id)
-{
-    if (!g_ascii_isalpha(id[0])) {
-        return false;
-    }
-    for (const char *p = id + 1; *p; p++) {
-        if (!g_ascii_isalnum(*p) && !strchr("-._", *p)) {
-            return false;
-        }
     }
     return true;
 }

@@ -224,9 +224,6 @@ void job_early_fail(Job *job);
 void job_ref(Job *job);
 void job_unref(Job *job);
 
-/* QEMU's id_wellformed(). */
-bool job_id_wellformed(const char *id);
-
 /* ---- Lookup and query ---- */
 
 /* The job named id (internal jobs have none), or NULL. */

@@ -10,6 +10,7 @@
 #include "strata/error.h"
 #include "strata/opts.h"
 #include "strata/secret.h"
+#include "strata/id.h"
 #include "tool-common.h"
 
 static G_NORETURN void print_types_and_exit(void)
@@ -219,7 +220,7 @@ void tool_object_process_cmdline(const char *arg)
         error_setg(&err, "Parameter 'id' is missing");
         fail(err);
     }
-    if (!tool_id_wellformed(id)) {
+    if (!id_wellformed(id)) {
         error_setg(&err, "Parameter 'id' expects an identifier\n"
                    "Identifiers consist of letters, digits, '-', '.', '_', "
                    "starting with a letter.");

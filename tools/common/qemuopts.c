@@ -6,6 +6,7 @@
 #include <string.h>
 #include "strata/error.h"
 #include "strata/opts.h"
+#include "strata/id.h"
 #include "tool-common.h"
 
 const char *tool_qemuopts_value(const char *p, char **value)
@@ -102,7 +103,7 @@ bool tool_qemuopts_parse(json_t **dict, const char *params, bool merge_list,
             g_free(id);
             return false;
         }
-        if (!tool_id_wellformed(id)) {
+        if (!id_wellformed(id)) {
             error_setg(errp, "Parameter 'id' expects an identifier\n"
                        "Identifiers consist of letters, digits, '-', '.', "
                        "'_', starting with a letter.");

@@ -51,9 +51,6 @@ int tool_strtosz(const char *nptr, const char **end, uint64_t *result);
 /* qemu-io's cvtnum(): tool_strtosz limited to INT64_MAX; -EINVAL/-ERANGE. */
 int64_t tool_cvtnum(const char *s);
 
-/* True for QEMU identifiers: a letter, then letters, digits, '-', '.', '_'. */
-bool tool_id_wellformed(const char *id);
-
 /* ---- Cache, discard and aio modes (bdrv_parse_cache_mode & co.) ---- */
 
 /*

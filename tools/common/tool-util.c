@@ -224,19 +224,6 @@ int64_t tool_cvtnum(const char *s)
     return (int64_t)value;
 }
 
-bool tool_id_wellformed(const char *id)
-{
-    if (!g_ascii_isalpha(id[0])) {
-        return false;
-    }
-    for (int i = 1; id[i]; i++) {
-        if (!g_ascii_isalnum(id[i]) && !strchr("-._", id[i])) {
-            return false;
-        }
-    }
-    return true;
-}
-
 /* ---- Modes ---- */
 
 int tool_parse_cache_mode(const char *mode, int *flags, bool *writethrough)

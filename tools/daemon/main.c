@@ -26,6 +26,7 @@
 #include "strata/loop.h"
 #include "strata/qmp-jobs.h"
 #include "strata/qmp-server.h"
+#include "strata/id.h"
 #include "cmdline.h"
 #include "objects.h"
 #include "qapi-commands.h"
@@ -269,7 +270,7 @@ static bool add_object(const char *arg, GError **errp)
     }
     GError *err = NULL;
     qmp_object_add(opts, &err);
-    if (err && !user_object_id_wellformed(opts->id)) {
+    if (err && !id_wellformed(opts->id)) {
         char *msg = g_strdup_printf("%s\n%s", err->message,
                                     USER_OBJECT_ID_HINT);
         g_free(err->message);
