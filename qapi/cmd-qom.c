@@ -254,24 +254,6 @@ static bool has_prop(const QomNode *n, const char *name)
     return child_named((QomNode *)n, name) != NULL;
 }
 
-static int64_t *iothread_field(IOThreadParams *p, const char *name)
-{
-    static const struct { const char *name; size_t off; } f[] = {
-        { "poll-max-ns", offsetof(IOThreadParams, poll_max_ns) },
-        { "poll-grow", offsetof(IOThreadParams, poll_grow) },
-        { "poll-shrink", offsetof(IOThreadParams, poll_shrink) },
-        { "aio-max-batch", offsetof(IOThreadParams, aio_max_batch) },
-        { "thread-pool-min", offsetof(IOThreadParams, thread_pool_min) },
-        { "thread-pool-max", offsetof(IOThreadParams, thread_pool_max) },
-    };
-    for (size_t i = 0; i < G_N_ELEMENTS(f); i++) {
-        if (!strcmp(f[i].name, name)) {
-            return (int64_t *)((char *)p + f[i].off);
-        }
-    }
-    return NULL;
-}
-
 static char **secret_field(UserObject *o, const char *name)
 {
     SecretProperties *s = &o->secret;
@@ -324,7 +306,7 @@ json_t *qmp_qom_get(const char *path, const char *property, GError **errp)
         ret = json_string(child->path);
     } else if (n->kind == N_IOTHREAD) {
         IOThreadParams p = *iothread_params(n->obj->iothread);
-        ret = json_integer(*iothread_field(&p, property));
+        ret = json_integer(*iothread_param_field(&p, property));
     } else if (n->kind == N_SECRET) {
         if (!strcmp(property, "loaded")) {
             ret = json_true();
@@ -361,7 +343,7 @@ static bool iothread_set(UserObject *o, const char *property, json_t *value,
         return false;
     }
     IOThreadParams p = *iothread_params(o->iothread);
-    *iothread_field(&p, property) = v;
+    *iothread_param_field(&p, property) = v;
     if (g_str_has_prefix(property, "poll-")) {
         /* QEMU's poll setters take the value without more checks */
         iothread_force_params(o->iothread, &p);

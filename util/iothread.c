@@ -34,21 +34,33 @@ void iothread_params_default(IOThreadParams *p)
     };
 }
 
+/* The integer properties, in QEMU's order (its range messages come so). */
+static const struct { const char *name; size_t off; } param_fields[] = {
+    { "poll-max-ns", offsetof(IOThreadParams, poll_max_ns) },
+    { "poll-grow", offsetof(IOThreadParams, poll_grow) },
+    { "poll-shrink", offsetof(IOThreadParams, poll_shrink) },
+    { "aio-max-batch", offsetof(IOThreadParams, aio_max_batch) },
+    { "thread-pool-min", offsetof(IOThreadParams, thread_pool_min) },
+    { "thread-pool-max", offsetof(IOThreadParams, thread_pool_max) },
+};
+
+int64_t *iothread_param_field(IOThreadParams *p, const char *name)
+{
+    for (size_t i = 0; i < G_N_ELEMENTS(param_fields); i++) {
+        if (!strcmp(param_fields[i].name, name)) {
+            return (int64_t *)((char *)p + param_fields[i].off);
+        }
+    }
+    return NULL;
+}
+
 bool iothread_params_check(const IOThreadParams *p, GError **errp)
 {
-    static const struct { const char *name; size_t off; } ranged[] = {
-        { "poll-max-ns", offsetof(IOThreadParams, poll_max_ns) },
-        { "poll-grow", offsetof(IOThreadParams, poll_grow) },
-        { "poll-shrink", offsetof(IOThreadParams, poll_shrink) },
-        { "aio-max-batch", offsetof(IOThreadParams, aio_max_batch) },
-        { "thread-pool-min", offsetof(IOThreadParams, thread_pool_min) },
-        { "thread-pool-max", offsetof(IOThreadParams, thread_pool_max) },
-    };
-    for (size_t i = 0; i < G_N_ELEMENTS(ranged); i++) {
-        int64_t v = *(const int64_t *)((const char *)p + ranged[i].off);
+    for (size_t i = 0; i < G_N_ELEMENTS(param_fields); i++) {
+        int64_t v = *(const int64_t *)((const char *)p + param_fields[i].off);
         if (v < 0) {
             error_setg(errp, "%s value must be in range [0, %" G_GINT64_FORMAT
-                       "]", ranged[i].name, (gint64)INT64_MAX);
+                       "]", param_fields[i].name, (gint64)INT64_MAX);
             return false;
         }
     }

@@ -36,6 +36,8 @@ bool iothread_set_params(IOThread *t, const IOThreadParams *p, GError **errp);
 /* Store parameters without checking them (QEMU keeps a refused value). */
 void iothread_force_params(IOThread *t, const IOThreadParams *p);
 bool iothread_params_check(const IOThreadParams *p, GError **errp);
+/* The field of a property ("poll-max-ns", ...), or NULL for another name. */
+int64_t *iothread_param_field(IOThreadParams *p, const char *name);
 
 /* Run fn(opaque) in the thread's loop and wait for it (from the main loop). */
 void iothread_run_sync(IOThread *t, LoopFunc *fn, void *opaque);
