@@ -290,3 +290,15 @@ class Daemon:
 def wait_for_file(path, timeout=10):
     return t._wait_for(lambda: os.path.exists(path), timeout, path)
 
+
+
+def daemon_commands():
+    """The names query-commands lists in the daemon under test."""
+    probe = Daemon()
+    c = probe.negotiated()
+    c.send('query-commands')
+    have = {e['name'] for e in c.recv()['return']}
+    c.close()
+    probe.proc.terminate()
+    probe.proc.wait(t.TIMEOUT)
+    return have

@@ -47,11 +47,5 @@ def image_digest(path):
 
 def has_commands(*names):
     """Whether the daemon under test has every command in names."""
-    probe = qmp.Daemon()
-    c = probe.negotiated()
-    c.send('query-commands')
-    have = [e['name'] for e in c.recv()['return']]
-    c.close()
-    probe.proc.terminate()
-    probe.proc.wait(t.TIMEOUT)
+    have = qmp.daemon_commands()
     return all(n in have for n in names)

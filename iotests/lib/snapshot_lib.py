@@ -34,13 +34,7 @@ def requires_commands(*names):
     """Skip unless the daemon under test has these commands."""
     qmp.requires_daemon()
     t.requires_qemu('img')
-    probe = qmp.Daemon()
-    c = probe.negotiated()
-    c.send('query-commands')
-    have = [e['name'] for e in c.recv()['return']]
-    c.close()
-    probe.proc.terminate()
-    probe.proc.wait(t.TIMEOUT)
+    have = qmp.daemon_commands()
     for need in names:
         if need not in have:
             t.skip('%s is not in this build' % need)
