@@ -8,8 +8,10 @@
  *   qcow2-refcount.c refcounts, cluster allocation and freeing
  *   qcow2-compress.c compressed clusters (zlib, zstd)
  *   qcow2-create.c   image creation
+ *   qcow2-resize.c   growing and shrinking (co_truncate)
  *
- * Locking: everything runs in one thread; coroutines interleave at I/O.
+ * Locking: everything runs in the node's home thread (the main loop or an
+ * iothread, docs/architecture.md "Threads"); coroutines interleave at I/O.
  * s->lock (a CoMutex) protects the metadata (L1, caches, refcounts, the
  * header fields); it is held across metadata I/O but not across guest data
  * reads.  Allocating writes keep it until their L2 entry is updated, so a
@@ -298,6 +300,9 @@ void coroutine_fn qcow2_signal_corruption(BlockNode *bs, bool fatal,
 /* ---- qcow2.c ---- */
 
 /* Read guest data into buf (have_lock: the caller holds s->lock). */
+/* Resize (qcow2-resize.c): the driver's co_truncate. */
+int coroutine_fn qcow2_co_truncate(BlockNode *bs, int64_t offset, bool exact,
+                                   PreallocMode prealloc, GError **errp);
 int coroutine_fn qcow2_co_read_buf(BlockNode *bs, uint64_t offset,
                                    uint64_t bytes, void *buf, bool have_lock);
 
