@@ -1,0 +1,145 @@
+/*
+ * block-copy: the one copy engine under every job that moves data
+ * (backup, mirror, commit, stream, the copy-before-write filter, and the
+ * offline front ends strata-img commit/convert).
+ *
+ * The engine copies from a source edge to a target edge whatever its
+ * bitmap says is left, in chunks that start at the granularity and grow
+ * up to max_chunk while copies succeed, many chunks in flight, bounded by
+ * a memory budget.  For every range it first asks what the range holds
+ * (classify: data, zeroes, or nothing to copy): data is read and written
+ * (or offloaded with copy_file_range where both ends allow it), zeroes are
+ * written as zero writes (or skipped where the target already reads
+ * zeroes), and "skip" ranges are dropped from the bitmap.
+ *
+ * Bits are cleared when a chunk is taken, before its read: a write that
+ * sets them again during the copy (a recording bitmap, as mirror uses)
+ * makes the engine copy the range again later.  A chunk that fails sets
+ * its bits again.
+ *
+ * Everything runs in the loop of the source node's thread; the functions
+ * marked coroutine_fn run in coroutines of that loop.
+ */
+#ifndef STRATA_BLOCK_COPY_H
+#define STRATA_BLOCK_COPY_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include "strata/block.h"
+#include "strata/coroutine.h"
+#include "strata/dirty-bitmap.h"
+
+typedef struct Job Job;
+typedef struct BlockCopyState BlockCopyState;
+
+typedef enum BlockCopyKind {
+    BLOCK_COPY_DATA,    /* read from the source, write to the target */
+    BLOCK_COPY_ZERO,    /* the source reads zeroes: zero-write the target */
+    BLOCK_COPY_SKIP,    /* nothing to copy (not allocated where it matters) */
+} BlockCopyKind;
+
+/*
+ * What the leading part of [offset, offset + bytes) holds: returns a
+ * BlockCopyKind (or -errno) and sets *pnum, 0 < *pnum <= bytes, to the
+ * length of that leading part.  Coroutine context.
+ */
+typedef int coroutine_fn BlockCopyClassifyFunc(void *opaque, int64_t offset,
+                                               int64_t bytes, int64_t *pnum);
+
+/* A range is done: copied, zeroed or skipped (kind says which). */
+typedef void BlockCopyProgressFunc(void *opaque, int64_t offset,
+                                   int64_t bytes, BlockCopyKind kind);
+
+typedef struct BlockCopyOptions {
+    /* Edges the caller holds: read from source (CONSISTENT_READ), write to
+     * target (WRITE).  target NULL: reads only, for the side effect of the
+     * read (stream through a copy-on-read filter reads with
+     * REQ_PREFETCH and drops the data). */
+    BlockChild *source;
+    BlockChild *target;
+
+    /*
+     * What is left.  NULL: the engine makes an anonymous, disabled bitmap
+     * on the source node, all set (start_clean: none set).  Given: the
+     * caller's bitmap (mirror passes a recording one) with the
+     * granularity it has; the engine only sets and clears bits in it.
+     */
+    DirtyBitmap *bitmap;
+    bool start_clean;
+
+    /* Bytes; 0: the defaults (granularity max(64 KiB, the target's
+     * cluster size); the engine's own chunk limit, memory budget and
+     * worker count, documented in docs/architecture.md "Jobs"). */
+    int64_t granularity;
+    int64_t max_chunk;
+    uint64_t max_memory;
+    int max_workers;
+
+    /* NULL: the source's block status (whole chain, want_zero). */
+    BlockCopyClassifyFunc *classify;
+    void *classify_opaque;
+
+    bool target_reads_zeroes;   /* zero ranges need no write at all */
+    bool unmap;                 /* zero writes may unmap (REQ_MAY_UNMAP) */
+    bool compress;              /* write with REQ_WRITE_COMPRESSED */
+    bool use_copy_range;        /* try copy_file_range-style offload */
+    int read_flags;             /* extra REQ_* flags of reads (PREFETCH) */
+
+    BlockCopyProgressFunc *progress;
+    void *progress_opaque;
+} BlockCopyOptions;
+
+/* Fails only for options that cannot work (a bad granularity...). */
+BlockCopyState *block_copy_new(const BlockCopyOptions *opts, GError **errp);
+/* Waits for nothing: call when no copy runs. */
+void block_copy_free(BlockCopyState *s);
+
+DirtyBitmap *block_copy_bitmap(BlockCopyState *s);
+int64_t block_copy_granularity(const BlockCopyState *s);
+/* Bytes still marked (dirty bits x granularity, the tail clipped). */
+int64_t block_copy_remaining(const BlockCopyState *s);
+/* Mark / unmark a range (rounded out to the granularity by set, in by
+ * reset) without copying. */
+void block_copy_set_dirty(BlockCopyState *s, int64_t offset, int64_t bytes);
+void block_copy_reset_dirty(BlockCopyState *s, int64_t offset, int64_t bytes);
+
+/*
+ * Copy until the bitmap is clean, many chunks at once.  With a job:
+ * passes its pause points between chunks, obeys its set-speed limit, and
+ * returns -ECANCELED once job_is_cancelled().  On an I/O error, waits for
+ * the chunks in flight, leaves the failed range marked and returns
+ * -errno with *error_is_read telling which side failed: the caller's
+ * on-error policy decides whether to call again.  0: clean (a recording
+ * bitmap may be dirty again by the time the caller looks).
+ */
+int coroutine_fn block_copy_run(BlockCopyState *s, Job *job,
+                                bool *error_is_read);
+
+/*
+ * Copy the marked part of one range now, waiting first for chunks in
+ * flight that overlap it (copy-before-write: a guest write to the source
+ * calls this before it proceeds).  Same return as block_copy_run.
+ */
+int coroutine_fn block_copy_range(BlockCopyState *s, int64_t offset,
+                                  int64_t bytes, bool *error_is_read);
+
+/* Wait until no chunk in flight overlaps the range (write-blocking
+ * mirror, before it writes the range to the target itself). */
+void coroutine_fn block_copy_wait_range(BlockCopyState *s, int64_t offset,
+                                        int64_t bytes);
+
+/* Chunks in flight now (drain, tests). */
+int block_copy_in_flight(const BlockCopyState *s);
+
+/* Engine-wide counters since block_copy_new (docs, bench, tests). */
+typedef struct BlockCopyStats {
+    uint64_t bytes_read, bytes_written, bytes_zeroed, bytes_skipped;
+    uint64_t bytes_offloaded;   /* copied with copy offload */
+    uint64_t chunks;
+    uint64_t peak_memory;       /* most buffer bytes held at once */
+    int peak_in_flight;
+} BlockCopyStats;
+
+void block_copy_get_stats(const BlockCopyState *s, BlockCopyStats *st);
+
+#endif
