@@ -20,15 +20,16 @@
 #include "strata/block.h"
 #include "strata/job.h"
 
-/* QEMU's BlockdevOnError, in its order. */
-typedef enum BlockOnError {
-    BLOCK_ON_ERROR_REPORT,
-    BLOCK_ON_ERROR_IGNORE,
-    BLOCK_ON_ERROR_ENOSPC,
-    BLOCK_ON_ERROR_STOP,
-    BLOCK_ON_ERROR_AUTO,
-    BLOCK_ON_ERROR__MAX,
-} BlockOnError;
+/* QEMU's BlockdevOnError, in its order (the QAPI schema's names, so that
+ * the generator can use these enums: 'library-enums' pragma). */
+typedef enum BlockdevOnError {
+    BLOCKDEV_ON_ERROR_REPORT,
+    BLOCKDEV_ON_ERROR_IGNORE,
+    BLOCKDEV_ON_ERROR_ENOSPC,
+    BLOCKDEV_ON_ERROR_STOP,
+    BLOCKDEV_ON_ERROR_AUTO,
+    BLOCKDEV_ON_ERROR__MAX,
+} BlockdevOnError;
 
 /* QEMU's BlockErrorAction, in its order. */
 typedef enum BlockErrorAction {
@@ -38,16 +39,16 @@ typedef enum BlockErrorAction {
 } BlockErrorAction;
 
 /* QEMU's BlockDeviceIoStatus, in its order. */
-typedef enum BlockIoStatus {
-    BLOCK_IO_STATUS_OK,
-    BLOCK_IO_STATUS_FAILED,
-    BLOCK_IO_STATUS_NOSPACE,
-} BlockIoStatus;
+typedef enum BlockDeviceIoStatus {
+    BLOCK_DEVICE_IO_STATUS_OK,
+    BLOCK_DEVICE_IO_STATUS_FAILED,
+    BLOCK_DEVICE_IO_STATUS_NOSPACE,
+} BlockDeviceIoStatus;
 
 typedef struct BlockJob {
     Job job;                     /* first: a BlockJob is a Job */
     BlockNode *bs;               /* the main node (a reference is held) */
-    BlockIoStatus iostatus;
+    BlockDeviceIoStatus iostatus;
     /* Called by block_job_user_resume(); drivers may set it. */
     void (*on_resume)(struct BlockJob *bjob);
 } BlockJob;
@@ -81,7 +82,7 @@ BlockJob *block_job_find_err(const char *id, GError **errp);
  * report).  Tells the error listeners.  STOP pauses the job (as a user
  * pause) and sets iostatus; the job stops at its next pause point.
  */
-BlockErrorAction block_job_error_action(BlockJob *job, BlockOnError on_err,
+BlockErrorAction block_job_error_action(BlockJob *job, BlockdevOnError on_err,
                                         bool is_read, int error);
 
 /* job-resume/block-job-resume of a block job: iostatus back to ok. */
@@ -94,7 +95,7 @@ typedef struct BlockJobQueryInfo {
     int64_t len, offset;         /* progress total and current */
     bool busy, paused, ready;
     int64_t speed;
-    BlockIoStatus io_status;
+    BlockDeviceIoStatus io_status;
     JobStatus status;
     bool auto_finalize, auto_dismiss;
     char *error;                 /* NULL: none */
@@ -111,8 +112,8 @@ typedef void BlockJobErrorFunc(BlockJob *job, bool is_read,
 unsigned block_job_add_error_listener(BlockJobErrorFunc *fn, void *opaque);
 void block_job_remove_error_listener(unsigned handle);
 
-const char *block_on_error_name(BlockOnError e);       /* "report" ... */
+const char *blockdev_on_error_name(BlockdevOnError e);       /* "report" ... */
 const char *block_error_action_name(BlockErrorAction a); /* "ignore" ... */
-const char *block_io_status_name(BlockIoStatus s);       /* "ok" ... */
+const char *block_device_io_status_name(BlockDeviceIoStatus s);       /* "ok" ... */
 
 #endif
