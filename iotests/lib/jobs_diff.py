@@ -17,10 +17,11 @@ between the daemons:
 - each job's events, in the order the daemon sent them, grouped per job:
   the relative order of two jobs' events, and of a job's events and a
   reply, depends on scheduling;
-- for jobs that run while the guest writes (mirror, active commit, and
-  jobs cut short by a failure or a cancel), offset and len in the events
-  depend on how often a region was copied again: they are logged as LEN
-  and, when offset is not len, OFFSET;
+- where offset and len in the events depend on timing (mirror and active
+  commit copy a region again as often as the guest dirties it; a job cut
+  short stops wherever it was), the scenario says so (racy) and they are
+  logged as LEN and, when offset is not len, OFFSET (JD_RAW=1 in the
+  environment logs them as they are, for debugging);
 - generated node names (NODE_NAME), TEST_DIR, timestamps;
 - the guest's qemu-io output only as a count of writes that succeeded.
 
@@ -326,7 +327,7 @@ class Session:
             self.logged.add(i)
             text = json.dumps({'event': ev['event'],
                                'data': ev.get('data', {})}, sort_keys=True)
-            if racy:
+            if racy and not os.environ.get('JD_RAW'):
                 text = _normalise_progress(text)
             _log('%s event %s' % (job, text))
 
