@@ -237,6 +237,10 @@ def blockdev(name, backing=None, driver_file=None):
 
 # ----------------------------------------------------------------- daemon
 
+class ScenarioError(Exception):
+    pass
+
+
 _RACY = re.compile(r'"(len|offset)": \d+')
 
 
@@ -290,11 +294,22 @@ class Session:
             _log('<- %s' % json.dumps(msg, sort_keys=True))
         return msg
 
-    def start(self, name, args, racy=False):
-        """A command that starts job args['job-id'] (or a transaction)."""
+    def start(self, name, args, racy=False, may_fail=False):
+        """A command that starts job args['job-id'] (or a transaction).
+        If it fails and the scenario did not expect that, the scenario
+        ends here (ScenarioError) rather than wait for a job that is not
+        there."""
         if racy:
             self.racy.add(args.get('job-id'))
-        return self.cmd(name, args)
+        reply = self.cmd(name, args)
+        if 'error' in reply and not may_fail:
+            self.log_other_events()
+            for job in {ev['data'].get('id') or ev['data'].get('device')
+                        for ev in self.events if 'data' in ev} - {None}:
+                self.log_events(job)
+            raise ScenarioError('%s failed: the scenario cannot go on'
+                                % name)
+        return reply
 
     def _job_events(self, job):
         """JOB's events not logged yet (a job id may be used again once
