@@ -108,8 +108,8 @@ class Model:
 
 def request_list(seed, count, size=SIZE):
     """A seeded list of guest writes (offset, length, pattern; pattern
-    None is a write of zeroes): aligned and unaligned, small and spanning
-    clusters."""
+    None is a write of zeroes): 512-byte, 4 KiB and cluster aligned,
+    inside one cluster and across several."""
     rnd = random.Random(seed)
     reqs = []
     for _ in range(count):
