@@ -123,6 +123,8 @@ static void prealloc_close(BlockNode *bs)
     }
 }
 
+static int drop_preallocation(BlockNode *bs, GError **errp);
+
 static int prealloc_reopen_prepare(ReopenState *rs, GError **errp)
 {
     PreallocOpts *o = g_new0(PreallocOpts, 1);
@@ -130,6 +132,18 @@ static int prealloc_reopen_prepare(ReopenState *rs, GError **errp)
     if (!absorb_opts(o, rs->options, rs->bs->file->bs, errp)) {
         g_free(o);
         return -EINVAL;
+    }
+    /*
+     * QEMU cuts the file back when the new permissions are checked,
+     * before the commit; here the check of a reopen still sees the old
+     * ones, and the file is read-only by the time the final ones come.
+     */
+    if (rs->read_only) {
+        int ret = drop_preallocation(rs->bs, errp);
+        if (ret < 0) {
+            g_free(o);
+            return ret;
+        }
     }
     rs->opaque = o;
     return 0;
@@ -215,6 +229,8 @@ static bool coroutine_fn handle_write(BlockNode *bs, int64_t offset,
         return false;
     }
     s->file_end = prealloc_end;
+    /* the file is longer now (QEMU's write path notes that by itself) */
+    node_invalidate_length(bs->file->bs);
     return want_merge_zero;
 }
 
@@ -328,6 +344,16 @@ static int prealloc_check_perm(BlockNode *bs, uint64_t perm, uint64_t shared,
          * Losing the permissions: cut the file back now, while the edge
          * still holds them (set_perm comes after the edge changed).
          */
+        return drop_preallocation(bs, errp);
+    }
+    return 0;
+}
+
+static int drop_preallocation(BlockNode *bs, GError **errp)
+{
+    PreallocState *s = bs->opaque;
+
+    if (s->data_end >= 0) {
         if (s->file_end < 0) {
             s->file_end = node_getlength(bs->file->bs);
             if (s->file_end < 0) {
@@ -370,16 +396,21 @@ static void prealloc_child_perm(BlockNode *bs, BlockChild *c, unsigned role,
                                 uint64_t *nshared)
 {
     node_default_perms(bs, c, role, rs, perm, shared, nperm, nshared);
-    if (can_write_resize(perm)) {
+    /*
+     * During a reopen perm still holds what the parents had before; a node
+     * that becomes read-only writes nothing afterwards (QEMU computes from
+     * the new parents' permissions alone).
+     */
+    if (rs && rs->read_only) {
+        *nperm &= ~(uint64_t)(BLK_PERM_WRITE | BLK_PERM_WRITE_UNCHANGED |
+                              BLK_PERM_RESIZE);
+    }
+    if (can_write_resize(perm) && (*nperm & BLK_PERM_WRITE)) {
         *nperm |= BLK_PERM_WRITE | BLK_PERM_RESIZE;
         /* keep data_end, file_end and zero_start ours alone */
         *nshared &= ~(uint64_t)(BLK_PERM_WRITE | BLK_PERM_RESIZE);
     }
 }
-
-static const char *const prealloc_mutable_opts[] = {
-    "prealloc-align", "prealloc-size", NULL
-};
 
 const BlockDriver bdrv_preallocate = {
     .format_name = "preallocate",
@@ -400,5 +431,4 @@ const BlockDriver bdrv_preallocate = {
     .check_perm = prealloc_check_perm,
     .set_perm = prealloc_set_perm,
     .child_perm = prealloc_child_perm,
-    .mutable_opts = prealloc_mutable_opts,
 };

@@ -179,8 +179,6 @@ static void throttle_set_loop(BlockNode *bs)
     throttle_group_set_loop(&s->tgm, node_loop(bs));
 }
 
-static const char *const throttle_mutable_opts[] = { "throttle-group", NULL };
-
 const BlockDriver bdrv_throttle = {
     .format_name = "throttle",
     .instance_size = sizeof(ThrottleNodeState),
@@ -200,5 +198,4 @@ const BlockDriver bdrv_throttle = {
     .drained_begin = throttle_drained_begin,
     .drained_end = throttle_drained_end,
     .set_loop = throttle_set_loop,
-    .mutable_opts = throttle_mutable_opts,
 };
