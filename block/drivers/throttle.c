@@ -125,6 +125,14 @@ static int coroutine_fn throttle_co_pdiscard(BlockNode *bs, int64_t offset,
     return child_co_pdiscard(bs->file, offset, bytes);
 }
 
+/* Not throttled; QEMU's core passes a filter's truncate on the same way. */
+static int coroutine_fn throttle_co_truncate(BlockNode *bs, int64_t offset,
+                                             bool exact, PreallocMode prealloc,
+                                             GError **errp)
+{
+    return child_co_truncate(bs->file, offset, exact, prealloc, errp);
+}
+
 static int throttle_reopen_prepare(ReopenState *rs, GError **errp)
 {
     ThrottleNodeState *s = rs->bs->opaque;
@@ -192,6 +200,7 @@ const BlockDriver bdrv_throttle = {
     .co_pwritev_compressed = throttle_co_pwritev_compressed,
     .co_pwrite_zeroes = throttle_co_pwrite_zeroes,
     .co_pdiscard = throttle_co_pdiscard,
+    .co_truncate = throttle_co_truncate,
     .reopen_prepare = throttle_reopen_prepare,
     .reopen_commit = throttle_reopen_commit,
     .reopen_abort = throttle_reopen_abort,
