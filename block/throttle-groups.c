@@ -13,6 +13,7 @@
  * loop, and its timers (GSources with a ready time) fire there.  Waking
  * another member is done by arming its timer for now, as QEMU does.
  */
+#include <pthread.h>
 #include <string.h>
 
 #include "block-int.h"
@@ -21,7 +22,8 @@
 
 struct ThrottleGroup {
     char *name;
-    GMutex lock;
+    /* pthread's: glib's GMutex is invisible to ThreadSanitizer */
+    pthread_mutex_t lock;
     ThrottleState ts;
     GList *members;                     /* round-robin order */
     ThrottleGroupMember *tokens[2];
@@ -50,10 +52,10 @@ static gboolean timer_dispatch(GSource *source, GSourceFunc cb,
     (void)data;
     g_source_set_ready_time(source, -1);
     ThrottleGroup *tg = t->tgm->group;
-    g_mutex_lock(&tg->lock);
+    pthread_mutex_lock(&tg->lock);
     bool armed = t->tgm->timer_armed[t->is_write];
     t->tgm->timer_armed[t->is_write] = false;
-    g_mutex_unlock(&tg->lock);
+    pthread_mutex_unlock(&tg->lock);
     /* a timer deleted after its ready time had passed: nothing to do */
     if (armed) {
         timer_cb(t->tgm, t->is_write);
@@ -126,7 +128,7 @@ ThrottleGroup *throttle_group_create(const char *name,
     }
     ThrottleGroup *tg = g_new0(ThrottleGroup, 1);
     tg->name = g_strdup(name);
-    g_mutex_init(&tg->lock);
+    pthread_mutex_init(&tg->lock, NULL);
     throttle_config(&tg->ts, cfg, clock_ns());
     groups = g_list_append(groups, tg);
     return tg;
@@ -141,26 +143,26 @@ void throttle_group_destroy(ThrottleGroup *tg)
 {
     g_return_if_fail(tg->users == 0);
     groups = g_list_remove(groups, tg);
-    g_mutex_clear(&tg->lock);
+    pthread_mutex_destroy(&tg->lock);
     g_free(tg->name);
     g_free(tg);
 }
 
 void throttle_group_get_config(ThrottleGroup *tg, ThrottleConfig *cfg)
 {
-    g_mutex_lock(&tg->lock);
+    pthread_mutex_lock(&tg->lock);
     throttle_get_config(&tg->ts, cfg);
-    g_mutex_unlock(&tg->lock);
+    pthread_mutex_unlock(&tg->lock);
 }
 
 static void restart_member(ThrottleGroupMember *tgm);
 
 void throttle_group_set_config(ThrottleGroup *tg, const ThrottleConfig *cfg)
 {
-    g_mutex_lock(&tg->lock);
+    pthread_mutex_lock(&tg->lock);
     throttle_config(&tg->ts, cfg, clock_ns());
     GList *members = g_list_copy(tg->members);
-    g_mutex_unlock(&tg->lock);
+    pthread_mutex_unlock(&tg->lock);
     /*
      * QEMU restarts only the member it was configured through; a group
      * object has none, so every member looks at its queues again.
@@ -258,21 +260,21 @@ void coroutine_fn throttle_group_co_intercept(ThrottleGroupMember *tgm,
 {
     ThrottleGroup *tg = tgm->group;
 
-    g_mutex_lock(&tg->lock);
+    pthread_mutex_lock(&tg->lock);
     ThrottleGroupMember *token = next_token(tgm, is_write);
     bool must_wait = schedule_timer(token, is_write);
 
     /* behind a timer, or behind our own requests already waiting */
     if (must_wait || tgm->pending_reqs[is_write]) {
         tgm->pending_reqs[is_write]++;
-        g_mutex_unlock(&tg->lock);
+        pthread_mutex_unlock(&tg->lock);
         co_queue_wait(&tgm->reqs[is_write]);
-        g_mutex_lock(&tg->lock);
+        pthread_mutex_lock(&tg->lock);
         tgm->pending_reqs[is_write]--;
     }
     throttle_account(&tg->ts, is_write, (uint64_t)bytes);
     schedule_next_request(tgm, is_write);
-    g_mutex_unlock(&tg->lock);
+    pthread_mutex_unlock(&tg->lock);
 }
 
 /* ---- Restarting a member's queue (timer fired, drain, new limits) ---- */
@@ -290,9 +292,9 @@ static void coroutine_fn restart_co(void *opaque)
 
     /* with nothing queued here, someone else may be next */
     if (!co_queue_next(&tgm->reqs[r->is_write])) {
-        g_mutex_lock(&tg->lock);
+        pthread_mutex_lock(&tg->lock);
         schedule_next_request(tgm, r->is_write);
-        g_mutex_unlock(&tg->lock);
+        pthread_mutex_unlock(&tg->lock);
     }
     g_free(r);
     g_atomic_int_add(&tgm->restart_pending, -1);
@@ -317,9 +319,9 @@ static void timer_cb(ThrottleGroupMember *tgm, bool is_write)
 {
     ThrottleGroup *tg = tgm->group;
 
-    g_mutex_lock(&tg->lock);
+    pthread_mutex_lock(&tg->lock);
     tg->any_timer_armed[is_write] = false;
-    g_mutex_unlock(&tg->lock);
+    pthread_mutex_unlock(&tg->lock);
     restart_queue(tgm, is_write);
 }
 
@@ -329,13 +331,13 @@ static void restart_member(ThrottleGroupMember *tgm)
     ThrottleGroup *tg = tgm->group;
 
     for (int i = 0; i < 2; i++) {
-        g_mutex_lock(&tg->lock);
+        pthread_mutex_lock(&tg->lock);
         bool armed = tgm->timer_armed[i];
         if (armed) {
             timer_del(tgm, i);
             tg->any_timer_armed[i] = false;
         }
-        g_mutex_unlock(&tg->lock);
+        pthread_mutex_unlock(&tg->lock);
         restart_queue(tgm, i);
     }
 }
@@ -355,7 +357,7 @@ void throttle_group_register(ThrottleGroupMember *tgm, const char *name,
     co_queue_init(&tgm->reqs[1]);
     timers_attach(tgm, loop);
 
-    g_mutex_lock(&tg->lock);
+    pthread_mutex_lock(&tg->lock);
     for (int i = 0; i < 2; i++) {
         if (!tg->tokens[i]) {
             tg->tokens[i] = tgm;
@@ -364,7 +366,7 @@ void throttle_group_register(ThrottleGroupMember *tgm, const char *name,
     /* QEMU inserts at the head of its list */
     tg->members = g_list_prepend(tg->members, tgm);
     tg->users++;
-    g_mutex_unlock(&tg->lock);
+    pthread_mutex_unlock(&tg->lock);
 }
 
 void throttle_group_unregister(ThrottleGroupMember *tgm)
@@ -378,7 +380,7 @@ void throttle_group_unregister(ThrottleGroupMember *tgm)
     LOOP_WAIT_WHILE(g_atomic_int_get(&tgm->restart_pending) > 0);
     drain_wait_end();
 
-    g_mutex_lock(&tg->lock);
+    pthread_mutex_lock(&tg->lock);
     for (int i = 0; i < 2; i++) {
         g_assert(tgm->pending_reqs[i] == 0);
         if (tgm->timer_armed[i]) {
@@ -398,7 +400,7 @@ void throttle_group_unregister(ThrottleGroupMember *tgm)
             schedule_next_request(tg->tokens[i], i);
         }
     }
-    g_mutex_unlock(&tg->lock);
+    pthread_mutex_unlock(&tg->lock);
     timers_detach(tgm);
     tgm->group = NULL;
 }
@@ -424,7 +426,7 @@ void throttle_group_set_loop(ThrottleGroupMember *tgm, StrataLoop *loop)
     LOOP_WAIT_WHILE(g_atomic_int_get(&tgm->restart_pending) > 0);
     drain_wait_end();
 
-    g_mutex_lock(&tg->lock);
+    pthread_mutex_lock(&tg->lock);
     for (int i = 0; i < 2; i++) {
         if (tgm->timer_armed[i]) {
             /* the turn goes on to the others while the timers move */
@@ -433,7 +435,7 @@ void throttle_group_set_loop(ThrottleGroupMember *tgm, StrataLoop *loop)
             schedule_next_request(tgm, i);
         }
     }
-    g_mutex_unlock(&tg->lock);
+    pthread_mutex_unlock(&tg->lock);
     timers_detach(tgm);
     tgm->loop = loop;
     timers_attach(tgm, loop);
