@@ -28,6 +28,14 @@ typedef struct {
     int64_t zero_start;
     /* The file's real length (a cache of node_getlength(file)). */
     int64_t file_end;
+    /*
+     * A preallocation (a zero write from pa_start on) is under way: writes
+     * reaching into it wait, or they could land before the zeroes and be
+     * overwritten by them (QEMU makes the zero write serialising).
+     */
+    bool preallocating;
+    int64_t pa_start;
+    CoQueue pa_wait;
 } PreallocState;
 
 static bool absorb_opts(PreallocOpts *o, json_t *options, BlockNode *file,
@@ -62,6 +70,7 @@ static int prealloc_open(BlockNode *bs, json_t *options, int flags,
 
     /* set when the permissions come (set_perm) */
     s->file_end = s->zero_start = s->data_end = -EINVAL;
+    co_queue_init(&s->pa_wait);
 
     bs->file = node_open_child(bs, options, "file",
                                CHILD_ROLE_FILTERED | CHILD_ROLE_PRIMARY,
@@ -187,6 +196,9 @@ static bool coroutine_fn handle_write(BlockNode *bs, int64_t offset,
     int64_t prealloc_align = MAX((int64_t)s->opts.prealloc_align,
                                  (int64_t)file_align);
 
+    while (s->preallocating && end > s->pa_start) {
+        co_queue_wait(&s->pa_wait);
+    }
     if (!has_prealloc_perms(bs)) {
         return false;
     }
@@ -222,8 +234,12 @@ static bool coroutine_fn handle_write(BlockNode *bs, int64_t offset,
     int64_t start = want_merge_zero ? MIN(offset, s->file_end) : s->file_end;
     int64_t prealloc_end = (int64_t)ROUND_UP(
         (uint64_t)end + s->opts.prealloc_size, (uint64_t)prealloc_align);
+    s->preallocating = true;
+    s->pa_start = start;
     int ret = child_co_pwrite_zeroes(bs->file, start, prealloc_end - start,
                                      REQ_NO_FALLBACK);
+    s->preallocating = false;
+    co_queue_restart_all(&s->pa_wait);
     if (ret < 0) {
         s->file_end = ret;
         return false;
