@@ -191,15 +191,16 @@ void qmp_object_del(const char *id, GError **errp)
         error_setg(errp, "object '%s' not found", id);
         return;
     }
+    /* QEMU's can_be_deleted: no throttle node may use the group */
+    if (o->throttle && throttle_group_in_use(o->throttle)) {
+        error_setg(errp, "object '%s' is in use, can not be deleted", id);
+        return;
+    }
     /*
      * QEMU 7.2 lets an iothread in use go (and then fails an assertion):
      * refuse while a node runs in it.  A secret is read when an image is
      * opened and may go afterwards, as in QEMU.
      */
-    if (o->throttle && throttle_group_in_use(o->throttle)) {
-        error_setg(errp, "object '%s' is in use, can not be deleted", id);
-        return;
-    }
     if (o->iothread) {
         StrataLoop *loop = iothread_loop(o->iothread);
         for (BlockNode *bs = node_next(NULL); bs; bs = node_next(bs)) {
