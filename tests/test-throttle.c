@@ -5,7 +5,7 @@
  * that must let through what the limits say (average, burst rate, burst
  * length) and no more.  The groups (block/throttle-groups.c) with real
  * timers: a queued request waits for its timer, a drain lets the queue
- * through, two members share one limit.
+ * through, two members share one limit and take turns.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -334,13 +334,17 @@ typedef struct {
     ThrottleGroupMember *tgm;
     int64_t bytes;
     bool done;
+    int order;          /* when it was let through: 1, 2, ... */
 } Req;
+
+static int let_through;
 
 static void coroutine_fn req_co(void *opaque)
 {
     Req *r = opaque;
     throttle_group_co_intercept(r->tgm, r->bytes, true);
     r->done = true;
+    r->order = ++let_through;
 }
 
 static void start(Req *r, ThrottleGroupMember *tgm, int64_t bytes)
@@ -458,6 +462,44 @@ static void test_group_shared(void **state)
     throttle_group_destroy(tg);
 }
 
+static void test_group_round_robin(void **state)
+{
+    ThrottleGroupMember a = { 0 }, b = { 0 };
+    Req ra[10], rb;
+    (void)state;
+
+    /*
+     * a queues ten requests of a tenth of a second each; b's one request,
+     * queued after them, gets the turn after a's next one, not after all
+     * of a's (QEMU's round robin between the members of a group).
+     */
+    ThrottleGroup *tg = group("rr", 1000000);
+    throttle_group_register(&a, "rr", loop_get());
+    throttle_group_register(&b, "rr", loop_get());
+    let_through = 0;
+    for (int i = 0; i < 10; i++) {
+        start(&ra[i], &a, 100000);
+    }
+    assert_true(ra[0].done && ra[1].done);
+    assert_false(ra[2].done);
+    start(&rb, &b, 100000);
+    assert_false(rb.done);
+    LOOP_WAIT_WHILE(!rb.done);
+    assert_int_equal(rb.order, 4);
+    assert_true(ra[2].done);
+    assert_false(ra[3].done);
+    /* a's others go once drained */
+    throttle_group_drained_begin(&a);
+    LOOP_WAIT_WHILE(!ra[9].done);
+    throttle_group_drained_end(&a);
+    for (int i = 3; i < 10; i++) {
+        assert_int_equal(ra[i].order, i + 2);
+    }
+    throttle_group_unregister(&a);
+    throttle_group_unregister(&b);
+    throttle_group_destroy(tg);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -472,6 +514,7 @@ int main(void)
         cmocka_unit_test(test_group_timer),
         cmocka_unit_test(test_group_drain),
         cmocka_unit_test(test_group_shared),
+        cmocka_unit_test(test_group_round_robin),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
