@@ -330,6 +330,9 @@ static void restart_member(ThrottleGroupMember *tgm)
 {
     ThrottleGroup *tg = tgm->group;
 
+    if (!tg) {
+        return;     /* a node whose open failed before it joined */
+    }
     for (int i = 0; i < 2; i++) {
         pthread_mutex_lock(&tg->lock);
         bool armed = tgm->timer_armed[i];
