@@ -18,6 +18,7 @@
 #include "strata/backend.h"
 #include "strata/block.h"
 #include "strata/blockjob.h"
+#include "strata/coroutine.h"
 #include "strata/error.h"
 #include "strata/loop.h"
 #include "strata/qmp.h"
@@ -770,6 +771,52 @@ static void test_query_all(void **state)
     assert_null(qmp_query_block_jobs(NULL));
 }
 
+/*
+ * From a QMP request's coroutine: a verb that wakes the job lets it run
+ * to its next wait first, so its events come before the reply, as QEMU's.
+ */
+typedef struct {
+    char *after_pause, *after_resume, *after_cancel;
+    bool done;
+} VerbRun;
+
+static void coroutine_fn verbs_co(void *opaque)
+{
+    VerbRun *r = opaque;
+    GError *err = NULL;
+    ev_clear();
+    qmp_block_job_pause("v", &err);
+    r->after_pause = g_strdup(ev());
+    ev_clear();
+    qmp_block_job_resume("v", &err);
+    r->after_resume = g_strdup(ev());
+    ev_clear();
+    qmp_block_job_cancel("v", true, true, &err);
+    r->after_cancel = g_strdup(ev());
+    assert_null(err);
+    r->done = true;
+}
+
+static void test_verbs_settle(void **state)
+{
+    VerbRun r = { 0 };
+    TestBJob *t = new_bjob("v", 1 << 30, 0);
+    job_start(&t->common.job);
+    co_enter(co_create(verbs_co, &r));
+    LOOP_WAIT_WHILE(!r.done);
+    assert_string_equal(r.after_pause, "v:paused | ");
+    assert_string_equal(r.after_resume, "v:running | ");
+    /* The whole end of the cancelled job, before the reply. */
+    assert_true(g_str_has_prefix(r.after_cancel, "v:aborting | "
+                                 "BLOCK_JOB_CANCELLED {\"device\":\"v\","
+                                 "\"len\":1073741824,\"offset\":"));
+    assert_true(g_str_has_suffix(r.after_cancel, "\"speed\":0,\"type\":"
+                                 "\"backup\"} | v:concluded | v:null | "));
+    g_free(r.after_pause);
+    g_free(r.after_resume);
+    g_free(r.after_cancel);
+}
+
 /* The job keeps its main node until it is dismissed. */
 static void test_main_node_reference(void **state)
 {
@@ -815,6 +862,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_query_all, setup, teardown),
         cmocka_unit_test_setup_teardown(test_main_node_reference, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_verbs_settle, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
