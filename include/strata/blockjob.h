@@ -97,7 +97,10 @@ BlockJob *block_job_find_err(const char *id, GError **errp);
 BlockErrorAction block_job_error_action(BlockJob *job, BlockdevOnError on_err,
                                         bool is_read, int error);
 
-/* job-resume/block-job-resume of a block job: iostatus back to ok. */
+/*
+ * job-resume/block-job-resume of a block job (and a cancel ending a user
+ * pause): iostatus back to ok, then bjob->on_resume if set.
+ */
 void block_job_user_resume(Job *job);
 
 /* One line of query-block-jobs (QEMU's BlockJobInfo members). */
