@@ -98,19 +98,32 @@ def is_status(job, *statuses):
     return pred
 
 
-def cmd(c, name, args=None, progress=True, until_pred=None):
+def cmd(c, name, args=None, progress=True, until_pred=None,
+        reply_first=False):
     """Send a command, log messages up to its reply (and, with until_pred,
-    on until that too has come); returns the reply."""
+    on until that too has come); returns the reply.  reply_first: whether
+    the reply or the job's first events come first is timing (a job that
+    must wait for its I/O), so the reply is logged first, then the events
+    in their order."""
     c.send(name, args)
     reply = None
     seen = until_pred is None
+    held = []
     while reply is None or not seen:
         text = c.recv_text()
         if text is None:
             t.log('[connection closed]')
             return reply
-        log_msg(text, progress)
         msg = json.loads(text)
+        if reply_first and 'event' in msg:
+            held.append(text)
+        else:
+            log_msg(text, progress)
+            if reply_first and 'event' not in msg:
+                for h in held:
+                    log_msg(h, progress)
+                held = []
+                reply_first = False
         if 'event' not in msg:
             reply = msg
             if 'error' in msg:
