@@ -72,6 +72,8 @@ typedef struct MirrorJob {
     bool in_drain;           /* the job drained the source itself */
     bool prepared;
     int write_ret;           /* an active write failed (policy report) */
+    uint64_t active_written; /* bytes active writes put in the target */
+    uint64_t flushed_written; /* mirror_written() at the last flush */
     bool base_was_read_only; /* active commit reopened the base */
     GPtrArray *active;       /* ActiveWrite * in flight */
     int active_count;
@@ -221,6 +223,7 @@ static int coroutine_fn mirror_write_hook(void *opaque, BlockNode *filter,
             }
             job_progress_update(&s->common.job, (uint64_t)bytes);
         }
+        s->active_written += (uint64_t)bytes;
     }
     g_ptr_array_remove_fast(s->active, &w);
     if (--s->active_count == 0) {
@@ -269,10 +272,31 @@ static int coroutine_fn mirror_dirty_init(MirrorJob *s)
     return 0;
 }
 
-/* Flush the target; an error goes through the target's policy. */
+/* Bytes the job has written to the target so far. */
+static uint64_t mirror_written(MirrorJob *s)
+{
+    BlockCopyStats st;
+
+    block_copy_get_stats(s->bcs, &st);
+    return st.bytes_written + st.bytes_zeroed + st.bytes_offloaded +
+           s->active_written;
+}
+
+/*
+ * Flush the target; an error goes through the target's policy.  Nothing
+ * written since the last flush: nothing to do (QEMU skips such a flush
+ * too, which decides whether the job waits before it is ready).
+ */
 static int coroutine_fn mirror_flush(MirrorJob *s)
 {
+    uint64_t written = mirror_written(s);
+    if (written == s->flushed_written) {
+        return 0;
+    }
     int ret = node_co_flush(s->target);
+    if (ret >= 0) {
+        s->flushed_written = written;
+    }
     if (ret < 0 &&
         mirror_error_action(s, false, -ret) == BLOCK_ERROR_ACTION_REPORT) {
         s->write_ret = ret;
@@ -562,6 +586,26 @@ static int mirror_exit_common(Job *job, bool abort)
     node_drain_end(target);
     node_drain_end(src);
     s->in_drain = false;
+
+    /* Active commit that did not finish gives the base back as it was. */
+    if (abort && s->is_commit && s->base_was_read_only) {
+        node_reopen(target, NULL, true, NULL);
+    }
+
+    /*
+     * The job may outlive its dismissal for a moment (references of the
+     * job layer): the nodes must not, or a deleted node would linger.
+     */
+    node_unref(s->filter);
+    s->filter = NULL;
+    node_unref(s->source);
+    s->source = NULL;
+    node_unref(s->target);
+    s->target = NULL;
+    if (s->to_replace) {
+        node_unref(s->to_replace);
+        s->to_replace = NULL;
+    }
     node_unref(filter);
     node_unref(target);
     node_unref(src);
@@ -576,16 +620,6 @@ static int mirror_prepare(Job *job)
 static void mirror_abort(Job *job)
 {
     mirror_exit_common(job, true);
-}
-
-static void mirror_clean(Job *job)
-{
-    MirrorJob *s = mirror_job(job);
-
-    /* Active commit that did not finish gives the base back as it was. */
-    if (s->is_commit && s->base_was_read_only && job->ret < 0) {
-        node_reopen(s->target, NULL, true, NULL);
-    }
 }
 
 static void mirror_free(Job *job)
@@ -624,7 +658,6 @@ static const JobDriver mirror_job_driver = {
     .complete = mirror_complete,
     .prepare = mirror_prepare,
     .abort = mirror_abort,
-    .clean = mirror_clean,
     .cancel = mirror_cancel,
     .drained_poll = mirror_drained_poll,
     .free = mirror_free,
@@ -638,7 +671,6 @@ static const JobDriver commit_active_job_driver = {
     .complete = mirror_complete,
     .prepare = mirror_prepare,
     .abort = mirror_abort,
-    .clean = mirror_clean,
     .cancel = mirror_cancel,
     .drained_poll = mirror_drained_poll,
     .free = mirror_free,
@@ -812,11 +844,11 @@ static MirrorJob *mirror_start_job(const StartArgs *a, GError **errp)
         .max_memory = (uint64_t)s->buf_size,
         .classify = mirror_classify,
         .classify_opaque = s,
-        /* A new image reads zeroes: zero ranges need no write.  Other
-         * targets (and sync top/none, whose target has a backing file)
-         * get them written. */
-        .target_reads_zeroes = a->sync == MIRROR_SYNC_FULL &&
-                               !a->zero_target && !target_is_backing,
+        /*
+         * Zero ranges are written as zeroes even to a new image, as QEMU
+         * does: the target then allocates what the source allocates.
+         */
+        .target_reads_zeroes = false,
         .unmap = a->unmap,
         .progress = mirror_progress,
         .progress_opaque = s,

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "node-info.h"
+#include "job-settle.h"
 #include "transaction.h"
 #include "strata/block-events.h"
 #include "strata/block-ops.h"
@@ -184,7 +185,13 @@ static void mirror_common(MirrorArgs *a, GError **errp)
         return;
     }
     o.sync = sync_mode(sync);
-    mirror_start(&o, errp);
+    BlockJob *job = mirror_start(&o, errp);
+    if (job) {
+        /* As QEMU's: the job runs until it first waits before the reply. */
+        char *id = g_strdup(job->job.id);
+        qmp_job_settle(id);
+        g_free(id);
+    }
 }
 
 void qmp_blockdev_mirror(const char *job_id, const char *device,

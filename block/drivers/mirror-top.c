@@ -213,7 +213,15 @@ void mirror_top_remove(BlockNode *filter)
     s->stop = true;
     node_refresh_perms(filter, NULL);
     GError *err = NULL;
-    if (!node_replace(filter, below, &err)) {
+    if (node_replace(filter, below, &err)) {
+        /*
+         * Out of the graph now, even if a reference keeps the node a
+         * moment longer: the node below must not keep it as a parent.
+         */
+        BlockChild *c = filter->backing;
+        filter->backing = NULL;
+        child_detach(c, NULL);
+    } else {
         /* Only a frozen parent edge can refuse; leave the filter then. */
         warn_print("%s", err->message);
         g_error_free(err);
