@@ -24,6 +24,7 @@
 #include <errno.h>
 #include <string.h>
 
+#include "strata/backend.h"
 #include "strata/block-copy.h"
 #include "strata/block-ops.h"
 #include "strata/blockjob.h"
@@ -52,7 +53,8 @@ typedef struct MirrorJob {
     BlockNode *base;         /* sync top / active commit: the chain's base */
     BlockNode *to_replace;   /* set by complete when `replaces` was given */
     char *replaces;
-    BlockChild *target_edge;
+    BlockBackend *target_blk;  /* writes to the target go through it */
+    BlockChild *target_edge;   /* its root edge */
     DirtyBitmap *bitmap;
     BlockCopyState *bcs;
 
@@ -555,8 +557,10 @@ static int mirror_exit_common(Job *job, bool abort)
     s->bitmap = NULL;
 
     /* The job stops being a user of its nodes before the graph changes. */
-    job_remove_all_nodes(job);
+    blk_unref(s->target_blk);
+    s->target_blk = NULL;
     s->target_edge = NULL;
+    job_remove_all_nodes(job);
 
     if (!s->in_drain) {
         node_drain_begin(src);
@@ -697,6 +701,13 @@ static BlockNode *backing_chain_next(BlockNode *bs)
     return b ? node_skip_filters(b) : NULL;
 }
 
+/* The next node down a chain: a filter's child or the backing node. */
+static BlockNode *filter_or_cow(BlockNode *bs)
+{
+    BlockNode *f = node_filtered_child(bs);
+    return f ? f : node_backing(bs);
+}
+
 /* Is n in bs's chain (filters and backing files, bs included)? */
 static bool chain_contains(BlockNode *bs, BlockNode *n)
 {
@@ -704,8 +715,7 @@ static bool chain_contains(BlockNode *bs, BlockNode *n)
         if (bs == n) {
             return true;
         }
-        BlockNode *f = node_filtered_child(bs);
-        bs = f ? f : node_backing(bs);
+        bs = filter_or_cow(bs);
     }
     return false;
 }
@@ -819,23 +829,53 @@ static MirrorJob *mirror_start_job(const StartArgs *a, GError **errp)
         }
         tshared |= BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE;
     }
-    s->target_edge = job_add_node(&s->common.job, "target", a->target, tperm,
-                                  tshared, errp);
-    if (!s->target_edge) {
+    /* The target is written through a backend of its own, as QEMU's. */
+    s->target_blk = blk_new(tperm, tshared);
+    if (!blk_insert_node(s->target_blk, a->target, errp)) {
+        goto fail;
+    }
+    s->target_edge = blk_root(s->target_blk);
+
+    s->bitmap = node_create_dirty_bitmap(a->bs, granularity, NULL, errp);
+    if (!s->bitmap) {
+        goto fail;
+    }
+    /*
+     * The job uses the source and the target (drains pause it, and other
+     * jobs find them busy); nobody may resize the source under it.
+     */
+    if (!job_add_node(&s->common.job, "source", a->bs, 0,
+                      BLK_PERM_WRITE_UNCHANGED | BLK_PERM_WRITE |
+                      BLK_PERM_CONSISTENT_READ, errp) ||
+        !job_add_node(&s->common.job, "target", a->target, 0, BLK_PERM_ALL,
+                      errp)) {
         goto fail;
     }
     if (target_is_backing) {
-        /* The nodes between top and base disappear at the end: freeze. */
+        /*
+         * Active commit: the images between top and base go away at the
+         * end.  They stay writable for the job writing the base below
+         * them; only the filters right above the base keep a consistent
+         * view for others.
+         */
+        BlockNode *base_data = node_skip_filters(a->target);
+        for (BlockNode *it = filter_or_cow(a->bs); it && it != a->target;
+             it = filter_or_cow(it)) {
+            uint64_t sh = BLK_PERM_WRITE_UNCHANGED | BLK_PERM_WRITE;
+            if (node_skip_filters(it) == base_data) {
+                sh |= BLK_PERM_CONSISTENT_READ;
+            }
+            if (!job_add_node(&s->common.job, "intermediate node", it, 0, sh,
+                              errp)) {
+                goto fail;
+            }
+        }
         if (!chain_freeze(filter, a->target, "mirror", errp)) {
             goto fail;
         }
         s->frozen = true;
     }
 
-    s->bitmap = node_create_dirty_bitmap(a->bs, granularity, NULL, errp);
-    if (!s->bitmap) {
-        goto fail;
-    }
     BlockCopyOptions bo = {
         .source = node_find_child(filter, "backing"),
         .target = s->target_edge,
@@ -874,6 +914,10 @@ fail:
         if (s->bitmap) {
             dirty_bitmap_release(s->bitmap);
             s->bitmap = NULL;
+        }
+        if (s->target_blk) {
+            blk_unref(s->target_blk);
+            s->target_blk = NULL;
         }
         job_remove_all_nodes(&s->common.job);
         s->filter = NULL;

@@ -49,6 +49,20 @@ static bool check_not_busy(BlockNode *bs, GError **errp)
     return false;
 }
 
+/*
+ * The library appends hints for people on lines of their own; QEMU's QMP
+ * errors never carry them (as cmd-block.c's blockdev-add).
+ */
+static void drop_hints(GError **errp)
+{
+    if (errp && *errp) {
+        char *nl = strchr((*errp)->message, '\n');
+        if (nl) {
+            *nl = '\0';
+        }
+    }
+}
+
 static MirrorSync sync_mode(MirrorSyncMode m)
 {
     switch (m) {
@@ -186,6 +200,7 @@ static void mirror_common(MirrorArgs *a, GError **errp)
     }
     o.sync = sync_mode(sync);
     BlockJob *job = mirror_start(&o, errp);
+    drop_hints(errp);
     if (job) {
         /* As QEMU's: the job runs until it first waits before the reply. */
         char *id = g_strdup(job->job.id);
@@ -312,6 +327,7 @@ void qmp_drive_mirror(DriveMirror *arg, GError **errp)
                  NODE_O_NO_BACKING);
     BlockNode *target_bs = node_open(arg->target, options, flags, errp);
     if (!target_bs) {
+        drop_hints(errp);
         return;
     }
     if (!node_set_loop(target_bs, node_loop(bs), errp)) {

@@ -167,3 +167,23 @@ def backing_of(path):
     b = info.get('backing-filename')
     t.log('%s: backing %s' % (os.path.basename(path),
                               os.path.basename(b) if b else 'none'))
+
+
+def graph(c):
+    """The node graph in one line, from x-debug-query-block-graph: each
+    edge as parent -name-> child, sorted; automatic names stay NODE_NAME
+    and job parents show their type."""
+    c.send('x-debug-query-block-graph')
+    while True:
+        text = c.recv_text()
+        msg = json.loads(text)
+        if 'event' in msg:
+            log_msg(text)
+            continue
+        break
+    g = msg['return']
+    name = {n['id']: n['name'] if n['type'] == 'block-driver'
+            else '%s:%s' % (n['type'], n['name']) for n in g['nodes']}
+    edges = sorted('%s -%s-> %s' % (name[e['parent']], e['name'],
+                                    name[e['child']]) for e in g['edges'])
+    qmp.log('graph: ' + ', '.join(edges))
