@@ -76,7 +76,6 @@ typedef struct MirrorJob {
     int write_ret;           /* an active write failed (policy report) */
     uint64_t active_written; /* bytes active writes put in the target */
     uint64_t flushed_written; /* mirror_written() at the last flush */
-    bool base_was_read_only; /* active commit reopened the base */
     GPtrArray *active;       /* ActiveWrite * in flight */
     int active_count;
     CoQueue active_done;
@@ -591,11 +590,6 @@ static int mirror_exit_common(Job *job, bool abort)
     node_drain_end(src);
     s->in_drain = false;
 
-    /* Active commit that did not finish gives the base back as it was. */
-    if (abort && s->is_commit && s->base_was_read_only) {
-        node_reopen(target, NULL, true, NULL);
-    }
-
     /*
      * The job may outlive its dismissal for a moment (references of the
      * job layer): the nodes must not, or a deleted node would linger.
@@ -963,6 +957,11 @@ BlockJob *commit_active_start(const char *job_id, BlockNode *bs,
                               const char *filter_node_name,
                               const CommitActiveOptions *x, GError **errp)
 {
+    /*
+     * The base is written from now on.  Only a start that fails makes it
+     * read-only again: after the job, failed or not, it stays writable,
+     * as in QEMU 7.2.
+     */
     bool base_read_only = node_is_read_only(base);
 
     if (base_read_only && !node_reopen(base, NULL, false, errp)) {
@@ -992,7 +991,6 @@ BlockJob *commit_active_start(const char *job_id, BlockNode *bs,
         }
         return NULL;
     }
-    s->base_was_read_only = base_read_only;
     if (x) {
         s->x = *x;
     }
