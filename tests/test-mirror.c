@@ -309,6 +309,100 @@ static void test_mirror_complete(void **state)
     g_free(tp);
 }
 
+/*
+ * x-strata-skip-identical: a raw base whose first sector fails any write
+ * (blkdebug), a top that rewrites the first MiB with what the base holds
+ * there.  Skipping identical data, the commit never writes that range and
+ * succeeds; without the option it writes it and fails.
+ */
+static void commit_skip(bool skip)
+{
+    char *bp = path_of("base.raw"), *tp = make_qcow2("top.qcow2", NULL);
+    GError *err = NULL;
+    json_t *o = json_pack("{s:I}", "size", (json_int_t)SIZE);
+    assert_true(image_create("raw", bp, o, &err));
+    BlockBackend *b = blk_new_open(bp, json_pack("{s:s}", "driver", "raw"),
+                                   NODE_O_RDWR, &err);
+    assert_non_null(b);
+    write_pattern(b, 0, 2 * MiB, 0x11);
+    blk_unref(b);
+
+    /* The base opens writable: blkdebug nodes refuse a reopen that
+     * repeats their inject-error rules. */
+    json_t *opts = json_pack(
+        "{s:s, s:{s:s, s:s}, s:{s:s, s:b, s:{s:s, s:{s:s, s:s}, "
+        "s:[{s:s, s:s, s:i, s:i}]}}}",
+        "driver", "qcow2",
+        "file", "driver", "file", "filename", tp,
+        "backing", "driver", "raw", "read-only", 0,
+        "file", "driver", "blkdebug",
+        "image", "driver", "file", "filename", bp,
+        "inject-error", "event", "none", "iotype", "write",
+        "errno", EIO, "sector", 0);
+    b = blk_new_open(NULL, opts, NODE_O_RDWR, &err);
+    if (!b) {
+        fail_msg("open: %s", err->message);
+    }
+    write_pattern(b, 0, 1 * MiB, 0x11);
+    write_pattern(b, 3 * MiB / 2, 3 * MiB / 2, 0x33);
+    BlockNode *top = blk_node(b), *base = node_backing(top);
+
+    CommitActiveOptions x = { .skip_identical = skip };
+    BlockJob *job = commit_active_start("c3", top, base, 0, 0,
+                                        BLOCKDEV_ON_ERROR_REPORT, NULL, &x,
+                                        &err);
+    if (!job) {
+        fail_msg("commit_active_start: %s", err->message);
+    }
+    Job *j = &job->job;
+    job_ref(j);
+    LOOP_WAIT_WHILE(!job_is_ready(j) && !job_is_completed(j));
+    if (skip) {
+        assert_true(job_is_ready(j));
+        assert_int_equal(job_complete_sync(j, &err), 0);
+        assert_ptr_equal(blk_node(b), base);
+        check_pattern(b, 0, 3 * MiB / 2, 0x11);
+        check_pattern(b, 3 * MiB / 2, 3 * MiB / 2, 0x33);
+    } else {
+        assert_false(job_is_ready(j));
+        LOOP_WAIT_WHILE(!job_is_completed(j));
+        assert_int_equal(j->ret, -EIO);
+        assert_ptr_equal(blk_node(b), top);
+    }
+    job_unref(j);
+    blk_unref(b);
+    unlink(bp);
+    unlink(tp);
+    g_free(bp);
+    g_free(tp);
+}
+
+static void test_commit_skip_identical(void **state)
+{
+    (void)state;
+    commit_skip(true);
+    commit_skip(false);
+}
+
+/* x-strata-discard-source is refused, not ignored, and nothing changes. */
+static void test_commit_discard_source_refused(void **state)
+{
+    (void)state;
+    Chain c = { 0 };
+    chain_open(&c, false);
+    GError *err = NULL;
+    CommitActiveOptions x = { .discard_source = true };
+    assert_null(commit_active_start("c4", c.top_bs, c.base_bs, 0, 0,
+                                    BLOCKDEV_ON_ERROR_REPORT, NULL, &x,
+                                    &err));
+    assert_string_equal(err->message, "Parameter 'x-strata-discard-source' "
+                        "is not supported yet");
+    g_clear_error(&err);
+    assert_true(node_is_read_only(c.base_bs));
+    assert_ptr_equal(blk_node(c.blk), c.top_bs);
+    chain_close(&c);
+}
+
 static int setup(void **state)
 {
     (void)state;
@@ -332,6 +426,8 @@ int main(void)
         cmocka_unit_test(test_commit_soft_cancel),
         cmocka_unit_test(test_commit_force_cancel),
         cmocka_unit_test(test_commit_start_fails),
+        cmocka_unit_test(test_commit_skip_identical),
+        cmocka_unit_test(test_commit_discard_source_refused),
         cmocka_unit_test(test_mirror_complete),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
