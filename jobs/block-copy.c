@@ -133,6 +133,12 @@ BlockCopyState *block_copy_new(const BlockCopyOptions *opts, GError **errp)
                    "the granularity %" PRId64, max_chunk, gran);
         return NULL;
     }
+    if (opts->compress && cluster_size(opts->target) > gran) {
+        error_setg(errp, "block-copy: compressed writes need whole clusters: "
+                   "granularity %" PRId64 " is smaller than the target's "
+                   "cluster size %" PRId64, gran, cluster_size(opts->target));
+        return NULL;
+    }
     max_chunk = opts->compress ? gran : ROUND_DOWN(max_chunk, gran);
     max_memory = opts->max_memory ? opts->max_memory
                  : MAX((uint64_t)max_chunk, BLOCK_COPY_DEFAULT_MAX_MEMORY);

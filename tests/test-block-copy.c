@@ -907,6 +907,12 @@ static void test_compress(void **state)
     BlockCopyStats st;
 
     assert_int_equal(block_copy_granularity(s), 64 * KiB);
+    /* Less than a cluster cannot be written compressed. */
+    BlockCopyOptions bad = o;
+    bad.granularity = 4096;
+    assert_null(block_copy_new(&bad, &err));
+    assert_non_null(strstr(err->message, "whole clusters"));
+    g_clear_error(&err);
     assert_int_equal(run_sync(s, NULL), 0);
     block_copy_get_stats(s, &st);
     /* One chunk per cluster: compressed writes are whole clusters. */
