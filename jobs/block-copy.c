@@ -128,8 +128,16 @@ BlockCopyState *block_copy_new(const BlockCopyOptions *opts, GError **errp)
                    "of two between 512 and 2 GiB", gran);
         return NULL;
     }
+    if (opts->max_memory && opts->max_memory < (uint64_t)gran) {
+        error_setg(errp, "block-copy: memory budget %" PRIu64 " cannot hold "
+                   "a chunk of %" PRId64, opts->max_memory, gran);
+        return NULL;
+    }
+    /* The default chunk fits the caller's budget (mirror's buf-size). */
     max_chunk = opts->max_chunk ? opts->max_chunk
-                                : MAX(gran, BLOCK_COPY_DEFAULT_MAX_CHUNK);
+                : MAX(gran, MIN((int64_t)BLOCK_COPY_DEFAULT_MAX_CHUNK,
+                                opts->max_memory ? (int64_t)opts->max_memory
+                                                 : INT64_MAX));
     if (max_chunk < gran) {
         error_setg(errp, "block-copy: max chunk %" PRId64 " is smaller than "
                    "the granularity %" PRId64, max_chunk, gran);

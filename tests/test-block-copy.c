@@ -642,6 +642,21 @@ static void test_limits(void **state)
     assert_null(block_copy_new(&bad, &err));
     assert_non_null(strstr(err->message, "memory budget"));
     g_clear_error(&err);
+    /* A small budget and the default chunk: the chunk fits the budget. */
+    BlockCopyOptions small = o;
+    small.max_chunk = 0;
+    small.max_memory = 192 * KiB;
+    s = new_copy(&small);
+    assert_int_equal(run_sync(s, NULL), 0);
+    block_copy_get_stats(s, &st);
+    assert_int_equal(st.bytes_written, len);
+    assert_true(st.peak_memory <= 192 * KiB);
+    block_copy_free(s);
+    bad = o;
+    bad.max_memory = 4096;
+    assert_null(block_copy_new(&bad, &err));
+    assert_non_null(strstr(err->message, "memory budget 4096"));
+    g_clear_error(&err);
     bad = o;
     bad.max_chunk = 4096;
     assert_null(block_copy_new(&bad, &err));
