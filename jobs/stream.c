@@ -440,13 +440,16 @@ static const JobDriver stream_job_driver = {
  * QEMU inserts the filter with bdrv_replace_node, which refuses a frozen
  * edge to the image in its own words.
  */
-static bool parents_unfrozen(BlockNode *bs, GError **errp)
+static bool parents_unfrozen(BlockNode *bs, BlockNode *cor, GError **errp)
 {
     for (BlockChild *c = node_next_parent(bs, NULL); c;
          c = node_next_parent(bs, c)) {
+        if (child_parent_kind(c) == PARENT_NODE && child_parent(c) == cor) {
+            continue;
+        }
         if (child_frozen_count(c) > 0) {
-            error_setg(errp, "Could not replace node: Cannot change '%s' "
-                       "link to '%s'", child_name(c), node_get_name(bs));
+            error_setg(errp, "Cannot change '%s' link to '%s'",
+                       child_name(c), node_get_name(bs));
             return false;
         }
     }
@@ -456,9 +459,6 @@ static bool parents_unfrozen(BlockNode *bs, GError **errp)
 static BlockNode *insert_filter(BlockNode *bs, BlockNode *bottom,
                                 const char *node_name, GError **errp)
 {
-    if (!parents_unfrozen(bs, errp)) {
-        return NULL;
-    }
     json_t *opts = json_pack("{s:s, s:s, s:s}", "driver", "copy-on-read",
                              "file", node_get_name(bs),
                              "bottom", node_get_name(bottom));
@@ -472,7 +472,7 @@ static BlockNode *insert_filter(BlockNode *bs, BlockNode *bottom,
         error_propagate(errp, err);
         return NULL;
     }
-    if (!node_replace(bs, cor, &err)) {
+    if (!parents_unfrozen(bs, cor, &err) || !node_replace(bs, cor, &err)) {
         error_prefix(&err, "Could not replace node: ");
         error_propagate(errp, err);
         node_unref(cor);
