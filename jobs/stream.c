@@ -220,53 +220,74 @@ static void stream_progress(void *opaque, int64_t offset, int64_t bytes,
     job_progress_update(&s->common.job, (uint64_t)bytes);
 }
 
+/* QEMU's STREAM_CHUNK: how much one step of the ignore loop copies. */
+#define STREAM_CHUNK (512 * 1024)
+
 /*
- * After an error the policy ignores, the failed range must be given up,
- * not retried: the rest is copied a granule at a time so that the
- * granules that fail can be told apart (QEMU skips the chunk and goes
- * on, the job ending with the error).
+ * The next step of QEMU's loop: up to a chunk, as far as the image
+ * allocates the range or not, then as far as the chain below does.
  */
-static int coroutine_fn stream_copy_granules(StreamJob *s,
-                                             BlockCopyState *bcs,
-                                             int *first_error)
+static int64_t coroutine_fn stream_extent(StreamJob *s, int64_t off,
+                                          int64_t bytes)
+{
+    BlockNode *unfiltered = node_skip_filters(s->target_bs);
+    int64_t n = bytes;
+    int ret = node_co_is_allocated(unfiltered, off, bytes, &n);
+    BlockNode *below = node_backing(unfiltered);
+    if (ret == 0 && below) {
+        ret = node_co_is_allocated_above(below, s->base_overlay, true, off,
+                                         n, &n);
+    }
+    return ret < 0 || n <= 0 ? bytes : n;
+}
+
+/*
+ * on-error=ignore gives a failed range up and goes on, the job ending
+ * with the first error.  Ranges the engine copies in parallel cannot be
+ * told apart once one fails, so this policy walks the image in QEMU's
+ * chunks, one at a time through the engine: a chunk that fails is one
+ * BLOCK_JOB_ERROR and is skipped, as in QEMU.
+ */
+static int coroutine_fn stream_copy_ignoring(StreamJob *s,
+                                             BlockCopyState *bcs)
 {
     Job *job = &s->common.job;
-    DirtyBitmap *bm = block_copy_bitmap(bcs);
-    int64_t gran = block_copy_granularity(bcs);
-    int64_t len = dirty_bitmap_size(bm);
-    int64_t off = 0;
+    int64_t len = dirty_bitmap_size(block_copy_bitmap(bcs));
+    int error = 0;
 
-    while ((off = dirty_bitmap_next_dirty(bm, off, len - off)) >= 0 &&
-           off < len) {
-        int64_t n = MIN(gran, len - off);
+    for (int64_t off = 0; off < len;) {
+        int64_t n = stream_extent(s, off, MIN(STREAM_CHUNK, len - off));
         bool is_read = true;
-        job_pause_point(job);
+        job_ratelimit_sleep(job);
         if (job_is_cancelled(job)) {
-            return -ECANCELED;
+            break;
         }
         int ret = block_copy_range(bcs, off, n, &is_read);
         if (ret == -ECANCELED) {
-            return ret;
+            break;
         }
         if (ret < 0) {
             BlockErrorAction a = block_job_error_action(&s->common,
                                                         s->on_error, true,
                                                         -ret);
             if (a == BLOCK_ERROR_ACTION_STOP) {
-                continue;       /* paused at the next pause point, then again */
+                job_pause_point(job);
+                continue;       /* the same chunk again */
             }
-            if (*first_error == 0) {
-                *first_error = ret;
+            if (error == 0) {
+                error = ret;
             }
             if (a == BLOCK_ERROR_ACTION_REPORT) {
-                return ret;
+                break;
             }
             block_copy_reset_dirty(bcs, off, n);
             job_progress_update(job, (uint64_t)n);
+        } else {
+            job_ratelimit_processed(job, (uint64_t)n);
         }
         off += n;
     }
-    return 0;
+    return error;
 }
 
 static int coroutine_fn stream_run(Job *job, GError **errp)
@@ -304,12 +325,16 @@ static int coroutine_fn stream_run(Job *job, GError **errp)
     if (!bcs) {
         return -EINVAL;
     }
-    for (;;) {
+    if (s->on_error == BLOCKDEV_ON_ERROR_IGNORE) {
+        error = stream_copy_ignoring(s, bcs);
+    }
+    while (s->on_error != BLOCKDEV_ON_ERROR_IGNORE) {
         bool is_read = true;
         int ret = block_copy_run(bcs, job, &is_read);
         if (ret == 0 || ret == -ECANCELED) {
             break;
         }
+        /* A stream's errors are all reads (through the filter). */
         BlockErrorAction a = block_job_error_action(&s->common, s->on_error,
                                                     true, -ret);
         if (a == BLOCK_ERROR_ACTION_STOP) {
@@ -317,11 +342,6 @@ static int coroutine_fn stream_run(Job *job, GError **errp)
             continue;
         }
         error = ret;
-        if (a == BLOCK_ERROR_ACTION_REPORT) {
-            break;
-        }
-        /* Ignored: the rest a granule at a time, giving failures up. */
-        ret = stream_copy_granules(s, bcs, &error);
         break;
     }
     block_copy_free(bcs);
