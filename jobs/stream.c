@@ -101,10 +101,12 @@ static bool stream_own_edge(StreamJob *s, BlockChild *c)
 
 /*
  * Everything the images leaving the chain hold is in the image now:
- * discard their data, top down, through the job's own edges, as long as
- * nothing else uses them (an image another user reads, and every image
- * below it, stays as it is).  A failure is only a warning: the stream
- * itself succeeded.
+ * discard their data, top down, as long as nothing else uses them (an
+ * image another user reads, and every image below it, stays as it is).
+ * Each is emptied as a commit empties its top (node_make_empty): it then
+ * reads through to what is below it, and a qcow2 file shrinks.  The job
+ * writes through its own edge to the node.  A failure is only a warning:
+ * the stream itself succeeded.
  */
 static void coroutine_fn stream_discard_backing(StreamJob *s)
 {
@@ -128,7 +130,7 @@ static void coroutine_fn stream_discard_backing(StreamJob *s)
             ret = -EPERM;
         }
         if (ret == 0) {
-            ret = child_co_pdiscard(ours, 0, len);
+            ret = node_make_empty(n, &err);
         }
         if (ret < 0) {
             warn_print("x-strata-discard-backing: node '%s': %s",
