@@ -49,7 +49,7 @@ typedef enum BlockDeviceIoStatus {
 
 typedef struct BlockJob {
     Job job;                     /* first: a BlockJob is a Job */
-    BlockNode *bs;               /* the main node (a reference is held) */
+    BlockNode *bs;               /* the main node, held until dismissed */
     BlockDeviceIoStatus iostatus;
     /* Called by block_job_user_resume(); drivers may set it. */
     void (*on_resume)(struct BlockJob *bjob);
