@@ -43,6 +43,9 @@ typedef struct StreamJob {
     BlockdevOnError on_error;
     bool discard_backing;
     GSList *intermediates;       /* BlockChild*: the job's edges, top down */
+    /* The header's backing file and format before the job changed them. */
+    bool header_changed;
+    char *old_backing, *old_backing_fmt;
 } StreamJob;
 
 /* The node below bs in its chain: backing image or filtered child. */
@@ -174,8 +177,19 @@ static int coroutine_fn stream_write_header(StreamJob *s, GError **errp)
                                   : node_get_filename(ubase);
         base_fmt = node_get_format_name(ubase);
     }
-    return node_change_backing_file(unfiltered, base_id, base_fmt, false,
-                                    errp);
+    char *old = g_strdup(node_backing_file(unfiltered));
+    char *old_fmt = g_strdup(node_backing_format(unfiltered));
+    int ret = node_change_backing_file(unfiltered, base_id, base_fmt, false,
+                                       errp);
+    if (ret >= 0) {
+        s->header_changed = true;
+        s->old_backing = old;
+        s->old_backing_fmt = old_fmt;
+    } else {
+        g_free(old);
+        g_free(old_fmt);
+    }
+    return ret;
 }
 
 /* ---- The copy ---- */
@@ -420,6 +434,26 @@ static int stream_prepare(Job *job)
     return 0;
 }
 
+/*
+ * Cancelled (or failed in another job's transaction) after the copy: the
+ * chain stays, and so must the name the header gives it.
+ */
+static void stream_abort(Job *job)
+{
+    StreamJob *s = (StreamJob *)job;
+    if (s->header_changed) {
+        GError *err = NULL;
+        BlockNode *unfiltered = node_skip_filters(s->target_bs);
+        const char *fmt = s->old_backing_fmt[0] ? s->old_backing_fmt : NULL;
+        if (node_change_backing_file(unfiltered, s->old_backing, fmt, false,
+                                     &err) < 0) {
+            warn_print("%s", err->message);
+            g_error_free(err);
+        }
+        s->header_changed = false;
+    }
+}
+
 static void stream_clean(Job *job)
 {
     StreamJob *s = (StreamJob *)job;
@@ -443,6 +477,8 @@ static void stream_free(Job *job)
     StreamJob *s = (StreamJob *)job;
     g_slist_free(s->intermediates);
     g_free(s->backing_file);
+    g_free(s->old_backing);
+    g_free(s->old_backing_fmt);
     node_unref(s->target_bs);
 }
 
@@ -452,6 +488,7 @@ static const JobDriver stream_job_driver = {
     .run = stream_run,
     .user_resume = block_job_user_resume,
     .prepare = stream_prepare,
+    .abort = stream_abort,
     .clean = stream_clean,
     .free = stream_free,
 };

@@ -37,11 +37,18 @@ static bool path_has_protocol(const char *path)
     return colon && !memchr(path, '/', (size_t)(colon - path));
 }
 
-/* name relative to the directory of bs's image, unless absolute. */
+/*
+ * name relative to the directory of bs's image, unless absolute.  The
+ * directory is its storage's (a format node's own name may be a json:
+ * one), as QEMU's bdrv_dirname().
+ */
 static char *make_absolute(BlockNode *bs, const char *name)
 {
     if (name[0] == '/' || path_has_protocol(name)) {
         return g_strdup(name);
+    }
+    while (node_file(bs)) {
+        bs = node_file(bs);
     }
     char *dir = g_path_get_dirname(node_get_filename(bs));
     char *full = g_build_filename(dir, name, NULL);
@@ -57,8 +64,10 @@ static bool same_file(const char *a, const char *b)
 
 /*
  * The image of bs's chain that "base" names (QEMU's
- * bdrv_find_backing_image): the name an image header gives its backing
- * file, that name made absolute, or the backing node's filename.
+ * bdrv_find_backing_image): where an image's backing node is not the one
+ * its header names (given by node, or by another path), only that node's
+ * filename; otherwise the name in the header, or any path to the same
+ * file (relative names taken from the image's directory).
  */
 static BlockNode *find_backing_image(BlockNode *bs, const char *name)
 {
@@ -67,15 +76,20 @@ static BlockNode *find_backing_image(BlockNode *bs, const char *name)
          cur = node_skip_filters(node_backing(cur))) {
         BlockNode *below = node_skip_filters(node_backing(cur));
         const char *hdr = node_backing_file(cur);
-        char *full = node_get_full_backing_filename(cur);
-        bool match = !strcmp(name, node_get_filename(below)) ||
-                     !strcmp(name, hdr) || (full && !strcmp(name, full));
-        if (!match && !proto && !path_has_protocol(hdr)) {
+        bool match;
+        if (strcmp(hdr, node_get_filename(below))) {
+            match = !strcmp(name, node_get_filename(below));
+        } else if (proto || path_has_protocol(hdr)) {
+            char *full = make_absolute(cur, hdr);
+            match = !strcmp(name, hdr) || !strcmp(name, full);
+            g_free(full);
+        } else {
             char *abs = make_absolute(cur, name);
+            char *full = make_absolute(cur, hdr);
             match = same_file(abs, full);
             g_free(abs);
+            g_free(full);
         }
-        g_free(full);
         if (match) {
             return below;
         }
