@@ -164,7 +164,10 @@ typedef struct BlockCopyStats {
     uint64_t bytes_read, bytes_written, bytes_zeroed, bytes_skipped;
     uint64_t bytes_offloaded;
     uint64_t chunks;
-    uint64_t peak_memory;       /* most buffer bytes held at once */
+    /* Most buffer bytes in use at once (a chunk's buffer is its size
+     * rounded up to a power of two, at most max_chunk; freed buffers are
+     * kept for reuse, and together never exceed max_memory). */
+    uint64_t peak_memory;
     int peak_in_flight;
 } BlockCopyStats;
 
