@@ -1,0 +1,245 @@
+/*
+ * block-commit (QEMU 7.2's qmp_block_commit): finds device, top and base
+ * with QEMU's checks, in QEMU's order (libvirt probes the command by its
+ * DeviceNotFound error, so the device comes first), then starts an
+ * intermediate commit (jobs/commit.c) or, when top is the active layer
+ * or has a writer, an active commit (a mirror, strata/mirror.h).
+ */
+#include "strata/block-events.h"
+#include "strata/block-ops.h"
+#include "strata/commit.h"
+#include "strata/error.h"
+#include "qapi-commands.h"
+#include "job-settle.h"
+#include "node-info.h"
+#include "transaction.h"
+
+/* The next image down a chain, past filters (bdrv_filter_or_cow_bs). */
+static BlockNode *filter_or_cow(BlockNode *bs)
+{
+    BlockNode *f = node_filtered_child(bs);
+    return f ? f : node_backing(bs);
+}
+
+static bool chain_contains(BlockNode *top, BlockNode *bs)
+{
+    for (BlockNode *it = top; it; it = filter_or_cow(it)) {
+        if (it == bs) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* QEMU's bdrv_find_base: the bottom of bs's chain (bs if it has none). */
+static BlockNode *find_base(BlockNode *bs)
+{
+    BlockNode *base = bs;
+    while (filter_or_cow(base)) {
+        base = filter_or_cow(base);
+    }
+    return base;
+}
+
+/* QEMU's bdrv_find_overlay: the node of bs's chain right above top. */
+static BlockNode *find_overlay(BlockNode *bs, BlockNode *top)
+{
+    for (BlockNode *it = bs; it; it = filter_or_cow(it)) {
+        if (filter_or_cow(it) == top) {
+            return it;
+        }
+    }
+    return NULL;
+}
+
+/*
+ * QEMU's op blockers: a node a block job uses may not be the source or
+ * target of a commit ("Node 'x' is busy: block device is in use by block
+ * job: mirror").
+ */
+static bool check_not_busy(BlockNode *bs, GError **errp)
+{
+    Job *job = NULL;
+
+    for (BlockChild *c = node_next_parent(bs, NULL); c;
+         c = node_next_parent(bs, c)) {
+        Job *j = NULL;
+        if (node_info_block_job(c, &j)) {
+            job = j;
+        }
+    }
+    if (job) {
+        error_setg(errp, "Node '%s' is busy: block device is in use by block "
+                   "job: %s", node_get_name(bs),
+                   job_type_name(job_type(job)));
+        return false;
+    }
+    return true;
+}
+
+/* Active commit is the mirror helper's; not merged yet. */
+static BlockJob *start_active(const char *job_id, BlockNode *top,
+                              BlockNode *base, int flags, int64_t speed,
+                              BlockdevOnError on_error,
+                              const char *filter_node_name,
+                              bool discard_source, bool skip_identical,
+                              GError **errp)
+{
+    (void)job_id; (void)top; (void)base; (void)flags; (void)speed;
+    (void)on_error; (void)filter_node_name; (void)discard_source;
+    (void)skip_identical;
+    error_setg(errp, "Active commit (block-commit whose top is the active "
+               "layer or has a writer) is not supported by strata yet");
+    return NULL;
+}
+
+void qmp_block_commit(const char *job_id, const char *device,
+                      const char *base_node, const char *base,
+                      const char *top_node, const char *top,
+                      const char *backing_file, bool has_speed,
+                      int64_t speed, bool has_on_error,
+                      BlockdevOnError on_error,
+                      const char *filter_node_name, bool has_auto_finalize,
+                      bool auto_finalize, bool has_auto_dismiss,
+                      bool auto_dismiss, bool has_x_strata_skip_identical,
+                      bool x_strata_skip_identical,
+                      bool has_x_strata_discard_source,
+                      bool x_strata_discard_source, GError **errp)
+{
+    int flags = JOB_DEFAULT;
+    bool skip_identical = has_x_strata_skip_identical &&
+                          x_strata_skip_identical;
+    bool discard_source = has_x_strata_discard_source &&
+                          x_strata_discard_source;
+    BlockNode *bs, *top_bs, *base_bs;
+    BlockJob *job;
+
+    if (!has_speed) {
+        speed = 0;
+    }
+    if (!has_on_error) {
+        on_error = BLOCKDEV_ON_ERROR_REPORT;
+    }
+    if (has_auto_finalize && !auto_finalize) {
+        flags |= JOB_MANUAL_FINALIZE;
+    }
+    if (has_auto_dismiss && !auto_dismiss) {
+        flags |= JOB_MANUAL_DISMISS;
+    }
+
+    if (!node_find(device)) {
+        error_set_class(errp, STRATA_ERROR_DEVICE_NOT_FOUND,
+                        "Device '%s' not found", device);
+        return;
+    }
+    bs = txn_root_node(device, errp);
+    if (!bs || !check_not_busy(bs, errp)) {
+        return;
+    }
+
+    top_bs = bs;
+    if (top_node && top) {
+        error_setg(errp, "'top-node' and 'top' are mutually exclusive");
+        return;
+    } else if (top_node) {
+        top_bs = txn_lookup_node(NULL, top_node, errp);
+        if (!top_bs) {
+            return;
+        }
+        if (!chain_contains(bs, top_bs)) {
+            error_setg(errp, "'%s' is not in this backing file chain",
+                       top_node);
+            return;
+        }
+    } else if (top && strcmp(node_get_filename(bs), top)) {
+        top_bs = node_find_backing_image(bs, top);
+    }
+    if (!top_bs) {
+        error_setg(errp, "Top image file %s not found", top ? top : "NULL");
+        return;
+    }
+
+    if (base_node && base) {
+        error_setg(errp, "'base-node' and 'base' are mutually exclusive");
+        return;
+    } else if (base_node) {
+        base_bs = txn_lookup_node(NULL, base_node, errp);
+        if (!base_bs) {
+            return;
+        }
+        if (!chain_contains(top_bs, base_bs)) {
+            error_setg(errp, "'%s' is not in this backing file chain",
+                       base_node);
+            return;
+        }
+    } else if (base) {
+        base_bs = node_find_backing_image(top_bs, base);
+        if (!base_bs) {
+            error_setg(errp, "Can't find '%s' in the backing chain", base);
+            return;
+        }
+    } else {
+        base_bs = find_base(top_bs);
+    }
+
+    for (BlockNode *it = top_bs; it && it != filter_or_cow(base_bs);
+         it = filter_or_cow(it)) {
+        if (!check_not_busy(it, errp)) {
+            return;
+        }
+    }
+    if (top_bs == base_bs) {
+        error_setg(errp, "cannot commit an image into itself");
+        return;
+    }
+
+    /* QEMU: active commit when top is the active layer or has a writer. */
+    uint64_t top_perm, top_shared;
+    node_get_cumulative_perm(top_bs, &top_perm, &top_shared);
+    if ((top_perm & BLK_PERM_WRITE) ||
+        node_skip_filters(top_bs) == node_skip_filters(bs)) {
+        if (backing_file) {
+            if (node_skip_filters(top_bs) == node_skip_filters(bs)) {
+                error_setg(errp, "'backing-file' specified, but 'top' is the "
+                           "active layer");
+            } else {
+                error_setg(errp, "'backing-file' specified, but 'top' has a "
+                           "writer on it");
+            }
+            return;
+        }
+        if (!job_id) {
+            /* The job is named after the device, even if top is not it. */
+            job_id = node_device_name(bs);
+        }
+        job = start_active(job_id, top_bs, base_bs, flags, speed, on_error,
+                           filter_node_name, discard_source, skip_identical,
+                           errp);
+    } else {
+        if (discard_source) {
+            error_setg(errp, "'x-strata-discard-source' is supported by "
+                       "active commit only");
+            return;
+        }
+        BlockNode *overlay = find_overlay(bs, top_bs);
+        if (overlay && !check_not_busy(overlay, errp)) {
+            return;
+        }
+        CommitOptions o = {
+            .job_id = job_id,
+            .bs = bs,
+            .top = top_bs,
+            .base = base_bs,
+            .creation_flags = flags,
+            .speed = speed,
+            .on_error = on_error,
+            .backing_file = backing_file,
+            .filter_node_name = filter_node_name,
+            .skip_identical = skip_identical,
+        };
+        job = commit_start(&o, errp);
+    }
+    if (job) {
+        qmp_job_settle(job->job.id);
+    }
+}
