@@ -2,7 +2,8 @@
  * The job commands (query-jobs, job-*) and blockdev-create, which starts
  * a job (x-blockdev-amend is job-amend.c's).  The work is the job
  * layer's (strata/job.h); the verbs' checks and messages are its own,
- * QEMU 7.2's.
+ * QEMU 7.2's.  A verb that wakes the job lets it run to its next wait
+ * before the reply, as QEMU's (qmp_job_settle(), cmd-block-job.c).
  */
 #include "strata/coroutine.h"
 #include "strata/job.h"
@@ -13,16 +14,16 @@
 void qmp_job_pause(const char *id, GError **errp)
 {
     Job *job = job_find_err(id, errp);
-    if (job) {
-        job_user_pause(job, errp);
+    if (job && job_user_pause(job, errp)) {
+        qmp_job_settle(id);
     }
 }
 
 void qmp_job_resume(const char *id, GError **errp)
 {
     Job *job = job_find_err(id, errp);
-    if (job) {
-        job_user_resume(job, errp);
+    if (job && job_user_resume(job, errp)) {
+        qmp_job_settle(id);
     }
 }
 
@@ -31,15 +32,17 @@ void qmp_job_cancel(const char *id, GError **errp)
     Job *job = job_find_err(id, errp);
     if (job) {
         /* QEMU's job-cancel is always forced. */
-        job_user_cancel(job, true, errp);
+        if (job_user_cancel(job, true, errp)) {
+            qmp_job_settle(id);
+        }
     }
 }
 
 void qmp_job_complete(const char *id, GError **errp)
 {
     Job *job = job_find_err(id, errp);
-    if (job) {
-        job_complete(job, errp);
+    if (job && job_complete(job, errp)) {
+        qmp_job_settle(id);
     }
 }
 
