@@ -5,13 +5,12 @@
  * intermediate commit (jobs/commit.c) or, when top is the active layer
  * or has a writer, an active commit (a mirror, strata/mirror.h).
  */
-#include "strata/block-events.h"
 #include "strata/block-ops.h"
 #include "strata/commit.h"
 #include "strata/error.h"
 #include "qapi-commands.h"
 #include "job-settle.h"
-#include "node-info.h"
+#include "block-job-args.h"
 #include "transaction.h"
 
 /* The next image down a chain, past filters (bdrv_filter_or_cow_bs). */
@@ -52,31 +51,6 @@ static BlockNode *find_overlay(BlockNode *bs, BlockNode *top)
     return NULL;
 }
 
-/*
- * QEMU's op blockers: a node a block job uses may not be the source or
- * target of a commit ("Node 'x' is busy: block device is in use by block
- * job: mirror").
- */
-static bool check_not_busy(BlockNode *bs, GError **errp)
-{
-    Job *job = NULL;
-
-    for (BlockChild *c = node_next_parent(bs, NULL); c;
-         c = node_next_parent(bs, c)) {
-        Job *j = NULL;
-        if (node_info_block_job(c, &j)) {
-            job = j;
-        }
-    }
-    if (job) {
-        error_setg(errp, "Node '%s' is busy: block device is in use by block "
-                   "job: %s", node_get_name(bs),
-                   job_type_name(job_type(job)));
-        return false;
-    }
-    return true;
-}
-
 /* Active commit is the mirror helper's; not merged yet. */
 static BlockJob *start_active(const char *job_id, BlockNode *top,
                               BlockNode *base, int flags, int64_t speed,
@@ -106,7 +80,8 @@ void qmp_block_commit(const char *job_id, const char *device,
                       bool has_x_strata_discard_source,
                       bool x_strata_discard_source, GError **errp)
 {
-    int flags = JOB_DEFAULT;
+    int flags = bja_job_flags(has_auto_finalize, auto_finalize,
+                              has_auto_dismiss, auto_dismiss);
     bool skip_identical = has_x_strata_skip_identical &&
                           x_strata_skip_identical;
     bool discard_source = has_x_strata_discard_source &&
@@ -114,26 +89,14 @@ void qmp_block_commit(const char *job_id, const char *device,
     BlockNode *bs, *top_bs, *base_bs;
     BlockJob *job;
 
-    if (!has_speed) {
-        speed = 0;
-    }
-    if (!has_on_error) {
-        on_error = BLOCKDEV_ON_ERROR_REPORT;
-    }
-    if (has_auto_finalize && !auto_finalize) {
-        flags |= JOB_MANUAL_FINALIZE;
-    }
-    if (has_auto_dismiss && !auto_dismiss) {
-        flags |= JOB_MANUAL_DISMISS;
-    }
+    speed = bja_speed(has_speed, speed);
+    on_error = bja_on_error(has_on_error, on_error);
 
-    if (!node_find(device)) {
-        error_set_class(errp, STRATA_ERROR_DEVICE_NOT_FOUND,
-                        "Device '%s' not found", device);
+    if (!bja_lookup_device(device, errp)) {
         return;
     }
-    bs = txn_root_node(device, errp);
-    if (!bs || !check_not_busy(bs, errp)) {
+    bs = bja_root_node(device, errp);
+    if (!bs || !bja_check_op(bs, BJA_OP_COMMIT_SOURCE, errp)) {
         return;
     }
 
@@ -184,7 +147,7 @@ void qmp_block_commit(const char *job_id, const char *device,
 
     for (BlockNode *it = top_bs; it && it != filter_or_cow(base_bs);
          it = filter_or_cow(it)) {
-        if (!check_not_busy(it, errp)) {
+        if (!bja_check_op(it, BJA_OP_COMMIT_TARGET, errp)) {
             return;
         }
     }
@@ -222,7 +185,7 @@ void qmp_block_commit(const char *job_id, const char *device,
             return;
         }
         BlockNode *overlay = find_overlay(bs, top_bs);
-        if (overlay && !check_not_busy(overlay, errp)) {
+        if (overlay && !bja_check_op(overlay, BJA_OP_COMMIT_TARGET, errp)) {
             return;
         }
         CommitOptions o = {
