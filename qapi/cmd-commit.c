@@ -8,6 +8,7 @@
 #include "strata/block-ops.h"
 #include "strata/commit.h"
 #include "strata/error.h"
+#include "strata/mirror.h"
 #include "qapi-commands.h"
 #include "job-settle.h"
 #include "block-job-args.h"
@@ -48,22 +49,6 @@ static BlockNode *find_overlay(BlockNode *bs, BlockNode *top)
             return it;
         }
     }
-    return NULL;
-}
-
-/* Active commit is the mirror helper's; not merged yet. */
-static BlockJob *start_active(const char *job_id, BlockNode *top,
-                              BlockNode *base, int flags, int64_t speed,
-                              BlockdevOnError on_error,
-                              const char *filter_node_name,
-                              bool discard_source, bool skip_identical,
-                              GError **errp)
-{
-    (void)job_id; (void)top; (void)base; (void)flags; (void)speed;
-    (void)on_error; (void)filter_node_name; (void)discard_source;
-    (void)skip_identical;
-    error_setg(errp, "Active commit (block-commit whose top is the active "
-               "layer or has a writer) is not supported by strata yet");
     return NULL;
 }
 
@@ -175,9 +160,12 @@ void qmp_block_commit(const char *job_id, const char *device,
             /* The job is named after the device, even if top is not it. */
             job_id = node_device_name(bs);
         }
-        job = start_active(job_id, top_bs, base_bs, flags, speed, on_error,
-                           filter_node_name, discard_source, skip_identical,
-                           errp);
+        CommitActiveOptions x = {
+            .discard_source = discard_source,
+            .skip_identical = skip_identical,
+        };
+        job = commit_active_start(job_id, top_bs, base_bs, flags, speed,
+                                  on_error, filter_node_name, &x, errp);
     } else {
         if (discard_source) {
             error_setg(errp, "'x-strata-discard-source' is supported by "

@@ -106,10 +106,15 @@ def graph(c):
     g = recv_reply(c)['return']
     names = {n['id']: n['name'] for n in g['nodes']}
     out = []
+    kinds = {n['id']: n['type'] for n in g['nodes']}
     for e in g['edges']:
         p, ch = names.get(e['parent']), names.get(e['child'])
         if e['name'] == 'backing' and p and ch:
             out.append('%s->%s' % (p, ch))
+        elif (kinds.get(e['parent']) == 'block-backend' and ch
+              and not ch.startswith('#')):
+            # a user of a named node: the export, here
+            out.append('user->%s' % ch)
     c.send('query-named-block-nodes', {'flat': True})
     for n in recv_reply(c)['return']:
         if n['drv'] != 'file' and not n['node-name'].startswith('#'):
@@ -138,6 +143,11 @@ def job(c, cmd, args, job_id, until=('null',)):
     return msg
 
 
+# Also mask the length in job events (set where it depends on timing: a
+# mirror's total grows with the guest writes it has to copy again).
+MASK_LEN = False
+
+
 def log_masked(c):
     """Log the next message with the progress of job events masked (how
     far a job got before it was cancelled or failed depends on timing)."""
@@ -145,8 +155,15 @@ def log_masked(c):
     if text is None:
         qmp.log('<EOF>')
         return None
-    qmp.log(re.sub(r'"offset": \d+', '"offset": OFFSET', text))
+    qmp.log(mask(text))
     return json.loads(text)
+
+
+def mask(text):
+    text = re.sub(r'"offset": \d+', '"offset": OFFSET', text)
+    if MASK_LEN:
+        text = re.sub(r'"len": \d+', '"len": LEN', text)
+    return text
 
 
 def wait_until(c, job_id, until):
@@ -174,7 +191,7 @@ def cmd_until(c, cmd, args, job_id, until, reply_last=False):
             if msg is not None and 'event' not in msg:
                 reply = text
             elif msg is not None:
-                qmp.log(re.sub(r'"offset": \d+', '"offset": OFFSET', text))
+                qmp.log(mask(text))
         else:
             msg = log_masked(c)
         if msg is None:
@@ -190,14 +207,15 @@ def cmd_until(c, cmd, args, job_id, until, reply_last=False):
     return msg
 
 
-def log_images(layers, no_map=()):
+def log_images(layers, no_map=(), compare=()):
     """qemu-img 7.2's view: the top image equals the model, each image is
     clean, what each image allocates (not for the images in no_map: how
     much of base a failed or cancelled job wrote depends on timing), and
     the backing file each names."""
-    top = path(layers[-1])
-    r = t.qemu_img(['compare', '-U', top, os.path.join(D, 'model.raw')])
-    t.log('compare %s model: %s' % (layers[-1], r.out.strip()))
+    for name in compare or layers[-1:]:
+        r = t.qemu_img(['compare', '-U', path(name),
+                        os.path.join(D, 'model.raw')])
+        t.log('compare %s model: %s' % (name, r.out.strip()))
     for name in layers:
         r = t.qemu_img(['check', '-U', path(name)])
         t.log('check %s: %s' % (name, 'clean' if r.rc == 0 else r.out))
