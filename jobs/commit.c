@@ -221,6 +221,12 @@ static int coroutine_fn commit_run(Job *job, GError **errp)
         } else {
             o.granularity = 65536;
         }
+        /*
+         * Where base's clusters land in its file must not depend on the
+         * order in which concurrent requests complete (qemu-img's images,
+         * byte for byte): the ranges go one after the other.
+         */
+        o.max_workers = 1;
     }
     s->bcs = block_copy_new(&o, errp);
     if (!s->bcs) {

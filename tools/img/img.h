@@ -141,6 +141,9 @@ typedef struct ImgProgress {
     /* --progress=json: one JSON object per line instead of the meter */
     const char *json_op;         /* NULL: qemu-img's meter */
     uint64_t done, total;        /* bytes, what the JSON lines report */
+    unsigned json_lines;         /* printed so far; the last one's values: */
+    uint64_t json_done;
+    double json_pct;
 } ImgProgress;
 
 /*

@@ -66,12 +66,23 @@ void img_progress_set_bytes(ImgProgress *p, uint64_t done, uint64_t total)
 static void progress_show(ImgProgress *p)
 {
     if (p->enabled && p->json_op) {
+        double pct;
+
         if (p->current == 100 && p->total) {
             p->done = p->total;
         }
+        /* The byte counts decide; qemu-img's meter only where none are. */
+        pct = p->total ? (double)p->done * 100 / (double)p->total
+                       : p->current;
+        if (p->json_lines && p->done == p->json_done && pct == p->json_pct) {
+            return;
+        }
+        p->json_lines++;
+        p->json_done = p->done;
+        p->json_pct = pct;
         printf("{\"operation\": \"%s\", \"done\": %" PRIu64
                ", \"total\": %" PRIu64 ", \"percent\": %.2f}\n",
-               p->json_op, p->done, p->total, p->current);
+               p->json_op, p->done, p->total, pct);
         fflush(stdout);
     } else if (p->enabled) {
         printf("    (%3.2f/100%%)\r", p->current);
