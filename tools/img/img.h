@@ -149,7 +149,7 @@ typedef struct ImgProgress {
 /*
  * --progress=ARG of a long subcommand: "human" is -p, "json" prints one
  * JSON object per line on stdout ({"operation", "done", "total",
- * "percent"}, done and total in bytes), a strata extension (docs/tools.md).
+ * "percent"}, done and total in bytes), a strata extension (docs/status.md, "Commit").
  * False, with the error printed, for anything else.
  */
 bool img_progress_parse(const char *arg, bool *progress, bool *json);
