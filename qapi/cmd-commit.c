@@ -160,6 +160,16 @@ void qmp_block_commit(const char *job_id, const char *device,
             /* The job is named after the device, even if top is not it. */
             job_id = node_device_name(bs);
         }
+        /*
+         * The mirror's code carries the options (CommitActiveOptions) but
+         * does not act on them yet: refused rather than ignored.
+         */
+        if (discard_source || skip_identical) {
+            error_setg(errp, "'%s' is not supported by active commit yet",
+                       discard_source ? "x-strata-discard-source"
+                                      : "x-strata-skip-identical");
+            return;
+        }
         CommitActiveOptions x = {
             .discard_source = discard_source,
             .skip_identical = skip_identical,
