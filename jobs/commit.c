@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include "strata/backend.h"
 #include "strata/block-copy.h"
 #include "strata/block-driver.h"
 #include "strata/block-events.h"
@@ -28,8 +29,7 @@ typedef struct CommitJob {
     BlockJob common;
     BlockNode *commit_top;       /* the filter (our reference) */
     BlockNode *top, *base;
-    BlockChild *top_edge;        /* the job's edge to top: reads */
-    BlockChild *base_edge;       /* the job's edge to base: writes */
+    BlockBackend *top_blk, *base_blk;
     BlockCopyState *bcs;
     char *owner;                 /* the freeze owner's name */
     char *backing_file;          /* NULL: base's filename */
@@ -72,9 +72,9 @@ static int coroutine_fn classify_identical(CommitJob *s, int64_t offset,
 
     iovec_init_buf(&qa, a, (size_t)n);
     iovec_init_buf(&qb, b, (size_t)n);
-    ret = child_co_preadv(s->top_edge, offset, n, &qa, 0, 0);
+    ret = blk_co_preadv(s->top_blk, offset, n, &qa, 0);
     if (ret >= 0) {
-        ret = child_co_preadv(s->base_edge, offset, n, &qb, 0, 0);
+        ret = blk_co_preadv(s->base_blk, offset, n, &qb, 0);
     }
     if (ret >= 0) {
         /* The first chunk decides the kind; the run goes on while it holds. */
@@ -185,26 +185,26 @@ static int coroutine_fn commit_run(Job *job, GError **errp)
     int64_t base_len;
     int ret;
 
-    s->length = node_getlength(s->top);
+    s->length = blk_getlength(s->top_blk);
     if (s->length < 0) {
         return (int)s->length;
     }
     job_progress_set_remaining(job, (uint64_t)s->length);
-    base_len = node_getlength(s->base);
+    base_len = blk_getlength(s->base_blk);
     if (base_len < 0) {
         return (int)base_len;
     }
     if (base_len < s->length) {
-        ret = child_co_truncate(s->base_edge, s->length, false,
-                                PREALLOC_MODE_OFF, errp);
+        ret = blk_co_truncate(s->base_blk, s->length, false,
+                              PREALLOC_MODE_OFF, errp);
         if (ret < 0) {
             return ret;
         }
     }
 
     BlockCopyOptions o = {
-        .source = s->top_edge,
-        .target = s->base_edge,
+        .source = blk_root(s->top_blk),
+        .target = blk_root(s->base_blk),
         .classify = s->copy_only ? commit_classify_copy : commit_classify,
         .classify_opaque = s,
         .unmap = s->copy_only,
@@ -251,7 +251,7 @@ static int coroutine_fn commit_run(Job *job, GError **errp)
         return -ECANCELED;
     }
     /* What base holds now is what the chain will read from it. */
-    return node_co_flush(s->base);
+    return blk_co_flush(s->base_blk);
 }
 
 /* Put top back in the filter's place, as it was before the job. */
@@ -266,18 +266,16 @@ static void remove_filter(CommitJob *s)
     }
 }
 
-/*
- * Unfreeze the chain and let the job's edges go (the write permission on
- * base first of all, which the overlay's backing link cannot share).
- */
 static void release_chain(CommitJob *s)
 {
     if (s->chain_frozen) {
         chain_unfreeze(s->commit_top, s->base, s->owner);
         s->chain_frozen = false;
     }
-    job_remove_all_nodes(&s->common.job);
-    s->top_edge = s->base_edge = NULL;
+    if (s->base_blk) {
+        blk_unref(s->base_blk);
+        s->base_blk = NULL;
+    }
 }
 
 /* An overlay of the dropped images now names base, as QEMU's
@@ -342,7 +340,8 @@ static int commit_prepare(Job *job)
 
     release_chain(s);
     if (s->copy_only) {
-        /* The graph as it was. */
+        /* The graph as it was: the job's edges first, as in abort. */
+        job_remove_all_nodes(job);
         remove_filter(s);
         return 0;
     }
@@ -358,8 +357,9 @@ static void commit_abort(Job *job)
 {
     CommitJob *s = (CommitJob *)job;
 
-    /* The job's edges on the merged images go before the filter. */
     release_chain(s);
+    /* The job's blockers on the merged images go before the filter. */
+    job_remove_all_nodes(job);
     remove_filter(s);
 }
 
@@ -374,6 +374,10 @@ static void commit_clean(Job *job)
     if (s->bcs) {
         block_copy_free(s->bcs);
         s->bcs = NULL;
+    }
+    if (s->top_blk) {
+        blk_unref(s->top_blk);
+        s->top_blk = NULL;
     }
 }
 
@@ -433,45 +437,45 @@ static bool insert_filter(CommitJob *s, const char *name, GError **errp)
     return true;
 }
 
-/*
- * The job's edges: one on each merged image (the one on top is also
- * what the copy reads through: reads need no permission), one on base
- * that writes (and resizes if base is shorter).
- */
-static bool attach_chain(CommitJob *s, int64_t base_size, int64_t top_size,
-                         GError **errp)
+static bool attach_chain(CommitJob *s, GError **errp)
 {
     BlockNode *skip_base = node_skip_filters(s->base);
-    uint64_t perm = BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE;
 
     for (BlockNode *it = s->top; it && it != s->base; it = filter_or_cow(it)) {
         uint64_t shared = BLK_PERM_WRITE | BLK_PERM_WRITE_UNCHANGED;
-        BlockChild *c;
-
         /* Filters right above base show base's data: reads stay valid. */
         if (node_skip_filters(it) == skip_base) {
             shared |= BLK_PERM_CONSISTENT_READ;
         }
-        c = job_add_node(&s->common.job, "intermediate node", it, 0, shared,
-                         errp);
-        if (!c) {
+        if (!job_add_node(&s->common.job, "intermediate node", it, 0, shared,
+                          errp)) {
             return false;
-        }
-        if (it == s->top) {
-            s->top_edge = c;
         }
     }
     if (!chain_freeze(s->commit_top, s->base, s->owner, errp)) {
         return false;
     }
     s->chain_frozen = true;
+    return job_add_node(&s->common.job, "base", s->base, 0, BLK_PERM_ALL,
+                        errp) != NULL;
+}
+
+static bool open_backends(CommitJob *s, int64_t base_size, int64_t top_size,
+                          GError **errp)
+{
+    uint64_t perm = BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE;
+
     if (base_size < top_size) {
         perm |= BLK_PERM_RESIZE;
     }
-    s->base_edge = job_add_node(&s->common.job, "base", s->base, perm,
-                                BLK_PERM_CONSISTENT_READ |
-                                BLK_PERM_WRITE_UNCHANGED, errp);
-    return s->base_edge != NULL;
+    s->base_blk = blk_new(perm,
+                          BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE_UNCHANGED);
+    if (!blk_insert_node(s->base_blk, s->base, errp)) {
+        return false;
+    }
+    /* Reads only; the job's edges hold what it needs on the chain. */
+    s->top_blk = blk_new(0, BLK_PERM_ALL);
+    return blk_insert_node(s->top_blk, s->top, errp);
 }
 
 BlockJob *commit_start(const CommitOptions *o, GError **errp)
@@ -520,7 +524,8 @@ BlockJob *commit_start(const CommitOptions *o, GError **errp)
         goto fail;
     }
     if (!insert_filter(s, o->filter_node_name, errp) ||
-        !attach_chain(s, base_size, top_size, errp)) {
+        !attach_chain(s, errp) ||
+        !open_backends(s, base_size, top_size, errp)) {
         goto fail;
     }
     job_start(&s->common.job);
@@ -528,6 +533,10 @@ BlockJob *commit_start(const CommitOptions *o, GError **errp)
 
 fail:
     release_chain(s);
+    if (s->top_blk) {
+        blk_unref(s->top_blk);
+        s->top_blk = NULL;
+    }
     if (s->base_read_only) {
         node_reopen(o->base, NULL, true, NULL);
         s->base_read_only = false;

@@ -99,22 +99,23 @@ def wait_event(c, name):
 
 
 def graph(c):
-    """The backing edges between named nodes (x-debug-query-block-graph)
-    and each named format node's read-only flag, one line; file nodes and
-    automatic names left out."""
+    """The backing edges between named nodes (x-debug-query-block-graph),
+    the node each export uses, and each named format node's read-only
+    flag, one line; file nodes and automatic names left out.  (Backends
+    are not shown: qsd 7.2's graph leaves a commit job's own out, while
+    strata's lists every backend.)"""
     c.send('x-debug-query-block-graph')
     g = recv_reply(c)['return']
     names = {n['id']: n['name'] for n in g['nodes']}
     out = []
-    kinds = {n['id']: n['type'] for n in g['nodes']}
     for e in g['edges']:
         p, ch = names.get(e['parent']), names.get(e['child'])
         if e['name'] == 'backing' and p and ch:
             out.append('%s->%s' % (p, ch))
-        elif (kinds.get(e['parent']) == 'block-backend' and ch
-              and not ch.startswith('#')):
-            # a user of a named node: the export, here
-            out.append('user->%s' % ch)
+
+    c.send('query-block-exports')
+    for e in recv_reply(c)['return']:
+        out.append('export->%s' % e['node-name'])
     c.send('query-named-block-nodes', {'flat': True})
     for n in recv_reply(c)['return']:
         if n['drv'] != 'file' and not n['node-name'].startswith('#'):
