@@ -20,6 +20,7 @@
 #include <string.h>
 #include "strata/block-copy.h"
 #include "strata/block-ops.h"
+#include "strata/copy-range.h"
 #include "strata/job.h"
 #include "strata/units.h"
 
@@ -163,7 +164,9 @@ BlockCopyState *block_copy_new(const BlockCopyOptions *opts, GError **errp)
     s->target_reads_zeroes = opts->target_reads_zeroes;
     s->unmap = opts->unmap;
     s->compress = opts->compress;
-    s->use_copy_range = opts->use_copy_range;
+    /* Compressed writes and reads for their side effect only: no offload. */
+    s->use_copy_range = opts->use_copy_range && opts->target &&
+                        !opts->compress;
     s->read_flags = opts->read_flags;
     s->progress = opts->progress;
     s->progress_opaque = opts->progress_opaque;
@@ -344,6 +347,20 @@ static int coroutine_fn copy_data(BlockCopyState *s, int64_t offset,
     void *buf;
     int ret;
 
+    if (s->use_copy_range) {
+        ret = child_co_copy_range(s->source, offset, s->target, offset, bytes,
+                                  s->read_flags, 0);
+        if (ret == 0) {
+            s->stats.bytes_offloaded += bytes;
+            return 0;
+        }
+        /*
+         * Whatever failed (cannot offload, or an I/O error that the
+         * read/write below will pin on one side), do not try again: a
+         * pair that cannot offload one chunk cannot offload the next.
+         */
+        s->use_copy_range = false;
+    }
     memory_get(s, bytes);
     if (posix_memalign(&buf, s->buf_align, bytes)) {
         memory_put(s, bytes);

@@ -22,6 +22,7 @@
 
 #include "strata/backend.h"
 #include "strata/block-copy.h"
+#include "strata/copy-range.h"
 #include "strata/job.h"
 #include "strata/loop.h"
 #include "strata/units.h"
@@ -936,6 +937,160 @@ static void test_compress(void **state)
     g_free(data);
 }
 
+/* ---- Copy offload ---- */
+
+static BlockNode *open_raw_file(const char *p)
+{
+    return open_json(json_pack("{s:s, s:{s:s, s:s}}", "driver", "raw",
+                               "file", "driver", "file", "filename", p));
+}
+
+/* raw over file to raw over file, and file to file: copy_file_range. */
+static void test_offload(void **state)
+{
+    const size_t len = 4 * MiB + 12288;
+    uint8_t *data = g_malloc(len);
+    fill(data, len, 13);
+    g_autofree char *sp = make_file("osrc", data, len);
+
+    for (int raw = 0; raw < 2; raw++) {
+        g_autofree char *tp = make_file("odst", NULL, len);
+        BlockNode *src = raw ? open_raw_file(sp) : open_file(sp);
+        BlockNode *dst = raw ? open_raw_file(tp) : open_file(tp);
+        Edges e;
+        GError *err = NULL;
+        /* A recording bitmap on the target sees the offloaded writes. */
+        DirtyBitmap *tbm = node_create_dirty_bitmap(dst, GRAN, NULL, &err);
+        assert_non_null(tbm);
+        BlockCopyOptions o = {
+            .source = edge(&e.src, src, BLK_PERM_CONSISTENT_READ),
+            .target = edge(&e.dst, dst, BLK_PERM_WRITE),
+            .use_copy_range = true,
+        };
+        BlockCopyState *s = new_copy(&o);
+        BlockCopyStats st;
+
+        assert_int_equal(run_sync(s, NULL), 0);
+        block_copy_get_stats(s, &st);
+        assert_int_equal(st.bytes_offloaded, len);
+        assert_int_equal(st.bytes_read, 0);
+        assert_int_equal(st.bytes_written, 0);
+        assert_int_equal(st.peak_memory, 0);
+        assert_int_equal(dirty_bitmap_count(tbm), ROUND_UP(len, GRAN));
+        dirty_bitmap_release(tbm);
+        block_copy_free(s);
+        blk_unref(e.src);
+        blk_unref(e.dst);
+        node_unref(src);
+        node_unref(dst);
+        uint8_t *out = read_file(tp, len);
+        assert_memory_equal(out, data, len);
+        g_free(out);
+    }
+    g_free(data);
+}
+
+/* A node on the way that cannot pass offload on: read and write. */
+static void test_offload_fallback(void **state)
+{
+    const size_t len = MiB;
+    uint8_t *data = g_malloc(len);
+    fill(data, len, 14);
+    g_autofree char *sp = make_file("fsrc", data, len);
+    g_autofree char *tp = make_file("fdst", NULL, len);
+    BlockNode *src = open_file(sp);
+    /* blkdebug with a rule that never matches: a filter without offload. */
+    BlockNode *dst = open_blkdebug(tp, "write", 2 * len);
+    Edges e;
+    BlockCopyOptions o = {
+        .source = edge(&e.src, src, BLK_PERM_CONSISTENT_READ),
+        .target = edge(&e.dst, dst, BLK_PERM_WRITE),
+        .use_copy_range = true,
+    };
+    BlockCopyState *s = new_copy(&o);
+    BlockCopyStats st;
+
+    assert_int_equal(run_sync(s, NULL), 0);
+    block_copy_get_stats(s, &st);
+    assert_int_equal(st.bytes_offloaded, 0);
+    assert_int_equal(st.bytes_read, len);
+    assert_int_equal(st.bytes_written, len);
+    block_copy_free(s);
+    blk_unref(e.src);
+    blk_unref(e.dst);
+    node_unref(src);
+    node_unref(dst);
+    uint8_t *out = read_file(tp, len);
+    assert_memory_equal(out, data, len);
+    g_free(out);
+    g_free(data);
+}
+
+typedef struct RangeCall {
+    BlockChild *src, *dst;
+    int64_t src_off, dst_off, bytes;
+    int ret;
+} RangeCall;
+
+static void range_call_co(void *opaque)
+{
+    RangeCall *c = opaque;
+    c->ret = child_co_copy_range(c->src, c->src_off, c->dst, c->dst_off,
+                                 c->bytes, 0, 0);
+}
+
+static int range_call(BlockChild *src, int64_t so, BlockChild *dst,
+                      int64_t doff, int64_t bytes)
+{
+    RangeCall c = { src, dst, so, doff, bytes, 1 };
+    co_run_sync(range_call_co, &c);
+    return c.ret;
+}
+
+/* The core entry: what it refuses, and what it copies. */
+static void test_copy_range_core(void **state)
+{
+    const size_t len = 256 * KiB;
+    uint8_t *data = g_malloc(len);
+    fill(data, len, 15);
+    g_autofree char *sp = make_file("ksrc", data, len);
+    g_autofree char *tp = make_file("kdst", NULL, 2 * len);
+    BlockNode *src = open_file(sp), *dst = open_file(tp);
+    BlockBackend *sb, *db, *rb;
+    BlockChild *s = edge(&sb, src, BLK_PERM_CONSISTENT_READ);
+    BlockChild *d = edge(&db, dst, BLK_PERM_WRITE);
+    BlockChild *r = edge(&rb, dst, BLK_PERM_CONSISTENT_READ);
+
+    /* Copied to another offset, odd sizes and all (the page cache). */
+    assert_int_equal(range_call(s, 1000, d, len + 7, 5000), 0);
+    /* Past the source's end: the copy cannot give zeroes. */
+    assert_int_equal(range_call(s, len - 4096, d, 0, 8192), -ENOTSUP);
+    /* Without the write permission. */
+    assert_int_equal(range_call(s, 0, r, 0, 4096), -EPERM);
+    assert_int_equal(range_call(s, -1, d, 0, 4096), -EIO);
+    assert_int_equal(range_call(s, 0, d, 0, 0), 0);
+    blk_unref(sb);
+    blk_unref(db);
+    blk_unref(rb);
+    node_unref(dst);
+
+    /* detect-zeroes on the target: the write path must see the data. */
+    dst = open_json(json_pack("{s:s, s:s, s:s}", "driver", "file",
+                              "filename", tp, "detect-zeroes", "on"));
+    d = edge(&db, dst, BLK_PERM_WRITE);
+    s = edge(&sb, src, BLK_PERM_CONSISTENT_READ);
+    assert_int_equal(range_call(s, 0, d, 0, 4096), -ENOTSUP);
+    blk_unref(sb);
+    blk_unref(db);
+    node_unref(src);
+    node_unref(dst);
+
+    uint8_t *out = read_file(tp, 2 * len);
+    assert_memory_equal(out + len + 7, data + 1000, 5000);
+    g_free(out);
+    g_free(data);
+}
+
 /* ---- With a job ---- */
 
 typedef struct CopyJob {
@@ -1154,6 +1309,9 @@ int main(void)
         cmocka_unit_test(test_wait_range),
         cmocka_unit_test(test_read_only_mode),
         cmocka_unit_test(test_compress),
+        cmocka_unit_test(test_offload),
+        cmocka_unit_test(test_offload_fallback),
+        cmocka_unit_test(test_copy_range_core),
         cmocka_unit_test(test_job_pause_and_finish),
         cmocka_unit_test(test_job_cancel),
         cmocka_unit_test(test_job_speed),
