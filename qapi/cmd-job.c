@@ -7,6 +7,7 @@
  */
 #include "strata/coroutine.h"
 #include "strata/job.h"
+#include "strata/job-rate.h"
 #include "qapi-commands.h"
 #include "qapi-visit.h"
 #include "job-settle.h"
@@ -76,6 +77,11 @@ JobInfoList *qmp_query_jobs(GError **errp)
         info->current_progress = q->current_progress;
         info->total_progress = q->total_progress;
         info->error = g_strdup(q->error);
+        Job *job = job_find(q->id);
+        if (job) {
+            job_rate_get(job, &info->has_x_strata_rate, &info->x_strata_rate,
+                         &info->has_x_strata_eta, &info->x_strata_eta);
+        }
         JobInfoList *node = g_new0(JobInfoList, 1);
         node->value = info;
         *tail = node;

@@ -451,6 +451,13 @@ static void test_error_action_table(void **state)
                             BLOCK_DEVICE_IO_STATUS_NOSPACE), "nospace");
 }
 
+static int resumes;
+
+static void count_resume(BlockJob *bjob)
+{
+    resumes++;
+}
+
 /* A second stop keeps the first error's status and pauses once. */
 static void test_error_stop_twice(void **state)
 {
@@ -469,8 +476,10 @@ static void test_error_stop_twice(void **state)
     block_job_error_action(&u->common, BLOCKDEV_ON_ERROR_STOP, true, EIO);
     assert_int_equal(u->common.job.pause_count, pauses);
     assert_int_equal(u->common.iostatus, BLOCK_DEVICE_IO_STATUS_FAILED);
+    u->common.on_resume = count_resume;
     assert_true(job_user_resume(&u->common.job, NULL));
     assert_int_equal(u->common.iostatus, BLOCK_DEVICE_IO_STATUS_OK);
+    assert_int_equal(resumes, 1);
     job_cancel_sync(job, true);
     job_cancel_sync(&u->common.job, true);
 }
