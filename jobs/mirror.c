@@ -53,6 +53,7 @@ typedef struct MirrorJob {
     BlockNode *base;         /* sync top / active commit: the chain's base */
     BlockNode *to_replace;   /* set by complete when `replaces` was given */
     char *replaces;
+    BlockChild *source_edge;   /* the filter's edge to the source */
     BlockBackend *target_blk;  /* writes to the target go through it */
     BlockChild *target_edge;   /* its root edge */
     DirtyBitmap *bitmap;
@@ -76,7 +77,6 @@ typedef struct MirrorJob {
     int write_ret;           /* an active write failed (policy report) */
     uint64_t active_written; /* bytes active writes put in the target */
     uint64_t flushed_written; /* mirror_written() at the last flush */
-    bool base_was_read_only; /* active commit reopened the base */
     GPtrArray *active;       /* ActiveWrite * in flight */
     int active_count;
     CoQueue active_done;
@@ -105,6 +105,46 @@ static BlockErrorAction mirror_error_action(MirrorJob *s, bool is_read,
  * What the source holds at a range (the whole chain as the guest sees it):
  * data is copied, the rest reads zeroes.
  */
+/*
+ * x-strata-skip-identical (active commit): of the data range at offset,
+ * the leading granules the base already holds byte for byte need no
+ * write (SKIP), the leading ones that differ are copied (DATA).  Costs a
+ * read of both sides; looks at most 1 MiB ahead.
+ */
+static int coroutine_fn mirror_classify_identical(MirrorJob *s,
+                                                  int64_t offset,
+                                                  int64_t *pnum)
+{
+    int64_t g = s->granularity;
+    int64_t n = MIN(*pnum, (int64_t)(1 * MiB));
+    if (n > g) {
+        n -= n % g;
+    }
+    uint8_t *a = g_malloc(n), *b = g_malloc(n);
+    int ret = child_co_pread(s->source_edge, offset, n, a, 0);
+    if (ret >= 0) {
+        ret = child_co_pread(s->target_edge, offset, n, b, 0);
+    }
+    if (ret < 0) {
+        g_free(a);
+        g_free(b);
+        return ret;
+    }
+    bool first_same = memcmp(a, b, MIN(g, n)) == 0;
+    int64_t len = 0;
+    while (len < n) {
+        int64_t step = MIN(g, n - len);
+        if ((memcmp(a + len, b + len, step) == 0) != first_same) {
+            break;
+        }
+        len += step;
+    }
+    g_free(a);
+    g_free(b);
+    *pnum = len;
+    return first_same ? BLOCK_COPY_SKIP : BLOCK_COPY_DATA;
+}
+
 static int coroutine_fn mirror_classify(void *opaque, int64_t offset,
                                         int64_t bytes, int64_t *pnum)
 {
@@ -117,6 +157,9 @@ static int coroutine_fn mirror_classify(void *opaque, int64_t offset,
     }
     if (*pnum <= 0 || *pnum > bytes) {
         *pnum = bytes;
+    }
+    if ((ret & BLOCK_DATA) && s->is_commit && s->x.skip_identical) {
+        return mirror_classify_identical(s, offset, pnum);
     }
     return (ret & BLOCK_DATA) ? BLOCK_COPY_DATA : BLOCK_COPY_ZERO;
 }
@@ -591,11 +634,6 @@ static int mirror_exit_common(Job *job, bool abort)
     node_drain_end(src);
     s->in_drain = false;
 
-    /* Active commit that did not finish gives the base back as it was. */
-    if (abort && s->is_commit && s->base_was_read_only) {
-        node_reopen(target, NULL, true, NULL);
-    }
-
     /*
      * The job may outlive its dismissal for a moment (references of the
      * job layer): the nodes must not, or a deleted node would linger.
@@ -739,6 +777,7 @@ typedef struct StartArgs {
     const char *filter_node_name;
     MirrorCopy copy_mode;
     bool is_commit;
+    CommitActiveOptions x;
 } StartArgs;
 
 static MirrorJob *mirror_start_job(const StartArgs *a, GError **errp)
@@ -800,6 +839,7 @@ static MirrorJob *mirror_start_job(const StartArgs *a, GError **errp)
     s->granularity = granularity;
     s->buf_size = (buf_size + granularity - 1) / granularity * granularity;
     s->replaces = g_strdup(a->replaces);
+    s->x = a->x;
     s->active = g_ptr_array_new();
     co_queue_init(&s->active_done);
 
@@ -876,8 +916,9 @@ static MirrorJob *mirror_start_job(const StartArgs *a, GError **errp)
         s->frozen = true;
     }
 
+    s->source_edge = node_find_child(filter, "backing");
     BlockCopyOptions bo = {
-        .source = node_find_child(filter, "backing"),
+        .source = s->source_edge,
         .target = s->target_edge,
         .bitmap = s->bitmap,
         .granularity = granularity,
@@ -963,6 +1004,17 @@ BlockJob *commit_active_start(const char *job_id, BlockNode *bs,
                               const char *filter_node_name,
                               const CommitActiveOptions *x, GError **errp)
 {
+    if (x && x->discard_source) {
+        /* Not built yet (docs/status.md): refused rather than ignored. */
+        error_setg(errp, "Parameter 'x-strata-discard-source' is not "
+                   "supported yet");
+        return NULL;
+    }
+    /*
+     * The base is written from now on.  Only a start that fails makes it
+     * read-only again: after the job, failed or not, it stays writable,
+     * as in QEMU 7.2.
+     */
     bool base_read_only = node_is_read_only(base);
 
     if (base_read_only && !node_reopen(base, NULL, false, errp)) {
@@ -984,6 +1036,7 @@ BlockJob *commit_active_start(const char *job_id, BlockNode *bs,
         .filter_node_name = filter_node_name,
         .copy_mode = MIRROR_COPY_BACKGROUND,
         .is_commit = true,
+        .x = x ? *x : (CommitActiveOptions){ 0 },
     };
     MirrorJob *s = mirror_start_job(&a, errp);
     if (!s) {
@@ -991,10 +1044,6 @@ BlockJob *commit_active_start(const char *job_id, BlockNode *bs,
             node_reopen(base, NULL, true, NULL);
         }
         return NULL;
-    }
-    s->base_was_read_only = base_read_only;
-    if (x) {
-        s->x = *x;
     }
     return &s->common;
 }

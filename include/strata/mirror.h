@@ -59,7 +59,7 @@ typedef enum MirrorBackingMode {
 } MirrorBackingMode;
 
 typedef struct MirrorOptions {
-    const char *job_id;          /* NULL: the source's node name */
+    const char *job_id;          /* NULL: as block_job_create() */
     BlockNode *source;           /* the node to mirror (may be a filter) */
     BlockNode *target;           /* an open node, not yet in use */
     const char *replaces;        /* node to replace at completion, or NULL */
@@ -102,12 +102,15 @@ typedef struct CommitActiveOptions {
  * "commit" job mirroring bs into base, which is below bs in bs's chain.
  * As QEMU 7.2's commit_active_start: the chain from bs down to base is
  * frozen for the job's life; base is reopened read-write if it was
- * read-only (and back if the job fails or is cancelled); the job becomes
+ * read-only (back to read-only only if the start fails: after the job it
+ * stays writable, as in QEMU); the job becomes
  * ready when base holds everything, and job-complete puts base in bs's
- * place for every parent of bs, after making every overlay that named an
- * image between bs and base name base's file as backing file (with its
- * format).  job_id NULL: bs's node name.  x may be NULL (QEMU's
- * behaviour).  on_error is used for source and target.  NULL with *errp
+ * place for every parent of bs (bs is the active layer: its parents are
+ * users and filters, no image names it as backing file, so no header is
+ * rewritten, as in QEMU); the images between bs and base are dropped from
+ * the graph with bs.  A soft cancel in ready leaves the chain as it was,
+ * base holding a copy of the data.  job_id NULL: as block_job_create().  x may be NULL
+ * (QEMU's behaviour).  on_error is used for source and target.  NULL with *errp
  * on failure, nothing changed.
  */
 BlockJob *commit_active_start(const char *job_id, BlockNode *bs,

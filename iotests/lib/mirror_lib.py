@@ -53,6 +53,7 @@ def filter_busy(text):
 def _filter_progress(text):
     text = re.sub(r'"len": \d+', '"len": LEN', text)
     text = re.sub(r'"offset": \d+', '"offset": OFFSET', text)
+    text = re.sub(r'"speed": \d+', '"speed": SPEED', text)
     text = re.sub(r'"current-progress": \d+', '"current-progress": CUR',
                   text)
     return re.sub(r'"total-progress": \d+', '"total-progress": TOTAL', text)
