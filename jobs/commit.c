@@ -464,12 +464,22 @@ static bool open_backends(CommitJob *s, int64_t base_size, int64_t top_size,
                           GError **errp)
 {
     uint64_t perm = BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE;
+    uint64_t shared = BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE_UNCHANGED;
 
+    if (s->copy_only) {
+        /*
+         * qemu-img's active commit writes base as a mirror target that is
+         * the source's backing file: it shares writes and consistent
+         * reads and takes no consistent read (the image locks it leaves
+         * to other processes are those).
+         */
+        perm = BLK_PERM_WRITE;
+        shared |= BLK_PERM_WRITE;
+    }
     if (base_size < top_size) {
         perm |= BLK_PERM_RESIZE;
     }
-    s->base_blk = blk_new(perm,
-                          BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE_UNCHANGED);
+    s->base_blk = blk_new(perm, shared);
     if (!blk_insert_node(s->base_blk, s->base, errp)) {
         return false;
     }
