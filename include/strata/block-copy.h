@@ -73,7 +73,8 @@ typedef struct BlockCopyOptions {
      * granularity: a power of two >= 512, ignored when bitmap is given
      * (the bitmap's is used).  max_chunk is rounded down to the
      * granularity; compress makes it the granularity (one cluster per
-     * compressed write).  max_memory must hold one max_chunk. */
+     * compressed write).  max_memory must hold one max_chunk (the
+     * default max_chunk is made to fit a max_memory given). */
     int64_t granularity;
     int64_t max_chunk;
     uint64_t max_memory;
@@ -93,10 +94,13 @@ typedef struct BlockCopyOptions {
     void *progress_opaque;
 } BlockCopyOptions;
 
-/* The defaults of max_chunk, max_memory and max_workers. */
-#define BLOCK_COPY_DEFAULT_MAX_CHUNK   (1 << 20)
+/*
+ * The defaults of max_chunk, max_memory and max_workers: measured with
+ * bench/block-copy-bench (docs/architecture.md, "Jobs: the copy engine").
+ */
+#define BLOCK_COPY_DEFAULT_MAX_CHUNK   (4 << 20)
 #define BLOCK_COPY_DEFAULT_MAX_MEMORY  (32 << 20)
-#define BLOCK_COPY_DEFAULT_MAX_WORKERS 16
+#define BLOCK_COPY_DEFAULT_MAX_WORKERS 8
 
 /* Fails only for options that cannot work (a bad granularity...). */
 BlockCopyState *block_copy_new(const BlockCopyOptions *opts, GError **errp);
