@@ -271,9 +271,8 @@ static int coroutine_fn mirror_write_hook(void *opaque, BlockNode *filter,
         s->active_written += (uint64_t)bytes;
     }
     g_ptr_array_remove_fast(s->active, &w);
-    if (--s->active_count == 0) {
-        co_queue_restart_all(&s->active_done);
-    }
+    s->active_count--;
+    co_queue_restart_all(&s->active_done);
     if (bounce) {
         iovec_destroy(&bq);
         g_free(bounce);
@@ -428,7 +427,16 @@ static int coroutine_fn mirror_run(Job *job, GError **errp)
             continue;
         }
         mirror_update_remaining(s);
-        if (block_copy_remaining(s->bcs) > 0 || s->active_count > 0) {
+        if (s->active_count > 0) {
+            /*
+             * Guest writes are going to the target (write-blocking): wait
+             * for one to end rather than spin, which would starve them.
+             */
+            co_queue_wait(&s->active_done);
+            continue;
+        }
+        if (block_copy_remaining(s->bcs) > 0) {
+            /* Marked again meanwhile (a recording bitmap). */
             job_pause_point(job);
             continue;
         }

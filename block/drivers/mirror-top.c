@@ -11,6 +11,12 @@
 #include "strata/mirror-top.h"
 
 typedef struct MirrorTopState {
+    /*
+     * The filtered child, named "backing" as QEMU's.  Not the node's
+     * backing shortcut: it is no copy-on-write backing file, so queries
+     * show none (QEMU's bdrv_cow_bs() is NULL for a filter).
+     */
+    BlockChild *child;
     bool is_commit;
     bool stop;                  /* leaving: ask nothing of the child */
     MirrorTopWriteFunc *hook;
@@ -22,13 +28,17 @@ extern const BlockDriver bdrv_mirror_top;
 static int mirror_top_open(BlockNode *bs, json_t *options, int flags,
                            GError **errp)
 {
+    MirrorTopState *s = bs->opaque;
+
     (void)flags;
-    bs->backing = node_open_child(bs, options, "backing",
-                                  CHILD_ROLE_FILTERED | CHILD_ROLE_PRIMARY,
-                                  false, errp);
-    if (!bs->backing) {
+    s->child = node_open_child(bs, options, "backing",
+                               CHILD_ROLE_FILTERED | CHILD_ROLE_PRIMARY,
+                               false, errp);
+    if (!s->child) {
         return -EINVAL;
     }
+    /* Attaching "backing" set the shortcut: not a COW backing file. */
+    bs->backing = NULL;
     /* QEMU's: writes pass down unchanged data and no-fallback zeroes. */
     bs->supported_write_flags = REQ_WRITE_UNCHANGED;
     bs->supported_zero_flags = REQ_WRITE_UNCHANGED | REQ_NO_FALLBACK;
@@ -60,16 +70,21 @@ static void mirror_top_child_perm(BlockNode *bs, BlockChild *c,
     }
 }
 
+static BlockChild *mt_child(BlockNode *bs)
+{
+    return ((MirrorTopState *)bs->opaque)->child;
+}
+
 static int64_t mirror_top_getlength(BlockNode *bs)
 {
-    return bs->backing ? node_getlength(bs->backing->bs) : 0;
+    return mt_child(bs) ? node_getlength(mt_child(bs)->bs) : 0;
 }
 
 static int coroutine_fn mirror_top_co_preadv(BlockNode *bs, int64_t offset,
                                              int64_t bytes, IOVec *qiov,
                                              size_t qiov_offset, int flags)
 {
-    return child_co_preadv(bs->backing, offset, bytes, qiov, qiov_offset,
+    return child_co_preadv(mt_child(bs), offset, bytes, qiov, qiov_offset,
                            flags);
 }
 
@@ -80,12 +95,13 @@ int coroutine_fn mirror_top_write_through(BlockNode *filter, MirrorTopOp op,
 {
     switch (op) {
     case MIRROR_TOP_WRITE:
-        return child_co_pwritev(filter->backing, offset, bytes, qiov,
+        return child_co_pwritev(mt_child(filter), offset, bytes, qiov,
                                 qiov_offset, flags);
     case MIRROR_TOP_ZERO:
-        return child_co_pwrite_zeroes(filter->backing, offset, bytes, flags);
+        return child_co_pwrite_zeroes(mt_child(filter), offset, bytes,
+                                      flags);
     case MIRROR_TOP_DISCARD:
-        return child_co_pdiscard(filter->backing, offset, bytes);
+        return child_co_pdiscard(mt_child(filter), offset, bytes);
     }
     return -EINVAL;
 }
@@ -130,14 +146,14 @@ static int coroutine_fn mirror_top_co_pdiscard(BlockNode *bs, int64_t offset,
 
 static int coroutine_fn mirror_top_co_flush(BlockNode *bs)
 {
-    return bs->backing ? node_co_flush(bs->backing->bs) : 0;
+    return mt_child(bs) ? node_co_flush(mt_child(bs)->bs) : 0;
 }
 
 static void mirror_top_refresh_filename(BlockNode *bs)
 {
     /* QEMU shows the filtered node's filename. */
-    if (bs->backing) {
-        g_strlcpy(bs->filename, bs->backing->bs->filename,
+    if (mt_child(bs)) {
+        g_strlcpy(bs->filename, mt_child(bs)->bs->filename,
                   sizeof(bs->filename));
     }
 }
@@ -202,7 +218,7 @@ void mirror_top_set_write_hook(BlockNode *filter, MirrorTopWriteFunc *fn,
 void mirror_top_remove(BlockNode *filter)
 {
     MirrorTopState *s = filter->opaque;
-    BlockNode *below = filter->backing ? filter->backing->bs : NULL;
+    BlockNode *below = s->child ? s->child->bs : NULL;
 
     s->hook = NULL;
     if (!below) {
@@ -218,8 +234,8 @@ void mirror_top_remove(BlockNode *filter)
          * Out of the graph now, even if a reference keeps the node a
          * moment longer: the node below must not keep it as a parent.
          */
-        BlockChild *c = filter->backing;
-        filter->backing = NULL;
+        BlockChild *c = s->child;
+        s->child = NULL;
         child_detach(c, NULL);
     } else {
         /* Only a frozen parent edge can refuse; leave the filter then. */
