@@ -183,7 +183,7 @@ def cmd_until(c, cmd, args, job_id, until, reply_last=False):
     events, for a command whose reply may come before or after them
     (a cancel that finds the job in the middle of a request or not)."""
     c.send(cmd, args)
-    replied = rested = False
+    replied, rested = False, not until
     reply = None
     while not (replied and rested):
         if reply_last:
