@@ -65,13 +65,16 @@ typedef struct MirrorOptions {
     const char *replaces;        /* node to replace at completion, or NULL */
     int creation_flags;          /* JOB_MANUAL_FINALIZE / _DISMISS */
     int64_t speed;               /* bytes/s, 0: unlimited */
-    uint32_t granularity;        /* 0: default (cluster size, >= 4 KiB) */
-    int64_t buf_size;            /* 0: default (1 MiB x chunks in flight) */
+    uint32_t granularity;        /* 0: the target's cluster size within
+                                    4 KiB .. 64 KiB, else 64 KiB */
+    int64_t buf_size;            /* the copy engine's memory budget; 0: 16 MiB,
+                                    QEMU's default */
     MirrorSync sync;
     MirrorBackingMode backing_mode;
-    bool zero_target;            /* sync full: write zeroes where the
-                                    source reads zeroes (new targets are
-                                    known to read zeroes and skip it) */
+    bool zero_target;            /* sync full: copy the whole disk, zeroes
+                                    where the source reads zeroes (a target
+                                    with old data); false: only what the
+                                    source's chain allocates (new images) */
     BlockdevOnError on_source_error;
     BlockdevOnError on_target_error;
     bool unmap;                  /* zeroes may be written as holes */
