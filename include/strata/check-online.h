@@ -5,9 +5,10 @@
  * is drained for a moment, so that guest writes during the check can
  * neither make it report a problem that is not there nor wait for it.
  *
- *   1. flush the node (its metadata caches reach the file), outside the
- *      drain, so that little is left to write inside it;
- *   2. drain the node, flush again, and copy every metadata cluster (the
+ *   1. write the node's metadata caches back to the file (to the OS, no
+ *      sync to the disk), outside the drain, so that little is left to
+ *      write inside it;
+ *   2. drain the node, write back again, and copy every metadata cluster (the
  *      header, L1 and L2 tables of the image and its snapshots, the
  *      snapshot table, the refcount table and blocks, the bitmap
  *      directory and tables) into a sparse in-memory file at the same
