@@ -441,6 +441,13 @@ int coroutine_fn node_co_check_online(BlockNode *bs, BlockCheckResult *res,
         ret = -EIO;
         goto out;
     }
+    /*
+     * What the check finds is its result; BLOCK_IMAGE_CORRUPTED (and a
+     * warning in the log) naming the copy, a transient node no client
+     * knows, would only mislead.  The copy is read-only, so no signal
+     * is fatal, and this mutes them all.
+     */
+    ((Qcow2State *)copy->opaque)->signaled_corruption = true;
     ret = node_check(copy, res, 0, report, opaque);
     if (ret < 0) {
         error_setg_errno(errp, -ret, "Check failed");
