@@ -349,10 +349,19 @@ static int coroutine_fn copy_metadata(MetaCopy *m, GError **errp)
  * copy reads through the same file, and a sync would only make the guest
  * wait longer).
  */
-static int coroutine_fn write_back(BlockNode *bs)
+static int coroutine_fn write_back(BlockNode *bs, GError **errp)
 {
-    return bs->drv->co_flush_to_os && !bs->read_only
-           ? bs->drv->co_flush_to_os(bs) : 0;
+    int ret = bs->drv->co_flush_to_os && !bs->read_only
+              ? bs->drv->co_flush_to_os(bs) : 0;
+    if (ret == -ENOMEDIUM) {
+        /* The driver marked the image corrupt and writes nothing more. */
+        error_setg(errp, "The image is marked corrupt and its cached "
+                   "metadata cannot be written back: check it out of use");
+    } else if (ret < 0) {
+        error_setg_errno(errp, -ret, "Could not write back the image's "
+                         "metadata");
+    }
+    return ret;
 }
 
 /* Drain, write back, copy, undrain: the only time the guest waits. */
@@ -364,10 +373,8 @@ static int coroutine_fn snapshot_metadata(BlockNode *bs, MetaCopy *m,
     int ret;
 
     node_drain_begin(bs);
-    ret = write_back(bs);
+    ret = write_back(bs, errp);
     if (ret < 0) {
-        error_setg_errno(errp, -ret, "Could not write back the image's "
-                         "metadata");
         goto out;
     }
     node_invalidate_length(m->file->bs);
@@ -411,10 +418,8 @@ int coroutine_fn node_co_check_online(BlockNode *bs, BlockCheckResult *res,
     }
     m.file = bs->file;
     /* Most of what the caches hold is written back before the drain. */
-    ret = write_back(bs);
+    ret = write_back(bs, errp);
     if (ret < 0) {
-        error_setg_errno(errp, -ret, "Could not write back the image's "
-                         "metadata");
         return ret;
     }
     m.fd = memfd_create("strata-check", MFD_CLOEXEC);
