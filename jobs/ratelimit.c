@@ -1,7 +1,8 @@
 /*
- * Rate limiting by time slices: up to slice_quota bytes per slice_ns.  A
- * request that overruns the quota is let through, and the slice is
- * stretched to cover what was dispatched, so the average holds.
+ * Rate limiting by time slices: up to slice_quota bytes per slice_ns.
+ * Work is reported after it is done; once a slice's quota is used up the
+ * slice is stretched to cover everything dispatched in it, and the delay
+ * is the time until that stretched slice ends, so the average holds.
  */
 #include <glib.h>
 #include "strata/job.h"
@@ -30,8 +31,14 @@ int64_t ratelimit_delay_at(RateLimit *rl, uint64_t n, int64_t now)
         rl->slice_end = now + (int64_t)rl->slice_ns;
         rl->dispatched = 0;
     }
-    if (rl->dispatched == 0 || rl->dispatched + n <= rl->slice_quota) {
-        rl->dispatched += n;
+    /*
+     * Every byte counts, also those of a request that overran the quota:
+     * callers report work already done (job_ratelimit_processed) and ask
+     * for the delay afterwards with n = 0, so a dropped charge would let
+     * the job run unlimited whenever chunks are smaller than the quota.
+     */
+    rl->dispatched += n;
+    if (rl->dispatched < rl->slice_quota) {
         return 0;
     }
     double slices = (double)rl->dispatched / rl->slice_quota;

@@ -913,16 +913,31 @@ static void test_ratelimit(void **state)
     ratelimit_set_speed(&rl, 1000000, 100000000);
     int64_t t0 = 1000000000;
     assert_int_equal(ratelimit_delay_at(&rl, 60000, t0), 0);
-    assert_int_equal(ratelimit_delay_at(&rl, 40000, t0), 0);
-    /* Over quota: wait until the slice that covers 150000 bytes ends. */
-    assert_int_equal(ratelimit_delay_at(&rl, 50000, t0 + 10), 0 + 100000000 - 10);
+    assert_int_equal(ratelimit_delay_at(&rl, 30000, t0), 0);
+    /* Over quota: wait until the slice stretched to 140000 bytes ends. */
+    assert_int_equal(ratelimit_delay_at(&rl, 50000, t0 + 10),
+                     140000000 - 10);
+    /* Asking again (n = 0) before then: the rest of the wait. */
+    assert_int_equal(ratelimit_delay_at(&rl, 0, t0 + 40000000), 100000000);
     /* A new slice after the stretched end. */
-    assert_int_equal(ratelimit_delay_at(&rl, 50000, t0 + 100000001), 0);
-    /* The first request of a slice always goes, however large. */
+    assert_int_equal(ratelimit_delay_at(&rl, 50000, t0 + 140000001), 0);
+    /*
+     * Chunks smaller than the quota add up (they were dropped once, and a
+     * job reporting 64 KiB chunks at 1 MiB/s never waited).
+     */
+    RateLimit small = { 0 };
+    ratelimit_set_speed(&small, 1 << 20, 100000000);
+    int64_t waited = 0;
+    for (int i = 0; i < 32; i++) {
+        ratelimit_delay_at(&small, 65536, t0 + waited);
+        waited += ratelimit_delay_at(&small, 0, t0 + waited);
+    }
+    /* 2 MiB at 1 MiB/s: close to two seconds of waiting. */
+    assert_true(waited >= 1800000000 && waited <= 2100000000);
+    /* A request larger than many slices: a long wait after it. */
     RateLimit big = { 0 };
     ratelimit_set_speed(&big, 1000, 100000000);
-    assert_int_equal(ratelimit_delay_at(&big, 1 << 20, t0), 0);
-    assert_true(ratelimit_delay_at(&big, 1, t0) > 0);
+    assert_true(ratelimit_delay_at(&big, 1 << 20, t0) > 1000000000);
     /* Unlimited. */
     ratelimit_set_speed(&rl, 0, 100000000);
     assert_int_equal(ratelimit_delay_at(&rl, 1ull << 40, t0), 0);

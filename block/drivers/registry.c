@@ -11,12 +11,16 @@ extern const BlockDriver bdrv_host_cdrom;
 extern const BlockDriver bdrv_blkdebug;
 extern const BlockDriver bdrv_qcow2;
 extern const BlockDriver bdrv_compress;
+extern const BlockDriver bdrv_mirror_top;
+extern const BlockDriver bdrv_copy_on_read;
 extern const BlockDriver bdrv_luks;
 extern const BlockDriver bdrv_bochs;
 extern const BlockDriver bdrv_quorum;
 extern const BlockDriver bdrv_nbd;
 extern const BlockDriver bdrv_nbd_tcp;
 extern const BlockDriver bdrv_nbd_unix;
+extern const BlockDriver bdrv_throttle;
+extern const BlockDriver bdrv_preallocate;
 
 static GPtrArray *drivers;
 static void drivers_init(void);
@@ -42,9 +46,13 @@ static void drivers_init(void)
     g_ptr_array_add(drivers, (gpointer)&bdrv_blkdebug);
     g_ptr_array_add(drivers, (gpointer)&bdrv_qcow2);
     g_ptr_array_add(drivers, (gpointer)&bdrv_compress);
+    g_ptr_array_add(drivers, (gpointer)&bdrv_mirror_top);
+    g_ptr_array_add(drivers, (gpointer)&bdrv_copy_on_read);
     g_ptr_array_add(drivers, (gpointer)&bdrv_luks);
     g_ptr_array_add(drivers, (gpointer)&bdrv_bochs);
     g_ptr_array_add(drivers, (gpointer)&bdrv_quorum);
+    g_ptr_array_add(drivers, (gpointer)&bdrv_throttle);
+    g_ptr_array_add(drivers, (gpointer)&bdrv_preallocate);
     /* nbd+unix first: driver=nbd means it, as in QEMU (see nbd.c). */
     g_ptr_array_add(drivers, (gpointer)&bdrv_nbd_unix);
     g_ptr_array_add(drivers, (gpointer)&bdrv_nbd_tcp);

@@ -233,6 +233,7 @@ enum {
     REQ_NO_FALLBACK = 0x4,   /* fail with -ENOTSUP rather than write data */
     REQ_WRITE_UNCHANGED = 0x8, /* the data written is what is there already */
     REQ_WRITE_COMPRESSED = 0x10, /* store compressed (whole clusters) */
+    REQ_PREFETCH = 0x20,     /* read for a side effect (copy-on-read): no data */
 };
 
 int coroutine_fn child_co_preadv(BlockChild *c, int64_t offset, int64_t bytes,

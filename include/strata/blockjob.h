@@ -36,6 +36,7 @@ typedef enum BlockErrorAction {
     BLOCK_ERROR_ACTION_IGNORE,
     BLOCK_ERROR_ACTION_REPORT,
     BLOCK_ERROR_ACTION_STOP,
+    BLOCK_ERROR_ACTION__MAX,
 } BlockErrorAction;
 
 /* QEMU's BlockDeviceIoStatus, in its order. */
@@ -43,23 +44,32 @@ typedef enum BlockDeviceIoStatus {
     BLOCK_DEVICE_IO_STATUS_OK,
     BLOCK_DEVICE_IO_STATUS_FAILED,
     BLOCK_DEVICE_IO_STATUS_NOSPACE,
+    BLOCK_DEVICE_IO_STATUS__MAX,
 } BlockDeviceIoStatus;
 
 typedef struct BlockJob {
     Job job;                     /* first: a BlockJob is a Job */
-    BlockNode *bs;               /* the main node (a reference is held) */
+    BlockNode *bs;               /* the main node, held until dismissed */
     BlockDeviceIoStatus iostatus;
     /* Called by block_job_user_resume(); drivers may set it. */
     void (*on_resume)(struct BlockJob *bjob);
 } BlockJob;
 
 /*
- * A block job on bs, which it attaches to as "main node" with perm and
- * shared (plus the shared bits every block job allows: QEMU's
- * BLK_PERM_GRAPH_MOD-free defaults).  driver->instance_size >=
- * sizeof(BlockJob), and driver->user_resume should be (or call)
- * block_job_user_resume.  speed < 0: QEMU's "Invalid parameter 'speed'"
- * error.  Other arguments as job_create().  The job is not started.
+ * A block job on bs, which it attaches to as its "main node" edge taking
+ * perm and sharing shared.  driver->job_type is commit, stream, mirror
+ * or backup; driver->instance_size >= sizeof(BlockJob); driver->user_resume
+ * is (or calls) block_job_user_resume.
+ *
+ * job_id NULL without JOB_INTERNAL: the name of the device using bs, as
+ * QEMU 7.2 (the daemon has none, so "Invalid job ID ''").  speed < 0:
+ * "Parameter 'speed' expects a non-negative value".  Other arguments and
+ * errors as job_create(); on an error after job_create() the job is
+ * dismissed again (JOB_STATUS_CHANGE created, then null, as QEMU).
+ *
+ * The reference on bs is dropped when the job is dismissed (status
+ * null), so a driver's free() must not use bjob->bs.  The job is not
+ * started.
  */
 void *block_job_create(const char *job_id, const JobDriver *driver,
                        JobTxn *txn, BlockNode *bs, uint64_t perm,
@@ -78,14 +88,19 @@ BlockJob *block_job_find_err(const char *id, GError **errp);
 
 /*
  * An I/O error in the job (error is a positive errno): the action the
- * policy asks for (ENOSPC: stop on ENOSPC, report otherwise; AUTO:
- * report).  Tells the error listeners.  STOP pauses the job (as a user
- * pause) and sets iostatus; the job stops at its next pause point.
+ * policy asks for (ENOSPC and AUTO: stop on ENOSPC, report otherwise, as
+ * QEMU 7.2).  Tells the error listeners (BLOCK_JOB_ERROR), then for STOP
+ * pauses the job as a user pause (unless the user paused it already) and
+ * sets iostatus (failed, nospace for ENOSPC) if it was ok; the job stops
+ * at its next pause point and block-job-resume/job-resume goes on.
  */
 BlockErrorAction block_job_error_action(BlockJob *job, BlockdevOnError on_err,
                                         bool is_read, int error);
 
-/* job-resume/block-job-resume of a block job: iostatus back to ok. */
+/*
+ * job-resume/block-job-resume of a block job (and a cancel ending a user
+ * pause): iostatus back to ok, then bjob->on_resume if set.
+ */
 void block_job_user_resume(Job *job);
 
 /* One line of query-block-jobs (QEMU's BlockJobInfo members). */

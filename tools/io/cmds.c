@@ -109,7 +109,7 @@ static const IoCmd length_cmd = {
 
 static int info_f(BlockBackend *blk, int argc, char **argv)
 {
-    BlockNode *bs = blk_node(blk);
+    BlockNode *bs = io_image_node(blk);
     const BlockDriver *drv = node_get_driver(bs);
     BlockDriverInfo bdi;
     GError *err = NULL;

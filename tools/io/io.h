@@ -41,6 +41,8 @@ typedef struct IoCmd {
 extern BlockBackend *io_blk;
 extern bool io_quit;
 extern bool io_image_opts;
+/* The image node: below the copy-on-read filter that -C puts on top. */
+BlockNode *io_image_node(BlockBackend *blk);
 extern const IoCmd io_cmd_open, io_cmd_close, io_cmd_quit;
 
 /* ---- cmds.c ---- */

@@ -285,6 +285,34 @@ out:
     return blk;
 }
 
+/*
+ * -C: QEMU copies on read in its request path for the whole image; here a
+ * copy-on-read filter without a bottom goes above the image, which copies
+ * the same clusters.
+ */
+static bool io_cor_inserted;
+
+BlockNode *io_image_node(BlockBackend *blk)
+{
+    BlockNode *bs = blk_node(blk);
+    return io_cor_inserted && bs ? node_filtered_child(bs) : bs;
+}
+
+static bool insert_cor_filter(BlockBackend *blk, GError **errp)
+{
+    BlockNode *bs = blk_node(blk);
+    json_t *o = json_pack("{s:s, s:s}", "driver", "copy-on-read",
+                          "file", node_get_name(bs));
+    BlockNode *cor = node_open(NULL, o, NODE_O_RDWR, errp);
+    if (!cor) {
+        return false;
+    }
+    bool ok = node_replace(bs, cor, errp);
+    node_unref(cor);
+    io_cor_inserted = ok;
+    return ok;
+}
+
 /* Open name (or options only) as the current image; 0 or 1 on error. */
 static int openfile(const char *name, const OpenSpec *spec, json_t *opts)
 {
@@ -321,14 +349,18 @@ static int openfile(const char *name, const OpenSpec *spec, json_t *opts)
     }
     opts = tool_qemuopts_nest(opts);
 
-    if (spec->copy_on_read) {
-        error_setg(&err, "Copy-on-read (-C) is not supported");
+    if (spec->copy_on_read && spec->read_only) {
+        error_setg(&err, "Can't use copy-on-read on read-only device");
         json_decref(opts);
         io_blk = NULL;
     } else if (spec->snapshot) {
         io_blk = open_with_snapshot(name, opts, flags, &err);
     } else {
         io_blk = blk_new_open(name, opts, flags, &err);
+    }
+    if (io_blk && spec->copy_on_read && !insert_cor_filter(io_blk, &err)) {
+        blk_unref(io_blk);
+        io_blk = NULL;
     }
     if (!io_blk) {
         tool_error_gerror(err, "can't open%s%s: ", name ? " device " : "",
@@ -345,6 +377,7 @@ static void close_current(void)
         blk_drain(io_blk);
         blk_unref(io_blk);
         io_blk = NULL;
+        io_cor_inserted = false;
     }
 }
 

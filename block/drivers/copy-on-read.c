@@ -1,0 +1,479 @@
+/*
+ * copy-on-read: a filter whose reads copy what they fetch from the
+ * backing chain of its file into the file (strata/copy-on-read.h).
+ * QEMU 7.2's "copy-on-read" driver with its options (file, bottom), its
+ * permissions and its messages.
+ *
+ * QEMU does the copy in its request path (BDRV_REQ_COPY_ON_READ); here
+ * the filter does it itself, with QEMU's rules: whole clusters of the
+ * file, each piece the file does not allocate read through the chain and
+ * written back with WRITE_UNCHANGED (as zero writes when the piece reads
+ * as zeroes), so that images end up laid out as QEMU lays them out.
+ *
+ * A copy must not overwrite a write that came after its read, so copies
+ * and the writes that pass through the filter wait for each other where
+ * they overlap (QEMU serialises the copy's request in the file for the
+ * same reason).  Writes that reach the file beside the filter are not
+ * seen: the filter shares WRITE_UNCHANGED only, as QEMU's does, unless
+ * its parents share WRITE.
+ */
+#include <errno.h>
+#include <string.h>
+
+#include "strata/block-driver.h"
+#include "strata/copy-on-read.h"
+#include "strata/debug-event.h"
+
+/* QEMU's limit on one copy's buffer (MAX_BOUNCE_BUFFER). */
+#define COR_MAX_BOUNCE ((int64_t)16 * 1024 * 1024)
+
+typedef struct CorReq {
+    int64_t offset, bytes;
+    bool copy;          /* a copy (else a write passing through) */
+    bool waiting;
+    CoQueue waiters;
+} CorReq;
+
+typedef struct CorState {
+    BlockNode *bottom;  /* NULL: copy whatever the file does not hold */
+    char *owner;        /* freeze owner: this node */
+    bool chain_frozen;
+    GQueue reqs;        /* CorReq*, copies and writes in flight */
+    int copies;         /* copies among them */
+} CorState;
+
+extern const BlockDriver bdrv_copy_on_read;
+
+bool node_is_cor_filter(const BlockNode *bs)
+{
+    return bs && bs->drv == &bdrv_copy_on_read;
+}
+
+/* The edge through which bs's data comes from below, as freeze.c walks. */
+static BlockChild *chain_child(BlockNode *bs)
+{
+    if (bs->backing) {
+        return bs->backing;
+    }
+    for (GList *l = bs->children; l; l = l->next) {
+        BlockChild *c = l->data;
+        if (c->role & CHILD_ROLE_FILTERED) {
+            return c;
+        }
+    }
+    return NULL;
+}
+
+/*
+ * QEMU's freeze is a flag, not a counter: a chain another user froze
+ * cannot be frozen again, and QEMU says which link is in the way.
+ */
+static bool chain_check_unfrozen(BlockNode *top, BlockNode *bottom,
+                                 GError **errp)
+{
+    for (BlockNode *bs = top; bs && bs != bottom;) {
+        BlockChild *c = chain_child(bs);
+        if (!c) {
+            break;
+        }
+        if (child_frozen_count(c) > 0) {
+            error_setg(errp, "Cannot change '%s' link from '%s' to '%s'",
+                       c->name, bs->node_name, c->bs->node_name);
+            return false;
+        }
+        bs = c->bs;
+    }
+    return true;
+}
+
+static int cor_open(BlockNode *bs, json_t *options, int flags, GError **errp)
+{
+    CorState *s = bs->opaque;
+    char *bottom_name = NULL;
+    (void)flags;
+
+    g_queue_init(&s->reqs);
+    bs->file = node_open_child(bs, options, "file",
+                               CHILD_ROLE_FILTERED | CHILD_ROLE_PRIMARY,
+                               false, errp);
+    if (!bs->file) {
+        return -EINVAL;
+    }
+    BlockNode *file = bs->file->bs;
+    bs->supported_write_flags =
+        REQ_WRITE_UNCHANGED |
+        (REQ_FUA & (file->supported_write_flags |
+                    file->drv->supported_write_flags));
+    bs->supported_zero_flags =
+        REQ_WRITE_UNCHANGED |
+        ((REQ_FUA | REQ_MAY_UNMAP | REQ_NO_FALLBACK) &
+         (file->supported_zero_flags | file->drv->supported_zero_flags));
+
+    if (!opts_take_str(options, "bottom", &bottom_name, errp)) {
+        return -EINVAL;
+    }
+    if (!bottom_name) {
+        return 0;
+    }
+    BlockNode *bottom = node_find(bottom_name);
+    if (!bottom) {
+        error_setg(errp, "Bottom node '%s' not found", bottom_name);
+        g_free(bottom_name);
+        return -EINVAL;
+    }
+    if (bottom->drv->is_filter) {
+        error_setg(errp, "Bottom node '%s' is a filter", bottom_name);
+        g_free(bottom_name);
+        return -EINVAL;
+    }
+    g_free(bottom_name);
+    s->owner = g_strdup_printf("copy-on-read node '%s'", bs->node_name);
+    if (!chain_check_unfrozen(bs, bottom, errp) ||
+        !chain_freeze(bs, bottom, s->owner, errp)) {
+        g_free(s->owner);
+        s->owner = NULL;
+        return -EINVAL;
+    }
+    s->chain_frozen = true;
+    node_ref(bottom);
+    s->bottom = bottom;
+    return 0;
+}
+
+static void cor_unfreeze(BlockNode *bs)
+{
+    CorState *s = bs->opaque;
+    if (s->chain_frozen) {
+        s->chain_frozen = false;
+        chain_unfreeze(bs, s->bottom, s->owner);
+    }
+}
+
+static void cor_close(BlockNode *bs)
+{
+    CorState *s = bs->opaque;
+    cor_unfreeze(bs);
+    if (s->bottom) {
+        node_unref(s->bottom);
+        s->bottom = NULL;
+    }
+    g_free(s->owner);
+    s->owner = NULL;
+}
+
+/*
+ * QEMU's: what the parents take and share on the data passes through;
+ * the filter itself rewrites unchanged data and lets anyone do so.
+ */
+#define COR_PERM_PASSTHROUGH \
+    (BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE | BLK_PERM_RESIZE)
+
+static void cor_child_perm(BlockNode *bs, BlockChild *c, unsigned role,
+                           const ReopenState *rs, uint64_t perm,
+                           uint64_t shared, uint64_t *nperm,
+                           uint64_t *nshared)
+{
+    (void)bs;
+    (void)c;
+    (void)role;
+    (void)rs;
+    *nperm = (perm & COR_PERM_PASSTHROUGH) | BLK_PERM_WRITE_UNCHANGED;
+    *nshared = (shared & COR_PERM_PASSTHROUGH) | BLK_PERM_WRITE_UNCHANGED;
+}
+
+static int64_t cor_getlength(BlockNode *bs)
+{
+    return node_getlength(bs->file->bs);
+}
+
+/* ---- Serialisation of copies against writes ---- */
+
+static void coroutine_fn cor_req_begin(CorState *s, CorReq *r,
+                                       int64_t offset, int64_t bytes,
+                                       bool copy)
+{
+    r->offset = offset;
+    r->bytes = bytes;
+    r->copy = copy;
+    r->waiting = false;
+    co_queue_init(&r->waiters);
+    g_queue_push_tail(&s->reqs, r);
+    s->copies += copy;
+    /*
+     * Wait for overlapping requests when one of the two is a copy.  A
+     * request that waits itself is passed over, so that two never wait for
+     * each other (the same rule as the request path's serialisation).
+     */
+    if (!copy && s->copies == 0) {
+        return;
+    }
+retry:
+    for (GList *l = s->reqs.head; l; l = l->next) {
+        CorReq *o = l->data;
+        if (o != r && !o->waiting && (o->copy || copy) &&
+            o->offset < offset + bytes && offset < o->offset + o->bytes) {
+            r->waiting = true;
+            co_queue_wait(&o->waiters);
+            r->waiting = false;
+            goto retry;
+        }
+    }
+}
+
+static void cor_req_end(CorState *s, CorReq *r)
+{
+    g_queue_remove(&s->reqs, r);
+    s->copies -= r->copy;
+    co_queue_restart_all(&r->waiters);
+}
+
+/* ---- Reads ---- */
+
+/* The cluster size copies are rounded to (QEMU's bdrv_get_cluster_size). */
+static int64_t cor_cluster_size(BlockNode *file)
+{
+    BlockDriverInfo bdi;
+    if (node_get_info(file, &bdi) == 0 && bdi.cluster_size > 0) {
+        return bdi.cluster_size;
+    }
+    return MAX(file->bl.request_alignment, 1);
+}
+
+/*
+ * Read [offset, offset + bytes) through the file, copying into the file
+ * what it does not allocate, in whole clusters (QEMU's
+ * bdrv_co_do_copy_on_readv).  qiov NULL or prefetch: copy only.
+ */
+static int coroutine_fn cor_copy(BlockNode *bs, int64_t offset,
+                                 int64_t bytes, IOVec *qiov, size_t qoff,
+                                 bool prefetch)
+{
+    CorState *s = bs->opaque;
+    BlockChild *file = bs->file;
+    int64_t len = node_getlength(file->bs);
+    if (len < 0) {
+        return (int)len;
+    }
+    int64_t cs = cor_cluster_size(file->bs);
+    int64_t start = ROUND_DOWN(offset, cs);
+    int64_t end = MIN(ROUND_UP(offset + bytes, cs), len);
+    uint64_t mt = file->bs->bl.max_transfer;
+    int64_t max_piece = (mt && mt < (uint64_t)COR_MAX_BOUNCE) ? (int64_t)mt
+                                                              : COR_MAX_BOUNCE;
+    void *buf = NULL;
+    int ret = 0;
+    CorReq req;
+
+    if (end <= start) {
+        /* Past the end of the file: nothing to copy, zeroes to read. */
+        if (qiov && !prefetch) {
+            iov_memset(qiov->iov, qiov->niov, qoff, 0, (size_t)bytes);
+        }
+        return 0;
+    }
+    cor_req_begin(s, &req, start, end - start, true);
+    for (int64_t cur = start; cur < end;) {
+        int64_t pnum;
+        int alloc = node_co_is_allocated(file->bs, cur,
+                                         MIN(end - cur, max_piece), &pnum);
+        if (alloc < 0 || pnum <= 0) {
+            /* Copy anyway: the read will tell a better error if any. */
+            pnum = MIN(end - cur, max_piece);
+            alloc = 0;
+        }
+        /* The part of this piece the caller asked for. */
+        int64_t want_lo = MAX(cur, offset);
+        int64_t want_hi = MIN(cur + pnum, offset + bytes);
+
+        if (!alloc) {
+            if (!buf) {
+                size_t align = MAX(file->bs->bl.opt_mem_alignment, 1);
+                buf = aligned_alloc_buf(align, (size_t)MIN(end - start,
+                                                           max_piece));
+            }
+            ret = child_co_pread(file, cur, pnum, buf, 0);
+            if (ret < 0) {
+                break;
+            }
+            child_debug_event(file, BLKDBG_COR_WRITE);
+            if (buffer_is_zero(buf, (size_t)pnum)) {
+                ret = child_co_pwrite_zeroes(file, cur, pnum,
+                                             REQ_WRITE_UNCHANGED);
+            } else {
+                ret = child_co_pwrite(file, cur, pnum, buf,
+                                      REQ_WRITE_UNCHANGED);
+            }
+            if (ret < 0) {
+                break;
+            }
+            if (qiov && !prefetch && want_hi > want_lo) {
+                iov_from_buf(qiov->iov, qiov->niov,
+                             qoff + (size_t)(want_lo - offset),
+                             (char *)buf + (want_lo - cur),
+                             (size_t)(want_hi - want_lo));
+            }
+        } else if (qiov && !prefetch && want_hi > want_lo) {
+            ret = child_co_preadv(file, want_lo, want_hi - want_lo, qiov,
+                                  qoff + (size_t)(want_lo - offset), 0);
+            if (ret < 0) {
+                break;
+            }
+        }
+        cur += pnum;
+    }
+    /* A read past the end of the file reads zeroes. */
+    if (ret >= 0 && qiov && !prefetch && offset + bytes > end) {
+        int64_t from = MAX(end, offset);
+        iov_memset(qiov->iov, qiov->niov, qoff + (size_t)(from - offset), 0,
+                   (size_t)(offset + bytes - from));
+    }
+    cor_req_end(s, &req);
+    if (buf) {
+        aligned_free(buf);
+    }
+    return ret < 0 ? ret : 0;
+}
+
+/* The next image below the file (QEMU's bdrv_backing_chain_next). */
+static BlockNode *file_chain_next(BlockNode *file)
+{
+    BlockNode *img = node_skip_filters(file);
+    BlockNode *backing = img ? node_backing(img) : NULL;
+    return node_skip_filters(backing);
+}
+
+static int coroutine_fn cor_co_preadv(BlockNode *bs, int64_t offset,
+                                      int64_t bytes, IOVec *qiov,
+                                      size_t qoff, int flags)
+{
+    CorState *s = bs->opaque;
+    bool prefetch = flags & REQ_PREFETCH;
+
+    if (!s->bottom) {
+        return cor_copy(bs, offset, bytes, qiov, qoff, prefetch);
+    }
+    /*
+     * With a bottom, only what lies in the chain between the file and the
+     * bottom (included) is copied; the rest is read (or, for a prefetch,
+     * left alone).
+     */
+    BlockNode *file = bs->file->bs;
+    while (bytes > 0) {
+        int64_t n;
+        bool copy = false;
+        int ret = node_co_is_allocated(file, offset, bytes, &n);
+        if (ret <= 0) {
+            if (ret < 0) {
+                n = bytes;
+            }
+            BlockNode *below = file_chain_next(file);
+            int r2 = below ? node_co_is_allocated_above(below, s->bottom,
+                                                        true, offset, n, &n)
+                           : 0;
+            copy = r2 != 0;
+            if (n <= 0) {
+                /* Past the end of the chain: read the rest plainly. */
+                n = bytes;
+                copy = false;
+            }
+        }
+        if (copy) {
+            ret = cor_copy(bs, offset, n, qiov, qoff, prefetch);
+        } else if (!prefetch && qiov) {
+            ret = child_co_preadv(bs->file, offset, n, qiov, qoff, 0);
+        } else {
+            ret = 0;
+        }
+        if (ret < 0) {
+            return ret;
+        }
+        offset += n;
+        qoff += (size_t)n;
+        bytes -= n;
+    }
+    return 0;
+}
+
+/* ---- Writes pass through, waiting for overlapping copies ---- */
+
+static int coroutine_fn cor_co_pwritev(BlockNode *bs, int64_t offset,
+                                       int64_t bytes, IOVec *qiov,
+                                       size_t qoff, int flags)
+{
+    CorState *s = bs->opaque;
+    CorReq req;
+    cor_req_begin(s, &req, offset, bytes, false);
+    int ret = child_co_pwritev(bs->file, offset, bytes, qiov, qoff, flags);
+    cor_req_end(s, &req);
+    return ret;
+}
+
+static int coroutine_fn cor_co_pwritev_compressed(BlockNode *bs,
+                                                  int64_t offset,
+                                                  int64_t bytes, IOVec *qiov,
+                                                  size_t qoff)
+{
+    CorState *s = bs->opaque;
+    CorReq req;
+    cor_req_begin(s, &req, offset, bytes, false);
+    int ret = child_co_pwritev(bs->file, offset, bytes, qiov, qoff,
+                               REQ_WRITE_COMPRESSED);
+    cor_req_end(s, &req);
+    return ret;
+}
+
+static int coroutine_fn cor_co_pwrite_zeroes(BlockNode *bs, int64_t offset,
+                                             int64_t bytes, int flags)
+{
+    CorState *s = bs->opaque;
+    CorReq req;
+    cor_req_begin(s, &req, offset, bytes, false);
+    int ret = child_co_pwrite_zeroes(bs->file, offset, bytes, flags);
+    cor_req_end(s, &req);
+    return ret;
+}
+
+static int coroutine_fn cor_co_pdiscard(BlockNode *bs, int64_t offset,
+                                        int64_t bytes)
+{
+    CorState *s = bs->opaque;
+    CorReq req;
+    cor_req_begin(s, &req, offset, bytes, false);
+    int ret = child_co_pdiscard(bs->file, offset, bytes);
+    cor_req_end(s, &req);
+    return ret;
+}
+
+static int coroutine_fn cor_co_truncate(BlockNode *bs, int64_t offset,
+                                        bool exact, PreallocMode prealloc,
+                                        GError **errp)
+{
+    return child_co_truncate(bs->file, offset, exact, prealloc, errp);
+}
+
+bool cor_filter_drop(BlockNode *cor, GError **errp)
+{
+    g_return_val_if_fail(node_is_cor_filter(cor), false);
+    /* Unfreeze first: the replace moves the filter's parents to its file. */
+    cor_unfreeze(cor);
+    bool ok = node_replace(cor, cor->file->bs, errp);
+    node_unref(cor);
+    return ok;
+}
+
+const BlockDriver bdrv_copy_on_read = {
+    .format_name = "copy-on-read",
+    .instance_size = sizeof(CorState),
+    .is_filter = true,
+    .open = cor_open,
+    .close = cor_close,
+    .child_perm = cor_child_perm,
+    .co_preadv = cor_co_preadv,
+    .co_pwritev = cor_co_pwritev,
+    .co_pwritev_compressed = cor_co_pwritev_compressed,
+    .co_pwrite_zeroes = cor_co_pwrite_zeroes,
+    .co_pdiscard = cor_co_pdiscard,
+    .co_truncate = cor_co_truncate,
+    .getlength = cor_getlength,
+    .has_variable_length = true,
+};

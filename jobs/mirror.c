@@ -1,0 +1,1057 @@
+/*
+ * The mirror job and active commit (strata/mirror.h), QEMU 7.2's
+ * block/mirror.c rebuilt on the copy engine (strata/block-copy.h).
+ *
+ * Shape of a run: a mirror_top filter goes above the source; a recording
+ * dirty bitmap on the source (below the filter) is marked by every write
+ * that reaches it (block/io.c marks after the write, so a range the engine
+ * takes before the write lands is marked again and copied again); the
+ * engine copies what the bitmap holds until it is clean, then the job is
+ * ready and goes on copying what guests write until job-complete or a
+ * soft cancel.  Then, with the source drained and the bitmap clean, the
+ * target is flushed and (complete) takes the source's place.
+ *
+ * Write-blocking copy mode hooks the filter's writes: the write goes to
+ * the source, then the same data to the target before the guest hears
+ * back.  The engine may have a chunk of that range in flight, read before
+ * the write landed: its bits are marked again by the source write, so a
+ * copy of stale data is always followed by a fresh one.  The active write
+ * clears the bits of the chunks it covers whole only when no engine chunk
+ * over its range finished while it ran (the engine's progress callback
+ * tells), so that a stale chunk landing after the active write keeps its
+ * range dirty.
+ */
+#include <errno.h>
+#include <string.h>
+
+#include "strata/backend.h"
+#include "strata/block-copy.h"
+#include "strata/block-ops.h"
+#include "strata/blockjob.h"
+#include "strata/dirty-bitmap.h"
+#include "strata/error.h"
+#include "strata/iov.h"
+#include "strata/mirror-top.h"
+#include "strata/mirror.h"
+#include "strata/units.h"
+
+/* QEMU's: 16 requests of 1 MiB. */
+#define MIRROR_DEFAULT_BUF_SIZE (16 * 1024 * 1024)
+/* How long a ready job sleeps between looks at the bitmap (QEMU's slice). */
+#define MIRROR_SLICE_NS (100 * 1000 * 1000LL)
+
+typedef struct ActiveWrite {
+    int64_t offset, bytes;
+    bool raced;              /* an engine chunk over it finished meanwhile */
+} ActiveWrite;
+
+typedef struct MirrorJob {
+    BlockJob common;
+    BlockNode *filter;       /* mirror_top, referenced */
+    BlockNode *source;       /* below the filter, referenced */
+    BlockNode *target;       /* referenced */
+    BlockNode *base;         /* sync top / active commit: the chain's base */
+    BlockNode *to_replace;   /* set by complete when `replaces` was given */
+    char *replaces;
+    BlockChild *source_edge;   /* the filter's edge to the source */
+    BlockBackend *target_blk;  /* writes to the target go through it */
+    BlockChild *target_edge;   /* its root edge */
+    DirtyBitmap *bitmap;
+    BlockCopyState *bcs;
+
+    bool is_commit;
+    bool frozen;             /* active commit froze filter..base */
+    MirrorSync sync;
+    MirrorBackingMode backing_mode;
+    MirrorCopy copy_mode;
+    bool zero_target, unmap;
+    BlockdevOnError on_source_error, on_target_error;
+    uint32_t granularity;
+    int64_t buf_size;
+    int64_t length;
+
+    bool should_complete;
+    bool copying;            /* the engine runs: active writes may start */
+    bool in_drain;           /* the job drained the source itself */
+    bool prepared;
+    int write_ret;           /* an active write failed (policy report) */
+    uint64_t active_written; /* bytes active writes put in the target */
+    uint64_t flushed_written; /* mirror_written() at the last flush */
+    GPtrArray *active;       /* ActiveWrite * in flight */
+    int active_count;
+    CoQueue active_done;
+    CommitActiveOptions x;
+} MirrorJob;
+
+static MirrorJob *mirror_job(Job *job)
+{
+    return (MirrorJob *)job;
+}
+
+/* ---- Errors ---- */
+
+static BlockErrorAction mirror_error_action(MirrorJob *s, bool is_read,
+                                            int error)
+{
+    return block_job_error_action(&s->common,
+                                  is_read ? s->on_source_error
+                                          : s->on_target_error,
+                                  is_read, error);
+}
+
+/* ---- The engine's view ---- */
+
+/*
+ * What the source holds at a range (the whole chain as the guest sees it):
+ * data is copied, the rest reads zeroes.
+ */
+/*
+ * x-strata-skip-identical (active commit): of the data range at offset,
+ * the leading granules the base already holds byte for byte need no
+ * write (SKIP), the leading ones that differ are copied (DATA).  Costs a
+ * read of both sides; looks at most 1 MiB ahead.
+ */
+static int coroutine_fn mirror_classify_identical(MirrorJob *s,
+                                                  int64_t offset,
+                                                  int64_t *pnum)
+{
+    int64_t g = s->granularity;
+    int64_t n = MIN(*pnum, (int64_t)(1 * MiB));
+    if (n > g) {
+        n -= n % g;
+    }
+    uint8_t *a = g_malloc(n), *b = g_malloc(n);
+    int ret = child_co_pread(s->source_edge, offset, n, a, 0);
+    if (ret >= 0) {
+        ret = child_co_pread(s->target_edge, offset, n, b, 0);
+    }
+    if (ret < 0) {
+        g_free(a);
+        g_free(b);
+        return ret;
+    }
+    bool first_same = memcmp(a, b, MIN(g, n)) == 0;
+    int64_t len = 0;
+    while (len < n) {
+        int64_t step = MIN(g, n - len);
+        if ((memcmp(a + len, b + len, step) == 0) != first_same) {
+            break;
+        }
+        len += step;
+    }
+    g_free(a);
+    g_free(b);
+    *pnum = len;
+    return first_same ? BLOCK_COPY_SKIP : BLOCK_COPY_DATA;
+}
+
+static int coroutine_fn mirror_classify(void *opaque, int64_t offset,
+                                        int64_t bytes, int64_t *pnum)
+{
+    MirrorJob *s = opaque;
+    int ret = node_co_block_status_above(s->source, NULL, false, true,
+                                         offset, bytes, pnum, NULL, NULL,
+                                         NULL);
+    if (ret < 0) {
+        return ret;
+    }
+    if (*pnum <= 0 || *pnum > bytes) {
+        *pnum = bytes;
+    }
+    if ((ret & BLOCK_DATA) && s->is_commit && s->x.skip_identical) {
+        return mirror_classify_identical(s, offset, pnum);
+    }
+    return (ret & BLOCK_DATA) ? BLOCK_COPY_DATA : BLOCK_COPY_ZERO;
+}
+
+static void mirror_progress(void *opaque, int64_t offset, int64_t bytes,
+                            BlockCopyKind kind)
+{
+    MirrorJob *s = opaque;
+
+    (void)kind;
+    for (guint i = 0; i < s->active->len; i++) {
+        ActiveWrite *w = s->active->pdata[i];
+        if (offset < w->offset + w->bytes && w->offset < offset + bytes) {
+            w->raced = true;
+        }
+    }
+    job_progress_update(&s->common.job, (uint64_t)bytes);
+}
+
+static void mirror_update_remaining(MirrorJob *s)
+{
+    job_progress_set_remaining(&s->common.job,
+                               (uint64_t)block_copy_remaining(s->bcs));
+}
+
+/* ---- Write-blocking: guest writes go to the target too ---- */
+
+static int coroutine_fn mirror_target_write(MirrorJob *s, MirrorTopOp op,
+                                            int64_t offset, int64_t bytes,
+                                            IOVec *qiov, size_t qiov_offset,
+                                            int flags)
+{
+    switch (op) {
+    case MIRROR_TOP_WRITE:
+        return child_co_pwritev(s->target_edge, offset, bytes, qiov,
+                                qiov_offset, flags & REQ_FUA);
+    case MIRROR_TOP_ZERO:
+        return child_co_pwrite_zeroes(s->target_edge, offset, bytes,
+                                      flags & (REQ_FUA | REQ_MAY_UNMAP));
+    case MIRROR_TOP_DISCARD:
+        return child_co_pdiscard(s->target_edge, offset, bytes);
+    }
+    return -EINVAL;
+}
+
+static int coroutine_fn mirror_write_hook(void *opaque, BlockNode *filter,
+                                          MirrorTopOp op, int64_t offset,
+                                          int64_t bytes, IOVec *qiov,
+                                          size_t qiov_offset, int flags)
+{
+    MirrorJob *s = opaque;
+
+    if (!s->copying || s->copy_mode != MIRROR_COPY_WRITE_BLOCKING ||
+        job_is_cancelled(&s->common.job)) {
+        return mirror_top_write_through(filter, op, offset, bytes, qiov,
+                                        qiov_offset, flags);
+    }
+
+    /*
+     * The guest may change its buffer while we write it twice: both sides
+     * must get the same bytes, so write from a copy.
+     */
+    void *bounce = NULL;
+    IOVec bq;
+    if (op == MIRROR_TOP_WRITE) {
+        bounce = g_malloc(bytes);
+        iov_to_buf(qiov->iov, qiov->niov, qiov_offset, bounce, bytes);
+        iovec_init_buf(&bq, bounce, bytes);
+        qiov = &bq;
+        qiov_offset = 0;
+    }
+
+    ActiveWrite w = { .offset = offset, .bytes = bytes };
+    s->active_count++;
+    block_copy_wait_range(s->bcs, offset, bytes);
+    /* Chunks that finished while we waited copied data older than ours and
+     * landed before it: they do not count. */
+    w.raced = false;
+    g_ptr_array_add(s->active, &w);
+
+    int ret = mirror_top_write_through(filter, op, offset, bytes, qiov,
+                                       qiov_offset, flags);
+    if (ret >= 0) {
+        job_progress_increase_remaining(&s->common.job, (uint64_t)bytes);
+        int tret = mirror_target_write(s, op, offset, bytes, qiov,
+                                       qiov_offset, flags);
+        block_copy_wait_range(s->bcs, offset, bytes);
+        if (tret < 0) {
+            /* The range stays dirty (the source write marked it). */
+            BlockErrorAction a = mirror_error_action(s, false, -tret);
+            if (a == BLOCK_ERROR_ACTION_REPORT && !s->write_ret) {
+                s->write_ret = tret;
+                job_enter(&s->common.job);
+            }
+        } else {
+            if (!w.raced) {
+                int64_t g = s->granularity;
+                int64_t start = (offset + g - 1) / g * g;
+                int64_t end = (offset + bytes) / g * g;
+                if (offset + bytes == s->length) {
+                    end = offset + bytes;
+                }
+                if (start < end) {
+                    block_copy_reset_dirty(s->bcs, start, end - start);
+                }
+            }
+            job_progress_update(&s->common.job, (uint64_t)bytes);
+        }
+        s->active_written += (uint64_t)bytes;
+    }
+    g_ptr_array_remove_fast(s->active, &w);
+    s->active_count--;
+    co_queue_restart_all(&s->active_done);
+    if (bounce) {
+        iovec_destroy(&bq);
+        g_free(bounce);
+    }
+    return ret;
+}
+
+/* ---- The run ---- */
+
+/* Mark what there is to copy at the start (sync full and top). */
+static int coroutine_fn mirror_dirty_init(MirrorJob *s)
+{
+    if (s->zero_target) {
+        /* Everything: ranges the source reads as zeroes are zeroed. */
+        block_copy_set_dirty(s->bcs, 0, s->length);
+        return 0;
+    }
+    BlockNode *base = s->sync == MIRROR_SYNC_TOP ? s->base : NULL;
+    int64_t offset = 0;
+    while (offset < s->length) {
+        int64_t n = 0;
+        int64_t bytes = MIN(s->length - offset, (int64_t)1 << 30);
+
+        job_pause_point(&s->common.job);
+        if (job_is_cancelled(&s->common.job)) {
+            return 0;
+        }
+        int ret = node_co_is_allocated_above(s->source, base, false, offset,
+                                             bytes, &n);
+        if (ret < 0) {
+            return ret;
+        }
+        if (n <= 0) {
+            n = bytes;
+        }
+        if (ret > 0) {
+            block_copy_set_dirty(s->bcs, offset, n);
+        }
+        offset += n;
+    }
+    return 0;
+}
+
+/* Bytes the job has written to the target so far. */
+static uint64_t mirror_written(MirrorJob *s)
+{
+    BlockCopyStats st;
+
+    block_copy_get_stats(s->bcs, &st);
+    return st.bytes_written + st.bytes_zeroed + st.bytes_offloaded +
+           s->active_written;
+}
+
+/*
+ * Flush the target; an error goes through the target's policy.  Nothing
+ * written since the last flush: nothing to do (QEMU skips such a flush
+ * too, which decides whether the job waits before it is ready).
+ */
+static int coroutine_fn mirror_flush(MirrorJob *s)
+{
+    uint64_t written = mirror_written(s);
+    if (written == s->flushed_written) {
+        return 0;
+    }
+    int ret = node_co_flush(s->target);
+    if (ret >= 0) {
+        s->flushed_written = written;
+    }
+    if (ret < 0 &&
+        mirror_error_action(s, false, -ret) == BLOCK_ERROR_ACTION_REPORT) {
+        s->write_ret = ret;
+    }
+    return ret;
+}
+
+static bool mirror_wants_to_finish(MirrorJob *s)
+{
+    return s->should_complete || job_cancel_requested(&s->common.job);
+}
+
+static int coroutine_fn mirror_run(Job *job, GError **errp)
+{
+    MirrorJob *s = mirror_job(job);
+    int ret = 0;
+
+    if (job_is_cancelled(job)) {
+        goto out;
+    }
+    s->length = node_getlength(s->source);
+    if (s->length < 0) {
+        ret = (int)s->length;
+        goto out;
+    }
+    int64_t target_length = node_getlength(s->target);
+    if (target_length < 0) {
+        ret = (int)target_length;
+        goto out;
+    }
+    if (s->is_commit) {
+        /* Active commit grows the base to the top's size. */
+        if (s->length > target_length) {
+            ret = child_co_truncate(s->target_edge, s->length, false,
+                                    PREALLOC_MODE_OFF, errp);
+            if (ret < 0) {
+                goto out;
+            }
+        }
+    } else if (s->length != target_length) {
+        error_setg(errp, "Source and target image have different sizes");
+        ret = -EINVAL;
+        goto out;
+    }
+
+    if (s->length == 0) {
+        job_transition_to_ready(job);
+        while (!mirror_wants_to_finish(s)) {
+            job_yield(job);
+        }
+        goto out;
+    }
+
+    if (s->sync != MIRROR_SYNC_NONE) {
+        ret = mirror_dirty_init(s);
+        if (ret < 0 || job_is_cancelled(job)) {
+            goto out;
+        }
+    }
+    s->copying = true;
+
+    for (;;) {
+        bool is_read = false;
+
+        mirror_update_remaining(s);
+        ret = block_copy_run(s->bcs, job, &is_read);
+        if (job_is_cancelled(job)) {
+            ret = 0;
+            goto out;
+        }
+        if (s->write_ret < 0) {
+            /* An active write or a flush failed with policy report. */
+            ret = s->write_ret;
+            goto out;
+        }
+        if (ret < 0) {
+            BlockErrorAction a = mirror_error_action(s, is_read, -ret);
+            if (a == BLOCK_ERROR_ACTION_REPORT) {
+                goto out;
+            }
+            /* ignore: try again; stop: the job pauses here first. */
+            ret = 0;
+            job_pause_point(job);
+            continue;
+        }
+        mirror_update_remaining(s);
+        if (s->active_count > 0) {
+            /*
+             * Guest writes are going to the target (write-blocking): wait
+             * for one to end rather than spin, which would starve them.
+             */
+            co_queue_wait(&s->active_done);
+            continue;
+        }
+        if (block_copy_remaining(s->bcs) > 0) {
+            /* Marked again meanwhile (a recording bitmap). */
+            job_pause_point(job);
+            continue;
+        }
+        if (!job_is_ready(job)) {
+            if (mirror_flush(s) < 0) {
+                if (s->write_ret < 0) {
+                    ret = s->write_ret;
+                    goto out;
+                }
+                job_pause_point(job);
+                continue;
+            }
+            /*
+             * In sync: from now on a cancel is soft (the job finishes as
+             * if completed, without the switch), so block-job-cancel
+             * leaves the target consistent.
+             */
+            job_transition_to_ready(job);
+        }
+        if (mirror_wants_to_finish(s)) {
+            /*
+             * Hold the guests back and look one last time: nothing must
+             * reach the source between the last copy and the switch.
+             */
+            s->in_drain = true;
+            node_drain_begin(s->source);
+            if (block_copy_remaining(s->bcs) == 0 && s->active_count == 0 &&
+                mirror_flush(s) >= 0) {
+                /* Stays drained until the graph has changed. */
+                break;
+            }
+            node_drain_end(s->source);
+            s->in_drain = false;
+            if (s->write_ret < 0) {
+                ret = s->write_ret;
+                goto out;
+            }
+            continue;
+        }
+        job_sleep_ns(job, MIRROR_SLICE_NS);
+    }
+
+out:
+    s->copying = false;
+    while (s->active_count > 0) {
+        co_queue_wait(&s->active_done);
+    }
+    /*
+     * Whatever ends the run, the graph changes next: hold the source's
+     * users back from here (QEMU drains here too, in the job, which lets
+     * the command that ended the job reply before the job's last events).
+     */
+    if (!s->in_drain) {
+        s->in_drain = true;
+        node_drain_begin(s->source);
+    }
+    return ret;
+}
+
+static void mirror_complete(Job *job, GError **errp)
+{
+    MirrorJob *s = mirror_job(job);
+
+    if (!job_is_ready(job)) {
+        error_setg(errp, "The active block job '%s' cannot be completed",
+                   job->id);
+        return;
+    }
+    if (s->replaces && !s->to_replace) {
+        BlockNode *r = node_find(s->replaces);
+        if (!r) {
+            error_setg(errp, "Node name '%s' not found", s->replaces);
+            return;
+        }
+        node_ref(r);
+        s->to_replace = r;
+    }
+    s->should_complete = true;
+    job_enter(job);
+}
+
+static bool mirror_cancel(Job *job, bool force)
+{
+    /* Before ready every cancel is forced: the target is not a copy. */
+    return force || !job_is_ready(job);
+}
+
+static bool mirror_drained_poll(Job *job)
+{
+    MirrorJob *s = mirror_job(job);
+
+    /* Our own drain at the end must not wait for ourselves. */
+    if (s->in_drain) {
+        return block_copy_in_flight(s->bcs) > 0;
+    }
+    return !job->paused && !job_is_cancelled(job);
+}
+
+/* ---- The end: the switch, or putting everything back ---- */
+
+/* Give the target the backing chain drive-mirror asked for. */
+static void mirror_attach_target_backing(MirrorJob *s)
+{
+    BlockNode *t = node_skip_filters(s->target);
+    GError *err = NULL;
+
+    if (s->backing_mode == MIRROR_SOURCE_BACKING_CHAIN) {
+        BlockNode *backing = s->sync == MIRROR_SYNC_NONE ? s->source : s->base;
+        if (!backing || node_backing(t) == backing) {
+            return;
+        }
+        if (!node_attach_child(t, backing, "backing", CHILD_ROLE_COW, &err)) {
+            warn_print("%s", err->message);
+            g_clear_error(&err);
+        }
+        node_refresh_filename(t);
+    } else if (s->backing_mode == MIRROR_OPEN_BACKING_CHAIN) {
+        if (node_backing(t)) {
+            return;
+        }
+        char *path = node_get_full_backing_filename(t);
+        if (!path) {
+            return;
+        }
+        json_t *opts = json_object();
+        const char *fmt = node_backing_format(t);
+        if (fmt && fmt[0]) {
+            json_object_set_new(opts, "driver", json_string(fmt));
+        }
+        BlockNode *b = node_open(path, opts, 0, &err);
+        g_free(path);
+        if (!b) {
+            warn_print("%s", err->message);
+            g_clear_error(&err);
+            return;
+        }
+        if (!node_attach_child(t, b, "backing", CHILD_ROLE_COW, &err)) {
+            warn_print("%s", err->message);
+            g_clear_error(&err);
+        }
+        node_unref(b);
+        node_refresh_filename(t);
+    }
+}
+
+static int mirror_exit_common(Job *job, bool abort)
+{
+    MirrorJob *s = mirror_job(job);
+    int ret = 0;
+    GError *err = NULL;
+
+    if (s->prepared) {
+        return 0;
+    }
+    s->prepared = true;
+
+    BlockNode *src = s->source, *target = s->target, *filter = s->filter;
+    node_ref(src);
+    node_ref(target);
+    node_ref(filter);
+
+    if (s->frozen) {
+        chain_unfreeze(filter, target, "mirror");
+        s->frozen = false;
+    }
+    block_copy_free(s->bcs);
+    s->bcs = NULL;
+    dirty_bitmap_release(s->bitmap);
+    s->bitmap = NULL;
+
+    /* The job stops being a user of its nodes before the graph changes. */
+    blk_unref(s->target_blk);
+    s->target_blk = NULL;
+    s->target_edge = NULL;
+    job_remove_all_nodes(job);
+
+    if (!s->in_drain) {
+        node_drain_begin(src);
+        s->in_drain = true;
+    }
+    node_drain_begin(target);
+
+    if (!abort) {
+        mirror_attach_target_backing(s);
+    }
+    if (s->should_complete && !abort) {
+        BlockNode *to_replace = s->to_replace ? s->to_replace : src;
+        bool ro = node_is_read_only(to_replace);
+        if (ro != node_is_read_only(target)) {
+            node_reopen(target, NULL, ro, NULL);
+        }
+        node_drain_begin(to_replace);
+        if (!node_replace(to_replace, target, &err)) {
+            warn_print("%s", err->message);
+            g_clear_error(&err);
+            ret = -EPERM;
+        }
+        node_drain_end(to_replace);
+    }
+    mirror_top_remove(filter);
+
+    node_drain_end(target);
+    node_drain_end(src);
+    s->in_drain = false;
+
+    /*
+     * The job may outlive its dismissal for a moment (references of the
+     * job layer): the nodes must not, or a deleted node would linger.
+     */
+    node_unref(s->filter);
+    s->filter = NULL;
+    node_unref(s->source);
+    s->source = NULL;
+    node_unref(s->target);
+    s->target = NULL;
+    if (s->to_replace) {
+        node_unref(s->to_replace);
+        s->to_replace = NULL;
+    }
+    node_unref(filter);
+    node_unref(target);
+    node_unref(src);
+    return ret;
+}
+
+static int mirror_prepare(Job *job)
+{
+    return mirror_exit_common(job, false);
+}
+
+static void mirror_abort(Job *job)
+{
+    mirror_exit_common(job, true);
+}
+
+static void mirror_free(Job *job)
+{
+    MirrorJob *s = mirror_job(job);
+
+    if (s->bcs) {
+        block_copy_free(s->bcs);
+    }
+    if (s->bitmap) {
+        dirty_bitmap_release(s->bitmap);
+    }
+    if (s->to_replace) {
+        node_unref(s->to_replace);
+    }
+    if (s->filter) {
+        node_unref(s->filter);
+    }
+    if (s->source) {
+        node_unref(s->source);
+    }
+    if (s->target) {
+        node_unref(s->target);
+    }
+    if (s->active) {
+        g_ptr_array_free(s->active, true);
+    }
+    g_free(s->replaces);
+}
+
+static const JobDriver mirror_job_driver = {
+    .instance_size = sizeof(MirrorJob),
+    .job_type = JOB_TYPE_MIRROR,
+    .run = mirror_run,
+    .user_resume = block_job_user_resume,
+    .complete = mirror_complete,
+    .prepare = mirror_prepare,
+    .abort = mirror_abort,
+    .cancel = mirror_cancel,
+    .drained_poll = mirror_drained_poll,
+    .free = mirror_free,
+};
+
+static const JobDriver commit_active_job_driver = {
+    .instance_size = sizeof(MirrorJob),
+    .job_type = JOB_TYPE_COMMIT,
+    .run = mirror_run,
+    .user_resume = block_job_user_resume,
+    .complete = mirror_complete,
+    .prepare = mirror_prepare,
+    .abort = mirror_abort,
+    .cancel = mirror_cancel,
+    .drained_poll = mirror_drained_poll,
+    .free = mirror_free,
+};
+
+/* ---- Start ---- */
+
+/* QEMU's bdrv_get_default_bitmap_granularity(). */
+static uint32_t default_granularity(BlockNode *target)
+{
+    BlockDriverInfo bdi;
+
+    if (node_get_info(target, &bdi) == 0 && bdi.cluster_size > 0) {
+        int64_t g = MAX(4096, bdi.cluster_size);
+        return (uint32_t)MIN(g, 65536);
+    }
+    return 65536;
+}
+
+/* The next image down bs's chain past filters (bdrv_backing_chain_next). */
+static BlockNode *backing_chain_next(BlockNode *bs)
+{
+    BlockNode *b = node_backing(node_skip_filters(bs));
+    return b ? node_skip_filters(b) : NULL;
+}
+
+/* The next node down a chain: a filter's child or the backing node. */
+static BlockNode *filter_or_cow(BlockNode *bs)
+{
+    BlockNode *f = node_filtered_child(bs);
+    return f ? f : node_backing(bs);
+}
+
+/* Is n in bs's chain (filters and backing files, bs included)? */
+static bool chain_contains(BlockNode *bs, BlockNode *n)
+{
+    while (bs) {
+        if (bs == n) {
+            return true;
+        }
+        bs = filter_or_cow(bs);
+    }
+    return false;
+}
+
+typedef struct StartArgs {
+    const JobDriver *driver;
+    const char *job_id;
+    BlockNode *bs;
+    BlockNode *target;
+    BlockNode *base;
+    const char *replaces;
+    int flags;
+    int64_t speed;
+    uint32_t granularity;
+    int64_t buf_size;
+    MirrorSync sync;
+    MirrorBackingMode backing_mode;
+    bool zero_target;
+    BlockdevOnError on_source_error, on_target_error;
+    bool unmap;
+    const char *filter_node_name;
+    MirrorCopy copy_mode;
+    bool is_commit;
+    CommitActiveOptions x;
+} StartArgs;
+
+static MirrorJob *mirror_start_job(const StartArgs *a, GError **errp)
+{
+    uint32_t granularity = a->granularity;
+    int64_t buf_size = a->buf_size;
+    MirrorJob *s = NULL;
+
+    if (granularity == 0) {
+        granularity = default_granularity(a->target);
+    }
+    if (buf_size < 0) {
+        error_setg(errp, "Invalid parameter 'buf-size'");
+        return NULL;
+    }
+    if (buf_size == 0) {
+        buf_size = MIRROR_DEFAULT_BUF_SIZE;
+    }
+    if (node_skip_filters(a->bs) == node_skip_filters(a->target)) {
+        error_setg(errp, "Can't mirror node into itself");
+        return NULL;
+    }
+    bool target_is_backing = chain_contains(a->bs, a->target);
+    if (!target_is_backing &&
+        chain_contains(a->bs, node_skip_filters(a->target))) {
+        error_setg(errp, "Cannot mirror to a filter on top of a node in the "
+                   "source's backing chain");
+        return NULL;
+    }
+
+    BlockNode *filter = mirror_top_insert(a->bs, a->filter_node_name,
+                                          target_is_backing, errp);
+    if (!filter) {
+        return NULL;
+    }
+
+    s = block_job_create(a->job_id, a->driver, NULL, filter,
+                         BLK_PERM_CONSISTENT_READ,
+                         BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE_UNCHANGED |
+                         BLK_PERM_WRITE, a->speed, a->flags, NULL, NULL,
+                         errp);
+    if (!s) {
+        goto fail;
+    }
+    s->filter = filter;          /* the job holds the caller's reference */
+    s->source = a->bs;
+    node_ref(s->source);
+    s->target = a->target;
+    node_ref(s->target);
+    s->base = a->base;
+    s->is_commit = a->is_commit;
+    s->sync = a->sync;
+    s->backing_mode = a->backing_mode;
+    s->copy_mode = a->copy_mode;
+    s->zero_target = a->zero_target;
+    s->unmap = a->unmap;
+    s->on_source_error = a->on_source_error;
+    s->on_target_error = a->on_target_error;
+    s->granularity = granularity;
+    s->buf_size = (buf_size + granularity - 1) / granularity * granularity;
+    s->replaces = g_strdup(a->replaces);
+    s->x = a->x;
+    s->active = g_ptr_array_new();
+    co_queue_init(&s->active_done);
+
+    /*
+     * The target: written, never resized while the job runs (the base of
+     * an active commit may need to grow to the top's size), and nobody
+     * else may write it.  A base in use stays readable and writable by the
+     * chain above it.
+     */
+    uint64_t tperm = BLK_PERM_WRITE;
+    uint64_t tshared = BLK_PERM_WRITE_UNCHANGED;
+    if (target_is_backing) {
+        int64_t bs_size = node_getlength(a->bs);
+        if (bs_size < 0) {
+            error_setg_errno(errp, (int)-bs_size,
+                             "Could not inquire top image size");
+            goto fail;
+        }
+        int64_t t_size = node_getlength(a->target);
+        if (t_size < 0) {
+            error_setg_errno(errp, (int)-t_size,
+                             "Could not inquire base image size");
+            goto fail;
+        }
+        if (t_size < bs_size) {
+            tperm |= BLK_PERM_RESIZE;
+        }
+        tshared |= BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE;
+    }
+    /* The target is written through a backend of its own, as QEMU's. */
+    s->target_blk = blk_new(tperm, tshared);
+    if (!blk_insert_node(s->target_blk, a->target, errp)) {
+        goto fail;
+    }
+    s->target_edge = blk_root(s->target_blk);
+
+    s->bitmap = node_create_dirty_bitmap(a->bs, granularity, NULL, errp);
+    if (!s->bitmap) {
+        goto fail;
+    }
+    /*
+     * The job uses the source and the target (drains pause it, and other
+     * jobs find them busy); nobody may resize the source under it.
+     */
+    if (!job_add_node(&s->common.job, "source", a->bs, 0,
+                      BLK_PERM_WRITE_UNCHANGED | BLK_PERM_WRITE |
+                      BLK_PERM_CONSISTENT_READ, errp) ||
+        !job_add_node(&s->common.job, "target", a->target, 0, BLK_PERM_ALL,
+                      errp)) {
+        goto fail;
+    }
+    if (target_is_backing) {
+        /*
+         * Active commit: the images between top and base go away at the
+         * end.  They stay writable for the job writing the base below
+         * them; only the filters right above the base keep a consistent
+         * view for others.
+         */
+        BlockNode *base_data = node_skip_filters(a->target);
+        for (BlockNode *it = filter_or_cow(a->bs); it && it != a->target;
+             it = filter_or_cow(it)) {
+            uint64_t sh = BLK_PERM_WRITE_UNCHANGED | BLK_PERM_WRITE;
+            if (node_skip_filters(it) == base_data) {
+                sh |= BLK_PERM_CONSISTENT_READ;
+            }
+            if (!job_add_node(&s->common.job, "intermediate node", it, 0, sh,
+                              errp)) {
+                goto fail;
+            }
+        }
+        if (!chain_freeze(filter, a->target, "mirror", errp)) {
+            goto fail;
+        }
+        s->frozen = true;
+    }
+
+    s->source_edge = node_find_child(filter, "backing");
+    BlockCopyOptions bo = {
+        .source = s->source_edge,
+        .target = s->target_edge,
+        .bitmap = s->bitmap,
+        .granularity = granularity,
+        .max_memory = (uint64_t)s->buf_size,
+        .classify = mirror_classify,
+        .classify_opaque = s,
+        /*
+         * Zero ranges are written as zeroes even to a new image, as QEMU
+         * does: the target then allocates what the source allocates.
+         */
+        .target_reads_zeroes = false,
+        .unmap = a->unmap,
+        .progress = mirror_progress,
+        .progress_opaque = s,
+    };
+    s->bcs = block_copy_new(&bo, errp);
+    if (!s->bcs) {
+        goto fail;
+    }
+    mirror_top_set_write_hook(filter, mirror_write_hook, s);
+    job_start(&s->common.job);
+    return s;
+
+fail:
+    if (s) {
+        if (s->frozen) {
+            chain_unfreeze(filter, a->target, "mirror");
+            s->frozen = false;
+        }
+        if (s->bcs) {
+            block_copy_free(s->bcs);
+            s->bcs = NULL;
+        }
+        if (s->bitmap) {
+            dirty_bitmap_release(s->bitmap);
+            s->bitmap = NULL;
+        }
+        if (s->target_blk) {
+            blk_unref(s->target_blk);
+            s->target_blk = NULL;
+        }
+        job_remove_all_nodes(&s->common.job);
+        s->filter = NULL;
+        mirror_top_remove(filter);
+        job_early_fail(&s->common.job);
+    } else {
+        mirror_top_remove(filter);
+    }
+    node_unref(filter);
+    return NULL;
+}
+
+BlockJob *mirror_start(const MirrorOptions *o, GError **errp)
+{
+    StartArgs a = {
+        .driver = &mirror_job_driver,
+        .job_id = o->job_id,
+        .bs = o->source,
+        .target = o->target,
+        .base = o->sync == MIRROR_SYNC_TOP ? backing_chain_next(o->source)
+                                           : NULL,
+        .replaces = o->replaces,
+        .flags = o->creation_flags,
+        .speed = o->speed,
+        .granularity = o->granularity,
+        .buf_size = o->buf_size,
+        .sync = o->sync,
+        .backing_mode = o->backing_mode,
+        .zero_target = o->zero_target,
+        .on_source_error = o->on_source_error,
+        .on_target_error = o->on_target_error,
+        .unmap = o->unmap,
+        .filter_node_name = o->filter_node_name,
+        .copy_mode = o->copy_mode,
+    };
+    MirrorJob *s = mirror_start_job(&a, errp);
+    return s ? &s->common : NULL;
+}
+
+BlockJob *commit_active_start(const char *job_id, BlockNode *bs,
+                              BlockNode *base, int creation_flags,
+                              int64_t speed, BlockdevOnError on_error,
+                              const char *filter_node_name,
+                              const CommitActiveOptions *x, GError **errp)
+{
+    if (x && x->discard_source) {
+        /* Not built yet (docs/status.md): refused rather than ignored. */
+        error_setg(errp, "Parameter 'x-strata-discard-source' is not "
+                   "supported yet");
+        return NULL;
+    }
+    /*
+     * The base is written from now on.  Only a start that fails makes it
+     * read-only again: after the job, failed or not, it stays writable,
+     * as in QEMU 7.2.
+     */
+    bool base_read_only = node_is_read_only(base);
+
+    if (base_read_only && !node_reopen(base, NULL, false, errp)) {
+        return NULL;
+    }
+    StartArgs a = {
+        .driver = &commit_active_job_driver,
+        .job_id = job_id,
+        .bs = bs,
+        .target = base,
+        .base = base,
+        .flags = creation_flags,
+        .speed = speed,
+        .sync = MIRROR_SYNC_TOP,
+        .backing_mode = MIRROR_LEAVE_BACKING_CHAIN,
+        .on_source_error = on_error,
+        .on_target_error = on_error,
+        .unmap = true,
+        .filter_node_name = filter_node_name,
+        .copy_mode = MIRROR_COPY_BACKGROUND,
+        .is_commit = true,
+        .x = x ? *x : (CommitActiveOptions){ 0 },
+    };
+    MirrorJob *s = mirror_start_job(&a, errp);
+    if (!s) {
+        if (base_read_only) {
+            node_reopen(base, NULL, true, NULL);
+        }
+        return NULL;
+    }
+    return &s->common;
+}
