@@ -11,6 +11,7 @@ extern const BlockDriver bdrv_host_cdrom;
 extern const BlockDriver bdrv_blkdebug;
 extern const BlockDriver bdrv_qcow2;
 extern const BlockDriver bdrv_compress;
+extern const BlockDriver bdrv_copy_before_write;
 extern const BlockDriver bdrv_luks;
 extern const BlockDriver bdrv_bochs;
 extern const BlockDriver bdrv_quorum;
@@ -42,6 +43,7 @@ static void drivers_init(void)
     g_ptr_array_add(drivers, (gpointer)&bdrv_blkdebug);
     g_ptr_array_add(drivers, (gpointer)&bdrv_qcow2);
     g_ptr_array_add(drivers, (gpointer)&bdrv_compress);
+    g_ptr_array_add(drivers, (gpointer)&bdrv_copy_before_write);
     g_ptr_array_add(drivers, (gpointer)&bdrv_luks);
     g_ptr_array_add(drivers, (gpointer)&bdrv_bochs);
     g_ptr_array_add(drivers, (gpointer)&bdrv_quorum);
