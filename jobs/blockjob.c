@@ -225,6 +225,9 @@ void block_job_user_resume(Job *job)
         g_assert(job->user_paused && job->pause_count > 0);
         bjob->iostatus = BLOCK_DEVICE_IO_STATUS_OK;
     }
+    if (bjob->on_resume) {
+        bjob->on_resume(bjob);
+    }
 }
 
 /* ---- query-block-jobs ---- */

@@ -4,10 +4,16 @@
  * found" (other jobs are not found either), then does what the job-*
  * verb does, with the differences QEMU has: block-job-cancel is soft
  * unless forced and refuses a paused job; set-speed exists only here.
+ *
+ * A verb that wakes the job lets it run up to its next wait before the
+ * reply (qmp_job_settle()): QEMU's handlers run outside coroutines and
+ * enter the job directly, so a client sees e.g. the paused status or a
+ * cancelled job's whole end before the reply.
  */
 #include "strata/blockjob.h"
 #include "strata/error.h"
 #include "qapi-commands.h"
+#include "job-settle.h"
 
 BlockJobInfoList *qmp_query_block_jobs(GError **errp)
 {
@@ -43,7 +49,9 @@ void qmp_block_job_set_speed(const char *device, int64_t speed, GError **errp)
 {
     BlockJob *bjob = block_job_find_err(device, errp);
     if (bjob) {
-        job_set_speed(&bjob->job, speed, errp);
+        if (job_set_speed(&bjob->job, speed, errp)) {
+            qmp_job_settle(device);
+        }
     }
 }
 
@@ -61,14 +69,18 @@ void qmp_block_job_cancel(const char *device, bool has_force, bool force,
                    device);
         return;
     }
-    job_user_cancel(&bjob->job, force, errp);
+    if (job_user_cancel(&bjob->job, force, errp)) {
+        qmp_job_settle(device);
+    }
 }
 
 void qmp_block_job_pause(const char *device, GError **errp)
 {
     BlockJob *bjob = block_job_find_err(device, errp);
     if (bjob) {
-        job_user_pause(&bjob->job, errp);
+        if (job_user_pause(&bjob->job, errp)) {
+            qmp_job_settle(device);
+        }
     }
 }
 
@@ -76,7 +88,9 @@ void qmp_block_job_resume(const char *device, GError **errp)
 {
     BlockJob *bjob = block_job_find_err(device, errp);
     if (bjob) {
-        job_user_resume(&bjob->job, errp);
+        if (job_user_resume(&bjob->job, errp)) {
+            qmp_job_settle(device);
+        }
     }
 }
 
@@ -84,7 +98,9 @@ void qmp_block_job_complete(const char *device, GError **errp)
 {
     BlockJob *bjob = block_job_find_err(device, errp);
     if (bjob) {
-        job_complete(&bjob->job, errp);
+        if (job_complete(&bjob->job, errp)) {
+            qmp_job_settle(device);
+        }
     }
 }
 

@@ -2,10 +2,12 @@
  * The job commands (query-jobs, job-*) and blockdev-create, which starts
  * a job (x-blockdev-amend is job-amend.c's).  The work is the job
  * layer's (strata/job.h); the verbs' checks and messages are its own,
- * QEMU 7.2's.
+ * QEMU 7.2's.  A verb that wakes the job lets it run to its next wait
+ * before the reply, as QEMU's (qmp_job_settle(), cmd-block-job.c).
  */
 #include "strata/coroutine.h"
 #include "strata/job.h"
+#include "strata/job-rate.h"
 #include "qapi-commands.h"
 #include "qapi-visit.h"
 #include "job-settle.h"
@@ -13,16 +15,16 @@
 void qmp_job_pause(const char *id, GError **errp)
 {
     Job *job = job_find_err(id, errp);
-    if (job) {
-        job_user_pause(job, errp);
+    if (job && job_user_pause(job, errp)) {
+        qmp_job_settle(id);
     }
 }
 
 void qmp_job_resume(const char *id, GError **errp)
 {
     Job *job = job_find_err(id, errp);
-    if (job) {
-        job_user_resume(job, errp);
+    if (job && job_user_resume(job, errp)) {
+        qmp_job_settle(id);
     }
 }
 
@@ -31,15 +33,17 @@ void qmp_job_cancel(const char *id, GError **errp)
     Job *job = job_find_err(id, errp);
     if (job) {
         /* QEMU's job-cancel is always forced. */
-        job_user_cancel(job, true, errp);
+        if (job_user_cancel(job, true, errp)) {
+            qmp_job_settle(id);
+        }
     }
 }
 
 void qmp_job_complete(const char *id, GError **errp)
 {
     Job *job = job_find_err(id, errp);
-    if (job) {
-        job_complete(job, errp);
+    if (job && job_complete(job, errp)) {
+        qmp_job_settle(id);
     }
 }
 
@@ -73,6 +77,11 @@ JobInfoList *qmp_query_jobs(GError **errp)
         info->current_progress = q->current_progress;
         info->total_progress = q->total_progress;
         info->error = g_strdup(q->error);
+        Job *job = job_find(q->id);
+        if (job) {
+            job_rate_get(job, &info->has_x_strata_rate, &info->x_strata_rate,
+                         &info->has_x_strata_eta, &info->x_strata_eta);
+        }
         JobInfoList *node = g_new0(JobInfoList, 1);
         node->value = info;
         *tail = node;

@@ -12,6 +12,7 @@
  */
 #include "strata/blockjob.h"
 #include "strata/job.h"
+#include "strata/job-rate.h"
 #include "strata/qmp-jobs.h"
 #include "strata/qmp-server.h"
 #include "qapi-events.h"
@@ -77,6 +78,7 @@ void qmp_jobs_init(void)
 {
     /* Registered for as long as the program runs. */
     job_add_listener(job_event, NULL);
+    job_rate_init();
     block_job_add_error_listener(block_job_error, NULL);
     qmp_server_at_shutdown(QMP_SHUTDOWN_JOBS, job_cancel_sync_all);
 }

@@ -15,15 +15,19 @@
 #include <errno.h>
 #include <string.h>
 #include <cmocka.h>
+#include <glib/gstdio.h>
 #include "strata/backend.h"
 #include "strata/block.h"
+#include "strata/block-ops.h"
 #include "strata/blockjob.h"
+#include "strata/coroutine.h"
 #include "strata/error.h"
 #include "strata/loop.h"
 #include "strata/qmp.h"
 #include "strata/qmp-jobs.h"
 #include "strata/qmp-server.h"
 #include "qapi-commands.h"
+#include "block-job-args.h"
 
 /* ---- What the QMP layer sends ---- */
 
@@ -222,11 +226,12 @@ static int teardown(void **state)
     return 0;
 }
 
-static char *err_msg(GError *err)
+/* The message of *err, which is cleared. */
+static char *err_msg(GError **err)
 {
-    assert_non_null(err);
-    char *m = g_strdup(err->message);
-    g_error_free(err);
+    assert_non_null(*err);
+    char *m = g_strdup((*err)->message);
+    g_clear_error(err);
     return m;
 }
 
@@ -240,26 +245,23 @@ static void test_create_errors(void **state)
     assert_null(block_job_create("1x", &tb_driver, NULL, bs,
                                  BLK_PERM_CONSISTENT_READ, BLK_PERM_ALL, 0,
                                  0, NULL, NULL, &err));
-    m1 = err_msg(err);
+    m1 = err_msg(&err);
     assert_string_equal(m1, "Invalid job ID '1x'");
-    err = NULL;
 
     /* No id: the device's name, and the daemon's nodes have none. */
     assert_null(block_job_create(NULL, &tb_driver, NULL, bs,
                                  BLK_PERM_CONSISTENT_READ, BLK_PERM_ALL, 0,
                                  0, NULL, NULL, &err));
-    m2 = err_msg(err);
+    m2 = err_msg(&err);
     assert_string_equal(m2, "Invalid job ID ''");
-    err = NULL;
     assert_string_equal(ev(), "");
 
     /* A bad speed: created, then dismissed again, as QEMU. */
     assert_null(block_job_create("s", &tb_driver, NULL, bs,
                                  BLK_PERM_CONSISTENT_READ, BLK_PERM_ALL, -1,
                                  0, NULL, NULL, &err));
-    m3 = err_msg(err);
+    m3 = err_msg(&err);
     assert_string_equal(m3, "Parameter 'speed' expects a non-negative value");
-    err = NULL;
     assert_string_equal(ev(), "s:created | s:null | ");
     assert_null(job_find("s"));
 
@@ -271,7 +273,7 @@ static void test_create_errors(void **state)
                                  BLK_PERM_CONSISTENT_READ,
                                  BLK_PERM_CONSISTENT_READ, 0, 0, NULL, NULL,
                                  &err));
-    m4 = err_msg(err);
+    m4 = err_msg(&err);
     assert_non_null(strstr(m4, "unshared by backup job 'p' (uses node 'top' "
                            "as 'main node' child)"));
     assert_string_equal(ev(), "p:created | p:null | ");
@@ -282,7 +284,7 @@ static void test_create_errors(void **state)
     assert_null(block_job_create("dup", &tb_driver, NULL, bs,
                                  BLK_PERM_CONSISTENT_READ, BLK_PERM_ALL, 0,
                                  0, NULL, NULL, &err));
-    g_autofree char *m5 = err_msg(err);
+    g_autofree char *m5 = err_msg(&err);
     assert_string_equal(m5, "Job ID 'dup' already in use");
     job_cancel_sync(&t->common.job, true);
 }
@@ -341,7 +343,7 @@ static void test_internal(void **state)
     assert_null(block_job_create("x", &tb_driver, NULL, bs,
                                  BLK_PERM_CONSISTENT_READ, BLK_PERM_ALL, 0,
                                  JOB_INTERNAL, NULL, NULL, &err));
-    g_autofree char *m = err_msg(err);
+    g_autofree char *m = err_msg(&err);
     assert_string_equal(m, "Cannot specify job ID for internal job");
     job_ref(&t->common.job);
     job_start(&t->common.job);
@@ -370,19 +372,16 @@ static void test_find(void **state)
     assert_null(block_job_find_err("plain", &err));
     assert_true(g_error_matches(err, STRATA_ERROR,
                                 STRATA_ERROR_DEVICE_NOT_ACTIVE));
-    g_autofree char *m = err_msg(err);
+    g_autofree char *m = err_msg(&err);
     assert_string_equal(m, "Block job 'plain' not found");
-    err = NULL;
 
     /* The block-job-* verbs do not see other jobs; job-* see all. */
     qmp_block_job_pause("plain", &err);
-    g_autofree char *m2 = err_msg(err);
+    g_autofree char *m2 = err_msg(&err);
     assert_string_equal(m2, "Block job 'plain' not found");
-    err = NULL;
     qmp_block_job_dismiss("nope", &err);
-    g_autofree char *m3 = err_msg(err);
+    g_autofree char *m3 = err_msg(&err);
     assert_string_equal(m3, "Block job 'nope' not found");
-    err = NULL;
     qmp_job_pause("plain", &err);
     assert_null(err);
 
@@ -452,6 +451,13 @@ static void test_error_action_table(void **state)
                             BLOCK_DEVICE_IO_STATUS_NOSPACE), "nospace");
 }
 
+static int resumes;
+
+static void count_resume(BlockJob *bjob)
+{
+    resumes++;
+}
+
 /* A second stop keeps the first error's status and pauses once. */
 static void test_error_stop_twice(void **state)
 {
@@ -470,8 +476,10 @@ static void test_error_stop_twice(void **state)
     block_job_error_action(&u->common, BLOCKDEV_ON_ERROR_STOP, true, EIO);
     assert_int_equal(u->common.job.pause_count, pauses);
     assert_int_equal(u->common.iostatus, BLOCK_DEVICE_IO_STATUS_FAILED);
+    u->common.on_resume = count_resume;
     assert_true(job_user_resume(&u->common.job, NULL));
     assert_int_equal(u->common.iostatus, BLOCK_DEVICE_IO_STATUS_OK);
+    assert_int_equal(resumes, 1);
     job_cancel_sync(job, true);
     job_cancel_sync(&u->common.job, true);
 }
@@ -532,15 +540,13 @@ static void test_stop_resume(void **state)
 
     /* A soft cancel of a stopped job is refused, as QEMU. */
     qmp_block_job_cancel("j", false, false, &err);
-    g_autofree char *m = err_msg(err);
+    g_autofree char *m = err_msg(&err);
     assert_string_equal(m, "The block job for device 'j' is currently "
                         "paused");
-    err = NULL;
     /* It is user-paused: a pause is refused, a resume goes on. */
     qmp_block_job_pause("j", &err);
-    g_autofree char *m2 = err_msg(err);
+    g_autofree char *m2 = err_msg(&err);
     assert_string_equal(m2, "Job is already paused");
-    err = NULL;
 
     ev_clear();
     qmp_block_job_resume("j", &err);
@@ -621,10 +627,9 @@ static void test_report_fails_job(void **state)
     qapi_free_BlockJobInfoList(list);
     /* Verbs of a concluded job: QEMU's state check. */
     qmp_block_job_set_speed("r", 1, &err);
-    g_autofree char *m = err_msg(err);
+    g_autofree char *m = err_msg(&err);
     assert_string_equal(m, "Job 'r' in state 'concluded' cannot accept "
                         "command verb 'set-speed'");
-    err = NULL;
     ev_clear();
     qmp_block_job_dismiss("r", &err);
     assert_null(err);
@@ -676,18 +681,16 @@ static void test_query_ready_pending(void **state)
     block_job_query_info_free(q);
 
     qmp_block_job_set_speed("q", -1, &err);
-    g_autofree char *m0 = err_msg(err);
+    g_autofree char *m0 = err_msg(&err);
     assert_string_equal(m0, "Parameter 'speed' expects a non-negative value");
-    err = NULL;
     qmp_block_job_set_speed("q", 4096, &err);
     assert_null(err);
 
     job_start(job);
     qmp_block_job_complete("q", &err);
-    g_autofree char *m1 = err_msg(err);
+    g_autofree char *m1 = err_msg(&err);
     assert_string_equal(m1, "Job 'q' in state 'running' cannot accept "
                         "command verb 'complete'");
-    err = NULL;
     LOOP_WAIT_WHILE(job->status != JOB_STATUS_READY || job->busy);
     assert_string_equal(ev(), "q:created | q:running | q:ready | "
                         "BLOCK_JOB_READY {\"device\":\"q\",\"len\":2,"
@@ -714,10 +717,9 @@ static void test_query_ready_pending(void **state)
 
     ev_clear();
     qmp_block_job_finalize("q", &err);
-    g_autofree char *m2 = err_msg(err);
+    g_autofree char *m2 = err_msg(&err);
     assert_string_equal(m2, "Job 'q' in state 'ready' cannot accept "
                         "command verb 'finalize'");
-    err = NULL;
     qmp_block_job_complete("q", &err);
     assert_null(err);
     LOOP_WAIT_WHILE(job->status != JOB_STATUS_PENDING);
@@ -743,7 +745,7 @@ static void test_complete_unsupported(void **state)
     job_start(&t->common.job);
     LOOP_WAIT_WHILE(t->common.job.status != JOB_STATUS_READY);
     qmp_block_job_complete("c", &err);
-    g_autofree char *m = err_msg(err);
+    g_autofree char *m = err_msg(&err);
     assert_string_equal(m, "The active block job 'c' cannot be completed");
     job_cancel_sync(&t->common.job, true);
 }
@@ -770,6 +772,52 @@ static void test_query_all(void **state)
     assert_null(qmp_query_block_jobs(NULL));
 }
 
+/*
+ * From a QMP request's coroutine: a verb that wakes the job lets it run
+ * to its next wait first, so its events come before the reply, as QEMU's.
+ */
+typedef struct {
+    char *after_pause, *after_resume, *after_cancel;
+    bool done;
+} VerbRun;
+
+static void coroutine_fn verbs_co(void *opaque)
+{
+    VerbRun *r = opaque;
+    GError *err = NULL;
+    ev_clear();
+    qmp_block_job_pause("v", &err);
+    r->after_pause = g_strdup(ev());
+    ev_clear();
+    qmp_block_job_resume("v", &err);
+    r->after_resume = g_strdup(ev());
+    ev_clear();
+    qmp_block_job_cancel("v", true, true, &err);
+    r->after_cancel = g_strdup(ev());
+    assert_null(err);
+    r->done = true;
+}
+
+static void test_verbs_settle(void **state)
+{
+    VerbRun r = { 0 };
+    TestBJob *t = new_bjob("v", 1 << 30, 0);
+    job_start(&t->common.job);
+    co_enter(co_create(verbs_co, &r));
+    LOOP_WAIT_WHILE(!r.done);
+    assert_string_equal(r.after_pause, "v:paused | ");
+    assert_string_equal(r.after_resume, "v:running | ");
+    /* The whole end of the cancelled job, before the reply. */
+    assert_true(g_str_has_prefix(r.after_cancel, "v:aborting | "
+                                 "BLOCK_JOB_CANCELLED {\"device\":\"v\","
+                                 "\"len\":1073741824,\"offset\":"));
+    assert_true(g_str_has_suffix(r.after_cancel, "\"speed\":0,\"type\":"
+                                 "\"backup\"} | v:concluded | v:null | "));
+    g_free(r.after_pause);
+    g_free(r.after_resume);
+    g_free(r.after_cancel);
+}
+
 /* The job keeps its main node until it is dismissed. */
 static void test_main_node_reference(void **state)
 {
@@ -783,6 +831,124 @@ static void test_main_node_reference(void **state)
     assert_true(job_dismiss(&t->common.job, NULL));
     assert_null(node_find("top"));
     bs = open_null();
+}
+
+/* ---- The job commands' shared argument handling (block-job-args.c) ---- */
+
+static void test_args_lookup(void **state)
+{
+    GError *err = NULL;
+    assert_ptr_equal(bja_lookup_node("top", &err), bs);
+    assert_null(bja_lookup_node("nope", &err));
+    g_autofree char *m1 = err_msg(&err);
+    assert_string_equal(m1, "Cannot find device='nope' nor node-name='nope'");
+
+    assert_ptr_equal(bja_lookup_device("top", &err), bs);
+    assert_null(bja_lookup_device("nope", &err));
+    assert_true(g_error_matches(err, STRATA_ERROR,
+                                STRATA_ERROR_DEVICE_NOT_FOUND));
+    g_autofree char *m2 = err_msg(&err);
+    assert_string_equal(m2, "Device 'nope' not found");
+
+    /* A node that another node uses is no root. */
+    assert_ptr_equal(bja_root_node("top", &err), bs);
+    assert_null(bja_root_node(node_get_name(node_file(bs)), &err));
+    g_autofree char *m3 = err_msg(&err);
+    assert_string_equal(m3, "Need a root block node");
+    assert_null(bja_root_node("nope", &err));
+    g_autofree char *m4 = err_msg(&err);
+    assert_string_equal(m4, "Cannot find device='nope' nor node-name='nope'");
+}
+
+static void test_args_defaults(void **state)
+{
+    assert_int_equal(bja_job_flags(false, false, false, false), JOB_DEFAULT);
+    assert_int_equal(bja_job_flags(true, true, true, true), JOB_DEFAULT);
+    assert_int_equal(bja_job_flags(true, false, false, false),
+                     JOB_MANUAL_FINALIZE);
+    assert_int_equal(bja_job_flags(false, true, true, false),
+                     JOB_MANUAL_DISMISS);
+    assert_int_equal(bja_job_flags(true, false, true, false),
+                     JOB_MANUAL_FINALIZE | JOB_MANUAL_DISMISS);
+    assert_int_equal(bja_on_error(false, BLOCKDEV_ON_ERROR_STOP),
+                     BLOCKDEV_ON_ERROR_REPORT);
+    assert_int_equal(bja_on_error(true, BLOCKDEV_ON_ERROR_AUTO),
+                     BLOCKDEV_ON_ERROR_AUTO);
+    assert_int_equal(bja_speed(false, 7), 0);
+    assert_int_equal(bja_speed(true, 7), 7);
+}
+
+/* QEMU's op blockers: backing edges and block jobs. */
+static void test_args_op_blockers(void **state)
+{
+    GError *err = NULL;
+    g_autofree char *dir = g_dir_make_tmp("test-blockjob-XXXXXX", NULL);
+    g_autofree char *base_path = g_build_filename(dir, "base.qcow2", NULL);
+    g_autofree char *top_path = g_build_filename(dir, "top.qcow2", NULL);
+    for (int i = 0; i < 2; i++) {
+        if (!image_create("qcow2", i ? top_path : base_path,
+                          json_pack("{s:i}", "size", 1048576), &err)) {
+            fail_msg("%s", err->message);
+        }
+    }
+    json_t *o = json_pack("{s:s, s:s, s:{s:s, s:s}, s:{s:s, s:s, s:{s:s, "
+                          "s:s}}}", "driver", "qcow2", "node-name", "chain",
+                          "file", "driver", "file", "filename", top_path,
+                          "backing", "driver", "qcow2", "node-name", "base",
+                          "file", "driver", "file", "filename", base_path);
+    BlockNode *top = node_open(NULL, o, NODE_O_RDWR, &err);
+    if (!top) {
+        fail_msg("%s", err->message);
+    }
+    BlockNode *base = node_find("base");
+    assert_non_null(base);
+
+    static const BjaOp blocked[] = { BJA_OP_COMMIT_SOURCE,
+                                     BJA_OP_MIRROR_SOURCE,
+                                     BJA_OP_MIRROR_TARGET };
+    static const BjaOp open_ops[] = { BJA_OP_COMMIT_TARGET, BJA_OP_STREAM,
+                                      BJA_OP_BACKUP_SOURCE,
+                                      BJA_OP_BACKUP_TARGET };
+    for (size_t i = 0; i < G_N_ELEMENTS(blocked); i++) {
+        assert_false(bja_check_op(base, blocked[i], &err));
+        g_autofree char *m = err_msg(&err);
+        assert_string_equal(m, "Node 'base' is busy: node is used as "
+                            "backing hd of 'chain'");
+        err = NULL;
+    }
+    for (size_t i = 0; i < G_N_ELEMENTS(open_ops); i++) {
+        assert_true(bja_check_op(base, open_ops[i], NULL));
+        assert_true(bja_check_op(top, open_ops[i], NULL));
+    }
+    assert_true(bja_check_op(top, BJA_OP_MIRROR_SOURCE, NULL));
+
+    /* A block job on a node blocks everything; the newest reason wins. */
+    TestBJob *t = block_job_create("c", &tb_driver_nocomplete, NULL, base,
+                                   0, BLK_PERM_ALL, 0, 0, NULL, NULL, &err);
+    assert_non_null(t);
+    t->actions = g_string_new("");
+    for (BjaOp op = BJA_OP_BACKUP_SOURCE; op <= BJA_OP_STREAM; op++) {
+        assert_false(bja_check_op(base, op, &err));
+        g_autofree char *m = err_msg(&err);
+        assert_string_equal(m, "Node 'base' is busy: block device is in use "
+                            "by block job: stream");
+        err = NULL;
+    }
+    assert_true(bja_check_op(top, BJA_OP_MIRROR_SOURCE, NULL));
+    /* A job that is no block job blocks nothing. */
+    PlainJob *p = job_create("plain", &plain_driver, NULL, 0, NULL, NULL,
+                             NULL);
+    assert_non_null(job_add_node(&p->common, "x", top, 0, BLK_PERM_ALL,
+                                 NULL));
+    assert_true(bja_check_op(top, BJA_OP_MIRROR_SOURCE, NULL));
+    job_cancel_sync(&p->common, true);
+    job_cancel_sync(&t->common.job, true);
+    assert_true(bja_check_op(top, BJA_OP_MIRROR_SOURCE, NULL));
+
+    node_unref(top);
+    g_unlink(top_path);
+    g_unlink(base_path);
+    g_rmdir(dir);
 }
 
 int main(void)
@@ -814,6 +980,11 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_query_all, setup, teardown),
         cmocka_unit_test_setup_teardown(test_main_node_reference, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_verbs_settle, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_args_lookup, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_args_defaults, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_args_op_blockers, setup,
                                         teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -49,7 +49,7 @@ typedef enum BlockDeviceIoStatus {
 
 typedef struct BlockJob {
     Job job;                     /* first: a BlockJob is a Job */
-    BlockNode *bs;               /* the main node (a reference is held) */
+    BlockNode *bs;               /* the main node, held until dismissed */
     BlockDeviceIoStatus iostatus;
     /* Called by block_job_user_resume(); drivers may set it. */
     void (*on_resume)(struct BlockJob *bjob);
@@ -97,7 +97,10 @@ BlockJob *block_job_find_err(const char *id, GError **errp);
 BlockErrorAction block_job_error_action(BlockJob *job, BlockdevOnError on_err,
                                         bool is_read, int error);
 
-/* job-resume/block-job-resume of a block job: iostatus back to ok. */
+/*
+ * job-resume/block-job-resume of a block job (and a cancel ending a user
+ * pause): iostatus back to ok, then bjob->on_resume if set.
+ */
 void block_job_user_resume(Job *job);
 
 /* One line of query-block-jobs (QEMU's BlockJobInfo members). */
