@@ -102,5 +102,17 @@ int coroutine_fn node_co_preadv_node(BlockNode *bs, int64_t offset,
 int coroutine_fn node_co_pwritev_node(BlockNode *bs, int64_t offset,
                                       int64_t bytes, IOVec *qiov,
                                       size_t qiov_offset, int flags);
+/*
+ * A request that reaches a driver by another path (copy offload,
+ * copy-range.c): counted in flight and tracked, so that it waits for
+ * read-modify-writes over it and they wait for it; a write gets what
+ * every write gets at the end (bitmaps, write threshold, write
+ * generation: a later flush is not skipped).
+ */
+typedef struct TrackedReq TrackedReq;
+TrackedReq *coroutine_fn node_co_req_begin(BlockNode *bs, int64_t offset,
+                                           int64_t bytes, bool write);
+void node_co_req_end(BlockNode *bs, TrackedReq *r, int64_t offset,
+                     int64_t bytes, bool write, int ret);
 
 #endif

@@ -853,3 +853,38 @@ int coroutine_fn child_co_truncate(BlockChild *c, int64_t offset, bool exact,
     node_dec_in_flight(bs);
     return ret;
 }
+
+/* ---- Requests that reach a driver by another path (copy-range.c) ---- */
+
+TrackedReq *coroutine_fn node_co_req_begin(BlockNode *bs, int64_t offset,
+                                           int64_t bytes, bool write)
+{
+    TrackedReq *r = g_new(TrackedReq, 1);
+    uint32_t align = MAX(bs->bl.request_alignment, 1);
+    int64_t start = ROUND_DOWN(offset, align);
+
+    node_inc_in_flight(bs);
+    track_begin(bs, r, start, ROUND_UP(offset + bytes, align) - start, false);
+    wait_serialising(bs, r);
+    return r;
+}
+
+void node_co_req_end(BlockNode *bs, TrackedReq *r, int64_t offset,
+                     int64_t bytes, bool write, int ret)
+{
+    if (write) {
+        if (ret >= 0) {
+            bs->wr_bytes += bytes;
+            bs->wr_ops++;
+        }
+        node_note_write(bs, offset, bytes, false);
+        node_set_dirty(bs, offset, bytes);
+        write_finished(bs);
+    } else if (ret >= 0) {
+        bs->rd_bytes += bytes;
+        bs->rd_ops++;
+    }
+    track_end(bs, r);
+    g_free(r);
+    node_dec_in_flight(bs);
+}

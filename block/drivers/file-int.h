@@ -125,6 +125,16 @@ int coroutine_fn file_co_block_status(BlockNode *bs, bool want_zero,
                                       BlockNode **file);
 bool file_get_file_id(BlockNode *bs, uint64_t *dev, uint64_t *ino);
 
+/* file-copy.c */
+int coroutine_fn file_co_copy_range_from(BlockNode *bs, BlockChild *src,
+                                         int64_t src_off, BlockChild *dst,
+                                         int64_t dst_off, int64_t bytes,
+                                         int read_flags, int write_flags);
+int coroutine_fn file_co_copy_range_to(BlockNode *bs, BlockChild *src,
+                                       int64_t src_off, BlockChild *dst,
+                                       int64_t dst_off, int64_t bytes,
+                                       int read_flags, int write_flags);
+
 /* file-grow.c */
 void file_data_cache_forget(FileState *s);
 void file_hole_op_begin(FileState *s);

@@ -195,6 +195,38 @@ static int coroutine_fn raw_co_pdiscard(BlockNode *bs, int64_t offset,
     return child_co_pdiscard(bs->file, offset, bytes);
 }
 
+/* Copy offload passes through, inside the window. */
+static int coroutine_fn raw_co_copy_range_from(BlockNode *bs, BlockChild *src,
+                                               int64_t src_off,
+                                               BlockChild *dst,
+                                               int64_t dst_off, int64_t bytes,
+                                               int read_flags, int write_flags)
+{
+    int ret = raw_adjust(bs, &src_off, bytes, false);
+    if (ret < 0) {
+        return ret;
+    }
+    return child_co_copy_range_from(bs->file, src_off, dst, dst_off, bytes,
+                                    read_flags, write_flags);
+}
+
+static int coroutine_fn raw_co_copy_range_to(BlockNode *bs, BlockChild *src,
+                                             int64_t src_off, BlockChild *dst,
+                                             int64_t dst_off, int64_t bytes,
+                                             int read_flags, int write_flags)
+{
+    /* A probed image's first sector is checked on write: that needs data. */
+    if (bs->probed && dst_off < 512) {
+        return -ENOTSUP;
+    }
+    int ret = raw_adjust(bs, &dst_off, bytes, true);
+    if (ret < 0) {
+        return ret;
+    }
+    return child_co_copy_range_to(src, src_off, bs->file, dst_off, bytes,
+                                  read_flags, write_flags);
+}
+
 static int coroutine_fn raw_co_block_status(BlockNode *bs, bool want_zero,
                                             int64_t offset, int64_t bytes,
                                             int64_t *pnum, int64_t *map,
@@ -347,6 +379,8 @@ const BlockDriver bdrv_raw = {
     .co_pwritev = raw_co_pwritev,
     .co_pwrite_zeroes = raw_co_pwrite_zeroes,
     .co_pdiscard = raw_co_pdiscard,
+    .co_copy_range_from = raw_co_copy_range_from,
+    .co_copy_range_to = raw_co_copy_range_to,
     .co_block_status = raw_co_block_status,
     .co_truncate = raw_co_truncate,
     .getlength = raw_getlength,

@@ -69,7 +69,11 @@ typedef struct BlockCopyOptions {
 
     /* Bytes; 0: the defaults (granularity max(64 KiB, the target's
      * cluster size); the engine's own chunk limit, memory budget and
-     * worker count, documented in docs/architecture.md "Jobs"). */
+     * worker count below, documented in docs/architecture.md "Jobs").
+     * granularity: a power of two >= 512, ignored when bitmap is given
+     * (the bitmap's is used).  max_chunk is rounded down to the
+     * granularity; compress makes it the granularity (one cluster per
+     * compressed write).  max_memory must hold one max_chunk. */
     int64_t granularity;
     int64_t max_chunk;
     uint64_t max_memory;
@@ -89,6 +93,11 @@ typedef struct BlockCopyOptions {
     void *progress_opaque;
 } BlockCopyOptions;
 
+/* The defaults of max_chunk, max_memory and max_workers. */
+#define BLOCK_COPY_DEFAULT_MAX_CHUNK   (1 << 20)
+#define BLOCK_COPY_DEFAULT_MAX_MEMORY  (32 << 20)
+#define BLOCK_COPY_DEFAULT_MAX_WORKERS 16
+
 /* Fails only for options that cannot work (a bad granularity...). */
 BlockCopyState *block_copy_new(const BlockCopyOptions *opts, GError **errp);
 /* Waits for nothing: call when no copy runs. */
@@ -96,7 +105,9 @@ void block_copy_free(BlockCopyState *s);
 
 DirtyBitmap *block_copy_bitmap(BlockCopyState *s);
 int64_t block_copy_granularity(const BlockCopyState *s);
-/* Bytes still marked (dirty bits x granularity, the tail clipped). */
+/* Bytes still to copy: marked (dirty bits x granularity, the tail
+ * clipped) plus the chunks in flight, whose bits are already clear (what
+ * a job's remaining progress is). */
 int64_t block_copy_remaining(const BlockCopyState *s);
 /* Mark / unmark a range (rounded out to the granularity by set, in by
  * reset) without copying. */
@@ -111,6 +122,12 @@ void block_copy_reset_dirty(BlockCopyState *s, int64_t offset, int64_t bytes);
  * -errno with *error_is_read telling which side failed: the caller's
  * on-error policy decides whether to call again.  0: clean (a recording
  * bitmap may be dirty again by the time the caller looks).
+ * Call it from the job's own coroutine (job NULL: from any coroutine of
+ * the source's loop).  Before every pause point and rate-limit sleep the
+ * engine waits for its chunks in flight, so a job that is paused or
+ * drained has no request of the engine's left; between pause points the
+ * job stays busy (a driver's drained_poll may answer
+ * block_copy_in_flight(s) > 0).  One block_copy_run at a time.
  */
 int coroutine_fn block_copy_run(BlockCopyState *s, Job *job,
                                 bool *error_is_read);
@@ -131,10 +148,17 @@ void coroutine_fn block_copy_wait_range(BlockCopyState *s, int64_t offset,
 /* Chunks in flight now (drain, tests). */
 int block_copy_in_flight(const BlockCopyState *s);
 
-/* Engine-wide counters since block_copy_new (docs, bench, tests). */
+/*
+ * Engine-wide counters since block_copy_new (docs, bench, tests).
+ * bytes_written: data written to the target (not offloaded ones);
+ * bytes_zeroed: zero writes sent to the target; bytes_skipped: ranges
+ * dropped without a write (SKIP, and ZERO where the target reads zeroes
+ * or there is no target); bytes_offloaded: copied by copy offload;
+ * chunks: chunks finished (any kind, failed ones too).
+ */
 typedef struct BlockCopyStats {
     uint64_t bytes_read, bytes_written, bytes_zeroed, bytes_skipped;
-    uint64_t bytes_offloaded;   /* copied with copy offload */
+    uint64_t bytes_offloaded;
     uint64_t chunks;
     uint64_t peak_memory;       /* most buffer bytes held at once */
     int peak_in_flight;

@@ -163,6 +163,24 @@ struct BlockDriver {
     int (*co_pwrite_zeroes)(BlockNode *bs, int64_t offset, int64_t bytes,
                             int flags);
     int (*co_pdiscard)(BlockNode *bs, int64_t offset, int64_t bytes);
+    /*
+     * Copy offload (strata/copy-range.h), QEMU's two-step scheme: the
+     * source's driver gets copy_range_from with bs = src's node and
+     * passes it on (a filter or raw to its child with
+     * child_co_copy_range_from, a protocol to the target side with
+     * child_co_copy_range_to); the target's driver gets copy_range_to
+     * with bs = dst's node and passes it down the same way until a
+     * protocol driver that holds both ends copies.  io.c-style checks,
+     * in-flight counting and write accounting are done around each call
+     * (block/copy-range.c).  -ENOTSUP: cannot offload this one, nothing
+     * was written that a read/write copy does not write again.
+     */
+    int (*co_copy_range_from)(BlockNode *bs, BlockChild *src, int64_t src_off,
+                              BlockChild *dst, int64_t dst_off,
+                              int64_t bytes, int read_flags, int write_flags);
+    int (*co_copy_range_to)(BlockNode *bs, BlockChild *src, int64_t src_off,
+                            BlockChild *dst, int64_t dst_off, int64_t bytes,
+                            int read_flags, int write_flags);
     int (*co_flush_to_os)(BlockNode *bs);
     int (*co_flush_to_disk)(BlockNode *bs);
     /*
@@ -369,6 +387,16 @@ void node_default_perms(BlockNode *bs, BlockChild *c, unsigned role,
 void node_filter_perms(BlockNode *bs, BlockChild *c, unsigned role,
                        const ReopenState *rs, uint64_t perm, uint64_t shared,
                        uint64_t *nperm, uint64_t *nshared);
+
+/* The two steps of a copy offload (see co_copy_range_from above). */
+int coroutine_fn child_co_copy_range_from(BlockChild *src, int64_t src_off,
+                                          BlockChild *dst, int64_t dst_off,
+                                          int64_t bytes, int read_flags,
+                                          int write_flags);
+int coroutine_fn child_co_copy_range_to(BlockChild *src, int64_t src_off,
+                                        BlockChild *dst, int64_t dst_off,
+                                        int64_t bytes, int read_flags,
+                                        int write_flags);
 
 /* Set by io.c wrappers when a driver callback returns: in-flight counting. */
 void node_inc_in_flight(BlockNode *bs);

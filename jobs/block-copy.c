@@ -1,0 +1,612 @@
+/*
+ * The copy engine (strata/block-copy.h).
+ *
+ * A call (block_copy_run or block_copy_range) scans the bitmap and turns
+ * each dirty run into a task: its bits are cleared and the task is put on
+ * the list of tasks in flight before anything is read, so a second call
+ * never takes the same range, and a write that marks the range again
+ * meanwhile makes it dirty again for a later pass.  Each task runs in a
+ * coroutine of its own: classify, shrink to what classify answered for
+ * (the rest is marked again), then copy, zero or skip.  A task that fails
+ * marks its range again.
+ *
+ * Two limits bound the engine as a whole, across all calls: max_workers
+ * tasks in flight, and max_memory bytes of buffers (a data task waits for
+ * its buffer after it is classified, zero and skip tasks need none).
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include "strata/block-copy.h"
+#include "strata/block-ops.h"
+#include "strata/copy-range.h"
+#include "strata/job.h"
+#include "strata/units.h"
+
+typedef struct BlockCopyCall BlockCopyCall;
+
+typedef struct BlockCopyTask {
+    int64_t offset, bytes;
+    BlockCopyCall *call;
+    CoQueue waiters;            /* wait_range and range callers */
+} BlockCopyTask;
+
+/* One block_copy_run or block_copy_range: its own tasks and result. */
+struct BlockCopyCall {
+    BlockCopyState *s;
+    Job *job;
+    int in_flight;
+    int ret;
+    bool error_is_read;
+    CoQueue done;               /* one of this call's tasks finished */
+};
+
+struct BlockCopyState {
+    BlockChild *source, *target;
+    int64_t len;
+    DirtyBitmap *bitmap;
+    bool own_bitmap;
+
+    int64_t granularity, max_chunk;
+    int64_t chunk;              /* current chunk size: grows on success */
+    uint64_t max_memory, memory;
+    int max_workers, in_flight;
+    int64_t bytes_in_flight;
+    size_t buf_align;
+
+    BlockCopyClassifyFunc *classify;
+    void *classify_opaque;
+    bool target_reads_zeroes, unmap, compress, use_copy_range;
+    int read_flags;
+    BlockCopyProgressFunc *progress;
+    void *progress_opaque;
+
+    GQueue tasks;               /* BlockCopyTask*, in flight */
+    CoQueue slot_wait;          /* a worker slot was freed */
+    CoQueue memory_wait;        /* buffer memory was freed */
+    BlockCopyStats stats;
+};
+
+/* ---- Set-up ---- */
+
+static bool is_pow2(int64_t v)
+{
+    return v > 0 && !(v & (v - 1));
+}
+
+static int64_t cluster_size(BlockChild *c)
+{
+    BlockDriverInfo bdi = { 0 };
+    if (c && node_get_info(child_node(c), &bdi) == 0 && bdi.cluster_size > 0) {
+        return bdi.cluster_size;
+    }
+    return 0;
+}
+
+static size_t mem_align(BlockChild *c)
+{
+    BlockLimits bl;
+    if (!c) {
+        return 0;
+    }
+    node_get_limits(child_node(c), &bl);
+    return MAX(bl.opt_mem_alignment, bl.min_mem_alignment);
+}
+
+BlockCopyState *block_copy_new(const BlockCopyOptions *opts, GError **errp)
+{
+    BlockCopyState *s;
+    BlockNode *src;
+    int64_t len, gran, max_chunk;
+    uint64_t max_memory;
+    int max_workers;
+
+    if (!opts->source) {
+        error_setg(errp, "block-copy: no source");
+        return NULL;
+    }
+    src = child_node(opts->source);
+    len = node_getlength(src);
+    if (len < 0) {
+        error_setg_errno(errp, (int)-len, "Could not get the length of '%s'",
+                         node_get_name(src));
+        return NULL;
+    }
+    if (opts->bitmap) {
+        gran = dirty_bitmap_granularity(opts->bitmap);
+        len = MIN(len, dirty_bitmap_size(opts->bitmap));
+    } else if (opts->granularity) {
+        gran = opts->granularity;
+    } else {
+        gran = MAX((int64_t)(64 * KiB), cluster_size(opts->target));
+    }
+    if (!is_pow2(gran) || gran < 512 || gran > (int64_t)1 << 31) {
+        error_setg(errp, "block-copy: granularity %" PRId64 " is not a power "
+                   "of two between 512 and 2 GiB", gran);
+        return NULL;
+    }
+    max_chunk = opts->max_chunk ? opts->max_chunk
+                                : MAX(gran, BLOCK_COPY_DEFAULT_MAX_CHUNK);
+    if (max_chunk < gran) {
+        error_setg(errp, "block-copy: max chunk %" PRId64 " is smaller than "
+                   "the granularity %" PRId64, max_chunk, gran);
+        return NULL;
+    }
+    max_chunk = opts->compress ? gran : ROUND_DOWN(max_chunk, gran);
+    max_memory = opts->max_memory ? opts->max_memory
+                 : MAX((uint64_t)max_chunk, BLOCK_COPY_DEFAULT_MAX_MEMORY);
+    if (max_memory < (uint64_t)max_chunk) {
+        error_setg(errp, "block-copy: memory budget %" PRIu64 " cannot hold "
+                   "a chunk of %" PRId64, max_memory, max_chunk);
+        return NULL;
+    }
+    max_workers = opts->max_workers ? opts->max_workers
+                                    : BLOCK_COPY_DEFAULT_MAX_WORKERS;
+    if (max_workers < 0) {
+        error_setg(errp, "block-copy: negative worker count");
+        return NULL;
+    }
+
+    s = g_new0(BlockCopyState, 1);
+    s->source = opts->source;
+    s->target = opts->target;
+    s->len = len;
+    s->granularity = gran;
+    s->max_chunk = max_chunk;
+    s->chunk = gran;
+    s->max_memory = max_memory;
+    s->max_workers = max_workers;
+    s->buf_align = MAX(MAX(mem_align(opts->source), mem_align(opts->target)),
+                       4096);
+    s->classify = opts->classify;
+    s->classify_opaque = opts->classify_opaque;
+    s->target_reads_zeroes = opts->target_reads_zeroes;
+    s->unmap = opts->unmap;
+    s->compress = opts->compress;
+    /* Compressed writes and reads for their side effect only: no offload. */
+    s->use_copy_range = opts->use_copy_range && opts->target &&
+                        !opts->compress;
+    s->read_flags = opts->read_flags;
+    s->progress = opts->progress;
+    s->progress_opaque = opts->progress_opaque;
+    g_queue_init(&s->tasks);
+    co_queue_init(&s->slot_wait);
+    co_queue_init(&s->memory_wait);
+
+    if (opts->bitmap) {
+        s->bitmap = opts->bitmap;
+    } else {
+        s->bitmap = node_create_dirty_bitmap(src, (uint32_t)gran, NULL, errp);
+        if (!s->bitmap) {
+            g_free(s);
+            return NULL;
+        }
+        s->own_bitmap = true;
+        /* Only the engine changes it: guest writes are not "left". */
+        dirty_bitmap_set_enabled(s->bitmap, false);
+        if (!opts->start_clean) {
+            dirty_bitmap_set(s->bitmap, 0, len);
+        }
+    }
+    return s;
+}
+
+void block_copy_free(BlockCopyState *s)
+{
+    if (!s) {
+        return;
+    }
+    g_assert(s->in_flight == 0);
+    if (s->own_bitmap) {
+        dirty_bitmap_release(s->bitmap);
+    }
+    g_free(s);
+}
+
+DirtyBitmap *block_copy_bitmap(BlockCopyState *s)
+{
+    return s->bitmap;
+}
+
+int64_t block_copy_granularity(const BlockCopyState *s)
+{
+    return s->granularity;
+}
+
+int64_t block_copy_remaining(const BlockCopyState *s)
+{
+    int64_t n = dirty_bitmap_count(s->bitmap);
+    int64_t last = ROUND_DOWN(s->len - 1, s->granularity);
+    /* The last granule may reach past the end: count what exists. */
+    if (s->len > 0 && n > 0 && dirty_bitmap_get(s->bitmap, last)) {
+        n -= last + s->granularity - s->len;
+    }
+    return n + s->bytes_in_flight;
+}
+
+void block_copy_set_dirty(BlockCopyState *s, int64_t offset, int64_t bytes)
+{
+    dirty_bitmap_set(s->bitmap, offset, bytes);
+}
+
+void block_copy_reset_dirty(BlockCopyState *s, int64_t offset, int64_t bytes)
+{
+    int64_t start = ROUND_UP(offset, s->granularity);
+    int64_t end = offset + bytes;
+    /* Rounded in: a granule partly outside the range stays marked, except
+     * the last one of the disk, which the range may end with. */
+    if (end < s->len) {
+        end = ROUND_DOWN(end, s->granularity);
+    }
+    if (end > start) {
+        dirty_bitmap_reset(s->bitmap, start, end - start);
+    }
+}
+
+int block_copy_in_flight(const BlockCopyState *s)
+{
+    return s->in_flight;
+}
+
+void block_copy_get_stats(const BlockCopyState *s, BlockCopyStats *st)
+{
+    *st = s->stats;
+}
+
+/* ---- Tasks ---- */
+
+static BlockCopyTask *find_overlap(BlockCopyState *s, int64_t offset,
+                                   int64_t bytes)
+{
+    for (GList *l = s->tasks.head; l; l = l->next) {
+        BlockCopyTask *t = l->data;
+        if (t->offset < offset + bytes && offset < t->offset + t->bytes) {
+            return t;
+        }
+    }
+    return NULL;
+}
+
+/*
+ * What the leading part of the task is, rounded to whole granules: a
+ * zero or skip answer shorter than one granule cannot be acted on (the
+ * bit covers the whole granule), so that granule is copied as data.
+ */
+static int coroutine_fn classify(BlockCopyState *s, BlockCopyTask *t,
+                                 int64_t *pnum)
+{
+    int64_t n = 0;
+    int kind;
+
+    if (s->classify) {
+        kind = s->classify(s->classify_opaque, t->offset, t->bytes, &n);
+        if (kind < 0) {
+            return kind;
+        }
+        g_assert(n > 0 && n <= t->bytes);
+    } else {
+        int64_t map;
+        BlockNode *file;
+        int ret = node_co_block_status_above(child_node(s->source), NULL,
+                                             false, true, t->offset,
+                                             t->bytes, &n, &map, &file,
+                                             NULL);
+        if (ret < 0 || n <= 0) {
+            /* The read will say what is wrong, if anything is. */
+            kind = BLOCK_COPY_DATA;
+            n = t->bytes;
+        } else {
+            kind = (ret & BLOCK_ZERO) ? BLOCK_COPY_ZERO : BLOCK_COPY_DATA;
+            n = MIN(n, t->bytes);
+        }
+    }
+    if (n < t->bytes) {
+        if (n >= s->granularity) {
+            n = ROUND_DOWN(n, s->granularity);
+        } else {
+            n = MIN(s->granularity, t->bytes);
+            kind = BLOCK_COPY_DATA;
+        }
+    }
+    *pnum = n;
+    return kind;
+}
+
+/* Give back the tail of a task that classify cut short. */
+static void task_shrink(BlockCopyState *s, BlockCopyTask *t, int64_t bytes)
+{
+    if (bytes == t->bytes) {
+        return;
+    }
+    dirty_bitmap_set(s->bitmap, t->offset + bytes, t->bytes - bytes);
+    s->bytes_in_flight -= t->bytes - bytes;
+    t->bytes = bytes;
+    /* Waiters for the tail need not wait for this task any more. */
+    co_queue_restart_all(&t->waiters);
+}
+
+static void coroutine_fn memory_get(BlockCopyState *s, uint64_t bytes)
+{
+    while (s->memory > 0 && s->memory + bytes > s->max_memory) {
+        co_queue_wait(&s->memory_wait);
+    }
+    s->memory += bytes;
+    s->stats.peak_memory = MAX(s->stats.peak_memory, s->memory);
+}
+
+static void memory_put(BlockCopyState *s, uint64_t bytes)
+{
+    s->memory -= bytes;
+    co_queue_restart_all(&s->memory_wait);
+}
+
+static int coroutine_fn copy_data(BlockCopyState *s, int64_t offset,
+                                  int64_t bytes, bool *error_is_read)
+{
+    void *buf;
+    int ret;
+
+    if (s->use_copy_range) {
+        ret = child_co_copy_range(s->source, offset, s->target, offset, bytes,
+                                  s->read_flags, 0);
+        if (ret == 0) {
+            s->stats.bytes_offloaded += bytes;
+            return 0;
+        }
+        /*
+         * Whatever failed (cannot offload, or an I/O error that the
+         * read/write below will pin on one side), do not try again: a
+         * pair that cannot offload one chunk cannot offload the next.
+         */
+        s->use_copy_range = false;
+    }
+    memory_get(s, bytes);
+    if (posix_memalign(&buf, s->buf_align, bytes)) {
+        memory_put(s, bytes);
+        *error_is_read = true;
+        return -ENOMEM;
+    }
+    ret = child_co_pread(s->source, offset, bytes, buf, s->read_flags);
+    if (ret < 0) {
+        *error_is_read = true;
+        goto out;
+    }
+    s->stats.bytes_read += bytes;
+    if (s->target) {
+        ret = child_co_pwrite(s->target, offset, bytes, buf,
+                              s->compress ? REQ_WRITE_COMPRESSED : 0);
+        if (ret < 0) {
+            *error_is_read = false;
+            goto out;
+        }
+        s->stats.bytes_written += bytes;
+    }
+out:
+    free(buf);
+    memory_put(s, bytes);
+    return ret < 0 ? ret : 0;
+}
+
+static int coroutine_fn task_run(BlockCopyState *s, BlockCopyTask *t,
+                                 BlockCopyKind *pkind, bool *error_is_read)
+{
+    int64_t n = t->bytes;
+    int kind = classify(s, t, &n);
+    int ret = 0;
+
+    if (kind < 0) {
+        *error_is_read = true;
+        return kind;
+    }
+    task_shrink(s, t, n);
+    *pkind = kind;
+    switch ((BlockCopyKind)kind) {
+    case BLOCK_COPY_DATA:
+        if (t->call->job) {
+            job_ratelimit_processed(t->call->job, n);
+        }
+        return copy_data(s, t->offset, n, error_is_read);
+    case BLOCK_COPY_ZERO:
+        if (!s->target || s->target_reads_zeroes) {
+            s->stats.bytes_skipped += n;
+            return 0;
+        }
+        if (t->call->job) {
+            job_ratelimit_processed(t->call->job, n);
+        }
+        ret = child_co_pwrite_zeroes(s->target, t->offset, n,
+                                     s->unmap ? REQ_MAY_UNMAP : 0);
+        if (ret < 0) {
+            *error_is_read = false;
+            return ret;
+        }
+        s->stats.bytes_zeroed += n;
+        return 0;
+    case BLOCK_COPY_SKIP:
+        s->stats.bytes_skipped += n;
+        return 0;
+    }
+    *error_is_read = true;
+    return -EINVAL;     /* a classify function answered nonsense */
+}
+
+static void coroutine_fn task_entry(void *opaque)
+{
+    BlockCopyTask *t = opaque;
+    BlockCopyCall *call = t->call;
+    BlockCopyState *s = call->s;
+    BlockCopyKind kind = BLOCK_COPY_DATA;
+    bool is_read = false;
+    int ret = task_run(s, t, &kind, &is_read);
+
+    s->stats.chunks++;
+    if (ret < 0) {
+        dirty_bitmap_set(s->bitmap, t->offset, t->bytes);
+        if (call->ret == 0) {
+            call->ret = ret;
+            call->error_is_read = is_read;
+        }
+        s->chunk = s->granularity;
+    } else {
+        if (kind == BLOCK_COPY_DATA) {
+            s->chunk = MIN(s->chunk * 2, s->max_chunk);
+        }
+        if (s->progress) {
+            s->progress(s->progress_opaque, t->offset, t->bytes, kind);
+        }
+    }
+    g_queue_remove(&s->tasks, t);
+    s->bytes_in_flight -= t->bytes;
+    s->in_flight--;
+    co_queue_restart_all(&t->waiters);
+    co_queue_restart_all(&s->slot_wait);
+    call->in_flight--;
+    co_queue_restart_all(&call->done);
+    g_free(t);
+}
+
+/*
+ * Take the dirty run at offset (up to end and one chunk) and start it;
+ * returns its length.
+ */
+static int64_t take_and_start(BlockCopyState *s, BlockCopyCall *call,
+                           int64_t offset, int64_t end)
+{
+    int64_t n = MIN(s->chunk, end - offset);
+    int64_t clean = dirty_bitmap_next_clean(s->bitmap, offset, n);
+    BlockCopyTask *t;
+
+    if (clean > offset) {
+        n = clean - offset;
+    }
+    /* Whole granules: the bits cover them (the disk's end clips). */
+    n = MIN(ROUND_UP(offset + n, s->granularity), s->len) - offset;
+    dirty_bitmap_reset(s->bitmap, offset, n);
+
+    t = g_new0(BlockCopyTask, 1);
+    t->offset = offset;
+    t->bytes = n;
+    t->call = call;
+    co_queue_init(&t->waiters);
+    g_queue_push_tail(&s->tasks, t);
+    s->bytes_in_flight += n;
+    s->in_flight++;
+    s->stats.peak_in_flight = MAX(s->stats.peak_in_flight, s->in_flight);
+    call->in_flight++;
+    co_enter(co_create(task_entry, t));
+    return n;
+}
+
+static void coroutine_fn call_wait_idle(BlockCopyCall *call)
+{
+    while (call->in_flight > 0) {
+        co_queue_wait(&call->done);
+    }
+}
+
+/*
+ * Before the job may stop (pause, drain, rate-limit sleep), this call's
+ * chunks finish: a paused job has nothing in flight.  Returns whether it
+ * stopped (the caller looks at everything again).
+ */
+static bool coroutine_fn job_check(BlockCopyCall *call)
+{
+    Job *job = call->job;
+
+    if (job->pause_count > 0) {
+        call_wait_idle(call);
+        job_pause_point(job);
+        return true;
+    }
+    if (job->speed && ratelimit_delay(&job->limit, 0) > 0) {
+        call_wait_idle(call);
+        job_ratelimit_sleep(job);
+        return true;
+    }
+    return false;
+}
+
+/*
+ * Copy what is marked in [offset, end) until nothing is.  wait_others:
+ * also wait for other calls' tasks overlapping the range (their failure
+ * marks bits again, which this call then copies itself).
+ */
+static int coroutine_fn copy_marked(BlockCopyState *s, Job *job,
+                                    int64_t offset, int64_t end,
+                                    bool wait_others, bool *error_is_read)
+{
+    BlockCopyCall call = { .s = s, .job = job };
+    int64_t cursor = offset;
+
+    co_queue_init(&call.done);
+    while (call.ret == 0) {
+        int64_t d;
+        BlockCopyTask *other;
+
+        if (job && job_is_cancelled(job)) {
+            call.ret = -ECANCELED;
+            break;
+        }
+        if (job && job_check(&call)) {
+            continue;
+        }
+        if (s->in_flight >= s->max_workers) {
+            co_queue_wait(&s->slot_wait);
+            continue;
+        }
+        d = cursor < end ? dirty_bitmap_next_dirty(s->bitmap, cursor,
+                                                  end - cursor) : -1;
+        if (d < 0 && cursor > offset) {
+            /* Marked again behind the cursor (a recording bitmap). */
+            d = dirty_bitmap_next_dirty(s->bitmap, offset, end - offset);
+        }
+        if (d >= 0) {
+            cursor = d + take_and_start(s, &call, d, end);
+            continue;
+        }
+        cursor = offset;
+        if (call.in_flight > 0) {
+            co_queue_wait(&call.done);
+            continue;
+        }
+        other = wait_others ? find_overlap(s, offset, end - offset) : NULL;
+        if (!other) {
+            break;
+        }
+        co_queue_wait(&other->waiters);
+    }
+    call_wait_idle(&call);
+    if (call.ret < 0 && error_is_read) {
+        *error_is_read = call.error_is_read;
+    }
+    return call.ret;
+}
+
+int coroutine_fn block_copy_run(BlockCopyState *s, Job *job,
+                                bool *error_is_read)
+{
+    return copy_marked(s, job, 0, s->len, false, error_is_read);
+}
+
+int coroutine_fn block_copy_range(BlockCopyState *s, int64_t offset,
+                                  int64_t bytes, bool *error_is_read)
+{
+    int64_t start = ROUND_DOWN(MAX(offset, 0), s->granularity);
+    int64_t end = MIN(offset + bytes, s->len);
+
+    if (bytes <= 0 || start >= end) {
+        return 0;
+    }
+    return copy_marked(s, NULL, start, end, true, error_is_read);
+}
+
+void coroutine_fn block_copy_wait_range(BlockCopyState *s, int64_t offset,
+                                        int64_t bytes)
+{
+    BlockCopyTask *t;
+
+    while ((t = find_overlap(s, offset, bytes))) {
+        co_queue_wait(&t->waiters);
+    }
+}

@@ -1,0 +1,1320 @@
+/*
+ * The copy engine (jobs/block-copy.c) on raw files in a temporary folder,
+ * null-co nodes (latency-ns makes requests wait in the loop, so chunks
+ * really overlap) and blkdebug nodes that inject errors: whole copies,
+ * zero and skip ranges, errors on either side, a recording bitmap marked
+ * during the copy, the in-flight and memory limits, copy-before-write
+ * ranges racing the background copy, read-only mode, compressed writes,
+ * and the job's pause, cancel and rate limit.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <cmocka.h>
+#include <glib.h>
+
+#include "strata/backend.h"
+#include "strata/block-copy.h"
+#include "strata/copy-range.h"
+#include "strata/job.h"
+#include "strata/loop.h"
+#include "strata/units.h"
+
+#define GRAN (64 * 1024)
+
+static char *tmpdir;
+
+/* ---- Files and nodes ---- */
+
+static uint32_t rng_next(uint32_t *s)
+{
+    *s ^= *s << 13;
+    *s ^= *s >> 17;
+    *s ^= *s << 5;
+    return *s;
+}
+
+/* Non-zero bytes everywhere, different per seed. */
+static void fill(uint8_t *buf, size_t len, uint32_t seed)
+{
+    uint32_t s = seed * 2654435761u + 1;
+    for (size_t i = 0; i < len; i++) {
+        buf[i] = (uint8_t)((rng_next(&s) >> 24) | 1);
+    }
+}
+
+static char *path_of(const char *name)
+{
+    return g_build_filename(tmpdir, name, NULL);
+}
+
+/* A file of len bytes holding data (NULL: a hole of that size). */
+static char *make_file(const char *name, const uint8_t *data, size_t len)
+{
+    char *p = path_of(name);
+    int fd = open(p, O_CREAT | O_TRUNC | O_WRONLY, 0644);
+    assert_true(fd >= 0);
+    assert_int_equal(ftruncate(fd, (off_t)len), 0);
+    if (data) {
+        assert_int_equal(pwrite(fd, data, len, 0), (ssize_t)len);
+    }
+    close(fd);
+    return p;
+}
+
+static uint8_t *read_file(const char *p, size_t len)
+{
+    gchar *data = NULL;
+    gsize n = 0;
+    assert_true(g_file_get_contents(p, &data, &n, NULL));
+    assert_int_equal(n, len);
+    return (uint8_t *)data;
+}
+
+static BlockNode *open_json(json_t *o)
+{
+    GError *err = NULL;
+    BlockNode *bs = node_open(NULL, o, NODE_O_RDWR, &err);
+    if (!bs) {
+        fail_msg("open failed: %s", err->message);
+    }
+    return bs;
+}
+
+static BlockNode *open_file(const char *p)
+{
+    return open_json(json_pack("{s:s, s:s}", "driver", "file",
+                               "filename", p));
+}
+
+/* blkdebug over a file: EIO once for the first iotype request at offset. */
+static BlockNode *open_blkdebug(const char *p, const char *iotype,
+                                int64_t offset)
+{
+    return open_json(json_pack("{s:s, s:{s:s, s:s}, s:[{s:s, s:s, s:i, "
+                               "s:I, s:b}]}",
+                               "driver", "blkdebug",
+                               "image", "driver", "file", "filename", p,
+                               "inject-error", "event", "none",
+                               "iotype", iotype, "errno", EIO,
+                               "sector", (json_int_t)(offset / 512),
+                               "once", 1));
+}
+
+/* null-co of size bytes whose requests each wait latency ns. */
+static BlockNode *open_null(int64_t size, int64_t latency)
+{
+    return open_json(json_pack("{s:s, s:I, s:I}", "driver", "null-co",
+                               "size", (json_int_t)size,
+                               "latency-ns", (json_int_t)latency));
+}
+
+typedef struct Edges {
+    BlockBackend *src, *dst;
+} Edges;
+
+static BlockChild *edge(BlockBackend **blk, BlockNode *bs, uint64_t perm)
+{
+    GError *err = NULL;
+    *blk = blk_new(perm, BLK_PERM_ALL);
+    if (!blk_insert_node(*blk, bs, &err)) {
+        fail_msg("attach failed: %s", err->message);
+    }
+    return blk_root(*blk);
+}
+
+/* ---- Running the engine ---- */
+
+/* What a progress callback saw: bytes by kind, and per granule. */
+typedef struct Seen {
+    int64_t bytes[3];
+    int *per_granule;        /* times each granule was reported */
+    int64_t granules;
+} Seen;
+
+static void on_progress(void *opaque, int64_t offset, int64_t bytes,
+                        BlockCopyKind kind)
+{
+    Seen *seen = opaque;
+    seen->bytes[kind] += bytes;
+    if (seen->per_granule) {
+        for (int64_t g = offset / GRAN; g < DIV_ROUND_UP(offset + bytes, GRAN);
+             g++) {
+            assert_true(g < seen->granules);
+            seen->per_granule[g]++;
+        }
+    }
+}
+
+typedef struct Run {
+    BlockCopyState *s;
+    Job *job;
+    int64_t offset, bytes;   /* block_copy_range, when bytes > 0 */
+    int ret;
+    bool is_read;
+    bool done;
+} Run;
+
+static void run_co(void *opaque)
+{
+    Run *r = opaque;
+    r->ret = block_copy_run(r->s, r->job, &r->is_read);
+    r->done = true;
+}
+
+static int run_sync(BlockCopyState *s, bool *is_read)
+{
+    Run r = { .s = s };
+    co_run_sync(run_co, &r);
+    if (is_read) {
+        *is_read = r.is_read;
+    }
+    return r.ret;
+}
+
+static BlockCopyState *new_copy(BlockCopyOptions *o)
+{
+    GError *err = NULL;
+    BlockCopyState *s = block_copy_new(o, &err);
+    if (!s) {
+        fail_msg("block_copy_new: %s", err->message);
+    }
+    return s;
+}
+
+/*
+ * A classify that holds chunks from `from` on at a gate until the test
+ * opens it: chunks in flight for as long as a test wants, no timing.
+ */
+typedef struct Gate {
+    int64_t from;
+    bool open;
+    int waiting;
+    CoQueue q;
+} Gate;
+
+static void gate_init(Gate *g, int64_t from)
+{
+    *g = (Gate) { .from = from };
+    co_queue_init(&g->q);
+}
+
+static void gate_open(Gate *g)
+{
+    g->open = true;
+    co_queue_restart_all(&g->q);
+}
+
+static int coroutine_fn gated_classify(void *opaque, int64_t offset,
+                                       int64_t bytes, int64_t *pnum)
+{
+    Gate *g = opaque;
+    if (offset >= g->from && !g->open) {
+        g->waiting++;
+        co_queue_wait(&g->q);
+        g->waiting--;
+    }
+    *pnum = bytes;
+    return BLOCK_COPY_DATA;
+}
+
+/* ---- Whole copies ---- */
+
+static void test_full_copy_equal(void **state)
+{
+    /* Not a multiple of the granularity: the last granule is short. */
+    const size_t len = 4 * MiB + 12288;
+    uint8_t *data = g_malloc(len);
+    fill(data, len, 1);
+    g_autofree char *sp = make_file("src", data, len);
+    g_autofree char *tp = make_file("dst", NULL, len);
+    BlockNode *src = open_file(sp), *dst = open_file(tp);
+    Edges e;
+    Seen seen = { { 0 } };
+    BlockCopyOptions o = {
+        .source = edge(&e.src, src, BLK_PERM_CONSISTENT_READ),
+        .target = edge(&e.dst, dst, BLK_PERM_WRITE),
+        .progress = on_progress, .progress_opaque = &seen,
+    };
+    BlockCopyState *s = new_copy(&o);
+    BlockCopyStats st;
+
+    assert_int_equal(block_copy_granularity(s), GRAN);
+    assert_int_equal(block_copy_remaining(s), len);
+    assert_int_equal(run_sync(s, NULL), 0);
+    assert_int_equal(block_copy_remaining(s), 0);
+    assert_int_equal(block_copy_in_flight(s), 0);
+    block_copy_get_stats(s, &st);
+    assert_int_equal(st.bytes_read, len);
+    assert_int_equal(st.bytes_written, len);
+    assert_int_equal(st.bytes_zeroed + st.bytes_skipped, 0);
+    assert_int_equal(seen.bytes[BLOCK_COPY_DATA], len);
+    /* Chunks grew past the granularity: fewer chunks than granules. */
+    assert_true(st.chunks < len / GRAN);
+    /* A second run finds nothing to do. */
+    assert_int_equal(run_sync(s, NULL), 0);
+    block_copy_get_stats(s, &st);
+    assert_int_equal(st.bytes_read, len);
+    block_copy_free(s);
+    blk_unref(e.src);
+    blk_unref(e.dst);
+    node_unref(src);
+    node_unref(dst);
+
+    uint8_t *out = read_file(tp, len);
+    assert_memory_equal(out, data, len);
+    g_free(out);
+    g_free(data);
+}
+
+/* Holes in the source are zero writes on the target, not data. */
+static void test_zero_ranges(void **state)
+{
+    const size_t len = 2 * MiB;
+    uint8_t *data = g_malloc0(len);
+    /* Data in [0, 256K) and [1M, 1M + 128K); the rest is a hole. */
+    fill(data, 256 * KiB, 2);
+    fill(data + MiB, 128 * KiB, 3);
+    g_autofree char *sp = path_of("zsrc");
+    int fd = open(sp, O_CREAT | O_TRUNC | O_WRONLY, 0644);
+    assert_true(fd >= 0);
+    assert_int_equal(ftruncate(fd, len), 0);
+    assert_int_equal(pwrite(fd, data, 256 * KiB, 0), 256 * KiB);
+    assert_int_equal(pwrite(fd, data + MiB, 128 * KiB, MiB), 128 * KiB);
+    close(fd);
+
+    for (int mode = 0; mode < 2; mode++) {
+        /* The target starts out full of other data. */
+        uint8_t *junk = g_malloc(len);
+        fill(junk, len, 9);
+        g_autofree char *tp = make_file("zdst", junk, len);
+        g_free(junk);
+        BlockNode *src = open_file(sp), *dst = open_file(tp);
+        Edges e;
+        Seen seen = { { 0 } };
+        BlockCopyOptions o = {
+            .source = edge(&e.src, src, BLK_PERM_CONSISTENT_READ),
+            .target = edge(&e.dst, dst, BLK_PERM_WRITE),
+            .unmap = mode == 1,
+            /* One at a time, chunks grow and then straddle data and hole:
+             * the hole part goes back to the bitmap and comes as zeroes. */
+            .max_workers = mode == 0 ? 1 : 0,
+            .progress = on_progress, .progress_opaque = &seen,
+        };
+        BlockCopyState *s = new_copy(&o);
+        BlockCopyStats st;
+
+        assert_int_equal(run_sync(s, NULL), 0);
+        block_copy_get_stats(s, &st);
+        assert_int_equal(st.bytes_written, 384 * KiB);
+        assert_int_equal(st.bytes_read, 384 * KiB);
+        assert_int_equal(st.bytes_zeroed, len - 384 * KiB);
+        assert_int_equal(seen.bytes[BLOCK_COPY_ZERO], len - 384 * KiB);
+        assert_int_equal(seen.bytes[BLOCK_COPY_DATA], 384 * KiB);
+        block_copy_free(s);
+        blk_unref(e.src);
+        blk_unref(e.dst);
+        node_unref(src);
+        node_unref(dst);
+        uint8_t *out = read_file(tp, len);
+        assert_memory_equal(out, data, len);
+        g_free(out);
+    }
+    g_free(data);
+}
+
+/* A target that reads zeroes gets no zero writes at all. */
+static void test_target_reads_zeroes(void **state)
+{
+    const size_t len = MiB;
+    uint8_t *data = g_malloc0(len);
+    fill(data + 512 * KiB, 64 * KiB, 4);
+    g_autofree char *sp = make_file("rzsrc", NULL, len);
+    int fd = open(sp, O_WRONLY);
+    assert_int_equal(pwrite(fd, data + 512 * KiB, 64 * KiB, 512 * KiB),
+                     64 * KiB);
+    close(fd);
+    g_autofree char *tp = make_file("rzdst", NULL, len);
+    BlockNode *src = open_file(sp), *dst = open_file(tp);
+    Edges e;
+    Seen seen = { { 0 } };
+    BlockCopyOptions o = {
+        .source = edge(&e.src, src, BLK_PERM_CONSISTENT_READ),
+        .target = edge(&e.dst, dst, BLK_PERM_WRITE),
+        .target_reads_zeroes = true,
+        .progress = on_progress, .progress_opaque = &seen,
+    };
+    BlockCopyState *s = new_copy(&o);
+    BlockCopyStats st;
+
+    assert_int_equal(run_sync(s, NULL), 0);
+    block_copy_get_stats(s, &st);
+    assert_int_equal(st.bytes_zeroed, 0);
+    assert_int_equal(st.bytes_written, 64 * KiB);
+    assert_int_equal(st.bytes_skipped, len - 64 * KiB);
+    assert_int_equal(seen.bytes[BLOCK_COPY_ZERO], len - 64 * KiB);
+    block_copy_free(s);
+    blk_unref(e.src);
+    blk_unref(e.dst);
+    node_unref(src);
+    node_unref(dst);
+    uint8_t *out = read_file(tp, len);
+    assert_memory_equal(out, data, len);
+    g_free(out);
+    g_free(data);
+}
+
+/* The caller's classify: the first half is "nothing to copy". */
+static int coroutine_fn skip_first_half(void *opaque, int64_t offset,
+                                        int64_t bytes, int64_t *pnum)
+{
+    int64_t half = *(int64_t *)opaque;
+    if (offset < half) {
+        *pnum = MIN(bytes, half - offset);
+        return BLOCK_COPY_SKIP;
+    }
+    *pnum = bytes;
+    return BLOCK_COPY_DATA;
+}
+
+static void test_skip_classify(void **state)
+{
+    const size_t len = 2 * MiB;
+    int64_t half = len / 2;
+    uint8_t *data = g_malloc(len), *junk = g_malloc(len);
+    fill(data, len, 5);
+    fill(junk, len, 6);
+    g_autofree char *sp = make_file("ssrc", data, len);
+    g_autofree char *tp = make_file("sdst", junk, len);
+    BlockNode *src = open_file(sp), *dst = open_file(tp);
+    Edges e;
+    Seen seen = { { 0 } };
+    BlockCopyOptions o = {
+        .source = edge(&e.src, src, BLK_PERM_CONSISTENT_READ),
+        .target = edge(&e.dst, dst, BLK_PERM_WRITE),
+        .classify = skip_first_half, .classify_opaque = &half,
+        .progress = on_progress, .progress_opaque = &seen,
+    };
+    BlockCopyState *s = new_copy(&o);
+    BlockCopyStats st;
+
+    assert_int_equal(run_sync(s, NULL), 0);
+    assert_int_equal(block_copy_remaining(s), 0);
+    block_copy_get_stats(s, &st);
+    assert_int_equal(st.bytes_skipped, half);
+    assert_int_equal(st.bytes_read, half);
+    assert_int_equal(seen.bytes[BLOCK_COPY_SKIP], half);
+    assert_int_equal(seen.bytes[BLOCK_COPY_DATA], half);
+    block_copy_free(s);
+    blk_unref(e.src);
+    blk_unref(e.dst);
+    node_unref(src);
+    node_unref(dst);
+    uint8_t *out = read_file(tp, len);
+    assert_memory_equal(out, junk, half);
+    assert_memory_equal(out + half, data + half, len - half);
+    g_free(out);
+    g_free(data);
+    g_free(junk);
+}
+
+/* ---- Errors ---- */
+
+static void error_case(bool on_read)
+{
+    const size_t len = 2 * MiB;
+    const int64_t bad = 1536 * KiB + 4096;   /* inside granule 24 */
+    uint8_t *data = g_malloc(len);
+    fill(data, len, 7);
+    g_autofree char *sp = make_file("esrc", data, len);
+    g_autofree char *tp = make_file("edst", NULL, len);
+    BlockNode *src = on_read ? open_blkdebug(sp, "read", bad)
+                             : open_file(sp);
+    BlockNode *dst = on_read ? open_file(tp)
+                             : open_blkdebug(tp, "write", bad);
+    Edges e;
+    BlockCopyOptions o = {
+        .source = edge(&e.src, src, BLK_PERM_CONSISTENT_READ),
+        .target = edge(&e.dst, dst, BLK_PERM_WRITE),
+        .max_chunk = GRAN,       /* one granule per chunk: exact ranges */
+    };
+    BlockCopyState *s = new_copy(&o);
+    bool is_read = !on_read;
+
+    assert_int_equal(run_sync(s, &is_read), -EIO);
+    assert_int_equal(is_read, on_read);
+    assert_int_equal(block_copy_in_flight(s), 0);
+    /* The failed granule is marked again; everything before it is done. */
+    assert_true(dirty_bitmap_get(block_copy_bitmap(s), bad));
+    assert_true(block_copy_remaining(s) >= GRAN);
+    /* The rule fired once: calling again finishes the copy. */
+    assert_int_equal(run_sync(s, NULL), 0);
+    assert_int_equal(block_copy_remaining(s), 0);
+    block_copy_free(s);
+    blk_unref(e.src);
+    blk_unref(e.dst);
+    node_unref(src);
+    node_unref(dst);
+    uint8_t *out = read_file(tp, len);
+    assert_memory_equal(out, data, len);
+    g_free(out);
+    g_free(data);
+}
+
+static void test_read_error(void **state)
+{
+    error_case(true);
+}
+
+static void test_write_error(void **state)
+{
+    error_case(false);
+}
+
+/* ---- A recording bitmap ---- */
+
+typedef struct Writer {
+    BlockChild *src_w;       /* a writer of the source */
+    int64_t trigger;         /* classify at this offset writes ... */
+    int64_t at;              /* ... here, once */
+    uint8_t *data;
+    bool written;
+} Writer;
+
+static int coroutine_fn write_during_copy(void *opaque, int64_t offset,
+                                          int64_t bytes, int64_t *pnum)
+{
+    Writer *w = opaque;
+    if (!w->written && offset >= w->trigger) {
+        w->written = true;
+        fill(w->data + w->at, GRAN, 42);
+        assert_int_equal(child_co_pwrite(w->src_w, w->at, GRAN,
+                                         w->data + w->at, 0), 0);
+    }
+    *pnum = bytes;
+    return BLOCK_COPY_DATA;
+}
+
+static void test_recording_bitmap(void **state)
+{
+    const size_t len = 2 * MiB;
+    uint8_t *data = g_malloc(len);
+    fill(data, len, 8);
+    g_autofree char *sp = make_file("rsrc", data, len);
+    g_autofree char *tp = make_file("rdst", NULL, len);
+    BlockNode *src = open_file(sp), *dst = open_file(tp);
+    BlockBackend *wblk;
+    Edges e;
+    GError *err = NULL;
+    DirtyBitmap *bm = node_create_dirty_bitmap(src, GRAN, NULL, &err);
+    assert_non_null(bm);
+    dirty_bitmap_set(bm, 0, len);
+    Writer w = {
+        .src_w = edge(&wblk, src, BLK_PERM_WRITE),
+        .trigger = MiB, .at = 0, .data = data,
+    };
+    BlockCopyOptions o = {
+        .source = edge(&e.src, src, BLK_PERM_CONSISTENT_READ),
+        .target = edge(&e.dst, dst, BLK_PERM_WRITE),
+        .bitmap = bm,
+        .max_workers = 1,        /* granule 0 is done when the write comes */
+        .classify = write_during_copy, .classify_opaque = &w,
+    };
+    BlockCopyState *s = new_copy(&o);
+    BlockCopyStats st;
+
+    assert_ptr_equal(block_copy_bitmap(s), bm);
+    assert_int_equal(run_sync(s, NULL), 0);
+    assert_true(w.written);
+    assert_int_equal(dirty_bitmap_count(bm), 0);
+    block_copy_get_stats(s, &st);
+    /* Everything once, and the rewritten granule a second time. */
+    assert_int_equal(st.bytes_written, len + GRAN);
+    block_copy_free(s);
+    /* The caller's bitmap outlives the engine. */
+    assert_int_equal(dirty_bitmap_granularity(bm), GRAN);
+    dirty_bitmap_release(bm);
+    blk_unref(wblk);
+    blk_unref(e.src);
+    blk_unref(e.dst);
+    node_unref(src);
+    node_unref(dst);
+    uint8_t *out = read_file(tp, len);
+    assert_memory_equal(out, data, len);
+    g_free(out);
+    g_free(data);
+}
+
+/* ---- Limits ---- */
+
+static void test_limits(void **state)
+{
+    const int64_t len = 64 * MiB;
+    BlockNode *src = open_null(len, 200000), *dst = open_null(len, 100000);
+    Edges e;
+    BlockCopyOptions o = {
+        .source = edge(&e.src, src, BLK_PERM_CONSISTENT_READ),
+        .target = edge(&e.dst, dst, BLK_PERM_WRITE),
+        .max_chunk = 256 * KiB,
+        .max_memory = 3 * 256 * KiB,
+        .max_workers = 5,
+    };
+    BlockCopyState *s = new_copy(&o);
+    BlockCopyStats st;
+
+    assert_int_equal(run_sync(s, NULL), 0);
+    block_copy_get_stats(s, &st);
+    assert_int_equal(st.bytes_written, len);
+    assert_true(st.peak_in_flight <= 5);
+    /* Several chunks really were in flight at once. */
+    assert_true(st.peak_in_flight > 1);
+    assert_true(st.peak_memory <= 3 * 256 * KiB);
+    assert_true(st.peak_memory > 256 * KiB);
+    block_copy_free(s);
+
+    /* Options that cannot work. */
+    GError *err = NULL;
+    BlockCopyOptions bad = o;
+    bad.granularity = 3000;
+    assert_null(block_copy_new(&bad, &err));
+    assert_non_null(strstr(err->message, "granularity 3000"));
+    g_clear_error(&err);
+    bad = o;
+    bad.max_memory = 128 * KiB;
+    assert_null(block_copy_new(&bad, &err));
+    assert_non_null(strstr(err->message, "memory budget"));
+    g_clear_error(&err);
+    bad = o;
+    bad.max_chunk = 4096;
+    assert_null(block_copy_new(&bad, &err));
+    assert_non_null(strstr(err->message, "max chunk"));
+    g_clear_error(&err);
+
+    blk_unref(e.src);
+    blk_unref(e.dst);
+    node_unref(src);
+    node_unref(dst);
+}
+
+static void test_dirty_api(void **state)
+{
+    BlockNode *src = open_null(MiB + 1000, 0);
+    /* null-co's length is whole sectors. */
+    const int64_t len = node_getlength(src), tail = len - MiB;
+    Edges e;
+    BlockCopyOptions o = {
+        .source = edge(&e.src, src, BLK_PERM_CONSISTENT_READ),
+        .start_clean = true,
+    };
+    BlockCopyState *s = new_copy(&o);
+
+    assert_int_equal(block_copy_remaining(s), 0);
+    /* set rounds out to granules; the last one is clipped at the end. */
+    block_copy_set_dirty(s, 100, 10);
+    assert_int_equal(block_copy_remaining(s), GRAN);
+    block_copy_set_dirty(s, len - 1, 1);
+    assert_int_equal(block_copy_remaining(s), GRAN + tail);
+    /* reset rounds in: a partial granule stays marked. */
+    block_copy_reset_dirty(s, 0, GRAN - 1);
+    assert_int_equal(block_copy_remaining(s), GRAN + tail);
+    block_copy_reset_dirty(s, 0, GRAN);
+    assert_int_equal(block_copy_remaining(s), tail);
+    block_copy_reset_dirty(s, MiB, tail);
+    assert_int_equal(block_copy_remaining(s), 0);
+    /* The engine's own bitmap does not record writes. */
+    assert_false(dirty_bitmap_enabled(block_copy_bitmap(s)));
+    block_copy_free(s);
+    blk_unref(e.src);
+    node_unref(src);
+}
+
+/* ---- Copy-before-write ranges racing the background copy ---- */
+
+typedef struct Guest {
+    BlockCopyState *s;
+    BlockChild *src_w, *dst_r;
+    int64_t offset, bytes;
+    const uint8_t *orig;     /* the source before any guest write */
+    int ret;
+    bool done;
+} Guest;
+
+/* A guest write: copy the old data first, check it is there, then write. */
+static void guest_co(void *opaque)
+{
+    Guest *g = opaque;
+    bool is_read;
+    g->ret = block_copy_range(g->s, g->offset, g->bytes, &is_read);
+    if (g->ret == 0) {
+        uint8_t *buf = g_malloc(g->bytes);
+        /* No cmocka assertion here: it cannot unwind a coroutine. */
+        g->ret = child_co_pread(g->dst_r, g->offset, g->bytes, buf, 0);
+        if (g->ret == 0 && memcmp(buf, g->orig + g->offset, g->bytes)) {
+            g->ret = -EBADMSG;      /* the old data is not on the target */
+        }
+        memset(buf, 0xee, g->bytes);
+        if (g->ret == 0) {
+            g->ret = child_co_pwrite(g->src_w, g->offset, g->bytes, buf, 0);
+        }
+        g_free(buf);
+    }
+    g->done = true;
+}
+
+static void test_range_concurrent(void **state)
+{
+    const size_t len = 4 * MiB;
+    enum { NG = 12 };
+    uint8_t *data = g_malloc(len);
+    fill(data, len, 10);
+    g_autofree char *sp = make_file("csrc", data, len);
+    g_autofree char *tp = make_file("cdst", NULL, len);
+    BlockNode *src = open_file(sp), *dst = open_file(tp);
+    BlockBackend *wblk, *rblk;
+    Edges e;
+    Seen seen = { .granules = len / GRAN };
+    seen.per_granule = g_new0(int, seen.granules);
+    BlockCopyOptions o = {
+        .source = edge(&e.src, src, BLK_PERM_CONSISTENT_READ),
+        .target = edge(&e.dst, dst, BLK_PERM_WRITE),
+        .max_workers = 4,
+        .progress = on_progress, .progress_opaque = &seen,
+    };
+    BlockCopyState *s = new_copy(&o);
+    BlockChild *src_w = edge(&wblk, src, BLK_PERM_WRITE);
+    BlockChild *dst_r = edge(&rblk, dst, BLK_PERM_CONSISTENT_READ);
+    Guest g[NG];
+    Run bg = { .s = s };
+    BlockCopyStats st;
+
+    /* Writes all over the disk, overlapping each other and unaligned. */
+    for (int i = 0; i < NG; i++) {
+        g[i] = (Guest) {
+            .s = s, .src_w = src_w, .dst_r = dst_r, .orig = data,
+            .offset = (int64_t)((i * 7 + 3) % NG) * (len / NG) + i * 1000,
+            .bytes = 100 * KiB + i * 4096,
+        };
+        g[i].bytes = MIN(g[i].bytes, (int64_t)len - g[i].offset);
+    }
+    co_enter(co_create(run_co, &bg));
+    for (int i = 0; i < NG; i++) {
+        co_enter(co_create(guest_co, &g[i]));
+        /* Some start right away, some after the copy has moved on. */
+        if (i % 3 == 2) {
+            loop_iterate(false);
+        }
+    }
+    for (int i = 0; i < NG; i++) {
+        LOOP_WAIT_WHILE(!g[i].done);
+        assert_int_equal(g[i].ret, 0);
+    }
+    LOOP_WAIT_WHILE(!bg.done);
+    assert_int_equal(bg.ret, 0);
+    /* A guest write after the copy needs nothing. */
+    g[0].done = false;
+    co_run_sync(guest_co, &g[0]);
+    assert_int_equal(g[0].ret, 0);
+
+    for (int64_t i = 0; i < seen.granules; i++) {
+        assert_int_equal(seen.per_granule[i], 1);
+    }
+    block_copy_get_stats(s, &st);
+    assert_int_equal(st.bytes_read, len);
+    assert_int_equal(st.bytes_written, len);
+    block_copy_free(s);
+    blk_unref(wblk);
+    blk_unref(rblk);
+    blk_unref(e.src);
+    blk_unref(e.dst);
+    node_unref(src);
+    node_unref(dst);
+    /* The target is the source as it was before any guest write. */
+    uint8_t *out = read_file(tp, len);
+    assert_memory_equal(out, data, len);
+    g_free(out);
+    g_free(data);
+    g_free(seen.per_granule);
+}
+
+/* A range whose chunk the background copy holds waits for that chunk. */
+static void test_range_waits_for_inflight(void **state)
+{
+    const size_t len = MiB;
+    uint8_t *data = g_malloc(len);
+    fill(data, len, 12);
+    g_autofree char *sp = make_file("wsrc", data, len);
+    g_autofree char *tp = make_file("wdst", NULL, len);
+    BlockNode *src = open_file(sp), *dst = open_file(tp);
+    BlockBackend *wblk, *rblk;
+    Edges e;
+    Gate gate;
+    gate_init(&gate, 0);
+    BlockCopyOptions o = {
+        .source = edge(&e.src, src, BLK_PERM_CONSISTENT_READ),
+        .target = edge(&e.dst, dst, BLK_PERM_WRITE),
+        .max_workers = 2,
+        .classify = gated_classify, .classify_opaque = &gate,
+    };
+    BlockCopyState *s = new_copy(&o);
+    Run bg = { .s = s };
+    Guest g = {
+        .s = s, .src_w = edge(&wblk, src, BLK_PERM_WRITE),
+        .dst_r = edge(&rblk, dst, BLK_PERM_CONSISTENT_READ), .orig = data,
+        .offset = 1000, .bytes = 3000,
+    };
+
+    co_enter(co_create(run_co, &bg));
+    /* The background copy took granule 0 (and one more). */
+    assert_int_equal(block_copy_in_flight(s), 2);
+    assert_false(dirty_bitmap_get(block_copy_bitmap(s), 0));
+    co_enter(co_create(guest_co, &g));
+    for (int i = 0; i < 20; i++) {
+        loop_iterate(false);
+    }
+    /* Held up by the chunk in flight, which is held at the gate. */
+    assert_false(g.done);
+    assert_int_equal(gate.waiting, 2);
+    gate_open(&gate);
+    LOOP_WAIT_WHILE(!g.done);
+    assert_int_equal(g.ret, 0);
+    LOOP_WAIT_WHILE(!bg.done);
+    assert_int_equal(bg.ret, 0);
+    block_copy_free(s);
+    blk_unref(wblk);
+    blk_unref(rblk);
+    blk_unref(e.src);
+    blk_unref(e.dst);
+    node_unref(src);
+    node_unref(dst);
+    uint8_t *out = read_file(tp, len);
+    assert_memory_equal(out, data, len);
+    g_free(out);
+    g_free(data);
+}
+
+/* wait_range returns only when no chunk overlapping it is in flight. */
+typedef struct Waiter {
+    BlockCopyState *s;
+    int64_t offset, bytes;
+    int in_flight_after;
+    bool done;
+} Waiter;
+
+static void waiter_co(void *opaque)
+{
+    Waiter *w = opaque;
+    block_copy_wait_range(w->s, w->offset, w->bytes);
+    w->in_flight_after = block_copy_in_flight(w->s);
+    w->done = true;
+}
+
+static void test_wait_range(void **state)
+{
+    const int64_t len = 4 * MiB;
+    BlockNode *src = open_null(len, 2000000), *dst = open_null(len, 0);
+    Edges e;
+    BlockCopyOptions o = {
+        .source = edge(&e.src, src, BLK_PERM_CONSISTENT_READ),
+        .target = edge(&e.dst, dst, BLK_PERM_WRITE),
+        .max_workers = 1,
+    };
+    BlockCopyState *s = new_copy(&o);
+    Run bg = { .s = s };
+    Waiter w = { .s = s, .offset = 1000, .bytes = 10 };
+
+    co_enter(co_create(run_co, &bg));
+    /* The first chunk (granule 0) waits in its read. */
+    assert_int_equal(block_copy_in_flight(s), 1);
+    co_enter(co_create(waiter_co, &w));
+    assert_false(w.done);
+    LOOP_WAIT_WHILE(!w.done);
+    /* Granule 0 finished; the next chunk may be in flight, elsewhere. */
+    assert_false(dirty_bitmap_get(block_copy_bitmap(s), 0));
+    LOOP_WAIT_WHILE(!bg.done);
+    assert_int_equal(bg.ret, 0);
+    /* Nothing in flight: returns at once. */
+    w.done = false;
+    co_run_sync(waiter_co, &w);
+    assert_true(w.done);
+    block_copy_free(s);
+    blk_unref(e.src);
+    blk_unref(e.dst);
+    node_unref(src);
+    node_unref(dst);
+}
+
+/* ---- Modes ---- */
+
+/* No target: reads for their side effect only. */
+static void test_read_only_mode(void **state)
+{
+    const size_t len = MiB;
+    uint8_t *data = g_malloc(len);
+    fill(data, len, 11);
+    g_autofree char *sp = make_file("rosrc", data, len);
+    BlockNode *src = open_file(sp);
+    Edges e;
+    BlockCopyOptions o = {
+        .source = edge(&e.src, src, BLK_PERM_CONSISTENT_READ),
+    };
+    BlockCopyState *s = new_copy(&o);
+    BlockCopyStats st;
+
+    assert_int_equal(run_sync(s, NULL), 0);
+    block_copy_get_stats(s, &st);
+    assert_int_equal(st.bytes_read, len);
+    assert_int_equal(st.bytes_written, 0);
+    assert_int_equal(block_copy_remaining(s), 0);
+    block_copy_free(s);
+    blk_unref(e.src);
+    node_unref(src);
+    g_free(data);
+}
+
+static void test_compress(void **state)
+{
+    const size_t len = 2 * MiB;
+    uint8_t *data = g_malloc(len);
+    /* Compressible: runs of one byte value. */
+    for (size_t i = 0; i < len; i++) {
+        data[i] = (uint8_t)(1 + i / 4096);
+    }
+    g_autofree char *sp = make_file("csrc2", data, len);
+    g_autofree char *tp = path_of("cdst.qcow2");
+    GError *err = NULL;
+    if (!image_create("qcow2", tp, json_pack("{s:i}", "size", (int)len),
+                      &err)) {
+        fail_msg("create: %s", err->message);
+    }
+    BlockNode *src = open_file(sp);
+    BlockNode *dst = open_json(json_pack("{s:s, s:{s:s, s:s}}",
+                                         "driver", "qcow2", "file",
+                                         "driver", "file", "filename", tp));
+    Edges e;
+    BlockCopyOptions o = {
+        .source = edge(&e.src, src, BLK_PERM_CONSISTENT_READ),
+        .target = edge(&e.dst, dst, BLK_PERM_WRITE),
+        .compress = true,
+    };
+    BlockCopyState *s = new_copy(&o);
+    BlockCopyStats st;
+
+    assert_int_equal(block_copy_granularity(s), 64 * KiB);
+    assert_int_equal(run_sync(s, NULL), 0);
+    block_copy_get_stats(s, &st);
+    /* One chunk per cluster: compressed writes are whole clusters. */
+    assert_int_equal(st.chunks, len / (64 * KiB));
+    assert_int_equal(st.bytes_written, len);
+    block_copy_free(s);
+    blk_unref(e.src);
+    blk_unref(e.dst);
+    node_unref(src);
+    node_unref(dst);
+
+    /* Read back through qcow2; the file holds far less than the data. */
+    BlockNode *rd = open_json(json_pack("{s:s, s:{s:s, s:s}}",
+                                        "driver", "qcow2", "file",
+                                        "driver", "file", "filename", tp));
+    BlockBackend *rblk;
+    BlockChild *r = edge(&rblk, rd, BLK_PERM_CONSISTENT_READ);
+    (void)r;
+    uint8_t *out = g_malloc(len);
+    assert_int_equal(blk_pread(rblk, 0, len, out, 0), 0);
+    assert_memory_equal(out, data, len);
+    struct stat sb;
+    assert_int_equal(stat(tp, &sb), 0);
+    assert_true((size_t)sb.st_size < len / 4);
+    blk_unref(rblk);
+    node_unref(rd);
+    g_free(out);
+    g_free(data);
+}
+
+/* ---- Copy offload ---- */
+
+static BlockNode *open_raw_file(const char *p)
+{
+    return open_json(json_pack("{s:s, s:{s:s, s:s}}", "driver", "raw",
+                               "file", "driver", "file", "filename", p));
+}
+
+/* raw over file to raw over file, and file to file: copy_file_range. */
+static void test_offload(void **state)
+{
+    const size_t len = 4 * MiB + 12288;
+    uint8_t *data = g_malloc(len);
+    fill(data, len, 13);
+    g_autofree char *sp = make_file("osrc", data, len);
+
+    for (int raw = 0; raw < 2; raw++) {
+        g_autofree char *tp = make_file("odst", NULL, len);
+        BlockNode *src = raw ? open_raw_file(sp) : open_file(sp);
+        BlockNode *dst = raw ? open_raw_file(tp) : open_file(tp);
+        Edges e;
+        GError *err = NULL;
+        /* A recording bitmap on the target sees the offloaded writes. */
+        DirtyBitmap *tbm = node_create_dirty_bitmap(dst, GRAN, NULL, &err);
+        assert_non_null(tbm);
+        BlockCopyOptions o = {
+            .source = edge(&e.src, src, BLK_PERM_CONSISTENT_READ),
+            .target = edge(&e.dst, dst, BLK_PERM_WRITE),
+            .use_copy_range = true,
+        };
+        BlockCopyState *s = new_copy(&o);
+        BlockCopyStats st;
+
+        assert_int_equal(run_sync(s, NULL), 0);
+        block_copy_get_stats(s, &st);
+        assert_int_equal(st.bytes_offloaded, len);
+        assert_int_equal(st.bytes_read, 0);
+        assert_int_equal(st.bytes_written, 0);
+        assert_int_equal(st.peak_memory, 0);
+        assert_int_equal(dirty_bitmap_count(tbm), ROUND_UP(len, GRAN));
+        dirty_bitmap_release(tbm);
+        block_copy_free(s);
+        blk_unref(e.src);
+        blk_unref(e.dst);
+        node_unref(src);
+        node_unref(dst);
+        uint8_t *out = read_file(tp, len);
+        assert_memory_equal(out, data, len);
+        g_free(out);
+    }
+    g_free(data);
+}
+
+/* A node on the way that cannot pass offload on: read and write. */
+static void test_offload_fallback(void **state)
+{
+    const size_t len = MiB;
+    uint8_t *data = g_malloc(len);
+    fill(data, len, 14);
+    g_autofree char *sp = make_file("fsrc", data, len);
+    g_autofree char *tp = make_file("fdst", NULL, len);
+    BlockNode *src = open_file(sp);
+    /* blkdebug with a rule that never matches: a filter without offload. */
+    BlockNode *dst = open_blkdebug(tp, "write", 2 * len);
+    Edges e;
+    BlockCopyOptions o = {
+        .source = edge(&e.src, src, BLK_PERM_CONSISTENT_READ),
+        .target = edge(&e.dst, dst, BLK_PERM_WRITE),
+        .use_copy_range = true,
+    };
+    BlockCopyState *s = new_copy(&o);
+    BlockCopyStats st;
+
+    assert_int_equal(run_sync(s, NULL), 0);
+    block_copy_get_stats(s, &st);
+    assert_int_equal(st.bytes_offloaded, 0);
+    assert_int_equal(st.bytes_read, len);
+    assert_int_equal(st.bytes_written, len);
+    block_copy_free(s);
+    blk_unref(e.src);
+    blk_unref(e.dst);
+    node_unref(src);
+    node_unref(dst);
+    uint8_t *out = read_file(tp, len);
+    assert_memory_equal(out, data, len);
+    g_free(out);
+    g_free(data);
+}
+
+typedef struct RangeCall {
+    BlockChild *src, *dst;
+    int64_t src_off, dst_off, bytes;
+    int ret;
+} RangeCall;
+
+static void range_call_co(void *opaque)
+{
+    RangeCall *c = opaque;
+    c->ret = child_co_copy_range(c->src, c->src_off, c->dst, c->dst_off,
+                                 c->bytes, 0, 0);
+}
+
+static int range_call(BlockChild *src, int64_t so, BlockChild *dst,
+                      int64_t doff, int64_t bytes)
+{
+    RangeCall c = { src, dst, so, doff, bytes, 1 };
+    co_run_sync(range_call_co, &c);
+    return c.ret;
+}
+
+/* The core entry: what it refuses, and what it copies. */
+static void test_copy_range_core(void **state)
+{
+    const size_t len = 256 * KiB;
+    uint8_t *data = g_malloc(len);
+    fill(data, len, 15);
+    g_autofree char *sp = make_file("ksrc", data, len);
+    g_autofree char *tp = make_file("kdst", NULL, 2 * len);
+    BlockNode *src = open_file(sp), *dst = open_file(tp);
+    BlockBackend *sb, *db, *rb;
+    BlockChild *s = edge(&sb, src, BLK_PERM_CONSISTENT_READ);
+    BlockChild *d = edge(&db, dst, BLK_PERM_WRITE);
+    BlockChild *r = edge(&rb, dst, BLK_PERM_CONSISTENT_READ);
+
+    /* Copied to another offset, odd sizes and all (the page cache). */
+    assert_int_equal(range_call(s, 1000, d, len + 7, 5000), 0);
+    /* Past the source's end: the copy cannot give zeroes. */
+    assert_int_equal(range_call(s, len - 4096, d, 0, 8192), -ENOTSUP);
+    /* Without the write permission. */
+    assert_int_equal(range_call(s, 0, r, 0, 4096), -EPERM);
+    assert_int_equal(range_call(s, -1, d, 0, 4096), -EIO);
+    assert_int_equal(range_call(s, 0, d, 0, 0), 0);
+    blk_unref(sb);
+    blk_unref(db);
+    blk_unref(rb);
+    node_unref(dst);
+
+    /* detect-zeroes on the target: the write path must see the data. */
+    dst = open_json(json_pack("{s:s, s:s, s:s}", "driver", "file",
+                              "filename", tp, "detect-zeroes", "on"));
+    d = edge(&db, dst, BLK_PERM_WRITE);
+    s = edge(&sb, src, BLK_PERM_CONSISTENT_READ);
+    assert_int_equal(range_call(s, 0, d, 0, 4096), -ENOTSUP);
+    blk_unref(sb);
+    blk_unref(db);
+    node_unref(src);
+    node_unref(dst);
+
+    uint8_t *out = read_file(tp, 2 * len);
+    assert_memory_equal(out + len + 7, data + 1000, 5000);
+    g_free(out);
+    g_free(data);
+}
+
+/* ---- With a job ---- */
+
+typedef struct CopyJob {
+    Job common;
+    BlockCopyState *s;
+    BlockCopyOptions o;
+    Seen seen;
+    int max_in_flight_at_pause;
+} CopyJob;
+
+static void job_progress_cb(void *opaque, int64_t offset, int64_t bytes,
+                            BlockCopyKind kind)
+{
+    CopyJob *j = opaque;
+    job_progress_update(&j->common, bytes);
+    on_progress(&j->seen, offset, bytes, kind);
+}
+
+static int coroutine_fn copy_job_run(Job *job, GError **errp)
+{
+    CopyJob *j = (CopyJob *)job;
+    bool is_read;
+    job_progress_set_remaining(job, block_copy_remaining(j->s));
+    return block_copy_run(j->s, job, &is_read);
+}
+
+static void coroutine_fn copy_job_pause(Job *job)
+{
+    CopyJob *j = (CopyJob *)job;
+    j->max_in_flight_at_pause = MAX(j->max_in_flight_at_pause,
+                                    block_copy_in_flight(j->s));
+}
+
+static const JobDriver copy_job_driver = {
+    .instance_size = sizeof(CopyJob),
+    .job_type = JOB_TYPE_BACKUP,
+    .run = copy_job_run,
+    .pause = copy_job_pause,
+};
+
+static int job_ret;
+static bool job_finished;
+static Gate job_gate;
+
+static void job_done(void *opaque, int ret)
+{
+    job_ret = ret;
+    job_finished = true;
+}
+
+static CopyJob *copy_job_new(BlockNode *src, BlockNode *dst)
+{
+    GError *err = NULL;
+    CopyJob *j = job_create("bc", &copy_job_driver, NULL, JOB_DEFAULT,
+                            job_done, NULL, &err);
+    assert_non_null(j);
+    j->o.source = job_add_node(&j->common, "source", src,
+                               BLK_PERM_CONSISTENT_READ, BLK_PERM_ALL, &err);
+    j->o.target = job_add_node(&j->common, "target", dst, BLK_PERM_WRITE,
+                               BLK_PERM_ALL, &err);
+    assert_non_null(j->o.source);
+    assert_non_null(j->o.target);
+    gate_init(&job_gate, 0);
+    job_gate.open = true;
+    j->o.classify = gated_classify;
+    j->o.classify_opaque = &job_gate;
+    j->o.progress = job_progress_cb;
+    j->o.progress_opaque = j;
+    j->s = new_copy(&j->o);
+    job_finished = false;
+    return j;
+}
+
+static void test_job_pause_and_finish(void **state)
+{
+    const int64_t len = 32 * MiB;
+    BlockNode *src = open_null(len, 500000), *dst = open_null(len, 0);
+    CopyJob *j = copy_job_new(src, dst);
+    BlockCopyState *s = j->s;
+    Job *job = &j->common;
+
+    /* The first four granules go through, the rest wait at the gate. */
+    job_gate.from = 4 * GRAN;
+    job_gate.open = false;
+    job_ref(job);
+    job_start(job);
+    LOOP_WAIT_WHILE(job->progress_current < 4 * GRAN);
+    assert_true(job_user_pause(job, NULL));
+    for (int i = 0; i < 20; i++) {
+        loop_iterate(false);
+    }
+    /* A pause waits for the chunks in flight. */
+    assert_false(job->paused);
+    assert_true(job_gate.waiting > 0);
+    assert_int_equal(block_copy_in_flight(s), job_gate.waiting);
+    gate_open(&job_gate);
+    LOOP_WAIT_WHILE(!job->paused);
+    /* Parked with nothing in flight, and nothing moves. */
+    assert_int_equal(block_copy_in_flight(s), 0);
+    assert_int_equal(j->max_in_flight_at_pause, 0);
+    uint64_t done = job->progress_current;
+    assert_true(done < (uint64_t)len);
+    for (int i = 0; i < 50; i++) {
+        loop_iterate(false);
+    }
+    assert_int_equal(job->progress_current, done);
+    assert_true(job_user_resume(job, NULL));
+    LOOP_WAIT_WHILE(!job_finished);
+    assert_int_equal(job_ret, 0);
+    assert_int_equal(job->progress_current, len);
+    assert_int_equal(block_copy_remaining(s), 0);
+    job_unref(job);
+    block_copy_free(s);
+    node_unref(src);
+    node_unref(dst);
+}
+
+static void test_job_cancel(void **state)
+{
+    const int64_t len = 256 * MiB;
+    BlockNode *src = open_null(len, 1000000), *dst = open_null(len, 0);
+    CopyJob *j = copy_job_new(src, dst);
+    BlockCopyState *s = j->s;
+    Job *job = &j->common;
+
+    job_ref(job);
+    job_start(job);
+    LOOP_WAIT_WHILE(job->progress_current == 0);
+    assert_int_equal(job_cancel_sync(job, true), -ECANCELED);
+    assert_int_equal(block_copy_in_flight(s), 0);
+    assert_true(block_copy_remaining(s) > 0);
+    /* What was not copied is still marked: nothing was lost. */
+    assert_int_equal(block_copy_remaining(s) + j->seen.bytes[BLOCK_COPY_DATA],
+                     len);
+    job_unref(job);
+    block_copy_free(s);
+    node_unref(src);
+    node_unref(dst);
+}
+
+/* set-speed: the copy stops at the limit and a cancel ends the sleep. */
+static void test_job_speed(void **state)
+{
+    const int64_t len = 64 * MiB;
+    BlockNode *src = open_null(len, 100000), *dst = open_null(len, 0);
+    CopyJob *j = copy_job_new(src, dst);
+    BlockCopyState *s = j->s;
+    Job *job = &j->common;
+    BlockCopyStats st;
+
+    assert_true(job_set_speed(job, 1, NULL));
+    job_ref(job);
+    job_start(job);
+    LOOP_WAIT_WHILE(job->busy);
+    /* Asleep in the limit with nothing in flight. */
+    assert_int_equal(block_copy_in_flight(s), 0);
+    block_copy_get_stats(s, &st);
+    for (int i = 0; i < 50; i++) {
+        loop_iterate(false);
+    }
+    BlockCopyStats st2;
+    block_copy_get_stats(s, &st2);
+    assert_int_equal(st2.bytes_read, st.bytes_read);
+    /* At most one round of chunks went before the limit applied. */
+    assert_true(st.bytes_read <= (uint64_t)BLOCK_COPY_DEFAULT_MAX_WORKERS *
+                                 BLOCK_COPY_DEFAULT_MAX_CHUNK);
+    assert_int_equal(job_cancel_sync(job, true), -ECANCELED);
+    job_unref(job);
+    block_copy_free(s);
+    node_unref(src);
+    node_unref(dst);
+}
+
+/* ---- Setup ---- */
+
+static int setup(void **state)
+{
+    GError *err = NULL;
+    tmpdir = g_dir_make_tmp("test-block-copy-XXXXXX", &err);
+    assert_non_null(tmpdir);
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    GDir *d = g_dir_open(tmpdir, 0, NULL);
+    const char *name;
+
+    while (d && (name = g_dir_read_name(d))) {
+        char *p = g_build_filename(tmpdir, name, NULL);
+        unlink(p);
+        g_free(p);
+    }
+    if (d) {
+        g_dir_close(d);
+    }
+    rmdir(tmpdir);
+    g_free(tmpdir);
+    return 0;
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_full_copy_equal),
+        cmocka_unit_test(test_zero_ranges),
+        cmocka_unit_test(test_target_reads_zeroes),
+        cmocka_unit_test(test_skip_classify),
+        cmocka_unit_test(test_read_error),
+        cmocka_unit_test(test_write_error),
+        cmocka_unit_test(test_recording_bitmap),
+        cmocka_unit_test(test_limits),
+        cmocka_unit_test(test_dirty_api),
+        cmocka_unit_test(test_range_concurrent),
+        cmocka_unit_test(test_range_waits_for_inflight),
+        cmocka_unit_test(test_wait_range),
+        cmocka_unit_test(test_read_only_mode),
+        cmocka_unit_test(test_compress),
+        cmocka_unit_test(test_offload),
+        cmocka_unit_test(test_offload_fallback),
+        cmocka_unit_test(test_copy_range_core),
+        cmocka_unit_test(test_job_pause_and_finish),
+        cmocka_unit_test(test_job_cancel),
+        cmocka_unit_test(test_job_speed),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
