@@ -140,20 +140,26 @@ static int coroutine_fn backup_run(Job *job, GError **errp)
     }
 }
 
-static void backup_clean(Job *job)
+/*
+ * The block job keeps its main node (the filter) referenced until it is
+ * dismissed; QEMU's filter is gone at clean, so the job holds the source
+ * instead from then on, and the filter goes now.
+ */
+static void backup_drop_filter(BackupJob *s)
 {
-    BackupJob *s = (BackupJob *)job;
+    BlockNode *cbw = s->cbw;
 
-    job_remove_all_nodes(job);
-    /*
-     * The block job keeps its main node referenced until it is dismissed;
-     * QEMU's filter is gone at clean, so the job keeps the source instead
-     * and the filter goes now.
-     */
+    s->cbw = NULL;
+    job_remove_all_nodes(&s->common.job);
     node_ref(s->source);
     s->common.bs = s->source;
-    cbw_drop(s->cbw);     /* the job's reference */
-    s->cbw = NULL;
+    node_unref(cbw);      /* the block job's reference */
+    cbw_drop(cbw);        /* ours, from cbw_append() */
+}
+
+static void backup_clean(Job *job)
+{
+    backup_drop_filter((BackupJob *)job);
 }
 
 static void backup_free(Job *job)
@@ -162,10 +168,7 @@ static void backup_free(Job *job)
 
     if (s->cbw) {
         /* Never cleaned: created, then failed before it started. */
-        job_remove_all_nodes(job);
-        node_ref(s->source);
-        s->common.bs = s->source;
-        cbw_drop(s->cbw);
+        backup_drop_filter(s);
     }
     g_free(s->shared);
 }

@@ -18,6 +18,7 @@
  */
 #include <string.h>
 
+#include "job-settle.h"
 #include "transaction.h"
 #include "strata/backup.h"
 #include "strata/block-ops.h"
@@ -319,6 +320,12 @@ static void backup_action_commit(TxnState *s)
     BackupAction *st = s->opaque;
 
     job_start(&st->job->job);
+    if (in_coroutine()) {
+        /* As QEMU's, the job runs to its first pause point now, where
+         * the drain holds it (job_start() only scheduled it). */
+        co_wake(co_self());
+        co_yield();
+    }
 }
 
 static void backup_action_abort(TxnState *s)
@@ -371,7 +378,9 @@ void qmp_blockdev_backup(BlockdevBackup *arg, GError **errp)
         .u.blockdev_backup.data = arg,
     };
 
-    txn_run_one(&action, errp);
+    if (txn_run_one(&action, errp) && arg->job_id) {
+        qmp_job_settle(arg->job_id);
+    }
 }
 
 void qmp_drive_backup(DriveBackup *arg, GError **errp)
@@ -381,5 +390,7 @@ void qmp_drive_backup(DriveBackup *arg, GError **errp)
         .u.drive_backup.data = arg,
     };
 
-    txn_run_one(&action, errp);
+    if (txn_run_one(&action, errp) && arg->job_id) {
+        qmp_job_settle(arg->job_id);
+    }
 }
