@@ -418,6 +418,7 @@ BlockNode *cbw_append(BlockNode *source, BlockNode *target,
     json_t *o = json_object();
     BlockNode *top;
     CbwState *s;
+    GError *err = NULL;
 
     json_object_set_new(o, "driver", json_string("copy-before-write"));
     if (filter_node_name) {
@@ -425,8 +426,10 @@ BlockNode *cbw_append(BlockNode *source, BlockNode *target,
     }
     json_object_set_new(o, "file", json_string(node_get_name(source)));
     json_object_set_new(o, "target", json_string(node_get_name(target)));
-    top = node_open(NULL, o, NODE_O_RDWR, errp);
+    top = node_open(NULL, o, NODE_O_RDWR, &err);
     if (!top) {
+        error_setg(errp, "Could not create node: %s", err->message);
+        g_error_free(err);
         return NULL;
     }
     s = top->opaque;
@@ -434,10 +437,15 @@ BlockNode *cbw_append(BlockNode *source, BlockNode *target,
      * The job's engine options replace the defaults the filter opened
      * with, before anything is written through it: nothing is copied
      * yet, and the two bitmaps only depend on the granularity, which
-     * these options do not change.
+     * these options do not change.  A chunk limit below the granularity
+     * is the caller's to refuse (QEMU's backup does, after this).
      */
     if (opts) {
-        BlockCopyState *n = cbw_new_engine(top, opts, errp);
+        CbwCopyOptions o2 = *opts;
+        if (o2.max_chunk && o2.max_chunk < block_copy_granularity(s->bcs)) {
+            o2.max_chunk = 0;
+        }
+        BlockCopyState *n = cbw_new_engine(top, &o2, errp);
         if (!n) {
             node_unref(top);
             return NULL;
