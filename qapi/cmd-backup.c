@@ -351,6 +351,12 @@ static void backup_action_clean(TxnState *s)
     node_drain_end(st->bs);
     if (st->job_paused) {
         job_resume(&st->job->job);
+        if (in_coroutine()) {
+            /* QEMU's drained_end enters the job at once: it runs up to
+             * its first wait before the next action is cleaned. */
+            co_wake(co_self());
+            co_yield();
+        }
     }
     node_unref(st->bs);
 }
