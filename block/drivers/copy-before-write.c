@@ -354,6 +354,13 @@ static int coroutine_fn cbw_co_pdiscard(BlockNode *bs, int64_t offset,
     return child_co_pdiscard(bs->file, offset, bytes);
 }
 
+/* Only the file: the target is the snapshot's, flushed by its users
+ * (QEMU's filter flushes nothing else either). */
+static int coroutine_fn cbw_co_flush(BlockNode *bs)
+{
+    return node_co_flush(bs->file->bs);
+}
+
 static int64_t cbw_getlength(BlockNode *bs)
 {
     return node_getlength(bs->file->bs);
@@ -404,6 +411,7 @@ const BlockDriver bdrv_copy_before_write = {
     .co_pwritev = cbw_co_pwritev,
     .co_pwrite_zeroes = cbw_co_pwrite_zeroes,
     .co_pdiscard = cbw_co_pdiscard,
+    .co_flush = cbw_co_flush,
     .getlength = cbw_getlength,
     .has_variable_length = true,
 };
