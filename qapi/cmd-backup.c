@@ -253,7 +253,10 @@ static bool drive_backup_prepare(TxnState *s, GError **errp)
     if (!format && mode != NEW_IMAGE_MODE_EXISTING) {
         format = node_get_format_name(bs);
     }
-    flags = node_get_flags(bs) | NODE_O_RDWR;
+    /* The source's access and cache mode (QEMU passes all its open
+     * flags; strata's others are internal to the node's own opening). */
+    flags = (node_get_flags(bs) & (NODE_O_NOCACHE | NODE_O_NO_FLUSH)) |
+            NODE_O_RDWR;
 
     /*
      * sync=top: the target gets the source's backing file, found past
