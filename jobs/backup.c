@@ -151,9 +151,13 @@ static void backup_drop_filter(BackupJob *s)
 
     s->cbw = NULL;
     job_remove_all_nodes(&s->common.job);
-    node_ref(s->source);
-    s->common.bs = s->source;
-    node_unref(cbw);      /* the block job's reference */
+    if (s->common.bs == cbw) {
+        node_ref(s->source);
+        s->common.bs = s->source;
+        node_unref(cbw);  /* the block job's reference */
+    }
+    /* else a job dismissed before it was set up: the block job layer
+     * has dropped its reference already. */
     cbw_drop(cbw);        /* ours, from cbw_append() */
 }
 
