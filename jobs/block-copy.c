@@ -5,10 +5,11 @@
  * each dirty run into a task: its bits are cleared and the task is put on
  * the list of tasks in flight before anything is read, so a second call
  * never takes the same range, and a write that marks the range again
- * meanwhile makes it dirty again for a later pass.  Each task runs in a
- * coroutine of its own: classify, shrink to what classify answered for
- * (the rest is marked again), then copy, zero or skip.  A task that fails
- * marks its range again.
+ * meanwhile makes it dirty again for a later pass.  The call classifies
+ * the task and shrinks it to what classify answered for (the rest is
+ * marked again); skips end there, copies and zero writes run in a
+ * coroutine of their own, many at once.  A task that fails marks its
+ * range again.
  *
  * Two limits bound the engine as a whole, across all calls: max_workers
  * tasks in flight, and max_memory bytes of buffers (a data task waits for
@@ -28,6 +29,7 @@ typedef struct BlockCopyCall BlockCopyCall;
 
 typedef struct BlockCopyTask {
     int64_t offset, bytes;
+    BlockCopyKind kind;
     BlockCopyCall *call;
     CoQueue waiters;            /* wait_range and range callers */
 } BlockCopyTask;
@@ -126,11 +128,25 @@ BlockCopyState *block_copy_new(const BlockCopyOptions *opts, GError **errp)
                    "of two between 512 and 2 GiB", gran);
         return NULL;
     }
+    if (opts->max_memory && opts->max_memory < (uint64_t)gran) {
+        error_setg(errp, "block-copy: memory budget %" PRIu64 " cannot hold "
+                   "a chunk of %" PRId64, opts->max_memory, gran);
+        return NULL;
+    }
+    /* The default chunk fits the caller's budget (mirror's buf-size). */
     max_chunk = opts->max_chunk ? opts->max_chunk
-                                : MAX(gran, BLOCK_COPY_DEFAULT_MAX_CHUNK);
+                : MAX(gran, MIN((int64_t)BLOCK_COPY_DEFAULT_MAX_CHUNK,
+                                opts->max_memory ? (int64_t)opts->max_memory
+                                                 : INT64_MAX));
     if (max_chunk < gran) {
         error_setg(errp, "block-copy: max chunk %" PRId64 " is smaller than "
                    "the granularity %" PRId64, max_chunk, gran);
+        return NULL;
+    }
+    if (opts->compress && cluster_size(opts->target) > gran) {
+        error_setg(errp, "block-copy: compressed writes need whole clusters: "
+                   "granularity %" PRId64 " is smaller than the target's "
+                   "cluster size %" PRId64, gran, cluster_size(opts->target));
         return NULL;
     }
     max_chunk = opts->compress ? gran : ROUND_DOWN(max_chunk, gran);
@@ -388,57 +404,16 @@ out:
     return ret < 0 ? ret : 0;
 }
 
-static int coroutine_fn task_run(BlockCopyState *s, BlockCopyTask *t,
-                                 BlockCopyKind *pkind, bool *error_is_read)
+/*
+ * The end of a task, whatever it was: a failed one marks its range
+ * again and gives the call its error (the first one counts); a done one
+ * is reported.  Then whoever waits for the task, a slot or the call
+ * looks again.
+ */
+static void task_end(BlockCopyState *s, BlockCopyTask *t, int ret,
+                     bool is_read)
 {
-    int64_t n = t->bytes;
-    int kind = classify(s, t, &n);
-    int ret = 0;
-
-    if (kind < 0) {
-        *error_is_read = true;
-        return kind;
-    }
-    task_shrink(s, t, n);
-    *pkind = kind;
-    switch ((BlockCopyKind)kind) {
-    case BLOCK_COPY_DATA:
-        if (t->call->job) {
-            job_ratelimit_processed(t->call->job, n);
-        }
-        return copy_data(s, t->offset, n, error_is_read);
-    case BLOCK_COPY_ZERO:
-        if (!s->target || s->target_reads_zeroes) {
-            s->stats.bytes_skipped += n;
-            return 0;
-        }
-        if (t->call->job) {
-            job_ratelimit_processed(t->call->job, n);
-        }
-        ret = child_co_pwrite_zeroes(s->target, t->offset, n,
-                                     s->unmap ? REQ_MAY_UNMAP : 0);
-        if (ret < 0) {
-            *error_is_read = false;
-            return ret;
-        }
-        s->stats.bytes_zeroed += n;
-        return 0;
-    case BLOCK_COPY_SKIP:
-        s->stats.bytes_skipped += n;
-        return 0;
-    }
-    *error_is_read = true;
-    return -EINVAL;     /* a classify function answered nonsense */
-}
-
-static void coroutine_fn task_entry(void *opaque)
-{
-    BlockCopyTask *t = opaque;
     BlockCopyCall *call = t->call;
-    BlockCopyState *s = call->s;
-    BlockCopyKind kind = BLOCK_COPY_DATA;
-    bool is_read = false;
-    int ret = task_run(s, t, &kind, &is_read);
 
     s->stats.chunks++;
     if (ret < 0) {
@@ -449,11 +424,11 @@ static void coroutine_fn task_entry(void *opaque)
         }
         s->chunk = s->granularity;
     } else {
-        if (kind == BLOCK_COPY_DATA) {
+        if (t->kind == BLOCK_COPY_DATA) {
             s->chunk = MIN(s->chunk * 2, s->max_chunk);
         }
         if (s->progress) {
-            s->progress(s->progress_opaque, t->offset, t->bytes, kind);
+            s->progress(s->progress_opaque, t->offset, t->bytes, t->kind);
         }
     }
     g_queue_remove(&s->tasks, t);
@@ -466,16 +441,40 @@ static void coroutine_fn task_entry(void *opaque)
     g_free(t);
 }
 
+/* The I/O of a classified task, in a coroutine of its own. */
+static void coroutine_fn task_entry(void *opaque)
+{
+    BlockCopyTask *t = opaque;
+    BlockCopyState *s = t->call->s;
+    bool is_read = false;
+    int ret;
+
+    if (t->kind == BLOCK_COPY_DATA) {
+        ret = copy_data(s, t->offset, t->bytes, &is_read);
+    } else {
+        ret = child_co_pwrite_zeroes(s->target, t->offset, t->bytes,
+                                     s->unmap ? REQ_MAY_UNMAP : 0);
+        if (ret >= 0) {
+            s->stats.bytes_zeroed += t->bytes;
+        }
+    }
+    task_end(s, t, ret, is_read);
+}
+
 /*
- * Take the dirty run at offset (up to end and one chunk) and start it;
- * returns its length.
+ * Take the dirty run at offset (up to end and one chunk), classify it
+ * here, as QEMU does (so that the rate limit is charged with what is
+ * really copied, before it is), and start its I/O; ranges that need no
+ * I/O end here.  Returns the length taken (after classify).
  */
-static int64_t take_and_start(BlockCopyState *s, BlockCopyCall *call,
-                           int64_t offset, int64_t end)
+static int64_t coroutine_fn take_and_start(BlockCopyState *s,
+                                           BlockCopyCall *call,
+                                           int64_t offset, int64_t end)
 {
     int64_t n = MIN(s->chunk, end - offset);
     int64_t clean = dirty_bitmap_next_clean(s->bitmap, offset, n);
     BlockCopyTask *t;
+    int kind;
 
     if (clean > offset) {
         n = clean - offset;
@@ -494,6 +493,29 @@ static int64_t take_and_start(BlockCopyState *s, BlockCopyCall *call,
     s->in_flight++;
     s->stats.peak_in_flight = MAX(s->stats.peak_in_flight, s->in_flight);
     call->in_flight++;
+
+    kind = classify(s, t, &n);
+    if (kind < 0) {
+        task_end(s, t, kind, true);
+        return n;
+    }
+    task_shrink(s, t, n);
+    t->kind = kind;
+    if (kind != BLOCK_COPY_DATA && kind != BLOCK_COPY_ZERO &&
+        kind != BLOCK_COPY_SKIP) {
+        task_end(s, t, -EINVAL, true);  /* a classify answered nonsense */
+        return n;
+    }
+    if (kind == BLOCK_COPY_SKIP ||
+        (kind == BLOCK_COPY_ZERO && (!s->target || s->target_reads_zeroes))) {
+        /* Nothing to write. */
+        s->stats.bytes_skipped += n;
+        task_end(s, t, 0, false);
+        return n;
+    }
+    if (call->job) {
+        job_ratelimit_processed(call->job, n);
+    }
     co_enter(co_create(task_entry, t));
     return n;
 }

@@ -194,6 +194,7 @@ static BlockCopyState *new_copy(BlockCopyOptions *o)
  * opens it: chunks in flight for as long as a test wants, no timing.
  */
 typedef struct Gate {
+    int64_t skip_below;      /* below: nothing to copy */
     int64_t from;
     bool open;
     int waiting;
@@ -216,6 +217,10 @@ static int coroutine_fn gated_classify(void *opaque, int64_t offset,
                                        int64_t bytes, int64_t *pnum)
 {
     Gate *g = opaque;
+    if (offset < g->skip_below) {
+        *pnum = MIN(bytes, g->skip_below - offset);
+        return BLOCK_COPY_SKIP;
+    }
     if (offset >= g->from && !g->open) {
         g->waiting++;
         co_queue_wait(&g->q);
@@ -268,6 +273,52 @@ static void test_full_copy_equal(void **state)
     node_unref(src);
     node_unref(dst);
 
+    uint8_t *out = read_file(tp, len);
+    assert_memory_equal(out, data, len);
+    g_free(out);
+    g_free(data);
+}
+
+static void record_sizes(void *opaque, int64_t offset, int64_t bytes,
+                         BlockCopyKind kind)
+{
+    g_array_append_val((GArray *)opaque, bytes);
+}
+
+/* Chunks start at the granularity and double up to max_chunk. */
+static void test_chunk_growth(void **state)
+{
+    const size_t len = 4 * MiB;
+    uint8_t *data = g_malloc(len);
+    fill(data, len, 16);
+    g_autofree char *sp = make_file("gsrc", data, len);
+    g_autofree char *tp = make_file("gdst", NULL, len);
+    BlockNode *src = open_file(sp), *dst = open_file(tp);
+    GArray *sizes = g_array_new(FALSE, FALSE, sizeof(int64_t));
+    Edges e;
+    BlockCopyOptions o = {
+        .source = edge(&e.src, src, BLK_PERM_CONSISTENT_READ),
+        .target = edge(&e.dst, dst, BLK_PERM_WRITE),
+        .max_chunk = MiB,
+        .max_workers = 1,        /* each chunk ends before the next starts */
+        .progress = record_sizes, .progress_opaque = sizes,
+    };
+    BlockCopyState *s = new_copy(&o);
+    const int64_t expect[] = {
+        64 * KiB, 128 * KiB, 256 * KiB, 512 * KiB, MiB, MiB, MiB, 64 * KiB,
+    };
+
+    assert_int_equal(run_sync(s, NULL), 0);
+    assert_int_equal(sizes->len, G_N_ELEMENTS(expect));
+    for (guint i = 0; i < sizes->len; i++) {
+        assert_int_equal(g_array_index(sizes, int64_t, i), expect[i]);
+    }
+    g_array_free(sizes, TRUE);
+    block_copy_free(s);
+    blk_unref(e.src);
+    blk_unref(e.dst);
+    node_unref(src);
+    node_unref(dst);
     uint8_t *out = read_file(tp, len);
     assert_memory_equal(out, data, len);
     g_free(out);
@@ -591,6 +642,21 @@ static void test_limits(void **state)
     assert_null(block_copy_new(&bad, &err));
     assert_non_null(strstr(err->message, "memory budget"));
     g_clear_error(&err);
+    /* A small budget and the default chunk: the chunk fits the budget. */
+    BlockCopyOptions small = o;
+    small.max_chunk = 0;
+    small.max_memory = 192 * KiB;
+    s = new_copy(&small);
+    assert_int_equal(run_sync(s, NULL), 0);
+    block_copy_get_stats(s, &st);
+    assert_int_equal(st.bytes_written, len);
+    assert_true(st.peak_memory <= 192 * KiB);
+    block_copy_free(s);
+    bad = o;
+    bad.max_memory = 4096;
+    assert_null(block_copy_new(&bad, &err));
+    assert_non_null(strstr(err->message, "memory budget 4096"));
+    g_clear_error(&err);
     bad = o;
     bad.max_chunk = 4096;
     assert_null(block_copy_new(&bad, &err));
@@ -771,8 +837,8 @@ static void test_range_waits_for_inflight(void **state)
     };
 
     co_enter(co_create(run_co, &bg));
-    /* The background copy took granule 0 (and one more). */
-    assert_int_equal(block_copy_in_flight(s), 2);
+    /* The background copy took granule 0 and classifies it. */
+    assert_int_equal(block_copy_in_flight(s), 1);
     assert_false(dirty_bitmap_get(block_copy_bitmap(s), 0));
     co_enter(co_create(guest_co, &g));
     for (int i = 0; i < 20; i++) {
@@ -780,7 +846,7 @@ static void test_range_waits_for_inflight(void **state)
     }
     /* Held up by the chunk in flight, which is held at the gate. */
     assert_false(g.done);
-    assert_int_equal(gate.waiting, 2);
+    assert_int_equal(gate.waiting, 1);
     gate_open(&gate);
     LOOP_WAIT_WHILE(!g.done);
     assert_int_equal(g.ret, 0);
@@ -907,6 +973,12 @@ static void test_compress(void **state)
     BlockCopyStats st;
 
     assert_int_equal(block_copy_granularity(s), 64 * KiB);
+    /* Less than a cluster cannot be written compressed. */
+    BlockCopyOptions bad = o;
+    bad.granularity = 4096;
+    assert_null(block_copy_new(&bad, &err));
+    assert_non_null(strstr(err->message, "whole clusters"));
+    g_clear_error(&err);
     assert_int_equal(run_sync(s, NULL), 0);
     block_copy_get_stats(s, &st);
     /* One chunk per cluster: compressed writes are whole clusters. */
@@ -1241,6 +1313,8 @@ static void test_job_speed(void **state)
     Job *job = &j->common;
     BlockCopyStats st;
 
+    /* The first 8 MiB are skipped: the limit charges only copies. */
+    job_gate.skip_below = 8 * MiB;
     assert_true(job_set_speed(job, 1, NULL));
     job_ref(job);
     job_start(job);
@@ -1254,9 +1328,10 @@ static void test_job_speed(void **state)
     BlockCopyStats st2;
     block_copy_get_stats(s, &st2);
     assert_int_equal(st2.bytes_read, st.bytes_read);
-    /* At most one round of chunks went before the limit applied. */
-    assert_true(st.bytes_read <= (uint64_t)BLOCK_COPY_DEFAULT_MAX_WORKERS *
-                                 BLOCK_COPY_DEFAULT_MAX_CHUNK);
+    /* One chunk went before the limit applied, as in QEMU, after all
+     * the skips. */
+    assert_int_equal(st.bytes_read, GRAN);
+    assert_int_equal(st.bytes_skipped, 8 * MiB);
     assert_int_equal(job_cancel_sync(job, true), -ECANCELED);
     job_unref(job);
     block_copy_free(s);
@@ -1296,6 +1371,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_full_copy_equal),
+        cmocka_unit_test(test_chunk_growth),
         cmocka_unit_test(test_zero_ranges),
         cmocka_unit_test(test_target_reads_zeroes),
         cmocka_unit_test(test_skip_classify),

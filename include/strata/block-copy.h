@@ -73,7 +73,8 @@ typedef struct BlockCopyOptions {
      * granularity: a power of two >= 512, ignored when bitmap is given
      * (the bitmap's is used).  max_chunk is rounded down to the
      * granularity; compress makes it the granularity (one cluster per
-     * compressed write).  max_memory must hold one max_chunk. */
+     * compressed write).  max_memory must hold one max_chunk (the
+     * default max_chunk is made to fit a max_memory given). */
     int64_t granularity;
     int64_t max_chunk;
     uint64_t max_memory;
