@@ -390,11 +390,14 @@ static void cbw_child_perm(BlockNode *bs, BlockChild *c, unsigned role,
     node_default_perms(bs, c, role, rs, perm, shared, nperm, nshared);
     if (bs->parents) {
         /*
-         * Once somebody uses the filter (the backup job always does), the
-         * engine reads the source, and nobody may write it or resize it
-         * behind the filter's back.
+         * Once somebody uses the filter (the backup job always does),
+         * nobody may write or resize the source behind the filter's back;
+         * the old data must be readable where parents write (QEMU 7.2
+         * asks for consistent reads only then).
          */
-        *nperm |= BLK_PERM_CONSISTENT_READ;
+        if (perm & BLK_PERM_WRITE) {
+            *nperm |= BLK_PERM_CONSISTENT_READ;
+        }
         *nshared &= ~(BLK_PERM_WRITE | BLK_PERM_RESIZE);
     }
 }
