@@ -183,6 +183,10 @@ static int cbw_open(BlockNode *bs, json_t *options, int flags, GError **errp)
         return -EINVAL;
     }
     if (!cbw_make_bitmaps(bs, errp)) {
+        /* A failed open releases what it took; the node's own bitmaps go
+         * with the node. */
+        block_copy_free(s->bcs);
+        s->bcs = NULL;
         return -EINVAL;
     }
     return 0;
