@@ -21,6 +21,7 @@
 #include "strata/block-events.h"
 #include "strata/block-ops.h"
 #include "strata/copy-before-write.h"
+#include "strata/dirty-bitmap.h"
 #include "strata/error.h"
 
 /*
@@ -50,9 +51,13 @@ static void backup_progress(void *opaque, int64_t offset, int64_t bytes,
 {
     BackupShared *sh = opaque;
 
-    (void)offset;
     if (!sh->job) {
         return;
+    }
+    /* QEMU counts whole clusters, the image's last one too. */
+    if (sh->bcs && offset + bytes == sh->len) {
+        int64_t gran = block_copy_granularity(sh->bcs);
+        bytes += (gran - sh->len % gran) % gran;
     }
     if (kind == BLOCK_COPY_SKIP) {
         sh->skipped += (uint64_t)bytes;
@@ -107,7 +112,8 @@ static int coroutine_fn backup_run(Job *job, GError **errp)
     BackupJob *s = (BackupJob *)job;
 
     (void)errp;
-    s->shared->total = (uint64_t)block_copy_remaining(s->bcs);
+    /* Whole clusters, the last one even past the end, as QEMU counts. */
+    s->shared->total = (uint64_t)dirty_bitmap_count(block_copy_bitmap(s->bcs));
     job_progress_set_remaining(job, s->shared->total);
 
     if (s->sync == BACKUP_SYNC_NONE) {

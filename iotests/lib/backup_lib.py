@@ -74,3 +74,25 @@ def cmd_until(c, cmd, args, job_id, state='null'):
         elif status(job_id, state)(msg):
             reached = True
     return msg
+
+
+def wait_idle(c, job_id):
+    """Ask query-block-jobs (nothing logged) until the job waits, e.g. for
+    its speed limit, so that what a verb does next does not depend on a
+    copy still in flight."""
+    while True:
+        c.send('query-block-jobs')
+        while True:
+            msg = c.recv()
+            if 'event' not in msg:
+                break
+            qmp_log(msg)
+        jobs = [j for j in msg['return'] if j['device'] == job_id]
+        if not jobs or not jobs[0]['busy']:
+            return
+
+
+def qmp_log(msg):
+    import json
+    import qmp
+    qmp.log(json.dumps(msg))
