@@ -38,9 +38,13 @@ static const char *const *strong_options(const BlockDriver *drv)
         "vote-threshold", "blkverify", "rewrite-corrupted", "read-pattern",
         NULL,
     };
+    static const char *const throttle[] = { "throttle-group", NULL };
     static const char *const none[] = { NULL };
     const char *name = drv->format_name;
 
+    if (!strcmp(name, "throttle")) {
+        return throttle;
+    }
     if (!strcmp(name, "luks")) {
         return luks;
     }

@@ -67,6 +67,9 @@ static void user_object_free(UserObject *o)
         qapi_free_SecretProperties_members(&o->secret);
     }
     iothread_free(o->iothread);
+    if (o->throttle) {
+        throttle_group_destroy(o->throttle);
+    }
     g_free(o->id);
     g_free(o);
 }
@@ -128,6 +131,11 @@ void qmp_object_add(ObjectOptions *arg, GError **errp)
         !iothread_setters_check(&arg->u.iothread, errp)) {
         return;
     }
+    ThrottleConfig tcfg;
+    if (arg->qom_type == OBJECT_TYPE_THROTTLE_GROUP &&
+        !throttle_object_config(&arg->u.throttle_group, &tcfg, errp)) {
+        return;
+    }
     if (arg->qom_type == OBJECT_TYPE_SECRET && arg->u.secret.has_loaded) {
         error_setg(errp, "Property 'secret.loaded' is not writable");
         return;
@@ -150,6 +158,10 @@ void qmp_object_add(ObjectOptions *arg, GError **errp)
         iothread_params_from(&arg->u.iothread, &p);
         o->iothread = iothread_new(o->id, &p, errp);
         ok = o->iothread != NULL;
+    } else if (o->type == OBJECT_TYPE_THROTTLE_GROUP) {
+        /* the group takes the object's id as its name */
+        o->throttle = throttle_group_create(o->id, &tcfg, errp);
+        ok = o->throttle != NULL;
     } else {
         SecretProperties *s = &arg->u.secret;
         SecretSpec spec = {
@@ -177,6 +189,11 @@ void qmp_object_del(const char *id, GError **errp)
     user_objects_root_touch();
     if (!o) {
         error_setg(errp, "object '%s' not found", id);
+        return;
+    }
+    /* QEMU's can_be_deleted: no throttle node may use the group */
+    if (o->throttle && throttle_group_in_use(o->throttle)) {
+        error_setg(errp, "object '%s' is in use, can not be deleted", id);
         return;
     }
     /*

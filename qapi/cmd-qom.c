@@ -13,13 +13,14 @@
 #include "qapi-commands.h"
 #include "objects.h"
 
-typedef enum { N_CONTAINER, N_IOTHREAD, N_SECRET, N_CHARDEV } NodeKind;
+typedef enum { N_CONTAINER, N_IOTHREAD, N_SECRET, N_CHARDEV, N_THROTTLE }
+    NodeKind;
 
 typedef struct QomNode {
     char *name;
     char *path;
     NodeKind kind;
-    UserObject *obj;            /* N_IOTHREAD, N_SECRET */
+    UserObject *obj;            /* N_IOTHREAD, N_SECRET, N_THROTTLE */
     ChardevStatus *chr;         /* N_CHARDEV */
     GPtrArray *children;        /* QomNode, in QEMU's iteration order */
 } QomNode;
@@ -45,6 +46,19 @@ static const Prop socket_props[] = {
     { "type", "string" }, { "connected", "bool" },
     { "addr", "SocketAddress" }, { NULL },
 };
+static const Prop throttle_props[] = {
+    { "type", "string" }, { "x-bps-write-max-length", "int" },
+    { "x-iops-total-max-length", "int" }, { "x-iops-size", "int" },
+    { "limits", "ThrottleLimits" }, { "x-bps-total", "int" },
+    { "x-iops-read-max-length", "int" }, { "x-bps-write", "int" },
+    { "x-iops-write-max-length", "int" }, { "x-bps-read-max", "int" },
+    { "x-iops-read-max", "int" }, { "x-bps-total-max", "int" },
+    { "x-bps-read-max-length", "int" }, { "x-iops-read", "int" },
+    { "x-bps-read", "int" }, { "x-bps-write-max", "int" },
+    { "x-iops-total-max", "int" }, { "x-iops-total", "int" },
+    { "x-iops-write", "int" }, { "x-bps-total-max-length", "int" },
+    { "x-iops-write-max", "int" }, { NULL },
+};
 static const Prop null_props[] = { { "type", "string" }, { NULL } };
 
 static const char *node_type(const QomNode *n)
@@ -54,6 +68,8 @@ static const char *node_type(const QomNode *n)
         return "iothread";
     case N_SECRET:
         return "secret";
+    case N_THROTTLE:
+        return "throttle-group";
     case N_CHARDEV:
         return n->chr->is_socket ? "chardev-socket" : "chardev-null";
     default:
@@ -68,6 +84,8 @@ static const Prop *node_props(const QomNode *n)
         return iothread_props;
     case N_SECRET:
         return secret_props;
+    case N_THROTTLE:
+        return throttle_props;
     case N_CHARDEV:
         return n->chr->is_socket ? socket_props : null_props;
     default:
@@ -123,8 +141,10 @@ static QomNode *tree_build(void)
             GPtrArray *objs = user_objects_in_qom_order();
             for (guint i = 0; i < objs->len; i++) {
                 UserObject *o = objs->pdata[i];
-                QomNode *n = node_new(c, o->id, o->type == OBJECT_TYPE_IOTHREAD
-                                      ? N_IOTHREAD : N_SECRET);
+                QomNode *n = node_new(c, o->id,
+                    o->type == OBJECT_TYPE_IOTHREAD ? N_IOTHREAD
+                    : o->type == OBJECT_TYPE_THROTTLE_GROUP ? N_THROTTLE
+                    : N_SECRET);
                 n->obj = o;
             }
             g_ptr_array_free(objs, TRUE);
@@ -307,6 +327,8 @@ json_t *qmp_qom_get(const char *path, const char *property, GError **errp)
     } else if (n->kind == N_IOTHREAD) {
         IOThreadParams p = *iothread_params(n->obj->iothread);
         ret = json_integer(*iothread_param_field(&p, property));
+    } else if (n->kind == N_THROTTLE) {
+        ret = throttle_object_get(n->obj, property);
     } else if (n->kind == N_SECRET) {
         if (!strcmp(property, "loaded")) {
             ret = json_true();
@@ -402,7 +424,7 @@ void qmp_qom_set(const char *path, const char *property, json_t *value,
         goto out;
     }
     bool writable = strcmp(property, "type") && !child_named(n, property) &&
-                    (n->kind == N_IOTHREAD ||
+                    (n->kind == N_IOTHREAD || n->kind == N_THROTTLE ||
                      (n->kind == N_SECRET && strcmp(property, "loaded")));
     if (!writable) {
         error_setg(errp, "Property '%s.%s' is not writable", node_type(n),
@@ -411,6 +433,8 @@ void qmp_qom_set(const char *path, const char *property, json_t *value,
     }
     if (n->kind == N_IOTHREAD) {
         iothread_set(n->obj, property, value, errp);
+    } else if (n->kind == N_THROTTLE) {
+        throttle_object_set(n->obj, property, value, errp);
     } else {
         secret_set(n->obj, property, value, errp);
     }
@@ -437,6 +461,7 @@ static const struct {
     { "user-creatable", "interface", NULL, true },
     { "chardev-socket", "chardev", NULL, false },
     { "object", NULL, NULL, true },
+    { "throttle-group", "object", "user-creatable", false },
 };
 
 static int type_index(const char *name)

@@ -8,6 +8,7 @@
 
 #include <glib.h>
 #include "strata/iothread.h"
+#include "strata/throttle.h"
 #include "qapi-types.h"
 
 typedef struct UserObject {
@@ -16,6 +17,7 @@ typedef struct UserObject {
     IOThread *iothread;        /* type iothread */
     SecretProperties secret;   /* type secret: the properties as set */
     bool secret_base64;
+    ThrottleGroup *throttle;   /* type throttle-group */
 } UserObject;
 
 UserObject *user_object_find(const char *id);
@@ -40,6 +42,17 @@ GPtrArray *user_objects_in_qom_order(void);
  */
 void user_objects_root_touch(void);
 bool user_objects_root_exists(void);
+/*
+ * throttle-group (qapi/throttle-object.c): the configuration the
+ * properties of object-add give (checked as QEMU's setters and completion
+ * check them); qom-get and qom-set of a property ("limits", "x-...").
+ */
+bool throttle_object_config(ThrottleGroupProperties *p, ThrottleConfig *cfg,
+                            GError **errp);
+json_t *throttle_object_get(UserObject *o, const char *property);
+bool throttle_object_set(UserObject *o, const char *property, json_t *value,
+                         GError **errp);
+
 /* Delete every object (at exit). */
 void user_objects_cleanup(void);
 

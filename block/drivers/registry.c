@@ -18,6 +18,8 @@ extern const BlockDriver bdrv_quorum;
 extern const BlockDriver bdrv_nbd;
 extern const BlockDriver bdrv_nbd_tcp;
 extern const BlockDriver bdrv_nbd_unix;
+extern const BlockDriver bdrv_throttle;
+extern const BlockDriver bdrv_preallocate;
 
 static GPtrArray *drivers;
 static void drivers_init(void);
@@ -47,6 +49,8 @@ static void drivers_init(void)
     g_ptr_array_add(drivers, (gpointer)&bdrv_luks);
     g_ptr_array_add(drivers, (gpointer)&bdrv_bochs);
     g_ptr_array_add(drivers, (gpointer)&bdrv_quorum);
+    g_ptr_array_add(drivers, (gpointer)&bdrv_throttle);
+    g_ptr_array_add(drivers, (gpointer)&bdrv_preallocate);
     /* nbd+unix first: driver=nbd means it, as in QEMU (see nbd.c). */
     g_ptr_array_add(drivers, (gpointer)&bdrv_nbd_unix);
     g_ptr_array_add(drivers, (gpointer)&bdrv_nbd_tcp);
