@@ -33,6 +33,7 @@ typedef struct BackupShared {
     BlockNode *source;
     BlockCopyState *bcs;         /* NULL until the filter is in place */
     int64_t len;
+    bool top;                    /* sync=top: skips are not progress */
     uint64_t skipped;            /* top: bytes the engine dropped */
     uint64_t total;              /* the first estimate, before skips */
 } BackupShared;
@@ -59,7 +60,7 @@ static void backup_progress(void *opaque, int64_t offset, int64_t bytes,
         int64_t gran = block_copy_granularity(sh->bcs);
         bytes += (gran - sh->len % gran) % gran;
     }
-    if (kind == BLOCK_COPY_SKIP) {
+    if (kind == BLOCK_COPY_SKIP && sh->top) {
         sh->skipped += (uint64_t)bytes;
         uint64_t left = sh->total - MIN(sh->total, sh->skipped +
                                         sh->job->progress_current);
@@ -288,6 +289,7 @@ BlockJob *backup_job_create(const char *job_id, BlockNode *bs,
     sh = g_new0(BackupShared, 1);
     sh->source = bs;
     sh->len = len;
+    sh->top = o->sync == BACKUP_SYNC_TOP;
     CbwCopyOptions copts = {
         .compress = o->compress,
         .use_copy_range = o->perf.use_copy_range,
