@@ -53,6 +53,8 @@ struct BlockCopyState {
     int64_t granularity, max_chunk;
     int64_t chunk;              /* current chunk size: grows on success */
     uint64_t max_memory, memory;
+    GSList *buffers;            /* Buffer*: free ones kept for reuse */
+    uint64_t cached;            /* their bytes */
     int max_workers, in_flight;
     int64_t bytes_in_flight;
     size_t buf_align;
@@ -69,6 +71,8 @@ struct BlockCopyState {
     CoQueue memory_wait;        /* buffer memory was freed */
     BlockCopyStats stats;
 };
+
+static void buffers_drop_one(BlockCopyState *s);
 
 /* ---- Set-up ---- */
 
@@ -214,6 +218,9 @@ void block_copy_free(BlockCopyState *s)
         return;
     }
     g_assert(s->in_flight == 0);
+    while (s->buffers) {
+        buffers_drop_one(s);
+    }
     if (s->own_bitmap) {
         dirty_bitmap_release(s->bitmap);
     }
@@ -342,24 +349,85 @@ static void task_shrink(BlockCopyState *s, BlockCopyTask *t, int64_t bytes)
     co_queue_restart_all(&t->waiters);
 }
 
-static void coroutine_fn memory_get(BlockCopyState *s, uint64_t bytes)
+/*
+ * Buffers.  A fresh buffer costs a page fault per page on its first read
+ * (a quarter of the engine's CPU time in a copy from the page cache), so
+ * freed buffers are kept for the next chunk of the same size; sizes are
+ * powers of two (capped at max_chunk) so that growing chunks find one.
+ * What is kept counts against the budget with what is in use: the
+ * buffers never hold more than max_memory.
+ */
+typedef struct Buffer {
+    void *p;
+    uint64_t size;
+} Buffer;
+
+static uint64_t buffer_size(const BlockCopyState *s, int64_t bytes)
 {
-    while (s->memory > 0 && s->memory + bytes > s->max_memory) {
-        co_queue_wait(&s->memory_wait);
+    uint64_t n = 1;
+    while (n < (uint64_t)bytes) {
+        n <<= 1;
     }
-    s->memory += bytes;
-    s->stats.peak_memory = MAX(s->stats.peak_memory, s->memory);
+    return MIN(n, (uint64_t)s->max_chunk);
 }
 
-static void memory_put(BlockCopyState *s, uint64_t bytes)
+static void buffers_drop_one(BlockCopyState *s)
 {
-    s->memory -= bytes;
+    Buffer *b = s->buffers->data;
+    s->buffers = g_slist_delete_link(s->buffers, s->buffers);
+    s->cached -= b->size;
+    free(b->p);
+    g_free(b);
+}
+
+static void *coroutine_fn buffer_get(BlockCopyState *s, uint64_t size)
+{
+    void *p = NULL;
+
+    while (s->memory > 0 && s->memory + size > s->max_memory) {
+        co_queue_wait(&s->memory_wait);
+    }
+    s->memory += size;
+    s->stats.peak_memory = MAX(s->stats.peak_memory, s->memory);
+    for (GSList *l = s->buffers; l; l = l->next) {
+        Buffer *b = l->data;
+        if (b->size == size) {
+            p = b->p;
+            s->cached -= size;
+            s->buffers = g_slist_delete_link(s->buffers, l);
+            g_free(b);
+            return p;
+        }
+    }
+    while (s->buffers && s->memory + s->cached > s->max_memory) {
+        buffers_drop_one(s);
+    }
+    if (posix_memalign(&p, s->buf_align, size)) {
+        s->memory -= size;
+        co_queue_restart_all(&s->memory_wait);
+        return NULL;
+    }
+    return p;
+}
+
+static void buffer_put(BlockCopyState *s, void *p, uint64_t size)
+{
+    s->memory -= size;
+    if (s->memory + s->cached + size <= s->max_memory) {
+        Buffer *b = g_new(Buffer, 1);
+        *b = (Buffer) { .p = p, .size = size };
+        s->buffers = g_slist_prepend(s->buffers, b);
+        s->cached += size;
+    } else {
+        free(p);
+    }
     co_queue_restart_all(&s->memory_wait);
 }
 
 static int coroutine_fn copy_data(BlockCopyState *s, int64_t offset,
                                   int64_t bytes, bool *error_is_read)
 {
+    uint64_t size;
     void *buf;
     int ret;
 
@@ -377,9 +445,9 @@ static int coroutine_fn copy_data(BlockCopyState *s, int64_t offset,
          */
         s->use_copy_range = false;
     }
-    memory_get(s, bytes);
-    if (posix_memalign(&buf, s->buf_align, bytes)) {
-        memory_put(s, bytes);
+    size = buffer_size(s, bytes);
+    buf = buffer_get(s, size);
+    if (!buf) {
         *error_is_read = true;
         return -ENOMEM;
     }
@@ -399,8 +467,7 @@ static int coroutine_fn copy_data(BlockCopyState *s, int64_t offset,
         s->stats.bytes_written += bytes;
     }
 out:
-    free(buf);
-    memory_put(s, bytes);
+    buffer_put(s, buf, size);
     return ret < 0 ? ret : 0;
 }
 
@@ -471,8 +538,14 @@ static int64_t coroutine_fn take_and_start(BlockCopyState *s,
                                            BlockCopyCall *call,
                                            int64_t offset, int64_t end)
 {
-    int64_t n = MIN(s->chunk, end - offset);
+    /*
+     * Classify a long run at once: zeroes and skips need no buffer and
+     * are done in one piece (a sparse disk in 64 MiB steps, not chunk by
+     * chunk); data is cut to the current chunk afterwards.
+     */
+    int64_t n = MIN(MIN(64 * s->max_chunk, (int64_t)GiB), end - offset);
     int64_t clean = dirty_bitmap_next_clean(s->bitmap, offset, n);
+    int64_t taken;
     BlockCopyTask *t;
     int kind;
 
@@ -494,10 +567,14 @@ static int64_t coroutine_fn take_and_start(BlockCopyState *s,
     s->stats.peak_in_flight = MAX(s->stats.peak_in_flight, s->in_flight);
     call->in_flight++;
 
+    taken = n;
     kind = classify(s, t, &n);
     if (kind < 0) {
         task_end(s, t, kind, true);
-        return n;
+        return taken;
+    }
+    if (kind == BLOCK_COPY_DATA && n > s->chunk) {
+        n = s->chunk;
     }
     task_shrink(s, t, n);
     t->kind = kind;

@@ -98,9 +98,9 @@ typedef struct BlockCopyOptions {
  * The defaults of max_chunk, max_memory and max_workers: measured with
  * bench/block-copy-bench (docs/architecture.md, "Jobs: the copy engine").
  */
-#define BLOCK_COPY_DEFAULT_MAX_CHUNK   (4 << 20)
+#define BLOCK_COPY_DEFAULT_MAX_CHUNK   (1 << 20)
 #define BLOCK_COPY_DEFAULT_MAX_MEMORY  (32 << 20)
-#define BLOCK_COPY_DEFAULT_MAX_WORKERS 8
+#define BLOCK_COPY_DEFAULT_MAX_WORKERS 16
 
 /* Fails only for options that cannot work (a bad granularity...). */
 BlockCopyState *block_copy_new(const BlockCopyOptions *opts, GError **errp);
@@ -164,7 +164,10 @@ typedef struct BlockCopyStats {
     uint64_t bytes_read, bytes_written, bytes_zeroed, bytes_skipped;
     uint64_t bytes_offloaded;
     uint64_t chunks;
-    uint64_t peak_memory;       /* most buffer bytes held at once */
+    /* Most buffer bytes in use at once (a chunk's buffer is its size
+     * rounded up to a power of two, at most max_chunk; freed buffers are
+     * kept for reuse, and together never exceed max_memory). */
+    uint64_t peak_memory;
     int peak_in_flight;
 } BlockCopyStats;
 
