@@ -538,8 +538,14 @@ static int64_t coroutine_fn take_and_start(BlockCopyState *s,
                                            BlockCopyCall *call,
                                            int64_t offset, int64_t end)
 {
-    int64_t n = MIN(s->chunk, end - offset);
+    /*
+     * Classify a long run at once: zeroes and skips need no buffer and
+     * are done in one piece (a sparse disk in 64 MiB steps, not chunk by
+     * chunk); data is cut to the current chunk afterwards.
+     */
+    int64_t n = MIN(MIN(64 * s->max_chunk, (int64_t)GiB), end - offset);
     int64_t clean = dirty_bitmap_next_clean(s->bitmap, offset, n);
+    int64_t taken;
     BlockCopyTask *t;
     int kind;
 
@@ -561,10 +567,14 @@ static int64_t coroutine_fn take_and_start(BlockCopyState *s,
     s->stats.peak_in_flight = MAX(s->stats.peak_in_flight, s->in_flight);
     call->in_flight++;
 
+    taken = n;
     kind = classify(s, t, &n);
     if (kind < 0) {
         task_end(s, t, kind, true);
-        return n;
+        return taken;
+    }
+    if (kind == BLOCK_COPY_DATA && n > s->chunk) {
+        n = s->chunk;
     }
     task_shrink(s, t, n);
     t->kind = kind;

@@ -411,6 +411,8 @@ static void test_target_reads_zeroes(void **state)
     assert_int_equal(st.bytes_written, 64 * KiB);
     assert_int_equal(st.bytes_skipped, len - 64 * KiB);
     assert_int_equal(seen.bytes[BLOCK_COPY_ZERO], len - 64 * KiB);
+    /* Each hole in one piece, not chunk by chunk. */
+    assert_int_equal(st.chunks, 3);
     block_copy_free(s);
     blk_unref(e.src);
     blk_unref(e.dst);
