@@ -98,9 +98,9 @@ typedef struct BlockCopyOptions {
  * The defaults of max_chunk, max_memory and max_workers: measured with
  * bench/block-copy-bench (docs/architecture.md, "Jobs: the copy engine").
  */
-#define BLOCK_COPY_DEFAULT_MAX_CHUNK   (4 << 20)
+#define BLOCK_COPY_DEFAULT_MAX_CHUNK   (1 << 20)
 #define BLOCK_COPY_DEFAULT_MAX_MEMORY  (32 << 20)
-#define BLOCK_COPY_DEFAULT_MAX_WORKERS 8
+#define BLOCK_COPY_DEFAULT_MAX_WORKERS 16
 
 /* Fails only for options that cannot work (a bad granularity...). */
 BlockCopyState *block_copy_new(const BlockCopyOptions *opts, GError **errp);

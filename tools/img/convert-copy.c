@@ -415,6 +415,10 @@ static void coroutine_fn copy_worker(void *opaque)
         if (status == CONVERT_DATA ||
             (!s->min_sparse && status == CONVERT_ZERO)) {
             s->allocated_done += n;
+            img_progress_set_bytes(s->progress,
+                                   (uint64_t)s->allocated_done * CONVERT_SECTOR,
+                                   (uint64_t)s->allocated_sectors *
+                                   CONVERT_SECTOR);
             img_progress_print(s->progress,
                                    100.0 * s->allocated_done /
                                    s->allocated_sectors, 0);

@@ -45,6 +45,7 @@ typedef struct ConvertArgs {
     json_t *sn_opts;            /* -l snapshot.id=,snapshot.name= */
     const char *snapshot_name;  /* -l ID_OR_NAME */
     bool tgt_image_opts, skip_create, progress, copy_range, bitmaps;
+    bool progress_json;          /* --progress=json */
     bool skip_broken, explicit_min_sparse;
 } ConvertArgs;
 
@@ -477,6 +478,7 @@ int img_convert(int argc, char **argv)
         { "target-is-zero", no_argument, NULL, OPTION_TARGET_IS_ZERO },
         { "bitmaps", no_argument, NULL, OPTION_BITMAPS },
         { "skip-broken-bitmaps", no_argument, NULL, OPTION_SKIP_BROKEN },
+        { "progress", required_argument, NULL, IMG_OPTION_PROGRESS },
         { NULL, 0, NULL, 0 },
     };
     ConvertArgs a = { .cache = "unsafe", .src_cache = "writeback" };
@@ -541,6 +543,11 @@ int img_convert(int argc, char **argv)
             break;
         case 'p':
             a.progress = true;
+            break;
+        case IMG_OPTION_PROGRESS:
+            if (!img_progress_parse(optarg, &a.progress, &a.progress_json)) {
+                return EXIT_FAILURE;
+            }
             break;
         case 't':
             a.cache = optarg;
@@ -652,7 +659,8 @@ int img_convert(int argc, char **argv)
     }
 
     s.quiet = quiet;
-    img_progress_init(&progress, a.progress && !quiet, 1.0);
+    img_progress_init_mode(&progress, a.progress && !quiet, a.progress_json,
+                           "convert", 1.0);
     img_progress_print(&progress, 0, 100);
 
     ret = convert_run(&a, &s, argv + optind, out_filename, &progress);

@@ -102,6 +102,7 @@ typedef struct ImgOpenSpec {
 enum {
     IMG_OPTION_OBJECT = 256,
     IMG_OPTION_IMAGE_OPTS,
+    IMG_OPTION_PROGRESS,         /* --progress=json|human (progress.c) */
     IMG_OPTION_FIRST_PRIVATE,
 };
 
@@ -137,11 +138,29 @@ typedef struct ImgProgress {
     float current;
     float last_print;
     float min_skip;
+    /* --progress=json: one JSON object per line instead of the meter */
+    const char *json_op;         /* NULL: qemu-img's meter */
+    uint64_t done, total;        /* bytes, what the JSON lines report */
+    unsigned json_lines;         /* printed so far; the last one's values: */
+    uint64_t json_done;
+    double json_pct;
 } ImgProgress;
 
+/*
+ * --progress=ARG of a long subcommand: "human" is -p, "json" prints one
+ * JSON object per line on stdout ({"operation", "done", "total",
+ * "percent"}, done and total in bytes), a strata extension (docs/status.md, "Commit").
+ * False, with the error printed, for anything else.
+ */
+bool img_progress_parse(const char *arg, bool *progress, bool *json);
+/* json: report as JSON lines for operation op ("commit", ...). */
+void img_progress_init_mode(ImgProgress *p, bool enabled, bool json,
+                            const char *op, float min_skip);
 void img_progress_init(ImgProgress *p, bool enabled, float min_skip);
 /* delta: percent of `max` percent of the job (floats, as qemu-img has). */
 void img_progress_print(ImgProgress *p, float delta, int max);
+/* Bytes done out of total, for the JSON lines (before a print call). */
+void img_progress_set_bytes(ImgProgress *p, uint64_t done, uint64_t total);
 void img_progress_end(ImgProgress *p);
 
 /* ---- create-opts.c: creation options ---- */

@@ -168,6 +168,8 @@ static int copy_differences(RebaseCopy *r, int64_t size, ImgProgress *prog)
                 }
             }
         }
+        img_progress_set_bytes(prog, (uint64_t)MIN(offset + n, size),
+                               (uint64_t)size);
         /* qemu-img's meter stops at 100 however many steps there are. */
         img_progress_print(prog, MIN(local_progress, 100 - prog->current),
                            100);
@@ -186,12 +188,13 @@ int img_rebase(int argc, char **argv)
         { "object", required_argument, NULL, IMG_OPTION_OBJECT },
         { "image-opts", no_argument, NULL, IMG_OPTION_IMAGE_OPTS },
         { "force-share", no_argument, NULL, 'U' },
+        { "progress", required_argument, NULL, IMG_OPTION_PROGRESS },
         { NULL, 0, NULL, 0 },
     };
     ImgOpenSpec spec = { 0 };
     const char *cache = "writeback", *src_cache = "writeback";
     const char *out_baseimg = NULL, *out_basefmt = NULL, *filename;
-    bool unsafe = false, progress = false, quiet = false;
+    bool unsafe = false, progress = false, quiet = false, json = false;
     bool force_share = false, src_writethrough;
     BlockBackend *blk = NULL;
     RebaseCopy r = { 0 };
@@ -213,6 +216,11 @@ int img_rebase(int argc, char **argv)
             break;
         case 'p':
             progress = true;
+            break;
+        case IMG_OPTION_PROGRESS:
+            if (!img_progress_parse(optarg, &progress, &json)) {
+                return EXIT_FAILURE;
+            }
             break;
         case 't':
             cache = optarg;
@@ -243,7 +251,7 @@ int img_rebase(int argc, char **argv)
     }
     filename = argv[optind];
 
-    img_progress_init(&prog, progress, 2.0);
+    img_progress_init_mode(&prog, progress, json, "rebase", 2.0);
     img_progress_print(&prog, 0, 100);
 
     spec.flags = NODE_O_RDWR | (unsafe ? NODE_O_NO_BACKING : 0);

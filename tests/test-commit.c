@@ -1,0 +1,263 @@
+/*
+ * The commit job (jobs/commit.c) on a qcow2 chain base <- mid <- act in a
+ * temporary folder: the graph and headers after an intermediate commit,
+ * the graph left as it was after a failed start and after a cancel,
+ * copy_only (strata-img's mode) leaving the graph alone, and
+ * x-strata-skip-identical not rewriting what base already holds.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <errno.h>
+#include <string.h>
+#include <unistd.h>
+#include <cmocka.h>
+#include "strata/backend.h"
+#include "strata/block.h"
+#include "strata/block-ops.h"
+#include "strata/commit.h"
+#include "strata/error.h"
+#include "strata/loop.h"
+#include "strata/units.h"
+
+#define SIZE (4 * MiB)
+
+static char *tmpdir;
+
+static char *path_of(const char *name)
+{
+    return g_build_filename(tmpdir, name, NULL);
+}
+
+static void create(const char *name, const char *backing)
+{
+    g_autofree char *p = path_of(name);
+    GError *err = NULL;
+    json_t *o = json_pack("{s:I}", "size", (json_int_t)SIZE);
+
+    if (backing) {
+        g_autofree char *b = path_of(backing);
+        json_object_set_new(o, "backing_file", json_string(b));
+        json_object_set_new(o, "backing_fmt", json_string("qcow2"));
+    }
+    unlink(p);
+    if (!image_create("qcow2", p, o, &err)) {
+        fail_msg("create %s: %s", name, err->message);
+    }
+}
+
+static BlockNode *open_chain(const char *name)
+{
+    g_autofree char *p = path_of(name);
+    GError *err = NULL;
+    BlockNode *bs = node_open(p, json_pack("{s:s}", "driver", "qcow2"),
+                              NODE_O_RDWR, &err);
+    if (!bs) {
+        fail_msg("open %s: %s", name, err->message);
+    }
+    return bs;
+}
+
+/* Fill [off, off + len) of the image `name` (alone) with byte v. */
+static void fill(const char *name, int64_t off, int64_t len, int v)
+{
+    g_autofree char *p = path_of(name);
+    GError *err = NULL;
+    BlockBackend *blk = blk_new_open(p, json_pack("{s:s}", "driver", "qcow2"),
+                                     NODE_O_RDWR | NODE_O_NO_BACKING, &err);
+    uint8_t *buf = g_malloc(len);
+
+    assert_non_null(blk);
+    memset(buf, v, len);
+    assert_int_equal(blk_pwrite(blk, off, len, buf, 0), 0);
+    g_free(buf);
+    blk_unref(blk);
+}
+
+static void chain(void)
+{
+    create("base.qcow2", NULL);
+    create("mid.qcow2", "base.qcow2");
+    create("act.qcow2", "mid.qcow2");
+    fill("base.qcow2", 0, 2 * MiB, 1);
+    fill("mid.qcow2", 1 * MiB, 1 * MiB, 2);      /* differs from base */
+    fill("mid.qcow2", 0, 512 * KiB, 1);          /* what base holds */
+    fill("act.qcow2", 3 * MiB, 64 * KiB, 3);
+}
+
+/* The byte the guest reads at off through bs. */
+static int byte_at(BlockNode *bs, int64_t off)
+{
+    BlockBackend *blk = blk_new(0, BLK_PERM_ALL);
+    uint8_t b = 0xff;
+
+    assert_true(blk_insert_node(blk, bs, NULL));
+    assert_int_equal(blk_pread(blk, off, 1, &b, 0), 0);
+    blk_unref(blk);
+    return b;
+}
+
+typedef struct Done {
+    bool done;
+    int ret;
+} Done;
+
+static void on_done(void *opaque, int ret)
+{
+    Done *d = opaque;
+    d->done = true;
+    d->ret = ret;
+}
+
+static int run(CommitOptions *o, CommitStats *st)
+{
+    Done d = { 0 };
+    GError *err = NULL;
+    BlockJob *job;
+
+    o->cb = on_done;
+    o->opaque = &d;
+    if (!(o->creation_flags & JOB_INTERNAL)) {
+        o->creation_flags |= JOB_MANUAL_DISMISS;
+    }
+    job = commit_start(o, &err);
+    if (!job) {
+        fail_msg("commit_start: %s", err->message);
+    }
+    job_ref(&job->job);
+    LOOP_WAIT_WHILE(!d.done);
+    commit_get_stats(job, st);
+    if (!(o->creation_flags & JOB_INTERNAL)) {
+        assert_true(job_dismiss(&job->job, NULL));
+    }
+    job_unref(&job->job);
+    return d.ret;
+}
+
+static void test_intermediate(void **state)
+{
+    chain();
+    BlockNode *act = open_chain("act.qcow2");
+    BlockNode *mid = node_backing(act), *base = node_backing(mid);
+    CommitOptions o = {
+        .job_id = "c", .bs = act, .top = mid, .base = base,
+        .on_error = BLOCKDEV_ON_ERROR_REPORT,
+    };
+    CommitStats st;
+
+    node_ref(mid);
+    assert_int_equal(run(&o, &st), 0);
+    assert_ptr_equal(node_backing(act), base);
+    g_autofree char *bp = path_of("base.qcow2");
+    assert_string_equal(node_backing_file(act), bp);
+    assert_string_equal(node_backing_format(act), "qcow2");
+    assert_int_equal(byte_at(act, 0), 1);
+    assert_int_equal(byte_at(act, 1 * MiB), 2);
+    assert_int_equal(byte_at(act, 3 * MiB), 3);
+    /* base alone now holds what mid held */
+    assert_int_equal(byte_at(base, 1 * MiB + 4096), 2);
+    /* what mid allocates: [0, 512 KiB) and [1 MiB, 2 MiB) */
+    assert_int_equal(st.bytes_written, 1536 * KiB);
+    node_unref(mid);
+    node_unref(act);
+}
+
+static void test_skip_identical(void **state)
+{
+    chain();
+    BlockNode *act = open_chain("act.qcow2");
+    BlockNode *mid = node_backing(act), *base = node_backing(mid);
+    CommitOptions o = {
+        .job_id = "c", .bs = act, .top = mid, .base = base,
+        .on_error = BLOCKDEV_ON_ERROR_REPORT, .skip_identical = true,
+    };
+    CommitStats st;
+
+    assert_int_equal(run(&o, &st), 0);
+    /* mid's first 512 KiB equal base's: not written again */
+    assert_int_equal(st.bytes_written, 1 * MiB);
+    assert_true(st.bytes_skipped >= 512 * KiB);
+    assert_int_equal(byte_at(act, 0), 1);
+    assert_int_equal(byte_at(act, 1 * MiB), 2);
+    assert_int_equal(byte_at(base, 1 * MiB), 2);
+    node_unref(act);
+}
+
+static void test_failed_start(void **state)
+{
+    chain();
+    BlockNode *act = open_chain("act.qcow2");
+    BlockNode *mid = node_backing(act), *base = node_backing(mid);
+    CommitOptions o = {
+        .job_id = "c", .bs = act, .top = mid, .base = base,
+        .on_error = BLOCKDEV_ON_ERROR_REPORT,
+        .filter_node_name = node_get_name(base),   /* taken */
+    };
+    GError *err = NULL;
+
+    assert_null(commit_start(&o, &err));
+    assert_non_null(err);
+    g_clear_error(&err);
+    o.filter_node_name = NULL;
+    o.top = base;
+    assert_null(commit_start(&o, &err));
+    assert_string_equal(err->message,
+                        "Invalid files for merge: top and base are the same");
+    g_clear_error(&err);
+    /* nothing left behind: the chain as it was, nothing frozen */
+    assert_ptr_equal(node_backing(act), mid);
+    assert_ptr_equal(node_backing(mid), base);
+    assert_int_equal(child_frozen_count(node_backing_child(act)), 0);
+    assert_int_equal(child_frozen_count(node_backing_child(mid)), 0);
+    assert_null(job_next(NULL));
+    node_unref(act);
+}
+
+static void test_copy_only(void **state)
+{
+    chain();
+    BlockNode *act = open_chain("act.qcow2");
+    BlockNode *mid = node_backing(act), *base = node_backing(mid);
+    CommitOptions o = {
+        .bs = act, .top = act, .base = mid, .creation_flags = JOB_INTERNAL,
+        .on_error = BLOCKDEV_ON_ERROR_REPORT, .copy_only = true,
+    };
+    CommitStats st;
+
+    assert_int_equal(run(&o, &st), 0);
+    assert_ptr_equal(node_backing(act), mid);
+    assert_ptr_equal(node_backing(mid), base);
+    assert_int_equal(byte_at(mid, 3 * MiB), 3);
+    assert_int_equal(child_frozen_count(node_backing_child(act)), 0);
+    node_unref(act);
+}
+
+static int setup(void **state)
+{
+    tmpdir = g_dir_make_tmp("test-commit-XXXXXX", NULL);
+    assert_non_null(tmpdir);
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    const char *names[] = { "base.qcow2", "mid.qcow2", "act.qcow2" };
+    for (size_t i = 0; i < G_N_ELEMENTS(names); i++) {
+        g_autofree char *p = path_of(names[i]);
+        unlink(p);
+    }
+    rmdir(tmpdir);
+    g_free(tmpdir);
+    return 0;
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_intermediate),
+        cmocka_unit_test(test_skip_identical),
+        cmocka_unit_test(test_failed_start),
+        cmocka_unit_test(test_copy_only),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
