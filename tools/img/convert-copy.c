@@ -14,6 +14,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "strata/backend.h"
+#include "strata/block-copy.h"
 #include "strata/block-ops.h"
 #include "strata/error.h"
 #include "strata/opts.h"
@@ -483,6 +485,139 @@ static int count_allocated(ConvertState *s)
     return 0;
 }
 
+/* ---- The copy engine's path (strata/block-copy.h) ---- */
+
+/*
+ * Where convert's result does not depend on what a data buffer holds,
+ * the copy engine runs the copy: one source, no compression (a
+ * compressed cluster goes out unless it is all zero), no -S scan of the
+ * data (min_sparse 0, or -C, which qemu-img offloads unscanned), no
+ * --salvage (zero-filled unreadable sectors) and no -r (the engine
+ * limits the rate of a job only).  A source whose length is not a
+ * sector multiple stays on the loop above, which pads the last sector.
+ */
+static bool engine_fits(ConvertState *s)
+{
+    int64_t len;
+
+    if (s->src_num != 1 || s->compressed || s->salvage || s->rate_limit ||
+        (s->min_sparse && !s->copy_range)) {
+        return false;
+    }
+    len = blk_getlength(s->src[0]);
+    return len >= 0 && len == s->total_sectors * CONVERT_SECTOR;
+}
+
+/*
+ * The engine asks in ascending order, one range at a time (it classifies
+ * before it starts a chunk), which is the order iteration_sectors()
+ * caches its block status for: the same runs as qemu-img's steps.
+ */
+static int coroutine_fn engine_classify(void *opaque, int64_t offset,
+                                        int64_t bytes, int64_t *pnum)
+{
+    ConvertState *s = opaque;
+    int64_t sector_num = offset / CONVERT_SECTOR;
+    int64_t n = iteration_sectors(s, sector_num);
+
+    if (n < 0) {
+        return (int)n;
+    }
+    *pnum = MIN(n * CONVERT_SECTOR, bytes);
+    switch (s->status) {
+    case CONVERT_BACKING:
+        return BLOCK_COPY_SKIP;
+    case CONVERT_ZERO:
+        /* -S 0: zeroes are written as data (they read as zeroes). */
+        return s->min_sparse ? BLOCK_COPY_ZERO : BLOCK_COPY_DATA;
+    default:
+        return BLOCK_COPY_DATA;
+    }
+}
+
+/* What qemu-img's meter counts: the ranges it reads and writes. */
+static void engine_progress(void *opaque, int64_t offset, int64_t bytes,
+                            BlockCopyKind kind)
+{
+    ConvertState *s = opaque;
+
+    (void)offset;
+    if (kind != BLOCK_COPY_DATA || !s->allocated_sectors) {
+        return;
+    }
+    s->allocated_done += DIV_ROUND_UP(bytes, CONVERT_SECTOR);
+    img_progress_set_bytes(s->progress,
+                           (uint64_t)s->allocated_done * CONVERT_SECTOR,
+                           (uint64_t)s->allocated_sectors * CONVERT_SECTOR);
+    img_progress_print(s->progress,
+                       100.0 * s->allocated_done / s->allocated_sectors, 0);
+}
+
+typedef struct EngineRun {
+    BlockCopyState *bcs;
+    bool done, error_is_read;
+    int ret;
+} EngineRun;
+
+static void coroutine_fn engine_entry(void *opaque)
+{
+    EngineRun *r = opaque;
+
+    r->ret = block_copy_run(r->bcs, NULL, &r->error_is_read);
+    r->done = true;
+}
+
+static int engine_copy(ConvertState *s)
+{
+    BlockCopyOptions o = {
+        .source = blk_root(s->src[0]),
+        .target = blk_root(s->target),
+        /* Sectors: classify's answers are acted on exactly. */
+        .granularity = CONVERT_SECTOR,
+        .max_chunk = s->buf_sectors * CONVERT_SECTOR,
+        /*
+         * In order unless -W, as qemu-img: a qcow2 target allocates its
+         * clusters in the order the writes come, and tests and users
+         * compare the files.  A raw file target has no layout to keep.
+         */
+        .max_workers = (!s->wr_in_order || !s->target_has_allocation)
+                       ? s->num_coroutines : 1,
+        .classify = engine_classify,
+        .classify_opaque = s,
+        .target_reads_zeroes = s->has_zero_init,
+        .unmap = true,
+        .use_copy_range = s->copy_range,
+        .progress = engine_progress,
+        .progress_opaque = s,
+    };
+    EngineRun r = { 0 };
+    GError *err = NULL;
+    int64_t at;
+
+    o.max_memory = MAX((uint64_t)BLOCK_COPY_DEFAULT_MAX_MEMORY,
+                       (uint64_t)o.max_chunk);
+    r.bcs = block_copy_new(&o, &err);
+    if (!r.bcs) {
+        tool_error("%s", err->message);
+        g_error_free(err);
+        return -EINVAL;
+    }
+    s->sector_next_status = 0;
+    co_enter(co_create(engine_entry, &r));
+    LOOP_WAIT_WHILE(!r.done);
+    if (r.ret < 0) {
+        /* A failed chunk is marked again: the first mark is where the
+         * copy stopped (in order: the failed chunk itself). */
+        at = dirty_bitmap_next_dirty(block_copy_bitmap(r.bcs), 0,
+                                     s->total_sectors * CONVERT_SECTOR);
+        tool_error("error while %s at byte %" PRId64 ": %s",
+                   r.error_is_read ? "reading" : "writing", MAX(at, 0),
+                   g_strerror(-r.ret));
+    }
+    block_copy_free(r.bcs);
+    return r.ret;
+}
+
 int convert_do_copy(ConvertState *s)
 {
     int ret;
@@ -499,6 +634,10 @@ int convert_do_copy(ConvertState *s)
     ret = count_allocated(s);
     if (ret < 0) {
         return ret;
+    }
+
+    if (engine_fits(s)) {
+        return engine_copy(s);
     }
 
     s->sector_next_status = 0;

@@ -39,6 +39,9 @@ typedef struct ConvertState {
     bool target_is_new;
     int64_t target_backing_sectors;  /* -1: no backing or unknown */
     bool has_zero_init;
+    /* The target allocates as it is written (qcow2...): the order of the
+     * writes decides its layout.  Not raw over a file or a device. */
+    bool target_has_allocation;
 
     bool compressed;
     bool copy_range;            /* -C: data ranges go out whole */
