@@ -488,20 +488,21 @@ static int count_allocated(ConvertState *s)
 /* ---- The copy engine's path (strata/block-copy.h) ---- */
 
 /*
- * Where convert's result does not depend on what a data buffer holds,
- * the copy engine runs the copy: one source, no compression (a
- * compressed cluster goes out unless it is all zero), no -S scan of the
- * data (min_sparse 0, or -C, which qemu-img offloads unscanned), no
- * --salvage (zero-filled unreadable sectors) and no -r (the engine
- * limits the rate of a job only).  A source whose length is not a
- * sector multiple stays on the loop above, which pads the last sector.
+ * The copy engine runs convert's copy from one source: it walks the disk
+ * with convert's classify (qemu-img's steps), reads the data, and hands
+ * each data chunk to convert_write() (the -S scan, -r, in-order writes
+ * of qemu-img).  Left to the loop above: several sources (one long disk
+ * made of many), -c (whole compressed clusters, and the end-of-image
+ * write), --salvage (unreadable sectors read as zeroes, sector by
+ * sector), -C with -r, and a source whose length is not a sector
+ * multiple (the loop pads the last sector).
  */
 static bool engine_fits(ConvertState *s)
 {
     int64_t len;
 
-    if (s->src_num != 1 || s->compressed || s->salvage || s->rate_limit ||
-        (s->min_sparse && !s->copy_range)) {
+    if (s->src_num != 1 || s->compressed || s->salvage ||
+        (s->copy_range && s->rate_limit)) {
         return false;
     }
     len = blk_getlength(s->src[0]);
@@ -521,18 +522,35 @@ static int coroutine_fn engine_classify(void *opaque, int64_t offset,
     int64_t n = iteration_sectors(s, sector_num);
 
     if (n < 0) {
+        s->engine_reported = true;      /* iteration_sectors() told */
         return (int)n;
     }
     *pnum = MIN(n * CONVERT_SECTOR, bytes);
-    switch (s->status) {
-    case CONVERT_BACKING:
-        return BLOCK_COPY_SKIP;
-    case CONVERT_ZERO:
+    if (s->status == CONVERT_DATA || (s->status == CONVERT_ZERO &&
+                                      !s->min_sparse)) {
         /* -S 0: zeroes are written as data (they read as zeroes). */
-        return s->min_sparse ? BLOCK_COPY_ZERO : BLOCK_COPY_DATA;
-    default:
         return BLOCK_COPY_DATA;
     }
+    /*
+     * A zero run is written here, whole, as qemu-img writes it: the
+     * engine would cut it at its chunks, and a zero write that ends in
+     * the middle of a cluster allocates that cluster on a target with a
+     * backing file.  The engine then skips the run.  Called before the
+     * engine starts the next chunk, so in order when it copies one
+     * chunk at a time.
+     */
+    if (s->status == CONVERT_ZERO && s->engine_zeroed <= sector_num) {
+        int ret = convert_write(s, sector_num, n, NULL, CONVERT_ZERO);
+
+        if (ret < 0) {
+            tool_error("error while writing at byte %" PRId64 ": %s",
+                       offset, g_strerror(-ret));
+            s->engine_reported = true;
+            return ret;
+        }
+        s->engine_zeroed = sector_num + n;
+    }
+    return BLOCK_COPY_SKIP;
 }
 
 /* What qemu-img's meter counts: the ranges it reads and writes. */
@@ -551,6 +569,27 @@ static void engine_progress(void *opaque, int64_t offset, int64_t bytes,
                            (uint64_t)s->allocated_sectors * CONVERT_SECTOR);
     img_progress_print(s->progress,
                        100.0 * s->allocated_done / s->allocated_sectors, 0);
+}
+
+/* A data chunk as read: written as qemu-img writes a data step. */
+static int coroutine_fn engine_write(void *opaque, int64_t offset,
+                                     int64_t bytes, void *buf)
+{
+    ConvertState *s = opaque;
+    int64_t sector_num = offset / CONVERT_SECTOR;
+    int ret;
+
+    if (s->engine_reported) {
+        return -ECANCELED;              /* another chunk failed first */
+    }
+    ret = convert_write(s, sector_num, DIV_ROUND_UP(bytes, CONVERT_SECTOR),
+                        buf, CONVERT_DATA);
+    if (ret < 0) {
+        tool_error("error while writing at byte %" PRId64 ": %s", offset,
+                   g_strerror(-ret));
+        s->engine_reported = true;
+    }
+    return ret;
 }
 
 typedef struct EngineRun {
@@ -582,10 +621,12 @@ static int engine_copy(ConvertState *s)
          */
         .max_workers = (!s->wr_in_order || !s->target_has_allocation)
                        ? s->num_coroutines : 1,
+        .fixed_chunk = true,
+        /* -C: the engine offloads (or copies) data ranges whole. */
+        .write = s->copy_range ? NULL : engine_write,
+        .write_opaque = s,
         .classify = engine_classify,
         .classify_opaque = s,
-        .target_reads_zeroes = s->has_zero_init,
-        .unmap = true,
         .use_copy_range = s->copy_range,
         .progress = engine_progress,
         .progress_opaque = s,
@@ -603,9 +644,10 @@ static int engine_copy(ConvertState *s)
         return -EINVAL;
     }
     s->sector_next_status = 0;
+    s->engine_zeroed = 0;
     co_enter(co_create(engine_entry, &r));
     LOOP_WAIT_WHILE(!r.done);
-    if (r.ret < 0) {
+    if (r.ret < 0 && !s->engine_reported) {
         /* A failed chunk is marked again: the first mark is where the
          * copy stopped (in order: the failed chunk itself). */
         at = dirty_bitmap_next_dirty(block_copy_bitmap(r.bcs), 0,

@@ -70,6 +70,10 @@ typedef struct ConvertState {
     int64_t rate_start_ns;
     int64_t rate_bytes;
 
+    /* The engine's path: an error already told the user. */
+    bool engine_reported;
+    int64_t engine_zeroed;          /* sectors: zero runs written up to */
+
     int running;
     int ret;                    /* -EINPROGRESS while copying */
     ImgProgress *progress;
