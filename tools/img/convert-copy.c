@@ -1,5 +1,11 @@
 /*
- * The copy engine of strata-img convert.
+ * The copy of strata-img convert.
+ *
+ * One source: the copy engine (strata/block-copy.h) runs it, with the
+ * classify below (qemu-img's steps), chunks of qemu-img's request size,
+ * and convert_write() as its writer (see engine_fits() for what stays
+ * here).  Otherwise, and for what the engine cannot express, the loop
+ * of this file:
  *
  * The sources are one long disk.  Each step asks the source's block status
  * for the run starting at the current sector and classifies it: data to
