@@ -63,6 +63,8 @@ struct BlockCopyState {
     void *classify_opaque;
     bool target_reads_zeroes, unmap, compress, use_copy_range;
     int read_flags;
+    BlockCopyWriteFunc *write;
+    void *write_opaque;
     BlockCopyProgressFunc *progress;
     void *progress_opaque;
 
@@ -174,7 +176,7 @@ BlockCopyState *block_copy_new(const BlockCopyOptions *opts, GError **errp)
     s->len = len;
     s->granularity = gran;
     s->max_chunk = max_chunk;
-    s->chunk = gran;
+    s->chunk = opts->fixed_chunk ? max_chunk : gran;
     s->max_memory = max_memory;
     s->max_workers = max_workers;
     s->buf_align = MAX(MAX(mem_align(opts->source), mem_align(opts->target)),
@@ -186,7 +188,9 @@ BlockCopyState *block_copy_new(const BlockCopyOptions *opts, GError **errp)
     s->compress = opts->compress;
     /* Compressed writes and reads for their side effect only: no offload. */
     s->use_copy_range = opts->use_copy_range && opts->target &&
-                        !opts->compress;
+                        !opts->compress && !opts->write;
+    s->write = opts->write;
+    s->write_opaque = opts->write_opaque;
     s->read_flags = opts->read_flags;
     s->progress = opts->progress;
     s->progress_opaque = opts->progress_opaque;
@@ -458,8 +462,9 @@ static int coroutine_fn copy_data(BlockCopyState *s, int64_t offset,
     }
     s->stats.bytes_read += bytes;
     if (s->target) {
-        ret = child_co_pwrite(s->target, offset, bytes, buf,
-                              s->compress ? REQ_WRITE_COMPRESSED : 0);
+        ret = s->write ? s->write(s->write_opaque, offset, bytes, buf)
+              : child_co_pwrite(s->target, offset, bytes, buf,
+                                s->compress ? REQ_WRITE_COMPRESSED : 0);
         if (ret < 0) {
             *error_is_read = false;
             goto out;

@@ -50,6 +50,14 @@ typedef int coroutine_fn BlockCopyClassifyFunc(void *opaque, int64_t offset,
 typedef void BlockCopyProgressFunc(void *opaque, int64_t offset,
                                    int64_t bytes, BlockCopyKind kind);
 
+/*
+ * Write the data of a chunk the caller's way instead of a plain write to
+ * the target: buf holds the bytes read from the source.  0 or -errno (a
+ * write error).  Coroutine context, one call per data chunk.
+ */
+typedef int coroutine_fn BlockCopyWriteFunc(void *opaque, int64_t offset,
+                                            int64_t bytes, void *buf);
+
 typedef struct BlockCopyOptions {
     /* Edges the caller holds: read from source (CONSISTENT_READ), write to
      * target (WRITE).  target NULL: reads only, for the side effect of the
@@ -92,6 +100,18 @@ typedef struct BlockCopyOptions {
 
     BlockCopyProgressFunc *progress;
     void *progress_opaque;
+
+    /*
+     * strata-img convert: its result depends on what the data holds
+     * (qemu-img's -S scan turns zero runs in a data buffer into zero
+     * writes or nothing), so it writes each data chunk itself (write;
+     * no copy offload then), and its chunks are max_chunk from the
+     * first one (fixed_chunk: no ramp from the granularity), the
+     * requests qemu-img makes, which the scan and the -p steps follow.
+     */
+    BlockCopyWriteFunc *write;
+    void *write_opaque;
+    bool fixed_chunk;
 } BlockCopyOptions;
 
 /*

@@ -1,5 +1,11 @@
 /*
- * The copy engine of strata-img convert.
+ * The copy of strata-img convert.
+ *
+ * One source: the copy engine (strata/block-copy.h) runs it, with the
+ * classify below (qemu-img's steps), chunks of qemu-img's request size,
+ * and convert_write() as its writer (see engine_fits() for what stays
+ * here).  Otherwise, and for what the engine cannot express, the loop
+ * of this file:
  *
  * The sources are one long disk.  Each step asks the source's block status
  * for the run starting at the current sector and classifies it: data to
@@ -14,6 +20,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "strata/backend.h"
+#include "strata/block-copy.h"
 #include "strata/block-ops.h"
 #include "strata/error.h"
 #include "strata/opts.h"
@@ -483,6 +491,181 @@ static int count_allocated(ConvertState *s)
     return 0;
 }
 
+/* ---- The copy engine's path (strata/block-copy.h) ---- */
+
+/*
+ * The copy engine runs convert's copy from one source: it walks the disk
+ * with convert's classify (qemu-img's steps), reads the data, and hands
+ * each data chunk to convert_write() (the -S scan, -r, in-order writes
+ * of qemu-img).  Left to the loop above: several sources (one long disk
+ * made of many), -c (whole compressed clusters, and the end-of-image
+ * write), --salvage (unreadable sectors read as zeroes, sector by
+ * sector), -C with -r, and a source whose length is not a sector
+ * multiple (the loop pads the last sector).
+ */
+static bool engine_fits(ConvertState *s)
+{
+    int64_t len;
+
+    if (s->src_num != 1 || s->compressed || s->salvage ||
+        (s->copy_range && s->rate_limit)) {
+        return false;
+    }
+    len = blk_getlength(s->src[0]);
+    return len >= 0 && len == s->total_sectors * CONVERT_SECTOR;
+}
+
+/*
+ * The engine asks in ascending order, one range at a time (it classifies
+ * before it starts a chunk), which is the order iteration_sectors()
+ * caches its block status for: the same runs as qemu-img's steps.
+ */
+static int coroutine_fn engine_classify(void *opaque, int64_t offset,
+                                        int64_t bytes, int64_t *pnum)
+{
+    ConvertState *s = opaque;
+    int64_t sector_num = offset / CONVERT_SECTOR;
+    int64_t n = iteration_sectors(s, sector_num);
+
+    if (n < 0) {
+        s->engine_reported = true;      /* iteration_sectors() told */
+        return (int)n;
+    }
+    *pnum = MIN(n * CONVERT_SECTOR, bytes);
+    if (s->status == CONVERT_DATA || (s->status == CONVERT_ZERO &&
+                                      !s->min_sparse)) {
+        /* -S 0: zeroes are written as data (they read as zeroes). */
+        return BLOCK_COPY_DATA;
+    }
+    /*
+     * A zero run is written here, whole, as qemu-img writes it: the
+     * engine would cut it at its chunks, and a zero write that ends in
+     * the middle of a cluster allocates that cluster on a target with a
+     * backing file.  The engine then skips the run.  Called before the
+     * engine starts the next chunk, so in order when it copies one
+     * chunk at a time.
+     */
+    if (s->status == CONVERT_ZERO && s->engine_zeroed <= sector_num) {
+        int ret = convert_write(s, sector_num, n, NULL, CONVERT_ZERO);
+
+        if (ret < 0) {
+            tool_error("error while writing at byte %" PRId64 ": %s",
+                       offset, g_strerror(-ret));
+            s->engine_reported = true;
+            return ret;
+        }
+        s->engine_zeroed = sector_num + n;
+    }
+    return BLOCK_COPY_SKIP;
+}
+
+/* What qemu-img's meter counts: the ranges it reads and writes. */
+static void engine_progress(void *opaque, int64_t offset, int64_t bytes,
+                            BlockCopyKind kind)
+{
+    ConvertState *s = opaque;
+
+    (void)offset;
+    if (kind != BLOCK_COPY_DATA || !s->allocated_sectors) {
+        return;
+    }
+    s->allocated_done += DIV_ROUND_UP(bytes, CONVERT_SECTOR);
+    img_progress_set_bytes(s->progress,
+                           (uint64_t)s->allocated_done * CONVERT_SECTOR,
+                           (uint64_t)s->allocated_sectors * CONVERT_SECTOR);
+    img_progress_print(s->progress,
+                       100.0 * s->allocated_done / s->allocated_sectors, 0);
+}
+
+/* A data chunk as read: written as qemu-img writes a data step. */
+static int coroutine_fn engine_write(void *opaque, int64_t offset,
+                                     int64_t bytes, void *buf)
+{
+    ConvertState *s = opaque;
+    int64_t sector_num = offset / CONVERT_SECTOR;
+    int ret;
+
+    if (s->engine_reported) {
+        return -ECANCELED;              /* another chunk failed first */
+    }
+    ret = convert_write(s, sector_num, DIV_ROUND_UP(bytes, CONVERT_SECTOR),
+                        buf, CONVERT_DATA);
+    if (ret < 0) {
+        tool_error("error while writing at byte %" PRId64 ": %s", offset,
+                   g_strerror(-ret));
+        s->engine_reported = true;
+    }
+    return ret;
+}
+
+typedef struct EngineRun {
+    BlockCopyState *bcs;
+    bool done, error_is_read;
+    int ret;
+} EngineRun;
+
+static void coroutine_fn engine_entry(void *opaque)
+{
+    EngineRun *r = opaque;
+
+    r->ret = block_copy_run(r->bcs, NULL, &r->error_is_read);
+    r->done = true;
+}
+
+static int engine_copy(ConvertState *s)
+{
+    BlockCopyOptions o = {
+        .source = blk_root(s->src[0]),
+        .target = blk_root(s->target),
+        /* Sectors: classify's answers are acted on exactly. */
+        .granularity = CONVERT_SECTOR,
+        .max_chunk = s->buf_sectors * CONVERT_SECTOR,
+        /*
+         * In order unless -W, as qemu-img: a qcow2 target allocates its
+         * clusters in the order the writes come, and tests and users
+         * compare the files.  A raw file target has no layout to keep.
+         */
+        .max_workers = (!s->wr_in_order || !s->target_has_allocation)
+                       ? s->num_coroutines : 1,
+        .fixed_chunk = true,
+        /* -C: the engine offloads (or copies) data ranges whole. */
+        .write = s->copy_range ? NULL : engine_write,
+        .write_opaque = s,
+        .classify = engine_classify,
+        .classify_opaque = s,
+        .use_copy_range = s->copy_range,
+        .progress = engine_progress,
+        .progress_opaque = s,
+    };
+    EngineRun r = { 0 };
+    GError *err = NULL;
+    int64_t at;
+
+    o.max_memory = MAX((uint64_t)BLOCK_COPY_DEFAULT_MAX_MEMORY,
+                       (uint64_t)o.max_chunk);
+    r.bcs = block_copy_new(&o, &err);
+    if (!r.bcs) {
+        tool_error("%s", err->message);
+        g_error_free(err);
+        return -EINVAL;
+    }
+    s->sector_next_status = 0;
+    s->engine_zeroed = 0;
+    co_enter(co_create(engine_entry, &r));
+    LOOP_WAIT_WHILE(!r.done);
+    if (r.ret < 0 && !s->engine_reported) {
+        /* A failed chunk is marked again: the first mark is where the
+         * copy stopped (in order: the failed chunk itself). */
+        at = dirty_bitmap_next_dirty(block_copy_bitmap(r.bcs), 0,
+                                     s->total_sectors * CONVERT_SECTOR);
+        tool_error("error while %s at byte %" PRId64 ": %s",
+                   r.error_is_read ? "reading" : "writing", MAX(at, 0),
+                   g_strerror(-r.ret));
+    }
+    block_copy_free(r.bcs);
+    return r.ret;
+}
+
 int convert_do_copy(ConvertState *s)
 {
     int ret;
@@ -499,6 +682,10 @@ int convert_do_copy(ConvertState *s)
     ret = count_allocated(s);
     if (ret < 0) {
         return ret;
+    }
+
+    if (engine_fits(s)) {
+        return engine_copy(s);
     }
 
     s->sector_next_status = 0;

@@ -452,6 +452,12 @@ static int convert_run(ConvertArgs *a, ConvertState *s, char **files,
         }
     }
 
+    {
+        const char *fmt = node_get_format_name(node_skip_filters(out_bs));
+        s->target_has_allocation = !fmt || (strcmp(fmt, "raw") &&
+                                            strcmp(fmt, "file") &&
+                                            strcmp(fmt, "host_device"));
+    }
     s->copy_range = a->copy_range;
     s->progress = progress;
     ret = convert_do_copy(s) < 0 ? -1 : 0;

@@ -39,6 +39,9 @@ typedef struct ConvertState {
     bool target_is_new;
     int64_t target_backing_sectors;  /* -1: no backing or unknown */
     bool has_zero_init;
+    /* The target allocates as it is written (qcow2...): the order of the
+     * writes decides its layout.  Not raw over a file or a device. */
+    bool target_has_allocation;
 
     bool compressed;
     bool copy_range;            /* -C: data ranges go out whole */
@@ -66,6 +69,10 @@ typedef struct ConvertState {
     /* Rate limiting. */
     int64_t rate_start_ns;
     int64_t rate_bytes;
+
+    /* The engine's path: an error already told the user. */
+    bool engine_reported;
+    int64_t engine_zeroed;          /* sectors: zero runs written up to */
 
     int running;
     int ret;                    /* -EINPROGRESS while copying */
