@@ -1,6 +1,7 @@
 /* Coroutine I/O on a non-blocking socket (see channel.h). */
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -164,6 +165,13 @@ void nbd_channel_shutdown_remote(NbdChannel *ch)
 bool nbd_channel_is_shut_down(const NbdChannel *ch)
 {
     return ch->shut;
+}
+
+bool nbd_channel_input_pending(const NbdChannel *ch)
+{
+    struct pollfd p = { .fd = ch->fd, .events = POLLIN };
+
+    return !ch->shut && poll(&p, 1, 0) > 0 && p.revents;
 }
 
 /* Some bytes into buf: >0, 0 at end of file, -EIO; yields while none. */

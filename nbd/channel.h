@@ -59,6 +59,11 @@ void nbd_channel_shutdown_remote(NbdChannel *ch);
  */
 void nbd_channel_detach(NbdChannel *ch);
 void nbd_channel_attach_here(NbdChannel *ch);
+/*
+ * Bytes, end of file or an error wait in the socket, not yet read: the
+ * peer said something the loop has not handled.  Any thread.
+ */
+bool nbd_channel_input_pending(const NbdChannel *ch);
 bool nbd_channel_is_shut_down(const NbdChannel *ch);
 
 #endif

@@ -270,8 +270,47 @@ fail:
     return false;
 }
 
+/*
+ * Whether a client of the export has input its coroutine has not read yet:
+ * typically NBD_CMD_DISC and the end of file of a client that just left.
+ */
+static bool export_clients_have_input(NbdExport *exp)
+{
+    for (GList *l = exp->clients; l; l = l->next) {
+        NbdClient *c = l->data;
+        if (!nbd_client_closing(c) && nbd_channel_input_pending(c->ch)) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/*
+ * A client that disconnected before the monitor command arrived must not
+ * count as "in use".  QEMU reads the NBD socket in its fd handler and runs
+ * the QMP command from a bottom half, so a goodbye that was already in the
+ * socket is always handled first; here both wake their coroutine through
+ * a bottom half and either may come first.  So let the loop turn while a
+ * client has unread input, bounded: a client streaming requests stays.
+ */
+static void coroutine_fn export_settle_clients(const char *id)
+{
+    for (int turn = 0; turn < 64; turn++) {
+        NbdExport *exp = export_find_id(id);
+        if (!exp || exp->shutting_down || exp->refcount == 1 ||
+            !export_clients_have_input(exp)) {
+            return;
+        }
+        co_wake(co_self());
+        co_yield();
+    }
+}
+
 bool nbd_export_del(const char *id, NbdRemoveMode mode, GError **errp)
 {
+    if (mode == NBD_REMOVE_SAFE && in_coroutine()) {
+        export_settle_clients(id);
+    }
     NbdExport *exp = export_find_id(id);
 
     if (!exp) {
