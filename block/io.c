@@ -181,6 +181,40 @@ static void write_finished(BlockNode *bs)
     node_write_gen(bs)->write_gen++;
 }
 
+/*
+ * A write that ended past the node's end made it longer (a file grows), as
+ * QEMU's write_req_finish sets total_sectors: the cached length follows,
+ * in whole sectors, and so do the node's dirty bitmaps.  Only the home
+ * thread runs this; queries read the cache from the main thread, hence the
+ * atomic compare-and-swap that only ever raises a known length (an
+ * unknown one, -1, is computed afresh by the next reader).  Nodes above
+ * derive their length from this one's: they compute it again.
+ */
+static void write_grew(BlockNode *bs, int64_t offset, int64_t bytes)
+{
+    int64_t end = ROUND_UP(offset + bytes, 512);
+    int64_t cur = __atomic_load_n(&bs->total_bytes, __ATOMIC_RELAXED);
+
+    if (cur < 0 || end <= cur) {
+        return;
+    }
+    while (cur >= 0 && end > cur) {
+        if (__atomic_compare_exchange_n(&bs->total_bytes, &cur, end, false,
+                                        __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+            break;
+        }
+    }
+    for (GList *l = bs->parents; l; l = l->next) {
+        BlockChild *c = l->data;
+        if (c->klass->parent_is_node) {
+            node_invalidate_length(c->opaque);
+        }
+    }
+    if (bs->dirty_bitmaps) {
+        node_dirty_bitmaps_truncate(bs, end);
+    }
+}
+
 /* ---- Reads ---- */
 
 static int coroutine_fn driver_preadv(BlockNode *bs, int64_t offset,
@@ -458,6 +492,9 @@ int coroutine_fn node_co_pwritev_node(BlockNode *bs, int64_t offset,
             wait_serialising(bs, &tr);
             ret = bs->drv->co_pwritev_compressed(bs, offset, bytes, qiov,
                                                  qiov_offset);
+            if (ret >= 0) {
+                write_grew(bs, offset, bytes);
+            }
             node_note_write(bs, offset, bytes, false);
             node_set_dirty(bs, offset, bytes);
             track_end(bs, &tr);
@@ -487,6 +524,7 @@ int coroutine_fn node_co_pwritev_node(BlockNode *bs, int64_t offset,
     if (ret >= 0) {
         bs->wr_bytes += bytes;
         bs->wr_ops++;
+        write_grew(bs, offset, bytes);
     }
     /* Marked even on failure, as QEMU: part of it may have been written. */
     node_note_write(bs, offset, bytes, false);
@@ -607,6 +645,9 @@ static int coroutine_fn node_co_pwrite_zeroes_node(BlockNode *bs,
     }
     if (ret >= 0 && tail) {
         ret = write_zero_buffers(bs, offset + head + mid, tail, flags, true);
+    }
+    if (ret >= 0) {
+        write_grew(bs, offset, bytes);
     }
     node_note_write(bs, offset, bytes, false);
     node_set_dirty(bs, offset, bytes);
@@ -876,6 +917,7 @@ void node_co_req_end(BlockNode *bs, TrackedReq *r, int64_t offset,
         if (ret >= 0) {
             bs->wr_bytes += bytes;
             bs->wr_ops++;
+            write_grew(bs, offset, bytes);
         }
         node_note_write(bs, offset, bytes, false);
         node_set_dirty(bs, offset, bytes);
