@@ -759,6 +759,51 @@ int coroutine_fn child_co_pdiscard(BlockChild *c, int64_t offset,
     return ret == -ENOTSUP ? 0 : ret;
 }
 
+int coroutine_fn child_co_unallocate(BlockChild *c, int64_t offset,
+                                     int64_t bytes,
+                                     const DirtyBitmap *unless_dirty)
+{
+    BlockNode *bs = c->bs;
+    if (offset < 0 || bytes < 0) {
+        return -EIO;
+    }
+    if (!(c->perm & BLK_PERM_WRITE) || bs->read_only) {
+        return -EPERM;
+    }
+    if (!bs->drv->co_unallocate) {
+        return -ENOTSUP;
+    }
+    if (bs->dirty_bitmaps && node_has_readonly_bitmaps(bs)) {
+        return -EPERM;
+    }
+    if (bytes == 0) {
+        return 0;
+    }
+    node_inc_in_flight(bs);
+    /*
+     * Serialising: it waits for the writes in flight over the range (which
+     * mark the bitmap before they end), and later ones wait for it, so a
+     * guest write is never undone by dropping its clusters.
+     */
+    TrackedReq tr;
+    track_begin(bs, &tr, offset, bytes, true);
+    wait_serialising(bs, &tr);
+    int ret;
+    if (unless_dirty &&
+        dirty_bitmap_next_dirty(unless_dirty, offset, bytes) >= 0) {
+        ret = -EAGAIN;
+    } else {
+        ret = bs->drv->co_unallocate(bs, offset, bytes);
+        /* What reads return may change (a backing file below): as a write. */
+        node_note_write(bs, offset, bytes, true);
+        node_set_dirty(bs, offset, bytes);
+        write_finished(bs);
+    }
+    track_end(bs, &tr);
+    node_dec_in_flight(bs);
+    return ret;
+}
+
 /* ---- Flush ---- */
 
 /*
