@@ -759,6 +759,11 @@ int coroutine_fn child_co_pdiscard(BlockChild *c, int64_t offset,
     return ret == -ENOTSUP ? 0 : ret;
 }
 
+bool node_can_unallocate(const BlockNode *bs)
+{
+    return bs->drv->co_unallocate != NULL;
+}
+
 int coroutine_fn child_co_unallocate(BlockChild *c, int64_t offset,
                                      int64_t bytes,
                                      const DirtyBitmap *unless_dirty)
@@ -794,9 +799,14 @@ int coroutine_fn child_co_unallocate(BlockChild *c, int64_t offset,
         ret = -EAGAIN;
     } else {
         ret = bs->drv->co_unallocate(bs, offset, bytes);
-        /* What reads return may change (a backing file below): as a write. */
         node_note_write(bs, offset, bytes, true);
-        node_set_dirty(bs, offset, bytes);
+        /*
+         * What reads return may change (a backing file below): as a write,
+         * unless the caller vouches that the backing file holds the same.
+         */
+        if (!unless_dirty) {
+            node_set_dirty(bs, offset, bytes);
+        }
         write_finished(bs);
     }
     track_end(bs, &tr);

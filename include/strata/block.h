@@ -255,9 +255,14 @@ int coroutine_fn child_co_pdiscard(BlockChild *c, int64_t offset,
  * where data is read from, not whether space is given back).  With
  * unless_dirty (a bitmap on c's node), the range is left alone and
  * -EAGAIN returned if any of it is marked there once the overlapping
- * requests have ended; writes that come later wait for this one.
+ * requests have ended; writes that come later wait for this one.  A
+ * caller giving it vouches that the backing file holds what the range
+ * held (commit copied it there): no dirty bitmap is marked then; without
+ * it the range counts as written.
  * -ENOTSUP: the format cannot.
  */
+/* Whether bs's format can make ranges unallocated (child_co_unallocate). */
+bool node_can_unallocate(const BlockNode *bs);
 struct DirtyBitmap;
 int coroutine_fn child_co_unallocate(BlockChild *c, int64_t offset,
                                      int64_t bytes,
