@@ -199,6 +199,11 @@ void drain_all_begin(void)
             roots = g_slist_prepend(roots, bs);
         }
     }
+    /*
+     * Oldest first, as QEMU walks all_bdrv_states: the order in which the
+     * jobs above pause is what a client sees at shutdown (their events).
+     */
+    roots = g_slist_reverse(roots);
     for (GSList *l = roots; l; l = l->next) {
         node_drain_begin(l->data);
     }

@@ -181,6 +181,40 @@ static void write_finished(BlockNode *bs)
     node_write_gen(bs)->write_gen++;
 }
 
+/*
+ * A write that ended past the node's end made it longer (a file grows), as
+ * QEMU's write_req_finish sets total_sectors: the cached length follows,
+ * in whole sectors, and so do the node's dirty bitmaps.  Only the home
+ * thread runs this; queries read the cache from the main thread, hence the
+ * atomic compare-and-swap that only ever raises a known length (an
+ * unknown one, -1, is computed afresh by the next reader).  Nodes above
+ * derive their length from this one's: they compute it again.
+ */
+static void write_grew(BlockNode *bs, int64_t offset, int64_t bytes)
+{
+    int64_t end = ROUND_UP(offset + bytes, 512);
+    int64_t cur = __atomic_load_n(&bs->total_bytes, __ATOMIC_RELAXED);
+
+    if (cur < 0 || end <= cur) {
+        return;
+    }
+    while (cur >= 0 && end > cur) {
+        if (__atomic_compare_exchange_n(&bs->total_bytes, &cur, end, false,
+                                        __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+            break;
+        }
+    }
+    for (GList *l = bs->parents; l; l = l->next) {
+        BlockChild *c = l->data;
+        if (c->klass->parent_is_node) {
+            node_invalidate_length(c->opaque);
+        }
+    }
+    if (bs->dirty_bitmaps) {
+        node_dirty_bitmaps_truncate(bs, end);
+    }
+}
+
 /* ---- Reads ---- */
 
 static int coroutine_fn driver_preadv(BlockNode *bs, int64_t offset,
@@ -458,6 +492,9 @@ int coroutine_fn node_co_pwritev_node(BlockNode *bs, int64_t offset,
             wait_serialising(bs, &tr);
             ret = bs->drv->co_pwritev_compressed(bs, offset, bytes, qiov,
                                                  qiov_offset);
+            if (ret >= 0) {
+                write_grew(bs, offset, bytes);
+            }
             node_note_write(bs, offset, bytes, false);
             node_set_dirty(bs, offset, bytes);
             track_end(bs, &tr);
@@ -487,6 +524,7 @@ int coroutine_fn node_co_pwritev_node(BlockNode *bs, int64_t offset,
     if (ret >= 0) {
         bs->wr_bytes += bytes;
         bs->wr_ops++;
+        write_grew(bs, offset, bytes);
     }
     /* Marked even on failure, as QEMU: part of it may have been written. */
     node_note_write(bs, offset, bytes, false);
@@ -608,6 +646,9 @@ static int coroutine_fn node_co_pwrite_zeroes_node(BlockNode *bs,
     if (ret >= 0 && tail) {
         ret = write_zero_buffers(bs, offset + head + mid, tail, flags, true);
     }
+    if (ret >= 0) {
+        write_grew(bs, offset, bytes);
+    }
     node_note_write(bs, offset, bytes, false);
     node_set_dirty(bs, offset, bytes);
     write_finished(bs);
@@ -716,6 +757,61 @@ int coroutine_fn child_co_pdiscard(BlockChild *c, int64_t offset,
     node_dec_in_flight(bs);
     /* Like QEMU: a driver that cannot discard this range is not an error. */
     return ret == -ENOTSUP ? 0 : ret;
+}
+
+bool node_can_unallocate(const BlockNode *bs)
+{
+    return bs->drv->co_unallocate != NULL;
+}
+
+int coroutine_fn child_co_unallocate(BlockChild *c, int64_t offset,
+                                     int64_t bytes,
+                                     const DirtyBitmap *unless_dirty)
+{
+    BlockNode *bs = c->bs;
+    if (offset < 0 || bytes < 0) {
+        return -EIO;
+    }
+    if (!(c->perm & BLK_PERM_WRITE) || bs->read_only) {
+        return -EPERM;
+    }
+    if (!bs->drv->co_unallocate) {
+        return -ENOTSUP;
+    }
+    if (bs->dirty_bitmaps && node_has_readonly_bitmaps(bs)) {
+        return -EPERM;
+    }
+    if (bytes == 0) {
+        return 0;
+    }
+    node_inc_in_flight(bs);
+    /*
+     * Serialising: it waits for the writes in flight over the range (which
+     * mark the bitmap before they end), and later ones wait for it, so a
+     * guest write is never undone by dropping its clusters.
+     */
+    TrackedReq tr;
+    track_begin(bs, &tr, offset, bytes, true);
+    wait_serialising(bs, &tr);
+    int ret;
+    if (unless_dirty &&
+        dirty_bitmap_next_dirty(unless_dirty, offset, bytes) >= 0) {
+        ret = -EAGAIN;
+    } else {
+        ret = bs->drv->co_unallocate(bs, offset, bytes);
+        node_note_write(bs, offset, bytes, true);
+        /*
+         * What reads return may change (a backing file below): as a write,
+         * unless the caller vouches that the backing file holds the same.
+         */
+        if (!unless_dirty) {
+            node_set_dirty(bs, offset, bytes);
+        }
+        write_finished(bs);
+    }
+    track_end(bs, &tr);
+    node_dec_in_flight(bs);
+    return ret;
 }
 
 /* ---- Flush ---- */
@@ -876,6 +972,7 @@ void node_co_req_end(BlockNode *bs, TrackedReq *r, int64_t offset,
         if (ret >= 0) {
             bs->wr_bytes += bytes;
             bs->wr_ops++;
+            write_grew(bs, offset, bytes);
         }
         node_note_write(bs, offset, bytes, false);
         node_set_dirty(bs, offset, bytes);

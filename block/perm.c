@@ -174,12 +174,14 @@ static void node_child_perm(BlockNode *bs, BlockChild *c, uint64_t perm,
 static bool node_refresh_one(BlockNode *bs, Txn *txn, bool ignore_errors,
                              GError **errp)
 {
-    uint64_t perm = 0, shared = BLK_PERM_ALL, final_perm = 0;
+    uint64_t perm = 0, shared = BLK_PERM_ALL;
+    uint64_t final_perm = 0, final_shared = BLK_PERM_ALL;
     for (GList *l = bs->parents; l; l = l->next) {
         BlockChild *c = l->data;
         perm |= c->perm;
         shared &= c->shared;
         final_perm |= c->has_final ? c->final_perm : c->perm;
+        final_shared &= c->has_final ? c->final_shared : c->shared;
     }
 
     if (!ignore_errors) {
@@ -235,13 +237,19 @@ static bool node_refresh_one(BlockNode *bs, Txn *txn, bool ignore_errors,
         ReopenState *rs = node_reopen_state(bs);
         if (rs && !ignore_errors) {
             /*
-             * While a reopen is prepared the node may still be used the old
-             * way: take what either state needs and share what both allow.
-             * Locks follow this union; the checks follow the final value.
+             * The final permissions are what the new state asks, from the
+             * parents' final permissions (as QEMU computes them with the
+             * reopen queue): a filter whose writer goes read-only passes no
+             * write down.  While the reopen is prepared the node may still
+             * be used the old way: take what either state needs and share
+             * what both allow.  Locks follow this union; the checks follow
+             * the final value.
              */
-            child_set_final_noperm(c, np, ns, txn);
-            np |= c->perm;
-            ns &= c->shared;
+            uint64_t fp, fs;
+            node_child_perm(bs, c, final_perm, final_shared, &fp, &fs);
+            child_set_final_noperm(c, fp, fs, txn);
+            np |= fp | c->perm;
+            ns &= fs & c->shared;
         }
         if (np != c->perm || ns != c->shared) {
             child_set_perm_noperm(c, np, ns, txn);

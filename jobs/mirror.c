@@ -81,6 +81,10 @@ typedef struct MirrorJob {
     int active_count;
     CoQueue active_done;
     CommitActiveOptions x;
+    /* x-strata-discard-source: the job's writing edge to the top, and the
+     * ranges in the base since the last punch (offset, bytes pairs). */
+    BlockChild *punch_edge;
+    GArray *punch;
 } MirrorJob;
 
 static MirrorJob *mirror_job(Job *job)
@@ -169,7 +173,17 @@ static void mirror_progress(void *opaque, int64_t offset, int64_t bytes,
 {
     MirrorJob *s = opaque;
 
-    (void)kind;
+    if (s->punch && kind != BLOCK_COPY_SKIP) {
+        /* Copied or zeroed in the base: the top's clusters may go. */
+        int64_t *last = s->punch->len ?
+            &g_array_index(s->punch, int64_t, s->punch->len - 2) : NULL;
+        if (last && last[0] + last[1] == offset) {
+            last[1] += bytes;
+        } else {
+            int64_t r[2] = { offset, bytes };
+            g_array_append_vals(s->punch, r, 2);
+        }
+    }
     for (guint i = 0; i < s->active->len; i++) {
         ActiveWrite *w = s->active->pdata[i];
         if (offset < w->offset + w->bytes && w->offset < offset + bytes) {
@@ -348,6 +362,42 @@ static int coroutine_fn mirror_flush(MirrorJob *s)
     return ret;
 }
 
+/*
+ * x-strata-discard-source: the ranges now in the base leave the top, so
+ * reads fall through to the base.  The base is flushed first (a crash must
+ * not lose both copies); a range a guest wrote again since its copy is
+ * left (it is copied again and comes back here).
+ */
+static int coroutine_fn mirror_punch(MirrorJob *s, GError **errp)
+{
+    if (!s->punch || s->punch->len == 0) {
+        return 0;
+    }
+    if (mirror_flush(s) < 0) {
+        /* The flush error goes its way; the ranges wait for the next one. */
+        return 0;
+    }
+    GArray *todo = s->punch;
+    s->punch = g_array_new(false, false, sizeof(int64_t));
+    int ret = 0;
+    for (guint i = 0; i + 1 < todo->len; i += 2) {
+        int64_t off = g_array_index(todo, int64_t, i);
+        int64_t len = g_array_index(todo, int64_t, i + 1);
+        ret = child_co_unallocate(s->punch_edge, off, len, s->bitmap);
+        if (ret == -EAGAIN) {
+            ret = 0;
+            continue;
+        }
+        if (ret < 0) {
+            error_setg_errno(errp, -ret, "Could not discard the committed "
+                             "data from '%s'", node_get_name(s->source));
+            break;
+        }
+    }
+    g_array_free(todo, true);
+    return ret;
+}
+
 static bool mirror_wants_to_finish(MirrorJob *s)
 {
     return s->should_complete || job_cancel_requested(&s->common.job);
@@ -427,6 +477,10 @@ static int coroutine_fn mirror_run(Job *job, GError **errp)
             continue;
         }
         mirror_update_remaining(s);
+        ret = mirror_punch(s, errp);
+        if (ret < 0) {
+            goto out;
+        }
         if (s->active_count > 0) {
             /*
              * Guest writes are going to the target (write-blocking): wait
@@ -697,6 +751,9 @@ static void mirror_free(Job *job)
     if (s->active) {
         g_ptr_array_free(s->active, true);
     }
+    if (s->punch) {
+        g_array_free(s->punch, true);
+    }
     g_free(s->replaces);
 }
 
@@ -892,12 +949,37 @@ static MirrorJob *mirror_start_job(const StartArgs *a, GError **errp)
      * The job uses the source and the target (drains pause it, and other
      * jobs find them busy); nobody may resize the source under it.
      */
-    if (!job_add_node(&s->common.job, "source", a->bs, 0,
-                      BLK_PERM_WRITE_UNCHANGED | BLK_PERM_WRITE |
-                      BLK_PERM_CONSISTENT_READ, errp) ||
+    BlockChild *src_edge = job_add_node(
+        &s->common.job, "source", a->bs,
+        a->x.discard_source ? BLK_PERM_WRITE : 0,
+        BLK_PERM_WRITE_UNCHANGED | BLK_PERM_WRITE | BLK_PERM_CONSISTENT_READ,
+        errp);
+    if (!src_edge ||
         !job_add_node(&s->common.job, "target", a->target, 0, BLK_PERM_ALL,
                       errp)) {
         goto fail;
+    }
+    if (a->x.discard_source) {
+        /*
+         * Dropping the top's clusters is safe only when everything that
+         * reads the top reads it through the filter, which then reads the
+         * base below: no other node or user on the top itself.
+         */
+        BlockChild *via_filter = node_find_child(filter, "backing");
+        for (BlockChild *c = node_next_parent(a->bs, NULL); c;
+             c = node_next_parent(a->bs, c)) {
+            if (c == src_edge || c == via_filter) {
+                continue;
+            }
+            char *who = child_parent_desc(c);
+            error_setg(errp, "Parameter 'x-strata-discard-source' needs the "
+                       "top node '%s' to have no other users than the job, "
+                       "but %s uses it", node_get_name(a->bs), who);
+            g_free(who);
+            goto fail;
+        }
+        s->punch_edge = src_edge;
+        s->punch = g_array_new(false, false, sizeof(int64_t));
     }
     if (target_is_backing) {
         /*
@@ -1013,10 +1095,21 @@ BlockJob *commit_active_start(const char *job_id, BlockNode *bs,
                               const CommitActiveOptions *x, GError **errp)
 {
     if (x && x->discard_source) {
-        /* Not built yet (docs/status.md): refused rather than ignored. */
-        error_setg(errp, "Parameter 'x-strata-discard-source' is not "
-                   "supported yet");
-        return NULL;
+        /*
+         * Images between the top and the base would have to lose their
+         * clusters too, bottom first, and they are read-only: not yet.
+         */
+        if (node_backing(bs) != base) {
+            error_setg(errp, "Parameter 'x-strata-discard-source' needs the "
+                       "base to be the backing node of the top");
+            return NULL;
+        }
+        if (!node_can_unallocate(bs)) {
+            error_setg(errp, "Parameter 'x-strata-discard-source': format "
+                       "'%s' of node '%s' cannot make ranges unallocated",
+                       node_get_format_name(bs), node_get_name(bs));
+            return NULL;
+        }
     }
     /*
      * The base is written from now on.  Only a start that fails makes it

@@ -534,6 +534,27 @@ static void test_child_perms(void **state)
                       "1 largest index");
 }
 
+/*
+ * A reopen that keeps the node's options (active commit making a base
+ * read-write; here a writable node stays so) repeats the rules unchanged: accepted, as QEMU 7.2; and the
+ * rules still fire afterwards.
+ */
+static void test_reopen_keeps_rules(void **state)
+{
+    Fix f;
+    GError *err = NULL;
+
+    fix_open(&f, "{\"inject-error\": [{\"event\": \"read_aio\", "
+                 "\"errno\": 28}], "
+                 "\"set-state\": [{\"event\": \"write_aio\", "
+                 "\"new_state\": 2}], \"take-child-perms\": [\"resize\"]}");
+    if (!node_reopen(f.bs, NULL, false, &err)) {
+        fail_msg("reopen read-write: %s", err->message);
+    }
+    assert_int_equal(READ(&f, BLKDBG_READ_AIO, 0, 512), -ENOSPC);
+    fix_close(&f);
+}
+
 /* ---- Bad configurations ---- */
 
 static void expect_conf_error(const char *text, const char *msg)
@@ -761,6 +782,7 @@ int main(void)
         cmocka_unit_test(test_limits),
         cmocka_unit_test(test_bad_limits),
         cmocka_unit_test(test_child_perms),
+        cmocka_unit_test(test_reopen_keeps_rules),
         cmocka_unit_test(test_bad_config),
         cmocka_unit_test(test_bad_inline),
         cmocka_unit_test(test_breakpoints),

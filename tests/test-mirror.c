@@ -384,22 +384,89 @@ static void test_commit_skip_identical(void **state)
     commit_skip(false);
 }
 
-/* x-strata-discard-source is refused, not ignored, and nothing changes. */
-static void test_commit_discard_source_refused(void **state)
+static char *run_img(const char *const *argv, int *status)
+{
+    char *out = NULL;
+    GError *err = NULL;
+    if (!g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_SEARCH_PATH, NULL,
+                      NULL, &out, NULL, status, &err)) {
+        fail_msg("%s: %s", argv[0], err->message);
+    }
+    return out;
+}
+
+/*
+ * x-strata-discard-source: each range committed leaves the top, which then
+ * reads through to the base.  A soft cancel in ready keeps the user on the
+ * top: the data is the same, the top holds nothing any more (qemu-img map:
+ * everything at depth 1), qemu-img check finds it clean.
+ */
+static void test_commit_discard_source(void **state)
 {
     (void)state;
     Chain c = { 0 };
     chain_open(&c, false);
     GError *err = NULL;
     CommitActiveOptions x = { .discard_source = true };
-    assert_null(commit_active_start("c4", c.top_bs, c.base_bs, 0, 0,
+    BlockJob *job = commit_active_start("c4", c.top_bs, c.base_bs, 0, 0,
+                                        BLOCKDEV_ON_ERROR_REPORT, NULL, &x,
+                                        &err);
+    if (!job) {
+        fail_msg("commit_active_start: %s", err->message);
+    }
+    Job *j = &job->job;
+    job_ref(j);
+    LOOP_WAIT_WHILE(!job_is_ready(j) && !job_is_completed(j));
+    assert_true(job_is_ready(j));
+    /* A guest write while ready: copied, then dropped from the top too. */
+    write_pattern(c.blk, 3 * MiB / 2, 64 * KiB, 0x44);
+    check_pattern(c.blk, 3 * MiB / 2, 64 * KiB, 0x44);
+    assert_int_equal(job_cancel_sync(j, false), 0);
+    assert_int_equal(j->ret, 0);
+    job_unref(j);
+    assert_ptr_equal(blk_node(c.blk), c.top_bs);
+    check_pattern(c.blk, 3 * MiB / 2, 64 * KiB, 0x44);
+    check_pattern(c.blk, 3 * MiB / 2 + 64 * KiB, 3 * MiB / 2 - 64 * KiB,
+                  0x33);
+    check_pattern(c.blk, 0, 3 * MiB / 2, 0x11);
+    blk_unref(c.blk);
+
+    int status;
+    const char *check[] = { "qemu-img", "check", "-q", "-f", "qcow2", c.top,
+                            NULL };
+    g_free(run_img(check, &status));
+    assert_true(g_spawn_check_wait_status(status, NULL));
+    const char *map[] = { "qemu-img", "map", "--output=json", "-f", "qcow2",
+                          c.top, NULL };
+    char *out = run_img(map, &status);
+    assert_true(g_spawn_check_wait_status(status, NULL));
+    if (strstr(out, "\"depth\": 0")) {
+        fail_msg("the top still holds data:\n%s", out);
+    }
+    g_free(out);
+    c.blk = open_blk(c.top);
+    check_pattern(c.blk, 3 * MiB / 2, 64 * KiB, 0x44);
+    check_pattern(c.blk, 0, 3 * MiB / 2, 0x11);
+    chain_close(&c);
+}
+
+/* Refused with an image between top and base; nothing changes. */
+static void test_commit_discard_source_refused(void **state)
+{
+    (void)state;
+    Chain c = { 0 };
+    chain_open(&c, true);
+    GError *err = NULL;
+    CommitActiveOptions x = { .discard_source = true };
+    assert_null(commit_active_start("c5", c.top_bs, c.base_bs, 0, 0,
                                     BLOCKDEV_ON_ERROR_REPORT, NULL, &x,
                                     &err));
     assert_string_equal(err->message, "Parameter 'x-strata-discard-source' "
-                        "is not supported yet");
+                        "needs the base to be the backing node of the top");
     g_clear_error(&err);
     assert_true(node_is_read_only(c.base_bs));
     assert_ptr_equal(blk_node(c.blk), c.top_bs);
+    expect_chain_data(c.blk, true);
     chain_close(&c);
 }
 
@@ -427,6 +494,7 @@ int main(void)
         cmocka_unit_test(test_commit_force_cancel),
         cmocka_unit_test(test_commit_start_fails),
         cmocka_unit_test(test_commit_skip_identical),
+        cmocka_unit_test(test_commit_discard_source),
         cmocka_unit_test(test_commit_discard_source_refused),
         cmocka_unit_test(test_mirror_complete),
     };

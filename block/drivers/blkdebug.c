@@ -411,6 +411,34 @@ static void blkdebug_refresh_filename(BlockNode *bs)
     }
 }
 
+/*
+ * A reopen that keeps the node's options starts from them as they were
+ * given; QEMU keeps them flat, so its rules ("inject-error.0.event") compare
+ * key by key with the node's and an unchanged list is no change.  Lists
+ * given as JSON arrays are flattened here the same way.
+ */
+static void blkdebug_reopen_join_options(json_t *new_opts, json_t *old_opts)
+{
+    static const char *const lists[] = {
+        "inject-error", "set-state", "take-child-perms", "unshare-child-perms",
+    };
+
+    (void)new_opts;
+    for (size_t i = 0; i < G_N_ELEMENTS(lists); i++) {
+        json_t *v = json_object_get(old_opts, lists[i]);
+        if (!v || !json_is_array(v)) {
+            continue;
+        }
+        json_t *one = json_object();
+        json_object_set(one, lists[i], v);
+        json_t *flat = opts_flatten(one);
+        json_decref(one);
+        json_object_del(old_opts, lists[i]);
+        json_object_update(old_opts, flat);
+        json_decref(flat);
+    }
+}
+
 static int blkdebug_reopen_prepare(ReopenState *rs, GError **errp)
 {
     /* Options stay in rs->options: the core refuses to change them. */
@@ -758,6 +786,7 @@ const BlockDriver bdrv_blkdebug = {
     .refresh_limits = blkdebug_refresh_limits,
     .refresh_filename = blkdebug_refresh_filename,
     .reopen_prepare = blkdebug_reopen_prepare,
+    .reopen_join_options = blkdebug_reopen_join_options,
     .child_perm = blkdebug_child_perm,
 
     .co_preadv = blkdebug_co_preadv,

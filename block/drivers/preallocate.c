@@ -412,15 +412,6 @@ static void prealloc_child_perm(BlockNode *bs, BlockChild *c, unsigned role,
                                 uint64_t *nshared)
 {
     node_default_perms(bs, c, role, rs, perm, shared, nperm, nshared);
-    /*
-     * During a reopen perm still holds what the parents had before; a node
-     * that becomes read-only writes nothing afterwards (QEMU computes from
-     * the new parents' permissions alone).
-     */
-    if (rs && rs->read_only) {
-        *nperm &= ~(uint64_t)(BLK_PERM_WRITE | BLK_PERM_WRITE_UNCHANGED |
-                              BLK_PERM_RESIZE);
-    }
     if (can_write_resize(perm) && (*nperm & BLK_PERM_WRITE)) {
         *nperm |= BLK_PERM_WRITE | BLK_PERM_RESIZE;
         /* keep data_end, file_end and zero_start ours alone */

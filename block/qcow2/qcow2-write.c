@@ -1134,6 +1134,37 @@ int coroutine_fn qcow2_co_pdiscard(BlockNode *bs, int64_t offset,
     return ret;
 }
 
+/*
+ * The range falls through to the backing file: the L2 entries of its whole
+ * clusters are cleared and the clusters freed, as make_empty does (a full
+ * discard), whatever the version and the backing file.  Edges that cover
+ * part of a cluster keep their data.
+ */
+int coroutine_fn qcow2_co_unallocate(BlockNode *bs, int64_t offset,
+                                     int64_t bytes)
+{
+    Qcow2State *s = bs->opaque;
+    uint64_t start = ROUND_UP((uint64_t)offset, s->cluster_size);
+    uint64_t end = MIN((uint64_t)(offset + bytes), s->size);
+    int ret;
+
+    if (s->corrupt) {
+        return -ENOMEDIUM;
+    }
+    if (end != s->size) {
+        end = ROUND_DOWN(end, s->cluster_size);
+    }
+    if (end <= start) {
+        return 0;
+    }
+    co_mutex_lock(&s->lock);
+    qcow2_wait_inflight(bs, start, end);
+    ret = zero_or_discard(bs, start, end - start, false, true, true,
+                          QCOW2_DISCARD_REQUEST);
+    co_mutex_unlock(&s->lock);
+    return ret;
+}
+
 int coroutine_fn qcow2_discard_range(BlockNode *bs, uint64_t offset,
                                      uint64_t bytes, Qcow2DiscardType dt)
 {

@@ -1333,6 +1333,7 @@ const BlockDriver bdrv_qcow2 = {
     .co_pwritev_compressed = qcow2_co_pwritev_compressed,
     .co_pwrite_zeroes = qcow2_co_pwrite_zeroes,
     .co_pdiscard = qcow2_co_pdiscard,
+    .co_unallocate = qcow2_co_unallocate,
     .co_truncate = qcow2_co_truncate,
     .co_block_status = qcow2_co_block_status,
     .co_flush_to_os = qcow2_co_flush_to_os,

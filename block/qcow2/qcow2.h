@@ -340,6 +340,8 @@ int coroutine_fn qcow2_co_pwrite_zeroes(BlockNode *bs, int64_t offset,
                                         int64_t bytes, int flags);
 int coroutine_fn qcow2_co_pdiscard(BlockNode *bs, int64_t offset,
                                    int64_t bytes);
+int coroutine_fn qcow2_co_unallocate(BlockNode *bs, int64_t offset,
+                                     int64_t bytes);
 /* One whole cluster (or the image's last, partial one), compressed. */
 int coroutine_fn qcow2_co_pwritev_compressed(BlockNode *bs, int64_t offset,
                                              int64_t bytes, IOVec *qiov,

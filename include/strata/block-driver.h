@@ -164,6 +164,13 @@ struct BlockDriver {
                             int flags);
     int (*co_pdiscard)(BlockNode *bs, int64_t offset, int64_t bytes);
     /*
+     * Make [offset, offset + bytes) unallocated in this node, so that reads
+     * fall through to its backing file (child_co_unallocate): whole
+     * clusters, the partial ones at the edges keep their data.  NULL: the
+     * format cannot (child_co_unallocate fails with -ENOTSUP).
+     */
+    int (*co_unallocate)(BlockNode *bs, int64_t offset, int64_t bytes);
+    /*
      * Copy offload (strata/copy-range.h), QEMU's two-step scheme: the
      * source's driver gets copy_range_from with bs = src's node and
      * passes it on (a filter or raw to its child with

@@ -248,6 +248,26 @@ int coroutine_fn child_co_pwrite_zeroes(BlockChild *c, int64_t offset,
                                         int64_t bytes, int flags);
 int coroutine_fn child_co_pdiscard(BlockChild *c, int64_t offset,
                                    int64_t bytes);
+/*
+ * Not a guest discard: the range becomes unallocated in the node's format
+ * layer and reads fall through to its backing file (a guest discard makes
+ * qcow2 clusters read as zeroes instead).  Whole clusters; edges keep
+ * their data.  Needs WRITE on c, ignores the discard policy (it changes
+ * where data is read from, not whether space is given back).  With
+ * unless_dirty (a bitmap on c's node), the range is left alone and
+ * -EAGAIN returned if any of it is marked there once the overlapping
+ * requests have ended; writes that come later wait for this one.  A
+ * caller giving it vouches that the backing file holds what the range
+ * held (commit copied it there): no dirty bitmap is marked then; without
+ * it the range counts as written.
+ * -ENOTSUP: the format cannot.
+ */
+/* Whether bs's format can make ranges unallocated (child_co_unallocate). */
+bool node_can_unallocate(const BlockNode *bs);
+struct DirtyBitmap;
+int coroutine_fn child_co_unallocate(BlockChild *c, int64_t offset,
+                                     int64_t bytes,
+                                     const struct DirtyBitmap *unless_dirty);
 int coroutine_fn node_co_flush(BlockNode *bs);
 /*
  * The node's VM state area (see block/vmstate.c): qiov->size bytes at pos.
