@@ -287,7 +287,9 @@ void job_txn_add_job(JobTxn *txn, Job *job)
     g_assert(!job_started(job));
     txn_del_job(job);
     job->txn = txn;
-    txn->jobs = g_list_append(txn->jobs, job);
+    /* Newest first, as QEMU's list: completion and abort go in this
+     * order, and so do the events of a grouped transaction's jobs. */
+    txn->jobs = g_list_prepend(txn->jobs, job);
     txn_ref(txn);
 }
 

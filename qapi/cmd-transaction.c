@@ -26,6 +26,8 @@ static const TxnActionOps txn_abort = {
  * the schema's reader refuses kinds TransactionActionKind lacks. */
 static const TxnActionOps *const txn_actions[TRANSACTION_ACTION_KIND__MAX] = {
     [TRANSACTION_ACTION_KIND_ABORT] = &txn_abort,
+    [TRANSACTION_ACTION_KIND_BLOCKDEV_BACKUP] = &txn_blockdev_backup,
+    [TRANSACTION_ACTION_KIND_DRIVE_BACKUP] = &txn_drive_backup,
     [TRANSACTION_ACTION_KIND_BLOCKDEV_SNAPSHOT] = &txn_external_snapshot,
     [TRANSACTION_ACTION_KIND_BLOCKDEV_SNAPSHOT_SYNC] = &txn_external_snapshot,
     [TRANSACTION_ACTION_KIND_BLOCKDEV_SNAPSHOT_INTERNAL_SYNC] =

@@ -69,4 +69,8 @@ extern const TxnActionOps txn_external_snapshot;
 /* qapi/cmd-snapshot.c: blockdev-snapshot-internal-sync */
 extern const TxnActionOps txn_internal_snapshot;
 
+/* qapi/cmd-backup.c: blockdev-backup and drive-backup */
+extern const TxnActionOps txn_blockdev_backup;
+extern const TxnActionOps txn_drive_backup;
+
 #endif

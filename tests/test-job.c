@@ -702,10 +702,11 @@ static void test_txn_success(void **state)
     LOOP_WAIT_WHILE(job_next(NULL));
     assert_int_equal(ka.committed + kb.committed, 2);
     assert_int_equal(ka.aborted + kb.aborted, 0);
-    /* Both pending, then both prepared, then both finalized. */
-    assert_string_equal(ev(), "b:waiting a:pending b:pending "
-                        "a:COMPLETED-EV a:concluded a:null "
-                        "b:COMPLETED-EV b:concluded b:null ");
+    /* Both pending, then both prepared, then both finalized: newest
+     * first, as QEMU's transaction list. */
+    assert_string_equal(ev(), "b:waiting b:pending a:pending "
+                        "b:COMPLETED-EV b:concluded b:null "
+                        "a:COMPLETED-EV a:concluded a:null ");
 }
 
 static void test_txn_one_fails(void **state)
@@ -752,8 +753,9 @@ static void test_txn_prepare_fails(void **state)
     job_start(&a->common);
     job_start(&b->common);
     LOOP_WAIT_WHILE(job_next(NULL));
-    assert_int_equal(ka.prepared, 1);
+    /* b, the newest, is prepared first; its failure stops the rest. */
     assert_int_equal(kb.prepared, 1);
+    assert_int_equal(ka.prepared, 0);
     assert_int_equal(ka.committed + kb.committed, 0);
     assert_int_equal(ka.aborted + kb.aborted, 2);
 }

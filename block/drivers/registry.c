@@ -13,6 +13,7 @@ extern const BlockDriver bdrv_qcow2;
 extern const BlockDriver bdrv_compress;
 extern const BlockDriver bdrv_mirror_top;
 extern const BlockDriver bdrv_copy_on_read;
+extern const BlockDriver bdrv_copy_before_write;
 extern const BlockDriver bdrv_luks;
 extern const BlockDriver bdrv_bochs;
 extern const BlockDriver bdrv_quorum;
@@ -48,6 +49,7 @@ static void drivers_init(void)
     g_ptr_array_add(drivers, (gpointer)&bdrv_compress);
     g_ptr_array_add(drivers, (gpointer)&bdrv_mirror_top);
     g_ptr_array_add(drivers, (gpointer)&bdrv_copy_on_read);
+    g_ptr_array_add(drivers, (gpointer)&bdrv_copy_before_write);
     g_ptr_array_add(drivers, (gpointer)&bdrv_luks);
     g_ptr_array_add(drivers, (gpointer)&bdrv_bochs);
     g_ptr_array_add(drivers, (gpointer)&bdrv_quorum);
