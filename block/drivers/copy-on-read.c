@@ -27,6 +27,16 @@
 /* QEMU's limit on one copy's buffer (MAX_BOUNCE_BUFFER). */
 #define COR_MAX_BOUNCE ((int64_t)16 * 1024 * 1024)
 
+/*
+ * Copies up to this size take their buffer from a free list: a stream
+ * runs one copy per engine chunk (1 MiB, 16 at a time), and a fresh
+ * 1 MiB buffer per chunk is an mmap, 256 page faults and an munmap
+ * (glibc's mmap threshold) -- measurable against a page-cache copy.
+ */
+#define COR_POOL_BUF ((size_t)1024 * 1024)
+#define COR_POOL_ALIGN ((size_t)4096)
+#define COR_POOL_MAX 16
+
 typedef struct CorReq {
     int64_t offset, bytes;
     bool copy;          /* a copy (else a write passing through) */
@@ -40,6 +50,8 @@ typedef struct CorState {
     bool chain_frozen;
     GQueue reqs;        /* CorReq*, copies and writes in flight */
     int copies;         /* copies among them */
+    void *pool[COR_POOL_MAX]; /* free COR_POOL_BUF buffers */
+    int npool;
 } CorState;
 
 extern const BlockDriver bdrv_copy_on_read;
@@ -149,9 +161,33 @@ static void cor_unfreeze(BlockNode *bs)
     }
 }
 
+static void *cor_buf_get(CorState *s, size_t align, size_t size)
+{
+    if (size > COR_POOL_BUF || align > COR_POOL_ALIGN) {
+        return aligned_alloc_buf(align, size);
+    }
+    if (s->npool > 0) {
+        return s->pool[--s->npool];
+    }
+    return aligned_alloc_buf(COR_POOL_ALIGN, COR_POOL_BUF);
+}
+
+static void cor_buf_put(CorState *s, void *buf, size_t align, size_t size)
+{
+    if (size > COR_POOL_BUF || align > COR_POOL_ALIGN ||
+        s->npool == COR_POOL_MAX) {
+        aligned_free(buf);
+        return;
+    }
+    s->pool[s->npool++] = buf;
+}
+
 static void cor_close(BlockNode *bs)
 {
     CorState *s = bs->opaque;
+    while (s->npool > 0) {
+        aligned_free(s->pool[--s->npool]);
+    }
     cor_unfreeze(bs);
     if (s->bottom) {
         node_unref(s->bottom);
@@ -261,6 +297,8 @@ static int coroutine_fn cor_copy(BlockNode *bs, int64_t offset,
     int64_t max_piece = (mt && mt < (uint64_t)COR_MAX_BOUNCE) ? (int64_t)mt
                                                               : COR_MAX_BOUNCE;
     void *buf = NULL;
+    size_t buf_align = MAX(file->bs->bl.opt_mem_alignment, 1);
+    size_t buf_size = (size_t)MIN(end - start, max_piece);
     int ret = 0;
     CorReq req;
 
@@ -287,9 +325,7 @@ static int coroutine_fn cor_copy(BlockNode *bs, int64_t offset,
 
         if (!alloc) {
             if (!buf) {
-                size_t align = MAX(file->bs->bl.opt_mem_alignment, 1);
-                buf = aligned_alloc_buf(align, (size_t)MIN(end - start,
-                                                           max_piece));
+                buf = cor_buf_get(s, buf_align, buf_size);
             }
             ret = child_co_pread(file, cur, pnum, buf, 0);
             if (ret < 0) {
@@ -329,7 +365,7 @@ static int coroutine_fn cor_copy(BlockNode *bs, int64_t offset,
     }
     cor_req_end(s, &req);
     if (buf) {
-        aligned_free(buf);
+        cor_buf_put(s, buf, buf_align, buf_size);
     }
     return ret < 0 ? ret : 0;
 }
