@@ -683,7 +683,14 @@ static int mirror_exit_common(Job *job, bool abort)
             node_reopen(target, NULL, ro, NULL);
         }
         node_drain_begin(to_replace);
-        if (!node_replace(to_replace, target, &err)) {
+        /* The graph may have changed since the job started. */
+        if (!node_recurse_can_replace(src, to_replace)) {
+            error_setg(&err, "Can no longer replace '%s' by '%s', because "
+                       "it can no longer be guaranteed that doing so would "
+                       "not lead to an abrupt change of visible data",
+                       node_get_name(to_replace), node_get_name(target));
+        }
+        if (err || !node_replace(to_replace, target, &err)) {
             warn_print("%s", err->message);
             g_clear_error(&err);
             ret = -EPERM;

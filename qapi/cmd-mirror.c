@@ -167,12 +167,8 @@ static void mirror_common(MirrorArgs *a, GError **errp)
         if (!check_not_busy(to_replace, errp)) {
             return;
         }
-        /*
-         * Only the source or a node whose data is the source's (filters
-         * above it) may be replaced: anything else would change what its
-         * users read at once.
-         */
-        if (node_skip_filters(to_replace) != node_skip_filters(a->bs)) {
+        /* Only the top-most non-filter, or what a driver vouches for. */
+        if (!node_recurse_can_replace(a->bs, to_replace)) {
             error_setg(errp, "Cannot replace '%s' by a node mirrored from "
                        "'%s', because it cannot be guaranteed that doing so "
                        "would not lead to an abrupt change of visible data",
