@@ -300,9 +300,30 @@ static int coroutine_fn mirror_write_hook(void *opaque, BlockNode *filter,
 static int coroutine_fn mirror_dirty_init(MirrorJob *s)
 {
     if (s->zero_target) {
-        /* Everything: ranges the source reads as zeroes are zeroed. */
-        block_copy_set_dirty(s->bcs, 0, s->length);
-        return 0;
+        BlockNode *t = child_node(s->target_edge);
+        if (!node_can_write_zeroes_with_unmap(t)) {
+            /* Everything: ranges the source reads as zeroes are zeroed. */
+            block_copy_set_dirty(s->bcs, 0, s->length);
+            return 0;
+        }
+        /*
+         * Cheap zeroes: zero the whole target first, then copy only what
+         * the source has allocated.  As in QEMU, the zeroing is not
+         * progress (the job's len counts the allocated data only).
+         */
+        int64_t chunk = ((int64_t)1 << 30) / s->granularity * s->granularity;
+        for (int64_t offset = 0; offset < s->length; offset += chunk) {
+            job_pause_point(&s->common.job);
+            if (job_is_cancelled(&s->common.job)) {
+                return 0;
+            }
+            int ret = child_co_pwrite_zeroes(s->target_edge, offset,
+                                             MIN(chunk, s->length - offset),
+                                             s->unmap ? REQ_MAY_UNMAP : 0);
+            if (ret < 0) {
+                return ret;
+            }
+        }
     }
     BlockNode *base = s->sync == MIRROR_SYNC_TOP ? s->base : NULL;
     int64_t offset = 0;

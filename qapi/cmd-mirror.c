@@ -317,6 +317,10 @@ void qmp_drive_mirror(DriveMirror *arg, GError **errp)
     if (format) {
         json_object_set_new(options, "driver", json_string(format));
     }
+    /* QEMU opens the target with the source's flags, BDRV_O_UNMAP too. */
+    if (node_discards_unmap(bs)) {
+        json_object_set_new(options, "discard", json_string("unmap"));
+    }
     /* The job gives the target its backing chain, not the image header. */
     int flags = (node_get_flags(bs) | NODE_O_RDWR | NODE_O_NO_BACKING) &
                 (NODE_O_RDWR | NODE_O_NOCACHE | NODE_O_NO_FLUSH |
