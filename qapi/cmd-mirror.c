@@ -13,6 +13,7 @@
 #include "strata/block-events.h"
 #include "strata/block-ops.h"
 #include "strata/error.h"
+#include "../tools/common/create-opts.h"
 #include "strata/mirror.h"
 #include "qapi-commands.h"
 
@@ -265,6 +266,9 @@ static bool create_target(const DriveMirror *arg, const char *format,
         json_object_set_new(options, "backing_fmt",
                             json_string(node_get_format_name(backing)));
     }
+    img_print_formatting(arg->target, format, (uint64_t)size,
+                         backing ? node_get_filename(backing) : NULL,
+                         backing ? node_get_format_name(backing) : NULL);
     return image_create(format, arg->target, options, errp);
 }
 
