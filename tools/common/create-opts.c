@@ -473,9 +473,16 @@ void img_print_formatting(const char *filename, const char *fmt,
                           const char *backing_fmt)
 {
     const BlockDriver *drv = driver_find(fmt);
-    ImgOptDesc *list = drv ? img_create_opts_for(drv) : NULL;
-    ImgOpts *opts = img_opts_new(list);
+    ImgOptDesc *list;
+    ImgOpts *opts;
     char *line;
+
+    /* An unknown format fails before the line, as in bdrv_img_create. */
+    if (!drv) {
+        return;
+    }
+    list = img_create_opts_for(drv);
+    opts = img_opts_new(list);
 
     img_opts_set_number(opts, "size", size);
     if (backing_file) {
