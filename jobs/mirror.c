@@ -317,11 +317,17 @@ static int coroutine_fn mirror_dirty_init(MirrorJob *s)
             if (job_is_cancelled(&s->common.job)) {
                 return 0;
             }
-            int ret = child_co_pwrite_zeroes(s->target_edge, offset,
-                                             MIN(chunk, s->length - offset),
+            int64_t n = MIN(chunk, s->length - offset);
+            int ret = child_co_pwrite_zeroes(s->target_edge, offset, n,
                                              s->unmap ? REQ_MAY_UNMAP : 0);
             if (ret < 0) {
-                return ret;
+                /* As a failed copy: the policy, and the range is copied
+                 * later (zeroed where the source reads zeroes). */
+                if (mirror_error_action(s, false, -ret) ==
+                    BLOCK_ERROR_ACTION_REPORT) {
+                    return ret;
+                }
+                block_copy_set_dirty(s->bcs, offset, n);
             }
         }
     }
