@@ -134,6 +134,16 @@ static int zero_flags(const BlockNode *bs)
     return bs->drv->supported_zero_flags | bs->supported_zero_flags;
 }
 
+bool node_discards_unmap(const BlockNode *bs)
+{
+    return bs->discard_unmap;
+}
+
+bool node_can_write_zeroes_with_unmap(const BlockNode *bs)
+{
+    return bs->discard_unmap && (zero_flags(bs) & REQ_MAY_UNMAP);
+}
+
 /*
  * Write generations, QEMU's write_gen/flushed_gen: every finished write,
  * zero write, discard or truncate of a node counts one; a flush that

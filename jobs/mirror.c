@@ -300,9 +300,36 @@ static int coroutine_fn mirror_write_hook(void *opaque, BlockNode *filter,
 static int coroutine_fn mirror_dirty_init(MirrorJob *s)
 {
     if (s->zero_target) {
-        /* Everything: ranges the source reads as zeroes are zeroed. */
-        block_copy_set_dirty(s->bcs, 0, s->length);
-        return 0;
+        BlockNode *t = child_node(s->target_edge);
+        if (!node_can_write_zeroes_with_unmap(t)) {
+            /* Everything: ranges the source reads as zeroes are zeroed. */
+            block_copy_set_dirty(s->bcs, 0, s->length);
+            return 0;
+        }
+        /*
+         * Cheap zeroes: zero the whole target first, then copy only what
+         * the source has allocated.  As in QEMU, the zeroing is not
+         * progress (the job's len counts the allocated data only).
+         */
+        int64_t chunk = ((int64_t)1 << 30) / s->granularity * s->granularity;
+        for (int64_t offset = 0; offset < s->length; offset += chunk) {
+            job_pause_point(&s->common.job);
+            if (job_is_cancelled(&s->common.job)) {
+                return 0;
+            }
+            int64_t n = MIN(chunk, s->length - offset);
+            int ret = child_co_pwrite_zeroes(s->target_edge, offset, n,
+                                             s->unmap ? REQ_MAY_UNMAP : 0);
+            if (ret < 0) {
+                /* As a failed copy: the policy, and the range is copied
+                 * later (zeroed where the source reads zeroes). */
+                if (mirror_error_action(s, false, -ret) ==
+                    BLOCK_ERROR_ACTION_REPORT) {
+                    return ret;
+                }
+                block_copy_set_dirty(s->bcs, offset, n);
+            }
+        }
     }
     BlockNode *base = s->sync == MIRROR_SYNC_TOP ? s->base : NULL;
     int64_t offset = 0;
@@ -683,7 +710,14 @@ static int mirror_exit_common(Job *job, bool abort)
             node_reopen(target, NULL, ro, NULL);
         }
         node_drain_begin(to_replace);
-        if (!node_replace(to_replace, target, &err)) {
+        /* The graph may have changed since the job started. */
+        if (!node_recurse_can_replace(src, to_replace)) {
+            error_setg(&err, "Can no longer replace '%s' by '%s', because "
+                       "it can no longer be guaranteed that doing so would "
+                       "not lead to an abrupt change of visible data",
+                       node_get_name(to_replace), node_get_name(target));
+        }
+        if (err || !node_replace(to_replace, target, &err)) {
             warn_print("%s", err->message);
             g_clear_error(&err);
             ret = -EPERM;

@@ -24,6 +24,7 @@
 #include "strata/block-ops.h"
 #include "strata/dirty-bitmap.h"
 #include "strata/error.h"
+#include "../tools/common/create-opts.h"
 #include "qapi-commands.h"
 
 typedef struct BackupAction {
@@ -187,6 +188,19 @@ static bool blockdev_backup_prepare(TxnState *s, GError **errp)
 
 /* ---- drive-backup ---- */
 
+/*
+ * QMP errors carry no hint lines (the library's "Is another process using
+ * the image" line is for people).
+ */
+static void drop_hint(GError **errp)
+{
+    char *nl = errp && *errp ? strchr((*errp)->message, '\n') : NULL;
+
+    if (nl) {
+        *nl = '\0';
+    }
+}
+
 /* QEMU's bdrv_img_create() refuses a backing file for such a format. */
 static bool format_takes_backing(const char *format, GError **errp)
 {
@@ -224,6 +238,9 @@ static bool create_target(const char *filename, const char *format,
         json_object_set_new(options, "backing_fmt",
                             json_string(node_get_format_name(backing)));
     }
+    img_print_formatting(filename, format, (uint64_t)size,
+                         backing ? node_get_filename(backing) : NULL,
+                         backing ? node_get_format_name(backing) : NULL);
     return image_create(format, filename, options, errp);
 }
 
@@ -283,6 +300,7 @@ static bool drive_backup_prepare(TxnState *s, GError **errp)
     }
     if (mode != NEW_IMAGE_MODE_EXISTING &&
         !create_target(b->target, format, source, size, errp)) {
+        drop_hint(errp);
         return false;
     }
 
@@ -294,6 +312,7 @@ static bool drive_backup_prepare(TxnState *s, GError **errp)
     }
     target = node_open(b->target, options, flags, errp);
     if (!target) {
+        drop_hint(errp);
         return false;
     }
     if (!node_set_loop(target, node_loop(bs), errp)) {

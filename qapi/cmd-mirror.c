@@ -13,6 +13,7 @@
 #include "strata/block-events.h"
 #include "strata/block-ops.h"
 #include "strata/error.h"
+#include "../tools/common/create-opts.h"
 #include "strata/mirror.h"
 #include "qapi-commands.h"
 
@@ -167,12 +168,8 @@ static void mirror_common(MirrorArgs *a, GError **errp)
         if (!check_not_busy(to_replace, errp)) {
             return;
         }
-        /*
-         * Only the source or a node whose data is the source's (filters
-         * above it) may be replaced: anything else would change what its
-         * users read at once.
-         */
-        if (node_skip_filters(to_replace) != node_skip_filters(a->bs)) {
+        /* Only the top-most non-filter, or what a driver vouches for. */
+        if (!node_recurse_can_replace(a->bs, to_replace)) {
             error_setg(errp, "Cannot replace '%s' by a node mirrored from "
                        "'%s', because it cannot be guaranteed that doing so "
                        "would not lead to an abrupt change of visible data",
@@ -269,6 +266,9 @@ static bool create_target(const DriveMirror *arg, const char *format,
         json_object_set_new(options, "backing_fmt",
                             json_string(node_get_format_name(backing)));
     }
+    img_print_formatting(arg->target, format, (uint64_t)size,
+                         backing ? node_get_filename(backing) : NULL,
+                         backing ? node_get_format_name(backing) : NULL);
     return image_create(format, arg->target, options, errp);
 }
 
@@ -320,6 +320,10 @@ void qmp_drive_mirror(DriveMirror *arg, GError **errp)
     }
     if (format) {
         json_object_set_new(options, "driver", json_string(format));
+    }
+    /* QEMU opens the target with the source's flags, BDRV_O_UNMAP too. */
+    if (node_discards_unmap(bs)) {
+        json_object_set_new(options, "discard", json_string("unmap"));
     }
     /* The job gives the target its backing chain, not the image header. */
     int flags = (node_get_flags(bs) | NODE_O_RDWR | NODE_O_NO_BACKING) &

@@ -701,6 +701,28 @@ static int coroutine_fn quorum_co_block_status(BlockNode *bs, bool want_zero,
     return BLOCK_ZERO;
 }
 
+/*
+ * A mirror of the quorum shows the quorum's data, so it may take the place
+ * of one of its children: the quorum's data stays what it was.  Only a
+ * direct child, and only one the quorum alone uses (any other parent could
+ * see its data change); nothing further down, where the child's own
+ * users might care.
+ */
+static bool quorum_recurse_can_replace(BlockNode *bs, BlockNode *to_replace)
+{
+    QuorumState *s = bs->opaque;
+
+    for (guint i = 0; i < s->children->len; i++) {
+        BlockChild *c = s->children->pdata[i];
+
+        if (child_node(c) == to_replace) {
+            return node_next_parent(to_replace, NULL) == c &&
+                   node_next_parent(to_replace, c) == NULL;
+        }
+    }
+    return false;
+}
+
 const BlockDriver bdrv_quorum = {
     .format_name = "quorum",
     .instance_size = sizeof(QuorumState),
@@ -715,4 +737,5 @@ const BlockDriver bdrv_quorum = {
     .co_pwrite_zeroes = quorum_co_pwrite_zeroes,
     .co_flush = quorum_co_flush,
     .co_block_status = quorum_co_block_status,
+    .recurse_can_replace = quorum_recurse_can_replace,
 };

@@ -305,6 +305,12 @@ struct BlockDriver {
      */
     void (*set_loop)(BlockNode *bs);
     bool main_loop_only;
+    /*
+     * May `to_replace` (somewhere below bs) be replaced by a node showing
+     * bs's data without changing what bs's parents see?  NULL: only bs
+     * itself, or through the filtered child of a filter.
+     */
+    bool (*recurse_can_replace)(BlockNode *bs, BlockNode *to_replace);
 
     /* Flags (REQ_*) the driver honours on writes and zero writes. */
     int supported_write_flags;

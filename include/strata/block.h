@@ -113,6 +113,19 @@ BlockNode *node_primary_child(BlockNode *bs);
 BlockNode *node_filtered_child(BlockNode *bs);
 /* Walk past filters to the first non-filter node. */
 BlockNode *node_skip_filters(BlockNode *bs);
+/* Whether discards reach the storage (discard=unmap, QEMU's BDRV_O_UNMAP). */
+bool node_discards_unmap(const BlockNode *bs);
+/*
+ * QEMU's bdrv_can_write_zeroes_with_unmap: zeroes written with
+ * REQ_MAY_UNMAP are cheap (discard=unmap and the driver can punch holes).
+ */
+bool node_can_write_zeroes_with_unmap(const BlockNode *bs);
+/*
+ * QEMU's bdrv_recurse_can_replace: may `to_replace` be replaced by a node
+ * whose data is bs's (a mirror of bs) without an abrupt change of data
+ * any user sees?  (block/replace.c)
+ */
+bool node_recurse_can_replace(BlockNode *bs, BlockNode *to_replace);
 
 /* Cumulative permissions other users hold on bs. */
 void node_get_cumulative_perm(const BlockNode *bs, uint64_t *perm,

@@ -23,6 +23,7 @@
 #include "strata/backend.h"
 #include "strata/json-out.h"
 #include "../common/tool-common.h"
+#include "../common/create-opts.h"
 
 /* ---- Subcommands (one file each) ---- */
 
@@ -163,66 +164,11 @@ void img_progress_print(ImgProgress *p, float delta, int max);
 void img_progress_set_bytes(ImgProgress *p, uint64_t done, uint64_t total);
 void img_progress_end(ImgProgress *p);
 
-/* ---- create-opts.c: creation options ---- */
+/* ---- create-opts.c: checks and help on -o lists ---- */
 
-typedef enum {
-    IMG_OPT_STRING,
-    IMG_OPT_BOOL,
-    IMG_OPT_NUMBER,
-    IMG_OPT_SIZE,
-} ImgOptType;
-
-typedef struct ImgOptDesc {
-    const char *name;
-    ImgOptType type;
-    const char *help;      /* NULL: listed without a description */
-    const char *def_value; /* printed in "Formatting ..." when not set */
-} ImgOptDesc;
-
-/*
- * The creation options of driver `drv` in qemu-img's order (the order of
- * the "Formatting" line).  Returns a NULL-name-terminated array that the
- * caller frees with g_free (the strings are static).
- */
-ImgOptDesc *img_create_opts_for(const BlockDriver *drv);
-/* Append src's options that dst lacks (qemu_opts_append); frees dst. */
-ImgOptDesc *img_create_opts_append(ImgOptDesc *dst, const ImgOptDesc *src);
 /* qemu-img's "-o help" of create and convert: the format's options, with
  * the protocol's when a file name is given; exit status. */
 int img_print_create_help(const char *filename, const char *fmt);
-/* Print the descriptions sorted by name, qemu's "-o help" layout. */
-void img_create_opts_print_help(const ImgOptDesc *list);
-
-/*
- * A parsed -o option list: values per option in `list`, parsed and
- * checked against its type the way QemuOpts does.
- */
-typedef struct ImgOptValue {
-    const ImgOptDesc *desc;
-    char *str;          /* as given (bools, strings) */
-    uint64_t num;       /* sizes and numbers */
-    bool hex_suffix;    /* a size like 0x10M (QEMU warns twice) */
-} ImgOptValue;
-
-typedef struct ImgOpts {
-    const ImgOptDesc *list;
-    GPtrArray *values;  /* ImgOptValue*, in the order first set */
-} ImgOpts;
-
-ImgOpts *img_opts_new(const ImgOptDesc *list);
-void img_opts_free(ImgOpts *opts);
-/* QemuOpts' "a=b,flag,nofoo" syntax; unknown names and bad values fail. */
-bool img_opts_parse(ImgOpts *opts, const char *params, GError **errp);
-ImgOptValue *img_opts_find(ImgOpts *opts, const char *name);
-/* Set one option from a string (type-checked); false + errp if unknown. */
-bool img_opts_set(ImgOpts *opts, const char *name, const char *value,
-                  GError **errp);
-bool img_opts_set_number(ImgOpts *opts, const char *name, uint64_t value);
-/* " name=value" for each set (or defaulted) option, in list order. */
-char *img_opts_to_string(ImgOpts *opts);
-/* The values as driver options (sizes/numbers as integers). */
-json_t *img_opts_to_json(ImgOpts *opts);
-
 /* True if the list holds a bare "help" or "?" element. */
 bool img_has_help_option(const char *params);
 /*
