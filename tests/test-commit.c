@@ -415,6 +415,10 @@ static void test_discard_source_cancel(void **state)
         assert_ptr_equal(node_backing(low), base);
         assert_true(node_is_read_only(mid));
         assert_true(node_is_read_only(low));
+        /* emptied bottom first, if at all */
+        if (allocated_by_qemu_img("mid.qcow2") == 0) {
+            assert_int_equal(allocated_by_qemu_img("low.qcow2"), 0);
+        }
     } else {
         assert_int_equal(d.ret, 0);
         assert_ptr_equal(node_backing(act), base);
