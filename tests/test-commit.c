@@ -454,6 +454,61 @@ static void test_discard_source_bottom_first(void **state)
     node_unref(act);
 }
 
+/*
+ * A failed discard (an L2 write of the top fails after the image below
+ * was emptied): the job fails, the chain stays and reads as before.
+ */
+static void test_discard_source_error(void **state)
+{
+    chain4();
+    g_autofree char *ap = path_of("act.qcow2");
+    g_autofree char *mp = path_of("mid.qcow2");
+    g_autofree char *lp = path_of("low.qcow2");
+    GError *err = NULL;
+    /* mid's file fails its L2 writes, which only the discards make */
+    BlockNode *lown = node_open(lp, json_pack("{s:s, s:s}", "driver", "qcow2",
+                                              "node-name", "low"),
+                                NODE_O_RDWR, &err);
+    if (!lown) {
+        fail_msg("open low: %s", err->message);
+    }
+    BlockNode *midn = node_open(NULL, json_pack(
+        "{s:s, s:s, s:s, s:{s:s, s:{s:s, s:s}, s:[{s:s, s:i}]}}",
+        "driver", "qcow2", "node-name", "mid", "backing", "low",
+        "file", "driver", "blkdebug",
+        "image", "driver", "file", "filename", mp,
+        "inject-error", "event", "l2_update", "errno", 5),
+        NODE_O_RDWR, &err);
+    if (!midn) {
+        fail_msg("open mid: %s", err->message);
+    }
+    BlockNode *act = node_open(NULL, json_pack(
+        "{s:s, s:s, s:{s:s, s:s}}", "driver", "qcow2", "backing", "mid",
+        "file", "driver", "file", "filename", ap), NODE_O_RDWR, &err);
+    if (!act) {
+        fail_msg("open: %s", err->message);
+    }
+    node_unref(midn);
+    node_unref(lown);
+    BlockNode *mid = node_backing(act), *low = node_backing(mid);
+    BlockNode *base = node_backing(low);
+    CommitOptions o = {
+        .job_id = "c", .bs = act, .top = mid, .base = base,
+        .on_error = BLOCKDEV_ON_ERROR_REPORT, .discard_source = true,
+    };
+    CommitStats st;
+
+    check_chain4_data(act);
+    assert_int_equal(run(&o, &st), -EIO);
+    assert_ptr_equal(node_backing(act), mid);
+    assert_ptr_equal(node_backing(mid), low);
+    assert_ptr_equal(node_backing(low), base);
+    /* low gave its clusters up, mid could not: the data is the same */
+    assert_int_equal(allocated_by_qemu_img("low.qcow2"), 0);
+    check_chain4_data(act);
+    node_unref(act);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -465,6 +520,7 @@ int main(void)
         cmocka_unit_test(test_discard_source_refused),
         cmocka_unit_test(test_discard_source_cancel),
         cmocka_unit_test(test_discard_source_bottom_first),
+        cmocka_unit_test(test_discard_source_error),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
