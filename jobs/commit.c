@@ -36,6 +36,11 @@ typedef struct CommitJob {
     BlockdevOnError on_error;
     bool chain_frozen, base_read_only;
     bool copy_only, skip_identical;
+    /* x-strata-discard-source: the job's writing edges to the merged
+     * images, top first, and the images it made writable (referenced). */
+    bool discard_source;
+    GPtrArray *punch_edges;
+    GPtrArray *reopened;
     int64_t length;
     int64_t base_cluster;        /* copy_only: 0 when base has none */
     CommitStats stats;
@@ -179,6 +184,47 @@ static void commit_progress(void *opaque, int64_t offset, int64_t bytes,
 
 /* ---- The job ---- */
 
+/* Ranges unallocated at once: a cancel is seen between them. */
+#define COMMIT_PUNCH_CHUNK (16 * 1024 * 1024)
+
+/*
+ * x-strata-discard-source: base holds the chain's data durably (flushed),
+ * so the merged images give their clusters up.  The image right above
+ * base goes first: at every step the unchanged chain still reads what it
+ * read before (an unallocated range of an image falls through to images
+ * already emptied, down to base), so a cancel or failure here leaves the
+ * guest's data as it was.
+ */
+static int coroutine_fn commit_punch(CommitJob *s, GError **errp)
+{
+    for (guint i = s->punch_edges->len; i > 0; i--) {
+        BlockChild *c = g_ptr_array_index(s->punch_edges, i - 1);
+        BlockNode *bs = child_node(c);
+        int64_t len = node_getlength(bs);
+
+        if (len < 0) {
+            error_setg_errno(errp, (int)-len, "Could not inquire the size "
+                             "of '%s'", node_get_name(bs));
+            return (int)len;
+        }
+        for (int64_t off = 0; off < len; off += COMMIT_PUNCH_CHUNK) {
+            if (job_is_cancelled(&s->common.job)) {
+                return -ECANCELED;
+            }
+            int ret = child_co_unallocate(c, off,
+                                          MIN(COMMIT_PUNCH_CHUNK, len - off),
+                                          NULL);
+            if (ret < 0) {
+                error_setg_errno(errp, -ret, "Could not discard the "
+                                 "committed data from '%s'",
+                                 node_get_name(bs));
+                return ret;
+            }
+        }
+    }
+    return 0;
+}
+
 static int coroutine_fn commit_run(Job *job, GError **errp)
 {
     CommitJob *s = (CommitJob *)job;
@@ -251,7 +297,11 @@ static int coroutine_fn commit_run(Job *job, GError **errp)
         return -ECANCELED;
     }
     /* What base holds now is what the chain will read from it. */
-    return blk_co_flush(s->base_blk);
+    ret = blk_co_flush(s->base_blk);
+    if (ret < 0 || !s->discard_source) {
+        return ret;
+    }
+    return commit_punch(s, errp);
 }
 
 /* Put top back in the filter's place, as it was before the job. */
@@ -367,6 +417,19 @@ static void commit_clean(Job *job)
 {
     CommitJob *s = (CommitJob *)job;
 
+    if (s->reopened) {
+        /* The job's writing edges go first, then the images are read-only
+         * again as they were (whether still in the chain or dropped). */
+        job_remove_all_nodes(job);
+        for (guint i = 0; i < s->reopened->len; i++) {
+            BlockNode *bs = g_ptr_array_index(s->reopened, i);
+            node_reopen(bs, NULL, true, NULL);
+            node_unref(bs);
+        }
+        g_ptr_array_free(s->reopened, true);
+        s->reopened = NULL;
+    }
+
     if (s->base_read_only) {
         node_reopen(s->base, NULL, true, NULL);
         s->base_read_only = false;
@@ -392,6 +455,9 @@ static void commit_free(Job *job)
     node_unref(s->base);
     g_free(s->owner);
     g_free(s->backing_file);
+    if (s->punch_edges) {
+        g_ptr_array_free(s->punch_edges, true);
+    }
 }
 
 static const JobDriver commit_job_driver = {
@@ -437,20 +503,77 @@ static bool insert_filter(CommitJob *s, const char *name, GError **errp)
     return true;
 }
 
+/*
+ * x-strata-discard-source: dropping an image's clusters is safe only when
+ * all that reads it is the chain the job merges (the filter or the image
+ * above it), which reads base's copy after the job; no other node or user.
+ */
+static bool check_punch_users(BlockNode *it, BlockNode *above,
+                              BlockChild *edge, GError **errp)
+{
+    for (BlockChild *c = node_next_parent(it, NULL); c;
+         c = node_next_parent(it, c)) {
+        if (c == edge || (child_parent_kind(c) == PARENT_NODE &&
+                          child_parent(c) == above)) {
+            continue;
+        }
+        char *who = child_parent_desc(c);
+        error_setg(errp, "Parameter 'x-strata-discard-source' needs the "
+                   "image '%s' to have no other users than the job, but %s "
+                   "uses it", node_get_name(it), who);
+        g_free(who);
+        return false;
+    }
+    return true;
+}
+
+/* The merged image `it` becomes writable for the job's discards. */
+static bool prepare_punch(CommitJob *s, BlockNode *it, GError **errp)
+{
+    if (!node_can_unallocate(it)) {
+        error_setg(errp, "Parameter 'x-strata-discard-source': format '%s' "
+                   "of node '%s' cannot make ranges unallocated",
+                   node_get_format_name(it), node_get_name(it));
+        return false;
+    }
+    if (node_is_read_only(it)) {
+        if (!node_reopen(it, NULL, false, errp)) {
+            return false;
+        }
+        node_ref(it);
+        g_ptr_array_add(s->reopened, it);
+    }
+    return true;
+}
+
 static bool attach_chain(CommitJob *s, GError **errp)
 {
     BlockNode *skip_base = node_skip_filters(s->base);
+    BlockNode *above = s->commit_top;
 
     for (BlockNode *it = s->top; it && it != s->base; it = filter_or_cow(it)) {
         uint64_t shared = BLK_PERM_WRITE | BLK_PERM_WRITE_UNCHANGED;
+        bool punch = s->discard_source && !node_filtered_child(it);
         /* Filters right above base show base's data: reads stay valid. */
         if (node_skip_filters(it) == skip_base) {
             shared |= BLK_PERM_CONSISTENT_READ;
         }
-        if (!job_add_node(&s->common.job, "intermediate node", it, 0, shared,
-                          errp)) {
+        if (punch && !prepare_punch(s, it, errp)) {
             return false;
         }
+        BlockChild *edge = job_add_node(&s->common.job, "intermediate node",
+                                        it, punch ? BLK_PERM_WRITE : 0,
+                                        shared, errp);
+        if (!edge) {
+            return false;
+        }
+        if (s->discard_source && !check_punch_users(it, above, edge, errp)) {
+            return false;
+        }
+        if (punch) {
+            g_ptr_array_add(s->punch_edges, edge);
+        }
+        above = it;
     }
     if (!chain_freeze(s->commit_top, s->base, s->owner, errp)) {
         return false;
@@ -527,6 +650,11 @@ BlockJob *commit_start(const CommitOptions *o, GError **errp)
     s->on_error = o->on_error;
     s->copy_only = o->copy_only;
     s->skip_identical = o->skip_identical;
+    s->discard_source = o->discard_source && !o->copy_only;
+    if (s->discard_source) {
+        s->punch_edges = g_ptr_array_new();
+        s->reopened = g_ptr_array_new();
+    }
 
     s->base_read_only = node_is_read_only(o->base);
     if (s->base_read_only && !node_reopen(o->base, NULL, false, errp)) {
@@ -546,6 +674,9 @@ fail:
     if (s->top_blk) {
         blk_unref(s->top_blk);
         s->top_blk = NULL;
+    }
+    if (s->reopened) {
+        commit_clean(&s->common.job);
     }
     if (s->base_read_only) {
         node_reopen(o->base, NULL, true, NULL);

@@ -167,12 +167,6 @@ void qmp_block_commit(const char *job_id, const char *device,
         job = commit_active_start(job_id, top_bs, base_bs, flags, speed,
                                   on_error, filter_node_name, &x, errp);
     } else {
-        if (discard_source) {
-            /* Not built yet (docs/qmp.md says why): as active commit. */
-            error_setg(errp, "Parameter 'x-strata-discard-source' is not "
-                       "supported yet");
-            return;
-        }
         BlockNode *overlay = find_overlay(bs, top_bs);
         if (overlay && !bja_check_op(overlay, BJA_OP_COMMIT_TARGET, errp)) {
             return;
@@ -188,6 +182,7 @@ void qmp_block_commit(const char *job_id, const char *device,
             .backing_file = backing_file,
             .filter_node_name = filter_node_name,
             .skip_identical = skip_identical,
+            .discard_source = discard_source,
         };
         job = commit_start(&o, errp);
     }

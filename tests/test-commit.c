@@ -251,6 +251,264 @@ static int teardown(void **state)
     return 0;
 }
 
+/* ---- x-strata-discard-source ---- */
+
+/* base <- low <- mid <- act: commit mid (and low) into base. */
+static void chain4(void)
+{
+    create("base.qcow2", NULL);
+    create("low.qcow2", "base.qcow2");
+    create("mid.qcow2", "low.qcow2");
+    create("act.qcow2", "mid.qcow2");
+    fill("base.qcow2", 0, 2 * MiB, 1);
+    fill("low.qcow2", 1 * MiB, 1 * MiB, 4);
+    fill("low.qcow2", 2 * MiB, 256 * KiB, 5);
+    fill("mid.qcow2", 1536 * KiB, 256 * KiB, 2);  /* over low's */
+    fill("act.qcow2", 3 * MiB, 64 * KiB, 3);
+}
+
+/* What the guest reads through act, before and after the job. */
+static void check_chain4_data(BlockNode *act)
+{
+    assert_int_equal(byte_at(act, 0), 1);
+    assert_int_equal(byte_at(act, 1 * MiB), 4);
+    assert_int_equal(byte_at(act, 1536 * KiB), 2);
+    assert_int_equal(byte_at(act, 1792 * KiB - 1), 2);
+    assert_int_equal(byte_at(act, 1792 * KiB), 4);
+    assert_int_equal(byte_at(act, 2 * MiB), 5);
+    assert_int_equal(byte_at(act, 3 * MiB), 3);
+    assert_int_equal(byte_at(act, 3 * MiB + 64 * KiB), 0);
+}
+
+/* Bytes the image `name` itself allocates, as qemu-img map reports. */
+static int64_t allocated_by_qemu_img(const char *name)
+{
+    g_autofree char *p = path_of(name);
+    char *argv[] = { "timeout", "60", "qemu-img", "map", "-U",
+                     "--output=json", "-f", "qcow2", p, NULL };
+    g_autofree char *out = NULL;
+    GError *err = NULL;
+    int status = 0;
+
+    if (!g_spawn_sync(NULL, argv, NULL, G_SPAWN_SEARCH_PATH |
+                      G_SPAWN_STDERR_TO_DEV_NULL, NULL, NULL, &out, NULL,
+                      &status, &err)) {
+        fail_msg("qemu-img map: %s", err->message);
+    }
+    assert_int_equal(status, 0);
+    json_error_t jerr;
+    json_t *map = json_loads(out, 0, &jerr);
+    assert_non_null(map);
+    int64_t sum = 0;
+    size_t i;
+    json_t *e;
+    json_array_foreach(map, i, e) {
+        if (json_integer_value(json_object_get(e, "depth")) == 0 &&
+            json_is_true(json_object_get(e, "present"))) {
+            sum += json_integer_value(json_object_get(e, "length"));
+        }
+    }
+    json_decref(map);
+    return sum;
+}
+
+static void test_discard_source(void **state)
+{
+    chain4();
+    BlockNode *act = open_chain("act.qcow2");
+    BlockNode *mid = node_backing(act), *low = node_backing(mid);
+    BlockNode *base = node_backing(low);
+    CommitOptions o = {
+        .job_id = "c", .bs = act, .top = mid, .base = base,
+        .on_error = BLOCKDEV_ON_ERROR_REPORT, .discard_source = true,
+    };
+    CommitStats st;
+
+    check_chain4_data(act);
+    assert_int_equal(allocated_by_qemu_img("mid.qcow2"), 256 * KiB);
+    assert_int_equal(allocated_by_qemu_img("low.qcow2"), 1280 * KiB);
+    assert_int_equal(run(&o, &st), 0);
+    assert_ptr_equal(node_backing(act), base);
+    check_chain4_data(act);
+    /* the dropped images kept as files: their committed ranges are gone */
+    assert_int_equal(allocated_by_qemu_img("mid.qcow2"), 0);
+    assert_int_equal(allocated_by_qemu_img("low.qcow2"), 0);
+    assert_int_equal(allocated_by_qemu_img("act.qcow2"), 64 * KiB);
+    node_unref(act);
+}
+
+/* Another user of a merged image would see its data go: refused. */
+static void test_discard_source_refused(void **state)
+{
+    chain4();
+    BlockNode *act = open_chain("act.qcow2");
+    BlockNode *mid = node_backing(act), *low = node_backing(mid);
+    BlockNode *base = node_backing(low);
+    BlockBackend *other = blk_new(0, BLK_PERM_ALL);
+    CommitOptions o = {
+        .job_id = "c", .bs = act, .top = mid, .base = base,
+        .on_error = BLOCKDEV_ON_ERROR_REPORT, .discard_source = true,
+    };
+    GError *err = NULL;
+
+    assert_true(blk_insert_node(other, low, NULL));
+    assert_null(commit_start(&o, &err));
+    assert_non_null(err);
+    assert_non_null(strstr(err->message, "Parameter 'x-strata-discard-"
+                           "source' needs the image '"));
+    assert_non_null(strstr(err->message, "to have no other users than the "
+                           "job, but "));
+    g_clear_error(&err);
+    /* the chain as it was, read-only images again, nothing frozen */
+    assert_ptr_equal(node_backing(act), mid);
+    assert_ptr_equal(node_backing(mid), low);
+    assert_true(node_is_read_only(mid));
+    assert_true(node_is_read_only(low));
+    assert_int_equal(child_frozen_count(node_backing_child(mid)), 0);
+    assert_null(job_next(NULL));
+    blk_unref(other);
+    check_chain4_data(act);
+    assert_int_equal(allocated_by_qemu_img("mid.qcow2"), 256 * KiB);
+    node_unref(act);
+}
+
+/*
+ * Cancelled once the copy is done, which is when the discards start: the
+ * job either ends cancelled (the chain unchanged, maybe partly emptied
+ * from the bottom) or had already finished; the guest reads the same
+ * data through act either way.
+ */
+static void test_discard_source_cancel(void **state)
+{
+    chain4();
+    BlockNode *act = open_chain("act.qcow2");
+    BlockNode *mid = node_backing(act), *low = node_backing(mid);
+    BlockNode *base = node_backing(low);
+    Done d = { 0 };
+    CommitOptions o = {
+        .job_id = "c", .bs = act, .top = mid, .base = base,
+        .on_error = BLOCKDEV_ON_ERROR_REPORT, .discard_source = true,
+        .creation_flags = JOB_MANUAL_DISMISS,
+        .cb = on_done, .opaque = &d,
+    };
+    GError *err = NULL;
+
+    node_ref(mid);
+    node_ref(low);
+    BlockJob *job = commit_start(&o, &err);
+    if (!job) {
+        fail_msg("commit_start: %s", err->message);
+    }
+    job_ref(&job->job);
+    LOOP_WAIT_WHILE(!d.done &&
+                    (job->job.progress_total == 0 ||
+                     job->job.progress_current < job->job.progress_total));
+    if (!d.done) {
+        job_cancel(&job->job, true);
+    }
+    LOOP_WAIT_WHILE(!d.done);
+    assert_true(job_dismiss(&job->job, NULL));
+    job_unref(&job->job);
+    if (d.ret == -ECANCELED) {
+        assert_ptr_equal(node_backing(act), mid);
+        assert_ptr_equal(node_backing(mid), low);
+        assert_ptr_equal(node_backing(low), base);
+        assert_true(node_is_read_only(mid));
+        assert_true(node_is_read_only(low));
+        /* emptied bottom first, if at all */
+        if (allocated_by_qemu_img("mid.qcow2") == 0) {
+            assert_int_equal(allocated_by_qemu_img("low.qcow2"), 0);
+        }
+    } else {
+        assert_int_equal(d.ret, 0);
+        assert_ptr_equal(node_backing(act), base);
+    }
+    check_chain4_data(act);
+    node_unref(low);
+    node_unref(mid);
+    node_unref(act);
+}
+
+/*
+ * The state a cancel can leave half way (the bottom image emptied, the
+ * top not yet) reads as before: what the job relies on.
+ */
+static void test_discard_source_bottom_first(void **state)
+{
+    chain4();
+    /* base holds the chain's data as the copy leaves it */
+    fill("base.qcow2", 1 * MiB, 1 * MiB, 4);
+    fill("base.qcow2", 1536 * KiB, 256 * KiB, 2);
+    fill("base.qcow2", 2 * MiB, 256 * KiB, 5);
+    /* low emptied, mid not yet */
+    g_autofree char *p = path_of("low.qcow2");
+    char *argv[] = { "timeout", "60", "qemu-img", "create", "-q", "-f",
+                     "qcow2", "-F", "qcow2", "-b", "base.qcow2", p, "4M",
+                     NULL };
+    int status = -1;
+    assert_true(g_spawn_sync(tmpdir, argv, NULL, G_SPAWN_SEARCH_PATH, NULL,
+                             NULL, NULL, NULL, &status, NULL));
+    assert_int_equal(status, 0);
+    BlockNode *act = open_chain("act.qcow2");
+    check_chain4_data(act);
+    node_unref(act);
+}
+
+/*
+ * A failed discard (an L2 write of the top fails after the image below
+ * was emptied): the job fails, the chain stays and reads as before.
+ */
+static void test_discard_source_error(void **state)
+{
+    chain4();
+    g_autofree char *ap = path_of("act.qcow2");
+    g_autofree char *mp = path_of("mid.qcow2");
+    g_autofree char *lp = path_of("low.qcow2");
+    GError *err = NULL;
+    /* mid's file fails its L2 writes, which only the discards make */
+    BlockNode *lown = node_open(lp, json_pack("{s:s, s:s}", "driver", "qcow2",
+                                              "node-name", "low"),
+                                NODE_O_RDWR, &err);
+    if (!lown) {
+        fail_msg("open low: %s", err->message);
+    }
+    BlockNode *midn = node_open(NULL, json_pack(
+        "{s:s, s:s, s:s, s:{s:s, s:{s:s, s:s}, s:[{s:s, s:i}]}}",
+        "driver", "qcow2", "node-name", "mid", "backing", "low",
+        "file", "driver", "blkdebug",
+        "image", "driver", "file", "filename", mp,
+        "inject-error", "event", "l2_update", "errno", 5),
+        NODE_O_RDWR, &err);
+    if (!midn) {
+        fail_msg("open mid: %s", err->message);
+    }
+    BlockNode *act = node_open(NULL, json_pack(
+        "{s:s, s:s, s:{s:s, s:s}}", "driver", "qcow2", "backing", "mid",
+        "file", "driver", "file", "filename", ap), NODE_O_RDWR, &err);
+    if (!act) {
+        fail_msg("open: %s", err->message);
+    }
+    node_unref(midn);
+    node_unref(lown);
+    BlockNode *mid = node_backing(act), *low = node_backing(mid);
+    BlockNode *base = node_backing(low);
+    CommitOptions o = {
+        .job_id = "c", .bs = act, .top = mid, .base = base,
+        .on_error = BLOCKDEV_ON_ERROR_REPORT, .discard_source = true,
+    };
+    CommitStats st;
+
+    check_chain4_data(act);
+    assert_int_equal(run(&o, &st), -EIO);
+    assert_ptr_equal(node_backing(act), mid);
+    assert_ptr_equal(node_backing(mid), low);
+    assert_ptr_equal(node_backing(low), base);
+    /* low gave its clusters up, mid could not: the data is the same */
+    assert_int_equal(allocated_by_qemu_img("low.qcow2"), 0);
+    check_chain4_data(act);
+    node_unref(act);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -258,6 +516,11 @@ int main(void)
         cmocka_unit_test(test_skip_identical),
         cmocka_unit_test(test_failed_start),
         cmocka_unit_test(test_copy_only),
+        cmocka_unit_test(test_discard_source),
+        cmocka_unit_test(test_discard_source_refused),
+        cmocka_unit_test(test_discard_source_cancel),
+        cmocka_unit_test(test_discard_source_bottom_first),
+        cmocka_unit_test(test_discard_source_error),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

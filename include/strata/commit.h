@@ -57,6 +57,13 @@ typedef struct CommitOptions {
      */
     bool skip_identical;
 
+    /*
+     * Off by default (x-strata-discard-source): once base holds the data
+     * durably, the merged images' ranges become unallocated (they free
+     * their space if kept as files).
+     */
+    bool discard_source;
+
     /* Called when the job is finalized (may be NULL). */
     JobCompletionFunc *cb;
     void *opaque;
