@@ -651,8 +651,24 @@ static gboolean on_readable(gint fd, GIOCondition cond, gpointer opaque)
     return keep;
 }
 
+/*
+ * While the daemon processes its command line, the loop runs (a qcow2
+ * --blockdev opens in a coroutine), but no client may be served yet:
+ * qemu-storage-daemon reads its monitors only once every option is done,
+ * so a request already waiting on stdin (or a client that connected
+ * early) must not see half of the nodes the command line names.
+ */
+static bool input_held;
+static GPtrArray *held_sessions;   /* QmpSession *, a reference each */
+static GPtrArray *held_monitors;   /* QmpMonitor * */
+
 static void session_watch_input(QmpSession *s)
 {
+    if (input_held) {
+        s->refcnt++;
+        g_ptr_array_add(held_sessions, s);
+        return;
+    }
     s->in_src = g_unix_fd_source_new(s->fd, G_IO_IN | G_IO_HUP | G_IO_ERR);
     g_source_set_callback(s->in_src, (GSourceFunc)(void (*)(void))on_readable,
                           s, NULL);
@@ -809,16 +825,57 @@ static QmpMonitor *monitor_new(int listen_fd, bool pretty)
     return mon;
 }
 
+static void monitor_watch_listen(QmpMonitor *mon)
+{
+    mon->listen_src = g_unix_fd_source_new(mon->listen_fd, G_IO_IN);
+    g_source_set_callback(mon->listen_src,
+                          (GSourceFunc)(void (*)(void))on_accept, mon, NULL);
+    g_source_attach(mon->listen_src, ctx());
+}
+
 QmpMonitor *qmp_monitor_new(int listen_fd, bool pretty)
 {
     QmpMonitor *mon = monitor_new(listen_fd, pretty);
 
     g_unix_set_fd_nonblocking(listen_fd, TRUE, NULL);
-    mon->listen_src = g_unix_fd_source_new(listen_fd, G_IO_IN);
-    g_source_set_callback(mon->listen_src,
-                          (GSourceFunc)(void (*)(void))on_accept, mon, NULL);
-    g_source_attach(mon->listen_src, ctx());
+    if (input_held) {
+        g_ptr_array_add(held_monitors, mon);
+    } else {
+        monitor_watch_listen(mon);
+    }
     return mon;
+}
+
+void qmp_server_hold_input(void)
+{
+    input_held = true;
+    if (!held_sessions) {
+        held_sessions = g_ptr_array_new();
+        held_monitors = g_ptr_array_new();
+    }
+}
+
+void qmp_server_release_input(void)
+{
+    if (!input_held) {
+        return;
+    }
+    input_held = false;
+    for (guint i = 0; i < held_monitors->len; i++) {
+        QmpMonitor *mon = g_ptr_array_index(held_monitors, i);
+        if (mon->listen_fd >= 0 && !mon->listen_src) {
+            monitor_watch_listen(mon);
+        }
+    }
+    g_ptr_array_set_size(held_monitors, 0);
+    for (guint i = 0; i < held_sessions->len; i++) {
+        QmpSession *s = g_ptr_array_index(held_sessions, i);
+        if (!s->closed && !s->in_src) {
+            session_watch_input(s);
+        }
+        session_unref(s);
+    }
+    g_ptr_array_set_size(held_sessions, 0);
 }
 
 QmpMonitor *qmp_monitor_new_connected(bool pretty)

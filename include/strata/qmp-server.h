@@ -56,6 +56,14 @@ void qmp_monitor_free(QmpMonitor *mon);
  */
 void qmp_server_shutdown(void);
 
+/*
+ * Serve no client until release: monitors made meanwhile neither accept
+ * nor read (the daemon's command line, as qemu-storage-daemon's, is
+ * processed completely before any request runs).
+ */
+void qmp_server_hold_input(void);
+void qmp_server_release_input(void);
+
 /* Requests still running (a clean shutdown waits for them). */
 unsigned qmp_server_busy(void);
 

@@ -531,6 +531,7 @@ int main(int argc, char *argv[])
     signal(SIGPIPE, SIG_IGN);
     tool_set_name(argv[0]);
 
+    qmp_server_hold_input();
     process_options(argc, argv, true);
     if (daemonize) {
         daemonize_start();
@@ -551,6 +552,7 @@ int main(int argc, char *argv[])
     /* documented order (QEMU's): after every option, before any client */
     pid_file_init();
     daemonize_finish();
+    qmp_server_release_input();
 
     while (!exit_requested) {
         loop_iterate(true);
