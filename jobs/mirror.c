@@ -404,12 +404,12 @@ static int coroutine_fn mirror_punch(MirrorJob *s, GError **errp)
         /* The flush error goes its way; the ranges wait for the next one. */
         return 0;
     }
-    GArray *todo = s->punch;
+    GArray *ranges = s->punch;
     s->punch = g_array_new(false, false, sizeof(int64_t));
     int ret = 0;
-    for (guint i = 0; i + 1 < todo->len; i += 2) {
-        int64_t off = g_array_index(todo, int64_t, i);
-        int64_t len = g_array_index(todo, int64_t, i + 1);
+    for (guint i = 0; i + 1 < ranges->len; i += 2) {
+        int64_t off = g_array_index(ranges, int64_t, i);
+        int64_t len = g_array_index(ranges, int64_t, i + 1);
         ret = child_co_unallocate(s->punch_edge, off, len, s->bitmap);
         if (ret == -EAGAIN) {
             ret = 0;
@@ -421,7 +421,7 @@ static int coroutine_fn mirror_punch(MirrorJob *s, GError **errp)
             break;
         }
     }
-    g_array_free(todo, true);
+    g_array_free(ranges, true);
     return ret;
 }
 
