@@ -12,8 +12,8 @@
  * is snapshotted twice.  What differs: strata-daemon runs no guest CPUs,
  * so there are no STOP and RESUME events; the VM monitor pauses its
  * vCPUs before snapshot-save or snapshot-load (docs/migration.md).
- * Snapshots are dated by wall time, which also serves as the VM clock
- * (as blockdev-snapshot-internal-sync does in the daemon).
+ * The VM clock of a snapshot is the time since the daemon started (the
+ * daemon cannot see the guest's; QEMU with no machine counts the same).
  *
  * As in QEMU, the work happens before the command's reply and the job
  * concludes after it: run() yields once when it is done.
@@ -162,6 +162,14 @@ static void drain_all_nodes(GPtrArray *nodes, bool begin)
     }
 }
 
+/* The daemon's "VM clock": nanoseconds since the program started. */
+static int64_t started_us;
+
+__attribute__((constructor)) static void note_start(void)
+{
+    started_us = g_get_monotonic_time();
+}
+
 /* ---- The three operations ---- */
 
 static int coroutine_fn do_save(SnapshotJob *s, GPtrArray *nodes,
@@ -199,7 +207,8 @@ static int coroutine_fn do_save(SnapshotJob *s, GPtrArray *nodes,
         g_strlcpy(sn.name, s->tag, sizeof(sn.name));
         sn.date_sec = (uint32_t)(now / G_USEC_PER_SEC);
         sn.date_nsec = (uint32_t)(now % G_USEC_PER_SEC) * 1000;
-        sn.vm_clock_nsec = (uint64_t)now * 1000;
+        sn.vm_clock_nsec = (uint64_t)(g_get_monotonic_time() - started_us) *
+                           1000;
         sn.vm_state_size = bs == vm_bs ? (uint64_t)vm_size : 0;
         ret = node_snapshot_create(bs, &sn, &local);
         if (ret < 0) {
