@@ -66,7 +66,9 @@ static bool bitmap_add(const BlockDirtyBitmapAdd *a, GError **errp)
 /*
  * QEMU's block_dirty_bitmap_merge(): the sources are ORed into a bitmap
  * of the target's granularity first, so that a missing or unusable
- * source leaves the target untouched; the target's own checks come last.
+ * source leaves the target untouched.  qsd 7.2 checks, source by source:
+ * that it exists, that the target may change, that the source may be
+ * read (so a busy target is reported only once a source was found).
  * *backup (if backup is not NULL) holds the target's bits before.
  */
 static DirtyBitmap *bitmap_merge(const char *node, const char *target,
@@ -106,11 +108,13 @@ static DirtyBitmap *bitmap_merge(const char *node, const char *target,
                 goto out;
             }
         }
-        if (!dirty_bitmap_merge(anon, src, errp)) {
+        if (dirty_bitmap_check(dst, DIRTY_BITMAP_DEFAULT, errp) ||
+            !dirty_bitmap_merge(anon, src, errp)) {
             dst = NULL;
             goto out;
         }
     }
+    /* No source at all: the target is still checked. */
     if (dirty_bitmap_check(dst, DIRTY_BITMAP_DEFAULT, errp)) {
         dst = NULL;
         goto out;

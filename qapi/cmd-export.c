@@ -83,10 +83,21 @@ void qmp_block_export_add(BlockExportOptions *arg, GError **errp)
             }
         }
     }
-    if (nbd->bitmaps) {
-        error_setg(errp, "Exporting dirty bitmaps over NBD is not supported "
-                   "by strata yet");
-        return;
+    /* Names as the schema gave them: a bare one is looked up below. */
+    g_autofree NbdExportBitmap *bitmaps = NULL;
+    size_t nr_bitmaps = 0;
+    for (BlockDirtyBitmapOrStrList *l = nbd->bitmaps; l; l = l->next) {
+        nr_bitmaps++;
+    }
+    bitmaps = g_new0(NbdExportBitmap, nr_bitmaps);
+    size_t i = 0;
+    for (BlockDirtyBitmapOrStrList *l = nbd->bitmaps; l; l = l->next, i++) {
+        if (l->value->type == QTYPE_QSTRING) {
+            bitmaps[i].name = l->value->u.local;
+        } else {
+            bitmaps[i].node = l->value->u.external.node;
+            bitmaps[i].name = l->value->u.external.name;
+        }
     }
     qapi_exports_init();
     NbdExportOptions o = {
@@ -99,6 +110,8 @@ void qmp_block_export_add(BlockExportOptions *arg, GError **errp)
         .fixed_loop = fixed,
         .allocation_depth = nbd->has_allocation_depth &&
                             nbd->allocation_depth,
+        .bitmaps = bitmaps,
+        .nr_bitmaps = nr_bitmaps,
     };
     nbd_export_add(&o, errp);
 }
