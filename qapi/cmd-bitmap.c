@@ -39,9 +39,23 @@ typedef struct Op {
     char *sha256;
 } Op;
 
+/*
+ * The library's messages may end in a hint line for people ("Try
+ * block-dirty-bitmap-remove ..."); QEMU never sends hints in QMP errors.
+ */
+static void drop_hint(GError **errp)
+{
+    char *nl = errp && *errp ? strchr((*errp)->message, '\n') : NULL;
+
+    if (nl) {
+        *nl = '\0';
+    }
+}
+
 static void run(Op *op, CoroutineEntry *fn)
 {
     node_co_call(op->bs, fn, op);
+    drop_hint(op->errp);
 }
 
 /* The node of block_dirty_bitmap_lookup(): "Node 'x' not found". */

@@ -10,6 +10,7 @@
 #include "strata/coroutine.h"
 #include "strata/error.h"
 #include "strata/nbd-server.h"
+#include "strata/qmp.h"
 #include "strata/id.h"
 #include "qapi-commands.h"
 #include "qapi-events.h"
@@ -114,6 +115,14 @@ void qmp_block_export_add(BlockExportOptions *arg, GError **errp)
         .nr_bitmaps = nr_bitmaps,
     };
     nbd_export_add(&o, errp);
+    /* A bitmap's hint line is for people (QEMU prints it on a terminal
+     * for --export, never in a QMP error). */
+    if (errp && *errp && qmp_session_current()) {
+        char *nl = strchr((*errp)->message, '\n');
+        if (nl) {
+            *nl = '\0';
+        }
+    }
 }
 
 void qmp_block_export_del(const char *id, bool has_mode,
