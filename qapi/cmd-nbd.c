@@ -220,6 +220,13 @@ void qmp_nbd_server_add(NbdServerAddOptions *arg, GError **errp)
         .nr_bitmaps = arg->bitmap ? 1 : 0,
     };
     nbd_export_add(&o, errp);
+    /* no hint line in a QMP error (an inconsistent bitmap's) */
+    if (errp && *errp) {
+        char *nl = strchr((*errp)->message, '\n');
+        if (nl) {
+            *nl = '\0';
+        }
+    }
 }
 
 void qmp_nbd_server_remove(const char *name, bool has_mode,
