@@ -176,12 +176,11 @@ static int file_open(MemoryBackend *mb, const char *path, const char *name,
 {
     *created = false;
     if (fdset_is_fdset_name(path)) {
-        GError *err = NULL;
-        int fd = fdset_open(path, readonly ? O_RDONLY : O_RDWR, &err);
+        /* QEMU 7.2 would open() the name: say it as it would */
+        int fd = fdset_open(path, readonly ? O_RDONLY : O_RDWR, NULL);
         if (fd < 0) {
             error_setg(errp, "can't open backing store %s for guest RAM: %s",
-                       path, err->message);
-            g_error_free(err);
+                       path, g_strerror(errno));
             return -1;
         }
         mb->fd_from_fdset = true;
@@ -408,15 +407,13 @@ static bool attach_dirty_log(MemoryBackend *mb, const char *path,
     int fd;
 
     if (fdset_is_fdset_name(path)) {
-        fd = fdset_open(path, O_RDWR, errp);
+        fd = fdset_open(path, O_RDWR, NULL);
     } else {
         fd = open(path, O_RDWR | O_CLOEXEC);
-        if (fd < 0) {
-            error_setg(errp, "can't open dirty log %s: %s", path,
-                       g_strerror(errno));
-        }
     }
     if (fd < 0) {
+        error_setg(errp, "can't open dirty log %s: %s", path,
+                   g_strerror(errno));
         return false;
     }
     bool ok = ram_block_set_dirty_log(mb->rb, fd, errp);
