@@ -377,7 +377,10 @@ static bool apply_policy(MemoryBackend *mb, uint32_t prealloc_threads,
             }
             for (uint64_t off = 0; off < mb->length; off += mb->page_size) {
                 volatile uint8_t *p = (uint8_t *)mb->host + off;
-                *p = *p;
+                uint8_t v = *p;
+                if (!mb->readonly) {
+                    *p = v;
+                }
             }
         }
     }
