@@ -489,8 +489,12 @@ MemoryBackend *memory_backend_new(const char *id, ObjectOptions *arg,
     /* QEMU's RAM block idstr: the id, or the canonical path if asked */
     char *rb_id = mb->canonical_id ? g_strdup_printf("/objects/%s", id)
                             : g_strdup(id);
+    /*
+     * The descriptor is the block's memory only when the mapping is
+     * shared: a private mapping's writes never reach the file.
+     */
     mb->rb = ram_block_register(rb_id, mb->host, mb->length, mb->page_size,
-                                mb->fd, mb, errp);
+                                mb->share ? mb->fd : -1, mb, errp);
     g_free(rb_id);
     if (!mb->rb) {
         goto fail;

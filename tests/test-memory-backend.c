@@ -114,6 +114,7 @@ static void test_private_and_readonly(void **state)
         "\"size\": 65536, \"mem-path\": \"%s\"}", path);
     assert_null(run("object-add", priv));
     RamBlock *pb = ram_block_find("p0");
+    assert_int_equal(pb->fd, -1);
     memcpy(pb->host, "private", 7);
     char buf[7];
     assert_int_equal(pread(fd, buf, 7, 0), 7);

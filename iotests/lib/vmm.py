@@ -30,6 +30,7 @@ import mmap
 import os
 import random
 import threading
+import time
 
 PAGE = 4096
 
@@ -121,11 +122,18 @@ class Block:
         with self.lock:
             return bytes(self.mem)
 
-    def dirty_pages(self):
-        """The pages the log holds now (the monitor's view, not taken)."""
+    def clear_log(self):
+        """Forget the marked pages (what the daemon's log start does)."""
+        with self.lock:
+            for w in range(len(self._words)):
+                self._words[w] = 0
+
+    def dirty_pages(self, log=None):
+        """The pages a log holds (by default the monitor's view, now)."""
+        words = self._words if log is None else memoryview(log).cast('Q')
         out = []
-        for w in range(len(self._words)):
-            v = self._words[w]
+        for w in range(len(words)):
+            v = words[w]
             while v:
                 low = v & -v
                 out.append(w * 64 + low.bit_length() - 1)
@@ -175,21 +183,41 @@ class Guest:
     """The guest: a thread writing pages of some blocks, each write
     followed by its dirty bit, until paused."""
 
-    def __init__(self, blocks, seed=0, pages_per_round=64, hot_fraction=1.0):
+    def __init__(self, blocks, seed=0, pages_per_round=64, hot_fraction=1.0,
+                 rate=None):
+        """rate: bytes per second to write at most (None: as fast as it
+        can); hot_fraction: the share of each block's pages (from its
+        start) that the guest writes."""
         self.blocks = blocks
+        self.rate = rate
+        self._started = None
         self.rng = random.Random(seed)
         self.pages_per_round = pages_per_round
         self.hot_fraction = hot_fraction
         self.generation = 0
         self.writes = 0
+        self.written = {b.id: set() for b in blocks}   # pages, per block
         self.rounds = 0
         self._stop = threading.Event()
         self._round_done = threading.Condition()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
+    def _pace(self):
+        """With a rate, wait until the bytes written so far are due."""
+        if not self.rate:
+            return
+        if self._started is None:
+            self._started = time.monotonic()
+        page = self.blocks[0].page_size
+        due = self._started + self.writes * page / self.rate
+        delay = due - time.monotonic()
+        if delay > 0:
+            self._stop.wait(delay)
+
     def _run(self):
         while not self._stop.is_set():
+            self._pace()
             self.generation += 1
             for _ in range(self.pages_per_round):
                 b = self.rng.choice(self.blocks)
@@ -197,6 +225,7 @@ class Guest:
                 p = self.rng.randrange(hot)
                 b.write_page(p, page_pattern(b.id, p, self.generation,
                                              b.page_size))
+                self.written[b.id].add(p)
                 self.writes += 1
             with self._round_done:
                 self.rounds += 1
@@ -239,6 +268,17 @@ class Monitor:
             self.guest.pause()
         for b in self.blocks:
             b.close()
+
+
+def diff_pages(a, b, page_size=PAGE):
+    """The indexes of the pages where two memory images differ."""
+    if len(a) != len(b):
+        raise ValueError('images of %d and %d bytes' % (len(a), len(b)))
+    out = []
+    for off in range(0, len(a), page_size):
+        if a[off:off + page_size] != b[off:off + page_size]:
+            out.append(off // page_size)
+    return out
 
 
 def daemon_mapping(pid, memfd_name):
