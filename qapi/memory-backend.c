@@ -115,6 +115,17 @@ bool memory_backend_setters_check(ObjectOptions *arg, GError **errp)
             return false;
         }
     }
+    bool is_file = arg->qom_type == OBJECT_TYPE_MEMORY_BACKEND_FILE;
+    const char *log = is_file ? arg->u.memory_backend_file.x_strata_dirty_log
+                              : arg->u.memory_backend_memfd.x_strata_dirty_log;
+    bool qmp = is_file ? arg->u.memory_backend_file.x_strata_dirty_qmp
+                       : arg->u.memory_backend_memfd.x_strata_dirty_qmp;
+    if (log && qmp) {
+        error_setg(errp, "x-strata-dirty-log and x-strata-dirty-qmp cannot "
+                   "both be set: the dirty log is either shared or kept by "
+                   "the daemon");
+        return false;
+    }
     if (arg->qom_type == OBJECT_TYPE_MEMORY_BACKEND_MEMFD) {
         MemoryBackendMemfdProperties *m = &arg->u.memory_backend_memfd;
         if (m->has_hugetlbsize && m->hugetlbsize == 0) {
@@ -439,6 +450,8 @@ MemoryBackend *memory_backend_new(const char *id, ObjectOptions *arg,
     MemoryBackend *mb = g_new0(MemoryBackend, 1);
     const char *dirty_log = is_file ? f->x_strata_dirty_log
                                     : m->x_strata_dirty_log;
+    bool dirty_qmp = is_file ? f->has_x_strata_dirty_qmp && f->x_strata_dirty_qmp
+                             : m->has_x_strata_dirty_qmp && m->x_strata_dirty_qmp;
     bool readonly = is_file && f->has_readonly && f->readonly;
     bool created = false;
 
@@ -500,7 +513,8 @@ MemoryBackend *memory_backend_new(const char *id, ObjectOptions *arg,
         goto fail;
     }
     mb->rb->readonly = readonly;
-    if (dirty_log && !attach_dirty_log(mb, dirty_log, errp)) {
+    if ((dirty_log && !attach_dirty_log(mb, dirty_log, errp)) ||
+        (dirty_qmp && !ram_block_set_private_dirty_log(mb->rb, errp))) {
         ram_block_unregister(mb->rb);
         mb->rb = NULL;
         goto fail;
@@ -632,4 +646,38 @@ MemdevList *qmp_query_memdev(GError **errp)
     }
     g_ptr_array_free(all, TRUE);
     return head;
+}
+
+void qmp_x_strata_memdev_dirty(const char *id, StrataMemdevRangeList *ranges,
+                               GError **errp)
+{
+    UserObject *o = user_object_find(id);
+
+    if (!o || !o->memory) {
+        error_setg(errp, "Memory backend '%s' not found", id);
+        return;
+    }
+    RamBlock *rb = o->memory->rb;
+    if (!ram_block_has_dirty_log(rb)) {
+        error_setg(errp, "Memory backend '%s' has no dirty log (create it "
+                   "with x-strata-dirty-qmp or x-strata-dirty-log)", id);
+        return;
+    }
+    /* all or nothing: check every range before marking */
+    for (StrataMemdevRangeList *l = ranges; l; l = l->next) {
+        if (l->value->offset > o->memory->size ||
+            l->value->length > o->memory->size - l->value->offset) {
+            error_setg(errp, "Range 0x%" G_GINT64_MODIFIER "x+0x%"
+                       G_GINT64_MODIFIER "x is beyond the end of memory "
+                       "backend '%s' (0x%" G_GINT64_MODIFIER "x bytes)",
+                       l->value->offset, l->value->length, id,
+                       o->memory->size);
+            return;
+        }
+    }
+    for (StrataMemdevRangeList *l = ranges; l; l = l->next) {
+        bool ok = ram_block_mark_dirty(rb, l->value->offset,
+                                       l->value->length, NULL);
+        g_assert(ok);   /* checked above, and the block is no shorter */
+    }
 }

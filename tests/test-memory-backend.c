@@ -191,12 +191,58 @@ static void test_dirty_log(void **state)
     assert_int_equal(ram_block_count(), 0);
 }
 
+static void test_dirty_reported_over_qmp(void **state)
+{
+    char *msg = run("object-add", "{\"qom-type\": \"memory-backend-memfd\", "
+                    "\"id\": \"q0\", \"size\": 65536, "
+                    "\"x-strata-dirty-qmp\": true, "
+                    "\"x-strata-dirty-log\": \"/tmp/x\"}");
+    assert_string_equal(msg, "x-strata-dirty-log and x-strata-dirty-qmp "
+                        "cannot both be set: the dirty log is either shared "
+                        "or kept by the daemon");
+    g_free(msg);
+    assert_null(run("object-add", "{\"qom-type\": \"memory-backend-memfd\", "
+                    "\"id\": \"q0\", \"size\": 65536, "
+                    "\"x-strata-dirty-qmp\": true}"));
+    assert_null(run("object-add", "{\"qom-type\": \"memory-backend-memfd\", "
+                    "\"id\": \"n0\", \"size\": 65536}"));
+    RamBlock *rb = ram_block_find("q0");
+    GError *err = NULL;
+    unsigned long bm[1] = { 0 };
+    assert_true(ram_block_log_start(rb, &err));
+
+    assert_null(run("x-strata-memdev-dirty", "{\"id\": \"q0\", \"ranges\": "
+                    "[{\"offset\": 4096, \"length\": 8192}, "
+                    "{\"offset\": 65535, \"length\": 1}]}"));
+    /* all or nothing: a bad range marks none of the others */
+    msg = run("x-strata-memdev-dirty", "{\"id\": \"q0\", \"ranges\": "
+              "[{\"offset\": 0, \"length\": 1}, "
+              "{\"offset\": 65536, \"length\": 1}]}");
+    assert_string_equal(msg, "Range 0x10000+0x1 is beyond the end of memory "
+                        "backend 'q0' (0x10000 bytes)");
+    g_free(msg);
+    assert_int_equal(ram_block_log_sync(rb, bm, &err), 3);
+    assert_int_equal(bm[0], (1UL << 1) | (1UL << 2) | (1UL << 15));
+
+    msg = run("x-strata-memdev-dirty", "{\"id\": \"n0\", \"ranges\": []}");
+    assert_string_equal(msg, "Memory backend 'n0' has no dirty log (create "
+                        "it with x-strata-dirty-qmp or x-strata-dirty-log)");
+    g_free(msg);
+    msg = run("x-strata-memdev-dirty", "{\"id\": \"nosuch\", "
+              "\"ranges\": []}");
+    assert_string_equal(msg, "Memory backend 'nosuch' not found");
+    g_free(msg);
+    assert_null(run("object-del", "{\"id\": \"q0\"}"));
+    assert_null(run("object-del", "{\"id\": \"n0\"}"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_block_is_the_memory),
         cmocka_unit_test(test_private_and_readonly),
         cmocka_unit_test(test_dirty_log),
+        cmocka_unit_test(test_dirty_reported_over_qmp),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
