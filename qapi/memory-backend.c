@@ -15,6 +15,7 @@
  * (migration/ram-dirty.c).  docs/migration.md, "Memory", says why.
  */
 #include <errno.h>
+#include <stddef.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
@@ -77,9 +78,17 @@ static const char *type_name(ObjectType t)
     return ObjectType_str(t);
 }
 
+/* both property structs start with their base's members, in its layout */
+#define SAME_AT(T, m) \
+    _Static_assert(offsetof(T, m) == offsetof(MemoryBackendProperties, m), \
+                   #T " does not start with MemoryBackendProperties")
+SAME_AT(MemoryBackendFileProperties, size);
+SAME_AT(MemoryBackendFileProperties, x_use_canonical_path_for_ramblock_id);
+SAME_AT(MemoryBackendMemfdProperties, size);
+SAME_AT(MemoryBackendMemfdProperties, x_use_canonical_path_for_ramblock_id);
+
 static MemoryBackendProperties *common_props(ObjectOptions *arg)
 {
-    /* both property structs start with their base's members */
     return arg->qom_type == OBJECT_TYPE_MEMORY_BACKEND_FILE
            ? (MemoryBackendProperties *)&arg->u.memory_backend_file
            : (MemoryBackendProperties *)&arg->u.memory_backend_memfd;
