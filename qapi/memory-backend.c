@@ -339,6 +339,73 @@ static bool map_fd(MemoryBackend *mb, uint64_t align, bool readonly,
     return true;
 }
 
+typedef struct {
+    MemoryBackend *mb;
+    uint64_t start, end;    /* bytes, page aligned */
+    int err;                /* errno, 0 if it worked */
+} PreallocPart;
+
+/*
+ * The kernel faults the pages in (writable, so a shared file gets its
+ * blocks); where it cannot (before Linux 5.14), touch one byte per page
+ * by reading and writing it back, as QEMU does.
+ */
+static gpointer prealloc_part(gpointer opaque)
+{
+    PreallocPart *p = opaque;
+    uint8_t *base = (uint8_t *)p->mb->host;
+
+    if (madvise(base + p->start, p->end - p->start,
+                MADV_POPULATE_WRITE) == 0) {
+        return NULL;
+    }
+    if (errno != EINVAL) {
+        p->err = errno;
+        return NULL;
+    }
+    for (uint64_t off = p->start; off < p->end; off += p->mb->page_size) {
+        volatile uint8_t *b = base + off;
+        uint8_t v = *b;
+        if (!p->mb->readonly) {
+            *b = v;
+        }
+    }
+    return NULL;
+}
+
+/* prealloc-threads threads, each a contiguous share of the pages. */
+static bool prealloc(MemoryBackend *mb, uint32_t threads, GError **errp)
+{
+    uint64_t pages = mb->length / mb->page_size;
+    uint32_t n = (uint32_t)MIN((uint64_t)MAX(threads, 1), pages);
+    PreallocPart *parts = g_new0(PreallocPart, n);
+    GThread **th = g_new0(GThread *, n);
+    bool ok = true;
+
+    for (uint32_t i = 0; i < n; i++) {
+        parts[i].mb = mb;
+        parts[i].start = pages * i / n * mb->page_size;
+        parts[i].end = pages * (i + 1) / n * mb->page_size;
+        if (i > 0) {
+            th[i] = g_thread_new("prealloc", prealloc_part, &parts[i]);
+        }
+    }
+    prealloc_part(&parts[0]);
+    for (uint32_t i = 1; i < n; i++) {
+        g_thread_join(th[i]);
+    }
+    for (uint32_t i = 0; i < n && ok; i++) {
+        if (parts[i].err) {
+            error_setg(errp, "qemu_prealloc_mem: preallocating memory "
+                       "failed: %s", g_strerror(parts[i].err));
+            ok = false;
+        }
+    }
+    g_free(parts);
+    g_free(th);
+    return ok;
+}
+
 /*
  * host_memory_backend_memory_complete() after the allocation: advice,
  * the NUMA policy, then preallocation (under the policy).
@@ -346,7 +413,6 @@ static bool map_fd(MemoryBackend *mb, uint64_t align, bool readonly,
 static bool apply_policy(MemoryBackend *mb, uint32_t prealloc_threads,
                          GError **errp)
 {
-    (void)prealloc_threads;   /* the kernel populates; see below */
     if (mb->merge) {
         madvise(mb->host, mb->length, MADV_MERGEABLE);
     }
@@ -383,26 +449,8 @@ static bool apply_policy(MemoryBackend *mb, uint32_t prealloc_threads,
         return false;
     }
 
-    if (mb->prealloc) {
-        /*
-         * The kernel faults every page in (writable, so a shared file gets
-         * its blocks); where it cannot, touch one byte per page by reading
-         * and writing it back, as QEMU does.
-         */
-        if (madvise(mb->host, mb->length, MADV_POPULATE_WRITE) != 0) {
-            if (errno != EINVAL) {
-                error_setg(errp, "qemu_prealloc_mem: preallocating memory "
-                           "failed: %s", g_strerror(errno));
-                return false;
-            }
-            for (uint64_t off = 0; off < mb->length; off += mb->page_size) {
-                volatile uint8_t *p = (uint8_t *)mb->host + off;
-                uint8_t v = *p;
-                if (!mb->readonly) {
-                    *p = v;
-                }
-            }
-        }
+    if (mb->prealloc && !prealloc(mb, prealloc_threads, errp)) {
+        return false;
     }
     return true;
 }

@@ -12,6 +12,7 @@
 #include <string.h>
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <cmocka.h>
 
@@ -236,6 +237,37 @@ static void test_dirty_reported_over_qmp(void **state)
     assert_null(run("object-del", "{\"id\": \"n0\"}"));
 }
 
+static void test_prealloc(void **state)
+{
+    g_autofree char *path = g_build_filename(tmpdir, "prealloc", NULL);
+    struct stat st;
+
+    /* a shared file gets its blocks, whatever the thread count */
+    for (int threads = 1; threads <= 3; threads += 2) {
+        g_autofree char *args = g_strdup_printf(
+            "{\"qom-type\": \"memory-backend-file\", \"id\": \"p%d\", "
+            "\"size\": 4194304, \"mem-path\": \"%s%d\", \"share\": true, "
+            "\"prealloc\": true, \"prealloc-threads\": %d}", threads, path,
+            threads, threads);
+        assert_null(run("object-add", args));
+        g_autofree char *file = g_strdup_printf("%s%d", path, threads);
+        assert_int_equal(stat(file, &st), 0);
+        assert_true((uint64_t)st.st_blocks * 512 >= 4194304);
+    }
+    /* without prealloc it stays sparse */
+    g_autofree char *args = g_strdup_printf(
+        "{\"qom-type\": \"memory-backend-file\", \"id\": \"s0\", "
+        "\"size\": 4194304, \"mem-path\": \"%s-sparse\", "
+        "\"share\": true}", path);
+    assert_null(run("object-add", args));
+    g_autofree char *file = g_strdup_printf("%s-sparse", path);
+    assert_int_equal(stat(file, &st), 0);
+    assert_int_equal(st.st_blocks, 0);
+    assert_null(run("object-del", "{\"id\": \"p1\"}"));
+    assert_null(run("object-del", "{\"id\": \"p3\"}"));
+    assert_null(run("object-del", "{\"id\": \"s0\"}"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -243,6 +275,7 @@ int main(void)
         cmocka_unit_test(test_private_and_readonly),
         cmocka_unit_test(test_dirty_log),
         cmocka_unit_test(test_dirty_reported_over_qmp),
+        cmocka_unit_test(test_prealloc),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
