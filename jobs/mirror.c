@@ -718,7 +718,7 @@ static int mirror_exit_common(Job *job, bool abort)
                        node_get_name(to_replace), node_get_name(target));
         }
         if (err || !node_replace(to_replace, target, &err)) {
-            warn_print("%s", err->message);
+            error_print("%s", err->message);
             g_clear_error(&err);
             ret = -EPERM;
         }
