@@ -455,6 +455,11 @@ int coroutine_fn vmstate_ram_load(BlockNode *bs, int64_t size, GError **errp)
                        PRIx64 ": Invalid argument", d->id, d->size,
                        rbs[i]->size);
             ret = -EINVAL;
+        } else if (rbs[i]->readonly) {
+            /* a readonly file backend: nothing may be written, not half */
+            error_setg(errp, "RAM block '%s' is read-only, the VM state "
+                       "cannot be loaded into it", d->id);
+            ret = -EINVAL;
         } else if (rbs[i]->page_size != d->page_size) {
             error_setg(errp, "RAM block '%s' has %" PRIu32 "-byte pages, "
                        "the VM state %" PRIu32 "-byte ones", d->id,

@@ -43,6 +43,15 @@ def page_pattern(block_id, page, generation, page_size=PAGE):
     return (head * reps)[:page_size]
 
 
+def reply(client):
+    """The reply to the command just sent; events before it are dropped
+    (the caller's test waits for the events it cares about itself)."""
+    while True:
+        msg = client.recv()
+        if msg is None or 'event' not in msg:
+            return msg
+
+
 class Block:
     """One RAM block: guest memory and its dirty log, both memfds."""
 
@@ -145,10 +154,10 @@ class Block:
     def add_fd(self, client, fd, opaque):
         """add-fd over QMP with SCM_RIGHTS; returns the fdset id."""
         client.send('add-fd', {'opaque': opaque}, fds=[fd])
-        reply = client.recv()
-        if 'return' not in reply:
-            raise RuntimeError('add-fd: %s' % reply)
-        return reply['return']['fdset-id']
+        r = reply(client)
+        if 'return' not in r:
+            raise RuntimeError('add-fd: %s' % r)
+        return r['return']['fdset-id']
 
     def object_add_args(self, ram_set, log_set=None, **props):
         args = {'qom-type': 'memory-backend-file', 'id': self.id,
@@ -170,13 +179,13 @@ class Block:
         self.fdsets = {'ram': ram_set, 'log': log_set}
         client.send('object-add', self.object_add_args(ram_set, log_set,
                                                        **props))
-        reply = client.recv()
+        r = reply(client)
         # the daemon keeps its own mapping: the sets are not needed
         for s in (ram_set, log_set):
             if s is not None:
                 client.send('remove-fd', {'fdset-id': s})
-                client.recv()
-        return reply
+                reply(client)
+        return r
 
 
 class Guest:
