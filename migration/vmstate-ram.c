@@ -320,6 +320,8 @@ int64_t coroutine_fn vmstate_ram_save(BlockNode *bs, GError **errp)
     int64_t ret;
 
     for (RamBlock *rb = ram_block_first(); rb; rb = ram_block_next(rb)) {
+        /* held while the job yields: object-del must not unmap them */
+        ram_block_ref(rb);
         rbs[i++] = rb;
         off += desc_size(strlen(rb->id));
     }
@@ -385,6 +387,7 @@ int64_t coroutine_fn vmstate_ram_save(BlockNode *bs, GError **errp)
 
     for (i = 0; i < n; i++) {
         g_free(maps[i]);
+        ram_block_unref(rbs[i]);
     }
     g_free(maps);
     g_free(rbs);
@@ -446,6 +449,9 @@ int coroutine_fn vmstate_ram_load(BlockNode *bs, int64_t size, GError **errp)
     for (unsigned i = 0; i < l->nblocks && ret == 0; i++) {
         VmstateRamBlockDesc *d = &l->blocks[i];
         rbs[i] = ram_block_find(d->id);
+        if (rbs[i]) {
+            ram_block_ref(rbs[i]);   /* held while the job yields */
+        }
         if (!rbs[i]) {
             error_setg(errp, "Unknown ramblock \"%s\", cannot accept "
                        "migration", d->id);
@@ -490,6 +496,9 @@ int coroutine_fn vmstate_ram_load(BlockNode *bs, int64_t size, GError **errp)
 
     for (unsigned i = 0; i < l->nblocks; i++) {
         g_free(maps[i]);
+        if (rbs[i]) {
+            ram_block_unref(rbs[i]);
+        }
     }
     g_free(maps);
     g_free(rbs);

@@ -593,7 +593,7 @@ bool memory_backend_can_delete(MemoryBackend *mb, const char *id,
 {
     if (mb->rb && ram_block_busy(mb->rb)) {
         error_setg(errp, "object '%s' is in use, can not be deleted: "
-                   "a migration uses its RAM block '%s'", id, mb->rb->id);
+                   "a save or load uses its RAM block '%s'", id, mb->rb->id);
         return false;
     }
     return true;

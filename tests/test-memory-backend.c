@@ -84,7 +84,7 @@ static void test_block_is_the_memory(void **state)
     ram_block_ref(rb);
     char *msg = run("object-del", "{\"id\": \"f0\"}");
     assert_string_equal(msg, "object 'f0' is in use, can not be deleted: "
-                        "a migration uses its RAM block 'f0'");
+                        "a save or load uses its RAM block 'f0'");
     g_free(msg);
     assert_ptr_equal(ram_block_find("f0"), rb);
     ram_block_unref(rb);
