@@ -738,3 +738,147 @@ void qmp_x_strata_memdev_dirty(const char *id, StrataMemdevRangeList *ranges,
         g_assert(ok);   /* checked above, and the block is no shorter */
     }
 }
+
+/*
+ * qom-set on a backend that exists, as QEMU 7.2's setters answer: some
+ * properties refuse before looking at the value, some after; a few act
+ * (dump, merge, prealloc), the rest are stored and change nothing now.
+ */
+bool memory_backend_qom_set(UserObject *o, const char *property,
+                            json_t *value, GError **errp)
+{
+    MemoryBackend *mb = o->memory;
+    const char *type = type_name(o->type);
+
+    if (!strcmp(property, "size")) {
+        error_setg(errp, "cannot change property size of %s ", type);
+        return false;
+    }
+    if (!strcmp(property, "hugetlbsize")) {
+        error_setg(errp, "cannot change property value");
+        return false;
+    }
+    if (!strcmp(property, "align")) {
+        error_setg(errp, "cannot change property 'align' of %s", type);
+        return false;
+    }
+    if (!strcmp(property, "prealloc-threads")) {
+        if (!json_is_integer(value)) {
+            error_setg(errp, "Parameter 'prealloc-threads' expects uint64");
+            return false;
+        }
+        json_int_t v = json_integer_value(value);
+        if (v < 0 || v > UINT32_MAX) {
+            error_setg(errp, "Parameter 'prealloc-threads' expects "
+                       "uint32_t");
+            return false;
+        }
+        if (v == 0) {
+            error_setg(errp, "property 'prealloc-threads' of %s doesn't "
+                       "take value '0'", type);
+            return false;
+        }
+        mb->prealloc_threads = (uint32_t)v;
+        return true;
+    }
+    if (!strcmp(property, "host-nodes")) {
+        if (!json_is_array(value)) {
+            error_setg(errp, "Invalid parameter type for 'host-nodes', "
+                       "expected: array");
+            return false;
+        }
+        size_t i;
+        json_t *e;
+        json_array_foreach(value, i, e) {
+            if (!json_is_integer(e) || json_integer_value(e) < 0 ||
+                json_integer_value(e) > UINT16_MAX) {
+                error_setg(errp, "Parameter 'host-nodes[%zu]' expects "
+                           "uint16_t", i);
+                return false;
+            }
+            if (json_integer_value(e) >= MAX_NODES) {
+                error_setg(errp, "Invalid host-nodes value: %d",
+                           (int)json_integer_value(e));
+                return false;
+            }
+        }
+        /* QEMU adds to the nodes it has; the memory stays where it is */
+        json_array_foreach(value, i, e) {
+            unsigned n = (unsigned)json_integer_value(e);
+            mb->host_nodes[n / 64] |= 1UL << (n % 64);
+        }
+        return true;
+    }
+
+    /* the others read their value first */
+    bool is_string = !strcmp(property, "mem-path") ||
+                     !strcmp(property, "policy") ||
+                     !strcmp(property, "prealloc-context");
+    if (is_string ? !json_is_string(value) : !json_is_boolean(value)) {
+        error_setg(errp, "Invalid parameter type for '%s', expected: %s",
+                   property, is_string ? "string" : "boolean");
+        return false;
+    }
+    if (!strcmp(property, "mem-path")) {
+        error_setg(errp, "cannot change property 'mem-path' of %s", type);
+        return false;
+    }
+    if (!strcmp(property, "policy")) {
+        int pol = HostMemPolicy_parse(json_string_value(value));
+        if (pol < 0) {
+            error_setg(errp, "Parameter 'policy' does not accept value '%s'",
+                       json_string_value(value));
+            return false;
+        }
+        mb->policy = (HostMemPolicy)pol;
+        return true;
+    }
+    if (!strcmp(property, "prealloc-context")) {
+        if (*json_string_value(value)) {
+            g_set_error(errp, STRATA_ERROR, STRATA_ERROR_DEVICE_NOT_FOUND,
+                        "Device '%s' not found", json_string_value(value));
+            return false;
+        }
+        return true;
+    }
+
+    bool v = json_is_true(value);
+    if (!strcmp(property, "share") || !strcmp(property, "reserve")) {
+        error_setg(errp, "cannot change property value");
+        return false;
+    }
+    if (!strcmp(property, "readonly") || !strcmp(property, "pmem")) {
+        error_setg(errp, "cannot change property '%s' of %s.", property,
+                   type);
+        return false;
+    }
+    if (!strcmp(property, "dump")) {
+        madvise(mb->host, mb->length, v ? MADV_DODUMP : MADV_DONTDUMP);
+        mb->dump = v;
+    } else if (!strcmp(property, "merge")) {
+        madvise(mb->host, mb->length, v ? MADV_MERGEABLE : MADV_UNMERGEABLE);
+        mb->merge = v;
+    } else if (!strcmp(property, "prealloc")) {
+        if (v && !mb->reserve) {
+            error_setg(errp, "'prealloc=on' and 'reserve=off' are "
+                       "incompatible");
+            return false;
+        }
+        /* turning it off later changes nothing, as in QEMU */
+        if (v && !mb->prealloc) {
+            if (!prealloc(mb, mb->prealloc_threads, errp)) {
+                return false;
+            }
+            mb->prealloc = true;
+        }
+    } else if (!strcmp(property, "discard-data")) {
+        mb->discard_data = v;
+    } else if (!strcmp(property, "x-use-canonical-path-for-ramblock-id")) {
+        mb->canonical_id = v;   /* the RAM block keeps its id */
+    } else if (!strcmp(property, "hugetlb")) {
+        mb->hugetlb = v;        /* stored only, as QEMU 7.2 does */
+    } else if (!strcmp(property, "seal")) {
+        mb->seal = v;
+    }
+    return true;
+}
