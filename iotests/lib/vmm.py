@@ -11,10 +11,18 @@ way KVM's dirty log would tell a real monitor (docs/migration.md, "Memory").
     ram = m.add_block('ram0', 8 << 20)       # memfd + dirty log memfd
     ram.fill(seed=1, zero_every=8)           # a pattern, 1 page in 8 zero
     ram.hand_over(client)                    # add-fd x2 + object-add
-    g = m.start_guest([ram], seed=2)         # keeps writing, marking bits
+    g = m.start_guest([ram], seed=2,         # keeps writing, marking bits
+                      rate=50 << 20)         # (at most 50 MiB/s)
+    g.wait_rounds(10)                        # it has written something
     ...
     g.pause()                                # the guest stops: RAM frozen
     expected = ram.snapshot()
+    ...                                      # restore, then:
+    assert not vmm.diff_pages(expected, ram.snapshot())
+
+vmm.reply(client) reads the reply to the command just sent past events;
+daemon_mapping() and daemon_read() look at the daemon's own view of a
+memfd (/proc/PID/maps and /proc/PID/mem).
 
 The dirty log is one bit per page, page i at bit i % 64 of the native
 64-bit word i // 64.  This monitor has one writer, so it sets bits with a
