@@ -34,6 +34,19 @@ typedef struct BackupAction {
     bool job_paused;            /* paused for the drain (see above) */
 } BackupAction;
 
+/*
+ * QMP errors carry no hint lines (the library's "Is another process using
+ * the image" line is for people).
+ */
+static void drop_hint(GError **errp)
+{
+    char *nl = errp && *errp ? strchr((*errp)->message, '\n') : NULL;
+
+    if (nl) {
+        *nl = '\0';
+    }
+}
+
 /* QEMU's do_backup_common() bitmap checks; *bmp: the bitmap or NULL.
  * b->sync 'incremental' becomes 'bitmap' with mode 'on-success'. */
 static bool check_bitmap_args(BackupCommon *b, BlockNode *bs,
@@ -75,6 +88,7 @@ static bool check_bitmap_args(BackupCommon *b, BlockNode *bs,
             return false;
         }
         if (dirty_bitmap_check(bm, DIRTY_BITMAP_ALLOW_RO, errp)) {
+            drop_hint(errp);
             return false;
         }
         if (sync == MIRROR_SYNC_MODE_NONE) {
@@ -205,19 +219,6 @@ static bool blockdev_backup_prepare(TxnState *s, GError **errp)
 
 /* ---- drive-backup ---- */
 
-/*
- * QMP errors carry no hint lines (the library's "Is another process using
- * the image" line is for people).
- */
-static void drop_hint(GError **errp)
-{
-    char *nl = errp && *errp ? strchr((*errp)->message, '\n') : NULL;
-
-    if (nl) {
-        *nl = '\0';
-    }
-}
-
 /* QEMU's bdrv_img_create() refuses a backing file for such a format. */
 static bool format_takes_backing(const char *format, GError **errp)
 {
@@ -333,6 +334,16 @@ static bool drive_backup_prepare(TxnState *s, GError **errp)
         return false;
     }
     if (!node_set_loop(target, node_loop(bs), errp)) {
+        node_unref(target);
+        return false;
+    }
+    /* QEMU's bdrv_set_backing_hd() on a driver without backing files
+     * (raw, with mode existing). */
+    if (set_backing &&
+        !driver_has(node_get_driver(target), DRIVER_HAS_BACKING)) {
+        error_setg(errp, "Driver '%s' of node '%s' does not support backing "
+                   "files", node_get_format_name(target),
+                   node_get_name(target));
         node_unref(target);
         return false;
     }
