@@ -353,6 +353,11 @@ bool dirty_bitmap_recording(const DirtyBitmap *bm)
     return !bm->disabled || (bm->successor && !bm->successor->disabled);
 }
 
+DirtyBitmap *dirty_bitmap_successor(const DirtyBitmap *bm)
+{
+    return bm->successor;
+}
+
 bool dirty_bitmap_create_successor(DirtyBitmap *bm, GError **errp)
 {
     DirtyBitmap *child;

@@ -154,6 +154,7 @@ uint64_t dirty_bitmaps_qcow2_size(BlockNode *bs, uint64_t cluster_size);
  * recording state).  Both return the bitmap that stays.
  */
 bool dirty_bitmap_recording(const DirtyBitmap *bm);
+DirtyBitmap *dirty_bitmap_successor(const DirtyBitmap *bm);  /* or NULL */
 bool dirty_bitmap_create_successor(DirtyBitmap *bm, GError **errp);
 DirtyBitmap *dirty_bitmap_abdicate(DirtyBitmap *bm);
 DirtyBitmap *dirty_bitmap_reclaim(DirtyBitmap *bm);
