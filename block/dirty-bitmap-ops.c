@@ -113,21 +113,32 @@ static DirtyBitmap *lookup(BlockNode *bs, const char *name, GError **errp)
     return bm;
 }
 
-bool node_dirty_bitmap_remove(BlockNode *bs, const char *name, GError **errp)
+DirtyBitmap *node_dirty_bitmap_unstore(BlockNode *bs, const char *name,
+                                       GError **errp)
 {
     DirtyBitmap *bm = lookup(bs, name, errp);
 
     if (!bm ||
         dirty_bitmap_check(bm, DIRTY_BITMAP_BUSY | DIRTY_BITMAP_RO, errp)) {
-        return false;
+        return NULL;
     }
     if (dirty_bitmap_persistent(bm) &&
         bs->drv->co_remove_persistent_dirty_bitmap) {
         DriverCo d = { bs, name, 0, errp, 0 };
         block_co_call(bs, remove_co, &d);
         if (d.ret < 0) {
-            return false;
+            return NULL;
         }
+    }
+    return bm;
+}
+
+bool node_dirty_bitmap_remove(BlockNode *bs, const char *name, GError **errp)
+{
+    DirtyBitmap *bm = node_dirty_bitmap_unstore(bs, name, errp);
+
+    if (!bm) {
+        return false;
     }
     dirty_bitmap_release(bm);
     return true;

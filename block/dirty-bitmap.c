@@ -210,6 +210,18 @@ void dirty_bitmap_clear(DirtyBitmap *bm)
     hbitmap_reset_all(bm->hb);
 }
 
+HBitmap *dirty_bitmap_backup(const DirtyBitmap *bm)
+{
+    return hbitmap_copy(bm->hb);
+}
+
+void dirty_bitmap_restore(DirtyBitmap *bm, HBitmap *backup)
+{
+    g_assert(hbitmap_size(backup) == hbitmap_size(bm->hb));
+    hbitmap_free(bm->hb);
+    bm->hb = backup;
+}
+
 bool dirty_bitmap_get(const DirtyBitmap *bm, int64_t offset)
 {
     return offset >= 0 && hbitmap_get(bm->hb, (uint64_t)offset >> bm->gran_bits);

@@ -83,6 +83,13 @@ int dirty_bitmap_check(const DirtyBitmap *bm, unsigned flags, GError **errp);
 void dirty_bitmap_set(DirtyBitmap *bm, int64_t offset, int64_t bytes);
 void dirty_bitmap_reset(DirtyBitmap *bm, int64_t offset, int64_t bytes);
 void dirty_bitmap_clear(DirtyBitmap *bm);
+/*
+ * Undo for transactions: a copy of the bits now (hbitmap_free it when no
+ * longer needed), and putting such a copy back (bm must not have been
+ * resized in between; restore takes the copy).
+ */
+HBitmap *dirty_bitmap_backup(const DirtyBitmap *bm);
+void dirty_bitmap_restore(DirtyBitmap *bm, HBitmap *backup);
 bool dirty_bitmap_get(const DirtyBitmap *bm, int64_t offset);
 /* First dirty (clean) byte offset in [offset, offset + bytes), or -1. */
 int64_t dirty_bitmap_next_dirty(const DirtyBitmap *bm, int64_t offset,
@@ -129,6 +136,13 @@ bool node_dirty_bitmap_add(BlockNode *bs, const char *name,
                            bool disabled, GError **errp);
 /* Also deletes a persistent bitmap from the image at once. */
 bool node_dirty_bitmap_remove(BlockNode *bs, const char *name, GError **errp);
+/*
+ * remove's first half (the transaction action's prepare): the checks, and
+ * a persistent bitmap deleted from the image; the bitmap itself is left
+ * in memory (still persistent, so stored again at close unless released).
+ */
+DirtyBitmap *node_dirty_bitmap_unstore(BlockNode *bs, const char *name,
+                                       GError **errp);
 bool node_dirty_bitmap_clear(BlockNode *bs, const char *name, GError **errp);
 bool node_dirty_bitmap_enable(BlockNode *bs, const char *name, GError **errp);
 bool node_dirty_bitmap_disable(BlockNode *bs, const char *name,
