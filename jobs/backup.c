@@ -25,6 +25,7 @@
 #include "strata/copy-before-write.h"
 #include "strata/dirty-bitmap.h"
 #include "strata/error.h"
+#include "strata/loop.h"
 
 /*
  * What the engine's callbacks need: they may run as soon as the filter is
@@ -143,6 +144,13 @@ static void backup_end_sync_bitmap(BackupJob *s, bool ok)
         return;
     }
     s->sync_bitmap = NULL;
+    /* The node's bitmap list changes: no write of an iothread may walk
+     * it meanwhile (the main loop's own writes cannot interleave). */
+    BlockNode *bs = dirty_bitmap_node(bm);
+    bool drain = node_loop(bs) != loop_main();
+    if (drain) {
+        node_drain_begin(bs);
+    }
     if ((ok || s->bitmap_mode == BACKUP_BITMAP_ALWAYS) &&
         s->bitmap_mode != BACKUP_BITMAP_NEVER) {
         bm = dirty_bitmap_abdicate(bm);
@@ -151,6 +159,9 @@ static void backup_end_sync_bitmap(BackupJob *s, bool ok)
     }
     if (!ok && s->bitmap_mode == BACKUP_BITMAP_ALWAYS && s->bcs) {
         dirty_bitmap_merge_internal(bm, block_copy_bitmap(s->bcs));
+    }
+    if (drain) {
+        node_drain_end(bs);
     }
 }
 
