@@ -123,8 +123,8 @@ static int coroutine_fn backup_classify_top(void *opaque, int64_t offset,
  *   success, or failure with 'always'  abdicate: the bitmap is now the
  *                                      successor (only what was written
  *                                      during the job);
- *   failure, or 'never'                reclaim: the successor is merged
- *                                      back, nothing is lost;
+ *   failure with 'on-success', and     reclaim: the successor is merged
+ *   'never' always                     back, nothing is lost;
  *   failure with 'always'              and what the engine had not copied
  *                                      is marked again.
  */
