@@ -12,43 +12,94 @@
 #include <string.h>
 
 #include "transaction.h"
+#include "strata/coroutine.h"
 #include "strata/dirty-bitmap.h"
 #include "strata/error.h"
 #include "strata/hbitmap.h"
 #include "qapi-commands.h"
 
-/* QEMU's block_dirty_bitmap_lookup(). */
-static DirtyBitmap *bitmap_lookup(const char *node, const char *name,
-                                  BlockNode **pbs, GError **errp)
+/*
+ * Threads: a node's bitmaps belong to its loop (writes mark them there),
+ * so every command and action does its work in a coroutine of that loop
+ * (node_co_call: directly when the node is in the main loop).  The
+ * sources of a merge are read from the target's loop: a source of a node
+ * in another iothread may be marked meanwhile (see docs/qmp.md).
+ */
+typedef struct Op {
+    BlockNode *bs;
+    const char *name;               /* the bitmap */
+    GError **errp;
+    bool ok;
+    DirtyBitmap *bm;                /* found, or the one to act on */
+    HBitmap **backup;               /* clear, merge in a transaction */
+    bool enable;                    /* enable/disable */
+    bool *was_enabled;              /* (transaction) */
+    const BlockDirtyBitmapAdd *add;
+    BlockDirtyBitmapOrStrList *sources;
+    char *sha256;
+} Op;
+
+/*
+ * The library's messages may end in a hint line for people ("Try
+ * block-dirty-bitmap-remove ..."); QEMU never sends hints in QMP errors.
+ */
+static void drop_hint(GError **errp)
+{
+    char *nl = errp && *errp ? strchr((*errp)->message, '\n') : NULL;
+
+    if (nl) {
+        *nl = '\0';
+    }
+}
+
+static void run(Op *op, CoroutineEntry *fn)
+{
+    node_co_call(op->bs, fn, op);
+    drop_hint(op->errp);
+}
+
+/* The node of block_dirty_bitmap_lookup(): "Node 'x' not found". */
+static BlockNode *owner(const char *node, GError **errp)
 {
     BlockNode *bs = node_find(node);
-    DirtyBitmap *bm;
 
     if (!bs) {
         error_setg(errp, "Node '%s' not found", node);
-        return NULL;
     }
-    bm = node_find_dirty_bitmap(bs, name);
+    return bs;
+}
+
+static DirtyBitmap *find(BlockNode *bs, const char *name, GError **errp)
+{
+    DirtyBitmap *bm = node_find_dirty_bitmap(bs, name);
+
     if (!bm) {
         error_setg(errp, "Dirty bitmap '%s' not found", name);
-        return NULL;
-    }
-    if (pbs) {
-        *pbs = bs;
     }
     return bm;
 }
 
+static void coroutine_fn add_co(void *opaque)
+{
+    Op *op = opaque;
+    const BlockDirtyBitmapAdd *a = op->add;
+
+    op->ok = node_dirty_bitmap_add(op->bs, a->name,
+                                   a->has_granularity ? a->granularity : 0,
+                                   a->has_persistent && a->persistent,
+                                   a->has_disabled && a->disabled, op->errp);
+}
+
 static bool bitmap_add(const BlockDirtyBitmapAdd *a, GError **errp)
 {
-    BlockNode *bs;
+    Op op = { .add = a, .errp = errp };
 
     if (!*a->name) {
         error_setg(errp, "Bitmap name cannot be empty");
         return false;
     }
-    bs = txn_lookup_node(a->node, a->node, errp);
-    if (!bs) {
+    op.bs = txn_lookup_node(a->node, a->node, errp);
+    if (!op.bs) {
         return false;
     }
     /* 0 asks for the default below; given, it is refused like any other. */
@@ -57,83 +108,163 @@ static bool bitmap_add(const BlockDirtyBitmapAdd *a, GError **errp)
         error_setg(errp, "Granularity must be power of 2 and at least 512");
         return false;
     }
-    return node_dirty_bitmap_add(bs, a->name,
-                                 a->has_granularity ? a->granularity : 0,
-                                 a->has_persistent && a->persistent,
-                                 a->has_disabled && a->disabled, errp);
+    run(&op, add_co);
+    return op.ok;
+}
+
+static void coroutine_fn remove_co(void *opaque)
+{
+    Op *op = opaque;
+
+    op->ok = node_dirty_bitmap_remove(op->bs, op->name, op->errp);
+}
+
+/* remove's first half (transaction): checked, out of the image, busy. */
+static void coroutine_fn unstore_co(void *opaque)
+{
+    Op *op = opaque;
+
+    op->bm = node_dirty_bitmap_unstore(op->bs, op->name, op->errp);
+    if (op->bm) {
+        dirty_bitmap_set_busy(op->bm, true);
+    }
+}
+
+static void coroutine_fn release_co(void *opaque)
+{
+    Op *op = opaque;
+
+    dirty_bitmap_set_busy(op->bm, false);
+    dirty_bitmap_release(op->bm);
+}
+
+static void coroutine_fn clear_co(void *opaque)
+{
+    Op *op = opaque;
+    DirtyBitmap *bm = find(op->bs, op->name, op->errp);
+
+    if (!bm || dirty_bitmap_check(bm, DIRTY_BITMAP_DEFAULT, op->errp)) {
+        return;
+    }
+    if (op->backup) {
+        *op->backup = dirty_bitmap_backup(bm);
+        if (!*op->backup) {
+            error_setg(op->errp, "Could not allocate dirty bitmap");
+            return;
+        }
+    }
+    dirty_bitmap_clear(bm);
+    op->bm = bm;
+    op->ok = true;
+}
+
+static void coroutine_fn set_enabled_co(void *opaque)
+{
+    Op *op = opaque;
+    DirtyBitmap *bm = find(op->bs, op->name, op->errp);
+
+    if (!bm || dirty_bitmap_check(bm, DIRTY_BITMAP_ALLOW_RO, op->errp)) {
+        return;
+    }
+    if (op->was_enabled) {
+        *op->was_enabled = dirty_bitmap_enabled(bm);
+    }
+    dirty_bitmap_set_enabled(bm, op->enable);
+    op->bm = bm;
+    op->ok = true;
+}
+
+/* Undo (transaction): op->bm gets op->enable back. */
+static void coroutine_fn reset_enabled_co(void *opaque)
+{
+    Op *op = opaque;
+
+    dirty_bitmap_set_enabled(op->bm, op->enable);
+}
+
+/* Undo (transaction): op->bm gets the bits of *op->backup back. */
+static void coroutine_fn restore_co(void *opaque)
+{
+    Op *op = opaque;
+
+    dirty_bitmap_restore(op->bm, *op->backup);
+    *op->backup = NULL;
 }
 
 /*
  * QEMU's block_dirty_bitmap_merge(): the sources are ORed into a bitmap
  * of the target's granularity first, so that a missing or unusable
- * source leaves the target untouched; the target's own checks come last.
- * *backup (if backup is not NULL) holds the target's bits before.
+ * source leaves the target untouched.  qsd 7.2 checks, source by source:
+ * that it exists, that the target may change, that the source may be
+ * read (so a busy target is reported only once a source was found).
+ * *op->backup (if op->backup is set) holds the target's bits before.
  */
-static DirtyBitmap *bitmap_merge(const char *node, const char *target,
-                                 BlockDirtyBitmapOrStrList *bitmaps,
-                                 HBitmap **backup, GError **errp)
+static void coroutine_fn merge_co(void *opaque)
 {
-    BlockNode *bs;
-    DirtyBitmap *dst = bitmap_lookup(node, target, &bs, errp);
+    Op *op = opaque;
+    BlockNode *bs = op->bs;
+    GError **errp = op->errp;
+    DirtyBitmap *dst = find(bs, op->name, errp);
     DirtyBitmap *anon;
 
     if (!dst) {
-        return NULL;
+        return;
     }
     anon = node_create_dirty_bitmap(bs, dirty_bitmap_granularity(dst), NULL,
                                     errp);
     if (!anon) {
-        return NULL;
+        return;
     }
     /* Only what the sources hold: writes meanwhile are the target's. */
     dirty_bitmap_set_enabled(anon, false);
-    for (BlockDirtyBitmapOrStrList *l = bitmaps; l; l = l->next) {
+    for (BlockDirtyBitmapOrStrList *l = op->sources; l; l = l->next) {
         const BlockDirtyBitmapOrStr *s = l->value;
         DirtyBitmap *src;
 
         if (s->type == QTYPE_QSTRING) {
-            src = node_find_dirty_bitmap(bs, s->u.local);
-            if (!src) {
-                error_setg(errp, "Dirty bitmap '%s' not found", s->u.local);
-                dst = NULL;
-                goto out;
-            }
+            src = find(bs, s->u.local, errp);
         } else {
-            src = bitmap_lookup(s->u.external.node, s->u.external.name, NULL,
-                                errp);
-            if (!src) {
-                dst = NULL;
-                goto out;
-            }
+            BlockNode *other = owner(s->u.external.node, errp);
+            src = other ? find(other, s->u.external.name, errp) : NULL;
         }
-        if (!dirty_bitmap_merge(anon, src, errp)) {
-            dst = NULL;
+        if (!src || dirty_bitmap_check(dst, DIRTY_BITMAP_DEFAULT, errp) ||
+            !dirty_bitmap_merge(anon, src, errp)) {
             goto out;
         }
     }
+    /* No source at all: the target is still checked. */
     if (dirty_bitmap_check(dst, DIRTY_BITMAP_DEFAULT, errp)) {
-        dst = NULL;
         goto out;
     }
-    if (backup) {
-        *backup = dirty_bitmap_backup(dst);
-        if (!*backup) {
+    if (op->backup) {
+        *op->backup = dirty_bitmap_backup(dst);
+        if (!*op->backup) {
             error_setg(errp, "Could not allocate dirty bitmap");
-            dst = NULL;
             goto out;
         }
     }
     if (!dirty_bitmap_merge(dst, anon, errp)) {
-        /* Cannot happen after the checks above; keep dst as it was. */
-        if (backup) {
-            hbitmap_free(*backup);
-            *backup = NULL;
+        /* Cannot happen after the checks above; dst is as it was. */
+        if (op->backup) {
+            hbitmap_free(*op->backup);
+            *op->backup = NULL;
         }
-        dst = NULL;
+        goto out;
     }
+    op->bm = dst;
+    op->ok = true;
 out:
     dirty_bitmap_release(anon);
-    return dst;
+}
+
+static void coroutine_fn sha256_co(void *opaque)
+{
+    Op *op = opaque;
+    DirtyBitmap *bm = find(op->bs, op->name, op->errp);
+
+    if (bm) {
+        op->sha256 = dirty_bitmap_sha256(bm);
+    }
 }
 
 /* ---- The commands ---- */
@@ -154,72 +285,80 @@ void qmp_block_dirty_bitmap_add(const char *node, const char *name,
     bitmap_add(&a, errp);
 }
 
+/* The node, then fn in its loop: the commands on one named bitmap. */
+static bool on_bitmap(const char *node, const char *name, Op *op,
+                      CoroutineEntry *fn, GError **errp)
+{
+    op->bs = owner(node, errp);
+    if (!op->bs) {
+        return false;
+    }
+    op->name = name;
+    op->errp = errp;
+    run(op, fn);
+    return op->ok;
+}
+
 void qmp_block_dirty_bitmap_remove(const char *node, const char *name,
                                    GError **errp)
 {
-    BlockNode *bs;
+    Op op = { 0 };
 
-    if (bitmap_lookup(node, name, &bs, errp)) {
-        node_dirty_bitmap_remove(bs, name, errp);
-    }
+    on_bitmap(node, name, &op, remove_co, errp);
 }
 
 void qmp_block_dirty_bitmap_clear(const char *node, const char *name,
                                   GError **errp)
 {
-    DirtyBitmap *bm = bitmap_lookup(node, name, NULL, errp);
+    Op op = { 0 };
 
-    if (bm && !dirty_bitmap_check(bm, DIRTY_BITMAP_DEFAULT, errp)) {
-        dirty_bitmap_clear(bm);
-    }
-}
-
-static void set_enabled(const char *node, const char *name, bool on,
-                        GError **errp)
-{
-    DirtyBitmap *bm = bitmap_lookup(node, name, NULL, errp);
-
-    if (bm && !dirty_bitmap_check(bm, DIRTY_BITMAP_ALLOW_RO, errp)) {
-        dirty_bitmap_set_enabled(bm, on);
-    }
+    on_bitmap(node, name, &op, clear_co, errp);
 }
 
 void qmp_block_dirty_bitmap_enable(const char *node, const char *name,
                                    GError **errp)
 {
-    set_enabled(node, name, true, errp);
+    Op op = { .enable = true };
+
+    on_bitmap(node, name, &op, set_enabled_co, errp);
 }
 
 void qmp_block_dirty_bitmap_disable(const char *node, const char *name,
                                     GError **errp)
 {
-    set_enabled(node, name, false, errp);
+    Op op = { .enable = false };
+
+    on_bitmap(node, name, &op, set_enabled_co, errp);
 }
 
 void qmp_block_dirty_bitmap_merge(const char *node, const char *target,
                                   BlockDirtyBitmapOrStrList *bitmaps,
                                   GError **errp)
 {
-    bitmap_merge(node, target, bitmaps, NULL, errp);
+    Op op = { .sources = bitmaps };
+
+    on_bitmap(node, target, &op, merge_co, errp);
 }
 
 BlockDirtyBitmapSha256 *qmp_x_debug_block_dirty_bitmap_sha256(
     const char *node, const char *name, GError **errp)
 {
-    DirtyBitmap *bm = bitmap_lookup(node, name, NULL, errp);
+    Op op = { 0 };
     BlockDirtyBitmapSha256 *ret;
 
-    if (!bm) {
+    on_bitmap(node, name, &op, sha256_co, errp);
+    if (!op.sha256) {
         return NULL;
     }
     ret = g_new0(BlockDirtyBitmapSha256, 1);
-    ret->sha256 = dirty_bitmap_sha256(bm);
+    ret->sha256 = op.sha256;
     return ret;
 }
 
 /* ---- The transaction actions (blockdev.c's block_dirty_bitmap_*) ---- */
 
 typedef struct BitmapAction {
+    BlockNode *bs;
     DirtyBitmap *bm;
     HBitmap *backup;            /* clear, merge: the bits before */
     bool prepared;              /* add: the bitmap was made */
@@ -245,10 +384,10 @@ static void add_abort(TxnState *s)
 
     /* Never stored: dropping it from memory undoes it all. */
     if (st->prepared) {
-        DirtyBitmap *bm = node_find_dirty_bitmap(node_find(a->node),
-                                                 a->name);
-        g_assert(bm);
-        dirty_bitmap_release(bm);
+        Op op = { .bs = node_find(a->node) };
+        op.bm = node_find_dirty_bitmap(op.bs, a->name);
+        g_assert(op.bm);
+        run(&op, release_co);
     }
 }
 
@@ -277,26 +416,24 @@ static bool remove_prepare(TxnState *s, GError **errp)
 {
     BitmapAction *st = s->opaque;
     const BlockDirtyBitmap *a = plain_args(s);
-    BlockNode *bs;
+    Op op = { 0 };
 
-    if (!txn_check_completion_mode(s, errp) ||
-        !bitmap_lookup(a->node, a->name, &bs, errp)) {
+    if (!txn_check_completion_mode(s, errp)) {
         return false;
     }
-    st->bm = node_dirty_bitmap_unstore(bs, a->name, errp);
-    if (!st->bm) {
-        return false;
-    }
-    dirty_bitmap_set_busy(st->bm, true);
-    return true;
+    /* As QEMU: the bitmap is looked up before the checks of removal. */
+    on_bitmap(a->node, a->name, &op, unstore_co, errp);
+    st->bs = op.bs;
+    st->bm = op.bm;
+    return st->bm != NULL;
 }
 
 static void remove_commit(TxnState *s)
 {
     BitmapAction *st = s->opaque;
+    Op op = { .bs = st->bs, .bm = st->bm };
 
-    dirty_bitmap_set_busy(st->bm, false);
-    dirty_bitmap_release(st->bm);
+    run(&op, release_co);
 }
 
 static void remove_abort(TxnState *s)
@@ -312,22 +449,14 @@ static bool clear_prepare(TxnState *s, GError **errp)
 {
     BitmapAction *st = s->opaque;
     const BlockDirtyBitmap *a = plain_args(s);
-    DirtyBitmap *bm;
+    Op op = { .backup = &st->backup };
 
-    if (!txn_check_completion_mode(s, errp)) {
+    if (!txn_check_completion_mode(s, errp) ||
+        !on_bitmap(a->node, a->name, &op, clear_co, errp)) {
         return false;
     }
-    bm = bitmap_lookup(a->node, a->name, NULL, errp);
-    if (!bm || dirty_bitmap_check(bm, DIRTY_BITMAP_DEFAULT, errp)) {
-        return false;
-    }
-    st->backup = dirty_bitmap_backup(bm);
-    if (!st->backup) {
-        error_setg(errp, "Could not allocate dirty bitmap");
-        return false;
-    }
-    st->bm = bm;
-    dirty_bitmap_clear(bm);
+    st->bs = op.bs;
+    st->bm = op.bm;
     return true;
 }
 
@@ -337,8 +466,8 @@ static void backup_restore(TxnState *s)
     BitmapAction *st = s->opaque;
 
     if (st->backup) {
-        dirty_bitmap_restore(st->bm, st->backup);
-        st->backup = NULL;
+        Op op = { .bs = st->bs, .bm = st->bm, .backup = &st->backup };
+        run(&op, restore_co);
     }
 }
 
@@ -354,18 +483,14 @@ static bool set_enabled_prepare(TxnState *s, bool on, GError **errp)
 {
     BitmapAction *st = s->opaque;
     const BlockDirtyBitmap *a = plain_args(s);
-    DirtyBitmap *bm;
+    Op op = { .enable = on, .was_enabled = &st->was_enabled };
 
-    if (!txn_check_completion_mode(s, errp)) {
+    if (!txn_check_completion_mode(s, errp) ||
+        !on_bitmap(a->node, a->name, &op, set_enabled_co, errp)) {
         return false;
     }
-    bm = bitmap_lookup(a->node, a->name, NULL, errp);
-    if (!bm || dirty_bitmap_check(bm, DIRTY_BITMAP_ALLOW_RO, errp)) {
-        return false;
-    }
-    st->bm = bm;
-    st->was_enabled = dirty_bitmap_enabled(bm);
-    dirty_bitmap_set_enabled(bm, on);
+    st->bs = op.bs;
+    st->bm = op.bm;
     return true;
 }
 
@@ -384,7 +509,8 @@ static void set_enabled_abort(TxnState *s)
     BitmapAction *st = s->opaque;
 
     if (st->bm) {
-        dirty_bitmap_set_enabled(st->bm, st->was_enabled);
+        Op op = { .bs = st->bs, .bm = st->bm, .enable = st->was_enabled };
+        run(&op, reset_enabled_co);
     }
 }
 
@@ -393,12 +519,15 @@ static bool merge_prepare(TxnState *s, GError **errp)
     BitmapAction *st = s->opaque;
     const BlockDirtyBitmapMerge *a =
         s->action->u.block_dirty_bitmap_merge.data;
+    Op op = { .sources = a->bitmaps, .backup = &st->backup };
 
-    if (!txn_check_completion_mode(s, errp)) {
+    if (!txn_check_completion_mode(s, errp) ||
+        !on_bitmap(a->node, a->target, &op, merge_co, errp)) {
         return false;
     }
-    st->bm = bitmap_merge(a->node, a->target, a->bitmaps, &st->backup, errp);
-    return st->bm != NULL;
+    st->bs = op.bs;
+    st->bm = op.bm;
+    return true;
 }
 
 const TxnActionOps txn_bitmap_add = {

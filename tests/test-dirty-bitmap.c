@@ -225,12 +225,76 @@ static void test_sha256(void **state)
     blk_unref(blk);
 }
 
+/*
+ * What the transaction actions undo with: a backup of the bits, restored
+ * after a clear and after a merge, searches and count included; and
+ * remove's first half, which leaves the bitmap in place.
+ */
+static void test_backup_restore(void **state)
+{
+    (void)state;
+    BlockBackend *blk = open_raw(false);
+    BlockNode *bs = blk_node(blk);
+    GError *err = NULL;
+
+    assert_true(node_dirty_bitmap_add(bs, "t", 4096, false, false, &err));
+    assert_true(node_dirty_bitmap_add(bs, "s", 65536, false, false, &err));
+    DirtyBitmap *t = node_find_dirty_bitmap(bs, "t");
+    DirtyBitmap *s = node_find_dirty_bitmap(bs, "s");
+    dirty_bitmap_set(t, 8192, 4096);
+    dirty_bitmap_set(t, 3 * 1024 * 1024, 100000);
+    dirty_bitmap_set(s, 1024 * 1024, 65536);
+    char *before = dirty_bitmap_sha256(t);
+    int64_t count = dirty_bitmap_count(t);
+
+    HBitmap *backup = dirty_bitmap_backup(t);
+    assert_non_null(backup);
+    dirty_bitmap_clear(t);
+    assert_int_equal(dirty_bitmap_count(t), 0);
+    dirty_bitmap_restore(t, backup);
+    assert_int_equal(dirty_bitmap_count(t), count);
+    assert_int_equal(dirty_bitmap_next_dirty(t, 0, SIZE), 8192);
+    assert_int_equal(dirty_bitmap_next_clean(t, 8192, SIZE), 12288);
+    assert_int_equal(dirty_bitmap_next_dirty(t, 12288, SIZE),
+                     3 * 1024 * 1024);
+    char *h = dirty_bitmap_sha256(t);
+    assert_string_equal(h, before);
+    g_free(h);
+
+    backup = dirty_bitmap_backup(t);
+    assert_true(dirty_bitmap_merge(t, s, &err));
+    assert_int_equal(dirty_bitmap_count(t), count + 65536);
+    dirty_bitmap_restore(t, backup);
+    h = dirty_bitmap_sha256(t);
+    assert_string_equal(h, before);
+    g_free(h);
+    g_free(before);
+
+    /* remove's first half: checked, the bitmap left where it was. */
+    assert_ptr_equal(node_dirty_bitmap_unstore(bs, "t", &err), t);
+    assert_ptr_equal(node_find_dirty_bitmap(bs, "t"), t);
+    dirty_bitmap_set_busy(t, true);
+    assert_null(node_dirty_bitmap_unstore(bs, "t", &err));
+    char *m = err_msg(err);
+    assert_string_equal(m, "Bitmap 't' is currently in use by another "
+                           "operation and cannot be used");
+    g_free(m);
+    err = NULL;
+    assert_null(node_dirty_bitmap_unstore(bs, "nope", &err));
+    m = err_msg(err);
+    assert_string_equal(m, "Dirty bitmap 'nope' not found");
+    g_free(m);
+    dirty_bitmap_set_busy(t, false);
+    blk_unref(blk);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_marking),
         cmocka_unit_test(test_flags_and_errors),
         cmocka_unit_test(test_sha256),
+        cmocka_unit_test(test_backup_restore),
     };
     int ret = cmocka_run_group_tests(tests, NULL, NULL);
     if (path) {
