@@ -93,6 +93,9 @@ typedef struct MirrorJob {
      * again when the job ends). */
     GPtrArray *punch_below;
     GPtrArray *reopened;
+    /* Some of the ranges were skipped, not written: the base's flush
+     * cannot be left out because the job wrote nothing since the last. */
+    bool punch_skipped;
 } MirrorJob;
 
 static MirrorJob *mirror_job(Job *job)
@@ -181,8 +184,14 @@ static void mirror_progress(void *opaque, int64_t offset, int64_t bytes,
 {
     MirrorJob *s = opaque;
 
-    if (s->punch && kind != BLOCK_COPY_SKIP) {
-        /* Copied or zeroed in the base: the top's clusters may go. */
+    if (s->punch) {
+        /*
+         * Copied or zeroed in the base, or found there byte for byte
+         * (x-strata-skip-identical): the overlays' clusters may go.
+         */
+        if (kind == BLOCK_COPY_SKIP) {
+            s->punch_skipped = true;
+        }
         int64_t *last = s->punch->len ?
             &g_array_index(s->punch, int64_t, s->punch->len - 2) : NULL;
         if (last && last[0] + last[1] == offset) {
@@ -404,7 +413,8 @@ static int coroutine_fn mirror_flush(MirrorJob *s)
  * every instant, in memory and on disk, whenever the daemon is killed:
  *
  * 1. The base is flushed first: it then durably holds, for each byte b of
- *    the ranges, what the chain read at b when the range was copied.
+ *    the ranges, what the chain read at b when the range was copied (or
+ *    compared, for a range x-strata-skip-identical found there already).
  * 2. An image L gives up b only where every image between L and the base
  *    is unallocated at b (checked just before, in memory).  Then either an
  *    image above L is allocated at b, and what the guest reads does not
@@ -473,6 +483,19 @@ static int coroutine_fn mirror_punch(MirrorJob *s, GError **errp)
     if (mirror_flush(s) < 0) {
         /* The flush error goes its way; the ranges wait for the next one. */
         return 0;
+    }
+    if (s->punch_skipped) {
+        /* The base's copy of a skipped range may not be on disk yet
+         * (nothing the job wrote made mirror_flush() flush). */
+        int fret = node_co_flush(s->target);
+        if (fret < 0) {
+            if (mirror_error_action(s, false, -fret) ==
+                BLOCK_ERROR_ACTION_REPORT) {
+                s->write_ret = fret;
+            }
+            return 0;
+        }
+        s->punch_skipped = false;
     }
     GArray *ranges = s->punch;
     s->punch = g_array_new(false, false, sizeof(int64_t));

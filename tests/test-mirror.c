@@ -401,14 +401,20 @@ static char *run_img(const char *const *argv, int *status)
  * A soft cancel in ready keeps the user on the top: the data is the same,
  * the top and mid hold nothing any more (qemu-img map: everything at the
  * base's depth), qemu-img check finds them clean, and mid is read-only
- * again.
+ * again.  With x-strata-skip-identical, a range the base already held is
+ * dropped too.
  */
-static void commit_discard_source(bool with_mid)
+static void commit_discard_source(bool with_mid, bool skip)
 {
     Chain c = { 0 };
     chain_open(&c, with_mid);
     GError *err = NULL;
-    CommitActiveOptions x = { .discard_source = true };
+    CommitActiveOptions x = { .discard_source = true,
+                              .skip_identical = skip };
+    if (skip) {
+        /* What the base holds already: skipped, and dropped all the same. */
+        write_pattern(c.blk, 0, 64 * KiB, 0x11);
+    }
     BlockJob *job = commit_active_start("c4", c.top_bs, c.base_bs, 0, 0,
                                         BLOCKDEV_ON_ERROR_REPORT, NULL, &x,
                                         &err);
@@ -465,8 +471,9 @@ static void commit_discard_source(bool with_mid)
 static void test_commit_discard_source(void **state)
 {
     (void)state;
-    commit_discard_source(false);
-    commit_discard_source(true);
+    commit_discard_source(false, false);
+    commit_discard_source(true, false);
+    commit_discard_source(true, true);
 }
 
 /* Refused when the image between top and base has another user; nothing
