@@ -453,8 +453,18 @@ static int coroutine_fn mirror_punch_layer(MirrorJob *s, BlockChild *c,
 
     while (off < end) {
         int64_t n = end - off;
-        int ret = 0;
-        if (below != s->base) {
+        /*
+         * Where bs holds nothing there is nothing to drop: no request, and
+         * no write that would make the next flush of bs sync its file.
+         */
+        int ret = node_co_is_allocated(bs, off, n, &n);
+        if (ret < 0) {
+            return ret;
+        }
+        if (n <= 0) {
+            n = end - off;
+        }
+        if (ret > 0 && below != s->base) {
             ret = node_co_is_allocated_above(below, s->base, false, off, n,
                                              &n);
             if (ret < 0) {
@@ -463,8 +473,10 @@ static int coroutine_fn mirror_punch_layer(MirrorJob *s, BlockChild *c,
             if (n <= 0) {
                 n = end - off;
             }
+            /* Allocated below: bs keeps the range (step 2). */
+            ret = !ret;
         }
-        if (ret == 0) {
+        if (ret > 0) {
             ret = child_co_unallocate(c, off, n, unless_dirty);
             if (ret < 0 && ret != -EAGAIN) {
                 return ret;
