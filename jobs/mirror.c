@@ -426,10 +426,10 @@ static int coroutine_fn mirror_flush(MirrorJob *s)
  *    the chain read at b when the range was copied, and the base got it.
  *    This needs the images to go bottom first: dropping an upper image
  *    first would expose the stale data of a lower one at b.
- * 3. The top itself, also bottom-first, and only where the bitmap says
- *    the guest has not written since the copy (child_co_unallocate checks
- *    that serialised with the guest's writes to the top; such a range is
- *    copied again and comes back here).
+ * 3. The top goes last, under the same condition, and only where the
+ *    bitmap says the guest has not written since the copy
+ *    (child_co_unallocate checks that serialised with the guest's writes
+ *    to the top; such a range is copied again and comes back here).
  * 4. Each intermediate image is flushed after its turn and before the
  *    next image up starts: a crash then finds on disk a state that step 2
  *    allowed (an upper image's drop never reaches the file before the
