@@ -222,9 +222,13 @@ static bool take_options(NbdState *s, json_t *options, GError **errp)
     if (tls) {
         /*
          * Only secret objects exist in strata, so no id names TLS
-         * credentials (QEMU's message); TLS itself is not built yet.
+         * credentials: QEMU's message for that, then why and what to do
+         * (TLS itself is not built yet).
          */
-        error_setg(errp, "No TLS credentials with id '%s'", tls);
+        error_setg(errp, "No TLS credentials with id '%s' (strata has no "
+                   "TLS yet, so no such object can exist: connect without "
+                   "tls-creds, over a unix socket or an encrypted tunnel "
+                   "such as ssh -L or stunnel)", tls);
         goto out;
     }
     if (tls_host) {
