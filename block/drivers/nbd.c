@@ -14,6 +14,11 @@
  * keeps trying in the background (1, 2, 4 .. 16 s apart, as QEMU) until it
  * succeeds or the node is closed.  Nothing polls: every wait is on the
  * socket, a timer or a queue.
+ *
+ * x-strata-multi-conn=N (strata's own; QEMU 7.2 has one connection): where
+ * the server offers multi-conn, N connections, each with the life above;
+ * requests go to the connected one with the fewest in flight, and wait
+ * only while none is connected and one is within its reconnect-delay.
  */
 #include <errno.h>
 #include <string.h>
@@ -575,7 +580,9 @@ static int coroutine_fn nbd_co_cmd(NbdState *s, NbdCmd *c)
             return c->ret;      /* the server's answer */
         }
         nbd_link_lost(l, gen);
-        if (l->state == LINK_NOWAIT || l->state == LINK_QUIT) {
+        /* Without reconnect-delay, QEMU fails what was lost in flight. */
+        if (!s->reconnect_delay || l->state == LINK_NOWAIT ||
+            l->state == LINK_QUIT) {
             return -EIO;
         }
     }
