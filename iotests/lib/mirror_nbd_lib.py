@@ -80,8 +80,9 @@ def fresh(path):
 
 
 def move(n, label, src_under_test, dst_under_test, start_mirror):
-    """One move: start_mirror(client, dst_sock) sends the command that
-    starts job m0 onto the destination's export 'tgt'."""
+    """One move: start_mirror(client, dst_sock, strata) sends the command
+    that starts job m0 onto the destination's export 'tgt' (strata: the
+    source is strata-daemon, which may be given its own options)."""
     t.section('%s (%s)' % (label, n))
     src = m.qcow2('src%d.qcow2' % n, SIZE, ['write -P 0x11 0 3M',
                                             'write -P 0x22 5M 2M'])
@@ -101,7 +102,7 @@ def move(n, label, src_under_test, dst_under_test, start_mirror):
     c.negotiate()
     before = writes(2 * n, 40)
     after = writes(2 * n + 1, 40)
-    start_mirror(c, dst_sock)
+    start_mirror(c, dst_sock, src_under_test and not t.oracle_mode())
     guest(src_sock, before)
     # the job may be ready by now (or not): reply first, then the events
     m.cmd(c, 'block-job-set-speed', {'device': 'm0', 'speed': 0},
