@@ -30,6 +30,7 @@ class Conn:
         self.down = b''       # server to client, up to the handshake's end
         self.ready = False
         self.requests = 0
+        self.socks = []
 
 
 class CountProxy:
@@ -66,6 +67,8 @@ class CountProxy:
         except OSError:
             cli.close()
             return
+        with self.lock:
+            c.socks = [cli, srv]
         # One thread each way: a relay that waits to send one way while
         # the other way fills up would deadlock both ends.
         threading.Thread(target=self._pump, args=(c, srv, cli, False),
@@ -104,6 +107,16 @@ class CountProxy:
 
     def release(self):
         self.flow.set()
+
+    def drop(self, index):
+        """Cut the index-th connection (both sides see it end)."""
+        with self.lock:
+            socks = self.conns[index].socks
+        for s in socks:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def accepted(self):
         with self.lock:
