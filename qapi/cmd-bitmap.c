@@ -464,6 +464,7 @@ typedef struct BitmapAction {
     HBitmap *backup;            /* clear, merge: the bits before */
     bool prepared;              /* add: the bitmap was made */
     bool was_enabled;           /* enable, disable */
+    BlockNode *drained;         /* copy: the source's node until clean */
 } BitmapAction;
 
 static bool add_prepare(TxnState *s, GError **errp)
@@ -663,20 +664,44 @@ static void recover_abort(TxnState *s)
     }
 }
 
-/* x-strata-block-dirty-bitmap-copy: made at prepare, released on abort. */
+/*
+ * x-strata-block-dirty-bitmap-copy: made at prepare, released on abort.
+ * The source's node stays drained from prepare until the transaction is
+ * cleaned, so that no write lands between the copy and the actions after
+ * it (a clear of the source: the checkpoint recipe), even when the node
+ * runs in an iothread.
+ */
 static bool copy_prepare(TxnState *s, GError **errp)
 {
     BitmapAction *st = s->opaque;
+    const XStrataBlockDirtyBitmapCopy *a =
+        s->action->u.x_strata_block_dirty_bitmap_copy.data;
     Op op = { 0 };
 
-    if (!txn_check_completion_mode(s, errp) ||
-        !bitmap_copy(s->action->u.x_strata_block_dirty_bitmap_copy.data,
-                     &op, errp)) {
+    if (!txn_check_completion_mode(s, errp)) {
+        return false;
+    }
+    st->drained = node_find(a->node);
+    if (st->drained) {
+        node_ref(st->drained);
+        node_drain_begin(st->drained);
+    }
+    if (!bitmap_copy(a, &op, errp)) {
         return false;
     }
     st->bs = op.bs;
     st->bm = op.bm;
     return true;
+}
+
+static void copy_clean(TxnState *s)
+{
+    BitmapAction *st = s->opaque;
+
+    if (st->drained) {
+        node_drain_end(st->drained);
+        node_unref(st->drained);
+    }
 }
 
 static void copy_abort(TxnState *s)
@@ -701,6 +726,7 @@ const TxnActionOps txn_bitmap_copy = {
     .state_size = sizeof(BitmapAction),
     .prepare = copy_prepare,
     .abort = copy_abort,
+    .clean = copy_clean,
 };
 
 const TxnActionOps txn_bitmap_add = {

@@ -153,3 +153,17 @@ def copy_actions(a):
     if not t.oracle_mode():
         return [{'type': 'x-strata-block-dirty-bitmap-copy', 'data': a}]
     return [{'type': cmd, 'data': args} for cmd, args in _copy_steps(a)]
+
+
+def export_del(c, eid):
+    """block-export-del: its reply and BLOCK_EXPORT_DELETED (which come in
+    either order) logged in one."""
+    c.send('block-export-del', {'id': eid})
+    reply, event = None, False
+    while reply is None or not event:
+        msg = c.recv()
+        if 'event' in msg:
+            event = event or msg['event'] == 'BLOCK_EXPORT_DELETED'
+        else:
+            reply = msg
+    qmp.log('%s, deleted %s' % (json.dumps(reply), eid))
