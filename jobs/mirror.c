@@ -24,6 +24,7 @@
 #include <errno.h>
 #include <string.h>
 
+#include "strata/bitmap-pivot.h"
 #include "strata/backend.h"
 #include "strata/block-copy.h"
 #include "strata/block-ops.h"
@@ -60,6 +61,7 @@ typedef struct MirrorJob {
     BlockCopyState *bcs;
 
     bool is_commit;
+    bool merge_bitmaps;      /* x-strata-merge-bitmaps */
     bool frozen;             /* active commit froze filter..base */
     MirrorSync sync;
     MirrorBackingMode backing_mode;
@@ -663,6 +665,25 @@ static void mirror_attach_target_backing(MirrorJob *s)
     }
 }
 
+static BlockNode *filter_or_cow(BlockNode *bs);
+
+/* x-strata-merge-bitmaps: the nodes that left the disk's chain. */
+static void mirror_merge_bitmaps(MirrorJob *s, BlockNode *src,
+                                 BlockNode *to_replace)
+{
+    if (s->is_commit) {
+        for (BlockNode *n = src; n && n != s->target;
+             n = filter_or_cow(n)) {
+            bitmaps_merge_into(s->target, n);
+        }
+        return;
+    }
+    bitmaps_merge_into(s->target, to_replace);
+    if (src != to_replace) {
+        bitmaps_merge_into(s->target, src);
+    }
+}
+
 static int mirror_exit_common(Job *job, bool abort)
 {
     MirrorJob *s = mirror_job(job);
@@ -721,6 +742,9 @@ static int mirror_exit_common(Job *job, bool abort)
             error_print("%s", err->message);
             g_clear_error(&err);
             ret = -EPERM;
+        } else if (s->merge_bitmaps) {
+            /* Still drained: no write between the pivot and this. */
+            mirror_merge_bitmaps(s, src, to_replace);
         }
         node_drain_end(to_replace);
     }
@@ -876,6 +900,7 @@ typedef struct StartArgs {
     const char *filter_node_name;
     MirrorCopy copy_mode;
     bool is_commit;
+    bool merge_bitmaps;      /* mirror's; active commit's is in x */
     CommitActiveOptions x;
 } StartArgs;
 
@@ -928,6 +953,7 @@ static MirrorJob *mirror_start_job(const StartArgs *a, GError **errp)
     node_ref(s->target);
     s->base = a->base;
     s->is_commit = a->is_commit;
+    s->merge_bitmaps = a->merge_bitmaps || a->x.merge_bitmaps;
     s->sync = a->sync;
     s->backing_mode = a->backing_mode;
     s->copy_mode = a->copy_mode;
@@ -1117,6 +1143,7 @@ BlockJob *mirror_start(const MirrorOptions *o, GError **errp)
         .unmap = o->unmap,
         .filter_node_name = o->filter_node_name,
         .copy_mode = o->copy_mode,
+        .merge_bitmaps = o->merge_bitmaps,
     };
     MirrorJob *s = mirror_start_job(&a, errp);
     return s ? &s->common : NULL;

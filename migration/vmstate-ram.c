@@ -320,6 +320,8 @@ int64_t coroutine_fn vmstate_ram_save(BlockNode *bs, GError **errp)
     int64_t ret;
 
     for (RamBlock *rb = ram_block_first(); rb; rb = ram_block_next(rb)) {
+        /* held while the job yields: object-del must not unmap them */
+        ram_block_ref(rb);
         rbs[i++] = rb;
         off += desc_size(strlen(rb->id));
     }
@@ -385,6 +387,7 @@ int64_t coroutine_fn vmstate_ram_save(BlockNode *bs, GError **errp)
 
     for (i = 0; i < n; i++) {
         g_free(maps[i]);
+        ram_block_unref(rbs[i]);
     }
     g_free(maps);
     g_free(rbs);
@@ -446,6 +449,9 @@ int coroutine_fn vmstate_ram_load(BlockNode *bs, int64_t size, GError **errp)
     for (unsigned i = 0; i < l->nblocks && ret == 0; i++) {
         VmstateRamBlockDesc *d = &l->blocks[i];
         rbs[i] = ram_block_find(d->id);
+        if (rbs[i]) {
+            ram_block_ref(rbs[i]);   /* held while the job yields */
+        }
         if (!rbs[i]) {
             error_setg(errp, "Unknown ramblock \"%s\", cannot accept "
                        "migration", d->id);
@@ -454,6 +460,11 @@ int coroutine_fn vmstate_ram_load(BlockNode *bs, int64_t size, GError **errp)
             error_setg(errp, "Length mismatch: %s: 0x%" PRIx64 " in != 0x%"
                        PRIx64 ": Invalid argument", d->id, d->size,
                        rbs[i]->size);
+            ret = -EINVAL;
+        } else if (rbs[i]->readonly) {
+            /* a readonly file backend: nothing may be written, not half */
+            error_setg(errp, "RAM block '%s' is read-only, the VM state "
+                       "cannot be loaded into it", d->id);
             ret = -EINVAL;
         } else if (rbs[i]->page_size != d->page_size) {
             error_setg(errp, "RAM block '%s' has %" PRIu32 "-byte pages, "
@@ -485,6 +496,9 @@ int coroutine_fn vmstate_ram_load(BlockNode *bs, int64_t size, GError **errp)
 
     for (unsigned i = 0; i < l->nblocks; i++) {
         g_free(maps[i]);
+        if (rbs[i]) {
+            ram_block_unref(rbs[i]);
+        }
     }
     g_free(maps);
     g_free(rbs);

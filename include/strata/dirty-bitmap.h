@@ -185,6 +185,26 @@ DirtyBitmap *node_dirty_bitmap_copy(const DirtyBitmap *src,
  * the directory, as QEMU counts them.
  */
 uint64_t dirty_bitmaps_qcow2_size(BlockNode *bs, uint64_t cluster_size);
+/*
+ * Successors (QEMU's), for a job that owns a bitmap (backup's sync
+ * bitmap): create_successor makes the bitmap busy and frozen, and an
+ * anonymous bitmap on the same node records the writes meanwhile (it
+ * records if the parent did: dirty_bitmap_recording() answers for both).
+ * At the end either abdicate (the successor takes the name and
+ * persistence, the parent goes: only writes since the job began stay) or
+ * reclaim (the successor is merged into the parent, which gets back its
+ * recording state).  Both return the bitmap that stays.
+ */
+bool dirty_bitmap_recording(const DirtyBitmap *bm);
+DirtyBitmap *dirty_bitmap_successor(const DirtyBitmap *bm);  /* or NULL */
+bool dirty_bitmap_create_successor(DirtyBitmap *bm, GError **errp);
+DirtyBitmap *dirty_bitmap_abdicate(DirtyBitmap *bm);
+DirtyBitmap *dirty_bitmap_reclaim(DirtyBitmap *bm);
+/* dst |= src without the user's checks (busy bitmaps too), any
+ * granularities, same size: a dirty chunk of src marks every chunk of
+ * dst it touches. */
+void dirty_bitmap_merge_internal(DirtyBitmap *dst, const DirtyBitmap *src);
+
 /* The format can keep bitmaps in the image (qcow2 v3). */
 bool node_supports_persistent_dirty_bitmap(BlockNode *bs);
 
