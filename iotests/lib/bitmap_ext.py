@@ -12,7 +12,8 @@ is replaced by what a user of QEMU would do for the same result:
   inconsistent is refused with the extension's own message.  As a
   transaction action its model is block-dirty-bitmap-remove (the same
   refusals and the same rollback).
-- copy: -add (disabled) of the new bitmap, -merge of the source into it,
+- copy: -add (disabled, the source's granularity unless another is
+  asked) of the new bitmap, -merge of the source into it,
   -enable unless disabled was asked; as transaction actions those three.
   The refusals that come before anything is made (an unknown or unusable
   source, lengths that differ) are modelled from query-named-block-nodes.
@@ -97,9 +98,15 @@ def recover_action(node, name):
     return {'type': kind, 'data': {'node': node, 'name': name}}
 
 
-def _copy_steps(a):
+def _copy_steps(c, a):
+    """The QEMU commands of a copy; the new bitmap gets the source's
+    granularity unless another is asked (add's default would be the
+    node's)."""
     target = a.get('target-node', a['node'])
     add = {'node': target, 'name': a['target-name'], 'disabled': True}
+    src = bitmaps(c, a['node']).get(a['name'])
+    if src:
+        add['granularity'] = src['granularity']
     for k in ('granularity', 'persistent'):
         if k in a:
             add[k] = a[k]
@@ -135,7 +142,7 @@ def copy(c, a):
     if refused:
         _error(refused)
         return None
-    steps = _copy_steps(a)
+    steps = _copy_steps(c, a)
     reply = _quiet(c, *steps[0])
     if 'error' not in reply:
         reply = _quiet(c, *steps[1])
@@ -148,11 +155,11 @@ def copy(c, a):
     return reply
 
 
-def copy_actions(a):
-    """The transaction action(s) of a copy."""
+def copy_actions(c, a):
+    """The transaction action(s) of a copy (c: to look at the source)."""
     if not t.oracle_mode():
         return [{'type': 'x-strata-block-dirty-bitmap-copy', 'data': a}]
-    return [{'type': cmd, 'data': args} for cmd, args in _copy_steps(a)]
+    return [{'type': cmd, 'data': args} for cmd, args in _copy_steps(c, a)]
 
 
 def export_del(c, eid):
