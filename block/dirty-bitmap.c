@@ -145,6 +145,15 @@ void dirty_bitmap_set_inconsistent(DirtyBitmap *bm)
     bm->disabled = true;
 }
 
+void dirty_bitmap_recover(DirtyBitmap *bm)
+{
+    bm->inconsistent = false;
+    bm->disabled = false;
+    if (hbitmap_size(bm->hb)) {
+        hbitmap_set(bm->hb, 0, hbitmap_size(bm->hb));
+    }
+}
+
 void dirty_bitmap_set_busy(DirtyBitmap *bm, bool busy)
 {
     bm->busy = busy;

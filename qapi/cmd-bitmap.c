@@ -37,6 +37,8 @@ typedef struct Op {
     const BlockDirtyBitmapAdd *add;
     BlockDirtyBitmapOrStrList *sources;
     char *sha256;
+    const XStrataBlockDirtyBitmapCopy *copy;
+    BlockNode *src_bs;              /* copy: the source's node */
 } Op;
 
 /*
@@ -267,6 +269,74 @@ static void coroutine_fn sha256_co(void *opaque)
     }
 }
 
+/* x-strata-block-dirty-bitmap-recover (strata/dirty-bitmap.h). */
+static void coroutine_fn recover_co(void *opaque)
+{
+    Op *op = opaque;
+
+    op->bm = node_dirty_bitmap_recover(op->bs, op->name, op->backup,
+                                       op->errp);
+    op->ok = op->bm != NULL;
+}
+
+/* Undo (transaction): the bits of *op->backup back, inconsistent again. */
+static void coroutine_fn unrecover_co(void *opaque)
+{
+    Op *op = opaque;
+
+    dirty_bitmap_unrecover(op->bm, *op->backup);
+    *op->backup = NULL;
+}
+
+/*
+ * x-strata-block-dirty-bitmap-copy, in the target's loop (op->bs): the
+ * source is read from there, as merge's sources are.  The source is
+ * looked up first, then the new bitmap is checked and made.
+ */
+static void coroutine_fn copy_co(void *opaque)
+{
+    Op *op = opaque;
+    const XStrataBlockDirtyBitmapCopy *a = op->copy;
+    DirtyBitmap *src = find(op->src_bs, a->name, op->errp);
+
+    if (!src) {
+        return;
+    }
+    if (!*a->target_name) {
+        error_setg(op->errp, "Bitmap name cannot be empty");
+        return;
+    }
+    if (a->has_granularity &&
+        (a->granularity < 512 || (a->granularity & (a->granularity - 1)))) {
+        error_setg(op->errp, "Granularity must be power of 2 and at least "
+                   "512");
+        return;
+    }
+    op->bm = node_dirty_bitmap_copy(src, op->bs, a->target_name,
+                                    a->has_granularity ? a->granularity : 0,
+                                    a->has_persistent && a->persistent,
+                                    a->has_disabled && a->disabled,
+                                    op->errp);
+    op->ok = op->bm != NULL;
+}
+
+static bool bitmap_copy(const XStrataBlockDirtyBitmapCopy *a, Op *op,
+                        GError **errp)
+{
+    op->copy = a;
+    op->errp = errp;
+    op->src_bs = owner(a->node, errp);
+    if (!op->src_bs) {
+        return false;
+    }
+    op->bs = a->target_node ? owner(a->target_node, errp) : op->src_bs;
+    if (!op->bs) {
+        return false;
+    }
+    run(op, copy_co);
+    return op->ok;
+}
+
 /* ---- The commands ---- */
 
 void qmp_block_dirty_bitmap_add(const char *node, const char *name,
@@ -355,6 +425,37 @@ BlockDirtyBitmapSha256 *qmp_x_debug_block_dirty_bitmap_sha256(
     return ret;
 }
 
+void qmp_x_strata_block_dirty_bitmap_recover(const char *node,
+                                             const char *name, GError **errp)
+{
+    Op op = { 0 };
+
+    on_bitmap(node, name, &op, recover_co, errp);
+}
+
+void qmp_x_strata_block_dirty_bitmap_copy(const char *node, const char *name,
+                                          const char *target_node,
+                                          const char *target_name,
+                                          bool has_granularity,
+                                          uint32_t granularity,
+                                          bool has_persistent,
+                                          bool persistent,
+                                          bool has_disabled, bool disabled,
+                                          GError **errp)
+{
+    XStrataBlockDirtyBitmapCopy a = {
+        .node = (char *)node, .name = (char *)name,
+        .target_node = (char *)target_node,
+        .target_name = (char *)target_name,
+        .has_granularity = has_granularity, .granularity = granularity,
+        .has_persistent = has_persistent, .persistent = persistent,
+        .has_disabled = has_disabled, .disabled = disabled,
+    };
+    Op op = { 0 };
+
+    bitmap_copy(&a, &op, errp);
+}
+
 /* ---- The transaction actions (blockdev.c's block_dirty_bitmap_*) ---- */
 
 typedef struct BitmapAction {
@@ -363,6 +464,7 @@ typedef struct BitmapAction {
     HBitmap *backup;            /* clear, merge: the bits before */
     bool prepared;              /* add: the bitmap was made */
     bool was_enabled;           /* enable, disable */
+    BlockNode *drained;         /* copy: the source's node until clean */
 } BitmapAction;
 
 static bool add_prepare(TxnState *s, GError **errp)
@@ -402,6 +504,8 @@ static const BlockDirtyBitmap *plain_args(TxnState *s)
         return s->action->u.block_dirty_bitmap_enable.data;
     case TRANSACTION_ACTION_KIND_BLOCK_DIRTY_BITMAP_DISABLE:
         return s->action->u.block_dirty_bitmap_disable.data;
+    case TRANSACTION_ACTION_KIND_X_STRATA_BLOCK_DIRTY_BITMAP_RECOVER:
+        return s->action->u.x_strata_block_dirty_bitmap_recover.data;
     default:
         g_assert_not_reached();
     }
@@ -529,6 +633,101 @@ static bool merge_prepare(TxnState *s, GError **errp)
     st->bm = op.bm;
     return true;
 }
+
+/*
+ * x-strata-block-dirty-bitmap-recover: recovered at prepare (so later
+ * actions see a usable bitmap), abort puts the bits back and makes it
+ * inconsistent again.
+ */
+static bool recover_prepare(TxnState *s, GError **errp)
+{
+    BitmapAction *st = s->opaque;
+    const BlockDirtyBitmap *a = plain_args(s);
+    Op op = { .backup = &st->backup };
+
+    if (!txn_check_completion_mode(s, errp) ||
+        !on_bitmap(a->node, a->name, &op, recover_co, errp)) {
+        return false;
+    }
+    st->bs = op.bs;
+    st->bm = op.bm;
+    return true;
+}
+
+static void recover_abort(TxnState *s)
+{
+    BitmapAction *st = s->opaque;
+
+    if (st->backup) {
+        Op op = { .bs = st->bs, .bm = st->bm, .backup = &st->backup };
+        run(&op, unrecover_co);
+    }
+}
+
+/*
+ * x-strata-block-dirty-bitmap-copy: made at prepare, released on abort.
+ * The source's node stays drained from prepare until the transaction is
+ * cleaned, so that no write lands between the copy and the actions after
+ * it (a clear of the source: the checkpoint recipe), even when the node
+ * runs in an iothread.
+ */
+static bool copy_prepare(TxnState *s, GError **errp)
+{
+    BitmapAction *st = s->opaque;
+    const XStrataBlockDirtyBitmapCopy *a =
+        s->action->u.x_strata_block_dirty_bitmap_copy.data;
+    Op op = { 0 };
+
+    if (!txn_check_completion_mode(s, errp)) {
+        return false;
+    }
+    st->drained = node_find(a->node);
+    if (st->drained) {
+        node_ref(st->drained);
+        node_drain_begin(st->drained);
+    }
+    if (!bitmap_copy(a, &op, errp)) {
+        return false;
+    }
+    st->bs = op.bs;
+    st->bm = op.bm;
+    return true;
+}
+
+static void copy_clean(TxnState *s)
+{
+    BitmapAction *st = s->opaque;
+
+    if (st->drained) {
+        node_drain_end(st->drained);
+        node_unref(st->drained);
+    }
+}
+
+static void copy_abort(TxnState *s)
+{
+    BitmapAction *st = s->opaque;
+
+    /* Never stored (only a clean close stores): releasing undoes it. */
+    if (st->bm) {
+        Op op = { .bs = st->bs, .bm = st->bm };
+        run(&op, release_co);
+    }
+}
+
+const TxnActionOps txn_bitmap_recover = {
+    .state_size = sizeof(BitmapAction),
+    .prepare = recover_prepare,
+    .commit = backup_free,
+    .abort = recover_abort,
+};
+
+const TxnActionOps txn_bitmap_copy = {
+    .state_size = sizeof(BitmapAction),
+    .prepare = copy_prepare,
+    .abort = copy_abort,
+    .clean = copy_clean,
+};
 
 const TxnActionOps txn_bitmap_add = {
     .state_size = sizeof(BitmapAction),

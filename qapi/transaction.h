@@ -80,5 +80,8 @@ extern const TxnActionOps txn_bitmap_clear;
 extern const TxnActionOps txn_bitmap_enable;
 extern const TxnActionOps txn_bitmap_disable;
 extern const TxnActionOps txn_bitmap_merge;
+/* qapi/cmd-bitmap.c: strata's x-strata-block-dirty-bitmap-recover, -copy */
+extern const TxnActionOps txn_bitmap_recover;
+extern const TxnActionOps txn_bitmap_copy;
 
 #endif

@@ -73,6 +73,12 @@ bool dirty_bitmap_readonly(const DirtyBitmap *bm);
 void dirty_bitmap_set_enabled(DirtyBitmap *bm, bool enabled);
 void dirty_bitmap_set_persistent(DirtyBitmap *bm, bool persistent);
 void dirty_bitmap_set_inconsistent(DirtyBitmap *bm);
+/*
+ * strata's recovery of an inconsistent bitmap: usable and recording again,
+ * every bit set (nothing written while it was stale can be missed);
+ * persistent as it was, so the format stores it at the next clean close.
+ */
+void dirty_bitmap_recover(DirtyBitmap *bm);
 void dirty_bitmap_set_busy(DirtyBitmap *bm, bool busy);
 void dirty_bitmap_set_readonly(DirtyBitmap *bm, bool readonly);
 
@@ -151,6 +157,28 @@ bool node_dirty_bitmap_disable(BlockNode *bs, const char *name,
 bool node_dirty_bitmap_merge(BlockNode *bs, const char *target,
                              BlockNode *src_bs, const char *src_name,
                              GError **errp);
+/*
+ * x-strata-block-dirty-bitmap-recover: checks (busy, read-only, "is not
+ * inconsistent"), then dirty_bitmap_recover().  *backup (if backup is not
+ * NULL) gets the bits before, for a transaction's undo
+ * (dirty_bitmap_unrecover).
+ */
+DirtyBitmap *node_dirty_bitmap_recover(BlockNode *bs, const char *name,
+                                       HBitmap **backup, GError **errp);
+/* Undo node_dirty_bitmap_recover: the bits back, inconsistent again. */
+void dirty_bitmap_unrecover(DirtyBitmap *bm, HBitmap *backup);
+/*
+ * x-strata-block-dirty-bitmap-copy: a new bitmap target_name of target_bs
+ * holding src's bits (src may be of another node of the same length);
+ * granularity 0 keeps src's, another one gets src's bits merged into a
+ * bitmap of that granularity.  src must be usable (not busy, not
+ * inconsistent; read-only is fine).  The new bitmap, or NULL.
+ */
+DirtyBitmap *node_dirty_bitmap_copy(const DirtyBitmap *src,
+                                    BlockNode *target_bs,
+                                    const char *target_name,
+                                    uint32_t granularity, bool persistent,
+                                    bool disabled, GError **errp);
 /*
  * Bytes the persistent bitmaps of bs would take in a qcow2 image with
  * this cluster size (measure): every data cluster, the bitmap tables and
