@@ -56,8 +56,8 @@
  * One write of a background copy: half of QEMU's stream chunk
  * (STREAM_CHUNK), which is what a guest write waits for at most under
  * QEMU's stream.  Measured under load (docs/performance.md): 512 KiB left
- * the guest's p99 level with qsd's, 256 KiB below it, for 10-15% more
- * stream time when nobody else writes.
+ * the guest's p99 level with qsd's, 256 KiB mostly below it; the price,
+ * when nobody else writes, is up to 30% more stream time and CPU.
  */
 #define COR_PREFETCH_PIECE ((int64_t)256 * 1024)
 
