@@ -3,11 +3,13 @@
  * of a cluster the request does not cover), zero writes and discards.
  *
  * An in-place write needs the lock only to look up where the data goes.
- * Everything that changes metadata holds s->lock from the lookup until the
- * L2 entry is updated, so no reader or writer sees an entry pointing at
- * data that is not yet written.  Allocating writes are therefore
- * serialised; letting them run in parallel is future work (see
- * docs/status.md).
+ * An allocating write holds s->lock to look up, allocate its clusters and
+ * claim their guest range (Inflight), drops it for the copy-on-write reads
+ * and the data write, and takes it again to set the L2 entries: allocating
+ * writes to other clusters run meanwhile, and only requests that touch a
+ * claimed range wait for it (tests/test-held-writes.c).  No reader sees
+ * an entry pointing at data not yet written: the entry is set after the
+ * data write.
  *
  * Order of writes in an allocating write: the data and its copied-on-write
  * neighbours go to the new cluster; then the L2 entry (in the cache, which

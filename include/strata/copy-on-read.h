@@ -21,6 +21,13 @@
  */
 bool cor_filter_drop(BlockNode *cor, GError **errp);
 
+/*
+ * Background copies (REQ_PREFETCH) waiting for their turn to write into
+ * the filter's file: they write one at a time, so that the parents'
+ * writes find little copy in front of them (for tests).
+ */
+int cor_filter_background_waiting(BlockNode *cor);
+
 /* Is bs a copy-on-read filter node? */
 bool node_is_cor_filter(const BlockNode *bs);
 

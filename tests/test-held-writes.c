@@ -1,0 +1,306 @@
+/*
+ * A write held in the file (a blkdebug breakpoint on its data write) must
+ * not hold up writes it has nothing to do with: the guest latency rules of
+ * issue 12, checked by order of events, never by time.
+ *
+ *   qcow2: an allocating write whose data write is held does not stop an
+ *   allocating write to another cluster; a write into the held write's
+ *   cluster waits for it (else its data would be lost when the held write
+ *   links its cluster).
+ *
+ *   copy-on-read: while a background copy's (REQ_PREFETCH, the stream's)
+ *   write is held, a write through the filter completes, and a second
+ *   background copy waits in the filter instead of queueing its write in
+ *   the file in front of later guest writes; a copy is written in pieces
+ *   and keeps its turn across them.
+ */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <cmocka.h>
+#include <glib.h>
+
+#include "strata/backend.h"
+#include "strata/block-driver.h"
+#include "strata/block-ops.h"
+#include "strata/copy-on-read.h"
+#include "strata/coroutine.h"
+#include "strata/loop.h"
+#include "strata/units.h"
+
+#define SIZE (8 * MiB)
+
+static char *tmpdir;
+
+static char *make_qcow2(const char *name, const char *backing)
+{
+    char *p = g_build_filename(tmpdir, name, NULL);
+    GError *err = NULL;
+    json_t *o = json_pack("{s:I}", "size", (json_int_t)SIZE);
+    if (backing) {
+        json_object_set_new(o, "backing_file", json_string(backing));
+        json_object_set_new(o, "backing_fmt", json_string("qcow2"));
+    }
+    if (!image_create("qcow2", p, o, &err)) {
+        fail_msg("create %s: %s", name, err->message);
+    }
+    return p;
+}
+
+/* qcow2 over blkdebug over the file, node-name "img" */
+static json_t *qcow2_over_blkdebug(const char *path)
+{
+    return json_pack("{s:s, s:s, s:{s:s, s:{s:s, s:s}}}",
+                     "driver", "qcow2", "node-name", "img",
+                     "file", "driver", "blkdebug",
+                     "image", "driver", "file", "filename", path);
+}
+
+static BlockBackend *open_blk(json_t *options)
+{
+    GError *err = NULL;
+    BlockBackend *blk = blk_new_open(NULL, options, NODE_O_RDWR, &err);
+    if (!blk) {
+        fail_msg("open: %s", err->message);
+    }
+    return blk;
+}
+
+/* ---- Requests in coroutines of their own ---- */
+
+typedef struct Req {
+    BlockBackend *blk;
+    int64_t offset, bytes;
+    int pattern;        /* a write's bytes; -1: a read */
+    int flags;
+    int ret;
+    bool done;
+} Req;
+
+static void coroutine_fn req_co(void *opaque)
+{
+    Req *r = opaque;
+    void *buf = g_malloc(r->bytes);
+    IOVec q;
+
+    iovec_init_buf(&q, buf, r->bytes);
+    if (r->pattern >= 0) {
+        memset(buf, r->pattern, r->bytes);
+        r->ret = blk_co_pwritev(r->blk, r->offset, r->bytes, &q, r->flags);
+    } else {
+        r->ret = blk_co_preadv(r->blk, r->offset, r->bytes, &q, r->flags);
+    }
+    iovec_destroy(&q);
+    g_free(buf);
+    r->done = true;
+}
+
+static void start(Req *r, BlockBackend *blk, int64_t offset, int64_t bytes,
+                  int pattern, int flags)
+{
+    *r = (Req){ .blk = blk, .offset = offset, .bytes = bytes,
+                .pattern = pattern, .flags = flags, .ret = -EINPROGRESS };
+    co_enter(co_create(req_co, r));
+}
+
+static void expect(BlockBackend *blk, int64_t off, int64_t len, int byte)
+{
+    uint8_t *buf = g_malloc(len);
+    assert_int_equal(blk_pread(blk, off, len, buf, 0), 0);
+    for (int64_t i = 0; i < len; i++) {
+        if (buf[i] != byte) {
+            fail_msg("byte %lld: 0x%02x, not 0x%02x", (long long)(off + i),
+                     buf[i], byte);
+        }
+    }
+    g_free(buf);
+}
+
+/* Is all of [off, off + len) allocated in bs itself (1) or none of it (0)? */
+static void expect_allocated(BlockNode *bs, int64_t off, int64_t len,
+                             int want)
+{
+    while (len > 0) {
+        int64_t pnum;
+        assert_int_equal(node_is_allocated(bs, off, len, &pnum), want);
+        assert_true(pnum > 0 && pnum <= len);
+        off += pnum;
+        len -= pnum;
+    }
+}
+
+/* ---- blkdebug breakpoints on the image's file ---- */
+
+static BlockNode *blkdebug_of(const char *node_name)
+{
+    BlockNode *img = node_find(node_name);
+    assert_non_null(img);
+    assert_non_null(img->file);
+    assert_string_equal(img->file->bs->drv->format_name, "blkdebug");
+    return img->file->bs;
+}
+
+static void hold_next_write(BlockNode *bd, const char *tag)
+{
+    assert_int_equal(bd->drv->debug_breakpoint(bd, "write_aio", tag), 0);
+}
+
+static bool held(BlockNode *bd, const char *tag)
+{
+    return bd->drv->debug_is_suspended(bd, tag);
+}
+
+static void resume(BlockNode *bd, const char *tag)
+{
+    assert_int_equal(bd->drv->debug_resume(bd, tag), 0);
+}
+
+/* ---- qcow2 ---- */
+
+static void test_qcow2_alloc_not_serialised(void **state)
+{
+    (void)state;
+    g_autofree char *p = make_qcow2("a.qcow2", NULL);
+    BlockBackend *blk = open_blk(qcow2_over_blkdebug(p));
+    BlockNode *bd = blkdebug_of("img");
+    Req w1, w2, w3;
+
+    /* w1 allocates cluster 0 and is held at its data write. */
+    hold_next_write(bd, "A");
+    start(&w1, blk, 0, 64 * KiB, 0xaa, 0);
+    LOOP_WAIT_WHILE(!held(bd, "A"));
+
+    /* Another cluster: allocated, written and linked meanwhile. */
+    start(&w2, blk, 1 * MiB, 64 * KiB, 0xbb, 0);
+    LOOP_WAIT_WHILE(!w2.done);
+    assert_int_equal(w2.ret, 0);
+    assert_true(held(bd, "A"));
+    assert_false(w1.done);
+
+    /* Inside w1's cluster: must come after w1, not beside it. */
+    start(&w3, blk, 4 * KiB, 4 * KiB, 0xcc, 0);
+    resume(bd, "A");
+    LOOP_WAIT_WHILE(!w1.done || !w3.done);
+    assert_int_equal(w1.ret, 0);
+    assert_int_equal(w3.ret, 0);
+
+    expect(blk, 0, 4 * KiB, 0xaa);
+    expect(blk, 4 * KiB, 4 * KiB, 0xcc);
+    expect(blk, 8 * KiB, 56 * KiB, 0xaa);
+    expect(blk, 1 * MiB, 64 * KiB, 0xbb);
+    blk_unref(blk);
+
+    /* And the image is consistent for qemu-img. */
+    const char *argv[] = { "qemu-img", "check", "-q", p, NULL };
+    int status;
+    GError *err = NULL;
+    if (!g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_SEARCH_PATH, NULL,
+                      NULL, NULL, NULL, &status, &err)) {
+        fail_msg("qemu-img: %s", err->message);
+    }
+    assert_true(g_spawn_check_wait_status(status, NULL));
+    unlink(p);
+}
+
+/* ---- copy-on-read ---- */
+
+static void test_cor_background_copies(void **state)
+{
+    (void)state;
+    g_autofree char *bp = make_qcow2("base.qcow2", NULL);
+    BlockBackend *b = open_blk(json_pack("{s:s, s:{s:s, s:s}}",
+                                         "driver", "qcow2", "file",
+                                         "driver", "file", "filename", bp));
+    void *fill = g_malloc(SIZE);
+    memset(fill, 0x11, SIZE);
+    assert_int_equal(blk_pwrite(b, 0, SIZE, fill, 0), 0);
+    g_free(fill);
+    blk_unref(b);
+
+    g_autofree char *tp = make_qcow2("top.qcow2", bp);
+    BlockBackend *blk = open_blk(json_pack("{s:s, s:s, s:o}",
+                                           "driver", "copy-on-read",
+                                           "node-name", "cor",
+                                           "file", qcow2_over_blkdebug(tp)));
+    BlockNode *cor = blk_node(blk);
+    BlockNode *bd = blkdebug_of("img");
+    Req c1, c2, g;
+
+    /* A background copy of 1 MiB: held at the write of its first piece. */
+    hold_next_write(bd, "A");
+    start(&c1, blk, 0, 1 * MiB, -1, REQ_PREFETCH);
+    LOOP_WAIT_WHILE(!held(bd, "A"));
+
+    /* A write through the filter, not overlapping: goes straight on. */
+    start(&g, blk, 4 * MiB + 4 * KiB, 4 * KiB, 0x77, 0);
+    LOOP_WAIT_WHILE(!g.done);
+    assert_int_equal(g.ret, 0);
+    assert_true(held(bd, "A"));
+
+    /* A second copy waits for its turn in the filter, not in the file. */
+    hold_next_write(bd, "B");
+    start(&c2, blk, 2 * MiB, 1 * MiB, -1, REQ_PREFETCH);
+    LOOP_WAIT_WHILE(cor_filter_background_waiting(cor) == 0 &&
+                    !held(bd, "B"));
+    assert_false(held(bd, "B"));
+
+    /*
+     * c1's second piece is the next write into the file ("B" holds it):
+     * c1 keeps its turn, c2 still waits.
+     */
+    resume(bd, "A");
+    LOOP_WAIT_WHILE(!held(bd, "B"));
+    assert_false(c1.done);
+    assert_int_equal(cor_filter_background_waiting(cor), 1);
+    resume(bd, "B");
+    LOOP_WAIT_WHILE(!c1.done || !c2.done);
+    assert_int_equal(c1.ret, 0);
+    assert_int_equal(c2.ret, 0);
+    assert_int_equal(cor_filter_background_waiting(cor), 0);
+
+    /* The copies are in top; the guest's write and its neighbours too. */
+    BlockNode *img = node_find("img");
+    BlockBackend *check = blk_new(BLK_PERM_CONSISTENT_READ, BLK_PERM_ALL);
+    assert_true(blk_insert_node(check, img, NULL));
+    expect_allocated(img, 0, 1 * MiB, 1);
+    expect_allocated(img, 1 * MiB, 1 * MiB, 0);
+    expect_allocated(img, 2 * MiB, 1 * MiB, 1);
+    expect(check, 0, 1 * MiB, 0x11);
+    expect(check, 2 * MiB, 1 * MiB, 0x11);
+    expect(check, 4 * MiB, 4 * KiB, 0x11);
+    expect(check, 4 * MiB + 4 * KiB, 4 * KiB, 0x77);
+    expect(check, 4 * MiB + 8 * KiB, 56 * KiB, 0x11);
+    blk_unref(check);
+    blk_unref(blk);
+    unlink(tp);
+    unlink(bp);
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    tmpdir = g_dir_make_tmp("test-held-writes-XXXXXX", NULL);
+    return tmpdir ? 0 : -1;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    rmdir(tmpdir);
+    g_free(tmpdir);
+    return 0;
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_qcow2_alloc_not_serialised),
+        cmocka_unit_test(test_cor_background_copies),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
