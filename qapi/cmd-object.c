@@ -67,6 +67,7 @@ static void user_object_free(UserObject *o)
         qapi_free_SecretProperties_members(&o->secret);
     }
     iothread_free(o->iothread);
+    memory_backend_free(o->memory);
     if (o->throttle) {
         throttle_group_destroy(o->throttle);
     }
@@ -136,6 +137,11 @@ void qmp_object_add(ObjectOptions *arg, GError **errp)
         !throttle_object_config(&arg->u.throttle_group, &tcfg, errp)) {
         return;
     }
+    bool memory = arg->qom_type == OBJECT_TYPE_MEMORY_BACKEND_FILE ||
+                  arg->qom_type == OBJECT_TYPE_MEMORY_BACKEND_MEMFD;
+    if (memory && !memory_backend_setters_check(arg, errp)) {
+        return;
+    }
     if (arg->qom_type == OBJECT_TYPE_SECRET && arg->u.secret.has_loaded) {
         error_setg(errp, "Property 'secret.loaded' is not writable");
         return;
@@ -162,6 +168,9 @@ void qmp_object_add(ObjectOptions *arg, GError **errp)
         /* the group takes the object's id as its name */
         o->throttle = throttle_group_create(o->id, &tcfg, errp);
         ok = o->throttle != NULL;
+    } else if (memory) {
+        o->memory = memory_backend_new(o->id, arg, errp);
+        ok = o->memory != NULL;
     } else {
         SecretProperties *s = &arg->u.secret;
         SecretSpec spec = {
@@ -194,6 +203,9 @@ void qmp_object_del(const char *id, GError **errp)
     /* QEMU's can_be_deleted: no throttle node may use the group */
     if (o->throttle && throttle_group_in_use(o->throttle)) {
         error_setg(errp, "object '%s' is in use, can not be deleted", id);
+        return;
+    }
+    if (o->memory && !memory_backend_can_delete(o->memory, id, errp)) {
         return;
     }
     /*

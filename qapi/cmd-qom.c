@@ -13,7 +13,8 @@
 #include "qapi-commands.h"
 #include "objects.h"
 
-typedef enum { N_CONTAINER, N_IOTHREAD, N_SECRET, N_CHARDEV, N_THROTTLE }
+typedef enum { N_CONTAINER, N_IOTHREAD, N_SECRET, N_CHARDEV, N_THROTTLE,
+               N_MEMORY }
     NodeKind;
 
 typedef struct QomNode {
@@ -60,6 +61,24 @@ static const Prop throttle_props[] = {
     { "x-iops-write-max", "int" }, { NULL },
 };
 static const Prop null_props[] = { { "type", "string" }, { NULL } };
+/* memory backends: QEMU 7.2's, less their memory-region child */
+#define MEMORY_BACKEND_PROPS \
+    { "type", "string" }, { "share", "bool" }, { "size", "int" }, \
+    { "dump", "bool" }, { "prealloc-threads", "int" }, \
+    { "x-use-canonical-path-for-ramblock-id", "bool" }, \
+    { "policy", "HostMemPolicy" }, \
+    { "prealloc-context", "link<thread-context>" }, \
+    { "prealloc", "bool" }, { "reserve", "bool" }, \
+    { "host-nodes", "int" }, { "merge", "bool" }
+static const Prop memfd_props[] = {
+    MEMORY_BACKEND_PROPS, { "hugetlb", "bool" }, { "seal", "bool" },
+    { "hugetlbsize", "int" }, { NULL },
+};
+static const Prop memfile_props[] = {
+    MEMORY_BACKEND_PROPS, { "readonly", "bool" }, { "align", "int" },
+    { "pmem", "bool" }, { "mem-path", "string" }, { "discard-data", "bool" },
+    { NULL },
+};
 
 static const char *node_type(const QomNode *n)
 {
@@ -70,6 +89,8 @@ static const char *node_type(const QomNode *n)
         return "secret";
     case N_THROTTLE:
         return "throttle-group";
+    case N_MEMORY:
+        return ObjectType_str(n->obj->type);
     case N_CHARDEV:
         return n->chr->is_socket ? "chardev-socket" : "chardev-null";
     default:
@@ -86,6 +107,9 @@ static const Prop *node_props(const QomNode *n)
         return secret_props;
     case N_THROTTLE:
         return throttle_props;
+    case N_MEMORY:
+        return n->obj->type == OBJECT_TYPE_MEMORY_BACKEND_FILE
+               ? memfile_props : memfd_props;
     case N_CHARDEV:
         return n->chr->is_socket ? socket_props : null_props;
     default:
@@ -144,6 +168,7 @@ static QomNode *tree_build(void)
                 QomNode *n = node_new(c, o->id,
                     o->type == OBJECT_TYPE_IOTHREAD ? N_IOTHREAD
                     : o->type == OBJECT_TYPE_THROTTLE_GROUP ? N_THROTTLE
+                    : o->memory ? N_MEMORY
                     : N_SECRET);
                 n->obj = o;
             }
@@ -251,6 +276,14 @@ ObjectPropertyInfoList *qmp_qom_list(const char *path, GError **errp)
         (*tail)->value->type = g_strdup(p->type);
         tail = &(*tail)->next;
     }
+    if (n->kind == N_MEMORY) {
+        /* the backend's memory region (not modelled further) */
+        *tail = g_new0(ObjectPropertyInfoList, 1);
+        (*tail)->value = g_new0(ObjectPropertyInfo, 1);
+        (*tail)->value->name = g_strdup_printf("%s[0]", n->name);
+        (*tail)->value->type = g_strdup("child<memory-region>");
+        tail = &(*tail)->next;
+    }
     /* children last, the reverse of their iteration order, as QEMU lists */
     for (guint i = n->children->len; i-- > 0;) {
         QomNode *c = n->children->pdata[i];
@@ -329,6 +362,8 @@ json_t *qmp_qom_get(const char *path, const char *property, GError **errp)
         ret = json_integer(*iothread_param_field(&p, property));
     } else if (n->kind == N_THROTTLE) {
         ret = throttle_object_get(n->obj, property);
+    } else if (n->kind == N_MEMORY) {
+        ret = memory_backend_qom_get(n->obj, property);
     } else if (n->kind == N_SECRET) {
         if (!strcmp(property, "loaded")) {
             ret = json_true();

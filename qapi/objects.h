@@ -11,6 +11,8 @@
 #include "strata/throttle.h"
 #include "qapi-types.h"
 
+typedef struct MemoryBackend MemoryBackend;
+
 typedef struct UserObject {
     char *id;
     ObjectType type;
@@ -18,6 +20,7 @@ typedef struct UserObject {
     SecretProperties secret;   /* type secret: the properties as set */
     bool secret_base64;
     ThrottleGroup *throttle;   /* type throttle-group */
+    MemoryBackend *memory;     /* types memory-backend-* */
 } UserObject;
 
 UserObject *user_object_find(const char *id);
@@ -52,6 +55,21 @@ bool throttle_object_config(ThrottleGroupProperties *p, ThrottleConfig *cfg,
 json_t *throttle_object_get(UserObject *o, const char *property);
 bool throttle_object_set(UserObject *o, const char *property, json_t *value,
                          GError **errp);
+
+/*
+ * memory-backend-memfd and memory-backend-file (qapi/memory-backend.c):
+ * the checks QEMU's property setters make (before the object is named),
+ * the backend (mapped and registered as a RAM block), whether object-del
+ * may delete it (not while a migration uses it), and its end.
+ */
+bool memory_backend_setters_check(ObjectOptions *arg, GError **errp);
+MemoryBackend *memory_backend_new(const char *id, ObjectOptions *arg,
+                                  GError **errp);
+bool memory_backend_can_delete(MemoryBackend *mb, const char *id,
+                               GError **errp);
+void memory_backend_free(MemoryBackend *mb);
+/* qom-get of a property qom-list lists for a backend */
+json_t *memory_backend_qom_get(UserObject *o, const char *property);
 
 /* Delete every object (at exit). */
 void user_objects_cleanup(void);

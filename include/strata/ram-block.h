@@ -41,6 +41,7 @@ struct RamBlock {
     unsigned busy;          /* users (a migration); 0: may be removed */
     void *opaque;           /* the owner's (the memory backend object) */
     void *tracking;         /* the dirty tracking back end's state */
+    bool readonly;          /* mapped PROT_READ (a readonly file backend) */
 };
 
 /*
@@ -82,6 +83,20 @@ static inline uint64_t ram_block_pages(const RamBlock *rb)
  * ram_block_log_stop: tracking off; harmless if it was not on.
  */
 bool ram_block_log_start(RamBlock *rb, GError **errp);
+/*
+ * The dirty tracking back end (migration/ram-dirty.c) is a dirty bitmap
+ * the VM monitor shares and sets as it (or KVM's dirty log) sees the guest
+ * write: ram_block_set_dirty_log maps the bitmap in @fd (not taken; at
+ * least one bit per page, rounded up to 64-bit words, native byte order,
+ * page i is bit i % 64 of word i / 64) and the block can then be tracked.
+ * Set bits before log_start are forgotten (a first pass sends everything).
+ * ram_block_clear_dirty_log stops tracking and unmaps it.
+ */
+bool ram_block_set_dirty_log(RamBlock *rb, int fd, GError **errp);
+void ram_block_clear_dirty_log(RamBlock *rb);
+bool ram_block_has_dirty_log(const RamBlock *rb);
+/* Is tracking on (between log_start and log_stop)? */
+bool ram_block_logging(const RamBlock *rb);
 int64_t ram_block_log_sync(RamBlock *rb, unsigned long *bitmap,
                            GError **errp);
 void ram_block_log_stop(RamBlock *rb);
