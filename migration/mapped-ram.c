@@ -13,9 +13,14 @@
 #include "strata/mapped-ram.h"
 #include "mr-internal.h"
 
-/* strata's own section id for "ram"; ids only link PART/END to START. */
-#define RAM_SECTION_ID 0
+/*
+ * The section id of "ram": ids link PART/END to START.  Not 0: QEMU's
+ * loader finds a PART/END's section by the id its START had, and every
+ * section it has not seen a START for has 0 there.
+ */
+#define RAM_SECTION_ID 1
 #define RAM_SECTION_VERSION 4
+#define MR_VMDESC "{\"page_size\": 4096, \"devices\": []}"
 
 static uint64_t round_up(uint64_t v, uint64_t a)
 {
@@ -131,6 +136,11 @@ GByteArray *mr_stream_tail(void)
     put_u8(out, MR_SEC_FOOTER);
     put_be32(out, RAM_SECTION_ID);
     put_u8(out, MR_SEC_EOF);
+    /* QEMU's loader expects its JSON description after EOF (it warns
+     * otherwise); strata's lists no devices */
+    put_u8(out, MR_SEC_VMDESCRIPTION);
+    put_be32(out, (uint32_t)strlen(MR_VMDESC));
+    g_byte_array_append(out, (const guint8 *)MR_VMDESC, strlen(MR_VMDESC));
     return out;
 }
 

@@ -150,6 +150,8 @@ static MigRun *run_new(const MigSpec *spec, bool load)
         r->spec.blocks[i] = spec->blocks[i];
         r->spec.blocks[i].id = g_strdup(spec->blocks[i].id);
     }
+    r->spec.target.chan_fds = g_memdup2(spec->target.chan_fds,
+                                        sizeof(int) * spec->target.nb_chan);
     r->spec.tmp_path = g_strdup(spec->tmp_path);
     r->spec.final_path = g_strdup(spec->final_path);
     r->load = load;
@@ -202,6 +204,7 @@ void mig_run_free(MigRun *r)
         g_free(r->spec.blocks[i].id);
     }
     g_free(r->spec.blocks);
+    g_free(r->spec.target.chan_fds);
     g_free((char *)r->spec.tmp_path);
     g_free((char *)r->spec.final_path);
     g_ptr_array_unref(r->skipped);

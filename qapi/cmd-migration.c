@@ -482,19 +482,19 @@ static void on_done(void *opaque, const GError *err)
             g_string_free(s, true);
         }
     }
+    if (err && !(cancelled && !mig.incoming)) {
+        mig.error_desc = mig.incoming
+            ? g_strdup_printf("load of migration failed: %s", err->message)
+            : g_strdup(err->message);
+    }
+    bool failed = err != NULL;
     mig.run = NULL;
-    mig_run_free(r);
+    mig_run_free(r);            /* err goes with it */
     close_fds();
     unref_blocks();
-    if (err) {
-        if (cancelled && !mig.incoming) {
-            set_status(MIGRATION_STATUS_CANCELLED);
-        } else {
-            mig.error_desc = mig.incoming
-                ? g_strdup_printf("load of migration failed: %s", err->message)
-                : g_strdup(err->message);
-            set_status(MIGRATION_STATUS_FAILED);
-        }
+    if (failed) {
+        set_status(mig.error_desc ? MIGRATION_STATUS_FAILED
+                                  : MIGRATION_STATUS_CANCELLED);
         return;
     }
     set_status(MIGRATION_STATUS_COMPLETED);
