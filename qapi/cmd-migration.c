@@ -359,21 +359,7 @@ static bool open_target(Dest *d, bool save, unsigned nchan, bool direct,
         }
         /* QEMU takes the descriptor from the monitor */
         qmp_session_close_named_fd(s, d->name);
-        remember_fd(fd);
-        t->fd = fd;
-        /* channels: descriptions of their own (O_DIRECT is per open) */
-        g_autofree char *proc = g_strdup_printf("/proc/self/fd/%d", fd);
-        for (unsigned i = 0; i < nchan; i++) {
-            int c = open_one(proc, acc | (direct ? O_DIRECT : 0), save, errp);
-            if (c < 0) {
-                return false;
-            }
-            remember_fd(c);
-            t->chan_fds[i] = c;
-        }
-        return true;
-    }
-    if (save && d->kind == DEST_PATH && d->offset == 0) {
+    } else if (save && d->kind == DEST_PATH && d->offset == 0) {
         *tmp_path = g_strdup_printf("%s.strata-XXXXXX", path);
         fd = g_mkstemp_full(*tmp_path, O_RDWR | O_CLOEXEC, 0600);
         if (fd < 0) {
@@ -397,6 +383,16 @@ static bool open_target(Dest *d, bool save, unsigned nchan, bool direct,
     }
     remember_fd(fd);
     t->fd = fd;
+    /*
+     * Each channel opens the file again: O_DIRECT is a flag of the open
+     * file, so the stream's small writes keep a descriptor without it.  A
+     * passed descriptor or a fdset member is reopened through /proc, which
+     * gives a file of its own (a dup would share the flag).
+     */
+    g_autofree char *proc = g_strdup_printf("/proc/self/fd/%d", fd);
+    if (d->kind != DEST_PATH) {
+        path = proc;
+    }
     for (unsigned i = 0; i < nchan; i++) {
         int c = open_one(path, acc | (direct ? O_DIRECT : 0), save, errp);
         if (c < 0) {
@@ -447,9 +443,17 @@ static strList *str_list_copy(const strList *l)
 static void on_pages_done(void *opaque)
 {
     mig.pages_ns = clock_ns();
-    if (!mig.incoming) {
+    if (mig.incoming) {
+        return;
+    }
+    /* QEMU's passes: without multifd one more sync before the switchover */
+    if (mig.multifd) {
         set_status(MIGRATION_STATUS_DEVICE);
         send_pass(2);
+    } else {
+        send_pass(2);
+        set_status(MIGRATION_STATUS_DEVICE);
+        send_pass(3);
     }
 }
 
@@ -643,7 +647,7 @@ static MigrationStats *ram_stats(const MrStats *st, int64_t now)
     s->normal = (int64_t)normal;
     s->normal_bytes = (int64_t)(normal * MR_PAGE_SIZE);
     s->page_size = MR_PAGE_SIZE;
-    s->dirty_sync_count = mig.pages_ns ? 2 : 1;
+    s->dirty_sync_count = mig.pages_ns ? (mig.multifd ? 2 : 3) : 1;
     s->multifd_bytes = mig.multifd ? normal * MR_PAGE_SIZE : 0;
     /* the VM is stopped during the whole save: it is all downtime */
     s->downtime_bytes = (uint64_t)s->transferred;
