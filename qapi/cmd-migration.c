@@ -147,8 +147,8 @@ void qmp_migrate_set_parameters(MigrateSetParameters *arg, GError **errp)
         return;
     }
     if (arg->has_downtime_limit && arg->downtime_limit > 2000000) {
-        error_setg(errp, "Parameter 'downtime_limit' expects a value "
-                   "between 0 and 2000000");
+        error_setg(errp, "Parameter 'downtime_limit' expects an integer in "
+                   "the range of 0 to (2000 * 1000) ms");
         return;
     }
     if (arg->has_max_bandwidth) {
@@ -298,6 +298,19 @@ static void close_fds(void)
     mig.nb_fds = 0;
 }
 
+static int named_fd(const char *name)
+{
+    QmpSession *s = qmp_session_current();
+    return s && qmp_session_named_fd ? qmp_session_named_fd(s, name) : -1;
+}
+
+/* QEMU 10 calls a missing descriptor unseekable too. */
+static bool named_fd_seekable(const char *name)
+{
+    int fd = named_fd(name);
+    return fd >= 0 && lseek(fd, 0, SEEK_CUR) >= 0;
+}
+
 static int open_one(const char *path, int flags, bool save, GError **errp)
 {
     int fd;
@@ -338,19 +351,8 @@ static bool open_target(Dest *d, bool save, unsigned nchan, bool direct,
     t->nb_chan = nchan;
     t->chan_fds = g_new0(int, nchan);
     if (d->kind == DEST_FD) {
-        QmpSession *s = qmp_session_current();
-        int named = s && qmp_session_named_fd
-                    ? qmp_session_named_fd(s, d->name) : -1;
-        if (named < 0) {
-            error_setg(errp, "File descriptor named '%s' has not been found",
-                       d->name);
-            return false;
-        }
-        if (lseek(named, 0, SEEK_CUR) < 0) {
-            error_setg(errp, "Migration requires seekable transport (e.g. "
-                       "file)");
-            return false;
-        }
+        /* prepare() checked it is there and seekable */
+        int named = named_fd(d->name);
         fd = fcntl(named, F_DUPFD_CLOEXEC, 0);
         if (fd < 0) {
             error_setg_errno(errp, errno, "Could not use descriptor '%s'",
@@ -358,7 +360,7 @@ static bool open_target(Dest *d, bool save, unsigned nchan, bool direct,
             return false;
         }
         /* QEMU takes the descriptor from the monitor */
-        qmp_session_close_named_fd(s, d->name);
+        qmp_session_close_named_fd(qmp_session_current(), d->name);
     } else if (save && d->kind == DEST_PATH && d->offset == 0) {
         *tmp_path = g_strdup_printf("%s.strata-XXXXXX", path);
         fd = g_mkstemp_full(*tmp_path, O_RDWR | O_CLOEXEC, 0600);
@@ -446,15 +448,13 @@ static void on_pages_done(void *opaque)
     if (mig.incoming) {
         return;
     }
-    /* QEMU's passes: without multifd one more sync before the switchover */
-    if (mig.multifd) {
-        set_status(MIGRATION_STATUS_DEVICE);
-        send_pass(2);
-    } else {
-        send_pass(2);
-        set_status(MIGRATION_STATUS_DEVICE);
-        send_pass(3);
-    }
+    /*
+     * QEMU 10 with the VM stopped: the final sync after "device".  (Without
+     * multifd QEMU sometimes syncs once more before it, depending on
+     * timing; strata always has all pages by then.)
+     */
+    set_status(MIGRATION_STATUS_DEVICE);
+    send_pass(2);
 }
 
 static void on_done(void *opaque, const GError *err)
@@ -529,6 +529,11 @@ static bool prepare(const char *uri, MigrationChannelList *channels,
                    "capability only (migrate-set-capabilities)");
         return false;
     }
+    if (d->kind == DEST_FD && !named_fd_seekable(d->name)) {
+        error_setg(errp, "Migration requires seekable transport (e.g. "
+                   "file)");
+        return false;
+    }
     if (is_active()) {
         error_setg(errp, "There's a migration process in progress");
         return false;
@@ -559,6 +564,13 @@ static void start(bool incoming, Dest *d, GError **errp)
                      spec.params.direct_io, &spec.target, &tmp, errp)) {
         close_fds();
         g_free(spec.target.chan_fds);
+        if (!incoming) {
+            /* QEMU has started when it opens the file: it fails visibly */
+            reset_run_state(false);
+            set_status(MIGRATION_STATUS_SETUP);
+            mig.error_desc = g_strdup((*errp)->message);
+            set_status(MIGRATION_STATUS_FAILED);
+        }
         return;
     }
     blocks = g_new0(MrBlock, n);
@@ -647,7 +659,7 @@ static MigrationStats *ram_stats(const MrStats *st, int64_t now)
     s->normal = (int64_t)normal;
     s->normal_bytes = (int64_t)(normal * MR_PAGE_SIZE);
     s->page_size = MR_PAGE_SIZE;
-    s->dirty_sync_count = mig.pages_ns ? (mig.multifd ? 2 : 3) : 1;
+    s->dirty_sync_count = mig.pages_ns ? 2 : 1;
     s->multifd_bytes = mig.multifd ? normal * MR_PAGE_SIZE : 0;
     /* the VM is stopped during the whole save: it is all downtime */
     s->downtime_bytes = (uint64_t)s->transferred;
