@@ -12,6 +12,7 @@
  */
 #include <errno.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -161,25 +162,40 @@ static bool save_batch(Work *w, int fd, MrBlock *b, unsigned long *bm,
     return true;
 }
 
+/*
+ * Pages the file does not store are zero.  Shared memory (a memfd, a
+ * file) gives them back with MADV_REMOVE, which neither reads nor
+ * allocates them; elsewhere (private or huge pages) each page that is not
+ * zero yet is cleared, so that untouched memory stays unallocated.
+ */
+static void zero_pages(MrStats *stats, uint8_t *p, uint64_t n)
+{
+    atomic_fetch_add(&stats->duplicate, n);
+    if (madvise(p, n * MR_PAGE_SIZE, MADV_REMOVE) == 0) {
+        return;
+    }
+    for (uint64_t k = 0; k < n; k++, p += MR_PAGE_SIZE) {
+        if (!page_is_zero(p)) {
+            memset(p, 0, MR_PAGE_SIZE);
+        }
+    }
+}
+
 static bool load_batch(Work *w, int fd, MrBlock *b, unsigned long *bm,
                        uint64_t s, uint64_t e)
 {
     uint64_t i = s;
 
     while (i < e) {
-        if (!test_bit(bm, i)) {
-            uint8_t *p = b->host + i * MR_PAGE_SIZE;
-            /* only pages that are not zero yet: no needless dirtying */
-            if (!page_is_zero(p)) {
-                memset(p, 0, MR_PAGE_SIZE);
-            }
-            atomic_fetch_add(&w->stats->duplicate, 1);
-            i++;
-            continue;
-        }
+        bool stored = test_bit(bm, i);
         uint64_t j = i + 1;
-        while (j < e && test_bit(bm, j)) {
+        while (j < e && test_bit(bm, j) == stored) {
             j++;
+        }
+        if (!stored) {
+            zero_pages(w->stats, b->host + i * MR_PAGE_SIZE, j - i);
+            i = j;
+            continue;
         }
         if (!io_all(w, fd, b->host + i * MR_PAGE_SIZE, (j - i) * MR_PAGE_SIZE,
                     b->pages_offset + i * MR_PAGE_SIZE, b->id)) {
