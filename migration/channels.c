@@ -5,10 +5,11 @@
  * The pages of all blocks are cut into batches of BATCH_PAGES; channels
  * take the next batch from a shared counter, so they write disjoint,
  * mostly distant ranges in parallel.  Within a batch, runs of non-zero
- * pages are written with one pwritev each straight from guest memory
- * (page aligned, so O_DIRECT needs no bounce buffer); zero pages are left
- * as holes and their bits stay clear.  A batch is a multiple of the bitmap
- * word, so channels never share a word.
+ * pages (with the short zero stretches between them, see save_batch) are
+ * written with one pwritev each straight from guest memory (page aligned,
+ * so O_DIRECT needs no bounce buffer); longer zero stretches are left as
+ * holes; the bits of zero pages stay clear.  A batch is a multiple of the
+ * bitmap word, so channels never share a word.
  */
 #include <errno.h>
 #include <string.h>
@@ -20,7 +21,7 @@
 #include "strata/mapped-ram.h"
 #include "mr-internal.h"
 
-#define BATCH_PAGES 512u         /* 2 MiB; a multiple of the word bits */
+#define BATCH_PAGES 1024u        /* 4 MiB; a multiple of the word bits */
 #define WORD_BITS (8 * sizeof(unsigned long))
 
 typedef struct Work {
@@ -132,6 +133,17 @@ static void set_bit(unsigned long *bm, uint64_t i)
     bm[i / WORD_BITS] |= 1ul << (i % WORD_BITS);
 }
 
+/*
+ * A run of non-zero pages is written in one request, and so are short
+ * stretches of zero pages between two runs (fewer than MERGE_GAP): many
+ * small writes cost far more than a few zero pages written (on O_DIRECT
+ * each is a synchronous device write; through the page cache the
+ * writeback splits at every hole).  Their bits stay clear: they are not
+ * stored pages, only bytes that happen to be in the file.  Longer zero
+ * stretches stay holes.
+ */
+#define MERGE_GAP 64u
+
 static bool save_batch(Work *w, int fd, MrBlock *b, unsigned long *bm,
                        uint64_t s, uint64_t e)
 {
@@ -143,19 +155,23 @@ static bool save_batch(Work *w, int fd, MrBlock *b, unsigned long *bm,
             i++;
             continue;
         }
-        uint64_t j = i + 1;
-        while (j < e && !page_is_zero(b->host + j * MR_PAGE_SIZE)) {
+        uint64_t j = i, last = i;      /* last: the last non-zero page */
+        while (j < e && j - last <= MERGE_GAP) {
+            if (page_is_zero(b->host + j * MR_PAGE_SIZE)) {
+                atomic_fetch_add(&w->stats->duplicate, 1);
+            } else {
+                set_bit(bm, j);
+                atomic_fetch_add(&w->stats->normal, 1);
+                last = j;
+            }
             j++;
         }
-        uint64_t len = (j - i) * MR_PAGE_SIZE;
+        /* the zero pages counted after the last data page are not written */
+        uint64_t len = (last + 1 - i) * MR_PAGE_SIZE;
         if (!io_all(w, fd, b->host + i * MR_PAGE_SIZE, len,
                     b->pages_offset + i * MR_PAGE_SIZE, b->id)) {
             return false;
         }
-        for (uint64_t k = i; k < j; k++) {
-            set_bit(bm, k);
-        }
-        atomic_fetch_add(&w->stats->normal, j - i);
         throttle(w, len);
         i = j;
     }
@@ -187,22 +203,38 @@ static bool load_batch(Work *w, int fd, MrBlock *b, unsigned long *bm,
     uint64_t i = s;
 
     while (i < e) {
-        bool stored = test_bit(bm, i);
-        uint64_t j = i + 1;
-        while (j < e && test_bit(bm, j) == stored) {
-            j++;
-        }
-        if (!stored) {
+        if (!test_bit(bm, i)) {
+            uint64_t j = i + 1;
+            while (j < e && !test_bit(bm, j)) {
+                j++;
+            }
             zero_pages(w->stats, b->host + i * MR_PAGE_SIZE, j - i);
             i = j;
             continue;
         }
-        if (!io_all(w, fd, b->host + i * MR_PAGE_SIZE, (j - i) * MR_PAGE_SIZE,
+        /* as the save merges short gaps, so does the load: one read */
+        uint64_t j = i, last = i, gaps = 0;
+        while (j < e && j - last <= MERGE_GAP) {
+            if (test_bit(bm, j)) {
+                last = j;
+            }
+            j++;
+        }
+        if (!io_all(w, fd, b->host + i * MR_PAGE_SIZE,
+                    (last + 1 - i) * MR_PAGE_SIZE,
                     b->pages_offset + i * MR_PAGE_SIZE, b->id)) {
             return false;
         }
-        atomic_fetch_add(&w->stats->normal, j - i);
-        i = j;
+        /* whatever the file has there, pages not stored are zero */
+        for (uint64_t k = i; k <= last; k++) {
+            if (!test_bit(bm, k)) {
+                memset(b->host + k * MR_PAGE_SIZE, 0, MR_PAGE_SIZE);
+                gaps++;
+            }
+        }
+        atomic_fetch_add(&w->stats->normal, last + 1 - i - gaps);
+        atomic_fetch_add(&w->stats->duplicate, gaps);
+        i = last + 1;
     }
     return true;
 }
