@@ -12,8 +12,10 @@
  * bitmap word, so channels never share a word.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -387,6 +389,20 @@ bool mr_save(MrTarget *t, MrBlock *blocks, unsigned nb_blocks,
     work_init(&w, blocks, nb_blocks, false, p, stats, cancel);
     for (unsigned i = 0; i < nb_blocks; i++) {
         w.bitmaps[i] = g_malloc0(mr_bitmap_bytes(mr_block_pages(&blocks[i])));
+    }
+    /*
+     * The file gets its final size at once: O_DIRECT writes that extend a
+     * file are serialized on the inode lock (ext4), writes inside it are
+     * not.  A larger file (written in place at an offset) keeps its size.
+     */
+    GByteArray *tail = mr_stream_tail();
+    uint64_t file_end = end + tail->len;
+    g_byte_array_unref(tail);
+    struct stat st;
+    if (fstat(t->fd, &st) == 0 && (uint64_t)st.st_size < file_end &&
+        ftruncate(t->fd, (off_t)file_end) < 0) {
+        error_setg_errno(errp, errno, "Could not size the migration file");
+        goto out;
     }
     /* the stream pieces first: a crash leaves no EOF marker behind */
     if (!write_bytes(t->fd, mr_stream_head(blocks, nb_blocks), t->offset,
