@@ -5,6 +5,7 @@
  * too, so neither reaches into a format driver.
  */
 #include <errno.h>
+#include <inttypes.h>
 #include <string.h>
 
 #include <glib.h>
@@ -113,21 +114,32 @@ static DirtyBitmap *lookup(BlockNode *bs, const char *name, GError **errp)
     return bm;
 }
 
-bool node_dirty_bitmap_remove(BlockNode *bs, const char *name, GError **errp)
+DirtyBitmap *node_dirty_bitmap_unstore(BlockNode *bs, const char *name,
+                                       GError **errp)
 {
     DirtyBitmap *bm = lookup(bs, name, errp);
 
     if (!bm ||
         dirty_bitmap_check(bm, DIRTY_BITMAP_BUSY | DIRTY_BITMAP_RO, errp)) {
-        return false;
+        return NULL;
     }
     if (dirty_bitmap_persistent(bm) &&
         bs->drv->co_remove_persistent_dirty_bitmap) {
         DriverCo d = { bs, name, 0, errp, 0 };
         block_co_call(bs, remove_co, &d);
         if (d.ret < 0) {
-            return false;
+            return NULL;
         }
+    }
+    return bm;
+}
+
+bool node_dirty_bitmap_remove(BlockNode *bs, const char *name, GError **errp)
+{
+    DirtyBitmap *bm = node_dirty_bitmap_unstore(bs, name, errp);
+
+    if (!bm) {
+        return false;
     }
     dirty_bitmap_release(bm);
     return true;
@@ -179,4 +191,75 @@ bool node_dirty_bitmap_merge(BlockNode *bs, const char *target,
     }
     src = lookup(src_bs, src_name, errp);
     return src && dirty_bitmap_merge(dst, src, errp);
+}
+
+/*
+ * strata's extensions (x-strata-block-dirty-bitmap-recover and -copy,
+ * docs/qmp.md).
+ */
+
+DirtyBitmap *node_dirty_bitmap_recover(BlockNode *bs, const char *name,
+                                       HBitmap **backup, GError **errp)
+{
+    DirtyBitmap *bm = lookup(bs, name, errp);
+
+    /* Only inconsistency is wanted here: the other refusals as usual. */
+    if (!bm ||
+        dirty_bitmap_check(bm, DIRTY_BITMAP_BUSY | DIRTY_BITMAP_RO, errp)) {
+        return NULL;
+    }
+    if (!dirty_bitmap_inconsistent(bm)) {
+        error_setg(errp, "Bitmap '%s' is not inconsistent: there is "
+                   "nothing to recover", name);
+        return NULL;
+    }
+    if (backup) {
+        *backup = dirty_bitmap_backup(bm);
+        if (!*backup) {
+            error_setg(errp, "Could not allocate dirty bitmap");
+            return NULL;
+        }
+    }
+    dirty_bitmap_recover(bm);
+    return bm;
+}
+
+void dirty_bitmap_unrecover(DirtyBitmap *bm, HBitmap *backup)
+{
+    dirty_bitmap_restore(bm, backup);
+    dirty_bitmap_set_inconsistent(bm);
+}
+
+DirtyBitmap *node_dirty_bitmap_copy(const DirtyBitmap *src,
+                                    BlockNode *target_bs,
+                                    const char *target_name,
+                                    uint32_t granularity, bool persistent,
+                                    bool disabled, GError **errp)
+{
+    DirtyBitmap *bm;
+
+    if (dirty_bitmap_check(src, DIRTY_BITMAP_ALLOW_RO, errp)) {
+        return NULL;
+    }
+    /* Checked before anything is made, so a failed copy leaves nothing. */
+    if (dirty_bitmap_size(src) != node_getlength(target_bs)) {
+        error_setg(errp, "Bitmaps are of different sizes (destination size "
+                   "is %" PRId64 ", source size is %" PRId64 ") and can't be "
+                   "merged", node_getlength(target_bs),
+                   dirty_bitmap_size(src));
+        return NULL;
+    }
+    if (!node_dirty_bitmap_add(target_bs, target_name,
+                               granularity ? granularity
+                                           : dirty_bitmap_granularity(src),
+                               persistent, true, errp)) {
+        return NULL;
+    }
+    bm = node_find_dirty_bitmap(target_bs, target_name);
+    if (!dirty_bitmap_merge(bm, src, errp)) {
+        dirty_bitmap_release(bm);
+        return NULL;
+    }
+    dirty_bitmap_set_enabled(bm, !disabled);
+    return bm;
 }

@@ -22,6 +22,9 @@ struct DirtyBitmap {
     bool inconsistent;
     bool busy;
     bool readonly;
+    /* While a job owns the bitmap (QEMU's successor): the anonymous
+     * bitmap that records writes meanwhile; see dirty_bitmap_successor. */
+    DirtyBitmap *successor;
 };
 
 static uint64_t chunks(unsigned gran_bits, int64_t bytes)
@@ -142,6 +145,15 @@ void dirty_bitmap_set_inconsistent(DirtyBitmap *bm)
     bm->disabled = true;
 }
 
+void dirty_bitmap_recover(DirtyBitmap *bm)
+{
+    bm->inconsistent = false;
+    bm->disabled = false;
+    if (hbitmap_size(bm->hb)) {
+        hbitmap_set(bm->hb, 0, hbitmap_size(bm->hb));
+    }
+}
+
 void dirty_bitmap_set_busy(DirtyBitmap *bm, bool busy)
 {
     bm->busy = busy;
@@ -205,6 +217,18 @@ void dirty_bitmap_reset(DirtyBitmap *bm, int64_t offset, int64_t bytes)
 void dirty_bitmap_clear(DirtyBitmap *bm)
 {
     hbitmap_reset_all(bm->hb);
+}
+
+HBitmap *dirty_bitmap_backup(const DirtyBitmap *bm)
+{
+    return hbitmap_copy(bm->hb);
+}
+
+void dirty_bitmap_restore(DirtyBitmap *bm, HBitmap *backup)
+{
+    g_assert(hbitmap_size(backup) == hbitmap_size(bm->hb));
+    hbitmap_free(bm->hb);
+    bm->hb = backup;
 }
 
 bool dirty_bitmap_get(const DirtyBitmap *bm, int64_t offset)
@@ -341,4 +365,87 @@ void dirty_bitmap_deserialize_ones(DirtyBitmap *bm, int64_t offset,
                                    int64_t bytes)
 {
     dirty_bitmap_set(bm, offset, bytes);
+}
+
+/* ---- Successors (QEMU's bdrv_dirty_bitmap_create_successor & co.) ---- */
+
+bool dirty_bitmap_recording(const DirtyBitmap *bm)
+{
+    return !bm->disabled || (bm->successor && !bm->successor->disabled);
+}
+
+DirtyBitmap *dirty_bitmap_successor(const DirtyBitmap *bm)
+{
+    return bm->successor;
+}
+
+bool dirty_bitmap_create_successor(DirtyBitmap *bm, GError **errp)
+{
+    DirtyBitmap *child;
+
+    if (dirty_bitmap_check(bm, DIRTY_BITMAP_BUSY, errp)) {
+        return false;
+    }
+    if (bm->successor) {
+        error_setg(errp, "Cannot create a successor for a bitmap that "
+                   "already has one");
+        return false;
+    }
+    child = node_create_dirty_bitmap(bm->bs, 1u << bm->gran_bits, NULL,
+                                     errp);
+    if (!child) {
+        return false;
+    }
+    /* The successor records if the parent did; the parent is frozen. */
+    child->disabled = bm->disabled;
+    bm->disabled = true;
+    bm->successor = child;
+    bm->busy = true;
+    return true;
+}
+
+DirtyBitmap *dirty_bitmap_abdicate(DirtyBitmap *bm)
+{
+    DirtyBitmap *child = bm->successor;
+
+    g_assert(child);
+    child->name = bm->name;
+    bm->name = NULL;
+    child->persistent = bm->persistent;
+    bm->persistent = false;
+    bm->successor = NULL;
+    bm->busy = false;
+    dirty_bitmap_release(bm);
+    return child;
+}
+
+DirtyBitmap *dirty_bitmap_reclaim(DirtyBitmap *bm)
+{
+    DirtyBitmap *child = bm->successor;
+
+    g_assert(child);
+    hbitmap_merge(bm->hb, child->hb);
+    bm->disabled = child->disabled;
+    bm->busy = false;
+    bm->successor = NULL;
+    dirty_bitmap_release(child);
+    return bm;
+}
+
+void dirty_bitmap_merge_internal(DirtyBitmap *dst, const DirtyBitmap *src)
+{
+    g_assert(dst->size == src->size);
+    if (src->gran_bits == dst->gran_bits) {
+        hbitmap_merge(dst->hb, src->hb);
+        return;
+    }
+    for (int64_t o = dirty_bitmap_next_dirty(src, 0, src->size); o >= 0;) {
+        int64_t end = dirty_bitmap_next_clean(src, o, src->size - o);
+        if (end < 0) {
+            end = src->size;
+        }
+        dirty_bitmap_set(dst, o, end - o);
+        o = end < src->size ? dirty_bitmap_next_dirty(src, end,
+                                                      src->size - end) : -1;
+    }
 }

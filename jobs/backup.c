@@ -9,6 +9,8 @@
  *             allocate (a classify callback), whole clusters as QEMU;
  *   none      wait for the cancel: the filter copies what the guest
  *             overwrites meanwhile.
+ *   bitmap    what the sync bitmap marks, at the engine's granularity
+ *             (see "Sync bitmap" below);
  * clean() takes the filter out again.  Progress counts what the engine
  * copies in the background and for the filter alike; skipped ranges
  * (top) are taken off the total.
@@ -23,6 +25,7 @@
 #include "strata/copy-before-write.h"
 #include "strata/dirty-bitmap.h"
 #include "strata/error.h"
+#include "strata/loop.h"
 
 /*
  * What the engine's callbacks need: they may run as soon as the filter is
@@ -45,6 +48,9 @@ typedef struct BackupJob {
     BlockdevOnError on_source_error, on_target_error;
     BlockCopyState *bcs;
     BackupShared *shared;
+    /* nbm: the sync bitmap (with its successor until commit/abort). */
+    DirtyBitmap *sync_bitmap;
+    BackupBitmapMode bitmap_mode;
 } BackupJob;
 
 static void backup_progress(void *opaque, int64_t offset, int64_t bytes,
@@ -108,11 +114,76 @@ static int coroutine_fn backup_classify_top(void *opaque, int64_t offset,
     return BLOCK_COPY_DATA;
 }
 
+/* ---- Sync bitmap (nbm) ----
+ *
+ * QEMU 7.2's way: at creation the bitmap gets a successor (it is busy and
+ * frozen; the writes of the job's life go to the successor).  sync=bitmap
+ * starts the engine from the bitmap's dirty chunks, widened to whole
+ * clusters of the engine.  At the end, as bitmap-mode says:
+ *   success, or failure with 'always'  abdicate: the bitmap is now the
+ *                                      successor (only what was written
+ *                                      during the job);
+ *   failure with 'on-success', and     reclaim: the successor is merged
+ *   'never' always                     back, nothing is lost;
+ *   failure with 'always'              and what the engine had not copied
+ *                                      is marked again.
+ */
+static void backup_init_sync_bitmap(BackupJob *s)
+{
+    DirtyBitmap *copy = block_copy_bitmap(s->bcs);
+
+    dirty_bitmap_clear(copy);
+    dirty_bitmap_merge_internal(copy, s->sync_bitmap);
+}
+
+static void backup_end_sync_bitmap(BackupJob *s, bool ok)
+{
+    DirtyBitmap *bm = s->sync_bitmap;
+
+    if (!bm) {
+        return;
+    }
+    s->sync_bitmap = NULL;
+    /* The node's bitmap list changes: no write of an iothread may walk
+     * it meanwhile (the main loop's own writes cannot interleave). */
+    BlockNode *bs = dirty_bitmap_node(bm);
+    bool drain = node_loop(bs) != loop_main();
+    if (drain) {
+        node_drain_begin(bs);
+    }
+    if ((ok || s->bitmap_mode == BACKUP_BITMAP_ALWAYS) &&
+        s->bitmap_mode != BACKUP_BITMAP_NEVER) {
+        bm = dirty_bitmap_abdicate(bm);
+    } else {
+        bm = dirty_bitmap_reclaim(bm);
+    }
+    if (!ok && s->bitmap_mode == BACKUP_BITMAP_ALWAYS && s->bcs) {
+        dirty_bitmap_merge_internal(bm, block_copy_bitmap(s->bcs));
+    }
+    if (drain) {
+        node_drain_end(bs);
+    }
+}
+
+static void backup_commit(Job *job)
+{
+    backup_end_sync_bitmap((BackupJob *)job, true);
+}
+
+static void backup_abort(Job *job)
+{
+    backup_end_sync_bitmap((BackupJob *)job, false);
+}
+/* ---- end of sync bitmap ---- */
+
 static int coroutine_fn backup_run(Job *job, GError **errp)
 {
     BackupJob *s = (BackupJob *)job;
 
     (void)errp;
+    if (s->sync == BACKUP_SYNC_BITMAP) {
+        backup_init_sync_bitmap(s);
+    }
     /* Whole clusters, the last one even past the end, as QEMU counts. */
     s->shared->total = (uint64_t)dirty_bitmap_count(block_copy_bitmap(s->bcs));
     job_progress_set_remaining(job, s->shared->total);
@@ -179,6 +250,7 @@ static void backup_free(Job *job)
 
     if (s->cbw) {
         /* Never cleaned: created, then failed before it started. */
+        backup_end_sync_bitmap(s, false);
         backup_drop_filter(s);
     }
     g_free(s->shared);
@@ -189,6 +261,8 @@ static const JobDriver backup_job_driver = {
     .job_type = JOB_TYPE_BACKUP,
     .run = backup_run,
     .user_resume = block_job_user_resume,
+    .commit = backup_commit,
+    .abort = backup_abort,
     .clean = backup_clean,
     .free = backup_free,
 };
@@ -269,21 +343,32 @@ BlockJob *backup_job_create(const char *job_id, BlockNode *bs,
                    "positive");
         return NULL;
     }
+    /* nbm: a bitmap the job will change must be writable; then it gets
+     * its successor (busy from here on; reclaimed on any failure). */
+    if (o->sync_bitmap) {
+        if (o->bitmap_mode != BACKUP_BITMAP_NEVER &&
+            dirty_bitmap_check(o->sync_bitmap, DIRTY_BITMAP_DEFAULT, errp)) {
+            return NULL;
+        }
+        if (!dirty_bitmap_create_successor(o->sync_bitmap, errp)) {
+            return NULL;
+        }
+    }
     len = node_getlength(bs);
     if (len < 0) {
         error_setg_errno(errp, (int)-len, "Unable to get length for '%s'",
                          node_get_name(bs));
-        return NULL;
+        goto fail_bitmap;
     }
     target_len = node_getlength(target);
     if (target_len < 0) {
         error_setg_errno(errp, (int)-target_len,
                          "Unable to get length for '%s'", node_get_name(bs));
-        return NULL;
+        goto fail_bitmap;
     }
     if (target_len != len) {
         error_setg(errp, "Source and target image have different sizes");
-        return NULL;
+        goto fail_bitmap;
     }
 
     sh = g_new0(BackupShared, 1);
@@ -303,7 +388,7 @@ BlockJob *backup_job_create(const char *job_id, BlockNode *bs,
     cbw = cbw_append(bs, target, o->filter_node_name, &copts, &bcs, errp);
     if (!cbw) {
         g_free(sh);
-        return NULL;
+        goto fail_bitmap;
     }
     sh->bcs = bcs;
     cluster_size = block_copy_granularity(bcs);
@@ -313,7 +398,7 @@ BlockJob *backup_job_create(const char *job_id, BlockNode *bs,
                    o->perf.max_chunk, cluster_size);
         cbw_drop(cbw);
         g_free(sh);
-        return NULL;
+        goto fail_bitmap;
     }
 
     /* The filter takes what the copy needs; the job only holds both. */
@@ -323,7 +408,7 @@ BlockJob *backup_job_create(const char *job_id, BlockNode *bs,
     if (!job) {
         cbw_drop(cbw);
         g_free(sh);
-        return NULL;
+        goto fail_bitmap;
     }
     job->cbw = cbw;
     job->source = bs;
@@ -333,6 +418,8 @@ BlockJob *backup_job_create(const char *job_id, BlockNode *bs,
     job->on_target_error = o->on_target_error;
     job->bcs = bcs;
     job->shared = sh;
+    job->sync_bitmap = o->sync_bitmap;
+    job->bitmap_mode = o->bitmap_mode;
     sh->job = &job->common.job;
     if (!job_add_node(&job->common.job, "target", target, 0, BLK_PERM_ALL,
                       errp)) {
@@ -340,4 +427,10 @@ BlockJob *backup_job_create(const char *job_id, BlockNode *bs,
         return NULL;
     }
     return &job->common;
+
+fail_bitmap:
+    if (o->sync_bitmap) {
+        dirty_bitmap_reclaim(o->sync_bitmap);
+    }
+    return NULL;
 }

@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include "strata/bitmap-pivot.h"
 #include "strata/backend.h"
 #include "strata/block-copy.h"
 #include "strata/block-driver.h"
@@ -36,6 +37,7 @@ typedef struct CommitJob {
     BlockdevOnError on_error;
     bool chain_frozen, base_read_only;
     bool copy_only, skip_identical;
+    bool merge_bitmaps;          /* x-strata-merge-bitmaps */
     /* x-strata-discard-source: the job's writing edges to the merged
      * images, top first, and the images it made writable (referenced). */
     bool discard_source;
@@ -395,6 +397,12 @@ static int commit_prepare(Job *job)
         remove_filter(s);
         return 0;
     }
+    /* x-strata-merge-bitmaps: before the dropped images may go. */
+    if (s->merge_bitmaps) {
+        for (BlockNode *n = s->top; n && n != s->base; n = filter_or_cow(n)) {
+            bitmaps_merge_into(s->base, n);
+        }
+    }
     ret = drop_intermediate(s, &err);
     if (ret < 0) {
         warn_print("%s", err->message);
@@ -650,6 +658,7 @@ BlockJob *commit_start(const CommitOptions *o, GError **errp)
     s->on_error = o->on_error;
     s->copy_only = o->copy_only;
     s->skip_identical = o->skip_identical;
+    s->merge_bitmaps = o->merge_bitmaps && !o->copy_only;
     s->discard_source = o->discard_source && !o->copy_only;
     if (s->discard_source) {
         s->punch_edges = g_ptr_array_new();

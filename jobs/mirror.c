@@ -24,8 +24,10 @@
 #include <errno.h>
 #include <string.h>
 
+#include "strata/bitmap-pivot.h"
 #include "strata/backend.h"
 #include "strata/block-copy.h"
+#include "strata/block-events.h"
 #include "strata/block-ops.h"
 #include "strata/blockjob.h"
 #include "strata/dirty-bitmap.h"
@@ -60,6 +62,7 @@ typedef struct MirrorJob {
     BlockCopyState *bcs;
 
     bool is_commit;
+    bool merge_bitmaps;      /* x-strata-merge-bitmaps */
     bool frozen;             /* active commit froze filter..base */
     MirrorSync sync;
     MirrorBackingMode backing_mode;
@@ -85,6 +88,14 @@ typedef struct MirrorJob {
      * ranges in the base since the last punch (offset, bytes pairs). */
     BlockChild *punch_edge;
     GArray *punch;
+    /* ... the job's writing edges to the images between top and base,
+     * bottom first, and the images it made writable for that (read-only
+     * again when the job ends). */
+    GPtrArray *punch_below;
+    GPtrArray *reopened;
+    /* Some of the ranges were skipped, not written: the base's flush
+     * cannot be left out because the job wrote nothing since the last. */
+    bool punch_skipped;
 } MirrorJob;
 
 static MirrorJob *mirror_job(Job *job)
@@ -173,8 +184,14 @@ static void mirror_progress(void *opaque, int64_t offset, int64_t bytes,
 {
     MirrorJob *s = opaque;
 
-    if (s->punch && kind != BLOCK_COPY_SKIP) {
-        /* Copied or zeroed in the base: the top's clusters may go. */
+    if (s->punch) {
+        /*
+         * Copied or zeroed in the base, or found there byte for byte
+         * (x-strata-skip-identical): the overlays' clusters may go.
+         */
+        if (kind == BLOCK_COPY_SKIP) {
+            s->punch_skipped = true;
+        }
         int64_t *last = s->punch->len ?
             &g_array_index(s->punch, int64_t, s->punch->len - 2) : NULL;
         if (last && last[0] + last[1] == offset) {
@@ -390,11 +407,86 @@ static int coroutine_fn mirror_flush(MirrorJob *s)
 }
 
 /*
- * x-strata-discard-source: the ranges now in the base leave the top, so
- * reads fall through to the base.  The base is flushed first (a crash must
- * not lose both copies); a range a guest wrote again since its copy is
- * left (it is copied again and comes back here).
+ * x-strata-discard-source: the ranges now in the base leave the top and
+ * the images between it and the base, so that reads fall through to the
+ * base.  What the guest reads (the chain from the top) must be its data at
+ * every instant, in memory and on disk, whenever the daemon is killed:
+ *
+ * 1. The base is flushed first: it then durably holds, for each byte b of
+ *    the ranges, what the chain read at b when the range was copied (or
+ *    compared, for a range x-strata-skip-identical found there already).
+ * 2. An image L gives up b only where every image between L and the base
+ *    is unallocated at b (checked just before, in memory).  Then either an
+ *    image above L is allocated at b, and what the guest reads does not
+ *    change; or L is what the guest reads at b, and reads fall through to
+ *    the base, which holds the same: nobody writes the images below the
+ *    top but this, which keeps the reads as they are, and the top gains
+ *    clusters only from the guest (its writes mark the bitmap) and loses
+ *    them only here, after everything below it at b is gone; so L is what
+ *    the chain read at b when the range was copied, and the base got it.
+ *    This needs the images to go bottom first: dropping an upper image
+ *    first would expose the stale data of a lower one at b.
+ * 3. The top goes last, under the same condition, and only where the
+ *    bitmap says the guest has not written since the copy
+ *    (child_co_unallocate checks that serialised with the guest's writes
+ *    to the top; such a range is copied again and comes back here).
+ * 4. Each intermediate image is flushed after its turn and before the
+ *    next image up starts: a crash then finds on disk a state that step 2
+ *    allowed (an upper image's drop never reaches the file before the
+ *    lower ones it relied on).  The top needs no flush of its own: a drop
+ *    of the top lost in a crash leaves the guest's data in the top.
+ *
+ * A range a guest writes again stays allocated in the top (its clusters
+ * carry the new data); in the images below, it is dropped as everywhere
+ * else.
  */
+static BlockNode *filter_or_cow(BlockNode *bs);
+static void mirror_restore_read_only(MirrorJob *s);
+
+static int coroutine_fn mirror_punch_layer(MirrorJob *s, BlockChild *c,
+                                           int64_t off, int64_t len,
+                                           const DirtyBitmap *unless_dirty)
+{
+    BlockNode *bs = child_node(c);
+    BlockNode *below = filter_or_cow(bs);
+    int64_t end = off + len;
+
+    while (off < end) {
+        int64_t n = end - off;
+        /*
+         * Where bs holds nothing there is nothing to drop: no request, and
+         * no write that would make the next flush of bs sync its file.
+         */
+        int ret = node_co_is_allocated(bs, off, n, &n);
+        if (ret < 0) {
+            return ret;
+        }
+        if (n <= 0) {
+            n = end - off;
+        }
+        if (ret > 0 && below != s->base) {
+            ret = node_co_is_allocated_above(below, s->base, false, off, n,
+                                             &n);
+            if (ret < 0) {
+                return ret;
+            }
+            if (n <= 0) {
+                n = end - off;
+            }
+            /* Allocated below: bs keeps the range (step 2). */
+            ret = !ret;
+        }
+        if (ret > 0) {
+            ret = child_co_unallocate(c, off, n, unless_dirty);
+            if (ret < 0 && ret != -EAGAIN) {
+                return ret;
+            }
+        }
+        off += n;
+    }
+    return 0;
+}
+
 static int coroutine_fn mirror_punch(MirrorJob *s, GError **errp)
 {
     if (!s->punch || s->punch->len == 0) {
@@ -404,22 +496,40 @@ static int coroutine_fn mirror_punch(MirrorJob *s, GError **errp)
         /* The flush error goes its way; the ranges wait for the next one. */
         return 0;
     }
+    if (s->punch_skipped) {
+        /* The base's copy of a skipped range may not be on disk yet
+         * (nothing the job wrote made mirror_flush() flush). */
+        int fret = node_co_flush(s->target);
+        if (fret < 0) {
+            if (mirror_error_action(s, false, -fret) ==
+                BLOCK_ERROR_ACTION_REPORT) {
+                s->write_ret = fret;
+            }
+            return 0;
+        }
+        s->punch_skipped = false;
+    }
     GArray *ranges = s->punch;
     s->punch = g_array_new(false, false, sizeof(int64_t));
     int ret = 0;
-    for (guint i = 0; i + 1 < ranges->len; i += 2) {
-        int64_t off = g_array_index(ranges, int64_t, i);
-        int64_t len = g_array_index(ranges, int64_t, i + 1);
-        ret = child_co_unallocate(s->punch_edge, off, len, s->bitmap);
-        if (ret == -EAGAIN) {
-            ret = 0;
-            continue;
+    BlockChild *c = NULL;
+    guint nlayers = s->punch_below ? s->punch_below->len : 0;
+
+    for (guint l = 0; l <= nlayers && ret >= 0; l++) {
+        bool top = l == nlayers;
+        c = top ? s->punch_edge : g_ptr_array_index(s->punch_below, l);
+        for (guint i = 0; i + 1 < ranges->len && ret >= 0; i += 2) {
+            ret = mirror_punch_layer(s, c, g_array_index(ranges, int64_t, i),
+                                     g_array_index(ranges, int64_t, i + 1),
+                                     top ? s->bitmap : NULL);
         }
-        if (ret < 0) {
-            error_setg_errno(errp, -ret, "Could not discard the committed "
-                             "data from '%s'", node_get_name(s->source));
-            break;
+        if (ret >= 0 && !top) {
+            ret = node_co_flush(child_node(c));
         }
+    }
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "Could not discard the committed "
+                         "data from '%s'", node_get_name(child_node(c)));
     }
     g_array_free(ranges, true);
     return ret;
@@ -663,6 +773,23 @@ static void mirror_attach_target_backing(MirrorJob *s)
     }
 }
 
+/* x-strata-merge-bitmaps: the nodes that left the disk's chain. */
+static void mirror_merge_bitmaps(MirrorJob *s, BlockNode *src,
+                                 BlockNode *to_replace)
+{
+    if (s->is_commit) {
+        for (BlockNode *n = src; n && n != s->target;
+             n = filter_or_cow(n)) {
+            bitmaps_merge_into(s->target, n);
+        }
+        return;
+    }
+    bitmaps_merge_into(s->target, to_replace);
+    if (src != to_replace) {
+        bitmaps_merge_into(s->target, src);
+    }
+}
+
 static int mirror_exit_common(Job *job, bool abort)
 {
     MirrorJob *s = mirror_job(job);
@@ -693,6 +820,7 @@ static int mirror_exit_common(Job *job, bool abort)
     s->target_blk = NULL;
     s->target_edge = NULL;
     job_remove_all_nodes(job);
+    mirror_restore_read_only(s);
 
     if (!s->in_drain) {
         node_drain_begin(src);
@@ -718,9 +846,12 @@ static int mirror_exit_common(Job *job, bool abort)
                        node_get_name(to_replace), node_get_name(target));
         }
         if (err || !node_replace(to_replace, target, &err)) {
-            warn_print("%s", err->message);
+            error_print("%s", err->message);
             g_clear_error(&err);
             ret = -EPERM;
+        } else if (s->merge_bitmaps) {
+            /* Still drained: no write between the pivot and this. */
+            mirror_merge_bitmaps(s, src, to_replace);
         }
         node_drain_end(to_replace);
     }
@@ -787,6 +918,13 @@ static void mirror_free(Job *job)
     }
     if (s->punch) {
         g_array_free(s->punch, true);
+    }
+    if (s->punch_below) {
+        g_ptr_array_free(s->punch_below, true);
+    }
+    if (s->reopened) {
+        mirror_restore_read_only(s);
+        g_ptr_array_free(s->reopened, true);
     }
     g_free(s->replaces);
 }
@@ -876,8 +1014,67 @@ typedef struct StartArgs {
     const char *filter_node_name;
     MirrorCopy copy_mode;
     bool is_commit;
+    bool merge_bitmaps;      /* mirror's; active commit's is in x */
     CommitActiveOptions x;
 } StartArgs;
+
+/*
+ * x-strata-discard-source: dropping an intermediate image's clusters is
+ * safe only when all that reads it is the chain the job merges (the image
+ * or filter above it) and the job; no other node or user.
+ */
+static bool mirror_check_punch_users(BlockNode *it, BlockNode *above,
+                                     BlockChild *edge, GError **errp)
+{
+    for (BlockChild *c = node_next_parent(it, NULL); c;
+         c = node_next_parent(it, c)) {
+        if (c == edge || (child_parent_kind(c) == PARENT_NODE &&
+                          child_parent(c) == above)) {
+            continue;
+        }
+        char *who = child_parent_desc(c);
+        error_setg(errp, "Parameter 'x-strata-discard-source' needs the "
+                   "image '%s' to have no other users than the job, but %s "
+                   "uses it", node_get_name(it), who);
+        g_free(who);
+        return false;
+    }
+    return true;
+}
+
+/* The intermediate image `it` becomes writable for the job's drops. */
+static bool mirror_prepare_punch(MirrorJob *s, BlockNode *it, GError **errp)
+{
+    if (!node_can_unallocate(it)) {
+        error_setg(errp, "Parameter 'x-strata-discard-source': format '%s' "
+                   "of node '%s' cannot make ranges unallocated",
+                   node_get_format_name(it), node_get_name(it));
+        return false;
+    }
+    if (node_is_read_only(it)) {
+        if (!node_reopen(it, NULL, false, errp)) {
+            return false;
+        }
+        node_ref(it);
+        g_ptr_array_add(s->reopened, it);
+    }
+    return true;
+}
+
+/* The images made writable for the drops are read-only again, once the
+ * job's writing edges are gone. */
+static void mirror_restore_read_only(MirrorJob *s)
+{
+    if (!s->reopened) {
+        return;
+    }
+    for (guint i = 0; i < s->reopened->len; i++) {
+        BlockNode *bs = g_ptr_array_index(s->reopened, i);
+        node_reopen(bs, NULL, true, NULL);
+        node_unref(bs);
+    }
+    g_ptr_array_set_size(s->reopened, 0);
+}
 
 static MirrorJob *mirror_start_job(const StartArgs *a, GError **errp)
 {
@@ -928,6 +1125,7 @@ static MirrorJob *mirror_start_job(const StartArgs *a, GError **errp)
     node_ref(s->target);
     s->base = a->base;
     s->is_commit = a->is_commit;
+    s->merge_bitmaps = a->merge_bitmaps || a->x.merge_bitmaps;
     s->sync = a->sync;
     s->backing_mode = a->backing_mode;
     s->copy_mode = a->copy_mode;
@@ -1014,6 +1212,8 @@ static MirrorJob *mirror_start_job(const StartArgs *a, GError **errp)
         }
         s->punch_edge = src_edge;
         s->punch = g_array_new(false, false, sizeof(int64_t));
+        s->punch_below = g_ptr_array_new();
+        s->reopened = g_ptr_array_new();
     }
     if (target_is_backing) {
         /*
@@ -1023,16 +1223,34 @@ static MirrorJob *mirror_start_job(const StartArgs *a, GError **errp)
          * view for others.
          */
         BlockNode *base_data = node_skip_filters(a->target);
+        BlockNode *above = a->bs;
         for (BlockNode *it = filter_or_cow(a->bs); it && it != a->target;
              it = filter_or_cow(it)) {
             uint64_t sh = BLK_PERM_WRITE_UNCHANGED | BLK_PERM_WRITE;
+            /* Filters hold no data of their own: nothing to drop. */
+            bool punch = s->punch && !node_filtered_child(it);
             if (node_skip_filters(it) == base_data) {
                 sh |= BLK_PERM_CONSISTENT_READ;
             }
-            if (!job_add_node(&s->common.job, "intermediate node", it, 0, sh,
-                              errp)) {
+            if (punch && !mirror_prepare_punch(s, it, errp)) {
                 goto fail;
             }
+            BlockChild *edge = job_add_node(&s->common.job,
+                                            "intermediate node", it,
+                                            punch ? BLK_PERM_WRITE : 0, sh,
+                                            errp);
+            if (!edge) {
+                goto fail;
+            }
+            if (s->punch && !mirror_check_punch_users(it, above, edge,
+                                                      errp)) {
+                goto fail;
+            }
+            if (punch) {
+                /* Bottom first: see mirror_punch(). */
+                g_ptr_array_insert(s->punch_below, 0, edge);
+            }
+            above = it;
         }
         if (!chain_freeze(filter, a->target, "mirror", errp)) {
             goto fail;
@@ -1085,6 +1303,7 @@ fail:
             s->target_blk = NULL;
         }
         job_remove_all_nodes(&s->common.job);
+        mirror_restore_read_only(s);
         s->filter = NULL;
         mirror_top_remove(filter);
         job_early_fail(&s->common.job);
@@ -1117,6 +1336,7 @@ BlockJob *mirror_start(const MirrorOptions *o, GError **errp)
         .unmap = o->unmap,
         .filter_node_name = o->filter_node_name,
         .copy_mode = o->copy_mode,
+        .merge_bitmaps = o->merge_bitmaps,
     };
     MirrorJob *s = mirror_start_job(&a, errp);
     return s ? &s->common : NULL;
@@ -1128,22 +1348,11 @@ BlockJob *commit_active_start(const char *job_id, BlockNode *bs,
                               const char *filter_node_name,
                               const CommitActiveOptions *x, GError **errp)
 {
-    if (x && x->discard_source) {
-        /*
-         * Images between the top and the base would have to lose their
-         * clusters too, bottom first, and they are read-only: not yet.
-         */
-        if (node_backing(bs) != base) {
-            error_setg(errp, "Parameter 'x-strata-discard-source' needs the "
-                       "base to be the backing node of the top");
-            return NULL;
-        }
-        if (!node_can_unallocate(bs)) {
-            error_setg(errp, "Parameter 'x-strata-discard-source': format "
-                       "'%s' of node '%s' cannot make ranges unallocated",
-                       node_get_format_name(bs), node_get_name(bs));
-            return NULL;
-        }
+    if (x && x->discard_source && !node_can_unallocate(bs)) {
+        error_setg(errp, "Parameter 'x-strata-discard-source': format "
+                   "'%s' of node '%s' cannot make ranges unallocated",
+                   node_get_format_name(bs), node_get_name(bs));
+        return NULL;
     }
     /*
      * The base is written from now on.  Only a start that fails makes it

@@ -29,8 +29,8 @@
 #include "strata/ram-block.h"
 
 typedef struct DirtyLog {
-    uint64_t *words;        /* the shared bitmap */
-    size_t len;             /* bytes mapped */
+    uint64_t *words;        /* the shared bitmap, or the daemon's own */
+    size_t len;             /* bytes mapped; 0: the daemon's own (g_new) */
     uint64_t nwords;        /* words covering the block's pages */
     bool logging;
 } DirtyLog;
@@ -75,11 +75,59 @@ bool ram_block_set_dirty_log(RamBlock *rb, int fd, GError **errp)
     return true;
 }
 
+bool ram_block_set_private_dirty_log(RamBlock *rb, GError **errp)
+{
+    if (rb->tracking) {
+        error_setg(errp, "RAM block '%s' already has a dirty log", rb->id);
+        return false;
+    }
+    DirtyLog *log = g_new0(DirtyLog, 1);
+    log->nwords = words_for(rb);
+    log->words = g_new0(uint64_t, log->nwords);
+    rb->tracking = log;
+    return true;
+}
+
+bool ram_block_mark_dirty(RamBlock *rb, uint64_t offset, uint64_t length,
+                          GError **errp)
+{
+    DirtyLog *log = rb->tracking;
+
+    if (!log) {
+        error_setg(errp, "RAM block '%s' has no dirty log", rb->id);
+        return false;
+    }
+    if (offset > rb->size || length > rb->size - offset) {
+        error_setg(errp, "range 0x%" G_GINT64_MODIFIER "x+0x%"
+                   G_GINT64_MODIFIER "x is beyond the end of RAM block '%s' "
+                   "(0x%" G_GINT64_MODIFIER "x bytes)", offset, length,
+                   rb->id, rb->size);
+        return false;
+    }
+    if (!length) {
+        return true;
+    }
+    uint64_t first = offset / rb->page_size;
+    uint64_t last = (offset + length - 1) / rb->page_size;
+    for (uint64_t w = first / 64; w <= last / 64; w++) {
+        uint64_t lo = w == first / 64 ? first % 64 : 0;
+        uint64_t hi = w == last / 64 ? last % 64 : 63;
+        uint64_t bits = (hi == 63 ? ~0ULL : (1ULL << (hi + 1)) - 1) &
+                        ~((1ULL << lo) - 1);
+        __atomic_fetch_or(&log->words[w], bits, __ATOMIC_RELEASE);
+    }
+    return true;
+}
+
 void ram_block_clear_dirty_log(RamBlock *rb)
 {
     DirtyLog *log = rb->tracking;
 
-    if (log) {
+    if (log && !log->len) {
+        g_free(log->words);
+        g_free(log);
+        rb->tracking = NULL;
+    } else if (log) {
         munmap(log->words, log->len);
         g_free(log);
         rb->tracking = NULL;
@@ -104,7 +152,8 @@ bool ram_block_log_start(RamBlock *rb, GError **errp)
     if (!log) {
         error_setg(errp, "RAM block '%s' has no dirty log, so the daemon "
                    "cannot see the VM's writes to it (give the backend "
-                   "x-strata-dirty-log, see docs/migration.md)", rb->id);
+                   "x-strata-dirty-log or x-strata-dirty-qmp, see "
+                   "docs/migration.md)", rb->id);
         return false;
     }
     /* what was marked before is covered by the first pass */

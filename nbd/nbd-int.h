@@ -11,6 +11,8 @@
 #include <stdint.h>
 #include "strata/backend.h"
 #include "strata/coroutine.h"
+#include "strata/dirty-bitmap.h"
+#include "strata/nbd-server.h"
 #include "strata/loop.h"
 #include "channel.h"
 
@@ -26,6 +28,9 @@ struct NbdExport {
     uint64_t size;          /* rounded down to 512 bytes, as QEMU */
     uint16_t flags;         /* transmission flags */
     bool allocation_depth;
+    /* qemu:dirty-bitmap:NAME contexts, busy while the export exists. */
+    DirtyBitmap **bitmaps;
+    size_t nr_bitmaps;
     bool shutting_down;
     int refcount;           /* 1 while user-owned, plus one per client */
     GList *clients;
@@ -36,8 +41,12 @@ typedef struct NbdMeta {
     NbdExport *exp;         /* the export they were chosen for */
     bool base_allocation;
     bool allocation_depth;
+    bool *bitmaps;          /* exp->nr_bitmaps: which were chosen */
     unsigned count;
 } NbdMeta;
+
+/* Forget a choice of contexts (frees what it holds). */
+void nbd_meta_reset(NbdMeta *meta);
 
 struct NbdClient {
     NbdChannel *ch;
@@ -101,6 +110,17 @@ int coroutine_fn nbd_opt_send_rep2(NbdClient *client, uint32_t type,
                                    const void *p1, uint32_t len1,
                                    const void *p2, uint32_t len2);
 char *nbd_sanitize_name(const char *name);
+
+/*
+ * export-bitmaps.c: the bitmaps an export offers, found as QEMU finds
+ * them (a bare name in the exported node or below it through filters and
+ * backing files, {node, name} anywhere), checked, then marked busy and
+ * their nodes referenced; release undoes that.  NULL with *errp set.
+ */
+DirtyBitmap **nbd_export_bitmaps_take(BlockNode *bs, bool readonly,
+                                      const NbdExportBitmap *want, size_t n,
+                                      GError **errp);
+void nbd_export_bitmaps_release(DirtyBitmap **bitmaps, size_t n);
 
 /* transmit.c: serve requests until the client leaves or is closed. */
 void coroutine_fn nbd_transmit(NbdClient *client);

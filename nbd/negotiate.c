@@ -183,7 +183,7 @@ static void attach_client(NbdClient *client, NbdExport *exp)
     exp->clients = g_list_append(exp->clients, client);
     nbd_export_ref(exp);
     if (client->meta.exp != exp) {
-        client->meta.count = 0;
+        nbd_meta_reset(&client->meta);
     }
 }
 

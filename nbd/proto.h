@@ -112,6 +112,10 @@ enum {
 /* Context ids: base:allocation, qemu:allocation-depth (as QEMU numbers them). */
 #define NBD_META_ID_BASE_ALLOCATION  0
 #define NBD_META_ID_ALLOCATION_DEPTH 1
+/* The export's i-th dirty bitmap is NBD_META_ID_DIRTY_BITMAP + i. */
+#define NBD_META_ID_DIRTY_BITMAP     2
+/* qemu:dirty-bitmap: extents: the flag of a dirty one. */
+#define NBD_STATE_DIRTY         (1u << 0)
 
 const char *nbd_opt_name(uint32_t opt);
 const char *nbd_cmd_name(uint16_t cmd);

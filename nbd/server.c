@@ -120,9 +120,10 @@ static void export_delete_bh(void *opaque)
     for (GList *l = clients; l; l = l->next) {
         NbdClient *c = l->data;
         if (c->meta.exp == exp) {
-            memset(&c->meta, 0, sizeof(c->meta));
+            nbd_meta_reset(&c->meta);
         }
     }
+    nbd_export_bitmaps_release(exp->bitmaps, exp->nr_bitmaps);
     blk_unref(exp->blk);
     g_free(exp->id);
     g_free(exp->name);
@@ -241,7 +242,18 @@ bool nbd_export_add(const NbdExportOptions *opts, GError **errp)
         goto fail;
     }
 
+    DirtyBitmap **bitmaps = NULL;
+    if (opts->nr_bitmaps) {
+        bitmaps = nbd_export_bitmaps_take(bs, !writable, opts->bitmaps,
+                                          opts->nr_bitmaps, errp);
+        if (!bitmaps) {
+            goto fail;
+        }
+    }
+
     NbdExport *exp = g_new0(NbdExport, 1);
+    exp->bitmaps = bitmaps;
+    exp->nr_bitmaps = opts->nr_bitmaps;
     exp->id = g_strdup(id);
     exp->name = g_strdup(name);
     exp->description = g_strdup(opts->description);
@@ -417,6 +429,7 @@ void nbd_client_unref(NbdClient *client)
         nbd_export_unref(client->exp);
     }
     clients = g_list_remove(clients, client);
+    nbd_meta_reset(&client->meta);
     nbd_channel_free(client->ch);
     g_free(client);
     if (exports_gone_init) {

@@ -452,15 +452,53 @@ static int coroutine_fn collect_extents(NbdExport *exp, uint32_t context,
     return 0;
 }
 
+/*
+ * A dirty bitmap's extents, as QEMU's bitmap_to_extents(): clean and dirty
+ * runs found by the bitmap's next-dirty/next-clean searches (a few steps
+ * per run, however large the disk), dirty runs cut at INT32_MAX bytes
+ * before merging, and the clean rest up to the end unless the reply is
+ * full.
+ */
+static void bitmap_extents(const DirtyBitmap *bm, uint64_t offset,
+                           uint64_t bytes, Extents *e)
+{
+    int64_t start = offset, end = offset + bytes;
+    int64_t limit = MIN(end, dirty_bitmap_size(bm));
+
+    while (start < limit) {
+        int64_t dirty = dirty_bitmap_next_dirty(bm, start, limit - start);
+        if (dirty < 0) {
+            break;
+        }
+        int64_t stop = dirty + MIN(limit - dirty, (int64_t)INT32_MAX);
+        int64_t clean = dirty_bitmap_next_clean(bm, dirty, stop - dirty);
+        if (clean >= 0) {
+            stop = clean;
+        }
+        if (!extents_add(e, dirty - start, 0) ||
+            !extents_add(e, stop - dirty, NBD_STATE_DIRTY)) {
+            return;
+        }
+        start = stop;
+    }
+    extents_add(e, end - start, 0);
+}
+
 static int coroutine_fn send_block_status(NbdClient *client, NbdRequest *req,
                                           uint32_t context, bool last)
 {
     Extents e = {
         .max = req->flags & NBD_CMD_FLAG_REQ_ONE ? 1 : NBD_MAX_EXTENTS,
     };
-    int ret;
+    int ret = 0;
 
-    ret = collect_extents(client->exp, context, req->from, req->len, &e);
+    if (context >= NBD_META_ID_DIRTY_BITMAP) {
+        bitmap_extents(client->exp->bitmaps[context -
+                                            NBD_META_ID_DIRTY_BITMAP],
+                       req->from, req->len, &e);
+    } else {
+        ret = collect_extents(client->exp, context, req->from, req->len, &e);
+    }
     if (ret < 0) {
         g_free(e.ext);
         return send_structured_error(client, req->handle, -ret,
@@ -503,6 +541,12 @@ static int coroutine_fn do_block_status(NbdClient *client, NbdRequest *req)
     if (ret >= 0 && meta->allocation_depth) {
         ret = send_block_status(client, req, NBD_META_ID_ALLOCATION_DEPTH,
                                 !--left);
+    }
+    for (size_t i = 0; ret >= 0 && i < client->exp->nr_bitmaps; i++) {
+        if (meta->bitmaps[i]) {
+            ret = send_block_status(client, req, NBD_META_ID_DIRTY_BITMAP + i,
+                                    !--left);
+        }
     }
     return ret;
 }

@@ -12,9 +12,10 @@
  * only covers the nodes that were there when it began, so the action
  * pauses the new job itself for as long as its source is drained.
  *
- * Backups with a dirty bitmap (sync bitmap/incremental, bitmap,
- * bitmap-mode) are checked as QEMU checks them and then refused: they
- * come with the bitmap issue.
+ * Backups with a dirty bitmap: sync 'incremental' is 'bitmap' with
+ * bitmap-mode 'on-success'; the bitmap (any sync but none) goes to the
+ * job with its mode (jobs/backup.c: the successor and what becomes of the
+ * bitmap at the end).
  */
 #include <string.h>
 
@@ -33,11 +34,28 @@ typedef struct BackupAction {
     bool job_paused;            /* paused for the drain (see above) */
 } BackupAction;
 
-static bool check_bitmap_args(BackupCommon *b, BlockNode *bs, GError **errp)
+/*
+ * QMP errors carry no hint lines (the library's "Is another process using
+ * the image" line is for people).
+ */
+static void drop_hint(GError **errp)
+{
+    char *nl = errp && *errp ? strchr((*errp)->message, '\n') : NULL;
+
+    if (nl) {
+        *nl = '\0';
+    }
+}
+
+/* QEMU's do_backup_common() bitmap checks; *bmp: the bitmap or NULL.
+ * b->sync 'incremental' becomes 'bitmap' with mode 'on-success'. */
+static bool check_bitmap_args(BackupCommon *b, BlockNode *bs,
+                              DirtyBitmap **bmp, GError **errp)
 {
     MirrorSyncMode sync = b->sync;
     DirtyBitmap *bm;
 
+    *bmp = NULL;
     if ((sync == MIRROR_SYNC_MODE_BITMAP ||
          sync == MIRROR_SYNC_MODE_INCREMENTAL) && !b->bitmap) {
         error_setg(errp, "must provide a valid bitmap name for '%s' sync "
@@ -54,6 +72,9 @@ static bool check_bitmap_args(BackupCommon *b, BlockNode *bs, GError **errp)
             return false;
         }
         sync = MIRROR_SYNC_MODE_BITMAP;
+        b->sync = sync;
+        b->has_bitmap_mode = true;
+        b->bitmap_mode = BITMAP_SYNC_MODE_ON_SUCCESS;
     }
     if (b->bitmap) {
         bm = node_find_dirty_bitmap(bs, b->bitmap);
@@ -61,12 +82,13 @@ static bool check_bitmap_args(BackupCommon *b, BlockNode *bs, GError **errp)
             error_setg(errp, "Bitmap '%s' could not be found", b->bitmap);
             return false;
         }
-        if (!b->has_bitmap_mode && b->sync != MIRROR_SYNC_MODE_INCREMENTAL) {
+        if (!b->has_bitmap_mode) {
             error_setg(errp, "Bitmap sync mode must be given when providing "
                        "a bitmap");
             return false;
         }
         if (dirty_bitmap_check(bm, DIRTY_BITMAP_ALLOW_RO, errp)) {
+            drop_hint(errp);
             return false;
         }
         if (sync == MIRROR_SYNC_MODE_NONE) {
@@ -82,9 +104,8 @@ static bool check_bitmap_args(BackupCommon *b, BlockNode *bs, GError **errp)
                        MirrorSyncMode_str(sync));
             return false;
         }
-        /* Everything QEMU checks has passed: what is missing is ours. */
-        error_setg(errp, "Backups with a dirty bitmap are not supported yet");
-        return false;
+        *bmp = bm;
+        return true;
     }
     if (b->has_bitmap_mode) {
         error_setg(errp, "Cannot specify bitmap sync mode without a bitmap");
@@ -121,10 +142,20 @@ static BlockJob *do_backup_common(BackupCommon *b, BlockNode *bs,
             o.perf.max_chunk = b->x_perf->max_chunk;
         }
     }
-    if (!check_bitmap_args(b, bs, errp)) {
+    if (!check_bitmap_args(b, bs, &o.sync_bitmap, errp)) {
         return NULL;
     }
+    if (o.sync_bitmap) {
+        o.bitmap_mode = b->bitmap_mode == BITMAP_SYNC_MODE_ALWAYS
+                            ? BACKUP_BITMAP_ALWAYS
+                        : b->bitmap_mode == BITMAP_SYNC_MODE_NEVER
+                            ? BACKUP_BITMAP_NEVER
+                            : BACKUP_BITMAP_ON_SUCCESS;
+    }
     switch (b->sync) {
+    case MIRROR_SYNC_MODE_BITMAP:
+        o.sync = BACKUP_SYNC_BITMAP;
+        break;
     case MIRROR_SYNC_MODE_TOP:
         o.sync = BACKUP_SYNC_TOP;
         break;
@@ -187,19 +218,6 @@ static bool blockdev_backup_prepare(TxnState *s, GError **errp)
 }
 
 /* ---- drive-backup ---- */
-
-/*
- * QMP errors carry no hint lines (the library's "Is another process using
- * the image" line is for people).
- */
-static void drop_hint(GError **errp)
-{
-    char *nl = errp && *errp ? strchr((*errp)->message, '\n') : NULL;
-
-    if (nl) {
-        *nl = '\0';
-    }
-}
 
 /* QEMU's bdrv_img_create() refuses a backing file for such a format. */
 static bool format_takes_backing(const char *format, GError **errp)
@@ -316,6 +334,16 @@ static bool drive_backup_prepare(TxnState *s, GError **errp)
         return false;
     }
     if (!node_set_loop(target, node_loop(bs), errp)) {
+        node_unref(target);
+        return false;
+    }
+    /* QEMU's bdrv_set_backing_hd() on a driver without backing files
+     * (raw, with mode existing). */
+    if (set_backing &&
+        !driver_has(node_get_driver(target), DRIVER_HAS_BACKING)) {
+        error_setg(errp, "Driver '%s' of node '%s' does not support backing "
+                   "files", node_get_format_name(target),
+                   node_get_name(target));
         node_unref(target);
         return false;
     }

@@ -63,7 +63,9 @@ void qmp_block_commit(const char *job_id, const char *device,
                       bool auto_dismiss, bool has_x_strata_skip_identical,
                       bool x_strata_skip_identical,
                       bool has_x_strata_discard_source,
-                      bool x_strata_discard_source, GError **errp)
+                      bool x_strata_discard_source,
+                      bool has_x_strata_merge_bitmaps,
+                      bool x_strata_merge_bitmaps, GError **errp)
 {
     int flags = bja_job_flags(has_auto_finalize, auto_finalize,
                               has_auto_dismiss, auto_dismiss);
@@ -71,6 +73,7 @@ void qmp_block_commit(const char *job_id, const char *device,
                           x_strata_skip_identical;
     bool discard_source = has_x_strata_discard_source &&
                           x_strata_discard_source;
+    bool merge_bitmaps = has_x_strata_merge_bitmaps && x_strata_merge_bitmaps;
     BlockNode *bs, *top_bs, *base_bs;
     BlockJob *job;
 
@@ -163,6 +166,7 @@ void qmp_block_commit(const char *job_id, const char *device,
         CommitActiveOptions x = {
             .discard_source = discard_source,
             .skip_identical = skip_identical,
+            .merge_bitmaps = merge_bitmaps,
         };
         job = commit_active_start(job_id, top_bs, base_bs, flags, speed,
                                   on_error, filter_node_name, &x, errp);
@@ -183,6 +187,7 @@ void qmp_block_commit(const char *job_id, const char *device,
             .filter_node_name = filter_node_name,
             .skip_identical = skip_identical,
             .discard_source = discard_source,
+            .merge_bitmaps = merge_bitmaps,
         };
         job = commit_start(&o, errp);
     }

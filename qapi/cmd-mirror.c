@@ -100,6 +100,7 @@ typedef struct MirrorArgs {
     MirrorCopyMode copy_mode;
     bool has_auto_finalize, auto_finalize;
     bool has_auto_dismiss, auto_dismiss;
+    bool merge_bitmaps;          /* x-strata-merge-bitmaps */
 } MirrorArgs;
 
 static void mirror_common(MirrorArgs *a, GError **errp)
@@ -122,6 +123,7 @@ static void mirror_common(MirrorArgs *a, GError **errp)
         .copy_mode = a->has_copy_mode &&
                      a->copy_mode == MIRROR_COPY_MODE_WRITE_BLOCKING
                      ? MIRROR_COPY_WRITE_BLOCKING : MIRROR_COPY_BACKGROUND,
+        .merge_bitmaps = a->merge_bitmaps,
     };
     if (a->has_auto_finalize && !a->auto_finalize) {
         o.creation_flags |= JOB_MANUAL_FINALIZE;
@@ -218,7 +220,8 @@ void qmp_blockdev_mirror(const char *job_id, const char *device,
                          const char *filter_node_name, bool has_copy_mode,
                          MirrorCopyMode copy_mode, bool has_auto_finalize,
                          bool auto_finalize, bool has_auto_dismiss,
-                         bool auto_dismiss, GError **errp)
+                         bool auto_dismiss, bool has_x_strata_merge_bitmaps,
+                         bool x_strata_merge_bitmaps, GError **errp)
 {
     BlockNode *bs = txn_root_node(device, errp);
     if (!bs) {
@@ -249,6 +252,7 @@ void qmp_blockdev_mirror(const char *job_id, const char *device,
         .has_auto_finalize = has_auto_finalize,
         .auto_finalize = auto_finalize,
         .has_auto_dismiss = has_auto_dismiss, .auto_dismiss = auto_dismiss,
+        .merge_bitmaps = has_x_strata_merge_bitmaps && x_strata_merge_bitmaps,
     };
     mirror_common(&a, errp);
 }
@@ -361,6 +365,8 @@ void qmp_drive_mirror(DriveMirror *arg, GError **errp)
         .auto_finalize = arg->auto_finalize,
         .has_auto_dismiss = arg->has_auto_dismiss,
         .auto_dismiss = arg->auto_dismiss,
+        .merge_bitmaps = arg->has_x_strata_merge_bitmaps &&
+                         arg->x_strata_merge_bitmaps,
     };
     mirror_common(&a, errp);
     /* The job holds its own reference when it started. */

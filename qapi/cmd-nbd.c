@@ -208,11 +208,7 @@ void qmp_nbd_server_add(NbdServerAddOptions *arg, GError **errp)
                    arg->device, arg->device);
         return;
     }
-    if (arg->bitmap) {
-        error_setg(errp, "Exporting dirty bitmaps over NBD is not supported "
-                   "by strata yet");
-        return;
-    }
+    NbdExportBitmap bitmap = { .name = arg->bitmap };
     qapi_exports_init();
     NbdExportOptions o = {
         .node_name = arg->device,
@@ -220,8 +216,17 @@ void qmp_nbd_server_add(NbdServerAddOptions *arg, GError **errp)
         .description = arg->description,
         .writable = arg->has_writable && arg->writable,
         .legacy_add = true,
+        .bitmaps = &bitmap,
+        .nr_bitmaps = arg->bitmap ? 1 : 0,
     };
     nbd_export_add(&o, errp);
+    /* no hint line in a QMP error (an inconsistent bitmap's) */
+    if (errp && *errp) {
+        char *nl = strchr((*errp)->message, '\n');
+        if (nl) {
+            *nl = '\0';
+        }
+    }
 }
 
 void qmp_nbd_server_remove(const char *name, bool has_mode,

@@ -460,6 +460,7 @@ void qmp_qom_set(const char *path, const char *property, json_t *value,
     }
     bool writable = strcmp(property, "type") && !child_named(n, property) &&
                     (n->kind == N_IOTHREAD || n->kind == N_THROTTLE ||
+                     n->kind == N_MEMORY ||
                      (n->kind == N_SECRET && strcmp(property, "loaded")));
     if (!writable) {
         error_setg(errp, "Property '%s.%s' is not writable", node_type(n),
@@ -470,6 +471,8 @@ void qmp_qom_set(const char *path, const char *property, json_t *value,
         iothread_set(n->obj, property, value, errp);
     } else if (n->kind == N_THROTTLE) {
         throttle_object_set(n->obj, property, value, errp);
+    } else if (n->kind == N_MEMORY) {
+        memory_backend_qom_set(n->obj, property, value, errp);
     } else {
         secret_set(n->obj, property, value, errp);
     }

@@ -26,6 +26,16 @@ static const TxnActionOps txn_abort = {
  * the schema's reader refuses kinds TransactionActionKind lacks. */
 static const TxnActionOps *const txn_actions[TRANSACTION_ACTION_KIND__MAX] = {
     [TRANSACTION_ACTION_KIND_ABORT] = &txn_abort,
+    [TRANSACTION_ACTION_KIND_BLOCK_DIRTY_BITMAP_ADD] = &txn_bitmap_add,
+    [TRANSACTION_ACTION_KIND_BLOCK_DIRTY_BITMAP_REMOVE] = &txn_bitmap_remove,
+    [TRANSACTION_ACTION_KIND_BLOCK_DIRTY_BITMAP_CLEAR] = &txn_bitmap_clear,
+    [TRANSACTION_ACTION_KIND_BLOCK_DIRTY_BITMAP_ENABLE] = &txn_bitmap_enable,
+    [TRANSACTION_ACTION_KIND_BLOCK_DIRTY_BITMAP_DISABLE] = &txn_bitmap_disable,
+    [TRANSACTION_ACTION_KIND_BLOCK_DIRTY_BITMAP_MERGE] = &txn_bitmap_merge,
+    [TRANSACTION_ACTION_KIND_X_STRATA_BLOCK_DIRTY_BITMAP_COPY] =
+        &txn_bitmap_copy,
+    [TRANSACTION_ACTION_KIND_X_STRATA_BLOCK_DIRTY_BITMAP_RECOVER] =
+        &txn_bitmap_recover,
     [TRANSACTION_ACTION_KIND_BLOCKDEV_BACKUP] = &txn_blockdev_backup,
     [TRANSACTION_ACTION_KIND_DRIVE_BACKUP] = &txn_drive_backup,
     [TRANSACTION_ACTION_KIND_BLOCKDEV_SNAPSHOT] = &txn_external_snapshot,

@@ -15,6 +15,7 @@
  * (migration/ram-dirty.c).  docs/migration.md, "Memory", says why.
  */
 #include <errno.h>
+#include <stddef.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
@@ -77,9 +78,17 @@ static const char *type_name(ObjectType t)
     return ObjectType_str(t);
 }
 
+/* both property structs start with their base's members, in its layout */
+#define SAME_AT(T, m) \
+    _Static_assert(offsetof(T, m) == offsetof(MemoryBackendProperties, m), \
+                   #T " does not start with MemoryBackendProperties")
+SAME_AT(MemoryBackendFileProperties, size);
+SAME_AT(MemoryBackendFileProperties, x_use_canonical_path_for_ramblock_id);
+SAME_AT(MemoryBackendMemfdProperties, size);
+SAME_AT(MemoryBackendMemfdProperties, x_use_canonical_path_for_ramblock_id);
+
 static MemoryBackendProperties *common_props(ObjectOptions *arg)
 {
-    /* both property structs start with their base's members */
     return arg->qom_type == OBJECT_TYPE_MEMORY_BACKEND_FILE
            ? (MemoryBackendProperties *)&arg->u.memory_backend_file
            : (MemoryBackendProperties *)&arg->u.memory_backend_memfd;
@@ -114,6 +123,17 @@ bool memory_backend_setters_check(ObjectOptions *arg, GError **errp)
             error_setg(errp, "Invalid host-nodes value: %d", l->value);
             return false;
         }
+    }
+    bool is_file = arg->qom_type == OBJECT_TYPE_MEMORY_BACKEND_FILE;
+    const char *log = is_file ? arg->u.memory_backend_file.x_strata_dirty_log
+                              : arg->u.memory_backend_memfd.x_strata_dirty_log;
+    bool qmp = is_file ? arg->u.memory_backend_file.x_strata_dirty_qmp
+                       : arg->u.memory_backend_memfd.x_strata_dirty_qmp;
+    if (log && qmp) {
+        error_setg(errp, "x-strata-dirty-log and x-strata-dirty-qmp cannot "
+                   "both be set: the dirty log is either shared or kept by "
+                   "the daemon");
+        return false;
     }
     if (arg->qom_type == OBJECT_TYPE_MEMORY_BACKEND_MEMFD) {
         MemoryBackendMemfdProperties *m = &arg->u.memory_backend_memfd;
@@ -176,12 +196,11 @@ static int file_open(MemoryBackend *mb, const char *path, const char *name,
 {
     *created = false;
     if (fdset_is_fdset_name(path)) {
-        GError *err = NULL;
-        int fd = fdset_open(path, readonly ? O_RDONLY : O_RDWR, &err);
+        /* QEMU 7.2 would open() the name: say it as it would */
+        int fd = fdset_open(path, readonly ? O_RDONLY : O_RDWR, NULL);
         if (fd < 0) {
             error_setg(errp, "can't open backing store %s for guest RAM: %s",
-                       path, err->message);
-            g_error_free(err);
+                       path, g_strerror(errno));
             return -1;
         }
         mb->fd_from_fdset = true;
@@ -320,6 +339,73 @@ static bool map_fd(MemoryBackend *mb, uint64_t align, bool readonly,
     return true;
 }
 
+typedef struct {
+    MemoryBackend *mb;
+    uint64_t start, end;    /* bytes, page aligned */
+    int err;                /* errno, 0 if it worked */
+} PreallocPart;
+
+/*
+ * The kernel faults the pages in (writable, so a shared file gets its
+ * blocks); where it cannot (before Linux 5.14), touch one byte per page
+ * by reading and writing it back, as QEMU does.
+ */
+static gpointer prealloc_part(gpointer opaque)
+{
+    PreallocPart *p = opaque;
+    uint8_t *base = (uint8_t *)p->mb->host;
+
+    if (madvise(base + p->start, p->end - p->start,
+                MADV_POPULATE_WRITE) == 0) {
+        return NULL;
+    }
+    if (errno != EINVAL) {
+        p->err = errno;
+        return NULL;
+    }
+    for (uint64_t off = p->start; off < p->end; off += p->mb->page_size) {
+        volatile uint8_t *b = base + off;
+        uint8_t v = *b;
+        if (!p->mb->readonly) {
+            *b = v;
+        }
+    }
+    return NULL;
+}
+
+/* prealloc-threads threads, each a contiguous share of the pages. */
+static bool prealloc(MemoryBackend *mb, uint32_t threads, GError **errp)
+{
+    uint64_t pages = mb->length / mb->page_size;
+    uint32_t n = (uint32_t)MIN((uint64_t)MAX(threads, 1), pages);
+    PreallocPart *parts = g_new0(PreallocPart, n);
+    GThread **th = g_new0(GThread *, n);
+    bool ok = true;
+
+    for (uint32_t i = 0; i < n; i++) {
+        parts[i].mb = mb;
+        parts[i].start = pages * i / n * mb->page_size;
+        parts[i].end = pages * (i + 1) / n * mb->page_size;
+        if (i > 0) {
+            th[i] = g_thread_new("prealloc", prealloc_part, &parts[i]);
+        }
+    }
+    prealloc_part(&parts[0]);
+    for (uint32_t i = 1; i < n; i++) {
+        g_thread_join(th[i]);
+    }
+    for (uint32_t i = 0; i < n && ok; i++) {
+        if (parts[i].err) {
+            error_setg(errp, "qemu_prealloc_mem: preallocating memory "
+                       "failed: %s", g_strerror(parts[i].err));
+            ok = false;
+        }
+    }
+    g_free(parts);
+    g_free(th);
+    return ok;
+}
+
 /*
  * host_memory_backend_memory_complete() after the allocation: advice,
  * the NUMA policy, then preallocation (under the policy).
@@ -327,7 +413,6 @@ static bool map_fd(MemoryBackend *mb, uint64_t align, bool readonly,
 static bool apply_policy(MemoryBackend *mb, uint32_t prealloc_threads,
                          GError **errp)
 {
-    (void)prealloc_threads;   /* the kernel populates; see below */
     if (mb->merge) {
         madvise(mb->host, mb->length, MADV_MERGEABLE);
     }
@@ -364,23 +449,8 @@ static bool apply_policy(MemoryBackend *mb, uint32_t prealloc_threads,
         return false;
     }
 
-    if (mb->prealloc) {
-        /*
-         * The kernel faults every page in (writable, so a shared file gets
-         * its blocks); where it cannot, touch one byte per page by reading
-         * and writing it back, as QEMU does.
-         */
-        if (madvise(mb->host, mb->length, MADV_POPULATE_WRITE) != 0) {
-            if (errno != EINVAL) {
-                error_setg(errp, "qemu_prealloc_mem: preallocating memory "
-                           "failed: %s", g_strerror(errno));
-                return false;
-            }
-            for (uint64_t off = 0; off < mb->length; off += mb->page_size) {
-                volatile uint8_t *p = (uint8_t *)mb->host + off;
-                *p = *p;
-            }
-        }
+    if (mb->prealloc && !prealloc(mb, prealloc_threads, errp)) {
+        return false;
     }
     return true;
 }
@@ -408,15 +478,13 @@ static bool attach_dirty_log(MemoryBackend *mb, const char *path,
     int fd;
 
     if (fdset_is_fdset_name(path)) {
-        fd = fdset_open(path, O_RDWR, errp);
+        fd = fdset_open(path, O_RDWR, NULL);
     } else {
         fd = open(path, O_RDWR | O_CLOEXEC);
-        if (fd < 0) {
-            error_setg(errp, "can't open dirty log %s: %s", path,
-                       g_strerror(errno));
-        }
     }
     if (fd < 0) {
+        error_setg(errp, "can't open dirty log %s: %s", path,
+                   g_strerror(errno));
         return false;
     }
     bool ok = ram_block_set_dirty_log(mb->rb, fd, errp);
@@ -439,6 +507,8 @@ MemoryBackend *memory_backend_new(const char *id, ObjectOptions *arg,
     MemoryBackend *mb = g_new0(MemoryBackend, 1);
     const char *dirty_log = is_file ? f->x_strata_dirty_log
                                     : m->x_strata_dirty_log;
+    bool dirty_qmp = is_file ? f->has_x_strata_dirty_qmp && f->x_strata_dirty_qmp
+                             : m->has_x_strata_dirty_qmp && m->x_strata_dirty_qmp;
     bool readonly = is_file && f->has_readonly && f->readonly;
     bool created = false;
 
@@ -489,14 +559,19 @@ MemoryBackend *memory_backend_new(const char *id, ObjectOptions *arg,
     /* QEMU's RAM block idstr: the id, or the canonical path if asked */
     char *rb_id = mb->canonical_id ? g_strdup_printf("/objects/%s", id)
                             : g_strdup(id);
+    /*
+     * The descriptor is the block's memory only when the mapping is
+     * shared: a private mapping's writes never reach the file.
+     */
     mb->rb = ram_block_register(rb_id, mb->host, mb->length, mb->page_size,
-                                mb->fd, mb, errp);
+                                mb->share ? mb->fd : -1, mb, errp);
     g_free(rb_id);
     if (!mb->rb) {
         goto fail;
     }
     mb->rb->readonly = readonly;
-    if (dirty_log && !attach_dirty_log(mb, dirty_log, errp)) {
+    if ((dirty_log && !attach_dirty_log(mb, dirty_log, errp)) ||
+        (dirty_qmp && !ram_block_set_private_dirty_log(mb->rb, errp))) {
         ram_block_unregister(mb->rb);
         mb->rb = NULL;
         goto fail;
@@ -518,7 +593,7 @@ bool memory_backend_can_delete(MemoryBackend *mb, const char *id,
 {
     if (mb->rb && ram_block_busy(mb->rb)) {
         error_setg(errp, "object '%s' is in use, can not be deleted: "
-                   "a migration uses its RAM block '%s'", id, mb->rb->id);
+                   "a save or load uses its RAM block '%s'", id, mb->rb->id);
         return false;
     }
     return true;
@@ -628,4 +703,182 @@ MemdevList *qmp_query_memdev(GError **errp)
     }
     g_ptr_array_free(all, TRUE);
     return head;
+}
+
+void qmp_x_strata_memdev_dirty(const char *id, StrataMemdevRangeList *ranges,
+                               GError **errp)
+{
+    UserObject *o = user_object_find(id);
+
+    if (!o || !o->memory) {
+        error_setg(errp, "Memory backend '%s' not found", id);
+        return;
+    }
+    RamBlock *rb = o->memory->rb;
+    if (!ram_block_has_dirty_log(rb)) {
+        error_setg(errp, "Memory backend '%s' has no dirty log (create it "
+                   "with x-strata-dirty-qmp or x-strata-dirty-log)", id);
+        return;
+    }
+    /* all or nothing: check every range before marking */
+    for (StrataMemdevRangeList *l = ranges; l; l = l->next) {
+        if (l->value->offset > o->memory->size ||
+            l->value->length > o->memory->size - l->value->offset) {
+            error_setg(errp, "Range 0x%" G_GINT64_MODIFIER "x+0x%"
+                       G_GINT64_MODIFIER "x is beyond the end of memory "
+                       "backend '%s' (0x%" G_GINT64_MODIFIER "x bytes)",
+                       l->value->offset, l->value->length, id,
+                       o->memory->size);
+            return;
+        }
+    }
+    for (StrataMemdevRangeList *l = ranges; l; l = l->next) {
+        bool ok = ram_block_mark_dirty(rb, l->value->offset,
+                                       l->value->length, NULL);
+        g_assert(ok);   /* checked above, and the block is no shorter */
+    }
+}
+
+/*
+ * qom-set on a backend that exists, as QEMU 7.2's setters answer: some
+ * properties refuse before looking at the value, some after; a few act
+ * (dump, merge, prealloc), the rest are stored and change nothing now.
+ */
+bool memory_backend_qom_set(UserObject *o, const char *property,
+                            json_t *value, GError **errp)
+{
+    MemoryBackend *mb = o->memory;
+    const char *type = type_name(o->type);
+
+    if (!strcmp(property, "size")) {
+        error_setg(errp, "cannot change property size of %s ", type);
+        return false;
+    }
+    if (!strcmp(property, "hugetlbsize")) {
+        error_setg(errp, "cannot change property value");
+        return false;
+    }
+    if (!strcmp(property, "align")) {
+        error_setg(errp, "cannot change property 'align' of %s", type);
+        return false;
+    }
+    if (!strcmp(property, "prealloc-threads")) {
+        if (!json_is_integer(value)) {
+            error_setg(errp, "Parameter 'prealloc-threads' expects uint64");
+            return false;
+        }
+        json_int_t v = json_integer_value(value);
+        if (v < 0 || v > UINT32_MAX) {
+            error_setg(errp, "Parameter 'prealloc-threads' expects "
+                       "uint32_t");
+            return false;
+        }
+        if (v == 0) {
+            error_setg(errp, "property 'prealloc-threads' of %s doesn't "
+                       "take value '0'", type);
+            return false;
+        }
+        mb->prealloc_threads = (uint32_t)v;
+        return true;
+    }
+    if (!strcmp(property, "host-nodes")) {
+        if (!json_is_array(value)) {
+            error_setg(errp, "Invalid parameter type for 'host-nodes', "
+                       "expected: array");
+            return false;
+        }
+        size_t i;
+        json_t *e;
+        json_array_foreach(value, i, e) {
+            if (!json_is_integer(e) || json_integer_value(e) < 0 ||
+                json_integer_value(e) > UINT16_MAX) {
+                error_setg(errp, "Parameter 'host-nodes[%zu]' expects "
+                           "uint16_t", i);
+                return false;
+            }
+            if (json_integer_value(e) >= MAX_NODES) {
+                error_setg(errp, "Invalid host-nodes value: %d",
+                           (int)json_integer_value(e));
+                return false;
+            }
+        }
+        /* QEMU adds to the nodes it has; the memory stays where it is */
+        json_array_foreach(value, i, e) {
+            unsigned n = (unsigned)json_integer_value(e);
+            mb->host_nodes[n / 64] |= 1UL << (n % 64);
+        }
+        return true;
+    }
+
+    /* the others read their value first */
+    bool is_string = !strcmp(property, "mem-path") ||
+                     !strcmp(property, "policy") ||
+                     !strcmp(property, "prealloc-context");
+    if (is_string ? !json_is_string(value) : !json_is_boolean(value)) {
+        error_setg(errp, "Invalid parameter type for '%s', expected: %s",
+                   property, is_string ? "string" : "boolean");
+        return false;
+    }
+    if (!strcmp(property, "mem-path")) {
+        error_setg(errp, "cannot change property 'mem-path' of %s", type);
+        return false;
+    }
+    if (!strcmp(property, "policy")) {
+        int pol = HostMemPolicy_parse(json_string_value(value));
+        if (pol < 0) {
+            error_setg(errp, "Parameter 'policy' does not accept value '%s'",
+                       json_string_value(value));
+            return false;
+        }
+        mb->policy = (HostMemPolicy)pol;
+        return true;
+    }
+    if (!strcmp(property, "prealloc-context")) {
+        if (*json_string_value(value)) {
+            g_set_error(errp, STRATA_ERROR, STRATA_ERROR_DEVICE_NOT_FOUND,
+                        "Device '%s' not found", json_string_value(value));
+            return false;
+        }
+        return true;
+    }
+
+    bool v = json_is_true(value);
+    if (!strcmp(property, "share") || !strcmp(property, "reserve")) {
+        error_setg(errp, "cannot change property value");
+        return false;
+    }
+    if (!strcmp(property, "readonly") || !strcmp(property, "pmem")) {
+        error_setg(errp, "cannot change property '%s' of %s.", property,
+                   type);
+        return false;
+    }
+    if (!strcmp(property, "dump")) {
+        madvise(mb->host, mb->length, v ? MADV_DODUMP : MADV_DONTDUMP);
+        mb->dump = v;
+    } else if (!strcmp(property, "merge")) {
+        madvise(mb->host, mb->length, v ? MADV_MERGEABLE : MADV_UNMERGEABLE);
+        mb->merge = v;
+    } else if (!strcmp(property, "prealloc")) {
+        if (v && !mb->reserve) {
+            error_setg(errp, "'prealloc=on' and 'reserve=off' are "
+                       "incompatible");
+            return false;
+        }
+        /* turning it off later changes nothing, as in QEMU */
+        if (v && !mb->prealloc) {
+            if (!prealloc(mb, mb->prealloc_threads, errp)) {
+                return false;
+            }
+            mb->prealloc = true;
+        }
+    } else if (!strcmp(property, "discard-data")) {
+        mb->discard_data = v;
+    } else if (!strcmp(property, "x-use-canonical-path-for-ramblock-id")) {
+        mb->canonical_id = v;   /* the RAM block keeps its id */
+    } else if (!strcmp(property, "hugetlb")) {
+        mb->hugetlb = v;        /* stored only, as QEMU 7.2 does */
+    } else if (!strcmp(property, "seal")) {
+        mb->seal = v;
+    }
+    return true;
 }

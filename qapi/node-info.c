@@ -94,7 +94,7 @@ static BlockDirtyInfoList *dirty_bitmaps_info(BlockNode *bs)
         e->name = g_strdup(dirty_bitmap_name(bm));
         e->count = dirty_bitmap_count(bm);
         e->granularity = dirty_bitmap_granularity(bm);
-        e->recording = dirty_bitmap_enabled(bm);
+        e->recording = dirty_bitmap_recording(bm);
         e->busy = dirty_bitmap_busy(bm);
         e->persistent = dirty_bitmap_persistent(bm);
         e->has_inconsistent = dirty_bitmap_inconsistent(bm);

@@ -68,8 +68,10 @@ MemoryBackend *memory_backend_new(const char *id, ObjectOptions *arg,
 bool memory_backend_can_delete(MemoryBackend *mb, const char *id,
                                GError **errp);
 void memory_backend_free(MemoryBackend *mb);
-/* qom-get of a property qom-list lists for a backend */
+/* qom-get and qom-set of a property qom-list lists for a backend */
 json_t *memory_backend_qom_get(UserObject *o, const char *property);
+bool memory_backend_qom_set(UserObject *o, const char *property,
+                            json_t *value, GError **errp);
 
 /* Delete every object (at exit). */
 void user_objects_cleanup(void);

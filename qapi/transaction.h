@@ -73,4 +73,15 @@ extern const TxnActionOps txn_internal_snapshot;
 extern const TxnActionOps txn_blockdev_backup;
 extern const TxnActionOps txn_drive_backup;
 
+/* qapi/cmd-bitmap.c: block-dirty-bitmap-* */
+extern const TxnActionOps txn_bitmap_add;
+extern const TxnActionOps txn_bitmap_remove;
+extern const TxnActionOps txn_bitmap_clear;
+extern const TxnActionOps txn_bitmap_enable;
+extern const TxnActionOps txn_bitmap_disable;
+extern const TxnActionOps txn_bitmap_merge;
+/* qapi/cmd-bitmap.c: strata's x-strata-block-dirty-bitmap-recover, -copy */
+extern const TxnActionOps txn_bitmap_recover;
+extern const TxnActionOps txn_bitmap_copy;
+
 #endif

@@ -225,12 +225,198 @@ static void test_sha256(void **state)
     blk_unref(blk);
 }
 
+/*
+ * What the transaction actions undo with: a backup of the bits, restored
+ * after a clear and after a merge, searches and count included; and
+ * remove's first half, which leaves the bitmap in place.
+ */
+static void test_backup_restore(void **state)
+{
+    (void)state;
+    BlockBackend *blk = open_raw(false);
+    BlockNode *bs = blk_node(blk);
+    GError *err = NULL;
+
+    assert_true(node_dirty_bitmap_add(bs, "t", 4096, false, false, &err));
+    assert_true(node_dirty_bitmap_add(bs, "s", 65536, false, false, &err));
+    DirtyBitmap *t = node_find_dirty_bitmap(bs, "t");
+    DirtyBitmap *s = node_find_dirty_bitmap(bs, "s");
+    dirty_bitmap_set(t, 8192, 4096);
+    dirty_bitmap_set(t, 3 * 1024 * 1024, 100000);
+    dirty_bitmap_set(s, 1024 * 1024, 65536);
+    char *before = dirty_bitmap_sha256(t);
+    int64_t count = dirty_bitmap_count(t);
+
+    HBitmap *backup = dirty_bitmap_backup(t);
+    assert_non_null(backup);
+    dirty_bitmap_clear(t);
+    assert_int_equal(dirty_bitmap_count(t), 0);
+    dirty_bitmap_restore(t, backup);
+    assert_int_equal(dirty_bitmap_count(t), count);
+    assert_int_equal(dirty_bitmap_next_dirty(t, 0, SIZE), 8192);
+    assert_int_equal(dirty_bitmap_next_clean(t, 8192, SIZE), 12288);
+    assert_int_equal(dirty_bitmap_next_dirty(t, 12288, SIZE),
+                     3 * 1024 * 1024);
+    char *h = dirty_bitmap_sha256(t);
+    assert_string_equal(h, before);
+    g_free(h);
+
+    backup = dirty_bitmap_backup(t);
+    assert_true(dirty_bitmap_merge(t, s, &err));
+    assert_int_equal(dirty_bitmap_count(t), count + 65536);
+    dirty_bitmap_restore(t, backup);
+    h = dirty_bitmap_sha256(t);
+    assert_string_equal(h, before);
+    g_free(h);
+    g_free(before);
+
+    /* remove's first half: checked, the bitmap left where it was. */
+    assert_ptr_equal(node_dirty_bitmap_unstore(bs, "t", &err), t);
+    assert_ptr_equal(node_find_dirty_bitmap(bs, "t"), t);
+    dirty_bitmap_set_busy(t, true);
+    assert_null(node_dirty_bitmap_unstore(bs, "t", &err));
+    char *m = err_msg(err);
+    assert_string_equal(m, "Bitmap 't' is currently in use by another "
+                           "operation and cannot be used");
+    g_free(m);
+    err = NULL;
+    assert_null(node_dirty_bitmap_unstore(bs, "nope", &err));
+    m = err_msg(err);
+    assert_string_equal(m, "Dirty bitmap 'nope' not found");
+    g_free(m);
+    dirty_bitmap_set_busy(t, false);
+    blk_unref(blk);
+}
+
+static void expect_err(GError **err, const char *want)
+{
+    char *m = err_msg(*err);
+    assert_string_equal(m, want);
+    g_free(m);
+    *err = NULL;
+}
+
+/*
+ * strata's recovery of an inconsistent bitmap: every bit, recording, the
+ * refusals; undone by dirty_bitmap_unrecover (the transaction's abort).
+ */
+static void test_recover(void **state)
+{
+    (void)state;
+    BlockBackend *blk = open_raw(false);
+    BlockNode *bs = blk_node(blk);
+    GError *err = NULL;
+    HBitmap *backup = NULL;
+
+    assert_true(node_dirty_bitmap_add(bs, "i", 4096, false, true, &err));
+    DirtyBitmap *i = node_find_dirty_bitmap(bs, "i");
+    dirty_bitmap_set(i, 8192, 4096);
+    dirty_bitmap_set_persistent(i, true);
+    dirty_bitmap_set_inconsistent(i);
+    char *before = dirty_bitmap_sha256(i);
+
+    dirty_bitmap_set_busy(i, true);
+    assert_null(node_dirty_bitmap_recover(bs, "i", NULL, &err));
+    expect_err(&err, "Bitmap 'i' is currently in use by another operation "
+                     "and cannot be used");
+    dirty_bitmap_set_busy(i, false);
+    dirty_bitmap_set_readonly(i, true);
+    assert_null(node_dirty_bitmap_recover(bs, "i", NULL, &err));
+    expect_err(&err, "Bitmap 'i' is readonly and cannot be modified");
+    dirty_bitmap_set_readonly(i, false);
+    assert_null(node_dirty_bitmap_recover(bs, "nope", NULL, &err));
+    expect_err(&err, "Dirty bitmap 'nope' not found");
+
+    assert_ptr_equal(node_dirty_bitmap_recover(bs, "i", &backup, &err), i);
+    assert_non_null(backup);
+    assert_false(dirty_bitmap_inconsistent(i));
+    assert_true(dirty_bitmap_enabled(i));
+    assert_true(dirty_bitmap_persistent(i));
+    assert_int_equal(dirty_bitmap_count(i), SIZE);
+    assert_int_equal(dirty_bitmap_next_clean(i, 0, SIZE), -1);
+    assert_int_equal(dirty_bitmap_check(i, DIRTY_BITMAP_DEFAULT, NULL), 0);
+    assert_null(node_dirty_bitmap_recover(bs, "i", NULL, &err));
+    expect_err(&err, "Bitmap 'i' is not inconsistent: there is nothing to "
+                     "recover");
+
+    dirty_bitmap_unrecover(i, backup);
+    assert_true(dirty_bitmap_inconsistent(i));
+    assert_false(dirty_bitmap_enabled(i));
+    char *h = dirty_bitmap_sha256(i);
+    assert_string_equal(h, before);
+    g_free(h);
+    g_free(before);
+    dirty_bitmap_release(i);
+    blk_unref(blk);
+}
+
+/* strata's copy: bits kept, another granularity, refusals leave nothing. */
+static void test_copy(void **state)
+{
+    (void)state;
+    BlockBackend *blk = open_raw(false);
+    BlockNode *bs = blk_node(blk);
+    GError *err = NULL;
+    json_t *o = json_pack("{s:s, s:i}", "driver", "null-co", "size",
+                          SIZE / 2);
+    BlockBackend *small = blk_new_open(NULL, o, NODE_O_RDWR, &err);
+
+    assert_non_null(small);
+    assert_true(node_dirty_bitmap_add(bs, "s", 65536, false, false, &err));
+    DirtyBitmap *s = node_find_dirty_bitmap(bs, "s");
+    dirty_bitmap_set(s, 100000, 5000);
+    dirty_bitmap_set(s, 3 * 1024 * 1024, 1);
+
+    DirtyBitmap *c = node_dirty_bitmap_copy(s, bs, "c", 0, false, true,
+                                            &err);
+    assert_non_null(c);
+    assert_false(dirty_bitmap_enabled(c));
+    assert_int_equal(dirty_bitmap_granularity(c), 65536);
+    char *hs = dirty_bitmap_sha256(s), *hc = dirty_bitmap_sha256(c);
+    assert_string_equal(hs, hc);
+    g_free(hs);
+    g_free(hc);
+
+    /* Coarser: the 1 MiB chunks holding a dirty byte. */
+    DirtyBitmap *m = node_dirty_bitmap_copy(s, bs, "m", 1 << 20, false,
+                                            false, &err);
+    assert_non_null(m);
+    assert_true(dirty_bitmap_enabled(m));
+    assert_int_equal(dirty_bitmap_count(m), 2 << 20);
+    assert_int_equal(dirty_bitmap_next_dirty(m, 0, SIZE), 0);
+    assert_int_equal(dirty_bitmap_next_dirty(m, 1 << 20, SIZE - (1 << 20)),
+                     3 << 20);
+
+    assert_null(node_dirty_bitmap_copy(s, bs, "c", 0, false, false, &err));
+    expect_err(&err, "Bitmap already exists: c");
+    assert_null(node_dirty_bitmap_copy(s, blk_node(small), "x", 0, false,
+                                       false, &err));
+    expect_err(&err, "Bitmaps are of different sizes (destination size is "
+                     "2097152, source size is 4194304) and can't be merged");
+    assert_null(node_find_dirty_bitmap(blk_node(small), "x"));
+    assert_null(node_dirty_bitmap_copy(s, bs, "p", 0, true, false, &err));
+    assert_non_null(err);
+    g_clear_error(&err);
+    assert_null(node_find_dirty_bitmap(bs, "p"));
+    dirty_bitmap_set_inconsistent(s);
+    assert_null(node_dirty_bitmap_copy(s, bs, "x", 0, false, false, &err));
+    assert_non_null(strstr(err->message, "Bitmap 's' is inconsistent and "
+                                         "cannot be used"));
+    g_clear_error(&err);
+    assert_null(node_find_dirty_bitmap(bs, "x"));
+    blk_unref(small);
+    blk_unref(blk);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_marking),
         cmocka_unit_test(test_flags_and_errors),
         cmocka_unit_test(test_sha256),
+        cmocka_unit_test(test_backup_restore),
+        cmocka_unit_test(test_recover),
+        cmocka_unit_test(test_copy),
     };
     int ret = cmocka_run_group_tests(tests, NULL, NULL);
     if (path) {

@@ -396,23 +396,33 @@ static char *run_img(const char *const *argv, int *status)
 }
 
 /*
- * x-strata-discard-source: each range committed leaves the top, which then
- * reads through to the base.  A soft cancel in ready keeps the user on the
- * top: the data is the same, the top holds nothing any more (qemu-img map:
- * everything at depth 1), qemu-img check finds it clean.
+ * x-strata-discard-source: each range committed leaves the top (and the
+ * images between it and the base), which then reads through to the base.
+ * A soft cancel in ready keeps the user on the top: the data is the same,
+ * the top and mid hold nothing any more (qemu-img map: everything at the
+ * base's depth), qemu-img check finds them clean, and mid is read-only
+ * again.  With x-strata-skip-identical, a range the base already held is
+ * dropped too.
  */
-static void test_commit_discard_source(void **state)
+static void commit_discard_source(bool with_mid, bool skip)
 {
-    (void)state;
     Chain c = { 0 };
-    chain_open(&c, false);
+    chain_open(&c, with_mid);
     GError *err = NULL;
-    CommitActiveOptions x = { .discard_source = true };
+    CommitActiveOptions x = { .discard_source = true,
+                              .skip_identical = skip };
+    if (skip) {
+        /* What the base holds already: skipped, and dropped all the same. */
+        write_pattern(c.blk, 0, 64 * KiB, 0x11);
+    }
     BlockJob *job = commit_active_start("c4", c.top_bs, c.base_bs, 0, 0,
                                         BLOCKDEV_ON_ERROR_REPORT, NULL, &x,
                                         &err);
     if (!job) {
         fail_msg("commit_active_start: %s", err->message);
+    }
+    if (with_mid) {
+        assert_false(node_is_read_only(c.mid_bs));
     }
     Job *j = &job->job;
     job_ref(j);
@@ -425,46 +435,73 @@ static void test_commit_discard_source(void **state)
     assert_int_equal(j->ret, 0);
     job_unref(j);
     assert_ptr_equal(blk_node(c.blk), c.top_bs);
+    if (with_mid) {
+        assert_true(node_is_read_only(c.mid_bs));
+        check_pattern(c.blk, 1 * MiB, MiB / 2, 0x22);
+    }
     check_pattern(c.blk, 3 * MiB / 2, 64 * KiB, 0x44);
     check_pattern(c.blk, 3 * MiB / 2 + 64 * KiB, 3 * MiB / 2 - 64 * KiB,
                   0x33);
-    check_pattern(c.blk, 0, 3 * MiB / 2, 0x11);
+    check_pattern(c.blk, 0, with_mid ? 1 * MiB : 3 * MiB / 2, 0x11);
     blk_unref(c.blk);
 
     int status;
-    const char *check[] = { "qemu-img", "check", "-q", "-f", "qcow2", c.top,
-                            NULL };
-    g_free(run_img(check, &status));
-    assert_true(g_spawn_check_wait_status(status, NULL));
+    const char *imgs[] = { c.top, c.mid };
+    for (int i = 0; i < (with_mid ? 2 : 1); i++) {
+        const char *check[] = { "qemu-img", "check", "-q", "-f", "qcow2",
+                                imgs[i], NULL };
+        g_free(run_img(check, &status));
+        assert_true(g_spawn_check_wait_status(status, NULL));
+    }
     const char *map[] = { "qemu-img", "map", "--output=json", "-f", "qcow2",
                           c.top, NULL };
     char *out = run_img(map, &status);
     assert_true(g_spawn_check_wait_status(status, NULL));
-    if (strstr(out, "\"depth\": 0")) {
-        fail_msg("the top still holds data:\n%s", out);
+    if (strstr(out, "\"depth\": 0") ||
+        (with_mid && strstr(out, "\"depth\": 1"))) {
+        fail_msg("the top or mid still holds data:\n%s", out);
     }
     g_free(out);
     c.blk = open_blk(c.top);
     check_pattern(c.blk, 3 * MiB / 2, 64 * KiB, 0x44);
-    check_pattern(c.blk, 0, 3 * MiB / 2, 0x11);
+    check_pattern(c.blk, 0, with_mid ? 1 * MiB : 3 * MiB / 2, 0x11);
     chain_close(&c);
 }
 
-/* Refused with an image between top and base; nothing changes. */
+static void test_commit_discard_source(void **state)
+{
+    (void)state;
+    commit_discard_source(false, false);
+    commit_discard_source(true, false);
+    commit_discard_source(true, true);
+}
+
+/* Refused when the image between top and base has another user; nothing
+ * changes (the base and mid stay read-only). */
 static void test_commit_discard_source_refused(void **state)
 {
     (void)state;
     Chain c = { 0 };
     chain_open(&c, true);
     GError *err = NULL;
+    BlockBackend *other = blk_new(0, BLK_PERM_ALL);
+    assert_true(blk_insert_node(other, c.mid_bs, &err));
     CommitActiveOptions x = { .discard_source = true };
     assert_null(commit_active_start("c5", c.top_bs, c.base_bs, 0, 0,
                                     BLOCKDEV_ON_ERROR_REPORT, NULL, &x,
                                     &err));
-    assert_string_equal(err->message, "Parameter 'x-strata-discard-source' "
-                        "needs the base to be the backing node of the top");
+    char *want = g_strdup_printf("Parameter 'x-strata-discard-source' "
+                                 "needs the image '%s' to have no other "
+                                 "users than the job, but an unnamed block "
+                                 "device uses it", node_get_name(c.mid_bs));
+    if (strcmp(err->message, want) != 0) {
+        fail_msg("unexpected error: %s", err->message);
+    }
+    g_free(want);
     g_clear_error(&err);
+    blk_unref(other);
     assert_true(node_is_read_only(c.base_bs));
+    assert_true(node_is_read_only(c.mid_bs));
     assert_ptr_equal(blk_node(c.blk), c.top_bs);
     expect_chain_data(c.blk, true);
     chain_close(&c);

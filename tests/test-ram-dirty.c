@@ -157,6 +157,43 @@ static void test_errors(void **state)
     fixture_fini(&f);
 }
 
+static void test_mark_ranges(void **state)
+{
+    Fixture f;
+    unsigned long bm[4] = { 0 };
+    GError *err = NULL;
+
+    fixture_init(&f, 200, 32);
+    assert_false(ram_block_mark_dirty(f.rb, 0, 1, &err));
+    assert_string_equal(err->message, "RAM block 'ram0' has no dirty log");
+    g_clear_error(&err);
+
+    /* the daemon's own log: what the monitor reports over QMP */
+    assert_true(ram_block_set_private_dirty_log(f.rb, &err));
+    assert_false(ram_block_set_private_dirty_log(f.rb, &err));
+    g_clear_error(&err);
+    assert_true(ram_block_mark_dirty(f.rb, 0, PAGE, &err));  /* forgotten */
+    assert_true(ram_block_log_start(f.rb, &err));
+    /* one byte, a range over pages 62..129 (three words), the last page */
+    assert_true(ram_block_mark_dirty(f.rb, 10 * PAGE + 7, 1, &err));
+    assert_true(ram_block_mark_dirty(f.rb, 62 * PAGE + 1, 67 * PAGE, &err));
+    assert_true(ram_block_mark_dirty(f.rb, 199 * PAGE, PAGE, &err));
+    assert_true(ram_block_mark_dirty(f.rb, 5 * PAGE, 0, &err));
+    assert_int_equal(ram_block_log_sync(f.rb, bm, &err), 1 + 68 + 1);
+    for (uint64_t p = 0; p < 200; p++) {
+        assert_int_equal(test_bit(bm, p),
+                         p == 10 || (p >= 62 && p <= 129) || p == 199);
+    }
+    assert_false(ram_block_mark_dirty(f.rb, 199 * PAGE, PAGE + 1, &err));
+    assert_string_equal(err->message, "range 0xc7000+0x1001 is beyond the "
+                        "end of RAM block 'ram0' (0xc8000 bytes)");
+    g_clear_error(&err);
+    assert_false(ram_block_mark_dirty(f.rb, UINT64_MAX, 2, &err));
+    g_clear_error(&err);
+    assert_int_equal(ram_block_log_sync(f.rb, bm, &err), 0);
+    fixture_fini(&f);
+}
+
 /*
  * Setter threads mark pages (each its own residue class, in a scrambled
  * order) while the main thread syncs.  A setter raises the page's pending
@@ -285,6 +322,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sync),
         cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_mark_ranges),
         cmocka_unit_test(test_concurrent_setters),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -110,3 +110,14 @@ void warn_print(const char *fmt, ...)
     }
     g_free(msg);
 }
+
+void error_print(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char *msg = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+    const char *prog = g_get_prgname();
+    warn_print("%s%s%s", prog ? prog : "", prog ? ": " : "", msg);
+    g_free(msg);
+}

@@ -23,7 +23,7 @@
     F(aio_is_ready) F(aio_is_dead) F(aio_is_closed)                           \
     F(get_size) F(is_read_only) F(get_block_size)                             \
     F(can_flush) F(can_fua) F(can_trim) F(can_zero) F(can_fast_zero)          \
-    F(can_meta_context)                                                       \
+    F(can_meta_context) F(can_multi_conn)                                     \
     F(aio_pread) F(aio_pwrite) F(aio_zero) F(aio_trim) F(aio_flush)           \
     F(aio_block_status)
 

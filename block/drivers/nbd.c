@@ -14,6 +14,11 @@
  * keeps trying in the background (1, 2, 4 .. 16 s apart, as QEMU) until it
  * succeeds or the node is closed.  Nothing polls: every wait is on the
  * socket, a timer or a queue.
+ *
+ * x-strata-multi-conn=N (strata's own; QEMU 7.2 has one connection): where
+ * the server offers multi-conn, N connections, each with the life above;
+ * requests go to the connected one with the fewest in flight, and wait
+ * only while none is connected and one is within its reconnect-delay.
  */
 #include <errno.h>
 #include <string.h>
@@ -22,37 +27,58 @@
 
 #define NBD_MAX_TRANSFER (32 * MiB)      /* QEMU's NBD_MAX_BUFFER_SIZE */
 #define RECONNECT_BACKOFF_MAX_NS (16 * 1000000000LL)
+/* x-strata-multi-conn: the most connections a node may have. */
+#define NBD_MAX_CONNS 16
+/* ... and how many it has if not told (docs/performance.md, "NBD client"). */
+#define NBD_DEFAULT_CONNS 1
 
 typedef enum {
     LINK_CONNECTED,
+    LINK_CONNECTING,    /* an extra connection's first handshake */
     LINK_WAIT,          /* lost; requests wait for the reconnection */
     LINK_NOWAIT,        /* lost; requests fail at once */
     LINK_QUIT,          /* lost for good (the export changed) */
 } LinkState;
 
+typedef struct NbdState NbdState;
+
+/*
+ * One connection of a node.  With multi-conn there are several, each with
+ * its own reconnection; the node's requests go to the connected one with
+ * the fewest commands in flight.
+ */
 typedef struct {
+    NbdState *s;
+    NbdConn conn;
+    LinkState state;
+    unsigned generation;      /* bumped each time the connection is lost */
+    GSource *delay_timer;     /* ends LINK_WAIT */
+    bool reconnecting;        /* its (re)connection coroutine runs */
+    NbdWait *reconnect_sleep;
+    unsigned in_flight;
+} NbdLink;
+
+struct NbdState {
     BlockNode *bs;
     NbdAddress addr;
     char *export;
     char *bitmap;             /* x-dirty-bitmap */
     uint32_t reconnect_delay;
     uint32_t open_timeout;
+    uint32_t want_conns;      /* x-strata-multi-conn */
 
-    NbdConn conn;
-    LinkState state;
-    unsigned generation;      /* bumped each time the connection is lost */
-    CoQueue waiters;          /* requests waiting in LINK_WAIT */
-    GSource *delay_timer;     /* ends LINK_WAIT */
-    bool reconnecting;        /* the reconnection coroutine runs */
-    NbdWait *reconnect_sleep;
+    NbdLink links[NBD_MAX_CONNS];
+    int nlinks;               /* links in use: 1, or more with multi-conn */
+    CoQueue waiters;          /* requests waiting for a link */
     bool closing;
 
     /* What the server said at the first connection. */
     int64_t size;
     uint32_t min_block, opt_block, max_block;
     bool read_only, can_flush, can_fua, can_trim, can_zero, can_fast_zero;
+    bool can_multi_conn;
     bool has_status;          /* the meta context was negotiated */
-} NbdState;
+};
 
 /* ---- Options ---- */
 
@@ -171,7 +197,7 @@ out:
 static bool take_options(NbdState *s, json_t *options, GError **errp)
 {
     char *tls = NULL, *tls_host = NULL;
-    uint64_t delay = 0, timeout = 0;
+    uint64_t delay = 0, timeout = 0, conns = NBD_DEFAULT_CONNS;
     bool ok = false;
 
     /*
@@ -184,6 +210,7 @@ static bool take_options(NbdState *s, json_t *options, GError **errp)
         !opts_take_str(options, "tls-hostname", &tls_host, errp) ||
         !opts_take_number(options, "reconnect-delay", &delay, errp) ||
         !opts_take_number(options, "open-timeout", &timeout, errp) ||
+        !opts_take_number(options, "x-strata-multi-conn", &conns, errp) ||
         !take_legacy_address(options, errp) ||
         !take_server(s, options, errp)) {
         goto out;
@@ -191,12 +218,22 @@ static bool take_options(NbdState *s, json_t *options, GError **errp)
     /* QEMU stores both in 32 bits. */
     s->reconnect_delay = (uint32_t)delay;
     s->open_timeout = (uint32_t)timeout;
+    if (conns < 1 || conns > NBD_MAX_CONNS) {
+        error_setg(errp, "x-strata-multi-conn must be between 1 and %d",
+                   NBD_MAX_CONNS);
+        goto out;
+    }
+    s->want_conns = (uint32_t)conns;
     if (tls) {
         /*
          * Only secret objects exist in strata, so no id names TLS
-         * credentials (QEMU's message); TLS itself is not built yet.
+         * credentials: QEMU's message for that, then why and what to do
+         * (TLS itself is not built yet).
          */
-        error_setg(errp, "No TLS credentials with id '%s'", tls);
+        error_setg(errp, "No TLS credentials with id '%s' (strata has no "
+                   "TLS yet, so no such object can exist: connect without "
+                   "tls-creds, over a unix socket or an encrypted tunnel "
+                   "such as ssh -L or stunnel)", tls);
         goto out;
     }
     if (tls_host) {
@@ -212,18 +249,22 @@ out:
 
 /* ---- Connecting ---- */
 
-static void nbd_link_lost(NbdState *s, unsigned generation);
+static void nbd_link_lost(NbdLink *l, unsigned generation);
 
 static void conn_dead_cb(void *opaque)
 {
-    NbdState *s = opaque;
-    nbd_link_lost(s, s->generation);
+    NbdLink *l = opaque;
+    nbd_link_lost(l, l->generation);
 }
 
-/* Read what the server offers; on a reconnection, check nothing changed. */
-static bool take_server_info(NbdState *s, bool first, GError **errp)
+/*
+ * Read what the server offers; on a later connection (a reconnection or
+ * another connection of multi-conn), check nothing changed.
+ */
+static bool take_server_info(NbdLink *l, bool first, GError **errp)
 {
-    struct nbd_handle *h = s->conn.h;
+    NbdState *s = l->s;
+    struct nbd_handle *h = l->conn.h;
     int64_t size = nbd_lib.get_size(h);
     bool ro = nbd_lib.is_read_only(h) == 1;
 
@@ -245,6 +286,7 @@ static bool take_server_info(NbdState *s, bool first, GError **errp)
     s->can_trim = nbd_lib.can_trim(h) == 1;
     s->can_zero = nbd_lib.can_zero(h) == 1;
     s->can_fast_zero = nbd_lib.can_fast_zero(h) == 1;
+    s->can_multi_conn = nbd_lib.can_multi_conn(h) == 1;
     s->has_status = nbd_lib.can_meta_context(
         h, s->bitmap ? s->bitmap : LIBNBD_CONTEXT_BASE_ALLOCATION) == 1;
     int64_t v = nbd_lib.get_block_size(h, LIBNBD_SIZE_MINIMUM);
@@ -256,71 +298,78 @@ static bool take_server_info(NbdState *s, bool first, GError **errp)
     return true;
 }
 
-static int coroutine_fn connect_once(NbdState *s, int64_t deadline,
+static int coroutine_fn connect_once(NbdLink *l, int64_t deadline,
                                      GError **errp)
 {
+    NbdState *s = l->s;
     NbdConnectParams p = {
         .addr = &s->addr,
         .export = s->export,
         .meta_context = s->bitmap ? s->bitmap : LIBNBD_CONTEXT_BASE_ALLOCATION,
         .cancel = &s->closing,
     };
-    int ret = nbd_conn_connect(&s->conn, &p, deadline, errp);
+    int ret = nbd_conn_connect(&l->conn, &p, deadline, errp);
     if (ret < 0) {
         return ret;
     }
-    s->conn.on_dead = conn_dead_cb;
-    s->conn.opaque = s;
+    l->conn.on_dead = conn_dead_cb;
+    l->conn.opaque = l;
     return 0;
 }
 
 /* Sleep up to ns, or until the node is closed. */
-static void coroutine_fn reconnect_sleep(NbdState *s, int64_t ns)
+static void coroutine_fn reconnect_sleep(NbdLink *l, int64_t ns)
 {
     NbdWait w;
-    s->reconnect_sleep = &w;
+    l->reconnect_sleep = &w;
     nbd_wait(&w, ns);
-    s->reconnect_sleep = NULL;
+    l->reconnect_sleep = NULL;
 }
 
-static void end_wait(NbdState *s)
+static void drop_delay_timer(NbdLink *l)
 {
-    if (s->delay_timer) {
-        g_source_destroy(s->delay_timer);
-        g_source_unref(s->delay_timer);
-        s->delay_timer = NULL;
+    if (l->delay_timer) {
+        g_source_destroy(l->delay_timer);
+        g_source_unref(l->delay_timer);
+        l->delay_timer = NULL;
     }
-    if (s->state == LINK_WAIT) {
-        s->state = LINK_NOWAIT;
+}
+
+static void end_wait(NbdLink *l)
+{
+    drop_delay_timer(l);
+    if (l->state == LINK_WAIT) {
+        l->state = LINK_NOWAIT;
     }
-    co_queue_restart_all(&s->waiters);
+    co_queue_restart_all(&l->s->waiters);
 }
 
 static gboolean delay_timer_cb(gpointer opaque)
 {
-    NbdState *s = opaque;
-    g_source_unref(s->delay_timer);
-    s->delay_timer = NULL;
-    end_wait(s);
+    NbdLink *l = opaque;
+    g_source_unref(l->delay_timer);
+    l->delay_timer = NULL;
+    end_wait(l);
     return G_SOURCE_REMOVE;
 }
 
 static void reconnect_co(void *opaque)
 {
-    NbdState *s = opaque;
+    NbdLink *l = opaque;
+    NbdState *s = l->s;
     int64_t backoff = 1000000000LL;
 
-    while (!s->closing && s->state != LINK_CONNECTED &&
-           s->state != LINK_QUIT) {
+    while (!s->closing && l->state != LINK_CONNECTED &&
+           l->state != LINK_QUIT) {
         GError *err = NULL;
-        nbd_conn_close(&s->conn, false);
+        nbd_conn_close(&l->conn, false);
         /* An attempt never outlasts the longest pause between attempts. */
-        if (connect_once(s, clock_ns() + RECONNECT_BACKOFF_MAX_NS, &err) == 0) {
-            if (take_server_info(s, false, &err)) {
-                s->state = LINK_CONNECTED;
+        if (connect_once(l, clock_ns() + RECONNECT_BACKOFF_MAX_NS, &err) == 0) {
+            if (take_server_info(l, false, &err)) {
+                l->state = LINK_CONNECTED;
             } else {
-                nbd_conn_close(&s->conn, true);
-                s->state = LINK_QUIT;
+                nbd_conn_close(&l->conn, true);
+                l->state = LINK_QUIT;
             }
             g_clear_error(&err);
             break;
@@ -329,15 +378,11 @@ static void reconnect_co(void *opaque)
         if (s->closing) {
             break;
         }
-        reconnect_sleep(s, backoff);
+        reconnect_sleep(l, backoff);
         backoff = MIN(backoff * 2, RECONNECT_BACKOFF_MAX_NS);
     }
-    if (s->delay_timer) {
-        g_source_destroy(s->delay_timer);
-        g_source_unref(s->delay_timer);
-        s->delay_timer = NULL;
-    }
-    s->reconnecting = false;
+    drop_delay_timer(l);
+    l->reconnecting = false;
     co_queue_restart_all(&s->waiters);
 }
 
@@ -345,27 +390,53 @@ static void reconnect_co(void *opaque)
  * The connection of `generation` failed (noticed by the loop or by a
  * request).  Only the first to notice acts.
  */
-static void nbd_link_lost(NbdState *s, unsigned generation)
+static void nbd_link_lost(NbdLink *l, unsigned generation)
 {
-    if (generation != s->generation || s->state != LINK_CONNECTED) {
+    NbdState *s = l->s;
+    if (generation != l->generation || l->state != LINK_CONNECTED) {
         return;
     }
-    s->generation++;
+    l->generation++;
     if (s->closing) {
-        s->state = LINK_QUIT;
+        l->state = LINK_QUIT;
         return;
     }
-    s->state = s->reconnect_delay ? LINK_WAIT : LINK_NOWAIT;
+    l->state = s->reconnect_delay ? LINK_WAIT : LINK_NOWAIT;
     if (s->reconnect_delay) {
-        s->delay_timer = g_timeout_source_new(
+        l->delay_timer = g_timeout_source_new(
             (guint)MIN((uint64_t)s->reconnect_delay * 1000, G_MAXUINT));
-        g_source_set_callback(s->delay_timer, delay_timer_cb, s, NULL);
-        g_source_attach(s->delay_timer, loop_context(loop_get()));
+        g_source_set_callback(l->delay_timer, delay_timer_cb, l, NULL);
+        g_source_attach(l->delay_timer, loop_context(loop_get()));
     }
-    if (!s->reconnecting) {
-        s->reconnecting = true;
-        co_wake(co_create(reconnect_co, s));
+    if (!l->reconnecting) {
+        l->reconnecting = true;
+        co_wake(co_create(reconnect_co, l));
     }
+}
+
+/*
+ * The first handshake of a connection beyond the first (multi-conn), in
+ * the background so that opening waits for one only.  One that does not
+ * come up (a server limiting its clients may leave it unanswered in its
+ * backlog) is given up for good: the node works with those it has.
+ */
+static void extra_connect_co(void *opaque)
+{
+    NbdLink *l = opaque;
+    NbdState *s = l->s;
+    GError *err = NULL;
+
+    if (connect_once(l, clock_ns() + RECONNECT_BACKOFF_MAX_NS, &err) == 0 &&
+        take_server_info(l, false, &err) &&
+        nbd_lib.can_multi_conn(l->conn.h) == 1) {
+        l->state = s->closing ? LINK_QUIT : LINK_CONNECTED;
+    } else {
+        nbd_conn_close(&l->conn, !err);
+        l->state = LINK_QUIT;
+    }
+    g_clear_error(&err);
+    l->reconnecting = false;
+    co_queue_restart_all(&s->waiters);
 }
 
 /* ---- Requests ---- */
@@ -413,9 +484,8 @@ static int cmd_extent_cb(void *opaque, const char *metacontext,
     return 0;
 }
 
-static int64_t cmd_submit(NbdState *s, NbdCmd *c)
+static int64_t cmd_submit(struct nbd_handle *h, NbdCmd *c)
 {
-    struct nbd_handle *h = s->conn.h;
     nbd_completion_callback cb = { .callback = cmd_complete_cb,
                                    .user_data = c };
     switch (c->type) {
@@ -440,40 +510,79 @@ static int64_t cmd_submit(NbdState *s, NbdCmd *c)
 }
 
 /*
+ * The connected link with the fewest commands in flight (the first among
+ * equals, so that a node with one connection uses it alone), or NULL.
+ */
+static NbdLink *pick_link(NbdState *s)
+{
+    NbdLink *best = NULL;
+    for (int i = 0; i < s->nlinks; i++) {
+        NbdLink *l = &s->links[i];
+        if (l->state == LINK_CONNECTED &&
+            (!best || l->in_flight < best->in_flight)) {
+            best = l;
+        }
+    }
+    return best;
+}
+
+/* Is any link lost but within its reconnect-delay? */
+static bool any_link_waiting(NbdState *s)
+{
+    for (int i = 0; i < s->nlinks; i++) {
+        if (s->links[i].state == LINK_WAIT) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/*
  * Send one command and wait for its reply; a command whose connection
- * dies is sent again on the next connection while reconnect-delay lasts.
+ * dies is sent again, on another connection or the next one, while
+ * reconnect-delay lasts.
+ *
+ * Any connection will do for any command: the server promised multi-conn
+ * consistency before a node has more than one, so a flush on one covers
+ * the writes completed on all of them (the NBD protocol, "Multiple
+ * connections"), which are all the writes a flush must cover.
  */
 static int coroutine_fn nbd_co_cmd(NbdState *s, NbdCmd *c)
 {
     for (;;) {
-        while (s->state == LINK_WAIT) {
+        NbdLink *l;
+        while (!(l = pick_link(s)) && any_link_waiting(s)) {
             co_queue_wait(&s->waiters);
         }
-        if (s->state != LINK_CONNECTED) {
+        if (!l) {
             return -EIO;
         }
-        unsigned gen = s->generation;
+        unsigned gen = l->generation;
         c->co = co_self();
         c->done = c->waiting = c->got_extent = false;
         c->ret = 0;
-        int64_t cookie = cmd_submit(s, c);
+        int64_t cookie = cmd_submit(l->conn.h, c);
         if (cookie < 0 && !c->done) {
             c->ret = -(nbd_lib.get_errno() ? nbd_lib.get_errno() : EIO);
             c->done = true;
         }
-        nbd_conn_kick(&s->conn);
+        nbd_conn_kick(&l->conn);
         if (!c->done) {
             c->waiting = true;
+            l->in_flight++;
             co_yield();
+            l->in_flight--;
         }
         if (c->ret == 0) {
             return 0;
         }
-        if (gen == s->generation && nbd_conn_alive(&s->conn)) {
+        if (gen == l->generation && nbd_conn_alive(&l->conn)) {
             return c->ret;      /* the server's answer */
         }
-        nbd_link_lost(s, gen);
-        if (s->state != LINK_WAIT) {
+        nbd_link_lost(l, gen);
+        /* Without reconnect-delay, QEMU fails what was lost in flight. */
+        if (!s->reconnect_delay || l->state == LINK_NOWAIT ||
+            l->state == LINK_QUIT) {
             return -EIO;
         }
     }
@@ -678,7 +787,7 @@ static void open_co(void *opaque)
     /* With open-timeout, QEMU keeps trying (1, 2, 4 .. 16 s apart). */
     for (;;) {
         GError *err = NULL;
-        o->ret = connect_once(s, deadline, &err);
+        o->ret = connect_once(&s->links[0], deadline, &err);
         if (o->ret == 0) {
             return;
         }
@@ -688,7 +797,7 @@ static void open_co(void *opaque)
             return;
         }
         g_clear_error(&err);
-        reconnect_sleep(s, MIN(backoff, left));
+        reconnect_sleep(&s->links[0], MIN(backoff, left));
         backoff = MIN(backoff * 2, RECONNECT_BACKOFF_MAX_NS);
     }
 }
@@ -707,6 +816,11 @@ static int nbd_open(BlockNode *bs, json_t *options, int flags, GError **errp)
     NbdState *s = bs->opaque;
     s->bs = bs;
     co_queue_init(&s->waiters);
+    for (int i = 0; i < NBD_MAX_CONNS; i++) {
+        s->links[i].s = s;
+        s->links[i].conn.fd = -1;
+    }
+    s->nlinks = 1;
 
     if (!take_options(s, options, errp)) {
         nbd_free_state(s);
@@ -727,7 +841,7 @@ static int nbd_open(BlockNode *bs, json_t *options, int flags, GError **errp)
         return o.ret;
     }
     GError *err = NULL;
-    if (!take_server_info(s, true, &err)) {
+    if (!take_server_info(&s->links[0], true, &err)) {
         g_propagate_error(errp, err);
         goto fail;
     }
@@ -755,11 +869,24 @@ static int nbd_open(BlockNode *bs, json_t *options, int flags, GError **errp)
             bs->supported_zero_flags |= REQ_NO_FALLBACK;
         }
     }
-    s->state = LINK_CONNECTED;
+    s->links[0].state = LINK_CONNECTED;
+    /*
+     * More connections only where the server says that what one completes
+     * is seen by all (writes, and flushes covering them), as the spread
+     * of requests and flushes over them needs.
+     */
+    if (s->can_multi_conn) {
+        s->nlinks = (int)s->want_conns;
+        for (int i = 1; i < s->nlinks; i++) {
+            s->links[i].state = LINK_CONNECTING;
+            s->links[i].reconnecting = true;
+            co_wake(co_create(extra_connect_co, &s->links[i]));
+        }
+    }
     return 0;
 
 fail:
-    nbd_conn_close(&s->conn, true);
+    nbd_conn_close(&s->links[0].conn, true);
     nbd_free_state(s);
     return -EINVAL;
 }
@@ -768,16 +895,19 @@ static void nbd_close_node(BlockNode *bs)
 {
     NbdState *s = bs->opaque;
     s->closing = true;
-    if (s->reconnect_sleep) {
-        nbd_wait_wake(s->reconnect_sleep);
+    for (int i = 0; i < s->nlinks; i++) {
+        NbdLink *l = &s->links[i];
+        if (l->reconnect_sleep) {
+            nbd_wait_wake(l->reconnect_sleep);
+        }
+        if (l->conn.waiter) {
+            nbd_wait_wake(l->conn.waiter);
+        }
+        /* The (re)connection coroutine sees `closing` at its next step. */
+        LOOP_WAIT_WHILE(l->reconnecting);
+        end_wait(l);
+        nbd_conn_close(&l->conn, true);
     }
-    if (s->conn.waiter) {
-        nbd_wait_wake(s->conn.waiter);
-    }
-    /* The reconnection coroutine sees `closing` at its next step. */
-    LOOP_WAIT_WHILE(s->reconnecting);
-    end_wait(s);
-    nbd_conn_close(&s->conn, true);
     nbd_free_state(s);
 }
 

@@ -646,20 +646,21 @@ fail:
     if (list) {
         g_ptr_array_free(list, true);
     }
-    if (writable && !(flags & NODE_O_CHECK)) {
+    /*
+     * A check (with or without repair) fails to open as qemu-img check
+     * 7.2 does: the bitmap's damage is its whole report (img-check-bitmaps).
+     */
+    if (writable || (flags & NODE_O_CHECK)) {
         g_propagate_error(errp, err);
         return -EINVAL;
     }
     /*
      * QEMU refuses to open the image at all; reading it cannot harm the
-     * bitmaps, so a read-only open (and a check, which reports the
-     * damage itself) goes on without them.
+     * bitmaps, so a read-only open goes on without them.
      */
-    if (!(flags & NODE_O_CHECK)) {
-        warn_print("%s: warning: Could not load the bitmaps of '%s': %s",
-                   g_get_prgname() ? g_get_prgname() : "strata",
-                   node_get_filename(bs), err->message);
-    }
+    warn_print("%s: warning: Could not load the bitmaps of '%s': %s",
+               g_get_prgname() ? g_get_prgname() : "strata",
+               node_get_filename(bs), err->message);
     /* Writes would go unrecorded: no reopen read-write (qcow2.c). */
     g_free(s->bitmaps_damaged);
     s->bitmaps_damaged = g_strdup(err->message);

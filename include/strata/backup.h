@@ -13,6 +13,7 @@
 #include <stdint.h>
 #include "strata/block.h"
 #include "strata/blockjob.h"
+#include "strata/dirty-bitmap.h"
 #include "strata/job.h"
 
 /* What is copied (QEMU's MirrorSyncMode, as far as backup takes it). */
@@ -20,7 +21,22 @@ typedef enum BackupSyncMode {
     BACKUP_SYNC_TOP,     /* what the source's top image allocates */
     BACKUP_SYNC_FULL,    /* everything the source reads */
     BACKUP_SYNC_NONE,    /* only the old data of what the guest writes */
+    BACKUP_SYNC_BITMAP,  /* what sync_bitmap marks (QEMU's 'bitmap') */
 } BackupSyncMode;
+
+/*
+ * What becomes of the sync bitmap at the end (QEMU's BitmapSyncMode):
+ * ON_SUCCESS  cleared of what was copied if the job succeeds (only the
+ *             writes made since the job began stay marked);
+ * ALWAYS      the same, and after a failure whatever was not copied is
+ *             marked again;
+ * NEVER       left as it was, plus the writes made meanwhile.
+ */
+typedef enum BackupBitmapMode {
+    BACKUP_BITMAP_ON_SUCCESS,
+    BACKUP_BITMAP_NEVER,
+    BACKUP_BITMAP_ALWAYS,
+} BackupBitmapMode;
 
 /* x-perf: QEMU's BackupPerf. */
 typedef struct BackupPerfOptions {
@@ -37,6 +53,10 @@ typedef struct BackupOptions {
     BackupPerfOptions perf;
     BlockdevOnError on_source_error, on_target_error;
     int creation_flags;           /* JOB_MANUAL_FINALIZE, ... */
+    /* A bitmap of the source (NULL: none): what sync=bitmap copies, and
+     * with any sync but none what bitmap_mode updates. */
+    DirtyBitmap *sync_bitmap;
+    BackupBitmapMode bitmap_mode;
 } BackupOptions;
 
 /*

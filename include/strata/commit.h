@@ -64,6 +64,10 @@ typedef struct CommitOptions {
      */
     bool discard_source;
 
+    /* Off by default (x-strata-merge-bitmaps, strata/bitmap-pivot.h):
+     * the named bitmaps of the dropped images are merged into base's. */
+    bool merge_bitmaps;
+
     /* Called when the job is finalized (may be NULL). */
     JobCompletionFunc *cb;
     void *opaque;

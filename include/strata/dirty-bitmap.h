@@ -73,6 +73,12 @@ bool dirty_bitmap_readonly(const DirtyBitmap *bm);
 void dirty_bitmap_set_enabled(DirtyBitmap *bm, bool enabled);
 void dirty_bitmap_set_persistent(DirtyBitmap *bm, bool persistent);
 void dirty_bitmap_set_inconsistent(DirtyBitmap *bm);
+/*
+ * strata's recovery of an inconsistent bitmap: usable and recording again,
+ * every bit set (nothing written while it was stale can be missed);
+ * persistent as it was, so the format stores it at the next clean close.
+ */
+void dirty_bitmap_recover(DirtyBitmap *bm);
 void dirty_bitmap_set_busy(DirtyBitmap *bm, bool busy);
 void dirty_bitmap_set_readonly(DirtyBitmap *bm, bool readonly);
 
@@ -83,6 +89,13 @@ int dirty_bitmap_check(const DirtyBitmap *bm, unsigned flags, GError **errp);
 void dirty_bitmap_set(DirtyBitmap *bm, int64_t offset, int64_t bytes);
 void dirty_bitmap_reset(DirtyBitmap *bm, int64_t offset, int64_t bytes);
 void dirty_bitmap_clear(DirtyBitmap *bm);
+/*
+ * Undo for transactions: a copy of the bits now (hbitmap_free it when no
+ * longer needed), and putting such a copy back (bm must not have been
+ * resized in between; restore takes the copy).
+ */
+HBitmap *dirty_bitmap_backup(const DirtyBitmap *bm);
+void dirty_bitmap_restore(DirtyBitmap *bm, HBitmap *backup);
 bool dirty_bitmap_get(const DirtyBitmap *bm, int64_t offset);
 /* First dirty (clean) byte offset in [offset, offset + bytes), or -1. */
 int64_t dirty_bitmap_next_dirty(const DirtyBitmap *bm, int64_t offset,
@@ -129,6 +142,13 @@ bool node_dirty_bitmap_add(BlockNode *bs, const char *name,
                            bool disabled, GError **errp);
 /* Also deletes a persistent bitmap from the image at once. */
 bool node_dirty_bitmap_remove(BlockNode *bs, const char *name, GError **errp);
+/*
+ * remove's first half (the transaction action's prepare): the checks, and
+ * a persistent bitmap deleted from the image; the bitmap itself is left
+ * in memory (still persistent, so stored again at close unless released).
+ */
+DirtyBitmap *node_dirty_bitmap_unstore(BlockNode *bs, const char *name,
+                                       GError **errp);
 bool node_dirty_bitmap_clear(BlockNode *bs, const char *name, GError **errp);
 bool node_dirty_bitmap_enable(BlockNode *bs, const char *name, GError **errp);
 bool node_dirty_bitmap_disable(BlockNode *bs, const char *name,
@@ -138,11 +158,53 @@ bool node_dirty_bitmap_merge(BlockNode *bs, const char *target,
                              BlockNode *src_bs, const char *src_name,
                              GError **errp);
 /*
+ * x-strata-block-dirty-bitmap-recover: checks (busy, read-only, "is not
+ * inconsistent"), then dirty_bitmap_recover().  *backup (if backup is not
+ * NULL) gets the bits before, for a transaction's undo
+ * (dirty_bitmap_unrecover).
+ */
+DirtyBitmap *node_dirty_bitmap_recover(BlockNode *bs, const char *name,
+                                       HBitmap **backup, GError **errp);
+/* Undo node_dirty_bitmap_recover: the bits back, inconsistent again. */
+void dirty_bitmap_unrecover(DirtyBitmap *bm, HBitmap *backup);
+/*
+ * x-strata-block-dirty-bitmap-copy: a new bitmap target_name of target_bs
+ * holding src's bits (src may be of another node of the same length);
+ * granularity 0 keeps src's, another one gets src's bits merged into a
+ * bitmap of that granularity.  src must be usable (not busy, not
+ * inconsistent; read-only is fine).  The new bitmap, or NULL.
+ */
+DirtyBitmap *node_dirty_bitmap_copy(const DirtyBitmap *src,
+                                    BlockNode *target_bs,
+                                    const char *target_name,
+                                    uint32_t granularity, bool persistent,
+                                    bool disabled, GError **errp);
+/*
  * Bytes the persistent bitmaps of bs would take in a qcow2 image with
  * this cluster size (measure): every data cluster, the bitmap tables and
  * the directory, as QEMU counts them.
  */
 uint64_t dirty_bitmaps_qcow2_size(BlockNode *bs, uint64_t cluster_size);
+/*
+ * Successors (QEMU's), for a job that owns a bitmap (backup's sync
+ * bitmap): create_successor makes the bitmap busy and frozen, and an
+ * anonymous bitmap on the same node records the writes meanwhile (it
+ * records if the parent did: dirty_bitmap_recording() answers for both).
+ * At the end either abdicate (the successor takes the name and
+ * persistence, the parent goes: only writes since the job began stay) or
+ * reclaim (the successor is merged into the parent, which gets back its
+ * recording state).  Both return the bitmap that stays.
+ */
+bool dirty_bitmap_recording(const DirtyBitmap *bm);
+DirtyBitmap *dirty_bitmap_successor(const DirtyBitmap *bm);  /* or NULL */
+bool dirty_bitmap_create_successor(DirtyBitmap *bm, GError **errp);
+DirtyBitmap *dirty_bitmap_abdicate(DirtyBitmap *bm);
+DirtyBitmap *dirty_bitmap_reclaim(DirtyBitmap *bm);
+/* dst |= src without the user's checks (busy bitmaps too), any
+ * granularities, same size: a dirty chunk of src marks every chunk of
+ * dst it touches. */
+void dirty_bitmap_merge_internal(DirtyBitmap *dst, const DirtyBitmap *src);
+
 /* The format can keep bitmaps in the image (qcow2 v3). */
 bool node_supports_persistent_dirty_bitmap(BlockNode *bs);
 

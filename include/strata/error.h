@@ -50,5 +50,11 @@ void error_propagate(GError **dst, GError *src);
  */
 void warn_print(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
 void warn_set_handler(void (*handler)(const char *msg));
+/*
+ * An error the library reports itself because no caller is left to take
+ * it (QEMU's error_report outside a monitor command): "PROGRAM: message",
+ * through the same handler as warn_print.
+ */
+void error_print(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
 
 #endif

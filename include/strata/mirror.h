@@ -80,6 +80,10 @@ typedef struct MirrorOptions {
     bool unmap;                  /* zeroes may be written as holes */
     const char *filter_node_name; /* NULL: an implicit filter */
     MirrorCopy copy_mode;
+    /* Beyond QEMU, off by default (x-strata-merge-bitmaps,
+     * strata/bitmap-pivot.h): at the pivot, the replaced node's named
+     * bitmaps are merged into the target's. */
+    bool merge_bitmaps;
 } MirrorOptions;
 
 /*
@@ -98,6 +102,9 @@ typedef struct CommitActiveOptions {
     /* Read the base first and skip writing what it already holds
      * identically (x-strata-skip-identical). */
     bool skip_identical;
+    /* Merge the named bitmaps of the images that leave the chain into
+     * the base's at the pivot (x-strata-merge-bitmaps). */
+    bool merge_bitmaps;
 } CommitActiveOptions;
 
 /*

@@ -60,6 +60,12 @@ bool nbd_server_is_running(void);
  */
 bool nbd_server_stop(GError **errp);
 
+/* A dirty bitmap to offer as the meta context qemu:dirty-bitmap:NAME. */
+typedef struct NbdExportBitmap {
+    const char *node;   /* NULL: the exported node or one below it */
+    const char *name;
+} NbdExportBitmap;
+
 /* block-export-add's arguments for type 'nbd' (BlockExportOptions). */
 typedef struct NbdExportOptions {
     const char *id;           /* export id (block-export-add's 'id') */
@@ -74,6 +80,13 @@ typedef struct NbdExportOptions {
      */
     bool fixed_loop;
     bool allocation_depth;    /* also offer qemu:allocation-depth */
+    /*
+     * Dirty bitmaps offered, in this order; each is busy (no command may
+     * change or remove it) until the export is deleted.  A read-only
+     * export of a writable node refuses an enabled bitmap.
+     */
+    const NbdExportBitmap *bitmaps;
+    size_t nr_bitmaps;
     /*
      * nbd-server-add's rules instead of block-export-add's: a read-only node
      * is exported read-only even when writable is asked, rather than being
@@ -90,7 +103,10 @@ typedef struct NbdExportOptions {
  * "Cannot export read-only node as writable",
  * a permission conflict, "NBD server not running", "export name 'x' too
  * long", "description 'x' too long", "NBD server already has export named
- * 'x'".
+ * 'x'", then per bitmap "Bitmap 'x' is not found" (a bare name), "Node 'x'
+ * not found" / "Dirty bitmap 'x' not found" ({node, name}), a bitmap busy
+ * or inconsistent, "Enabled bitmap 'x' incompatible with readonly
+ * export".
  */
 bool nbd_export_add(const NbdExportOptions *opts, GError **errp);
 

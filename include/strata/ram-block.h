@@ -94,6 +94,17 @@ bool ram_block_log_start(RamBlock *rb, GError **errp);
  */
 bool ram_block_set_dirty_log(RamBlock *rb, int fd, GError **errp);
 void ram_block_clear_dirty_log(RamBlock *rb);
+/*
+ * A dirty log the daemon keeps itself, for monitors that report their
+ * writes over QMP (x-strata-memdev-dirty) instead of sharing a bitmap.
+ */
+bool ram_block_set_private_dirty_log(RamBlock *rb, GError **errp);
+/*
+ * Mark every page [@offset, @offset + @length) touches (from any thread;
+ * either kind of log).  Fails without a log or past the block's end.
+ */
+bool ram_block_mark_dirty(RamBlock *rb, uint64_t offset, uint64_t length,
+                          GError **errp);
 bool ram_block_has_dirty_log(const RamBlock *rb);
 /* Is tracking on (between log_start and log_stop)? */
 bool ram_block_logging(const RamBlock *rb);

@@ -1,0 +1,422 @@
+/*
+ * snapshot-save, snapshot-load and snapshot-delete: QEMU 7.2's machine
+ * snapshot jobs.  Every node in `devices` gets (reverts to, loses) an
+ * internal snapshot named `tag`; the VM state, the guest RAM that
+ * strata-daemon holds (migration/vmstate-ram.c), lives in the VM state
+ * area of the node `vmstate`.
+ *
+ * QEMU's checks, their order and messages, including its quirks: a
+ * read-only device "is writable but does not support snapshots"; save
+ * refuses a tag only when every device has it already; delete removes
+ * the first snapshot of that name on each device; a device named twice
+ * is snapshotted twice.  What differs: strata-daemon runs no guest CPUs,
+ * so there are no STOP and RESUME events; the VM monitor pauses its
+ * vCPUs before snapshot-save or snapshot-load (docs/migration.md).
+ * The VM clock of a snapshot is the time since the daemon started (the
+ * daemon cannot see the guest's; QEMU with no machine counts the same).
+ *
+ * As in QEMU, the work happens before the command's reply and the job
+ * concludes after it: run() yields once when it is done.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "strata/block-ops.h"
+#include "strata/block.h"
+#include "strata/coroutine.h"
+#include "strata/error.h"
+#include "strata/job.h"
+#include "strata/loop.h"
+#include "strata/vmstate-ram.h"
+#include "qapi-commands.h"
+#include "job-settle.h"
+
+typedef enum SnapOpKind { OP_SAVE, OP_LOAD, OP_DELETE } SnapOpKind;
+
+typedef struct SnapshotJob {
+    Job common;
+    SnapOpKind op;
+    char *tag;
+    char *vmstate;                  /* NULL for delete */
+    GPtrArray *devices;             /* char *, as given (repeats kept) */
+} SnapshotJob;
+
+/* ---- QEMU's bdrv_all_* over the device list ---- */
+
+/* The nodes named by devices, referenced; NULL with errp set. */
+static GPtrArray *get_devices(SnapshotJob *s, GError **errp)
+{
+    GPtrArray *nodes = g_ptr_array_new_with_free_func(
+        (GDestroyNotify)node_unref);
+
+    if (s->devices->len == 0) {
+        error_setg(errp, "At least one device is required for snapshot");
+        g_ptr_array_free(nodes, true);
+        return NULL;
+    }
+    for (guint i = 0; i < s->devices->len; i++) {
+        const char *name = s->devices->pdata[i];
+        BlockNode *bs = node_find(name);
+        if (!bs) {
+            error_setg(errp, "No block device node '%s'", name);
+            g_ptr_array_free(nodes, true);
+            return NULL;
+        }
+        node_ref(bs);
+        g_ptr_array_add(nodes, bs);
+    }
+    return nodes;
+}
+
+/* QEMU's bdrv_can_snapshot: writable, and internal snapshots somewhere. */
+static bool can_snapshot(BlockNode *bs)
+{
+    NodeSnapshot *list = NULL;
+    int n;
+
+    if (node_is_read_only(bs)) {
+        return false;
+    }
+    n = node_snapshot_list(bs, &list);
+    g_free(list);
+    return n != -ENOTSUP;
+}
+
+static bool all_can_snapshot(GPtrArray *nodes, GError **errp)
+{
+    for (guint i = 0; i < nodes->len; i++) {
+        BlockNode *bs = nodes->pdata[i];
+        if (!can_snapshot(bs)) {
+            error_setg(errp, "Device '%s' is writable but does not support "
+                       "snapshots", node_get_name(bs));
+            return false;
+        }
+    }
+    return true;
+}
+
+/* QEMU's bdrv_snapshot_find: the first snapshot named name. */
+static int find_by_name(BlockNode *bs, const char *name, NodeSnapshot *out)
+{
+    NodeSnapshot *list = NULL;
+    int n = node_snapshot_list(bs, &list);
+    int ret = -ENOENT;
+
+    if (n < 0) {
+        return n;
+    }
+    for (int i = 0; i < n; i++) {
+        if (!strcmp(list[i].name, name)) {
+            *out = list[i];
+            ret = 0;
+            break;
+        }
+    }
+    g_free(list);
+    return ret;
+}
+
+/* 1 if every device has a snapshot named name, 0 if one lacks it. */
+static int all_have_snapshot(GPtrArray *nodes, const char *name,
+                             GError **errp)
+{
+    for (guint i = 0; i < nodes->len; i++) {
+        BlockNode *bs = nodes->pdata[i];
+        NodeSnapshot sn;
+        int ret = find_by_name(bs, name, &sn);
+        if (ret == -ENOENT) {
+            return 0;
+        }
+        if (ret < 0) {
+            error_setg(errp, "Could not check snapshot '%s' on '%s': %s",
+                       name, node_get_name(bs), g_strerror(-ret));
+            return ret;
+        }
+    }
+    return 1;
+}
+
+static BlockNode *find_vmstate(GPtrArray *nodes, const char *vmstate,
+                               GError **errp)
+{
+    for (guint i = 0; i < nodes->len; i++) {
+        BlockNode *bs = nodes->pdata[i];
+        if (!strcmp(node_get_name(bs), vmstate)) {
+            return bs;
+        }
+    }
+    error_setg(errp, "vmstate block device '%s' does not exist", vmstate);
+    return NULL;
+}
+
+static void drain_all_nodes(GPtrArray *nodes, bool begin)
+{
+    for (guint i = 0; i < nodes->len; i++) {
+        guint k = begin ? i : nodes->len - 1 - i;
+        if (begin) {
+            node_drain_begin(nodes->pdata[k]);
+        } else {
+            node_drain_end(nodes->pdata[k]);
+        }
+    }
+}
+
+/* The daemon's "VM clock": nanoseconds since the program started. */
+static int64_t started_us;
+
+__attribute__((constructor)) static void note_start(void)
+{
+    started_us = g_get_monotonic_time();
+}
+
+/* ---- The three operations ---- */
+
+static int coroutine_fn do_save(SnapshotJob *s, GPtrArray *nodes,
+                                GError **errp)
+{
+    BlockNode *vm_bs;
+    int ret = all_have_snapshot(nodes, s->tag, errp);
+    int64_t vm_size;
+
+    if (ret < 0) {
+        return ret;
+    }
+    if (ret > 0) {
+        error_setg(errp, "Snapshot '%s' already exists in one or more "
+                   "devices", s->tag);
+        return -EEXIST;
+    }
+    vm_bs = find_vmstate(nodes, s->vmstate, errp);
+    if (!vm_bs) {
+        return -ENOENT;
+    }
+
+    drain_all_nodes(nodes, true);
+    vm_size = vmstate_ram_save(vm_bs, errp);
+    ret = vm_size < 0 ? (int)vm_size : 0;
+
+    /* Taken one by one; a failure removes what this job took. */
+    GArray *taken = g_array_new(false, false, sizeof(NodeSnapshot));
+    int64_t now = g_get_real_time();
+    for (guint i = 0; i < nodes->len && ret == 0; i++) {
+        BlockNode *bs = nodes->pdata[i];
+        NodeSnapshot sn = { .icount = UINT64_MAX };
+        GError *local = NULL;
+
+        g_strlcpy(sn.name, s->tag, sizeof(sn.name));
+        sn.date_sec = (uint32_t)(now / G_USEC_PER_SEC);
+        sn.date_nsec = (uint32_t)(now % G_USEC_PER_SEC) * 1000;
+        sn.vm_clock_nsec = (uint64_t)(g_get_monotonic_time() - started_us) *
+                           1000;
+        sn.vm_state_size = bs == vm_bs ? (uint64_t)vm_size : 0;
+        ret = node_snapshot_create(bs, &sn, &local);
+        if (ret < 0) {
+            error_setg(errp, "Could not create snapshot '%s' on '%s': %s",
+                       s->tag, node_get_name(bs), local->message);
+            g_error_free(local);
+            break;
+        }
+        g_array_append_val(taken, sn);   /* id_str: filled by the driver */
+    }
+    if (ret < 0) {
+        for (guint i = 0; i < taken->len; i++) {
+            NodeSnapshot *sn = &g_array_index(taken, NodeSnapshot, i);
+            node_snapshot_delete(nodes->pdata[i],
+                                 sn->id_str[0] ? sn->id_str : NULL,
+                                 sn->name, NULL);
+        }
+    }
+    g_array_free(taken, true);
+    drain_all_nodes(nodes, false);
+    return ret;
+}
+
+static int coroutine_fn do_load(SnapshotJob *s, GPtrArray *nodes,
+                                GError **errp)
+{
+    NodeSnapshot sn;
+    BlockNode *vm_bs;
+    GError *local = NULL;
+    int ret = all_have_snapshot(nodes, s->tag, errp);
+
+    if (ret < 0) {
+        return ret;
+    }
+    if (ret == 0) {
+        error_setg(errp, "Snapshot '%s' does not exist in one or more "
+                   "devices", s->tag);
+        return -ENOENT;
+    }
+    vm_bs = find_vmstate(nodes, s->vmstate, errp);
+    if (!vm_bs) {
+        return -ENOENT;
+    }
+    ret = find_by_name(vm_bs, s->tag, &sn);
+    if (ret < 0) {
+        error_setg(errp, "Snapshot '%s' does not exist in one or more "
+                   "devices", s->tag);
+        return ret;
+    }
+    if (sn.vm_state_size == 0) {
+        error_setg(errp, "This is a disk-only snapshot. Revert to it  "
+                   "offline using qemu-img");
+        return -EINVAL;
+    }
+
+    drain_all_nodes(nodes, true);
+    for (guint i = 0; i < nodes->len; i++) {
+        BlockNode *bs = nodes->pdata[i];
+        ret = node_snapshot_goto(bs, s->tag, &local);
+        if (ret < 0) {
+            error_setg(errp, "Could not load snapshot '%s' on '%s': %s",
+                       s->tag, node_get_name(bs), local->message);
+            g_clear_error(&local);
+            break;
+        }
+    }
+    if (ret == 0) {
+        ret = vmstate_ram_load(vm_bs, (int64_t)sn.vm_state_size, &local);
+        if (ret < 0) {
+            /* QEMU prints the cause and gives the job this message. */
+            error_print("%s", local->message);
+            g_clear_error(&local);
+            error_setg(errp, "Error %d while loading VM state", ret);
+        }
+    }
+    drain_all_nodes(nodes, false);
+    return ret;
+}
+
+static int coroutine_fn do_delete(SnapshotJob *s, GPtrArray *nodes,
+                                  GError **errp)
+{
+    for (guint i = 0; i < nodes->len; i++) {
+        BlockNode *bs = nodes->pdata[i];
+        NodeSnapshot sn;
+        GError *local = NULL;
+        int ret = find_by_name(bs, s->tag, &sn);
+
+        if (ret == -ENOENT) {
+            continue;
+        }
+        if (ret == 0) {
+            ret = node_snapshot_delete(bs, sn.id_str, sn.name, &local);
+        }
+        if (ret < 0) {
+            error_setg(errp, "Could not delete snapshot '%s' on '%s': %s",
+                       s->tag, node_get_name(bs),
+                       local ? local->message : g_strerror(-ret));
+            g_clear_error(&local);
+            return ret;
+        }
+    }
+    return 0;
+}
+
+/* ---- The job ---- */
+
+static void wake_bh(void *opaque)
+{
+    co_wake(opaque);
+}
+
+static int coroutine_fn snapshot_run(Job *job, GError **errp)
+{
+    SnapshotJob *s = (SnapshotJob *)job;
+    GPtrArray *nodes;
+    int ret;
+
+    job_progress_set_remaining(job, 1);
+    nodes = get_devices(s, errp);
+    if (!nodes) {
+        ret = -ENOENT;
+    } else if (!all_can_snapshot(nodes, errp)) {
+        ret = -ENOTSUP;
+    } else if (s->op == OP_SAVE) {
+        ret = do_save(s, nodes, errp);
+    } else if (s->op == OP_LOAD) {
+        ret = do_load(s, nodes, errp);
+    } else {
+        ret = do_delete(s, nodes, errp);
+    }
+    if (nodes) {
+        g_ptr_array_free(nodes, true);
+    }
+    job_progress_update(job, 1);
+    /* The reply goes out before the job concludes (see above). */
+    loop_bh(wake_bh, co_self());
+    co_yield();
+    return ret;
+}
+
+static void snapshot_free(Job *job)
+{
+    SnapshotJob *s = (SnapshotJob *)job;
+    g_free(s->tag);
+    g_free(s->vmstate);
+    g_ptr_array_free(s->devices, true);
+}
+
+static const JobDriver save_driver = {
+    .instance_size = sizeof(SnapshotJob),
+    .job_type = JOB_TYPE_SNAPSHOT_SAVE,
+    .run = snapshot_run,
+    .free = snapshot_free,
+};
+
+static const JobDriver load_driver = {
+    .instance_size = sizeof(SnapshotJob),
+    .job_type = JOB_TYPE_SNAPSHOT_LOAD,
+    .run = snapshot_run,
+    .free = snapshot_free,
+};
+
+static const JobDriver delete_driver = {
+    .instance_size = sizeof(SnapshotJob),
+    .job_type = JOB_TYPE_SNAPSHOT_DELETE,
+    .run = snapshot_run,
+    .free = snapshot_free,
+};
+
+static void snapshot_start(const JobDriver *drv, SnapOpKind op,
+                           const char *job_id, const char *tag,
+                           const char *vmstate, strList *devices,
+                           GError **errp)
+{
+    SnapshotJob *s = job_create(job_id, drv, NULL, JOB_MANUAL_DISMISS,
+                                NULL, NULL, errp);
+    if (!s) {
+        return;
+    }
+    s->op = op;
+    s->tag = g_strdup(tag);
+    s->vmstate = g_strdup(vmstate);
+    s->devices = g_ptr_array_new_with_free_func(g_free);
+    for (strList *l = devices; l; l = l->next) {
+        g_ptr_array_add(s->devices, g_strdup(l->value));
+    }
+    job_start(&s->common);
+    qmp_job_settle(job_id);
+}
+
+void qmp_snapshot_save(const char *job_id, const char *tag,
+                       const char *vmstate, strList *devices, GError **errp)
+{
+    snapshot_start(&save_driver, OP_SAVE, job_id, tag, vmstate, devices,
+                   errp);
+}
+
+void qmp_snapshot_load(const char *job_id, const char *tag,
+                       const char *vmstate, strList *devices, GError **errp)
+{
+    snapshot_start(&load_driver, OP_LOAD, job_id, tag, vmstate, devices,
+                   errp);
+}
+
+void qmp_snapshot_delete(const char *job_id, const char *tag,
+                         strList *devices, GError **errp)
+{
+    snapshot_start(&delete_driver, OP_DELETE, job_id, tag, NULL, devices,
+                   errp);
+}
