@@ -26,9 +26,19 @@ class Mon:
     """A QMP connection that returns replies and keeps the events."""
 
     def __init__(self, path):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(t.TIMEOUT)
-        self.sock.connect(path)
+        # the socket file appears at bind(), a moment before listen()
+        deadline = time.monotonic() + t.TIMEOUT
+        while True:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.settimeout(t.TIMEOUT)
+            try:
+                self.sock.connect(path)
+                break
+            except ConnectionRefusedError:
+                self.sock.close()
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
         self.f = self.sock.makefile('rb')
         self.events = []
         self._read()
