@@ -1,0 +1,497 @@
+/*
+ * Page channels: the threads that move RAM pages between guest memory and
+ * the file, each on its own descriptor (strata/mapped-ram.h).
+ *
+ * The pages of all blocks are cut into batches of BATCH_PAGES; channels
+ * take the next batch from a shared counter, so they write disjoint,
+ * mostly distant ranges in parallel.  Within a batch, runs of non-zero
+ * pages (with the short zero stretches between them, see save_batch) are
+ * written with one pwritev each straight from guest memory (page aligned,
+ * so O_DIRECT needs no bounce buffer); longer zero stretches are left as
+ * holes; the bits of zero pages stay clear.  A batch is a multiple of the
+ * bitmap word, so channels never share a word.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "strata/loop.h"
+#include "strata/mapped-ram.h"
+#include "mr-internal.h"
+
+#define BATCH_PAGES 1024u        /* 4 MiB; a multiple of the word bits */
+#define WORD_BITS (8 * sizeof(unsigned long))
+
+typedef struct Work {
+    MrBlock *blocks;
+    unsigned nb_blocks;
+    unsigned long **bitmaps;    /* per block; NULL: block not handled */
+    uint64_t *first_batch;      /* per block, prefix sums; [nb] = total */
+    _Atomic uint64_t next;
+    bool load;
+    const MrParams *p;
+    MrStats *stats;
+    atomic_bool *cancel;
+    atomic_bool failed;
+    GMutex lock;
+    GError *err;
+    /* max-bandwidth, over all channels */
+    int64_t rate_start;
+    uint64_t rate_bytes;
+} Work;
+
+typedef struct Chan {
+    Work *w;
+    int fd;
+    GThread *thread;
+} Chan;
+
+static void work_fail(Work *w, GError *err)
+{
+    g_mutex_lock(&w->lock);
+    if (!w->err) {
+        w->err = err;
+    } else {
+        g_error_free(err);
+    }
+    g_mutex_unlock(&w->lock);
+    atomic_store(&w->failed, true);
+}
+
+static bool page_is_zero(const uint8_t *p)
+{
+    const uint64_t *q = (const uint64_t *)p;
+    if (q[0] || q[1] || q[MR_PAGE_SIZE / 8 - 1]) {
+        return false;
+    }
+    return memcmp(p, p + 16, MR_PAGE_SIZE - 16) == 0;
+}
+
+static void throttle(Work *w, uint64_t bytes)
+{
+    uint64_t bw = w->p->max_bandwidth;
+    int64_t due;
+
+    if (!bw) {
+        return;
+    }
+    g_mutex_lock(&w->lock);
+    w->rate_bytes += bytes;
+    due = w->rate_start + (int64_t)(w->rate_bytes * 1000000000.0 / bw);
+    g_mutex_unlock(&w->lock);
+    int64_t now = clock_ns();
+    if (due > now) {
+        g_usleep((gulong)((due - now) / 1000));
+    }
+}
+
+static bool io_all(Work *w, int fd, uint8_t *buf, uint64_t len, uint64_t off,
+                   const char *id)
+{
+    while (len) {
+        struct iovec iov = {
+            .iov_base = buf,
+            .iov_len = MIN(len, (uint64_t)1 << 30),
+        };
+        ssize_t r = w->load ? preadv(fd, &iov, 1, (off_t)off)
+                            : pwritev(fd, &iov, 1, (off_t)off);
+        if (r < 0 && errno == EINTR) {
+            continue;
+        }
+        if (r < 0) {
+            GError *err = NULL;
+            error_setg_errno(&err, errno, "Could not %s the pages of RAM "
+                             "block '%s' at offset %" G_GUINT64_FORMAT,
+                             w->load ? "read" : "write", id, off);
+            work_fail(w, err);
+            return false;
+        }
+        if (r == 0) {
+            GError *err = NULL;
+            error_setg(&err, "Migration file ends inside the pages of RAM "
+                       "block '%s' (offset %" G_GUINT64_FORMAT ")", id, off);
+            work_fail(w, err);
+            return false;
+        }
+        buf += r;
+        len -= (uint64_t)r;
+        off += (uint64_t)r;
+        atomic_fetch_add(&w->stats->transferred, (uint64_t)r);
+    }
+    return true;
+}
+
+static bool test_bit(const unsigned long *bm, uint64_t i)
+{
+    return (bm[i / WORD_BITS] >> (i % WORD_BITS)) & 1;
+}
+
+static void set_bit(unsigned long *bm, uint64_t i)
+{
+    bm[i / WORD_BITS] |= 1ul << (i % WORD_BITS);
+}
+
+/*
+ * A run of non-zero pages is written in one request, and so are short
+ * stretches of zero pages between two runs (fewer than MERGE_GAP): many
+ * small writes cost far more than a few zero pages written (on O_DIRECT
+ * each is a synchronous device write; through the page cache the
+ * writeback splits at every hole).  Their bits stay clear: they are not
+ * stored pages, only bytes that happen to be in the file.  Longer zero
+ * stretches stay holes.
+ */
+#define MERGE_GAP 64u
+
+#ifndef MADV_POPULATE_READ
+#define MADV_POPULATE_READ 22
+#define MADV_POPULATE_WRITE 23
+#endif
+
+/*
+ * Maps a batch of guest memory in one call before it is scanned or read
+ * into: a fault per page taken from user space costs more than the I/O
+ * (Linux 5.14+; older kernels refuse it and the pages fault one by one).
+ */
+static void populate(uint8_t *p, uint64_t pages, bool write)
+{
+    (void)madvise(p, pages * MR_PAGE_SIZE,
+                  write ? MADV_POPULATE_WRITE : MADV_POPULATE_READ);
+}
+
+static bool save_batch(Work *w, int fd, MrBlock *b, unsigned long *bm,
+                       uint64_t s, uint64_t e)
+{
+    uint64_t i = s;
+
+    populate(b->host + s * MR_PAGE_SIZE, e - s, false);
+    while (i < e) {
+        if (page_is_zero(b->host + i * MR_PAGE_SIZE)) {
+            atomic_fetch_add(&w->stats->duplicate, 1);
+            i++;
+            continue;
+        }
+        uint64_t j = i, last = i;      /* last: the last non-zero page */
+        while (j < e && j - last <= MERGE_GAP) {
+            if (page_is_zero(b->host + j * MR_PAGE_SIZE)) {
+                atomic_fetch_add(&w->stats->duplicate, 1);
+            } else {
+                set_bit(bm, j);
+                atomic_fetch_add(&w->stats->normal, 1);
+                last = j;
+            }
+            j++;
+        }
+        /* the zero pages counted after the last data page are not written */
+        uint64_t len = (last + 1 - i) * MR_PAGE_SIZE;
+        if (!io_all(w, fd, b->host + i * MR_PAGE_SIZE, len,
+                    b->pages_offset + i * MR_PAGE_SIZE, b->id)) {
+            return false;
+        }
+        throttle(w, len);
+        i = j;
+    }
+    return true;
+}
+
+/*
+ * Pages the file does not store are zero.  Shared memory (a memfd, a
+ * file) gives them back with MADV_REMOVE, which neither reads nor
+ * allocates them; elsewhere (private or huge pages) each page that is not
+ * zero yet is cleared, so that untouched memory stays unallocated.
+ */
+static void zero_pages(MrStats *stats, uint8_t *p, uint64_t n)
+{
+    atomic_fetch_add(&stats->duplicate, n);
+    if (madvise(p, n * MR_PAGE_SIZE, MADV_REMOVE) == 0) {
+        return;
+    }
+    for (uint64_t k = 0; k < n; k++, p += MR_PAGE_SIZE) {
+        if (!page_is_zero(p)) {
+            memset(p, 0, MR_PAGE_SIZE);
+        }
+    }
+}
+
+static bool load_batch(Work *w, int fd, MrBlock *b, unsigned long *bm,
+                       uint64_t s, uint64_t e)
+{
+    uint64_t i = s;
+
+    while (i < e) {
+        if (!test_bit(bm, i)) {
+            uint64_t j = i + 1;
+            while (j < e && !test_bit(bm, j)) {
+                j++;
+            }
+            zero_pages(w->stats, b->host + i * MR_PAGE_SIZE, j - i);
+            i = j;
+            continue;
+        }
+        /* as the save merges short gaps, so does the load: one read */
+        uint64_t j = i, last = i, gaps = 0;
+        while (j < e && j - last <= MERGE_GAP) {
+            if (test_bit(bm, j)) {
+                last = j;
+            }
+            j++;
+        }
+        if (!io_all(w, fd, b->host + i * MR_PAGE_SIZE,
+                    (last + 1 - i) * MR_PAGE_SIZE,
+                    b->pages_offset + i * MR_PAGE_SIZE, b->id)) {
+            return false;
+        }
+        /* whatever the file has there, pages not stored are zero */
+        for (uint64_t k = i; k <= last; k++) {
+            if (!test_bit(bm, k)) {
+                memset(b->host + k * MR_PAGE_SIZE, 0, MR_PAGE_SIZE);
+                gaps++;
+            }
+        }
+        atomic_fetch_add(&w->stats->normal, last + 1 - i - gaps);
+        atomic_fetch_add(&w->stats->duplicate, gaps);
+        i = last + 1;
+    }
+    return true;
+}
+
+static gpointer chan_run(gpointer opaque)
+{
+    Chan *ch = opaque;
+    Work *w = ch->w;
+    uint64_t total = w->first_batch[w->nb_blocks];
+
+    for (;;) {
+        uint64_t n = atomic_fetch_add(&w->next, 1);
+        unsigned bi = 0;
+        if (n >= total || atomic_load(&w->failed)) {
+            break;
+        }
+        if (atomic_load(w->cancel)) {
+            GError *err = NULL;
+            error_setg(&err, "Migration was cancelled");
+            work_fail(w, err);
+            break;
+        }
+        while (w->first_batch[bi + 1] <= n) {
+            bi++;
+        }
+        MrBlock *b = &w->blocks[bi];
+        uint64_t s = (n - w->first_batch[bi]) * BATCH_PAGES;
+        uint64_t e = MIN(s + BATCH_PAGES, mr_block_pages(b));
+        bool ok = w->load ? load_batch(w, ch->fd, b, w->bitmaps[bi], s, e)
+                          : save_batch(w, ch->fd, b, w->bitmaps[bi], s, e);
+        if (!ok) {
+            break;
+        }
+        atomic_fetch_add(&w->stats->done_bytes, (e - s) * MR_PAGE_SIZE);
+    }
+    return NULL;
+}
+
+/* Runs the batches of the blocks with a bitmap on the channels. */
+static bool run_channels(Work *w, const MrTarget *t, GError **errp)
+{
+    unsigned n = MAX(1u, MIN(w->p->channels, t->nb_chan));
+    Chan *ch = g_new0(Chan, n);
+
+    w->first_batch = g_new0(uint64_t, w->nb_blocks + 1);
+    for (unsigned i = 0; i < w->nb_blocks; i++) {
+        uint64_t batches = w->bitmaps[i]
+            ? (mr_block_pages(&w->blocks[i]) + BATCH_PAGES - 1) / BATCH_PAGES
+            : 0;
+        w->first_batch[i + 1] = w->first_batch[i] + batches;
+    }
+    w->rate_start = clock_ns();
+    for (unsigned i = 0; i < n; i++) {
+        ch[i].w = w;
+        ch[i].fd = t->chan_fds[i];
+        ch[i].thread = g_thread_new("strata-mig-chan", chan_run, &ch[i]);
+    }
+    for (unsigned i = 0; i < n; i++) {
+        g_thread_join(ch[i].thread);
+    }
+    g_free(ch);
+    g_free(w->first_batch);
+    if (w->err) {
+        g_propagate_error(errp, w->err);
+        w->err = NULL;
+        return false;
+    }
+    return true;
+}
+
+static bool pwrite_all(int fd, const void *buf, size_t len, uint64_t off,
+                       MrStats *stats, GError **errp)
+{
+    const uint8_t *p = buf;
+
+    while (len) {
+        ssize_t r = pwrite(fd, p, len, (off_t)off);
+        if (r < 0 && errno == EINTR) {
+            continue;
+        }
+        if (r <= 0) {
+            error_setg_errno(errp, r < 0 ? errno : EIO,
+                             "Could not write the migration file");
+            return false;
+        }
+        p += r;
+        len -= (size_t)r;
+        off += (uint64_t)r;
+        atomic_fetch_add(&stats->transferred, (uint64_t)r);
+    }
+    return true;
+}
+
+static bool write_bytes(int fd, GByteArray *b, uint64_t off, MrStats *stats,
+                        GError **errp)
+{
+    bool ok = pwrite_all(fd, b->data, b->len, off, stats, errp);
+    g_byte_array_unref(b);
+    return ok;
+}
+
+static void work_init(Work *w, MrBlock *blocks, unsigned nb, bool load,
+                      const MrParams *p, MrStats *stats, atomic_bool *cancel)
+{
+    memset(w, 0, sizeof(*w));
+    w->blocks = blocks;
+    w->nb_blocks = nb;
+    w->bitmaps = g_new0(unsigned long *, nb);
+    w->load = load;
+    w->p = p;
+    w->stats = stats;
+    w->cancel = cancel;
+    g_mutex_init(&w->lock);
+}
+
+static void work_clear(Work *w)
+{
+    for (unsigned i = 0; i < w->nb_blocks; i++) {
+        g_free(w->bitmaps[i]);
+    }
+    g_free(w->bitmaps);
+    g_mutex_clear(&w->lock);
+}
+
+bool mr_save(MrTarget *t, MrBlock *blocks, unsigned nb_blocks,
+             const MrParams *p, MrStats *stats, atomic_bool *cancel,
+             GError **errp)
+{
+    Work w;
+    uint64_t end = mr_layout(blocks, nb_blocks, t->offset);
+    bool ok = false;
+
+    work_init(&w, blocks, nb_blocks, false, p, stats, cancel);
+    for (unsigned i = 0; i < nb_blocks; i++) {
+        w.bitmaps[i] = g_malloc0(mr_bitmap_bytes(mr_block_pages(&blocks[i])));
+    }
+    /*
+     * The file gets its final size at once: O_DIRECT writes that extend a
+     * file are serialized on the inode lock (ext4), writes inside it are
+     * not.  A larger file (written in place at an offset) keeps its size.
+     */
+    GByteArray *tail = mr_stream_tail();
+    uint64_t file_end = end + tail->len;
+    g_byte_array_unref(tail);
+    struct stat st;
+    if (fstat(t->fd, &st) == 0 && (uint64_t)st.st_size < file_end &&
+        ftruncate(t->fd, (off_t)file_end) < 0) {
+        error_setg_errno(errp, errno, "Could not size the migration file");
+        goto out;
+    }
+    /* the stream pieces first: a crash leaves no EOF marker behind */
+    if (!write_bytes(t->fd, mr_stream_head(blocks, nb_blocks), t->offset,
+                     stats, errp)) {
+        goto out;
+    }
+    for (unsigned i = 1; i < nb_blocks; i++) {
+        const MrBlock *prev = &blocks[i - 1];
+        if (!write_bytes(t->fd, mr_block_entry(&blocks[i]),
+                         prev->pages_offset + prev->used, stats, errp)) {
+            goto out;
+        }
+    }
+    if (!run_channels(&w, t, errp)) {
+        goto out;
+    }
+    for (unsigned i = 0; i < nb_blocks; i++) {
+        if (!pwrite_all(t->fd, w.bitmaps[i],
+                        mr_bitmap_bytes(mr_block_pages(&blocks[i])),
+                        blocks[i].bitmap_offset, stats, errp)) {
+            goto out;
+        }
+    }
+    if (!write_bytes(t->fd, mr_stream_tail(), end, stats, errp)) {
+        goto out;
+    }
+    if (fdatasync(t->fd) < 0) {
+        error_setg_errno(errp, errno, "Could not flush the migration file");
+        goto out;
+    }
+    ok = true;
+out:
+    work_clear(&w);
+    return ok;
+}
+
+bool mr_load(MrTarget *t, MrFileInfo *info, const MrParams *p,
+             MrStats *stats, atomic_bool *cancel, GError **errp)
+{
+    Work w;
+    bool ok = false;
+
+    work_init(&w, info->blocks, info->nb_blocks, true, p, stats, cancel);
+    /* every check before the first guest page is written */
+    for (unsigned i = 0; i < info->nb_blocks; i++) {
+        MrBlock *b = &info->blocks[i];
+        uint64_t pages = mr_block_pages(b);
+        uint64_t bytes = mr_bitmap_bytes(pages);
+        if (!b->host) {
+            continue;
+        }
+        if (b->bitmap_offset + bytes > info->file_size) {
+            error_setg(errp, "Migration file ends inside the bitmap of RAM "
+                       "block '%s'", b->id);
+            goto out;
+        }
+        w.bitmaps[i] = g_malloc(bytes);
+        ssize_t r = pread(t->fd, w.bitmaps[i], bytes, (off_t)b->bitmap_offset);
+        if (r != (ssize_t)bytes) {
+            error_setg_errno(errp, r < 0 ? errno : EIO, "Could not read the "
+                             "bitmap of RAM block '%s'", b->id);
+            goto out;
+        }
+        atomic_fetch_add(&stats->transferred, bytes);
+        /* the last stored page must lie inside the file */
+        for (uint64_t k = bytes / sizeof(unsigned long); k-- > 0;) {
+            unsigned long word = w.bitmaps[i][k];
+            if (k * WORD_BITS + WORD_BITS > pages) {
+                unsigned keep = (unsigned)(pages - k * WORD_BITS);
+                if (keep < WORD_BITS) {
+                    word &= (1ul << keep) - 1;
+                    w.bitmaps[i][k] = word;
+                }
+            }
+            if (word) {
+                uint64_t last = k * WORD_BITS + WORD_BITS - 1 -
+                                (uint64_t)__builtin_clzl(word);
+                if (b->pages_offset + (last + 1) * MR_PAGE_SIZE >
+                    info->file_size) {
+                    error_setg(errp, "Migration file is truncated: RAM "
+                               "block '%s' has pages past its end", b->id);
+                    goto out;
+                }
+                break;
+            }
+        }
+    }
+    ok = run_channels(&w, t, errp);
+out:
+    work_clear(&w);
+    return ok;
+}

@@ -1,0 +1,643 @@
+/*
+ * The migration stream around the pages: layout, the pieces strata writes,
+ * and the walk over a file QEMU or strata wrote (strata/mapped-ram.h).
+ * The pages themselves move in migration/channels.c.
+ */
+#include <errno.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "strata/mapped-ram.h"
+#include "mr-internal.h"
+
+/*
+ * The section id of "ram": ids link PART/END to START.  Not 0: QEMU's
+ * loader finds a PART/END's section by the id its START had, and every
+ * section it has not seen a START for has 0 there.
+ */
+#define RAM_SECTION_ID 1
+#define RAM_SECTION_VERSION 4
+#define MR_VMDESC "{\"page_size\": 4096, \"devices\": []}"
+
+static uint64_t round_up(uint64_t v, uint64_t a)
+{
+    return (v + a - 1) / a * a;
+}
+
+/* ---- writing ---- */
+
+static void put_u8(GByteArray *b, uint8_t v)
+{
+    g_byte_array_append(b, &v, 1);
+}
+
+static void put_be32(GByteArray *b, uint32_t v)
+{
+    uint32_t be = GUINT32_TO_BE(v);
+    g_byte_array_append(b, (const guint8 *)&be, 4);
+}
+
+static void put_be64(GByteArray *b, uint64_t v)
+{
+    uint64_t be = GUINT64_TO_BE(v);
+    g_byte_array_append(b, (const guint8 *)&be, 8);
+}
+
+static void put_str8(GByteArray *b, const char *s)
+{
+    size_t n = strlen(s);
+    put_u8(b, (uint8_t)n);
+    g_byte_array_append(b, (const guint8 *)s, n);
+}
+
+static size_t stream_head_len(void)
+{
+    return 4 + 4 + 1 + 4 + 1 + 3 + 4 + 4 + 8;
+}
+
+static size_t block_entry_len(const MrBlock *b)
+{
+    return 1 + strlen(b->id) + 8 + MR_HDR_LEN;
+}
+
+uint64_t mr_layout(MrBlock *blocks, unsigned nb_blocks, uint64_t offset)
+{
+    uint64_t pos = offset + stream_head_len();
+
+    for (unsigned i = 0; i < nb_blocks; i++) {
+        MrBlock *b = &blocks[i];
+        b->page_size = MR_PAGE_SIZE;
+        b->bitmap_offset = pos + block_entry_len(b);
+        b->pages_offset = round_up(b->bitmap_offset +
+                                   mr_bitmap_bytes(mr_block_pages(b)),
+                                   MR_PAGES_ALIGN);
+        pos = b->pages_offset + b->used;
+    }
+    return pos;
+}
+
+static void put_block_entry(GByteArray *out, const MrBlock *b)
+{
+    put_str8(out, b->id);
+    put_be64(out, b->used);
+    put_be32(out, MR_HDR_VERSION);
+    put_be64(out, b->page_size);
+    put_be64(out, b->bitmap_offset);
+    put_be64(out, b->pages_offset);
+}
+
+GByteArray *mr_stream_head(const MrBlock *blocks, unsigned nb_blocks)
+{
+    GByteArray *out = g_byte_array_new();
+    uint64_t total = 0;
+
+    for (unsigned i = 0; i < nb_blocks; i++) {
+        total += blocks[i].used;
+    }
+    put_be32(out, MR_STREAM_MAGIC);
+    put_be32(out, MR_STREAM_VERSION);
+    put_u8(out, MR_SEC_START);
+    put_be32(out, RAM_SECTION_ID);
+    put_str8(out, "ram");
+    put_be32(out, 0);                   /* instance */
+    put_be32(out, RAM_SECTION_VERSION);
+    put_be64(out, total | MR_RAM_MEM_SIZE);
+    if (nb_blocks) {
+        put_block_entry(out, &blocks[0]);
+    }
+    return out;
+}
+
+GByteArray *mr_block_entry(const MrBlock *b)
+{
+    GByteArray *out = g_byte_array_new();
+    put_block_entry(out, b);
+    return out;
+}
+
+/*
+ * After the last block's pages: the end of the setup part, the RAM
+ * section's END part, then QEMU_VM_EOF.  Device state sections will go
+ * between the RAM END and EOF (docs/migration.md).
+ */
+GByteArray *mr_stream_tail(void)
+{
+    GByteArray *out = g_byte_array_new();
+
+    put_be64(out, MR_RAM_EOS);
+    put_u8(out, MR_SEC_FOOTER);
+    put_be32(out, RAM_SECTION_ID);
+    put_u8(out, MR_SEC_END);
+    put_be32(out, RAM_SECTION_ID);
+    put_be64(out, MR_RAM_EOS);
+    put_u8(out, MR_SEC_FOOTER);
+    put_be32(out, RAM_SECTION_ID);
+    put_u8(out, MR_SEC_EOF);
+    /* QEMU's loader expects its JSON description after EOF (it warns
+     * otherwise); strata's lists no devices */
+    put_u8(out, MR_SEC_VMDESCRIPTION);
+    put_be32(out, (uint32_t)strlen(MR_VMDESC));
+    g_byte_array_append(out, (const guint8 *)MR_VMDESC, strlen(MR_VMDESC));
+    return out;
+}
+
+/* ---- reading ---- */
+
+void mr_file_info_free(MrFileInfo *info)
+{
+    if (!info) {
+        return;
+    }
+    for (unsigned i = 0; i < info->nb_blocks; i++) {
+        g_free(info->blocks[i].id);
+    }
+    g_free(info->blocks);
+    g_free(info->machine);
+    g_ptr_array_unref(info->capabilities);
+    g_ptr_array_unref(info->unread);
+    g_free(info);
+}
+
+/* A cursor over the file, read with pread in small buffered pieces. */
+typedef struct Cursor {
+    int fd;
+    uint64_t pos;
+    uint64_t size;
+    uint8_t buf[4096];
+    uint64_t buf_pos;           /* file offset of buf[0] */
+    size_t buf_len;
+} Cursor;
+
+static bool cur_read(Cursor *c, void *dst, size_t n, GError **errp)
+{
+    uint8_t *d = dst;
+
+    while (n) {
+        if (c->pos >= c->buf_pos && c->pos < c->buf_pos + c->buf_len) {
+            size_t off = c->pos - c->buf_pos;
+            size_t k = MIN(n, c->buf_len - off);
+            memcpy(d, c->buf + off, k);
+            d += k;
+            n -= k;
+            c->pos += k;
+            continue;
+        }
+        if (c->pos >= c->size) {
+            error_setg(errp, "Migration file ends at offset %" G_GUINT64_FORMAT
+                       " inside the stream (truncated?)", c->size);
+            return false;
+        }
+        ssize_t r;
+        do {
+            r = pread(c->fd, c->buf, sizeof(c->buf), (off_t)c->pos);
+        } while (r < 0 && errno == EINTR);
+        if (r < 0) {
+            error_setg_errno(errp, errno, "Could not read the migration file");
+            return false;
+        }
+        if (r == 0) {
+            c->size = c->pos;
+            continue;
+        }
+        c->buf_pos = c->pos;
+        c->buf_len = (size_t)r;
+    }
+    return true;
+}
+
+static bool get_u8(Cursor *c, uint8_t *v, GError **errp)
+{
+    return cur_read(c, v, 1, errp);
+}
+
+static bool get_be16(Cursor *c, uint16_t *v, GError **errp)
+{
+    uint16_t be;
+    if (!cur_read(c, &be, 2, errp)) {
+        return false;
+    }
+    *v = GUINT16_FROM_BE(be);
+    return true;
+}
+
+static bool get_be32(Cursor *c, uint32_t *v, GError **errp)
+{
+    uint32_t be;
+    if (!cur_read(c, &be, 4, errp)) {
+        return false;
+    }
+    *v = GUINT32_FROM_BE(be);
+    return true;
+}
+
+static bool get_be64(Cursor *c, uint64_t *v, GError **errp)
+{
+    uint64_t be;
+    if (!cur_read(c, &be, 8, errp)) {
+        return false;
+    }
+    *v = GUINT64_FROM_BE(be);
+    return true;
+}
+
+/* A u8-length string; the names in a stream are printable ids. */
+static char *get_str8(Cursor *c, GError **errp)
+{
+    uint8_t n;
+    char *s;
+
+    if (!get_u8(c, &n, errp)) {
+        return NULL;
+    }
+    s = g_malloc(n + 1u);
+    if (!cur_read(c, s, n, errp)) {
+        g_free(s);
+        return NULL;
+    }
+    s[n] = 0;
+    if (strlen(s) != n || !g_utf8_validate(s, n, NULL)) {
+        error_setg(errp, "Migration file has a malformed name at offset %"
+                   G_GUINT64_FORMAT, c->pos - n);
+        g_free(s);
+        return NULL;
+    }
+    return s;
+}
+
+/*
+ * QEMU's configuration section: the machine type, then subsections.  Only
+ * those whose contents are known can be stepped over.
+ */
+static bool parse_configuration(Cursor *c, MrFileInfo *info, GError **errp)
+{
+    uint32_t len;
+    uint8_t t;
+
+    if (!get_be32(c, &len, errp)) {
+        return false;
+    }
+    if (len > 255) {
+        error_setg(errp, "Migration file: machine type name of %u bytes", len);
+        return false;
+    }
+    info->machine = g_malloc0(len + 1u);
+    if (!cur_read(c, info->machine, len, errp)) {
+        return false;
+    }
+    for (;;) {
+        uint64_t at = c->pos;
+        uint32_t version;
+        if (!get_u8(c, &t, errp)) {
+            return false;
+        }
+        if (t != MR_SEC_SUBSECTION) {
+            c->pos = at;
+            return true;
+        }
+        g_autofree char *name = get_str8(c, errp);
+        if (!name || !get_be32(c, &version, errp)) {
+            return false;
+        }
+        if (strcmp(name, "configuration/capabilities") == 0) {
+            uint32_t n;
+            if (!get_be32(c, &n, errp)) {
+                return false;
+            }
+            for (uint32_t i = 0; i < n; i++) {
+                char *cap = get_str8(c, errp);
+                if (!cap) {
+                    return false;
+                }
+                g_ptr_array_add(info->capabilities, cap);
+            }
+        } else if (strcmp(name, "configuration/uuid") == 0) {
+            uint8_t uuid[16];
+            if (!cur_read(c, uuid, sizeof(uuid), errp)) {
+                return false;
+            }
+        } else if (strcmp(name, "configuration/target-page-bits") == 0) {
+            uint32_t bits;
+            if (!get_be32(c, &bits, errp)) {
+                return false;
+            }
+            if (bits != 12) {
+                error_setg(errp, "Migration file has target page bits %u, "
+                           "strata reads 12 (4 KiB pages) only", bits);
+                return false;
+            }
+        } else {
+            error_setg(errp, "Migration file has a configuration subsection "
+                       "'%s' strata does not know", name);
+            return false;
+        }
+    }
+}
+
+/* The "ram" section's setup part: the block list and mapped-ram headers. */
+static bool parse_ram_words(Cursor *c, MrFileInfo *info, GError **errp)
+{
+    for (;;) {
+        uint64_t w, flags, addr;
+        if (!get_be64(c, &w, errp)) {
+            return false;
+        }
+        flags = w & (MR_PAGE_SIZE - 1);
+        addr = w & ~(uint64_t)(MR_PAGE_SIZE - 1);
+        if (flags & MR_RAM_EOS) {
+            return true;
+        }
+        if (flags == MR_RAM_MULTIFD_FLUSH) {
+            continue;
+        }
+        if (flags != MR_RAM_MEM_SIZE) {
+            error_setg(errp, "Migration file has RAM data with flags 0x%"
+                       G_GINT64_MODIFIER "x, not the mapped-ram layout",
+                       flags);
+            return false;
+        }
+        if (info->nb_blocks) {
+            error_setg(errp, "Migration file lists its RAM blocks twice");
+            return false;
+        }
+        uint64_t left = addr;
+        while (left) {
+            MrBlock b = { 0 };
+            uint32_t version;
+            b.id = get_str8(c, errp);
+            if (!b.id) {
+                return false;
+            }
+            if (!get_be64(c, &b.used, errp) ||
+                !get_be32(c, &version, errp) ||
+                !get_be64(c, &b.page_size, errp) ||
+                !get_be64(c, &b.bitmap_offset, errp) ||
+                !get_be64(c, &b.pages_offset, errp)) {
+                g_free(b.id);
+                return false;
+            }
+            if (version != MR_HDR_VERSION) {
+                error_setg(errp, "Migration file with mapped-ram header "
+                           "version %u not supported (RAM block '%s')",
+                           version, b.id);
+                g_free(b.id);
+                return false;
+            }
+            if (b.page_size != MR_PAGE_SIZE) {
+                error_setg(errp, "Migration file has RAM block '%s' with "
+                           "page size %" G_GUINT64_FORMAT ", strata reads %u",
+                           b.id, b.page_size, MR_PAGE_SIZE);
+                g_free(b.id);
+                return false;
+            }
+            if (!b.used || b.used > left || b.used % MR_PAGE_SIZE) {
+                error_setg(errp, "Migration file has RAM block '%s' of %"
+                           G_GUINT64_FORMAT " bytes, which does not fit the "
+                           "RAM size it announced", b.id, b.used);
+                g_free(b.id);
+                return false;
+            }
+            if (b.pages_offset % MR_PAGE_SIZE ||
+                b.bitmap_offset > b.pages_offset ||
+                b.pages_offset - b.bitmap_offset <
+                    mr_bitmap_bytes(mr_block_pages(&b)) ||
+                b.pages_offset > UINT64_MAX / 2 || b.used > UINT64_MAX / 4) {
+                error_setg(errp, "Migration file has RAM block '%s' with "
+                           "invalid bitmap or pages offsets", b.id);
+                g_free(b.id);
+                return false;
+            }
+            for (unsigned i = 0; i < info->nb_blocks; i++) {
+                if (strcmp(info->blocks[i].id, b.id) == 0) {
+                    error_setg(errp, "Migration file lists RAM block '%s' "
+                               "twice", b.id);
+                    g_free(b.id);
+                    return false;
+                }
+            }
+            left -= b.used;
+            info->blocks = g_renew(MrBlock, info->blocks, info->nb_blocks + 1);
+            info->blocks[info->nb_blocks++] = b;
+            /* the stream resumes after the block's pages */
+            c->pos = b.pages_offset + b.used;
+        }
+    }
+}
+
+static bool check_footer(Cursor *c, uint32_t section_id, GError **errp)
+{
+    uint8_t t;
+    uint32_t id;
+    uint64_t at = c->pos;
+
+    if (!get_u8(c, &t, errp)) {
+        return false;
+    }
+    if (t != MR_SEC_FOOTER) {
+        /* old machine types send no footers */
+        c->pos = at;
+        return true;
+    }
+    if (!get_be32(c, &id, errp)) {
+        return false;
+    }
+    if (id != section_id) {
+        error_setg(errp, "Migration file: section footer for section %u "
+                   "where section %u ends", id, section_id);
+        return false;
+    }
+    return true;
+}
+
+/*
+ * QEMU ends its stream with a JSON description of the device sections
+ * (QEMU_VM_VMDESCRIPTION, 0x06, a 32-bit length, the JSON) right at the end
+ * of the file: it names the sections strata cannot step over.
+ */
+static void name_unread_from_vmdesc(int fd, MrFileInfo *info)
+{
+    const uint64_t window = 1u << 20;
+    uint64_t start = info->file_size > window ? info->file_size - window : 0;
+    size_t n = info->file_size - start;
+    g_autofree uint8_t *buf = g_malloc(n ? n : 1);
+    ssize_t r = pread(fd, buf, n, (off_t)start);
+
+    if (r != (ssize_t)n || n < 6) {
+        return;
+    }
+    for (size_t i = 0; i + 5 < n; i++) {
+        uint32_t len;
+        if (buf[i] != MR_SEC_VMDESCRIPTION || buf[i + 5] != '{') {
+            continue;
+        }
+        memcpy(&len, buf + i + 1, 4);
+        len = GUINT32_FROM_BE(len);
+        if (i + 5 + (uint64_t)len != n) {
+            continue;
+        }
+        json_t *j = json_loadb((const char *)buf + i + 5, len, 0, NULL);
+        json_t *devs = j ? json_object_get(j, "devices") : NULL;
+        if (json_is_array(devs)) {
+            GHashTable *seen = g_hash_table_new(g_str_hash, g_str_equal);
+            for (unsigned k = 0; k < info->unread->len; k++) {
+                g_hash_table_add(seen, info->unread->pdata[k]);
+            }
+            size_t k;
+            json_t *d;
+            json_array_foreach(devs, k, d) {
+                const char *name = json_string_value(json_object_get(d,
+                                                                     "name"));
+                if (name && !g_hash_table_contains(seen, name) &&
+                    strcmp(name, "ram") != 0) {
+                    char *s = g_strdup(name);
+                    g_ptr_array_add(info->unread, s);
+                    g_hash_table_add(seen, s);
+                }
+            }
+            g_hash_table_unref(seen);
+        }
+        json_decref(j);
+        return;
+    }
+}
+
+MrFileInfo *mr_file_parse(int fd, uint64_t offset, GError **errp)
+{
+    MrFileInfo *info = g_new0(MrFileInfo, 1);
+    Cursor *c = g_new0(Cursor, 1);
+    struct stat st;
+    uint32_t magic, version;
+    bool ram_seen = false;
+    uint32_t ram_sid = 0;
+    bool ok = false;
+
+    info->capabilities = g_ptr_array_new_with_free_func(g_free);
+    info->unread = g_ptr_array_new_with_free_func(g_free);
+    if (fstat(fd, &st) < 0) {
+        error_setg_errno(errp, errno, "Could not stat the migration file");
+        goto out;
+    }
+    info->file_size = (uint64_t)st.st_size;
+    c->fd = fd;
+    c->pos = offset;
+    c->size = info->file_size;
+
+    if (!get_be32(c, &magic, errp) || !get_be32(c, &version, errp)) {
+        goto out;
+    }
+    if (magic != MR_STREAM_MAGIC) {
+        error_setg(errp, "Not a migration stream");
+        goto out;
+    }
+    if (version != MR_STREAM_VERSION) {
+        error_setg(errp, "Unsupported migration stream version");
+        goto out;
+    }
+    for (;;) {
+        uint8_t t;
+        uint32_t sid, instance, sversion;
+        if (!get_u8(c, &t, errp)) {
+            goto out;
+        }
+        switch (t) {
+        case MR_SEC_EOF:
+            info->reached_eof = true;
+            ok = true;
+            goto out;
+        case MR_SEC_CONFIGURATION:
+            if (info->machine || ram_seen) {
+                error_setg(errp, "Migration file has a misplaced "
+                           "configuration section");
+                goto out;
+            }
+            if (!parse_configuration(c, info, errp)) {
+                goto out;
+            }
+            for (unsigned i = 0; i < info->capabilities->len; i++) {
+                const char *cap = info->capabilities->pdata[i];
+                if (strcmp(cap, "x-ignore-shared") == 0 ||
+                    strcmp(cap, "postcopy-ram") == 0) {
+                    error_setg(errp, "Migration file was written with "
+                               "capability '%s', which strata does not read",
+                               cap);
+                    goto out;
+                }
+            }
+            break;
+        case MR_SEC_START:
+        case MR_SEC_FULL: {
+            if (!get_be32(c, &sid, errp)) {
+                goto out;
+            }
+            g_autofree char *name = get_str8(c, errp);
+            if (!name || !get_be32(c, &instance, errp) ||
+                !get_be32(c, &sversion, errp)) {
+                goto out;
+            }
+            if (strcmp(name, "ram") != 0 || instance != 0 || ram_seen) {
+                g_ptr_array_add(info->unread, g_steal_pointer(&name));
+                name_unread_from_vmdesc(fd, info);
+                ok = true;
+                goto out;
+            }
+            if (sversion != RAM_SECTION_VERSION) {
+                error_setg(errp, "Migration file has RAM section version %u, "
+                           "strata reads %u", sversion, RAM_SECTION_VERSION);
+                goto out;
+            }
+            ram_seen = true;
+            ram_sid = sid;
+            if (!parse_ram_words(c, info, errp) ||
+                !check_footer(c, sid, errp)) {
+                goto out;
+            }
+            if (!info->nb_blocks) {
+                error_setg(errp, "Migration file's RAM section lists no "
+                           "RAM blocks");
+                goto out;
+            }
+            break;
+        }
+        case MR_SEC_PART:
+        case MR_SEC_END:
+            if (!get_be32(c, &sid, errp)) {
+                goto out;
+            }
+            if (!ram_seen || sid != ram_sid) {
+                error_setg(errp, "Migration file continues section %u "
+                           "before it started", sid);
+                goto out;
+            }
+            if (!parse_ram_words(c, info, errp) ||
+                !check_footer(c, sid, errp)) {
+                goto out;
+            }
+            break;
+        case MR_SEC_COMMAND: {
+            uint16_t cmd, len;
+            if (!get_be16(c, &cmd, errp) || !get_be16(c, &len, errp)) {
+                goto out;
+            }
+            c->pos += len;
+            break;
+        }
+        default:
+            error_setg(errp, "Migration file has an unknown section type "
+                       "0x%x at offset %" G_GUINT64_FORMAT, t, c->pos - 1);
+            goto out;
+        }
+    }
+out:
+    g_free(c);
+    if (ok && !ram_seen) {
+        error_setg(errp, "Migration file has no RAM section");
+        ok = false;
+    }
+    if (!ok) {
+        mr_file_info_free(info);
+        return NULL;
+    }
+    return info;
+}

@@ -1,0 +1,17 @@
+/*
+ * Between the stream pieces (mapped-ram.c) and the page channels
+ * (channels.c).
+ */
+#ifndef MIGRATION_MR_INTERNAL_H
+#define MIGRATION_MR_INTERNAL_H
+
+#include "strata/mapped-ram.h"
+
+/* From the header to the first block's mapped-ram header. */
+GByteArray *mr_stream_head(const MrBlock *blocks, unsigned nb_blocks);
+/* One block's entry (for the blocks after the first). */
+GByteArray *mr_block_entry(const MrBlock *b);
+/* What follows the last block's pages, up to QEMU_VM_EOF. */
+GByteArray *mr_stream_tail(void);
+
+#endif

@@ -1,0 +1,723 @@
+/*
+ * Migration over QMP, as QEMU 10 names it: capabilities, parameters,
+ * migrate / migrate-incoming to a file, query-migrate, migrate_cancel,
+ * the MIGRATION and MIGRATION_PASS events.  One migration at a time, in
+ * either direction; it runs in threads (strata/migrate.h) and this file
+ * keeps its status, its descriptors and the RAM blocks it holds.
+ *
+ * Unlike QEMU, strata-daemon restores without "-incoming defer", and may
+ * restore again once a restore ended: a daemon outlives its VMs' restores.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "strata/fdset.h"
+#include "strata/loop.h"
+#include "strata/migrate.h"
+#include "strata/qmp-server.h"
+#include "strata/ram-block.h"
+#include "qapi-commands.h"
+#include "qapi-events.h"
+
+/*
+ * Named descriptors (getfd) live in the QMP server.  Weak references: the
+ * tests that link the command table with a server of their own (which has
+ * no named descriptors) need not bring qapi/server.c in; in the daemon they
+ * resolve to the server's.
+ */
+extern int qmp_session_named_fd(QmpSession *s, const char *name)
+    __attribute__((weak));
+extern bool qmp_session_close_named_fd(QmpSession *s, const char *name)
+    __attribute__((weak));
+
+#define DEFAULT_MAX_BANDWIDTH (128ull << 20)    /* QEMU's */
+#define DEFAULT_DOWNTIME_LIMIT 300
+#define DEFAULT_MULTIFD_CHANNELS 2
+
+static struct {
+    bool caps[MIGRATION_CAPABILITY__MAX];
+    uint64_t max_bandwidth;
+    uint64_t downtime_limit;
+    uint8_t multifd_channels;
+    bool direct_io;
+
+    MigrationStatus status;
+    bool incoming;              /* what the current/last one was */
+    MigRun *run;
+    RamBlock **refs;
+    unsigned nb_refs;
+    int *fds;                   /* all descriptors opened for the run */
+    unsigned nb_fds;
+    uint64_t total;             /* RAM bytes */
+    bool multifd;
+    int64_t start_ns, setup_ns, pages_ns, end_ns;
+    char *error_desc;
+    strList *skipped;
+    strList *unread;
+    /* counters kept after the run is freed */
+    MrStats final;
+} mig = {
+    .max_bandwidth = DEFAULT_MAX_BANDWIDTH,
+    .downtime_limit = DEFAULT_DOWNTIME_LIMIT,
+    .multifd_channels = DEFAULT_MULTIFD_CHANNELS,
+};
+
+static bool cap(MigrationCapability c)
+{
+    return mig.caps[c];
+}
+
+static void set_status(MigrationStatus s)
+{
+    mig.status = s;
+    if (cap(MIGRATION_CAPABILITY_EVENTS)) {
+        qapi_event_send_migration(s);
+    }
+}
+
+static void send_pass(int64_t n)
+{
+    if (cap(MIGRATION_CAPABILITY_EVENTS)) {
+        qapi_event_send_migration_pass(n);
+    }
+}
+
+static bool is_active(void)
+{
+    switch (mig.status) {
+    case MIGRATION_STATUS_SETUP:
+    case MIGRATION_STATUS_ACTIVE:
+    case MIGRATION_STATUS_DEVICE:
+    case MIGRATION_STATUS_CANCELLING:
+        return true;
+    default:
+        return false;
+    }
+}
+
+/* ---- capabilities and parameters ---- */
+
+void qmp_migrate_set_capabilities(MigrationCapabilityStatusList *capabilities,
+                                  GError **errp)
+{
+    bool next[MIGRATION_CAPABILITY__MAX];
+
+    if (is_active()) {
+        error_setg(errp, "There's a migration process in progress");
+        return;
+    }
+    memcpy(next, mig.caps, sizeof(next));
+    for (MigrationCapabilityStatusList *l = capabilities; l; l = l->next) {
+        next[l->value->capability] = l->value->state;
+    }
+    if (next[MIGRATION_CAPABILITY_MAPPED_RAM] &&
+        next[MIGRATION_CAPABILITY_POSTCOPY_RAM]) {
+        error_setg(errp, "Mapped-ram migration is incompatible with postcopy");
+        return;
+    }
+    memcpy(mig.caps, next, sizeof(next));
+}
+
+MigrationCapabilityStatusList *qmp_query_migrate_capabilities(GError **errp)
+{
+    MigrationCapabilityStatusList *head = NULL, **tail = &head;
+
+    for (int i = 0; i < MIGRATION_CAPABILITY__MAX; i++) {
+        MigrationCapabilityStatusList *e = g_new0(MigrationCapabilityStatusList,
+                                                  1);
+        e->value = g_new0(MigrationCapabilityStatus, 1);
+        e->value->capability = i;
+        e->value->state = mig.caps[i];
+        *tail = e;
+        tail = &e->next;
+    }
+    return head;
+}
+
+void qmp_migrate_set_parameters(MigrateSetParameters *arg, GError **errp)
+{
+    if (arg->has_multifd_channels && arg->multifd_channels < 1) {
+        /* QEMU 10 spells the name with an underscore here */
+        error_setg(errp, "Parameter 'multifd_channels' expects a value "
+                   "between 1 and 255");
+        return;
+    }
+    if (arg->has_downtime_limit && arg->downtime_limit > 2000000) {
+        error_setg(errp, "Parameter 'downtime_limit' expects an integer in "
+                   "the range of 0 to (2000 * 1000) ms");
+        return;
+    }
+    if (arg->has_max_bandwidth) {
+        mig.max_bandwidth = arg->max_bandwidth;
+    }
+    if (arg->has_downtime_limit) {
+        mig.downtime_limit = arg->downtime_limit;
+    }
+    if (arg->has_multifd_channels) {
+        mig.multifd_channels = arg->multifd_channels;
+    }
+    if (arg->has_direct_io) {
+        mig.direct_io = arg->direct_io;
+    }
+}
+
+MigrationParameters *qmp_query_migrate_parameters(GError **errp)
+{
+    MigrationParameters *p = g_new0(MigrationParameters, 1);
+
+    p->has_max_bandwidth = true;
+    p->max_bandwidth = mig.max_bandwidth;
+    p->has_downtime_limit = true;
+    p->downtime_limit = mig.downtime_limit;
+    p->has_multifd_channels = true;
+    p->multifd_channels = mig.multifd_channels;
+    p->has_direct_io = true;
+    p->direct_io = mig.direct_io;
+    return p;
+}
+
+/* ---- where to ---- */
+
+typedef enum { DEST_PATH, DEST_FDSET, DEST_FD } DestKind;
+
+typedef struct Dest {
+    DestKind kind;
+    char *name;                 /* path, "/dev/fdset/N" or the fd's name */
+    uint64_t offset;
+} Dest;
+
+static bool parse_size(const char *s, uint64_t *v)
+{
+    char *end;
+    uint64_t n;
+
+    if (!g_ascii_isdigit(*s)) {
+        return false;
+    }
+    errno = 0;
+    n = g_ascii_strtoull(s, &end, 0);
+    if (errno) {
+        return false;
+    }
+    unsigned shift = 0;
+    switch (*end) {
+    case 'k': case 'K': shift = 10; end++; break;
+    case 'm': case 'M': shift = 20; end++; break;
+    case 'g': case 'G': shift = 30; end++; break;
+    case 't': case 'T': shift = 40; end++; break;
+    default: break;
+    }
+    if (*end || (shift && n > (UINT64_MAX >> shift))) {
+        return false;
+    }
+    *v = n << shift;
+    return true;
+}
+
+static bool parse_file(const char *spec, uint64_t offset, Dest *d,
+                       GError **errp)
+{
+    d->offset = offset;
+    d->kind = fdset_is_fdset_name(spec) ? DEST_FDSET : DEST_PATH;
+    d->name = g_strdup(spec);
+    return true;
+}
+
+static bool parse_dest(const char *uri, MigrationChannelList *channels,
+                       Dest *d, GError **errp)
+{
+    if (!!uri == !!channels) {
+        error_setg(errp, "need either 'uri' or 'channels' argument");
+        return false;
+    }
+    if (channels) {
+        if (channels->next) {
+            error_setg(errp, "Channel list has more than one entries");
+            return false;
+        }
+        FileMigrationArgs *f = &channels->value->addr->u.file;
+        return parse_file(f->filename, f->offset, d, errp);
+    }
+    if (g_str_has_prefix(uri, "file:")) {
+        const char *spec = uri + 5;
+        const char *comma = strrchr(spec, ',');
+        uint64_t offset = 0;
+        if (comma && g_str_has_prefix(comma + 1, "offset=")) {
+            const char *num = comma + 1 + strlen("offset=");
+            if (!parse_size(num, &offset)) {
+                error_setg(errp, "file URI has bad offset %s: Invalid "
+                           "argument", num);
+                return false;
+            }
+            g_autofree char *path = g_strndup(spec, comma - spec);
+            return parse_file(path, offset, d, errp);
+        }
+        return parse_file(spec, 0, d, errp);
+    }
+    if (g_str_has_prefix(uri, "fd:")) {
+        d->kind = DEST_FD;
+        d->name = g_strdup(uri + 3);
+        return true;
+    }
+    static const char *const streams[] = {
+        "tcp:", "unix:", "exec:", "rdma:", "vsock:", NULL
+    };
+    for (int i = 0; streams[i]; i++) {
+        if (g_str_has_prefix(uri, streams[i])) {
+            error_setg(errp, "Migration requires seekable transport (e.g. "
+                       "file)");
+            return false;
+        }
+    }
+    error_setg(errp, "unknown migration protocol: %s", uri);
+    return false;
+}
+
+static void dest_clear(Dest *d)
+{
+    g_free(d->name);
+}
+
+static void remember_fd(int fd)
+{
+    mig.fds = g_renew(int, mig.fds, mig.nb_fds + 1);
+    mig.fds[mig.nb_fds++] = fd;
+}
+
+static void close_fds(void)
+{
+    for (unsigned i = 0; i < mig.nb_fds; i++) {
+        fdset_close(mig.fds[i]);
+    }
+    g_free(mig.fds);
+    mig.fds = NULL;
+    mig.nb_fds = 0;
+}
+
+static int named_fd(const char *name)
+{
+    QmpSession *s = qmp_session_current();
+    return s && qmp_session_named_fd ? qmp_session_named_fd(s, name) : -1;
+}
+
+/* QEMU 10 calls a missing descriptor unseekable too. */
+static bool named_fd_seekable(const char *name)
+{
+    int fd = named_fd(name);
+    return fd >= 0 && lseek(fd, 0, SEEK_CUR) >= 0;
+}
+
+static int open_one(const char *path, int flags, bool save, GError **errp)
+{
+    int fd;
+
+    if (fdset_is_fdset_name(path)) {
+        return fdset_open(path, flags, errp);
+    }
+    fd = open(path, flags | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        if (errno == EINVAL && (flags & O_DIRECT)) {
+            error_setg(errp, "Could not open '%s': filesystem does not "
+                       "support O_DIRECT", path);
+        } else {
+            error_setg_errno(errp, errno, "Could not %s '%s'",
+                             save && (flags & O_CREAT) ? "create" : "open",
+                             path);
+        }
+    }
+    return fd;
+}
+
+/*
+ * Opens the stream descriptor and one per channel (the run gets them in
+ * @t, this file closes them).  A plain path is saved through a new file
+ * beside it, renamed over it once durable, so that a crash leaves the old
+ * file whole (docs/migration.md); with an offset the file is written in
+ * place, as QEMU does.
+ */
+static bool open_target(Dest *d, bool save, unsigned nchan, bool direct,
+                        MrTarget *t, char **tmp_path, GError **errp)
+{
+    int acc = save ? O_WRONLY : O_RDONLY;
+    const char *path = d->name;
+    int fd;
+
+    *tmp_path = NULL;
+    t->offset = d->offset;
+    t->nb_chan = nchan;
+    t->chan_fds = g_new0(int, nchan);
+    if (d->kind == DEST_FD) {
+        /* prepare() checked it is there and seekable */
+        int named = named_fd(d->name);
+        fd = fcntl(named, F_DUPFD_CLOEXEC, 0);
+        if (fd < 0) {
+            error_setg_errno(errp, errno, "Could not use descriptor '%s'",
+                             d->name);
+            return false;
+        }
+        /* QEMU takes the descriptor from the monitor */
+        qmp_session_close_named_fd(qmp_session_current(), d->name);
+    } else if (save && d->kind == DEST_PATH && d->offset == 0) {
+        *tmp_path = g_strdup_printf("%s.strata-XXXXXX", path);
+        fd = g_mkstemp_full(*tmp_path, O_RDWR | O_CLOEXEC, 0600);
+        if (fd < 0) {
+            error_setg_errno(errp, errno, "Could not create '%s'", path);
+            g_free(*tmp_path);
+            *tmp_path = NULL;
+            return false;
+        }
+        path = *tmp_path;
+    } else {
+        fd = open_one(path, acc | (save ? O_CREAT : 0), save, errp);
+        if (fd < 0) {
+            return false;
+        }
+        if (lseek(fd, 0, SEEK_END) < 0) {
+            fdset_close(fd);
+            error_setg(errp, "Migration requires seekable transport (e.g. "
+                       "file)");
+            return false;
+        }
+    }
+    remember_fd(fd);
+    t->fd = fd;
+    /*
+     * Each channel opens the file again: O_DIRECT is a flag of the open
+     * file, so the stream's small writes keep a descriptor without it.  A
+     * passed descriptor or a fdset member is reopened through /proc, which
+     * gives a file of its own (a dup would share the flag).
+     */
+    g_autofree char *proc = g_strdup_printf("/proc/self/fd/%d", fd);
+    if (d->kind != DEST_PATH) {
+        path = proc;
+    }
+    for (unsigned i = 0; i < nchan; i++) {
+        int c = open_one(path, acc | (direct ? O_DIRECT : 0), save, errp);
+        if (c < 0) {
+            return false;
+        }
+        remember_fd(c);
+        t->chan_fds[i] = c;
+    }
+    return true;
+}
+
+/* ---- running ---- */
+
+static void unref_blocks(void)
+{
+    for (unsigned i = 0; i < mig.nb_refs; i++) {
+        ram_block_unref(mig.refs[i]);
+    }
+    g_free(mig.refs);
+    mig.refs = NULL;
+    mig.nb_refs = 0;
+}
+
+static strList *str_list(GPtrArray *a)
+{
+    strList *head = NULL, **tail = &head;
+    for (unsigned i = 0; i < a->len; i++) {
+        strList *e = g_new0(strList, 1);
+        e->value = g_strdup(a->pdata[i]);
+        *tail = e;
+        tail = &e->next;
+    }
+    return head;
+}
+
+static strList *str_list_copy(const strList *l)
+{
+    strList *head = NULL, **tail = &head;
+    for (; l; l = l->next) {
+        strList *e = g_new0(strList, 1);
+        e->value = g_strdup(l->value);
+        *tail = e;
+        tail = &e->next;
+    }
+    return head;
+}
+
+static void on_pages_done(void *opaque)
+{
+    mig.pages_ns = clock_ns();
+    if (mig.incoming) {
+        return;
+    }
+    /*
+     * QEMU 10 with the VM stopped: the final sync after "device".  (Without
+     * multifd QEMU sometimes syncs once more before it, depending on
+     * timing; strata always has all pages by then.)
+     */
+    set_status(MIGRATION_STATUS_DEVICE);
+    send_pass(2);
+}
+
+static void on_done(void *opaque, const GError *err)
+{
+    MigRun *r = mig.run;
+    bool cancelled = mig_run_cancelled(r);
+    MrStats *st = mig_run_stats(r);
+
+    mig.end_ns = clock_ns();
+    atomic_store(&mig.final.transferred, atomic_load(&st->transferred));
+    atomic_store(&mig.final.normal, atomic_load(&st->normal));
+    atomic_store(&mig.final.duplicate, atomic_load(&st->duplicate));
+    atomic_store(&mig.final.done_bytes, atomic_load(&st->done_bytes));
+    if (mig.incoming) {
+        mig.skipped = str_list(mig_run_skipped(r));
+        mig.unread = str_list(mig_run_unread(r));
+        for (strList *l = mig.skipped; l; l = l->next) {
+            warn_print("migrate-incoming: RAM block '%s' of the file has no "
+                       "memory backend; not loaded", l->value);
+        }
+        if (mig.unread) {
+            GString *s = g_string_new(NULL);
+            for (strList *l = mig.unread; l; l = l->next) {
+                g_string_append_printf(s, "%s%s", s->len ? ", " : "",
+                                       l->value);
+            }
+            warn_print("migrate-incoming: device state not read: %s",
+                       s->str);
+            g_string_free(s, true);
+        }
+    }
+    if (err && !(cancelled && !mig.incoming)) {
+        mig.error_desc = mig.incoming
+            ? g_strdup_printf("load of migration failed: %s", err->message)
+            : g_strdup(err->message);
+    }
+    bool failed = err != NULL;
+    mig.run = NULL;
+    mig_run_free(r);            /* err goes with it */
+    close_fds();
+    unref_blocks();
+    if (failed) {
+        set_status(mig.error_desc ? MIGRATION_STATUS_FAILED
+                                  : MIGRATION_STATUS_CANCELLED);
+        return;
+    }
+    set_status(MIGRATION_STATUS_COMPLETED);
+}
+
+static void reset_run_state(bool incoming)
+{
+    g_free(mig.error_desc);
+    mig.error_desc = NULL;
+    qapi_free_strList(mig.skipped);
+    qapi_free_strList(mig.unread);
+    mig.skipped = mig.unread = NULL;
+    memset(&mig.final, 0, sizeof(mig.final));
+    mig.incoming = incoming;
+    mig.start_ns = clock_ns();
+    mig.pages_ns = mig.end_ns = 0;
+}
+
+/* The checks QEMU makes before it starts, in its order. */
+static bool prepare(const char *uri, MigrationChannelList *channels,
+                    Dest *d, GError **errp)
+{
+    if (!parse_dest(uri, channels, d, errp)) {
+        return false;
+    }
+    if (!cap(MIGRATION_CAPABILITY_MAPPED_RAM)) {
+        error_setg(errp, "strata-daemon migrates RAM with the mapped-ram "
+                   "capability only (migrate-set-capabilities)");
+        return false;
+    }
+    if (d->kind == DEST_FD && !named_fd_seekable(d->name)) {
+        error_setg(errp, "Migration requires seekable transport (e.g. "
+                   "file)");
+        return false;
+    }
+    if (is_active()) {
+        error_setg(errp, "There's a migration process in progress");
+        return false;
+    }
+    return true;
+}
+
+static void start(bool incoming, Dest *d, GError **errp)
+{
+    MigSpec spec = { 0 };
+    char *tmp = NULL;
+    g_autofree MrBlock *blocks = NULL;
+    unsigned n = ram_block_count();
+
+    if (!incoming && n == 0) {
+        error_setg(errp, "There is no RAM to save: add a memory backend "
+                   "(object-add memory-backend-memfd or -file) first");
+        return;
+    }
+    mig.multifd = cap(MIGRATION_CAPABILITY_MULTIFD);
+    spec.params.channels = mig.multifd ? mig.multifd_channels : 1;
+    /* as QEMU: direct-io takes effect with mapped-ram and multifd only */
+    spec.params.direct_io = mig.direct_io && mig.multifd;
+    /* multifd channels are not rate limited in QEMU; the main one is */
+    spec.params.max_bandwidth = mig.multifd || incoming ? 0
+                                                        : mig.max_bandwidth;
+    if (!open_target(d, !incoming, spec.params.channels,
+                     spec.params.direct_io, &spec.target, &tmp, errp)) {
+        close_fds();
+        g_free(spec.target.chan_fds);
+        if (!incoming) {
+            /* QEMU has started when it opens the file: it fails visibly */
+            reset_run_state(false);
+            set_status(MIGRATION_STATUS_SETUP);
+            mig.error_desc = g_strdup((*errp)->message);
+            set_status(MIGRATION_STATUS_FAILED);
+        }
+        return;
+    }
+    blocks = g_new0(MrBlock, n);
+    mig.refs = g_new0(RamBlock *, n);
+    mig.total = 0;
+    unsigned i = 0;
+    for (RamBlock *rb = ram_block_first(); rb; rb = ram_block_next(rb), i++) {
+        blocks[i].id = rb->id;
+        blocks[i].used = rb->size;
+        blocks[i].host = rb->host;
+        ram_block_ref(rb);
+        mig.refs[i] = rb;
+        mig.total += incoming ? 0 : rb->size;
+    }
+    mig.nb_refs = n;
+    spec.blocks = blocks;
+    spec.nb_blocks = n;
+    spec.tmp_path = tmp;
+    spec.final_path = tmp ? d->name : NULL;
+    spec.pages_done = on_pages_done;
+    spec.done = on_done;
+
+    reset_run_state(incoming);
+    set_status(MIGRATION_STATUS_SETUP);
+    if (!incoming) {
+        send_pass(1);
+    }
+    mig.setup_ns = clock_ns();
+    set_status(MIGRATION_STATUS_ACTIVE);
+    mig.run = incoming ? mig_run_load(&spec) : mig_run_save(&spec);
+    g_free(spec.target.chan_fds);
+    g_free(tmp);
+}
+
+void qmp_migrate(const char *uri, MigrationChannelList *channels,
+                 bool has_detach, bool detach, bool has_resume, bool resume,
+                 GError **errp)
+{
+    Dest d = { 0 };
+
+    if (has_resume && resume) {
+        error_setg(errp, "Cannot resume if there is no paused migration");
+        return;
+    }
+    if (prepare(uri, channels, &d, errp)) {
+        start(false, &d, errp);
+    }
+    dest_clear(&d);
+}
+
+void qmp_migrate_incoming(const char *uri, MigrationChannelList *channels,
+                          bool has_exit_on_error, bool exit_on_error,
+                          GError **errp)
+{
+    Dest d = { 0 };
+
+    /* exit-on-error: a daemon never exits for a failed restore */
+    if (prepare(uri, channels, &d, errp)) {
+        start(true, &d, errp);
+    }
+    dest_clear(&d);
+}
+
+void qmp_migrate_cancel(GError **errp)
+{
+    if (mig.run && !mig.incoming && mig.status != MIGRATION_STATUS_CANCELLING) {
+        set_status(MIGRATION_STATUS_CANCELLING);
+        mig_run_cancel(mig.run);
+    }
+}
+
+/* ---- query-migrate ---- */
+
+static MigrationStats *ram_stats(const MrStats *st, int64_t now)
+{
+    MigrationStats *s = g_new0(MigrationStats, 1);
+    uint64_t normal = atomic_load(&st->normal);
+    uint64_t dup = atomic_load(&st->duplicate);
+    uint64_t done = atomic_load(&st->done_bytes);
+    double secs = (double)(now - mig.setup_ns) / 1e9;
+
+    s->transferred = (int64_t)atomic_load(&st->transferred);
+    s->total = (int64_t)mig.total;
+    s->remaining = (int64_t)(mig.total > done ? mig.total - done : 0);
+    s->duplicate = (int64_t)dup;
+    s->normal = (int64_t)normal;
+    s->normal_bytes = (int64_t)(normal * MR_PAGE_SIZE);
+    s->page_size = MR_PAGE_SIZE;
+    s->dirty_sync_count = mig.pages_ns ? 2 : 1;
+    s->multifd_bytes = mig.multifd ? normal * MR_PAGE_SIZE : 0;
+    /* the VM is stopped during the whole save: it is all downtime */
+    s->downtime_bytes = (uint64_t)s->transferred;
+    if (secs > 0) {
+        s->mbps = (double)s->transferred * 8 / 1e6 / secs;
+        s->pages_per_second = (uint64_t)((double)(normal + dup) / secs);
+    }
+    return s;
+}
+
+MigrationInfo *qmp_query_migrate(GError **errp)
+{
+    MigrationInfo *info = g_new0(MigrationInfo, 1);
+    int64_t now = clock_ns();
+
+    if (mig.status == MIGRATION_STATUS_NONE) {
+        return info;
+    }
+    info->has_status = true;
+    info->status = mig.status;
+    if (mig.incoming) {
+        if (mig.status == MIGRATION_STATUS_FAILED) {
+            info->error_desc = g_strdup(mig.error_desc);
+        }
+        if (mig.status == MIGRATION_STATUS_COMPLETED) {
+            info->x_strata_skipped_ram_blocks = str_list_copy(mig.skipped);
+            info->x_strata_unread_sections = str_list_copy(mig.unread);
+        }
+        return info;
+    }
+    switch (mig.status) {
+    case MIGRATION_STATUS_SETUP:
+        break;
+    case MIGRATION_STATUS_ACTIVE:
+    case MIGRATION_STATUS_DEVICE:
+    case MIGRATION_STATUS_CANCELLING:
+        info->has_setup_time = true;
+        info->setup_time = (mig.setup_ns - mig.start_ns) / 1000000;
+        info->has_total_time = true;
+        info->total_time = (now - mig.start_ns) / 1000000;
+        info->has_expected_downtime = true;
+        info->expected_downtime = (int64_t)mig.downtime_limit;
+        info->ram = ram_stats(mig_run_stats(mig.run), now);
+        break;
+    case MIGRATION_STATUS_COMPLETED:
+        info->has_setup_time = true;
+        info->setup_time = (mig.setup_ns - mig.start_ns) / 1000000;
+        info->has_total_time = true;
+        info->total_time = (mig.end_ns - mig.start_ns) / 1000000;
+        info->has_downtime = true;
+        info->downtime = info->total_time;
+        info->ram = ram_stats(&mig.final, mig.end_ns);
+        break;
+    case MIGRATION_STATUS_FAILED:
+        info->error_desc = g_strdup(mig.error_desc);
+        break;
+    default:
+        break;
+    }
+    return info;
+}

@@ -1,0 +1,333 @@
+/*
+ * The mapped-ram file: strata's layout field by field, round trips over
+ * channel counts and O_DIRECT, sparse zero pages, and files that must be
+ * refused before any guest page is written.
+ */
+#include <fcntl.h>
+#include <inttypes.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "strata/mapped-ram.h"
+
+static char path[] = "/tmp/strata-test-mapped-ram-XXXXXX";
+
+static uint8_t *map_anon(uint64_t size)
+{
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    assert_true(p != MAP_FAILED);
+    return p;
+}
+
+/* Every 8th page zero, the others random; some long zero stretches. */
+static void fill(uint8_t *p, uint64_t size, unsigned seed)
+{
+    srand(seed);
+    for (uint64_t pg = 0; pg < size / MR_PAGE_SIZE; pg++) {
+        uint8_t *q = p + pg * MR_PAGE_SIZE;
+        if (pg % 8 == 3 || (pg >= 700 && pg < 1100)) {
+            memset(q, 0, MR_PAGE_SIZE);
+            continue;
+        }
+        for (unsigned i = 0; i < MR_PAGE_SIZE; i += 512) {
+            q[i] = (uint8_t)rand();
+        }
+        q[MR_PAGE_SIZE - 1] = (uint8_t)(pg | 1);
+    }
+}
+
+typedef struct Files {
+    MrTarget t;
+    int fds[8];
+} Files;
+
+static void open_target(Files *f, const char *p, unsigned chans, bool direct,
+                        bool create, uint64_t offset)
+{
+    int flags = create ? O_RDWR | O_CREAT | O_TRUNC : O_RDONLY;
+    f->t.fd = open(p, flags, 0600);
+    assert_true(f->t.fd >= 0);
+    for (unsigned i = 0; i < chans; i++) {
+        f->fds[i] = open(p, (create ? O_WRONLY : O_RDONLY) |
+                         (direct ? O_DIRECT : 0));
+        assert_true(f->fds[i] >= 0);
+    }
+    f->t.chan_fds = f->fds;
+    f->t.nb_chan = chans;
+    f->t.offset = offset;
+}
+
+static void close_target(Files *f)
+{
+    close(f->t.fd);
+    for (unsigned i = 0; i < f->t.nb_chan; i++) {
+        close(f->fds[i]);
+    }
+}
+
+static bool save(MrBlock *b, unsigned n, unsigned chans, bool direct,
+                 uint64_t offset, MrStats *st)
+{
+    Files f;
+    MrParams p = { .channels = chans, .direct_io = direct };
+    atomic_bool cancel = false;
+    GError *err = NULL;
+
+    open_target(&f, path, chans, direct, true, offset);
+    bool ok = mr_save(&f.t, b, n, &p, st, &cancel, &err);
+    if (err) {
+        print_message("%s\n", err->message);
+        g_error_free(err);
+    }
+    close_target(&f);
+    return ok;
+}
+
+static MrFileInfo *load(uint8_t **hosts, unsigned chans, bool direct,
+                        uint64_t offset, GError **errp)
+{
+    Files f;
+    MrParams p = { .channels = chans, .direct_io = direct };
+    atomic_bool cancel = false;
+    MrStats st = { 0 };
+
+    open_target(&f, path, chans, direct, false, offset);
+    MrFileInfo *info = mr_file_parse(f.t.fd, offset, errp);
+    if (info) {
+        for (unsigned i = 0; i < info->nb_blocks; i++) {
+            info->blocks[i].host = hosts[i];
+        }
+        if (!mr_load(&f.t, info, &p, &st, &cancel, errp)) {
+            mr_file_info_free(info);
+            info = NULL;
+        }
+    }
+    close_target(&f);
+    return info;
+}
+
+static void round_trip(unsigned chans, bool direct, uint64_t offset)
+{
+    uint64_t sizes[2] = { 8u << 20, 3u << 20 };
+    const char *ids[2] = { "ram0", "/rom@etc/acpi/tables" };
+    MrBlock b[2];
+    uint8_t *dst[2];
+    MrStats st = { 0 };
+    GError *err = NULL;
+
+    for (int i = 0; i < 2; i++) {
+        b[i] = (MrBlock){ .id = (char *)ids[i], .used = sizes[i],
+                          .host = map_anon(sizes[i]) };
+        fill(b[i].host, sizes[i], 7 + i + chans);
+        dst[i] = map_anon(sizes[i]);
+        memset(dst[i], 0xee, sizes[i]);       /* old contents to replace */
+    }
+    assert_true(save(b, 2, chans, direct, offset, &st));
+    assert_int_equal(st.normal + st.duplicate,
+                     (sizes[0] + sizes[1]) / MR_PAGE_SIZE);
+    MrFileInfo *info = load(dst, chans, direct, offset, &err);
+    assert_null(err);
+    assert_non_null(info);
+    assert_true(info->reached_eof);
+    assert_int_equal(info->nb_blocks, 2);
+    assert_int_equal(info->unread->len, 0);
+    for (int i = 0; i < 2; i++) {
+        assert_string_equal(info->blocks[i].id, ids[i]);
+        assert_int_equal(info->blocks[i].used, sizes[i]);
+        assert_int_equal(info->blocks[i].pages_offset % MR_PAGES_ALIGN, 0);
+        assert_memory_equal(dst[i], b[i].host, sizes[i]);
+        munmap(b[i].host, sizes[i]);
+        munmap(dst[i], sizes[i]);
+    }
+    mr_file_info_free(info);
+}
+
+static void test_round_trip_1(void **state)
+{
+    (void)state;
+    round_trip(1, false, 0);
+}
+
+static void test_round_trip_4(void **state)
+{
+    (void)state;
+    round_trip(4, false, 0);
+}
+
+static void test_round_trip_direct(void **state)
+{
+    (void)state;
+    round_trip(3, true, 0);
+}
+
+static void test_round_trip_offset(void **state)
+{
+    (void)state;
+    round_trip(2, false, 4096 * 3 + 17);
+}
+
+static uint64_t be64_at(const uint8_t *p)
+{
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return GUINT64_FROM_BE(v);
+}
+
+static uint32_t be32_at(const uint8_t *p)
+{
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return GUINT32_FROM_BE(v);
+}
+
+/* The bytes QEMU's loader expects, and zero pages left as holes. */
+static void test_layout(void **state)
+{
+    uint64_t size = 4u << 20;
+    MrBlock b = { .id = "ram0", .used = size, .host = map_anon(size) };
+    MrStats st = { 0 };
+    uint8_t head[128];
+    struct stat s;
+    (void)state;
+
+    memset(b.host, 0, size);
+    memset(b.host + 5 * MR_PAGE_SIZE, 0x5a, MR_PAGE_SIZE);
+    assert_true(save(&b, 1, 2, false, 0, &st));
+    int fd = open(path, O_RDONLY);
+    assert_int_equal(pread(fd, head, sizeof(head), 0), sizeof(head));
+    assert_int_equal(be32_at(head), 0x5145564d);
+    assert_int_equal(be32_at(head + 4), 3);
+    assert_int_equal(head[8], MR_SEC_START);
+    assert_int_equal(head[13], 3);
+    assert_memory_equal(head + 14, "ram", 3);
+    assert_int_equal(be32_at(head + 17), 0);        /* instance */
+    assert_int_equal(be32_at(head + 21), 4);        /* version */
+    assert_int_equal(be64_at(head + 25), size | MR_RAM_MEM_SIZE);
+    assert_int_equal(head[33], 4);
+    assert_memory_equal(head + 34, "ram0", 4);
+    assert_int_equal(be64_at(head + 38), size);
+    assert_int_equal(be32_at(head + 46), 1);
+    assert_int_equal(be64_at(head + 50), 4096);
+    assert_int_equal(be64_at(head + 58), 74);       /* bitmap offset */
+    assert_int_equal(be64_at(head + 66), 0x100000); /* pages offset */
+    assert_int_equal(head[74], 1 << 5);             /* page 5 stored */
+    assert_int_equal(st.normal, 1);
+    uint8_t page[MR_PAGE_SIZE];
+    assert_int_equal(pread(fd, page, sizeof(page), 0x100000 + 5 * 4096),
+                     sizeof(page));
+    assert_int_equal(page[0], 0x5a);
+    assert_int_equal(fstat(fd, &s), 0);
+    assert_int_equal(s.st_size, 0x100000 + size + 8 + 5 + 5 + 8 + 5 + 1 + 5 +
+                     strlen("{\"page_size\": 4096, \"devices\": []}"));
+    /* one page and the header's block: far from 5 MiB */
+    assert_true(s.st_blocks * 512 < 64 * 1024);
+    close(fd);
+    munmap(b.host, size);
+}
+
+static void save_small(void)
+{
+    uint64_t size = 1u << 20;
+    MrBlock b = { .id = "ram0", .used = size, .host = map_anon(size) };
+    MrStats st = { 0 };
+    fill(b.host, size, 3);
+    assert_true(save(&b, 1, 1, false, 0, &st));
+    munmap(b.host, size);
+}
+
+static void patch(off_t off, const void *bytes, size_t n)
+{
+    int fd = open(path, O_WRONLY);
+    assert_int_equal(pwrite(fd, bytes, n, off), (ssize_t)n);
+    close(fd);
+}
+
+/* A bad file is refused and the memory it would fill keeps its bytes. */
+static void expect_refused(const char *msg)
+{
+    uint64_t size = 1u << 20;
+    uint8_t *dst = map_anon(size);
+    GError *err = NULL;
+
+    memset(dst, 0xee, size);
+    MrFileInfo *info = load(&dst, 1, false, 0, &err);
+    assert_null(info);
+    assert_non_null(err);
+    if (!strstr(err->message, msg)) {
+        print_message("got: %s\n", err->message);
+        fail();
+    }
+    g_error_free(err);
+    for (uint64_t i = 0; i < size; i++) {
+        if (dst[i] != 0xee) {
+            fail_msg("guest byte %" PRIu64 " written", i);
+        }
+    }
+    munmap(dst, size);
+}
+
+static void test_bad_files(void **state)
+{
+    uint8_t v;
+    uint32_t be;
+    (void)state;
+
+    save_small();
+    patch(0, "QEVN", 4);
+    expect_refused("Not a migration stream");
+
+    save_small();
+    be = GUINT32_TO_BE(2);
+    patch(4, &be, 4);
+    expect_refused("Unsupported migration stream version");
+
+    save_small();
+    be = GUINT32_TO_BE(2);
+    patch(46, &be, 4);                  /* mapped-ram header version */
+    expect_refused("header version 2 not supported");
+
+    save_small();
+    uint64_t ps = GUINT64_TO_BE(65536);
+    patch(50, &ps, 8);
+    expect_refused("page size 65536");
+
+    save_small();
+    v = 0x42;
+    patch(8, &v, 1);
+    expect_refused("unknown section type 0x42");
+
+    /* cut inside the pages: the stream's end is gone */
+    save_small();
+    assert_int_equal(truncate(path, 0x100000 + 4096 * 10), 0);
+    expect_refused("truncated");
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_layout),
+        cmocka_unit_test(test_round_trip_1),
+        cmocka_unit_test(test_round_trip_4),
+        cmocka_unit_test(test_round_trip_direct),
+        cmocka_unit_test(test_round_trip_offset),
+        cmocka_unit_test(test_bad_files),
+    };
+    int fd = mkstemp(path);
+    if (fd < 0) {
+        return 1;
+    }
+    close(fd);
+    int rc = cmocka_run_group_tests(tests, NULL, NULL);
+    unlink(path);
+    return rc;
+}
