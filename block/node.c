@@ -413,6 +413,7 @@ static bool take_generic_options(BlockNode *bs, json_t *options, int *flags,
         }
         json_object_del(options, "cache");
     }
+    bs->read_only_given = json_object_get(options, "read-only") != NULL;
     if (!opts_take_str(options, "node-name", &name, errp) ||
         !opts_take_bool(options, "read-only", &read_only, errp) ||
         !opts_take_bool(options, "auto-read-only", &auto_ro, errp) ||
@@ -650,6 +651,7 @@ static BlockNode *node_open_common(const char *filename, json_t *options,
         };
         json_t *flat = opts_flatten(options);
         json_t *flat_file = opts_flatten(file_opts);
+        bool ro_inherited = !json_object_get(flat_file, "read-only");
         for (size_t i = 0; i < G_N_ELEMENTS(inherited); i++) {
             json_t *v = json_object_get(flat, inherited[i]);
             if (v && !json_object_get(flat_file, inherited[i])) {
@@ -681,6 +683,9 @@ static BlockNode *node_open_common(const char *filename, json_t *options,
         g_free(fname);
         if (!probed_file) {
             goto fail;
+        }
+        if (ro_inherited) {
+            probed_file->read_only_given = false;
         }
         probed_here = true;
         drv = probe_format(probed_file, errp);

@@ -328,6 +328,11 @@ struct BlockNode {
     json_t *options;             /* options as opened (for reopen, info) */
     int open_flags;
     bool read_only;
+    /*
+     * read-only was among the node's own options (QEMU's explicit options):
+     * a reopen of a parent that keeps the old options keeps it.
+     */
+    bool read_only_given;
     /* auto-read-only=on: a driver that cannot write may open read-only. */
     bool auto_read_only;
     bool force_share;
