@@ -536,7 +536,8 @@ static bool passes_filename_down(const BlockDriver *drv)
  * "file" chain: a "file" child that is itself one of them (file.driver=qcow2
  * under copy-on-read) hands it on to its own "file", so
  * "driver=copy-on-read,file.driver=qcow2 x.qcow2" means
- * file.file.filename=x.qcow2, as in QEMU.
+ * file.file.filename=x.qcow2, as in QEMU.  A protocol child that parses
+ * names (blkdebug) parses it as if it had been given the name itself.
  */
 static bool set_storage_filename(json_t *options, const char *filename,
                                  GError **errp)
@@ -563,6 +564,10 @@ static bool set_storage_filename(json_t *options, const char *filename,
             error_setg(errp, "Can't specify 'file' and 'filename' options at "
                        "the same time");
             return false;
+        }
+        if (child && child->parse_filename) {
+            /* As a name given to it: blkdebug takes it as its image's. */
+            return child->parse_filename(filename, file_opts, errp);
         }
         json_object_set_new(file_opts, "filename", json_string_nocheck(filename));
         return true;
