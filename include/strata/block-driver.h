@@ -82,6 +82,11 @@ struct BlockDriver {
     size_t instance_size;
     bool is_format;              /* may be probed / has a "file" child */
     bool is_filter;              /* data is the filtered child's data */
+    /*
+     * A job's own filter, removed when the job ends: nobody may freeze a
+     * link to it (QEMU's never_freeze on commit_top and mirror_top).
+     */
+    bool never_freeze;
     bool supports_backing;
 
     /* 0..100: how sure the driver is that buf (the first 512+ bytes) is its format. */
