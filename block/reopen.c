@@ -604,7 +604,10 @@ static bool reopen_parse_child(ReopenState *rs, bool is_backing,
                    "%s child", bs->node_name, bs->drv->format_name, name);
         return false;
     }
-    if (c && !child_check_not_frozen(c, "change", errp)) {
+    if (c && child_frozen_count(c) > 0) {
+        /* QEMU 7.2's words here (iotest 245), not child_check_not_frozen's. */
+        error_setg(errp, "Cannot change frozen '%s' link from '%s' to '%s'",
+                   c->name, bs->node_name, old_bs->node_name);
         return false;
     }
     if (is_backing && !bs->drv->is_filter && !bs->drv->supports_backing) {
