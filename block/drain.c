@@ -107,6 +107,16 @@ static bool set_busy(GPtrArray *set)
     return false;
 }
 
+static bool sets_busy(GPtrArray *sets)
+{
+    for (guint i = 0; i < sets->len; i++) {
+        if (set_busy(sets->pdata[i])) {
+            return true;
+        }
+    }
+    return false;
+}
+
 typedef struct {
     GPtrArray *set;
     Coroutine *co;
@@ -121,7 +131,8 @@ static void drain_wait_bh(void *opaque)
     co_enter(w->co);
 }
 
-void node_drain_begin(BlockNode *bs)
+/* Quiesce bs's drain set (no waiting); the set is pushed on bs. */
+static GPtrArray *drain_quiesce(BlockNode *bs)
 {
     GPtrArray *set = g_ptr_array_new();
     GHashTable *seen = g_hash_table_new(NULL, NULL);
@@ -140,6 +151,12 @@ void node_drain_begin(BlockNode *bs)
         node_parents_drained_begin(n, NULL);
     }
     bs->drain_sets = g_slist_prepend(bs->drain_sets, set);
+    return set;
+}
+
+void node_drain_begin(BlockNode *bs)
+{
+    GPtrArray *set = drain_quiesce(bs);
     if (in_coroutine()) {
         /*
          * A coroutine (a job) cannot run the loop itself: wait from a BH and
@@ -204,9 +221,28 @@ void drain_all_begin(void)
      * jobs above pause is what a client sees at shutdown (their events).
      */
     roots = g_slist_reverse(roots);
-    for (GSList *l = roots; l; l = l->next) {
-        node_drain_begin(l->data);
+    /*
+     * Every root is quiesced before any is waited for, as QEMU's
+     * bdrv_drain_all_begin polls once for all: a job writing to one root
+     * may wait for a read through another (a throttle node whose limits
+     * only a drain lifts), so waiting root by root could wait for ever.
+     */
+    if (in_coroutine()) {
+        /* A coroutine waits through a BH, one set at a time. */
+        for (GSList *l = roots; l; l = l->next) {
+            node_drain_begin(l->data);
+        }
+        drain_all_stack = g_slist_prepend(drain_all_stack, roots);
+        return;
     }
+    GPtrArray *sets = g_ptr_array_new();
+    for (GSList *l = roots; l; l = l->next) {
+        g_ptr_array_add(sets, drain_quiesce(l->data));
+    }
+    g_atomic_int_inc(&drain_waiters);
+    LOOP_WAIT_WHILE(sets_busy(sets));
+    g_atomic_int_add(&drain_waiters, -1);
+    g_ptr_array_free(sets, TRUE);
     drain_all_stack = g_slist_prepend(drain_all_stack, roots);
 }
 

@@ -80,6 +80,11 @@ bool chain_freeze(BlockNode *top, BlockNode *base, const char *owner,
             }
             break;
         }
+        if (c->bs->drv->never_freeze) {
+            error_setg(errp, "Cannot freeze '%s' link to '%s'", c->name,
+                       c->bs->node_name);
+            return false;
+        }
         bs = c->bs;
     }
     for (bs = top; bs != base;) {

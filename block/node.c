@@ -413,6 +413,7 @@ static bool take_generic_options(BlockNode *bs, json_t *options, int *flags,
         }
         json_object_del(options, "cache");
     }
+    bs->read_only_given = json_object_get(options, "read-only") != NULL;
     if (!opts_take_str(options, "node-name", &name, errp) ||
         !opts_take_bool(options, "read-only", &read_only, errp) ||
         !opts_take_bool(options, "auto-read-only", &auto_ro, errp) ||
@@ -520,6 +521,59 @@ static GSList *backing_opens;
 static bool seen_in_chain(BlockNode *bs, uint64_t dev, uint64_t ino);
 static void set_loop_error(GError **errp, const char *name);
 
+/*
+ * Formats and the filters that are no protocol (copy-on-read, throttle,
+ * preallocate, ...) open their "file" child with the filename they were
+ * given, as QEMU's non-protocol drivers do.
+ */
+static bool passes_filename_down(const BlockDriver *drv)
+{
+    return drv->is_format || (drv->is_filter && !drv->protocol_name);
+}
+
+/*
+ * A filename given to such a node names the storage at the bottom of its
+ * "file" chain: a "file" child that is itself one of them (file.driver=qcow2
+ * under copy-on-read) hands it on to its own "file", so
+ * "driver=copy-on-read,file.driver=qcow2 x.qcow2" means
+ * file.file.filename=x.qcow2, as in QEMU.  A protocol child that parses
+ * names (blkdebug) parses it as if it had been given the name itself.
+ */
+static bool set_storage_filename(json_t *options, const char *filename,
+                                 GError **errp)
+{
+    for (;;) {
+        json_t *file_opts = json_object_get(options, "file");
+        if (!file_opts) {
+            file_opts = json_object();
+            json_object_set_new(options, "file", file_opts);
+        }
+        if (!json_is_object(file_opts)) {
+            error_setg(errp, "Cannot reference an existing block device with "
+                       "additional options or a new filename");
+            return false;
+        }
+        json_t *d = json_object_get(file_opts, "driver");
+        const BlockDriver *child = d && json_is_string(d)
+                                   ? driver_find(json_string_value(d)) : NULL;
+        if (child && passes_filename_down(child)) {
+            options = file_opts;
+            continue;
+        }
+        if (json_object_get(file_opts, "filename")) {
+            error_setg(errp, "Can't specify 'file' and 'filename' options at "
+                       "the same time");
+            return false;
+        }
+        if (child && child->parse_filename) {
+            /* As a name given to it: blkdebug takes it as its image's. */
+            return child->parse_filename(filename, file_opts, errp);
+        }
+        json_object_set_new(file_opts, "filename", json_string_nocheck(filename));
+        return true;
+    }
+}
+
 static BlockNode *node_open_common(const char *filename, json_t *options,
                                    int flags, GError **errp)
 {
@@ -602,6 +656,7 @@ static BlockNode *node_open_common(const char *filename, json_t *options,
         };
         json_t *flat = opts_flatten(options);
         json_t *flat_file = opts_flatten(file_opts);
+        bool ro_inherited = !json_object_get(flat_file, "read-only");
         for (size_t i = 0; i < G_N_ELEMENTS(inherited); i++) {
             json_t *v = json_object_get(flat, inherited[i]);
             if (v && !json_object_get(flat_file, inherited[i])) {
@@ -633,6 +688,9 @@ static BlockNode *node_open_common(const char *filename, json_t *options,
         g_free(fname);
         if (!probed_file) {
             goto fail;
+        }
+        if (ro_inherited) {
+            probed_file->read_only_given = false;
         }
         probed_here = true;
         drv = probe_format(probed_file, errp);
@@ -680,16 +738,9 @@ probed:
                             json_string(probed_file->node_name));
         g_strlcpy(bs->filename, probed_file->filename, sizeof(bs->filename));
     } else if (filename) {
-        if (drv->is_format) {
-            /* The filename names the format's storage. */
-            json_t *file_opts = json_object_get(options, "file");
-            if (!file_opts) {
-                file_opts = json_object();
-                json_object_set_new(options, "file", file_opts);
-            }
-            if (json_is_object(file_opts) &&
-                !json_object_get(file_opts, "filename")) {
-                json_object_set_new(file_opts, "filename", json_string_nocheck(filename));
+        if (passes_filename_down(drv)) {
+            if (!set_storage_filename(options, filename, errp)) {
+                goto fail;
             }
         } else if (drv->parse_filename) {
             if (!drv->parse_filename(filename, options, errp)) {

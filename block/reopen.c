@@ -191,6 +191,14 @@ ReopenQueue *reopen_queue_add_opts(ReopenQueue *q, BlockNode *bs,
         if (c->role & CHILD_ROLE_COW) {
             child_ro = true;
         }
+        if (child_keep && c->bs->read_only_given) {
+            /*
+             * Its own read-only stays, as QEMU joins a child's explicit
+             * options back in (a read-write reopen of a qcow2 whose file was
+             * added read-only then fails: "Block node is read-only").
+             */
+            child_ro = c->bs->read_only;
+        }
         if (sub && json_object_get(sub, "read-only")) {
             /* read, not taken: the child's own option, seen as given */
             json_t *ro = json_incref(json_object_get(sub, "read-only"));
@@ -596,7 +604,10 @@ static bool reopen_parse_child(ReopenState *rs, bool is_backing,
                    "%s child", bs->node_name, bs->drv->format_name, name);
         return false;
     }
-    if (c && !child_check_not_frozen(c, "change", errp)) {
+    if (c && child_frozen_count(c) > 0) {
+        /* QEMU 7.2's words here (iotest 245), not child_check_not_frozen's. */
+        error_setg(errp, "Cannot change frozen '%s' link from '%s' to '%s'",
+                   c->name, bs->node_name, old_bs->node_name);
         return false;
     }
     if (is_backing && !bs->drv->is_filter && !bs->drv->supports_backing) {
@@ -780,6 +791,8 @@ bool reopen_multiple(ReopenQueue *q, GError **errp)
                 bs->drv->reopen_commit(rs);
             }
             bs->read_only = rs->read_only;
+            bs->read_only_given = rs->read_only_given ||
+                                  (rs->keep_old && bs->read_only_given);
             bs->open_flags = rs->flags;
             bs->detect_zeroes = rs->detect_zeroes;
             bs->discard_unmap = rs->discard_unmap;

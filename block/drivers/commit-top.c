@@ -67,6 +67,7 @@ static void commit_top_refresh_filename(BlockNode *bs)
 const BlockDriver bdrv_commit_top = {
     .format_name = "commit_top",
     .is_filter = true,
+    .never_freeze = true,
     .open = commit_top_open,
     .child_perm = commit_top_child_perm,
     .co_preadv = commit_top_co_preadv,

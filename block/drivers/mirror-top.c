@@ -162,6 +162,7 @@ const BlockDriver bdrv_mirror_top = {
     .format_name = "mirror_top",
     .instance_size = sizeof(MirrorTopState),
     .is_filter = true,
+    .never_freeze = true,
     .open = mirror_top_open,
     .child_perm = mirror_top_child_perm,
     .getlength = mirror_top_getlength,

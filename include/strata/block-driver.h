@@ -82,6 +82,11 @@ struct BlockDriver {
     size_t instance_size;
     bool is_format;              /* may be probed / has a "file" child */
     bool is_filter;              /* data is the filtered child's data */
+    /*
+     * A job's own filter, removed when the job ends: nobody may freeze a
+     * link to it (QEMU's never_freeze on commit_top and mirror_top).
+     */
+    bool never_freeze;
     bool supports_backing;
 
     /* 0..100: how sure the driver is that buf (the first 512+ bytes) is its format. */
@@ -328,6 +333,11 @@ struct BlockNode {
     json_t *options;             /* options as opened (for reopen, info) */
     int open_flags;
     bool read_only;
+    /*
+     * read-only was among the node's own options (QEMU's explicit options):
+     * a reopen of a parent that keeps the old options keeps it.
+     */
+    bool read_only_given;
     /* auto-read-only=on: a driver that cannot write may open read-only. */
     bool auto_read_only;
     bool force_share;
