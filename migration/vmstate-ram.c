@@ -236,6 +236,7 @@ static void coroutine_fn run_worker(void *opaque)
         iovec_init_buf(&v, r->host, r->len);
         int ret = q->write ? node_co_save_vmstate(q->bs, &v, r->pos)
                            : node_co_load_vmstate(q->bs, &v, r->pos);
+        iovec_destroy(&v);
         if (ret < 0 && q->ret == 0) {
             q->ret = ret;
         }
@@ -294,7 +295,9 @@ static int coroutine_fn write_buf(BlockNode *bs, void *buf, size_t len,
 {
     IOVec v;
     iovec_init_buf(&v, buf, len);
-    return node_co_save_vmstate(bs, &v, pos);
+    int ret = node_co_save_vmstate(bs, &v, pos);
+    iovec_destroy(&v);
+    return ret;
 }
 
 static int coroutine_fn read_buf(BlockNode *bs, void *buf, size_t len,
@@ -302,7 +305,9 @@ static int coroutine_fn read_buf(BlockNode *bs, void *buf, size_t len,
 {
     IOVec v;
     iovec_init_buf(&v, buf, len);
-    return node_co_load_vmstate(bs, &v, pos);
+    int ret = node_co_load_vmstate(bs, &v, pos);
+    iovec_destroy(&v);
+    return ret;
 }
 
 /* ---- Save ---- */

@@ -65,10 +65,10 @@ static int setup(void **state)
     GError *err = NULL;
     f->path = g_build_filename(tmpdir, "vm.qcow2", NULL);
     json_t *o = json_pack("{s:I}", "size", (json_int_t)(16 * MiB));
+    /* image_create takes the options' reference. */
     if (!image_create("qcow2", f->path, o, &err)) {
         fail_msg("create: %s", err->message);
     }
-    json_decref(o);
     f->blk = blk_new_open(f->path, json_pack("{s:s}", "driver", "qcow2"),
                           NODE_O_RDWR, &err);
     if (!f->blk) {
@@ -241,6 +241,7 @@ static void area_io(BlockNode *bs, int64_t pos, void *buf, size_t len,
     AreaIO x = { .bs = bs, .pos = pos, .write = write };
     iovec_init_buf(&x.v, buf, len);
     co_run_sync(area_io_co, &x);
+    iovec_destroy(&x.v);
     assert_int_equal(x.ret, 0);
 }
 
