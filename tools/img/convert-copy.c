@@ -1,20 +1,28 @@
 /*
- * The copy of strata-img convert.
+ * The copy of strata-img convert, on the copy engine (strata/block-copy.h):
+ * one implementation, and one progress report, with the jobs.
  *
- * One source: the copy engine (strata/block-copy.h) runs it, with the
- * classify below (qemu-img's steps), chunks of qemu-img's request size,
- * and convert_write() as its writer (see engine_fits() for what stays
- * here).  Otherwise, and for what the engine cannot express, the loop
- * of this file:
+ * The sources are one long disk.  The engine walks it in ascending order
+ * and asks classify (iteration_sectors: qemu-img's steps) what each run
+ * holds: data to copy, zeroes, or (when the target has a backing file) a
+ * range to leave unallocated.  It reads data chunks of qemu-img's request
+ * size through convert's read call-back and hands them to convert_write(),
+ * which scans them for zero runs of at least min_sparse sectors (zero
+ * writes, or nothing on a target that starts out zeroed), compresses
+ * (-c) and rate-limits (-r) as qemu-img does.  Writes go out in order
+ * (one chunk at a time) unless -W, where the target's layout depends on
+ * it.
  *
- * The sources are one long disk.  Each step asks the source's block status
- * for the run starting at the current sector and classifies it: data to
- * copy, zeroes, or (when the target has a backing file) a range to leave
- * unallocated.  num_coroutines workers take steps in turn under a lock,
- * read their data in parallel, and by default write in order (-W lifts
- * that).  Data buffers are scanned for zero runs of at least min_sparse
- * sectors, which become zero writes or nothing at all on a target that
- * starts out zeroed.
+ * Why a read call-back and not a read-only "concat" node under the
+ * engine: --salvage must retry a failed read sector by sector and turn
+ * what stays unreadable into zeroes with qemu-img's warnings, which no
+ * node below the engine can do without the tool's policy in it; and the
+ * call-back also pads a source whose length is not a sector multiple.
+ * With a call-back, the concatenation is twenty lines of this file
+ * (select_part) instead of a driver, and the engine gains only a read
+ * hook mirroring its write one.  The engine's bitmap must cover the
+ * whole disk: it is an anonymous one on the target node, which convert
+ * made (or checked to be) at least that long.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -61,7 +69,8 @@ static void select_part(ConvertState *s, int64_t sector_num, int *src_cur,
 
 /*
  * Classify the run starting at sector_num and return its length in
- * sectors (or -errno after reporting the error).  Called under s->lock.
+ * sectors (or -errno after reporting the error).  Called in ascending
+ * order (the engine's classify, count_allocated).
  */
 static int64_t iteration_sectors(ConvertState *s, int64_t sector_num)
 {
@@ -389,88 +398,6 @@ static int coroutine_fn convert_write(ConvertState *s, int64_t sector_num,
     return 0;
 }
 
-static void coroutine_fn copy_worker(void *opaque)
-{
-    ConvertState *s = opaque;
-    size_t buf_size = (size_t)s->buf_sectors * CONVERT_SECTOR;
-    uint8_t *buf = aligned_alloc_buf(4096, buf_size);
-
-    for (;;) {
-        int64_t n, sector_num;
-        ConvertStatus status;
-        int ret;
-
-        co_mutex_lock(&s->lock);
-        if (s->ret != -EINPROGRESS || s->sector_num >= s->total_sectors) {
-            co_mutex_unlock(&s->lock);
-            break;
-        }
-        n = iteration_sectors(s, s->sector_num);
-        if (n < 0) {
-            co_mutex_unlock(&s->lock);
-            s->ret = (int)n;
-            break;
-        }
-        sector_num = s->sector_num;
-        status = s->status;
-        if (!s->min_sparse && status == CONVERT_ZERO) {
-            n = MIN(n, s->buf_sectors);
-        }
-        /* Let the other workers go on past this request. */
-        s->sector_num += n;
-        co_mutex_unlock(&s->lock);
-
-        if (status == CONVERT_DATA ||
-            (!s->min_sparse && status == CONVERT_ZERO)) {
-            s->allocated_done += n;
-            img_progress_set_bytes(s->progress,
-                                   (uint64_t)s->allocated_done * CONVERT_SECTOR,
-                                   (uint64_t)s->allocated_sectors *
-                                   CONVERT_SECTOR);
-            img_progress_print(s->progress,
-                                   100.0 * s->allocated_done /
-                                   s->allocated_sectors, 0);
-        }
-
-        if (status == CONVERT_DATA) {
-            ret = convert_read(s, sector_num, n, buf);
-            if (ret < 0) {
-                tool_error("error while reading at byte %" PRId64 ": %s",
-                           sector_num * CONVERT_SECTOR, g_strerror(-ret));
-                s->ret = ret;
-            }
-        } else if (!s->min_sparse && status == CONVERT_ZERO) {
-            /* -S 0: zeroes are written as data, fully allocating. */
-            status = CONVERT_DATA;
-            memset(buf, 0, n * CONVERT_SECTOR);
-        }
-
-        if (s->wr_in_order) {
-            while (s->wr_offs != sector_num && s->ret == -EINPROGRESS) {
-                co_queue_wait(&s->wr_queue);
-            }
-        }
-        if (s->ret == -EINPROGRESS) {
-            ret = convert_write(s, sector_num, n, buf, status);
-            if (ret < 0) {
-                tool_error("error while writing at byte %" PRId64 ": %s",
-                           sector_num * CONVERT_SECTOR, g_strerror(-ret));
-                s->ret = ret;
-            }
-        }
-        if (s->wr_in_order) {
-            s->wr_offs = sector_num + n;
-            co_queue_restart_all(&s->wr_queue);
-        }
-    }
-
-    aligned_free(buf);
-    /* The last worker out declares success; the others may still write. */
-    if (--s->running == 0 && s->ret == -EINPROGRESS) {
-        s->ret = 0;
-    }
-}
-
 /* Total of the sectors that will be written, for the progress meter. */
 static int count_allocated(ConvertState *s)
 {
@@ -494,28 +421,6 @@ static int count_allocated(ConvertState *s)
 /* ---- The copy engine's path (strata/block-copy.h) ---- */
 
 /*
- * The copy engine runs convert's copy from one source: it walks the disk
- * with convert's classify (qemu-img's steps), reads the data, and hands
- * each data chunk to convert_write() (the -S scan, -r, in-order writes
- * of qemu-img).  Left to the loop above: several sources (one long disk
- * made of many), -c (whole compressed clusters, and the end-of-image
- * write), --salvage (unreadable sectors read as zeroes, sector by
- * sector), -C with -r, and a source whose length is not a sector
- * multiple (the loop pads the last sector).
- */
-static bool engine_fits(ConvertState *s)
-{
-    int64_t len;
-
-    if (s->src_num != 1 || s->compressed || s->salvage ||
-        (s->copy_range && s->rate_limit)) {
-        return false;
-    }
-    len = blk_getlength(s->src[0]);
-    return len >= 0 && len == s->total_sectors * CONVERT_SECTOR;
-}
-
-/*
  * The engine asks in ascending order, one range at a time (it classifies
  * before it starts a chunk), which is the order iteration_sectors()
  * caches its block status for: the same runs as qemu-img's steps.
@@ -534,7 +439,25 @@ static int coroutine_fn engine_classify(void *opaque, int64_t offset,
     *pnum = MIN(n * CONVERT_SECTOR, bytes);
     if (s->status == CONVERT_DATA || (s->status == CONVERT_ZERO &&
                                       !s->min_sparse)) {
-        /* -S 0: zeroes are written as data (they read as zeroes). */
+        /*
+         * -S 0: zeroes are written as data (they read as zeroes).  One
+         * request's worth: the chunk the engine starts now, which
+         * qemu-img's meter counts as it starts it (not as it ends: with
+         * many in flight they end out of order, and the meter's steps
+         * would differ).
+         */
+        n = MIN(n, s->buf_sectors);
+        *pnum = MIN(n * CONVERT_SECTOR, bytes);
+        if (s->allocated_sectors) {
+            s->allocated_done += DIV_ROUND_UP(*pnum, CONVERT_SECTOR);
+            img_progress_set_bytes(s->progress,
+                                   (uint64_t)s->allocated_done *
+                                   CONVERT_SECTOR,
+                                   (uint64_t)s->allocated_sectors *
+                                   CONVERT_SECTOR);
+            img_progress_print(s->progress, 100.0 * s->allocated_done /
+                               s->allocated_sectors, 0);
+        }
         return BLOCK_COPY_DATA;
     }
     /*
@@ -559,22 +482,25 @@ static int coroutine_fn engine_classify(void *opaque, int64_t offset,
     return BLOCK_COPY_SKIP;
 }
 
-/* What qemu-img's meter counts: the ranges it reads and writes. */
-static void engine_progress(void *opaque, int64_t offset, int64_t bytes,
-                            BlockCopyKind kind)
+/* A data chunk, from the source(s) it spans (--salvage: sector by sector
+ * where a read fails). */
+static int coroutine_fn engine_read(void *opaque, int64_t offset,
+                                    int64_t bytes, void *buf)
 {
     ConvertState *s = opaque;
+    int ret;
 
-    (void)offset;
-    if (kind != BLOCK_COPY_DATA || !s->allocated_sectors) {
-        return;
+    if (s->engine_reported) {
+        return -ECANCELED;              /* another chunk failed first */
     }
-    s->allocated_done += DIV_ROUND_UP(bytes, CONVERT_SECTOR);
-    img_progress_set_bytes(s->progress,
-                           (uint64_t)s->allocated_done * CONVERT_SECTOR,
-                           (uint64_t)s->allocated_sectors * CONVERT_SECTOR);
-    img_progress_print(s->progress,
-                       100.0 * s->allocated_done / s->allocated_sectors, 0);
+    ret = convert_read(s, offset / CONVERT_SECTOR,
+                       DIV_ROUND_UP(bytes, CONVERT_SECTOR), buf);
+    if (ret < 0) {
+        tool_error("error while reading at byte %" PRId64 ": %s", offset,
+                   g_strerror(-ret));
+        s->engine_reported = true;
+    }
+    return ret;
 }
 
 /* A data chunk as read: written as qemu-img writes a data step. */
@@ -612,8 +538,19 @@ static void coroutine_fn engine_entry(void *opaque)
     r->done = true;
 }
 
-static int engine_copy(ConvertState *s)
+int convert_do_copy(ConvertState *s)
 {
+    /*
+     * -C: the engine offloads (or copies) data ranges whole, straight
+     * from the one source; with -r (qemu-img then writes them through
+     * its rate limit), --salvage or a disk the source alone does not
+     * make, they are read and written by convert as without -C (whole:
+     * convert_write() does not scan them).
+     */
+    bool offload = s->copy_range && !s->rate_limit && !s->salvage &&
+                   s->src_num == 1 &&
+                   blk_getlength(s->src[0]) == s->total_sectors *
+                                               CONVERT_SECTOR;
     BlockCopyOptions o = {
         .source = blk_root(s->src[0]),
         .target = blk_root(s->target),
@@ -628,18 +565,46 @@ static int engine_copy(ConvertState *s)
         .max_workers = (!s->wr_in_order || !s->target_has_allocation)
                        ? s->num_coroutines : 1,
         .fixed_chunk = true,
-        /* -C: the engine offloads (or copies) data ranges whole. */
-        .write = s->copy_range ? NULL : engine_write,
+        .length = s->total_sectors * CONVERT_SECTOR,
+        .read = offload ? NULL : engine_read,
+        .read_opaque = s,
+        .write = offload ? NULL : engine_write,
         .write_opaque = s,
         .classify = engine_classify,
         .classify_opaque = s,
-        .use_copy_range = s->copy_range,
-        .progress = engine_progress,
-        .progress_opaque = s,
+        .use_copy_range = offload,
     };
     EngineRun r = { 0 };
     GError *err = NULL;
     int64_t at;
+    int ret;
+
+    if (s->compressed) {
+        /* One cluster per request (convert_write() compresses it). */
+        if (s->cluster_sectors <= 0 || s->cluster_sectors > s->buf_sectors) {
+            tool_error("invalid cluster size");
+            return -EINVAL;
+        }
+        s->buf_sectors = s->cluster_sectors;
+        o.max_chunk = s->buf_sectors * CONVERT_SECTOR;
+    }
+
+    ret = count_allocated(s);
+    if (ret < 0) {
+        return ret;
+    }
+
+    /* What is left of the whole disk, which may be longer than any one
+     * source: on the target, at least as long (convert.c). */
+    o.bitmap = node_create_dirty_bitmap(blk_node(s->target), CONVERT_SECTOR,
+                                        NULL, &err);
+    if (!o.bitmap) {
+        tool_error("%s", err->message);
+        g_error_free(err);
+        return -ENOMEM;
+    }
+    dirty_bitmap_set_enabled(o.bitmap, false);
+    dirty_bitmap_set(o.bitmap, 0, o.length);
 
     o.max_memory = MAX((uint64_t)BLOCK_COPY_DEFAULT_MAX_MEMORY,
                        (uint64_t)o.max_chunk);
@@ -647,6 +612,7 @@ static int engine_copy(ConvertState *s)
     if (!r.bcs) {
         tool_error("%s", err->message);
         g_error_free(err);
+        dirty_bitmap_release(o.bitmap);
         return -EINVAL;
     }
     s->sector_next_status = 0;
@@ -663,44 +629,9 @@ static int engine_copy(ConvertState *s)
                    g_strerror(-r.ret));
     }
     block_copy_free(r.bcs);
-    return r.ret;
-}
+    dirty_bitmap_release(o.bitmap);
 
-int convert_do_copy(ConvertState *s)
-{
-    int ret;
-
-    if (s->compressed) {
-        /* One cluster per request. */
-        if (s->cluster_sectors <= 0 || s->cluster_sectors > s->buf_sectors) {
-            tool_error("invalid cluster size");
-            return -EINVAL;
-        }
-        s->buf_sectors = s->cluster_sectors;
-    }
-
-    ret = count_allocated(s);
-    if (ret < 0) {
-        return ret;
-    }
-
-    if (engine_fits(s)) {
-        return engine_copy(s);
-    }
-
-    s->sector_next_status = 0;
-    s->sector_num = 0;
-    s->wr_offs = 0;
-    s->ret = -EINPROGRESS;
-    co_mutex_init(&s->lock);
-    co_queue_init(&s->wr_queue);
-    for (int i = 0; i < s->num_coroutines; i++) {
-        s->running++;
-        co_enter(co_create(copy_worker, s));
-    }
-    LOOP_WAIT_WHILE(s->running > 0);
-
-    if (s->ret == 0 && s->compressed) {
+    if (r.ret == 0 && s->compressed) {
         /* The end of a compressed image: the driver pads its file. */
         ret = blk_pwrite(s->target, 0, 0, NULL, REQ_WRITE_COMPRESSED);
         if (ret < 0) {
@@ -709,5 +640,5 @@ int convert_do_copy(ConvertState *s)
             return ret;
         }
     }
-    return s->ret;
+    return r.ret;
 }
