@@ -421,6 +421,39 @@ static int count_allocated(ConvertState *s)
 /* ---- The copy engine's path (strata/block-copy.h) ---- */
 
 /*
+ * In-order writes (qemu-img's default, kept where the target's layout
+ * follows the order of its writes): chunks are read ahead, many at once,
+ * and each waits here until everything before it is written.  Every read
+ * and write goes through convert's call-backs, so a chunk that fails is
+ * seen here (engine_reported) and wakes the waiters, which give up:
+ * none waits for a turn that will not come.  (The engine could fail a
+ * chunk before its read only for want of a buffer, posix_memalign
+ * failing: that would hang here.)  false: give up.
+ */
+static bool coroutine_fn wait_turn(ConvertState *s, int64_t sector_num)
+{
+    while (s->ordered && s->wr_offs < sector_num && !s->engine_reported) {
+        co_queue_wait(&s->wr_queue);
+    }
+    return !s->engine_reported;
+}
+
+static void turn_done(ConvertState *s, int64_t end)
+{
+    if (s->ordered) {
+        s->wr_offs = MAX(s->wr_offs, end);
+        co_queue_restart_all(&s->wr_queue);
+    }
+}
+
+/* A chunk failed and said so: whoever waits for a turn gives up. */
+static void convert_failed(ConvertState *s)
+{
+    s->engine_reported = true;
+    co_queue_restart_all(&s->wr_queue);
+}
+
+/*
  * The engine asks in ascending order, one range at a time (it classifies
  * before it starts a chunk), which is the order iteration_sectors()
  * caches its block status for: the same runs as qemu-img's steps.
@@ -433,7 +466,7 @@ static int coroutine_fn engine_classify(void *opaque, int64_t offset,
     int64_t n = iteration_sectors(s, sector_num);
 
     if (n < 0) {
-        s->engine_reported = true;      /* iteration_sectors() told */
+        convert_failed(s);              /* iteration_sectors() told */
         return (int)n;
     }
     *pnum = MIN(n * CONVERT_SECTOR, bytes);
@@ -464,21 +497,25 @@ static int coroutine_fn engine_classify(void *opaque, int64_t offset,
      * A zero run is written here, whole, as qemu-img writes it: the
      * engine would cut it at its chunks, and a zero write that ends in
      * the middle of a cluster allocates that cluster on a target with a
-     * backing file.  The engine then skips the run.  Called before the
-     * engine starts the next chunk, so in order when it copies one
-     * chunk at a time.
+     * backing file.  The engine then skips the run.  In order: after
+     * the chunks before it are written (the engine waits meanwhile:
+     * it classifies before it starts the next chunk).
      */
+    if (!wait_turn(s, sector_num)) {
+        return -ECANCELED;
+    }
     if (s->status == CONVERT_ZERO && s->engine_zeroed <= sector_num) {
         int ret = convert_write(s, sector_num, n, NULL, CONVERT_ZERO);
 
         if (ret < 0) {
             tool_error("error while writing at byte %" PRId64 ": %s",
                        offset, g_strerror(-ret));
-            s->engine_reported = true;
+            convert_failed(s);
             return ret;
         }
         s->engine_zeroed = sector_num + n;
     }
+    turn_done(s, sector_num + n);
     return BLOCK_COPY_SKIP;
 }
 
@@ -498,7 +535,7 @@ static int coroutine_fn engine_read(void *opaque, int64_t offset,
     if (ret < 0) {
         tool_error("error while reading at byte %" PRId64 ": %s", offset,
                    g_strerror(-ret));
-        s->engine_reported = true;
+        convert_failed(s);
     }
     return ret;
 }
@@ -511,7 +548,7 @@ static int coroutine_fn engine_write(void *opaque, int64_t offset,
     int64_t sector_num = offset / CONVERT_SECTOR;
     int ret;
 
-    if (s->engine_reported) {
+    if (!wait_turn(s, sector_num)) {
         return -ECANCELED;              /* another chunk failed first */
     }
     ret = convert_write(s, sector_num, DIV_ROUND_UP(bytes, CONVERT_SECTOR),
@@ -519,9 +556,11 @@ static int coroutine_fn engine_write(void *opaque, int64_t offset,
     if (ret < 0) {
         tool_error("error while writing at byte %" PRId64 ": %s", offset,
                    g_strerror(-ret));
-        s->engine_reported = true;
+        convert_failed(s);
+        return ret;
     }
-    return ret;
+    turn_done(s, sector_num + DIV_ROUND_UP(bytes, CONVERT_SECTOR));
+    return 0;
 }
 
 typedef struct EngineRun {
@@ -561,9 +600,12 @@ int convert_do_copy(ConvertState *s)
          * In order unless -W, as qemu-img: a qcow2 target allocates its
          * clusters in the order the writes come, and tests and users
          * compare the files.  A raw file target has no layout to keep.
+         * Convert's call-backs keep the order (wait_turn) with -m
+         * chunks in flight; the engine's own offload path cannot, so
+         * it copies one chunk at a time there.
          */
-        .max_workers = (!s->wr_in_order || !s->target_has_allocation)
-                       ? s->num_coroutines : 1,
+        .max_workers = (offload && s->wr_in_order &&
+                        s->target_has_allocation) ? 1 : s->num_coroutines,
         .fixed_chunk = true,
         .length = s->total_sectors * CONVERT_SECTOR,
         .read = offload ? NULL : engine_read,
@@ -617,6 +659,9 @@ int convert_do_copy(ConvertState *s)
     }
     s->sector_next_status = 0;
     s->engine_zeroed = 0;
+    s->ordered = !offload && s->wr_in_order && s->target_has_allocation;
+    s->wr_offs = 0;
+    co_queue_init(&s->wr_queue);
     co_enter(co_create(engine_entry, &r));
     LOOP_WAIT_WHILE(!r.done);
     if (r.ret < 0 && !s->engine_reported) {

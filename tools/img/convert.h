@@ -66,6 +66,10 @@ typedef struct ConvertState {
 
     /* An error already told the user. */
     bool engine_reported;
+    /* In-order writes: everything before wr_offs (sectors) is written. */
+    bool ordered;
+    int64_t wr_offs;
+    CoQueue wr_queue;
     int64_t engine_zeroed;          /* sectors: zero runs written up to */
     ImgProgress *progress;
 } ConvertState;
