@@ -9,9 +9,9 @@
  * size through convert's read call-back and hands them to convert_write(),
  * which scans them for zero runs of at least min_sparse sectors (zero
  * writes, or nothing on a target that starts out zeroed), compresses
- * (-c) and rate-limits (-r) as qemu-img does.  Writes go out in order
- * (one chunk at a time) unless -W, where the target's layout depends on
- * it.
+ * (-c) and rate-limits (-r) as qemu-img does.  Writes go out in disk
+ * order unless -W, where the target's layout depends on it, with -m
+ * chunks read ahead (wait_turn).
  *
  * Why a read call-back and not a read-only "concat" node under the
  * engine: --salvage must retry a failed read sector by sector and turn
