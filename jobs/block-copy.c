@@ -84,6 +84,8 @@ struct BlockCopyState {
     int read_flags;
     BlockCopyWriteFunc *write;
     void *write_opaque;
+    BlockCopyReadFunc *read;
+    void *read_opaque;
     BlockCopyProgressFunc *progress;
     void *progress_opaque;
 
@@ -142,7 +144,16 @@ BlockCopyState *block_copy_new(const BlockCopyOptions *opts, GError **errp)
         return NULL;
     }
     src = child_node(opts->source);
-    len = node_getlength(src);
+    len = opts->length ? opts->length : node_getlength(src);
+    /* Past the source's end only the caller knows what there is: its
+     * read, its classify, and a bitmap it made long enough. */
+    if (opts->length < 0 ||
+        (opts->length > node_getlength(src) &&
+         (!opts->read || !opts->classify || !opts->bitmap))) {
+        error_setg(errp, "block-copy: length %" PRId64 " does not fit the "
+                   "source", opts->length);
+        return NULL;
+    }
     if (len < 0) {
         error_setg_errno(errp, (int)-len, "Could not get the length of '%s'",
                          node_get_name(src));
@@ -217,9 +228,11 @@ BlockCopyState *block_copy_new(const BlockCopyOptions *opts, GError **errp)
     s->compress = opts->compress;
     /* Compressed writes and reads for their side effect only: no offload. */
     s->use_copy_range = opts->use_copy_range && opts->target &&
-                        !opts->compress && !opts->write;
+                        !opts->compress && !opts->write && !opts->read;
     s->write = opts->write;
     s->write_opaque = opts->write_opaque;
+    s->read = opts->read;
+    s->read_opaque = opts->read_opaque;
     s->read_flags = opts->read_flags;
     s->progress = opts->progress;
     s->progress_opaque = opts->progress_opaque;
@@ -495,7 +508,8 @@ static int coroutine_fn copy_data(BlockCopyState *s, int64_t offset,
         *error_is_read = true;
         return -ENOMEM;
     }
-    ret = child_co_pread(s->source, offset, bytes, buf, s->read_flags);
+    ret = s->read ? s->read(s->read_opaque, offset, bytes, buf)
+          : child_co_pread(s->source, offset, bytes, buf, s->read_flags);
     if (ret < 0) {
         *error_is_read = true;
         goto out;

@@ -58,6 +58,14 @@ typedef void BlockCopyProgressFunc(void *opaque, int64_t offset,
 typedef int coroutine_fn BlockCopyWriteFunc(void *opaque, int64_t offset,
                                             int64_t bytes, void *buf);
 
+/*
+ * Read the data of a chunk the caller's way instead of a plain read of
+ * the source: fill buf with bytes [offset, offset + bytes).  0 or -errno
+ * (a read error).  Coroutine context, one call per data chunk.
+ */
+typedef int coroutine_fn BlockCopyReadFunc(void *opaque, int64_t offset,
+                                           int64_t bytes, void *buf);
+
 typedef struct BlockCopyOptions {
     /* Edges the caller holds: read from source (CONSISTENT_READ), write to
      * target (WRITE).  target NULL: reads only, for the side effect of the
@@ -112,6 +120,19 @@ typedef struct BlockCopyOptions {
     BlockCopyWriteFunc *write;
     void *write_opaque;
     bool fixed_chunk;
+
+    /*
+     * strata-img convert again: its disk is several sources end to end
+     * (a chunk may span two), read with --salvage's sector-by-sector
+     * retry, so it reads each data chunk itself (read; no copy offload
+     * then).  length: the bytes to copy, 0: the source's.  It may exceed
+     * the source's only with read, classify and bitmap all given (the
+     * source edge then only gives buffer alignment; the copy stops at
+     * the end of the bitmap if that comes first).
+     */
+    BlockCopyReadFunc *read;
+    void *read_opaque;
+    int64_t length;
 } BlockCopyOptions;
 
 /*

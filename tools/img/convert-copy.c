@@ -1,20 +1,28 @@
 /*
- * The copy of strata-img convert.
+ * The copy of strata-img convert, on the copy engine (strata/block-copy.h):
+ * one implementation, and one progress report, with the jobs.
  *
- * One source: the copy engine (strata/block-copy.h) runs it, with the
- * classify below (qemu-img's steps), chunks of qemu-img's request size,
- * and convert_write() as its writer (see engine_fits() for what stays
- * here).  Otherwise, and for what the engine cannot express, the loop
- * of this file:
+ * The sources are one long disk.  The engine walks it in ascending order
+ * and asks classify (iteration_sectors: qemu-img's steps) what each run
+ * holds: data to copy, zeroes, or (when the target has a backing file) a
+ * range to leave unallocated.  It reads data chunks of qemu-img's request
+ * size through convert's read call-back and hands them to convert_write(),
+ * which scans them for zero runs of at least min_sparse sectors (zero
+ * writes, or nothing on a target that starts out zeroed), compresses
+ * (-c) and rate-limits (-r) as qemu-img does.  Writes go out in disk
+ * order unless -W, where the target's layout depends on it, with -m
+ * chunks read ahead (wait_turn).
  *
- * The sources are one long disk.  Each step asks the source's block status
- * for the run starting at the current sector and classifies it: data to
- * copy, zeroes, or (when the target has a backing file) a range to leave
- * unallocated.  num_coroutines workers take steps in turn under a lock,
- * read their data in parallel, and by default write in order (-W lifts
- * that).  Data buffers are scanned for zero runs of at least min_sparse
- * sectors, which become zero writes or nothing at all on a target that
- * starts out zeroed.
+ * Why a read call-back and not a read-only "concat" node under the
+ * engine: --salvage must retry a failed read sector by sector and turn
+ * what stays unreadable into zeroes with qemu-img's warnings, which no
+ * node below the engine can do without the tool's policy in it; and the
+ * call-back also pads a source whose length is not a sector multiple.
+ * With a call-back, the concatenation is twenty lines of this file
+ * (select_part) instead of a driver, and the engine gains only a read
+ * hook mirroring its write one.  The engine's bitmap must cover the
+ * whole disk: it is an anonymous one on the target node, which convert
+ * made (or checked to be) at least that long.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -61,7 +69,8 @@ static void select_part(ConvertState *s, int64_t sector_num, int *src_cur,
 
 /*
  * Classify the run starting at sector_num and return its length in
- * sectors (or -errno after reporting the error).  Called under s->lock.
+ * sectors (or -errno after reporting the error).  Called in ascending
+ * order (the engine's classify, count_allocated).
  */
 static int64_t iteration_sectors(ConvertState *s, int64_t sector_num)
 {
@@ -389,88 +398,6 @@ static int coroutine_fn convert_write(ConvertState *s, int64_t sector_num,
     return 0;
 }
 
-static void coroutine_fn copy_worker(void *opaque)
-{
-    ConvertState *s = opaque;
-    size_t buf_size = (size_t)s->buf_sectors * CONVERT_SECTOR;
-    uint8_t *buf = aligned_alloc_buf(4096, buf_size);
-
-    for (;;) {
-        int64_t n, sector_num;
-        ConvertStatus status;
-        int ret;
-
-        co_mutex_lock(&s->lock);
-        if (s->ret != -EINPROGRESS || s->sector_num >= s->total_sectors) {
-            co_mutex_unlock(&s->lock);
-            break;
-        }
-        n = iteration_sectors(s, s->sector_num);
-        if (n < 0) {
-            co_mutex_unlock(&s->lock);
-            s->ret = (int)n;
-            break;
-        }
-        sector_num = s->sector_num;
-        status = s->status;
-        if (!s->min_sparse && status == CONVERT_ZERO) {
-            n = MIN(n, s->buf_sectors);
-        }
-        /* Let the other workers go on past this request. */
-        s->sector_num += n;
-        co_mutex_unlock(&s->lock);
-
-        if (status == CONVERT_DATA ||
-            (!s->min_sparse && status == CONVERT_ZERO)) {
-            s->allocated_done += n;
-            img_progress_set_bytes(s->progress,
-                                   (uint64_t)s->allocated_done * CONVERT_SECTOR,
-                                   (uint64_t)s->allocated_sectors *
-                                   CONVERT_SECTOR);
-            img_progress_print(s->progress,
-                                   100.0 * s->allocated_done /
-                                   s->allocated_sectors, 0);
-        }
-
-        if (status == CONVERT_DATA) {
-            ret = convert_read(s, sector_num, n, buf);
-            if (ret < 0) {
-                tool_error("error while reading at byte %" PRId64 ": %s",
-                           sector_num * CONVERT_SECTOR, g_strerror(-ret));
-                s->ret = ret;
-            }
-        } else if (!s->min_sparse && status == CONVERT_ZERO) {
-            /* -S 0: zeroes are written as data, fully allocating. */
-            status = CONVERT_DATA;
-            memset(buf, 0, n * CONVERT_SECTOR);
-        }
-
-        if (s->wr_in_order) {
-            while (s->wr_offs != sector_num && s->ret == -EINPROGRESS) {
-                co_queue_wait(&s->wr_queue);
-            }
-        }
-        if (s->ret == -EINPROGRESS) {
-            ret = convert_write(s, sector_num, n, buf, status);
-            if (ret < 0) {
-                tool_error("error while writing at byte %" PRId64 ": %s",
-                           sector_num * CONVERT_SECTOR, g_strerror(-ret));
-                s->ret = ret;
-            }
-        }
-        if (s->wr_in_order) {
-            s->wr_offs = sector_num + n;
-            co_queue_restart_all(&s->wr_queue);
-        }
-    }
-
-    aligned_free(buf);
-    /* The last worker out declares success; the others may still write. */
-    if (--s->running == 0 && s->ret == -EINPROGRESS) {
-        s->ret = 0;
-    }
-}
-
 /* Total of the sectors that will be written, for the progress meter. */
 static int count_allocated(ConvertState *s)
 {
@@ -494,25 +421,36 @@ static int count_allocated(ConvertState *s)
 /* ---- The copy engine's path (strata/block-copy.h) ---- */
 
 /*
- * The copy engine runs convert's copy from one source: it walks the disk
- * with convert's classify (qemu-img's steps), reads the data, and hands
- * each data chunk to convert_write() (the -S scan, -r, in-order writes
- * of qemu-img).  Left to the loop above: several sources (one long disk
- * made of many), -c (whole compressed clusters, and the end-of-image
- * write), --salvage (unreadable sectors read as zeroes, sector by
- * sector), -C with -r, and a source whose length is not a sector
- * multiple (the loop pads the last sector).
+ * In-order writes (qemu-img's default, kept where the target's layout
+ * follows the order of its writes): chunks are read ahead, many at once,
+ * and each waits here until everything before it is written.  Every read
+ * and write goes through convert's call-backs, so a chunk that fails is
+ * seen here (engine_reported) and wakes the waiters, which give up:
+ * none waits for a turn that will not come.  (The engine could fail a
+ * chunk before its read only for want of a buffer, posix_memalign
+ * failing: that would hang here.)  false: give up.
  */
-static bool engine_fits(ConvertState *s)
+static bool coroutine_fn wait_turn(ConvertState *s, int64_t sector_num)
 {
-    int64_t len;
-
-    if (s->src_num != 1 || s->compressed || s->salvage ||
-        (s->copy_range && s->rate_limit)) {
-        return false;
+    while (s->ordered && s->wr_offs < sector_num && !s->engine_reported) {
+        co_queue_wait(&s->wr_queue);
     }
-    len = blk_getlength(s->src[0]);
-    return len >= 0 && len == s->total_sectors * CONVERT_SECTOR;
+    return !s->engine_reported;
+}
+
+static void turn_done(ConvertState *s, int64_t end)
+{
+    if (s->ordered) {
+        s->wr_offs = MAX(s->wr_offs, end);
+        co_queue_restart_all(&s->wr_queue);
+    }
+}
+
+/* A chunk failed and said so: whoever waits for a turn gives up. */
+static void convert_failed(ConvertState *s)
+{
+    s->engine_reported = true;
+    co_queue_restart_all(&s->wr_queue);
 }
 
 /*
@@ -528,53 +466,78 @@ static int coroutine_fn engine_classify(void *opaque, int64_t offset,
     int64_t n = iteration_sectors(s, sector_num);
 
     if (n < 0) {
-        s->engine_reported = true;      /* iteration_sectors() told */
+        convert_failed(s);              /* iteration_sectors() told */
         return (int)n;
     }
     *pnum = MIN(n * CONVERT_SECTOR, bytes);
     if (s->status == CONVERT_DATA || (s->status == CONVERT_ZERO &&
                                       !s->min_sparse)) {
-        /* -S 0: zeroes are written as data (they read as zeroes). */
+        /*
+         * -S 0: zeroes are written as data (they read as zeroes).  One
+         * request's worth: the chunk the engine starts now, which
+         * qemu-img's meter counts as it starts it (not as it ends: with
+         * many in flight they end out of order, and the meter's steps
+         * would differ).
+         */
+        n = MIN(n, s->buf_sectors);
+        *pnum = MIN(n * CONVERT_SECTOR, bytes);
+        if (s->allocated_sectors) {
+            s->allocated_done += DIV_ROUND_UP(*pnum, CONVERT_SECTOR);
+            img_progress_set_bytes(s->progress,
+                                   (uint64_t)s->allocated_done *
+                                   CONVERT_SECTOR,
+                                   (uint64_t)s->allocated_sectors *
+                                   CONVERT_SECTOR);
+            img_progress_print(s->progress, 100.0 * s->allocated_done /
+                               s->allocated_sectors, 0);
+        }
         return BLOCK_COPY_DATA;
     }
     /*
      * A zero run is written here, whole, as qemu-img writes it: the
      * engine would cut it at its chunks, and a zero write that ends in
      * the middle of a cluster allocates that cluster on a target with a
-     * backing file.  The engine then skips the run.  Called before the
-     * engine starts the next chunk, so in order when it copies one
-     * chunk at a time.
+     * backing file.  The engine then skips the run.  In order: after
+     * the chunks before it are written (the engine waits meanwhile:
+     * it classifies before it starts the next chunk).
      */
+    if (!wait_turn(s, sector_num)) {
+        return -ECANCELED;
+    }
     if (s->status == CONVERT_ZERO && s->engine_zeroed <= sector_num) {
         int ret = convert_write(s, sector_num, n, NULL, CONVERT_ZERO);
 
         if (ret < 0) {
             tool_error("error while writing at byte %" PRId64 ": %s",
                        offset, g_strerror(-ret));
-            s->engine_reported = true;
+            convert_failed(s);
             return ret;
         }
         s->engine_zeroed = sector_num + n;
     }
+    turn_done(s, sector_num + n);
     return BLOCK_COPY_SKIP;
 }
 
-/* What qemu-img's meter counts: the ranges it reads and writes. */
-static void engine_progress(void *opaque, int64_t offset, int64_t bytes,
-                            BlockCopyKind kind)
+/* A data chunk, from the source(s) it spans (--salvage: sector by sector
+ * where a read fails). */
+static int coroutine_fn engine_read(void *opaque, int64_t offset,
+                                    int64_t bytes, void *buf)
 {
     ConvertState *s = opaque;
+    int ret;
 
-    (void)offset;
-    if (kind != BLOCK_COPY_DATA || !s->allocated_sectors) {
-        return;
+    if (s->engine_reported) {
+        return -ECANCELED;              /* another chunk failed first */
     }
-    s->allocated_done += DIV_ROUND_UP(bytes, CONVERT_SECTOR);
-    img_progress_set_bytes(s->progress,
-                           (uint64_t)s->allocated_done * CONVERT_SECTOR,
-                           (uint64_t)s->allocated_sectors * CONVERT_SECTOR);
-    img_progress_print(s->progress,
-                       100.0 * s->allocated_done / s->allocated_sectors, 0);
+    ret = convert_read(s, offset / CONVERT_SECTOR,
+                       DIV_ROUND_UP(bytes, CONVERT_SECTOR), buf);
+    if (ret < 0) {
+        tool_error("error while reading at byte %" PRId64 ": %s", offset,
+                   g_strerror(-ret));
+        convert_failed(s);
+    }
+    return ret;
 }
 
 /* A data chunk as read: written as qemu-img writes a data step. */
@@ -585,7 +548,7 @@ static int coroutine_fn engine_write(void *opaque, int64_t offset,
     int64_t sector_num = offset / CONVERT_SECTOR;
     int ret;
 
-    if (s->engine_reported) {
+    if (!wait_turn(s, sector_num)) {
         return -ECANCELED;              /* another chunk failed first */
     }
     ret = convert_write(s, sector_num, DIV_ROUND_UP(bytes, CONVERT_SECTOR),
@@ -593,9 +556,11 @@ static int coroutine_fn engine_write(void *opaque, int64_t offset,
     if (ret < 0) {
         tool_error("error while writing at byte %" PRId64 ": %s", offset,
                    g_strerror(-ret));
-        s->engine_reported = true;
+        convert_failed(s);
+        return ret;
     }
-    return ret;
+    turn_done(s, sector_num + DIV_ROUND_UP(bytes, CONVERT_SECTOR));
+    return 0;
 }
 
 typedef struct EngineRun {
@@ -612,8 +577,19 @@ static void coroutine_fn engine_entry(void *opaque)
     r->done = true;
 }
 
-static int engine_copy(ConvertState *s)
+int convert_do_copy(ConvertState *s)
 {
+    /*
+     * -C: the engine offloads (or copies) data ranges whole, straight
+     * from the one source; with -r (qemu-img then writes them through
+     * its rate limit), --salvage or a disk the source alone does not
+     * make, they are read and written by convert as without -C (whole:
+     * convert_write() does not scan them).
+     */
+    bool offload = s->copy_range && !s->rate_limit && !s->salvage &&
+                   s->src_num == 1 &&
+                   blk_getlength(s->src[0]) == s->total_sectors *
+                                               CONVERT_SECTOR;
     BlockCopyOptions o = {
         .source = blk_root(s->src[0]),
         .target = blk_root(s->target),
@@ -624,22 +600,53 @@ static int engine_copy(ConvertState *s)
          * In order unless -W, as qemu-img: a qcow2 target allocates its
          * clusters in the order the writes come, and tests and users
          * compare the files.  A raw file target has no layout to keep.
+         * Convert's call-backs keep the order (wait_turn) with -m
+         * chunks in flight; the engine's own offload path cannot, so
+         * it copies one chunk at a time there.
          */
-        .max_workers = (!s->wr_in_order || !s->target_has_allocation)
-                       ? s->num_coroutines : 1,
+        .max_workers = (offload && s->wr_in_order &&
+                        s->target_has_allocation) ? 1 : s->num_coroutines,
         .fixed_chunk = true,
-        /* -C: the engine offloads (or copies) data ranges whole. */
-        .write = s->copy_range ? NULL : engine_write,
+        .length = s->total_sectors * CONVERT_SECTOR,
+        .read = offload ? NULL : engine_read,
+        .read_opaque = s,
+        .write = offload ? NULL : engine_write,
         .write_opaque = s,
         .classify = engine_classify,
         .classify_opaque = s,
-        .use_copy_range = s->copy_range,
-        .progress = engine_progress,
-        .progress_opaque = s,
+        .use_copy_range = offload,
     };
     EngineRun r = { 0 };
     GError *err = NULL;
     int64_t at;
+    int ret;
+
+    if (s->compressed) {
+        /* One cluster per request (convert_write() compresses it). */
+        if (s->cluster_sectors <= 0 || s->cluster_sectors > s->buf_sectors) {
+            tool_error("invalid cluster size");
+            return -EINVAL;
+        }
+        s->buf_sectors = s->cluster_sectors;
+        o.max_chunk = s->buf_sectors * CONVERT_SECTOR;
+    }
+
+    ret = count_allocated(s);
+    if (ret < 0) {
+        return ret;
+    }
+
+    /* What is left of the whole disk, which may be longer than any one
+     * source: on the target, at least as long (convert.c). */
+    o.bitmap = node_create_dirty_bitmap(blk_node(s->target), CONVERT_SECTOR,
+                                        NULL, &err);
+    if (!o.bitmap) {
+        tool_error("%s", err->message);
+        g_error_free(err);
+        return -ENOMEM;
+    }
+    dirty_bitmap_set_enabled(o.bitmap, false);
+    dirty_bitmap_set(o.bitmap, 0, o.length);
 
     o.max_memory = MAX((uint64_t)BLOCK_COPY_DEFAULT_MAX_MEMORY,
                        (uint64_t)o.max_chunk);
@@ -647,10 +654,14 @@ static int engine_copy(ConvertState *s)
     if (!r.bcs) {
         tool_error("%s", err->message);
         g_error_free(err);
+        dirty_bitmap_release(o.bitmap);
         return -EINVAL;
     }
     s->sector_next_status = 0;
     s->engine_zeroed = 0;
+    s->ordered = !offload && s->wr_in_order && s->target_has_allocation;
+    s->wr_offs = 0;
+    co_queue_init(&s->wr_queue);
     co_enter(co_create(engine_entry, &r));
     LOOP_WAIT_WHILE(!r.done);
     if (r.ret < 0 && !s->engine_reported) {
@@ -663,44 +674,9 @@ static int engine_copy(ConvertState *s)
                    g_strerror(-r.ret));
     }
     block_copy_free(r.bcs);
-    return r.ret;
-}
+    dirty_bitmap_release(o.bitmap);
 
-int convert_do_copy(ConvertState *s)
-{
-    int ret;
-
-    if (s->compressed) {
-        /* One cluster per request. */
-        if (s->cluster_sectors <= 0 || s->cluster_sectors > s->buf_sectors) {
-            tool_error("invalid cluster size");
-            return -EINVAL;
-        }
-        s->buf_sectors = s->cluster_sectors;
-    }
-
-    ret = count_allocated(s);
-    if (ret < 0) {
-        return ret;
-    }
-
-    if (engine_fits(s)) {
-        return engine_copy(s);
-    }
-
-    s->sector_next_status = 0;
-    s->sector_num = 0;
-    s->wr_offs = 0;
-    s->ret = -EINPROGRESS;
-    co_mutex_init(&s->lock);
-    co_queue_init(&s->wr_queue);
-    for (int i = 0; i < s->num_coroutines; i++) {
-        s->running++;
-        co_enter(co_create(copy_worker, s));
-    }
-    LOOP_WAIT_WHILE(s->running > 0);
-
-    if (s->ret == 0 && s->compressed) {
+    if (r.ret == 0 && s->compressed) {
         /* The end of a compressed image: the driver pads its file. */
         ret = blk_pwrite(s->target, 0, 0, NULL, REQ_WRITE_COMPRESSED);
         if (ret < 0) {
@@ -709,5 +685,5 @@ int convert_do_copy(ConvertState *s)
             return ret;
         }
     }
-    return s->ret;
+    return r.ret;
 }

@@ -1,8 +1,8 @@
 /*
  * strata-img convert: state shared by the front end (convert.c: options,
- * target creation) and the copy engine (convert-copy.c).
+ * target creation) and the copy (convert-copy.c, on the copy engine).
  *
- * The engine works in 512-byte sectors, as qemu-img does, so that requests
+ * The copy works in 512-byte sectors, as qemu-img does, so that requests
  * are split at the same places and the target ends up with the same
  * clusters allocated.
  */
@@ -16,7 +16,7 @@
 #define CONVERT_SECTOR 512
 #define CONVERT_MAX_BUF_SECTORS 32768   /* 16 MiB: the -S limit */
 #define CONVERT_BUF_SECTORS 4096        /* 2 MiB per request */
-#define CONVERT_MAX_COROUTINES 16
+#define CONVERT_MAX_COROUTINES 16       /* -m limit */
 
 /* qemu-img's -p progress meter (and SIGUSR1 reports without -p). */
 
@@ -55,27 +55,22 @@ typedef struct ConvertState {
     int num_coroutines;
     int64_t rate_limit;         /* bytes/s written; 0: unlimited */
 
-    /* Iteration (under lock). */
-    CoMutex lock;
-    int64_t sector_num;
+    /* Iteration: the run iteration_sectors() answered last. */
     int64_t sector_next_status;
     ConvertStatus status;
     int64_t allocated_sectors, allocated_done;
-
-    /* In-order writes: the sector the next write must start at. */
-    int64_t wr_offs;
-    CoQueue wr_queue;
 
     /* Rate limiting. */
     int64_t rate_start_ns;
     int64_t rate_bytes;
 
-    /* The engine's path: an error already told the user. */
+    /* An error already told the user. */
     bool engine_reported;
+    /* In-order writes: everything before wr_offs (sectors) is written. */
+    bool ordered;
+    int64_t wr_offs;
+    CoQueue wr_queue;
     int64_t engine_zeroed;          /* sectors: zero runs written up to */
-
-    int running;
-    int ret;                    /* -EINPROGRESS while copying */
     ImgProgress *progress;
 } ConvertState;
 
