@@ -141,6 +141,7 @@ static void coroutine_fn req_entry(void *opaque)
     iovec_init_buf(&v, r->buf, (size_t)r->bytes);
     r->ret = r->write ? blk_co_pwritev(r->blk, r->offset, r->bytes, &v, 0)
                       : blk_co_preadv(r->blk, r->offset, r->bytes, &v, 0);
+    iovec_destroy(&v);
     r->done = true;
 }
 
