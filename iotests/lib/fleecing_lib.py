@@ -18,6 +18,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import iotests as t  # noqa: E402
 import nbd_export as n  # noqa: E402
+import filters  # noqa: E402
 import qmp  # noqa: E402
 from export_del import export_del  # noqa: E402
 
@@ -106,6 +107,11 @@ def run(style):
     c.cmd('block-export-add', {'type': 'nbd', 'id': 'fleece',
                                'name': 'fleece', 'node-name': 'fl-access',
                                'bitmaps': [{'node': 'src', 'name': 'b0'}]})
+
+    c.send('query-named-block-nodes', {'flat': True})
+    for node in json.loads(c.recv_text())['return']:
+        if node['node-name'] == 'fl-access':
+            t.log(node, [filters.filter_disk_size])
 
     t.section('the guest writes during fleecing')
     for off, length, byte in ((0, 4 * K, 0x31), (132 * K, 8 * K, 0x32),
