@@ -75,6 +75,8 @@ def run(style):
     c.cmd('block-dirty-bitmap-add', {'node': 'src', 'name': 'b0',
                                      'granularity': 65536})
     model = bytearray(b'\x11' * (768 * K) + b'\0' * (256 * K))
+    with open(t.test_path('full.raw'), 'wb') as f:
+        f.write(model)      # the last backup, when b0 was started
     for off, length, byte in ((128 * K, 64 * K, 0x22),
                               (520 * K, 4 * K, 0x23),
                               (900 * K, 8 * K, 0x24)):
@@ -143,6 +145,30 @@ def run(style):
                 t.test_path('view.raw')]).log()
     t.qemu_img(['compare', '-f', 'raw', '-F', 'raw',
                 t.test_path('model.raw'), t.test_path('view.raw')]).log()
+    t.log('incremental: the dirty extents of b0 applied to the last '
+          'backup give the view')
+    h = nbd.NBD()
+    h.add_meta_context('qemu:dirty-bitmap:b0')
+    h.connect_uri(uri('fleece'))
+    dirty = []
+    off = 0
+    while off < MiB:
+        ext = []
+        h.block_status(MiB - off, off, lambda ctx, o, e, err:
+                       ext.extend(e) or 0)
+        for i in range(0, len(ext), 2):
+            if ext[i + 1] & 1:
+                dirty.append((off, ext[i]))
+            off += ext[i]
+    with open(t.test_path('full.raw'), 'r+b') as f:
+        for o, length in dirty:
+            f.seek(o)
+            f.write(h.pread(length, o))
+    h.shutdown()
+    t.log('copied: ' + ', '.join('%dk+%dk' % (o // K, length // K)
+                                 for o, length in dirty))
+    t.qemu_img(['compare', '-f', 'raw', '-F', 'raw',
+                t.test_path('model.raw'), t.test_path('full.raw')]).log()
     t.log('writes to the view are refused:')
     t.run_io(['-f', 'raw', '-c', 'write 0 4k', uri('fleece')],
              prog='qemu').log()
