@@ -11,9 +11,23 @@
  * coroutine of their own, many at once.  A task that fails marks its
  * range again.
  *
- * Two limits bound the engine as a whole, across all calls: max_workers
- * tasks in flight, and max_memory bytes of buffers (a data task waits for
- * its buffer after it is classified, zero and skip tasks need none).
+ * Two kinds of calls share the bitmap but not the limits.  The
+ * background (block_copy_run) has max_workers tasks in flight and
+ * max_memory bytes of buffers at most (a data task waits for its buffer
+ * after it is classified, zero and skip tasks need none).  A range call
+ * (block_copy_range: a guest write waits for it) is urgent: its tasks
+ * have limits of their own (BLOCK_COPY_URGENT_WORKERS tasks,
+ * urgent_max_memory bytes), so they never queue behind background chunks
+ * for a worker or a buffer, and they are never rate limited.
+ *
+ * And the background makes way for them (BLOCK_COPY_POLITE_*: a few
+ * tasks, fewer writes, for a while after each range call).  An urgent
+ * write queues behind every background write submitted before it (qcow2
+ * serialises allocating writes under its lock, the kernel buffered
+ * writes to one file), and a range call that overlaps a background chunk
+ * waits for all of it: with 32 chunks in flight that was tens of
+ * megabytes of writes ahead of a 64 KiB copy.  Writes that are
+ * serialised anyway lose little by waiting their turn in the engine.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -38,6 +52,7 @@ typedef struct BlockCopyTask {
 struct BlockCopyCall {
     BlockCopyState *s;
     Job *job;
+    bool urgent;                /* block_copy_range: a guest waits */
     int in_flight;
     int ret;
     bool error_is_read;
@@ -52,10 +67,14 @@ struct BlockCopyState {
 
     int64_t granularity, max_chunk;
     int64_t chunk;              /* current chunk size: grows on success */
-    uint64_t max_memory, memory;
+    uint64_t max_memory, memory;            /* background buffers */
+    uint64_t urgent_max_memory, urgent_memory;
     GSList *buffers;            /* Buffer*: free ones kept for reuse */
     uint64_t cached;            /* their bytes */
-    int max_workers, in_flight;
+    int max_workers, in_flight; /* in_flight: every task, both kinds */
+    int urgent_in_flight;
+    int bg_writing;             /* background writes to the target */
+    int polite;                 /* background tasks left to be polite for */
     int64_t bytes_in_flight;
     size_t buf_align;
 
@@ -69,12 +88,20 @@ struct BlockCopyState {
     void *progress_opaque;
 
     GQueue tasks;               /* BlockCopyTask*, in flight */
-    CoQueue slot_wait;          /* a worker slot was freed */
-    CoQueue memory_wait;        /* buffer memory was freed */
+    /* The background may look again: one of its tasks ended, its memory
+     * was freed, or the last urgent task ended. */
+    CoQueue bg_wait;
+    CoQueue urgent_wait;        /* an urgent task ended or freed memory */
     BlockCopyStats stats;
 };
 
 static void buffers_drop_one(BlockCopyState *s);
+
+/* Range calls lately: the background keeps out of their way. */
+static bool bg_polite(const BlockCopyState *s)
+{
+    return s->polite > 0 || s->urgent_in_flight > 0;
+}
 
 /* ---- Set-up ---- */
 
@@ -178,6 +205,8 @@ BlockCopyState *block_copy_new(const BlockCopyOptions *opts, GError **errp)
     s->max_chunk = max_chunk;
     s->chunk = opts->fixed_chunk ? max_chunk : gran;
     s->max_memory = max_memory;
+    s->urgent_max_memory = MAX((uint64_t)max_chunk,
+                               (uint64_t)BLOCK_COPY_URGENT_MEMORY);
     s->max_workers = max_workers;
     s->buf_align = MAX(MAX(mem_align(opts->source), mem_align(opts->target)),
                        4096);
@@ -195,8 +224,8 @@ BlockCopyState *block_copy_new(const BlockCopyOptions *opts, GError **errp)
     s->progress = opts->progress;
     s->progress_opaque = opts->progress_opaque;
     g_queue_init(&s->tasks);
-    co_queue_init(&s->slot_wait);
-    co_queue_init(&s->memory_wait);
+    co_queue_init(&s->bg_wait);
+    co_queue_init(&s->urgent_wait);
 
     if (opts->bitmap) {
         s->bitmap = opts->bitmap;
@@ -358,8 +387,9 @@ static void task_shrink(BlockCopyState *s, BlockCopyTask *t, int64_t bytes)
  * (a quarter of the engine's CPU time in a copy from the page cache), so
  * freed buffers are kept for the next chunk of the same size; sizes are
  * powers of two (capped at max_chunk) so that growing chunks find one.
- * What is kept counts against the budget with what is in use: the
- * buffers never hold more than max_memory.
+ * What is kept counts against the background's budget with what the
+ * background uses: kept and background buffers never hold more than
+ * max_memory, urgent ones never more than urgent_max_memory.
  */
 typedef struct Buffer {
     void *p;
@@ -384,15 +414,19 @@ static void buffers_drop_one(BlockCopyState *s)
     g_free(b);
 }
 
-static void *coroutine_fn buffer_get(BlockCopyState *s, uint64_t size)
+static void *coroutine_fn buffer_get(BlockCopyState *s, uint64_t size,
+                                     bool urgent)
 {
+    uint64_t *used = urgent ? &s->urgent_memory : &s->memory;
+    uint64_t max = urgent ? s->urgent_max_memory : s->max_memory;
     void *p = NULL;
 
-    while (s->memory > 0 && s->memory + size > s->max_memory) {
-        co_queue_wait(&s->memory_wait);
+    while (*used > 0 && *used + size > max) {
+        co_queue_wait(urgent ? &s->urgent_wait : &s->bg_wait);
     }
-    s->memory += size;
-    s->stats.peak_memory = MAX(s->stats.peak_memory, s->memory);
+    *used += size;
+    s->stats.peak_memory = MAX(s->stats.peak_memory,
+                               s->memory + s->urgent_memory);
     for (GSList *l = s->buffers; l; l = l->next) {
         Buffer *b = l->data;
         if (b->size == size) {
@@ -407,16 +441,21 @@ static void *coroutine_fn buffer_get(BlockCopyState *s, uint64_t size)
         buffers_drop_one(s);
     }
     if (posix_memalign(&p, s->buf_align, size)) {
-        s->memory -= size;
-        co_queue_restart_all(&s->memory_wait);
+        *used -= size;
+        co_queue_restart_all(urgent ? &s->urgent_wait : &s->bg_wait);
         return NULL;
     }
     return p;
 }
 
-static void buffer_put(BlockCopyState *s, void *p, uint64_t size)
+static void buffer_put(BlockCopyState *s, void *p, uint64_t size,
+                       bool urgent)
 {
-    s->memory -= size;
+    if (urgent) {
+        s->urgent_memory -= size;
+    } else {
+        s->memory -= size;
+    }
     if (s->memory + s->cached + size <= s->max_memory) {
         Buffer *b = g_new(Buffer, 1);
         *b = (Buffer) { .p = p, .size = size };
@@ -425,11 +464,12 @@ static void buffer_put(BlockCopyState *s, void *p, uint64_t size)
     } else {
         free(p);
     }
-    co_queue_restart_all(&s->memory_wait);
+    co_queue_restart_all(urgent ? &s->urgent_wait : &s->bg_wait);
 }
 
 static int coroutine_fn copy_data(BlockCopyState *s, int64_t offset,
-                                  int64_t bytes, bool *error_is_read)
+                                  int64_t bytes, bool urgent,
+                                  bool *error_is_read)
 {
     uint64_t size;
     void *buf;
@@ -450,7 +490,7 @@ static int coroutine_fn copy_data(BlockCopyState *s, int64_t offset,
         s->use_copy_range = false;
     }
     size = buffer_size(s, bytes);
-    buf = buffer_get(s, size);
+    buf = buffer_get(s, size, urgent);
     if (!buf) {
         *error_is_read = true;
         return -ENOMEM;
@@ -462,9 +502,16 @@ static int coroutine_fn copy_data(BlockCopyState *s, int64_t offset,
     }
     s->stats.bytes_read += bytes;
     if (s->target) {
+        /* Chunks read before the range calls came write a few at a time. */
+        while (!urgent && bg_polite(s) &&
+               s->bg_writing >= BLOCK_COPY_POLITE_WRITES) {
+            co_queue_wait(&s->bg_wait);
+        }
+        s->bg_writing += !urgent;
         ret = s->write ? s->write(s->write_opaque, offset, bytes, buf)
               : child_co_pwrite(s->target, offset, bytes, buf,
                                 s->compress ? REQ_WRITE_COMPRESSED : 0);
+        s->bg_writing -= !urgent;
         if (ret < 0) {
             *error_is_read = false;
             goto out;
@@ -472,7 +519,7 @@ static int coroutine_fn copy_data(BlockCopyState *s, int64_t offset,
         s->stats.bytes_written += bytes;
     }
 out:
-    buffer_put(s, buf, size);
+    buffer_put(s, buf, size, urgent);
     return ret < 0 ? ret : 0;
 }
 
@@ -507,7 +554,16 @@ static void task_end(BlockCopyState *s, BlockCopyTask *t, int ret,
     s->bytes_in_flight -= t->bytes;
     s->in_flight--;
     co_queue_restart_all(&t->waiters);
-    co_queue_restart_all(&s->slot_wait);
+    if (call->urgent) {
+        s->urgent_in_flight--;
+        co_queue_restart_all(&s->urgent_wait);
+        if (s->urgent_in_flight == 0) {
+            co_queue_restart_all(&s->bg_wait);
+        }
+    } else {
+        s->polite = MAX(s->polite - 1, 0);
+        co_queue_restart_all(&s->bg_wait);
+    }
     call->in_flight--;
     co_queue_restart_all(&call->done);
     g_free(t);
@@ -522,7 +578,7 @@ static void coroutine_fn task_entry(void *opaque)
     int ret;
 
     if (t->kind == BLOCK_COPY_DATA) {
-        ret = copy_data(s, t->offset, t->bytes, &is_read);
+        ret = copy_data(s, t->offset, t->bytes, t->call->urgent, &is_read);
     } else {
         ret = child_co_pwrite_zeroes(s->target, t->offset, t->bytes,
                                      s->unmap ? REQ_MAY_UNMAP : 0);
@@ -570,6 +626,7 @@ static int64_t coroutine_fn take_and_start(BlockCopyState *s,
     s->bytes_in_flight += n;
     s->in_flight++;
     s->stats.peak_in_flight = MAX(s->stats.peak_in_flight, s->in_flight);
+    s->urgent_in_flight += call->urgent;
     call->in_flight++;
 
     taken = n;
@@ -632,6 +689,30 @@ static bool coroutine_fn job_check(BlockCopyCall *call)
 }
 
 /*
+ * Whether the call must wait before it takes a task, and where.  An
+ * urgent call counts only urgent tasks.  The background has fewer
+ * tasks while it is polite (it slows down, it never stops: guest writes
+ * cannot starve it), and waits for the buffer of a chunk of the current
+ * size: a task taken stands in the way of every range call that overlaps
+ * it, so it is taken only when its I/O can start.
+ */
+static CoQueue *must_wait(BlockCopyState *s, const BlockCopyCall *call)
+{
+    if (call->urgent) {
+        return s->urgent_in_flight >= BLOCK_COPY_URGENT_WORKERS
+               ? &s->urgent_wait : NULL;
+    }
+    int bg = s->in_flight - s->urgent_in_flight;
+    if (bg >= (bg_polite(s) ? MIN(BLOCK_COPY_POLITE_TASKS, s->max_workers)
+                            : s->max_workers) ||
+        (s->memory > 0 &&
+         s->memory + buffer_size(s, s->chunk) > s->max_memory)) {
+        return &s->bg_wait;
+    }
+    return NULL;
+}
+
+/*
  * Copy what is marked in [offset, end) until nothing is.  wait_others:
  * also wait for other calls' tasks overlapping the range (their failure
  * marks bits again, which this call then copies itself).
@@ -640,7 +721,7 @@ static int coroutine_fn copy_marked(BlockCopyState *s, Job *job,
                                     int64_t offset, int64_t end,
                                     bool wait_others, bool *error_is_read)
 {
-    BlockCopyCall call = { .s = s, .job = job };
+    BlockCopyCall call = { .s = s, .job = job, .urgent = wait_others };
     int64_t cursor = offset;
 
     co_queue_init(&call.done);
@@ -655,10 +736,6 @@ static int coroutine_fn copy_marked(BlockCopyState *s, Job *job,
         if (job && job_check(&call)) {
             continue;
         }
-        if (s->in_flight >= s->max_workers) {
-            co_queue_wait(&s->slot_wait);
-            continue;
-        }
         d = cursor < end ? dirty_bitmap_next_dirty(s->bitmap, cursor,
                                                   end - cursor) : -1;
         if (d < 0 && cursor > offset) {
@@ -666,6 +743,11 @@ static int coroutine_fn copy_marked(BlockCopyState *s, Job *job,
             d = dirty_bitmap_next_dirty(s->bitmap, offset, end - offset);
         }
         if (d >= 0) {
+            CoQueue *q = must_wait(s, &call);
+            if (q) {
+                co_queue_wait(q);
+                continue;
+            }
             cursor = d + take_and_start(s, &call, d, end);
             continue;
         }
@@ -702,6 +784,7 @@ int coroutine_fn block_copy_range(BlockCopyState *s, int64_t offset,
     if (bytes <= 0 || start >= end) {
         return 0;
     }
+    s->polite = BLOCK_COPY_POLITE_CHUNKS;
     return copy_marked(s, NULL, start, end, true, error_is_read);
 }
 

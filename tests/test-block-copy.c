@@ -4,8 +4,10 @@
  * really overlap) and blkdebug nodes that inject errors: whole copies,
  * zero and skip ranges, errors on either side, a recording bitmap marked
  * during the copy, the in-flight and memory limits, copy-before-write
- * ranges racing the background copy, read-only mode, compressed writes,
- * and the job's pause, cancel and rate limit.
+ * ranges racing the background copy (and getting through while it holds
+ * every worker and its whole budget, the background making way for
+ * them), read-only mode, compressed writes, and the job's pause, cancel
+ * and rate limit.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -918,6 +920,219 @@ static void test_wait_range(void **state)
     node_unref(dst);
 }
 
+/* ---- Range calls against a busy background ---- */
+
+/*
+ * Target writes below pass_from wait here until the test lets them go
+ * (release: those waiting now; open: all from then on): background
+ * chunks that hold their worker and their buffer for as long as the
+ * test wants, no timing.
+ */
+typedef struct WriteGate {
+    BlockChild *target;
+    int64_t pass_from;
+    bool open;
+    unsigned gen;            /* release() lets this generation through */
+    int waiting;
+    int64_t passed_at_or_above;   /* bytes written from pass_from on */
+    CoQueue q;
+} WriteGate;
+
+static int coroutine_fn gated_write(void *opaque, int64_t offset,
+                                    int64_t bytes, void *buf)
+{
+    WriteGate *g = opaque;
+    unsigned gen = g->gen;
+
+    if (offset >= g->pass_from) {
+        g->passed_at_or_above += bytes;
+    }
+    while (!g->open && offset < g->pass_from && g->gen == gen) {
+        g->waiting++;
+        co_queue_wait(&g->q);
+        g->waiting--;
+    }
+    return child_co_pwrite(g->target, offset, bytes, buf, 0);
+}
+
+static void wgate_release(WriteGate *g)
+{
+    g->gen++;
+    co_queue_restart_all(&g->q);
+}
+
+static int coroutine_fn all_data(void *opaque, int64_t offset, int64_t bytes,
+                                 int64_t *pnum)
+{
+    *pnum = bytes;
+    return BLOCK_COPY_DATA;
+}
+
+static void range_co(void *opaque)
+{
+    Run *r = opaque;
+    r->ret = block_copy_range(r->s, r->offset, r->bytes, &r->is_read);
+    r->done = true;
+}
+
+/*
+ * Run what is ready until nothing is: null-co without latency completes
+ * in the request, so only wake-ups are left, and they end.
+ */
+static void settle(void)
+{
+    for (int i = 0; i < 100000 && loop_iterate(false); i++) {
+    }
+}
+
+/*
+ * Every background worker and the whole background budget are held by
+ * chunks whose target writes cannot finish: a copy-before-write range
+ * for a cluster not copied yet still completes (it used to wait for a
+ * worker slot behind the background, for as long as the whole copy).
+ */
+static void test_range_not_behind_background(void **state)
+{
+    const int64_t len = 4 * MiB;
+    BlockNode *src = open_null(len, 0), *dst = open_null(len, 0);
+    Edges e;
+    Seen seen = { .granules = len / GRAN };
+    seen.per_granule = g_new0(int, seen.granules);
+    WriteGate wg = { .pass_from = 2 * MiB };
+    co_queue_init(&wg.q);
+    BlockCopyOptions o = {
+        .source = edge(&e.src, src, BLK_PERM_CONSISTENT_READ),
+        .target = edge(&e.dst, dst, BLK_PERM_WRITE),
+        .max_chunk = GRAN,
+        .max_memory = 2 * GRAN,
+        .max_workers = 2,
+        .classify = all_data,
+        .write = gated_write, .write_opaque = &wg,
+        .progress = on_progress, .progress_opaque = &seen,
+    };
+    wg.target = o.target;
+    BlockCopyState *s = new_copy(&o);
+    Run bg = { .s = s };
+    Run r = { .s = s, .offset = 2 * MiB + 1000, .bytes = 4096 };
+    BlockCopyStats st;
+
+    co_enter(co_create(run_co, &bg));
+    settle();
+    assert_int_equal(wg.waiting, 2);
+    assert_int_equal(block_copy_in_flight(s), 2);
+    block_copy_get_stats(s, &st);
+    assert_int_equal(st.peak_memory, 2 * GRAN);
+
+    co_enter(co_create(range_co, &r));
+    settle();
+    assert_true(r.done);
+    assert_int_equal(r.ret, 0);
+    /* The one cluster the write touches, copied, past the budget. */
+    assert_int_equal(wg.passed_at_or_above, GRAN);
+    assert_false(dirty_bitmap_get(block_copy_bitmap(s), 2 * MiB));
+    assert_true(dirty_bitmap_get(block_copy_bitmap(s), 2 * MiB + GRAN));
+    block_copy_get_stats(s, &st);
+    assert_int_equal(st.peak_memory, 3 * GRAN);
+    /* The background is still held. */
+    assert_int_equal(block_copy_in_flight(s), 2);
+    assert_false(bg.done);
+
+    /* A range with nothing left to copy returns without waiting. */
+    r.done = false;
+    co_enter(co_create(range_co, &r));
+    assert_true(r.done);
+    assert_int_equal(r.ret, 0);
+
+    wg.open = true;
+    wgate_release(&wg);
+    LOOP_WAIT_WHILE(!bg.done);
+    assert_int_equal(bg.ret, 0);
+    for (int64_t i = 0; i < seen.granules; i++) {
+        assert_int_equal(seen.per_granule[i], 1);
+    }
+    block_copy_get_stats(s, &st);
+    assert_int_equal(st.bytes_written, len);
+    assert_true(st.peak_memory <= 2 * GRAN + BLOCK_COPY_URGENT_MEMORY);
+    block_copy_free(s);
+    blk_unref(e.src);
+    blk_unref(e.dst);
+    node_unref(src);
+    node_unref(dst);
+    g_free(seen.per_granule);
+}
+
+/*
+ * After a range call the background keeps few tasks in flight and fewer
+ * writes (what a guest write's copy queues behind), then goes back to
+ * its workers.
+ */
+static void test_background_makes_way(void **state)
+{
+    const int64_t len = 32 * MiB;
+    BlockNode *src = open_null(len, 0), *dst = open_null(len, 0);
+    Edges e;
+    WriteGate wg = { .pass_from = len };   /* every write waits */
+    co_queue_init(&wg.q);
+    BlockCopyOptions o = {
+        .source = edge(&e.src, src, BLK_PERM_CONSISTENT_READ),
+        .target = edge(&e.dst, dst, BLK_PERM_WRITE),
+        .max_chunk = GRAN,
+        .max_workers = 16,
+        .classify = all_data,
+        .write = gated_write, .write_opaque = &wg,
+    };
+    wg.target = o.target;
+    BlockCopyState *s = new_copy(&o);
+    Run bg = { .s = s };
+    Run r = { .s = s, .offset = 24 * MiB, .bytes = 4096 };
+
+    co_enter(co_create(run_co, &bg));
+    settle();
+    /* No range call yet: every worker writes. */
+    assert_int_equal(wg.waiting, 16);
+
+    co_enter(co_create(range_co, &r));
+    settle();
+    assert_int_equal(wg.waiting, 17);
+    assert_false(r.done);
+    /* Let the 17 writes go; the writes that come next wait again. */
+    wgate_release(&wg);
+    settle();
+    assert_true(r.done);
+    assert_int_equal(r.ret, 0);
+    assert_int_equal(block_copy_in_flight(s), BLOCK_COPY_POLITE_TASKS);
+    assert_int_equal(wg.waiting, BLOCK_COPY_POLITE_WRITES);
+
+    /*
+     * Polite for BLOCK_COPY_POLITE_CHUNKS background tasks from the range
+     * call on (the 16 that were in flight count), then all workers again.
+     */
+    for (;;) {
+        BlockCopyStats st;
+        block_copy_get_stats(s, &st);
+        if (st.chunks - 1 >= BLOCK_COPY_POLITE_CHUNKS) {
+            break;
+        }
+        assert_true(block_copy_in_flight(s) <= BLOCK_COPY_POLITE_TASKS);
+        assert_true(wg.waiting <= BLOCK_COPY_POLITE_WRITES);
+        wgate_release(&wg);
+        settle();
+    }
+    assert_int_equal(wg.waiting, 16);
+    assert_int_equal(block_copy_in_flight(s), 16);
+
+    wg.open = true;
+    wgate_release(&wg);
+    LOOP_WAIT_WHILE(!bg.done);
+    assert_int_equal(bg.ret, 0);
+    assert_int_equal(block_copy_remaining(s), 0);
+    block_copy_free(s);
+    blk_unref(e.src);
+    blk_unref(e.dst);
+    node_unref(src);
+    node_unref(dst);
+}
+
 /* ---- Modes ---- */
 
 /* No target: reads for their side effect only. */
@@ -1334,6 +1549,14 @@ static void test_job_speed(void **state)
      * the skips. */
     assert_int_equal(st.bytes_read, GRAN);
     assert_int_equal(st.bytes_skipped, 8 * MiB);
+    /* A copy-before-write range does not wait for the limit. */
+    Run r = { .s = s, .offset = 32 * MiB, .bytes = 4096 };
+    co_enter(co_create(range_co, &r));
+    LOOP_WAIT_WHILE(!r.done);
+    assert_int_equal(r.ret, 0);
+    assert_true(job->busy == false);
+    block_copy_get_stats(s, &st2);
+    assert_int_equal(st2.bytes_read, GRAN + GRAN);
     assert_int_equal(job_cancel_sync(job, true), -ECANCELED);
     job_unref(job);
     block_copy_free(s);
@@ -1385,6 +1608,8 @@ int main(void)
         cmocka_unit_test(test_range_concurrent),
         cmocka_unit_test(test_range_waits_for_inflight),
         cmocka_unit_test(test_wait_range),
+        cmocka_unit_test(test_range_not_behind_background),
+        cmocka_unit_test(test_background_makes_way),
         cmocka_unit_test(test_read_only_mode),
         cmocka_unit_test(test_compress),
         cmocka_unit_test(test_offload),

@@ -122,6 +122,26 @@ typedef struct BlockCopyOptions {
 #define BLOCK_COPY_DEFAULT_MAX_MEMORY  (32 << 20)
 #define BLOCK_COPY_DEFAULT_MAX_WORKERS 16
 
+/*
+ * block_copy_range's tasks (a guest write waits for them) do not count
+ * against max_workers and max_memory: they have these limits of their
+ * own (the memory one at least max_chunk), so the engine's buffers never
+ * exceed max_memory + max(max_chunk, BLOCK_COPY_URGENT_MEMORY).
+ */
+#define BLOCK_COPY_URGENT_WORKERS      16
+#define BLOCK_COPY_URGENT_MEMORY       (16 << 20)
+
+/*
+ * The background makes way for range calls: from each one on, for the
+ * next BLOCK_COPY_POLITE_CHUNKS tasks of its own (and while range tasks
+ * are in flight), it keeps at most BLOCK_COPY_POLITE_TASKS tasks in
+ * flight, BLOCK_COPY_POLITE_WRITES of them writing (jobs/block-copy.c
+ * says why).
+ */
+#define BLOCK_COPY_POLITE_CHUNKS       64
+#define BLOCK_COPY_POLITE_TASKS        4
+#define BLOCK_COPY_POLITE_WRITES       2
+
 /* Fails only for options that cannot work (a bad granularity...). */
 BlockCopyState *block_copy_new(const BlockCopyOptions *opts, GError **errp);
 /* Waits for nothing: call when no copy runs. */
@@ -160,6 +180,10 @@ int coroutine_fn block_copy_run(BlockCopyState *s, Job *job,
  * Copy the marked part of one range now, waiting first for chunks in
  * flight that overlap it (copy-before-write: a guest write to the source
  * calls this before it proceeds).  Same return as block_copy_run.
+ * Urgent: its chunks are whole granules of the range only, never wait
+ * for the background's workers, memory or rate limit (they have the
+ * BLOCK_COPY_URGENT_* limits), and the background makes way for them
+ * (BLOCK_COPY_POLITE_*).
  */
 int coroutine_fn block_copy_range(BlockCopyState *s, int64_t offset,
                                   int64_t bytes, bool *error_is_read);
@@ -184,9 +208,11 @@ typedef struct BlockCopyStats {
     uint64_t bytes_read, bytes_written, bytes_zeroed, bytes_skipped;
     uint64_t bytes_offloaded;
     uint64_t chunks;
-    /* Most buffer bytes in use at once (a chunk's buffer is its size
-     * rounded up to a power of two, at most max_chunk; freed buffers are
-     * kept for reuse, and together never exceed max_memory). */
+    /* Most buffer bytes in use at once, background and range calls
+     * together (a chunk's buffer is its size rounded up to a power of
+     * two, at most max_chunk; freed buffers are kept for reuse; kept and
+     * background ones never exceed max_memory, range calls' ones
+     * max(max_chunk, BLOCK_COPY_URGENT_MEMORY)). */
     uint64_t peak_memory;
     int peak_in_flight;
 } BlockCopyStats;
