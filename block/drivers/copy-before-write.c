@@ -38,7 +38,14 @@ typedef struct CbwState {
     int on_cbw_error;
     int64_t timeout_ns;           /* 0: wait as long as the copy takes */
     int snapshot_error;           /* break-snapshot: the first failure */
+    /* Snapshot reads from file in flight (CbwFrozenRead*): guest writes
+     * to their ranges wait (fleecing section below). */
+    GQueue frozen_reads;
+    CoQueue frozen_waiters;
 } CbwState;
+
+static void coroutine_fn cbw_wait_frozen_reads(CbwState *s, int64_t offset,
+                                               int64_t bytes);
 
 static BlockCopyState *cbw_new_engine(BlockNode *bs,
                                       const CbwCopyOptions *o,
@@ -165,6 +172,8 @@ static int cbw_open(BlockNode *bs, json_t *options, int flags, GError **errp)
     }
     s->on_cbw_error = on_err;
     s->timeout_ns = timeout_s * 1000000000;
+    g_queue_init(&s->frozen_reads);
+    co_queue_init(&s->frozen_waiters);
 
     BlockNode *file = bs->file->bs;
     bs->supported_write_flags =
@@ -313,9 +322,10 @@ static int coroutine_fn cbw_do_copy_before_write(BlockNode *bs,
         if (!s->snapshot_error) {
             s->snapshot_error = ret;
         }
-        return 0;
+    } else {
+        dirty_bitmap_set(s->done_bitmap, off, end - off);
     }
-    dirty_bitmap_set(s->done_bitmap, off, end - off);
+    cbw_wait_frozen_reads(s, off, end - off);
     return 0;
 }
 
@@ -486,4 +496,180 @@ void cbw_drop(BlockNode *cbw)
                 err->message);
     }
     node_unref(cbw);
+}
+
+/*
+ * ---- Fleecing: the snapshot API (strata/copy-before-write.h) ----
+ *
+ * The point-in-time view the filter keeps: where a cluster's old data has
+ * been copied (done_bitmap) it is read from the target, elsewhere from
+ * file, which still holds it.  A read from file is registered as a
+ * frozen read, and a guest write to its range, once its own copy is
+ * done, waits for it before it reaches file (QEMU's frozen_read_reqs).
+ * Only what access_bitmap marks may be read: what the engine was to copy
+ * when the filter opened (all, or the `bitmap` option's clusters), less
+ * what the reader has discarded.  After a failed copy under
+ * break-snapshot the whole view is gone (-EACCES, as QEMU).
+ */
+
+typedef struct CbwFrozenRead {
+    int64_t offset, bytes;
+} CbwFrozenRead;
+
+static bool cbw_frozen_overlaps(CbwState *s, int64_t offset, int64_t bytes)
+{
+    for (GList *l = s->frozen_reads.head; l; l = l->next) {
+        CbwFrozenRead *r = l->data;
+        if (r->offset < offset + bytes && offset < r->offset + r->bytes) {
+            return true;
+        }
+    }
+    return false;
+}
+
+static void coroutine_fn cbw_wait_frozen_reads(CbwState *s, int64_t offset,
+                                               int64_t bytes)
+{
+    while (cbw_frozen_overlaps(s, offset, bytes)) {
+        co_queue_wait(&s->frozen_waiters);
+    }
+}
+
+/*
+ * Where the leading part of [offset, offset + bytes) of the view is read
+ * from: *child (the target, or file with *frozen registered, which the
+ * caller passes to cbw_snapshot_unlock), its length in *pnum.  -EACCES
+ * where the view has no data.
+ */
+static int cbw_snapshot_lock(CbwState *s, BlockNode *bs, int64_t offset,
+                             int64_t bytes, int64_t *pnum,
+                             BlockChild **child, CbwFrozenRead **frozen)
+{
+    int64_t next;
+    bool done;
+
+    *frozen = NULL;
+    if (s->snapshot_error ||
+        dirty_bitmap_next_clean(s->access_bitmap, offset, bytes) != -1) {
+        return -EACCES;
+    }
+    done = dirty_bitmap_get(s->done_bitmap, offset);
+    next = done ? dirty_bitmap_next_clean(s->done_bitmap, offset, bytes)
+                : dirty_bitmap_next_dirty(s->done_bitmap, offset, bytes);
+    *pnum = next < 0 ? bytes : next - offset;
+    if (done) {
+        *child = s->target;
+    } else {
+        *frozen = g_new(CbwFrozenRead, 1);
+        **frozen = (CbwFrozenRead){ .offset = offset, .bytes = *pnum };
+        g_queue_push_tail(&s->frozen_reads, *frozen);
+        *child = bs->file;
+    }
+    return 0;
+}
+
+static void cbw_snapshot_unlock(CbwState *s, CbwFrozenRead *frozen)
+{
+    if (frozen) {
+        g_queue_remove(&s->frozen_reads, frozen);
+        g_free(frozen);
+        co_queue_restart_all(&s->frozen_waiters);
+    }
+}
+
+bool node_has_snapshot_api(const BlockNode *bs)
+{
+    return bs->drv == &bdrv_copy_before_write;
+}
+
+int coroutine_fn cbw_snapshot_preadv(BlockNode *bs, int64_t offset,
+                                     int64_t bytes, IOVec *qiov,
+                                     size_t qiov_offset)
+{
+    CbwState *s = bs->opaque;
+    int ret = 0;
+
+    if (!node_has_snapshot_api(bs)) {
+        return -ENOTSUP;
+    }
+    node_inc_in_flight(bs);
+    while (bytes > 0) {
+        CbwFrozenRead *frozen;
+        BlockChild *child;
+        int64_t n;
+
+        ret = cbw_snapshot_lock(s, bs, offset, bytes, &n, &child, &frozen);
+        if (ret < 0) {
+            break;
+        }
+        ret = child_co_preadv(child, offset, n, qiov, qiov_offset, 0);
+        cbw_snapshot_unlock(s, frozen);
+        if (ret < 0) {
+            break;
+        }
+        offset += n;
+        bytes -= n;
+        qiov_offset += n;
+    }
+    node_dec_in_flight(bs);
+    return ret;
+}
+
+int coroutine_fn cbw_snapshot_block_status(BlockNode *bs, bool want_zero,
+                                           int64_t offset, int64_t bytes,
+                                           int64_t *pnum, int64_t *map,
+                                           BlockNode **file)
+{
+    CbwState *s = bs->opaque;
+    CbwFrozenRead *frozen;
+    BlockChild *child;
+    int64_t n;
+    int ret;
+
+    if (!node_has_snapshot_api(bs)) {
+        return -ENOTSUP;
+    }
+    node_inc_in_flight(bs);
+    ret = cbw_snapshot_lock(s, bs, offset, bytes, &n, &child, &frozen);
+    if (ret == 0) {
+        /*
+         * The target is only asked about ranges copied to it, which it
+         * allocates: an unallocated answer there would send the caller
+         * down to file, whose data is no longer the view's.
+         */
+        ret = node_co_block_status(child->bs, want_zero, offset, n, pnum,
+                                   map, file);
+        if (ret >= 0 && child == s->target) {
+            ret |= BLOCK_ALLOCATED;
+        }
+        cbw_snapshot_unlock(s, frozen);
+    }
+    node_dec_in_flight(bs);
+    return ret;
+}
+
+int coroutine_fn cbw_snapshot_pdiscard(BlockNode *bs, int64_t offset,
+                                       int64_t bytes)
+{
+    CbwState *s = bs->opaque;
+    int64_t gran, start, end;
+    int ret;
+
+    if (!node_has_snapshot_api(bs)) {
+        return -ENOTSUP;
+    }
+    /* Whole clusters only: the rest of a cluster may still be read. */
+    gran = block_copy_granularity(s->bcs);
+    start = (offset + gran - 1) / gran * gran;
+    end = (offset + bytes) / gran * gran;
+    if (end <= start) {
+        return 0;
+    }
+    node_inc_in_flight(bs);
+    dirty_bitmap_reset(s->access_bitmap, start, end - start);
+    /* Nothing left to keep there: a guest write need not copy it. */
+    block_copy_reset_dirty(s->bcs, start, end - start);
+    ret = child_co_pdiscard(s->target, start, end - start);
+    node_dec_in_flight(bs);
+    return ret;
 }

@@ -22,6 +22,7 @@ extern const BlockDriver bdrv_nbd_tcp;
 extern const BlockDriver bdrv_nbd_unix;
 extern const BlockDriver bdrv_throttle;
 extern const BlockDriver bdrv_preallocate;
+extern const BlockDriver bdrv_snapshot_access;
 
 static GPtrArray *drivers;
 static void drivers_init(void);
@@ -55,6 +56,7 @@ static void drivers_init(void)
     g_ptr_array_add(drivers, (gpointer)&bdrv_quorum);
     g_ptr_array_add(drivers, (gpointer)&bdrv_throttle);
     g_ptr_array_add(drivers, (gpointer)&bdrv_preallocate);
+    g_ptr_array_add(drivers, (gpointer)&bdrv_snapshot_access);
     /* nbd+unix first: driver=nbd means it, as in QEMU (see nbd.c). */
     g_ptr_array_add(drivers, (gpointer)&bdrv_nbd_unix);
     g_ptr_array_add(drivers, (gpointer)&bdrv_nbd_tcp);

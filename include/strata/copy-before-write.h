@@ -42,4 +42,24 @@ BlockNode *cbw_append(BlockNode *source, BlockNode *target,
  * the caller's reference (QEMU's bdrv_cbw_drop). */
 void cbw_drop(BlockNode *cbw);
 
+/*
+ * Fleecing: the filter's point-in-time view, as the snapshot-access
+ * driver reads it (QEMU's bdrv_co_preadv_snapshot and friends).  bs is
+ * the filter node; -ENOTSUP for any other node.  Reads fail with -EACCES
+ * where the view has no data (outside the `bitmap` option's clusters,
+ * discarded, or after a failed copy under on-cbw-error=break-snapshot).
+ * Discard frees whole clusters of the target: they are no longer copied
+ * and no longer readable.  Coroutine context, in the node's loop.
+ */
+bool node_has_snapshot_api(const BlockNode *bs);
+int coroutine_fn cbw_snapshot_preadv(BlockNode *bs, int64_t offset,
+                                     int64_t bytes, IOVec *qiov,
+                                     size_t qiov_offset);
+int coroutine_fn cbw_snapshot_block_status(BlockNode *bs, bool want_zero,
+                                           int64_t offset, int64_t bytes,
+                                           int64_t *pnum, int64_t *map,
+                                           BlockNode **file);
+int coroutine_fn cbw_snapshot_pdiscard(BlockNode *bs, int64_t offset,
+                                       int64_t bytes);
+
 #endif
