@@ -231,6 +231,14 @@ static void test_cor_background_copies(void **state)
     BlockNode *bd = blkdebug_of("img");
     Req c1, c2, g;
 
+    /*
+     * A parent's write first: from it on, background copies take turns
+     * (see test_cor_background_idle for a filter nobody writes through).
+     */
+    start(&g, blk, 6 * MiB, 4 * KiB, 0x66, 0);
+    LOOP_WAIT_WHILE(!g.done);
+    assert_int_equal(g.ret, 0);
+
     /* A background copy of 1 MiB: held at the write of its first piece. */
     hold_next_write(bd, "A");
     start(&c1, blk, 0, 1 * MiB, -1, REQ_PREFETCH);
@@ -281,6 +289,66 @@ static void test_cor_background_copies(void **state)
     unlink(bp);
 }
 
+/*
+ * Nobody writes through the filter: background copies go to the file at
+ * once, side by side (a stream of an idle disk at full width), and whole.
+ */
+static void test_cor_background_idle(void **state)
+{
+    (void)state;
+    g_autofree char *bp = make_qcow2("base2.qcow2", NULL);
+    BlockBackend *b = open_blk(json_pack("{s:s, s:{s:s, s:s}}",
+                                         "driver", "qcow2", "file",
+                                         "driver", "file", "filename", bp));
+    void *fill = g_malloc(SIZE);
+    memset(fill, 0x22, SIZE);
+    assert_int_equal(blk_pwrite(b, 0, SIZE, fill, 0), 0);
+    g_free(fill);
+    blk_unref(b);
+
+    g_autofree char *tp = make_qcow2("top2.qcow2", bp);
+    BlockBackend *blk = open_blk(json_pack("{s:s, s:s, s:o}",
+                                           "driver", "copy-on-read",
+                                           "node-name", "cor2",
+                                           "file", qcow2_over_blkdebug(tp)));
+    BlockNode *cor = blk_node(blk);
+    BlockNode *bd = blkdebug_of("img");
+    Req c1, c2;
+
+    hold_next_write(bd, "A");
+    start(&c1, blk, 0, 1 * MiB, -1, REQ_PREFETCH);
+    LOOP_WAIT_WHILE(!held(bd, "A"));
+
+    /* The second copy reaches the file while the first is still there. */
+    hold_next_write(bd, "B");
+    start(&c2, blk, 2 * MiB, 1 * MiB, -1, REQ_PREFETCH);
+    LOOP_WAIT_WHILE(!held(bd, "B") &&
+                    cor_filter_background_waiting(cor) == 0);
+    assert_int_equal(cor_filter_background_waiting(cor), 0);
+    assert_true(held(bd, "B"));
+    assert_true(held(bd, "A"));
+
+    /* Whole: one write each, so releasing it finishes the copy. */
+    resume(bd, "B");
+    LOOP_WAIT_WHILE(!c2.done);
+    assert_int_equal(c2.ret, 0);
+    resume(bd, "A");
+    LOOP_WAIT_WHILE(!c1.done);
+    assert_int_equal(c1.ret, 0);
+
+    BlockNode *img = node_find("img");
+    BlockBackend *check = blk_new(BLK_PERM_CONSISTENT_READ, BLK_PERM_ALL);
+    assert_true(blk_insert_node(check, img, NULL));
+    expect_allocated(img, 0, 1 * MiB, 1);
+    expect_allocated(img, 2 * MiB, 1 * MiB, 1);
+    expect(check, 0, 1 * MiB, 0x22);
+    expect(check, 2 * MiB, 1 * MiB, 0x22);
+    blk_unref(check);
+    blk_unref(blk);
+    unlink(tp);
+    unlink(bp);
+}
+
 static int setup(void **state)
 {
     (void)state;
@@ -301,6 +369,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_qcow2_alloc_not_serialised),
         cmocka_unit_test(test_cor_background_copies),
+        cmocka_unit_test(test_cor_background_idle),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -31,6 +31,13 @@
  * reads ahead (docs/performance.md, "Guest writes during a stream").
  * Copies made for a parent's read are that parent's own I/O and are not
  * held back.
+ *
+ * Only while someone writes through the filter: after a parent's write
+ * the next COR_GUEST_WINDOW background copies go one at a time; with no
+ * parent writing they go straight to the file, all at once (a stream of
+ * an idle disk runs at full width).  A count, not a clock: the first
+ * guest write after a quiet spell may still find the copies already in
+ * the file in front of it, every later one at most a piece.
  */
 #include <errno.h>
 #include <string.h>
@@ -61,6 +68,9 @@
  */
 #define COR_PREFETCH_PIECE ((int64_t)256 * 1024)
 
+/* Background copies that stay serialised after a parent's write. */
+#define COR_GUEST_WINDOW 64
+
 typedef struct CorReq {
     int64_t offset, bytes;
     bool copy;          /* a copy (else a write passing through) */
@@ -79,6 +89,7 @@ typedef struct CorState {
     bool bg_writing;    /* a background copy is writing into the file */
     CoQueue bg_queue;   /* background copies waiting for their turn */
     int bg_waiting;     /* how many */
+    int guest_window;   /* copies still serialised since a parent wrote */
 } CorState;
 
 extern const BlockDriver bdrv_copy_on_read;
@@ -263,6 +274,9 @@ static void coroutine_fn cor_req_begin(CorState *s, CorReq *r,
     co_queue_init(&r->waiters);
     g_queue_push_tail(&s->reqs, r);
     s->copies += copy;
+    if (!copy) {
+        s->guest_window = COR_GUEST_WINDOW;
+    }
     /*
      * Wait for overlapping requests when one of the two is a copy.  A
      * request that waits itself is passed over, so that two never wait for
@@ -307,6 +321,12 @@ static int coroutine_fn cor_write_background(CorState *s, BlockChild *file,
     int64_t piece = MAX(ROUND_DOWN(COR_PREFETCH_PIECE, cs), cs);
     int ret = 0;
 
+    if (s->guest_window == 0 && !s->bg_writing && s->bg_waiting == 0) {
+        return child_co_pwrite(file, offset, bytes, buf, REQ_WRITE_UNCHANGED);
+    }
+    if (s->guest_window > 0) {
+        s->guest_window--;
+    }
     while (s->bg_writing) {
         s->bg_waiting++;
         co_queue_wait(&s->bg_queue);
