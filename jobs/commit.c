@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "strata/bitmap-pivot.h"
+#include "discard-source.h"
 #include "strata/backend.h"
 #include "strata/block-copy.h"
 #include "strata/block-driver.h"
@@ -429,11 +430,7 @@ static void commit_clean(Job *job)
         /* The job's writing edges go first, then the images are read-only
          * again as they were (whether still in the chain or dropped). */
         job_remove_all_nodes(job);
-        for (guint i = 0; i < s->reopened->len; i++) {
-            BlockNode *bs = g_ptr_array_index(s->reopened, i);
-            node_reopen(bs, NULL, true, NULL);
-            node_unref(bs);
-        }
+        discard_source_restore(s->reopened);
         g_ptr_array_free(s->reopened, true);
         s->reopened = NULL;
     }
@@ -511,49 +508,6 @@ static bool insert_filter(CommitJob *s, const char *name, GError **errp)
     return true;
 }
 
-/*
- * x-strata-discard-source: dropping an image's clusters is safe only when
- * all that reads it is the chain the job merges (the filter or the image
- * above it), which reads base's copy after the job; no other node or user.
- */
-static bool check_punch_users(BlockNode *it, BlockNode *above,
-                              BlockChild *edge, GError **errp)
-{
-    for (BlockChild *c = node_next_parent(it, NULL); c;
-         c = node_next_parent(it, c)) {
-        if (c == edge || (child_parent_kind(c) == PARENT_NODE &&
-                          child_parent(c) == above)) {
-            continue;
-        }
-        char *who = child_parent_desc(c);
-        error_setg(errp, "Parameter 'x-strata-discard-source' needs the "
-                   "image '%s' to have no other users than the job, but %s "
-                   "uses it", node_get_name(it), who);
-        g_free(who);
-        return false;
-    }
-    return true;
-}
-
-/* The merged image `it` becomes writable for the job's discards. */
-static bool prepare_punch(CommitJob *s, BlockNode *it, GError **errp)
-{
-    if (!node_can_unallocate(it)) {
-        error_setg(errp, "Parameter 'x-strata-discard-source': format '%s' "
-                   "of node '%s' cannot make ranges unallocated",
-                   node_get_format_name(it), node_get_name(it));
-        return false;
-    }
-    if (node_is_read_only(it)) {
-        if (!node_reopen(it, NULL, false, errp)) {
-            return false;
-        }
-        node_ref(it);
-        g_ptr_array_add(s->reopened, it);
-    }
-    return true;
-}
-
 static bool attach_chain(CommitJob *s, GError **errp)
 {
     BlockNode *skip_base = node_skip_filters(s->base);
@@ -566,7 +520,7 @@ static bool attach_chain(CommitJob *s, GError **errp)
         if (node_skip_filters(it) == skip_base) {
             shared |= BLK_PERM_CONSISTENT_READ;
         }
-        if (punch && !prepare_punch(s, it, errp)) {
+        if (punch && !discard_source_prepare(it, s->reopened, errp)) {
             return false;
         }
         BlockChild *edge = job_add_node(&s->common.job, "intermediate node",
@@ -575,7 +529,8 @@ static bool attach_chain(CommitJob *s, GError **errp)
         if (!edge) {
             return false;
         }
-        if (s->discard_source && !check_punch_users(it, above, edge, errp)) {
+        if (s->discard_source &&
+            !discard_source_check_users(it, above, edge, errp)) {
             return false;
         }
         if (punch) {

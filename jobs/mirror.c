@@ -25,6 +25,7 @@
 #include <string.h>
 
 #include "strata/bitmap-pivot.h"
+#include "discard-source.h"
 #include "strata/backend.h"
 #include "strata/block-copy.h"
 #include "strata/block-events.h"
@@ -1018,49 +1019,6 @@ typedef struct StartArgs {
     CommitActiveOptions x;
 } StartArgs;
 
-/*
- * x-strata-discard-source: dropping an intermediate image's clusters is
- * safe only when all that reads it is the chain the job merges (the image
- * or filter above it) and the job; no other node or user.
- */
-static bool mirror_check_punch_users(BlockNode *it, BlockNode *above,
-                                     BlockChild *edge, GError **errp)
-{
-    for (BlockChild *c = node_next_parent(it, NULL); c;
-         c = node_next_parent(it, c)) {
-        if (c == edge || (child_parent_kind(c) == PARENT_NODE &&
-                          child_parent(c) == above)) {
-            continue;
-        }
-        char *who = child_parent_desc(c);
-        error_setg(errp, "Parameter 'x-strata-discard-source' needs the "
-                   "image '%s' to have no other users than the job, but %s "
-                   "uses it", node_get_name(it), who);
-        g_free(who);
-        return false;
-    }
-    return true;
-}
-
-/* The intermediate image `it` becomes writable for the job's drops. */
-static bool mirror_prepare_punch(MirrorJob *s, BlockNode *it, GError **errp)
-{
-    if (!node_can_unallocate(it)) {
-        error_setg(errp, "Parameter 'x-strata-discard-source': format '%s' "
-                   "of node '%s' cannot make ranges unallocated",
-                   node_get_format_name(it), node_get_name(it));
-        return false;
-    }
-    if (node_is_read_only(it)) {
-        if (!node_reopen(it, NULL, false, errp)) {
-            return false;
-        }
-        node_ref(it);
-        g_ptr_array_add(s->reopened, it);
-    }
-    return true;
-}
-
 /* The images made writable for the drops are read-only again, once the
  * job's writing edges are gone. */
 static void mirror_restore_read_only(MirrorJob *s)
@@ -1068,12 +1026,7 @@ static void mirror_restore_read_only(MirrorJob *s)
     if (!s->reopened) {
         return;
     }
-    for (guint i = 0; i < s->reopened->len; i++) {
-        BlockNode *bs = g_ptr_array_index(s->reopened, i);
-        node_reopen(bs, NULL, true, NULL);
-        node_unref(bs);
-    }
-    g_ptr_array_set_size(s->reopened, 0);
+    discard_source_restore(s->reopened);
 }
 
 static MirrorJob *mirror_start_job(const StartArgs *a, GError **errp)
@@ -1232,7 +1185,7 @@ static MirrorJob *mirror_start_job(const StartArgs *a, GError **errp)
             if (node_skip_filters(it) == base_data) {
                 sh |= BLK_PERM_CONSISTENT_READ;
             }
-            if (punch && !mirror_prepare_punch(s, it, errp)) {
+            if (punch && !discard_source_prepare(it, s->reopened, errp)) {
                 goto fail;
             }
             BlockChild *edge = job_add_node(&s->common.job,
@@ -1242,7 +1195,7 @@ static MirrorJob *mirror_start_job(const StartArgs *a, GError **errp)
             if (!edge) {
                 goto fail;
             }
-            if (s->punch && !mirror_check_punch_users(it, above, edge,
+            if (s->punch && !discard_source_check_users(it, above, edge,
                                                       errp)) {
                 goto fail;
             }
