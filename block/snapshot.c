@@ -137,6 +137,33 @@ int node_snapshot_list(BlockNode *bs, NodeSnapshot **list)
     return snap_call(bs, &c);
 }
 
+int node_snapshot_find(BlockNode *bs, const char *id, const char *name,
+                       NodeSnapshot *out)
+{
+    NodeSnapshot *list = NULL;
+    int n = node_snapshot_list(bs, &list);
+    int found = 0;
+
+    for (int i = 0; i < n && !found; i++) {
+        if ((!id || !strcmp(list[i].id_str, id)) &&
+            (!name || !strcmp(list[i].name, name))) {
+            *out = list[i];
+            found = 1;
+        }
+    }
+    g_free(list);
+    return n < 0 ? n : found;
+}
+
+bool node_snapshot_supported(BlockNode *bs)
+{
+    NodeSnapshot *list = NULL;
+    int n = node_snapshot_list(bs, &list);
+
+    g_free(list);
+    return n != -ENOTSUP;
+}
+
 static void not_supported(BlockNode *bs, GError **errp)
 {
     error_setg(errp, "Block format '%s' used by device '%s' does not "

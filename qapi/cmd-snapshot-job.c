@@ -72,15 +72,7 @@ static GPtrArray *get_devices(SnapshotJob *s, GError **errp)
 /* QEMU's bdrv_can_snapshot: writable, and internal snapshots somewhere. */
 static bool can_snapshot(BlockNode *bs)
 {
-    NodeSnapshot *list = NULL;
-    int n;
-
-    if (node_is_read_only(bs)) {
-        return false;
-    }
-    n = node_snapshot_list(bs, &list);
-    g_free(list);
-    return n != -ENOTSUP;
+    return !node_is_read_only(bs) && node_snapshot_supported(bs);
 }
 
 static bool all_can_snapshot(GPtrArray *nodes, GError **errp)
@@ -96,25 +88,12 @@ static bool all_can_snapshot(GPtrArray *nodes, GError **errp)
     return true;
 }
 
-/* QEMU's bdrv_snapshot_find: the first snapshot named name. */
+/* QEMU's bdrv_snapshot_find: 0 with the first snapshot named name. */
 static int find_by_name(BlockNode *bs, const char *name, NodeSnapshot *out)
 {
-    NodeSnapshot *list = NULL;
-    int n = node_snapshot_list(bs, &list);
-    int ret = -ENOENT;
+    int ret = node_snapshot_find(bs, NULL, name, out);
 
-    if (n < 0) {
-        return n;
-    }
-    for (int i = 0; i < n; i++) {
-        if (!strcmp(list[i].name, name)) {
-            *out = list[i];
-            ret = 0;
-            break;
-        }
-    }
-    g_free(list);
-    return ret;
+    return ret == 1 ? 0 : ret == 0 ? -ENOENT : ret;
 }
 
 /* 1 if every device has a snapshot named name, 0 if one lacks it. */

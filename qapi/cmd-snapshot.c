@@ -311,15 +311,6 @@ void qmp_blockdev_snapshot(const char *node, const char *overlay,
 
 /* ---- Internal snapshots ---- */
 
-/* Whether bs (or the node it passes snapshots to) has internal snapshots. */
-static bool snap_supported(BlockNode *bs)
-{
-    NodeSnapshot *list = NULL;
-    int n = node_snapshot_list(bs, &list);
-
-    g_free(list);
-    return n != -ENOTSUP;
-}
 
 /*
  * QEMU's bdrv_snapshot_find_by_id_and_name(): the first snapshot matching
@@ -329,23 +320,13 @@ static bool snap_supported(BlockNode *bs)
 static int snap_find(BlockNode *bs, const char *id, const char *name,
                      NodeSnapshot *out, GError **errp)
 {
-    NodeSnapshot *list = NULL;
-    int n = node_snapshot_list(bs, &list);
-    int found = 0;
+    int ret = node_snapshot_find(bs, id, name, out);
 
-    if (n < 0) {
-        error_setg(errp, "Failed to get a snapshot list: %s", g_strerror(-n));
-        return n;
+    if (ret < 0) {
+        error_setg(errp, "Failed to get a snapshot list: %s",
+                   g_strerror(-ret));
     }
-    for (int i = 0; i < n && !found; i++) {
-        if ((!id || !strcmp(list[i].id_str, id)) &&
-            (!name || !strcmp(list[i].name, name))) {
-            *out = list[i];
-            found = 1;
-        }
-    }
-    g_free(list);
-    return found;
+    return ret;
 }
 
 /* Take a snapshot named sn->name, dated now; sn->id_str is the ID it got. */
@@ -403,7 +384,7 @@ static bool internal_snapshot_prepare(TxnState *s, GError **errp)
         error_setg(errp, "Device '%s' is read only", device);
         return false;
     }
-    if (!snap_supported(st->bs)) {
+    if (!node_snapshot_supported(st->bs)) {
         error_setg(errp, "Block format '%s' used by device '%s' does not "
                    "support internal snapshots",
                    node_get_format_name(st->bs), device);

@@ -59,6 +59,16 @@ static void test_snapshots(void **state)
     assert_string_equal(list[0].name, "s1");
     assert_string_equal(list[0].id_str, "1");
     g_free(list);
+    assert_true(node_snapshot_supported(bs));
+
+    /* Found by name, by id, by both; a mismatch of either finds none. */
+    NodeSnapshot found;
+    assert_int_equal(node_snapshot_find(bs, NULL, "s1", &found), 1);
+    assert_string_equal(found.id_str, "1");
+    assert_int_equal(node_snapshot_find(bs, "1", NULL, &found), 1);
+    assert_int_equal(node_snapshot_find(bs, "1", "s1", &found), 1);
+    assert_int_equal(node_snapshot_find(bs, "2", "s1", &found), 0);
+    assert_int_equal(node_snapshot_find(bs, NULL, "s2", &found), 0);
 
     /* Reverting brings back the zeroes the snapshot saw. */
     assert_int_equal(blk_pwrite(blk, 0, sizeof(buf), buf, 0), 0);
@@ -112,6 +122,8 @@ static void test_unsupported(void **state)
     GError *err = NULL;
 
     assert_int_equal(node_snapshot_list(bs, &list), -ENOTSUP);
+    assert_false(node_snapshot_supported(bs));
+    assert_int_equal(node_snapshot_find(bs, NULL, "x", &sn), -ENOTSUP);
     assert_int_equal(node_snapshot_create(bs, &sn, &err), -ENOTSUP);
     expect_error(&err, "Block format 'raw' used by device '' does not "
                  "support internal snapshots");

@@ -157,6 +157,15 @@ BlockNode *node_snapshot_fallback(BlockNode *bs);
 /* The number of snapshots with *list (g_free) filled, or -ENOTSUP. */
 int node_snapshot_list(BlockNode *bs, NodeSnapshot **list);
 /*
+ * The first snapshot matching id and name (NULL: any), as QEMU's
+ * bdrv_snapshot_find_by_id_and_name: 1 with *out filled, 0 if none,
+ * -errno when the list cannot be read (-ENOTSUP: no internal snapshots).
+ */
+int node_snapshot_find(BlockNode *bs, const char *id, const char *name,
+                       NodeSnapshot *out);
+/* Whether bs (or the node it passes snapshots to) has internal snapshots. */
+bool node_snapshot_supported(BlockNode *bs);
+/*
  * Take a snapshot named by sn (an empty id_str lets the driver choose
  * one; date and VM clock as given).  -errno with *errp set.
  */

@@ -139,27 +139,18 @@ int img_snapshot(int argc, char **argv)
         break;
     case ACT_DELETE: {
         /* As qemu-img: the snapshot is looked up by name only. */
-        NodeSnapshot *list = NULL;
-        int n = node_snapshot_list(bs, &list);
-        int found = -1;
-        for (int i = 0; i < n && found < 0; i++) {
-            if (!strcmp(list[i].name, name)) {
-                found = i;
-            }
-        }
-        if (found < 0) {
+        NodeSnapshot sn;
+        if (node_snapshot_find(bs, NULL, name, &sn) != 1) {
             tool_error("Could not delete snapshot '%s': snapshot not found",
                        name);
             ret = 1;
         } else {
-            if (node_snapshot_delete(bs, list[found].id_str, list[found].name,
-                                     &err) < 0) {
+            if (node_snapshot_delete(bs, sn.id_str, sn.name, &err) < 0) {
                 tool_error("Could not delete snapshot '%s': %s", name,
                            err->message);
                 ret = 1;
             }
         }
-        g_free(list);
         break;
     }
     }
