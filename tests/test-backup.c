@@ -21,61 +21,17 @@
 #include "strata/backup.h"
 #include "strata/copy-before-write.h"
 #include "strata/loop.h"
+#include "support.h"
 
 #define MiB (1024 * 1024)
 #define CLUSTER (64 * 1024)
+/* What the user of the source (a guest) takes. */
+#define USER_PERM (BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE)
 
-static char *tmpdir;
-
-static char *make_file(const char *name, uint8_t byte, size_t len)
+static BlockNode *open_named(const char *name, const char *p)
 {
-    char *p = g_build_filename(tmpdir, name, NULL);
-    uint8_t *buf = g_malloc(len);
-    memset(buf, byte, len);
-    assert_true(g_file_set_contents(p, (const char *)buf, (gssize)len,
-                                    NULL));
-    g_free(buf);
-    return p;
-}
-
-static uint8_t *read_file(const char *p, size_t len)
-{
-    gchar *data = NULL;
-    gsize n = 0;
-    assert_true(g_file_get_contents(p, &data, &n, NULL));
-    assert_int_equal(n, len);
-    return (uint8_t *)data;
-}
-
-static BlockNode *open_file(const char *name, const char *p)
-{
-    GError *err = NULL;
-    BlockNode *bs = node_open(NULL, json_pack("{s:s, s:s, s:s}", "driver",
-                                              "file", "node-name", name,
-                                              "filename", p),
-                              NODE_O_RDWR, &err);
-    if (!bs) {
-        fail_msg("open failed: %s", err->message);
-    }
-    return bs;
-}
-
-static BlockBackend *backend_on(BlockNode *bs)
-{
-    GError *err = NULL;
-    BlockBackend *blk = blk_new(BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE,
-                                BLK_PERM_ALL);
-    assert_true(blk_insert_node(blk, bs, &err));
-    return blk;
-}
-
-static void write_byte(BlockBackend *blk, int64_t off, int64_t len,
-                       uint8_t byte)
-{
-    uint8_t *buf = g_malloc(len);
-    memset(buf, byte, len);
-    assert_int_equal(blk_pwrite(blk, off, len, buf, 0), 0);
-    g_free(buf);
+    return open_json(json_pack("{s:s, s:s, s:s}", "driver", "file",
+                               "node-name", name, "filename", p));
 }
 
 static void assert_bytes(const uint8_t *data, size_t off, size_t len,
@@ -92,10 +48,10 @@ static void assert_bytes(const uint8_t *data, size_t off, size_t len,
 static void test_filter_append_drop(void **state)
 {
     (void)state;
-    char *sp = make_file("s1.img", 0x11, MiB);
-    char *tp = make_file("t1.img", 0x00, MiB);
-    BlockNode *s = open_file("s1", sp), *t = open_file("t1", tp);
-    BlockBackend *blk = backend_on(s);
+    char *sp = make_filled("s1.img", 0x11, MiB);
+    char *tp = make_filled("t1.img", 0x00, MiB);
+    BlockNode *s = open_named("s1", sp), *t = open_named("t1", tp);
+    BlockBackend *blk = backend_on(s, USER_PERM);
     BlockCopyState *bcs = NULL;
     GError *err = NULL;
 
@@ -105,9 +61,9 @@ static void test_filter_append_drop(void **state)
     assert_ptr_equal(blk_node(blk), cbw);
     assert_ptr_equal(node_find("f1"), cbw);
 
-    write_byte(blk, CLUSTER + 4096, 4096, 0x22);   /* copies cluster 1 */
-    write_byte(blk, CLUSTER, 4096, 0x33);          /* copied already */
-    write_byte(blk, 5 * CLUSTER, 512, 0x44);       /* copies cluster 5 */
+    write_pattern(blk, CLUSTER + 4096, 4096, 0x22);   /* copies cluster 1 */
+    write_pattern(blk, CLUSTER, 4096, 0x33);          /* copied already */
+    write_pattern(blk, 5 * CLUSTER, 512, 0x44);       /* copies cluster 5 */
     assert_int_equal(block_copy_remaining(bcs), MiB - 2 * CLUSTER);
 
     cbw_drop(cbw);
@@ -146,12 +102,12 @@ static BackupOptions full_options(void)
 static void test_refused(void **state)
 {
     (void)state;
-    char *sp = make_file("s2.img", 0x11, MiB);
-    char *tp = make_file("t2.img", 0x00, MiB);
-    char *xp = make_file("x2.img", 0x00, MiB / 2);
-    BlockNode *s = open_file("s2", sp), *t = open_file("t2", tp);
-    BlockNode *x = open_file("x2", xp);
-    BlockBackend *blk = backend_on(s);
+    char *sp = make_filled("s2.img", 0x11, MiB);
+    char *tp = make_filled("t2.img", 0x00, MiB);
+    char *xp = make_filled("x2.img", 0x00, MiB / 2);
+    BlockNode *s = open_named("s2", sp), *t = open_named("t2", tp);
+    BlockNode *x = open_named("x2", xp);
+    BlockBackend *blk = backend_on(s, USER_PERM);
     BackupOptions o = full_options();
     GError *err = NULL;
 
@@ -194,10 +150,10 @@ static void test_refused(void **state)
 static void test_full_point_in_time(void **state)
 {
     (void)state;
-    char *sp = make_file("s3.img", 0x11, 4 * MiB);
-    char *tp = make_file("t3.img", 0x00, 4 * MiB);
-    BlockNode *s = open_file("s3", sp), *t = open_file("t3", tp);
-    BlockBackend *blk = backend_on(s);
+    char *sp = make_filled("s3.img", 0x11, 4 * MiB);
+    char *tp = make_filled("t3.img", 0x00, 4 * MiB);
+    BlockNode *s = open_named("s3", sp), *t = open_named("t3", tp);
+    BlockBackend *blk = backend_on(s, USER_PERM);
     BackupOptions o = full_options();
     GError *err = NULL;
 
@@ -205,8 +161,8 @@ static void test_full_point_in_time(void **state)
     BlockJob *job = backup_job_create("j3", s, t, &o, NULL, &err);
     assert_non_null(job);
     job_start(&job->job);
-    write_byte(blk, 0, MiB, 0x22);
-    write_byte(blk, 3 * MiB, 4096, 0x23);
+    write_pattern(blk, 0, MiB, 0x22);
+    write_pattern(blk, 3 * MiB, 4096, 0x23);
     assert_true(job->job.progress_current < 4 * MiB);
     assert_true(job_set_speed(&job->job, 0, &err));
     LOOP_WAIT_WHILE(job_find("j3"));
@@ -225,32 +181,6 @@ static void test_full_point_in_time(void **state)
     g_free(tp);
 }
 
-static int setup(void **state)
-{
-    GError *err = NULL;
-    (void)state;
-    tmpdir = g_dir_make_tmp("test-backup-XXXXXX", &err);
-    return tmpdir ? 0 : -1;
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    GDir *d = g_dir_open(tmpdir, 0, NULL);
-    const char *name;
-    while (d && (name = g_dir_read_name(d))) {
-        char *p = g_build_filename(tmpdir, name, NULL);
-        unlink(p);
-        g_free(p);
-    }
-    if (d) {
-        g_dir_close(d);
-    }
-    rmdir(tmpdir);
-    g_free(tmpdir);
-    return 0;
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -258,5 +188,6 @@ int main(void)
         cmocka_unit_test(test_refused),
         cmocka_unit_test(test_full_point_in_time),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, test_tmpdir_setup,
+                                  test_tmpdir_teardown);
 }

@@ -25,10 +25,10 @@
 #include "strata/debug-event.h"
 #include "strata/loop.h"
 #include "strata/opts.h"
+#include "support.h"
 
 #define IMG_SIZE (1024 * 1024)
 
-static char *tmpdir;
 static char *img_path;
 
 /* ---- Fixture ---- */
@@ -41,7 +41,7 @@ typedef struct Fix {
 
 static char *write_file(const char *name, const char *text)
 {
-    char *path = g_build_filename(tmpdir, name, NULL);
+    char *path = test_path(name);
     GError *err = NULL;
 
     assert_true(g_file_set_contents(path, text, -1, &err));
@@ -569,7 +569,7 @@ static void expect_conf_error(const char *text, const char *msg)
 
 static void test_bad_config(void **state)
 {
-    char *missing = g_build_filename(tmpdir, "missing.conf", NULL);
+    char *missing = test_path("missing.conf");
     char *extra = g_strdup_printf("{\"config\": \"%s\"}", missing);
 
     expect_open_error(bd_options(extra), "Could not read blkdebug config "
@@ -734,9 +734,10 @@ static int setup(void **state)
     char *data = g_malloc(IMG_SIZE);
     GError *err = NULL;
 
-    tmpdir = g_dir_make_tmp("test-blkdebug-XXXXXX", &err);
-    assert_non_null(tmpdir);
-    img_path = g_build_filename(tmpdir, "test.img", NULL);
+    if (test_tmpdir_setup(state) != 0) {
+        return -1;
+    }
+    img_path = test_path("test.img");
     for (int i = 0; i < IMG_SIZE; i++) {
         data[i] = i / 512;
     }
@@ -747,21 +748,8 @@ static int setup(void **state)
 
 static int teardown(void **state)
 {
-    GDir *d = g_dir_open(tmpdir, 0, NULL);
-    const char *name;
-
-    while (d && (name = g_dir_read_name(d))) {
-        char *p = g_build_filename(tmpdir, name, NULL);
-        unlink(p);
-        g_free(p);
-    }
-    if (d) {
-        g_dir_close(d);
-    }
-    rmdir(tmpdir);
     g_free(img_path);
-    g_free(tmpdir);
-    return 0;
+    return test_tmpdir_teardown(state);
 }
 
 int main(void)

@@ -23,47 +23,12 @@
 #include "strata/block-copy.h"
 #include "strata/loop.h"
 #include "strata/units.h"
+#include "block-copy-fixture.h"
+#include "support.h"
 
 #define SRC_LEN ((int64_t)(1 * MiB))
 #define LEN ((int64_t)(3 * MiB + 4096))
 #define CHUNK ((int64_t)(1 * MiB))
-
-static char *tmpdir;
-
-static char *make_file(const char *name, const uint8_t *data, size_t len)
-{
-    char *p = g_build_filename(tmpdir, name, NULL);
-    int fd = open(p, O_CREAT | O_TRUNC | O_WRONLY, 0644);
-    assert_true(fd >= 0);
-    assert_int_equal(ftruncate(fd, (off_t)len), 0);
-    if (data) {
-        assert_int_equal(pwrite(fd, data, len, 0), (ssize_t)len);
-    }
-    close(fd);
-    return p;
-}
-
-static BlockNode *open_file(const char *p)
-{
-    GError *err = NULL;
-    BlockNode *bs = node_open(NULL, json_pack("{s:s, s:s}", "driver", "file",
-                                              "filename", p),
-                              NODE_O_RDWR, &err);
-    if (!bs) {
-        fail_msg("open failed: %s", err->message);
-    }
-    return bs;
-}
-
-static BlockChild *edge(BlockBackend **blk, BlockNode *bs, uint64_t perm)
-{
-    GError *err = NULL;
-    *blk = blk_new(perm, BLK_PERM_ALL);
-    if (!blk_insert_node(*blk, bs, &err)) {
-        fail_msg("attach failed: %s", err->message);
-    }
-    return blk_root(*blk);
-}
 
 
 /* The bytes of the caller's disk: none of them the source's. */
@@ -104,25 +69,6 @@ static int coroutine_fn on_write(void *opaque, int64_t offset, int64_t bytes,
     Caller *c = opaque;
     memcpy(c->copy + offset, buf, bytes);
     return 0;
-}
-
-static int coroutine_fn all_data(void *opaque, int64_t offset, int64_t bytes,
-                                 int64_t *pnum)
-{
-    *pnum = bytes;
-    return BLOCK_COPY_DATA;
-}
-
-typedef struct Run {
-    BlockCopyState *s;
-    int ret;
-    bool is_read;
-} Run;
-
-static void run_co(void *opaque)
-{
-    Run *r = opaque;
-    r->ret = block_copy_run(r->s, NULL, &r->is_read);
 }
 
 typedef struct Setup {
@@ -174,16 +120,6 @@ static void teardown_copy(Setup *t)
     g_free(t->c.copy);
     g_free(t->sp);
     g_free(t->tp);
-}
-
-static BlockCopyState *new_copy(BlockCopyOptions *o)
-{
-    GError *err = NULL;
-    BlockCopyState *s = block_copy_new(o, &err);
-    if (!s) {
-        fail_msg("block_copy_new: %s", err->message);
-    }
-    return s;
 }
 
 static void test_reader_fills_every_chunk(void **state)
@@ -279,32 +215,6 @@ static void test_length_needs_the_caller(void **state)
     teardown_copy(&t);
 }
 
-static int setup(void **state)
-{
-    GError *err = NULL;
-    tmpdir = g_dir_make_tmp("test-block-copy-read-XXXXXX", &err);
-    assert_non_null(tmpdir);
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    GDir *d = g_dir_open(tmpdir, 0, NULL);
-    const char *name;
-
-    while (d && (name = g_dir_read_name(d))) {
-        char *p = g_build_filename(tmpdir, name, NULL);
-        unlink(p);
-        g_free(p);
-    }
-    if (d) {
-        g_dir_close(d);
-    }
-    rmdir(tmpdir);
-    g_free(tmpdir);
-    return 0;
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -312,5 +222,6 @@ int main(void)
         cmocka_unit_test(test_reader_error),
         cmocka_unit_test(test_length_needs_the_caller),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, test_tmpdir_setup,
+                                  test_tmpdir_teardown);
 }

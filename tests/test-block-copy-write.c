@@ -21,46 +21,11 @@
 #include "strata/block-copy.h"
 #include "strata/loop.h"
 #include "strata/units.h"
+#include "block-copy-fixture.h"
+#include "support.h"
 
 #define LEN (5 * MiB + 4096)
 #define CHUNK (1 * MiB)
-
-static char *tmpdir;
-
-static char *make_file(const char *name, const uint8_t *data, size_t len)
-{
-    char *p = g_build_filename(tmpdir, name, NULL);
-    int fd = open(p, O_CREAT | O_TRUNC | O_WRONLY, 0644);
-    assert_true(fd >= 0);
-    assert_int_equal(ftruncate(fd, (off_t)len), 0);
-    if (data) {
-        assert_int_equal(pwrite(fd, data, len, 0), (ssize_t)len);
-    }
-    close(fd);
-    return p;
-}
-
-static BlockNode *open_file(const char *p)
-{
-    GError *err = NULL;
-    BlockNode *bs = node_open(NULL, json_pack("{s:s, s:s}", "driver", "file",
-                                              "filename", p),
-                              NODE_O_RDWR, &err);
-    if (!bs) {
-        fail_msg("open failed: %s", err->message);
-    }
-    return bs;
-}
-
-static BlockChild *edge(BlockBackend **blk, BlockNode *bs, uint64_t perm)
-{
-    GError *err = NULL;
-    *blk = blk_new(perm, BLK_PERM_ALL);
-    if (!blk_insert_node(*blk, bs, &err)) {
-        fail_msg("attach failed: %s", err->message);
-    }
-    return blk_root(*blk);
-}
 
 /* What the write call-back saw; it keeps the bytes in `copy`. */
 typedef struct Writer {
@@ -83,18 +48,6 @@ static int coroutine_fn on_write(void *opaque, int64_t offset, int64_t bytes,
     }
     memcpy(w->copy + offset, buf, bytes);
     return 0;
-}
-
-typedef struct Run {
-    BlockCopyState *s;
-    int ret;
-    bool is_read;
-} Run;
-
-static void run_co(void *opaque)
-{
-    Run *r = opaque;
-    r->ret = block_copy_run(r->s, NULL, &r->is_read);
 }
 
 typedef struct Setup {
@@ -140,16 +93,6 @@ static void teardown_copy(Setup *t)
     g_free(t->w.copy);
     g_free(t->sp);
     g_free(t->tp);
-}
-
-static BlockCopyState *new_copy(BlockCopyOptions *o)
-{
-    GError *err = NULL;
-    BlockCopyState *s = block_copy_new(o, &err);
-    if (!s) {
-        fail_msg("block_copy_new: %s", err->message);
-    }
-    return s;
 }
 
 static void test_writer_gets_every_chunk(void **state)
@@ -226,32 +169,6 @@ static void test_writer_error(void **state)
     teardown_copy(&t);
 }
 
-static int setup(void **state)
-{
-    GError *err = NULL;
-    tmpdir = g_dir_make_tmp("test-block-copy-write-XXXXXX", &err);
-    assert_non_null(tmpdir);
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    GDir *d = g_dir_open(tmpdir, 0, NULL);
-    const char *name;
-
-    while (d && (name = g_dir_read_name(d))) {
-        char *p = g_build_filename(tmpdir, name, NULL);
-        unlink(p);
-        g_free(p);
-    }
-    if (d) {
-        g_dir_close(d);
-    }
-    rmdir(tmpdir);
-    g_free(tmpdir);
-    return 0;
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -259,5 +176,6 @@ int main(void)
         cmocka_unit_test(test_ramp_without_fixed_chunk),
         cmocka_unit_test(test_writer_error),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, test_tmpdir_setup,
+                                  test_tmpdir_teardown);
 }

@@ -28,209 +28,8 @@
 #include "strata/job.h"
 #include "strata/loop.h"
 #include "strata/units.h"
-
-#define GRAN (64 * 1024)
-
-static char *tmpdir;
-
-/* ---- Files and nodes ---- */
-
-static uint32_t rng_next(uint32_t *s)
-{
-    *s ^= *s << 13;
-    *s ^= *s >> 17;
-    *s ^= *s << 5;
-    return *s;
-}
-
-/* Non-zero bytes everywhere, different per seed. */
-static void fill(uint8_t *buf, size_t len, uint32_t seed)
-{
-    uint32_t s = seed * 2654435761u + 1;
-    for (size_t i = 0; i < len; i++) {
-        buf[i] = (uint8_t)((rng_next(&s) >> 24) | 1);
-    }
-}
-
-static char *path_of(const char *name)
-{
-    return g_build_filename(tmpdir, name, NULL);
-}
-
-/* A file of len bytes holding data (NULL: a hole of that size). */
-static char *make_file(const char *name, const uint8_t *data, size_t len)
-{
-    char *p = path_of(name);
-    int fd = open(p, O_CREAT | O_TRUNC | O_WRONLY, 0644);
-    assert_true(fd >= 0);
-    assert_int_equal(ftruncate(fd, (off_t)len), 0);
-    if (data) {
-        assert_int_equal(pwrite(fd, data, len, 0), (ssize_t)len);
-    }
-    close(fd);
-    return p;
-}
-
-static uint8_t *read_file(const char *p, size_t len)
-{
-    gchar *data = NULL;
-    gsize n = 0;
-    assert_true(g_file_get_contents(p, &data, &n, NULL));
-    assert_int_equal(n, len);
-    return (uint8_t *)data;
-}
-
-static BlockNode *open_json(json_t *o)
-{
-    GError *err = NULL;
-    BlockNode *bs = node_open(NULL, o, NODE_O_RDWR, &err);
-    if (!bs) {
-        fail_msg("open failed: %s", err->message);
-    }
-    return bs;
-}
-
-static BlockNode *open_file(const char *p)
-{
-    return open_json(json_pack("{s:s, s:s}", "driver", "file",
-                               "filename", p));
-}
-
-/* blkdebug over a file: EIO once for the first iotype request at offset. */
-static BlockNode *open_blkdebug(const char *p, const char *iotype,
-                                int64_t offset)
-{
-    return open_json(json_pack("{s:s, s:{s:s, s:s}, s:[{s:s, s:s, s:i, "
-                               "s:I, s:b}]}",
-                               "driver", "blkdebug",
-                               "image", "driver", "file", "filename", p,
-                               "inject-error", "event", "none",
-                               "iotype", iotype, "errno", EIO,
-                               "sector", (json_int_t)(offset / 512),
-                               "once", 1));
-}
-
-/* null-co of size bytes whose requests each wait latency ns. */
-static BlockNode *open_null(int64_t size, int64_t latency)
-{
-    return open_json(json_pack("{s:s, s:I, s:I}", "driver", "null-co",
-                               "size", (json_int_t)size,
-                               "latency-ns", (json_int_t)latency));
-}
-
-typedef struct Edges {
-    BlockBackend *src, *dst;
-} Edges;
-
-static BlockChild *edge(BlockBackend **blk, BlockNode *bs, uint64_t perm)
-{
-    GError *err = NULL;
-    *blk = blk_new(perm, BLK_PERM_ALL);
-    if (!blk_insert_node(*blk, bs, &err)) {
-        fail_msg("attach failed: %s", err->message);
-    }
-    return blk_root(*blk);
-}
-
-/* ---- Running the engine ---- */
-
-/* What a progress callback saw: bytes by kind, and per granule. */
-typedef struct Seen {
-    int64_t bytes[3];
-    int *per_granule;        /* times each granule was reported */
-    int64_t granules;
-} Seen;
-
-static void on_progress(void *opaque, int64_t offset, int64_t bytes,
-                        BlockCopyKind kind)
-{
-    Seen *seen = opaque;
-    seen->bytes[kind] += bytes;
-    if (seen->per_granule) {
-        for (int64_t g = offset / GRAN; g < DIV_ROUND_UP(offset + bytes, GRAN);
-             g++) {
-            assert_true(g < seen->granules);
-            seen->per_granule[g]++;
-        }
-    }
-}
-
-typedef struct Run {
-    BlockCopyState *s;
-    Job *job;
-    int64_t offset, bytes;   /* block_copy_range, when bytes > 0 */
-    int ret;
-    bool is_read;
-    bool done;
-} Run;
-
-static void run_co(void *opaque)
-{
-    Run *r = opaque;
-    r->ret = block_copy_run(r->s, r->job, &r->is_read);
-    r->done = true;
-}
-
-static int run_sync(BlockCopyState *s, bool *is_read)
-{
-    Run r = { .s = s };
-    co_run_sync(run_co, &r);
-    if (is_read) {
-        *is_read = r.is_read;
-    }
-    return r.ret;
-}
-
-static BlockCopyState *new_copy(BlockCopyOptions *o)
-{
-    GError *err = NULL;
-    BlockCopyState *s = block_copy_new(o, &err);
-    if (!s) {
-        fail_msg("block_copy_new: %s", err->message);
-    }
-    return s;
-}
-
-/*
- * A classify that holds chunks from `from` on at a gate until the test
- * opens it: chunks in flight for as long as a test wants, no timing.
- */
-typedef struct Gate {
-    int64_t skip_below;      /* below: nothing to copy */
-    int64_t from;
-    bool open;
-    int waiting;
-    CoQueue q;
-} Gate;
-
-static void gate_init(Gate *g, int64_t from)
-{
-    *g = (Gate) { .from = from };
-    co_queue_init(&g->q);
-}
-
-static void gate_open(Gate *g)
-{
-    g->open = true;
-    co_queue_restart_all(&g->q);
-}
-
-static int coroutine_fn gated_classify(void *opaque, int64_t offset,
-                                       int64_t bytes, int64_t *pnum)
-{
-    Gate *g = opaque;
-    if (offset < g->skip_below) {
-        *pnum = MIN(bytes, g->skip_below - offset);
-        return BLOCK_COPY_SKIP;
-    }
-    if (offset >= g->from && !g->open) {
-        g->waiting++;
-        co_queue_wait(&g->q);
-        g->waiting--;
-    }
-    *pnum = bytes;
-    return BLOCK_COPY_DATA;
-}
+#include "block-copy-fixture.h"
+#include "support.h"
 
 /* ---- Whole copies ---- */
 
@@ -239,7 +38,7 @@ static void test_full_copy_equal(void **state)
     /* Not a multiple of the granularity: the last granule is short. */
     const size_t len = 4 * MiB + 12288;
     uint8_t *data = g_malloc(len);
-    fill(data, len, 1);
+    fill_nonzero(data, len, 1);
     g_autofree char *sp = make_file("src", data, len);
     g_autofree char *tp = make_file("dst", NULL, len);
     BlockNode *src = open_file(sp), *dst = open_file(tp);
@@ -292,7 +91,7 @@ static void test_chunk_growth(void **state)
 {
     const size_t len = 4 * MiB;
     uint8_t *data = g_malloc(len);
-    fill(data, len, 16);
+    fill_nonzero(data, len, 16);
     g_autofree char *sp = make_file("gsrc", data, len);
     g_autofree char *tp = make_file("gdst", NULL, len);
     BlockNode *src = open_file(sp), *dst = open_file(tp);
@@ -333,9 +132,9 @@ static void test_zero_ranges(void **state)
     const size_t len = 2 * MiB;
     uint8_t *data = g_malloc0(len);
     /* Data in [0, 256K) and [1M, 1M + 128K); the rest is a hole. */
-    fill(data, 256 * KiB, 2);
-    fill(data + MiB, 128 * KiB, 3);
-    g_autofree char *sp = path_of("zsrc");
+    fill_nonzero(data, 256 * KiB, 2);
+    fill_nonzero(data + MiB, 128 * KiB, 3);
+    g_autofree char *sp = test_path("zsrc");
     int fd = open(sp, O_CREAT | O_TRUNC | O_WRONLY, 0644);
     assert_true(fd >= 0);
     assert_int_equal(ftruncate(fd, len), 0);
@@ -346,7 +145,7 @@ static void test_zero_ranges(void **state)
     for (int mode = 0; mode < 2; mode++) {
         /* The target starts out full of other data. */
         uint8_t *junk = g_malloc(len);
-        fill(junk, len, 9);
+        fill_nonzero(junk, len, 9);
         g_autofree char *tp = make_file("zdst", junk, len);
         g_free(junk);
         BlockNode *src = open_file(sp), *dst = open_file(tp);
@@ -388,7 +187,7 @@ static void test_target_reads_zeroes(void **state)
 {
     const size_t len = MiB;
     uint8_t *data = g_malloc0(len);
-    fill(data + 512 * KiB, 64 * KiB, 4);
+    fill_nonzero(data + 512 * KiB, 64 * KiB, 4);
     g_autofree char *sp = make_file("rzsrc", NULL, len);
     int fd = open(sp, O_WRONLY);
     assert_int_equal(pwrite(fd, data + 512 * KiB, 64 * KiB, 512 * KiB),
@@ -444,8 +243,8 @@ static void test_skip_classify(void **state)
     const size_t len = 2 * MiB;
     int64_t half = len / 2;
     uint8_t *data = g_malloc(len), *junk = g_malloc(len);
-    fill(data, len, 5);
-    fill(junk, len, 6);
+    fill_nonzero(data, len, 5);
+    fill_nonzero(junk, len, 6);
     g_autofree char *sp = make_file("ssrc", data, len);
     g_autofree char *tp = make_file("sdst", junk, len);
     BlockNode *src = open_file(sp), *dst = open_file(tp);
@@ -487,7 +286,7 @@ static void error_case(bool on_read)
     const size_t len = 2 * MiB;
     const int64_t bad = 1536 * KiB + 4096;   /* inside granule 24 */
     uint8_t *data = g_malloc(len);
-    fill(data, len, 7);
+    fill_nonzero(data, len, 7);
     g_autofree char *sp = make_file("esrc", data, len);
     g_autofree char *tp = make_file("edst", NULL, len);
     BlockNode *src = on_read ? open_blkdebug(sp, "read", bad)
@@ -549,7 +348,7 @@ static int coroutine_fn write_during_copy(void *opaque, int64_t offset,
     Writer *w = opaque;
     if (!w->written && offset >= w->trigger) {
         w->written = true;
-        fill(w->data + w->at, GRAN, 42);
+        fill_nonzero(w->data + w->at, GRAN, 42);
         assert_int_equal(child_co_pwrite(w->src_w, w->at, GRAN,
                                          w->data + w->at, 0), 0);
     }
@@ -561,7 +360,7 @@ static void test_recording_bitmap(void **state)
 {
     const size_t len = 2 * MiB;
     uint8_t *data = g_malloc(len);
-    fill(data, len, 8);
+    fill_nonzero(data, len, 8);
     g_autofree char *sp = make_file("rsrc", data, len);
     g_autofree char *tp = make_file("rdst", NULL, len);
     BlockNode *src = open_file(sp), *dst = open_file(tp);
@@ -743,7 +542,7 @@ static void test_range_concurrent(void **state)
     const size_t len = 4 * MiB;
     enum { NG = 12 };
     uint8_t *data = g_malloc(len);
-    fill(data, len, 10);
+    fill_nonzero(data, len, 10);
     g_autofree char *sp = make_file("csrc", data, len);
     g_autofree char *tp = make_file("cdst", NULL, len);
     BlockNode *src = open_file(sp), *dst = open_file(tp);
@@ -818,7 +617,7 @@ static void test_range_waits_for_inflight(void **state)
 {
     const size_t len = MiB;
     uint8_t *data = g_malloc(len);
-    fill(data, len, 12);
+    fill_nonzero(data, len, 12);
     g_autofree char *sp = make_file("wsrc", data, len);
     g_autofree char *tp = make_file("wdst", NULL, len);
     BlockNode *src = open_file(sp), *dst = open_file(tp);
@@ -959,20 +758,6 @@ static void wgate_release(WriteGate *g)
 {
     g->gen++;
     co_queue_restart_all(&g->q);
-}
-
-static int coroutine_fn all_data(void *opaque, int64_t offset, int64_t bytes,
-                                 int64_t *pnum)
-{
-    *pnum = bytes;
-    return BLOCK_COPY_DATA;
-}
-
-static void range_co(void *opaque)
-{
-    Run *r = opaque;
-    r->ret = block_copy_range(r->s, r->offset, r->bytes, &r->is_read);
-    r->done = true;
 }
 
 /*
@@ -1140,7 +925,7 @@ static void test_read_only_mode(void **state)
 {
     const size_t len = MiB;
     uint8_t *data = g_malloc(len);
-    fill(data, len, 11);
+    fill_nonzero(data, len, 11);
     g_autofree char *sp = make_file("rosrc", data, len);
     BlockNode *src = open_file(sp);
     Edges e;
@@ -1170,7 +955,7 @@ static void test_compress(void **state)
         data[i] = (uint8_t)(1 + i / 4096);
     }
     g_autofree char *sp = make_file("csrc2", data, len);
-    g_autofree char *tp = path_of("cdst.qcow2");
+    g_autofree char *tp = test_path("cdst.qcow2");
     GError *err = NULL;
     if (!image_create("qcow2", tp, json_pack("{s:i}", "size", (int)len),
                       &err)) {
@@ -1239,7 +1024,7 @@ static void test_offload(void **state)
 {
     const size_t len = 4 * MiB + 12288;
     uint8_t *data = g_malloc(len);
-    fill(data, len, 13);
+    fill_nonzero(data, len, 13);
     g_autofree char *sp = make_file("osrc", data, len);
 
     for (int raw = 0; raw < 2; raw++) {
@@ -1284,7 +1069,7 @@ static void test_offload_fallback(void **state)
 {
     const size_t len = MiB;
     uint8_t *data = g_malloc(len);
-    fill(data, len, 14);
+    fill_nonzero(data, len, 14);
     g_autofree char *sp = make_file("fsrc", data, len);
     g_autofree char *tp = make_file("fdst", NULL, len);
     BlockNode *src = open_file(sp);
@@ -1341,7 +1126,7 @@ static void test_copy_range_core(void **state)
 {
     const size_t len = 256 * KiB;
     uint8_t *data = g_malloc(len);
-    fill(data, len, 15);
+    fill_nonzero(data, len, 15);
     g_autofree char *sp = make_file("ksrc", data, len);
     g_autofree char *tp = make_file("kdst", NULL, 2 * len);
     BlockNode *src = open_file(sp), *dst = open_file(tp);
@@ -1564,34 +1349,6 @@ static void test_job_speed(void **state)
     node_unref(dst);
 }
 
-/* ---- Setup ---- */
-
-static int setup(void **state)
-{
-    GError *err = NULL;
-    tmpdir = g_dir_make_tmp("test-block-copy-XXXXXX", &err);
-    assert_non_null(tmpdir);
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    GDir *d = g_dir_open(tmpdir, 0, NULL);
-    const char *name;
-
-    while (d && (name = g_dir_read_name(d))) {
-        char *p = g_build_filename(tmpdir, name, NULL);
-        unlink(p);
-        g_free(p);
-    }
-    if (d) {
-        g_dir_close(d);
-    }
-    rmdir(tmpdir);
-    g_free(tmpdir);
-    return 0;
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1619,5 +1376,6 @@ int main(void)
         cmocka_unit_test(test_job_cancel),
         cmocka_unit_test(test_job_speed),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, test_tmpdir_setup,
+                                  test_tmpdir_teardown);
 }

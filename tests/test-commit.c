@@ -19,36 +19,24 @@
 #include "strata/error.h"
 #include "strata/loop.h"
 #include "strata/units.h"
+#include "support.h"
 
 #define SIZE (4 * MiB)
 
-static char *tmpdir;
-
-static char *path_of(const char *name)
-{
-    return g_build_filename(tmpdir, name, NULL);
-}
-
+/* A qcow2 image over backing (a name in the folder, NULL: none), made
+ * again in place of the last test's. */
 static void create(const char *name, const char *backing)
 {
-    g_autofree char *p = path_of(name);
-    GError *err = NULL;
-    json_t *o = json_pack("{s:I}", "size", (json_int_t)SIZE);
+    g_autofree char *p = test_path(name);
+    g_autofree char *b = backing ? test_path(backing) : NULL;
 
-    if (backing) {
-        g_autofree char *b = path_of(backing);
-        json_object_set_new(o, "backing_file", json_string(b));
-        json_object_set_new(o, "backing_fmt", json_string("qcow2"));
-    }
     unlink(p);
-    if (!image_create("qcow2", p, o, &err)) {
-        fail_msg("create %s: %s", name, err->message);
-    }
+    g_free(make_qcow2(name, SIZE, b));
 }
 
 static BlockNode *open_chain(const char *name)
 {
-    g_autofree char *p = path_of(name);
+    g_autofree char *p = test_path(name);
     GError *err = NULL;
     BlockNode *bs = node_open(p, json_pack("{s:s}", "driver", "qcow2"),
                               NODE_O_RDWR, &err);
@@ -61,7 +49,7 @@ static BlockNode *open_chain(const char *name)
 /* Fill [off, off + len) of the image `name` (alone) with byte v. */
 static void fill(const char *name, int64_t off, int64_t len, int v)
 {
-    g_autofree char *p = path_of(name);
+    g_autofree char *p = test_path(name);
     GError *err = NULL;
     BlockBackend *blk = blk_new_open(p, json_pack("{s:s}", "driver", "qcow2"),
                                      NODE_O_RDWR | NODE_O_NO_BACKING, &err);
@@ -148,7 +136,7 @@ static void test_intermediate(void **state)
     node_ref(mid);
     assert_int_equal(run(&o, &st), 0);
     assert_ptr_equal(node_backing(act), base);
-    g_autofree char *bp = path_of("base.qcow2");
+    g_autofree char *bp = test_path("base.qcow2");
     assert_string_equal(node_backing_file(act), bp);
     assert_string_equal(node_backing_format(act), "qcow2");
     assert_int_equal(byte_at(act, 0), 1);
@@ -232,25 +220,6 @@ static void test_copy_only(void **state)
     node_unref(act);
 }
 
-static int setup(void **state)
-{
-    tmpdir = g_dir_make_tmp("test-commit-XXXXXX", NULL);
-    assert_non_null(tmpdir);
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    const char *names[] = { "base.qcow2", "mid.qcow2", "act.qcow2" };
-    for (size_t i = 0; i < G_N_ELEMENTS(names); i++) {
-        g_autofree char *p = path_of(names[i]);
-        unlink(p);
-    }
-    rmdir(tmpdir);
-    g_free(tmpdir);
-    return 0;
-}
-
 /* ---- x-strata-discard-source ---- */
 
 /* base <- low <- mid <- act: commit mid (and low) into base. */
@@ -283,7 +252,7 @@ static void check_chain4_data(BlockNode *act)
 /* Bytes the image `name` itself allocates, as qemu-img map reports. */
 static int64_t allocated_by_qemu_img(const char *name)
 {
-    g_autofree char *p = path_of(name);
+    g_autofree char *p = test_path(name);
     char *argv[] = { "timeout", "60", "qemu-img", "map", "-U",
                      "--output=json", "-f", "qcow2", p, NULL };
     g_autofree char *out = NULL;
@@ -441,13 +410,13 @@ static void test_discard_source_bottom_first(void **state)
     fill("base.qcow2", 1536 * KiB, 256 * KiB, 2);
     fill("base.qcow2", 2 * MiB, 256 * KiB, 5);
     /* low emptied, mid not yet */
-    g_autofree char *p = path_of("low.qcow2");
+    g_autofree char *p = test_path("low.qcow2");
     char *argv[] = { "timeout", "60", "qemu-img", "create", "-q", "-f",
                      "qcow2", "-F", "qcow2", "-b", "base.qcow2", p, "4M",
                      NULL };
     int status = -1;
-    assert_true(g_spawn_sync(tmpdir, argv, NULL, G_SPAWN_SEARCH_PATH, NULL,
-                             NULL, NULL, NULL, &status, NULL));
+    assert_true(g_spawn_sync(test_tmpdir, argv, NULL, G_SPAWN_SEARCH_PATH,
+                             NULL, NULL, NULL, NULL, &status, NULL));
     assert_int_equal(status, 0);
     BlockNode *act = open_chain("act.qcow2");
     check_chain4_data(act);
@@ -461,9 +430,9 @@ static void test_discard_source_bottom_first(void **state)
 static void test_discard_source_error(void **state)
 {
     chain4();
-    g_autofree char *ap = path_of("act.qcow2");
-    g_autofree char *mp = path_of("mid.qcow2");
-    g_autofree char *lp = path_of("low.qcow2");
+    g_autofree char *ap = test_path("act.qcow2");
+    g_autofree char *mp = test_path("mid.qcow2");
+    g_autofree char *lp = test_path("low.qcow2");
     GError *err = NULL;
     /* mid's file fails its L2 writes, which only the discards make */
     BlockNode *lown = node_open(lp, json_pack("{s:s, s:s}", "driver", "qcow2",
@@ -522,5 +491,6 @@ int main(void)
         cmocka_unit_test(test_discard_source_bottom_first),
         cmocka_unit_test(test_discard_source_error),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, test_tmpdir_setup,
+                                  test_tmpdir_teardown);
 }

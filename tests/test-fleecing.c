@@ -21,48 +21,16 @@
 #include "strata/copy-before-write.h"
 #include "strata/iov.h"
 #include "strata/loop.h"
+#include "support.h"
 
 #define MiB (1024 * 1024)
 #define CLUSTER (64 * 1024)
-
-static char *tmpdir;
 
 typedef struct Fix {
     char *sp, *tp;
     BlockNode *s, *dbg, *q, *t, *cbw, *acc;
     BlockBackend *guest, *reader, *peek;
 } Fix;
-
-static char *make_file(const char *name, uint8_t byte, size_t len)
-{
-    char *p = g_build_filename(tmpdir, name, NULL);
-    uint8_t *buf = g_malloc(len);
-    memset(buf, byte, len);
-    assert_true(g_file_set_contents(p, (const char *)buf, (gssize)len,
-                                    NULL));
-    g_free(buf);
-    return p;
-}
-
-static BlockNode *open_json(json_t *o)
-{
-    GError *err = NULL;
-    BlockNode *bs = node_open(NULL, o, NODE_O_RDWR, &err);
-    if (!bs) {
-        fail_msg("open failed: %s", err->message);
-    }
-    return bs;
-}
-
-static BlockBackend *backend_on(BlockNode *bs, uint64_t perm)
-{
-    GError *err = NULL;
-    BlockBackend *blk = blk_new(perm, BLK_PERM_ALL);
-    if (!blk_insert_node(blk, bs, &err)) {
-        fail_msg("insert failed: %s", err->message);
-    }
-    return blk;
-}
 
 /*
  * The source: qcow2 q over blkdebug dbg over file s (qcow2 signals the
@@ -76,12 +44,12 @@ static void fix_open(Fix *f)
     GError *err = NULL;
     uint8_t *buf = g_malloc(MiB);
 
-    f->sp = g_build_filename(tmpdir, "s.qcow2", NULL);
+    f->sp = test_path("s.qcow2");
     if (!image_create("qcow2", f->sp, json_pack("{s:i}", "size", MiB),
                       &err)) {
         fail_msg("create failed: %s", err->message);
     }
-    f->tp = make_file("t.img", 0x00, MiB);
+    f->tp = make_filled("t.img", 0x00, MiB);
     f->s = open_json(json_pack("{s:s, s:s, s:s}", "driver", "file",
                                "node-name", "s", "filename", f->sp));
     f->dbg = open_json(json_pack("{s:s, s:s, s:s}", "driver", "blkdebug",
@@ -298,9 +266,6 @@ int main(void)
         cmocka_unit_test(test_frozen_read_holds_write),
         cmocka_unit_test(test_status_discard_writes),
     };
-    tmpdir = g_dir_make_tmp("test-fleecing-XXXXXX", NULL);
-    int ret = cmocka_run_group_tests(tests, NULL, NULL);
-    rmdir(tmpdir);
-    g_free(tmpdir);
-    return ret;
+    return cmocka_run_group_tests(tests, test_tmpdir_setup,
+                                  test_tmpdir_teardown);
 }

@@ -32,25 +32,9 @@
 #include "strata/coroutine.h"
 #include "strata/loop.h"
 #include "strata/units.h"
+#include "support.h"
 
 #define SIZE (8 * MiB)
-
-static char *tmpdir;
-
-static char *make_qcow2(const char *name, const char *backing)
-{
-    char *p = g_build_filename(tmpdir, name, NULL);
-    GError *err = NULL;
-    json_t *o = json_pack("{s:I}", "size", (json_int_t)SIZE);
-    if (backing) {
-        json_object_set_new(o, "backing_file", json_string(backing));
-        json_object_set_new(o, "backing_fmt", json_string("qcow2"));
-    }
-    if (!image_create("qcow2", p, o, &err)) {
-        fail_msg("create %s: %s", name, err->message);
-    }
-    return p;
-}
 
 /* qcow2 over blkdebug over the file, node-name "img" */
 static json_t *qcow2_over_blkdebug(const char *path)
@@ -59,16 +43,6 @@ static json_t *qcow2_over_blkdebug(const char *path)
                      "driver", "qcow2", "node-name", "img",
                      "file", "driver", "blkdebug",
                      "image", "driver", "file", "filename", path);
-}
-
-static BlockBackend *open_blk(json_t *options)
-{
-    GError *err = NULL;
-    BlockBackend *blk = blk_new_open(NULL, options, NODE_O_RDWR, &err);
-    if (!blk) {
-        fail_msg("open: %s", err->message);
-    }
-    return blk;
 }
 
 /* ---- Requests in coroutines of their own ---- */
@@ -106,19 +80,6 @@ static void start(Req *r, BlockBackend *blk, int64_t offset, int64_t bytes,
     *r = (Req){ .blk = blk, .offset = offset, .bytes = bytes,
                 .pattern = pattern, .flags = flags, .ret = -EINPROGRESS };
     co_enter(co_create(req_co, r));
-}
-
-static void expect(BlockBackend *blk, int64_t off, int64_t len, int byte)
-{
-    uint8_t *buf = g_malloc(len);
-    assert_int_equal(blk_pread(blk, off, len, buf, 0), 0);
-    for (int64_t i = 0; i < len; i++) {
-        if (buf[i] != byte) {
-            fail_msg("byte %lld: 0x%02x, not 0x%02x", (long long)(off + i),
-                     buf[i], byte);
-        }
-    }
-    g_free(buf);
 }
 
 /* Is all of [off, off + len) allocated in bs itself (1) or none of it (0)? */
@@ -165,8 +126,8 @@ static void resume(BlockNode *bd, const char *tag)
 static void test_qcow2_alloc_not_serialised(void **state)
 {
     (void)state;
-    g_autofree char *p = make_qcow2("a.qcow2", NULL);
-    BlockBackend *blk = open_blk(qcow2_over_blkdebug(p));
+    g_autofree char *p = make_qcow2("a.qcow2", SIZE, NULL);
+    BlockBackend *blk = open_blk_json(qcow2_over_blkdebug(p));
     BlockNode *bd = blkdebug_of("img");
     Req w1, w2, w3;
 
@@ -189,10 +150,10 @@ static void test_qcow2_alloc_not_serialised(void **state)
     assert_int_equal(w1.ret, 0);
     assert_int_equal(w3.ret, 0);
 
-    expect(blk, 0, 4 * KiB, 0xaa);
-    expect(blk, 4 * KiB, 4 * KiB, 0xcc);
-    expect(blk, 8 * KiB, 56 * KiB, 0xaa);
-    expect(blk, 1 * MiB, 64 * KiB, 0xbb);
+    check_pattern(blk, 0, 4 * KiB, 0xaa);
+    check_pattern(blk, 4 * KiB, 4 * KiB, 0xcc);
+    check_pattern(blk, 8 * KiB, 56 * KiB, 0xaa);
+    check_pattern(blk, 1 * MiB, 64 * KiB, 0xbb);
     blk_unref(blk);
 
     /* And the image is consistent for qemu-img. */
@@ -212,21 +173,17 @@ static void test_qcow2_alloc_not_serialised(void **state)
 static void test_cor_background_copies(void **state)
 {
     (void)state;
-    g_autofree char *bp = make_qcow2("base.qcow2", NULL);
-    BlockBackend *b = open_blk(json_pack("{s:s, s:{s:s, s:s}}",
-                                         "driver", "qcow2", "file",
-                                         "driver", "file", "filename", bp));
-    void *fill = g_malloc(SIZE);
-    memset(fill, 0x11, SIZE);
-    assert_int_equal(blk_pwrite(b, 0, SIZE, fill, 0), 0);
-    g_free(fill);
+    g_autofree char *bp = make_qcow2("base.qcow2", SIZE, NULL);
+    BlockBackend *b = open_blk(bp);
+    write_pattern(b, 0, SIZE, 0x11);
     blk_unref(b);
 
-    g_autofree char *tp = make_qcow2("top.qcow2", bp);
-    BlockBackend *blk = open_blk(json_pack("{s:s, s:s, s:o}",
-                                           "driver", "copy-on-read",
-                                           "node-name", "cor",
-                                           "file", qcow2_over_blkdebug(tp)));
+    g_autofree char *tp = make_qcow2("top.qcow2", SIZE, bp);
+    BlockBackend *blk = open_blk_json(json_pack("{s:s, s:s, s:o}",
+                                                "driver", "copy-on-read",
+                                                "node-name", "cor",
+                                                "file",
+                                                qcow2_over_blkdebug(tp)));
     BlockNode *cor = blk_node(blk);
     BlockNode *bd = blkdebug_of("img");
     Req c1, c2, g;
@@ -278,11 +235,11 @@ static void test_cor_background_copies(void **state)
     expect_allocated(img, 0, 1 * MiB, 1);
     expect_allocated(img, 1 * MiB, 1 * MiB, 0);
     expect_allocated(img, 2 * MiB, 1 * MiB, 1);
-    expect(check, 0, 1 * MiB, 0x11);
-    expect(check, 2 * MiB, 1 * MiB, 0x11);
-    expect(check, 4 * MiB, 4 * KiB, 0x11);
-    expect(check, 4 * MiB + 4 * KiB, 4 * KiB, 0x77);
-    expect(check, 4 * MiB + 8 * KiB, 56 * KiB, 0x11);
+    check_pattern(check, 0, 1 * MiB, 0x11);
+    check_pattern(check, 2 * MiB, 1 * MiB, 0x11);
+    check_pattern(check, 4 * MiB, 4 * KiB, 0x11);
+    check_pattern(check, 4 * MiB + 4 * KiB, 4 * KiB, 0x77);
+    check_pattern(check, 4 * MiB + 8 * KiB, 56 * KiB, 0x11);
     blk_unref(check);
     blk_unref(blk);
     unlink(tp);
@@ -296,21 +253,17 @@ static void test_cor_background_copies(void **state)
 static void test_cor_background_idle(void **state)
 {
     (void)state;
-    g_autofree char *bp = make_qcow2("base2.qcow2", NULL);
-    BlockBackend *b = open_blk(json_pack("{s:s, s:{s:s, s:s}}",
-                                         "driver", "qcow2", "file",
-                                         "driver", "file", "filename", bp));
-    void *fill = g_malloc(SIZE);
-    memset(fill, 0x22, SIZE);
-    assert_int_equal(blk_pwrite(b, 0, SIZE, fill, 0), 0);
-    g_free(fill);
+    g_autofree char *bp = make_qcow2("base2.qcow2", SIZE, NULL);
+    BlockBackend *b = open_blk(bp);
+    write_pattern(b, 0, SIZE, 0x22);
     blk_unref(b);
 
-    g_autofree char *tp = make_qcow2("top2.qcow2", bp);
-    BlockBackend *blk = open_blk(json_pack("{s:s, s:s, s:o}",
-                                           "driver", "copy-on-read",
-                                           "node-name", "cor2",
-                                           "file", qcow2_over_blkdebug(tp)));
+    g_autofree char *tp = make_qcow2("top2.qcow2", SIZE, bp);
+    BlockBackend *blk = open_blk_json(json_pack("{s:s, s:s, s:o}",
+                                                "driver", "copy-on-read",
+                                                "node-name", "cor2",
+                                                "file",
+                                                qcow2_over_blkdebug(tp)));
     BlockNode *cor = blk_node(blk);
     BlockNode *bd = blkdebug_of("img");
     Req c1, c2;
@@ -341,27 +294,12 @@ static void test_cor_background_idle(void **state)
     assert_true(blk_insert_node(check, img, NULL));
     expect_allocated(img, 0, 1 * MiB, 1);
     expect_allocated(img, 2 * MiB, 1 * MiB, 1);
-    expect(check, 0, 1 * MiB, 0x22);
-    expect(check, 2 * MiB, 1 * MiB, 0x22);
+    check_pattern(check, 0, 1 * MiB, 0x22);
+    check_pattern(check, 2 * MiB, 1 * MiB, 0x22);
     blk_unref(check);
     blk_unref(blk);
     unlink(tp);
     unlink(bp);
-}
-
-static int setup(void **state)
-{
-    (void)state;
-    tmpdir = g_dir_make_tmp("test-held-writes-XXXXXX", NULL);
-    return tmpdir ? 0 : -1;
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    rmdir(tmpdir);
-    g_free(tmpdir);
-    return 0;
 }
 
 int main(void)
@@ -371,5 +309,6 @@ int main(void)
         cmocka_unit_test(test_cor_background_copies),
         cmocka_unit_test(test_cor_background_idle),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, test_tmpdir_setup,
+                                  test_tmpdir_teardown);
 }

@@ -25,66 +25,9 @@
 #include "strata/loop.h"
 #include "strata/mirror.h"
 #include "strata/units.h"
+#include "support.h"
 
 #define SIZE (4 * MiB)
-
-static char *tmpdir;
-
-static char *path_of(const char *name)
-{
-    return g_build_filename(tmpdir, name, NULL);
-}
-
-/* A qcow2 image over backing (NULL: none). */
-static char *make_qcow2(const char *name, const char *backing)
-{
-    char *p = path_of(name);
-    GError *err = NULL;
-    json_t *o = json_pack("{s:I}", "size", (json_int_t)SIZE);
-    if (backing) {
-        json_object_set_new(o, "backing_file", json_string(backing));
-        json_object_set_new(o, "backing_fmt", json_string("qcow2"));
-    }
-    if (!image_create("qcow2", p, o, &err)) {
-        fail_msg("create %s: %s", name, err->message);
-    }
-    return p;
-}
-
-static BlockBackend *open_blk(const char *path)
-{
-    GError *err = NULL;
-    BlockBackend *blk = blk_new_open(path, json_pack("{s:s}", "driver",
-                                                     "qcow2"),
-                                     NODE_O_RDWR, &err);
-    if (!blk) {
-        fail_msg("open %s: %s", path, err->message);
-    }
-    return blk;
-}
-
-static void write_pattern(BlockBackend *blk, int64_t off, int64_t len,
-                          int byte)
-{
-    void *buf = g_malloc(len);
-    memset(buf, byte, len);
-    assert_int_equal(blk_pwrite(blk, off, len, buf, 0), 0);
-    g_free(buf);
-}
-
-static void check_pattern(BlockBackend *blk, int64_t off, int64_t len,
-                          int byte)
-{
-    uint8_t *buf = g_malloc(len);
-    assert_int_equal(blk_pread(blk, off, len, buf, 0), 0);
-    for (int64_t i = 0; i < len; i++) {
-        if (buf[i] != byte) {
-            fail_msg("byte %lld: 0x%02x, not 0x%02x", (long long)(off + i),
-                     buf[i], byte);
-        }
-    }
-    g_free(buf);
-}
 
 /* base 0x11 in [0, 2M); mid 0x22 in [1M, 2M); top 0x33 in [1.5M, 3M). */
 typedef struct Chain {
@@ -95,19 +38,19 @@ typedef struct Chain {
 
 static void chain_open(Chain *c, bool with_mid)
 {
-    c->base = make_qcow2("base.qcow2", NULL);
+    c->base = make_qcow2("base.qcow2", SIZE, NULL);
     BlockBackend *b = open_blk(c->base);
     write_pattern(b, 0, 2 * MiB, 0x11);
     blk_unref(b);
     const char *below = c->base;
     if (with_mid) {
-        c->mid = make_qcow2("mid.qcow2", c->base);
+        c->mid = make_qcow2("mid.qcow2", SIZE, c->base);
         b = open_blk(c->mid);
         write_pattern(b, 1 * MiB, 1 * MiB, 0x22);
         blk_unref(b);
         below = c->mid;
     }
-    c->top = make_qcow2("top.qcow2", below);
+    c->top = make_qcow2("top.qcow2", SIZE, below);
     c->blk = open_blk(c->top);
     write_pattern(c->blk, 3 * MiB / 2, 3 * MiB / 2, 0x33);
     c->top_bs = blk_node(c->blk);
@@ -274,7 +217,7 @@ static void test_mirror_complete(void **state)
     (void)state;
     Chain c = { 0 };
     chain_open(&c, true);
-    char *tp = make_qcow2("target.qcow2", NULL);
+    char *tp = make_qcow2("target.qcow2", SIZE, NULL);
     BlockBackend *tb = open_blk(tp);
     BlockNode *target = blk_node(tb);
     node_ref(target);
@@ -317,7 +260,8 @@ static void test_mirror_complete(void **state)
  */
 static void commit_skip(bool skip)
 {
-    char *bp = path_of("base.raw"), *tp = make_qcow2("top.qcow2", NULL);
+    char *bp = test_path("base.raw");
+    char *tp = make_qcow2("top.qcow2", SIZE, NULL);
     GError *err = NULL;
     json_t *o = json_pack("{s:I}", "size", (json_int_t)SIZE);
     assert_true(image_create("raw", bp, o, &err));
@@ -384,17 +328,6 @@ static void test_commit_skip_identical(void **state)
     commit_skip(false);
 }
 
-static char *run_img(const char *const *argv, int *status)
-{
-    char *out = NULL;
-    GError *err = NULL;
-    if (!g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_SEARCH_PATH, NULL,
-                      NULL, &out, NULL, status, &err)) {
-        fail_msg("%s: %s", argv[0], err->message);
-    }
-    return out;
-}
-
 /*
  * x-strata-discard-source: each range committed leaves the top (and the
  * images between it and the base), which then reads through to the base.
@@ -450,12 +383,12 @@ static void commit_discard_source(bool with_mid, bool skip)
     for (int i = 0; i < (with_mid ? 2 : 1); i++) {
         const char *check[] = { "qemu-img", "check", "-q", "-f", "qcow2",
                                 imgs[i], NULL };
-        g_free(run_img(check, &status));
+        g_free(run_capture(check, &status));
         assert_true(g_spawn_check_wait_status(status, NULL));
     }
     const char *map[] = { "qemu-img", "map", "--output=json", "-f", "qcow2",
                           c.top, NULL };
-    char *out = run_img(map, &status);
+    char *out = run_capture(map, &status);
     assert_true(g_spawn_check_wait_status(status, NULL));
     if (strstr(out, "\"depth\": 0") ||
         (with_mid && strstr(out, "\"depth\": 1"))) {
@@ -507,21 +440,6 @@ static void test_commit_discard_source_refused(void **state)
     chain_close(&c);
 }
 
-static int setup(void **state)
-{
-    (void)state;
-    tmpdir = g_dir_make_tmp("test-mirror-XXXXXX", NULL);
-    return tmpdir ? 0 : -1;
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    rmdir(tmpdir);
-    g_free(tmpdir);
-    return 0;
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -535,5 +453,6 @@ int main(void)
         cmocka_unit_test(test_commit_discard_source_refused),
         cmocka_unit_test(test_mirror_complete),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, test_tmpdir_setup,
+                                  test_tmpdir_teardown);
 }

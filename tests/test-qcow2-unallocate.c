@@ -22,58 +22,9 @@
 #include "strata/coroutine.h"
 #include "strata/dirty-bitmap.h"
 #include "strata/units.h"
+#include "support.h"
 
 #define SIZE (4 * MiB)
-
-static char *tmpdir;
-
-static char *make_qcow2(const char *name, const char *backing)
-{
-    char *p = g_build_filename(tmpdir, name, NULL);
-    GError *err = NULL;
-    json_t *o = json_pack("{s:I}", "size", (json_int_t)SIZE);
-    if (backing) {
-        json_object_set_new(o, "backing_file", json_string(backing));
-        json_object_set_new(o, "backing_fmt", json_string("qcow2"));
-    }
-    if (!image_create("qcow2", p, o, &err)) {
-        fail_msg("create %s: %s", name, err->message);
-    }
-    return p;
-}
-
-static BlockBackend *open_blk(const char *path)
-{
-    GError *err = NULL;
-    BlockBackend *blk = blk_new_open(path, json_pack("{s:s}", "driver",
-                                                     "qcow2"),
-                                     NODE_O_RDWR, &err);
-    if (!blk) {
-        fail_msg("open %s: %s", path, err->message);
-    }
-    return blk;
-}
-
-static void fill(BlockBackend *blk, int64_t off, int64_t len, int byte)
-{
-    void *buf = g_malloc(len);
-    memset(buf, byte, len);
-    assert_int_equal(blk_pwrite(blk, off, len, buf, 0), 0);
-    g_free(buf);
-}
-
-static void expect(BlockBackend *blk, int64_t off, int64_t len, int byte)
-{
-    uint8_t *buf = g_malloc(len);
-    assert_int_equal(blk_pread(blk, off, len, buf, 0), 0);
-    for (int64_t i = 0; i < len; i++) {
-        if (buf[i] != byte) {
-            fail_msg("byte %lld: 0x%02x, not 0x%02x", (long long)(off + i),
-                     buf[i], byte);
-        }
-    }
-    g_free(buf);
-}
 
 typedef struct {
     BlockChild *c;
@@ -96,38 +47,27 @@ static int punch(BlockBackend *blk, int64_t offset, int64_t bytes,
     return p.ret;
 }
 
-static char *run(const char *const *argv, int *status)
-{
-    char *out = NULL;
-    GError *err = NULL;
-    if (!g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_SEARCH_PATH, NULL,
-                      NULL, &out, NULL, status, &err)) {
-        fail_msg("%s: %s", argv[0], err->message);
-    }
-    return out;
-}
-
 static void test_unallocate(void **state)
 {
     (void)state;
-    char *base = make_qcow2("base.qcow2", NULL);
+    char *base = make_qcow2("base.qcow2", SIZE, NULL);
     BlockBackend *b = open_blk(base);
-    fill(b, 0, 2 * MiB, 0x11);
+    write_pattern(b, 0, 2 * MiB, 0x11);
     blk_unref(b);
-    char *top = make_qcow2("top.qcow2", base);
+    char *top = make_qcow2("top.qcow2", SIZE, base);
     BlockBackend *blk = open_blk(top);
-    fill(blk, 0, 3 * MiB, 0x33);
+    write_pattern(blk, 0, 3 * MiB, 0x33);
 
     /* Clusters 1..15 fall through; the partial edges stay. */
     assert_int_equal(punch(blk, 64 * KiB - 512, MiB - 64 * KiB + 1024, NULL),
                      0);
-    expect(blk, 0, 64 * KiB, 0x33);
-    expect(blk, 64 * KiB, MiB - 64 * KiB, 0x11);
-    expect(blk, MiB, 64 * KiB, 0x33);
+    check_pattern(blk, 0, 64 * KiB, 0x33);
+    check_pattern(blk, 64 * KiB, MiB - 64 * KiB, 0x11);
+    check_pattern(blk, MiB, 64 * KiB, 0x33);
     /* Past the backing file's end it reads zeroes. */
     assert_int_equal(punch(blk, 2 * MiB, MiB, NULL), 0);
-    expect(blk, 2 * MiB, MiB, 0);
-    expect(blk, 3 * MiB / 2, MiB / 2, 0x33);
+    check_pattern(blk, 2 * MiB, MiB, 0);
+    check_pattern(blk, 3 * MiB / 2, MiB / 2, 0x33);
     /* Never written in the top: nothing to drop, no table made. */
     assert_int_equal(punch(blk, 3 * MiB, MiB, NULL), 0);
 
@@ -138,15 +78,15 @@ static void test_unallocate(void **state)
     assert_non_null(bm);
     dirty_bitmap_set(bm, 1536 * KiB, 64 * KiB);
     assert_int_equal(punch(blk, MiB + 256 * KiB, 512 * KiB, bm), -EAGAIN);
-    expect(blk, MiB + 256 * KiB, 512 * KiB, 0x33);
+    check_pattern(blk, MiB + 256 * KiB, 512 * KiB, 0x33);
     dirty_bitmap_reset(bm, 0, SIZE);
     assert_int_equal(punch(blk, MiB + 256 * KiB, 256 * KiB, bm), 0);
-    expect(blk, MiB + 256 * KiB, 256 * KiB, 0x11);
+    check_pattern(blk, MiB + 256 * KiB, 256 * KiB, 0x11);
     /* Vouched to read the same: not marked.  Without a bitmap: marked. */
     assert_int_equal(dirty_bitmap_next_dirty(bm, 0, SIZE), -1);
     assert_int_equal(punch(blk, 3 * MiB / 2, 64 * KiB, NULL), 0);
     assert_true(dirty_bitmap_get(bm, 3 * MiB / 2));
-    expect(blk, 3 * MiB / 2, 64 * KiB, 0x11);
+    check_pattern(blk, 3 * MiB / 2, 64 * KiB, 0x11);
     dirty_bitmap_release(bm);
     blk_unref(blk);
 
@@ -154,11 +94,11 @@ static void test_unallocate(void **state)
     int status;
     const char *check[] = { "qemu-img", "check", "-q", "-f", "qcow2", top,
                             NULL };
-    g_free(run(check, &status));
+    g_free(run_capture(check, &status));
     assert_true(g_spawn_check_wait_status(status, NULL));
     const char *map[] = { "qemu-img", "map", "--output=json", "-f", "qcow2",
                           top, NULL };
-    char *out = run(map, &status);
+    char *out = run_capture(map, &status);
     assert_true(g_spawn_check_wait_status(status, NULL));
     const char *want[] = {
         "\"start\": 0, \"length\": 65536, \"depth\": 0, \"present\": true",
@@ -178,8 +118,8 @@ static void test_unallocate(void **state)
 
     /* Reopened: still so. */
     blk = open_blk(top);
-    expect(blk, 64 * KiB, MiB - 64 * KiB, 0x11);
-    expect(blk, 2 * MiB, 2 * MiB, 0);
+    check_pattern(blk, 64 * KiB, MiB - 64 * KiB, 0x11);
+    check_pattern(blk, 2 * MiB, 2 * MiB, 0);
     blk_unref(blk);
     unlink(top);
     unlink(base);
@@ -191,7 +131,7 @@ static void test_unallocate(void **state)
 static void test_refused(void **state)
 {
     (void)state;
-    char *img = make_qcow2("ro.qcow2", NULL);
+    char *img = make_qcow2("ro.qcow2", SIZE, NULL);
     GError *err = NULL;
     BlockBackend *blk = blk_new_open(img, json_pack("{s:s}", "driver",
                                                     "qcow2"), 0, &err);
@@ -207,26 +147,12 @@ static void test_refused(void **state)
     g_free(img);
 }
 
-static int setup(void **state)
-{
-    (void)state;
-    tmpdir = g_dir_make_tmp("test-qcow2-unallocate-XXXXXX", NULL);
-    return tmpdir ? 0 : -1;
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    rmdir(tmpdir);
-    g_free(tmpdir);
-    return 0;
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_unallocate),
         cmocka_unit_test(test_refused),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, test_tmpdir_setup,
+                                  test_tmpdir_teardown);
 }
