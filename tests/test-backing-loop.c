@@ -20,9 +20,8 @@
 #include "strata/block-driver.h"
 #include "strata/block.h"
 #include "strata/units.h"
+#include "support.h"
 
-static char *tmpdir;
-static char *olddir;
 
 /* A 1 MiB qcow2 image naming `backing` (qcow2) as its backing file. */
 static void create(const char *name, const char *backing)
@@ -171,31 +170,13 @@ static int setup(void **state)
         fprintf(stderr, "qcow2 or blkdebug missing: skipped\n");
         exit(77);
     }
-    tmpdir = g_dir_make_tmp("test-backing-loop-XXXXXX", NULL);
-    olddir = g_get_current_dir();
-    assert_non_null(tmpdir);
-    assert_int_equal(chdir(tmpdir), 0);
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    static const char *const files[] = {
-        "self.qcow2", "a.qcow2", "b.qcow2", "c1.qcow2", "c2.qcow2",
-        "c3.qcow2", "c4.qcow2", "l.qcow2", "link.qcow", "pp.qcow2",
-        "f1.qcow2", "f2.qcow2", "f3.qcow2",
-    };
-
-    for (size_t i = 0; i < G_N_ELEMENTS(files); i++) {
-        unlink(files[i]);
+    if (test_tmpdir_setup(state) != 0) {
+        return -1;
     }
-    assert_int_equal(chdir(olddir), 0);
-    rmdir(tmpdir);
-    g_free(tmpdir);
-    g_free(olddir);
+    /* The chains' backing names are relative. */
+    test_tmpdir_enter();
     return 0;
 }
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -204,5 +185,5 @@ int main(void)
         cmocka_unit_test(test_other_names),
         cmocka_unit_test(test_finite),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, setup, test_tmpdir_teardown);
 }

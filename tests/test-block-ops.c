@@ -19,8 +19,9 @@
 #include "strata/backend.h"
 #include "strata/block-ops.h"
 #include "strata/units.h"
+#include "support.h"
 
-static char *tmpdir, *qcow2_path, *raw_path;
+static char *qcow2_path, *raw_path;
 
 static BlockBackend *open_rw(const char *path, const char *fmt)
 {
@@ -193,7 +194,7 @@ static void collect_line(void *opaque, const char *line)
  */
 static void test_check_report(void **state)
 {
-    char *path = g_build_filename(tmpdir, "leak.qcow2", NULL);
+    char *path = test_path("leak.qcow2");
     GPtrArray *lines = g_ptr_array_new_with_free_func(g_free);
     BlockCheckResult res;
     GError *err = NULL;
@@ -294,10 +295,11 @@ static int setup(void **state)
 {
     GError *err = NULL;
 
-    tmpdir = g_dir_make_tmp("test-block-ops-XXXXXX", NULL);
-    assert_non_null(tmpdir);
-    qcow2_path = g_build_filename(tmpdir, "a.qcow2", NULL);
-    raw_path = g_build_filename(tmpdir, "r.raw", NULL);
+    if (test_tmpdir_setup(state) != 0) {
+        return -1;
+    }
+    qcow2_path = test_path("a.qcow2");
+    raw_path = test_path("r.raw");
     if (!image_create("qcow2", qcow2_path, json_pack("{s:i}", "size", MiB),
                       &err) ||
         !image_create("raw", raw_path, json_pack("{s:i}", "size", MiB),
@@ -306,18 +308,12 @@ static int setup(void **state)
     }
     return 0;
 }
-
 static int teardown(void **state)
 {
-    unlink(qcow2_path);
-    unlink(raw_path);
-    rmdir(tmpdir);
     g_free(qcow2_path);
     g_free(raw_path);
-    g_free(tmpdir);
-    return 0;
+    return test_tmpdir_teardown(state);
 }
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {

@@ -30,6 +30,7 @@
 #include "strata/opts.h"
 #include "strata/units.h"
 #include "../block/locks.h"
+#include "support.h"
 
 enum {
     R = BLK_PERM_CONSISTENT_READ,
@@ -39,24 +40,7 @@ enum {
     ALL = BLK_PERM_ALL,
 };
 
-static char *tmpdir;
-
 /* ---- Helpers ---- */
-
-static char *tmp_path(const char *name)
-{
-    return g_build_filename(tmpdir, name, NULL);
-}
-
-static char *make_file(const char *name, off_t size)
-{
-    char *path = tmp_path(name);
-    int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0644);
-    assert_true(fd >= 0);
-    assert_int_equal(ftruncate(fd, size), 0);
-    close(fd);
-    return path;
-}
 
 /* {"driver": "file", "filename": path} plus extra keys as JSON text. */
 static json_t *file_opts(const char *path, const char *extra_json)
@@ -72,7 +56,7 @@ static json_t *file_opts(const char *path, const char *extra_json)
     return o;
 }
 
-static BlockBackend *open_blk(const char *path, const char *extra, int flags,
+static BlockBackend *file_blk(const char *path, const char *extra, int flags,
                               GError **errp)
 {
     return blk_new_open(NULL, file_opts(path, extra), flags, errp);
@@ -101,7 +85,7 @@ static void assert_open_fails(const char *path, const char *extra, int flags,
                               const char *expect)
 {
     GError *err = NULL;
-    BlockBackend *blk = open_blk(path, extra, flags, &err);
+    BlockBackend *blk = file_blk(path, extra, flags, &err);
     assert_null(blk);
     assert_non_null(err);
     assert_string_equal(err->message, expect);
@@ -163,9 +147,9 @@ static void assert_held(const char *path, uint64_t perm, uint64_t unshared)
 
 static void rw_roundtrip(const char *extra, int flags)
 {
-    g_autofree char *path = make_file("rw.img", 4 * MiB);
+    g_autofree char *path = make_file("rw.img", NULL, 4 * MiB);
     GError *err = NULL;
-    BlockBackend *blk = open_blk(path, extra, NODE_O_RDWR | flags, &err);
+    BlockBackend *blk = file_blk(path, extra, NODE_O_RDWR | flags, &err);
     assert_null(err);
     assert_non_null(blk);
     assert_int_equal(blk_getlength(blk), 4 * MiB);
@@ -215,7 +199,7 @@ static void rw_roundtrip(const char *extra, int flags)
         g_autofree char *out = NULL;
         assert_int_equal(run_prog(argv, &out), 0);
         /* ...and what QEMU writes is what we read. */
-        blk = open_blk(path, extra, flags, &err);
+        blk = file_blk(path, extra, flags, &err);
         assert_non_null(blk);
         assert_int_equal(blk_pread(blk, 3 * MiB, 64 * KiB, rbuf, 0), 0);
         for (size_t i = 0; i < 64 * KiB; i++) {
@@ -280,7 +264,7 @@ static void read_entry(void *opaque)
 /* A read across EOF returns the data and zeroes after it. */
 static void test_read_past_eof(void **state)
 {
-    g_autofree char *path = tmp_path("eof.img");
+    g_autofree char *path = test_path("eof.img");
     uint8_t data[1000], buf[4096];
     fill(data, sizeof(data), 9);
     assert_true(g_file_set_contents(path, (char *)data, sizeof(data), NULL));
@@ -288,7 +272,7 @@ static void test_read_past_eof(void **state)
     const char *variants[] = { NULL, "{\"cache.direct\": \"on\"}" };
     for (int i = 0; i < 2; i++) {
         GError *err = NULL;
-        BlockBackend *blk = open_blk(path, variants[i], 0, &err);
+        BlockBackend *blk = file_blk(path, variants[i], 0, &err);
         assert_non_null(blk);
         BlockNode *bs = blk_node(blk);
         memset(buf, 0xff, sizeof(buf));
@@ -311,7 +295,7 @@ static void test_read_past_eof(void **state)
 
 static void test_direct_alignment(void **state)
 {
-    g_autofree char *path = tmp_path("align.img");
+    g_autofree char *path = test_path("align.img");
     GError *err = NULL;
 
     /*
@@ -322,13 +306,13 @@ static void test_direct_alignment(void **state)
     assert_true(image_create("file", path, json_pack("{s:s}", "size", "1M"),
                              &err));
 
-    BlockBackend *blk = open_blk(path, NULL, NODE_O_RDWR, &err);
+    BlockBackend *blk = file_blk(path, NULL, NODE_O_RDWR, &err);
     assert_non_null(blk);
     assert_int_equal(blk_node(blk)->bl.request_alignment, 1);
     assert_int_equal(blk_node(blk)->bl.min_mem_alignment, 1);
     blk_unref(blk);
 
-    blk = open_blk(path, "{\"cache.direct\": \"on\"}", NODE_O_RDWR, &err);
+    blk = file_blk(path, "{\"cache.direct\": \"on\"}", NODE_O_RDWR, &err);
     assert_non_null(blk);
     BlockLimits *bl = &blk_node(blk)->bl;
     uint32_t ra = bl->request_alignment, ma = bl->min_mem_alignment;
@@ -357,8 +341,8 @@ static void test_direct_alignment(void **state)
     blk_unref(blk);
 
     /* A file that is one big hole gets the safe fallback. */
-    g_autofree char *sparse = make_file("hole.img", MiB);
-    blk = open_blk(sparse, "{\"cache.direct\": \"on\"}", 0, &err);
+    g_autofree char *sparse = make_file("hole.img", NULL, MiB);
+    blk = file_blk(sparse, "{\"cache.direct\": \"on\"}", 0, &err);
     assert_non_null(blk);
     ra = blk_node(blk)->bl.request_alignment;
     assert_true(ra >= 512 && ra <= 4096 && !(ra & (ra - 1)));
@@ -401,7 +385,7 @@ static int status_at(BlockNode *bs, int64_t offset, int64_t bytes,
 
 static void test_block_status(void **state)
 {
-    g_autofree char *path = make_file("sparse.img", 4 * MiB);
+    g_autofree char *path = make_file("sparse.img", NULL, 4 * MiB);
     uint8_t data[64 * 1024];
     int fd = open(path, O_WRONLY);
     memset(data, 0x42, sizeof(data));
@@ -409,7 +393,7 @@ static void test_block_status(void **state)
     close(fd);
 
     GError *err = NULL;
-    BlockBackend *blk = open_blk(path, NULL, 0, &err);
+    BlockBackend *blk = file_blk(path, NULL, 0, &err);
     assert_non_null(blk);
     BlockNode *bs = blk_node(blk);
     int64_t pnum;
@@ -454,9 +438,9 @@ static uint64_t allocated(const char *path)
 
 static void test_truncate(void **state)
 {
-    g_autofree char *path = make_file("trunc.img", MiB);
+    g_autofree char *path = make_file("trunc.img", NULL, MiB);
     GError *err = NULL;
-    BlockBackend *blk = open_blk(path, NULL, NODE_O_RDWR | NODE_O_RESIZE,
+    BlockBackend *blk = file_blk(path, NULL, NODE_O_RDWR | NODE_O_RESIZE,
                                  &err);
     assert_non_null(blk);
 
@@ -496,9 +480,9 @@ static void test_truncate(void **state)
 
 static void test_zeroes_discard(void **state)
 {
-    g_autofree char *path = make_file("zero.img", 0);
+    g_autofree char *path = make_file("zero.img", NULL, 0);
     GError *err = NULL;
-    BlockBackend *blk = open_blk(path, "{\"discard\": \"unmap\"}",
+    BlockBackend *blk = file_blk(path, "{\"discard\": \"unmap\"}",
                                  NODE_O_RDWR | NODE_O_RESIZE, &err);
     assert_non_null(blk);
     assert_int_equal(blk_truncate(blk, 4 * MiB, true, PREALLOC_MODE_FULL, &err), 0);
@@ -525,7 +509,7 @@ static void test_zeroes_discard(void **state)
 
     /* discard=ignore: success, nothing freed. */
     uint64_t before = allocated(path);
-    blk = open_blk(path, NULL, NODE_O_RDWR, &err);
+    blk = file_blk(path, NULL, NODE_O_RDWR, &err);
     assert_non_null(blk);
     assert_int_equal(blk_pdiscard(blk, 0, MiB), 0);
     assert_int_equal(allocated(path), before);
@@ -555,8 +539,8 @@ static void assert_create_fails(const char *path, const char *opts,
 /* Create with our driver and with qemu-img: same size, same allocation. */
 static void compare_create(const char *prealloc, const char *size)
 {
-    g_autofree char *ours = tmp_path("ours.img");
-    g_autofree char *theirs = tmp_path("theirs.img");
+    g_autofree char *ours = test_path("ours.img");
+    g_autofree char *theirs = test_path("theirs.img");
     g_autofree char *opts = g_strdup_printf(
         "{\"size\": \"%s\", \"preallocation\": \"%s\"}", size, prealloc);
     GError *err = NULL;
@@ -580,7 +564,7 @@ static void compare_create(const char *prealloc, const char *size)
 
 static void test_create(void **state)
 {
-    g_autofree char *path = tmp_path("new.img");
+    g_autofree char *path = test_path("new.img");
     GError *err = NULL;
     struct stat st;
 
@@ -614,13 +598,14 @@ static void test_create(void **state)
     assert_create_fails(path,
                         "{\"size\": \"1M\", \"extent_size_hint\": \"8G\"}",
                         "Extent size hint is too large");
-    g_autofree char *missing = tmp_path("nodir/x.img");
+    g_autofree char *missing = test_path("nodir/x.img");
     g_autofree char *msg = g_strdup_printf(
         "Could not create '%s': No such file or directory", missing);
     assert_create_fails(missing, "{\"size\": \"1M\"}", msg);
     g_free(msg);
-    msg = g_strdup_printf("Could not create '%s': Is a directory", tmpdir);
-    assert_create_fails(tmpdir, "{\"size\": \"1M\"}", msg);
+    msg = g_strdup_printf("Could not create '%s': Is a directory",
+                          test_tmpdir);
+    assert_create_fails(test_tmpdir, "{\"size\": \"1M\"}", msg);
 
     /* Someone writing the image and sharing no writes: refused. */
     fd = open(path, O_RDWR);
@@ -647,20 +632,21 @@ static void test_create(void **state)
 
 static void test_open_errors(void **state)
 {
-    g_autofree char *missing = tmp_path("missing.img");
-    g_autofree char *img = make_file("plain.img", MiB);
+    g_autofree char *missing = test_path("missing.img");
+    g_autofree char *img = make_file("plain.img", NULL, MiB);
     char *msg;
 
     msg = g_strdup_printf("Could not open '%s': No such file or directory",
                           missing);
     assert_open_fails(missing, NULL, 0, msg);
     g_free(msg);
-    msg = g_strdup_printf("Could not open '%s': Is a directory", tmpdir);
-    assert_open_fails(tmpdir, NULL, NODE_O_RDWR, msg);
+    msg = g_strdup_printf("Could not open '%s': Is a directory",
+                          test_tmpdir);
+    assert_open_fails(test_tmpdir, NULL, NODE_O_RDWR, msg);
     g_free(msg);
     msg = g_strdup_printf("'file' driver requires '%s' to be a regular file",
-                          tmpdir);
-    assert_open_fails(tmpdir, NULL, 0, msg);
+                          test_tmpdir);
+    assert_open_fails(test_tmpdir, NULL, 0, msg);
     g_free(msg);
     assert_open_fails("/dev/null", NULL, 0,
                       "'file' driver requires '/dev/null' to be a regular file");
@@ -690,7 +676,7 @@ static void test_open_errors(void **state)
     g_clear_error(&err);
 
     /* Accepted options. */
-    BlockBackend *blk = open_blk(img, "{\"aio-max-batch\": 16, "
+    BlockBackend *blk = file_blk(img, "{\"aio-max-batch\": 16, "
                                       "\"locking\": \"on\", "
                                       "\"drop-cache\": false, "
                                       "\"aio\": \"threads\"}", 0, &err);
@@ -709,7 +695,7 @@ static void test_open_errors(void **state)
 /* Permission denied, as an unprivileged user (root would be let in). */
 static void test_open_permission(void **state)
 {
-    g_autofree char *img = make_file("secret.img", MiB);
+    g_autofree char *img = make_file("secret.img", NULL, MiB);
     assert_int_equal(chmod(img, 0600), 0);
     uid_t uid = getuid();
     if (uid == 0) {
@@ -718,7 +704,7 @@ static void test_open_permission(void **state)
             skip();
         }
         uid = pw->pw_uid;
-        assert_int_equal(chmod(tmpdir, 0755), 0);
+        assert_int_equal(chmod(test_tmpdir, 0755), 0);
     } else {
         assert_int_equal(chmod(img, 0), 0);
     }
@@ -731,7 +717,7 @@ static void test_open_permission(void **state)
         if (getuid() == 0 && setuid(uid) != 0) {
             _exit(2);
         }
-        BlockBackend *blk = open_blk(img, NULL, 0, &err);
+        BlockBackend *blk = file_blk(img, NULL, 0, &err);
         const char *m = blk ? "opened" : err->message;
         if (write(pipefd[1], m, strlen(m)) < 0) {
             _exit(3);
@@ -755,7 +741,7 @@ static void test_open_permission(void **state)
 
 static void test_node_locks(void **state)
 {
-    g_autofree char *path = make_file("locks.img", MiB);
+    g_autofree char *path = make_file("locks.img", NULL, MiB);
     GError *err = NULL;
 
     /* A writer that lets nobody else write or resize (like qcow2 does). */
@@ -846,7 +832,7 @@ static int count_fds(void)
 
 static void test_reopen(void **state)
 {
-    g_autofree char *path = make_file("reopen.img", MiB);
+    g_autofree char *path = make_file("reopen.img", NULL, MiB);
     GError *err = NULL;
     uint8_t w[4096], r[4096];
     int fds = count_fds();
@@ -902,20 +888,6 @@ static void test_reopen(void **state)
     assert_int_equal(count_fds(), fds);
 }
 
-static int setup(void **state)
-{
-    tmpdir = g_dir_make_tmp("strata-file-XXXXXX", NULL);
-    return tmpdir ? 0 : -1;
-}
-
-static int teardown(void **state)
-{
-    g_autofree char *cmd = g_strdup_printf("rm -rf '%s'", tmpdir);
-    int ret = system(cmd);
-    g_free(tmpdir);
-    return ret == 0 ? 0 : -1;
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -935,5 +907,6 @@ int main(void)
         cmocka_unit_test(test_node_locks),
         cmocka_unit_test(test_reopen),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, test_tmpdir_setup,
+                                  test_tmpdir_teardown);
 }

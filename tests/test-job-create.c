@@ -24,8 +24,8 @@
 #include "strata/loop.h"
 #include "strata/secret.h"
 #include "strata/units.h"
+#include "support.h"
 
-static char *tmpdir;
 static GString *events;
 static unsigned listener;
 
@@ -43,11 +43,6 @@ static const uint8_t *lookup_secret(const char *id, size_t *len)
     }
     *len = 3;
     return (const uint8_t *)"foo";
-}
-
-static char *path(const char *name)
-{
-    return g_build_filename(tmpdir, name, NULL);
 }
 
 /* Run argv; its stdout (caller frees) and exit status. */
@@ -104,7 +99,7 @@ static void create_ok(const char *id, json_t *options)
 
 static void create_file(const char *name, uint64_t size)
 {
-    g_autofree char *p = path(name);
+    g_autofree char *p = test_path(name);
     create_ok("cf", json_pack("{ss ss sI}", "driver", "file", "filename", p,
                               "size", (json_int_t)size));
 }
@@ -112,7 +107,7 @@ static void create_file(const char *name, uint64_t size)
 static BlockNode *open_file_node(const char *name, const char *node_name)
 {
     GError *err = NULL;
-    g_autofree char *p = path(name);
+    g_autofree char *p = test_path(name);
     BlockNode *bs = node_open(NULL, json_pack("{ss ss ss}", "driver", "file",
                                               "filename", p, "node-name",
                                               node_name),
@@ -125,7 +120,7 @@ static BlockNode *open_file_node(const char *name, const char *node_name)
 
 static void assert_same_bytes(const char *a, const char *b)
 {
-    g_autofree char *pa = path(a), *pb = path(b);
+    g_autofree char *pa = test_path(a), *pb = test_path(b);
     g_autofree char *ca = NULL, *cb = NULL;
     gsize la, lb;
     assert_true(g_file_get_contents(pa, &ca, &la, NULL));
@@ -137,7 +132,7 @@ static void assert_same_bytes(const char *a, const char *b)
 /* `qemu-img info` of both, with the file names taken out, are equal. */
 static void assert_same_info(const char *a, const char *b)
 {
-    g_autofree char *pa = path(a), *pb = path(b);
+    g_autofree char *pa = test_path(a), *pb = test_path(b);
     char *out[2];
     const char *names[2] = { pa, pb };
     json_t *info[2];
@@ -162,7 +157,7 @@ static void assert_same_info(const char *a, const char *b)
 
 static void assert_check_clean(const char *name, const char *const *extra)
 {
-    g_autofree char *p = path(name);
+    g_autofree char *p = test_path(name);
     const char *argv[16] = { "qemu-img", "check" };
     int n = 2;
     for (; extra && *extra; extra++) {
@@ -182,7 +177,7 @@ static void assert_check_clean(const char *name, const char *const *extra)
 static void qemu_img_create(const char *fmt, const char *opts,
                             const char *name, uint64_t size)
 {
-    g_autofree char *p = path(name);
+    g_autofree char *p = test_path(name);
     g_autofree char *sz = g_strdup_printf("%" PRIu64, size);
     const char *argv[12] = { "qemu-img", "create", "-q", "-f", fmt };
     int n = 5;
@@ -209,7 +204,7 @@ static void test_file(void **state)
     qemu_img_create("raw", "", "b.raw", 1 * MiB);
     assert_same_bytes("a.raw", "b.raw");
 
-    g_autofree char *p = path("c.raw");
+    g_autofree char *p = test_path("c.raw");
     create_ok("cf", json_pack("{ss ss sI ss sb}", "driver", "file",
                               "filename", p, "size", (json_int_t)(64 * KiB),
                               "preallocation", "full", "nocow", 1));
@@ -305,8 +300,8 @@ static void test_qcow2_inline_ref_and_data_file(void **state)
     if (!have_qemu_img()) {
         skip();
     }
-    g_autofree char *img = path("ext.s.qcow2");
-    g_autofree char *data = path("ext.s.data");
+    g_autofree char *img = test_path("ext.s.qcow2");
+    g_autofree char *data = test_path("ext.s.data");
     create_file("ext.s.qcow2", 0);
     create_file("ext.s.data", 0);
     BlockNode *d = open_file_node("ext.s.data", "d");
@@ -350,7 +345,7 @@ static void test_qcow2_encrypted(void **state)
                               "encrypt", "format", "luks", "key-secret",
                               "sec0", "iter-time", (json_int_t)10));
     node_unref(f);
-    g_autofree char *p = path("enc.qcow2");
+    g_autofree char *p = test_path("enc.qcow2");
     g_autofree char *spec = g_strdup_printf(
         "driver=qcow2,file.filename=%s,encrypt.key-secret=sec0", p);
     const char *argv[] = { "qemu-img", "check", "--object",
@@ -382,7 +377,7 @@ static void test_luks(void **state)
                               "key-secret", "sec0", "iter-time",
                               (json_int_t)10));
     node_unref(f);
-    g_autofree char *p = path("l.luks");
+    g_autofree char *p = test_path("l.luks");
     g_autofree char *spec = g_strdup_printf(
         "driver=luks,file.filename=%s,key-secret=sec0", p);
     const char *argv[] = { "qemu-io", "--object", "secret,id=sec0,data=foo",
@@ -483,7 +478,7 @@ static void test_errors(void **state)
     node_unref(f);
 
     /* A read-only node cannot take the image. */
-    g_autofree char *ro_path = path("err.qcow2");
+    g_autofree char *ro_path = test_path("err.qcow2");
     BlockNode *ro = node_open(NULL, json_pack("{ss ss ss sb}", "driver",
                                               "file", "filename", ro_path,
                                               "node-name", "ro", "read-only",
@@ -506,7 +501,7 @@ static void test_errors(void **state)
     o = json_pack("{ss ss sI}", "driver", "file", "filename", "/dev/null",
                   "size", (json_int_t)0);
     create_file("busy.raw", 0);
-    g_autofree char *p = path("busy.raw");
+    g_autofree char *p = test_path("busy.raw");
     json_object_set_new(o, "filename", json_string(p));
     assert_true(blockdev_create_job("dup", o, NULL));
     assert_false(blockdev_create_job("dup", o, &err));
@@ -520,28 +515,22 @@ static void test_errors(void **state)
 
 static int setup(void **state)
 {
-    tmpdir = g_dir_make_tmp("test-job-create-XXXXXX", NULL);
-    assert_non_null(tmpdir);
+    if (test_tmpdir_setup(state) != 0) {
+        return -1;
+    }
     events = g_string_new("");
     listener = job_add_listener(record, NULL);
     crypto_secret_set_lookup(lookup_secret);
     /* qemu-img resolves relative names (backing files) from here. */
-    assert_int_equal(chdir(tmpdir), 0);
+    test_tmpdir_enter();
     return 0;
 }
-
 static int teardown(void **state)
 {
     job_remove_listener(listener);
     g_string_free(events, TRUE);
-    const char *argv[] = { "rm", "-rf", tmpdir, NULL };
-    char *out = NULL;
-    run(&out, argv);
-    g_free(out);
-    g_free(tmpdir);
-    return 0;
+    return test_tmpdir_teardown(state);
 }
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {

@@ -19,6 +19,7 @@
 #include "strata/block.h"
 #include "strata/error.h"
 #include "../block/locks.h"
+#include "support.h"
 
 enum {
     R = BLK_PERM_CONSISTENT_READ,
@@ -27,18 +28,6 @@ enum {
     RS = BLK_PERM_RESIZE,
     ALL = BLK_PERM_ALL,
 };
-
-static char *tmpdir;
-
-static char *make_image(const char *name)
-{
-    char *path = g_build_filename(tmpdir, name, NULL);
-    int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0644);
-    assert_true(fd >= 0);
-    assert_int_equal(ftruncate(fd, 1024 * 1024), 0);
-    close(fd);
-    return path;
-}
 
 static int open_rw(const char *path)
 {
@@ -79,7 +68,7 @@ static void test_ofd_available(void **state)
 
 static void test_lock_bytes(void **state)
 {
-    char *path = make_image("bytes.img");
+    char *path = make_file("bytes.img", NULL, 1024 * 1024);
     int fd1 = open_rw(path), fd2 = open_rw(path);
     ImageLock il;
     GError *err = NULL;
@@ -108,7 +97,7 @@ static void test_lock_bytes(void **state)
 
 static void test_conflicts(void **state)
 {
-    char *path = make_image("conflict.img");
+    char *path = make_file("conflict.img", NULL, 1024 * 1024);
     int fd1 = open_rw(path), fd2 = open_rw(path);
     ImageLock a, b;
     GError *err = NULL;
@@ -165,7 +154,7 @@ static void test_conflicts(void **state)
 
 static void test_abort_restores(void **state)
 {
-    char *path = make_image("abort.img");
+    char *path = make_file("abort.img", NULL, 1024 * 1024);
     int fd1 = open_rw(path), fd2 = open_rw(path);
     ImageLock il;
     GError *err = NULL;
@@ -193,7 +182,7 @@ static void test_abort_restores(void **state)
 
 static void test_disabled(void **state)
 {
-    char *path = make_image("off.img");
+    char *path = make_file("off.img", NULL, 1024 * 1024);
     int fd1 = open_rw(path), fd2 = open_rw(path);
     ImageLock il;
     GError *err = NULL;
@@ -209,7 +198,7 @@ static void test_disabled(void **state)
 
 static void test_take_checked(void **state)
 {
-    char *path = make_image("create.img");
+    char *path = make_file("create.img", NULL, 1024 * 1024);
     int fd1 = open_rw(path), fd2 = open_rw(path);
     GError *err = NULL;
 
@@ -292,7 +281,7 @@ static int qemu_io_run(const char *img, const char *fmt, bool readonly,
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
-static void make_qcow2(const char *path)
+static void qemu_img_qcow2(const char *path)
 {
     const char *argv[] = { "qemu-img", "create", "-q", "-f", "qcow2", path,
                            "1M", NULL };
@@ -310,8 +299,8 @@ static void test_qemu_holds(void **state)
     if (!qio) {
         skip();
     }
-    g_autofree char *path = g_build_filename(tmpdir, "held.qcow2", NULL);
-    make_qcow2(path);
+    g_autofree char *path = test_path("held.qcow2");
+    qemu_img_qcow2(path);
     int fd = open_rw(path);
     ImageLock il;
     GError *err = NULL;
@@ -355,8 +344,8 @@ static void test_strata_holds(void **state)
     if (!qio) {
         skip();
     }
-    g_autofree char *path = g_build_filename(tmpdir, "ours.qcow2", NULL);
-    make_qcow2(path);
+    g_autofree char *path = test_path("ours.qcow2");
+    qemu_img_qcow2(path);
     int fd = open_rw(path);
     ImageLock il;
     GError *err = NULL;
@@ -389,22 +378,6 @@ static void test_strata_holds(void **state)
     close(fd);
 }
 
-static int setup(void **state)
-{
-    tmpdir = g_dir_make_tmp("strata-locks-XXXXXX", NULL);
-    return tmpdir ? 0 : -1;
-}
-
-static int teardown(void **state)
-{
-    g_autofree char *cmd = g_strdup_printf("rm -rf '%s'", tmpdir);
-    if (system(cmd) != 0) {
-        return -1;
-    }
-    g_free(tmpdir);
-    return 0;
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -417,5 +390,6 @@ int main(void)
         cmocka_unit_test(test_qemu_holds),
         cmocka_unit_test(test_strata_holds),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, test_tmpdir_setup,
+                                  test_tmpdir_teardown);
 }

@@ -18,6 +18,7 @@
 
 #include "strata/qmp.h"
 #include "strata/ram-block.h"
+#include "support.h"
 
 static char *run(const char *name, const char *args_json)
 {
@@ -38,25 +39,9 @@ static char *run(const char *name, const char *args_json)
     return msg;
 }
 
-static char *tmpdir;
-
-static int setup(void **state)
-{
-    tmpdir = g_dir_make_tmp("memory-backend-XXXXXX", NULL);
-    return tmpdir ? 0 : -1;
-}
-
-static int teardown(void **state)
-{
-    g_autofree char *cmd = g_strdup_printf("rm -rf '%s'", tmpdir);
-    g_assert(system(cmd) == 0);
-    g_free(tmpdir);
-    return 0;
-}
-
 static void test_block_is_the_memory(void **state)
 {
-    g_autofree char *path = g_build_filename(tmpdir, "ram", NULL);
+    g_autofree char *path = test_path("ram");
     g_autofree char *args = g_strdup_printf(
         "{\"qom-type\": \"memory-backend-file\", \"id\": \"f0\", "
         "\"size\": 1048576, \"mem-path\": \"%s\", \"share\": true}", path);
@@ -94,7 +79,7 @@ static void test_block_is_the_memory(void **state)
 
 static void test_private_and_readonly(void **state)
 {
-    g_autofree char *path = g_build_filename(tmpdir, "ro", NULL);
+    g_autofree char *path = test_path("ro");
     int fd = open(path, O_RDWR | O_CREAT, 0644);
     assert_true(fd >= 0);
     assert_int_equal(ftruncate(fd, 65536), 0);
@@ -137,7 +122,7 @@ static void test_private_and_readonly(void **state)
 
 static void test_dirty_log(void **state)
 {
-    g_autofree char *log_path = g_build_filename(tmpdir, "dirty", NULL);
+    g_autofree char *log_path = test_path("dirty");
     const uint64_t pages = 256;    /* 1 MiB of 4 KiB pages: 4 words */
     int fd = open(log_path, O_RDWR | O_CREAT, 0644);
     assert_true(fd >= 0);
@@ -239,7 +224,7 @@ static void test_dirty_reported_over_qmp(void **state)
 
 static void test_prealloc(void **state)
 {
-    g_autofree char *path = g_build_filename(tmpdir, "prealloc", NULL);
+    g_autofree char *path = test_path("prealloc");
     struct stat st;
 
     /* a shared file gets its blocks, whatever the thread count */
@@ -277,5 +262,6 @@ int main(void)
         cmocka_unit_test(test_dirty_reported_over_qmp),
         cmocka_unit_test(test_prealloc),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, test_tmpdir_setup,
+                                  test_tmpdir_teardown);
 }

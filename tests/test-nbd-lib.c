@@ -18,6 +18,7 @@
 #include "strata/block.h"
 #include "strata/loop.h"
 #include "strata/nbd-server.h"
+#include "support.h"
 
 static char *sock_path;
 
@@ -113,17 +114,25 @@ static void test_load(void **state)
     node_unref(bs);
 }
 
+static int setup(void **state)
+{
+    if (test_tmpdir_setup(state) != 0) {
+        return -1;
+    }
+    sock_path = test_path("nbd.sock");
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    g_free(sock_path);
+    return test_tmpdir_teardown(state);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_load),
     };
-    char *dir = g_dir_make_tmp("test-nbd-lib-XXXXXX", NULL);
-    sock_path = g_build_filename(dir, "nbd.sock", NULL);
-    int ret = cmocka_run_group_tests(tests, NULL, NULL);
-    unlink(sock_path);
-    rmdir(dir);
-    g_free(dir);
-    g_free(sock_path);
-    return ret;
+    return cmocka_run_group_tests(tests, setup, teardown);
 }

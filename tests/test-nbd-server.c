@@ -18,6 +18,7 @@
 #include "strata/block.h"
 #include "strata/loop.h"
 #include "strata/nbd-server.h"
+#include "support.h"
 
 static char *sock_path;
 static GPtrArray *deleted;      /* ids, in the order the listener saw them */
@@ -27,7 +28,7 @@ static void on_deleted(const char *id, void *opaque)
     g_ptr_array_add(deleted, g_strdup(id));
 }
 
-static BlockNode *open_null(const char *name, bool rw)
+static BlockNode *null_export_node(const char *name, bool rw)
 {
     GError *err = NULL;
     json_t *o = json_pack("{s:s, s:s, s:s}", "driver", "null-co",
@@ -189,8 +190,8 @@ static void test_server_start_stop(void **state)
 static void test_export_add_errors(void **state)
 {
     GError *err = NULL;
-    BlockNode *rw = open_null("rw", true);
-    BlockNode *ro = open_null("ro", false);
+    BlockNode *rw = null_export_node("rw", true);
+    BlockNode *ro = null_export_node("ro", false);
     char *longname = g_strnfill(4097, 'x');
 
     /* Before the server runs, the checks QEMU makes first still apply. */
@@ -252,7 +253,7 @@ static void test_export_add_errors(void **state)
 static void test_export_del_modes(void **state)
 {
     GError *err = NULL;
-    BlockNode *bs = open_null("n0", true);
+    BlockNode *bs = null_export_node("n0", true);
 
     start_unix(0);
     assert_true(add("e0", "n0", "disk", true, NULL));
@@ -348,7 +349,7 @@ static void test_del_hard_in_flight(void **state)
 /* A drained node holds the export's requests back; they complete after. */
 static void test_drain(void **state)
 {
-    BlockNode *bs = open_null("d0", true);
+    BlockNode *bs = null_export_node("d0", true);
 
     start_unix(0);
     assert_true(add("d", "d0", "", true, NULL));
@@ -375,7 +376,7 @@ static void test_drain(void **state)
 
 static void test_max_connections(void **state)
 {
-    BlockNode *bs = open_null("m0", false);
+    BlockNode *bs = null_export_node("m0", false);
 
     start_unix(1);
     assert_true(add("m", "m0", "", false, NULL));
@@ -402,6 +403,27 @@ static void test_max_connections(void **state)
     node_unref(bs);
 }
 
+static unsigned deleted_listener;
+
+static int setup(void **state)
+{
+    if (test_tmpdir_setup(state) != 0) {
+        return -1;
+    }
+    sock_path = test_path("nbd.sock");
+    deleted = g_ptr_array_new_with_free_func(g_free);
+    deleted_listener = nbd_export_add_deleted_listener(on_deleted, NULL);
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    nbd_export_remove_deleted_listener(deleted_listener);
+    g_free(sock_path);
+    g_ptr_array_free(deleted, true);
+    return test_tmpdir_teardown(state);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -412,15 +434,5 @@ int main(void)
         cmocka_unit_test(test_del_hard_in_flight),
         cmocka_unit_test(test_drain),
     };
-    char *dir = g_dir_make_tmp("test-nbd-server-XXXXXX", NULL);
-    sock_path = g_build_filename(dir, "nbd.sock", NULL);
-    deleted = g_ptr_array_new_with_free_func(g_free);
-    unsigned h = nbd_export_add_deleted_listener(on_deleted, NULL);
-    int ret = cmocka_run_group_tests(tests, NULL, NULL);
-    nbd_export_remove_deleted_listener(h);
-    rmdir(dir);
-    g_free(dir);
-    g_free(sock_path);
-    g_ptr_array_free(deleted, true);
-    return ret;
+    return cmocka_run_group_tests(tests, setup, teardown);
 }

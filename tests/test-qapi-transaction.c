@@ -19,18 +19,12 @@
 #include "strata/block-ops.h"
 #include "strata/units.h"
 #include "qapi-commands.h"
-
-static char *tmpdir;
-
-static char *path(const char *name)
-{
-    return g_build_filename(tmpdir, name, NULL);
-}
+#include "support.h"
 
 static BlockNode *open_qcow2(const char *node_name, const char *file)
 {
     GError *err = NULL;
-    char *p = path(file);
+    char *p = test_path(file);
     json_t *opts = json_pack("{s:s, s:s, s:n}", "driver", "qcow2",
                              "node-name", node_name, "backing");
     BlockNode *bs;
@@ -188,31 +182,11 @@ static void test_device_edge_moves(void **state)
     assert_null(node_next(NULL));
 }
 
-static int setup(void **state)
-{
-    tmpdir = g_dir_make_tmp("test-qapi-transaction-XXXXXX", NULL);
-    assert_non_null(tmpdir);
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    const char *names[] = { "base.qcow2", "ov1.qcow2", "ov2.qcow2" };
-
-    for (size_t i = 0; i < G_N_ELEMENTS(names); i++) {
-        char *p = path(names[i]);
-        unlink(p);
-        g_free(p);
-    }
-    rmdir(tmpdir);
-    g_free(tmpdir);
-    return 0;
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_device_edge_moves),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, test_tmpdir_setup,
+                                  test_tmpdir_teardown);
 }

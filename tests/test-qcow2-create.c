@@ -22,9 +22,8 @@
 #include "strata/block-driver.h"
 #include "strata/block.h"
 #include "strata/units.h"
+#include "support.h"
 
-static char *tmpdir;
-static char *olddir;
 
 /* One image qemu-img 7.2 created: its options, length and SHA-256. */
 typedef struct Golden {
@@ -282,25 +281,13 @@ static int setup(void **state)
         fprintf(stderr, "qcow2 driver without create: skipped\n");
         exit(77);
     }
-    tmpdir = g_dir_make_tmp("test-qcow2-create-XXXXXX", NULL);
-    olddir = g_get_current_dir();
-    assert_non_null(tmpdir);
+    if (test_tmpdir_setup(state) != 0) {
+        return -1;
+    }
     /* The data file's name is stored as given: keep it relative. */
-    assert_int_equal(chdir(tmpdir), 0);
+    test_tmpdir_enter();
     return 0;
 }
-
-static int teardown(void **state)
-{
-    unlink("t.qcow2");
-    unlink("d.raw");
-    assert_int_equal(chdir(olddir), 0);
-    rmdir(tmpdir);
-    g_free(tmpdir);
-    g_free(olddir);
-    return 0;
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -309,5 +296,5 @@ int main(void)
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_option_names),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, setup, test_tmpdir_teardown);
 }

@@ -25,31 +25,9 @@
 #include "strata/coroutine.h"
 #include "strata/loop.h"
 #include "strata/units.h"
+#include "support.h"
 
 #define SIZE (256 * KiB)
-
-static char *tmpdir;
-static char *olddir;
-
-/* A raw file of SIZE bytes of `fill`. */
-static void make_file(const char *name, int fill)
-{
-    guint8 *data = g_malloc(SIZE);
-
-    memset(data, fill, SIZE);
-    assert_true(g_file_set_contents(name, (gchar *)data, SIZE, NULL));
-    g_free(data);
-}
-
-static guint8 *file_bytes(const char *name)
-{
-    gchar *data = NULL;
-    gsize n = 0;
-
-    assert_true(g_file_get_contents(name, &data, &n, NULL));
-    assert_int_equal(n, SIZE);
-    return (guint8 *)data;
-}
 
 /* A writable file node called `node_name`. */
 static BlockNode *open_named(const char *file, const char *node_name)
@@ -79,12 +57,12 @@ static void test_references(void **state)
     guint8 buf[4096];
     guint8 *data;
 
-    make_file("a", 0x11);
-    make_file("b", 0x11);
-    make_file("c", 0x11);
+    g_free(make_filled("a", 0x11, SIZE));
+    g_free(make_filled("b", 0x11, SIZE));
+    g_free(make_filled("c", 0x11, SIZE));
     /* b differs in its first 4 KiB. */
     memset(buf, 0x33, sizeof(buf));
-    data = file_bytes("b");
+    data = read_file("b", SIZE);
     memcpy(data, buf, sizeof(buf));
     assert_true(g_file_set_contents("b", (gchar *)data, SIZE, NULL));
     g_free(data);
@@ -117,7 +95,7 @@ static void test_references(void **state)
     blk_unref(blk);
 
     /* ... and b, written through the node n2, repaired. */
-    data = file_bytes("b");
+    data = read_file("b", SIZE);
     for (size_t i = 0; i < SIZE; i++) {
         assert_int_equal(data[i], 0x11);
     }
@@ -134,7 +112,7 @@ static void test_dangling_reference(void **state)
     GError *err = NULL;
     BlockBackend *blk;
 
-    make_file("a", 0x11);
+    g_free(make_filled("a", 0x11, SIZE));
     blk = open_quorum(json_pack("{s:i, s:[{s:s, s:s}, s]}",
                                 "vote-threshold", 1, "children",
                                 "driver", "file", "filename", "a", "nope"),
@@ -188,9 +166,9 @@ static void test_concurrent(void **state)
     BlockBackend *blk;
     Req reqs[16];
 
-    make_file("a", 0);
-    make_file("b", 0);
-    make_file("c", 0);
+    g_free(make_filled("a", 0, SIZE));
+    g_free(make_filled("b", 0, SIZE));
+    g_free(make_filled("c", 0, SIZE));
     blk = open_quorum(json_pack("{s:s, s:[{s:s, s:s, s:s}, {s:s, s:s, s:s},"
                                 " {s:s, s:s, s:s}]}",
                                 "vote-threshold", "3", "children",
@@ -215,7 +193,7 @@ static void test_concurrent(void **state)
     blk_unref(blk);
     const char *names[] = { "a", "b", "c" };
     for (int f = 0; f < 3; f++) {
-        guint8 *data = file_bytes(names[f]);
+        guint8 *data = read_file(names[f], SIZE);
         for (size_t i = 0; i < SIZE; i++) {
             assert_int_equal(data[i], 0x40 + i / (16 * KiB));
         }
@@ -225,24 +203,11 @@ static void test_concurrent(void **state)
 
 static int setup(void **state)
 {
-    olddir = g_get_current_dir();
-    tmpdir = g_dir_make_tmp("test-quorum-XXXXXX", NULL);
-    assert_non_null(tmpdir);
-    assert_int_equal(chdir(tmpdir), 0);
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    const char *names[] = { "a", "b", "c" };
-
-    for (int i = 0; i < 3; i++) {
-        unlink(names[i]);
+    if (test_tmpdir_setup(state) != 0) {
+        return -1;
     }
-    assert_int_equal(chdir(olddir), 0);
-    rmdir(tmpdir);
-    g_free(tmpdir);
-    g_free(olddir);
+    /* The nodes' file names are relative. */
+    test_tmpdir_enter();
     return 0;
 }
 
@@ -253,5 +218,5 @@ int main(void)
         cmocka_unit_test(test_dangling_reference),
         cmocka_unit_test(test_concurrent),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, setup, test_tmpdir_teardown);
 }

@@ -15,10 +15,8 @@
 #include <unistd.h>
 #include <cmocka.h>
 #include <glib.h>
-#include <glib/gstdio.h>
 #include "strata/socket-listen.h"
-
-static char *dir;
+#include "support.h"
 
 static int connect_to(const char *path)
 {
@@ -34,7 +32,7 @@ static int connect_to(const char *path)
 
 static int count_entries(void)
 {
-    GDir *d = g_dir_open(dir, 0, NULL);
+    GDir *d = g_dir_open(test_tmpdir, 0, NULL);
     int n = 0;
     while (g_dir_read_name(d)) {
         n++;
@@ -45,7 +43,7 @@ static int count_entries(void)
 
 static void test_listens_at_path(void **state)
 {
-    g_autofree char *path = g_build_filename(dir, "s.sock", NULL);
+    g_autofree char *path = test_path("s.sock");
     GError *err = NULL;
     int fd = unix_socket_listen(path, SOCK_NONBLOCK, 4, &err);
     assert_true(fd >= 0);
@@ -63,7 +61,7 @@ static void test_listens_at_path(void **state)
 
 static void test_replaces_file(void **state)
 {
-    g_autofree char *path = g_build_filename(dir, "f", NULL);
+    g_autofree char *path = test_path("f");
     g_assert(g_file_set_contents(path, "x", 1, NULL));
     GError *err = NULL;
     int fd = unix_socket_listen(path, 0, 4, &err);
@@ -84,7 +82,7 @@ static void test_errors(void **state)
     assert_string_equal(err->message, want);
     g_clear_error(&err);
 
-    g_autofree char *nodir = g_build_filename(dir, "no", "s", NULL);
+    g_autofree char *nodir = g_build_filename(test_tmpdir, "no", "s", NULL);
     assert_int_equal(unix_socket_listen(nodir, 0, 4, &err), -1);
     g_autofree char *want2 = g_strdup_printf("Failed to bind socket to %s: "
                                              "No such file or directory",
@@ -96,15 +94,11 @@ static void test_errors(void **state)
 
 int main(void)
 {
-    dir = g_dir_make_tmp("strata-sock-XXXXXX", NULL);
-    g_assert(dir);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_listens_at_path),
         cmocka_unit_test(test_replaces_file),
         cmocka_unit_test(test_errors),
     };
-    int r = cmocka_run_group_tests(tests, NULL, NULL);
-    g_rmdir(dir);
-    g_free(dir);
-    return r;
+    return cmocka_run_group_tests(tests, test_tmpdir_setup,
+                                  test_tmpdir_teardown);
 }

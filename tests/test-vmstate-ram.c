@@ -25,10 +25,10 @@
 #include "strata/units.h"
 #include "strata/vmstate-ram.h"
 #include "../migration/vmstate-ram-int.h"
+#include "support.h"
 
 #define PAGE 4096
 
-static char *tmpdir;
 
 typedef struct Fixture {
     char *path;
@@ -63,7 +63,7 @@ static int setup(void **state)
 {
     Fixture *f = g_new0(Fixture, 1);
     GError *err = NULL;
-    f->path = g_build_filename(tmpdir, "vm.qcow2", NULL);
+    f->path = test_path("vm.qcow2");
     json_t *o = json_pack("{s:I}", "size", (json_int_t)(16 * MiB));
     /* image_create takes the options' reference. */
     if (!image_create("qcow2", f->path, o, &err)) {
@@ -142,7 +142,7 @@ static int load(BlockNode *bs, int64_t size, GError **errp)
     return (int)c.ret;
 }
 
-static void check_pattern(RamBlock *rb, int seed)
+static void check_ram(RamBlock *rb, int seed)
 {
     uint8_t *want = g_malloc(rb->size);
     pattern(want, ram_block_pages(rb), seed);
@@ -170,8 +170,8 @@ static void test_roundtrip(void **state)
     memset(b->host, 0x55, b->size);
     assert_int_equal(load(f->bs, size, &err), 0);
     assert_null(err);
-    check_pattern(a, 1);
-    check_pattern(b, 2);
+    check_ram(a, 1);
+    check_ram(b, 2);
 }
 
 static void test_no_blocks(void **state)
@@ -314,8 +314,6 @@ static void test_parse_truncated(void **state)
 
 int main(void)
 {
-    char tmpl[] = "/tmp/test-vmstate-ram-XXXXXX";
-    tmpdir = g_mkdtemp(tmpl);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_roundtrip, setup, teardown),
         cmocka_unit_test_setup_teardown(test_no_blocks, setup, teardown),
@@ -326,7 +324,6 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_parse_truncated, setup,
                                         teardown),
     };
-    int ret = cmocka_run_group_tests(tests, NULL, NULL);
-    rmdir(tmpdir);
-    return ret;
+    return cmocka_run_group_tests(tests, test_tmpdir_setup,
+                                  test_tmpdir_teardown);
 }
