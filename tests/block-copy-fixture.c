@@ -21,6 +21,15 @@ BlockCopyState *new_copy(BlockCopyOptions *o)
     return s;
 }
 
+void copy_close(BlockCopyState *s, Edges *e, BlockNode *src, BlockNode *dst)
+{
+    block_copy_free(s);
+    blk_unref(e->src);
+    blk_unref(e->dst);
+    node_unref(src);
+    node_unref(dst);
+}
+
 void run_co(void *opaque)
 {
     Run *r = opaque;

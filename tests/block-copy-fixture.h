@@ -23,6 +23,10 @@ typedef struct Edges {
     BlockBackend *src, *dst;
 } Edges;
 
+/* Free the engine s, then the backends in e and the nodes: the engine
+ * holds the edges, the edges the nodes. */
+void copy_close(BlockCopyState *s, Edges *e, BlockNode *src, BlockNode *dst);
+
 /* block_copy_new, or the test fails with its message. */
 BlockCopyState *new_copy(BlockCopyOptions *o);
 

@@ -123,6 +123,13 @@ uint8_t *read_file(const char *path, size_t len)
     return (uint8_t *)data;
 }
 
+void expect_file(const char *path, const uint8_t *data, size_t len)
+{
+    uint8_t *out = read_file(path, len);
+    assert_memory_equal(out, data, len);
+    g_free(out);
+}
+
 /* xorshift32: the same bytes every run, so a failure reproduces. */
 static uint32_t rng_next(uint32_t *s)
 {

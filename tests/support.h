@@ -55,6 +55,9 @@ char *make_filled(const char *name, uint8_t byte, size_t len);
 /* The whole file, which must be len bytes long (g_free it). */
 uint8_t *read_file(const char *path, size_t len);
 
+/* The file at path holds exactly the len bytes of data. */
+void expect_file(const char *path, const uint8_t *data, size_t len);
+
 /* Non-zero bytes everywhere (a zero could pass for a hole), per seed. */
 void fill_nonzero(uint8_t *buf, size_t len, uint32_t seed);
 

@@ -97,6 +97,17 @@ static CopyJob *copy_job_new(BlockNode *src, BlockNode *dst)
     return j;
 }
 
+/* Drop the test's job reference, then the engine and the nodes. */
+static void copy_job_free(CopyJob *j, BlockNode *src, BlockNode *dst)
+{
+    BlockCopyState *s = j->s;      /* j goes with the job */
+
+    job_unref(&j->common);
+    block_copy_free(s);
+    node_unref(src);
+    node_unref(dst);
+}
+
 static void test_job_pause_and_finish(void **state)
 {
     const int64_t len = 32 * MiB;
@@ -135,10 +146,7 @@ static void test_job_pause_and_finish(void **state)
     assert_int_equal(job_ret, 0);
     assert_int_equal(job->progress_current, len);
     assert_int_equal(block_copy_remaining(s), 0);
-    job_unref(job);
-    block_copy_free(s);
-    node_unref(src);
-    node_unref(dst);
+    copy_job_free(j, src, dst);
 }
 
 static void test_job_cancel(void **state)
@@ -158,10 +166,7 @@ static void test_job_cancel(void **state)
     /* What was not copied is still marked: nothing was lost. */
     assert_int_equal(block_copy_remaining(s) + j->seen.bytes[BLOCK_COPY_DATA],
                      len);
-    job_unref(job);
-    block_copy_free(s);
-    node_unref(src);
-    node_unref(dst);
+    copy_job_free(j, src, dst);
 }
 
 /* set-speed: the copy stops at the limit and a cancel ends the sleep. */
@@ -202,10 +207,7 @@ static void test_job_speed(void **state)
     block_copy_get_stats(s, &st2);
     assert_int_equal(st2.bytes_read, GRAN + GRAN);
     assert_int_equal(job_cancel_sync(job, true), -ECANCELED);
-    job_unref(job);
-    block_copy_free(s);
-    node_unref(src);
-    node_unref(dst);
+    copy_job_free(j, src, dst);
 }
 
 int main(void)

@@ -120,17 +120,11 @@ static void test_range_concurrent(void **state)
     block_copy_get_stats(s, &st);
     assert_int_equal(st.bytes_read, len);
     assert_int_equal(st.bytes_written, len);
-    block_copy_free(s);
     blk_unref(wblk);
     blk_unref(rblk);
-    blk_unref(e.src);
-    blk_unref(e.dst);
-    node_unref(src);
-    node_unref(dst);
+    copy_close(s, &e, src, dst);
     /* The target is the source as it was before any guest write. */
-    uint8_t *out = read_file(tp, len);
-    assert_memory_equal(out, data, len);
-    g_free(out);
+    expect_file(tp, data, len);
     g_free(data);
     g_free(seen.per_granule);
 }
@@ -178,16 +172,10 @@ static void test_range_waits_for_inflight(void **state)
     assert_int_equal(g.ret, 0);
     LOOP_WAIT_WHILE(!bg.done);
     assert_int_equal(bg.ret, 0);
-    block_copy_free(s);
     blk_unref(wblk);
     blk_unref(rblk);
-    blk_unref(e.src);
-    blk_unref(e.dst);
-    node_unref(src);
-    node_unref(dst);
-    uint8_t *out = read_file(tp, len);
-    assert_memory_equal(out, data, len);
-    g_free(out);
+    copy_close(s, &e, src, dst);
+    expect_file(tp, data, len);
     g_free(data);
 }
 
@@ -235,11 +223,7 @@ static void test_wait_range(void **state)
     w.done = false;
     co_run_sync(waiter_co, &w);
     assert_true(w.done);
-    block_copy_free(s);
-    blk_unref(e.src);
-    blk_unref(e.dst);
-    node_unref(src);
-    node_unref(dst);
+    copy_close(s, &e, src, dst);
 }
 
 /* ---- Range calls against a busy background ---- */
@@ -361,11 +345,7 @@ static void test_range_not_behind_background(void **state)
     block_copy_get_stats(s, &st);
     assert_int_equal(st.bytes_written, len);
     assert_true(st.peak_memory <= 2 * GRAN + BLOCK_COPY_URGENT_MEMORY);
-    block_copy_free(s);
-    blk_unref(e.src);
-    blk_unref(e.dst);
-    node_unref(src);
-    node_unref(dst);
+    copy_close(s, &e, src, dst);
     g_free(seen.per_granule);
 }
 
@@ -434,11 +414,7 @@ static void test_background_makes_way(void **state)
     LOOP_WAIT_WHILE(!bg.done);
     assert_int_equal(bg.ret, 0);
     assert_int_equal(block_copy_remaining(s), 0);
-    block_copy_free(s);
-    blk_unref(e.src);
-    blk_unref(e.dst);
-    node_unref(src);
-    node_unref(dst);
+    copy_close(s, &e, src, dst);
 }
 
 int main(void)

@@ -67,15 +67,9 @@ static void test_full_copy_equal(void **state)
     assert_int_equal(run_sync(s, NULL), 0);
     block_copy_get_stats(s, &st);
     assert_int_equal(st.bytes_read, len);
-    block_copy_free(s);
-    blk_unref(e.src);
-    blk_unref(e.dst);
-    node_unref(src);
-    node_unref(dst);
+    copy_close(s, &e, src, dst);
 
-    uint8_t *out = read_file(tp, len);
-    assert_memory_equal(out, data, len);
-    g_free(out);
+    expect_file(tp, data, len);
     g_free(data);
 }
 
@@ -114,14 +108,8 @@ static void test_chunk_growth(void **state)
         assert_int_equal(g_array_index(sizes, int64_t, i), expect[i]);
     }
     g_array_free(sizes, TRUE);
-    block_copy_free(s);
-    blk_unref(e.src);
-    blk_unref(e.dst);
-    node_unref(src);
-    node_unref(dst);
-    uint8_t *out = read_file(tp, len);
-    assert_memory_equal(out, data, len);
-    g_free(out);
+    copy_close(s, &e, src, dst);
+    expect_file(tp, data, len);
     g_free(data);
 }
 
@@ -169,14 +157,8 @@ static void test_zero_ranges(void **state)
         assert_int_equal(st.bytes_zeroed, len - 384 * KiB);
         assert_int_equal(seen.bytes[BLOCK_COPY_ZERO], len - 384 * KiB);
         assert_int_equal(seen.bytes[BLOCK_COPY_DATA], 384 * KiB);
-        block_copy_free(s);
-        blk_unref(e.src);
-        blk_unref(e.dst);
-        node_unref(src);
-        node_unref(dst);
-        uint8_t *out = read_file(tp, len);
-        assert_memory_equal(out, data, len);
-        g_free(out);
+        copy_close(s, &e, src, dst);
+        expect_file(tp, data, len);
     }
     g_free(data);
 }
@@ -213,14 +195,8 @@ static void test_target_reads_zeroes(void **state)
     assert_int_equal(seen.bytes[BLOCK_COPY_ZERO], len - 64 * KiB);
     /* Each hole in one piece, not chunk by chunk. */
     assert_int_equal(st.chunks, 3);
-    block_copy_free(s);
-    blk_unref(e.src);
-    blk_unref(e.dst);
-    node_unref(src);
-    node_unref(dst);
-    uint8_t *out = read_file(tp, len);
-    assert_memory_equal(out, data, len);
-    g_free(out);
+    copy_close(s, &e, src, dst);
+    expect_file(tp, data, len);
     g_free(data);
 }
 
@@ -265,11 +241,7 @@ static void test_skip_classify(void **state)
     assert_int_equal(st.bytes_read, half);
     assert_int_equal(seen.bytes[BLOCK_COPY_SKIP], half);
     assert_int_equal(seen.bytes[BLOCK_COPY_DATA], half);
-    block_copy_free(s);
-    blk_unref(e.src);
-    blk_unref(e.dst);
-    node_unref(src);
-    node_unref(dst);
+    copy_close(s, &e, src, dst);
     uint8_t *out = read_file(tp, len);
     assert_memory_equal(out, junk, half);
     assert_memory_equal(out + half, data + half, len - half);
@@ -310,14 +282,8 @@ static void error_case(bool on_read)
     /* The rule fired once: calling again finishes the copy. */
     assert_int_equal(run_sync(s, NULL), 0);
     assert_int_equal(block_copy_remaining(s), 0);
-    block_copy_free(s);
-    blk_unref(e.src);
-    blk_unref(e.dst);
-    node_unref(src);
-    node_unref(dst);
-    uint8_t *out = read_file(tp, len);
-    assert_memory_equal(out, data, len);
-    g_free(out);
+    copy_close(s, &e, src, dst);
+    expect_file(tp, data, len);
     g_free(data);
 }
 
@@ -399,9 +365,7 @@ static void test_recording_bitmap(void **state)
     blk_unref(e.dst);
     node_unref(src);
     node_unref(dst);
-    uint8_t *out = read_file(tp, len);
-    assert_memory_equal(out, data, len);
-    g_free(out);
+    expect_file(tp, data, len);
     g_free(data);
 }
 
@@ -571,11 +535,7 @@ static void test_compress(void **state)
     /* One chunk per cluster: compressed writes are whole clusters. */
     assert_int_equal(st.chunks, len / (64 * KiB));
     assert_int_equal(st.bytes_written, len);
-    block_copy_free(s);
-    blk_unref(e.src);
-    blk_unref(e.dst);
-    node_unref(src);
-    node_unref(dst);
+    copy_close(s, &e, src, dst);
 
     /* Read back through qcow2; the file holds far less than the data. */
     BlockNode *rd = open_json(json_pack("{s:s, s:{s:s, s:s}}",
@@ -637,14 +597,8 @@ static void test_offload(void **state)
         assert_int_equal(st.peak_memory, 0);
         assert_int_equal(dirty_bitmap_count(tbm), ROUND_UP(len, GRAN));
         dirty_bitmap_release(tbm);
-        block_copy_free(s);
-        blk_unref(e.src);
-        blk_unref(e.dst);
-        node_unref(src);
-        node_unref(dst);
-        uint8_t *out = read_file(tp, len);
-        assert_memory_equal(out, data, len);
-        g_free(out);
+        copy_close(s, &e, src, dst);
+        expect_file(tp, data, len);
     }
     g_free(data);
 }
@@ -674,14 +628,8 @@ static void test_offload_fallback(void **state)
     assert_int_equal(st.bytes_offloaded, 0);
     assert_int_equal(st.bytes_read, len);
     assert_int_equal(st.bytes_written, len);
-    block_copy_free(s);
-    blk_unref(e.src);
-    blk_unref(e.dst);
-    node_unref(src);
-    node_unref(dst);
-    uint8_t *out = read_file(tp, len);
-    assert_memory_equal(out, data, len);
-    g_free(out);
+    copy_close(s, &e, src, dst);
+    expect_file(tp, data, len);
     g_free(data);
 }
 

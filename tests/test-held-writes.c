@@ -170,20 +170,31 @@ static void test_qcow2_alloc_not_serialised(void **state)
 
 /* ---- copy-on-read ---- */
 
+/*
+ * A base full of byte under a top, and a backend on a copy-on-read
+ * filter cor_name over the top (qcow2 over blkdebug, node "img"); the
+ * images' paths in *bp and *tp.
+ */
+static BlockBackend *open_cor_chain(const char *base, const char *top,
+                                    int byte, const char *cor_name,
+                                    char **bp, char **tp)
+{
+    *bp = make_qcow2(base, SIZE, NULL);
+    BlockBackend *b = open_blk(*bp);
+    write_pattern(b, 0, SIZE, byte);
+    blk_unref(b);
+
+    *tp = make_qcow2(top, SIZE, *bp);
+    return open_blk_json(json_pack("{s:s, s:s, s:o}", "driver",
+                                   "copy-on-read", "node-name", cor_name,
+                                   "file", qcow2_over_blkdebug(*tp)));
+}
+
 static void test_cor_background_copies(void **state)
 {
     (void)state;
-    g_autofree char *bp = make_qcow2("base.qcow2", SIZE, NULL);
-    BlockBackend *b = open_blk(bp);
-    write_pattern(b, 0, SIZE, 0x11);
-    blk_unref(b);
-
-    g_autofree char *tp = make_qcow2("top.qcow2", SIZE, bp);
-    BlockBackend *blk = open_blk_json(json_pack("{s:s, s:s, s:o}",
-                                                "driver", "copy-on-read",
-                                                "node-name", "cor",
-                                                "file",
-                                                qcow2_over_blkdebug(tp)));
+    g_autofree char *bp = NULL, *tp = NULL;
+    BlockBackend *blk = open_cor_chain("base.qcow2", "top.qcow2", 0x11, "cor", &bp, &tp);
     BlockNode *cor = blk_node(blk);
     BlockNode *bd = blkdebug_of("img");
     Req c1, c2, g;
@@ -253,17 +264,8 @@ static void test_cor_background_copies(void **state)
 static void test_cor_background_idle(void **state)
 {
     (void)state;
-    g_autofree char *bp = make_qcow2("base2.qcow2", SIZE, NULL);
-    BlockBackend *b = open_blk(bp);
-    write_pattern(b, 0, SIZE, 0x22);
-    blk_unref(b);
-
-    g_autofree char *tp = make_qcow2("top2.qcow2", SIZE, bp);
-    BlockBackend *blk = open_blk_json(json_pack("{s:s, s:s, s:o}",
-                                                "driver", "copy-on-read",
-                                                "node-name", "cor2",
-                                                "file",
-                                                qcow2_over_blkdebug(tp)));
+    g_autofree char *bp = NULL, *tp = NULL;
+    BlockBackend *blk = open_cor_chain("base2.qcow2", "top2.qcow2", 0x22, "cor2", &bp, &tp);
     BlockNode *cor = blk_node(blk);
     BlockNode *bd = blkdebug_of("img");
     Req c1, c2;
