@@ -154,6 +154,7 @@ class IterativeBackend:
         self.rng = random.Random(seed + 1)
         self.dirty = set(range(0, size, self.REGION))
         self.raw = hashlib.sha256()     # every byte written into the pipe
+        self.round_raw = []             # each round as written
         self.rounds = 0
 
     def register(self, mon, id):
@@ -182,7 +183,9 @@ class IterativeBackend:
             payloads.append(struct.pack('>Q', off)
                             + bytes(self.state[off:off + n]))
         self.dirty = set()
-        self._write(records(payloads))
+        data = records(payloads)
+        self.round_raw.append(data)
+        self._write(data)
         self.rounds += 1
 
     def finish(self):
