@@ -19,6 +19,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include "strata/device-state.h"
 #include "strata/loop.h"
 #include "strata/mapped-ram.h"
 #include "mr-internal.h"
@@ -416,6 +417,11 @@ bool mr_save(MrTarget *t, MrBlock *blocks, unsigned nb_blocks,
             goto out;
         }
     }
+    /* iterative device state rounds are taken while the pages go */
+    if (p->devstate &&
+        !ds_save_begin(p->devstate, t->fd, end, stats, cancel, errp)) {
+        goto out;
+    }
     if (!run_channels(&w, t, errp)) {
         goto out;
     }
@@ -426,7 +432,9 @@ bool mr_save(MrTarget *t, MrBlock *blocks, unsigned nb_blocks,
             goto out;
         }
     }
-    if (!write_bytes(t->fd, mr_stream_tail(), end, stats, errp)) {
+    if (p->devstate
+        ? !ds_save_tail(p->devstate, t->fd, end, stats, cancel, errp)
+        : !write_bytes(t->fd, mr_stream_tail(), end, stats, errp)) {
         goto out;
     }
     if (fdatasync(t->fd) < 0) {
@@ -435,6 +443,7 @@ bool mr_save(MrTarget *t, MrBlock *blocks, unsigned nb_blocks,
     }
     ok = true;
 out:
+    ds_save_end(p->devstate);
     work_clear(&w);
     return ok;
 }

@@ -125,6 +125,17 @@ GByteArray *mr_block_entry(const MrBlock *b)
  */
 GByteArray *mr_stream_tail(void)
 {
+    GByteArray *out = mr_stream_ram_end();
+    GByteArray *eof = mr_stream_eof(MR_VMDESC);
+
+    g_byte_array_append(out, eof->data, eof->len);
+    g_byte_array_unref(eof);
+    return out;
+}
+
+/* The RAM section's end: after it, device state sections (device-state.c). */
+GByteArray *mr_stream_ram_end(void)
+{
     GByteArray *out = g_byte_array_new();
 
     put_be64(out, MR_RAM_EOS);
@@ -135,12 +146,20 @@ GByteArray *mr_stream_tail(void)
     put_be64(out, MR_RAM_EOS);
     put_u8(out, MR_SEC_FOOTER);
     put_be32(out, RAM_SECTION_ID);
+    return out;
+}
+
+/* QEMU_VM_EOF and the JSON description of the device sections. */
+GByteArray *mr_stream_eof(const char *vmdesc)
+{
+    GByteArray *out = g_byte_array_new();
+
     put_u8(out, MR_SEC_EOF);
     /* QEMU's loader expects its JSON description after EOF (it warns
-     * otherwise); strata's lists no devices */
+     * otherwise); it lists strata's device state streams, if any */
     put_u8(out, MR_SEC_VMDESCRIPTION);
-    put_be32(out, (uint32_t)strlen(MR_VMDESC));
-    g_byte_array_append(out, (const guint8 *)MR_VMDESC, strlen(MR_VMDESC));
+    put_be32(out, (uint32_t)strlen(vmdesc));
+    g_byte_array_append(out, (const guint8 *)vmdesc, strlen(vmdesc));
     return out;
 }
 
@@ -158,6 +177,9 @@ void mr_file_info_free(MrFileInfo *info)
     g_free(info->machine);
     g_ptr_array_unref(info->capabilities);
     g_ptr_array_unref(info->unread);
+    if (info->states) {
+        g_ptr_array_unref(info->states);
+    }
     g_free(info);
 }
 
@@ -451,6 +473,162 @@ static bool check_footer(Cursor *c, uint32_t section_id, GError **errp)
     return true;
 }
 
+/* ---- device state sections (docs/migration.md "Device state") ---- */
+
+/* The file's rounds are indexed, not read: a bound on the index. */
+#define MR_STATE_MAX_ROUNDS (1u << 20)
+
+static void dev_state_free(gpointer p)
+{
+    MrDevState *d = p;
+    g_free(d->id);
+    g_array_unref(d->rounds);
+    g_free(d);
+}
+
+static MrDevState *state_by_sid(MrFileInfo *info, uint32_t sid)
+{
+    for (unsigned i = 0; i < info->states->len; i++) {
+        MrDevState *d = info->states->pdata[i];
+        if (d->section_id == sid) {
+            return d;
+        }
+    }
+    return NULL;
+}
+
+/*
+ * One round: chunks (u32 length, bytes) up to a 0 length.  Only the
+ * lengths are read; every chunk must lie inside the file, so a truncated
+ * stream fails here, before anything is loaded.
+ */
+static bool walk_round(Cursor *c, MrDevState *d, GError **errp)
+{
+    uint64_t at = c->pos;
+
+    if (d->rounds->len >= MR_STATE_MAX_ROUNDS) {
+        error_setg(errp, "Migration file has more than %u rounds of device "
+                   "state '%s'", MR_STATE_MAX_ROUNDS, d->id);
+        return false;
+    }
+    for (;;) {
+        uint32_t len;
+        if (c->pos + 4 > c->size) {
+            error_setg(errp, "Migration file ends inside device state '%s' "
+                       "(truncated?)", d->id);
+            return false;
+        }
+        if (!get_be32(c, &len, errp)) {
+            return false;
+        }
+        if (!len) {
+            break;
+        }
+        if (c->pos + len > c->size) {
+            error_setg(errp, "Migration file ends inside device state '%s' "
+                       "(truncated?)", d->id);
+            return false;
+        }
+        c->pos += len;
+        d->bytes += len;
+    }
+    g_array_append_val(d->rounds, at);
+    return true;
+}
+
+/* A START or FULL section named "x-strata-state:ID". */
+static bool parse_state_start(Cursor *c, MrFileInfo *info, uint8_t type,
+                              uint32_t sid, uint32_t ram_sid,
+                              const char *name, uint32_t instance,
+                              uint32_t version, GError **errp)
+{
+    const char *id = name + strlen("x-strata-state:");
+
+    if (version != 1 || instance != 0) {
+        error_setg(errp, "Migration file has device state '%s' in format "
+                   "version %u instance %u, strata reads version 1 "
+                   "instance 0", id, version, instance);
+        return false;
+    }
+    if (sid == ram_sid || state_by_sid(info, sid)) {
+        error_setg(errp, "Migration file reuses section id %u for device "
+                   "state '%s'", sid, id);
+        return false;
+    }
+    for (unsigned i = 0; i < info->states->len; i++) {
+        MrDevState *o = info->states->pdata[i];
+        if (strcmp(o->id, id) == 0) {
+            error_setg(errp, "Migration file has device state '%s' twice", id);
+            return false;
+        }
+    }
+    MrDevState *d = g_new0(MrDevState, 1);
+    d->id = g_strdup(id);
+    d->section_id = sid;
+    d->iterative = type == MR_SEC_START;
+    d->rounds = g_array_new(false, false, sizeof(uint64_t));
+    g_ptr_array_add(info->states, d);
+    if (d->iterative) {
+        /* START opens the stream and carries no data: an empty chunk list */
+        uint32_t len;
+        if (!get_be32(c, &len, errp)) {
+            return false;
+        }
+        if (len) {
+            error_setg(errp, "Migration file has data in the start section "
+                       "of device state '%s'", id);
+            return false;
+        }
+    } else {
+        if (!walk_round(c, d, errp)) {
+            return false;
+        }
+        d->ended = true;
+    }
+    return check_footer(c, sid, errp);
+}
+
+/* A PART (one round) or END (no data) of an iterative stream. */
+static bool parse_state_part(Cursor *c, MrDevState *d, uint8_t type,
+                             GError **errp)
+{
+    if (!d->iterative || d->ended) {
+        error_setg(errp, "Migration file continues device state '%s' after "
+                   "its end", d->id);
+        return false;
+    }
+    if (type == MR_SEC_PART) {
+        if (!walk_round(c, d, errp)) {
+            return false;
+        }
+    } else {
+        uint32_t len;
+        if (!get_be32(c, &len, errp)) {
+            return false;
+        }
+        if (len) {
+            error_setg(errp, "Migration file has data in the end section of "
+                       "device state '%s'", d->id);
+            return false;
+        }
+        d->ended = true;
+    }
+    return check_footer(c, d->section_id, errp);
+}
+
+static bool states_ended(MrFileInfo *info, GError **errp)
+{
+    for (unsigned i = 0; i < info->states->len; i++) {
+        MrDevState *d = info->states->pdata[i];
+        if (!d->ended) {
+            error_setg(errp, "Migration file's device state '%s' has no end "
+                       "section (truncated?)", d->id);
+            return false;
+        }
+    }
+    return true;
+}
+
 /*
  * QEMU ends its stream with a JSON description of the device sections
  * (QEMU_VM_VMDESCRIPTION, 0x06, a 32-bit length, the JSON) right at the end
@@ -515,6 +693,7 @@ MrFileInfo *mr_file_parse(int fd, uint64_t offset, GError **errp)
 
     info->capabilities = g_ptr_array_new_with_free_func(g_free);
     info->unread = g_ptr_array_new_with_free_func(g_free);
+    info->states = g_ptr_array_new_with_free_func(dev_state_free);
     if (fstat(fd, &st) < 0) {
         error_setg_errno(errp, errno, "Could not stat the migration file");
         goto out;
@@ -544,7 +723,7 @@ MrFileInfo *mr_file_parse(int fd, uint64_t offset, GError **errp)
         switch (t) {
         case MR_SEC_EOF:
             info->reached_eof = true;
-            ok = true;
+            ok = states_ended(info, errp);
             goto out;
         case MR_SEC_CONFIGURATION:
             if (info->machine || ram_seen) {
@@ -576,6 +755,13 @@ MrFileInfo *mr_file_parse(int fd, uint64_t offset, GError **errp)
                 !get_be32(c, &sversion, errp)) {
                 goto out;
             }
+            if (g_str_has_prefix(name, "x-strata-state:") && ram_seen) {
+                if (!parse_state_start(c, info, t, sid, ram_sid, name,
+                                       instance, sversion, errp)) {
+                    goto out;
+                }
+                break;
+            }
             if (strcmp(name, "ram") != 0 || instance != 0 || ram_seen) {
                 g_ptr_array_add(info->unread, g_steal_pointer(&name));
                 name_unread_from_vmdesc(fd, info);
@@ -604,6 +790,12 @@ MrFileInfo *mr_file_parse(int fd, uint64_t offset, GError **errp)
         case MR_SEC_END:
             if (!get_be32(c, &sid, errp)) {
                 goto out;
+            }
+            if (ram_seen && state_by_sid(info, sid)) {
+                if (!parse_state_part(c, state_by_sid(info, sid), t, errp)) {
+                    goto out;
+                }
+                break;
             }
             if (!ram_seen || sid != ram_sid) {
                 error_setg(errp, "Migration file continues section %u "

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "strata/device-state.h"
 #include "strata/loop.h"
 #include "strata/migrate.h"
 
@@ -129,8 +130,11 @@ static gpointer load_thread(gpointer opaque)
             g_ptr_array_add(r->unread, g_strdup(info->unread->pdata[i]));
         }
         if (match_blocks(r, info, &r->err)) {
+            /* device state after the pages (the file was checked whole) */
             if (mr_load(&s->target, info, &s->params, &r->stats, &r->cancel,
-                        &r->err)) {
+                        &r->err) &&
+                ds_load(s->params.devstate, info, s->target.fd, &r->stats,
+                        &r->cancel, r->unread, &r->err)) {
                 loop_bh_remote(loop_main(), pages_done_bh, r);
             }
         }

@@ -13,5 +13,9 @@ GByteArray *mr_stream_head(const MrBlock *blocks, unsigned nb_blocks);
 GByteArray *mr_block_entry(const MrBlock *b);
 /* What follows the last block's pages, up to QEMU_VM_EOF. */
 GByteArray *mr_stream_tail(void);
+/* mr_stream_tail in two: the RAM section's end, and QEMU_VM_EOF with the
+ * JSON description @vmdesc; device state goes between them. */
+GByteArray *mr_stream_ram_end(void);
+GByteArray *mr_stream_eof(const char *vmdesc);
 
 #endif

@@ -15,6 +15,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "strata/device-state.h"
 #include "strata/fdset.h"
 #include "strata/loop.h"
 #include "strata/migrate.h"
@@ -494,6 +495,7 @@ static void on_done(void *opaque, const GError *err)
     bool failed = err != NULL;
     mig.run = NULL;
     mig_run_free(r);            /* err goes with it */
+    ds_registry_end();
     close_fds();
     unref_blocks();
     if (failed) {
@@ -560,8 +562,12 @@ static void start(bool incoming, Dest *d, GError **errp)
     /* multifd channels are not rate limited in QEMU; the main one is */
     spec.params.max_bandwidth = mig.multifd || incoming ? 0
                                                         : mig.max_bandwidth;
+    if (!ds_registry_begin(incoming, &spec.params.devstate, errp)) {
+        return;
+    }
     if (!open_target(d, !incoming, spec.params.channels,
                      spec.params.direct_io, &spec.target, &tmp, errp)) {
+        ds_registry_end();
         close_fds();
         g_free(spec.target.chan_fds);
         if (!incoming) {

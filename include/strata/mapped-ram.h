@@ -82,6 +82,20 @@ static inline uint64_t mr_bitmap_bytes(uint64_t pages)
     return (pages + bits - 1) / bits * sizeof(unsigned long);
 }
 
+/*
+ * A device state stream of a file (docs/migration.md "Device state"): the
+ * section "x-strata-state:ID"; its rounds are the chunk lists the loader
+ * copies (a plain stream has one).
+ */
+typedef struct MrDevState {
+    char *id;                   /* without the section name's prefix */
+    uint32_t section_id;
+    bool iterative;             /* START/PART.../END rather than FULL */
+    bool ended;
+    GArray *rounds;             /* uint64_t: offset of a round's 1st chunk */
+    uint64_t bytes;             /* data bytes of all rounds */
+} MrDevState;
+
 /* What a file holds, as far as strata reads it. */
 typedef struct MrFileInfo {
     char *machine;              /* configuration section, or NULL */
@@ -96,6 +110,7 @@ typedef struct MrFileInfo {
     GPtrArray *unread;          /* char * */
     bool reached_eof;           /* QEMU_VM_EOF seen (no unread section) */
     uint64_t file_size;
+    GPtrArray *states;          /* MrDevState *, in the file's order */
 } MrFileInfo;
 
 void mr_file_info_free(MrFileInfo *info);
@@ -120,6 +135,8 @@ typedef struct MrParams {
     unsigned channels;          /* >= 1: threads and descriptors for pages */
     bool direct_io;             /* O_DIRECT on the page descriptors */
     uint64_t max_bandwidth;     /* bytes/s over all pages, 0: unlimited */
+    /* device state streams to save after the RAM (strata/device-state.h) */
+    struct DsSet *devstate;
 } MrParams;
 
 /*

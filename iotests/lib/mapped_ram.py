@@ -7,6 +7,10 @@ strata's files with it and check every field.
     f.blocks[0].id, .used, .page_size, .bitmap_offset, .pages_offset
     f.page(block, index)                # the page's bytes (zeros if clear)
     f.block_bytes(block)                # the block's whole contents
+    f.states['ID']                      # device state "x-strata-state:ID":
+        .iterative, .rounds (per round its chunks' (offset, length)),
+        f.state_bytes('ID', round=None) # its data (one round or all)
+        f.round_bytes('ID', i)          # round i framed as the back end wrote it
 """
 
 import struct
@@ -43,6 +47,22 @@ class Block:
         return (self.bitmap[i // 8] >> (i % 8)) & 1
 
 
+STATE_PREFIX = 'x-strata-state:'
+
+
+class State:
+    """A device state stream (strata's sections after the RAM)."""
+
+    def __init__(self, id, sid, iterative, version):
+        self.id = id
+        self.sid = sid
+        self.iterative = iterative
+        self.version = version
+        self.rounds = []        # per round: [(data offset, length)], framing
+        self.round_spans = []   # per round: (start, end) of its framing
+        self.ended = False
+
+
 class File:
     def __init__(self, path, data, offset):
         self.path = path
@@ -54,6 +74,16 @@ class File:
         self.sections = []      # (type, id, name) in stream order
         self.vmdesc = None
         self.end = None         # offset just past QEMU_VM_EOF
+        self.states = {}        # id -> State, in the file's order
+
+    def state_bytes(self, id, round=None):
+        st = self.states[id]
+        rounds = st.rounds if round is None else [st.rounds[round]]
+        return b''.join(self.data[o:o + n] for r in rounds for o, n in r)
+
+    def round_bytes(self, id, i):
+        a, b = self.states[id].round_spans[i]
+        return self.data[a:b]
 
     def page(self, b, i):
         if not b.stored(i):
@@ -128,6 +158,51 @@ def _ram_words(c, f):
             c.pos = po + used
 
 
+def _chunks(c):
+    """Chunks (u32 length, bytes) up to a 0 length."""
+    out = []
+    while True:
+        n = c.be32()
+        if n == 0:
+            return out
+        out.append((c.pos, n))
+        c.take(n)
+
+
+def _state_section(c, f, t, sid, name, instance, version):
+    if instance != 0 or version != 1:
+        raise ValueError('device state %s: instance %d version %d'
+                         % (name, instance, version))
+    id = name[len(STATE_PREFIX):]
+    if id in f.states or any(s.sid == sid for s in f.states.values()):
+        raise ValueError('device state %s: twice or id %d reused'
+                         % (id, sid))
+    st = State(id, sid, t == START, version)
+    f.states[id] = st
+    if t == START:
+        if _chunks(c):
+            raise ValueError('device state %s: data in START' % id)
+    else:
+        a = c.pos
+        st.rounds.append(_chunks(c))
+        st.round_spans.append((a, c.pos))
+        st.ended = True
+
+
+def _state_part(c, st, t):
+    if not st.iterative or st.ended:
+        raise ValueError('device state %s continued after its end' % st.id)
+    a = c.pos
+    ch = _chunks(c)
+    if t == PART:
+        st.rounds.append(ch)
+        st.round_spans.append((a, c.pos))
+    else:
+        if ch:
+            raise ValueError('device state %s: data in END' % st.id)
+        st.ended = True
+
+
 def parse(path, offset=0):
     with open(path, 'rb') as fh:
         data = fh.read()
@@ -156,13 +231,20 @@ def parse(path, offset=0):
             name = c.str8()
             instance, version = c.be32(), c.be32()
             f.sections.append((t, sid, name, instance, version))
-            if name != 'ram':
+            if name.startswith(STATE_PREFIX) and f.blocks:
+                _state_section(c, f, t, sid, name, instance, version)
+            elif name != 'ram':
                 raise ValueError('device section %s: not read here' % name)
-            _ram_words(c, f)
+            else:
+                _ram_words(c, f)
         elif t in (PART, END):
             sid = c.be32()
             f.sections.append((t, sid, None, None, None))
-            _ram_words(c, f)
+            st = [s for s in f.states.values() if s.sid == sid]
+            if st:
+                _state_part(c, st[0], t)
+            else:
+                _ram_words(c, f)
         elif t == COMMAND:
             c.be16()
             c.take(c.be16())
@@ -171,6 +253,9 @@ def parse(path, offset=0):
             raise ValueError('section type 0x%x at %d' % (t, c.pos - 1))
         if c.u8() != FOOTER or c.be32() != f.sections[-1][1]:
             raise ValueError('no footer for section at %d' % c.pos)
+    for st in f.states.values():
+        if not st.ended:
+            raise ValueError('device state %s has no END' % st.id)
     if c.pos < len(data) and data[c.pos] == VMDESC:
         c.pos += 1
         f.vmdesc = c.take(c.be32()).decode()

@@ -5,7 +5,10 @@
  * description QEMU appends) ends in a description or an error, never a
  * crash, a hang or a sanitizer report; when it accepts the file, the blocks
  * it names (up to 4 MiB each) are loaded into memory of their size over
- * two channels, which also ends in success or an error.
+ * two channels, which also ends in success or an error; then its device
+ * state streams (x-strata-state sections, docs/migration.md "Device
+ * state") are handed to /dev/null, every other one registered and the
+ * rest reported as unread.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -13,6 +16,9 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <fcntl.h>
+
+#include "strata/device-state.h"
 #include "strata/mapped-ram.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -44,6 +50,23 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (!mr_load(&t, info, &p, &st, &cancel, &err)) {
         g_clear_error(&err);
     }
+    DsSet *ds = ds_set_new();
+    for (unsigned i = 0; i < info->states->len; i += 2) {
+        MrDevState *d = info->states->pdata[i];
+        ds_set_add(ds, d->id, open("/dev/null", O_WRONLY | O_CLOEXEC),
+                   d->iterative);
+    }
+    GPtrArray *unread = g_ptr_array_new_with_free_func(g_free);
+    if (!ds_load(ds, info, fd, &st, &cancel, unread, &err)) {
+        g_clear_error(&err);
+    }
+    for (unsigned i = 0; i < ds_set_count(ds); i++) {
+        if (ds_set_get(ds, i)->fd >= 0) {
+            close(ds_set_get(ds, i)->fd);
+        }
+    }
+    ds_set_free(ds);
+    g_ptr_array_unref(unread);
     for (unsigned i = 0; i < info->nb_blocks; i++) {
         g_free(info->blocks[i].host);
     }

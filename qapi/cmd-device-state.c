@@ -1,0 +1,259 @@
+/*
+ * Device state streams over QMP (docs/migration.md "Device state"): the
+ * monitor registers a back end's descriptor under an id with
+ * x-strata-device-state-add; the next migrate or migrate-incoming takes
+ * every registered stream (strata/device-state.h), and when it ended the
+ * streams it spent are closed and show what happened in
+ * x-strata-query-device-state.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "strata/device-state.h"
+#include "strata/fdset.h"
+#include "strata/id.h"
+#include "strata/qmp-server.h"
+#include "qapi-commands.h"
+
+/* Named descriptors are the QMP server's (see qapi/cmd-migration.c). */
+extern int qmp_session_named_fd(QmpSession *s, const char *name)
+    __attribute__((weak));
+extern bool qmp_session_close_named_fd(QmpSession *s, const char *name)
+    __attribute__((weak));
+
+typedef struct Entry {
+    char *id;
+    int fd;                     /* -1 once spent */
+    bool iterative;
+    XStrataDeviceStateStatus status;
+    uint64_t bytes, rounds;
+    DsStream *live;             /* in the running migration */
+} Entry;
+
+static GPtrArray *entries;      /* Entry * in registration order */
+static DsSet *running;
+static bool running_incoming;
+
+static void entry_close(Entry *e)
+{
+    if (e->fd >= 0) {
+        close(e->fd);
+        e->fd = -1;
+    }
+}
+
+static void entry_free(gpointer p)
+{
+    Entry *e = p;
+    entry_close(e);
+    g_free(e->id);
+    g_free(e);
+}
+
+static Entry *find(const char *id, unsigned *index)
+{
+    for (unsigned i = 0; entries && i < entries->len; i++) {
+        Entry *e = entries->pdata[i];
+        if (strcmp(e->id, id) == 0) {
+            if (index) {
+                *index = i;
+            }
+            return e;
+        }
+    }
+    return NULL;
+}
+
+/*
+ * A getfd name (taken from the monitor, as migrate fd: does) or a set's
+ * member (a plain duplicate: the restore closes it when done).
+ */
+static int take_fd(const char *name, GError **errp)
+{
+    if (fdset_is_fdset_name(name)) {
+        /* the direction of a pipe end is its access mode */
+        static const int modes[] = { O_RDONLY, O_WRONLY, O_RDWR };
+        for (unsigned i = 0; i < G_N_ELEMENTS(modes); i++) {
+            g_autoptr(GError) err = NULL;
+            int fd = fdset_open(name, modes[i], &err);
+            if (fd >= 0) {
+                int plain = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+                fdset_close(fd);
+                if (plain < 0) {
+                    error_setg_errno(errp, errno, "Could not use '%s'", name);
+                }
+                return plain;
+            }
+            if (i == G_N_ELEMENTS(modes) - 1) {
+                g_propagate_error(errp, g_steal_pointer(&err));
+            }
+        }
+        return -1;
+    }
+    QmpSession *s = qmp_session_current();
+    int named = s && qmp_session_named_fd ? qmp_session_named_fd(s, name)
+                                          : -1;
+    if (named < 0) {
+        error_setg(errp, "File descriptor named '%s' has not been found",
+                   name);
+        return -1;
+    }
+    int fd = fcntl(named, F_DUPFD_CLOEXEC, 0);
+    if (fd < 0) {
+        error_setg_errno(errp, errno, "Could not use descriptor '%s'", name);
+        return -1;
+    }
+    qmp_session_close_named_fd(s, name);
+    return fd;
+}
+
+void qmp_x_strata_device_state_add(const char *id, const char *fd,
+                                   bool has_iterative, bool iterative,
+                                   GError **errp)
+{
+    unsigned index;
+    Entry *old = find(id, &index);
+
+    if (!id_wellformed(id) || strlen(id) > DS_ID_MAX) {
+        error_setg(errp, "Device state id '%s' is not a valid name (a letter, "
+                   "then letters, digits, '-', '.', '_'; at most %u)", id,
+                   (unsigned)DS_ID_MAX);
+        return;
+    }
+    if (old && old->fd >= 0) {
+        error_setg(errp, "Device state '%s' is already registered", id);
+        return;
+    }
+    Entry *e = g_new0(Entry, 1);
+    e->fd = take_fd(fd, errp);
+    if (e->fd < 0) {
+        g_free(e);
+        return;
+    }
+    e->id = g_strdup(id);
+    e->iterative = has_iterative && iterative;
+    e->status = X_STRATA_DEVICE_STATE_STATUS_REGISTERED;
+    if (!entries) {
+        entries = g_ptr_array_new_with_free_func(entry_free);
+    }
+    if (old) {
+        /* a spent stream of the same id: replaced */
+        g_ptr_array_remove_index(entries, index);
+    }
+    g_ptr_array_add(entries, e);
+}
+
+void qmp_x_strata_device_state_del(const char *id, GError **errp)
+{
+    unsigned index;
+    Entry *e = find(id, &index);
+
+    if (!e) {
+        error_setg(errp, "Device state '%s' is not registered", id);
+        return;
+    }
+    if (e->live) {
+        error_setg(errp, "Device state '%s' is in use by a migration", id);
+        return;
+    }
+    g_ptr_array_remove_index(entries, index);
+}
+
+XStrataDeviceStateInfoList *qmp_x_strata_query_device_state(GError **errp)
+{
+    XStrataDeviceStateInfoList *head = NULL, **tail = &head;
+
+    for (unsigned i = 0; entries && i < entries->len; i++) {
+        Entry *e = entries->pdata[i];
+        XStrataDeviceStateInfoList *l = g_new0(XStrataDeviceStateInfoList, 1);
+        XStrataDeviceStateInfo *info = g_new0(XStrataDeviceStateInfo, 1);
+        info->id = g_strdup(e->id);
+        info->iterative = e->iterative;
+        info->status = e->status;
+        info->bytes = e->live ? atomic_load(&e->live->bytes) : e->bytes;
+        info->rounds = e->live ? atomic_load(&e->live->rounds) : e->rounds;
+        l->value = info;
+        *tail = l;
+        tail = &l->next;
+    }
+    return head;
+}
+
+bool ds_registry_begin(bool incoming, DsSet **out, GError **errp)
+{
+    *out = NULL;
+    for (unsigned i = 0; entries && i < entries->len; i++) {
+        Entry *e = entries->pdata[i];
+        if (e->fd < 0) {
+            continue;
+        }
+        int acc = fcntl(e->fd, F_GETFL) & O_ACCMODE;
+        if (incoming ? acc == O_RDONLY : acc == O_WRONLY) {
+            error_setg(errp, "Device state '%s' has a descriptor the daemon "
+                       "cannot %s (a %s)", e->id,
+                       incoming ? "write" : "read",
+                       incoming ? "restore writes the state into it"
+                                : "save reads the state from it");
+            return false;
+        }
+    }
+    for (unsigned i = 0; entries && i < entries->len; i++) {
+        Entry *e = entries->pdata[i];
+        if (e->fd < 0) {
+            continue;
+        }
+        if (!*out) {
+            *out = ds_set_new();
+        }
+        e->live = ds_set_add(*out, e->id, e->fd, e->iterative);
+        e->status = incoming ? X_STRATA_DEVICE_STATE_STATUS_RESTORING
+                             : X_STRATA_DEVICE_STATE_STATUS_SAVING;
+    }
+    running = *out;
+    running_incoming = incoming;
+    return true;
+}
+
+void ds_registry_end(void)
+{
+    for (unsigned i = 0; entries && i < entries->len; i++) {
+        Entry *e = entries->pdata[i];
+        DsStream *st = e->live;
+        if (!st) {
+            continue;
+        }
+        /* ds_load closed the descriptors it handed a state to */
+        if (st->fd < 0) {
+            e->fd = -1;
+        }
+        e->bytes = atomic_load(&st->bytes);
+        e->rounds = atomic_load(&st->rounds);
+        switch (atomic_load(&st->outcome)) {
+        case DS_DONE:
+            e->status = running_incoming
+                ? X_STRATA_DEVICE_STATE_STATUS_RESTORED
+                : X_STRATA_DEVICE_STATE_STATUS_SAVED;
+            entry_close(e);
+            break;
+        case DS_FAILED:
+            e->status = X_STRATA_DEVICE_STATE_STATUS_FAILED;
+            entry_close(e);
+            break;
+        case DS_NOT_IN_FILE:
+            e->status = X_STRATA_DEVICE_STATE_STATUS_NOT_IN_FILE;
+            warn_print("migrate-incoming: device state '%s' is registered "
+                       "but the file has none; its descriptor was left "
+                       "alone", e->id);
+            break;
+        default:
+            /* untouched (the migration failed before): still usable */
+            e->status = X_STRATA_DEVICE_STATE_STATUS_REGISTERED;
+            break;
+        }
+        e->live = NULL;
+    }
+    ds_set_free(running);
+    running = NULL;
+}
