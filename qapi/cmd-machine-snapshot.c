@@ -352,6 +352,35 @@ static void update_progress(MachineJob *s)
 }
 
 /*
+ * The new file, complete and synced, replaces the target, and the rename
+ * is made durable: from here on the snapshot stands (a crash before it
+ * leaves the previous file; the disks' overlays are then unused files).
+ */
+static bool commit_file(MachineJob *s, GError **errp)
+{
+    g_autofree char *dir = g_path_get_dirname(s->file);
+    int fd;
+
+    if (rename(s->tmp_path, s->file) < 0) {
+        error_setg_errno(errp, errno, "Could not rename '%s' to '%s'",
+                         s->tmp_path, s->file);
+        return false;
+    }
+    g_free(s->tmp_path);
+    s->tmp_path = NULL;
+    fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0 || fsync(fd) < 0) {
+        /* renamed already: the file is whole, only its name may not last */
+        warn_print("x-strata-machine-snapshot: could not flush directory "
+                   "'%s': %s", dir, g_strerror(errno));
+    }
+    if (fd >= 0) {
+        close(fd);
+    }
+    return true;
+}
+
+/*
  * Runs the save or load to its end.  A cancel stops it (the run removes
  * its new file); returns false with *errp set (NULL cause: cancelled).
  * *touched: guest pages were written (a load that failed part-way).
@@ -366,8 +395,7 @@ static bool coroutine_fn run_ram(MachineJob *s, bool save, bool *touched,
                     .max_bandwidth = save ? s->max_bandwidth : 0 },
         .blocks = s->blocks,
         .nb_blocks = s->nb_blocks,
-        .tmp_path = s->tmp_path,
-        .final_path = s->tmp_path ? s->file : NULL,
+        /* the rename is this job's commit point: done below, not there */
         .done = run_done,
         .opaque = s,
     };
@@ -378,9 +406,6 @@ static bool coroutine_fn run_ram(MachineJob *s, bool save, bool *touched,
     }
     job_progress_set_remaining(&s->common, total);
     s->run = save ? mig_run_save(&spec) : mig_run_load(&spec);
-    /* The run removes the new file if it fails, renames it if not. */
-    g_free(s->tmp_path);
-    s->tmp_path = NULL;
 
     while (!s->run_done && !job_is_cancelled(&s->common)) {
         job_sleep_ns(&s->common, PROGRESS_NS);
@@ -408,7 +433,7 @@ static bool coroutine_fn run_ram(MachineJob *s, bool save, bool *touched,
         s->run_err = NULL;
         return false;
     }
-    return true;
+    return !s->tmp_path || commit_file(s, errp);
 }
 
 /* ---- disks ---- */
