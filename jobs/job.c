@@ -28,6 +28,7 @@ static const char *const verb_names[JOB_VERB__MAX] = {
 static const char *const type_names[JOB_TYPE__MAX] = {
     "commit", "stream", "mirror", "backup", "create", "amend",
     "snapshot-load", "snapshot-save", "snapshot-delete",
+    "x-strata-machine-snapshot", "x-strata-machine-restore",
 };
 
 #define S(x) (1u << JOB_STATUS_##x)

@@ -510,3 +510,14 @@ SnapshotInfo *qmp_blockdev_snapshot_delete_internal_sync(const char *device,
     }
     return info;
 }
+
+/*
+ * For x-strata-machine-snapshot and -restore (qapi/cmd-machine-snapshot.c):
+ * the image blockdev-snapshot-sync would create and open for old_bs, with
+ * its checks and messages, not yet on top of anything.
+ */
+BlockNode *snapshot_open_new_overlay(BlockdevSnapshotSync *s,
+                                     BlockNode *old_bs, GError **errp)
+{
+    return open_new_overlay(s, old_bs, errp);
+}

@@ -68,6 +68,13 @@ BlockNode *txn_root_node(const char *name, GError **errp);
 extern const TxnActionOps txn_external_snapshot;
 /* qapi/cmd-snapshot.c: blockdev-snapshot-internal-sync */
 extern const TxnActionOps txn_internal_snapshot;
+/*
+ * qapi/cmd-snapshot.c: blockdev-snapshot-sync's new overlay for old_bs
+ * (created unless mode=existing, opened without backing, with old_bs's
+ * access and cache flags), for x-strata-machine-snapshot/-restore.
+ */
+BlockNode *snapshot_open_new_overlay(BlockdevSnapshotSync *s,
+                                     BlockNode *old_bs, GError **errp);
 
 /* qapi/cmd-backup.c: blockdev-backup and drive-backup */
 extern const TxnActionOps txn_blockdev_backup;

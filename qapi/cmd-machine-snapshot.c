@@ -1,0 +1,997 @@
+/*
+ * x-strata-machine-snapshot and x-strata-machine-restore: a whole
+ * machine's state (guest RAM, and the disks as external snapshots) saved
+ * to a file and put back, each as one job (docs/migration.md "Machine
+ * snapshot", with the same recipe in plain QEMU commands).
+ *
+ * A snapshot runs these steps, each named in the job's error if it fails:
+ *   check        nodes, RAM blocks and arguments against the daemon's state
+ *   file         a new file beside the target (or the fdset's descriptor)
+ *   overlays     the new overlay images created and opened, drained
+ *   transaction  the nodes drained, the overlays put on them: all or none
+ *   ram          the RAM written, synced, renamed over the target
+ * and then releases the disks: requests held back since the transaction
+ * started go to the overlays.  A failure at any step undoes the steps
+ * before it (the overlays come off again, the files this job created are
+ * removed), so the disks and the previous state file are as they were.
+ * That is why new requests stay held back until the end: an overlay taken
+ * off again must not have been written.
+ *
+ * A restore:
+ *   check        nodes, snapshot nodes, arguments
+ *   file         the state file read and matched with the memory backends
+ *                (ids and sizes), nothing written yet
+ *   overlays     new empty overlays created on the snapshot nodes, drained
+ *   disks        the nodes drained, the overlays put in their places, all
+ *                or none
+ *   ram          the RAM loaded; on failure the disks go back
+ * and then releases the disks and drops the nodes it replaced (their
+ * files are left as they are).
+ *
+ * Why jobs: a VM monitor already drives snapshot-save and snapshot-load
+ * as jobs; a job reports progress (RAM bytes) in query-jobs, keeps its
+ * error until job-dismiss (a monitor that reconnects still learns how it
+ * ended, an event would be lost), and job-cancel stops a long save and
+ * undoes it.  The saves and loads use strata/migrate.h, the threads that
+ * `migrate` uses.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "transaction.h"
+#include "strata/block-ops.h"
+#include "strata/block.h"
+#include "strata/coroutine.h"
+#include "strata/error.h"
+#include "strata/fdset.h"
+#include "strata/job.h"
+#include "strata/loop.h"
+#include "strata/mapped-ram.h"
+#include "strata/migrate.h"
+#include "strata/ram-block.h"
+#include "qapi-commands.h"
+#include "job-settle.h"
+
+#define DEFAULT_CHANNELS 2
+#define PROGRESS_NS (50 * 1000 * 1000)
+
+/* One disk's arguments, copied from the command's. */
+typedef struct DiskArg {
+    char *device;               /* snapshot: as blockdev-snapshot-sync */
+    char *node_name;
+    char *base_name;            /* restore: snapshot-node */
+    char *overlay_file;
+    char *overlay_node_name;
+    char *format;
+    bool has_mode;
+    NewImageMode mode;
+} DiskArg;
+
+/* One disk while the job runs. */
+typedef struct Disk {
+    BlockNode *node;            /* snapshotted / in the VM's place; ref */
+    BlockNode *base;            /* restore: the snapshot node; ref */
+    BlockNode *overlay;         /* the new overlay; ref */
+    char *created;              /* overlay file this job made, or NULL */
+    bool node_drained, base_drained, overlay_drained;
+    bool swapped;               /* restore: overlay in node's place */
+    bool was_rw;                /* snapshot: node writable before */
+} Disk;
+
+typedef struct MachineJob {
+    Job common;
+    bool restore;
+    char *file;
+    DiskArg *args;
+    unsigned nb_disks;
+    GPtrArray *ram_ids;         /* char *; NULL: all blocks */
+    unsigned channels;
+    bool direct_io;
+    uint64_t max_bandwidth;
+
+    /* while it runs */
+    Disk *disks;
+    GPtrArray *rbs;             /* RamBlock *, referenced */
+    MrBlock *blocks;            /* what to save or load into */
+    unsigned nb_blocks;
+    int fd;
+    int *chan_fds;
+    unsigned nb_fds;            /* chan_fds opened so far */
+    char *tmp_path;             /* ours to remove until the run takes it */
+    MigRun *run;
+    bool run_done;
+    bool waiting;               /* in a plain yield, not a job sleep */
+    GError *run_err;
+    uint64_t progress;
+} MachineJob;
+
+/* One machine job at a time: they use the same RAM and maybe the nodes. */
+static MachineJob *running_job;
+
+/* ---- errors ---- */
+
+/* The job's error: the step, the cause, and the state it leaves. */
+static int step_failed(GError **errp, const char *step, GError *cause,
+                       const char *state)
+{
+    error_setg(errp, "step '%s' failed: %s; %s", step,
+               cause ? cause->message : "cancelled", state);
+    if (cause) {
+        g_error_free(cause);
+    }
+    return -EIO;
+}
+
+/* ---- RAM blocks ---- */
+
+/* A block whose memory the VM monitor shrank would fault (SIGBUS). */
+static bool ram_block_readable(RamBlock *rb, GError **errp)
+{
+    struct stat st;
+
+    if (rb->fd >= 0 && fstat(rb->fd, &st) == 0 && S_ISREG(st.st_mode) &&
+        (uint64_t)st.st_size < rb->size) {
+        error_setg(errp, "RAM block '%s' cannot be read: its memory is %"
+                   PRIu64 " bytes, the block %" PRIu64 " (did the VM "
+                   "monitor shrink it?)", rb->id, (uint64_t)st.st_size,
+                   rb->size);
+        return false;
+    }
+    return true;
+}
+
+static void add_block(MachineJob *s, RamBlock *rb)
+{
+    ram_block_ref(rb);
+    g_ptr_array_add(s->rbs, rb);
+}
+
+/* Snapshot: the blocks named (default all), readable. */
+static bool resolve_ram(MachineJob *s, GError **errp)
+{
+    if (!s->ram_ids) {
+        for (RamBlock *rb = ram_block_first(); rb; rb = ram_block_next(rb)) {
+            add_block(s, rb);
+        }
+    } else {
+        for (guint i = 0; i < s->ram_ids->len; i++) {
+            const char *id = s->ram_ids->pdata[i];
+            RamBlock *rb = ram_block_find(id);
+            if (!rb) {
+                error_setg(errp, "No memory backend has the RAM block '%s'",
+                           id);
+                return false;
+            }
+            for (guint k = 0; k < i; k++) {
+                if (!strcmp(s->ram_ids->pdata[k], id)) {
+                    error_setg(errp, "RAM block '%s' is named twice", id);
+                    return false;
+                }
+            }
+            add_block(s, rb);
+        }
+    }
+    if (s->rbs->len == 0) {
+        error_setg(errp, "There is no RAM to save: add a memory backend "
+                   "(object-add memory-backend-memfd or -file) first");
+        return false;
+    }
+    for (guint i = 0; i < s->rbs->len; i++) {
+        if (!ram_block_readable(s->rbs->pdata[i], errp)) {
+            return false;
+        }
+    }
+    s->nb_blocks = s->rbs->len;
+    s->blocks = g_new0(MrBlock, s->nb_blocks);
+    for (guint i = 0; i < s->rbs->len; i++) {
+        RamBlock *rb = s->rbs->pdata[i];
+        s->blocks[i].id = rb->id;
+        s->blocks[i].used = rb->size;
+        s->blocks[i].host = rb->host;
+    }
+    return true;
+}
+
+/*
+ * Restore: every RAM block of the file must have a writable memory
+ * backend of its id and size (a machine restore that would leave one out
+ * is refused), and the file must hold nothing strata cannot load.
+ */
+static bool match_ram(MachineJob *s, MrFileInfo *info, GError **errp)
+{
+    if (info->unread->len) {
+        error_setg(errp, "'%s' holds device state strata cannot load ('%s')",
+                   s->file, (char *)info->unread->pdata[0]);
+        return false;
+    }
+    s->nb_blocks = info->nb_blocks;
+    s->blocks = g_new0(MrBlock, s->nb_blocks);
+    for (unsigned i = 0; i < info->nb_blocks; i++) {
+        MrBlock *fb = &info->blocks[i];
+        RamBlock *rb = ram_block_find(fb->id);
+        if (!rb) {
+            error_setg(errp, "RAM block '%s' of '%s' has no memory backend",
+                       fb->id, s->file);
+            return false;
+        }
+        if (rb->size != fb->used) {
+            /* QEMU's words for the same mismatch */
+            error_setg(errp, "Length mismatch: %s: 0x%" PRIx64 " in != 0x%"
+                       PRIx64, fb->id, fb->used, rb->size);
+            return false;
+        }
+        if (rb->readonly) {
+            error_setg(errp, "RAM block '%s' is read-only", rb->id);
+            return false;
+        }
+        if (!ram_block_readable(rb, errp)) {
+            return false;
+        }
+        add_block(s, rb);
+        s->blocks[i].id = rb->id;
+        s->blocks[i].used = rb->size;
+        s->blocks[i].host = rb->host;
+    }
+    return true;
+}
+
+/* ---- the state file ---- */
+
+static bool open_channels(MachineJob *s, const char *path, int acc,
+                          GError **errp)
+{
+    s->chan_fds = g_new0(int, s->channels);
+    for (unsigned i = 0; i < s->channels; i++) {
+        int fd = open(path, acc | O_CLOEXEC | (s->direct_io ? O_DIRECT : 0));
+        if (fd < 0) {
+            if (errno == EINVAL && s->direct_io) {
+                error_setg(errp, "Could not open '%s': filesystem does not "
+                           "support O_DIRECT", s->file);
+            } else {
+                error_setg_errno(errp, errno, "Could not open '%s'",
+                                 s->file);
+            }
+            return false;
+        }
+        s->chan_fds[s->nb_fds++] = fd;
+    }
+    return true;
+}
+
+/*
+ * The stream descriptor and one per channel (O_DIRECT is a flag of the
+ * open file, so each channel opens the file again; a fdset member is
+ * reopened through /proc).  A save to a path goes to a new file beside it.
+ */
+static bool open_file(MachineJob *s, bool save, GError **errp)
+{
+    int acc = save ? O_WRONLY : O_RDONLY;
+    g_autofree char *proc = NULL;
+    const char *path = s->file;
+
+    if (fdset_is_fdset_name(s->file)) {
+        s->fd = fdset_open(s->file, acc, errp);
+        if (s->fd < 0) {
+            return false;
+        }
+        proc = g_strdup_printf("/proc/self/fd/%d", s->fd);
+        path = proc;
+    } else if (save) {
+        s->tmp_path = g_strdup_printf("%s.strata-XXXXXX", s->file);
+        s->fd = g_mkstemp_full(s->tmp_path, O_RDWR | O_CLOEXEC, 0600);
+        if (s->fd < 0) {
+            error_setg_errno(errp, errno, "Could not create '%s'", s->file);
+            g_free(s->tmp_path);
+            s->tmp_path = NULL;
+            return false;
+        }
+        path = s->tmp_path;
+    } else {
+        s->fd = open(s->file, O_RDONLY | O_CLOEXEC);
+        if (s->fd < 0) {
+            error_setg_errno(errp, errno, "Could not open '%s'", s->file);
+            return false;
+        }
+    }
+    if (lseek(s->fd, 0, SEEK_END) < 0) {
+        error_setg(errp, "'%s' is not seekable", s->file);
+        return false;
+    }
+    return open_channels(s, path, acc, errp);
+}
+
+static void close_file(MachineJob *s)
+{
+    for (unsigned i = 0; i < s->nb_fds; i++) {
+        close(s->chan_fds[i]);
+    }
+    g_free(s->chan_fds);
+    s->chan_fds = NULL;
+    s->nb_fds = 0;
+    if (s->fd >= 0) {
+        fdset_close(s->fd);
+        s->fd = -1;
+    }
+    if (s->tmp_path) {
+        unlink(s->tmp_path);
+        g_free(s->tmp_path);
+        s->tmp_path = NULL;
+    }
+}
+
+/* ---- the save or load, in strata/migrate.h's threads ---- */
+
+static void run_done(void *opaque, const GError *err)
+{
+    MachineJob *s = opaque;
+
+    s->run_done = true;
+    if (err) {
+        s->run_err = g_error_copy(err);
+    }
+    if (s->waiting) {
+        co_wake(s->common.co);
+    } else {
+        job_enter(&s->common);
+    }
+}
+
+static void update_progress(MachineJob *s)
+{
+    uint64_t done = atomic_load(&mig_run_stats(s->run)->done_bytes);
+
+    if (done > s->progress) {
+        job_progress_update(&s->common, done - s->progress);
+        s->progress = done;
+    }
+}
+
+/*
+ * The new file, complete and synced, replaces the target, and the rename
+ * is made durable: from here on the snapshot stands (a crash before it
+ * leaves the previous file; the disks' overlays are then unused files).
+ */
+static bool commit_file(MachineJob *s, GError **errp)
+{
+    g_autofree char *dir = g_path_get_dirname(s->file);
+    int fd;
+
+    if (rename(s->tmp_path, s->file) < 0) {
+        error_setg_errno(errp, errno, "Could not rename '%s' to '%s'",
+                         s->tmp_path, s->file);
+        return false;
+    }
+    g_free(s->tmp_path);
+    s->tmp_path = NULL;
+    fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0 || fsync(fd) < 0) {
+        /* renamed already: the file is whole, only its name may not last */
+        warn_print("x-strata-machine-snapshot: could not flush directory "
+                   "'%s': %s", dir, g_strerror(errno));
+    }
+    if (fd >= 0) {
+        close(fd);
+    }
+    return true;
+}
+
+/*
+ * Runs the save or load to its end.  A cancel stops it (the run removes
+ * its new file); returns false with *errp set (NULL cause: cancelled).
+ * *touched: guest pages were written (a load that failed part-way).
+ */
+static bool coroutine_fn run_ram(MachineJob *s, bool save, bool *touched,
+                                 GError **errp)
+{
+    MigSpec spec = {
+        .target = { .fd = s->fd, .chan_fds = s->chan_fds,
+                    .nb_chan = s->channels, .offset = 0 },
+        .params = { .channels = s->channels, .direct_io = s->direct_io,
+                    .max_bandwidth = save ? s->max_bandwidth : 0 },
+        .blocks = s->blocks,
+        .nb_blocks = s->nb_blocks,
+        /* the rename is this job's commit point: done below, not there */
+        .done = run_done,
+        .opaque = s,
+    };
+    uint64_t total = 0;
+
+    for (unsigned i = 0; i < s->nb_blocks; i++) {
+        total += s->blocks[i].used;
+    }
+    job_progress_set_remaining(&s->common, total);
+    s->run = save ? mig_run_save(&spec) : mig_run_load(&spec);
+
+    while (!s->run_done && !job_is_cancelled(&s->common)) {
+        job_sleep_ns(&s->common, PROGRESS_NS);
+        update_progress(s);
+    }
+    if (!s->run_done) {
+        /* cancelled: job sleeps return at once now, so wait plainly */
+        mig_run_cancel(s->run);
+        s->waiting = true;
+        while (!s->run_done) {
+            co_yield();
+        }
+        s->waiting = false;
+    }
+    update_progress(s);
+    *touched = !save && atomic_load(&mig_run_stats(s->run)->done_bytes) > 0;
+    bool cancelled = mig_run_cancelled(s->run);
+    mig_run_free(s->run);
+    s->run = NULL;
+    if (s->run_err || cancelled) {
+        if (cancelled) {
+            g_clear_error(&s->run_err);
+        }
+        *errp = s->run_err;
+        s->run_err = NULL;
+        return false;
+    }
+    return !s->tmp_path || commit_file(s, errp);
+}
+
+/* ---- disks ---- */
+
+static void disk_drain(BlockNode *bs, bool *drained)
+{
+    if (bs && !*drained) {
+        node_drain_begin(bs);
+        *drained = true;
+    }
+}
+
+static void disk_undrain(BlockNode *bs, bool *drained)
+{
+    if (*drained) {
+        node_drain_end(bs);
+        *drained = false;
+    }
+}
+
+static bool name_taken_twice(MachineJob *s, unsigned i, GError **errp)
+{
+    for (unsigned k = 0; k < i; k++) {
+        if (s->disks[k].node == s->disks[i].node) {
+            error_setg(errp, "Node '%s' is named twice in 'disks'",
+                       node_get_name(s->disks[i].node));
+            return true;
+        }
+        if (!strcmp(s->args[k].overlay_file, s->args[i].overlay_file)) {
+            error_setg(errp, "Overlay file '%s' is named twice in 'disks'",
+                       s->args[i].overlay_file);
+            return true;
+        }
+    }
+    return false;
+}
+
+static bool resolve_disks(MachineJob *s, GError **errp)
+{
+    s->disks = g_new0(Disk, s->nb_disks);
+    for (unsigned i = 0; i < s->nb_disks; i++) {
+        DiskArg *a = &s->args[i];
+        Disk *d = &s->disks[i];
+
+        d->node = txn_lookup_node(a->device, a->node_name, errp);
+        if (!d->node) {
+            return false;
+        }
+        node_ref(d->node);
+        d->was_rw = !node_is_read_only(d->node);
+        if (name_taken_twice(s, i, errp)) {
+            return false;
+        }
+        if (!s->restore) {
+            continue;
+        }
+        d->base = txn_lookup_node(NULL, a->base_name, errp);
+        if (!d->base) {
+            return false;
+        }
+        node_ref(d->base);
+        uint64_t perm, shared;
+        node_get_cumulative_perm(d->base, &perm, &shared);
+        if (perm & BLK_PERM_WRITE) {
+            error_setg(errp, "Snapshot node '%s' is written by another user: "
+                       "a restore needs the image the snapshot left "
+                       "unchanged", a->base_name);
+            return false;
+        }
+    }
+    return true;
+}
+
+/*
+ * Creates (unless mode=existing) and opens every new overlay, as
+ * blockdev-snapshot-sync does, drained and on top of nothing yet.  A file
+ * that did not exist before is this job's: removed if the job fails.
+ */
+static bool coroutine_fn create_overlays(MachineJob *s, GError **errp)
+{
+    for (unsigned i = 0; i < s->nb_disks; i++) {
+        DiskArg *a = &s->args[i];
+        Disk *d = &s->disks[i];
+        BlockNode *below = s->restore ? d->base : d->node;
+        BlockdevSnapshotSync sync = {
+            .snapshot_file = a->overlay_file,
+            .snapshot_node_name = a->overlay_node_name,
+            .format = a->format,
+            .has_mode = a->has_mode,
+            .mode = a->mode,
+        };
+        struct stat st;
+        bool existed = stat(a->overlay_file, &st) == 0;
+
+        d->overlay = snapshot_open_new_overlay(&sync, below, errp);
+        if (!existed && (!a->has_mode || a->mode != NEW_IMAGE_MODE_EXISTING)
+            && stat(a->overlay_file, &st) == 0) {
+            d->created = g_strdup(a->overlay_file);
+        }
+        if (!d->overlay) {
+            return false;
+        }
+        /* on a read-only snapshot node it opened read-only: the VM writes */
+        if (s->restore && node_is_read_only(d->overlay) &&
+            !node_reopen(d->overlay, NULL, false, errp)) {
+            return false;
+        }
+        disk_drain(d->overlay, &d->overlay_drained);
+    }
+    return true;
+}
+
+/* The snapshot's transaction: blockdev-snapshot of each overlay. */
+static bool coroutine_fn snapshot_disks(MachineJob *s, GError **errp)
+{
+    g_autofree TransactionActionList *list =
+        g_new0(TransactionActionList, s->nb_disks);
+    g_autofree TransactionAction *actions =
+        g_new0(TransactionAction, s->nb_disks);
+    g_autofree BlockdevSnapshot *data = g_new0(BlockdevSnapshot, s->nb_disks);
+
+    for (unsigned i = 0; i < s->nb_disks; i++) {
+        data[i].node = (char *)node_get_name(s->disks[i].node);
+        data[i].overlay = (char *)node_get_name(s->disks[i].overlay);
+        actions[i].type = TRANSACTION_ACTION_KIND_BLOCKDEV_SNAPSHOT;
+        actions[i].u.blockdev_snapshot.data = &data[i];
+        list[i].value = &actions[i];
+        list[i].next = i + 1 < s->nb_disks ? &list[i + 1] : NULL;
+    }
+    return s->nb_disks == 0 || txn_run(list, NULL, errp);
+}
+
+/* Undo the transaction: each node takes its users back, writable again. */
+static bool unsnapshot_disks(MachineJob *s, GError **errp)
+{
+    bool ok = true;
+
+    for (unsigned i = 0; i < s->nb_disks; i++) {
+        Disk *d = &s->disks[i];
+        GError *local = NULL;
+        BlockChild *backing = node_backing_child(d->overlay);
+
+        if (!backing || child_node(backing) != d->node) {
+            continue;       /* never put on (or moved since) */
+        }
+        /* The transaction made it read-only; the users need to write. */
+        if (d->was_rw && node_is_read_only(d->node) &&
+            !node_reopen(d->node, NULL, false, &local)) {
+            /* the overlay stays: the disk is usable, on it */
+        } else if (node_replace(d->overlay, d->node, &local)) {
+            child_detach(backing, NULL);
+            node_refresh_filename(d->overlay);
+            node_refresh_filename(d->node);
+            continue;
+        }
+        if (ok) {
+            error_setg(errp, "node '%s' stays on its new overlay: %s",
+                       node_get_name(d->node), local->message);
+        }
+        g_error_free(local);
+        g_free(d->created);     /* in use: its file stays */
+        d->created = NULL;
+        ok = false;
+    }
+    return ok;
+}
+
+/* Restore: every overlay on its snapshot node takes its node's users. */
+static bool swap_disks(MachineJob *s, GError **errp)
+{
+    for (unsigned i = 0; i < s->nb_disks; i++) {
+        Disk *d = &s->disks[i];
+        BlockChild *c = node_attach_child(d->overlay, d->base, "backing",
+                                          CHILD_ROLE_COW, errp);
+        if (!c) {
+            return false;
+        }
+        if (!node_replace(d->node, d->overlay, errp)) {
+            child_detach(c, NULL);
+            return false;
+        }
+        node_refresh_filename(d->overlay);
+        d->swapped = true;
+    }
+    return true;
+}
+
+/* Restore undone: the nodes take their users back. */
+static bool unswap_disks(MachineJob *s, GError **errp)
+{
+    bool ok = true;
+
+    for (unsigned i = 0; i < s->nb_disks; i++) {
+        Disk *d = &s->disks[i];
+        GError *local = NULL;
+
+        if (!d->swapped) {
+            continue;
+        }
+        if (!node_replace(d->overlay, d->node, &local)) {
+            if (ok) {
+                error_setg(errp, "node '%s' stays replaced by its new "
+                           "overlay: %s", node_get_name(d->node),
+                           local->message);
+            }
+            g_error_free(local);
+            g_free(d->created);
+            d->created = NULL;
+            ok = false;
+            continue;
+        }
+        child_detach(node_backing_child(d->overlay), NULL);
+        node_refresh_filename(d->node);
+        d->swapped = false;
+    }
+    return ok;
+}
+
+/* Ends every drain and drops the job's nodes; removes what it created
+ * unless the job succeeded. */
+static void release_disks(MachineJob *s, bool success)
+{
+    for (unsigned i = 0; s->disks && i < s->nb_disks; i++) {
+        Disk *d = &s->disks[i];
+        disk_undrain(d->overlay, &d->overlay_drained);
+        disk_undrain(d->base, &d->base_drained);
+        disk_undrain(d->node, &d->node_drained);
+    }
+    for (unsigned i = 0; s->disks && i < s->nb_disks; i++) {
+        Disk *d = &s->disks[i];
+        if (d->overlay) {
+            node_unref(d->overlay);     /* closes it if nothing uses it */
+        }
+        if (d->created && !success) {
+            unlink(d->created);
+        }
+        g_free(d->created);
+        if (d->base) {
+            node_unref(d->base);
+        }
+        if (d->node) {
+            node_unref(d->node);
+        }
+    }
+    g_free(s->disks);
+    s->disks = NULL;
+}
+
+static void release_ram(MachineJob *s)
+{
+    for (guint i = 0; s->rbs && i < s->rbs->len; i++) {
+        ram_block_unref(s->rbs->pdata[i]);
+    }
+    if (s->rbs) {
+        g_ptr_array_set_size(s->rbs, 0);
+    }
+    g_free(s->blocks);
+    s->blocks = NULL;
+}
+
+/* ---- the two jobs ---- */
+
+static int coroutine_fn do_snapshot(MachineJob *s, GError **errp)
+{
+    GError *err = NULL;
+    bool touched;
+
+    if (!resolve_ram(s, &err) || !resolve_disks(s, &err)) {
+        return step_failed(errp, "check", err, "nothing was changed");
+    }
+    if (!open_file(s, true, &err)) {
+        return step_failed(errp, "file", err, "nothing was changed");
+    }
+    if (!create_overlays(s, &err)) {
+        return step_failed(errp, "overlays", err, "the disks and the state "
+                           "file are unchanged");
+    }
+    /* Held back from here until the end: see the top of the file. */
+    for (unsigned i = 0; i < s->nb_disks; i++) {
+        disk_drain(s->disks[i].node, &s->disks[i].node_drained);
+    }
+    if (job_is_cancelled(&s->common) || !snapshot_disks(s, &err)) {
+        return step_failed(errp, "transaction", err, "the disks and the "
+                           "state file are unchanged");
+    }
+    if (!run_ram(s, true, &touched, &err)) {
+        GError *undo = NULL;
+        if (unsnapshot_disks(s, &undo)) {
+            return step_failed(errp, "ram", err, "the disks are back on "
+                               "their images and the state file is "
+                               "unchanged");
+        }
+        g_autofree char *state = g_strdup_printf(
+            "the state file is unchanged, but %s", undo->message);
+        g_error_free(undo);
+        return step_failed(errp, "ram", err, state);
+    }
+    return 0;
+}
+
+static int coroutine_fn do_restore(MachineJob *s, GError **errp)
+{
+    GError *err = NULL;
+    MrFileInfo *info;
+    bool touched = false;
+
+    if (!resolve_disks(s, &err)) {
+        return step_failed(errp, "check", err, "nothing was changed");
+    }
+    if (!open_file(s, false, &err)) {
+        return step_failed(errp, "file", err, "nothing was changed");
+    }
+    /* Everything about the file is checked before anything changes. */
+    info = mr_file_parse(s->fd, 0, &err);
+    if (!info || !match_ram(s, info, &err)) {
+        mr_file_info_free(info);
+        return step_failed(errp, "file", err, "nothing was changed");
+    }
+    mr_file_info_free(info);
+    if (!create_overlays(s, &err)) {
+        return step_failed(errp, "overlays", err, "nothing was changed");
+    }
+    for (unsigned i = 0; i < s->nb_disks; i++) {
+        Disk *d = &s->disks[i];
+        disk_drain(d->node, &d->node_drained);
+        disk_drain(d->base, &d->base_drained);
+    }
+    if (job_is_cancelled(&s->common) || !swap_disks(s, &err)) {
+        GError *undo = NULL;
+        if (!unswap_disks(s, &undo)) {
+            g_autofree char *state = g_strdup_printf(
+                "guest memory is unchanged, but %s", undo->message);
+            g_error_free(undo);
+            return step_failed(errp, "disks", err, state);
+        }
+        return step_failed(errp, "disks", err, "nothing was changed");
+    }
+    if (!run_ram(s, false, &touched, &err)) {
+        GError *undo = NULL;
+        const char *mem = touched ? "guest memory is partly overwritten"
+                                  : "guest memory is unchanged";
+        g_autofree char *state = NULL;
+        if (unswap_disks(s, &undo)) {
+            state = g_strdup_printf("%s and the disks are as they were", mem);
+        } else {
+            state = g_strdup_printf("%s and %s", mem, undo->message);
+            g_error_free(undo);
+        }
+        return step_failed(errp, "ram", err, state);
+    }
+    return 0;
+}
+
+static int coroutine_fn machine_run(Job *job, GError **errp)
+{
+    MachineJob *s = (MachineJob *)job;
+    int ret;
+
+    s->fd = -1;
+    s->rbs = g_ptr_array_new();
+    job_progress_set_remaining(job, 1);
+    ret = s->restore ? do_restore(s, errp) : do_snapshot(s, errp);
+    if (ret < 0 && job_is_cancelled(job)) {
+        ret = -ECANCELED;
+    }
+    release_disks(s, ret == 0);
+    close_file(s);
+    release_ram(s);
+    if (running_job == s) {
+        running_job = NULL;
+    }
+    return ret;
+}
+
+static void machine_free(Job *job)
+{
+    MachineJob *s = (MachineJob *)job;
+
+    for (unsigned i = 0; i < s->nb_disks; i++) {
+        DiskArg *a = &s->args[i];
+        g_free(a->device);
+        g_free(a->node_name);
+        g_free(a->base_name);
+        g_free(a->overlay_file);
+        g_free(a->overlay_node_name);
+        g_free(a->format);
+    }
+    g_free(s->args);
+    if (s->ram_ids) {
+        g_ptr_array_free(s->ram_ids, true);
+    }
+    if (s->rbs) {
+        g_ptr_array_free(s->rbs, true);
+    }
+    g_free(s->file);
+    if (running_job == s) {
+        running_job = NULL;
+    }
+}
+
+static const JobDriver snapshot_driver = {
+    .instance_size = sizeof(MachineJob),
+    .job_type = JOB_TYPE_X_STRATA_MACHINE_SNAPSHOT,
+    .run = machine_run,
+    .free = machine_free,
+};
+
+static const JobDriver restore_driver = {
+    .instance_size = sizeof(MachineJob),
+    .job_type = JOB_TYPE_X_STRATA_MACHINE_RESTORE,
+    .run = machine_run,
+    .free = machine_free,
+};
+
+/* The argument checks that need no daemon state. */
+static bool check_args(strList *devices, bool has_channels, int64_t channels,
+                       bool has_max_bandwidth, int64_t max_bandwidth,
+                       GError **errp)
+{
+    if (devices) {
+        error_setg(errp, "strata-daemon has no device state streams yet: "
+                   "leave out 'devices' (docs/migration.md, \"Device "
+                   "state\")");
+        return false;
+    }
+    if (has_channels && (channels < 1 || channels > 255)) {
+        error_setg(errp, "Parameter 'channels' expects a value between 1 "
+                   "and 255");
+        return false;
+    }
+    if (has_max_bandwidth && max_bandwidth < 0) {
+        error_setg(errp, "Parameter 'max-bandwidth' expects a value of 0 "
+                   "or more (bytes per second, 0 for no limit)");
+        return false;
+    }
+    if (running_job) {
+        error_setg(errp, "Machine snapshot job '%s' is still running",
+                   running_job->common.id);
+        return false;
+    }
+    MigrationInfo *mi = qmp_query_migrate(NULL);
+    bool active = mi && mi->has_status &&
+                  (mi->status == MIGRATION_STATUS_SETUP ||
+                   mi->status == MIGRATION_STATUS_ACTIVE ||
+                   mi->status == MIGRATION_STATUS_DEVICE ||
+                   mi->status == MIGRATION_STATUS_CANCELLING);
+    qapi_free_MigrationInfo(mi);
+    if (active) {
+        error_setg(errp, "There's a migration process in progress");
+        return false;
+    }
+    return true;
+}
+
+static MachineJob *machine_create(const JobDriver *drv, const char *job_id,
+                                  const char *file, bool has_channels,
+                                  int64_t channels, bool has_direct_io,
+                                  bool direct_io, GError **errp)
+{
+    MachineJob *s = job_create(job_id, drv, NULL, JOB_MANUAL_DISMISS, NULL,
+                               NULL, errp);
+    if (!s) {
+        return NULL;
+    }
+    s->restore = drv == &restore_driver;
+    s->file = g_strdup(file);
+    s->channels = has_channels ? (unsigned)channels : DEFAULT_CHANNELS;
+    s->direct_io = has_direct_io && direct_io;
+    return s;
+}
+
+static void machine_start(MachineJob *s, const char *job_id)
+{
+    running_job = s;
+    job_start(&s->common);
+    qmp_job_settle(job_id);
+}
+
+void qmp_x_strata_machine_snapshot(const char *job_id, const char *file,
+                                   BlockdevSnapshotSyncList *disks,
+                                   strList *ram_blocks, strList *devices,
+                                   bool has_channels, int64_t channels,
+                                   bool has_direct_io, bool direct_io,
+                                   bool has_max_bandwidth,
+                                   int64_t max_bandwidth, GError **errp)
+{
+    MachineJob *s;
+    unsigned n = 0;
+
+    if (!check_args(devices, has_channels, channels, has_max_bandwidth,
+                    max_bandwidth, errp)) {
+        return;
+    }
+    s = machine_create(&snapshot_driver, job_id, file, has_channels,
+                       channels, has_direct_io, direct_io, errp);
+    if (!s) {
+        return;
+    }
+    s->max_bandwidth = has_max_bandwidth ? (uint64_t)max_bandwidth : 0;
+    for (BlockdevSnapshotSyncList *l = disks; l; l = l->next) {
+        n++;
+    }
+    s->args = g_new0(DiskArg, n);
+    s->nb_disks = n;
+    n = 0;
+    for (BlockdevSnapshotSyncList *l = disks; l; l = l->next, n++) {
+        BlockdevSnapshotSync *d = l->value;
+        DiskArg *a = &s->args[n];
+        a->device = g_strdup(d->device);
+        a->node_name = g_strdup(d->node_name);
+        a->overlay_file = g_strdup(d->snapshot_file);
+        a->overlay_node_name = g_strdup(d->snapshot_node_name);
+        a->format = g_strdup(d->format);
+        a->has_mode = d->has_mode;
+        a->mode = d->mode;
+    }
+    if (ram_blocks) {
+        s->ram_ids = g_ptr_array_new_with_free_func(g_free);
+        for (strList *l = ram_blocks; l; l = l->next) {
+            g_ptr_array_add(s->ram_ids, g_strdup(l->value));
+        }
+    }
+    machine_start(s, job_id);
+}
+
+void qmp_x_strata_machine_restore(const char *job_id, const char *file,
+                                  XStrataMachineRestoreDiskList *disks,
+                                  strList *devices, bool has_channels,
+                                  int64_t channels, bool has_direct_io,
+                                  bool direct_io, GError **errp)
+{
+    MachineJob *s;
+    unsigned n = 0;
+
+    if (!check_args(devices, has_channels, channels, false, 0, errp)) {
+        return;
+    }
+    s = machine_create(&restore_driver, job_id, file, has_channels, channels,
+                       has_direct_io, direct_io, errp);
+    if (!s) {
+        return;
+    }
+    for (XStrataMachineRestoreDiskList *l = disks; l; l = l->next) {
+        n++;
+    }
+    s->args = g_new0(DiskArg, n);
+    s->nb_disks = n;
+    n = 0;
+    for (XStrataMachineRestoreDiskList *l = disks; l; l = l->next, n++) {
+        XStrataMachineRestoreDisk *d = l->value;
+        DiskArg *a = &s->args[n];
+        a->node_name = g_strdup(d->node_name);
+        a->base_name = g_strdup(d->snapshot_node);
+        a->overlay_file = g_strdup(d->overlay_file);
+        a->overlay_node_name = g_strdup(d->overlay_node_name);
+        a->format = g_strdup(d->format);
+        a->has_mode = d->has_mode;
+        a->mode = d->mode;
+    }
+    machine_start(s, job_id);
+}
