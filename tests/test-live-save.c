@@ -43,6 +43,19 @@ static void plan_converges_within_the_limit(void **state)
     assert_int_equal(p.passes, 2);
 }
 
+/* The first pass writes in order: its cost a byte is not the last's. */
+static void plan_never_trusts_the_first_pass(void **state)
+{
+    LivePlan p;
+
+    live_plan_init(&p, 300);
+    assert_int_equal(live_plan_after_pass(&p, 1ull << 30, 1000000000, MiB),
+                     LIVE_ITERATE);
+    assert_int_equal(p.expected_ms, 1);
+    assert_int_equal(live_plan_after_pass(&p, MiB, 1000000, MiB / 2),
+                     LIVE_SWITCHOVER_CONVERGED);
+}
+
 static void plan_nothing_dirty_switches_over(void **state)
 {
     LivePlan p;
@@ -390,6 +403,7 @@ int main(void)
     close(fd);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(plan_converges_within_the_limit),
+        cmocka_unit_test(plan_never_trusts_the_first_pass),
         cmocka_unit_test(plan_nothing_dirty_switches_over),
         cmocka_unit_test(plan_stops_when_not_shrinking),
         cmocka_unit_test(plan_caps_the_passes),
