@@ -25,8 +25,6 @@
 #define CHUNK_PAGES 1024u
 /* zero stretches shorter than this inside a run are written as zeros */
 #define MERGE_GAP 64u
-/* clean pages between dirty ones closer than this are written too */
-#define CLEAN_GAP 32u
 
 #ifndef MADV_POPULATE_READ
 #define MADV_POPULATE_READ 22
@@ -441,32 +439,6 @@ static void set_all(unsigned long *bm, uint64_t pages)
     }
 }
 
-/*
- * Puts in the set the clean pages that lie between two dirty pages fewer
- * than CLEAN_GAP apart: a later pass's dirty pages are scattered, and a
- * 4 KiB request each costs far more than a few pages more in fewer, larger
- * ones (with O_DIRECT each is a synchronous device write; through the
- * page cache the writeback splits at each gap).  Writing a page that has
- * not changed is always safe: it is written with its current content and
- * bit, and if the guest changes it again it is marked and written again;
- * in the last pass, with the guest stopped, a clean page's place already
- * holds exactly its content.
- */
-static void fill_gaps(unsigned long *set, uint64_t pages)
-{
-    uint64_t prev = next_set(set, 0, pages);
-
-    while (prev < pages) {
-        uint64_t next = next_set(set, prev + 1, pages);
-        if (next < pages && next - prev - 1 <= CLEAN_GAP) {
-            for (uint64_t k = prev + 1; k < next; k++) {
-                set_bit(set, k);
-            }
-        }
-        prev = next;
-    }
-}
-
 static uint64_t count_bits(unsigned long *const *set, MrBlock *blocks,
                            unsigned nb)
 {
@@ -547,16 +519,10 @@ bool live_save(const MrTarget *t, MrBlock *blocks, unsigned nb,
     for (unsigned i = 0; i < nb && any_tracked; i++) {
         set_all(set[i], mr_block_pages(&blocks[i]));
     }
-    bool first = true;
     while (any_tracked) {
         int64_t t0 = clock_ns();
         uint64_t owed = count_bits(set, blocks, nb);
-        for (unsigned i = 0; i < nb && !first; i++) {
-            fill_gaps(set[i], mr_block_pages(&blocks[i]));
-        }
-        first = false;
-        atomic_store(&live->remaining,
-                     count_bits(set, blocks, nb) * MR_PAGE_SIZE);
+        atomic_store(&live->remaining, owed * MR_PAGE_SIZE);
         if (!live_write_pass(t, blocks, nb, set, stored, p, true, stats,
                              cancel, &live->remaining, &res, errp) ||
             !flush(t->fd, errp)) {
@@ -587,7 +553,6 @@ bool live_save(const MrTarget *t, MrBlock *blocks, unsigned nb,
         last_sync = now;
         atomic_store(&live->remaining, dirty * MR_PAGE_SIZE);
         hooks->pass(hooks->opaque, atomic_fetch_add(&live->syncs, 1) + 1);
-        /* the cost of a dirty page, the clean ones written with it included */
         LiveDecision d = live_plan_after_pass(&plan, owed * MR_PAGE_SIZE,
                                               pass_ns, dirty * MR_PAGE_SIZE +
                                               untracked_bytes);
@@ -620,9 +585,6 @@ bool live_save(const MrTarget *t, MrBlock *blocks, unsigned nb,
         }
     }
     hooks->pass(hooks->opaque, atomic_fetch_add(&live->syncs, 1) + 1);
-    for (unsigned i = 0; i < nb; i++) {
-        fill_gaps(set[i], mr_block_pages(&blocks[i]));
-    }
     atomic_store(&live->remaining, count_bits(set, blocks, nb) *
                  MR_PAGE_SIZE);
     /* the guest waits: no max-bandwidth now (QEMU lifts it there too) */
