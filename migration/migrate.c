@@ -11,6 +11,7 @@
 #include "strata/device-state.h"
 #include "strata/loop.h"
 #include "strata/migrate.h"
+#include "live-save.h"
 
 struct MigRun {
     MigSpec spec;
@@ -21,7 +22,17 @@ struct MigRun {
     GError *err;
     GPtrArray *skipped;
     GPtrArray *unread;
+    /* live saves: pre-switchover waits for continued (or cancel) */
+    GMutex lock;
+    GCond cond;
+    bool continued;
+    MigLiveStats live;
 };
+
+typedef struct PassBH {
+    MigRun *r;
+    uint64_t n;
+} PassBH;
 
 static void pages_done_bh(void *opaque)
 {
@@ -35,6 +46,47 @@ static void done_bh(void *opaque)
 {
     MigRun *r = opaque;
     r->spec.done(r->spec.opaque, r->err);
+}
+
+static void pass_bh(void *opaque)
+{
+    PassBH *p = opaque;
+    if (p->r->spec.pass) {
+        p->r->spec.pass(p->r->spec.opaque, p->n);
+    }
+    g_free(p);
+}
+
+static void live_pass(void *opaque, uint64_t n)
+{
+    PassBH *p = g_new(PassBH, 1);
+    p->r = opaque;
+    p->n = n;
+    loop_bh_remote(loop_main(), pass_bh, p);
+}
+
+static void pre_switchover_bh(void *opaque)
+{
+    MigRun *r = opaque;
+    if (r->spec.pre_switchover) {
+        r->spec.pre_switchover(r->spec.opaque);
+    }
+}
+
+/* The VM monitor pauses its guest and says migrate-continue. */
+static bool live_wait_switchover(void *opaque)
+{
+    MigRun *r = opaque;
+    bool go;
+
+    loop_bh_remote(loop_main(), pre_switchover_bh, r);
+    g_mutex_lock(&r->lock);
+    while (!r->continued && !atomic_load(&r->cancel)) {
+        g_cond_wait(&r->cond, &r->lock);
+    }
+    go = r->continued && !atomic_load(&r->cancel);
+    g_mutex_unlock(&r->lock);
+    return go;
 }
 
 /* Make the rename itself durable. */
@@ -57,8 +109,21 @@ static gpointer save_thread(gpointer opaque)
 {
     MigRun *r = opaque;
     MigSpec *s = &r->spec;
-    bool ok = mr_save(&s->target, s->blocks, s->nb_blocks, &s->params,
-                      &r->stats, &r->cancel, &r->err);
+    bool ok;
+
+    if (s->live) {
+        LiveHooks hooks = {
+            .pass = live_pass,
+            .wait_switchover = live_wait_switchover,
+            .opaque = r,
+        };
+        ok = live_save(&s->target, s->blocks, s->nb_blocks, s->ram,
+                       &s->params, s->downtime_limit_ms, &hooks, &r->stats,
+                       &r->live, &r->cancel, &r->err);
+    } else {
+        ok = mr_save(&s->target, s->blocks, s->nb_blocks, &s->params,
+                     &r->stats, &r->cancel, &r->err);
+    }
 
     if (ok) {
         loop_bh_remote(loop_main(), pages_done_bh, r);
@@ -156,6 +221,10 @@ static MigRun *run_new(const MigSpec *spec, bool load)
     }
     r->spec.target.chan_fds = g_memdup2(spec->target.chan_fds,
                                         sizeof(int) * spec->target.nb_chan);
+    r->spec.ram = spec->ram ? g_memdup2(spec->ram, sizeof(RamBlock *) *
+                                        spec->nb_blocks) : NULL;
+    g_mutex_init(&r->lock);
+    g_cond_init(&r->cond);
     r->spec.tmp_path = g_strdup(spec->tmp_path);
     r->spec.final_path = g_strdup(spec->final_path);
     r->load = load;
@@ -178,7 +247,23 @@ MigRun *mig_run_load(const MigSpec *spec)
 
 void mig_run_cancel(MigRun *r)
 {
+    g_mutex_lock(&r->lock);
     atomic_store(&r->cancel, true);
+    g_cond_broadcast(&r->cond);
+    g_mutex_unlock(&r->lock);
+}
+
+void mig_run_continue(MigRun *r)
+{
+    g_mutex_lock(&r->lock);
+    r->continued = true;
+    g_cond_broadcast(&r->cond);
+    g_mutex_unlock(&r->lock);
+}
+
+MigLiveStats *mig_run_live_stats(MigRun *r)
+{
+    return &r->live;
 }
 
 bool mig_run_cancelled(MigRun *r)
@@ -208,6 +293,9 @@ void mig_run_free(MigRun *r)
         g_free(r->spec.blocks[i].id);
     }
     g_free(r->spec.blocks);
+    g_free(r->spec.ram);
+    g_mutex_clear(&r->lock);
+    g_cond_clear(&r->cond);
     g_free(r->spec.target.chan_fds);
     g_free((char *)r->spec.tmp_path);
     g_free((char *)r->spec.final_path);

@@ -55,6 +55,12 @@ static struct {
     unsigned nb_fds;
     uint64_t total;             /* RAM bytes */
     bool multifd;
+    /* a live save (pause-before-switchover): the blocks it logs */
+    bool live;
+    RamBlock **logged;
+    unsigned nb_logged;
+    int64_t switchover_ns;      /* entered pre-switchover */
+    MigLiveStats live_final;
     int64_t start_ns, setup_ns, pages_ns, end_ns;
     char *error_desc;
     strList *skipped;
@@ -93,6 +99,7 @@ static bool is_active(void)
     case MIGRATION_STATUS_SETUP:
     case MIGRATION_STATUS_ACTIVE:
     case MIGRATION_STATUS_DEVICE:
+    case MIGRATION_STATUS_PRE_SWITCHOVER:
     case MIGRATION_STATUS_CANCELLING:
         return true;
     default:
@@ -446,7 +453,8 @@ static strList *str_list_copy(const strList *l)
 static void on_pages_done(void *opaque)
 {
     mig.pages_ns = clock_ns();
-    if (mig.incoming) {
+    if (mig.incoming || mig.live) {
+        /* a live save reported "device" and its passes as they came */
         return;
     }
     /*
@@ -458,13 +466,46 @@ static void on_pages_done(void *opaque)
     send_pass(2);
 }
 
+static void stop_logs(void)
+{
+    for (unsigned i = 0; i < mig.nb_logged; i++) {
+        ram_block_log_stop(mig.logged[i]);
+    }
+    g_free(mig.logged);
+    mig.logged = NULL;
+    mig.nb_logged = 0;
+}
+
+/* A live save's sync (the save thread posted it). */
+static void on_pass(void *opaque, uint64_t n)
+{
+    send_pass((int64_t)n);
+}
+
+static void on_pre_switchover(void *opaque)
+{
+    if (mig.status == MIGRATION_STATUS_CANCELLING) {
+        return;
+    }
+    mig.switchover_ns = clock_ns();
+    set_status(MIGRATION_STATUS_PRE_SWITCHOVER);
+}
+
 static void on_done(void *opaque, const GError *err)
 {
     MigRun *r = mig.run;
     bool cancelled = mig_run_cancelled(r);
     MrStats *st = mig_run_stats(r);
+    MigLiveStats *ls = mig_run_live_stats(r);
 
     mig.end_ns = clock_ns();
+    atomic_store(&mig.live_final.syncs, atomic_load(&ls->syncs));
+    atomic_store(&mig.live_final.dirty_rate, atomic_load(&ls->dirty_rate));
+    atomic_store(&mig.live_final.remaining, 0);
+    atomic_store(&mig.live_final.expected_ms, atomic_load(&ls->expected_ms));
+    atomic_store(&mig.live_final.precopy_bytes,
+                 atomic_load(&ls->precopy_bytes));
+    stop_logs();
     atomic_store(&mig.final.transferred, atomic_load(&st->transferred));
     atomic_store(&mig.final.normal, atomic_load(&st->normal));
     atomic_store(&mig.final.duplicate, atomic_load(&st->duplicate));
@@ -514,9 +555,10 @@ static void reset_run_state(bool incoming)
     qapi_free_strList(mig.unread);
     mig.skipped = mig.unread = NULL;
     memset(&mig.final, 0, sizeof(mig.final));
+    memset(&mig.live_final, 0, sizeof(mig.live_final));
     mig.incoming = incoming;
     mig.start_ns = clock_ns();
-    mig.pages_ns = mig.end_ns = 0;
+    mig.pages_ns = mig.end_ns = mig.switchover_ns = 0;
 }
 
 /* The checks QEMU makes before it starts, in its order. */
@@ -592,6 +634,27 @@ static void start(bool incoming, Dest *d, GError **errp)
         mig.total += incoming ? 0 : rb->size;
     }
     mig.nb_refs = n;
+    /*
+     * pause-before-switchover makes a save live: the blocks with a dirty
+     * log are written while the VM runs, the others (and the last dirty
+     * pages) once the monitor has paused it.  Without the capability the
+     * save is the one pass of a stopped VM, dirty logs or not.
+     */
+    mig.live = !incoming && cap(MIGRATION_CAPABILITY_PAUSE_BEFORE_SWITCHOVER);
+    if (mig.live) {
+        mig.logged = g_new0(RamBlock *, n);
+        for (i = 0; i < n; i++) {
+            if (ram_block_has_dirty_log(mig.refs[i]) &&
+                ram_block_log_start(mig.refs[i], NULL)) {
+                mig.logged[mig.nb_logged++] = mig.refs[i];
+            }
+        }
+        spec.live = true;
+        spec.ram = mig.refs;
+        spec.downtime_limit_ms = mig.downtime_limit;
+        spec.pre_switchover = on_pre_switchover;
+        spec.pass = on_pass;
+    }
     spec.blocks = blocks;
     spec.nb_blocks = n;
     spec.tmp_path = tmp;
@@ -640,6 +703,24 @@ void qmp_migrate_incoming(const char *uri, MigrationChannelList *channels,
     dest_clear(&d);
 }
 
+/* QEMU's check and words; a live save waiting at pre-switchover goes on. */
+void qmp_migrate_continue(MigrationStatus state, GError **errp)
+{
+    if (mig.status != state) {
+        error_setg(errp, "Migration not in expected state: %s",
+                   MigrationStatus_str(mig.status));
+        return;
+    }
+    /*
+     * QEMU counts a continue in another state as one for its next pause;
+     * strata's saves pause only at pre-switchover, so it changes nothing.
+     */
+    if (state == MIGRATION_STATUS_PRE_SWITCHOVER && mig.run) {
+        set_status(MIGRATION_STATUS_DEVICE);
+        mig_run_continue(mig.run);
+    }
+}
+
 void qmp_migrate_cancel(GError **errp)
 {
     if (mig.run && !mig.incoming && mig.status != MIGRATION_STATUS_CANCELLING) {
@@ -650,7 +731,8 @@ void qmp_migrate_cancel(GError **errp)
 
 /* ---- query-migrate ---- */
 
-static MigrationStats *ram_stats(const MrStats *st, int64_t now)
+static MigrationStats *ram_stats(const MrStats *st, MigLiveStats *live,
+                                 int64_t now)
 {
     MigrationStats *s = g_new0(MigrationStats, 1);
     uint64_t normal = atomic_load(&st->normal);
@@ -669,6 +751,20 @@ static MigrationStats *ram_stats(const MrStats *st, int64_t now)
     s->multifd_bytes = mig.multifd ? normal * MR_PAGE_SIZE : 0;
     /* the VM is stopped during the whole save: it is all downtime */
     s->downtime_bytes = (uint64_t)s->transferred;
+    if (live) {
+        uint64_t pre = atomic_load(&live->precopy_bytes);
+        s->dirty_sync_count = (int64_t)atomic_load(&live->syncs);
+        s->dirty_pages_rate = (int64_t)atomic_load(&live->dirty_rate);
+        s->remaining = (int64_t)atomic_load(&live->remaining);
+        /* before the switchover everything written is precopy */
+        if (pre || mig.switchover_ns) {
+            s->precopy_bytes = pre;
+            s->downtime_bytes = (uint64_t)s->transferred - pre;
+        } else {
+            s->precopy_bytes = (uint64_t)s->transferred;
+            s->downtime_bytes = 0;
+        }
+    }
     if (secs > 0) {
         s->mbps = (double)s->transferred * 8 / 1e6 / secs;
         s->pages_per_second = (uint64_t)((double)(normal + dup) / secs);
@@ -701,23 +797,35 @@ MigrationInfo *qmp_query_migrate(GError **errp)
         break;
     case MIGRATION_STATUS_ACTIVE:
     case MIGRATION_STATUS_DEVICE:
-    case MIGRATION_STATUS_CANCELLING:
+    case MIGRATION_STATUS_PRE_SWITCHOVER:
+    case MIGRATION_STATUS_CANCELLING: {
+        MigLiveStats *ls = mig.live ? mig_run_live_stats(mig.run) : NULL;
         info->has_setup_time = true;
         info->setup_time = (mig.setup_ns - mig.start_ns) / 1000000;
         info->has_total_time = true;
         info->total_time = (now - mig.start_ns) / 1000000;
         info->has_expected_downtime = true;
-        info->expected_downtime = (int64_t)mig.downtime_limit;
-        info->ram = ram_stats(mig_run_stats(mig.run), now);
+        info->expected_downtime = ls ? (int64_t)atomic_load(&ls->expected_ms)
+                                     : (int64_t)mig.downtime_limit;
+        info->ram = ram_stats(mig_run_stats(mig.run), ls, now);
         break;
+    }
     case MIGRATION_STATUS_COMPLETED:
         info->has_setup_time = true;
         info->setup_time = (mig.setup_ns - mig.start_ns) / 1000000;
         info->has_total_time = true;
         info->total_time = (mig.end_ns - mig.start_ns) / 1000000;
         info->has_downtime = true;
-        info->downtime = info->total_time;
-        info->ram = ram_stats(&mig.final, mig.end_ns);
+        /*
+         * A live save: QEMU's downtime runs from the stop of the VM, right
+         * before pre-switchover, to the end; here the monitor stops it
+         * when it sees pre-switchover, so that is where it starts.
+         */
+        info->downtime = mig.live
+            ? (mig.end_ns - mig.switchover_ns) / 1000000
+            : info->total_time;
+        info->ram = ram_stats(&mig.final, mig.live ? &mig.live_final : NULL,
+                              mig.end_ns);
         break;
     case MIGRATION_STATUS_FAILED:
         info->error_desc = g_strdup(mig.error_desc);

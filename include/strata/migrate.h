@@ -9,6 +9,7 @@
 #define STRATA_MIGRATE_H
 
 #include "strata/mapped-ram.h"
+#include "strata/ram-block.h"
 
 typedef struct MigRun MigRun;
 
@@ -29,7 +30,28 @@ typedef struct MigSpec {
     MigPagesDoneFn *pages_done;
     MigDoneFn *done;
     void *opaque;
+    /*
+     * A live save (docs/migration.md "Live save"): @ram are the blocks'
+     * RAM blocks (the tracked ones have their dirty log started by the
+     * caller); passes while the VM runs, then @pre_switchover in the main
+     * loop, and the save waits for mig_run_continue() or a cancel.
+     */
+    bool live;
+    RamBlock **ram;
+    uint64_t downtime_limit_ms;
+    MigPagesDoneFn *pre_switchover;
+    /* main loop: a dirty sync happened, MIGRATION_PASS @n */
+    void (*pass)(void *opaque, uint64_t n);
 } MigSpec;
+
+/* A live save's counters (query-migrate), updated by the save thread. */
+typedef struct MigLiveStats {
+    _Atomic uint64_t syncs;         /* dirty-sync-count */
+    _Atomic uint64_t dirty_rate;    /* pages per second at the last sync */
+    _Atomic uint64_t remaining;     /* bytes owed in the current pass */
+    _Atomic uint64_t expected_ms;   /* expected downtime */
+    _Atomic uint64_t precopy_bytes; /* written before the switchover */
+} MigLiveStats;
 
 MigRun *mig_run_save(const MigSpec *spec);
 /*
@@ -41,6 +63,9 @@ MigRun *mig_run_save(const MigSpec *spec);
 MigRun *mig_run_load(const MigSpec *spec);
 
 void mig_run_cancel(MigRun *r);
+/* A live save waiting at pre-switchover goes on (the guest is paused). */
+void mig_run_continue(MigRun *r);
+MigLiveStats *mig_run_live_stats(MigRun *r);
 bool mig_run_cancelled(MigRun *r);
 MrStats *mig_run_stats(MigRun *r);
 /* After done: RAM blocks of the file not loaded; sections not read. */
