@@ -17,6 +17,7 @@
 
 #include "strata/loop.h"
 #include "live-save.h"
+#include "strata/device-state.h"
 #include "mr-internal.h"
 
 #define WORD_BITS (8 * sizeof(unsigned long))
@@ -514,6 +515,11 @@ bool live_save(const MrTarget *t, MrBlock *blocks, unsigned nb,
     if (!begin_file(t, blocks, nb, &end, stats, errp)) {
         goto out;
     }
+    /* iterative device state rounds are taken while the guest runs too */
+    if (p->devstate &&
+        !ds_save_begin(p->devstate, t->fd, end, stats, cancel, errp)) {
+        goto out;
+    }
 
     /* the passes with the VM running (none if nothing is tracked) */
     int64_t last_sync = clock_ns();
@@ -600,12 +606,16 @@ bool live_save(const MrTarget *t, MrBlock *blocks, unsigned nb,
             goto out;
         }
     }
-    if (!put_bytes(t->fd, mr_stream_tail(), end, stats, errp) ||
+    /* the streams' last rounds come now, with the guest stopped */
+    if ((p->devstate
+         ? !ds_save_tail(p->devstate, t->fd, end, stats, cancel, errp)
+         : !put_bytes(t->fd, mr_stream_tail(), end, stats, errp)) ||
         !flush(t->fd, errp)) {
         goto out;
     }
     ok = true;
 out:
+    ds_save_end(p->devstate);
     for (unsigned i = 0; i < nb; i++) {
         g_free(set[i]);
         g_free(stored[i]);

@@ -21,9 +21,9 @@ class Conn:
         self.c = daemon.negotiated()
         self.events = []
 
-    def cmd(self, name, **args):
+    def cmd(self, name, fds=(), **args):
         self.c.send(name, {k.replace('_', '-'): v for k, v in args.items()}
-                    if args else None)
+                    if args else None, fds=fds)
         while True:
             msg = self.c.recv()
             if msg is None:
