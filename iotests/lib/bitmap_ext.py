@@ -174,3 +174,30 @@ def export_del(c, eid):
         else:
             reply = msg
     qmp.log('%s, deleted %s' % (json.dumps(reply), eid))
+
+
+def checkpoint_actions(a):
+    """The QEMU 7.2 transaction that x-strata-backup-checkpoint with
+    arguments a is (docs/qmp.md "Fleecing"), in the command's order."""
+    backup = {'device': a['node'], 'target': a['target'], 'sync': 'none'}
+    for k in ('job-id', 'filter-node-name'):
+        if k in a:
+            backup[k] = a[k]
+    actions = [{'type': 'blockdev-backup', 'data': backup}]
+    if 'bitmap' in a:
+        actions.append({'type': 'block-dirty-bitmap-disable',
+                        'data': {'node': a['node'], 'name': a['bitmap']}})
+    add = {'node': a['node'], 'name': a['new-bitmap']}
+    for k in ('granularity', 'persistent'):
+        if k in a:
+            add[k] = a[k]
+    actions.append({'type': 'block-dirty-bitmap-add', 'data': add})
+    return actions
+
+
+def checkpoint(c, a):
+    """x-strata-backup-checkpoint with arguments a (its model: the
+    transaction of checkpoint_actions); the reply, events skipped."""
+    if t.oracle_mode():
+        return _quiet(c, 'transaction', {'actions': checkpoint_actions(a)})
+    return _quiet(c, 'x-strata-backup-checkpoint', a)
