@@ -490,11 +490,19 @@ void cbw_drop(BlockNode *cbw)
 {
     GError *err = NULL;
 
+    /*
+     * A guest write already inside the filter must reach the source
+     * before the filter's parents move: once they have, the filter holds
+     * no write permission on the source any more and the write would fail
+     * with EPERM (QEMU's bdrv_replace_node drains the filter too).
+     */
+    node_drain_begin(cbw);
     if (!node_replace(cbw, cbw->file->bs, &err)) {
         /* Taking parents back to where they were cannot conflict. */
         g_error("copy-before-write: cannot drop the filter: %s",
                 err->message);
     }
+    node_drain_end(cbw);
     node_unref(cbw);
 }
 

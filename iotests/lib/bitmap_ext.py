@@ -22,6 +22,7 @@ So the golden holds QEMU's replies wherever QEMU can give them, and the
 extension's documented messages where it cannot.
 """
 import json
+import time
 
 import iotests as t
 import qmp
@@ -164,13 +165,51 @@ def copy_actions(c, a):
 
 def export_del(c, eid):
     """block-export-del: its reply and BLOCK_EXPORT_DELETED (which come in
-    either order) logged in one."""
-    c.send('block-export-del', {'id': eid})
-    reply, event = None, False
-    while reply is None or not event:
+    either order) logged in one; other events are skipped.  An export
+    whose client has not been seen leaving yet ("still in use") is tried
+    again, as lib/export_del.py does."""
+    deadline = time.monotonic() + t.TIMEOUT
+    while True:
+        c.send('block-export-del', {'id': eid})
+        reply, event = None, False
+        while reply is None:
+            msg = c.recv()
+            if 'event' in msg:
+                event = event or msg['event'] == 'BLOCK_EXPORT_DELETED'
+            else:
+                reply = msg
+        if 'still in use' not in reply.get('error', {}).get('desc', '') \
+                or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    while 'error' not in reply and not event:
         msg = c.recv()
-        if 'event' in msg:
-            event = event or msg['event'] == 'BLOCK_EXPORT_DELETED'
-        else:
-            reply = msg
+        event = msg.get('event') == 'BLOCK_EXPORT_DELETED'
     qmp.log('%s, deleted %s' % (json.dumps(reply), eid))
+
+
+def checkpoint_actions(a):
+    """The QEMU 7.2 transaction that x-strata-backup-checkpoint with
+    arguments a is (docs/qmp.md "Fleecing"), in the command's order."""
+    backup = {'device': a['node'], 'target': a['target'], 'sync': 'none'}
+    for k in ('job-id', 'filter-node-name'):
+        if k in a:
+            backup[k] = a[k]
+    actions = [{'type': 'blockdev-backup', 'data': backup}]
+    if 'bitmap' in a:
+        actions.append({'type': 'block-dirty-bitmap-disable',
+                        'data': {'node': a['node'], 'name': a['bitmap']}})
+    add = {'node': a['node'], 'name': a['new-bitmap']}
+    for k in ('granularity', 'persistent'):
+        if k in a:
+            add[k] = a[k]
+    actions.append({'type': 'block-dirty-bitmap-add', 'data': add})
+    return actions
+
+
+def checkpoint(c, a):
+    """x-strata-backup-checkpoint with arguments a (its model: the
+    transaction of checkpoint_actions); the reply, events skipped."""
+    if t.oracle_mode():
+        return _quiet(c, 'transaction', {'actions': checkpoint_actions(a)})
+    return _quiet(c, 'x-strata-backup-checkpoint', a)
