@@ -264,6 +264,24 @@ static void req_sync(Chan *ch, Req *r)
     req_finish(ch, r);
 }
 
+/* Handles the completions that are there, without waiting. */
+static unsigned chan_poll(Chan *ch)
+{
+    struct io_uring_cqe *cqe;
+    unsigned finished = 0;
+
+    while (io_uring_peek_cqe(&ch->ring, &cqe) == 0) {
+        Req *r = io_uring_cqe_get_data(cqe);
+        int res = cqe->res;
+        io_uring_cqe_seen(&ch->ring, cqe);
+        if (req_result(ch, r, res)) {
+            ch->inflight--;
+            finished++;
+        }
+    }
+    return finished;
+}
+
 /*
  * Submits what is queued and handles completions until at least one
  * request has finished.
@@ -273,7 +291,6 @@ static void chan_reap(Chan *ch)
     unsigned finished = 0;
 
     while (!finished && ch->inflight) {
-        struct io_uring_cqe *cqe;
         int ret = io_uring_submit_and_wait(&ch->ring, 1);
         if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY) {
             /* the ring itself failed (no memory): nothing more completes */
@@ -284,15 +301,7 @@ static void chan_reap(Chan *ch)
             ch->inflight = 0;
             return;
         }
-        while (io_uring_peek_cqe(&ch->ring, &cqe) == 0) {
-            Req *r = io_uring_cqe_get_data(cqe);
-            int res = cqe->res;
-            io_uring_cqe_seen(&ch->ring, cqe);
-            if (req_result(ch, r, res)) {
-                ch->inflight--;
-                finished++;
-            }
-        }
+        finished += chan_poll(ch);
     }
 }
 
@@ -326,6 +335,10 @@ static bool chan_queue(Chan *ch, MrBlock *b, unsigned long *bm,
     if (ch->uring) {
         req_prep(ch, r);
         ch->inflight++;
+        /* a throttled channel sleeps next: its request goes first */
+        if (ch->w->p->max_bandwidth) {
+            io_uring_submit(&ch->ring);
+        }
     } else {
         req_sync(ch, r);
     }
@@ -480,7 +493,9 @@ static gpointer chan_run(gpointer opaque)
             break;
         }
         if (ch->uring) {
+            /* query-migrate's counters follow what has reached the file */
             io_uring_submit(&ch->ring);
+            chan_poll(ch);
         }
         /* counted when queued: the bytes are on their way */
         atomic_fetch_add(&w->stats->done_bytes, (e - s) * MR_PAGE_SIZE);
