@@ -11,11 +11,11 @@
  * holes; the bits of zero pages stay clear.  A batch is a multiple of the
  * bitmap word, so channels never share a word.
  *
- * Each channel submits its requests through an io_uring of its own and
- * keeps up to QUEUE_DEPTH of them in flight: it scans (save) or sets up
- * (load) its next batch while the last ones are on the disk.  Where the
- * kernel refuses io_uring, a channel falls back to one blocking pwritev /
- * preadv at a time.
+ * With direct-io each channel submits its requests through an io_uring of
+ * its own and keeps up to QUEUE_DEPTH of them in flight: it scans (save)
+ * or sets up (load) its next batch while the last ones are on the disk.
+ * Through the page cache, or where the kernel refuses io_uring, a channel
+ * does one blocking pwritev / preadv at a time.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -462,8 +462,14 @@ static gpointer chan_run(gpointer opaque)
     Work *w = ch->w;
     uint64_t total = w->first_batch[w->nb_blocks];
 
-    /* STRATA_MIGRATION_SYNC_IO=1: the blocking path (tests, comparisons) */
-    ch->uring = !g_getenv("STRATA_MIGRATION_SYNC_IO") &&
+    /*
+     * Only O_DIRECT gains from requests in flight: a buffered write is a
+     * copy into the page cache (the writeback does the I/O), and io_uring
+     * hands each one to a kernel worker that then fights the others for
+     * the file's lock.  STRATA_MIGRATION_SYNC_IO=1 takes the blocking path
+     * always (tests, comparisons).
+     */
+    ch->uring = w->p->direct_io && !g_getenv("STRATA_MIGRATION_SYNC_IO") &&
                 io_uring_queue_init(QUEUE_DEPTH, &ch->ring, 0) == 0;
     for (unsigned i = 0; i < (ch->uring ? QUEUE_DEPTH : 1); i++) {
         ch->reqs[i].next_free = ch->free;
