@@ -7,9 +7,11 @@
  *       fallocate BYTES, THREADS threads taking the next 8 MiB piece from a
  *       shared counter and writing it with one O_DIRECT pwrite from the
  *       RAM file's shared mapping (the first BYTES of it), fdatasync.
- *   migrate-plain read FILE BYTES
- *       the first BYTES of FILE, sequential 8 MiB O_DIRECT reads into one
- *       buffer, one at a time.
+ *   migrate-plain read FILE BYTES [RAMFILE]
+ *       the first BYTES of FILE, sequential 8 MiB O_DIRECT reads, one at a
+ *       time, into one buffer; or, with RAMFILE (created, BYTES long),
+ *       each piece into its place in RAMFILE's shared mapping: the same
+ *       reads plus the cost of memory a restore fills for the first time.
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -94,16 +96,27 @@ static int do_read(char **argv)
 {
     int fd = open(argv[2], O_RDONLY | O_DIRECT);
     uint64_t left = strtoull(argv[3], NULL, 0), off = 0;
-    void *buf = mmap(NULL, CHUNK, PROT_READ | PROT_WRITE,
-                     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    uint8_t *buf, *ram = NULL;
 
+    if (argv[4]) {
+        int rfd = open(argv[4], O_RDWR | O_CREAT | O_TRUNC, 0600);
+        if (rfd < 0 || ftruncate(rfd, (off_t)(left + CHUNK)) < 0) {
+            die("ram file");
+        }
+        ram = mmap(NULL, left + CHUNK, PROT_READ | PROT_WRITE, MAP_SHARED,
+                   rfd, 0);
+        buf = ram;
+    } else {
+        buf = mmap(NULL, CHUNK, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    }
     if (fd < 0 || buf == MAP_FAILED) {
         die("open");
     }
     double t0 = now();
     while (left) {
         size_t n = left < CHUNK ? left : CHUNK;
-        ssize_t r = pread(fd, buf, CHUNK, (off_t)off);
+        ssize_t r = pread(fd, ram ? ram + off : buf, CHUNK, (off_t)off);
         if (r <= 0) {
             die("pread");
         }
@@ -119,10 +132,10 @@ int main(int argc, char **argv)
     if (argc == 6 && strcmp(argv[1], "write") == 0) {
         return do_write(argv);
     }
-    if (argc == 4 && strcmp(argv[1], "read") == 0) {
+    if ((argc == 4 || argc == 5) && strcmp(argv[1], "read") == 0) {
         return do_read(argv);
     }
     fprintf(stderr, "usage: migrate-plain write RAMFILE OUT BYTES THREADS\n"
-                    "       migrate-plain read FILE BYTES\n");
+                    "       migrate-plain read FILE BYTES [RAMFILE]\n");
     return 1;
 }
