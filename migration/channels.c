@@ -64,7 +64,8 @@ typedef struct Work {
  */
 typedef struct Req {
     MrBlock *b;
-    unsigned long *bm;          /* load: pages of the run not stored */
+    unsigned long *bm;          /* the block's bitmap: load clears the
+                                   pages of the run whose bit is clear */
     uint64_t first;             /* page index */
     uint64_t pages;
     uint64_t done;              /* bytes transferred so far */
@@ -76,10 +77,10 @@ typedef struct Chan {
     int fd;
     GThread *thread;
     /*
-     * With io_uring a channel keeps up to QUEUE_DEPTH requests on the
-     * device and scans its next batch while they run; without it (a
-     * kernel that refuses io_uring) each request is a blocking pwritev /
-     * preadv, as before.
+     * With io_uring (direct-io) a channel keeps up to QUEUE_DEPTH
+     * requests on the device and scans its next batch while they run;
+     * without it (page cache, or a kernel that refuses io_uring) each
+     * request is a blocking pwritev / preadv.
      */
     bool uring;
     struct io_uring ring;
