@@ -6,10 +6,16 @@
  * take the next batch from a shared counter, so they write disjoint,
  * mostly distant ranges in parallel.  Within a batch, runs of non-zero
  * pages (with the short zero stretches between them, see save_batch) are
- * written with one pwritev each straight from guest memory (page aligned,
+ * written with one request each straight from guest memory (page aligned,
  * so O_DIRECT needs no bounce buffer); longer zero stretches are left as
  * holes; the bits of zero pages stay clear.  A batch is a multiple of the
  * bitmap word, so channels never share a word.
+ *
+ * With direct-io each channel submits its requests through an io_uring of
+ * its own and keeps up to QUEUE_DEPTH of them in flight: it scans (save)
+ * or sets up (load) its next batch while the last ones are on the disk.
+ * Through the page cache, or where the kernel refuses io_uring, a channel
+ * does one blocking pwritev / preadv at a time.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -19,6 +25,8 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include <liburing.h>
+
 #include "strata/device-state.h"
 #include "strata/loop.h"
 #include "strata/mapped-ram.h"
@@ -26,6 +34,12 @@
 
 #define BATCH_PAGES 1024u        /* 4 MiB; a multiple of the word bits */
 #define WORD_BITS (8 * sizeof(unsigned long))
+/*
+ * Requests in flight per channel (with io_uring).  One per channel left
+ * the disk idle between a request's end and the next one's start; 8 x 4
+ * channels keep it busy (docs/performance.md "Migration to a file").
+ */
+#define QUEUE_DEPTH 8u
 
 typedef struct Work {
     MrBlock *blocks;
@@ -45,10 +59,35 @@ typedef struct Work {
     uint64_t rate_bytes;
 } Work;
 
+/*
+ * One request of a channel: a run of pages of one block, read or written
+ * in one piece (resubmitted from where it stopped after a short transfer).
+ */
+typedef struct Req {
+    MrBlock *b;
+    unsigned long *bm;          /* the block's bitmap: load clears the
+                                   pages of the run whose bit is clear */
+    uint64_t first;             /* page index */
+    uint64_t pages;
+    uint64_t done;              /* bytes transferred so far */
+    struct Req *next_free;
+} Req;
+
 typedef struct Chan {
     Work *w;
     int fd;
     GThread *thread;
+    /*
+     * With io_uring (direct-io) a channel keeps up to QUEUE_DEPTH
+     * requests on the device and scans its next batch while they run;
+     * without it (page cache, or a kernel that refuses io_uring) each
+     * request is a blocking pwritev / preadv.
+     */
+    bool uring;
+    struct io_uring ring;
+    unsigned inflight;
+    Req *free;
+    Req reqs[QUEUE_DEPTH];
 } Chan;
 
 static void work_fail(Work *w, GError *err)
@@ -90,42 +129,6 @@ static void throttle(Work *w, uint64_t bytes)
     }
 }
 
-static bool io_all(Work *w, int fd, uint8_t *buf, uint64_t len, uint64_t off,
-                   const char *id)
-{
-    while (len) {
-        struct iovec iov = {
-            .iov_base = buf,
-            .iov_len = MIN(len, (uint64_t)1 << 30),
-        };
-        ssize_t r = w->load ? preadv(fd, &iov, 1, (off_t)off)
-                            : pwritev(fd, &iov, 1, (off_t)off);
-        if (r < 0 && errno == EINTR) {
-            continue;
-        }
-        if (r < 0) {
-            GError *err = NULL;
-            error_setg_errno(&err, errno, "Could not %s the pages of RAM "
-                             "block '%s' at offset %" G_GUINT64_FORMAT,
-                             w->load ? "read" : "write", id, off);
-            work_fail(w, err);
-            return false;
-        }
-        if (r == 0) {
-            GError *err = NULL;
-            error_setg(&err, "Migration file ends inside the pages of RAM "
-                       "block '%s' (offset %" G_GUINT64_FORMAT ")", id, off);
-            work_fail(w, err);
-            return false;
-        }
-        buf += r;
-        len -= (uint64_t)r;
-        off += (uint64_t)r;
-        atomic_fetch_add(&w->stats->transferred, (uint64_t)r);
-    }
-    return true;
-}
-
 static bool test_bit(const unsigned long *bm, uint64_t i)
 {
     return (bm[i / WORD_BITS] >> (i % WORD_BITS)) & 1;
@@ -134,6 +137,215 @@ static bool test_bit(const unsigned long *bm, uint64_t i)
 static void set_bit(unsigned long *bm, uint64_t i)
 {
     bm[i / WORD_BITS] |= 1ul << (i % WORD_BITS);
+}
+
+static uint8_t *req_buf(const Req *r)
+{
+    return r->b->host + r->first * MR_PAGE_SIZE + r->done;
+}
+
+static uint64_t req_left(const Req *r)
+{
+    return r->pages * MR_PAGE_SIZE - r->done;
+}
+
+static uint64_t req_off(const Req *r)
+{
+    return r->b->pages_offset + r->first * MR_PAGE_SIZE + r->done;
+}
+
+static void req_error(Work *w, const Req *r, int err)
+{
+    GError *e = NULL;
+
+    if (err) {
+        error_setg_errno(&e, err, "Could not %s the pages of RAM block '%s' "
+                         "at offset %" G_GUINT64_FORMAT,
+                         w->load ? "read" : "write", r->b->id, req_off(r));
+    } else {
+        error_setg(&e, "Migration file ends inside the pages of RAM block "
+                   "'%s' (offset %" G_GUINT64_FORMAT ")", r->b->id,
+                   req_off(r));
+    }
+    work_fail(w, e);
+}
+
+/*
+ * A finished load request: whatever the file had in the gaps of the run
+ * (pages not stored, read along to save a request), those pages are zero.
+ */
+static void req_finish(Chan *ch, Req *r)
+{
+    Work *w = ch->w;
+
+    if (w->load) {
+        uint64_t gaps = 0;
+        for (uint64_t k = r->first; k < r->first + r->pages; k++) {
+            if (!test_bit(r->bm, k)) {
+                memset(r->b->host + k * MR_PAGE_SIZE, 0, MR_PAGE_SIZE);
+                gaps++;
+            }
+        }
+        atomic_fetch_add(&w->stats->normal, r->pages - gaps);
+        atomic_fetch_add(&w->stats->duplicate, gaps);
+    }
+    r->next_free = ch->free;
+    ch->free = r;
+}
+
+static void req_prep(Chan *ch, Req *r)
+{
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&ch->ring);
+
+    /* the ring has room for every request: only unsubmitted ones fill it */
+    while (!sqe) {
+        io_uring_submit(&ch->ring);
+        sqe = io_uring_get_sqe(&ch->ring);
+    }
+    if (ch->w->load) {
+        io_uring_prep_read(sqe, ch->fd, req_buf(r), (unsigned)req_left(r),
+                           req_off(r));
+    } else {
+        io_uring_prep_write(sqe, ch->fd, req_buf(r), (unsigned)req_left(r),
+                            req_off(r));
+    }
+    io_uring_sqe_set_data(sqe, r);
+}
+
+/*
+ * A request's result: finished (true: its slot is free again, failed or
+ * not) or resubmitted for the rest after a short transfer (false).
+ */
+static bool req_result(Chan *ch, Req *r, int res)
+{
+    Work *w = ch->w;
+
+    if (res == -EINTR || res == -EAGAIN) {
+        req_prep(ch, r);
+        return false;
+    }
+    if (res <= 0) {
+        req_error(w, r, -res);
+        r->next_free = ch->free;
+        ch->free = r;
+        return true;
+    }
+    r->done += (uint64_t)res;
+    atomic_fetch_add(&w->stats->transferred, (uint64_t)res);
+    if (req_left(r)) {
+        req_prep(ch, r);
+        return false;
+    }
+    req_finish(ch, r);
+    return true;
+}
+
+/* Blocking transfer of a whole request, for channels without io_uring. */
+static void req_sync(Chan *ch, Req *r)
+{
+    while (req_left(r)) {
+        struct iovec iov = {
+            .iov_base = req_buf(r),
+            .iov_len = MIN(req_left(r), (uint64_t)1 << 30),
+        };
+        ssize_t res = ch->w->load ? preadv(ch->fd, &iov, 1, (off_t)req_off(r))
+                                  : pwritev(ch->fd, &iov, 1,
+                                            (off_t)req_off(r));
+        if (res < 0 && errno == EINTR) {
+            continue;
+        }
+        if (res <= 0) {
+            req_error(ch->w, r, res < 0 ? errno : 0);
+            r->next_free = ch->free;
+            ch->free = r;
+            return;
+        }
+        r->done += (uint64_t)res;
+        atomic_fetch_add(&ch->w->stats->transferred, (uint64_t)res);
+    }
+    req_finish(ch, r);
+}
+
+/* Handles the completions that are there, without waiting. */
+static unsigned chan_poll(Chan *ch)
+{
+    struct io_uring_cqe *cqe;
+    unsigned finished = 0;
+
+    while (io_uring_peek_cqe(&ch->ring, &cqe) == 0) {
+        Req *r = io_uring_cqe_get_data(cqe);
+        int res = cqe->res;
+        io_uring_cqe_seen(&ch->ring, cqe);
+        if (req_result(ch, r, res)) {
+            ch->inflight--;
+            finished++;
+        }
+    }
+    return finished;
+}
+
+/*
+ * Submits what is queued and handles completions until at least one
+ * request has finished.
+ */
+static void chan_reap(Chan *ch)
+{
+    unsigned finished = 0;
+
+    while (!finished && ch->inflight) {
+        int ret = io_uring_submit_and_wait(&ch->ring, 1);
+        if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY) {
+            /* the ring itself failed (no memory): nothing more completes */
+            GError *e = NULL;
+            error_setg_errno(&e, -ret, "Could not wait for the migration "
+                             "file's I/O");
+            work_fail(ch->w, e);
+            ch->inflight = 0;
+            return;
+        }
+        finished += chan_poll(ch);
+    }
+}
+
+/* A free request, waiting for one in flight to finish if need be. */
+static Req *chan_req(Chan *ch)
+{
+    if (!ch->free && ch->uring) {
+        chan_reap(ch);
+    }
+    Req *r = ch->free;
+    if (r) {
+        ch->free = r->next_free;
+    }
+    return r;
+}
+
+/* Queues a run of pages; false once the work has failed. */
+static bool chan_queue(Chan *ch, MrBlock *b, unsigned long *bm,
+                       uint64_t first, uint64_t pages)
+{
+    Req *r = chan_req(ch);
+
+    if (!r || atomic_load(&ch->w->failed)) {
+        if (r) {
+            r->next_free = ch->free;
+            ch->free = r;
+        }
+        return false;
+    }
+    *r = (Req){ .b = b, .bm = bm, .first = first, .pages = pages };
+    if (ch->uring) {
+        req_prep(ch, r);
+        ch->inflight++;
+        /* a throttled channel sleeps next: its request goes first */
+        if (ch->w->p->max_bandwidth) {
+            io_uring_submit(&ch->ring);
+        }
+    } else {
+        req_sync(ch, r);
+    }
+    throttle(ch->w, pages * MR_PAGE_SIZE);
+    return !atomic_load(&ch->w->failed);
 }
 
 /*
@@ -163,9 +375,10 @@ static void populate(uint8_t *p, uint64_t pages, bool write)
                   write ? MADV_POPULATE_WRITE : MADV_POPULATE_READ);
 }
 
-static bool save_batch(Work *w, int fd, MrBlock *b, unsigned long *bm,
+static bool save_batch(Chan *ch, MrBlock *b, unsigned long *bm,
                        uint64_t s, uint64_t e)
 {
+    Work *w = ch->w;
     uint64_t i = s;
 
     populate(b->host + s * MR_PAGE_SIZE, e - s, false);
@@ -187,12 +400,9 @@ static bool save_batch(Work *w, int fd, MrBlock *b, unsigned long *bm,
             j++;
         }
         /* the zero pages counted after the last data page are not written */
-        uint64_t len = (last + 1 - i) * MR_PAGE_SIZE;
-        if (!io_all(w, fd, b->host + i * MR_PAGE_SIZE, len,
-                    b->pages_offset + i * MR_PAGE_SIZE, b->id)) {
+        if (!chan_queue(ch, b, bm, i, last + 1 - i)) {
             return false;
         }
-        throttle(w, len);
         i = j;
     }
     return true;
@@ -217,7 +427,7 @@ static void zero_pages(MrStats *stats, uint8_t *p, uint64_t n)
     }
 }
 
-static bool load_batch(Work *w, int fd, MrBlock *b, unsigned long *bm,
+static bool load_batch(Chan *ch, MrBlock *b, unsigned long *bm,
                        uint64_t s, uint64_t e)
 {
     uint64_t i = s;
@@ -228,32 +438,21 @@ static bool load_batch(Work *w, int fd, MrBlock *b, unsigned long *bm,
             while (j < e && !test_bit(bm, j)) {
                 j++;
             }
-            zero_pages(w->stats, b->host + i * MR_PAGE_SIZE, j - i);
+            zero_pages(ch->w->stats, b->host + i * MR_PAGE_SIZE, j - i);
             i = j;
             continue;
         }
         /* as the save merges short gaps, so does the load: one read */
-        uint64_t j = i, last = i, gaps = 0;
+        uint64_t j = i, last = i;
         while (j < e && j - last <= MERGE_GAP) {
             if (test_bit(bm, j)) {
                 last = j;
             }
             j++;
         }
-        if (!io_all(w, fd, b->host + i * MR_PAGE_SIZE,
-                    (last + 1 - i) * MR_PAGE_SIZE,
-                    b->pages_offset + i * MR_PAGE_SIZE, b->id)) {
+        if (!chan_queue(ch, b, bm, i, last + 1 - i)) {
             return false;
         }
-        /* whatever the file has there, pages not stored are zero */
-        for (uint64_t k = i; k <= last; k++) {
-            if (!test_bit(bm, k)) {
-                memset(b->host + k * MR_PAGE_SIZE, 0, MR_PAGE_SIZE);
-                gaps++;
-            }
-        }
-        atomic_fetch_add(&w->stats->normal, last + 1 - i - gaps);
-        atomic_fetch_add(&w->stats->duplicate, gaps);
         i = last + 1;
     }
     return true;
@@ -265,6 +464,19 @@ static gpointer chan_run(gpointer opaque)
     Work *w = ch->w;
     uint64_t total = w->first_batch[w->nb_blocks];
 
+    /*
+     * Only O_DIRECT gains from requests in flight: a buffered write is a
+     * copy into the page cache (the writeback does the I/O), and io_uring
+     * hands each one to a kernel worker that then fights the others for
+     * the file's lock.  STRATA_MIGRATION_SYNC_IO=1 takes the blocking path
+     * always (tests, comparisons).
+     */
+    ch->uring = w->p->direct_io && !g_getenv("STRATA_MIGRATION_SYNC_IO") &&
+                io_uring_queue_init(QUEUE_DEPTH, &ch->ring, 0) == 0;
+    for (unsigned i = 0; i < (ch->uring ? QUEUE_DEPTH : 1); i++) {
+        ch->reqs[i].next_free = ch->free;
+        ch->free = &ch->reqs[i];
+    }
     for (;;) {
         uint64_t n = atomic_fetch_add(&w->next, 1);
         unsigned bi = 0;
@@ -283,12 +495,25 @@ static gpointer chan_run(gpointer opaque)
         MrBlock *b = &w->blocks[bi];
         uint64_t s = (n - w->first_batch[bi]) * BATCH_PAGES;
         uint64_t e = MIN(s + BATCH_PAGES, mr_block_pages(b));
-        bool ok = w->load ? load_batch(w, ch->fd, b, w->bitmaps[bi], s, e)
-                          : save_batch(w, ch->fd, b, w->bitmaps[bi], s, e);
+        bool ok = w->load ? load_batch(ch, b, w->bitmaps[bi], s, e)
+                          : save_batch(ch, b, w->bitmaps[bi], s, e);
         if (!ok) {
             break;
         }
+        if (ch->uring) {
+            /* query-migrate's counters follow what has reached the file */
+            io_uring_submit(&ch->ring);
+            chan_poll(ch);
+        }
+        /* counted when queued: the bytes are on their way */
         atomic_fetch_add(&w->stats->done_bytes, (e - s) * MR_PAGE_SIZE);
+    }
+    /* guest memory and the descriptor stay the caller's: finish them all */
+    if (ch->uring) {
+        while (ch->inflight) {
+            chan_reap(ch);
+        }
+        io_uring_queue_exit(&ch->ring);
     }
     return NULL;
 }

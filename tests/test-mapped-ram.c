@@ -176,6 +176,49 @@ static void test_round_trip_offset(void **state)
     round_trip(2, false, 4096 * 3 + 17);
 }
 
+/* The blocking path channels take where the kernel refuses io_uring. */
+static void test_round_trip_sync_io(void **state)
+{
+    (void)state;
+    setenv("STRATA_MIGRATION_SYNC_IO", "1", 1);
+    round_trip(2, false, 0);
+    round_trip(3, true, 0);
+    unsetenv("STRATA_MIGRATION_SYNC_IO");
+}
+
+/*
+ * Runs of 16 pages between holes of 80: far more requests per batch than
+ * a channel keeps in flight, so it waits for free ones on both sides.
+ */
+static void test_round_trip_many_runs(void **state)
+{
+    uint64_t size = 16u << 20;
+    MrBlock b = { .id = "ram0", .used = size, .host = map_anon(size) };
+    uint8_t *dst = map_anon(size);
+    MrStats st = { 0 };
+    GError *err = NULL;
+    uint64_t stored = 0;
+    (void)state;
+
+    for (uint64_t pg = 0; pg < size / MR_PAGE_SIZE; pg++) {
+        if (pg % 96 < 16) {
+            memset(b.host + pg * MR_PAGE_SIZE, (int)(pg % 251) + 1,
+                   MR_PAGE_SIZE);
+            stored++;
+        }
+    }
+    memset(dst, 0xee, size);
+    assert_true(save(&b, 1, 1, true, 0, &st));
+    assert_int_equal(st.normal, stored);
+    MrFileInfo *info = load(&dst, 1, true, 0, &err);
+    assert_null(err);
+    assert_non_null(info);
+    assert_memory_equal(dst, b.host, size);
+    mr_file_info_free(info);
+    munmap(b.host, size);
+    munmap(dst, size);
+}
+
 static uint64_t be64_at(const uint8_t *p)
 {
     uint64_t v;
@@ -319,6 +362,8 @@ int main(void)
         cmocka_unit_test(test_round_trip_1),
         cmocka_unit_test(test_round_trip_4),
         cmocka_unit_test(test_round_trip_direct),
+        cmocka_unit_test(test_round_trip_sync_io),
+        cmocka_unit_test(test_round_trip_many_runs),
         cmocka_unit_test(test_round_trip_offset),
         cmocka_unit_test(test_bad_files),
     };
