@@ -79,6 +79,11 @@ static bool backing_overridden(BlockNode *bs, int flags)
     return bs->backing_file[0] && !(flags & NODE_O_NO_BACKING);
 }
 
+bool node_backing_overridden(BlockNode *bs)
+{
+    return backing_overridden(bs, bs->open_flags);
+}
+
 /*
  * The order QEMU's list-like options (blkdebug's inject-error.N.*) come out
  * in, where several share a hash bucket: as measured against QEMU 7.2, the

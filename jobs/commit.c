@@ -701,6 +701,16 @@ BlockNode *node_find_backing_image(BlockNode *top, const char *name)
          cur = node_skip_filters(node_backing(cur))) {
         BlockNode *below = node_skip_filters(node_backing(cur));
 
+        /*
+         * The header's name says nothing about a backing node given in its
+         * place: only that node's own filename can match then.
+         */
+        if (node_backing_overridden(cur)) {
+            if (!strcmp(name, node_get_filename(below))) {
+                return below;
+            }
+            continue;
+        }
         if (protocol || has_protocol(node_backing_file(cur))) {
             if (!strcmp(name, node_backing_file(cur)) ||
                 !strcmp(name, node_get_filename(below))) {

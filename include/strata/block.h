@@ -102,6 +102,9 @@ const BlockDriver *node_get_driver(const BlockNode *bs);
  * against the image's directory); NULL if none, or if the image's storage
  * has no directory (a quorum).  Caller frees. */
 char *node_get_full_backing_filename(BlockNode *bs);
+/* bs's backing child is not the image its header names (QEMU's
+ * bdrv_backing_overridden): given at blockdev-add, or replaced since. */
+bool node_backing_overridden(BlockNode *bs);
 bool node_is_read_only(const BlockNode *bs);
 int node_get_flags(const BlockNode *bs);
 int64_t node_getlength(BlockNode *bs); /* -errno on error */
