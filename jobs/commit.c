@@ -15,6 +15,7 @@
 #include <string.h>
 #include "strata/bitmap-pivot.h"
 #include "discard-source.h"
+#include "progress-front.h"
 #include "strata/backend.h"
 #include "strata/block-copy.h"
 #include "strata/block-driver.h"
@@ -47,6 +48,7 @@ typedef struct CommitJob {
     int64_t length;
     int64_t base_cluster;        /* copy_only: 0 when base has none */
     CommitStats stats;
+    ProgressFront front;         /* the progress reported */
 } CommitJob;
 
 static void register_filter(void)
@@ -170,7 +172,6 @@ static void commit_progress(void *opaque, int64_t offset, int64_t bytes,
                             BlockCopyKind kind)
 {
     CommitJob *s = opaque;
-    (void)offset;
     switch (kind) {
     case BLOCK_COPY_DATA:
         s->stats.bytes_written += (uint64_t)bytes;
@@ -182,10 +183,13 @@ static void commit_progress(void *opaque, int64_t offset, int64_t bytes,
         s->stats.bytes_skipped += (uint64_t)bytes;
         break;
     }
-    job_progress_update(&s->common.job, (uint64_t)bytes);
+    progress_front_done(&s->front, offset, bytes);
 }
 
 /* ---- The job ---- */
+
+/* QEMU's: what one step of its commit loop copies at most. */
+#define COMMIT_BUFFER_SIZE (512 * 1024)
 
 /* Ranges unallocated at once: a cancel is seen between them. */
 #define COMMIT_PUNCH_CHUNK (16 * 1024 * 1024)
@@ -276,7 +280,24 @@ static int coroutine_fn commit_run(Job *job, GError **errp)
          * byte for byte): the ranges go one after the other.
          */
         o.max_workers = 1;
+    } else {
+        /*
+         * QEMU's COMMIT_BUFFER_SIZE from the first chunk on, and the
+         * progress as far as the disk is done without a gap
+         * (progress-front.c): a failed, cancelled or speed-limited commit
+         * stops where QEMU's does (QEMU 040, 141).
+         */
+        BlockDriverInfo bdi = { 0 };
+
+        o.max_chunk = COMMIT_BUFFER_SIZE;
+        /* Not below the engine's granularity, base's cluster size. */
+        if (node_get_info(s->base, &bdi) == 0 &&
+            bdi.cluster_size > COMMIT_BUFFER_SIZE) {
+            o.max_chunk = bdi.cluster_size;
+        }
+        o.fixed_chunk = true;
     }
+    progress_front_init(&s->front, job);
     s->bcs = block_copy_new(&o, errp);
     if (!s->bcs) {
         return -EINVAL;
@@ -460,6 +481,7 @@ static void commit_free(Job *job)
     node_unref(s->base);
     g_free(s->owner);
     g_free(s->backing_file);
+    progress_front_destroy(&s->front);
     if (s->punch_edges) {
         g_ptr_array_free(s->punch_edges, true);
     }
