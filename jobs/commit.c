@@ -522,6 +522,9 @@ static bool insert_filter(CommitJob *s, const char *name, GError **errp)
     if (!s->commit_top) {
         return false;
     }
+    if (!name) {
+        node_set_implicit(s->commit_top);
+    }
     if (!node_replace(s->top, s->commit_top, errp)) {
         node_unref(s->commit_top);
         s->commit_top = NULL;

@@ -543,6 +543,9 @@ static BlockNode *insert_filter(BlockNode *bs, BlockNode *bottom,
         error_propagate(errp, err);
         return NULL;
     }
+    if (!node_name) {
+        node_set_implicit(cor);
+    }
     if (!parents_unfrozen(bs, cor, &err) || !node_replace(bs, cor, &err)) {
         error_prefix(&err, "Could not replace node: ");
         error_propagate(errp, err);
