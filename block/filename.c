@@ -79,6 +79,11 @@ static bool backing_overridden(BlockNode *bs, int flags)
     return bs->backing_file[0] && !(flags & NODE_O_NO_BACKING);
 }
 
+bool node_backing_overridden(BlockNode *bs)
+{
+    return backing_overridden(bs, bs->open_flags);
+}
+
 /*
  * The order QEMU's list-like options (blkdebug's inject-error.N.*) come out
  * in, where several share a hash bucket: as measured against QEMU 7.2, the
@@ -110,6 +115,10 @@ static int prefixed_opt_cmp(const void *a, const void *b)
 static json_t *full_open_options(BlockNode *bs, const char *path, int flags,
                                  bool *strong)
 {
+    /* An implicit filter is its child, to its parents' names too. */
+    if (bs->implicit && node_filtered_child(bs)) {
+        return full_open_options(node_filtered_child(bs), path, 0, strong);
+    }
     json_t *opts = json_object();
     json_t *flat = opts_flatten(bs->options);
     const char *const *strong_opts = strong_options(bs->drv);
@@ -200,6 +209,12 @@ void filename_refresh(BlockNode *bs, int flags)
 {
     BlockNode *child = node_primary_child(bs);
     bool strong;
+
+    if (bs->implicit && node_filtered_child(bs)) {
+        g_strlcpy(bs->filename, node_filtered_child(bs)->filename,
+                  sizeof(bs->filename));
+        return;
+    }
     json_t *opts = full_open_options(bs, "", flags, &strong);
 
     if (bs->drv->refresh_filename) {
@@ -229,6 +244,15 @@ void filename_refresh(BlockNode *bs, int flags)
         g_string_free(json, TRUE);
     }
     json_decref(opts);
+}
+
+/* Children first, as QEMU's bdrv_refresh_filename. */
+void node_refresh_filename_tree(BlockNode *bs)
+{
+    for (GList *l = bs->children; l; l = l->next) {
+        node_refresh_filename_tree(((BlockChild *)l->data)->bs);
+    }
+    filename_refresh(bs, bs->open_flags);
 }
 
 void node_refresh_filename(BlockNode *bs)

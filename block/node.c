@@ -252,6 +252,19 @@ BlockNode *node_skip_filters(BlockNode *bs)
     return bs;
 }
 
+void node_set_implicit(BlockNode *bs)
+{
+    bs->implicit = true;
+}
+
+BlockNode *node_skip_implicit_filters(BlockNode *bs)
+{
+    while (bs && bs->implicit && node_filtered_child(bs)) {
+        bs = node_filtered_child(bs);
+    }
+    return bs;
+}
+
 ReopenState *node_reopen_state(const BlockNode *bs)
 {
     return bs->reopen_state;
@@ -783,6 +796,7 @@ probed:
      */
     if (probed_here && bs->file && bs->file->bs == probed_file) {
         bs->file->inherits = true;
+        probed_file->opened_by_parent = true;
     }
     /*
      * QEMU names a format's storage before the format node itself and its
@@ -1005,6 +1019,7 @@ static BlockChild *open_child(BlockNode *bs, json_t *options, const char *name,
     BlockChild *c = node_attach_child(bs, child_bs, name, role, errp);
     if (c) {
         c->inherits = !by_reference;
+        child_bs->opened_by_parent |= !by_reference;
     }
     node_unref(child_bs);
     return c;

@@ -51,6 +51,8 @@ static bool is_child_name(BlockNode *bs, const char *key)
     return node_find_child(bs, key) != NULL;
 }
 
+static bool key_is_child(BlockNode *bs, const char *key);
+
 static void queue_note_ref_prefixes(ReopenQueue *q, ReopenState *rs,
                                     json_t *options)
 {
@@ -109,7 +111,9 @@ ReopenQueue *reopen_queue_add_opts(ReopenQueue *q, BlockNode *bs,
         const char *k;
         json_t *v;
         json_object_foreach(bs->options, k, v) {
-            if (keep_old_opts && !json_is_object(v) && !is_child_name(bs, k)) {
+            /* A child's own options ("file.driver") are its, not ours. */
+            if (keep_old_opts && !json_is_object(v) && !is_child_name(bs, k) &&
+                !(strchr(k, '.') && key_is_child(bs, k))) {
                 json_object_set(rs->options, k, v);
             }
         }
@@ -147,7 +151,11 @@ ReopenQueue *reopen_queue_add_opts(ReopenQueue *q, BlockNode *bs,
     json_t *inherit = opts_flatten(options);
     for (GList *l = bs->children; l; l = l->next) {
         BlockChild *c = l->data;
-        if (!c->inherits) {
+        /*
+         * A job's filter took over an edge that inherits: the filter
+         * itself was not opened by us (QEMU: its inherits_from is NULL).
+         */
+        if (!c->inherits || !c->bs->opened_by_parent) {
             continue;
         }
         json_t *ref = json_object_get(options, c->name);
@@ -419,6 +427,22 @@ static bool leftover_unchanged(ReopenState *rs, GPtrArray *refused,
             return false;
         }
     }
+    /*
+     * Options for a child that is not reopened with us: the backing file
+     * is gone (a stream dropped it) or a job's filter stands in its place.
+     * QEMU keeps no child's options with the parent, so they always
+     * differ from the old ones.
+     */
+    const char *dot = strchr(k, '.');
+    if (dot) {
+        char *child = g_strndup(k, (gsize)(dot - k));
+        bool is_child = !strcmp(child, "backing") ||
+                        node_find_child(bs, child) != NULL;
+        g_free(child);
+        if (is_child) {
+            return false;
+        }
+    }
     if (!strcmp(k, "node-name")) {
         return !strcmp(json_string_value(v), bs->node_name);
     }
@@ -522,7 +546,8 @@ static bool inherits_from(BlockNode *child, BlockNode *parent)
         BlockNode *up = NULL;
         for (GList *l = cur->parents; l; l = l->next) {
             BlockChild *p = l->data;
-            if (p->inherits && p->klass->parent_is_node) {
+            if (p->inherits && cur->opened_by_parent &&
+                p->klass->parent_is_node) {
                 up = p->opaque;
                 break;
             }
@@ -597,6 +622,17 @@ static bool reopen_parse_child(ReopenState *rs, bool is_backing,
     json_object_del(rs->requested, name);
     if (old_bs == new_bs) {
         return true;
+    }
+    if (old_bs) {
+        /* The node a job's implicit filter stands for is already there. */
+        if (node_skip_implicit_filters(old_bs) == new_bs) {
+            return true;
+        }
+        if (old_bs->implicit) {
+            error_setg(errp, "Cannot replace implicit %s child of %s", name,
+                       bs->node_name);
+            return false;
+        }
     }
     if (bs->drv->is_filter && !old_bs) {
         /* A filter has its one child already: this one is the wrong kind. */

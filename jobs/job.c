@@ -97,6 +97,14 @@ bool job_verb_allowed(JobVerb verb, JobStatus state)
 struct JobTxn {
     GList *jobs;
     bool aborting;
+    /*
+     * Its jobs' prepare/commit/abort callbacks run: they may drain, and a
+     * drain runs the loop, which may answer a QMP cancel of one of them.
+     * QEMU never answers QMP inside a job's completion; here a cancel in
+     * the middle of it leaves the completion alone, as one that came just
+     * after it would (it would find the job done).
+     */
+    int finishing;
     int refcnt;
 };
 
@@ -784,12 +792,18 @@ static int prepare(Job *job)
 
 static void do_finalize(Job *job)
 {
-    g_assert(job->txn);
+    JobTxn *txn = job->txn;
+
+    g_assert(txn);
+    txn_ref(txn);
+    txn->finishing++;
     if (txn_apply(job, prepare)) {
         txn_abort(job);
     } else {
         txn_apply(job, finalize_single);
     }
+    txn->finishing--;
+    job_txn_unref(txn);
 }
 
 static int to_pending(Job *job)
@@ -878,6 +892,9 @@ void job_start(Job *job)
 
 void job_cancel(Job *job, bool force)
 {
+    if (job->txn && job->txn->finishing) {
+        return;
+    }
     if (job->status == JOB_STATUS_CONCLUDED) {
         do_dismiss(job);
         return;

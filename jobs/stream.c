@@ -30,6 +30,16 @@
 #include "strata/copy-on-read.h"
 #include "strata/error.h"
 #include "strata/stream.h"
+#include "progress-front.h"
+
+/*
+ * QEMU's STREAM_CHUNK: how much one step of QEMU's loop copies at most.
+ * The engine's data chunks are this size from the first one, so that a
+ * job limited to a speed copies what QEMU's does before it first sleeps
+ * (QEMU 141: speed 1, cancelled at 512 KiB), and the progress a failed
+ * or cancelled job reports stops where QEMU's does (progress-front.c).
+ */
+#define STREAM_CHUNK (512 * 1024)
 
 typedef struct StreamJob {
     BlockJob common;
@@ -43,6 +53,7 @@ typedef struct StreamJob {
     BlockdevOnError on_error;
     bool discard_backing;
     GSList *intermediates;       /* BlockChild*: the job's edges, top down */
+    ProgressFront front;         /* the progress reported */
     /* The header's backing file and format before the job changed them. */
     bool header_changed;
     char *old_backing, *old_backing_fmt;
@@ -231,13 +242,9 @@ static void stream_progress(void *opaque, int64_t offset, int64_t bytes,
                             BlockCopyKind kind)
 {
     StreamJob *s = opaque;
-    (void)offset;
     (void)kind;
-    job_progress_update(&s->common.job, (uint64_t)bytes);
+    progress_front_done(&s->front, offset, bytes);
 }
-
-/* QEMU's STREAM_CHUNK: how much one step of the ignore loop copies. */
-#define STREAM_CHUNK (512 * 1024)
 
 /*
  * The next step of QEMU's loop: up to a chunk, as far as the image
@@ -297,7 +304,7 @@ static int coroutine_fn stream_copy_ignoring(StreamJob *s,
                 break;
             }
             block_copy_reset_dirty(bcs, off, n);
-            job_progress_update(job, (uint64_t)n);
+            progress_front_done(&s->front, off, n);
         } else {
             job_ratelimit_processed(job, (uint64_t)n);
         }
@@ -330,6 +337,8 @@ static int coroutine_fn stream_run(Job *job, GError **errp)
     BlockCopyOptions o = {
         .source = blk_root(s->blk),
         .granularity = gran,
+        .max_chunk = MAX(STREAM_CHUNK, gran),
+        .fixed_chunk = true,
         .target = NULL,
         .classify = stream_classify,
         .classify_opaque = s,
@@ -337,8 +346,10 @@ static int coroutine_fn stream_run(Job *job, GError **errp)
         .progress = stream_progress,
         .progress_opaque = s,
     };
+    progress_front_init(&s->front, job);
     BlockCopyState *bcs = block_copy_new(&o, errp);
     if (!bcs) {
+        progress_front_destroy(&s->front);
         return -EINVAL;
     }
     if (s->on_error == BLOCKDEV_ON_ERROR_IGNORE) {
@@ -361,6 +372,7 @@ static int coroutine_fn stream_run(Job *job, GError **errp)
         break;
     }
     block_copy_free(bcs);
+    progress_front_destroy(&s->front);
     /* Do not drop the chain when an error was ignored (QEMU's rule). */
     if (error || job_is_cancelled(job)) {
         return error;
@@ -530,6 +542,9 @@ static BlockNode *insert_filter(BlockNode *bs, BlockNode *bottom,
         error_prefix(&err, "Could not create node: ");
         error_propagate(errp, err);
         return NULL;
+    }
+    if (!node_name) {
+        node_set_implicit(cor);
     }
     if (!parents_unfrozen(bs, cor, &err) || !node_replace(bs, cor, &err)) {
         error_prefix(&err, "Could not replace node: ");

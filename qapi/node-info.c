@@ -35,6 +35,11 @@ static SnapshotInfo *snapshot_info(const NodeSnapshot *sn)
  */
 static ImageInfo *image_info(BlockNode *bs, GError **errp)
 {
+    /*
+     * As QEMU, the filename as the graph is now: a job's filter may have
+     * come or gone below bs since it was opened.
+     */
+    node_refresh_filename_tree(bs);
     NodeImageInfo *ni = node_query_image_info(bs, errp);
     if (!ni) {
         return NULL;

@@ -195,6 +195,9 @@ BlockNode *mirror_top_insert(BlockNode *source, const char *node_name,
     if (!filter) {
         return NULL;
     }
+    if (!node_name) {
+        node_set_implicit(filter);
+    }
     /* Before the filter has parents: its permissions are its own yet. */
     ((MirrorTopState *)filter->opaque)->is_commit = is_commit;
     node_drain_begin(source);

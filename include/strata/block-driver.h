@@ -378,6 +378,19 @@ struct BlockNode {
     ReopenState *reopen_state;   /* while a reopen is being prepared */
     bool probed;                 /* format guessed, not given */
     bool encrypted;              /* guest data is encrypted (info) */
+    /*
+     * A job's filter made without a node name (QEMU's implicit nodes):
+     * its filename and options are its child's, and blockdev-reopen does
+     * not replace it (node_set_implicit()).
+     */
+    bool implicit;
+    /*
+     * Opened by a parent from options inline (not by reference): only
+     * such a node follows its parent's reopen (QEMU's inherits_from).  A
+     * node a job inserted above it does not, though it takes over the
+     * parent's edge.
+     */
+    bool opened_by_parent;
 
     /* Statistics (query-blockstats later). */
     uint64_t rd_bytes, wr_bytes, rd_ops, wr_ops, flush_ops;

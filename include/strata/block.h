@@ -102,6 +102,9 @@ const BlockDriver *node_get_driver(const BlockNode *bs);
  * against the image's directory); NULL if none, or if the image's storage
  * has no directory (a quorum).  Caller frees. */
 char *node_get_full_backing_filename(BlockNode *bs);
+/* bs's backing child is not the image its header names (QEMU's
+ * bdrv_backing_overridden): given at blockdev-add, or replaced since. */
+bool node_backing_overridden(BlockNode *bs);
 bool node_is_read_only(const BlockNode *bs);
 int node_get_flags(const BlockNode *bs);
 int64_t node_getlength(BlockNode *bs); /* -errno on error */
@@ -113,6 +116,11 @@ BlockNode *node_primary_child(BlockNode *bs);
 BlockNode *node_filtered_child(BlockNode *bs);
 /* Walk past filters to the first non-filter node. */
 BlockNode *node_skip_filters(BlockNode *bs);
+/* A job's filter made without a node name: the node the user named or the
+ * chain goes on to shows through it (QEMU's implicit nodes). */
+void node_set_implicit(BlockNode *bs);
+/* bs, or below its implicit filters (bdrv_skip_implicit_filters). */
+BlockNode *node_skip_implicit_filters(BlockNode *bs);
 /* Whether discards reach the storage (discard=unmap, QEMU's BDRV_O_UNMAP). */
 bool node_discards_unmap(const BlockNode *bs);
 /*
@@ -155,6 +163,9 @@ bool node_replace(BlockNode *from, BlockNode *to, GError **errp);
  * change (a new backing node makes a json: name out of date).
  */
 void node_refresh_filename(BlockNode *bs);
+/* bs's filename again from its subtree's current shape, children first
+ * (QEMU refreshes so before it shows a node's filename). */
+void node_refresh_filename_tree(BlockNode *bs);
 /* Re-run the permission calculation below bs (after a driver-state change). */
 bool node_refresh_perms(BlockNode *bs, GError **errp);
 
