@@ -67,6 +67,7 @@
 #include "strata/ram-block.h"
 #include "qapi-commands.h"
 #include "job-settle.h"
+#include "machine-snapshot.h"
 
 #define DEFAULT_CHANNELS 2
 #define PROGRESS_NS (50 * 1000 * 1000)
@@ -126,6 +127,11 @@ typedef struct MachineJob {
 
 /* One machine job at a time: they use the same RAM and maybe the nodes. */
 static MachineJob *running_job;
+
+const char *machine_snapshot_running_job(void)
+{
+    return running_job ? running_job->common.id : NULL;
+}
 
 /* ---- errors ---- */
 
