@@ -283,6 +283,7 @@ static void test_held_write_not_lost(void **state)
     assert_true(h.issued_in_txn);
     assert_true(h.quiesced_at_issue);
     LOOP_WAIT_WHILE(!h.done);
+    iovec_destroy(&h.qiov);
     assert_int_equal(h.ret, 0);
     /* the device is back on a, and so must be what it wrote */
     assert_ptr_equal(blk_node(h.blk), h.a);
