@@ -181,12 +181,47 @@ XStrataDeviceStateInfoList *qmp_x_strata_query_device_state(GError **errp)
     return head;
 }
 
+/* In @ids (NULL: every id). */
+static bool wanted(const GPtrArray *ids, const char *id)
+{
+    if (!ids) {
+        return true;
+    }
+    for (guint i = 0; i < ids->len; i++) {
+        if (strcmp(ids->pdata[i], id) == 0) {
+            return true;
+        }
+    }
+    return false;
+}
+
 bool ds_registry_begin(bool incoming, DsSet **out, GError **errp)
 {
+    return ds_registry_begin_ids(incoming, NULL, out, errp);
+}
+
+bool ds_registry_begin_ids(bool incoming, const GPtrArray *ids, DsSet **out,
+                           GError **errp)
+{
     *out = NULL;
+    for (guint i = 0; ids && i < ids->len; i++) {
+        const char *id = ids->pdata[i];
+        Entry *e = find(id, NULL);
+        if (!e || e->fd < 0) {
+            error_setg(errp, "Device state '%s' is not registered%s", id,
+                       e ? " (its descriptor was spent: add it again)" : "");
+            return false;
+        }
+        for (guint k = 0; k < i; k++) {
+            if (strcmp(ids->pdata[k], id) == 0) {
+                error_setg(errp, "Device state '%s' is named twice", id);
+                return false;
+            }
+        }
+    }
     for (unsigned i = 0; entries && i < entries->len; i++) {
         Entry *e = entries->pdata[i];
-        if (e->fd < 0) {
+        if (e->fd < 0 || !wanted(ids, e->id)) {
             continue;
         }
         int acc = fcntl(e->fd, F_GETFL) & O_ACCMODE;
@@ -201,7 +236,7 @@ bool ds_registry_begin(bool incoming, DsSet **out, GError **errp)
     }
     for (unsigned i = 0; entries && i < entries->len; i++) {
         Entry *e = entries->pdata[i];
-        if (e->fd < 0) {
+        if (e->fd < 0 || !wanted(ids, e->id)) {
             continue;
         }
         if (!*out) {

@@ -9,7 +9,9 @@
  *   file         a new file beside the target (or the fdset's descriptor)
  *   overlays     the new overlay images created and opened, drained
  *   transaction  the nodes drained, the overlays put on them: all or none
- *   ram          the RAM written, synced, renamed over the target
+ *   ram          the RAM and the device state streams written, synced,
+ *                renamed over the target (a back end that fails its
+ *                stream fails this step)
  * and then releases the disks: requests held back since the transaction
  * started go to the overlays.  A failure at any step undoes the steps
  * before it (the overlays come off again, the files this job created are
@@ -24,7 +26,8 @@
  *   overlays     new empty overlays created on the snapshot nodes, drained
  *   disks        the nodes drained, the overlays put in their places, all
  *                or none
- *   ram          the RAM loaded; on failure the disks go back
+ *   ram          the RAM loaded, then the device state streams handed to
+ *                their back ends; on failure the disks go back
  * and then releases the disks and drops the nodes it replaced (their
  * files are left as they are).
  *
@@ -34,6 +37,13 @@
  * ended, an event would be lost), and job-cancel stops a long save and
  * undoes it.  The saves and loads use strata/migrate.h, the threads that
  * `migrate` uses.
+ *
+ * Device state: 'devices' names registered streams (x-strata-device-state-
+ * add); without it every registered stream goes, as with migrate and
+ * migrate-incoming, so a monitor that registers its back ends needs no
+ * second list.  A restore hands a stream of the file only to a back end
+ * registered under its id (and named in 'devices' if given); the others
+ * are reported, as migrate-incoming does, and left in the file.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -47,6 +57,7 @@
 #include "strata/block-ops.h"
 #include "strata/block.h"
 #include "strata/coroutine.h"
+#include "strata/device-state.h"
 #include "strata/error.h"
 #include "strata/fdset.h"
 #include "strata/job.h"
@@ -56,6 +67,7 @@
 #include "strata/ram-block.h"
 #include "qapi-commands.h"
 #include "job-settle.h"
+#include "machine-snapshot.h"
 
 #define DEFAULT_CHANNELS 2
 #define PROGRESS_NS (50 * 1000 * 1000)
@@ -90,6 +102,7 @@ typedef struct MachineJob {
     DiskArg *args;
     unsigned nb_disks;
     GPtrArray *ram_ids;         /* char *; NULL: all blocks */
+    GPtrArray *dev_ids;         /* char *; NULL: all registered streams */
     unsigned channels;
     bool direct_io;
     uint64_t max_bandwidth;
@@ -108,10 +121,17 @@ typedef struct MachineJob {
     bool waiting;               /* in a plain yield, not a job sleep */
     GError *run_err;
     uint64_t progress;
+    DsSet *devstate;            /* the streams taken from the registry */
+    bool ds_taken;              /* ds_registry_end owed */
 } MachineJob;
 
 /* One machine job at a time: they use the same RAM and maybe the nodes. */
 static MachineJob *running_job;
+
+const char *machine_snapshot_running_job(void)
+{
+    return running_job ? running_job->common.id : NULL;
+}
 
 /* ---- errors ---- */
 
@@ -380,6 +400,50 @@ static bool commit_file(MachineJob *s, GError **errp)
     return true;
 }
 
+/* Streams of the file no back end took: said, as migrate-incoming does. */
+static void report_unread(GPtrArray *unread)
+{
+    if (!unread || !unread->len) {
+        return;
+    }
+    g_autoptr(GString) names = g_string_new(NULL);
+    for (guint i = 0; i < unread->len; i++) {
+        g_string_append_printf(names, "%s%s", i ? ", " : "",
+                               (char *)unread->pdata[i]);
+    }
+    warn_print("x-strata-machine-restore: device state not read: %s",
+               names->str);
+}
+
+/* Takes the streams of 'devices' (default all registered) from the
+ * registry for this job; they are its until machine_run ends. */
+static bool take_devices(MachineJob *s, GError **errp)
+{
+    if (!ds_registry_begin_ids(s->restore, s->dev_ids, &s->devstate, errp)) {
+        return false;
+    }
+    s->ds_taken = true;
+    return true;
+}
+
+/* Restore: every stream named in 'devices' must be in the file. */
+static bool match_devices(MachineJob *s, MrFileInfo *info, GError **errp)
+{
+    for (guint i = 0; s->dev_ids && i < s->dev_ids->len; i++) {
+        const char *id = s->dev_ids->pdata[i];
+        bool found = false;
+        for (guint k = 0; k < info->states->len && !found; k++) {
+            MrDevState *st = info->states->pdata[k];
+            found = strcmp(st->id, id) == 0;
+        }
+        if (!found) {
+            error_setg(errp, "'%s' holds no device state '%s'", s->file, id);
+            return false;
+        }
+    }
+    return true;
+}
+
 /*
  * Runs the save or load to its end.  A cancel stops it (the run removes
  * its new file); returns false with *errp set (NULL cause: cancelled).
@@ -392,7 +456,8 @@ static bool coroutine_fn run_ram(MachineJob *s, bool save, bool *touched,
         .target = { .fd = s->fd, .chan_fds = s->chan_fds,
                     .nb_chan = s->channels, .offset = 0 },
         .params = { .channels = s->channels, .direct_io = s->direct_io,
-                    .max_bandwidth = save ? s->max_bandwidth : 0 },
+                    .max_bandwidth = save ? s->max_bandwidth : 0,
+                    .devstate = s->devstate },
         .blocks = s->blocks,
         .nb_blocks = s->nb_blocks,
         /* the rename is this job's commit point: done below, not there */
@@ -422,6 +487,9 @@ static bool coroutine_fn run_ram(MachineJob *s, bool save, bool *touched,
     }
     update_progress(s);
     *touched = !save && atomic_load(&mig_run_stats(s->run)->done_bytes) > 0;
+    if (!save) {
+        report_unread(mig_run_unread(s->run));
+    }
     bool cancelled = mig_run_cancelled(s->run);
     mig_run_free(s->run);
     s->run = NULL;
@@ -701,7 +769,8 @@ static int coroutine_fn do_snapshot(MachineJob *s, GError **errp)
     GError *err = NULL;
     bool touched;
 
-    if (!resolve_ram(s, &err) || !resolve_disks(s, &err)) {
+    if (!resolve_ram(s, &err) || !resolve_disks(s, &err) ||
+        !take_devices(s, &err)) {
         return step_failed(errp, "check", err, "nothing was changed");
     }
     if (!open_file(s, true, &err)) {
@@ -748,7 +817,8 @@ static int coroutine_fn do_restore(MachineJob *s, GError **errp)
     }
     /* Everything about the file is checked before anything changes. */
     info = mr_file_parse(s->fd, 0, &err);
-    if (!info || !match_ram(s, info, &err)) {
+    if (!info || !match_ram(s, info, &err) ||
+        !match_devices(s, info, &err) || !take_devices(s, &err)) {
         mr_file_info_free(info);
         return step_failed(errp, "file", err, "nothing was changed");
     }
@@ -802,6 +872,12 @@ static int coroutine_fn machine_run(Job *job, GError **errp)
     release_disks(s, ret == 0);
     close_file(s);
     release_ram(s);
+    if (s->ds_taken) {
+        /* spent streams are closed, untouched ones stay registered */
+        ds_registry_end();
+        s->devstate = NULL;
+        s->ds_taken = false;
+    }
     if (running_job == s) {
         running_job = NULL;
     }
@@ -824,6 +900,9 @@ static void machine_free(Job *job)
     g_free(s->args);
     if (s->ram_ids) {
         g_ptr_array_free(s->ram_ids, true);
+    }
+    if (s->dev_ids) {
+        g_ptr_array_free(s->dev_ids, true);
     }
     if (s->rbs) {
         g_ptr_array_free(s->rbs, true);
@@ -849,16 +928,10 @@ static const JobDriver restore_driver = {
 };
 
 /* The argument checks that need no daemon state. */
-static bool check_args(strList *devices, bool has_channels, int64_t channels,
+static bool check_args(bool has_channels, int64_t channels,
                        bool has_max_bandwidth, int64_t max_bandwidth,
                        GError **errp)
 {
-    if (devices) {
-        error_setg(errp, "strata-daemon has no device state streams yet: "
-                   "leave out 'devices' (docs/migration.md, \"Device "
-                   "state\")");
-        return false;
-    }
     if (has_channels && (channels < 1 || channels > 255)) {
         error_setg(errp, "Parameter 'channels' expects a value between 1 "
                    "and 255");
@@ -891,7 +964,8 @@ static bool check_args(strList *devices, bool has_channels, int64_t channels,
 static MachineJob *machine_create(const JobDriver *drv, const char *job_id,
                                   const char *file, bool has_channels,
                                   int64_t channels, bool has_direct_io,
-                                  bool direct_io, GError **errp)
+                                  bool direct_io, strList *devices,
+                                  GError **errp)
 {
     MachineJob *s = job_create(job_id, drv, NULL, JOB_MANUAL_DISMISS, NULL,
                                NULL, errp);
@@ -902,6 +976,13 @@ static MachineJob *machine_create(const JobDriver *drv, const char *job_id,
     s->file = g_strdup(file);
     s->channels = has_channels ? (unsigned)channels : DEFAULT_CHANNELS;
     s->direct_io = has_direct_io && direct_io;
+    if (devices) {
+        /* the generated code gives [] as NULL too: both mean "all" */
+        s->dev_ids = g_ptr_array_new_with_free_func(g_free);
+        for (strList *l = devices; l; l = l->next) {
+            g_ptr_array_add(s->dev_ids, g_strdup(l->value));
+        }
+    }
     return s;
 }
 
@@ -923,12 +1004,13 @@ void qmp_x_strata_machine_snapshot(const char *job_id, const char *file,
     MachineJob *s;
     unsigned n = 0;
 
-    if (!check_args(devices, has_channels, channels, has_max_bandwidth,
+    if (!check_args(has_channels, channels, has_max_bandwidth,
                     max_bandwidth, errp)) {
         return;
     }
     s = machine_create(&snapshot_driver, job_id, file, has_channels,
-                       channels, has_direct_io, direct_io, errp);
+                       channels, has_direct_io, direct_io, devices,
+                       errp);
     if (!s) {
         return;
     }
@@ -968,11 +1050,11 @@ void qmp_x_strata_machine_restore(const char *job_id, const char *file,
     MachineJob *s;
     unsigned n = 0;
 
-    if (!check_args(devices, has_channels, channels, false, 0, errp)) {
+    if (!check_args(has_channels, channels, false, 0, errp)) {
         return;
     }
     s = machine_create(&restore_driver, job_id, file, has_channels, channels,
-                       has_direct_io, direct_io, errp);
+                       has_direct_io, direct_io, devices, errp);
     if (!s) {
         return;
     }

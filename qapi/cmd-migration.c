@@ -23,6 +23,7 @@
 #include "strata/ram-block.h"
 #include "qapi-commands.h"
 #include "qapi-events.h"
+#include "machine-snapshot.h"
 
 /*
  * Named descriptors (getfd) live in the QMP server.  Weak references: the
@@ -580,6 +581,13 @@ static bool prepare(const char *uri, MigrationChannelList *channels,
     }
     if (is_active()) {
         error_setg(errp, "There's a migration process in progress");
+        return false;
+    }
+    /* it holds the RAM blocks and the device state streams until it ends */
+    const char *job = machine_snapshot_running_job();
+    if (job) {
+        error_setg(errp, "Machine snapshot job '%s' is running: a migration "
+                   "can start once it has concluded", job);
         return false;
     }
     return true;

@@ -21,6 +21,7 @@
 typedef struct ExternalSnapshot {
     BlockNode *old_bs;          /* referenced and drained until clean */
     BlockNode *new_bs;          /* referenced until clean */
+    bool new_drained;           /* new_bs drained until clean */
     BlockChild *backing;        /* new_bs's edge to old_bs once appended */
 } ExternalSnapshot;
 
@@ -217,6 +218,16 @@ static bool external_snapshot_prepare(TxnState *s, GError **errp)
         error_setg(errp, "The overlay does not support backing images");
         return false;
     }
+    /*
+     * old_bs's users move to new_bs and must stay held back there until
+     * the transaction ends: a write that went ahead would land in an
+     * overlay that a later action's failure takes off again, and be lost.
+     * QEMU 7.2 gets this from the drain of old_bs reaching its new parent;
+     * a drain here covers the nodes it found when it began, so new_bs is
+     * drained itself.
+     */
+    node_drain_begin(st->new_bs);
+    st->new_drained = true;
     return append_overlay(st, errp);
 }
 
@@ -256,6 +267,10 @@ static void external_snapshot_clean(TxnState *s)
     if (st->old_bs) {
         node_drain_end(st->old_bs);
         node_unref(st->old_bs);
+    }
+    /* the users' held requests go to whichever node they are on now */
+    if (st->new_drained) {
+        node_drain_end(st->new_bs);
     }
     /* Without parents taken from old_bs, a new overlay closes here. */
     if (st->new_bs) {

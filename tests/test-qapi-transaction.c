@@ -17,6 +17,9 @@
 #include "transaction.h"
 #include "strata/backend.h"
 #include "strata/block-ops.h"
+#include "strata/coroutine.h"
+#include "strata/iov.h"
+#include "strata/loop.h"
 #include "strata/units.h"
 #include "qapi-commands.h"
 #include "support.h"
@@ -182,10 +185,134 @@ static void test_device_edge_moves(void **state)
     assert_null(node_next(NULL));
 }
 
+/* ---- A guest write held while a transaction runs ---- */
+
+typedef struct HeldWrite {
+    BlockBackend *blk;          /* on node a */
+    BlockNode *a, *b, *ov1;
+    uint8_t buf[4096];
+    IOVec qiov;
+    bool in_txn;                /* qmp_transaction is running */
+    bool issued_in_txn;         /* the write was issued inside it */
+    bool quiesced_at_issue;     /* ... while its device was held back */
+    bool done;
+    int ret;
+} HeldWrite;
+
+static void held_write_cb(void *opaque, int ret)
+{
+    HeldWrite *h = opaque;
+
+    h->ret = ret;
+    h->done = true;
+}
+
+/*
+ * Queued before the transaction: the loop first runs inside it, when the
+ * first action drains node a (the BH queue is FIFO, so this runs before
+ * the drain's own wait), which is when a VM's held write would come.
+ */
+static void issue_write_bh(void *opaque)
+{
+    HeldWrite *h = opaque;
+
+    h->issued_in_txn = h->in_txn;
+    h->quiesced_at_issue = node_is_quiesced(h->a);
+    memset(h->buf, 0x5a, sizeof(h->buf));
+    iovec_init_buf(&h->qiov, h->buf, sizeof(h->buf));
+    blk_aio_pwritev(h->blk, 0, &h->qiov, 0, held_write_cb, h);
+}
+
+static TransactionAction *snapshot_sync_action(const char *node,
+                                               const char *file)
+{
+    TransactionAction *a = g_new0(TransactionAction, 1);
+
+    a->type = TRANSACTION_ACTION_KIND_BLOCKDEV_SNAPSHOT_SYNC;
+    a->u.blockdev_snapshot_sync.data = g_new0(BlockdevSnapshotSync, 1);
+    a->u.blockdev_snapshot_sync.data->node_name = g_strdup(node);
+    a->u.blockdev_snapshot_sync.data->snapshot_file = g_strdup(file);
+    a->u.blockdev_snapshot_sync.data->format = g_strdup("qcow2");
+    return a;
+}
+
+static void held_write_co(void *opaque)
+{
+    HeldWrite *h = opaque;
+    GError *err = NULL;
+    char *missing = test_path("no-such-dir/b-ov.qcow2");
+    /* the second action fails for certain: its overlay cannot be made */
+    TransactionAction *acts[] = {
+        snapshot_action("a", "ov1"),
+        snapshot_sync_action("b", missing),
+    };
+    TransactionActionList *l = list_of(acts, 2);
+
+    loop_bh(issue_write_bh, h);
+    h->in_txn = true;
+    qmp_transaction(l, NULL, &err);
+    h->in_txn = false;
+    assert_non_null(err);
+    g_clear_error(&err);
+    qapi_free_TransactionActionList(l);
+    g_free(missing);
+}
+
+/*
+ * blockdev-snapshot's overlay must stay held back (drained) until the
+ * transaction ends, as in QEMU 7.2 (there new_bs is quiesced through its
+ * drained backing child old_bs): else a write held at the device resumes
+ * when the device moves to the overlay, lands in it, and is gone when a
+ * later action fails and the overlay comes off again.
+ */
+static void test_held_write_not_lost(void **state)
+{
+    HeldWrite h = {
+        .a = open_qcow2("a", "a.qcow2"),
+        .b = open_qcow2("b", "b.qcow2"),
+        .ov1 = open_qcow2("ov1", "a-ov1.qcow2"),
+    };
+    GError *err = NULL;
+    uint8_t back[4096];
+
+    h.blk = blk_new(BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE, BLK_PERM_ALL);
+    if (!blk_insert_node(h.blk, h.a, &err)) {
+        fail_msg("%s", err->message);
+    }
+    co_run_sync(held_write_co, &h);
+    assert_true(h.issued_in_txn);
+    assert_true(h.quiesced_at_issue);
+    LOOP_WAIT_WHILE(!h.done);
+    iovec_destroy(&h.qiov);
+    assert_int_equal(h.ret, 0);
+    /* the device is back on a, and so must be what it wrote */
+    assert_ptr_equal(blk_node(h.blk), h.a);
+    assert_null(node_backing(h.ov1));
+    assert_int_equal(blk_pread(h.blk, 0, sizeof(back), back, 0), 0);
+    assert_memory_equal(back, h.buf, sizeof(back));
+    BlockBackend *peek = blk_new(BLK_PERM_CONSISTENT_READ, BLK_PERM_ALL);
+    if (!blk_insert_node(peek, h.ov1, &err)) {
+        fail_msg("%s", err->message);
+    }
+    assert_int_equal(blk_pread(peek, 0, sizeof(back), back, 0), 0);
+    blk_unref(peek);
+    for (size_t i = 0; i < sizeof(back); i++) {
+        if (back[i]) {
+            fail_msg("the write landed in the overlay taken off again");
+        }
+    }
+    blk_unref(h.blk);
+    node_unref(h.ov1);
+    node_unref(h.b);
+    node_unref(h.a);
+    assert_null(node_next(NULL));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_device_edge_moves),
+        cmocka_unit_test(test_held_write_not_lost),
     };
     return cmocka_run_group_tests(tests, test_tmpdir_setup,
                                   test_tmpdir_teardown);

@@ -118,5 +118,12 @@ bool ds_load(DsSet *s, const MrFileInfo *info, int fd, MrStats *stats,
  */
 bool ds_registry_begin(bool incoming, DsSet **out, GError **errp);
 void ds_registry_end(void);
+/*
+ * The same for the streams named in @ids (char *; NULL: every registered
+ * one), as x-strata-machine-snapshot's 'devices' argument: an id that is
+ * not registered (or whose descriptor was spent) or is named twice fails.
+ */
+bool ds_registry_begin_ids(bool incoming, const GPtrArray *ids, DsSet **out,
+                           GError **errp);
 
 #endif
