@@ -487,18 +487,21 @@ static void buffer_put(BlockCopyState *s, void *p, uint64_t size,
 }
 
 /*
- * Count written data; past write_behind bytes, the task that crossed the
- * mark asks for writeback of the target (in the thread pool: the loop
- * runs on).  The task stays in flight meanwhile, so the engine is never
- * freed under it; the other tasks go on, and only one request runs.
+ * Count written data; past write_behind bytes, the background task that
+ * crossed the mark asks for writeback of the target (in the thread pool:
+ * the loop runs on).  The task stays in flight meanwhile, so the engine
+ * is never freed under it; the other tasks go on, and only one request
+ * runs.
  */
-static void coroutine_fn write_behind(BlockCopyState *s, int64_t bytes)
+static void coroutine_fn write_behind(BlockCopyState *s, int64_t bytes,
+                                      bool urgent)
 {
     if (!s->write_behind) {
         return;
     }
     s->unkicked += bytes;
-    if (s->kicking || s->unkicked < s->write_behind) {
+    /* A guest waits for an urgent task: the background asks instead. */
+    if (urgent || s->kicking || s->unkicked < s->write_behind) {
         return;
     }
     s->unkicked = 0;
@@ -563,7 +566,7 @@ static int coroutine_fn copy_data(BlockCopyState *s, int64_t offset,
 out:
     buffer_put(s, buf, size, urgent);
     if (ret >= 0 && s->target) {
-        write_behind(s, bytes);     /* the buffer is free for others */
+        write_behind(s, bytes, urgent); /* the buffer is free for others */
     }
     return ret < 0 ? ret : 0;
 }
