@@ -445,6 +445,9 @@ static int coroutine_fn ensure_refblock(BlockNode *bs, uint64_t rt_index)
  *   block dirty in the cache -> [flush: write blocks, sync, write the
  *   entries, sync] -> L2 tables, L1, header ...
  *
+ * A flush of the node (flush_to_os) does the same, so that after any
+ * flush the file holds the whole metadata.
+ *
  * A crash before the flush leaves the old table, which does not know the
  * block: the clusters it counts are free on disk, and nothing on disk
  * points at them (their data may be written, their L2 entries are not).
