@@ -38,6 +38,7 @@
 #include "strata/copy-range.h"
 #include "strata/job.h"
 #include "strata/units.h"
+#include "strata/writeback.h"
 
 typedef struct BlockCopyCall BlockCopyCall;
 
@@ -88,6 +89,9 @@ struct BlockCopyState {
     void *read_opaque;
     BlockCopyProgressFunc *progress;
     void *progress_opaque;
+    int64_t write_behind;       /* 0: off */
+    int64_t unkicked;           /* data bytes written since the last kick */
+    bool kicking;               /* a write-behind request runs */
 
     GQueue tasks;               /* BlockCopyTask*, in flight */
     /* The background may look again: one of its tasks ended, its memory
@@ -236,6 +240,8 @@ BlockCopyState *block_copy_new(const BlockCopyOptions *opts, GError **errp)
     s->read_flags = opts->read_flags;
     s->progress = opts->progress;
     s->progress_opaque = opts->progress_opaque;
+    s->write_behind = opts->target && opts->write_behind > 0
+                      ? opts->write_behind : 0;
     g_queue_init(&s->tasks);
     co_queue_init(&s->bg_wait);
     co_queue_init(&s->urgent_wait);
@@ -480,6 +486,31 @@ static void buffer_put(BlockCopyState *s, void *p, uint64_t size,
     co_queue_restart_all(urgent ? &s->urgent_wait : &s->bg_wait);
 }
 
+/*
+ * Count written data; past write_behind bytes, the background task that
+ * crossed the mark asks for writeback of the target (in the thread pool:
+ * the loop runs on).  The task stays in flight meanwhile, so the engine
+ * is never freed under it; the other tasks go on, and only one request
+ * runs.
+ */
+static void coroutine_fn write_behind(BlockCopyState *s, int64_t bytes,
+                                      bool urgent)
+{
+    if (!s->write_behind) {
+        return;
+    }
+    s->unkicked += bytes;
+    /* A guest waits for an urgent task: the background asks instead. */
+    if (urgent || s->kicking || s->unkicked < s->write_behind) {
+        return;
+    }
+    s->unkicked = 0;
+    s->kicking = true;
+    s->stats.writeback_kicks++;
+    node_co_start_writeback(child_node(s->target));
+    s->kicking = false;
+}
+
 static int coroutine_fn copy_data(BlockCopyState *s, int64_t offset,
                                   int64_t bytes, bool urgent,
                                   bool *error_is_read)
@@ -534,6 +565,9 @@ static int coroutine_fn copy_data(BlockCopyState *s, int64_t offset,
     }
 out:
     buffer_put(s, buf, size, urgent);
+    if (ret >= 0 && s->target) {
+        write_behind(s, bytes, urgent); /* the buffer is free for others */
+    }
     return ret < 0 ? ret : 0;
 }
 

@@ -113,6 +113,12 @@ static bool any_dirty(const Qcow2Cache *c)
     return false;
 }
 
+/* A refcount cache whose new blocks' table entries wait for its sync. */
+static bool depends_on_hookups(const Qcow2Cache *c)
+{
+    return !c->is_l2 && qcow2_refblock_hookups_pending(c->bs->opaque);
+}
+
 static int coroutine_fn write_slot(Qcow2Cache *c, int i)
 {
     CacheSlot *sl = &c->slots[i];
@@ -126,7 +132,8 @@ static int coroutine_fn write_slot(Qcow2Cache *c, int i)
      * nothing dirty and nothing written since its last sync already is
      * (one sync per flush, not one per table).
      */
-    if (c->depends && (c->depends->unsynced || any_dirty(c->depends))) {
+    if (c->depends && (c->depends->unsynced || any_dirty(c->depends) ||
+                       depends_on_hookups(c->depends))) {
         ret = qcow2_cache_flush(c->depends);
         if (ret < 0) {
             return ret;
@@ -175,6 +182,18 @@ int coroutine_fn qcow2_cache_flush(Qcow2Cache *c)
         c->unsynced = false;
         if (c->depends) {
             c->depends->unsynced = false;
+        }
+        /*
+         * New refcount blocks are on disk now: the table may point at
+         * them, and that is on disk too before anyone relies on the
+         * refcounts this flush promises (a second sync, once per block).
+         */
+        if (depends_on_hookups(c)) {
+            ret = qcow2_write_refblock_hookups(c->bs);
+            if (ret >= 0) {
+                ret = node_co_flush(c->bs->file->bs);
+            }
+            return ret;
         }
     }
     return ret < 0 ? ret : fret;

@@ -386,8 +386,17 @@ static int coroutine_fn ensure_refblock(BlockNode *bs, uint64_t rt_index)
     qcow2_cache_mark_dirty(s->refcount_cache, rb);
     qcow2_cache_put(s->refcount_cache, &rb);
 
-    /* The block must be on disk before the table points at it. */
     child_debug_event(bs->file, BLKDBG_REFBLOCK_ALLOC_WRITE);
+    if (rt_index < s->refcount_table_size &&
+        s->n_unhooked < QCOW2_MAX_UNHOOKED) {
+        /* In use from now on; on disk after the next sync (Hookups). */
+        s->refcount_table[rt_index] = rb_offset;
+        s->max_refcount_index = MAX(s->max_refcount_index,
+                                    (uint32_t)rt_index);
+        s->unhooked[s->n_unhooked++] = rt_index;
+        return 0;
+    }
+    /* The block must be on disk before the table points at it. */
     ret = qcow2_cache_flush(s->refcount_cache);
     if (ret < 0) {
         return ret;
@@ -409,6 +418,66 @@ static int coroutine_fn ensure_refblock(BlockNode *bs, uint64_t rt_index)
     if (ret < 0) {
         s->refcount_table[rt_index] = 0;
         return ret;
+    }
+    return 0;
+}
+
+/*
+ * ---- Hookups ----
+ *
+ * A new refcount block must be on disk before the table entry that
+ * points at it, or a crash leaves the table pointing at a cluster that
+ * reads as zeroes, counting clusters in use (the block's own among them)
+ * as free.  QEMU, and strata until 2026-12-07, synced the file for that
+ * right where the block was made, with s->lock held: every allocating
+ * write waited, and the sync wrote all the data dirtied in the file since
+ * the last one (1-2 s in a 2 GiB stream, when the top outgrew its first
+ * block).
+ *
+ * The block is only needed on disk, with its entry, before anything on
+ * disk relies on the refcounts it holds: an L2 or L1 entry pointing at a
+ * cluster it counts, the header or a new refcount table naming it.  Every
+ * such write already comes after a flush of the refcount cache (the L2
+ * cache depends on it; table and header writers flush it first).  So the
+ * entry is set in memory at once and written by that flush, after its
+ * sync has made the block durable, and followed by a second sync:
+ *
+ *   block dirty in the cache -> [flush: write blocks, sync, write the
+ *   entries, sync] -> L2 tables, L1, header ...
+ *
+ * A flush of the node (flush_to_os) does the same, so that after any
+ * flush the file holds the whole metadata.
+ *
+ * A crash before the flush leaves the old table, which does not know the
+ * block: the clusters it counts are free on disk, and nothing on disk
+ * points at them (their data may be written, their L2 entries are not).
+ * A crash between the two writes leaves the block on disk and no entry:
+ * the same.  Reads of refcounts go to the table in memory, so the image
+ * in use never sees the difference.
+ */
+bool qcow2_refblock_hookups_pending(const Qcow2State *s)
+{
+    return s->n_unhooked > 0;
+}
+
+int coroutine_fn qcow2_write_refblock_hookups(BlockNode *bs)
+{
+    Qcow2State *s = bs->opaque;
+
+    while (s->n_unhooked > 0) {
+        uint64_t rt_index = s->unhooked[0];
+        int ret = 0;
+
+        /* Dropped meanwhile (a shrink) or past a moved table: nothing to
+         * write here, the table in the file was written whole since. */
+        if (rt_index < s->refcount_table_size) {
+            ret = write_reftable_entry(bs, rt_index);
+        }
+        if (ret < 0) {
+            return ret;
+        }
+        memmove(s->unhooked, s->unhooked + 1,
+                --s->n_unhooked * sizeof(s->unhooked[0]));
     }
     return 0;
 }
@@ -1001,9 +1070,17 @@ int coroutine_fn qcow2_alloc_bytes(BlockNode *bs, uint64_t size,
 int coroutine_fn qcow2_shrink_reftable(BlockNode *bs)
 {
     Qcow2State *s = bs->opaque;
-    uint64_t *t = g_try_new(uint64_t, s->refcount_table_size);
+    uint64_t *t;
     int ret = 0;
 
+    /* The whole table is written below: its new blocks go to disk first. */
+    if (qcow2_refblock_hookups_pending(s)) {
+        ret = qcow2_cache_flush(s->refcount_cache);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    t = g_try_new(uint64_t, s->refcount_table_size);
     if (!t) {
         return -ENOMEM;
     }

@@ -1164,7 +1164,15 @@ static int coroutine_fn qcow2_co_flush_to_os(BlockNode *bs)
     ret = qcow2_cache_write(s->l2_cache);
     /* A dirty image keeps its refcounts for close (lazy refcounts). */
     if (ret >= 0 && !(s->incompatible_features & QCOW2_INCOMPAT_DIRTY)) {
-        ret = qcow2_cache_write(s->refcount_cache);
+        /*
+         * New refcount blocks get their table entries here at the latest
+         * (a sync first: qcow2-refcount.c, "Hookups"), so that the file
+         * holds the whole metadata after any flush (the online check
+         * copies it from there).
+         */
+        ret = qcow2_refblock_hookups_pending(s)
+              ? qcow2_cache_flush(s->refcount_cache)
+              : qcow2_cache_write(s->refcount_cache);
     }
     co_mutex_unlock(&s->lock);
     return ret;

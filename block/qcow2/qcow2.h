@@ -66,6 +66,10 @@ typedef enum {
     QCOW2_DISCARD_OTHER,     /* metadata moved, COW replaced it, ... */
 } Qcow2DiscardType;
 
+/* Refcount blocks whose table entry may wait for the next sync at once
+ * (more: the next one is hooked up the old way, synced on the spot). */
+#define QCOW2_MAX_UNHOOKED 8
+
 typedef struct Qcow2State {
     /* Geometry. */
     int version;
@@ -105,6 +109,14 @@ typedef struct Qcow2State {
      * for the block (qcow2_alloc_clusters_at).  Empty when equal.
      */
     uint64_t refblock_skip_start, refblock_skip_end;
+    /*
+     * New refcount blocks in refcount_table (in memory) whose entry is not
+     * written to the file yet: it goes after the next sync of the block
+     * (qcow2_cache_flush of the refcount cache), so that allocating one
+     * costs no sync under s->lock (qcow2-refcount.c, "Hookups").
+     */
+    uint64_t unhooked[QCOW2_MAX_UNHOOKED];
+    unsigned n_unhooked;
 
     /* Header fields kept for rewriting the header. */
     uint64_t size;                   /* guest size in bytes */
@@ -422,6 +434,13 @@ int coroutine_fn qcow2_cache_flush(Qcow2Cache *c);
  * without a dependency (lazy refcounts).
  */
 int coroutine_fn qcow2_cache_flush_dependency(Qcow2Cache *c);
+/*
+ * Refcount table entries of new blocks waiting for their block to be
+ * synced (qcow2-refcount.c): whether there are any, and write them (the
+ * caller has synced the blocks, and syncs again after).
+ */
+bool qcow2_refblock_hookups_pending(const Qcow2State *s);
+int coroutine_fn qcow2_write_refblock_hookups(BlockNode *bs);
 /* Forget the table at offset (its cluster was freed); false if in use. */
 bool qcow2_cache_discard(Qcow2Cache *c, uint64_t offset);
 /* Drop every clean, unused table (after write). */

@@ -133,6 +133,15 @@ typedef struct BlockCopyOptions {
     BlockCopyReadFunc *read;
     void *read_opaque;
     int64_t length;
+
+    /*
+     * Write-behind (strata/writeback.h): after every write_behind bytes
+     * of data written to the target, ask the kernel to start writing the
+     * target's page cache to the disk (one request at a time; 0: never).
+     * For a job that flushes its target at the end (commit): the disk
+     * works while the job copies instead of after.
+     */
+    int64_t write_behind;
 } BlockCopyOptions;
 
 /*
@@ -236,6 +245,7 @@ typedef struct BlockCopyStats {
      * max(max_chunk, BLOCK_COPY_URGENT_MEMORY)). */
     uint64_t peak_memory;
     int peak_in_flight;
+    uint64_t writeback_kicks;   /* write-behind requests (write_behind) */
 } BlockCopyStats;
 
 void block_copy_get_stats(const BlockCopyState *s, BlockCopyStats *st);
