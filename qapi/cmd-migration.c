@@ -737,6 +737,32 @@ void qmp_migrate_cancel(GError **errp)
     }
 }
 
+/*
+ * quit (or a signal) while a save or restore runs: its threads use the
+ * memory backends and descriptors that the shutdown frees next, so it is
+ * cancelled and waited for here, as QEMU's shutdown cancels a migration.
+ * A save leaves the previous file (the unfinished one is removed); a
+ * restore stops where it is (the daemon is going away with its memory).
+ */
+static void migration_shutdown(void)
+{
+    if (!mig.run) {
+        return;
+    }
+    if (!mig.incoming && mig.status != MIGRATION_STATUS_CANCELLING) {
+        set_status(MIGRATION_STATUS_CANCELLING);
+    }
+    mig_run_cancel(mig.run);
+    while (mig.run) {
+        loop_iterate(true);
+    }
+}
+
+__attribute__((constructor)) static void cmd_migration_init(void)
+{
+    qmp_server_at_shutdown(QMP_SHUTDOWN_JOBS, migration_shutdown);
+}
+
 /* ---- query-migrate ---- */
 
 static MigrationStats *ram_stats(const MrStats *st, MigLiveStats *live,
