@@ -550,37 +550,6 @@ static bool run_channels(Work *w, const MrTarget *t, GError **errp)
     return true;
 }
 
-static bool pwrite_all(int fd, const void *buf, size_t len, uint64_t off,
-                       MrStats *stats, GError **errp)
-{
-    const uint8_t *p = buf;
-
-    while (len) {
-        ssize_t r = pwrite(fd, p, len, (off_t)off);
-        if (r < 0 && errno == EINTR) {
-            continue;
-        }
-        if (r <= 0) {
-            error_setg_errno(errp, r < 0 ? errno : EIO,
-                             "Could not write the migration file");
-            return false;
-        }
-        p += r;
-        len -= (size_t)r;
-        off += (uint64_t)r;
-        atomic_fetch_add(&stats->transferred, (uint64_t)r);
-    }
-    return true;
-}
-
-static bool write_bytes(int fd, GByteArray *b, uint64_t off, MrStats *stats,
-                        GError **errp)
-{
-    bool ok = pwrite_all(fd, b->data, b->len, off, stats, errp);
-    g_byte_array_unref(b);
-    return ok;
-}
-
 static void work_init(Work *w, MrBlock *blocks, unsigned nb, bool load,
                       const MrParams *p, MrStats *stats, atomic_bool *cancel)
 {
@@ -631,14 +600,14 @@ bool mr_save(MrTarget *t, MrBlock *blocks, unsigned nb_blocks,
         goto out;
     }
     /* the stream pieces first: a crash leaves no EOF marker behind */
-    if (!write_bytes(t->fd, mr_stream_head(blocks, nb_blocks), t->offset,
-                     stats, errp)) {
+    if (!mr_put_bytes(t->fd, mr_stream_head(blocks, nb_blocks), t->offset,
+                      stats, errp)) {
         goto out;
     }
     for (unsigned i = 1; i < nb_blocks; i++) {
         const MrBlock *prev = &blocks[i - 1];
-        if (!write_bytes(t->fd, mr_block_entry(&blocks[i]),
-                         prev->pages_offset + prev->used, stats, errp)) {
+        if (!mr_put_bytes(t->fd, mr_block_entry(&blocks[i]),
+                          prev->pages_offset + prev->used, stats, errp)) {
             goto out;
         }
     }
@@ -651,15 +620,15 @@ bool mr_save(MrTarget *t, MrBlock *blocks, unsigned nb_blocks,
         goto out;
     }
     for (unsigned i = 0; i < nb_blocks; i++) {
-        if (!pwrite_all(t->fd, w.bitmaps[i],
-                        mr_bitmap_bytes(mr_block_pages(&blocks[i])),
-                        blocks[i].bitmap_offset, stats, errp)) {
+        if (!mr_pwrite_all(t->fd, w.bitmaps[i],
+                           mr_bitmap_bytes(mr_block_pages(&blocks[i])),
+                           blocks[i].bitmap_offset, stats, errp)) {
             goto out;
         }
     }
     if (p->devstate
         ? !ds_save_tail(p->devstate, t->fd, end, stats, cancel, errp)
-        : !write_bytes(t->fd, mr_stream_tail(), end, stats, errp)) {
+        : !mr_put_bytes(t->fd, mr_stream_tail(), end, stats, errp)) {
         goto out;
     }
     if (fdatasync(t->fd) < 0) {

@@ -143,28 +143,11 @@ static int wait_fd(DsSet *s, int fd, short events, int stop_fd,
     }
 }
 
+/* Counted in the save's stats, when it keeps any. */
 static bool pwrite_all(DsSet *s, int fd, const void *buf, size_t n,
                        uint64_t off, GError **errp)
 {
-    const uint8_t *p = buf;
-    while (n) {
-        ssize_t r = pwrite(fd, p, n, (off_t)off);
-        if (r < 0 && errno == EINTR) {
-            continue;
-        }
-        if (r <= 0) {
-            error_setg_errno(errp, r < 0 ? errno : EIO, "Could not write the "
-                             "migration file");
-            return false;
-        }
-        p += r;
-        n -= (size_t)r;
-        off += (uint64_t)r;
-        if (s->stats) {
-            atomic_fetch_add(&s->stats->transferred, (uint64_t)r);
-        }
-    }
-    return true;
+    return mr_pwrite_all(fd, buf, n, off, s->stats, errp);
 }
 
 /* Appends @b (taken) at s->pos. */

@@ -392,37 +392,6 @@ bool live_write_pass(const MrTarget *t, MrBlock *blocks, unsigned nb,
 
 /* ---- the whole save ---- */
 
-static bool pwrite_all(int fd, const void *buf, size_t len, uint64_t off,
-                       MrStats *stats, GError **errp)
-{
-    const uint8_t *q = buf;
-
-    while (len) {
-        ssize_t r = pwrite(fd, q, len, (off_t)off);
-        if (r < 0 && errno == EINTR) {
-            continue;
-        }
-        if (r <= 0) {
-            error_setg_errno(errp, r < 0 ? errno : EIO,
-                             "Could not write the migration file");
-            return false;
-        }
-        q += r;
-        len -= (size_t)r;
-        off += (uint64_t)r;
-        atomic_fetch_add(&stats->transferred, (uint64_t)r);
-    }
-    return true;
-}
-
-static bool put_bytes(int fd, GByteArray *b, uint64_t off, MrStats *stats,
-                      GError **errp)
-{
-    bool ok = pwrite_all(fd, b->data, b->len, off, stats, errp);
-    g_byte_array_unref(b);
-    return ok;
-}
-
 static bool flush(int fd, GError **errp)
 {
     if (fdatasync(fd) < 0) {
@@ -471,14 +440,14 @@ static bool begin_file(const MrTarget *t, MrBlock *blocks, unsigned nb,
         error_setg_errno(errp, errno, "Could not size the migration file");
         return false;
     }
-    if (!put_bytes(t->fd, mr_stream_head(blocks, nb), t->offset, stats,
-                   errp)) {
+    if (!mr_put_bytes(t->fd, mr_stream_head(blocks, nb), t->offset, stats,
+                      errp)) {
         return false;
     }
     for (unsigned i = 1; i < nb; i++) {
         const MrBlock *prev = &blocks[i - 1];
-        if (!put_bytes(t->fd, mr_block_entry(&blocks[i]),
-                       prev->pages_offset + prev->used, stats, errp)) {
+        if (!mr_put_bytes(t->fd, mr_block_entry(&blocks[i]),
+                          prev->pages_offset + prev->used, stats, errp)) {
             return false;
         }
     }
@@ -600,16 +569,16 @@ bool live_save(const MrTarget *t, MrBlock *blocks, unsigned nb,
         goto out;
     }
     for (unsigned i = 0; i < nb; i++) {
-        if (!pwrite_all(t->fd, stored[i],
-                        mr_bitmap_bytes(mr_block_pages(&blocks[i])),
-                        blocks[i].bitmap_offset, stats, errp)) {
+        if (!mr_pwrite_all(t->fd, stored[i],
+                           mr_bitmap_bytes(mr_block_pages(&blocks[i])),
+                           blocks[i].bitmap_offset, stats, errp)) {
             goto out;
         }
     }
     /* the streams' last rounds come now, with the guest stopped */
     if ((p->devstate
          ? !ds_save_tail(p->devstate, t->fd, end, stats, cancel, errp)
-         : !put_bytes(t->fd, mr_stream_tail(), end, stats, errp)) ||
+         : !mr_put_bytes(t->fd, mr_stream_tail(), end, stats, errp)) ||
         !flush(t->fd, errp)) {
         goto out;
     }

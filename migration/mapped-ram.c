@@ -833,3 +833,37 @@ out:
     }
     return info;
 }
+
+bool mr_pwrite_all(int fd, const void *buf, size_t len, uint64_t off,
+                   MrStats *stats, GError **errp)
+{
+    const uint8_t *p = buf;
+
+    while (len) {
+        ssize_t r = pwrite(fd, p, len, (off_t)off);
+        if (r < 0 && errno == EINTR) {
+            continue;
+        }
+        if (r <= 0) {
+            error_setg_errno(errp, r < 0 ? errno : EIO,
+                             "Could not write the migration file");
+            return false;
+        }
+        p += r;
+        len -= (size_t)r;
+        off += (uint64_t)r;
+        if (stats) {
+            atomic_fetch_add(&stats->transferred, (uint64_t)r);
+        }
+    }
+    return true;
+}
+
+bool mr_put_bytes(int fd, GByteArray *b, uint64_t off, MrStats *stats,
+                  GError **errp)
+{
+    bool ok = mr_pwrite_all(fd, b->data, b->len, off, stats, errp);
+
+    g_byte_array_unref(b);
+    return ok;
+}

@@ -18,4 +18,14 @@ GByteArray *mr_stream_tail(void);
 GByteArray *mr_stream_ram_end(void);
 GByteArray *mr_stream_eof(const char *vmdesc);
 
+/*
+ * The whole of buf at off (short writes and EINTR retried), counted in
+ * stats->transferred (stats may be NULL); the error a user reads.
+ */
+bool mr_pwrite_all(int fd, const void *buf, size_t len, uint64_t off,
+                   MrStats *stats, GError **errp);
+/* mr_pwrite_all of a stream piece, which it takes. */
+bool mr_put_bytes(int fd, GByteArray *b, uint64_t off, MrStats *stats,
+                  GError **errp);
+
 #endif
