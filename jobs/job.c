@@ -29,6 +29,7 @@ static const char *const type_names[JOB_TYPE__MAX] = {
     "commit", "stream", "mirror", "backup", "create", "amend",
     "snapshot-load", "snapshot-save", "snapshot-delete",
     "x-strata-machine-snapshot", "x-strata-machine-restore",
+    "x-strata-block-check",
 };
 
 #define S(x) (1u << JOB_STATUS_##x)

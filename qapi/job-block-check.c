@@ -3,9 +3,10 @@
  * as a job on a node in use (strata/check-online.h does the work).
  *
  * The job is a plain job, not a block job: it moves no data, has no
- * on-error policy, and appears in query-jobs with type "amend" (QEMU
- * 7.2's JobType has no value for it, and query-qmp-schema must stay
- * QEMU's).  It holds a reference to the node, not an edge: an edge would
+ * on-error policy, and appears in query-jobs with type
+ * "x-strata-block-check" (strata's own JobType value, named x-strata- as
+ * the machine snapshot jobs' are, so that clients of QEMU's schema can
+ * tell it from theirs).  It holds a reference to the node, not an edge: an edge would
  * make the job a parent of the node, and the drain it starts would wait
  * for the job itself.  Its result stays readable until the job is
  * dismissed.
@@ -78,7 +79,7 @@ static void check_free(Job *job)
 
 static const JobDriver check_job_driver = {
     .instance_size = sizeof(CheckJob),
-    .job_type = JOB_TYPE_AMEND,
+    .job_type = JOB_TYPE_X_STRATA_BLOCK_CHECK,
     .run = check_run,
     .free = check_free,
 };
