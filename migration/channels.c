@@ -33,7 +33,6 @@
 #include "mr-internal.h"
 
 #define BATCH_PAGES 1024u        /* 4 MiB; a multiple of the word bits */
-#define WORD_BITS (8 * sizeof(unsigned long))
 /*
  * Requests in flight per channel (with io_uring).  One per channel left
  * the disk idle between a request's end and the next one's start; 8 x 4
@@ -102,15 +101,6 @@ static void work_fail(Work *w, GError *err)
     atomic_store(&w->failed, true);
 }
 
-static bool page_is_zero(const uint8_t *p)
-{
-    const uint64_t *q = (const uint64_t *)p;
-    if (q[0] || q[1] || q[MR_PAGE_SIZE / 8 - 1]) {
-        return false;
-    }
-    return memcmp(p, p + 16, MR_PAGE_SIZE - 16) == 0;
-}
-
 static void throttle(Work *w, uint64_t bytes)
 {
     uint64_t bw = w->p->max_bandwidth;
@@ -127,16 +117,6 @@ static void throttle(Work *w, uint64_t bytes)
     if (due > now) {
         g_usleep((gulong)((due - now) / 1000));
     }
-}
-
-static bool test_bit(const unsigned long *bm, uint64_t i)
-{
-    return (bm[i / WORD_BITS] >> (i % WORD_BITS)) & 1;
-}
-
-static void set_bit(unsigned long *bm, uint64_t i)
-{
-    bm[i / WORD_BITS] |= 1ul << (i % WORD_BITS);
 }
 
 static uint8_t *req_buf(const Req *r)
@@ -181,7 +161,7 @@ static void req_finish(Chan *ch, Req *r)
     if (w->load) {
         uint64_t gaps = 0;
         for (uint64_t k = r->first; k < r->first + r->pages; k++) {
-            if (!test_bit(r->bm, k)) {
+            if (!mr_test_bit(r->bm, k)) {
                 memset(r->b->host + k * MR_PAGE_SIZE, 0, MR_PAGE_SIZE);
                 gaps++;
             }
@@ -383,17 +363,17 @@ static bool save_batch(Chan *ch, MrBlock *b, unsigned long *bm,
 
     populate(b->host + s * MR_PAGE_SIZE, e - s, false);
     while (i < e) {
-        if (page_is_zero(b->host + i * MR_PAGE_SIZE)) {
+        if (mr_page_is_zero(b->host + i * MR_PAGE_SIZE)) {
             atomic_fetch_add(&w->stats->duplicate, 1);
             i++;
             continue;
         }
         uint64_t j = i, last = i;      /* last: the last non-zero page */
         while (j < e && j - last <= MERGE_GAP) {
-            if (page_is_zero(b->host + j * MR_PAGE_SIZE)) {
+            if (mr_page_is_zero(b->host + j * MR_PAGE_SIZE)) {
                 atomic_fetch_add(&w->stats->duplicate, 1);
             } else {
-                set_bit(bm, j);
+                mr_set_bit(bm, j);
                 atomic_fetch_add(&w->stats->normal, 1);
                 last = j;
             }
@@ -421,7 +401,7 @@ static void zero_pages(MrStats *stats, uint8_t *p, uint64_t n)
         return;
     }
     for (uint64_t k = 0; k < n; k++, p += MR_PAGE_SIZE) {
-        if (!page_is_zero(p)) {
+        if (!mr_page_is_zero(p)) {
             memset(p, 0, MR_PAGE_SIZE);
         }
     }
@@ -433,9 +413,9 @@ static bool load_batch(Chan *ch, MrBlock *b, unsigned long *bm,
     uint64_t i = s;
 
     while (i < e) {
-        if (!test_bit(bm, i)) {
+        if (!mr_test_bit(bm, i)) {
             uint64_t j = i + 1;
-            while (j < e && !test_bit(bm, j)) {
+            while (j < e && !mr_test_bit(bm, j)) {
                 j++;
             }
             zero_pages(ch->w->stats, b->host + i * MR_PAGE_SIZE, j - i);
@@ -445,7 +425,7 @@ static bool load_batch(Chan *ch, MrBlock *b, unsigned long *bm,
         /* as the save merges short gaps, so does the load: one read */
         uint64_t j = i, last = i;
         while (j < e && j - last <= MERGE_GAP) {
-            if (test_bit(bm, j)) {
+            if (mr_test_bit(bm, j)) {
                 last = j;
             }
             j++;
@@ -673,15 +653,15 @@ bool mr_load(MrTarget *t, MrFileInfo *info, const MrParams *p,
         /* the last stored page must lie inside the file */
         for (uint64_t k = bytes / sizeof(unsigned long); k-- > 0;) {
             unsigned long word = w.bitmaps[i][k];
-            if (k * WORD_BITS + WORD_BITS > pages) {
-                unsigned keep = (unsigned)(pages - k * WORD_BITS);
-                if (keep < WORD_BITS) {
+            if (k * MR_WORD_BITS + MR_WORD_BITS > pages) {
+                unsigned keep = (unsigned)(pages - k * MR_WORD_BITS);
+                if (keep < MR_WORD_BITS) {
                     word &= (1ul << keep) - 1;
                     w.bitmaps[i][k] = word;
                 }
             }
             if (word) {
-                uint64_t last = k * WORD_BITS + WORD_BITS - 1 -
+                uint64_t last = k * MR_WORD_BITS + MR_WORD_BITS - 1 -
                                 (uint64_t)__builtin_clzl(word);
                 if (b->pages_offset + (last + 1) * MR_PAGE_SIZE >
                     info->file_size) {

@@ -20,8 +20,7 @@
 #include "strata/device-state.h"
 #include "mr-internal.h"
 
-#define WORD_BITS (8 * sizeof(unsigned long))
-/* pages per unit of work: a multiple of WORD_BITS, so no two threads
+/* pages per unit of work: a multiple of MR_WORD_BITS, so no two threads
  * share a word of a bitmap */
 #define CHUNK_PAGES 1024u
 /* zero stretches shorter than this inside a run are written as zeros */
@@ -130,31 +129,12 @@ static void pass_fail(PassWork *w, GError *err)
     atomic_store(&w->failed, true);
 }
 
-static bool page_is_zero(const uint8_t *p)
-{
-    const uint64_t *q = (const uint64_t *)p;
-    if (q[0] || q[1] || q[MR_PAGE_SIZE / 8 - 1]) {
-        return false;
-    }
-    return memcmp(p, p + 16, MR_PAGE_SIZE - 16) == 0;
-}
-
-static bool test_bit(const unsigned long *bm, uint64_t i)
-{
-    return (bm[i / WORD_BITS] >> (i % WORD_BITS)) & 1;
-}
-
-static void set_bit(unsigned long *bm, uint64_t i)
-{
-    bm[i / WORD_BITS] |= 1ul << (i % WORD_BITS);
-}
-
 /* Clears bit @i; returns whether it was set. */
 static bool test_clear_bit(unsigned long *bm, uint64_t i)
 {
-    unsigned long m = 1ul << (i % WORD_BITS);
-    bool was = bm[i / WORD_BITS] & m;
-    bm[i / WORD_BITS] &= ~m;
+    unsigned long m = 1ul << (i % MR_WORD_BITS);
+    bool was = bm[i / MR_WORD_BITS] & m;
+    bm[i / MR_WORD_BITS] &= ~m;
     return was;
 }
 
@@ -229,11 +209,11 @@ static bool erase_pages(PassWork *w, int fd, MrBlock *b, uint64_t s,
 static uint64_t next_set(const unsigned long *set, uint64_t i, uint64_t e)
 {
     while (i < e) {
-        unsigned long word = set[i / WORD_BITS] >> (i % WORD_BITS);
+        unsigned long word = set[i / MR_WORD_BITS] >> (i % MR_WORD_BITS);
         if (word) {
             return MIN(e, i + (uint64_t)__builtin_ctzl(word));
         }
-        i = (i / WORD_BITS + 1) * WORD_BITS;
+        i = (i / MR_WORD_BITS + 1) * MR_WORD_BITS;
     }
     return e;
 }
@@ -245,11 +225,11 @@ static bool pass_chunk(PassWork *w, int fd, MrBlock *b,
     uint64_t handled = 0, written = 0, zeroed = 0, dup = 0;
     uint64_t i = next_set(set, s, e);
 
-    if (i < e && s % WORD_BITS == 0) {
+    if (i < e && s % MR_WORD_BITS == 0) {
         /* a full chunk (a first or untracked pass): map it in one call */
         bool full = true;
-        for (uint64_t k = s / WORD_BITS; k < (e + WORD_BITS - 1) / WORD_BITS;
-             k++) {
+        uint64_t kend = (e + MR_WORD_BITS - 1) / MR_WORD_BITS;
+        for (uint64_t k = s / MR_WORD_BITS; k < kend; k++) {
             full = full && set[k] == ~0ul;
         }
         if (full) {
@@ -258,10 +238,10 @@ static bool pass_chunk(PassWork *w, int fd, MrBlock *b,
         }
     }
     while (i < e) {
-        if (page_is_zero(b->host + i * MR_PAGE_SIZE)) {
+        if (mr_page_is_zero(b->host + i * MR_PAGE_SIZE)) {
             uint64_t j = i, was = 0;
-            while (j < e && test_bit(set, j) &&
-                   page_is_zero(b->host + j * MR_PAGE_SIZE)) {
+            while (j < e && mr_test_bit(set, j) &&
+                   mr_page_is_zero(b->host + j * MR_PAGE_SIZE)) {
                 was += test_clear_bit(stored, j);
                 j++;
             }
@@ -276,19 +256,19 @@ static bool pass_chunk(PassWork *w, int fd, MrBlock *b,
         }
         /* a run of pages of the set, with short zero stretches */
         uint64_t j = i, last = i;
-        while (j < e && test_bit(set, j) && j - last <= MERGE_GAP) {
-            if (!page_is_zero(b->host + j * MR_PAGE_SIZE)) {
+        while (j < e && mr_test_bit(set, j) && j - last <= MERGE_GAP) {
+            if (!mr_page_is_zero(b->host + j * MR_PAGE_SIZE)) {
                 last = j;
             }
             j++;
         }
         for (uint64_t k = i; k <= last; k++) {
-            if (page_is_zero(b->host + k * MR_PAGE_SIZE)) {
+            if (mr_page_is_zero(b->host + k * MR_PAGE_SIZE)) {
                 /* written as zeros below: the old bytes go too */
                 zeroed += test_clear_bit(stored, k);
                 dup++;
             } else {
-                set_bit(stored, k);
+                mr_set_bit(stored, k);
                 written++;
             }
         }
@@ -405,8 +385,8 @@ static void set_all(unsigned long *bm, uint64_t pages)
 {
     uint64_t words = mr_bitmap_bytes(pages) / sizeof(unsigned long);
     memset(bm, 0xff, words * sizeof(unsigned long));
-    if (pages % WORD_BITS) {
-        bm[words - 1] = (1ul << (pages % WORD_BITS)) - 1;
+    if (pages % MR_WORD_BITS) {
+        bm[words - 1] = (1ul << (pages % MR_WORD_BITS)) - 1;
     }
 }
 

@@ -5,7 +5,34 @@
 #ifndef MIGRATION_MR_INTERNAL_H
 #define MIGRATION_MR_INTERNAL_H
 
+#include <stdbool.h>
+#include <stdint.h>
+#include <string.h>
+
 #include "strata/mapped-ram.h"
+
+#define MR_WORD_BITS (8 * sizeof(unsigned long))
+
+/* A page of zeros (the first words and the last checked first: cheap). */
+static inline bool mr_page_is_zero(const uint8_t *p)
+{
+    const uint64_t *q = (const uint64_t *)p;
+    if (q[0] || q[1] || q[MR_PAGE_SIZE / 8 - 1]) {
+        return false;
+    }
+    return memcmp(p, p + 16, MR_PAGE_SIZE - 16) == 0;
+}
+
+/* Bits of the page bitmaps the savers keep (one per page). */
+static inline bool mr_test_bit(const unsigned long *bm, uint64_t i)
+{
+    return (bm[i / MR_WORD_BITS] >> (i % MR_WORD_BITS)) & 1;
+}
+
+static inline void mr_set_bit(unsigned long *bm, uint64_t i)
+{
+    bm[i / MR_WORD_BITS] |= 1ul << (i % MR_WORD_BITS);
+}
 
 /* From the header to the first block's mapped-ram header. */
 GByteArray *mr_stream_head(const MrBlock *blocks, unsigned nb_blocks);
