@@ -23,10 +23,9 @@
 #include "strata/loop.h"
 #include "strata/units.h"
 #include "strata/writeback.h"
+#include "support.h"
 
 #define LEN (8 * MiB)
-
-static char *tmpdir;
 
 /* cachestat(2) (Linux 6.5): dirty pages of a file, or -1 if unknown. */
 #if !defined(__NR_cachestat) && (defined(__x86_64__) || \
@@ -52,25 +51,8 @@ static int64_t dirty_pages(const char *p)
 #endif
 }
 
-static char *path_of(const char *name)
-{
-    return g_build_filename(tmpdir, name, NULL);
-}
-
-static char *make_file(const char *name, const uint8_t *data, size_t len)
-{
-    char *p = path_of(name);
-    int fd = open(p, O_CREAT | O_TRUNC | O_WRONLY, 0644);
-    assert_true(fd >= 0);
-    assert_int_equal(ftruncate(fd, (off_t)len), 0);
-    if (data) {
-        assert_int_equal(pwrite(fd, data, len, 0), (ssize_t)len);
-    }
-    close(fd);
-    return p;
-}
-
-static BlockNode *open_json(json_t *o, int flags)
+/* open_json with the open flags given (the support one opens read-write). */
+static BlockNode *open_with(json_t *o, int flags)
 {
     GError *err = NULL;
     BlockNode *bs = node_open(NULL, o, flags, &err);
@@ -80,21 +62,11 @@ static BlockNode *open_json(json_t *o, int flags)
     return bs;
 }
 
-static BlockNode *open_file(const char *p, bool direct)
+static BlockNode *open_cached_file(const char *p, bool direct)
 {
-    return open_json(json_pack("{s:s, s:s, s:{s:b}}", "driver", "file",
+    return open_with(json_pack("{s:s, s:s, s:{s:b}}", "driver", "file",
                                "filename", p, "cache", "direct", direct),
                      NODE_O_RDWR);
-}
-
-static BlockChild *edge(BlockBackend **blk, BlockNode *bs, uint64_t perm)
-{
-    GError *err = NULL;
-    *blk = blk_new(perm, BLK_PERM_ALL);
-    if (!blk_insert_node(*blk, bs, &err)) {
-        fail_msg("attach failed: %s", err->message);
-    }
-    return blk_root(*blk);
 }
 
 typedef struct Kick {
@@ -131,26 +103,26 @@ static int kick_written(BlockNode *bs)
 static void test_which_files(void **state)
 {
     g_autofree char *p = make_file("plain", NULL, MiB);
-    g_autofree char *q = path_of("img.qcow2");
+    g_autofree char *q = test_path("img.qcow2");
     GError *err = NULL;
 
-    BlockNode *f = open_file(p, false);
+    BlockNode *f = open_cached_file(p, false);
     assert_int_equal(kick(f), 1);
     node_unref(f);
 
     /* O_DIRECT: no dirty pages to write. */
-    f = open_file(p, true);
+    f = open_cached_file(p, true);
     assert_int_equal(kick(f), 0);
     node_unref(f);
 
     /* Read-only: nothing written through it. */
-    f = open_json(json_pack("{s:s, s:s}", "driver", "file", "filename", p),
+    f = open_with(json_pack("{s:s, s:s}", "driver", "file", "filename", p),
                   0);
     assert_int_equal(kick(f), 0);
     node_unref(f);
 
     /* No file at all. */
-    f = open_json(json_pack("{s:s, s:I}", "driver", "null-co", "size",
+    f = open_with(json_pack("{s:s, s:I}", "driver", "null-co", "size",
                             (json_int_t)MiB), NODE_O_RDWR);
     assert_int_equal(kick(f), 0);
     node_unref(f);
@@ -160,7 +132,7 @@ static void test_which_files(void **state)
                                             (json_int_t)LEN), &err)) {
         fail_msg("create: %s", err->message);
     }
-    f = open_json(json_pack("{s:s, s:{s:s, s:s}}", "driver", "qcow2",
+    f = open_with(json_pack("{s:s, s:{s:s, s:s}}", "driver", "qcow2",
                             "file", "driver", "file", "filename", q),
                   NODE_O_RDWR);
     assert_int_equal(kick_written(f), 1);
@@ -196,8 +168,8 @@ static uint64_t copy_with(int64_t write_behind, int64_t *dirty)
     }
     sp = make_file("src", data, LEN);
     tp = make_file("dst", NULL, LEN);
-    src = open_file(sp, false);
-    dst = open_file(tp, false);
+    src = open_cached_file(sp, false);
+    dst = open_cached_file(tp, false);
     BlockCopyOptions o = {
         .source = edge(&bsrc, src, BLK_PERM_CONSISTENT_READ),
         .target = edge(&bdst, dst, BLK_PERM_WRITE),
@@ -256,32 +228,6 @@ static void test_off_when_zero(void **state)
     assert_int_equal(copy_with(0, &dirty), 0);
 }
 
-static int setup(void **state)
-{
-    GError *err = NULL;
-    tmpdir = g_dir_make_tmp("test-write-behind-XXXXXX", &err);
-    assert_non_null(tmpdir);
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    GDir *d = g_dir_open(tmpdir, 0, NULL);
-    const char *name;
-
-    while (d && (name = g_dir_read_name(d))) {
-        char *p = g_build_filename(tmpdir, name, NULL);
-        unlink(p);
-        g_free(p);
-    }
-    if (d) {
-        g_dir_close(d);
-    }
-    rmdir(tmpdir);
-    g_free(tmpdir);
-    return 0;
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -289,5 +235,6 @@ int main(void)
         cmocka_unit_test(test_engine_asks_every_so_often),
         cmocka_unit_test(test_off_when_zero),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, test_tmpdir_setup,
+                                  test_tmpdir_teardown);
 }
