@@ -1,6 +1,7 @@
 /*
- * strata-img amend [--object objectdef] [--image-opts] [-p] [-q] [-f fmt]
- *     [-t cache] [--force] -o options filename
+ * strata-img amend [--object objectdef] [--image-opts]
+ *     [-p | --progress=json|human] [-q] [-f fmt] [-t cache] [--force]
+ *     -o options filename
  *
  * qemu-img amend: change options of an existing image in place (version,
  * lazy refcounts, size, data-file settings).  The option list is checked
@@ -99,8 +100,14 @@ static int print_amend_option_help(const char *fmt)
     return EXIT_SUCCESS;
 }
 
+/* done and total are the driver's units of work (not bytes): the JSON
+ * lines report them as they come, with the same percentage as the meter. */
 static void amend_status(void *opaque, int64_t done, int64_t total)
 {
+    if (total > 0 && done >= 0) {
+        img_progress_set_bytes(opaque, (uint64_t)MIN(done, total),
+                               (uint64_t)total);
+    }
     img_progress_print(opaque, total ? 100.f * done / total : 0.f, 0);
 }
 
@@ -147,12 +154,13 @@ int img_amend(int argc, char **argv)
         { "object", required_argument, NULL, IMG_OPTION_OBJECT },
         { "image-opts", no_argument, NULL, IMG_OPTION_IMAGE_OPTS },
         { "force", no_argument, NULL, OPTION_FORCE },
+        { "progress", required_argument, NULL, IMG_OPTION_PROGRESS },
         { NULL, 0, NULL, 0 },
     };
     ImgOpenSpec spec = { 0 };
     const char *cache = "writeback", *filename, *fmt;
     char *options = NULL;
-    bool progress = false, quiet = false, force = false;
+    bool progress = false, quiet = false, force = false, json = false;
     BlockBackend *blk = NULL;
     ImgOpts *opts = NULL;
     const ImgOptDesc *list;
@@ -176,6 +184,12 @@ int img_amend(int argc, char **argv)
         case 'p':
             progress = true;
             break;
+        case IMG_OPTION_PROGRESS:
+            if (!img_progress_parse(optarg, &progress, &json)) {
+                g_free(options);
+                return EXIT_FAILURE;
+            }
+            break;
         case 'q':
             quiet = true;
             break;
@@ -192,7 +206,7 @@ int img_amend(int argc, char **argv)
     if (quiet) {
         progress = false;
     }
-    img_progress_init(&prog, progress, 1.0);
+    img_progress_init_mode(&prog, progress, json, "amend", 1.0);
     filename = optind == argc - 1 ? argv[argc - 1] : NULL;
 
     /* With -f, "-o help" needs no image (nor even a file name). */
@@ -235,7 +249,11 @@ int img_amend(int argc, char **argv)
     amend_opts = img_opts_to_json(opts);
     c = node_amend(bs, amend_opts, force, amend_status, &prog, &err);
     json_decref(amend_opts);
-    img_progress_print(&prog, 100.f, 0);
+    /* qemu-img's meter shows 100 even after a failure; a JSON reader takes
+     * done == total for success, so it gets no such line. */
+    if (c >= 0 || !prog.json_op) {
+        img_progress_print(&prog, 100.f, 0);
+    }
     if (c < 0) {
         if (err && !strcmp(err->message, "Cannot amend the backing file")) {
             tool_error("%s\nYou can use '%s rebase' instead.",

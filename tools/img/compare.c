@@ -1,6 +1,7 @@
 /*
  * strata-img compare [--object objectdef] [--image-opts] [-f fmt] [-F fmt]
- *                    [-T src_cache] [-p] [-q] [-s] [-U] filename1 filename2
+ *                    [-T src_cache] [-p | --progress=json|human] [-q] [-s]
+ *                    [-U] filename1 filename2
  *
  * qemu-img compare: walks both images by block status (of the whole
  * backing chain), skips what both say reads as zeroes, compares what both
@@ -151,6 +152,7 @@ static int compare_images(Compare *c, bool strict)
     }
     total = MIN(size[0], size[1]);
     base = MAX(size[0], size[1]);
+    img_progress_set_bytes(&c->progress, 0, (uint64_t)base);
     img_progress_print(&c->progress, 0, 100);
 
     if (strict && size[0] != size[1]) {
@@ -209,6 +211,7 @@ static int compare_images(Compare *c, bool strict)
             }
         }
         offset += chunk;
+        img_progress_set_bytes(&c->progress, (uint64_t)offset, (uint64_t)base);
         img_progress_print(&c->progress, ((float)chunk / base) * 100, 100);
     }
 
@@ -230,10 +233,19 @@ static int compare_images(Compare *c, bool strict)
                 }
             }
             offset += chunk;
+            img_progress_set_bytes(&c->progress, (uint64_t)offset,
+                                   (uint64_t)base);
             img_progress_print(&c->progress, ((float)chunk / base) * 100, 100);
         }
     }
 
+    /*
+     * The float sum of the steps may stop short of 100, where qemu-img's
+     * meter prints no last step; a JSON reader needs done == total.
+     */
+    if (c->progress.json_op && c->progress.json_done != (uint64_t)base) {
+        img_progress_print(&c->progress, 100.f, 0);
+    }
     qprintf(c, "Images are identical.\n");
     return 0;
 }
@@ -256,11 +268,12 @@ int img_compare(int argc, char **argv)
         { "object", required_argument, NULL, IMG_OPTION_OBJECT },
         { "image-opts", no_argument, NULL, IMG_OPTION_IMAGE_OPTS },
         { "force-share", no_argument, NULL, 'U' },
+        { "progress", required_argument, NULL, IMG_OPTION_PROGRESS },
         { NULL, 0, NULL, 0 },
     };
     ImgOpenSpec spec[2] = { { 0 }, { 0 } };
     const char *cache = "writeback";
-    bool progress = false, strict = false;
+    bool progress = false, strict = false, json = false;
     Compare c = { 0 };
     int ch, flags = 0, ret;
     bool writethrough;
@@ -279,6 +292,11 @@ int img_compare(int argc, char **argv)
             break;
         case 'p':
             progress = true;
+            break;
+        case IMG_OPTION_PROGRESS:
+            if (!img_progress_parse(optarg, &progress, &json)) {
+                return 2;
+            }
             break;
         case 'q':
             c.quiet = true;
@@ -302,7 +320,7 @@ int img_compare(int argc, char **argv)
     c.filename[0] = argv[optind];
     c.filename[1] = argv[optind + 1];
 
-    img_progress_init(&c.progress, progress, 2.0f);
+    img_progress_init_mode(&c.progress, progress, json, "compare", 2.0f);
     if (tool_parse_cache_mode(cache, &flags, &writethrough) < 0) {
         tool_error("Invalid source cache option: %s", cache);
         img_progress_end(&c.progress);

@@ -1,7 +1,7 @@
 /*
  * qemu-img's progress meter: "-p" prints "    (NN.NN/100%)" on stdout as
  * the job advances; without -p, a SIGUSR1 asks for one report on stderr.
- * Shared by compare, convert, commit and rebase.  --progress=json (a
+ * Shared by amend, compare, convert, commit and rebase.  --progress=json (a
  * strata extension) prints the same steps as JSON lines a program reads.
  */
 #include <inttypes.h>
