@@ -1,8 +1,9 @@
 /*
- * --object for strata-img and strata-io.  Only "secret" objects exist
- * there: they hold passwords and keys that drivers look up by id; loading
- * them is the library's (secret_object_add), shared with strata-daemon.  Errors use QEMU's words
- * so that scripts see the same messages.
+ * --object for strata-img and strata-io.  Two types exist there:
+ * "secret" (passwords and keys that drivers look up by id; loading them is
+ * the library's secret_object_add, shared with strata-daemon) and
+ * "throttle-group" (object-throttle.c: groups that throttle nodes join).
+ * Errors use QEMU's words so that scripts see the same messages.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,11 +13,13 @@
 #include "strata/secret.h"
 #include "strata/id.h"
 #include "tool-common.h"
+#include "object-throttle.h"
 
 static G_NORETURN void print_types_and_exit(void)
 {
     printf("List of user creatable objects:\n");
     printf("  secret\n");
+    printf("  throttle-group\n");
     exit(0);
 }
 
@@ -143,7 +146,7 @@ static bool secret_add(json_t *args, bool from_json, const char *id,
         }
         goto fail;
     }
-    if (secret_object_exists(id)) {
+    if (secret_object_exists(id) || tool_throttle_group_exists(id)) {
         error_setg(&err, "attempt to add duplicate property '%s' to object "
                    "(type 'container')", id);
         goto fail;
@@ -191,6 +194,10 @@ void tool_object_process_cmdline(const char *arg)
             if (type && !strcmp(type, "secret")) {
                 print_secret_help_and_exit();
             }
+            if (type && !strcmp(type, "throttle-group")) {
+                tool_throttle_group_help();
+                exit(0);
+            }
             print_types_and_exit();
         }
         g_free(type);
@@ -208,7 +215,7 @@ void tool_object_process_cmdline(const char *arg)
         error_setg(&err, "Parameter 'qom-type' is missing");
         fail(err);
     }
-    if (strcmp(type, "secret")) {
+    if (strcmp(type, "secret") && strcmp(type, "throttle-group")) {
         error_setg(&err, "Parameter 'qom-type' does not accept value '%s'",
                    type);
         fail(err);
@@ -226,7 +233,9 @@ void tool_object_process_cmdline(const char *arg)
                    "starting with a letter.");
         fail(err);
     }
-    if (!secret_add(args, from_json, id, &err)) {
+    if (!strcmp(type, "throttle-group")
+        ? !tool_throttle_group_add(args, from_json, id, &err)
+        : !secret_add(args, from_json, id, &err)) {
         json_decref(args);
         g_free(type);
         g_free(id);
@@ -245,4 +254,5 @@ const uint8_t *tool_secret_lookup(const char *id, size_t *len)
 void tool_objects_cleanup(void)
 {
     secret_objects_clear();
+    tool_throttle_groups_clear();
 }

@@ -104,7 +104,8 @@ json_t *tool_qemuopts_nest(json_t *flat);
 /*
  * Handle one --object argument as QEMU's user_creatable_process_cmdline():
  * "help" lists the types and exits 0, "TYPE,help" lists its properties and
- * exits 0; an error is reported and exits 1.  Supported: secret.
+ * exits 0; an error is reported and exits 1.  Supported: secret,
+ * throttle-group.
  */
 void tool_object_process_cmdline(const char *arg);
 /* A secret defined with --object (NULL if none); *len gets its size. */
