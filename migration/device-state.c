@@ -5,18 +5,22 @@
  *
  * File layout, after the RAM section's end and before QEMU_VM_EOF, per
  * stream with a section id of its own (2, 3, ...; RAM has 1):
- *   plain:     0x04 sid "x-strata-state:ID" instance 0 version 1,
- *              chunks (u32 length > 0, bytes), u32 0, footer 0x7e sid
- *   iterative: 0x01 sid name 0 1, u32 0, footer     (opens; no data)
- *              0x02 sid, one round's records, u32 0, footer   (per round)
+ *   plain:     0x04 sid "x-strata-state:ID" instance 0 version 2,
+ *              chunks (u32 length > 0, bytes), u32 0, u32 crc, footer 0x7e sid
+ *   iterative: 0x01 sid name 0 2, u32 0, footer     (opens; no data)
+ *              0x02 sid, one round's records, u32 0, u32 crc, footer
  *              0x03 sid, u32 0, footer              (after the back end's EOF)
  * An iterative stream's records are the back end's own (u32 length, bytes;
  * 0 ends a round), copied as they are: on restore the back end reads back
- * exactly the bytes it wrote.
+ * exactly the bytes it wrote.  crc: zlib's CRC-32 of the state bytes of a
+ * plain section (the chunks' data, not their lengths), of the round's
+ * bytes as the back end wrote them (records and the 0) of a part section;
+ * a restore checks it before anything is handed back (mapped-ram.c).
  *
- * Every copy moves at most one pipe's worth at a time with splice(2), or
- * through a 256 KiB buffer when neither side is a pipe: memory use does
- * not depend on the size of a state.
+ * A save moves the state through a 256 KiB buffer (the CRC needs the
+ * bytes; the stream's descriptor may be write-only, so they cannot be read
+ * back from the file), a restore with splice(2) where one side is a pipe:
+ * memory use does not depend on the size of a state.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -24,6 +28,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include "strata/device-state.h"
 #include "mr-internal.h"
@@ -37,6 +42,7 @@ typedef struct SaveStream {
     uint32_t sid;
     bool opened;                /* iterative: START written */
     bool ended;
+    uint32_t crc;               /* of the section being written */
 } SaveStream;
 
 struct DsSet {
@@ -198,9 +204,14 @@ static uint8_t *fallback_buf(DsSet *s)
     return s->buf;
 }
 
+static void crc_add(SaveStream *st, const void *buf, size_t n)
+{
+    st->crc = (uint32_t)crc32(st->crc, buf, (uInt)n);
+}
+
 /*
- * Moves up to @max bytes from the back end's @src into the file at *off:
- * splice when @src is a pipe, else read and pwrite.  Returns the bytes
+ * Moves up to @max bytes from the back end's @src into the file at *off,
+ * through the buffer, adding them to the section's CRC.  Returns the bytes
  * moved, 0 at EOF, -1 with @errp set.  Waits for data (cancellable).
  */
 static ssize_t move_in(DsSet *s, SaveStream *st, uint64_t *off, size_t max,
@@ -212,34 +223,29 @@ static ssize_t move_in(DsSet *s, SaveStream *st, uint64_t *off, size_t max,
         if (wait_fd(s, src, POLLIN, -1, errp) < 0) {
             return -1;
         }
-        loff_t o = (loff_t)*off;
-        ssize_t r = splice(src, NULL, s->fd, &o, max, SPLICE_F_MOVE);
-        if (r < 0 && errno == EINVAL) {
-            /* not a pipe (a socket, a file): through the buffer */
-            r = read(src, fallback_buf(s), MIN(max, FALLBACK_BUF));
-            if (r > 0 && !pwrite_all(s, s->fd, s->buf, (size_t)r, *off,
-                                     errp)) {
-                return -1;
-            }
-            if (r >= 0) {
-                *off += (uint64_t)r;    /* counted by pwrite_all */
-                return r;
-            }
-        }
+        ssize_t r = read(src, fallback_buf(s), MIN(max, FALLBACK_BUF));
         if (r < 0 && (errno == EINTR || errno == EAGAIN)) {
             continue;
         }
         if (r < 0) {
-            error_setg_errno(errp, errno, "Could not copy device state '%s' "
-                             "into the migration file", st->pub.id);
+            error_setg_errno(errp, errno, "Could not read device state '%s'",
+                             st->pub.id);
             return -1;
         }
-        *off += (uint64_t)r;
-        if (s->stats) {
-            atomic_fetch_add(&s->stats->transferred, (uint64_t)r);
+        if (r > 0 && !pwrite_all(s, s->fd, s->buf, (size_t)r, *off, errp)) {
+            return -1;
         }
+        crc_add(st, s->buf, (size_t)r);
+        *off += (uint64_t)r;    /* counted by pwrite_all */
         return r;
     }
+}
+
+/* The section's CRC, then its footer. */
+static void add_crc_footer(GByteArray *b, SaveStream *st)
+{
+    add_be32(b, st->crc);
+    add_footer(b, st->sid);
 }
 
 /* Reads exactly @n bytes of framing from the back end; *eof when it
@@ -286,6 +292,7 @@ static bool save_plain(DsSet *s, SaveStream *st, GError **errp)
     bool eof = false;
 
     atomic_store(&st->pub.outcome, DS_FAILED);
+    st->crc = (uint32_t)crc32(0, NULL, 0);
     if (!put(s, section_start(MR_SEC_FULL, st), errp)) {
         return false;
     }
@@ -314,7 +321,7 @@ static bool save_plain(DsSet *s, SaveStream *st, GError **errp)
     }
     GByteArray *end = g_byte_array_new();
     add_be32(end, 0);
-    add_footer(end, st->sid);
+    add_crc_footer(end, st);
     if (!put(s, end, errp)) {
         return false;
     }
@@ -351,11 +358,13 @@ static bool save_round(DsSet *s, SaveStream *st, GError **errp)
     if (!put(s, b, errp)) {
         return false;
     }
+    st->crc = (uint32_t)crc32(0, NULL, 0);
     while (!eof) {
         uint32_t len = GUINT32_FROM_BE(be);
         if (!pwrite_all(s, s->fd, &be, 4, s->pos, errp)) {
             return false;
         }
+        crc_add(st, &be, 4);
         s->pos += 4;
         if (len == 0) {
             break;
@@ -386,8 +395,10 @@ static bool save_round(DsSet *s, SaveStream *st, GError **errp)
     b = g_byte_array_new();
     if (eof) {
         add_be32(b, 0);
+        add_footer(b, st->sid);
+    } else {
+        add_crc_footer(b, st);
     }
-    add_footer(b, st->sid);
     if (!put(s, b, errp)) {
         return false;
     }

@@ -9,7 +9,9 @@
 #include <unistd.h>
 
 #include <jansson.h>
+#include <zlib.h>
 
+#include "strata/device-state.h"
 #include "strata/mapped-ram.h"
 #include "mr-internal.h"
 
@@ -497,14 +499,39 @@ static MrDevState *state_by_sid(MrFileInfo *info, uint32_t sid)
     return NULL;
 }
 
+/* Adds @n bytes of the file at c->pos to *crc and steps over them. */
+static bool crc_skip(Cursor *c, uint64_t n, uint32_t *crc, GError **errp)
+{
+    const size_t piece = 256u << 10;
+    g_autofree uint8_t *buf = g_malloc(MIN(n, piece));
+
+    while (n) {
+        ssize_t r = pread(c->fd, buf, MIN(n, piece), (off_t)c->pos);
+        if (r < 0 && errno == EINTR) {
+            continue;
+        }
+        if (r <= 0) {
+            error_setg_errno(errp, r < 0 ? errno : EIO, "Could not read the "
+                             "migration file");
+            return false;
+        }
+        *crc = (uint32_t)crc32(*crc, buf, (uInt)r);
+        c->pos += (uint64_t)r;
+        n -= (uint64_t)r;
+    }
+    return true;
+}
+
 /*
- * One round: chunks (u32 length, bytes) up to a 0 length.  Only the
- * lengths are read; every chunk must lie inside the file, so a truncated
+ * One round: chunks (u32 length, bytes) up to a 0 length, then the
+ * section's CRC-32 (device-state.c says of which bytes).  Every chunk must
+ * lie inside the file and the CRC must match, so a truncated or damaged
  * stream fails here, before anything is loaded.
  */
 static bool walk_round(Cursor *c, MrDevState *d, GError **errp)
 {
     uint64_t at = c->pos;
+    uint32_t crc = (uint32_t)crc32(0, NULL, 0), want;
 
     if (d->rounds->len >= MR_STATE_MAX_ROUNDS) {
         error_setg(errp, "Migration file has more than %u rounds of device "
@@ -521,6 +548,11 @@ static bool walk_round(Cursor *c, MrDevState *d, GError **errp)
         if (!get_be32(c, &len, errp)) {
             return false;
         }
+        if (d->iterative) {
+            /* a round's CRC covers the records as the back end wrote them */
+            uint32_t be = GUINT32_TO_BE(len);
+            crc = (uint32_t)crc32(crc, (const Bytef *)&be, 4);
+        }
         if (!len) {
             break;
         }
@@ -529,8 +561,20 @@ static bool walk_round(Cursor *c, MrDevState *d, GError **errp)
                        "(truncated?)", d->id);
             return false;
         }
-        c->pos += len;
+        if (!crc_skip(c, len, &crc, errp)) {
+            return false;
+        }
         d->bytes += len;
+    }
+    if (!get_be32(c, &want, errp)) {
+        return false;
+    }
+    if (crc != want) {
+        error_setg(errp, "Migration file's device state '%s' is damaged: "
+                   "%s %u has CRC-32 0x%08x, the file says 0x%08x", d->id,
+                   d->iterative ? "round" : "section",
+                   d->iterative ? d->rounds->len + 1 : 1, crc, want);
+        return false;
     }
     g_array_append_val(d->rounds, at);
     return true;
@@ -544,10 +588,10 @@ static bool parse_state_start(Cursor *c, MrFileInfo *info, uint8_t type,
 {
     const char *id = name + strlen("x-strata-state:");
 
-    if (version != 1 || instance != 0) {
+    if (version != DS_SECTION_VERSION || instance != 0) {
         error_setg(errp, "Migration file has device state '%s' in format "
-                   "version %u instance %u, strata reads version 1 "
-                   "instance 0", id, version, instance);
+                   "version %u instance %u, strata reads version %u "
+                   "instance 0", id, version, instance, DS_SECTION_VERSION);
         return false;
     }
     if (sid == ram_sid || state_by_sid(info, sid)) {

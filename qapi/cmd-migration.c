@@ -320,7 +320,10 @@ static bool named_fd_seekable(const char *name)
     return fd >= 0 && lseek(fd, 0, SEEK_CUR) >= 0;
 }
 
-static int open_one(const char *path, int flags, bool save, GError **errp)
+/* @shown: the name the user gave, for the errors (@path may be a
+ * temporary file or /proc/self/fd/N standing for it). */
+static int open_one(const char *path, const char *shown, int flags, bool save,
+                    GError **errp)
 {
     int fd;
 
@@ -331,11 +334,11 @@ static int open_one(const char *path, int flags, bool save, GError **errp)
     if (fd < 0) {
         if (errno == EINVAL && (flags & O_DIRECT)) {
             error_setg(errp, "Could not open '%s': filesystem does not "
-                       "support O_DIRECT", path);
+                       "support O_DIRECT", shown);
         } else {
             error_setg_errno(errp, errno, "Could not %s '%s'",
                              save && (flags & O_CREAT) ? "create" : "open",
-                             path);
+                             shown);
         }
     }
     return fd;
@@ -346,16 +349,21 @@ static int open_one(const char *path, int flags, bool save, GError **errp)
  * @t, this file closes them).  A plain path is saved through a new file
  * beside it, renamed over it once durable, so that a crash leaves the old
  * file whole (docs/migration.md); with an offset the file is written in
- * place, as QEMU does.
+ * place, as QEMU does.  *@channels_failed: the stream descriptor was
+ * opened, a channel's was not (QEMU opens those once the migration runs,
+ * so its command succeeds and the migration fails); a temporary file made
+ * for the save is removed again.
  */
 static bool open_target(Dest *d, bool save, unsigned nchan, bool direct,
-                        MrTarget *t, char **tmp_path, GError **errp)
+                        MrTarget *t, char **tmp_path, bool *channels_failed,
+                        GError **errp)
 {
     int acc = save ? O_WRONLY : O_RDONLY;
     const char *path = d->name;
     int fd;
 
     *tmp_path = NULL;
+    *channels_failed = false;
     t->offset = d->offset;
     t->nb_chan = nchan;
     t->chan_fds = g_new0(int, nchan);
@@ -381,7 +389,7 @@ static bool open_target(Dest *d, bool save, unsigned nchan, bool direct,
         }
         path = *tmp_path;
     } else {
-        fd = open_one(path, acc | (save ? O_CREAT : 0), save, errp);
+        fd = open_one(path, path, acc | (save ? O_CREAT : 0), save, errp);
         if (fd < 0) {
             return false;
         }
@@ -405,8 +413,15 @@ static bool open_target(Dest *d, bool save, unsigned nchan, bool direct,
         path = proc;
     }
     for (unsigned i = 0; i < nchan; i++) {
-        int c = open_one(path, acc | (direct ? O_DIRECT : 0), save, errp);
+        int c = open_one(path, d->name, acc | (direct ? O_DIRECT : 0), save,
+                         errp);
         if (c < 0) {
+            if (*tmp_path) {
+                unlink(*tmp_path);
+                g_free(*tmp_path);
+                *tmp_path = NULL;
+            }
+            *channels_failed = true;
             return false;
         }
         remember_fd(c);
@@ -615,8 +630,11 @@ static void start(bool incoming, Dest *d, GError **errp)
     if (!ds_registry_begin(incoming, &spec.params.devstate, errp)) {
         return;
     }
+    GError *err = NULL;
+    bool late = false;
     if (!open_target(d, !incoming, spec.params.channels,
-                     spec.params.direct_io, &spec.target, &tmp, errp)) {
+                     spec.params.direct_io, &spec.target, &tmp, &late,
+                     &err)) {
         ds_registry_end();
         close_fds();
         g_free(spec.target.chan_fds);
@@ -624,8 +642,14 @@ static void start(bool incoming, Dest *d, GError **errp)
             /* QEMU has started when it opens the file: it fails visibly */
             reset_run_state(false);
             set_status(MIGRATION_STATUS_SETUP);
-            mig.error_desc = g_strdup((*errp)->message);
+            mig.error_desc = g_strdup(err->message);
             set_status(MIGRATION_STATUS_FAILED);
+        }
+        /* a save's channels are opened by QEMU's running migration */
+        if (incoming || !late) {
+            g_propagate_error(errp, err);
+        } else {
+            g_error_free(err);
         }
         return;
     }

@@ -130,24 +130,25 @@ static void test_layout(void **state)
         /* RAM: setup EOS + footer, END part + EOS + footer */
         0, 0, 0, 0, 0, 0, 0, 0x10, 0x7e, 0, 0, 0, 1,
         0x03, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0x10, 0x7e, 0, 0, 0, 1,
-        /* fs0 (id 4): START (no data), two PARTs, END */
+        /* fs0 (id 4): START (no data), two PARTs, END; version 2 */
         0x01, 0, 0, 0, 4, 18, 'x', '-', 's', 't', 'r', 'a', 't', 'a', '-',
-        's', 't', 'a', 't', 'e', ':', 'f', 's', '0', 0, 0, 0, 0, 0, 0, 0, 1,
+        's', 't', 'a', 't', 'e', ':', 'f', 's', '0', 0, 0, 0, 0, 0, 0, 0, 2,
         0, 0, 0, 0, 0x7e, 0, 0, 0, 4,
+        /* a round, then its CRC-32 (Python's zlib.crc32 of the round) */
         0x02, 0, 0, 0, 4, 0, 0, 0, 3, 'a', 'b', 'c', 0, 0, 0, 0,
-        0x7e, 0, 0, 0, 4,
+        0x53, 0x67, 0x52, 0x92, 0x7e, 0, 0, 0, 4,
         0x02, 0, 0, 0, 4, 0, 0, 0, 2, 'd', 'e', 0, 0, 0, 1, 'f', 0, 0, 0, 0,
-        0x7e, 0, 0, 0, 4,
+        0x31, 0x05, 0xe6, 0xbe, 0x7e, 0, 0, 0, 4,
         0x03, 0, 0, 0, 4, 0, 0, 0, 0, 0x7e, 0, 0, 0, 4,
-        /* dev0 (id 2): FULL, one chunk, 0, footer */
+        /* dev0 (id 2): FULL, one chunk, 0, CRC-32 of "hello", footer */
         0x04, 0, 0, 0, 2, 19, 'x', '-', 's', 't', 'r', 'a', 't', 'a', '-',
         's', 't', 'a', 't', 'e', ':', 'd', 'e', 'v', '0', 0, 0, 0, 0,
-        0, 0, 0, 1, 0, 0, 0, 5, 'h', 'e', 'l', 'l', 'o', 0, 0, 0, 0,
-        0x7e, 0, 0, 0, 2,
-        /* e (id 3): FULL, no chunk */
+        0, 0, 0, 2, 0, 0, 0, 5, 'h', 'e', 'l', 'l', 'o', 0, 0, 0, 0,
+        0x36, 0x10, 0xa6, 0x86, 0x7e, 0, 0, 0, 2,
+        /* e (id 3): FULL, no chunk, CRC-32 of nothing (0) */
         0x04, 0, 0, 0, 3, 16, 'x', '-', 's', 't', 'r', 'a', 't', 'a', '-',
-        's', 't', 'a', 't', 'e', ':', 'e', 0, 0, 0, 0, 0, 0, 0, 1,
-        0, 0, 0, 0, 0x7e, 0, 0, 0, 3,
+        's', 't', 'a', 't', 'e', ':', 'e', 0, 0, 0, 0, 0, 0, 0, 2,
+        0, 0, 0, 0, 0, 0, 0, 0, 0x7e, 0, 0, 0, 3,
         /* QEMU_VM_EOF, then the description */
         0x00, 0x06,
     };
@@ -420,6 +421,73 @@ static void test_truncated_everywhere(void **state)
     close(s.fd);
 }
 
+/*
+ * A flipped bit anywhere in a state's bytes, a round's bytes or their
+ * CRC-32s fails the parse, before anything is handed back (only the
+ * framing used to be checked: such a file restored the damaged bytes).
+ */
+static void test_flipped_everywhere(void **state)
+{
+    int p[2], q[2];
+    GError *err = NULL;
+    Saved s;
+
+    assert_int_equal(pipe(p), 0);
+    assert_int_equal(pipe(q), 0);
+    write_all(p[1], "state bytes", 11);
+    close(p[1]);
+    put_record(q[1], "r1");
+    end_round(q[1]);
+    close(q[1]);
+    DsSet *ds = ds_set_new();
+    ds_set_add(ds, "a", p[0], false);
+    ds_set_add(ds, "b", q[0], true);
+    assert_true(save(ds, &s, &err));
+    size_t len;
+    const uint8_t *f = file_bytes(&s, &len);
+    g_autofree uint8_t *copy = g_memdup2(f, len);
+    const uint8_t *plain = memmem(copy + s.ram_end, len - s.ram_end,
+                                  "state bytes", 11);
+    const uint8_t *rec = memmem(copy + s.ram_end, len - s.ram_end,
+                                "\0\0\0\2r1", 6);
+    assert_non_null(plain);
+    assert_non_null(rec);
+    /* "state bytes", its 0, its CRC; the round: record, 0, CRC */
+    struct { size_t at, n; } spans[] = {
+        { (size_t)(plain - copy), 11 + 4 + 4 },
+        { (size_t)(rec - copy), 6 + 4 + 4 },
+    };
+    for (unsigned k = 0; k < 2; k++) {
+        for (size_t i = spans[k].at; i < spans[k].at + spans[k].n; i++) {
+            for (unsigned bit = 0; bit < 8; bit += 7) {
+                copy[i] ^= 1u << bit;
+                int fd = memfd_create("flip", MFD_CLOEXEC);
+                write_all(fd, copy, len);
+                MrFileInfo *info = mr_file_parse(fd, 0, &err);
+                if (info) {
+                    fail_msg("a file with bit %u of byte %zu flipped parsed",
+                             bit, i);
+                }
+                assert_non_null(err);
+                g_clear_error(&err);
+                close(fd);
+                copy[i] ^= 1u << bit;
+            }
+        }
+    }
+    /* and the file as written parses */
+    int fd = memfd_create("good", MFD_CLOEXEC);
+    write_all(fd, copy, len);
+    MrFileInfo *info = mr_file_parse(fd, 0, &err);
+    assert_non_null(info);
+    mr_file_info_free(info);
+    close(fd);
+    ds_set_free(ds);
+    close(p[0]);
+    close(q[0]);
+    close(s.fd);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -428,6 +496,7 @@ int main(void)
         cmocka_unit_test(test_big_socket),
         cmocka_unit_test(test_backend_faults),
         cmocka_unit_test(test_truncated_everywhere),
+        cmocka_unit_test(test_flipped_everywhere),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -40,7 +40,7 @@
 #include "strata/mapped-ram.h"
 
 #define DS_SECTION_PREFIX "x-strata-state:"
-#define DS_SECTION_VERSION 1u
+#define DS_SECTION_VERSION 2u     /* 2: sections with data carry a CRC-32 */
 /* the section name is a u8-length string: prefix + id */
 #define DS_ID_MAX (255u - (sizeof(DS_SECTION_PREFIX) - 1))
 /* data bytes per chunk a save writes (a round's records keep their size) */

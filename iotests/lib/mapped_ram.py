@@ -14,6 +14,7 @@ strata's files with it and check every field.
 """
 
 import struct
+import zlib
 
 MAGIC = 0x5145564d
 VERSION = 3
@@ -169,8 +170,19 @@ def _chunks(c):
         c.take(n)
 
 
+def _check_crc(c, id, data):
+    """The u32 CRC-32 (zlib's) after a section's data: of `data`."""
+    want = c.be32()
+    if zlib.crc32(data) != want:
+        raise ValueError('device state %s: CRC-32 0x%08x, file says 0x%08x'
+                         % (id, zlib.crc32(data), want))
+
+
 def _state_section(c, f, t, sid, name, instance, version):
-    if instance != 0 or version != 1:
+    # version 2: a plain section's chunks and a round are followed by the
+    # CRC-32 of the state bytes (plain) or of the round as the back end
+    # wrote it (records and the 0)
+    if instance != 0 or version != 2:
         raise ValueError('device state %s: instance %d version %d'
                          % (name, instance, version))
     id = name[len(STATE_PREFIX):]
@@ -184,9 +196,11 @@ def _state_section(c, f, t, sid, name, instance, version):
             raise ValueError('device state %s: data in START' % id)
     else:
         a = c.pos
-        st.rounds.append(_chunks(c))
+        ch = _chunks(c)
+        st.rounds.append(ch)
         st.round_spans.append((a, c.pos))
         st.ended = True
+        _check_crc(c, id, b''.join(c.data[o:o + n] for o, n in ch))
 
 
 def _state_part(c, st, t):
@@ -197,6 +211,7 @@ def _state_part(c, st, t):
     if t == PART:
         st.rounds.append(ch)
         st.round_spans.append((a, c.pos))
+        _check_crc(c, st.id, c.data[a:c.pos])
     else:
         if ch:
             raise ValueError('device state %s: data in END' % st.id)
