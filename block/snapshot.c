@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <string.h>
 #include "block-int.h"
+#include "strata/dirty-bitmap.h"
 
 BlockNode *node_snapshot_fallback(BlockNode *bs)
 {
@@ -182,10 +183,37 @@ int node_snapshot_create(BlockNode *bs, NodeSnapshot *sn, GError **errp)
     return ret;
 }
 
+/*
+ * QEMU's bdrv_snapshot_goto() refuses on every node it passes on the way
+ * down to the one that reverts (a filter or raw node, then the image),
+ * before asking whether any of them can: a dirty bitmap of such a node
+ * records changes relative to data the revert throws away, and a
+ * persistent one would be stored as if it still described the image.
+ * Any bitmap counts, anonymous ones (a job's) and disabled ones too.
+ */
+static bool goto_blocked_by_bitmaps(BlockNode *top, GError **errp)
+{
+    for (BlockNode *bs = top; bs; bs = node_snapshot_fallback(bs)) {
+        if (node_dirty_bitmaps(bs)) {
+            error_setg(errp, "Device has active dirty bitmaps");
+            return true;
+        }
+        if (can_do(bs->drv, SNAP_GOTO)) {
+            break;
+        }
+    }
+    return false;
+}
+
 int node_snapshot_goto(BlockNode *bs, const char *id_or_name, GError **errp)
 {
     SnapCall c = { .op = SNAP_GOTO, .name = id_or_name, .errp = errp };
-    int ret = snap_call(bs, &c);
+    int ret;
+
+    if (goto_blocked_by_bitmaps(bs, errp)) {
+        return -EBUSY;
+    }
+    ret = snap_call(bs, &c);
 
     if (ret == -ENOTSUP && !c.bs) {
         error_setg(errp, "Block driver does not support snapshots");

@@ -265,6 +265,8 @@ void qmp_block_resize(const char *device, const char *node_name,
         error_setg(errp, "No medium inserted");
     } else {
         child_co_truncate(blk_root(blk), size, false, PREALLOC_MODE_OFF, errp);
+        /* an inconsistent bitmap's refusal ends in a hint */
+        drop_hints(errp);
     }
     node_drain_end(bs);
     blk_unref(blk);

@@ -42,7 +42,16 @@ static const TxnActionOps *const txn_actions[TRANSACTION_ACTION_KIND__MAX] = {
     [TRANSACTION_ACTION_KIND_BLOCKDEV_SNAPSHOT_SYNC] = &txn_external_snapshot,
     [TRANSACTION_ACTION_KIND_BLOCKDEV_SNAPSHOT_INTERNAL_SYNC] =
         &txn_internal_snapshot,
+    [TRANSACTION_ACTION_KIND_X_STRATA_BACKUP_CHECKPOINT] =
+        &txn_backup_checkpoint,
 };
+
+const TxnActionOps *txn_action_ops(TransactionActionKind kind)
+{
+    g_assert(kind >= 0 && kind < TRANSACTION_ACTION_KIND__MAX &&
+             txn_actions[kind]);
+    return txn_actions[kind];
+}
 
 bool txn_check_completion_mode(TxnState *s, GError **errp)
 {
@@ -113,10 +122,9 @@ bool txn_run(TransactionActionList *actions,
     drain_all_end();
 
     for (TransactionActionList *l = actions; l; l = l->next) {
-        const TxnActionOps *ops = txn_actions[l->value->type];
+        const TxnActionOps *ops = txn_action_ops(l->value->type);
         TxnState *s = g_new0(TxnState, 1);
 
-        g_assert(ops);
         s->ops = ops;
         s->action = l->value;
         s->props = &effective;

@@ -49,6 +49,9 @@ bool txn_run(TransactionActionList *actions,
 /* Run one action on its own (completion-mode individual). */
 bool txn_run_one(TransactionAction *action, GError **errp);
 
+/* The ops of an action kind (an action made of other actions runs them). */
+const TxnActionOps *txn_action_ops(TransactionActionKind kind);
+
 /* "Action 'x' does not support Transaction property completion-mode = y" */
 bool txn_check_completion_mode(TxnState *s, GError **errp);
 
@@ -90,5 +93,7 @@ extern const TxnActionOps txn_bitmap_merge;
 /* qapi/cmd-bitmap.c: strata's x-strata-block-dirty-bitmap-recover, -copy */
 extern const TxnActionOps txn_bitmap_recover;
 extern const TxnActionOps txn_bitmap_copy;
+/* qapi/cmd-backup-checkpoint.c: strata's x-strata-backup-checkpoint */
+extern const TxnActionOps txn_backup_checkpoint;
 
 #endif

@@ -197,20 +197,23 @@ static int coroutine_fn read_extensions(BlockNode *bs, uint64_t start,
                 return -EINVAL;
             }
             if (!(s->autoclear_features & QCOW2_AUTOCLEAR_BITMAPS)) {
-                /* Another program changed the image: bitmaps are stale. */
-                if (s->version < 3) {
-                    warn_print("qemu-img: warning: This qcow2 v2 image "
-                               "contains bitmaps, but they may have been "
-                               "modified by a program without persistent "
-                               "bitmap support; so now they must all be "
-                               "considered inconsistent\n");
-                } else {
-                    warn_print("qemu-img: warning: a program lacking bitmap "
-                               "support modified this file, so all bitmaps "
-                               "are now considered inconsistent\n");
-                }
-                warn_print("Some clusters may be leaked, run 'qemu-img "
-                           "check -r' on the image file to fix.");
+                /* Another program changed the image: bitmaps are stale.
+                 * QEMU's warn_report() under the program's name, then its
+                 * hint, which QEMU leaves without a newline (strata ends
+                 * the line). */
+                const char *prog = g_get_prgname();
+                warn_print("%s%swarning: %s\n"
+                           "Some clusters may be leaked, run 'qemu-img "
+                           "check -r' on the image file to fix.",
+                           prog ? prog : "", prog ? ": " : "",
+                           s->version < 3
+                           ? "This qcow2 v2 image contains bitmaps, but "
+                             "they may have been modified by a program "
+                             "without persistent bitmap support; so now "
+                             "they must all be considered inconsistent"
+                           : "a program lacking bitmap support modified "
+                             "this file, so all bitmaps are now considered "
+                             "inconsistent");
                 s->bitmaps_ext_stale = true;
                 break;
             }

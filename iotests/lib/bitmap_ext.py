@@ -213,3 +213,11 @@ def checkpoint(c, a):
     if t.oracle_mode():
         return _quiet(c, 'transaction', {'actions': checkpoint_actions(a)})
     return _quiet(c, 'x-strata-backup-checkpoint', a)
+
+
+def checkpoint_action(a):
+    """x-strata-backup-checkpoint with arguments a as transaction
+    action(s): in oracle mode the QEMU 7.2 actions it stands for."""
+    if t.oracle_mode():
+        return checkpoint_actions(a)
+    return [{'type': 'x-strata-backup-checkpoint', 'data': a}]
