@@ -135,6 +135,7 @@ int main(int argc, char **argv)
     }
     if (nbd_can_meta_context(h, argv[2]) != 1) {
         fprintf(stderr, "nbd-pull: the server has no context %s\n", argv[2]);
+        nbd_close(h);
         return 1;
     }
     int64_t size = nbd_get_size(h);
