@@ -23,24 +23,32 @@ struct NbdChannel {
     ChannelSource *src;
     gpointer tag;
     Coroutine *reader, *writer;
+    GIOCondition watched;   /* what the loop polls the socket for */
     uint8_t *rbuf;
     size_t rpos, rlen;
+    /* The last read left the socket empty: poll before reading again. */
+    bool drained;
 };
+
+/*
+ * Change what the loop polls for.  glib wakes the loop's context (an
+ * eventfd write, and a read plus an extra poll() later) on every change,
+ * so the hot path avoids them: a reader that goes back to waiting finds
+ * G_IO_IN still asked for (see channel_dispatch).
+ */
+static void channel_set_watch(NbdChannel *ch, GIOCondition cond)
+{
+    if (ch->src && cond != ch->watched) {
+        g_source_modify_unix_fd(&ch->src->base, ch->tag, cond);
+        ch->watched = cond;
+    }
+}
 
 /* Ask the loop only for the directions a coroutine is waiting on. */
 static void channel_update_watch(NbdChannel *ch)
 {
-    GIOCondition cond = 0;
-
-    if (ch->reader) {
-        cond |= G_IO_IN;
-    }
-    if (ch->writer) {
-        cond |= G_IO_OUT;
-    }
-    if (ch->src) {
-        g_source_modify_unix_fd(&ch->src->base, ch->tag, cond);
-    }
+    channel_set_watch(ch, (ch->reader ? G_IO_IN : 0) |
+                          (ch->writer ? G_IO_OUT : 0));
 }
 
 static gboolean channel_dispatch(GSource *src, GSourceFunc cb, gpointer d)
@@ -58,7 +66,14 @@ static gboolean channel_dispatch(GSource *src, GSourceFunc cb, gpointer d)
         w = ch->writer;
         ch->writer = NULL;
     }
-    channel_update_watch(ch);
+    /*
+     * A woken reader keeps G_IO_IN asked for: it reads, and most often
+     * waits again, before the loop polls next.  Readable with no reader
+     * (it waits for a request slot) would make the loop spin: dropped.
+     * A socket is nearly always writable, so G_IO_OUT goes at once.
+     */
+    channel_set_watch(ch, ((r || ch->reader) ? (ch->watched & G_IO_IN) : 0) |
+                          (ch->writer ? G_IO_OUT : 0));
     if (r) {
         co_wake(r);
     }
@@ -113,7 +128,7 @@ static void coroutine_fn channel_wait(NbdChannel *ch, bool for_write)
         g_assert(!ch->reader);
         ch->reader = co_self();
     }
-    channel_update_watch(ch);
+    channel_set_watch(ch, ch->watched | (for_write ? G_IO_OUT : G_IO_IN));
     co_yield();
 }
 
@@ -153,6 +168,7 @@ void nbd_channel_attach_here(NbdChannel *ch)
                                             sizeof(ChannelSource));
     ch->src->ch = ch;
     ch->tag = g_source_add_unix_fd(&ch->src->base, ch->fd, 0);
+    ch->watched = 0;
     g_source_set_can_recurse(&ch->src->base, TRUE);
     g_source_attach(&ch->src->base, loop_context(loop_get()));
 }
@@ -220,11 +236,20 @@ int coroutine_fn nbd_channel_read(NbdChannel *ch, void *buf, size_t len)
                 len -= n;
             }
         } else {
+            /*
+             * A short read emptied the socket: the next request is rarely
+             * there yet, and a recv() that fails with EAGAIN is a system
+             * call per request for nothing.
+             */
+            if (ch->drained && !ch->shut) {
+                channel_wait(ch, false);
+            }
             n = channel_recv_some(ch, ch->rbuf, RBUF_SIZE);
             if (n > 0) {
                 ch->rpos = 0;
                 ch->rlen = n;
             }
+            ch->drained = n > 0 && n < RBUF_SIZE;
         }
         if (n < 0) {
             return -EIO;

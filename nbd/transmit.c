@@ -108,9 +108,15 @@ static int coroutine_fn send_iov(NbdClient *client, struct iovec *iov,
         return me.ret;
     }
     client->writing = true;
-    /* Let the replies completing in this loop iteration join the batch. */
-    co_wake(co_self());
-    co_yield();
+    /*
+     * Let the replies completing in this loop iteration join the batch;
+     * with no other request in flight none can (a client that keeps one
+     * request in flight, as backup tools do): no round through the loop.
+     */
+    if (client->inflight > 1) {
+        co_wake(co_self());
+        co_yield();
+    }
     flush_queue(client);
     return me.ret;
 }

@@ -520,8 +520,10 @@ void cbw_drop(BlockNode *cbw)
  * break-snapshot the whole view is gone (-EACCES, as QEMU).
  */
 
+/* On the reader's stack: no allocation per read. */
 typedef struct CbwFrozenRead {
     int64_t offset, bytes;
+    GList link;             /* in frozen_reads */
 } CbwFrozenRead;
 
 static bool cbw_frozen_overlaps(CbwState *s, int64_t offset, int64_t bytes)
@@ -551,12 +553,12 @@ static void coroutine_fn cbw_wait_frozen_reads(CbwState *s, int64_t offset,
  */
 static int cbw_snapshot_lock(CbwState *s, BlockNode *bs, int64_t offset,
                              int64_t bytes, int64_t *pnum,
-                             BlockChild **child, CbwFrozenRead **frozen)
+                             BlockChild **child, CbwFrozenRead *frozen)
 {
     int64_t next;
     bool done;
 
-    *frozen = NULL;
+    frozen->link.data = NULL;
     if (s->snapshot_error ||
         dirty_bitmap_next_clean(s->access_bitmap, offset, bytes) != -1) {
         return -EACCES;
@@ -568,9 +570,10 @@ static int cbw_snapshot_lock(CbwState *s, BlockNode *bs, int64_t offset,
     if (done) {
         *child = s->target;
     } else {
-        *frozen = g_new(CbwFrozenRead, 1);
-        **frozen = (CbwFrozenRead){ .offset = offset, .bytes = *pnum };
-        g_queue_push_tail(&s->frozen_reads, *frozen);
+        frozen->offset = offset;
+        frozen->bytes = *pnum;
+        frozen->link = (GList){ .data = frozen };
+        g_queue_push_tail_link(&s->frozen_reads, &frozen->link);
         *child = bs->file;
     }
     return 0;
@@ -578,9 +581,9 @@ static int cbw_snapshot_lock(CbwState *s, BlockNode *bs, int64_t offset,
 
 static void cbw_snapshot_unlock(CbwState *s, CbwFrozenRead *frozen)
 {
-    if (frozen) {
-        g_queue_remove(&s->frozen_reads, frozen);
-        g_free(frozen);
+    if (frozen->link.data) {
+        g_queue_unlink(&s->frozen_reads, &frozen->link);
+        frozen->link.data = NULL;
         co_queue_restart_all(&s->frozen_waiters);
     }
 }
@@ -602,7 +605,7 @@ int coroutine_fn cbw_snapshot_preadv(BlockNode *bs, int64_t offset,
     }
     node_inc_in_flight(bs);
     while (bytes > 0) {
-        CbwFrozenRead *frozen;
+        CbwFrozenRead frozen;
         BlockChild *child;
         int64_t n;
 
@@ -611,7 +614,7 @@ int coroutine_fn cbw_snapshot_preadv(BlockNode *bs, int64_t offset,
             break;
         }
         ret = child_co_preadv(child, offset, n, qiov, qiov_offset, 0);
-        cbw_snapshot_unlock(s, frozen);
+        cbw_snapshot_unlock(s, &frozen);
         if (ret < 0) {
             break;
         }
@@ -629,7 +632,7 @@ int coroutine_fn cbw_snapshot_block_status(BlockNode *bs, bool want_zero,
                                            BlockNode **file)
 {
     CbwState *s = bs->opaque;
-    CbwFrozenRead *frozen;
+    CbwFrozenRead frozen;
     BlockChild *child;
     int64_t n;
     int ret;
@@ -650,7 +653,7 @@ int coroutine_fn cbw_snapshot_block_status(BlockNode *bs, bool want_zero,
         if (ret >= 0 && child == s->target) {
             ret |= BLOCK_ALLOCATED;
         }
-        cbw_snapshot_unlock(s, frozen);
+        cbw_snapshot_unlock(s, &frozen);
     }
     node_dec_in_flight(bs);
     return ret;
