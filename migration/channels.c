@@ -437,6 +437,13 @@ static bool load_batch(Chan *ch, MrBlock *b, unsigned long *bm,
             }
             j++;
         }
+        /*
+         * The run's memory is created here, in one call, rather than
+         * page by page inside the read's submission (new memory costs
+         * more than the disk: docs/performance.md "Migration to a file");
+         * zero stretches are not populated, MADV_REMOVE drops them.
+         */
+        populate(b->host + i * MR_PAGE_SIZE, last + 1 - i, true);
         if (!chan_queue(ch, b, bm, i, last + 1 - i)) {
             return false;
         }
