@@ -49,18 +49,11 @@ typedef struct Work {
     MrBlock *blocks;
     unsigned nb_blocks;
     unsigned long **bitmaps;    /* per block; NULL: block not handled */
-    uint64_t *first_batch;      /* per block, prefix sums; [nb] = total */
-    _Atomic uint64_t next;
     bool load;
     const MrParams *p;
     MrStats *stats;
     atomic_bool *cancel;
-    atomic_bool failed;
-    GMutex lock;
-    GError *err;
-    /* max-bandwidth, over all channels */
-    int64_t rate_start;
-    uint64_t rate_bytes;
+    MrQueue q;                  /* batches, failure, max-bandwidth */
     unsigned depth;             /* requests in flight per io_uring channel */
     uint64_t merge_gap;         /* a save writes shorter zero stretches */
 } Work;
@@ -96,36 +89,6 @@ typedef struct Chan {
     Req reqs[QUEUE_MAX];
 } Chan;
 
-static void work_fail(Work *w, GError *err)
-{
-    g_mutex_lock(&w->lock);
-    if (!w->err) {
-        w->err = err;
-    } else {
-        g_error_free(err);
-    }
-    g_mutex_unlock(&w->lock);
-    atomic_store(&w->failed, true);
-}
-
-static void throttle(Work *w, uint64_t bytes)
-{
-    uint64_t bw = w->p->max_bandwidth;
-    int64_t due;
-
-    if (!bw) {
-        return;
-    }
-    g_mutex_lock(&w->lock);
-    w->rate_bytes += bytes;
-    due = w->rate_start + (int64_t)(w->rate_bytes * 1000000000.0 / bw);
-    g_mutex_unlock(&w->lock);
-    int64_t now = clock_ns();
-    if (due > now) {
-        g_usleep((gulong)((due - now) / 1000));
-    }
-}
-
 static uint8_t *req_buf(const Req *r)
 {
     return r->b->host + r->first * MR_PAGE_SIZE + r->done;
@@ -154,7 +117,7 @@ static void req_error(Work *w, const Req *r, int err)
                    "'%s' (offset %" G_GUINT64_FORMAT ")", r->b->id,
                    req_off(r));
     }
-    work_fail(w, e);
+    mr_queue_fail(&w->q, e);
 }
 
 /*
@@ -286,7 +249,7 @@ static void chan_reap(Chan *ch)
             GError *e = NULL;
             error_setg_errno(&e, -ret, "Could not wait for the migration "
                              "file's I/O");
-            work_fail(ch->w, e);
+            mr_queue_fail(&ch->w->q, e);
             ch->inflight = 0;
             return;
         }
@@ -313,7 +276,7 @@ static bool chan_queue(Chan *ch, MrBlock *b, unsigned long *bm,
 {
     Req *r = chan_req(ch);
 
-    if (!r || atomic_load(&ch->w->failed)) {
+    if (!r || mr_queue_failed(&ch->w->q)) {
         if (r) {
             r->next_free = ch->free;
             ch->free = r;
@@ -331,8 +294,8 @@ static bool chan_queue(Chan *ch, MrBlock *b, unsigned long *bm,
     } else {
         req_sync(ch, r);
     }
-    throttle(ch->w, pages * MR_PAGE_SIZE);
-    return !atomic_load(&ch->w->failed);
+    mr_queue_throttle(&ch->w->q, pages * MR_PAGE_SIZE);
+    return !mr_queue_failed(&ch->w->q);
 }
 
 /*
@@ -456,7 +419,8 @@ static gpointer chan_run(gpointer opaque)
 {
     Chan *ch = opaque;
     Work *w = ch->w;
-    uint64_t total = w->first_batch[w->nb_blocks];
+    unsigned bi;
+    uint64_t s, e;
 
     /*
      * Only O_DIRECT gains from requests in flight: a buffered write is a
@@ -471,24 +435,8 @@ static gpointer chan_run(gpointer opaque)
         ch->reqs[i].next_free = ch->free;
         ch->free = &ch->reqs[i];
     }
-    for (;;) {
-        uint64_t n = atomic_fetch_add(&w->next, 1);
-        unsigned bi = 0;
-        if (n >= total || atomic_load(&w->failed)) {
-            break;
-        }
-        if (atomic_load(w->cancel)) {
-            GError *err = NULL;
-            error_setg(&err, "Migration was cancelled");
-            work_fail(w, err);
-            break;
-        }
-        while (w->first_batch[bi + 1] <= n) {
-            bi++;
-        }
+    while (mr_queue_next(&w->q, &bi, &s, &e)) {
         MrBlock *b = &w->blocks[bi];
-        uint64_t s = (n - w->first_batch[bi]) * BATCH_PAGES;
-        uint64_t e = MIN(s + BATCH_PAGES, mr_block_pages(b));
         bool ok = w->load ? load_batch(ch, b, w->bitmaps[bi], s, e)
                           : save_batch(ch, b, w->bitmaps[bi], s, e);
         if (!ok) {
@@ -518,14 +466,9 @@ static bool run_channels(Work *w, const MrTarget *t, GError **errp)
     unsigned n = MAX(1u, MIN(w->p->channels, t->nb_chan));
     Chan *ch = g_new0(Chan, n);
 
-    w->first_batch = g_new0(uint64_t, w->nb_blocks + 1);
-    for (unsigned i = 0; i < w->nb_blocks; i++) {
-        uint64_t batches = w->bitmaps[i]
-            ? (mr_block_pages(&w->blocks[i]) + BATCH_PAGES - 1) / BATCH_PAGES
-            : 0;
-        w->first_batch[i + 1] = w->first_batch[i] + batches;
-    }
-    w->rate_start = clock_ns();
+    mr_queue_init(&w->q, w->blocks, w->nb_blocks,
+                  (unsigned long *const *)w->bitmaps, BATCH_PAGES, w->cancel,
+                  w->p->max_bandwidth);
     for (unsigned i = 0; i < n; i++) {
         ch[i].w = w;
         ch[i].fd = t->chan_fds[i];
@@ -535,13 +478,7 @@ static bool run_channels(Work *w, const MrTarget *t, GError **errp)
         g_thread_join(ch[i].thread);
     }
     g_free(ch);
-    g_free(w->first_batch);
-    if (w->err) {
-        g_propagate_error(errp, w->err);
-        w->err = NULL;
-        return false;
-    }
-    return true;
+    return mr_queue_finish(&w->q, errp);
 }
 
 /*
@@ -579,7 +516,6 @@ static void work_init(Work *w, MrBlock *blocks, unsigned nb, bool load,
                                  QUEUE_MAX, QUEUE_DEPTH);
     w->merge_gap = env_num("STRATA_MIGRATION_MERGE_GAP", 1, 1u << 20,
                            MERGE_GAP);
-    g_mutex_init(&w->lock);
 }
 
 static void work_clear(Work *w)
@@ -588,7 +524,6 @@ static void work_clear(Work *w)
         g_free(w->bitmaps[i]);
     }
     g_free(w->bitmaps);
-    g_mutex_clear(&w->lock);
 }
 
 bool mr_save(MrTarget *t, MrBlock *blocks, unsigned nb_blocks,
