@@ -3,8 +3,9 @@
  * the file, each on its own descriptor (strata/mapped-ram.h).
  *
  * The pages of all blocks are cut into batches of BATCH_PAGES; channels
- * take the next batch from a shared counter, so they write disjoint,
- * mostly distant ranges in parallel.  Within a batch, runs of non-zero
+ * take the next batch from a shared counter (MrQueue, work-queue.c, as a
+ * live save's passes do), so they write disjoint, mostly distant ranges
+ * in parallel.  Within a batch, runs of non-zero
  * pages (with the short zero stretches between them, see save_batch) are
  * written with one request each straight from guest memory (page aligned,
  * so O_DIRECT needs no bounce buffer); longer zero stretches are left as
