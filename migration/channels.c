@@ -3,8 +3,9 @@
  * the file, each on its own descriptor (strata/mapped-ram.h).
  *
  * The pages of all blocks are cut into batches of BATCH_PAGES; channels
- * take the next batch from a shared counter, so they write disjoint,
- * mostly distant ranges in parallel.  Within a batch, runs of non-zero
+ * take the next batch from a shared counter (MrQueue, work-queue.c, as a
+ * live save's passes do), so they write disjoint, mostly distant ranges
+ * in parallel.  Within a batch, runs of non-zero
  * pages (with the short zero stretches between them, see save_batch) are
  * written with one request each straight from guest memory (page aligned,
  * so O_DIRECT needs no bounce buffer); longer zero stretches are left as
@@ -37,25 +38,25 @@
  * Requests in flight per channel (with io_uring).  One per channel left
  * the disk idle between a request's end and the next one's start; 8 x 4
  * channels keep it busy (docs/performance.md "Migration to a file").
+ * Deeper queues do not make lone zero pages cheap as holes: with 64 in
+ * flight, a 2 GiB save with every zero page a hole took 2x as long as
+ * the merged runs (same place).
  */
 #define QUEUE_DEPTH 8u
+/* the most STRATA_MIGRATION_QUEUE_DEPTH may ask for */
+#define QUEUE_MAX 64u
 
 typedef struct Work {
     MrBlock *blocks;
     unsigned nb_blocks;
     unsigned long **bitmaps;    /* per block; NULL: block not handled */
-    uint64_t *first_batch;      /* per block, prefix sums; [nb] = total */
-    _Atomic uint64_t next;
     bool load;
     const MrParams *p;
     MrStats *stats;
     atomic_bool *cancel;
-    atomic_bool failed;
-    GMutex lock;
-    GError *err;
-    /* max-bandwidth, over all channels */
-    int64_t rate_start;
-    uint64_t rate_bytes;
+    MrQueue q;                  /* batches, failure, max-bandwidth */
+    unsigned depth;             /* requests in flight per io_uring channel */
+    uint64_t merge_gap;         /* a save writes shorter zero stretches */
 } Work;
 
 /*
@@ -86,38 +87,8 @@ typedef struct Chan {
     struct io_uring ring;
     unsigned inflight;
     Req *free;
-    Req reqs[QUEUE_DEPTH];
+    Req reqs[QUEUE_MAX];
 } Chan;
-
-static void work_fail(Work *w, GError *err)
-{
-    g_mutex_lock(&w->lock);
-    if (!w->err) {
-        w->err = err;
-    } else {
-        g_error_free(err);
-    }
-    g_mutex_unlock(&w->lock);
-    atomic_store(&w->failed, true);
-}
-
-static void throttle(Work *w, uint64_t bytes)
-{
-    uint64_t bw = w->p->max_bandwidth;
-    int64_t due;
-
-    if (!bw) {
-        return;
-    }
-    g_mutex_lock(&w->lock);
-    w->rate_bytes += bytes;
-    due = w->rate_start + (int64_t)(w->rate_bytes * 1000000000.0 / bw);
-    g_mutex_unlock(&w->lock);
-    int64_t now = clock_ns();
-    if (due > now) {
-        g_usleep((gulong)((due - now) / 1000));
-    }
-}
 
 static uint8_t *req_buf(const Req *r)
 {
@@ -147,7 +118,7 @@ static void req_error(Work *w, const Req *r, int err)
                    "'%s' (offset %" G_GUINT64_FORMAT ")", r->b->id,
                    req_off(r));
     }
-    work_fail(w, e);
+    mr_queue_fail(&w->q, e);
 }
 
 /*
@@ -279,7 +250,7 @@ static void chan_reap(Chan *ch)
             GError *e = NULL;
             error_setg_errno(&e, -ret, "Could not wait for the migration "
                              "file's I/O");
-            work_fail(ch->w, e);
+            mr_queue_fail(&ch->w->q, e);
             ch->inflight = 0;
             return;
         }
@@ -306,7 +277,7 @@ static bool chan_queue(Chan *ch, MrBlock *b, unsigned long *bm,
 {
     Req *r = chan_req(ch);
 
-    if (!r || atomic_load(&ch->w->failed)) {
+    if (!r || mr_queue_failed(&ch->w->q)) {
         if (r) {
             r->next_free = ch->free;
             ch->free = r;
@@ -324,8 +295,8 @@ static bool chan_queue(Chan *ch, MrBlock *b, unsigned long *bm,
     } else {
         req_sync(ch, r);
     }
-    throttle(ch->w, pages * MR_PAGE_SIZE);
-    return !atomic_load(&ch->w->failed);
+    mr_queue_throttle(&ch->w->q, pages * MR_PAGE_SIZE);
+    return !mr_queue_failed(&ch->w->q);
 }
 
 /*
@@ -369,7 +340,7 @@ static bool save_batch(Chan *ch, MrBlock *b, unsigned long *bm,
             continue;
         }
         uint64_t j = i, last = i;      /* last: the last non-zero page */
-        while (j < e && j - last <= MERGE_GAP) {
+        while (j < e && j - last <= w->merge_gap) {
             if (mr_page_is_zero(b->host + j * MR_PAGE_SIZE)) {
                 atomic_fetch_add(&w->stats->duplicate, 1);
             } else {
@@ -430,6 +401,13 @@ static bool load_batch(Chan *ch, MrBlock *b, unsigned long *bm,
             }
             j++;
         }
+        /*
+         * The run's memory is created here, in one call, rather than
+         * page by page inside the read's submission (new memory costs
+         * more than the disk: docs/performance.md "Migration to a file");
+         * zero stretches are not populated, MADV_REMOVE drops them.
+         */
+        populate(b->host + i * MR_PAGE_SIZE, last + 1 - i, true);
         if (!chan_queue(ch, b, bm, i, last + 1 - i)) {
             return false;
         }
@@ -442,7 +420,8 @@ static gpointer chan_run(gpointer opaque)
 {
     Chan *ch = opaque;
     Work *w = ch->w;
-    uint64_t total = w->first_batch[w->nb_blocks];
+    unsigned bi;
+    uint64_t s, e;
 
     /*
      * Only O_DIRECT gains from requests in flight: a buffered write is a
@@ -452,29 +431,13 @@ static gpointer chan_run(gpointer opaque)
      * always (tests, comparisons).
      */
     ch->uring = w->p->direct_io && !g_getenv("STRATA_MIGRATION_SYNC_IO") &&
-                io_uring_queue_init(QUEUE_DEPTH, &ch->ring, 0) == 0;
-    for (unsigned i = 0; i < (ch->uring ? QUEUE_DEPTH : 1); i++) {
+                io_uring_queue_init(w->depth, &ch->ring, 0) == 0;
+    for (unsigned i = 0; i < (ch->uring ? w->depth : 1); i++) {
         ch->reqs[i].next_free = ch->free;
         ch->free = &ch->reqs[i];
     }
-    for (;;) {
-        uint64_t n = atomic_fetch_add(&w->next, 1);
-        unsigned bi = 0;
-        if (n >= total || atomic_load(&w->failed)) {
-            break;
-        }
-        if (atomic_load(w->cancel)) {
-            GError *err = NULL;
-            error_setg(&err, "Migration was cancelled");
-            work_fail(w, err);
-            break;
-        }
-        while (w->first_batch[bi + 1] <= n) {
-            bi++;
-        }
+    while (mr_queue_next(&w->q, &bi, &s, &e)) {
         MrBlock *b = &w->blocks[bi];
-        uint64_t s = (n - w->first_batch[bi]) * BATCH_PAGES;
-        uint64_t e = MIN(s + BATCH_PAGES, mr_block_pages(b));
         bool ok = w->load ? load_batch(ch, b, w->bitmaps[bi], s, e)
                           : save_batch(ch, b, w->bitmaps[bi], s, e);
         if (!ok) {
@@ -504,14 +467,9 @@ static bool run_channels(Work *w, const MrTarget *t, GError **errp)
     unsigned n = MAX(1u, MIN(w->p->channels, t->nb_chan));
     Chan *ch = g_new0(Chan, n);
 
-    w->first_batch = g_new0(uint64_t, w->nb_blocks + 1);
-    for (unsigned i = 0; i < w->nb_blocks; i++) {
-        uint64_t batches = w->bitmaps[i]
-            ? (mr_block_pages(&w->blocks[i]) + BATCH_PAGES - 1) / BATCH_PAGES
-            : 0;
-        w->first_batch[i + 1] = w->first_batch[i] + batches;
-    }
-    w->rate_start = clock_ns();
+    mr_queue_init(&w->q, w->blocks, w->nb_blocks,
+                  (unsigned long *const *)w->bitmaps, BATCH_PAGES, w->cancel,
+                  w->p->max_bandwidth);
     for (unsigned i = 0; i < n; i++) {
         ch[i].w = w;
         ch[i].fd = t->chan_fds[i];
@@ -521,13 +479,27 @@ static bool run_channels(Work *w, const MrTarget *t, GError **errp)
         g_thread_join(ch[i].thread);
     }
     g_free(ch);
-    g_free(w->first_batch);
-    if (w->err) {
-        g_propagate_error(errp, w->err);
-        w->err = NULL;
-        return false;
+    return mr_queue_finish(&w->q, errp);
+}
+
+/*
+ * A number from the environment in [lo, hi], else @def.  For comparisons
+ * (bench/migrate-bench --compare-env), not for users:
+ *   STRATA_MIGRATION_QUEUE_DEPTH  requests in flight per channel (1-64)
+ *   STRATA_MIGRATION_MERGE_GAP    a save writes zero stretches shorter
+ *                                 than this inside a run (1: every zero
+ *                                 page a hole, as QEMU)
+ */
+static uint64_t env_num(const char *name, uint64_t lo, uint64_t hi,
+                        uint64_t def)
+{
+    const char *e = g_getenv(name);
+    char *end;
+    if (!e) {
+        return def;
     }
-    return true;
+    uint64_t v = g_ascii_strtoull(e, &end, 10);
+    return *e && !*end && v >= lo && v <= hi ? v : def;
 }
 
 static void work_init(Work *w, MrBlock *blocks, unsigned nb, bool load,
@@ -541,7 +513,10 @@ static void work_init(Work *w, MrBlock *blocks, unsigned nb, bool load,
     w->p = p;
     w->stats = stats;
     w->cancel = cancel;
-    g_mutex_init(&w->lock);
+    w->depth = (unsigned)env_num("STRATA_MIGRATION_QUEUE_DEPTH", 1,
+                                 QUEUE_MAX, QUEUE_DEPTH);
+    w->merge_gap = env_num("STRATA_MIGRATION_MERGE_GAP", 1, 1u << 20,
+                           MERGE_GAP);
 }
 
 static void work_clear(Work *w)
@@ -550,7 +525,6 @@ static void work_clear(Work *w)
         g_free(w->bitmaps[i]);
     }
     g_free(w->bitmaps);
-    g_mutex_clear(&w->lock);
 }
 
 bool mr_save(MrTarget *t, MrBlock *blocks, unsigned nb_blocks,

@@ -92,18 +92,9 @@ typedef struct PassWork {
     unsigned nb;
     unsigned long *const *set;
     unsigned long **stored;
-    const MrParams *p;
-    bool throttle;
     MrStats *stats;
-    atomic_bool *cancel;
     _Atomic uint64_t *remaining;
-    uint64_t *first_chunk;          /* per block, prefix sums; [nb]: all */
-    _Atomic uint64_t next;
-    atomic_bool failed;
-    GMutex lock;
-    GError *err;
-    int64_t rate_start;
-    uint64_t rate_bytes;
+    MrQueue q;                      /* chunks, failure, max-bandwidth */
     _Atomic uint64_t pages, written, zeroed;
 } PassWork;
 
@@ -119,14 +110,7 @@ static uint8_t zeros[MERGE_GAP * MR_PAGE_SIZE]
 
 static void pass_fail(PassWork *w, GError *err)
 {
-    g_mutex_lock(&w->lock);
-    if (!w->err) {
-        w->err = err;
-    } else {
-        g_error_free(err);
-    }
-    g_mutex_unlock(&w->lock);
-    atomic_store(&w->failed, true);
+    mr_queue_fail(&w->q, err);
 }
 
 /* Clears bit @i; returns whether it was set. */
@@ -136,24 +120,6 @@ static bool test_clear_bit(unsigned long *bm, uint64_t i)
     bool was = bm[i / MR_WORD_BITS] & m;
     bm[i / MR_WORD_BITS] &= ~m;
     return was;
-}
-
-static void throttle(PassWork *w, uint64_t bytes)
-{
-    uint64_t bw = w->p->max_bandwidth;
-    int64_t due;
-
-    if (!w->throttle || !bw) {
-        return;
-    }
-    g_mutex_lock(&w->lock);
-    w->rate_bytes += bytes;
-    due = w->rate_start + (int64_t)(w->rate_bytes * 1000000000.0 / bw);
-    g_mutex_unlock(&w->lock);
-    int64_t now = clock_ns();
-    if (due > now) {
-        g_usleep((gulong)((due - now) / 1000));
-    }
 }
 
 static bool write_all(PassWork *w, int fd, const uint8_t *buf, uint64_t len,
@@ -277,7 +243,7 @@ static bool pass_chunk(PassWork *w, int fd, MrBlock *b,
                        b->pages_offset + i * MR_PAGE_SIZE, b->id)) {
             return false;
         }
-        throttle(w, len);
+        mr_queue_throttle(&w->q, len);
         handled += last + 1 - i;
         /* the zero pages after the run's last data page: looked at again */
         i = next_set(set, last + 1, e);
@@ -298,26 +264,11 @@ static gpointer pass_chan_run(gpointer opaque)
 {
     PassChan *ch = opaque;
     PassWork *w = ch->w;
-    uint64_t total = w->first_chunk[w->nb];
+    unsigned bi;
+    uint64_t s, e;
 
-    for (;;) {
-        uint64_t n = atomic_fetch_add(&w->next, 1);
-        unsigned bi = 0;
-        if (n >= total || atomic_load(&w->failed)) {
-            break;
-        }
-        if (atomic_load(w->cancel)) {
-            GError *err = NULL;
-            error_setg(&err, "Migration was cancelled");
-            pass_fail(w, err);
-            break;
-        }
-        while (w->first_chunk[bi + 1] <= n) {
-            bi++;
-        }
+    while (mr_queue_next(&w->q, &bi, &s, &e)) {
         MrBlock *b = &w->blocks[bi];
-        uint64_t s = (n - w->first_chunk[bi]) * CHUNK_PAGES;
-        uint64_t e = MIN(s + CHUNK_PAGES, mr_block_pages(b));
         if (!pass_chunk(w, ch->fd, b, w->set[bi], w->stored[bi], s, e)) {
             break;
         }
@@ -332,21 +283,14 @@ bool live_write_pass(const MrTarget *t, MrBlock *blocks, unsigned nb,
                      LivePassResult *res, GError **errp)
 {
     PassWork w = {
-        .blocks = blocks, .nb = nb, .set = set, .stored = stored, .p = p,
-        .throttle = throttle_on, .stats = stats, .cancel = cancel,
-        .remaining = remaining,
+        .blocks = blocks, .nb = nb, .set = set, .stored = stored,
+        .stats = stats, .remaining = remaining,
     };
     unsigned n = MAX(1u, MIN(p->channels, t->nb_chan));
     PassChan *ch = g_new0(PassChan, n);
 
-    g_mutex_init(&w.lock);
-    w.first_chunk = g_new0(uint64_t, nb + 1);
-    for (unsigned i = 0; i < nb; i++) {
-        uint64_t chunks = set[i] ? (mr_block_pages(&blocks[i]) +
-                                    CHUNK_PAGES - 1) / CHUNK_PAGES : 0;
-        w.first_chunk[i + 1] = w.first_chunk[i] + chunks;
-    }
-    w.rate_start = clock_ns();
+    mr_queue_init(&w.q, blocks, nb, set, CHUNK_PAGES, cancel,
+                  throttle_on ? p->max_bandwidth : 0);
     for (unsigned i = 0; i < n; i++) {
         ch[i].w = &w;
         ch[i].fd = t->chan_fds[i];
@@ -356,18 +300,12 @@ bool live_write_pass(const MrTarget *t, MrBlock *blocks, unsigned nb,
         g_thread_join(ch[i].thread);
     }
     g_free(ch);
-    g_free(w.first_chunk);
-    g_mutex_clear(&w.lock);
     if (res) {
         res->pages = atomic_load(&w.pages);
         res->written = atomic_load(&w.written);
         res->zeroed = atomic_load(&w.zeroed);
     }
-    if (w.err) {
-        g_propagate_error(errp, w.err);
-        return false;
-    }
-    return true;
+    return mr_queue_finish(&w.q, errp);
 }
 
 /* ---- the whole save ---- */

@@ -5,6 +5,7 @@
 #ifndef MIGRATION_MR_INTERNAL_H
 #define MIGRATION_MR_INTERNAL_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <string.h>
@@ -54,5 +55,47 @@ bool mr_pwrite_all(int fd, const void *buf, size_t len, uint64_t off,
 /* mr_pwrite_all of a stream piece, which it takes. */
 bool mr_put_bytes(int fd, GByteArray *b, uint64_t off, MrStats *stats,
                   GError **errp);
+
+/*
+ * The work of a save's or restore's channels: the pages of the blocks
+ * that have work cut into batches, handed out in order through one
+ * atomic counter (channels take the next batch when they are ready, so
+ * they write disjoint, mostly distant ranges); the first failure, or a
+ * cancel seen between batches, stops them all; max-bandwidth is one
+ * budget for all of them.
+ */
+typedef struct MrQueue {
+    uint64_t batch;             /* pages; a multiple of MR_WORD_BITS, so
+                                   no two channels share a bitmap word */
+    unsigned nb;
+    uint64_t *first;            /* per block, prefix sums; [nb]: all */
+    uint64_t *pages;            /* per block */
+    _Atomic uint64_t next;
+    atomic_bool *cancel;
+    atomic_bool failed;
+    GMutex lock;
+    GError *err;
+    uint64_t max_bandwidth;     /* bytes/s, 0: none */
+    int64_t rate_start;
+    uint64_t rate_bytes;
+} MrQueue;
+
+/* @work[i] NULL: block i has no work. */
+void mr_queue_init(MrQueue *q, const MrBlock *blocks, unsigned nb,
+                   unsigned long *const *work, uint64_t batch,
+                   atomic_bool *cancel, uint64_t max_bandwidth);
+/* The next batch (block @bi, pages [@s, @e)); false when there is none
+ * left or the work has failed or was cancelled. */
+bool mr_queue_next(MrQueue *q, unsigned *bi, uint64_t *s, uint64_t *e);
+/* The first error is kept (and the others dropped); all channels stop. */
+void mr_queue_fail(MrQueue *q, GError *err);
+static inline bool mr_queue_failed(MrQueue *q)
+{
+    return atomic_load(&q->failed);
+}
+/* Counts @bytes against max-bandwidth and sleeps until they are due. */
+void mr_queue_throttle(MrQueue *q, uint64_t bytes);
+/* Frees the queue; false with its error if the work failed. */
+bool mr_queue_finish(MrQueue *q, GError **errp);
 
 #endif

@@ -624,9 +624,11 @@ static void start(bool incoming, Dest *d, GError **errp)
     spec.params.channels = mig.multifd ? mig.multifd_channels : 1;
     /* as QEMU: direct-io takes effect with mapped-ram and multifd only */
     spec.params.direct_io = mig.direct_io && mig.multifd;
-    /* multifd channels are not rate limited in QEMU; the main one is */
-    spec.params.max_bandwidth = mig.multifd || incoming ? 0
-                                                        : mig.max_bandwidth;
+    /*
+     * As QEMU (migration_rate_exceeded counts multifd's bytes too): one
+     * limit for the pages of all channels together; none on a restore.
+     */
+    spec.params.max_bandwidth = incoming ? 0 : mig.max_bandwidth;
     if (!ds_registry_begin(incoming, &spec.params.devstate, errp)) {
         return;
     }

@@ -219,6 +219,45 @@ static void test_round_trip_many_runs(void **state)
     munmap(dst, size);
 }
 
+/*
+ * max-bandwidth is one limit for all channels together: 16 MiB of RAM at
+ * 32 MiB/s take about 0.4 s over 4 channels (a limit per channel would
+ * let them finish in a quarter of that).  Only the lower bound is
+ * checked: a loaded machine can only be slower.
+ */
+static void bandwidth_total(bool direct)
+{
+    uint64_t size = 16u << 20, bw = 32u << 20;
+    MrBlock b = { .id = "ram0", .used = size, .host = map_anon(size) };
+    MrParams p = { .channels = 4, .direct_io = direct, .max_bandwidth = bw };
+    MrStats st = { 0 };
+    atomic_bool cancel = false;
+    GError *err = NULL;
+    Files f;
+
+    fill(b.host, size, 3);
+    open_target(&f, path, 4, direct, true, 0);
+    gint64 t0 = g_get_monotonic_time();
+    assert_true(mr_save(&f.t, &b, 1, &p, &st, &cancel, &err));
+    double secs = (double)(g_get_monotonic_time() - t0) / 1e6;
+    close_target(&f);
+    assert_null(err);
+    double least = 0.9 * (double)(st.normal * MR_PAGE_SIZE) / (double)bw;
+    if (secs < least) {
+        print_message("%.3f s, the limit allows no less than %.3f s\n",
+                      secs, least / 0.9);
+    }
+    assert_true(secs >= least);
+    munmap(b.host, size);
+}
+
+static void test_bandwidth_total(void **state)
+{
+    (void)state;
+    bandwidth_total(false);
+    bandwidth_total(true);
+}
+
 static uint64_t be64_at(const uint8_t *p)
 {
     uint64_t v;
@@ -365,6 +404,7 @@ int main(void)
         cmocka_unit_test(test_round_trip_sync_io),
         cmocka_unit_test(test_round_trip_many_runs),
         cmocka_unit_test(test_round_trip_offset),
+        cmocka_unit_test(test_bandwidth_total),
         cmocka_unit_test(test_bad_files),
     };
     int fd = mkstemp(path);
