@@ -82,6 +82,7 @@ struct BlockCopyState {
     BlockCopyClassifyFunc *classify;
     void *classify_opaque;
     bool target_reads_zeroes, unmap, compress, use_copy_range;
+    int copy_range_misses;      /* offload failures in a row */
     int read_flags;
     BlockCopyWriteFunc *write;
     void *write_opaque;
@@ -102,6 +103,9 @@ struct BlockCopyState {
 };
 
 static void buffers_drop_one(BlockCopyState *s);
+
+/* Offload failures in a row after which the engine stops trying. */
+#define BLOCK_COPY_RANGE_MISSES 4
 
 /* Range calls lately: the background keeps out of their way. */
 static bool bg_polite(const BlockCopyState *s)
@@ -524,14 +528,21 @@ static int coroutine_fn copy_data(BlockCopyState *s, int64_t offset,
                                   s->read_flags, 0);
         if (ret == 0) {
             s->stats.bytes_offloaded += bytes;
+            s->copy_range_misses = 0;
             return 0;
         }
         /*
          * Whatever failed (cannot offload, or an I/O error that the
-         * read/write below will pin on one side), do not try again: a
-         * pair that cannot offload one chunk cannot offload the next.
+         * read/write below will pin on one side), this chunk is read and
+         * written.  A pair of files that cannot offload one chunk cannot
+         * offload the next; but a format can refuse one chunk for what it
+         * holds (qcow2: a compressed or zero cluster in it, a run that
+         * needs copy-on-write) and take the next: give up only after a
+         * few refusals in a row.
          */
-        s->use_copy_range = false;
+        if (++s->copy_range_misses >= BLOCK_COPY_RANGE_MISSES) {
+            s->use_copy_range = false;
+        }
     }
     size = buffer_size(s, bytes);
     buf = buffer_get(s, size, urgent);
