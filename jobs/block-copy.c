@@ -529,6 +529,8 @@ static int coroutine_fn copy_data(BlockCopyState *s, int64_t offset,
         if (ret == 0) {
             s->stats.bytes_offloaded += bytes;
             s->copy_range_misses = 0;
+            /* The kernel's copy fills the target's page cache as much. */
+            write_behind(s, bytes, urgent);
             return 0;
         }
         /*
