@@ -82,6 +82,9 @@ struct BlockCopyState {
     BlockCopyClassifyFunc *classify;
     void *classify_opaque;
     bool target_reads_zeroes, unmap, compress, use_copy_range;
+    int copy_range_misses;      /* offload failures in a row */
+    int offloading;             /* background copy_range calls running */
+    CoQueue offload_wait;
     int read_flags;
     BlockCopyWriteFunc *write;
     void *write_opaque;
@@ -102,6 +105,16 @@ struct BlockCopyState {
 };
 
 static void buffers_drop_one(BlockCopyState *s);
+
+/* Offload failures in a row after which the engine stops trying. */
+#define BLOCK_COPY_RANGE_MISSES 4
+/*
+ * Background copy_range calls at once.  Each blocks a pool thread in the
+ * kernel's copy, and the kernel writes one file one at a time: 16 of
+ * them spun on the target inode's lock (perf: rwsem_spin_on_owner) and
+ * took the CPU from the loop thread that serves the guest.
+ */
+#define BLOCK_COPY_OFFLOAD_IN_FLIGHT 2
 
 /* Range calls lately: the background keeps out of their way. */
 static bool bg_polite(const BlockCopyState *s)
@@ -245,6 +258,7 @@ BlockCopyState *block_copy_new(const BlockCopyOptions *opts, GError **errp)
     g_queue_init(&s->tasks);
     co_queue_init(&s->bg_wait);
     co_queue_init(&s->urgent_wait);
+    co_queue_init(&s->offload_wait);
 
     if (opts->bitmap) {
         s->bitmap = opts->bitmap;
@@ -520,18 +534,33 @@ static int coroutine_fn copy_data(BlockCopyState *s, int64_t offset,
     int ret;
 
     if (s->use_copy_range) {
+        while (!urgent && s->offloading >= BLOCK_COPY_OFFLOAD_IN_FLIGHT) {
+            co_queue_wait(&s->offload_wait);
+        }
+        s->offloading += !urgent;
         ret = child_co_copy_range(s->source, offset, s->target, offset, bytes,
                                   s->read_flags, 0);
+        s->offloading -= !urgent;
+        co_queue_restart_all(&s->offload_wait);
         if (ret == 0) {
             s->stats.bytes_offloaded += bytes;
+            s->copy_range_misses = 0;
+            /* The kernel's copy fills the target's page cache as much. */
+            write_behind(s, bytes, urgent);
             return 0;
         }
         /*
          * Whatever failed (cannot offload, or an I/O error that the
-         * read/write below will pin on one side), do not try again: a
-         * pair that cannot offload one chunk cannot offload the next.
+         * read/write below will pin on one side), this chunk is read and
+         * written.  A pair of files that cannot offload one chunk cannot
+         * offload the next; but a format can refuse one chunk for what it
+         * holds (qcow2: a compressed or zero cluster in it, a run that
+         * needs copy-on-write) and take the next: give up only after a
+         * few refusals in a row.
          */
-        s->use_copy_range = false;
+        if (++s->copy_range_misses >= BLOCK_COPY_RANGE_MISSES) {
+            s->use_copy_range = false;
+        }
     }
     size = buffer_size(s, bytes);
     buf = buffer_get(s, size, urgent);

@@ -314,6 +314,13 @@ static int coroutine_fn commit_run(Job *job, GError **errp)
             }
         }
         o.fixed_chunk = true;
+        /*
+         * Data by copy_file_range where top's and base's data are in
+         * files (as mirror, jobs/mirror.c); not for copy_only (offline
+         * strata-img commit), whose base must match qemu-img's byte for
+         * byte and so gets no clusters allocated by a refused offload.
+         */
+        o.use_copy_range = true;
     }
     progress_front_init(&s->front, job);
     s->bcs = block_copy_new(&o, errp);

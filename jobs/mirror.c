@@ -1248,6 +1248,14 @@ static MirrorJob *mirror_start_job(const StartArgs *a, GError **errp)
          */
         .target_reads_zeroes = false,
         .unmap = a->unmap,
+        /*
+         * Data chunks by copy_file_range where source and target end in
+         * files of one protocol driver (qcow2 and raw pass it down): the
+         * kernel copies page cache to page cache once, no read into our
+         * buffer and write back out (QEMU 7.2's mirror always reads and
+         * writes).  Anything that cannot falls back to read and write.
+         */
+        .use_copy_range = true,
         .progress = mirror_progress,
         .progress_opaque = s,
     };

@@ -633,6 +633,73 @@ static void test_offload_fallback(void **state)
     g_free(data);
 }
 
+/*
+ * qcow2 to qcow2 (what mirror and commit copy): data clusters of the top
+ * and of its backing file go by copy_file_range between the images'
+ * files; a compressed cluster, which has no file data to copy, is read
+ * and written, and the offload goes on after it; zeroes are zero writes.
+ * The target reads what the source reads, and its refcounts are right
+ * (qemu-img check), clusters allocated for a refused offload included.
+ */
+static void test_offload_qcow2(void **state)
+{
+    const int64_t len = 4 * MiB + 12288;
+    g_autofree char *bp = make_qcow2("qbase.qcow2", len, NULL);
+    g_autofree char *sp = make_qcow2("qtop.qcow2", len, bp);
+    g_autofree char *tp = make_qcow2("qdst.qcow2", len, NULL);
+    BlockBackend *base = open_blk(bp);
+    write_pattern(base, 0, len, 0x11);
+    blk_unref(base);
+
+    BlockBackend *top = open_blk(sp);
+    write_pattern(top, MiB, MiB, 0x22);
+    assert_int_equal(blk_pwrite_zeroes(top, 2 * MiB + 64 * KiB, 128 * KiB,
+                                       0), 0);
+    uint8_t *c = g_malloc(64 * KiB);
+    memset(c, 0x33, 64 * KiB);
+    assert_int_equal(blk_pwrite(top, 3 * MiB, 64 * KiB, c,
+                                REQ_WRITE_COMPRESSED), 0);
+    g_free(c);
+    BlockBackend *dblk = open_blk(tp);
+    Edges e;
+    BlockCopyOptions o = {
+        .source = edge(&e.src, child_node(blk_root(top)),
+                       BLK_PERM_CONSISTENT_READ),
+        .target = edge(&e.dst, child_node(blk_root(dblk)), BLK_PERM_WRITE),
+        .use_copy_range = true,
+    };
+    BlockCopyState *s = new_copy(&o);
+    BlockCopyStats st;
+
+    assert_int_equal(run_sync(s, NULL), 0);
+    block_copy_get_stats(s, &st);
+    /* The compressed cluster's chunk at least was read and written. */
+    assert_true(st.bytes_written >= 64 * KiB);
+    assert_int_equal(st.bytes_read, st.bytes_written);
+    /* Past it the offload went on: the last MiB came by copy too. */
+    assert_true(st.bytes_offloaded >= 3 * MiB);
+    assert_int_equal(st.bytes_offloaded + st.bytes_written + st.bytes_zeroed,
+                     len);
+    assert_int_equal(st.bytes_zeroed, 128 * KiB);
+    block_copy_free(s);
+    blk_unref(e.src);
+    blk_unref(e.dst);
+
+    uint8_t *want = g_malloc(len), *got = g_malloc(len);
+    assert_int_equal(blk_pread(top, 0, len, want, 0), 0);
+    assert_int_equal(blk_pread(dblk, 0, len, got, 0), 0);
+    assert_memory_equal(got, want, len);
+    blk_unref(top);
+    blk_unref(dblk);
+    g_free(want);
+    g_free(got);
+
+    int status = -1;
+    const char *argv[] = { "qemu-img", "check", "-q", tp, NULL };
+    g_free(run_capture(argv, &status));
+    assert_int_equal(status, 0);
+}
+
 typedef struct RangeCall {
     BlockChild *src, *dst;
     int64_t src_off, dst_off, bytes;
@@ -715,6 +782,7 @@ int main(void)
         cmocka_unit_test(test_compress),
         cmocka_unit_test(test_offload),
         cmocka_unit_test(test_offload_fallback),
+        cmocka_unit_test(test_offload_qcow2),
         cmocka_unit_test(test_copy_range_core),
     };
     return cmocka_run_group_tests(tests, test_tmpdir_setup,

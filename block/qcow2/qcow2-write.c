@@ -451,6 +451,31 @@ static uint64_t cow_tail(const Qcow2State *s, uint64_t e, uint64_t bm,
 }
 
 /*
+ * A write whose data comes by copy offload (qcow2_co_copy_range_to)
+ * instead of a buffer: guest offset `offset` of the request is src_off in
+ * src, the protocol node the source side found (the kernel copies, with
+ * copy_file_range, between that file and ours).
+ */
+typedef struct CopySrc {
+    BlockChild *src;
+    int64_t src_off;
+    uint64_t offset;
+} CopySrc;
+
+/* The data of [guest, guest + bytes) to host, from the copy source. */
+static int coroutine_fn copy_to_host(BlockNode *bs, const CopySrc *cs,
+                                     uint64_t host, uint64_t guest,
+                                     uint64_t bytes)
+{
+    Qcow2State *s = bs->opaque;
+
+    return child_co_copy_range_to(cs->src,
+                                  cs->src_off + (int64_t)(guest - cs->offset),
+                                  s->data_file, (int64_t)host, (int64_t)bytes,
+                                  0, 0);
+}
+
+/*
  * One write that changes L2 entries, of up to one L2 table's worth, lock
  * held: either a run of clusters the image owns whose entries change
  * (keep: preallocated zeroes, zero or unallocated subclusters), or a run
@@ -463,8 +488,8 @@ static uint64_t cow_tail(const Qcow2State *s, uint64_t e, uint64_t bm,
  */
 static int coroutine_fn write_run(BlockNode *bs, uint64_t offset,
                                   uint64_t bytes, IOVec *qiov, size_t qoff,
-                                  bool keep, bool prealloc, uint64_t *done,
-                                  uint64_t *next_host)
+                                  const CopySrc *cs, bool keep, bool prealloc,
+                                  uint64_t *done, uint64_t *next_host)
 {
     Qcow2State *s = bs->opaque;
     unsigned l2i;
@@ -625,10 +650,14 @@ static int coroutine_fn write_run(BlockNode *bs, uint64_t offset,
             head_len = tail_len = 0;
         }
     }
-    if (head_len || tail_len) {
+    if (cs && (head_len || tail_len)) {
+        /* An offloaded copy has no buffer to put copy-on-write data
+         * around: the caller's read/write path does it. */
+        ret = -ENOTSUP;
+    } else if (head_len || tail_len) {
         child_debug_event(bs->file, BLKDBG_COW_READ);
     }
-    if (head_len) {
+    if (ret >= 0 && head_len) {
         head = g_malloc(head_len);
         ret = qcow2_co_read_buf(bs, cow_start, head_len, head, false);
     }
@@ -651,6 +680,10 @@ static int coroutine_fn write_run(BlockNode *bs, uint64_t offset,
             ret = qcow2_data_pwritev(bs, new_host + (end - cstart), end,
                                      tail_len, &v, 0);
         }
+    } else if (ret >= 0 && cs) {
+        child_debug_event(bs->file, BLKDBG_WRITE_AIO);
+        ret = copy_to_host(bs, cs, new_host + (offset - cstart), offset,
+                           end - offset);
     } else if (ret >= 0) {
         if (head_len) {
             iovec_add(&v, head, head_len);
@@ -722,12 +755,12 @@ out_arrays:
     return ret;
 }
 
-int coroutine_fn qcow2_co_pwritev(BlockNode *bs, int64_t offset,
-                                  int64_t bytes, IOVec *qiov,
-                                  size_t qiov_offset, int flags)
+/* A guest write; cs: the data comes by copy offload, qiov is NULL. */
+static int coroutine_fn do_pwritev(BlockNode *bs, int64_t offset,
+                                   int64_t bytes, IOVec *qiov,
+                                   size_t qiov_offset, const CopySrc *cs)
 {
     Qcow2State *s = bs->opaque;
-    (void)flags;
 
     if (s->corrupt) {
         return -ENOMEDIUM;
@@ -754,13 +787,15 @@ int coroutine_fn qcow2_co_pwritev(BlockNode *bs, int64_t offset,
                                 true);
             co_mutex_unlock(&s->lock);
             child_debug_event(bs->file, BLKDBG_WRITE_AIO);
-            ret = qcow2_data_pwritev(bs, host, (uint64_t)offset, n, qiov,
-                                     qiov_offset);
+            ret = cs ? copy_to_host(bs, cs, host, (uint64_t)offset, n)
+                     : qcow2_data_pwritev(bs, host, (uint64_t)offset, n, qiov,
+                                          qiov_offset);
             release(s, f);
         } else if (ret >= 0) {
             /* Returns with the lock held. */
             ret = write_run(bs, (uint64_t)offset, n ? n : (uint64_t)bytes,
-                            qiov, qiov_offset, n > 0, false, &n, &next_host);
+                            qiov, qiov_offset, cs, n > 0, false, &n,
+                            &next_host);
             co_mutex_unlock(&s->lock);
         } else {
             co_mutex_unlock(&s->lock);
@@ -773,6 +808,47 @@ int coroutine_fn qcow2_co_pwritev(BlockNode *bs, int64_t offset,
         bytes -= (int64_t)n;
     }
     return 0;
+}
+
+int coroutine_fn qcow2_co_pwritev(BlockNode *bs, int64_t offset,
+                                  int64_t bytes, IOVec *qiov,
+                                  size_t qiov_offset, int flags)
+{
+    (void)flags;
+    return do_pwritev(bs, offset, bytes, qiov, qiov_offset, NULL);
+}
+
+/*
+ * The target side of a copy offload (QEMU's qcow2_co_copy_range_to): the
+ * clusters are looked up and allocated as for a write, and the data goes
+ * from src (a protocol node: the source side resolved it) into our data
+ * file with the protocol driver's copy.  Only plain data: encrypted
+ * images, and runs that need copy-on-write around them (a request not
+ * covering whole clusters of a new allocation), answer -ENOTSUP and the
+ * caller reads and writes instead; clusters allocated for a run that
+ * then fails are given back, as for a failed write.
+ */
+int coroutine_fn qcow2_co_copy_range_to(BlockNode *bs, BlockChild *src,
+                                        int64_t src_off, BlockChild *dst,
+                                        int64_t dst_off, int64_t bytes,
+                                        int read_flags, int write_flags)
+{
+    Qcow2State *s = bs->opaque;
+    BlockNode *sbs = child_node(src), *fbs = child_node(s->data_file);
+    (void)dst;
+
+    if (s->corrupt) {
+        return -ENOMEDIUM;
+    }
+    /* Only between two nodes of one protocol driver can the copy work:
+     * find that out before clusters are allocated for nothing. */
+    if (s->crypto || read_flags || write_flags || !sbs->drv || !fbs->drv ||
+        !fbs->drv->co_copy_range_to ||
+        sbs->drv->co_copy_range_to != fbs->drv->co_copy_range_to) {
+        return -ENOTSUP;
+    }
+    CopySrc cs = { .src = src, .src_off = src_off, .offset = (uint64_t)dst_off };
+    return do_pwritev(bs, dst_off, bytes, NULL, 0, &cs);
 }
 
 /*
@@ -797,8 +873,8 @@ int coroutine_fn qcow2_prealloc_range(BlockNode *bs, uint64_t offset,
         if (ret >= 0 && n > 0 && !meta) {
             next_host = host + n;
         } else if (ret >= 0) {
-            ret = write_run(bs, offset, n ? n : bytes, NULL, 0, n > 0, true,
-                            &n, &next_host);
+            ret = write_run(bs, offset, n ? n : bytes, NULL, 0, NULL, n > 0,
+                            true, &n, &next_host);
         }
         if (ret < 0) {
             return ret;

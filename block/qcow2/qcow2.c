@@ -1070,6 +1070,79 @@ static int coroutine_fn qcow2_co_preadv(BlockNode *bs, int64_t offset,
     return do_read(bs, offset, bytes, qiov, qiov_offset, false);
 }
 
+/*
+ * The source side of a copy offload (QEMU's qcow2_co_copy_range_from):
+ * each run of the range goes on to where its data is, our data file for
+ * data clusters, the backing file for unallocated ones; the protocol node
+ * there turns to the target side.  What has no file data to copy (zero
+ * clusters, compressed or encrypted data, the part of a shorter backing
+ * file's range past its end) answers -ENOTSUP, and the caller reads and
+ * writes the whole range instead.
+ */
+static int coroutine_fn qcow2_co_copy_range_from(BlockNode *bs,
+                                                 BlockChild *src,
+                                                 int64_t src_off,
+                                                 BlockChild *dst,
+                                                 int64_t dst_off,
+                                                 int64_t bytes,
+                                                 int read_flags,
+                                                 int write_flags)
+{
+    Qcow2State *s = bs->opaque;
+    (void)src;
+
+    if (s->corrupt) {
+        return -ENOMEDIUM;
+    }
+    if (s->crypto) {
+        return -ENOTSUP;
+    }
+    while (bytes > 0) {
+        uint64_t n = (uint64_t)bytes, host;
+        Qcow2SubclusterType type;
+        int ret;
+
+        co_mutex_lock(&s->lock);
+        ret = qcow2_get_host_offset(bs, (uint64_t)src_off, &n, &host, &type);
+        co_mutex_unlock(&s->lock);
+        if (ret < 0) {
+            return ret;
+        }
+        switch (type) {
+        case QCOW2_SC_UNALLOC_PLAIN:
+        case QCOW2_SC_UNALLOC_ALLOC: {
+            int64_t blen = bs->backing ? node_getlength(bs->backing->bs) : 0;
+            if (blen < 0) {
+                return (int)blen;
+            }
+            if (src_off + (int64_t)n > blen) {
+                return -ENOTSUP;
+            }
+            child_debug_event(bs->file, BLKDBG_READ_BACKING_AIO);
+            ret = child_co_copy_range_from(bs->backing, src_off, dst, dst_off,
+                                           (int64_t)n, read_flags,
+                                           write_flags);
+            break;
+        }
+        case QCOW2_SC_NORMAL:
+            child_debug_event(bs->file, BLKDBG_READ_AIO);
+            ret = child_co_copy_range_from(s->data_file, (int64_t)host, dst,
+                                           dst_off, (int64_t)n, read_flags,
+                                           write_flags);
+            break;
+        default:
+            return -ENOTSUP;
+        }
+        if (ret < 0) {
+            return ret;
+        }
+        src_off += (int64_t)n;
+        dst_off += (int64_t)n;
+        bytes -= (int64_t)n;
+    }
+    return 0;
+}
+
 /* ---- Block status ---- */
 
 /*
@@ -1338,6 +1411,8 @@ const BlockDriver bdrv_qcow2 = {
     .co_load_vmstate = qcow2_co_load_vmstate,
     .co_save_vmstate = qcow2_co_save_vmstate,
     .co_pwritev = qcow2_co_pwritev,
+    .co_copy_range_from = qcow2_co_copy_range_from,
+    .co_copy_range_to = qcow2_co_copy_range_to,
     .co_pwritev_compressed = qcow2_co_pwritev_compressed,
     .co_pwrite_zeroes = qcow2_co_pwrite_zeroes,
     .co_pdiscard = qcow2_co_pdiscard,

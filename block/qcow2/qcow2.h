@@ -323,6 +323,11 @@ int coroutine_fn qcow2_co_read_buf(BlockNode *bs, uint64_t offset,
 int coroutine_fn qcow2_co_pwritev(BlockNode *bs, int64_t offset,
                                   int64_t bytes, IOVec *qiov,
                                   size_t qiov_offset, int flags);
+/* The target side of a copy offload (BlockDriver.co_copy_range_to). */
+int coroutine_fn qcow2_co_copy_range_to(BlockNode *bs, BlockChild *src,
+                                        int64_t src_off, BlockChild *dst,
+                                        int64_t dst_off, int64_t bytes,
+                                        int read_flags, int write_flags);
 /*
  * Wait (lock held, released while waiting) until no allocating write is in
  * flight on the guest clusters of [start, end).
