@@ -97,8 +97,10 @@ JobInfoList *qmp_query_jobs(GError **errp)
  * if it left its run without waiting (a creation refused before any I/O,
  * a cancel reaching a job asleep in its rate limit), its completion has
  * run to its end too, so the client sees the job's aborting, concluded
- * (and null) events before the command's return (qsd 7.2; QEMU's 141
- * cancels a commit and a stream at speed 1 that way).  A job that waits
+ * (and null) events before the command's return (qsd 7.2, for a cancel
+ * of a commit or a stream asleep at speed 1 as in QEMU's 141; the
+ * golden 141 was made where the cancel found the job in its I/O, which
+ * answers first).  A job that waits
  * for I/O finishes after the return.  Here the request runs in a
  * coroutine and job_start() only schedules the job's: step aside through
  * the loop until the job waits, or its scheduled completion has reached
