@@ -678,6 +678,10 @@ BlockJob *commit_start(const CommitOptions *o, GError **errp)
     s->top = o->top;
     s->base = o->base;
     s->base_overlay = find_base_overlay(o->top, o->base);
+    if (s->base_overlay && node_backing(s->base_overlay) == o->base) {
+        /* No filter over base: the chain down to base says the same. */
+        s->base_overlay = NULL;
+    }
     s->owner = g_strdup_printf("commit job '%s'",
                                s->common.job.id ? s->common.job.id : "");
     s->backing_file = g_strdup(o->backing_file);
