@@ -252,6 +252,13 @@ BlockNode *node_skip_filters(BlockNode *bs)
     return bs;
 }
 
+void node_cancel_in_flight(BlockNode *bs)
+{
+    if (bs && bs->drv && bs->drv->cancel_in_flight) {
+        bs->drv->cancel_in_flight(bs);
+    }
+}
+
 void node_set_implicit(BlockNode *bs)
 {
     bs->implicit = true;

@@ -256,6 +256,17 @@ static void backup_free(Job *job)
     g_free(s->shared);
 }
 
+/*
+ * QEMU's backup_cancel: every cancel is forced; copies waiting for the
+ * target (an NBD server's return) fail now.
+ */
+static bool backup_cancel(Job *job, bool force)
+{
+    (void)force;
+    node_cancel_in_flight(((BackupJob *)job)->target);
+    return true;
+}
+
 static const JobDriver backup_job_driver = {
     .instance_size = sizeof(BackupJob),
     .job_type = JOB_TYPE_BACKUP,
@@ -264,6 +275,7 @@ static const JobDriver backup_job_driver = {
     .commit = backup_commit,
     .abort = backup_abort,
     .clean = backup_clean,
+    .cancel = backup_cancel,
     .free = backup_free,
 };
 

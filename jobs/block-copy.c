@@ -715,6 +715,16 @@ static int64_t coroutine_fn take_and_start(BlockCopyState *s,
     if (kind == BLOCK_COPY_DATA && n > s->chunk) {
         n = s->chunk;
     }
+    /*
+     * Under a speed limit zeroes written are charged a largest chunk at
+     * a time, as QEMU's tasks are never longer (its copy size, 1 MiB): a
+     * zero disk at 1 MiB/s takes a second per MiB there, not one charge
+     * for all of it (QEMU's 264).
+     */
+    if (kind == BLOCK_COPY_ZERO && n > s->max_chunk && s->target &&
+        !s->target_reads_zeroes && call->job && call->job->speed) {
+        n = s->max_chunk;
+    }
     task_shrink(s, t, n);
     t->kind = kind;
     if (kind != BLOCK_COPY_DATA && kind != BLOCK_COPY_ZERO &&

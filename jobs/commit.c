@@ -41,6 +41,10 @@ typedef struct CommitJob {
     BlockJob common;
     BlockNode *commit_top;       /* the filter (our reference) */
     BlockNode *top, *base;
+    /* The image of the chain right above base, filters skipped (QEMU's
+     * s->base_overlay): what is allocated from top down to it is copied;
+     * a filter between it and base (a throttle over base) is base's. */
+    BlockNode *base_overlay;
     BlockBackend *top_blk, *base_blk;
     BlockCopyState *bcs;
     char *owner;                 /* the freeze owner's name */
@@ -118,13 +122,36 @@ static int coroutine_fn classify_identical(CommitJob *s, int64_t offset,
     return ret;
 }
 
+/*
+ * QEMU's bdrv_find_overlay: the image of top's chain whose next image
+ * (through its backing, filters skipped on both sides) is base.  Asking
+ * the chain down to base itself would count a filter over base: it
+ * reports base's data as its own, all of it to copy.
+ */
+static BlockNode *find_base_overlay(BlockNode *top, BlockNode *base)
+{
+    BlockNode *active = node_skip_filters(top);
+    base = node_skip_filters(base);
+    while (active) {
+        BlockNode *next = node_skip_filters(node_backing(active));
+        if (next == base) {
+            return active;
+        }
+        active = next;
+    }
+    return NULL;
+}
+
 /* QEMU's commit_run: copy what the images above base allocate. */
 static int coroutine_fn commit_classify(void *opaque, int64_t offset,
                                         int64_t bytes, int64_t *pnum)
 {
     CommitJob *s = opaque;
-    int ret = node_co_is_allocated_above(s->top, s->base, false, offset,
-                                         bytes, pnum);
+    int ret = s->base_overlay
+        ? node_co_is_allocated_above(s->top, s->base_overlay, true, offset,
+                                     bytes, pnum)
+        : node_co_is_allocated_above(s->top, s->base, false, offset,
+                                     bytes, pnum);
     if (ret < 0) {
         return ret;
     }
@@ -657,6 +684,11 @@ BlockJob *commit_start(const CommitOptions *o, GError **errp)
     node_ref(o->base);
     s->top = o->top;
     s->base = o->base;
+    s->base_overlay = find_base_overlay(o->top, o->base);
+    if (s->base_overlay && node_backing(s->base_overlay) == o->base) {
+        /* No filter over base: the chain down to base says the same. */
+        s->base_overlay = NULL;
+    }
     s->owner = g_strdup_printf("commit job '%s'",
                                s->common.job.id ? s->common.job.id : "");
     s->backing_file = g_strdup(o->backing_file);

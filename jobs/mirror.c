@@ -725,7 +725,12 @@ static void mirror_complete(Job *job, GError **errp)
 static bool mirror_cancel(Job *job, bool force)
 {
     /* Before ready every cancel is forced: the target is not a copy. */
-    return force || !job_is_ready(job);
+    force = force || !job_is_ready(job);
+    if (force) {
+        /* Writes waiting for the target (an NBD server's return) fail. */
+        node_cancel_in_flight(mirror_job(job)->target);
+    }
+    return force;
 }
 
 static bool mirror_drained_poll(Job *job)

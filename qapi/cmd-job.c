@@ -93,14 +93,37 @@ JobInfoList *qmp_query_jobs(GError **errp)
 
 /*
  * QEMU's monitor sends a reply after the main loop's pending work: a job
- * its command started has run up to its first wait by then, and if it
- * ended without waiting (a creation refused before any I/O), its
- * completion has run too, so the client sees the job's aborting and
- * concluded events before the command's return.  A job that waits for
- * I/O finishes after the return.  Here the request runs in a coroutine
- * and job_start() only schedules the job's: step aside through the loop
- * until the job waits, or its scheduled completion has run.
+ * its command started or woke has run up to its next wait by then, and
+ * if it left its run without waiting (a creation refused before any I/O,
+ * a cancel reaching a job asleep in its rate limit), its completion has
+ * run to its end too, so the client sees the job's aborting, concluded
+ * (and null) events before the command's return (qsd 7.2, for a cancel
+ * of a commit or a stream asleep at speed 1 as in QEMU's 141; the
+ * golden 141 was made where the cancel found the job in its I/O, which
+ * answers first).  A job that waits
+ * for I/O finishes after the return.  Here the request runs in a
+ * coroutine and job_start() only schedules the job's: step aside through
+ * the loop until the job waits, or its scheduled completion has reached
+ * a state it stays in: concluded or null, or pending or waiting for a
+ * finalize or its transaction.  Aborting is not one (job_is_completed()
+ * counts it): the completion goes on to the cancelled event.
  */
+static bool completion_running(const Job *job)
+{
+    if (!job->deferred) {
+        return false;
+    }
+    switch (job->status) {
+    case JOB_STATUS_WAITING:
+    case JOB_STATUS_PENDING:
+    case JOB_STATUS_CONCLUDED:
+    case JOB_STATUS_NULL:
+        return false;
+    default:
+        return true;
+    }
+}
+
 void qmp_job_settle(const char *job_id)
 {
     Job *job = job_find(job_id);
@@ -111,7 +134,7 @@ void qmp_job_settle(const char *job_id)
     do {
         co_wake(co_self());
         co_yield();
-    } while (job->deferred && !job_is_completed(job));
+    } while (completion_running(job));
     job_unref(job);
 }
 

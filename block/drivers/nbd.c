@@ -1028,6 +1028,22 @@ static int nbd_img_create(const char *filename, json_t *options, GError **errp)
 }
 
 /*
+ * A force-cancelled job stops waiting for the server (QEMU's
+ * nbd_cancel_in_flight): a link within its reconnect-delay gives up the
+ * wait as if the delay had run out, so the requests queued for it fail
+ * now; reconnection goes on in the background.
+ */
+static void nbd_cancel_in_flight(BlockNode *bs)
+{
+    NbdState *s = bs->opaque;
+    for (int i = 0; i < s->nlinks; i++) {
+        if (s->links[i].state == LINK_WAIT) {
+            end_wait(&s->links[i]);
+        }
+    }
+}
+
+/*
  * QEMU registers the driver three times, once per URI scheme, all with
  * the format name "nbd"; driver=nbd finds the last one registered, whose
  * protocol name is "nbd+unix" (qemu-io's `info` shows it).  The registry
@@ -1052,6 +1068,7 @@ static int nbd_img_create(const char *filename, json_t *options, GError **errp)
     .co_flush_to_disk = nbd_co_flush,                                         \
     .co_truncate = nbd_co_truncate,                                           \
     .co_block_status = nbd_co_block_status,                                   \
+    .cancel_in_flight = nbd_cancel_in_flight,                                 \
     .getlength = nbd_getlength
 
 const BlockDriver bdrv_nbd = {

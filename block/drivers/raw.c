@@ -359,6 +359,12 @@ static bool raw_measure(json_t *opts, BlockNode *in_bs, BlockMeasureInfo *info,
     return true;
 }
 
+/* QEMU's raw_cancel_in_flight: the file waits, not raw. */
+static void raw_cancel_in_flight(BlockNode *bs)
+{
+    node_cancel_in_flight(node_primary_child(bs));
+}
+
 const BlockDriver bdrv_raw = {
     .format_name = "raw",
     .instance_size = sizeof(RawState),
@@ -385,4 +391,5 @@ const BlockDriver bdrv_raw = {
     .co_truncate = raw_co_truncate,
     .getlength = raw_getlength,
     .get_info = raw_get_info,
+    .cancel_in_flight = raw_cancel_in_flight,
 };

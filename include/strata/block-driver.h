@@ -317,6 +317,13 @@ struct BlockDriver {
      */
     bool (*recurse_can_replace)(BlockNode *bs, BlockNode *to_replace);
 
+    /*
+     * A force-cancelled job gives up on what it waits for here (QEMU's
+     * bdrv_cancel_in_flight): NBD stops waiting for a reconnection, raw
+     * passes it on to its file.  NULL: nothing to give up.
+     */
+    void (*cancel_in_flight)(BlockNode *bs);
+
     /* Flags (REQ_*) the driver honours on writes and zero writes. */
     int supported_write_flags;
     int supported_zero_flags;

@@ -116,6 +116,8 @@ BlockNode *node_primary_child(BlockNode *bs);
 BlockNode *node_filtered_child(BlockNode *bs);
 /* Walk past filters to the first non-filter node. */
 BlockNode *node_skip_filters(BlockNode *bs);
+/* The driver's cancel_in_flight, if any (QEMU's bdrv_cancel_in_flight). */
+void node_cancel_in_flight(BlockNode *bs);
 /* A job's filter made without a node name: the node the user named or the
  * chain goes on to shows through it (QEMU's implicit nodes). */
 void node_set_implicit(BlockNode *bs);
