@@ -122,11 +122,18 @@ void node_unref(BlockNode *bs)
         return;
     }
     g_assert(bs->parents == NULL);
+    /*
+     * Out of the node list before closing, as QEMU's bdrv_delete: the
+     * close's drain runs the loop, and what runs there (a QMP command, a
+     * job finishing) must neither find the dying node by name nor take it
+     * for a root to drain (drain_all_begin references every root and lets
+     * go only after this close is done).
+     */
+    all_nodes = g_list_remove(all_nodes, bs);
     /* Closing drains, which takes references: hold one meanwhile. */
     bs->refcnt = 1;
     node_close(bs);
     g_assert(bs->refcnt == 1);
-    all_nodes = g_list_remove(all_nodes, bs);
     json_decref(bs->options);
     g_free(bs->opaque);
     g_free(bs);
