@@ -862,8 +862,10 @@ fail_registered:
     /*
      * A failing open releases what it acquired itself; the children it had
      * attached already are detached here.  An open that succeeded but left
-     * options unused is closed like any node.
+     * options unused is closed like any node, and as there leaves the node
+     * list first (the close may run the loop; see node_unref).
      */
+    all_nodes = g_list_remove(all_nodes, bs);
     if (opened && drv->close) {
         drv->close(bs);
     }
@@ -875,7 +877,6 @@ fail_registered:
         }
         child_detach(c, NULL);
     }
-    all_nodes = g_list_remove(all_nodes, bs);
     json_decref(bs->options);
     g_free(bs->opaque);
     g_free(bs);
