@@ -122,11 +122,18 @@ void node_unref(BlockNode *bs)
         return;
     }
     g_assert(bs->parents == NULL);
+    /*
+     * Out of the node list before closing, as QEMU's bdrv_delete: the
+     * close's drain runs the loop, and what runs there (a QMP command, a
+     * job finishing) must neither find the dying node by name nor take it
+     * for a root to drain (drain_all_begin references every root and lets
+     * go only after this close is done).
+     */
+    all_nodes = g_list_remove(all_nodes, bs);
     /* Closing drains, which takes references: hold one meanwhile. */
     bs->refcnt = 1;
     node_close(bs);
     g_assert(bs->refcnt == 1);
-    all_nodes = g_list_remove(all_nodes, bs);
     json_decref(bs->options);
     g_free(bs->opaque);
     g_free(bs);
@@ -855,8 +862,10 @@ fail_registered:
     /*
      * A failing open releases what it acquired itself; the children it had
      * attached already are detached here.  An open that succeeded but left
-     * options unused is closed like any node.
+     * options unused is closed like any node, and as there leaves the node
+     * list first (the close may run the loop; see node_unref).
      */
+    all_nodes = g_list_remove(all_nodes, bs);
     if (opened && drv->close) {
         drv->close(bs);
     }
@@ -868,7 +877,6 @@ fail_registered:
         }
         child_detach(c, NULL);
     }
-    all_nodes = g_list_remove(all_nodes, bs);
     json_decref(bs->options);
     g_free(bs->opaque);
     g_free(bs);
