@@ -193,7 +193,11 @@ typedef struct Cursor {
     uint8_t buf[4096];
     uint64_t buf_pos;           /* file offset of buf[0] */
     size_t buf_len;
+    uint8_t *crc_buf;           /* CRC_PIECE bytes, made on first use */
 } Cursor;
+
+/* The piece a state's CRC is computed over while the parse steps on. */
+#define CRC_PIECE (256u << 10)
 
 static bool cur_read(Cursor *c, void *dst, size_t n, GError **errp)
 {
@@ -502,11 +506,15 @@ static MrDevState *state_by_sid(MrFileInfo *info, uint32_t sid)
 /* Adds @n bytes of the file at c->pos to *crc and steps over them. */
 static bool crc_skip(Cursor *c, uint64_t n, uint32_t *crc, GError **errp)
 {
-    const size_t piece = 256u << 10;
-    g_autofree uint8_t *buf = g_malloc(MIN(n, piece));
+    /* One buffer for the whole parse: a state arrives in many small
+     * chunks, and a buffer per chunk made the allocator churn. */
+    if (!c->crc_buf) {
+        c->crc_buf = g_malloc(CRC_PIECE);
+    }
+    uint8_t *buf = c->crc_buf;
 
     while (n) {
-        ssize_t r = pread(c->fd, buf, MIN(n, piece), (off_t)c->pos);
+        ssize_t r = pread(c->fd, buf, MIN(n, CRC_PIECE), (off_t)c->pos);
         if (r < 0 && errno == EINTR) {
             continue;
         }
@@ -866,6 +874,7 @@ MrFileInfo *mr_file_parse(int fd, uint64_t offset, GError **errp)
         }
     }
 out:
+    g_free(c->crc_buf);
     g_free(c);
     if (ok && !ram_seen) {
         error_setg(errp, "Migration file has no RAM section");
