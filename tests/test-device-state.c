@@ -371,24 +371,48 @@ static void test_backend_faults(void **state)
     }
 }
 
+/*
+ * The file the damage tests spoil: a plain state "a" ("state bytes") and
+ * an iterative one "b" (one round holding the record "r1").
+ */
+typedef struct TwoStates {
+    int p[2], q[2];
+    DsSet *ds;
+    Saved s;
+} TwoStates;
+
+static void two_states_save(TwoStates *t)
+{
+    GError *err = NULL;
+
+    assert_int_equal(pipe(t->p), 0);
+    assert_int_equal(pipe(t->q), 0);
+    write_all(t->p[1], "state bytes", 11);
+    close(t->p[1]);
+    put_record(t->q[1], "r1");
+    end_round(t->q[1]);
+    close(t->q[1]);
+    t->ds = ds_set_new();
+    ds_set_add(t->ds, "a", t->p[0], false);
+    ds_set_add(t->ds, "b", t->q[0], true);
+    assert_true(save(t->ds, &t->s, &err));
+}
+
+static void two_states_free(TwoStates *t)
+{
+    ds_set_free(t->ds);
+    close(t->p[0]);
+    close(t->q[0]);
+    close(t->s.fd);
+}
+
 /* A file cut at any byte of its device sections or after is refused. */
 static void test_truncated_everywhere(void **state)
 {
-    int p[2], q[2];
     GError *err = NULL;
-    Saved s;
-
-    assert_int_equal(pipe(p), 0);
-    assert_int_equal(pipe(q), 0);
-    write_all(p[1], "state bytes", 11);
-    close(p[1]);
-    put_record(q[1], "r1");
-    end_round(q[1]);
-    close(q[1]);
-    DsSet *ds = ds_set_new();
-    ds_set_add(ds, "a", p[0], false);
-    ds_set_add(ds, "b", q[0], true);
-    assert_true(save(ds, &s, &err));
+    TwoStates t;
+    two_states_save(&t);
+    Saved s = t.s;
     size_t len;
     const uint8_t *f = file_bytes(&s, &len);
     g_autofree uint8_t *copy = g_memdup2(f, len);
@@ -415,10 +439,7 @@ static void test_truncated_everywhere(void **state)
         g_clear_error(&err);
         close(fd);
     }
-    ds_set_free(ds);
-    close(p[0]);
-    close(q[0]);
-    close(s.fd);
+    two_states_free(&t);
 }
 
 /*
@@ -428,21 +449,10 @@ static void test_truncated_everywhere(void **state)
  */
 static void test_flipped_everywhere(void **state)
 {
-    int p[2], q[2];
     GError *err = NULL;
-    Saved s;
-
-    assert_int_equal(pipe(p), 0);
-    assert_int_equal(pipe(q), 0);
-    write_all(p[1], "state bytes", 11);
-    close(p[1]);
-    put_record(q[1], "r1");
-    end_round(q[1]);
-    close(q[1]);
-    DsSet *ds = ds_set_new();
-    ds_set_add(ds, "a", p[0], false);
-    ds_set_add(ds, "b", q[0], true);
-    assert_true(save(ds, &s, &err));
+    TwoStates t;
+    two_states_save(&t);
+    Saved s = t.s;
     size_t len;
     const uint8_t *f = file_bytes(&s, &len);
     g_autofree uint8_t *copy = g_memdup2(f, len);
@@ -482,10 +492,7 @@ static void test_flipped_everywhere(void **state)
     assert_non_null(info);
     mr_file_info_free(info);
     close(fd);
-    ds_set_free(ds);
-    close(p[0]);
-    close(q[0]);
-    close(s.fd);
+    two_states_free(&t);
 }
 
 int main(void)
