@@ -32,7 +32,6 @@
 #include "strata/loop.h"
 #include "strata/mapped-ram.h"
 #include "mr-internal.h"
-#include "prealloc.h"
 
 #define BATCH_PAGES 1024u        /* 4 MiB; a multiple of the word bits */
 /*
@@ -58,12 +57,6 @@ typedef struct Work {
     MrQueue q;                  /* batches, failure, max-bandwidth */
     unsigned depth;             /* requests in flight per io_uring channel */
     uint64_t merge_gap;         /* a save writes shorter zero stretches */
-    /*
-     * Per block, a save's pages written (data and merged zero stretches),
-     * where its page region was allocated before the writes (mr_prealloc);
-     * NULL elsewhere.  What stays clear is punched out again at the end.
-     */
-    unsigned long **written;
 } Work;
 
 /*
@@ -334,7 +327,7 @@ static void populate(uint8_t *p, uint64_t pages, bool write)
 }
 
 static bool save_batch(Chan *ch, MrBlock *b, unsigned long *bm,
-                       unsigned long *written, uint64_t s, uint64_t e)
+                       uint64_t s, uint64_t e)
 {
     Work *w = ch->w;
     uint64_t i = s;
@@ -360,9 +353,6 @@ static bool save_batch(Chan *ch, MrBlock *b, unsigned long *bm,
         /* the zero pages counted after the last data page are not written */
         if (!chan_queue(ch, b, bm, i, last + 1 - i)) {
             return false;
-        }
-        for (uint64_t k = i; written && k <= last; k++) {
-            mr_set_bit(written, k);
         }
         i = j;
     }
@@ -449,8 +439,7 @@ static gpointer chan_run(gpointer opaque)
     while (mr_queue_next(&w->q, &bi, &s, &e)) {
         MrBlock *b = &w->blocks[bi];
         bool ok = w->load ? load_batch(ch, b, w->bitmaps[bi], s, e)
-                          : save_batch(ch, b, w->bitmaps[bi],
-                                       w->written[bi], s, e);
+                          : save_batch(ch, b, w->bitmaps[bi], s, e);
         if (!ok) {
             break;
         }
@@ -500,8 +489,6 @@ static bool run_channels(Work *w, const MrTarget *t, GError **errp)
  *   STRATA_MIGRATION_MERGE_GAP    a save writes zero stretches shorter
  *                                 than this inside a run (1: every zero
  *                                 page a hole, as QEMU)
- *   STRATA_MIGRATION_PREALLOC     0: a direct-io save writes into holes
- *                                 instead of allocated page regions
  */
 static uint64_t env_num(const char *name, uint64_t lo, uint64_t hi,
                         uint64_t def)
@@ -522,7 +509,6 @@ static void work_init(Work *w, MrBlock *blocks, unsigned nb, bool load,
     w->blocks = blocks;
     w->nb_blocks = nb;
     w->bitmaps = g_new0(unsigned long *, nb);
-    w->written = g_new0(unsigned long *, nb);
     w->load = load;
     w->p = p;
     w->stats = stats;
@@ -537,10 +523,8 @@ static void work_clear(Work *w)
 {
     for (unsigned i = 0; i < w->nb_blocks; i++) {
         g_free(w->bitmaps[i]);
-        g_free(w->written[i]);
     }
     g_free(w->bitmaps);
-    g_free(w->written);
 }
 
 bool mr_save(MrTarget *t, MrBlock *blocks, unsigned nb_blocks,
@@ -569,22 +553,6 @@ bool mr_save(MrTarget *t, MrBlock *blocks, unsigned nb_blocks,
         error_setg_errno(errp, errno, "Could not size the migration file");
         goto out;
     }
-    /*
-     * With direct-io the page regions are allocated before the channels
-     * write them, and what they leave as holes is punched out after them
-     * (prealloc.c says why).  STRATA_MIGRATION_PREALLOC=0 (comparisons)
-     * writes into holes.
-     */
-    if (p->direct_io && env_num("STRATA_MIGRATION_PREALLOC", 0, 1, 1)) {
-        for (unsigned i = 0; i < nb_blocks; i++) {
-            /* a failed call may have allocated part: punched out too */
-            w.written[i] = g_malloc0(
-                mr_bitmap_bytes(mr_block_pages(&blocks[i])));
-            if (!mr_prealloc(t->fd, &blocks[i])) {
-                break;
-            }
-        }
-    }
     /* the stream pieces first: a crash leaves no EOF marker behind */
     if (!mr_put_bytes(t->fd, mr_stream_head(blocks, nb_blocks), t->offset,
                       stats, errp)) {
@@ -604,12 +572,6 @@ bool mr_save(MrTarget *t, MrBlock *blocks, unsigned nb_blocks,
     }
     if (!run_channels(&w, t, errp)) {
         goto out;
-    }
-    for (unsigned i = 0; i < nb_blocks; i++) {
-        if (w.written[i] &&
-            !mr_punch_unwritten(t->fd, &blocks[i], w.written[i], errp)) {
-            goto out;
-        }
     }
     for (unsigned i = 0; i < nb_blocks; i++) {
         if (!mr_pwrite_all(t->fd, w.bitmaps[i],

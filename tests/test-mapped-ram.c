@@ -11,19 +11,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <linux/fiemap.h>
-#include <linux/fs.h>
-
 #include <cmocka.h>
 
 #include "strata/mapped-ram.h"
-#include "../migration/mr-internal.h"
-#include "../migration/prealloc.h"
 
 static char path[] = "/tmp/strata-test-mapped-ram-XXXXXX";
 
@@ -279,160 +273,6 @@ static uint32_t be32_at(const uint8_t *p)
 }
 
 /* The bytes QEMU's loader expects, and zero pages left as holes. */
-/*
- * Bytes of [off, off + len) that the file system has allocated, and of
- * them the unwritten ones (allocated, read as zeros); false where the
- * file system has no FIEMAP.
- */
-static bool allocated(int fd, uint64_t off, uint64_t len, uint64_t *bytes,
-                      uint64_t *unwritten)
-{
-    enum { N = 256 };
-    struct fiemap *fm = g_malloc0(sizeof(*fm) + N * sizeof(fm->fm_extents[0]));
-    uint64_t pos = off;
-
-    *bytes = *unwritten = 0;
-    for (;;) {
-        fm->fm_start = pos;
-        fm->fm_length = off + len - pos;
-        fm->fm_flags = FIEMAP_FLAG_SYNC;
-        fm->fm_extent_count = N;
-        if (ioctl(fd, FS_IOC_FIEMAP, fm) < 0) {
-            g_free(fm);
-            return false;
-        }
-        if (fm->fm_mapped_extents == 0) {
-            break;
-        }
-        for (unsigned i = 0; i < fm->fm_mapped_extents; i++) {
-            struct fiemap_extent *x = &fm->fm_extents[i];
-            uint64_t s = MAX(x->fe_logical, off);
-            uint64_t e = MIN(x->fe_logical + x->fe_length, off + len);
-            if (e > s) {
-                *bytes += e - s;
-                if (x->fe_flags & FIEMAP_EXTENT_UNWRITTEN) {
-                    *unwritten += e - s;
-                }
-            }
-            pos = x->fe_logical + x->fe_length;
-        }
-        if (fm->fm_extents[fm->fm_mapped_extents - 1].fe_flags &
-            FIEMAP_EXTENT_LAST || pos >= off + len) {
-            break;
-        }
-    }
-    g_free(fm);
-    return true;
-}
-
-/*
- * mr_prealloc allocates a block's whole page region (unwritten, the size
- * unchanged); mr_punch_unwritten gives back exactly the stretches whose
- * bit is clear, whatever their length or place (first and last page
- * included), and leaves the written pages and their data alone.
- */
-static void test_prealloc_punch(void **state)
-{
-    uint64_t pages = 1024;
-    MrBlock b = { .id = "ram0", .used = pages * MR_PAGE_SIZE,
-                  .pages_offset = 1u << 20 };
-    unsigned long *written = g_malloc0(mr_bitmap_bytes(pages));
-    uint8_t *page = map_anon(MR_PAGE_SIZE);
-    uint64_t bytes, unwritten, stored = 0;
-    GError *err = NULL;
-    struct stat st;
-    (void)state;
-
-    int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
-    assert_true(fd >= 0);
-    assert_int_equal(ftruncate(fd, 8u << 20), 0);
-    if (!mr_prealloc(fd, &b) ||
-        !allocated(fd, b.pages_offset, b.used, &bytes, &unwritten)) {
-        close(fd);
-        skip();                 /* no fallocate or FIEMAP here */
-    }
-    assert_int_equal(fstat(fd, &st), 0);
-    assert_int_equal(st.st_size, 8u << 20);
-    assert_int_equal(bytes, b.used);
-    assert_int_equal(unwritten, b.used);
-
-    /* written: 1-99, 300-1021 but not 500-563 and 700 */
-    for (uint64_t pg = 0; pg < pages; pg++) {
-        if ((pg >= 1 && pg < 100) || (pg >= 300 && pg < 1022 &&
-            !(pg >= 500 && pg < 564) && pg != 700)) {
-            mr_set_bit(written, pg);
-            memset(page, (int)(pg % 251) + 1, MR_PAGE_SIZE);
-            assert_int_equal(pwrite(fd, page, MR_PAGE_SIZE,
-                                    (off_t)(b.pages_offset +
-                                            pg * MR_PAGE_SIZE)),
-                             MR_PAGE_SIZE);
-            stored++;
-        }
-    }
-    assert_true(mr_punch_unwritten(fd, &b, written, &err));
-    assert_null(err);
-    assert_true(allocated(fd, b.pages_offset, b.used, &bytes, &unwritten));
-    assert_int_equal(bytes, stored * MR_PAGE_SIZE);
-    assert_int_equal(unwritten, 0);
-    for (uint64_t pg = 0; pg < pages; pg++) {
-        assert_true(allocated(fd, b.pages_offset + pg * MR_PAGE_SIZE,
-                              MR_PAGE_SIZE, &bytes, &unwritten));
-        assert_int_equal(bytes, mr_test_bit(written, pg) ? MR_PAGE_SIZE : 0);
-        if (mr_test_bit(written, pg)) {
-            uint8_t got[MR_PAGE_SIZE];
-            assert_int_equal(pread(fd, got, MR_PAGE_SIZE,
-                                   (off_t)(b.pages_offset +
-                                           pg * MR_PAGE_SIZE)),
-                             MR_PAGE_SIZE);
-            assert_int_equal(got[0], (int)(pg % 251) + 1);
-        }
-    }
-    close(fd);
-    munmap(page, MR_PAGE_SIZE);
-    g_free(written);
-}
-
-/*
- * A direct-io save allocates its page regions first, yet its file keeps
- * the holes of the long zero stretches (and stores nothing in the
- * region it did not write): fill()'s pages 700-1099 are zero, and the
- * pages the save wrote are the only ones allocated.
- */
-static void test_save_direct_sparse(void **state)
-{
-    uint64_t size = 8u << 20, bytes, unwritten;
-    MrBlock b = { .id = "ram0", .used = size, .host = map_anon(size) };
-    MrStats st = { 0 };
-    (void)state;
-
-    fill(b.host, size, 5);
-    assert_true(save(&b, 1, 4, true, 0, &st));
-    int fd = open(path, O_RDONLY);
-    assert_true(fd >= 0);
-    MrFileInfo *info = mr_file_parse(fd, 0, NULL);
-    assert_non_null(info);
-    uint64_t po = info->blocks[0].pages_offset;
-    if (!allocated(fd, po + 700 * MR_PAGE_SIZE, 400 * MR_PAGE_SIZE, &bytes,
-                   &unwritten)) {
-        close(fd);
-        mr_file_info_free(info);
-        munmap(b.host, size);
-        skip();
-    }
-    /* the zero stretch, less a page at each end (a run may end or start
-       on a zero page), holds no blocks */
-    assert_true(allocated(fd, po + 701 * MR_PAGE_SIZE, 398 * MR_PAGE_SIZE,
-                          &bytes, &unwritten));
-    assert_int_equal(bytes, 0);
-    /* nothing allocated and left unwritten anywhere in the region */
-    assert_true(allocated(fd, po, size, &bytes, &unwritten));
-    assert_int_equal(unwritten, 0);
-    assert_true(bytes >= st.normal * MR_PAGE_SIZE);
-    close(fd);
-    mr_file_info_free(info);
-    munmap(b.host, size);
-}
-
 static void test_layout(void **state)
 {
     uint64_t size = 4u << 20;
@@ -565,8 +405,6 @@ int main(void)
         cmocka_unit_test(test_round_trip_many_runs),
         cmocka_unit_test(test_round_trip_offset),
         cmocka_unit_test(test_bandwidth_total),
-        cmocka_unit_test(test_prealloc_punch),
-        cmocka_unit_test(test_save_direct_sparse),
         cmocka_unit_test(test_bad_files),
     };
     int fd = mkstemp(path);
