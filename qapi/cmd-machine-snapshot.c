@@ -22,7 +22,7 @@
  *                pages left are few
  *   (ready)      the job goes "ready": the monitor pauses its guest,
  *                flushes its dirty marks and says job-complete
- *   transaction  as above
+ *   transaction  as above, while the run writes the last pages
  *   ram          the last dirty pages, the bitmaps, the device state,
  *                fdatasync, the rename
  * and the hold ends; the downtime (ready to here) is in query-jobs.  Why
@@ -538,20 +538,22 @@ static void coroutine_fn wait_run(MachineJob *s, bool switchover)
 }
 
 /*
- * Ends the run: stops it first if it has not ended (a cancel, or a live
- * save given up at its switchover: a stopped run counts as cancelled; the
- * run removes nothing, the job's close_file does), then takes its
- * result.  Returns false with *errp set
- * (NULL cause: cancelled).  *touched: guest pages were written (a load
- * that failed part-way).  A save that succeeded is renamed over the
- * target.
+ * Ends the run: stops it first if it has not ended (a cancel), or
+ * whether or not it has if @give_up (a live save whose transaction
+ * failed: its file must not replace the target); a stopped run counts as
+ * cancelled, and the run removes nothing (the job's close_file does).
+ * Returns false with *errp set (NULL cause: cancelled).  *touched: guest
+ * pages were written (a load that failed part-way).  A save that
+ * succeeded is renamed over the target.
  */
-static bool coroutine_fn end_run(MachineJob *s, bool save, bool *touched,
-                                 GError **errp)
+static bool coroutine_fn end_run(MachineJob *s, bool save, bool give_up,
+                                 bool *touched, GError **errp)
 {
+    if (give_up || !s->run_done) {
+        mig_run_cancel(s->run);
+    }
     if (!s->run_done) {
         /* cancelled: job sleeps return at once now, so wait plainly */
-        mig_run_cancel(s->run);
         s->waiting = true;
         while (!s->run_done) {
             co_yield();
@@ -583,7 +585,7 @@ static bool coroutine_fn run_ram(MachineJob *s, bool save, bool *touched,
 {
     start_run(s, save);
     wait_run(s, false);
-    return end_run(s, save, touched, errp);
+    return end_run(s, save, false, touched, errp);
 }
 
 /* ---- disks ---- */
@@ -899,7 +901,7 @@ static int coroutine_fn do_live(MachineJob *s, GError **errp)
     start_run(s, true);
     wait_run(s, true);
     if (!s->at_switchover || job_is_cancelled(&s->common)) {
-        end_run(s, true, &touched, &err);
+        end_run(s, true, true, &touched, &err);
         return step_failed(errp, "passes", err, unchanged);
     }
     /* The monitor sees "ready", pauses its guest and says job-complete. */
@@ -911,21 +913,27 @@ static int coroutine_fn do_live(MachineJob *s, GError **errp)
         update_progress(s);
     }
     if (!s->complete_asked || job_is_cancelled(&s->common)) {
-        end_run(s, true, &touched, &err);
+        end_run(s, true, true, &touched, &err);
         return step_failed(errp, "ready", err, unchanged);
     }
+    /*
+     * The last pages are written (in the run's threads) while the disks'
+     * transaction runs here: the guest is paused, so neither changes what
+     * the other saves, and the pause lasts the longer of the two instead
+     * of their sum.  If the transaction fails, the run is stopped.
+     */
+    mig_run_continue(s->run);
     for (unsigned i = 0; i < s->nb_disks; i++) {
         disk_drain(s->disks[i].node, &s->disks[i].node_drained);
     }
     if (job_is_cancelled(&s->common) || !snapshot_disks(s, &err)) {
         GError *stop = NULL;
-        end_run(s, true, &touched, &stop);
+        end_run(s, true, true, &touched, &stop);
         g_clear_error(&stop);       /* the transaction's error is the news */
         return step_failed(errp, "transaction", err, unchanged);
     }
-    mig_run_continue(s->run);
     wait_run(s, false);
-    if (!end_run(s, true, &touched, &err)) {
+    if (!end_run(s, true, false, &touched, &err)) {
         GError *undo = NULL;
         if (unsnapshot_disks(s, &undo)) {
             return step_failed(errp, "ram", err, "the disks are back on "
