@@ -11,6 +11,7 @@
 #include "qapi-commands.h"
 #include "qapi-visit.h"
 #include "job-settle.h"
+#include "job-info-hook.h"
 
 void qmp_job_pause(const char *id, GError **errp)
 {
@@ -63,6 +64,15 @@ void qmp_job_finalize(const char *id, GError **errp)
     }
 }
 
+static GSList *info_hooks;      /* JobInfoHook * (as data pointers) */
+
+void qmp_query_jobs_add_hook(JobInfoHook *fn)
+{
+    if (!g_slist_find(info_hooks, (gpointer)fn)) {
+        info_hooks = g_slist_append(info_hooks, (gpointer)fn);
+    }
+}
+
 JobInfoList *qmp_query_jobs(GError **errp)
 {
     (void)errp;
@@ -81,6 +91,9 @@ JobInfoList *qmp_query_jobs(GError **errp)
         if (job) {
             job_rate_get(job, &info->has_x_strata_rate, &info->x_strata_rate,
                          &info->has_x_strata_eta, &info->x_strata_eta);
+            for (GSList *h = info_hooks; h; h = h->next) {
+                ((JobInfoHook *)h->data)(job, info);
+            }
         }
         JobInfoList *node = g_new0(JobInfoList, 1);
         node->value = info;

@@ -13,7 +13,24 @@
  *                renamed over the target (a back end that fails its
  *                stream fails this step)
  * and then releases the disks: requests held back since the transaction
- * started go to the overlays.  A failure at any step undoes the steps
+ * started go to the overlays.
+ *
+ * A live snapshot ('live': true) writes the RAM while the guest runs:
+ *   check, file, overlays   as above, the guest running
+ *   passes       the dirty logs started, the RAM written pass after pass
+ *                (migration/live-save.c, as a live migrate), until the
+ *                pages left are few
+ *   (ready)      the job goes "ready": the monitor pauses its guest,
+ *                flushes its dirty marks and says job-complete
+ *   transaction  as above, while the run writes the last pages
+ *   ram          the last dirty pages, the bitmaps, the device state,
+ *                fdatasync, the rename
+ * and the hold ends; the downtime (ready to here) is in query-jobs.  Why
+ * ready + job-complete rather than migrate's pre-switchover +
+ * migrate-continue: the save is a job, not a migration (query-migrate
+ * does not show it), and "ready, say job-complete to switch over" is what
+ * mirror's jobs already mean to a QEMU user; the status stays in
+ * query-jobs for a monitor that reconnects.  A failure at any step undoes the steps
  * before it (the overlays come off again, the files this job created are
  * removed), so the disks and the previous state file are as they were.
  * That is why new requests stay held back until the end: an overlay taken
@@ -66,10 +83,13 @@
 #include "strata/migrate.h"
 #include "strata/ram-block.h"
 #include "qapi-commands.h"
+#include "job-info-hook.h"
 #include "job-settle.h"
 #include "machine-snapshot.h"
 
 #define DEFAULT_CHANNELS 2
+#define DEFAULT_DOWNTIME_LIMIT 300      /* ms, as migrate's */
+#define MAX_DOWNTIME_LIMIT 2000000      /* ms, as migrate's */
 #define PROGRESS_NS (50 * 1000 * 1000)
 
 /* One disk's arguments, copied from the command's. */
@@ -106,6 +126,8 @@ typedef struct MachineJob {
     unsigned channels;
     bool direct_io;
     uint64_t max_bandwidth;
+    bool live;
+    uint64_t downtime_limit_ms;
 
     /* while it runs */
     Disk *disks;
@@ -123,6 +145,14 @@ typedef struct MachineJob {
     uint64_t progress;
     DsSet *devstate;            /* the streams taken from the registry */
     bool ds_taken;              /* ds_registry_end owed */
+
+    /* a live snapshot */
+    RamBlock **logged;          /* blocks whose dirty log this job started */
+    unsigned nb_logged;
+    bool at_switchover;         /* the passes are done: the run waits */
+    bool complete_asked;        /* job-complete: the guest is paused */
+    int64_t ready_ns;           /* when it asked for the pause */
+    int64_t downtime_ms;        /* ready to the end of the hold; -1: none */
 } MachineJob;
 
 /* One machine job at a time: they use the same RAM and maybe the nodes. */
@@ -369,6 +399,15 @@ static void update_progress(MachineJob *s)
         job_progress_update(&s->common, done - s->progress);
         s->progress = done;
     }
+    if (s->live && !s->restore) {
+        /*
+         * Every pass counts, so the total grows with the passes: what is
+         * left is the current pass's rest (at the switchover: the dirty
+         * bytes the last pass will write), as mirror's jobs count.
+         */
+        job_progress_set_remaining(&s->common, atomic_load(
+            &mig_run_live_stats(s->run)->remaining));
+    }
 }
 
 /*
@@ -444,13 +483,19 @@ static bool match_devices(MachineJob *s, MrFileInfo *info, GError **errp)
     return true;
 }
 
-/*
- * Runs the save or load to its end.  A cancel stops it (the run removes
- * its new file); returns false with *errp set (NULL cause: cancelled).
- * *touched: guest pages were written (a load that failed part-way).
- */
-static bool coroutine_fn run_ram(MachineJob *s, bool save, bool *touched,
-                                 GError **errp)
+/* Live: the passes are done, the run waits for mig_run_continue. */
+static void run_at_switchover(void *opaque)
+{
+    MachineJob *s = opaque;
+
+    s->at_switchover = true;
+    if (!s->waiting) {
+        job_enter(&s->common);
+    }
+}
+
+/* The save or load starts in strata/migrate.h's threads. */
+static void start_run(MachineJob *s, bool save)
 {
     MigSpec spec = {
         .target = { .fd = s->fd, .chan_fds = s->chan_fds,
@@ -466,19 +511,49 @@ static bool coroutine_fn run_ram(MachineJob *s, bool save, bool *touched,
     };
     uint64_t total = 0;
 
+    if (save && s->live) {
+        spec.live = true;
+        spec.ram = (RamBlock **)s->rbs->pdata;
+        spec.downtime_limit_ms = s->downtime_limit_ms;
+        spec.pre_switchover = run_at_switchover;
+    }
     for (unsigned i = 0; i < s->nb_blocks; i++) {
         total += s->blocks[i].used;
     }
     job_progress_set_remaining(&s->common, total);
     s->run = save ? mig_run_save(&spec) : mig_run_load(&spec);
+}
 
-    while (!s->run_done && !job_is_cancelled(&s->common)) {
+/*
+ * Waits, with progress, until the run ends, the job is cancelled, or
+ * (@switchover) a live save's passes are done.
+ */
+static void coroutine_fn wait_run(MachineJob *s, bool switchover)
+{
+    while (!s->run_done && !job_is_cancelled(&s->common) &&
+           !(switchover && s->at_switchover)) {
         job_sleep_ns(&s->common, PROGRESS_NS);
         update_progress(s);
     }
+}
+
+/*
+ * Ends the run: stops it first if it has not ended (a cancel), or
+ * whether or not it has if @give_up (a live save whose transaction
+ * failed: its file must not replace the target); a stopped run counts as
+ * cancelled, and the run removes nothing (the job's close_file does).
+ * Returns false with *errp set (NULL cause: cancelled).  *touched: guest
+ * pages were written (a load that failed part-way).  A save that
+ * succeeded is renamed over the target.
+ */
+static bool coroutine_fn end_run(MachineJob *s, bool save, bool give_up,
+                                 bool *touched, GError **errp)
+{
+    if (give_up || !s->run_done) {
+        mig_run_cancel(s->run);
+    }
     if (!s->run_done) {
         /* cancelled: job sleeps return at once now, so wait plainly */
-        mig_run_cancel(s->run);
         s->waiting = true;
         while (!s->run_done) {
             co_yield();
@@ -502,6 +577,15 @@ static bool coroutine_fn run_ram(MachineJob *s, bool save, bool *touched,
         return false;
     }
     return !s->tmp_path || commit_file(s, errp);
+}
+
+/* The save or load, to its end. */
+static bool coroutine_fn run_ram(MachineJob *s, bool save, bool *touched,
+                                 GError **errp)
+{
+    start_run(s, save);
+    wait_run(s, false);
+    return end_run(s, save, false, touched, errp);
 }
 
 /* ---- disks ---- */
@@ -762,6 +846,108 @@ static void release_ram(MachineJob *s)
     s->blocks = NULL;
 }
 
+/* ---- the live snapshot ---- */
+
+/*
+ * Every block with a dirty log is tracked from now on; the others are
+ * written whole after the pause (as a live migrate does).
+ */
+static void start_logs(MachineJob *s)
+{
+    s->logged = g_new0(RamBlock *, s->rbs->len);
+    for (guint i = 0; i < s->rbs->len; i++) {
+        RamBlock *rb = s->rbs->pdata[i];
+        if (ram_block_has_dirty_log(rb) && ram_block_log_start(rb, NULL)) {
+            s->logged[s->nb_logged++] = rb;
+        }
+    }
+}
+
+static void stop_logs(MachineJob *s)
+{
+    for (unsigned i = 0; i < s->nb_logged; i++) {
+        ram_block_log_stop(s->logged[i]);
+    }
+    g_free(s->logged);
+    s->logged = NULL;
+    s->nb_logged = 0;
+}
+
+/* job-complete in ready: the monitor has paused its guest. */
+static void machine_complete(Job *job, GError **errp)
+{
+    MachineJob *s = (MachineJob *)job;
+
+    (void)errp;
+    /* a second job-complete changes nothing, as mirror's */
+    s->complete_asked = true;
+    if (!s->waiting) {
+        job_enter(job);
+    }
+}
+
+/*
+ * After the overlays: the passes with the guest running, the pause, then
+ * the steps of a stopped snapshot with only the last pages left to write.
+ */
+static int coroutine_fn do_live(MachineJob *s, GError **errp)
+{
+    static const char unchanged[] = "the disks and the state file are "
+                                    "unchanged";
+    GError *err = NULL;
+    bool touched;
+
+    start_logs(s);
+    start_run(s, true);
+    wait_run(s, true);
+    if (!s->at_switchover || job_is_cancelled(&s->common)) {
+        end_run(s, true, true, &touched, &err);
+        return step_failed(errp, "passes", err, unchanged);
+    }
+    /* The monitor sees "ready", pauses its guest and says job-complete. */
+    s->ready_ns = clock_ns();
+    job_transition_to_ready(&s->common);
+    while (!s->complete_asked && !job_is_cancelled(&s->common) &&
+           !s->run_done) {
+        job_sleep_ns(&s->common, PROGRESS_NS);
+        update_progress(s);
+    }
+    if (!s->complete_asked || job_is_cancelled(&s->common)) {
+        end_run(s, true, true, &touched, &err);
+        return step_failed(errp, "ready", err, unchanged);
+    }
+    /*
+     * The last pages are written (in the run's threads) while the disks'
+     * transaction runs here: the guest is paused, so neither changes what
+     * the other saves, and the pause lasts the longer of the two instead
+     * of their sum.  If the transaction fails, the run is stopped.
+     */
+    mig_run_continue(s->run);
+    for (unsigned i = 0; i < s->nb_disks; i++) {
+        disk_drain(s->disks[i].node, &s->disks[i].node_drained);
+    }
+    if (job_is_cancelled(&s->common) || !snapshot_disks(s, &err)) {
+        GError *stop = NULL;
+        end_run(s, true, true, &touched, &stop);
+        g_clear_error(&stop);       /* the transaction's error is the news */
+        return step_failed(errp, "transaction", err, unchanged);
+    }
+    wait_run(s, false);
+    if (!end_run(s, true, false, &touched, &err)) {
+        GError *undo = NULL;
+        if (unsnapshot_disks(s, &undo)) {
+            return step_failed(errp, "ram", err, "the disks are back on "
+                               "their images and the state file is "
+                               "unchanged");
+        }
+        g_autofree char *state = g_strdup_printf(
+            "the state file is unchanged, but %s", undo->message);
+        g_error_free(undo);
+        return step_failed(errp, "ram", err, state);
+    }
+    return 0;
+}
+
 /* ---- the two jobs ---- */
 
 static int coroutine_fn do_snapshot(MachineJob *s, GError **errp)
@@ -779,6 +965,9 @@ static int coroutine_fn do_snapshot(MachineJob *s, GError **errp)
     if (!create_overlays(s, &err)) {
         return step_failed(errp, "overlays", err, "the disks and the state "
                            "file are unchanged");
+    }
+    if (s->live) {
+        return do_live(s, errp);
     }
     /* Held back from here until the end: see the top of the file. */
     for (unsigned i = 0; i < s->nb_disks; i++) {
@@ -863,6 +1052,7 @@ static int coroutine_fn machine_run(Job *job, GError **errp)
     int ret;
 
     s->fd = -1;
+    s->downtime_ms = -1;
     s->rbs = g_ptr_array_new();
     job_progress_set_remaining(job, 1);
     ret = s->restore ? do_restore(s, errp) : do_snapshot(s, errp);
@@ -870,6 +1060,11 @@ static int coroutine_fn machine_run(Job *job, GError **errp)
         ret = -ECANCELED;
     }
     release_disks(s, ret == 0);
+    if (s->live && ret == 0) {
+        /* the hold has ended: the monitor may resume its guest */
+        s->downtime_ms = (clock_ns() - s->ready_ns) / 1000000;
+    }
+    stop_logs(s);
     close_file(s);
     release_ram(s);
     if (s->ds_taken) {
@@ -917,6 +1112,7 @@ static const JobDriver snapshot_driver = {
     .instance_size = sizeof(MachineJob),
     .job_type = JOB_TYPE_X_STRATA_MACHINE_SNAPSHOT,
     .run = machine_run,
+    .complete = machine_complete,
     .free = machine_free,
 };
 
@@ -926,6 +1122,29 @@ static const JobDriver restore_driver = {
     .run = machine_run,
     .free = machine_free,
 };
+
+/*
+ * query-jobs (a hook of cmd-job.c's): a live snapshot's
+ * x-strata-expected-downtime while it runs and x-strata-downtime once it
+ * concluded without an error.
+ */
+static void machine_job_info(Job *job, JobInfo *info)
+{
+    MachineJob *s = (MachineJob *)job;
+
+    if (job->driver != &snapshot_driver || !s->live) {
+        return;
+    }
+    if (s->run) {
+        info->has_x_strata_expected_downtime = true;
+        info->x_strata_expected_downtime = (int64_t)atomic_load(
+            &mig_run_live_stats(s->run)->expected_ms);
+    }
+    if (job->status == JOB_STATUS_CONCLUDED && s->downtime_ms >= 0) {
+        info->has_x_strata_downtime = true;
+        info->x_strata_downtime = s->downtime_ms;
+    }
+}
 
 /* The argument checks that need no daemon state. */
 static bool check_args(bool has_channels, int64_t channels,
@@ -988,6 +1207,7 @@ static MachineJob *machine_create(const JobDriver *drv, const char *job_id,
 
 static void machine_start(MachineJob *s, const char *job_id)
 {
+    qmp_query_jobs_add_hook(machine_job_info);
     running_job = s;
     job_start(&s->common);
     qmp_job_settle(job_id);
@@ -999,11 +1219,25 @@ void qmp_x_strata_machine_snapshot(const char *job_id, const char *file,
                                    bool has_channels, int64_t channels,
                                    bool has_direct_io, bool direct_io,
                                    bool has_max_bandwidth,
-                                   int64_t max_bandwidth, GError **errp)
+                                   int64_t max_bandwidth, bool has_live,
+                                   bool live, bool has_downtime_limit,
+                                   int64_t downtime_limit, GError **errp)
 {
     MachineJob *s;
     unsigned n = 0;
 
+    if (has_downtime_limit &&
+        (downtime_limit < 0 || downtime_limit > MAX_DOWNTIME_LIMIT)) {
+        /* migrate-set-parameters' words */
+        error_setg(errp, "Parameter 'downtime-limit' expects an integer in "
+                   "the range of 0 to (2000 * 1000) ms");
+        return;
+    }
+    if (has_downtime_limit && !(has_live && live)) {
+        error_setg(errp, "Parameter 'downtime-limit' applies to a live "
+                   "snapshot only (live: true)");
+        return;
+    }
     if (!check_args(has_channels, channels, has_max_bandwidth,
                     max_bandwidth, errp)) {
         return;
@@ -1015,6 +1249,9 @@ void qmp_x_strata_machine_snapshot(const char *job_id, const char *file,
         return;
     }
     s->max_bandwidth = has_max_bandwidth ? (uint64_t)max_bandwidth : 0;
+    s->live = has_live && live;
+    s->downtime_limit_ms = has_downtime_limit ? (uint64_t)downtime_limit
+                                              : DEFAULT_DOWNTIME_LIMIT;
     for (BlockdevSnapshotSyncList *l = disks; l; l = l->next) {
         n++;
     }
