@@ -139,6 +139,7 @@ static bool chain_check_unfrozen(BlockNode *top, BlockNode *bottom,
 }
 
 static bool cor_open_bottom(BlockNode *bs, char *bottom_name, GError **errp);
+static void cor_release_bottom(BlockNode *bs);
 
 static int cor_open(BlockNode *bs, json_t *options, int flags, GError **errp)
 {
@@ -177,6 +178,8 @@ static int cor_open(BlockNode *bs, json_t *options, int flags, GError **errp)
     if (discard_backing) {
         s->discard = cor_discard_open(bs, s->bottom, errp);
         if (!s->discard) {
+            /* A failed open is not closed: release the bottom here. */
+            cor_release_bottom(bs);
             return -EINVAL;
         }
     }
@@ -221,6 +224,18 @@ static void cor_unfreeze(BlockNode *bs)
     }
 }
 
+static void cor_release_bottom(BlockNode *bs)
+{
+    CorState *s = bs->opaque;
+    cor_unfreeze(bs);
+    if (s->bottom) {
+        node_unref(s->bottom);
+        s->bottom = NULL;
+    }
+    g_free(s->owner);
+    s->owner = NULL;
+}
+
 static void *cor_buf_get(CorState *s, size_t align, size_t size)
 {
     if (size > COR_POOL_BUF || align > COR_POOL_ALIGN) {
@@ -250,13 +265,7 @@ static void cor_close(BlockNode *bs)
     }
     cor_discard_close(s->discard);
     s->discard = NULL;
-    cor_unfreeze(bs);
-    if (s->bottom) {
-        node_unref(s->bottom);
-        s->bottom = NULL;
-    }
-    g_free(s->owner);
-    s->owner = NULL;
+    cor_release_bottom(bs);
 }
 
 /*
