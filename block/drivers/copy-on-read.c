@@ -38,6 +38,9 @@
  * an idle disk runs at full width).  A count, not a clock: the first
  * guest write after a quiet spell may still find the copies already in
  * the file in front of it, every later one at most a piece.
+ *
+ * Beyond QEMU, x-strata-discard-backing: what was copied is dropped from
+ * the backing images at the filter's flushes (cor-discard.c).
  */
 #include <errno.h>
 #include <string.h>
@@ -281,10 +284,10 @@ static void cor_child_perm(BlockNode *bs, BlockChild *c, unsigned role,
                            uint64_t *nshared)
 {
     (void)bs;
+    (void)role;
     (void)rs;
     if (cor_discard_is_edge(c)) {
         /* Only the filter drops data there; the chain reads it. */
-        (void)role;
         *nperm = BLK_PERM_WRITE;
         *nshared = BLK_PERM_ALL;
         return;
