@@ -38,6 +38,9 @@
  * an idle disk runs at full width).  A count, not a clock: the first
  * guest write after a quiet spell may still find the copies already in
  * the file in front of it, every later one at most a piece.
+ *
+ * Beyond QEMU, x-strata-discard-backing: what was copied is dropped from
+ * the backing images at the filter's flushes (cor-discard.c).
  */
 #include <errno.h>
 #include <string.h>
@@ -45,6 +48,7 @@
 #include "strata/block-driver.h"
 #include "strata/copy-on-read.h"
 #include "strata/debug-event.h"
+#include "cor-discard.h"
 
 /* QEMU's limit on one copy's buffer (MAX_BOUNCE_BUFFER). */
 #define COR_MAX_BOUNCE ((int64_t)16 * 1024 * 1024)
@@ -90,6 +94,7 @@ typedef struct CorState {
     CoQueue bg_queue;   /* background copies waiting for their turn */
     int bg_waiting;     /* how many */
     int guest_window;   /* copies still serialised since a parent wrote */
+    CorDiscard *discard; /* x-strata-discard-backing (cor-discard.h) */
 } CorState;
 
 extern const BlockDriver bdrv_copy_on_read;
@@ -136,10 +141,14 @@ static bool chain_check_unfrozen(BlockNode *top, BlockNode *bottom,
     return true;
 }
 
+static bool cor_open_bottom(BlockNode *bs, char *bottom_name, GError **errp);
+static void cor_release_bottom(BlockNode *bs);
+
 static int cor_open(BlockNode *bs, json_t *options, int flags, GError **errp)
 {
     CorState *s = bs->opaque;
     char *bottom_name = NULL;
+    bool discard_backing = false;
     (void)flags;
 
     g_queue_init(&s->reqs);
@@ -160,22 +169,40 @@ static int cor_open(BlockNode *bs, json_t *options, int flags, GError **errp)
         ((REQ_FUA | REQ_MAY_UNMAP | REQ_NO_FALLBACK) &
          (file->supported_zero_flags | file->drv->supported_zero_flags));
 
-    if (!opts_take_str(options, "bottom", &bottom_name, errp)) {
+    if (!opts_take_str(options, "bottom", &bottom_name, errp) ||
+        !opts_take_bool(options, "x-strata-discard-backing",
+                        &discard_backing, errp)) {
+        g_free(bottom_name);
         return -EINVAL;
     }
-    if (!bottom_name) {
-        return 0;
+    if (bottom_name && !cor_open_bottom(bs, bottom_name, errp)) {
+        return -EINVAL;
     }
+    if (discard_backing) {
+        s->discard = cor_discard_open(bs, s->bottom, errp);
+        if (!s->discard) {
+            /* A failed open is not closed: release the bottom here. */
+            cor_release_bottom(bs);
+            return -EINVAL;
+        }
+    }
+    return 0;
+}
+
+/* "bottom": the chain down to it is frozen (consumes bottom_name). */
+static bool cor_open_bottom(BlockNode *bs, char *bottom_name, GError **errp)
+{
+    CorState *s = bs->opaque;
     BlockNode *bottom = node_find(bottom_name);
     if (!bottom) {
         error_setg(errp, "Bottom node '%s' not found", bottom_name);
         g_free(bottom_name);
-        return -EINVAL;
+        return false;
     }
     if (bottom->drv->is_filter) {
         error_setg(errp, "Bottom node '%s' is a filter", bottom_name);
         g_free(bottom_name);
-        return -EINVAL;
+        return false;
     }
     g_free(bottom_name);
     s->owner = g_strdup_printf("copy-on-read node '%s'", bs->node_name);
@@ -183,12 +210,12 @@ static int cor_open(BlockNode *bs, json_t *options, int flags, GError **errp)
         !chain_freeze(bs, bottom, s->owner, errp)) {
         g_free(s->owner);
         s->owner = NULL;
-        return -EINVAL;
+        return false;
     }
     s->chain_frozen = true;
     node_ref(bottom);
     s->bottom = bottom;
-    return 0;
+    return true;
 }
 
 static void cor_unfreeze(BlockNode *bs)
@@ -198,6 +225,18 @@ static void cor_unfreeze(BlockNode *bs)
         s->chain_frozen = false;
         chain_unfreeze(bs, s->bottom, s->owner);
     }
+}
+
+static void cor_release_bottom(BlockNode *bs)
+{
+    CorState *s = bs->opaque;
+    cor_unfreeze(bs);
+    if (s->bottom) {
+        node_unref(s->bottom);
+        s->bottom = NULL;
+    }
+    g_free(s->owner);
+    s->owner = NULL;
 }
 
 static void *cor_buf_get(CorState *s, size_t align, size_t size)
@@ -227,13 +266,9 @@ static void cor_close(BlockNode *bs)
     while (s->npool > 0) {
         aligned_free(s->pool[--s->npool]);
     }
-    cor_unfreeze(bs);
-    if (s->bottom) {
-        node_unref(s->bottom);
-        s->bottom = NULL;
-    }
-    g_free(s->owner);
-    s->owner = NULL;
+    cor_discard_close(s->discard);
+    s->discard = NULL;
+    cor_release_bottom(bs);
 }
 
 /*
@@ -249,9 +284,14 @@ static void cor_child_perm(BlockNode *bs, BlockChild *c, unsigned role,
                            uint64_t *nshared)
 {
     (void)bs;
-    (void)c;
     (void)role;
     (void)rs;
+    if (cor_discard_is_edge(c)) {
+        /* Only the filter drops data there; the chain reads it. */
+        *nperm = BLK_PERM_WRITE;
+        *nshared = BLK_PERM_ALL;
+        return;
+    }
     *nperm = (perm & COR_PERM_PASSTHROUGH) | BLK_PERM_WRITE_UNCHANGED;
     *nshared = (shared & COR_PERM_PASSTHROUGH) | BLK_PERM_WRITE_UNCHANGED;
 }
@@ -429,6 +469,9 @@ static int coroutine_fn cor_copy(BlockNode *bs, int64_t offset,
             if (ret < 0) {
                 break;
             }
+            if (s->discard) {
+                cor_discard_note(s->discard, cur, pnum);
+            }
             if (qiov && !prefetch && want_hi > want_lo) {
                 iov_from_buf(qiov->iov, qiov->niov,
                              qoff + (size_t)(want_lo - offset),
@@ -574,6 +617,17 @@ static int coroutine_fn cor_co_truncate(BlockNode *bs, int64_t offset,
     return child_co_truncate(bs->file, offset, exact, prealloc, errp);
 }
 
+/*
+ * With x-strata-discard-backing, the copied ranges leave the images
+ * below (cor-discard.h); the flush then goes on down the children as
+ * usual: the file, and the images the ranges left.
+ */
+static int coroutine_fn cor_co_flush_to_os(BlockNode *bs)
+{
+    CorState *s = bs->opaque;
+    return s->discard ? cor_discard_flush(s->discard) : 0;
+}
+
 bool cor_filter_drop(BlockNode *cor, GError **errp)
 {
     g_return_val_if_fail(node_is_cor_filter(cor), false);
@@ -596,6 +650,7 @@ const BlockDriver bdrv_copy_on_read = {
     .co_pwritev_compressed = cor_co_pwritev_compressed,
     .co_pwrite_zeroes = cor_co_pwrite_zeroes,
     .co_pdiscard = cor_co_pdiscard,
+    .co_flush_to_os = cor_co_flush_to_os,
     .co_truncate = cor_co_truncate,
     .getlength = cor_getlength,
     .has_variable_length = true,
