@@ -916,6 +916,12 @@ void qmp_monitor_free(QmpMonitor *mon)
     mon->session_end = NULL;
     while (mon->sessions) {
         QmpSession *s = mon->sessions->data;
+        /*
+         * A client that hung up makes the send or flush below close the
+         * session, which may drop its last reference: keep it until the
+         * end of this turn.
+         */
+        s->refcnt++;
         if (s->quit_reply) {
             session_send(s, g_steal_pointer(&s->quit_reply));
         }
@@ -932,6 +938,7 @@ void qmp_monitor_free(QmpMonitor *mon)
         if (!s->closed) {
             session_close(s);
         }
+        session_unref(s);
     }
     if (mon->listen_src) {
         g_source_destroy(mon->listen_src);
