@@ -281,6 +281,53 @@ static void drop_line(void)
     rl_callback_handler_install(prompt(), line_handler);
 }
 
+/*
+ * libedit reads its keys through here.  Its own read() blocked when poll()
+ * had seen a key but a ^C came before the read: the terminal throws unread
+ * input away on ^C, and the read, restarted after the signal, waited with
+ * the ^C unanswered until the next key (seen once in about 300 ^Cs typed
+ * behind a line).  So the read is a non-blocking one, on a descriptor of
+ * our own for the terminal (O_NONBLOCK on stdin's would change it for
+ * every process sharing it), and the wait is a poll() that the ^C pipe
+ * ends too: a pending ^C ends the read as end of input, on which libedit
+ * hands no line on, and the prompt loop drops the line.
+ */
+static int shell_getc(FILE *in)
+{
+    static int nb_fd = -2;
+    int fd = fileno(in);
+    if (nb_fd == -2) {
+        const char *tty = ttyname(fd);
+        nb_fd = tty ? open(tty, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC)
+                    : -1;
+    }
+    int rfd = nb_fd >= 0 ? nb_fd : fd;
+    for (;;) {
+        struct pollfd fds[2] = {
+            { .fd = rfd, .events = POLLIN },
+            { .fd = sigint_pipe[0], .events = POLLIN },
+        };
+        if (poll(fds, 2, -1) < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            return EOF;
+        }
+        if (fds[1].revents) {
+            return EOF;
+        }
+        unsigned char c;
+        ssize_t n = read(rfd, &c, 1);
+        if (n == 1) {
+            return c;
+        }
+        if (n < 0 && (errno == EINTR || errno == EAGAIN)) {
+            continue;
+        }
+        return EOF;
+    }
+}
+
 static GString *plain_in;       /* bytes read from a non-terminal stdin */
 static bool plain_eof;
 
@@ -386,6 +433,8 @@ static int repl(void)
     fflush(stdout);
 
     if (sh.editing) {
+        /* before read_history(), which initializes libedit */
+        rl_getc_function = shell_getc;
         g_autofree char *home = g_strdup(g_get_home_dir());
         /* not qmp-shell's ~/.qmp-shell_history: GNU readline and libedit
          * write different history formats */

@@ -300,10 +300,10 @@ typedef struct {
 static void hop_back_bh(void *opaque)
 {
     CoHop *h = opaque;
-    if (h->caller) {
-        co_enter(h->caller);
-    } else {
-        h->done = true;
+    Coroutine *caller = h->caller;
+    h->done = true;
+    if (caller) {
+        co_enter(caller);
     }
 }
 
@@ -334,7 +334,11 @@ void co_call_in(StrataLoop *loop, CoroutineEntry *fn, void *opaque)
     CoHop h = { fn, opaque, here, co_self(), false };
     loop_bh_remote(loop, hop_start_bh, &h);
     if (h.caller) {
-        co_yield();
+        /* h is read by the other thread until hop_back_bh: a stray entry
+         * must not end this frame before (see thread_pool_co_run). */
+        while (!h.done) {
+            co_yield();
+        }
     } else {
         LOOP_WAIT_WHILE(!h.done);
     }

@@ -25,6 +25,7 @@ typedef struct PoolReq {
     ThreadPoolFunc *fn;
     void *opaque;
     int ret;
+    bool done;          /* set by the completion BH, in the submitter's thread */
     Coroutine *co;
     StrataLoop *loop;
     struct PoolReq *next;
@@ -55,6 +56,7 @@ static void pool_cond_init(void)
 static void pool_complete_bh(void *opaque)
 {
     PoolReq *req = opaque;
+    req->done = true;
     co_enter(req->co);
 }
 
@@ -126,6 +128,16 @@ int thread_pool_co_run(ThreadPoolFunc *fn, void *opaque)
     if (wake) {
         pthread_cond_signal(&pool_cond);
     }
-    co_yield();
+    /*
+     * req lives on this stack until its completion BH has run: the worker
+     * reads fn, opaque and loop and writes ret up to its loop_bh_remote().
+     * An entry that is not that BH's (a co_wake() left over from an earlier
+     * wait) must not make us return meanwhile, or the worker writes into a
+     * frame this coroutine has reused (a SIGBUS in loop_bh_remote, reading
+     * a stale req->loop).  Wait as the aio engines do, until done.
+     */
+    while (!req.done) {
+        co_yield();
+    }
     return req.ret;
 }
