@@ -121,17 +121,17 @@ static void buffers_drop_one(BlockCopyState *s);
 
 /*
  * While someone else writes to the disk the job copies from, the
- * background offloads one at a time: after each offload that finds new
- * writes done to the source or a node above it (a guest writing through
- * an export of the source, or of an overlay over it as in intermediate
- * commit), the next BLOCK_COPY_GUEST_WINDOW offloads run alone.  A
- * guest's buffered write goes to a kernel worker thread of its own (ext4
- * takes no non-blocking buffered write from io_uring) that must find a
- * CPU; with two copy_file_range threads busy on this 2-CPU machine it
- * waited 3-12 ms for one (ftrace, docs/performance.md "Intermediate
- * commit under guest writes").  A count, not a clock, as the
- * copy-on-read filter's COR_GUEST_WINDOW: 64 pieces of 1 MiB are tens of
- * milliseconds of copy, many guest writes at 1000 a second.
+ * background runs its offloads one at a time: after each offload that
+ * finds new writes done to the source or a node above it (a guest
+ * writing through an export of the source, or of an overlay over it as
+ * in intermediate commit), the next BLOCK_COPY_GUEST_WINDOW offloads run
+ * alone.  A guest's buffered write goes to a kernel worker thread of its
+ * own (ext4 takes no non-blocking buffered write from io_uring) that must
+ * find a CPU; with two copy_file_range threads busy on this 2-CPU machine
+ * it waited 3-12 ms for one (ftrace, docs/performance.md "Intermediate
+ * commit under guest writes").  A count, not a clock, as the copy-on-read
+ * filter's COR_GUEST_WINDOW: 64 pieces of 1 MiB are tens of milliseconds
+ * of copy, many guest writes at 1000 a second.
  */
 #define BLOCK_COPY_GUEST_WINDOW 64
 
