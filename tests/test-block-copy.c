@@ -23,6 +23,7 @@
 
 #include "strata/backend.h"
 #include "strata/block-copy.h"
+#include "strata/block-driver.h"
 #include "strata/copy-range.h"
 #include "strata/job.h"
 #include "strata/loop.h"
@@ -634,6 +635,68 @@ static void test_offload_fallback(void **state)
 }
 
 /*
+ * While someone else writes above the source (a guest through an export
+ * of an overlay, as in intermediate commit), the background offloads go
+ * one at a time; with no such write (one made before the engine started
+ * does not count) two run at once.  The engine reads the file under a
+ * raw node, the "guest" writes through the raw node.  Order, not timing:
+ * the engine starts a second offload while the first is in the thread
+ * pool, unless it narrowed.
+ */
+static void test_offload_narrow(void **state)
+{
+    const size_t len = 4 * MiB;
+    uint8_t *data = g_malloc(len), *guest = g_malloc(4096);
+    fill_nonzero(data, len, 15);
+    memset(guest, 0x5a, 4096);
+
+    for (int writes = 0; writes < 2; writes++) {
+        g_autofree char *sp = make_file("nsrc", data, len);
+        g_autofree char *tp = make_file("ndst", NULL, len);
+        BlockNode *raw = open_raw_file(sp);
+        BlockNode *src = child_node(raw->file);
+        BlockNode *dst = open_file(tp);
+        BlockBackend *gblk = backend_on(raw, BLK_PERM_WRITE);
+        Edges e;
+
+        node_ref(src);
+        /* Before the engine: not someone writing during the copy. */
+        assert_int_equal(blk_pwrite(gblk, 0, 4096, guest, 0), 0);
+        BlockCopyOptions o = {
+            .source = edge(&e.src, src, BLK_PERM_CONSISTENT_READ),
+            .target = edge(&e.dst, dst, BLK_PERM_WRITE),
+            .use_copy_range = true,
+        };
+        BlockCopyState *s = new_copy(&o);
+        BlockCopyStats st;
+
+        if (writes) {
+            assert_int_equal(blk_pwrite(gblk, MiB, 4096, guest, 0), 0);
+        }
+        assert_int_equal(run_sync(s, NULL), 0);
+        block_copy_get_stats(s, &st);
+        assert_int_equal(st.bytes_offloaded, len);
+        if (writes) {
+            assert_int_equal(st.peak_offloading, 1);
+            assert_int_equal(st.narrowed, st.chunks);
+        } else {
+            assert_int_equal(st.peak_offloading, 2);
+            assert_int_equal(st.narrowed, 0);
+        }
+        blk_unref(gblk);
+        node_unref(raw);
+        copy_close(s, &e, src, dst);
+        memcpy(data, guest, 4096);
+        if (writes) {
+            memcpy(data + MiB, guest, 4096);
+        }
+        expect_file(tp, data, len);
+    }
+    g_free(data);
+    g_free(guest);
+}
+
+/*
  * qcow2 to qcow2 (what mirror and commit copy): data clusters of the top
  * and of its backing file go by copy_file_range between the images'
  * files; a compressed cluster, which has no file data to copy, is read
@@ -782,6 +845,7 @@ int main(void)
         cmocka_unit_test(test_compress),
         cmocka_unit_test(test_offload),
         cmocka_unit_test(test_offload_fallback),
+        cmocka_unit_test(test_offload_narrow),
         cmocka_unit_test(test_offload_qcow2),
         cmocka_unit_test(test_copy_range_core),
     };

@@ -9,13 +9,23 @@
  * when a worker is idle, and workers take whatever is queued before they
  * sleep again.
  *
- * pthread's mutex and condition variable rather than glib's: on Linux
+ * pthread's mutex and a POSIX semaphore rather than glib's: on Linux
  * GMutex and GCond are futexes driven by atomics inside libglib, which
  * ThreadSanitizer does not instrument, so under TSan every hand-over of a
- * request through them looked like a data race (pthread's are intercepted).
+ * request through them looked like a data race (pthread's and sem_* are
+ * intercepted).
+ *
+ * Idle workers sleep on a semaphore, not a condition variable: glibc's
+ * pthread_cond_signal (2.25 to 2.40) may wait in the kernel until workers
+ * woken earlier have run (__condvar_quiesce_and_switch_g1), and on a busy
+ * machine that took 8-27 ms each time, in the loop thread, while the
+ * guest's requests waited (342 such waits, 573 ms in a 2.5 s commit under
+ * load: docs/performance.md, "Intermediate commit under guest writes:
+ * where the guest waited").  sem_post never waits.
  */
 #include <errno.h>
 #include <pthread.h>
+#include <semaphore.h>
 #include <time.h>
 #include <glib.h>
 #include "strata/coroutine.h"
@@ -32,25 +42,20 @@ typedef struct PoolReq {
 } PoolReq;
 
 static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t pool_cond;
-static pthread_once_t pool_cond_once = PTHREAD_ONCE_INIT;
+static sem_t pool_sem;     /* one token per wake-up (pool_wakes of them) */
+static pthread_once_t pool_sem_once = PTHREAD_ONCE_INIT;
 static PoolReq *queue_head, **queue_tail = &queue_head;
 static int pool_max = 64;
 static int pool_threads;   /* workers alive */
 static int pool_idle;      /* workers waiting for work */
-static int pool_wakes;     /* signals sent that no worker has taken yet */
+static int pool_wakes;     /* tokens posted that no worker has taken yet */
 
 /* An idle worker exits after this long, so an idle process keeps no threads. */
 #define POOL_IDLE_SEC 10
 
-/* The idle timeout is measured on the monotonic clock, as g_cond_wait_until's. */
-static void pool_cond_init(void)
+static void pool_sem_init(void)
 {
-    pthread_condattr_t attr;
-    pthread_condattr_init(&attr);
-    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-    pthread_cond_init(&pool_cond, &attr);
-    pthread_condattr_destroy(&attr);
+    sem_init(&pool_sem, 0, 0);
 }
 
 static void pool_complete_bh(void *opaque)
@@ -65,17 +70,22 @@ static gpointer pool_worker(gpointer unused)
     pthread_mutex_lock(&pool_lock);
     for (;;) {
         while (!queue_head) {
-            pool_idle++;
+            /* The idle timeout is on CLOCK_REALTIME (sem_timedwait's):
+             * a clock step only changes when an idle worker exits. */
             struct timespec deadline;
-            clock_gettime(CLOCK_MONOTONIC, &deadline);
+            int r;
+            clock_gettime(CLOCK_REALTIME, &deadline);
             deadline.tv_sec += POOL_IDLE_SEC;
-            bool woke = pthread_cond_timedwait(&pool_cond, &pool_lock,
-                                               &deadline) != ETIMEDOUT;
+            pool_idle++;
+            pthread_mutex_unlock(&pool_lock);
+            do {
+                r = sem_timedwait(&pool_sem, &deadline);
+            } while (r < 0 && errno == EINTR);
+            pthread_mutex_lock(&pool_lock);
             pool_idle--;
-            if (pool_wakes > 0) {
+            if (r == 0) {
                 pool_wakes--;
-            }
-            if (!woke && !queue_head) {
+            } else if (!queue_head) {
                 pool_threads--;
                 pthread_mutex_unlock(&pool_lock);
                 return NULL;
@@ -109,7 +119,7 @@ int thread_pool_co_run(ThreadPoolFunc *fn, void *opaque)
         .fn = fn, .opaque = opaque, .co = co_self(), .loop = loop_get(),
     };
     bool wake = false;
-    pthread_once(&pool_cond_once, pool_cond_init);
+    pthread_once(&pool_sem_once, pool_sem_init);
     pthread_mutex_lock(&pool_lock);
     *queue_tail = &req;
     queue_tail = &req.next;
@@ -124,9 +134,9 @@ int thread_pool_co_run(ThreadPoolFunc *fn, void *opaque)
     }
     /* Otherwise a busy worker takes it when it finishes its request. */
     pthread_mutex_unlock(&pool_lock);
-    /* Signalled outside the lock: the woken worker need not wait for it. */
+    /* Posted outside the lock: the woken worker need not wait for it. */
     if (wake) {
-        pthread_cond_signal(&pool_cond);
+        sem_post(&pool_sem);
     }
     /*
      * req lives on this stack until its completion BH has run: the worker

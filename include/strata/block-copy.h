@@ -246,6 +246,10 @@ typedef struct BlockCopyStats {
     uint64_t peak_memory;
     int peak_in_flight;
     uint64_t writeback_kicks;   /* write-behind requests (write_behind) */
+    /* Most background offloads in flight at once, and how many ran alone
+     * because someone else wrote to the source or above it. */
+    int peak_offloading;
+    uint64_t narrowed;
 } BlockCopyStats;
 
 void block_copy_get_stats(const BlockCopyState *s, BlockCopyStats *st);
