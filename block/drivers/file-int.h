@@ -33,8 +33,8 @@ typedef struct FileState {
     uint32_t buf_align;
 
     /*
-     * The file lives in memory (tmpfs, ramfs): small buffered reads and
-     * writes are done in the calling thread (see file_rw_inline).
+     * The file lives in memory (tmpfs, ramfs): small buffered reads are
+     * done in the calling thread (see file_read_inline).
      */
     bool in_memory;
 

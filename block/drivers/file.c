@@ -635,35 +635,33 @@ static bool iov_is_aligned(const IOVec *v, uint32_t align)
 }
 
 /*
- * Below this size a buffered read or write of a file in memory is done in
- * the calling thread.  tmpfs has no non-blocking path (no FMODE_NOWAIT),
- * so io_uring hands every request to an io-wq worker and aio=threads to
- * a pool thread: two thread wake-ups (there and back) around a copy of a
+ * Up to this size a buffered read of a file in memory is done in the
+ * calling thread.  tmpfs has no non-blocking path (no FMODE_NOWAIT), so
+ * io_uring hands every request to an io-wq worker and aio=threads to a
+ * pool thread: two thread wake-ups (there and back) around a copy of a
  * few microseconds.  For a client that keeps one 64 KiB read in flight
  * (a backup tool pulling a fleecing export) those wake-ups were most of
- * the server's part of each round trip; a guest write under fleecing
- * (copy 64 KiB to the target, then write) took three.  Up to 256 KiB
- * (a backup client's merged runs of dirty clusters) the copy still costs
- * less than the hop; larger requests go to the workers, beside the loop,
- * as io_uring's large reads do.  A write that makes tmpfs allocate pages under memory pressure may
- * stall the loop for the reclaim; so would the swap-in of a read.
+ * the server's part of each round trip.  Up to 256 KiB (a backup
+ * client's merged runs of dirty clusters) the copy still costs less than
+ * the hop; larger reads go to the workers, beside the loop, as
+ * io_uring's large reads do.  Writes keep the engine: a coroutine that
+ * copies (a block job) then still yields at each of its writes, instead
+ * of running its whole copy in one go while nothing else in the loop
+ * runs; and a write to tmpfs allocates pages, which may wait for reclaim.
  */
 #define INLINE_MEM_MAX (256 * 1024)
 
-static bool file_rw_inline(const FileState *s, AioOp op, const IOVec *v)
+static bool file_read_inline(const FileState *s, AioOp op, const IOVec *v)
 {
-    return s->in_memory && op != AIO_OP_FLUSH && s->aio != AIO_NATIVE &&
+    return s->in_memory && op == AIO_OP_READ && s->aio != AIO_NATIVE &&
            !(s->open_flags & O_DIRECT) && v->size <= INLINE_MEM_MAX;
 }
 
-/* aio_co_rw() of a request file_rw_inline() accepts, in this thread. */
-static int64_t file_rw_here(FileState *s, AioOp op, int64_t offset,
-                            const IOVec *v)
+/* aio_co_rw() of a read file_read_inline() accepts, in this thread. */
+static int64_t file_read_here(FileState *s, int64_t offset, const IOVec *v)
 {
     for (;;) {
-        ssize_t n = op == AIO_OP_READ
-                    ? preadv(s->fd, v->iov, v->niov, offset)
-                    : pwritev(s->fd, v->iov, v->niov, offset);
+        ssize_t n = preadv(s->fd, v->iov, v->niov, offset);
         if (n >= 0 || errno != EINTR) {
             return n >= 0 ? n : -errno;
         }
@@ -695,8 +693,8 @@ static int64_t coroutine_fn do_rw(BlockNode *bs, AioEngine *e, AioOp op,
             cur = &rest;
         }
         /* The engines resubmit on EINTR/EAGAIN themselves. */
-        int64_t r = file_rw_inline(s, op, cur)
-                    ? file_rw_here(s, op, offset + done, cur)
+        int64_t r = file_read_inline(s, op, cur)
+                    ? file_read_here(s, offset + done, cur)
                     : aio_co_rw(e, s->fd, op, offset + done, cur->iov,
                                 cur->niov);
         if (r < 0) {
