@@ -32,6 +32,12 @@ typedef struct FileState {
     uint32_t request_alignment;
     uint32_t buf_align;
 
+    /*
+     * The file lives in memory (tmpfs, ramfs): small buffered reads are
+     * done in the calling thread (see file_read_inline).
+     */
+    bool in_memory;
+
     bool has_discard;
     bool has_write_zeroes;
     bool has_fallocate;
