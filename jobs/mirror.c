@@ -73,6 +73,14 @@ typedef struct MirrorJob {
     bool zero_target, unmap;
     BlockdevOnError on_source_error, on_target_error;
     uint32_t granularity;
+    /*
+     * The target's cluster size as QEMU's bdrv_round_to_clusters() sees it
+     * (0: it gives none), and the engine's granularity: the target's
+     * cluster size when copies must cover whole target clusters (see
+     * mirror_start_job()), else the job's granularity.
+     */
+    int64_t target_cluster;
+    int64_t copy_granularity;
     int64_t buf_size;
     int64_t length;
 
@@ -133,7 +141,7 @@ static int coroutine_fn mirror_classify_identical(MirrorJob *s,
                                                   int64_t offset,
                                                   int64_t *pnum)
 {
-    int64_t g = s->granularity;
+    int64_t g = s->copy_granularity;
     int64_t n = MIN(*pnum, (int64_t)(1 * MiB));
     if (n > g) {
         n -= n % g;
@@ -163,6 +171,38 @@ static int coroutine_fn mirror_classify_identical(MirrorJob *s,
     return first_same ? BLOCK_COPY_SKIP : BLOCK_COPY_DATA;
 }
 
+/*
+ * QEMU's choice between copying and zeroing (mirror_iteration()): a range
+ * the source reads as zeroes is zeroed only when it is at least one
+ * granule and covers whole target clusters; anything else is copied,
+ * zeroes included, so that the target allocates whole clusters as the
+ * source's data would (a partial cluster written as zeroes could stay a
+ * zero cluster where QEMU's target holds data).  With whole-cluster
+ * copies (copy_granularity above the job's granularity) a copy reaches to
+ * the end of its last target cluster, as QEMU's mirror_cow_align().
+ */
+static int mirror_qemu_method(MirrorJob *s, int64_t offset, int64_t bytes,
+                              bool data, int64_t *pnum)
+{
+    int64_t g = s->granularity;
+    int64_t c = s->target_cluster;
+    int64_t n = *pnum - *pnum % g;
+    bool copy = data;
+
+    if (n < g) {
+        n = g;
+        copy = true;
+    } else if (!copy && c && (offset % c || (offset + n) % c)) {
+        copy = true;
+    }
+    if (copy && s->copy_granularity > g) {
+        int64_t cg = s->copy_granularity;
+        n = (offset + n + cg - 1) / cg * cg - offset;
+    }
+    *pnum = MIN(n, bytes);
+    return copy ? BLOCK_COPY_DATA : BLOCK_COPY_ZERO;
+}
+
 static int coroutine_fn mirror_classify(void *opaque, int64_t offset,
                                         int64_t bytes, int64_t *pnum)
 {
@@ -179,7 +219,8 @@ static int coroutine_fn mirror_classify(void *opaque, int64_t offset,
     if ((ret & BLOCK_DATA) && s->is_commit && s->x.skip_identical) {
         return mirror_classify_identical(s, offset, pnum);
     }
-    if (ret & BLOCK_DATA) {
+    if (mirror_qemu_method(s, offset, bytes, ret & BLOCK_DATA, pnum) ==
+        BLOCK_COPY_DATA) {
         return BLOCK_COPY_DATA;
     }
     /*
@@ -300,7 +341,7 @@ static int coroutine_fn mirror_write_hook(void *opaque, BlockNode *filter,
             }
         } else {
             if (!w.raced) {
-                int64_t g = s->granularity;
+                int64_t g = s->copy_granularity;
                 int64_t start = (offset + g - 1) / g * g;
                 int64_t end = (offset + bytes) / g * g;
                 if (offset + bytes == s->length) {
@@ -341,7 +382,8 @@ static int coroutine_fn mirror_dirty_init(MirrorJob *s)
          * the source has allocated.  As in QEMU, the zeroing is not
          * progress (the job's len counts the allocated data only).
          */
-        int64_t chunk = ((int64_t)1 << 30) / s->granularity * s->granularity;
+        int64_t g = s->copy_granularity;
+        int64_t chunk = ((int64_t)1 << 30) / g * g;
         for (int64_t offset = 0; offset < s->length; offset += chunk) {
             job_pause_point(&s->common.job);
             if (job_is_cancelled(&s->common.job)) {
@@ -1066,6 +1108,32 @@ static MirrorJob *mirror_start_job(const StartArgs *a, GError **errp)
         error_setg(errp, "Can't mirror node into itself");
         return NULL;
     }
+    /*
+     * QEMU's mirror_run(): a target whose image names a backing file that
+     * is not open (drive-mirror mode=existing opens it only at the end;
+     * blockdev-add with backing=null) cannot fill a partly written cluster
+     * from it, so when its clusters are larger than the granularity every
+     * copy covers whole target clusters, and the target ends up with the
+     * source's data around every range copied (QEMU's cow_bitmap and
+     * mirror_cow_align(): the first copy into a cluster is widened to the
+     * whole cluster).  Here the engine's granularity is the target's
+     * cluster size: every copy, not only the first into a cluster, is
+     * whole clusters, which allocates the same clusters with the same
+     * data.
+     */
+    BlockDriverInfo bdi;
+    int64_t target_cluster = 0;
+    if (node_get_info(a->target, &bdi) == 0 && bdi.cluster_size > 0) {
+        target_cluster = bdi.cluster_size;
+    }
+    int64_t cow_cluster = target_cluster ? target_cluster : 512;
+    int64_t copy_granularity = granularity;
+    if (node_backing_file(a->target)[0] && !backing_chain_next(a->target) &&
+        granularity < cow_cluster) {
+        copy_granularity = cow_cluster;
+        buf_size = MAX(buf_size, cow_cluster);
+    }
+
     bool target_is_backing = chain_contains(a->bs, a->target);
     if (!target_is_backing &&
         chain_contains(a->bs, node_skip_filters(a->target))) {
@@ -1104,6 +1172,8 @@ static MirrorJob *mirror_start_job(const StartArgs *a, GError **errp)
     s->on_source_error = a->on_source_error;
     s->on_target_error = a->on_target_error;
     s->granularity = granularity;
+    s->target_cluster = target_cluster;
+    s->copy_granularity = copy_granularity;
     s->buf_size = (buf_size + granularity - 1) / granularity * granularity;
     s->replaces = g_strdup(a->replaces);
     s->x = a->x;
@@ -1143,7 +1213,8 @@ static MirrorJob *mirror_start_job(const StartArgs *a, GError **errp)
     }
     s->target_edge = blk_root(s->target_blk);
 
-    s->bitmap = node_create_dirty_bitmap(a->bs, granularity, NULL, errp);
+    s->bitmap = node_create_dirty_bitmap(a->bs, (uint32_t)copy_granularity,
+                                         NULL, errp);
     if (!s->bitmap) {
         goto fail;
     }
@@ -1233,7 +1304,7 @@ static MirrorJob *mirror_start_job(const StartArgs *a, GError **errp)
         .source = s->source_edge,
         .target = s->target_edge,
         .bitmap = s->bitmap,
-        .granularity = granularity,
+        .granularity = copy_granularity,
         .max_memory = (uint64_t)s->buf_size,
         /*
          * QEMU's requests: up to buf-size / 16 or 1 MiB, whichever is
@@ -1242,8 +1313,9 @@ static MirrorJob *mirror_start_job(const StartArgs *a, GError **errp)
          * QEMU's stops (QEMU 040: a read error in the first 512 KiB of an
          * active commit reports offset 0).
          */
-        .max_chunk = MIN(MAX(s->buf_size / MIRROR_MAX_IN_FLIGHT,
-                             MIRROR_MAX_IO_BYTES), s->buf_size),
+        .max_chunk = MAX(MIN(MAX(s->buf_size / MIRROR_MAX_IN_FLIGHT,
+                                 MIRROR_MAX_IO_BYTES), s->buf_size),
+                         copy_granularity),
         .fixed_chunk = true,
         .classify = mirror_classify,
         .classify_opaque = s,
