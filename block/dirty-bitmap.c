@@ -25,11 +25,26 @@ struct DirtyBitmap {
     /* While a job owns the bitmap (QEMU's successor): the anonymous
      * bitmap that records writes meanwhile; see dirty_bitmap_successor. */
     DirtyBitmap *successor;
+    GList *link;                 /* in bs->dirty_bitmaps: O(1) release */
 };
 
 static uint64_t chunks(unsigned gran_bits, int64_t bytes)
 {
     return ((uint64_t)bytes + (1ull << gran_bits) - 1) >> gran_bits;
+}
+
+/* The index keys are the bitmaps' own names (freed with the bitmap). */
+static void index_name(DirtyBitmap *bm)
+{
+    BlockNode *bs = bm->bs;
+
+    if (!bm->name) {
+        return;
+    }
+    if (!bs->dirty_bitmap_names) {
+        bs->dirty_bitmap_names = g_hash_table_new(g_str_hash, g_str_equal);
+    }
+    g_hash_table_replace(bs->dirty_bitmap_names, bm->name, bm);
 }
 
 DirtyBitmap *node_create_dirty_bitmap(BlockNode *bs, uint32_t granularity,
@@ -66,12 +81,24 @@ DirtyBitmap *node_create_dirty_bitmap(BlockNode *bs, uint32_t granularity,
     bm->name = g_strdup(name);
     bm->size = len;
     bs->dirty_bitmaps = g_list_prepend(bs->dirty_bitmaps, bm);
+    bm->link = bs->dirty_bitmaps;
+    index_name(bm);
     return bm;
 }
 
 void dirty_bitmap_release(DirtyBitmap *bm)
 {
-    bm->bs->dirty_bitmaps = g_list_remove(bm->bs->dirty_bitmaps, bm);
+    BlockNode *bs = bm->bs;
+
+    if (bm->name && bs->dirty_bitmap_names &&
+        g_hash_table_lookup(bs->dirty_bitmap_names, bm->name) == bm) {
+        g_hash_table_remove(bs->dirty_bitmap_names, bm->name);
+    }
+    bs->dirty_bitmaps = g_list_delete_link(bs->dirty_bitmaps, bm->link);
+    if (!bs->dirty_bitmaps && bs->dirty_bitmap_names) {
+        g_hash_table_destroy(bs->dirty_bitmap_names);
+        bs->dirty_bitmap_names = NULL;
+    }
     hbitmap_free(bm->hb);
     g_free(bm->name);
     g_free(bm);
@@ -86,13 +113,10 @@ void node_release_dirty_bitmaps(BlockNode *bs)
 
 DirtyBitmap *node_find_dirty_bitmap(BlockNode *bs, const char *name)
 {
-    for (GList *l = bs->dirty_bitmaps; l; l = l->next) {
-        DirtyBitmap *bm = l->data;
-        if (bm->name && !strcmp(bm->name, name)) {
-            return bm;
-        }
+    if (!bs->dirty_bitmap_names) {
+        return NULL;
     }
-    return NULL;
+    return g_hash_table_lookup(bs->dirty_bitmap_names, name);
 }
 
 GList *node_dirty_bitmaps(BlockNode *bs)
@@ -409,8 +433,13 @@ DirtyBitmap *dirty_bitmap_abdicate(DirtyBitmap *bm)
     DirtyBitmap *child = bm->successor;
 
     g_assert(child);
+    /* The name moves to the child: so does its index entry. */
+    if (bm->name) {
+        g_hash_table_remove(bm->bs->dirty_bitmap_names, bm->name);
+    }
     child->name = bm->name;
     bm->name = NULL;
+    index_name(child);
     child->persistent = bm->persistent;
     bm->persistent = false;
     bm->successor = NULL;

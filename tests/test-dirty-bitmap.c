@@ -408,6 +408,53 @@ static void test_copy(void **state)
     blk_unref(blk);
 }
 
+/*
+ * The per-node name index (an image may hold 65535 bitmaps): every
+ * bitmap is found by name, released ones are not, a successor's
+ * abdication moves the name to it, and the list keeps newest first.
+ */
+static void test_name_index(void **state)
+{
+    (void)state;
+    BlockBackend *blk = open_raw(false);
+    BlockNode *bs = blk_node(blk);
+    GError *err = NULL;
+    enum { N = 2000 };
+    DirtyBitmap *bms[N];
+    char name[16];
+
+    for (int i = 0; i < N; i++) {
+        snprintf(name, sizeof(name), "b%d", i);
+        bms[i] = node_create_dirty_bitmap(bs, 65536, name, &err);
+        assert_non_null(bms[i]);
+    }
+    assert_ptr_equal(node_dirty_bitmaps(bs)->data, bms[N - 1]);
+    assert_null(node_create_dirty_bitmap(bs, 65536, "b7", &err));
+    g_clear_error(&err);
+    /* Release every other one, from the middle of the list. */
+    for (int i = 0; i < N; i += 2) {
+        dirty_bitmap_release(bms[i]);
+    }
+    for (int i = 0; i < N; i++) {
+        snprintf(name, sizeof(name), "b%d", i);
+        assert_ptr_equal(node_find_dirty_bitmap(bs, name),
+                         i % 2 ? bms[i] : NULL);
+    }
+    assert_int_equal(g_list_length(node_dirty_bitmaps(bs)), N / 2);
+    /* The name goes to the successor; the anonymous one is not indexed. */
+    assert_true(dirty_bitmap_create_successor(bms[1], &err));
+    DirtyBitmap *child = dirty_bitmap_successor(bms[1]);
+    assert_ptr_equal(node_find_dirty_bitmap(bs, "b1"), bms[1]);
+    assert_ptr_equal(dirty_bitmap_abdicate(bms[1]), child);
+    assert_ptr_equal(node_find_dirty_bitmap(bs, "b1"), child);
+    assert_string_equal(dirty_bitmap_name(child), "b1");
+    node_release_dirty_bitmaps(bs);
+    assert_null(node_find_dirty_bitmap(bs, "b3"));
+    assert_non_null(node_create_dirty_bitmap(bs, 65536, "b3", &err));
+    node_release_dirty_bitmaps(bs);
+    blk_unref(blk);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -417,6 +464,7 @@ int main(void)
         cmocka_unit_test(test_backup_restore),
         cmocka_unit_test(test_recover),
         cmocka_unit_test(test_copy),
+        cmocka_unit_test(test_name_index),
     };
     int ret = cmocka_run_group_tests(tests, NULL, NULL);
     if (path) {

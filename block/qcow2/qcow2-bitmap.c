@@ -272,6 +272,22 @@ static Qcow2Bitmap *find_bitmap(GPtrArray *list, const char *name)
     return NULL;
 }
 
+/*
+ * Name -> entry of list, for a lookup per bitmap of the node: with up to
+ * 65535 bitmaps, find_bitmap() for each made closing take minutes.  The
+ * keys belong to the entries.
+ */
+static GHashTable *index_bitmaps(GPtrArray *list)
+{
+    GHashTable *h = g_hash_table_new(g_str_hash, g_str_equal);
+
+    for (guint i = 0; i < list->len; i++) {
+        Qcow2Bitmap *bm = list->pdata[i];
+        g_hash_table_insert(h, bm->name, bm);
+    }
+    return h;
+}
+
 static int bitmap_table_load(BlockNode *bs, uint64_t offset, uint32_t size,
                              uint64_t **table)
 {
@@ -621,7 +637,7 @@ int coroutine_fn qcow2_load_dirty_bitmaps(BlockNode *bs, int flags,
         if (!(bm->flags & BME_FLAG_AUTO)) {
             dirty_bitmap_set_enabled(d, false);
         }
-        created = g_slist_append(created, d);
+        created = g_slist_prepend(created, d);
     }
     if (needs_update && writable) {
         int ret = update_dir_in_place(bs, list);
@@ -804,6 +820,7 @@ bool coroutine_fn qcow2_store_persistent_dirty_bitmaps(BlockNode *bs,
     GArray *drop = g_array_new(false, false, sizeof(DropTable));
     bool need_write = false;
     GPtrArray *list;
+    GHashTable *by_name;
     int ret;
 
     if (new_nb == 0) {
@@ -817,6 +834,7 @@ bool coroutine_fn qcow2_store_persistent_dirty_bitmaps(BlockNode *bs,
         }
     }
 
+    by_name = index_bitmaps(list);
     for (GList *l = node_dirty_bitmaps(bs); l; l = l->next) {
         DirtyBitmap *d = l->data;
         const char *name = dirty_bitmap_name(d);
@@ -827,7 +845,7 @@ bool coroutine_fn qcow2_store_persistent_dirty_bitmaps(BlockNode *bs,
         }
         if (dirty_bitmap_readonly(d)) {
             /* Unchanged; remembered only to be released. */
-            bm = find_bitmap(list, name);
+            bm = g_hash_table_lookup(by_name, name);
             if (bm) {
                 bm->dbm = d;
             }
@@ -840,7 +858,7 @@ bool coroutine_fn qcow2_store_persistent_dirty_bitmaps(BlockNode *bs,
                            "constraints: ", name);
             goto fail;
         }
-        bm = find_bitmap(list, name);
+        bm = g_hash_table_lookup(by_name, name);
         if (!bm) {
             if (++new_nb > QCOW2_MAX_BITMAPS) {
                 error_setg(errp, "Too many persistent bitmaps");
@@ -854,6 +872,7 @@ bool coroutine_fn qcow2_store_persistent_dirty_bitmaps(BlockNode *bs,
             bm = g_new0(Qcow2Bitmap, 1);
             bm->name = g_strdup(name);
             g_ptr_array_add(list, bm);
+            g_hash_table_insert(by_name, bm->name, bm);
         } else {
             DropTable dt = { bm->table_offset, bm->table_size };
             if (!(bm->flags & BME_FLAG_IN_USE)) {
@@ -905,6 +924,7 @@ bool coroutine_fn qcow2_store_persistent_dirty_bitmaps(BlockNode *bs,
             }
         }
     }
+    g_hash_table_destroy(by_name);
     g_ptr_array_free(list, true);
     g_array_free(drop, true);
     return true;
@@ -917,6 +937,7 @@ fail:
         }
         free_bitmap_clusters(bs, &bm->table_offset, &bm->table_size);
     }
+    g_hash_table_destroy(by_name);
     g_ptr_array_free(list, true);
     g_array_free(drop, true);
     return false;
@@ -983,7 +1004,7 @@ int coroutine_fn qcow2_reopen_bitmaps_rw(BlockNode *bs, GError **errp)
             goto out;
         }
         if (dirty_bitmap_readonly(d)) {
-            ro = g_slist_append(ro, d);
+            ro = g_slist_prepend(ro, d);
         }
     }
     if (need_update) {

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "qcow2.h"
+#include "qcow2-bitmap.h"
 #include "strata/block-events.h"
 
 /* The names QEMU 7.2 writes in its feature name table, in this order. */
@@ -249,10 +250,13 @@ static int coroutine_fn read_extensions(BlockNode *bs, uint64_t start,
                            "offset");
                 return -EINVAL;
             }
-            if (s->bitmaps_ext.bitmap_directory_size > 64 * 1024 * 1024) {
+            /* QEMU's limit is 1 KiB per bitmap (1024 * 65535), not 64 MiB. */
+            if (s->bitmaps_ext.bitmap_directory_size >
+                QCOW2_MAX_BITMAP_DIRECTORY_SIZE) {
                 error_setg(errp, "bitmaps_ext: bitmap directory size (%" PRIu64
-                           ") exceeds the maximum supported size (67108864)",
-                           s->bitmaps_ext.bitmap_directory_size);
+                           ") exceeds the maximum supported size (%u)",
+                           s->bitmaps_ext.bitmap_directory_size,
+                           QCOW2_MAX_BITMAP_DIRECTORY_SIZE);
                 return -EINVAL;
             }
             s->has_bitmaps_ext = true;

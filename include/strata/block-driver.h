@@ -407,6 +407,12 @@ struct BlockNode {
 
     /* Named dirty bitmaps (strata/dirty-bitmap.h), newest first. */
     GList *dirty_bitmaps;
+    /*
+     * Name -> named bitmap of dirty_bitmaps (block/dirty-bitmap.c): an
+     * image may hold 65535 of them, and a linear search per bitmap made
+     * opening one take minutes.
+     */
+    GHashTable *dirty_bitmap_names;
 };
 
 enum { DETECT_ZEROES_OFF = 0, DETECT_ZEROES_ON, DETECT_ZEROES_UNMAP };
