@@ -6,7 +6,9 @@ QEMU 7.2 walks every bitmap for each one it loads or checks, so on such
 an image qemu-img check takes minutes; only oracle runs (which write the
 goldens) get long timeouts.  The program under test keeps the default
 ones: it must open these images quickly."""
+import atexit
 import json
+import os
 import re
 
 from filters import filter_sanitizer_notices
@@ -14,6 +16,24 @@ import iotests as t
 import qmp
 
 SLOW = 1800 if t.oracle_mode() else t.TIMEOUT
+
+
+def image_path(name):
+    """TEST_DIR/name, a symbolic link to a file in /dev/shm where there is
+    one.  These images hold hundreds of MiB once a program has rewritten
+    their directory, and on a file system mounted with discard (this
+    machine's ext4) freeing them at the end of the test took minutes of
+    the host's discards; tmpfs frees them at once.  The link keeps the
+    path (and so the goldens) the same."""
+    path = t.test_path(name)
+    shm = '/dev/shm'
+    if not (os.path.isdir(shm) and os.access(shm, os.W_OK)):
+        return path
+    real = os.path.join(shm, 'strata-iotest-%d-%s' % (os.getpid(), name))
+    open(real, 'wb').close()
+    os.symlink(real, path)
+    atexit.register(lambda: os.path.exists(real) and os.unlink(real))
+    return path
 
 
 def short(name):
