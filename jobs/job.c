@@ -539,9 +539,25 @@ void coroutine_fn job_sleep_ns(Job *job, int64_t ns)
 void job_pause(Job *job)
 {
     job->pause_count++;
-    if (!job->paused) {
-        job_enter(job);
+    if (job->paused) {
+        return;
     }
+    /*
+     * Outside a coroutine, QEMU's aio_co_wake() enters the job at once: an
+     * idle job parks (and says so) before job_pause() returns, so jobs
+     * drained one after the other pause in that order, whatever wake-ups
+     * of other jobs are already queued (qsd's shutdown events show it).
+     * Entered now, an idle job that is not cancelled only passes its pause
+     * point and yields again: nothing else runs under the caller.
+     */
+    if (!in_coroutine() && job_started(job) && !job->deferred &&
+        !job->busy && !job_is_cancelled(job)) {
+        timer_del(job);
+        job->busy = true;
+        co_enter(job->co);
+        return;
+    }
+    job_enter(job);
 }
 
 void job_resume(Job *job)

@@ -515,6 +515,36 @@ static void test_internal_pause_counting(void **state)
     job_cancel_sync(job, true);
 }
 
+/*
+ * A pause from outside a coroutine (a drain) parks an idle job at once,
+ * as QEMU's aio_co_wake() enters the coroutine there: jobs drained one
+ * after the other pause in that order even when another one's wake-up
+ * (an I/O completion, here a stray job_enter()) is already queued.  The
+ * daemon's shutdown drain relies on it for the order of its events.
+ */
+static void test_pause_enters_at_once(void **state)
+{
+    TestJob *a = new_job("a", 1, 0, NULL);
+    TestJob *b = new_job("b", 1, 0, NULL);
+    a->use_gate = b->use_gate = true;
+    job_start(&a->common);
+    job_start(&b->common);
+    wait_status(&b->common, JOB_STATUS_RUNNING);
+    wait_idle(&a->common);
+    wait_idle(&b->common);
+    ev_clear();
+    job_enter(&b->common);
+    job_pause(&a->common);
+    assert_int_equal(a->common.status, JOB_STATUS_PAUSED);
+    job_pause(&b->common);
+    wait_status(&b->common, JOB_STATUS_PAUSED);
+    assert_string_equal(ev(), "a:paused b:paused ");
+    job_resume(&a->common);
+    job_resume(&b->common);
+    job_cancel_sync(&a->common, true);
+    job_cancel_sync(&b->common, true);
+}
+
 /* ---- Cancellation ---- */
 
 static void test_cancel_at_pause_point(void **state)
@@ -1040,6 +1070,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_user_pause_resume, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_pause_before_start, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_pause_enters_at_once, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_internal_pause_counting, setup,
                                         teardown),

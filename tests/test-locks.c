@@ -4,6 +4,7 @@
  * interoperation with a real qemu-io (skipped when qemu-io is missing).
  */
 #include <errno.h>
+#include <inttypes.h>
 #include <fcntl.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -227,10 +228,16 @@ static char *qemu_io_path(void)
     return g_find_program_in_path("qemu-io");
 }
 
-/* Start qemu-io holding img open for a while; wait until it holds byte 100. */
+/*
+ * Start qemu-io holding img open for a while; wait until it holds exactly
+ * perm and unshared.  qemu-io takes its lock bytes one fcntl() at a time
+ * (QEMU's raw_apply_lock_bytes), so the first byte held says nothing about
+ * the others yet: under load the probe may come between two of them.
+ */
 static pid_t qemu_io_hold(const char *img, const char *fmt, bool readonly,
-                          int probe_fd)
+                          int probe_fd, uint64_t perm, uint64_t unshared)
 {
+    uint64_t p = 0, u = 0;
     pid_t pid = fork();
     assert_true(pid >= 0);
     if (pid == 0) {
@@ -246,13 +253,18 @@ static pid_t qemu_io_hold(const char *img, const char *fmt, bool readonly,
         }
         _exit(127);
     }
-    for (int i = 0; i < 1000; i++) {
-        if (lock_fd_test(probe_fd, LOCK_PERM_BASE, 1, true) == -EAGAIN) {
+    for (int i = 0; i < 3000; i++) {
+        held_by_others(probe_fd, &p, &u);
+        if (p == perm && u == unshared) {
             return pid;
         }
         g_usleep(10000);
     }
-    fail_msg("qemu-io did not take its locks");
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    fail_msg("qemu-io did not take its locks: holds perm 0x%" PRIx64
+             " unshared 0x%" PRIx64 ", expected 0x%" PRIx64 " 0x%" PRIx64,
+             p, u, perm, unshared);
     return -1;
 }
 
@@ -307,7 +319,7 @@ static void test_qemu_holds(void **state)
     image_lock_init(&il, fd, true);
 
     /* qcow2 read-write: takes r/w/resize, does not share write/resize. */
-    pid_t pid = qemu_io_hold(path, "qcow2", false, fd);
+    pid_t pid = qemu_io_hold(path, "qcow2", false, fd, R | W | RS, W | RS);
     assert_held(fd, R | W | RS, W | RS);
     assert_int_equal(image_lock_prepare(&il, R | W, ALL, path, &err), -EAGAIN);
     assert_true(g_str_has_prefix(err->message, "Failed to get \"write\" lock"));
@@ -323,7 +335,7 @@ static void test_qemu_holds(void **state)
     qemu_io_stop(pid);
 
     /* qcow2 read-only: takes r, still does not share write/resize. */
-    pid = qemu_io_hold(path, "qcow2", true, fd);
+    pid = qemu_io_hold(path, "qcow2", true, fd, R, W | RS);
     assert_held(fd, R, W | RS);
     assert_int_equal(image_lock_prepare(&il, R | W, R | WU, path, &err),
                      -EAGAIN);

@@ -411,6 +411,78 @@ static void test_commit_discard_source(void **state)
 
 /* Refused when the image between top and base has another user; nothing
  * changes (the base and mid stay read-only). */
+/*
+ * x-strata-discard-source when the guest rewrites part of a committed
+ * range between its copy and its punch: the job's flush of the base (the
+ * first step of a punch) is held by a blkdebug breakpoint while the guest
+ * writes one cluster in the middle of the 1.5 MiB the job just copied in
+ * one range.  That cluster is copied again; the clean clusters around it
+ * must leave the top all the same (they stayed there for good once: the
+ * whole range was refused for its dirty part).
+ */
+static void test_commit_discard_source_redirty(void **state)
+{
+    (void)state;
+    char *bp = test_path("base.raw");
+    char *tp = make_qcow2("top.qcow2", SIZE, NULL);
+    GError *err = NULL;
+    json_t *o = json_pack("{s:I}", "size", (json_int_t)SIZE);
+    assert_true(image_create("raw", bp, o, &err));
+
+    json_t *opts = json_pack(
+        "{s:s, s:{s:s, s:s}, s:{s:s, s:b, s:{s:s, s:{s:s, s:s}}}}",
+        "driver", "qcow2",
+        "file", "driver", "file", "filename", tp,
+        "backing", "driver", "raw", "read-only", 0,
+        "file", "driver", "blkdebug",
+        "image", "driver", "file", "filename", bp);
+    BlockBackend *b = blk_new_open(NULL, opts, NODE_O_RDWR, &err);
+    if (!b) {
+        fail_msg("open: %s", err->message);
+    }
+    write_pattern(b, 3 * MiB / 2, 3 * MiB / 2, 0x33);
+    BlockNode *top = blk_node(b), *base = node_backing(top);
+    assert_int_equal(node_debug_breakpoint(base, "flush_to_disk", "f"), 0);
+
+    CommitActiveOptions x = { .discard_source = true };
+    BlockJob *job = commit_active_start("c5", top, base, 0, 0,
+                                        BLOCKDEV_ON_ERROR_REPORT, NULL, &x,
+                                        &err);
+    if (!job) {
+        fail_msg("commit_active_start: %s", err->message);
+    }
+    Job *j = &job->job;
+    job_ref(j);
+    LOOP_WAIT_WHILE(node_debug_is_suspended(base, "f") != 1);
+    assert_false(job_is_ready(j));
+    write_pattern(b, 2 * MiB, 64 * KiB, 0x44);
+    assert_int_equal(node_debug_resume(base, "f"), 0);
+    LOOP_WAIT_WHILE(!job_is_ready(j) && !job_is_completed(j));
+    assert_true(job_is_ready(j));
+    assert_int_equal(job_cancel_sync(j, false), 0);
+    assert_int_equal(j->ret, 0);
+    job_unref(j);
+    check_pattern(b, 3 * MiB / 2, MiB / 2, 0x33);
+    check_pattern(b, 2 * MiB, 64 * KiB, 0x44);
+    check_pattern(b, 2 * MiB + 64 * KiB, MiB - 64 * KiB, 0x33);
+    blk_unref(b);
+
+    int status;
+    /* No backing file in its header: whatever the top holds is data. */
+    const char *map[] = { "qemu-img", "map", "--output=json", "-f", "qcow2",
+                          tp, NULL };
+    char *out = run_capture(map, &status);
+    assert_true(g_spawn_check_wait_status(status, NULL));
+    if (strstr(out, "\"data\": true")) {
+        fail_msg("the top still holds data:\n%s", out);
+    }
+    g_free(out);
+    unlink(bp);
+    unlink(tp);
+    g_free(bp);
+    g_free(tp);
+}
+
 static void test_commit_discard_source_refused(void **state)
 {
     (void)state;
@@ -450,6 +522,7 @@ int main(void)
         cmocka_unit_test(test_commit_start_fails),
         cmocka_unit_test(test_commit_skip_identical),
         cmocka_unit_test(test_commit_discard_source),
+        cmocka_unit_test(test_commit_discard_source_redirty),
         cmocka_unit_test(test_commit_discard_source_refused),
         cmocka_unit_test(test_mirror_complete),
     };
