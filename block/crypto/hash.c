@@ -95,12 +95,12 @@ int crypto_pbkdf2(CryptoHashAlg hash, const uint8_t *key, size_t nkey,
     return 0;
 }
 
-static uint64_t thread_cpu_ms(void)
+static uint64_t thread_cpu_us(void)
 {
     struct timespec ts;
 
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+    return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
 }
 
 /*
@@ -116,29 +116,43 @@ uint64_t crypto_pbkdf2_count_iters(CryptoHashAlg hash, const uint8_t *key,
     uint8_t *out = g_malloc(nout);
     uint64_t iterations = 1 << 15;
     uint64_t delta;
+    int still = 0;
 
     for (;;) {
-        uint64_t start = thread_cpu_ms();
+        uint64_t start = thread_cpu_us();
         if (crypto_pbkdf2(hash, key, nkey, salt, nsalt, iterations, out,
                           nout, errp) < 0) {
             g_free(out);
             return 0;
         }
-        delta = thread_cpu_ms() - start;
+        /*
+         * Microseconds, where QEMU counts milliseconds, and a reading that
+         * stood still is retried with more work before it is an error:
+         * once, in a fresh-machine run of qmp-iothread-amend-transaction
+         * at high load, a 32768-iteration run (about 17 ms of CPU here)
+         * read 0 ms and the create failed.  The cause is not proven (a
+         * VM's stolen time is taken out of a thread's CPU time); a clock
+         * that never moves still fails, as QEMU's does.
+         */
+        delta = thread_cpu_us() - start;
+        if (delta == 0 && ++still < 3) {
+            iterations *= 10;
+            continue;
+        }
         if (delta == 0) {
             /* As QEMU (Debian's 7.2): a clock too coarse to scale by. */
             error_setg(errp, "Unable to get accurate CPU usage");
             g_free(out);
             return 0;
-        } else if (delta > 500) {
+        } else if (delta > 500000) {
             break;
-        } else if (delta < 100) {
+        } else if (delta < 100000) {
             iterations *= 10;
         } else {
-            iterations = iterations * 1000 / delta;
+            iterations = iterations * 1000000 / delta;
         }
     }
     memset(out, 0, nout);
     g_free(out);
-    return iterations * 1000 / delta;
+    return iterations * 1000000 / delta;
 }
