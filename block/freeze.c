@@ -50,8 +50,7 @@ bool child_check_not_frozen(const BlockChild *c, const char *action,
     return false;
 }
 
-/* The edge through which top's data comes from below: backing or filtered. */
-static BlockChild *chain_child(BlockNode *bs)
+BlockChild *chain_child(BlockNode *bs)
 {
     if (bs->backing) {
         return bs->backing;

@@ -890,6 +890,25 @@ static void machine_complete(Job *job, GError **errp)
  * After the overlays: the passes with the guest running, the pause, then
  * the steps of a stopped snapshot with only the last pages left to write.
  */
+/*
+ * Step 'ram' of a snapshot failed after the transaction: the overlays come
+ * off again, and the error says whether they did.
+ */
+static int coroutine_fn ram_step_failed(MachineJob *s, GError *err,
+                                        GError **errp)
+{
+    GError *undo = NULL;
+
+    if (unsnapshot_disks(s, &undo)) {
+        return step_failed(errp, "ram", err, "the disks are back on their "
+                           "images and the state file is unchanged");
+    }
+    g_autofree char *state = g_strdup_printf(
+        "the state file is unchanged, but %s", undo->message);
+    g_error_free(undo);
+    return step_failed(errp, "ram", err, state);
+}
+
 static int coroutine_fn do_live(MachineJob *s, GError **errp)
 {
     static const char unchanged[] = "the disks and the state file are "
@@ -934,16 +953,7 @@ static int coroutine_fn do_live(MachineJob *s, GError **errp)
     }
     wait_run(s, false);
     if (!end_run(s, true, false, &touched, &err)) {
-        GError *undo = NULL;
-        if (unsnapshot_disks(s, &undo)) {
-            return step_failed(errp, "ram", err, "the disks are back on "
-                               "their images and the state file is "
-                               "unchanged");
-        }
-        g_autofree char *state = g_strdup_printf(
-            "the state file is unchanged, but %s", undo->message);
-        g_error_free(undo);
-        return step_failed(errp, "ram", err, state);
+        return ram_step_failed(s, err, errp);
     }
     return 0;
 }
@@ -978,16 +988,7 @@ static int coroutine_fn do_snapshot(MachineJob *s, GError **errp)
                            "state file are unchanged");
     }
     if (!run_ram(s, true, &touched, &err)) {
-        GError *undo = NULL;
-        if (unsnapshot_disks(s, &undo)) {
-            return step_failed(errp, "ram", err, "the disks are back on "
-                               "their images and the state file is "
-                               "unchanged");
-        }
-        g_autofree char *state = g_strdup_printf(
-            "the state file is unchanged, but %s", undo->message);
-        g_error_free(undo);
-        return step_failed(errp, "ram", err, state);
+        return ram_step_failed(s, err, errp);
     }
     return 0;
 }

@@ -104,21 +104,6 @@ bool node_is_cor_filter(const BlockNode *bs)
     return bs && bs->drv == &bdrv_copy_on_read;
 }
 
-/* The edge through which bs's data comes from below, as freeze.c walks. */
-static BlockChild *chain_child(BlockNode *bs)
-{
-    if (bs->backing) {
-        return bs->backing;
-    }
-    for (GList *l = bs->children; l; l = l->next) {
-        BlockChild *c = l->data;
-        if (c->role & CHILD_ROLE_FILTERED) {
-            return c;
-        }
-    }
-    return NULL;
-}
-
 /*
  * QEMU's freeze is a flag, not a counter: a chain another user froze
  * cannot be frozen again, and QEMU says which link is in the way.

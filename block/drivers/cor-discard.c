@@ -55,21 +55,6 @@ static CorEntry *entry(CorDiscard *d, guint i)
     return &g_array_index(d->entries, CorEntry, i);
 }
 
-/* The link through which bs's data comes from below, as freeze.c walks. */
-static BlockChild *chain_link(BlockNode *bs)
-{
-    if (bs->backing) {
-        return bs->backing;
-    }
-    for (GList *l = bs->children; l; l = l->next) {
-        BlockChild *c = l->data;
-        if (c->role & CHILD_ROLE_FILTERED) {
-            return c;
-        }
-    }
-    return NULL;
-}
-
 /* Only the chain (and the filter's edge) uses e->bs. */
 static bool entry_unshared(const CorEntry *e, GError **errp)
 {
@@ -153,7 +138,7 @@ static bool collect(CorDiscard *d, BlockNode *top, BlockNode *bottom,
         if (e.bs == bottom) {
             break;
         }
-        above = chain_link(e.bs);
+        above = chain_child(e.bs);
     }
     return true;
 }

@@ -198,6 +198,9 @@ bool child_check_not_frozen(const BlockChild *c, const char *action,
 bool chain_freeze(BlockNode *top, BlockNode *base, const char *owner,
                   GError **errp);
 void chain_unfreeze(BlockNode *top, BlockNode *base, const char *owner);
+/* The edge through which bs's data comes from below (backing, else the
+ * filtered child), the path chain_freeze() walks; NULL at the bottom. */
+BlockChild *chain_child(BlockNode *bs);
 
 /* ---- Reopen (transaction over several nodes) ---- */
 
