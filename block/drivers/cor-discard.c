@@ -268,16 +268,16 @@ static guint coroutine_fn drop_range(CorDiscard *d, guint n, int64_t off,
     return n;
 }
 
-static void coroutine_fn drop(CorDiscard *d, HBitmap *todo)
+static void coroutine_fn drop(CorDiscard *d, HBitmap *ranges)
 {
     BlockNode *top = node_skip_filters(d->cor->file->bs);
     int64_t len = node_getlength(top);
-    uint64_t size = hbitmap_size(todo);
+    uint64_t size = hbitmap_size(ranges);
     guint n = usable(d);
 
-    for (int64_t bit = hbitmap_next_set(todo, 0, size);
+    for (int64_t bit = hbitmap_next_set(ranges, 0, size);
          bit >= 0 && n > 0 && len > 0;) {
-        int64_t end_bit = hbitmap_next_clear(todo, (uint64_t)bit,
+        int64_t end_bit = hbitmap_next_clear(ranges, (uint64_t)bit,
                                              size - (uint64_t)bit);
         if (end_bit < 0) {
             end_bit = (int64_t)size;
@@ -299,36 +299,36 @@ static void coroutine_fn drop(CorDiscard *d, HBitmap *todo)
         if ((uint64_t)end_bit >= size) {
             break;
         }
-        bit = hbitmap_next_set(todo, (uint64_t)end_bit,
+        bit = hbitmap_next_set(ranges, (uint64_t)end_bit,
                                size - (uint64_t)end_bit);
     }
 }
 
 int coroutine_fn cor_discard_flush(CorDiscard *d)
 {
-    HBitmap *todo = NULL;
+    HBitmap *ranges = NULL;
     int ret;
 
     co_mutex_lock(&d->lock);
     if (d->pending && hbitmap_count(d->pending) > 0) {
-        todo = d->pending;
-        d->pending = hbitmap_new(hbitmap_size(todo));
+        ranges = d->pending;
+        d->pending = hbitmap_new(hbitmap_size(ranges));
     }
     /* What the ranges were noted for is on disk before anything drops. */
     ret = node_co_flush(d->cor->file->bs);
-    if (todo && ret < 0) {
+    if (ranges && ret < 0) {
         /* Not durable: they wait for a flush that works. */
-        uint64_t size = MAX(hbitmap_size(todo), hbitmap_size(d->pending));
-        hbitmap_truncate(todo, size);
+        uint64_t size = MAX(hbitmap_size(ranges), hbitmap_size(d->pending));
+        hbitmap_truncate(ranges, size);
         hbitmap_truncate(d->pending, size);
-        hbitmap_merge(todo, d->pending);
+        hbitmap_merge(ranges, d->pending);
         hbitmap_free(d->pending);
-        d->pending = todo;
-        todo = NULL;
+        d->pending = ranges;
+        ranges = NULL;
     }
-    if (todo) {
-        drop(d, todo);
-        hbitmap_free(todo);
+    if (ranges) {
+        drop(d, ranges);
+        hbitmap_free(ranges);
     }
     co_mutex_unlock(&d->lock);
     return ret;
