@@ -9,8 +9,19 @@
 # OUT/<mode>-<fmt>.tsv: test, pass|fail|skip|timeout; each test's TAP log and
 # failing output (NNN.out.bad) under OUT/<mode>-<fmt>/<test>/.
 # VM_TEST_TIMEOUT: seconds per test (default 120).
+#
+# The tests are QEMU 7.2.0's with Debian's stable updates applied
+# (tools/iotests-vm-tree.sh), made once in the cache: the programs on the
+# machine are Debian's 7.2.N, and the 7.2.0 goldens disagree with them where
+# the updates changed behaviour (141, the SHUTDOWN order of 127/184/247).
+# IOTESTS_REF=DIR picks another tree; IOTESTS_ORIG=1 runs the 7.2.0 tests.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
+if [[ -z ${IOTESTS_REF:-} && ${IOTESTS_ORIG:-0} != 1 ]]; then
+  IOTESTS_REF=${XDG_CACHE_HOME:-$HOME/.cache}/strata-iotests-debian
+  "$here/iotests-vm-tree.sh" "$IOTESTS_REF" || exit 1
+  export IOTESTS_REF
+fi
 mode=$1 fmt=$2 out=$3; shift 3
 build=()
 if [[ $mode == strata ]]; then build=("$(cd "$1" && pwd)"); shift; fi
