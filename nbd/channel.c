@@ -9,8 +9,18 @@
 #include <glib-unix.h>
 #include "strata/loop.h"
 #include "channel.h"
+#include "spin.h"
 
 #define RBUF_SIZE (64 * 1024)
+
+/*
+ * The longest busy wait for a client's next request (spin.h).  A client
+ * that keeps one request in flight sends the next one as soon as it has
+ * taken our reply: tens of microseconds on an idle machine.  Longer gaps
+ * are not worth a CPU spinning through them.
+ */
+#define SPIN_MAX_NS (128 * 1000)
+#define SPIN_MIN_NS (8 * 1000)
 
 typedef struct {
     GSource base;
@@ -28,6 +38,13 @@ struct NbdChannel {
     size_t rpos, rlen;
     /* The last read left the socket empty: poll before reading again. */
     bool drained;
+    /*
+     * How long the loop busy-waits for the next request once the socket
+     * is empty; adapted as QEMU adapts its poll time: doubled while the
+     * requests come a little later than that, 0 once one comes after
+     * SPIN_MAX_NS.
+     */
+    int64_t spin_ns;
 };
 
 /*
@@ -130,6 +147,23 @@ static void coroutine_fn channel_wait(NbdChannel *ch, bool for_write)
     }
     channel_set_watch(ch, ch->watched | (for_write ? G_IO_OUT : G_IO_IN));
     co_yield();
+}
+
+/* Wait for the next request on an empty socket, busy for a while. */
+static void coroutine_fn channel_wait_request(NbdChannel *ch)
+{
+    int64_t start = clock_ns();
+
+    if (ch->spin_ns) {
+        nbd_spin_until(start + ch->spin_ns);
+    }
+    channel_wait(ch, false);
+    int64_t waited = clock_ns() - start;
+    if (waited > SPIN_MAX_NS) {
+        ch->spin_ns = 0;
+    } else if (waited > ch->spin_ns) {
+        ch->spin_ns = MIN(SPIN_MAX_NS, MAX(SPIN_MIN_NS, 2 * ch->spin_ns));
+    }
 }
 
 void nbd_channel_shutdown(NbdChannel *ch)
@@ -242,7 +276,7 @@ int coroutine_fn nbd_channel_read(NbdChannel *ch, void *buf, size_t len)
              * call per request for nothing.
              */
             if (ch->drained && !ch->shut) {
-                channel_wait(ch, false);
+                channel_wait_request(ch);
             }
             n = channel_recv_some(ch, ch->rbuf, RBUF_SIZE);
             if (n > 0) {
