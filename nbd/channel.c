@@ -21,6 +21,13 @@
  */
 #define SPIN_MAX_NS (128 * 1000)
 #define SPIN_MIN_NS (8 * 1000)
+/*
+ * Requests after a spin that missed before the gap is measured again.  A
+ * miss is what a busy machine looks like (the client waited for a CPU,
+ * perhaps for the one we kept busy): most of the time the loop sleeps
+ * there, as without the spin.
+ */
+#define SPIN_BACKOFF 16
 
 typedef struct {
     GSource base;
@@ -40,11 +47,12 @@ struct NbdChannel {
     bool drained;
     /*
      * How long the loop busy-waits for the next request once the socket
-     * is empty; adapted as QEMU adapts its poll time: doubled while the
-     * requests come a little later than that, 0 once one comes after
-     * SPIN_MAX_NS.
+     * is empty (0: it sleeps at once): twice the last gap measured
+     * asleep, if that was at most SPIN_MAX_NS; after a miss, 0 for
+     * spin_off requests.
      */
     int64_t spin_ns;
+    unsigned spin_off;
 };
 
 /*
@@ -153,16 +161,23 @@ static void coroutine_fn channel_wait(NbdChannel *ch, bool for_write)
 static void coroutine_fn channel_wait_request(NbdChannel *ch)
 {
     int64_t start = clock_ns();
+    bool spun = ch->spin_ns > 0;
 
-    if (ch->spin_ns) {
+    if (spun) {
         nbd_spin_until(start + ch->spin_ns);
     }
     channel_wait(ch, false);
     int64_t waited = clock_ns() - start;
-    if (waited > SPIN_MAX_NS) {
-        ch->spin_ns = 0;
-    } else if (waited > ch->spin_ns) {
-        ch->spin_ns = MIN(SPIN_MAX_NS, MAX(SPIN_MIN_NS, 2 * ch->spin_ns));
+    if (spun) {
+        if (waited > ch->spin_ns) {
+            ch->spin_ns = 0;
+            ch->spin_off = SPIN_BACKOFF;
+        }
+    } else if (ch->spin_off) {
+        ch->spin_off--;
+    } else if (waited <= SPIN_MAX_NS) {
+        /* Asleep, the gap includes our wake-up: a generous window. */
+        ch->spin_ns = MIN(SPIN_MAX_NS, MAX(SPIN_MIN_NS, 2 * waited));
     }
 }
 

@@ -28,11 +28,16 @@ static __thread GMainContext *spin_ctx;
 
 static gint spin_poll(GPollFD *fds, guint nfds, gint timeout_ms)
 {
-    if (timeout_ms != 0 && spin_deadline) {
-        int64_t start = clock_ns(), now = start;
+    int64_t start = spin_deadline ? clock_ns() : 0;
+
+    /*
+     * The deadline stays until it passes: an unrelated event that ends
+     * one spin (a completion) leaves the rest of the window to the next.
+     */
+    if (timeout_ms != 0 && start < spin_deadline) {
+        int64_t now = start;
         int64_t end = spin_deadline;
 
-        spin_deadline = 0;
         if (timeout_ms > 0 && now + timeout_ms * 1000000LL < end) {
             end = now + timeout_ms * 1000000LL;
         }
@@ -51,6 +56,9 @@ static gint spin_poll(GPollFD *fds, guint nfds, gint timeout_ms)
         if (timeout_ms > 0) {
             timeout_ms = MAX(0, timeout_ms - (gint)((now - start) / 1000000));
         }
+    }
+    if (start >= spin_deadline) {
+        spin_deadline = 0;
     }
     return g_poll(fds, nfds, timeout_ms);
 }
