@@ -1,0 +1,77 @@
+/*
+ * Busy polling before the loop sleeps (see spin.h).
+ *
+ * With one request in flight every request is a wake-up of our thread,
+ * and on a virtual machine a wake-up of an idle virtual CPU is an
+ * inter-processor interrupt through the host: tens of microseconds, as
+ * long as serving the request.  A thread that is still polling when the
+ * request arrives needs no wake-up.  QEMU's iothreads busy poll for the
+ * same reason (poll-max-ns), but only on handlers that can be polled
+ * without a system call, which a socket is not; here the poll is glib's
+ * whole set of file descriptors, with a zero timeout, so that nothing
+ * else the loop watches (other clients, completions, the monitor) waits
+ * behind the spin.
+ *
+ * A client that is slower than the longest spin, or one that shares
+ * our CPU on a busy machine, makes the channel stop asking (channel.c).
+ * The deadline is thread-local: each loop thread spins for the clients
+ * it serves.  The poll function is installed on a thread's context the
+ * first time one of them asks.
+ */
+#include <sched.h>
+#include <glib.h>
+#include "strata/loop.h"
+#include "spin.h"
+
+static __thread int64_t spin_deadline;
+static __thread GMainContext *spin_ctx;
+
+static gint spin_poll(GPollFD *fds, guint nfds, gint timeout_ms)
+{
+    int64_t start = spin_deadline ? clock_ns() : 0;
+
+    /*
+     * The deadline stays until it passes: an unrelated event that ends
+     * one spin (a completion) leaves the rest of the window to the next.
+     */
+    if (timeout_ms != 0 && start < spin_deadline) {
+        int64_t now = start;
+        int64_t end = spin_deadline;
+
+        if (timeout_ms > 0 && now + timeout_ms * 1000000LL < end) {
+            end = now + timeout_ms * 1000000LL;
+        }
+        while (now < end) {
+            gint n = g_poll(fds, nfds, 0);
+            if (n != 0) {
+                return n;
+            }
+            /*
+             * The client may be waiting for this CPU (the other ones
+             * busy): let it run, or the spin delays what it waits for.
+             */
+            sched_yield();
+            now = clock_ns();
+        }
+        if (timeout_ms > 0) {
+            timeout_ms = MAX(0, timeout_ms - (gint)((now - start) / 1000000));
+        }
+    }
+    if (start >= spin_deadline) {
+        spin_deadline = 0;
+    }
+    return g_poll(fds, nfds, timeout_ms);
+}
+
+void nbd_spin_until(int64_t deadline)
+{
+    GMainContext *ctx = loop_context(loop_get());
+
+    if (spin_ctx != ctx) {
+        g_main_context_set_poll_func(ctx, spin_poll);
+        spin_ctx = ctx;
+    }
+    if (deadline > spin_deadline) {
+        spin_deadline = deadline;
+    }
+}
