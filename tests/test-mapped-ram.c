@@ -267,7 +267,14 @@ static uint64_t pages_mapped(const uint8_t *p, uint64_t size)
  * whatever the piece size, the channel count, direct-io or not.  With a
  * read-only descriptor the mapping is filled, as without one.
  */
-static void fd_round_trip(unsigned chans, bool direct, bool rdonly_fd)
+typedef enum {
+    ALL_FD,         /* every channel goes through the fd */
+    ALL_MAPPED,     /* none does */
+    EITHER,         /* some do: which batches they take is the scheduler's */
+} FdPath;
+
+static void fd_round_trip(unsigned chans, bool direct, bool rdonly_fd,
+                          FdPath path_taken)
 {
     uint64_t size = 8u << 20;
     MrBlock b = { .id = "ram0", .used = size, .host = map_anon(size) };
@@ -303,10 +310,11 @@ static void fd_round_trip(unsigned chans, bool direct, bool rdonly_fd)
     assert_non_null(info);
     mr_file_info_free(info);
     uint64_t mapped = pages_mapped(dst, size);
-    if (rdonly_fd) {
-        assert_true(mapped > 0);
-    } else {
+    if (path_taken == ALL_FD) {
         assert_int_equal(mapped, 0);
+    } else if (path_taken == ALL_MAPPED) {
+        /* the runs' pages (all but the long zero stretch and its edges) */
+        assert_true(mapped > size / MR_PAGE_SIZE / 2);
     }
     assert_memory_equal(dst, b.host, size);
     if (ro >= 0) {
@@ -320,21 +328,27 @@ static void fd_round_trip(unsigned chans, bool direct, bool rdonly_fd)
 static void test_round_trip_memfd(void **state)
 {
     (void)state;
-    fd_round_trip(3, true, false);
-    fd_round_trip(2, false, false);
+    /* one channel: all through the fd; more: the first one only */
+    fd_round_trip(1, true, false, ALL_FD);
+    fd_round_trip(1, false, false, ALL_FD);
+    fd_round_trip(3, true, false, EITHER);
+    setenv("STRATA_MIGRATION_LOAD_FD_CHANNELS", "64", 1);
+    fd_round_trip(3, true, false, ALL_FD);
+    fd_round_trip(2, false, false, ALL_FD);
     /* pieces of 16 pages: piece ends fall on zero pages and data pages */
     setenv("STRATA_MIGRATION_LOAD_PIECE", "16", 1);
-    fd_round_trip(1, true, false);
+    fd_round_trip(2, true, false, ALL_FD);
     unsetenv("STRATA_MIGRATION_LOAD_PIECE");
     setenv("STRATA_MIGRATION_SYNC_IO", "1", 1);
-    fd_round_trip(2, true, false);
+    fd_round_trip(2, true, false, ALL_FD);
     unsetenv("STRATA_MIGRATION_SYNC_IO");
+    unsetenv("STRATA_MIGRATION_LOAD_FD_CHANNELS");
 }
 
 static void test_round_trip_memfd_rdonly(void **state)
 {
     (void)state;
-    fd_round_trip(2, true, true);
+    fd_round_trip(1, true, true, ALL_MAPPED);
 }
 
 /*
