@@ -55,16 +55,19 @@
  */
 #define LOAD_PIECE 256u
 /*
- * How many channels of a load write through the memory's descriptor.
- * shmem takes the file's lock exclusively for every write
- * (shmem_file_write_iter), so writes from several channels into one memfd
- * run one at a time: 4 channels through the fd restored 2 GiB no faster
- * than 1 (8.7 s against 9.0 s, loaded machine), and slower than 4 through
- * the mapping (5.4 s), whose page faults run in parallel.  One channel
- * through the fd does its share with a third less CPU and never waits for
- * the lock but on the others' hole punching.
+ * A load on one channel writes through the memory's descriptor; on more,
+ * through the mapping.  shmem takes the file's lock exclusively for every
+ * write (shmem_file_write_iter), so writes from several channels into one
+ * memfd run one at a time: 2 GiB restored on 4 channels all through the
+ * fd took 8.7 s, on 4 through the mapping (whose page faults run in
+ * parallel) 5.4 s, with 1 of the 4 through the fd 6.4 s against 5.0 s;
+ * on one channel the fd took 9.0 s against 15.4 s through the mapping
+ * (docs/performance.md "Migration to a file", loaded machine).
  */
-#define LOAD_FD_CHANNELS 1u
+static unsigned load_fd_channels(unsigned channels)
+{
+    return channels == 1 ? 1 : 0;
+}
 
 typedef struct Work {
     MrBlock *blocks;
@@ -585,6 +588,11 @@ static bool run_channels(Work *w, const MrTarget *t, GError **errp)
  *   STRATA_MIGRATION_MERGE_GAP    a save writes zero stretches shorter
  *                                 than this inside a run (1: every zero
  *                                 page a hole, as QEMU)
+ *   STRATA_MIGRATION_LOAD_FD_CHANNELS  how many channels of a load write
+ *                                 through the memory's fd (default: 1 on a
+ *                                 one-channel load, else 0)
+ *   STRATA_MIGRATION_LOAD_PIECE   pages per such write (16-1024)
+ *   STRATA_MIGRATION_LOAD_VIA_MAP=1  never through the fd
  */
 static uint64_t env_num(const char *name, uint64_t lo, uint64_t hi,
                         uint64_t def)
@@ -616,8 +624,6 @@ static void work_init(Work *w, MrBlock *blocks, unsigned nb, bool load,
     w->via_fd = g_new0(bool, nb);
     w->piece = env_num("STRATA_MIGRATION_LOAD_PIECE", 16, BATCH_PAGES,
                        LOAD_PIECE);
-    w->fd_chans = (unsigned)env_num("STRATA_MIGRATION_LOAD_FD_CHANNELS", 0,
-                                    QUEUE_MAX, LOAD_FD_CHANNELS);
 }
 
 static void work_clear(Work *w)
@@ -733,6 +739,9 @@ bool mr_load(MrTarget *t, MrFileInfo *info, const MrParams *p,
     bool ok = false;
 
     work_init(&w, info->blocks, info->nb_blocks, true, p, stats, cancel);
+    w.fd_chans = (unsigned)env_num("STRATA_MIGRATION_LOAD_FD_CHANNELS", 0,
+                                   QUEUE_MAX, load_fd_channels(
+                                       MAX(1u, MIN(p->channels, t->nb_chan))));
     /* every check before the first guest page is written */
     for (unsigned i = 0; i < info->nb_blocks; i++) {
         MrBlock *b = &info->blocks[i];

@@ -328,9 +328,11 @@ static void fd_round_trip(unsigned chans, bool direct, bool rdonly_fd,
 static void test_round_trip_memfd(void **state)
 {
     (void)state;
-    /* one channel: all through the fd; more: the first one only */
+    /* one channel: through the fd; more: through the mapping */
     fd_round_trip(1, true, false, ALL_FD);
     fd_round_trip(1, false, false, ALL_FD);
+    fd_round_trip(3, true, false, ALL_MAPPED);
+    setenv("STRATA_MIGRATION_LOAD_FD_CHANNELS", "1", 1);
     fd_round_trip(3, true, false, EITHER);
     setenv("STRATA_MIGRATION_LOAD_FD_CHANNELS", "64", 1);
     fd_round_trip(3, true, false, ALL_FD);
