@@ -168,6 +168,8 @@ static bool match_blocks(MigRun *r, MrFileInfo *info, GError **errp)
             return false;
         }
         fb->host = mem->host;
+        fb->has_fd = mem->has_fd;
+        fb->fd = mem->fd;
         loaded++;
     }
     if (!loaded) {

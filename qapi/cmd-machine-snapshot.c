@@ -286,6 +286,8 @@ static bool match_ram(MachineJob *s, MrFileInfo *info, GError **errp)
         s->blocks[i].id = rb->id;
         s->blocks[i].used = rb->size;
         s->blocks[i].host = rb->host;
+        s->blocks[i].has_fd = rb->fd >= 0;
+        s->blocks[i].fd = rb->fd;
     }
     return true;
 }

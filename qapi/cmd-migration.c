@@ -663,6 +663,8 @@ static void start(bool incoming, Dest *d, GError **errp)
         blocks[i].id = rb->id;
         blocks[i].used = rb->size;
         blocks[i].host = rb->host;
+        blocks[i].has_fd = rb->fd >= 0;
+        blocks[i].fd = rb->fd;
         ram_block_ref(rb);
         mig.refs[i] = rb;
         mig.total += incoming ? 0 : rb->size;

@@ -93,8 +93,9 @@ static bool save(MrBlock *b, unsigned n, unsigned chans, bool direct,
     return ok;
 }
 
-static MrFileInfo *load(uint8_t **hosts, unsigned chans, bool direct,
-                        uint64_t offset, GError **errp)
+/* @fds: per block the memory's descriptor, or NULL: none */
+static MrFileInfo *load_fds(uint8_t **hosts, const int *fds, unsigned chans,
+                            bool direct, uint64_t offset, GError **errp)
 {
     Files f;
     MrParams p = { .channels = chans, .direct_io = direct };
@@ -106,6 +107,10 @@ static MrFileInfo *load(uint8_t **hosts, unsigned chans, bool direct,
     if (info) {
         for (unsigned i = 0; i < info->nb_blocks; i++) {
             info->blocks[i].host = hosts[i];
+            if (fds) {
+                info->blocks[i].has_fd = true;
+                info->blocks[i].fd = fds[i];
+            }
         }
         if (!mr_load(&f.t, info, &p, &st, &cancel, errp)) {
             mr_file_info_free(info);
@@ -114,6 +119,12 @@ static MrFileInfo *load(uint8_t **hosts, unsigned chans, bool direct,
     }
     close_target(&f);
     return info;
+}
+
+static MrFileInfo *load(uint8_t **hosts, unsigned chans, bool direct,
+                        uint64_t offset, GError **errp)
+{
+    return load_fds(hosts, NULL, chans, direct, offset, errp);
 }
 
 static void round_trip(unsigned chans, bool direct, uint64_t offset)
@@ -217,6 +228,129 @@ static void test_round_trip_many_runs(void **state)
     mr_file_info_free(info);
     munmap(b.host, size);
     munmap(dst, size);
+}
+
+/* Shared memory in a memfd, as a memory backend has it (@fd: its fd). */
+static uint8_t *map_memfd(uint64_t size, int *fd)
+{
+    *fd = memfd_create("strata-test-ram", MFD_CLOEXEC);
+    assert_true(*fd >= 0);
+    assert_int_equal(ftruncate(*fd, (off_t)size), 0);
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, *fd, 0);
+    assert_true(p != MAP_FAILED);
+    return p;
+}
+
+/* How many pages of [p, p + size) this process has mapped (page tables). */
+static uint64_t pages_mapped(const uint8_t *p, uint64_t size)
+{
+    uint64_t n = size / MR_PAGE_SIZE, count = 0;
+    uint64_t *ent = g_new(uint64_t, n);
+    int fd = open("/proc/self/pagemap", O_RDONLY);
+    assert_true(fd >= 0);
+    assert_int_equal(pread(fd, ent, n * 8, (off_t)((uintptr_t)p /
+                                                    MR_PAGE_SIZE * 8)),
+                     (ssize_t)(n * 8));
+    close(fd);
+    for (uint64_t i = 0; i < n; i++) {
+        count += ent[i] >> 63;
+    }
+    g_free(ent);
+    return count;
+}
+
+/*
+ * A load into shared memory with its descriptor: the pages are written
+ * through the descriptor (the mapping gets no page of its own: the
+ * kernel never clears pages for it), the zero pages inside runs (every
+ * 8th) and outside them (a long stretch) read as zero over old contents,
+ * whatever the piece size, the channel count, direct-io or not.  With a
+ * read-only descriptor the mapping is filled, as without one.
+ */
+typedef enum {
+    ALL_FD,         /* every channel goes through the fd */
+    ALL_MAPPED,     /* none does */
+    EITHER,         /* some do: which batches they take is the scheduler's */
+} FdPath;
+
+static void fd_round_trip(unsigned chans, bool direct, bool rdonly_fd,
+                          FdPath path_taken)
+{
+    uint64_t size = 8u << 20;
+    MrBlock b = { .id = "ram0", .used = size, .host = map_anon(size) };
+    MrStats st = { 0 };
+    GError *err = NULL;
+    int fd, ro = -1;
+    uint8_t *dst = map_memfd(size, &fd);
+
+    fill(b.host, size, 11 + chans);
+    memset(dst, 0xee, size);                  /* old contents to replace */
+    assert_true(save(&b, 1, chans, direct, 0, &st));
+    /* the old contents, written through the mapping, unmapped again */
+    assert_int_equal(madvise(dst, size, MADV_DONTNEED), 0);
+    assert_int_equal(pages_mapped(dst, size), 0);
+    if (rdonly_fd) {
+        char *proc = g_strdup_printf("/proc/self/fd/%d", fd);
+        ro = open(proc, O_RDONLY);
+        g_free(proc);
+        assert_true(ro >= 0);
+    }
+    MrFileInfo *info = load_fds(&dst, rdonly_fd ? &ro : &fd, chans, direct,
+                                0, &err);
+    assert_null(err);
+    assert_non_null(info);
+    assert_memory_equal(dst, b.host, size);
+    mr_file_info_free(info);
+    /* the compare above mapped every page: unmap, then load again */
+    assert_int_equal(madvise(dst, size, MADV_DONTNEED), 0);
+    memset(dst + 3 * MR_PAGE_SIZE, 0xee, 900 * MR_PAGE_SIZE);
+    assert_int_equal(madvise(dst, size, MADV_DONTNEED), 0);
+    info = load_fds(&dst, rdonly_fd ? &ro : &fd, chans, direct, 0, &err);
+    assert_null(err);
+    assert_non_null(info);
+    mr_file_info_free(info);
+    uint64_t mapped = pages_mapped(dst, size);
+    if (path_taken == ALL_FD) {
+        assert_int_equal(mapped, 0);
+    } else if (path_taken == ALL_MAPPED) {
+        /* the runs' pages (all but the long zero stretch and its edges) */
+        assert_true(mapped > size / MR_PAGE_SIZE / 2);
+    }
+    assert_memory_equal(dst, b.host, size);
+    if (ro >= 0) {
+        close(ro);
+    }
+    close(fd);
+    munmap(dst, size);
+    munmap(b.host, size);
+}
+
+static void test_round_trip_memfd(void **state)
+{
+    (void)state;
+    /* one channel: through the fd; more: through the mapping */
+    fd_round_trip(1, true, false, ALL_FD);
+    fd_round_trip(1, false, false, ALL_FD);
+    fd_round_trip(3, true, false, ALL_MAPPED);
+    setenv("STRATA_MIGRATION_LOAD_FD_CHANNELS", "1", 1);
+    fd_round_trip(3, true, false, EITHER);
+    setenv("STRATA_MIGRATION_LOAD_FD_CHANNELS", "64", 1);
+    fd_round_trip(3, true, false, ALL_FD);
+    fd_round_trip(2, false, false, ALL_FD);
+    /* pieces of 16 pages: piece ends fall on zero pages and data pages */
+    setenv("STRATA_MIGRATION_LOAD_PIECE", "16", 1);
+    fd_round_trip(2, true, false, ALL_FD);
+    unsetenv("STRATA_MIGRATION_LOAD_PIECE");
+    setenv("STRATA_MIGRATION_SYNC_IO", "1", 1);
+    fd_round_trip(2, true, false, ALL_FD);
+    unsetenv("STRATA_MIGRATION_SYNC_IO");
+    unsetenv("STRATA_MIGRATION_LOAD_FD_CHANNELS");
+}
+
+static void test_round_trip_memfd_rdonly(void **state)
+{
+    (void)state;
+    fd_round_trip(1, true, true, ALL_MAPPED);
 }
 
 /*
@@ -404,6 +538,8 @@ int main(void)
         cmocka_unit_test(test_round_trip_sync_io),
         cmocka_unit_test(test_round_trip_many_runs),
         cmocka_unit_test(test_round_trip_offset),
+        cmocka_unit_test(test_round_trip_memfd),
+        cmocka_unit_test(test_round_trip_memfd_rdonly),
         cmocka_unit_test(test_bandwidth_total),
         cmocka_unit_test(test_bad_files),
     };

@@ -68,6 +68,17 @@ typedef struct MrBlock {
     uint64_t pages_offset;
     /* the memory it is saved from or loaded into (NULL: not loaded) */
     uint8_t *host;
+    /*
+     * The memory's own descriptor (a memfd or a shared file that host maps
+     * from offset 0), if has_fd; not owned.  A load writes the pages into
+     * it with pwrite rather than reading them into the mapping: shared
+     * memory filled whole by a write is never cleared by the kernel first
+     * (docs/performance.md "Migration to a file").  Without it (anonymous
+     * or private memory, huge pages, a read-only descriptor) pages go
+     * through the mapping.
+     */
+    bool has_fd;
+    int fd;
 } MrBlock;
 
 static inline uint64_t mr_block_pages(const MrBlock *b)
