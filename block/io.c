@@ -17,7 +17,6 @@
  */
 #include <errno.h>
 #include <inttypes.h>
-#include <pthread.h>
 #include <string.h>
 #include "block-int.h"
 #include "strata/debug-event.h"
@@ -152,43 +151,14 @@ bool node_can_write_zeroes_with_unmap(const BlockNode *bs)
  * flush_to_disk event) is skipped, which is what keeps writethrough mode at
  * one fdatasync per write however many nodes the flush passes through.
  *
- * BlockNode has no fields for them yet, so they are kept here, by node.
- * An entry outlives its node; a node later allocated at the same address
- * inherits a pair that is either equal (clean, as a new node is) or not
- * (one flush too many): never a flush too few.
+ * They live in the node (write_gen, flushed_gen), zero for a new node, and
+ * are only touched in the node's home thread.  (They were kept in a table
+ * by node address whose entries outlived their nodes: it grew with every
+ * node ever written, and under libFuzzer every input looked like a leak.)
  */
-typedef struct {
-    uint64_t write_gen, flushed_gen;
-} WriteGen;
-
-static GHashTable *write_gens;
-/*
- * The table is shared by nodes in every thread (one node inserting while
- * another looks up corrupted it, found by ThreadSanitizer); a pair itself
- * is only touched in its node's home thread, outside the lock.
- */
-static pthread_mutex_t write_gens_lock = PTHREAD_MUTEX_INITIALIZER;
-
-static WriteGen *node_write_gen(const BlockNode *bs)
-{
-    WriteGen *g;
-
-    pthread_mutex_lock(&write_gens_lock);
-    if (!write_gens) {
-        write_gens = g_hash_table_new_full(NULL, NULL, NULL, g_free);
-    }
-    g = g_hash_table_lookup(write_gens, bs);
-    if (!g) {
-        g = g_new0(WriteGen, 1);
-        g_hash_table_insert(write_gens, (gpointer)bs, g);
-    }
-    pthread_mutex_unlock(&write_gens_lock);
-    return g;
-}
-
 static void write_finished(BlockNode *bs)
 {
-    node_write_gen(bs)->write_gen++;
+    bs->write_gen++;
 }
 
 /*
@@ -862,7 +832,6 @@ static int coroutine_fn fua_flush(BlockNode *bs)
  */
 int coroutine_fn node_co_flush(BlockNode *bs)
 {
-    WriteGen *g;
     uint64_t gen;
     int ret = 0;
 
@@ -871,8 +840,7 @@ int coroutine_fn node_co_flush(BlockNode *bs)
     if (bs->read_only) {
         goto out;
     }
-    g = node_write_gen(bs);
-    gen = g->write_gen;
+    gen = bs->write_gen;
     bs->flush_ops++;
     if (bs->drv->co_flush) {
         ret = bs->drv->co_flush(bs);
@@ -887,7 +855,7 @@ int coroutine_fn node_co_flush(BlockNode *bs)
             goto out;
         }
     }
-    if (!(bs->open_flags & NODE_O_NO_FLUSH) && g->flushed_gen != gen) {
+    if (!(bs->open_flags & NODE_O_NO_FLUSH) && bs->flushed_gen != gen) {
         if (bs->file) {
             child_debug_event(bs->file, BLKDBG_FLUSH_TO_DISK);
         }
@@ -908,8 +876,8 @@ int coroutine_fn node_co_flush(BlockNode *bs)
         }
     }
 done:
-    if (ret == 0 && gen > g->flushed_gen) {
-        g->flushed_gen = gen;
+    if (ret == 0 && gen > bs->flushed_gen) {
+        bs->flushed_gen = gen;
     }
 out:
     node_dec_in_flight(bs);

@@ -18,6 +18,7 @@
 #include <stddef.h>
 #include <string.h>
 
+#include "strata/iov.h"
 #include "qcow2-check.h"
 
 /*
@@ -70,12 +71,23 @@ static int coroutine_fn write_refblocks(Qcow2Check *c, int64_t first,
     int ret;
 
     for (int64_t cluster = first; cluster < end; cluster++) {
-        if (!qcow2_check_count_get(c, cluster)) {
-            continue;
-        }
         uint64_t index = (uint64_t)cluster >> s->refcount_block_bits;
         int64_t block_start = (int64_t)(index << s->refcount_block_bits);
         int64_t offset;
+
+        /*
+         * A block's counts are one cluster of bytes: all zero, nothing of
+         * it is in use (a mostly empty file is millions of clusters).
+         */
+        if ((cluster == first || cluster == block_start) &&
+            buffer_is_zero(c->counts + index * s->cluster_size,
+                           s->cluster_size)) {
+            cluster = block_start + (int64_t)s->refcount_block_size - 1;
+            continue;
+        }
+        if (!qcow2_check_count_get(c, cluster)) {
+            continue;
+        }
 
         if (*entries > index && (*table)[index]) {
             offset = (int64_t)(*table)[index];

@@ -27,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "strata/iov.h"
 #include "qcow2-check.h"
 
 /* ---- The in-memory counts ---- */
@@ -191,6 +192,27 @@ static void stored_refs_free(StoredRefs *r)
     r->offsets = NULL;
 }
 
+/* The window holding refcount block rt (aligned, in the table), read if needed. */
+static int coroutine_fn stored_block(StoredRefs *r, uint64_t rt, uint8_t **rb)
+{
+    Qcow2State *s = r->c->s;
+    Qcow2TableBatch *w = NULL;
+
+    for (unsigned i = 0; i < STORED_WINDOWS && !w; i++) {
+        if (qcow2_check_table_cached(&r->win[i], r->offsets[rt],
+                                     s->cluster_size)) {
+            w = &r->win[i];
+        }
+    }
+    if (!w) {
+        w = &r->win[r->next];
+        r->next = (r->next + 1) % STORED_WINDOWS;
+        w->len = 0;
+    }
+    return qcow2_check_table_get(r->c, w, r->offsets, rt,
+                                 s->refcount_table_size, rb);
+}
+
 static int coroutine_fn stored_refcount(StoredRefs *r, int64_t cluster,
                                         uint64_t *rc)
 {
@@ -207,26 +229,57 @@ static int coroutine_fn stored_refcount(StoredRefs *r, int64_t cluster,
         /* The driver's own lookup reports this (and marks the image). */
         return qcow2_get_refcount(r->c->bs, (uint64_t)cluster, rc);
     }
-    Qcow2TableBatch *w = NULL;
-    for (unsigned i = 0; i < STORED_WINDOWS && !w; i++) {
-        if (qcow2_check_table_cached(&r->win[i], r->offsets[rt],
-                                     s->cluster_size)) {
-            w = &r->win[i];
-        }
-    }
-    if (!w) {
-        w = &r->win[r->next];
-        r->next = (r->next + 1) % STORED_WINDOWS;
-        w->len = 0;
-    }
-    ret = qcow2_check_table_get(r->c, w, r->offsets, rt,
-                                s->refcount_table_size, &rb);
+    ret = stored_block(r, rt, &rb);
     if (ret < 0) {
         return ret;
     }
     *rc = qcow2_refcount_array_get(s, rb, (uint64_t)cluster &
                                           (s->refcount_block_size - 1));
     return 0;
+}
+
+/*
+ * The clusters of one whole refcount block at once, first being its first:
+ * the counts keep the on-disk layout, and the counts of a block's clusters
+ * are one cluster of bytes, so equal bytes mean equal refcounts.  True
+ * then, with *highest raised to the last cluster in use.  False: compare
+ * them one by one (the per-cluster path reports every difference, an
+ * unaligned block, a read error).  An image whose file is mostly unused
+ * (a repair may move the refcount structure far out) is otherwise a
+ * lookup per cluster: 2 million for a 1 GiB file of 512-byte clusters.
+ */
+static bool coroutine_fn block_equal(StoredRefs *r, int64_t first,
+                                     int64_t *highest)
+{
+    Qcow2Check *c = r->c;
+    Qcow2State *s = c->s;
+    uint64_t rt = (uint64_t)first >> s->refcount_block_bits;
+    const uint8_t *want = c->counts + rt * s->cluster_size;
+    uint8_t *have = NULL;
+    size_t n = s->cluster_size;
+
+    if (rt < s->refcount_table_size && r->offsets[rt] &&
+        (qcow2_offset_into_cluster(s, r->offsets[rt]) ||
+         stored_block(r, rt, &have) < 0)) {
+        return false;
+    }
+    if (buffer_is_zero(want, n)) {
+        return !have || buffer_is_zero(have, n);
+    }
+    if (!have || memcmp(want, have, n) != 0) {
+        return false;
+    }
+    while (!want[n - 1]) {
+        n--;
+    }
+    /* The last entry touching byte n - 1; one in that byte is not 0. */
+    int64_t k = first + (int64_t)DIV_ROUND_UP((uint64_t)n * 8,
+                                              1u << s->refcount_order) - 1;
+    while (qcow2_check_count_get(c, k) == 0) {
+        k--;
+    }
+    *highest = k;
+    return true;
 }
 
 /* ---- Counting ---- */
@@ -322,8 +375,15 @@ static int coroutine_fn compare_refcounts(Qcow2Check *c, int fix,
         return ret;
     }
     for (int64_t i = 0; i < c->nb_clusters; i++) {
-        uint64_t have, want = qcow2_check_count_get(c, i);
+        uint64_t have, want;
 
+        if (!(i & (s->refcount_block_size - 1)) &&
+            c->nb_clusters - i >= (int64_t)s->refcount_block_size &&
+            block_equal(&r, i, highest)) {
+            i += s->refcount_block_size - 1;
+            continue;
+        }
+        want = qcow2_check_count_get(c, i);
         ret = stored_refcount(&r, i, &have);
         if (ret < 0) {
             qcow2_check_report(s, "Can't get refcount for cluster %" PRId64

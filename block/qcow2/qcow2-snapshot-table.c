@@ -39,6 +39,42 @@ int coroutine_fn qcow2_read_snapshot_table(BlockNode *bs, GError **errp)
     return ret;
 }
 
+/*
+ * The table is read through a window of SN_WINDOW bytes: an entry is a few
+ * small fields, and a damaged header may claim 65536 entries (check -r all
+ * reads them all), each of which was four reads from the file.  A window
+ * that cannot be read (an error injected past the table, say) leaves the
+ * field to a read of its own, as before.
+ */
+#define SN_WINDOW (64 * 1024)
+
+typedef struct SnWindow {
+    uint8_t *buf;
+    uint64_t start, len;
+} SnWindow;
+
+static int coroutine_fn sn_read(BlockNode *bs, SnWindow *w, uint64_t offset,
+                                size_t bytes, void *dst)
+{
+    if (bytes && bytes <= SN_WINDOW && offset <= INT64_MAX - SN_WINDOW) {
+        if (!w->buf || offset < w->start ||
+            offset + bytes > w->start + w->len) {
+            w->buf = w->buf ? w->buf : g_malloc(SN_WINDOW);
+            w->len = 0;
+            if (child_co_pread(bs->file, (int64_t)offset, SN_WINDOW, w->buf,
+                               0) >= 0) {
+                w->start = offset;
+                w->len = SN_WINDOW;
+            }
+        }
+        if (w->len) {
+            memcpy(dst, w->buf + (offset - w->start), bytes);
+            return 0;
+        }
+    }
+    return child_co_pread(bs->file, (int64_t)offset, (int64_t)bytes, dst, 0);
+}
+
 int coroutine_fn qcow2_read_snapshot_table_repair(BlockNode *bs, bool repair,
                                                   uint32_t *nb_dropped,
                                                   uint32_t *extra_dropped,
@@ -47,6 +83,7 @@ int coroutine_fn qcow2_read_snapshot_table_repair(BlockNode *bs, bool repair,
     Qcow2State *s = bs->opaque;
     uint64_t offset = s->snapshots_offset, table_length = 0;
     uint64_t end = offset;          /* of the last entry, without padding */
+    SnWindow win = { 0 };
     int ret;
 
     s->snapshots_size = 0;
@@ -61,7 +98,7 @@ int coroutine_fn qcow2_read_snapshot_table_repair(BlockNode *bs, bool repair,
 
         /* Entries start 8-aligned; the last one is not padded. */
         offset = ROUND_UP(offset, 8);
-        ret = child_co_pread(bs->file, (int64_t)offset, sizeof(h), &h, 0);
+        ret = sn_read(bs, &win, offset, sizeof(h), &h);
         if (ret < 0) {
             goto fail;
         }
@@ -94,8 +131,7 @@ int coroutine_fn qcow2_read_snapshot_table_repair(BlockNode *bs, bool repair,
             sn->extra_size = 1024;
         }
         sn->extra = g_malloc0(MAX(sn->extra_size, SN_EXTRA_SIZE));
-        ret = child_co_pread(bs->file, (int64_t)offset, sn->extra_size,
-                             sn->extra, 0);
+        ret = sn_read(bs, &win, offset, sn->extra_size, sn->extra);
         if (ret < 0) {
             goto fail;
         }
@@ -113,11 +149,9 @@ int coroutine_fn qcow2_read_snapshot_table_repair(BlockNode *bs, bool repair,
         uint16_t name_len = be16toh(h.name_size);
         sn->id_str = g_malloc0(id_len + 1u);
         sn->name = g_malloc0(name_len + 1u);
-        ret = child_co_pread(bs->file, (int64_t)offset, id_len, sn->id_str,
-                             0);
+        ret = sn_read(bs, &win, offset, id_len, sn->id_str);
         if (ret >= 0) {
-            ret = child_co_pread(bs->file, (int64_t)(offset + id_len),
-                                 name_len, sn->name, 0);
+            ret = sn_read(bs, &win, offset + id_len, name_len, sn->name);
         }
         if (ret < 0) {
             goto fail;
@@ -164,11 +198,13 @@ int coroutine_fn qcow2_read_snapshot_table_repair(BlockNode *bs, bool repair,
     }
     /* As QEMU counts it: the last entry's padding is not part of it. */
     s->snapshots_size = end - s->snapshots_offset;
+    g_free(win.buf);
     return 0;
 
 fail:
     error_setg_errno(errp, -ret, "Could not read snapshots");
 out:
+    g_free(win.buf);
     qcow2_free_snapshots(s);
     return ret;
 }

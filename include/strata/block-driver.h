@@ -413,6 +413,12 @@ struct BlockNode {
      * opening one take minutes.
      */
     GHashTable *dirty_bitmap_names;
+
+    /*
+     * QEMU's write_gen/flushed_gen (block/io.c): finished writes, and the
+     * count the last successful flush started at.  Home thread only.
+     */
+    uint64_t write_gen, flushed_gen;
 };
 
 enum { DETECT_ZEROES_OFF = 0, DETECT_ZEROES_ON, DETECT_ZEROES_UNMAP };
