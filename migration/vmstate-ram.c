@@ -151,6 +151,16 @@ VmstateRamLayout *vmstate_ram_parse(const uint8_t *buf, size_t len,
                                   errp)) {
         return NULL;
     }
+    /*
+     * The header's count is only checked against the area; the buffer may
+     * be shorter, and an 85-byte input claiming millions of blocks must
+     * not make us allocate for them (the loop below would stop at the
+     * buffer's end anyway).
+     */
+    if (n > (len - HEADER_SIZE) / (DESC_FIXED + 8)) {
+        error_setg(errp, "The VM state's block descriptors are damaged");
+        return NULL;
+    }
     VmstateRamLayout *l = g_new0(VmstateRamLayout, 1);
     l->size = get_be64(buf + 16);
     l->blocks = g_new0(VmstateRamBlockDesc, n);

@@ -312,6 +312,32 @@ static void test_parse_truncated(void **state)
     }
 }
 
+/*
+ * A header that claims 2^32-1 blocks in a 1 TiB area, in a buffer of 85
+ * bytes: refused before anything is allocated for the blocks (it allocated
+ * for all of them: 640 MB for the fuzzer's input, an abort here).
+ */
+static void test_parse_count_beyond_buffer(void **state)
+{
+    Fixture *f = *state;
+    GError *err = NULL;
+    add_block("ram0", 16, 1);
+    int64_t size = save(f->bs, &err);
+    assert_true(size > 0);
+    uint8_t head[85];
+    area_io(f->bs, 0, head, sizeof(head), false);
+    const int64_t area = (int64_t)1 << 40;
+    memset(head + 12, 0xff, 4);                 /* blocks */
+    for (int i = 0; i < 8; i++) {               /* bytes: the whole area */
+        head[16 + i] = (uint8_t)((uint64_t)area >> (56 - 8 * i));
+    }
+    VmstateRamLayout *l = vmstate_ram_parse(head, sizeof(head), area, &err);
+    assert_null(l);
+    assert_string_equal(err->message,
+                        "The VM state's block descriptors are damaged");
+    g_clear_error(&err);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -323,6 +349,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_damaged, setup, teardown),
         cmocka_unit_test_setup_teardown(test_parse_truncated, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_parse_count_beyond_buffer,
+                                        setup, teardown),
     };
     return cmocka_run_group_tests(tests, test_tmpdir_setup,
                                   test_tmpdir_teardown);
