@@ -309,7 +309,9 @@ static int coroutine_fn convert_read(ConvertState *s, int64_t sector_num,
         }
         sector_num += n;
         nb_sectors -= n;
-        buf += n * CONVERT_SECTOR;
+        if (buf) {              /* zero ranges come without a buffer */
+            buf += n * CONVERT_SECTOR;
+        }
     }
     return 0;
 }
@@ -393,7 +395,9 @@ static int coroutine_fn convert_write(ConvertState *s, int64_t sector_num,
         }
         sector_num += n;
         nb_sectors -= n;
-        buf += n * CONVERT_SECTOR;
+        if (buf) {              /* zero ranges come without a buffer */
+            buf += n * CONVERT_SECTOR;
+        }
     }
     return 0;
 }
