@@ -16,7 +16,14 @@
 typedef struct StrataLoop StrataLoop;
 typedef void LoopFunc(void *opaque);
 
-/* The calling thread's loop, created on first use. */
+/*
+ * The calling thread's loop, created on first use: a loop of its own on
+ * the context the thread pushed as its thread default (an iothread), or
+ * else the main loop.  A thread without a context of its own (a pool
+ * worker) may post BHs to the main loop (loop_bh() goes there) and attach
+ * sources to its context, but not run it: loop_iterate() there stops the
+ * program.
+ */
 StrataLoop *loop_get(void);
 GMainContext *loop_context(StrataLoop *loop);
 /* The main thread's loop (the one on glib's default context). */
