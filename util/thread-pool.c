@@ -50,6 +50,13 @@ static int pool_threads;   /* workers alive */
 static int pool_idle;      /* workers waiting for work */
 static int pool_wakes;     /* tokens posted that no worker has taken yet */
 
+/*
+ * Requests submitted from this thread whose submitter has not resumed
+ * yet: the thread's loop must live until their completions have landed
+ * (an iothread waits for them before it exits).
+ */
+static __thread int pool_waiting;
+
 /* An idle worker exits after this long, so an idle process keeps no threads. */
 #define POOL_IDLE_SEC 10
 
@@ -146,8 +153,15 @@ int thread_pool_co_run(ThreadPoolFunc *fn, void *opaque)
      * frame this coroutine has reused (a SIGBUS in loop_bh_remote, reading
      * a stale req->loop).  Wait as the aio engines do, until done.
      */
+    pool_waiting++;
     while (!req.done) {
         co_yield();
     }
+    pool_waiting--;
     return req.ret;
+}
+
+int thread_pool_waiting_here(void)
+{
+    return pool_waiting;
 }

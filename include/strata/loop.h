@@ -62,5 +62,11 @@ typedef int ThreadPoolFunc(void *opaque);
 int thread_pool_co_run(ThreadPoolFunc *fn, void *opaque);
 /* Worker count (default 64, like QEMU's pool). */
 void thread_pool_set_max(int n);
+/*
+ * Requests submitted by coroutines of the calling thread that have not
+ * returned to them yet: their completions will be posted to this thread's
+ * loop, which must keep running until then.
+ */
+int thread_pool_waiting_here(void);
 
 #endif
