@@ -104,6 +104,8 @@ static gpointer iothread_run(gpointer opaque)
     while (t->running || thread_pool_waiting_here() > 0) {
         loop_iterate(true);
     }
+    /* The last worker to post to us may still hold our context. */
+    thread_pool_posts_settle();
     /*
      * The thread frees its loop as it exits; iothread_free() may still be
      * inside the loop_bh_remote() that stopped it (found by TSan).

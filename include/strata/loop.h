@@ -68,5 +68,10 @@ void thread_pool_set_max(int n);
  * loop, which must keep running until then.
  */
 int thread_pool_waiting_here(void);
+/*
+ * Wait until no worker is still posting a completion: a thread whose
+ * requests are all back calls it before its loop goes away.
+ */
+void thread_pool_posts_settle(void);
 
 #endif
