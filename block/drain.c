@@ -120,6 +120,7 @@ static bool sets_busy(GPtrArray *sets)
 typedef struct {
     GPtrArray *set;
     Coroutine *co;
+    bool done;          /* the nodes are quiet: set by drain_wait_bh */
 } DrainWait;
 
 static void drain_wait_bh(void *opaque)
@@ -128,6 +129,7 @@ static void drain_wait_bh(void *opaque)
     g_atomic_int_inc(&drain_waiters);
     LOOP_WAIT_WHILE(set_busy(w->set));
     g_atomic_int_add(&drain_waiters, -1);
+    w->done = true;
     co_enter(w->co);
 }
 
@@ -163,9 +165,17 @@ void node_drain_begin(BlockNode *bs)
          * come back when the nodes are quiet.  The caller must not have a
          * request of its own in flight on them, or this never ends.
          */
-        DrainWait w = { set, co_self() };
+        DrainWait w = { set, co_self(), false };
         loop_bh(drain_wait_bh, &w);
-        co_yield();
+        /*
+         * w is drain_wait_bh's until it sets done: an entry before that
+         * (a co_wake() left over from an earlier wait, possibly run by the
+         * BH's own nested loop) must neither return with requests still
+         * in flight nor leave the BH polling a freed set.
+         */
+        while (!w.done) {
+            co_yield();
+        }
         return;
     }
     g_atomic_int_inc(&drain_waiters);

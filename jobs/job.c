@@ -993,12 +993,14 @@ static void kick(Job *job)
 typedef struct {
     Job *job;
     Coroutine *co;
+    bool done;          /* set by wait_done_bh once the job has completed */
 } WaitDone;
 
 static void wait_done_bh(void *opaque)
 {
     WaitDone *w = opaque;
     LOOP_WAIT_WHILE((kick(w->job), !job_is_completed(w->job)));
+    w->done = true;
     co_enter(w->co);
 }
 
@@ -1017,9 +1019,13 @@ static int finish_sync(Job *job, bool (*finish)(Job *, GError **),
     }
     if (in_coroutine()) {
         /* A QMP handler: wait from the loop, not on this stack. */
-        WaitDone w = { job, co_self() };
+        WaitDone w = { job, co_self(), false };
         loop_bh(wait_done_bh, &w);
-        co_yield();
+        /* w is the BH's until done: a stray entry must not end this
+         * frame early (see node_drain_begin). */
+        while (!w.done) {
+            co_yield();
+        }
     } else {
         LOOP_WAIT_WHILE((kick(job), !job_is_completed(job)));
     }

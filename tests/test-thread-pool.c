@@ -129,6 +129,59 @@ static void test_stray_wake_hop(void **state)
     iothread_free(t);
 }
 
+/* ---- An iothread stopped while one of its coroutines waits in the pool ---- */
+
+typedef struct {
+    SlowArg arg;
+    int ret;
+    gint finished;
+} ExitRun;
+
+static void exit_co(void *opaque)
+{
+    ExitRun *r = opaque;
+    r->ret = thread_pool_co_run(slow_fn, &r->arg);
+    g_atomic_int_set(&r->finished, 1);
+}
+
+/* In the iothread: its coroutine submits and waits there. */
+static void start_exit_co(void *opaque)
+{
+    co_enter(co_create(exit_co, opaque));
+}
+
+static gpointer release_later(gpointer opaque)
+{
+    SlowArg *a = opaque;
+    g_usleep(100 * 1000);
+    g_atomic_int_set(&a->release, 1);
+    return NULL;
+}
+
+/*
+ * The worker posts its completion to the iothread's loop: stopping the
+ * thread must wait for it rather than free that loop under the worker
+ * (and leave the coroutine parked for ever).
+ */
+static void test_iothread_exit_waits_for_pool(void **state)
+{
+    IOThreadParams p;
+    GError *err = NULL;
+    iothread_params_default(&p);
+    IOThread *t = iothread_new("exit", &p, &err);
+    assert_non_null(t);
+    ExitRun r = { .arg = { .in = 4 }, .ret = -1 };
+    iothread_run_sync(t, start_exit_co, &r);
+    while (!g_atomic_int_get(&r.arg.worker_started)) {
+        g_usleep(1000);
+    }
+    GThread *rel = g_thread_new("release", release_later, &r.arg);
+    iothread_free(t);
+    assert_true(g_atomic_int_get(&r.finished));
+    assert_int_equal(r.ret, 8);
+    g_thread_join(rel);
+}
+
 /* ---- Stress: many submitters in several threads at once ---- */
 
 #define STRESS_THREADS 3
@@ -226,6 +279,7 @@ int main(void)
         cmocka_unit_test(test_stray_wake_pool),
         cmocka_unit_test(test_stray_wake_hop),
         cmocka_unit_test(test_stress_threads),
+        cmocka_unit_test(test_iothread_exit_waits_for_pool),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

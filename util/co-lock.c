@@ -13,6 +13,7 @@
 struct CoWaiter {
     Coroutine *co;
     CoWaiter *next;
+    bool dequeued;      /* taken off the queue by co_queue_next() */
 };
 
 void co_queue_init(CoQueue *q)
@@ -20,9 +21,18 @@ void co_queue_init(CoQueue *q)
     q->head = q->tail = NULL;
 }
 
+/*
+ * GCC 12 cannot see that co_queue_next(), run while we yield, unlinks w
+ * before the loop below lets us return, and takes &w in q for a dangling
+ * pointer.
+ */
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdangling-pointer"
+#endif
 void coroutine_fn co_queue_wait(CoQueue *q)
 {
-    CoWaiter w = { .co = co_self(), .next = NULL };
+    CoWaiter w = { .co = co_self(), .next = NULL, .dequeued = false };
     g_assert(w.co);
     if (q->tail) {
         q->tail->next = &w;
@@ -30,8 +40,21 @@ void coroutine_fn co_queue_wait(CoQueue *q)
         q->head = &w;
     }
     q->tail = &w;
-    co_yield();
+    /*
+     * w stays linked into q until co_queue_next() takes it off.  An entry
+     * that is not that wake (a co_wake() left over from an earlier wait, a
+     * job's pause or resume) must not end this frame meanwhile: the queue
+     * would point into a reused stack, and a CoMutex waiter that queued
+     * again wrote its new node over the old one and lost the waiters
+     * behind it.  Callers wait here for the queue's own wake-up.
+     */
+    while (!w.dequeued) {
+        co_yield();
+    }
 }
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12
+#pragma GCC diagnostic pop
+#endif
 
 bool co_queue_next(CoQueue *q)
 {
@@ -43,6 +66,7 @@ bool co_queue_next(CoQueue *q)
     if (!q->head) {
         q->tail = NULL;
     }
+    w->dequeued = true;
     co_wake(w->co);
     return true;
 }
@@ -152,21 +176,37 @@ static GSourceFuncs co_sleep_funcs = {
     .dispatch = co_sleep_dispatch,
 };
 
+typedef struct {
+    Coroutine *co;
+    bool fired;
+} CoSleep;
+
 static gboolean co_sleep_cb(gpointer opaque)
 {
-    co_enter(opaque);
+    CoSleep *s = opaque;
+    s->fired = true;
+    co_enter(s->co);
     return G_SOURCE_REMOVE;
 }
 
 void coroutine_fn co_sleep_ns(int64_t ns)
 {
-    Coroutine *self = co_self();
-    g_assert(self);
+    CoSleep s = { .co = co_self(), .fired = false };
+    g_assert(s.co);
     /* A bare source with a ready time: glib's timeout sources round to ms. */
     GSource *src = g_source_new(&co_sleep_funcs, sizeof(GSource));
     g_source_set_ready_time(src, g_get_monotonic_time() + (ns > 0 ? ns / 1000 : 0));
-    g_source_set_callback(src, co_sleep_cb, self, NULL);
+    g_source_set_callback(src, co_sleep_cb, &s, NULL);
     g_source_attach(src, loop_context(loop_get()));
     g_source_unref(src);
-    co_yield();
+    /*
+     * The source holds &s and enters this coroutine when it fires: a
+     * stray entry before that must not end the sleep early, or the timer
+     * would later enter the coroutine wherever it waits next (or after it
+     * has terminated).  A sleep nobody can cut short is what callers
+     * (rate limits, null-co's latency) count on.
+     */
+    while (!s.fired) {
+        co_yield();
+    }
 }

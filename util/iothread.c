@@ -2,7 +2,8 @@
  * An IOThread is a thread whose thread-default GMainContext carries its own
  * StrataLoop; bottom halves reach it through loop_bh_remote().  Stopping
  * is a remote BH that clears `running`, so the thread leaves its loop after
- * the work queued before it.
+ * the work queued before it, and once the pool requests its coroutines
+ * wait for have come back.
  *
  * The hand-shakes use pthread's mutex and condition variable: glib's are
  * futexes that ThreadSanitizer cannot see (see util/thread-pool.c).
@@ -93,9 +94,18 @@ static gpointer iothread_run(gpointer opaque)
     pthread_cond_signal(&t->cond);
     pthread_mutex_unlock(&t->lock);
 
-    while (t->running) {
+    /*
+     * A coroutine of ours may still wait for a pool request when we are
+     * told to stop: its worker posts the completion to this loop, which
+     * must not be freed under it (nor the coroutine left parked for
+     * ever).  Run until those requests are back; the coroutines then
+     * finish or wait for something else, whose owner answers for it.
+     */
+    while (t->running || thread_pool_waiting_here() > 0) {
         loop_iterate(true);
     }
+    /* The last worker to post to us may still hold our context. */
+    thread_pool_posts_settle();
     /*
      * The thread frees its loop as it exits; iothread_free() may still be
      * inside the loop_bh_remote() that stopped it (found by TSan).

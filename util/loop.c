@@ -6,6 +6,7 @@
  * allocation per call and one GSource for all of them.
  */
 #include <time.h>
+#include <unistd.h>
 #include <glib.h>
 #include <glib-unix.h>
 #include "strata/loop.h"
@@ -38,11 +39,16 @@ struct StrataLoop {
 };
 
 static void loop_free(gpointer data);
-/* Frees a thread's loop when the thread exits. */
+/* Frees a thread's own loop when the thread exits. */
 static GPrivate loop_key = G_PRIVATE_INIT(loop_free);
 
+/* The calling thread's own loop: the main one in the main thread. */
 static __thread StrataLoop *thread_loop;
-/* The loop of the thread that runs glib's default context (the main loop). */
+/*
+ * The loop on glib's global default context, which the main thread runs.
+ * Made once, by whichever thread asks first, and never freed (as the
+ * default context itself).
+ */
 static StrataLoop *main_loop;
 
 static bool loop_bh_ready(StrataLoop *loop)
@@ -117,19 +123,11 @@ static GSourceFuncs loop_source_funcs = {
     .dispatch = loop_dispatch,
 };
 
-StrataLoop *loop_get(void)
+static StrataLoop *loop_new(GMainContext *ctx)
 {
-    if (thread_loop) {
-        return thread_loop;
-    }
-    /*
-     * The thread-default context, or glib's global default one: a thread
-     * that wants a loop of its own pushes its context before first use.
-     */
-    GMainContext *ctx = g_main_context_ref_thread_default();
     StrataLoop *loop = (StrataLoop *)g_source_new(&loop_source_funcs,
                                                   sizeof(StrataLoop));
-    loop->ctx = ctx;
+    loop->ctx = g_main_context_ref(ctx);
     loop->pending = g_array_sized_new(FALSE, FALSE, sizeof(BH), 64);
     /*
      * Same priority as fd watches and timers, so that both are dispatched
@@ -138,12 +136,57 @@ StrataLoop *loop_get(void)
     g_source_set_priority(&loop->source, G_PRIORITY_DEFAULT);
     g_source_set_can_recurse(&loop->source, TRUE);
     g_source_attach(&loop->source, ctx);
+    return loop;
+}
+
+StrataLoop *loop_main(void)
+{
+    static gsize made;
+    if (g_once_init_enter(&made)) {
+        g_atomic_pointer_set(&main_loop, loop_new(g_main_context_default()));
+        g_once_init_leave(&made, 1);
+    }
+    return g_atomic_pointer_get(&main_loop);
+}
+
+/* The process's first thread, the one that runs glib's default context. */
+static bool in_main_thread(void)
+{
+    return gettid() == getpid();
+}
+
+StrataLoop *loop_get(void)
+{
+    if (thread_loop) {
+        return thread_loop;
+    }
+    /*
+     * A thread that wants a loop of its own (an iothread) pushes its
+     * context before first use.  Any other thread is served by the main
+     * loop: a pool worker or a migration thread that posts a BH or asks
+     * for a context to attach to gets the main thread's.  It used to get a
+     * second loop on the default context, which two threads then
+     * dispatched, which replaced the main loop as loop_main() and which
+     * was freed, with the BHs posted to it, when the thread exited.
+     */
+    GMainContext *ctx = g_main_context_get_thread_default();
+    if (!ctx || ctx == g_main_context_default()) {
+        StrataLoop *loop = loop_main();
+        if (in_main_thread()) {
+            thread_loop = loop;
+        }
+        return loop;
+    }
+    StrataLoop *loop = loop_new(ctx);
     thread_loop = loop;
     g_private_set(&loop_key, loop);
-    if (ctx == g_main_context_default()) {
-        g_atomic_pointer_set(&main_loop, loop);
-    }
     return loop;
+}
+
+/* Whether loop is the calling thread's own (it runs its BHs and polls). */
+static bool loop_is_mine(StrataLoop *loop)
+{
+    return loop == thread_loop;
 }
 
 static void loop_free(gpointer data)
@@ -163,13 +206,6 @@ static void loop_free(gpointer data)
     g_main_context_unref(ctx);
 }
 
-StrataLoop *loop_main(void)
-{
-    StrataLoop *loop = g_atomic_pointer_get(&main_loop);
-    /* Before the main thread has used its loop, only it can be asking. */
-    return loop ? loop : loop_get();
-}
-
 GMainContext *loop_context(StrataLoop *loop)
 {
     return loop->ctx;
@@ -178,6 +214,11 @@ GMainContext *loop_context(StrataLoop *loop)
 void loop_bh(LoopFunc *fn, void *opaque)
 {
     StrataLoop *loop = loop_get();
+    if (!loop_is_mine(loop)) {
+        /* A thread without a loop of its own: the main thread runs it. */
+        loop_bh_remote(loop, fn, opaque);
+        return;
+    }
     BH bh = { fn, opaque };
     g_array_append_val(loop->pending, bh);
 }
@@ -251,6 +292,11 @@ void loop_remove_fd(guint id)
 bool loop_iterate(bool blocking)
 {
     StrataLoop *loop = loop_get();
+    if (!loop_is_mine(loop)) {
+        /* Two threads would take turns dispatching the main context. */
+        g_error("loop_iterate() in a thread without an event loop of its "
+                "own: push a GMainContext as the thread's default first");
+    }
     /*
      * Fast path: pending BHs run without a trip through poll().  Every few
      * rounds poll anyway, so that a BH that keeps rescheduling itself

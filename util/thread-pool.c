@@ -50,6 +50,34 @@ static int pool_threads;   /* workers alive */
 static int pool_idle;      /* workers waiting for work */
 static int pool_wakes;     /* tokens posted that no worker has taken yet */
 
+/*
+ * Requests submitted from this thread whose submitter has not resumed
+ * yet: the thread's loop must live until their completions have landed
+ * (an iothread waits for them before it exits).
+ */
+static __thread int pool_waiting;
+
+/*
+ * Held for reading by a worker while it posts a completion (its last
+ * touch of the submitter's loop), for writing by a thread about to free
+ * its loop: that waits for posts in progress.  They only hold a reference
+ * to the loop's context by then, which is safe, but through glib's atomics
+ * that ThreadSanitizer cannot see; this makes the hand-over visible.
+ * Writers first, so that a stream of completions cannot hold one off.
+ */
+static pthread_rwlock_t post_lock;
+static pthread_once_t post_lock_once = PTHREAD_ONCE_INIT;
+
+static void post_lock_init(void)
+{
+    pthread_rwlockattr_t a;
+    pthread_rwlockattr_init(&a);
+    pthread_rwlockattr_setkind_np(&a,
+        PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    pthread_rwlock_init(&post_lock, &a);
+    pthread_rwlockattr_destroy(&a);
+}
+
 /* An idle worker exits after this long, so an idle process keeps no threads. */
 #define POOL_IDLE_SEC 10
 
@@ -99,7 +127,9 @@ static gpointer pool_worker(gpointer unused)
         pthread_mutex_unlock(&pool_lock);
 
         req->ret = req->fn(req->opaque);
+        pthread_rwlock_rdlock(&post_lock);
         loop_bh_remote(req->loop, pool_complete_bh, req);
+        pthread_rwlock_unlock(&post_lock);
 
         pthread_mutex_lock(&pool_lock);
     }
@@ -120,6 +150,7 @@ int thread_pool_co_run(ThreadPoolFunc *fn, void *opaque)
     };
     bool wake = false;
     pthread_once(&pool_sem_once, pool_sem_init);
+    pthread_once(&post_lock_once, post_lock_init);
     pthread_mutex_lock(&pool_lock);
     *queue_tail = &req;
     queue_tail = &req.next;
@@ -146,8 +177,22 @@ int thread_pool_co_run(ThreadPoolFunc *fn, void *opaque)
      * frame this coroutine has reused (a SIGBUS in loop_bh_remote, reading
      * a stale req->loop).  Wait as the aio engines do, until done.
      */
+    pool_waiting++;
     while (!req.done) {
         co_yield();
     }
+    pool_waiting--;
     return req.ret;
+}
+
+int thread_pool_waiting_here(void)
+{
+    return pool_waiting;
+}
+
+void thread_pool_posts_settle(void)
+{
+    pthread_once(&post_lock_once, post_lock_init);
+    pthread_rwlock_wrlock(&post_lock);
+    pthread_rwlock_unlock(&post_lock);
 }

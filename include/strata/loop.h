@@ -16,7 +16,14 @@
 typedef struct StrataLoop StrataLoop;
 typedef void LoopFunc(void *opaque);
 
-/* The calling thread's loop, created on first use. */
+/*
+ * The calling thread's loop, created on first use: a loop of its own on
+ * the context the thread pushed as its thread default (an iothread), or
+ * else the main loop.  A thread without a context of its own (a pool
+ * worker) may post BHs to the main loop (loop_bh() goes there) and attach
+ * sources to its context, but not run it: loop_iterate() there stops the
+ * program.
+ */
 StrataLoop *loop_get(void);
 GMainContext *loop_context(StrataLoop *loop);
 /* The main thread's loop (the one on glib's default context). */
@@ -55,5 +62,16 @@ typedef int ThreadPoolFunc(void *opaque);
 int thread_pool_co_run(ThreadPoolFunc *fn, void *opaque);
 /* Worker count (default 64, like QEMU's pool). */
 void thread_pool_set_max(int n);
+/*
+ * Requests submitted by coroutines of the calling thread that have not
+ * returned to them yet: their completions will be posted to this thread's
+ * loop, which must keep running until then.
+ */
+int thread_pool_waiting_here(void);
+/*
+ * Wait until no worker is still posting a completion: a thread whose
+ * requests are all back calls it before its loop goes away.
+ */
+void thread_pool_posts_settle(void);
 
 #endif
