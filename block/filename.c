@@ -87,6 +87,12 @@ bool node_backing_overridden(BlockNode *bs)
     return backing_overridden(bs, bs->open_flags);
 }
 
+void node_backing_opened_from_header(BlockNode *bs)
+{
+    g_strlcpy(bs->auto_backing_file, child_node(bs->backing)->filename,
+              sizeof(bs->auto_backing_file));
+}
+
 /*
  * The order QEMU's list-like options (blkdebug's inject-error.N.*) come out
  * in, where several share a hash bucket: as measured against QEMU 7.2, the

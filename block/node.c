@@ -1188,8 +1188,7 @@ static bool open_backing(BlockNode *bs, json_t *options, int flags,
         return false;
     }
     if (implicit) {
-        g_strlcpy(bs->auto_backing_file, child_node(c)->filename,
-                  sizeof(bs->auto_backing_file));
+        node_backing_opened_from_header(bs);
     }
     return true;
 }
