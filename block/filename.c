@@ -65,23 +65,32 @@ static const char *const *strong_options(const BlockDriver *drv)
 
 /*
  * The backing child is not the one the image header names (or the header
- * names one and there is none).  A tool that opened without backing files
- * on purpose (qemu-img's info) does not count as overriding it.
+ * names one and there is none).  As QEMU, the comparison is by name, not
+ * by file: the backing node's filename against the name expected for it
+ * (bs->auto_backing_file), so a backing given by reference while the
+ * header names the same file by a relative path counts as overridden; a
+ * backing opened from that relative name does not, as its name is then
+ * what was opened.  A tool that opened without backing files on purpose
+ * (qemu-img's info) does not count as overriding it.
  */
 static bool backing_overridden(BlockNode *bs, int flags)
 {
     if (bs->backing) {
-        char *path = filename_backing_path(bs, bs->backing_file, NULL);
-        bool differs = !path || strcmp(path, child_node(bs->backing)->filename);
-        g_free(path);
-        return differs;
+        return strcmp(bs->auto_backing_file,
+                      child_node(bs->backing)->filename) != 0;
     }
-    return bs->backing_file[0] && !(flags & NODE_O_NO_BACKING);
+    return bs->auto_backing_file[0] && !(flags & NODE_O_NO_BACKING);
 }
 
 bool node_backing_overridden(BlockNode *bs)
 {
     return backing_overridden(bs, bs->open_flags);
+}
+
+void node_backing_opened_from_header(BlockNode *bs)
+{
+    g_strlcpy(bs->auto_backing_file, child_node(bs->backing)->filename,
+              sizeof(bs->auto_backing_file));
 }
 
 /*

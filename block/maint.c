@@ -175,6 +175,10 @@ int node_change_backing_file(BlockNode *bs, const char *file,
     if (c.ret < 0) {
         error_setg_errno(errp, -c.ret, "Could not change backing file to "
                          "'%s'", file ? file : "");
+    } else {
+        /* The name now written is the one the backing is expected to have. */
+        g_strlcpy(bs->auto_backing_file, file ? file : "",
+                  sizeof(bs->auto_backing_file));
     }
     return c.ret;
 }

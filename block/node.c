@@ -1112,7 +1112,10 @@ static bool open_backing(BlockNode *bs, json_t *options, int flags,
     json_t *ref = json_object_get(options, "backing");
     GError *err = NULL;
     char *path = NULL;
+    bool implicit = false;
 
+    g_strlcpy(bs->auto_backing_file, bs->backing_file,
+              sizeof(bs->auto_backing_file));
     if (ref && json_is_string(ref) && !json_string_value(ref)[0]) {
         /* QEMU still takes "" for null, with its warn_report(). */
         const char *prog = g_get_prgname();
@@ -1147,6 +1150,11 @@ static bool open_backing(BlockNode *bs, json_t *options, int flags,
             json_decref(sub);
             return true;
         }
+        /*
+         * As QEMU: only a backing opened from the header's name with no
+         * options of its own is the one the header means.
+         */
+        implicit = !sub || json_object_size(sub) == 0;
         if (!sub) {
             sub = json_object();
         }
@@ -1178,6 +1186,9 @@ static bool open_backing(BlockNode *bs, json_t *options, int flags,
         }
         error_propagate(errp, err);
         return false;
+    }
+    if (implicit) {
+        node_backing_opened_from_header(bs);
     }
     return true;
 }

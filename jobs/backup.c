@@ -26,7 +26,6 @@
 #include "strata/dirty-bitmap.h"
 #include "strata/error.h"
 #include "strata/loop.h"
-#include "strata/units.h"
 
 /*
  * What the engine's callbacks need: they may run as soon as the filter is
@@ -315,31 +314,6 @@ static bool supports_compressed_writes(BlockNode *bs)
     return true;
 }
 
-/*
- * QEMU's block_copy_calculate_cluster_size(): a target that cannot say
- * what its block size is (NBD, null-co: its driver has no get_info) and
- * has no backing file to fill partly written blocks from is copied in
- * the default 64 KiB clusters, and qsd 7.2 warns that larger blocks on the
- * target would make the backup unusable.  Printed where QEMU's copy-
- * before-write filter makes its copy state, before the job's own checks;
- * inside a QMP command, so without the program's name.
- */
-static void backup_warn_unknown_block_size(BlockNode *target)
-{
-    BlockDriverInfo bdi;
-    BlockNode *t = node_skip_filters(target);
-    BlockNode *b = t ? node_backing(t) : NULL;
-
-    if (node_get_info(target, &bdi) == -ENOTSUP && !b) {
-        warn_print("warning: The target block device doesn't provide "
-                   "information about the block size and it doesn't have a "
-                   "backing file. The default block size of %u bytes is "
-                   "used. If the actual block size of the target exceeds "
-                   "this default, the backup may be unusable",
-                   (unsigned)(64 * KiB));
-    }
-}
-
 BlockJob *backup_job_create(const char *job_id, BlockNode *bs,
                             BlockNode *target, const BackupOptions *o,
                             JobTxn *txn, GError **errp)
@@ -423,7 +397,8 @@ BlockJob *backup_job_create(const char *job_id, BlockNode *bs,
         .progress = backup_progress,
         .progress_opaque = sh,
     };
-    backup_warn_unknown_block_size(target);
+    /* The filter's open warns of a target without a block size (qsd's
+     * warning comes from there too). */
     cbw = cbw_append(bs, target, o->filter_node_name, &copts, &bcs, errp);
     if (!cbw) {
         g_free(sh);

@@ -429,9 +429,17 @@ static bool update_overlay(BlockNode *parent, const char *file,
 static int drop_intermediate(CommitJob *s, GError **errp)
 {
     GSList *parents = NULL;
-    const char *file = s->backing_file ? s->backing_file
-                                       : node_get_filename(s->base);
+    const char *file;
     int ret = 0;
+
+    /*
+     * As QEMU, base's name as the graph is now (a json: name when its own
+     * backing is overridden).
+     */
+    if (!s->backing_file) {
+        node_refresh_filename_tree(s->base);
+    }
+    file = s->backing_file ? s->backing_file : node_get_filename(s->base);
 
     for (BlockChild *c = node_next_parent(s->commit_top, NULL); c;
          c = node_next_parent(s->commit_top, c)) {

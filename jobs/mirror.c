@@ -867,6 +867,8 @@ static void mirror_attach_target_backing(MirrorJob *s)
         if (!node_attach_child(t, b, "backing", CHILD_ROLE_COW, &err)) {
             warn_print("%s", err->message);
             g_clear_error(&err);
+        } else {
+            node_backing_opened_from_header(t);
         }
         node_unref(b);
         node_refresh_filename(t);

@@ -117,6 +117,11 @@ BlockDeviceInfo *node_info_device(BlockNode *bs, bool flat, GError **errp)
     BlockNode *backing = node_backing(bs);
     BlockDeviceInfo *info = g_new(BlockDeviceInfo, 1);
 
+    /*
+     * As QEMU's bdrv_block_device_info(): the names as the graph is now
+     * (a commit below bs may have changed what its json: name holds).
+     */
+    node_refresh_filename_tree(bs);
     /* No throttling without a device: QEMU reports zeros. */
     *info = (BlockDeviceInfo) {
         .file = g_strdup(node_get_filename(bs)),

@@ -111,6 +111,35 @@ void warn_print(const char *fmt, ...)
     g_free(msg);
 }
 
+/* See warn_report(): NULL, "" or a command-line location. */
+static char *report_context;
+
+void report_set_context(const char *context)
+{
+    g_free(report_context);
+    report_context = g_strdup(context);
+}
+
+void warn_report(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char *msg = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+    const char *prog = g_get_prgname();
+
+    if (report_context && !report_context[0]) {
+        warn_print("warning: %s", msg);
+    } else if (report_context) {
+        warn_print("%s: %s: warning: %s", prog ? prog : "", report_context,
+                   msg);
+    } else {
+        warn_print("%s%swarning: %s", prog ? prog : "", prog ? ": " : "",
+                   msg);
+    }
+    g_free(msg);
+}
+
 void error_print(const char *fmt, ...)
 {
     va_list ap;

@@ -22,7 +22,9 @@
 #include "strata/block-driver.h"
 #include "strata/copy-before-write.h"
 #include "strata/dirty-bitmap.h"
+#include "strata/error.h"
 #include "strata/loop.h"
+#include "strata/units.h"
 
 static const char *const on_cbw_error_names[] = {
     "break-guest-write", "break-snapshot", NULL,
@@ -136,6 +138,31 @@ out:
     return found;
 }
 
+/*
+ * QEMU's block_copy_calculate_cluster_size(): a target that cannot say
+ * what its block size is (NBD, null-co: its driver has no get_info) and
+ * has no backing file to fill partly written blocks from is copied in the
+ * default 64 KiB clusters, and qsd 7.2 warns that larger blocks on the
+ * target would make the backup unusable.  Printed when the filter makes
+ * its copy state, whoever opens it (blockdev-add, --blockdev, a backup
+ * job inserting its filter).
+ */
+static void cbw_warn_unknown_block_size(BlockNode *target)
+{
+    BlockDriverInfo bdi;
+    BlockNode *t = node_skip_filters(target);
+    BlockNode *b = t ? node_backing(t) : NULL;
+
+    if (node_get_info(target, &bdi) == -ENOTSUP && !b) {
+        warn_report("The target block device doesn't provide information "
+                    "about the block size and it doesn't have a backing "
+                    "file. The default block size of %u bytes is used. If "
+                    "the actual block size of the target exceeds this "
+                    "default, the backup may be unusable",
+                    (unsigned)(64 * KiB));
+    }
+}
+
 static int cbw_open(BlockNode *bs, json_t *options, int flags, GError **errp)
 {
     CbwState *s = bs->opaque;
@@ -185,6 +212,7 @@ static int cbw_open(BlockNode *bs, json_t *options, int flags, GError **errp)
         ((REQ_FUA | REQ_MAY_UNMAP | REQ_NO_FALLBACK) &
          (file->supported_zero_flags | file->drv->supported_zero_flags));
 
+    cbw_warn_unknown_block_size(s->target->bs);
     s->bcs = cbw_new_engine(bs, NULL, &err);
     if (!s->bcs) {
         error_setg(errp, "Cannot create block-copy-state: %s", err->message);

@@ -359,6 +359,15 @@ struct BlockNode {
     /* What the image header names as backing file and its format. */
     char backing_file[4096];
     char backing_format[16];
+    /*
+     * QEMU's auto_backing_file: the name the backing child is expected to
+     * have when nothing overrides it.  The header's name as read (or as
+     * last written), replaced by the backing node's filename when that node
+     * was opened from the header alone.  A backing child whose filename
+     * differs is "overridden" (filename.c), and the node's filename is
+     * then a json: name carrying the backing's options.
+     */
+    char auto_backing_file[4096];
 
     BlockLimits bl;
     int supported_write_flags;

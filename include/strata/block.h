@@ -105,6 +105,10 @@ char *node_get_full_backing_filename(BlockNode *bs);
 /* bs's backing child is not the image its header names (QEMU's
  * bdrv_backing_overridden): given at blockdev-add, or replaced since. */
 bool node_backing_overridden(BlockNode *bs);
+/* bs's backing child was just opened from the name bs's header gives,
+ * with no options of its own (QEMU's implicit backing): its filename is
+ * the name expected from then on, so it does not count as overridden. */
+void node_backing_opened_from_header(BlockNode *bs);
 bool node_is_read_only(const BlockNode *bs);
 int node_get_flags(const BlockNode *bs);
 int64_t node_getlength(BlockNode *bs); /* -errno on error */

@@ -57,4 +57,15 @@ void warn_set_handler(void (*handler)(const char *msg));
  */
 void error_print(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
 
+/*
+ * QEMU's warn_report(): "warning: message", prefixed as QEMU prefixes it
+ * for where the program is.  report_set_context() says where: NULL (the
+ * default) for a program's own work ("PROGRAM: warning: ..."), "" while
+ * the daemon serves QMP commands (QEMU prints neither the program nor a
+ * location for a monitor), or the command-line option being carried out,
+ * as "--blockdev ARG" ("PROGRAM: --blockdev ARG: warning: ...").
+ */
+void report_set_context(const char *context);
+void warn_report(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
+
 #endif

@@ -23,6 +23,7 @@
 
 #include "strata/chardev.h"
 #include "strata/coroutine.h"
+#include "strata/error.h"
 #include "strata/loop.h"
 #include "strata/qmp-jobs.h"
 #include "strata/qmp-server.h"
@@ -318,7 +319,12 @@ static void add_blockdev(const char *arg)
     }
     BlockdevAdd b = { .args = qapi_BlockdevOptions_to_json(opts) };
     qapi_free_BlockdevOptions(opts);
+    /* Warnings of the open name the option, as QEMU's locations do. */
+    char *where = g_strdup_printf("--blockdev %s", arg);
+    report_set_context(where);
+    g_free(where);
     co_run_sync(blockdev_add_co, &b);
+    report_set_context(NULL);
     json_decref(b.args);
     if (!b.ok) {
         option_failed("blockdev", arg, b.err);
@@ -553,6 +559,8 @@ int main(int argc, char *argv[])
     pid_file_init();
     daemonize_finish();
     qmp_server_release_input();
+    /* From here on warnings come from QMP commands: no program name. */
+    report_set_context("");
 
     while (!exit_requested) {
         loop_iterate(true);
