@@ -828,29 +828,36 @@ static bool mirror_drained_poll(Job *job)
 
 /* ---- The end: the switch, or putting everything back ---- */
 
-/* Give the target the backing chain drive-mirror asked for. */
-static void mirror_attach_target_backing(MirrorJob *s)
+/*
+ * Give the target the backing chain drive-mirror asked for.  A failure is
+ * reported and fails the job (QEMU's codes: -EPERM when the link cannot
+ * be made, -EINVAL when the target's backing file cannot be opened), but
+ * the switch still happens, as in QEMU: the target holds the data.
+ */
+static int mirror_attach_target_backing(MirrorJob *s)
 {
     BlockNode *t = node_skip_filters(s->target);
     GError *err = NULL;
+    int ret = 0;
 
     if (s->backing_mode == MIRROR_SOURCE_BACKING_CHAIN) {
         BlockNode *backing = s->sync == MIRROR_SYNC_NONE ? s->source : s->base;
         if (!backing || node_backing(t) == backing) {
-            return;
+            return 0;
         }
         if (!node_attach_child(t, backing, "backing", CHILD_ROLE_COW, &err)) {
-            warn_print("%s", err->message);
+            error_print("%s", err->message);
             g_clear_error(&err);
+            ret = -EPERM;
         }
         node_refresh_filename(t);
     } else if (s->backing_mode == MIRROR_OPEN_BACKING_CHAIN) {
         if (node_backing(t)) {
-            return;
+            return 0;
         }
         char *path = node_get_full_backing_filename(t);
         if (!path) {
-            return;
+            return 0;
         }
         json_t *opts = json_object();
         const char *fmt = node_backing_format(t);
@@ -860,19 +867,21 @@ static void mirror_attach_target_backing(MirrorJob *s)
         BlockNode *b = node_open(path, opts, 0, &err);
         g_free(path);
         if (!b) {
-            warn_print("%s", err->message);
+            error_print("Could not open backing file: %s", err->message);
             g_clear_error(&err);
-            return;
+            return -EINVAL;
         }
         if (!node_attach_child(t, b, "backing", CHILD_ROLE_COW, &err)) {
-            warn_print("%s", err->message);
+            error_print("%s", err->message);
             g_clear_error(&err);
+            ret = -EPERM;
         } else {
             node_backing_opened_from_header(t);
         }
         node_unref(b);
         node_refresh_filename(t);
     }
+    return ret;
 }
 
 /* x-strata-merge-bitmaps: the nodes that left the disk's chain. */
@@ -931,7 +940,7 @@ static int mirror_exit_common(Job *job, bool abort)
     node_drain_begin(target);
 
     if (!abort) {
-        mirror_attach_target_backing(s);
+        ret = mirror_attach_target_backing(s);
     }
     if (s->should_complete && !abort) {
         BlockNode *to_replace = s->to_replace ? s->to_replace : src;
