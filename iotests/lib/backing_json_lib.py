@@ -24,6 +24,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import iotests as t  # noqa: E402
 import qmp  # noqa: E402
+from commit_lib import recv_reply  # noqa: E402,F401
 
 D = t.TEST_DIR
 IMAGES = ('bb', 'other', 'base', 'mid', 'top')
@@ -84,13 +85,6 @@ def blockdev_args(base_backing):
     for n in nodes:
         args += ['--blockdev', json.dumps(n)]
     return args
-
-
-def recv_reply(c):
-    while True:
-        msg = c.recv()
-        if msg is None or 'event' not in msg:
-            return msg
 
 
 def log_names(c, when):
