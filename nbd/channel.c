@@ -161,7 +161,7 @@ static void coroutine_fn channel_wait(NbdChannel *ch, bool for_write)
 static void coroutine_fn channel_wait_request(NbdChannel *ch)
 {
     int64_t start = clock_ns();
-    bool spun = ch->spin_ns > 0;
+    bool spun = ch->spin_ns > 0 && nbd_spin_alone(start);
 
     if (spun) {
         nbd_spin_until(start + ch->spin_ns);
@@ -297,6 +297,7 @@ int coroutine_fn nbd_channel_read(NbdChannel *ch, void *buf, size_t len)
             if (n > 0) {
                 ch->rpos = 0;
                 ch->rlen = n;
+                nbd_spin_note_request(ch, clock_ns());
             }
             ch->drained = n > 0 && n < RBUF_SIZE;
         }

@@ -75,3 +75,19 @@ void nbd_spin_until(int64_t deadline)
         spin_deadline = deadline;
     }
 }
+
+static __thread const void *last_who;
+static __thread int64_t shared_until;
+
+void nbd_spin_note_request(const void *who, int64_t now)
+{
+    if (last_who && last_who != who) {
+        shared_until = now + NBD_SPIN_SHARED_NS;
+    }
+    last_who = who;
+}
+
+bool nbd_spin_alone(int64_t now)
+{
+    return now >= shared_until;
+}

@@ -100,6 +100,30 @@ static void test_after_deadline(void **state)
     close(fds[1]);
 }
 
+/*
+ * A channel spins only while no other channel of its thread has taken a
+ * request for NBD_SPIN_SHARED_NS: one client alone, or clients taking
+ * turns with gaps longer than that.
+ */
+static void test_spin_alone(void **state)
+{
+    (void)state;
+    int64_t t = 1000 * NBD_SPIN_SHARED_NS;
+    static const int a, b;         /* two channels, by address */
+
+    nbd_spin_note_request(&a, t);
+    assert_true(nbd_spin_alone(t));
+    nbd_spin_note_request(&a, t + 1);
+    assert_true(nbd_spin_alone(t + 2));
+    nbd_spin_note_request(&b, t + 3);           /* another client */
+    assert_false(nbd_spin_alone(t + 4));
+    nbd_spin_note_request(&a, t + 5);           /* and back */
+    assert_false(nbd_spin_alone(t + 5 + NBD_SPIN_SHARED_NS - 1));
+    assert_true(nbd_spin_alone(t + 5 + NBD_SPIN_SHARED_NS));
+    nbd_spin_note_request(&a, t + 6 + NBD_SPIN_SHARED_NS);
+    assert_true(nbd_spin_alone(t + 7 + NBD_SPIN_SHARED_NS));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -107,6 +131,7 @@ int main(void)
         cmocka_unit_test(test_after_deadline),
         cmocka_unit_test(test_fd_during_spin),
         cmocka_unit_test(test_timer_during_spin),
+        cmocka_unit_test(test_spin_alone),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
