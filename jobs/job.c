@@ -476,8 +476,15 @@ static void coroutine_fn do_yield(Job *job, int64_t ns)
     }
     job->busy = false;
     job_notify(job, JOB_EVENT_IDLE, job->status);
-    co_yield();
-    g_assert(job->busy);
+    /*
+     * Only job_enter() (a resume, a cancel, the timer) and job_pause() end
+     * the wait, and they set busy first: QEMU asserts busy here.  An entry
+     * by anyone else (a co_wake() left over from an earlier wait) parks
+     * again, the timer still armed.
+     */
+    while (!job->busy) {
+        co_yield();
+    }
 }
 
 void coroutine_fn job_pause_point(Job *job)

@@ -146,15 +146,22 @@ void nbd_channel_free(NbdChannel *ch)
 /* Yield until the socket is ready in one direction (or shut down). */
 static void coroutine_fn channel_wait(NbdChannel *ch, bool for_write)
 {
-    if (for_write) {
-        g_assert(!ch->writer);
-        ch->writer = co_self();
-    } else {
-        g_assert(!ch->reader);
-        ch->reader = co_self();
-    }
+    Coroutine *self = co_self();
+    Coroutine **slot = for_write ? &ch->writer : &ch->reader;
+
+    g_assert(!*slot);
+    *slot = self;
     channel_set_watch(ch, ch->watched | (for_write ? G_IO_OUT : G_IO_IN));
-    co_yield();
+    /*
+     * Only channel_dispatch() and nbd_channel_shutdown() end the wait, and
+     * they clear the slot first.  An entry before that (a co_wake() left
+     * over from an earlier wait) waits on: returning would leave the slot
+     * taken for the next wait.  (QEMU's qio_channel_yield() lets such an
+     * entry interrupt the wait on purpose; nothing here does that.)
+     */
+    while (*slot == self) {
+        co_yield();
+    }
 }
 
 /* Wait for the next request on an empty socket, busy for a while. */

@@ -295,9 +295,16 @@ static int coroutine_fn do_delete(SnapshotJob *s, GPtrArray *nodes,
 
 /* ---- The job ---- */
 
+typedef struct {
+    Coroutine *co;
+    bool done;          /* set by wake_bh */
+} LastYield;
+
 static void wake_bh(void *opaque)
 {
-    co_wake(opaque);
+    LastYield *y = opaque;
+    y->done = true;
+    co_wake(y->co);
 }
 
 static int coroutine_fn snapshot_run(Job *job, GError **errp)
@@ -324,8 +331,16 @@ static int coroutine_fn snapshot_run(Job *job, GError **errp)
     }
     job_progress_update(job, 1);
     /* The reply goes out before the job concludes (see above). */
-    loop_bh(wake_bh, co_self());
-    co_yield();
+    LastYield y = { co_self(), false };
+    loop_bh(wake_bh, &y);
+    /*
+     * y is the BH's until it sets done: a stray entry before that must
+     * not end run(), or the job would conclude before the reply and the
+     * BH wake a coroutine that has finished.
+     */
+    while (!y.done) {
+        co_yield();
+    }
     return ret;
 }
 

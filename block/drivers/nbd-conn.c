@@ -36,7 +36,16 @@ void coroutine_fn nbd_wait(NbdWait *w, int64_t timeout_ns)
         g_source_set_callback(w->timer, nbd_wait_timer_cb, w, NULL);
         g_source_attach(w->timer, loop_context(loop_get()));
     }
-    co_yield();
+    /*
+     * The timer and whoever may call nbd_wait_wake() (the socket watch, a
+     * connect's fd source, closing the node) hold w until one of them
+     * clears pending.  An entry before that (a co_wake() left over from an
+     * earlier wait) must not return with the timer still armed on this
+     * frame: it waits on, as QEMU's reconnect sleep does.
+     */
+    while (w->pending) {
+        co_yield();
+    }
 }
 
 void nbd_wait_wake(NbdWait *w)

@@ -570,7 +570,14 @@ static int coroutine_fn nbd_co_cmd(NbdState *s, NbdCmd *c)
         if (!c->done) {
             c->waiting = true;
             l->in_flight++;
-            co_yield();
+            /*
+             * libnbd's completion callback holds c until it sets done: a
+             * stray entry must not return an unread buffer as read (QEMU
+             * asserts its reply's wake-up was its own).
+             */
+            while (!c->done) {
+                co_yield();
+            }
             l->in_flight--;
         }
         if (c->ret == 0) {
