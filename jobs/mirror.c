@@ -37,6 +37,7 @@
 #include "strata/mirror-top.h"
 #include "strata/mirror.h"
 #include "strata/units.h"
+#include "mirror-int.h"
 
 /* QEMU's: 16 requests of 1 MiB. */
 #define MIRROR_MAX_IN_FLIGHT 16
@@ -49,70 +50,6 @@ typedef struct ActiveWrite {
     int64_t offset, bytes;
     bool raced;              /* an engine chunk over it finished meanwhile */
 } ActiveWrite;
-
-typedef struct MirrorJob {
-    BlockJob common;
-    BlockNode *filter;       /* mirror_top, referenced */
-    BlockNode *source;       /* below the filter, referenced */
-    BlockNode *target;       /* referenced */
-    BlockNode *base;         /* sync top / active commit: the chain's base */
-    BlockNode *to_replace;   /* set by complete when `replaces` was given */
-    char *replaces;
-    BlockChild *source_edge;   /* the filter's edge to the source */
-    BlockBackend *target_blk;  /* writes to the target go through it */
-    BlockChild *target_edge;   /* its root edge */
-    DirtyBitmap *bitmap;
-    BlockCopyState *bcs;
-
-    bool is_commit;
-    bool merge_bitmaps;      /* x-strata-merge-bitmaps */
-    bool frozen;             /* active commit froze filter..base */
-    MirrorSync sync;
-    MirrorBackingMode backing_mode;
-    MirrorCopy copy_mode;
-    bool zero_target, unmap;
-    BlockdevOnError on_source_error, on_target_error;
-    uint32_t granularity;
-    /*
-     * The target's cluster size as QEMU's bdrv_round_to_clusters() sees it
-     * (0: it gives none), and the engine's granularity: the target's
-     * cluster size when copies must cover whole target clusters (see
-     * mirror_start_job()), else the job's granularity.
-     */
-    int64_t target_cluster;
-    int64_t copy_granularity;
-    int64_t buf_size;
-    int64_t length;
-
-    bool should_complete;
-    bool copying;            /* the engine runs: active writes may start */
-    bool in_drain;           /* the job drained the source itself */
-    bool prepared;
-    int write_ret;           /* an active write failed (policy report) */
-    uint64_t active_written; /* bytes active writes put in the target */
-    uint64_t flushed_written; /* mirror_written() at the last flush */
-    GPtrArray *active;       /* ActiveWrite * in flight */
-    int active_count;
-    CoQueue active_done;
-    CommitActiveOptions x;
-    /* x-strata-discard-source: the job's writing edge to the top, and the
-     * ranges in the base since the last punch (offset, bytes pairs). */
-    BlockChild *punch_edge;
-    GArray *punch;
-    /* ... the job's writing edges to the images between top and base,
-     * bottom first, and the images it made writable for that (read-only
-     * again when the job ends). */
-    GPtrArray *punch_below;
-    GPtrArray *reopened;
-    /* Some of the ranges were skipped, not written: the base's flush
-     * cannot be left out because the job wrote nothing since the last. */
-    bool punch_skipped;
-} MirrorJob;
-
-static MirrorJob *mirror_job(Job *job)
-{
-    return (MirrorJob *)job;
-}
 
 /* ---- Errors ---- */
 
@@ -495,8 +432,6 @@ static int coroutine_fn mirror_flush(MirrorJob *s)
  * carry the new data); in the images below, it is dropped as everywhere
  * else.
  */
-static BlockNode *filter_or_cow(BlockNode *bs);
-static void mirror_restore_read_only(MirrorJob *s);
 
 /*
  * Drop [off, off + n) from c's node but where unless_dirty marks it.  The
@@ -543,7 +478,7 @@ static int coroutine_fn mirror_punch_layer(MirrorJob *s, BlockChild *c,
                                            const DirtyBitmap *unless_dirty)
 {
     BlockNode *bs = child_node(c);
-    BlockNode *below = filter_or_cow(bs);
+    BlockNode *below = mirror_filter_or_cow(bs);
     int64_t end = off + len;
 
     while (off < end) {
@@ -826,172 +761,6 @@ static bool mirror_drained_poll(Job *job)
     return !job->paused && !job_is_cancelled(job);
 }
 
-/* ---- The end: the switch, or putting everything back ---- */
-
-/*
- * Give the target the backing chain drive-mirror asked for.  A failure is
- * reported and fails the job (QEMU's codes: -EPERM when the link cannot
- * be made, -EINVAL when the target's backing file cannot be opened), but
- * the switch still happens, as in QEMU: the target holds the data.
- */
-static int mirror_attach_target_backing(MirrorJob *s)
-{
-    BlockNode *t = node_skip_filters(s->target);
-    GError *err = NULL;
-    int ret = 0;
-
-    if (s->backing_mode == MIRROR_SOURCE_BACKING_CHAIN) {
-        BlockNode *backing = s->sync == MIRROR_SYNC_NONE ? s->source : s->base;
-        if (!backing || node_backing(t) == backing) {
-            return 0;
-        }
-        if (!node_attach_child(t, backing, "backing", CHILD_ROLE_COW, &err)) {
-            error_print("%s", err->message);
-            g_clear_error(&err);
-            ret = -EPERM;
-        }
-        node_refresh_filename(t);
-    } else if (s->backing_mode == MIRROR_OPEN_BACKING_CHAIN) {
-        if (node_backing(t)) {
-            return 0;
-        }
-        char *path = node_get_full_backing_filename(t);
-        if (!path) {
-            return 0;
-        }
-        json_t *opts = json_object();
-        const char *fmt = node_backing_format(t);
-        if (fmt && fmt[0]) {
-            json_object_set_new(opts, "driver", json_string(fmt));
-        }
-        BlockNode *b = node_open(path, opts, 0, &err);
-        g_free(path);
-        if (!b) {
-            error_print("Could not open backing file: %s", err->message);
-            g_clear_error(&err);
-            return -EINVAL;
-        }
-        if (!node_attach_child(t, b, "backing", CHILD_ROLE_COW, &err)) {
-            error_print("%s", err->message);
-            g_clear_error(&err);
-            ret = -EPERM;
-        } else {
-            node_backing_opened_from_header(t);
-        }
-        node_unref(b);
-        node_refresh_filename(t);
-    }
-    return ret;
-}
-
-/* x-strata-merge-bitmaps: the nodes that left the disk's chain. */
-static void mirror_merge_bitmaps(MirrorJob *s, BlockNode *src,
-                                 BlockNode *to_replace)
-{
-    if (s->is_commit) {
-        for (BlockNode *n = src; n && n != s->target;
-             n = filter_or_cow(n)) {
-            bitmaps_merge_into(s->target, n);
-        }
-        return;
-    }
-    bitmaps_merge_into(s->target, to_replace);
-    if (src != to_replace) {
-        bitmaps_merge_into(s->target, src);
-    }
-}
-
-static int mirror_exit_common(Job *job, bool abort)
-{
-    MirrorJob *s = mirror_job(job);
-    int ret = 0;
-    GError *err = NULL;
-
-    if (s->prepared) {
-        return 0;
-    }
-    s->prepared = true;
-
-    BlockNode *src = s->source, *target = s->target, *filter = s->filter;
-    node_ref(src);
-    node_ref(target);
-    node_ref(filter);
-
-    if (s->frozen) {
-        chain_unfreeze(filter, target, "mirror");
-        s->frozen = false;
-    }
-    block_copy_free(s->bcs);
-    s->bcs = NULL;
-    dirty_bitmap_release(s->bitmap);
-    s->bitmap = NULL;
-
-    /* The job stops being a user of its nodes before the graph changes. */
-    blk_unref(s->target_blk);
-    s->target_blk = NULL;
-    s->target_edge = NULL;
-    job_remove_all_nodes(job);
-    mirror_restore_read_only(s);
-
-    if (!s->in_drain) {
-        node_drain_begin(src);
-        s->in_drain = true;
-    }
-    node_drain_begin(target);
-
-    if (!abort) {
-        ret = mirror_attach_target_backing(s);
-    }
-    if (s->should_complete && !abort) {
-        BlockNode *to_replace = s->to_replace ? s->to_replace : src;
-        bool ro = node_is_read_only(to_replace);
-        if (ro != node_is_read_only(target)) {
-            node_reopen(target, NULL, ro, NULL);
-        }
-        node_drain_begin(to_replace);
-        /* The graph may have changed since the job started. */
-        if (!node_recurse_can_replace(src, to_replace)) {
-            error_setg(&err, "Can no longer replace '%s' by '%s', because "
-                       "it can no longer be guaranteed that doing so would "
-                       "not lead to an abrupt change of visible data",
-                       node_get_name(to_replace), node_get_name(target));
-        }
-        if (err || !node_replace(to_replace, target, &err)) {
-            error_print("%s", err->message);
-            g_clear_error(&err);
-            ret = -EPERM;
-        } else if (s->merge_bitmaps) {
-            /* Still drained: no write between the pivot and this. */
-            mirror_merge_bitmaps(s, src, to_replace);
-        }
-        node_drain_end(to_replace);
-    }
-    mirror_top_remove(filter);
-
-    node_drain_end(target);
-    node_drain_end(src);
-    s->in_drain = false;
-
-    /*
-     * The job may outlive its dismissal for a moment (references of the
-     * job layer): the nodes must not, or a deleted node would linger.
-     */
-    node_unref(s->filter);
-    s->filter = NULL;
-    node_unref(s->source);
-    s->source = NULL;
-    node_unref(s->target);
-    s->target = NULL;
-    if (s->to_replace) {
-        node_unref(s->to_replace);
-        s->to_replace = NULL;
-    }
-    node_unref(filter);
-    node_unref(target);
-    node_unref(src);
-    return ret;
-}
-
 static int mirror_prepare(Job *job)
 {
     return mirror_exit_common(job, false);
@@ -1088,7 +857,7 @@ static BlockNode *backing_chain_next(BlockNode *bs)
 }
 
 /* The next node down a chain: a filter's child or the backing node. */
-static BlockNode *filter_or_cow(BlockNode *bs)
+BlockNode *mirror_filter_or_cow(BlockNode *bs)
 {
     BlockNode *f = node_filtered_child(bs);
     return f ? f : node_backing(bs);
@@ -1101,7 +870,7 @@ static bool chain_contains(BlockNode *bs, BlockNode *n)
         if (bs == n) {
             return true;
         }
-        bs = filter_or_cow(bs);
+        bs = mirror_filter_or_cow(bs);
     }
     return false;
 }
@@ -1131,7 +900,7 @@ typedef struct StartArgs {
 
 /* The images made writable for the drops are read-only again, once the
  * job's writing edges are gone. */
-static void mirror_restore_read_only(MirrorJob *s)
+void mirror_restore_read_only(MirrorJob *s)
 {
     if (!s->reopened) {
         return;
@@ -1316,8 +1085,8 @@ static MirrorJob *mirror_start_job(const StartArgs *a, GError **errp)
          */
         BlockNode *base_data = node_skip_filters(a->target);
         BlockNode *above = a->bs;
-        for (BlockNode *it = filter_or_cow(a->bs); it && it != a->target;
-             it = filter_or_cow(it)) {
+        for (BlockNode *it = mirror_filter_or_cow(a->bs); it && it != a->target;
+             it = mirror_filter_or_cow(it)) {
             uint64_t sh = BLK_PERM_WRITE_UNCHANGED | BLK_PERM_WRITE;
             /* Filters hold no data of their own: nothing to drop. */
             bool punch = s->punch && !node_filtered_child(it);
