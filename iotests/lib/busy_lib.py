@@ -25,7 +25,8 @@ def daemon_args():
     return (m.blockdev('src', t.test_path('src.qcow2')) +
             m.blockdev('tgt', t.test_path('tgt.qcow2')) +
             m.blockdev('base', t.test_path('base.qcow2')) +
-            m.blockdev('top', t.test_path('top.qcow2'), extra=',backing=base') +
+            m.blockdev('top', t.test_path('top.qcow2'),
+                       extra=',backing=base') +
             m.blockdev('other', t.test_path('other.qcow2')))
 
 
@@ -36,8 +37,8 @@ def start_held_mirror(c):
                                  'target': 'tgt', 'sync': 'full',
                                  'speed': 1, 'buf-size': 65536},
           reply_first=True)
-    m.cmd(c, 'job-pause', {'id': 'm0'}, until_pred=m.is_status('m0', 'paused'),
-          reply_first=True)
+    m.cmd(c, 'job-pause', {'id': 'm0'},
+          until_pred=m.is_status('m0', 'paused'), reply_first=True)
 
 
 def cancel_held_mirror(c):
