@@ -34,7 +34,8 @@ BlockNode *bja_root_node(const char *name, GError **errp);
  */
 BlockNode *bja_lookup_device(const char *device, GError **errp);
 
-/* The operations QEMU's op blockers guard, for bja_check_op(). */
+/* The operations QEMU's op blockers guard, for bja_check_op() (not only
+ * the job commands': a job's nodes take no snapshot and no resize). */
 typedef enum BjaOp {
     BJA_OP_BACKUP_SOURCE,
     BJA_OP_BACKUP_TARGET,
@@ -43,6 +44,8 @@ typedef enum BjaOp {
     BJA_OP_MIRROR_SOURCE,
     BJA_OP_MIRROR_TARGET,
     BJA_OP_STREAM,
+    BJA_OP_EXTERNAL_SNAPSHOT,   /* blockdev-snapshot, blockdev-snapshot-sync */
+    BJA_OP_RESIZE,              /* block_resize */
 } BjaOp;
 
 /*

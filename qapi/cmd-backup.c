@@ -19,6 +19,7 @@
  */
 #include <string.h>
 
+#include "block-job-args.h"
 #include "job-settle.h"
 #include "transaction.h"
 #include "strata/backup.h"
@@ -287,6 +288,11 @@ static bool drive_backup_prepare(TxnState *s, GError **errp)
     format = b->format;
     if (!format && mode != NEW_IMAGE_MODE_EXISTING) {
         format = node_get_format_name(bs);
+    }
+    /* Before the target is created or opened: a busy source leaves no
+     * new image behind (QEMU's "early check"). */
+    if (!bja_check_op(bs, BJA_OP_BACKUP_SOURCE, errp)) {
+        return false;
     }
     /* The source's access and cache mode (QEMU passes all its open
      * flags; strata's others are internal to the node's own opening). */

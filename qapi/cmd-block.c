@@ -20,6 +20,7 @@
 #include "qapi-commands.h"
 #include "qapi-events.h"
 #include "qapi-visit.h"
+#include "block-job-args.h"
 #include "node-info.h"
 #include "transaction.h"
 
@@ -248,6 +249,15 @@ void qmp_block_resize(const char *device, const char *node_name,
     }
     if (size < 0) {
         error_setg(errp, "Parameter 'size' expects a >0 size");
+        return;
+    }
+    /*
+     * QEMU's op blockers: a backing node or a node a block job uses
+     * keeps its size.  QEMU names the device argument, and prints
+     * "(null)" when only node-name was given: that is its message.
+     */
+    if (!bja_check_op(bs, BJA_OP_RESIZE, NULL)) {
+        error_setg(errp, "Device '%s' is in use", device ? device : "(null)");
         return;
     }
     BlockBackend *blk = blk_new(BLK_PERM_RESIZE, BLK_PERM_ALL);

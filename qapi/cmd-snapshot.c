@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "block-job-args.h"
 #include "transaction.h"
 #include "strata/block-events.h"
 #include "strata/block-ops.h"
@@ -43,25 +44,6 @@ static bool append_overlay(ExternalSnapshot *st, GError **errp)
     }
     st->backing = c;
     node_refresh_filename(st->new_bs);
-    return true;
-}
-
-/*
- * QEMU blocks snapshots of a node that is another node's backing image
- * (its op blockers): only the top of a chain takes an overlay.
- */
-static bool check_not_backing(BlockNode *bs, GError **errp)
-{
-    for (BlockChild *c = node_next_parent(bs, NULL); c;
-         c = node_next_parent(bs, c)) {
-        if (child_parent_kind(c) == PARENT_NODE &&
-            (child_role(c) & CHILD_ROLE_COW)) {
-            error_setg(errp, "Node '%s' is busy: node is used as backing hd "
-                       "of '%s'", node_get_name(bs),
-                       node_get_name(child_parent(c)));
-            return false;
-        }
-    }
     return true;
 }
 
@@ -176,7 +158,9 @@ static bool external_snapshot_prepare(TxnState *s, GError **errp)
         error_setg(errp, "Device '%s' has no medium", device);
         return false;
     }
-    if (!check_not_backing(st->old_bs, errp)) {
+    /* QEMU's op blockers: only the top of a chain takes an overlay, and
+     * no node a block job uses (the newest reason named, as QEMU's). */
+    if (!bja_check_op(st->old_bs, BJA_OP_EXTERNAL_SNAPSHOT, errp)) {
         return false;
     }
     if (!node_is_read_only(st->old_bs) && node_co_flush(st->old_bs) < 0) {
