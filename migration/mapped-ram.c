@@ -682,55 +682,112 @@ static bool states_ended(MrFileInfo *info, GError **errp)
 }
 
 /*
- * QEMU ends its stream with a JSON description of the device sections
- * (QEMU_VM_VMDESCRIPTION, 0x06, a 32-bit length, the JSON) right at the end
- * of the file: it names the sections strata cannot step over.
+ * QEMU ends its stream with QEMU_VM_EOF and a JSON description of its
+ * device sections (QEMU_VM_VMDESCRIPTION 0x06, a 32-bit length, the JSON)
+ * that reaches exactly to the end of the file.  strata cannot step over a
+ * device section (its length is nowhere in the stream), so the description
+ * is both where the names of the sections not read come from and the only
+ * sign that the file is whole: a file cut or damaged after its RAM section
+ * has none, and must not restore as if nothing were missing.
  */
-static void name_unread_from_vmdesc(int fd, MrFileInfo *info)
-{
-    const uint64_t window = 1u << 20;
-    uint64_t start = info->file_size > window ? info->file_size - window : 0;
-    size_t n = info->file_size - start;
-    g_autofree uint8_t *buf = g_malloc(n ? n : 1);
-    ssize_t r = pread(fd, buf, n, (off_t)start);
+#define VMDESC_MAX (64u << 20)
+#define VMDESC_WINDOW (1u << 20)
 
-    if (r != (ssize_t)n || n < 6) {
-        return;
+/* A candidate at @p: EOF byte, 0x06, the length up to the end, '{'. */
+static bool vmdesc_at(const uint8_t *b, uint64_t p, uint64_t size)
+{
+    uint32_t len;
+
+    if (b[0] != MR_SEC_EOF || b[1] != MR_SEC_VMDESCRIPTION || b[6] != '{') {
+        return false;
     }
-    for (size_t i = 0; i + 5 < n; i++) {
-        uint32_t len;
-        if (buf[i] != MR_SEC_VMDESCRIPTION || buf[i + 5] != '{') {
-            continue;
-        }
-        memcpy(&len, buf + i + 1, 4);
-        len = GUINT32_FROM_BE(len);
-        if (i + 5 + (uint64_t)len != n) {
-            continue;
-        }
-        json_t *j = json_loadb((const char *)buf + i + 5, len, 0, NULL);
-        json_t *devs = j ? json_object_get(j, "devices") : NULL;
-        if (json_is_array(devs)) {
-            GHashTable *seen = g_hash_table_new(g_str_hash, g_str_equal);
-            for (unsigned k = 0; k < info->unread->len; k++) {
-                g_hash_table_add(seen, info->unread->pdata[k]);
-            }
-            size_t k;
-            json_t *d;
-            json_array_foreach(devs, k, d) {
-                const char *name = json_string_value(json_object_get(d,
-                                                                     "name"));
-                if (name && !g_hash_table_contains(seen, name) &&
-                    strcmp(name, "ram") != 0) {
-                    char *s = g_strdup(name);
-                    g_ptr_array_add(info->unread, s);
-                    g_hash_table_add(seen, s);
-                }
-            }
-            g_hash_table_unref(seen);
-        }
-        json_decref(j);
-        return;
+    memcpy(&len, b + 2, 4);
+    return p + 6 + (uint64_t)GUINT32_FROM_BE(len) == size;
+}
+
+/*
+ * Looks for the description from the end back to @from (where the walk
+ * stopped), newest candidate first: JSON text holds no 0x00 or 0x06 bytes,
+ * so no candidate lies inside the real description.  Returns the parsed
+ * JSON's "devices" array holder, or NULL.
+ */
+static json_t *find_vmdesc(int fd, uint64_t from, uint64_t size)
+{
+    uint64_t lowest = size > (uint64_t)VMDESC_MAX + 7 ?
+                      size - VMDESC_MAX - 7 : 0;
+    g_autofree uint8_t *buf = g_malloc(VMDESC_WINDOW + 6);
+
+    if (lowest < from) {
+        lowest = from;
     }
+    if (size < 7 || size - 7 < lowest) {
+        return NULL;
+    }
+    /* candidates p in [lo, hi]; the window holds bytes [lo, hi + 7) */
+    uint64_t hi = size - 7;
+    for (;;) {
+        uint64_t lo = hi - lowest >= VMDESC_WINDOW ? hi - VMDESC_WINDOW + 1
+                                                    : lowest;
+        size_t n = (size_t)(hi - lo + 7);
+        if (pread(fd, buf, n, (off_t)lo) != (ssize_t)n) {
+            return NULL;
+        }
+        for (uint64_t p = hi + 1; p-- > lo;) {
+            if (!vmdesc_at(buf + (p - lo), p, size)) {
+                continue;
+            }
+            size_t len = (size_t)(size - p - 6);
+            g_autofree char *text = g_malloc(len);
+            if (pread(fd, text, len, (off_t)(p + 6)) != (ssize_t)len) {
+                return NULL;
+            }
+            json_t *j = json_loadb(text, len, 0, NULL);
+            if (json_is_array(json_object_get(j, "devices"))) {
+                return j;
+            }
+            json_decref(j);
+        }
+        if (lo == lowest) {
+            return NULL;
+        }
+        hi = lo - 1;
+    }
+}
+
+/* @from: the offset where the walk stopped, at device section @first. */
+static bool check_vmdesc(int fd, uint64_t from, MrFileInfo *info,
+                         const char *first, GError **errp)
+{
+    json_t *j = find_vmdesc(fd, from, info->file_size);
+    json_t *devs = json_object_get(j, "devices");
+    GHashTable *seen;
+    size_t k;
+    json_t *d;
+
+    if (!j) {
+        error_setg(errp, "Migration file has device sections strata cannot "
+                   "read (the first: '%s') and does not end with QEMU's "
+                   "description of them, so strata cannot tell whether it "
+                   "is whole: it is truncated or damaged (or QEMU wrote it "
+                   "with -machine suppress-vmdesc=on)", first);
+        return false;
+    }
+    seen = g_hash_table_new(g_str_hash, g_str_equal);
+    for (unsigned i = 0; i < info->unread->len; i++) {
+        g_hash_table_add(seen, info->unread->pdata[i]);
+    }
+    json_array_foreach(devs, k, d) {
+        const char *name = json_string_value(json_object_get(d, "name"));
+        if (name && !g_hash_table_contains(seen, name) &&
+            strcmp(name, "ram") != 0) {
+            char *s = g_strdup(name);
+            g_ptr_array_add(info->unread, s);
+            g_hash_table_add(seen, s);
+        }
+    }
+    g_hash_table_unref(seen);
+    json_decref(j);
+    return true;
 }
 
 MrFileInfo *mr_file_parse(int fd, uint64_t offset, GError **errp)
@@ -815,9 +872,8 @@ MrFileInfo *mr_file_parse(int fd, uint64_t offset, GError **errp)
                 break;
             }
             if (strcmp(name, "ram") != 0 || instance != 0 || ram_seen) {
-                g_ptr_array_add(info->unread, g_steal_pointer(&name));
-                name_unread_from_vmdesc(fd, info);
-                ok = true;
+                g_ptr_array_add(info->unread, g_strdup(name));
+                ok = check_vmdesc(fd, c->pos, info, name, errp);
                 goto out;
             }
             if (sversion != RAM_SECTION_VERSION) {

@@ -22,6 +22,7 @@ struct MigRun {
     GError *err;
     GPtrArray *skipped;
     GPtrArray *unread;
+    atomic_bool ram_loaded;     /* a load's pages all in guest memory */
     /* live saves: pre-switchover waits for continued (or cancel) */
     GMutex lock;
     GCond cond;
@@ -198,8 +199,10 @@ static gpointer load_thread(gpointer opaque)
         }
         if (match_blocks(r, info, &r->err)) {
             /* device state after the pages (the file was checked whole) */
-            if (mr_load(&s->target, info, &s->params, &r->stats, &r->cancel,
-                        &r->err) &&
+            bool ram = mr_load(&s->target, info, &s->params, &r->stats,
+                               &r->cancel, &r->err);
+            atomic_store(&r->ram_loaded, ram);
+            if (ram &&
                 ds_load(s->params.devstate, info, s->target.fd, &r->stats,
                         &r->cancel, r->unread, &r->err)) {
                 loop_bh_remote(loop_main(), pages_done_bh, r);
@@ -281,6 +284,11 @@ MrStats *mig_run_stats(MigRun *r)
 GPtrArray *mig_run_skipped(MigRun *r)
 {
     return r->skipped;
+}
+
+bool mig_run_ram_loaded(MigRun *r)
+{
+    return atomic_load(&r->ram_loaded);
 }
 
 GPtrArray *mig_run_unread(MigRun *r)

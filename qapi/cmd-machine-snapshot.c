@@ -140,6 +140,7 @@ typedef struct MachineJob {
     char *tmp_path;             /* ours to remove until the run takes it */
     MigRun *run;
     bool run_done;
+    bool ram_loaded;            /* restore: every page loaded (end_run) */
     bool waiting;               /* in a plain yield, not a job sleep */
     GError *run_err;
     uint64_t progress;
@@ -564,6 +565,7 @@ static bool coroutine_fn end_run(MachineJob *s, bool save, bool give_up,
     }
     update_progress(s);
     *touched = !save && atomic_load(&mig_run_stats(s->run)->done_bytes) > 0;
+    s->ram_loaded = !save && mig_run_ram_loaded(s->run);
     if (!save) {
         report_unread(mig_run_unread(s->run));
     }
@@ -1035,8 +1037,10 @@ static int coroutine_fn do_restore(MachineJob *s, GError **errp)
     }
     if (!run_ram(s, false, &touched, &err)) {
         GError *undo = NULL;
-        const char *mem = touched ? "guest memory is partly overwritten"
-                                  : "guest memory is unchanged";
+        const char *mem = s->ram_loaded ? "guest memory holds the file's "
+                                          "RAM"
+                          : touched ? "guest memory is partly overwritten"
+                                    : "guest memory is unchanged";
         g_autofree char *state = NULL;
         if (unswap_disks(s, &undo)) {
             state = g_strdup_printf("%s and the disks are as they were", mem);

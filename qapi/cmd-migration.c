@@ -237,15 +237,22 @@ static bool parse_file(const char *spec, uint64_t offset, Dest *d,
 }
 
 static bool parse_dest(const char *uri, MigrationChannelList *channels,
-                       Dest *d, GError **errp)
+                       bool incoming, Dest *d, GError **errp)
 {
     if (!!uri == !!channels) {
         error_setg(errp, "need either 'uri' or 'channels' argument");
         return false;
     }
     if (channels) {
+        /* QEMU 10's words, which differ between the two commands (the
+         * only channel type strata has is "main") */
+        if (channels->next && incoming) {
+            error_setg(errp, "Channel list must have only one entry, for "
+                       "type 'main'");
+            return false;
+        }
         if (channels->next) {
-            error_setg(errp, "Channel list has more than one entries");
+            error_setg(errp, "Channel list has more than one main entry");
             return false;
         }
         FileMigrationArgs *f = &channels->value->addr->u.file;
@@ -579,9 +586,9 @@ static void reset_run_state(bool incoming)
 
 /* The checks QEMU makes before it starts, in its order. */
 static bool prepare(const char *uri, MigrationChannelList *channels,
-                    Dest *d, GError **errp)
+                    bool incoming, Dest *d, GError **errp)
 {
-    if (!parse_dest(uri, channels, d, errp)) {
+    if (!parse_dest(uri, channels, incoming, d, errp)) {
         return false;
     }
     if (!cap(MIGRATION_CAPABILITY_MAPPED_RAM)) {
@@ -720,7 +727,7 @@ void qmp_migrate(const char *uri, MigrationChannelList *channels,
         error_setg(errp, "Cannot resume if there is no paused migration");
         return;
     }
-    if (prepare(uri, channels, &d, errp)) {
+    if (prepare(uri, channels, false, &d, errp)) {
         start(false, &d, errp);
     }
     dest_clear(&d);
@@ -733,7 +740,7 @@ void qmp_migrate_incoming(const char *uri, MigrationChannelList *channels,
     Dest d = { 0 };
 
     /* exit-on-error: a daemon never exits for a failed restore */
-    if (prepare(uri, channels, &d, errp)) {
+    if (prepare(uri, channels, true, &d, errp)) {
         start(true, &d, errp);
     }
     dest_clear(&d);

@@ -528,6 +528,116 @@ static void test_bad_files(void **state)
     expect_refused("truncated");
 }
 
+/*
+ * A file as QEMU writes it: strata's RAM section, then a device section
+ * strata cannot step over, @junk bytes of its contents, QEMU_VM_EOF and
+ * (unless @desc is NULL) QEMU's JSON description, @cut bytes short of it
+ * or @extra bytes after it.
+ */
+static void qemu_tail(size_t junk, const char *desc, size_t cut, size_t extra)
+{
+    static const char strata_desc[] = "{\"page_size\": 4096, \"devices\": []}";
+    struct stat s;
+    GByteArray *b = g_byte_array_new();
+    uint32_t be;
+    uint8_t v;
+
+    save_small();
+    assert_int_equal(stat(path, &s), 0);
+    /* strata's QEMU_VM_EOF, 0x06, length, description */
+    assert_int_equal(truncate(path, s.st_size - 6 - strlen(strata_desc)), 0);
+    v = MR_SEC_FULL;
+    g_byte_array_append(b, &v, 1);
+    be = GUINT32_TO_BE(2);
+    g_byte_array_append(b, (uint8_t *)&be, 4);
+    v = 5;
+    g_byte_array_append(b, &v, 1);
+    g_byte_array_append(b, (const uint8_t *)"timer", 5);
+    be = 0;
+    g_byte_array_append(b, (uint8_t *)&be, 4);
+    be = GUINT32_TO_BE(2);
+    g_byte_array_append(b, (uint8_t *)&be, 4);
+    /* device contents full of would-be markers: 0x00 0x06 and '{' */
+    for (size_t i = 0; i < junk; i++) {
+        v = (uint8_t[]){ 0, 6, 0, 0, 0, 9, '{', 0x7e }[i % 8];
+        g_byte_array_append(b, &v, 1);
+    }
+    v = MR_SEC_EOF;
+    g_byte_array_append(b, &v, 1);
+    if (desc) {
+        v = MR_SEC_VMDESCRIPTION;
+        g_byte_array_append(b, &v, 1);
+        be = GUINT32_TO_BE((uint32_t)strlen(desc));
+        g_byte_array_append(b, (uint8_t *)&be, 4);
+        g_byte_array_append(b, (const uint8_t *)desc, strlen(desc) - cut);
+        for (size_t i = 0; i < extra; i++) {
+            g_byte_array_append(b, (const uint8_t *)" ", 1);
+        }
+    }
+    int fd = open(path, O_WRONLY | O_APPEND);
+    assert_int_equal(write(fd, b->data, b->len), (ssize_t)b->len);
+    close(fd);
+    g_byte_array_unref(b);
+}
+
+static MrFileInfo *parse_file(GError **errp)
+{
+    int fd = open(path, O_RDONLY);
+    MrFileInfo *info = mr_file_parse(fd, 0, errp);
+    close(fd);
+    return info;
+}
+
+/*
+ * QEMU's device sections cannot be stepped over, so only the description
+ * at the end of the file says that the file is whole: with it the
+ * sections are named, without it (a file cut or damaged after the RAM)
+ * the file is refused before any page is written.
+ */
+static void test_qemu_device_sections(void **state)
+{
+    const char *desc = "{\"page_size\": 4096, \"devices\": [{\"name\": "
+                       "\"timer\", \"instance_id\": 0}, {\"name\": \"apic\", "
+                       "\"instance_id\": 0}]}";
+    GError *err = NULL;
+    (void)state;
+
+    qemu_tail(3000, desc, 0, 0);
+    MrFileInfo *info = parse_file(&err);
+    assert_null(err);
+    assert_non_null(info);
+    assert_int_equal(info->unread->len, 2);
+    assert_string_equal(info->unread->pdata[0], "timer");
+    assert_string_equal(info->unread->pdata[1], "apic");
+    mr_file_info_free(info);
+
+    /* a description longer than the 1 MiB the search reads at a time,
+     * behind 3 MiB of device contents */
+    GString *big = g_string_new("{\"devices\": [{\"name\": \"timer\"}, "
+                                "{\"name\": \"big\"}], \"pad\": \"");
+    for (unsigned i = 0; i < (5u << 19); i++) {
+        g_string_append_c(big, 'x');
+    }
+    g_string_append(big, "\"}");
+    qemu_tail(3u << 20, big->str, 0, 0);
+    info = parse_file(&err);
+    assert_null(err);
+    assert_non_null(info);
+    assert_int_equal(info->unread->len, 2);
+    assert_string_equal(info->unread->pdata[1], "big");
+    mr_file_info_free(info);
+    g_string_free(big, true);
+
+    qemu_tail(3u << 20, NULL, 0, 0);
+    expect_refused("does not end with QEMU's description");
+    qemu_tail(3000, desc, 1, 0);
+    expect_refused("does not end with QEMU's description");
+    qemu_tail(3000, desc, 0, 1);
+    expect_refused("does not end with QEMU's description");
+    qemu_tail(0, "{\"devices\": {}}", 0, 0);
+    expect_refused("(the first: 'timer')");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -542,6 +652,7 @@ int main(void)
         cmocka_unit_test(test_round_trip_memfd_rdonly),
         cmocka_unit_test(test_bandwidth_total),
         cmocka_unit_test(test_bad_files),
+        cmocka_unit_test(test_qemu_device_sections),
     };
     int fd = mkstemp(path);
     if (fd < 0) {

@@ -71,6 +71,9 @@ MrStats *mig_run_stats(MigRun *r);
 /* After done: RAM blocks of the file not loaded; sections not read. */
 GPtrArray *mig_run_skipped(MigRun *r);
 GPtrArray *mig_run_unread(MigRun *r);
+/* A load: every page of the file is in guest memory (what failed, if
+ * anything, came after: the device state). */
+bool mig_run_ram_loaded(MigRun *r);
 /* Joins the thread (it has ended when done was called). */
 void mig_run_free(MigRun *r);
 

@@ -13,6 +13,7 @@ strata's files with it and check every field.
         f.round_bytes('ID', i)          # round i framed as the back end wrote it
 """
 
+import json
 import struct
 import zlib
 
@@ -139,6 +140,9 @@ def _ram_words(c, f):
         while left:
             id = c.str8()
             used = c.be64()
+            if not used or used % PAGE or used > left:
+                raise ValueError('block %s: %d bytes, %d left of the RAM '
+                                 'size' % (id, used, left))
             version, ps, bo, po = struct.unpack('>IQQQ', c.take(28))
             b = Block(id, used, version, ps, bo, po)
             if version != HDR_VERSION or ps != PAGE:
@@ -154,6 +158,10 @@ def _ram_words(c, f):
             b.bitmap = f.data[bo:bo + nbytes]
             if len(b.bitmap) != nbytes:
                 raise ValueError('block %s: bitmap past the end' % id)
+            # bits past the block's last page are clear
+            if int.from_bytes(b.bitmap, 'little') >> b.pages():
+                raise ValueError('block %s: bits set past its %d pages'
+                                 % (id, b.pages()))
             f.blocks.append(b)
             left -= used
             c.pos = po + used
@@ -274,6 +282,11 @@ def parse(path, offset=0):
     if c.pos < len(data) and data[c.pos] == VMDESC:
         c.pos += 1
         f.vmdesc = c.take(c.be32()).decode()
+        if c.pos != len(data):
+            raise ValueError('%d bytes after the description'
+                             % (len(data) - c.pos))
+        if not isinstance(json.loads(f.vmdesc).get('devices'), list):
+            raise ValueError('description without a devices list')
     return f
 
 
