@@ -25,6 +25,7 @@
 #include "strata/coroutine.h"
 #include "strata/error.h"
 #include "strata/loop.h"
+#include "strata/nbd-server.h"
 #include "strata/qmp-jobs.h"
 #include "strata/qmp-server.h"
 #include "strata/id.h"
@@ -539,6 +540,11 @@ int main(int argc, char *argv[])
 
     qmp_server_hold_input();
     process_options(argc, argv, true);
+    GError *poll_err = NULL;
+    if (!nbd_server_main_poll_from_env(&poll_err)) {
+        tool_error("%s", poll_err->message);
+        exit(EXIT_FAILURE);
+    }
     if (daemonize) {
         daemonize_start();
     }
