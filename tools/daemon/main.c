@@ -25,6 +25,7 @@
 #include "strata/coroutine.h"
 #include "strata/error.h"
 #include "strata/loop.h"
+#include "strata/nbd-client.h"
 #include "strata/nbd-server.h"
 #include "strata/qmp-jobs.h"
 #include "strata/qmp-server.h"
@@ -464,6 +465,11 @@ static void daemonize_finish(void)
     close(daemon_pipe);
 }
 
+static bool object_named(const char *id)
+{
+    return user_object_find(id) != NULL;
+}
+
 /* ---- options ---- */
 
 static void process_options(int argc, char *argv[], bool pre_init_pass)
@@ -549,6 +555,7 @@ int main(int argc, char *argv[])
         daemonize_start();
     }
     qmp_server_set_quit_handler(on_quit);
+    nbd_client_set_object_exists(object_named);
     qmp_jobs_init();
     qmp_server_at_shutdown(QMP_SHUTDOWN_EXPORTS, qapi_exports_close_all);
     GMainContext *ctx = loop_context(loop_get());
