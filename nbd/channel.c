@@ -168,15 +168,16 @@ static void coroutine_fn channel_wait(NbdChannel *ch, bool for_write)
 static void coroutine_fn channel_wait_request(NbdChannel *ch)
 {
     int64_t start = clock_ns();
-    bool spun = ch->spin_ns > 0 && nbd_spin_alone(start);
+    /* cut to the loop thread's poll-max-ns (0: never spin) */
+    int64_t window = nbd_spin_window(ch->spin_ns, start);
 
-    if (spun) {
-        nbd_spin_until(start + ch->spin_ns);
+    if (window) {
+        nbd_spin_until(start + window);
     }
     channel_wait(ch, false);
     int64_t waited = clock_ns() - start;
-    if (spun) {
-        if (waited > ch->spin_ns) {
+    if (window) {
+        if (waited > window) {
             ch->spin_ns = 0;
             ch->spin_off = SPIN_BACKOFF;
         }

@@ -17,14 +17,26 @@
  * The deadline is thread-local: each loop thread spins for the clients
  * it serves.  The poll function is installed on a thread's context the
  * first time one of them asks.
+ *
+ * The loop thread's cap (nbd_spin_cap) is QEMU's switch for its polling:
+ * an iothread's poll-max-ns (0: no spin; qom-set changes it at once), in
+ * the main loop STRATA_MAIN_LOOP_POLL_MAX_NS.  QEMU's poll-grow and
+ * poll-shrink size its window by its own rule; the channel has its own
+ * (channel.c), so they are only reported.
  */
+#include <errno.h>
 #include <sched.h>
+#include <stdlib.h>
 #include <glib.h>
+#include "strata/error.h"
+#include "strata/iothread.h"
 #include "strata/loop.h"
+#include "strata/nbd-server.h"
 #include "spin.h"
 
 static __thread int64_t spin_deadline;
 static __thread GMainContext *spin_ctx;
+static __thread uint64_t spin_count;
 
 static gint spin_poll(GPollFD *fds, guint nfds, gint timeout_ms)
 {
@@ -74,6 +86,12 @@ void nbd_spin_until(int64_t deadline)
     if (deadline > spin_deadline) {
         spin_deadline = deadline;
     }
+    spin_count++;
+}
+
+uint64_t nbd_spin_count(void)
+{
+    return spin_count;
 }
 
 static __thread const void *last_who;
@@ -90,4 +108,46 @@ void nbd_spin_note_request(const void *who, int64_t now)
 bool nbd_spin_alone(int64_t now)
 {
     return now >= shared_until;
+}
+
+/* No cap in the main loop unless asked: the channel's own limit holds. */
+static int64_t main_cap = INT64_MAX;
+
+void nbd_server_set_main_poll_max_ns(int64_t ns)
+{
+    __atomic_store_n(&main_cap, ns, __ATOMIC_RELAXED);
+}
+
+bool nbd_server_main_poll_from_env(GError **errp)
+{
+    const char *v = g_getenv(NBD_SERVER_MAIN_POLL_ENV);
+    char *end;
+
+    if (!v) {
+        return true;
+    }
+    errno = 0;
+    long long ns = strtoll(v, &end, 10);
+    if (!*v || *end || errno || ns < 0) {
+        error_setg(errp, "%s must be a number of nanoseconds (0 or more), "
+                   "not '%s'", NBD_SERVER_MAIN_POLL_ENV, v);
+        return false;
+    }
+    nbd_server_set_main_poll_max_ns(ns);
+    return true;
+}
+
+int64_t nbd_spin_cap(void)
+{
+    int64_t cap = iothread_self_poll_max_ns();
+
+    return cap >= 0 ? cap : __atomic_load_n(&main_cap, __ATOMIC_RELAXED);
+}
+
+int64_t nbd_spin_window(int64_t want, int64_t now)
+{
+    if (want <= 0 || !nbd_spin_alone(now)) {
+        return 0;
+    }
+    return MIN(want, nbd_spin_cap());
 }

@@ -32,4 +32,22 @@ void nbd_spin_note_request(const void *who, int64_t now);
 /* Whether no other channel of this thread took a request lately. */
 bool nbd_spin_alone(int64_t now);
 
+/*
+ * The longest busy wait of this thread's channels (ns; 0: never): the
+ * poll-max-ns of the iothread running them (QEMU's switch for its own
+ * polling), in the main loop the value of nbd_server_set_main_poll_max_ns()
+ * (QEMU 7.2's main loop has no such property).
+ */
+int64_t nbd_spin_cap(void);
+
+/*
+ * How long a channel that would like to busy-wait want ns for its next
+ * request, at now, does: 0 when another channel of the thread took a
+ * request lately or the cap is 0, else want cut to the cap.
+ */
+int64_t nbd_spin_window(int64_t want, int64_t now);
+
+/* How many busy waits nbd_spin_until() started in this thread. */
+uint64_t nbd_spin_count(void);
+
 #endif

@@ -19,6 +19,7 @@
 #include "qapi-runtime.h"
 #include "qapi-visit.h"
 #include "nbd-export.h"
+#include "objects.h"
 
 /*
  * A descriptor address.  qemu-storage-daemon 7.2 takes one from its command
@@ -125,9 +126,14 @@ bool qapi_nbd_server_start_flat(SocketAddress *sa, bool monitor,
         /*
          * QEMU looks the credentials object up once it listens.  strata has
          * no TLS credentials objects, so no id can name one: QEMU's message
-         * for an unknown id is the truth here.
+         * for an object of another type, or for none, is the truth here.
          */
-        error_setg(errp, "No TLS credentials with id '%s'", tls_creds);
+        if (user_object_find(tls_creds)) {
+            error_setg(errp, "Object with id '%s' is not TLS credentials",
+                       tls_creds);
+        } else {
+            error_setg(errp, "No TLS credentials with id '%s'", tls_creds);
+        }
         nbd_server_stop(NULL);
         return false;
     }

@@ -9,10 +9,16 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
+#include <stdint.h>
 #include <unistd.h>
+#include <sys/socket.h>
 #include <cmocka.h>
 #include <glib.h>
+#include "strata/coroutine.h"
+#include "strata/iothread.h"
 #include "strata/loop.h"
+#include "strata/nbd-server.h"
+#include "../nbd/channel.h"
 #include "../nbd/spin.h"
 
 #define SPIN_LONG_NS (10 * 1000000000LL)
@@ -124,6 +130,206 @@ static void test_spin_alone(void **state)
     assert_true(nbd_spin_alone(t + 7 + NBD_SPIN_SHARED_NS));
 }
 
+/*
+ * The cap (poll-max-ns): 0 means a channel never spins, whatever it would
+ * like; a positive cap cuts the window.  In the main loop the cap is
+ * nbd_server_set_main_poll_max_ns()'s (STRATA_MAIN_LOOP_POLL_MAX_NS).
+ */
+/* Long after any request of another channel (test_spin_alone's). */
+#define FAR_AHEAD (1000000 * NBD_SPIN_SHARED_NS)
+#define LATER (FAR_AHEAD + NBD_SPIN_SHARED_NS)
+
+static void test_window_cap(void **state)
+{
+    static const int a;
+
+    (void)state;
+    nbd_spin_note_request(&a, FAR_AHEAD);
+    assert_int_equal(nbd_spin_window(100000, LATER), 100000);
+    assert_int_equal(nbd_spin_window(0, LATER), 0);
+    nbd_server_set_main_poll_max_ns(0);
+    assert_int_equal(nbd_spin_cap(), 0);
+    assert_int_equal(nbd_spin_window(100000, LATER), 0);
+    assert_int_equal(nbd_spin_window(8000, LATER), 0);
+    nbd_server_set_main_poll_max_ns(5000);
+    assert_int_equal(nbd_spin_window(100000, LATER), 5000);
+    assert_int_equal(nbd_spin_window(3000, LATER), 3000);
+    nbd_server_set_main_poll_max_ns(INT64_MAX);
+}
+
+/* The environment variable: a number of ns or an error, nothing else. */
+static void test_main_env(void **state)
+{
+    GError *err = NULL;
+
+    (void)state;
+    g_setenv(NBD_SERVER_MAIN_POLL_ENV, "0", TRUE);
+    assert_true(nbd_server_main_poll_from_env(&err));
+    assert_int_equal(nbd_spin_cap(), 0);
+    g_setenv(NBD_SERVER_MAIN_POLL_ENV, "7000", TRUE);
+    assert_true(nbd_server_main_poll_from_env(&err));
+    assert_int_equal(nbd_spin_cap(), 7000);
+    static const char *const bad[] = { "", "-1", "12us", "1e3",
+                                       "99999999999999999999" };
+    for (size_t i = 0; i < G_N_ELEMENTS(bad); i++) {
+        g_setenv(NBD_SERVER_MAIN_POLL_ENV, bad[i], TRUE);
+        assert_false(nbd_server_main_poll_from_env(&err));
+        assert_non_null(strstr(err->message, NBD_SERVER_MAIN_POLL_ENV));
+        g_clear_error(&err);
+        assert_int_equal(nbd_spin_cap(), 7000);     /* left as it was */
+    }
+    g_unsetenv(NBD_SERVER_MAIN_POLL_ENV);
+    assert_true(nbd_server_main_poll_from_env(&err));
+    assert_int_equal(nbd_spin_cap(), 7000);         /* unset: unchanged */
+    nbd_server_set_main_poll_max_ns(INT64_MAX);
+}
+
+typedef struct {
+    int64_t cap, window;
+} CapProbe;
+
+static void probe_cap(void *opaque)
+{
+    CapProbe *p = opaque;
+    static const int a;
+
+    nbd_spin_note_request(&a, FAR_AHEAD);
+    p->cap = nbd_spin_cap();
+    p->window = nbd_spin_window(100000, LATER);
+}
+
+/* In an iothread the cap is its poll-max-ns, and follows qom-set. */
+static void test_iothread_cap(void **state)
+{
+    IOThreadParams params;
+    CapProbe p;
+    GError *err = NULL;
+
+    (void)state;
+    assert_int_equal(iothread_self_poll_max_ns(), -1);  /* main thread */
+    iothread_params_default(&params);
+    params.poll_max_ns = 0;
+    IOThread *t = iothread_new("spin-test", &params, &err);
+    assert_non_null(t);
+    iothread_run_sync(t, probe_cap, &p);
+    assert_int_equal(p.cap, 0);
+    assert_int_equal(p.window, 0);
+    params.poll_max_ns = 20000;
+    assert_true(iothread_set_params(t, &params, &err));
+    iothread_run_sync(t, probe_cap, &p);
+    assert_int_equal(p.cap, 20000);
+    assert_int_equal(p.window, 20000);
+    params.poll_max_ns = 0;
+    iothread_force_params(t, &params);             /* qom-set's path */
+    iothread_run_sync(t, probe_cap, &p);
+    assert_int_equal(p.window, 0);
+    iothread_free(t);
+}
+
+/*
+ * A real channel: with no cap it spins, with the cap 0 (in the main loop,
+ * or in an iothread made with poll-max-ns=0) it never does.  The client
+ * is a plain fd handler of the same loop, which sends the next request as
+ * soon as the reply is in: the gaps the channel measures are a loop
+ * iteration, short even on a busy machine, and no thread wake-up decides
+ * whether the channel would spin.  Requests go on for longer than
+ * NBD_SPIN_SHARED_NS: the channel's first one comes after an earlier
+ * test's channel took its last.
+ */
+#define ROUNDS 300
+
+typedef struct {
+    int fd, client;
+    uint32_t next;
+    int64_t until;
+    uint64_t spins;
+} PingPong;
+
+static void client_send(PingPong *s)
+{
+    if (s->next < ROUNDS || clock_ns() < s->until) {
+        assert_int_equal(write(s->client, &s->next, 4), 4);
+        s->next++;
+    } else {
+        shutdown(s->client, SHUT_WR);   /* the server reads end of file */
+    }
+}
+
+static void client_on_reply(void *opaque)
+{
+    PingPong *s = opaque;
+    uint32_t reply;
+
+    if (read(s->client, &reply, 4) == 4) {
+        assert_int_equal(reply, s->next - 1);
+        client_send(s);
+    }
+}
+
+static void ping_server(void *opaque)
+{
+    PingPong *s = opaque;
+    NbdChannel *ch = nbd_channel_new(s->fd);
+    guint watch = loop_add_fd(s->client, client_on_reply, s);
+    uint64_t before = nbd_spin_count();
+    uint32_t req;
+
+    s->until = clock_ns() + 2 * NBD_SPIN_SHARED_NS;
+    client_send(s);
+    while (nbd_channel_read(ch, &req, sizeof(req)) == 1) {
+        assert_int_equal(nbd_channel_write(ch, &req, sizeof(req)), 0);
+    }
+    assert_true(s->next >= ROUNDS);
+    s->spins = nbd_spin_count() - before;
+    loop_remove_fd(watch);
+    nbd_channel_free(ch);
+    close(s->client);
+}
+
+/* Spins of a channel served in t's loop (the main loop with t NULL). */
+static uint64_t ping_pong(IOThread *t)
+{
+    int sv[2];
+    PingPong s = { 0 };
+
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    s.fd = sv[0];
+    s.client = sv[1];
+    if (t) {
+        co_call_in(iothread_loop(t), ping_server, &s);
+    } else {
+        co_run_sync(ping_server, &s);
+    }
+    return s.spins;
+}
+
+static void test_channel_cap_zero(void **state)
+{
+    IOThreadParams params;
+    GError *err = NULL;
+
+    (void)state;
+    if (!ping_pong(NULL)) {
+        skip();         /* no gap short enough: nothing to turn off */
+    }
+    nbd_server_set_main_poll_max_ns(0);
+    assert_int_equal(ping_pong(NULL), 0);
+    nbd_server_set_main_poll_max_ns(INT64_MAX);
+
+    iothread_params_default(&params);
+    params.poll_max_ns = 0;
+    IOThread *t = iothread_new("spin-test", &params, &err);
+    assert_non_null(t);
+    assert_int_equal(ping_pong(t), 0);
+    params.poll_max_ns = 128 * 1000;                /* qom-set at run time */
+    iothread_force_params(t, &params);
+    uint64_t spins = ping_pong(t);
+    iothread_free(t);
+    if (!spins) {
+        skip();
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -132,6 +338,10 @@ int main(void)
         cmocka_unit_test(test_fd_during_spin),
         cmocka_unit_test(test_timer_during_spin),
         cmocka_unit_test(test_spin_alone),
+        cmocka_unit_test(test_window_cap),
+        cmocka_unit_test(test_main_env),
+        cmocka_unit_test(test_iothread_cap),
+        cmocka_unit_test(test_channel_cap_zero),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

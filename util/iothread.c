@@ -25,7 +25,25 @@ struct IOThread {
     bool running;            /* read and written by the thread only */
     bool released;           /* iothread_free() is done with the loop */
     IOThreadParams params;
+    /*
+     * params.poll_max_ns for the thread itself (nbd/spin.c caps its busy
+     * wait by it): qom-set writes it in the main thread, atomically.
+     */
+    int64_t poll_max_ns;
 };
+
+/* The IOThread whose loop this thread runs (NULL in any other thread). */
+static __thread IOThread *self;
+
+static void publish_poll_max_ns(IOThread *t)
+{
+    __atomic_store_n(&t->poll_max_ns, t->params.poll_max_ns, __ATOMIC_RELAXED);
+}
+
+int64_t iothread_self_poll_max_ns(void)
+{
+    return self ? __atomic_load_n(&self->poll_max_ns, __ATOMIC_RELAXED) : -1;
+}
 
 void iothread_params_default(IOThreadParams *p)
 {
@@ -87,6 +105,7 @@ static gpointer iothread_run(gpointer opaque)
     /* loop_get() takes the thread-default context as the loop's */
     g_main_context_push_thread_default(ctx);
     StrataLoop *loop = loop_get();
+    self = t;
     t->running = true;
     pthread_mutex_lock(&t->lock);
     t->tid = syscall(SYS_gettid);
@@ -129,6 +148,7 @@ IOThread *iothread_new(const char *name, const IOThreadParams *p,
     }
     IOThread *t = g_new0(IOThread, 1);
     t->params = *p;
+    publish_poll_max_ns(t);
     pthread_mutex_init(&t->lock, NULL);
     pthread_cond_init(&t->cond, NULL);
     char *tname = g_strdup_printf("IO %s", name);
@@ -186,12 +206,14 @@ bool iothread_set_params(IOThread *t, const IOThreadParams *p, GError **errp)
         return false;
     }
     t->params = *p;
+    publish_poll_max_ns(t);
     return true;
 }
 
 void iothread_force_params(IOThread *t, const IOThreadParams *p)
 {
     t->params = *p;
+    publish_poll_max_ns(t);
 }
 
 typedef struct {

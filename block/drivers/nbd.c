@@ -23,6 +23,8 @@
 #include <errno.h>
 #include <string.h>
 #include "strata/backend.h"
+#include "strata/nbd-client.h"
+#include "strata/secret.h"
 #include "nbd-int.h"
 
 #define NBD_MAX_TRANSFER (32 * MiB)      /* QEMU's NBD_MAX_BUFFER_SIZE */
@@ -194,6 +196,14 @@ out:
     return ok;
 }
 
+/* The program's objects beyond secrets (nbd-client.h); set at start-up. */
+static NbdObjectExists *object_exists;
+
+void nbd_client_set_object_exists(NbdObjectExists *fn)
+{
+    object_exists = fn;
+}
+
 static bool take_options(NbdState *s, json_t *options, GError **errp)
 {
     char *tls = NULL, *tls_host = NULL;
@@ -226,14 +236,19 @@ static bool take_options(NbdState *s, json_t *options, GError **errp)
     s->want_conns = (uint32_t)conns;
     if (tls) {
         /*
-         * Only secret objects exist in strata, so no id names TLS
-         * credentials: QEMU's message for that, then why and what to do
-         * (TLS itself is not built yet).
+         * strata has no TLS credentials objects, so no id names one:
+         * QEMU's message for an object of another type, or for none,
+         * then why and what to do (TLS itself is not built yet).
          */
-        error_setg(errp, "No TLS credentials with id '%s' (strata has no "
-                   "TLS yet, so no such object can exist: connect without "
-                   "tls-creds, over a unix socket or an encrypted tunnel "
-                   "such as ssh -L or stunnel)", tls);
+        if (secret_object_exists(tls) || (object_exists && object_exists(tls))) {
+            error_setg(errp, "Object with id '%s' is not TLS credentials",
+                       tls);
+        } else {
+            error_setg(errp, "No TLS credentials with id '%s' (strata has "
+                       "no TLS yet, so no such object can exist: connect "
+                       "without tls-creds, over a unix socket or an "
+                       "encrypted tunnel such as ssh -L or stunnel)", tls);
+        }
         goto out;
     }
     if (tls_host) {

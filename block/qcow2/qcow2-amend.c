@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "strata/dirty-bitmap.h"
 #include "qcow2.h"
 
 /* ---- Downgrade: zero clusters do not exist in v2 ---- */
@@ -629,6 +630,12 @@ int coroutine_fn qcow2_amend(BlockNode *bs, json_t *options, bool force,
         if (ret < 0) {
             return ret;
         }
+        /*
+         * As node_co_truncate() does (QEMU amends through blk_truncate):
+         * bitmaps of the old size would be stored with the old table
+         * size, which QEMU then finds inconsistent.
+         */
+        node_dirty_bitmaps_truncate(bs, (int64_t)new_size);
     }
 
     if (new_version < old_version) {

@@ -1,7 +1,8 @@
 /*
  * IOThreads: a thread running a StrataLoop of its own (QEMU's iothread
- * object).  The parameters are kept as QEMU's object has them; strata's loop
- * does not busy-poll, so poll-* are recorded and reported, not acted on.
+ * object).  The parameters are kept as QEMU's object has them.  poll-max-ns
+ * caps the NBD server's busy wait for the exports in the thread (0: none,
+ * nbd/spin.c); the others are recorded and reported, not acted on.
  */
 #ifndef STRATA_IOTHREAD_H
 #define STRATA_IOTHREAD_H
@@ -38,6 +39,12 @@ void iothread_force_params(IOThread *t, const IOThreadParams *p);
 bool iothread_params_check(const IOThreadParams *p, GError **errp);
 /* The field of a property ("poll-max-ns", ...), or NULL for another name. */
 int64_t *iothread_param_field(IOThreadParams *p, const char *name);
+
+/*
+ * The poll-max-ns of the IOThread running the calling thread (qom-set
+ * changes it at once), or -1 if the caller is not an IOThread's thread.
+ */
+int64_t iothread_self_poll_max_ns(void);
 
 /* Run fn(opaque) in the thread's loop and wait for it (from the main loop). */
 void iothread_run_sync(IOThread *t, LoopFunc *fn, void *opaque);

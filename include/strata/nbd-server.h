@@ -159,4 +159,16 @@ void nbd_export_remove_deleted_listener(unsigned handle);
 /* Number of clients currently connected to the server (for tests, stats). */
 unsigned nbd_server_client_count(void);
 
+/*
+ * The busy wait of the exports served by the main loop (nbd/spin.c), in
+ * ns: 0 turns it off, a positive value caps it (it never exceeds 128 us).
+ * An export in an iothread follows the iothread's poll-max-ns instead;
+ * QEMU 7.2's main loop has no poll-max-ns, hence the environment
+ * variable, which the daemon reads at start-up.
+ */
+#define NBD_SERVER_MAIN_POLL_ENV "STRATA_MAIN_LOOP_POLL_MAX_NS"
+void nbd_server_set_main_poll_max_ns(int64_t ns);
+/* Set it from NBD_SERVER_MAIN_POLL_ENV if that is set. */
+bool nbd_server_main_poll_from_env(GError **errp);
+
 #endif

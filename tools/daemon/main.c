@@ -25,6 +25,8 @@
 #include "strata/coroutine.h"
 #include "strata/error.h"
 #include "strata/loop.h"
+#include "strata/nbd-client.h"
+#include "strata/nbd-server.h"
 #include "strata/qmp-jobs.h"
 #include "strata/qmp-server.h"
 #include "strata/id.h"
@@ -463,6 +465,11 @@ static void daemonize_finish(void)
     close(daemon_pipe);
 }
 
+static bool object_named(const char *id)
+{
+    return user_object_find(id) != NULL;
+}
+
 /* ---- options ---- */
 
 static void process_options(int argc, char *argv[], bool pre_init_pass)
@@ -539,10 +546,16 @@ int main(int argc, char *argv[])
 
     qmp_server_hold_input();
     process_options(argc, argv, true);
+    GError *poll_err = NULL;
+    if (!nbd_server_main_poll_from_env(&poll_err)) {
+        tool_error("%s", poll_err->message);
+        exit(EXIT_FAILURE);
+    }
     if (daemonize) {
         daemonize_start();
     }
     qmp_server_set_quit_handler(on_quit);
+    nbd_client_set_object_exists(object_named);
     qmp_jobs_init();
     qmp_server_at_shutdown(QMP_SHUTDOWN_EXPORTS, qapi_exports_close_all);
     GMainContext *ctx = loop_context(loop_get());
