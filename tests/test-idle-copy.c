@@ -193,44 +193,50 @@ static void test_promote_running(void **state)
  * Every worker the pool may have is busy with a background call: a
  * normal call gets a worker anyway, before the background call queued
  * ahead of it; and a queued background call that is promoted does too,
- * at normal class, before the one queued ahead of it.
+ * at normal class.
  */
 static void test_normal_not_behind_background(void **state)
 {
-    Held bg1, bg2, bg3, urgent;
+    enum { MAX_HELD = 16 };
+    Held bg[MAX_HELD], late, urgent;
+    int n = 0;
 
     if (!have_idle_class()) {
         skip();
     }
     thread_pool_set_max(1);
-    held_start(&bg1, true);
-    wait_started(&bg1);
-    held_start(&bg2, true);
-    settle();
-    /* The pool is full: bg2 waits for a worker. */
-    assert_int_equal(g_atomic_int_get(&bg2.started), 0);
+    /* Workers idle since earlier tests take background calls until the
+     * pool is full; the last one started waits for a worker. */
+    do {
+        g_assert(n < MAX_HELD);
+        held_start(&bg[n++], true);
+        settle();
+    } while (g_atomic_int_get(&bg[n - 1].started));
+    Held *queued = &bg[n - 1];
 
     held_start(&urgent, false);
     wait_started(&urgent);
     assert_int_equal(urgent.policy_start, SCHED_OTHER);
-    assert_int_equal(g_atomic_int_get(&bg2.started), 0);
-    /* Its worker is free again: bg2 runs there, idle. */
+    assert_int_equal(g_atomic_int_get(&queued->started), 0);
+    /* Its worker is free again: the queued call runs there, idle. */
     finish(&urgent);
-    wait_started(&bg2);
-    assert_int_equal(bg2.policy_start, SCHED_IDLE);
+    wait_started(queued);
+    assert_int_equal(queued->policy_start, SCHED_IDLE);
 
-    held_start(&bg3, true);
+    held_start(&late, true);
     settle();
-    assert_int_equal(g_atomic_int_get(&bg3.started), 0);
+    assert_int_equal(g_atomic_int_get(&late.started), 0);
     /* Waited for: it gets a worker at once, at normal class. */
-    pool_background_promote(&bg3.f);
-    wait_started(&bg3);
-    assert_int_equal(bg3.policy_start, SCHED_OTHER);
+    pool_background_promote(&late.f);
+    wait_started(&late);
+    assert_int_equal(late.policy_start, SCHED_OTHER);
 
-    finish(&bg3);
-    finish(&bg2);
-    finish(&bg1);
-    assert_int_equal(bg1.policy_end, SCHED_IDLE);
+    finish(&late);
+    for (int i = 0; i < n; i++) {
+        finish(&bg[i]);
+        assert_int_equal(bg[i].policy_start, SCHED_IDLE);
+        assert_int_equal(bg[i].policy_end, SCHED_IDLE);
+    }
     thread_pool_set_max(64);
 }
 
