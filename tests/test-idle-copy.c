@@ -4,7 +4,8 @@
  * policy), that a promotion brings a running or queued call back to
  * normal class, that a normal call never waits behind background ones
  * for a worker, and that the copy engine runs a job's offloads idle and
- * a copy a guest waits for (block_copy_range) at normal class.
+ * a copy a guest waits for (block_copy_range) at normal class; and that
+ * a background call that runs too long is promoted anyway.
  *
  * Needs the right to leave SCHED_IDLE again (root, CAP_SYS_NICE or
  * RLIMIT_NICE 20): without it the pool keeps the idle class off, and the
@@ -33,6 +34,8 @@
 static bool have_idle_class(void)
 {
     thread_pool_set_max(64);
+    /* Held calls wait as long as a test wants (test_overdue: the limit). */
+    thread_pool_set_idle_limit_ms(0);
     if (!thread_pool_idle_enabled()) {
         print_message("idle class off (STRATA_IDLE_COPY=0, or no right to "
                       "leave SCHED_IDLE): skipped\n");
@@ -240,6 +243,33 @@ static void test_normal_not_behind_background(void **state)
     thread_pool_set_max(64);
 }
 
+/* Nobody waits for it, but it has run idle for too long: promoted. */
+static void test_overdue(void **state)
+{
+    ThreadPoolClassStats a, b;
+    Held h;
+
+    if (!have_idle_class()) {
+        skip();
+    }
+    thread_pool_set_idle_limit_ms(20);
+    thread_pool_class_stats(&a);
+    held_start(&h, true);
+    wait_started(&h);
+    assert_int_equal(h.policy_start, SCHED_IDLE);
+    /* The limit's timer runs in this loop: let it. */
+    gint64 end = g_get_monotonic_time() + 10 * G_USEC_PER_SEC;
+    do {
+        loop_iterate(false);
+        g_usleep(1000);
+        thread_pool_class_stats(&b);
+    } while (b.promoted == a.promoted && g_get_monotonic_time() < end);
+    assert_int_equal(b.promoted - a.promoted, 1);
+    finish(&h);
+    assert_int_equal(h.policy_end, SCHED_OTHER);
+    thread_pool_set_idle_limit_ms(0);
+}
+
 /* ---- The copy engine: a job's offloads idle, a guest's copy not ---- */
 
 #define LEN (8 * MiB)
@@ -382,6 +412,7 @@ int main(void)
         cmocka_unit_test(test_which_calls_idle),
         cmocka_unit_test(test_promote_running),
         cmocka_unit_test(test_normal_not_behind_background),
+        cmocka_unit_test(test_overdue),
         cmocka_unit_test(test_engine_job_idle_guest_not),
     };
     return cmocka_run_group_tests(tests, test_tmpdir_setup,

@@ -22,6 +22,51 @@
  * guest's requests waited (342 such waits, 573 ms in a 2.5 s commit under
  * load: docs/performance.md, "Intermediate commit under guest writes:
  * where the guest waited").  sem_post never waits.
+ *
+ * Background calls (strata/pool-class.h) run at SCHED_IDLE.  A worker is
+ * at idle class only inside the background call itself: it switches
+ * right before the call and back right after it, before it touches
+ * anything that a thread at normal class may wait for (this pool's lock,
+ * the loop's completion list).  That costs two sched_setscheduler calls
+ * per background call (about a microsecond each, against a copy of up to
+ * a MiB); a worker that stayed idle from one background call to the next
+ * would take pool_lock at idle class, and a wake-up of any normal thread
+ * on its CPU preempts an idle thread at once: the loop thread would then
+ * block on the lock until the idle worker got a CPU again, which on a
+ * busy machine is whenever every normal thread sleeps.
+ *
+ * Priority inversion the other way (a guest request waiting for work
+ * that runs idle) is avoided in four ways:
+ * - Normal calls never wait behind background ones: they have a queue of
+ *   their own that workers empty first, and workers busy with background
+ *   calls do not count against pool_max when a normal call needs one.
+ * - Whoever waits for a background call promotes it
+ *   (pool_background_promote): queued, it moves to the normal queue;
+ *   running, its worker is set back to normal class by the promoter
+ *   (sched_setscheduler on the worker's thread id), so the call finishes
+ *   at normal speed.  The copy engine promotes a task when a guest write
+ *   or a drain starts to wait for it, and all its tasks while guest
+ *   writes copy through it (jobs/block-copy.c).
+ * - A background call that has not returned after idle_limit_ms (10) is
+ *   promoted as if waited for, by a timer in the submitter's loop.  An
+ *   idle thread gets almost no CPU while normal threads of its group keep
+ *   the CPUs busy (weight 3 against 1024): a 2 GiB commit took 9.9 s
+ *   instead of 2.4 s in one rep on a loaded machine without this bound
+ *   (docs/performance.md, "Background copies at idle class").  A MiB
+ *   copies in about a millisecond when a CPU is free, so the bound only
+ *   ends the waits of a starving call; and whatever a guest may wait for
+ *   without the engine knowing (a lock in the kernel) is held up 10 ms at
+ *   most.
+ * - Taking normal class back needs a right the process may not have (an
+ *   unprivileged thread leaves SCHED_IDLE only within RLIMIT_NICE, 20 for
+ *   nice 0): the first background call checks it in a thread of its own,
+ *   and without it the idle class stays off, as a promotion could not
+ *   work.
+ * I/O priority is left alone (no ioprio_set): the writeback bios that a
+ * sync_file_range at idle I/O class submits would carry that class, and
+ * the job's final flush, then the guest's next sync on the same device
+ * queue, would wait behind them in the I/O scheduler, which has no
+ * priority inheritance.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -113,6 +158,7 @@ static void pool_complete_bh(void *opaque)
 /* -1: not decided yet (STRATA_IDLE_COPY, then the probe), 0 off, 1 on. */
 static atomic_int idle_on = -1;
 static _Atomic uint64_t stat_idle_runs, stat_promoted;
+static atomic_int idle_limit_ms = 10;   /* 0: no limit (tests) */
 static pthread_once_t idle_probe_once = PTHREAD_ONCE_INIT;
 
 /*
@@ -158,6 +204,11 @@ bool thread_pool_idle_enabled(void)
 void thread_pool_set_idle_enabled(bool on)
 {
     atomic_store(&idle_on, on ? 1 : 0);
+}
+
+void thread_pool_set_idle_limit_ms(int ms)
+{
+    atomic_store(&idle_limit_ms, ms);
 }
 
 void thread_pool_class_stats(ThreadPoolClassStats *st)
@@ -364,8 +415,15 @@ static bool enqueue_locked(PoolReq *req)
     return false;
 }
 
+static gboolean overdue(gpointer opaque)
+{
+    pool_background_promote(opaque);
+    return G_SOURCE_REMOVE;
+}
+
 static int pool_run(ThreadPoolFunc *fn, void *opaque, PoolBackground *bg)
 {
+    GSource *limit = NULL;
     g_assert(in_coroutine());
     PoolReq req = {
         .fn = fn, .opaque = opaque, .co = co_self(), .loop = loop_get(),
@@ -377,6 +435,12 @@ static int pool_run(ThreadPoolFunc *fn, void *opaque, PoolBackground *bg)
     pthread_mutex_lock(&pool_lock);
     if (bg) {
         bg->req = &req;
+        int ms = atomic_load(&idle_limit_ms);
+        if (ms > 0) {
+            limit = g_timeout_source_new((guint)ms);
+            g_source_set_callback(limit, overdue, bg, NULL);
+            g_source_attach(limit, loop_context(req.loop));
+        }
     }
     wake = enqueue_locked(&req);
     pthread_mutex_unlock(&pool_lock);
@@ -400,6 +464,10 @@ static int pool_run(ThreadPoolFunc *fn, void *opaque, PoolBackground *bg)
     if (bg) {
         /* The promoter runs in this thread too: no race with it here. */
         bg->req = NULL;
+    }
+    if (limit) {
+        g_source_destroy(limit);
+        g_source_unref(limit);
     }
     return req.ret;
 }

@@ -19,6 +19,9 @@
  * class at once, and later calls of the frame run at normal class.
  * util/thread-pool.c says why this is enough against priority inversion.
  *
+ * A call still running after 10 ms is promoted all the same, so a job
+ * slows down on a busy machine but never stalls.
+ *
  * STRATA_IDLE_COPY=0 in the environment turns the idle class off (every
  * call then runs at normal class, as before).
  */
@@ -58,6 +61,12 @@ int thread_pool_co_run_background(ThreadPoolFunc *fn, void *opaque);
 /* Whether background calls run idle (STRATA_IDLE_COPY; tests set it). */
 bool thread_pool_idle_enabled(void);
 void thread_pool_set_idle_enabled(bool on);
+
+/*
+ * A background call not done after ms milliseconds is promoted (default
+ * 10; 0: never): an idle thread must not stall a job on a busy machine.
+ */
+void thread_pool_set_idle_limit_ms(int ms);
 
 /* Since the process started (tests, docs). */
 typedef struct ThreadPoolClassStats {
