@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include "block-int.h"
 #include "strata/loop.h"
+#include "strata/pool-class.h"
 #include "strata/writeback.h"
 
 static int start_writeback(void *opaque)
@@ -29,7 +30,8 @@ int coroutine_fn node_co_start_writeback(BlockNode *bs)
     node_inc_in_flight(bs);
     if (fd >= 0) {
         /* A hint: a failure changes nothing the flush will not see. */
-        thread_pool_co_run(start_writeback, &fd);
+        /* Idle class when a job's background copy asks (pool-class.h). */
+        thread_pool_co_run_background(start_writeback, &fd);
         n = 1;
     } else {
         /* Taken first: the graph may change while a call below yields. */

@@ -28,6 +28,21 @@
  * waits for all of it: with 32 chunks in flight that was tens of
  * megabytes of writes ahead of a 64 KiB copy.  Writes that are
  * serialised anyway lose little by waiting their turn in the engine.
+ *
+ * A job's background data tasks run their copy offload and write-behind
+ * calls at idle class (strata/pool-class.h): the guest's loop thread and
+ * the kernel threads that write for it get a CPU at once, where a copy
+ * thread at normal class kept it for its slice (docs/performance.md,
+ * "Intermediate commit, guest p99").  Never for urgent tasks, and never
+ * while a guest waits for a background task: a range call or a wait_range
+ * that finds one in its way promotes it (its worker goes back to normal
+ * class), and for the next BLOCK_COPY_POLITE_CHUNKS background tasks
+ * after a range or wait_range call every task in flight is promoted and
+ * new ones start at normal class, since the guest's copies and writes go
+ * to the same target file (its inode lock, qcow2's cluster claims) where
+ * an idle copy could hold them up.  A job that stops (pause, drain,
+ * cancel, error) promotes what it waits for too.  Offline front ends
+ * (no job) keep normal class throughout.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -38,6 +53,7 @@
 #include "strata/block-ops.h"
 #include "strata/copy-range.h"
 #include "strata/job.h"
+#include "strata/pool-class.h"
 #include "strata/units.h"
 #include "strata/writeback.h"
 
@@ -48,6 +64,8 @@ typedef struct BlockCopyTask {
     BlockCopyKind kind;
     BlockCopyCall *call;
     CoQueue waiters;            /* wait_range and range callers */
+    bool idle;                  /* bg is open: its pool calls may run idle */
+    PoolBackground bg;
 } BlockCopyTask;
 
 /* One block_copy_run or block_copy_range: its own tasks and result. */
@@ -77,6 +95,7 @@ struct BlockCopyState {
     int urgent_in_flight;
     int bg_writing;             /* background writes to the target */
     int polite;                 /* background tasks left to be polite for */
+    int not_idle;               /* background tasks left at normal class */
     int64_t bytes_in_flight;
     size_t buf_align;
 
@@ -139,6 +158,36 @@ static void buffers_drop_one(BlockCopyState *s);
 static bool bg_polite(const BlockCopyState *s)
 {
     return s->polite > 0 || s->urgent_in_flight > 0;
+}
+
+/* Whether a new task of call may run its pool calls at idle class. */
+static bool task_may_idle(const BlockCopyState *s, const BlockCopyCall *call)
+{
+    return call->job && !call->urgent && s->not_idle == 0 &&
+           s->urgent_in_flight == 0;
+}
+
+/* Someone waits for t (or may, behind a lock it holds): normal class. */
+static void task_promote(BlockCopyTask *t)
+{
+    if (t->idle) {
+        pool_background_promote(&t->bg);
+    }
+}
+
+static void promote_all(BlockCopyState *s)
+{
+    for (GList *l = s->tasks.head; l; l = l->next) {
+        task_promote(l->data);
+    }
+}
+
+/* A guest copies or writes through the engine now: its background stays
+ * at normal class for a while (the file comment says why). */
+static void guest_in_the_way(BlockCopyState *s)
+{
+    s->not_idle = BLOCK_COPY_POLITE_CHUNKS;
+    promote_all(s);
 }
 
 /*
@@ -712,6 +761,7 @@ static void task_end(BlockCopyState *s, BlockCopyTask *t, int ret,
         }
     } else {
         s->polite = MAX(s->polite - 1, 0);
+        s->not_idle = MAX(s->not_idle - 1, 0);
         co_queue_restart_all(&s->bg_wait);
     }
     call->in_flight--;
@@ -728,7 +778,16 @@ static void coroutine_fn task_entry(void *opaque)
     int ret;
 
     if (t->kind == BLOCK_COPY_DATA) {
+        bool idle = task_may_idle(s, t->call);
+        if (idle) {
+            pool_background_begin(&t->bg);
+            t->idle = true;
+        }
         ret = copy_data(s, t->offset, t->bytes, t->call->urgent, &is_read);
+        if (idle) {
+            t->idle = false;
+            pool_background_end(&t->bg);
+        }
     } else {
         ret = child_co_pwrite_zeroes(s->target, t->offset, t->bytes,
                                      s->unmap ? REQ_MAY_UNMAP : 0);
@@ -836,6 +895,8 @@ static bool coroutine_fn job_check(BlockCopyCall *call)
     Job *job = call->job;
 
     if (job->pause_count > 0) {
+        /* A drain (and the guest requests it holds) waits for these. */
+        promote_all(call->s);
         call_wait_idle(call);
         job_pause_point(job);
         return true;
@@ -920,7 +981,12 @@ static int coroutine_fn copy_marked(BlockCopyState *s, Job *job,
         if (!other) {
             break;
         }
+        task_promote(other);
         co_queue_wait(&other->waiters);
+    }
+    if (call.ret < 0) {
+        /* Cancelled or failed: whoever stops the job waits for the rest. */
+        promote_all(s);
     }
     call_wait_idle(&call);
     if (call.ret < 0 && error_is_read) {
@@ -945,6 +1011,7 @@ int coroutine_fn block_copy_range(BlockCopyState *s, int64_t offset,
         return 0;
     }
     s->polite = BLOCK_COPY_POLITE_CHUNKS;
+    guest_in_the_way(s);
     return copy_marked(s, NULL, start, end, true, error_is_read);
 }
 
@@ -953,6 +1020,9 @@ void coroutine_fn block_copy_wait_range(BlockCopyState *s, int64_t offset,
 {
     BlockCopyTask *t;
 
+    /* The guest's write to the target follows: it shares the target's
+     * file with the background copies. */
+    guest_in_the_way(s);
     while ((t = find_overlap(s, offset, bytes))) {
         co_queue_wait(&t->waiters);
     }

@@ -22,14 +22,65 @@
  * guest's requests waited (342 such waits, 573 ms in a 2.5 s commit under
  * load: docs/performance.md, "Intermediate commit under guest writes:
  * where the guest waited").  sem_post never waits.
+ *
+ * Background calls (strata/pool-class.h) run at SCHED_IDLE.  A worker is
+ * at idle class only inside the background call itself: it switches
+ * right before the call and back right after it, before it touches
+ * anything that a thread at normal class may wait for (this pool's lock,
+ * the loop's completion list).  That costs two sched_setscheduler calls
+ * per background call (about a microsecond each, against a copy of up to
+ * a MiB); a worker that stayed idle from one background call to the next
+ * would take pool_lock at idle class, and a wake-up of any normal thread
+ * on its CPU preempts an idle thread at once: the loop thread would then
+ * block on the lock until the idle worker got a CPU again, which on a
+ * busy machine is whenever every normal thread sleeps.
+ *
+ * Priority inversion the other way (a guest request waiting for work
+ * that runs idle) is avoided in four ways:
+ * - Normal calls never wait behind background ones: they have a queue of
+ *   their own that workers empty first, and workers busy with background
+ *   calls do not count against pool_max when a normal call needs one.
+ * - Whoever waits for a background call promotes it
+ *   (pool_background_promote): queued, it moves to the normal queue;
+ *   running, its worker is set back to normal class by the promoter
+ *   (sched_setscheduler on the worker's thread id), so the call finishes
+ *   at normal speed.  The copy engine promotes a task when a guest write
+ *   or a drain starts to wait for it, and all its tasks while guest
+ *   writes copy through it (jobs/block-copy.c).
+ * - A background call that has not returned after idle_limit_ms (10) is
+ *   promoted as if waited for, by a timer in the submitter's loop.  An
+ *   idle thread gets almost no CPU while normal threads of its group keep
+ *   the CPUs busy (weight 3 against 1024): a 2 GiB commit took 9.9 s
+ *   instead of 2.4 s in one rep on a loaded machine without this bound
+ *   (docs/performance.md, "Background copies at idle class").  A MiB
+ *   copies in about a millisecond when a CPU is free, so the bound only
+ *   ends the waits of a starving call; and whatever a guest may wait for
+ *   without the engine knowing (a lock in the kernel) is held up 10 ms at
+ *   most.
+ * - Taking normal class back needs a right the process may not have (an
+ *   unprivileged thread leaves SCHED_IDLE only within RLIMIT_NICE, 20 for
+ *   nice 0): the first background call checks it in a thread of its own,
+ *   and without it the idle class stays off, as a promotion could not
+ *   work.
+ * I/O priority is left alone (no ioprio_set): the writeback bios that a
+ * sync_file_range at idle I/O class submits would carry that class, and
+ * the job's final flush, then the guest's next sync on the same device
+ * queue, would wait behind them in the I/O scheduler, which has no
+ * priority inheritance.
  */
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <semaphore.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
 #include <time.h>
+#include <unistd.h>
 #include <glib.h>
 #include "strata/coroutine.h"
 #include "strata/loop.h"
+#include "strata/pool-class.h"
 
 typedef struct PoolReq {
     ThreadPoolFunc *fn;
@@ -39,14 +90,23 @@ typedef struct PoolReq {
     Coroutine *co;
     StrataLoop *loop;
     struct PoolReq *next;
+    /* Background calls: the frame, whether it is queued as one (cleared
+     * by a promotion while queued), and the worker's thread id while it
+     * runs the call at idle class (0 otherwise). */
+    PoolBackground *bg;
+    bool bg_queued;
+    _Atomic pid_t idle_tid;
+    int normal_policy;          /* the worker's class to promote it to */
 } PoolReq;
 
 static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
 static sem_t pool_sem;     /* one token per wake-up (pool_wakes of them) */
 static pthread_once_t pool_sem_once = PTHREAD_ONCE_INIT;
 static PoolReq *queue_head, **queue_tail = &queue_head;
+static PoolReq *bg_head, **bg_tail = &bg_head;  /* background calls */
 static int pool_max = 64;
 static int pool_threads;   /* workers alive */
+static int pool_bg_running; /* workers running a background call */
 static int pool_idle;      /* workers waiting for work */
 static int pool_wakes;     /* tokens posted that no worker has taken yet */
 
@@ -93,11 +153,150 @@ static void pool_complete_bh(void *opaque)
     co_enter(req->co);
 }
 
+/* ---- Scheduling class of background calls ---- */
+
+/* -1: not decided yet (STRATA_IDLE_COPY, then the probe), 0 off, 1 on. */
+static atomic_int idle_on = -1;
+static _Atomic uint64_t stat_idle_runs, stat_promoted;
+static atomic_int idle_limit_ms = 10;   /* 0: no limit (tests) */
+static pthread_once_t idle_probe_once = PTHREAD_ONCE_INIT;
+
+/*
+ * Whether a thread of this process may go to SCHED_IDLE and come back:
+ * tried in a thread of its own, which exits either way.
+ */
+static gpointer idle_probe_thread(gpointer unused)
+{
+    struct sched_param p = { 0 };
+    int policy = sched_getscheduler(0);
+    bool ok = (policy == SCHED_OTHER || policy == SCHED_BATCH) &&
+              sched_setscheduler(0, SCHED_IDLE, &p) == 0 &&
+              sched_setscheduler(0, policy, &p) == 0;
+    return GINT_TO_POINTER(ok);
+}
+
+static void idle_probe(void)
+{
+    const char *e = g_getenv("STRATA_IDLE_COPY");
+    int want = 1;
+
+    if (e && (!strcmp(e, "0") || !g_ascii_strcasecmp(e, "off") ||
+              !g_ascii_strcasecmp(e, "no"))) {
+        want = 0;
+    }
+    if (want) {
+        GThread *t = g_thread_new("strata-probe", idle_probe_thread, NULL);
+        want = GPOINTER_TO_INT(g_thread_join(t));
+    }
+    int unset = -1;
+    /* thread_pool_set_idle_enabled() may have decided first. */
+    atomic_compare_exchange_strong(&idle_on, &unset, want);
+}
+
+bool thread_pool_idle_enabled(void)
+{
+    if (atomic_load(&idle_on) < 0) {
+        pthread_once(&idle_probe_once, idle_probe);
+    }
+    return atomic_load(&idle_on) > 0;
+}
+
+void thread_pool_set_idle_enabled(bool on)
+{
+    atomic_store(&idle_on, on ? 1 : 0);
+}
+
+void thread_pool_set_idle_limit_ms(int ms)
+{
+    atomic_store(&idle_limit_ms, ms);
+}
+
+void thread_pool_class_stats(ThreadPoolClassStats *st)
+{
+    st->idle_runs = atomic_load(&stat_idle_runs);
+    st->promoted = atomic_load(&stat_promoted);
+}
+
+static pid_t worker_tid(void)
+{
+    return (pid_t)gettid();
+}
+
+/* The thread's policy when it runs no background call. */
+static __thread int worker_policy = -1;
+
+static bool set_idle(pid_t tid, bool idle)
+{
+    struct sched_param p = { 0 };
+    return sched_setscheduler(tid, idle ? SCHED_IDLE : worker_policy,
+                              &p) == 0;
+}
+
+/*
+ * Run a background call: at idle class unless its frame was promoted
+ * meanwhile.  The promoter sets the flag before it changes the class of
+ * idle_tid, and we look at the flag after our own change: whichever
+ * comes last, the call ends up at normal class once promoted.  Returns
+ * false when the worker could not go back to normal class (it must not
+ * run normal calls any more).
+ */
+static bool run_background(PoolReq *req)
+{
+    bool went_idle = false;
+
+    if (worker_policy < 0) {
+        worker_policy = sched_getscheduler(0);
+    }
+    if (!atomic_load(&req->bg->promoted) &&
+        (worker_policy == SCHED_OTHER || worker_policy == SCHED_BATCH)) {
+        req->normal_policy = worker_policy;
+        atomic_store(&req->idle_tid, worker_tid());
+        went_idle = set_idle(0, true);
+        if (went_idle) {
+            atomic_fetch_add(&stat_idle_runs, 1);
+            if (atomic_load(&req->bg->promoted)) {
+                set_idle(0, false);
+            }
+        }
+    }
+    req->ret = req->fn(req->opaque);
+    atomic_store(&req->idle_tid, 0);
+    /* Back before the completion and the lock (a promotion may have done
+     * it already; once more costs a system call). */
+    if (went_idle && !set_idle(0, false)) {
+        /* Rights lost since the probe: no more idle calls. */
+        thread_pool_set_idle_enabled(false);
+        return false;
+    }
+    return true;
+}
+
+static PoolReq *take_request(void)
+{
+    PoolReq *req;
+
+    if (queue_head) {
+        req = queue_head;
+        queue_head = req->next;
+        if (!queue_head) {
+            queue_tail = &queue_head;
+        }
+        return req;
+    }
+    req = bg_head;
+    bg_head = req->next;
+    if (!bg_head) {
+        bg_tail = &bg_head;
+    }
+    req->bg_queued = false;
+    return req;
+}
+
 static gpointer pool_worker(gpointer unused)
 {
     pthread_mutex_lock(&pool_lock);
     for (;;) {
-        while (!queue_head) {
+        while (!queue_head && !bg_head) {
             /* The idle timeout is on CLOCK_REALTIME (sem_timedwait's):
              * a clock step only changes when an idle worker exits. */
             struct timespec deadline;
@@ -113,25 +312,37 @@ static gpointer pool_worker(gpointer unused)
             pool_idle--;
             if (r == 0) {
                 pool_wakes--;
-            } else if (!queue_head) {
+            } else if (!queue_head && !bg_head) {
                 pool_threads--;
                 pthread_mutex_unlock(&pool_lock);
                 return NULL;
             }
         }
-        PoolReq *req = queue_head;
-        queue_head = req->next;
-        if (!queue_head) {
-            queue_tail = &queue_head;
-        }
+        bool bg_class = queue_head == NULL;
+        PoolReq *req = take_request();
+        /* Promoted while queued: it is in the normal queue, bg stays set. */
+        bool background = bg_class && req->bg;
+        pool_bg_running += background;
         pthread_mutex_unlock(&pool_lock);
 
-        req->ret = req->fn(req->opaque);
+        bool usable = true;
+        if (background) {
+            usable = run_background(req);
+        } else {
+            req->ret = req->fn(req->opaque);
+        }
         pthread_rwlock_rdlock(&post_lock);
         loop_bh_remote(req->loop, pool_complete_bh, req);
         pthread_rwlock_unlock(&post_lock);
 
         pthread_mutex_lock(&pool_lock);
+        pool_bg_running -= background;
+        if (!usable) {
+            /* Stuck at idle class: leave, a new worker takes our place. */
+            pool_threads--;
+            pthread_mutex_unlock(&pool_lock);
+            return NULL;
+        }
     }
 }
 
@@ -142,28 +353,96 @@ void thread_pool_set_max(int n)
     pthread_mutex_unlock(&pool_lock);
 }
 
-int thread_pool_co_run(ThreadPoolFunc *fn, void *opaque)
+/* The open background frames of this thread's coroutines. */
+static __thread PoolBackground *bg_frames;
+
+void pool_background_begin(PoolBackground *bg)
 {
     g_assert(in_coroutine());
-    PoolReq req = {
-        .fn = fn, .opaque = opaque, .co = co_self(), .loop = loop_get(),
-    };
-    bool wake = false;
-    pthread_once(&pool_sem_once, pool_sem_init);
-    pthread_once(&post_lock_once, post_lock_init);
-    pthread_mutex_lock(&pool_lock);
-    *queue_tail = &req;
-    queue_tail = &req.next;
+    *bg = (PoolBackground) { .co = co_self(), .next = bg_frames };
+    bg_frames = bg;
+}
+
+void pool_background_end(PoolBackground *bg)
+{
+    g_assert(!bg->req);
+    for (PoolBackground **p = &bg_frames; *p; p = &(*p)->next) {
+        if (*p == bg) {
+            *p = bg->next;
+            return;
+        }
+    }
+    g_assert_not_reached();
+}
+
+static PoolBackground *current_frame(void)
+{
+    Coroutine *co = co_self();
+    for (PoolBackground *f = bg_frames; f; f = f->next) {
+        if (f->co == co) {
+            return f;
+        }
+    }
+    return NULL;
+}
+
+/* Queue req, and wake or start a worker for it (pool_lock held).  A
+ * normal call does not count workers busy with background calls: they
+ * never keep it waiting.  Returns whether to post a wake-up. */
+static bool enqueue_locked(PoolReq *req)
+{
+    int busy = pool_threads;
+
+    if (req->bg_queued) {
+        *bg_tail = req;
+        bg_tail = &req->next;
+    } else {
+        *queue_tail = req;
+        queue_tail = &req->next;
+        busy -= pool_bg_running;
+    }
     if (pool_idle > pool_wakes) {
         /* Count wake-ups in flight so each queued request wakes one worker. */
         pool_wakes++;
-        wake = true;
-    } else if (pool_idle == 0 && pool_threads < pool_max) {
+        return true;
+    }
+    if (pool_idle == 0 && busy < pool_max) {
         pool_threads++;
         GThread *t = g_thread_new("strata-worker", pool_worker, NULL);
         g_thread_unref(t);
     }
     /* Otherwise a busy worker takes it when it finishes its request. */
+    return false;
+}
+
+static gboolean overdue(gpointer opaque)
+{
+    pool_background_promote(opaque);
+    return G_SOURCE_REMOVE;
+}
+
+static int pool_run(ThreadPoolFunc *fn, void *opaque, PoolBackground *bg)
+{
+    GSource *limit = NULL;
+    g_assert(in_coroutine());
+    PoolReq req = {
+        .fn = fn, .opaque = opaque, .co = co_self(), .loop = loop_get(),
+        .bg = bg, .bg_queued = bg != NULL,
+    };
+    bool wake;
+    pthread_once(&pool_sem_once, pool_sem_init);
+    pthread_once(&post_lock_once, post_lock_init);
+    pthread_mutex_lock(&pool_lock);
+    if (bg) {
+        bg->req = &req;
+        int ms = atomic_load(&idle_limit_ms);
+        if (ms > 0) {
+            limit = g_timeout_source_new((guint)ms);
+            g_source_set_callback(limit, overdue, bg, NULL);
+            g_source_attach(limit, loop_context(req.loop));
+        }
+    }
+    wake = enqueue_locked(&req);
     pthread_mutex_unlock(&pool_lock);
     /* Posted outside the lock: the woken worker need not wait for it. */
     if (wake) {
@@ -182,7 +461,74 @@ int thread_pool_co_run(ThreadPoolFunc *fn, void *opaque)
         co_yield();
     }
     pool_waiting--;
+    if (bg) {
+        /* The promoter runs in this thread too: no race with it here. */
+        bg->req = NULL;
+    }
+    if (limit) {
+        g_source_destroy(limit);
+        g_source_unref(limit);
+    }
     return req.ret;
+}
+
+int thread_pool_co_run(ThreadPoolFunc *fn, void *opaque)
+{
+    return pool_run(fn, opaque, NULL);
+}
+
+int thread_pool_co_run_background(ThreadPoolFunc *fn, void *opaque)
+{
+    PoolBackground *bg = current_frame();
+
+    if (!bg || atomic_load(&bg->promoted) || !thread_pool_idle_enabled()) {
+        return pool_run(fn, opaque, NULL);
+    }
+    return pool_run(fn, opaque, bg);
+}
+
+void pool_background_promote(PoolBackground *bg)
+{
+    bool wake = false;
+
+    if (atomic_load(&bg->promoted)) {
+        return;
+    }
+    atomic_store(&bg->promoted, true);
+    PoolReq *req = bg->req;
+    if (!req) {
+        return;
+    }
+    pthread_mutex_lock(&pool_lock);
+    if (req->bg_queued) {
+        /* Out of the background queue, to the end of the normal one. */
+        for (PoolReq **p = &bg_head; *p; p = &(*p)->next) {
+            if (*p == req) {
+                *p = req->next;
+                if (!*p) {
+                    bg_tail = p;
+                }
+                break;
+            }
+        }
+        req->next = NULL;
+        req->bg_queued = false;
+        wake = enqueue_locked(req);
+        atomic_fetch_add(&stat_promoted, 1);
+    } else {
+        pid_t tid = atomic_load(&req->idle_tid);
+        struct sched_param p = { 0 };
+        /* The worker may be done with it and on its next call by now:
+         * that one runs at normal class then, no worse than without
+         * the idle class. */
+        if (tid && sched_setscheduler(tid, req->normal_policy, &p) == 0) {
+            atomic_fetch_add(&stat_promoted, 1);
+        }
+    }
+    pthread_mutex_unlock(&pool_lock);
+    if (wake) {
+        sem_post(&pool_sem);
+    }
 }
 
 int thread_pool_waiting_here(void)

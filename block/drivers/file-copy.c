@@ -7,6 +7,7 @@
 #include <unistd.h>
 #include "file-int.h"
 #include "strata/loop.h"
+#include "strata/pool-class.h"
 
 typedef struct CopyJob {
     int src_fd, dst_fd;
@@ -85,7 +86,9 @@ int coroutine_fn file_co_copy_range_to(BlockNode *bs, BlockChild *src,
     file_grow_ahead(bs, dst_off + bytes);
     /* Before it is issued: a zero write meanwhile must not be skipped. */
     file_mark_written(s, dst_off, dst_off + bytes);
-    ret = thread_pool_co_run(copy_job, &j);
+    /* Idle class for a job's background copy, normal for a copy a guest
+     * request waits for (strata/pool-class.h: the caller says which). */
+    ret = thread_pool_co_run_background(copy_job, &j);
     if (ret >= 0) {
         file_grew(s, dst_off + bytes);
     }

@@ -1,0 +1,420 @@
+/*
+ * Background copy calls at idle class (strata/pool-class.h): which pool
+ * calls run at SCHED_IDLE (the work function reads its own thread's
+ * policy), that a promotion brings a running or queued call back to
+ * normal class, that a normal call never waits behind background ones
+ * for a worker, and that the copy engine runs a job's offloads idle and
+ * a copy a guest waits for (block_copy_range) at normal class; and that
+ * a background call that runs too long is promoted anyway.
+ *
+ * Needs the right to leave SCHED_IDLE again (root, CAP_SYS_NICE or
+ * RLIMIT_NICE 20): without it the pool keeps the idle class off, and the
+ * tests that need it are skipped with a message.
+ */
+#include <errno.h>
+#include <sched.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+#include <glib.h>
+
+#include "strata/backend.h"
+#include "strata/block-copy.h"
+#include "strata/job.h"
+#include "strata/loop.h"
+#include "strata/pool-class.h"
+#include "strata/units.h"
+#include "support.h"
+
+static bool have_idle_class(void)
+{
+    thread_pool_set_max(64);
+    /* Held calls wait as long as a test wants (test_overdue: the limit). */
+    thread_pool_set_idle_limit_ms(0);
+    if (!thread_pool_idle_enabled()) {
+        print_message("idle class off (STRATA_IDLE_COPY=0, or no right to "
+                      "leave SCHED_IDLE): skipped\n");
+        return false;
+    }
+    return true;
+}
+
+/* ---- Which calls run idle ---- */
+
+static int policy_fn(void *opaque)
+{
+    return sched_getscheduler(0);
+}
+
+typedef struct Classes {
+    int plain, bg_no_frame, bg, plain_in_frame, bg_promoted, after_bg;
+    int bg_disabled;
+} Classes;
+
+static void classes_co(void *opaque)
+{
+    Classes *c = opaque;
+    PoolBackground f;
+
+    c->plain = thread_pool_co_run(policy_fn, NULL);
+    c->bg_no_frame = thread_pool_co_run_background(policy_fn, NULL);
+    pool_background_begin(&f);
+    c->bg = thread_pool_co_run_background(policy_fn, NULL);
+    /* One worker: the same thread, back at normal class. */
+    c->after_bg = thread_pool_co_run(policy_fn, NULL);
+    c->plain_in_frame = thread_pool_co_run(policy_fn, NULL);
+    thread_pool_set_idle_enabled(false);
+    c->bg_disabled = thread_pool_co_run_background(policy_fn, NULL);
+    thread_pool_set_idle_enabled(true);
+    pool_background_promote(&f);
+    c->bg_promoted = thread_pool_co_run_background(policy_fn, NULL);
+    pool_background_end(&f);
+}
+
+static void test_which_calls_idle(void **state)
+{
+    Classes c;
+
+    if (!have_idle_class()) {
+        skip();
+    }
+    thread_pool_set_max(1);
+    co_run_sync(classes_co, &c);
+    thread_pool_set_max(64);
+    assert_int_equal(c.plain, SCHED_OTHER);
+    assert_int_equal(c.bg_no_frame, SCHED_OTHER);
+    assert_int_equal(c.bg, SCHED_IDLE);
+    assert_int_equal(c.after_bg, SCHED_OTHER);
+    assert_int_equal(c.plain_in_frame, SCHED_OTHER);
+    assert_int_equal(c.bg_disabled, SCHED_OTHER);
+    assert_int_equal(c.bg_promoted, SCHED_OTHER);
+}
+
+/* ---- Calls that block until the test lets them go ---- */
+
+static gint seq;    /* order in which held calls started */
+
+typedef struct Held {
+    PoolBackground f;
+    bool background;
+    gint started;       /* seq at start, 0 before */
+    gint release;
+    int policy_start, policy_end;
+    int ret;
+    bool done;
+} Held;
+
+static int held_fn(void *opaque)
+{
+    Held *h = opaque;
+    h->policy_start = sched_getscheduler(0);
+    g_atomic_int_set(&h->started, g_atomic_int_add(&seq, 1) + 1);
+    while (!g_atomic_int_get(&h->release)) {
+        g_usleep(1000);
+    }
+    h->policy_end = sched_getscheduler(0);
+    return 0;
+}
+
+static void held_co(void *opaque)
+{
+    Held *h = opaque;
+    if (h->background) {
+        pool_background_begin(&h->f);
+        h->ret = thread_pool_co_run_background(held_fn, h);
+        pool_background_end(&h->f);
+    } else {
+        h->ret = thread_pool_co_run(held_fn, h);
+    }
+    h->done = true;
+}
+
+static void held_start(Held *h, bool background)
+{
+    *h = (Held) { .background = background, .ret = -1 };
+    co_enter(co_create(held_co, h));
+}
+
+/* A call that does not start within 10 s waits for something it should
+ * not (a worker busy with background work). */
+static void wait_started(Held *h)
+{
+    gint64 end = g_get_monotonic_time() + 10 * G_USEC_PER_SEC;
+    while (!g_atomic_int_get(&h->started)) {
+        if (g_get_monotonic_time() > end) {
+            fail_msg("the call did not start in 10 s");
+        }
+        loop_iterate(false);
+        g_usleep(500);
+    }
+}
+
+static void finish(Held *h)
+{
+    g_atomic_int_set(&h->release, 1);
+    LOOP_WAIT_WHILE(!h->done);
+    assert_int_equal(h->ret, 0);
+}
+
+/* Let queued work start if it could: a worker has this long. */
+static void settle(void)
+{
+    for (int i = 0; i < 50; i++) {
+        loop_iterate(false);
+        g_usleep(1000);
+    }
+}
+
+/* A guest starts to wait for a running background call: it goes back to
+ * normal class while it runs. */
+static void test_promote_running(void **state)
+{
+    ThreadPoolClassStats a, b;
+    Held h;
+
+    if (!have_idle_class()) {
+        skip();
+    }
+    thread_pool_class_stats(&a);
+    held_start(&h, true);
+    wait_started(&h);
+    assert_int_equal(h.policy_start, SCHED_IDLE);
+    pool_background_promote(&h.f);
+    finish(&h);
+    assert_int_equal(h.policy_end, SCHED_OTHER);
+    thread_pool_class_stats(&b);
+    assert_int_equal(b.idle_runs - a.idle_runs, 1);
+    assert_int_equal(b.promoted - a.promoted, 1);
+}
+
+/*
+ * Every worker the pool may have is busy with a background call: a
+ * normal call gets a worker anyway, before the background call queued
+ * ahead of it; and a queued background call that is promoted does too,
+ * at normal class.
+ */
+static void test_normal_not_behind_background(void **state)
+{
+    enum { MAX_HELD = 16 };
+    Held bg[MAX_HELD], late, urgent;
+    int n = 0;
+
+    if (!have_idle_class()) {
+        skip();
+    }
+    thread_pool_set_max(1);
+    /* Workers idle since earlier tests take background calls until the
+     * pool is full; the last one started waits for a worker. */
+    do {
+        g_assert(n < MAX_HELD);
+        held_start(&bg[n++], true);
+        settle();
+    } while (g_atomic_int_get(&bg[n - 1].started));
+    Held *queued = &bg[n - 1];
+
+    held_start(&urgent, false);
+    wait_started(&urgent);
+    assert_int_equal(urgent.policy_start, SCHED_OTHER);
+    assert_int_equal(g_atomic_int_get(&queued->started), 0);
+    /* Its worker is free again: the queued call runs there, idle. */
+    finish(&urgent);
+    wait_started(queued);
+    assert_int_equal(queued->policy_start, SCHED_IDLE);
+
+    held_start(&late, true);
+    settle();
+    assert_int_equal(g_atomic_int_get(&late.started), 0);
+    /* Waited for: it gets a worker at once, at normal class. */
+    pool_background_promote(&late.f);
+    wait_started(&late);
+    assert_int_equal(late.policy_start, SCHED_OTHER);
+
+    finish(&late);
+    for (int i = 0; i < n; i++) {
+        finish(&bg[i]);
+        assert_int_equal(bg[i].policy_start, SCHED_IDLE);
+        assert_int_equal(bg[i].policy_end, SCHED_IDLE);
+    }
+    thread_pool_set_max(64);
+}
+
+/* Nobody waits for it, but it has run idle for too long: promoted. */
+static void test_overdue(void **state)
+{
+    ThreadPoolClassStats a, b;
+    Held h;
+
+    if (!have_idle_class()) {
+        skip();
+    }
+    thread_pool_set_idle_limit_ms(20);
+    thread_pool_class_stats(&a);
+    held_start(&h, true);
+    wait_started(&h);
+    assert_int_equal(h.policy_start, SCHED_IDLE);
+    /* The limit's timer runs in this loop: let it. */
+    gint64 end = g_get_monotonic_time() + 10 * G_USEC_PER_SEC;
+    do {
+        loop_iterate(false);
+        g_usleep(1000);
+        thread_pool_class_stats(&b);
+    } while (b.promoted == a.promoted && g_get_monotonic_time() < end);
+    assert_int_equal(b.promoted - a.promoted, 1);
+    finish(&h);
+    assert_int_equal(h.policy_end, SCHED_OTHER);
+    thread_pool_set_idle_limit_ms(0);
+}
+
+/* ---- The copy engine: a job's offloads idle, a guest's copy not ---- */
+
+#define LEN (8 * MiB)
+
+typedef struct EngineJob {
+    Job common;
+    BlockCopyState *s;
+} EngineJob;
+
+static int coroutine_fn engine_job_run(Job *job, GError **errp)
+{
+    EngineJob *j = (EngineJob *)job;
+    bool is_read;
+    return block_copy_run(j->s, job, &is_read);
+}
+
+static const JobDriver engine_job_driver = {
+    .instance_size = sizeof(EngineJob),
+    .job_type = JOB_TYPE_COMMIT,
+    .run = engine_job_run,
+};
+
+static int job_ret;
+static bool job_finished;
+
+static void job_done(void *opaque, int ret)
+{
+    job_ret = ret;
+    job_finished = true;
+}
+
+static BlockNode *open_cached(const char *p)
+{
+    return open_json(json_pack("{s:s, s:s}", "driver", "file", "filename",
+                               p));
+}
+
+typedef struct Range {
+    BlockCopyState *s;
+    int ret;
+} Range;
+
+static void range_co(void *opaque)
+{
+    Range *r = opaque;
+    bool is_read;
+    r->ret = block_copy_range(r->s, 0, LEN, &is_read);
+}
+
+/* Copies src to dst as a job (job) or as a guest's range call; returns
+ * the idle-class calls the pool ran meanwhile. */
+static uint64_t engine_copy(bool job)
+{
+    uint8_t *data = g_malloc(LEN);
+    g_autofree char *sp = NULL, *tp = NULL;
+    ThreadPoolClassStats a, b;
+    BlockCopyStats st;
+    BlockNode *src, *dst;
+    GError *err = NULL;
+
+    fill_nonzero(data, LEN, 12);
+    sp = make_file("src", data, LEN);
+    tp = make_file("dst", NULL, LEN);
+    src = open_cached(sp);
+    dst = open_cached(tp);
+    BlockCopyOptions o = {
+        .granularity = 64 * KiB,
+        .max_chunk = MiB,
+        .use_copy_range = true,
+        .write_behind = 2 * MiB,
+        .classify = NULL,
+    };
+    thread_pool_class_stats(&a);
+    if (job) {
+        EngineJob *j = job_create("idle", &engine_job_driver, NULL,
+                                  JOB_DEFAULT, job_done, NULL, &err);
+        assert_non_null(j);
+        o.source = job_add_node(&j->common, "source", src,
+                                BLK_PERM_CONSISTENT_READ, BLK_PERM_ALL, &err);
+        o.target = job_add_node(&j->common, "target", dst, BLK_PERM_WRITE,
+                                BLK_PERM_ALL, &err);
+        assert_non_null(o.source);
+        assert_non_null(o.target);
+        j->s = block_copy_new(&o, &err);
+        assert_non_null(j->s);
+        job_finished = false;
+        job_ref(&j->common);
+        job_start(&j->common);
+        LOOP_WAIT_WHILE(!job_finished);
+        assert_int_equal(job_ret, 0);
+        block_copy_get_stats(j->s, &st);
+        BlockCopyState *s = j->s;
+        job_unref(&j->common);
+        block_copy_free(s);
+    } else {
+        BlockBackend *bsrc, *bdst;
+        o.source = edge(&bsrc, src, BLK_PERM_CONSISTENT_READ);
+        o.target = edge(&bdst, dst, BLK_PERM_WRITE);
+        BlockCopyState *s = block_copy_new(&o, &err);
+        assert_non_null(s);
+        Range r = { .s = s, .ret = -1 };
+        co_run_sync(range_co, &r);
+        assert_int_equal(r.ret, 0);
+        block_copy_get_stats(s, &st);
+        block_copy_free(s);
+        blk_unref(bsrc);
+        blk_unref(bdst);
+    }
+    thread_pool_class_stats(&b);
+    node_unref(src);
+    node_unref(dst);
+    /* Offloaded, whole: the class changes when, not what. */
+    assert_int_equal(st.bytes_offloaded, LEN);
+    expect_file(tp, data, LEN);
+    g_free(data);
+    if (job) {
+        assert_true(st.writeback_kicks > 0);
+    }
+    return b.idle_runs - a.idle_runs;
+}
+
+static void test_engine_job_idle_guest_not(void **state)
+{
+    if (!have_idle_class()) {
+        skip();
+    }
+    /* Every offload and write-behind call of the job, none of the
+     * guest's (a range call is what copy-before-write makes). */
+    assert_true(engine_copy(true) >= 8);
+    assert_int_equal(engine_copy(false), 0);
+    /* The switch: off, the job's calls run at normal class. */
+    thread_pool_set_idle_enabled(false);
+    assert_int_equal(engine_copy(true), 0);
+    thread_pool_set_idle_enabled(true);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_which_calls_idle),
+        cmocka_unit_test(test_promote_running),
+        cmocka_unit_test(test_normal_not_behind_background),
+        cmocka_unit_test(test_overdue),
+        cmocka_unit_test(test_engine_job_idle_guest_not),
+    };
+    return cmocka_run_group_tests(tests, test_tmpdir_setup,
+                                  test_tmpdir_teardown);
+}
