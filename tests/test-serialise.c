@@ -24,6 +24,7 @@
 #include "strata/backend.h"
 #include "strata/backup.h"
 #include "strata/block-ops.h"
+#include "strata/copy-range.h"
 #include "strata/iov.h"
 #include "strata/loop.h"
 #include "support.h"
@@ -281,6 +282,67 @@ static void test_later_read_waits_for_write(void **state)
     g_free(wbuf);
 }
 
+typedef struct CopyReq {
+    BlockChild *src, *dst;
+    int flags;
+    int ret;
+    bool done;
+} CopyReq;
+
+static void coroutine_fn copy_entry(void *opaque)
+{
+    CopyReq *r = opaque;
+
+    r->ret = child_co_copy_range(r->src, 0, r->dst, 0, 4096, 0, r->flags);
+    r->done = true;
+}
+
+/*
+ * A copy offload into the node with REQ_SERIALISING waits for a read in
+ * flight there too, before its driver is asked (here it then answers
+ * ENOTSUP: blkdebug cannot offload, the caller would read and write);
+ * without the flag it does not wait.
+ */
+static void test_copy_range_waits_for_read(void **state)
+{
+    (void)state;
+    One o;
+    char *path = make_filled("copy-src.img", 0x55, 4096);
+    BlockNode *file = open_file(path);
+    BlockBackend *sblk;
+    BlockChild *sc = edge(&sblk, file, BLK_PERM_CONSISTENT_READ);
+    uint8_t *rbuf = g_malloc(4096);
+    CopyReq cp;
+    Req rd;
+
+    one_open(&o);
+    for (int flags = REQ_SERIALISING; flags >= 0; flags -= REQ_SERIALISING) {
+        park(o.dbg, "read_aio", flags ? "R" : "R0");
+        rd = (Req){ .child = o.c, .offset = 0, .bytes = 4096, .buf = rbuf };
+        req_start(&rd);
+        wait_parked(o.dbg, flags ? "R" : "R0", &rd);
+        cp = (CopyReq){ .src = sc, .dst = o.c, .flags = flags };
+        co_enter(co_create(copy_entry, &cp));
+        if (flags) {
+            spin();
+            assert_false(cp.done);
+            resume(o.dbg, "R", &rd);
+            LOOP_WAIT_WHILE(!cp.done);
+        } else {
+            LOOP_WAIT_WHILE(!cp.done);
+            resume(o.dbg, "R0", &rd);
+        }
+        assert_int_equal(cp.ret, -ENOTSUP);
+        assert_bytes(rbuf, 4096, 0x11);
+    }
+    one_close(&o);
+    blk_unref(sblk);
+    node_unref(file);
+    unlink(path);
+    g_free(path);
+    g_free(rbuf);
+}
+
 /* ---- The pre-7.0 fleecing recipe ---- */
 
 /*
@@ -509,6 +571,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_write_waits_for_earlier_read),
         cmocka_unit_test(test_later_read_waits_for_write),
+        cmocka_unit_test(test_copy_range_waits_for_read),
         cmocka_unit_test(test_backup_early_read),
         cmocka_unit_test(test_backup_late_read),
         cmocka_unit_test(test_cbw_early_read),
