@@ -105,13 +105,14 @@ int coroutine_fn node_co_pwritev_node(BlockNode *bs, int64_t offset,
 /*
  * A request that reaches a driver by another path (copy offload,
  * copy-range.c): counted in flight and tracked, so that it waits for
- * read-modify-writes over it and they wait for it; a write gets what
- * every write gets at the end (bitmaps, write threshold, write
- * generation: a later flush is not skipped).
+ * read-modify-writes over it and they wait for it (flags: REQ_SERIALISING
+ * makes it serialising, as a write with it); a write gets what every
+ * write gets at the end (bitmaps, write threshold, write generation: a
+ * later flush is not skipped).
  */
 typedef struct TrackedReq TrackedReq;
 TrackedReq *coroutine_fn node_co_req_begin(BlockNode *bs, int64_t offset,
-                                           int64_t bytes, bool write);
+                                           int64_t bytes, int flags);
 void node_co_req_end(BlockNode *bs, TrackedReq *r, int64_t offset,
                      int64_t bytes, bool write, int ret);
 

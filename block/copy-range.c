@@ -40,7 +40,7 @@ int coroutine_fn child_co_copy_range_from(BlockChild *src, int64_t src_off,
         !aligned(bs, src_off, bytes)) {
         return -ENOTSUP;
     }
-    req = node_co_req_begin(bs, src_off, bytes, false);
+    req = node_co_req_begin(bs, src_off, bytes, 0);
     ret = bs->drv->co_copy_range_from(bs, src, src_off, dst, dst_off, bytes,
                                       read_flags, write_flags);
     node_co_req_end(bs, req, src_off, bytes, false, ret);
@@ -72,15 +72,21 @@ int coroutine_fn child_co_copy_range_to(BlockChild *src, int64_t src_off,
     if (bs->dirty_bitmaps && node_has_readonly_bitmaps(bs)) {
         return -EPERM;
     }
-    /* Flags to emulate and zeroes to detect: the write path does that. */
-    if (write_flags || bs->detect_zeroes != DETECT_ZEROES_OFF ||
+    /*
+     * Flags to emulate and zeroes to detect: the write path does that.
+     * REQ_SERIALISING is the request's own, not the driver's: kept here.
+     */
+    if ((write_flags & ~REQ_SERIALISING) ||
+        bs->detect_zeroes != DETECT_ZEROES_OFF ||
         !bs->drv || !bs->drv->co_copy_range_to ||
         !aligned(bs, dst_off, bytes)) {
         return -ENOTSUP;
     }
-    req = node_co_req_begin(bs, dst_off, bytes, true);
+    req = node_co_req_begin(bs, dst_off, bytes,
+                            write_flags & REQ_SERIALISING);
     ret = bs->drv->co_copy_range_to(bs, src, src_off, dst, dst_off, bytes,
-                                    read_flags, write_flags);
+                                    read_flags,
+                                    write_flags & ~REQ_SERIALISING);
     node_co_req_end(bs, req, dst_off, bytes, true, ret);
     return ret < 0 ? ret : 0;
 }

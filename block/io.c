@@ -23,30 +23,67 @@
 #include "strata/dirty-bitmap.h"
 #include "strata/block-events.h"
 
+/*
+ * A request in flight on a node, on its issuer's stack (node_co_req_begin
+ * allocates its own): the list link is embedded, so tracking a request
+ * allocates nothing.
+ */
 typedef struct TrackedReq {
     int64_t offset, bytes;
     bool serialising;
     bool waiting;        /* in wait_serialising, behind another request */
     CoQueue waiters;
+    GList link;          /* in bs->tracked_requests, data = this request */
 } TrackedReq;
 
-static void track_begin(BlockNode *bs, TrackedReq *r, int64_t offset,
-                        int64_t bytes, bool serialising)
+/*
+ * Every read and write passes here twice: the list operations are
+ * g_queue_push_tail_link and g_queue_unlink written out, which the
+ * compiler inlines (the library calls, with their argument checks, cost
+ * 57 instructions a request; docs/performance.md, "Request tracking").
+ */
+static inline void track_begin(BlockNode *bs, TrackedReq *r, int64_t offset,
+                               int64_t bytes, bool serialising)
 {
+    GQueue *q = &bs->tracked_requests;
+
     r->offset = offset;
     r->bytes = bytes;
     r->serialising = serialising;
     r->waiting = false;
-    co_queue_init(&r->waiters);
-    g_queue_push_tail(&bs->tracked_requests, r);
+    r->waiters.head = r->waiters.tail = NULL;     /* co_queue_init */
+    r->link.data = r;
+    r->link.next = NULL;
+    r->link.prev = q->tail;
+    if (q->tail) {
+        q->tail->next = &r->link;
+    } else {
+        q->head = &r->link;
+    }
+    q->tail = &r->link;
+    q->length++;
     bs->serialising_requests += serialising;
 }
 
-static void track_end(BlockNode *bs, TrackedReq *r)
+static inline void track_end(BlockNode *bs, TrackedReq *r)
 {
-    g_queue_remove(&bs->tracked_requests, r);
+    GQueue *q = &bs->tracked_requests;
+
+    if (r->link.prev) {
+        r->link.prev->next = r->link.next;
+    } else {
+        q->head = r->link.next;
+    }
+    if (r->link.next) {
+        r->link.next->prev = r->link.prev;
+    } else {
+        q->tail = r->link.prev;
+    }
+    q->length--;
     bs->serialising_requests -= r->serialising;
-    co_queue_restart_all(&r->waiters);
+    if (r->waiters.head) {
+        co_queue_restart_all(&r->waiters);
+    }
 }
 
 /*
@@ -56,10 +93,10 @@ static void track_end(BlockNode *bs, TrackedReq *r)
  * wait for each other, and a request stopped behind another does not hold
  * up the ones that come after it (QEMU iotest 077 depends on that order).
  */
-static void coroutine_fn wait_serialising(BlockNode *bs, TrackedReq *self)
+static void coroutine_fn wait_serialising_slow(BlockNode *bs,
+                                               TrackedReq *self)
 {
 retry:
-    /* The common case, nothing serialising anywhere: nothing to wait for. */
     if (!self->serialising && bs->serialising_requests == 0) {
         return;
     }
@@ -77,9 +114,32 @@ retry:
     }
 }
 
-static bool have_serialising(BlockNode *bs)
+static inline void coroutine_fn wait_serialising(BlockNode *bs,
+                                                 TrackedReq *self)
 {
-    return bs->serialising_requests > 0;
+    /* The common case, nothing serialising anywhere: nothing to wait for. */
+    if (self->serialising || bs->serialising_requests > 0) {
+        wait_serialising_slow(bs, self);
+    }
+}
+
+/*
+ * A REQ_SERIALISING write owns whole clusters of the node (QEMU's
+ * tracked_request_set_serialising with bdrv_get_cluster_size): a read of
+ * another part of a cluster it allocates waits for it too.  Only such
+ * writes ask, so the driver's get_info is off the hot path.
+ */
+static void serialising_range(BlockNode *bs, int64_t offset, int64_t bytes,
+                              int64_t *start, int64_t *len)
+{
+    BlockDriverInfo bdi;
+    int64_t align = MAX(bs->bl.request_alignment, 1);
+
+    if (node_get_info(bs, &bdi) == 0 && bdi.cluster_size > align) {
+        align = bdi.cluster_size;
+    }
+    *start = ROUND_DOWN(offset, align);
+    *len = ROUND_UP(offset + bytes, align) - *start;
 }
 
 static bool qiov_mem_aligned(BlockNode *bs, IOVec *qiov, size_t qoff,
@@ -231,13 +291,18 @@ int coroutine_fn node_co_preadv_node(BlockNode *bs, int64_t offset,
     node_inc_in_flight(bs);
     uint32_t align = bs->bl.request_alignment;
     int ret;
+    /*
+     * Every read is tracked, not only those that find a serialising
+     * request already here: a serialising write that comes later must
+     * see the reads it overlaps.  That is what makes the pre-7.0 fleecing
+     * recipe safe: a backup reader's read of the target that fell through
+     * to the source (the target's backing file) finishes before the
+     * copy-before-write of a guest write lets the guest change the source
+     * (jobs/block-copy.c marks such copies REQ_SERIALISING).
+     */
     TrackedReq tr;
-    bool tracked = false;
-    if (have_serialising(bs)) {
-        track_begin(bs, &tr, offset, bytes, false);
-        tracked = true;
-        wait_serialising(bs, &tr);
-    }
+    track_begin(bs, &tr, offset, bytes, false);
+    wait_serialising(bs, &tr);
 
     if (offset % align == 0 && bytes % align == 0 &&
         qiov_mem_aligned(bs, qiov, qiov_offset, bytes)) {
@@ -262,9 +327,7 @@ int coroutine_fn node_co_preadv_node(BlockNode *bs, int64_t offset,
         bs->rd_bytes += bytes;
         bs->rd_ops++;
     }
-    if (tracked) {
-        track_end(bs, &tr);
-    }
+    track_end(bs, &tr);
     node_dec_in_flight(bs);
     return ret < 0 ? ret : 0;
 }
@@ -454,7 +517,7 @@ int coroutine_fn node_co_pwritev_node(BlockNode *bs, int64_t offset,
         bool zero = iov_is_zero(part.iov, part.niov);
         iovec_destroy(&part);
         if (zero) {
-            int zflags = flags & REQ_FUA;
+            int zflags = flags & (REQ_FUA | REQ_SERIALISING);
             if (bs->detect_zeroes == DETECT_ZEROES_UNMAP) {
                 zflags |= REQ_MAY_UNMAP;
             }
@@ -467,8 +530,12 @@ int coroutine_fn node_co_pwritev_node(BlockNode *bs, int64_t offset,
         int ret = -ENOTSUP;
         if (bs->drv->co_pwritev_compressed) {
             TrackedReq tr;
+            int64_t start = offset, len = bytes;
             node_inc_in_flight(bs);
-            track_begin(bs, &tr, offset, bytes, false);
+            if (flags & REQ_SERIALISING) {
+                serialising_range(bs, offset, bytes, &start, &len);
+            }
+            track_begin(bs, &tr, start, len, flags & REQ_SERIALISING);
             wait_serialising(bs, &tr);
             ret = bs->drv->co_pwritev_compressed(bs, offset, bytes, qiov,
                                                  qiov_offset);
@@ -493,11 +560,15 @@ int coroutine_fn node_co_pwritev_node(BlockNode *bs, int64_t offset,
     /*
      * Every write is tracked, so that a later read-modify-write waits for it
      * instead of reading stale data.  An RMW owns its whole aligned range
-     * until it has written it back.
+     * until it has written it back; a REQ_SERIALISING write its clusters.
      */
     TrackedReq tr;
     int64_t start = ROUND_DOWN(offset, align);
-    track_begin(bs, &tr, start, ROUND_UP(offset + bytes, align) - start, rmw);
+    int64_t len = ROUND_UP(offset + bytes, align) - start;
+    if (flags & REQ_SERIALISING) {
+        serialising_range(bs, offset, bytes, &start, &len);
+    }
+    track_begin(bs, &tr, start, len, rmw || (flags & REQ_SERIALISING));
     wait_serialising(bs, &tr);
     int ret = pwritev_aligned_or_rmw(bs, offset, bytes, qiov, qiov_offset,
                                      flags, true);
@@ -590,9 +661,12 @@ static int coroutine_fn node_co_pwrite_zeroes_node(BlockNode *bs,
     int ret = 0;
     TrackedReq tr;
     int64_t start = ROUND_DOWN(offset, bs->bl.request_alignment);
-    track_begin(bs, &tr, start,
-                ROUND_UP(offset + bytes, bs->bl.request_alignment) - start,
-                head || tail);
+    int64_t len = ROUND_UP(offset + bytes, bs->bl.request_alignment) - start;
+    if (flags & REQ_SERIALISING) {
+        serialising_range(bs, offset, bytes, &start, &len);
+    }
+    track_begin(bs, &tr, start, len,
+                head || tail || (flags & REQ_SERIALISING));
     wait_serialising(bs, &tr);
 
     /* Unaligned pieces are written as data; the middle as zeroes. */
@@ -931,14 +1005,18 @@ int coroutine_fn child_co_truncate(BlockChild *c, int64_t offset, bool exact,
 /* ---- Requests that reach a driver by another path (copy-range.c) ---- */
 
 TrackedReq *coroutine_fn node_co_req_begin(BlockNode *bs, int64_t offset,
-                                           int64_t bytes, bool write)
+                                           int64_t bytes, int flags)
 {
     TrackedReq *r = g_new(TrackedReq, 1);
     uint32_t align = MAX(bs->bl.request_alignment, 1);
     int64_t start = ROUND_DOWN(offset, align);
+    int64_t len = ROUND_UP(offset + bytes, align) - start;
 
     node_inc_in_flight(bs);
-    track_begin(bs, r, start, ROUND_UP(offset + bytes, align) - start, false);
+    if (flags & REQ_SERIALISING) {
+        serialising_range(bs, offset, bytes, &start, &len);
+    }
+    track_begin(bs, r, start, len, flags & REQ_SERIALISING);
     wait_serialising(bs, r);
     return r;
 }

@@ -237,6 +237,36 @@ static bool offload_narrow(BlockCopyState *s)
     return false;
 }
 
+/*
+ * Whether base is in top's chain of filtered and backing children (QEMU's
+ * bdrv_chain_contains).
+ */
+static bool chain_contains(BlockNode *top, BlockNode *base)
+{
+    while (top && top != base) {
+        BlockNode *f = node_filtered_child(top);
+        top = f ? f : node_backing(top);
+    }
+    return top != NULL;
+}
+
+/*
+ * The flags of the engine's writes to the target.  Where the target's
+ * chain holds the source (the pre-7.0 fleecing recipe: a qcow2 overlay
+ * of the disk as backup target, exported and read while the guest
+ * writes), a reader's read of the target may fall through to the source;
+ * the copy must not let the guest's write change the source under such a
+ * read in flight, so it waits for overlapping reads of the target and
+ * later ones wait for it (REQ_SERIALISING, QEMU's block_copy_state_new).
+ * Asked at every write rather than once: blockdev-reopen may change the
+ * target's backing, and the walk is a few pointers against a chunk of I/O.
+ */
+static int target_flags(const BlockCopyState *s)
+{
+    return chain_contains(child_node(s->target), child_node(s->source))
+           ? REQ_SERIALISING : 0;
+}
+
 /* ---- Set-up ---- */
 
 static bool is_pow2(int64_t v)
@@ -661,7 +691,7 @@ static int coroutine_fn copy_data(BlockCopyState *s, int64_t offset,
         s->stats.peak_offloading = MAX(s->stats.peak_offloading,
                                        s->offloading);
         ret = child_co_copy_range(s->source, offset, s->target, offset, bytes,
-                                  s->read_flags, 0);
+                                  s->read_flags, target_flags(s));
         s->offloading -= !urgent;
         co_queue_restart_all(&s->offload_wait);
         if (ret == 0) {
@@ -706,7 +736,8 @@ static int coroutine_fn copy_data(BlockCopyState *s, int64_t offset,
         s->bg_writing += !urgent;
         ret = s->write ? s->write(s->write_opaque, offset, bytes, buf)
               : child_co_pwrite(s->target, offset, bytes, buf,
-                                s->compress ? REQ_WRITE_COMPRESSED : 0);
+                                (s->compress ? REQ_WRITE_COMPRESSED : 0) |
+                                target_flags(s));
         s->bg_writing -= !urgent;
         if (ret < 0) {
             *error_is_read = false;
@@ -790,7 +821,8 @@ static void coroutine_fn task_entry(void *opaque)
         }
     } else {
         ret = child_co_pwrite_zeroes(s->target, t->offset, t->bytes,
-                                     s->unmap ? REQ_MAY_UNMAP : 0);
+                                     (s->unmap ? REQ_MAY_UNMAP : 0) |
+                                     target_flags(s));
         if (ret >= 0) {
             s->stats.bytes_zeroed += t->bytes;
         }

@@ -267,6 +267,14 @@ enum {
     REQ_WRITE_UNCHANGED = 0x8, /* the data written is what is there already */
     REQ_WRITE_COMPRESSED = 0x10, /* store compressed (whole clusters) */
     REQ_PREFETCH = 0x20,     /* read for a side effect (copy-on-read): no data */
+    /*
+     * A write (or zero write) that waits for every overlapping request in
+     * flight on the node it is issued on, reads included, and that
+     * overlapping requests coming later wait for: the clusters it touches
+     * are its own meanwhile (QEMU's BDRV_REQ_SERIALISING).  Not passed
+     * down to the nodes below.
+     */
+    REQ_SERIALISING = 0x40,
 };
 
 int coroutine_fn child_co_preadv(BlockChild *c, int64_t offset, int64_t bytes,
