@@ -23,6 +23,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <linux/magic.h>
+#include <linux/userfaultfd.h>
+#include <sys/ioctl.h>
+#include <sys/syscall.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
@@ -119,6 +122,7 @@ typedef struct Writer {
     bool had_data;
     GAsyncQueue *q;             /* Piece *; &writer_stop ends the thread */
     GThread *thread;
+    int uffd;                   /* >= 0: channels copy with UFFDIO_COPY */
 } Writer;
 
 static Piece writer_stop;
@@ -201,6 +205,47 @@ static void req_release(Chan *ch, Req *r)
 }
 
 /*
+ * Experiment (STRATA_MIGRATION_LOAD_UFFD=1): the channel itself puts the
+ * stored pages of a new memory's piece in place with UFFDIO_COPY, which
+ * allocates, copies and maps each page under no file-wide lock, so
+ * channels fill one memfd in parallel.  False: not done (the writer
+ * takes the piece).
+ */
+static bool uffd_put(struct Writer *wr, const Req *r)
+{
+    for (uint64_t k = 0; k < r->pages;) {
+        bool set = mr_test_bit(r->bm, r->first + k);
+        uint64_t j = k + 1;
+        while (j < r->pages && mr_test_bit(r->bm, r->first + j) == set) {
+            j++;
+        }
+        if (set) {
+            struct uffdio_copy c = {
+                .dst = (uintptr_t)(r->b->host + (r->first + k) * MR_PAGE_SIZE),
+                .src = (uintptr_t)(r->buf + k * MR_PAGE_SIZE),
+                .len = (j - k) * MR_PAGE_SIZE,
+            };
+            while (ioctl(wr->uffd, UFFDIO_COPY, &c) < 0) {
+                if (c.copy > 0) {
+                    c.dst += (uint64_t)c.copy;
+                    c.src += (uint64_t)c.copy;
+                    c.len -= (uint64_t)c.copy;
+                    c.copy = 0;
+                    continue;
+                }
+                if (errno != EAGAIN && errno != EINTR) {
+                    /* pages before k are in place; the writer writes all */
+                    return false;
+                }
+            }
+            atomic_fetch_add(&wr->w->stats->via_fd, j - k);
+        }
+        k = j;
+    }
+    return true;
+}
+
+/*
  * A finished load request: whatever the file had in the gaps of the run
  * (pages not stored, read along to save a request), those pages are zero.
  * Read into the mapping, they are cleared there; read into a bounce
@@ -224,7 +269,11 @@ static void req_finish(Chan *ch, Req *r)
         }
         atomic_fetch_add(&w->stats->normal, r->pages - gaps);
         atomic_fetch_add(&w->stats->duplicate, gaps);
-        if (r->buf) {
+        Writer *wr = r->buf ? w->writers[r->b - w->blocks] : NULL;
+        if (wr && wr->uffd >= 0 && uffd_put(wr, r)) {
+            g_async_queue_push(w->bufs, r->buf);
+            r->buf = NULL;
+        } else if (r->buf) {
             Piece *pc = g_new(Piece, 1);
             *pc = (Piece){ .first = r->first, .pages = r->pages,
                            .buf = r->buf };
@@ -818,6 +867,10 @@ static void work_clear(Work *w)
     }
     g_free(w->bitmaps);
     for (unsigned i = 0; i < w->nb_blocks; i++) {
+        if (w->writers[i] && w->writers[i]->uffd >= 0) {
+            /* closing unregisters: later faults are ordinary ones */
+            close(w->writers[i]->uffd);
+        }
         if (w->writers[i]) {
             g_async_queue_unref(w->writers[i]->q);
             g_free(w->writers[i]);
@@ -877,6 +930,27 @@ static bool memory_has_data(const MrBlock *b)
         return err != ENXIO;
     }
     return (uint64_t)d < b->used;
+}
+
+/* A userfaultfd with @b's mapping registered for missing pages, or -1. */
+static int uffd_open(const MrBlock *b)
+{
+    int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | UFFD_USER_MODE_ONLY);
+    struct uffdio_api api = { .api = UFFD_API };
+    struct uffdio_register reg = {
+        .range = { .start = (uintptr_t)b->host, .len = b->used },
+        .mode = UFFDIO_REGISTER_MODE_MISSING,
+    };
+
+    if (fd < 0) {
+        return -1;
+    }
+    if (ioctl(fd, UFFDIO_API, &api) < 0 ||
+        ioctl(fd, UFFDIO_REGISTER, &reg) < 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
 }
 
 bool mr_save(MrTarget *t, MrBlock *blocks, unsigned nb_blocks,
@@ -980,7 +1054,10 @@ bool mr_load(MrTarget *t, MrFileInfo *info, const MrParams *p,
             Writer *wr = g_new0(Writer, 1);
             *wr = (Writer){ .w = &w, .b = b, .bm = w.bitmaps[i],
                             .had_data = memory_has_data(b),
-                            .q = g_async_queue_new() };
+                            .q = g_async_queue_new(), .uffd = -1 };
+            if (!wr->had_data && g_getenv("STRATA_MIGRATION_LOAD_UFFD")) {
+                wr->uffd = uffd_open(b);
+            }
             w.writers[i] = wr;
         }
         /* the last stored page must lie inside the file */
