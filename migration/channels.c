@@ -17,6 +17,10 @@
  * or sets up (load) its next batch while the last ones are on the disk.
  * Through the page cache, or where the kernel refuses io_uring, a channel
  * does one blocking pwritev / preadv at a time.
+ *
+ * A load into memory that has a usable descriptor (a memfd, a shared
+ * file) reads into bounce buffers, and one writer thread per block writes
+ * them into the descriptor (see LOAD_BUFFERS and the comment after it).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -66,17 +70,21 @@
 #define LOAD_BUFFERS 32u
 /*
  * A load into memory with a usable descriptor writes the pages through
- * it (no page clearing, no page tables), and one writer thread per block
- * does all the writes: shmem takes the file's lock exclusively for every
- * write (shmem_file_write_iter), so channels that wrote themselves queued
- * on it one at a time (2 GiB on 4 channels all through the fd took 8.7 s,
- * through the mapping 5.4 s, loaded machine).  The channels only read
- * (O_DIRECT, QUEUE_DEPTH in flight each) into bounce buffers and hand
- * finished ones to the block's writer, which holds the lock alone (the
- * zero ranges' hole punches go through it too); the writer's copy
- * overlaps the channels' reads.  Measured against the mapping and the
- * earlier one-channel path in docs/performance.md "Migration to a file",
- * "One writer per memory backend".
+ * it (no page clearing, no page tables), on any number of channels, and
+ * one writer thread per block does all the writes: shmem takes the
+ * file's lock exclusively for every write (shmem_file_write_iter), so
+ * channels that wrote themselves queued on it one at a time (2 GiB on 4
+ * channels all through the fd took 8.7 s, through the mapping 5.4 s,
+ * loaded machine; that is why multifd restores used the mapping before).
+ * The channels only read (O_DIRECT, QUEUE_DEPTH in flight each) into
+ * bounce buffers and hand finished ones to the block's writer, which
+ * holds the lock alone (hole punches in memory that held data go through
+ * it too) while the channels' next reads are on the disk.  2 GiB on 4
+ * channels: 0.62-0.68 s of CPU per GiB against 0.94 through the mapping,
+ * 8,300 page faults against 524,000 (docs/performance.md "Migration to a
+ * file", "One writer per memory backend").  The mapping stays for memory
+ * without a usable descriptor (anonymous, private, hugetlbfs, read-only,
+ * sealed) and under STRATA_MIGRATION_LOAD_VIA_MAP=1.
  */
 typedef struct Work {
     MrBlock *blocks;
