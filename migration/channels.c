@@ -128,12 +128,12 @@ typedef struct Writer {
      * not stored are left alone, never written nor punched.
      */
     bool had_data;
-    GAsyncQueue *q;             /* Piece *; &writer_stop ends the thread */
-    GThread *thread;
+    GAsyncQueue *q;             /* Piece *: queued, not written yet */
+    GMutex lock;                /* held by the channel that writes */
     int uffd;                   /* >= 0: channels copy with UFFDIO_COPY */
 } Writer;
 
-static Piece writer_stop;
+static void writer_drain(struct Writer *wr);
 
 /*
  * One request of a channel: a run of pages of one block, read or written
@@ -286,7 +286,9 @@ static void req_finish(Chan *ch, Req *r)
             *pc = (Piece){ .first = r->first, .pages = r->pages,
                            .buf = r->buf };
             r->buf = NULL;
-            g_async_queue_push(w->writers[r->b - w->blocks]->q, pc);
+            wr = w->writers[r->b - w->blocks];
+            g_async_queue_push(wr->q, pc);
+            writer_drain(wr);
         }
     }
     r->next_free = ch->free;
@@ -657,23 +659,27 @@ static void writer_put(Writer *wr, Piece *pc)
     }
 }
 
-static gpointer writer_run(gpointer opaque)
+/*
+ * Writes what is queued for @wr if no other channel is writing it, until
+ * the queue is empty.  The channel that writes checks the queue again
+ * after it lets go: a piece queued while it was finishing (whose channel
+ * found the lock taken) is not left behind.
+ */
+static void writer_drain(Writer *wr)
 {
-    Writer *wr = opaque;
-
-    for (;;) {
-        Piece *pc = g_async_queue_pop(wr->q);
-        if (pc == &writer_stop) {
-            return NULL;
+    while (g_async_queue_length(wr->q) > 0 && g_mutex_trylock(&wr->lock)) {
+        Piece *pc;
+        while ((pc = g_async_queue_try_pop(wr->q))) {
+            /* after a failure, buffers still go back: channels wait */
+            if (!mr_queue_failed(&wr->w->q)) {
+                writer_put(wr, pc);
+            }
+            if (pc->buf) {
+                g_async_queue_push(wr->w->bufs, pc->buf);
+            }
+            g_free(pc);
         }
-        /* after a failure, buffers still go back: channels wait for them */
-        if (!mr_queue_failed(&wr->w->q)) {
-            writer_put(wr, pc);
-        }
-        if (pc->buf) {
-            g_async_queue_push(wr->w->bufs, pc->buf);
-        }
-        g_free(pc);
+        g_mutex_unlock(&wr->lock);
     }
 }
 
@@ -698,6 +704,7 @@ static bool load_batch(Chan *ch, MrBlock *b, unsigned long *bm,
                     Piece *pc = g_new(Piece, 1);
                     *pc = (Piece){ .first = i, .pages = j - i };
                     g_async_queue_push(wr->q, pc);
+                    writer_drain(wr);
                 }
             }
             i = j;
@@ -791,12 +798,6 @@ static bool run_channels(Work *w, const MrTarget *t, GError **errp)
     mr_queue_init(&w->q, w->blocks, w->nb_blocks,
                   (unsigned long *const *)w->bitmaps, BATCH_PAGES, w->cancel,
                   w->p->max_bandwidth);
-    for (unsigned i = 0; w->load && i < w->nb_blocks; i++) {
-        Writer *wr = w->writers[i];
-        if (wr) {
-            wr->thread = g_thread_new("strata-mig-write", writer_run, wr);
-        }
-    }
     for (unsigned i = 0; i < n; i++) {
         ch[i].w = w;
         ch[i].index = i;
@@ -806,12 +807,10 @@ static bool run_channels(Work *w, const MrTarget *t, GError **errp)
     for (unsigned i = 0; i < n; i++) {
         g_thread_join(ch[i].thread);
     }
-    /* every piece is queued: the writers finish them, then stop */
+    /* whatever a channel queued last is written by then; if not, here */
     for (unsigned i = 0; w->load && i < w->nb_blocks; i++) {
-        Writer *wr = w->writers[i];
-        if (wr) {
-            g_async_queue_push(wr->q, &writer_stop);
-            g_thread_join(wr->thread);
+        if (w->writers[i]) {
+            writer_drain(w->writers[i]);
         }
     }
     g_free(ch);
@@ -880,6 +879,7 @@ static void work_clear(Work *w)
             close(w->writers[i]->uffd);
         }
         if (w->writers[i]) {
+            g_mutex_clear(&w->writers[i]->lock);
             g_async_queue_unref(w->writers[i]->q);
             g_free(w->writers[i]);
         }
@@ -1063,6 +1063,7 @@ bool mr_load(MrTarget *t, MrFileInfo *info, const MrParams *p,
             *wr = (Writer){ .w = &w, .b = b, .bm = w.bitmaps[i],
                             .had_data = memory_has_data(b),
                             .q = g_async_queue_new(), .uffd = -1 };
+            g_mutex_init(&wr->lock);
             if (!wr->had_data && g_getenv("STRATA_MIGRATION_LOAD_UFFD")) {
                 wr->uffd = uffd_open(b);
             }
