@@ -19,8 +19,9 @@
  * does one blocking pwritev / preadv at a time.
  *
  * A load into memory that has a usable descriptor (a memfd, a shared
- * file) reads into bounce buffers, and one writer thread per block writes
- * them into the descriptor (see LOAD_BUFFERS and the comment after it).
+ * file) reads into bounce buffers, and one channel at a time per block
+ * writes them into the descriptor (see LOAD_BUFFERS and the comment
+ * after it).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -57,34 +58,37 @@
 #define QUEUE_MAX 64u
 /*
  * A load through the memory's descriptor reads a run in pieces of at most
- * this many pages into bounce buffers, which a writer then writes into
- * the memory.
+ * this many pages into bounce buffers, which are then written into the
+ * memory.
  */
 #define LOAD_PIECE 256u
 /*
  * Bounce buffers of a load through the memory's descriptor, over all
  * channels (LOAD_BUFFERS x LOAD_PIECE pages: 32 MiB): enough for every
  * channel's QUEUE_DEPTH reads in flight on 4 channels.  A channel that
- * finds none free waits until a writer has written one.
+ * finds none free waits until one has been written.
  */
 #define LOAD_BUFFERS 32u
 /*
  * A load into memory with a usable descriptor writes the pages through
- * it (no page clearing, no page tables), on any number of channels, and
- * one writer thread per block does all the writes: shmem takes the
- * file's lock exclusively for every write (shmem_file_write_iter), so
- * channels that wrote themselves queued on it one at a time (2 GiB on 4
- * channels all through the fd took 8.7 s, through the mapping 5.4 s,
- * loaded machine; that is why multifd restores used the mapping before).
- * The channels only read (O_DIRECT, QUEUE_DEPTH in flight each) into
- * bounce buffers and hand finished ones to the block's writer, which
- * holds the lock alone (hole punches in memory that held data go through
- * it too) while the channels' next reads are on the disk.  2 GiB on 4
- * channels: 0.62-0.68 s of CPU per GiB against 0.94 through the mapping,
- * 8,300 page faults against 524,000 (docs/performance.md "Migration to a
- * file", "One writer per memory backend").  The mapping stays for memory
- * without a usable descriptor (anonymous, private, hugetlbfs, read-only,
- * sealed) and under STRATA_MIGRATION_LOAD_VIA_MAP=1.
+ * it (no page clearing, no page tables), on any number of channels, but
+ * only one channel at a time writes into a block: shmem takes the file's
+ * lock exclusively for every write (shmem_file_write_iter), so channels
+ * that all wrote queued on it one at a time (2 GiB on 4 channels all
+ * through the fd took 8.7 s, through the mapping 5.4 s, loaded machine;
+ * that is why multifd restores used the mapping before).  Now a channel
+ * whose read finished queues the buffer for the block (Writer) and
+ * writes what is queued if no other channel is writing (a trylock, never
+ * a wait); the others go back to their reads.  One channel writes its
+ * own buffers, as before.  A writer thread per block measured the same
+ * CPU and added a thread hop per buffer; UFFDIO_COPY (parallel, no file
+ * lock; STRATA_MIGRATION_LOAD_UFFD=1) the same CPU too.  2 GiB on 4
+ * channels: 0.62-0.75 s of CPU per GiB against 0.94-1.25 through the
+ * mapping, 8,300 page faults against 524,000 (docs/performance.md
+ * "Migration to a file", "Multifd restore through the memory's
+ * descriptor").  The mapping stays for memory without a usable
+ * descriptor (anonymous, private, hugetlbfs, read-only, sealed) and
+ * under STRATA_MIGRATION_LOAD_VIA_MAP=1.
  */
 typedef struct Work {
     MrBlock *blocks;
@@ -97,17 +101,17 @@ typedef struct Work {
     MrQueue q;                  /* batches, failure, max-bandwidth */
     unsigned depth;             /* requests in flight per io_uring channel */
     uint64_t merge_gap;         /* a save writes shorter zero stretches */
-    struct Writer **writers;    /* load: per block, its writer when the
+    struct Writer **writers;    /* load: per block, its Writer when the
                                    pages go through its fd, else NULL */
     uint64_t piece;             /* pages per request through the fd */
     GAsyncQueue *bufs;          /* free bounce buffers (uint8_t *) */
     atomic_uint nb_bufs;        /* allocated so far */
     unsigned max_bufs;
-    bool write_gaps;            /* writers write zero pages of new memory */
+    bool write_gaps;            /* zero pages of new memory written too */
 } Work;
 
 /*
- * A piece for a block's writer: stored pages in @buf (the pages of
+ * A piece for a block's Writer: stored pages in @buf (the pages of
  * [first, first + pages) whose bit is set, each at its index), or with
  * @buf NULL a zero range to make a hole.
  */
@@ -117,7 +121,10 @@ typedef struct Piece {
     uint8_t *buf;
 } Piece;
 
-/* The only thread that writes into one block's memory during a load. */
+/*
+ * The writes into one block's memory during a load: pieces queued by the
+ * channels, written by whichever channel holds the lock.
+ */
 typedef struct Writer {
     Work *w;
     MrBlock *b;
@@ -213,11 +220,11 @@ static void req_release(Chan *ch, Req *r)
 }
 
 /*
- * Experiment (STRATA_MIGRATION_LOAD_UFFD=1): the channel itself puts the
+ * Experiment (STRATA_MIGRATION_LOAD_UFFD=1): the channel puts the
  * stored pages of a new memory's piece in place with UFFDIO_COPY, which
  * allocates, copies and maps each page under no file-wide lock, so
- * channels fill one memfd in parallel.  False: not done (the writer
- * takes the piece).
+ * channels fill one memfd in parallel.  False: not done (the piece is
+ * queued for pwrite).
  */
 static bool uffd_put(struct Writer *wr, const Req *r)
 {
@@ -242,7 +249,7 @@ static bool uffd_put(struct Writer *wr, const Req *r)
                     continue;
                 }
                 if (errno != EAGAIN && errno != EINTR) {
-                    /* pages before k are in place; the writer writes all */
+                    /* pages before k are in place; pwrite redoes all */
                     return false;
                 }
             }
@@ -257,8 +264,8 @@ static bool uffd_put(struct Writer *wr, const Req *r)
  * A finished load request: whatever the file had in the gaps of the run
  * (pages not stored, read along to save a request), those pages are zero.
  * Read into the mapping, they are cleared there; read into a bounce
- * buffer, the buffer goes to the block's writer, which writes the stored
- * pages only.
+ * buffer, the buffer is queued for the block's Writer, which writes the
+ * stored pages only.
  */
 static void req_finish(Chan *ch, Req *r)
 {
@@ -422,9 +429,8 @@ static Req *chan_req(Chan *ch)
 
 /*
  * A free bounce buffer: from the pool, a new one while there are fewer
- * than max_bufs, else the next one a writer gives back (the channel's own
- * reads in flight are handed on to the writers first: they hold buffers
- * too).  NULL when none could be allocated.
+ * than max_bufs, else the next one written (the channel's own reads in
+ * flight are handed on first: they hold buffers too).  NULL when none could be allocated.
  */
 static uint8_t *chan_buf(Chan *ch)
 {
@@ -698,7 +704,7 @@ static bool load_batch(Chan *ch, MrBlock *b, unsigned long *bm,
             if (!wr) {
                 zero_pages(ch->w->stats, b->host + i * MR_PAGE_SIZE, j - i);
             } else {
-                /* the writer holds the file's lock: punches go through it */
+                /* punches take the file's lock: one writer at a time */
                 atomic_fetch_add(&ch->w->stats->duplicate, j - i);
                 if (wr->had_data) {
                     Piece *pc = g_new(Piece, 1);
@@ -719,7 +725,7 @@ static bool load_batch(Chan *ch, MrBlock *b, unsigned long *bm,
             j++;
         }
         if (wr) {
-            /* read into bounce buffers, written on by the writer */
+            /* read into bounce buffers, then written through the fd */
             for (uint64_t k = i; k <= last; k += ch->w->piece) {
                 if (!chan_queue(ch, b, bm, k,
                                 MIN(ch->w->piece, last + 1 - k))) {
@@ -827,7 +833,7 @@ static bool run_channels(Work *w, const MrTarget *t, GError **errp)
  *   STRATA_MIGRATION_LOAD_PIECE   pages per bounce buffer of a load
  *                                 through the memory's fd (16-1024)
  *   STRATA_MIGRATION_LOAD_BUFFERS how many such buffers (2-256)
- *   STRATA_MIGRATION_LOAD_WRITE_GAPS=1  the writer writes whole pieces,
+ *   STRATA_MIGRATION_LOAD_WRITE_GAPS=1  pieces are written whole,
  *                                 zero pages too, into new memory
  *   STRATA_MIGRATION_LOAD_VIA_MAP=1  never through the fd
  */
