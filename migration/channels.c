@@ -430,7 +430,8 @@ static Req *chan_req(Chan *ch)
 /*
  * A free bounce buffer: from the pool, a new one while there are fewer
  * than max_bufs, else the next one written (the channel's own reads in
- * flight are handed on first: they hold buffers too).  NULL when none could be allocated.
+ * flight are handed on first: they hold buffers too).  NULL when none
+ * could be allocated.
  */
 static uint8_t *chan_buf(Chan *ch)
 {
