@@ -105,7 +105,9 @@ typedef struct Work {
                                    pages go through its fd, else NULL */
     uint64_t piece;             /* pages per request through the fd */
     GAsyncQueue *bufs;          /* free bounce buffers (uint8_t *) */
-    atomic_uint nb_bufs;        /* allocated so far */
+    atomic_uint nb_bufs;        /* handed out of buf_base so far */
+    uint8_t *buf_base;          /* max_bufs buffers, one after the other
+                                   (registered with each channel's ring) */
     unsigned max_bufs;
     bool write_gaps;            /* zero pages of new memory written too */
 } Work;
@@ -170,6 +172,7 @@ typedef struct Chan {
      * request is a blocking pwritev / preadv.
      */
     bool uring;
+    bool fixed;                 /* the bounce buffers are registered */
     struct io_uring ring;
     unsigned inflight;
     Req *free;
@@ -312,6 +315,16 @@ static void req_prep(Chan *ch, Req *r)
         sqe = io_uring_get_sqe(&ch->ring);
     }
     if (ch->w->load) {
+        if (r->buf && ch->fixed) {
+            uint64_t bytes = ch->w->piece * MR_PAGE_SIZE;
+            io_uring_prep_read_fixed(sqe, ch->fd, req_buf(r),
+                                     (unsigned)req_left(r), req_off(r),
+                                     (int)((uint64_t)(r->buf -
+                                                      ch->w->buf_base) /
+                                           bytes));
+            io_uring_sqe_set_data(sqe, r);
+            return;
+        }
         io_uring_prep_read(sqe, ch->fd, req_buf(r), (unsigned)req_left(r),
                            req_off(r));
     } else {
@@ -428,10 +441,9 @@ static Req *chan_req(Chan *ch)
 }
 
 /*
- * A free bounce buffer: from the pool, a new one while there are fewer
- * than max_bufs, else the next one written (the channel's own reads in
- * flight are handed on first: they hold buffers too).  NULL when none
- * could be allocated.
+ * A free bounce buffer: from the pool, one not used yet while there are
+ * any, else the next one written (the channel's own reads in flight are
+ * handed on first: they hold buffers too).
  */
 static uint8_t *chan_buf(Chan *ch)
 {
@@ -445,12 +457,7 @@ static uint8_t *chan_buf(Chan *ch)
         unsigned n = atomic_load(&w->nb_bufs);
         while (n < w->max_bufs) {
             if (atomic_compare_exchange_weak(&w->nb_bufs, &n, n + 1)) {
-                if (posix_memalign((void **)&buf, MR_PAGE_SIZE,
-                                   w->piece * MR_PAGE_SIZE) != 0) {
-                    atomic_fetch_sub(&w->nb_bufs, 1);
-                    return NULL;
-                }
-                return buf;
+                return w->buf_base + (uint64_t)n * w->piece * MR_PAGE_SIZE;
             }
         }
         if (ch->uring && ch->inflight) {
@@ -476,14 +483,6 @@ static bool chan_queue(Chan *ch, MrBlock *b, unsigned long *bm,
     *r = (Req){ .b = b, .bm = bm, .first = first, .pages = pages };
     if (ch->w->load && ch->w->writers[b - ch->w->blocks]) {
         r->buf = chan_buf(ch);
-        if (!r->buf) {
-            GError *e = NULL;
-            error_setg(&e, "Could not allocate a buffer for the migration "
-                       "file's pages");
-            mr_queue_fail(&ch->w->q, e);
-            req_release(ch, r);
-            return false;
-        }
     }
     if (ch->uring) {
         req_prep(ch, r);
@@ -767,6 +766,24 @@ static gpointer chan_run(gpointer opaque)
      */
     ch->uring = w->p->direct_io && !g_getenv("STRATA_MIGRATION_SYNC_IO") &&
                 io_uring_queue_init(w->depth, &ch->ring, 0) == 0;
+    /*
+     * Registered buffers are pinned once, not at every read (the pinning
+     * was 6 % of a restore's CPU).  It counts against RLIMIT_MEMLOCK: a
+     * user that is not root may be refused, then reads pin as before.
+     */
+    if (ch->uring && w->buf_base && !g_getenv("STRATA_MIGRATION_NO_FIXED")) {
+        struct iovec *iov = g_new(struct iovec, w->max_bufs);
+        for (unsigned i = 0; i < w->max_bufs; i++) {
+            iov[i] = (struct iovec){
+                .iov_base = w->buf_base +
+                            (uint64_t)i * w->piece * MR_PAGE_SIZE,
+                .iov_len = w->piece * MR_PAGE_SIZE,
+            };
+        }
+        ch->fixed = io_uring_register_buffers(&ch->ring, iov,
+                                              w->max_bufs) == 0;
+        g_free(iov);
+    }
     for (unsigned i = 0; i < (ch->uring ? w->depth : 1); i++) {
         ch->reqs[i].next_free = ch->free;
         ch->free = &ch->reqs[i];
@@ -834,6 +851,8 @@ static bool run_channels(Work *w, const MrTarget *t, GError **errp)
  *   STRATA_MIGRATION_LOAD_PIECE   pages per bounce buffer of a load
  *                                 through the memory's fd (16-1024)
  *   STRATA_MIGRATION_LOAD_BUFFERS how many such buffers (2-256)
+ *   STRATA_MIGRATION_NO_FIXED=1   bounce buffers not registered with
+ *                                 io_uring (each read pins its buffer)
  *   STRATA_MIGRATION_LOAD_WRITE_GAPS=1  pieces are written whole,
  *                                 zero pages too, into new memory
  *   STRATA_MIGRATION_LOAD_VIA_MAP=1  never through the fd
@@ -892,11 +911,8 @@ static void work_clear(Work *w)
         }
     }
     g_free(w->writers);
-    void *buf;
-    while ((buf = g_async_queue_try_pop(w->bufs))) {
-        free(buf);
-    }
     g_async_queue_unref(w->bufs);
+    free(w->buf_base);
 }
 
 /*
@@ -1097,6 +1113,26 @@ bool mr_load(MrTarget *t, MrFileInfo *info, const MrParams *p,
                 }
                 break;
             }
+        }
+    }
+    /* no more buffers than pieces: a small load pins little */
+    uint64_t pieces = 0;
+    for (unsigned i = 0; i < info->nb_blocks; i++) {
+        if (w.writers[i]) {
+            pieces += (mr_block_pages(&info->blocks[i]) + w.piece - 1) /
+                      w.piece;
+        }
+    }
+    w.max_bufs = (unsigned)MIN((uint64_t)w.max_bufs, MAX(pieces, 2));
+    for (unsigned i = 0; i < info->nb_blocks; i++) {
+        if (w.writers[i] && !w.buf_base &&
+            posix_memalign((void **)&w.buf_base, MR_PAGE_SIZE,
+                           w.max_bufs * w.piece * MR_PAGE_SIZE) != 0) {
+            w.buf_base = NULL;
+            error_setg(errp, "Could not allocate %u MiB of buffers for the "
+                       "migration file's pages",
+                       (unsigned)(w.max_bufs * w.piece * MR_PAGE_SIZE >> 20));
+            goto out;
         }
     }
     ok = run_channels(&w, t, errp);

@@ -601,6 +601,10 @@ static void test_round_trip_memfd_writers(void **state)
     setenv("STRATA_MIGRATION_LOAD_BUFFERS", "2", 1);
     writers_round_trip(4, true);
     unsetenv("STRATA_MIGRATION_LOAD_BUFFERS");
+    /* reads into buffers not registered with io_uring (not root) */
+    setenv("STRATA_MIGRATION_NO_FIXED", "1", 1);
+    writers_round_trip(4, true);
+    unsetenv("STRATA_MIGRATION_NO_FIXED");
 }
 
 /*
