@@ -17,12 +17,20 @@
  * or sets up (load) its next batch while the last ones are on the disk.
  * Through the page cache, or where the kernel refuses io_uring, a channel
  * does one blocking pwritev / preadv at a time.
+ *
+ * A load into memory that has a usable descriptor (a memfd, a shared
+ * file) reads into bounce buffers, and one channel at a time per block
+ * writes them into the descriptor (see LOAD_BUFFERS and the comment
+ * after it).
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <linux/magic.h>
+#include <linux/userfaultfd.h>
+#include <sys/ioctl.h>
+#include <sys/syscall.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
@@ -50,25 +58,38 @@
 #define QUEUE_MAX 64u
 /*
  * A load through the memory's descriptor reads a run in pieces of at most
- * this many pages into a buffer of the request's, then writes them into
- * the memory: QUEUE_DEPTH x 1 MiB of buffers per channel.
+ * this many pages into bounce buffers, which are then written into the
+ * memory.
  */
 #define LOAD_PIECE 256u
 /*
- * A load on one channel writes through the memory's descriptor; on more,
- * through the mapping.  shmem takes the file's lock exclusively for every
- * write (shmem_file_write_iter), so writes from several channels into one
- * memfd run one at a time: 2 GiB restored on 4 channels all through the
- * fd took 8.7 s, on 4 through the mapping (whose page faults run in
- * parallel) 5.4 s, with 1 of the 4 through the fd 6.4 s against 5.0 s;
- * on one channel the fd took 9.0 s against 15.4 s through the mapping
- * (docs/performance.md "Migration to a file", loaded machine).
+ * Bounce buffers of a load through the memory's descriptor, over all
+ * channels (LOAD_BUFFERS x LOAD_PIECE pages: 32 MiB): enough for every
+ * channel's QUEUE_DEPTH reads in flight on 4 channels.  A channel that
+ * finds none free waits until one has been written.
  */
-static unsigned load_fd_channels(unsigned channels)
-{
-    return channels == 1 ? 1 : 0;
-}
-
+#define LOAD_BUFFERS 32u
+/*
+ * A load into memory with a usable descriptor writes the pages through
+ * it (no page clearing, no page tables), on any number of channels, but
+ * only one channel at a time writes into a block: shmem takes the file's
+ * lock exclusively for every write (shmem_file_write_iter), so channels
+ * that all wrote queued on it one at a time (2 GiB on 4 channels all
+ * through the fd took 8.7 s, through the mapping 5.4 s, loaded machine;
+ * that is why multifd restores used the mapping before).  Now a channel
+ * whose read finished queues the buffer for the block (Writer) and
+ * writes what is queued if no other channel is writing (a trylock, never
+ * a wait); the others go back to their reads.  One channel writes its
+ * own buffers, as before.  A writer thread per block measured the same
+ * CPU and added a thread hop per buffer; UFFDIO_COPY (parallel, no file
+ * lock; STRATA_MIGRATION_LOAD_UFFD=1) the same CPU too.  2 GiB on 4
+ * channels: 0.62-0.75 s of CPU per GiB against 0.94-1.25 through the
+ * mapping, 8,300 page faults against 524,000 (docs/performance.md
+ * "Migration to a file", "Multifd restore through the memory's
+ * descriptor").  The mapping stays for memory without a usable
+ * descriptor (anonymous, private, hugetlbfs, read-only, sealed) and
+ * under STRATA_MIGRATION_LOAD_VIA_MAP=1.
+ */
 typedef struct Work {
     MrBlock *blocks;
     unsigned nb_blocks;
@@ -80,11 +101,48 @@ typedef struct Work {
     MrQueue q;                  /* batches, failure, max-bandwidth */
     unsigned depth;             /* requests in flight per io_uring channel */
     uint64_t merge_gap;         /* a save writes shorter zero stretches */
-    bool *via_fd;               /* load: per block, pages may go through
-                                   its fd (on the first fd_chans channels) */
-    unsigned fd_chans;
+    struct Writer **writers;    /* load: per block, its Writer when the
+                                   pages go through its fd, else NULL */
     uint64_t piece;             /* pages per request through the fd */
+    GAsyncQueue *bufs;          /* free bounce buffers (uint8_t *) */
+    atomic_uint nb_bufs;        /* handed out of buf_base so far */
+    uint8_t *buf_base;          /* max_bufs buffers, one after the other
+                                   (registered with each channel's ring) */
+    unsigned max_bufs;
+    bool write_gaps;            /* zero pages of new memory written too */
 } Work;
+
+/*
+ * A piece for a block's Writer: stored pages in @buf (the pages of
+ * [first, first + pages) whose bit is set, each at its index), or with
+ * @buf NULL a zero range to make a hole.
+ */
+typedef struct Piece {
+    uint64_t first;
+    uint64_t pages;
+    uint8_t *buf;
+} Piece;
+
+/*
+ * The writes into one block's memory during a load: pieces queued by the
+ * channels, written by whichever channel holds the lock.
+ */
+typedef struct Writer {
+    Work *w;
+    MrBlock *b;
+    unsigned long *bm;
+    /*
+     * The memory held data before the load (SEEK_DATA found some): zero
+     * pages must be punched out.  A new memfd is all hole, and the pages
+     * not stored are left alone, never written nor punched.
+     */
+    bool had_data;
+    GAsyncQueue *q;             /* Piece *: queued, not written yet */
+    GMutex lock;                /* held by the channel that writes */
+    int uffd;                   /* >= 0: channels copy with UFFDIO_COPY */
+} Writer;
+
+static void writer_drain(struct Writer *wr);
 
 /*
  * One request of a channel: a run of pages of one block, read or written
@@ -97,9 +155,8 @@ typedef struct Req {
     uint64_t first;             /* page index */
     uint64_t pages;
     uint64_t done;              /* bytes transferred so far */
-    uint8_t *buf;               /* the request's buffer when the load
-                                   goes through the block's fd, else NULL */
-    uint8_t *slot_buf;          /* the slot's buffer (NULL: none yet) */
+    uint8_t *buf;               /* a bounce buffer when the load goes
+                                   through the block's fd, else NULL */
     struct Req *next_free;
 } Req;
 
@@ -115,6 +172,7 @@ typedef struct Chan {
      * request is a blocking pwritev / preadv.
      */
     bool uring;
+    bool fixed;                 /* the bounce buffers are registered */
     struct io_uring ring;
     unsigned inflight;
     Req *free;
@@ -153,36 +211,64 @@ static void req_error(Work *w, const Req *r, int err)
     mr_queue_fail(&w->q, e);
 }
 
-/* Writes a load request's buffer into the block's memory through its fd. */
-static void req_put_memory(Work *w, const Req *r)
+/* Gives a request's slot back, and its bounce buffer if it still has one. */
+static void req_release(Chan *ch, Req *r)
 {
-    const uint8_t *p = r->buf;
-    uint64_t left = r->pages * MR_PAGE_SIZE;
-    uint64_t off = r->first * MR_PAGE_SIZE;
-
-    while (left) {
-        ssize_t n = pwrite(r->b->fd, p, left, (off_t)off);
-        if (n < 0 && errno == EINTR) {
-            continue;
-        }
-        if (n <= 0) {
-            GError *e = NULL;
-            error_setg_errno(&e, n < 0 ? errno : EIO, "Could not write the "
-                             "pages of RAM block '%s' into its memory at "
-                             "offset %" G_GUINT64_FORMAT, r->b->id, off);
-            mr_queue_fail(&w->q, e);
-            return;
-        }
-        p += n;
-        off += (uint64_t)n;
-        left -= (uint64_t)n;
+    if (r->buf) {
+        g_async_queue_push(ch->w->bufs, r->buf);
+        r->buf = NULL;
     }
+    r->next_free = ch->free;
+    ch->free = r;
+}
+
+/*
+ * Experiment (STRATA_MIGRATION_LOAD_UFFD=1): the channel puts the
+ * stored pages of a new memory's piece in place with UFFDIO_COPY, which
+ * allocates, copies and maps each page under no file-wide lock, so
+ * channels fill one memfd in parallel.  False: not done (the piece is
+ * queued for pwrite).
+ */
+static bool uffd_put(struct Writer *wr, const Req *r)
+{
+    for (uint64_t k = 0; k < r->pages;) {
+        bool set = mr_test_bit(r->bm, r->first + k);
+        uint64_t j = k + 1;
+        while (j < r->pages && mr_test_bit(r->bm, r->first + j) == set) {
+            j++;
+        }
+        if (set) {
+            struct uffdio_copy c = {
+                .dst = (uintptr_t)(r->b->host + (r->first + k) * MR_PAGE_SIZE),
+                .src = (uintptr_t)(r->buf + k * MR_PAGE_SIZE),
+                .len = (j - k) * MR_PAGE_SIZE,
+            };
+            while (ioctl(wr->uffd, UFFDIO_COPY, &c) < 0) {
+                if (c.copy > 0) {
+                    c.dst += (uint64_t)c.copy;
+                    c.src += (uint64_t)c.copy;
+                    c.len -= (uint64_t)c.copy;
+                    c.copy = 0;
+                    continue;
+                }
+                if (errno != EAGAIN && errno != EINTR) {
+                    /* pages before k are in place; pwrite redoes all */
+                    return false;
+                }
+            }
+            atomic_fetch_add(&wr->w->stats->via_fd, j - k);
+        }
+        k = j;
+    }
+    return true;
 }
 
 /*
  * A finished load request: whatever the file had in the gaps of the run
- * (pages not stored, read along to save a request), those pages are zero;
- * then, through the fd, the buffer goes into the memory.
+ * (pages not stored, read along to save a request), those pages are zero.
+ * Read into the mapping, they are cleared there; read into a bounce
+ * buffer, the buffer is queued for the block's Writer, which writes the
+ * stored pages only.
  */
 static void req_finish(Chan *ch, Req *r)
 {
@@ -190,19 +276,30 @@ static void req_finish(Chan *ch, Req *r)
 
     if (w->load) {
         uint64_t gaps = 0;
-        uint8_t *base = r->buf ? r->buf
-                               : r->b->host + r->first * MR_PAGE_SIZE;
         for (uint64_t k = 0; k < r->pages; k++) {
             if (!mr_test_bit(r->bm, r->first + k)) {
-                memset(base + k * MR_PAGE_SIZE, 0, MR_PAGE_SIZE);
+                if (!r->buf) {
+                    memset(r->b->host + (r->first + k) * MR_PAGE_SIZE, 0,
+                           MR_PAGE_SIZE);
+                }
                 gaps++;
             }
         }
-        if (r->buf) {
-            req_put_memory(w, r);
-        }
         atomic_fetch_add(&w->stats->normal, r->pages - gaps);
         atomic_fetch_add(&w->stats->duplicate, gaps);
+        Writer *wr = r->buf ? w->writers[r->b - w->blocks] : NULL;
+        if (wr && wr->uffd >= 0 && uffd_put(wr, r)) {
+            g_async_queue_push(w->bufs, r->buf);
+            r->buf = NULL;
+        } else if (r->buf) {
+            Piece *pc = g_new(Piece, 1);
+            *pc = (Piece){ .first = r->first, .pages = r->pages,
+                           .buf = r->buf };
+            r->buf = NULL;
+            wr = w->writers[r->b - w->blocks];
+            g_async_queue_push(wr->q, pc);
+            writer_drain(wr);
+        }
     }
     r->next_free = ch->free;
     ch->free = r;
@@ -218,6 +315,16 @@ static void req_prep(Chan *ch, Req *r)
         sqe = io_uring_get_sqe(&ch->ring);
     }
     if (ch->w->load) {
+        if (r->buf && ch->fixed) {
+            uint64_t bytes = ch->w->piece * MR_PAGE_SIZE;
+            io_uring_prep_read_fixed(sqe, ch->fd, req_buf(r),
+                                     (unsigned)req_left(r), req_off(r),
+                                     (int)((uint64_t)(r->buf -
+                                                      ch->w->buf_base) /
+                                           bytes));
+            io_uring_sqe_set_data(sqe, r);
+            return;
+        }
         io_uring_prep_read(sqe, ch->fd, req_buf(r), (unsigned)req_left(r),
                            req_off(r));
     } else {
@@ -241,8 +348,7 @@ static bool req_result(Chan *ch, Req *r, int res)
     }
     if (res <= 0) {
         req_error(w, r, -res);
-        r->next_free = ch->free;
-        ch->free = r;
+        req_release(ch, r);
         return true;
     }
     r->done += (uint64_t)res;
@@ -271,8 +377,7 @@ static void req_sync(Chan *ch, Req *r)
         }
         if (res <= 0) {
             req_error(ch->w, r, res < 0 ? errno : 0);
-            r->next_free = ch->free;
-            ch->free = r;
+            req_release(ch, r);
             return;
         }
         r->done += (uint64_t)res;
@@ -335,6 +440,34 @@ static Req *chan_req(Chan *ch)
     return r;
 }
 
+/*
+ * A free bounce buffer: from the pool, one not used yet while there are
+ * any, else the next one written (the channel's own reads in flight are
+ * handed on first: they hold buffers too).
+ */
+static uint8_t *chan_buf(Chan *ch)
+{
+    Work *w = ch->w;
+
+    for (;;) {
+        uint8_t *buf = g_async_queue_try_pop(w->bufs);
+        if (buf) {
+            return buf;
+        }
+        unsigned n = atomic_load(&w->nb_bufs);
+        while (n < w->max_bufs) {
+            if (atomic_compare_exchange_weak(&w->nb_bufs, &n, n + 1)) {
+                return w->buf_base + (uint64_t)n * w->piece * MR_PAGE_SIZE;
+            }
+        }
+        if (ch->uring && ch->inflight) {
+            chan_reap(ch);
+            continue;
+        }
+        return g_async_queue_pop(w->bufs);
+    }
+}
+
 /* Queues a run of pages; false once the work has failed. */
 static bool chan_queue(Chan *ch, MrBlock *b, unsigned long *bm,
                        uint64_t first, uint64_t pages)
@@ -343,29 +476,13 @@ static bool chan_queue(Chan *ch, MrBlock *b, unsigned long *bm,
 
     if (!r || mr_queue_failed(&ch->w->q)) {
         if (r) {
-            r->next_free = ch->free;
-            ch->free = r;
+            req_release(ch, r);
         }
         return false;
     }
-    uint8_t *slot_buf = r->slot_buf;
-    *r = (Req){ .b = b, .bm = bm, .first = first, .pages = pages,
-                .slot_buf = slot_buf };
-    if (ch->w->load && ch->w->via_fd[b - ch->w->blocks] &&
-        ch->index < ch->w->fd_chans) {
-        if (!r->slot_buf &&
-            posix_memalign((void **)&r->slot_buf, MR_PAGE_SIZE,
-                           ch->w->piece * MR_PAGE_SIZE) != 0) {
-            GError *e = NULL;
-            r->slot_buf = NULL;
-            error_setg(&e, "Could not allocate a buffer for the migration "
-                       "file's pages");
-            mr_queue_fail(&ch->w->q, e);
-            r->next_free = ch->free;
-            ch->free = r;
-            return false;
-        }
-        r->buf = r->slot_buf;
+    *r = (Req){ .b = b, .bm = bm, .first = first, .pages = pages };
+    if (ch->w->load && ch->w->writers[b - ch->w->blocks]) {
+        r->buf = chan_buf(ch);
     }
     if (ch->uring) {
         req_prep(ch, r);
@@ -441,6 +558,16 @@ static bool save_batch(Chan *ch, MrBlock *b, unsigned long *bm,
     return true;
 }
 
+/* Clears the pages of [p, p + n pages) that are not zero yet. */
+static void clear_pages(uint8_t *p, uint64_t n)
+{
+    for (uint64_t k = 0; k < n; k++, p += MR_PAGE_SIZE) {
+        if (!mr_page_is_zero(p)) {
+            memset(p, 0, MR_PAGE_SIZE);
+        }
+    }
+}
+
 /*
  * Pages the file does not store are zero.  Shared memory (a memfd, a
  * file) gives them back with MADV_REMOVE, which neither reads nor
@@ -453,10 +580,112 @@ static void zero_pages(MrStats *stats, uint8_t *p, uint64_t n)
     if (madvise(p, n * MR_PAGE_SIZE, MADV_REMOVE) == 0) {
         return;
     }
-    for (uint64_t k = 0; k < n; k++, p += MR_PAGE_SIZE) {
-        if (!mr_page_is_zero(p)) {
-            memset(p, 0, MR_PAGE_SIZE);
+    clear_pages(p, n);
+}
+
+/* Writes pages [first, first + pages) of the writer's block from @p. */
+static bool writer_pwrite(Writer *wr, const uint8_t *p, uint64_t first,
+                          uint64_t pages)
+{
+    uint64_t left = pages * MR_PAGE_SIZE;
+    uint64_t off = first * MR_PAGE_SIZE;
+
+    while (left) {
+        ssize_t n = pwrite(wr->b->fd, p, left, (off_t)off);
+        if (n < 0 && errno == EINTR) {
+            continue;
         }
+        if (n <= 0) {
+            GError *e = NULL;
+            error_setg_errno(&e, n < 0 ? errno : EIO, "Could not write the "
+                             "pages of RAM block '%s' into its memory at "
+                             "offset %" G_GUINT64_FORMAT, wr->b->id, off);
+            mr_queue_fail(&wr->w->q, e);
+            return false;
+        }
+        p += n;
+        off += (uint64_t)n;
+        left -= (uint64_t)n;
+    }
+    atomic_fetch_add(&wr->w->stats->via_fd, pages);
+    return true;
+}
+
+/*
+ * Zero pages of memory that held data: punched out (a hole, as
+ * MADV_REMOVE makes), or cleared through the mapping where the file
+ * system cannot punch.
+ */
+static void writer_hole(Writer *wr, uint64_t first, uint64_t pages)
+{
+    if (fallocate(wr->b->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                  (off_t)(first * MR_PAGE_SIZE),
+                  (off_t)(pages * MR_PAGE_SIZE)) < 0) {
+        clear_pages(wr->b->host + first * MR_PAGE_SIZE, pages);
+    }
+}
+
+/*
+ * Puts a piece into the memory.  Into memory that was all hole, only the
+ * stored pages are written (a write per run of them): the zero pages read
+ * along stay holes.  Into memory that held data, the piece is written
+ * whole with its zero pages cleared in the buffer: one write, and
+ * existing (perhaps preallocated) pages are overwritten in place rather
+ * than punched out one by one.  STRATA_MIGRATION_LOAD_WRITE_GAPS=1 writes
+ * whole pieces always (comparisons).
+ */
+static void writer_put(Writer *wr, Piece *pc)
+{
+    Work *w = wr->w;
+
+    if (!pc->buf) {
+        writer_hole(wr, pc->first, pc->pages);
+        return;
+    }
+    if (wr->had_data || w->write_gaps) {
+        for (uint64_t k = 0; k < pc->pages; k++) {
+            if (!mr_test_bit(wr->bm, pc->first + k)) {
+                memset(pc->buf + k * MR_PAGE_SIZE, 0, MR_PAGE_SIZE);
+            }
+        }
+        writer_pwrite(wr, pc->buf, pc->first, pc->pages);
+        return;
+    }
+    for (uint64_t k = 0; k < pc->pages;) {
+        bool set = mr_test_bit(wr->bm, pc->first + k);
+        uint64_t j = k + 1;
+        while (j < pc->pages && mr_test_bit(wr->bm, pc->first + j) == set) {
+            j++;
+        }
+        if (set && !writer_pwrite(wr, pc->buf + k * MR_PAGE_SIZE,
+                                  pc->first + k, j - k)) {
+            return;
+        }
+        k = j;
+    }
+}
+
+/*
+ * Writes what is queued for @wr if no other channel is writing it, until
+ * the queue is empty.  The channel that writes checks the queue again
+ * after it lets go: a piece queued while it was finishing (whose channel
+ * found the lock taken) is not left behind.
+ */
+static void writer_drain(Writer *wr)
+{
+    while (g_async_queue_length(wr->q) > 0 && g_mutex_trylock(&wr->lock)) {
+        Piece *pc;
+        while ((pc = g_async_queue_try_pop(wr->q))) {
+            /* after a failure, buffers still go back: channels wait */
+            if (!mr_queue_failed(&wr->w->q)) {
+                writer_put(wr, pc);
+            }
+            if (pc->buf) {
+                g_async_queue_push(wr->w->bufs, pc->buf);
+            }
+            g_free(pc);
+        }
+        g_mutex_unlock(&wr->lock);
     }
 }
 
@@ -464,8 +693,7 @@ static bool load_batch(Chan *ch, MrBlock *b, unsigned long *bm,
                        uint64_t s, uint64_t e)
 {
     uint64_t i = s;
-    bool via_fd = ch->w->via_fd[b - ch->w->blocks] &&
-                  ch->index < ch->w->fd_chans;
+    Writer *wr = ch->w->writers[b - ch->w->blocks];
 
     while (i < e) {
         if (!mr_test_bit(bm, i)) {
@@ -473,7 +701,18 @@ static bool load_batch(Chan *ch, MrBlock *b, unsigned long *bm,
             while (j < e && !mr_test_bit(bm, j)) {
                 j++;
             }
-            zero_pages(ch->w->stats, b->host + i * MR_PAGE_SIZE, j - i);
+            if (!wr) {
+                zero_pages(ch->w->stats, b->host + i * MR_PAGE_SIZE, j - i);
+            } else {
+                /* punches take the file's lock: one writer at a time */
+                atomic_fetch_add(&ch->w->stats->duplicate, j - i);
+                if (wr->had_data) {
+                    Piece *pc = g_new(Piece, 1);
+                    *pc = (Piece){ .first = i, .pages = j - i };
+                    g_async_queue_push(wr->q, pc);
+                    writer_drain(wr);
+                }
+            }
             i = j;
             continue;
         }
@@ -485,8 +724,8 @@ static bool load_batch(Chan *ch, MrBlock *b, unsigned long *bm,
             }
             j++;
         }
-        if (via_fd) {
-            /* read into the requests' buffers, written on into the fd */
+        if (wr) {
+            /* read into bounce buffers, then written through the fd */
             for (uint64_t k = i; k <= last; k += ch->w->piece) {
                 if (!chan_queue(ch, b, bm, k,
                                 MIN(ch->w->piece, last + 1 - k))) {
@@ -527,6 +766,24 @@ static gpointer chan_run(gpointer opaque)
      */
     ch->uring = w->p->direct_io && !g_getenv("STRATA_MIGRATION_SYNC_IO") &&
                 io_uring_queue_init(w->depth, &ch->ring, 0) == 0;
+    /*
+     * Registered buffers are pinned once, not at every read (the pinning
+     * was 6 % of a restore's CPU).  It counts against RLIMIT_MEMLOCK: a
+     * user that is not root may be refused, then reads pin as before.
+     */
+    if (ch->uring && w->buf_base && !g_getenv("STRATA_MIGRATION_NO_FIXED")) {
+        struct iovec *iov = g_new(struct iovec, w->max_bufs);
+        for (unsigned i = 0; i < w->max_bufs; i++) {
+            iov[i] = (struct iovec){
+                .iov_base = w->buf_base +
+                            (uint64_t)i * w->piece * MR_PAGE_SIZE,
+                .iov_len = w->piece * MR_PAGE_SIZE,
+            };
+        }
+        ch->fixed = io_uring_register_buffers(&ch->ring, iov,
+                                              w->max_bufs) == 0;
+        g_free(iov);
+    }
     for (unsigned i = 0; i < (ch->uring ? w->depth : 1); i++) {
         ch->reqs[i].next_free = ch->free;
         ch->free = &ch->reqs[i];
@@ -553,9 +810,6 @@ static gpointer chan_run(gpointer opaque)
         }
         io_uring_queue_exit(&ch->ring);
     }
-    for (unsigned i = 0; i < QUEUE_MAX; i++) {
-        free(ch->reqs[i].slot_buf);
-    }
     return NULL;
 }
 
@@ -577,6 +831,12 @@ static bool run_channels(Work *w, const MrTarget *t, GError **errp)
     for (unsigned i = 0; i < n; i++) {
         g_thread_join(ch[i].thread);
     }
+    /* whatever a channel queued last is written by then; if not, here */
+    for (unsigned i = 0; w->load && i < w->nb_blocks; i++) {
+        if (w->writers[i]) {
+            writer_drain(w->writers[i]);
+        }
+    }
     g_free(ch);
     return mr_queue_finish(&w->q, errp);
 }
@@ -588,10 +848,13 @@ static bool run_channels(Work *w, const MrTarget *t, GError **errp)
  *   STRATA_MIGRATION_MERGE_GAP    a save writes zero stretches shorter
  *                                 than this inside a run (1: every zero
  *                                 page a hole, as QEMU)
- *   STRATA_MIGRATION_LOAD_FD_CHANNELS  how many channels of a load write
- *                                 through the memory's fd (default: 1 on a
- *                                 one-channel load, else 0)
- *   STRATA_MIGRATION_LOAD_PIECE   pages per such write (16-1024)
+ *   STRATA_MIGRATION_LOAD_PIECE   pages per bounce buffer of a load
+ *                                 through the memory's fd (16-1024)
+ *   STRATA_MIGRATION_LOAD_BUFFERS how many such buffers (2-256)
+ *   STRATA_MIGRATION_NO_FIXED=1   bounce buffers not registered with
+ *                                 io_uring (each read pins its buffer)
+ *   STRATA_MIGRATION_LOAD_WRITE_GAPS=1  pieces are written whole,
+ *                                 zero pages too, into new memory
  *   STRATA_MIGRATION_LOAD_VIA_MAP=1  never through the fd
  */
 static uint64_t env_num(const char *name, uint64_t lo, uint64_t hi,
@@ -621,9 +884,13 @@ static void work_init(Work *w, MrBlock *blocks, unsigned nb, bool load,
                                  QUEUE_MAX, QUEUE_DEPTH);
     w->merge_gap = env_num("STRATA_MIGRATION_MERGE_GAP", 1, 1u << 20,
                            MERGE_GAP);
-    w->via_fd = g_new0(bool, nb);
+    w->writers = g_new0(Writer *, nb);
     w->piece = env_num("STRATA_MIGRATION_LOAD_PIECE", 16, BATCH_PAGES,
                        LOAD_PIECE);
+    w->bufs = g_async_queue_new();
+    w->max_bufs = (unsigned)env_num("STRATA_MIGRATION_LOAD_BUFFERS", 2, 256,
+                                    LOAD_BUFFERS);
+    w->write_gaps = g_getenv("STRATA_MIGRATION_LOAD_WRITE_GAPS") != NULL;
 }
 
 static void work_clear(Work *w)
@@ -632,7 +899,20 @@ static void work_clear(Work *w)
         g_free(w->bitmaps[i]);
     }
     g_free(w->bitmaps);
-    g_free(w->via_fd);
+    for (unsigned i = 0; i < w->nb_blocks; i++) {
+        if (w->writers[i] && w->writers[i]->uffd >= 0) {
+            /* closing unregisters: later faults are ordinary ones */
+            close(w->writers[i]->uffd);
+        }
+        if (w->writers[i]) {
+            g_mutex_clear(&w->writers[i]->lock);
+            g_async_queue_unref(w->writers[i]->q);
+            g_free(w->writers[i]);
+        }
+    }
+    g_free(w->writers);
+    g_async_queue_unref(w->bufs);
+    free(w->buf_base);
 }
 
 /*
@@ -661,6 +941,47 @@ static bool block_fd_usable(const MrBlock *b)
     return fstatfs(b->fd, &sfs) == 0 && sfs.f_type != HUGETLBFS_MAGIC &&
            fstat(b->fd, &st) == 0 && S_ISREG(st.st_mode) &&
            (uint64_t)st.st_size >= b->used;
+}
+
+/*
+ * Does @b's memory hold any data (not a hole) before the load?  A new
+ * memfd or shared file is all hole.  The descriptor's offset, shared with
+ * whoever else holds it, is put back.
+ */
+static bool memory_has_data(const MrBlock *b)
+{
+    off_t cur = lseek(b->fd, 0, SEEK_CUR);
+    off_t d = lseek(b->fd, 0, SEEK_DATA);
+    int err = errno;
+
+    if (cur >= 0) {
+        (void)lseek(b->fd, cur, SEEK_SET);
+    }
+    if (d < 0) {
+        return err != ENXIO;
+    }
+    return (uint64_t)d < b->used;
+}
+
+/* A userfaultfd with @b's mapping registered for missing pages, or -1. */
+static int uffd_open(const MrBlock *b)
+{
+    int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | UFFD_USER_MODE_ONLY);
+    struct uffdio_api api = { .api = UFFD_API };
+    struct uffdio_register reg = {
+        .range = { .start = (uintptr_t)b->host, .len = b->used },
+        .mode = UFFDIO_REGISTER_MODE_MISSING,
+    };
+
+    if (fd < 0) {
+        return -1;
+    }
+    if (ioctl(fd, UFFDIO_API, &api) < 0 ||
+        ioctl(fd, UFFDIO_REGISTER, &reg) < 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
 }
 
 bool mr_save(MrTarget *t, MrBlock *blocks, unsigned nb_blocks,
@@ -739,9 +1060,6 @@ bool mr_load(MrTarget *t, MrFileInfo *info, const MrParams *p,
     bool ok = false;
 
     work_init(&w, info->blocks, info->nb_blocks, true, p, stats, cancel);
-    w.fd_chans = (unsigned)env_num("STRATA_MIGRATION_LOAD_FD_CHANNELS", 0,
-                                   QUEUE_MAX, load_fd_channels(
-                                       MAX(1u, MIN(p->channels, t->nb_chan))));
     /* every check before the first guest page is written */
     for (unsigned i = 0; i < info->nb_blocks; i++) {
         MrBlock *b = &info->blocks[i];
@@ -750,7 +1068,6 @@ bool mr_load(MrTarget *t, MrFileInfo *info, const MrParams *p,
         if (!b->host) {
             continue;
         }
-        w.via_fd[i] = block_fd_usable(b);
         if (b->bitmap_offset + bytes > info->file_size) {
             error_setg(errp, "Migration file ends inside the bitmap of RAM "
                        "block '%s'", b->id);
@@ -764,6 +1081,17 @@ bool mr_load(MrTarget *t, MrFileInfo *info, const MrParams *p,
             goto out;
         }
         atomic_fetch_add(&stats->transferred, bytes);
+        if (block_fd_usable(b)) {
+            Writer *wr = g_new0(Writer, 1);
+            *wr = (Writer){ .w = &w, .b = b, .bm = w.bitmaps[i],
+                            .had_data = memory_has_data(b),
+                            .q = g_async_queue_new(), .uffd = -1 };
+            g_mutex_init(&wr->lock);
+            if (!wr->had_data && g_getenv("STRATA_MIGRATION_LOAD_UFFD")) {
+                wr->uffd = uffd_open(b);
+            }
+            w.writers[i] = wr;
+        }
         /* the last stored page must lie inside the file */
         for (uint64_t k = bytes / sizeof(unsigned long); k-- > 0;) {
             unsigned long word = w.bitmaps[i][k];
@@ -785,6 +1113,26 @@ bool mr_load(MrTarget *t, MrFileInfo *info, const MrParams *p,
                 }
                 break;
             }
+        }
+    }
+    /* no more buffers than pieces: a small load pins little */
+    uint64_t pieces = 0;
+    for (unsigned i = 0; i < info->nb_blocks; i++) {
+        if (w.writers[i]) {
+            pieces += (mr_block_pages(&info->blocks[i]) + w.piece - 1) /
+                      w.piece;
+        }
+    }
+    w.max_bufs = (unsigned)MIN((uint64_t)w.max_bufs, MAX(pieces, 2));
+    for (unsigned i = 0; i < info->nb_blocks; i++) {
+        if (w.writers[i] && !w.buf_base &&
+            posix_memalign((void **)&w.buf_base, MR_PAGE_SIZE,
+                           w.max_bufs * w.piece * MR_PAGE_SIZE) != 0) {
+            w.buf_base = NULL;
+            error_setg(errp, "Could not allocate %u MiB of buffers for the "
+                       "migration file's pages",
+                       (unsigned)(w.max_bufs * w.piece * MR_PAGE_SIZE >> 20));
+            goto out;
         }
     }
     ok = run_channels(&w, t, errp);

@@ -140,6 +140,8 @@ typedef struct MrStats {
     _Atomic uint64_t normal;        /* pages stored */
     _Atomic uint64_t duplicate;     /* zero pages (not stored) */
     _Atomic uint64_t done_bytes;    /* RAM bytes handled so far */
+    /* load: pages written into the memory through its descriptor */
+    _Atomic uint64_t via_fd;
 } MrStats;
 
 typedef struct MrParams {
