@@ -28,6 +28,7 @@
 #ifndef STRATA_POOL_CLASS_H
 #define STRATA_POOL_CLASS_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include "strata/coroutine.h"
@@ -36,7 +37,7 @@
 typedef struct PoolBackground {
     /* private to util/thread-pool.c */
     Coroutine *co;
-    bool promoted;                  /* atomic */
+    _Atomic bool promoted;
     void *req;                      /* its call in the pool, or NULL */
     struct PoolBackground *next;    /* the thread's open frames */
 } PoolBackground;
