@@ -948,6 +948,24 @@ static void test_args_op_blockers(void **state)
     job_cancel_sync(&t->common.job, true);
     assert_true(node_op_check(top, BLOCK_OP_MIRROR_SOURCE, NULL));
 
+    /* A job's own blocker (a mirror's replaces) is newer than the edges. */
+    int owner;
+    node_op_block_all(base, &owner, "block device is in use by "
+                      "block-job-complete");
+    for (BlockOpType op = BLOCK_OP_BACKUP_SOURCE; op <= BLOCK_OP_STREAM;
+         op++) {
+        assert_false(node_op_check(base, op, &err));
+        g_autofree char *m = err_msg(&err);
+        assert_string_equal(m, "Node 'base' is busy: block device is in use "
+                            "by block-job-complete");
+        err = NULL;
+    }
+    assert_true(node_op_check(top, BLOCK_OP_MIRROR_SOURCE, NULL));
+    node_op_unblock_all(base, NULL);    /* another owner's: stays */
+    assert_false(node_op_check(base, BLOCK_OP_STREAM, NULL));
+    node_op_unblock_all(base, &owner);
+    assert_true(node_op_check(base, BLOCK_OP_STREAM, NULL));
+
     node_unref(top);
     g_unlink(top_path);
     g_unlink(base_path);
