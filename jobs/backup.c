@@ -26,6 +26,7 @@
 #include "strata/dirty-bitmap.h"
 #include "strata/error.h"
 #include "strata/loop.h"
+#include "strata/op-blockers.h"
 
 /*
  * What the engine's callbacks need: they may run as soon as the filter is
@@ -279,29 +280,6 @@ static const JobDriver backup_job_driver = {
     .free = backup_free,
 };
 
-/* QEMU's op blockers: a node a block job uses cannot be used by another. */
-static bool backup_check_not_busy(BlockNode *bs, GError **errp)
-{
-    Job *busy = NULL;
-
-    for (BlockChild *c = node_next_parent(bs, NULL); c;
-         c = node_next_parent(bs, c)) {
-        if (child_parent_kind(c) == PARENT_JOB) {
-            Job *j = child_parent(c);
-            if (job_is_block_job(j)) {
-                busy = j;
-            }
-        }
-    }
-    if (busy) {
-        error_setg(errp, "Node '%s' is busy: block device is in use by "
-                   "block job: %s", node_get_name(bs),
-                   job_type_name(job_type(busy)));
-        return false;
-    }
-    return true;
-}
-
 /* QEMU's bdrv_supports_compressed_writes: every filter on the way too. */
 static bool supports_compressed_writes(BlockNode *bs)
 {
@@ -342,8 +320,8 @@ BlockJob *backup_job_create(const char *job_id, BlockNode *bs,
                    node_device_name(target));
         return NULL;
     }
-    if (!backup_check_not_busy(bs, errp) ||
-        !backup_check_not_busy(target, errp)) {
+    if (!node_op_check(bs, BLOCK_OP_BACKUP_SOURCE, errp) ||
+        !node_op_check(target, BLOCK_OP_BACKUP_TARGET, errp)) {
         return NULL;
     }
     if (o->perf.max_workers < 1 || o->perf.max_workers > INT_MAX) {

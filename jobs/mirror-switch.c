@@ -11,6 +11,7 @@
 #include "strata/block.h"
 #include "strata/error.h"
 #include "strata/mirror-top.h"
+#include "strata/op-blockers.h"
 #include "mirror-int.h"
 
 /* ---- The end: the switch, or putting everything back ---- */
@@ -170,6 +171,7 @@ int mirror_exit_common(Job *job, bool abort)
     node_unref(s->target);
     s->target = NULL;
     if (s->to_replace) {
+        node_op_unblock_all(s->to_replace, s);
         node_unref(s->to_replace);
         s->to_replace = NULL;
     }

@@ -36,6 +36,7 @@
 #include "strata/iov.h"
 #include "strata/mirror-top.h"
 #include "strata/mirror.h"
+#include "strata/op-blockers.h"
 #include "strata/units.h"
 #include "mirror-int.h"
 
@@ -734,6 +735,9 @@ static void mirror_complete(Job *job, GError **errp)
         }
         node_ref(r);
         s->to_replace = r;
+        /* Nothing may change it before the switch (QEMU's blocker). */
+        node_op_block_all(r, s, "block device is in use by "
+                          "block-job-complete");
     }
     s->should_complete = true;
     job_enter(job);
@@ -782,6 +786,7 @@ static void mirror_free(Job *job)
         dirty_bitmap_release(s->bitmap);
     }
     if (s->to_replace) {
+        node_op_unblock_all(s->to_replace, s);
         node_unref(s->to_replace);
     }
     if (s->filter) {

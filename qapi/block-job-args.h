@@ -2,8 +2,8 @@
  * What every block job command (blockdev-mirror, drive-mirror,
  * block-commit, block-stream, blockdev-backup, drive-backup) does with
  * its arguments before it creates the job, with QEMU 7.2's errors:
- * finding the nodes, QEMU's op blockers, the defaults of the optional
- * arguments and the job flags.  The job id needs nothing here: a NULL
+ * finding the nodes, the defaults of the optional arguments and the job
+ * flags (QEMU's op blockers are strata/op-blockers.h's).  The job id needs nothing here: a NULL
  * job id goes to block_job_create(), which applies QEMU's rule.
  */
 #ifndef QAPI_BLOCK_JOB_ARGS_H
@@ -33,29 +33,6 @@ BlockNode *bja_root_node(const char *name, GError **errp);
  * found" (QEMU 7.2 looks it up quietly and says only that).
  */
 BlockNode *bja_lookup_device(const char *device, GError **errp);
-
-/* The operations QEMU's op blockers guard, for bja_check_op() (not only
- * the job commands': a job's nodes take no snapshot and no resize). */
-typedef enum BjaOp {
-    BJA_OP_BACKUP_SOURCE,
-    BJA_OP_BACKUP_TARGET,
-    BJA_OP_COMMIT_SOURCE,
-    BJA_OP_COMMIT_TARGET,
-    BJA_OP_MIRROR_SOURCE,
-    BJA_OP_MIRROR_TARGET,
-    BJA_OP_STREAM,
-    BJA_OP_EXTERNAL_SNAPSHOT,   /* blockdev-snapshot, blockdev-snapshot-sync */
-    BJA_OP_RESIZE,              /* block_resize */
-} BjaOp;
-
-/*
- * QEMU 7.2's bdrv_op_is_blocked(bs, op): a block job using bs blocks
- * every op ("Node 'x' is busy: block device is in use by block job:
- * mirror"); being the backing image of a node blocks all but
- * commit-target, stream and backup source/target ("Node 'x' is busy:
- * node is used as backing hd of 'y'").  The newest reason is named.
- */
-bool bja_check_op(BlockNode *bs, BjaOp op, GError **errp);
 
 /* JOB_MANUAL_FINALIZE / JOB_MANUAL_DISMISS for auto-finalize and
  * auto-dismiss set to false (both default to true). */

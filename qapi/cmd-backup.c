@@ -26,6 +26,7 @@
 #include "strata/block-ops.h"
 #include "strata/dirty-bitmap.h"
 #include "strata/error.h"
+#include "strata/op-blockers.h"
 #include "../tools/common/create-opts.h"
 #include "qapi-commands.h"
 
@@ -291,7 +292,7 @@ static bool drive_backup_prepare(TxnState *s, GError **errp)
     }
     /* Before the target is created or opened: a busy source leaves no
      * new image behind (QEMU's "early check"). */
-    if (!bja_check_op(bs, BJA_OP_BACKUP_SOURCE, errp)) {
+    if (!node_op_check(bs, BLOCK_OP_BACKUP_SOURCE, errp)) {
         return false;
     }
     /* The source's access and cache mode (QEMU passes all its open

@@ -15,13 +15,13 @@
 #include "strata/block.h"
 #include "strata/error.h"
 #include "strata/loop.h"
+#include "strata/op-blockers.h"
 #include "strata/opts.h"
 #include "strata/qmp-server.h"
 #include "qapi-commands.h"
 #include "qapi-events.h"
 #include "qapi-visit.h"
 #include "block-job-args.h"
-#include "node-info.h"
 #include "transaction.h"
 
 static GList *monitor_nodes;    /* BlockNode *, oldest first */
@@ -165,37 +165,18 @@ void qmp_blockdev_del(const char *node_name, GError **errp)
         error_setg(errp, "Failed to find node with node-name='%s'", node_name);
         return;
     }
-    BlockChild *busy = NULL;
     bool has_backend = false;
     for (BlockChild *c = node_next_parent(bs, NULL); c;
          c = node_next_parent(bs, c)) {
         if (child_parent_kind(c) == PARENT_BACKEND) {
             has_backend = true;
         }
-        /*
-         * QEMU's op blockers: block jobs and backing edges forbid the
-         * deletion; the newest reason is the one reported.
-         */
-        if (node_info_block_job(c, NULL) ||
-            (child_parent_kind(c) == PARENT_NODE &&
-             (child_role(c) & CHILD_ROLE_COW))) {
-            busy = c;
-        }
     }
     if (has_backend) {
         error_setg(errp, "Node %s is in use", node_name);
         return;
     }
-    if (busy) {
-        Job *job = NULL;
-        if (node_info_block_job(busy, &job)) {
-            error_setg(errp, "Node '%s' is busy: block device is in use by "
-                       "block job: %s", node_name, job_type_name(job_type(job)));
-        } else {
-            error_setg(errp, "Node '%s' is busy: node is used as backing hd "
-                       "of '%s'", node_name,
-                       node_get_name(child_parent(busy)));
-        }
+    if (!node_op_check(bs, BLOCK_OP_DRIVE_DEL, errp)) {
         return;
     }
     if (!node_is_monitor_owned(bs)) {
@@ -256,7 +237,7 @@ void qmp_block_resize(const char *device, const char *node_name,
      * keeps its size.  QEMU names the device argument, and prints
      * "(null)" when only node-name was given: that is its message.
      */
-    if (!bja_check_op(bs, BJA_OP_RESIZE, NULL)) {
+    if (!node_op_check(bs, BLOCK_OP_RESIZE, NULL)) {
         error_setg(errp, "Device '%s' is in use", device ? device : "(null)");
         return;
     }

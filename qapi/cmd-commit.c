@@ -8,6 +8,7 @@
 #include "strata/block-ops.h"
 #include "strata/commit.h"
 #include "strata/error.h"
+#include "strata/op-blockers.h"
 #include "strata/mirror.h"
 #include "qapi-commands.h"
 #include "job-settle.h"
@@ -84,7 +85,7 @@ void qmp_block_commit(const char *job_id, const char *device,
         return;
     }
     bs = bja_root_node(device, errp);
-    if (!bs || !bja_check_op(bs, BJA_OP_COMMIT_SOURCE, errp)) {
+    if (!bs || !node_op_check(bs, BLOCK_OP_COMMIT_SOURCE, errp)) {
         return;
     }
 
@@ -135,7 +136,7 @@ void qmp_block_commit(const char *job_id, const char *device,
 
     for (BlockNode *it = top_bs; it && it != filter_or_cow(base_bs);
          it = filter_or_cow(it)) {
-        if (!bja_check_op(it, BJA_OP_COMMIT_TARGET, errp)) {
+        if (!node_op_check(it, BLOCK_OP_COMMIT_TARGET, errp)) {
             return;
         }
     }
@@ -172,7 +173,7 @@ void qmp_block_commit(const char *job_id, const char *device,
                                   on_error, filter_node_name, &x, errp);
     } else {
         BlockNode *overlay = find_overlay(bs, top_bs);
-        if (overlay && !bja_check_op(overlay, BJA_OP_COMMIT_TARGET, errp)) {
+        if (overlay && !node_op_check(overlay, BLOCK_OP_COMMIT_TARGET, errp)) {
             return;
         }
         CommitOptions o = {

@@ -7,48 +7,15 @@
 #include <errno.h>
 #include <string.h>
 
-#include "node-info.h"
 #include "job-settle.h"
 #include "transaction.h"
 #include "strata/block-events.h"
 #include "strata/block-ops.h"
 #include "strata/error.h"
+#include "strata/op-blockers.h"
 #include "../tools/common/create-opts.h"
 #include "strata/mirror.h"
 #include "qapi-commands.h"
-
-/*
- * QEMU's op blockers on a mirror source or target: a node a block job
- * uses, or the backing node of another, is busy.  The newest reason is
- * the one reported, as QEMU lists its blockers newest first.
- */
-static bool check_not_busy(BlockNode *bs, GError **errp)
-{
-    BlockChild *busy = NULL;
-
-    for (BlockChild *c = node_next_parent(bs, NULL); c;
-         c = node_next_parent(bs, c)) {
-        if (node_info_block_job(c, NULL) ||
-            (child_parent_kind(c) == PARENT_NODE &&
-             (child_role(c) & CHILD_ROLE_COW))) {
-            busy = c;
-        }
-    }
-    if (!busy) {
-        return true;
-    }
-    Job *job = NULL;
-    if (node_info_block_job(busy, &job)) {
-        error_setg(errp, "Node '%s' is busy: block device is in use by block "
-                   "job: %s", node_get_name(bs),
-                   job_type_name(job_type(job)));
-    } else {
-        error_setg(errp, "Node '%s' is busy: node is used as backing hd of "
-                   "'%s'", node_get_name(bs),
-                   node_get_name(child_parent(busy)));
-    }
-    return false;
-}
 
 /*
  * The library appends hints for people on lines of their own; QEMU's QMP
@@ -141,7 +108,8 @@ static void mirror_common(MirrorArgs *a, GError **errp)
         error_setg(errp, "Parameter 'granularity' expects a power of 2");
         return;
     }
-    if (!check_not_busy(a->bs, errp) || !check_not_busy(a->target, errp)) {
+    if (!node_op_check(a->bs, BLOCK_OP_MIRROR_SOURCE, errp) ||
+        !node_op_check(a->target, BLOCK_OP_MIRROR_TARGET, errp)) {
         return;
     }
     MirrorSyncMode sync = a->sync;
@@ -167,7 +135,7 @@ static void mirror_common(MirrorArgs *a, GError **errp)
                        replaces);
             return;
         }
-        if (!check_not_busy(to_replace, errp)) {
+        if (!node_op_check(to_replace, BLOCK_OP_MIRROR_REPLACE, errp)) {
             return;
         }
         /* Only the top-most non-filter, or what a driver vouches for. */
@@ -282,7 +250,7 @@ void qmp_drive_mirror(DriveMirror *arg, GError **errp)
     if (!bs) {
         return;
     }
-    if (!check_not_busy(bs, errp)) {
+    if (!node_op_check(bs, BLOCK_OP_MIRROR_SOURCE, errp)) {
         return;
     }
     NewImageMode mode = arg->has_mode ? arg->mode

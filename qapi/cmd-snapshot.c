@@ -15,6 +15,7 @@
 #include "strata/block-events.h"
 #include "strata/block-ops.h"
 #include "strata/error.h"
+#include "strata/op-blockers.h"
 #include "qapi-commands.h"
 
 /* ---- External snapshots ---- */
@@ -160,7 +161,7 @@ static bool external_snapshot_prepare(TxnState *s, GError **errp)
     }
     /* QEMU's op blockers: only the top of a chain takes an overlay, and
      * no node a block job uses (the newest reason named, as QEMU's). */
-    if (!bja_check_op(st->old_bs, BJA_OP_EXTERNAL_SNAPSHOT, errp)) {
+    if (!node_op_check(st->old_bs, BLOCK_OP_EXTERNAL_SNAPSHOT, errp)) {
         return false;
     }
     if (!node_is_read_only(st->old_bs) && node_co_flush(st->old_bs) < 0) {

@@ -9,6 +9,7 @@
 #include "strata/block-ops.h"
 #include "strata/block.h"
 #include "strata/error.h"
+#include "strata/op-blockers.h"
 #include "strata/stream.h"
 #include "qapi-commands.h"
 #include "job-settle.h"
@@ -177,7 +178,7 @@ void qmp_block_stream(const char *job_id, const char *device,
     /* QEMU's op blockers, on the nodes the job will use. */
     BlockNode *end = o.bottom ? filter_or_cow_bs(o.bottom) : o.base;
     for (BlockNode *it = o.bs; it && it != end; it = filter_or_cow_bs(it)) {
-        if (!bja_check_op(it, BJA_OP_STREAM, errp)) {
+        if (!node_op_check(it, BLOCK_OP_STREAM, errp)) {
             return;
         }
     }

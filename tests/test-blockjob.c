@@ -23,6 +23,7 @@
 #include "strata/coroutine.h"
 #include "strata/error.h"
 #include "strata/loop.h"
+#include "strata/op-blockers.h"
 #include "strata/qmp.h"
 #include "strata/qmp-jobs.h"
 #include "strata/qmp-server.h"
@@ -903,47 +904,67 @@ static void test_args_op_blockers(void **state)
     BlockNode *base = node_find("base");
     assert_non_null(base);
 
-    static const BjaOp blocked[] = { BJA_OP_COMMIT_SOURCE,
-                                     BJA_OP_MIRROR_SOURCE,
-                                     BJA_OP_MIRROR_TARGET };
-    static const BjaOp open_ops[] = { BJA_OP_COMMIT_TARGET, BJA_OP_STREAM,
-                                      BJA_OP_BACKUP_SOURCE,
-                                      BJA_OP_BACKUP_TARGET };
+    static const BlockOpType blocked[] = { BLOCK_OP_COMMIT_SOURCE,
+                                           BLOCK_OP_MIRROR_SOURCE,
+                                           BLOCK_OP_MIRROR_TARGET };
+    static const BlockOpType open_ops[] = { BLOCK_OP_COMMIT_TARGET,
+                                            BLOCK_OP_STREAM,
+                                            BLOCK_OP_BACKUP_SOURCE,
+                                            BLOCK_OP_BACKUP_TARGET };
     for (size_t i = 0; i < G_N_ELEMENTS(blocked); i++) {
-        assert_false(bja_check_op(base, blocked[i], &err));
+        assert_false(node_op_check(base, blocked[i], &err));
         g_autofree char *m = err_msg(&err);
         assert_string_equal(m, "Node 'base' is busy: node is used as "
                             "backing hd of 'chain'");
         err = NULL;
     }
     for (size_t i = 0; i < G_N_ELEMENTS(open_ops); i++) {
-        assert_true(bja_check_op(base, open_ops[i], NULL));
-        assert_true(bja_check_op(top, open_ops[i], NULL));
+        assert_true(node_op_check(base, open_ops[i], NULL));
+        assert_true(node_op_check(top, open_ops[i], NULL));
     }
-    assert_true(bja_check_op(top, BJA_OP_MIRROR_SOURCE, NULL));
+    assert_true(node_op_check(top, BLOCK_OP_MIRROR_SOURCE, NULL));
 
     /* A block job on a node blocks everything; the newest reason wins. */
     TestBJob *t = block_job_create("c", &tb_driver_nocomplete, NULL, base,
                                    0, BLK_PERM_ALL, 0, 0, NULL, NULL, &err);
     assert_non_null(t);
     t->actions = g_string_new("");
-    for (BjaOp op = BJA_OP_BACKUP_SOURCE; op <= BJA_OP_STREAM; op++) {
-        assert_false(bja_check_op(base, op, &err));
+    for (BlockOpType op = BLOCK_OP_BACKUP_SOURCE; op <= BLOCK_OP_STREAM;
+         op++) {
+        assert_false(node_op_check(base, op, &err));
         g_autofree char *m = err_msg(&err);
         assert_string_equal(m, "Node 'base' is busy: block device is in use "
                             "by block job: stream");
         err = NULL;
     }
-    assert_true(bja_check_op(top, BJA_OP_MIRROR_SOURCE, NULL));
+    assert_true(node_op_check(top, BLOCK_OP_MIRROR_SOURCE, NULL));
     /* A job that is no block job blocks nothing. */
     PlainJob *p = job_create("plain", &plain_driver, NULL, 0, NULL, NULL,
                              NULL);
     assert_non_null(job_add_node(&p->common, "x", top, 0, BLK_PERM_ALL,
                                  NULL));
-    assert_true(bja_check_op(top, BJA_OP_MIRROR_SOURCE, NULL));
+    assert_true(node_op_check(top, BLOCK_OP_MIRROR_SOURCE, NULL));
     job_cancel_sync(&p->common, true);
     job_cancel_sync(&t->common.job, true);
-    assert_true(bja_check_op(top, BJA_OP_MIRROR_SOURCE, NULL));
+    assert_true(node_op_check(top, BLOCK_OP_MIRROR_SOURCE, NULL));
+
+    /* A job's own blocker (a mirror's replaces) is newer than the edges. */
+    int owner;
+    node_op_block_all(base, &owner, "block device is in use by "
+                      "block-job-complete");
+    for (BlockOpType op = BLOCK_OP_BACKUP_SOURCE; op <= BLOCK_OP_STREAM;
+         op++) {
+        assert_false(node_op_check(base, op, &err));
+        g_autofree char *m = err_msg(&err);
+        assert_string_equal(m, "Node 'base' is busy: block device is in use "
+                            "by block-job-complete");
+        err = NULL;
+    }
+    assert_true(node_op_check(top, BLOCK_OP_MIRROR_SOURCE, NULL));
+    node_op_unblock_all(base, NULL);    /* another owner's: stays */
+    assert_false(node_op_check(base, BLOCK_OP_STREAM, NULL));
+    node_op_unblock_all(base, &owner);
+    assert_true(node_op_check(base, BLOCK_OP_STREAM, NULL));
 
     node_unref(top);
     g_unlink(top_path);

@@ -140,6 +140,13 @@ void warn_report(const char *fmt, ...)
     g_free(msg);
 }
 
+static bool (*in_monitor_command)(void);
+
+void report_set_monitor_check(bool (*in_command)(void))
+{
+    in_monitor_command = in_command;
+}
+
 void error_print(const char *fmt, ...)
 {
     va_list ap;
@@ -147,6 +154,9 @@ void error_print(const char *fmt, ...)
     char *msg = g_strdup_vprintf(fmt, ap);
     va_end(ap);
     const char *prog = g_get_prgname();
+    if (in_monitor_command && in_monitor_command()) {
+        prog = NULL;
+    }
     warn_print("%s%s%s", prog ? prog : "", prog ? ": " : "", msg);
     g_free(msg);
 }

@@ -15,6 +15,7 @@
 #define STRATA_ERROR_H
 
 #include <glib.h>
+#include <stdbool.h>
 
 #define STRATA_ERROR strata_error_quark()
 GQuark strata_error_quark(void);
@@ -56,6 +57,12 @@ void warn_set_handler(void (*handler)(const char *msg));
  * through the same handler as warn_print.
  */
 void error_print(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
+/*
+ * Whether the program is inside a monitor command now (QEMU's
+ * monitor_cur()): there error_print() leaves the program name out, as
+ * QEMU's error_report() does.  NULL (the default): never.
+ */
+void report_set_monitor_check(bool (*in_command)(void));
 
 /*
  * QEMU's warn_report(): "warning: message", prefixed as QEMU prefixes it

@@ -539,6 +539,12 @@ static void process_options(int argc, char *argv[], bool pre_init_pass)
     }
 }
 
+/* QEMU's monitor_cur(): a QMP command runs in this coroutine. */
+static bool in_qmp_command(void)
+{
+    return qmp_session_current() != NULL;
+}
+
 int main(int argc, char *argv[])
 {
     signal(SIGPIPE, SIG_IGN);
@@ -574,6 +580,8 @@ int main(int argc, char *argv[])
     qmp_server_release_input();
     /* From here on warnings come from QMP commands: no program name. */
     report_set_context("");
+    /* Errors the library reports itself: the same inside a command. */
+    report_set_monitor_check(in_qmp_command);
 
     while (!exit_requested) {
         loop_iterate(true);
