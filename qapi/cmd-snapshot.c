@@ -16,6 +16,7 @@
 #include "strata/block-ops.h"
 #include "strata/error.h"
 #include "strata/op-blockers.h"
+#include "../tools/common/create-opts.h"
 #include "qapi-commands.h"
 
 /* ---- External snapshots ---- */
@@ -118,6 +119,10 @@ static BlockNode *open_new_overlay(BlockdevSnapshotSync *s, BlockNode *old_bs,
                             json_string(node_get_filename(old_bs)));
         json_object_set_new(options, "backing_fmt",
                             json_string(node_get_format_name(old_bs)));
+        /* qemu-storage-daemon prints qemu-img's line (bdrv_img_create). */
+        img_print_formatting(s->snapshot_file, format, (uint64_t)size,
+                             node_get_filename(old_bs),
+                             node_get_format_name(old_bs));
         if (!image_create(format, s->snapshot_file, options, errp)) {
             return NULL;
         }
