@@ -76,6 +76,7 @@ static bool check_backing_support(const char *format, GError **errp)
 
 /* blockdev-snapshot-sync: create the image unless mode=existing, open it. */
 static BlockNode *open_new_overlay(BlockdevSnapshotSync *s, BlockNode *old_bs,
+                                   bool announce,
                                    GError **errp)
 {
     const char *format = s->format ? s->format : "qcow2";
@@ -119,10 +120,16 @@ static BlockNode *open_new_overlay(BlockdevSnapshotSync *s, BlockNode *old_bs,
                             json_string(node_get_filename(old_bs)));
         json_object_set_new(options, "backing_fmt",
                             json_string(node_get_format_name(old_bs)));
-        /* qemu-storage-daemon prints qemu-img's line (bdrv_img_create). */
-        img_print_formatting(s->snapshot_file, format, (uint64_t)size,
-                             node_get_filename(old_bs),
-                             node_get_format_name(old_bs));
+        /*
+         * qemu-storage-daemon prints qemu-img's line (bdrv_img_create);
+         * x-strata-machine-snapshot's overlays are made quietly (its
+         * reply names them).
+         */
+        if (announce) {
+            img_print_formatting(s->snapshot_file, format, (uint64_t)size,
+                                 node_get_filename(old_bs),
+                                 node_get_format_name(old_bs));
+        }
         if (!image_create(format, s->snapshot_file, options, errp)) {
             return NULL;
         }
@@ -183,7 +190,7 @@ static bool external_snapshot_prepare(TxnState *s, GError **errp)
         node_ref(st->new_bs);
     } else {
         st->new_bs = open_new_overlay(action->u.blockdev_snapshot_sync.data,
-                                      st->old_bs, errp);
+                                      st->old_bs, true, errp);
         if (!st->new_bs) {
             return false;
         }
@@ -524,5 +531,5 @@ SnapshotInfo *qmp_blockdev_snapshot_delete_internal_sync(const char *device,
 BlockNode *snapshot_open_new_overlay(BlockdevSnapshotSync *s,
                                      BlockNode *old_bs, GError **errp)
 {
-    return open_new_overlay(s, old_bs, errp);
+    return open_new_overlay(s, old_bs, false, errp);
 }
