@@ -48,7 +48,12 @@
  *   or a drain starts to wait for it, and all its tasks while guest
  *   writes copy through it (jobs/block-copy.c).
  * - A background call that has not returned after idle_limit_ms (10) is
- *   promoted as if waited for, by a timer in the submitter's loop.  An
+ *   promoted as if waited for, by a watchdog thread of the pool's (at
+ *   normal class), not by a timer of the submitter's loop: the loop
+ *   thread itself may be what waits for the idle call, blocked in the
+ *   kernel on a lock the call holds (the inode lock that copy_file_range
+ *   takes on ext4, wanted by an aio=native io_submit or by lseek
+ *   SEEK_DATA on the same file), and a blocked loop runs no timer.  An
  *   idle thread gets almost no CPU while normal threads of its group keep
  *   the CPUs busy (weight 3 against 1024): a 2 GiB commit took 9.9 s
  *   instead of 2.4 s in one rep on a loaded machine without this bound
@@ -97,6 +102,10 @@ typedef struct PoolReq {
     bool bg_queued;
     _Atomic pid_t idle_tid;
     int normal_policy;          /* the worker's class to promote it to */
+    /* On the watchdog's list while it runs idle (wd_lock). */
+    int64_t wd_deadline_ns;     /* CLOCK_MONOTONIC */
+    bool wd_fired;
+    struct PoolReq *wd_next;
 } PoolReq;
 
 static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -232,6 +241,99 @@ static bool set_idle(pid_t tid, bool idle)
                               &p) == 0;
 }
 
+/* ---- The watchdog: idle_limit_ms for calls running idle ---- */
+
+static pthread_mutex_t wd_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t wd_cond;          /* on CLOCK_MONOTONIC */
+static pthread_once_t wd_once = PTHREAD_ONCE_INIT;
+static PoolReq *wd_list;                /* calls running idle */
+
+static int64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/*
+ * Promotes the calls past their deadline.  It holds wd_lock while it
+ * changes a worker's class, and a worker takes itself off the list under
+ * that lock before it goes on to anything else, so the thread id is
+ * still the call's.  Runs for the life of the process once started (an
+ * idle thread, asleep on the condition, when no call runs idle).
+ */
+static gpointer wd_thread(gpointer unused)
+{
+    pthread_mutex_lock(&wd_lock);
+    for (;;) {
+        int64_t now = mono_ns(), next = INT64_MAX;
+        for (PoolReq *r = wd_list; r; r = r->wd_next) {
+            if (r->wd_fired) {
+                continue;
+            }
+            if (r->wd_deadline_ns <= now) {
+                struct sched_param p = { 0 };
+                pid_t tid = atomic_load(&r->idle_tid);
+                r->wd_fired = true;
+                /* The rest of its frame's calls run at normal class too,
+                 * as after any promotion; the frame outlives the call. */
+                atomic_store(&r->bg->promoted, true);
+                if (tid && sched_setscheduler(tid, r->normal_policy,
+                                              &p) == 0) {
+                    atomic_fetch_add(&stat_promoted, 1);
+                }
+            } else {
+                next = MIN(next, r->wd_deadline_ns);
+            }
+        }
+        if (next == INT64_MAX) {
+            pthread_cond_wait(&wd_cond, &wd_lock);
+        } else {
+            struct timespec ts = {
+                .tv_sec = next / 1000000000, .tv_nsec = next % 1000000000,
+            };
+            pthread_cond_timedwait(&wd_cond, &wd_lock, &ts);
+        }
+    }
+    return NULL;
+}
+
+static void wd_init(void)
+{
+    pthread_condattr_t a;
+    pthread_condattr_init(&a);
+    pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+    pthread_cond_init(&wd_cond, &a);
+    pthread_condattr_destroy(&a);
+    g_thread_unref(g_thread_new("strata-pool-wd", wd_thread, NULL));
+}
+
+/* Called at normal class, before the worker goes idle. */
+static void wd_add(PoolReq *req, int ms)
+{
+    pthread_once(&wd_once, wd_init);
+    pthread_mutex_lock(&wd_lock);
+    req->wd_deadline_ns = mono_ns() + (int64_t)ms * 1000000;
+    req->wd_fired = false;
+    req->wd_next = wd_list;
+    wd_list = req;
+    pthread_cond_signal(&wd_cond);
+    pthread_mutex_unlock(&wd_lock);
+}
+
+/* Called after the call, back at normal class (or stuck idle: rare). */
+static void wd_remove(PoolReq *req)
+{
+    pthread_mutex_lock(&wd_lock);
+    for (PoolReq **p = &wd_list; *p; p = &(*p)->wd_next) {
+        if (*p == req) {
+            *p = req->wd_next;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&wd_lock);
+}
+
 /*
  * Run a background call: at idle class unless its frame was promoted
  * meanwhile.  The promoter sets the flag before it changes the class of
@@ -247,10 +349,16 @@ static bool run_background(PoolReq *req)
     if (worker_policy < 0) {
         worker_policy = sched_getscheduler(0);
     }
+    int limit_ms = atomic_load(&idle_limit_ms);
+    bool watched = false;
     if (!atomic_load(&req->bg->promoted) &&
         (worker_policy == SCHED_OTHER || worker_policy == SCHED_BATCH)) {
         req->normal_policy = worker_policy;
         atomic_store(&req->idle_tid, worker_tid());
+        if (limit_ms > 0) {
+            wd_add(req, limit_ms);
+            watched = true;
+        }
         went_idle = set_idle(0, true);
         if (went_idle) {
             atomic_fetch_add(&stat_idle_runs, 1);
@@ -260,10 +368,14 @@ static bool run_background(PoolReq *req)
         }
     }
     req->ret = req->fn(req->opaque);
-    atomic_store(&req->idle_tid, 0);
-    /* Back before the completion and the lock (a promotion may have done
+    /* Back before the completion and the locks (a promotion may have done
      * it already; once more costs a system call). */
-    if (went_idle && !set_idle(0, false)) {
+    bool back = !went_idle || set_idle(0, false);
+    if (watched) {
+        wd_remove(req);
+    }
+    atomic_store(&req->idle_tid, 0);
+    if (!back) {
         /* Rights lost since the probe: no more idle calls. */
         thread_pool_set_idle_enabled(false);
         return false;
@@ -415,15 +527,8 @@ static bool enqueue_locked(PoolReq *req)
     return false;
 }
 
-static gboolean overdue(gpointer opaque)
-{
-    pool_background_promote(opaque);
-    return G_SOURCE_REMOVE;
-}
-
 static int pool_run(ThreadPoolFunc *fn, void *opaque, PoolBackground *bg)
 {
-    GSource *limit = NULL;
     g_assert(in_coroutine());
     PoolReq req = {
         .fn = fn, .opaque = opaque, .co = co_self(), .loop = loop_get(),
@@ -435,12 +540,6 @@ static int pool_run(ThreadPoolFunc *fn, void *opaque, PoolBackground *bg)
     pthread_mutex_lock(&pool_lock);
     if (bg) {
         bg->req = &req;
-        int ms = atomic_load(&idle_limit_ms);
-        if (ms > 0) {
-            limit = g_timeout_source_new((guint)ms);
-            g_source_set_callback(limit, overdue, bg, NULL);
-            g_source_attach(limit, loop_context(req.loop));
-        }
     }
     wake = enqueue_locked(&req);
     pthread_mutex_unlock(&pool_lock);
@@ -464,10 +563,6 @@ static int pool_run(ThreadPoolFunc *fn, void *opaque, PoolBackground *bg)
     if (bg) {
         /* The promoter runs in this thread too: no race with it here. */
         bg->req = NULL;
-    }
-    if (limit) {
-        g_source_destroy(limit);
-        g_source_unref(limit);
     }
     return req.ret;
 }
