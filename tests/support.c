@@ -16,6 +16,7 @@
 #include <glib.h>
 
 #include "strata/block-ops.h"
+#include "strata/loop.h"
 #include "support.h"
 
 char *test_tmpdir;
@@ -273,4 +274,21 @@ char *run_capture(const char *const *argv, int *status)
         fail_msg("%s: %s", argv[0], err->message);
     }
     return out;
+}
+
+void run_ready(void)
+{
+    for (int i = 0; i < 20; i++) {
+        loop_iterate(false);
+    }
+}
+
+bool wait_flag(const bool *flag, int ms)
+{
+    int64_t end = clock_ns() + (int64_t)ms * 1000000;
+    while (!*flag && clock_ns() < end) {
+        loop_iterate(false);
+        g_usleep(500);
+    }
+    return *flag;
 }

@@ -15,6 +15,7 @@
 #ifndef TESTS_SUPPORT_H
 #define TESTS_SUPPORT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <glib.h>
@@ -95,5 +96,12 @@ void check_pattern(BlockBackend *blk, int64_t off, int64_t len, int byte);
 
 /* Run argv (on PATH), its standard output (g_free it), status in *status. */
 char *run_capture(const char *const *argv, int *status);
+
+/* Runs the main loop's ready work: 20 non-blocking iterations. */
+void run_ready(void);
+
+/* Iterates the main loop for at most ms milliseconds or until *flag;
+ * returns *flag. */
+bool wait_flag(const bool *flag, int ms);
 
 #endif

@@ -27,13 +27,6 @@
 #include "qapi-commands.h"
 #include "support.h"
 
-static void run_ready(void)
-{
-    for (int i = 0; i < 20; i++) {
-        loop_iterate(false);
-    }
-}
-
 static bool wait_job_completed(Job *job, int ms)
 {
     int64_t end = clock_ns() + (int64_t)ms * 1000000;

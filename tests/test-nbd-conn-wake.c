@@ -35,24 +35,6 @@
 #include "support.h"
 
 /* Run what is ready now, a few rounds (BHs queued by BHs included). */
-static void run_ready(void)
-{
-    for (int i = 0; i < 20; i++) {
-        loop_iterate(false);
-    }
-}
-
-/* Iterate for at most ms milliseconds or until *flag; returns *flag. */
-static bool wait_flag(const bool *flag, int ms)
-{
-    int64_t end = clock_ns() + (int64_t)ms * 1000000;
-    while (!*flag && clock_ns() < end) {
-        loop_iterate(false);
-        g_usleep(500);
-    }
-    return *flag;
-}
-
 /* ---- nbd_wait ---- */
 
 typedef struct {
