@@ -21,6 +21,9 @@ typedef struct VmstateRamBlockDesc {
 
 typedef struct VmstateRamLayout {
     uint64_t size;                  /* of the whole state */
+    uint32_t version;               /* 1: RAM only, 2: device state too */
+    uint64_t dev_offset;            /* device state sections, up to size */
+    uint32_t ndev;                  /* streams */
     unsigned nblocks;
     VmstateRamBlockDesc *blocks;
 } VmstateRamLayout;

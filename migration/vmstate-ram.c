@@ -3,15 +3,22 @@
  *
  * Layout, big-endian, offsets from the start of the area:
  *
- *   0    header (64 bytes): magic "STRATAVM", u32 version (1),
+ *   0    header (64 bytes): magic "STRATAVM", u32 version (2),
  *        u32 number of blocks, u64 size of the whole state, u64 offset of
- *        the descriptors (64), zeroes
+ *        the descriptors (64), u64 offset of the device state sections,
+ *        u32 number of device state streams, zeroes
  *   64   one descriptor per block, 8-byte aligned each: u64 size,
  *        u64 bitmap offset, u64 pages offset, u32 page size, u16 id length,
  *        u16 zero, the id (no NUL), zeroes to the next multiple of 8
  *   ...  per block its bitmap (bit i of byte i / 8, least significant
  *        first: page i is stored), 4 KiB aligned, and its page region,
  *        1 MiB aligned, page i at pages offset + i * page size
+ *   ...  from the device state offset to the end of the state, the device
+ *        state streams (vmstate-devices.c), one section each
+ *
+ * Version 1 (strata before device state) is the same without the device
+ * state fields (zeroes there): it still loads, as a state without
+ * streams.  Always written: version 2.
  *
  * The header is written last, so a state cut short by a failure never
  * looks complete; the snapshot that records the state's size is taken
@@ -26,10 +33,12 @@
 #include "strata/iov.h"
 #include "strata/ram-block.h"
 #include "strata/vmstate-ram.h"
+#include "vmstate-devices.h"
 #include "vmstate-ram-int.h"
 
 #define VMSTATE_RAM_MAGIC "STRATAVM"
-#define VMSTATE_RAM_VERSION 1
+#define VMSTATE_RAM_VERSION 2
+#define VMSTATE_RAM_VERSION_RAM_ONLY 1
 #define HEADER_SIZE 64
 #define DESC_FIXED 32
 #define BITMAP_ALIGN 4096
@@ -118,7 +127,8 @@ bool vmstate_ram_parse_header(const uint8_t *buf, size_t len,
                    "'" VMSTATE_RAM_MAGIC "' header)");
         return false;
     }
-    if (get_be32(buf + 8) != VMSTATE_RAM_VERSION) {
+    if (get_be32(buf + 8) != VMSTATE_RAM_VERSION &&
+        get_be32(buf + 8) != VMSTATE_RAM_VERSION_RAM_ONLY) {
         error_setg(errp, "Unsupported VM state version %" PRIu32,
                    get_be32(buf + 8));
         return false;
@@ -163,6 +173,13 @@ VmstateRamLayout *vmstate_ram_parse(const uint8_t *buf, size_t len,
     }
     VmstateRamLayout *l = g_new0(VmstateRamLayout, 1);
     l->size = get_be64(buf + 16);
+    l->version = get_be32(buf + 8);
+    if (l->version == VMSTATE_RAM_VERSION_RAM_ONLY) {
+        l->dev_offset = l->size;
+    } else {
+        l->dev_offset = get_be64(buf + 32);
+        l->ndev = get_be32(buf + 40);
+    }
     l->blocks = g_new0(VmstateRamBlockDesc, n);
     size_t off = HEADER_SIZE;
     /* Where the descriptors end: nothing else may start before. */
@@ -209,6 +226,22 @@ VmstateRamLayout *vmstate_ram_parse(const uint8_t *buf, size_t len,
                 goto damaged;           /* one id twice */
             }
         }
+    }
+    /* The device state comes after everything of the RAM part. */
+    uint64_t ram_end = off;
+    for (uint32_t i = 0; i < n; i++) {
+        VmstateRamBlockDesc *d = &l->blocks[i];
+        ram_end = MAX(ram_end, d->pages_offset + d->size);
+        ram_end = MAX(ram_end, d->bitmap_offset +
+                               bitmap_bytes(d->size / d->page_size));
+    }
+    if (l->dev_offset < ram_end || l->dev_offset > l->size ||
+        (l->ndev == 0 && l->dev_offset != l->size)) {
+        error_setg(errp, "The VM state's header is damaged (device state at "
+                   "%" PRIu64 ", the RAM part ends at %" PRIu64 ", the state "
+                   "at %" PRIu64 ")", l->dev_offset, ram_end, l->size);
+        vmstate_ram_layout_free(l);
+        return NULL;
     }
     return l;
 
@@ -322,7 +355,8 @@ static int coroutine_fn read_buf(BlockNode *bs, void *buf, size_t len,
 
 /* ---- Save ---- */
 
-int64_t coroutine_fn vmstate_ram_save(BlockNode *bs, GError **errp)
+int64_t coroutine_fn vmstate_ram_save(BlockNode *bs, DsSet *devs,
+                                      atomic_bool *cancel, GError **errp)
 {
     unsigned n = ram_block_count();
     RamBlock **rbs = g_new0(RamBlock *, n ? n : 1);
@@ -372,6 +406,18 @@ int64_t coroutine_fn vmstate_ram_save(BlockNode *bs, GError **errp)
         ret = write_buf(bs, maps[i],
                         bitmap_bytes(ram_block_pages(rbs[i])), bitmap_off[i]);
     }
+    bool said = false;
+    uint64_t dev_offset = size;
+    if (ret == 0) {
+        /* after the RAM, as QEMU's savevm puts the devices after it */
+        int64_t end = vmstate_dev_save(bs, devs, dev_offset, cancel, errp);
+        if (end < 0) {
+            ret = end;
+            said = true;
+        } else {
+            size = (uint64_t)end;
+        }
+    }
     if (ret == 0) {
         uint8_t *head = g_malloc0(desc_len);
         memcpy(head, VMSTATE_RAM_MAGIC, 8);
@@ -379,6 +425,8 @@ int64_t coroutine_fn vmstate_ram_save(BlockNode *bs, GError **errp)
         put_be32(head + 12, n);
         put_be64(head + 16, size);
         put_be64(head + 24, HEADER_SIZE);
+        put_be64(head + 32, dev_offset);
+        put_be32(head + 40, devs ? ds_set_count(devs) : 0);
         size_t p = HEADER_SIZE;
         for (i = 0; i < n; i++) {
             size_t id_len = strlen(rbs[i]->id);
@@ -393,10 +441,10 @@ int64_t coroutine_fn vmstate_ram_save(BlockNode *bs, GError **errp)
         ret = write_buf(bs, head, desc_len, 0);
         g_free(head);
     }
-    if (ret < 0) {
+    if (ret < 0 && !said) {
         error_setg(errp, "Failed to save the VM state: %s",
                    g_strerror((int)-ret));
-    } else {
+    } else if (ret == 0) {
         ret = (int64_t)size;
     }
 
@@ -426,13 +474,21 @@ static void zero_unstored(RamBlock *rb, const uint8_t *map)
     }
 }
 
-int coroutine_fn vmstate_ram_load(BlockNode *bs, int64_t size, GError **errp)
+static int area_read(void *opaque, void *buf, size_t len, uint64_t pos)
+{
+    return read_buf(opaque, buf, len, pos);
+}
+
+int coroutine_fn vmstate_ram_load(BlockNode *bs, int64_t size, DsSet *devs,
+                                  atomic_bool *cancel, bool *about_devices,
+                                  GError **errp)
 {
     uint8_t head[HEADER_SIZE];
     uint32_t n;
     uint64_t desc_end;
     int ret;
 
+    *about_devices = false;
     ret = read_buf(bs, head, sizeof(head), 0);
     if (ret < 0) {
         error_setg(errp, "Failed to read the VM state: %s", g_strerror(-ret));
@@ -488,6 +544,16 @@ int coroutine_fn vmstate_ram_load(BlockNode *bs, int64_t size, GError **errp)
             ret = -EINVAL;
         }
     }
+    /* Every device state whole and with a back end, as well. */
+    GPtrArray *descs = NULL;
+    if (ret == 0) {
+        descs = vmstate_dev_parse(area_read, bs, l->dev_offset, l->size,
+                                  l->ndev, errp);
+        if (!descs || !vmstate_dev_match(descs, devs, errp)) {
+            *about_devices = true;
+            ret = -EINVAL;
+        }
+    }
     for (unsigned i = 0; i < l->nblocks && ret == 0; i++) {
         size_t blen = bitmap_bytes(ram_block_pages(rbs[i]));
         maps[i] = g_malloc(blen);
@@ -507,6 +573,14 @@ int coroutine_fn vmstate_ram_load(BlockNode *bs, int64_t size, GError **errp)
             error_setg(errp, "Failed to read the VM state: %s",
                        g_strerror(-ret));
         }
+    }
+    /* The devices after the RAM, as QEMU loads them. */
+    if (ret == 0 && descs->len) {
+        ret = vmstate_dev_load(bs, descs, devs, cancel, errp);
+        *about_devices = ret < 0;
+    }
+    if (descs) {
+        g_ptr_array_free(descs, true);
     }
 
     for (unsigned i = 0; i < l->nblocks; i++) {

@@ -2,8 +2,10 @@
  * snapshot-save, snapshot-load and snapshot-delete: QEMU 7.2's machine
  * snapshot jobs.  Every node in `devices` gets (reverts to, loses) an
  * internal snapshot named `tag`; the VM state, the guest RAM that
- * strata-daemon holds (migration/vmstate-ram.c), lives in the VM state
- * area of the node `vmstate`.
+ * strata-daemon holds (migration/vmstate-ram.c) and then the state of
+ * every device back end the VM monitor registered (x-strata-device-state-
+ * add, as `migrate` takes them all; `devices` keeps QEMU's meaning: block
+ * nodes), lives in the VM state area of the node `vmstate`.
  *
  * QEMU's checks, their order and messages, including its quirks: a
  * read-only device "is writable but does not support snapshots"; save
@@ -19,12 +21,14 @@
  * concludes after it: run() yields once when it is done.
  */
 #include <errno.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "strata/block-ops.h"
 #include "strata/block.h"
 #include "strata/coroutine.h"
+#include "strata/device-state.h"
 #include "strata/error.h"
 #include "strata/job.h"
 #include "strata/loop.h"
@@ -40,6 +44,9 @@ typedef struct SnapshotJob {
     char *tag;
     char *vmstate;                  /* NULL for delete */
     GPtrArray *devices;             /* char *, as given (repeats kept) */
+    DsSet *streams;                 /* device state, taken from the registry */
+    bool streams_taken;             /* ds_registry_end owed */
+    atomic_bool cancel;             /* job-cancel: stop waiting for them */
 } SnapshotJob;
 
 /* ---- QEMU's bdrv_all_* over the device list ---- */
@@ -141,6 +148,19 @@ static void drain_all_nodes(GPtrArray *nodes, bool begin)
     }
 }
 
+/*
+ * Every registered device state stream for this job (a save reads them, a
+ * load writes them), checked before the disks are touched.
+ */
+static bool take_streams(SnapshotJob *s, bool incoming, GError **errp)
+{
+    if (!ds_registry_begin(incoming, &s->streams, errp)) {
+        return false;
+    }
+    s->streams_taken = true;
+    return true;
+}
+
 /* The daemon's "VM clock": nanoseconds since the program started. */
 static int64_t started_us;
 
@@ -170,9 +190,12 @@ static int coroutine_fn do_save(SnapshotJob *s, GPtrArray *nodes,
     if (!vm_bs) {
         return -ENOENT;
     }
+    if (!take_streams(s, false, errp)) {
+        return -EINVAL;
+    }
 
     drain_all_nodes(nodes, true);
-    vm_size = vmstate_ram_save(vm_bs, errp);
+    vm_size = vmstate_ram_save(vm_bs, s->streams, &s->cancel, errp);
     ret = vm_size < 0 ? (int)vm_size : 0;
 
     /* Taken one by one; a failure removes what this job took. */
@@ -204,6 +227,14 @@ static int coroutine_fn do_save(SnapshotJob *s, GPtrArray *nodes,
             node_snapshot_delete(nodes->pdata[i],
                                  sn->id_str[0] ? sn->id_str : NULL,
                                  sn->name, NULL);
+        }
+        /* their states were read, but no snapshot keeps them */
+        for (unsigned i = 0; s->streams && i < ds_set_count(s->streams);
+             i++) {
+            DsStream *st = ds_set_get(s->streams, i);
+            if (atomic_load(&st->outcome) == DS_DONE) {
+                atomic_store(&st->outcome, DS_FAILED);
+            }
         }
     }
     g_array_free(taken, true);
@@ -242,6 +273,9 @@ static int coroutine_fn do_load(SnapshotJob *s, GPtrArray *nodes,
                    "offline using qemu-img");
         return -EINVAL;
     }
+    if (!take_streams(s, true, errp)) {
+        return -EINVAL;
+    }
 
     drain_all_nodes(nodes, true);
     for (guint i = 0; i < nodes->len; i++) {
@@ -255,12 +289,21 @@ static int coroutine_fn do_load(SnapshotJob *s, GPtrArray *nodes,
         }
     }
     if (ret == 0) {
-        ret = vmstate_ram_load(vm_bs, (int64_t)sn.vm_state_size, &local);
+        bool about_devices;
+        ret = vmstate_ram_load(vm_bs, (int64_t)sn.vm_state_size, s->streams,
+                               &s->cancel, &about_devices, &local);
         if (ret < 0) {
             /* QEMU prints the cause and gives the job this message. */
             error_print("%s", local->message);
+            if (about_devices) {
+                /* no QEMU message for these: the job says what happened */
+                error_setg(errp, "Error %d while loading VM state: %s (the "
+                           "disks are at snapshot '%s')", ret,
+                           local->message, s->tag);
+            } else {
+                error_setg(errp, "Error %d while loading VM state", ret);
+            }
             g_clear_error(&local);
-            error_setg(errp, "Error %d while loading VM state", ret);
         }
     }
     drain_all_nodes(nodes, false);
@@ -329,6 +372,12 @@ static int coroutine_fn snapshot_run(Job *job, GError **errp)
     if (nodes) {
         g_ptr_array_free(nodes, true);
     }
+    if (s->streams_taken) {
+        /* spent streams closed, the others registered again */
+        ds_registry_end();
+        s->streams = NULL;
+        s->streams_taken = false;
+    }
     job_progress_update(job, 1);
     /* The reply goes out before the job concludes (see above). */
     LastYield y = { co_self(), false };
@@ -344,6 +393,16 @@ static int coroutine_fn snapshot_run(Job *job, GError **errp)
     return ret;
 }
 
+/* Forced: a save or load waiting for a back end stops (and fails). */
+static bool snapshot_cancel(Job *job, bool force)
+{
+    SnapshotJob *s = (SnapshotJob *)job;
+
+    (void)force;
+    atomic_store(&s->cancel, true);
+    return true;
+}
+
 static void snapshot_free(Job *job)
 {
     SnapshotJob *s = (SnapshotJob *)job;
@@ -356,6 +415,7 @@ static const JobDriver save_driver = {
     .instance_size = sizeof(SnapshotJob),
     .job_type = JOB_TYPE_SNAPSHOT_SAVE,
     .run = snapshot_run,
+    .cancel = snapshot_cancel,
     .free = snapshot_free,
 };
 
@@ -363,6 +423,7 @@ static const JobDriver load_driver = {
     .instance_size = sizeof(SnapshotJob),
     .job_type = JOB_TYPE_SNAPSHOT_LOAD,
     .run = snapshot_run,
+    .cancel = snapshot_cancel,
     .free = snapshot_free,
 };
 
@@ -370,6 +431,7 @@ static const JobDriver delete_driver = {
     .instance_size = sizeof(SnapshotJob),
     .job_type = JOB_TYPE_SNAPSHOT_DELETE,
     .run = snapshot_run,
+    .cancel = snapshot_cancel,
     .free = snapshot_free,
 };
 

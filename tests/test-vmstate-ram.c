@@ -111,6 +111,8 @@ typedef struct Call {
     BlockNode *bs;
     bool save;
     int64_t size;
+    DsSet *devs;                    /* device state streams, or NULL */
+    bool about_devices;
     int64_t ret;
     GError *err;
 } Call;
@@ -118,8 +120,9 @@ typedef struct Call {
 static void coroutine_fn call_co(void *opaque)
 {
     Call *c = opaque;
-    c->ret = c->save ? vmstate_ram_save(c->bs, &c->err)
-                     : vmstate_ram_load(c->bs, c->size, &c->err);
+    c->ret = c->save ? vmstate_ram_save(c->bs, c->devs, NULL, &c->err)
+                     : vmstate_ram_load(c->bs, c->size, c->devs, NULL,
+                                        &c->about_devices, &c->err);
 }
 
 static int64_t save(BlockNode *bs, GError **errp)

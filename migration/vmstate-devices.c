@@ -1,0 +1,580 @@
+/*
+ * Device state streams inside a VM state area (vmstate-devices.h).
+ *
+ * After the RAM part of the state (vmstate-ram.c), one section per stream
+ * of the registry (x-strata-device-state-add), in registration order,
+ * back to back, big-endian:
+ *
+ *   u32 magic "SDEV", u16 id length, u8 flags (1: iterative), u8 0, the id
+ *   chunks: u32 length (1 .. 1 MiB), that many state bytes
+ *   u32 0
+ *   u32 CRC-32 (zlib's) of the section from its magic to the 0 included
+ *
+ * An iterative stream's bytes are the back end's own records and round
+ * ends exactly as it wrote them (docs/migration.md "Device state"): a load
+ * hands them back unchanged; the chunks do not follow the records.
+ *
+ * Copies between a back end's descriptor and the area go through one
+ * 1 MiB buffer: the back end's side in a pool thread (it may block; it
+ * polls so that job-cancel stops it), the area's in the job's coroutine.
+ * A load checks every section (and its CRC) before guest memory or any
+ * back end is touched, then reads the states a second time to hand them
+ * back: no state is ever held whole.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <string.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include "strata/id.h"
+#include "strata/iov.h"
+#include "strata/loop.h"
+#include "vmstate-devices.h"
+
+#define POLL_MS 100
+/* a parse reads the states in pieces of this size for the CRCs */
+#define CHECK_BUF (256u << 10)
+
+static inline void put_be16(uint8_t *p, uint16_t v)
+{
+    p[0] = v >> 8;
+    p[1] = v;
+}
+
+static inline void put_be32(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++) {
+        p[i] = v >> (24 - 8 * i);
+    }
+}
+
+static inline uint16_t get_be16(const uint8_t *p)
+{
+    return (uint16_t)(p[0] << 8 | p[1]);
+}
+
+static inline uint32_t get_be32(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 |
+           (uint32_t)p[2] << 8 | p[3];
+}
+
+static uint32_t crc_add(uint32_t crc, const void *buf, size_t n)
+{
+    return (uint32_t)crc32(crc, buf, (uInt)n);
+}
+
+/* ---- an iterative stream's records ---- */
+
+void vmstate_records_feed(VmstateRecords *w, const uint8_t *p, size_t n)
+{
+    while (n) {
+        if (w->left) {
+            size_t k = MIN(n, (size_t)w->left);
+            w->left -= (uint32_t)k;
+            p += k;
+            n -= k;
+            continue;
+        }
+        w->hdr[w->got++] = *p++;
+        n--;
+        if (w->got == 4) {
+            w->got = 0;
+            w->left = get_be32(w->hdr);
+            if (w->left) {
+                w->in_round = true;
+            } else {
+                /* a 0 right after another is an empty round: allowed */
+                w->in_round = false;
+                w->rounds++;
+            }
+        }
+    }
+}
+
+bool vmstate_records_at_boundary(const VmstateRecords *w)
+{
+    return w->got == 0 && w->left == 0 && !w->in_round;
+}
+
+/* ---- parsing ---- */
+
+static void desc_free(gpointer p)
+{
+    VmstateDevDesc *d = p;
+    g_free(d->id);
+    g_free(d);
+}
+
+/* Reads n bytes at *pos (which must stay below end), advancing it. */
+static bool take(VmstateReadFn *rd, void *opaque, uint64_t *pos,
+                 uint64_t end, void *buf, size_t n, const char *what,
+                 GError **errp)
+{
+    if (*pos > end || n > end - *pos) {
+        error_setg(errp, "The VM state ends inside %s (truncated?)", what);
+        return false;
+    }
+    int ret = rd(opaque, buf, n, *pos);
+    if (ret < 0) {
+        error_setg(errp, "Failed to read the VM state: %s",
+                   g_strerror(-ret));
+        return false;
+    }
+    *pos += n;
+    return true;
+}
+
+GPtrArray *vmstate_dev_parse(VmstateReadFn *rd, void *opaque, uint64_t off,
+                             uint64_t end, uint32_t count, GError **errp)
+{
+    GPtrArray *out = g_ptr_array_new_with_free_func(desc_free);
+    uint8_t *buf = NULL;
+    uint64_t pos = off;
+
+    if (off > end || count > (end - off) / VMSTATE_DEV_MIN) {
+        error_setg(errp, "The VM state's device state is damaged (%" PRIu32
+                   " streams in %" PRIu64 " bytes)", count,
+                   off > end ? 0 : end - off);
+        goto fail;
+    }
+    for (uint32_t i = 0; i < count; i++) {
+        uint8_t fixed[VMSTATE_DEV_FIXED], id[256], b4[4];
+        char what[300];
+
+        snprintf(what, sizeof(what), "device state section %" PRIu32, i + 1);
+        if (!take(rd, opaque, &pos, end, fixed, sizeof(fixed), what, errp)) {
+            goto fail;
+        }
+        uint16_t id_len = get_be16(fixed + 4);
+        if (get_be32(fixed) != VMSTATE_DEV_MAGIC || id_len == 0 ||
+            id_len > DS_ID_MAX || (fixed[6] & ~VMSTATE_DEV_ITERATIVE) ||
+            fixed[7]) {
+            error_setg(errp, "The VM state's device state section %" PRIu32
+                       " is damaged (its header)", i + 1);
+            goto fail;
+        }
+        if (!take(rd, opaque, &pos, end, id, id_len, what, errp)) {
+            goto fail;
+        }
+        id[id_len] = 0;
+        if (strlen((char *)id) != id_len || !id_wellformed((char *)id)) {
+            error_setg(errp, "The VM state's device state section %" PRIu32
+                       " is damaged (its id)", i + 1);
+            goto fail;
+        }
+        for (guint k = 0; k < out->len; k++) {
+            if (!strcmp(((VmstateDevDesc *)out->pdata[k])->id, (char *)id)) {
+                error_setg(errp, "The VM state has device state '%s' twice",
+                           (char *)id);
+                goto fail;
+            }
+        }
+        VmstateDevDesc *d = g_new0(VmstateDevDesc, 1);
+        d->id = g_strdup((char *)id);
+        d->iterative = fixed[6] & VMSTATE_DEV_ITERATIVE;
+        d->data = pos;
+        g_ptr_array_add(out, d);
+        snprintf(what, sizeof(what), "device state '%s'", d->id);
+
+        uint32_t crc = crc_add(crc_add(0, fixed, sizeof(fixed)), id, id_len);
+        VmstateRecords rec = { 0 };
+        for (;;) {
+            if (!take(rd, opaque, &pos, end, b4, 4, what, errp)) {
+                goto fail;
+            }
+            crc = crc_add(crc, b4, 4);
+            uint32_t len = get_be32(b4);
+            if (len == 0) {
+                break;
+            }
+            if (len > VMSTATE_DEV_CHUNK) {
+                error_setg(errp, "The VM state's device state '%s' is damaged "
+                           "(a chunk of %" PRIu32 " bytes)", d->id, len);
+                goto fail;
+            }
+            if (pos > end || len > end - pos) {
+                error_setg(errp, "The VM state ends inside device state '%s' "
+                           "(truncated?)", d->id);
+                goto fail;
+            }
+            if (!buf) {
+                buf = g_malloc(CHECK_BUF);
+            }
+            for (uint32_t done = 0; done < len;) {
+                size_t n = MIN(len - done, CHECK_BUF);
+                if (!take(rd, opaque, &pos, end, buf, n, what, errp)) {
+                    goto fail;
+                }
+                crc = crc_add(crc, buf, n);
+                if (d->iterative) {
+                    vmstate_records_feed(&rec, buf, n);
+                }
+                done += (uint32_t)n;
+            }
+            d->bytes += len;
+        }
+        if (!take(rd, opaque, &pos, end, b4, 4, what, errp)) {
+            goto fail;
+        }
+        if (get_be32(b4) != crc) {
+            error_setg(errp, "The VM state's device state '%s' is damaged: "
+                       "its CRC-32 is 0x%08" PRIx32 ", the state says 0x%08"
+                       PRIx32, d->id, crc, get_be32(b4));
+            goto fail;
+        }
+        if (d->iterative && !vmstate_records_at_boundary(&rec)) {
+            error_setg(errp, "The VM state's device state '%s' is damaged: "
+                       "it ends inside a round", d->id);
+            goto fail;
+        }
+        d->rounds = rec.rounds;
+    }
+    if (pos != end) {
+        error_setg(errp, "The VM state is damaged: %" PRIu64 " bytes after "
+                   "its device state", end - pos);
+        goto fail;
+    }
+    g_free(buf);
+    return out;
+
+fail:
+    g_free(buf);
+    g_ptr_array_free(out, true);
+    return NULL;
+}
+
+/* ---- a back end's descriptor, from a pool thread ---- */
+
+typedef struct FdCopy {
+    int fd;
+    uint8_t *buf;
+    size_t len;                 /* read: room; write: bytes */
+    size_t done;
+    bool write;
+    atomic_bool *cancel;
+} FdCopy;
+
+/*
+ * A read fills the buffer or stops at EOF (done < len); a write writes
+ * all.  Polls so that a cancel is seen while the back end is silent.
+ */
+static int fd_copy_run(void *opaque)
+{
+    FdCopy *c = opaque;
+
+    while (c->done < c->len) {
+        if (c->cancel && atomic_load(c->cancel)) {
+            return -ECANCELED;
+        }
+        struct pollfd p = { .fd = c->fd,
+                            .events = c->write ? POLLOUT : POLLIN };
+        int r = poll(&p, 1, POLL_MS);
+        if (r < 0 && errno != EINTR) {
+            return -errno;
+        }
+        if (r <= 0) {
+            continue;
+        }
+        ssize_t k = c->write
+            ? write(c->fd, c->buf + c->done, c->len - c->done)
+            : read(c->fd, c->buf + c->done, c->len - c->done);
+        if (k < 0 && (errno == EINTR || errno == EAGAIN)) {
+            continue;
+        }
+        if (k < 0) {
+            return -errno;
+        }
+        if (k == 0) {
+            return c->write ? -EIO : 0;
+        }
+        c->done += (size_t)k;
+    }
+    return 0;
+}
+
+static int coroutine_fn fd_copy(FdCopy *c)
+{
+    return thread_pool_co_run(fd_copy_run, c);
+}
+
+static int coroutine_fn area_io(BlockNode *bs, bool write, void *buf,
+                                size_t len, uint64_t pos)
+{
+    IOVec v;
+    iovec_init_buf(&v, buf, len);
+    int ret = write ? node_co_save_vmstate(bs, &v, (int64_t)pos)
+                    : node_co_load_vmstate(bs, &v, (int64_t)pos);
+    iovec_destroy(&v);
+    return ret;
+}
+
+/* ---- save ---- */
+
+/* One stream from *pos on; *pos is where it ended. */
+static bool coroutine_fn save_one(BlockNode *bs, DsStream *st,
+                                  uint64_t *pos, uint8_t *buf,
+                                  atomic_bool *cancel, GError **errp)
+{
+    size_t id_len = strlen(st->id);
+    uint8_t head[VMSTATE_DEV_FIXED + 256];
+    VmstateRecords rec = { 0 };
+    int ret;
+
+    atomic_store(&st->outcome, DS_FAILED);
+    /* a larger pipe means fewer wake-ups; the kernel may refuse */
+    fcntl(st->fd, F_SETPIPE_SZ, 1 << 20);
+    put_be32(head, VMSTATE_DEV_MAGIC);
+    put_be16(head + 4, (uint16_t)id_len);
+    head[6] = st->iterative ? VMSTATE_DEV_ITERATIVE : 0;
+    head[7] = 0;
+    memcpy(head + VMSTATE_DEV_FIXED, st->id, id_len);
+    uint32_t crc = crc_add(0, head, VMSTATE_DEV_FIXED + id_len);
+    ret = area_io(bs, true, head, VMSTATE_DEV_FIXED + id_len, *pos);
+    if (ret < 0) {
+        goto write_failed;
+    }
+    *pos += VMSTATE_DEV_FIXED + id_len;
+
+    for (;;) {
+        FdCopy c = { .fd = st->fd, .buf = buf + 4, .len = VMSTATE_DEV_CHUNK,
+                     .cancel = cancel };
+        ret = fd_copy(&c);
+        if (ret == -ECANCELED) {
+            error_setg(errp, "Device state '%s': the save was cancelled",
+                       st->id);
+            return false;
+        }
+        if (ret < 0) {
+            error_setg(errp, "Could not read device state '%s': %s", st->id,
+                       g_strerror(-ret));
+            return false;
+        }
+        if (st->iterative) {
+            vmstate_records_feed(&rec, buf + 4, c.done);
+        }
+        if (c.done == 0) {
+            break;
+        }
+        put_be32(buf, (uint32_t)c.done);
+        crc = crc_add(crc, buf, 4 + c.done);
+        ret = area_io(bs, true, buf, 4 + c.done, *pos);
+        if (ret < 0) {
+            goto write_failed;
+        }
+        *pos += 4 + c.done;
+        atomic_fetch_add(&st->bytes, (uint64_t)c.done);
+        if (st->iterative) {
+            atomic_store(&st->rounds, (unsigned)rec.rounds);
+        }
+        if (c.done < c.len) {
+            break;                      /* EOF after these bytes */
+        }
+    }
+    if (st->iterative && !vmstate_records_at_boundary(&rec)) {
+        error_setg(errp, "Device state '%s': the back end closed its stream "
+                   "inside a round", st->id);
+        return false;
+    }
+    uint8_t tail[8];
+    put_be32(tail, 0);
+    crc = crc_add(crc, tail, 4);
+    put_be32(tail + 4, crc);
+    ret = area_io(bs, true, tail, sizeof(tail), *pos);
+    if (ret < 0) {
+        goto write_failed;
+    }
+    *pos += sizeof(tail);
+    atomic_store(&st->outcome, DS_DONE);
+    return true;
+
+write_failed:
+    error_setg(errp, "Failed to save device state '%s' into the VM state: %s",
+               st->id, g_strerror(-ret));
+    return false;
+}
+
+int64_t coroutine_fn vmstate_dev_save(BlockNode *bs, DsSet *set,
+                                      uint64_t pos, atomic_bool *cancel,
+                                      GError **errp)
+{
+    unsigned n = set ? ds_set_count(set) : 0;
+    uint8_t *buf;
+
+    if (n == 0) {
+        return (int64_t)pos;
+    }
+    buf = g_malloc(4 + VMSTATE_DEV_CHUNK);
+    for (unsigned i = 0; i < n; i++) {
+        if (!save_one(bs, ds_set_get(set, i), &pos, buf, cancel, errp)) {
+            g_free(buf);
+            return -EIO;
+        }
+    }
+    g_free(buf);
+    return (int64_t)pos;
+}
+
+/* ---- load ---- */
+
+static DsStream *find_stream(DsSet *set, const char *id)
+{
+    for (unsigned k = 0; set && k < ds_set_count(set); k++) {
+        if (!strcmp(ds_set_get(set, k)->id, id)) {
+            return ds_set_get(set, k);
+        }
+    }
+    return NULL;
+}
+
+bool vmstate_dev_match(GPtrArray *descs, DsSet *set, GError **errp)
+{
+    g_autoptr(GString) missing = g_string_new(NULL);
+    unsigned nmissing = 0;
+
+    for (guint i = 0; i < descs->len; i++) {
+        VmstateDevDesc *d = descs->pdata[i];
+        if (!find_stream(set, d->id)) {
+            g_string_append_printf(missing, "%s'%s'", nmissing ? ", " : "",
+                                   d->id);
+            nmissing++;
+        }
+    }
+    if (nmissing) {
+        error_setg(errp, "The VM state holds device state %s, and no back "
+                   "end is registered for %s (x-strata-device-state-add); "
+                   "guest RAM and every back end untouched", missing->str,
+                   nmissing > 1 ? "them" : "it");
+        return false;
+    }
+    for (unsigned k = 0; set && k < ds_set_count(set); k++) {
+        DsStream *st = ds_set_get(set, k);
+        bool in_state = false;
+        for (guint i = 0; i < descs->len && !in_state; i++) {
+            in_state = !strcmp(((VmstateDevDesc *)descs->pdata[i])->id,
+                               st->id);
+        }
+        if (!in_state) {
+            atomic_store(&st->outcome, DS_NOT_IN_FILE);
+        }
+    }
+    return true;
+}
+
+/* What became of the streams when stream @failed broke off. */
+static char *load_report(GPtrArray *descs, guint failed, bool partly)
+{
+    GString *s = g_string_new("the guest RAM is the VM state's");
+
+    if (failed > 0) {
+        g_string_append(s, "; handed back: ");
+        for (guint i = 0; i < failed; i++) {
+            g_string_append_printf(s, "%s'%s'", i ? ", " : "",
+                                   ((VmstateDevDesc *)descs->pdata[i])->id);
+        }
+    }
+    g_string_append_printf(s, "; '%s' %s", ((VmstateDevDesc *)
+                           descs->pdata[failed])->id,
+                           partly ? "only in part (its descriptor closed)"
+                                  : "not at all (its descriptor closed)");
+    if (failed + 1 < descs->len) {
+        g_string_append(s, "; not handed back (still registered): ");
+        for (guint i = failed + 1; i < descs->len; i++) {
+            g_string_append_printf(s, "%s'%s'", i > failed + 1 ? ", " : "",
+                                   ((VmstateDevDesc *)descs->pdata[i])->id);
+        }
+    }
+    return g_string_free(s, false);
+}
+
+/* 0 or -errno with errp set. */
+static int coroutine_fn load_one(BlockNode *bs, VmstateDevDesc *d,
+                                  DsStream *st, uint8_t *buf,
+                                  atomic_bool *cancel, bool *partly,
+                                  GError **errp)
+{
+    uint64_t pos = d->data;
+    int ret;
+
+    atomic_store(&st->outcome, DS_FAILED);
+    *partly = false;
+    for (;;) {
+        uint8_t b4[4];
+        ret = area_io(bs, false, b4, 4, pos);
+        if (ret < 0) {
+            goto read_failed;
+        }
+        uint32_t len = get_be32(b4);
+        pos += 4;
+        if (len == 0) {
+            break;
+        }
+        if (len > VMSTATE_DEV_CHUNK) {
+            /* checked by the parse: the area changed since */
+            error_setg(errp, "The VM state's device state '%s' changed "
+                       "while it was loaded", d->id);
+            return -EIO;
+        }
+        ret = area_io(bs, false, buf, len, pos);
+        if (ret < 0) {
+            goto read_failed;
+        }
+        pos += len;
+        FdCopy c = { .fd = st->fd, .buf = buf, .len = len, .write = true,
+                     .cancel = cancel };
+        ret = fd_copy(&c);
+        *partly |= c.done > 0;
+        atomic_fetch_add(&st->bytes, (uint64_t)c.done);
+        if (ret == -ECANCELED) {
+            error_setg(errp, "Device state '%s': the load was cancelled",
+                       d->id);
+            return ret;
+        }
+        if (ret < 0) {
+            error_setg(errp, "Could not hand device state '%s' back to its "
+                       "back end: %s", d->id, g_strerror(-ret));
+            return ret;
+        }
+    }
+    atomic_store(&st->rounds, (unsigned)d->rounds);
+    close(st->fd);
+    st->fd = -1;
+    atomic_store(&st->outcome, DS_DONE);
+    return 0;
+
+read_failed:
+    error_setg(errp, "Failed to read device state '%s' from the VM state: %s",
+               d->id, g_strerror(-ret));
+    return ret;
+}
+
+int coroutine_fn vmstate_dev_load(BlockNode *bs, GPtrArray *descs,
+                                  DsSet *set, atomic_bool *cancel,
+                                  GError **errp)
+{
+    uint8_t *buf = descs->len ? g_malloc(VMSTATE_DEV_CHUNK) : NULL;
+
+    for (guint i = 0; i < descs->len; i++) {
+        VmstateDevDesc *d = descs->pdata[i];
+        DsStream *st = find_stream(set, d->id);
+        GError *local = NULL;
+        bool partly;
+
+        int ret = load_one(bs, d, st, buf, cancel, &partly, &local);
+        if (ret < 0) {
+            /* a back end left with half a state must not wait for more */
+            close(st->fd);
+            st->fd = -1;
+            g_autofree char *report = load_report(descs, i, partly);
+            error_setg(errp, "%s; %s", local->message, report);
+            g_error_free(local);
+            g_free(buf);
+            return ret;
+        }
+    }
+    g_free(buf);
+    return 0;
+}
