@@ -6,13 +6,16 @@
  * with a message.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <unistd.h>
 #include <cmocka.h>
 #include <glib.h>
@@ -20,10 +23,12 @@
 #include "strata/backend.h"
 #include "strata/block-ops.h"
 #include "strata/coroutine.h"
+#include "strata/device-state.h"
 #include "strata/iov.h"
 #include "strata/ram-block.h"
 #include "strata/units.h"
 #include "strata/vmstate-ram.h"
+#include "../migration/vmstate-devices.h"
 #include "../migration/vmstate-ram-int.h"
 #include "support.h"
 
@@ -341,6 +346,556 @@ static void test_parse_count_beyond_buffer(void **state)
     g_clear_error(&err);
 }
 
+/* ---- Device state streams after the RAM (vmstate-devices.c) ---- */
+
+static uint8_t gen(int seed, uint64_t i)
+{
+    return (uint8_t)(i * 131 + (uint64_t)seed * 7 + (i >> 12));
+}
+
+/* A back end handing its state over: size bytes (gen or raw), then EOF. */
+typedef struct Feeder {
+    int fd;
+    uint64_t size;
+    int seed;
+    const uint8_t *raw;
+    GThread *thread;
+} Feeder;
+
+static gpointer feed_run(gpointer p)
+{
+    Feeder *f = p;
+    uint8_t *buf = g_malloc(65536);
+    uint64_t done = 0;
+
+    while (done < f->size) {
+        size_t n = MIN(65536, f->size - done);
+        for (size_t k = 0; k < n; k++) {
+            buf[k] = f->raw ? f->raw[done + k] : gen(f->seed, done + k);
+        }
+        for (size_t w = 0; w < n;) {
+            ssize_t r = write(f->fd, buf + w, n - w);
+            if (r <= 0) {
+                goto out;
+            }
+            w += (size_t)r;
+        }
+        done += n;
+    }
+out:
+    close(f->fd);
+    g_free(buf);
+    return NULL;
+}
+
+static DsStream *add_feeder(DsSet *set, const char *id, Feeder *f,
+                            uint64_t size, int seed, const uint8_t *raw)
+{
+    int p[2];
+    assert_int_equal(pipe2(p, O_CLOEXEC), 0);
+    f->fd = p[1];
+    f->size = size;
+    f->seed = seed;
+    f->raw = raw;
+    f->thread = g_thread_new("feeder", feed_run, f);
+    return ds_set_add(set, id, p[0], raw != NULL);
+}
+
+/* A back end getting its state back: counts and compares until EOF (or
+ * closes after close_after bytes, as a back end that dies). */
+typedef struct Drain {
+    int fd;
+    int seed;
+    const uint8_t *raw;
+    uint64_t close_after;           /* 0: never */
+    uint64_t got;
+    bool same;
+    GThread *thread;
+} Drain;
+
+static gpointer drain_run(gpointer p)
+{
+    Drain *d = p;
+    uint8_t *buf = g_malloc(65536);
+
+    d->same = true;
+    for (;;) {
+        ssize_t r = read(d->fd, buf, 65536);
+        if (r <= 0) {
+            break;
+        }
+        for (ssize_t k = 0; k < r; k++) {
+            uint8_t want = d->raw ? d->raw[d->got + k]
+                                  : gen(d->seed, d->got + k);
+            d->same &= buf[k] == want;
+        }
+        d->got += (uint64_t)r;
+        if (d->close_after && d->got >= d->close_after) {
+            break;
+        }
+    }
+    close(d->fd);
+    g_free(buf);
+    return NULL;
+}
+
+static DsStream *add_drain(DsSet *set, const char *id, Drain *d, int seed,
+                           const uint8_t *raw)
+{
+    int p[2];
+    assert_int_equal(pipe2(p, O_CLOEXEC), 0);
+    d->fd = p[0];
+    d->seed = seed;
+    d->raw = raw;
+    d->thread = g_thread_new("drain", drain_run, d);
+    return ds_set_add(set, id, p[1], raw != NULL);
+}
+
+/* The borrowed descriptors a save or load left open, then the set. */
+static void set_free(DsSet *set)
+{
+    for (unsigned i = 0; i < ds_set_count(set); i++) {
+        DsStream *st = ds_set_get(set, i);
+        if (st->fd >= 0) {
+            close(st->fd);
+            st->fd = -1;
+        }
+    }
+    ds_set_free(set);
+}
+
+static int64_t save_devs(BlockNode *bs, DsSet *devs, GError **errp)
+{
+    Call c = { .bs = bs, .save = true, .devs = devs };
+    co_run_sync(call_co, &c);
+    if (c.err) {
+        g_propagate_error(errp, c.err);
+    }
+    return c.ret;
+}
+
+static int load_devs(BlockNode *bs, int64_t size, DsSet *devs,
+                     bool *about, GError **errp)
+{
+    Call c = { .bs = bs, .size = size, .devs = devs };
+    co_run_sync(call_co, &c);
+    *about = c.about_devices;
+    if (c.err) {
+        g_propagate_error(errp, c.err);
+    }
+    return (int)c.ret;
+}
+
+/* An iterative back end's bytes: three rounds (the last one empty). */
+static uint8_t *rounds_raw(size_t *len)
+{
+    static const uint32_t recs[] = { 5, 3000, 0, 1, 0, 0 };
+    GByteArray *b = g_byte_array_new();
+    for (size_t i = 0; i < G_N_ELEMENTS(recs); i++) {
+        uint32_t be = GUINT32_TO_BE(recs[i]);
+        g_byte_array_append(b, (const guint8 *)&be, 4);
+        for (uint32_t k = 0; k < recs[i]; k++) {
+            uint8_t v = (uint8_t)(i * 17 + k);
+            g_byte_array_append(b, &v, 1);
+        }
+    }
+    *len = b->len;
+    return g_byte_array_free(b, false);
+}
+
+typedef struct MemState {
+    uint8_t *buf;
+    size_t len;
+} MemState;
+
+static int mem_read(void *opaque, void *buf, size_t len, uint64_t pos)
+{
+    MemState *m = opaque;
+    if (pos > m->len || len > m->len - pos) {
+        return -EIO;
+    }
+    memcpy(buf, m->buf + pos, len);
+    return 0;
+}
+
+/* The state as the area holds it (size bytes). */
+static MemState read_state(BlockNode *bs, int64_t size)
+{
+    MemState m = { g_malloc((size_t)size), (size_t)size };
+    area_io(bs, 0, m.buf, m.len, false);
+    return m;
+}
+
+static uint64_t be64_at(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++) {
+        v = v << 8 | p[i];
+    }
+    return v;
+}
+
+#define BIG (3 * MiB + 5)
+
+/*
+ * Streams of 0 B, 1 B, 3 MiB + 5 (four chunks) and an iterative one
+ * after a RAM block: every byte back, in the streams' order; the parser
+ * finds them as they were saved.
+ */
+static void test_devices_roundtrip(void **state)
+{
+    Fixture *f = *state;
+    GError *err = NULL;
+    RamBlock *a = add_block("ram0", 64, 1);
+    size_t raw_len;
+    g_autofree uint8_t *raw = rounds_raw(&raw_len);
+    static const char *ids[] = { "empty", "one", "big", "fs0" };
+    const uint64_t sizes[] = { 0, 1, BIG, raw_len };
+    Feeder feed[4] = { 0 };
+    DsSet *set = ds_set_new();
+
+    for (int i = 0; i < 4; i++) {
+        add_feeder(set, ids[i], &feed[i], sizes[i], i + 5,
+                   i == 3 ? raw : NULL);
+    }
+    int64_t size = save_devs(f->bs, set, &err);
+    assert_null(err);
+    assert_true(size > (int64_t)(a->size + BIG + raw_len));
+    for (int i = 0; i < 4; i++) {
+        g_thread_join(feed[i].thread);
+        DsStream *st = ds_set_get(set, i);
+        assert_int_equal(atomic_load(&st->outcome), DS_DONE);
+        assert_int_equal(atomic_load(&st->bytes), sizes[i]);
+    }
+    assert_int_equal(atomic_load(&ds_set_get(set, 3)->rounds), 3);
+    set_free(set);
+
+    /* The parser on the state as stored. */
+    MemState m = read_state(f->bs, size);
+    VmstateRamLayout *l = vmstate_ram_parse(m.buf, 4096, size, &err);
+    assert_non_null(l);
+    assert_int_equal(l->version, 2);
+    assert_int_equal(l->ndev, 4);
+    GPtrArray *descs = vmstate_dev_parse(mem_read, &m, l->dev_offset,
+                                         l->size, l->ndev, &err);
+    assert_non_null(descs);
+    for (int i = 0; i < 4; i++) {
+        VmstateDevDesc *d = descs->pdata[i];
+        assert_string_equal(d->id, ids[i]);
+        assert_int_equal(d->bytes, sizes[i]);
+        assert_int_equal(d->iterative, i == 3);
+    }
+    assert_int_equal(((VmstateDevDesc *)descs->pdata[3])->rounds, 3);
+    g_ptr_array_free(descs, true);
+    vmstate_ram_layout_free(l);
+    g_free(m.buf);
+
+    /* Back, into RAM that changed and back ends that wait for it. */
+    memset(a->host, 0xaa, a->size);
+    Drain drain[4] = { 0 };
+    set = ds_set_new();
+    for (int i = 3; i >= 0; i--) {      /* registered in another order */
+        add_drain(set, ids[i], &drain[i], i + 5, i == 3 ? raw : NULL);
+    }
+    bool about;
+    assert_int_equal(load_devs(f->bs, size, set, &about, &err), 0);
+    assert_null(err);
+    check_ram(a, 1);
+    for (int i = 0; i < 4; i++) {
+        g_thread_join(drain[i].thread);
+        assert_int_equal(drain[i].got, sizes[i]);
+        assert_true(drain[i].same);
+        DsStream *st = ds_set_get(set, 3 - i);
+        assert_int_equal(atomic_load(&st->outcome), DS_DONE);
+        assert_int_equal(st->fd, -1);   /* closed: the back end saw EOF */
+    }
+    set_free(set);
+}
+
+/*
+ * A state the writer before device state (layout version 1) wrote: its
+ * head and bitmaps as that code wrote them for ram0 (4 pages, pattern 1)
+ * and ram1 (3 pages, pattern 2), dumped from it.  It loads; a registered
+ * stream is left alone (DS_NOT_IN_FILE).
+ */
+static const struct { uint16_t off; uint8_t v; } v1_head[] = {
+    { 0, 0x53 }, { 1, 0x54 }, { 2, 0x52 }, { 3, 0x41 }, { 4, 0x54 },
+    { 5, 0x41 }, { 6, 0x56 }, { 7, 0x4d }, { 11, 0x01 }, { 15, 0x02 },
+    { 21, 0x20 }, { 22, 0x30 }, { 31, 0x40 }, { 70, 0x40 }, { 78, 0x10 },
+    { 85, 0x10 }, { 90, 0x10 }, { 93, 0x04 }, { 96, 0x72 }, { 97, 0x61 },
+    { 98, 0x6d }, { 99, 0x30 }, { 110, 0x30 }, { 118, 0x20 },
+    { 125, 0x20 }, { 130, 0x10 }, { 133, 0x04 }, { 136, 0x72 },
+    { 137, 0x61 }, { 138, 0x6d }, { 139, 0x31 }, { 4096, 0x06 },
+    { 8192, 0x06 },
+};
+#define V1_SIZE 2109440
+
+static void test_old_layout(void **state)
+{
+    Fixture *f = *state;
+    GError *err = NULL;
+    RamBlock *r0 = add_block("ram0", 4, 1);
+    RamBlock *r1 = add_block("ram1", 3, 2);
+    uint8_t *head = g_malloc0(8193);
+
+    for (size_t i = 0; i < G_N_ELEMENTS(v1_head); i++) {
+        head[v1_head[i].off] = v1_head[i].v;
+    }
+    put(f->bs, 0, head, 8193);
+    g_free(head);
+    /* the stored pages (1 and 2 of each), where version 1 put them */
+    put(f->bs, (1 << 20) + PAGE, r0->host + PAGE, 2 * PAGE);
+    put(f->bs, (2 << 20) + PAGE, r1->host + PAGE, 2 * PAGE);
+    memset(r0->host, 0xaa, r0->size);
+    memset(r1->host, 0x55, r1->size);
+
+    Drain d = { 0 };
+    DsSet *set = ds_set_new();
+    DsStream *st = add_drain(set, "dev0", &d, 1, NULL);
+    bool about;
+    assert_int_equal(load_devs(f->bs, V1_SIZE, set, &about, &err), 0);
+    assert_null(err);
+    check_ram(r0, 1);
+    check_ram(r1, 2);
+    assert_int_equal(atomic_load(&st->outcome), DS_NOT_IN_FILE);
+    assert_true(st->fd >= 0);
+    set_free(set);                      /* the back end sees EOF now */
+    g_thread_join(d.thread);
+    assert_int_equal(d.got, 0);
+
+    /* a load with no streams at all, too */
+    memset(r0->host, 0xaa, r0->size);
+    assert_int_equal(load_devs(f->bs, V1_SIZE, NULL, &about, &err), 0);
+    check_ram(r0, 1);
+}
+
+static void ram_is(RamBlock *rb, uint8_t v)
+{
+    for (size_t i = 0; i < rb->size; i++) {
+        if (rb->host[i] != v) {
+            fail_msg("%s: byte %zu is 0x%02x, not 0x%02x", rb->id, i,
+                     rb->host[i], v);
+        }
+    }
+}
+
+/* A refused load: RAM as it was, no back end got a byte or lost its fd. */
+static void refused(Fixture *f, int64_t size, RamBlock *a, bool both,
+                    const char *want)
+{
+    GError *err = NULL;
+    Drain d[2] = { 0 };
+    DsSet *set = ds_set_new();
+    add_drain(set, "dev0", &d[0], 5, NULL);
+    if (both) {
+        add_drain(set, "dev1", &d[1], 6, NULL);
+    }
+    memset(a->host, 0xaa, a->size);
+    bool about;
+    assert_int_equal(load_devs(f->bs, size, set, &about, &err), -EINVAL);
+    assert_true(about);
+    if (!strstr(err->message, want)) {
+        fail_msg("error '%s' lacks '%s'", err->message, want);
+    }
+    g_clear_error(&err);
+    ram_is(a, 0xaa);
+    for (unsigned i = 0; i < ds_set_count(set); i++) {
+        DsStream *st = ds_set_get(set, i);
+        assert_int_equal(atomic_load(&st->outcome), DS_PENDING);
+        assert_true(st->fd >= 0);
+    }
+    set_free(set);
+    for (int i = 0; i < (both ? 2 : 1); i++) {
+        g_thread_join(d[i].thread);
+        assert_int_equal(d[i].got, 0);
+    }
+}
+
+/*
+ * Device sections that are damaged, cut short or without a back end:
+ * refused before guest memory or any back end is touched.
+ */
+static void test_device_refused(void **state)
+{
+    Fixture *f = *state;
+    GError *err = NULL;
+    RamBlock *a = add_block("ram0", 16, 1);
+    Feeder feed[2] = { 0 };
+    DsSet *set = ds_set_new();
+    add_feeder(set, "dev0", &feed[0], 300, 5, NULL);
+    add_feeder(set, "dev1", &feed[1], 10, 6, NULL);
+    int64_t size = save_devs(f->bs, set, &err);
+    assert_null(err);
+    g_thread_join(feed[0].thread);
+    g_thread_join(feed[1].thread);
+    set_free(set);
+    uint8_t h[64];
+    area_io(f->bs, 0, h, sizeof(h), false);
+    uint64_t dev_off = be64_at(h + 32);
+    /* dev0's section: 8 + 4 (id), 4 (length), 300 bytes, 0, CRC */
+    uint64_t data0 = dev_off + 12 + 4;
+
+    refused(f, size, a, false, "device state 'dev1', and no back end is "
+            "registered for it");
+
+    uint8_t byte;
+    area_io(f->bs, (int64_t)data0 + 100, &byte, 1, false);
+    uint8_t flipped = byte ^ 0x10;
+    put(f->bs, (int64_t)data0 + 100, &flipped, 1);
+    refused(f, size, a, true, "device state 'dev0' is damaged: its CRC-32");
+    put(f->bs, (int64_t)data0 + 100, &byte, 1);
+
+    uint8_t three[4] = { 0, 0, 0, 3 };
+    put(f->bs, 40, three, 4);
+    refused(f, size, a, true, "device state section 3");
+    uint8_t two[4] = { 0, 0, 0, 2 };
+    put(f->bs, 40, two, 4);
+
+    /* Cut anywhere (the header's size with it): never accepted. */
+    MemState m = read_state(f->bs, size);
+    for (uint64_t end = dev_off; end < (uint64_t)size; end++) {
+        GPtrArray *d = vmstate_dev_parse(mem_read, &m, dev_off, end, 2,
+                                         &err);
+        assert_null(d);
+        assert_non_null(err);
+        g_clear_error(&err);
+    }
+    /* Every byte of the device part flipped: refused. */
+    for (uint64_t pos = dev_off; pos < (uint64_t)size; pos++) {
+        m.buf[pos] ^= 0x01;
+        GPtrArray *d = vmstate_dev_parse(mem_read, &m, dev_off, size, 2,
+                                         &err);
+        if (d) {
+            fail_msg("a flipped bit at %llu accepted",
+                     (unsigned long long)(pos - dev_off));
+        }
+        g_clear_error(&err);
+        m.buf[pos] ^= 0x01;
+    }
+    GPtrArray *d = vmstate_dev_parse(mem_read, &m, dev_off, size, 2, &err);
+    assert_non_null(d);
+    g_ptr_array_free(d, true);
+    g_free(m.buf);
+
+    /* and the state still loads whole */
+    Drain back[2] = { 0 };
+    set = ds_set_new();
+    add_drain(set, "dev0", &back[0], 5, NULL);
+    add_drain(set, "dev1", &back[1], 6, NULL);
+    bool about;
+    assert_int_equal(load_devs(f->bs, size, set, &about, &err), 0);
+    check_ram(a, 1);
+    set_free(set);
+    for (int i = 0; i < 2; i++) {
+        g_thread_join(back[i].thread);
+        assert_true(back[i].same);
+    }
+    assert_int_equal(back[0].got, 300);
+    assert_int_equal(back[1].got, 10);
+}
+
+/*
+ * A back end that stops reading (EPIPE) in the middle of its state: the
+ * load fails after the RAM, and the error says what each stream got.
+ */
+static void test_load_backend_dies(void **state)
+{
+    Fixture *f = *state;
+    GError *err = NULL;
+    RamBlock *a = add_block("ram0", 16, 1);
+    static const char *ids[] = { "a", "b", "c" };
+    const uint64_t sizes[] = { 1000, 2 * MiB, 5 };
+    Feeder feed[3] = { 0 };
+    DsSet *set = ds_set_new();
+    for (int i = 0; i < 3; i++) {
+        add_feeder(set, ids[i], &feed[i], sizes[i], i, NULL);
+    }
+    int64_t size = save_devs(f->bs, set, &err);
+    assert_null(err);
+    for (int i = 0; i < 3; i++) {
+        g_thread_join(feed[i].thread);
+    }
+    set_free(set);
+
+    memset(a->host, 0xaa, a->size);
+    Drain d[3] = { 0 };
+    d[1].close_after = 100 * 1024;
+    set = ds_set_new();
+    for (int i = 0; i < 3; i++) {
+        add_drain(set, ids[i], &d[i], i, NULL);
+    }
+    bool about;
+    assert_int_equal(load_devs(f->bs, size, set, &about, &err), -EPIPE);
+    assert_true(about);
+    assert_string_equal(err->message,
+                        "Could not hand device state 'b' back to its back "
+                        "end: Broken pipe; the guest RAM is the VM state's; "
+                        "handed back: 'a'; 'b' only in part (its descriptor "
+                        "closed); not handed back (still registered): 'c'");
+    g_clear_error(&err);
+    check_ram(a, 1);
+    assert_int_equal(atomic_load(&ds_set_get(set, 0)->outcome), DS_DONE);
+    assert_int_equal(atomic_load(&ds_set_get(set, 1)->outcome), DS_FAILED);
+    assert_int_equal(ds_set_get(set, 1)->fd, -1);
+    assert_int_equal(atomic_load(&ds_set_get(set, 2)->outcome), DS_PENDING);
+    assert_true(ds_set_get(set, 2)->fd >= 0);
+    set_free(set);
+    for (int i = 0; i < 3; i++) {
+        g_thread_join(d[i].thread);
+    }
+    assert_int_equal(d[0].got, 1000);
+    assert_true(d[0].same && d[1].same);
+    assert_int_equal(d[2].got, 0);
+}
+
+/*
+ * Back ends failing a save: one closing inside a round, one whose socket
+ * is reset.  The save fails, the stream is DS_FAILED, the ones before it
+ * done, and no header names a state (the area's head is not "STRATAVM").
+ */
+static void test_save_backend_fails(void **state)
+{
+    Fixture *f = *state;
+    GError *err = NULL;
+    add_block("ram0", 4, 1);
+
+    /* a record of 100 bytes announced, 10 sent, EOF */
+    uint8_t half[14] = { 0, 0, 0, 100 };
+    memset(half + 4, 7, 10);
+    Feeder feed[2] = { 0 };
+    DsSet *set = ds_set_new();
+    add_feeder(set, "ok", &feed[0], 5000, 1, NULL);
+    add_feeder(set, "fs0", &feed[1], sizeof(half), 0, half);
+    assert_true(save_devs(f->bs, set, &err) < 0);
+    assert_string_equal(err->message, "Device state 'fs0': the back end "
+                        "closed its stream inside a round");
+    g_clear_error(&err);
+    assert_int_equal(atomic_load(&ds_set_get(set, 0)->outcome), DS_DONE);
+    assert_int_equal(atomic_load(&ds_set_get(set, 1)->outcome), DS_FAILED);
+    g_thread_join(feed[0].thread);
+    g_thread_join(feed[1].thread);
+    set_free(set);
+    uint8_t magic[8];
+    area_io(f->bs, 0, magic, 8, false);
+    assert_false(memcmp(magic, "STRATAVM", 8) == 0);
+
+    /* a socket reset under the read: the peer closes with data unread */
+    int sv[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv),
+                     0);
+    assert_int_equal(write(sv[0], "x", 1), 1);  /* unread by sv[1] */
+    assert_int_equal(write(sv[1], "state", 5), 5);
+    close(sv[1]);
+    set = ds_set_new();
+    ds_set_add(set, "sock", sv[0], false);
+    assert_true(save_devs(f->bs, set, &err) < 0);
+    assert_string_equal(err->message, "Could not read device state 'sock': "
+                        "Connection reset by peer");
+    g_clear_error(&err);
+    assert_int_equal(atomic_load(&ds_set_get(set, 0)->outcome), DS_FAILED);
+    set_free(set);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -354,7 +909,18 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_parse_count_beyond_buffer,
                                         setup, teardown),
+        cmocka_unit_test_setup_teardown(test_devices_roundtrip, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_old_layout, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_device_refused, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_load_backend_dies, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_save_backend_fails, setup,
+                                        teardown),
     };
+    /* a back end that stops reading must fail a write, not the test */
+    signal(SIGPIPE, SIG_IGN);
     return cmocka_run_group_tests(tests, test_tmpdir_setup,
                                   test_tmpdir_teardown);
 }
