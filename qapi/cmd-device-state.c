@@ -210,8 +210,8 @@ bool ds_registry_begin_ids(bool incoming, const GPtrArray *ids, DsSet **out,
     if (running) {
         /* one save or restore at a time has the streams (a snapshot-save
          * job beside a migrate would take them from under it) */
-        error_setg(errp, "Device state '%s' is in use by a migration",
-                   ds_set_get(running, 0)->id);
+        error_setg(errp, "Device state '%s' is in use by a running save "
+                   "or restore", ds_set_get(running, 0)->id);
         return false;
     }
     for (guint i = 0; ids && i < ids->len; i++) {

@@ -1,19 +1,69 @@
 /*
  * libFuzzer target: the head of a VM state that snapshot-load reads from
- * an image (migration/vmstate-ram.c).  The input is the state's first
- * bytes; the area it claims to live in is the input's length, or (first
- * byte odd) 1 TiB, so that offsets far past the input are tried too.
- * Whatever the bytes, the parser answers a layout whose every region lies
- * inside the area, or an error: never a crash or a sanitizer report.
- * Seeds: tests/fuzz/corpus/vmstate-ram (states strata saved).
+ * an image (migration/vmstate-ram.c), and the device state sections after
+ * its RAM part (migration/vmstate-devices.c).  The input is the state's
+ * first bytes; the area it claims to live in is the input's length, or
+ * (first byte odd) 1 TiB, so that offsets far past the input are tried
+ * too (reads there fail as a failing image would).  Whatever the bytes,
+ * the parsers answer a layout whose every region lies inside the area,
+ * streams that lie inside the state, or an error: never a crash or a
+ * sanitizer report.  Seeds: tests/fuzz/corpus/vmstate-ram (states strata
+ * saved; "devices": two streams, one of them iterative).
  */
+#include <errno.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "../../migration/vmstate-devices.h"
 #include "../../migration/vmstate-ram-int.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+typedef struct Input {
+    const uint8_t *data;
+    size_t size;
+} Input;
+
+static int input_read(void *opaque, void *buf, size_t len, uint64_t pos)
+{
+    const Input *in = opaque;
+    if (pos > in->size || len > in->size - pos) {
+        return -EIO;
+    }
+    memcpy(buf, in->data + pos, len);
+    return 0;
+}
+
+static void devices(const uint8_t *data, size_t size,
+                    const VmstateRamLayout *l)
+{
+    Input in = { data, size };
+    GError *err = NULL;
+    GPtrArray *descs = vmstate_dev_parse(input_read, &in, l->dev_offset,
+                                         l->size, l->ndev, &err);
+    if (!descs) {
+        if (!err) {
+            abort();
+        }
+        g_error_free(err);
+        return;
+    }
+    uint64_t total = 0;
+    for (guint i = 0; i < descs->len; i++) {
+        const VmstateDevDesc *d = descs->pdata[i];
+        total += d->bytes;
+        if (d->data < l->dev_offset || d->data > l->size ||
+            d->bytes > l->size - d->data || strlen(d->id) == 0 ||
+            (!d->iterative && d->rounds)) {
+            abort();
+        }
+    }
+    if (descs->len != l->ndev || total > l->size - l->dev_offset) {
+        abort();
+    }
+    g_ptr_array_free(descs, true);
+}
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -35,7 +85,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             l->size > (uint64_t)area) {
             abort();
         }
+        if (d->pages_offset + d->size > l->dev_offset) {
+            abort();                    /* RAM and devices overlap */
+        }
     }
+    if (l->dev_offset > l->size) {
+        abort();
+    }
+    devices(data, size, l);
     vmstate_ram_layout_free(l);
     return 0;
 }
