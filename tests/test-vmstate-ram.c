@@ -3,7 +3,10 @@
  * what is saved comes back byte for byte (zero pages included, which are
  * never written), a state naming a block that is missing or of another
  * size changes no memory, and damaged headers and descriptors are refused
- * with a message.
+ * with a message.  Device state streams after the RAM (vmstate-
+ * devices.c): round trips through pipes, a version 1 state, damaged or
+ * unclaimed sections refused before anything is touched, back ends that
+ * fail a save or a load.
  */
 #include <errno.h>
 #include <fcntl.h>
