@@ -255,8 +255,21 @@ static bool parse_dest(const char *uri, MigrationChannelList *channels,
             error_setg(errp, "Channel list has more than one main entry");
             return false;
         }
-        FileMigrationArgs *f = &channels->value->addr->u.file;
-        return parse_file(f->filename, f->offset, d, errp);
+        MigrationAddress *a = channels->value->addr;
+        if (a->transport == MIGRATION_ADDRESS_TYPE_FILE) {
+            return parse_file(a->u.file.filename, a->u.file.offset, d, errp);
+        }
+        /* QEMU turns uri "fd:NAME" into this channel: the same here */
+        if (a->transport == MIGRATION_ADDRESS_TYPE_SOCKET &&
+            a->u.socket.type == SOCKET_ADDRESS_TYPE_FD) {
+            d->kind = DEST_FD;
+            d->name = g_strdup(a->u.socket.u.fd.str);
+            return true;
+        }
+        /* QEMU 10 refuses the other transports here with mapped-ram */
+        error_setg(errp, "Migration requires seekable transport (e.g. "
+                   "file)");
+        return false;
     }
     if (g_str_has_prefix(uri, "file:")) {
         const char *spec = uri + 5;
@@ -335,7 +348,8 @@ static int open_one(const char *path, const char *shown, int flags, bool save,
     int fd;
 
     if (fdset_is_fdset_name(path)) {
-        return fdset_open(path, flags, errp);
+        /* QEMU 10's words: migration's oracle (block commands keep 7.2's) */
+        return fdset_open_qemu10(path, flags, errp);
     }
     fd = open(path, flags | O_CLOEXEC, 0600);
     if (fd < 0) {

@@ -117,11 +117,47 @@ static void test_errors(void **state)
     assert_true(fdset_remove_fd(5, false, 0, NULL));
 }
 
+/* Migration's wording (QEMU 10's monitor_fdset_dup_fd_add); the same
+ * matching, errno and duplicates as fdset_open(). */
+static void test_qemu10_words(void **state)
+{
+    GError *err = NULL;
+    int ro = open(path, O_RDONLY);
+
+    assert_int_equal(fdset_add_fd(ro, true, 1, NULL, NULL), 1);
+    int d = fdset_open_qemu10("/dev/fdset/1", O_RDONLY, &err);
+    assert_true(d >= 0);
+    assert_null(err);
+
+    assert_int_equal(fdset_open_qemu10("/dev/fdset/1", O_WRONLY | O_CREAT,
+                                       &err), -1);
+    assert_int_equal(errno, EACCES);
+    assert_string_equal(err->message, "Failed to find file descriptor with "
+                        "matching flags=0x41");
+    g_clear_error(&err);
+    assert_int_equal(fdset_open_qemu10("/dev/fdset/77", O_RDONLY, &err), -1);
+    assert_int_equal(errno, ENOENT);
+    assert_string_equal(err->message, "Failed to find fdset /dev/fdset/77");
+    g_clear_error(&err);
+    assert_int_equal(fdset_open_qemu10("/dev/fdset/x", O_RDONLY, &err), -1);
+    assert_int_equal(errno, EINVAL);
+    assert_string_equal(err->message, "Could not parse fdset /dev/fdset/x");
+    g_clear_error(&err);
+
+    /* the block layer's wording is QEMU 7.2's still */
+    assert_int_equal(fdset_open("/dev/fdset/77", O_RDONLY, &err), -1);
+    assert_string_equal(err->message, "Could not dup FD for /dev/fdset/77 "
+                        "flags 0: No such file or directory");
+    g_clear_error(&err);
+    assert_int_equal(fdset_close(d), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_match, setup, teardown),
         cmocka_unit_test_setup_teardown(test_errors, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_qemu10_words, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL) ? 1 : 0;
 }

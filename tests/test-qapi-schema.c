@@ -67,6 +67,15 @@ ShapeList *qmp_test_boxed(Shape *arg, GError **errp)
     return l;
 }
 
+Layer *qmp_test_layer(Layer *arg, GError **errp)
+{
+    /* A copy of the argument, made through JSON. */
+    json_t *j = qapi_Layer_to_json(arg);
+    Layer *l = qapi_Layer_from_json(j, errp);
+    json_decref(j);
+    return l;
+}
+
 json_t *qmp_test_any(json_t *v, GError **errp)
 {
     return json_pack("{sO}", "got", v);
@@ -467,6 +476,65 @@ static void test_unions(void **state)
     }
 }
 
+static json_t *call(const char *name, const char *args, GError **errp);
+
+/* A union whose branch is a union: both tags and all members flat. */
+static void test_nested_unions(void **state)
+{
+    GError *err = NULL;
+    json_t *j = parse("{'layer': 'shape', 'kind': 'box', 'label': 'b', "
+                      "'w': 3, 'h': 4}");
+    Layer *l = qapi_Layer_from_json(j, &err);
+    assert_null(err);
+    assert_int_equal(l->layer, LAYER_KIND_SHAPE);
+    assert_int_equal(l->u.shape.kind, SHAPE_KIND_BOX);
+    assert_string_equal(l->u.shape.label, "b");
+    assert_int_equal(l->u.shape.u.box.h, 4);
+    json_t *out = qapi_Layer_to_json(l);
+    assert_true(json_equal(out, j));
+    json_decref(out);
+    json_decref(j);
+    qapi_free_Layer(l);
+
+    j = parse("{'layer': 'blank', 'opacity': 5}");
+    l = qapi_Layer_from_json(j, &err);
+    assert_null(err);
+    assert_int_equal(l->u.blank.opacity, 5);
+    qapi_free_Layer(l);
+    json_decref(j);
+
+    static const char *const bad[][2] = {
+        { "{'layer': 'shape'}", "Parameter 'kind' is missing" },
+        { "{'layer': 'shape', 'kind': 'hexagon'}",
+          "Parameter 'kind' does not accept value 'hexagon'" },
+        { "{'layer': 'shape', 'kind': 'point', 'opacity': 1}",
+          "Parameter 'opacity' is unexpected" },
+        { "{'layer': 'blank', 'kind': 'point'}",
+          "Parameter 'kind' is unexpected" },
+        { "{'layer': 'shape', 'kind': 'circle'}",
+          "Parameter 'radius' is missing" },
+        { "{'layer': 'round'}",
+          "Parameter 'layer' does not accept value 'round'" },
+    };
+    for (size_t i = 0; i < G_N_ELEMENTS(bad); i++) {
+        j = parse(bad[i][0]);
+        assert_null(qapi_Layer_from_json(j, &err));
+        assert_non_null(err);
+        assert_string_equal(err->message, bad[i][1]);
+        g_clear_error(&err);
+        json_decref(j);
+    }
+
+    /* Through the dispatcher: the boxed argument and the reply. */
+    json_t *r = call("test-layer", "{'layer': 'shape', 'kind': 'circle', "
+                     "'radius': 2.5}", &err);
+    assert_null(err);
+    json_t *want = parse("{'layer': 'shape', 'kind': 'circle', 'radius': 2.5}");
+    assert_true(json_equal(r, want));
+    json_decref(want);
+    json_decref(r);
+}
+
 static void test_alternates(void **state)
 {
     GError *err = NULL;
@@ -626,7 +694,7 @@ static void test_commands(void **state)
 
 static void test_command_table(void **state)
 {
-    assert_int_equal(qmp_commands_count, 9);
+    assert_int_equal(qmp_commands_count, 10);
     for (size_t i = 1; i < qmp_commands_count; i++) {
         assert_true(strcmp(qmp_commands[i - 1].name, qmp_commands[i].name) < 0);
     }
@@ -717,6 +785,14 @@ static void test_introspection(void **state)
     assert_string_equal(str(ret, "meta-type"), "array");
     assert_string_equal(str(ret, "element-type"), str(shape, "name"));
 
+    /* test-layer takes Layer: its 'shape' case is the union Shape itself,
+     * as QEMU describes MigrationAddress's 'socket' (SocketAddress). */
+    json_t *layer = entry(s, str(entry(s, "test-layer"), "arg-type"));
+    assert_string_equal(str(layer, "tag"), "layer");
+    json_t *lshape = json_array_get(json_object_get(layer, "variants"), 0);
+    assert_string_equal(str(lshape, "case"), "shape");
+    assert_string_equal(str(lshape, "type"), str(shape, "name"));
+
     /* Integer widths and size fold into 'int'; any and null are built-ins. */
     json_t *drawing = entry(s, str(entry(s, "test-drawing"), "arg-type"));
     json_t *shapes = json_array_get(json_object_get(drawing, "members"), 0);
@@ -750,6 +826,7 @@ int main(void)
         cmocka_unit_test(test_awkward_names),
         cmocka_unit_test(test_nested_names),
         cmocka_unit_test(test_unions),
+        cmocka_unit_test(test_nested_unions),
         cmocka_unit_test(test_alternates),
         cmocka_unit_test(test_commands),
         cmocka_unit_test(test_command_table),

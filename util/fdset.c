@@ -77,7 +77,15 @@ void fdset_cleanup(bool clients_connected)
     }
 }
 
-int fdset_open(const char *name, int flags, GError **errp)
+/*
+ * Two wordings: QEMU 7.2's qemu_open() (the block layer's, and qsd 7.2's,
+ * which strata's block commands answer as) and QEMU 10's
+ * monitor_fdset_dup_fd_add() (migration, a QEMU 10 feature here).  The
+ * errno left behind is the same in both: ENOENT no set, EACCES no
+ * descriptor of that access mode.
+ */
+static int open_in_set(const char *name, int flags, bool qemu10,
+                       GError **errp)
 {
     const char *num = name + strlen(FDSET_PREFIX);
     char *end;
@@ -92,6 +100,11 @@ int fdset_open(const char *name, int flags, GError **errp)
     Fdset *s = find_set(id);
     int err = ENOENT;
     int fd = -1;
+    if (!s && qemu10) {
+        error_setg(errp, "Failed to find fdset /dev/fdset/%lld", id);
+        errno = err;
+        return -1;
+    }
     if (s) {
         err = EACCES;
         for (GList *l = s->fds; l; l = l->next) {
@@ -99,6 +112,12 @@ int fdset_open(const char *name, int flags, GError **errp)
             int fl = fcntl(f->fd, F_GETFL);
             if (fl < 0) {
                 err = errno;
+                if (qemu10) {
+                    error_setg(errp, "Failed to read file status flags for "
+                               "fd=%d", f->fd);
+                    errno = err;
+                    return -1;
+                }
                 break;
             }
             if ((fl & O_ACCMODE) == (flags & O_ACCMODE)) {
@@ -106,6 +125,12 @@ int fdset_open(const char *name, int flags, GError **errp)
                 break;
             }
         }
+    }
+    if (fd < 0 && err == EACCES && qemu10) {
+        error_setg(errp, "Failed to find file descriptor with matching "
+                   "flags=0x%x", flags);
+        errno = err;
+        return -1;
     }
     int dup = -1;
     if (fd >= 0) {
@@ -120,13 +145,28 @@ int fdset_open(const char *name, int flags, GError **errp)
         }
     }
     if (dup < 0) {
-        error_setg_errno(errp, err, "Could not dup FD for %s flags %x",
-                         name, flags);
+        if (qemu10 && fd >= 0) {
+            error_setg(errp, "Failed to dup() given file descriptor fd=%d",
+                       fd);
+        } else {
+            error_setg_errno(errp, err, "Could not dup FD for %s flags %x",
+                             name, flags);
+        }
         errno = err;
         return -1;
     }
     s->dups = g_list_prepend(s->dups, GINT_TO_POINTER(dup));
     return dup;
+}
+
+int fdset_open(const char *name, int flags, GError **errp)
+{
+    return open_in_set(name, flags, false, errp);
+}
+
+int fdset_open_qemu10(const char *name, int flags, GError **errp)
+{
+    return open_in_set(name, flags, true, errp);
 }
 
 int fdset_close(int fd)

@@ -26,6 +26,12 @@ bool fdset_is_fdset_name(const char *name);
  */
 int fdset_open(const char *name, int flags, GError **errp);
 
+/* The same, with QEMU 10's error messages ("Failed to find fdset
+ * /dev/fdset/N", "Failed to find file descriptor with matching
+ * flags=0x41"): for migration, whose oracle is QEMU 10.  Block users keep
+ * fdset_open(), QEMU 7.2's words. */
+int fdset_open_qemu10(const char *name, int flags, GError **errp);
+
 /* Close fd; if it came from fdset_open(), the set forgets it. */
 int fdset_close(int fd);
 

@@ -142,7 +142,9 @@ class Qemu10:
     mem_path (share=on)."""
     _n = 0
 
-    def __init__(self, mem_path, size, extra=()):
+    def __init__(self, mem_path, size, extra=(), backend=None):
+        """backend: another -object for ram0 (e.g. a memfd), which must
+        have id=ram0 and the size; mem_path is then unused."""
         Qemu10._n += 1
         self.sock = os.path.join(t.TEST_DIR, 'q10-%d.sock' % Qemu10._n)
         self.log = open(os.path.join(t.TEST_DIR, 'q10-%d.log' % Qemu10._n),
@@ -150,8 +152,8 @@ class Qemu10:
         self.proc = subprocess.Popen(
             [QEMU10, '-S', '-nodefaults', '-display', 'none', '-accel', 'tcg',
              '-machine', 'q35,memory-backend=ram0', '-m', str(size // MiB)
-             + 'M', '-object', 'memory-backend-file,id=ram0,share=on,'
-             'mem-path=%s,size=%d' % (mem_path, size),
+             + 'M', '-object', backend or 'memory-backend-file,id=ram0,'
+             'share=on,mem-path=%s,size=%d' % (mem_path, size),
              '-qmp', 'unix:%s,server=on,wait=off' % self.sock] + list(extra),
             stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT)
         t._children.append(self.proc)

@@ -500,6 +500,17 @@ class Schema:
                               "'boxed': true" % ev.name)
 
     def _check_object(self, t):
+        # Checked once; a union branch is checked before the union using it.
+        state = getattr(t, '_checked', None)
+        if state == 'done':
+            return
+        if state == 'busy':
+            self._err(t.where, "union '%s' contains itself as a branch" % t.name)
+        t._checked = 'busy'
+        self._check_object_once(t)
+        t._checked = 'done'
+
+    def _check_object_once(self, t):
         seen = {}
         for m in t.all_members():
             if m.name in seen:
@@ -523,15 +534,25 @@ class Schema:
                 self._err(t.where, "union '%s' branch '%s' is not a value of '%s'"
                           % (t.name, case, tag.type.name))
             vt = self.lookup(t.where, vt, ['object'])
+            # A branch may itself be a union (QEMU's MigrationAddress has
+            # SocketAddress as its 'socket' branch): its members, those of
+            # each of its own branches too, must not clash with ours.
             if vt.variants:
-                self._err(t.where, "union '%s' branch '%s' must be a struct"
-                          % (t.name, case))
-            for m in vt.all_members():
+                self._check_object(vt)     # its branches resolved first
+            for m in self._reachable_members(vt):
                 if m.name in seen:
                     self._err(t.where, "union '%s' branch '%s' repeats member '%s'"
                               % (t.name, case, m.name))
             resolved.append((case, vt))
         t.variants = resolved
+
+    def _reachable_members(self, t):
+        """Every member an object of type t can have: its own, and those
+        of each of its branches (recursively: a branch can be a union)."""
+        out = list(t.all_members())
+        for _, vt in t.variants or []:
+            out += self._reachable_members(vt)
+        return out
 
     def _check_alternate(self, t):
         used = {}

@@ -1,8 +1,10 @@
 /*
  * libFuzzer target: random text through the generated readers of the two
  * big unions, BlockdevOptions (blockdev-add, --blockdev) and
- * BlockdevCreateOptions (blockdev-create).  The first byte chooses the
- * type (bit 0) and the syntax (bit 1: JSON or dotted keys); the rest is the
+ * BlockdevCreateOptions (blockdev-create), and of MigrationAddress
+ * (migrate's channels: a union with a union, SocketAddress, as a branch).
+ * The first byte chooses the type (bit 2 set: MigrationAddress, else bit
+ * 0) and the syntax (bit 1: JSON or dotted keys); the rest is the
  * text.  Whatever it says, the reader ends in a value or an error, never a
  * crash, a leak or a sanitizer report; and a value it accepts is written
  * back as JSON that reads again as the very same value.
@@ -60,7 +62,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     }
     GError *err = NULL;
-    if (create) {
+    if (data[0] & 4) {
+        MigrationAddress *a = keyval
+            ? qapi_MigrationAddress_from_keyval(tree, &err)
+            : qapi_MigrationAddress_from_json(tree, &err);
+        if (a) {
+            ROUND_TRIP(MigrationAddress, a);
+            qapi_free_MigrationAddress(a);
+        }
+    } else if (create) {
         BlockdevCreateOptions *o = keyval
             ? qapi_BlockdevCreateOptions_from_keyval(tree, &err)
             : qapi_BlockdevCreateOptions_from_json(tree, &err);
