@@ -98,16 +98,17 @@ static gint spin_poll(GPollFD *fds, guint nfds, gint timeout_ms)
 {
     int64_t start = spin_deadline ? clock_ns() : 0;
 
-    /*
-     * The deadline stays until it passes: an unrelated event that ends
-     * one spin (a completion) leaves the rest of the window to the next.
-     */
     if (start < spin_deadline &&
         start < __atomic_load_n(&shared_until, __ATOMIC_RELAXED)) {
         /* another client took a request since the window opened */
         NBD_SPIN_STAT_ADD(cut, 1);
         spin_deadline = 0;
     }
+    /*
+     * Else the deadline stays until it passes: an unrelated event that
+     * ends one spin (a completion) leaves the rest of the window to the
+     * next.
+     */
     if (timeout_ms != 0 && start < spin_deadline) {
         int64_t now = start;
         int64_t end = spin_deadline;
@@ -173,7 +174,6 @@ uint64_t nbd_spin_count(void)
 {
     return spin_count;
 }
-
 
 /* who was busy at now: if the last one busy was another, not alone. */
 static void note_busy(const void *who, int64_t now)

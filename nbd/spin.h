@@ -68,12 +68,12 @@ uint64_t nbd_spin_count(void);
 
 /*
  * What the busy waits of the whole process did, for the bench to explain
- * a run (bench/fleecing-bench --spin-stats).  With the environment
- * variable NBD_SPIN_STATS_ENV set to a file name, the counters live in
- * that file (mapped shared, created or truncated when the first NBD
- * request is taken), so another process reads them at any moment without
- * disturbing the daemon: little-endian uint64_t in the order below, the
- * first one the number of them.  Relaxed atomic adds: about a nanosecond
+ * a run (bench/fleecing-bench --probe).  With the environment variable
+ * NBD_SPIN_STATS_ENV set to a file name, the counters live in that file
+ * (mapped shared, created or truncated when the first one is counted), so
+ * another process reads them at any moment without disturbing the
+ * daemon: uint64_t in the machine's byte order, in the order below, the
+ * first one the number of them.  Relaxed atomic adds: a few nanoseconds
  * against the tens of microseconds of a request.
  */
 #define NBD_SPIN_STATS_ENV "STRATA_NBD_SPIN_STATS"
