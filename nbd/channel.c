@@ -53,6 +53,7 @@ struct NbdChannel {
      */
     int64_t spin_ns;
     unsigned spin_off;
+    unsigned inflight;      /* requests taken, not yet answered */
 };
 
 /*
@@ -169,7 +170,7 @@ static void coroutine_fn channel_wait_request(NbdChannel *ch)
 {
     int64_t start = clock_ns();
     /* cut to the loop thread's poll-max-ns (0: never spin) */
-    int64_t window = nbd_spin_window(ch->spin_ns, start);
+    int64_t window = nbd_spin_window(ch->spin_ns, start, ch->inflight);
 
     if (window) {
         nbd_spin_until(start + window);
@@ -178,8 +179,11 @@ static void coroutine_fn channel_wait_request(NbdChannel *ch)
     int64_t waited = clock_ns() - start;
     if (window) {
         if (waited > window) {
+            NBD_SPIN_STAT_ADD(misses, 1);
             ch->spin_ns = 0;
             ch->spin_off = SPIN_BACKOFF;
+        } else {
+            NBD_SPIN_STAT_ADD(hits, 1);
         }
     } else if (ch->spin_off) {
         ch->spin_off--;
@@ -187,6 +191,19 @@ static void coroutine_fn channel_wait_request(NbdChannel *ch)
         /* Asleep, the gap includes our wake-up: a generous window. */
         ch->spin_ns = MIN(SPIN_MAX_NS, MAX(SPIN_MIN_NS, 2 * waited));
     }
+}
+
+void nbd_channel_request_begin(NbdChannel *ch)
+{
+    ch->inflight++;
+    nbd_spin_request_begin(ch);
+}
+
+void nbd_channel_request_end(NbdChannel *ch)
+{
+    g_assert(ch->inflight);
+    ch->inflight--;
+    nbd_spin_request_end(ch, clock_ns());
 }
 
 void nbd_channel_shutdown(NbdChannel *ch)

@@ -65,5 +65,11 @@ void nbd_channel_attach_here(NbdChannel *ch);
  */
 bool nbd_channel_input_pending(const NbdChannel *ch);
 bool nbd_channel_is_shut_down(const NbdChannel *ch);
+/*
+ * A request read from the channel is in flight until its reply is sent:
+ * while one of another channel is, this one does not busy-wait (spin.h).
+ */
+void nbd_channel_request_begin(NbdChannel *ch);
+void nbd_channel_request_end(NbdChannel *ch);
 
 #endif

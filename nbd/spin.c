@@ -25,8 +25,11 @@
  * (channel.c), so they are only reported.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <sched.h>
 #include <stdlib.h>
+#include <sys/mman.h>
+#include <unistd.h>
 #include <glib.h>
 #include "strata/error.h"
 #include "strata/iothread.h"
@@ -38,13 +41,73 @@ static __thread int64_t spin_deadline;
 static __thread GMainContext *spin_ctx;
 static __thread uint64_t spin_count;
 
+/*
+ * Whether the other clients are quiet, process-wide: the spin keeps a
+ * CPU whichever thread it runs in, and a guest writing through an export
+ * of another iothread needs the CPUs as much as one of the same thread.
+ * Relaxed atomics: a decision made on a value a request old is as good.
+ */
+static const void *last_who;
+static int64_t shared_until;
+static unsigned inflight;
+
+static NbdSpinStats local_stats = { .nfields = sizeof(NbdSpinStats) / 8 };
+
+/* In the file NBD_SPIN_STATS_ENV names, else in local_stats. */
+static NbdSpinStats *map_stats(void)
+{
+    const char *path = g_getenv(NBD_SPIN_STATS_ENV);
+    NbdSpinStats *st = MAP_FAILED;
+
+    if (path && *path) {
+        int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+        if (fd >= 0) {
+            if (ftruncate(fd, sizeof(*st)) == 0) {
+                st = mmap(NULL, sizeof(*st), PROT_READ | PROT_WRITE,
+                          MAP_SHARED, fd, 0);
+            }
+            close(fd);
+        }
+    }
+    if (st == MAP_FAILED) {
+        /* a measuring aid only: without its file the daemon runs as ever */
+        return &local_stats;
+    }
+    st->nfields = sizeof(*st) / 8;
+    return st;
+}
+
+NbdSpinStats *nbd_spin_stats(void)
+{
+    static NbdSpinStats *stats;
+
+    if (g_once_init_enter(&stats)) {
+        g_once_init_leave(&stats, map_stats());
+    }
+    return stats;
+}
+
+/*
+ * sched_yield() that took longer than this gave the CPU to another
+ * thread (a yield with nobody else runnable returns in about a
+ * microsecond).
+ */
+#define YIELD_AWAY_NS (20 * 1000)
+
 static gint spin_poll(GPollFD *fds, guint nfds, gint timeout_ms)
 {
     int64_t start = spin_deadline ? clock_ns() : 0;
 
+    if (start < spin_deadline &&
+        start < __atomic_load_n(&shared_until, __ATOMIC_RELAXED)) {
+        /* another client took a request since the window opened */
+        NBD_SPIN_STAT_ADD(cut, 1);
+        spin_deadline = 0;
+    }
     /*
-     * The deadline stays until it passes: an unrelated event that ends
-     * one spin (a completion) leaves the rest of the window to the next.
+     * Else the deadline stays until it passes: an unrelated event that
+     * ends one spin (a completion) leaves the rest of the window to the
+     * next.
      */
     if (timeout_ms != 0 && start < spin_deadline) {
         int64_t now = start;
@@ -53,18 +116,35 @@ static gint spin_poll(GPollFD *fds, guint nfds, gint timeout_ms)
         if (timeout_ms > 0 && now + timeout_ms * 1000000LL < end) {
             end = now + timeout_ms * 1000000LL;
         }
+        uint64_t polls = 0;
+        gint n = 0;
+
+        NBD_SPIN_STAT_ADD(loops, 1);
         while (now < end) {
-            gint n = g_poll(fds, nfds, 0);
+            polls++;
+            n = g_poll(fds, nfds, 0);
             if (n != 0) {
-                return n;
+                break;
             }
             /*
              * The client may be waiting for this CPU (the other ones
              * busy): let it run, or the spin delays what it waits for.
              */
             sched_yield();
-            now = clock_ns();
+            int64_t after = clock_ns();
+            if (after - now > YIELD_AWAY_NS) {
+                NBD_SPIN_STAT_ADD(yield_away, 1);
+                NBD_SPIN_STAT_ADD(yield_away_ns, after - now);
+            }
+            now = after;
         }
+        NBD_SPIN_STAT_ADD(polls, polls);
+        if (n != 0) {
+            NBD_SPIN_STAT_ADD(loop_events, 1);
+            NBD_SPIN_STAT_ADD(spun_ns, clock_ns() - start);
+            return n;
+        }
+        NBD_SPIN_STAT_ADD(spun_ns, now - start);
         if (timeout_ms > 0) {
             timeout_ms = MAX(0, timeout_ms - (gint)((now - start) / 1000000));
         }
@@ -87,6 +167,7 @@ void nbd_spin_until(int64_t deadline)
         spin_deadline = deadline;
     }
     spin_count++;
+    NBD_SPIN_STAT_ADD(spins, 1);
 }
 
 uint64_t nbd_spin_count(void)
@@ -94,20 +175,42 @@ uint64_t nbd_spin_count(void)
     return spin_count;
 }
 
-static __thread const void *last_who;
-static __thread int64_t shared_until;
+/* who was busy at now: if the last one busy was another, not alone. */
+static void note_busy(const void *who, int64_t now)
+{
+    if (__atomic_load_n(&last_who, __ATOMIC_RELAXED) != who) {
+        const void *prev = __atomic_exchange_n(&last_who, who,
+                                               __ATOMIC_RELAXED);
+        if (prev && prev != who) {
+            __atomic_store_n(&shared_until, now + NBD_SPIN_SHARED_NS,
+                             __ATOMIC_RELAXED);
+        }
+    }
+}
 
 void nbd_spin_note_request(const void *who, int64_t now)
 {
-    if (last_who && last_who != who) {
-        shared_until = now + NBD_SPIN_SHARED_NS;
-    }
-    last_who = who;
+    NBD_SPIN_STAT_ADD(requests, 1);
+    note_busy(who, now);
 }
 
-bool nbd_spin_alone(int64_t now)
+void nbd_spin_request_begin(const void *who)
 {
-    return now >= shared_until;
+    (void)who;
+    __atomic_fetch_add(&inflight, 1, __ATOMIC_RELAXED);
+}
+
+void nbd_spin_request_end(const void *who, int64_t now)
+{
+    __atomic_fetch_sub(&inflight, 1, __ATOMIC_RELAXED);
+    /* the quiet time counts from the end of the last request of another */
+    note_busy(who, now);
+}
+
+bool nbd_spin_alone(int64_t now, unsigned mine)
+{
+    return now >= __atomic_load_n(&shared_until, __ATOMIC_RELAXED) &&
+           __atomic_load_n(&inflight, __ATOMIC_RELAXED) <= mine;
 }
 
 /* No cap in the main loop unless asked: the channel's own limit holds. */
@@ -144,10 +247,20 @@ int64_t nbd_spin_cap(void)
     return cap >= 0 ? cap : __atomic_load_n(&main_cap, __ATOMIC_RELAXED);
 }
 
-int64_t nbd_spin_window(int64_t want, int64_t now)
+int64_t nbd_spin_window(int64_t want, int64_t now, unsigned mine)
 {
-    if (want <= 0 || !nbd_spin_alone(now)) {
+    if (want <= 0) {
         return 0;
     }
-    return MIN(want, nbd_spin_cap());
+    NBD_SPIN_STAT_ADD(asked, 1);
+    if (!nbd_spin_alone(now, mine)) {
+        NBD_SPIN_STAT_ADD(shared, 1);
+        return 0;
+    }
+    int64_t cap = nbd_spin_cap();
+    if (cap <= 0) {
+        NBD_SPIN_STAT_ADD(capped, 1);
+        return 0;
+    }
+    return MIN(want, cap);
 }

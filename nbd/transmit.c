@@ -634,6 +634,7 @@ static void coroutine_fn request_co(void *opaque)
         nbd_client_close(client);
     }
     request_free(req);
+    nbd_channel_request_end(client->ch);
     client->inflight--;
     co_queue_next(&client->inflight_slots);
     nbd_client_unref(client);
@@ -745,6 +746,7 @@ void coroutine_fn nbd_transmit(NbdClient *client)
             break;
         }
         drain = req->incomplete;
+        nbd_channel_request_begin(client->ch);
         client->inflight++;
         nbd_client_ref(client);
         co_enter(co_create(request_co, req));

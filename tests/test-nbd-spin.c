@@ -118,16 +118,104 @@ static void test_spin_alone(void **state)
     static const int a, b;         /* two channels, by address */
 
     nbd_spin_note_request(&a, t);
-    assert_true(nbd_spin_alone(t));
+    assert_true(nbd_spin_alone(t, 0));
     nbd_spin_note_request(&a, t + 1);
-    assert_true(nbd_spin_alone(t + 2));
+    assert_true(nbd_spin_alone(t + 2, 0));
     nbd_spin_note_request(&b, t + 3);           /* another client */
-    assert_false(nbd_spin_alone(t + 4));
+    assert_false(nbd_spin_alone(t + 4, 0));
     nbd_spin_note_request(&a, t + 5);           /* and back */
-    assert_false(nbd_spin_alone(t + 5 + NBD_SPIN_SHARED_NS - 1));
-    assert_true(nbd_spin_alone(t + 5 + NBD_SPIN_SHARED_NS));
+    assert_false(nbd_spin_alone(t + 5 + NBD_SPIN_SHARED_NS - 1, 0));
+    assert_true(nbd_spin_alone(t + 5 + NBD_SPIN_SHARED_NS, 0));
     nbd_spin_note_request(&a, t + 6 + NBD_SPIN_SHARED_NS);
-    assert_true(nbd_spin_alone(t + 7 + NBD_SPIN_SHARED_NS));
+    assert_true(nbd_spin_alone(t + 7 + NBD_SPIN_SHARED_NS, 0));
+}
+
+/*
+ * A request of another channel in flight keeps the spin off however long
+ * it takes (a guest write whose copy-before-write copy waits for a CPU
+ * must not find the pull spinning once the quiet time has passed); the
+ * quiet time counts from its end.  The channel's own requests in flight
+ * (mine) do not count against it.
+ */
+static void test_inflight_alone(void **state)
+{
+    (void)state;
+    int64_t t = 2000 * NBD_SPIN_SHARED_NS;
+    static const int a, b;
+
+    nbd_spin_note_request(&a, t - NBD_SPIN_SHARED_NS);  /* after others' */
+    nbd_spin_note_request(&a, t);
+    nbd_spin_request_begin(&a);
+    assert_true(nbd_spin_alone(t + NBD_SPIN_SHARED_NS, 1));
+    assert_false(nbd_spin_alone(t + NBD_SPIN_SHARED_NS, 0));
+    nbd_spin_request_end(&a, t + 1);
+    assert_true(nbd_spin_alone(t + 2, 0));      /* still alone: a's own */
+
+    nbd_spin_note_request(&b, t + 3);
+    nbd_spin_request_begin(&b);
+    /* b's request takes a hundred quiet times: a never spins meanwhile */
+    assert_false(nbd_spin_alone(t + 100 * NBD_SPIN_SHARED_NS, 0));
+    assert_int_equal(nbd_spin_window(100000, t + 100 * NBD_SPIN_SHARED_NS,
+                                     0), 0);
+    int64_t end = t + 100 * NBD_SPIN_SHARED_NS + 5;
+    nbd_spin_request_end(&b, end);
+    nbd_spin_note_request(&a, end + 1);
+    assert_false(nbd_spin_alone(end + NBD_SPIN_SHARED_NS - 1, 0));
+    assert_true(nbd_spin_alone(end + NBD_SPIN_SHARED_NS + 1, 0));
+    assert_int_equal(nbd_spin_window(100000, end + NBD_SPIN_SHARED_NS + 1,
+                                     0), 100000);
+}
+
+/*
+ * The counters the bench reads count the decisions: a window refused
+ * because another channel is busy is "shared", one given is a "spin".
+ */
+static void test_stats_decisions(void **state)
+{
+    (void)state;
+    int64_t t = 3000 * NBD_SPIN_SHARED_NS;
+    static const int a, b;
+    NbdSpinStats before = *nbd_spin_stats();
+
+    nbd_spin_note_request(&a, t);
+    nbd_spin_note_request(&b, t + 1);
+    assert_int_equal(nbd_spin_window(50000, t + 2, 0), 0);
+    assert_int_equal(nbd_spin_window(0, t + 3, 0), 0);      /* not asked */
+    nbd_spin_note_request(&a, t + 2 * NBD_SPIN_SHARED_NS);
+    assert_int_equal(nbd_spin_window(50000, t + 3 * NBD_SPIN_SHARED_NS, 0),
+                     50000);
+    NbdSpinStats *now = nbd_spin_stats();
+    assert_int_equal(now->nfields, sizeof(NbdSpinStats) / 8);
+    assert_int_equal(now->requests - before.requests, 3);
+    assert_int_equal(now->asked - before.asked, 2);
+    assert_int_equal(now->shared - before.shared, 1);
+    assert_int_equal(now->capped - before.capped, 0);
+}
+
+/*
+ * A window already open when another client's request arrives is closed
+ * at the loop's next poll: the guest's request does not wait for the end
+ * of the window to get the CPU back.
+ */
+static void test_window_cut(void **state)
+{
+    bool fired = false;
+    static const int a, b;
+
+    (void)state;
+    uint64_t cut = nbd_spin_stats()->cut;
+    uint64_t loops = nbd_spin_stats()->loops;
+    int64_t now = clock_ns();
+    nbd_spin_until(now + SPIN_LONG_NS);
+    nbd_spin_note_request(&a, now);
+    nbd_spin_note_request(&b, now);
+    GSource *src = g_timeout_source_new(5);
+    g_source_set_callback(src, on_timer, &fired, NULL);
+    g_source_attach(src, loop_context(loop_get()));
+    g_source_unref(src);
+    LOOP_WAIT_WHILE(!fired);
+    assert_int_equal(nbd_spin_stats()->cut - cut, 1);
+    assert_int_equal(nbd_spin_stats()->loops - loops, 0);
 }
 
 /*
@@ -145,15 +233,15 @@ static void test_window_cap(void **state)
 
     (void)state;
     nbd_spin_note_request(&a, FAR_AHEAD);
-    assert_int_equal(nbd_spin_window(100000, LATER), 100000);
-    assert_int_equal(nbd_spin_window(0, LATER), 0);
+    assert_int_equal(nbd_spin_window(100000, LATER, 0), 100000);
+    assert_int_equal(nbd_spin_window(0, LATER, 0), 0);
     nbd_server_set_main_poll_max_ns(0);
     assert_int_equal(nbd_spin_cap(), 0);
-    assert_int_equal(nbd_spin_window(100000, LATER), 0);
-    assert_int_equal(nbd_spin_window(8000, LATER), 0);
+    assert_int_equal(nbd_spin_window(100000, LATER, 0), 0);
+    assert_int_equal(nbd_spin_window(8000, LATER, 0), 0);
     nbd_server_set_main_poll_max_ns(5000);
-    assert_int_equal(nbd_spin_window(100000, LATER), 5000);
-    assert_int_equal(nbd_spin_window(3000, LATER), 3000);
+    assert_int_equal(nbd_spin_window(100000, LATER, 0), 5000);
+    assert_int_equal(nbd_spin_window(3000, LATER, 0), 3000);
     nbd_server_set_main_poll_max_ns(INT64_MAX);
 }
 
@@ -195,7 +283,7 @@ static void probe_cap(void *opaque)
 
     nbd_spin_note_request(&a, FAR_AHEAD);
     p->cap = nbd_spin_cap();
-    p->window = nbd_spin_window(100000, LATER);
+    p->window = nbd_spin_window(100000, LATER, 0);
 }
 
 /* In an iothread the cap is its poll-max-ns, and follows qom-set. */
@@ -330,6 +418,32 @@ static void test_channel_cap_zero(void **state)
     }
 }
 
+/*
+ * A real channel beside another client's request in flight, in the main
+ * loop or an iothread (the rule is process-wide): it never spins, where
+ * alone it does.
+ */
+static void test_channel_other_inflight(void **state)
+{
+    IOThreadParams params;
+    GError *err = NULL;
+    static const int guest;
+
+    (void)state;
+    if (!ping_pong(NULL)) {
+        skip();
+    }
+    nbd_spin_request_begin(&guest);
+    assert_int_equal(ping_pong(NULL), 0);
+    iothread_params_default(&params);
+    params.poll_max_ns = 128 * 1000;
+    IOThread *t = iothread_new("spin-test", &params, &err);
+    assert_non_null(t);
+    assert_int_equal(ping_pong(t), 0);
+    nbd_spin_request_end(&guest, clock_ns());
+    iothread_free(t);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -338,10 +452,14 @@ int main(void)
         cmocka_unit_test(test_fd_during_spin),
         cmocka_unit_test(test_timer_during_spin),
         cmocka_unit_test(test_spin_alone),
+        cmocka_unit_test(test_inflight_alone),
+        cmocka_unit_test(test_stats_decisions),
+        cmocka_unit_test(test_window_cut),
         cmocka_unit_test(test_window_cap),
         cmocka_unit_test(test_main_env),
         cmocka_unit_test(test_iothread_cap),
         cmocka_unit_test(test_channel_cap_zero),
+        cmocka_unit_test(test_channel_other_inflight),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
