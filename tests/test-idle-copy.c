@@ -28,6 +28,8 @@
 #include <cmocka.h>
 #include <glib.h>
 
+#include <inttypes.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -37,7 +39,9 @@
 #include "strata/copy-range.h"
 #include "strata/job.h"
 #include "strata/loop.h"
+#include "strata/iov.h"
 #include "strata/pool-class.h"
+#include "strata/stream.h"
 #include "strata/units.h"
 #include "support.h"
 
@@ -424,6 +428,7 @@ static void test_engine_job_idle_guest_not(void **state)
 
 static gint starving;           /* a thread is held idle by starve_hook */
 static gint starve_timed_out;
+static gint starve_armed;       /* the next idle call starves */
 
 /*
  * An idle thread on a machine whose normal threads keep every CPU busy:
@@ -434,7 +439,8 @@ static int starve_hook(pid_t tid, int policy, const struct sched_param *p)
 {
     int ret = sched_setscheduler(tid, policy, p);
 
-    if (ret == 0 && tid == 0 && policy == SCHED_IDLE) {
+    if (ret == 0 && tid == 0 && policy == SCHED_IDLE &&
+        g_atomic_int_compare_and_exchange(&starve_armed, 1, 0)) {
         gint64 end = g_get_monotonic_time() + 10 * G_USEC_PER_SEC;
         g_atomic_int_set(&starving, 1);
         while (sched_getscheduler(0) == SCHED_IDLE) {
@@ -523,6 +529,7 @@ static void test_serialising_wait_promotes(void **state)
 
     thread_pool_class_stats(&a);
     g_atomic_int_set(&starve_timed_out, 0);
+    g_atomic_int_set(&starve_armed, 1);
     thread_pool_set_sched_hook(starve_hook);
     co_enter(co_create(ser_copy_co, &c));
     wait_starving();
@@ -550,6 +557,182 @@ static void test_serialising_wait_promotes(void **state)
     node_unref(dst);
     expect_file(tp, data, SER_LEN);
     g_free(data);
+}
+
+/* ---- The stream's own copies idle, a guest's copy-on-read not ---- */
+
+#define ST_LEN ((int64_t)(8 * MiB))
+
+/* A qcow2 top over a qcow2 base full of byte; the top's node, opened. */
+static BlockNode *open_stream_chain(const char *tag, int byte, char **tp)
+{
+    g_autofree char *bname = g_strdup_printf("%s-base.qcow2", tag);
+    g_autofree char *tname = g_strdup_printf("%s-top.qcow2", tag);
+    g_autofree char *bp = make_qcow2(bname, ST_LEN, NULL);
+    BlockBackend *b = open_blk(bp);
+    write_pattern(b, 0, ST_LEN, byte);
+    blk_unref(b);
+    *tp = make_qcow2(tname, ST_LEN, bp);
+    return open_json(json_pack("{s:s, s:s, s:{s:s, s:s}}", "driver", "qcow2",
+                               "node-name", tag, "file", "driver", "file",
+                               "filename", *tp));
+}
+
+static int64_t file_size(const char *path)
+{
+    struct stat st;
+    assert_int_equal(stat(path, &st), 0);
+    return st.st_size;
+}
+
+typedef struct GuestIo {
+    BlockBackend *blk;
+    int64_t offset, bytes;
+    bool write, in_frame;
+    uint8_t *buf;
+    int ret;
+    bool done;
+} GuestIo;
+
+static void guest_io_co(void *opaque)
+{
+    GuestIo *g = opaque;
+    PoolBackground f;
+    IOVec v;
+
+    if (g->in_frame) {
+        pool_background_begin(&f);
+    }
+    iovec_init_buf(&v, g->buf, (size_t)g->bytes);
+    g->ret = g->write ? blk_co_pwritev(g->blk, g->offset, g->bytes, &v, 0)
+                      : blk_co_preadv(g->blk, g->offset, g->bytes, &v, 0);
+    iovec_destroy(&v);
+    if (g->in_frame) {
+        pool_background_end(&f);
+    }
+    g->done = true;
+}
+
+static void stream_and_wait(const char *id, BlockNode *top)
+{
+    StreamOptions o = { .bs = top, .on_error = BLOCKDEV_ON_ERROR_REPORT };
+    GError *err = NULL;
+
+    if (!stream_start(id, &o, &err)) {
+        fail_msg("stream: %s", err->message);
+    }
+    LOOP_WAIT_WHILE(job_find(id));
+}
+
+/*
+ * The stream job's copies (REQ_PREFETCH reads through its copy-on-read
+ * filter) are written at idle class: the only idle calls a stream makes.
+ * A parent's read through the same kind of filter copies at normal class,
+ * even from a coroutine inside a background frame.
+ */
+static void test_stream_idle_guest_cor_not(void **state)
+{
+    g_autofree char *tp = NULL, *tp2 = NULL;
+    ThreadPoolClassStats a, b;
+
+    if (!have_idle_class()) {
+        skip();
+    }
+    BlockNode *top = open_stream_chain("stidle", 0x5a, &tp);
+    BlockBackend *guest = backend_on(top, BLK_PERM_CONSISTENT_READ |
+                                     BLK_PERM_WRITE);
+    thread_pool_class_stats(&a);
+    stream_and_wait("stidle-job", top);
+    thread_pool_class_stats(&b);
+    print_message("stream: %" PRIu64 " idle calls\n",
+                  b.idle_runs - a.idle_runs);
+    /* 16 chunks of 512 KiB, each one write (or more) */
+    assert_true(b.idle_runs - a.idle_runs >= 16);
+    check_pattern(guest, 0, ST_LEN, 0x5a);
+    assert_true(file_size(tp) >= ST_LEN);
+    blk_unref(guest);
+    node_unref(top);
+
+    /* A guest's reads through a filter: copied, at normal class. */
+    BlockNode *top2 = open_stream_chain("stguest", 0x6b, &tp2);
+    BlockBackend *rd = backend_on(open_json(json_pack(
+        "{s:s, s:s}", "driver", "copy-on-read", "file", "stguest")),
+        BLK_PERM_CONSISTENT_READ);
+    GuestIo g = { .blk = rd, .bytes = ST_LEN, .in_frame = true,
+                  .buf = g_malloc(ST_LEN), .ret = -1 };
+    thread_pool_class_stats(&a);
+    co_run_sync(guest_io_co, &g);
+    thread_pool_class_stats(&b);
+    assert_int_equal(g.ret, 0);
+    for (size_t i = 0; i < ST_LEN; i++) {
+        if (g.buf[i] != 0x6b) {
+            fail_msg("byte %zu read 0x%02x", i, g.buf[i]);
+        }
+    }
+    assert_true(file_size(tp2) >= ST_LEN);
+    assert_int_equal(b.idle_runs - a.idle_runs, 0);
+    BlockNode *cor = blk_node(rd);
+    blk_unref(rd);
+    node_unref(cor);
+    node_unref(top2);
+    g_free(g.buf);
+}
+
+/*
+ * A stream's write starves at idle class (the watchdog off): a guest
+ * write through the filter promotes it, and the job ends.
+ */
+static void test_stream_write_promoted_by_guest(void **state)
+{
+    g_autofree char *tp = NULL;
+    ThreadPoolClassStats a, b;
+
+    if (!have_idle_class()) {
+        skip();
+    }
+    BlockNode *top = open_stream_chain("stpromo", 0x3c, &tp);
+    BlockBackend *guest = backend_on(top, BLK_PERM_CONSISTENT_READ |
+                                     BLK_PERM_WRITE);
+    StreamOptions o = { .bs = top, .on_error = BLOCKDEV_ON_ERROR_REPORT };
+    GError *err = NULL;
+
+    thread_pool_class_stats(&a);
+    g_atomic_int_set(&starve_timed_out, 0);
+    g_atomic_int_set(&starve_armed, 1);
+    thread_pool_set_sched_hook(starve_hook);
+    if (!stream_start("stpromo-job", &o, &err)) {
+        fail_msg("stream: %s", err->message);
+    }
+    wait_starving();
+    /* Nobody waits: it stays where it is. */
+    for (int i = 0; i < 100; i++) {
+        loop_iterate(false);
+        g_usleep(1000);
+    }
+    assert_non_null(job_find("stpromo-job"));
+    assert_true(g_atomic_int_get(&starving));
+
+    GuestIo g = { .blk = guest, .offset = ST_LEN - 4 * KiB, .bytes = 4 * KiB,
+                  .write = true, .buf = g_malloc(4 * KiB), .ret = -1 };
+    memset(g.buf, 0xee, 4 * KiB);
+    gint64 t0 = g_get_monotonic_time();
+    co_enter(co_create(guest_io_co, &g));
+    LOOP_WAIT_WHILE(!g.done || job_find("stpromo-job"));
+    gint64 took = g_get_monotonic_time() - t0;
+    thread_pool_set_sched_hook(NULL);
+    thread_pool_class_stats(&b);
+
+    assert_false(g_atomic_int_get(&starve_timed_out));
+    print_message("guest write to the stream's end: %" G_GINT64_FORMAT
+                  " us\n", took);
+    assert_true(took < 5 * G_USEC_PER_SEC);
+    assert_int_equal(g.ret, 0);
+    assert_true(b.promoted - a.promoted >= 1);
+    check_pattern(guest, 0, ST_LEN - 4 * KiB, 0x3c);
+    check_pattern(guest, ST_LEN - 4 * KiB, 4 * KiB, 0xee);
+    blk_unref(guest);
+    node_unref(top);
+    g_free(g.buf);
 }
 
 /* A lost right: a worker at SCHED_IDLE cannot go back to normal class. */
@@ -663,6 +846,8 @@ int main(void)
         cmocka_unit_test(test_overdue),
         cmocka_unit_test(test_engine_job_idle_guest_not),
         cmocka_unit_test(test_serialising_wait_promotes),
+        cmocka_unit_test(test_stream_idle_guest_cor_not),
+        cmocka_unit_test(test_stream_write_promoted_by_guest),
         /* Last: it leaves a parked worker behind. */
         cmocka_unit_test(test_stuck_worker),
     };
