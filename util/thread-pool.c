@@ -565,7 +565,7 @@ void pool_background_begin(PoolBackground *bg)
 
 void pool_background_end(PoolBackground *bg)
 {
-    g_assert(!bg->req);
+    g_assert(!bg->req && bg->writes == 0);
     for (PoolBackground **p = &bg_frames; *p; p = &(*p)->next) {
         if (*p == bg) {
             *p = bg->next;

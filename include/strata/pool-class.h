@@ -9,8 +9,9 @@
  * opening a PoolBackground frame (pool_background_begin/end around
  * them); the calls that may run idle are the ones submitted with
  * thread_pool_co_run_background() from inside such a frame (file-copy.c's
- * copy_file_range, writeback.c's sync_file_range), and only while the
- * frame is not promoted.  Anything else in the pool (aio=threads reads
+ * copy_file_range, writeback.c's sync_file_range, and the file writes a
+ * frame asks for with pool_background_writes_begin: the stream's own
+ * copy-on-read copies), and only while the frame is not promoted.  Anything else in the pool (aio=threads reads
  * and writes, fallocate, fsync...) stays at normal class whoever asks.
  *
  * Whoever starts to wait for the frame's work (a guest write that needs
