@@ -606,6 +606,12 @@ void pool_background_writes_end(void)
     f->writes--;
 }
 
+bool pool_background_idle_here(void)
+{
+    PoolBackground *f = bg_frames ? current_frame() : NULL;
+    return f && !atomic_load(&f->promoted) && thread_pool_idle_enabled();
+}
+
 bool pool_background_write_idle(void)
 {
     PoolBackground *f = bg_frames ? current_frame() : NULL;

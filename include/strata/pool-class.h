@@ -84,6 +84,10 @@ void pool_background_writes_end(void);
 /* Whether a plain file write of the calling coroutine runs idle now. */
 bool pool_background_write_idle(void);
 
+/* Whether the calling coroutine is inside an open frame that is not
+ * promoted, with the idle class on: its background calls would run idle. */
+bool pool_background_idle_here(void);
+
 /*
  * thread_pool_co_run(), at idle class when the calling coroutine is
  * inside an open, unpromoted frame and the idle class is on.
