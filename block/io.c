@@ -22,6 +22,7 @@
 #include "strata/debug-event.h"
 #include "strata/dirty-bitmap.h"
 #include "strata/block-events.h"
+#include "strata/pool-class.h"
 
 /*
  * A request in flight on a node, on its issuer's stack (node_co_req_begin
@@ -32,6 +33,7 @@ typedef struct TrackedReq {
     int64_t offset, bytes;
     bool serialising;
     bool waiting;        /* in wait_serialising, behind another request */
+    Coroutine *co;       /* its issuer */
     CoQueue waiters;
     GList link;          /* in bs->tracked_requests, data = this request */
 } TrackedReq;
@@ -51,6 +53,7 @@ static inline void track_begin(BlockNode *bs, TrackedReq *r, int64_t offset,
     r->bytes = bytes;
     r->serialising = serialising;
     r->waiting = false;
+    r->co = co_self();
     r->waiters.head = r->waiters.tail = NULL;     /* co_queue_init */
     r->link.data = r;
     r->link.next = NULL;
@@ -92,6 +95,11 @@ static inline void track_end(BlockNode *bs, TrackedReq *r)
  * this one in turn when it wakes up, if it must), so two requests never
  * wait for each other, and a request stopped behind another does not hold
  * up the ones that come after it (QEMU iotest 077 depends on that order).
+ *
+ * The request waited for may be a job's background copy whose pool call
+ * runs at idle class (a copy offload into the target of the pre-7.0
+ * fleecing recipe, serialising): its issuer's frame is promoted, so that
+ * the wait does not last until the pool's watchdog (strata/pool-class.h).
  */
 static void coroutine_fn wait_serialising_slow(BlockNode *bs,
                                                TrackedReq *self)
@@ -107,6 +115,7 @@ retry:
             r->offset < self->offset + self->bytes &&
             self->offset < r->offset + r->bytes) {
             self->waiting = true;
+            pool_background_promote_co(r->co);
             co_queue_wait(&r->waiters);
             self->waiting = false;
             goto retry;

@@ -7,6 +7,11 @@
  * a copy a guest waits for (block_copy_range) at normal class; and that
  * a background call that runs too long is promoted anyway.
  *
+ * Two failures are simulated through the pool's hook on its
+ * sched_setscheduler calls: an idle thread that gets no CPU until it is
+ * promoted (the watchdog off: only a waiter's promotion ends the wait),
+ * and a worker that cannot leave SCHED_IDLE after its call.
+ *
  * Needs the right to leave SCHED_IDLE again (root, CAP_SYS_NICE or
  * RLIMIT_NICE 20): without it the pool keeps the idle class off, and the
  * tests that need it are skipped with a message.
@@ -23,11 +28,20 @@
 #include <cmocka.h>
 #include <glib.h>
 
+#include <inttypes.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include "strata/backend.h"
 #include "strata/block-copy.h"
+#include "strata/block-ops.h"
+#include "strata/copy-range.h"
 #include "strata/job.h"
 #include "strata/loop.h"
+#include "strata/iov.h"
 #include "strata/pool-class.h"
+#include "strata/stream.h"
 #include "strata/units.h"
 #include "support.h"
 
@@ -410,6 +424,428 @@ static void test_engine_job_idle_guest_not(void **state)
     thread_pool_set_idle_enabled(true);
 }
 
+/* ---- Simulated failures (thread_pool_set_sched_hook) ---- */
+
+static gint starving;           /* a thread is held idle by starve_hook */
+static gint starve_timed_out;
+static gint starve_armed;       /* the next idle call starves */
+
+/*
+ * An idle thread on a machine whose normal threads keep every CPU busy:
+ * it does not run until someone promotes it (10 s at most, then the test
+ * has failed).
+ */
+static int starve_hook(pid_t tid, int policy, const struct sched_param *p)
+{
+    int ret = sched_setscheduler(tid, policy, p);
+
+    if (ret == 0 && tid == 0 && policy == SCHED_IDLE &&
+        g_atomic_int_compare_and_exchange(&starve_armed, 1, 0)) {
+        gint64 end = g_get_monotonic_time() + 10 * G_USEC_PER_SEC;
+        g_atomic_int_set(&starving, 1);
+        while (sched_getscheduler(0) == SCHED_IDLE) {
+            if (g_get_monotonic_time() > end) {
+                g_atomic_int_set(&starve_timed_out, 1);
+                break;
+            }
+            g_usleep(500);
+        }
+        g_atomic_int_set(&starving, 0);
+    }
+    return ret;
+}
+
+static void wait_starving(void)
+{
+    gint64 end = g_get_monotonic_time() + 10 * G_USEC_PER_SEC;
+    while (!g_atomic_int_get(&starving)) {
+        if (g_get_monotonic_time() > end) {
+            fail_msg("no background call went idle in 10 s");
+        }
+        loop_iterate(false);
+        g_usleep(200);
+    }
+}
+
+#define SER_LEN (256 * KiB)
+
+typedef struct SerCopy {
+    BlockChild *src, *dst;
+    PoolBackground f;
+    int ret;
+    bool done;
+} SerCopy;
+
+/* A job's background copy into a fleecing target: serialising, offloaded. */
+static void ser_copy_co(void *opaque)
+{
+    SerCopy *c = opaque;
+    pool_background_begin(&c->f);
+    c->ret = child_co_copy_range(c->src, 0, c->dst, 0, SER_LEN, 0,
+                                 REQ_SERIALISING);
+    pool_background_end(&c->f);
+    c->done = true;
+}
+
+typedef struct SerRead {
+    BlockChild *c;
+    uint8_t buf[4096];
+    int ret;
+    bool done;
+} SerRead;
+
+static void ser_read_co(void *opaque)
+{
+    SerRead *r = opaque;
+    r->ret = child_co_pread(r->c, 64 * KiB, sizeof(r->buf), r->buf, 0);
+    r->done = true;
+}
+
+/*
+ * A reader that waits in the request path (wait_serialising) for a
+ * serialising copy whose copy_file_range runs idle and gets no CPU: the
+ * wait promotes the copy, and ends without the watchdog (off here).
+ */
+static void test_serialising_wait_promotes(void **state)
+{
+    uint8_t *data = g_malloc(SER_LEN);
+    g_autofree char *sp = NULL, *tp = NULL;
+    ThreadPoolClassStats a, b;
+    BlockBackend *bsrc, *bdst;
+    SerCopy c = { .ret = -1 };
+    SerRead r = { .ret = -1 };
+
+    if (!have_idle_class()) {
+        g_free(data);
+        skip();
+    }
+    fill_nonzero(data, SER_LEN, 7);
+    sp = make_file("ser-src", data, SER_LEN);
+    tp = make_file("ser-dst", NULL, SER_LEN);
+    BlockNode *src = open_cached(sp), *dst = open_cached(tp);
+    c.src = edge(&bsrc, src, BLK_PERM_CONSISTENT_READ);
+    c.dst = edge(&bdst, dst, BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE);
+    r.c = c.dst;
+
+    thread_pool_class_stats(&a);
+    g_atomic_int_set(&starve_timed_out, 0);
+    g_atomic_int_set(&starve_armed, 1);
+    thread_pool_set_sched_hook(starve_hook);
+    co_enter(co_create(ser_copy_co, &c));
+    wait_starving();
+    gint64 t0 = g_get_monotonic_time();
+    co_enter(co_create(ser_read_co, &r));
+    LOOP_WAIT_WHILE(!r.done);
+    gint64 waited = g_get_monotonic_time() - t0;
+    LOOP_WAIT_WHILE(!c.done);
+    thread_pool_set_sched_hook(NULL);
+    thread_pool_class_stats(&b);
+
+    assert_false(g_atomic_int_get(&starve_timed_out));
+    print_message("reader waited %" G_GINT64_FORMAT " us\n", waited);
+    assert_true(waited < 5 * G_USEC_PER_SEC);
+    assert_int_equal(c.ret, 0);
+    assert_int_equal(r.ret, 0);
+    /* It read after the copy: what the copy wrote. */
+    assert_memory_equal(r.buf, data + 64 * KiB, sizeof(r.buf));
+    assert_int_equal(b.promoted - a.promoted, 1);
+    assert_int_equal(b.idle_runs - a.idle_runs, 1);
+
+    blk_unref(bsrc);
+    blk_unref(bdst);
+    node_unref(src);
+    node_unref(dst);
+    expect_file(tp, data, SER_LEN);
+    g_free(data);
+}
+
+/* ---- The stream's own copies idle, a guest's copy-on-read not ---- */
+
+#define ST_LEN ((int64_t)(8 * MiB))
+
+/* A qcow2 top over a qcow2 base full of byte; the top's node, opened. */
+static BlockNode *open_stream_chain(const char *tag, int byte, char **tp)
+{
+    g_autofree char *bname = g_strdup_printf("%s-base.qcow2", tag);
+    g_autofree char *tname = g_strdup_printf("%s-top.qcow2", tag);
+    g_autofree char *bp = make_qcow2(bname, ST_LEN, NULL);
+    BlockBackend *b = open_blk(bp);
+    write_pattern(b, 0, ST_LEN, byte);
+    blk_unref(b);
+    *tp = make_qcow2(tname, ST_LEN, bp);
+    return open_json(json_pack("{s:s, s:s, s:{s:s, s:s}}", "driver", "qcow2",
+                               "node-name", tag, "file", "driver", "file",
+                               "filename", *tp));
+}
+
+static int64_t file_size(const char *path)
+{
+    struct stat st;
+    assert_int_equal(stat(path, &st), 0);
+    return st.st_size;
+}
+
+typedef struct GuestIo {
+    BlockBackend *blk;
+    int64_t offset, bytes;
+    bool write, in_frame;
+    uint8_t *buf;
+    int ret;
+    bool done;
+} GuestIo;
+
+static void guest_io_co(void *opaque)
+{
+    GuestIo *g = opaque;
+    PoolBackground f;
+    IOVec v;
+
+    if (g->in_frame) {
+        pool_background_begin(&f);
+    }
+    iovec_init_buf(&v, g->buf, (size_t)g->bytes);
+    g->ret = g->write ? blk_co_pwritev(g->blk, g->offset, g->bytes, &v, 0)
+                      : blk_co_preadv(g->blk, g->offset, g->bytes, &v, 0);
+    iovec_destroy(&v);
+    if (g->in_frame) {
+        pool_background_end(&f);
+    }
+    g->done = true;
+}
+
+static void stream_and_wait(const char *id, BlockNode *top)
+{
+    StreamOptions o = { .bs = top, .on_error = BLOCKDEV_ON_ERROR_REPORT };
+    GError *err = NULL;
+
+    if (!stream_start(id, &o, &err)) {
+        fail_msg("stream: %s", err->message);
+    }
+    LOOP_WAIT_WHILE(job_find(id));
+}
+
+/*
+ * The stream job's copies (REQ_PREFETCH reads through its copy-on-read
+ * filter) are written at idle class: the only idle calls a stream makes.
+ * A parent's read through the same kind of filter copies at normal class,
+ * even from a coroutine inside a background frame.
+ */
+static void test_stream_idle_guest_cor_not(void **state)
+{
+    g_autofree char *tp = NULL, *tp2 = NULL;
+    ThreadPoolClassStats a, b;
+
+    if (!have_idle_class()) {
+        skip();
+    }
+    BlockNode *top = open_stream_chain("stidle", 0x5a, &tp);
+    BlockBackend *guest = backend_on(top, BLK_PERM_CONSISTENT_READ |
+                                     BLK_PERM_WRITE);
+    thread_pool_class_stats(&a);
+    stream_and_wait("stidle-job", top);
+    thread_pool_class_stats(&b);
+    print_message("stream: %" PRIu64 " idle calls\n",
+                  b.idle_runs - a.idle_runs);
+    /* 16 chunks of 512 KiB, each one write (or more) */
+    assert_true(b.idle_runs - a.idle_runs >= 16);
+    check_pattern(guest, 0, ST_LEN, 0x5a);
+    assert_true(file_size(tp) >= ST_LEN);
+    blk_unref(guest);
+    node_unref(top);
+
+    /* A guest's reads through a filter: copied, at normal class. */
+    BlockNode *top2 = open_stream_chain("stguest", 0x6b, &tp2);
+    BlockBackend *rd = backend_on(open_json(json_pack(
+        "{s:s, s:s}", "driver", "copy-on-read", "file", "stguest")),
+        BLK_PERM_CONSISTENT_READ);
+    GuestIo g = { .blk = rd, .bytes = ST_LEN, .in_frame = true,
+                  .buf = g_malloc(ST_LEN), .ret = -1 };
+    thread_pool_class_stats(&a);
+    co_run_sync(guest_io_co, &g);
+    thread_pool_class_stats(&b);
+    assert_int_equal(g.ret, 0);
+    for (size_t i = 0; i < ST_LEN; i++) {
+        if (g.buf[i] != 0x6b) {
+            fail_msg("byte %zu read 0x%02x", i, g.buf[i]);
+        }
+    }
+    assert_true(file_size(tp2) >= ST_LEN);
+    assert_int_equal(b.idle_runs - a.idle_runs, 0);
+    BlockNode *cor = blk_node(rd);
+    blk_unref(rd);
+    node_unref(cor);
+    node_unref(top2);
+    g_free(g.buf);
+}
+
+/*
+ * A stream's write starves at idle class (the watchdog off): a guest
+ * write through the filter promotes it, and the job ends.
+ */
+static void test_stream_write_promoted_by_guest(void **state)
+{
+    g_autofree char *tp = NULL;
+    ThreadPoolClassStats a, b;
+
+    if (!have_idle_class()) {
+        skip();
+    }
+    BlockNode *top = open_stream_chain("stpromo", 0x3c, &tp);
+    BlockBackend *guest = backend_on(top, BLK_PERM_CONSISTENT_READ |
+                                     BLK_PERM_WRITE);
+    StreamOptions o = { .bs = top, .on_error = BLOCKDEV_ON_ERROR_REPORT };
+    GError *err = NULL;
+
+    thread_pool_class_stats(&a);
+    g_atomic_int_set(&starve_timed_out, 0);
+    g_atomic_int_set(&starve_armed, 1);
+    thread_pool_set_sched_hook(starve_hook);
+    if (!stream_start("stpromo-job", &o, &err)) {
+        fail_msg("stream: %s", err->message);
+    }
+    wait_starving();
+    /* Nobody waits: it stays where it is. */
+    for (int i = 0; i < 100; i++) {
+        loop_iterate(false);
+        g_usleep(1000);
+    }
+    assert_non_null(job_find("stpromo-job"));
+    assert_true(g_atomic_int_get(&starving));
+
+    GuestIo g = { .blk = guest, .offset = ST_LEN - 4 * KiB, .bytes = 4 * KiB,
+                  .write = true, .buf = g_malloc(4 * KiB), .ret = -1 };
+    memset(g.buf, 0xee, 4 * KiB);
+    gint64 t0 = g_get_monotonic_time();
+    co_enter(co_create(guest_io_co, &g));
+    LOOP_WAIT_WHILE(!g.done || job_find("stpromo-job"));
+    gint64 took = g_get_monotonic_time() - t0;
+    thread_pool_set_sched_hook(NULL);
+    thread_pool_class_stats(&b);
+
+    assert_false(g_atomic_int_get(&starve_timed_out));
+    print_message("guest write to the stream's end: %" G_GINT64_FORMAT
+                  " us\n", took);
+    assert_true(took < 5 * G_USEC_PER_SEC);
+    assert_int_equal(g.ret, 0);
+    assert_true(b.promoted - a.promoted >= 1);
+    check_pattern(guest, 0, ST_LEN - 4 * KiB, 0x3c);
+    check_pattern(guest, ST_LEN - 4 * KiB, 4 * KiB, 0xee);
+    blk_unref(guest);
+    node_unref(top);
+    g_free(g.buf);
+}
+
+/* A lost right: a worker at SCHED_IDLE cannot go back to normal class. */
+static int deny_leave_hook(pid_t tid, int policy, const struct sched_param *p)
+{
+    if (policy != SCHED_IDLE && sched_getscheduler(tid) == SCHED_IDLE) {
+        errno = EPERM;
+        return -1;
+    }
+    return sched_setscheduler(tid, policy, p);
+}
+
+typedef struct WhoRan {
+    pid_t tid;
+    int policy;
+} WhoRan;
+
+static int who_fn(void *opaque)
+{
+    WhoRan *w = opaque;
+    w->tid = (pid_t)syscall(SYS_gettid);
+    w->policy = sched_getscheduler(0);
+    return 0;
+}
+
+typedef struct StuckRun {
+    WhoRan first, later_bg[4], later[4];
+    int ret;
+    bool after;             /* the runs after the failure */
+} StuckRun;
+
+static void stuck_co(void *opaque)
+{
+    StuckRun *s = opaque;
+    PoolBackground f;
+
+    pool_background_begin(&f);
+    if (!s->after) {
+        s->ret = thread_pool_co_run_background(who_fn, &s->first);
+    } else {
+        for (int i = 0; i < 4; i++) {
+            s->ret |= thread_pool_co_run_background(who_fn, &s->later_bg[i]);
+            s->ret |= thread_pool_co_run(who_fn, &s->later[i]);
+        }
+    }
+    pool_background_end(&f);
+}
+
+/* The state letter of thread tid (/proc/self/task/TID/stat). */
+static char thread_state(pid_t tid)
+{
+    g_autofree char *path = g_strdup_printf("/proc/self/task/%d/stat",
+                                            (int)tid);
+    g_autofree char *text = NULL;
+    if (!g_file_get_contents(path, &text, NULL, NULL)) {
+        return '?';
+    }
+    const char *end = strrchr(text, ')');
+    return end && end[1] == ' ' ? end[2] : '?';
+}
+
+/*
+ * The right to leave SCHED_IDLE goes after the start-up probe: the worker
+ * that finds out after its call gets its completion posted by the
+ * watchdog and parks, never to run anything again; every later call runs
+ * on other workers, at normal class, and the idle class is off.
+ */
+static void test_stuck_worker(void **state)
+{
+    ThreadPoolClassStats a, b;
+    StuckRun s = { .ret = -1 };
+
+    if (!have_idle_class()) {
+        skip();
+    }
+    thread_pool_set_max(1);
+    thread_pool_class_stats(&a);
+    thread_pool_set_sched_hook(deny_leave_hook);
+    co_run_sync(stuck_co, &s);
+    thread_pool_set_sched_hook(NULL);
+    thread_pool_class_stats(&b);
+    assert_int_equal(s.ret, 0);
+    assert_int_equal(s.first.policy, SCHED_IDLE);
+    assert_int_equal(b.stuck - a.stuck, 1);
+    assert_false(thread_pool_idle_enabled());
+
+    /* Even with one worker allowed, a new one does the pool's work. */
+    s.after = true;
+    s.ret = 0;
+    co_run_sync(stuck_co, &s);
+    thread_pool_set_max(64);
+    assert_int_equal(s.ret, 0);
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(s.later_bg[i].policy, SCHED_OTHER);
+        assert_int_equal(s.later[i].policy, SCHED_OTHER);
+        assert_int_not_equal(s.later_bg[i].tid, s.first.tid);
+        assert_int_not_equal(s.later[i].tid, s.first.tid);
+    }
+    /*
+     * Still idle, asleep for good once it has got a CPU for the last few
+     * instructions after its hand-over (runnable until then, maybe for a
+     * while on a busy machine): it holds nothing and runs nothing.
+     */
+    assert_int_equal(sched_getscheduler(s.first.tid), SCHED_IDLE);
+    gint64 end = g_get_monotonic_time() + 10 * G_USEC_PER_SEC;
+    while (thread_state(s.first.tid) == 'R' &&
+           g_get_monotonic_time() < end) {
+        g_usleep(1000);
+    }
+    assert_int_equal(thread_state(s.first.tid), 'S');
+    thread_pool_set_idle_enabled(true);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -418,6 +854,11 @@ int main(void)
         cmocka_unit_test(test_normal_not_behind_background),
         cmocka_unit_test(test_overdue),
         cmocka_unit_test(test_engine_job_idle_guest_not),
+        cmocka_unit_test(test_serialising_wait_promotes),
+        cmocka_unit_test(test_stream_idle_guest_cor_not),
+        cmocka_unit_test(test_stream_write_promoted_by_guest),
+        /* Last: it leaves a parked worker behind. */
+        cmocka_unit_test(test_stuck_worker),
     };
     return cmocka_run_group_tests(tests, test_tmpdir_setup,
                                   test_tmpdir_teardown);

@@ -66,7 +66,16 @@
  *   unprivileged thread leaves SCHED_IDLE only within RLIMIT_NICE, 20 for
  *   nice 0): the first background call checks it in a thread of its own,
  *   and without it the idle class stays off, as a promotion could not
- *   work.
+ *   work.  Should the right go later (setrlimit, a capability dropped), a
+ *   worker that cannot come back after its call is stuck at idle class
+ *   for good: any lock it then took (this pool's, the post lock, the
+ *   loop's, malloc's or the thread library's on exit) could keep a normal
+ *   thread waiting for as long as it gets no CPU.  So it takes none: it
+ *   pushes its request on a lock-free list, wakes the watchdog (a
+ *   sem_post) and parks in pause() until the process ends; the watchdog,
+ *   at normal class, posts the completion, counts the worker out of the
+ *   pool (a new one starts when work comes), turns the idle class off and
+ *   says so once on stderr.
  * I/O priority is left alone (no ioprio_set): the writeback bios that a
  * sync_file_range at idle I/O class submits would carry that class, and
  * the job's final flush, then the guest's next sync on the same device
@@ -106,6 +115,7 @@ typedef struct PoolReq {
     int64_t wd_deadline_ns;     /* CLOCK_MONOTONIC */
     bool wd_fired;
     struct PoolReq *wd_next;
+    struct PoolReq *stuck_next; /* on stuck_reqs (lock-free) */
 } PoolReq;
 
 static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -166,7 +176,7 @@ static void pool_complete_bh(void *opaque)
 
 /* -1: not decided yet (STRATA_IDLE_COPY, then the probe), 0 off, 1 on. */
 static atomic_int idle_on = -1;
-static _Atomic uint64_t stat_idle_runs, stat_promoted;
+static _Atomic uint64_t stat_idle_runs, stat_promoted, stat_stuck;
 static atomic_int idle_limit_ms = 10;   /* 0: no limit (tests) */
 static pthread_once_t idle_probe_once = PTHREAD_ONCE_INIT;
 
@@ -224,6 +234,21 @@ void thread_pool_class_stats(ThreadPoolClassStats *st)
 {
     st->idle_runs = atomic_load(&stat_idle_runs);
     st->promoted = atomic_load(&stat_promoted);
+    st->stuck = atomic_load(&stat_stuck);
+}
+
+static _Atomic(ThreadPoolSchedFunc *) sched_hook;
+
+void thread_pool_set_sched_hook(ThreadPoolSchedFunc *fn)
+{
+    atomic_store(&sched_hook, fn);
+}
+
+/* sched_setscheduler, or the tests' stand-in. */
+static int sched_set(pid_t tid, int policy, const struct sched_param *p)
+{
+    ThreadPoolSchedFunc *fn = atomic_load(&sched_hook);
+    return fn ? fn(tid, policy, p) : sched_setscheduler(tid, policy, p);
 }
 
 static pid_t worker_tid(void)
@@ -237,16 +262,22 @@ static __thread int worker_policy = -1;
 static bool set_idle(pid_t tid, bool idle)
 {
     struct sched_param p = { 0 };
-    return sched_setscheduler(tid, idle ? SCHED_IDLE : worker_policy,
-                              &p) == 0;
+    return sched_set(tid, idle ? SCHED_IDLE : worker_policy, &p) == 0;
 }
 
 /* ---- The watchdog: idle_limit_ms for calls running idle ---- */
 
 static pthread_mutex_t wd_lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t wd_cond;          /* on CLOCK_MONOTONIC */
+/*
+ * The watchdog sleeps on a semaphore (sem_clockwait on CLOCK_MONOTONIC):
+ * a worker stuck at idle class must be able to wake it without a lock,
+ * which pthread_cond_signal takes inside (its group switch).
+ */
+static sem_t wd_sem;
 static pthread_once_t wd_once = PTHREAD_ONCE_INIT;
 static PoolReq *wd_list;                /* calls running idle */
+/* Requests whose worker could not leave idle class (run_background). */
+static _Atomic(PoolReq *) stuck_reqs;
 
 static int64_t mono_ns(void)
 {
@@ -256,16 +287,57 @@ static int64_t mono_ns(void)
 }
 
 /*
- * Promotes the calls past their deadline.  It holds wd_lock while it
- * changes a worker's class, and a worker takes itself off the list under
- * that lock before it goes on to anything else, so the thread id is
- * still the call's.  Runs for the life of the process once started (an
- * idle thread, asleep on the condition, when no call runs idle).
+ * The end of a call whose worker is stuck at idle class, done here at
+ * normal class in the worker's place: counted out of the pool (a new
+ * worker starts when work needs one), its completion posted.
+ */
+static void stuck_finish(PoolReq *req)
+{
+    static bool told;
+
+    if (!told) {
+        told = true;
+        g_printerr("strata: a pool worker could not leave SCHED_IDLE after "
+                   "a background call (the right to was lost after start-up): "
+                   "background calls run at normal class from now on\n");
+    }
+    atomic_fetch_add(&stat_stuck, 1);
+    pthread_mutex_lock(&pool_lock);
+    pool_bg_running--;
+    pool_threads--;
+    pthread_mutex_unlock(&pool_lock);
+    pthread_rwlock_rdlock(&post_lock);
+    loop_bh_remote(req->loop, pool_complete_bh, req);
+    pthread_rwlock_unlock(&post_lock);
+}
+
+static void wd_unlink_locked(PoolReq *req)
+{
+    for (PoolReq **p = &wd_list; *p; p = &(*p)->wd_next) {
+        if (*p == req) {
+            *p = req->wd_next;
+            break;
+        }
+    }
+}
+
+/*
+ * Promotes the calls past their deadline, and finishes the calls of
+ * stuck workers.  It holds wd_lock while it changes a worker's class,
+ * and a worker takes itself off the list under that lock before it goes
+ * on to anything else, so the thread id is still the call's (a stuck
+ * worker is taken off here).  Runs for the life of the process once
+ * started (an idle thread, asleep on the semaphore, when no call runs
+ * idle).
  */
 static gpointer wd_thread(gpointer unused)
 {
-    pthread_mutex_lock(&wd_lock);
     for (;;) {
+        pthread_mutex_lock(&wd_lock);
+        PoolReq *stuck = atomic_exchange(&stuck_reqs, NULL);
+        for (PoolReq *r = stuck; r; r = r->stuck_next) {
+            wd_unlink_locked(r);
+        }
         int64_t now = mono_ns(), next = INT64_MAX;
         for (PoolReq *r = wd_list; r; r = r->wd_next) {
             if (r->wd_fired) {
@@ -278,21 +350,31 @@ static gpointer wd_thread(gpointer unused)
                 /* The rest of its frame's calls run at normal class too,
                  * as after any promotion; the frame outlives the call. */
                 atomic_store(&r->bg->promoted, true);
-                if (tid && sched_setscheduler(tid, r->normal_policy,
-                                              &p) == 0) {
+                if (tid && sched_set(tid, r->normal_policy, &p) == 0) {
                     atomic_fetch_add(&stat_promoted, 1);
                 }
             } else {
                 next = MIN(next, r->wd_deadline_ns);
             }
         }
+        pthread_mutex_unlock(&wd_lock);
+        while (stuck) {
+            PoolReq *r = stuck;
+            stuck = r->stuck_next;      /* r may be gone once posted */
+            stuck_finish(r);
+        }
+        int ret;
         if (next == INT64_MAX) {
-            pthread_cond_wait(&wd_cond, &wd_lock);
+            do {
+                ret = sem_wait(&wd_sem);
+            } while (ret < 0 && errno == EINTR);
         } else {
             struct timespec ts = {
                 .tv_sec = next / 1000000000, .tv_nsec = next % 1000000000,
             };
-            pthread_cond_timedwait(&wd_cond, &wd_lock, &ts);
+            do {
+                ret = sem_clockwait(&wd_sem, CLOCK_MONOTONIC, &ts);
+            } while (ret < 0 && errno == EINTR);
         }
     }
     return NULL;
@@ -300,38 +382,45 @@ static gpointer wd_thread(gpointer unused)
 
 static void wd_init(void)
 {
-    pthread_condattr_t a;
-    pthread_condattr_init(&a);
-    pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
-    pthread_cond_init(&wd_cond, &a);
-    pthread_condattr_destroy(&a);
+    sem_init(&wd_sem, 0, 0);
     g_thread_unref(g_thread_new("strata-pool-wd", wd_thread, NULL));
 }
 
 /* Called at normal class, before the worker goes idle. */
 static void wd_add(PoolReq *req, int ms)
 {
-    pthread_once(&wd_once, wd_init);
     pthread_mutex_lock(&wd_lock);
     req->wd_deadline_ns = mono_ns() + (int64_t)ms * 1000000;
     req->wd_fired = false;
     req->wd_next = wd_list;
     wd_list = req;
-    pthread_cond_signal(&wd_cond);
     pthread_mutex_unlock(&wd_lock);
+    sem_post(&wd_sem);
 }
 
-/* Called after the call, back at normal class (or stuck idle: rare). */
+/* Called after the call, back at normal class. */
 static void wd_remove(PoolReq *req)
 {
     pthread_mutex_lock(&wd_lock);
-    for (PoolReq **p = &wd_list; *p; p = &(*p)->wd_next) {
-        if (*p == req) {
-            *p = req->wd_next;
-            break;
-        }
-    }
+    wd_unlink_locked(req);
     pthread_mutex_unlock(&wd_lock);
+}
+
+/*
+ * The worker could not leave idle class after req's call: hand req to
+ * the watchdog with nothing but atomics and a sem_post (no lock a normal
+ * thread may take), and never run again.
+ */
+static _Noreturn void worker_park_stuck(PoolReq *req)
+{
+    PoolReq *head = atomic_load(&stuck_reqs);
+    do {
+        req->stuck_next = head;
+    } while (!atomic_compare_exchange_weak(&stuck_reqs, &head, req));
+    sem_post(&wd_sem);
+    for (;;) {
+        pause();
+    }
 }
 
 /*
@@ -353,6 +442,8 @@ static bool run_background(PoolReq *req)
     bool watched = false;
     if (!atomic_load(&req->bg->promoted) &&
         (worker_policy == SCHED_OTHER || worker_policy == SCHED_BATCH)) {
+        /* Started at normal class: a stuck worker needs the watchdog. */
+        pthread_once(&wd_once, wd_init);
         req->normal_policy = worker_policy;
         atomic_store(&req->idle_tid, worker_tid());
         if (limit_ms > 0) {
@@ -371,15 +462,17 @@ static bool run_background(PoolReq *req)
     /* Back before the completion and the locks (a promotion may have done
      * it already; once more costs a system call). */
     bool back = !went_idle || set_idle(0, false);
+    if (!back) {
+        /* Rights lost since the probe: no more idle calls.  The watchdog
+         * takes req off its list. */
+        thread_pool_set_idle_enabled(false);
+        atomic_store(&req->idle_tid, 0);
+        return false;
+    }
     if (watched) {
         wd_remove(req);
     }
     atomic_store(&req->idle_tid, 0);
-    if (!back) {
-        /* Rights lost since the probe: no more idle calls. */
-        thread_pool_set_idle_enabled(false);
-        return false;
-    }
     return true;
 }
 
@@ -437,9 +530,10 @@ static gpointer pool_worker(gpointer unused)
         pool_bg_running += background;
         pthread_mutex_unlock(&pool_lock);
 
-        bool usable = true;
         if (background) {
-            usable = run_background(req);
+            if (!run_background(req)) {
+                worker_park_stuck(req);
+            }
         } else {
             req->ret = req->fn(req->opaque);
         }
@@ -449,12 +543,6 @@ static gpointer pool_worker(gpointer unused)
 
         pthread_mutex_lock(&pool_lock);
         pool_bg_running -= background;
-        if (!usable) {
-            /* Stuck at idle class: leave, a new worker takes our place. */
-            pool_threads--;
-            pthread_mutex_unlock(&pool_lock);
-            return NULL;
-        }
     }
 }
 
@@ -477,7 +565,7 @@ void pool_background_begin(PoolBackground *bg)
 
 void pool_background_end(PoolBackground *bg)
 {
-    g_assert(!bg->req);
+    g_assert(!bg->req && bg->writes == 0);
     for (PoolBackground **p = &bg_frames; *p; p = &(*p)->next) {
         if (*p == bg) {
             *p = bg->next;
@@ -487,15 +575,48 @@ void pool_background_end(PoolBackground *bg)
     g_assert_not_reached();
 }
 
-static PoolBackground *current_frame(void)
+static PoolBackground *frame_of(Coroutine *co)
 {
-    Coroutine *co = co_self();
     for (PoolBackground *f = bg_frames; f; f = f->next) {
         if (f->co == co) {
             return f;
         }
     }
     return NULL;
+}
+
+static PoolBackground *current_frame(void)
+{
+    return frame_of(co_self());
+}
+
+bool pool_background_writes_begin(void)
+{
+    PoolBackground *f = current_frame();
+    if (f) {
+        f->writes++;
+    }
+    return f != NULL;
+}
+
+void pool_background_writes_end(void)
+{
+    PoolBackground *f = current_frame();
+    g_assert(f && f->writes > 0);
+    f->writes--;
+}
+
+bool pool_background_idle_here(void)
+{
+    PoolBackground *f = bg_frames ? current_frame() : NULL;
+    return f && !atomic_load(&f->promoted) && thread_pool_idle_enabled();
+}
+
+bool pool_background_write_idle(void)
+{
+    PoolBackground *f = bg_frames ? current_frame() : NULL;
+    return f && f->writes > 0 && !atomic_load(&f->promoted) &&
+           thread_pool_idle_enabled();
 }
 
 /* Queue req, and wake or start a worker for it (pool_lock held).  A
@@ -616,13 +737,22 @@ void pool_background_promote(PoolBackground *bg)
         /* The worker may be done with it and on its next call by now:
          * that one runs at normal class then, no worse than without
          * the idle class. */
-        if (tid && sched_setscheduler(tid, req->normal_policy, &p) == 0) {
+        if (tid && sched_set(tid, req->normal_policy, &p) == 0) {
             atomic_fetch_add(&stat_promoted, 1);
         }
     }
     pthread_mutex_unlock(&pool_lock);
     if (wake) {
         sem_post(&pool_sem);
+    }
+}
+
+void pool_background_promote_co(Coroutine *co)
+{
+    for (PoolBackground *f = bg_frames; f; f = f->next) {
+        if (f->co == co) {
+            pool_background_promote(f);
+        }
     }
 }
 

@@ -2,9 +2,12 @@
  * Copy offload between two file nodes: copy_file_range(2) in the thread
  * pool (it blocks), so the kernel (or the file system: reflinks, server
  * side copies over NFS) moves the data without a user-space buffer.
+ * And the writes of copies that a job makes nobody waits for (the
+ * stream's): pwritev(2) in the thread pool, as a background call.
  */
 #include <errno.h>
 #include <unistd.h>
+#include <sys/uio.h>
 #include "file-int.h"
 #include "strata/loop.h"
 #include "strata/pool-class.h"
@@ -93,4 +96,34 @@ int coroutine_fn file_co_copy_range_to(BlockNode *bs, BlockChild *src,
         file_grew(s, dst_off + bytes);
     }
     return ret;
+}
+
+typedef struct BgWrite {
+    int fd;
+    uint64_t offset;
+    const struct iovec *iov;
+    int niov;
+    int64_t ret;
+} BgWrite;
+
+static int bg_write_job(void *opaque)
+{
+    BgWrite *w = opaque;
+    ssize_t n;
+
+    do {
+        n = pwritev(w->fd, w->iov, w->niov, (off_t)w->offset);
+    } while (n < 0 && errno == EINTR);
+    w->ret = n < 0 ? -errno : n;
+    return 0;
+}
+
+int64_t coroutine_fn file_co_write_background(int fd, uint64_t offset,
+                                              const struct iovec *iov,
+                                              int niov)
+{
+    BgWrite w = { .fd = fd, .offset = offset, .iov = iov, .niov = niov };
+
+    thread_pool_co_run_background(bg_write_job, &w);
+    return w.ret;
 }

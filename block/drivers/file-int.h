@@ -140,6 +140,15 @@ int coroutine_fn file_co_copy_range_to(BlockNode *bs, BlockChild *src,
                                        int64_t src_off, BlockChild *dst,
                                        int64_t dst_off, int64_t bytes,
                                        int read_flags, int write_flags);
+/*
+ * A write of a coroutine inside pool_background_writes_begin (a stream's
+ * own copy): pwritev in the thread pool, at idle class while its frame is
+ * not promoted (strata/pool-class.h).  Returns the bytes written or
+ * -errno, as aio_co_rw().
+ */
+int64_t coroutine_fn file_co_write_background(int fd, uint64_t offset,
+                                              const struct iovec *iov,
+                                              int niov);
 
 /* file-grow.c */
 void file_data_cache_forget(FileState *s);

@@ -34,6 +34,7 @@
 #include <sys/vfs.h>
 #include <unistd.h>
 #include "strata/aio.h"
+#include "strata/pool-class.h"
 #include "strata/block-driver.h"
 #include "strata/loop.h"
 #include "strata/fdset.h"
@@ -692,9 +693,13 @@ static int64_t coroutine_fn do_rw(BlockNode *bs, AioEngine *e, AioOp op,
             iovec_concat(&rest, v, done, v->size - done);
             cur = &rest;
         }
-        /* The engines resubmit on EINTR/EAGAIN themselves. */
+        /* The engines resubmit on EINTR/EAGAIN themselves.  A write
+         * of a copy nobody waits for may run idle (file-copy.c). */
         int64_t r = file_read_inline(s, op, cur)
                     ? file_read_here(s, offset + done, cur)
+                    : op == AIO_OP_WRITE && pool_background_write_idle()
+                    ? file_co_write_background(s->fd, offset + done,
+                                               cur->iov, cur->niov)
                     : aio_co_rw(e, s->fd, op, offset + done, cur->iov,
                                 cur->niov);
         if (r < 0) {
