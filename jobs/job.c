@@ -543,6 +543,25 @@ void coroutine_fn job_sleep_ns(Job *job, int64_t ns)
 
 /* ---- Pausing ---- */
 
+/*
+ * Outside a coroutine, QEMU's aio_co_wake() enters a job at once, which
+ * strata's drains rely on (a drain begun or ended in a coroutine runs
+ * from a BH for that, block/drain.c): an idle job that is not cancelled
+ * and not sleeping (cond) runs on the caller's stack until it yields
+ * again.  true if it was entered so.
+ */
+static bool job_enter_now_if(Job *job, bool (*cond)(Job *))
+{
+    if (in_coroutine() || !job_started(job) || job->deferred ||
+        job->busy || job_is_cancelled(job) || (cond && !cond(job))) {
+        return false;
+    }
+    timer_del(job);
+    job->busy = true;
+    co_enter(job->co);
+    return true;
+}
+
 void job_pause(Job *job)
 {
     job->pause_count++;
@@ -550,21 +569,15 @@ void job_pause(Job *job)
         return;
     }
     /*
-     * Outside a coroutine, QEMU's aio_co_wake() enters the job at once: an
-     * idle job parks (and says so) before job_pause() returns, so jobs
+     * An idle job parks (and says so) before job_pause() returns, so jobs
      * drained one after the other pause in that order, whatever wake-ups
-     * of other jobs are already queued (qsd's shutdown events show it).
-     * Entered now, an idle job that is not cancelled only passes its pause
-     * point and yields again: nothing else runs under the caller.
+     * of other jobs are already queued (qsd's shutdown events show it),
+     * and a drain's wait finds it parked.  Entered now, it only passes its
+     * pause point and yields again.
      */
-    if (!in_coroutine() && job_started(job) && !job->deferred &&
-        !job->busy && !job_is_cancelled(job)) {
-        timer_del(job);
-        job->busy = true;
-        co_enter(job->co);
-        return;
+    if (!job_enter_now_if(job, NULL)) {
+        job_enter(job);
     }
-    job_enter(job);
 }
 
 void job_resume(Job *job)
@@ -573,8 +586,15 @@ void job_resume(Job *job)
     if (--job->pause_count) {
         return;
     }
-    /* A sleeping job wakes when its timer says so. */
-    job_enter_if(job, timer_not_pending);
+    /*
+     * Entered now, the job leaves its pause point (running / ready said)
+     * before the drain's end returns, as QEMU's drained_end: a drain just
+     * after this one then pauses it again.  A sleeping job wakes when its
+     * timer says so.
+     */
+    if (!job_enter_now_if(job, timer_not_pending)) {
+        job_enter_if(job, timer_not_pending);
+    }
 }
 
 bool job_user_pause(Job *job, GError **errp)
