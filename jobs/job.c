@@ -580,21 +580,28 @@ void job_pause(Job *job)
     }
 }
 
-void job_resume(Job *job)
+static void resume(Job *job, bool now)
 {
     g_assert(job->pause_count > 0);
     if (--job->pause_count) {
         return;
     }
-    /*
-     * Entered now, the job leaves its pause point (running / ready said)
-     * before the drain's end returns, as QEMU's drained_end: a drain just
-     * after this one then pauses it again.  A sleeping job wakes when its
-     * timer says so.
-     */
-    if (!job_enter_now_if(job, timer_not_pending)) {
+    /* A sleeping job wakes when its timer says so. */
+    if (!now || !job_enter_now_if(job, timer_not_pending)) {
         job_enter_if(job, timer_not_pending);
     }
+}
+
+/*
+ * The end of a drain (or of an action's pause): entered now, the job
+ * leaves its pause point (running / ready said) before the drain's end
+ * returns, as QEMU's drained_end, and a drain just after this one pauses
+ * it again.  A user's resume keeps its scheduled wake-up (job-resume runs
+ * in a coroutine in the daemon anyway).
+ */
+void job_resume(Job *job)
+{
+    resume(job, true);
 }
 
 bool job_user_pause(Job *job, GError **errp)
@@ -624,7 +631,7 @@ bool job_user_resume(Job *job, GError **errp)
         job->driver->user_resume(job);
     }
     job->user_paused = false;
-    job_resume(job);
+    resume(job, false);
     return true;
 }
 
