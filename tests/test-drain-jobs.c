@@ -348,6 +348,27 @@ static void test_coroutine_drain_user_paused(void **state)
     node_unref(bs);
 }
 
+/*
+ * A reopen drains the nodes it reopens, not every node (QEMU 7.2's
+ * bdrv_reopen drains the node's subtree): a job elsewhere says nothing,
+ * one above the node pauses and resumes.
+ */
+static void test_reopen_drains_its_nodes(void **state)
+{
+    GError *err = NULL;
+    BlockNode *a = open_named("a");
+    BlockNode *b = open_named("b");
+    DJob *d = new_job("m", b, true, -1);
+    g_string_truncate(events, 0);
+    assert_true(node_reopen(a, NULL, false, &err));
+    assert_string_equal(events->str, "");
+    assert_true(node_reopen(b, NULL, false, &err));
+    assert_string_equal(events->str, "m:standby m:ready ");
+    cancel(d);
+    node_unref(a);
+    node_unref(b);
+}
+
 /* ---- The same outside a coroutine ---- */
 
 /* The end resumes the job at once, as it pauses it at once. */
@@ -400,6 +421,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_coroutine_drain_all_two_jobs,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_coroutine_drain_user_paused,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reopen_drains_its_nodes,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_drain_end_resumes_at_once,
                                         setup, teardown),
