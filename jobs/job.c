@@ -4,8 +4,9 @@
  * Single-threaded: every job lives in the main thread's loop.  A job's
  * coroutine is entered only when `busy` goes from false to true, which
  * happens in one place (job_enter_if()), so it is never entered twice;
- * the entry itself is a scheduled wake-up, so whoever pauses, resumes or
- * cancels a job never runs the job's code on its own stack.
+ * the entry itself is a scheduled wake-up, except where QEMU enters the
+ * job at once too: a pause or a drain's resume outside a coroutine
+ * (job_enter_now_if()), which runs the job until it yields again.
  */
 #include <errno.h>
 #include <string.h>
@@ -547,8 +548,8 @@ void coroutine_fn job_sleep_ns(Job *job, int64_t ns)
  * Outside a coroutine, QEMU's aio_co_wake() enters a job at once, which
  * strata's drains rely on (a drain begun or ended in a coroutine runs
  * from a BH for that, block/drain.c): an idle job that is not cancelled
- * and not sleeping (cond) runs on the caller's stack until it yields
- * again.  true if it was entered so.
+ * (and for which cond, if given, holds) runs from the caller's frame until
+ * it yields again.  true if it was entered so.
  */
 static bool job_enter_now_if(Job *job, bool (*cond)(Job *))
 {
