@@ -3,10 +3,10 @@
  *
  * Single-threaded: every job lives in the main thread's loop.  A job's
  * coroutine is entered only when `busy` goes from false to true, which
- * happens in one place (job_enter_if()), so it is never entered twice;
- * the entry itself is a scheduled wake-up, except where QEMU enters the
- * job at once too: a pause or a drain's resume outside a coroutine
- * (job_enter_now_if()), which runs the job until it yields again.
+ * happens in job_enter_if() and job_enter_now_if(), so it is never
+ * entered twice; the entry itself is a scheduled wake-up, except where
+ * QEMU enters the job at once too: a pause or a drain's resume outside a
+ * coroutine (job_enter_now_if()), which runs the job until it yields.
  */
 #include <errno.h>
 #include <string.h>
