@@ -117,20 +117,51 @@ static bool sets_busy(GPtrArray *sets)
     return false;
 }
 
+/*
+ * A drain begun or ended in a coroutine (a QMP command, a job) is done
+ * from a BH, outside any coroutine, while the coroutine waits, as QEMU's
+ * bdrv_co_yield_to_drain(): there a job's pause and resume enter it at
+ * once (job_pause(), job_resume()), so an idle job reaches its pause
+ * point (paused / standby said) before the drain begins, and leaves it
+ * (running / ready said) before the drain's end returns, as in QEMU,
+ * whose QMP commands run outside coroutines.  Entered from a coroutine,
+ * the job would only be scheduled: a drain right after the end of another
+ * found it still parked, and a client saw one standby/ready pair where
+ * QEMU sends two, and the ready after the command's reply.
+ */
 typedef struct {
-    GPtrArray *set;
+    LoopFunc *fn;
+    void *opaque;
     Coroutine *co;
-    bool done;          /* the nodes are quiet: set by drain_wait_bh */
-} DrainWait;
+    bool done;          /* fn has run: set by drain_hop_bh */
+} DrainHop;
 
-static void drain_wait_bh(void *opaque)
+static void drain_hop_bh(void *opaque)
 {
-    DrainWait *w = opaque;
-    g_atomic_int_inc(&drain_waiters);
-    LOOP_WAIT_WHILE(set_busy(w->set));
-    g_atomic_int_add(&drain_waiters, -1);
-    w->done = true;
-    co_enter(w->co);
+    DrainHop *h = opaque;
+    h->fn(h->opaque);
+    h->done = true;
+    co_enter(h->co);
+}
+
+/* fn(opaque) outside any coroutine: now, or from a BH while we wait. */
+static void drain_outside_coroutine(LoopFunc *fn, void *opaque)
+{
+    if (!in_coroutine()) {
+        fn(opaque);
+        return;
+    }
+    DrainHop h = { fn, opaque, co_self(), false };
+    loop_bh(drain_hop_bh, &h);
+    /*
+     * h is drain_hop_bh's until it sets done: an entry before that (a
+     * co_wake() left over from an earlier wait, possibly run by the BH's
+     * own nested loop) must neither return with the drain not done nor
+     * leave the BH with a dead frame.
+     */
+    while (!h.done) {
+        co_yield();
+    }
 }
 
 /* Quiesce bs's drain set (no waiting); the set is pushed on bs. */
@@ -156,35 +187,35 @@ static GPtrArray *drain_quiesce(BlockNode *bs)
     return set;
 }
 
-void node_drain_begin(BlockNode *bs)
+/*
+ * Wait until nothing is in flight on the sets' nodes and every job above
+ * them is parked (its drained_poll).  The caller must not have a request
+ * of its own in flight on them, or this never ends.
+ */
+static void drain_wait(GPtrArray *sets)
 {
-    GPtrArray *set = drain_quiesce(bs);
-    if (in_coroutine()) {
-        /*
-         * A coroutine (a job) cannot run the loop itself: wait from a BH and
-         * come back when the nodes are quiet.  The caller must not have a
-         * request of its own in flight on them, or this never ends.
-         */
-        DrainWait w = { set, co_self(), false };
-        loop_bh(drain_wait_bh, &w);
-        /*
-         * w is drain_wait_bh's until it sets done: an entry before that
-         * (a co_wake() left over from an earlier wait, possibly run by the
-         * BH's own nested loop) must neither return with requests still
-         * in flight nor leave the BH polling a freed set.
-         */
-        while (!w.done) {
-            co_yield();
-        }
-        return;
-    }
     g_atomic_int_inc(&drain_waiters);
-    LOOP_WAIT_WHILE(set_busy(set));
+    LOOP_WAIT_WHILE(sets_busy(sets));
     g_atomic_int_add(&drain_waiters, -1);
 }
 
-void node_drain_end(BlockNode *bs)
+static void drain_begin_here(void *opaque)
 {
+    BlockNode *bs = opaque;
+    GPtrArray *sets = g_ptr_array_new();
+    g_ptr_array_add(sets, drain_quiesce(bs));
+    drain_wait(sets);
+    g_ptr_array_free(sets, TRUE);
+}
+
+void node_drain_begin(BlockNode *bs)
+{
+    drain_outside_coroutine(drain_begin_here, bs);
+}
+
+static void drain_end_here(void *opaque)
+{
+    BlockNode *bs = opaque;
     g_return_if_fail(bs->drain_sets != NULL);
     GPtrArray *set = bs->drain_sets->data;
     bs->drain_sets = g_slist_delete_link(bs->drain_sets, bs->drain_sets);
@@ -203,6 +234,11 @@ void node_drain_end(BlockNode *bs)
     g_ptr_array_free(set, TRUE);
 }
 
+void node_drain_end(BlockNode *bs)
+{
+    drain_outside_coroutine(drain_end_here, bs);
+}
+
 bool node_is_quiesced(const BlockNode *bs)
 {
     return g_atomic_int_get((int *)&bs->quiesce_counter) > 0;
@@ -211,7 +247,7 @@ bool node_is_quiesced(const BlockNode *bs)
 /* Roots drained by drain_all_begin, one list per nesting level. */
 static GSList *drain_all_stack;
 
-void drain_all_begin(void)
+static void drain_all_begin_here(void *opaque)
 {
     GSList *roots = NULL;
     for (BlockNode *bs = node_next(NULL); bs; bs = node_next(bs)) {
@@ -237,33 +273,33 @@ void drain_all_begin(void)
      * may wait for a read through another (a throttle node whose limits
      * only a drain lifts), so waiting root by root could wait for ever.
      */
-    if (in_coroutine()) {
-        /* A coroutine waits through a BH, one set at a time. */
-        for (GSList *l = roots; l; l = l->next) {
-            node_drain_begin(l->data);
-        }
-        drain_all_stack = g_slist_prepend(drain_all_stack, roots);
-        return;
-    }
     GPtrArray *sets = g_ptr_array_new();
     for (GSList *l = roots; l; l = l->next) {
         g_ptr_array_add(sets, drain_quiesce(l->data));
     }
-    g_atomic_int_inc(&drain_waiters);
-    LOOP_WAIT_WHILE(sets_busy(sets));
-    g_atomic_int_add(&drain_waiters, -1);
+    drain_wait(sets);
     g_ptr_array_free(sets, TRUE);
     drain_all_stack = g_slist_prepend(drain_all_stack, roots);
 }
 
-void drain_all_end(void)
+void drain_all_begin(void)
+{
+    drain_outside_coroutine(drain_all_begin_here, NULL);
+}
+
+static void drain_all_end_here(void *opaque)
 {
     g_return_if_fail(drain_all_stack != NULL);
     GSList *roots = drain_all_stack->data;
     drain_all_stack = g_slist_delete_link(drain_all_stack, drain_all_stack);
     for (GSList *l = roots; l; l = l->next) {
-        node_drain_end(l->data);
+        drain_end_here(l->data);
         node_unref(l->data);
     }
     g_slist_free(roots);
+}
+
+void drain_all_end(void)
+{
+    drain_outside_coroutine(drain_all_end_here, NULL);
 }

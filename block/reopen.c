@@ -751,7 +751,15 @@ bool reopen_multiple(ReopenQueue *q, GError **errp)
         .changed = g_hash_table_new(NULL, NULL),
     };
 
-    drain_all_begin();
+    /*
+     * The queued nodes drained (each with what is above and below it), not
+     * every node: QEMU 7.2's bdrv_reopen() drains the node's subtree, and
+     * jobs on other nodes go on without a paused/running (standby/ready)
+     * pair of events, as there.
+     */
+    for (GList *l = q->states; l; l = l->next) {
+        node_drain_begin(((ReopenState *)l->data)->bs);
+    }
     for (GList *l = q->states; l && ok; l = l->next) {
         ReopenState *rs = l->data;
         BlockNode *bs = rs->bs;
@@ -853,7 +861,9 @@ bool reopen_multiple(ReopenQueue *q, GError **errp)
             }
         }
     }
-    drain_all_end();
+    for (GList *l = g_list_last(q->states); l; l = l->prev) {
+        node_drain_end(((ReopenState *)l->data)->bs);
+    }
     /* A node no edge uses any more closes here, outside the drain. */
     g_slist_free_full(cc.dropped, (GDestroyNotify)node_unref);
     g_hash_table_destroy(cc.changed);

@@ -441,28 +441,34 @@ static int drop_intermediate(CommitJob *s, GError **errp)
     }
     file = s->backing_file ? s->backing_file : node_get_filename(s->base);
 
+    /*
+     * The overlays, referenced: updating one reopens it, whose drain runs
+     * the loop, where another job (a stream dropping that overlay) may
+     * complete and close nodes and edges; one no longer backed by base is
+     * left alone.
+     */
     for (BlockChild *c = node_next_parent(s->commit_top, NULL); c;
          c = node_next_parent(s->commit_top, c)) {
-        parents = g_slist_prepend(parents, c);
+        if (child_parent_kind(c) == PARENT_NODE &&
+            node_backing_child(child_parent(c)) == c) {
+            node_ref(child_parent(c));
+            parents = g_slist_prepend(parents, child_parent(c));
+        }
     }
     if (!node_replace(s->commit_top, s->base, errp)) {
-        g_slist_free(parents);
+        g_slist_free_full(parents, (GDestroyNotify)node_unref);
         return -EPERM;
     }
-    for (GSList *l = parents; l; l = l->next) {
-        BlockChild *c = l->data;
-        if (child_parent_kind(c) != PARENT_NODE) {
-            continue;
-        }
-        BlockNode *parent = child_parent(c);
-        if (node_backing_child(parent) == c &&
+    for (GSList *l = parents; l && !ret; l = l->next) {
+        BlockNode *parent = l->data;
+        BlockChild *b = node_backing_child(parent);
+        if (b && b->bs == s->base &&
             !update_overlay(parent, file, node_get_format_name(s->base),
                             errp)) {
             ret = -EIO;
-            break;
         }
     }
-    g_slist_free(parents);
+    g_slist_free_full(parents, (GDestroyNotify)node_unref);
     return ret;
 }
 

@@ -3,9 +3,10 @@
  *
  * Single-threaded: every job lives in the main thread's loop.  A job's
  * coroutine is entered only when `busy` goes from false to true, which
- * happens in one place (job_enter_if()), so it is never entered twice;
- * the entry itself is a scheduled wake-up, so whoever pauses, resumes or
- * cancels a job never runs the job's code on its own stack.
+ * happens in job_enter_if() and job_enter_now_if(), so it is never
+ * entered twice; the entry itself is a scheduled wake-up, except where
+ * QEMU enters the job at once too: a pause or a drain's resume outside a
+ * coroutine (job_enter_now_if()), which runs the job until it yields.
  */
 #include <errno.h>
 #include <string.h>
@@ -543,6 +544,25 @@ void coroutine_fn job_sleep_ns(Job *job, int64_t ns)
 
 /* ---- Pausing ---- */
 
+/*
+ * Outside a coroutine, QEMU's aio_co_wake() enters a job at once, which
+ * strata's drains rely on (a drain begun or ended in a coroutine runs
+ * from a BH for that, block/drain.c): an idle job that is not cancelled
+ * (and for which cond, if given, holds) runs from the caller's frame until
+ * it yields again.  true if it was entered so.
+ */
+static bool job_enter_now_if(Job *job, bool (*cond)(Job *))
+{
+    if (in_coroutine() || !job_started(job) || job->deferred ||
+        job->busy || job_is_cancelled(job) || (cond && !cond(job))) {
+        return false;
+    }
+    timer_del(job);
+    job->busy = true;
+    co_enter(job->co);
+    return true;
+}
+
 void job_pause(Job *job)
 {
     job->pause_count++;
@@ -550,31 +570,39 @@ void job_pause(Job *job)
         return;
     }
     /*
-     * Outside a coroutine, QEMU's aio_co_wake() enters the job at once: an
-     * idle job parks (and says so) before job_pause() returns, so jobs
+     * An idle job parks (and says so) before job_pause() returns, so jobs
      * drained one after the other pause in that order, whatever wake-ups
-     * of other jobs are already queued (qsd's shutdown events show it).
-     * Entered now, an idle job that is not cancelled only passes its pause
-     * point and yields again: nothing else runs under the caller.
+     * of other jobs are already queued (qsd's shutdown events show it),
+     * and a drain's wait finds it parked.  Entered now, it only passes its
+     * pause point and yields again.
      */
-    if (!in_coroutine() && job_started(job) && !job->deferred &&
-        !job->busy && !job_is_cancelled(job)) {
-        timer_del(job);
-        job->busy = true;
-        co_enter(job->co);
-        return;
+    if (!job_enter_now_if(job, NULL)) {
+        job_enter(job);
     }
-    job_enter(job);
 }
 
-void job_resume(Job *job)
+static void resume(Job *job, bool now)
 {
     g_assert(job->pause_count > 0);
     if (--job->pause_count) {
         return;
     }
     /* A sleeping job wakes when its timer says so. */
-    job_enter_if(job, timer_not_pending);
+    if (!now || !job_enter_now_if(job, timer_not_pending)) {
+        job_enter_if(job, timer_not_pending);
+    }
+}
+
+/*
+ * The end of a drain (or of an action's pause): entered now, the job
+ * leaves its pause point (running / ready said) before the drain's end
+ * returns, as QEMU's drained_end, and a drain just after this one pauses
+ * it again.  A user's resume keeps its scheduled wake-up (job-resume runs
+ * in a coroutine in the daemon anyway).
+ */
+void job_resume(Job *job)
+{
+    resume(job, true);
 }
 
 bool job_user_pause(Job *job, GError **errp)
@@ -604,7 +632,7 @@ bool job_user_resume(Job *job, GError **errp)
         job->driver->user_resume(job);
     }
     job->user_paused = false;
-    job_resume(job);
+    resume(job, false);
     return true;
 }
 

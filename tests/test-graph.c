@@ -428,6 +428,7 @@ static void test_failed_attach_while_drained(void **state)
 typedef struct {
     BlockNode *bs;
     bool done;
+    bool ended;         /* node_drain_end returned */
 } CoDrain;
 
 static void co_drain_entry(void *opaque)
@@ -436,6 +437,7 @@ static void co_drain_entry(void *opaque)
     node_drain_begin(d->bs);
     d->done = true;
     node_drain_end(d->bs);
+    d->ended = true;
 }
 
 static void test_drain_from_coroutine(void **state)
@@ -449,11 +451,13 @@ static void test_drain_from_coroutine(void **state)
     IOVec qiov;
     iovec_init_buf(&qiov, buf, sizeof(buf));
     blk_aio_preadv(blk, 0, &qiov, 0, drain_io_cb, &io);
-    CoDrain d = { blk_node(blk), false };
+    CoDrain d = { blk_node(blk), false, false };
     co_enter(co_create(co_drain_entry, &d));
     /* The coroutine waits for the request before it goes on. */
     LOOP_WAIT_WHILE(!d.done);
     assert_int_equal(io.done, 1);
+    /* The end, too, runs from a BH (block/drain.c). */
+    LOOP_WAIT_WHILE(!d.ended);
     iovec_destroy(&qiov);
     blk_unref(blk);
 }

@@ -216,6 +216,12 @@ static void issue_write_bh(void *opaque)
 {
     HeldWrite *h = opaque;
 
+    /* A drain begun in a coroutine quiesces from a BH queued after this
+     * one (block/drain.c): come back until node a is drained. */
+    if (h->in_txn && !node_is_quiesced(h->a)) {
+        loop_bh(issue_write_bh, h);
+        return;
+    }
     h->issued_in_txn = h->in_txn;
     h->quiesced_at_issue = node_is_quiesced(h->a);
     memset(h->buf, 0x5a, sizeof(h->buf));
