@@ -44,9 +44,9 @@ static inline void mr_set_bit(unsigned long *bm, uint64_t i)
  * machine kind: page_reporting_order 9) exactly those blocks have been
  * handed back to the host, so every page of such a folio is memory the
  * host must provide again on first touch: 4 MiB writes copied 1 GiB into
- * the page cache in 14 to 21 s, 1 MiB writes in 0.6 to 1.0 s (the same
- * 4 threads, docs/performance.md "Migration to a file", "Why a save
- * through the page cache was slow").  Smaller folios come from the lower
+ * the page cache in 14 to 21 s (2 MiB: 42 s), writes of 1 MiB or less in
+ * 0.4 to 3.6 s (the same 4 threads, docs/performance.md "Migration to a
+ * file", "Why a save through the page cache was slow").  Smaller folios come from the lower
  * free lists, which are never reported.  With O_DIRECT there is no page
  * cache: those writes stay whole.
  */
