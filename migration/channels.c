@@ -16,7 +16,9 @@
  * its own and keeps up to QUEUE_DEPTH of them in flight: it scans (save)
  * or sets up (load) its next batch while the last ones are on the disk.
  * Through the page cache, or where the kernel refuses io_uring, a channel
- * does one blocking pwritev / preadv at a time.
+ * does one blocking pwritev / preadv at a time; a save through the page
+ * cache writes in pieces of MR_BUFFERED_WRITE_MAX (mr-internal.h says
+ * why) and starts each batch's writeback as soon as it is copied.
  *
  * A load into memory that has a usable descriptor (a memfd, a shared
  * file) reads into bounce buffers, and one channel at a time per block
