@@ -16,7 +16,9 @@
  * its own and keeps up to QUEUE_DEPTH of them in flight: it scans (save)
  * or sets up (load) its next batch while the last ones are on the disk.
  * Through the page cache, or where the kernel refuses io_uring, a channel
- * does one blocking pwritev / preadv at a time.
+ * does one blocking pwritev / preadv at a time; a save through the page
+ * cache writes in pieces of MR_BUFFERED_WRITE_MAX (mr-internal.h says
+ * why) and starts each batch's writeback as soon as it is copied.
  *
  * A load into memory that has a usable descriptor (a memfd, a shared
  * file) reads into bounce buffers, and one channel at a time per block
@@ -110,6 +112,9 @@ typedef struct Work {
                                    (registered with each channel's ring) */
     unsigned max_bufs;
     bool write_gaps;            /* zero pages of new memory written too */
+    uint64_t write_max;         /* bytes per blocking write of a save */
+    bool kick;                  /* a buffered save starts the writeback of
+                                   each batch once it is copied */
 } Work;
 
 /*
@@ -361,13 +366,17 @@ static bool req_result(Chan *ch, Req *r, int res)
     return true;
 }
 
-/* Blocking transfer of a whole request, for channels without io_uring. */
+/*
+ * Blocking transfer of a whole request, for channels without io_uring.
+ * A save through the page cache writes it in pieces of w->write_max
+ * (MR_BUFFERED_WRITE_MAX): small page-cache folios.
+ */
 static void req_sync(Chan *ch, Req *r)
 {
     while (req_left(r)) {
         struct iovec iov = {
             .iov_base = req_buf(r),
-            .iov_len = MIN(req_left(r), (uint64_t)1 << 30),
+            .iov_len = MIN(req_left(r), ch->w->write_max),
         };
         ssize_t res = ch->w->load ? preadv(ch->fd, &iov, 1, (off_t)req_off(r))
                                   : pwritev(ch->fd, &iov, 1,
@@ -554,6 +563,19 @@ static bool save_batch(Chan *ch, MrBlock *b, unsigned long *bm,
             return false;
         }
         i = j;
+    }
+    if (w->kick && !ch->uring) {
+        /*
+         * The batch is in the page cache: its writeback starts now, while
+         * the channels copy the next ones, not all at the closing
+         * fdatasync (background writeback waits for 10 % of memory to be
+         * dirty, more than a save of a few GiB makes).  It does not wait
+         * for the writes; an error shows at the fdatasync.
+         */
+        (void)sync_file_range(ch->fd, (off64_t)(b->pages_offset +
+                                                s * MR_PAGE_SIZE),
+                              (off64_t)((e - s) * MR_PAGE_SIZE),
+                              SYNC_FILE_RANGE_WRITE);
     }
     return true;
 }
@@ -856,6 +878,9 @@ static bool run_channels(Work *w, const MrTarget *t, GError **errp)
  *   STRATA_MIGRATION_LOAD_WRITE_GAPS=1  pieces are written whole,
  *                                 zero pages too, into new memory
  *   STRATA_MIGRATION_LOAD_VIA_MAP=1  never through the fd
+ *   STRATA_MIGRATION_BUFFERED_WRITE  bytes per write of a save through
+ *                                 the page cache (4096 up to 1 GiB)
+ *   STRATA_MIGRATION_BUFFERED_KICK=0  no early writeback of its batches
  */
 static uint64_t env_num(const char *name, uint64_t lo, uint64_t hi,
                         uint64_t def)
@@ -891,6 +916,12 @@ static void work_init(Work *w, MrBlock *blocks, unsigned nb, bool load,
     w->max_bufs = (unsigned)env_num("STRATA_MIGRATION_LOAD_BUFFERS", 2, 256,
                                     LOAD_BUFFERS);
     w->write_gaps = g_getenv("STRATA_MIGRATION_LOAD_WRITE_GAPS") != NULL;
+    w->write_max = load || p->direct_io
+                   ? (uint64_t)1 << 30
+                   : env_num("STRATA_MIGRATION_BUFFERED_WRITE", MR_PAGE_SIZE,
+                             (uint64_t)1 << 30, MR_BUFFERED_WRITE_MAX);
+    w->kick = !load && !p->direct_io &&
+              env_num("STRATA_MIGRATION_BUFFERED_KICK", 0, 1, 1);
 }
 
 static void work_clear(Work *w)

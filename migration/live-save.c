@@ -107,6 +107,9 @@ typedef struct PassWork {
     _Atomic uint64_t *remaining;
     MrQueue q;                      /* chunks, failure, max-bandwidth */
     _Atomic uint64_t pages, written, zeroed;
+    uint64_t write_max;             /* bytes per blocking write: smaller
+                                       through the page cache
+                                       (MR_BUFFERED_WRITE_MAX) */
 } PassWork;
 
 /* One write in flight: guest memory to the file. */
@@ -152,7 +155,7 @@ static bool write_all(PassWork *w, int fd, const uint8_t *buf, uint64_t len,
                       uint64_t off, const char *id)
 {
     while (len) {
-        ssize_t r = pwrite(fd, buf, MIN(len, (uint64_t)1 << 30), (off_t)off);
+        ssize_t r = pwrite(fd, buf, MIN(len, w->write_max), (off_t)off);
         if (r < 0 && errno == EINTR) {
             continue;
         }
@@ -412,6 +415,7 @@ bool live_write_pass(const MrTarget *t, MrBlock *blocks, unsigned nb,
     PassWork w = {
         .blocks = blocks, .nb = nb, .set = set, .stored = stored,
         .stats = stats, .remaining = remaining,
+        .write_max = p->direct_io ? (uint64_t)1 << 30 : MR_BUFFERED_WRITE_MAX,
     };
     unsigned n = MAX(1u, MIN(p->channels, t->nb_chan));
     PassChan *ch = g_new0(PassChan, n);

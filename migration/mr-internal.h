@@ -35,6 +35,23 @@ static inline void mr_set_bit(unsigned long *bm, uint64_t i)
     bm[i / MR_WORD_BITS] |= 1ul << (i % MR_WORD_BITS);
 }
 
+/*
+ * The most a save writes in one call through the page cache (no
+ * direct-io).  The length of a buffered write sets the size of the
+ * page-cache folios ext4 allocates for it (large folios, Linux 6.x): a
+ * write of 2 MiB or more gets 2 MiB folios, which only free blocks of
+ * order 9 and up can give.  In a VM with free page reporting (this
+ * machine kind: page_reporting_order 9) exactly those blocks have been
+ * handed back to the host, so every page of such a folio is memory the
+ * host must provide again on first touch: 4 MiB writes copied 1 GiB into
+ * the page cache in 14 to 21 s (2 MiB: 42 s), writes of 1 MiB or less in
+ * 0.4 to 3.6 s (the same 4 threads, docs/performance.md "Migration to a
+ * file", "Why a save through the page cache was slow").  Smaller folios come from the lower
+ * free lists, which are never reported.  With O_DIRECT there is no page
+ * cache: those writes stay whole.
+ */
+#define MR_BUFFERED_WRITE_MAX (256u << 10)
+
 /* From the header to the first block's mapped-ram header. */
 GByteArray *mr_stream_head(const MrBlock *blocks, unsigned nb_blocks);
 /* One block's entry (for the blocks after the first). */
