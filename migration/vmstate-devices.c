@@ -128,10 +128,64 @@ static bool take(VmstateReadFn *rd, void *opaque, uint64_t *pos,
     return true;
 }
 
+/*
+ * Walks the first sections of a state for their ids only (no CRC), for a
+ * message: at most VMSTATE_DEV_NAMED of them, and stops at anything odd.
+ */
+static void first_ids(VmstateReadFn *rd, void *opaque, uint64_t pos,
+                      uint64_t end, uint32_t count, GString *out)
+{
+    for (uint32_t i = 0; i < MIN(count, VMSTATE_DEV_NAMED); i++) {
+        uint8_t fixed[VMSTATE_DEV_FIXED], id[256], b4[4];
+        if (!take(rd, opaque, &pos, end, fixed, sizeof(fixed), "", NULL)) {
+            return;
+        }
+        uint16_t id_len = get_be16(fixed + 4);
+        if (get_be32(fixed) != VMSTATE_DEV_MAGIC || id_len == 0 ||
+            id_len > DS_ID_MAX ||
+            !take(rd, opaque, &pos, end, id, id_len, "", NULL)) {
+            return;
+        }
+        id[id_len] = 0;
+        if (strlen((char *)id) != id_len || !id_wellformed((char *)id)) {
+            return;
+        }
+        g_string_append_printf(out, "%s'%s'", i ? ", " : "", (char *)id);
+        for (uint32_t len = 1; len;) {
+            if (!take(rd, opaque, &pos, end, b4, 4, "", NULL)) {
+                return;
+            }
+            len = get_be32(b4);
+            if (len > VMSTATE_DEV_CHUNK || pos > end || len > end - pos) {
+                return;
+            }
+            pos += len;
+        }
+        pos += 4;                               /* the CRC */
+    }
+    if (count > VMSTATE_DEV_NAMED && out->len) {
+        g_string_append_printf(out, " and %" PRIu32 " more",
+                               count - VMSTATE_DEV_NAMED);
+    }
+}
+
+static bool cancelled(atomic_bool *cancel, GError **errp)
+{
+    if (cancel && atomic_load(cancel)) {
+        error_setg(errp, "The load was cancelled while it checked the VM "
+                   "state's device state");
+        return true;
+    }
+    return false;
+}
+
 GPtrArray *vmstate_dev_parse(VmstateReadFn *rd, void *opaque, uint64_t off,
-                             uint64_t end, uint32_t count, GError **errp)
+                             uint64_t end, uint32_t count, uint32_t max,
+                             atomic_bool *cancel, GError **errp)
 {
     GPtrArray *out = g_ptr_array_new_with_free_func(desc_free);
+    /* ids seen (keys owned by out's descs) */
+    GHashTable *seen = g_hash_table_new(g_str_hash, g_str_equal);
     uint8_t *buf = NULL;
     uint64_t pos = off;
 
@@ -141,10 +195,35 @@ GPtrArray *vmstate_dev_parse(VmstateReadFn *rd, void *opaque, uint64_t off,
                    off > end ? 0 : end - off);
         goto fail;
     }
+    if (count > max) {
+        /*
+         * Every stream needs a back end of its own: refused before the
+         * sections are walked (a damaged or hostile count costs nothing).
+         */
+        g_autoptr(GString) ids = g_string_new(NULL);
+        first_ids(rd, opaque, off, end, count, ids);
+        if (max == 0 && ids->len) {
+            error_setg(errp, "The VM state holds device state %s, and no "
+                       "back end is registered for %s (x-strata-device-state-"
+                       "add); guest RAM and every back end untouched",
+                       ids->str, count > 1 ? "them" : "it");
+        } else {
+            error_setg(errp, "The VM state holds %" PRIu32 " device states"
+                       "%s%s%s, more than the %" PRIu32 " back ends "
+                       "registered (x-strata-device-state-add); guest RAM "
+                       "and every back end untouched", count,
+                       ids->len ? " (" : "", ids->str, ids->len ? ")" : "",
+                       max);
+        }
+        goto fail;
+    }
     for (uint32_t i = 0; i < count; i++) {
         uint8_t fixed[VMSTATE_DEV_FIXED], id[256], b4[4];
         char what[300];
 
+        if (cancelled(cancel, errp)) {
+            goto fail;
+        }
         snprintf(what, sizeof(what), "device state section %" PRIu32, i + 1);
         if (!take(rd, opaque, &pos, end, fixed, sizeof(fixed), what, errp)) {
             goto fail;
@@ -166,15 +245,14 @@ GPtrArray *vmstate_dev_parse(VmstateReadFn *rd, void *opaque, uint64_t off,
                        " is damaged (its id)", i + 1);
             goto fail;
         }
-        for (guint k = 0; k < out->len; k++) {
-            if (!strcmp(((VmstateDevDesc *)out->pdata[k])->id, (char *)id)) {
-                error_setg(errp, "The VM state has device state '%s' twice",
-                           (char *)id);
-                goto fail;
-            }
+        if (g_hash_table_contains(seen, id)) {
+            error_setg(errp, "The VM state has device state '%s' twice",
+                       (char *)id);
+            goto fail;
         }
         VmstateDevDesc *d = g_new0(VmstateDevDesc, 1);
         d->id = g_strdup((char *)id);
+        g_hash_table_add(seen, d->id);
         d->iterative = fixed[6] & VMSTATE_DEV_ITERATIVE;
         d->data = pos;
         g_ptr_array_add(out, d);
@@ -206,7 +284,7 @@ GPtrArray *vmstate_dev_parse(VmstateReadFn *rd, void *opaque, uint64_t off,
             }
             for (uint32_t done = 0; done < len;) {
                 size_t n = MIN(len - done, CHECK_BUF);
-                if (!take(rd, opaque, &pos, end, buf, n, what, errp)) {
+                if (cancelled(cancel, errp) || !take(rd, opaque, &pos, end, buf, n, what, errp)) {
                     goto fail;
                 }
                 crc = crc_add(crc, buf, n);
@@ -239,10 +317,12 @@ GPtrArray *vmstate_dev_parse(VmstateReadFn *rd, void *opaque, uint64_t off,
         goto fail;
     }
     g_free(buf);
+    g_hash_table_destroy(seen);
     return out;
 
 fail:
     g_free(buf);
+    g_hash_table_destroy(seen);
     g_ptr_array_free(out, true);
     return NULL;
 }
@@ -255,12 +335,17 @@ typedef struct FdCopy {
     size_t len;                 /* read: room; write: bytes */
     size_t done;
     bool write;
+    DsWriter *writer;           /* write: never blocks */
+    _Atomic uint64_t *progress; /* write: counts bytes as they go */
     atomic_bool *cancel;
 } FdCopy;
 
 /*
  * A read fills the buffer or stops at EOF (done < len); a write writes
- * all.  Polls so that a cancel is seen while the back end is silent.
+ * all.  Polls so that a cancel is seen while the back end is silent, and
+ * neither reads nor writes block (a read takes what poll said is there; a
+ * write goes through the DsWriter): a back end that stops reading does
+ * not hold the job past job-cancel.
  */
 static int fd_copy_run(void *opaque)
 {
@@ -280,7 +365,7 @@ static int fd_copy_run(void *opaque)
             continue;
         }
         ssize_t k = c->write
-            ? write(c->fd, c->buf + c->done, c->len - c->done)
+            ? ds_writer_write(c->writer, c->buf + c->done, c->len - c->done)
             : read(c->fd, c->buf + c->done, c->len - c->done);
         if (k < 0 && (errno == EINTR || errno == EAGAIN)) {
             continue;
@@ -292,6 +377,9 @@ static int fd_copy_run(void *opaque)
             return c->write ? -EIO : 0;
         }
         c->done += (size_t)k;
+        if (c->progress) {
+            atomic_fetch_add(c->progress, (uint64_t)k);
+        }
     }
     return 0;
 }
@@ -420,28 +508,36 @@ int64_t coroutine_fn vmstate_dev_save(BlockNode *bs, DsSet *set,
 
 /* ---- load ---- */
 
-static DsStream *find_stream(DsSet *set, const char *id)
+/* The set's streams by id. */
+static GHashTable *stream_index(DsSet *set)
 {
+    GHashTable *h = g_hash_table_new(g_str_hash, g_str_equal);
     for (unsigned k = 0; set && k < ds_set_count(set); k++) {
-        if (!strcmp(ds_set_get(set, k)->id, id)) {
-            return ds_set_get(set, k);
-        }
+        DsStream *st = ds_set_get(set, k);
+        g_hash_table_insert(h, st->id, st);
     }
-    return NULL;
+    return h;
 }
 
 bool vmstate_dev_match(GPtrArray *descs, DsSet *set, GError **errp)
 {
+    g_autoptr(GHashTable) streams = stream_index(set);
     g_autoptr(GString) missing = g_string_new(NULL);
     unsigned nmissing = 0;
 
     for (guint i = 0; i < descs->len; i++) {
         VmstateDevDesc *d = descs->pdata[i];
-        if (!find_stream(set, d->id)) {
-            g_string_append_printf(missing, "%s'%s'", nmissing ? ", " : "",
-                                   d->id);
+        if (!g_hash_table_contains(streams, d->id)) {
+            if (nmissing < VMSTATE_DEV_NAMED) {
+                g_string_append_printf(missing, "%s'%s'",
+                                       nmissing ? ", " : "", d->id);
+            }
             nmissing++;
         }
+    }
+    if (nmissing > VMSTATE_DEV_NAMED) {
+        g_string_append_printf(missing, " and %u more",
+                               nmissing - VMSTATE_DEV_NAMED);
     }
     if (nmissing) {
         error_setg(errp, "The VM state holds device state %s, and no back "
@@ -450,18 +546,23 @@ bool vmstate_dev_match(GPtrArray *descs, DsSet *set, GError **errp)
                    nmissing > 1 ? "them" : "it");
         return false;
     }
+    return true;
+}
+
+void vmstate_dev_mark_absent(GPtrArray *descs, DsSet *set)
+{
+    g_autoptr(GHashTable) in_state = g_hash_table_new(g_str_hash,
+                                                      g_str_equal);
+
+    for (guint i = 0; descs && i < descs->len; i++) {
+        g_hash_table_add(in_state, ((VmstateDevDesc *)descs->pdata[i])->id);
+    }
     for (unsigned k = 0; set && k < ds_set_count(set); k++) {
         DsStream *st = ds_set_get(set, k);
-        bool in_state = false;
-        for (guint i = 0; i < descs->len && !in_state; i++) {
-            in_state = !strcmp(((VmstateDevDesc *)descs->pdata[i])->id,
-                               st->id);
-        }
-        if (!in_state) {
+        if (!g_hash_table_contains(in_state, st->id)) {
             atomic_store(&st->outcome, DS_NOT_IN_FILE);
         }
     }
-    return true;
 }
 
 /* What became of the streams when stream @failed broke off. */
@@ -499,6 +600,8 @@ static int coroutine_fn load_one(BlockNode *bs, VmstateDevDesc *d,
     uint64_t pos = d->data;
     int ret;
 
+    DsWriter w;
+    ds_writer_init(&w, st->fd);
     atomic_store(&st->outcome, DS_FAILED);
     *partly = false;
     for (;;) {
@@ -516,7 +619,8 @@ static int coroutine_fn load_one(BlockNode *bs, VmstateDevDesc *d,
             /* checked by the parse: the area changed since */
             error_setg(errp, "The VM state's device state '%s' changed "
                        "while it was loaded", d->id);
-            return -EIO;
+            ret = -EIO;
+            goto out;
         }
         ret = area_io(bs, false, buf, len, pos);
         if (ret < 0) {
@@ -524,21 +628,22 @@ static int coroutine_fn load_one(BlockNode *bs, VmstateDevDesc *d,
         }
         pos += len;
         FdCopy c = { .fd = st->fd, .buf = buf, .len = len, .write = true,
+                     .writer = &w, .progress = &st->bytes,
                      .cancel = cancel };
         ret = fd_copy(&c);
         *partly |= c.done > 0;
-        atomic_fetch_add(&st->bytes, (uint64_t)c.done);
         if (ret == -ECANCELED) {
             error_setg(errp, "Device state '%s': the load was cancelled",
                        d->id);
-            return ret;
+            goto out;
         }
         if (ret < 0) {
             error_setg(errp, "Could not hand device state '%s' back to its "
                        "back end: %s", d->id, g_strerror(-ret));
-            return ret;
+            goto out;
         }
     }
+    ds_writer_close(&w);
     atomic_store(&st->rounds, (unsigned)d->rounds);
     close(st->fd);
     st->fd = -1;
@@ -548,6 +653,8 @@ static int coroutine_fn load_one(BlockNode *bs, VmstateDevDesc *d,
 read_failed:
     error_setg(errp, "Failed to read device state '%s' from the VM state: %s",
                d->id, g_strerror(-ret));
+out:
+    ds_writer_close(&w);
     return ret;
 }
 
@@ -556,10 +663,11 @@ int coroutine_fn vmstate_dev_load(BlockNode *bs, GPtrArray *descs,
                                   GError **errp)
 {
     uint8_t *buf = descs->len ? g_malloc(VMSTATE_DEV_CHUNK) : NULL;
+    g_autoptr(GHashTable) streams = stream_index(set);
 
     for (guint i = 0; i < descs->len; i++) {
         VmstateDevDesc *d = descs->pdata[i];
-        DsStream *st = find_stream(set, d->id);
+        DsStream *st = g_hash_table_lookup(streams, d->id);
         GError *local = NULL;
         bool partly;
 

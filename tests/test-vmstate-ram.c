@@ -580,7 +580,8 @@ static void test_devices_roundtrip(void **state)
     assert_int_equal(l->version, 2);
     assert_int_equal(l->ndev, 4);
     GPtrArray *descs = vmstate_dev_parse(mem_read, &m, l->dev_offset,
-                                         l->size, l->ndev, &err);
+                                         l->size, l->ndev, UINT32_MAX, NULL,
+                                         &err);
     assert_non_null(descs);
     for (int i = 0; i < 4; i++) {
         VmstateDevDesc *d = descs->pdata[i];
@@ -757,8 +758,8 @@ static void test_device_refused(void **state)
     /* Cut anywhere (the header's size with it): never accepted. */
     MemState m = read_state(f->bs, size);
     for (uint64_t end = dev_off; end < (uint64_t)size; end++) {
-        GPtrArray *d = vmstate_dev_parse(mem_read, &m, dev_off, end, 2,
-                                         &err);
+        GPtrArray *d = vmstate_dev_parse(mem_read, &m, dev_off, end, 2, 2,
+                                         NULL, &err);
         assert_null(d);
         assert_non_null(err);
         g_clear_error(&err);
@@ -766,8 +767,8 @@ static void test_device_refused(void **state)
     /* Every byte of the device part flipped: refused. */
     for (uint64_t pos = dev_off; pos < (uint64_t)size; pos++) {
         m.buf[pos] ^= 0x01;
-        GPtrArray *d = vmstate_dev_parse(mem_read, &m, dev_off, size, 2,
-                                         &err);
+        GPtrArray *d = vmstate_dev_parse(mem_read, &m, dev_off, size, 2, 2,
+                                         NULL, &err);
         if (d) {
             fail_msg("a flipped bit at %llu accepted",
                      (unsigned long long)(pos - dev_off));
@@ -775,7 +776,8 @@ static void test_device_refused(void **state)
         g_clear_error(&err);
         m.buf[pos] ^= 0x01;
     }
-    GPtrArray *d = vmstate_dev_parse(mem_read, &m, dev_off, size, 2, &err);
+    GPtrArray *d = vmstate_dev_parse(mem_read, &m, dev_off, size, 2, 2,
+                                     NULL, &err);
     assert_non_null(d);
     g_ptr_array_free(d, true);
     g_free(m.buf);

@@ -4,7 +4,9 @@
  * its RAM part (migration/vmstate-devices.c).  The input is the state's
  * first bytes; the area it claims to live in is the input's length, or
  * (first byte odd) 1 TiB, so that offsets far past the input are tried
- * too (reads there fail as a failing image would).  Whatever the bytes,
+ * too (reads there fail as a failing image would); with bit 1 of the
+ * first byte set, the last byte is the count of back ends a load has (a
+ * state with more streams is refused unwalked).  Whatever the bytes,
  * the parsers answer a layout whose every region lies inside the area,
  * streams that lie inside the state, or an error: never a crash or a
  * sanitizer report.  Seeds: tests/fuzz/corpus/vmstate-ram (states strata
@@ -40,8 +42,11 @@ static void devices(const uint8_t *data, size_t size,
 {
     Input in = { data, size };
     GError *err = NULL;
+    /* a load's bound (its registered back ends): the last byte's value
+     * when the first byte has bit 1 set, else none */
+    uint32_t max = size && (data[0] & 2) ? data[size - 1] : UINT32_MAX;
     GPtrArray *descs = vmstate_dev_parse(input_read, &in, l->dev_offset,
-                                         l->size, l->ndev, &err);
+                                         l->size, l->ndev, max, NULL, &err);
     if (!descs) {
         if (!err) {
             abort();
