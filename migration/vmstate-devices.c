@@ -128,45 +128,96 @@ static bool take(VmstateReadFn *rd, void *opaque, uint64_t *pos,
     return true;
 }
 
-/*
- * Walks the first sections of a state for their ids only (no CRC), for a
- * message: at most VMSTATE_DEV_NAMED of them, and stops at anything odd.
- */
-static void first_ids(VmstateReadFn *rd, void *opaque, uint64_t pos,
-                      uint64_t end, uint32_t count, GString *out)
+/* The set's streams by id. */
+static GHashTable *stream_index(DsSet *set)
 {
-    for (uint32_t i = 0; i < MIN(count, VMSTATE_DEV_NAMED); i++) {
+    GHashTable *h = g_hash_table_new(g_str_hash, g_str_equal);
+    for (unsigned k = 0; set && k < ds_set_count(set); k++) {
+        DsStream *st = ds_set_get(set, k);
+        g_hash_table_insert(h, st->id, st);
+    }
+    return h;
+}
+
+/*
+ * A state with more streams than @backends has: names streams without a
+ * back end, walking only the ids (no CRC) of at most as many sections as
+ * there are back ends and VMSTATE_DEV_NAMED more.  false (errp not set)
+ * if it met anything odd before: the parse, which then fails at the same
+ * place at the latest, says what.
+ */
+static bool refuse_too_many(VmstateReadFn *rd, void *opaque, uint64_t pos,
+                            uint64_t end, uint32_t count, DsSet *backends,
+                            GError **errp)
+{
+    g_autoptr(GHashTable) known = stream_index(backends);
+    uint32_t max = g_hash_table_size(known);
+    g_autoptr(GString) ids = g_string_new(NULL);
+    uint32_t walked = 0, named = 0, missing = 0;
+
+    while (walked < count && walked < max + VMSTATE_DEV_NAMED) {
         uint8_t fixed[VMSTATE_DEV_FIXED], id[256], b4[4];
         if (!take(rd, opaque, &pos, end, fixed, sizeof(fixed), "", NULL)) {
-            return;
+            break;
         }
         uint16_t id_len = get_be16(fixed + 4);
         if (get_be32(fixed) != VMSTATE_DEV_MAGIC || id_len == 0 ||
             id_len > DS_ID_MAX ||
             !take(rd, opaque, &pos, end, id, id_len, "", NULL)) {
-            return;
+            break;
         }
         id[id_len] = 0;
         if (strlen((char *)id) != id_len || !id_wellformed((char *)id)) {
-            return;
+            break;
         }
-        g_string_append_printf(out, "%s'%s'", i ? ", " : "", (char *)id);
-        for (uint32_t len = 1; len;) {
-            if (!take(rd, opaque, &pos, end, b4, 4, "", NULL)) {
-                return;
+        walked++;
+        if (!g_hash_table_contains(known, id)) {
+            missing++;
+            if (named < VMSTATE_DEV_NAMED) {
+                g_string_append_printf(ids, "%s'%s'", named ? ", " : "",
+                                       (char *)id);
+                named++;
             }
-            len = get_be32(b4);
-            if (len > VMSTATE_DEV_CHUNK || pos > end || len > end - pos) {
-                return;
-            }
-            pos += len;
+        }
+        bool odd = false;
+        for (uint32_t len = 1; len && !odd;) {
+            odd = !take(rd, opaque, &pos, end, b4, 4, "", NULL);
+            len = odd ? 0 : get_be32(b4);
+            odd = odd || len > VMSTATE_DEV_CHUNK || pos > end ||
+                  len > end - pos;
+            pos += odd ? 0 : len;
+        }
+        if (odd) {
+            break;
         }
         pos += 4;                               /* the CRC */
     }
-    if (count > VMSTATE_DEV_NAMED && out->len) {
-        g_string_append_printf(out, " and %" PRIu32 " more",
-                               count - VMSTATE_DEV_NAMED);
+    if (walked < count && walked < max + VMSTATE_DEV_NAMED) {
+        return false;
     }
+    if (walked == count) {
+        /* every id seen: exactly those without a back end */
+        if (missing > named) {
+            g_string_append_printf(ids, " and %" PRIu32 " more",
+                                   missing - named);
+        }
+        error_setg(errp, "The VM state holds device state %s, and no back "
+                   "end is registered for %s (x-strata-device-state-add); "
+                   "guest RAM and every back end untouched", ids->str,
+                   missing > 1 ? "them" : "it");
+        return true;
+    }
+    /* at least count - max have none; named ones are among them */
+    uint32_t more = count - max > named ? count - max - named : 0;
+    if (more) {
+        g_string_append_printf(ids, "%sat least %" PRIu32 " more",
+                               named ? " and " : "", more);
+    }
+    error_setg(errp, "The VM state holds %" PRIu32 " device states, more "
+               "than the %" PRIu32 " back ends registered (x-strata-device-"
+               "state-add); none for %s; guest RAM and every back end "
+               "untouched", count, max, ids->str);
+    return true;
 }
 
 static bool cancelled(atomic_bool *cancel, GError **errp)
@@ -180,7 +231,7 @@ static bool cancelled(atomic_bool *cancel, GError **errp)
 }
 
 GPtrArray *vmstate_dev_parse(VmstateReadFn *rd, void *opaque, uint64_t off,
-                             uint64_t end, uint32_t count, uint32_t max,
+                             uint64_t end, uint32_t count, DsSet *backends,
                              atomic_bool *cancel, GError **errp)
 {
     GPtrArray *out = g_ptr_array_new_with_free_func(desc_free);
@@ -195,26 +246,12 @@ GPtrArray *vmstate_dev_parse(VmstateReadFn *rd, void *opaque, uint64_t off,
                    off > end ? 0 : end - off);
         goto fail;
     }
-    if (count > max) {
+    if (backends && count > ds_set_count(backends) &&
+        refuse_too_many(rd, opaque, off, end, count, backends, errp)) {
         /*
          * Every stream needs a back end of its own: refused before the
          * sections are walked (a damaged or hostile count costs nothing).
          */
-        g_autoptr(GString) ids = g_string_new(NULL);
-        first_ids(rd, opaque, off, end, count, ids);
-        if (max == 0 && ids->len) {
-            error_setg(errp, "The VM state holds device state %s, and no "
-                       "back end is registered for %s (x-strata-device-state-"
-                       "add); guest RAM and every back end untouched",
-                       ids->str, count > 1 ? "them" : "it");
-        } else {
-            error_setg(errp, "The VM state holds %" PRIu32 " device states"
-                       "%s%s%s, more than the %" PRIu32 " back ends "
-                       "registered (x-strata-device-state-add); guest RAM "
-                       "and every back end untouched", count,
-                       ids->len ? " (" : "", ids->str, ids->len ? ")" : "",
-                       max);
-        }
         goto fail;
     }
     for (uint32_t i = 0; i < count; i++) {
@@ -314,6 +351,13 @@ GPtrArray *vmstate_dev_parse(VmstateReadFn *rd, void *opaque, uint64_t off,
     if (pos != end) {
         error_setg(errp, "The VM state is damaged: %" PRIu64 " bytes after "
                    "its device state", end - pos);
+        goto fail;
+    }
+    if (backends && count > ds_set_count(backends)) {
+        /* refuse_too_many met an oddity the parse did not: not expected */
+        error_setg(errp, "The VM state holds %" PRIu32 " device states, more "
+                   "than the %u back ends registered", count,
+                   ds_set_count(backends));
         goto fail;
     }
     g_free(buf);
@@ -507,17 +551,6 @@ int64_t coroutine_fn vmstate_dev_save(BlockNode *bs, DsSet *set,
 }
 
 /* ---- load ---- */
-
-/* The set's streams by id. */
-static GHashTable *stream_index(DsSet *set)
-{
-    GHashTable *h = g_hash_table_new(g_str_hash, g_str_equal);
-    for (unsigned k = 0; set && k < ds_set_count(set); k++) {
-        DsStream *st = ds_set_get(set, k);
-        g_hash_table_insert(h, st->id, st);
-    }
-    return h;
-}
 
 bool vmstate_dev_match(GPtrArray *descs, DsSet *set, GError **errp)
 {

@@ -63,13 +63,14 @@ typedef int VmstateReadFn(void *opaque, void *buf, size_t len, uint64_t pos);
  * Walks the @count streams that lie in [@off, @end) of a state and checks
  * every byte of them (framing, ids, CRC-32s, an iterative stream's
  * rounds): an array of VmstateDevDesc, or NULL with errp set.  Memory use
- * does not depend on the states' sizes.  A load can hand back at most
- * @max streams (one per registered back end; UINT32_MAX: no bound): a
- * larger count is refused before the sections are walked.  @cancel (may
- * be NULL) stops the walk.
+ * does not depend on the states' sizes, nor the time on their count
+ * beyond the sections' own bytes.  A load hands each stream to a back
+ * end of @backends (NULL: no bound, the parse alone): a count larger than
+ * they are is refused before the sections are walked, the message naming
+ * a few streams without one.  @cancel (may be NULL) stops the walk.
  */
 GPtrArray *vmstate_dev_parse(VmstateReadFn *rd, void *opaque, uint64_t off,
-                             uint64_t end, uint32_t count, uint32_t max,
+                             uint64_t end, uint32_t count, DsSet *backends,
                              atomic_bool *cancel, GError **errp);
 
 /*

@@ -547,9 +547,11 @@ int coroutine_fn vmstate_ram_load(BlockNode *bs, int64_t size, DsSet *devs,
     /* Every device state whole and with a back end, as well. */
     GPtrArray *descs = NULL;
     if (ret == 0) {
+        /* nothing registered: no stream can be handed back */
+        DsSet *none = devs ? NULL : ds_set_new();
         descs = vmstate_dev_parse(area_read, bs, l->dev_offset, l->size,
-                                  l->ndev, devs ? ds_set_count(devs) : 0,
-                                  cancel, errp);
+                                  l->ndev, devs ? devs : none, cancel, errp);
+        ds_set_free(none);
         if (!descs || !vmstate_dev_match(descs, devs, errp)) {
             *about_devices = true;
             ret = -EINVAL;
