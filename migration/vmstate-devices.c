@@ -15,8 +15,9 @@
  * hands them back unchanged; the chunks do not follow the records.
  *
  * Copies between a back end's descriptor and the area go through one
- * 1 MiB buffer: the back end's side in a pool thread (it may block; it
- * polls so that job-cancel stops it), the area's in the job's coroutine.
+ * 1 MiB buffer: the back end's side in a pool thread (it waits for a
+ * silent back end in poll, so that job-cancel stops it, and never blocks
+ * in a read or write), the area's in the job's coroutine.
  * A load checks every section (and its CRC) before guest memory or any
  * back end is touched, then reads the states a second time to hand them
  * back: no state is ever held whole.
