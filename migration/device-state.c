@@ -25,8 +25,12 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <limits.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
 
@@ -202,6 +206,56 @@ static uint8_t *fallback_buf(DsSet *s)
         s->buf = g_malloc(FALLBACK_BUF);
     }
     return s->buf;
+}
+
+/* ---- writing to a back end without blocking ---- */
+
+void ds_writer_init(DsWriter *w, int fd)
+{
+    struct stat sb;
+
+    w->fd = fd;
+    w->own = -1;
+    w->kind = DS_WRITER_PLAIN;
+    if (fstat(fd, &sb) < 0) {
+        return;
+    }
+    if (S_ISSOCK(sb.st_mode)) {
+        w->kind = DS_WRITER_SOCKET;
+    } else if (S_ISFIFO(sb.st_mode)) {
+        /*
+         * The back end passed its own open file description: O_NONBLOCK
+         * on it would change its end too.  A pipe opened again through
+         * /proc is a description of the daemon's own.
+         */
+        char path[64];
+        snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+        w->own = open(path, O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+        w->kind = w->own >= 0 ? DS_WRITER_OWN : DS_WRITER_PIPE_BUF;
+    }
+}
+
+ssize_t ds_writer_write(DsWriter *w, const void *buf, size_t n)
+{
+    switch (w->kind) {
+    case DS_WRITER_SOCKET:
+        return send(w->fd, buf, n, MSG_DONTWAIT | MSG_NOSIGNAL);
+    case DS_WRITER_OWN:
+        return write(w->own, buf, n);
+    case DS_WRITER_PIPE_BUF:
+        /* after POLLOUT a pipe has a free buffer: a page fits whole */
+        return write(w->fd, buf, MIN(n, (size_t)PIPE_BUF));
+    default:
+        return write(w->fd, buf, n);
+    }
+}
+
+void ds_writer_close(DsWriter *w)
+{
+    if (w->own >= 0) {
+        close(w->own);
+        w->own = -1;
+    }
 }
 
 static void crc_add(SaveStream *st, const void *buf, size_t n)
@@ -582,13 +636,18 @@ bool ds_save_tail(DsSet *s, int fd, uint64_t ram_end, MrStats *stats,
 static bool move_out(DsSet *s, DsStream *st, int file, uint64_t off,
                      uint64_t n, GError **errp)
 {
+    DsWriter w = { .fd = -1, .own = -1 };
+    bool ok = false;
+
     while (n) {
         if (wait_fd(s, st->fd, POLLOUT, -1, errp) < 0) {
-            return false;
+            goto out;
         }
         loff_t o = (loff_t)off;
+        /* never blocks on the pipe: a back end that stops reading must
+         * not hold the restore past job-cancel or quit */
         ssize_t r = splice(file, &o, st->fd, NULL, MIN(n, DS_CHUNK_MAX),
-                           SPLICE_F_MOVE);
+                           SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
         if (r < 0 && errno == EINVAL) {
             ssize_t k = pread(file, fallback_buf(s), MIN(n, FALLBACK_BUF),
                               (off_t)off);
@@ -596,10 +655,13 @@ static bool move_out(DsSet *s, DsStream *st, int file, uint64_t off,
                 error_setg_errno(errp, k < 0 ? errno : EIO, "Could not read "
                                  "device state '%s' from the migration file",
                                  st->id);
-                return false;
+                goto out;
+            }
+            if (w.fd < 0) {
+                ds_writer_init(&w, st->fd);
             }
             /* a short write: the rest is read from the file again */
-            r = write(st->fd, s->buf, (size_t)k);
+            r = ds_writer_write(&w, s->buf, (size_t)k);
         }
         if (r < 0 && (errno == EINTR || errno == EAGAIN)) {
             continue;
@@ -608,7 +670,7 @@ static bool move_out(DsSet *s, DsStream *st, int file, uint64_t off,
             error_setg_errno(errp, r < 0 ? errno : EIO, "Could not hand "
                              "device state '%s' back to its back end",
                              st->id);
-            return false;
+            goto out;
         }
         off += (uint64_t)r;
         n -= (uint64_t)r;
@@ -616,7 +678,10 @@ static bool move_out(DsSet *s, DsStream *st, int file, uint64_t off,
             atomic_fetch_add(&s->stats->transferred, (uint64_t)r);
         }
     }
-    return true;
+    ok = true;
+out:
+    ds_writer_close(&w);
+    return ok;
 }
 
 static bool get_be32_at(int fd, uint64_t off, uint32_t *v, GError **errp)

@@ -15,8 +15,9 @@
  * hands them back unchanged; the chunks do not follow the records.
  *
  * Copies between a back end's descriptor and the area go through one
- * 1 MiB buffer: the back end's side in a pool thread (it may block; it
- * polls so that job-cancel stops it), the area's in the job's coroutine.
+ * 1 MiB buffer: the back end's side in a pool thread (it waits for a
+ * silent back end in poll, so that job-cancel stops it, and never blocks
+ * in a read or write), the area's in the job's coroutine.
  * A load checks every section (and its CRC) before guest memory or any
  * back end is touched, then reads the states a second time to hand them
  * back: no state is ever held whole.
@@ -128,10 +129,115 @@ static bool take(VmstateReadFn *rd, void *opaque, uint64_t *pos,
     return true;
 }
 
+/* The set's streams by id. */
+static GHashTable *stream_index(DsSet *set)
+{
+    GHashTable *h = g_hash_table_new(g_str_hash, g_str_equal);
+    for (unsigned k = 0; set && k < ds_set_count(set); k++) {
+        DsStream *st = ds_set_get(set, k);
+        g_hash_table_insert(h, st->id, st);
+    }
+    return h;
+}
+
+/*
+ * A state with more streams than @backends has: names streams without a
+ * back end, walking only the ids (no CRC) of at most as many sections as
+ * there are back ends and VMSTATE_DEV_NAMED more.  false (errp not set)
+ * if it met anything odd before: the parse, which then fails at the same
+ * place at the latest, says what.
+ */
+static bool refuse_too_many(VmstateReadFn *rd, void *opaque, uint64_t pos,
+                            uint64_t end, uint32_t count, DsSet *backends,
+                            GError **errp)
+{
+    g_autoptr(GHashTable) known = stream_index(backends);
+    uint32_t max = g_hash_table_size(known);
+    g_autoptr(GString) ids = g_string_new(NULL);
+    uint32_t walked = 0, named = 0, missing = 0;
+
+    while (walked < count && walked < max + VMSTATE_DEV_NAMED) {
+        uint8_t fixed[VMSTATE_DEV_FIXED], id[256], b4[4];
+        if (!take(rd, opaque, &pos, end, fixed, sizeof(fixed), "", NULL)) {
+            break;
+        }
+        uint16_t id_len = get_be16(fixed + 4);
+        if (get_be32(fixed) != VMSTATE_DEV_MAGIC || id_len == 0 ||
+            id_len > DS_ID_MAX ||
+            !take(rd, opaque, &pos, end, id, id_len, "", NULL)) {
+            break;
+        }
+        id[id_len] = 0;
+        if (strlen((char *)id) != id_len || !id_wellformed((char *)id)) {
+            break;
+        }
+        walked++;
+        if (!g_hash_table_contains(known, id)) {
+            missing++;
+            if (named < VMSTATE_DEV_NAMED) {
+                g_string_append_printf(ids, "%s'%s'", named ? ", " : "",
+                                       (char *)id);
+                named++;
+            }
+        }
+        bool odd = false;
+        for (uint32_t len = 1; len && !odd;) {
+            odd = !take(rd, opaque, &pos, end, b4, 4, "", NULL);
+            len = odd ? 0 : get_be32(b4);
+            odd = odd || len > VMSTATE_DEV_CHUNK || pos > end ||
+                  len > end - pos;
+            pos += odd ? 0 : len;
+        }
+        if (odd) {
+            break;
+        }
+        pos += 4;                               /* the CRC */
+    }
+    if (walked < count && walked < max + VMSTATE_DEV_NAMED) {
+        return false;
+    }
+    if (walked == count) {
+        /* every id seen: exactly those without a back end */
+        if (missing > named) {
+            g_string_append_printf(ids, " and %" PRIu32 " more",
+                                   missing - named);
+        }
+        error_setg(errp, "The VM state holds device state %s, and no back "
+                   "end is registered for %s (x-strata-device-state-add); "
+                   "guest RAM and every back end untouched", ids->str,
+                   missing > 1 ? "them" : "it");
+        return true;
+    }
+    /* at least count - max have none; named ones are among them */
+    uint32_t more = count - max > named ? count - max - named : 0;
+    if (more) {
+        g_string_append_printf(ids, "%sat least %" PRIu32 " more",
+                               named ? " and " : "", more);
+    }
+    error_setg(errp, "The VM state holds %" PRIu32 " device states, more "
+               "than the %" PRIu32 " back ends registered (x-strata-device-"
+               "state-add); none for %s; guest RAM and every back end "
+               "untouched", count, max, ids->str);
+    return true;
+}
+
+static bool cancelled(atomic_bool *cancel, GError **errp)
+{
+    if (cancel && atomic_load(cancel)) {
+        error_setg(errp, "The load was cancelled while it checked the VM "
+                   "state's device state");
+        return true;
+    }
+    return false;
+}
+
 GPtrArray *vmstate_dev_parse(VmstateReadFn *rd, void *opaque, uint64_t off,
-                             uint64_t end, uint32_t count, GError **errp)
+                             uint64_t end, uint32_t count, DsSet *backends,
+                             atomic_bool *cancel, GError **errp)
 {
     GPtrArray *out = g_ptr_array_new_with_free_func(desc_free);
+    /* ids seen (keys owned by out's descs) */
+    GHashTable *seen = g_hash_table_new(g_str_hash, g_str_equal);
     uint8_t *buf = NULL;
     uint64_t pos = off;
 
@@ -141,10 +247,21 @@ GPtrArray *vmstate_dev_parse(VmstateReadFn *rd, void *opaque, uint64_t off,
                    off > end ? 0 : end - off);
         goto fail;
     }
+    if (backends && count > ds_set_count(backends) &&
+        refuse_too_many(rd, opaque, off, end, count, backends, errp)) {
+        /*
+         * Every stream needs a back end of its own: refused before the
+         * sections are walked (a damaged or hostile count costs nothing).
+         */
+        goto fail;
+    }
     for (uint32_t i = 0; i < count; i++) {
         uint8_t fixed[VMSTATE_DEV_FIXED], id[256], b4[4];
         char what[300];
 
+        if (cancelled(cancel, errp)) {
+            goto fail;
+        }
         snprintf(what, sizeof(what), "device state section %" PRIu32, i + 1);
         if (!take(rd, opaque, &pos, end, fixed, sizeof(fixed), what, errp)) {
             goto fail;
@@ -166,15 +283,14 @@ GPtrArray *vmstate_dev_parse(VmstateReadFn *rd, void *opaque, uint64_t off,
                        " is damaged (its id)", i + 1);
             goto fail;
         }
-        for (guint k = 0; k < out->len; k++) {
-            if (!strcmp(((VmstateDevDesc *)out->pdata[k])->id, (char *)id)) {
-                error_setg(errp, "The VM state has device state '%s' twice",
-                           (char *)id);
-                goto fail;
-            }
+        if (g_hash_table_contains(seen, id)) {
+            error_setg(errp, "The VM state has device state '%s' twice",
+                       (char *)id);
+            goto fail;
         }
         VmstateDevDesc *d = g_new0(VmstateDevDesc, 1);
         d->id = g_strdup((char *)id);
+        g_hash_table_add(seen, d->id);
         d->iterative = fixed[6] & VMSTATE_DEV_ITERATIVE;
         d->data = pos;
         g_ptr_array_add(out, d);
@@ -206,7 +322,7 @@ GPtrArray *vmstate_dev_parse(VmstateReadFn *rd, void *opaque, uint64_t off,
             }
             for (uint32_t done = 0; done < len;) {
                 size_t n = MIN(len - done, CHECK_BUF);
-                if (!take(rd, opaque, &pos, end, buf, n, what, errp)) {
+                if (cancelled(cancel, errp) || !take(rd, opaque, &pos, end, buf, n, what, errp)) {
                     goto fail;
                 }
                 crc = crc_add(crc, buf, n);
@@ -238,11 +354,20 @@ GPtrArray *vmstate_dev_parse(VmstateReadFn *rd, void *opaque, uint64_t off,
                    "its device state", end - pos);
         goto fail;
     }
+    if (backends && count > ds_set_count(backends)) {
+        /* refuse_too_many met an oddity the parse did not: not expected */
+        error_setg(errp, "The VM state holds %" PRIu32 " device states, more "
+                   "than the %u back ends registered", count,
+                   ds_set_count(backends));
+        goto fail;
+    }
     g_free(buf);
+    g_hash_table_destroy(seen);
     return out;
 
 fail:
     g_free(buf);
+    g_hash_table_destroy(seen);
     g_ptr_array_free(out, true);
     return NULL;
 }
@@ -255,12 +380,17 @@ typedef struct FdCopy {
     size_t len;                 /* read: room; write: bytes */
     size_t done;
     bool write;
+    DsWriter *writer;           /* write: never blocks */
+    _Atomic uint64_t *progress; /* write: counts bytes as they go */
     atomic_bool *cancel;
 } FdCopy;
 
 /*
  * A read fills the buffer or stops at EOF (done < len); a write writes
- * all.  Polls so that a cancel is seen while the back end is silent.
+ * all.  Polls so that a cancel is seen while the back end is silent, and
+ * neither reads nor writes block (a read takes what poll said is there; a
+ * write goes through the DsWriter): a back end that stops reading does
+ * not hold the job past job-cancel.
  */
 static int fd_copy_run(void *opaque)
 {
@@ -280,7 +410,7 @@ static int fd_copy_run(void *opaque)
             continue;
         }
         ssize_t k = c->write
-            ? write(c->fd, c->buf + c->done, c->len - c->done)
+            ? ds_writer_write(c->writer, c->buf + c->done, c->len - c->done)
             : read(c->fd, c->buf + c->done, c->len - c->done);
         if (k < 0 && (errno == EINTR || errno == EAGAIN)) {
             continue;
@@ -292,6 +422,9 @@ static int fd_copy_run(void *opaque)
             return c->write ? -EIO : 0;
         }
         c->done += (size_t)k;
+        if (c->progress) {
+            atomic_fetch_add(c->progress, (uint64_t)k);
+        }
     }
     return 0;
 }
@@ -420,28 +553,25 @@ int64_t coroutine_fn vmstate_dev_save(BlockNode *bs, DsSet *set,
 
 /* ---- load ---- */
 
-static DsStream *find_stream(DsSet *set, const char *id)
-{
-    for (unsigned k = 0; set && k < ds_set_count(set); k++) {
-        if (!strcmp(ds_set_get(set, k)->id, id)) {
-            return ds_set_get(set, k);
-        }
-    }
-    return NULL;
-}
-
 bool vmstate_dev_match(GPtrArray *descs, DsSet *set, GError **errp)
 {
+    g_autoptr(GHashTable) streams = stream_index(set);
     g_autoptr(GString) missing = g_string_new(NULL);
     unsigned nmissing = 0;
 
     for (guint i = 0; i < descs->len; i++) {
         VmstateDevDesc *d = descs->pdata[i];
-        if (!find_stream(set, d->id)) {
-            g_string_append_printf(missing, "%s'%s'", nmissing ? ", " : "",
-                                   d->id);
+        if (!g_hash_table_contains(streams, d->id)) {
+            if (nmissing < VMSTATE_DEV_NAMED) {
+                g_string_append_printf(missing, "%s'%s'",
+                                       nmissing ? ", " : "", d->id);
+            }
             nmissing++;
         }
+    }
+    if (nmissing > VMSTATE_DEV_NAMED) {
+        g_string_append_printf(missing, " and %u more",
+                               nmissing - VMSTATE_DEV_NAMED);
     }
     if (nmissing) {
         error_setg(errp, "The VM state holds device state %s, and no back "
@@ -450,18 +580,23 @@ bool vmstate_dev_match(GPtrArray *descs, DsSet *set, GError **errp)
                    nmissing > 1 ? "them" : "it");
         return false;
     }
+    return true;
+}
+
+void vmstate_dev_mark_absent(GPtrArray *descs, DsSet *set)
+{
+    g_autoptr(GHashTable) in_state = g_hash_table_new(g_str_hash,
+                                                      g_str_equal);
+
+    for (guint i = 0; descs && i < descs->len; i++) {
+        g_hash_table_add(in_state, ((VmstateDevDesc *)descs->pdata[i])->id);
+    }
     for (unsigned k = 0; set && k < ds_set_count(set); k++) {
         DsStream *st = ds_set_get(set, k);
-        bool in_state = false;
-        for (guint i = 0; i < descs->len && !in_state; i++) {
-            in_state = !strcmp(((VmstateDevDesc *)descs->pdata[i])->id,
-                               st->id);
-        }
-        if (!in_state) {
+        if (!g_hash_table_contains(in_state, st->id)) {
             atomic_store(&st->outcome, DS_NOT_IN_FILE);
         }
     }
-    return true;
 }
 
 /* What became of the streams when stream @failed broke off. */
@@ -499,6 +634,8 @@ static int coroutine_fn load_one(BlockNode *bs, VmstateDevDesc *d,
     uint64_t pos = d->data;
     int ret;
 
+    DsWriter w;
+    ds_writer_init(&w, st->fd);
     atomic_store(&st->outcome, DS_FAILED);
     *partly = false;
     for (;;) {
@@ -516,7 +653,8 @@ static int coroutine_fn load_one(BlockNode *bs, VmstateDevDesc *d,
             /* checked by the parse: the area changed since */
             error_setg(errp, "The VM state's device state '%s' changed "
                        "while it was loaded", d->id);
-            return -EIO;
+            ret = -EIO;
+            goto out;
         }
         ret = area_io(bs, false, buf, len, pos);
         if (ret < 0) {
@@ -524,21 +662,22 @@ static int coroutine_fn load_one(BlockNode *bs, VmstateDevDesc *d,
         }
         pos += len;
         FdCopy c = { .fd = st->fd, .buf = buf, .len = len, .write = true,
+                     .writer = &w, .progress = &st->bytes,
                      .cancel = cancel };
         ret = fd_copy(&c);
         *partly |= c.done > 0;
-        atomic_fetch_add(&st->bytes, (uint64_t)c.done);
         if (ret == -ECANCELED) {
             error_setg(errp, "Device state '%s': the load was cancelled",
                        d->id);
-            return ret;
+            goto out;
         }
         if (ret < 0) {
             error_setg(errp, "Could not hand device state '%s' back to its "
                        "back end: %s", d->id, g_strerror(-ret));
-            return ret;
+            goto out;
         }
     }
+    ds_writer_close(&w);
     atomic_store(&st->rounds, (unsigned)d->rounds);
     close(st->fd);
     st->fd = -1;
@@ -548,6 +687,8 @@ static int coroutine_fn load_one(BlockNode *bs, VmstateDevDesc *d,
 read_failed:
     error_setg(errp, "Failed to read device state '%s' from the VM state: %s",
                d->id, g_strerror(-ret));
+out:
+    ds_writer_close(&w);
     return ret;
 }
 
@@ -556,10 +697,11 @@ int coroutine_fn vmstate_dev_load(BlockNode *bs, GPtrArray *descs,
                                   GError **errp)
 {
     uint8_t *buf = descs->len ? g_malloc(VMSTATE_DEV_CHUNK) : NULL;
+    g_autoptr(GHashTable) streams = stream_index(set);
 
     for (guint i = 0; i < descs->len; i++) {
         VmstateDevDesc *d = descs->pdata[i];
-        DsStream *st = find_stream(set, d->id);
+        DsStream *st = g_hash_table_lookup(streams, d->id);
         GError *local = NULL;
         bool partly;
 

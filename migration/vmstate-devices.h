@@ -26,6 +26,8 @@
 #define VMSTATE_DEV_ITERATIVE 0x01
 /* data bytes per chunk; a save fills each chunk as far as it can */
 #define VMSTATE_DEV_CHUNK (1u << 20)
+/* ids a message names before "and N more" */
+#define VMSTATE_DEV_NAMED 3
 /* the smallest section: fixed part, a 1-byte id, the 0, the CRC */
 #define VMSTATE_DEV_MIN (VMSTATE_DEV_FIXED + 1 + 4 + 4)
 
@@ -61,10 +63,15 @@ typedef int VmstateReadFn(void *opaque, void *buf, size_t len, uint64_t pos);
  * Walks the @count streams that lie in [@off, @end) of a state and checks
  * every byte of them (framing, ids, CRC-32s, an iterative stream's
  * rounds): an array of VmstateDevDesc, or NULL with errp set.  Memory use
- * does not depend on the states' sizes.
+ * does not depend on the states' sizes, nor the time on their count
+ * beyond the sections' own bytes.  A load hands each stream to a back
+ * end of @backends (NULL: no bound, the parse alone): a count larger than
+ * they are is refused before the sections are walked, the message naming
+ * a few streams without one.  @cancel (may be NULL) stops the walk.
  */
 GPtrArray *vmstate_dev_parse(VmstateReadFn *rd, void *opaque, uint64_t off,
-                             uint64_t end, uint32_t count, GError **errp);
+                             uint64_t end, uint32_t count, DsSet *backends,
+                             atomic_bool *cancel, GError **errp);
 
 /*
  * Save: every stream of @set, in its order, from @pos on; each is read
@@ -77,10 +84,15 @@ int64_t coroutine_fn vmstate_dev_save(BlockNode *bs, DsSet *set,
 
 /*
  * Load, before anything is touched: every stream of @descs must have a
- * back end in @set (same id).  Streams of @set the state lacks become
- * DS_NOT_IN_FILE.
+ * back end in @set (same id).
  */
 bool vmstate_dev_match(GPtrArray *descs, DsSet *set, GError **errp);
+/*
+ * Load, once it handed every state back: streams of @set the state lacks
+ * (@descs NULL: all) become DS_NOT_IN_FILE.  A load that failed leaves
+ * them as they were (still registered, no warning).
+ */
+void vmstate_dev_mark_absent(GPtrArray *descs, DsSet *set);
 
 /*
  * Load: every stream of @descs handed to its back end (in @set), in the

@@ -547,8 +547,11 @@ int coroutine_fn vmstate_ram_load(BlockNode *bs, int64_t size, DsSet *devs,
     /* Every device state whole and with a back end, as well. */
     GPtrArray *descs = NULL;
     if (ret == 0) {
+        /* nothing registered: no stream can be handed back */
+        DsSet *none = devs ? NULL : ds_set_new();
         descs = vmstate_dev_parse(area_read, bs, l->dev_offset, l->size,
-                                  l->ndev, errp);
+                                  l->ndev, devs ? devs : none, cancel, errp);
+        ds_set_free(none);
         if (!descs || !vmstate_dev_match(descs, devs, errp)) {
             *about_devices = true;
             ret = -EINVAL;
@@ -578,6 +581,9 @@ int coroutine_fn vmstate_ram_load(BlockNode *bs, int64_t size, DsSet *devs,
     if (ret == 0 && descs->len) {
         ret = vmstate_dev_load(bs, descs, devs, cancel, errp);
         *about_devices = ret < 0;
+    }
+    if (ret == 0) {
+        vmstate_dev_mark_absent(descs, devs);
     }
     if (descs) {
         g_ptr_array_free(descs, true);

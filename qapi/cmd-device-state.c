@@ -1,10 +1,11 @@
 /*
  * Device state streams over QMP (docs/migration.md "Device state"): the
  * monitor registers a back end's descriptor under an id with
- * x-strata-device-state-add; the next migrate or migrate-incoming takes
- * every registered stream (strata/device-state.h), and when it ended the
- * streams it spent are closed and show what happened in
- * x-strata-query-device-state.
+ * x-strata-device-state-add; the next migrate, migrate-incoming,
+ * snapshot-save/-load or machine snapshot job takes every registered
+ * stream (or those it names: strata/device-state.h), and when it ended
+ * the streams it spent are closed and show what happened in
+ * x-strata-query-device-state.  One of them at a time holds streams.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -33,11 +34,28 @@ typedef struct Entry {
     XStrataDeviceStateStatus status;
     uint64_t bytes, rounds;
     DsStream *live;             /* in the running migration */
+    DsSet *set;                 /* the set live belongs to */
 } Entry;
 
 static GPtrArray *entries;      /* Entry * in registration order */
+/*
+ * The one set that holds streams (one save or restore at a time has
+ * them), and who holds it: "snapshot-save" and its job, for the messages.
+ * A save or restore that took no stream holds nothing: it neither blocks
+ * nor ends the others.
+ */
 static DsSet *running;
 static bool running_incoming;
+static char *running_cmd;
+static char *running_job;
+
+/* "snapshot-save job 'j'", "migrate" */
+static char *holder_name(void)
+{
+    return running_job ? g_strdup_printf("%s job '%s'", running_cmd,
+                                         running_job)
+                       : g_strdup(running_cmd);
+}
 
 static void entry_close(Entry *e)
 {
@@ -158,7 +176,8 @@ void qmp_x_strata_device_state_del(const char *id, GError **errp)
         return;
     }
     if (e->live) {
-        error_setg(errp, "Device state '%s' is in use by a migration", id);
+        g_autofree char *holder = holder_name();
+        error_setg(errp, "Device state '%s' is in use by %s", id, holder);
         return;
     }
     g_ptr_array_remove_index(entries, index);
@@ -198,22 +217,16 @@ static bool wanted(const GPtrArray *ids, const char *id)
     return false;
 }
 
-bool ds_registry_begin(bool incoming, DsSet **out, GError **errp)
+bool ds_registry_begin(bool incoming, const char *cmd, const char *job,
+                       DsSet **out, GError **errp)
 {
-    return ds_registry_begin_ids(incoming, NULL, out, errp);
+    return ds_registry_begin_ids(incoming, cmd, job, NULL, out, errp);
 }
 
-bool ds_registry_begin_ids(bool incoming, const GPtrArray *ids, DsSet **out,
-                           GError **errp)
+bool ds_registry_begin_ids(bool incoming, const char *cmd, const char *job,
+                           const GPtrArray *ids, DsSet **out, GError **errp)
 {
     *out = NULL;
-    if (running) {
-        /* one save or restore at a time has the streams (a snapshot-save
-         * job beside a migrate would take them from under it) */
-        error_setg(errp, "Device state '%s' is in use by a running save "
-                   "or restore", ds_set_get(running, 0)->id);
-        return false;
-    }
     for (guint i = 0; ids && i < ids->len; i++) {
         const char *id = ids->pdata[i];
         Entry *e = find(id, NULL);
@@ -228,6 +241,35 @@ bool ds_registry_begin_ids(bool incoming, const GPtrArray *ids, DsSet **out,
                 return false;
             }
         }
+    }
+    /*
+     * One set at a time holds streams: a second one beside it would take
+     * the streams a running save reads (or a restore writes), or save a
+     * state without them.  One that wants none runs beside it.
+     */
+    Entry *held = NULL, *other = NULL;
+    for (unsigned i = 0; running && entries && i < entries->len; i++) {
+        Entry *e = entries->pdata[i];
+        if (e->fd >= 0 && wanted(ids, e->id)) {
+            if (e->live && !held) {
+                held = e;
+            } else if (!e->live && !other) {
+                other = e;
+            }
+        }
+    }
+    if (held || other) {
+        g_autofree char *holder = holder_name();
+        if (held) {
+            error_setg(errp, "Device state '%s' is in use by a running save "
+                       "or restore (%s)", held->id, holder);
+        } else {
+            error_setg(errp, "Device state '%s' cannot be taken while %s "
+                       "holds device state '%s' (one save or restore at a "
+                       "time has the streams)", other->id, holder,
+                       ds_set_get(running, 0)->id);
+        }
+        return false;
     }
     for (unsigned i = 0; entries && i < entries->len; i++) {
         Entry *e = entries->pdata[i];
@@ -253,23 +295,34 @@ bool ds_registry_begin_ids(bool incoming, const GPtrArray *ids, DsSet **out,
             *out = ds_set_new();
         }
         e->live = ds_set_add(*out, e->id, e->fd, e->iterative);
+        e->set = *out;
         e->status = incoming ? X_STRATA_DEVICE_STATE_STATUS_RESTORING
                              : X_STRATA_DEVICE_STATE_STATUS_SAVING;
     }
-    running = *out;
-    running_incoming = incoming;
+    if (*out) {
+        running = *out;
+        running_incoming = incoming;
+        running_cmd = g_strdup(cmd);
+        running_job = g_strdup(job);
+    }
     return true;
 }
 
-void ds_registry_end(void)
+void ds_registry_end(DsSet *set)
 {
+    if (!set) {
+        return;                 /* it took no stream: nothing of its */
+    }
+    /* only one set at a time holds streams: running is this one */
+    const char *cmd = running == set ? running_cmd : "device state";
+    bool incoming = running == set ? running_incoming : true;
     for (unsigned i = 0; entries && i < entries->len; i++) {
         Entry *e = entries->pdata[i];
         DsStream *st = e->live;
-        if (!st) {
+        if (!st || e->set != set) {
             continue;
         }
-        /* ds_load closed the descriptors it handed a state to */
+        /* the load closed the descriptors it handed a state to */
         if (st->fd < 0) {
             e->fd = -1;
         }
@@ -277,9 +330,8 @@ void ds_registry_end(void)
         e->rounds = atomic_load(&st->rounds);
         switch (atomic_load(&st->outcome)) {
         case DS_DONE:
-            e->status = running_incoming
-                ? X_STRATA_DEVICE_STATE_STATUS_RESTORED
-                : X_STRATA_DEVICE_STATE_STATUS_SAVED;
+            e->status = incoming ? X_STRATA_DEVICE_STATE_STATUS_RESTORED
+                                 : X_STRATA_DEVICE_STATE_STATUS_SAVED;
             entry_close(e);
             break;
         case DS_FAILED:
@@ -288,9 +340,10 @@ void ds_registry_end(void)
             break;
         case DS_NOT_IN_FILE:
             e->status = X_STRATA_DEVICE_STATE_STATUS_NOT_IN_FILE;
-            warn_print("migrate-incoming: device state '%s' is registered "
-                       "but the file has none; its descriptor was left "
-                       "alone", e->id);
+            /* set once the load has handed back every state it had */
+            warn_print("%s: device state '%s' is registered but the %s has "
+                       "none; its descriptor was left alone", cmd, e->id,
+                       strcmp(cmd, "snapshot-load") ? "file" : "VM state");
             break;
         default:
             /* untouched (the migration failed before): still usable */
@@ -298,7 +351,13 @@ void ds_registry_end(void)
             break;
         }
         e->live = NULL;
+        e->set = NULL;
     }
-    ds_set_free(running);
-    running = NULL;
+    if (running == set) {
+        running = NULL;
+        g_free(running_cmd);
+        g_free(running_job);
+        running_cmd = running_job = NULL;
+    }
+    ds_set_free(set);
 }

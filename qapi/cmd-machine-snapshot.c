@@ -461,7 +461,11 @@ static void report_unread(GPtrArray *unread)
  * registry for this job; they are its until machine_run ends. */
 static bool take_devices(MachineJob *s, GError **errp)
 {
-    if (!ds_registry_begin_ids(s->restore, s->dev_ids, &s->devstate, errp)) {
+    if (!ds_registry_begin_ids(s->restore, s->restore
+                               ? "x-strata-machine-restore"
+                               : "x-strata-machine-snapshot",
+                               s->common.id, s->dev_ids, &s->devstate,
+                               errp)) {
         return false;
     }
     s->ds_taken = true;
@@ -1076,7 +1080,7 @@ static int coroutine_fn machine_run(Job *job, GError **errp)
     release_ram(s);
     if (s->ds_taken) {
         /* spent streams are closed, untouched ones stay registered */
-        ds_registry_end();
+        ds_registry_end(s->devstate);
         s->devstate = NULL;
         s->ds_taken = false;
     }

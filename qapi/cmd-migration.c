@@ -50,6 +50,7 @@ static struct {
     MigrationStatus status;
     bool incoming;              /* what the current/last one was */
     MigRun *run;
+    DsSet *devstate;            /* the run's device state streams, or NULL */
     RamBlock **refs;
     unsigned nb_refs;
     int *fds;                   /* all descriptors opened for the run */
@@ -573,7 +574,8 @@ static void on_done(void *opaque, const GError *err)
     bool failed = err != NULL;
     mig.run = NULL;
     mig_run_free(r);            /* err goes with it */
-    ds_registry_end();
+    ds_registry_end(mig.devstate);
+    mig.devstate = NULL;
     close_fds();
     unref_blocks();
     if (failed) {
@@ -650,7 +652,9 @@ static void start(bool incoming, Dest *d, GError **errp)
      * limit for the pages of all channels together; none on a restore.
      */
     spec.params.max_bandwidth = incoming ? 0 : mig.max_bandwidth;
-    if (!ds_registry_begin(incoming, &spec.params.devstate, errp)) {
+    if (!ds_registry_begin(incoming, incoming ? "migrate-incoming"
+                                              : "migrate", NULL,
+                           &spec.params.devstate, errp)) {
         return;
     }
     GError *err = NULL;
@@ -658,7 +662,7 @@ static void start(bool incoming, Dest *d, GError **errp)
     if (!open_target(d, !incoming, spec.params.channels,
                      spec.params.direct_io, &spec.target, &tmp, &late,
                      &err)) {
-        ds_registry_end();
+        ds_registry_end(spec.params.devstate);
         close_fds();
         g_free(spec.target.chan_fds);
         if (!incoming) {
@@ -726,6 +730,7 @@ static void start(bool incoming, Dest *d, GError **errp)
     }
     mig.setup_ns = clock_ns();
     set_status(MIGRATION_STATUS_ACTIVE);
+    mig.devstate = spec.params.devstate;
     mig.run = incoming ? mig_run_load(&spec) : mig_run_save(&spec);
     g_free(spec.target.chan_fds);
     g_free(tmp);

@@ -154,7 +154,9 @@ static void drain_all_nodes(GPtrArray *nodes, bool begin)
  */
 static bool take_streams(SnapshotJob *s, bool incoming, GError **errp)
 {
-    if (!ds_registry_begin(incoming, &s->streams, errp)) {
+    if (!ds_registry_begin(incoming, incoming ? "snapshot-load"
+                                              : "snapshot-save",
+                           s->common.id, &s->streams, errp)) {
         return false;
     }
     s->streams_taken = true;
@@ -374,7 +376,7 @@ static int coroutine_fn snapshot_run(Job *job, GError **errp)
     }
     if (s->streams_taken) {
         /* spent streams closed, the others registered again */
-        ds_registry_end();
+        ds_registry_end(s->streams);
         s->streams = NULL;
         s->streams_taken = false;
     }

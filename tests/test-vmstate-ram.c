@@ -15,12 +15,14 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include <cmocka.h>
+#include <zlib.h>
 #include <glib.h>
 
 #include "strata/backend.h"
@@ -120,6 +122,7 @@ typedef struct Call {
     bool save;
     int64_t size;
     DsSet *devs;                    /* device state streams, or NULL */
+    atomic_bool *cancel;            /* job-cancel, or NULL */
     bool about_devices;
     int64_t ret;
     GError *err;
@@ -128,8 +131,8 @@ typedef struct Call {
 static void coroutine_fn call_co(void *opaque)
 {
     Call *c = opaque;
-    c->ret = c->save ? vmstate_ram_save(c->bs, c->devs, NULL, &c->err)
-                     : vmstate_ram_load(c->bs, c->size, c->devs, NULL,
+    c->ret = c->save ? vmstate_ram_save(c->bs, c->devs, c->cancel, &c->err)
+                     : vmstate_ram_load(c->bs, c->size, c->devs, c->cancel,
                                         &c->about_devices, &c->err);
 }
 
@@ -580,7 +583,7 @@ static void test_devices_roundtrip(void **state)
     assert_int_equal(l->version, 2);
     assert_int_equal(l->ndev, 4);
     GPtrArray *descs = vmstate_dev_parse(mem_read, &m, l->dev_offset,
-                                         l->size, l->ndev, &err);
+                                         l->size, l->ndev, NULL, NULL, &err);
     assert_non_null(descs);
     for (int i = 0; i < 4; i++) {
         VmstateDevDesc *d = descs->pdata[i];
@@ -757,8 +760,8 @@ static void test_device_refused(void **state)
     /* Cut anywhere (the header's size with it): never accepted. */
     MemState m = read_state(f->bs, size);
     for (uint64_t end = dev_off; end < (uint64_t)size; end++) {
-        GPtrArray *d = vmstate_dev_parse(mem_read, &m, dev_off, end, 2,
-                                         &err);
+        GPtrArray *d = vmstate_dev_parse(mem_read, &m, dev_off, end, 2, NULL,
+                                         NULL, &err);
         assert_null(d);
         assert_non_null(err);
         g_clear_error(&err);
@@ -766,8 +769,8 @@ static void test_device_refused(void **state)
     /* Every byte of the device part flipped: refused. */
     for (uint64_t pos = dev_off; pos < (uint64_t)size; pos++) {
         m.buf[pos] ^= 0x01;
-        GPtrArray *d = vmstate_dev_parse(mem_read, &m, dev_off, size, 2,
-                                         &err);
+        GPtrArray *d = vmstate_dev_parse(mem_read, &m, dev_off, size, 2, NULL,
+                                         NULL, &err);
         if (d) {
             fail_msg("a flipped bit at %llu accepted",
                      (unsigned long long)(pos - dev_off));
@@ -775,7 +778,8 @@ static void test_device_refused(void **state)
         g_clear_error(&err);
         m.buf[pos] ^= 0x01;
     }
-    GPtrArray *d = vmstate_dev_parse(mem_read, &m, dev_off, size, 2, &err);
+    GPtrArray *d = vmstate_dev_parse(mem_read, &m, dev_off, size, 2, NULL,
+                                     NULL, &err);
     assert_non_null(d);
     g_ptr_array_free(d, true);
     g_free(m.buf);
@@ -827,8 +831,15 @@ static void test_load_backend_dies(void **state)
     for (int i = 0; i < 3; i++) {
         add_drain(set, ids[i], &d[i], i, NULL);
     }
+    /* registered, not in the state: the load failed, so it is not said
+     * to be absent (no warning); it stays as it was */
+    int spare[2];
+    assert_int_equal(pipe2(spare, O_CLOEXEC), 0);
+    DsStream *absent = ds_set_add(set, "absent", spare[1], false);
     bool about;
     assert_int_equal(load_devs(f->bs, size, set, &about, &err), -EPIPE);
+    assert_int_equal(atomic_load(&absent->outcome), DS_PENDING);
+    close(spare[0]);
     assert_true(about);
     assert_string_equal(err->message,
                         "Could not hand device state 'b' back to its back "
@@ -899,6 +910,186 @@ static void test_save_backend_fails(void **state)
     set_free(set);
 }
 
+/* A reader over a state in memory that counts its calls. */
+typedef struct Counted {
+    MemState m;
+    unsigned reads;
+} Counted;
+
+static int counted_read(void *opaque, void *buf, size_t len, uint64_t pos)
+{
+    Counted *c = opaque;
+    c->reads++;
+    return mem_read(&c->m, buf, len, pos);
+}
+
+/* n sections of no data, ids d0, d1, ... (the last one's id @last). */
+static MemState tiny_sections(unsigned n, const char *last)
+{
+    GByteArray *b = g_byte_array_new();
+    for (unsigned i = 0; i < n; i++) {
+        char id[32];
+        int l = i + 1 == n && last ? snprintf(id, sizeof(id), "%s", last)
+                                   : snprintf(id, sizeof(id), "d%u", i);
+        uint8_t s[16 + 32];
+        s[0] = 0x53; s[1] = 0x44; s[2] = 0x45; s[3] = 0x56;
+        s[4] = 0; s[5] = (uint8_t)l; s[6] = 0; s[7] = 0;
+        memcpy(s + 8, id, (size_t)l);
+        memset(s + 8 + l, 0, 4);
+        uint32_t crc = (uint32_t)crc32(0, s, (uInt)(12 + l));
+        for (int k = 0; k < 4; k++) {
+            s[12 + l + k] = (uint8_t)(crc >> (24 - 8 * k));
+        }
+        g_byte_array_append(b, s, (guint)(16 + l));
+    }
+    MemState m = { .len = b->len };
+    m.buf = g_byte_array_free(b, false);
+    return m;
+}
+
+/*
+ * 100000 tiny sections and two back ends: refused at once, the message
+ * naming a few streams without one, after reading a handful of sections
+ * (each stream needs a back end: a load of this state can never work).
+ * The same state parsed without a bound (a hash, not a scan per id)
+ * still finds every section, and a duplicate at its very end.
+ */
+static void test_device_many_sections(void **state)
+{
+    enum { N = 100000 };
+    GError *err = NULL;
+    Counted c = { tiny_sections(N, NULL), 0 };
+    DsSet *two = ds_set_new();
+    ds_set_add(two, "d0", -1, false);
+    ds_set_add(two, "d1", -1, false);
+
+    GPtrArray *d = vmstate_dev_parse(counted_read, &c, 0, c.m.len, N, two,
+                                     NULL, &err);
+    assert_null(d);
+    assert_string_equal(err->message, "The VM state holds 100000 device "
+                        "states, more than the 2 back ends registered "
+                        "(x-strata-device-state-add); none for 'd2', 'd3', "
+                        "'d4' and at least 99995 more; guest RAM and every "
+                        "back end untouched");
+    g_clear_error(&err);
+    /* 5 sections, 3 reads each */
+    assert_true(c.reads <= 5 * 3);
+
+    c.reads = 0;
+    d = vmstate_dev_parse(counted_read, &c, 0, c.m.len, N, NULL, NULL, &err);
+    assert_non_null(d);
+    assert_int_equal(d->len, N);
+    g_ptr_array_free(d, true);
+    g_free(c.m.buf);
+
+    c.m = tiny_sections(N, "d7");
+    d = vmstate_dev_parse(counted_read, &c, 0, c.m.len, N, NULL, NULL, &err);
+    assert_null(d);
+    assert_string_equal(err->message, "The VM state has device state 'd7' "
+                        "twice");
+    g_clear_error(&err);
+
+    /* a cancelled load stops the walk before the next section */
+    atomic_bool cancel = true;
+    c.reads = 0;
+    d = vmstate_dev_parse(counted_read, &c, 0, c.m.len, N, NULL, &cancel,
+                          &err);
+    assert_null(d);
+    assert_non_null(strstr(err->message, "cancelled"));
+    assert_int_equal(c.reads, 0);
+    g_clear_error(&err);
+    g_free(c.m.buf);
+    ds_set_free(two);
+}
+
+/*
+ * Five streams in the state, five back ends of other ids: the message
+ * names three and counts the rest.
+ */
+static void test_device_match_names_few(void **state)
+{
+    GError *err = NULL;
+    MemState m = tiny_sections(5, NULL);
+    DsSet *five = ds_set_new();
+    for (int i = 0; i < 5; i++) {
+        char id[8];
+        snprintf(id, sizeof(id), "x%d", i);
+        ds_set_add(five, id, -1, false);
+    }
+    GPtrArray *d = vmstate_dev_parse(mem_read, &m, 0, m.len, 5, five, NULL,
+                                     &err);
+    assert_non_null(d);
+    assert_false(vmstate_dev_match(d, five, &err));
+    assert_string_equal(err->message, "The VM state holds device state "
+                        "'d0', 'd1', 'd2' and 2 more, and no back end is "
+                        "registered for them (x-strata-device-state-add); "
+                        "guest RAM and every back end untouched");
+    g_clear_error(&err);
+    g_ptr_array_free(d, true);
+    ds_set_free(five);
+    g_free(m.buf);
+}
+
+typedef struct Canceller {
+    atomic_bool cancel;
+    DsStream *st;
+    uint64_t bytes_seen;            /* the stream's bytes when cancelled */
+    int flags_seen;                 /* the back end's descriptor's, then */
+} Canceller;
+
+static gpointer cancel_later(gpointer p)
+{
+    Canceller *c = p;
+    g_usleep(300 * 1000);
+    c->bytes_seen = atomic_load(&c->st->bytes);
+    c->flags_seen = fcntl(c->st->fd, F_GETFL);
+    atomic_store(&c->cancel, true);
+    return NULL;
+}
+
+/*
+ * A back end that never reads what a load hands it (its pipe's read end
+ * open, nothing read): job-cancel ends the load, which never blocks in a
+ * write; the bytes the pipe took are counted as they went.
+ */
+static void test_load_backend_stalls(void **state)
+{
+    Fixture *f = *state;
+    GError *err = NULL;
+    add_block("ram0", 16, 1);
+    Feeder feed = { 0 };
+    DsSet *set = ds_set_new();
+    add_feeder(set, "dev", &feed, 2 * MiB, 3, NULL);
+    int64_t size = save_devs(f->bs, set, &err);
+    assert_null(err);
+    g_thread_join(feed.thread);
+    set_free(set);
+
+    int p[2];
+    assert_int_equal(pipe2(p, O_CLOEXEC), 0);
+    set = ds_set_new();
+    Canceller c = { .st = ds_set_add(set, "dev", p[1], false) };
+    GThread *t = g_thread_new("cancel", cancel_later, &c);
+    Call call = { .bs = f->bs, .size = size, .devs = set,
+                  .cancel = &c.cancel };
+    co_run_sync(call_co, &call);
+    g_thread_join(t);
+    assert_int_equal(call.ret, -ECANCELED);
+    assert_non_null(strstr(call.err->message, "the load was cancelled"));
+    g_clear_error(&call.err);
+    /* the pipe took what fits (64 KiB by default), counted at once */
+    int cap = fcntl(p[0], F_GETPIPE_SZ);
+    assert_true(c.bytes_seen > 0);
+    assert_true(c.bytes_seen <= (uint64_t)cap);
+    assert_int_equal(atomic_load(&c.st->bytes), c.bytes_seen);
+    /* the description the back end passed stayed blocking: the daemon
+     * wrote through one of its own */
+    assert_true(c.flags_seen >= 0);
+    assert_false(c.flags_seen & O_NONBLOCK);
+    set_free(set);
+    close(p[0]);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -920,6 +1111,12 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_load_backend_dies, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_save_backend_fails, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_device_many_sections, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_device_match_names_few, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_load_backend_stalls, setup,
                                         teardown),
     };
     /* a back end that stops reading must fail a write, not the test */

@@ -33,6 +33,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include <glib.h>
 
@@ -112,18 +113,45 @@ bool ds_load(DsSet *s, const MrFileInfo *info, int fd, MrStats *stats,
 /*
  * The registry of the QMP commands (qapi/cmd-device-state.c): the streams
  * the monitor registered.  begin takes every registered stream into the
- * migration that starts (NULL: none), after checking each descriptor can
- * be read (save) or written (restore); end gives them back when it ended:
- * spent streams are closed.
+ * save or restore that starts (*out NULL: none registered), after
+ * checking each descriptor can be read (save) or written (restore); @cmd
+ * ("migrate", "snapshot-load") and @job (NULL: none) name the holder in
+ * messages.  One set at a time holds streams: begin fails while another
+ * holds any (a caller that would take none is not refused).  end gives
+ * back the streams of @set only (NULL: nothing) and frees it: spent
+ * streams are closed.
  */
-bool ds_registry_begin(bool incoming, DsSet **out, GError **errp);
-void ds_registry_end(void);
+bool ds_registry_begin(bool incoming, const char *cmd, const char *job,
+                       DsSet **out, GError **errp);
+void ds_registry_end(DsSet *set);
 /*
  * The same for the streams named in @ids (char *; NULL: every registered
  * one), as x-strata-machine-snapshot's 'devices' argument: an id that is
  * not registered (or whose descriptor was spent) or is named twice fails.
  */
-bool ds_registry_begin_ids(bool incoming, const GPtrArray *ids, DsSet **out,
+bool ds_registry_begin_ids(bool incoming, const char *cmd, const char *job,
+                           const GPtrArray *ids, DsSet **out,
                            GError **errp);
+
+/*
+ * Writes into a back end's descriptor that never block (after poll said
+ * POLLOUT), so that a back end that stops reading cannot hold a restore
+ * past job-cancel or quit: a socket with MSG_DONTWAIT, a pipe through a
+ * description of the daemon's own opened O_NONBLOCK (the back end may
+ * share the one it passed; failing that, PIPE_BUF bytes at a time, which
+ * a free pipe buffer takes whole), anything else as it is.  write: bytes
+ * written, or -1 with errno (EAGAIN: nothing fits now).  close releases
+ * the daemon's own description (not @fd).
+ */
+enum { DS_WRITER_PLAIN, DS_WRITER_SOCKET, DS_WRITER_OWN, DS_WRITER_PIPE_BUF };
+typedef struct DsWriter {
+    int fd;
+    int own;                    /* the pipe opened again, or -1 */
+    int kind;
+} DsWriter;
+
+void ds_writer_init(DsWriter *w, int fd);
+ssize_t ds_writer_write(DsWriter *w, const void *buf, size_t n);
+void ds_writer_close(DsWriter *w);
 
 #endif

@@ -4,7 +4,9 @@
  * its RAM part (migration/vmstate-devices.c).  The input is the state's
  * first bytes; the area it claims to live in is the input's length, or
  * (first byte odd) 1 TiB, so that offsets far past the input are tried
- * too (reads there fail as a failing image would).  Whatever the bytes,
+ * too (reads there fail as a failing image would); with bit 1 of the
+ * first byte set, the last byte is the count of back ends a load has (a
+ * state with more streams is refused unwalked).  Whatever the bytes,
  * the parsers answer a layout whose every region lies inside the area,
  * streams that lie inside the state, or an error: never a crash or a
  * sanitizer report.  Seeds: tests/fuzz/corpus/vmstate-ram (states strata
@@ -12,6 +14,7 @@
  */
 #include <errno.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -40,8 +43,23 @@ static void devices(const uint8_t *data, size_t size,
 {
     Input in = { data, size };
     GError *err = NULL;
+    /* a load's back ends: as many as the last byte says when the first
+     * byte has bit 1 set (the seeds' ids first), else no bound */
+    DsSet *backends = NULL;
+    if (size && (data[0] & 2)) {
+        static const char *const ids[] = { "empty", "one", "mid", "iter" };
+        backends = ds_set_new();
+        for (unsigned i = 0; i < data[size - 1]; i++) {
+            char id[16];
+            snprintf(id, sizeof(id), "d%u", i);
+            ds_set_add(backends, i < 4 ? ids[i] : id, -1, false);
+        }
+    }
     GPtrArray *descs = vmstate_dev_parse(input_read, &in, l->dev_offset,
-                                         l->size, l->ndev, &err);
+                                         l->size, l->ndev, backends, NULL,
+                                         &err);
+    unsigned nb = backends ? ds_set_count(backends) : 0;
+    ds_set_free(backends);
     if (!descs) {
         if (!err) {
             abort();
@@ -59,7 +77,8 @@ static void devices(const uint8_t *data, size_t size,
             abort();
         }
     }
-    if (descs->len != l->ndev || total > l->size - l->dev_offset) {
+    if (descs->len != l->ndev || total > l->size - l->dev_offset ||
+        (nb && descs->len > nb)) {
         abort();
     }
     g_ptr_array_free(descs, true);
