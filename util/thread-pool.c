@@ -749,11 +749,23 @@ void pool_background_promote(PoolBackground *bg)
 
 void pool_background_promote_co(Coroutine *co)
 {
+    if (!co) {
+        return;
+    }
     for (PoolBackground *f = bg_frames; f; f = f->next) {
         if (f->co == co) {
             pool_background_promote(f);
         }
     }
+    /* What co waits for is waited for now too.  Ends: each wait is
+     * boosted once. */
+    co_mutex_boost_waiter(co);
+}
+
+bool pool_background_unpromoted_here(void)
+{
+    PoolBackground *f = bg_frames ? current_frame() : NULL;
+    return f && !atomic_load(&f->promoted);
 }
 
 int thread_pool_waiting_here(void)
