@@ -44,6 +44,7 @@
 #include "strata/stream.h"
 #include "strata/units.h"
 #include "support.h"
+#include "../block/qcow2/qcow2.h"     /* s->lock, to find its holder */
 
 static bool have_idle_class(void)
 {
@@ -588,7 +589,7 @@ static int64_t file_size(const char *path)
 typedef struct GuestIo {
     BlockBackend *blk;
     int64_t offset, bytes;
-    bool write, in_frame;
+    bool write, in_frame, flush;
     uint8_t *buf;
     int ret;
     bool done;
@@ -604,7 +605,7 @@ static void guest_io_co(void *opaque)
         pool_background_begin(&f);
     }
     iovec_init_buf(&v, g->buf, (size_t)g->bytes);
-    g->ret = g->write ? blk_co_pwritev(g->blk, g->offset, g->bytes, &v, 0)
+    g->ret = g->flush ? blk_co_flush(g->blk) : g->write ? blk_co_pwritev(g->blk, g->offset, g->bytes, &v, 0)
                       : blk_co_preadv(g->blk, g->offset, g->bytes, &v, 0);
     iovec_destroy(&v);
     if (g->in_frame) {
@@ -846,6 +847,144 @@ static void test_stuck_worker(void **state)
     thread_pool_set_idle_enabled(true);
 }
 
+/* ---- Priority inheritance through qcow2's s->lock ---- */
+
+/*
+ * A worker that goes idle "starves" (no CPU) until someone promotes it,
+ * for at most STARVE_MAX_US: the watchdog is off, so only a promotion
+ * (or the test) ends an episode early.
+ */
+#define STARVE_MAX_US (10 * G_USEC_PER_SEC)
+static gint lockinv_starving, lockinv_timed_out, lockinv_episodes;
+static _Atomic pid_t lockinv_tid;
+
+static int lockinv_hook(pid_t tid, int policy, const struct sched_param *p)
+{
+    int ret = sched_setscheduler(tid, policy, p);
+    if (ret == 0 && tid == 0 && policy == SCHED_IDLE) {
+        gint64 end = g_get_monotonic_time() + STARVE_MAX_US;
+        atomic_store(&lockinv_tid, (pid_t)syscall(SYS_gettid));
+        g_atomic_int_inc(&lockinv_episodes);
+        g_atomic_int_set(&lockinv_starving, 1);
+        while (sched_getscheduler(0) == SCHED_IDLE) {
+            if (g_get_monotonic_time() > end) {
+                g_atomic_int_inc(&lockinv_timed_out);
+                break;
+            }
+            g_usleep(500);
+        }
+        g_atomic_int_set(&lockinv_starving, 0);
+    }
+    return ret;
+}
+
+typedef struct Prefetch {
+    BlockChild *c;
+    PoolBackground f;
+    Coroutine *co;
+    int ret;
+    bool done;
+} Prefetch;
+
+/* A stream's copy: a REQ_PREFETCH read through the filter, in a frame. */
+static void prefetch_co(void *opaque)
+{
+    Prefetch *p = opaque;
+    p->co = co_self();
+    pool_background_begin(&p->f);
+    p->ret = child_co_preadv(p->c, 0, 64 * KiB, NULL, 0, REQ_PREFETCH);
+    pool_background_end(&p->f);
+    p->done = true;
+}
+
+/*
+ * While the copy's qcow2 metadata write starves at idle class holding
+ * the top's s->lock, a guest read through the filter (block status under
+ * s->lock) or a guest flush (the caches, under s->lock) waits for that
+ * lock without entering the filter's serialisation: it must promote the
+ * holder (util/co-lock.c), not wait for the starving call.  Episodes
+ * where the copy does not hold the lock are ended by the test itself
+ * (the worker set back to normal class, the frame left unpromoted).
+ */
+static void lock_inversion(const char *tag, bool flush)
+{
+    g_autofree char *tp = NULL;
+    BlockNode *top = open_stream_chain(tag, 0x11, &tp);
+    BlockNode *base = node_backing(top);
+    Qcow2State *qs = top->opaque;
+    BlockNode *cor = open_json(json_pack("{s:s, s:s, s:s}", "driver",
+        "copy-on-read", "file", tag, "bottom", node_get_name(base)));
+    BlockBackend *bpref, *guest = backend_on(cor, BLK_PERM_CONSISTENT_READ);
+    Prefetch p = { .c = edge(&bpref, cor, BLK_PERM_CONSISTENT_READ),
+                   .ret = -1 };
+    uint8_t *buf = g_malloc(4096);
+    bool tried = false;
+    ThreadPoolClassStats a, b;
+
+    lockinv_timed_out = lockinv_episodes = 0;
+    thread_pool_set_sched_hook(lockinv_hook);
+    co_enter(co_create(prefetch_co, &p));
+    while (!p.done) {
+        while (!g_atomic_int_get(&lockinv_starving) && !p.done) {
+            loop_iterate(false);
+            g_usleep(200);
+        }
+        if (p.done) {
+            break;
+        }
+        int n = g_atomic_int_get(&lockinv_episodes);
+        if (!tried && qs->lock.locked && qs->lock.holder == p.co) {
+            GuestIo g = { .blk = guest, .offset = 4 * MiB, .bytes = 4096,
+                          .buf = buf, .ret = -1, .flush = flush };
+            tried = true;
+            thread_pool_class_stats(&a);
+            co_enter(co_create(guest_io_co, &g));
+            LOOP_WAIT_WHILE(!g.done);
+            thread_pool_class_stats(&b);
+            assert_int_equal(g.ret, 0);
+            /* Not ended by the hook's time limit, but by a promotion. */
+            assert_int_equal(g_atomic_int_get(&lockinv_timed_out), 0);
+            assert_true(b.promoted > a.promoted);
+            assert_true(atomic_load(&p.f.promoted));
+        } else {
+            struct sched_param sp = { 0 };
+            sched_setscheduler(atomic_load(&lockinv_tid), SCHED_OTHER, &sp);
+        }
+        while (g_atomic_int_get(&lockinv_starving) &&
+               g_atomic_int_get(&lockinv_episodes) == n) {
+            loop_iterate(false);
+            g_usleep(200);
+        }
+    }
+    LOOP_WAIT_WHILE(!p.done);
+    thread_pool_set_sched_hook(NULL);
+    assert_int_equal(p.ret, 0);
+    /* The copy's writes under s->lock did run idle and were caught. */
+    assert_true(tried);
+    assert_int_equal(g_atomic_int_get(&lockinv_timed_out), 0);
+    blk_unref(guest);
+    blk_unref(bpref);
+    node_unref(cor);
+    node_unref(top);
+    g_free(buf);
+}
+
+static void test_lock_inversion_read(void **state)
+{
+    if (!have_idle_class()) {
+        skip();
+    }
+    lock_inversion("lockinv-r", false);
+}
+
+static void test_lock_inversion_flush(void **state)
+{
+    if (!have_idle_class()) {
+        skip();
+    }
+    lock_inversion("lockinv-f", true);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -857,6 +996,8 @@ int main(void)
         cmocka_unit_test(test_serialising_wait_promotes),
         cmocka_unit_test(test_stream_idle_guest_cor_not),
         cmocka_unit_test(test_stream_write_promoted_by_guest),
+        cmocka_unit_test(test_lock_inversion_read),
+        cmocka_unit_test(test_lock_inversion_flush),
         /* Last: it leaves a parked worker behind. */
         cmocka_unit_test(test_stuck_worker),
     };
