@@ -906,7 +906,9 @@ static void prefetch_co(void *opaque)
  * where the copy does not hold the lock are ended by the test itself
  * (the worker set back to normal class, the frame left unpromoted).
  */
-static void lock_inversion(const char *tag, bool flush)
+typedef enum { INV_READ, INV_FLUSH, INV_CLAIM } InvMode;
+
+static void lock_inversion(const char *tag, InvMode mode)
 {
     g_autofree char *tp = NULL;
     BlockNode *top = open_stream_chain(tag, 0x11, &tp);
@@ -914,7 +916,9 @@ static void lock_inversion(const char *tag, bool flush)
     Qcow2State *qs = top->opaque;
     BlockNode *cor = open_json(json_pack("{s:s, s:s, s:s}", "driver",
         "copy-on-read", "file", tag, "bottom", node_get_name(base)));
-    BlockBackend *bpref, *guest = backend_on(cor, BLK_PERM_CONSISTENT_READ);
+    BlockBackend *bpref, *guest = mode == INV_CLAIM
+        ? backend_on(top, BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE)
+        : backend_on(cor, BLK_PERM_CONSISTENT_READ);
     Prefetch p = { .c = edge(&bpref, cor, BLK_PERM_CONSISTENT_READ),
                    .ret = -1 };
     uint8_t *buf = g_malloc(4096);
@@ -933,9 +937,14 @@ static void lock_inversion(const char *tag, bool flush)
             break;
         }
         int n = g_atomic_int_get(&lockinv_episodes);
-        if (!tried && qs->lock.locked && qs->lock.holder == p.co) {
-            GuestIo g = { .blk = guest, .offset = 4 * MiB, .bytes = 4096,
-                          .buf = buf, .ret = -1, .flush = flush };
+        bool locked = qs->lock.locked && qs->lock.holder == p.co;
+        /* Only the copy runs: a claim in flight is its data write's. */
+        bool ready = mode == INV_CLAIM ? !locked && qs->inflight : locked;
+        if (!tried && ready) {
+            GuestIo g = { .blk = guest, .bytes = 4096, .buf = buf, .ret = -1,
+                          .offset = mode == INV_CLAIM ? 0 : 4 * MiB,
+                          .write = mode == INV_CLAIM,
+                          .flush = mode == INV_FLUSH };
             tried = true;
             thread_pool_class_stats(&a);
             co_enter(co_create(guest_io_co, &g));
@@ -974,7 +983,7 @@ static void test_lock_inversion_read(void **state)
     if (!have_idle_class()) {
         skip();
     }
-    lock_inversion("lockinv-r", false);
+    lock_inversion("lockinv-r", INV_READ);
 }
 
 static void test_lock_inversion_flush(void **state)
@@ -982,7 +991,20 @@ static void test_lock_inversion_flush(void **state)
     if (!have_idle_class()) {
         skip();
     }
-    lock_inversion("lockinv-f", true);
+    lock_inversion("lockinv-f", INV_FLUSH);
+}
+
+/*
+ * Another parent of the top writing into the clusters that the copy
+ * allocates: it waits for qcow2's claim on them, not for s->lock, while
+ * the copy's data write starves; qcow2 promotes the claim's owner.
+ */
+static void test_claim_inversion_write(void **state)
+{
+    if (!have_idle_class()) {
+        skip();
+    }
+    lock_inversion("lockinv-w", INV_CLAIM);
 }
 
 int main(void)
@@ -998,6 +1020,7 @@ int main(void)
         cmocka_unit_test(test_stream_write_promoted_by_guest),
         cmocka_unit_test(test_lock_inversion_read),
         cmocka_unit_test(test_lock_inversion_flush),
+        cmocka_unit_test(test_claim_inversion_write),
         /* Last: it leaves a parked worker behind. */
         cmocka_unit_test(test_stuck_worker),
     };
