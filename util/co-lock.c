@@ -128,7 +128,9 @@ void co_mutex_boost_waiter(Coroutine *co)
 {
     for (CoMutexWait *mw = mutex_waits; mw; mw = mw->next) {
         if (mw->co == co && !mw->urgent) {
-            /* The holder cannot be co: co is still queued. */
+            /* Also right when co was just handed m and has not run yet
+             * (holder == co): co's frames are promoted already, and the
+             * record, urgent now, stops the recursion. */
             mutex_wait_urgent(mw);
             return;
         }
