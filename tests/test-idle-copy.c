@@ -847,6 +847,81 @@ static void test_stuck_worker(void **state)
     thread_pool_set_idle_enabled(true);
 }
 
+/* ---- Priority inheritance of CoMutex, without I/O ---- */
+
+typedef struct LockCo {
+    CoMutex *m;
+    bool frame, locked, release, done;
+    PoolBackground f;
+    Coroutine *co;
+} LockCo;
+
+static void lock_co(void *opaque)
+{
+    LockCo *l = opaque;
+    l->co = co_self();
+    if (l->frame) {
+        pool_background_begin(&l->f);
+    }
+    co_mutex_lock(l->m);
+    l->locked = true;
+    while (!l->release) {
+        co_sleep_ns(100000);
+    }
+    co_mutex_unlock(l->m);
+    if (l->frame) {
+        pool_background_end(&l->f);
+    }
+    l->done = true;
+}
+
+static void lock_start(LockCo *l)
+{
+    co_enter(co_create(lock_co, l));
+    for (int i = 0; i < 10; i++) {
+        loop_iterate(false);
+    }
+}
+
+/*
+ * A background holder A; a background waiter C promotes nobody, until C
+ * itself is promoted (then A is); a guest waiter B promotes A at once;
+ * the hand-over to C with B still queued promotes C.
+ */
+static void test_co_mutex_inheritance(void **state)
+{
+    CoMutex m;
+    co_mutex_init(&m);
+    LockCo a = { .m = &m, .frame = true }, c = { .m = &m, .frame = true };
+    LockCo a2 = { .m = &m, .frame = true }, c2 = { .m = &m, .frame = true };
+    LockCo b = { .m = &m };
+
+    lock_start(&a);
+    assert_true(a.locked);
+    lock_start(&c);
+    assert_false(c.locked);
+    assert_false(atomic_load(&a.f.promoted));
+    pool_background_promote_co(c.co);
+    assert_true(atomic_load(&c.f.promoted));
+    assert_true(atomic_load(&a.f.promoted));       /* through C's wait */
+    a.release = c.release = true;
+    LOOP_WAIT_WHILE(!a.done || !c.done);
+
+    lock_start(&a2);
+    lock_start(&c2);
+    lock_start(&b);
+    assert_true(atomic_load(&a2.f.promoted));      /* B's wait */
+    assert_false(atomic_load(&c2.f.promoted));
+    a2.release = true;
+    LOOP_WAIT_WHILE(!a2.done || !c2.locked);
+    assert_true(c2.locked);
+    assert_true(atomic_load(&c2.f.promoted));      /* B still behind it */
+    c2.release = b.release = true;
+    LOOP_WAIT_WHILE(!c2.done || !b.done);
+    assert_int_equal(m.urgent, 0);
+    assert_false(m.locked);
+}
+
 /* ---- Priority inheritance through qcow2's s->lock ---- */
 
 /*
@@ -1018,6 +1093,7 @@ int main(void)
         cmocka_unit_test(test_serialising_wait_promotes),
         cmocka_unit_test(test_stream_idle_guest_cor_not),
         cmocka_unit_test(test_stream_write_promoted_by_guest),
+        cmocka_unit_test(test_co_mutex_inheritance),
         cmocka_unit_test(test_lock_inversion_read),
         cmocka_unit_test(test_lock_inversion_flush),
         cmocka_unit_test(test_claim_inversion_write),
