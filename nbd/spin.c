@@ -29,6 +29,7 @@
 #include <sched.h>
 #include <stdlib.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <glib.h>
 #include "strata/error.h"
@@ -60,9 +61,17 @@ static NbdSpinStats *map_stats(void)
     NbdSpinStats *st = MAP_FAILED;
 
     if (path && *path) {
-        int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+        /*
+         * Not truncated: a bench (or another daemon) may have it mapped,
+         * and a mapping past a file's end faults (SIGBUS).  Grown only if
+         * short; a regular file only, not through a symlink.
+         */
+        int fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644);
         if (fd >= 0) {
-            if (ftruncate(fd, sizeof(*st)) == 0) {
+            struct stat sb;
+            if (fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode) &&
+                (sb.st_size >= (off_t)sizeof(*st) ||
+                 ftruncate(fd, sizeof(*st)) == 0)) {
                 st = mmap(NULL, sizeof(*st), PROT_READ | PROT_WRITE,
                           MAP_SHARED, fd, 0);
             }

@@ -70,7 +70,9 @@ uint64_t nbd_spin_count(void);
  * What the busy waits of the whole process did, for the bench to explain
  * a run (bench/fleecing-bench --probe).  With the environment variable
  * NBD_SPIN_STATS_ENV set to a file name, the counters live in that file
- * (mapped shared, created or truncated when the first one is counted), so
+ * (mapped shared, created or grown to size when the first one is
+ * counted, never truncated: counts go on from what an existing file
+ * holds, so a reader takes differences or removes it first), so
  * another process reads them at any moment without disturbing the
  * daemon: uint64_t in the machine's byte order, in the order below, the
  * first one the number of them.  Relaxed atomic adds: a few nanoseconds

@@ -44,6 +44,7 @@
 #include "strata/stream.h"
 #include "strata/units.h"
 #include "support.h"
+#include "../block/qcow2/qcow2.h"     /* s->lock, to find its holder */
 
 static bool have_idle_class(void)
 {
@@ -588,7 +589,7 @@ static int64_t file_size(const char *path)
 typedef struct GuestIo {
     BlockBackend *blk;
     int64_t offset, bytes;
-    bool write, in_frame;
+    bool write, in_frame, flush;
     uint8_t *buf;
     int ret;
     bool done;
@@ -604,7 +605,7 @@ static void guest_io_co(void *opaque)
         pool_background_begin(&f);
     }
     iovec_init_buf(&v, g->buf, (size_t)g->bytes);
-    g->ret = g->write ? blk_co_pwritev(g->blk, g->offset, g->bytes, &v, 0)
+    g->ret = g->flush ? blk_co_flush(g->blk) : g->write ? blk_co_pwritev(g->blk, g->offset, g->bytes, &v, 0)
                       : blk_co_preadv(g->blk, g->offset, g->bytes, &v, 0);
     iovec_destroy(&v);
     if (g->in_frame) {
@@ -846,6 +847,241 @@ static void test_stuck_worker(void **state)
     thread_pool_set_idle_enabled(true);
 }
 
+/* ---- Priority inheritance of CoMutex, without I/O ---- */
+
+typedef struct LockCo {
+    CoMutex *m;
+    bool frame, locked, release, done;
+    PoolBackground f;
+    Coroutine *co;
+} LockCo;
+
+static void lock_co(void *opaque)
+{
+    LockCo *l = opaque;
+    l->co = co_self();
+    if (l->frame) {
+        pool_background_begin(&l->f);
+    }
+    co_mutex_lock(l->m);
+    l->locked = true;
+    while (!l->release) {
+        co_sleep_ns(100000);
+    }
+    co_mutex_unlock(l->m);
+    if (l->frame) {
+        pool_background_end(&l->f);
+    }
+    l->done = true;
+}
+
+static void lock_start(LockCo *l)
+{
+    co_enter(co_create(lock_co, l));
+    for (int i = 0; i < 10; i++) {
+        loop_iterate(false);
+    }
+}
+
+/*
+ * A background holder A; a background waiter C promotes nobody, until C
+ * itself is promoted (then A is); a guest waiter B promotes A at once;
+ * the hand-over to C with B still queued promotes C.
+ */
+static void test_co_mutex_inheritance(void **state)
+{
+    CoMutex m;
+    co_mutex_init(&m);
+    LockCo a = { .m = &m, .frame = true }, c = { .m = &m, .frame = true };
+    LockCo a2 = { .m = &m, .frame = true }, c2 = { .m = &m, .frame = true };
+    LockCo b = { .m = &m };
+
+    lock_start(&a);
+    assert_true(a.locked);
+    lock_start(&c);
+    assert_false(c.locked);
+    assert_false(atomic_load(&a.f.promoted));
+    pool_background_promote_co(c.co);
+    assert_true(atomic_load(&c.f.promoted));
+    assert_true(atomic_load(&a.f.promoted));       /* through C's wait */
+    a.release = c.release = true;
+    LOOP_WAIT_WHILE(!a.done || !c.done);
+
+    lock_start(&a2);
+    lock_start(&c2);
+    lock_start(&b);
+    assert_true(atomic_load(&a2.f.promoted));      /* B's wait */
+    assert_false(atomic_load(&c2.f.promoted));
+    a2.release = true;
+    LOOP_WAIT_WHILE(!a2.done || !c2.locked);
+    assert_true(c2.locked);
+    assert_true(atomic_load(&c2.f.promoted));      /* B still behind it */
+    c2.release = b.release = true;
+    LOOP_WAIT_WHILE(!c2.done || !b.done);
+    assert_int_equal(m.urgent, 0);
+    assert_false(m.locked);
+}
+
+/* ---- Priority inheritance through qcow2's s->lock ---- */
+
+/*
+ * A worker that goes idle "starves" (no CPU) until someone promotes it,
+ * for at most STARVE_MAX_US: the watchdog is off, so only a promotion
+ * (or the test) ends an episode early.
+ */
+#define STARVE_MAX_US (10 * G_USEC_PER_SEC)
+static gint lockinv_starving, lockinv_timed_out, lockinv_episodes;
+static _Atomic pid_t lockinv_tid;
+
+static int lockinv_hook(pid_t tid, int policy, const struct sched_param *p)
+{
+    int ret = sched_setscheduler(tid, policy, p);
+    if (ret == 0 && tid == 0 && policy == SCHED_IDLE) {
+        gint64 end = g_get_monotonic_time() + STARVE_MAX_US;
+        atomic_store(&lockinv_tid, (pid_t)syscall(SYS_gettid));
+        g_atomic_int_inc(&lockinv_episodes);
+        g_atomic_int_set(&lockinv_starving, 1);
+        while (sched_getscheduler(0) == SCHED_IDLE) {
+            if (g_get_monotonic_time() > end) {
+                g_atomic_int_inc(&lockinv_timed_out);
+                break;
+            }
+            g_usleep(500);
+        }
+        g_atomic_int_set(&lockinv_starving, 0);
+    }
+    return ret;
+}
+
+typedef struct Prefetch {
+    BlockChild *c;
+    PoolBackground f;
+    Coroutine *co;
+    int ret;
+    bool done;
+} Prefetch;
+
+/* A stream's copy: a REQ_PREFETCH read through the filter, in a frame. */
+static void prefetch_co(void *opaque)
+{
+    Prefetch *p = opaque;
+    p->co = co_self();
+    pool_background_begin(&p->f);
+    p->ret = child_co_preadv(p->c, 0, 64 * KiB, NULL, 0, REQ_PREFETCH);
+    pool_background_end(&p->f);
+    p->done = true;
+}
+
+/*
+ * While the copy's qcow2 metadata write starves at idle class holding
+ * the top's s->lock, a guest read through the filter (block status under
+ * s->lock) or a guest flush (the caches, under s->lock) waits for that
+ * lock without entering the filter's serialisation: it must promote the
+ * holder (util/co-lock.c), not wait for the starving call.  Episodes
+ * where the copy does not hold the lock are ended by the test itself
+ * (the worker set back to normal class, the frame left unpromoted).
+ */
+typedef enum { INV_READ, INV_FLUSH, INV_CLAIM } InvMode;
+
+static void lock_inversion(const char *tag, InvMode mode)
+{
+    g_autofree char *tp = NULL;
+    BlockNode *top = open_stream_chain(tag, 0x11, &tp);
+    BlockNode *base = node_backing(top);
+    Qcow2State *qs = top->opaque;
+    BlockNode *cor = open_json(json_pack("{s:s, s:s, s:s}", "driver",
+        "copy-on-read", "file", tag, "bottom", node_get_name(base)));
+    BlockBackend *bpref, *guest = mode == INV_CLAIM
+        ? backend_on(top, BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE)
+        : backend_on(cor, BLK_PERM_CONSISTENT_READ);
+    Prefetch p = { .c = edge(&bpref, cor, BLK_PERM_CONSISTENT_READ),
+                   .ret = -1 };
+    uint8_t *buf = g_malloc(4096);
+    bool tried = false;
+    ThreadPoolClassStats a, b;
+
+    lockinv_timed_out = lockinv_episodes = 0;
+    thread_pool_set_sched_hook(lockinv_hook);
+    co_enter(co_create(prefetch_co, &p));
+    while (!p.done) {
+        while (!g_atomic_int_get(&lockinv_starving) && !p.done) {
+            loop_iterate(false);
+            g_usleep(200);
+        }
+        if (p.done) {
+            break;
+        }
+        int n = g_atomic_int_get(&lockinv_episodes);
+        bool locked = qs->lock.locked && qs->lock.holder == p.co;
+        /* Only the copy runs: a claim in flight is its data write's. */
+        bool ready = mode == INV_CLAIM ? !locked && qs->inflight : locked;
+        if (!tried && ready) {
+            GuestIo g = { .blk = guest, .bytes = 4096, .buf = buf, .ret = -1,
+                          .offset = mode == INV_CLAIM ? 0 : 4 * MiB,
+                          .write = mode == INV_CLAIM,
+                          .flush = mode == INV_FLUSH };
+            tried = true;
+            thread_pool_class_stats(&a);
+            co_enter(co_create(guest_io_co, &g));
+            LOOP_WAIT_WHILE(!g.done);
+            thread_pool_class_stats(&b);
+            assert_int_equal(g.ret, 0);
+            /* Not ended by the hook's time limit, but by a promotion. */
+            assert_int_equal(g_atomic_int_get(&lockinv_timed_out), 0);
+            assert_true(b.promoted > a.promoted);
+            assert_true(atomic_load(&p.f.promoted));
+        } else {
+            struct sched_param sp = { 0 };
+            sched_setscheduler(atomic_load(&lockinv_tid), SCHED_OTHER, &sp);
+        }
+        while (g_atomic_int_get(&lockinv_starving) &&
+               g_atomic_int_get(&lockinv_episodes) == n) {
+            loop_iterate(false);
+            g_usleep(200);
+        }
+    }
+    LOOP_WAIT_WHILE(!p.done);
+    thread_pool_set_sched_hook(NULL);
+    assert_int_equal(p.ret, 0);
+    /* The copy's writes under s->lock did run idle and were caught. */
+    assert_true(tried);
+    assert_int_equal(g_atomic_int_get(&lockinv_timed_out), 0);
+    blk_unref(guest);
+    blk_unref(bpref);
+    node_unref(cor);
+    node_unref(top);
+    g_free(buf);
+}
+
+static void test_lock_inversion_read(void **state)
+{
+    if (!have_idle_class()) {
+        skip();
+    }
+    lock_inversion("lockinv-r", INV_READ);
+}
+
+static void test_lock_inversion_flush(void **state)
+{
+    if (!have_idle_class()) {
+        skip();
+    }
+    lock_inversion("lockinv-f", INV_FLUSH);
+}
+
+/*
+ * Another parent of the top writing into the clusters that the copy
+ * allocates: it waits for qcow2's claim on them, not for s->lock, while
+ * the copy's data write starves; qcow2 promotes the claim's owner.
+ */
+static void test_claim_inversion_write(void **state)
+{
+    if (!have_idle_class()) {
+        skip();
+    }
+    lock_inversion("lockinv-w", INV_CLAIM);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -857,6 +1093,10 @@ int main(void)
         cmocka_unit_test(test_serialising_wait_promotes),
         cmocka_unit_test(test_stream_idle_guest_cor_not),
         cmocka_unit_test(test_stream_write_promoted_by_guest),
+        cmocka_unit_test(test_co_mutex_inheritance),
+        cmocka_unit_test(test_lock_inversion_read),
+        cmocka_unit_test(test_lock_inversion_flush),
+        cmocka_unit_test(test_claim_inversion_write),
         /* Last: it leaves a parked worker behind. */
         cmocka_unit_test(test_stuck_worker),
     };

@@ -9,6 +9,7 @@
 #include <glib.h>
 #include "strata/coroutine.h"
 #include "strata/loop.h"
+#include "strata/pool-class.h"
 
 struct CoWaiter {
     Coroutine *co;
@@ -86,13 +87,70 @@ void co_mutex_init(CoMutex *m)
 {
     m->locked = false;
     m->holder = NULL;
+    m->urgent = 0;
     co_queue_init(&m->waiters);
+}
+
+/*
+ * Priority inheritance for background work (strata/pool-class.h): a
+ * coroutine inside an unpromoted background frame may hold a CoMutex
+ * while its pool calls run at SCHED_IDLE (qcow2's metadata writes of a
+ * stream's copy, under s->lock).  Whoever else queues for that mutex
+ * would wait for as long as the idle thread gets no CPU, so it promotes
+ * the holder's frames, and so does every hand-over while such a waiter
+ * is still queued.  A waiter that is itself unpromoted background work
+ * does not: background copies must not promote each other.  If it is
+ * promoted while it waits (a guest request started to wait for it), it
+ * promotes the holder then (co_mutex_boost_waiter).
+ *
+ * CoRwLock and bare CoQueues do not do this: a read lock has no one
+ * holder to promote, and a queue no holder at all (qcow2's allocation
+ * claims promote their owner themselves).
+ */
+typedef struct CoMutexWait {
+    Coroutine *co;
+    CoMutex *m;
+    bool urgent;                /* counted in m->urgent */
+    struct CoMutexWait *next;
+} CoMutexWait;
+
+/* The CoMutex waits of this thread's coroutines. */
+static __thread CoMutexWait *mutex_waits;
+
+static void mutex_wait_urgent(CoMutexWait *mw)
+{
+    mw->urgent = true;
+    mw->m->urgent++;
+    pool_background_promote_co(mw->m->holder);
+}
+
+void co_mutex_boost_waiter(Coroutine *co)
+{
+    for (CoMutexWait *mw = mutex_waits; mw; mw = mw->next) {
+        if (mw->co == co && !mw->urgent) {
+            /* Also right when co was just handed m and has not run yet
+             * (holder == co): co's frames are promoted already, and the
+             * record, urgent now, stops the recursion. */
+            mutex_wait_urgent(mw);
+            return;
+        }
+    }
 }
 
 void coroutine_fn co_mutex_lock(CoMutex *m)
 {
     Coroutine *self = co_self();
     g_assert(m->holder != self || !m->locked); /* not recursive */
+    if (!m->locked) {
+        m->locked = true;
+        m->holder = self;
+        return;
+    }
+    CoMutexWait mw = { .co = self, .m = m, .next = mutex_waits };
+    mutex_waits = &mw;
+    if (!pool_background_unpromoted_here()) {
+        mutex_wait_urgent(&mw);
+    }
     while (m->locked) {
         co_queue_wait(&m->waiters);
         /*
@@ -100,11 +158,20 @@ void coroutine_fn co_mutex_lock(CoMutex *m)
          * a coroutine arriving between the wake and our run cannot barge in.
          */
         if (m->holder == self) {
-            return;
+            break;
         }
     }
-    m->locked = true;
-    m->holder = self;
+    for (CoMutexWait **p = &mutex_waits; *p; p = &(*p)->next) {
+        if (*p == &mw) {
+            *p = mw.next;
+            break;
+        }
+    }
+    m->urgent -= mw.urgent;
+    if (m->holder != self) {
+        m->locked = true;
+        m->holder = self;
+    }
 }
 
 void coroutine_fn co_mutex_unlock(CoMutex *m)
@@ -115,6 +182,10 @@ void coroutine_fn co_mutex_unlock(CoMutex *m)
         /* Hand over directly: FIFO and no barging. */
         m->holder = w->co;
         co_queue_next(&m->waiters);
+        /* A background holder next, with someone urgent behind it. */
+        if (m->urgent > 0) {
+            pool_background_promote_co(m->holder);
+        }
     } else {
         m->locked = false;
         m->holder = NULL;

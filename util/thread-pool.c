@@ -46,7 +46,13 @@
  *   (sched_setscheduler on the worker's thread id), so the call finishes
  *   at normal speed.  The copy engine promotes a task when a guest write
  *   or a drain starts to wait for it, and all its tasks while guest
- *   writes copy through it (jobs/block-copy.c).
+ *   writes copy through it (jobs/block-copy.c).  A coroutine lock held
+ *   by background work is waited for too: a CoMutex waiter that is not
+ *   unpromoted background work promotes the holder's frames, and a
+ *   promoted coroutine that waits for a CoMutex promotes its holder in
+ *   turn (util/co-lock.c), so qcow2's metadata writes of a stream's copy,
+ *   made under s->lock, do not hold a guest's read or flush behind them;
+ *   qcow2's allocation claims promote their owner the same way.
  * - A background call that has not returned after idle_limit_ms (10) is
  *   promoted as if waited for, by a watchdog thread of the pool's (at
  *   normal class), not by a timer of the submitter's loop: the loop
@@ -749,11 +755,23 @@ void pool_background_promote(PoolBackground *bg)
 
 void pool_background_promote_co(Coroutine *co)
 {
+    if (!co) {
+        return;
+    }
     for (PoolBackground *f = bg_frames; f; f = f->next) {
         if (f->co == co) {
             pool_background_promote(f);
         }
     }
+    /* What co waits for is waited for now too.  Ends: each wait is
+     * boosted once. */
+    co_mutex_boost_waiter(co);
+}
+
+bool pool_background_unpromoted_here(void)
+{
+    PoolBackground *f = bg_frames ? current_frame() : NULL;
+    return f && !atomic_load(&f->promoted);
 }
 
 int thread_pool_waiting_here(void)

@@ -23,6 +23,7 @@
 
 #include "qcow2.h"
 #include "qcow2-compress.h"
+#include "strata/pool-class.h"
 
 static int coroutine_fn write_l1_entry(BlockNode *bs, unsigned l1i)
 {
@@ -308,6 +309,7 @@ typedef struct Inflight {
     uint64_t start, end;       /* guest bytes, whole clusters */
     bool shared;               /* an in-place write: other writes may run */
     CoQueue waiters;
+    Coroutine *owner;          /* whose data write it waits for */
 } Inflight;
 
 static Inflight *find_inflight(Qcow2State *s, uint64_t start, uint64_t end,
@@ -331,6 +333,7 @@ static Inflight *claim(Qcow2State *s, uint64_t start, uint64_t end,
     f->start = qcow2_start_of_cluster(s, start);
     f->end = ROUND_UP(end, s->cluster_size);
     f->shared = shared;
+    f->owner = co_self();
     co_queue_init(&f->waiters);
     s->inflight = g_list_prepend(s->inflight, f);
     return f;
@@ -354,6 +357,14 @@ static bool coroutine_fn wait_claims(BlockNode *bs, uint64_t start,
     end = end > UINT64_MAX - s->cluster_size ? UINT64_MAX
                                              : ROUND_UP(end, s->cluster_size);
     while ((f = find_inflight(s, start, end, include_shared))) {
+        /*
+         * The owner's data write may be a background copy's, at idle
+         * class (a stream's copy-on-read): promote it, unless we are
+         * unpromoted background work too (strata/pool-class.h).
+         */
+        if (!pool_background_unpromoted_here()) {
+            pool_background_promote_co(f->owner);
+        }
         /* Unlock and queue without yielding in between: no lost wake-up. */
         co_mutex_unlock(&s->lock);
         co_queue_wait(&f->waiters);

@@ -67,11 +67,17 @@ typedef struct CoMutex {
     bool locked;
     Coroutine *holder;
     CoQueue waiters;
+    int urgent;      /* waiters that promote a background holder */
 } CoMutex;
 
 void co_mutex_init(CoMutex *m);
 void coroutine_fn co_mutex_lock(CoMutex *m);
 void coroutine_fn co_mutex_unlock(CoMutex *m);
+/*
+ * For util/thread-pool.c: co's background frames were just promoted; if
+ * co waits for a CoMutex, it now promotes the holder's (util/co-lock.c).
+ */
+void co_mutex_boost_waiter(Coroutine *co);
 
 typedef struct CoRwLock {
     int readers;     /* number of readers holding the lock */

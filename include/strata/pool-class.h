@@ -65,7 +65,8 @@ void pool_background_promote(PoolBackground *bg);
  * From any coroutine of co's thread: the open frames of coroutine co are
  * waited for (a request that co issued is in someone's way: block/io.c's
  * wait_serialising, the copy-on-read filter's copies).  Cheap when co
- * has none.
+ * has none.  If co waits for a CoMutex, the holder's frames are promoted
+ * too (priority inheritance, util/co-lock.c), and so on down the chain.
  */
 void pool_background_promote_co(Coroutine *co);
 
@@ -80,6 +81,11 @@ void pool_background_promote_co(Coroutine *co);
  */
 bool pool_background_writes_begin(void);
 void pool_background_writes_end(void);
+
+/* Whether the calling coroutine is inside an open frame that is not
+ * promoted (idle class on or not; no probe): a CoMutex waiter that is
+ * background work itself promotes no holder (util/co-lock.c). */
+bool pool_background_unpromoted_here(void);
 
 /* Whether a plain file write of the calling coroutine runs idle now. */
 bool pool_background_write_idle(void);
