@@ -34,34 +34,11 @@
 #include "strata/iov.h"
 #include "strata/loop.h"
 #include "vmstate-devices.h"
+#include "vmstate-bytes.h"
 
 #define POLL_MS 100
 /* a parse reads the states in pieces of this size for the CRCs */
 #define CHECK_BUF (256u << 10)
-
-static inline void put_be16(uint8_t *p, uint16_t v)
-{
-    p[0] = v >> 8;
-    p[1] = v;
-}
-
-static inline void put_be32(uint8_t *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++) {
-        p[i] = v >> (24 - 8 * i);
-    }
-}
-
-static inline uint16_t get_be16(const uint8_t *p)
-{
-    return (uint16_t)(p[0] << 8 | p[1]);
-}
-
-static inline uint32_t get_be32(const uint8_t *p)
-{
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 |
-           (uint32_t)p[2] << 8 | p[3];
-}
 
 static uint32_t crc_add(uint32_t crc, const void *buf, size_t n)
 {
