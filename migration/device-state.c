@@ -632,9 +632,68 @@ bool ds_save_tail(DsSet *s, int fd, uint64_t ram_end, MrStats *stats,
 
 /* ---- restore ---- */
 
-/* Moves @n bytes at file offset @off into the back end's descriptor. */
-static bool move_out(DsSet *s, DsStream *st, int file, uint64_t off,
-                     uint64_t n, GError **errp)
+static bool get_be32_at(int fd, uint64_t off, uint32_t *v, GError **errp)
+{
+    uint32_t be;
+    if (pread(fd, &be, 4, (off_t)off) != 4) {
+        error_setg(errp, "Could not read the migration file at offset %"
+                   G_GUINT64_FORMAT, off);
+        return false;
+    }
+    *v = GUINT32_FROM_BE(be);
+    return true;
+}
+
+/*
+ * Where the record length words are in an iterative round being handed
+ * back: `bytes` counts the records' data only, as a save counts it.
+ */
+typedef struct Records {
+    uint64_t next;              /* file offset of the next length word */
+} Records;
+
+/*
+ * Counts the state bytes among the file's bytes [@from, @to), which the
+ * back end has just taken: all of them for a plain chunk (@rec NULL), the
+ * records' data for a round.  Counting as the back end takes them keeps
+ * `bytes` at what it has received while a slow back end takes a chunk
+ * in several writes.
+ */
+static bool count_taken(DsStream *st, Records *rec, int file, uint64_t from,
+                        uint64_t to, GError **errp)
+{
+    uint64_t n = 0;
+
+    if (!rec) {
+        atomic_fetch_add(&st->bytes, to - from);
+        return true;
+    }
+    while (from < to) {
+        if (from < rec->next) {
+            uint64_t end = MIN(to, rec->next);
+            n += end - from;
+            from = end;
+        } else if (to >= rec->next + 4) {
+            uint32_t len;
+            if (!get_be32_at(file, rec->next, &len, errp)) {
+                return false;
+            }
+            from = rec->next + 4;
+            rec->next = from + len;
+        } else {
+            break;              /* inside a length word */
+        }
+    }
+    atomic_fetch_add(&st->bytes, n);
+    return true;
+}
+
+/*
+ * Moves @n bytes at file offset @off into the back end's descriptor,
+ * counting the state bytes among them as they go (@rec: see count_taken).
+ */
+static bool move_out(DsSet *s, DsStream *st, Records *rec, int file,
+                     uint64_t off, uint64_t n, GError **errp)
 {
     DsWriter w = { .fd = -1, .own = -1 };
     bool ok = false;
@@ -672,6 +731,9 @@ static bool move_out(DsSet *s, DsStream *st, int file, uint64_t off,
                              st->id);
             goto out;
         }
+        if (!count_taken(st, rec, file, off, off + (uint64_t)r, errp)) {
+            goto out;
+        }
         off += (uint64_t)r;
         n -= (uint64_t)r;
         if (s->stats) {
@@ -684,18 +746,6 @@ out:
     return ok;
 }
 
-static bool get_be32_at(int fd, uint64_t off, uint32_t *v, GError **errp)
-{
-    uint32_t be;
-    if (pread(fd, &be, 4, (off_t)off) != 4) {
-        error_setg(errp, "Could not read the migration file at offset %"
-                   G_GUINT64_FORMAT, off);
-        return false;
-    }
-    *v = GUINT32_FROM_BE(be);
-    return true;
-}
-
 static bool load_one(DsSet *s, DsStream *st, const MrDevState *d, int file,
                      GError **errp)
 {
@@ -703,24 +753,24 @@ static bool load_one(DsSet *s, DsStream *st, const MrDevState *d, int file,
     for (unsigned r = 0; r < d->rounds->len; r++) {
         uint64_t off = g_array_index(d->rounds, uint64_t, r);
         uint64_t start = off;
+        Records rec = { .next = start };
         uint32_t len;
         for (;;) {
             if (!get_be32_at(file, off, &len, errp)) {
                 return false;
             }
             if (!d->iterative && len &&
-                !move_out(s, st, file, off + 4, len, errp)) {
+                !move_out(s, st, NULL, file, off + 4, len, errp)) {
                 return false;
             }
             off += 4 + (uint64_t)len;
-            atomic_fetch_add(&st->bytes, len);
             if (!len) {
                 break;
             }
         }
         /* an iterative round goes back framed, as the back end wrote it */
         if (d->iterative) {
-            if (!move_out(s, st, file, start, off - start, errp)) {
+            if (!move_out(s, st, &rec, file, start, off - start, errp)) {
                 return false;
             }
             atomic_fetch_add(&st->rounds, 1);

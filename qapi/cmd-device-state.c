@@ -15,17 +15,20 @@
 #include "strata/device-state.h"
 #include "strata/fdset.h"
 #include "strata/id.h"
-#include "strata/qmp-server.h"
 #include "qapi-commands.h"
 
-/* Named descriptors are the QMP server's (see qapi/cmd-migration.c). */
-extern int qmp_session_named_fd(QmpSession *s, const char *name)
-    __attribute__((weak));
-extern bool qmp_session_close_named_fd(QmpSession *s, const char *name)
-    __attribute__((weak));
-/* Weak too: programs that run snapshot jobs without a QMP server (tests)
- * link the registry through them. */
-extern QmpSession *qmp_session_current(void) __attribute__((weak));
+/*
+ * getfd names belong to the QMP session of the command; the program that
+ * runs the QMP server says how to take one (ds_registry_set_named_fds).
+ * The registry does not call the server itself: programs that run
+ * snapshot jobs without one (unit tests) link it too.
+ */
+static int (*take_named_fd)(const char *name);
+
+void ds_registry_set_named_fds(int (*take)(const char *name))
+{
+    take_named_fd = take;
+}
 
 typedef struct Entry {
     char *id;
@@ -113,20 +116,11 @@ static int take_fd(const char *name, GError **errp)
         }
         return -1;
     }
-    QmpSession *s = qmp_session_current ? qmp_session_current() : NULL;
-    int named = s && qmp_session_named_fd ? qmp_session_named_fd(s, name)
-                                          : -1;
-    if (named < 0) {
+    int fd = take_named_fd ? take_named_fd(name) : -1;
+    if (fd < 0) {
         error_setg(errp, "File descriptor named '%s' has not been found",
                    name);
-        return -1;
     }
-    int fd = fcntl(named, F_DUPFD_CLOEXEC, 0);
-    if (fd < 0) {
-        error_setg_errno(errp, errno, "Could not use descriptor '%s'", name);
-        return -1;
-    }
-    qmp_session_close_named_fd(s, name);
     return fd;
 }
 

@@ -1035,3 +1035,13 @@ int qmp_session_named_fd(QmpSession *s, const char *name)
     }
     return GPOINTER_TO_INT(fd);
 }
+
+int qmp_session_take_named_fd(QmpSession *s, const char *name)
+{
+    int fd = qmp_session_named_fd(s, name);
+
+    if (fd >= 0) {
+        g_hash_table_remove(s->mon->named_fds, name);
+    }
+    return fd;
+}

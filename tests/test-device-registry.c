@@ -4,8 +4,10 @@
  * took no stream ending while a snapshot-save job holds one must leave the
  * job's streams alone (it used to end and free them under the job); one
  * set at a time holds streams, a holder that took none blocks nobody, and
- * the messages name the holder.
+ * the messages name the holder.  getfd names come through the hook the
+ * QMP server's program sets.
  */
+#include <errno.h>
 #include <fcntl.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -163,12 +165,67 @@ static void test_second_holder(void **state)
     close(wb);
 }
 
+/* The QMP session's getfd names, as the daemon's hook sees them. */
+static int named_fd = -1;
+
+static int take_named(const char *name)
+{
+    int fd = strcmp(name, "fs0-state") == 0 ? named_fd : -1;
+    if (fd >= 0) {
+        named_fd = -1;
+    }
+    return fd;
+}
+
+static void add_named_fails(const char *id, const char *name)
+{
+    GError *err = NULL;
+    g_autofree char *want = g_strdup_printf("File descriptor named '%s' has "
+                                            "not been found", name);
+    qmp_x_strata_device_state_add(id, name, false, false, &err);
+    assert_non_null(err);
+    assert_string_equal(err->message, want);
+    g_error_free(err);
+}
+
+/*
+ * A getfd name is taken through ds_registry_set_named_fds's hook (the
+ * registry used weak references to the QMP server instead): without a
+ * hook no name is found; with one, the descriptor is taken from the
+ * session (the name is gone) and closed by the registry.
+ */
+static void test_named_fd(void **state)
+{
+    GError *err = NULL;
+    int p[2];
+
+    assert_int_equal(pipe2(p, O_CLOEXEC), 0);
+    named_fd = p[0];
+    add_named_fails("n", "fs0-state");
+    assert_int_equal(named_fd, p[0]);
+    ds_registry_set_named_fds(take_named);
+    add_named_fails("n", "other");
+    qmp_x_strata_device_state_add("n", "fs0-state", false, false, &err);
+    assert_null(err);
+    assert_int_equal(named_fd, -1);
+    registry_is("n registered");
+    add_named_fails("m", "fs0-state");
+    del("n", NULL);
+    /* the registry owned it: closed with the registration */
+    assert_int_equal(fcntl(p[0], F_GETFD), -1);
+    assert_int_equal(errno, EBADF);
+    registry_is("");
+    ds_registry_set_named_fds(NULL);
+    close(p[1]);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_empty_holder_ends_first),
         cmocka_unit_test(test_empty_job_ends_first),
         cmocka_unit_test(test_second_holder),
+        cmocka_unit_test(test_named_fd),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

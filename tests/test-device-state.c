@@ -4,7 +4,8 @@
  * through descriptors that are not pipes (the buffered path), chunking of
  * a large state, and the faults: a back end that closes inside a record
  * or a round, a file cut at any byte of its device sections, and
- * registered / unregistered ids on restore.
+ * registered / unregistered ids on restore; a restore's `bytes` counter
+ * against what a slow back end has taken.
  */
 #include <fcntl.h>
 #include <setjmp.h>
@@ -13,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -562,6 +564,195 @@ static void test_stalled_restore_socket(void **state)
     stalled_restore(false);
 }
 
+/* Writes @b (taken) into @fd, then closes it: a back end saving. */
+typedef struct Feed {
+    int fd;
+    GByteArray *b;
+} Feed;
+
+static gpointer feed(gpointer opaque)
+{
+    Feed *f = opaque;
+    write_all(f->fd, f->b->data, f->b->len);
+    close(f->fd);
+    g_byte_array_unref(f->b);
+    return NULL;
+}
+
+/*
+ * The state bytes among the first @x bytes a back end reads back: all of
+ * them for a plain state (@framed NULL), the records' data of the rounds
+ * @framed (what `bytes` counts, not the length words).
+ */
+static uint64_t state_bytes_in(const GByteArray *framed, uint64_t x)
+{
+    uint64_t n = 0, p = 0;
+
+    if (!framed) {
+        return x;
+    }
+    while (p < x && p + 4 <= framed->len) {
+        uint32_t be;
+        memcpy(&be, framed->data + p, 4);
+        uint64_t data = p + 4, len = GUINT32_FROM_BE(be);
+        if (x > data) {
+            n += MIN(x - data, len);
+        }
+        p = data + len;
+    }
+    return n;
+}
+
+typedef struct Load {
+    DsSet *set;
+    MrFileInfo *info;
+    int fd;
+    bool ok;
+    GError *err;
+} Load;
+
+static gpointer load_thread(gpointer opaque)
+{
+    Load *l = opaque;
+    GPtrArray *unread = g_ptr_array_new_with_free_func(g_free);
+    MrStats st = { 0 };
+    atomic_bool cancel = false;
+
+    l->ok = ds_load(l->set, l->info, l->fd, &st, &cancel, unread, &l->err);
+    g_ptr_array_unref(unread);
+    return NULL;
+}
+
+/*
+ * A restore's `bytes` is what the back end has taken, at every moment:
+ * the back end here (a one-page pipe, or a socket with a small send
+ * buffer) takes a chunk or a round in many partial writes, and reads
+ * 1000 bytes at a time; after each read, the counter must never exceed
+ * what it has received (read, plus what waits in its pipe or socket) and
+ * must settle at it.  The counter used to move by a whole chunk after it
+ * was handed back (plain) or a whole round before (iterative).
+ */
+static void counted_as_taken(bool iterative, bool use_pipe)
+{
+    int in[2], out[2];
+    GError *err = NULL;
+    Saved s;
+    GByteArray *state = g_byte_array_new();
+    uint64_t total = 0;
+
+    /* plain: 300001 bytes; iterative: two rounds of uneven records */
+    static const uint32_t records[] = { 70000, 1, 3000, 0, 100000, 5, 0 };
+    for (unsigned i = 0; i < (iterative ? G_N_ELEMENTS(records) : 1); i++) {
+        uint32_t len = iterative ? records[i] : 300001;
+        if (iterative) {
+            uint32_t be = GUINT32_TO_BE(len);
+            g_byte_array_append(state, (const guint8 *)&be, 4);
+        }
+        for (uint32_t k = 0; k < len; k++) {
+            uint8_t c = gen(total + k);
+            g_byte_array_append(state, &c, 1);
+        }
+        total += len;
+    }
+    assert_int_equal(pipe(in), 0);
+    Feed f = { .fd = in[1], .b = g_byte_array_ref(state) };
+    GThread *th = g_thread_new("feed", feed, &f);
+    DsSet *ds = ds_set_new();
+    DsStream *saved = ds_set_add(ds, "dev", in[0], iterative);
+    assert_true(save(ds, &s, &err));
+    g_thread_join(th);
+    assert_int_equal(atomic_load(&saved->bytes), total);
+    MrFileInfo *info = mr_file_parse(s.fd, 0, &err);
+    assert_non_null(info);
+
+    if (use_pipe) {
+        assert_int_equal(pipe(out), 0);
+        assert_int_equal(fcntl(out[1], F_SETPIPE_SZ, 4096), 4096);
+    } else {
+        int small = 4096;
+        assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, out), 0);
+        assert_int_equal(setsockopt(out[1], SOL_SOCKET, SO_SNDBUF, &small,
+                                    sizeof(small)), 0);
+    }
+    DsSet *back = ds_set_new();
+    DsStream *st = ds_set_add(back, "dev", out[1], iterative);
+    Load l = { .set = back, .info = info, .fd = s.fd };
+    th = g_thread_new("load", load_thread, &l);
+    GByteArray *got = g_byte_array_new();
+    unsigned mid = 0;
+    for (;;) {
+        uint8_t buf[1000];
+        ssize_t r = read(out[0], buf, sizeof(buf));
+        assert_true(r >= 0);
+        if (r == 0) {
+            break;
+        }
+        g_byte_array_append(got, buf, (guint)r);
+        gint64 deadline = g_get_monotonic_time() + 10 * G_USEC_PER_SEC;
+        for (;;) {
+            uint64_t c = atomic_load(&st->bytes);
+            int queued;
+            assert_int_equal(ioctl(out[0], FIONREAD, &queued), 0);
+            uint64_t taken = state_bytes_in(iterative ? state : NULL,
+                                            got->len + (uint64_t)queued);
+            if (c > taken) {
+                fail_msg("bytes is %" G_GUINT64_FORMAT ", the back end has "
+                         "taken %" G_GUINT64_FORMAT " state bytes", c, taken);
+            }
+            if (c == taken) {
+                mid += c > 0 && c < total;
+                break;
+            }
+            if (g_get_monotonic_time() > deadline) {
+                fail_msg("bytes stays at %" G_GUINT64_FORMAT ", the back end "
+                         "has taken %" G_GUINT64_FORMAT " state bytes", c,
+                         taken);
+            }
+            g_usleep(100);
+        }
+    }
+    g_thread_join(th);
+    assert_true(l.ok);
+    assert_true(mid > 100);
+    assert_int_equal(atomic_load(&st->bytes), total);
+    if (iterative) {
+        assert_int_equal(got->len, state->len);
+        assert_memory_equal(got->data, state->data, state->len);
+        assert_int_equal(atomic_load(&st->rounds), 2);
+    } else {
+        assert_int_equal(got->len, total);
+        assert_memory_equal(got->data, state->data, total);
+    }
+    g_byte_array_unref(got);
+    g_byte_array_unref(state);
+    mr_file_info_free(info);
+    ds_set_free(back);
+    ds_set_free(ds);
+    close(in[0]);
+    close(out[0]);
+    close(s.fd);
+}
+
+static void test_counted_plain_pipe(void **state)
+{
+    counted_as_taken(false, true);
+}
+
+static void test_counted_plain_socket(void **state)
+{
+    counted_as_taken(false, false);
+}
+
+static void test_counted_rounds_pipe(void **state)
+{
+    counted_as_taken(true, true);
+}
+
+static void test_counted_rounds_socket(void **state)
+{
+    counted_as_taken(true, false);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -573,6 +764,10 @@ int main(void)
         cmocka_unit_test(test_flipped_everywhere),
         cmocka_unit_test(test_stalled_restore_pipe),
         cmocka_unit_test(test_stalled_restore_socket),
+        cmocka_unit_test(test_counted_plain_pipe),
+        cmocka_unit_test(test_counted_plain_socket),
+        cmocka_unit_test(test_counted_rounds_pipe),
+        cmocka_unit_test(test_counted_rounds_socket),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -132,6 +132,14 @@ void ds_registry_end(DsSet *set);
 bool ds_registry_begin_ids(bool incoming, const char *cmd, const char *job,
                            const GPtrArray *ids, DsSet **out,
                            GError **errp);
+/*
+ * How x-strata-device-state-add takes a descriptor passed with getfd:
+ * @take returns the one named @name in the calling QMP session, removed
+ * from it (the caller owns it), or -1 if there is none.  Set by the
+ * program that runs the QMP server (strata-daemon); without it only
+ * /dev/fdset/N names are found.
+ */
+void ds_registry_set_named_fds(int (*take)(const char *name));
 
 /*
  * Writes into a back end's descriptor that never block (after poll said

@@ -131,5 +131,8 @@ void qmp_session_set_named_fd(QmpSession *s, const char *name, int fd);
 bool qmp_session_close_named_fd(QmpSession *s, const char *name);
 /* The named descriptor (still owned by the monitor), or -1. */
 int qmp_session_named_fd(QmpSession *s, const char *name);
+/* The named descriptor, removed from the monitor (the caller owns it),
+ * or -1. */
+int qmp_session_take_named_fd(QmpSession *s, const char *name);
 
 #endif

@@ -23,6 +23,7 @@
 
 #include "strata/chardev.h"
 #include "strata/coroutine.h"
+#include "strata/device-state.h"
 #include "strata/error.h"
 #include "strata/loop.h"
 #include "strata/nbd-client.h"
@@ -545,6 +546,13 @@ static bool in_qmp_command(void)
     return qmp_session_current() != NULL;
 }
 
+/* x-strata-device-state-add's getfd names: the calling session's. */
+static int take_named_fd(const char *name)
+{
+    QmpSession *s = qmp_session_current();
+    return s ? qmp_session_take_named_fd(s, name) : -1;
+}
+
 int main(int argc, char *argv[])
 {
     signal(SIGPIPE, SIG_IGN);
@@ -562,6 +570,7 @@ int main(int argc, char *argv[])
     }
     qmp_server_set_quit_handler(on_quit);
     nbd_client_set_object_exists(object_named);
+    ds_registry_set_named_fds(take_named_fd);
     qmp_jobs_init();
     qmp_server_at_shutdown(QMP_SHUTDOWN_EXPORTS, qapi_exports_close_all);
     GMainContext *ctx = loop_context(loop_get());
