@@ -24,17 +24,15 @@
 #include "qapi-commands.h"
 #include "qapi-events.h"
 #include "machine-snapshot.h"
+#include "migration-fds.h"
 
-/*
- * Named descriptors (getfd) live in the QMP server.  Weak references: the
- * tests that link the command table with a server of their own (which has
- * no named descriptors) need not bring qapi/server.c in; in the daemon they
- * resolve to the server's.
- */
-extern int qmp_session_named_fd(QmpSession *s, const char *name)
-    __attribute__((weak));
-extern bool qmp_session_close_named_fd(QmpSession *s, const char *name)
-    __attribute__((weak));
+/* set by the program that runs the QMP server (qapi/migration-fds.h) */
+static const MigrationNamedFds *named_fds;
+
+void migration_set_named_fds(const MigrationNamedFds *fds)
+{
+    named_fds = fds;
+}
 
 #define DEFAULT_MAX_BANDWIDTH (128ull << 20)    /* QEMU's */
 #define DEFAULT_DOWNTIME_LIMIT 300
@@ -330,8 +328,7 @@ static void close_fds(void)
 
 static int named_fd(const char *name)
 {
-    QmpSession *s = qmp_session_current();
-    return s && qmp_session_named_fd ? qmp_session_named_fd(s, name) : -1;
+    return named_fds ? named_fds->peek(name) : -1;
 }
 
 /* QEMU 10 calls a missing descriptor unseekable too. */
@@ -399,7 +396,9 @@ static bool open_target(Dest *d, bool save, unsigned nchan, bool direct,
             return false;
         }
         /* QEMU takes the descriptor from the monitor */
-        qmp_session_close_named_fd(qmp_session_current(), d->name);
+        if (named_fds) {
+            named_fds->close(d->name);
+        }
     } else if (save && d->kind == DEST_PATH && d->offset == 0) {
         *tmp_path = g_strdup_printf("%s.strata-XXXXXX", path);
         fd = g_mkstemp_full(*tmp_path, O_RDWR | O_CLOEXEC, 0600);

@@ -35,6 +35,7 @@
 #include "objects.h"
 #include "qapi-commands.h"
 #include "nbd-export.h"
+#include "migration-fds.h"
 #include "shutdown.h"
 #include "qapi-visit.h"
 #include "../common/tool-common.h"
@@ -553,6 +554,25 @@ static int take_named_fd(const char *name)
     return s ? qmp_session_take_named_fd(s, name) : -1;
 }
 
+static int peek_named_fd(const char *name)
+{
+    QmpSession *s = qmp_session_current();
+    return s ? qmp_session_named_fd(s, name) : -1;
+}
+
+static void close_named_fd(const char *name)
+{
+    QmpSession *s = qmp_session_current();
+    if (s) {
+        qmp_session_close_named_fd(s, name);
+    }
+}
+
+static const MigrationNamedFds migration_fds = {
+    .peek = peek_named_fd,
+    .close = close_named_fd,
+};
+
 int main(int argc, char *argv[])
 {
     signal(SIGPIPE, SIG_IGN);
@@ -571,6 +591,7 @@ int main(int argc, char *argv[])
     qmp_server_set_quit_handler(on_quit);
     nbd_client_set_object_exists(object_named);
     ds_registry_set_named_fds(take_named_fd);
+    migration_set_named_fds(&migration_fds);
     qmp_jobs_init();
     qmp_server_at_shutdown(QMP_SHUTDOWN_EXPORTS, qapi_exports_close_all);
     GMainContext *ctx = loop_context(loop_get());
