@@ -1,8 +1,8 @@
 /*
  * What the qcow2 write files share (qcow2-write.c: guest data writes and
  * the L2 updates they make; qcow2-zero.c: zero writes, discards and
- * unallocation).  Private to those files; the rest of the driver goes
- * through qcow2.h.
+ * unallocation; qcow2-write-compressed.c: compressed writes).  Private to
+ * those files; the rest of the driver goes through qcow2.h.
  */
 #ifndef QCOW2_WRITE_INT_H
 #define QCOW2_WRITE_INT_H
