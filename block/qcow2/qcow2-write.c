@@ -5,10 +5,11 @@
  *
  * An in-place write needs the lock only to look up where the data goes.
  * An allocating write holds s->lock to look up, allocate its clusters and
- * claim their guest range (Inflight), drops it for the copy-on-write reads
- * and the data write, and takes it again to set the L2 entries: allocating
- * writes to other clusters run meanwhile, and only requests that touch a
- * claimed range wait for it (tests/test-held-writes.c).  No reader sees
+ * claim their guest range (Qcow2Inflight, qcow2-inflight.c), drops it for
+ * the copy-on-write reads and the data write, and takes it again to set
+ * the L2 entries: allocating writes to other clusters run meanwhile, and
+ * only requests that touch a claimed range wait for it
+ * (tests/test-held-writes.c).  No reader sees
  * an entry pointing at data not yet written: the entry is set after the
  * data write.
  *
@@ -23,7 +24,6 @@
 #include <string.h>
 
 #include "qcow2-write-int.h"
-#include "strata/pool-class.h"
 
 static int coroutine_fn write_l1_entry(BlockNode *bs, unsigned l1i)
 {
@@ -300,91 +300,6 @@ static int coroutine_fn copied_run(BlockNode *bs, uint64_t offset,
     return 0;
 }
 
-/*
- * Allocations in flight: guest cluster ranges whose new clusters are being
- * written with the lock released.  Anything else that would change or
- * depend on the metadata of such a range waits until it is done.
- */
-typedef struct Inflight {
-    uint64_t start, end;       /* guest bytes, whole clusters */
-    bool shared;               /* an in-place write: other writes may run */
-    CoQueue waiters;
-    Coroutine *owner;          /* whose data write it waits for */
-} Inflight;
-
-static Inflight *find_inflight(Qcow2State *s, uint64_t start, uint64_t end,
-                               bool include_shared)
-{
-    for (GList *l = s->inflight; l; l = l->next) {
-        Inflight *f = l->data;
-        if (f->start < end && start < f->end &&
-            (include_shared || !f->shared)) {
-            return f;
-        }
-    }
-    return NULL;
-}
-
-static Inflight *claim(Qcow2State *s, uint64_t start, uint64_t end,
-                       bool shared)
-{
-    Inflight *f = g_new0(Inflight, 1);
-
-    f->start = qcow2_start_of_cluster(s, start);
-    f->end = ROUND_UP(end, s->cluster_size);
-    f->shared = shared;
-    f->owner = co_self();
-    co_queue_init(&f->waiters);
-    s->inflight = g_list_prepend(s->inflight, f);
-    return f;
-}
-
-static void release(Qcow2State *s, Inflight *f)
-{
-    s->inflight = g_list_remove(s->inflight, f);
-    co_queue_restart_all(&f->waiters);
-    g_free(f);
-}
-
-static bool coroutine_fn wait_claims(BlockNode *bs, uint64_t start,
-                                     uint64_t end, bool include_shared)
-{
-    Qcow2State *s = bs->opaque;
-    bool waited = false;
-    Inflight *f;
-
-    start = qcow2_start_of_cluster(s, start);
-    end = end > UINT64_MAX - s->cluster_size ? UINT64_MAX
-                                             : ROUND_UP(end, s->cluster_size);
-    while ((f = find_inflight(s, start, end, include_shared))) {
-        /*
-         * The owner's data write may be a background copy's, at idle
-         * class (a stream's copy-on-read): promote it, unless we are
-         * unpromoted background work too (strata/pool-class.h).
-         */
-        if (!pool_background_unpromoted_here()) {
-            pool_background_promote_co(f->owner);
-        }
-        /* Unlock and queue without yielding in between: no lost wake-up. */
-        co_mutex_unlock(&s->lock);
-        co_queue_wait(&f->waiters);
-        co_mutex_lock(&s->lock);
-        waited = true;
-    }
-    return waited;
-}
-
-/*
- * Lock held on entry and on return; true if it had to wait.  Waits for
- * every claim, in-place writes included: what frees or shares clusters
- * (discards, zero writes, snapshots, resize) must not race their data.
- */
-bool coroutine_fn qcow2_wait_inflight(BlockNode *bs, uint64_t start,
-                                      uint64_t end)
-{
-    return wait_claims(bs, start, end, true);
-}
-
 static unsigned ctz32_or_32(uint32_t v)
 {
     return v ? (unsigned)__builtin_ctz(v) : 32;
@@ -640,8 +555,9 @@ static int coroutine_fn write_run(BlockNode *bs, uint64_t offset,
      * parallel.  The clusters stay claimed meanwhile: no other request
      * changes their L2 entries, and the L2 table is fetched again after.
      */
-    Inflight *f = claim(s, cstart, cstart + (uint64_t)nb * s->cluster_size,
-                        false);
+    Qcow2Inflight *f = qcow2_claim(s, cstart,
+                                   cstart + (uint64_t)nb * s->cluster_size,
+                                   false);
     qcow2_cache_put(s->l2_cache, &l2);
     co_mutex_unlock(&s->lock);
 
@@ -709,7 +625,7 @@ static int coroutine_fn write_run(BlockNode *bs, uint64_t offset,
     if (ret >= 0) {
         ret = qcow2_get_l2_for_write(bs, offset, &l2, &l2i);
     }
-    release(s, f);
+    qcow2_release_claim(s, f);
     if (ret < 0) {
         /* Nothing points at the new clusters yet: give them back. */
         if (fresh) {
@@ -781,7 +697,8 @@ static int coroutine_fn do_pwritev(BlockNode *bs, int64_t offset,
 
         co_mutex_lock(&s->lock);
         /* In-place writes to the same clusters may run side by side. */
-        wait_claims(bs, (uint64_t)offset, (uint64_t)(offset + bytes), false);
+        qcow2_wait_claims(bs, (uint64_t)offset, (uint64_t)(offset + bytes),
+                          false);
         ret = copied_run(bs, (uint64_t)offset, (uint64_t)bytes, &n, &host,
                          &meta);
         if (ret >= 0 && n > 0 && !meta && s->data_file == bs->file) {
@@ -791,14 +708,14 @@ static int coroutine_fn do_pwritev(BlockNode *bs, int64_t offset,
             /* As QEMU, an allocation that follows continues on the host. */
             next_host = host + n;
             /* Shared claim: discards and snapshots wait for the data. */
-            Inflight *f = claim(s, (uint64_t)offset, (uint64_t)offset + n,
-                                true);
+            Qcow2Inflight *f = qcow2_claim(s, (uint64_t)offset,
+                                           (uint64_t)offset + n, true);
             co_mutex_unlock(&s->lock);
             child_debug_event(bs->file, BLKDBG_WRITE_AIO);
             ret = cs ? copy_to_host(bs, cs, host, (uint64_t)offset, n)
                      : qcow2_data_pwritev(bs, host, (uint64_t)offset, n, qiov,
                                           qiov_offset);
-            release(s, f);
+            qcow2_release_claim(s, f);
         } else if (ret >= 0) {
             /* Returns with the lock held. */
             ret = write_run(bs, (uint64_t)offset, n ? n : (uint64_t)bytes,
