@@ -296,13 +296,36 @@ int coroutine_fn qcow2_co_pwrite_zeroes(BlockNode *bs, int64_t offset,
     return ret;
 }
 
+/*
+ * What discards and unallocation share: the range's whole clusters go,
+ * once no allocation is in flight on them; full as for zero_or_discard.
+ */
+static int coroutine_fn discard_clusters(BlockNode *bs, int64_t offset,
+                                         uint64_t end, bool full)
+{
+    Qcow2State *s = bs->opaque;
+    uint64_t start = ROUND_UP((uint64_t)offset, s->cluster_size);
+    int ret;
+
+    /* Whole clusters only; the image's last cluster may be partial. */
+    if (end != s->size) {
+        end = ROUND_DOWN(end, s->cluster_size);
+    }
+    if (end <= start) {
+        return 0;
+    }
+    co_mutex_lock(&s->lock);
+    qcow2_wait_inflight(bs, start, end);
+    ret = zero_or_discard(bs, start, end - start, false, true, full,
+                          QCOW2_DISCARD_REQUEST);
+    co_mutex_unlock(&s->lock);
+    return ret;
+}
+
 int coroutine_fn qcow2_co_pdiscard(BlockNode *bs, int64_t offset,
                                    int64_t bytes)
 {
     Qcow2State *s = bs->opaque;
-    uint64_t start = ROUND_UP((uint64_t)offset, s->cluster_size);
-    uint64_t end = (uint64_t)(offset + bytes);
-    int ret;
 
     if (s->corrupt) {
         return -ENOMEDIUM;
@@ -314,19 +337,7 @@ int coroutine_fn qcow2_co_pdiscard(BlockNode *bs, int64_t offset,
     if (s->version < 3 && bs->backing) {
         return 0;
     }
-    /* Whole clusters only; the image's last cluster may be partial. */
-    if (end != s->size) {
-        end = ROUND_DOWN(end, s->cluster_size);
-    }
-    if (end <= start) {
-        return 0;
-    }
-    co_mutex_lock(&s->lock);
-    qcow2_wait_inflight(bs, start, end);
-    ret = zero_or_discard(bs, start, end - start, false, true, false,
-                          QCOW2_DISCARD_REQUEST);
-    co_mutex_unlock(&s->lock);
-    return ret;
+    return discard_clusters(bs, offset, (uint64_t)(offset + bytes), false);
 }
 
 /*
@@ -339,25 +350,12 @@ int coroutine_fn qcow2_co_unallocate(BlockNode *bs, int64_t offset,
                                      int64_t bytes)
 {
     Qcow2State *s = bs->opaque;
-    uint64_t start = ROUND_UP((uint64_t)offset, s->cluster_size);
-    uint64_t end = MIN((uint64_t)(offset + bytes), s->size);
-    int ret;
 
     if (s->corrupt) {
         return -ENOMEDIUM;
     }
-    if (end != s->size) {
-        end = ROUND_DOWN(end, s->cluster_size);
-    }
-    if (end <= start) {
-        return 0;
-    }
-    co_mutex_lock(&s->lock);
-    qcow2_wait_inflight(bs, start, end);
-    ret = zero_or_discard(bs, start, end - start, false, true, true,
-                          QCOW2_DISCARD_REQUEST);
-    co_mutex_unlock(&s->lock);
-    return ret;
+    return discard_clusters(bs, offset,
+                            MIN((uint64_t)(offset + bytes), s->size), true);
 }
 
 int coroutine_fn qcow2_discard_range(BlockNode *bs, uint64_t offset,
