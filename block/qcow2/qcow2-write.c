@@ -1,13 +1,15 @@
 /*
  * qcow2 guest writes: in place, allocating (with copy-on-write of the parts
- * of a cluster the request does not cover), zero writes and discards.
+ * of a cluster the request does not cover).  Zero writes and discards are
+ * in qcow2-zero.c, compressed writes in qcow2-write-compressed.c.
  *
  * An in-place write needs the lock only to look up where the data goes.
  * An allocating write holds s->lock to look up, allocate its clusters and
- * claim their guest range (Inflight), drops it for the copy-on-write reads
- * and the data write, and takes it again to set the L2 entries: allocating
- * writes to other clusters run meanwhile, and only requests that touch a
- * claimed range wait for it (tests/test-held-writes.c).  No reader sees
+ * claim their guest range (Qcow2Inflight, qcow2-inflight.c), drops it for
+ * the copy-on-write reads and the data write, and takes it again to set
+ * the L2 entries: allocating writes to other clusters run meanwhile, and
+ * only requests that touch a claimed range wait for it
+ * (tests/test-held-writes.c).  No reader sees
  * an entry pointing at data not yet written: the entry is set after the
  * data write.
  *
@@ -21,9 +23,7 @@
 #include <inttypes.h>
 #include <string.h>
 
-#include "qcow2.h"
-#include "qcow2-compress.h"
-#include "strata/pool-class.h"
+#include "qcow2-write-int.h"
 
 static int coroutine_fn write_l1_entry(BlockNode *bs, unsigned l1i)
 {
@@ -40,8 +40,8 @@ static int coroutine_fn write_l1_entry(BlockNode *bs, unsigned l1i)
  * The L2 table for offset, ready to be changed: a table shared with a
  * snapshot (no copied flag) or missing is replaced by a new one first.
  */
-static int coroutine_fn get_l2_for_write(BlockNode *bs, uint64_t offset,
-                                         void **l2, unsigned *l2i)
+int coroutine_fn qcow2_get_l2_for_write(BlockNode *bs, uint64_t offset,
+                                        void **l2, unsigned *l2i)
 {
     Qcow2State *s = bs->opaque;
     unsigned l1i = qcow2_l1_index(s, offset);
@@ -174,8 +174,8 @@ static int coroutine_fn free_old_entry(BlockNode *bs, uint64_t entry,
  * Clusters whose old entries need freeing: write the L2 table that no
  * longer points at them first (see the ordering rule at the top).
  */
-static int coroutine_fn free_old_entries(BlockNode *bs, const uint64_t *old,
-                                         unsigned n, Qcow2DiscardType dt)
+int coroutine_fn qcow2_free_old_entries(BlockNode *bs, const uint64_t *old,
+                                        unsigned n, Qcow2DiscardType dt)
 {
     Qcow2State *s = bs->opaque;
     bool any = false;
@@ -300,94 +300,6 @@ static int coroutine_fn copied_run(BlockNode *bs, uint64_t offset,
     return 0;
 }
 
-/*
- * Allocations in flight: guest cluster ranges whose new clusters are being
- * written with the lock released.  Anything else that would change or
- * depend on the metadata of such a range waits until it is done.
- */
-typedef struct Inflight {
-    uint64_t start, end;       /* guest bytes, whole clusters */
-    bool shared;               /* an in-place write: other writes may run */
-    CoQueue waiters;
-    Coroutine *owner;          /* whose data write it waits for */
-} Inflight;
-
-static Inflight *find_inflight(Qcow2State *s, uint64_t start, uint64_t end,
-                               bool include_shared)
-{
-    for (GList *l = s->inflight; l; l = l->next) {
-        Inflight *f = l->data;
-        if (f->start < end && start < f->end &&
-            (include_shared || !f->shared)) {
-            return f;
-        }
-    }
-    return NULL;
-}
-
-static Inflight *claim(Qcow2State *s, uint64_t start, uint64_t end,
-                       bool shared)
-{
-    Inflight *f = g_new0(Inflight, 1);
-
-    f->start = qcow2_start_of_cluster(s, start);
-    f->end = ROUND_UP(end, s->cluster_size);
-    f->shared = shared;
-    f->owner = co_self();
-    co_queue_init(&f->waiters);
-    s->inflight = g_list_prepend(s->inflight, f);
-    return f;
-}
-
-static void release(Qcow2State *s, Inflight *f)
-{
-    s->inflight = g_list_remove(s->inflight, f);
-    co_queue_restart_all(&f->waiters);
-    g_free(f);
-}
-
-static bool coroutine_fn wait_claims(BlockNode *bs, uint64_t start,
-                                     uint64_t end, bool include_shared)
-{
-    Qcow2State *s = bs->opaque;
-    bool waited = false;
-    Inflight *f;
-
-    start = qcow2_start_of_cluster(s, start);
-    end = end > UINT64_MAX - s->cluster_size ? UINT64_MAX
-                                             : ROUND_UP(end, s->cluster_size);
-    while ((f = find_inflight(s, start, end, include_shared))) {
-        /*
-         * The owner's data write may be a background copy's, at idle
-         * class (a stream's copy-on-read): promote it, unless we are
-         * unpromoted background work too (strata/pool-class.h).
-         */
-        if (!pool_background_unpromoted_here()) {
-            pool_background_promote_co(f->owner);
-        }
-        /* Unlock and queue without yielding in between: no lost wake-up. */
-        co_mutex_unlock(&s->lock);
-        co_queue_wait(&f->waiters);
-        co_mutex_lock(&s->lock);
-        waited = true;
-    }
-    return waited;
-}
-
-/*
- * Lock held on entry and on return; true if it had to wait.  Waits for
- * every claim, in-place writes included: what frees or shares clusters
- * (discards, zero writes, snapshots, resize) must not race their data.
- */
-bool coroutine_fn qcow2_wait_inflight(BlockNode *bs, uint64_t start,
-                                      uint64_t end)
-{
-    return wait_claims(bs, start, end, true);
-}
-
-static int coroutine_fn is_zero(BlockNode *bs, uint64_t offset,
-                                uint64_t bytes);
-
 static unsigned ctz32_or_32(uint32_t v)
 {
     return v ? (unsigned)__builtin_ctz(v) : 32;
@@ -510,7 +422,7 @@ static int coroutine_fn write_run(BlockNode *bs, uint64_t offset,
     uint64_t *old = old_stack, *old_bm = bm_stack;
     int ret;
 
-    ret = get_l2_for_write(bs, offset, &l2, &l2i);
+    ret = qcow2_get_l2_for_write(bs, offset, &l2, &l2i);
     if (ret < 0) {
         return ret;
     }
@@ -626,11 +538,11 @@ static int coroutine_fn write_run(BlockNode *bs, uint64_t offset,
                       s->data_file->bs->supported_zero_flags) &
                      REQ_NO_FALLBACK);
     if (zero_cow && head_len) {
-        ret = is_zero(bs, cow_start, head_len);
+        ret = qcow2_is_zero(bs, cow_start, head_len);
         zero_cow = ret > 0;
     }
     if (zero_cow && tail_len) {
-        ret = is_zero(bs, end, tail_len);
+        ret = qcow2_is_zero(bs, end, tail_len);
         zero_cow = ret > 0;
     }
     if (ret < 0) {
@@ -643,8 +555,9 @@ static int coroutine_fn write_run(BlockNode *bs, uint64_t offset,
      * parallel.  The clusters stay claimed meanwhile: no other request
      * changes their L2 entries, and the L2 table is fetched again after.
      */
-    Inflight *f = claim(s, cstart, cstart + (uint64_t)nb * s->cluster_size,
-                        false);
+    Qcow2Inflight *f = qcow2_claim(s, cstart,
+                                   cstart + (uint64_t)nb * s->cluster_size,
+                                   false);
     qcow2_cache_put(s->l2_cache, &l2);
     co_mutex_unlock(&s->lock);
 
@@ -710,9 +623,9 @@ static int coroutine_fn write_run(BlockNode *bs, uint64_t offset,
 
     co_mutex_lock(&s->lock);
     if (ret >= 0) {
-        ret = get_l2_for_write(bs, offset, &l2, &l2i);
+        ret = qcow2_get_l2_for_write(bs, offset, &l2, &l2i);
     }
-    release(s, f);
+    qcow2_release_claim(s, f);
     if (ret < 0) {
         /* Nothing points at the new clusters yet: give them back. */
         if (fresh) {
@@ -749,7 +662,7 @@ static int coroutine_fn write_run(BlockNode *bs, uint64_t offset,
     qcow2_cache_mark_dirty(s->l2_cache, l2);
     *done = end - offset;
     if (!keep) {
-        ret = free_old_entries(bs, old, nb, QCOW2_DISCARD_OTHER);
+        ret = qcow2_free_old_entries(bs, old, nb, QCOW2_DISCARD_OTHER);
     }
 
 out_v:
@@ -784,7 +697,8 @@ static int coroutine_fn do_pwritev(BlockNode *bs, int64_t offset,
 
         co_mutex_lock(&s->lock);
         /* In-place writes to the same clusters may run side by side. */
-        wait_claims(bs, (uint64_t)offset, (uint64_t)(offset + bytes), false);
+        qcow2_wait_claims(bs, (uint64_t)offset, (uint64_t)(offset + bytes),
+                          false);
         ret = copied_run(bs, (uint64_t)offset, (uint64_t)bytes, &n, &host,
                          &meta);
         if (ret >= 0 && n > 0 && !meta && s->data_file == bs->file) {
@@ -794,14 +708,14 @@ static int coroutine_fn do_pwritev(BlockNode *bs, int64_t offset,
             /* As QEMU, an allocation that follows continues on the host. */
             next_host = host + n;
             /* Shared claim: discards and snapshots wait for the data. */
-            Inflight *f = claim(s, (uint64_t)offset, (uint64_t)offset + n,
-                                true);
+            Qcow2Inflight *f = qcow2_claim(s, (uint64_t)offset,
+                                           (uint64_t)offset + n, true);
             co_mutex_unlock(&s->lock);
             child_debug_event(bs->file, BLKDBG_WRITE_AIO);
             ret = cs ? copy_to_host(bs, cs, host, (uint64_t)offset, n)
                      : qcow2_data_pwritev(bs, host, (uint64_t)offset, n, qiov,
                                           qiov_offset);
-            release(s, f);
+            qcow2_release_claim(s, f);
         } else if (ret >= 0) {
             /* Returns with the lock held. */
             ret = write_run(bs, (uint64_t)offset, n ? n : (uint64_t)bytes,
@@ -906,515 +820,6 @@ int coroutine_fn qcow2_prealloc_range(BlockNode *bs, uint64_t offset,
     return 0;
 }
 
-/* ---- Zero writes and discards ---- */
-
-/* New entry and bitmap for a cluster whose subclusters [a, b) read zero. */
-static void zero_entry(const Qcow2State *s, bool backing, uint64_t e,
-                       uint64_t bm, unsigned a, unsigned b, bool unmap,
-                       uint64_t *ne, uint64_t *nbm)
-{
-    bool whole = a == 0 && b == s->subclusters_per_cluster;
-
-    if (e & QCOW_OFLAG_COMPRESSED) {
-        unmap = true;    /* a compressed cluster cannot keep its space */
-    }
-    (void)backing;
-    if (!s->extended_l2) {
-        *ne = (unmap ? 0 : (e & ~QCOW_OFLAG_COMPRESSED)) | QCOW_OFLAG_ZERO;
-        *nbm = 0;
-        return;
-    }
-    if (whole && (unmap || !(e & L2E_OFFSET_MASK))) {
-        *ne = 0;
-        *nbm = QCOW_L2_BITMAP_ALL_ZEROES;
-        return;
-    }
-    uint64_t range = ((1ull << b) - 1) & ~((1ull << a) - 1);
-    *ne = e;
-    *nbm = (bm | (range << 32)) & ~range;
-}
-
-/*
- * zero: make the range read as zeroes; else discard it.  full: the range
- * goes away entirely (shrinking): entries become 0 whatever lies below.
- */
-static int coroutine_fn zero_or_discard(BlockNode *bs, uint64_t offset,
-                                        uint64_t bytes, bool zero, bool unmap,
-                                        bool full, Qcow2DiscardType dt)
-{
-    Qcow2State *s = bs->opaque;
-    int ret = 0;
-
-    /* The freed clusters of the whole range go to the file in runs. */
-    qcow2_discard_batch_begin(bs);
-    while (bytes > 0 && ret >= 0) {
-        unsigned l2i;
-        void *l2;
-        uint64_t old[QCOW2_MAX_RUN];
-        unsigned nfree = 0;
-
-        /* Dropping what has no L2 table needs no table (shrink, empty). */
-        unsigned l1i = qcow2_l1_index(s, offset);
-        if (full && (l1i >= s->l1_size ||
-                     !(s->l1_table[l1i] & L1E_OFFSET_MASK))) {
-            uint64_t span = 1ull << (s->l2_bits + s->cluster_bits);
-            uint64_t n = MIN(bytes, span - (offset & (span - 1)));
-            offset += n;
-            bytes -= n;
-            continue;
-        }
-        ret = get_l2_for_write(bs, offset, &l2, &l2i);
-        if (ret < 0) {
-            break;
-        }
-        while (bytes > 0 && l2i < s->l2_size && nfree < QCOW2_MAX_RUN) {
-            uint64_t in = qcow2_offset_into_cluster(s, offset);
-            uint64_t n = MIN(bytes, s->cluster_size - in);
-            unsigned a = (unsigned)(in >> s->subcluster_bits);
-            unsigned b = (unsigned)((in + n + s->subcluster_size - 1) >>
-                                    s->subcluster_bits);
-            uint64_t e = qcow2_l2_entry(s, l2, l2i);
-            uint64_t bm = qcow2_l2_bitmap(s, l2, l2i);
-            uint64_t ne, nbm;
-
-            if (zero) {
-                zero_entry(s, bs->backing != NULL, e, bm, a, b, unmap, &ne,
-                           &nbm);
-            } else {
-                /*
-                 * Discard: read back as zeroes where there was host space
-                 * or a backing file; an unallocated cluster without one
-                 * already reads as zeroes and stays as it is (QEMU 7.2).
-                 */
-                bool allocated = (e & (L2E_OFFSET_MASK |
-                                       QCOW_OFLAG_COMPRESSED)) ||
-                                 (qcow2_has_data_file(s) &&
-                                  (e & QCOW_OFLAG_COPIED));
-                if (!full && !bs->backing && !allocated) {
-                    ne = e;
-                    nbm = bm;
-                } else if (!full) {
-                    if (s->extended_l2) {
-                        ne = 0;
-                        nbm = QCOW_L2_BITMAP_ALL_ZEROES;
-                    } else {
-                        ne = s->version >= 3 ? QCOW_OFLAG_ZERO : 0;
-                        nbm = 0;
-                    }
-                } else {
-                    ne = nbm = 0;
-                }
-            }
-            if (ne != e || nbm != bm) {
-                qcow2_set_l2_entry(s, l2, l2i, ne);
-                if (s->extended_l2) {
-                    qcow2_set_l2_bitmap(s, l2, l2i, nbm);
-                }
-                qcow2_cache_mark_dirty(s->l2_cache, l2);
-                /* The host space goes when the entry no longer holds it. */
-                uint64_t keep = ne & L2E_OFFSET_MASK;
-                if ((e & QCOW_OFLAG_COMPRESSED) ||
-                    ((e & L2E_OFFSET_MASK) && !keep)) {
-                    old[nfree++] = e;
-                }
-            }
-            offset += n;
-            bytes -= n;
-            l2i++;
-        }
-        qcow2_cache_put(s->l2_cache, &l2);
-        ret = free_old_entries(bs, old, nfree, dt);
-    }
-    qcow2_discard_batch_end(bs, ret);
-    return ret;
-}
-
-/*
- * Does [offset, offset + bytes) read as zeroes, as far as the metadata
- * tells without reading data?  Lock held.  (QEMU's is_zero(): unallocated
- * without a backing file, zero clusters, or a backing file that says so.)
- */
-static int coroutine_fn is_zero(BlockNode *bs, uint64_t offset,
-                                uint64_t bytes)
-{
-    while (bytes > 0) {
-        uint64_t n = bytes, host;
-        Qcow2SubclusterType t;
-        int ret = qcow2_get_host_offset(bs, offset, &n, &host, &t);
-
-        if (ret < 0) {
-            return ret;
-        }
-        if (t == QCOW2_SC_UNALLOC_PLAIN || t == QCOW2_SC_UNALLOC_ALLOC) {
-            if (bs->backing) {
-                int64_t blen = node_getlength(bs->backing->bs), pnum;
-                if (blen < 0) {
-                    return (int)blen;
-                }
-                if ((int64_t)offset < blen) {
-                    n = MIN(n, (uint64_t)blen - offset);
-                    ret = node_co_block_status(bs->backing->bs, false,
-                                               (int64_t)offset, (int64_t)n,
-                                               &pnum, NULL, NULL);
-                    if (ret < 0) {
-                        return ret;
-                    }
-                    if (!(ret & BLOCK_ZERO)) {
-                        return 0;
-                    }
-                    n = (uint64_t)pnum;
-                }
-            }
-        } else if (t != QCOW2_SC_ZERO_PLAIN && t != QCOW2_SC_ZERO_ALLOC) {
-            return 0;
-        }
-        offset += n;
-        bytes -= n;
-    }
-    return 1;
-}
-
-static int coroutine_fn write_zero_data(BlockNode *bs, uint64_t offset,
-                                        uint64_t bytes)
-{
-    void *buf = g_malloc0(bytes);
-    IOVec q;
-    int ret;
-
-    iovec_init_buf(&q, buf, bytes);
-    ret = qcow2_co_pwritev(bs, (int64_t)offset, (int64_t)bytes, &q, 0, 0);
-    iovec_destroy(&q);
-    g_free(buf);
-    return ret;
-}
-
-/*
- * A partial subcluster at the edge of a zero write: if the rest of the
- * subcluster reads as zeroes already, the whole subcluster becomes a zero
- * subcluster (as QEMU does); otherwise the zeroes are written as data.
- */
-static int coroutine_fn zero_edge(BlockNode *bs, uint64_t offset,
-                                  uint64_t bytes, int flags)
-{
-    Qcow2State *s = bs->opaque;
-    uint64_t start = ROUND_DOWN(offset, s->subcluster_size);
-    uint64_t end = MIN(start + s->subcluster_size, s->size);
-    int ret;
-
-    co_mutex_lock(&s->lock);
-    qcow2_wait_inflight(bs, start, end);
-    ret = is_zero(bs, start, offset - start);
-    if (ret > 0) {
-        ret = is_zero(bs, offset + bytes, end - (offset + bytes));
-    }
-    if (ret > 0) {
-        uint64_t n = end - start, host;
-        Qcow2SubclusterType t;
-        ret = qcow2_get_host_offset(bs, start, &n, &host, &t);
-        if (ret >= 0 && t != QCOW2_SC_NORMAL && t != QCOW2_SC_COMPRESSED) {
-            ret = zero_or_discard(bs, start, end - start, s->version >= 3,
-                                  flags & REQ_MAY_UNMAP, false,
-                                  QCOW2_DISCARD_REQUEST);
-            co_mutex_unlock(&s->lock);
-            return ret;
-        }
-    }
-    co_mutex_unlock(&s->lock);
-    if (ret < 0) {
-        return ret;
-    }
-    return write_zero_data(bs, offset, bytes);
-}
-
-int coroutine_fn qcow2_co_pwrite_zeroes(BlockNode *bs, int64_t offset,
-                                        int64_t bytes, int flags)
-{
-    Qcow2State *s = bs->opaque;
-    uint64_t off = (uint64_t)offset, end = (uint64_t)(offset + bytes);
-    int ret = 0;
-
-    /*
-     * A raw data file must hold the zeroes itself.  v2 has no zero flag:
-     * without a backing file a discard reads back as zeroes (QEMU does the
-     * same); with one, zeroes must be written as data.
-     */
-    if (qcow2_data_file_is_raw(s) || (s->version < 3 && bs->backing)) {
-        return -ENOTSUP;
-    }
-    if (s->corrupt) {
-        return -ENOMEDIUM;
-    }
-
-    /* The head and tail pieces that do not fill a subcluster. */
-    uint64_t head_end = MIN(end, ROUND_UP(off, s->subcluster_size));
-    if (off < head_end && (qcow2_offset_into_subcluster(s, off) ||
-                           (head_end < s->size &&
-                            qcow2_offset_into_subcluster(s, head_end)))) {
-        ret = zero_edge(bs, off, head_end - off, flags);
-        off = head_end;
-    }
-    uint64_t tail_start = MAX(off, ROUND_DOWN(end, s->subcluster_size));
-    if (ret >= 0 && tail_start < end && end != s->size) {
-        ret = zero_edge(bs, tail_start, end - tail_start, flags);
-        end = tail_start;
-    }
-    if (ret >= 0 && off < end && s->extended_l2) {
-        /*
-         * A compressed cluster cannot hold zero subclusters: if the range
-         * covers one only partly, zeroes are written as data (QEMU too).
-         */
-        uint64_t edges[2] = { off, end - 1 };
-        co_mutex_lock(&s->lock);
-        for (int k = 0; k < 2 && ret >= 0; k++) {
-            uint64_t cs = qcow2_start_of_cluster(s, edges[k]);
-            uint64_t n = s->cluster_size, host;
-            Qcow2SubclusterType t;
-            if (cs >= off && cs + s->cluster_size <= end) {
-                continue;
-            }
-            ret = qcow2_get_host_offset(bs, cs, &n, &host, &t);
-            if (ret >= 0 && t == QCOW2_SC_COMPRESSED) {
-                ret = -ENOTSUP;
-            }
-        }
-        co_mutex_unlock(&s->lock);
-    }
-    if (ret >= 0 && off < end) {
-        co_mutex_lock(&s->lock);
-        qcow2_wait_inflight(bs, off, end);
-        ret = zero_or_discard(bs, off, end - off, s->version >= 3,
-                              flags & REQ_MAY_UNMAP, false,
-                              QCOW2_DISCARD_REQUEST);
-        co_mutex_unlock(&s->lock);
-    }
-    return ret;
-}
-
-int coroutine_fn qcow2_co_pdiscard(BlockNode *bs, int64_t offset,
-                                   int64_t bytes)
-{
-    Qcow2State *s = bs->opaque;
-    uint64_t start = ROUND_UP((uint64_t)offset, s->cluster_size);
-    uint64_t end = (uint64_t)(offset + bytes);
-    int ret;
-
-    if (s->corrupt) {
-        return -ENOMEDIUM;
-    }
-    /*
-     * A v2 image cannot make a cluster read as zeroes over a backing file;
-     * QEMU 7.2 then keeps the data, and so do we (discard is advisory).
-     */
-    if (s->version < 3 && bs->backing) {
-        return 0;
-    }
-    /* Whole clusters only; the image's last cluster may be partial. */
-    if (end != s->size) {
-        end = ROUND_DOWN(end, s->cluster_size);
-    }
-    if (end <= start) {
-        return 0;
-    }
-    co_mutex_lock(&s->lock);
-    qcow2_wait_inflight(bs, start, end);
-    ret = zero_or_discard(bs, start, end - start, false, true, false,
-                          QCOW2_DISCARD_REQUEST);
-    co_mutex_unlock(&s->lock);
-    return ret;
-}
-
-/*
- * The range falls through to the backing file: the L2 entries of its whole
- * clusters are cleared and the clusters freed, as make_empty does (a full
- * discard), whatever the version and the backing file.  Edges that cover
- * part of a cluster keep their data.
- */
-int coroutine_fn qcow2_co_unallocate(BlockNode *bs, int64_t offset,
-                                     int64_t bytes)
-{
-    Qcow2State *s = bs->opaque;
-    uint64_t start = ROUND_UP((uint64_t)offset, s->cluster_size);
-    uint64_t end = MIN((uint64_t)(offset + bytes), s->size);
-    int ret;
-
-    if (s->corrupt) {
-        return -ENOMEDIUM;
-    }
-    if (end != s->size) {
-        end = ROUND_DOWN(end, s->cluster_size);
-    }
-    if (end <= start) {
-        return 0;
-    }
-    co_mutex_lock(&s->lock);
-    qcow2_wait_inflight(bs, start, end);
-    ret = zero_or_discard(bs, start, end - start, false, true, true,
-                          QCOW2_DISCARD_REQUEST);
-    co_mutex_unlock(&s->lock);
-    return ret;
-}
-
-int coroutine_fn qcow2_discard_range(BlockNode *bs, uint64_t offset,
-                                     uint64_t bytes, Qcow2DiscardType dt)
-{
-    return zero_or_discard(bs, offset, bytes, false, true, true, dt);
-}
-
-static int coroutine_fn write_compressed_cluster(BlockNode *bs,
-                                                 int64_t offset,
-                                                 int64_t bytes, IOVec *qiov,
-                                                 size_t qiov_offset)
-{
-    Qcow2State *s = bs->opaque;
-    uint8_t *in = NULL, *out = NULL;
-    ssize_t len;
-    int ret;
-
-    if (qcow2_has_data_file(s)) {
-        return -ENOTSUP;
-    }
-    if (bytes == 0) {
-        return 0;
-    }
-    if (qcow2_offset_into_cluster(s, (uint64_t)offset)) {
-        return -EINVAL;
-    }
-    if ((uint64_t)bytes != s->cluster_size &&
-        ((uint64_t)bytes > s->cluster_size ||
-         (uint64_t)(offset + bytes) != s->size)) {
-        return -EINVAL;
-    }
-    if (s->corrupt) {
-        return -ENOMEDIUM;
-    }
-
-    /* The last cluster of an unaligned image is padded with zeroes. */
-    in = g_malloc0(s->cluster_size);
-    out = g_malloc(s->cluster_size);
-    iov_to_buf(qiov->iov, qiov->niov, qiov_offset, in, (size_t)bytes);
-    /* Compressed must be smaller than a cluster, or it is not worth it. */
-    len = qcow2_co_compress(s->compression_type, out, s->cluster_size - 1,
-                            in, s->cluster_size);
-    if (len == -ENOSPC) {
-        IOVec q;
-        iovec_init_buf(&q, in, (size_t)bytes);
-        ret = qcow2_co_pwritev(bs, offset, bytes, &q, 0, 0);
-        iovec_destroy(&q);
-        goto out;
-    }
-    if (len < 0) {
-        ret = -EIO;
-        goto out;
-    }
-
-    co_mutex_lock(&s->lock);
-    qcow2_wait_inflight(bs, (uint64_t)offset, (uint64_t)(offset + bytes));
-    unsigned l2i;
-    void *l2;
-    ret = get_l2_for_write(bs, (uint64_t)offset, &l2, &l2i);
-    if (ret < 0) {
-        co_mutex_unlock(&s->lock);
-        goto out;
-    }
-    /* Compression never overwrites: QEMU refuses an allocated cluster. */
-    uint64_t e = qcow2_l2_entry(s, l2, l2i);
-    if (e & (L2E_OFFSET_MASK | QCOW_OFLAG_COMPRESSED)) {
-        qcow2_cache_put(s->l2_cache, &l2);
-        co_mutex_unlock(&s->lock);
-        ret = -EIO;
-        goto out;
-    }
-    uint64_t host;
-    ret = qcow2_alloc_bytes(bs, (uint64_t)len, &host);
-    if (ret < 0) {
-        qcow2_cache_put(s->l2_cache, &l2);
-        co_mutex_unlock(&s->lock);
-        goto out;
-    }
-    ret = qcow2_check_overlap(bs, 0, host, (uint64_t)len);
-    if (ret >= 0) {
-        child_debug_event(bs->file, BLKDBG_WRITE_COMPRESSED);
-        ret = child_co_pwrite(bs->file, (int64_t)host, len, out, 0);
-    }
-    if (ret >= 0) {
-        ret = qcow2_mark_dirty(bs);
-    }
-    if (ret >= 0) {
-        uint64_t nb = ((host + (uint64_t)len - 1) >> 9) - (host >> 9);
-        child_debug_event(bs->file, BLKDBG_L2_UPDATE_COMPRESSED);
-        qcow2_set_l2_entry(s, l2, l2i, QCOW_OFLAG_COMPRESSED |
-                           (nb << s->csize_shift) | host);
-        if (s->extended_l2) {
-            qcow2_set_l2_bitmap(s, l2, l2i, 0);
-        }
-        qcow2_cache_mark_dirty(s->l2_cache, l2);
-    } else {
-        qcow2_free_clusters(bs, host, (uint64_t)len, QCOW2_DISCARD_NEVER);
-    }
-    qcow2_cache_put(s->l2_cache, &l2);
-    co_mutex_unlock(&s->lock);
-out:
-    g_free(in);
-    g_free(out);
-    return ret;
-}
-
-int coroutine_fn qcow2_co_pwritev_compressed(BlockNode *bs, int64_t offset,
-                                             int64_t bytes, IOVec *qiov,
-                                             size_t qiov_offset)
-{
-    Qcow2State *s = bs->opaque;
-
-    if (bytes == 0) {
-        /*
-         * The writer is done: end the file on a sector boundary, as QEMU
-         * does, so that sector-based readers see whole compressed clusters
-         * (lengths come rounded up to whole sectors: that is the size).
-         */
-        int64_t len;
-
-        node_invalidate_length(bs->file->bs);
-        len = node_getlength(bs->file->bs);
-        return len < 0 ? (int)len
-                       : child_co_truncate(bs->file, len, false, PREALLOC_MODE_OFF,
-                                           NULL);
-    }
-    if (qcow2_offset_into_cluster(s, (uint64_t)offset)) {
-        return -EINVAL;
-    }
-    while (bytes > 0) {
-        int64_t n = MIN(bytes, (int64_t)s->cluster_size);
-        int ret = write_compressed_cluster(bs, offset, n, qiov, qiov_offset);
-        if (ret < 0) {
-            return ret;
-        }
-        offset += n;
-        qiov_offset += (size_t)n;
-        bytes -= n;
-    }
-    return 0;
-}
-
-int coroutine_fn qcow2_zero_new_area(BlockNode *bs, uint64_t from, uint64_t to)
-{
-    Qcow2State *s = bs->opaque;
-    uint64_t aligned = MIN(ROUND_UP(from, s->subcluster_size), to);
-    int ret = 0;
-
-    /* Zero subclusters where the format has them, data elsewhere. */
-    if (s->version >= 3 && !qcow2_data_file_is_raw(s) && aligned < to) {
-        ret = zero_or_discard(bs, aligned, to - aligned, true, false, false,
-                              QCOW2_DISCARD_NEVER);
-        to = aligned;
-    }
-    if (ret >= 0 && from < to) {
-        co_mutex_unlock(&s->lock);
-        ret = write_zero_data(bs, from, to - from);
-        co_mutex_lock(&s->lock);
-    }
-    return ret;
-}
-
 int coroutine_fn qcow2_map_raw_data(BlockNode *bs, uint64_t from, uint64_t to)
 {
     Qcow2State *s = bs->opaque;
@@ -1423,7 +828,7 @@ int coroutine_fn qcow2_map_raw_data(BlockNode *bs, uint64_t from, uint64_t to)
     while (off < to) {
         void *l2;
         unsigned l2i;
-        int ret = get_l2_for_write(bs, off, &l2, &l2i);
+        int ret = qcow2_get_l2_for_write(bs, off, &l2, &l2i);
         if (ret < 0) {
             return ret;
         }
@@ -1478,7 +883,7 @@ int coroutine_fn qcow2_link_clusters(BlockNode *bs, uint64_t offset,
         unsigned l2i, n;
         void *l2;
 
-        ret = get_l2_for_write(bs, guest, &l2, &l2i);
+        ret = qcow2_get_l2_for_write(bs, guest, &l2, &l2i);
         if (ret < 0) {
             break;
         }
@@ -1494,7 +899,7 @@ int coroutine_fn qcow2_link_clusters(BlockNode *bs, uint64_t offset,
         }
         qcow2_cache_mark_dirty(s->l2_cache, l2);
         qcow2_cache_put(s->l2_cache, &l2);
-        ret = free_old_entries(bs, old, n, QCOW2_DISCARD_NEVER);
+        ret = qcow2_free_old_entries(bs, old, n, QCOW2_DISCARD_NEVER);
         guest += (uint64_t)n * s->cluster_size;
         host += (uint64_t)n * s->cluster_size;
         nb -= n;

@@ -147,7 +147,7 @@ typedef struct Qcow2State {
     GSource *cache_clean_timer;
     StrataLoop *cache_clean_loop;   /* the loop that dispatches it */
     CoMutex lock;
-    GList *inflight;                 /* allocating writes (qcow2-write.c) */
+    GList *inflight;                 /* allocating writes (qcow2-inflight.c) */
     bool lazy_refcounts;             /* option, default from the header */
     bool dirty_set_by_us;            /* we set the dirty bit (lazy) */
     bool corrupt;                    /* marked corrupt: read-only from now */
@@ -329,12 +329,6 @@ int coroutine_fn qcow2_co_copy_range_to(BlockNode *bs, BlockChild *src,
                                         int64_t dst_off, int64_t bytes,
                                         int read_flags, int write_flags);
 /*
- * Wait (lock held, released while waiting) until no allocating write is in
- * flight on the guest clusters of [start, end).
- */
-bool coroutine_fn qcow2_wait_inflight(BlockNode *bs, uint64_t start,
-                                      uint64_t end);
-/*
  * Give [offset, offset + bytes) host clusters without writing it (QEMU's
  * preallocation: clusters the image owns stay, others get new ones,
  * contiguous where possible; data around the range is copied, subcluster
@@ -353,17 +347,6 @@ int coroutine_fn qcow2_prealloc_range(BlockNode *bs, uint64_t offset,
 int coroutine_fn qcow2_link_clusters(BlockNode *bs, uint64_t offset,
                                      uint64_t host, uint64_t nb,
                                      bool all_alloc);
-int coroutine_fn qcow2_co_pwrite_zeroes(BlockNode *bs, int64_t offset,
-                                        int64_t bytes, int flags);
-int coroutine_fn qcow2_co_pdiscard(BlockNode *bs, int64_t offset,
-                                   int64_t bytes);
-int coroutine_fn qcow2_co_unallocate(BlockNode *bs, int64_t offset,
-                                     int64_t bytes);
-/* One whole cluster (or the image's last, partial one), compressed. */
-int coroutine_fn qcow2_co_pwritev_compressed(BlockNode *bs, int64_t offset,
-                                             int64_t bytes, IOVec *qiov,
-                                             size_t qiov_offset);
-/* Make [from, to) read as zeroes whatever lies below; lock held. */
 /*
  * Growing an image whose data file is raw: the clusters of [from, to) that
  * map nothing yet are mapped onto the same offsets of the data file, as
@@ -371,6 +354,25 @@ int coroutine_fn qcow2_co_pwritev_compressed(BlockNode *bs, int64_t offset,
  */
 int coroutine_fn qcow2_map_raw_data(BlockNode *bs, uint64_t from,
                                     uint64_t to);
+
+/* ---- qcow2-inflight.c ---- */
+
+/*
+ * Wait (lock held, released while waiting) until no allocating write is in
+ * flight on the guest clusters of [start, end).
+ */
+bool coroutine_fn qcow2_wait_inflight(BlockNode *bs, uint64_t start,
+                                      uint64_t end);
+
+/* ---- qcow2-zero.c ---- */
+
+int coroutine_fn qcow2_co_pwrite_zeroes(BlockNode *bs, int64_t offset,
+                                        int64_t bytes, int flags);
+int coroutine_fn qcow2_co_pdiscard(BlockNode *bs, int64_t offset,
+                                   int64_t bytes);
+int coroutine_fn qcow2_co_unallocate(BlockNode *bs, int64_t offset,
+                                     int64_t bytes);
+/* Make [from, to) read as zeroes whatever lies below; lock held. */
 int coroutine_fn qcow2_zero_new_area(BlockNode *bs, uint64_t from,
                                      uint64_t to);
 /*
@@ -379,6 +381,13 @@ int coroutine_fn qcow2_zero_new_area(BlockNode *bs, uint64_t from,
  */
 int coroutine_fn qcow2_discard_range(BlockNode *bs, uint64_t offset,
                                      uint64_t bytes, Qcow2DiscardType dt);
+
+/* ---- qcow2-write-compressed.c ---- */
+
+/* One whole cluster (or the image's last, partial one), compressed. */
+int coroutine_fn qcow2_co_pwritev_compressed(BlockNode *bs, int64_t offset,
+                                             int64_t bytes, IOVec *qiov,
+                                             size_t qiov_offset);
 
 /* ---- qcow2-prealloc.c ---- */
 
