@@ -1,0 +1,217 @@
+/*
+ * What a coroutine keeps across a drain.  A drain begun or ended in a
+ * coroutine runs from a BH while the coroutine waits (block/drain.c), so
+ * whatever the loop has queued runs first: a job's completion, another
+ * client's command.  These tests queue such work on purpose and check that
+ * nothing the drain or the job layer relies on goes away meanwhile.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <errno.h>
+#include <string.h>
+#include <cmocka.h>
+#include "strata/block-driver.h"
+#include "strata/coroutine.h"
+#include "strata/job.h"
+#include "strata/loop.h"
+#include "support.h"
+
+/* Named apart per test: a failed test leaves its nodes behind. */
+static BlockNode *open_named(const char *name)
+{
+    static int serial;
+    g_autofree char *unique = g_strdup_printf("%s%d", name, serial++);
+    return open_json(json_pack("{s:s, s:s, s:{s:s, s:s}}", "driver", "raw",
+                               "node-name", unique, "file", "driver",
+                               "null-co", "size", "1M"));
+}
+
+/* ---- The node a coroutine drains loses its last other reference ---- */
+
+/* A parent that is neither node nor backend, counting its drains. */
+static int watcher_drained;
+
+static void watcher_drained_begin(BlockChild *c)
+{
+    watcher_drained++;
+}
+
+static void watcher_drained_end(BlockChild *c)
+{
+    watcher_drained--;
+}
+
+static char *watcher_desc(BlockChild *c)
+{
+    return g_strdup("drain watcher");
+}
+
+static const BlockChildClass watcher_class = {
+    .kind = "job",
+    .get_parent_desc = watcher_desc,
+    .drained_begin = watcher_drained_begin,
+    .drained_end = watcher_drained_end,
+};
+
+static void unref_bh(void *opaque)
+{
+    node_unref(opaque);
+}
+
+typedef struct {
+    BlockNode *bs;
+    char name[64];
+    bool found_while_drained;
+    int drained_while_drained;
+    bool done;
+} DropRace;
+
+static void coroutine_fn drop_race_co(void *opaque)
+{
+    DropRace *r = opaque;
+    /*
+     * Queued before the drain's BH, as a job's completion that drops the
+     * node would be: it runs while this coroutine waits for the drain.
+     */
+    loop_bh(unref_bh, r->bs);
+    node_drain_begin(r->bs);
+    r->found_while_drained = node_find(r->name) == r->bs;
+    r->drained_while_drained = watcher_drained;
+    node_drain_end(r->bs);
+    r->done = true;
+}
+
+/*
+ * The caller's only reference goes while its drain's BH is queued: the
+ * drain must begin on the live node (and hold it until its end), not on
+ * freed memory.  The watcher sits on the node's file child, which the
+ * drain reaches only through the node.
+ */
+static void test_begin_keeps_node(void **state)
+{
+    GError *err = NULL;
+    BlockNode *bs = open_named("drop");
+    BlockNode *file = child_node(node_find_child(bs, "file"));
+    node_ref(file);
+    BlockChild *w = child_attach(file, "watcher", &watcher_class, 0, 0,
+                                 BLK_PERM_ALL, NULL, &err);
+    assert_non_null(w);
+    DropRace r = { .bs = bs };
+    g_strlcpy(r.name, node_get_name(bs), sizeof(r.name));
+
+    watcher_drained = 0;
+    co_enter(co_create(drop_race_co, &r));
+    LOOP_WAIT_WHILE(!r.done);
+
+    assert_true(r.found_while_drained);
+    assert_int_equal(r.drained_while_drained, 1);
+    assert_int_equal(watcher_drained, 0);
+    /* Gone with the drain's end: nothing else held it. */
+    assert_null(node_find(r.name));
+    assert_true(child_detach(w, &err));
+    node_unref(file);
+}
+
+/* ---- Two finalizes of one transaction at once ---- */
+
+typedef struct FJob {
+    Job common;
+    BlockNode *bs;
+    int prepares, commits, cleans;
+} FJob;
+
+static int coroutine_fn fj_run(Job *job, GError **errp)
+{
+    return 0;
+}
+
+/* Drains as commit's and stream's prepare do (a reopen, a graph change). */
+static int fj_prepare(Job *job)
+{
+    FJob *f = (FJob *)job;
+    f->prepares++;
+    node_drain_begin(f->bs);
+    node_drain_end(f->bs);
+    return 0;
+}
+
+static void fj_commit(Job *job)
+{
+    ((FJob *)job)->commits++;
+}
+
+static void fj_clean(Job *job)
+{
+    ((FJob *)job)->cleans++;
+}
+
+static const JobDriver fj_driver = {
+    .instance_size = sizeof(FJob),
+    .job_type = JOB_TYPE_COMMIT,
+    .run = fj_run,
+    .prepare = fj_prepare,
+    .commit = fj_commit,
+    .clean = fj_clean,
+};
+
+typedef struct {
+    Job *job;
+    bool ok, done;
+    GError *err;
+} Finalize;
+
+static void coroutine_fn finalize_co(void *opaque)
+{
+    Finalize *f = opaque;
+    f->ok = job_finalize(f->job, &f->err);
+    f->done = true;
+}
+
+/*
+ * A job-finalize from one client while another client's job-finalize of
+ * the same transaction waits in a prepare's drain: the transaction is
+ * prepared and committed once, and the second command has nothing left to
+ * do (as a cancel there, it leaves the completion alone).  Before, the
+ * second ran prepare again and then finalized a job already dismissed.
+ */
+static void test_finalize_twice(void **state)
+{
+    GError *err = NULL;
+    BlockNode *bs = open_named("fin");
+    FJob *f = job_create("fin", &fj_driver, NULL,
+                         JOB_MANUAL_FINALIZE | JOB_MANUAL_DISMISS, NULL, NULL,
+                         &err);
+    assert_non_null(f);
+    f->bs = bs;
+    job_ref(&f->common);
+    job_start(&f->common);
+    LOOP_WAIT_WHILE(f->common.status != JOB_STATUS_PENDING);
+
+    Finalize a = { .job = &f->common }, b = { .job = &f->common };
+    co_enter(co_create(finalize_co, &a));
+    /* a waits in its prepare's drain now */
+    assert_false(a.done);
+    assert_int_equal(f->prepares, 1);
+    co_enter(co_create(finalize_co, &b));
+    LOOP_WAIT_WHILE(!a.done || !b.done);
+
+    assert_true(a.ok);
+    assert_true(b.ok);
+    assert_int_equal(f->prepares, 1);
+    assert_int_equal(f->commits, 1);
+    assert_int_equal(f->cleans, 1);
+    assert_int_equal(f->common.status, JOB_STATUS_CONCLUDED);
+    assert_true(job_dismiss(&f->common, &err));
+    job_unref(&f->common);
+    node_unref(bs);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_begin_keeps_node),
+        cmocka_unit_test(test_finalize_twice),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
