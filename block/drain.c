@@ -210,7 +210,17 @@ static void drain_begin_here(void *opaque)
 
 void node_drain_begin(BlockNode *bs)
 {
+    /*
+     * From a coroutine the drain begins in a BH, after whatever the loop
+     * had queued before it: a job's completion there may drop the last
+     * reference the caller relied on (a node it found by name or through
+     * an edge), and the BH would quiesce a freed node.  Held until the
+     * drain's set holds it; the caller's pointer stays good until the
+     * matching end, as when the drain begins at once.
+     */
+    node_ref(bs);
     drain_outside_coroutine(drain_begin_here, bs);
+    node_unref(bs);
 }
 
 static void drain_end_here(void *opaque)
