@@ -1,0 +1,181 @@
+/*
+ * What a `transaction` keeps across the drains of its later actions.  The
+ * daemon runs each client's command in a coroutine, and a drain begun in
+ * one waits in the loop (block/drain.c), where another client's command
+ * runs: here a job-cancel of the job a blockdev-backup action created,
+ * while the next action's drain waits.  QEMU's transaction never lets a
+ * command run there; strata must not use the job after it is gone.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <string.h>
+
+#include "transaction.h"
+#include "strata/block-ops.h"
+#include "strata/coroutine.h"
+#include "strata/job.h"
+#include "strata/loop.h"
+#include "strata/units.h"
+#include "qapi-commands.h"
+#include "support.h"
+
+static BlockNode *open_qcow2(const char *node_name, const char *file)
+{
+    GError *err = NULL;
+    char *p = test_path(file);
+    json_t *opts = json_pack("{s:s, s:s, s:n}", "driver", "qcow2",
+                             "node-name", node_name, "backing");
+    BlockNode *bs;
+
+    if (!image_create("qcow2", p, json_pack("{s:i}", "size", MiB), &err)) {
+        fail_msg("%s", err->message);
+    }
+    bs = node_open(p, opts, NODE_O_RDWR, &err);
+    if (!bs) {
+        fail_msg("%s: %s", p, err->message);
+    }
+    g_free(p);
+    return bs;
+}
+
+static TransactionAction *backup_action(const char *id, const char *device,
+                                        const char *target)
+{
+    TransactionAction *a = g_new0(TransactionAction, 1);
+
+    a->type = TRANSACTION_ACTION_KIND_BLOCKDEV_BACKUP;
+    a->u.blockdev_backup.data = g_new0(BlockdevBackup, 1);
+    a->u.blockdev_backup.data->job_id = g_strdup(id);
+    a->u.blockdev_backup.data->device = g_strdup(device);
+    a->u.blockdev_backup.data->target = g_strdup(target);
+    a->u.blockdev_backup.data->sync = MIRROR_SYNC_MODE_FULL;
+    return a;
+}
+
+static TransactionAction *abort_action(void)
+{
+    TransactionAction *a = g_new0(TransactionAction, 1);
+
+    a->type = TRANSACTION_ACTION_KIND_ABORT;
+    a->u.abort.data = g_new0(Abort, 1);
+    return a;
+}
+
+static TransactionActionList *list_of(TransactionAction **actions, int n)
+{
+    TransactionActionList *head = NULL;
+
+    for (int i = n - 1; i >= 0; i--) {
+        TransactionActionList *l = g_new0(TransactionActionList, 1);
+        l->value = actions[i];
+        l->next = head;
+        head = l;
+    }
+    return head;
+}
+
+typedef struct Race {
+    bool fail;          /* a last action fails: the transaction aborts */
+    bool in_txn;
+    bool cancelled;     /* bk1 was cancelled while the transaction ran */
+    bool txn_ok;
+    bool done;
+} Race;
+
+/*
+ * Another client's job-cancel of bk1, as soon as the transaction has
+ * created it and waits in a later action's drain.
+ */
+static void cancel_bh(void *opaque)
+{
+    Race *r = opaque;
+    Job *job = job_find("bk1");
+
+    if (!r->in_txn) {
+        return;
+    }
+    if (!job || !job_find("bk2")) {
+        loop_bh(cancel_bh, r);
+        return;
+    }
+    GError *err = NULL;
+    if (!job_user_cancel(job, true, &err)) {
+        fail_msg("job-cancel: %s", err->message);
+    }
+    r->cancelled = true;
+}
+
+static void txn_co(void *opaque)
+{
+    Race *r = opaque;
+    GError *err = NULL;
+    TransactionAction *acts[] = {
+        backup_action("bk1", "a", "ta"),
+        backup_action("bk2", "b", "tb"),
+        /* a third drain, after bk2 exists: the cancel comes there */
+        backup_action("bk3", "c", "tc"),
+        abort_action(),
+    };
+    TransactionActionList *l = list_of(acts, r->fail ? 4 : 3);
+
+    if (!r->fail) {
+        qapi_free_TransactionAction(acts[3]);
+    }
+    loop_bh(cancel_bh, r);
+    r->in_txn = true;
+    qmp_transaction(l, NULL, &err);
+    r->in_txn = false;
+    r->txn_ok = err == NULL;
+    g_clear_error(&err);
+    qapi_free_TransactionActionList(l);
+    r->done = true;
+}
+
+static void run_race(bool fail)
+{
+    const char *names[] = { "a", "b", "c", "ta", "tb", "tc" };
+    BlockNode *n[6];
+    Race r = { .fail = fail };
+
+    for (int i = 0; i < 6; i++) {
+        g_autofree char *file = g_strdup_printf("%s%d.qcow2", names[i], fail);
+        n[i] = open_qcow2(names[i], file);
+    }
+    co_enter(co_create(txn_co, &r));
+    LOOP_WAIT_WHILE(!r.done);
+    assert_true(r.cancelled);
+    assert_int_equal(r.txn_ok, !fail);
+    assert_null(job_find("bk1"));
+    /* The others finish (or were cancelled by the abort). */
+    LOOP_WAIT_WHILE(job_find("bk2") || job_find("bk3"));
+    for (int i = 0; i < 6; i++) {
+        node_unref(n[i]);
+    }
+    assert_null(node_next(NULL));
+}
+
+/* The transaction commits: the cancelled job is not started. */
+static void test_backup_job_cancelled_then_commit(void **state)
+{
+    run_race(false);
+}
+
+/* The transaction aborts: the cancelled job is not cancelled again. */
+static void test_backup_job_cancelled_then_abort(void **state)
+{
+    run_race(true);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_backup_job_cancelled_then_commit),
+        cmocka_unit_test(test_backup_job_cancelled_then_abort),
+    };
+    return cmocka_run_group_tests(tests, test_tmpdir_setup,
+                                  test_tmpdir_teardown);
+}
