@@ -170,11 +170,103 @@ static void test_backup_job_cancelled_then_abort(void **state)
     run_race(true);
 }
 
+/* ---- An overlay's backing edge, taken off by another client ---- */
+
+static TransactionAction *snapshot_action(const char *node,
+                                          const char *overlay)
+{
+    TransactionAction *a = g_new0(TransactionAction, 1);
+
+    a->type = TRANSACTION_ACTION_KIND_BLOCKDEV_SNAPSHOT;
+    a->u.blockdev_snapshot.data = g_new0(BlockdevSnapshot, 1);
+    a->u.blockdev_snapshot.data->node = g_strdup(node);
+    a->u.blockdev_snapshot.data->overlay = g_strdup(overlay);
+    return a;
+}
+
+typedef struct Unhook {
+    BlockNode *ov;
+    bool in_txn, unhooked, done;
+    GError *err;
+} Unhook;
+
+/* blockdev-reopen of the overlay with backing=null, from another client,
+ * once the transaction has appended it and waits in the next drain. */
+static void unhook_bh(void *opaque)
+{
+    Unhook *u = opaque;
+
+    if (!u->in_txn) {
+        return;
+    }
+    if (!node_backing(u->ov) || !job_find("bk1")) {
+        loop_bh(unhook_bh, u);
+        return;
+    }
+    if (!node_reopen(u->ov, json_pack("{s:n}", "backing"), false, &u->err)) {
+        return;
+    }
+    u->unhooked = true;
+}
+
+static void unhook_co(void *opaque)
+{
+    Unhook *u = opaque;
+    GError *err = NULL;
+    TransactionAction *acts[] = {
+        snapshot_action("a", "ov"),
+        backup_action("bk1", "b", "tb"),
+        backup_action("bk2", "c", "tc"),
+        abort_action(),
+    };
+    TransactionActionList *l = list_of(acts, 4);
+
+    loop_bh(unhook_bh, u);
+    u->in_txn = true;
+    qmp_transaction(l, NULL, &err);
+    u->in_txn = false;
+    assert_non_null(err);
+    g_clear_error(&err);
+    qapi_free_TransactionActionList(l);
+    u->done = true;
+}
+
+/*
+ * The abort of blockdev-snapshot took off the backing edge it had made,
+ * kept as a pointer since prepare: another client's blockdev-reopen had
+ * freed it meanwhile.  The abort looks the edge up again.
+ */
+static void test_snapshot_backing_gone_then_abort(void **state)
+{
+    const char *names[] = { "a", "ov", "b", "tb", "c", "tc" };
+    BlockNode *n[6];
+    Unhook u = { 0 };
+
+    for (int i = 0; i < 6; i++) {
+        g_autofree char *file = g_strdup_printf("u-%s.qcow2", names[i]);
+        n[i] = open_qcow2(names[i], file);
+    }
+    u.ov = n[1];
+    co_enter(co_create(unhook_co, &u));
+    LOOP_WAIT_WHILE(!u.done);
+    if (u.err) {
+        fail_msg("blockdev-reopen: %s", u.err->message);
+    }
+    assert_true(u.unhooked);
+    assert_null(node_backing(n[1]));
+    LOOP_WAIT_WHILE(job_find("bk1") || job_find("bk2"));
+    for (int i = 0; i < 6; i++) {
+        node_unref(n[i]);
+    }
+    assert_null(node_next(NULL));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_backup_job_cancelled_then_commit),
         cmocka_unit_test(test_backup_job_cancelled_then_abort),
+        cmocka_unit_test(test_snapshot_backing_gone_then_abort),
     };
     return cmocka_run_group_tests(tests, test_tmpdir_setup,
                                   test_tmpdir_teardown);
