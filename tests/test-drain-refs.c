@@ -15,6 +15,8 @@
 #include "strata/coroutine.h"
 #include "strata/job.h"
 #include "strata/loop.h"
+#include "strata/mirror.h"
+#include "strata/units.h"
 #include "support.h"
 
 /* Named apart per test: a failed test leaves its nodes behind. */
@@ -207,11 +209,68 @@ static void test_finalize_twice(void **state)
     node_unref(bs);
 }
 
+/* ---- Active commit: the top goes while the base is reopened ---- */
+
+typedef struct {
+    BlockNode *top, *base;
+    BlockJob *job;
+    bool done;
+} ActiveStart;
+
+static void coroutine_fn active_start_co(void *opaque)
+{
+    ActiveStart *a = opaque;
+    GError *err = NULL;
+    /* Another client's blockdev-del of the top: it runs in the drain of
+     * the base's reopen (read-only base: made writable first). */
+    loop_bh(unref_bh, a->top);
+    a->job = commit_active_start("ac", a->top, a->base, JOB_DEFAULT, 0,
+                                 BLOCKDEV_ON_ERROR_REPORT, NULL, NULL, &err);
+    if (err) {
+        print_message("commit_active_start: %s\n", err->message);
+    }
+    g_clear_error(&err);
+    a->done = true;
+}
+
+/*
+ * block-commit of an active layer reopens a read-only base before the job
+ * holds anything: the top must not be used after that reopen's drains
+ * unless something still holds it.  Before, the job was set up on the
+ * freed top (a read of freed memory: "A block device must be specified
+ * for "backing"", or a crash).
+ */
+static void test_active_commit_top_gone(void **state)
+{
+    g_autofree char *bp = make_qcow2("ac-base.qcow2", MiB, NULL);
+    g_autofree char *tp = make_qcow2("ac-top.qcow2", MiB, bp);
+    ActiveStart a = { 0 };
+    a.top = open_json(json_pack("{s:s, s:s, s:{s:s, s:s}}", "driver",
+                                "qcow2", "node-name", "actop", "file",
+                                "driver", "file", "filename", tp));
+    a.base = node_backing(a.top);
+    assert_non_null(a.base);
+    assert_true(node_is_read_only(a.base));
+    node_ref(a.base);
+
+    co_enter(co_create(active_start_co, &a));
+    LOOP_WAIT_WHILE(!a.done);
+    /* Started on the top it was given, which the job holds now. */
+    assert_non_null(a.job);
+    job_cancel_sync(&a.job->job, true);
+    LOOP_WAIT_WHILE(job_find("ac"));
+    assert_null(node_find("actop"));
+    node_unref(a.base);
+    assert_null(node_next(NULL));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_begin_keeps_node),
         cmocka_unit_test(test_finalize_twice),
+        cmocka_unit_test(test_active_commit_top_gone),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return cmocka_run_group_tests(tests, test_tmpdir_setup,
+                                  test_tmpdir_teardown);
 }
