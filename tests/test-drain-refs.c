@@ -13,6 +13,7 @@
 #include <cmocka.h>
 #include "strata/block-driver.h"
 #include "strata/coroutine.h"
+#include "strata/iothread.h"
 #include "strata/job.h"
 #include "strata/loop.h"
 #include "strata/mirror.h"
@@ -264,12 +265,93 @@ static void test_active_commit_top_gone(void **state)
     assert_null(node_next(NULL));
 }
 
+/* ---- Moving a graph whose job goes meanwhile ---- */
+
+static int mover_moves;
+
+static bool mover_can_set_loop(BlockChild *c, StrataLoop *loop,
+                               GError **errp)
+{
+    return true;
+}
+
+static void mover_set_loop(BlockChild *c, StrataLoop *loop)
+{
+    mover_moves++;
+}
+
+/* A parent that follows its node to another thread, as a job does. */
+static const BlockChildClass mover_class = {
+    .kind = "job",
+    .get_parent_desc = watcher_desc,
+    .can_set_loop = mover_can_set_loop,
+    .set_loop = mover_set_loop,
+};
+
+static void detach_bh(void *opaque)
+{
+    g_assert(child_detach(opaque, NULL));
+}
+
+typedef struct {
+    BlockNode *bs;
+    BlockChild *job_edge;
+    StrataLoop *to;
+    bool ok, done;
+} Move;
+
+static void coroutine_fn move_co(void *opaque)
+{
+    Move *m = opaque;
+    GError *err = NULL;
+    /* The job completes (its edges go) while the move drains. */
+    loop_bh(detach_bh, m->job_edge);
+    m->ok = node_set_loop(m->bs, m->to, &err);
+    if (err) {
+        print_message("node_set_loop: %s\n", err->message);
+    }
+    g_clear_error(&err);
+    m->done = true;
+}
+
+/*
+ * node_set_loop() (x-blockdev-set-iothread, an export's iothread) drains
+ * the nodes it found and then told the parents it had found before: one
+ * whose edge went during the drains was told on freed memory.  What is
+ * moved is what is there once drained.
+ */
+static void test_set_loop_parent_gone(void **state)
+{
+    GError *err = NULL;
+    IOThreadParams p;
+    iothread_params_default(&p);
+    IOThread *t = iothread_new("drainrefs", &p, &err);
+    assert_non_null(t);
+    BlockNode *bs = open_named("mv");
+    Move m = { .bs = bs, .to = iothread_loop(t) };
+    m.job_edge = child_attach(bs, "source", &mover_class, 0, 0,
+                              BLK_PERM_ALL, NULL, &err);
+    assert_non_null(m.job_edge);
+
+    mover_moves = 0;
+    co_enter(co_create(move_co, &m));
+    LOOP_WAIT_WHILE(!m.done);
+    assert_true(m.ok);
+    assert_int_equal(mover_moves, 0);
+    assert_ptr_equal(node_loop(bs), iothread_loop(t));
+
+    assert_true(node_set_loop(bs, NULL, &err));
+    node_unref(bs);
+    iothread_free(t);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_begin_keeps_node),
         cmocka_unit_test(test_finalize_twice),
         cmocka_unit_test(test_active_commit_top_gone),
+        cmocka_unit_test(test_set_loop_parent_gone),
     };
     return cmocka_run_group_tests(tests, test_tmpdir_setup,
                                   test_tmpdir_teardown);
