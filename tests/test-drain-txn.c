@@ -17,6 +17,7 @@
 #include "transaction.h"
 #include "strata/block-ops.h"
 #include "strata/coroutine.h"
+#include "strata/dirty-bitmap.h"
 #include "strata/job.h"
 #include "strata/loop.h"
 #include "strata/units.h"
@@ -261,12 +262,119 @@ static void test_snapshot_backing_gone_then_abort(void **state)
     assert_null(node_next(NULL));
 }
 
+/* ---- Bitmaps the actions changed, removed by another client ---- */
+
+static TransactionAction *bitmap_add_action(const char *node,
+                                            const char *name)
+{
+    TransactionAction *a = g_new0(TransactionAction, 1);
+
+    a->type = TRANSACTION_ACTION_KIND_BLOCK_DIRTY_BITMAP_ADD;
+    a->u.block_dirty_bitmap_add.data = g_new0(BlockDirtyBitmapAdd, 1);
+    a->u.block_dirty_bitmap_add.data->node = g_strdup(node);
+    a->u.block_dirty_bitmap_add.data->name = g_strdup(name);
+    return a;
+}
+
+static TransactionAction *bitmap_clear_action(const char *node,
+                                              const char *name)
+{
+    TransactionAction *a = g_new0(TransactionAction, 1);
+
+    a->type = TRANSACTION_ACTION_KIND_BLOCK_DIRTY_BITMAP_CLEAR;
+    a->u.block_dirty_bitmap_clear.data = g_new0(BlockDirtyBitmap, 1);
+    a->u.block_dirty_bitmap_clear.data->node = g_strdup(node);
+    a->u.block_dirty_bitmap_clear.data->name = g_strdup(name);
+    return a;
+}
+
+typedef struct BitmapsGone {
+    bool in_txn, removed, done;
+} BitmapsGone;
+
+/* block-dirty-bitmap-remove of both, from another client, once the
+ * transaction made them and waits in the backup action's drain. */
+static void remove_bitmaps_bh(void *opaque)
+{
+    BitmapsGone *g = opaque;
+    GError *err = NULL;
+
+    if (!g->in_txn) {
+        return;
+    }
+    if (!job_find("bk1")) {
+        loop_bh(remove_bitmaps_bh, g);
+        return;
+    }
+    qmp_block_dirty_bitmap_remove("a", "added", &err);
+    g_assert_no_error(err);
+    qmp_block_dirty_bitmap_remove("a", "cleared", &err);
+    g_assert_no_error(err);
+    g->removed = true;
+}
+
+static void bitmaps_gone_co(void *opaque)
+{
+    BitmapsGone *g = opaque;
+    GError *err = NULL;
+    TransactionAction *acts[] = {
+        bitmap_add_action("a", "added"),
+        bitmap_clear_action("a", "cleared"),
+        backup_action("bk1", "b", "tb"),
+        backup_action("bk2", "c", "tc"),
+        abort_action(),
+    };
+    TransactionActionList *l = list_of(acts, 5);
+
+    loop_bh(remove_bitmaps_bh, g);
+    g->in_txn = true;
+    qmp_transaction(l, NULL, &err);
+    g->in_txn = false;
+    assert_non_null(err);
+    g_clear_error(&err);
+    qapi_free_TransactionActionList(l);
+    g->done = true;
+}
+
+/*
+ * The aborts of block-dirty-bitmap-add and -clear used the bitmaps they
+ * changed at prepare: add's asserted it was still there (the daemon
+ * aborted), clear's put the old bits back into freed memory.  They look
+ * them up again and leave alone what is gone.
+ */
+static void test_bitmaps_removed_then_abort(void **state)
+{
+    const char *names[] = { "a", "b", "tb", "c", "tc" };
+    BlockNode *n[5];
+    BitmapsGone g = { 0 };
+    GError *err = NULL;
+
+    for (int i = 0; i < 5; i++) {
+        g_autofree char *file = g_strdup_printf("bm-%s.qcow2", names[i]);
+        n[i] = open_qcow2(names[i], file);
+    }
+    qmp_block_dirty_bitmap_add("a", "cleared", false, 0, false, false,
+                               false, false, &err);
+    g_assert_no_error(err);
+    co_enter(co_create(bitmaps_gone_co, &g));
+    LOOP_WAIT_WHILE(!g.done);
+    assert_true(g.removed);
+    assert_null(node_find_dirty_bitmap(n[0], "added"));
+    assert_null(node_find_dirty_bitmap(n[0], "cleared"));
+    LOOP_WAIT_WHILE(job_find("bk1") || job_find("bk2"));
+    for (int i = 0; i < 5; i++) {
+        node_unref(n[i]);
+    }
+    assert_null(node_next(NULL));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_backup_job_cancelled_then_commit),
         cmocka_unit_test(test_backup_job_cancelled_then_abort),
         cmocka_unit_test(test_snapshot_backing_gone_then_abort),
+        cmocka_unit_test(test_bitmaps_removed_then_abort),
     };
     return cmocka_run_group_tests(tests, test_tmpdir_setup,
                                   test_tmpdir_teardown);
