@@ -18,6 +18,7 @@
 #include "strata/block-ops.h"
 #include "strata/coroutine.h"
 #include "strata/dirty-bitmap.h"
+#include "strata/iothread.h"
 #include "strata/job.h"
 #include "strata/loop.h"
 #include "strata/units.h"
@@ -368,6 +369,86 @@ static void test_bitmaps_removed_then_abort(void **state)
     assert_null(node_next(NULL));
 }
 
+/* ---- blockdev-backup moving its target: the source deleted there ---- */
+
+typedef struct DelSource {
+    BlockNode *src, *target;
+    int phase;          /* target drained by: 1 drain_all, 3 the move */
+    bool deleted, done, ok;
+} DelSource;
+
+/*
+ * Another client's blockdev-del of the source (its only reference) while
+ * the action moves the target to the source's iothread: the target's
+ * second drained section in the transaction, after the transaction's own
+ * drain of everything.
+ */
+static void del_source_bh(void *opaque)
+{
+    DelSource *d = opaque;
+    bool q = node_is_quiesced(d->target);
+
+    if (d->done) {
+        return;
+    }
+    if (d->phase % 2 == 0 ? q : !q) {
+        d->phase++;
+    }
+    if (d->phase < 3) {
+        loop_bh(del_source_bh, d);
+        return;
+    }
+    node_unref(d->src);
+    d->deleted = true;
+}
+
+static void del_source_co(void *opaque)
+{
+    DelSource *d = opaque;
+    GError *err = NULL;
+    TransactionAction *acts[] = { backup_action("bk1", "a", "ta") };
+    TransactionActionList *l = list_of(acts, 1);
+
+    loop_bh(del_source_bh, d);
+    qmp_transaction(l, NULL, &err);
+    d->ok = err == NULL;
+    if (err) {
+        print_message("transaction: %s\n", err->message);
+    }
+    g_clear_error(&err);
+    qapi_free_TransactionActionList(l);
+    d->done = true;
+}
+
+/*
+ * blockdev_backup_prepare() looked up source and target, then moved the
+ * target (drains: the loop runs) and used both without holding them.
+ */
+static void test_backup_source_deleted_in_move(void **state)
+{
+    GError *err = NULL;
+    IOThreadParams p;
+    iothread_params_default(&p);
+    IOThread *t = iothread_new("drtxn", &p, &err);
+    assert_non_null(t);
+    DelSource d = {
+        .src = open_qcow2("a", "ds-a.qcow2"),
+        .target = open_qcow2("ta", "ds-ta.qcow2"),
+    };
+    assert_true(node_set_loop(d.src, iothread_loop(t), &err));
+
+    co_enter(co_create(del_source_co, &d));
+    LOOP_WAIT_WHILE(!d.done);
+    assert_true(d.deleted);
+    /* The job held the source it was given, and ran on it. */
+    assert_true(d.ok);
+    LOOP_WAIT_WHILE(job_find("bk1"));
+    assert_null(node_find("a"));
+    node_unref(d.target);
+    assert_null(node_next(NULL));
+    iothread_free(t);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -375,6 +456,7 @@ int main(void)
         cmocka_unit_test(test_backup_job_cancelled_then_abort),
         cmocka_unit_test(test_snapshot_backing_gone_then_abort),
         cmocka_unit_test(test_bitmaps_removed_then_abort),
+        cmocka_unit_test(test_backup_source_deleted_in_move),
     };
     return cmocka_run_group_tests(tests, test_tmpdir_setup,
                                   test_tmpdir_teardown);
