@@ -216,12 +216,21 @@ static bool blockdev_backup_prepare(TxnState *s, GError **errp)
     if (!target) {
         return false;
     }
-    if (!node_set_loop(target, node_loop(bs), errp)) {
-        return false;
+    /*
+     * Moving the target drains, which runs the loop: another client's
+     * blockdev-del of either node may come there.  Held until the job
+     * (or the action) holds them.
+     */
+    node_ref(bs);
+    node_ref(target);
+    if (node_set_loop(target, node_loop(bs), errp)) {
+        backup_action_hold(st, bs);
+        backup_action_got_job(st, do_backup_common((BackupCommon *)b, bs,
+                                                   target, s->job_txn,
+                                                   errp));
     }
-    backup_action_hold(st, bs);
-    backup_action_got_job(st, do_backup_common((BackupCommon *)b, bs, target,
-                                               s->job_txn, errp));
+    node_unref(target);
+    node_unref(bs);
     return st->job != NULL;
 }
 
