@@ -19,6 +19,7 @@
 #include "strata/mirror.h"
 #include "strata/units.h"
 #include "support.h"
+#include "../jobs/discard-source.h"
 
 /* Named apart per test: a failed test leaves its nodes behind. */
 static BlockNode *open_named(const char *name)
@@ -345,6 +346,54 @@ static void test_set_loop_parent_gone(void **state)
     iothread_free(t);
 }
 
+/* ---- x-strata-discard-source: an image dropped while reopened ---- */
+
+typedef struct {
+    BlockNode *bs;
+    bool ok, found_after, done;
+} Discard;
+
+static void coroutine_fn discard_prepare_co(void *opaque)
+{
+    Discard *d = opaque;
+    GError *err = NULL;
+    GPtrArray *reopened = g_ptr_array_new();
+    g_autofree char *name = g_strdup(node_get_name(d->bs));
+
+    /* A job's completion drops the image from its chain (the last
+     * reference but the reopen's) while the reopen drains. */
+    loop_bh(unref_bh, d->bs);
+    d->ok = discard_source_prepare(d->bs, reopened, &err);
+    g_clear_error(&err);
+    d->found_after = node_find(name) == d->bs;
+    discard_source_restore(reopened);
+    g_ptr_array_free(reopened, true);
+    d->done = true;
+}
+
+/*
+ * A commit with x-strata-discard-source makes its read-only images
+ * writable one by one (a reopen: drains) before the chain is frozen, and
+ * took its own reference only after the reopen: the image was gone by
+ * then, and the reference went to freed memory.
+ */
+static void test_discard_source_image_dropped(void **state)
+{
+    g_autofree char *p = make_qcow2("ds.qcow2", MiB, NULL);
+    Discard d = { 0 };
+    d.bs = open_json(json_pack("{s:s, s:s, s:b, s:{s:s, s:s}}", "driver",
+                               "qcow2", "node-name", "dsimg", "read-only",
+                               1, "file", "driver", "file", "filename", p));
+    assert_true(node_is_read_only(d.bs));
+
+    co_enter(co_create(discard_prepare_co, &d));
+    LOOP_WAIT_WHILE(!d.done);
+    assert_true(d.ok);
+    assert_true(d.found_after);
+    assert_null(node_find("dsimg"));
+    assert_null(node_next(NULL));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -352,6 +401,7 @@ int main(void)
         cmocka_unit_test(test_finalize_twice),
         cmocka_unit_test(test_active_commit_top_gone),
         cmocka_unit_test(test_set_loop_parent_gone),
+        cmocka_unit_test(test_discard_source_image_dropped),
     };
     return cmocka_run_group_tests(tests, test_tmpdir_setup,
                                   test_tmpdir_teardown);
