@@ -110,6 +110,9 @@ int coroutine_fn node_co_pwritev_node(BlockNode *bs, int64_t offset,
  * write gets at the end (bitmaps, write threshold, write generation: a
  * later flush is not skipped).
  */
+/* Promote the background work of bs's requests in flight (drain.c). */
+void node_promote_requests(BlockNode *bs);
+
 typedef struct TrackedReq TrackedReq;
 TrackedReq *coroutine_fn node_co_req_begin(BlockNode *bs, int64_t offset,
                                            int64_t bytes, int flags);

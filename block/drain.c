@@ -188,6 +188,44 @@ static GPtrArray *drain_quiesce(BlockNode *bs)
 }
 
 /*
+ * The drain waits for every request in flight on the sets' nodes, and a
+ * job above them parks only once its own requests are done: whoever
+ * issued one at idle class (a copy job's offload, a stream's copy-on-read
+ * write, strata/pool-class.h) is promoted, at each look, so that the wait
+ * is not held up until the pool's watchdog (10 ms) gives a starving idle
+ * thread its class back.  Nodes in the main loop only: an iothread's
+ * requests and frames are that thread's (its idle calls still end by the
+ * watchdog).  Not covered either: a job waiting for a pool call that is
+ * no request on a node (the copy engine's write-behind, node_co_start_
+ * writeback); the engine promotes its tasks once the job looks at its
+ * pause (jobs/block-copy.c job_check), which needs one of them to end.
+ */
+static void sets_promote(GPtrArray *sets)
+{
+    StrataLoop *main_loop = loop_main();
+
+    for (guint i = 0; i < sets->len; i++) {
+        GPtrArray *set = sets->pdata[i];
+        for (guint k = 0; k < set->len; k++) {
+            BlockNode *bs = set->pdata[k];
+            if (g_atomic_int_get(&bs->in_flight) > 0 &&
+                node_loop(bs) == main_loop) {
+                node_promote_requests(bs);
+            }
+        }
+    }
+}
+
+static bool sets_busy_promote(GPtrArray *sets)
+{
+    if (!sets_busy(sets)) {
+        return false;
+    }
+    sets_promote(sets);
+    return true;
+}
+
+/*
  * Wait until nothing is in flight on the sets' nodes and every job above
  * them is parked (its drained_poll).  The caller must not have a request
  * of its own in flight on them, or this never ends.
@@ -195,7 +233,7 @@ static GPtrArray *drain_quiesce(BlockNode *bs)
 static void drain_wait(GPtrArray *sets)
 {
     g_atomic_int_inc(&drain_waiters);
-    LOOP_WAIT_WHILE(sets_busy(sets));
+    LOOP_WAIT_WHILE(sets_busy_promote(sets));
     g_atomic_int_add(&drain_waiters, -1);
 }
 
@@ -210,7 +248,17 @@ static void drain_begin_here(void *opaque)
 
 void node_drain_begin(BlockNode *bs)
 {
+    /*
+     * From a coroutine the drain begins in a BH, after whatever the loop
+     * had queued before it: a job's completion there may drop the last
+     * reference the caller relied on (a node it found by name or through
+     * an edge), and the BH would quiesce a freed node.  Held until the
+     * drain's set holds it; the caller's pointer stays good until the
+     * matching end, as when the drain begins at once.
+     */
+    node_ref(bs);
     drain_outside_coroutine(drain_begin_here, bs);
+    node_unref(bs);
 }
 
 static void drain_end_here(void *opaque)

@@ -1011,6 +1011,20 @@ int coroutine_fn child_co_truncate(BlockChild *c, int64_t offset, bool exact,
     return ret;
 }
 
+/*
+ * A drain waits for the requests in flight on bs (block/drain.c): their
+ * issuers' background frames are promoted, as wait_serialising promotes
+ * the request it waits for, so that a request whose pool call runs at
+ * idle class is not held up until the pool's watchdog.  In bs's home
+ * thread only: the tracked list and the issuers' frames are its own.
+ */
+void node_promote_requests(BlockNode *bs)
+{
+    for (GList *l = bs->tracked_requests.head; l; l = l->next) {
+        pool_background_promote_co(((TrackedReq *)l->data)->co);
+    }
+}
+
 /* ---- Requests that reach a driver by another path (copy-range.c) ---- */
 
 TrackedReq *coroutine_fn node_co_req_begin(BlockNode *bs, int64_t offset,

@@ -70,6 +70,74 @@ static void collect_component(BlockNode *bs, GPtrArray *nodes,
     }
 }
 
+/* bs's component, its nodes referenced (component_free lets go). */
+static void component_get(BlockNode *bs, GPtrArray **nodes,
+                          GPtrArray **others)
+{
+    GHashTable *seen = g_hash_table_new(NULL, NULL);
+    *nodes = g_ptr_array_new();
+    *others = g_ptr_array_new();
+    collect_component(bs, *nodes, *others, seen);
+    g_hash_table_destroy(seen);
+    for (guint i = 0; i < (*nodes)->len; i++) {
+        node_ref((*nodes)->pdata[i]);
+    }
+}
+
+static void component_free(GPtrArray *nodes, GPtrArray *others)
+{
+    for (guint i = 0; i < nodes->len; i++) {
+        node_unref(nodes->pdata[i]);
+    }
+    g_ptr_array_free(nodes, TRUE);
+    g_ptr_array_free(others, TRUE);
+}
+
+static bool same_members(GPtrArray *a, GPtrArray *b)
+{
+    if (a->len != b->len) {
+        return false;
+    }
+    for (guint i = 0; i < a->len; i++) {
+        if (!g_ptr_array_find(b, a->pdata[i], NULL)) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/* Whether every parent that is not a node and every driver of the
+ * component can go to loop (QEMU's messages otherwise). */
+static bool component_can_move(GPtrArray *nodes, GPtrArray *others,
+                               StrataLoop *loop, GError **errp)
+{
+    for (guint i = 0; i < others->len; i++) {
+        BlockChild *c = others->pdata[i];
+        if (!c->klass->can_set_loop) {
+            g_autofree char *user = child_parent_desc(c);
+            error_setg(errp, "Changing iothreads is not supported by %s",
+                       user);
+            return false;
+        }
+        if (!c->klass->can_set_loop(c, loop, errp)) {
+            return false;
+        }
+    }
+    for (guint i = 0; i < nodes->len; i++) {
+        BlockNode *n = nodes->pdata[i];
+        if (n->drv->main_loop_only && loop != loop_main()) {
+            error_setg(errp, "Cannot move node '%s' to an iothread: the %s "
+                       "driver runs in the main loop only", n->node_name,
+                       n->drv->format_name);
+            return false;
+        }
+    }
+    return true;
+}
+
+/* Tries before node_set_loop gives up on a graph that keeps changing. */
+#define SET_LOOP_TRIES 8
+
 bool node_set_loop(BlockNode *bs, StrataLoop *loop, GError **errp)
 {
     StrataLoop *main_loop = loop_main();
@@ -77,59 +145,63 @@ bool node_set_loop(BlockNode *bs, StrataLoop *loop, GError **errp)
         loop = main_loop;
     }
     g_return_val_if_fail(loop_get() == main_loop, false);
-    if (node_loop(bs) == loop) {
-        return true;
-    }
 
-    GPtrArray *nodes = g_ptr_array_new();
-    GPtrArray *others = g_ptr_array_new();
-    GHashTable *seen = g_hash_table_new(NULL, NULL);
-    collect_component(bs, nodes, others, seen);
-    g_hash_table_destroy(seen);
+    node_ref(bs);
+    for (int tries = 0;; tries++) {
+        GPtrArray *nodes, *others, *nodes2, *others2;
 
-    bool ok = true;
-    for (guint i = 0; ok && i < others->len; i++) {
-        BlockChild *c = others->pdata[i];
-        if (!c->klass->can_set_loop) {
-            g_autofree char *user = child_parent_desc(c);
-            error_setg(errp, "Changing iothreads is not supported by %s",
-                       user);
-            ok = false;
-        } else {
-            ok = c->klass->can_set_loop(c, loop, errp);
+        if (node_loop(bs) == loop) {
+            node_unref(bs);
+            return true;
         }
-    }
-    for (guint i = 0; ok && i < nodes->len; i++) {
-        BlockNode *n = nodes->pdata[i];
-        if (n->drv->main_loop_only && loop != main_loop) {
-            error_setg(errp, "Cannot move node '%s' to an iothread: the %s "
-                       "driver runs in the main loop only", n->node_name,
-                       n->drv->format_name);
-            ok = false;
+        component_get(bs, &nodes, &others);
+        if (!component_can_move(nodes, others, loop, errp)) {
+            component_free(nodes, others);
+            node_unref(bs);
+            return false;
         }
-    }
-    if (ok) {
         for (guint i = 0; i < nodes->len; i++) {
             node_drain_begin(nodes->pdata[i]);
         }
-        for (guint i = 0; i < nodes->len; i++) {
-            BlockNode *n = nodes->pdata[i];
-            n->home = loop == main_loop ? NULL : loop;
-            if (n->drv->set_loop) {
-                n->drv->set_loop(n);
+        /*
+         * The drains ran the loop (from a coroutine always: block/drain.c),
+         * where a job's completion or another client's command may have
+         * detached a job's or a backend's edge (freeing it) or changed the
+         * component.  Moved is what is there now, drained; if that is not
+         * what was checked and drained, start over.
+         */
+        component_get(bs, &nodes2, &others2);
+        bool same = same_members(nodes, nodes2) &&
+                    same_members(others, others2);
+        if (same) {
+            for (guint i = 0; i < nodes2->len; i++) {
+                BlockNode *n = nodes2->pdata[i];
+                n->home = loop == main_loop ? NULL : loop;
+                if (n->drv->set_loop) {
+                    n->drv->set_loop(n);
+                }
+            }
+            for (guint i = 0; i < others2->len; i++) {
+                BlockChild *c = others2->pdata[i];
+                c->klass->set_loop(c, loop);
             }
         }
-        for (guint i = 0; i < others->len; i++) {
-            BlockChild *c = others->pdata[i];
-            c->klass->set_loop(c, loop);
-        }
+        component_free(nodes2, others2);
         for (guint i = nodes->len; i-- > 0;) {
             node_drain_end(nodes->pdata[i]);
         }
+        component_free(nodes, others);
+        if (same) {
+            node_unref(bs);
+            return true;
+        }
+        if (tries + 1 == SET_LOOP_TRIES) {
+            error_setg(errp, "Cannot change the iothread of node '%s': its "
+                       "graph kept changing meanwhile", node_get_name(bs));
+            node_unref(bs);
+            return false;
+        }
     }
-    g_ptr_array_free(nodes, TRUE);
-    g_ptr_array_free(others, TRUE);
-    return ok;
 }
 
 bool node_join_loop(BlockNode *parent, BlockNode *child, GError **errp)

@@ -34,10 +34,16 @@ bool discard_source_prepare(BlockNode *it, GPtrArray *reopened,
         return false;
     }
     if (node_is_read_only(it)) {
+        /*
+         * Held first: the reopen drains, and the loop runs there, where a
+         * job's completion may drop it from the chain; the reopen queue's
+         * reference goes when the reopen returns.
+         */
+        node_ref(it);
         if (!node_reopen(it, NULL, false, errp)) {
+            node_unref(it);
             return false;
         }
-        node_ref(it);
         g_ptr_array_add(reopened, it);
     }
     return true;

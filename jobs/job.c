@@ -999,6 +999,16 @@ bool job_finalize(Job *job, GError **errp)
     if (!job_apply_verb(job, JOB_VERB_FINALIZE, errp)) {
         return false;
     }
+    /*
+     * Another finalize of the transaction waits in a prepare's drain (or
+     * the automatic one runs the loop there): it finishes the work, and
+     * doing it again would prepare twice and then finalize jobs already
+     * concluded.  QEMU never runs a command there; here, as a cancel,
+     * this one leaves the completion alone.
+     */
+    if (job->txn && job->txn->finishing) {
+        return true;
+    }
     do_finalize(job);
     return true;
 }

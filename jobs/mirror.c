@@ -1246,7 +1246,16 @@ BlockJob *commit_active_start(const char *job_id, BlockNode *bs,
      */
     bool base_read_only = node_is_read_only(base);
 
+    /*
+     * The reopen drains, and the loop runs meanwhile: another client's
+     * blockdev-del of bs (no job holds it yet) or a job's completion may
+     * drop what the caller found by name.  Held until the job holds them.
+     */
+    node_ref(bs);
+    node_ref(base);
     if (base_read_only && !node_reopen(base, NULL, false, errp)) {
+        node_unref(base);
+        node_unref(bs);
         return NULL;
     }
     StartArgs a = {
@@ -1268,11 +1277,10 @@ BlockJob *commit_active_start(const char *job_id, BlockNode *bs,
         .x = x ? *x : (CommitActiveOptions){ 0 },
     };
     MirrorJob *s = mirror_start_job(&a, errp);
-    if (!s) {
-        if (base_read_only) {
-            node_reopen(base, NULL, true, NULL);
-        }
-        return NULL;
+    if (!s && base_read_only) {
+        node_reopen(base, NULL, true, NULL);
     }
-    return &s->common;
+    node_unref(base);
+    node_unref(bs);
+    return s ? &s->common : NULL;
 }

@@ -32,6 +32,11 @@
 
 typedef struct BackupAction {
     BlockNode *bs;              /* referenced and drained until clean */
+    /*
+     * Referenced until clean: the later actions' drains run the loop,
+     * where another client's job-cancel may end the job (not yet started,
+     * it concludes and is dismissed at once).
+     */
     BlockJob *job;
     bool job_paused;            /* paused for the drain (see above) */
 } BackupAction;
@@ -189,6 +194,7 @@ static void backup_action_got_job(BackupAction *st, BlockJob *job)
 {
     st->job = job;
     if (job) {
+        job_ref(&job->job);
         job_pause(&job->job);
         st->job_paused = true;
     }
@@ -210,12 +216,21 @@ static bool blockdev_backup_prepare(TxnState *s, GError **errp)
     if (!target) {
         return false;
     }
-    if (!node_set_loop(target, node_loop(bs), errp)) {
-        return false;
+    /*
+     * Moving the target drains, which runs the loop: another client's
+     * blockdev-del of either node may come there.  Held until the job
+     * (or the action) holds them.
+     */
+    node_ref(bs);
+    node_ref(target);
+    if (node_set_loop(target, node_loop(bs), errp)) {
+        backup_action_hold(st, bs);
+        backup_action_got_job(st, do_backup_common((BackupCommon *)b, bs,
+                                                   target, s->job_txn,
+                                                   errp));
     }
-    backup_action_hold(st, bs);
-    backup_action_got_job(st, do_backup_common((BackupCommon *)b, bs, target,
-                                               s->job_txn, errp));
+    node_unref(target);
+    node_unref(bs);
     return st->job != NULL;
 }
 
@@ -372,10 +387,19 @@ static bool drive_backup_prepare(TxnState *s, GError **errp)
 
 /* ---- Both ---- */
 
+/* Not cancelled by another client while the transaction ran. */
+static bool backup_action_job_alive(BackupAction *st)
+{
+    return st->job && st->job->job.status == JOB_STATUS_CREATED;
+}
+
 static void backup_action_commit(TxnState *s)
 {
     BackupAction *st = s->opaque;
 
+    if (!backup_action_job_alive(st)) {
+        return;
+    }
     job_start(&st->job->job);
     if (in_coroutine()) {
         /* As QEMU's, the job runs to its first pause point now, where
@@ -389,7 +413,7 @@ static void backup_action_abort(TxnState *s)
 {
     BackupAction *st = s->opaque;
 
-    if (st->job) {
+    if (backup_action_job_alive(st)) {
         if (st->job_paused) {
             job_resume(&st->job->job);
             st->job_paused = false;
@@ -414,6 +438,10 @@ static void backup_action_clean(TxnState *s)
             co_wake(co_self());
             co_yield();
         }
+    }
+    if (st->job) {
+        job_unref(&st->job->job);
+        st->job = NULL;
     }
     node_unref(st->bs);
 }

@@ -467,6 +467,46 @@ typedef struct BitmapAction {
     BlockNode *drained;         /* copy: the source's node until clean */
 } BitmapAction;
 
+/*
+ * The node and bitmap an action changed at prepare, as they are now.
+ * Commit and abort run after the later actions' drains, which run the
+ * loop: another client may have removed the bitmap or deleted its node
+ * there, and the pointers kept since prepare would be freed memory.  So
+ * they are looked up again by name and compared, never followed; NULL
+ * when either is gone (the action then has nothing left to undo).
+ */
+static const BlockDirtyBitmap *plain_args(TxnState *s);
+
+static DirtyBitmap *action_bitmap(TxnState *s)
+{
+    BitmapAction *st = s->opaque;
+    const char *node, *name;
+
+    switch (s->action->type) {
+    case TRANSACTION_ACTION_KIND_BLOCK_DIRTY_BITMAP_MERGE:
+        node = s->action->u.block_dirty_bitmap_merge.data->node;
+        name = s->action->u.block_dirty_bitmap_merge.data->target;
+        break;
+    case TRANSACTION_ACTION_KIND_X_STRATA_BLOCK_DIRTY_BITMAP_COPY: {
+        const XStrataBlockDirtyBitmapCopy *a =
+            s->action->u.x_strata_block_dirty_bitmap_copy.data;
+        node = a->target_node ? a->target_node : a->node;
+        name = a->target_name;
+        break;
+    }
+    default:
+        node = plain_args(s)->node;
+        name = plain_args(s)->name;
+        break;
+    }
+    BlockNode *bs = st->bs ? node_find(node) : NULL;
+    if (!bs || bs != st->bs) {
+        return NULL;
+    }
+    DirtyBitmap *bm = node_find_dirty_bitmap(bs, name);
+    return bm == st->bm ? bm : NULL;
+}
+
 static bool add_prepare(TxnState *s, GError **errp)
 {
     BitmapAction *st = s->opaque;
@@ -487,9 +527,11 @@ static void add_abort(TxnState *s)
     /* Never stored: dropping it from memory undoes it all. */
     if (st->prepared) {
         Op op = { .bs = node_find(a->node) };
-        op.bm = node_find_dirty_bitmap(op.bs, a->name);
-        g_assert(op.bm);
-        run(&op, release_co);
+        /* Another client may have removed it meanwhile. */
+        op.bm = op.bs ? node_find_dirty_bitmap(op.bs, a->name) : NULL;
+        if (op.bm) {
+            run(&op, release_co);
+        }
     }
 }
 
@@ -535,17 +577,19 @@ static bool remove_prepare(TxnState *s, GError **errp)
 static void remove_commit(TxnState *s)
 {
     BitmapAction *st = s->opaque;
-    Op op = { .bs = st->bs, .bm = st->bm };
+    Op op = { .bs = st->bs, .bm = action_bitmap(s) };
 
-    run(&op, release_co);
+    if (op.bm) {
+        run(&op, release_co);
+    }
 }
 
 static void remove_abort(TxnState *s)
 {
-    BitmapAction *st = s->opaque;
+    DirtyBitmap *bm = action_bitmap(s);
 
-    if (st->bm) {
-        dirty_bitmap_set_busy(st->bm, false);
+    if (bm) {
+        dirty_bitmap_set_busy(bm, false);
     }
 }
 
@@ -564,14 +608,20 @@ static bool clear_prepare(TxnState *s, GError **errp)
     return true;
 }
 
+static void backup_free(TxnState *s);
+
 /* clear and merge: abort puts the bits back, commit forgets them. */
 static void backup_restore(TxnState *s)
 {
     BitmapAction *st = s->opaque;
 
     if (st->backup) {
-        Op op = { .bs = st->bs, .bm = st->bm, .backup = &st->backup };
-        run(&op, restore_co);
+        Op op = { .bs = st->bs, .bm = action_bitmap(s),
+                  .backup = &st->backup };
+        if (op.bm) {
+            run(&op, restore_co);
+        }
+        backup_free(s);     /* the bitmap is gone: nothing to restore */
     }
 }
 
@@ -613,8 +663,11 @@ static void set_enabled_abort(TxnState *s)
     BitmapAction *st = s->opaque;
 
     if (st->bm) {
-        Op op = { .bs = st->bs, .bm = st->bm, .enable = st->was_enabled };
-        run(&op, reset_enabled_co);
+        Op op = { .bs = st->bs, .bm = action_bitmap(s),
+                  .enable = st->was_enabled };
+        if (op.bm) {
+            run(&op, reset_enabled_co);
+        }
     }
 }
 
@@ -659,8 +712,12 @@ static void recover_abort(TxnState *s)
     BitmapAction *st = s->opaque;
 
     if (st->backup) {
-        Op op = { .bs = st->bs, .bm = st->bm, .backup = &st->backup };
-        run(&op, unrecover_co);
+        Op op = { .bs = st->bs, .bm = action_bitmap(s),
+                  .backup = &st->backup };
+        if (op.bm) {
+            run(&op, unrecover_co);
+        }
+        backup_free(s);
     }
 }
 
@@ -710,8 +767,10 @@ static void copy_abort(TxnState *s)
 
     /* Never stored (only a clean close stores): releasing undoes it. */
     if (st->bm) {
-        Op op = { .bs = st->bs, .bm = st->bm };
-        run(&op, release_co);
+        Op op = { .bs = st->bs, .bm = action_bitmap(s) };
+        if (op.bm) {
+            run(&op, release_co);
+        }
     }
 }
 

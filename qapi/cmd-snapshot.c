@@ -25,7 +25,7 @@ typedef struct ExternalSnapshot {
     BlockNode *old_bs;          /* referenced and drained until clean */
     BlockNode *new_bs;          /* referenced until clean */
     bool new_drained;           /* new_bs drained until clean */
-    BlockChild *backing;        /* new_bs's edge to old_bs once appended */
+    bool appended;              /* new_bs is over old_bs, with its parents */
 } ExternalSnapshot;
 
 /*
@@ -44,7 +44,7 @@ static bool append_overlay(ExternalSnapshot *st, GError **errp)
         child_detach(c, NULL);
         return false;
     }
-    st->backing = c;
+    st->appended = true;
     node_refresh_filename(st->new_bs);
     return true;
 }
@@ -243,12 +243,20 @@ static void external_snapshot_abort(TxnState *s)
 {
     ExternalSnapshot *st = s->opaque;
 
-    if (!st->backing) {
+    if (!st->appended) {
         return;
     }
-    /* Undo append_overlay(): the parents go back to old_bs. */
-    child_detach(st->backing, NULL);
-    st->backing = NULL;
+    /*
+     * Undo append_overlay(): the parents go back to old_bs.  The edge is
+     * looked up again: the later actions' drains ran the loop, where
+     * another client's blockdev-reopen of new_bs may have taken it off
+     * (and freed it).
+     */
+    BlockChild *b = node_backing_child(st->new_bs);
+    if (b && child_node(b) == st->old_bs) {
+        child_detach(b, NULL);
+    }
+    st->appended = false;
     if (!node_replace(st->new_bs, st->old_bs, NULL)) {
         g_assert_not_reached();
     }
