@@ -6,7 +6,8 @@
  * with a message.  Device state streams after the RAM (vmstate-
  * devices.c): round trips through pipes, a version 1 state, damaged or
  * unclaimed sections refused before anything is touched, back ends that
- * fail a save or a load.
+ * fail a save or a load.  Saves after a snapshot took a state: the image's
+ * active table maps none of it, so no save copies one on write.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -186,6 +187,106 @@ static void test_roundtrip(void **state)
     assert_null(err);
     check_ram(a, 1);
     check_ram(b, 2);
+}
+
+/* Take snapshot name with a VM state of size bytes (the job's part). */
+static void take(BlockNode *bs, const char *name, int64_t size)
+{
+    NodeSnapshot sn = { .vm_state_size = (uint64_t)size,
+                        .icount = UINT64_MAX };
+    GError *err = NULL;
+
+    g_strlcpy(sn.name, name, sizeof(sn.name));
+    if (node_snapshot_create(bs, &sn, &err) < 0) {
+        fail_msg("snapshot %s: %s", name, err->message);
+    }
+}
+
+static void revert(BlockNode *bs, const char *name)
+{
+    GError *err = NULL;
+
+    if (node_snapshot_goto(bs, name, &err) < 0) {
+        fail_msg("goto %s: %s", name, err->message);
+    }
+}
+
+static uint64_t be64_at(const uint8_t *p);
+
+/*
+ * Host clusters the file's active L1 table maps in the VM state area:
+ * what the next save onto the image would have to copy on write.
+ */
+static unsigned active_vm_state_clusters(const char *path)
+{
+    int fd = open(path, O_RDONLY);
+    uint8_t h[72];
+
+    assert_true(fd >= 0);
+    assert_int_equal(pread(fd, h, sizeof(h), 0), (ssize_t)sizeof(h));
+    unsigned cbits = (unsigned)be64_at(h + 16) & 0xffffffffu;
+    uint64_t size = be64_at(h + 24);
+    uint32_t l1_size = (uint32_t)(be64_at(h + 32) & 0xffffffffu);
+    uint64_t l1_offset = be64_at(h + 40);
+    uint64_t cs = 1ull << cbits, span = cs * (cs / 8);
+    uint64_t first = (size + span - 1) / span;
+    uint8_t *l1 = g_malloc(l1_size * 8 + 1), *l2 = g_malloc(cs);
+    unsigned mapped = 0;
+
+    assert_int_equal(pread(fd, l1, l1_size * 8, (off_t)l1_offset),
+                     (ssize_t)l1_size * 8);
+    for (uint64_t i = first; i < l1_size; i++) {
+        uint64_t l2_offset = be64_at(l1 + i * 8) & 0x00fffffffffffe00ull;
+        if (!l2_offset) {
+            continue;
+        }
+        assert_int_equal(pread(fd, l2, cs, (off_t)l2_offset), (ssize_t)cs);
+        for (uint64_t j = 0; j < cs / 8; j++) {
+            mapped += (be64_at(l2 + j * 8) & 0x00fffffffffffe00ull) != 0;
+        }
+    }
+    g_free(l1);
+    g_free(l2);
+    close(fd);
+    return mapped;
+}
+
+/*
+ * Two saves, each kept by a snapshot: after each, the active table maps
+ * none of the state (QEMU's qcow2_snapshot_create lets go of it too), and
+ * both states load back whole.  Before, every cluster of the first stayed
+ * shared, and the second save copied each one on write: a cluster, a read
+ * of the parts the state leaves unwritten (every third page here is zero
+ * and never written) and two syncs, per cluster.
+ */
+static void test_resave_copies_nothing(void **state)
+{
+    Fixture *f = *state;
+    GError *err = NULL;
+    RamBlock *rb = add_block("ram0", 1024, 1);     /* 4 MiB: 64 clusters */
+
+    int64_t s1 = save(f->bs, &err);
+    assert_null(err);
+    take(f->bs, "s1", s1);
+    assert_int_equal(blk_flush(f->blk), 0);
+    assert_int_equal(active_vm_state_clusters(f->path), 0);
+
+    pattern(rb->host, ram_block_pages(rb), 2);
+    int64_t s2 = save(f->bs, &err);
+    assert_null(err);
+    take(f->bs, "s2", s2);
+    assert_int_equal(blk_flush(f->blk), 0);
+    assert_int_equal(active_vm_state_clusters(f->path), 0);
+
+    /* the snapshots kept their states: nothing was dropped but the copy */
+    revert(f->bs, "s1");
+    assert_int_equal(load(f->bs, s1, &err), 0);
+    check_ram(rb, 1);
+    revert(f->bs, "s2");
+    assert_int_equal(load(f->bs, s2, &err), 0);
+    check_ram(rb, 2);
+    /* a load maps the snapshot's state again (QEMU's goto does too) */
+    assert_true(active_vm_state_clusters(f->path) > 0);
 }
 
 static void test_no_blocks(void **state)
@@ -1094,6 +1195,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_roundtrip, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_resave_copies_nothing, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_no_blocks, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unknown_block, setup, teardown),
         cmocka_unit_test_setup_teardown(test_length_mismatch, setup,

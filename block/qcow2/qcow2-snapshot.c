@@ -786,6 +786,10 @@ int coroutine_fn qcow2_snapshot_create(BlockNode *bs, NodeSnapshot *info,
     qcow2_wait_inflight(bs, 0, UINT64_MAX);
     ret = do_create(bs, info, errp);
     co_mutex_unlock(&s->lock);
+    if (ret >= 0) {
+        /* An optimisation only: QEMU ignores its failure too. */
+        qcow2_vm_state_release(bs, info->vm_state_size);
+    }
     return ret;
 }
 

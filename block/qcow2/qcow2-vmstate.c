@@ -6,6 +6,13 @@
  * copied on write and refcounted like the disk's, and an internal
  * snapshot's L1 table (which covers it once the L1 table has grown) keeps
  * the state saved with it.
+ *
+ * Once a snapshot keeps the state, the active table lets go of it, as
+ * QEMU's qcow2_snapshot_create does: else the clusters stay shared, and
+ * the next save onto the image copies every one of them on write (new
+ * cluster, a read of whatever part of the old one the state leaves
+ * unwritten, the old one's refcount lowered after a sync of the L2 table),
+ * where a save onto a released area only allocates, as the first did.
  */
 #include <errno.h>
 
@@ -64,4 +71,21 @@ int coroutine_fn qcow2_co_load_vmstate(BlockNode *bs, IOVec *qiov,
         return 0;
     }
     return bs->drv->co_preadv(bs, offset, (int64_t)qiov->size, qiov, 0, 0);
+}
+
+int coroutine_fn qcow2_vm_state_release(BlockNode *bs, uint64_t size)
+{
+    Qcow2State *s = bs->opaque;
+    int64_t offset = qcow2_vm_state_offset(s);
+
+    if (!size) {
+        return 0;
+    }
+    /*
+     * QEMU's discard there (not a full one): the entries become zero
+     * clusters on v3 images, as in QEMU's images.  The snapshot still
+     * holds every cluster, so none is freed and nothing reaches the file.
+     */
+    return qcow2_co_pdiscard(bs, offset,
+                             (int64_t)ROUND_UP(size, s->cluster_size));
 }

@@ -258,6 +258,12 @@ int coroutine_fn qcow2_co_save_vmstate(BlockNode *bs, IOVec *qiov,
                                        int64_t pos);
 int coroutine_fn qcow2_co_load_vmstate(BlockNode *bs, IOVec *qiov,
                                        int64_t pos);
+/*
+ * After a snapshot took a VM state of size bytes: the active table drops
+ * its mappings of the area (the snapshot keeps them), so that the next
+ * save does not copy them on write.  Lock not held.
+ */
+int coroutine_fn qcow2_vm_state_release(BlockNode *bs, uint64_t size);
 
 /* ---- qcow2-crypto.c ---- */
 
