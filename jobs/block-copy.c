@@ -30,10 +30,10 @@
  * serialised anyway lose little by waiting their turn in the engine.
  *
  * A job's background data tasks run their copy offload and write-behind
- * calls at idle class (strata/pool-class.h), and so does what a task's
- * frame covers below it (a stream's reads through its copy-on-read
- * filter write what they pulled up at idle class there, while no guest
- * request is in the filter: copy-on-read.c): the guest's loop thread and
+ * calls at idle class (strata/pool-class.h), and so do the file writes a
+ * task's frame opens to it (pool_background_writes_begin; a stream's
+ * copy-on-read writes did, until measured to buy nothing: copy-on-read.c):
+ * the guest's loop thread and
  * the kernel threads that write for it get a CPU at once, where a copy
  * thread at normal class kept it for its slice (docs/performance.md,
  * "Intermediate commit, guest p99").  Never for urgent tasks, and never

@@ -13,10 +13,8 @@
  * the filter, which writes into the image what it fetched.  What to read
  * is classify()'s answer: nothing where the image holds the range
  * itself or where no image down to the bottom does.  The filter writes
- * what such a read pulled up at idle class (inside the engine task's pool
- * frame, block/drivers/copy-on-read.c), promoted when a guest's request
- * comes into the filter; a guest's own copy-on-read stays at normal
- * class.  Read errors go
+ * what such a read pulled up at normal class (idle-class writes were
+ * measured and dropped: block/drivers/copy-on-read.c).  Read errors go
  * through the on-error policy (stream reports every error as a read, as
  * QEMU does).
  *

@@ -50,8 +50,9 @@
  *   by background work is waited for too: a CoMutex waiter that is not
  *   unpromoted background work promotes the holder's frames, and a
  *   promoted coroutine that waits for a CoMutex promotes its holder in
- *   turn (util/co-lock.c), so qcow2's metadata writes of a stream's copy,
- *   made under s->lock, do not hold a guest's read or flush behind them;
+ *   turn (util/co-lock.c), so qcow2's metadata writes of an idle write
+ *   window (pool_background_writes_begin), made under s->lock, do not
+ *   hold a guest's read or flush behind them;
  *   qcow2's allocation claims promote their owner the same way.
  * - A background call that has not returned after idle_limit_ms (10) is
  *   promoted as if waited for, by a watchdog thread of the pool's (at

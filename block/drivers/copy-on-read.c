@@ -32,17 +32,12 @@
  * Copies made for a parent's read are that parent's own I/O and are not
  * held back.
  *
- * Nobody waits for a background copy's writes either, as long as no
- * parent's request is in the filter: inside the stream task's pool frame
- * (strata/pool-class.h) they then run at idle class, pwritev in the pool
- * (block/drivers/file.c), so that they give the CPU at once to the loop
- * thread and the kernel threads that serve the guest.  A parent's request
- * that comes in (a write, or a read that copies: both write into the same
- * file, behind its inode lock, and may wait for the copy where they
- * overlap) promotes every background copy in flight, and none starts idle
- * until the filter holds no parent request again; a guest write then waits
- * for at most one piece of copy at normal class, as before.  Copies for a
- * parent's read are never idle.
+ * Background copies write at normal class, through the file's engine
+ * like every other write.  Running them at idle class (pwritev in the
+ * thread pool inside the stream task's frame, promoted when a parent's
+ * request came in) was tried and measured: it did not change the guest's
+ * write latency and cost the job more CPU (docs/performance.md, "Guest
+ * writes during a stream: measures that can decide").
  *
  * Only while someone writes through the filter: after a parent's write
  * the next COR_GUEST_WINDOW background copies go one at a time; with no
@@ -60,7 +55,6 @@
 #include "strata/block-driver.h"
 #include "strata/copy-on-read.h"
 #include "strata/debug-event.h"
-#include "strata/pool-class.h"
 #include "cor-discard.h"
 
 /* QEMU's limit on one copy's buffer (MAX_BOUNCE_BUFFER). */
@@ -92,7 +86,6 @@ typedef struct CorReq {
     int64_t offset, bytes;
     bool copy;          /* a copy (else a write passing through) */
     bool waiting;
-    Coroutine *bg_co;   /* a background copy's coroutine, else NULL */
     CoQueue waiters;
 } CorReq;
 
@@ -108,9 +101,6 @@ typedef struct CorState {
     CoQueue bg_queue;   /* background copies waiting for their turn */
     int bg_waiting;     /* how many */
     int guest_window;   /* copies still serialised since a parent wrote */
-    int parent_reqs;    /* parents' requests in flight (not background) */
-    bool idle_writing;  /* a background copy writes at idle class */
-    CoQueue idle_queue; /* background copies waiting to write idle */
     CorDiscard *discard; /* x-strata-discard-backing (cor-discard.h) */
 } CorState;
 
@@ -155,7 +145,6 @@ static int cor_open(BlockNode *bs, json_t *options, int flags, GError **errp)
 
     g_queue_init(&s->reqs);
     co_queue_init(&s->bg_queue);
-    co_queue_init(&s->idle_queue);
     bs->file = node_open_child(bs, options, "file",
                                CHILD_ROLE_FILTERED | CHILD_ROLE_PRIMARY,
                                false, errp);
@@ -308,29 +297,17 @@ static int64_t cor_getlength(BlockNode *bs)
 
 static void coroutine_fn cor_req_begin(CorState *s, CorReq *r,
                                        int64_t offset, int64_t bytes,
-                                       bool copy, bool background)
+                                       bool copy)
 {
     r->offset = offset;
     r->bytes = bytes;
     r->copy = copy;
     r->waiting = false;
-    r->bg_co = background ? co_self() : NULL;
     co_queue_init(&r->waiters);
     g_queue_push_tail(&s->reqs, r);
     s->copies += copy;
     if (!copy) {
         s->guest_window = COR_GUEST_WINDOW;
-    }
-    if (!background) {
-        /* A parent's request: the background's writes in its way (the
-         * file's, or overlapping) go back to normal class. */
-        s->parent_reqs++;
-        for (GList *l = s->copies ? s->reqs.head : NULL; l; l = l->next) {
-            CorReq *o = l->data;
-            if (o->bg_co) {
-                pool_background_promote_co(o->bg_co);
-            }
-        }
     }
     /*
      * Wait for overlapping requests when one of the two is a copy.  A
@@ -357,43 +334,10 @@ static void cor_req_end(CorState *s, CorReq *r)
 {
     g_queue_remove(&s->reqs, r);
     s->copies -= r->copy;
-    s->parent_reqs -= !r->bg_co;
     co_queue_restart_all(&r->waiters);
 }
 
 /* ---- Reads ---- */
-
-/*
- * One write of a background copy: at idle class if its frame allows and
- * no parent's request is in the filter (see the top of the file).  One
- * idle write at a time: the file takes them one by one anyway (the
- * inode's lock; io_uring's workers run the writes of one file in turn),
- * and a dozen pool threads that wait for that lock spin on it
- * (rwsem_spin_on_owner) and may be preempted holding it: unserialised,
- * a 2 GiB stream took 1.4x the CPU.
- */
-static int coroutine_fn cor_bg_pwrite(CorState *s, BlockChild *file,
-                                      int64_t offset, int64_t bytes,
-                                      const uint8_t *buf)
-{
-    bool idle = s->parent_reqs == 0 && pool_background_idle_here();
-    int ret;
-
-    if (idle) {
-        while (s->idle_writing) {
-            co_queue_wait(&s->idle_queue);
-        }
-        s->idle_writing = true;
-        pool_background_writes_begin();
-    }
-    ret = child_co_pwrite(file, offset, bytes, buf, REQ_WRITE_UNCHANGED);
-    if (idle) {
-        pool_background_writes_end();
-        s->idle_writing = false;
-        co_queue_next(&s->idle_queue);
-    }
-    return ret;
-}
 
 /*
  * Write what a background copy read: after the background copy that
@@ -410,7 +354,7 @@ static int coroutine_fn cor_write_background(CorState *s, BlockChild *file,
     int ret = 0;
 
     if (s->guest_window == 0 && !s->bg_writing && s->bg_waiting == 0) {
-        return cor_bg_pwrite(s, file, offset, bytes, buf);
+        return child_co_pwrite(file, offset, bytes, buf, REQ_WRITE_UNCHANGED);
     }
     if (s->guest_window > 0) {
         s->guest_window--;
@@ -423,7 +367,8 @@ static int coroutine_fn cor_write_background(CorState *s, BlockChild *file,
     s->bg_writing = true;
     for (int64_t done = 0; done < bytes && ret >= 0;) {
         int64_t n = MIN(piece, bytes - done);
-        ret = cor_bg_pwrite(s, file, offset + done, n, buf + done);
+        ret = child_co_pwrite(file, offset + done, n, buf + done,
+                              REQ_WRITE_UNCHANGED);
         done += n;
     }
     s->bg_writing = false;
@@ -481,7 +426,7 @@ static int coroutine_fn cor_copy(BlockNode *bs, int64_t offset,
         }
         return 0;
     }
-    cor_req_begin(s, &req, start, end - start, true, prefetch);
+    cor_req_begin(s, &req, start, end - start, true);
     for (int64_t cur = start; cur < end;) {
         int64_t pnum;
         int alloc = node_co_is_allocated(file->bs, cur,
@@ -615,7 +560,7 @@ static int coroutine_fn cor_co_pwritev(BlockNode *bs, int64_t offset,
 {
     CorState *s = bs->opaque;
     CorReq req;
-    cor_req_begin(s, &req, offset, bytes, false, false);
+    cor_req_begin(s, &req, offset, bytes, false);
     int ret = child_co_pwritev(bs->file, offset, bytes, qiov, qoff, flags);
     cor_req_end(s, &req);
     return ret;
@@ -628,7 +573,7 @@ static int coroutine_fn cor_co_pwritev_compressed(BlockNode *bs,
 {
     CorState *s = bs->opaque;
     CorReq req;
-    cor_req_begin(s, &req, offset, bytes, false, false);
+    cor_req_begin(s, &req, offset, bytes, false);
     int ret = child_co_pwritev(bs->file, offset, bytes, qiov, qoff,
                                REQ_WRITE_COMPRESSED);
     cor_req_end(s, &req);
@@ -640,7 +585,7 @@ static int coroutine_fn cor_co_pwrite_zeroes(BlockNode *bs, int64_t offset,
 {
     CorState *s = bs->opaque;
     CorReq req;
-    cor_req_begin(s, &req, offset, bytes, false, false);
+    cor_req_begin(s, &req, offset, bytes, false);
     int ret = child_co_pwrite_zeroes(bs->file, offset, bytes, flags);
     cor_req_end(s, &req);
     return ret;
@@ -651,7 +596,7 @@ static int coroutine_fn cor_co_pdiscard(BlockNode *bs, int64_t offset,
 {
     CorState *s = bs->opaque;
     CorReq req;
-    cor_req_begin(s, &req, offset, bytes, false, false);
+    cor_req_begin(s, &req, offset, bytes, false);
     int ret = child_co_pdiscard(bs->file, offset, bytes);
     cor_req_end(s, &req);
     return ret;

@@ -10,8 +10,8 @@
  * them); the calls that may run idle are the ones submitted with
  * thread_pool_co_run_background() from inside such a frame (file-copy.c's
  * copy_file_range, writeback.c's sync_file_range, and the file writes a
- * frame asks for with pool_background_writes_begin: the stream's own
- * copy-on-read copies), and only while the frame is not promoted.  Anything else in the pool (aio=threads reads
+ * frame asks for with pool_background_writes_begin), and only while the
+ * frame is not promoted.  Anything else in the pool (aio=threads reads
  * and writes, fallocate, fsync...) stays at normal class whoever asks.
  *
  * Whoever starts to wait for the frame's work (a guest write that needs
@@ -74,9 +74,11 @@ void pool_background_promote_co(Coroutine *co);
  * Coroutine context, inside a frame: the calling coroutine's plain data
  * writes to files (block/drivers/file.c) are background calls too until
  * the matching end, so they run idle while the frame is not promoted.
- * For writes nobody waits for, of data that is somewhere else already
- * (the stream's own copy-on-read copies); the writer must make sure that
- * whoever waits for such a write promotes the frame.  Returns whether a
+ * For writes nobody waits for, of data that is somewhere else already;
+ * the writer must make sure that whoever waits for such a write promotes
+ * the frame.  (The stream's copy-on-read writes used it; at idle class
+ * they bought the guest nothing and cost CPU, so no caller opens it now:
+ * tests/test-idle-copy.c keeps the inheritance it relies on tested.)  Returns whether a
  * frame is open (end is then due); nests.
  */
 bool pool_background_writes_begin(void);
