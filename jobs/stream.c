@@ -419,28 +419,39 @@ static void stream_drop_filter(StreamJob *s)
 static int stream_prepare(Job *job)
 {
     StreamJob *s = (StreamJob *)job;
-    BlockNode *unfiltered = node_skip_filters(s->target_bs);
-    BlockChild *cow = node_backing_child(unfiltered);
     GError *err = NULL;
+    bool ok = true;
 
     /* The filter holds the chain: it goes first. */
     stream_drop_filter(s);
-    if (!cow) {
-        return 0;
+    /*
+     * Held: from a job-finalize the drain begins in a BH, after whatever
+     * the loop had queued (another job's completion), and the image's
+     * backing link and the base are looked up only once it has begun:
+     * the chain below above_base is not frozen, and a commit finishing
+     * there may have moved (and freed) the base meanwhile.
+     */
+    BlockNode *unfiltered = node_skip_filters(s->target_bs);
+    if (!node_backing_child(unfiltered)) {
+        return 0;       /* no drain then, as before */
     }
-    BlockNode *ubase;
-    BlockNode *base = stream_base(s, &ubase);
-    bool ok;
+    node_ref(unfiltered);
     node_drain_begin(unfiltered);
-    if (base) {
-        node_ref(base);
-        ok = child_replace_node(cow, base, &err);
-        node_unref(base);
-    } else {
-        ok = child_detach(cow, &err);
+    BlockChild *cow = node_backing_child(unfiltered);
+    if (cow) {
+        BlockNode *ubase;
+        BlockNode *base = stream_base(s, &ubase);
+        if (base) {
+            node_ref(base);
+            ok = child_replace_node(cow, base, &err);
+            node_unref(base);
+        } else {
+            ok = child_detach(cow, &err);
+        }
+        node_refresh_filename(unfiltered);
     }
-    node_refresh_filename(unfiltered);
     node_drain_end(unfiltered);
+    node_unref(unfiltered);
     if (!ok) {
         /* QEMU reports it on its own, the job fails with EPERM. */
         warn_print("%s", err->message);
