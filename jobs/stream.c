@@ -58,6 +58,7 @@ typedef struct StreamJob {
     bool discard_backing;
     GSList *intermediates;       /* BlockChild*: the job's edges, top down */
     ProgressFront front;         /* the progress reported */
+    BlockCopyState *bcs;         /* the engine, while run() copies */
     /* The header's backing file and format before the job changed them. */
     bool header_changed;
     char *old_backing, *old_backing_fmt;
@@ -356,6 +357,7 @@ static int coroutine_fn stream_run(Job *job, GError **errp)
         progress_front_destroy(&s->front);
         return -EINVAL;
     }
+    s->bcs = bcs;
     if (s->on_error == BLOCKDEV_ON_ERROR_IGNORE) {
         error = stream_copy_ignoring(s, bcs);
     }
@@ -375,6 +377,7 @@ static int coroutine_fn stream_run(Job *job, GError **errp)
         error = ret;
         break;
     }
+    s->bcs = NULL;
     block_copy_free(bcs);
     progress_front_destroy(&s->front);
     /* Do not drop the chain when an error was ignored (QEMU's rule). */
@@ -509,6 +512,16 @@ static void stream_free(Job *job)
     node_unref(s->target_bs);
 }
 
+/* A drain or job-pause waits for the copies in flight: no idle class. */
+static void stream_pause_wanted(Job *job)
+{
+    StreamJob *s = (StreamJob *)job;
+
+    if (s->bcs) {
+        block_copy_promote(s->bcs);
+    }
+}
+
 static const JobDriver stream_job_driver = {
     .instance_size = sizeof(StreamJob),
     .job_type = JOB_TYPE_STREAM,
@@ -518,6 +531,7 @@ static const JobDriver stream_job_driver = {
     .abort = stream_abort,
     .clean = stream_clean,
     .free = stream_free,
+    .pause_wanted = stream_pause_wanted,
 };
 
 /* ---- Start ---- */
