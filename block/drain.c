@@ -195,10 +195,11 @@ static GPtrArray *drain_quiesce(BlockNode *bs)
  * is not held up until the pool's watchdog (10 ms) gives a starving idle
  * thread its class back.  Nodes in the main loop only: an iothread's
  * requests and frames are that thread's (its idle calls still end by the
- * watchdog).  Not covered either: a job waiting for a pool call that is
- * no request on a node (the copy engine's write-behind, node_co_start_
- * writeback); the engine promotes its tasks once the job looks at its
- * pause (jobs/block-copy.c job_check), which needs one of them to end.
+ * watchdog).  Not covered here: a job waiting for a pool call that is
+ * no request on the sets' nodes (the copy engine's write-behind,
+ * node_co_start_writeback; its copies to a target outside the set): the
+ * job's pause covers those (job_pause() -> JobDriver.pause_wanted ->
+ * block_copy_promote, tests/test-drain-pause-wake.c).
  */
 static void sets_promote(GPtrArray *sets)
 {

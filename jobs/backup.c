@@ -268,6 +268,16 @@ static bool backup_cancel(Job *job, bool force)
     return true;
 }
 
+/* A drain or job-pause waits for the copies in flight: no idle class. */
+static void backup_pause_wanted(Job *job)
+{
+    BackupJob *s = (BackupJob *)job;
+
+    if (s->bcs) {
+        block_copy_promote(s->bcs);
+    }
+}
+
 static const JobDriver backup_job_driver = {
     .instance_size = sizeof(BackupJob),
     .job_type = JOB_TYPE_BACKUP,
@@ -278,6 +288,7 @@ static const JobDriver backup_job_driver = {
     .clean = backup_clean,
     .cancel = backup_cancel,
     .free = backup_free,
+    .pause_wanted = backup_pause_wanted,
 };
 
 /* QEMU's bdrv_supports_compressed_writes: every filter on the way too. */

@@ -1062,3 +1062,17 @@ void coroutine_fn block_copy_wait_range(BlockCopyState *s, int64_t offset,
         co_queue_wait(&t->waiters);
     }
 }
+
+/*
+ * The job wants to pause (jobs/job.c job_pause(): a drain, job-pause):
+ * it parks only once its tasks end, and job_check() promotes them only
+ * when the job's coroutine next runs, i.e. once one of them has ended,
+ * which at idle class on a busy machine may take until the thread
+ * pool's watchdog.  A drain promotes the requests in flight on its own
+ * nodes, but not the calls the job has on other nodes (the target of a
+ * drained source, write-behind): only the engine knows those.
+ */
+void block_copy_promote(BlockCopyState *s)
+{
+    promote_all(s);
+}

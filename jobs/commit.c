@@ -553,6 +553,16 @@ static void commit_free(Job *job)
     }
 }
 
+/* A drain or job-pause waits for the copies in flight: no idle class. */
+static void commit_pause_wanted(Job *job)
+{
+    CommitJob *s = (CommitJob *)job;
+
+    if (s->bcs) {
+        block_copy_promote(s->bcs);
+    }
+}
+
 static const JobDriver commit_job_driver = {
     .instance_size = sizeof(CommitJob),
     .job_type = JOB_TYPE_COMMIT,
@@ -562,6 +572,7 @@ static const JobDriver commit_job_driver = {
     .abort = commit_abort,
     .clean = commit_clean,
     .free = commit_free,
+    .pause_wanted = commit_pause_wanted,
 };
 
 /* ---- Start ---- */

@@ -569,6 +569,10 @@ void job_pause(Job *job)
     if (job->paused) {
         return;
     }
+    /* Busy in run(): it parks only once what it waits for ends. */
+    if (job->busy && !job->deferred && job->driver->pause_wanted) {
+        job->driver->pause_wanted(job);
+    }
     /*
      * An idle job parks (and says so) before job_pause() returns, so jobs
      * drained one after the other pause in that order, whatever wake-ups

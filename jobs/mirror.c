@@ -814,6 +814,16 @@ static void mirror_free(Job *job)
     g_free(s->replaces);
 }
 
+/* A drain or job-pause waits for the copies in flight: no idle class. */
+static void mirror_pause_wanted(Job *job)
+{
+    MirrorJob *s = mirror_job(job);
+
+    if (s->bcs) {
+        block_copy_promote(s->bcs);
+    }
+}
+
 static const JobDriver mirror_job_driver = {
     .instance_size = sizeof(MirrorJob),
     .job_type = JOB_TYPE_MIRROR,
@@ -825,6 +835,7 @@ static const JobDriver mirror_job_driver = {
     .cancel = mirror_cancel,
     .drained_poll = mirror_drained_poll,
     .free = mirror_free,
+    .pause_wanted = mirror_pause_wanted,
 };
 
 static const JobDriver commit_active_job_driver = {
@@ -838,6 +849,7 @@ static const JobDriver commit_active_job_driver = {
     .cancel = mirror_cancel,
     .drained_poll = mirror_drained_poll,
     .free = mirror_free,
+    .pause_wanted = mirror_pause_wanted,
 };
 
 /* ---- Start ---- */

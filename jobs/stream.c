@@ -56,6 +56,7 @@ typedef struct StreamJob {
     bool discard_backing;
     GSList *intermediates;       /* BlockChild*: the job's edges, top down */
     ProgressFront front;         /* the progress reported */
+    BlockCopyState *bcs;         /* the engine, while run() copies */
     /* The header's backing file and format before the job changed them. */
     bool header_changed;
     char *old_backing, *old_backing_fmt;
@@ -354,6 +355,7 @@ static int coroutine_fn stream_run(Job *job, GError **errp)
         progress_front_destroy(&s->front);
         return -EINVAL;
     }
+    s->bcs = bcs;
     if (s->on_error == BLOCKDEV_ON_ERROR_IGNORE) {
         error = stream_copy_ignoring(s, bcs);
     }
@@ -373,6 +375,7 @@ static int coroutine_fn stream_run(Job *job, GError **errp)
         error = ret;
         break;
     }
+    s->bcs = NULL;
     block_copy_free(bcs);
     progress_front_destroy(&s->front);
     /* Do not drop the chain when an error was ignored (QEMU's rule). */
@@ -417,28 +420,39 @@ static void stream_drop_filter(StreamJob *s)
 static int stream_prepare(Job *job)
 {
     StreamJob *s = (StreamJob *)job;
-    BlockNode *unfiltered = node_skip_filters(s->target_bs);
-    BlockChild *cow = node_backing_child(unfiltered);
     GError *err = NULL;
+    bool ok = true;
 
     /* The filter holds the chain: it goes first. */
     stream_drop_filter(s);
-    if (!cow) {
-        return 0;
+    /*
+     * Held: from a job-finalize the drain begins in a BH, after whatever
+     * the loop had queued (another job's completion), and the image's
+     * backing link and the base are looked up only once it has begun:
+     * the chain below above_base is not frozen, and a commit finishing
+     * there may have moved (and freed) the base meanwhile.
+     */
+    BlockNode *unfiltered = node_skip_filters(s->target_bs);
+    if (!node_backing_child(unfiltered)) {
+        return 0;       /* no drain then, as before */
     }
-    BlockNode *ubase;
-    BlockNode *base = stream_base(s, &ubase);
-    bool ok;
+    node_ref(unfiltered);
     node_drain_begin(unfiltered);
-    if (base) {
-        node_ref(base);
-        ok = child_replace_node(cow, base, &err);
-        node_unref(base);
-    } else {
-        ok = child_detach(cow, &err);
+    BlockChild *cow = node_backing_child(unfiltered);
+    if (cow) {
+        BlockNode *ubase;
+        BlockNode *base = stream_base(s, &ubase);
+        if (base) {
+            node_ref(base);
+            ok = child_replace_node(cow, base, &err);
+            node_unref(base);
+        } else {
+            ok = child_detach(cow, &err);
+        }
+        node_refresh_filename(unfiltered);
     }
-    node_refresh_filename(unfiltered);
     node_drain_end(unfiltered);
+    node_unref(unfiltered);
     if (!ok) {
         /* QEMU reports it on its own, the job fails with EPERM. */
         warn_print("%s", err->message);
@@ -496,6 +510,16 @@ static void stream_free(Job *job)
     node_unref(s->target_bs);
 }
 
+/* A drain or job-pause waits for the copies in flight: no idle class. */
+static void stream_pause_wanted(Job *job)
+{
+    StreamJob *s = (StreamJob *)job;
+
+    if (s->bcs) {
+        block_copy_promote(s->bcs);
+    }
+}
+
 static const JobDriver stream_job_driver = {
     .instance_size = sizeof(StreamJob),
     .job_type = JOB_TYPE_STREAM,
@@ -505,6 +529,7 @@ static const JobDriver stream_job_driver = {
     .abort = stream_abort,
     .clean = stream_clean,
     .free = stream_free,
+    .pause_wanted = stream_pause_wanted,
 };
 
 /* ---- Start ---- */

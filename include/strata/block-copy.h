@@ -254,4 +254,11 @@ typedef struct BlockCopyStats {
 
 void block_copy_get_stats(const BlockCopyState *s, BlockCopyStats *st);
 
+/*
+ * The job wants to pause (its JobDriver.pause_wanted): every background
+ * task in flight leaves idle class now, so that the job reaches its pause
+ * point without waiting for the thread pool's watchdog.
+ */
+void block_copy_promote(BlockCopyState *s);
+
 #endif

@@ -158,6 +158,17 @@ typedef struct JobDriver {
 
     /* The last reference went away. */
     void (*free)(Job *job);
+
+    /*
+     * A pause (a drain, job-pause) is wanted while the job is busy: make
+     * what its coroutine waits for end soon, so that it reaches its pause
+     * point.  A copy job promotes the background copies it has in flight
+     * at idle class (block_copy_promote): its coroutine runs again only
+     * once one of them ends, which on a busy machine may take until the
+     * thread pool's watchdog.  Called by job_pause(), outside the job's
+     * coroutine (or from it), in the main loop.
+     */
+    void (*pause_wanted)(Job *job);
 } JobDriver;
 
 /* job_create() flags (QEMU's JobCreateFlags). */
