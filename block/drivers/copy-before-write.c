@@ -44,14 +44,6 @@ typedef struct CbwState {
      * to their ranges wait (fleecing section below). */
     GQueue frozen_reads;
     CoQueue frozen_waiters;
-    /*
-     * Guest writes through the filter in flight (CbwGuestWrite*, oldest
-     * first) and the tickets they took: a snapshot read waits for the
-     * ones that started before it (fleecing section below).
-     */
-    GQueue guest_writes;
-    uint64_t guest_tickets;
-    CoQueue guest_waiters;
 } CbwState;
 
 static void coroutine_fn cbw_wait_frozen_reads(CbwState *s, int64_t offset,
@@ -209,8 +201,6 @@ static int cbw_open(BlockNode *bs, json_t *options, int flags, GError **errp)
     s->timeout_ns = timeout_s * 1000000000;
     g_queue_init(&s->frozen_reads);
     co_queue_init(&s->frozen_waiters);
-    g_queue_init(&s->guest_writes);
-    co_queue_init(&s->guest_waiters);
 
     BlockNode *file = bs->file->bs;
     bs->supported_write_flags =
@@ -374,83 +364,36 @@ static int coroutine_fn cbw_co_preadv(BlockNode *bs, int64_t offset,
     return child_co_preadv(bs->file, offset, bytes, qiov, qiov_offset, flags);
 }
 
-/*
- * A guest write in flight, on its coroutine's stack, for the snapshot
- * reads that give way to it (cbw_wait_guest_writes).
- */
-typedef struct CbwGuestWrite {
-    uint64_t ticket;
-    GList link;             /* in guest_writes */
-} CbwGuestWrite;
-
-static void cbw_guest_write_begin(CbwState *s, CbwGuestWrite *w, int flags)
-{
-    w->link.data = NULL;
-    if (flags & REQ_WRITE_UNCHANGED) {
-        return;             /* a job's write of the same data: no guest */
-    }
-    w->ticket = ++s->guest_tickets;
-    w->link = (GList){ .data = w };
-    g_queue_push_tail_link(&s->guest_writes, &w->link);
-}
-
-static void cbw_guest_write_end(CbwState *s, CbwGuestWrite *w)
-{
-    if (!w->link.data) {
-        return;
-    }
-    bool oldest = s->guest_writes.head == &w->link;
-    g_queue_unlink(&s->guest_writes, &w->link);
-    if (oldest) {
-        co_queue_restart_all(&s->guest_waiters);
-    }
-}
-
 static int coroutine_fn cbw_co_pwritev(BlockNode *bs, int64_t offset,
                                        int64_t bytes, IOVec *qiov,
                                        size_t qiov_offset, int flags)
 {
-    CbwState *s = bs->opaque;
-    CbwGuestWrite w;
-
-    cbw_guest_write_begin(s, &w, flags);
     int ret = cbw_do_copy_before_write(bs, offset, bytes, flags);
-    if (ret >= 0) {
-        ret = child_co_pwritev(bs->file, offset, bytes, qiov, qiov_offset,
-                               flags);
+    if (ret < 0) {
+        return ret;
     }
-    cbw_guest_write_end(s, &w);
-    return ret;
+    return child_co_pwritev(bs->file, offset, bytes, qiov, qiov_offset,
+                            flags);
 }
 
 static int coroutine_fn cbw_co_pwrite_zeroes(BlockNode *bs, int64_t offset,
                                              int64_t bytes, int flags)
 {
-    CbwState *s = bs->opaque;
-    CbwGuestWrite w;
-
-    cbw_guest_write_begin(s, &w, flags);
     int ret = cbw_do_copy_before_write(bs, offset, bytes, flags);
-    if (ret >= 0) {
-        ret = child_co_pwrite_zeroes(bs->file, offset, bytes, flags);
+    if (ret < 0) {
+        return ret;
     }
-    cbw_guest_write_end(s, &w);
-    return ret;
+    return child_co_pwrite_zeroes(bs->file, offset, bytes, flags);
 }
 
 static int coroutine_fn cbw_co_pdiscard(BlockNode *bs, int64_t offset,
                                         int64_t bytes)
 {
-    CbwState *s = bs->opaque;
-    CbwGuestWrite w;
-
-    cbw_guest_write_begin(s, &w, 0);
     int ret = cbw_do_copy_before_write(bs, offset, bytes, 0);
-    if (ret >= 0) {
-        ret = child_co_pdiscard(bs->file, offset, bytes);
+    if (ret < 0) {
+        return ret;
     }
-    cbw_guest_write_end(s, &w);
-    return ret;
+    return child_co_pdiscard(bs->file, offset, bytes);
 }
 
 /* Only the file: the target is the snapshot's, flushed by its users
@@ -673,33 +616,6 @@ static void cbw_snapshot_unlock(CbwState *s, CbwFrozenRead *frozen)
     }
 }
 
-/*
- * The guest's writes first: a snapshot read waits until the guest writes
- * that were in flight when it came have ended.  A backup tool pulling the
- * view keeps the loop thread and a CPU of its own busy (a 64 KiB read
- * and its reply, then the next at once), and a guest write through the
- * filter is a chain of short steps (its copy's read and write, then its
- * own write), each a thread that must get a CPU: with the pull running
- * beside it, a step waited for a CPU now and then for a scheduler's
- * slice (milliseconds), which made the guest's p99 during fleecing
- * (docs/performance.md, issue 13).  While the guest writes the pull now
- * leaves the CPUs to it.  Only writes that began before the read hold it
- * (tickets), so a guest that always has a write in flight delays each
- * read by at most one write's time and never starves the pull.
- */
-static void coroutine_fn cbw_wait_guest_writes(CbwState *s)
-{
-    uint64_t mine = s->guest_tickets;
-
-    for (;;) {
-        GList *oldest = s->guest_writes.head;
-        if (!oldest || ((CbwGuestWrite *)oldest->data)->ticket > mine) {
-            return;
-        }
-        co_queue_wait(&s->guest_waiters);
-    }
-}
-
 bool node_has_snapshot_api(const BlockNode *bs)
 {
     return bs->drv == &bdrv_copy_before_write;
@@ -716,7 +632,6 @@ int coroutine_fn cbw_snapshot_preadv(BlockNode *bs, int64_t offset,
         return -ENOTSUP;
     }
     node_inc_in_flight(bs);
-    cbw_wait_guest_writes(s);
     while (bytes > 0) {
         CbwFrozenRead frozen;
         BlockChild *child;
