@@ -38,6 +38,7 @@
 #include "strata/block-driver.h"
 #include "strata/loop.h"
 #include "strata/fdset.h"
+#include "strata/job.h"
 #include "strata/opts.h"
 #include "strata/units.h"
 #include "file-int.h"
@@ -666,6 +667,15 @@ static bool iov_is_aligned(const IOVec *v, uint32_t align)
  * longer than the hop saves, and allocating many pages may wait for
  * reclaim.  Writes that a background frame sends to the pool at idle
  * class (strata/pool-class.h) stay there.
+ *
+ * Only in the main loop's thread, and only while no block job is busy
+ * (its coroutine running or about to: a job that copies, not one that
+ * waits, as a fleecing checkpoint's sync=none backup does): a job whose
+ * last chunks were all written here would run to its end inside the
+ * round that resumed it, and its events would reach a QMP client before
+ * the return of the command that resumed it (qmp-backup-on-error with
+ * TMPDIR=/dev/shm), which QEMU never does.  The job list is the main
+ * thread's, hence the first condition.
  */
 #define INLINE_WRITE_MAX (64 * 1024)
 #define INLINE_WRITES_PER_POLL 4
@@ -683,8 +693,14 @@ static bool file_read_inline(const FileState *s, AioOp op, const IOVec *v)
 static bool file_write_inline(const FileState *s, AioOp op, const IOVec *v)
 {
     if (!s->in_memory || op != AIO_OP_WRITE || s->aio == AIO_NATIVE ||
-        (s->open_flags & O_DIRECT) || v->size > INLINE_WRITE_MAX) {
+        (s->open_flags & O_DIRECT) || v->size > INLINE_WRITE_MAX ||
+        loop_get() != loop_main()) {
         return false;
+    }
+    for (Job *job = job_next(NULL); job; job = job_next(job)) {
+        if (job->busy) {
+            return false;
+        }
     }
     uint64_t poll = loop_poll_count();
     if (poll != inline_poll) {
