@@ -674,7 +674,7 @@ static bool iov_is_aligned(const IOVec *v, uint32_t align)
  * last chunks were all written here would run to its end inside the
  * round that resumed it, and its events would reach a QMP client before
  * the return of the command that resumed it (qmp-backup-on-error with
- * TMPDIR=/dev/shm), which QEMU never does.  The job list is the main
+ * TMPDIR=/dev/shm), unlike QEMU 7.2 there.  The job list is the main
  * thread's, hence the first condition.
  */
 #define INLINE_WRITE_MAX (64 * 1024)
