@@ -57,8 +57,17 @@ static bool loop_bh_ready(StrataLoop *loop)
            g_atomic_pointer_get(&loop->remote_head) != NULL;
 }
 
+/* Rounds through the thread's context (loop_poll_count). */
+static __thread uint64_t poll_rounds;
+
+uint64_t loop_poll_count(void)
+{
+    return poll_rounds;
+}
+
 static gboolean loop_prepare(GSource *source, gint *timeout)
 {
+    poll_rounds++;
     bool ready = loop_bh_ready((StrataLoop *)source);
     *timeout = ready ? 0 : -1;
     return ready;

@@ -38,6 +38,7 @@
 #include "strata/block-driver.h"
 #include "strata/loop.h"
 #include "strata/fdset.h"
+#include "strata/job.h"
 #include "strata/opts.h"
 #include "strata/units.h"
 #include "file-int.h"
@@ -645,12 +646,42 @@ static bool iov_is_aligned(const IOVec *v, uint32_t align)
  * the server's part of each round trip.  Up to 256 KiB (a backup
  * client's merged runs of dirty clusters) the copy still costs less than
  * the hop; larger reads go to the workers, beside the loop, as
- * io_uring's large reads do.  Writes keep the engine: a coroutine that
- * copies (a block job) then still yields at each of its writes, instead
- * of running its whole copy in one go while nothing else in the loop
- * runs; and a write to tmpfs allocates pages, which may wait for reclaim.
+ * io_uring's large reads do.  Writes: below.
  */
 #define INLINE_MEM_MAX (256 * 1024)
+
+/*
+ * Writes to a file in memory are done in the calling thread too, up to
+ * 64 KiB (a guest's write, a copy-before-write filter's copy of a 64 KiB
+ * cluster) and INLINE_WRITES_PER_POLL of them between two polls of the
+ * thread's loop.  A guest write during fleecing is the copy's read, the
+ * copy's write to the target, then the guest's own write: with the writes
+ * in io-wq that was four thread wake-ups (there and back, twice) on the
+ * guest's path, each of which could wait a scheduler's slice for a CPU
+ * when something else held it (the pull beside it, another process), and
+ * those waits made the guest's p99 (docs/performance.md, issue 13).  The
+ * budget keeps a coroutine that copies (a block job) from running its
+ * whole copy in one go while nothing else in the loop runs: past it, its
+ * writes go through the engine and it yields as before.  Larger writes
+ * (a job's chunks grow past 64 KiB at once) keep the engine: they take
+ * longer than the hop saves, and allocating many pages may wait for
+ * reclaim.  Writes that a background frame sends to the pool at idle
+ * class (strata/pool-class.h) stay there.
+ *
+ * Only in the main loop's thread, and only while no block job is busy
+ * (its coroutine running or about to: a job that copies, not one that
+ * waits, as a fleecing checkpoint's sync=none backup does): a job whose
+ * last chunks were all written here would run to its end inside the
+ * round that resumed it, and its events would reach a QMP client before
+ * the return of the command that resumed it (qmp-backup-on-error with
+ * TMPDIR=/dev/shm), unlike QEMU 7.2 there.  The job list is the main
+ * thread's, hence the first condition.
+ */
+#define INLINE_WRITE_MAX (64 * 1024)
+#define INLINE_WRITES_PER_POLL 4
+
+static __thread uint64_t inline_poll;
+static __thread unsigned inline_writes;
 
 static bool file_read_inline(const FileState *s, AioOp op, const IOVec *v)
 {
@@ -658,11 +689,39 @@ static bool file_read_inline(const FileState *s, AioOp op, const IOVec *v)
            !(s->open_flags & O_DIRECT) && v->size <= INLINE_MEM_MAX;
 }
 
-/* aio_co_rw() of a read file_read_inline() accepts, in this thread. */
-static int64_t file_read_here(FileState *s, int64_t offset, const IOVec *v)
+/* Whether this write is done here (takes one of the poll's budget). */
+static bool file_write_inline(const FileState *s, AioOp op, const IOVec *v)
+{
+    if (!s->in_memory || op != AIO_OP_WRITE || s->aio == AIO_NATIVE ||
+        (s->open_flags & O_DIRECT) || v->size > INLINE_WRITE_MAX ||
+        loop_get() != loop_main()) {
+        return false;
+    }
+    for (Job *job = job_next(NULL); job; job = job_next(job)) {
+        if (job->busy) {
+            return false;
+        }
+    }
+    uint64_t poll = loop_poll_count();
+    if (poll != inline_poll) {
+        inline_poll = poll;
+        inline_writes = 0;
+    }
+    if (inline_writes >= INLINE_WRITES_PER_POLL) {
+        return false;
+    }
+    inline_writes++;
+    return true;
+}
+
+/* aio_co_rw() of a request done in this thread (file_*_inline). */
+static int64_t file_rw_here(FileState *s, AioOp op, int64_t offset,
+                            const IOVec *v)
 {
     for (;;) {
-        ssize_t n = preadv(s->fd, v->iov, v->niov, offset);
+        ssize_t n = op == AIO_OP_WRITE
+                    ? pwritev(s->fd, v->iov, v->niov, offset)
+                    : preadv(s->fd, v->iov, v->niov, offset);
         if (n >= 0 || errno != EINTR) {
             return n >= 0 ? n : -errno;
         }
@@ -695,9 +754,11 @@ static int64_t coroutine_fn do_rw(BlockNode *bs, AioEngine *e, AioOp op,
         }
         /* The engines resubmit on EINTR/EAGAIN themselves.  A write
          * of a copy nobody waits for may run idle (file-copy.c). */
-        int64_t r = file_read_inline(s, op, cur)
-                    ? file_read_here(s, offset + done, cur)
-                    : op == AIO_OP_WRITE && pool_background_write_idle()
+        bool idle = op == AIO_OP_WRITE && pool_background_write_idle();
+        int64_t r = file_read_inline(s, op, cur) ||
+                    (!idle && file_write_inline(s, op, cur))
+                    ? file_rw_here(s, op, offset + done, cur)
+                    : idle
                     ? file_co_write_background(s->fd, offset + done,
                                                cur->iov, cur->niov)
                     : aio_co_rw(e, s->fd, op, offset + done, cur->iov,

@@ -41,6 +41,15 @@ void loop_remove_fd(guint id);
 /* One iteration of the loop; blocking says whether to wait for an event. */
 bool loop_iterate(bool blocking);
 
+/*
+ * How many times the calling thread's loop has polled its file
+ * descriptors (rounds through its GMainContext; the BH-only fast path of
+ * loop_iterate() does not count): work that runs without yielding in the
+ * loop's thread (block/drivers/file.c's writes to tmpfs) takes a budget
+ * per poll from it, so that the loop still polls now and then.
+ */
+uint64_t loop_poll_count(void);
+
 /* Run the loop until cond becomes false (QEMU's AIO_WAIT_WHILE). */
 #define LOOP_WAIT_WHILE(cond)                                                 \
     do {                                                                      \
