@@ -187,6 +187,16 @@ Job *job_next(Job *job)
     return l && l->next ? l->next->data : NULL;
 }
 
+bool job_any_busy(void)
+{
+    for (GList *l = all_jobs; l; l = l->next) {
+        if (((Job *)l->data)->busy) {
+            return true;
+        }
+    }
+    return false;
+}
+
 Job *job_find(const char *id)
 {
     for (GList *l = all_jobs; l; l = l->next) {

@@ -159,7 +159,7 @@ StrataLoop *loop_main(void)
 }
 
 /* The process's first thread, the one that runs glib's default context. */
-static bool in_main_thread(void)
+bool loop_in_main_thread(void)
 {
     return gettid() == getpid();
 }
@@ -181,7 +181,7 @@ StrataLoop *loop_get(void)
     GMainContext *ctx = g_main_context_get_thread_default();
     if (!ctx || ctx == g_main_context_default()) {
         StrataLoop *loop = loop_main();
-        if (in_main_thread()) {
+        if (loop_in_main_thread()) {
             thread_loop = loop;
         }
         return loop;

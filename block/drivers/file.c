@@ -376,7 +376,8 @@ int file_open_common(BlockNode *bs, json_t *options, int flags,
         error_setg_errno(errp, errno, "Could not stat file");
         goto fail;
     }
-    s->in_memory = fd_in_memory(s->fd);
+    /* a device node's file system is /dev's (a tmpfs): a disk, not memory */
+    s->in_memory = S_ISREG(st.st_mode) && fd_in_memory(s->fd);
     s->has_discard = true;
     s->has_write_zeroes = true;
     if (!device) {
@@ -694,13 +695,8 @@ static bool file_write_inline(const FileState *s, AioOp op, const IOVec *v)
 {
     if (!s->in_memory || op != AIO_OP_WRITE || s->aio == AIO_NATIVE ||
         (s->open_flags & O_DIRECT) || v->size > INLINE_WRITE_MAX ||
-        loop_get() != loop_main()) {
+        !loop_in_main_thread() || job_any_busy()) {
         return false;
-    }
-    for (Job *job = job_next(NULL); job; job = job_next(job)) {
-        if (job->busy) {
-            return false;
-        }
     }
     uint64_t poll = loop_poll_count();
     if (poll != inline_poll) {

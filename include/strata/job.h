@@ -246,6 +246,11 @@ Job *job_find(const char *id);
 Job *job_find_err(const char *id, GError **errp);
 /* All jobs, internal ones too: pass NULL first. */
 Job *job_next(Job *job);
+/*
+ * Whether some job's coroutine runs or will run soon (busy), internal
+ * jobs too.  Main thread only, as the job list is.
+ */
+bool job_any_busy(void);
 bool job_is_internal(const Job *job);
 JobType job_type(const Job *job);
 bool job_is_completed(const Job *job);  /* waiting, pending, ... null */

@@ -50,6 +50,13 @@ bool loop_iterate(bool blocking);
  */
 uint64_t loop_poll_count(void);
 
+/*
+ * Whether the caller is the process's first thread, the one that runs the
+ * main loop.  loop_get() answers the main loop in any thread without a
+ * loop of its own (pool workers, migration threads), so it cannot tell.
+ */
+bool loop_in_main_thread(void);
+
 /* Run the loop until cond becomes false (QEMU's AIO_WAIT_WHILE). */
 #define LOOP_WAIT_WHILE(cond)                                                 \
     do {                                                                      \
