@@ -576,6 +576,8 @@ static const MigrationNamedFds migration_fds = {
 int main(int argc, char *argv[])
 {
     signal(SIGPIPE, SIG_IGN);
+    /* a write past RLIMIT_FSIZE fails with EFBIG instead of killing us */
+    signal(SIGXFSZ, SIG_IGN);
     tool_set_name(argv[0]);
 
     qmp_server_hold_input();

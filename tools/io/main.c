@@ -755,6 +755,8 @@ int main(int argc, char **argv)
         }
     }
     signal(SIGPIPE, SIG_IGN);
+    /* a write past RLIMIT_FSIZE fails with EFBIG instead of killing us */
+    signal(SIGXFSZ, SIG_IGN);
     tool_set_name(argv[0]);
     open_spec_init(&spec);
 
