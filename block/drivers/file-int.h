@@ -160,4 +160,10 @@ bool file_never_written(FileState *s, int64_t start, int64_t end);
 void coroutine_fn file_grow_ahead(BlockNode *bs, int64_t end);
 void file_grew(FileState *s, int64_t end);
 
+/* file-inline.c: small requests to a file in memory, in this thread */
+bool file_fd_in_memory(int fd);
+bool file_read_inline(const FileState *s, AioOp op, const IOVec *v);
+bool file_write_inline(const FileState *s, AioOp op, const IOVec *v);
+int64_t file_rw_here(FileState *s, AioOp op, int64_t offset, const IOVec *v);
+
 #endif
